@@ -1,0 +1,1 @@
+"""Bootstrap: turns "a host I can SSH into" into "a host running our runtime, reachable and trusted"."""
