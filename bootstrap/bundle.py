@@ -1,0 +1,70 @@
+"""Build the runtime zipapp that provisioning uploads: one file, standard library only, runs on python3 >= 3.9.
+
+The archive is byte-for-byte reproducible (sorted entries, fixed timestamps), so its SHA-256 names its content: the
+provisioner skips the upload when the host already has that hash, and the build is cached under the same name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import runtime
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+MAIN = b'"""Entry point of the bundled runtime."""\nimport runpy\n\nrunpy.run_module("runtime", run_name="__main__", alter_sys=True)\n'
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A built runtime zipapp: where it is, its content hash and the runtime version inside."""
+
+    path: Path
+    sha256: str
+    version: str
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """(archive name, source path) of every source file of the installed ``runtime`` package, sorted."""
+    root = Path(runtime.__file__).resolve().parent
+    files: list[tuple[str, Path]] = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+        for name in names:
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = Path(directory, name)
+            files.append((f"runtime/{path.relative_to(root).as_posix()}", path))
+    return sorted(files)
+
+
+def _archive_bytes() -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        entries = [("__main__.py", MAIN)] + [(name, path.read_bytes()) for name, path in _package_files()]
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def build(cache_dir: str | os.PathLike[str]) -> Bundle:
+    """Return the zipapp of the current runtime sources, building it into ``cache_dir`` unless already there."""
+    data = _archive_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    cache = Path(cache_dir)
+    path = cache / f"runtime-{digest[:16]}.pyz"
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    return Bundle(path=path, sha256=digest, version=runtime.VERSION)
