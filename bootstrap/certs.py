@@ -194,23 +194,32 @@ def _make_ca(certs: StoreCerts) -> None:
     write_private(certs.ca_cert, _cert_pem(cert))
 
 
-def _make_client(certs: StoreCerts) -> None:
+def _issue_leaf(
+    certs: StoreCerts,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    cert_path: Path,
+    key_path: Path,
+    sans: list[str] | None = None,
+) -> None:
+    """Sign a new key for ``subject`` with the store CA and write the pair (client or server certificate)."""
     ca_cert, ca_key = load_cert(certs.ca_cert), _load_key(certs.ca_key)
     key = _new_key()
-    cert = _sign(
-        _name(f"{_user()}.client", "machines client"),
-        key.public_key(),
-        ca_cert.subject,
-        ca_key,
-        LEAF_VALIDITY,
-        [
-            (x509.BasicConstraints(ca=False, path_length=None), True),
-            (_leaf_usage(), True),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-        ],
-    )
-    write_private(certs.client_key, _key_pem(key))
-    write_private(certs.client_cert, _cert_pem(cert))
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (_leaf_usage(), True),
+        (x509.ExtendedKeyUsage([usage]), False),
+    ]
+    if sans:
+        extensions.append((x509.SubjectAlternativeName([_san_entry(value) for value in sans]), False))
+    cert = _sign(subject, key.public_key(), ca_cert.subject, ca_key, LEAF_VALIDITY, extensions)
+    write_private(key_path, _key_pem(key))
+    write_private(cert_path, _cert_pem(cert))
+
+
+def _make_client(certs: StoreCerts) -> None:
+    subject = _name(f"{_user()}.client", "machines client")
+    _issue_leaf(certs, subject, ExtendedKeyUsageOID.CLIENT_AUTH, certs.client_cert, certs.client_key)
 
 
 def ensure_store_certs(store_root: str | os.PathLike[str], *, rotate: bool = False) -> StoreCerts:
@@ -246,25 +255,11 @@ def issue_server_cert(
     certs: StoreCerts, machine_dir: str | os.PathLike[str], machine_name: str, sans: list[str]
 ) -> tuple[Path, Path]:
     """Issue ``server.pem``/``server-key.pem`` in the machine dir, signed by the store CA; returns their paths."""
-    ca_cert, ca_key = load_cert(certs.ca_cert), _load_key(certs.ca_key)
-    key = _new_key()
-    cert = _sign(
-        _name(f"{_user()}.{machine_name}", machine_name),
-        key.public_key(),
-        ca_cert.subject,
-        ca_key,
-        LEAF_VALIDITY,
-        [
-            (x509.BasicConstraints(ca=False, path_length=None), True),
-            (_leaf_usage(), True),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-            (x509.SubjectAlternativeName([_san_entry(value) for value in sans]), False),
-        ],
-    )
     directory = Path(machine_dir)
-    write_private(directory / SERVER_KEY, _key_pem(key))
-    write_private(directory / SERVER_CERT, _cert_pem(cert))
-    return directory / SERVER_CERT, directory / SERVER_KEY
+    cert_path, key_path = directory / SERVER_CERT, directory / SERVER_KEY
+    subject = _name(f"{_user()}.{machine_name}", machine_name)
+    _issue_leaf(certs, subject, ExtendedKeyUsageOID.SERVER_AUTH, cert_path, key_path, sans)
+    return cert_path, key_path
 
 
 def copy_client_certs(certs: StoreCerts, machine_dir: str | os.PathLike[str]) -> None:
