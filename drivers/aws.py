@@ -1,0 +1,721 @@
+"""Amazon EC2 driver (``--driver aws``, alias ``amazonec2``): Docker Machine's amazonec2 flags, without its leaks.
+
+What it fixes over docker-machine's driver:
+
+* every resource it makes (imported key pair, security group, instance) is recorded in the create ledger and undone
+  in reverse on failure, each undo waiting until EC2 confirms, and ``rm`` removes the security group too;
+* the security group it creates opens only SSH (and the TLS API port when the API is exposed over TCP) from the
+  sources in ``--aws-allow-cidr``; groups the user names are used as they are;
+* the SSH host key is generated here and injected through cloud-init, so the first connection is already verified;
+* waits have a configurable timeout and say what they are waiting for.
+
+The instance is launched with a unique ``machines:id`` tag, so an undo or ``rm`` can find it even when the create
+was interrupted while ``RunInstances`` was in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.mime.multipart
+import email.mime.text
+import ipaddress
+import logging
+import os
+import time
+import uuid
+from typing import Any, Callable
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.errors import DriverError, MachineTimeoutError, PreCreateError
+
+log = logging.getLogger(__name__)
+
+# Image owners published by the distributions themselves (not a table of AMI ids: those change every month).
+DEBIAN_OWNER = "136693071363"
+CANONICAL_OWNER = "099720109477"
+DEFAULT_IMAGES: list[tuple[str, str, str]] = [  # (owner, name pattern, SSH user of the image)
+    (DEBIAN_OWNER, "debian-12-amd64-*", "admin"),
+    (CANONICAL_OWNER, "ubuntu/images/hvm-ssd*/ubuntu-*-amd64-server-*", "ubuntu"),
+]
+SSH_PORT = 22
+TLS_API_PORT = 2376
+ANYWHERE = "0.0.0.0/0"
+STATE_MAP: dict[str, State] = {
+    "pending": State.STARTING,
+    "running": State.RUNNING,
+    "stopping": State.STOPPING,
+    "shutting-down": State.STOPPING,
+    "stopped": State.STOPPED,
+    "terminated": State.NOT_FOUND,
+}
+# Error codes that mean "already gone": an undo or rm treats them as success.
+GONE_CODES = {
+    "InvalidInstanceID.NotFound",
+    "InvalidKeyPair.NotFound",
+    "InvalidGroup.NotFound",
+    "InvalidGroupId.NotFound",
+}
+
+
+def _error_code(error: botocore.exceptions.ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _one_line(error: Exception) -> str:
+    """EC2's message without botocore's "An error occurred (...) when calling ..." wrapper, on one line."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        detail = error.response.get("Error", {})
+        text = f"{detail.get('Code', 'Error')}: {detail.get('Message', '')}"
+    else:
+        text = str(error)
+    return " ".join(text.split())
+
+
+def generate_host_key() -> tuple[str, str]:
+    """A fresh ed25519 host key as (OpenSSH private PEM, ``ssh-ed25519 AAAA...`` public line)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode()
+
+
+def public_key_of(private_key_path: str) -> str:
+    """The OpenSSH public line of a private key file (its ``.pub`` may be missing or stale)."""
+    with open(private_key_path, "rb") as handle:
+        key = serialization.load_ssh_private_key(handle.read(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def _yaml_block(text: str, indent: int) -> str:
+    pad = " " * indent
+    return "\n".join(pad + line for line in text.strip().splitlines())
+
+
+def cloud_config(authorized_key: str, host_private: str, host_public: str, ssh_user: str) -> str:
+    """Our cloud-config: the machine's authorized key and the host key we generated (so SSH is verified at once).
+
+    Written by hand instead of with a YAML library: the structure is fixed and the values are base64 key text.
+    """
+    lines = [
+        "#cloud-config",
+        "ssh_deletekeys: true",
+        "ssh_genkeytypes: []",
+        "ssh_keys:",
+        "  ed25519_private: |",
+        _yaml_block(host_private, 4),
+        f"  ed25519_public: {host_public}",
+        "ssh_authorized_keys:",
+        f"  - {authorized_key}",
+    ]
+    if ssh_user == "root":
+        lines.append("disable_root: false")
+    return "\n".join(lines) + "\n"
+
+
+def merge_user_data(ours: str, theirs: str | None) -> str:
+    """Ours alone, or a MIME multipart with ours first and the user's part after it, as cloud-init expects."""
+    if not theirs:
+        return ours
+    message = email.mime.multipart.MIMEMultipart()
+    message.attach(email.mime.text.MIMEText(ours, "cloud-config"))
+    first_line = theirs.lstrip().splitlines()[0] if theirs.strip() else ""
+    subtype = "x-shellscript" if first_line.startswith("#!") else "cloud-config"
+    if first_line.startswith("Content-Type: multipart"):
+        raise PreCreateError("--aws-userdata: MIME multipart user data cannot be merged; pass a script or cloud-config")
+    message.attach(email.mime.text.MIMEText(theirs, subtype))
+    return message.as_string()
+
+
+def parse_open_port(value: str) -> tuple[int, str]:
+    """``port[/proto]`` (Docker Machine's syntax) -> (port, protocol)."""
+    port_text, _, protocol = value.partition("/")
+    protocol = protocol or "tcp"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or protocol not in ("tcp", "udp"):
+        raise PreCreateError(f"--aws-open-port {value!r}: expected PORT or PORT/tcp or PORT/udp")
+    return int(port_text), protocol
+
+
+def parse_tags(values: list[str]) -> list[dict[str, str]]:
+    """``k1,v1,k2,v2`` (one flag value or several) -> EC2 tag list."""
+    items = [item for value in values for item in value.split(",")]
+    if len(items) % 2:
+        raise PreCreateError("--aws-tags: expected key,value pairs (k1,v1,k2,v2)")
+    return [{"Key": key, "Value": value} for key, value in zip(items[::2], items[1::2])]
+
+
+class AWSDriver(Driver):
+    """Hosts on Amazon EC2 (or an EC2-compatible endpoint) through boto3."""
+
+    name = "aws"
+    description = "Amazon EC2 instances (Docker Machine's amazonec2 flags)"
+    flags = [
+        Flag("profile", "shared-credentials profile to use", envvar="AWS_PROFILE"),
+        Flag("access-key", "access key id (default: boto3's credential chain)", envvar="AWS_ACCESS_KEY_ID"),
+        Flag("secret-key", "secret access key", envvar="AWS_SECRET_ACCESS_KEY", secret=True),
+        Flag("session-token", "session token of temporary credentials", envvar="AWS_SESSION_TOKEN", secret=True),
+        Flag("endpoint", "EC2 endpoint URL, for EC2-compatible clouds", envvar="AWS_ENDPOINT"),
+        Flag("region", "region", default="us-east-1", envvar="AWS_DEFAULT_REGION"),
+        Flag("zone", "availability zone letter", default="a", envvar="AWS_ZONE"),
+        Flag("instance-type", "instance type", default="t3.micro", envvar="AWS_INSTANCE_TYPE"),
+        Flag("ami", "image id (default: the newest Debian 12, else Ubuntu, image of the region)", envvar="AWS_AMI"),
+        Flag("vpc-id", "VPC (default: the region's default VPC)", envvar="AWS_VPC_ID"),
+        Flag("subnet-id", "subnet (default: the VPC's default subnet for the zone)", envvar="AWS_SUBNET_ID"),
+        Flag("security-group", "existing security group name or id, used as is (repeatable; default: one we "
+             "create for the machine)", type=list, envvar="AWS_SECURITY_GROUP"),
+        Flag("open-port", "extra port[/proto] to open in the group we create (repeatable)", type=list),
+        Flag("allow-cidr", "source CIDR allowed into the group we create (repeatable; default: anywhere)",
+             type=list, envvar="AWS_ALLOW_CIDR"),
+        Flag("root-size", "root volume size in GiB", type=int, default=16, envvar="AWS_ROOT_SIZE"),
+        Flag("volume-type", "root volume type", default="gp3", envvar="AWS_VOLUME_TYPE"),
+        Flag("iam-instance-profile", "IAM instance profile name", envvar="AWS_INSTANCE_PROFILE"),
+        Flag("tags", "extra tags as k1,v1,k2,v2", type=list, envvar="AWS_TAGS"),
+        Flag("ssh-user", "SSH user (default: admin for Debian, ubuntu otherwise)", envvar="AWS_SSH_USER"),
+        Flag("keypair-name", "existing EC2 key pair to use (needs --aws-ssh-keypath)", envvar="AWS_KEYPAIR_NAME"),
+        Flag("ssh-keypath", "private key of --aws-keypair-name", envvar="AWS_SSH_KEYPATH"),
+        Flag("use-private-address", "connect through the private address", type=bool, default=False,
+             envvar="AWS_USE_PRIVATE_IP"),
+        Flag("private-address-only", "no public address at all (implies --aws-use-private-address)", type=bool,
+             default=False, envvar="AWS_PRIVATE_ADDRESS_ONLY"),
+        Flag("private-ip-address", "fixed private IPv4 address in the subnet", envvar="AWS_PRIVATE_IP_ADDRESS"),
+        Flag("request-spot-instance", "launch a spot instance", type=bool, default=False),
+        Flag("spot-price", "maximum spot price per hour (default: the on-demand price)", envvar="AWS_SPOT_PRICE"),
+        Flag("monitoring", "detailed CloudWatch monitoring", type=bool, default=False),
+        Flag("userdata", "file of extra user data (script or cloud-config), run after ours", envvar="AWS_USERDATA"),
+        Flag("metadata-tokens", "IMDSv2 tokens: required or optional", default="required",
+             envvar="AWS_METADATA_TOKENS"),
+        Flag("retries", "API retries on throttling and transient errors", type=int, default=5),
+        Flag("wait-timeout", "seconds to wait for each EC2 state change", type=int, default=300,
+             envvar="AWS_WAIT_TIMEOUT"),
+    ]
+
+    def __init__(self, machine_name: str, store_dir: str, config: dict[str, Any] | None = None) -> None:
+        merged = self.flag_defaults()
+        merged.update({key: value for key, value in (config or {}).items() if value is not None})
+        super().__init__(machine_name, store_dir, merged)
+        self._client: Any = None
+
+    # -- configuration helpers --------------------------------------------------------------------------------
+    def _get(self, key: str) -> Any:
+        return self.config.get(key)
+
+    @property
+    def resource_name(self) -> str:
+        """Name of the key pair and security group we create: says who made them, unique per machine name."""
+        return f"machines-{self.machine_name}"
+
+    @property
+    def timeout(self) -> float:
+        return float(self._get("wait_timeout") or 300)
+
+    def _session(self) -> boto3.Session:
+        return boto3.Session(
+            profile_name=self._get("profile") or None,
+            aws_access_key_id=self._get("access_key") or None,
+            aws_secret_access_key=self._get("secret_key") or None,
+            aws_session_token=self._get("session_token") or None,
+            region_name=self._get("region") or "us-east-1",
+        )
+
+    @property
+    def ec2(self) -> Any:
+        """The EC2 client, made on first use (so ``ls`` on other machines never pays for it)."""
+        if self._client is None:
+            try:
+                session = self._session()
+            except botocore.exceptions.ProfileNotFound as error:
+                raise PreCreateError(f"--aws-profile: {error}") from None
+            retry = botocore.config.Config(retries={"max_attempts": int(self._get("retries") or 5), "mode": "standard"})
+            self._client = session.client("ec2", endpoint_url=self._get("endpoint") or None, config=retry)
+        return self._client
+
+    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """One EC2 call; any failure becomes a one-line ``DriverError`` naming the operation."""
+        try:
+            return getattr(self.ec2, operation)(**params)
+        except botocore.exceptions.ClientError as error:
+            raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
+        except botocore.exceptions.NoCredentialsError:
+            raise PreCreateError(
+                "no AWS credentials: pass --aws-access-key and --aws-secret-key, set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or use --aws-profile"
+            ) from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
+
+    def _call_ignoring_gone(self, operation: str, **params: Any) -> dict[str, Any] | None:
+        """Like ``_call`` but "not found" is success: for deletes of things that may already be gone."""
+        try:
+            return getattr(self.ec2, operation)(**params)
+        except botocore.exceptions.ClientError as error:
+            if _error_code(error) in GONE_CODES:
+                return None
+            raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
+
+    def _wait(self, what: str, done: Callable[[], bool]) -> None:
+        """Poll ``done`` until true or the wait timeout; quick at first (moto, fast APIs), then every 3 s."""
+        log.info("%s: waiting for %s (timeout %ds)", self.machine_name, what, self.timeout)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.2
+        while not done():
+            if time.monotonic() >= deadline:
+                raise MachineTimeoutError(f"timed out after {self.timeout:.0f}s waiting for {what}")
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+    # -- pre-create ---------------------------------------------------------------------------------------------
+    def pre_create_check(self) -> None:
+        """Everything that can be checked without making anything: flags, credentials, region, type, AMI, names."""
+        self._check_flags()
+        self._check_credentials()
+        self._check_region()
+        self._check_instance_type()
+        self._resolve_image()
+        self._resolve_network()
+        self._check_names_free()
+        self._resolve_security_groups()
+
+    def _check_flags(self) -> None:
+        for cidr in self._get("allow_cidr") or []:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise PreCreateError(f"--aws-allow-cidr {cidr!r} is not a CIDR such as 203.0.113.0/24") from None
+        for port in self._get("open_port") or []:
+            parse_open_port(port)
+        parse_tags(self._get("tags") or [])
+        if self._get("metadata_tokens") not in ("required", "optional"):
+            raise PreCreateError("--aws-metadata-tokens must be 'required' or 'optional'")
+        if self._get("security_group") and self._get("open_port"):
+            raise PreCreateError("--aws-open-port only applies to the group machines creates, not to --aws-security-group")
+        if bool(self._get("keypair_name")) != bool(self._get("ssh_keypath")):
+            raise PreCreateError("--aws-keypair-name and --aws-ssh-keypath go together")
+        if self._get("ssh_keypath") and not os.path.isfile(self._get("ssh_keypath")):
+            raise PreCreateError(f"--aws-ssh-keypath {self._get('ssh_keypath')}: no such file")
+        if int(self._get("root_size") or 0) < 1:
+            raise PreCreateError("--aws-root-size must be a positive number of GiB")
+        userdata = self._get("userdata")
+        if userdata and not os.path.isfile(userdata):
+            raise PreCreateError(f"--aws-userdata {userdata}: no such file")
+        if self._get("private_ip_address"):
+            try:
+                ipaddress.IPv4Address(self._get("private_ip_address"))
+            except ValueError:
+                raise PreCreateError(f"--aws-private-ip-address {self._get('private_ip_address')!r} is not an IPv4 address") from None
+
+    def _check_credentials(self) -> None:
+        try:
+            credentials = self._session().get_credentials()
+        except botocore.exceptions.ProfileNotFound as error:
+            raise PreCreateError(f"--aws-profile: {error}") from None
+        if credentials is None:
+            self._call("describe_regions")  # raises the one-line "no AWS credentials" error
+
+    def _check_region(self) -> None:
+        region = self._get("region")
+        if not self._get("endpoint"):
+            session = self._session()
+            known = {
+                name
+                for partition in session.get_available_partitions()
+                for name in session.get_available_regions("ec2", partition_name=partition)
+            }
+            if region not in known:
+                raise PreCreateError(f"unknown AWS region {region!r}")
+        regions = self._call("describe_regions", AllRegions=True)["Regions"]
+        if region not in {entry["RegionName"] for entry in regions}:
+            raise PreCreateError(f"unknown AWS region {region!r}")
+
+    def _check_instance_type(self) -> None:
+        instance_type = self._get("instance_type")
+        try:
+            self.ec2.describe_instance_types(InstanceTypes=[instance_type])
+        except botocore.exceptions.ClientError as error:
+            if _error_code(error) in ("InvalidInstanceType", "InvalidParameterValue"):
+                raise PreCreateError(f"--aws-instance-type {instance_type!r} does not exist in {self._get('region')}") from None
+            raise DriverError(f"EC2 describe_instance_types: {_one_line(error)}") from None
+
+    def _resolve_image(self) -> None:
+        """Check the AMI exists (or find the default one) and pick the SSH user its distribution uses."""
+        ami = self._get("ami")
+        if ami:
+            try:
+                images = self.ec2.describe_images(ImageIds=[ami])["Images"]
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error).startswith("InvalidAMIID"):
+                    raise PreCreateError(f"--aws-ami {ami!r} does not exist in {self._get('region')}") from None
+                raise DriverError(f"EC2 describe_images: {_one_line(error)}") from None
+            if not images:
+                raise PreCreateError(f"--aws-ami {ami!r} does not exist in {self._get('region')}")
+            image = images[0]
+            user = "admin" if "debian" in (image.get("Name") or "").lower() else "ubuntu"
+        else:
+            image, user = self._default_image()
+            self.config["ami"] = image["ImageId"]
+        self.config["root_device_name"] = image.get("RootDeviceName") or "/dev/xvda"
+        if not self._get("ssh_user"):
+            self.config["ssh_user"] = user
+
+    def _default_image(self) -> tuple[dict[str, Any], str]:
+        for owner, pattern, user in DEFAULT_IMAGES:
+            images = self._call(
+                "describe_images",
+                Owners=[owner],
+                Filters=[
+                    {"Name": "name", "Values": [pattern]},
+                    {"Name": "architecture", "Values": ["x86_64"]},
+                    {"Name": "state", "Values": ["available"]},
+                ],
+            )["Images"]
+            if images:
+                newest = max(images, key=lambda image: (image.get("CreationDate") or "", image.get("Name") or ""))
+                log.info("%s: using %s (%s)", self.machine_name, newest["ImageId"], newest.get("Name"))
+                return newest, user
+        raise PreCreateError(f"no Debian 12 or Ubuntu image found in {self._get('region')}; pass --aws-ami")
+
+    def _resolve_network(self) -> None:
+        """Fill in the VPC and subnet (defaults: the default VPC and its subnet for the zone) and check they fit."""
+        zone = f"{self._get('region')}{self._get('zone')}"
+        subnet_id = self._get("subnet_id")
+        if subnet_id:
+            subnets = self._call("describe_subnets", SubnetIds=[subnet_id])["Subnets"]
+            subnet = subnets[0]
+            if self._get("vpc_id") and subnet["VpcId"] != self._get("vpc_id"):
+                raise PreCreateError(f"--aws-subnet-id {subnet_id} is not in --aws-vpc-id {self._get('vpc_id')}")
+            self.config["vpc_id"] = subnet["VpcId"]
+        else:
+            vpc_id = self._get("vpc_id")
+            if not vpc_id:
+                vpcs = self._call("describe_vpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+                if not vpcs:
+                    raise PreCreateError(f"region {self._get('region')} has no default VPC; pass --aws-vpc-id or --aws-subnet-id")
+                vpc_id = self.config["vpc_id"] = vpcs[0]["VpcId"]
+            subnets = self._call(
+                "describe_subnets",
+                Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "availability-zone", "Values": [zone]}],
+            )["Subnets"]
+            if not subnets:
+                raise PreCreateError(f"VPC {vpc_id} has no subnet in {zone}; pass --aws-subnet-id")
+            subnet = sorted(subnets, key=lambda entry: not entry.get("DefaultForAz"))[0]
+            self.config["subnet_id"] = subnet["SubnetId"]
+        private_ip = self._get("private_ip_address")
+        if private_ip and ipaddress.IPv4Address(private_ip) not in ipaddress.ip_network(subnet["CidrBlock"]):
+            raise PreCreateError(f"--aws-private-ip-address {private_ip} is outside subnet {subnet['SubnetId']} ({subnet['CidrBlock']})")
+        self.config["zone_name"] = subnet.get("AvailabilityZone") or zone
+
+    def _check_names_free(self) -> None:
+        """Our key pair and security group names must not exist yet: we would delete someone else's at rm."""
+        if self._get("keypair_name"):
+            try:
+                self.ec2.describe_key_pairs(KeyNames=[self._get("keypair_name")])
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error) == "InvalidKeyPair.NotFound":
+                    raise PreCreateError(f"--aws-keypair-name {self._get('keypair_name')!r} does not exist") from None
+                raise DriverError(f"EC2 describe_key_pairs: {_one_line(error)}") from None
+        else:
+            pairs = self._call("describe_key_pairs", Filters=[{"Name": "key-name", "Values": [self.resource_name]}])
+            if pairs["KeyPairs"]:
+                raise PreCreateError(f"an EC2 key pair named {self.resource_name!r} already exists")
+        if not self._get("security_group"):
+            groups = self._call(
+                "describe_security_groups",
+                Filters=[
+                    {"Name": "group-name", "Values": [self.resource_name]},
+                    {"Name": "vpc-id", "Values": [self._get("vpc_id")]},
+                ],
+            )["SecurityGroups"]
+            if groups:
+                raise PreCreateError(f"a security group named {self.resource_name!r} already exists in {self._get('vpc_id')}")
+
+    def _resolve_security_groups(self) -> None:
+        """Turn the names or ids given in ``--aws-security-group`` into ids of existing groups in our VPC."""
+        wanted = self._get("security_group") or []
+        ids: list[str] = []
+        for group in wanted:
+            key = "group-id" if group.startswith("sg-") else "group-name"
+            found = self._call(
+                "describe_security_groups",
+                Filters=[{"Name": key, "Values": [group]}, {"Name": "vpc-id", "Values": [self._get("vpc_id")]}],
+            )["SecurityGroups"]
+            if not found:
+                raise PreCreateError(f"--aws-security-group {group!r}: no such group in {self._get('vpc_id')}")
+            ids.append(found[0]["GroupId"])
+        self.config["security_group_ids"] = ids
+
+    # -- create -------------------------------------------------------------------------------------------------
+    def create(self, ledger: Ledger) -> None:
+        """Key pair -> security group -> instance -> wait running; each recorded in the ledger with a waited undo."""
+        if "security_group_ids" not in self.config:  # called without pre_create_check (library users)
+            self.pre_create_check()
+        self.config["machine_id"] = self.config.get("machine_id") or uuid.uuid4().hex
+        self._import_key_pair(ledger)
+        groups = list(self._get("security_group_ids") or [])
+        if not groups:
+            groups.append(self._create_security_group(ledger))
+        self._launch(ledger, groups)
+        self._wait_for_state("running")
+
+    def _tag_spec(self, resource_type: str) -> dict[str, Any]:
+        tags = [
+            {"Key": "Name", "Value": self.machine_name},
+            {"Key": "machines:name", "Value": self.machine_name},
+            {"Key": "machines:id", "Value": self.config["machine_id"]},
+        ] + parse_tags(self._get("tags") or [])
+        return {"ResourceType": resource_type, "Tags": tags}
+
+    def _import_key_pair(self, ledger: Ledger) -> None:
+        if self._get("keypair_name"):
+            return
+        with open(self.ssh_key_path + ".pub", "rb") as handle:
+            material = handle.read()
+        self._call(
+            "import_key_pair",
+            KeyName=self.resource_name,
+            PublicKeyMaterial=material,
+            TagSpecifications=[self._tag_spec("key-pair")],
+        )
+        self.config["created_key_pair"] = self.resource_name
+        ledger.record(f"EC2 key pair {self.resource_name}", self._delete_key_pair)
+
+    def _create_security_group(self, ledger: Ledger) -> str:
+        group_id = self._call(
+            "create_security_group",
+            GroupName=self.resource_name,
+            Description=f"machines: {self.machine_name}",
+            VpcId=self._get("vpc_id"),
+            TagSpecifications=[self._tag_spec("security-group")],
+        )["GroupId"]
+        self.config["created_security_group"] = group_id
+        ledger.record(f"EC2 security group {group_id}", self._delete_security_group)
+        cidrs = self._get("allow_cidr") or []
+        if not cidrs:
+            log.warning("%s: SSH%s open to anywhere; restrict with --aws-allow-cidr", self.machine_name,
+                        " and the TLS API port" if self._exposes_tls_api() else "")
+            cidrs = [ANYWHERE]
+        ports = [(SSH_PORT, "tcp")] + ([(TLS_API_PORT, "tcp")] if self._exposes_tls_api() else [])
+        ports += [parse_open_port(value) for value in self._get("open_port") or []]
+        ipv4 = [{"CidrIp": cidr} for cidr in cidrs if ":" not in cidr]
+        ipv6 = [{"CidrIpv6": cidr} for cidr in cidrs if ":" in cidr]
+        permissions = [
+            {"IpProtocol": protocol, "FromPort": port, "ToPort": port, "IpRanges": ipv4, "Ipv6Ranges": ipv6}
+            for port, protocol in dict.fromkeys(ports)
+        ]
+        self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=permissions)
+        return group_id
+
+    def _exposes_tls_api(self) -> bool:
+        """Whether the runtime's API listens on TCP with TLS (the default) rather than only through SSH."""
+        return str(self._get("api_mode") or "tls").lower() != "ssh"
+
+    def _user_data(self) -> str:
+        host_private, host_public = generate_host_key()
+        self.config["host_key"] = host_public
+        key_path = self._get("ssh_keypath") or self.ssh_key_path
+        ours = cloud_config(public_key_of(key_path), host_private, host_public, self._get("ssh_user"))
+        theirs = None
+        if self._get("userdata"):
+            with open(self._get("userdata"), encoding="utf-8") as handle:
+                theirs = handle.read()
+        return merge_user_data(ours, theirs)
+
+    def _launch(self, ledger: Ledger, groups: list[str]) -> None:
+        """RunInstances, recorded *before* the call: an interrupted launch is found again by its machines:id tag."""
+        interface: dict[str, Any] = {
+            "DeviceIndex": 0,
+            "SubnetId": self._get("subnet_id"),
+            "Groups": groups,
+            "AssociatePublicIpAddress": not self._get("private_address_only"),
+            "DeleteOnTermination": True,
+        }
+        if self._get("private_ip_address"):
+            interface["PrivateIpAddress"] = self._get("private_ip_address")
+        params: dict[str, Any] = {
+            "ImageId": self._get("ami"),
+            "InstanceType": self._get("instance_type"),
+            "MinCount": 1,
+            "MaxCount": 1,
+            "KeyName": self._get("keypair_name") or self.resource_name,
+            "NetworkInterfaces": [interface],
+            "Placement": {"AvailabilityZone": self._get("zone_name")},
+            "UserData": self._user_data(),
+            "Monitoring": {"Enabled": bool(self._get("monitoring"))},
+            "MetadataOptions": {"HttpTokens": self._get("metadata_tokens"), "HttpEndpoint": "enabled"},
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": self._get("root_device_name"),
+                    "Ebs": {
+                        "VolumeSize": int(self._get("root_size")),
+                        "VolumeType": self._get("volume_type"),
+                        "DeleteOnTermination": True,
+                    },
+                }
+            ],
+            "TagSpecifications": [self._tag_spec("instance"), self._tag_spec("volume")],
+        }
+        if self._get("iam_instance_profile"):
+            params["IamInstanceProfile"] = {"Name": self._get("iam_instance_profile")}
+        if self._get("request_spot_instance"):
+            spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+            if self._get("spot_price"):
+                spot["MaxPrice"] = str(self._get("spot_price"))
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+        ledger.record(f"EC2 instance of {self.machine_name}", self._terminate_instances)
+        instance = self._call("run_instances", **params)["Instances"][0]
+        self.config["instance_id"] = instance["InstanceId"]
+        log.info("%s: launched %s", self.machine_name, instance["InstanceId"])
+
+    # -- removal (the ledger's undos and rm) --------------------------------------------------------------------
+    def _our_instance_ids(self) -> list[str]:
+        """The recorded instance plus any live instance carrying our machines:id tag (an interrupted launch)."""
+        ids = [self._get("instance_id")] if self._get("instance_id") else []
+        if self._get("machine_id"):
+            reservations = self._call(
+                "describe_instances",
+                Filters=[
+                    {"Name": "tag:machines:id", "Values": [self._get("machine_id")]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]},
+                ],
+            )["Reservations"]
+            ids += [instance["InstanceId"] for reservation in reservations for instance in reservation["Instances"]]
+        return list(dict.fromkeys(ids))
+
+    def _terminate_instances(self) -> None:
+        for instance_id in self._our_instance_ids():
+            self._call_ignoring_gone("terminate_instances", InstanceIds=[instance_id])
+            self._wait(f"instance {instance_id} to be terminated", lambda: self._instance_state(instance_id) is None)
+
+    def _delete_key_pair(self) -> None:
+        name = self._get("created_key_pair")
+        if not name:
+            return
+        self._call_ignoring_gone("delete_key_pair", KeyName=name)
+
+        def gone() -> bool:
+            pairs = self._call("describe_key_pairs", Filters=[{"Name": "key-name", "Values": [name]}])["KeyPairs"]
+            return not pairs
+
+        self._wait(f"key pair {name} to be deleted", gone)
+        self.config.pop("created_key_pair", None)
+
+    def _delete_security_group(self) -> None:
+        """Delete our group; EC2 refuses (DependencyViolation) while a terminating instance still holds it."""
+        group_id = self._get("created_security_group")
+        if not group_id:
+            return
+
+        def deleted() -> bool:
+            try:
+                self.ec2.delete_security_group(GroupId=group_id)
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error) in GONE_CODES:
+                    return True
+                if _error_code(error) == "DependencyViolation":
+                    return False
+                raise DriverError(f"EC2 delete_security_group: {_one_line(error)}") from None
+            return True
+
+        self._wait(f"security group {group_id} to be deleted", deleted)
+        self.config.pop("created_security_group", None)
+
+    def remove(self) -> None:
+        """Terminate the instance, then delete our key pair and group; each already gone is fine."""
+        self._terminate_instances()
+        self._delete_key_pair()
+        self._delete_security_group()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _describe(self) -> dict[str, Any] | None:
+        """The instance as EC2 describes it, or None when it no longer exists (or is terminated)."""
+        instance_id = self._get("instance_id")
+        if not instance_id:
+            return None
+        try:
+            reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except botocore.exceptions.ClientError as error:
+            if _error_code(error) in GONE_CODES:
+                return None
+            raise DriverError(f"EC2 describe_instances: {_one_line(error)}") from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise DriverError(f"EC2 describe_instances: {_one_line(error)}") from None
+        instances = [instance for reservation in reservations for instance in reservation["Instances"]]
+        if not instances or instances[0]["State"]["Name"] == "terminated":
+            return None
+        return instances[0]
+
+    def _instance_state(self, instance_id: str) -> str | None:
+        try:
+            reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except botocore.exceptions.ClientError as error:
+            if _error_code(error) in GONE_CODES:
+                return None
+            raise DriverError(f"EC2 describe_instances: {_one_line(error)}") from None
+        states = [instance["State"]["Name"] for reservation in reservations for instance in reservation["Instances"]]
+        return None if not states or states[0] == "terminated" else states[0]
+
+    def _existing_instance(self) -> str:
+        instance_id = self._get("instance_id")
+        if not instance_id or self._instance_state(instance_id) is None:
+            raise DriverError(f"EC2 instance {instance_id or '(none)'} of {self.machine_name} no longer exists")
+        return instance_id
+
+    def _wait_for_state(self, wanted: str) -> None:
+        instance_id = self._get("instance_id")
+
+        def reached() -> bool:
+            current = self._instance_state(instance_id)
+            if current is None:
+                raise DriverError(f"EC2 instance {instance_id} was terminated while waiting for it to be {wanted}")
+            return current == wanted
+
+        self._wait(f"instance {instance_id} to be {wanted}", reached)
+
+    def state(self) -> State:
+        instance = self._describe()
+        if instance is None:
+            return State.NOT_FOUND
+        return STATE_MAP.get(instance["State"]["Name"], State.ERROR)
+
+    def start(self) -> None:
+        self._call("start_instances", InstanceIds=[self._existing_instance()])
+        self._wait_for_state("running")
+
+    def stop(self) -> None:
+        self._call("stop_instances", InstanceIds=[self._existing_instance()])
+        self._wait_for_state("stopped")
+
+    def kill(self) -> None:
+        self._call("stop_instances", InstanceIds=[self._existing_instance()], Force=True)
+        self._wait_for_state("stopped")
+
+    def restart(self) -> None:
+        self._call("reboot_instances", InstanceIds=[self._existing_instance()])
+        self._wait_for_state("running")
+
+    def ip(self) -> str:
+        instance = self._describe()
+        if instance is None:
+            raise DriverError(f"EC2 instance of {self.machine_name} no longer exists")
+        private = self._get("use_private_address") or self._get("private_address_only")
+        address = instance.get("PrivateIpAddress") if private else instance.get("PublicIpAddress")
+        if not address:
+            kind = "private" if private else "public"
+            raise DriverError(f"EC2 instance {instance['InstanceId']} has no {kind} address yet")
+        return address
+
+    def ssh_details(self) -> SSHDetails:
+        return SSHDetails(
+            host=self.ip(),
+            port=SSH_PORT,
+            user=self._get("ssh_user") or "ubuntu",
+            key_path=self._get("ssh_keypath") or self.ssh_key_path,
+        )
+
+    def initial_host_key(self) -> str | None:
+        return self._get("host_key")
