@@ -1,0 +1,166 @@
+"""The files provisioning installs on a host to run the runtime as a service, rendered as text.
+
+One control script (``machines-runtime start|stop|restart|status``) decides at every call between systemd (when
+systemd is PID 1) and a small supervisor that restarts the daemon when it dies; hosts without systemd (containers,
+the test hosts, minimal images) get the supervisor, started with ``setsid nohup`` so it outlives the SSH session.
+Both stop only the daemon process, never its process group, so containers keep running across a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+
+LIB_DIR = "/usr/local/lib/machines"
+ETC_DIR = "/etc/machines"
+RUNTIME_PATH = f"{LIB_DIR}/runtime.pyz"  # a symlink to runtime-<hash>.pyz, swapped atomically on upgrade
+LAUNCHER_PATH = f"{LIB_DIR}/run-daemon"
+CONTROL_PATH = f"{LIB_DIR}/machines-runtime"
+UNIT_PATH = "/etc/systemd/system/machines-runtime.service"
+SHIM_PATH = "/usr/local/bin/docker"
+SHIM_MARKER = "machines-docker-shim"
+LOG_PATH = "/var/log/machines-runtime.log"
+DAEMON_PID = "/var/run/machines-runtime.pid"
+SUPERVISOR_PID = "/var/run/machines-supervisor.pid"
+EXEC_ROOT = "/var/run/machines-runtime"
+SOCKET_PATH = "/var/run/docker.sock"
+DEFAULT_DATA_ROOT = "/var/lib/machines-runtime"
+TLS_PORT = 2376
+CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    """What the daemon is started with; a change of any field means the daemon must restart."""
+
+    python: str
+    data_root: str
+    api: str  # "tls": unix socket + TCP 2376 with mutual TLS; "ssh": unix socket only
+    socket_path: str = SOCKET_PATH
+    port: int = TLS_PORT
+
+    def argv(self) -> list[str]:
+        argv = [
+            self.python, RUNTIME_PATH, "daemon",
+            "--data-root", self.data_root,
+            "--exec-root", EXEC_ROOT,
+            "--host", f"unix://{self.socket_path}",
+            "--pidfile", DAEMON_PID,
+        ]  # fmt: skip
+        if self.api == "tls":
+            argv += [
+                "--host", f"tcp://0.0.0.0:{self.port}",
+                "--tlsverify", "--tlscacert", CA_PATH, "--tlscert", CERT_PATH, "--tlskey", KEY_PATH,
+            ]  # fmt: skip
+        return argv
+
+
+def launcher(config: DaemonConfig) -> str:
+    """The one place the daemon's command line lives; systemd and the supervisor both exec it."""
+    return f"#!/bin/sh\n# Installed by machines: the runtime daemon's command line.\nexec {shlex.join(config.argv())}\n"
+
+
+def control_script() -> str:
+    """``machines-runtime start|stop|restart|status``: the host-side service control, systemd or supervised."""
+    return f"""#!/bin/sh
+# Installed by machines: runs the container runtime under systemd when systemd is PID 1, else under a supervisor
+# that restarts the daemon if it dies. Stopping signals the daemon only, so containers keep running.
+set -u
+UNIT=machines-runtime.service
+SUPERVISOR_PID={SUPERVISOR_PID}
+DAEMON_PID={DAEMON_PID}
+
+alive() {{ pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }}
+systemd() {{ [ -d /run/systemd/system ]; }}
+
+supervise() {{
+  echo $$ > "$SUPERVISOR_PID"
+  child=
+  trap 'if [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; then wait "$child"; fi; rm -f "$SUPERVISOR_PID"; exit 0' TERM INT
+  while :; do
+    {LAUNCHER_PATH} >>{LOG_PATH} 2>&1 &
+    child=$!
+    wait "$child"
+    sleep 1
+  done
+}}
+
+stop() {{
+  if systemd; then systemctl stop "$UNIT"; return; fi
+  if alive "$SUPERVISOR_PID"; then
+    kill -TERM "$pid"
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  fi
+  if alive "$DAEMON_PID"; then kill -KILL "$pid"; fi
+  rm -f "$SUPERVISOR_PID"
+}}
+
+start() {{
+  mkdir -p {EXEC_ROOT}
+  if systemd; then systemctl daemon-reload && systemctl enable --now "$UNIT" >/dev/null 2>&1; return; fi
+  alive "$SUPERVISOR_PID" || setsid nohup "$0" supervise </dev/null >/dev/null 2>&1 &
+}}
+
+case "${{1:-}}" in
+  supervise) supervise ;;
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) if systemd; then systemctl is-active --quiet "$UNIT"; else alive "$SUPERVISOR_PID"; fi ;;
+  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
+esac
+"""
+
+
+def systemd_unit() -> str:
+    return f"""# Installed by machines.
+[Unit]
+Description=machines container runtime
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart={LAUNCHER_PATH}
+Restart=always
+RestartSec=1
+# Containers are children of the daemon: a restart (upgrade) must not kill them.
+KillMode=process
+Delegate=yes
+LimitNOFILE=1048576
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def docker_shim(python: str) -> str:
+    """A ``docker`` command implementing only ``docker [-H|--host unix://P] system dial-stdio``.
+
+    That is all the docker CLI and docker-py run on the remote side for ``DOCKER_HOST=ssh://user@host``. A
+    non-root user without access to the socket goes through ``sudo -n``.
+    """
+    return f"""#!/bin/sh
+# {SHIM_MARKER}: installed by machines so that DOCKER_HOST=ssh://user@host works; it only implements
+# `docker [--host unix://PATH] system dial-stdio`. Run the docker CLI on your own machine for everything else.
+host=unix://{SOCKET_PATH}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -H|--host) host=$2; shift 2 ;;
+    -H=*|--host=*) host=${{1#*=}}; shift ;;
+    system)
+      if [ "${{2:-}}" = dial-stdio ]; then
+        socket=${{host#unix://}}
+        if [ "$(id -u)" != 0 ] && [ ! -w "$socket" ] && command -v sudo >/dev/null; then
+          exec sudo -n {python} {RUNTIME_PATH} dial-stdio --host "$host"
+        fi
+        exec {python} {RUNTIME_PATH} dial-stdio --host "$host"
+      fi
+      break ;;
+    *) break ;;
+  esac
+done
+echo "this host runs the machines runtime: its docker command only implements 'docker system dial-stdio';" \\
+  "run docker on your own computer with DOCKER_HOST set (see 'machines env')" >&2
+exit 1
+"""
