@@ -1,0 +1,13 @@
+"""The Docker Engine API over the engine: ``build_app(engine)`` gives the request handler for ``server.Server``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.api import containers, images, networks, system, unsupported, volumes  # noqa: F401 - register routes
+from runtime.api.routing import ROUTER
+from runtime.api.server import App
+
+
+def build_app(engine: Any, debug: bool = False) -> App:
+    return App(ROUTER, engine, debug=debug)

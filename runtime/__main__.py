@@ -1,0 +1,218 @@
+"""``python3 runtime.pyz daemon | dial-stdio | version``: the runtime's command line (also ``python -m runtime``).
+
+Runs from a zipapp, so nothing here reads package files through ``__file__`` paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import List, Optional, Tuple
+
+from runtime import API_VERSION, MIN_API_VERSION, VERSION
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+class UsageError(Exception):
+    """Bad flags or environment: printed as one line, exit status 1."""
+
+
+def parse_host(value: str) -> Tuple[str, str, int]:
+    """``unix:///path`` -> ("unix", path, 0); ``tcp://host:port`` -> ("tcp", host, port)."""
+    if value.startswith("unix://"):
+        path = value[len("unix://"):]
+        if not path.startswith("/"):
+            raise UsageError("invalid host %r: unix socket paths must be absolute" % value)
+        return "unix", path, 0
+    if value.startswith("tcp://"):
+        rest = value[len("tcp://"):].rstrip("/")
+        host, sep, port = rest.rpartition(":")
+        if not sep or not port.isdigit():
+            raise UsageError("invalid host %r: expected tcp://ADDRESS:PORT" % value)
+        return "tcp", host.strip("[]") or "0.0.0.0", int(port)
+    raise UsageError("invalid host %r: expected unix:///path or tcp://ADDRESS:PORT" % value)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _claim_pidfile(path: str) -> None:
+    """Write our pid, refusing when the file names a live process (another daemon on the same data)."""
+    try:
+        with open(path) as handle:
+            old = int(handle.read().strip() or "0")
+    except (OSError, ValueError):
+        old = 0
+    if old and old != os.getpid():
+        try:
+            os.kill(old, 0)
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                raise UsageError("pid file %s names running process %d; is a daemon running?" % (path, old))
+        else:
+            raise UsageError("pid file %s names running process %d; is a daemon running?" % (path, old))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write("%d\n" % os.getpid())
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from runtime.api import build_app
+    from runtime.api.server import Server, bind_tcp, bind_unix, tls_context
+    from runtime.engine import Engine
+
+    hosts = [parse_host(value) for value in (args.host or ["unix://" + DEFAULT_SOCKET])]
+    tls = None
+    if any(kind == "tcp" for kind, _, _ in hosts):
+        if args.tlsverify or args.tls:
+            if (args.tlsverify and not args.tlscacert) or not args.tlscert or not args.tlskey:
+                raise UsageError("--tlsverify needs --tlscacert, --tlscert and --tlskey (--tls: the last two)")
+            try:
+                tls = tls_context(args.tlscacert, args.tlscert, args.tlskey, verify=args.tlsverify)
+            except (OSError, ValueError) as exc:
+                raise UsageError("cannot load TLS files: %s" % exc) from None
+        else:
+            for kind, host, port in hosts:
+                if kind == "tcp" and not _is_loopback(host):
+                    raise UsageError("refusing to listen on tcp://%s:%d without --tlsverify: anyone reaching it "
+                                     "would be root on this host" % (host, port))
+    if args.pidfile:
+        _claim_pidfile(args.pidfile)
+    engine = None
+    server = None
+    try:
+        engine_options = {"bridge_subnet": args.bridge_subnet}
+        if args.bridge_name:
+            engine_options["bridge_name"] = args.bridge_name
+        engine = Engine(args.data_root, args.exec_root, **engine_options)
+        server = Server(build_app(engine, debug=args.debug))
+        for kind, host, port in hosts:
+            try:
+                if kind == "unix":
+                    server.add(bind_unix(host))
+                else:
+                    server.add(bind_tcp(host, port), tls)
+            except OSError as exc:
+                raise UsageError("cannot listen on %s: %s" % (host if kind == "unix" else "%s:%d" % (host, port),
+                                                               exc.strerror or exc)) from None
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        server.start()
+        sys.stderr.write("runtime %s (API %s) listening on %s\n"
+                         % (VERSION, API_VERSION, ", ".join(args.host or ["unix://" + DEFAULT_SOCKET])))
+        sys.stderr.flush()
+        while not stop.wait(3600):
+            pass
+        return 0
+    finally:
+        if server is not None:
+            server.shutdown()
+        if engine is not None:
+            engine.close()
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except OSError:
+                pass
+
+
+def dial_stdio(socket_path: str) -> int:
+    """Bridge stdin/stdout to the daemon socket, as ``docker system dial-stdio`` does for ssh:// hosts."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path)
+    except OSError as exc:
+        raise UsageError("cannot connect to %s: %s" % (socket_path, exc.strerror or exc)) from None
+
+    def upstream() -> None:
+        stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+        try:
+            while True:
+                data = stdin.read(65536)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    stdout = sys.stdout.buffer
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            stdout.write(data)
+            stdout.flush()
+    except (OSError, BrokenPipeError):
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+def _dial_target(host: Optional[str]) -> str:
+    value = host or os.environ.get("DOCKER_HOST") or "unix://" + DEFAULT_SOCKET
+    kind, path, _ = parse_host(value)
+    if kind != "unix":
+        raise UsageError("dial-stdio needs a unix:// host, got %r" % value)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtime", description="machines container runtime with a Docker API")
+    commands = parser.add_subparsers(dest="command", required=True)
+    daemon = commands.add_parser("daemon", help="run the daemon")
+    daemon.add_argument("--data-root", required=True, help="containers, images, volumes (overlayfs-capable)")
+    daemon.add_argument("--exec-root", required=True, help="runtime state (sockets, pids)")
+    daemon.add_argument("-H", "--host", action="append", help="unix:///path or tcp://ADDR:PORT (repeatable)")
+    daemon.add_argument("--tls", action="store_true", help="serve TLS without requiring client certificates")
+    daemon.add_argument("--tlsverify", action="store_true", help="mutual TLS: clients need a CA-signed cert")
+    daemon.add_argument("--tlscacert")
+    daemon.add_argument("--tlscert")
+    daemon.add_argument("--tlskey")
+    daemon.add_argument("--pidfile")
+    daemon.add_argument("--bridge-subnet", help="subnet of the default bridge network, e.g. 172.30.0.0/16")
+    daemon.add_argument("--bridge-name", help="name of the default bridge link")
+    daemon.add_argument("--debug", action="store_true", help="log every request to stderr")
+    dial = commands.add_parser("dial-stdio", help="bridge stdin/stdout to the daemon socket")
+    dial.add_argument("-H", "--host", help="unix:///path (default $DOCKER_HOST or %s)" % DEFAULT_SOCKET)
+    commands.add_parser("version", help="print the runtime and API versions")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print("runtime %s (API %s, minimum %s)" % (VERSION, API_VERSION, MIN_API_VERSION))
+            return 0
+        if args.command == "dial-stdio":
+            return dial_stdio(_dial_target(args.host))
+        return run_daemon(args)
+    except UsageError as exc:
+        sys.stderr.write("runtime: %s\n" % exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Container routes: lifecycle, attach, logs, wait, stats, archive. The engine speaks Docker's JSON shapes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any, Dict, Iterator
+
+from runtime.api import streams, validate
+from runtime.api.routing import filters_arg, route
+from runtime.api.server import (HIJACKED, Request, Response, Stream, empty, json_lines, json_response)
+from runtime.errors import EngineError, InvalidParameter
+
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+@route("GET", "/containers/json", "List containers (all, limit, size, filters)")
+def list_containers(engine: Any, request: Request) -> Response:
+    return json_response(engine.list_containers(all=request.flag("all"), filters=filters_arg(request),
+                                                 limit=request.integer("limit", -1), size=request.flag("size")))
+
+
+@route("POST", "/containers/create", "Create a container (201); 404 for a missing image starts the CLI's pull")
+def create(engine: Any, request: Request) -> Response:
+    body = request.json_object()
+    validate.container_config(body)
+    result = engine.create_container(body, name=request.arg("name") or None,
+                                     platform=request.arg("platform") or None)
+    return json_response(result, 201)
+
+
+@route("POST", "/containers/prune", "Remove stopped containers")
+def prune(engine: Any, request: Request) -> Response:
+    return json_response(engine.prune_containers(filters=filters_arg(request)))
+
+
+@route("GET", "/containers/{ref}/json", "Inspect a container")
+def inspect(engine: Any, request: Request, ref: str) -> Response:
+    return json_response(engine.inspect_container(ref))
+
+
+@route("POST", "/containers/{ref}/start", "Start (204, or 304 when running)")
+def start(engine: Any, request: Request, ref: str) -> None:
+    engine.start(ref)
+
+
+@route("POST", "/containers/{ref}/stop", "Stop: StopSignal, then SIGKILL after t seconds")
+def stop(engine: Any, request: Request, ref: str) -> None:
+    engine.stop(ref, timeout=request.integer("t"), signal=request.arg("signal") or None)
+
+
+@route("POST", "/containers/{ref}/restart", "Restart")
+def restart(engine: Any, request: Request, ref: str) -> None:
+    engine.restart(ref, timeout=request.integer("t"))
+
+
+@route("POST", "/containers/{ref}/kill", "Send a signal (default SIGKILL); 409 when not running")
+def kill(engine: Any, request: Request, ref: str) -> None:
+    engine.kill(ref, signal=request.arg("signal") or "SIGKILL")
+
+
+@route("POST", "/containers/{ref}/pause", "Freeze all processes")
+def pause(engine: Any, request: Request, ref: str) -> None:
+    engine.pause(ref)
+
+
+@route("POST", "/containers/{ref}/unpause", "Thaw all processes")
+def unpause(engine: Any, request: Request, ref: str) -> None:
+    engine.unpause(ref)
+
+
+@route("POST", "/containers/{ref}/rename", "Rename")
+def rename(engine: Any, request: Request, ref: str) -> None:
+    name = request.arg("name")
+    if not name:
+        raise InvalidParameter("Neither old nor new names may be empty")
+    engine.rename(ref, name)
+
+
+def _size(request: Request) -> tuple:
+    try:
+        return int(request.arg("h")), int(request.arg("w"))
+    except ValueError:
+        raise InvalidParameter("invalid terminal size: h and w must be integers") from None
+
+
+@route("POST", "/containers/{ref}/resize", "Resize the TTY")
+def resize(engine: Any, request: Request, ref: str) -> Response:
+    height, width = _size(request)
+    engine.resize(ref, height, width)
+    return Response(200, b"", "text/plain")
+
+
+@route("DELETE", "/containers/{ref}", "Remove (force, v)")
+def remove(engine: Any, request: Request, ref: str) -> None:
+    engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
+
+
+@route("POST", "/containers/{ref}/wait", "Wait for a condition; headers go out at once, the body at the end")
+def wait(engine: Any, request: Request, ref: str) -> Stream:
+    condition = request.arg("condition") or "not-running"
+    if condition not in WAIT_CONDITIONS:
+        raise InvalidParameter("invalid condition: %r" % condition)
+    engine.inspect_container(ref)  # 404 before the headers are out
+
+    def body() -> Iterator[bytes]:
+        try:
+            result = engine.wait(ref, condition=condition)
+        except EngineError as exc:
+            result = {"StatusCode": -1, "Error": {"Message": str(exc)}}
+        yield (json.dumps(result) + "\n").encode()
+
+    return Stream(body(), "application/json")
+
+
+@route("POST", "/containers/{ref}/attach", "Attach: 101 hijack, multiplexed unless TTY")
+def attach(engine: Any, request: Request, ref: str) -> Any:
+    tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
+    with_stdin = request.flag("stdin")
+    session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
+                            logs=request.flag("logs"), stream=request.flag("stream"))
+    channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
+    if with_stdin:
+        streams.feed_stdin(channel, session)
+    streams.pump_output(channel, session)
+    return HIJACKED
+
+
+def _timestamp(request: Request, name: str) -> float:
+    text = request.arg(name)
+    if not text:
+        return 0
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameter("invalid value for %s: %r (a unix timestamp)" % (name, text)) from None
+
+
+@route("GET", "/containers/{ref}/logs", "Logs: multiplexed frames, or raw with a TTY; follow streams live")
+def logs(engine: Any, request: Request, ref: str) -> Stream:
+    stdout, stderr = request.flag("stdout"), request.flag("stderr")
+    if not (stdout or stderr):
+        raise InvalidParameter("Bad parameters: you must choose at least one stream")
+    tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
+    tail = request.arg("tail") or "all"
+    if tail != "all" and not tail.lstrip("-").isdigit():
+        raise InvalidParameter("invalid value for tail: %r" % tail)
+    items = engine.logs(ref, follow=request.flag("follow"), stdout=stdout, stderr=stderr,
+                        since=_timestamp(request, "since"), until=_timestamp(request, "until"),
+                        timestamps=request.flag("timestamps"), tail=tail)
+
+    def body() -> Iterator[bytes]:
+        for stream, data in items:
+            yield data if tty else streams.frame(stream, data)
+
+    return Stream(body(), streams.stream_content_type(tty, request.version_at_least("1.42")))
+
+
+@route("GET", "/containers/{ref}/top", "Processes in the container")
+def top(engine: Any, request: Request, ref: str) -> Response:
+    return json_response(engine.top(ref, request.arg("ps_args") or None))
+
+
+def _with_precpu(sample: Dict[str, Any], previous: Dict[str, Any]) -> Dict[str, Any]:
+    """CPU% is computed by clients from the delta to ``precpu_stats``: fill it from the previous sample."""
+    if previous:
+        sample = dict(sample)
+        sample["precpu_stats"] = previous.get("cpu_stats", {})
+        sample["preread"] = previous.get("read", sample.get("preread"))
+    return sample
+
+
+@route("GET", "/containers/{ref}/stats", "Resource usage: a sample per second, or one (stream=0)")
+def stats(engine: Any, request: Request, ref: str) -> Any:
+    first = engine.stats(ref)
+    if not request.flag("stream", True):
+        if request.flag("one-shot"):
+            return json_response(first)
+        time.sleep(1.0)  # like moby: two samples a second apart so CPU% is meaningful
+        return json_response(_with_precpu(engine.stats(ref), first))
+
+    def samples() -> Iterator[Dict[str, Any]]:
+        previous: Dict[str, Any] = {}
+        sample = first
+        while True:
+            yield _with_precpu(sample, previous)
+            time.sleep(1.0)
+            previous = sample
+            try:
+                sample = engine.stats(ref)
+            except EngineError:
+                return  # container gone: end of stream
+
+    return Stream(json_lines(samples()), "application/json")
+
+
+def _stat_header(stat: Dict[str, Any]) -> Dict[str, str]:
+    return {"X-Docker-Container-Path-Stat": base64.b64encode(json.dumps(stat).encode()).decode()}
+
+
+def _path(request: Request) -> str:
+    path = request.arg("path")
+    if not path:
+        raise InvalidParameter("bad parameter: path cannot be empty")
+    return path
+
+
+@route("HEAD", "/containers/{ref}/archive", "Stat a path in the container (X-Docker-Container-Path-Stat)")
+def archive_head(engine: Any, request: Request, ref: str) -> Response:
+    return Response(200, b"", "application/json", _stat_header(engine.archive_head(ref, _path(request))))
+
+
+@route("GET", "/containers/{ref}/archive", "A tar of a path in the container (docker cp out)")
+def archive_get(engine: Any, request: Request, ref: str) -> Stream:
+    chunks, stat = engine.archive_get(ref, _path(request))
+    return Stream(chunks, "application/x-tar", headers=_stat_header(stat))
+
+
+@route("PUT", "/containers/{ref}/archive", "Extract a tar into the container (docker cp in)")
+def archive_put(engine: Any, request: Request, ref: str) -> Response:
+    engine.archive_put(ref, _path(request), request.body,
+                       no_overwrite_dir_non_dir=request.flag("noOverwriteDirNonDir"))
+    return Response(200)
+
+
+@route("GET", "/containers/{ref}/export", "The container's filesystem as a tar")
+def export(engine: Any, request: Request, ref: str) -> Stream:
+    engine.inspect_container(ref)
+    return Stream(engine.export(ref), "application/x-tar")
+
+
+@route("POST", "/containers/{ref}/exec", "Create an exec instance (201)")
+def exec_create(engine: Any, request: Request, ref: str) -> Response:
+    body = request.json_object()
+    validate.check(body, validate.EXEC_CONFIG, "ExecConfig", strict=False)
+    if not body.get("Cmd"):
+        raise InvalidParameter("No exec command specified")
+    validate.console_size(body.get("ConsoleSize"))
+    return json_response({"Id": engine.exec_create(ref, body)}, 201)
+
+
+@route("POST", "/exec/{exec_id}/start", "Start an exec: 101 hijack unless Detach")
+def exec_start(engine: Any, request: Request, exec_id: str) -> Any:
+    body = request.json_object(required=False)
+    validate.check(body, validate.EXEC_START, "ExecStartConfig", strict=False)
+    info = engine.exec_inspect(exec_id)  # 404 before any hijack
+    if body.get("Detach"):
+        engine.exec_start(exec_id, detach=True, tty=bool(body.get("Tty")))
+        return Response(200, b"", "application/json")
+    tty = bool(body.get("Tty", (info.get("ProcessConfig") or {}).get("tty")))
+    size = validate.console_size(body.get("ConsoleSize"))
+    channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
+    try:
+        session = engine.exec_start(exec_id, detach=False, tty=tty)  # after the 101 is flushed: no lost output
+        if size:
+            engine.exec_resize(exec_id, *size)
+    except EngineError as exc:
+        streams.write_error(channel, tty, str(exc))
+        return HIJACKED
+    if info.get("OpenStdin"):
+        streams.feed_stdin(channel, session)
+    streams.pump_output(channel, session)
+    return HIJACKED
+
+
+@route("POST", "/exec/{exec_id}/resize", "Resize an exec's TTY")
+def exec_resize(engine: Any, request: Request, exec_id: str) -> Response:
+    height, width = _size(request)
+    engine.exec_resize(exec_id, height, width)
+    return Response(200, b"", "text/plain")
+
+
+@route("GET", "/exec/{exec_id}/json", "Inspect an exec (ExitCode)")
+def exec_inspect(engine: Any, request: Request, exec_id: str) -> Response:
+    return json_response(engine.exec_inspect(exec_id))
+
+

@@ -1,0 +1,116 @@
+"""Image routes: list, inspect, history, tag, remove, prune, load, save, import; pull/push/build when available."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List
+
+from runtime.api.routing import filters_arg, route
+from runtime.api.server import Request, Response, Stream, json_response, json_stream
+from runtime.errors import InvalidParameter, NotSupported
+
+
+def in_use(engine: Any) -> Callable[[str], bool]:
+    """Whether a container (running or not) uses an image id: such images need force to be removed."""
+    used = {item.get("ImageID") for item in engine.list_containers(all=True)}
+    return lambda image_id: image_id in used
+
+
+@route("GET", "/images/json", "List images (all, filters)")
+def list_images(engine: Any, request: Request) -> Response:
+    return json_response(engine.images.list(all=request.flag("all"), filters=filters_arg(request)))
+
+
+@route("POST", "/images/prune", "Remove unused images (dangling only unless filters say otherwise)")
+def prune(engine: Any, request: Request) -> Response:
+    return json_response(engine.images.prune(filters_arg(request), in_use(engine)))
+
+
+@route("POST", "/images/load", "Load a docker save or OCI archive")
+def load(engine: Any, request: Request) -> Stream:
+    names = engine.images.load(request.body)
+    messages = [{"stream": ("Loaded image ID: %s\n" if name.startswith("sha256:") else "Loaded image: %s\n")
+                 % name} for name in names]
+    return json_stream(messages)
+
+
+def _save(engine: Any, refs: List[str]) -> Stream:
+    if not refs:
+        raise InvalidParameter("no image names given")
+    for ref in refs:
+        engine.images.resolve(ref)  # 404 before the tar starts
+    return Stream(engine.images.save(refs), "application/x-tar")
+
+
+@route("GET", "/images/get", "docker save of several images")
+def save_many(engine: Any, request: Request) -> Stream:
+    return _save(engine, request.args("names"))
+
+
+def _repo_tag(repo: str, tag: str) -> str:
+    return "%s:%s" % (repo, tag) if repo and tag else repo
+
+
+@route("POST", "/images/create", "Import a rootfs tar (fromSrc=-) or pull (fromImage)")
+def create(engine: Any, request: Request) -> Stream:
+    source = request.arg("fromSrc")
+    if source == "-":
+        image_id = engine.images.import_tar(request.body, repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
+                                            or None, changes=request.args("changes") or None)
+        return json_stream([{"status": image_id}])
+    if source:
+        raise NotSupported("importing from a URL is not supported; send the tar in the request body")
+    if not request.arg("fromImage"):
+        raise InvalidParameter("fromImage or fromSrc is required")
+    pull = getattr(engine.images, "pull", None)
+    if pull is None:
+        raise NotSupported("pulling images is not supported by this daemon yet: use docker load or docker import")
+    return json_stream(pull(request.arg("fromImage"), request.arg("tag") or None,
+                            auth=request.headers.get("X-Registry-Auth"), platform=request.arg("platform") or None))
+
+
+@route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0)")
+def build(engine: Any, request: Request) -> Stream:
+    builder = getattr(engine.images, "build", None)
+    if builder is None:
+        raise NotSupported("building images is not supported by this daemon yet")
+    return json_stream(builder(engine, request.body, request.query, request.headers.get("X-Registry-Config")))
+
+
+@route("GET", "/images/{name:.*}/json", "Inspect an image")
+def inspect(engine: Any, request: Request, name: str) -> Response:
+    return json_response(engine.images.inspect(name))
+
+
+@route("GET", "/images/{name:.*}/history", "Image history")
+def history(engine: Any, request: Request, name: str) -> Response:
+    return json_response(engine.images.history(name))
+
+
+@route("GET", "/images/{name:.*}/get", "docker save of one image")
+def save_one(engine: Any, request: Request, name: str) -> Stream:
+    return _save(engine, [name])
+
+
+@route("POST", "/images/{name:.*}/tag", "Tag an image (201)")
+def tag(engine: Any, request: Request, name: str) -> Response:
+    repo = request.arg("repo")
+    if not repo:
+        raise InvalidParameter("repository name must have at least one component")
+    engine.images.tag(name, repo, request.arg("tag") or "latest")
+    return Response(201)
+
+
+@route("POST", "/images/{name:.*}/push", "Push to a registry")
+def push(engine: Any, request: Request, name: str) -> Stream:
+    pusher = getattr(engine.images, "push", None)
+    if pusher is None:
+        raise NotSupported("pushing images is not supported by this daemon yet")
+    return json_stream(pusher(name, request.arg("tag") or None, auth=request.headers.get("X-Registry-Auth")))
+
+
+@route("DELETE", "/images/{name:.*}", "Remove an image (force, noprune)")
+def remove(engine: Any, request: Request, name: str) -> Response:
+    return json_response(engine.images.remove(name, force=request.flag("force"), noprune=request.flag("noprune"),
+                                              in_use=in_use(engine)))
+
+

@@ -1,0 +1,39 @@
+"""The one route table every area module registers into, plus query helpers they share."""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional
+
+from runtime.api.server import Request, Router
+from runtime.errors import InvalidParameter
+
+ROUTER = Router()
+route = ROUTER.add
+
+
+def filters_arg(request: Request) -> Optional[Dict[str, List[str]]]:
+    """The ``filters`` query parameter as ``{name: [values]}``.
+
+    Old clients send ``{"status": {"running": true}}``; moby accepts both forms, so do we.
+    """
+    text = request.arg("filters")
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise InvalidParameter("invalid filter: %s" % text) from None
+    if not isinstance(raw, dict):
+        raise InvalidParameter("invalid filter: expected a JSON object")
+    result: Dict[str, List[str]] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            result[key] = [item for item, enabled in value.items() if enabled]
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            result[key] = list(value)
+        elif isinstance(value, str):
+            result[key] = [value]
+        else:
+            raise InvalidParameter("invalid filter %r: values must be strings" % key)
+    return result

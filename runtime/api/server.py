@@ -1,0 +1,707 @@
+"""HTTP/1.1 server for the Docker Engine API: keep-alive, chunked bodies both ways, 101 hijack, unix and mTLS TCP.
+
+Written on sockets rather than ``http.server`` because Docker clients need things it does not do well: a connection
+that turns into a raw duplex stream after ``101 UPGRADED``, headers flushed long before the body (``/wait``), chunked
+request bodies (``docker build``, ``docker cp``) and one thread per client that may stream for hours.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import os
+import re
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+import traceback
+from urllib.parse import parse_qs, unquote
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from runtime import API_VERSION, MIN_API_VERSION, VERSION
+from runtime.errors import EngineError, InvalidParameter
+
+MAX_LINE = 64 * 1024  # one header line or the request line
+MAX_HEADERS = 256 * 1024  # all header lines together
+MAX_JSON_BODY = 16 * 1024 * 1024  # bodies parsed as JSON are read whole, so they are capped
+IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit between requests
+DRAIN_LIMIT = 1024 * 1024  # unread body bytes we swallow to keep a connection alive; more and we close
+
+_VERSIONED = re.compile(r"^/v([0-9][0-9.]*)(/.*)$")
+
+
+class HTTPError(Exception):
+    """A protocol-level client mistake; answered with ``status`` and the connection is closed when ``close``."""
+
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.close = close
+
+
+def version_tuple(version: str) -> Tuple[int, ...]:
+    """``"1.47"`` -> ``(1, 47)`` for comparisons; empty parts count as 0 like moby's ``versions.compare``."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
+
+
+class Headers:
+    """Case-insensitive header map keeping the last value of each name."""
+
+    def __init__(self) -> None:
+        self._items: Dict[str, str] = {}
+
+    def add(self, name: str, value: str) -> None:
+        self._items[name.lower()] = value
+
+    def get(self, name: str, default: str = "") -> str:
+        return self._items.get(name.lower(), default)
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._items
+
+
+class Body:
+    """The request body as a file-like object; decodes chunked transfer encoding and sends ``100 Continue``."""
+
+    def __init__(self, conn: "Connection", length: Optional[int], chunked: bool, expect_continue: bool) -> None:
+        self._conn = conn
+        self._remaining = length if length is not None else 0
+        self._chunked = chunked
+        self._chunk_left = 0
+        self._done = not chunked and not self._remaining
+        self._expect_continue = expect_continue
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _read_line(self) -> bytes:
+        line = self._conn.rfile.readline(MAX_LINE + 1)
+        if not line.endswith(b"\n"):
+            raise HTTPError(400, "malformed chunked request body", close=True)
+        return line
+
+    def _next_chunk(self) -> None:
+        size_text = self._read_line().split(b";", 1)[0].strip()
+        try:
+            self._chunk_left = int(size_text, 16)
+        except ValueError:
+            raise HTTPError(400, "malformed chunked request body", close=True) from None
+        if self._chunk_left == 0:
+            while self._read_line() not in (b"\r\n", b"\n"):
+                pass  # trailers: ignored
+            self._done = True
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes (all when negative); ``b""`` at the end of the body."""
+        if self._done:
+            return b""
+        if self._expect_continue:
+            self._expect_continue = False
+            self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not self._chunked:
+            want = self._remaining if size < 0 else min(size, self._remaining)
+            data = self._conn.rfile.read(want)
+            if len(data) < want:
+                raise HTTPError(400, "unexpected end of request body", close=True)
+            self._remaining -= len(data)
+            self._done = self._remaining == 0
+            return data
+        parts: List[bytes] = []
+        while not self._done:
+            if self._chunk_left == 0:
+                self._next_chunk()
+                continue
+            step = self._chunk_left if size < 0 else min(size, self._chunk_left)
+            data = self._conn.rfile.read(step)
+            if len(data) < step:
+                raise HTTPError(400, "unexpected end of request body", close=True)
+            self._chunk_left -= step
+            if self._chunk_left == 0 and self._read_line().strip():
+                raise HTTPError(400, "malformed chunked request body", close=True)
+            parts.append(data)
+            if size >= 0:
+                break  # like a socket read: return what one chunk gave
+        return b"".join(parts)
+
+    def read_limited(self, limit: int) -> bytes:
+        """The whole body, refused with 413 when larger than ``limit``."""
+        parts: List[bytes] = []
+        total = 0
+        while True:
+            data = self.read(65536)
+            if not data:
+                return b"".join(parts)
+            total += len(data)
+            if total > limit:
+                raise HTTPError(413, "request body too large (limit %d bytes)" % limit, close=True)
+            parts.append(data)
+
+    def drain(self, limit: int) -> bool:
+        """Discard the rest of the body; False when more than ``limit`` bytes remain (then the connection closes)."""
+        total = 0
+        while not self._done:
+            data = self.read(65536)
+            total += len(data)
+            if total > limit or not data:
+                return self._done
+        return True
+
+
+class Request:
+    """One parsed request; handlers read path parameters, query and body from it."""
+
+    def __init__(self, conn: "Connection", method: str, target: str, headers: Headers) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        self.headers = headers
+        path, _, query_text = target.partition("?")
+        self.raw_path = path
+        self.query: Dict[str, List[str]] = parse_query(query_text)
+        self.api_version = API_VERSION
+        self.path = path
+        self.body: Body = Body(conn, 0, False, False)
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def args(self, name: str) -> List[str]:
+        return list(self.query.get(name, []))
+
+    def has(self, name: str) -> bool:
+        return name in self.query
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """moby's ``httputils.BoolValue``: "", 0, no, false, none mean false; anything else means true."""
+        if name not in self.query:
+            return default
+        return self.arg(name).strip().lower() not in ("", "0", "no", "false", "none")
+
+    def integer(self, name: str, default: Optional[int] = None) -> Optional[int]:
+        text = self.arg(name)
+        if text == "":
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidParameter("invalid value for %s: %r" % (name, text)) from None
+
+    def json(self, required: bool = True) -> Any:
+        """The body decoded as JSON; an empty body is ``None`` unless ``required``."""
+        data = self.body.read_limited(MAX_JSON_BODY)
+        if not data.strip():
+            if required:
+                raise InvalidParameter("invalid JSON: request body is empty")
+            return None
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidParameter("invalid JSON: %s" % exc) from None
+
+    def json_object(self, required: bool = True) -> Dict[str, Any]:
+        value = self.json(required)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise InvalidParameter("invalid JSON: expected an object, got %s" % type(value).__name__)
+        return value
+
+    @property
+    def wants_upgrade(self) -> bool:
+        return "upgrade" in self.headers.get("Connection").lower()
+
+    def version_at_least(self, version: str) -> bool:
+        return version_tuple(self.api_version) >= version_tuple(version)
+
+
+def parse_query(text: str) -> Dict[str, List[str]]:
+    return parse_qs(text, keep_blank_values=True)
+
+
+class Response:
+    """A complete response: status, headers and a body written at once."""
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "", headers: Optional[dict] = None):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = dict(headers or {})
+
+
+def json_response(value: Any, status: int = 200, headers: Optional[dict] = None) -> Response:
+    return Response(status, (json.dumps(value) + "\n").encode(), "application/json", headers)
+
+
+def empty(status: int = 204) -> Response:
+    return Response(status)
+
+
+class Stream:
+    """A streamed response: headers flushed at once, then each piece of ``chunks`` sent (chunked) as it comes.
+
+    ``on_error`` turns an ``EngineError`` raised mid-stream into final bytes (JSON streams report ``errorDetail``).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], content_type: str, status: int = 200,
+                 headers: Optional[dict] = None, on_error: Optional[Callable[[EngineError], bytes]] = None):
+        self.chunks = chunks
+        self.content_type = content_type
+        self.status = status
+        self.headers = dict(headers or {})
+        self.on_error = on_error
+
+
+def json_lines(items: Iterable[Any]) -> Iterator[bytes]:
+    for item in items:
+        yield (json.dumps(item) + "\r\n").encode()
+
+
+def json_stream(items: Iterable[Any], status: int = 200) -> Stream:
+    """Docker's JSON message stream; an error after the start goes in-band as ``errorDetail``."""
+
+    def error(exc: EngineError) -> bytes:
+        return (json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}) + "\r\n").encode()
+
+    return Stream(json_lines(items), "application/json", status, on_error=error)
+
+
+HIJACKED = object()  # a handler's return value once it took the connection over
+
+
+def base_headers() -> List[Tuple[str, str]]:
+    return [
+        ("Api-Version", API_VERSION),
+        ("Docker-Experimental", "false"),
+        ("Ostype", "linux"),
+        ("Server", "Docker/%s (linux)" % VERSION),
+        ("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
+    ]
+
+
+Handler = Callable[..., Any]
+
+
+class Connection:
+    """One client connection: reads requests in a loop until close, dispatching each through ``router``."""
+
+    def __init__(self, sock: socket.socket, app: "App") -> None:
+        self.sock = sock
+        self.app = app
+        self.rfile = sock.makefile("rb", buffering=65536)
+        self._lock = threading.Lock()
+        self.keep_alive = True
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self.sock.sendall(data)
+
+    def _read_head(self) -> Optional[Tuple[str, str, str, Headers]]:
+        self.sock.settimeout(IDLE_TIMEOUT)
+        try:
+            line = self.rfile.readline(MAX_LINE + 1)
+            while line in (b"\r\n", b"\n"):  # tolerate stray CRLF between requests (RFC 9112 2.2)
+                line = self.rfile.readline(MAX_LINE + 1)
+            if not line:
+                return None
+            if len(line) > MAX_LINE:
+                raise HTTPError(414, "request line too long", close=True)
+            parts = line.decode("latin-1").rstrip("\r\n").split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                raise HTTPError(400, "malformed request line", close=True)
+            headers = Headers()
+            total = len(line)
+            while True:
+                line = self.rfile.readline(MAX_LINE + 1)
+                total += len(line)
+                if total > MAX_HEADERS or len(line) > MAX_LINE:
+                    raise HTTPError(431, "request header fields too large", close=True)
+                if not line:
+                    return None
+                if line in (b"\r\n", b"\n"):
+                    break
+                name, sep, value = line.decode("latin-1").partition(":")
+                if not sep or not name.strip() or name != name.strip():
+                    raise HTTPError(400, "malformed header line", close=True)
+                headers.add(name, value.strip())
+            return parts[0], parts[1], parts[2], headers
+        finally:
+            self.sock.settimeout(None)
+
+    def serve(self) -> None:
+        try:
+            while self.keep_alive:
+                try:
+                    head = self._read_head()
+                except HTTPError as exc:
+                    self.send_response(Response(exc.status, _error_body(str(exc)), "application/json"), close=True)
+                    return
+                if head is None:
+                    return
+                method, target, proto, headers = head
+                if not self.handle(method, target, proto, headers):
+                    return
+        except (OSError, ValueError, ssl.SSLError):
+            return  # the client went away or broke the protocol; nothing to answer
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.rfile.close()
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def handle(self, method: str, target: str, proto: str, headers: Headers) -> bool:
+        """Answer one request; False when the connection must close afterwards."""
+        request = Request(self, method, target, headers)
+        close = proto == "HTTP/1.0" or "close" in headers.get("Connection").lower()
+        try:
+            request.body = _make_body(self, headers)
+            outcome = self.app.dispatch(request)
+        except HTTPError as exc:
+            self.send_response(Response(exc.status, _error_body(str(exc)), "application/json"), close=True)
+            return False
+        if outcome is HIJACKED:
+            return False
+        if not request.body.done and not request.body.drain(DRAIN_LIMIT):
+            close = True
+        if isinstance(outcome, Stream):
+            return self.send_stream(outcome, request, close) and not close
+        self.send_response(outcome, close=close, head_only=method == "HEAD")
+        return not close
+
+    def head_bytes(self, status: int, headers: List[Tuple[str, str]], reason: Optional[str] = None) -> bytes:
+        if reason is None:
+            try:
+                reason = http.HTTPStatus(status).phrase
+            except ValueError:
+                reason = "Status"
+        lines = ["HTTP/1.1 %d %s" % (status, reason)]
+        lines.extend("%s: %s" % pair for pair in headers)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def send_response(self, response: Response, close: bool = False, head_only: bool = False) -> None:
+        headers = base_headers()
+        headers.extend(response.headers.items())
+        body = response.body
+        if response.status in (204, 304):
+            body = b""
+        else:
+            if response.content_type:
+                headers.append(("Content-Type", response.content_type))
+            headers.append(("Content-Length", str(len(body))))
+        if close:
+            headers.append(("Connection", "close"))
+        self.write(self.head_bytes(response.status, headers) + (b"" if head_only else body))
+
+    def send_stream(self, stream: Stream, request: Request, close: bool) -> bool:
+        """Send a chunked response; False when it ended early and the connection cannot be reused."""
+        headers = base_headers()
+        headers.extend(stream.headers.items())
+        headers.append(("Content-Type", stream.content_type))
+        headers.append(("Transfer-Encoding", "chunked"))
+        if close:
+            headers.append(("Connection", "close"))
+        self.write(self.head_bytes(stream.status, headers))
+        try:
+            for chunk in stream.chunks:
+                if chunk:
+                    self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except EngineError as exc:
+            if stream.on_error is None:
+                self.app.log("stream %s %s ended: %s" % (request.method, request.path, exc))
+                return False
+            chunk = stream.on_error(exc)
+            self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (OSError, ssl.SSLError):
+            return False
+        except Exception:  # a bug mid-stream: cut the stream, keep the daemon
+            self.app.log("stream %s %s failed:\n%s" % (request.method, request.path, traceback.format_exc()))
+            return False
+        finally:
+            closer = getattr(stream.chunks, "close", None)
+            if closer is not None:
+                closer()
+        self.write(b"0\r\n\r\n")
+        return True
+
+    def hijack(self, request: Request, content_type: str) -> "Hijacked":
+        """Turn the connection into a raw duplex stream: ``101 UPGRADED`` (or 200 without an Upgrade request).
+
+        The headers are flushed before anything else is written: docker-py reads the payload from the raw socket
+        under ``http.client``'s buffer, so bytes arriving with the headers would be lost.
+        """
+        headers = base_headers()
+        headers.append(("Content-Type", content_type))
+        if request.wants_upgrade:
+            headers.extend([("Connection", "Upgrade"), ("Upgrade", "tcp")])
+            self.write(self.head_bytes(101, headers, "UPGRADED"))
+        else:
+            self.write(self.head_bytes(200, headers))
+        user_agent = request.headers.get("User-Agent")
+        # Go clients (the docker CLI) read buffered bytes correctly; others get a short gap before the payload.
+        go_client = user_agent.startswith("Docker-Client/") or user_agent.startswith("Go-http-client")
+        return Hijacked(self, 0.0 if go_client else 0.1)
+
+
+class Hijacked:
+    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends."""
+
+    def __init__(self, conn: Connection, first_write_delay: float) -> None:
+        self.conn = conn
+        self._delay_until = time.monotonic() + first_write_delay
+
+    def read(self, size: int = 65536) -> bytes:
+        """Client input; ``b""`` once the client half-closed or hung up."""
+        try:
+            return self.conn.rfile.read1(size)
+        except (OSError, ValueError, ssl.SSLError):
+            return b""
+
+    def write(self, data: bytes) -> None:
+        if self._delay_until:
+            gap = self._delay_until - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)
+            self._delay_until = 0.0
+        self.conn.write(data)
+
+    def finish(self) -> None:
+        """Signal end of output: shut our write side down so the client sees EOF."""
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _make_body(conn: Connection, headers: Headers) -> Body:
+    expect = headers.get("Expect").lower() == "100-continue"
+    if "chunked" in headers.get("Transfer-Encoding").lower():
+        return Body(conn, None, True, expect)
+    text = headers.get("Content-Length")
+    if not text:
+        return Body(conn, 0, False, False)
+    if not text.isdigit():
+        raise HTTPError(400, "invalid Content-Length", close=True)
+    return Body(conn, int(text), False, expect)
+
+
+def _error_body(message: str) -> bytes:
+    return (json.dumps({"message": message}) + "\n").encode()
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status, _error_body(message), "application/json")
+
+
+class Route:
+    def __init__(self, method: str, pattern: str, handler: Handler, summary: str) -> None:
+        self.method = method
+        self.pattern = pattern
+        self.handler = handler
+        self.summary = summary
+        regex = re.sub(r"\{(\w+):\.\*\}", r"(?P<\1>.+)", pattern)
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
+        self.regex = re.compile("^" + regex + "$")
+
+
+class Router:
+    """Routes in registration order (specific paths before ``{name:.*}`` ones, as moby registers them)."""
+
+    def __init__(self) -> None:
+        self.routes: List[Route] = []
+
+    def add(self, method: str, pattern: str, summary: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(Route(method, pattern, handler, summary))
+            return handler
+
+        return register
+
+    def match(self, method: str, path: str) -> Optional[Tuple[Route, Dict[str, str]]]:
+        for route in self.routes:
+            if route.method != method:
+                continue
+            found = route.regex.match(path)
+            if found:
+                return route, {key: unquote(value) for key, value in found.groupdict().items()}
+        return None
+
+
+class App:
+    """Ties the router to a backend context and turns errors into Docker-style responses."""
+
+    def __init__(self, router: Router, context: Any, debug: bool = False) -> None:
+        self.router = router
+        self.context = context
+        self.debug = debug
+
+    def log(self, message: str) -> None:
+        sys.stderr.write("runtime-api: %s\n" % message)
+        sys.stderr.flush()
+
+    def dispatch(self, request: Request) -> Any:
+        started = time.monotonic()
+        outcome = self._dispatch(request)
+        if self.debug:
+            status = getattr(outcome, "status", 101)
+            self.log("%s %s -> %s (%.1f ms)" % (request.method, request.target, status,
+                                                (time.monotonic() - started) * 1000))
+        return outcome
+
+    def _dispatch(self, request: Request) -> Any:
+        path = request.raw_path
+        found = _VERSIONED.match(path)
+        if found:
+            version, path = found.group(1), found.group(2)
+            if version_tuple(version) > version_tuple(API_VERSION):
+                return error_response(400, "client version %s is too new. Maximum supported API version is %s"
+                                      % (version, API_VERSION))
+            if version_tuple(version) < version_tuple(MIN_API_VERSION):
+                return error_response(400, "client version %s is too old. Minimum supported API version is %s, "
+                                           "please upgrade your client to a newer version"
+                                      % (version, MIN_API_VERSION))
+            request.api_version = version
+        request.path = path
+        matched = self.router.match(request.method, path)
+        if matched is None:
+            return error_response(404, "page not found")
+        route, params = matched
+        try:
+            outcome = route.handler(self.context, request, **params)
+        except HTTPError:
+            raise
+        except EngineError as exc:
+            if exc.status == 304:
+                return empty(304)
+            return error_response(exc.status, str(exc))
+        except Exception:
+            self.log("%s %s failed:\n%s" % (request.method, request.target, traceback.format_exc()))
+            return error_response(500, "internal error: %s" % sys.exc_info()[1])
+        if outcome is None:
+            return empty(204)
+        return outcome
+
+
+class _Listener(socketserver.ThreadingMixIn, socketserver.BaseServer):
+    """Accepts on one socket and serves each connection in its own daemon thread."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, sock: socket.socket, app: App, tls: Optional[ssl.SSLContext]) -> None:
+        super().__init__(sock.getsockname(), socketserver.BaseRequestHandler)
+        self.socket = sock
+        self.app = app
+        self.tls = tls
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def get_request(self) -> Tuple[socket.socket, Any]:
+        return self.socket.accept()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        sock = request
+        if self.tls is not None:
+            try:
+                sock.settimeout(30)
+                sock = self.tls.wrap_socket(sock, server_side=True)
+                sock.settimeout(None)
+            except (OSError, ssl.SSLError) as exc:
+                self.app.log("TLS handshake with %s refused: %s" % (client_address, exc))
+                request.close()
+                return
+        elif sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        Connection(sock, self.app).serve()
+
+    def shutdown_request(self, request: Any) -> None:
+        pass  # Connection.serve closes its socket
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.app.log("connection from %s failed:\n%s" % (client_address, traceback.format_exc()))
+
+
+def tls_context(ca: str, cert: str, key: str, verify: bool = True) -> ssl.SSLContext:
+    """Server context for mutual TLS: the client must present a certificate signed by ``ca``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if verify:
+        context.load_verify_locations(ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def bind_unix(path: str) -> socket.socket:
+    """Listen on a unix socket at ``path`` (a stale socket file is replaced), mode 0660 like dockerd's."""
+    if os.path.exists(path) or os.path.islink(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            raise OSError("%s: another daemon is listening there" % path)
+        finally:
+            probe.close()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+class Server:
+    """All listeners of one daemon; ``serve_forever`` runs each in its own thread until ``shutdown``."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._listeners: List[_Listener] = []
+        self._threads: List[threading.Thread] = []
+        self.unix_paths: List[str] = []
+
+    def add(self, sock: socket.socket, tls: Optional[ssl.SSLContext] = None) -> None:
+        if sock.family == socket.AF_UNIX:
+            self.unix_paths.append(sock.getsockname())
+        self._listeners.append(_Listener(sock, self.app, tls))
+
+    def start(self) -> None:
+        for listener in self._listeners:
+            thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.2},
+                                      name="api-listener", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self) -> None:
+        for listener in self._listeners:
+            listener.shutdown()
+            listener.server_close()
+        for path in self.unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

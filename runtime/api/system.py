@@ -1,0 +1,183 @@
+"""System routes: ping, version, info, events, disk usage, login."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from typing import Any, Dict, List
+
+from runtime import API_VERSION, MIN_API_VERSION, VERSION
+from runtime.api.routing import filters_arg, route
+from runtime.api.server import Request, Response, Stream, json_lines, json_response
+from runtime.errors import NotSupported
+
+_PING_HEADERS = {
+    "Builder-Version": "1",
+    "Swarm": "inactive",
+    "Cache-Control": "no-cache, no-store, must-revalidate",
+    "Pragma": "no-cache",
+}
+
+
+@route("GET", "/_ping", "Ping; the Api-Version header starts the CLI's version negotiation")
+def ping(engine: Any, request: Request) -> Response:
+    return Response(200, b"OK", "text/plain; charset=utf-8", _PING_HEADERS)
+
+
+@route("HEAD", "/_ping", "Ping without a body")
+def ping_head(engine: Any, request: Request) -> Response:
+    return Response(200, b"", "text/plain; charset=utf-8", _PING_HEADERS)
+
+
+def _arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+@route("GET", "/version", "Server version; docker-py negotiates from ApiVersion")
+def version(engine: Any, request: Request) -> Response:
+    details = {
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "Arch": _arch(),
+        "Os": "linux",
+        "KernelVersion": platform.release(),
+        "GitCommit": "machines",
+        "GoVersion": "python" + platform.python_version(),
+        "BuildTime": "",
+        "Experimental": "false",
+    }
+    return json_response({
+        "Platform": {"Name": "machines runtime"},
+        "Components": [{"Name": "Engine", "Version": VERSION, "Details": details}],
+        "Version": VERSION,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "machines",
+        "GoVersion": details["GoVersion"],
+        "Os": "linux",
+        "Arch": _arch(),
+        "KernelVersion": platform.release(),
+        "BuildTime": "",
+    })
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _cgroup_version() -> str:
+    return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
+
+
+@route("GET", "/info", "System information; Swarm.LocalNodeState is inactive")
+def info(engine: Any, request: Request) -> Response:
+    containers = engine.list_containers(all=True)
+    states = [item.get("State") for item in containers]
+    images = engine.images.list(all=False)
+    data_root = getattr(engine, "data_root", "")
+    return json_response({
+        "ID": getattr(engine, "daemon_id", "") or socket.gethostname(),
+        "Name": socket.gethostname(),
+        "Containers": len(containers),
+        "ContainersRunning": states.count("running"),
+        "ContainersPaused": states.count("paused"),
+        "ContainersStopped": len(containers) - states.count("running") - states.count("paused"),
+        "Images": len(images),
+        "Driver": "overlay2",
+        "DriverStatus": [["Backing Filesystem", "extfs"]],
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"]},
+        "MemoryLimit": True,
+        "SwapLimit": False,
+        "CpuCfsPeriod": True,
+        "CpuCfsQuota": True,
+        "CPUShares": True,
+        "PidsLimit": True,
+        "IPv4Forwarding": True,
+        "Debug": False,
+        "NFd": len(os.listdir("/proc/self/fd")),
+        "NGoroutines": 0,
+        "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": _cgroup_version(),
+        "NEventsListener": 0,
+        "KernelVersion": platform.release(),
+        "OperatingSystem": _os_name(),
+        "OSVersion": "",
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"], "Mirrors": []},
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": _mem_total(),
+        "DockerRootDir": data_root,
+        "HttpProxy": "",
+        "HttpsProxy": "",
+        "NoProxy": "",
+        "Labels": [],
+        "ExperimentalBuild": False,
+        "ServerVersion": VERSION,
+        "Runtimes": {"runc": {"path": "machines-runtime"}},
+        "DefaultRuntime": "runc",
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                  "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": True,
+        "Isolation": "",
+        "InitBinary": "",
+        "SecurityOptions": [],
+        "Warnings": [],
+    })
+
+
+@route("GET", "/events", "Live event stream (chunked JSON)")
+def events(engine: Any, request: Request) -> Stream:
+    since = request.arg("since") or None
+    until = request.arg("until") or None
+    items = engine.events(since=since, until=until, filters=filters_arg(request))
+    return Stream(json_lines(items), "application/json")
+
+
+@route("GET", "/system/df", "Disk usage of images, containers and volumes")
+def disk_usage(engine: Any, request: Request) -> Response:
+    images: List[Dict[str, Any]] = engine.images.list(all=False)
+    containers = engine.list_containers(all=True, size=True)
+    volumes = engine.volumes.list()
+    if isinstance(volumes, dict):
+        volumes = volumes.get("Volumes") or []
+    return json_response({
+        "LayersSize": sum(int(image.get("Size") or 0) for image in images),
+        "Images": images,
+        "Containers": containers,
+        "Volumes": volumes,
+        "BuildCache": [],
+    })
+
+
+@route("POST", "/auth", "Log in to a registry: checks the credentials against it")
+def auth(engine: Any, request: Request) -> Response:
+    body = request.json_object()
+    login = getattr(engine.images, "login", None)
+    if login is None:
+        raise NotSupported("registry login is not supported by this daemon yet")
+    return json_response(login(body))

@@ -1,0 +1,34 @@
+"""Answers for what we do not serve: swarm (503, moby's wording) and plugins (404), never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.api.routing import route
+from runtime.api.server import Request, Response, error_response
+
+_SWARM = ("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this "
+          "node to swarm and try again.")
+_METHODS = ("GET", "POST", "DELETE", "PUT", "HEAD")
+
+
+def _swarm(engine: Any, request: Request, rest: str = "") -> Response:
+    return error_response(503, _SWARM)
+
+
+def _plugin(engine: Any, request: Request, name: str) -> Response:
+    return error_response(404, "plugin %s not found" % name)
+
+
+def _plugins(engine: Any, request: Request, rest: str = "") -> Response:
+    return error_response(404, "plugins are not supported by this daemon")
+
+
+for _method in _METHODS:
+    for _area in ("swarm", "nodes", "services", "tasks", "secrets", "configs"):
+        route(_method, "/%s" % _area, "Swarm: not served (503)")(_swarm)
+        route(_method, "/%s/{rest:.*}" % _area, "Swarm: not served (503)")(_swarm)
+route("GET", "/plugins/{name:.*}/json", "Plugins: none installed (404)")(_plugin)
+for _method in _METHODS:
+    route(_method, "/plugins", "Plugins: not served (404)")(_plugins)
+    route(_method, "/plugins/{rest:.*}", "Plugins: not served (404)")(_plugins)

@@ -1,0 +1,92 @@
+"""Type checks for JSON bodies, so a wrong type is a 400 with a clear message instead of a crash in the engine.
+
+Like Go's decoder behind moby: ``null`` is accepted for any field, booleans are not numbers, and integers must be
+whole. Unknown top-level fields of a container config are refused (a typo would otherwise be silently ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from runtime.errors import InvalidParameter
+
+STR = "string"
+BOOL = "boolean"
+INT = "integer"
+LIST = "array"
+DICT = "object"
+STR_LIST = "array of strings"
+CMD = "string or array of strings"
+
+_CHECKS = {
+    STR: lambda value: isinstance(value, str),
+    BOOL: lambda value: isinstance(value, bool),
+    INT: lambda value: isinstance(value, int) and not isinstance(value, bool),
+    LIST: lambda value: isinstance(value, list),
+    DICT: lambda value: isinstance(value, dict),
+    STR_LIST: lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
+    CMD: lambda value: isinstance(value, str) or (isinstance(value, list)
+                                                  and all(isinstance(item, str) for item in value)),
+}
+
+CONTAINER_CONFIG = {
+    "Hostname": STR, "Domainname": STR, "User": STR, "AttachStdin": BOOL, "AttachStdout": BOOL,
+    "AttachStderr": BOOL, "ExposedPorts": DICT, "Tty": BOOL, "OpenStdin": BOOL, "StdinOnce": BOOL,
+    "Env": STR_LIST, "Cmd": CMD, "Healthcheck": DICT, "ArgsEscaped": BOOL, "Image": STR, "Volumes": DICT,
+    "WorkingDir": STR, "Entrypoint": CMD, "NetworkDisabled": BOOL, "MacAddress": STR, "OnBuild": STR_LIST,
+    "Labels": DICT, "StopSignal": STR, "StopTimeout": INT, "Shell": STR_LIST, "Runtime": STR,
+    "HostConfig": DICT, "NetworkingConfig": DICT,
+}
+
+HOST_CONFIG = {
+    "Binds": STR_LIST, "Mounts": LIST, "PortBindings": DICT, "PublishAllPorts": BOOL, "AutoRemove": BOOL,
+    "NetworkMode": STR, "RestartPolicy": DICT, "LogConfig": DICT, "Memory": INT, "MemorySwap": INT,
+    "MemoryReservation": INT, "NanoCpus": INT, "CpuShares": INT, "CpuQuota": INT, "CpuPeriod": INT,
+    "CpusetCpus": STR, "PidsLimit": INT, "Privileged": BOOL, "CapAdd": STR_LIST, "CapDrop": STR_LIST,
+    "ConsoleSize": LIST, "Init": BOOL, "ExtraHosts": STR_LIST, "Dns": STR_LIST, "DnsSearch": STR_LIST,
+    "DnsOptions": STR_LIST, "ReadonlyRootfs": BOOL, "Tmpfs": DICT, "ShmSize": INT, "VolumesFrom": STR_LIST,
+    "Links": STR_LIST, "SecurityOpt": STR_LIST, "Ulimits": LIST, "Sysctls": DICT, "OomKillDisable": BOOL,
+}
+
+EXEC_CONFIG = {
+    "AttachStdin": BOOL, "AttachStdout": BOOL, "AttachStderr": BOOL, "ConsoleSize": LIST, "DetachKeys": STR,
+    "Tty": BOOL, "Env": STR_LIST, "Cmd": STR_LIST, "Privileged": BOOL, "User": STR, "WorkingDir": STR,
+    "Detach": BOOL,
+}
+
+EXEC_START = {"Detach": BOOL, "Tty": BOOL, "ConsoleSize": LIST}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def check(body: Dict[str, Any], schema: Dict[str, str], where: str, strict: bool) -> None:
+    """Raise ``InvalidParameter`` for a field of the wrong type (or, when ``strict``, an unknown field)."""
+    for key, value in body.items():
+        kind: Optional[str] = schema.get(key)
+        if kind is None:
+            if strict:
+                raise InvalidParameter("invalid JSON: unknown field %r in %s" % (key, where))
+            continue
+        if value is not None and not _CHECKS[kind](value):
+            raise InvalidParameter("invalid JSON: %s.%s must be %s %s, got %s"
+                                   % (where, key, "an" if kind[0] in "aeiou" else "a", kind, _describe(value)))
+
+
+def container_config(body: Dict[str, Any]) -> None:
+    check(body, CONTAINER_CONFIG, "ContainerConfig", strict=True)
+    check(body.get("HostConfig") or {}, HOST_CONFIG, "HostConfig", strict=False)
+
+
+def console_size(value: Any) -> Optional[Tuple[int, int]]:
+    """``ConsoleSize: [h, w]`` as a pair, or None when absent or zero."""
+    if not value:
+        return None
+    if len(value) != 2 or not all(_CHECKS[INT](item) and item >= 0 for item in value):
+        raise InvalidParameter("invalid JSON: ConsoleSize must be [height, width]")
+    return (value[0], value[1]) if any(value) else None

@@ -1,0 +1,33 @@
+"""Volume routes, over the engine's volume store (Docker's Volume shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.api.routing import filters_arg, route
+from runtime.api.server import Request, Response, json_response
+
+
+@route("GET", "/volumes", "List volumes")
+def list_volumes(engine: Any, request: Request) -> Response:
+    return json_response(engine.volumes.list(filters_arg(request)))
+
+
+@route("POST", "/volumes/create", "Create a volume (201)")
+def create(engine: Any, request: Request) -> Response:
+    return json_response(engine.volumes.create(request.json_object(required=False)), 201)
+
+
+@route("POST", "/volumes/prune", "Remove unused volumes")
+def prune(engine: Any, request: Request) -> Response:
+    return json_response(engine.volumes.prune(filters_arg(request)))
+
+
+@route("GET", "/volumes/{name}", "Inspect a volume")
+def inspect(engine: Any, request: Request, name: str) -> Response:
+    return json_response(engine.volumes.inspect(name))
+
+
+@route("DELETE", "/volumes/{name}", "Remove a volume")
+def remove(engine: Any, request: Request, name: str) -> None:
+    engine.volumes.remove(name, force=request.flag("force"))
