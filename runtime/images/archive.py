@@ -1,0 +1,456 @@
+"""Layer tars: safe extraction into an overlay lower dir, and tars made back from an overlay upper dir.
+
+Extraction never follows a link, never writes outside its directory and never creates a device node from the
+archive: a hostile layer (``../x``, absolute names, a symlink then a file written through it, a hardlink out, a
+device node, a header bomb) raises LayerRefused. Callers extract into a fresh temporary directory and rename it
+into place only on success, so a refused layer leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from typing import IO, Callable, Dict, Iterator, List, Optional, Tuple
+
+from runtime.errors import InvalidParameter
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+XATTR_PAX_PREFIX = "SCHILY.xattr."
+# Go's archive/tar refuses pax and GNU long-name records above 1 MiB; we do the same before tarfile reads them.
+MAX_SPECIAL_HEADER = 1 << 20
+COPY_CHUNK = 1 << 20
+
+
+class LayerRefused(InvalidParameter):
+    """A layer tries to reach outside itself or carries something we do not create from archives."""
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax / GNU long-name headers before tarfile buffers them in memory."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        special = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                   tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+        if self.type in special and self.size > MAX_SPECIAL_HEADER:
+            raise LayerRefused("layer refused: %d-byte extended header exceeds the %d-byte limit"
+                               % (self.size, MAX_SPECIAL_HEADER))
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+# --- compression ---------------------------------------------------------------------------------------------
+
+def detect_compression(head: bytes) -> str:
+    """``gzip``, ``zstd``, ``bzip2``, ``xz`` or ``none`` from a stream's first bytes."""
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if head[:3] == b"BZh":
+        return "bzip2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    return "none"
+
+
+class _Decompressed:
+    """Context manager: a readable stream of ``path`` decompressed (zstd through the ``zstd`` CLI)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._proc: Optional[subprocess.Popen] = None
+        self._file: Optional[IO[bytes]] = None
+
+    def __enter__(self) -> IO[bytes]:
+        with open(self.path, "rb") as f:
+            kind = detect_compression(f.read(6))
+        if kind == "zstd":
+            if shutil.which("zstd") is None:
+                raise InvalidParameter("zstd-compressed layer but no zstd program on this host")
+            self._proc = subprocess.Popen(["zstd", "-dcq", self.path], stdout=subprocess.PIPE)
+            return self._proc.stdout  # type: ignore[return-value]
+        if kind == "gzip":
+            self._file = gzip.open(self.path, "rb")
+        elif kind == "bzip2":
+            import bz2
+            self._file = bz2.open(self.path, "rb")
+        elif kind == "xz":
+            import lzma
+            self._file = lzma.open(self.path, "rb")
+        else:
+            self._file = open(self.path, "rb")
+        return self._file
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._proc is not None:
+            assert self._proc.stdout is not None
+            self._proc.stdout.close()
+            if self._proc.wait() != 0 and exc[0] is None:
+                raise InvalidParameter("zstd failed to decompress the layer")
+
+
+def decompressed(path: str) -> _Decompressed:
+    """Open a possibly compressed blob for reading its uncompressed bytes."""
+    return _Decompressed(path)
+
+
+class HashingReader(io.RawIOBase):
+    """Counts and hashes what is read through it, so one pass gives the diff ID and the tar size."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+        data = self.inner.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        self.sha.update(data)
+        self.count += n
+        return n
+
+    def drain(self) -> None:
+        """Read to the end: the padding after the tar's end marker belongs to the diff ID too."""
+        while self.read(COPY_CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+def file_digest(path: str) -> Tuple[str, int]:
+    """sha256 digest and size of a file."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(COPY_CHUNK), b""):
+            sha.update(chunk)
+            size += len(chunk)
+    return "sha256:" + sha.hexdigest(), size
+
+
+# --- safe extraction -----------------------------------------------------------------------------------------
+
+def _clean_name(name: str, what: str) -> List[str]:
+    """Archive path -> components; refuse absolute paths and ``..`` instead of silently rewriting them."""
+    if name.startswith("/"):
+        raise LayerRefused("layer refused: absolute path %r in %s" % (name, what))
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayerRefused("layer refused: path %r escapes the layer (%s)" % (name, what))
+    return parts
+
+
+class _Extractor:
+    """One layer extraction into ``root`` (a fresh directory)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.dir_times: List[Tuple[str, int]] = []
+        self.size = 0
+
+    def _parent(self, parts: List[str], name: str) -> str:
+        """The real parent dir of ``parts``, made on demand; refuse if any component is a symlink or a file."""
+        path = self.root
+        for part in parts[:-1]:
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                os.mkdir(path, 0o755)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise LayerRefused("layer refused: %r would be written through the symlink %r"
+                                   % (name, "/".join(parts[:parts.index(part) + 1])))
+            if not stat.S_ISDIR(st.st_mode):
+                raise LayerRefused("layer refused: %r is below a non-directory" % name)
+        return path
+
+    @staticmethod
+    def _clear(path: str, keep_dir: bool) -> None:
+        """Make room for a new entry (a later entry for the same path replaces the earlier one, as tar does)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if not keep_dir:
+                shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def _attrs(self, path: str, m: tarfile.TarInfo) -> None:
+        os.lchown(path, m.uid, m.gid)
+        if not m.issym():
+            os.chmod(path, m.mode & 0o7777)
+        for key, value in m.pax_headers.items():
+            if key.startswith(XATTR_PAX_PREFIX):
+                attr = key[len(XATTR_PAX_PREFIX):]
+                if attr.startswith("trusted.overlay."):
+                    continue  # only we decide what overlayfs sees
+                raw = value.encode("utf-8", "surrogateescape")
+                try:
+                    os.setxattr(path, attr, raw, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTSUP, errno.EPERM):
+                        raise
+        if m.isdir():
+            self.dir_times.append((path, int(m.mtime)))
+        else:
+            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+
+    def member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        parts = _clean_name(m.name, "name")
+        if not parts:
+            return  # the "./" entry: the layer root itself
+        parent = self._parent(parts, m.name)
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent, base, m.name)
+            return
+        path = os.path.join(parent, base)
+        if m.isdir():
+            self._clear(path, keep_dir=True)
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+        elif m.isreg():
+            self._clear(path, keep_dir=False)
+            src = tar.extractfile(m)
+            assert src is not None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(src, out, COPY_CHUNK)
+            self.size += m.size
+        elif m.issym():
+            if not m.linkname.startswith("/"):
+                target = os.path.normpath(os.path.join("/".join(parts[:-1]), m.linkname))
+                if target == ".." or target.startswith("../"):
+                    raise LayerRefused("layer refused: symlink %r -> %r points outside the layer"
+                                       % (m.name, m.linkname))
+            self._clear(path, keep_dir=False)
+            os.symlink(m.linkname, path)
+        elif m.islnk():
+            target_parts = _clean_name(m.linkname, "hardlink target of %r" % m.name)
+            target = os.path.join(self._parent(target_parts, m.linkname), target_parts[-1]) if target_parts else ""
+            if not target_parts or not os.path.lexists(target) or os.path.isdir(target):
+                raise LayerRefused("layer refused: hardlink %r -> %r has no target inside the layer"
+                                   % (m.name, m.linkname))
+            self._clear(path, keep_dir=False)
+            os.link(target, path, follow_symlinks=False)
+            return  # a hardlink shares its target's attributes
+        elif m.isfifo():
+            self._clear(path, keep_dir=False)
+            os.mkfifo(path, 0o600)
+        elif m.ischr() or m.isblk():
+            raise LayerRefused("layer refused: device node %r" % m.name)
+        else:
+            raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
+        self._attrs(path, m)
+
+    def _whiteout(self, parent: str, base: str, name: str) -> None:
+        """OCI whiteouts -> overlayfs: ``.wh..wh..opq`` marks the dir opaque, ``.wh.x`` becomes a 0/0 char device."""
+        if base == OPAQUE_MARKER:
+            os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y")
+            return
+        if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # other AUFS metadata (.wh..wh.plnk, ...) means nothing to overlayfs
+        hidden = base[len(WHITEOUT_PREFIX):]
+        if hidden in ("", ".", ".."):
+            raise LayerRefused("layer refused: bad whiteout %r" % name)
+        path = os.path.join(parent, hidden)
+        self._clear(path, keep_dir=False)
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+
+    def finish(self) -> None:
+        for path, mtime in reversed(self.dir_times):
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
+    """Extract an uncompressed layer tar from ``stream`` into the new directory ``dest``.
+
+    Returns ``(diff_id, unpacked_size, tar_size)``. The caller deletes ``dest`` if this raises.
+    """
+    reader = HashingReader(stream)
+    os.mkdir(dest, 0o755)
+    ex = _Extractor(dest)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[arg-type]
+            for m in tar:
+                ex.member(tar, m)
+    except tarfile.TarError as exc:
+        raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
+    reader.drain()
+    ex.finish()
+    return reader.digest, ex.size, reader.count
+
+
+# --- tars from overlay upper dirs ----------------------------------------------------------------------------
+
+class _Sink(io.RawIOBase):
+    """Collects what tarfile writes so it can be handed out in chunks (streaming without a pipe thread)."""
+
+    def __init__(self) -> None:
+        self.chunks: List[bytes] = []
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def]
+        self.chunks.append(bytes(data))
+        self.position += len(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+class TarStream:
+    """Build a tar incrementally and yield its bytes as they are produced (for save, push and commit)."""
+
+    def __init__(self) -> None:
+        self.sink = _Sink()
+        self.tar = tarfile.open(fileobj=self.sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+
+    def add_bytes(self, name: str, data: bytes, mtime: int = 0) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = mtime
+        info.mode = 0o644
+        self.tar.addfile(info, io.BytesIO(data))
+        return self.sink.take()
+
+    def add_dir(self, name: str, mtime: int = 0) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        info.mtime = mtime
+        self.tar.addfile(info)
+        return self.sink.take()
+
+    def add_stream(self, info: tarfile.TarInfo, src: Optional[IO[bytes]]) -> Iterator[bytes]:
+        """Add an entry whose content is read from ``src`` (exactly ``info.size`` bytes), yielding as it goes."""
+        self.tar.addfile(info)
+        yield self.sink.take()
+        if src is None or not info.size:
+            return
+        remaining = info.size
+        while remaining:
+            chunk = src.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise InvalidParameter("%s: unexpected end of data" % info.name)
+            remaining -= len(chunk)
+            yield chunk
+        pad = (-info.size) % tarfile.BLOCKSIZE
+        if pad:
+            yield b"\0" * pad
+        # tarfile's own offset (it pads the archive from it on close) must count the bytes we wrote around it
+        self.tar.offset += info.size + pad  # type: ignore[attr-defined]
+        self.sink.position += info.size + pad
+
+    def close(self) -> bytes:
+        self.tar.close()
+        return self.sink.take()
+
+
+def _upper_entries(upper: str) -> Iterator[Tuple[str, str, os.stat_result]]:
+    """Walk an upper dir in a stable order: (archive name, path, lstat)."""
+    for dirpath, dirnames, filenames in os.walk(upper):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, upper)
+        for name in sorted(dirnames) + sorted(filenames):
+            path = os.path.join(dirpath, name)
+            arc = name if rel == "." else rel + "/" + name
+            yield arc, path, os.lstat(path)
+
+
+def _xattrs(path: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return out
+    for attr in names:
+        if attr.startswith("trusted.overlay.") or attr.startswith("user.overlay."):
+            continue
+        try:
+            out[XATTR_PAX_PREFIX + attr] = os.getxattr(path, attr, follow_symlinks=False).decode(
+                "utf-8", "surrogateescape")
+        except OSError:
+            continue
+    return out
+
+
+def upper_dir_tar(upper: str) -> Iterator[bytes]:
+    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build)."""
+    ts = TarStream()
+    seen: Dict[Tuple[int, int], str] = {}
+    for arc, path, st in _upper_entries(upper):
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            head, _, base = arc.rpartition("/")
+            yield ts.add_bytes((head + "/" if head else "") + WHITEOUT_PREFIX + base, b"")
+            continue
+        info = tarfile.TarInfo(arc)
+        info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+        info.mtime = int(st.st_mtime)
+        info.pax_headers = _xattrs(path)
+        src: Optional[IO[bytes]] = None
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+        elif stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in seen:
+                info.type, info.linkname = tarfile.LNKTYPE, seen[key]
+            else:
+                seen[key] = arc
+                info.size = st.st_size
+                src = open(path, "rb")
+        elif stat.S_ISFIFO(st.st_mode):
+            info.type = tarfile.FIFOTYPE
+        else:
+            continue  # sockets and device nodes do not belong in images
+        try:
+            yield from ts.add_stream(info, src)
+        finally:
+            if src is not None:
+                src.close()
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                opaque = os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+            except OSError:
+                opaque = False
+            if opaque:
+                yield ts.add_bytes(arc + "/" + OPAQUE_MARKER, b"")
+    yield ts.close()
+
+
+def write_stream(chunks: Iterator[bytes], path: str, on_chunk: Optional[Callable[[bytes], None]] = None) -> None:
+    """Write an iterator of byte chunks to ``path``."""
+    with open(path, "wb") as out:
+        for chunk in chunks:
+            if on_chunk is not None:
+                on_chunk(chunk)
+            out.write(chunk)

@@ -1,0 +1,960 @@
+"""The image store: layers unpacked once (keyed by chain ID), image configs as blobs, tags in one json index.
+
+Layout under ``root``::
+
+    layers/<chain-id hex>/diff         the unpacked layer (overlay lower dir, whiteouts already converted)
+    layers/<chain-id hex>/blob         the layer blob as received (plain, gzip or zstd), for save and push
+    layers/<chain-id hex>/layer.json   diff ID, parent chain, sizes, blob digest and media type
+    blobs/sha256/<hex>                 image configs and manifests (content addressed, OCI layout style)
+    index.json                         images (parent, tag times), tags and digests; replaced atomically
+    tmp/                               work area; a layer or image appears only once it is complete
+
+Image ID = sha256 of the config JSON bytes, as in Docker. One lock guards the index and layer garbage collection;
+layer extraction runs outside it so pulls and loads proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import fnmatch
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tarfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from runtime.errors import Conflict, InvalidParameter, NotFound
+from runtime.images import archive, reference
+from runtime.images.reference import Reference
+
+InUse = Callable[[str], Union[str, bool, None]]
+ProgressFn = Callable[[dict], None]
+
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+LAYER_MEDIA = {"none": MEDIA_OCI_LAYER, "gzip": MEDIA_OCI_LAYER_GZIP, "zstd": MEDIA_OCI_LAYER_ZSTD}
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def chain_id(parent: Optional[str], diff_id: str) -> str:
+    """image-spec ChainID: ChainID(L0) = DiffID(L0); ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(n))."""
+    return diff_id if parent is None else sha256_bytes((parent + " " + diff_id).encode())
+
+
+def chain_ids(diff_ids: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    for d in diff_ids:
+        out.append(chain_id(out[-1] if out else None, d))
+    return out
+
+
+def host_platform() -> Dict[str, str]:
+    """The host as an OCI platform (``architecture``, ``os``, ``variant`` when it matters)."""
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
+            "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine)
+    if arch is not None:
+        return {"os": "linux", "architecture": arch}
+    if machine.startswith("armv"):
+        return {"os": "linux", "architecture": "arm", "variant": "v" + machine[4]}
+    return {"os": "linux", "architecture": machine}
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: Optional[str]) -> int:
+    """RFC 3339 (with nanoseconds, ``Z`` or an offset) -> unix seconds; 0 when absent or unparsable."""
+    if not text:
+        return 0
+    value = text.strip().replace("Z", "+00:00")
+    if "." in value:
+        head, _, tail = value.partition(".")
+        digits = ""
+        while tail and tail[0].isdigit():
+            digits, tail = digits + tail[0], tail[1:]
+        value = head + "." + (digits + "000000")[:6] + tail
+    try:
+        return int(datetime.datetime.fromisoformat(value).timestamp())
+    except ValueError:
+        return 0
+
+
+def canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _filter_values(filters: Optional[dict], key: str) -> List[str]:
+    """Docker filters come as ``{"k": ["v"]}`` or the older ``{"k": {"v": true}}``."""
+    value = (filters or {}).get(key)
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [k for k, v in value.items() if v]
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _bool_filter(filters: Optional[dict], key: str) -> Optional[bool]:
+    values = _filter_values(filters, key)
+    if not values:
+        return None
+    if values[0].lower() not in ("true", "false", "1", "0"):
+        raise InvalidParameter("invalid filter '%s=%s'" % (key, values[0]))
+    return values[0].lower() in ("true", "1")
+
+
+def _labels_match(labels: dict, wanted: List[str]) -> bool:
+    for item in wanted:
+        key, eq, value = item.partition("=")
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    return True
+
+
+class Layer:
+    """One unpacked layer and its metadata."""
+
+    def __init__(self, path: str, meta: dict) -> None:
+        self.path = path
+        self.meta = meta
+
+    @property
+    def chain_id(self) -> str:
+        return self.meta["chain_id"]
+
+    @property
+    def diff_id(self) -> str:
+        return self.meta["diff_id"]
+
+    @property
+    def diff_dir(self) -> str:
+        return os.path.join(self.path, "diff")
+
+    @property
+    def blob_path(self) -> str:
+        return os.path.join(self.path, "blob")
+
+    @property
+    def size(self) -> int:
+        return int(self.meta.get("size", 0))
+
+
+class Image:
+    """A resolved image: what the engine needs to make a root filesystem and a container config."""
+
+    def __init__(self, store: "ImageStore", image_id: str, config: dict, repo_tags: List[str],
+                 repo_digests: List[str], parent: str) -> None:
+        self.store = store
+        self.id = image_id
+        self.config = config
+        self.repo_tags = repo_tags
+        self.repo_digests = repo_digests
+        self.parent = parent
+
+    @property
+    def diff_ids(self) -> List[str]:
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+
+    @property
+    def chain_ids(self) -> List[str]:
+        return chain_ids(self.diff_ids)
+
+    @property
+    def top_chain(self) -> Optional[str]:
+        ids = self.chain_ids
+        return ids[-1] if ids else None
+
+    def layers(self) -> List[Layer]:
+        return [self.store.layer(c) for c in self.chain_ids]
+
+    def layer_dirs(self) -> List[str]:
+        """Lowest layer first; overlayfs wants them reversed in ``lowerdir``."""
+        return [layer.diff_dir for layer in self.layers()]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers())
+
+    @property
+    def container_config(self) -> dict:
+        return self.config.get("config") or {}
+
+    def __repr__(self) -> str:
+        return "Image(%s %s)" % (self.id[7:19], self.repo_tags)
+
+
+class ImageStore:
+    """Docker-shaped image operations over the on-disk layout described in the module docstring."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.lock = threading.RLock()
+        self._pins: Dict[str, int] = {}
+        self._configs: Dict[str, dict] = {}
+        for sub in ("layers", "blobs/sha256", "tmp"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        layout = os.path.join(self.root, "oci-layout")
+        if not os.path.exists(layout):
+            self._write_atomic(layout, canonical_json({"imageLayoutVersion": "1.0.0"}))
+        self._clean_tmp()
+        self._index = self._read_index()
+
+    # --- persistence ------------------------------------------------------------------------------------------
+
+    def _clean_tmp(self) -> None:
+        """Whatever is in tmp/ was interrupted half-way (a crash mid-pull): it never became visible; drop it."""
+        tmp = os.path.join(self.root, "tmp")
+        for name in os.listdir(tmp):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+    def _read_index(self) -> dict:
+        try:
+            with open(os.path.join(self.root, "index.json"), "rb") as f:
+                index = json.load(f)
+        except FileNotFoundError:
+            index = {}
+        for key in ("images", "tags", "digests"):
+            index.setdefault(key, {})
+        return index
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _save_index(self) -> None:
+        self._write_atomic(os.path.join(self.root, "index.json"), json.dumps(self._index, indent=1).encode())
+
+    def blob_path(self, digest: str) -> str:
+        algo, _, hexpart = digest.partition(":")
+        if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
+            raise InvalidParameter("invalid digest %r" % digest)
+        return os.path.join(self.root, "blobs", "sha256", hexpart)
+
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes content-addressed; return the digest."""
+        digest = sha256_bytes(data)
+        path = self.blob_path(digest)
+        if not os.path.exists(path):
+            self._write_atomic(path, data)
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        with open(self.blob_path(digest), "rb") as f:
+            return f.read()
+
+    def tmpdir(self) -> str:
+        """A fresh directory under tmp/, on the store's filesystem so results can be renamed into place."""
+        path = os.path.join(self.root, "tmp", uuid.uuid4().hex)
+        os.mkdir(path, 0o700)
+        return path
+
+    @contextmanager
+    def workdir(self) -> Iterator[str]:
+        path = self.tmpdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # --- layers -----------------------------------------------------------------------------------------------
+
+    def _layer_path(self, chain: str) -> str:
+        return os.path.join(self.root, "layers", chain.split(":", 1)[1])
+
+    def has_layer(self, chain: str) -> bool:
+        return os.path.exists(os.path.join(self._layer_path(chain), "layer.json"))
+
+    def layer(self, chain: str) -> Layer:
+        path = self._layer_path(chain)
+        try:
+            with open(os.path.join(path, "layer.json"), "rb") as f:
+                return Layer(path, json.load(f))
+        except FileNotFoundError:
+            raise NotFound("layer %s does not exist" % chain) from None
+
+    @contextmanager
+    def pinned(self) -> Iterator[List[str]]:
+        """Layers added inside this block survive garbage collection until the block ends (image not yet saved)."""
+        pins: List[str] = []
+        try:
+            yield pins
+        finally:
+            with self.lock:
+                for chain in pins:
+                    self._pins[chain] -= 1
+                    if not self._pins[chain]:
+                        del self._pins[chain]
+
+    def _pin(self, pins: Optional[List[str]], chain: str) -> None:
+        if pins is not None:
+            with self.lock:
+                self._pins[chain] = self._pins.get(chain, 0) + 1
+            pins.append(chain)
+
+    def add_layer(self, blob: str, parent_chain: Optional[str], *, diff_id: Optional[str] = None,
+                  blob_digest: Optional[str] = None, pins: Optional[List[str]] = None) -> Layer:
+        """Unpack the layer blob file ``blob`` (plain/gzip/zstd) on top of ``parent_chain``.
+
+        ``diff_id`` and ``blob_digest``, when known, are verified; a mismatch or a hostile layer raises and leaves
+        nothing. When ``diff_id`` is known and the layer already exists it is not unpacked again. The blob file is
+        hard-linked (not moved) into the layer, so callers may reuse and must delete it.
+        """
+        if diff_id is not None:
+            chain = chain_id(parent_chain, diff_id)
+            with self.lock:
+                if self.has_layer(chain):
+                    self._pin(pins, chain)
+                    return self.layer(chain)
+        actual_blob, blob_size = archive.file_digest(blob)
+        if blob_digest is not None and actual_blob != blob_digest:
+            raise InvalidParameter("blob digest mismatch: expected %s, got %s" % (blob_digest, actual_blob))
+        work = self.tmpdir()
+        try:
+            with open(blob, "rb") as f:
+                compression = archive.detect_compression(f.read(6))
+            if compression not in LAYER_MEDIA:
+                raise InvalidParameter("unsupported layer compression %s" % compression)
+            with archive.decompressed(blob) as stream:
+                actual_diff, size, tar_size = archive.extract_layer(stream, os.path.join(work, "diff"))
+            if diff_id is not None and actual_diff != diff_id:
+                raise InvalidParameter("layer diff ID mismatch: expected %s, got %s" % (diff_id, actual_diff))
+            chain = chain_id(parent_chain, actual_diff)
+            os.link(blob, os.path.join(work, "blob"))
+            meta = {"chain_id": chain, "diff_id": actual_diff, "parent": parent_chain, "size": size,
+                    "tar_size": tar_size, "blob_digest": actual_blob, "blob_size": blob_size,
+                    "media_type": LAYER_MEDIA[compression]}
+            self._write_atomic(os.path.join(work, "layer.json"), json.dumps(meta).encode())
+            with self.lock:
+                if not self.has_layer(chain):
+                    os.rename(work, self._layer_path(chain))
+                self._pin(pins, chain)
+            return self.layer(chain)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _referenced_chains(self) -> set:
+        used = set(self._pins)
+        for image_id in self._index["images"]:
+            used.update(chain_ids((self._config(image_id).get("rootfs") or {}).get("diff_ids") or []))
+        return used
+
+    def _collect_layers(self) -> List[str]:
+        """Remove layers no image uses (caller holds the lock); return their chain IDs."""
+        used = self._referenced_chains()
+        removed = []
+        layers_dir = os.path.join(self.root, "layers")
+        for name in os.listdir(layers_dir):
+            chain = "sha256:" + name
+            if chain in used:
+                continue
+            trash = os.path.join(self.root, "tmp", "gc-" + uuid.uuid4().hex)
+            os.rename(os.path.join(layers_dir, name), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(chain)
+        return removed
+
+    # --- images: lookup -------------------------------------------------------------------------------------
+
+    def _config(self, image_id: str) -> dict:
+        config = self._configs.get(image_id)
+        if config is None:
+            config = json.loads(self.get_blob(image_id))
+            self._configs[image_id] = config
+        return config
+
+    def _tags_of(self, image_id: str) -> List[str]:
+        return sorted(reference.parse(t).familiar() for t, i in self._index["tags"].items() if i == image_id)
+
+    def _digests_of(self, image_id: str) -> List[str]:
+        return sorted(reference.parse(d).familiar() for d, i in self._index["digests"].items() if i == image_id)
+
+    def _image(self, image_id: str) -> Image:
+        return Image(self, image_id, self._config(image_id), self._tags_of(image_id), self._digests_of(image_id),
+                     self._index["images"][image_id].get("parent", ""))
+
+    def _lookup(self, ref: str) -> Tuple[str, Optional[Reference]]:
+        """Image ID for a name, name:tag, name@digest, full ID or unique ID prefix; and the parsed name if any."""
+        images = self._index["images"]
+        if ref.startswith("sha256:") and ref in images:
+            return ref, None
+        parsed: Optional[Reference] = None
+        try:
+            parsed = reference.parse(ref)
+        except InvalidParameter:
+            parsed = None
+        if parsed is not None:
+            key = str(parsed)
+            table = self._index["digests"] if parsed.digest else self._index["tags"]
+            if parsed.digest and parsed.tag:
+                key = "%s@%s" % (parsed.name, parsed.digest)
+            if key in table:
+                return table[key], parsed
+        prefix = ref[7:] if ref.startswith("sha256:") else ref
+        if prefix and all(c in "0123456789abcdef" for c in prefix):
+            matches = [i for i in images if i[7:].startswith(prefix)]
+            if len(matches) == 1:
+                return matches[0], None
+        shown = parsed.familiar() if parsed is not None else ref
+        raise NotFound("No such image: %s" % shown)
+
+    def resolve(self, ref: str) -> Image:
+        """The image for ``ref``, or NotFound("No such image: ...")."""
+        with self.lock:
+            image_id, _ = self._lookup(ref)
+            return self._image(image_id)
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self.resolve(ref)
+            return True
+        except NotFound:
+            return False
+
+    @staticmethod
+    def normalize(ref: str) -> str:
+        return reference.normalize(ref)
+
+    def _children(self, image_id: str) -> List[str]:
+        return [i for i, rec in self._index["images"].items() if rec.get("parent") == image_id]
+
+    # --- images: Docker-shaped views -------------------------------------------------------------------------
+
+    def summary(self, image: Image) -> dict:
+        labels = image.container_config.get("Labels") or {}
+        return {
+            "Id": image.id, "ParentId": image.parent,
+            "RepoTags": image.repo_tags or ["<none>:<none>"],
+            "RepoDigests": image.repo_digests or (["<none>@<none>"] if not image.repo_tags else []),
+            "Created": parse_time(image.config.get("created")), "Size": image.size, "SharedSize": -1,
+            "VirtualSize": image.size, "Labels": labels, "Containers": -1,
+        }
+
+    def list(self, all: bool = False, filters: Optional[dict] = None) -> List[dict]:  # noqa: A002 - Docker's name
+        """``GET /images/json``: newest first; intermediate build images only with ``all``."""
+        dangling = _bool_filter(filters, "dangling")
+        labels = _filter_values(filters, "label")
+        patterns = _filter_values(filters, "reference")
+        with self.lock:
+            before = [parse_time(self._config(self._lookup(r)[0]).get("created"))
+                      for r in _filter_values(filters, "before")]
+            since = [parse_time(self._config(self._lookup(r)[0]).get("created"))
+                     for r in _filter_values(filters, "since")]
+            out = []
+            for image_id in self._index["images"]:
+                image = self._image(image_id)
+                untagged = not image.repo_tags and not image.repo_digests
+                if untagged and not all and self._children(image_id) and dangling is None:
+                    continue
+                if dangling is not None and untagged != dangling:
+                    continue
+                if patterns and not any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(t.rsplit(":", 1)[0], p)
+                                        for t in image.repo_tags for p in patterns):
+                    continue
+                if labels and not _labels_match(image.container_config.get("Labels") or {}, labels):
+                    continue
+                created = parse_time(image.config.get("created"))
+                if any(created >= b for b in before) or any(created <= s for s in since):
+                    continue
+                out.append(self.summary(image))
+        out.sort(key=lambda s: s["Created"], reverse=True)
+        return out
+
+    def inspect(self, ref: str) -> dict:
+        """``GET /images/{name}/json`` (ImageInspect)."""
+        image = self.resolve(ref)
+        config = image.config
+        dirs = image.layer_dirs()
+        rec = self._index["images"].get(image.id, {})
+        return {
+            "Id": image.id, "RepoTags": image.repo_tags, "RepoDigests": image.repo_digests,
+            "Parent": image.parent, "Comment": self._last_history(config).get("comment", ""),
+            "Created": config.get("created") or ZERO_TIME, "DockerVersion": config.get("docker_version", ""),
+            "Author": config.get("author", ""), "Config": self._image_config(image.container_config),
+            "Architecture": config.get("architecture", ""), "Variant": config.get("variant"),
+            "Os": config.get("os", "linux"), "Size": image.size, "VirtualSize": image.size,
+            "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": ":".join(reversed(dirs))} if dirs else {}},
+            "RootFS": {"Type": "layers", "Layers": image.diff_ids},
+            "Metadata": {"LastTagTime": rec.get("last_tag_time") or ZERO_TIME},
+        }
+
+    @staticmethod
+    def _last_history(config: dict) -> dict:
+        history = config.get("history") or [{}]
+        return history[-1]
+
+    @staticmethod
+    def _image_config(cfg: dict) -> dict:
+        out = {"Hostname": "", "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
+               "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False, "Env": None,
+               "Cmd": None, "Image": "", "Volumes": None, "WorkingDir": "", "Entrypoint": None, "OnBuild": None,
+               "Labels": None}
+        out.update(cfg)
+        return out
+
+    def history(self, ref: str) -> List[dict]:
+        """``GET /images/{name}/history``: newest first, with IDs where an image of that step is known."""
+        with self.lock:
+            image_id, _ = self._lookup(ref)
+            ids: Dict[int, str] = {}
+            cursor = image_id
+            while cursor and cursor in self._index["images"]:
+                ids[len(self._config(cursor).get("history") or []) - 1] = cursor
+                cursor = self._index["images"][cursor].get("parent", "")
+            image = self._image(image_id)
+            layers = image.layers()
+        out = []
+        layer_index = 0
+        for n, entry in enumerate(image.config.get("history") or []):
+            size = 0
+            if not entry.get("empty_layer") and layer_index < len(layers):
+                size = layers[layer_index].size
+                layer_index += 1
+            owner = ids.get(n, "<missing>")
+            out.append({"Id": owner, "Created": parse_time(entry.get("created")),
+                        "CreatedBy": entry.get("created_by", ""),
+                        "Tags": self._tags_of(owner) if owner != "<missing>" else None,
+                        "Size": size, "Comment": entry.get("comment", "")})
+        out.reverse()
+        return out
+
+    # --- tags and removal -------------------------------------------------------------------------------------
+
+    def _set_tag(self, ref: Reference, image_id: str) -> None:
+        """Point ``ref`` at ``image_id`` (caller holds the lock and saves the index)."""
+        self._index["tags"][str(ref)] = image_id
+        self._index["images"][image_id]["last_tag_time"] = now_rfc3339()
+
+    def tag(self, ref: str, repo: str, tag: Optional[str] = None) -> None:
+        """``POST /images/{name}/tag``."""
+        target = reference.join_repo_tag(repo, tag)
+        if target.digest:
+            raise InvalidParameter("refusing to create a tag with a digest reference")
+        with self.lock:
+            image_id, _ = self._lookup(ref)
+            self._set_tag(target, image_id)
+            self._save_index()
+
+    def _refs_of(self, image_id: str) -> List[Tuple[str, str]]:
+        """(table, key) pairs naming ``image_id``."""
+        return [(table, key) for table in ("tags", "digests")
+                for key, i in self._index[table].items() if i == image_id]
+
+    def remove(self, ref: str, force: bool = False, noprune: bool = False,
+               in_use: Optional[InUse] = None) -> List[dict]:
+        """``DELETE /images/{name}``: untag, then delete the image (and dangling parents) when nothing names it.
+
+        ``in_use(image_id)`` returns a container ID (or True) when a container uses the image.
+        """
+        in_use = in_use or (lambda _image_id: None)
+        with self.lock:
+            image_id, parsed = self._lookup(ref)
+            refs = self._refs_of(image_id)
+            user = in_use(image_id)
+            items: List[dict] = []
+            if parsed is not None:
+                key = ("digests", "%s@%s" % (parsed.name, parsed.digest)) if parsed.digest else ("tags", str(parsed))
+                if len(refs) == 1 and user and not force:
+                    raise Conflict('conflict: unable to remove repository reference "%s" (must force) - container '
+                                   '%s is using its referenced image %s' % (ref, _short(user), image_id[7:19]))
+                del self._index[key[0]][key[1]]
+                items.append({"Untagged": parsed.familiar()})
+                if len(refs) > 1 or self._children(image_id):
+                    self._save_index()
+                    return items
+            else:
+                if len(refs) > 1 and not force:
+                    raise Conflict("conflict: unable to delete %s (must be forced) - image is referenced in multiple "
+                                   "repositories" % image_id[7:19])
+                if user and not force:
+                    raise Conflict("conflict: unable to delete %s (must be forced) - image is being used by "
+                                   "container %s" % (image_id[7:19], _short(user)))
+                if self._children(image_id):
+                    raise Conflict("conflict: unable to delete %s (cannot be forced) - image has dependent child "
+                                   "images" % image_id[7:19])
+                for table, key in refs:
+                    del self._index[table][key]
+                    items.append({"Untagged": reference.parse(key).familiar()})
+            if user:
+                self._save_index()  # forced: untagged, but a container still runs on it
+                return items
+            items.extend(self._delete_image(image_id, prune_parents=not noprune, in_use=in_use))
+            self._save_index()
+            return items
+
+    def _delete_image(self, image_id: str, prune_parents: bool, in_use: InUse) -> List[dict]:
+        """Delete an untagged, childless image (lock held); then its parents that became dangling, then layers."""
+        items = []
+        cursor = image_id
+        while cursor:
+            parent = self._index["images"].pop(cursor).get("parent", "")
+            self._configs.pop(cursor, None)
+            items.append({"Deleted": cursor})
+            if not (prune_parents and parent in self._index["images"]):
+                break
+            if self._refs_of(parent) or self._children(parent) or in_use(parent):
+                break
+            cursor = parent
+        items.extend({"Deleted": chain} for chain in self._collect_layers())
+        return items
+
+    def prune(self, filters: Optional[dict] = None, in_use: Optional[InUse] = None) -> dict:
+        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers."""
+        in_use = in_use or (lambda _image_id: None)
+        dangling_only = _bool_filter(filters, "dangling")
+        labels = _filter_values(filters, "label")
+        deleted: List[dict] = []
+        with self.lock:
+            before = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
+            changed = True
+            while changed:
+                changed = False
+                for image_id in list(self._index["images"]):
+                    if image_id not in self._index["images"] or self._children(image_id) or in_use(image_id):
+                        continue
+                    refs = self._refs_of(image_id)
+                    if refs and dangling_only is not False:
+                        continue
+                    if labels and not _labels_match(self._image(image_id).container_config.get("Labels") or {},
+                                                    labels):
+                        continue
+                    for table, key in refs:
+                        del self._index[table][key]
+                        deleted.append({"Untagged": reference.parse(key).familiar()})
+                    deleted.extend(self._delete_image(image_id, prune_parents=False, in_use=in_use))
+                    changed = True
+            self._save_index()
+            after = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
+        return {"ImagesDeleted": deleted or None, "SpaceReclaimed": max(0, before - after)}
+
+    # --- creating images -------------------------------------------------------------------------------------
+
+    def register(self, config_bytes: bytes, *, tags: Sequence[Reference] = (), digests: Sequence[Reference] = (),
+                 parent: str = "") -> Image:
+        """Record an image whose layers are all present; its ID is the sha256 of ``config_bytes``."""
+        config = json.loads(config_bytes)
+        for chain in chain_ids((config.get("rootfs") or {}).get("diff_ids") or []):
+            if not self.has_layer(chain):
+                raise InvalidParameter("image config refers to missing layer %s" % chain)
+        image_id = self.put_blob(config_bytes)
+        with self.lock:
+            rec = self._index["images"].setdefault(image_id, {})
+            if parent:
+                rec["parent"] = parent
+            for ref in tags:
+                self._set_tag(ref, image_id)
+            for ref in digests:
+                self._index["digests"]["%s@%s" % (ref.name, ref.digest)] = image_id
+            self._save_index()
+            return self._image(image_id)
+
+    def new_config(self, parent: Optional[Image], diff_id: Optional[str], config: Optional[dict],
+                   created_by: str = "", comment: str = "", author: str = "") -> bytes:
+        """Config JSON for a child of ``parent`` (or a base image) with one more history step and maybe a layer."""
+        if parent is not None:
+            base = copy.deepcopy(parent.config)
+            for key in ("container", "container_config", "docker_version", "id", "parent"):
+                base.pop(key, None)
+        else:
+            base = dict(host_platform())
+            base.update({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
+        created = now_rfc3339()
+        base["created"] = created
+        if author:
+            base["author"] = author
+        if config is not None:
+            base["config"] = config
+        step: dict = {"created": created, "created_by": created_by}
+        if comment:
+            step["comment"] = comment
+        if diff_id is None:
+            step["empty_layer"] = True
+        else:
+            base.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(diff_id)
+        base.setdefault("history", []).append(step)
+        return canonical_json(base)
+
+    def _ingest_stream(self, fileobj: IO[bytes], parent_chain: Optional[str], pins: List[str]) -> Layer:
+        with self.workdir() as work:
+            path = os.path.join(work, "layer")
+            with open(path, "wb") as out:
+                shutil.copyfileobj(fileobj, out, archive.COPY_CHUNK)
+            return self.add_layer(path, parent_chain, pins=pins)
+
+    def import_tar(self, fileobj: IO[bytes], repo_tag: Optional[str] = None,
+                   changes: Optional[Sequence[str]] = None, message: str = "") -> str:
+        """``docker import``: a root filesystem tar (plain, gzip, zstd) -> a one-layer image; returns its ID."""
+        from runtime.images.dockerfile import apply_changes
+
+        tag = reference.parse(repo_tag) if repo_tag else None
+        config = apply_changes({}, changes or [])
+        with self.pinned() as pins:
+            layer = self._ingest_stream(fileobj, None, pins)
+            data = self.new_config(None, layer.diff_id, config, comment=message or "Imported from -")
+            return self.register(data, tags=[tag] if tag else []).id
+
+    def commit(self, upper_dir: Optional[str], parent: Optional[Image], config_changes: Optional[dict],
+               repo_tag: Optional[str] = None, *, created_by: str = "", comment: str = "",
+               author: str = "") -> Image:
+        """A child image of ``parent``: one layer made from an overlay upper dir (None: config-only step).
+
+        ``config_changes`` replaces keys of the container config (``Cmd``, ``Env``, ...).
+        """
+        config = dict(parent.container_config) if parent is not None else {}
+        config.update(config_changes or {})
+        tag = reference.parse(repo_tag) if repo_tag else None
+        with self.pinned() as pins:
+            diff_id = None
+            if upper_dir is not None:
+                with self.workdir() as work:
+                    path = os.path.join(work, "layer.tar")
+                    archive.write_stream(archive.upper_dir_tar(upper_dir), path)
+                    diff_id = self.add_layer(path, parent.top_chain if parent else None, pins=pins).diff_id
+            data = self.new_config(parent, diff_id, config, created_by=created_by, comment=comment, author=author)
+            return self.register(data, tags=[tag] if tag else [], parent=parent.id if parent else "")
+
+    # --- docker save / load ----------------------------------------------------------------------------------
+
+    def save(self, refs: Sequence[str]) -> Iterator[bytes]:
+        """``GET /images/get``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""
+        entries: List[Tuple[Image, List[Reference]]] = []
+        with self.lock:
+            for text in refs:
+                image_id, parsed = self._lookup(text)
+                names: List[Reference] = []
+                if parsed is not None and not text.startswith("sha256:"):
+                    bare = reference.parse(text, default_tag=False)
+                    if bare.tag is None and bare.digest is None:
+                        names = [reference.parse(t) for t, i in self._index["tags"].items()
+                                 if i == image_id and reference.parse(t).name == bare.name]
+                    elif bare.tag is not None:
+                        names = [parsed]
+                for image, known in entries:
+                    if image.id == image_id:
+                        known.extend(n for n in names if n not in known)
+                        break
+                else:
+                    entries.append((self._image(image_id), names))
+        return self._save_stream(entries)
+
+    def _save_stream(self, entries: List[Tuple[Image, List[Reference]]]) -> Iterator[bytes]:
+        ts = archive.TarStream()
+        written = set()
+        yield ts.add_dir("blobs")
+        yield ts.add_dir("blobs/sha256")
+        manifest_json, index_manifests, repositories = [], [], {}  # type: ignore[var-annotated]
+        for image, names in entries:
+            layers_desc = []
+            for layer in image.layers():
+                name = "blobs/sha256/" + layer.diff_id[7:]
+                layers_desc.append({"mediaType": MEDIA_OCI_LAYER, "digest": layer.diff_id,
+                                    "size": layer.meta["tar_size"]})
+                if name in written:
+                    continue
+                written.add(name)
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = layer.meta["tar_size"], 0o644
+                with archive.decompressed(layer.blob_path) as src:
+                    yield from ts.add_stream(info, src)
+            config_bytes = self.get_blob(image.id)
+            if image.id not in written:
+                written.add(image.id)
+                yield ts.add_bytes("blobs/sha256/" + image.id[7:], config_bytes)
+            manifest = canonical_json({
+                "schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,
+                "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": image.id, "size": len(config_bytes)},
+                "layers": layers_desc})
+            manifest_digest = sha256_bytes(manifest)
+            if manifest_digest not in written:
+                written.add(manifest_digest)
+                yield ts.add_bytes("blobs/sha256/" + manifest_digest[7:], manifest)
+            manifest_json.append({"Config": "blobs/sha256/" + image.id[7:],
+                                  "RepoTags": [n.familiar() for n in names] or None,
+                                  "Layers": ["blobs/sha256/" + d[7:] for d in image.diff_ids]})
+            desc = {"mediaType": MEDIA_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest)}
+            for n in names:
+                index_manifests.append(dict(desc, annotations={"io.containerd.image.name": str(n),
+                                                               "org.opencontainers.image.ref.name": n.tag}))
+                if image.diff_ids:
+                    repositories.setdefault(n.familiar_name, {})[n.tag] = image.diff_ids[-1][7:]
+            if not names:
+                index_manifests.append(desc)
+        yield ts.add_bytes("index.json", canonical_json({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+                                                         "manifests": index_manifests}))
+        yield ts.add_bytes("manifest.json", json.dumps(manifest_json).encode())
+        yield ts.add_bytes("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+        if repositories:
+            yield ts.add_bytes("repositories", json.dumps(repositories).encode())
+        yield ts.close()
+
+    def load(self, fileobj: IO[bytes], progress: Optional[ProgressFn] = None) -> List[str]:
+        """``POST /images/load`` of a ``docker save`` or OCI layout archive (plain or compressed).
+
+        Returns what was loaded: familiar tags, or image IDs for untagged images (``Loaded image ID: ...``).
+        """
+        with self.workdir() as work, self.pinned() as pins:
+            files = _unpack_archive(fileobj, work)
+            if "manifest.json" in files:
+                plan = _plan_docker_save(files)
+            elif "index.json" in files:
+                plan = _plan_oci(files)
+            else:
+                raise InvalidParameter("invalid archive: neither manifest.json nor index.json found")
+            loaded: List[str] = []
+            for config_path, layer_paths, tags, layer_digests in plan:
+                with open(config_path, "rb") as f:
+                    config_bytes = f.read()
+                diff_ids = (json.loads(config_bytes).get("rootfs") or {}).get("diff_ids") or []
+                if len(diff_ids) != len(layer_paths):
+                    raise InvalidParameter("invalid archive: %d layers for %d diff IDs"
+                                           % (len(layer_paths), len(diff_ids)))
+                parent = None
+                for path, diff_id, blob_digest in zip(layer_paths, diff_ids, layer_digests):
+                    if progress is not None:
+                        progress({"status": "Loading layer", "progressDetail": {}, "id": diff_id[7:19]})
+                    parent = self.add_layer(path, parent, diff_id=diff_id, blob_digest=blob_digest,
+                                            pins=pins).chain_id
+                image = self.register(config_bytes, tags=tags)
+                loaded.extend([t.familiar() for t in tags] or [image.id])
+            return loaded
+
+
+def _short(container: Union[str, bool]) -> str:
+    return container[:12] if isinstance(container, str) else "(unknown)"
+
+
+def _unpack_archive(fileobj: IO[bytes], work: str) -> Dict[str, str]:
+    """Save an image archive's regular files as work/<n> and return archive name -> file path.
+
+    Archives are streamed (no seeking); symlinks (old ``docker save`` deduplicates layers with them) are resolved
+    by name inside the archive only, and anything other than files, dirs and symlinks is refused.
+    """
+    files: Dict[str, str] = {}
+    links: Dict[str, str] = {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=archive._GuardedTarInfo) as tar:
+            for n, m in enumerate(tar):
+                name = "/".join(archive._clean_name(m.name, "archive"))
+                if m.isdir():
+                    continue
+                if m.issym():
+                    target = os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
+                    links[name] = "/".join(archive._clean_name(target, "archive symlink"))
+                    continue
+                if not m.isreg():
+                    raise archive.LayerRefused("invalid archive: unexpected entry %r" % m.name)
+                path = os.path.join(work, "f%d" % n)
+                src = tar.extractfile(m)
+                assert src is not None
+                with open(path, "wb") as out:
+                    shutil.copyfileobj(src, out, archive.COPY_CHUNK)
+                files[name] = path
+    except tarfile.TarError as exc:
+        raise InvalidParameter("invalid archive: %s" % exc) from None
+    for name, target in links.items():
+        for _ in range(8):
+            if target in links:
+                target = links[target]
+        if target not in files:
+            raise InvalidParameter("invalid archive: link %r points to a missing file" % name)
+        files[name] = files[target]
+    return files
+
+
+def _archive_file(files: Dict[str, str], name: str) -> str:
+    path = files.get("/".join(archive._clean_name(name, "archive")))
+    if path is None:
+        raise InvalidParameter("invalid archive: %s is missing" % name)
+    return path
+
+
+def _read_json(path: str) -> object:
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise InvalidParameter("invalid archive: %s" % exc) from None
+
+
+LoadPlan = List[Tuple[str, List[str], List[Reference], List[Optional[str]]]]
+
+
+def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
+    """docker save's manifest.json -> (config file, layer files, tags, expected blob digests)."""
+    plan: LoadPlan = []
+    entries = _read_json(files["manifest.json"])
+    if not isinstance(entries, list):
+        raise InvalidParameter("invalid archive: manifest.json is not a list")
+    for entry in entries:
+        layers = [_archive_file(files, name) for name in entry.get("Layers") or []]
+        digests: List[Optional[str]] = []
+        for name in entry.get("Layers") or []:
+            parts = name.split("/")
+            digests.append("sha256:" + parts[2] if len(parts) == 3 and parts[:2] == ["blobs", "sha256"] else None)
+        tags = [reference.parse(t) for t in entry.get("RepoTags") or []]
+        plan.append((_archive_file(files, entry["Config"]), layers, tags, digests))
+    return plan
+
+
+def _plan_oci(files: Dict[str, str]) -> LoadPlan:
+    """An OCI image layout (index.json, nested indexes allowed) -> load plan for the host's platform."""
+    plan: LoadPlan = []
+    host = host_platform()
+
+    def blob(digest: str) -> str:
+        path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
+        if archive.file_digest(path)[0] != digest:
+            raise InvalidParameter("invalid archive: blob %s does not match its digest" % digest)
+        return path
+
+    def walk(index: dict, name: Optional[str]) -> None:
+        for desc in index.get("manifests") or []:
+            annotations = desc.get("annotations") or {}
+            ref_name = annotations.get("io.containerd.image.name") or name
+            short = annotations.get("org.opencontainers.image.ref.name")
+            if ref_name is None and short and ("/" in short or ":" in short):
+                ref_name = short  # some tools put the whole reference here, Docker only the tag
+            plat = desc.get("platform") or {}
+            if plat and (plat.get("os"), plat.get("architecture")) != (host["os"], host["architecture"]):
+                continue
+            media = desc.get("mediaType")
+            doc = _read_json(blob(desc["digest"]))
+            assert isinstance(doc, dict)
+            if media in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in doc:
+                walk(doc, ref_name)
+                continue
+            layers = [blob(layer["digest"]) for layer in doc.get("layers") or []]
+            tags = [reference.parse(ref_name)] if ref_name else []
+            plan.append((blob(doc["config"]["digest"]), layers, tags,
+                         [layer["digest"] for layer in doc.get("layers") or []]))
+
+    index = _read_json(files["index.json"])
+    assert isinstance(index, dict)
+    walk(index, None)
+    return plan
