@@ -700,7 +700,9 @@ class ImageStore:
         base.setdefault("history", []).append(step)
         return canonical_json(base)
 
-    def _ingest_stream(self, fileobj: IO[bytes], parent_chain: Optional[str], pins: List[str]) -> Layer:
+    def add_layer_stream(self, fileobj: IO[bytes], parent_chain: Optional[str],
+                         pins: Optional[List[str]] = None) -> Layer:
+        """``add_layer`` for a layer that arrives as a stream (request bodies)."""
         with self.workdir() as work:
             path = os.path.join(work, "layer")
             with open(path, "wb") as out:
@@ -715,7 +717,7 @@ class ImageStore:
         tag = reference.parse(repo_tag) if repo_tag else None
         config = apply_changes({}, changes or [])
         with self.pinned() as pins:
-            layer = self._ingest_stream(fileobj, None, pins)
+            layer = self.add_layer_stream(fileobj, None, pins)
             data = self.new_config(None, layer.diff_id, config, comment=message or "Imported from -")
             return self.register(data, tags=[tag] if tag else []).id
 

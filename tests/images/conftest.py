@@ -1,0 +1,61 @@
+"""Fixtures for the image store tests: a fresh store per test and small tars built in memory."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from typing import Iterable, Optional, Tuple, Union
+
+import pytest
+
+from runtime.images.store import ImageStore
+
+Entry = Tuple[str, str, Union[bytes, str, None]]  # (name, kind, data-or-linkname)
+
+
+def make_tar(entries: Iterable[Entry], *, pax: Optional[dict] = None, gz: bool = False) -> bytes:
+    """A tar from (name, kind, payload) where kind is file/dir/symlink/hardlink/chardev/fifo."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            if pax and name in pax:
+                info.pax_headers = pax[name]
+            data = None
+            if kind == "file":
+                data = payload if isinstance(payload, bytes) else b""
+                info.size, info.mode = len(data), 0o644
+            elif kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, str(payload)
+            elif kind == "hardlink":
+                info.type, info.linkname = tarfile.LNKTYPE, str(payload)
+            elif kind == "chardev":
+                info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path) -> ImageStore:
+    return ImageStore(str(tmp_path / "store"))
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory) -> bytes:
+    """A busybox root filesystem (busybox-static plus its applet symlinks) as a tar."""
+    root = tmp_path_factory.mktemp("busybox") / "rootfs"
+    os.makedirs(root / "bin")
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    subprocess.run(["chroot", str(root), "/bin/busybox", "--install", "-s", "/bin"], check=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(root), arcname=".")
+    return buf.getvalue()
