@@ -28,9 +28,8 @@ class Bundle:
     version: str
 
 
-def _package_files() -> list[tuple[str, Path]]:
-    """(archive name, source path) of every source file of the installed ``runtime`` package, sorted."""
-    root = Path(runtime.__file__).resolve().parent
+def _package_files(root: Path) -> list[tuple[str, Path]]:
+    """(archive name, source path) of every source file of the package at ``root``, sorted."""
     files: list[tuple[str, Path]] = []
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
@@ -42,11 +41,11 @@ def _package_files() -> list[tuple[str, Path]]:
     return sorted(files)
 
 
-def _archive_bytes() -> bytes:
+def _archive_bytes(root: Path) -> bytes:
     buffer = io.BytesIO()
     buffer.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        entries = [("__main__.py", MAIN)] + [(name, path.read_bytes()) for name, path in _package_files()]
+        entries = [("__main__.py", MAIN)] + [(name, path.read_bytes()) for name, path in _package_files(root)]
         for name, data in entries:
             info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
             info.external_attr = 0o644 << 16
@@ -55,9 +54,13 @@ def _archive_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def build(cache_dir: str | os.PathLike[str]) -> Bundle:
-    """Return the zipapp of the current runtime sources, building it into ``cache_dir`` unless already there."""
-    data = _archive_bytes()
+def build(cache_dir: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> Bundle:
+    """Return the zipapp of the runtime sources, building it into ``cache_dir`` unless already there.
+
+    ``source`` is a ``runtime`` package folder; default the installed one (another folder: tests of ``upgrade``).
+    """
+    root = Path(source) if source is not None else Path(runtime.__file__).resolve().parent
+    data = _archive_bytes(root)
     digest = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir)
     path = cache / f"runtime-{digest[:16]}.pyz"

@@ -1,0 +1,181 @@
+"""``machines env --ssh``: a local unix socket whose connections reach the machine's runtime socket over SSH.
+
+Like Lima's and podman machine's API forwarding, no port needs to be open on the host: a detached process
+(``python -m bootstrap.forwarder --storage-path ROOT NAME``) serves the socket and bridges each connection over the
+machine's SSH connection (pinned host key) to the runtime's unix socket. ``ensure`` starts it or reuses a live one,
+``stop`` ends it (``env --ssh --unset`` and ``rm``). Its pid and socket path live in ``<machine dir>/forwarder.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from machines.errors import MachinesError, ProvisionError
+from machines.ssh import UnixForwarder
+
+STATE_FILE = "forwarder.json"
+LOG_FILE = "forwarder.log"
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; leave room
+START_TIMEOUT = 15.0
+
+
+def socket_path(machine_dir: str | os.PathLike[str]) -> Path:
+    """``<machine dir>/docker.sock``, or a short path under the temp dir when that would not fit in sun_path."""
+    preferred = Path(machine_dir) / "docker.sock"
+    if len(str(preferred)) <= MAX_SOCKET_PATH:
+        return preferred
+    digest = hashlib.sha256(str(Path(machine_dir).resolve()).encode()).hexdigest()[:16]
+    directory = Path(tempfile.gettempdir()) / f"machines-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    return directory / f"{digest}.sock"
+
+
+def _state(machine_dir: Path) -> dict | None:
+    try:
+        return json.loads((machine_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def running(machine_dir: str | os.PathLike[str]) -> Path | None:
+    """The socket of a live forwarder of this machine, or None."""
+    state = _state(Path(machine_dir))
+    if state and _alive(int(state["pid"])) and _answers(Path(state["socket"])):
+        return Path(state["socket"])
+    return None
+
+
+def ensure(storage_path: str | os.PathLike[str], name: str, machine_dir: str | os.PathLike[str]) -> Path:
+    """Start the machine's forwarder unless one is live; returns the local socket path once it accepts."""
+    directory = Path(machine_dir)
+    live = running(directory)
+    if live is not None:
+        return live
+    stop(directory)
+    path = socket_path(directory)
+    log_path = directory / LOG_FILE
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bootstrap.forwarder", "--storage-path", str(storage_path), name],
+            stdin=devnull,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # outlives the shell that ran `machines env --ssh`
+            close_fds=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ProvisionError(f"{name}: the SSH forwarder exited: {tail[0]}")
+        if _answers(path):
+            return path
+        time.sleep(0.05)
+    process.terminate()
+    raise ProvisionError(f"{name}: the SSH forwarder did not open {path} within {START_TIMEOUT:g}s")
+
+
+def stop(machine_dir: str | os.PathLike[str]) -> bool:
+    """Stop the machine's forwarder if one runs; returns whether one did. Safe to call when none exists."""
+    directory = Path(machine_dir)
+    state = _state(directory)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    if not state:
+        return False
+    pid = int(state["pid"])
+    stopped = False
+    if _alive(pid) and _is_forwarder(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stopped = True
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state["socket"])
+    return stopped
+
+
+def _is_forwarder(pid: int) -> bool:
+    """Guard against a recycled pid: only signal a process that is one of our forwarders."""
+    try:
+        return b"bootstrap.forwarder" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def serve(storage_path: str, name: str) -> None:
+    """The forwarder process: serve the socket until SIGTERM."""
+    from bootstrap import service
+    from machines.machine import Machines
+
+    machine = Machines(storage_path).get(name)
+    directory = Path(machine.dir)
+    path = socket_path(directory)
+    connection = machine.ssh()
+    tmp = directory / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "socket": str(path)}))
+    os.replace(tmp, directory / STATE_FILE)
+    remote = machine.record.get("runtime", {}).get("socket") or service.SOCKET_PATH
+    forwarder = connection.forward_local_unix(str(path), remote)
+    signal.signal(signal.SIGTERM, lambda *_: forwarder.close())
+    signal.signal(signal.SIGINT, lambda *_: forwarder.close())
+    threading.Thread(target=_close_when_removed, args=(directory, forwarder), daemon=True).start()
+    forwarder.serve_forever()
+    connection.close()
+
+
+def _close_when_removed(directory: Path, forwarder: UnixForwarder) -> None:
+    """``machines rm`` deletes the machine folder: the forwarder then has nothing to serve and ends."""
+    while (directory / "config.json").is_file():
+        time.sleep(1)
+    forwarder.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bootstrap.forwarder", description=__doc__)
+    parser.add_argument("--storage-path", required=True)
+    parser.add_argument("name")
+    arguments = parser.parse_args(argv)
+    try:
+        serve(arguments.storage_path, arguments.name)
+    except MachinesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

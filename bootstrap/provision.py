@@ -1,0 +1,494 @@
+"""Provisioning: from "a host I can SSH into" to "a host running our runtime, reachable over mutual TLS".
+
+The phases, each timed through ``Progress.phase``: detect (one round trip gathering every fact), hostname, python,
+upload, certs, service, start, wait. Every phase compares what the host has with what it should have and changes
+only the difference, so a second run changes nothing and restarts nothing; that is also why ``start`` (after a host
+restart, possibly with a new IP) and ``upgrade`` are this same flow. Checks that can refuse (unknown OS, no python3
+and no package manager, no space, port 2376 taken by another program) run before anything on the host changes.
+
+What the core and the CLI call:
+- ``provision(machine, progress)``: create, ``machines provision``.
+- ``after_start(machine, progress)``: ``machines start``/``restart``; re-issues the server certificate when the IP
+  changed and starts the daemon when it is not running (hosts without systemd lose it at every boot).
+- ``upgrade(machine, progress)``: upload the current runtime and restart the daemon (containers keep running).
+
+Create options read from ``machine.record["host_options"]``: ``api`` ("tls", default, or "ssh": no TCP port) and
+``tls_san`` (list of extra names/IPs for the server certificate). Written to ``machine.record["runtime"]``:
+version, sha256, api, port, data_root, socket, service, python, phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import shlex
+import ssl
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from bootstrap import bundle as bundles
+from bootstrap import certs as certificates
+from bootstrap import service
+from machines.errors import MachinesError, ProvisionError, SSHError
+from machines.progress import Progress
+from machines.ssh import Connection, Result
+
+SUPPORTED_OS = {
+    "debian": "Debian",
+    "ubuntu": "Ubuntu",
+    "fedora": "Fedora",
+    "rhel": "RHEL",
+    "centos": "CentOS",
+    "rocky": "Rocky Linux",
+    "almalinux": "AlmaLinux",
+    "amzn": "Amazon Linux",
+    "alpine": "Alpine",
+}
+MIN_PYTHON = (3, 9)
+PYTHON_CANDIDATES = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9")
+INSTALL_PYTHON = {
+    "apt-get": "export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends python3 "
+    "|| { apt-get update -q && apt-get install -y -q --no-install-recommends python3; }",
+    "dnf": "dnf install -y -q python3 || dnf install -y -q python39",
+    "yum": "yum install -y -q python3 || yum install -y -q python39",
+    "apk": "apk add --no-cache -q python3",
+}
+API_TIMEOUT = 30.0
+SPACE_MARGIN_KIB = 1024
+
+
+class Machine(Protocol):
+    """What provisioning needs of ``machines.machine.Machine``."""
+
+    name: str
+    dir: Path
+    record: dict[str, Any]
+
+    def ssh(self) -> Connection: ...
+
+    def ip(self) -> str: ...
+
+    def save(self) -> None: ...
+
+
+@dataclasses.dataclass
+class Facts:
+    """What one round trip learns about the host."""
+
+    values: dict[str, str]
+    os_release: dict[str, str]
+    pythons: list[tuple[str, tuple[int, int]]]
+    package_managers: list[str]
+    sums: dict[str, str]
+    addresses: list[str]
+
+    @property
+    def python(self) -> str | None:
+        """The first python3 that is new enough for the runtime."""
+        return next((path for path, version in self.pythons if version >= MIN_PYTHON), None)
+
+
+def _facts_script() -> str:
+    managed = " ".join(
+        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH]
+    )
+    candidates = " ".join(PYTHON_CANDIDATES)
+    port_hex = f"{service.TLS_PORT:04X}"
+    return f"""
+echo "uid=$(id -u)"
+[ -r /etc/os-release ] && sed -n 's/^\\([A-Z_]*\\)=/os.\\1=/p' /etc/os-release
+echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"
+for p in {candidates}; do
+  path=$(command -v $p 2>/dev/null) && echo "python=$path $($path -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+done
+for m in apt-get dnf yum apk; do command -v $m >/dev/null 2>&1 && echo "pkg=$m"; done
+[ -d /run/systemd/system ] && echo "systemd=1"
+d=$(command -v docker 2>/dev/null) && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; echo "sum=$d $(sha256sum < "$d" | cut -d' ' -f1)"; else echo "docker=$d"; fi; }}
+echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
+for f in {managed}; do [ -f "$f" ] && echo "sum=$f $(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1)"; done
+mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
+{service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
+awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null && echo port_busy=1
+command -v ip >/dev/null && ip -o addr show scope global 2>/dev/null | awk '{{ split($4, a, "/"); print "addr=" a[1] }}'
+true
+"""
+
+
+def _parse_facts(output: str) -> Facts:
+    values: dict[str, str] = {}
+    os_release: dict[str, str] = {}
+    pythons: list[tuple[str, tuple[int, int]]] = []
+    package_managers: list[str] = []
+    sums: dict[str, str] = {}
+    addresses: list[str] = []
+    for line in output.splitlines():
+        key, _, value = line.partition("=")
+        if key.startswith("os."):
+            try:
+                os_release[key[3:]] = " ".join(shlex.split(value))
+            except ValueError:
+                os_release[key[3:]] = value.strip("\"'")
+        elif key == "python":
+            path, _, version = value.partition(" ")
+            major, _, minor = version.partition(".")
+            if major.isdigit() and minor.isdigit():
+                pythons.append((path, (int(major), int(minor))))
+        elif key == "pkg":
+            package_managers.append(value)
+        elif key == "sum":
+            path, _, digest = value.partition(" ")
+            if digest:
+                sums[path] = digest
+        elif key == "addr":
+            addresses.append(value)
+        else:
+            values[key] = value
+    return Facts(values, os_release, pythons, package_managers, sums, addresses)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Provisioner:
+    """One provisioning run on one machine; ``run`` does all phases, each method is one phase."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        progress: Progress | None = None,
+        bundle: bundles.Bundle | None = None,
+        *,
+        new_server_cert: bool = False,
+    ) -> None:
+        self.machine = machine
+        self.new_server_cert = new_server_cert
+        self.progress = progress or Progress(machine.name)
+        self.store_root = Path(machine.dir).parent.parent
+        self.bundle = bundle
+        options = machine.record.get("host_options") or {}
+        self.api = options.get("api") or machine.record.get("runtime", {}).get("api") or "tls"
+        if self.api not in ("tls", "ssh"):
+            raise ProvisionError(f"unknown API mode {self.api!r} for {machine.name}: use tls or ssh")
+        self.tls_sans: list[str] = list(options.get("tls_san") or [])
+        driver_root = getattr(getattr(machine, "driver", None), "runtime_data_root", None)
+        self.data_root: str = driver_root or service.DEFAULT_DATA_ROOT
+        self.conn: Connection | None = None
+        self.facts: Facts | None = None
+        self.changed = False  # whether anything the daemon reads changed, so it must restart
+        self.ip = ""
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _run(self, command: str, phase: str, *, input: bytes | str | None = None, check: bool = True) -> Result:  # noqa: A002
+        assert self.conn is not None
+        try:
+            result = self.conn.run(command, sudo=True, check=False, input=input)
+        except SSHError as error:
+            raise ProvisionError(f"{self.machine.name}: {phase} failed: {error}") from None
+        if check and not result.ok:
+            raise ProvisionError(f"{self.machine.name}: {phase} failed: {_last_line(result)}")
+        return result
+
+    def _put(self, data: bytes, remote: str, mode: int, phase: str) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.put_bytes(data, remote, mode, sudo=True)
+        except SSHError as error:
+            raise ProvisionError(f"{self.machine.name}: {phase} failed: {self._explain_write_error(error)}") from None
+
+    def _explain_write_error(self, error: Exception) -> str:
+        """SFTP reports a full disk as a bare "Failure": ask the host whether that is what happened."""
+        result = self._run(f"df -Pk {service.LIB_DIR} | awk 'NR==2 {{print $4}}'", "checking free space", check=False)
+        free = result.stdout.strip()
+        if free.isdigit() and int(free) < SPACE_MARGIN_KIB:
+            return f"No space left on device ({service.LIB_DIR} has {free} KiB free)"
+        return str(error)
+
+    # -- phases ---------------------------------------------------------------------------------------------
+    def detect(self) -> None:
+        """Gather the facts, then refuse early what cannot work, before anything on the host changes."""
+        try:
+            self.conn = self.machine.ssh()
+            result = self.conn.run(_facts_script(), sudo=True, check=False)
+        except SSHError as error:
+            raise ProvisionError(f"{self.machine.name}: detect failed: {error}") from None
+        if not result.ok or "uid=" not in result.stdout:
+            cause = _last_line(result)
+            if "sudo" in cause or "password" in cause:
+                cause = f"the SSH user needs passwordless sudo ({cause})"
+            raise ProvisionError(f"{self.machine.name}: detect failed: {cause}")
+        facts = self.facts = _parse_facts(result.stdout)
+        os_id = facts.os_release.get("ID", "")
+        pretty = facts.os_release.get("PRETTY_NAME") or os_id or "no /etc/os-release"
+        if os_id not in SUPPORTED_OS:
+            raise ProvisionError(
+                f"{self.machine.name}: unsupported operating system {pretty!r}; supported: "
+                + ", ".join(dict.fromkeys(SUPPORTED_OS.values()))
+            )
+        if facts.python is None and not facts.package_managers:
+            raise ProvisionError(
+                f"{self.machine.name}: no python3 >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} on the host and no package "
+                "manager (apt-get, dnf, yum, apk) to install it"
+            )
+        self.ip = self.machine.ip()
+        free = facts.values.get("free_kib", "")
+        wanted = self._bundle().path.stat().st_size // 1024 + SPACE_MARGIN_KIB
+        if free.isdigit() and int(free) < wanted and not self._runtime_current():
+            raise ProvisionError(
+                f"{self.machine.name}: No space left on device: {service.LIB_DIR} has {free} KiB free, "
+                f"the runtime needs {wanted} KiB"
+            )
+        if self.api == "tls" and facts.values.get("port_busy") and not facts.values.get("running"):
+            raise ProvisionError(
+                f"{self.machine.name}: port {service.TLS_PORT} is already in use on the host by another program; "
+                f"stop it, or create the machine with --api ssh"
+            )
+        self.progress.detail(f"{pretty}, python {facts.python or 'missing'}, service "
+                             f"{'systemd' if facts.values.get('systemd') else 'supervisor'}")  # fmt: skip
+
+    def hostname(self) -> None:
+        name = self.machine.name
+        assert self.facts is not None
+        if self.facts.values.get("hostname") == name:
+            return
+        quoted = shlex.quote(name)
+        self._run(
+            f"hostname {quoted} && echo {quoted} > /etc/hostname && "
+            f"{{ grep -q '^127.0.1.1[[:space:]]' /etc/hosts && sed -i 's/^127.0.1.1[[:space:]].*/127.0.1.1 {name}/' "
+            f"/etc/hosts || echo '127.0.1.1 {name}' >> /etc/hosts; }}",
+            "hostname",
+        )
+
+    def python(self) -> None:
+        assert self.facts is not None
+        if self.facts.python is not None:
+            return
+        manager = self.facts.package_managers[0]
+        self.progress.detail(f"installing python3 with {manager}")
+        self._run(INSTALL_PYTHON[manager], f"installing python3 with {manager}")
+        candidates = " ".join(PYTHON_CANDIDATES)
+        result = self._run(
+            f"for p in {candidates}; do path=$(command -v $p) && "
+            f"$path -c 'import sys; sys.exit(sys.version_info < {MIN_PYTHON})' && echo $path && break; done",
+            "python",
+            check=False,
+        )
+        path = result.stdout.strip().splitlines()[:1]
+        if not path:
+            raise ProvisionError(
+                f"{self.machine.name}: python: {manager} installed no python3 >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}"
+            )
+        self.facts.pythons.insert(0, (path[0], MIN_PYTHON))
+
+    def _bundle(self) -> bundles.Bundle:
+        if self.bundle is None:
+            self.bundle = bundles.build(self.store_root / "cache")
+        return self.bundle
+
+    def _runtime_name(self) -> str:
+        return f"runtime-{self._bundle().sha256[:16]}.pyz"
+
+    def _runtime_current(self) -> bool:
+        assert self.facts is not None
+        return self.facts.values.get("runtime") == self._runtime_name()
+
+    def upload(self) -> None:
+        if self._runtime_current():
+            self.progress.detail("runtime already on the host")
+            return
+        name = self._runtime_name()
+        self._put(self._bundle().path.read_bytes(), f"{service.LIB_DIR}/{name}", 0o644, "upload")
+        self._run(f"ln -sfn {name} {service.RUNTIME_PATH}", "upload")
+        self.changed = True
+
+    def certs(self) -> None:
+        if self.api != "tls":
+            return
+        assert self.facts is not None
+        store = certificates.ensure_store_certs(self.store_root)
+        addresses = list(dict.fromkeys([self.ip, *self.facts.addresses]))
+        sans = certificates.server_sans(addresses, self.machine.name, self.tls_sans)
+        server_cert = Path(self.machine.dir) / certificates.SERVER_CERT
+        if self.new_server_cert or not certificates.server_cert_valid(self.machine.dir, store, sans):
+            certificates.issue_server_cert(store, self.machine.dir, self.machine.name, sans)
+            self.progress.detail(f"issued a server certificate for {', '.join(sans)}")
+        certificates.copy_client_certs(store, self.machine.dir)
+        ca_data, cert_data = store.ca_cert.read_bytes(), server_cert.read_bytes()
+        if (
+            self.facts.sums.get(service.CA_PATH) == _sha256(ca_data)
+            and self.facts.sums.get(service.CERT_PATH) == _sha256(cert_data)
+        ):
+            return
+        self._run(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
+        key_data = (Path(self.machine.dir) / certificates.SERVER_KEY).read_bytes()
+        for data, remote in ((ca_data, service.CA_PATH), (key_data, service.KEY_PATH), (cert_data, service.CERT_PATH)):
+            self._put(data, remote, 0o600, "certs")
+        self.changed = True
+
+    def _python(self) -> str:
+        assert self.facts is not None and self.facts.python is not None
+        return self.facts.python
+
+    def install_service(self) -> None:
+        assert self.facts is not None
+        config = service.DaemonConfig(python=self._python(), data_root=self.data_root, api=self.api)
+        files = [(service.LAUNCHER_PATH, service.launcher(config), True), (service.CONTROL_PATH, service.control_script(), False)]
+        if self.facts.values.get("systemd"):
+            files.append((service.UNIT_PATH, service.systemd_unit(), True))
+        docker = self.facts.values.get("docker")
+        if docker in (None, "shim"):
+            files.append((service.SHIM_PATH, service.docker_shim(self._python()), False))
+        elif docker:
+            self.progress.detail(f"kept the host's own docker CLI {docker} (its 'system dial-stdio' reaches our socket)")
+        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)}", "service")
+        for path, text, restart in files:
+            data = text.encode()
+            if self.facts.sums.get(path) == _sha256(data):
+                continue
+            self._put(data, path, 0o755 if path != service.UNIT_PATH else 0o644, "service")
+            self.changed = self.changed or restart
+
+    def start(self) -> None:
+        assert self.facts is not None
+        if not self.changed and self.facts.values.get("running"):
+            self.progress.detail("runtime already running with this configuration")
+            return
+        self._run(f"{service.CONTROL_PATH} restart", "start")
+
+    def wait(self) -> dict[str, Any]:
+        """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh)."""
+        deadline = time.monotonic() + API_TIMEOUT
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                return self._version_over_tls() if self.api == "tls" else self._version_over_ssh()
+            except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as error:
+                last_error = str(error) or type(error).__name__
+            time.sleep(0.1)
+        log_tail = self._run(f"tail -n 5 {service.LOG_PATH} 2>/dev/null", "wait", check=False).stdout.strip()
+        cause = log_tail.splitlines()[-1] if log_tail else last_error
+        if "Address already in use" in log_tail:
+            cause = f"port {service.TLS_PORT} is already in use on the host ({cause})"
+        raise ProvisionError(
+            f"{self.machine.name}: the runtime did not answer within {API_TIMEOUT:g}s: {cause} "
+            f"(log: {service.LOG_PATH} on the host)"
+        )
+
+    def _version_over_tls(self) -> dict[str, Any]:
+        context = client_ssl_context(self.machine.dir)
+        connection = http.client.HTTPSConnection(self.ip, service.TLS_PORT, context=context, timeout=5)
+        try:
+            connection.request("GET", "/version")
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise ValueError(f"/version answered {response.status}")
+        return json.loads(body)
+
+    def _version_over_ssh(self) -> dict[str, Any]:
+        assert self.conn is not None
+        request = "GET /version HTTP/1.0\r\nHost: docker\r\n\r\n"
+        result = self.conn.run(
+            f"{self._python()} {service.RUNTIME_PATH} dial-stdio --host unix://{service.SOCKET_PATH}",
+            sudo=True,
+            check=False,
+            input=request,
+            timeout=10,
+        )
+        head, _, body = result.stdout.partition("\r\n\r\n")
+        if not head.startswith("HTTP/1.") or " 200 " not in head.splitlines()[0]:
+            raise ValueError(head.splitlines()[0] if head else _last_line(result))
+        return json.loads(body)
+
+    def cleanup(self) -> None:
+        """Remove runtime versions no daemon uses any more (only after the new one answers)."""
+        self._run(
+            f"find {service.LIB_DIR} -maxdepth 1 -name 'runtime-*.pyz' ! -name {self._runtime_name()} -delete",
+            "cleanup",
+            check=False,
+        )
+
+    def run(self) -> None:
+        phases = [
+            ("detect", self.detect),
+            ("hostname", self.hostname),
+            ("python", self.python),
+            ("upload runtime", self.upload),
+            ("certificates", self.certs),
+            ("service", self.install_service),
+            ("start", self.start),
+        ]
+        for title, phase in phases:
+            with self.progress.phase(title):
+                phase()
+        with self.progress.phase("wait for API"):
+            version = self.wait()
+        self.cleanup()
+        assert self.facts is not None
+        runtime = self.machine.record.setdefault("runtime", {})
+        runtime.update(
+            {
+                "version": version.get("Version", self._bundle().version),
+                "sha256": self._bundle().sha256,
+                "api": self.api,
+                "port": service.TLS_PORT if self.api == "tls" else None,
+                "data_root": self.data_root,
+                "socket": service.SOCKET_PATH,
+                "service": "systemd" if self.facts.values.get("systemd") else "supervisor",
+                "python": self._python(),
+                "phases": {title: round(seconds, 4) for title, seconds in self.progress.timings},
+            }
+        )
+        self.machine.save()
+
+
+def _last_line(result: Result) -> str:
+    lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return lines[-1] if lines else f"exit status {result.exit_status}"
+
+
+def client_ssl_context(machine_dir: str | Path) -> ssl.SSLContext:
+    """A client context that trusts only the store CA and presents the client certificate (mutual TLS)."""
+    directory = Path(machine_dir)
+    context = ssl.create_default_context(cafile=str(directory / certificates.CA_CERT))
+    context.load_cert_chain(str(directory / certificates.CLIENT_CERT), str(directory / certificates.CLIENT_KEY))
+    return context
+
+
+def provision(
+    machine: Machine,
+    progress: Progress | None = None,
+    *,
+    bundle: bundles.Bundle | None = None,
+    new_server_cert: bool = False,
+) -> None:
+    """Install (or bring up to date) the runtime on the machine and wait until its API answers."""
+    try:
+        Provisioner(machine, progress, bundle, new_server_cert=new_server_cert).run()
+    except MachinesError:
+        raise
+    except OSError as error:
+        raise ProvisionError(f"{machine.name}: provisioning failed: {error}") from None
+
+
+def after_start(machine: Machine, progress: Progress | None = None) -> None:
+    """Hook for ``start``/``restart``: new server certificate if the IP changed, daemon started if not running."""
+    provision(machine, progress)
+
+
+def upgrade(machine: Machine, progress: Progress | None = None, *, bundle: bundles.Bundle | None = None) -> None:
+    """Upload the current runtime and restart the daemon on it; containers and images stay."""
+    before = machine.record.get("runtime", {}).get("sha256")
+    provision(machine, progress, bundle=bundle)
+    if progress is not None and before == machine.record["runtime"]["sha256"]:
+        progress.note(f"runtime {machine.record['runtime']['version']} was already current")
+
+
+def regenerate_certs(machine: Machine, progress: Progress | None = None) -> None:
+    """Issue a new server certificate for the current addresses, install it and restart the runtime."""
+    provision(machine, progress, new_server_cert=True)
