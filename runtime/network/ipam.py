@@ -1,0 +1,83 @@
+"""IP address management: subnets for networks and addresses for endpoints.
+
+Subnets come from a pool and must not overlap another network or a route the host already has (the way Docker
+avoids hijacking the host's LAN). Addresses are handed out round-robin from after the last one given, so an address
+just released is not reused at once and a stale peer entry cannot point at a new container.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, List, Optional, Set
+
+from runtime.errors import Forbidden, InvalidParameter, Unavailable
+from runtime.network.links import ip_json
+
+Network = ipaddress.IPv4Network
+
+
+def parse_subnet(text: str) -> Network:
+    try:
+        subnet = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise InvalidParameter("invalid subnet %s: it must be an IPv4 CIDR such as 172.30.5.0/24" % text) from None
+    if not isinstance(subnet, ipaddress.IPv4Network):
+        raise InvalidParameter("IPv6 subnets are not supported: %s" % text)
+    if subnet.prefixlen > 30:
+        raise InvalidParameter("subnet %s is too small: at most /30" % text)
+    return subnet
+
+
+def parse_address(text: str, subnet: Network, what: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidParameter("invalid %s address: %s" % (what, text)) from None
+    if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidParameter("no matching subnet for %s %s" % (what, text))
+    return str(address)
+
+
+def host_routes() -> List[Network]:
+    """Destinations the host routes already (its own LANs), which a new network must not shadow."""
+    routes = []
+    for line in ip_json("-4", "route", "show", "table", "all").splitlines():
+        words = line.split()
+        if not words or words[0] in ("default", "broadcast", "local", "unreachable", "prohibit", "blackhole"):
+            continue
+        try:
+            routes.append(ipaddress.ip_network(words[0], strict=False))
+        except ValueError:
+            continue
+    return [route for route in routes if isinstance(route, ipaddress.IPv4Network)]
+
+
+def check_free(subnet: Network, taken: Iterable[Network]) -> None:
+    for other in taken:
+        if subnet.overlaps(other):
+            raise Forbidden("Pool overlaps with other one on this address space")
+
+
+def pick_subnet(pool: Network, prefix: int, taken: Iterable[Network]) -> Network:
+    """The first ``/prefix`` of the pool that overlaps nothing in ``taken``."""
+    busy = list(taken)
+    for candidate in pool.subnets(new_prefix=prefix):
+        if not any(candidate.overlaps(other) for other in busy):
+            return candidate
+    raise Unavailable("all predefined address pools have been fully subnetted")
+
+
+def allocate(subnet: Network, used: Set[str], last: Optional[str]) -> str:
+    """The next free host address after ``last`` (wrapping), skipping the ones in ``used``."""
+    hosts = int(subnet.broadcast_address) - int(subnet.network_address) - 1
+    first = int(subnet.network_address) + 1
+    start = int(ipaddress.ip_address(last)) + 1 - first if last else 0
+    for step in range(hosts):
+        candidate = str(ipaddress.ip_address(first + (start + step) % hosts))
+        if candidate not in used:
+            return candidate
+    raise Unavailable("no available IPv4 addresses on this network's address pools: %s" % subnet)
+
+
+def mac_for(address: str) -> str:
+    """Docker's scheme, 02:42 then the IPv4 bytes: stable for an address and locally administered."""
+    return "02:42:" + ":".join("%02x" % byte for byte in ipaddress.ip_address(address).packed)

@@ -1,0 +1,167 @@
+"""Host plumbing for container networking: the ``ip`` command, iptables rules and sysctls.
+
+We shell out to iproute2 rather than speak rtnetlink ourselves: ``ip -batch`` keeps a connect at two short
+processes, and its error text is what an operator would see typing the same command. Work inside a container's
+network namespace runs on a throwaway thread that ``setns``-es into it, because the namespace is per thread and
+child processes inherit the calling thread's, so nothing else in the daemon moves.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from typing import Callable, Dict, List, Sequence, TypeVar
+
+from runtime.errors import HostError
+from runtime.linux.syscalls import CLONE_NEWNET, setns
+
+log = logging.getLogger("runtime.network")
+
+T = TypeVar("T")
+
+RULE_TAG = "machines-net"
+
+
+def ip_batch(commands: Sequence[str]) -> None:
+    """Runs ``ip`` commands in one process; any failure becomes a HostError naming the command that failed."""
+    if not commands:
+        return
+    proc = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HostError("ip: %s" % (proc.stderr.strip() or "failed: %s" % "; ".join(commands)))
+
+
+def ip_json(*args: str) -> str:
+    """Output of a read-only ``ip`` query (empty when the object is gone)."""
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def link_exists(name: str) -> bool:
+    return bool(ip_json("-o", "link", "show", "dev", name))
+
+
+def delete_link(name: str) -> None:
+    """Deletes a link if it is still there (a veth dies with its container's namespace on its own)."""
+    subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
+
+
+def in_netns_of(pid: int, work: Callable[[], T]) -> T:
+    """Runs ``work`` in the network namespace of process ``pid`` (see ``in_netns``)."""
+    return in_netns("/proc/%d/ns/net" % pid, work)
+
+
+def in_netns(path: str, work: Callable[[], T]) -> T:
+    """Runs ``work`` on a fresh thread inside the network namespace at ``path`` and returns its result.
+
+    Sockets it creates stay in that namespace for life, and ``ip`` processes it starts inherit it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HostError("cannot open the network namespace %s: %s" % (path, exc.strerror)) from None
+    outcome: List[object] = []
+
+    def run() -> None:
+        try:
+            setns(fd, CLONE_NEWNET)
+            outcome.append(("ok", work()))
+        except BaseException as exc:  # handed back to the caller's thread below
+            outcome.append(("error", exc))
+
+    try:
+        thread = threading.Thread(target=run, name="netns")
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    kind, value = outcome[0]  # type: ignore[misc]
+    if kind == "error":
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+def enable_ip_forward() -> None:
+    """Outbound NAT needs the host to route; Docker turns this on too and never back off."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    try:
+        with open(path) as current:
+            if current.read().strip() == "1":
+                return
+        with open(path, "w") as sysctl:
+            sysctl.write("1\n")
+    except OSError as exc:
+        log.warning("cannot enable IPv4 forwarding: %s", exc)
+
+
+class Firewall:
+    """The iptables rules of one bridge, each tagged with a comment so they can be found and removed exactly.
+
+    iptables is optional: without it (or when the kernel refuses) containers still reach each other and published
+    ports still work through the userland proxy; only outbound NAT is missing. Rules go in and out through
+    ``iptables-restore --noflush`` so a bridge costs two processes, not one per rule.
+    """
+
+    def __init__(self) -> None:
+        self.save = shutil.which("iptables-save")
+        self.restore = shutil.which("iptables-restore")
+
+    @property
+    def available(self) -> bool:
+        return bool(self.save and self.restore)
+
+    @staticmethod
+    def tag(bridge: str) -> str:
+        return "%s:%s" % (RULE_TAG, bridge)
+
+    @classmethod
+    def bridge_rules(cls, bridge: str, subnet: str, internal: bool) -> Dict[str, List[str]]:
+        """Per table, the rules of one bridge: accept bridged and return traffic, masquerade what leaves."""
+        comment = '-m comment --comment "%s"' % cls.tag(bridge)
+        forward = ["-I FORWARD -i %s -o %s %s -j ACCEPT" % (bridge, bridge, comment)]
+        if internal:
+            forward += [
+                "-I FORWARD -i %s ! -o %s %s -j DROP" % (bridge, bridge, comment),
+                "-I FORWARD -o %s ! -i %s %s -j DROP" % (bridge, bridge, comment),
+            ]
+            return {"filter": forward}
+        forward += [
+            "-I FORWARD -i %s ! -o %s %s -j ACCEPT" % (bridge, bridge, comment),
+            "-I FORWARD -o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT" % (bridge, comment),
+        ]
+        return {"filter": forward, "nat": ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)]}
+
+    def add_bridge(self, bridge: str, subnet: str, internal: bool) -> None:
+        if not self.available or self.current(bridge):
+            return
+        self._apply(self.bridge_rules(bridge, subnet, internal))
+
+    def remove_bridge(self, bridge: str) -> None:
+        """Deletes every rule tagged for ``bridge``, whatever network settings created it."""
+        rules = self.current(bridge)
+        self._apply({table: ["-D" + line[2:] for line in lines] for table, lines in rules.items()})
+
+    def current(self, bridge: str) -> Dict[str, List[str]]:
+        """The rules now in the kernel for ``bridge``, by table, as iptables-save prints them."""
+        if not self.available:
+            return {}
+        proc = subprocess.run([self.save], capture_output=True, text=True)
+        tag = self.tag(bridge)
+        found: Dict[str, List[str]] = {}
+        table = ""
+        for line in proc.stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A ") and tag in line.replace('"', "").split():  # legacy iptables omits quotes
+                found.setdefault(table, []).append(line)
+        return found
+
+    def _apply(self, rules: Dict[str, List[str]]) -> None:
+        script = "".join("*%s\n%s\nCOMMIT\n" % (table, "\n".join(lines)) for table, lines in rules.items() if lines)
+        if not script:
+            return
+        proc = subprocess.run([self.restore, "-w", "--noflush"], input=script, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log.warning("iptables-restore: %s", proc.stderr.strip())
