@@ -1,0 +1,109 @@
+"""Fixtures for the AWS driver's tests: one moto server per test session (per xdist worker), reset per test.
+
+The server runs with moto's validation switched on so bad AMIs, key names and instance types get AWS's errors.
+Every test runs with fake credentials, no shared AWS files and the instance metadata service disabled, so nothing
+ever leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import pytest
+
+MOTO_SERVER = Path(sys.executable).with_name("moto_server")
+VALIDATION = {
+    "MOTO_ENABLE_AMI_VALIDATION": "true",
+    "MOTO_ENABLE_KEYPAIR_VALIDATION": "true",
+    "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
+}
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start ``moto_server`` on a free loopback port and yield its URL; stopped by its PID at the end."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", "0"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **VALIDATION},
+        )
+    try:
+        url = _wait_for_url(log_path, process)
+        yield url
+    finally:
+        process.kill()  # moto keeps nothing worth a graceful shutdown, and SIGTERM takes it seconds
+        process.wait()
+
+
+def _wait_for_url(log_path: Path, process: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log_path.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited: {log_path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    raise RuntimeError("moto_server did not start within 30 s")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Fake credentials only; no shared files, no metadata service, no AWS_* left over from the caller."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    values = {
+        "AWS_ACCESS_KEY_ID": "AKIAMACHINESTEST",
+        "AWS_SECRET_ACCESS_KEY": "machines-test-secret-value",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config-absent"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials-absent"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+class MotoCloud:
+    """The moto server as a test sees it: its URL, a boto3 client, and what of ours is left in it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.client = boto3.client("ec2", endpoint_url=endpoint, region_name=REGION)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Live instances, key pairs and security groups other than ``default``: empty lists after a cleanup."""
+        reservations = self.client.describe_instances(
+            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+        )["Reservations"]
+        groups = self.client.describe_security_groups()["SecurityGroups"]
+        return {
+            "instances": [instance["InstanceId"] for reservation in reservations for instance in reservation["Instances"]],
+            "key_pairs": [pair["KeyName"] for pair in self.client.describe_key_pairs()["KeyPairs"]],
+            "security_groups": [group["GroupName"] for group in groups if group["GroupName"] != "default"],
+        }
+
+
+NOTHING: dict[str, list[str]] = {"instances": [], "key_pairs": [], "security_groups": []}
+
+
+@pytest.fixture
+def cloud(moto_endpoint: str, aws_env: dict[str, str]) -> MotoCloud:
+    """A clean moto (reset before the test)."""
+    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+    return MotoCloud(moto_endpoint)

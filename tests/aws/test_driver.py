@@ -1,0 +1,173 @@
+"""The AWS driver against a moto server: what it makes, what it refuses, and that every failure leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from drivers.aws import AWSDriver
+from drivers.base import Ledger, State
+from machines.errors import DriverError, PreCreateError
+
+from .conftest import NOTHING, MotoCloud
+
+
+def make_driver(cloud: MotoCloud, store_dir: Path, **config: Any) -> AWSDriver:
+    """A driver whose store folder holds a fresh machine key, as the core makes it before ``create``."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    if not (store_dir / "id_ed25519").exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(store_dir / "id_ed25519")], check=True)
+    return AWSDriver(f"m{os.getpid()}", str(store_dir), {"endpoint": cloud.endpoint, "wait_timeout": 20, **config})
+
+
+def created(driver: AWSDriver) -> Ledger:
+    driver.pre_create_check()
+    ledger = Ledger()
+    driver.create(ledger)
+    return ledger
+
+
+def ingress(cloud: MotoCloud, group_id: str) -> set[tuple[int, str]]:
+    group = cloud.client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    return {(rule["FromPort"], cidr["CidrIp"]) for rule in group["IpPermissions"] for cidr in rule["IpRanges"]}
+
+
+def test_create_then_remove_leaves_nothing(cloud: MotoCloud, tmp_path: Path) -> None:
+    driver = make_driver(cloud, tmp_path, allow_cidr=["198.51.100.0/24"], tags=["team,infra"])
+    ledger = created(driver)
+
+    assert ledger.descriptions() == [
+        f"EC2 key pair machines-{driver.machine_name}",
+        f"EC2 security group {driver.config['created_security_group']}",
+        f"EC2 instance of {driver.machine_name}",
+    ]
+    assert driver.state() is State.RUNNING
+    instance = cloud.client.describe_instances(InstanceIds=[driver.config["instance_id"]])["Reservations"][0]["Instances"][0]
+    tags = {tag["Key"]: tag["Value"] for tag in instance["Tags"]}
+    assert tags["Name"] == tags["machines:name"] == driver.machine_name and tags["team"] == "infra"
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["KeyName"] == f"machines-{driver.machine_name}"
+    # only SSH and the TLS API port, only from the allowed source
+    assert ingress(cloud, driver.config["created_security_group"]) == {(22, "198.51.100.0/24"), (2376, "198.51.100.0/24")}
+    # the host key the first SSH connection will pin is the one handed to cloud-init
+    user_data = cloud.client.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+    assert driver.initial_host_key().startswith("ssh-ed25519 ")
+    import base64
+
+    text = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    assert f"ed25519_public: {driver.initial_host_key()}" in text
+    assert (tmp_path / "id_ed25519.pub").read_text().split()[1] in text
+
+    driver.remove()
+    assert driver.state() is State.NOT_FOUND
+    assert cloud.leftovers() == NOTHING
+
+
+def test_ssh_api_mode_opens_only_ssh_and_asked_ports(cloud: MotoCloud, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    driver = make_driver(cloud, tmp_path, api_mode="ssh", open_port=["8080", "53/udp"])
+    created(driver)
+    assert ingress(cloud, driver.config["created_security_group"]) == {
+        (22, "0.0.0.0/0"), (8080, "0.0.0.0/0"), (53, "0.0.0.0/0")
+    }
+    assert "open to anywhere; restrict with --aws-allow-cidr" in caplog.text
+    driver.remove()
+    assert cloud.leftovers() == NOTHING
+
+
+def test_lifecycle_maps_ec2_states(cloud: MotoCloud, tmp_path: Path) -> None:
+    driver = make_driver(cloud, tmp_path, use_private_address=True)
+    created(driver)
+    assert driver.ip() == cloud.client.describe_instances(InstanceIds=[driver.config["instance_id"]])[
+        "Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    driver.stop()
+    assert driver.state() is State.STOPPED
+    driver.start()
+    assert driver.state() is State.RUNNING
+    driver.kill()
+    assert driver.state() is State.STOPPED
+    driver.start()
+    driver.restart()
+    assert driver.state() is State.RUNNING
+    driver.remove()
+    assert cloud.leftovers() == NOTHING
+
+
+def test_instance_terminated_outside_shows_not_found_and_rm_cleans_the_rest(cloud: MotoCloud, tmp_path: Path) -> None:
+    driver = make_driver(cloud, tmp_path)
+    created(driver)
+    cloud.client.terminate_instances(InstanceIds=[driver.config["instance_id"]])
+    assert driver.state() is State.NOT_FOUND
+    with pytest.raises(DriverError, match="no longer exists"):
+        driver.start()
+    driver.remove()
+    assert cloud.leftovers() == NOTHING
+
+
+def _raise(error: BaseException) -> Callable[..., None]:
+    def hook(**_: Any) -> None:
+        raise error
+
+    return hook
+
+
+# Each ledger step, and the moment just after RunInstances answered (the instance exists, its id unknown to us).
+FAILURES = [
+    ("before-call.ec2.ImportKeyPair", RuntimeError("injected")),
+    ("before-call.ec2.CreateSecurityGroup", RuntimeError("injected")),
+    ("before-call.ec2.AuthorizeSecurityGroupIngress", RuntimeError("injected")),
+    ("before-call.ec2.RunInstances", RuntimeError("injected")),
+    ("after-call.ec2.RunInstances", KeyboardInterrupt()),
+    ("after-call.ec2.DescribeInstances", RuntimeError("injected")),
+]
+
+
+@pytest.mark.parametrize(("event", "error"), FAILURES, ids=[event for event, _ in FAILURES])
+def test_failure_at_each_step_is_rolled_back(cloud: MotoCloud, tmp_path: Path, event: str, error: BaseException) -> None:
+    driver = make_driver(cloud, tmp_path)
+    driver.pre_create_check()
+    ledger = Ledger()
+    handler = _raise(error)
+    driver.ec2.meta.events.register(event, handler)
+    with pytest.raises(type(error)):
+        driver.create(ledger)
+    driver.ec2.meta.events.unregister(event, handler)
+    assert ledger.rollback() == []
+    assert cloud.leftovers() == NOTHING
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"region": "mars-north-1"}, "unknown AWS region 'mars-north-1'"),
+        ({"instance_type": "t3.colossal"}, "--aws-instance-type 't3.colossal' does not exist"),
+        ({"ami": "ami-0123456789abcdef0"}, "--aws-ami 'ami-0123456789abcdef0' does not exist"),
+        ({"allow_cidr": ["everyone"]}, "--aws-allow-cidr 'everyone' is not a CIDR"),
+        ({"keypair_name": "absent", "ssh_keypath": "/etc/hostname"}, "--aws-keypair-name 'absent' does not exist"),
+        ({"private_ip_address": "10.99.0.5"}, "outside subnet"),
+    ],
+    ids=["region", "instance-type", "ami", "cidr", "keypair", "private-ip"],
+)
+def test_bad_input_refused_before_anything_is_made(cloud: MotoCloud, tmp_path: Path, config: dict[str, Any], message: str) -> None:
+    driver = make_driver(cloud, tmp_path, **config)
+    with pytest.raises(PreCreateError, match=message.replace("(", r"\(")):
+        driver.pre_create_check()
+    assert cloud.leftovers() == NOTHING
+
+
+def test_missing_credentials_refused(cloud: MotoCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    driver = make_driver(cloud, tmp_path)
+    with pytest.raises(PreCreateError, match="no AWS credentials"):
+        driver.pre_create_check()
+
+
+def test_key_pair_name_taken_refused(cloud: MotoCloud, tmp_path: Path) -> None:
+    driver = make_driver(cloud, tmp_path)
+    cloud.client.import_key_pair(KeyName=driver.resource_name, PublicKeyMaterial=(tmp_path / "id_ed25519.pub").read_bytes())
+    with pytest.raises(PreCreateError, match="already exists"):
+        driver.pre_create_check()
