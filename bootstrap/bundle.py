@@ -70,4 +70,7 @@ def build(cache_dir: str | os.PathLike[str], source: str | os.PathLike[str] | No
         tmp.write_bytes(data)
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
+        for stale in cache.glob("runtime-*.pyz"):  # one cached build is enough: it is rebuilt in milliseconds
+            if stale != path:
+                stale.unlink(missing_ok=True)
     return Bundle(path=path, sha256=digest, version=runtime.VERSION)

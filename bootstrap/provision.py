@@ -104,7 +104,7 @@ echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"
 for p in {candidates}; do
   path=$(command -v $p 2>/dev/null) && echo "python=$path $($path -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
 done
-for m in apt-get dnf yum apk; do command -v $m >/dev/null 2>&1 && echo "pkg=$m"; done
+for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
 [ -d /run/systemd/system ] && echo "systemd=1"
 d=$(command -v docker 2>/dev/null) && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; echo "sum=$d $(sha256sum < "$d" | cut -d' ' -f1)"; else echo "docker=$d"; fi; }}
 echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
