@@ -451,7 +451,7 @@ class NetworkManager:
         """
         wanted: Dict[str, List[Dict_]] = {}
         for key, bindings in (port_bindings or {}).items():
-            wanted[_port_key(key)] = list(bindings or [])
+            wanted.setdefault(_port_key(key), []).extend(bindings or [])
         ports: Dict[str, Optional[List[Dict_]]] = {_port_key(key): None for key in exposed or []}
         if publish_all:
             for key in ports:
