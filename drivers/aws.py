@@ -20,6 +20,7 @@ import email.mime.multipart
 import functools
 import email.mime.text
 import ipaddress
+import json
 import logging
 import os
 import time
@@ -206,8 +207,8 @@ class AWSDriver(Driver):
     ]
 
     def __init__(self, machine_name: str, store_dir: str, config: dict[str, Any] | None = None) -> None:
-        merged = self.flag_defaults()
-        merged.update({key: value for key, value in (config or {}).items() if value is not None})
+        merged = self.flag_defaults()  # for library users who pass only some flags
+        merged.update(config or {})
         super().__init__(machine_name, store_dir, merged)
         self._client: Any = None
         self._boto_session: boto3.Session | None = None
@@ -529,8 +530,17 @@ class AWSDriver(Driver):
         return group_id
 
     def _exposes_tls_api(self) -> bool:
-        """Whether the runtime's API listens on TCP with TLS (the default) rather than only through SSH."""
-        return str(self._get("api_mode") or "tls").lower() != "ssh"
+        """Whether the runtime's API will listen on TCP 2376 with TLS (the default) rather than only through SSH.
+
+        The choice (``machines create --api``) is a host option of the machine's record, which the core writes to
+        ``config.json`` before ``create`` runs; the driver only reads it.
+        """
+        try:
+            with open(os.path.join(self.store_dir, "config.json"), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return True
+        return (record.get("host_options") or {}).get("api", "tls") != "ssh"
 
     def _user_data(self) -> str:
         host_private, host_public = generate_host_key()

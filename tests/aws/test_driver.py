@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -56,8 +58,6 @@ def test_create_then_remove_leaves_nothing(cloud: MotoCloud, tmp_path: Path) -> 
     # the host key the first SSH connection will pin is the one handed to cloud-init
     user_data = cloud.client.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
     assert driver.initial_host_key().startswith("ssh-ed25519 ")
-    import base64
-
     text = base64.b64decode(user_data["UserData"]["Value"]).decode()
     assert f"ed25519_public: {driver.initial_host_key()}" in text
     assert (tmp_path / "id_ed25519.pub").read_text().split()[1] in text
@@ -68,7 +68,8 @@ def test_create_then_remove_leaves_nothing(cloud: MotoCloud, tmp_path: Path) -> 
 
 
 def test_ssh_api_mode_opens_only_ssh_and_asked_ports(cloud: MotoCloud, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    driver = make_driver(cloud, tmp_path, api_mode="ssh", open_port=["8080", "53/udp"])
+    (tmp_path / "config.json").write_text(json.dumps({"host_options": {"api": "ssh"}}))  # machines create --api ssh
+    driver = make_driver(cloud, tmp_path, open_port=["8080", "53/udp"])
     created(driver)
     assert ingress(cloud, driver.config["created_security_group"]) == {
         (22, "0.0.0.0/0"), (8080, "0.0.0.0/0"), (53, "0.0.0.0/0")
