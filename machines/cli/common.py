@@ -1,0 +1,97 @@
+"""What every command module shares: global options, the library object, progress, per-machine results."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from machines.errors import ExitStatus, MachinesError
+from machines.machine import Machines, run_concurrently
+from machines.progress import Progress, ProgressDisplay
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Settings:
+    """Global options, set by the app callback before any command runs."""
+
+    storage_path: Path | None = None
+    debug: bool = False
+    verbose: bool = False
+
+
+settings = Settings()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def machines() -> Machines:
+    return Machines(settings.storage_path)
+
+
+def display() -> ProgressDisplay:
+    return ProgressDisplay(err_console, verbose=settings.verbose or settings.debug)
+
+
+def error_line(message: str) -> None:
+    """The one-line error format of every command."""
+    err_console.print(f"[red]Error:[/red] {escape(message)}")
+
+
+def exit_status_of(error: BaseException) -> int:
+    if isinstance(error, MachinesError):
+        return int(error.exit_status)
+    if isinstance(error, KeyboardInterrupt):
+        return int(ExitStatus.INTERRUPTED)
+    return int(ExitStatus.ERROR)
+
+
+def for_each_machine(
+    names: list[str],
+    action: Callable[[str, Progress], T],
+    *,
+    cancelled: threading.Event | None = None,
+) -> dict[str, T]:
+    """Run ``action`` on every named machine at once with a shared progress display; fail after all are done.
+
+    A single failure is raised as it is (the CLI reports it); with several machines each failure gets its own line
+    and the command exits with the first failure's status.
+    """
+    shown = display()
+    try:
+        results = run_concurrently(names, lambda name: action(name, Progress(name if len(names) > 1 else "", shown)),
+                                   cancelled=cancelled)
+    finally:
+        shown.close()
+    failures = {name: result for name, result in results.items() if isinstance(result, BaseException)}
+    if len(names) == 1 and failures:
+        raise failures[names[0]]
+    for name, failure in failures.items():
+        error_line(f"{name}: {failure}")
+    if failures:
+        raise typer.Exit(exit_status_of(next(iter(failures.values()))))
+    return results  # type: ignore[return-value]
+
+
+def echo(text: str) -> None:
+    """Plain output on stdout (what scripts read)."""
+    sys.stdout.write(text + "\n")
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if not debug:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)

@@ -1,0 +1,127 @@
+"""``machines create``: its shared flags plus every installed driver's flags as ``--<driver>-<flag>``.
+
+The driver flags are only known at run time (drivers are plugins), so the command's signature is built from the
+registry when the app is built: Typer then shows them in ``create --help`` with their env vars, one panel per driver.
+"""
+
+# No "from __future__ import annotations" here: Typer reads the real annotation objects of the built signature.
+import inspect
+import threading
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from drivers import registry
+from drivers.base import Driver, Flag
+from machines.cli.common import echo, err_console, for_each_machine, machines
+from machines.errors import UsageError
+from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
+from machines.progress import Progress
+
+_FLAG_TYPES: dict[type, Any] = {str: Optional[str], int: Optional[int], bool: Optional[bool], list: Optional[list[str]]}
+
+
+def _parameter_name(driver_name: str, flag: Flag) -> str:
+    return f"flag__{driver_name.replace('-', '_')}__{flag.key()}"
+
+
+def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Parameter]:
+    parameters = []
+    for driver_name, driver_class in drivers.items():
+        # amazonec2 is another name of aws: its flags are accepted but listed only under aws.
+        alias = driver_name != driver_class.name and drivers.get(driver_class.name) is driver_class
+        for flag in driver_class.flags:
+            help_text = flag.help + ("" if flag.default in (None, [], "") or flag.secret else f" [default: {flag.default}]")
+            option = typer.Option(
+                flag.option_name(driver_name),
+                help=escape(help_text),  # a driver's help is plain text, not rich markup
+                envvar=flag.envvar,
+                show_envvar=bool(flag.envvar),
+                rich_help_panel=f"{driver_name} driver",
+                hidden=alias,
+            )
+            annotation = Annotated[_FLAG_TYPES[flag.type], option]  # type: ignore[valid-type]
+            parameters.append(
+                inspect.Parameter(
+                    _parameter_name(driver_name, flag), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+                )
+            )
+    return parameters
+
+
+def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict:
+    """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error."""
+    chosen: dict[str, Any] = {}
+    for name, driver_class in drivers.items():
+        for flag in driver_class.flags:
+            value = values.get(_parameter_name(name, flag))
+            if name == driver_name:
+                if value is not None and not (flag.type is list and not value):
+                    chosen[flag.key()] = list(value) if flag.type is list else value
+            elif value not in (None, []) and _typed(ctx, _parameter_name(name, flag)):
+                raise UsageError(f"{flag.option_name(name)} belongs to the {name} driver, but the driver is {driver_name}")
+    return chosen
+
+
+def _typed(ctx: typer.Context, parameter: str) -> bool:
+    source = ctx.get_parameter_source(parameter)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def register(app: typer.Typer) -> None:
+    drivers = registry.available()
+
+    def create(
+        ctx: typer.Context,
+        names: Annotated[list[str], typer.Argument(help="Names of the machines to create (created in parallel).")],
+        driver: Annotated[
+            str, typer.Option("--driver", "-d", envvar="MACHINES_DRIVER", show_envvar=True,
+                              help=f"Driver: {', '.join(drivers) or 'none installed'}.")
+        ] = DEFAULT_DRIVER,
+        keep_on_error: Annotated[
+            bool, typer.Option("--keep-on-error", help="Keep what a failed create made, for debugging.")
+        ] = False,
+        no_provision: Annotated[
+            bool, typer.Option("--no-provision", help="Stop once SSH answers; install no runtime.")
+        ] = False,
+        timeout_ssh: Annotated[
+            float, typer.Option("--timeout-ssh", envvar="MACHINES_TIMEOUT_SSH", help="Seconds to wait for SSH.")
+        ] = DEFAULT_SSH_TIMEOUT,
+        engine_label: Annotated[
+            Optional[list[str]], typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
+        ] = None,
+        tls_san: Annotated[
+            Optional[list[str]], typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
+        ] = None,
+        api: Annotated[
+            str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
+        ] = "tls",
+        **driver_values: Any,
+    ) -> None:
+        """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
+        if api not in ("tls", "ssh"):
+            raise UsageError(f"--api must be 'tls' or 'ssh', not {api!r}")
+        flags = _driver_flags(ctx, driver, drivers, driver_values)
+        host_options = {"labels": list(engine_label or []), "tls_san": list(tls_san or []), "api": api}
+        library = machines()
+        cancelled = threading.Event()
+
+        def make(name: str, progress: Progress) -> None:
+            library.create(
+                name, driver, flags, host_options=host_options, keep_on_error=keep_on_error,
+                provision=not no_provision, ssh_timeout=timeout_ssh, progress=progress, cancelled=cancelled,
+            )
+
+        for_each_machine(list(dict.fromkeys(names)), make, cancelled=cancelled)
+        for name in dict.fromkeys(names):
+            echo(name)
+        hint = names[0] if len(names) == 1 else "NAME"
+        err_console.print(f"Ready. Point your docker client at it: eval \"$(machines env {hint})\"")
+
+    signature = inspect.signature(create)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    dynamic = _driver_parameters(drivers)
+    create.__signature__ = signature.replace(parameters=fixed + dynamic)  # type: ignore[attr-defined]
+    create.__annotations__ = {**{p.name: p.annotation for p in fixed + dynamic}, "return": None}
+    app.command(no_args_is_help=True)(create)

@@ -1,0 +1,46 @@
+"""Commands that change machines: start, stop, restart, kill, rm (each on several machines at once)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable
+
+import typer
+
+from machines.cli.common import err_console, for_each_machine, machines
+from machines.machine import Machines
+from machines.progress import Progress
+
+Names = Annotated[list[str], typer.Argument(help="Machine names (acted on in parallel).")]
+
+
+def _lifecycle_command(app: typer.Typer, verb: str, action: Callable[[Machines, str, Progress], None], doc: str) -> None:
+    def command(names: Names) -> None:
+        library = machines()
+        for_each_machine(names, lambda name, progress: action(library, name, progress))
+
+    command.__doc__ = doc
+    app.command(verb, no_args_is_help=True)(command)
+
+
+def register(app: typer.Typer) -> None:
+    _lifecycle_command(app, "start", Machines.start, "Start stopped machines (and their runtime).")
+    _lifecycle_command(app, "stop", Machines.stop, "Stop machines gracefully.")
+    _lifecycle_command(app, "restart", Machines.restart, "Restart machines (start them if stopped).")
+    _lifecycle_command(app, "kill", Machines.kill, "Stop machines at once, without a graceful shutdown.")
+
+    @app.command("rm", no_args_is_help=True)
+    def remove(
+        names: Names,
+        force: Annotated[
+            bool, typer.Option("--force", "-f", help="Forget machines even when their resources cannot be removed.")
+        ] = False,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    ) -> None:
+        """Remove machines: their resources, then their store entries."""
+        library = machines()
+        for name in names:
+            library.get(name)  # every name must exist before anything is removed
+        if not (yes or force):
+            err_console.print(f"About to remove {', '.join(names)}")
+            typer.confirm("Are you sure?", abort=True, err=True)
+        for_each_machine(names, lambda name, progress: library.remove(name, force=force, progress=progress))

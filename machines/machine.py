@@ -1,0 +1,426 @@
+"""Machines and their lifecycle: create as a transaction, start, stop, restart, kill, rm.
+
+``Machines`` is the library's entry point::
+
+    from machines import Machines
+    machines = Machines()                     # or Machines("/path/to/store")
+    web = machines.create("web", "local")     # driver flags: flags={"ip_address": ...}
+    print(web.ssh().run("hostname").stdout)
+    machines.remove("web")
+
+Create is all or nothing: the driver records every resource it makes in a ``Ledger`` that is persisted as it grows;
+any failure or Ctrl-C walks it backwards and removes the store entry, unless ``keep_on_error`` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from drivers import registry
+from drivers.base import Driver, Ledger, SSHDetails, State
+from machines.errors import (
+    CancelledError,
+    DriverError,
+    MachineExistsError,
+    MachinesError,
+    MachineTimeoutError,
+    SSHError,
+)
+from machines.progress import Progress
+from machines.ssh import Connection, wait_for_ssh
+from machines.store import (
+    KEY_FILE,
+    STATE_CREATING,
+    STATE_FAILED,
+    STATE_READY,
+    Store,
+    generate_ssh_key,
+    new_record,
+    validate_name,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRIVER = "local"
+DEFAULT_SSH_TIMEOUT = 120.0
+DEFAULT_STATE_TIMEOUT = 60.0
+DEFAULT_API_PORT = 2376
+
+T = TypeVar("T")
+
+
+def _bootstrap_hook(name: str) -> Callable[["Machine", Progress], None] | None:
+    """``bootstrap.provision.<name>`` if the bootstrap package provides it (it is optional for the core)."""
+    if importlib.util.find_spec("bootstrap.provision") is None:
+        return None
+    module = importlib.import_module("bootstrap.provision")
+    return getattr(module, name, None)
+
+
+class Machine:
+    """One machine of the store: its record (``config.json``), its driver and an SSH connection to it.
+
+    ``record`` is the parsed ``config.json``; its ``"runtime"`` dict belongs to bootstrap (version, api mode, data
+    root, ports). Change it, then call ``save()``.
+    """
+
+    def __init__(self, store: Store, record: dict[str, Any], driver: Driver | None = None) -> None:
+        self.store = store
+        self.record = record
+        self.name: str = record["name"]
+        self.dir: Path = store.machine_dir(self.name)
+        self._driver = driver
+        self._connection: Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Machine({self.name!r}, driver={self.driver_name!r})"
+
+    @property
+    def driver_name(self) -> str:
+        return self.record["driver_name"]
+
+    @property
+    def driver(self) -> Driver:
+        if self._driver is None:
+            driver_class = registry.get(self.driver_name)
+            self._driver = driver_class(self.name, str(self.dir), self.record.get("driver") or {})
+        return self._driver
+
+    @property
+    def host_options(self) -> dict[str, Any]:
+        return self.record.setdefault("host_options", {})
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """Bootstrap's part of the record: version, api mode (``"tls"``/``"ssh"``), port, data root..."""
+        return self.record.setdefault("runtime", {})
+
+    @property
+    def is_ready(self) -> bool:
+        return self.record.get("state") == STATE_READY
+
+    @property
+    def key_path(self) -> Path:
+        """The machine's own private key (ed25519, made at create)."""
+        return self.dir / KEY_FILE
+
+    @property
+    def forward_socket_path(self) -> Path:
+        """Where ``env --ssh`` serves the forwarded API socket; ``active`` recognises it in ``DOCKER_HOST``."""
+        return self.dir / "docker.sock"
+
+    def save(self) -> None:
+        """Persist the record, with the driver's current config."""
+        if self._driver is not None:
+            self.record["driver"] = self._driver.config
+        self.store.save(self.name, self.record)
+
+    def reload(self) -> None:
+        self.record = self.store.load(self.name)
+        if self._driver is not None:
+            self._driver.config = dict(self.record.get("driver") or {})
+
+    # -- queries ----------------------------------------------------------------------------------------------
+    def state(self) -> State:
+        return self.driver.state()
+
+    def ip(self) -> str:
+        return self.driver.ip()
+
+    def ssh_details(self) -> SSHDetails:
+        return self.driver.ssh_details()
+
+    def url(self) -> str:
+        """Where the runtime's API answers: ``tcp://IP:2376``, or ``ssh://user@host:port`` for ``--api ssh``."""
+        if self.runtime.get("api") == "ssh":
+            details = self.ssh_details()
+            return f"ssh://{details.user}@{details.host}:{details.port}"
+        return self.driver.url(int(self.runtime.get("port") or DEFAULT_API_PORT))
+
+    def docker_hosts(self) -> set[str]:
+        """Every ``DOCKER_HOST`` value that points at this machine (its URL and its forwarded socket)."""
+        hosts = {f"unix://{self.forward_socket_path}"}
+        try:
+            hosts.add(self.url())
+        except MachinesError as error:
+            log.debug("no URL for %s: %s", self.name, error)
+        return hosts
+
+    # -- SSH --------------------------------------------------------------------------------------------------
+    def ssh(self, *, connect_timeout: float = 10.0) -> Connection:
+        """A connected SSH connection (shared by callers of this object; it reconnects after ``close``)."""
+        pinned = self.record.get("ssh_host_key")
+        if not pinned:
+            raise SSHError(
+                f"machine {self.name!r} has no recorded host key (its create did not finish); remove and re-create it"
+            )
+        with self._lock:
+            if self._connection is None:
+                self._connection = Connection(
+                    self.ssh_details(), pinned, name=self.name, connect_timeout=connect_timeout
+                )
+            connection = self._connection
+        return connection.connect()
+
+    def wait_for_ssh(self, timeout: float = DEFAULT_SSH_TIMEOUT) -> Connection:
+        """Wait until SSH answers with the pinned key; pins it first if the create has not yet."""
+        known = self.record.get("ssh_host_key") or self.driver.initial_host_key()
+        connection = wait_for_ssh(self.ssh_details(), known, timeout=timeout, name=self.name)
+        if not self.record.get("ssh_host_key"):
+            self.record["ssh_host_key"] = connection.seen_host_key
+            self.save()
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+            self._connection = connection
+        return connection
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def wait_for_state(self, wanted: State, timeout: float = DEFAULT_STATE_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        current: State | str = "unknown"
+        while time.monotonic() < deadline:
+            try:
+                current = self.state()
+            except DriverError as error:
+                current = f"Error ({error})"
+            if current == wanted:
+                return
+            time.sleep(0.1)
+        raise MachineTimeoutError(f"timed out after {timeout:g}s waiting for {self.name} to be {wanted}; it is {current}")
+
+    def start(self, progress: Progress | None = None, *, ssh_timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
+        progress = progress or Progress(self.name)
+        with progress.phase("Starting"):
+            self.close()
+            self.driver.start()
+            self.save()
+            self.wait_for_state(State.RUNNING)
+        self._after_start(progress, ssh_timeout)
+
+    def stop(self, progress: Progress | None = None) -> None:
+        progress = progress or Progress(self.name)
+        with progress.phase("Stopping"):
+            self.close()
+            self.driver.stop()
+            self.save()
+            self.wait_for_state(State.STOPPED)
+
+    def kill(self, progress: Progress | None = None) -> None:
+        progress = progress or Progress(self.name)
+        with progress.phase("Killing"):
+            self.close()
+            self.driver.kill()
+            self.save()
+            self.wait_for_state(State.STOPPED)
+
+    def restart(self, progress: Progress | None = None, *, ssh_timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
+        """Start a stopped machine; otherwise the driver's restart. The IP may change (certificates follow)."""
+        progress = progress or Progress(self.name)
+        if self.state() == State.STOPPED:
+            self.start(progress, ssh_timeout=ssh_timeout)
+            return
+        with progress.phase("Restarting"):
+            self.close()
+            self.driver.restart()
+            self.save()
+            self.wait_for_state(State.RUNNING)
+        self._after_start(progress, ssh_timeout)
+
+    def _after_start(self, progress: Progress, ssh_timeout: float) -> None:
+        """Wait for SSH, then let bootstrap bring the runtime back (re-issuing certificates if the IP changed)."""
+        with progress.phase("Waiting for SSH"):
+            self.wait_for_ssh(ssh_timeout)
+        hook = _bootstrap_hook("after_start")
+        if hook is not None and self.is_ready and self.runtime:
+            hook(self, progress)
+
+
+class Machines:
+    """The store of machines and the operations on them: what a Python user imports."""
+
+    def __init__(self, storage_path: str | os.PathLike[str] | None = None) -> None:
+        self.store = Store(storage_path)
+
+    def get(self, name: str) -> Machine:
+        validate_name(name)
+        return Machine(self.store, self.store.load(name))
+
+    def list(self) -> list[Machine]:
+        """Every machine with a readable record, by name (entries removed meanwhile are skipped)."""
+        machines = []
+        for name in self.store.names():
+            try:
+                machines.append(self.get(name))
+            except MachinesError as error:
+                log.warning("skipping %s: %s", name, error)
+        return machines
+
+    def create(
+        self,
+        name: str,
+        driver_name: str = DEFAULT_DRIVER,
+        flags: dict[str, Any] | None = None,
+        *,
+        host_options: dict[str, Any] | None = None,
+        keep_on_error: bool = False,
+        provision: bool = True,
+        ssh_timeout: float = DEFAULT_SSH_TIMEOUT,
+        progress: Progress | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Machine:
+        """Make a machine, all or nothing. ``flags`` are driver flag values by key (``Flag.key()``).
+
+        Validation (name, duplicate, driver, the driver's pre-create check) happens before anything is written.
+        ``cancelled`` lets a caller running several creates abort this one between phases (it rolls back).
+        """
+        validate_name(name)
+        driver_class = registry.get(driver_name)
+        if self.store.exists(name):
+            raise MachineExistsError(f"machine {name!r} already exists")
+        config = driver_class.flag_defaults()
+        config.update({key: value for key, value in (flags or {}).items() if value is not None})
+        driver = driver_class(name, str(self.store.machine_dir(name)), config)
+        driver.pre_create_check()
+        progress = progress or Progress(name)
+
+        self.store.reserve(new_record(name, driver_name, driver.config, dict(host_options or {})))
+        machine = Machine(self.store, self.store.load(name), driver=driver)
+
+        def persist_ledger(descriptions: list[str]) -> None:
+            machine.record["ledger"] = descriptions
+            machine.save()
+
+        ledger = Ledger(on_change=persist_ledger)
+
+        def checkpoint() -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise KeyboardInterrupt
+
+        try:
+            generate_ssh_key(machine.dir, f"machines-{name}")
+            with progress.phase(f"Creating host ({driver_name})"):
+                driver.create(ledger)
+                machine.save()
+            checkpoint()
+            with progress.phase("Waiting for SSH"):
+                machine.wait_for_ssh(ssh_timeout)
+            checkpoint()
+            hook = _bootstrap_hook("provision") if provision else None
+            if hook is not None:
+                hook(machine, progress)
+            elif provision:
+                log.debug("bootstrap.provision.provision is not available: %s is not provisioned", name)
+            checkpoint()
+            machine.record.update(state=STATE_READY, ledger=[])
+            machine.save()
+        except BaseException as error:  # noqa: BLE001 - every failure, Ctrl-C included, must roll back
+            machine.close()
+            self._abort_create(machine, ledger, error, keep_on_error, progress)
+            raise  # _abort_create raises; this keeps type checkers informed
+        return machine
+
+    def _abort_create(
+        self, machine: Machine, ledger: Ledger, error: BaseException, keep_on_error: bool, progress: Progress
+    ) -> None:
+        cancelled = isinstance(error, KeyboardInterrupt)
+        reason = "cancelled" if cancelled else str(error) or type(error).__name__
+        if keep_on_error:
+            machine.record["error"] = reason
+            machine.save()
+            progress.note(f"create failed; kept its resources for debugging ({', '.join(ledger.descriptions())})")
+            if cancelled:
+                raise CancelledError(f"create of {machine.name} cancelled; resources kept (--keep-on-error)") from None
+            raise error
+        with progress.phase("Rolling back"):
+            failures = ledger.rollback()
+        if failures:
+            machine.record.update(state=STATE_FAILED, error=reason, cleanup_errors=failures)
+            machine.save()
+            raise DriverError(
+                f"create of {machine.name} failed ({reason}) and its cleanup too ({'; '.join(failures)}); "
+                f"run 'machines rm -f {machine.name}' to retry the cleanup"
+            ) from error
+        self.store.delete(machine.name)
+        if cancelled:
+            raise CancelledError(f"create of {machine.name} cancelled; everything it made was removed") from None
+        raise error
+
+    def remove(self, name: str, *, force: bool = False, progress: Progress | None = None) -> None:
+        """Delete the machine's resources (driver ``remove``) and its store entry.
+
+        Works on leftovers of a crashed create too. With ``force`` the entry goes even when the driver fails (or is
+        not installed any more).
+        """
+        progress = progress or Progress(name)
+        machine = self.get(name)
+        with progress.phase("Removing"):
+            machine.close()
+            try:
+                machine.driver.remove()
+            except MachinesError as error:
+                if not force:
+                    raise DriverError(f"cannot remove {name}: {error} (use -f to forget it anyway)") from None
+                progress.note(f"driver could not remove its resources ({error}); forgetting the machine anyway")
+            self.store.delete(name)
+
+    def start(self, name: str, progress: Progress | None = None) -> None:
+        self.get(name).start(progress)
+
+    def stop(self, name: str, progress: Progress | None = None) -> None:
+        self.get(name).stop(progress)
+
+    def restart(self, name: str, progress: Progress | None = None) -> None:
+        self.get(name).restart(progress)
+
+    def kill(self, name: str, progress: Progress | None = None) -> None:
+        self.get(name).kill(progress)
+
+    def state(self, name: str) -> State:
+        return self.get(name).state()
+
+
+def run_concurrently(
+    names: list[str], action: Callable[[str], T], *, cancelled: threading.Event | None = None
+) -> dict[str, T | BaseException]:
+    """Run ``action(name)`` for every name at once; each result or exception by name, in the given order.
+
+    Ctrl-C sets ``cancelled`` (so actions can abort cleanly) and still waits for every action to finish, so that
+    rollbacks complete before the process exits.
+    """
+    results: dict[str, T | BaseException] = {}
+
+    def work(name: str) -> None:
+        try:
+            results[name] = action(name)
+        except BaseException as error:  # noqa: BLE001 - reported per machine by the caller
+            results[name] = error
+
+    if len(names) == 1:
+        work(names[0])
+        return results
+    threads = [threading.Thread(target=work, args=(name,), name=f"machine {name}") for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                if cancelled is not None:
+                    cancelled.set()
+    return {name: results[name] for name in names}
