@@ -1,0 +1,209 @@
+"""Turning a create request plus the image config into the container's stored config, as moby does."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+from typing import Dict, List, Optional, Tuple
+
+from runtime.errors import InvalidParameter
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+ZERO_TIME = "0001-01-01T00:00:00Z"
+RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
+
+_LEFT = ("admiring", "brave", "clever", "eager", "festive", "gallant", "happy", "jolly", "keen", "lucid", "modest",
+         "nifty", "optimistic", "quirky", "relaxed", "serene", "trusting", "upbeat", "vibrant", "wizardly", "zealous")
+_RIGHT = ("babbage", "curie", "darwin", "einstein", "fermi", "galileo", "hopper", "hypatia", "kepler", "lovelace",
+          "meitner", "newton", "noether", "pasteur", "ritchie", "shannon", "tesla", "thompson", "turing", "wozniak")
+
+
+def random_name() -> str:
+    return "%s_%s" % (random.choice(_LEFT), random.choice(_RIGHT))
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidParameter("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
+    return name.lstrip("/")
+
+
+def _env_key(item: str) -> str:
+    return item.partition("=")[0]
+
+
+def merge_env(image_env: List[str], user_env: List[str]) -> List[str]:
+    """Image env then request env; a request variable replaces the image's variable of the same name."""
+    out: Dict[str, str] = {}
+    for item in list(image_env or []) + list(user_env or []):
+        out[_env_key(item)] = item
+    return list(out.values())
+
+
+def _as_list(value: object) -> Optional[List[str]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return list(value)  # type: ignore[arg-type]
+
+
+def merge_config(body: dict, image_config: dict) -> dict:
+    """The container's Config: the request with the gaps filled from the image (image-spec conversion rules)."""
+    img = image_config or {}
+    cfg = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
+    entry = _as_list(cfg.get("Entrypoint"))
+    cmd = _as_list(cfg.get("Cmd"))
+    if not entry:
+        entry = _as_list(img.get("Entrypoint"))
+        if not cmd:
+            cmd = _as_list(img.get("Cmd"))
+    cfg["Entrypoint"] = entry or None
+    cfg["Cmd"] = cmd or None
+    cfg["Env"] = merge_env(img.get("Env") or [], cfg.get("Env") or [])
+    for key in ("WorkingDir", "User", "StopSignal"):
+        if not cfg.get(key) and img.get(key):
+            cfg[key] = img[key]
+    cfg["Labels"] = dict(img.get("Labels") or {}, **(cfg.get("Labels") or {}))
+    exposed = dict(img.get("ExposedPorts") or {})
+    exposed.update(cfg.get("ExposedPorts") or {})
+    cfg["ExposedPorts"] = {_port_key(k): {} for k in exposed} or None
+    volumes = dict(img.get("Volumes") or {})
+    volumes.update(cfg.get("Volumes") or {})
+    cfg["Volumes"] = volumes or None
+    for key, default in (("Hostname", ""), ("Domainname", ""), ("User", ""), ("AttachStdin", False),
+                         ("AttachStdout", False), ("AttachStderr", False), ("Tty", False), ("OpenStdin", False),
+                         ("StdinOnce", False), ("WorkingDir", ""), ("OnBuild", None)):
+        cfg.setdefault(key, default)
+    return cfg
+
+
+def _port_key(key: str) -> str:
+    return key if "/" in key else key + "/tcp"
+
+
+def command_of(cfg: dict) -> List[str]:
+    args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+    if not args:
+        raise InvalidParameter("no command specified")
+    return args
+
+
+def parse_signal(value: object, default: int = signal.SIGTERM) -> int:
+    """``SIGTERM``, ``TERM``, ``term`` or ``15``."""
+    if value in (None, ""):
+        return default
+    text = str(value).upper()
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < signal.NSIG:
+            return number
+    else:
+        name = text if text.startswith("SIG") else "SIG" + text
+        sig = signal.Signals.__members__.get(name)
+        if sig is not None:
+            return int(sig)
+    raise InvalidParameter("Invalid signal: %s" % value)
+
+
+def host_config_defaults(host: dict) -> dict:
+    host = dict(host or {})
+    host.setdefault("NetworkMode", "default")
+    if not host.get("NetworkMode"):
+        host["NetworkMode"] = "default"
+    log = dict(host.get("LogConfig") or {})
+    if log.get("Type") not in (None, "", "json-file"):
+        raise InvalidParameter("logging driver %r is not supported, only json-file" % log.get("Type"))
+    host["LogConfig"] = {"Type": "json-file", "Config": log.get("Config") or {}}
+    policy = dict(host.get("RestartPolicy") or {})
+    name = policy.get("Name") or "no"
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter("invalid restart policy '%s'" % name)
+    retries = int(policy.get("MaximumRetryCount") or 0)
+    if retries and name != "on-failure":
+        raise InvalidParameter("maximum retry count cannot be used with restart policy '%s'" % name)
+    if retries < 0:
+        raise InvalidParameter("maximum retry count cannot be negative")
+    host["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
+    if host.get("AutoRemove") and name != "no":
+        raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    for key, default in (("Binds", None), ("Privileged", False), ("PublishAllPorts", False), ("AutoRemove", False),
+                         ("PortBindings", {}), ("Memory", 0), ("MemorySwap", 0), ("NanoCpus", 0), ("CpuShares", 0),
+                         ("CpuQuota", 0), ("CpuPeriod", 0), ("PidsLimit", None), ("CapAdd", None), ("CapDrop", None),
+                         ("Dns", []), ("DnsOptions", []), ("DnsSearch", []), ("ExtraHosts", None),
+                         ("ReadonlyRootfs", False), ("Init", None), ("Mounts", None), ("Tmpfs", None),
+                         ("ConsoleSize", [0, 0]), ("IpcMode", "private"), ("PidMode", ""), ("UTSMode", ""),
+                         ("ShmSize", 67108864), ("Runtime", "runc")):
+        if host.get(key) is None and default is not None:
+            host[key] = default
+        else:
+            host.setdefault(key, default)
+    if host["Memory"] and host["Memory"] < 6 * 1024 * 1024:
+        raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    return host
+
+
+def parse_binds(binds: List[str]) -> List[dict]:
+    """``-v`` specs: ``/host:/ctr[:ro]`` (bind) or ``name:/ctr[:ro]`` (named volume) or ``/ctr`` (anonymous)."""
+    out = []
+    for spec in binds or []:
+        parts = spec.split(":")
+        if len(parts) == 1:
+            out.append({"Type": "volume", "Source": "", "Target": parts[0], "ReadOnly": False})
+            continue
+        if len(parts) > 3:
+            raise InvalidParameter("invalid volume specification: '%s'" % spec)
+        source, target = parts[0], parts[1]
+        mode = parts[2].split(",") if len(parts) == 3 else []
+        if not target.startswith("/"):
+            raise InvalidParameter("invalid volume specification: '%s': invalid mount config for type \"%s\": "
+                                   "invalid mount path: '%s' mount path must be absolute"
+                                   % (spec, "bind" if source.startswith("/") else "volume", target))
+        bad = [m for m in mode if m not in ("ro", "rw", "z", "Z", "nocopy", "private", "rprivate", "shared",
+                                            "rshared", "slave", "rslave")]
+        if bad:
+            raise InvalidParameter("invalid mode: %s" % ",".join(bad))
+        out.append({"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target,
+                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode})
+    return out
+
+
+def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[dict]:
+    out = []
+    for m in mounts or []:
+        kind = m.get("Type") or "volume"
+        target = m.get("Target") or m.get("Destination") or ""
+        if kind not in ("bind", "volume", "tmpfs"):
+            raise InvalidParameter("mount type %r is not supported" % kind)
+        if not target.startswith("/"):
+            raise InvalidParameter("invalid mount config for type \"%s\": invalid mount path: '%s' mount path must "
+                                   "be absolute" % (kind, target))
+        source = m.get("Source") or ""
+        if kind == "bind" and not os.path.exists(source):
+            raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: %s"
+                                   % source)
+        opts = ""
+        if kind == "tmpfs":
+            tmp = m.get("TmpfsOptions") or {}
+            opts = ",".join(filter(None, ["size=%d" % tmp["SizeBytes"] if tmp.get("SizeBytes") else "",
+                                          "mode=%o" % tmp["Mode"] if tmp.get("Mode") else "mode=1777"]))
+        nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
+        out.append({"Type": kind, "Source": source, "Target": target, "ReadOnly": bool(m.get("ReadOnly")),
+                    "Options": opts, "NoCopy": nocopy})
+    for target, opts in (tmpfs or {}).items():
+        out.append({"Type": "tmpfs", "Source": "", "Target": target, "ReadOnly": False,
+                    "Options": opts or "mode=1777"})
+    return out
+
+
+def split_mode(network_mode: str) -> Tuple[str, str]:
+    """("bridge", "bridge"), ("host", ""), ("none", ""), ("container", ref) or ("network", user network)."""
+    mode = network_mode or "default"
+    if mode in ("default", "bridge"):
+        return "bridge", "bridge"
+    if mode in ("host", "none"):
+        return mode, mode
+    if mode.startswith("container:"):
+        return "container", mode.split(":", 1)[1]
+    return "network", mode

@@ -1,0 +1,84 @@
+"""Docker event messages: a bounded in-memory history plus live delivery to any number of readers."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, Iterator, List, Optional
+
+from runtime.engine.volumes import _filter_values, labels_match
+
+HISTORY = 1024
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._events: List[dict] = []
+        self._first = 0  # sequence number of self._events[0]
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def emit(self, kind: str, action: str, actor_id: str, attributes: Dict[str, str]) -> None:
+        now = time.time_ns()
+        event = {"Type": kind, "Action": action, "Actor": {"ID": actor_id, "Attributes": attributes},
+                 "scope": "local", "time": now // 1000000000, "timeNano": now}
+        if kind == "container":  # the pre-1.22 fields some clients still read
+            event.update({"status": action, "id": actor_id, "from": attributes.get("image", "")})
+        with self._cond:
+            self._events.append(event)
+            if len(self._events) > HISTORY:
+                drop = len(self._events) - HISTORY
+                del self._events[:drop]
+                self._first += drop
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @staticmethod
+    def matches(event: dict, filters: Optional[dict]) -> bool:
+        if not filters:
+            return True
+        attrs = event["Actor"]["Attributes"]
+        checks = (
+            ("type", [event["Type"]]),
+            ("event", [event["Action"], event["Action"].split(":")[0]]),
+            ("container", [event["Actor"]["ID"], attrs.get("name", "")] if event["Type"] == "container" else []),
+            ("image", [attrs.get("image", "")]),
+            ("volume", [event["Actor"]["ID"]] if event["Type"] == "volume" else []),
+            ("network", [event["Actor"]["ID"], attrs.get("name", "")] if event["Type"] == "network" else []),
+        )
+        for key, values in checks:
+            wanted = _filter_values(filters, key)
+            if wanted and not any(w in values or (key == "container" and event["Actor"]["ID"].startswith(w))
+                                  for w in wanted):
+                return False
+        labels = _filter_values(filters, "label")
+        return not labels or labels_match(attrs, labels)
+
+    def stream(self, since: Optional[float] = None, until: Optional[float] = None,
+               filters: Optional[dict] = None) -> Iterator[dict]:
+        """Past events from ``since`` then live ones, until ``until`` (or forever when ``until`` is None and
+        ``since`` is not in the past-only form)."""
+        with self._cond:
+            seq = self._first
+        while True:
+            with self._cond:
+                while seq >= self._first + len(self._events) and not self._closed:
+                    if until is not None and time.time() >= until:
+                        return
+                    self._cond.wait(0.5 if until is None else max(0.0, min(0.5, until - time.time())))
+                if self._closed and seq >= self._first + len(self._events):
+                    return
+                seq = max(seq, self._first)
+                batch = self._events[seq - self._first:]
+                seq += len(batch)
+            for event in batch:
+                stamp = event["timeNano"] / 1e9
+                if since is not None and stamp < since:
+                    continue
+                if until is not None and stamp > until:
+                    return
+                if self.matches(event, filters):
+                    yield event

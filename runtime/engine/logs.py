@@ -1,0 +1,75 @@
+"""Reading moby-style json-file logs (``{"log","stream","time"}`` per line) with tail, since, until and follow."""
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import time
+from collections import deque
+from typing import Callable, Iterator, Optional, Tuple
+
+STREAMS = {"stdout": 1, "stderr": 2}
+
+
+def parse_rfc3339(text: str) -> float:
+    """Unix time (float) from ``2024-01-02T03:04:05.123456789Z``; precision beyond microseconds is dropped."""
+    main, _, frac = text.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+    return seconds + (float("0." + frac) if frac else 0.0)
+
+
+def _entries(f, wanted: set) -> Iterator[Tuple[int, bytes, str]]:
+    for line in f:
+        if not line.endswith(b"\n"):
+            f.seek(-len(line), os.SEEK_CUR)  # the shim is mid-write: read this line on the next pass
+            return
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        stream = STREAMS.get(entry.get("stream"), 1)
+        if stream in wanted:
+            yield stream, entry.get("log", "").encode("utf-8", "surrogateescape"), entry.get("time", "")
+
+
+def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: float = 0, until: float = 0,
+              timestamps: bool = False, tail: str = "all", running: Callable[[], bool] = lambda: False,
+              poll: float = 0.05) -> Iterator[Tuple[int, bytes]]:
+    """Yields (stream, bytes). ``running`` tells a follower when to stop: after the container ends and the file is
+    drained."""
+    wanted = {s for s, on in ((1, stdout), (2, stderr)) if on}
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    limit: Optional[int] = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
+
+    def keep(stamp: str) -> bool:
+        if not (since or until):
+            return True
+        moment = parse_rfc3339(stamp) if stamp else 0.0
+        return (not since or moment >= since) and (not until or moment <= until)
+
+    def shape(stream: int, data: bytes, stamp: str) -> Tuple[int, bytes]:
+        return stream, ((stamp + " ").encode() + data) if timestamps else data
+
+    with f:
+        first = [e for e in _entries(f, wanted) if keep(e[2])]
+        if limit is not None:
+            first = list(deque(first, maxlen=limit)) if limit else []
+        for entry in first:
+            yield shape(*entry)
+        if not follow or (until and until < time.time()):
+            return
+        while True:
+            alive = running()
+            for entry in _entries(f, wanted):
+                if until and entry[2] and parse_rfc3339(entry[2]) > until:
+                    return
+                if keep(entry[2]):
+                    yield shape(*entry)
+            if not alive:
+                return
+            if until and time.time() > until:
+                return
+            time.sleep(poll)

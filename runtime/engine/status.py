@@ -1,0 +1,69 @@
+"""Human texts for ``docker ps``: "Up 5 seconds", "Exited (0) 3 minutes ago", and the Ports list."""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional
+
+from runtime.engine.logs import parse_rfc3339
+
+
+def human_duration(seconds: float) -> str:
+    """go-units HumanDuration, which docker ps uses."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return "%d seconds" % s
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return "%d minutes" % minutes
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return "%d hours" % hours
+    if hours < 24 * 7 * 2:
+        return "%d days" % (hours // 24)
+    if hours < 24 * 30 * 2:
+        return "%d weeks" % (hours // 24 // 7)
+    if hours < 24 * 365 * 2:
+        return "%d months" % (hours // 24 // 30)
+    return "%d years" % (hours // 24 // 365)
+
+
+def _since(stamp: str) -> float:
+    try:
+        return max(0.0, time.time() - parse_rfc3339(stamp))
+    except ValueError:
+        return 0.0
+
+
+def human_status(state: dict) -> str:
+    status = state.get("Status")
+    if state.get("Restarting"):
+        return "Restarting (%d) %s ago" % (state.get("ExitCode", 0), human_duration(_since(state["FinishedAt"])))
+    if state.get("Running"):
+        text = "Up " + human_duration(_since(state["StartedAt"]))
+        return text + " (Paused)" if state.get("Paused") else text
+    if status == "created":
+        return "Created"
+    if status == "exited":
+        return "Exited (%d) %s ago" % (state.get("ExitCode", 0), human_duration(_since(state["FinishedAt"])))
+    return (status or "").capitalize()
+
+
+def summary_ports(ports: Dict[str, Optional[List[dict]]]) -> List[dict]:
+    out = []
+    for key, bindings in (ports or {}).items():
+        number, _, proto = key.partition("/")
+        if not bindings:
+            out.append({"PrivatePort": int(number), "Type": proto or "tcp"})
+            continue
+        for b in bindings:
+            out.append({"IP": b.get("HostIp") or "0.0.0.0", "PrivatePort": int(number),
+                        "PublicPort": int(b.get("HostPort") or 0), "Type": proto or "tcp"})
+    return out

@@ -1,0 +1,357 @@
+"""Control groups behind one interface for cgroup v1, v2 and the hybrid layout (v1 controllers plus a cgroup2 mount).
+
+A container's group is ``machines/<id>`` below the root of every hierarchy. Limits use Docker's HostConfig names so
+the engine passes them through unchanged.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from typing import Dict, List, Optional
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio", "devices")
+CPU_PERIOD = 100000
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _keyed(path: str) -> Dict[str, int]:
+    """Parses ``key value`` files such as memory.stat, cpu.stat, memory.events."""
+    out: Dict[str, int] = {}
+    try:
+        for line in _read(path).splitlines():
+            key, _, value = line.partition(" ")
+            try:
+                out[key] = int(value)
+            except ValueError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+def _int_or_none(path: str) -> Optional[int]:
+    try:
+        text = _read(path)
+    except OSError:
+        return None
+    return None if text == "max" else int(text)
+
+
+def _mounts() -> List[tuple]:
+    """(mountpoint, fstype, super options) of cgroup mounts from /proc/self/mountinfo."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if len(fields) >= 3 and fields[0] in ("cgroup", "cgroup2"):
+                out.append((left.split()[4], fields[0], fields[2].split(",")))
+    return out
+
+
+class Cgroup:
+    """One container's control group in every hierarchy the host mounts."""
+
+    version = 0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    # Implemented by the subclasses.
+    def create(self, resources: dict) -> None: raise NotImplementedError
+    def join_path(self) -> List[str]: raise NotImplementedError
+    def procs(self) -> List[int]: raise NotImplementedError
+    def set_frozen(self, frozen: bool) -> None: raise NotImplementedError
+    def oom_kills(self) -> int: raise NotImplementedError
+    def stats(self) -> dict: raise NotImplementedError
+    def _dirs(self) -> List[str]: raise NotImplementedError
+
+    def join(self, pid: int = 0) -> None:
+        """Moves ``pid`` (0: the caller) into the group in every hierarchy."""
+        for procs in self.join_path():
+            try:
+                _write(procs, str(pid))
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+    def kill_all(self, sig: int = signal.SIGKILL, timeout: float = 5.0) -> None:
+        """Kills every process in the group and waits until it is empty (a frozen group is thawed so SIGKILL lands)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.procs()
+            if not pids or time.monotonic() > deadline:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            self.set_frozen(False)
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        """Removes the group everywhere; kills stragglers first because a non-empty group cannot be removed."""
+        self.kill_all()
+        for path in self._dirs():
+            for _ in range(100):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        break
+                    time.sleep(0.01)
+
+
+class CgroupV1(Cgroup):
+    """Separate hierarchies per controller (also the hybrid layout: the cgroup2 mount there holds no controller we
+    need, so processes are grouped by the v1 hierarchies)."""
+
+    version = 1
+
+    def __init__(self, name: str, roots: Dict[str, str]) -> None:
+        super().__init__(name)
+        self.roots = roots
+
+    def path(self, controller: str) -> Optional[str]:
+        root = self.roots.get(controller)
+        return os.path.join(root, self.name) if root else None
+
+    def _dirs(self) -> List[str]:
+        return sorted({os.path.join(root, self.name) for root in self.roots.values()})
+
+    def join_path(self) -> List[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self._dirs()]
+
+    def create(self, resources: dict) -> None:
+        for d in self._dirs():
+            os.makedirs(d, exist_ok=True)
+        cpuset = self.path("cpuset")
+        if cpuset:  # a new cpuset group starts empty and refuses tasks until cpus/mems are copied from the parent
+            for key in ("cpuset.cpus", "cpuset.mems"):
+                target = os.path.join(cpuset, key)
+                if not _read(target):
+                    wanted = resources.get("CpusetCpus") if key == "cpuset.cpus" else resources.get("CpusetMems")
+                    _write(target, wanted or self._inherited(cpuset, key))
+        mem = self.path("memory")
+        memory = resources.get("Memory") or 0
+        if mem and memory > 0:
+            swap = resources.get("MemorySwap") or 0
+            memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
+            limit = os.path.join(mem, "memory.limit_in_bytes")
+            total = -1 if swap == -1 else (swap if swap > 0 else 2 * memory)
+            # memsw must stay >= the memory limit at every step, so the order depends on the direction.
+            if os.path.exists(memsw):
+                _write(memsw, "-1")
+                _write(limit, str(memory))
+                _write(memsw, str(total))
+            else:
+                _write(limit, str(memory))
+        cpu = self.path("cpu")
+        if cpu:
+            if resources.get("CpuShares"):
+                _write(os.path.join(cpu, "cpu.shares"), str(resources["CpuShares"]))
+            period, quota = cpu_quota(resources)
+            if quota > 0:
+                _write(os.path.join(cpu, "cpu.cfs_period_us"), str(period))
+                _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
+        pids = self.path("pids")
+        limit_pids = resources.get("PidsLimit") or 0
+        if pids and limit_pids > 0:
+            _write(os.path.join(pids, "pids.max"), str(limit_pids))
+
+    @staticmethod
+    def _inherited(path: str, key: str) -> str:
+        parent = os.path.dirname(path)
+        value = _read(os.path.join(parent, key))
+        if not value:
+            value = CgroupV1._inherited(parent, key)
+            _write(os.path.join(parent, key), value)
+        return value
+
+    def procs(self) -> List[int]:
+        for controller in ("pids", "memory", "freezer", "cpu"):
+            path = self.path(controller)
+            if path:
+                try:
+                    return [int(p) for p in _read(os.path.join(path, "cgroup.procs")).split()]
+                except FileNotFoundError:
+                    return []
+        return []
+
+    def set_frozen(self, frozen: bool) -> None:
+        path = self.path("freezer")
+        if not path or not os.path.isdir(path):
+            if frozen:
+                raise OSError(errno.ENOTSUP, "the freezer cgroup controller is not mounted")
+            return
+        state = os.path.join(path, "freezer.state")
+        want = "FROZEN" if frozen else "THAWED"
+        for _ in range(1000):
+            _write(state, want)
+            if _read(state) == want:
+                return
+            time.sleep(0.002)
+        raise OSError(errno.EBUSY, "cgroup freezer did not reach %s" % want)
+
+    def oom_kills(self) -> int:
+        path = self.path("memory")
+        if not path:
+            return 0
+        control = _keyed(os.path.join(path, "memory.oom_control"))
+        if "oom_kill" in control:
+            return control["oom_kill"]
+        return 1 if (_int_or_none(os.path.join(path, "memory.failcnt")) or 0) > 0 else 0
+
+    def stats(self) -> dict:
+        mem, cpuacct, pids = self.path("memory"), self.path("cpuacct"), self.path("pids")
+        ticks = os.sysconf("SC_CLK_TCK")
+        acct = _keyed(os.path.join(cpuacct, "cpuacct.stat")) if cpuacct else {}
+        limit = _int_or_none(os.path.join(mem, "memory.limit_in_bytes")) if mem else None
+        return {
+            "cpu_total": (_int_or_none(os.path.join(cpuacct, "cpuacct.usage")) or 0) if cpuacct else 0,
+            "cpu_user": acct.get("user", 0) * 1000000000 // ticks,
+            "cpu_system": acct.get("system", 0) * 1000000000 // ticks,
+            "mem_usage": (_int_or_none(os.path.join(mem, "memory.usage_in_bytes")) or 0) if mem else 0,
+            "mem_limit": limit,
+            "mem_stats": _keyed(os.path.join(mem, "memory.stat")) if mem else {},
+            "pids_current": (_int_or_none(os.path.join(pids, "pids.current")) or 0) if pids else len(self.procs()),
+            "pids_limit": _int_or_none(os.path.join(pids, "pids.max")) if pids else None,
+        }
+
+
+class CgroupV2(Cgroup):
+    """The unified hierarchy: one directory, controllers enabled through subtree_control on the way down."""
+
+    version = 2
+
+    def __init__(self, name: str, root: str) -> None:
+        super().__init__(name)
+        self.root = root
+        self.dir = os.path.join(root, name)
+
+    def _dirs(self) -> List[str]:
+        return [self.dir]
+
+    def join_path(self) -> List[str]:
+        return [os.path.join(self.dir, "cgroup.procs")]
+
+    def create(self, resources: dict) -> None:
+        parent = self.root
+        for part in self.name.split("/"):
+            available = _read(os.path.join(parent, "cgroup.controllers")).split()
+            wanted = [c for c in ("cpu", "memory", "pids", "cpuset", "io") if c in available]
+            try:
+                _write(os.path.join(parent, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
+            except OSError:
+                pass  # a parent that holds processes cannot delegate; limits below it are then unavailable
+            parent = os.path.join(parent, part)
+            os.makedirs(parent, exist_ok=True)
+        memory = resources.get("Memory") or 0
+        if memory > 0:
+            _write(os.path.join(self.dir, "memory.max"), str(memory))
+            swap = resources.get("MemorySwap") or 0
+            swap_file = os.path.join(self.dir, "memory.swap.max")
+            if os.path.exists(swap_file):
+                _write(swap_file, "max" if swap == -1 else str(max(swap - memory, 0) if swap > 0 else memory))
+        if resources.get("CpuShares"):
+            shares = resources["CpuShares"]
+            _write(os.path.join(self.dir, "cpu.weight"), str(max(1, min(10000, 1 + ((shares - 2) * 9999) // 262142))))
+        period, quota = cpu_quota(resources)
+        if quota > 0:
+            _write(os.path.join(self.dir, "cpu.max"), "%d %d" % (quota, period))
+        if (resources.get("PidsLimit") or 0) > 0:
+            _write(os.path.join(self.dir, "pids.max"), str(resources["PidsLimit"]))
+
+    def procs(self) -> List[int]:
+        try:
+            return [int(p) for p in _read(os.path.join(self.dir, "cgroup.procs")).split()]
+        except FileNotFoundError:
+            return []
+
+    def set_frozen(self, frozen: bool) -> None:
+        freeze = os.path.join(self.dir, "cgroup.freeze")
+        if not os.path.exists(freeze):
+            if frozen:
+                raise OSError(errno.ENOTSUP, "cgroup.freeze is not available")
+            return
+        _write(freeze, "1" if frozen else "0")
+        for _ in range(1000):
+            if _keyed(os.path.join(self.dir, "cgroup.events")).get("frozen") == int(frozen):
+                return
+            time.sleep(0.002)
+
+    def oom_kills(self) -> int:
+        return _keyed(os.path.join(self.dir, "memory.events")).get("oom_kill", 0)
+
+    def stats(self) -> dict:
+        cpu = _keyed(os.path.join(self.dir, "cpu.stat"))
+        return {
+            "cpu_total": cpu.get("usage_usec", 0) * 1000,
+            "cpu_user": cpu.get("user_usec", 0) * 1000,
+            "cpu_system": cpu.get("system_usec", 0) * 1000,
+            "mem_usage": _int_or_none(os.path.join(self.dir, "memory.current")) or 0,
+            "mem_limit": _int_or_none(os.path.join(self.dir, "memory.max")),
+            "mem_stats": _keyed(os.path.join(self.dir, "memory.stat")),
+            "pids_current": _int_or_none(os.path.join(self.dir, "pids.current")) or len(self.procs()),
+            "pids_limit": _int_or_none(os.path.join(self.dir, "pids.max")),
+        }
+
+
+def cpu_quota(resources: dict) -> tuple:
+    """(period, quota) in microseconds from NanoCpus or CpuQuota/CpuPeriod; quota 0 means unlimited."""
+    period = resources.get("CpuPeriod") or CPU_PERIOD
+    if resources.get("NanoCpus"):
+        return period, resources["NanoCpus"] * period // 1000000000
+    return period, resources.get("CpuQuota") or 0
+
+
+_layout: Optional[tuple] = None
+
+
+def layout() -> tuple:
+    """("v2", root) when the host has a pure cgroup2 hierarchy, else ("v1", {controller: mountpoint})."""
+    global _layout
+    if _layout is None:
+        v1: Dict[str, str] = {}
+        v2 = None
+        for mountpoint, fstype, options in _mounts():
+            if fstype == "cgroup2":
+                v2 = v2 or mountpoint
+                continue
+            for controller in V1_CONTROLLERS:
+                if controller in options:
+                    v1.setdefault(controller, mountpoint)
+        if v1:
+            _layout = ("v1", v1)
+        elif v2:
+            _layout = ("v2", v2)
+        else:
+            _layout = ("none", {})
+    return _layout
+
+
+def version() -> int:
+    kind = layout()[0]
+    return 2 if kind == "v2" else (1 if kind == "v1" else 0)
+
+
+def open_cgroup(name: str) -> Cgroup:
+    kind, where = layout()
+    if kind == "v2":
+        return CgroupV2(name, where)
+    return CgroupV1(name, where if kind == "v1" else {})

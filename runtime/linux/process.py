@@ -1,0 +1,351 @@
+"""What runs in a freshly forked process to become a container (or to join one for exec).
+
+The code runs after ``fork`` and before ``exec``: it must not start threads or import anything new (after
+pivot_root the host's Python library is out of reach), and it reports failure as one line on ``report_fd``
+(moby's wording, which the docker CLI maps to exit codes 126/127) before exiting.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from typing import List, NoReturn, Optional, Tuple
+
+from runtime.linux import syscalls as sc
+from runtime.linux.cgroups import open_cgroup
+from runtime.linux.paths import mkdir_in_root, secure_join
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+MASKED = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+          "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap")
+READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+class StartError(Exception):
+    """A failure before exec, with the exit code Docker gives it (127 not found, 126 not executable)."""
+
+    def __init__(self, message: str, code: int = 127) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def report(fd: int, kind: str, text: str = "") -> None:
+    os.write(fd, ("%s:%s\n" % (kind, text.replace("\n", " "))).encode())
+
+
+def reset_signals() -> None:
+    """Python ignores SIGPIPE and handles SIGINT; exec keeps ignored signals, so a container would inherit that."""
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def setup_stdio(stdio: Tuple[int, int, int], tty: bool) -> None:
+    os.setsid()
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    if tty:
+        sc.set_controlling_tty(0)
+
+
+def _mount_dev(rootfs: str, tty: bool) -> None:
+    dev = os.path.join(rootfs, "dev")
+    os.makedirs(dev, exist_ok=True)
+    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name, major, minor in DEVICES:
+        os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(os.path.join(dev, name), 0o666)
+    for sub in ("pts", "shm", "mqueue"):
+        os.mkdir(os.path.join(dev, sub), 0o755)
+    sc.mount("devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+             "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    sc.mount("shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+             "mode=1777,size=65536k")
+    try:
+        sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    except OSError:
+        pass  # optional: some kernels lack POSIX message queues
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):
+        os.symlink(target, os.path.join(dev, name))
+    if tty:
+        console = os.path.join(dev, "console")
+        open(console, "w").close()
+        sc.mount(os.ttyname(0), console, None, sc.MS_BIND)
+
+
+def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool = True) -> None:
+    if os.path.isdir(source):
+        host_target = mkdir_in_root(rootfs, target)
+    else:
+        mkdir_in_root(rootfs, os.path.dirname(target) or "/")
+        host_target = secure_join(rootfs, target)
+        if not os.path.lexists(host_target):
+            open(host_target, "a").close()
+    sc.mount(source, host_target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
+    if readonly:
+        sc.mount(None, host_target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+
+
+def _copy_up(source: str, rootfs: str, target: str) -> None:
+    """A new named volume starts with the image's content at its mount point, as with Docker."""
+    import shutil  # noqa: imported before pivot_root, so the host library is still reachable
+    image_dir = secure_join(rootfs, target)
+    if os.path.isdir(image_dir) and not os.listdir(source):
+        shutil.copytree(image_dir, source, symlinks=True, dirs_exist_ok=True)
+
+
+def _mask(privileged: bool) -> None:
+    if privileged:
+        return
+    for path in MASKED:
+        try:
+            if os.path.isdir(path):
+                sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
+            elif os.path.exists(path):
+                sc.mount("/dev/null", path, None, sc.MS_BIND)
+        except OSError:
+            pass
+    for path in READONLY:
+        try:
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        except OSError:
+            pass
+
+
+def prepare_root(spec: dict) -> None:
+    """Mounts the container's filesystem tree and pivots into it. Runs in the new mount namespace."""
+    rootfs = spec["rootfs"]
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    lower = ":".join(spec["lower"])
+    sc.mount("overlay", rootfs, "overlay", 0,
+             "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
+    proc = mkdir_in_root(rootfs, "/proc")
+    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    _mount_dev(rootfs, spec["tty"])
+    sys_dir = mkdir_in_root(rootfs, "/sys")
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec["privileged"] else sc.MS_RDONLY)
+    try:
+        sc.mount("sysfs", sys_dir, "sysfs", flags)
+    except OSError:  # sysfs of another network namespace cannot be mounted here: show the host's, read-only
+        sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, sys_dir, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+    for name, source in spec["etc"].items():
+        _bind(source, rootfs, "/etc/" + name, False, recursive=False)
+    for m in spec["mounts"]:
+        if m["type"] == "tmpfs":
+            target = mkdir_in_root(rootfs, m["target"])
+            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.get("options") or "mode=1777")
+            continue
+        if m.get("copy_up"):
+            _copy_up(m["source"], rootfs, m["target"])
+        _bind(m["source"], rootfs, m["target"], m["readonly"])
+    os.chdir(rootfs)
+    sc.pivot_root(".", ".")
+    sc.umount(".", sc.MNT_DETACH)
+    os.chdir("/")
+    _mask(spec["privileged"])
+    if spec.get("readonly_rootfs"):
+        sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+
+
+def _entries(path: str) -> List[List[str]]:
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+def resolve_user(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -> Tuple[int, int, List[int], str]:
+    """(uid, gid, supplementary gids, home) for ``name``, ``uid``, ``name:group`` or ``uid:gid``, read from the
+    container's own passwd and group files as Docker does."""
+    name, _, grp = (user or "0").partition(":")
+    users = _entries(passwd)
+    entry = next((e for e in users if len(e) >= 7 and (e[0] == name or e[2] == name)), None)
+    if entry is not None:
+        uid, gid, home = int(entry[2]), int(entry[3]), entry[5]
+    elif name.isdigit():
+        uid, gid, home = int(name), 0, "/"
+    else:
+        raise StartError("unable to find user %s: no matching entries in passwd file" % name, 126)
+    groups_file = _entries(group)
+    if grp:
+        match = next((g for g in groups_file if len(g) >= 3 and (g[0] == grp or g[2] == grp)), None)
+        if match is not None:
+            gid = int(match[2])
+        elif grp.isdigit():
+            gid = int(grp)
+        else:
+            raise StartError("unable to find group %s: no matching entries in group file" % grp, 126)
+    username = entry[0] if entry else None
+    extra = [int(g[2]) for g in groups_file if len(g) >= 4 and username and username in g[3].split(",")]
+    return uid, gid, sorted(set(extra + [gid])), home
+
+
+def build_env(env: List[str], home: str) -> List[str]:
+    keys = {e.partition("=")[0] for e in env}
+    out = list(env)
+    if "PATH" not in keys:
+        out.insert(0, "PATH=" + DEFAULT_PATH)
+    if "HOME" not in keys:
+        out.append("HOME=" + (home or "/"))
+    return out
+
+
+def become_user(spec: dict) -> List[str]:
+    """Applies user, capabilities and working dir; returns the environment to exec with."""
+    uid, gid, groups, home = resolve_user(spec.get("user") or "")
+    env = build_env(spec["env"], home)
+    cwd = spec.get("cwd") or "/"
+    try:
+        os.makedirs(cwd, exist_ok=True)
+    except OSError:
+        pass
+    if spec.get("caps") is not None:
+        sc.limit_capabilities(set(spec["caps"]))
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise StartError("chdir to cwd (%r) set in config.json failed: %s" % (cwd, e.strerror), 126)
+    return env
+
+
+def exec_command(args: List[str], env: List[str]) -> NoReturn:
+    environ = dict(e.partition("=")[::2] for e in env)
+    program = args[0]
+    try:
+        if "/" in program:
+            os.execve(program, args, environ)
+        os.execvpe(program, args, environ)
+    except FileNotFoundError:
+        if "/" in program:
+            raise StartError('exec: "%s": stat %s: no such file or directory' % (program, program), 127)
+        raise StartError('exec: "%s": executable file not found in $PATH' % program, 127)
+    except PermissionError:
+        raise StartError('exec: "%s": permission denied' % program, 126)
+    except OSError as e:
+        raise StartError('exec: "%s": %s' % (program, e.strerror), 126)
+    raise AssertionError("unreachable")
+
+
+def exit_code(status: int) -> int:
+    """Docker's exit code from a wait status: the code, or 128 + signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def run_init(child: int) -> NoReturn:
+    """Minimal PID 1 (``--init``): forwards signals to the command and reaps every orphan until the command ends."""
+    sc.set_process_name("init")
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(child, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:
+                signal.signal(sig, forward)
+            except (OSError, ValueError, RuntimeError):
+                pass
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            os._exit(exit_code(status))
+
+
+def start_command(spec: dict, report_fd: int) -> NoReturn:
+    """User, capabilities, then exec (behind a minimal init when asked). Failure is reported, never raised."""
+    try:
+        env = become_user(spec)
+        if spec.get("init"):
+            child = os.fork()
+            if child:
+                os.close(report_fd)  # only the command's exec may end the daemon's wait for EOF
+                run_init(child)
+        exec_command(spec["args"], env)
+    except StartError as e:
+        report(report_fd, "err", str(e))
+        os._exit(e.code)
+    except BaseException as e:  # noqa: anything else must still reach the daemon as a message
+        report(report_fd, "err", "%s: %s" % (type(e).__name__, e))
+        os._exit(126)
+
+
+def container_child(spec: dict, stdio: Tuple[int, int, int], report_fd: int, go_fd: int,
+                    netns_fd: Optional[int]) -> NoReturn:
+    """Body of the container's PID 1 before exec: namespaces, cgroup, root, then wait for the daemon's go."""
+    try:
+        reset_signals()
+        setup_stdio(stdio, spec["tty"])
+        open_cgroup(spec["cgroup"]).join(0)
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+        if spec["network"] == "new":
+            flags |= sc.CLONE_NEWNET
+        sc.unshare(flags)
+        if netns_fd is not None:
+            sc.setns(netns_fd, sc.CLONE_NEWNET)
+            os.close(netns_fd)
+        if spec["network"] == "new":
+            sc.loopback_up()
+        report(report_fd, "ns")
+        sc.sethostname(spec["hostname"])
+        prepare_root(spec)
+        if os.read(go_fd, 1) != b"g":
+            os._exit(1)
+        os.close(go_fd)
+    except StartError as e:
+        report(report_fd, "err", str(e))
+        os._exit(e.code)
+    except BaseException as e:  # noqa: report whatever broke the setup
+        report(report_fd, "err", "OCI runtime create failed: %s" % (e,))
+        os._exit(127)
+    start_command(spec, report_fd)
+
+
+def enter_child(pid: int, spec: dict, stdio: Tuple[int, int, int], report_fd: int) -> NoReturn:
+    """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
+    and waits for the command so the daemon's waitpid sees its exit code."""
+    try:
+        fds = [(os.open("/proc/%d/ns/%s" % (pid, ns), os.O_RDONLY), flag) for ns, flag in (
+            ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
+            ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]
+        root = os.open("/proc/%d/root" % pid, os.O_RDONLY | os.O_DIRECTORY)
+        open_cgroup(spec["cgroup"]).join(0)
+        for fd, flag in fds:
+            sc.setns(fd, flag)
+            os.close(fd)
+        os.fchdir(root)
+        os.chroot(".")
+        os.close(root)
+        reset_signals()
+        child = os.fork()
+        if child == 0:
+            setup_stdio(stdio, spec["tty"])
+            start_command(spec, report_fd)
+        report(report_fd, "pid", str(child))
+        for fd in stdio:
+            os.close(fd)
+        os.close(report_fd)
+        _, status = os.waitpid(child, 0)
+        os._exit(exit_code(status))
+    except BaseException as e:  # noqa: report whatever broke the join
+        report(report_fd, "err", "OCI runtime exec failed: %s" % (e,))
+        os._exit(126)
