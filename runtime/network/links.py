@@ -96,12 +96,53 @@ def enable_ip_forward() -> None:
         log.warning("cannot enable IPv4 forwarding: %s", exc)
 
 
+def _comment(tag: str) -> str:
+    return '-m comment --comment "%s:%s"' % (RULE_TAG, tag)
+
+
+def bridge_rules(bridge: str, subnet: str, internal: bool) -> Dict[str, List[str]]:
+    """Per table, the rules of one bridge (tag: the bridge name): accept bridged and return traffic, masquerade
+    what leaves; an internal network's traffic stays on its bridge."""
+    comment = _comment(bridge)
+    forward = ["-I FORWARD -i %s -o %s %s -j ACCEPT" % (bridge, bridge, comment)]
+    if internal:
+        forward += [
+            "-I FORWARD -i %s ! -o %s %s -j DROP" % (bridge, bridge, comment),
+            "-I FORWARD -o %s ! -i %s %s -j DROP" % (bridge, bridge, comment),
+        ]
+        return {"filter": forward}
+    forward += [
+        "-I FORWARD -i %s ! -o %s %s -j ACCEPT" % (bridge, bridge, comment),
+        "-I FORWARD -o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT" % (bridge, comment),
+    ]
+    return {"filter": forward, "nat": ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)]}
+
+
+def port_rules(tag: str, bridge: str, records: List[Dict[str, object]]) -> Dict[str, List[str]]:
+    """DNAT for published ports, so clients on other machines reach the container directly and keep their source
+    address. Traffic from loopback and from the bridge itself (hairpin) is left to the userland proxy, which
+    also holds the host port."""
+    comment = _comment(tag)
+    nat, forward = [], []
+    for record in records:
+        host_ip = str(record["host_ip"])
+        if ":" in host_ip or host_ip.startswith("127."):
+            continue
+        match = "-m addrtype --dst-type LOCAL" if host_ip == "0.0.0.0" else "-d %s/32" % host_ip
+        values = dict(record, match=match, bridge=bridge, comment=comment)
+        nat.append("-I PREROUTING %(match)s ! -i %(bridge)s -p %(proto)s --dport %(host_port)s %(comment)s "
+                   "-j DNAT --to-destination %(container_ip)s:%(container_port)s" % values)
+        forward.append("-I FORWARD -d %(container_ip)s/32 ! -i %(bridge)s -o %(bridge)s -p %(proto)s "
+                       "--dport %(container_port)s %(comment)s -j ACCEPT" % values)
+    return {"nat": nat, "filter": forward} if nat else {}
+
+
 class Firewall:
-    """The iptables rules of one bridge, each tagged with a comment so they can be found and removed exactly.
+    """iptables rules in groups, each rule tagged with a comment so a group can be found and removed exactly.
 
     iptables is optional: without it (or when the kernel refuses) containers still reach each other and published
     ports still work through the userland proxy; only outbound NAT is missing. Rules go in and out through
-    ``iptables-restore --noflush`` so a bridge costs two processes, not one per rule.
+    ``iptables-restore --noflush`` so a group costs two processes, not one per rule.
     """
 
     def __init__(self) -> None:
@@ -112,49 +153,28 @@ class Firewall:
     def available(self) -> bool:
         return bool(self.save and self.restore)
 
-    @staticmethod
-    def tag(bridge: str) -> str:
-        return "%s:%s" % (RULE_TAG, bridge)
+    def add(self, tag: str, rules: Dict[str, List[str]]) -> None:
+        """Installs ``rules`` unless rules with ``tag`` are there already (so a restore can call it again)."""
+        if self.available and rules and not self.current(tag):
+            self._apply(rules)
 
-    @classmethod
-    def bridge_rules(cls, bridge: str, subnet: str, internal: bool) -> Dict[str, List[str]]:
-        """Per table, the rules of one bridge: accept bridged and return traffic, masquerade what leaves."""
-        comment = '-m comment --comment "%s"' % cls.tag(bridge)
-        forward = ["-I FORWARD -i %s -o %s %s -j ACCEPT" % (bridge, bridge, comment)]
-        if internal:
-            forward += [
-                "-I FORWARD -i %s ! -o %s %s -j DROP" % (bridge, bridge, comment),
-                "-I FORWARD -o %s ! -i %s %s -j DROP" % (bridge, bridge, comment),
-            ]
-            return {"filter": forward}
-        forward += [
-            "-I FORWARD -i %s ! -o %s %s -j ACCEPT" % (bridge, bridge, comment),
-            "-I FORWARD -o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT" % (bridge, comment),
-        ]
-        return {"filter": forward, "nat": ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)]}
-
-    def add_bridge(self, bridge: str, subnet: str, internal: bool) -> None:
-        if not self.available or self.current(bridge):
-            return
-        self._apply(self.bridge_rules(bridge, subnet, internal))
-
-    def remove_bridge(self, bridge: str) -> None:
-        """Deletes every rule tagged for ``bridge``, whatever network settings created it."""
-        rules = self.current(bridge)
+    def remove(self, tag: str) -> None:
+        """Deletes every rule tagged ``tag``, whatever settings created it."""
+        rules = self.current(tag)
         self._apply({table: ["-D" + line[2:] for line in lines] for table, lines in rules.items()})
 
-    def current(self, bridge: str) -> Dict[str, List[str]]:
-        """The rules now in the kernel for ``bridge``, by table, as iptables-save prints them."""
+    def current(self, tag: str) -> Dict[str, List[str]]:
+        """The rules now in the kernel with ``tag``, by table, as iptables-save prints them."""
         if not self.available:
             return {}
         proc = subprocess.run([self.save], capture_output=True, text=True)
-        tag = self.tag(bridge)
+        token = "%s:%s" % (RULE_TAG, tag)
         found: Dict[str, List[str]] = {}
         table = ""
         for line in proc.stdout.splitlines():
             if line.startswith("*"):
                 table = line[1:]
-            elif line.startswith("-A ") and tag in line.replace('"', "").split():  # legacy iptables omits quotes
+            elif line.startswith("-A ") and token in line.replace('"', "").split():  # legacy iptables omits quotes
                 found.setdefault(table, []).append(line)
         return found
 

@@ -18,7 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
 from runtime.network import hosts, ipam
-from runtime.network.links import Firewall, delete_link, enable_ip_forward, in_netns_of, ip_batch, link_exists, log
+from runtime.network.links import (Firewall, bridge_rules, delete_link, enable_ip_forward, in_netns_of, ip_batch,
+                                   link_exists, log, port_rules)
 from runtime.network.proxy import PortProxy, bind_socket
 
 DEFAULT_SUBNET = "172.29.0.0/16"
@@ -27,6 +28,7 @@ POOL_PREFIX = 24
 PREDEFINED = ("bridge", "host", "none")
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPT_MTU = "com.docker.network.driver.mtu"
+HOST_NETWORK_CONFLICT = "container cannot be disconnected from host network or connected to host network"
 NETWORK_FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
 
 Dict_ = Dict[str, Any]
@@ -120,7 +122,8 @@ class NetworkManager:
                 return net
         matches = [net for net_id, net in networks.items() if ref and net_id.startswith(ref)]
         if len(matches) > 1:
-            raise InvalidParameter("network %s is ambiguous (%d matches found based on ID prefix)" % (ref, len(matches)))
+            raise InvalidParameter("network %s is ambiguous (%d matches found based on ID prefix)"
+                                   % (ref, len(matches)))
         if not matches:
             raise NotFound("network %s not found" % ref)
         return matches[0]
@@ -271,7 +274,7 @@ class NetworkManager:
                 raise Forbidden("endpoint with name %s already exists in network %s" % (name, net["Name"]))
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
-                raise InvalidParameter("container cannot be disconnected from host network or connected to host network")
+                raise InvalidParameter(HOST_NETWORK_CONFLICT)
             if "null" in drivers or (current and net["Driver"] == "null"):
                 raise InvalidParameter("container cannot be connected to multiple networks with one of the networks "
                                        "in private (none) mode")
@@ -335,12 +338,12 @@ class NetworkManager:
                       "link set %s up" % bridge])
         if not net["Internal"]:
             enable_ip_forward()
-        self._firewall.add_bridge(bridge, net["IPAM"]["Config"][0]["Subnet"], net["Internal"])
+        self._firewall.add(bridge, bridge_rules(bridge, net["IPAM"]["Config"][0]["Subnet"], net["Internal"]))
 
     def _drop_bridge(self, net: Dict_) -> None:
         if net.get("_bridge"):
             delete_link(net["_bridge"])
-            self._firewall.remove_bridge(net["_bridge"])
+            self._firewall.remove(net["_bridge"])
 
     def _drop_bridge_if_idle(self, net: Dict_) -> None:
         if net["Driver"] == "bridge" and not self._members(net["Id"]):
@@ -371,7 +374,7 @@ class NetworkManager:
             if net["Id"] not in current:
                 raise Forbidden("container %s is not connected to network %s" % (container_id, net["Name"]))
             if net["Driver"] == "host":
-                raise InvalidParameter("container cannot be disconnected from host network or connected to host network")
+                raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
             ep = current.pop(net["Id"])
             if ep["HostVeth"]:
@@ -399,7 +402,6 @@ class NetworkManager:
         """Drops every endpoint, lease and published port of a container (on stop, die or remove)."""
         with self._lock:
             self._unpublish(container_id)
-            self._state["ports"].pop(container_id, None)
             neighbours = self._neighbours(container_id)
             endpoints = self._state["endpoints"].pop(container_id, {})
             for nid, ep in endpoints.items():
@@ -441,8 +443,8 @@ class NetworkManager:
 
     # --- published ports ---------------------------------------------------------------------------------------
 
-    def publish(self, container_id: str, ip: str, port_bindings: Optional[Dict_], exposed: Optional[Iterable[str]] = None,
-                publish_all: bool = False) -> Dict_:
+    def publish(self, container_id: str, ip: str, port_bindings: Optional[Dict_],
+                exposed: Optional[Iterable[str]] = None, publish_all: bool = False) -> Dict_:
         """Opens the host ports of a container and returns ``NetworkSettings.Ports``.
 
         ``port_bindings`` is HostConfig.PortBindings (``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}``); an
@@ -476,6 +478,7 @@ class NetworkManager:
                 raise
             self._proxies[container_id] = opened
             self._state["ports"][container_id] = records
+            self._forward_ports(container_id)
             self._save()
         return ports
 
@@ -489,7 +492,8 @@ class NetworkManager:
                 return PortProxy(bind_socket(proto, host_ip, port), proto, container_ip, container_port)
             except OSError as exc:
                 error = exc
-        shown = "%s:%s" % (host_ip, candidates[0] if len(candidates) == 1 else "%d-%d" % (candidates[0], candidates[-1]))
+        ports = str(candidates[0]) if len(candidates) == 1 else "%d-%d" % (candidates[0], candidates[-1])
+        shown = "%s:%s" % (host_ip, ports)
         if error is not None and error.errno == 98:
             raise HostError("Bind for %s failed: port is already allocated" % shown)
         raise HostError("driver failed programming external connectivity: listen %s %s: %s"
@@ -498,13 +502,30 @@ class NetworkManager:
     def unpublish(self, container_id: str) -> None:
         """Closes a container's host ports (they are free when this returns) and forgets them."""
         with self._lock:
-            self._unpublish(container_id)
-            if self._state["ports"].pop(container_id, None) is not None:
+            if self._unpublish(container_id):
                 self._save()
 
-    def _unpublish(self, container_id: str) -> None:
+    def _unpublish(self, container_id: str) -> bool:
+        """Closes the proxies and removes the DNAT rules of a container; says whether it had published ports."""
+        self._stop_proxies(container_id)
+        if not self._state["ports"].pop(container_id, None):
+            return False
+        self._firewall.remove(_port_tag(container_id))
+        return True
+
+    def _stop_proxies(self, container_id: str) -> None:
         for proxy in self._proxies.pop(container_id, []):
             proxy.close()
+
+    def _forward_ports(self, container_id: str) -> None:
+        """DNAT rules for the ports of a container on a routed network; the proxies serve everything else."""
+        records = self._state["ports"].get(container_id) or []
+        for nid, ep in self._state["endpoints"].get(container_id, {}).items():
+            net = self._state["networks"][nid]
+            mine = [record for record in records if record["container_ip"] == ep["IPAddress"]]
+            if mine and net["Driver"] == "bridge" and not net["Internal"]:
+                tag = _port_tag(container_id)
+                self._firewall.add(tag, port_rules(tag, net["_bridge"], mine))
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -529,6 +550,7 @@ class NetworkManager:
                 else:
                     self._drop_bridge(net)
             for cid, records in self._state["ports"].items():
+                self._forward_ports(cid)
                 self._proxies[cid] = []
                 for record in records:
                     try:
@@ -545,7 +567,7 @@ class NetworkManager:
         """Stops the port proxies; containers keep their addresses and the state stays for ``restore``."""
         with self._lock:
             for cid in list(self._proxies):
-                self._unpublish(cid)
+                self._stop_proxies(cid)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
@@ -556,6 +578,10 @@ def _now() -> str:
 
 def _parse_created(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _port_tag(container_id: str) -> str:
+    return "ports-" + container_id[:12]
 
 
 def _mtu(net: Dict_) -> int:

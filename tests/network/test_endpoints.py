@@ -126,8 +126,27 @@ def test_second_network_gets_eth1_and_concurrent_connects_get_distinct_addresses
     manager.disconnect("bridge", dual.id)
     assert dual.run("ip", "route", "show", "default").stdout.split()[:3] == ["default", "via", "10.62.0.1"]
     auto = manager.connect("back", containers[1].id, containers[1].pid, name="auto")
-    assert auto["IPAddress"] == "10.62.0.128" or auto["IPAddress"].startswith("10.62.0.1")
+    assert auto["IPAddress"] == "10.62.0.129"  # the first address of the IPRange
 
     for container in containers:
         manager.release(container.id)
+    assert host.leftovers() == ([], [])
+
+
+def test_host_and_none_networks_record_membership(host: Host, manager: NetworkManager,
+                                                  spawn: Callable[[], Container]) -> None:
+    isolated = spawn()
+    settings = manager.connect("none", isolated.id, isolated.pid, name="alone", hosts_path=isolated.hosts_path)
+    assert settings["IPAddress"] == "" and settings["NetworkID"] == manager.inspect("none")["Id"]
+    assert "state UNKNOWN" in isolated.run("ip", "-o", "link", "show", "dev", "lo").stdout
+    assert isolated.run("ip", "-o", "link", "show").stdout.count("\n") == 1
+    with pytest.raises(InvalidParameter, match="private \\(none\\) mode"):
+        manager.connect("bridge", isolated.id, isolated.pid, name="alone")
+    manager.connect("host", "h" * 64, os.getpid(), name="hostly")
+    assert manager.inspect("host")["Containers"]["h" * 64]["Name"] == "hostly"
+    with pytest.raises(InvalidParameter, match="host network"):
+        manager.disconnect("host", "h" * 64)
+    manager.release("h" * 64)
+    manager.release(isolated.id)
+    assert manager.inspect("none")["Containers"] == manager.inspect("host")["Containers"] == {}
     assert host.leftovers() == ([], [])

@@ -10,7 +10,8 @@ import pytest
 from runtime.errors import HostError
 from runtime.network import NetworkManager
 from runtime.network.proxy import bind_socket
-from tests.network.conftest import REMOTE_HOST_IP, Container, Host, remote_socket, serve_echo, tcp_ask, udp_ask
+from tests.network.conftest import (REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo,
+                                    tcp_ask, udp_ask)
 
 
 def running_echo(spawn: Callable[[], Container], manager: NetworkManager) -> Tuple[Container, str]:
@@ -50,7 +51,8 @@ def test_tcp_and_udp_from_loopback_and_from_another_host(host: Host, remote: str
     assert tcp_ask(socket.socket(), ("127.0.0.1", tcp_port)) == b"HELLO from " + gateway.encode()
     assert tcp_ask(socket.socket(), ("127.0.0.1", fixed)) == b"HELLO from " + gateway.encode()
     assert udp_ask(socket.socket(type=socket.SOCK_DGRAM), ("127.0.0.1", udp_port)) == b"PING"
-    assert tcp_ask(remote_socket(remote), (REMOTE_HOST_IP, tcp_port)) == b"HELLO from " + gateway.encode()
+    # From another host the iptables DNAT path answers, and the container sees the client's own address.
+    assert tcp_ask(remote_socket(remote), (REMOTE_HOST_IP, tcp_port)) == b"HELLO from " + REMOTE_PEER_IP.encode()
     assert udp_ask(remote_socket(remote, socket.SOCK_DGRAM), (REMOTE_HOST_IP, udp_port)) == b"PING"
     with pytest.raises(ConnectionRefusedError):
         tcp_ask(remote_socket(remote), (REMOTE_HOST_IP, fixed))
@@ -101,3 +103,24 @@ def test_host_port_range_takes_the_first_free_port(host: Host, manager: NetworkM
         assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(first + 1)}]}
     manager.release(box.id)
     assert host.leftovers() == ([], [])
+
+
+def test_without_iptables_the_proxy_serves_other_hosts(host: Host, remote: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       spawn: Callable[[], Container]) -> None:
+    """A host without iptables: no DNAT and no NAT rules, yet published ports work from anywhere."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # the daemon looks for iptables once, when it starts
+    manager = NetworkManager(str(tmp_path / "net"), str(tmp_path / "exec"), bridge_name="mrtplain0")
+    monkeypatch.undo()
+    try:
+        box, address = running_echo(spawn, manager)
+        ports = manager.publish(box.id, address, {"80/tcp": [{}], "53/udp": [{}]})
+        tcp_port, udp_port = int(ports["80/tcp"][0]["HostPort"]), int(ports["53/udp"][0]["HostPort"])
+        gateway = manager.inspect("bridge")["IPAM"]["Config"][0]["Gateway"]
+        assert tcp_ask(remote_socket(remote), (REMOTE_HOST_IP, tcp_port)) == b"HELLO from " + gateway.encode()
+        assert udp_ask(remote_socket(remote, socket.SOCK_DGRAM), (REMOTE_HOST_IP, udp_port)) == b"PING"
+        assert host.leftovers()[1] == []
+        manager.release(box.id)
+        assert host.leftovers() == ([], [])
+    finally:
+        manager.close()
