@@ -16,7 +16,7 @@ MARKER = "# --- container networks (managed by the runtime) ---"
 
 
 def render_block(entries: Iterable[Tuple[str, Iterable[str]]]) -> str:
-    """``entries`` are (address, names); names already listed for an earlier address are left out there."""
+    """``entries`` are (address, names); a name repeated for the same address is left out. No entries, no block."""
     lines = [MARKER]
     seen = set()
     for address, names in entries:
@@ -24,7 +24,7 @@ def render_block(entries: Iterable[Tuple[str, Iterable[str]]]) -> str:
         seen.update((address, name) for name in fresh)
         if fresh:
             lines.append("%s\t%s" % (address, " ".join(fresh)))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if len(lines) > 1 else ""
 
 
 def write_block(path: str, block: str) -> None:

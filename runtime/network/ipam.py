@@ -10,7 +10,7 @@ import ipaddress
 from typing import Iterable, List, Optional, Set
 
 from runtime.errors import Forbidden, InvalidParameter, Unavailable
-from runtime.network.links import ip_json
+from runtime.network.links import ip_query
 
 Network = ipaddress.IPv4Network
 
@@ -40,7 +40,7 @@ def parse_address(text: str, subnet: Network, what: str) -> str:
 def host_routes() -> List[Network]:
     """Destinations the host routes already (its own LANs), which a new network must not shadow."""
     routes = []
-    for line in ip_json("-4", "route", "show", "table", "all").splitlines():
+    for line in ip_query("-4", "route", "show", "table", "all").splitlines():
         words = line.split()
         if not words or words[0] in ("default", "broadcast", "local", "unreachable", "prohibit", "blackhole"):
             continue

@@ -33,14 +33,14 @@ def ip_batch(commands: Sequence[str]) -> None:
         raise HostError("ip: %s" % (proc.stderr.strip() or "failed: %s" % "; ".join(commands)))
 
 
-def ip_json(*args: str) -> str:
+def ip_query(*args: str) -> str:
     """Output of a read-only ``ip`` query (empty when the object is gone)."""
     proc = subprocess.run(["ip", *args], capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else ""
 
 
 def link_exists(name: str) -> bool:
-    return bool(ip_json("-o", "link", "show", "dev", name))
+    return bool(ip_query("-o", "link", "show", "dev", name))
 
 
 def delete_link(name: str) -> None:

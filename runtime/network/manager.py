@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
 from runtime.network import hosts, ipam
 from runtime.network.links import (Firewall, bridge_rules, delete_link, enable_ip_forward, in_netns_of, ip_batch,
-                                   link_exists, log, port_rules)
+                                   ip_query, link_exists, log, port_rules)
 from runtime.network.proxy import PortProxy, bind_socket
 
 DEFAULT_SUBNET = "172.29.0.0/16"
@@ -341,9 +341,11 @@ class NetworkManager:
         self._firewall.add(bridge, bridge_rules(bridge, net["IPAM"]["Config"][0]["Subnet"], net["Internal"]))
 
     def _drop_bridge(self, net: Dict_) -> None:
-        if net.get("_bridge"):
-            delete_link(net["_bridge"])
-            self._firewall.remove(net["_bridge"])
+        """Removes an idle network's bridge and rules; a bridge someone else still has ports on is left alone."""
+        bridge = net.get("_bridge")
+        if bridge and not ip_query("-o", "link", "show", "master", bridge).strip():
+            delete_link(bridge)
+            self._firewall.remove(bridge)
 
     def _drop_bridge_if_idle(self, net: Dict_) -> None:
         if net["Driver"] == "bridge" and not self._members(net["Id"]):
