@@ -28,11 +28,14 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.images import archive, reference
 from runtime.images.reference import Reference
+
+if TYPE_CHECKING:
+    from runtime.images.registry import RegistryOptions
 
 InUse = Callable[[str], Union[str, bool, None]]
 ProgressFn = Callable[[dict], None]
@@ -209,8 +212,12 @@ class Image:
 class ImageStore:
     """Docker-shaped image operations over the on-disk layout described in the module docstring."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, insecure_registries: Sequence[str] = (),
+                 certs_dirs: Optional[Sequence[str]] = None) -> None:
         self.root = os.path.abspath(root)
+        self.insecure_registries = list(insecure_registries)
+        self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
+            os.path.join(os.path.dirname(self.root), "certs.d"), "/etc/docker/certs.d"]
         self.lock = threading.RLock()
         self._pins: Dict[str, int] = {}
         self._configs: Dict[str, dict] = {}
@@ -311,6 +318,14 @@ class ImageStore:
                     self._pins[chain] -= 1
                     if not self._pins[chain]:
                         del self._pins[chain]
+
+    def pin_layer(self, chain: str, pins: List[str]) -> bool:
+        """Pin an existing layer for the duration of a ``pinned`` block; False if it is not there."""
+        with self.lock:
+            if not self.has_layer(chain):
+                return False
+            self._pin(pins, chain)
+            return True
 
     def _pin(self, pins: Optional[List[str]], chain: str) -> None:
         if pins is not None:
@@ -440,6 +455,11 @@ class ImageStore:
     @staticmethod
     def normalize(ref: str) -> str:
         return reference.normalize(ref)
+
+    def tags_of_repo(self, name: str) -> List[str]:
+        """Full references of every tag of the repository ``name`` (``docker.io/library/alpine``)."""
+        with self.lock:
+            return sorted(t for t in self._index["tags"] if reference.parse(t).name == name)
 
     def _children(self, image_id: str) -> List[str]:
         return [i for i, rec in self._index["images"].items() if rec.get("parent") == image_id]
@@ -649,6 +669,7 @@ class ImageStore:
                         deleted.append({"Untagged": reference.parse(key).familiar()})
                     deleted.extend(self._delete_image(image_id, prune_parents=False, in_use=in_use))
                     changed = True
+            deleted.extend({"Deleted": chain} for chain in self._collect_layers())  # left by failed pulls
             self._save_index()
             after = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": max(0, before - after)}
@@ -740,6 +761,28 @@ class ImageStore:
                     diff_id = self.add_layer(path, parent.top_chain if parent else None, pins=pins).diff_id
             data = self.new_config(parent, diff_id, config, created_by=created_by, comment=comment, author=author)
             return self.register(data, tags=[tag] if tag else [], parent=parent.id if parent else "")
+
+    # --- registries (runtime.images.registry) ------------------------------------------------------------------
+
+    def registry_options(self) -> "RegistryOptions":
+        from runtime.images.registry import RegistryOptions
+        return RegistryOptions(self.insecure_registries, self.certs_dirs)
+
+    def pull(self, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
+             platform: Optional[str] = None) -> Iterator[dict]:
+        """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull)."""
+        from runtime.images import registry
+        return registry.pull(self, image, tag, auth, platform, self.registry_options())
+
+    def push(self, image: str, tag: Optional[str] = None, auth: Optional[dict] = None) -> Iterator[dict]:
+        """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
+        from runtime.images import registry
+        return registry.push(self, image, tag, auth, self.registry_options())
+
+    def login(self, auth: dict) -> dict:
+        """``POST /auth``: ``{"Status": "Login Succeeded", "IdentityToken": ""}`` or Unauthorized."""
+        from runtime.images import registry
+        return registry.login(auth, self.registry_options())
 
     # --- docker save / load ----------------------------------------------------------------------------------
 

@@ -1,0 +1,695 @@
+"""Registry client (distribution API v2) for pull, push and login, standard library only.
+
+Auth follows the ``WWW-Authenticate`` challenge (anonymous, Basic, or a Bearer token from the realm with pull or
+pull,push scope). Every digest is checked: manifests, the config, each compressed blob as it streams in and each
+layer's diff ID as it is unpacked. Layers download in parallel, resume from a partial file after an interruption,
+and an image is recorded only once all of its layers are in the store, so a failed pull leaves no half image.
+Plain HTTP is used only for loopback registries and those named as insecure; HTTPS verifies against the system
+CAs plus ``<certs.d>/<host>/ca.crt``, and Authorization is never sent on to a redirect's other host.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import queue
+import re
+import ssl
+import threading
+import urllib.parse
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from runtime.errors import EngineError, HostError, InvalidParameter, NotFound
+from runtime.images import reference, store as store_mod
+from runtime.images.reference import Reference
+from runtime.images.store import ImageStore
+
+MANIFEST_ACCEPT = ", ".join([store_mod.MEDIA_OCI_INDEX, store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_OCI_MANIFEST,
+                             store_mod.MEDIA_DOCKER_MANIFEST])
+INDEX_TYPES = (store_mod.MEDIA_OCI_INDEX, store_mod.MEDIA_DOCKER_LIST)
+MANIFEST_TYPES = (store_mod.MEDIA_OCI_MANIFEST, store_mod.MEDIA_DOCKER_MANIFEST)
+PARALLEL = 3
+CHUNK = 1 << 18
+TIMEOUT = 60
+MAX_MANIFEST = 4 << 20
+USER_AGENT = "docker/28.0 (machines runtime)"
+
+
+class Unauthorized(EngineError):
+    """The registry refused the credentials (Docker answers 401)."""
+
+    status = 401
+
+
+def decode_auth(header: Optional[str]) -> dict:
+    """``X-Registry-Auth``: base64url JSON (``e30=`` is ``{}``); tolerant of missing padding like moby."""
+    if not header:
+        return {}
+    try:
+        raw = base64.b64decode(header + "=" * (-len(header) % 4), altchars=b"-_", validate=True)
+        value = json.loads(raw or b"{}")
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidParameter("invalid X-Registry-Auth header") from None
+    return value if isinstance(value, dict) else {}
+
+
+def auth_for_host(config: dict, host: str) -> dict:
+    """Pick the entry for ``host`` from an ``X-Registry-Config`` map (keys may be URLs or Docker Hub's alias)."""
+    for key, value in (config or {}).items():
+        name = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
+        if name in ("index.docker.io", "registry-1.docker.io"):
+            name = "docker.io"
+        if name == host:
+            return value
+    return {}
+
+
+def _registry_error(resp_body: bytes, fallback: str) -> str:
+    """Registry JSON errors -> Docker's ``code: message`` form."""
+    try:
+        errors = json.loads(resp_body).get("errors") or []
+    except (ValueError, AttributeError):
+        errors = []
+    parts = ["%s: %s" % (str(e.get("code", "")).lower(), e.get("message", "")) for e in errors if isinstance(e, dict)]
+    return ", ".join(parts) or fallback
+
+
+def _progress_bar(current: int, total: int) -> str:
+    width = 50
+    filled = int(width * current / total) if total else 0
+    bar = "=" * max(filled - 1, 0) + (">" if filled else "") + " " * (width - filled)
+    return "[%s] %s/%s" % (bar, _human(current), _human(total))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return ("%.4g%s" % (n, unit))
+        n /= 1000.0
+    return "%.4gTB" % n
+
+
+def _message(status: str, layer_id: Optional[str] = None, **extra: object) -> dict:
+    msg: dict = {"status": status}
+    if layer_id is not None:
+        msg["progressDetail"] = extra.pop("progressDetail", {})
+        msg["id"] = layer_id
+    msg.update(extra)
+    return msg
+
+
+class RegistryOptions:
+    """Per-daemon registry settings: which hosts may use plain HTTP and where per-registry CAs live."""
+
+    def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = ()) -> None:
+        self.insecure_registries = list(insecure_registries)
+        self.certs_dirs = list(certs_dirs)
+
+    def is_insecure(self, host: str) -> bool:
+        """127.0.0.0/8 (and localhost) like Docker's default, plus opted-in hosts or CIDRs."""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]")
+        if name == "localhost" or host in self.insecure_registries or name in self.insecure_registries:
+            return True
+        try:
+            addr = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        if addr.is_loopback:
+            return True
+        for item in self.insecure_registries:
+            try:
+                if "/" in item and addr in ipaddress.ip_network(item, strict=False):
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    def ssl_context(self, host: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        for base in self.certs_dirs:
+            folder = os.path.join(base, host)
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if name.endswith(".crt") and not name.endswith(".cert"):
+                    ctx.load_verify_locations(cafile=path)
+            cert, key = os.path.join(folder, "client.cert"), os.path.join(folder, "client.key")
+            if os.path.exists(cert) and os.path.exists(key):
+                ctx.load_cert_chain(cert, key)
+        return ctx
+
+
+class Response:
+    """A finished or streaming registry response; ``close`` releases the connection."""
+
+    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, url: str) -> None:
+        self.conn = conn
+        self.resp = resp
+        self.url = url
+        self.status = resp.status
+
+    def header(self, name: str) -> str:
+        return self.resp.getheader(name) or ""
+
+    def read(self, n: int = -1) -> bytes:
+        return self.resp.read() if n < 0 else self.resp.read(n)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Session:
+    """One repository on one registry, with the credentials and token for a scope."""
+
+    def __init__(self, ref: Reference, auth: dict, options: RegistryOptions, actions: str = "pull") -> None:
+        self.ref = ref
+        self.host = ref.api_host
+        self.auth = auth or {}
+        self.options = options
+        self.scope = "repository:%s:%s" % (ref.path, actions)
+        self.scheme = "http" if options.is_insecure(self.host) else "https"
+        self.base = "%s://%s" % (self.scheme, self.host)
+        self._authorization: Optional[str] = None
+        self._lock = threading.Lock()
+
+    # --- transport --------------------------------------------------------------------------------------------
+
+    def _send(self, method: str, url: str, headers: Dict[str, str], body: object = None) -> Response:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.netloc
+        try:
+            if parts.scheme == "https":
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    host, timeout=TIMEOUT, context=self.options.ssl_context(host))
+            elif parts.scheme == "http":
+                conn = http.client.HTTPConnection(host, timeout=TIMEOUT)
+            else:
+                raise HostError("unsupported URL scheme in %s" % url)
+            path = parts.path + ("?" + parts.query if parts.query else "")
+            all_headers = {"User-Agent": USER_AGENT}
+            all_headers.update(headers)
+            conn.request(method, path or "/", body=body, headers=all_headers)  # type: ignore[arg-type]
+            return Response(conn, conn.getresponse(), url)
+        except ssl.SSLError as exc:
+            raise HostError('%s "%s": tls: %s' % (method.capitalize(), url, exc)) from None
+        except OSError as exc:
+            raise HostError('%s "%s": %s' % (method.capitalize(), url, exc)) from None
+
+    def request(self, method: str, path_or_url: str, headers: Optional[Dict[str, str]] = None,
+                body: object = None, *, redirects: int = 5) -> Response:
+        """Send with auth; answer one 401 challenge; follow redirects (dropping Authorization off-host)."""
+        url = path_or_url if "://" in path_or_url else self.base + path_or_url
+        headers = dict(headers or {})
+        for attempt in range(2):
+            sent = dict(headers)
+            if self._authorization and urllib.parse.urlsplit(url).netloc == self.host:
+                sent["Authorization"] = self._authorization
+            resp = self._send(method, url, sent, body)
+            if resp.status == 401 and attempt == 0 and not hasattr(body, "read"):
+                challenge = resp.header("WWW-Authenticate")
+                resp.read()
+                resp.close()
+                self._authenticate(challenge, url)
+                continue
+            break
+        hops = 0
+        while resp.status in (301, 302, 303, 307, 308) and hops < redirects:
+            location = urllib.parse.urljoin(url, resp.header("Location"))
+            resp.read()
+            resp.close()
+            hops += 1
+            same_host = urllib.parse.urlsplit(location).netloc == self.host
+            sent = dict(headers)
+            if same_host and self._authorization:
+                sent["Authorization"] = self._authorization
+            if resp.status == 303:
+                method, body = "GET", None
+            url = location
+            resp = self._send(method, url, sent, body)
+        if resp.status == 401:
+            text = _registry_error(resp.read(), "authentication required")
+            resp.close()
+            raise Unauthorized("%s: %s" % (self.ref.familiar_name, text) if "unauthorized" not in text
+                               else text)
+        return resp
+
+    def _authenticate(self, challenge: str, url: str) -> None:
+        scheme, _, params_text = challenge.partition(" ")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', params_text))
+        user, password = self.auth.get("username"), self.auth.get("password")
+        basic = None
+        if user and password:
+            basic = "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+        if scheme.lower() == "basic":
+            if basic is None:
+                raise Unauthorized("unauthorized: authentication required")
+            self._authorization = basic
+            return
+        if scheme.lower() != "bearer" or "realm" not in params:
+            raise Unauthorized("unauthorized: unsupported authentication challenge %r" % scheme)
+        if self.auth.get("registrytoken"):
+            self._authorization = "Bearer " + self.auth["registrytoken"]
+            return
+        query = {"scope": self.scope}
+        if params.get("service"):
+            query["service"] = params["service"]
+        token_url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
+        headers = {"Authorization": basic} if basic else {}
+        resp = self._send("GET", token_url, headers)
+        data = resp.read()
+        resp.close()
+        if resp.status != 200:
+            raise Unauthorized('Get "%s": %s' % (params["realm"], _registry_error(
+                data, "unauthorized: incorrect username or password")))
+        try:
+            token = json.loads(data)
+            self._authorization = "Bearer " + (token.get("token") or token["access_token"])
+        except (ValueError, KeyError, TypeError):
+            raise Unauthorized("invalid token response from %s" % params["realm"]) from None
+
+    def get_json_blob(self, path: str, accept: str, expected: Optional[str]) -> Tuple[dict, bytes, str, str]:
+        """GET a manifest or config; verify its digest. Returns (doc, bytes, media type, digest)."""
+        resp = self.request("GET", path, {"Accept": accept})
+        data = resp.read(MAX_MANIFEST + 1)
+        resp.close()
+        if resp.status == 404:
+            raise NotFound("manifest for %s not found: %s" % (
+                self.ref.familiar(), _registry_error(data, "manifest unknown")))
+        if resp.status != 200:
+            raise HostError("%s: %s" % (path, _registry_error(data, "HTTP %d" % resp.status)))
+        if len(data) > MAX_MANIFEST:
+            raise InvalidParameter("manifest too large")
+        digest = store_mod.sha256_bytes(data)
+        claimed = resp.header("Docker-Content-Digest")
+        if (expected and digest != expected) or (claimed and claimed.startswith("sha256:") and claimed != digest):
+            raise InvalidParameter("manifest verification failed for digest %s" % (expected or claimed))
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise InvalidParameter("invalid JSON from %s" % path) from None
+        media = doc.get("mediaType") or resp.header("Content-Type").split(";")[0]
+        return doc, data, media, digest
+
+
+# --- pull ------------------------------------------------------------------------------------------------------
+
+def _choose_platform(index: dict, wanted: Dict[str, str]) -> dict:
+    """The index entry for the wanted platform; attestation entries (unknown/unknown) never match."""
+    best = None
+    for desc in index.get("manifests") or []:
+        plat = desc.get("platform") or {}
+        if (plat.get("os"), plat.get("architecture")) != (wanted["os"], wanted["architecture"]):
+            continue
+        variant = wanted.get("variant")
+        if variant and plat.get("variant") not in (None, variant):
+            continue
+        if best is None or plat.get("variant") == variant:
+            best = desc
+    if best is None:
+        raise NotFound("no matching manifest for %s/%s in the manifest list entries"
+                       % (wanted["os"], wanted["architecture"]))
+    return best
+
+
+def parse_platform(text: Optional[str]) -> Dict[str, str]:
+    if not text:
+        return store_mod.host_platform()
+    parts = text.split("/")
+    out = {"os": parts[0], "architecture": parts[1] if len(parts) > 1 else store_mod.host_platform()["architecture"]}
+    if len(parts) > 2:
+        out["variant"] = parts[2]
+    return out
+
+
+_download_locks: Dict[str, threading.Lock] = {}
+_download_guard = threading.Lock()
+
+
+def _download_lock(key: str) -> threading.Lock:
+    with _download_guard:
+        return _download_locks.setdefault(key, threading.Lock())
+
+
+class _Puller:
+    """One pull: resolves the manifest, fetches layers in parallel threads and reports through a queue."""
+
+    def __init__(self, store: ImageStore, session: Session, events: "queue.Queue[Optional[dict]]",
+                 stop: threading.Event) -> None:
+        self.store = store
+        self.session = session
+        self.events = events
+        self.stop = stop
+        self.downloads = os.path.join(store.root, "downloads")
+        os.makedirs(self.downloads, exist_ok=True)
+
+    def fetch_blob(self, desc: dict, short: str) -> str:
+        """Download a blob to downloads/<hex>.partial (resuming), verify its digest; return the path."""
+        digest = desc["digest"]
+        total = int(desc.get("size") or 0)
+        path = os.path.join(self.downloads, os.path.basename(self.store.blob_path(digest)) + ".partial")
+        for attempt in range(3):
+            have = os.path.getsize(path) if os.path.exists(path) else 0
+            headers = {"Range": "bytes=%d-" % have} if have else {}
+            try:
+                resp = self.session.request("GET", "/v2/%s/blobs/%s" % (self.session.ref.path, digest), headers)
+            except HostError:
+                if attempt == 2:
+                    raise
+                continue
+            try:
+                if resp.status == 416 and have:
+                    resp.read()
+                elif resp.status not in (200, 206):
+                    body = resp.read()
+                    if resp.status == 404:
+                        raise NotFound("blob %s not found: %s" % (digest, _registry_error(body, "blob unknown")))
+                    raise HostError("fetching blob %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
+                else:
+                    mode = "ab" if resp.status == 206 else "wb"
+                    done = have if resp.status == 206 else 0
+                    last = 0
+                    with open(path, mode) as out:
+                        while True:
+                            if self.stop.is_set():
+                                raise HostError("pull cancelled")
+                            chunk = resp.read(CHUNK)
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                            done += len(chunk)
+                            if done - last >= CHUNK * 2 or done == total:
+                                last = done
+                                self.events.put(_message("Downloading", short, progressDetail={
+                                    "current": done, "total": total}, progress=_progress_bar(done, total)))
+            except OSError as exc:
+                if attempt == 2:
+                    raise HostError("fetching blob %s: %s" % (digest, exc)) from None
+                continue
+            finally:
+                resp.close()
+            if total and os.path.getsize(path) < total and attempt < 2:
+                continue  # connection dropped: resume from what we have
+            break
+        self.events.put(_message("Verifying Checksum", short))
+        actual, _ = store_mod.archive.file_digest(path)
+        if actual != digest:
+            os.unlink(path)
+            raise InvalidParameter("filesystem layer verification failed for digest %s" % digest)
+        self.events.put(_message("Download complete", short))
+        return path
+
+    def layer(self, desc: dict, diff_id: str, parent: Optional[str], pins: List[str]) -> None:
+        short = desc["digest"][7:19]
+        with _download_lock(self.store.root + desc["digest"]):
+            path = self.fetch_blob(desc, short)
+            self.events.put(_message("Extracting", short))
+            try:
+                self.store.add_layer(path, parent, diff_id=diff_id, blob_digest=desc["digest"], pins=pins)
+            finally:
+                if os.path.exists(path):
+                    os.unlink(path)
+        self.events.put(_message("Pull complete", short))
+
+
+def _run_parallel(tasks: List[Callable[[], None]], events: "queue.Queue[Optional[dict]]",
+                  stop: threading.Event) -> Iterator[dict]:
+    """Run tasks on PARALLEL threads, yielding their events; re-raise the first failure after all stop."""
+    pending: "queue.Queue[Callable[[], None]]" = queue.Queue()
+    for task in tasks:
+        pending.put(task)
+    errors: List[BaseException] = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                task = pending.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                task()
+            except BaseException as exc:  # handed to the caller's thread below
+                errors.append(exc)
+                stop.set()
+        events.put(None)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(PARALLEL, len(tasks)))]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    try:
+        while running:
+            item = events.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+def pull(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
+         platform: Optional[str] = None, options: Optional[RegistryOptions] = None) -> Iterator[dict]:
+    """``POST /images/create?fromImage=..&tag=..``: yields Docker's JSON progress messages.
+
+    Raises EngineError subclasses (NotFound, Unauthorized, InvalidParameter for digest failures, HostError).
+    """
+    ref = reference.join_repo_tag(image, tag)
+    session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
+    yield {"status": "Pulling from %s" % ref.path, "id": ref.tag or ref.digest}
+    doc, data, media, digest = session.get_json_blob("/v2/%s/manifests/%s" % (ref.path, ref.digest or ref.tag),
+                                                     MANIFEST_ACCEPT, ref.digest)
+    manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
+    if media in INDEX_TYPES or "manifests" in doc:
+        entry = _choose_platform(doc, parse_platform(platform))
+        doc, data, media, _ = session.get_json_blob(
+            "/v2/%s/manifests/%s" % (ref.path, entry["digest"]), MANIFEST_ACCEPT, entry["digest"])
+    if media not in MANIFEST_TYPES and "layers" not in doc:
+        raise InvalidParameter("unsupported manifest media type %s" % media)
+    config_desc = doc.get("config") or {}
+    config_bytes = _fetch_small_blob(session, config_desc["digest"])
+    config = json.loads(config_bytes)
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
+    if len(layers) != len(diff_ids):
+        raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
+    chains = store_mod.chain_ids(diff_ids)
+    tags = [ref] if ref.tag else []
+    digests = [Reference(ref.domain, ref.path, None, manifest_digest)]
+    up_to_date = store.exists(config_desc["digest"]) and all(store.has_layer(c) for c in chains)
+    events: "queue.Queue[Optional[dict]]" = queue.Queue()
+    stop = threading.Event()
+    with store.pinned() as pins:
+        tasks = []
+        for i, desc in enumerate(layers):
+            short = desc["digest"][7:19]
+            if store.pin_layer(chains[i], pins):
+                if not up_to_date:
+                    yield _message("Already exists", short)
+                continue
+            yield _message("Pulling fs layer", short)
+            puller = _Puller(store, session, events, stop)
+            tasks.append(lambda p=puller, d=desc, i=i: p.layer(d, diff_ids[i], chains[i - 1] if i else None, pins))
+        try:
+            yield from _run_parallel(tasks, events, stop)
+        finally:
+            stop.set()
+        store.register(config_bytes, tags=tags, digests=digests)
+    yield {"status": "Digest: %s" % manifest_digest}
+    shown = ref.familiar()
+    if up_to_date:
+        yield {"status": "Status: Image is up to date for %s" % shown}
+    else:
+        yield {"status": "Status: Downloaded newer image for %s" % shown}
+
+
+def _fetch_small_blob(session: Session, digest: str) -> bytes:
+    resp = session.request("GET", "/v2/%s/blobs/%s" % (session.ref.path, digest))
+    data = resp.read(MAX_MANIFEST + 1)
+    resp.close()
+    if resp.status != 200:
+        raise HostError("fetching config %s: %s" % (digest, _registry_error(data, "HTTP %d" % resp.status)))
+    if store_mod.sha256_bytes(data) != digest:
+        raise InvalidParameter("image config verification failed for digest %s" % digest)
+    return data
+
+
+# --- push ------------------------------------------------------------------------------------------------------
+
+class _ProgressReader:
+    """File wrapper for http.client uploads that reports how much has gone out."""
+
+    def __init__(self, path: str, report: Callable[[int], None]) -> None:
+        self.file = open(path, "rb")
+        self.report = report
+        self.done = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.file.read(n if n and n > 0 else CHUNK)
+        self.done += len(data)
+        self.report(self.done)
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _gzip_blob(store: ImageStore, layer: store_mod.Layer) -> Tuple[str, str, int]:
+    """A gzip blob for pushing (cached next to the layer): (path, digest, size)."""
+    if layer.meta.get("media_type") == store_mod.MEDIA_OCI_LAYER_GZIP:
+        return layer.blob_path, layer.meta["blob_digest"], int(layer.meta["blob_size"])
+    path = os.path.join(layer.path, "push.tar.gz")
+    meta_path = os.path.join(layer.path, "push.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        return path, meta["digest"], meta["size"]
+    import gzip
+    import shutil
+    tmp = path + ".%d.tmp" % threading.get_ident()
+    with store_mod.archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+            shutil.copyfileobj(src, gz, CHUNK)
+    os.replace(tmp, path)
+    digest, size = store_mod.archive.file_digest(path)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump({"digest": digest, "size": size}, f)
+    os.replace(meta_path + ".tmp", meta_path)
+    return path, digest, size
+
+
+def _upload(session: Session, path: str, digest: str, size: int, report: Callable[[int], None]) -> bool:
+    """Upload one blob unless the registry has it; True if it was already there."""
+    repo = session.ref.path
+    resp = session.request("HEAD", "/v2/%s/blobs/%s" % (repo, digest))
+    resp.close()
+    if resp.status == 200:
+        return True
+    resp = session.request("POST", "/v2/%s/blobs/uploads/" % repo, {"Content-Length": "0"}, b"")
+    body = resp.read()
+    resp.close()
+    if resp.status != 202:
+        raise HostError("starting upload of %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
+    location = urllib.parse.urljoin(session.base + "/", resp.header("Location"))
+    location += ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
+    reader = _ProgressReader(path, report)
+    try:
+        resp = session.request("PUT", location, {"Content-Type": "application/octet-stream",
+                                                 "Content-Length": str(size)}, reader)
+    finally:
+        reader.close()
+    body = resp.read()
+    resp.close()
+    if resp.status not in (201, 204):
+        raise HostError("uploading %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
+    return False
+
+
+def push(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
+         options: Optional[RegistryOptions] = None) -> Iterator[dict]:
+    """``POST /images/{name}/push``: yields Docker's push messages, ending with aux ``{Tag, Digest, Size}``."""
+    base = reference.parse(image, default_tag=False)
+    if tag:
+        refs = [reference.join_repo_tag(image, tag)]
+    elif base.tag:
+        refs = [base]
+    else:
+        refs = [reference.parse(t) for t in store.tags_of_repo(base.name)]
+        if not refs:
+            raise NotFound("An image does not exist locally with the tag: %s" % base.familiar_name)
+    yield {"status": "The push refers to repository [%s]" % base.name}
+    for ref in refs:
+        yield from _push_one(store, ref, auth or {}, options or RegistryOptions())
+
+
+def _push_one(store: ImageStore, ref: Reference, auth: dict, options: RegistryOptions) -> Iterator[dict]:
+    try:
+        img = store.resolve(str(ref))
+    except NotFound:
+        raise NotFound("An image does not exist locally with the tag: %s" % ref.familiar_name) from None
+    session = Session(ref, auth, options, "pull,push")
+    layers = img.layers()
+    events: "queue.Queue[Optional[dict]]" = queue.Queue()
+    stop = threading.Event()
+    descs: List[Optional[dict]] = [None] * len(layers)
+    for layer in reversed(layers):
+        yield _message("Preparing", layer.diff_id[7:19])
+
+    def task(i: int, layer: store_mod.Layer) -> None:
+        short = layer.diff_id[7:19]
+        path, digest, size = _gzip_blob(store, layer)
+        last = [0]
+
+        def report(done: int) -> None:
+            if done - last[0] >= CHUNK * 2 or done == size:
+                last[0] = done
+                events.put(_message("Pushing", short, progressDetail={"current": done, "total": size},
+                                    progress=_progress_bar(done, size)))
+
+        existed = _upload(session, path, digest, size, report)
+        events.put(_message("Layer already exists" if existed else "Pushed", short))
+        descs[i] = {"mediaType": store_mod.MEDIA_DOCKER_LAYER_GZIP, "size": size, "digest": digest}
+
+    yield from _run_parallel([lambda i=i, layer=layer: task(i, layer) for i, layer in enumerate(layers)],
+                             events, stop)
+    config_bytes = store.get_blob(img.id)
+    config_path = store.blob_path(img.id)
+    _upload(session, config_path, img.id, len(config_bytes), lambda _n: None)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": store_mod.MEDIA_DOCKER_MANIFEST,
+        "config": {"mediaType": store_mod.MEDIA_DOCKER_CONFIG, "size": len(config_bytes), "digest": img.id},
+        "layers": descs}, indent=3).encode()
+    resp = session.request("PUT", "/v2/%s/manifests/%s" % (ref.path, ref.tag),
+                           {"Content-Type": store_mod.MEDIA_DOCKER_MANIFEST}, manifest)
+    body = resp.read()
+    resp.close()
+    if resp.status not in (201, 202):
+        raise HostError("pushing manifest: %s" % _registry_error(body, "HTTP %d" % resp.status))
+    digest = store_mod.sha256_bytes(manifest)
+    store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
+    yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
+    yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
+
+
+# --- login -----------------------------------------------------------------------------------------------------
+
+def login(auth: dict, options: Optional[RegistryOptions] = None) -> dict:
+    """``POST /auth``: check the credentials against ``serveraddress`` (``GET /v2/``)."""
+    server = (auth.get("serveraddress") or "docker.io").strip()
+    if "://" in server:
+        server = urllib.parse.urlsplit(server).netloc
+    server = server.split("/")[0]
+    if server in ("index.docker.io", "registry-1.docker.io"):
+        server = "docker.io"
+    ref = Reference(server, "library/login" if server == "docker.io" else "login", "latest")
+    session = Session(ref, auth, options or RegistryOptions(), "pull")
+    session.scope = ""
+    url = session.base + "/v2/"
+    resp = session._send("GET", url, {})
+    resp.read()
+    resp.close()
+    if resp.status == 401:
+        challenge = resp.header("WWW-Authenticate")
+        try:
+            session._authenticate(challenge, url)
+        except Unauthorized as exc:
+            raise Unauthorized("login attempt to %s failed: %s" % (url, exc)) from None
+        resp = session._send("GET", url, {"Authorization": session._authorization or ""})
+        resp.read()
+        resp.close()
+        if resp.status != 200:
+            raise Unauthorized("login attempt to %s failed with status: %d %s"
+                               % (url, resp.status, http.client.responses.get(resp.status, "")))
+    elif resp.status != 200:
+        raise HostError("login attempt to %s failed with status: %d" % (url, resp.status))
+    return {"Status": "Login Succeeded", "IdentityToken": ""}

@@ -1,0 +1,86 @@
+"""Debian's docker-registry on loopback with a config the test owns (never the packaged one)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+CONFIG = """version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {data}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:0
+{auth}"""
+HTPASSWD_AUTH = """auth:
+  htpasswd:
+    realm: machines-test
+    path: {path}
+"""
+
+
+@dataclass
+class Registry:
+    host: str
+    data: str
+    proc: subprocess.Popen
+
+    def blob_path(self, digest: str) -> str:
+        hexpart = digest.split(":", 1)[1]
+        return os.path.join(self.data, "docker/registry/v2/blobs/sha256", hexpart[:2], hexpart, "data")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_registry(folder: str, users: Optional[dict] = None) -> Registry:
+    """Start a registry storing into ``folder``; with ``users`` ({name: password}) it requires htpasswd auth."""
+    os.makedirs(folder, exist_ok=True)
+    auth = ""
+    if users:
+        import bcrypt  # from the test venv (paramiko depends on it): the registry accepts only bcrypt lines
+
+        path = os.path.join(folder, "htpasswd")
+        with open(path, "w") as f:
+            for name, password in users.items():
+                hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4, prefix=b"2a")).decode()
+                f.write("%s:%s\n" % (name, hashed))
+        auth = HTPASSWD_AUTH.format(path=path)
+    data = os.path.join(folder, "data")
+    config = os.path.join(folder, "config.yml")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(data=data, auth=auth))
+    log_path = os.path.join(folder, "registry.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", config], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as f:
+            m = re.search(rb"listening on (127\.0\.0\.1:\d+)", f.read())
+        if m:
+            return Registry(m.group(1).decode(), data, proc)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    with open(log_path, "rb") as f:
+        raise RuntimeError("docker-registry did not start: %s" % f.read().decode(errors="replace")[-2000:])

@@ -1,0 +1,160 @@
+"""Push to and pull from a real registry (Debian's docker-registry on loopback), with digests verified."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+
+import pytest
+
+from runtime.errors import Conflict, InvalidParameter, NotFound
+from runtime.images import registry as registry_mod
+from runtime.images.registry import Unauthorized
+from tests.images.registry_fixture import start_registry
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = start_registry(str(tmp_path / "registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def auth_registry(tmp_path):
+    reg = start_registry(str(tmp_path / "auth-registry"), users={"alice": "s3cret"})
+    yield reg
+    reg.stop()
+
+
+def _layered_image(store, busybox_tar, tmp_path, tag):
+    """busybox plus one committed layer: two layers, so parallel transfer and chain IDs are exercised."""
+    base = store.resolve(store.import_tar(io.BytesIO(busybox_tar)))
+    upper = tmp_path / ("upper-" + tag.replace("/", "_").replace(":", "_"))
+    upper.mkdir()
+    (upper / "hello.txt").write_text("hello " * 5000)
+    return store.commit(str(upper), base, {"Cmd": ["cat", "/hello.txt"]}, tag)
+
+
+def _wipe(store):
+    """Remove every image (children before parents), as ``docker rmi -f $(docker images -aq)`` would."""
+    while store.list(all=True):
+        for summary in store.list(all=True):
+            try:
+                store.remove(summary["Id"], force=True)
+            except Conflict:
+                continue
+
+
+def test_push_remove_pull_round_trip(store, registry, busybox_tar, tmp_path):
+    tag = "%s/team/app:v1" % registry.host
+    image = _layered_image(store, busybox_tar, tmp_path, tag)
+    pushed = list(store.push(tag))
+    assert pushed[0] == {"status": "The push refers to repository [%s/team/app]" % registry.host}
+    statuses = [m.get("status") for m in pushed]
+    assert statuses.count("Pushed") == 2 and "Preparing" in statuses
+    aux = pushed[-1]["aux"]
+    assert aux["Tag"] == "v1" and aux["Digest"].startswith("sha256:") and aux["Size"] > 0
+    assert statuses[-2] == "v1: digest: %s size: %d" % (aux["Digest"], aux["Size"])
+    again = [m.get("status") for m in store.push(tag)]
+    assert again.count("Layer already exists") == 2
+
+    _wipe(store)
+    assert os.listdir(os.path.join(store.root, "layers")) == []
+
+    messages = list(store.pull(tag))
+    statuses = [m["status"] for m in messages]
+    assert messages[0] == {"status": "Pulling from team/app", "id": "v1"}
+    for step in ("Pulling fs layer", "Downloading", "Verifying Checksum", "Download complete", "Extracting",
+                 "Pull complete"):
+        assert step in statuses, step
+    assert statuses[-2:] == ["Digest: %s" % aux["Digest"], "Status: Downloaded newer image for %s" % tag]
+    downloading = next(m for m in messages if m["status"] == "Downloading")
+    assert set(downloading["progressDetail"]) == {"current", "total"} and len(downloading["id"]) == 12
+    pulled = store.resolve(tag)
+    assert pulled.id == image.id and pulled.repo_digests == ["%s/team/app@%s" % (registry.host, aux["Digest"])]
+    assert open(os.path.join(pulled.layer_dirs()[1], "hello.txt")).read() == "hello " * 5000
+    assert list(store.pull(tag))[-1] == {"status": "Status: Image is up to date for %s" % tag}
+    # pull by digest as well
+    by_digest = "%s/team/app@%s" % (registry.host, aux["Digest"])
+    assert list(store.pull(by_digest))[-1]["status"].startswith("Status: Image is up to date")
+
+
+def test_corrupted_blob_is_refused_and_nothing_is_left(store, registry, busybox_tar, tmp_path):
+    tag = "%s/corrupt:1" % registry.host
+    image = _layered_image(store, busybox_tar, tmp_path, tag)
+    list(store.push(tag))
+    gz_digest = json.load(open(os.path.join(image.layers()[1].path, "push.json")))["digest"]
+    blob = registry.blob_path(gz_digest)
+    data = bytearray(open(blob, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(blob, "wb").write(bytes(data))
+    _wipe(store)
+    with pytest.raises(InvalidParameter, match="filesystem layer verification failed for digest " + gz_digest):
+        list(store.pull(tag))
+    assert store.list(all=True) == []
+    store.prune()  # the good layer that arrived stays for a retry until pruned
+    assert os.listdir(os.path.join(store.root, "layers")) == []
+    # the corrupt download is gone; an interrupted good one may stay to be resumed
+    assert gz_digest[7:] + ".partial" not in os.listdir(os.path.join(store.root, "downloads"))
+
+
+def test_missing_image_is_not_found(store, registry):
+    with pytest.raises(NotFound, match="manifest for %s/nothing:latest not found" % registry.host):
+        list(store.pull("%s/nothing" % registry.host))
+
+
+def test_manifest_list_picks_host_platform_and_skips_attestations(store, registry, busybox_tar, tmp_path):
+    tag = "%s/multi:single" % registry.host
+    image = _layered_image(store, busybox_tar, tmp_path, tag)
+    aux = list(store.push(tag))[-1]["aux"]
+    session = registry_mod.Session(registry_mod.reference.parse(tag), {}, store.registry_options())
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": aux["Digest"],
+         "size": aux["Size"], "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": aux["Digest"],
+         "size": aux["Size"], "platform": registry_mod.store_mod.host_platform()}]}).encode()
+    resp = session.request("PUT", "/v2/multi/manifests/index", {
+        "Content-Type": "application/vnd.oci.image.index.v1+json"}, index)
+    resp.close()
+    assert resp.status == 201
+    _wipe(store)
+    messages = list(store.pull("%s/multi:index" % registry.host))
+    assert messages[-2]["status"] == "Digest: sha256:" + registry_mod.hashlib.sha256(index).hexdigest()
+    assert store.resolve("%s/multi:index" % registry.host).id == image.id
+    with pytest.raises(NotFound, match="no matching manifest for linux/s390x"):
+        list(store.pull("%s/multi:index" % registry.host, platform="linux/s390x"))
+
+
+def test_basic_auth_registry(store, auth_registry, busybox_tar):
+    tag = "%s/private:1" % auth_registry.host
+    store.import_tar(io.BytesIO(busybox_tar), tag)
+    good = {"username": "alice", "password": "s3cret", "serveraddress": auth_registry.host}
+    bad = dict(good, password="wrong")
+    assert store.login(good) == {"Status": "Login Succeeded", "IdentityToken": ""}
+    with pytest.raises(Unauthorized, match="login attempt to http://%s/v2/ failed with status: 401 Unauthorized"
+                       % auth_registry.host):
+        store.login(bad)
+    with pytest.raises(Unauthorized, match="unauthorized: authentication required"):
+        list(store.push(tag))
+    assert list(store.push(tag, auth=good))[-1]["aux"]["Tag"] == "1"
+    with pytest.raises(Unauthorized, match="unauthorized"):
+        list(store.pull(tag, auth=bad))
+    header = base64.urlsafe_b64encode(json.dumps(good).encode()).decode().rstrip("=")
+    assert list(store.pull(tag, auth=registry_mod.decode_auth(header)))[-1]["status"].startswith("Status:")
+
+
+def test_registry_auth_header_decoding():
+    assert registry_mod.decode_auth("e30=") == {} and registry_mod.decode_auth(None) == {}
+    with pytest.raises(InvalidParameter):
+        registry_mod.decode_auth("!!!")
+    cfg = {"https://index.docker.io/v1/": {"username": "u"}, "localhost:5000": {"username": "l"}}
+    assert registry_mod.auth_for_host(cfg, "docker.io") == {"username": "u"}
+    assert registry_mod.auth_for_host(cfg, "localhost:5000") == {"username": "l"}
+    opts = registry_mod.RegistryOptions(["10.0.0.0/8", "reg.example:5000"])
+    assert opts.is_insecure("127.0.0.1:5000") and opts.is_insecure("localhost:5000")
+    assert opts.is_insecure("10.1.2.3:5000") and opts.is_insecure("reg.example:5000")
+    assert not opts.is_insecure("registry-1.docker.io") and not opts.is_insecure("192.168.1.1:5000")
