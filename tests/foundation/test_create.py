@@ -1,0 +1,67 @@
+"""Create is a transaction: a failure or Ctrl-C half way leaves no resource and no store entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from machines.errors import CancelledError, DriverError, MachineTimeoutError
+from machines.machine import Machines
+from machines.store import STATE_CREATING
+
+from .conftest import CliResult
+
+
+def test_driver_fault_rolls_back_every_resource(store_path: Path, file_driver: Path) -> None:
+    machines = Machines(store_path)
+    with pytest.raises(DriverError, match="injected fault"):
+        machines.create("m1", "files", {"world": str(file_driver), "fail_at": "create"})
+    assert list(file_driver.iterdir()) == []
+    assert machines.store.names() == [] and not machines.store.machine_dir("m1").exists()
+
+
+def test_ctrl_c_rolls_back_and_says_so(store_path: Path, file_driver: Path) -> None:
+    machines = Machines(store_path)
+    with pytest.raises(CancelledError, match="cancelled; everything it made was removed"):
+        machines.create("m1", "files", {"world": str(file_driver), "fail_at": "interrupt"})
+    assert list(file_driver.iterdir()) == []
+    assert machines.store.names() == []
+
+
+def test_ssh_timeout_names_what_it_waited_for_and_rolls_back(store_path: Path, file_driver: Path) -> None:
+    machines = Machines(store_path)
+    with pytest.raises(MachineTimeoutError) as caught:
+        machines.create("m1", "files", {"world": str(file_driver), "ssh_port": 1}, ssh_timeout=0.5)
+    message = str(caught.value)
+    assert "127.0.0.1 port 1 as user root" in message and "Connection refused" in message
+    assert list(file_driver.iterdir()) == [] and machines.store.names() == []
+
+
+def test_keep_on_error_keeps_resources_and_rm_removes_them(
+    store_path: Path, file_driver: Path, cli: Callable[..., CliResult]
+) -> None:
+    result = cli("create", "-d", "files", "--files-world", str(file_driver), "--files-fail-at", "create",
+                 "--keep-on-error", "m1")
+    assert result.exit_status == 1
+    assert sorted(path.name for path in file_driver.iterdir()) == ["m1-0", "m1-1"]
+    record = json.loads((store_path / "machines" / "m1" / "config.json").read_text())
+    assert record["state"] == STATE_CREATING and record["ledger"] == ["file m1-0", "file m1-1"]
+
+    listing = cli("ls")
+    assert "m1" in listing.stdout and "create creating" in listing.stdout
+
+    assert cli("rm", "-y", "m1").exit_status == 0
+    assert list(file_driver.iterdir()) == [] and not (store_path / "machines" / "m1").exists()
+
+
+def test_parallel_creates_fail_independently(store_path: Path, file_driver: Path, cli: Callable[..., CliResult]) -> None:
+    result = cli("create", "-d", "files", "--files-world", str(file_driver), "--files-fail-at", "create",
+                 "--timeout-ssh", "0.5", "a", "b", "c")
+    assert result.exit_status == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: {name}: injected fault after two resources" for name in ("a", "b", "c")
+    ]
+    assert list(file_driver.iterdir()) == [] and not any((store_path / "machines").iterdir())
