@@ -2,7 +2,8 @@
 
 The server runs with moto's validation switched on so bad AMIs, key names and instance types get AWS's errors.
 Every test runs with fake credentials, no shared AWS files and the instance metadata service disabled, so nothing
-ever leaves the machine.
+ever leaves the machine. ``world`` adds a bridge with a VPC and subnet in its range and the data plane that puts
+a real SSH host behind each instance; tests connect only to those private addresses, never to moto's public ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
+
+from drivers.nshost import Bridge, NsHostError
+
+from .dataplane import DataPlane
 
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 VALIDATION = {
@@ -107,3 +112,59 @@ def cloud(moto_endpoint: str, aws_env: dict[str, str]) -> MotoCloud:
     with urllib.request.urlopen(request, timeout=30):
         pass
     return MotoCloud(moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def bridge() -> Iterator[Bridge]:
+    """A bridge of our own for this worker, on the first 10.231.N.0/24 no other interface uses."""
+    for attempt in range(64):
+        candidate = Bridge(f"maws{os.getpid() % 100000}", f"10.231.{(os.getpid() + attempt) % 256}.1/24")
+        try:
+            candidate.hold()
+        except NsHostError as error:
+            if "overlaps" in str(error):
+                continue
+            raise
+        break
+    else:
+        raise RuntimeError("no free 10.231.N.0/24 subnet for the test bridge")
+    try:
+        yield candidate
+    finally:
+        candidate.unhold()
+
+
+class World:
+    """moto plus a VPC and subnet on the test bridge, with the data plane running hosts for its instances."""
+
+    def __init__(self, cloud: MotoCloud, bridge: Bridge, plane: DataPlane, vpc_id: str, subnet_id: str) -> None:
+        self.cloud = cloud
+        self.bridge = bridge
+        self.plane = plane
+        self.vpc_id = vpc_id
+        self.subnet_id = subnet_id
+
+    def address(self, index: int) -> str:
+        """A fixed private address in the subnet (AWS reserves the first four)."""
+        return str(self.bridge.network.network_address + 10 + index)
+
+    def flags(self, index: int = 0) -> list[str]:
+        """The CLI flags that put a machine in the test subnet at its own address, reached privately as root."""
+        return [
+            "--aws-endpoint", self.cloud.endpoint, "--aws-vpc-id", self.vpc_id, "--aws-subnet-id", self.subnet_id,
+            "--aws-private-ip-address", self.address(index), "--aws-use-private-address", "--aws-ssh-user", "root",
+            "--aws-allow-cidr", str(self.bridge.network), "--aws-wait-timeout", "30",
+        ]
+
+
+@pytest.fixture
+def world(cloud: MotoCloud, bridge: Bridge, tmp_path: Path) -> Iterator[World]:
+    network = str(bridge.network)
+    vpc_id = cloud.client.create_vpc(CidrBlock=network)["Vpc"]["VpcId"]
+    subnet_id = cloud.client.create_subnet(VpcId=vpc_id, CidrBlock=network, AvailabilityZone=f"{REGION}a")[
+        "Subnet"]["SubnetId"]
+    plane = DataPlane(cloud.client, bridge, tmp_path / "hosts").start()
+    try:
+        yield World(cloud, bridge, plane, vpc_id, subnet_id)
+    finally:
+        plane.close()
