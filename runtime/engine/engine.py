@@ -27,7 +27,7 @@ from runtime.engine.status import human_status, summary_ports
 from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
 from runtime.linux import cgroups, syscalls
-from runtime.linux.process import enter_child
+from runtime.linux.process import enter_child, receive_console
 
 RESTART_BACKOFF_MAX = 1.0
 
@@ -162,6 +162,10 @@ class Engine:
         self._containers: Dict[str, Container] = {}
         self._execs: Dict[str, dict] = {}
         self._closed = False
+        self._plain_networks: Dict[str, str] = {}
+        self._trash = os.path.join(self.data_root, "trash")
+        shutil.rmtree(self._trash, ignore_errors=True)
+        os.makedirs(self._trash, exist_ok=True)
         self._restore()
 
     # --- lookup and persistence --------------------------------------------------------------------------------
@@ -455,6 +459,10 @@ class Engine:
         if kind == "container":
             return
         cfg, host = c.data["Config"], c.data["HostConfig"]
+        if kind in ("none", "host"):  # nothing to plug in (the child raised lo): skip the manager's bookkeeping
+            c.data["NetworkSettings"]["Networks"] = {kind: self._plain_endpoint(kind)}
+            c.data["NetworkSettings"]["Ports"] = {}
+            return
         endpoint = self.networks.connect(target, c.id, pid, name=c.name,
                                          aliases=c.data["_aliases"].get(target) or [],
                                          hosts_path=c.file("hosts"), hostname=cfg.get("Hostname"))
@@ -470,6 +478,13 @@ class Engine:
         if kind == "bridge":
             for key in ("IPAddress", "Gateway", "IPPrefixLen", "MacAddress", "EndpointID"):
                 settings[key] = endpoint.get(key, settings.get(key))
+
+    def _plain_endpoint(self, kind: str) -> dict:
+        if kind not in self._plain_networks:
+            self._plain_networks[kind] = self.networks.inspect(kind)["Id"]
+        return {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID":
+                self._plain_networks[kind], "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}
 
     def _release_network(self, c: Container) -> None:
         try:
@@ -795,10 +810,6 @@ class Engine:
                 c.data["HasBeenManuallyStopped"] = True
                 c.state["Restarting"] = False
             self._release_network(c)
-            try:
-                cgroups.open_cgroup("machines/" + c.id).remove()
-            except OSError:
-                pass
             for session in c.pending:
                 session.abandon()
             with self._lock:
@@ -807,7 +818,9 @@ class Engine:
                 for eid in [e for e, rec in self._execs.items() if rec["ContainerID"] == c.id]:
                     self._execs.pop(eid, None)
             archive.unmount_quietly(c.file("rootfs"))
-            shutil.rmtree(c.dir, ignore_errors=True)
+            trash = os.path.join(self._trash, c.id)
+            os.rename(c.dir, trash)
+            self._discard(c.id, trash)
             if volumes:
                 for m in c.data.get("Mounts") or []:
                     if m.get("_anonymous"):
@@ -818,6 +831,17 @@ class Engine:
             with self._lock:
                 self._cond.notify_all()
         self._emit(c, "destroy")
+
+    @staticmethod
+    def _discard(cid: str, trash: str) -> None:
+        """Deleting a cgroup (busy until the last task is reaped) and the layer dirs is slow: do it behind."""
+        def work() -> None:
+            try:
+                cgroups.open_cgroup("machines/" + cid).remove()
+            except OSError:
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
+        threading.Thread(target=work, name="discard-" + cid[:12], daemon=True).start()
 
     def prune_containers(self, filters: Optional[dict] = None) -> dict:
         deleted, reclaimed = [], 0
@@ -1032,25 +1056,18 @@ class Engine:
                      "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
         keep_open: Dict[int, int] = {}
         child_side: List[int] = []
-        stdin_fd = None
-        master = None
+        stdin_fd = master = None
+        stdio: Optional[Tuple[int, int, int]] = None
+        console = child_console = None
         if tty:
-            master, slave = os.openpty()
-            size = body.get("ConsoleSize") or [0, 0]
-            if size and all(size):
-                syscalls.set_winsize(master, int(size[0]), int(size[1]))
-            stdio = (slave, slave, slave)
-            child_side = [slave]
-            keep_open = {master: 1} if not detach else {}
-            stdin_fd = master if rec["OpenStdin"] and not detach else None
+            console, child_console = socket.socketpair()
         else:
             null = os.open(os.devnull, os.O_RDWR)
             child_side.append(null)
+            in_r = null
             if rec["OpenStdin"] and not detach:
                 in_r, stdin_fd = os.pipe()
                 child_side.append(in_r)
-            else:
-                in_r = null
             outs = []
             for kind in (1, 2):
                 if detach:
@@ -1067,16 +1084,26 @@ class Engine:
             child = os.fork()
             if child == 0:
                 try:
-                    close_fds(list(stdio) + [report_w])
-                    enter_child(pid, spec, stdio, report_w)
+                    keep = list(stdio or []) + [report_w] + ([child_console.fileno()] if child_console else [])
+                    close_fds(keep)
+                    enter_child(pid, spec, stdio, report_w, child_console)
                 finally:
                     os._exit(126)
             os.close(report_w)
             for fd in child_side:
                 os.close(fd)
-        if master is not None and detach:
-            os.close(master)
-            master = None
+        if console is not None and child_console is not None:
+            child_console.close()
+            master = receive_console(console)
+            size = body.get("ConsoleSize") or [0, 0]
+            if master is not None and size and all(size):
+                syscalls.set_winsize(master, int(size[0]), int(size[1]))
+            if master is not None and detach:
+                os.close(master)
+                master = None
+            if master is not None:
+                keep_open = {master: 1}
+                stdin_fd = master if rec["OpenStdin"] else None
         done = threading.Event()
         with os.fdopen(report_r, "rb") as report:
             lines = report.read().decode(errors="replace").splitlines()

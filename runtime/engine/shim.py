@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 from runtime.linux import syscalls as sc
 from runtime.linux.cgroups import open_cgroup
-from runtime.linux.process import container_child, exit_code
+from runtime.linux.process import container_child, exit_code, receive_console
 
 FRAME = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, CLOSE_STDIN, EXIT = 0, 1, 2, 3, 9
@@ -295,17 +295,14 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     sc.set_process_name("machines-shim")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    master = stdin_fd = None
+    master = stdin_fd = console = None
     if spec["tty"]:
-        master, slave = os.openpty()
-        height, width = spec.get("console") or (24, 80)
-        if height and width:
-            sc.set_winsize(master, height, width)
-        child_stdio = (slave, slave, slave)
-        outputs = {master: STDOUT}
-        stdin_fd = master if spec["open_stdin"] else None
-        inherited = [slave]
+        console, child_console = socket.socketpair()
+        child_stdio = None
+        outputs: Dict[int, int] = {}
+        inherited: List[int] = []
     else:
+        child_console = None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         if spec["open_stdin"]:
@@ -326,9 +323,19 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     child = os.fork()
     if child == 0:
         listener.close()
-        container_child(spec, child_stdio, report_fd, go_fd, netns_fd)
+        if console is not None:
+            console.close()
+        container_child(spec, child_stdio, report_fd, go_fd, netns_fd, child_console)
     for fd in inherited + [go_fd] + ([netns_fd] if netns_fd is not None else []):
         os.close(fd)
     os.write(report_fd, b"pid:%d\n" % child)
     os.close(report_fd)
+    if console is not None and child_console is not None:
+        child_console.close()
+        master = receive_console(console)
+        if master is not None:
+            height, width = spec.get("console") or (24, 80)
+            sc.set_winsize(master, height or 24, width or 80)
+            outputs[master] = STDOUT
+            stdin_fd = master if spec["open_stdin"] else None
     Shim(spec, stdin_fd, outputs, master, listener, child).run()

@@ -77,6 +77,9 @@ class Cgroup:
     def stats(self) -> dict: raise NotImplementedError
     def _dirs(self) -> List[str]: raise NotImplementedError
 
+    def exists(self) -> bool:
+        return any(os.path.isdir(d) for d in self._dirs())
+
     def join(self, pid: int = 0) -> None:
         """Moves ``pid`` (0: the caller) into the group in every hierarchy."""
         for procs in self.join_path():

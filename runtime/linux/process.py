@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 from typing import List, NoReturn, Optional, Tuple
 
@@ -54,6 +55,25 @@ def setup_stdio(stdio: Tuple[int, int, int], tty: bool) -> None:
         sc.set_controlling_tty(0)
 
 
+def open_console(console: socket.socket) -> Tuple[int, int, int]:
+    """A pty from the container's own devpts (so ``tty`` names it inside); the master goes to the shim/daemon."""
+    master, slave = os.openpty()
+    socket.send_fds(console, [b"m"], [master])
+    os.close(master)
+    console.close()
+    return slave, slave, slave
+
+
+def receive_console(console: socket.socket) -> Optional[int]:
+    """The master end sent by ``open_console``; None if the child died first."""
+    try:
+        _, fds, _, _ = socket.recv_fds(console, 16, 1)
+    except OSError:
+        fds = []
+    console.close()
+    return fds[0] if fds else None
+
+
 def _mount_dev(rootfs: str, tty: bool) -> None:
     dev = os.path.join(rootfs, "dev")
     os.makedirs(dev, exist_ok=True)
@@ -76,9 +96,7 @@ def _mount_dev(rootfs: str, tty: bool) -> None:
                          ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):
         os.symlink(target, os.path.join(dev, name))
     if tty:
-        console = os.path.join(dev, "console")
-        open(console, "w").close()
-        sc.mount(os.ttyname(0), console, None, sc.MS_BIND)
+        open(os.path.join(dev, "console"), "w").close()
 
 
 def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool = True) -> None:
@@ -289,12 +307,14 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
         os._exit(126)
 
 
-def container_child(spec: dict, stdio: Tuple[int, int, int], report_fd: int, go_fd: int,
-                    netns_fd: Optional[int]) -> NoReturn:
-    """Body of the container's PID 1 before exec: namespaces, cgroup, root, then wait for the daemon's go."""
+def container_child(spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd: int, go_fd: int,
+                    netns_fd: Optional[int], console: Optional[socket.socket]) -> NoReturn:
+    """Body of the container's PID 1 before exec: namespaces, cgroup, root, then wait for the daemon's go.
+    With a TTY (``stdio`` None) the pty is made inside the new root and its master sent over ``console``."""
     try:
         reset_signals()
-        setup_stdio(stdio, spec["tty"])
+        if stdio is not None:
+            setup_stdio(stdio, False)
         open_cgroup(spec["cgroup"]).join(0)
         flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if spec["network"] == "new":
@@ -308,6 +328,9 @@ def container_child(spec: dict, stdio: Tuple[int, int, int], report_fd: int, go_
         report(report_fd, "ns")
         sc.sethostname(spec["hostname"])
         prepare_root(spec)
+        if console is not None:
+            setup_stdio(open_console(console), True)
+            sc.mount(os.ttyname(0), "/dev/console", None, sc.MS_BIND)
         if os.read(go_fd, 1) != b"g":
             os._exit(1)
         os.close(go_fd)
@@ -320,7 +343,8 @@ def container_child(spec: dict, stdio: Tuple[int, int, int], report_fd: int, go_
     start_command(spec, report_fd)
 
 
-def enter_child(pid: int, spec: dict, stdio: Tuple[int, int, int], report_fd: int) -> NoReturn:
+def enter_child(pid: int, spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd: int,
+                console: Optional[socket.socket]) -> NoReturn:
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
@@ -336,12 +360,15 @@ def enter_child(pid: int, spec: dict, stdio: Tuple[int, int, int], report_fd: in
         os.chroot(".")
         os.close(root)
         reset_signals()
+        if console is not None:
+            stdio = open_console(console)
+        assert stdio is not None
         child = os.fork()
         if child == 0:
             setup_stdio(stdio, spec["tty"])
             start_command(spec, report_fd)
         report(report_fd, "pid", str(child))
-        for fd in stdio:
+        for fd in set(stdio):
             os.close(fd)
         os.close(report_fd)
         _, status = os.waitpid(child, 0)

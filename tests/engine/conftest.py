@@ -1,0 +1,132 @@
+"""Fixtures for the engine tests: a busybox image built from the host's busybox-static, and an Engine per module
+with private data and exec roots that leaves no container, mount, cgroup or process behind."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from typing import Callable, Iterator, List
+
+import pytest
+
+from runtime.engine import Engine
+from runtime.errors import EngineError
+from runtime.linux import cgroups
+
+BUSYBOX = "/bin/busybox"
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n" \
+         "app:x:1000:1000:app:/home/app:/bin/sh\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\napp:x:1000:\nextra:x:2000:app\n"
+
+
+@pytest.fixture(scope="session")
+def busybox_tar() -> bytes:
+    """A busybox root filesystem (about 2 MB) with a few users, as a tar for ImageStore.import_tar."""
+    if not os.path.exists(BUSYBOX):
+        pytest.fail("busybox-static is required (apt-get install busybox-static)")
+    root = tempfile.mkdtemp(prefix="engine-rootfs-")
+    try:
+        for sub in ("bin", "etc", "tmp", "root", "home/app"):
+            os.makedirs(os.path.join(root, sub))
+        os.chmod(os.path.join(root, "tmp"), 0o1777)
+        shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
+        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
+        with open(os.path.join(root, "etc", "passwd"), "w") as f:
+            f.write(PASSWD)
+        with open(os.path.join(root, "etc", "group"), "w") as f:
+            f.write(GROUP)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(root, arcname=".")
+        return buf.getvalue()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_discards() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("discard-"):
+            thread.join(10)
+
+
+def cleanup_engine(engine: Engine) -> None:
+    """Force-removes every container (killing its processes and shim), then checks nothing stayed behind."""
+    for summary in engine.list_containers(all=True):
+        try:
+            engine.remove(summary["Id"], force=True, volumes=True)
+        except EngineError:
+            pass
+    _wait_discards()
+    engine.close()
+
+
+def make_roots() -> tuple:
+    base = tempfile.mkdtemp(prefix="me-%d-" % os.getpid(), dir="/tmp")
+    return base, os.path.join(base, "data"), os.path.join(base, "run")
+
+
+@pytest.fixture(scope="module")
+def engine(busybox_tar: bytes) -> Iterator[Engine]:
+    base, data, run = make_roots()
+    eng = Engine(data, run)
+    eng.images.import_tar(io.BytesIO(busybox_tar), repo_tag="busybox:latest")
+    try:
+        yield eng
+    finally:
+        cleanup_engine(eng)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def run(engine: Engine) -> Iterator[Callable[..., str]]:
+    """``run(cmd, **config)`` creates and starts a busybox container (network none unless told) and returns its
+    id; every container made through it is removed after the test."""
+    made: List[str] = []
+
+    def start(cmd: List[str], host: dict = None, start: bool = True, **config: object) -> str:
+        host_config = {"NetworkMode": "none"}
+        host_config.update(host or {})
+        body = {"Image": "busybox", "Cmd": cmd, "HostConfig": host_config}
+        body.update(config)
+        cid = engine.create_container(body)["Id"]
+        made.append(cid)
+        if start:
+            engine.start(cid)
+        return cid
+
+    yield start
+    for cid in made:
+        try:
+            engine.remove(cid, force=True, volumes=True)
+        except EngineError:
+            pass
+    _wait_discards()
+    for cid in made:
+        assert not cgroups.open_cgroup("machines/" + cid).exists(), "cgroup left behind"
+
+
+def output(engine: Engine, cid: str, stdout: bool = True, stderr: bool = False) -> str:
+    return b"".join(d for _, d in engine.logs(cid, follow=False, stdout=stdout, stderr=stderr)).decode()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def read_session(session) -> bytes:  # type: ignore[no-untyped-def]
+    out = b""
+    while True:
+        chunk = session.read()
+        if chunk is None:
+            return out
+        out += chunk[1]

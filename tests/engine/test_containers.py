@@ -1,0 +1,278 @@
+"""Real containers on this machine: isolation, limits, logs, exec, TTY, volumes, lifecycle, files and events."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+import threading
+import time
+
+import pytest
+
+from runtime.errors import Conflict, InvalidParameter, NotModified
+from tests.engine.conftest import output, read_session, wait_for
+
+
+def test_container_has_its_own_pid_1_hostname_mounts_and_network(engine, run):
+    cid = run(["sh", "-c", "echo pid=$$; hostname; ls /sys/class/net; grep ' / ' /proc/mounts | cut -d' ' -f3;"
+                           "test -e /work && echo host-visible; id -u; cat /etc/hostname; ls /dev"],
+              Hostname="box1")
+    assert engine.wait(cid)["StatusCode"] == 0
+    lines = output(engine, cid).split()
+    assert lines[:4] == ["pid=1", "box1", "lo", "overlay"]
+    assert "host-visible" not in lines
+    assert lines[4:6] == ["0", "box1"]
+    assert {"null", "zero", "urandom", "pts", "shm", "ptmx"} <= set(lines[6:])
+
+
+def test_capabilities_are_docker_defaults_unless_privileged(engine, run):
+    plain = run(["sh", "-c", "grep CapEff /proc/self/status"])
+    privileged = run(["sh", "-c", "grep CapEff /proc/self/status"], host={"Privileged": True})
+    engine.wait(plain)
+    engine.wait(privileged)
+    assert output(engine, plain).split()[1] == "00000000a80425fb"
+    assert int(output(engine, privileged).split()[1], 16) > 0xa80425fb
+
+
+def test_memory_hog_is_oom_killed_and_reported(engine, run):
+    cid = run(["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"],
+              host={"Memory": 16 * 1024 * 1024, "MemorySwap": 16 * 1024 * 1024})
+    assert engine.wait(cid)["StatusCode"] == 137
+    state = engine.inspect_container(cid)["State"]
+    assert state["OOMKilled"] is True and state["Status"] == "exited"
+
+
+def test_fork_bomb_stops_at_the_pid_limit(engine, run):
+    cid = run(["sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); echo $i; done; wait"],
+              host={"PidsLimit": 12})
+    assert engine.wait(cid)["StatusCode"] != 0  # the shell gives up when fork fails
+    assert "can't fork" in output(engine, cid, stdout=False, stderr=True)
+    forked = int(output(engine, cid).split()[-1])
+    assert 5 <= forked < 12  # the shell itself is one of the 12
+
+
+def test_logs_streams_tail_timestamps_and_follow(engine, run):
+    cid = run(["sh", "-c", "echo one; echo two >&2; echo three"])
+    engine.wait(cid)
+    items = list(engine.logs(cid, follow=False, stdout=True, stderr=True))
+    assert sorted(items) == sorted([(1, b"one\n"), (2, b"two\n"), (1, b"three\n")])
+    assert list(engine.logs(cid, follow=False, stdout=True, stderr=False, tail="1")) == [(1, b"three\n")]
+    stamped = list(engine.logs(cid, follow=False, stdout=False, stderr=True, timestamps=True))
+    stamp, text = stamped[0][1].split(b" ", 1)
+    assert text == b"two\n" and stamp.endswith(b"Z") and b"T" in stamp
+    later = list(engine.logs(cid, follow=False, stdout=True, stderr=True, since=time.time() + 60))
+    assert later == []
+
+    slow = run(["sh", "-c", "echo a; sleep 0.4; echo b"])
+    started = time.monotonic()
+    followed = [d for _, d in engine.logs(slow, follow=True, stdout=True, stderr=True)]
+    assert followed == [b"a\n", b"b\n"]
+    assert time.monotonic() - started >= 0.3
+
+
+def test_exec_exit_code_env_user_tty_and_errors(engine, run):
+    cid = run(["sleep", "30"], Env=["BASE=1"])
+    eid = engine.exec_create(cid, {"Cmd": ["sh", "-c", "echo $BASE$FOO; pwd; id -u; exit 3"], "Env": ["FOO=bar"],
+                                   "WorkingDir": "/tmp", "User": "nobody", "AttachStdout": True})
+    assert engine.exec_inspect(eid)["Running"] is False
+    session = engine.exec_start(eid)
+    assert read_session(session) == b"1bar\n/tmp\n65534\n"
+    info = engine.exec_inspect(eid)
+    assert info["ExitCode"] == 3 and info["Running"] is False and info["Pid"] > 0
+
+    tty = engine.exec_create(cid, {"Cmd": ["sh", "-c", "tty; stty size"], "Tty": True, "ConsoleSize": [20, 70]})
+    text = read_session(engine.exec_start(tty, tty=True))
+    assert text.split() == [b"/dev/pts/0", b"20", b"70"]
+    assert engine.exec_inspect(tty)["ExitCode"] == 0
+
+    missing = engine.exec_create(cid, {"Cmd": ["no-such-tool"]})
+    with pytest.raises(InvalidParameter, match="executable file not found"):
+        engine.exec_start(missing)
+    assert engine.exec_inspect(missing)["ExitCode"] == 127
+
+    stdin = engine.exec_create(cid, {"Cmd": ["cat"], "AttachStdin": True})
+    session = engine.exec_start(stdin)
+    session.write(b"piped\n")
+    session.close_stdin()
+    assert read_session(session) == b"piped\n"
+
+
+def test_tty_container_with_console_size_and_stdin_attach(engine, run):
+    cid = run(["sh", "-c", "tty; stty size"], Tty=True, host={"ConsoleSize": [30, 100]})
+    engine.wait(cid)
+    assert output(engine, cid).split() == ["/dev/pts/0", "30", "100"]
+
+    cat = run(["cat"], start=False, OpenStdin=True, StdinOnce=True, AttachStdin=True)
+    session = engine.attach(cat, stdin=True, stdout=True, stderr=True)
+    session.write(b"hello\n")
+    session.close_stdin()
+    engine.start(cat)
+    assert read_session(session) == b"hello\n"
+    assert engine.wait(cat)["StatusCode"] == 0
+
+
+def test_named_volume_survives_and_ro_bind_is_read_only(engine, run):
+    name = "vol-%d" % os.getpid()
+    writer = run(["sh", "-c", "echo kept > /data/file"], host={"Binds": ["%s:/data" % name]})
+    assert engine.wait(writer)["StatusCode"] == 0
+    engine.remove(writer, volumes=True)
+    assert engine.volumes.inspect(name)["Name"] == name
+    reader = run(["cat", "/data/file"], host={"Binds": ["%s:/data" % name]})
+    engine.wait(reader)
+    assert output(engine, reader) == "kept\n"
+    engine.remove(reader)
+    engine.volumes.remove(name)
+
+    host_dir = tempfile.mkdtemp(prefix="engine-bind-")
+    try:
+        with open(os.path.join(host_dir, "seen"), "w") as f:
+            f.write("from host\n")
+        ro = run(["sh", "-c", "cat /mnt/seen; touch /mnt/new"], host={"Binds": ["%s:/mnt:ro" % host_dir]})
+        assert engine.wait(ro)["StatusCode"] == 1
+        assert output(engine, ro) == "from host\n"
+        assert "Read-only file system" in output(engine, ro, stdout=False, stderr=True)
+        assert os.listdir(host_dir) == ["seen"]
+    finally:
+        os.unlink(os.path.join(host_dir, "seen"))
+        os.rmdir(host_dir)
+
+
+def test_start_errors_use_docker_wording(engine, run):
+    cid = run(["no-such-command"], start=False)
+    with pytest.raises(InvalidParameter, match="executable file not found in \\$PATH"):
+        engine.start(cid)
+    state = engine.inspect_container(cid)["State"]
+    assert state["ExitCode"] == 127 and state["Status"] == "created"
+    denied = run(["/etc/passwd"], start=False)
+    with pytest.raises(InvalidParameter, match="permission denied"):
+        engine.start(denied)
+    assert engine.inspect_container(denied)["State"]["ExitCode"] == 126
+
+
+def test_stop_kill_pause_restart_rename(engine, run):
+    cid = run(["sleep", "30"])
+    engine.pause(cid)
+    assert engine.inspect_container(cid)["State"]["Status"] == "paused"
+    engine.unpause(cid)
+    with pytest.raises(Conflict):
+        engine.remove(cid)
+    started = time.monotonic()
+    engine.stop(cid, timeout=1)  # sleep as PID 1 ignores SIGTERM: killed after the timeout
+    assert 0.9 <= time.monotonic() - started < 5
+    assert engine.inspect_container(cid)["State"]["ExitCode"] == 137
+    with pytest.raises(NotModified):
+        engine.stop(cid)
+    engine.restart(cid, timeout=0)
+    assert engine.inspect_container(cid)["State"]["Running"] is True
+    new_name = "renamed-%d" % os.getpid()
+    engine.rename(cid, new_name)
+    assert engine.inspect_container(new_name)["Id"] == cid
+    engine.kill(cid, "SIGTERM")  # ignored by PID 1
+    time.sleep(0.2)
+    assert engine.inspect_container(cid)["State"]["Running"] is True
+    engine.kill(cid)
+    assert engine.inspect_container(cid)["State"]["ExitCode"] == 137
+
+
+def test_init_reaps_and_forwards_signals(engine, run):
+    cid = run(["sh", "-c", "cat /proc/1/comm; sleep 30"], host={"Init": True})
+    wait_for(lambda: output(engine, cid) != "", what="output")
+    assert output(engine, cid) == "init\n"
+    started = time.monotonic()
+    engine.stop(cid, timeout=10)
+    assert time.monotonic() - started < 5
+    assert engine.inspect_container(cid)["State"]["ExitCode"] == 143
+
+
+def test_restart_policies(engine, run):
+    failing = run(["sh", "-c", "exit 3"], host={"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}})
+    wait_for(lambda: engine.inspect_container(failing)["RestartCount"] == 2
+             and not engine.inspect_container(failing)["State"]["Running"]
+             and not engine.inspect_container(failing)["State"]["Restarting"], what="two restarts")
+    assert engine.inspect_container(failing)["State"]["ExitCode"] == 3
+    always = run(["sh", "-c", "sleep 0.1"], host={"RestartPolicy": {"Name": "always"}})
+    wait_for(lambda: engine.inspect_container(always)["RestartCount"] >= 2, what="always restarts")
+    try:
+        engine.stop(always, timeout=0)
+    except NotModified:  # caught between two runs: stop still cancels the pending restart
+        pass
+    wait_for(lambda: not engine.inspect_container(always)["State"]["Running"], what="stopped")
+    count = engine.inspect_container(always)["RestartCount"]
+    time.sleep(0.5)
+    assert engine.inspect_container(always)["RestartCount"] == count
+
+
+def test_wait_conditions_and_auto_remove(engine, run):
+    cid = run(["sh", "-c", "exit 4"], start=False, host={"AutoRemove": True})
+    results = {}
+    waiter = threading.Thread(target=lambda: results.update(engine.wait(cid, "removed")))
+    waiter.start()
+    engine.start(cid)
+    waiter.join(10)
+    assert results["StatusCode"] == 4
+    assert all(c["Id"] != cid for c in engine.list_containers(all=True))
+
+    later = run(["sh", "-c", "exit 5"], start=False)
+    box = {}
+    nxt = threading.Thread(target=lambda: box.update(engine.wait(later, "next-exit")))
+    nxt.start()
+    engine.start(later)
+    nxt.join(10)
+    assert box["StatusCode"] == 5
+    assert engine.wait(later, "not-running")["StatusCode"] == 5
+
+
+def test_archive_put_get_head_export_top_stats(engine, run):
+    cid = run(["sleep", "30"])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"copied in\n"
+        info = tarfile.TarInfo("dir/hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    engine.archive_put(cid, "/tmp", buf)
+    eid = engine.exec_create(cid, {"Cmd": ["cat", "/tmp/dir/hello.txt"]})
+    assert read_session(engine.exec_start(eid)) == b"copied in\n"
+    stat = engine.archive_head(cid, "/tmp/dir/hello.txt")
+    assert stat["name"] == "hello.txt" and stat["size"] == 10
+    chunks, stat = engine.archive_get(cid, "/etc/passwd")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        assert tar.getnames() == ["passwd"]
+        assert b"nobody" in tar.extractfile("passwd").read()
+    top = engine.top(cid)
+    assert any("sleep 30" in " ".join(p) for p in top["Processes"])
+    stats = engine.stats(cid)
+    assert stats["memory_stats"]["usage"] > 0 and stats["pids_stats"]["current"] >= 1
+    engine.kill(cid)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(engine.export(cid)))) as tar:
+        names = tar.getnames()
+    assert "bin/busybox" in names and "tmp/dir/hello.txt" in names
+
+
+def test_events_follow_the_lifecycle(engine, run):
+    since = time.time()
+    cid = run(["sh", "-c", "exit 2"])
+    engine.wait(cid)
+    engine.remove(cid)
+    seen = []
+    for event in engine.events(since=since, until=time.time() + 0.5, filters={"container": [cid]}):
+        seen.append((event["Action"], event["Actor"]["Attributes"].get("exitCode")))
+    assert [a for a, _ in seen] == ["create", "start", "die", "destroy"]
+    assert seen[2][1] == "2"
+
+
+def test_bad_requests_are_refused(engine, run):
+    with pytest.raises(InvalidParameter):
+        engine.create_container({"Image": "busybox", "Cmd": ["true"], "HostConfig": {"RestartPolicy": {
+            "Name": "always"}, "AutoRemove": True}})
+    with pytest.raises(InvalidParameter):
+        engine.create_container({"Image": "busybox", "Cmd": ["true"]}, name="bad name!")
+    name = "dup-%d" % os.getpid()
+    first = engine.create_container({"Image": "busybox", "Cmd": ["true"]}, name=name)["Id"]
+    try:
+        with pytest.raises(Conflict, match="already in use"):
+            engine.create_container({"Image": "busybox", "Cmd": ["true"]}, name=name)
+    finally:
+        engine.remove(first)
