@@ -1,9 +1,7 @@
-"""Host plumbing for container networking: the ``ip`` command, iptables rules and sysctls.
+"""Host plumbing for container networking: entering namespaces, iptables rules, sysctls, ``ip`` queries.
 
-We shell out to iproute2 rather than speak rtnetlink ourselves: ``ip -batch`` keeps a connect at two short
-processes, and its error text is what an operator would see typing the same command. Work inside a container's
-network namespace runs on a throwaway thread that ``setns``-es into it, because the namespace is per thread and
-child processes inherit the calling thread's, so nothing else in the daemon moves.
+Work inside a container's network namespace runs on a throwaway thread that ``setns``-es into it: the namespace is
+per thread, and sockets and child processes take the creating thread's, so nothing else in the daemon moves.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
-from typing import Callable, Dict, List, Sequence, TypeVar
+from typing import Callable, Dict, List, Optional, TypeVar
 
 from runtime.errors import HostError
 from runtime.linux.syscalls import CLONE_NEWNET, setns
@@ -24,28 +22,10 @@ T = TypeVar("T")
 RULE_TAG = "machines-net"
 
 
-def ip_batch(commands: Sequence[str]) -> None:
-    """Runs ``ip`` commands in one process; any failure becomes a HostError naming the command that failed."""
-    if not commands:
-        return
-    proc = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise HostError("ip: %s" % (proc.stderr.strip() or "failed: %s" % "; ".join(commands)))
-
-
 def ip_query(*args: str) -> str:
     """Output of a read-only ``ip`` query (empty when the object is gone)."""
     proc = subprocess.run(["ip", *args], capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else ""
-
-
-def link_exists(name: str) -> bool:
-    return bool(ip_query("-o", "link", "show", "dev", name))
-
-
-def delete_link(name: str) -> None:
-    """Deletes a link if it is still there (a veth dies with its container's namespace on its own)."""
-    subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
 
 
 def in_netns_of(pid: int, work: Callable[[], T]) -> T:
@@ -153,15 +133,19 @@ class Firewall:
     def available(self) -> bool:
         return bool(self.save and self.restore)
 
-    def add(self, tag: str, rules: Dict[str, List[str]]) -> None:
-        """Installs ``rules`` unless rules with ``tag`` are there already (so a restore can call it again)."""
-        if self.available and rules and not self.current(tag):
+    def add(self, tag: str, rules: Dict[str, List[str]], check: bool = True) -> None:
+        """Installs ``rules``; with ``check``, only if no rule with ``tag`` is there (so restore can repeat it)."""
+        if self.available and rules and not (check and self.current(tag)):
             self._apply(rules)
 
-    def remove(self, tag: str) -> None:
-        """Deletes every rule tagged ``tag``, whatever settings created it."""
-        rules = self.current(tag)
-        self._apply({table: ["-D" + line[2:] for line in lines] for table, lines in rules.items()})
+    def remove(self, tag: str, rules: Optional[Dict[str, List[str]]] = None) -> None:
+        """Deletes ``rules`` as added (one process), or, failing that or without them, every rule tagged ``tag``."""
+        if rules and self.available:
+            exact = {table: ["-D" + line[2:] for line in lines] for table, lines in rules.items()}
+            if self._apply(exact, quiet=True):
+                return
+        found = self.current(tag)
+        self._apply({table: ["-D" + line[2:] for line in lines] for table, lines in found.items()})
 
     def current(self, tag: str) -> Dict[str, List[str]]:
         """The rules now in the kernel with ``tag``, by table, as iptables-save prints them."""
@@ -178,10 +162,11 @@ class Firewall:
                 found.setdefault(table, []).append(line)
         return found
 
-    def _apply(self, rules: Dict[str, List[str]]) -> None:
+    def _apply(self, rules: Dict[str, List[str]], quiet: bool = False) -> bool:
         script = "".join("*%s\n%s\nCOMMIT\n" % (table, "\n".join(lines)) for table, lines in rules.items() if lines)
         if not script:
-            return
+            return True
         proc = subprocess.run([self.restore, "-w", "--noflush"], input=script, capture_output=True, text=True)
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not quiet:
             log.warning("iptables-restore: %s", proc.stderr.strip())
+        return proc.returncode == 0

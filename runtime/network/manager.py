@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -18,8 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
 from runtime.network import hosts, ipam
-from runtime.network.links import (Firewall, bridge_rules, delete_link, enable_ip_forward, in_netns_of, ip_batch,
-                                   ip_query, link_exists, log, port_rules)
+from runtime.network.links import Firewall, bridge_rules, enable_ip_forward, in_netns_of, ip_query, log, port_rules
+from runtime.network.netlink import RtNetlink, configure_inside, link_exists, loopback_up, move_default_route
 from runtime.network.proxy import PortProxy, bind_socket
 
 DEFAULT_SUBNET = "172.29.0.0/16"
@@ -283,7 +284,7 @@ class NetworkManager:
                   "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": "", "HostVeth": "",
                   "Interface": "", "DefaultRoute": False}
             if net["Driver"] == "null":
-                in_netns_of(pid, lambda: ip_batch(["link set lo up"]))
+                in_netns_of(pid, loopback_up)
             elif net["Driver"] == "bridge":
                 self._attach(net, ep, current, ipv4)
             self._state["endpoints"].setdefault(container_id, {})[net["Id"]] = ep
@@ -313,38 +314,37 @@ class NetworkManager:
                   MacAddress=ipam.mac_for(address), HostVeth="veth" + ep["EndpointID"][:7], Interface=interface,
                   DefaultRoute=route)
         self._ensure_bridge(net)
-        mtu = _mtu(net)
-        ip_batch(["link add %s mtu %d type veth peer name %s address %s mtu %d netns %d"
-                  % (ep["HostVeth"], mtu, interface, ep["MacAddress"], mtu, ep["Pid"]),
-                  "link set %s master %s up" % (ep["HostVeth"], net["_bridge"])])
-        inside = ["link set lo up", "addr add %s/%d dev %s" % (address, subnet.prefixlen, interface),
-                  "link set %s up" % interface]
-        if route:
-            inside.append("route add default via %s dev %s" % (config["Gateway"], interface))
+        gateway = config["Gateway"] if route else None
         try:
-            in_netns_of(ep["Pid"], lambda: ip_batch(inside))
+            with RtNetlink() as nl:
+                nl.add_veth(ep["HostVeth"], interface, ep["MacAddress"], ep["Pid"], _mtu(net),
+                            socket.if_nametoindex(net["_bridge"]))
+            in_netns_of(ep["Pid"], lambda: configure_inside(interface, address, subnet.prefixlen, gateway))
         except Exception:
-            delete_link(ep["HostVeth"])
+            _delete_link(ep["HostVeth"])
             self._drop_bridge_if_idle(net)
             raise
 
-    def _ensure_bridge(self, net: Dict_) -> None:
+    def _ensure_bridge(self, net: Dict_, reconcile: bool = False) -> None:
+        """Creates the bridge with its gateway address and rules if missing; ``reconcile`` re-checks the rules."""
         bridge = net["_bridge"]
-        if not link_exists(bridge):
-            config = net["IPAM"]["Config"][0]
-            prefix = ipam.parse_subnet(config["Subnet"]).prefixlen
-            ip_batch(["link add %s mtu %d type bridge" % (bridge, _mtu(net)),
-                      "addr add %s/%d dev %s" % (config["Gateway"], prefix, bridge),
-                      "link set %s up" % bridge])
-        if not net["Internal"]:
-            enable_ip_forward()
-        self._firewall.add(bridge, bridge_rules(bridge, net["IPAM"]["Config"][0]["Subnet"], net["Internal"]))
+        config = net["IPAM"]["Config"][0]
+        created = not link_exists(bridge)
+        if created:
+            with RtNetlink() as nl:
+                nl.add_bridge(bridge, _mtu(net))
+                nl.add_address(socket.if_nametoindex(bridge), config["Gateway"],
+                               ipam.parse_subnet(config["Subnet"]).prefixlen)
+            if not net["Internal"]:
+                enable_ip_forward()
+        if created or reconcile:
+            self._firewall.add(bridge, bridge_rules(bridge, config["Subnet"], net["Internal"]))
 
     def _drop_bridge(self, net: Dict_) -> None:
         """Removes an idle network's bridge and rules; a bridge someone else still has ports on is left alone."""
         bridge = net.get("_bridge")
         if bridge and not ip_query("-o", "link", "show", "master", bridge).strip():
-            delete_link(bridge)
+            _delete_link(bridge)
             self._firewall.remove(bridge)
 
     def _drop_bridge_if_idle(self, net: Dict_) -> None:
@@ -380,7 +380,7 @@ class NetworkManager:
             neighbours = self._neighbours(container_id)
             ep = current.pop(net["Id"])
             if ep["HostVeth"]:
-                delete_link(ep["HostVeth"])
+                _delete_link(ep["HostVeth"])
             if not current:
                 del self._state["endpoints"][container_id]
             elif ep["DefaultRoute"]:
@@ -392,9 +392,8 @@ class NetworkManager:
     def _move_default_route(self, current: Dict[str, Dict_]) -> None:
         for nid, other in current.items():
             if other["Gateway"] and not self._state["networks"][nid]["Internal"]:
-                command = "route replace default via %s dev %s" % (other["Gateway"], other["Interface"])
                 try:
-                    in_netns_of(other["Pid"], lambda: ip_batch([command]))
+                    in_netns_of(other["Pid"], lambda: move_default_route(other["Interface"], other["Gateway"]))
                     other["DefaultRoute"] = True
                 except HostError as exc:
                     log.warning("cannot move the default route: %s", exc)
@@ -408,7 +407,7 @@ class NetworkManager:
             endpoints = self._state["endpoints"].pop(container_id, {})
             for nid, ep in endpoints.items():
                 if ep["HostVeth"]:
-                    delete_link(ep["HostVeth"])
+                    _delete_link(ep["HostVeth"])
                 self._drop_bridge_if_idle(self._state["networks"][nid])
             self._save()
             self._refresh_hosts(neighbours)
@@ -480,7 +479,7 @@ class NetworkManager:
                 raise
             self._proxies[container_id] = opened
             self._state["ports"][container_id] = records
-            self._forward_ports(container_id)
+            self._firewall.add(_port_tag(container_id), self._port_rules(container_id), check=False)
             self._save()
         return ports
 
@@ -510,24 +509,27 @@ class NetworkManager:
     def _unpublish(self, container_id: str) -> bool:
         """Closes the proxies and removes the DNAT rules of a container; says whether it had published ports."""
         self._stop_proxies(container_id)
+        rules = self._port_rules(container_id)
         if not self._state["ports"].pop(container_id, None):
             return False
-        self._firewall.remove(_port_tag(container_id))
+        self._firewall.remove(_port_tag(container_id), rules)
         return True
 
     def _stop_proxies(self, container_id: str) -> None:
         for proxy in self._proxies.pop(container_id, []):
             proxy.close()
 
-    def _forward_ports(self, container_id: str) -> None:
-        """DNAT rules for the ports of a container on a routed network; the proxies serve everything else."""
+    def _port_rules(self, container_id: str) -> Dict[str, List[str]]:
+        """DNAT rules for the ports of a container on routed networks; the proxies serve everything else."""
         records = self._state["ports"].get(container_id) or []
+        rules: Dict[str, List[str]] = {}
         for nid, ep in self._state["endpoints"].get(container_id, {}).items():
             net = self._state["networks"][nid]
             mine = [record for record in records if record["container_ip"] == ep["IPAddress"]]
             if mine and net["Driver"] == "bridge" and not net["Internal"]:
-                tag = _port_tag(container_id)
-                self._firewall.add(tag, port_rules(tag, net["_bridge"], mine))
+                for table, lines in port_rules(_port_tag(container_id), net["_bridge"], mine).items():
+                    rules.setdefault(table, []).extend(lines)
+        return rules
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -548,11 +550,11 @@ class NetworkManager:
                 if net["Driver"] != "bridge":
                     continue
                 if self._members(net["Id"]):
-                    self._ensure_bridge(net)
+                    self._ensure_bridge(net, reconcile=True)
                 else:
                     self._drop_bridge(net)
             for cid, records in self._state["ports"].items():
-                self._forward_ports(cid)
+                self._firewall.add(_port_tag(cid), self._port_rules(cid))
                 self._proxies[cid] = []
                 for record in records:
                     try:
@@ -580,6 +582,11 @@ def _now() -> str:
 
 def _parse_created(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _delete_link(name: str) -> None:
+    with RtNetlink() as nl:
+        nl.delete_link(name)
 
 
 def _port_tag(container_id: str) -> str:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from runtime.errors import Forbidden, InvalidParameter
+from runtime.errors import Forbidden, HostError, InvalidParameter
 from runtime.network import NetworkManager, hosts
 from tests.network.conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
 
@@ -150,3 +150,17 @@ def test_host_and_none_networks_record_membership(host: Host, manager: NetworkMa
     manager.release(isolated.id)
     assert manager.inspect("none")["Containers"] == manager.inspect("host")["Containers"] == {}
     assert host.leftovers() == ([], [])
+
+
+def test_a_failed_connect_leaves_nothing_behind(host: Host, manager: NetworkManager,
+                                                spawn: Callable[[], Container]) -> None:
+    dead = spawn()
+    dead.proc.kill()
+    dead.proc.wait()
+    with pytest.raises(HostError, match="No such process"):
+        manager.connect("bridge", dead.id, dead.pid, name="dead", hosts_path=dead.hosts_path)
+    assert manager.inspect("bridge")["Containers"] == {} and manager.endpoints(dead.id) == {}
+    assert host.leftovers() == ([], [])
+    alive = spawn()
+    assert manager.connect("bridge", alive.id, alive.pid, name="alive")["IPAddress"] == "172.29.0.3"
+    manager.release(alive.id)
