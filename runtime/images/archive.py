@@ -159,8 +159,9 @@ def _clean_name(name: str, what: str) -> List[str]:
 class _Extractor:
     """One layer extraction into ``root`` (a fresh directory)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, whiteouts: bool = True) -> None:
         self.root = root
+        self.whiteouts = whiteouts
         self.dir_times: List[Tuple[str, int]] = []
         self.size = 0
 
@@ -220,7 +221,7 @@ class _Extractor:
             return  # the "./" entry: the layer root itself
         parent = self._parent(parts, m.name)
         base = parts[-1]
-        if base.startswith(WHITEOUT_PREFIX):
+        if self.whiteouts and base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parent, base, m.name)
             return
         path = os.path.join(parent, base)
@@ -298,6 +299,22 @@ def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
     reader.drain()
     ex.finish()
     return reader.digest, ex.size, reader.count
+
+
+def extract_tree(stream: IO[bytes], dest: str) -> None:
+    """Safely unpack a (possibly compressed) plain tar into ``dest``: build contexts and ``ADD x.tar``.
+
+    Same refusals as layers, but ``.wh.`` names are ordinary files here.
+    """
+    os.makedirs(dest, exist_ok=True)
+    ex = _Extractor(dest, whiteouts=False)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[arg-type]
+            for m in tar:
+                ex.member(tar, m)
+    except tarfile.TarError as exc:
+        raise LayerRefused("invalid tar: %s" % exc) from None
+    ex.finish()
 
 
 # --- tars from overlay upper dirs ----------------------------------------------------------------------------

@@ -536,8 +536,9 @@ class _ProgressReader:
 
     def read(self, n: int = -1) -> bytes:
         data = self.file.read(n if n and n > 0 else CHUNK)
-        self.done += len(data)
-        self.report(self.done)
+        if data:
+            self.done += len(data)
+            self.report(self.done)
         return data
 
     def close(self) -> None:

@@ -1,0 +1,660 @@
+"""The classic builder (``POST /build``): a Dockerfile and a tar context in, Docker's JSON stream out.
+
+Every instruction makes an image (a layer for RUN/COPY/ADD/WORKDIR, config only otherwise) whose parent is the
+previous step, so the layer cache can be Docker's: a step is reused when a child of the same parent was made by
+the same instruction (and, for COPY/ADD, the same content). RUN needs containers, which belong to the engine:
+the builder talks to it through the small ``StepRunner`` protocol below, which the API layer wires to the Engine.
+
+StepRunner protocol (duck-typed)::
+
+    runner.run_build_step(image_id: str, argv: list[str], config: dict) -> step
+        Create and start a container from ``image_id`` running exactly ``argv`` (no image Entrypoint/Cmd), with
+        ``config["Env"]`` (list of "K=V"), ``config["WorkingDir"]``, ``config["User"]`` and the default network.
+    step.id: str                       container ID (shown as "Running in <12hex>")
+    step.output() -> Iterator[bytes]   stdout and stderr as they come, until the process exits
+    step.wait() -> int                 the exit code (called after output() is exhausted)
+    step.upper_dir: str                the container's overlay upper dir, read after wait()
+    step.remove() -> None              remove the container (called after the commit, also on failure)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from runtime.errors import EngineError, InvalidParameter, NotFound
+from runtime.images import archive, dockerfile, reference
+from runtime.images.dockerfile import Instruction
+from runtime.images.store import Image, ImageStore
+
+NOP = "/bin/sh -c #(nop) "
+CACHE_FILE = "build-cache.json"
+
+
+class BuildFailed(EngineError):
+    """A RUN step exited non-zero; ``code`` is its exit status (sent in ``errorDetail.code``)."""
+
+    status = 400
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _stream(text: str) -> dict:
+    return {"stream": text}
+
+
+# --- .dockerignore ------------------------------------------------------------------------------------------------
+
+def _ignore_regex(pattern: str) -> "re.Pattern[str]":
+    """Go filepath.Match plus ``**``, as the docker CLI's patternmatcher."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if i < len(pattern) and pattern[i] == "/":
+                out = out[:-2] + "(?:.*/)?"
+                i += 1
+            continue
+        out += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
+        i += 1
+    return re.compile("^" + out + "(?:/.*)?$")
+
+
+def read_dockerignore(context: str) -> List[Tuple[bool, "re.Pattern[str]"]]:
+    path = os.path.join(context, ".dockerignore")
+    rules: List[Tuple[bool, "re.Pattern[str]"]] = []
+    if not os.path.isfile(path):
+        return rules
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            pattern = posixpath.normpath(line[1:].strip() if negate else line).lstrip("/")
+            rules.append((negate, _ignore_regex(pattern)))
+    return rules
+
+
+def apply_dockerignore(context: str, keep: Sequence[str]) -> None:
+    """Delete ignored files from the unpacked context (last matching rule wins; Dockerfile is always kept)."""
+    rules = read_dockerignore(context)
+    if not rules:
+        return
+    for dirpath, dirnames, filenames in os.walk(context, topdown=True):
+        for name in list(dirnames) + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), context)
+            if rel in keep:
+                continue
+            ignored = False
+            for negate, regex in rules:
+                if regex.match(rel):
+                    ignored = not negate
+            if not ignored:
+                continue
+            path = os.path.join(dirpath, name)
+            if name in dirnames and not any(neg for neg, _ in rules):
+                shutil.rmtree(path)
+                dirnames.remove(name)
+            elif name not in dirnames:
+                os.unlink(path)
+
+
+# --- reading files from an image (COPY --from) ------------------------------------------------------------------
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, archive.OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+class ImageView:
+    """Read-only merged view of an image's layers (what overlayfs would show), without mounting anything."""
+
+    def __init__(self, layer_dirs: List[str]) -> None:
+        self.top_first = list(reversed(layer_dirs))
+
+    def lstat(self, rel: str) -> Optional[Tuple[str, os.stat_result]]:
+        """(real path, stat) of ``rel`` in the topmost layer that has it; None if absent or whited out."""
+        parts = [p for p in rel.split("/") if p]
+        for layer in self.top_first:
+            path = os.path.join(layer, *parts)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                if any(_opaque(os.path.join(layer, *parts[:n])) for n in range(1, len(parts))):
+                    return None
+                continue
+            return None if _is_whiteout(st) else (path, st)
+        return None
+
+    def listdir(self, rel: str) -> List[str]:
+        parts = [p for p in rel.split("/") if p]
+        names: Dict[str, bool] = {}
+        for layer in self.top_first:
+            path = os.path.join(layer, *parts)
+            if not os.path.isdir(path) or os.path.islink(path):
+                continue
+            for name in os.listdir(path):
+                if name not in names:
+                    names[name] = not _is_whiteout(os.lstat(os.path.join(path, name)))
+            if _opaque(path):
+                break
+        return sorted(n for n, present in names.items() if present)
+
+    def resolve(self, rel: str, depth: int = 0) -> str:
+        """Follow symlinks inside the image (scoped to its root) to the final relative path."""
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        out: List[str] = []
+        for i, part in enumerate(parts):
+            if part == "..":
+                if out:
+                    out.pop()
+                continue
+            out.append(part)
+            found = self.lstat("/".join(out))
+            if found and stat.S_ISLNK(found[1].st_mode):
+                if depth > 40:
+                    raise InvalidParameter("too many levels of symbolic links: %s" % rel)
+                target = os.readlink(found[0])
+                base = "" if target.startswith("/") else "/".join(out[:-1])
+                return self.resolve(posixpath.join(base, target, *parts[i + 1:]), depth + 1)
+        return "/".join(out)
+
+
+# --- the build ---------------------------------------------------------------------------------------------------
+
+class _Stage:
+    def __init__(self, name: Optional[str], image: Optional[Image], config: dict) -> None:
+        self.name = name
+        self.image = image
+        self.config = config
+        self.cmd_set = False
+        self.args: Dict[str, str] = {}
+        self.global_args: Dict[str, str] = {}
+
+
+class Builder:
+    """One ``docker build`` run; ``run()`` yields the JSON stream (errors in-band, as Docker sends them)."""
+
+    def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
+                 tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
+                 labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
+                 runner: Any = None, registry_config: Optional[dict] = None, quiet: bool = False) -> None:
+        self.store = store
+        self.context_stream = context
+        self.dockerfile_path = dockerfile_path or "Dockerfile"
+        self.tags = [reference.parse(t) for t in tags]
+        self.build_args = dict(build_args or {})
+        self.labels = dict(labels or {})
+        self.target = target.lower() if target else None
+        self.nocache = nocache
+        self.runner = runner
+        self.registry_config = registry_config or {}
+        self.quiet = quiet
+        self.context = ""
+        self.stages: List[_Stage] = []
+
+    # --- entry point --------------------------------------------------------------------------------------
+
+    def run(self) -> Iterator[dict]:
+        work = self.store.tmpdir()
+        try:
+            self.context = os.path.join(work, "context")
+            archive.extract_tree(self.context_stream, self.context)
+            yield from self._build()
+        except BuildFailed as exc:
+            yield {"errorDetail": {"code": exc.code, "message": str(exc)}, "error": str(exc)}
+        except EngineError as exc:
+            yield {"errorDetail": {"message": str(exc)}, "error": str(exc)}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _read_dockerfile(self) -> List[Instruction]:
+        rel = posixpath.normpath(self.dockerfile_path)
+        if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
+            raise InvalidParameter("forbidden path outside the build context: %s" % self.dockerfile_path)
+        path = os.path.join(self.context, rel)
+        if not os.path.isfile(path) or not os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
+            raise InvalidParameter("Cannot locate specified Dockerfile: %s" % self.dockerfile_path)
+        apply_dockerignore(self.context, keep=[rel, ".dockerignore"])
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return dockerfile.parse(f.read())
+
+    def _plan(self, instructions: List[Instruction]) -> Tuple[List[Instruction], List[Instruction]]:
+        """Global ARGs, then the instructions up to the end of the target stage."""
+        first_from = next((i for i, ins in enumerate(instructions) if ins.cmd == "FROM"), None)
+        if first_from is None:
+            raise InvalidParameter("no build stage in current context")
+        head = instructions[:first_from]
+        for ins in head:
+            if ins.cmd != "ARG":
+                raise InvalidParameter("%s not allowed before FROM" % ins.cmd)
+        body = instructions[first_from:]
+        if self.target is None:
+            return head, body
+        names = [dockerfile.stage_name(ins, {})[1] if ins.cmd == "FROM" else None for ins in body]
+        if self.target not in names:
+            raise InvalidParameter("failed to reach build target %s in Dockerfile" % self.target)
+        start = names.index(self.target)
+        end = next((i for i in range(start + 1, len(body)) if body[i].cmd == "FROM"), len(body))
+        return head, body[:end]
+
+    def _build(self) -> Iterator[dict]:
+        head, body = self._plan(self._read_dockerfile())
+        total = len(head) + len(body)
+        global_args: Dict[str, str] = {}
+        step = 0
+        for ins in head:
+            step += 1
+            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            for key, default in dockerfile.key_values(ins, global_args):
+                value = self.build_args.get(key)
+                global_args[key] = value if value is not None else default
+        stage: Optional[_Stage] = None
+        for ins in body:
+            step += 1
+            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            if ins.cmd == "FROM":
+                stage = yield from self._from(ins, global_args)
+                self.stages.append(stage)
+            else:
+                assert stage is not None
+                yield from self._step(stage, ins)
+            if stage is not None and stage.image is not None:
+                yield _stream(" ---> %s\n" % stage.image.id[7:19])
+        assert stage is not None
+        if self.labels:
+            labels = dict(stage.config.get("Labels") or {})
+            labels.update(self.labels)
+            stage.config["Labels"] = labels
+            stage.image = self._commit(stage, None, "LABEL " + " ".join(
+                "%s=%s" % kv for kv in sorted(self.labels.items())))
+        if stage.image is None:
+            raise InvalidParameter("No image was generated. Is your Dockerfile empty?")
+        image = stage.image
+        yield {"aux": {"ID": image.id}}
+        yield _stream("Successfully built %s\n" % image.id[7:19])
+        for ref in self.tags:
+            self.store.tag(image.id, ref.name, ref.tag)
+            yield _stream("Successfully tagged %s\n" % ref.familiar())
+
+    # --- FROM ---------------------------------------------------------------------------------------------
+
+    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Iterator[dict]:
+        name, alias = dockerfile.stage_name(ins, global_args)
+        previous = self._stage_by_name(name)
+        if previous is not None:
+            image: Optional[Image] = previous.image
+        elif name == "scratch":
+            image = None
+        else:
+            image = yield from self._base_image(name)
+        config = dict(image.container_config) if image is not None else {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+        stage = _Stage(alias, image, config)
+        stage.global_args = global_args
+        for trigger in config.pop("OnBuild", None) or []:
+            yield _stream("# Executing 1 build trigger\n")
+            yield from self._step(stage, dockerfile.parse_line(trigger))
+        return stage
+
+    def _stage_by_name(self, name: str) -> Optional[_Stage]:
+        for n, stage in enumerate(self.stages):
+            if stage.name == name.lower() or name == str(n):
+                return stage
+        return None
+
+    def _base_image(self, name: str) -> Iterator[dict]:
+        try:
+            return self.store.resolve(name)
+        except NotFound:
+            pass
+        from runtime.images.registry import auth_for_host
+
+        ref = reference.parse(name)
+        for message in self.store.pull(str(ref), auth=auth_for_host(self.registry_config, ref.domain)):
+            if "status" in message and "id" not in message:
+                yield {"status": message["status"]}
+        return self.store.resolve(str(ref))
+
+    # --- other instructions -----------------------------------------------------------------------------
+
+    def _env(self, stage: _Stage) -> Dict[str, str]:
+        """Variables for ``$VAR`` expansion: build args, overridden by ENV."""
+        env = dict(stage.args)
+        env.update(dockerfile.env_dict(stage.config))
+        return env
+
+    def _step(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
+        if ins.cmd == "RUN":
+            yield from self._run(stage, ins)
+            return
+        if ins.cmd in ("COPY", "ADD"):
+            yield from self._copy(stage, ins)
+            return
+        author = ""
+        if ins.cmd == "ARG":
+            for key, default in dockerfile.key_values(ins, self._env(stage)):
+                value = self.build_args.get(key)
+                if value is None:
+                    value = default or stage.global_args.get(key, "")
+                stage.args[key] = value
+        elif ins.cmd == "MAINTAINER":
+            author = ins.args[0]
+        else:
+            if ins.cmd == "CMD":
+                stage.cmd_set = True
+            if ins.cmd == "ENTRYPOINT" and not stage.cmd_set:
+                stage.config["Cmd"] = None
+            dockerfile.apply_config(stage.config, ins, self._env(stage))
+        with self.store.workdir() as work:
+            upper = self._workdir_layer(stage, work) if ins.cmd == "WORKDIR" else None
+            yield from self._cached_or_commit(stage, upper, NOP + ins.original, author=author)
+
+    def _cache_key(self, stage: _Stage, created_by: str, extra: str) -> str:
+        parent = stage.image.id if stage.image is not None else "scratch"
+        blob = json.dumps([parent, created_by, extra, stage.config], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _cache_lookup(self, key: str) -> Optional[Image]:
+        if self.nocache:
+            return None
+        try:
+            with open(os.path.join(self.store.root, CACHE_FILE)) as f:
+                image_id = json.load(f).get(key)
+        except (FileNotFoundError, ValueError):
+            return None
+        if image_id and self.store.exists(image_id):
+            return self.store.resolve(image_id)
+        return None
+
+    def _cache_record(self, key: str, image: Image) -> None:
+        path = os.path.join(self.store.root, CACHE_FILE)
+        with self.store.lock:
+            try:
+                with open(path) as f:
+                    cache = json.load(f)
+            except (FileNotFoundError, ValueError):
+                cache = {}
+            cache[key] = image.id
+            self.store._write_atomic(path, json.dumps(cache).encode())
+
+    def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
+        return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
+
+    def _cached_or_commit(self, stage: _Stage, upper: Optional[str], created_by: str, extra: str = "",
+                          author: str = "") -> Iterator[dict]:
+        """Reuse the image an identical step made before (``Using cache``), or commit a new one."""
+        key = self._cache_key(stage, created_by, extra)
+        cached = self._cache_lookup(key)
+        if cached is not None:
+            yield _stream(" ---> Using cache\n")
+            stage.image = cached
+            return
+        stage.image = self._commit(stage, upper, created_by, author)
+        self._cache_record(key, stage.image)
+
+    def _workdir_layer(self, stage: _Stage, work: str) -> Optional[str]:
+        """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
+        path = stage.config.get("WorkingDir") or "/"
+        view = ImageView(stage.image.layer_dirs() if stage.image else [])
+        if path == "/" or view.lstat(view.resolve(path)) is not None:
+            return None
+        staging = os.path.join(work, "upper")
+        self._make_parents(view, staging, path.strip("/") + "/")
+        return staging
+
+    # --- RUN ---------------------------------------------------------------------------------------------------
+
+    def _run(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
+        argv = dockerfile.command_args(ins, stage.config)
+        used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
+        prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
+        created_by = prefix + " ".join(argv)
+        key = self._cache_key(stage, created_by, "")
+        cached = self._cache_lookup(key)
+        if cached is not None:
+            yield _stream(" ---> Using cache\n")
+            stage.image = cached
+            return
+        if self.runner is None:
+            raise InvalidParameter("RUN needs the container engine, which this builder was not given")
+        if stage.image is None:
+            raise InvalidParameter("RUN is not possible on a scratch image without files")
+        config = dict(stage.config)
+        config["Env"] = list(config.get("Env") or []) + ["%s=%s" % kv for kv in used_args]
+        step = self.runner.run_build_step(stage.image.id, argv, config)
+        try:
+            yield _stream(" ---> Running in %s\n" % str(step.id)[:12])
+            for chunk in step.output():
+                if not self.quiet:
+                    yield _stream(chunk.decode("utf-8", "replace"))
+            code = step.wait()
+            if code != 0:
+                raise BuildFailed("The command '%s' returned a non-zero code: %d" % (" ".join(argv), code), code)
+            stage.image = self.store.commit(step.upper_dir, stage.image, dict(stage.config), created_by=created_by)
+            self._cache_record(key, stage.image)
+        finally:
+            step.remove()
+        yield _stream("Removing intermediate container %s\n" % str(step.id)[:12])
+
+    # --- COPY / ADD ----------------------------------------------------------------------------------------------
+
+    def _copy(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
+        with self.store.workdir() as work:
+            yield from self._copy_into(stage, ins, work)
+
+    def _copy_into(self, stage: _Stage, ins: Instruction, work: str) -> Iterator[dict]:
+        """Stage the files under ``work`` as an upper dir, then commit (or reuse) the layer."""
+        env = self._env(stage)
+        args = list(ins.args) if ins.json_form else dockerfile.words(ins.args[0], env)
+        if len(args) < 2:
+            raise InvalidParameter("%s requires at least two arguments, but only one was provided. Destination "
+                                   "could not be determined." % ins.cmd)
+        sources, dest = args[:-1], args[-1]
+        source_view: Optional[ImageView] = None
+        if "from" in ins.flags:
+            other = self._stage_by_name(dockerfile.expand(ins.flags["from"], env))
+            if other is not None:
+                image = other.image
+            else:
+                image = yield from self._base_image(dockerfile.expand(ins.flags["from"], env))
+            source_view = ImageView(image.layer_dirs() if image else [])
+        owner = self._owner(stage, ins.flags.get("chown"))
+        mode = int(ins.flags["chmod"], 8) if "chmod" in ins.flags else None
+        workdir = stage.config.get("WorkingDir") or "/"
+        dest_path = posixpath.normpath(posixpath.join(workdir, dest))
+        dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
+        staging = os.path.join(work, "upper")
+        parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
+        self._make_parents(parent_view, staging, dest_path.strip("/") + ("/" if dest_is_dir else ""))
+        digest = hashlib.sha256()
+        for src in sources:
+            if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
+                raise NotFound("ADD from a URL is not supported by this builder: %s" % src)
+            matches = self._glob(src, source_view)
+            if not matches:
+                raise NotFound("COPY failed: file not found in build context or excluded by .dockerignore: "
+                               "stat %s: file does not exist" % src)
+            if len(matches) > 1:
+                dest_is_dir = True
+            for real, rel in matches:
+                st = os.lstat(real)
+                target = dest_path.strip("/")
+                if stat.S_ISDIR(st.st_mode):
+                    self._copy_tree(real, os.path.join(staging, target), owner, mode, digest, source_view, rel)
+                elif ins.cmd == "ADD" and source_view is None and _is_tar(real):
+                    with open(real, "rb") as f:
+                        archive.extract_tree(f, os.path.join(staging, target))
+                    digest.update(archive.file_digest(real)[0].encode())
+                else:
+                    if dest_is_dir or os.path.isdir(os.path.join(staging, target)):
+                        target = posixpath.join(target, posixpath.basename(rel))
+                    self._copy_file(real, os.path.join(staging, target), owner, mode, digest, rel)
+        extra = digest.hexdigest() + json.dumps([owner, mode])
+        created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file",
+                                            digest.hexdigest(), dest_path)
+        yield from self._cached_or_commit(stage, staging, created_by, extra)
+
+    def _glob(self, src: str, view: Optional[ImageView]) -> List[Tuple[str, str]]:
+        """(real path, relative path) pairs for a source; refuses anything outside the context or stage."""
+        clean = posixpath.normpath("/" + src).lstrip("/")
+        if view is None:
+            if posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == "..":
+                raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
+            root = os.path.realpath(self.context)
+            pattern = clean or "."
+            if any(c in pattern for c in "*?["):
+                candidates = sorted(_walk_rel(self.context))
+                rels = [r for r in candidates if fnmatch.fnmatchcase(r, pattern) and r.count("/") == pattern.count("/")]
+            else:
+                rels = [pattern] if os.path.lexists(os.path.join(self.context, pattern)) else []
+            out = []
+            for rel in rels:
+                real = os.path.realpath(os.path.join(self.context, rel))
+                if real != root and not real.startswith(root + "/"):
+                    raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
+                out.append((real, rel))
+            return out
+        resolved = view.resolve(clean)
+        found = view.lstat(resolved)
+        return [(found[0], resolved)] if found else []
+
+    def _copy_tree(self, src: str, dst: str, owner: Tuple[int, int], mode: Optional[int], digest: Any,
+                   view: Optional[ImageView], rel: str) -> None:
+        """Copy a directory's contents (context dir, or a merged directory of another stage's image)."""
+        st = os.lstat(src)
+        if not os.path.isdir(dst):
+            os.makedirs(dst, exist_ok=True)
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+            os.lchown(dst, *owner)
+        names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
+        for name in names:
+            child_rel = posixpath.join(rel, name)
+            if view is not None:
+                found = view.lstat(child_rel)
+                if found is None:
+                    continue
+                child = found[0]
+            else:
+                child = os.path.join(src, name)
+            if os.path.isdir(child) and not os.path.islink(child):
+                self._copy_tree(child, os.path.join(dst, name), owner, mode, digest, view, child_rel)
+            else:
+                self._copy_file(child, os.path.join(dst, name), owner, mode, digest, child_rel)
+
+    @staticmethod
+    def _copy_file(src: str, dst: str, owner: Tuple[int, int], mode: Optional[int], digest: Any, rel: str) -> None:
+        st = os.lstat(src)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.lexists(dst):
+            if os.path.isdir(dst) and not os.path.islink(dst):
+                shutil.rmtree(dst)
+            else:
+                os.unlink(dst)
+        digest.update(("%s\0%o\0" % (rel, stat.S_IMODE(st.st_mode))).encode())
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(src)
+            os.symlink(target, dst)
+            digest.update(target.encode())
+        elif stat.S_ISREG(st.st_mode):
+            with open(src, "rb") as fin, open(dst, "wb") as fout:
+                for chunk in iter(lambda: fin.read(archive.COPY_CHUNK), b""):
+                    digest.update(chunk)
+                    fout.write(chunk)
+            os.chmod(dst, mode if mode is not None else stat.S_IMODE(st.st_mode))
+        else:
+            return  # fifos, sockets and devices are not copied
+        os.lchown(dst, *owner)
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    @staticmethod
+    def _make_parents(view: ImageView, staging: str, rel: str) -> None:
+        """Create the destination's parent dirs with the mode/owner they have in the image (not 0755 root)."""
+        os.makedirs(staging, exist_ok=True)
+        parts = [p for p in rel.split("/") if p]
+        if not rel.endswith("/"):
+            parts = parts[:-1]
+        path = staging
+        for n, part in enumerate(parts):
+            path = os.path.join(path, part)
+            if os.path.isdir(path):
+                continue
+            os.mkdir(path)
+            found = view.lstat("/".join(parts[:n + 1]))
+            if found is not None and stat.S_ISDIR(found[1].st_mode):
+                os.chmod(path, stat.S_IMODE(found[1].st_mode))
+                os.lchown(path, found[1].st_uid, found[1].st_gid)
+                os.utime(path, ns=(found[1].st_atime_ns, found[1].st_mtime_ns))
+            else:
+                os.chmod(path, 0o755)
+
+    def _owner(self, stage: _Stage, spec: Optional[str]) -> Tuple[int, int]:
+        """``--chown=user[:group]`` with numeric IDs or names from the image's /etc/passwd and /etc/group."""
+        if not spec:
+            return 0, 0
+        user, _, group = spec.partition(":")
+        view = ImageView(stage.image.layer_dirs() if stage.image else [])
+        uid, default_gid = self._lookup_id(view, "etc/passwd", user)
+        gid = self._lookup_id(view, "etc/group", group)[0] if group else default_gid
+        return uid, gid
+
+    @staticmethod
+    def _lookup_id(view: ImageView, table: str, name: str) -> Tuple[int, int]:
+        if name.isdigit():
+            return int(name), int(name)
+        found = view.lstat(view.resolve(table))
+        if found is not None:
+            with open(found[0], encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.strip().split(":")
+                    if fields and fields[0] == name and len(fields) > 3:
+                        return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
+        raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
+
+
+def _walk_rel(root: str) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            yield name if rel == "." else posixpath.join(rel, name)
+
+
+def _is_tar(path: str) -> bool:
+    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if archive.detect_compression(head) != "none":
+        return True
+    return len(head) == 512 and head[257:262] == b"ustar"
+
+
+def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dict]:
+    """``POST /build``: see Builder for the options (dockerfile_path, tags, build_args, labels, target, nocache,
+    runner, registry_config, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
+    ``{"errorDetail", "error"}`` as the last message."""
+    return Builder(store, context, **options).run()
+
+
+__all__ = ["BuildFailed", "Builder", "ImageView", "build"]
