@@ -445,7 +445,7 @@ class Engine:
         with self._lock:
             c.state.update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                             "OOMKilled": False, "Dead": False, "Pid": launch.child, "ExitCode": 0, "Error": "",
-                            "StartedAt": _now(), "FinishedAt": ZERO_TIME})
+                            "StartedAt": _now()})
             c.data["_start_id"] = spec["start_id"]
             c.data["_socket"] = spec["socket"]
             c.data["_shim_pid"] = launch.shim_pid

@@ -1,0 +1,94 @@
+"""The daemon is SIGKILLed and restarted: running containers keep running (and logging), exited ones keep their
+exit codes, containers that died meanwhile are closed with the code their shim recorded, policies apply."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from runtime.engine import Engine
+from runtime.linux import syscalls
+from tests.engine.conftest import cleanup_engine, make_roots, output, read_session, wait_for
+
+DAEMON = textwrap.dedent("""
+    import io, json, sys, time
+    from runtime.engine import Engine
+    data, run, image = sys.argv[1:4]
+    engine = Engine(data, run)
+    with open(image, "rb") as f:
+        engine.images.import_tar(f, repo_tag="busybox:latest")
+    def start(cmd, **host):
+        host.setdefault("NetworkMode", "none")
+        cid = engine.create_container({"Image": "busybox", "Cmd": cmd, "HostConfig": host})["Id"]
+        engine.start(cid)
+        return cid
+    ids = {
+        "ticker": start(["sh", "-c", "while true; do echo tick; sleep 0.1; done"]),
+        "exited": start(["sh", "-c", "exit 7"]),
+        "dies_later": start(["sh", "-c", "sleep 1; exit 5"]),
+        "always": start(["sh", "-c", "sleep 1; exit 1"], RestartPolicy={"Name": "always"}),
+    }
+    engine.wait(ids["exited"])
+    print(json.dumps(ids), flush=True)
+    time.sleep(600)
+""")
+
+
+def test_sigkill_of_the_daemon_loses_nothing(busybox_tar, tmp_path):
+    base, data, run = make_roots()
+    image = tmp_path / "busybox.tar"
+    image.write_bytes(busybox_tar)
+    # Shims orphaned by the killed daemon are re-parented here (not to PID 1), so the test can reap them.
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    daemon = subprocess.Popen([sys.executable, "-c", DAEMON, data, run, str(image)], stdout=subprocess.PIPE)
+    engine = None
+    try:
+        ids = json.loads(daemon.stdout.readline())
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(10)
+        log_path = os.path.join(data, "containers", ids["ticker"], ids["ticker"] + "-json.log")
+        size = os.path.getsize(log_path)
+        time.sleep(1.5)  # dies_later and always exit while no daemon runs
+        assert os.path.getsize(log_path) > size, "the shim keeps logging without the daemon"
+
+        engine = Engine(data, run)
+        ticker = engine.inspect_container(ids["ticker"])["State"]
+        assert ticker["Running"] is True and os.path.exists("/proc/%d" % ticker["Pid"])
+        assert engine.inspect_container(ids["exited"])["State"]["ExitCode"] == 7
+        later = engine.inspect_container(ids["dies_later"])["State"]
+        assert later["Status"] == "exited" and later["ExitCode"] == 5
+        always = engine.inspect_container(ids["always"])
+        assert always["State"]["Running"] is True and not always["State"]["FinishedAt"].startswith("0001")
+
+        eid = engine.exec_create(ids["ticker"], {"Cmd": ["echo", "still here"]})
+        assert read_session(engine.exec_start(eid)) == b"still here\n"
+        assert "tick" in output(engine, ids["ticker"])
+        engine.stop(ids["ticker"], timeout=0)
+        assert engine.wait(ids["ticker"])["StatusCode"] == 137
+        wait_for(lambda: not engine.inspect_container(ids["ticker"])["State"]["Running"], what="stop")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if engine is None:
+            engine = Engine(data, run)
+        cleanup_engine(engine)
+        shutil.rmtree(base, ignore_errors=True)
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
+        reap_orphans()
+
+
+def reap_orphans() -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
