@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from drivers import registry
 from drivers.base import Driver, Ledger, SSHDetails, State
@@ -34,7 +34,6 @@ from machines.errors import (
     SSHError,
 )
 from machines.progress import Progress
-from machines.ssh import Connection, wait_for_ssh
 from machines.store import (
     KEY_FILE,
     STATE_CREATING,
@@ -46,6 +45,9 @@ from machines.store import (
     validate_name,
 )
 
+if TYPE_CHECKING:  # paramiko costs ~0.3 s to import: only commands that use SSH pay for it
+    from machines.ssh import Connection
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DRIVER = "local"
@@ -56,12 +58,12 @@ DEFAULT_API_PORT = 2376
 T = TypeVar("T")
 
 
-def _bootstrap_hook(name: str) -> Callable[["Machine", Progress], None] | None:
-    """``bootstrap.provision.<name>`` if the bootstrap package provides it (it is optional for the core)."""
-    if importlib.util.find_spec("bootstrap.provision") is None:
+def _bootstrap_hook(name: str, module_name: str = "provision") -> Callable[..., Any] | None:
+    """``bootstrap.<module>.<name>`` if the bootstrap package provides it (the core works without it)."""
+    qualified = f"bootstrap.{module_name}"
+    if importlib.util.find_spec(qualified) is None:
         return None
-    module = importlib.import_module("bootstrap.provision")
-    return getattr(module, name, None)
+    return getattr(importlib.import_module(qualified), name, None)
 
 
 class Machine:
@@ -114,8 +116,9 @@ class Machine:
 
     @property
     def forward_socket_path(self) -> Path:
-        """Where ``env --ssh`` serves the forwarded API socket; ``active`` recognises it in ``DOCKER_HOST``."""
-        return self.dir / "docker.sock"
+        """Where ``env --ssh`` serves the forwarded API socket (bootstrap decides); ``active`` recognises it."""
+        socket_path = _bootstrap_hook("socket_path", "forwarder")
+        return Path(socket_path(self.dir)) if socket_path else self.dir / "docker.sock"
 
     def save(self) -> None:
         """Persist the record, with the driver's current config."""
@@ -157,6 +160,8 @@ class Machine:
     # -- SSH --------------------------------------------------------------------------------------------------
     def ssh(self, *, connect_timeout: float = 10.0) -> Connection:
         """A connected SSH connection (shared by callers of this object; it reconnects after ``close``)."""
+        from machines.ssh import Connection
+
         pinned = self.record.get("ssh_host_key")
         if not pinned:
             raise SSHError(
@@ -172,6 +177,8 @@ class Machine:
 
     def wait_for_ssh(self, timeout: float = DEFAULT_SSH_TIMEOUT) -> Connection:
         """Wait until SSH answers with the pinned key; pins it first if the create has not yet."""
+        from machines.ssh import wait_for_ssh
+
         known = self.record.get("ssh_host_key") or self.driver.initial_host_key()
         connection = wait_for_ssh(self.ssh_details(), known, timeout=timeout, name=self.name)
         if not self.record.get("ssh_host_key"):
@@ -370,6 +377,9 @@ class Machines:
         machine = self.get(name)
         with progress.phase("Removing"):
             machine.close()
+            stop_forwarder = _bootstrap_hook("stop", "forwarder")
+            if stop_forwarder is not None:
+                stop_forwarder(machine.dir)
             try:
                 machine.driver.remove()
             except MachinesError as error:

@@ -23,8 +23,11 @@ from machines.errors import ExitStatus, MachinesError
 COMMAND_MODULES = ("create", "info", "lifecycle", "remote", "provisioning")
 
 
-def build_app() -> typer.Typer:
-    """A fresh app; built per run because the create flags come from the drivers installed now."""
+def build_app(*, driver_flags: bool = True) -> typer.Typer:
+    """A fresh app; built per run because the create flags come from the drivers installed now.
+
+    ``driver_flags=False`` skips importing every driver (some pull in big SDKs) for commands other than create.
+    """
     app = typer.Typer(
         name="machines",
         help="Create container hosts anywhere and run containers on them with the tools you already know.",
@@ -54,7 +57,11 @@ def build_app() -> typer.Typer:
     for module_name in COMMAND_MODULES:
         qualified = f"machines.cli.{module_name}"
         if importlib.util.find_spec(qualified) is not None:
-            importlib.import_module(qualified).register(app)
+            module = importlib.import_module(qualified)
+            if module_name == "create":
+                module.register(app, driver_flags=driver_flags)
+            else:
+                module.register(app)
     return app
 
 
@@ -63,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     settings.debug = any(arg in ("--debug", "-D") for arg in args) or bool(_env_flag("MACHINES_DEBUG"))
     try:
-        command = typer.main.get_command(build_app())
+        command = typer.main.get_command(build_app(driver_flags="create" in args))
         result = command.main(args=args, prog_name="machines", standalone_mode=False)
         return result if isinstance(result, int) else int(ExitStatus.OK)
     except MachinesError as error:

@@ -69,8 +69,8 @@ def _typed(ctx: typer.Context, parameter: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def register(app: typer.Typer) -> None:
-    drivers = registry.available()
+def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
+    drivers = registry.available() if driver_flags else {}
 
     def create(
         ctx: typer.Context,

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from machines import transfer
 from machines.cli.common import machines, settings, echo
 
 
@@ -38,5 +37,7 @@ def register(app: typer.Typer) -> None:
         recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Copy directories.")] = False,
     ) -> None:
         """Copy files between this computer and machines, or between two machines."""
+        from machines import transfer  # with paramiko, only when copying
+
         report = (lambda line: echo(line)) if settings.verbose else None
         transfer.copy(machines(), source, destination, recursive=recursive, report=report)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from drivers.nshost import HostState, IsolatedHost
 from machines.errors import DriverError, PreCreateError
 
 
@@ -60,3 +61,36 @@ class FileDriver(Driver):
 
     def resources(self) -> list[str]:
         return sorted(os.listdir(self.config["world"]))
+
+
+class NsHostDriver(Driver):
+    """A minimal driver over ``drivers.nshost`` (real sshd hosts in namespaces), for end-to-end create tests."""
+
+    name = "nstest"
+    flags = [Flag("state-dir", "folder of the isolated host")]
+
+    def _host(self) -> IsolatedHost:
+        return IsolatedHost(self.config["state_dir"])
+
+    def create(self, ledger: Ledger) -> None:
+        public_key = Path(f"{self.ssh_key_path}.pub").read_text()
+        host = IsolatedHost.create(self.config["state_dir"], self.machine_name, public_key, record=ledger.record)
+        host.start()
+        ledger.record(f"sshd of {self.machine_name}", host.kill)
+
+    def remove(self) -> None:
+        self._host().remove()
+
+    def state(self) -> State:
+        return {HostState.RUNNING: State.RUNNING, HostState.STOPPED: State.STOPPED}.get(
+            self._host().state(), State.NOT_FOUND
+        )
+
+    def ip(self) -> str:
+        return self._host().address
+
+    def ssh_details(self) -> SSHDetails:
+        return SSHDetails(self.ip(), 22, "root", self.ssh_key_path)
+
+    def initial_host_key(self) -> str | None:
+        return self._host().host_public_key

@@ -1,0 +1,198 @@
+"""End to end over real sshd hosts in network namespaces: the generic driver, scp, host-key pinning, rollback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+import bootstrap.provision
+from drivers import registry
+from drivers.nshost import IsolatedHost, generate_host_key
+from machines.ssh import CommandError
+from machines.machine import Machine, Machines
+from machines.store import generate_ssh_key
+
+from .fakes import NsHostDriver
+
+MACHINES = str(Path(sys.executable).with_name("machines"))
+
+
+def unique(label: str) -> str:
+    return f"{label}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def user_key(tmp_path: Path) -> tuple[Path, str]:
+    """A key pair of "the user", authorised on the hosts the tests bring up without machines."""
+    directory = tmp_path / "user"
+    directory.mkdir()
+    public = generate_ssh_key(directory, "test-user")
+    return directory / "id_ed25519", public
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, user_key: tuple[Path, str]) -> Iterator[Callable[[], IsolatedHost]]:
+    """Start running sshd hosts (namespaces, veth, overlay root); every one is removed after the test."""
+    made: list[IsolatedHost] = []
+
+    def make() -> IsolatedHost:
+        name = unique("fh")
+        host = IsolatedHost.create(str(tmp_path / "hosts" / name), name, user_key[1])
+        made.append(host)
+        host.start()
+        return host
+
+    yield make
+    for host in made:
+        host.remove()
+
+
+@pytest.fixture
+def machines_cli(store_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MACHINES, "-s", str(store_path), *args], input=stdin, capture_output=True, text=True,
+                              timeout=60, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+    return run
+
+
+def _create_generic(run: Callable[..., subprocess.CompletedProcess[str]], name: str, host: IsolatedHost,
+                    key: Path) -> None:
+    result = run("create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key", str(key),
+                 "--no-provision", "--timeout-ssh", "20", name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{name}\n"
+
+
+def test_generic_driver_manages_an_existing_host(
+    hosts: Callable[[], IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path, store_path: Path,
+) -> None:
+    first, second = hosts(), hosts()
+    _create_generic(machines_cli, "a", first, user_key[0])
+    _create_generic(machines_cli, "b", second, user_key[0])
+
+    listing = machines_cli("ls", "--format", "{name} {driver} {state} {url}")
+    assert listing.stdout.splitlines() == [
+        f"a generic Running tcp://{first.address}:2376", f"b generic Running tcp://{second.address}:2376"
+    ]
+    assert machines_cli("ssh", "a", "hostname").stdout == f"{first.name}\n"
+    assert machines_cli("ssh", "a", "exit 7").returncode == 7
+    assert machines_cli("ssh", "b", "cat", stdin="through stdin").stdout == "through stdin"
+    assert machines_cli("ip", "a", "b").stdout.split() == [first.address, second.address]
+
+    # scp: local -> machine, machine -> machine (through here), machine -> local, and a tree with -r.
+    local = tmp_path / "note.txt"
+    local.write_text("hello from the test")
+    os.chmod(local, 0o640)
+    assert machines_cli("scp", str(local), "a:/data/note.txt").returncode == 0
+    assert machines_cli("scp", "a:/data/note.txt", "b:/data/copied.txt").returncode == 0
+    assert Path(second.data_dir, "copied.txt").read_text() == "hello from the test"
+    assert (Path(second.data_dir, "copied.txt").stat().st_mode & 0o777) == 0o640
+    assert machines_cli("scp", "b:/data/copied.txt", str(tmp_path / "back.txt")).returncode == 0
+    assert (tmp_path / "back.txt").read_text() == "hello from the test"
+    tree = tmp_path / "tree" / "sub"
+    tree.mkdir(parents=True)
+    (tree / "leaf").write_text("leaf")
+    refused = machines_cli("scp", str(tmp_path / "tree"), "a:/data/")
+    assert refused.returncode == 2 and "is a directory (use -r)" in refused.stderr
+    assert machines_cli("scp", "-r", str(tmp_path / "tree"), "a:/data/").returncode == 0
+    assert machines_cli("scp", "-r", "a:/data/tree", "b:/data/tree2").returncode == 0
+    assert Path(second.data_dir, "tree2", "sub", "leaf").read_text() == "leaf"
+
+    # The generic driver does not own the host: no stop, and rm forgets it without touching it.
+    stop = machines_cli("stop", "a")
+    assert stop.returncode == 1 and "cannot stop a host it does not manage" in stop.stderr
+    assert machines_cli("rm", "-y", "a", "b").returncode == 0
+    assert machines_cli("ls", "-q").stdout == ""
+    assert not any((store_path / "machines").iterdir())
+    assert first.state().value == "running" and Path(first.data_dir, "note.txt").exists()
+    assert second.state().value == "running"
+
+
+def test_changed_host_key_is_refused(
+    hosts: Callable[[], IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    host = hosts()
+    _create_generic(machines_cli, "pinned", host, user_key[0])
+    assert machines_cli("ssh", "pinned", "true").returncode == 0
+
+    # Another host answers at the same address: same user key, new host key.
+    host.stop()
+    private, public = generate_host_key()
+    ssh_dir = Path(host.state_dir, "upper", "etc", "ssh")
+    (ssh_dir / "ssh_host_ed25519_key").write_text(private)
+    (ssh_dir / "ssh_host_ed25519_key.pub").write_text(public + "\n")
+    host.start()
+
+    result = machines_cli("ssh", "pinned", "touch /data/should-not-exist")
+    assert result.returncode == 1
+    assert "host key of pinned" in result.stderr and "has changed" in result.stderr and "refusing" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not Path(host.data_dir, "should-not-exist").exists()
+    copy = machines_cli("scp", "pinned:/etc/hostname", "/tmp/never")
+    assert copy.returncode == 1 and "has changed" in copy.stderr
+
+
+@pytest.fixture
+def nstest_driver() -> Iterator[None]:
+    registry.register("nstest", NsHostDriver)
+    yield
+    registry.unregister("nstest")
+
+
+def _netns_names() -> set[str]:
+    output = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in output.splitlines() if line.strip()}
+
+
+def test_failed_provisioning_removes_the_host_and_the_entry(
+    nstest_driver: None, tmp_path: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, str] = {}
+
+    def failing_provision(machine: Machine, progress: object) -> None:
+        """A provisioning step that really runs on the host, then fails."""
+        host = IsolatedHost(machine.driver.config["state_dir"])
+        seen.update(netns=host.record.netns, veth=host.record.veth, state_dir=host.state_dir)
+        machine.ssh().run("touch /data/half-provisioned && exit 3")
+
+    monkeypatch.setattr(bootstrap.provision, "provision", failing_provision)
+    machines = Machines(store_path)
+    name = unique("rb")
+    with pytest.raises(CommandError, match="exited with status 3"):
+        machines.create(name, "nstest", {"state_dir": str(tmp_path / name)}, ssh_timeout=20)
+
+    assert seen["netns"] not in _netns_names()
+    link = subprocess.run(["ip", "link", "show", seen["veth"]], capture_output=True)
+    assert link.returncode != 0
+    assert not Path(seen["state_dir"]).exists()
+    assert machines.store.names() == [] and not machines.store.machine_dir(name).exists()
+
+
+def test_create_pins_the_drivers_host_key_and_runs_over_ssh(
+    nstest_driver: None, tmp_path: Path, store_path: Path
+) -> None:
+    machines = Machines(store_path)
+    name = unique("ok")
+    machine = machines.create(name, "nstest", {"state_dir": str(tmp_path / name)}, provision=False, ssh_timeout=20)
+    try:
+        assert machine.record["state"] == "ready"
+        assert machine.record["ssh_host_key"] == IsolatedHost(str(tmp_path / name)).host_public_key
+        connection = machine.ssh()
+        result = connection.run("cat; echo err >&2; exit 4", input=b"in", check=False)
+        assert (result.exit_status, result.stdout, result.stderr) == (4, "in", "err\n")
+        connection.put_bytes(b"payload", "/data/p", mode=0o600)
+        assert connection.get_bytes("/data/p") == b"payload"
+        assert connection.run("stat -c %a /data/p").stdout.strip() == "600"
+        assert machines.get(name).state().value == "Running"
+    finally:
+        machine.close()
+        machines.remove(name)
+    assert not (tmp_path / name).exists() and machines.store.names() == []
