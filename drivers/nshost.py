@@ -1,0 +1,706 @@
+"""Isolated hosts on this Linux machine: a network namespace on a bridge running its own sshd.
+
+Why: the ``local`` driver and every test that needs a real SSH host use this instead of a VM. A host is made of a
+network namespace with a veth on a bridge (own address, ``lo`` up, no default route) and a process tree in its own
+mount, UTS, IPC, PID and cgroup namespaces whose PID 1 is ``sshd``. Its root is an overlay with the live ``/`` as the
+lower layer and a per-host upper dir, so files written on one host are invisible elsewhere while installed packages
+show through. ``/data`` is a per-host plain folder (overlayfs cannot nest inside an overlay upper dir, so container
+storage must live there).
+
+Everything a host needs is kept in one state directory the caller owns (``host.json``, ``upper/``, ``work/``,
+``root/``, ``data/``, ``sshd.log``). Addresses are leased per bridge in ``/run/machines-local/<bridge>/`` under a
+flock, so different processes, stores and tests can share a bridge. A host keeps running after the Python process
+that started it exits (sshd runs in its own session); stopping it kills sshd, the PID 1 of its PID namespace, which
+ends everything inside, while ``upper/`` and ``data/`` persist.
+
+This module knows nothing of the machines store: it is plain Python over ``ip``, ``unshare`` and ``sshd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Callable, Iterator
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from machines.errors import DriverError
+
+DEFAULT_BRIDGE = "mlocal0"
+DEFAULT_SUBNET = "10.213.0.1/24"
+LEASE_ROOT = "/run/machines-local"
+SSH_PORT = 22
+# Tools a host needs on the machine, with the Debian package that brings each.
+REQUIRED_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "sshd": "openssh-server", "mount": "mount"}
+
+UndoStep = Callable[[], None]
+Recorder = Callable[[str, UndoStep], None]
+
+# Hosts this process started: their Popen objects, so stopping one reaps it instead of leaving a zombie (PID 1 of
+# some machines, e.g. CI sandboxes, never reaps orphans).
+_children: dict[int, subprocess.Popen] = {}
+
+
+class NsHostError(DriverError):
+    """An isolated host could not be made, started, stopped or removed; the message says which step failed."""
+
+
+class HostState(str, enum.Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    NOT_FOUND = "not-found"
+
+
+# -- small helpers -------------------------------------------------------------------------------------------------
+
+def _run(args: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a tool and turn its failure into one readable error line."""
+    result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise NsHostError(f"{shlex.join(args)} failed: {detail[-1] if detail else f'exit {result.returncode}'}")
+    return result
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    if netns is None:
+        return os.path.exists(f"/sys/class/net/{name}")
+    return _run(["ip", "-n", netns, "link", "show", name], check=False).returncode == 0
+
+
+def _write(path: str, data: str | bytes, mode: int = 0o644) -> None:
+    """Write a file atomically with ``mode`` (keys 0600) so a crash never leaves half a config."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data.encode() if isinstance(data, str) else data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _mkdir_like(path: str, model: str, default_mode: int = 0o755) -> None:
+    """Make a dir in an upper layer with the lower dir's mode, so the merged dir looks like the real one."""
+    mode = os.stat(model).st_mode & 0o7777 if os.path.isdir(model) else default_mode
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """The start time of a live (non-zombie) process, used with its pid to survive pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+def missing_tools() -> list[str]:
+    """Tools (with their Debian package) that are absent, for a clear pre-create error."""
+    search = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return [f"{tool} (Debian package {package})" for tool, package in REQUIRED_TOOLS.items()
+            if shutil.which(tool, path=search) is None]
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``; retries when the file was deleted by the previous holder."""
+    while True:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the previous holder removed the directory in between
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- the bridge and its address leases --------------------------------------------------------------------------
+
+class Bridge:
+    """A Linux bridge in the root namespace and the leases of its addresses.
+
+    Leases live in ``/run/machines-local/<bridge>/leases.json`` (``{address: owner}``) and are changed only under
+    the bridge's flock. An owner is a host's state directory; a lease whose directory no longer holds a host is
+    stale and reused. ``holds`` keep a bridge alive without an address (a test session). The bridge is made with the
+    first lease or hold and deleted with the last one, when this module made it.
+    """
+
+    def __init__(self, name: str = DEFAULT_BRIDGE, subnet: str = DEFAULT_SUBNET) -> None:
+        if not name or len(name) > 15 or "/" in name or " " in name:
+            raise NsHostError(f"invalid bridge name {name!r}: 1 to 15 characters, no '/' or spaces")
+        try:
+            interface = ipaddress.ip_interface(subnet)
+        except ValueError as error:
+            raise NsHostError(f"invalid subnet {subnet!r}: {error}") from None
+        if interface.version != 4 or interface.network.num_addresses < 4:
+            raise NsHostError(f"invalid subnet {subnet!r}: an IPv4 network of at least 4 addresses is needed")
+        self.name = name
+        self.network = interface.network
+        # The bridge's own address is the one given, or the first of the network when a network was given.
+        self.gateway = interface.ip if interface.ip != interface.network.network_address else next(self.network.hosts())
+        self.dir = os.path.join(LEASE_ROOT, name)
+
+    @property
+    def subnet(self) -> str:
+        return f"{self.gateway}/{self.network.prefixlen}"
+
+    @contextlib.contextmanager
+    def _leases(self) -> Iterator[dict]:
+        """The lease table, locked; saved when the block ends; the bridge is kept or dropped to match it."""
+        with _flock(os.path.join(self.dir, "lock")):
+            path = os.path.join(self.dir, "leases.json")
+            try:
+                with open(path) as file:
+                    table = json.load(file)
+            except FileNotFoundError:
+                table = {"subnet": self.subnet, "owned": False, "leases": {}, "holds": {}}
+            if table["subnet"] != self.subnet and (table["leases"] or table["holds"]):
+                raise NsHostError(f"bridge {self.name} is in use with subnet {table['subnet']}, not {self.subnet}")
+            table["subnet"] = self.subnet
+            self._drop_stale(table)
+            yield table
+            if table["leases"] or table["holds"]:
+                if not _link_exists(self.name):
+                    table["owned"] = self._make()
+                _write(path, json.dumps(table, indent=1), 0o600)
+            else:
+                if table["owned"] and _link_exists(self.name):
+                    self._delete()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.unlink(os.path.join(self.dir, "lock"))
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.dir)
+
+    @staticmethod
+    def _drop_stale(table: dict) -> None:
+        table["leases"] = {address: owner for address, owner in table["leases"].items()
+                           if os.path.exists(os.path.join(owner, "host.json"))}
+        table["holds"] = {owner: start for owner, start in table["holds"].items()
+                          if _proc_start_time(int(owner)) == start}
+
+    def _make(self) -> bool:
+        """Create the bridge with its address; refuse a subnet another interface already uses."""
+        with _flock(os.path.join(LEASE_ROOT, ".lock")):
+            for line in _run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
+                fields = line.split()
+                used = ipaddress.ip_interface(fields[3])
+                if used.network.overlaps(self.network):
+                    raise NsHostError(f"subnet {self.network} overlaps {used} on interface {fields[1]}")
+            _run(["ip", "link", "add", "name", self.name, "type", "bridge"])
+            try:
+                _run(["ip", "addr", "add", self.subnet, "dev", self.name])
+                _run(["ip", "link", "set", self.name, "up"])
+                self._forward_rule("-I")
+            except BaseException:
+                _run(["ip", "link", "del", self.name], check=False)
+                raise
+        return True
+
+    def _delete(self) -> None:
+        self._forward_rule("-D")
+        _run(["ip", "link", "del", self.name], check=False)
+
+    def _forward_rule(self, action: str) -> None:
+        """Let hosts on the bridge talk to each other even when a FORWARD policy of DROP is set (dockerd sets it
+        and bridged traffic goes through iptables when br_netfilter is loaded)."""
+        if shutil.which("iptables") is None:
+            return
+        rule = ["FORWARD", "-i", self.name, "-o", self.name, "-j", "ACCEPT"]
+        if action == "-D" and _run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+            return
+        _run(["iptables", "-w", action, *rule], check=action == "-I")
+
+    def lease(self, owner: str, address: str | None = None) -> str:
+        """Reserve an address for ``owner`` (a host's state dir): the one asked for, or the lowest free one."""
+        owner = os.path.realpath(owner)
+        with self._leases() as table:
+            leases: dict[str, str] = table["leases"]
+            mine = [held for held, holder in leases.items() if holder == owner]
+            if address is not None:
+                try:
+                    wanted = ipaddress.ip_address(address)
+                except ValueError:
+                    raise NsHostError(f"invalid address {address!r}") from None
+                if wanted not in self.network or wanted in (self.gateway, self.network.broadcast_address,
+                                                            self.network.network_address):
+                    raise NsHostError(f"address {address} is not a free host address of {self.network}")
+                holder = leases.get(str(wanted))
+                if holder not in (None, owner):
+                    raise NsHostError(f"address {address} is already used by the host in {holder}")
+                chosen = str(wanted)
+            elif mine:
+                chosen = mine[0]
+            else:
+                free = (str(host) for host in self.network.hosts() if host != self.gateway and str(host) not in leases)
+                chosen = next(free, None)
+                if chosen is None:
+                    raise NsHostError(f"no free address left on bridge {self.name} ({self.network})")
+            for held in mine:
+                leases.pop(held)
+            leases[chosen] = owner
+            return chosen
+
+    def release(self, owner: str) -> None:
+        """Give back ``owner``'s address; the bridge goes with the last lease."""
+        owner = os.path.realpath(owner)
+        with self._leases() as table:
+            table["leases"] = {address: holder for address, holder in table["leases"].items() if holder != owner}
+
+    def hold(self) -> None:
+        """Keep the bridge (made now if needed) for as long as this process lives or until ``unhold``."""
+        with self._leases() as table:
+            table["holds"][str(os.getpid())] = _proc_start_time(os.getpid())
+
+    def unhold(self) -> None:
+        with self._leases() as table:
+            table["holds"].pop(str(os.getpid()), None)
+
+    def collect(self) -> None:
+        """Drop stale leases and holds, deleting the bridge when none is left (after a crashed process)."""
+        with self._leases():
+            pass
+
+    def exists(self) -> bool:
+        return _link_exists(self.name)
+
+
+# -- one host --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class HostRecord:
+    """What ``host.json`` keeps: enough to start, stop and remove the host from any later process."""
+
+    name: str
+    bridge: str
+    subnet: str
+    address: str
+    netns: str
+    veth: str
+    pid: int | None = None
+    pid_start: int | None = None
+
+
+def generate_host_key() -> tuple[str, str]:
+    """A fresh ed25519 key pair as (OpenSSH private key PEM, ``ssh-ed25519 AAAA...``)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode()
+
+
+SSHD_CONFIG = """\
+# Written by machines for an isolated host: key authentication only.
+Port {port}
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+MaxSessions 100
+MaxStartups 100:30:200
+AcceptEnv LANG LC_*
+Subsystem sftp internal-sftp
+"""
+
+
+def _cgroup_mount_lines(root: str) -> list[str]:
+    """Shell lines that mount this machine's cgroup hierarchies again under ``root`` (v1, v2 or hybrid).
+
+    ``ip netns exec`` remounts ``/sys``, which leaves ``/sys/fs/cgroup`` empty, so a container runtime inside would
+    find no cgroups.
+    """
+    target = f"{root}/sys/fs/cgroup"
+    mounts: list[tuple[str, str, str]] = []
+    with open("/proc/self/mounts") as file:
+        for line in file:
+            _, mountpoint, fstype, options = line.split()[:4]
+            if fstype in ("cgroup", "cgroup2", "tmpfs") and mountpoint.startswith("/sys/fs/cgroup"):
+                mounts.append((mountpoint, fstype, options))
+    if any(mountpoint == "/sys/fs/cgroup" and fstype == "cgroup2" for mountpoint, fstype, _ in mounts):
+        return [f"mount -t cgroup2 cgroup2 {shlex.quote(target)}"]
+    if not mounts:
+        return []
+    lines = [f"mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup {shlex.quote(target)}"]
+    for mountpoint, fstype, options in mounts:
+        if mountpoint == "/sys/fs/cgroup":
+            continue
+        path = shlex.quote(target + mountpoint[len("/sys/fs/cgroup"):])
+        lines.append(f"mkdir -p {path}")
+        if fstype == "cgroup":
+            lines.append(f"mount -t cgroup -o {shlex.quote(options)} cgroup {path}")
+        else:
+            lines.append(f"mount -t cgroup2 -o {shlex.quote(options)} cgroup2 {path}")
+    for entry in os.scandir("/sys/fs/cgroup"):
+        if entry.is_symlink():  # e.g. cpu -> cpu,cpuacct
+            lines.append(f"ln -s {shlex.quote(os.readlink(entry.path))} {shlex.quote(f'{target}/{entry.name}')}")
+    return lines
+
+
+class IsolatedHost:
+    """One host, addressed by its state directory. ``create`` makes it; any later process can drive it."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = os.path.realpath(state_dir)
+        self._record_path = os.path.join(self.state_dir, "host.json")
+
+    # -- persisted facts ---------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.exists(self._record_path)
+
+    @property
+    def record(self) -> HostRecord:
+        try:
+            with open(self._record_path) as file:
+                return HostRecord(**json.load(file))
+        except FileNotFoundError:
+            raise NsHostError(f"no isolated host in {self.state_dir}") from None
+
+    def _save(self, record: HostRecord) -> None:
+        _write(self._record_path, json.dumps(dataclasses.asdict(record), indent=1), 0o600)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def address(self) -> str:
+        return self.record.address
+
+    @property
+    def port(self) -> int:
+        return SSH_PORT
+
+    @property
+    def host_public_key(self) -> str:
+        """The host's SSH public key, ``ssh-ed25519 AAAA...``, to pin before the first connection."""
+        with open(self._path("upper", "etc", "ssh", "ssh_host_ed25519_key.pub")) as file:
+            return " ".join(file.read().split()[:2])
+
+    @property
+    def data_dir(self) -> str:
+        """The folder the host sees as ``/data``."""
+        return self._path("data")
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.state_dir, *parts)
+
+    def _bridge(self, record: HostRecord) -> Bridge:
+        return Bridge(record.bridge, record.subnet)
+
+    # -- create ------------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, state_dir: str, name: str, authorized_key: str, *, bridge: str = DEFAULT_BRIDGE,
+               subnet: str = DEFAULT_SUBNET, address: str | None = None, host_key_private: str | None = None,
+               host_key_public: str | None = None, record: Recorder | None = None) -> "IsolatedHost":
+        """Make a host (stopped): lease, files, network namespace and veth.
+
+        Each resource is passed to ``record(description, undo)`` as soon as it exists (the driver's ledger). Without
+        ``record`` a failure undoes what was made here before the error propagates.
+        """
+        if not name or len(name) > 63 or not all(c.isalnum() or c in ".-" for c in name):
+            raise NsHostError(f"invalid host name {name!r}")
+        if (host_key_private is None) != (host_key_public is None):
+            raise NsHostError("give both host_key_private and host_key_public, or neither")
+        host = cls(state_dir)
+        if host.exists():
+            raise NsHostError(f"an isolated host already exists in {host.state_dir}")
+        undo: list[tuple[str, UndoStep]] = []
+
+        def made(description: str, step: UndoStep) -> None:
+            (record or (lambda *pair: undo.append(pair)))(description, step)
+
+        try:
+            host._create(name, authorized_key, Bridge(bridge, subnet), address,
+                         host_key_private, host_key_public, made)
+        except BaseException:
+            for _, step in reversed(undo):
+                with contextlib.suppress(Exception):
+                    step()
+            raise
+        return host
+
+    def _create(self, name: str, authorized_key: str, bridge: Bridge, address: str | None,
+                host_key_private: str | None, host_key_public: str | None, made: Recorder) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        made(f"host files in {self.state_dir}", self._remove_files)
+        token = secrets.token_hex(4)
+        record = HostRecord(name=name, bridge=bridge.name, subnet=bridge.subnet, address="",
+                            netns=f"mlocal-{name[:40]}-{token}", veth=f"mlv{token}")
+        self._save(record)  # before the lease: a lease is live only while its owner's host.json exists
+        record.address = bridge.lease(self.state_dir, address)
+        made(f"address {record.address} on bridge {bridge.name}", lambda: bridge.release(self.state_dir))
+        self._save(record)
+        if host_key_private is None or host_key_public is None:
+            host_key_private, host_key_public = generate_host_key()
+        self._write_files(record, authorized_key, host_key_private, host_key_public)
+        self._make_network(record, made)
+
+    def _write_files(self, record: HostRecord, authorized_key: str, key_private: str, key_public: str) -> None:
+        """The host's own files in its upper layer: sshd config and key, root's login, name and resolver."""
+        for part in ("work", "root", "data"):
+            os.makedirs(self._path(part), mode=0o755, exist_ok=True)
+        upper = self._path("upper")
+        _mkdir_like(upper, "/")
+        _mkdir_like(os.path.join(upper, "etc"), "/etc")
+        _mkdir_like(os.path.join(upper, "etc", "ssh"), "/etc/ssh")
+        _mkdir_like(os.path.join(upper, "data"), "/nonexistent")
+        home = os.path.join(upper, "root")
+        _mkdir_like(home, "/root", 0o700)
+        # An opaque home: the machine's own /root (its keys, its slow shell init) stays out of the host.
+        os.setxattr(home, "trusted.overlay.opaque", b"y")
+        os.makedirs(os.path.join(home, ".ssh"), mode=0o700, exist_ok=True)
+        ssh = os.path.join(upper, "etc", "ssh")
+        _write(os.path.join(ssh, "sshd_config"), SSHD_CONFIG.format(port=SSH_PORT))
+        _write(os.path.join(ssh, "ssh_host_ed25519_key"), key_private.rstrip("\n") + "\n", 0o600)
+        _write(os.path.join(ssh, "ssh_host_ed25519_key.pub"), key_public.strip() + "\n")
+        _write(os.path.join(home, ".ssh", "authorized_keys"), authorized_key.strip() + "\n", 0o600)
+        _write(os.path.join(home, ".bashrc"), "")
+        etc = os.path.join(upper, "etc")
+        _write(os.path.join(etc, "hostname"), f"{record.name}\n")
+        _write(os.path.join(etc, "hosts"), f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                                           f"{record.address}\t{record.name}\n")
+        if os.path.islink(os.path.join(etc, "resolv.conf")):
+            os.unlink(os.path.join(etc, "resolv.conf"))
+        # Nothing a host does may resolve names outside the machine.
+        _write(os.path.join(etc, "resolv.conf"), "nameserver 127.0.0.1\n")
+
+    def _make_network(self, record: HostRecord, made: Recorder) -> None:
+        """Network namespace with ``lo`` and ``eth0`` (its address, no default route), veth end on the bridge."""
+        _run(["ip", "netns", "add", record.netns])
+        made(f"network namespace {record.netns}", lambda: self._delete_netns(record))
+        _run(["ip", "link", "add", record.veth, "type", "veth", "peer", "name", "eth0", "netns", record.netns])
+        made(f"veth {record.veth}", lambda: _run(["ip", "link", "del", record.veth], check=False))
+        _run(["ip", "link", "set", record.veth, "master", record.bridge, "up"])
+        prefix = ipaddress.ip_network(record.subnet, strict=False).prefixlen
+        for args in (["addr", "add", f"{record.address}/{prefix}", "dev", "eth0"],
+                     ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]):
+            _run(["ip", "-n", record.netns, *args])
+
+    @staticmethod
+    def _delete_netns(record: HostRecord) -> None:
+        if os.path.exists(f"/run/netns/{record.netns}"):
+            _run(["ip", "netns", "del", record.netns], check=False)
+
+    def _ensure_network(self, record: HostRecord) -> None:
+        """Bring back the lease, bridge, namespace and veth if they are gone (after a reboot or a crash)."""
+        bridge = self._bridge(record)
+        bridge.lease(self.state_dir, record.address)
+        if _link_exists("eth0", record.netns):
+            return
+        self._delete_netns(record)
+        _run(["ip", "link", "del", record.veth], check=False)
+        self._make_network(record, lambda description, step: None)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _init_pid(self, record: HostRecord) -> int | None:
+        """The global pid of the host's PID 1 (sshd), when running."""
+        if record.pid is None or _proc_start_time(record.pid) != record.pid_start:
+            return None
+        children = [pid for pid in _children_of(record.pid) if _proc_start_time(pid) is not None]
+        return children[0] if children else None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid (in the machine's PID namespace) of the host's sshd, its PID 1; None when stopped."""
+        return self._init_pid(self.record) if self.exists() else None
+
+    def state(self) -> HostState:
+        if not self.exists():
+            return HostState.NOT_FOUND
+        record = self.record
+        if record.pid is not None and _proc_start_time(record.pid) == record.pid_start:
+            return HostState.RUNNING
+        return HostState.STOPPED
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start sshd in the host's namespaces and wait until it accepts connections; a running host is left as is."""
+        record = self.record
+        if self.state() is HostState.RUNNING:
+            return
+        self._reap(record)
+        self._ensure_network(record)
+        log = open(self._path("sshd.log"), "ab")
+        try:
+            process = subprocess.Popen(self._start_command(record), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        finally:
+            log.close()
+        _children[process.pid] = process
+        record.pid, record.pid_start = process.pid, _proc_start_time(process.pid)
+        self._save(record)
+        try:
+            self._wait_listening(record, process, timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _start_command(self, record: HostRecord) -> list[str]:
+        quote = shlex.quote
+        root, upper, work = quote(self._path("root")), quote(self._path("upper")), quote(self._path("work"))
+        script = [
+            "set -e",
+            f"hostname {quote(record.name)}",
+            f"mount -t overlay overlay -o lowerdir=/,upperdir={upper},workdir={work} {root}",
+            f"mount -t proc -o nosuid,nodev,noexec proc {root}/proc",
+            f"mount --rbind /sys {root}/sys",
+            f"mount --rbind /dev {root}/dev",
+            f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {root}/run",
+            f"mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs {root}/tmp",
+            *_cgroup_mount_lines(self._path("root")),
+            f"mount --bind {quote(self._path('data'))} {root}/data",
+            # pivot_root(".", ".") stacks the old root on the new one; the lazy umount then drops it with every
+            # mount of the machine (including other hosts' namespace files) from this host's view.
+            f"cd {root}",
+            "pivot_root . .",
+            "umount -l .",
+            "cd /",
+            "mkdir -p /run/sshd",
+            "exec /usr/sbin/sshd -D -e",
+        ]
+        boot = self._path("boot.sh")  # a file, not `sh -c`, so `ps` shows a short command line
+        _write(boot, "\n".join(script) + "\n", 0o600)
+        return ["ip", "netns", "exec", record.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup",
+                "--fork", "--kill-child", "--propagation", "private", "sh", boot]
+
+    def _wait_listening(self, record: HostRecord, process: subprocess.Popen, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise NsHostError(f"sshd of host {record.name} exited at start: {self._log_tail()}")
+            try:
+                with socket.create_connection((record.address, SSH_PORT), timeout=0.5):
+                    return
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise NsHostError(f"sshd of host {record.name} did not listen on {record.address}:{SSH_PORT} "
+                                      f"within {timeout:g}s: {error}; {self._log_tail()}") from None
+            time.sleep(0.005)
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self._path("sshd.log"), errors="replace") as file:
+                lines = [line.strip() for line in file.read().splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        return " | ".join(lines[-3:]) or "empty log"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop sshd (PID 1 of the host), which ends every process in the host; files and /data persist."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the host's PID 1 and so everything in it."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def _signal(self, signum: int, timeout: float) -> None:
+        if not self.exists():
+            return
+        record = self.record
+        init = self._init_pid(record)
+        with contextlib.suppress(ProcessLookupError):
+            if init is not None:
+                os.kill(init, signum)
+            elif record.pid is not None and _proc_start_time(record.pid) == record.pid_start:
+                os.kill(record.pid, signal.SIGKILL)  # sshd not forked yet: end the launcher
+        if record.pid is not None and _proc_start_time(record.pid) == record.pid_start:
+            if not self._wait_gone(record.pid, timeout) and signum != signal.SIGKILL:
+                # sshd ignored SIGTERM: the launcher's death SIGKILLs it (unshare --kill-child).
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record.pid, signal.SIGKILL)
+                self._wait_gone(record.pid, timeout)
+        self._reap(record)
+        record.pid = record.pid_start = None
+        self._save(record)
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        process = _children.get(pid)
+        if process is not None:
+            try:
+                process.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        start = _proc_start_time(pid)
+        deadline = time.monotonic() + timeout
+        while _proc_start_time(pid) == start and start is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    @staticmethod
+    def _reap(record: HostRecord) -> None:
+        """Collect the exit status of a launcher this process started, so it does not linger as a zombie."""
+        process = _children.get(record.pid) if record.pid is not None else None
+        if process is not None and process.poll() is not None:
+            del _children[record.pid]
+
+    def remove(self) -> None:
+        """Stop the host and delete everything it had: process, namespace, veth, lease, files."""
+        if not self.exists():
+            self._remove_files()
+            return
+        record = self.record
+        self.kill()
+        self._delete_netns(record)
+        if _link_exists(record.veth):
+            _run(["ip", "link", "del", record.veth], check=False)
+        self._remove_files()
+        self._bridge(record).release(self.state_dir)
+
+    def _remove_files(self) -> None:
+        try:
+            shutil.rmtree(self.state_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                raise NsHostError(f"cannot delete {self.state_dir}: {error}") from None
