@@ -20,6 +20,7 @@ log = logging.getLogger("runtime.network")
 T = TypeVar("T")
 
 RULE_TAG = "machines-net"
+ISOLATION = "MACHINES-NET-ISOLATION"
 
 
 def ip_query(*args: str) -> str:
@@ -82,7 +83,11 @@ def _comment(tag: str) -> str:
 
 def bridge_rules(bridge: str, subnet: str, internal: bool) -> Dict[str, List[str]]:
     """Per table, the rules of one bridge (tag: the bridge name): accept bridged and return traffic, masquerade
-    what leaves; an internal network's traffic stays on its bridge."""
+    what leaves; an internal network's traffic stays on its bridge.
+
+    Like Docker, networks are isolated from each other: traffic leaving a bridge for another goes through the
+    isolation chain, where each bridge drops what arrives from elsewhere unless it was DNATed to a published port.
+    """
     comment = _comment(bridge)
     forward = ["-I FORWARD -i %s -o %s %s -j ACCEPT" % (bridge, bridge, comment)]
     if internal:
@@ -94,6 +99,8 @@ def bridge_rules(bridge: str, subnet: str, internal: bool) -> Dict[str, List[str
     forward += [
         "-I FORWARD -i %s ! -o %s %s -j ACCEPT" % (bridge, bridge, comment),
         "-I FORWARD -o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT" % (bridge, comment),
+        "-I FORWARD -i %s ! -o %s %s -j %s" % (bridge, bridge, comment, ISOLATION),  # inserted last: checked first
+        "-A %s -o %s -m conntrack ! --ctstate DNAT %s -j DROP" % (ISOLATION, bridge, comment),
     ]
     return {"filter": forward, "nat": ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)]}
 
@@ -113,7 +120,7 @@ def port_rules(tag: str, bridge: str, records: List[Dict[str, object]]) -> Dict[
         nat.append("-I PREROUTING %(match)s ! -i %(bridge)s -p %(proto)s --dport %(host_port)s %(comment)s "
                    "-j DNAT --to-destination %(container_ip)s:%(container_port)s" % values)
         forward.append("-I FORWARD -d %(container_ip)s/32 ! -i %(bridge)s -o %(bridge)s -p %(proto)s "
-                       "--dport %(container_port)s %(comment)s -j ACCEPT" % values)
+                       "--dport %(container_port)s -m conntrack --ctstate DNAT %(comment)s -j ACCEPT" % values)
     return {"nat": nat, "filter": forward} if nat else {}
 
 
@@ -135,27 +142,40 @@ class Firewall:
 
     def add(self, tag: str, rules: Dict[str, List[str]], check: bool = True) -> None:
         """Installs ``rules``; with ``check``, only if no rule with ``tag`` is there (so restore can repeat it)."""
-        if self.available and rules and not (check and self.current(tag)):
-            self._apply(rules)
+        if not (self.available and rules):
+            return
+        chained = any(ISOLATION in line for line in rules.get("filter", []))
+        dump = self._dump() if check or chained else ""
+        if check and self._tagged(dump, tag):
+            return
+        if chained and ":%s " % ISOLATION not in dump:  # declaring an existing chain would flush it
+            rules = dict(rules, filter=[":%s - [0:0]" % ISOLATION] + rules["filter"])
+        self._apply(rules)
 
     def remove(self, tag: str, rules: Optional[Dict[str, List[str]]] = None) -> None:
-        """Deletes ``rules`` as added (one process), or, failing that or without them, every rule tagged ``tag``."""
+        """Deletes ``rules`` as added (one process), or, failing that or without them, every rule tagged ``tag``.
+        The isolation chain goes with the last rule in it."""
         if rules and self.available:
             exact = {table: ["-D" + line[2:] for line in lines] for table, lines in rules.items()}
             if self._apply(exact, quiet=True):
                 return
-        found = self.current(tag)
+        found = self._tagged(self._dump(), tag)
         self._apply({table: ["-D" + line[2:] for line in lines] for table, lines in found.items()})
+        if any(ISOLATION in line for line in found.get("filter", [])):
+            lines = self._dump().splitlines()
+            if not any(ISOLATION in line for line in lines if line.startswith("-A ")):
+                self._apply({"filter": ["-X %s" % ISOLATION]}, quiet=True)
 
-    def current(self, tag: str) -> Dict[str, List[str]]:
-        """The rules now in the kernel with ``tag``, by table, as iptables-save prints them."""
-        if not self.available:
-            return {}
-        proc = subprocess.run([self.save], capture_output=True, text=True)
+    def _dump(self) -> str:
+        return subprocess.run([self.save], capture_output=True, text=True).stdout if self.available else ""
+
+    @staticmethod
+    def _tagged(dump: str, tag: str) -> Dict[str, List[str]]:
+        """The rules in an iptables-save ``dump`` with ``tag``, by table."""
         token = "%s:%s" % (RULE_TAG, tag)
         found: Dict[str, List[str]] = {}
         table = ""
-        for line in proc.stdout.splitlines():
+        for line in dump.splitlines():
             if line.startswith("*"):
                 table = line[1:]
             elif line.startswith("-A ") and token in line.replace('"', "").split():  # legacy iptables omits quotes

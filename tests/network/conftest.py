@@ -59,10 +59,10 @@ class Host:
         self.remote = ""
 
     def leftovers(self) -> Tuple[List[str], List[str]]:
-        """Links other than lo and the link to the remote host, and iptables rules we tagged."""
+        """Links other than lo and the link to the remote host, and iptables rules and chains of ours."""
         links = [line.split(":")[1].strip().split("@")[0] for line in sh("ip", "-o", "link", "show").splitlines()]
         links = [link for link in links if link not in ("lo", "toremote")]
-        rules = [line for line in sh("iptables-save").splitlines() if "machines-net" in line]
+        rules = [line for line in sh("iptables-save").splitlines() if "machines-net" in line.lower()]
         return links, rules
 
 

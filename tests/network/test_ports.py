@@ -124,3 +124,26 @@ def test_without_iptables_the_proxy_serves_other_hosts(host: Host, remote: str, 
         assert host.leftovers() == ([], [])
     finally:
         manager.close()
+
+
+def test_networks_are_isolated_but_published_ports_are_not(host: Host, manager: NetworkManager,
+                                                           spawn: Callable[[], Container]) -> None:
+    manager.create({"Name": "front", "IPAM": {"Config": [{"Subnet": "10.71.0.0/24"}]}})
+    manager.create({"Name": "back", "IPAM": {"Config": [{"Subnet": "10.72.0.0/24"}]}})
+    server, client = spawn(), spawn()
+    address = manager.connect("back", server.id, server.pid, name="server")["IPAddress"]
+    manager.connect("front", client.id, client.pid, name="client")
+    listener = server.socket()
+    listener.bind(("0.0.0.0", 80))
+    serve_echo(listener, socket.SOCK_STREAM)
+    port = int(manager.publish(server.id, address, {"80/tcp": [{}]})["80/tcp"][0]["HostPort"])
+
+    probe = client.socket()
+    probe.settimeout(0.5)
+    with pytest.raises(socket.timeout), probe:
+        probe.connect((address, 80))
+    assert tcp_ask(client.socket(), ("10.71.0.1", port)).startswith(b"HELLO")
+
+    manager.release(server.id)
+    manager.release(client.id)
+    assert host.leftovers() == ([], [])
