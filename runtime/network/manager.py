@@ -7,6 +7,7 @@ endpoints: an idle host carries no trace of us, and tests that stop their contai
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -148,11 +149,13 @@ class NetworkManager:
                 raise Forbidden('only one instance of "%s" network is allowed' % driver)
             if driver != "bridge":
                 raise NotFound('plugin "%s" not found' % driver)
-            options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
-            net = self._new_network(name, "bridge", dict(body.get("Labels") or {}), options, bool(body.get("Internal")))
+            options = {str(k): str(v) for k, v in _expect(body, "Options", dict).items()}
+            labels = {str(k): str(v) for k, v in _expect(body, "Labels", dict).items()}
+            net = self._new_network(name, "bridge", labels, options, bool(body.get("Internal")))
             net["Attachable"] = bool(body.get("Attachable"))
-            net["IPAM"]["Config"] = [self._ipam_config(body.get("IPAM") or {})]
-            net["IPAM"]["Options"] = (body.get("IPAM") or {}).get("Options")
+            spec = _expect(body, "IPAM", dict)
+            net["IPAM"]["Config"] = [self._ipam_config(spec)]
+            net["IPAM"]["Options"] = spec.get("Options")
             net["_bridge"] = options.get(OPT_BRIDGE_NAME) or "mrt-" + net["Id"][:11]
             _mtu(net)
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
@@ -162,7 +165,9 @@ class NetworkManager:
         return {"Id": net["Id"], "Warning": ""}
 
     def _ipam_config(self, spec: Dict_) -> Dict_:
-        configs = [c for c in spec.get("Config") or [] if c]
+        configs = [c for c in _expect(spec, "Config", list) if c]
+        if not all(isinstance(c, dict) for c in configs):
+            raise InvalidParameter("IPAM.Config must be a list of objects")
         if len(configs) > 1:
             raise InvalidParameter("only one IPv4 subnet per network is supported")
         config = configs[0] if configs else {}
@@ -201,7 +206,7 @@ class NetworkManager:
                     "IPv4Address": "%s/%d" % (ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
                     "IPv6Address": "",
                 }
-        return json.loads(json.dumps(shown))
+        return copy.deepcopy(shown)
 
     def list(self, filters: Optional[Dict_] = None) -> List[Dict_]:
         """``GET /networks``: filters dangling, driver, id, label, name, scope, type (Docker's semantics)."""
@@ -213,7 +218,7 @@ class NetworkManager:
         checks = {
             "driver": lambda v: net["Driver"] == v,
             "id": lambda v: v in net["Id"],
-            "name": lambda v: re.search(v, net["Name"]) is not None,
+            "name": lambda v: _pattern(v).search(net["Name"]) is not None,
             "scope": lambda v: v == "local",
             "type": lambda v: (net["Name"] in PREDEFINED) == (_choice(v, ("builtin", "custom"), "type") == "builtin"),
             "label": lambda v: _label_match(net["Labels"], v),
@@ -340,11 +345,18 @@ class NetworkManager:
         if created or reconcile:
             self._firewall.add(bridge, bridge_rules(bridge, config["Subnet"], net["Internal"]))
 
-    def _drop_bridge(self, net: Dict_) -> None:
-        """Removes an idle network's bridge and rules; a bridge someone else still has ports on is left alone."""
+    def _drop_bridge(self, net: Dict_, thorough: bool = False) -> None:
+        """Removes an idle network's bridge and its rules; a bridge someone else still has ports on is left alone.
+        ``thorough`` also looks for rules when the bridge is already gone (after a crash)."""
         bridge = net.get("_bridge")
-        if bridge and not ip_query("-o", "link", "show", "master", bridge).strip():
+        if not bridge:
+            return
+        exists = link_exists(bridge)
+        if exists and ip_query("-o", "link", "show", "master", bridge).strip():
+            return
+        if exists:
             _delete_link(bridge)
+        if exists or thorough:
             self._firewall.remove(bridge)
 
     def _drop_bridge_if_idle(self, net: Dict_) -> None:
@@ -552,7 +564,7 @@ class NetworkManager:
                 if self._members(net["Id"]):
                     self._ensure_bridge(net, reconcile=True)
                 else:
-                    self._drop_bridge(net)
+                    self._drop_bridge(net, thorough=True)
             for cid, records in self._state["ports"].items():
                 self._firewall.add(_port_tag(cid), self._port_rules(cid))
                 self._proxies[cid] = []
@@ -629,6 +641,23 @@ def _filters(filters: Optional[Dict_], allowed: Iterable[str]) -> Dict[str, List
             raise InvalidParameter("invalid filter '%s'" % key)
         result[key] = [str(v) for v in (values if isinstance(values, list) else [v for v, on in values.items() if on])]
     return result
+
+
+def _expect(body: Dict_, key: str, kind: type) -> Any:
+    """``body[key]`` when it has the JSON type ``kind``; missing or null gives an empty one."""
+    value = body.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise InvalidParameter("%s must be %s" % (key, "an object" if kind is dict else "a list"))
+    return value
+
+
+def _pattern(text: str) -> "re.Pattern[str]":
+    try:
+        return re.compile(text)
+    except re.error:
+        raise InvalidParameter("invalid filter 'name=%s': not a regular expression" % text) from None
 
 
 def _label_match(labels: Dict_, spec: str) -> bool:

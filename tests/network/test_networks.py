@@ -80,3 +80,26 @@ def test_state_survives_a_new_manager_and_prune(plain: NetworkManager, tmp_path:
     with pytest.raises(NotFound):
         again.inspect(web)
     assert {net["Name"] for net in again.list()} == {"bridge", "host", "none"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"Name": ""}, "network name must not be empty"),
+    ({"Name": "x", "Labels": ["a=b"]}, "Labels must be an object"),
+    ({"Name": "x", "IPAM": {"Config": {"Subnet": "10.0.0.0/24"}}}, "Config must be a list"),
+    ({"Name": "x", "IPAM": {"Config": [{"Subnet": "10.0.0.0/33"}]}}, "invalid subnet 10.0.0.0/33"),
+    ({"Name": "x", "IPAM": {"Config": [{"Subnet": "fd00::/64"}]}}, "IPv6 subnets are not supported"),
+    ({"Name": "x", "Options": {"com.docker.network.driver.mtu": "huge"}}, "invalid MTU huge"),
+])
+def test_bad_create_requests_get_a_clear_error(plain: NetworkManager, body: dict, message: str) -> None:
+    with pytest.raises(InvalidParameter, match=message):
+        plain.create(body)
+    assert {net["Name"] for net in plain.list()} == {"bridge", "host", "none"}
+
+
+def test_bad_filters_get_a_clear_error(plain: NetworkManager) -> None:
+    with pytest.raises(InvalidParameter, match="not a regular expression"):
+        plain.list({"name": ["(unclosed"]})
+    with pytest.raises(InvalidParameter, match="invalid filter 'type=other'"):
+        plain.list({"type": ["other"]})
+    with pytest.raises(InvalidParameter, match="invalid filter 'until=yesterday'"):
+        plain.prune({"until": ["yesterday"]})
