@@ -12,8 +12,9 @@ What the core and the CLI call:
   changed and starts the daemon when it is not running (hosts without systemd lose it at every boot).
 - ``upgrade(machine, progress)``: upload the current runtime and restart the daemon (containers keep running).
 
-Create options read from ``machine.record["host_options"]``: ``api`` ("tls", default, or "ssh": no TCP port) and
-``tls_san`` (list of extra names/IPs for the server certificate). Written to ``machine.record["runtime"]``:
+Create options read from ``machine.record["host_options"]``: ``api`` ("tls", default, or "ssh": no TCP port),
+``tls_san`` (list of extra names/IPs for the server certificate) and ``data_root`` (where the runtime keeps
+containers and images; default the driver's ``runtime_data_root``, else /var/lib/machines-runtime). Written to ``machine.record["runtime"]``:
 version, sha256, api, port, data_root, socket, service, python, phases.
 """
 
@@ -111,6 +112,7 @@ echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
 for f in {managed}; do [ -f "$f" ] && echo "sum=$f $(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1)"; done
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
+echo "log_size=$(wc -c < {service.LOG_PATH} 2>/dev/null || echo 0)"
 awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null && echo port_busy=1
 command -v ip >/dev/null && ip -o addr show scope global 2>/dev/null | awk '{{ split($4, a, "/"); print "addr=" a[1] }}'
 true
@@ -175,7 +177,7 @@ class Provisioner:
             raise ProvisionError(f"unknown API mode {self.api!r} for {machine.name}: use tls or ssh")
         self.tls_sans: list[str] = list(options.get("tls_san") or [])
         driver_root = getattr(getattr(machine, "driver", None), "runtime_data_root", None)
-        self.data_root: str = driver_root or service.DEFAULT_DATA_ROOT
+        self.data_root: str = options.get("data_root") or driver_root or service.DEFAULT_DATA_ROOT
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
@@ -359,23 +361,47 @@ class Provisioner:
         self._run(f"{service.CONTROL_PATH} restart", "start")
 
     def wait(self) -> dict[str, Any]:
-        """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh)."""
-        deadline = time.monotonic() + API_TIMEOUT
+        """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh).
+
+        From the second second on, the daemon's log since this start is checked too, so a daemon that exits at
+        once (bad flags, a port taken, a broken runtime) fails the wait with its own message instead of a timeout.
+        """
+        started = time.monotonic()
+        next_log_check = started + 1.0
         last_error = "no answer"
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + API_TIMEOUT:
             try:
                 return self._version_over_tls() if self.api == "tls" else self._version_over_ssh()
             except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as error:
                 last_error = str(error) or type(error).__name__
+            if time.monotonic() >= next_log_check:
+                next_log_check = time.monotonic() + 1.0
+                failure = self._daemon_failure()
+                if failure:
+                    raise ProvisionError(f"{self.machine.name}: the runtime failed to start: {failure}{self._log_hint()}")
             time.sleep(0.1)
-        log_tail = self._run(f"tail -n 5 {service.LOG_PATH} 2>/dev/null", "wait", check=False).stdout.strip()
-        cause = log_tail.splitlines()[-1] if log_tail else last_error
-        if "Address already in use" in log_tail:
-            cause = f"port {service.TLS_PORT} is already in use on the host ({cause})"
+        failure = self._daemon_failure() or last_error
         raise ProvisionError(
-            f"{self.machine.name}: the runtime did not answer within {API_TIMEOUT:g}s: {cause} "
-            f"(log: {service.LOG_PATH} on the host)"
+            f"{self.machine.name}: the runtime did not answer within {API_TIMEOUT:g}s: {failure}{self._log_hint()}"
         )
+
+    @staticmethod
+    def _log_hint() -> str:
+        return f" (log: {service.LOG_PATH} on the host)"
+
+    def _daemon_failure(self) -> str | None:
+        """The fatal line the daemon logged since this provisioning started it, if any."""
+        assert self.facts is not None
+        offset = int(self.facts.values.get("log_size") or 0) + 1
+        output = self._run(f"tail -c +{offset} {service.LOG_PATH} 2>/dev/null | tail -n 20", "wait", check=False).stdout
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        fatal = [line for line in lines if line.startswith("runtime: ") or "Error" in line.split(":")[0]]
+        if not fatal:
+            return None
+        cause = fatal[-1]
+        if "Address already in use" in cause:
+            cause = f"port {service.TLS_PORT} is already in use on the host ({cause})"
+        return cause
 
     def _version_over_tls(self) -> dict[str, Any]:
         context = client_ssl_context(self.machine.dir)
