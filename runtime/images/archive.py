@@ -282,6 +282,16 @@ class _Extractor:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
+    try:
+        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo) as tar:  # type: ignore[arg-type]
+            for m in tar:
+                ex.member(tar, m)
+    except tarfile.TarError as exc:
+        raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
+    ex.finish()
+
+
 def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
     """Extract an uncompressed layer tar from ``stream`` into the new directory ``dest``.
 
@@ -290,14 +300,8 @@ def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
     reader = HashingReader(stream)
     os.mkdir(dest, 0o755)
     ex = _Extractor(dest)
-    try:
-        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[arg-type]
-            for m in tar:
-                ex.member(tar, m)
-    except tarfile.TarError as exc:
-        raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
+    _unpack(reader, ex, "r|")  # type: ignore[arg-type]
     reader.drain()
-    ex.finish()
     return reader.digest, ex.size, reader.count
 
 
@@ -307,14 +311,7 @@ def extract_tree(stream: IO[bytes], dest: str) -> None:
     Same refusals as layers, but ``.wh.`` names are ordinary files here.
     """
     os.makedirs(dest, exist_ok=True)
-    ex = _Extractor(dest, whiteouts=False)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[arg-type]
-            for m in tar:
-                ex.member(tar, m)
-    except tarfile.TarError as exc:
-        raise LayerRefused("invalid tar: %s" % exc) from None
-    ex.finish()
+    _unpack(stream, _Extractor(dest, whiteouts=False), "r|*")
 
 
 # --- tars from overlay upper dirs ----------------------------------------------------------------------------

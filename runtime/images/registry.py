@@ -130,6 +130,10 @@ class RegistryOptions:
                 continue
         return False
 
+    def has_ca(self, host: str) -> bool:
+        """A certs.d folder for the host means it speaks TLS, even on loopback."""
+        return any(os.path.isdir(os.path.join(base, host)) for base in self.certs_dirs)
+
     def ssl_context(self, host: str) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
         for base in self.certs_dirs:
@@ -138,7 +142,7 @@ class RegistryOptions:
                 continue
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if name.endswith(".crt") and not name.endswith(".cert"):
+                if name.endswith(".crt"):
                     ctx.load_verify_locations(cafile=path)
             cert, key = os.path.join(folder, "client.cert"), os.path.join(folder, "client.key")
             if os.path.exists(cert) and os.path.exists(key):
@@ -174,7 +178,7 @@ class Session:
         self.auth = auth or {}
         self.options = options
         self.scope = "repository:%s:%s" % (ref.path, actions)
-        self.scheme = "http" if options.is_insecure(self.host) else "https"
+        self.scheme = "http" if options.is_insecure(self.host) and not options.has_ca(self.host) else "https"
         self.base = "%s://%s" % (self.scheme, self.host)
         self._authorization: Optional[str] = None
         self._lock = threading.Lock()

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 CONFIG = """version: 0.1
 log:
@@ -22,7 +22,18 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:0
-{auth}"""
+{tls}{auth}"""
+TLS = """  tls:
+    certificate: {cert}
+    key: {key}
+"""
+TOKEN_AUTH = """auth:
+  token:
+    realm: {realm}
+    service: {service}
+    issuer: {issuer}
+    rootcertbundle: {bundle}
+"""
 HTPASSWD_AUTH = """auth:
   htpasswd:
     realm: machines-test
@@ -50,10 +61,15 @@ class Registry:
                 self.proc.wait()
 
 
-def start_registry(folder: str, users: Optional[dict] = None) -> Registry:
-    """Start a registry storing into ``folder``; with ``users`` ({name: password}) it requires htpasswd auth."""
+def start_registry(folder: str, users: Optional[dict] = None, *, tls: Optional[Tuple[str, str]] = None,
+                   token: Optional[dict] = None) -> Registry:
+    """Start a registry storing into ``folder``.
+
+    ``users`` ({name: password}) turns on htpasswd auth; ``token`` (realm, service, issuer, bundle) turns on
+    bearer-token auth; ``tls`` is (certificate, key) files.
+    """
     os.makedirs(folder, exist_ok=True)
-    auth = ""
+    auth = TOKEN_AUTH.format(**token) if token else ""
     if users:
         import bcrypt  # from the test venv (paramiko depends on it): the registry accepts only bcrypt lines
 
@@ -66,7 +82,7 @@ def start_registry(folder: str, users: Optional[dict] = None) -> Registry:
     data = os.path.join(folder, "data")
     config = os.path.join(folder, "config.yml")
     with open(config, "w") as f:
-        f.write(CONFIG.format(data=data, auth=auth))
+        f.write(CONFIG.format(data=data, auth=auth, tls=TLS.format(cert=tls[0], key=tls[1]) if tls else ""))
     log_path = os.path.join(folder, "registry.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", config], stdout=log, stderr=log,

@@ -244,3 +244,12 @@ def test_header_stream_round_trip_of_upper_dir(tmp_path):
         members = {m.name: m for m in tar}
         assert members["b"].islnk() and members["b"].linkname == "a"
         assert members["c"].linkname == "/nowhere" and tar.extractfile("a").read() == b"x" * 70000
+
+
+@pytest.mark.parametrize("compress", [["gzip", "-c"], ["zstd", "-q", "-c"]])
+def test_import_of_compressed_rootfs(store, busybox_tar, tmp_path, compress):
+    import subprocess
+    data = subprocess.run(compress, input=busybox_tar, stdout=subprocess.PIPE, check=True).stdout
+    image = store.resolve(store.import_tar(io.BytesIO(data), "packed:1"))
+    assert image.diff_ids == [_sha(busybox_tar)]
+    assert os.path.exists(os.path.join(image.layer_dirs()[0], "bin", "busybox"))

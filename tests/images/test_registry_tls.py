@@ -1,0 +1,228 @@
+"""HTTPS registries with a per-registry CA, bearer tokens from a token server, and redirects off-host.
+
+The token server and the redirecting registry are small servers owned by these tests, on loopback only.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import http.server
+import io
+import json
+import os
+import threading
+import time
+import uuid
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from runtime.errors import HostError
+from runtime.images.registry import Unauthorized
+from runtime.images.store import ImageStore
+from tests.images.registry_fixture import start_registry
+
+USERS = {"bob": "hunter2"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _self_signed(folder: str, name: str):
+    """An EC key and a self-signed CA certificate for 127.0.0.1 (serves both TLS and token signing)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    import ipaddress
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(folder, name + ".crt"), os.path.join(folder, name + ".key")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    return key, cert, cert_path, key_path
+
+
+class _TokenServer(http.server.ThreadingHTTPServer):
+    """Issues ES256 JWTs the registry trusts (x5c chain to its rootcertbundle) for valid Basic credentials."""
+
+    def __init__(self, key, cert) -> None:
+        super().__init__(("127.0.0.1", 0), _TokenHandler)
+        self.key, self.cert = key, cert
+        self.scopes: list = []
+
+    def token(self, user: str, scope: str) -> str:
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(
+            self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
+        access = []
+        if scope:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": "test-issuer", "sub": user, "aud": "test-registry", "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        signing_input = (_b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())).encode()
+        r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        return signing_input.decode() + "." + _b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+class _TokenHandler(http.server.BaseHTTPRequestHandler):
+    server: _TokenServer
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        from urllib.parse import parse_qs, urlsplit
+        query = parse_qs(urlsplit(self.path).query)
+        scope = (query.get("scope") or [""])[0]
+        self.server.scopes.append(scope)
+        user = None
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            if USERS.get(name) == password:
+                user = name
+        if user is None:
+            body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]})
+            self.send_response(401)
+        else:
+            body = json.dumps({"token": self.server.token(user, scope), "expires_in": 300})
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+
+@pytest.fixture
+def tls_token_registry(tmp_path):
+    folder = str(tmp_path / "tls-registry")
+    os.makedirs(folder)
+    key, cert, cert_path, key_path = _self_signed(folder, "registry")
+    server = _TokenServer(key, cert)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    token = {"realm": "http://127.0.0.1:%d/token" % server.server_address[1], "service": "test-registry",
+             "issuer": "test-issuer", "bundle": cert_path}
+    reg = start_registry(folder, tls=(cert_path, key_path), token=token)
+    certs = tmp_path / "certs.d"
+    (certs / reg.host).mkdir(parents=True)
+    (certs / reg.host / "ca.crt").write_bytes(open(cert_path, "rb").read())
+    yield reg, server, str(certs)
+    reg.stop()
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox_tar):
+    reg, tokens, certs = tls_token_registry
+    store = ImageStore(str(tmp_path / "store"), certs_dirs=[certs])
+    tag = "%s/secure/app:1" % reg.host
+    image_id = store.import_tar(io.BytesIO(busybox_tar), tag)
+    good = {"username": "bob", "password": "hunter2", "serveraddress": reg.host}
+    with pytest.raises(Unauthorized, match="incorrect username or password"):
+        list(store.push(tag, auth=dict(good, password="nope")))
+    aux = list(store.push(tag, auth=good))[-1]["aux"]
+    assert "repository:secure/app:pull,push" in tokens.scopes
+    store.remove(tag)
+    assert list(store.pull(tag, auth=good))[-2] == {"status": "Digest: %s" % aux["Digest"]}
+    assert store.resolve(tag).id == image_id and "repository:secure/app:pull" in tokens.scopes
+    assert store.login(good)["Status"] == "Login Succeeded"
+    with pytest.raises(Unauthorized):
+        store.login(dict(good, password="nope"))
+    # a certs.d folder without the registry's CA: HTTPS is used and the handshake refused, never skipped
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / reg.host).mkdir(parents=True)
+    untrusting = ImageStore(str(tmp_path / "store2"), certs_dirs=[str(elsewhere)])
+    with pytest.raises(HostError, match="CERTIFICATE_VERIFY_FAILED"):
+        list(untrusting.pull(tag, auth=good))
+
+
+class _StubRegistry(http.server.ThreadingHTTPServer):
+    """A one-image registry that requires Basic auth and redirects blob GETs to another host (127.0.0.2)."""
+
+    def __init__(self, blobs: dict, manifest: bytes, cdn_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), _StubHandler)
+        self.blobs, self.manifest, self.cdn_port = blobs, manifest, cdn_port
+        self.seen: list = []
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    server: _StubRegistry
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, body: bytes = b"", headers: dict = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        srv = self.server
+        srv.seen.append((self.headers.get("Host"), self.path, self.headers.get("Authorization")))
+        if self.headers.get("Host", "").startswith("127.0.0.2"):
+            digest = self.path.rsplit("/", 1)[1]
+            self._reply(200, srv.blobs[digest])
+            return
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"bob:hunter2").decode():
+            self._reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="stub"'})
+            return
+        if "/manifests/" in self.path:
+            self._reply(200, srv.manifest, {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+        elif "/blobs/" in self.path:
+            digest = self.path.rsplit("/", 1)[1]
+            self._reply(307, b"", {"Location": "http://127.0.0.2:%d/cdn/%s" % (srv.cdn_port, digest)})
+        else:
+            self._reply(200, b"{}")
+
+
+def test_redirected_blobs_do_not_receive_the_authorization_header(tmp_path, busybox_tar):
+    import gzip
+    layer = gzip.compress(busybox_tar, mtime=0)
+    diff_id = "sha256:" + hashlib.sha256(busybox_tar).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    digest = {b: "sha256:" + hashlib.sha256(b).hexdigest() for b in (layer, config)}
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                      "digest": digest[config], "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                       "digest": digest[layer], "size": len(layer)}]}).encode()
+    cdn = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _StubHandler)
+    stub = _StubRegistry({digest[layer]: layer, digest[config]: config}, manifest, cdn.server_address[1])
+    cdn.blobs, cdn.seen = stub.blobs, stub.seen  # type: ignore[attr-defined]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (stub, cdn)]
+    for t in threads:
+        t.start()
+    try:
+        store = ImageStore(str(tmp_path / "store"))
+        tag = "127.0.0.1:%d/stub:1" % stub.server_address[1]
+        messages = list(store.pull(tag, auth={"username": "bob", "password": "hunter2"}))
+        assert messages[-1]["status"] == "Status: Downloaded newer image for %s" % tag
+        cdn_requests = [s for s in stub.seen if s[0].startswith("127.0.0.2")]
+        assert len(cdn_requests) == 2 and all(auth is None for _, _, auth in cdn_requests)
+        assert store.resolve(tag).id == digest[config]
+    finally:
+        for s in (stub, cdn):
+            s.shutdown()
+            s.server_close()
