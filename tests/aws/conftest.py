@@ -148,13 +148,30 @@ class World:
         """A fixed private address in the subnet (AWS reserves the first four)."""
         return str(self.bridge.network.network_address + 10 + index)
 
+    def config(self, index: int = 0) -> dict[str, Any]:
+        """Driver flag values that put a machine in the test subnet at its own address, reached privately as root."""
+        return {
+            "endpoint": self.cloud.endpoint,
+            "vpc_id": self.vpc_id,
+            "subnet_id": self.subnet_id,
+            "private_ip_address": self.address(index),
+            "use_private_address": True,
+            "ssh_user": "root",
+            "allow_cidr": [str(self.bridge.network)],
+            "wait_timeout": 30,
+        }
+
     def flags(self, index: int = 0) -> list[str]:
-        """The CLI flags that put a machine in the test subnet at its own address, reached privately as root."""
-        return [
-            "--aws-endpoint", self.cloud.endpoint, "--aws-vpc-id", self.vpc_id, "--aws-subnet-id", self.subnet_id,
-            "--aws-private-ip-address", self.address(index), "--aws-use-private-address", "--aws-ssh-user", "root",
-            "--aws-allow-cidr", str(self.bridge.network), "--aws-wait-timeout", "30",
-        ]
+        """The same as ``machines create`` flags."""
+        flags: list[str] = []
+        for key, value in self.config(index).items():
+            option = "--aws-" + key.replace("_", "-")
+            if value is True:
+                flags.append(option)
+            else:
+                for item in value if isinstance(value, list) else [value]:
+                    flags += [option, str(item)]
+        return flags
 
 
 @pytest.fixture
@@ -168,3 +185,4 @@ def world(cloud: MotoCloud, bridge: Bridge, tmp_path: Path) -> Iterator[World]:
         yield World(cloud, bridge, plane, vpc_id, subnet_id)
     finally:
         plane.close()
+    assert plane.errors == [], "the data plane failed to play an instance"

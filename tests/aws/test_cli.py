@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import NOTHING, World
+import pytest
+
+from machines.machine import Machines
+
+from .conftest import NOTHING, MotoCloud, World
 
 MACHINES = str(Path(sys.executable).with_name("machines"))
 
@@ -25,8 +29,7 @@ def test_create_ssh_stop_start_rm(world: World, tmp_path: Path) -> None:
     store, name = tmp_path / "store", f"aws-{os.getpid()}"
     machines(store, "create", "--driver", "aws", "--no-provision", *world.flags(), name)
     assert machines(store, "ssh", name, "hostname").stdout.strip() == name
-    assert machines(store, "ip", name).stdout.strip() == world.address(0)
-    assert machines(store, "status", name).stdout.strip() == "Running"
+    assert Machines(store).get(name).ip() == world.address(0)
 
     machines(store, "stop", name)
     assert machines(store, "status", name).stdout.strip() == "Stopped"
@@ -34,5 +37,29 @@ def test_create_ssh_stop_start_rm(world: World, tmp_path: Path) -> None:
     assert machines(store, "ssh", name, "hostname").stdout.strip() == name  # the same pinned host key
 
     machines(store, "rm", "-y", name)
-    assert world.cloud.leftovers() == NOTHING
-    assert machines(store, "ls", "-q").stdout.strip() == ""
+    assert world.cloud.leftovers() == NOTHING and world.plane.hosts == {}
+    assert Machines(store).store.names() == []
+
+
+BAD_INPUT = {
+    "unknown region": (["--amazonec2-region", "mars-north-1"], "unknown AWS region 'mars-north-1'"),
+    "bad instance type": (["--amazonec2-instance-type", "t3.colossal"], "--aws-instance-type 't3.colossal' does not exist"),
+    "missing AMI": (["--amazonec2-ami", "ami-0123456789abcdef0"], "--aws-ami 'ami-0123456789abcdef0' does not exist"),
+    "missing credentials": ([], "no AWS credentials"),
+}
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_is_one_line_before_anything_is_made(
+    cloud: MotoCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
+) -> None:
+    """Through the amazonec2 alias and its Docker Machine flag names: exit 3, one line, nothing in the cloud."""
+    if "no AWS credentials" in message:
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = tmp_path / "store"
+    result = machines(store, "create", "-d", "amazonec2", "--amazonec2-endpoint", cloud.endpoint, *flags, "bad",
+                      check=False)
+    assert result.returncode == 3, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert cloud.leftovers() == NOTHING and Machines(store).store.names() == []

@@ -13,9 +13,10 @@ import pytest
 
 from drivers.aws import AWSDriver
 from drivers.base import Ledger, State
-from machines.errors import DriverError, PreCreateError
+from machines.errors import CancelledError, DriverError, MachineTimeoutError, PreCreateError
+from machines.machine import Machines
 
-from .conftest import NOTHING, MotoCloud
+from .conftest import NOTHING, MotoCloud, World
 
 
 def make_driver(cloud: MotoCloud, store_dir: Path, **config: Any) -> AWSDriver:
@@ -108,36 +109,52 @@ def test_instance_terminated_outside_shows_not_found_and_rm_cleans_the_rest(clou
     assert cloud.leftovers() == NOTHING
 
 
-def _raise(error: BaseException) -> Callable[..., None]:
-    def hook(**_: Any) -> None:
-        raise error
-
-    return hook
-
-
-# Each ledger step, and the moment just after RunInstances answered (the instance exists, its id unknown to us).
-FAILURES = [
+# Each ledger step fails in turn, then the moment just after RunInstances answered (the instance exists but its id
+# is not yet known to us) is interrupted with Ctrl-C.
+FAULTS = [
     ("before-call.ec2.ImportKeyPair", RuntimeError("injected")),
     ("before-call.ec2.CreateSecurityGroup", RuntimeError("injected")),
     ("before-call.ec2.AuthorizeSecurityGroupIngress", RuntimeError("injected")),
     ("before-call.ec2.RunInstances", RuntimeError("injected")),
     ("after-call.ec2.RunInstances", KeyboardInterrupt()),
-    ("after-call.ec2.DescribeInstances", RuntimeError("injected")),
+    ("after-call.ec2.DescribeInstances", RuntimeError("injected")),  # waiting for "running"
 ]
 
 
-@pytest.mark.parametrize(("event", "error"), FAILURES, ids=[event for event, _ in FAILURES])
-def test_failure_at_each_step_is_rolled_back(cloud: MotoCloud, tmp_path: Path, event: str, error: BaseException) -> None:
-    driver = make_driver(cloud, tmp_path)
-    driver.pre_create_check()
-    ledger = Ledger()
-    handler = _raise(error)
-    driver.ec2.meta.events.register(event, handler)
-    with pytest.raises(type(error)):
-        driver.create(ledger)
-    driver.ec2.meta.events.unregister(event, handler)
-    assert ledger.rollback() == []
-    assert cloud.leftovers() == NOTHING
+@pytest.mark.parametrize(("event", "error"), FAULTS, ids=[event for event, _ in FAULTS])
+def test_fault_at_each_step_is_rolled_back(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, event: str, error: BaseException
+) -> None:
+    original = AWSDriver._session
+    fired: list[str] = []
+
+    def faulty_session(driver: AWSDriver) -> Any:
+        session = original(driver)
+
+        def fail(**_: Any) -> None:
+            if not fired:  # once: the rollback's own calls must work
+                fired.append(event)
+                raise error
+
+        session.events.register(event, fail, unique_id="test-fault")
+        return session
+
+    monkeypatch.setattr(AWSDriver, "_session", faulty_session)
+    store = Machines(tmp_path / "store")
+    expected = CancelledError if isinstance(error, KeyboardInterrupt) else RuntimeError
+    with pytest.raises(expected):
+        store.create(f"f{os.getpid()}", "aws", world.config(), provision=False)
+    assert fired and world.cloud.leftovers() == NOTHING
+    assert store.store.names() == []
+
+
+def test_ssh_failure_after_launch_is_rolled_back(world: World, tmp_path: Path) -> None:
+    """The instance runs but SSH never lets us in (wrong user): the wait names it and everything goes."""
+    store = Machines(tmp_path / "store")
+    with pytest.raises(MachineTimeoutError, match=f"waiting for SSH on {world.address(0)} port 22 as user nobody"):
+        store.create(f"s{os.getpid()}", "aws", {**world.config(), "ssh_user": "nobody"}, provision=False, ssh_timeout=3)
+    assert world.cloud.leftovers() == NOTHING
+    assert store.store.names() == []
 
 
 @pytest.mark.parametrize(
