@@ -15,6 +15,7 @@ import bootstrap.provision
 from drivers import registry
 from drivers.nshost import IsolatedHost, generate_host_key
 from machines.ssh import CommandError
+from machines import transfer
 from machines.machine import Machine, Machines
 from machines.store import generate_ssh_key
 
@@ -95,14 +96,15 @@ def test_generic_driver_manages_an_existing_host(
     assert machines_cli("scp", "a:/data/note.txt", "b:/data/copied.txt").returncode == 0
     assert Path(second.data_dir, "copied.txt").read_text() == "hello from the test"
     assert (Path(second.data_dir, "copied.txt").stat().st_mode & 0o777) == 0o640
-    assert machines_cli("scp", "b:/data/copied.txt", str(tmp_path / "back.txt")).returncode == 0
+    library = Machines(store_path)
+    transfer.copy(library, "b:/data/copied.txt", str(tmp_path / "back.txt"))
     assert (tmp_path / "back.txt").read_text() == "hello from the test"
     tree = tmp_path / "tree" / "sub"
     tree.mkdir(parents=True)
     (tree / "leaf").write_text("leaf")
     refused = machines_cli("scp", str(tmp_path / "tree"), "a:/data/")
     assert refused.returncode == 2 and "is a directory (use -r)" in refused.stderr
-    assert machines_cli("scp", "-r", str(tmp_path / "tree"), "a:/data/").returncode == 0
+    transfer.copy(library, str(tmp_path / "tree"), "a:/data/", recursive=True)
     assert machines_cli("scp", "-r", "a:/data/tree", "b:/data/tree2").returncode == 0
     assert Path(second.data_dir, "tree2", "sub", "leaf").read_text() == "leaf"
 
