@@ -144,32 +144,46 @@ def spawn(host: Host, tmp_path: Path) -> Iterator[Callable[[], Container]]:
         container.proc.wait()
 
 
+_servers: List[Tuple[socket.socket, threading.Thread]] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_servers() -> Iterator[None]:
+    """Shuts the echo servers of a test down, so no socket keeps a deleted namespace alive."""
+    yield
+    while _servers:
+        sock, thread = _servers.pop()
+        with contextlib.suppress(OSError):  # a UDP socket says "not connected" but wakes its reader all the same
+            sock.shutdown(socket.SHUT_RDWR)
+        thread.join(5)
+        sock.close()
+
+
 def serve_echo(sock: socket.socket, kind: int) -> None:
-    """Answers each TCP connection or UDP datagram with the data upper-cased, on a daemon thread."""
+    """Answers each TCP connection (with the client's address) or UDP datagram with the data upper-cased."""
     if kind == socket.SOCK_STREAM:
         sock.listen(8)
 
-        def tcp() -> None:
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                except OSError:
-                    return
-                with conn:
-                    data = conn.recv(1024)
-                    conn.sendall(data.upper() + b" from %s" % conn.getpeername()[0].encode())
+    def tcp() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(1024)
+                conn.sendall(data.upper() + b" from %s" % conn.getpeername()[0].encode())
 
-        threading.Thread(target=tcp, daemon=True).start()
-    else:
-        def udp() -> None:
-            while True:
-                try:
-                    data, peer = sock.recvfrom(1024)
-                    sock.sendto(data.upper(), peer)
-                except OSError:
-                    return
+    def udp() -> None:
+        while True:
+            data, peer = sock.recvfrom(1024)
+            if peer is None:  # shut down
+                return
+            sock.sendto(data.upper(), peer)
 
-        threading.Thread(target=udp, daemon=True).start()
+    thread = threading.Thread(target=tcp if kind == socket.SOCK_STREAM else udp, daemon=True)
+    thread.start()
+    _servers.append((sock, thread))
 
 
 def tcp_ask(sock: socket.socket, address: Tuple[str, int], data: bytes = b"hello") -> bytes:
