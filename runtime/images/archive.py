@@ -133,6 +133,12 @@ class HashingReader(io.RawIOBase):
         return "sha256:" + self.sha.hexdigest()
 
 
+def drain(stream: IO[bytes]) -> None:
+    """Read a request body to its end (a tar reader stops at the end marker, before the padding)."""
+    while stream.read(COPY_CHUNK):
+        pass
+
+
 def file_digest(path: str) -> Tuple[str, int]:
     """sha256 digest and size of a file."""
     sha = hashlib.sha256()

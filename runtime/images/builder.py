@@ -219,6 +219,7 @@ class Builder:
         try:
             self.context = os.path.join(work, "context")
             archive.extract_tree(self.context_stream, self.context)
+            archive.drain(self.context_stream)
             yield from self._build()
         except BuildFailed as exc:
             yield {"errorDetail": {"code": exc.code, "message": str(exc)}, "error": str(exc)}
@@ -650,6 +651,76 @@ def _is_tar(path: str) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
+class EngineStepRunner:
+    """The StepRunner protocol over the Engine's public API (create, start, logs, wait, upper dir, remove)."""
+
+    def __init__(self, engine: Any, network_mode: str = "default") -> None:
+        self.engine = engine
+        self.network_mode = network_mode or "default"
+
+    def run_build_step(self, image_id: str, argv: List[str], config: dict) -> "_EngineStep":
+        body = {"Image": image_id, "Entrypoint": argv, "Cmd": None, "Env": config.get("Env") or [],
+                "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
+                "AttachStdout": True, "AttachStderr": True,
+                "HostConfig": {"NetworkMode": self.network_mode}}
+        return _EngineStep(self.engine, self.engine.create_container(body)["Id"])
+
+
+class _EngineStep:
+    def __init__(self, engine: Any, container_id: str) -> None:
+        self.engine = engine
+        self.id = container_id
+
+    def output(self) -> Iterator[bytes]:
+        self.engine.start(self.id)
+        for _stream, data in self.engine.logs(self.id, follow=True, stdout=True, stderr=True):
+            yield data
+
+    def wait(self) -> int:
+        return int(self.engine.wait(self.id).get("StatusCode", 1))
+
+    @property
+    def upper_dir(self) -> str:
+        return self.engine.container_upper_dir(self.id)
+
+    def remove(self) -> None:
+        self.engine.remove(self.id, force=True, volumes=True)
+
+
+def _query_bool(query: Dict[str, List[str]], name: str) -> bool:
+    values = query.get(name) or []
+    return bool(values) and values[-1].strip().lower() not in ("", "0", "no", "false", "none")
+
+
+def _query_json(query: Dict[str, List[str]], name: str) -> dict:
+    values = query.get(name) or []
+    if not values or not values[-1]:
+        return {}
+    try:
+        value = json.loads(values[-1])
+    except ValueError:
+        raise InvalidParameter("invalid %s: not a JSON object" % name) from None
+    if not isinstance(value, dict):
+        raise InvalidParameter("invalid %s: not a JSON object" % name)
+    return value
+
+
+def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
+                  registry_config: Optional[str]) -> Iterator[dict]:
+    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, networkmode, remote)
+    and ``X-Registry-Config``; RUN steps go to ``engine``."""
+    from runtime.images.registry import decode_auth
+
+    if (query.get("remote") or [""])[-1]:
+        raise InvalidParameter("building from a remote context is not supported: send the context as a tar")
+    network = (query.get("networkmode") or ["default"])[-1]
+    return build(store, body, dockerfile_path=(query.get("dockerfile") or ["Dockerfile"])[-1],
+                 tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
+                 labels=_query_json(query, "labels"), target=(query.get("target") or [""])[-1] or None,
+                 nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
+                 runner=EngineStepRunner(engine, network), registry_config=decode_auth(registry_config))
+
+
 def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dict]:
     """``POST /build``: see Builder for the options (dockerfile_path, tags, build_args, labels, target, nocache,
     runner, registry_config, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
@@ -657,4 +728,4 @@ def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dic
     return Builder(store, context, **options).run()
 
 
-__all__ = ["BuildFailed", "Builder", "ImageView", "build"]
+__all__ = ["BuildFailed", "Builder", "EngineStepRunner", "ImageView", "build", "build_request"]

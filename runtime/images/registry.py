@@ -58,6 +58,13 @@ def decode_auth(header: Optional[str]) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def as_auth(auth: "dict | str | None") -> dict:
+    """Credentials as a dict, from a dict or a raw ``X-Registry-Auth`` header."""
+    if isinstance(auth, str) or auth is None:
+        return decode_auth(auth)
+    return auth
+
+
 def auth_for_host(config: dict, host: str) -> dict:
     """Pick the entry for ``host`` from an ``X-Registry-Config`` map (keys may be URLs or Docker Hub's alias)."""
     for key, value in (config or {}).items():

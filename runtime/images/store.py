@@ -768,16 +768,24 @@ class ImageStore:
         from runtime.images.registry import RegistryOptions
         return RegistryOptions(self.insecure_registries, self.certs_dirs)
 
-    def pull(self, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
+    def pull(self, image: str, tag: Optional[str] = None, auth: Union[dict, str, None] = None,
              platform: Optional[str] = None) -> Iterator[dict]:
-        """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull)."""
-        from runtime.images import registry
-        return registry.pull(self, image, tag, auth, platform, self.registry_options())
+        """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull).
 
-    def push(self, image: str, tag: Optional[str] = None, auth: Optional[dict] = None) -> Iterator[dict]:
+        ``auth`` is a credentials dict or the raw ``X-Registry-Auth`` header."""
+        from runtime.images import registry
+        return registry.pull(self, image, tag, registry.as_auth(auth), platform, self.registry_options())
+
+    def push(self, image: str, tag: Optional[str] = None, auth: Union[dict, str, None] = None) -> Iterator[dict]:
         """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
         from runtime.images import registry
-        return registry.push(self, image, tag, auth, self.registry_options())
+        return registry.push(self, image, tag, registry.as_auth(auth), self.registry_options())
+
+    def build(self, engine: object, body: IO[bytes], query: Dict[str, List[str]],
+              registry_config: Optional[str] = None) -> Iterator[dict]:
+        """``POST /build`` (classic builder): the JSON stream, errors in-band; RUN steps run on ``engine``."""
+        from runtime.images.builder import build_request
+        return build_request(self, engine, body, query, registry_config)
 
     def login(self, auth: dict) -> dict:
         """``POST /auth``: ``{"Status": "Login Succeeded", "IdentityToken": ""}`` or Unauthorized."""
@@ -922,6 +930,7 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Dict[str, str]:
                 files[name] = path
     except tarfile.TarError as exc:
         raise InvalidParameter("invalid archive: %s" % exc) from None
+    archive.drain(fileobj)
     for name, target in links.items():
         for _ in range(8):
             if target in links:
