@@ -310,3 +310,19 @@ def test_provision_error_keeps_a_working_machine_working(store: Machines, machin
         host.run("umount /usr/local/lib/machines")
     assert daemon_pid(host) == before
     assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
+
+
+def test_missing_python_is_installed_with_the_package_manager(store: Machines, make_host) -> None:
+    """python3 hidden, apt-get hidden, and an ``apk`` that "installs" python3 (the hosts have no package mirror):
+    provisioning finds no python, runs the package manager as root, finds python and finishes."""
+    test_host = make_host()
+    test_host.run(
+        "for f in /usr/bin/python3.11 /usr/bin/apt-get; do mount --bind /dev/null $f; done && "
+        "printf '#!/bin/sh\\necho \"$@\" > /tmp/apk-args\\numount /usr/bin/python3.11\\n' > /usr/local/sbin/apk && "
+        "chmod 755 /usr/local/sbin/apk"
+    )
+    machine = adopt(store, test_host)
+    assert test_host.run("cat /tmp/apk-args").split() == ["add", "--no-cache", "-q", "python3"]
+    assert machine.runtime["python"] == "/usr/bin/python3"
+    result = shell(store, f'eval "$(machines env {machine.name})" && docker version --format "{VERSION_FORMAT}"')
+    assert result.stdout.strip() == runtime.VERSION, result.stderr
