@@ -43,14 +43,15 @@ def in_netns(path: str, work: Callable[[], T]) -> T:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise HostError("cannot open the network namespace %s: %s" % (path, exc.strerror)) from None
-    outcome: List[object] = []
+    results: List[T] = []
+    errors: List[BaseException] = []
 
     def run() -> None:
         try:
             setns(fd, CLONE_NEWNET)
-            outcome.append(("ok", work()))
+            results.append(work())
         except BaseException as exc:  # handed back to the caller's thread below
-            outcome.append(("error", exc))
+            errors.append(exc)
 
     try:
         thread = threading.Thread(target=run, name="netns")
@@ -58,10 +59,9 @@ def in_netns(path: str, work: Callable[[], T]) -> T:
         thread.join()
     finally:
         os.close(fd)
-    kind, value = outcome[0]  # type: ignore[misc]
-    if kind == "error":
-        raise value  # type: ignore[misc]
-    return value  # type: ignore[return-value]
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def enable_ip_forward() -> None:
