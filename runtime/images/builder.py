@@ -209,24 +209,34 @@ class Builder:
         self.runner = runner
         self.registry_config = registry_config or {}
         self.quiet = quiet
+        self.work = ""
         self.context = ""
         self.stages: List[_Stage] = []
 
     # --- entry point --------------------------------------------------------------------------------------
 
-    def run(self) -> Iterator[dict]:
-        work = self.store.tmpdir()
+    def receive_context(self) -> None:
+        """Unpack the context now: the request body must be read before the response stream starts."""
+        self.work = self.store.tmpdir()
+        self.context = os.path.join(self.work, "context")
         try:
-            self.context = os.path.join(work, "context")
             archive.extract_tree(self.context_stream, self.context)
             archive.drain(self.context_stream)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
+
+    def run(self) -> Iterator[dict]:
+        try:
+            if not self.work:
+                self.receive_context()
             yield from self._build()
         except BuildFailed as exc:
             yield {"errorDetail": {"code": exc.code, "message": str(exc)}, "error": str(exc)}
         except EngineError as exc:
             yield {"errorDetail": {"message": str(exc)}, "error": str(exc)}
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def _read_dockerfile(self) -> List[Instruction]:
         rel = posixpath.normpath(self.dockerfile_path)
@@ -714,11 +724,13 @@ def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[s
     if (query.get("remote") or [""])[-1]:
         raise InvalidParameter("building from a remote context is not supported: send the context as a tar")
     network = (query.get("networkmode") or ["default"])[-1]
-    return build(store, body, dockerfile_path=(query.get("dockerfile") or ["Dockerfile"])[-1],
-                 tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
-                 labels=_query_json(query, "labels"), target=(query.get("target") or [""])[-1] or None,
-                 nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
-                 runner=EngineStepRunner(engine, network), registry_config=decode_auth(registry_config))
+    builder = Builder(store, body, dockerfile_path=(query.get("dockerfile") or ["Dockerfile"])[-1],
+                      tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
+                      labels=_query_json(query, "labels"), target=(query.get("target") or [""])[-1] or None,
+                      nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
+                      runner=EngineStepRunner(engine, network), registry_config=decode_auth(registry_config))
+    builder.receive_context()
+    return builder.run()
 
 
 def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dict]:

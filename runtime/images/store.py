@@ -605,7 +605,16 @@ class ImageStore:
                                    '%s is using its referenced image %s' % (ref, _short(user), image_id[7:19]))
                 del self._index[key[0]][key[1]]
                 items.append({"Untagged": parsed.familiar()})
-                if len(refs) > 1 or self._children(image_id):
+                refs = self._refs_of(image_id)
+                if not parsed.digest and not any(t == "tags" and reference.parse(k).name == parsed.name
+                                                 for t, k in refs):
+                    # the repository's last tag is gone: its digest references go with it, as in moby
+                    for table, other in list(refs):
+                        if table == "digests" and reference.parse(other).name == parsed.name:
+                            del self._index[table][other]
+                            items.append({"Untagged": reference.parse(other).familiar()})
+                            refs.remove((table, other))
+                if refs or self._children(image_id):
                     self._save_index()
                     return items
             else:

@@ -65,7 +65,8 @@ def _errors(messages):
 
 
 def test_parser_forms_continuations_and_directives():
-    text = "# escape=`\nFROM alpine\n# comment\nRUN echo a `\n  && echo b\nCMD [\"sh\", \"-c\"]\nENV A=1 B=\"two words\"\n"
+    text = ("# escape=`\nFROM alpine\n# comment\nRUN echo a `\n  && echo b\nCMD [\"sh\", \"-c\"]\n"
+            "ENV A=1 B=\"two words\"\n")
     ins = dockerfile.parse(text)
     assert [i.cmd for i in ins] == ["FROM", "RUN", "CMD", "ENV"]
     assert ins[1].args == ["echo a   && echo b"] and not ins[1].json_form

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -158,3 +159,12 @@ def test_registry_auth_header_decoding():
     assert opts.is_insecure("127.0.0.1:5000") and opts.is_insecure("localhost:5000")
     assert opts.is_insecure("10.1.2.3:5000") and opts.is_insecure("reg.example:5000")
     assert not opts.is_insecure("registry-1.docker.io") and not opts.is_insecure("192.168.1.1:5000")
+
+
+def test_removing_the_last_tag_drops_digest_references_of_that_repository(store, registry, busybox_tar):
+    tag = "%s/digested:1" % registry.host
+    image_id = store.import_tar(io.BytesIO(busybox_tar), tag)
+    digest = list(store.push(tag))[-1]["aux"]["Digest"]
+    layer = "sha256:" + hashlib.sha256(busybox_tar).hexdigest()
+    assert store.remove(tag) == [{"Untagged": tag}, {"Untagged": "%s/digested@%s" % (registry.host, digest)},
+                                 {"Deleted": image_id}, {"Deleted": layer}]
