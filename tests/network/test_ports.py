@@ -94,13 +94,16 @@ def test_publish_all_and_restore_after_restart(host: Host, manager: NetworkManag
         again.close()
 
 
-def test_host_port_range_takes_the_first_free_port(host: Host, manager: NetworkManager,
+def test_host_port_ranges_and_ipv6_host_addresses(host: Host, manager: NetworkManager,
                                                    spawn: Callable[[], Container]) -> None:
     box, address = running_echo(spawn, manager)
     first = free_port()
     with bind_socket("tcp", "0.0.0.0", first):
         ports = manager.publish(box.id, address, {"80/tcp": [{"HostPort": "%d-%d" % (first, first + 1)}]})
         assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(first + 1)}]}
+    ipv6 = manager.publish(box.id, address, {"80/tcp": [{"HostIp": "::1"}]})["80/tcp"][0]
+    assert ipv6["HostIp"] == "::1"
+    assert tcp_ask(socket.socket(socket.AF_INET6), ("::1", int(ipv6["HostPort"]))).startswith(b"HELLO")
     manager.release(box.id)
     assert host.leftovers() == ([], [])
 
