@@ -60,12 +60,7 @@ STATE_MAP: dict[str, State] = {
     "terminated": State.NOT_FOUND,
 }
 # Error codes that mean "already gone": an undo or rm treats them as success.
-GONE_CODES = {
-    "InvalidInstanceID.NotFound",
-    "InvalidKeyPair.NotFound",
-    "InvalidGroup.NotFound",
-    "InvalidGroupId.NotFound",
-}
+GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidKeyPair.NotFound", "InvalidGroup.NotFound", "InvalidGroupId.NotFound")
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> str:
@@ -255,9 +250,17 @@ class AWSDriver(Driver):
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         """One EC2 call; any failure becomes a one-line ``DriverError`` naming the operation."""
+        response = self._call_unless((), operation, **params)
+        assert response is not None
+        return response
+
+    def _call_unless(self, codes: tuple[str, ...], operation: str, **params: Any) -> dict[str, Any] | None:
+        """Like ``_call``, but an EC2 error whose code starts with one of ``codes`` gives None (e.g. "already gone")."""
         try:
             return getattr(self.ec2, operation)(**params)
         except botocore.exceptions.ClientError as error:
+            if codes and _error_code(error).startswith(codes):
+                return None
             raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
         except botocore.exceptions.NoCredentialsError:
             raise PreCreateError(
@@ -265,15 +268,6 @@ class AWSDriver(Driver):
                 "AWS_SECRET_ACCESS_KEY, or use --aws-profile"
             ) from None
         except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError) as error:
-            raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
-
-    def _call_ignoring_gone(self, operation: str, **params: Any) -> dict[str, Any] | None:
-        """Like ``_call`` but "not found" is success: for deletes of things that may already be gone."""
-        try:
-            return getattr(self.ec2, operation)(**params)
-        except botocore.exceptions.ClientError as error:
-            if _error_code(error) in GONE_CODES:
-                return None
             raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
 
     def _wait(self, what: str, done: Callable[[], bool]) -> None:
@@ -289,15 +283,23 @@ class AWSDriver(Driver):
 
     # -- pre-create ---------------------------------------------------------------------------------------------
     def pre_create_check(self) -> None:
-        """Everything that can be checked without making anything: flags, credentials, region, type, AMI, names."""
-        self._check_flags()
-        self._check_credentials()
-        self._check_region()
-        self._check_instance_type()
-        self._resolve_image()
-        self._resolve_network()
-        self._check_names_free()
-        self._resolve_security_groups()
+        """Everything that can be checked without making anything: flags, credentials, region, type, AMI, names.
+
+        Any failure here (an EC2 error included) is a pre-create error: nothing exists yet, nothing needs undoing.
+        """
+        try:
+            self._check_flags()
+            self._check_credentials()
+            self._check_region()
+            self._check_instance_type()
+            self._resolve_image()
+            self._resolve_network()
+            self._check_names_free()
+            self._resolve_security_groups()
+        except PreCreateError:
+            raise
+        except DriverError as error:
+            raise PreCreateError(str(error)) from None
 
     def _check_flags(self) -> None:
         for cidr in self._get("allow_cidr") or []:
@@ -354,26 +356,20 @@ class AWSDriver(Driver):
 
     def _check_instance_type(self) -> None:
         instance_type = self._get("instance_type")
-        try:
-            self.ec2.describe_instance_types(InstanceTypes=[instance_type])
-        except botocore.exceptions.ClientError as error:
-            if _error_code(error) in ("InvalidInstanceType", "InvalidParameterValue"):
-                raise PreCreateError(f"--aws-instance-type {instance_type!r} does not exist in {self._get('region')}") from None
-            raise DriverError(f"EC2 describe_instance_types: {_one_line(error)}") from None
+        found = self._call_unless(
+            ("InvalidInstanceType", "InvalidParameterValue"), "describe_instance_types", InstanceTypes=[instance_type]
+        )
+        if not found or not found["InstanceTypes"]:
+            raise PreCreateError(f"--aws-instance-type {instance_type!r} does not exist in {self._get('region')}")
 
     def _resolve_image(self) -> None:
         """Check the AMI exists (or find the default one) and pick the SSH user its distribution uses."""
         ami = self._get("ami")
         if ami:
-            try:
-                images = self.ec2.describe_images(ImageIds=[ami])["Images"]
-            except botocore.exceptions.ClientError as error:
-                if _error_code(error).startswith("InvalidAMIID"):
-                    raise PreCreateError(f"--aws-ami {ami!r} does not exist in {self._get('region')}") from None
-                raise DriverError(f"EC2 describe_images: {_one_line(error)}") from None
-            if not images:
+            found = self._call_unless(("InvalidAMIID",), "describe_images", ImageIds=[ami])
+            if not found or not found["Images"]:
                 raise PreCreateError(f"--aws-ami {ami!r} does not exist in {self._get('region')}")
-            image = images[0]
+            image = found["Images"][0]
             user = "admin" if "debian" in (image.get("Name") or "").lower() else "ubuntu"
         else:
             image, user = self._default_image()
@@ -432,12 +428,8 @@ class AWSDriver(Driver):
     def _check_names_free(self) -> None:
         """Our key pair and security group names must not exist yet: we would delete someone else's at rm."""
         if self._get("keypair_name"):
-            try:
-                self.ec2.describe_key_pairs(KeyNames=[self._get("keypair_name")])
-            except botocore.exceptions.ClientError as error:
-                if _error_code(error) == "InvalidKeyPair.NotFound":
-                    raise PreCreateError(f"--aws-keypair-name {self._get('keypair_name')!r} does not exist") from None
-                raise DriverError(f"EC2 describe_key_pairs: {_one_line(error)}") from None
+            if not self._call_unless(GONE_CODES, "describe_key_pairs", KeyNames=[self._get("keypair_name")]):
+                raise PreCreateError(f"--aws-keypair-name {self._get('keypair_name')!r} does not exist")
         else:
             pairs = self._call("describe_key_pairs", Filters=[{"Name": "key-name", "Values": [self.resource_name]}])
             if pairs["KeyPairs"]:
@@ -618,14 +610,14 @@ class AWSDriver(Driver):
         for instance_id in self._our_instance_ids():
             if self._instance_state(instance_id) is None:  # already terminated, maybe outside machines
                 continue
-            self._call_ignoring_gone("terminate_instances", InstanceIds=[instance_id])
+            self._call_unless(GONE_CODES, "terminate_instances", InstanceIds=[instance_id])
             self._wait(f"instance {instance_id} to be terminated", lambda: self._instance_state(instance_id) is None)
 
     def _delete_key_pair(self) -> None:
         name = self._get("created_key_pair")
         if not name:
             return
-        self._call_ignoring_gone("delete_key_pair", KeyName=name)
+        self._call_unless(GONE_CODES, "delete_key_pair", KeyName=name)
 
         def gone() -> bool:
             pairs = self._call("describe_key_pairs", Filters=[{"Name": "key-name", "Values": [name]}])["KeyPairs"]
@@ -641,15 +633,9 @@ class AWSDriver(Driver):
             return
 
         def deleted() -> bool:
-            try:
-                self.ec2.delete_security_group(GroupId=group_id)
-            except botocore.exceptions.ClientError as error:
-                if _error_code(error) in GONE_CODES:
-                    return True
-                if _error_code(error) == "DependencyViolation":
-                    return False
-                raise DriverError(f"EC2 delete_security_group: {_one_line(error)}") from None
-            return True
+            if self._call_unless(GONE_CODES + ("DependencyViolation",), "delete_security_group", GroupId=group_id):
+                return True
+            return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
 
         self._wait(f"security group {group_id} to be deleted", deleted)
         self.config.pop("created_security_group", None)
@@ -661,33 +647,20 @@ class AWSDriver(Driver):
         self._delete_security_group()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def _describe(self) -> dict[str, Any] | None:
-        """The instance as EC2 describes it, or None when it no longer exists (or is terminated)."""
-        instance_id = self._get("instance_id")
+    def _describe(self, instance_id: str | None = None) -> dict[str, Any] | None:
+        """The instance (ours by default) as EC2 describes it; None when it no longer exists or is terminated."""
+        instance_id = instance_id or self._get("instance_id")
         if not instance_id:
             return None
-        try:
-            reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-        except botocore.exceptions.ClientError as error:
-            if _error_code(error) in GONE_CODES:
-                return None
-            raise DriverError(f"EC2 describe_instances: {_one_line(error)}") from None
-        except botocore.exceptions.BotoCoreError as error:
-            raise DriverError(f"EC2 describe_instances: {_one_line(error)}") from None
-        instances = [instance for reservation in reservations for instance in reservation["Instances"]]
+        found = self._call_unless(GONE_CODES, "describe_instances", InstanceIds=[instance_id])
+        instances = [instance for reservation in (found or {}).get("Reservations", []) for instance in reservation["Instances"]]
         if not instances or instances[0]["State"]["Name"] == "terminated":
             return None
         return instances[0]
 
     def _instance_state(self, instance_id: str) -> str | None:
-        try:
-            reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-        except botocore.exceptions.ClientError as error:
-            if _error_code(error) in GONE_CODES:
-                return None
-            raise DriverError(f"EC2 describe_instances: {_one_line(error)}") from None
-        states = [instance["State"]["Name"] for reservation in reservations for instance in reservation["Instances"]]
-        return None if not states or states[0] == "terminated" else states[0]
+        instance = self._describe(instance_id)
+        return instance["State"]["Name"] if instance else None
 
     def _existing_instance(self) -> str:
         instance_id = self._get("instance_id")
