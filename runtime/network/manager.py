@@ -412,9 +412,12 @@ class NetworkManager:
                 return
 
     def release(self, container_id: str) -> None:
-        """Drops every endpoint, lease and published port of a container (on stop, die or remove)."""
+        """Drops every endpoint, lease and published port of a container (on stop, die or remove); a container
+        with none is a no-op, so calling it on both stop and remove is fine."""
         with self._lock:
-            self._unpublish(container_id)
+            had_ports = self._unpublish(container_id)
+            if not had_ports and container_id not in self._state["endpoints"]:
+                return
             neighbours = self._neighbours(container_id)
             endpoints = self._state["endpoints"].pop(container_id, {})
             for nid, ep in endpoints.items():
