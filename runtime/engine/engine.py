@@ -141,7 +141,8 @@ def _start_exit_code(message: str) -> int:
 class Engine:
     """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
 
-    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None) -> None:
+    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
+                 bridge_name: Optional[str] = None) -> None:
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
 
@@ -152,8 +153,9 @@ class Engine:
             os.makedirs(path, mode=0o710, exist_ok=True)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
+        network_options = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
-                                       default_subnet=bridge_subnet)
+                                       default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
         self.bus = EventBus()
         self._lock = threading.RLock()
@@ -162,7 +164,6 @@ class Engine:
         self._containers: Dict[str, Container] = {}
         self._execs: Dict[str, dict] = {}
         self._closed = False
-        self._plain_networks: Dict[str, str] = {}
         self._trash = os.path.join(self.data_root, "trash")
         shutil.rmtree(self._trash, ignore_errors=True)
         os.makedirs(self._trash, exist_ok=True)
@@ -222,6 +223,7 @@ class Engine:
         kind, target = split_mode(host["NetworkMode"])
         if kind == "container":
             self._get(target)
+        networks = self._planned_networks(kind, target, body)
         mounts = self._plan_mounts(cid, host, config)
         with self._lock:
             name = check_name(name) if name else self._unique_name()
@@ -242,12 +244,12 @@ class Engine:
                 "Driver": "overlay2", "Platform": "linux", "MountLabel": "", "ProcessLabel": "",
                 "AppArmorProfile": "", "ExecIDs": None, "Mounts": mounts,
                 "NetworkSettings": {"Bridge": "", "SandboxID": "", "Ports": {}, "IPAddress": "", "Gateway": "",
-                                    "IPPrefixLen": 0, "MacAddress": "", "Networks": {}},
+                                    "IPPrefixLen": 0, "MacAddress": "", "EndpointID": "", "Networks": networks},
                 "LogPath": os.path.join(path, cid + "-json.log"),
                 "ResolvConfPath": os.path.join(path, "resolv.conf"),
                 "HostnamePath": os.path.join(path, "hostname"), "HostsPath": os.path.join(path, "hosts"),
                 "HasBeenManuallyStopped": False,
-                "_lower": list(reversed(image.layer_dirs())), "_aliases": self._aliases(body),
+                "_lower": list(reversed(image.layer_dirs())),
             }
             c = Container(data, path)
             self._containers[cid] = c
@@ -255,10 +257,21 @@ class Engine:
         self._emit(c, "create")
         return {"Id": cid, "Warnings": []}
 
-    @staticmethod
-    def _aliases(body: dict) -> Dict[str, List[str]]:
-        endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
-        return {net: list((cfg or {}).get("Aliases") or []) for net, cfg in endpoints.items()}
+    def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
+        """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
+        what to connect), validated now so a missing network fails the create, as with Docker."""
+        if kind == "container":
+            return {}
+        asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        primary = self.networks.inspect(target)
+        out = {primary["Name"]: _planned_endpoint(primary["Id"], asked.get(target) or asked.get(primary["Name"])
+                                                  or asked.get("default") or {})}
+        for key, cfg in asked.items():
+            if key in (target, primary["Name"], "default"):
+                continue
+            net = self.networks.inspect(key)
+            out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
+        return out
 
     def _unique_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -417,7 +430,7 @@ class Engine:
         try:
             if launch.error:
                 raise _start_error(launch.error)
-            self._connect_networks(c, kind, target, launch.child)
+            self._connect_networks(c, kind, launch.child)
             monitor = connect(spec["socket"], {"monitor": True}, timeout=5)
             with self._lock:
                 pending, c.pending = c.pending, []
@@ -439,6 +452,13 @@ class Engine:
                            "ExitCode": _start_exit_code(message) if isinstance(e, InvalidParameter) else 128,
                            "Running": False, "Pid": 0})
                 self._save(c)
+                pending, c.pending = c.pending, []
+                c.exit_seq += 1  # a waiter for the next exit must not hang on a start that never happened
+                self._cond.notify_all()
+            for session in pending:
+                session.abandon()
+            if c.data["HostConfig"].get("AutoRemove"):
+                self.remove(c.id, force=True, volumes=True)
             if isinstance(e, EngineError):
                 raise
             raise HostError("failed to start container: %s" % message)
@@ -455,36 +475,35 @@ class Engine:
         threading.Thread(target=self._watch, args=(c, monitor, launch.shim_pid, spec["start_id"]),
                          name="watch-" + c.id[:12], daemon=True).start()
 
-    def _connect_networks(self, c: Container, kind: str, target: str, pid: int) -> None:
-        if kind == "container":
+    def _connect_networks(self, c: Container, kind: str, pid: int) -> None:
+        """Plugs the started container into every network in NetworkSettings.Networks, then publishes ports on
+        the first one's address. ``none`` and ``host`` need nothing (the child raised lo itself)."""
+        settings = c.data["NetworkSettings"]
+        settings["Ports"] = {}
+        if kind in ("container", "none", "host"):
             return
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        if kind in ("none", "host"):  # nothing to plug in (the child raised lo): skip the manager's bookkeeping
-            c.data["NetworkSettings"]["Networks"] = {kind: self._plain_endpoint(kind)}
-            c.data["NetworkSettings"]["Ports"] = {}
-            return
-        endpoint = self.networks.connect(target, c.id, pid, name=c.name,
-                                         aliases=c.data["_aliases"].get(target) or [],
-                                         hosts_path=c.file("hosts"), hostname=cfg.get("Hostname"))
-        settings = c.data["NetworkSettings"]
-        net_name = "bridge" if kind == "bridge" else target
-        settings["Networks"] = {net_name: endpoint}
-        ports: Dict[str, Any] = {}
-        if kind in ("bridge", "network") and endpoint.get("IPAddress"):
-            ports = self.networks.publish(c.id, endpoint["IPAddress"], host.get("PortBindings") or {},
-                                          list((cfg.get("ExposedPorts") or {}).keys()),
-                                          bool(host.get("PublishAllPorts")))
-        settings["Ports"] = ports
-        if kind == "bridge":
+        connected: Dict[str, dict] = {}
+        for name, planned in (settings.get("Networks") or {}).items():
+            connected[name] = self._connect_one(c, name, planned, pid)
+        settings["Networks"] = connected
+        address = next((e["IPAddress"] for e in connected.values() if e.get("IPAddress")), "")
+        if address:
+            settings["Ports"] = self.networks.publish(c.id, address, host.get("PortBindings") or {},
+                                                      list((cfg.get("ExposedPorts") or {}).keys()),
+                                                      bool(host.get("PublishAllPorts")))
+        bridge = connected.get("bridge")
+        if bridge:
             for key in ("IPAddress", "Gateway", "IPPrefixLen", "MacAddress", "EndpointID"):
-                settings[key] = endpoint.get(key, settings.get(key))
+                settings[key] = bridge.get(key, settings.get(key))
 
-    def _plain_endpoint(self, kind: str) -> dict:
-        if kind not in self._plain_networks:
-            self._plain_networks[kind] = self.networks.inspect(kind)["Id"]
-        return {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID":
-                self._plain_networks[kind], "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
-                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}
+    def _connect_one(self, c: Container, net: str, planned: dict, pid: int) -> dict:
+        ipv4 = (planned.get("IPAMConfig") or {}).get("IPv4Address") or None
+        endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
+                                         ipv4=ipv4, hosts_path=c.file("hosts"),
+                                         hostname=c.data["Config"].get("Hostname"))
+        endpoint["IPAMConfig"] = planned.get("IPAMConfig")
+        return endpoint
 
     def _release_network(self, c: Container) -> None:
         try:
@@ -493,8 +512,7 @@ class Engine:
             pass
         settings = c.data["NetworkSettings"]
         settings["Ports"] = {}
-        for key in ("IPAddress", "Gateway", "MacAddress"):
-            settings[key] = ""
+        settings.update({"IPAddress": "", "Gateway": "", "MacAddress": "", "IPPrefixLen": 0, "EndpointID": ""})
         for endpoint in (settings.get("Networks") or {}).values():
             endpoint.update({"IPAddress": "", "Gateway": "", "IPPrefixLen": 0, "MacAddress": "", "EndpointID": ""})
 
@@ -918,7 +936,6 @@ class Engine:
             "id": lambda v: c.id.startswith(v),
             "name": lambda v: v.lstrip("/") in c.name,
             "status": lambda v: v == st["Status"],
-            "label": lambda v: labels_match(c.data["Config"].get("Labels") or {}, [v]),
             "exited": lambda v: not c.running and st["Status"] == "exited" and str(st["ExitCode"]) == v,
             "ancestor": lambda v: v in (c.data["Config"].get("Image"), c.data["Image"])
             or c.data["Image"].startswith("sha256:" + v),
@@ -929,7 +946,7 @@ class Engine:
             wanted = _filter_values(filters, key)
             if wanted and not any(test(v) for v in wanted):
                 return False
-        return True
+        return labels_match(c.data["Config"].get("Labels") or {}, _filter_values(filters, "label"))
 
     def _summary(self, c: Container, size: bool) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -1234,25 +1251,30 @@ class Engine:
     # --- networks and events -----------------------------------------------------------------------------------
 
     def network_connect(self, net_ref: str, ref: str, config: Optional[dict] = None) -> None:
+        """Connects now when running; otherwise records the endpoint for the next start, as Docker does."""
         c = self._get(ref)
-        config = config or {}
+        net = self.networks.inspect(net_ref)
+        planned = _planned_endpoint(net["Id"], config or {})
         with c.lock:
+            networks = c.data["NetworkSettings"].setdefault("Networks", {})
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
-            ipv4 = ((config.get("IPAMConfig") or {}).get("IPv4Address")) or None
-            endpoint = self.networks.connect(net_ref, c.id, c.state["Pid"], name=c.name,
-                                             aliases=config.get("Aliases") or [], ipv4=ipv4,
-                                             hosts_path=c.file("hosts"), hostname=c.data["Config"].get("Hostname"))
-            net = self.networks.inspect(net_ref)
+                if net["Name"] in networks:
+                    raise Conflict("endpoint with name %s already exists in network %s" % (c.name, net["Name"]))
+                endpoint = planned
+            else:
+                endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
             with self._lock:
-                c.data["NetworkSettings"].setdefault("Networks", {})[net["Name"]] = endpoint
+                networks[net["Name"]] = endpoint
                 self._save(c)
 
     def network_disconnect(self, net_ref: str, ref: str, force: bool = False) -> None:
         c = self._get(ref)
         with c.lock:
             net = self.networks.inspect(net_ref)
-            self.networks.disconnect(net_ref, c.id)
+            if c.running:
+                self.networks.disconnect(net_ref, c.id)
+            elif net["Name"] not in (c.data["NetworkSettings"].get("Networks") or {}) and not force:
+                raise NotFound("container %s is not connected to network %s" % (c.id, net["Name"]))
             with self._lock:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)
@@ -1260,6 +1282,14 @@ class Engine:
     def events(self, since: Optional[float] = None, until: Optional[float] = None,
                filters: Optional[dict] = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
+
+
+def _planned_endpoint(network_id: str, cfg: dict) -> dict:
+    """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
+    return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
+            "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "DNSNames": None}
 
 
 def _parse_time(text: str) -> float:
