@@ -302,6 +302,8 @@ class NetworkManager:
         subnet = ipam.parse_subnet(config["Subnet"])
         used = {e["IPAddress"] for e in self._members(net["Id"]).values()} | {config["Gateway"]}
         used.update((config.get("AuxiliaryAddresses") or {}).values())
+        if net["Name"] == "bridge" and ep["Aliases"]:
+            raise InvalidParameter("network-scoped alias is supported only for containers in user defined networks")
         if ipv4:
             if net["Name"] == "bridge":
                 raise InvalidParameter("user specified IP address is supported on user defined networks only")

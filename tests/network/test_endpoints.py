@@ -73,6 +73,9 @@ def test_default_bridge_has_no_name_resolution(host: Host, manager: NetworkManag
     ping(one, second["IPAddress"])
     with pytest.raises(InvalidParameter, match="user defined networks only"):
         manager.connect("bridge", "c" * 64, one.pid, name="three", ipv4="172.29.0.9")
+    with pytest.raises(InvalidParameter, match="network-scoped alias is supported only"):
+        manager.connect("bridge", "c" * 64, one.pid, name="three", aliases=["web"])
+    assert set(manager.inspect("bridge")["Containers"]) == {one.id, two.id}
 
     manager.release(one.id)
     manager.release(two.id)
