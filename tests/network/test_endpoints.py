@@ -10,7 +10,7 @@ import pytest
 
 from runtime.errors import Forbidden, HostError, InvalidParameter
 from runtime.network import NetworkManager, hosts
-from tests.network.conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
+from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
 
 
 def ping(source: Container, target: str) -> None:

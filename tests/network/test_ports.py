@@ -10,7 +10,7 @@ import pytest
 from runtime.errors import HostError
 from runtime.network import NetworkManager
 from runtime.network.proxy import bind_socket
-from tests.network.conftest import (REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo,
+from .conftest import (REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo,
                                     tcp_ask, udp_ask)
 
 
