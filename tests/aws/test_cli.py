@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import email
 import os
 import subprocess
 import sys
@@ -28,9 +30,17 @@ def machines(store: Path, *args: str, check: bool = True) -> subprocess.Complete
 def test_create_ssh_rm(world: World, tmp_path: Path) -> None:
     """The first SSH is already verified: the host key was injected through user data and pinned at create."""
     store, name = tmp_path / "store", f"aws-{os.getpid()}"
-    machines(store, "create", "--driver", "aws", "--no-provision", *world.flags(), name)
+    script = tmp_path / "extra.sh"
+    script.write_text("#!/bin/sh\necho extra user data\n")
+    machines(store, "create", "--driver", "aws", "--no-provision", "--aws-userdata", str(script), *world.flags(), name)
     machine = Machines(store).get(name)
     assert machine.ip() == world.address(0)
+    # the user's script rides along with our cloud-config, as a second MIME part for cloud-init
+    attribute = world.cloud.client.describe_instance_attribute(InstanceId=machine.record["driver"]["instance_id"],
+                                                               Attribute="userData")
+    parts = email.message_from_bytes(base64.b64decode(attribute["UserData"]["Value"])).get_payload()
+    assert [part.get_content_type() for part in parts] == ["text/cloud-config", "text/x-shellscript"]
+    assert parts[1].get_payload(decode=True) == script.read_bytes()
     assert machine.record["ssh_host_key"] == machine.driver.initial_host_key()
     assert machines(store, "ssh", name, "hostname").stdout.strip() == name
 

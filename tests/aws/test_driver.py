@@ -80,6 +80,43 @@ def test_ssh_api_mode_opens_only_ssh_and_asked_ports(cloud: MotoCloud, tmp_path:
     assert cloud.leftovers() == NOTHING
 
 
+def test_options_reach_the_instance(cloud: MotoCloud, tmp_path: Path) -> None:
+    driver = make_driver(cloud, tmp_path, request_spot_instance=True, spot_price="0.05", monitoring=True,
+                         metadata_tokens="optional", root_size=20)
+    created(driver)
+    instance = cloud.client.describe_instances(InstanceIds=[driver.config["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert instance["InstanceLifecycle"] == "spot" and instance["Monitoring"]["State"] == "enabled"
+    assert instance["MetadataOptions"]["HttpTokens"] == "optional"
+    assert [(volume["Size"], volume["VolumeType"]) for volume in cloud.client.describe_volumes()["Volumes"]] == [(20, "gp3")]
+    # no --aws-ami: the newest Ubuntu image Canonical publishes in the region (moto has no Debian ones)
+    image = cloud.client.describe_images(ImageIds=[instance["ImageId"]])["Images"][0]
+    assert image["OwnerId"] == "099720109477" and driver.ssh_details().user == "ubuntu"
+    driver.remove()
+    assert cloud.leftovers() == NOTHING
+
+
+def test_existing_group_and_key_pair_are_used_as_they_are_and_kept(cloud: MotoCloud, tmp_path: Path) -> None:
+    vpc_id = cloud.client.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    group_id = cloud.client.create_security_group(GroupName="ops", Description="ops", VpcId=vpc_id)["GroupId"]
+    rules = cloud.client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["IpPermissions"]
+    own_key = tmp_path / "own" / "id_ed25519"
+    own_key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(own_key)], check=True)
+    cloud.client.import_key_pair(KeyName="mine", PublicKeyMaterial=own_key.with_suffix(".pub").read_bytes())
+
+    driver = make_driver(cloud, tmp_path / "store", security_group=["ops"], keypair_name="mine", ssh_keypath=str(own_key))
+    ledger = created(driver)
+    assert ledger.descriptions() == [f"EC2 instance of {driver.machine_name}"]
+    instance = cloud.client.describe_instances(InstanceIds=[driver.config["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert instance["KeyName"] == "mine"
+    assert [group["GroupId"] for group in instance["NetworkInterfaces"][0]["Groups"]] == [group_id]
+    assert cloud.client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["IpPermissions"] == rules
+    assert driver.ssh_details().key_path == str(own_key)
+
+    driver.remove()
+    assert cloud.leftovers() == {"instances": [], "key_pairs": ["mine"], "security_groups": ["ops"]}
+
+
 def test_lifecycle_maps_ec2_states(cloud: MotoCloud, tmp_path: Path) -> None:
     driver = make_driver(cloud, tmp_path, use_private_address=True)
     created(driver)
