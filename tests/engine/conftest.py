@@ -73,7 +73,9 @@ def make_roots() -> tuple:
 @pytest.fixture(scope="module")
 def engine(busybox_tar: bytes) -> Iterator[Engine]:
     base, data, run = make_roots()
-    eng = Engine(data, run)
+    pid = os.getpid()
+    eng = Engine(data, run, bridge_name="meng%d" % (pid % 100000),
+                 bridge_subnet="10.199.%d.0/24" % (pid % 250))
     eng.images.import_tar(io.BytesIO(busybox_tar), repo_tag="busybox:latest")
     try:
         yield eng

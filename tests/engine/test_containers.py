@@ -7,6 +7,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -276,3 +277,47 @@ def test_bad_requests_are_refused(engine, run):
             engine.create_container({"Image": "busybox", "Cmd": ["true"]}, name=name)
     finally:
         engine.remove(first)
+
+
+def test_user_groups_and_image_content_copied_into_a_new_volume(engine, run):
+    cid = run(["id"], User="app")
+    engine.wait(cid)
+    assert output(engine, cid).strip() == "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"
+    name = "seeded-%d" % os.getpid()
+    seeded = run(["cat", "/etc/group"], host={"Binds": ["%s:/etc" % name]})
+    engine.wait(seeded)
+    assert "extra:x:2000:app" in output(engine, seeded)
+    engine.remove(seeded)
+    engine.volumes.remove(name)
+
+
+def test_exec_refused_while_paused(engine, run):
+    cid = run(["sleep", "30"])
+    engine.pause(cid)
+    try:
+        with pytest.raises(Conflict, match="paused"):
+            engine.exec_create(cid, {"Cmd": ["true"]})
+    finally:
+        engine.unpause(cid)
+
+
+def test_bridge_network_with_a_published_port(engine, run):
+    cid = run(["sh", "-c", "mkdir /www && echo served > /www/index.html && exec httpd -f -p 80 -h /www"],
+              host={"NetworkMode": "bridge", "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}},
+              ExposedPorts={"80/tcp": {}})
+    info = engine.inspect_container(cid)
+    address = info["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    assert address.startswith("10.199.")
+    port = int(info["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+
+    def fetch() -> bool:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/index.html" % port, timeout=2) as response:
+                return response.read() == b"served\n"
+        except OSError:
+            return False
+
+    wait_for(fetch, what="the published port")
+    engine.stop(cid, timeout=0)
+    assert engine.inspect_container(cid)["NetworkSettings"]["Ports"] == {}
+    assert not fetch()
