@@ -373,7 +373,7 @@ class NetworkManager:
             "DriverOpts": None, "GwPriority": 0, "NetworkID": net["Id"], "EndpointID": ep["EndpointID"],
             "Gateway": ep["Gateway"], "IPAddress": ep["IPAddress"], "IPPrefixLen": ep["IPPrefixLen"],
             "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-            "DNSNames": [ep["Name"], container_id[:12], *ep["Aliases"]] if user_defined else None,
+            "DNSNames": list(dict.fromkeys([ep["Name"], container_id[:12], *ep["Aliases"]])) if user_defined else None,
         }
 
     def endpoints(self, container_id: str) -> Dict[str, Dict_]:

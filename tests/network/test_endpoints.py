@@ -26,7 +26,8 @@ def test_user_network_connects_containers_by_name(host: Host, manager: NetworkMa
     net_id = manager.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.61.0.0/24"}]}})["Id"]
     web, client = spawn(), spawn()
     web_inode = os.stat(web.hosts_path).st_ino
-    first = manager.connect("app", web.id, web.pid, name="/web", aliases=["frontend"], hosts_path=web.hosts_path)
+    first = manager.connect("app", web.id, web.pid, name="/web", aliases=["frontend", web.id[:12]],
+                            hosts_path=web.hosts_path)
     second = manager.connect(net_id[:12], client.id, client.pid, name="client", hosts_path=client.hosts_path)
 
     assert first["NetworkID"] == net_id and first["Gateway"] == "10.61.0.1" and first["IPPrefixLen"] == 24
