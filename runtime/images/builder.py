@@ -27,7 +27,7 @@ import posixpath
 import re
 import shutil
 import stat
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, reference
@@ -210,6 +210,7 @@ class Builder:
         self.registry_config = registry_config or {}
         self.quiet = quiet
         self.work = ""
+        self.result: Optional[Image] = None
         self.context = ""
         self.stages: List[_Stage] = []
 
@@ -230,7 +231,11 @@ class Builder:
         try:
             if not self.work:
                 self.receive_context()
-            yield from self._build()
+            for message in self._build():
+                if not (self.quiet and "stream" in message):
+                    yield message
+            if self.quiet and self.result is not None:
+                yield _stream(self.result.id + "\n")  # what docker build -q prints
         except BuildFailed as exc:
             yield {"errorDetail": {"code": exc.code, "message": str(exc)}, "error": str(exc)}
         except EngineError as exc:
@@ -296,11 +301,11 @@ class Builder:
             labels = dict(stage.config.get("Labels") or {})
             labels.update(self.labels)
             stage.config["Labels"] = labels
-            stage.image = self._commit(stage, None, "LABEL " + " ".join(
+            yield from self._cached_or_commit(stage, None, NOP + "LABEL " + " ".join(
                 "%s=%s" % kv for kv in sorted(self.labels.items())))
         if stage.image is None:
             raise InvalidParameter("No image was generated. Is your Dockerfile empty?")
-        image = stage.image
+        image = self.result = stage.image
         yield {"aux": {"ID": image.id}}
         yield _stream("Successfully built %s\n" % image.id[7:19])
         for ref in self.tags:
@@ -377,12 +382,13 @@ class Builder:
                 stage.config["Cmd"] = None
             dockerfile.apply_config(stage.config, ins, self._env(stage))
         with self.store.workdir() as work:
-            upper = self._workdir_layer(stage, work) if ins.cmd == "WORKDIR" else None
+            upper = (lambda: self._workdir_layer(stage, work)) if ins.cmd == "WORKDIR" else None
             yield from self._cached_or_commit(stage, upper, NOP + ins.original, author=author)
 
-    def _cache_key(self, stage: _Stage, created_by: str, extra: str) -> str:
+    def _cache_key(self, stage: _Stage, created_by: str) -> str:
+        """Docker's cache rule: same parent image, same instruction (content digests included), same config."""
         parent = stage.image.id if stage.image is not None else "scratch"
-        blob = json.dumps([parent, created_by, extra, stage.config], sort_keys=True)
+        blob = json.dumps([parent, created_by, stage.config], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _cache_lookup(self, key: str) -> Optional[Image]:
@@ -411,16 +417,17 @@ class Builder:
     def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
-    def _cached_or_commit(self, stage: _Stage, upper: Optional[str], created_by: str, extra: str = "",
+    def _cached_or_commit(self, stage: _Stage, upper: Optional[Callable[[], Optional[str]]], created_by: str,
                           author: str = "") -> Iterator[dict]:
-        """Reuse the image an identical step made before (``Using cache``), or commit a new one."""
-        key = self._cache_key(stage, created_by, extra)
+        """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
+        (None: config only) and commit a new one."""
+        key = self._cache_key(stage, created_by)
         cached = self._cache_lookup(key)
         if cached is not None:
             yield _stream(" ---> Using cache\n")
             stage.image = cached
             return
-        stage.image = self._commit(stage, upper, created_by, author)
+        stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
 
     def _workdir_layer(self, stage: _Stage, work: str) -> Optional[str]:
@@ -440,7 +447,7 @@ class Builder:
         used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
         prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
         created_by = prefix + " ".join(argv)
-        key = self._cache_key(stage, created_by, "")
+        key = self._cache_key(stage, created_by)
         cached = self._cache_lookup(key)
         if cached is not None:
             yield _stream(" ---> Using cache\n")
@@ -494,10 +501,11 @@ class Builder:
         workdir = stage.config.get("WorkingDir") or "/"
         dest_path = posixpath.normpath(posixpath.join(workdir, dest))
         dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
-        staging = os.path.join(work, "upper")
         parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        self._make_parents(parent_view, staging, dest_path.strip("/") + ("/" if dest_is_dir else ""))
-        digest = hashlib.sha256()
+        existing = parent_view.lstat(parent_view.resolve(dest_path))
+        if existing is not None and stat.S_ISDIR(existing[1].st_mode):
+            dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
+        plan: List[Tuple[str, str, str]] = []  # (kind, real source path, target path inside the layer)
         for src in sources:
             if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
                 raise NotFound("ADD from a URL is not supported by this builder: %s" % src)
@@ -508,22 +516,34 @@ class Builder:
             if len(matches) > 1:
                 dest_is_dir = True
             for real, rel in matches:
-                st = os.lstat(real)
                 target = dest_path.strip("/")
-                if stat.S_ISDIR(st.st_mode):
-                    self._copy_tree(real, os.path.join(staging, target), owner, mode, digest, source_view, rel)
+                if os.path.isdir(real) and not os.path.islink(real):
+                    plan.extend(_plan_tree(real, target, source_view, rel))
                 elif ins.cmd == "ADD" and source_view is None and _is_tar(real):
-                    with open(real, "rb") as f:
-                        archive.extract_tree(f, os.path.join(staging, target))
-                    digest.update(archive.file_digest(real)[0].encode())
+                    plan.append(("tar", real, target))
                 else:
-                    if dest_is_dir or os.path.isdir(os.path.join(staging, target)):
+                    if dest_is_dir:
                         target = posixpath.join(target, posixpath.basename(rel))
-                    self._copy_file(real, os.path.join(staging, target), owner, mode, digest, rel)
-        extra = digest.hexdigest() + json.dumps([owner, mode])
-        created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file",
-                                            digest.hexdigest(), dest_path)
-        yield from self._cached_or_commit(stage, staging, created_by, extra)
+                    plan.append(("file", real, target))
+        digest = _plan_digest(plan, owner, mode)
+        created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
+                                            dest_path)
+        staging = os.path.join(work, "upper")
+
+        def materialize() -> str:
+            self._make_parents(parent_view, staging, dest_path.strip("/") + ("/" if dest_is_dir else ""))
+            for kind, real, target in plan:
+                path = os.path.join(staging, target)
+                if kind == "tar":
+                    with open(real, "rb") as f:
+                        archive.extract_tree(f, path)
+                elif kind == "dir":
+                    _copy_dir(real, path, owner)
+                else:
+                    _copy_file(real, path, owner, mode)
+            return staging
+
+        yield from self._cached_or_commit(stage, materialize, created_by)
 
     def _glob(self, src: str, view: Optional[ImageView]) -> List[Tuple[str, str]]:
         """(real path, relative path) pairs for a source; refuses anything outside the context or stage."""
@@ -548,54 +568,6 @@ class Builder:
         resolved = view.resolve(clean)
         found = view.lstat(resolved)
         return [(found[0], resolved)] if found else []
-
-    def _copy_tree(self, src: str, dst: str, owner: Tuple[int, int], mode: Optional[int], digest: Any,
-                   view: Optional[ImageView], rel: str) -> None:
-        """Copy a directory's contents (context dir, or a merged directory of another stage's image)."""
-        st = os.lstat(src)
-        if not os.path.isdir(dst):
-            os.makedirs(dst, exist_ok=True)
-            os.chmod(dst, stat.S_IMODE(st.st_mode))
-            os.lchown(dst, *owner)
-        names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
-        for name in names:
-            child_rel = posixpath.join(rel, name)
-            if view is not None:
-                found = view.lstat(child_rel)
-                if found is None:
-                    continue
-                child = found[0]
-            else:
-                child = os.path.join(src, name)
-            if os.path.isdir(child) and not os.path.islink(child):
-                self._copy_tree(child, os.path.join(dst, name), owner, mode, digest, view, child_rel)
-            else:
-                self._copy_file(child, os.path.join(dst, name), owner, mode, digest, child_rel)
-
-    @staticmethod
-    def _copy_file(src: str, dst: str, owner: Tuple[int, int], mode: Optional[int], digest: Any, rel: str) -> None:
-        st = os.lstat(src)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.lexists(dst):
-            if os.path.isdir(dst) and not os.path.islink(dst):
-                shutil.rmtree(dst)
-            else:
-                os.unlink(dst)
-        digest.update(("%s\0%o\0" % (rel, stat.S_IMODE(st.st_mode))).encode())
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(src)
-            os.symlink(target, dst)
-            digest.update(target.encode())
-        elif stat.S_ISREG(st.st_mode):
-            with open(src, "rb") as fin, open(dst, "wb") as fout:
-                for chunk in iter(lambda: fin.read(archive.COPY_CHUNK), b""):
-                    digest.update(chunk)
-                    fout.write(chunk)
-            os.chmod(dst, mode if mode is not None else stat.S_IMODE(st.st_mode))
-        else:
-            return  # fifos, sockets and devices are not copied
-        os.lchown(dst, *owner)
-        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     @staticmethod
     def _make_parents(view: ImageView, staging: str, rel: str) -> None:
@@ -640,6 +612,67 @@ class Builder:
                     if fields and fields[0] == name and len(fields) > 3:
                         return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
         raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
+
+
+def _plan_tree(src: str, target: str, view: Optional[ImageView], rel: str) -> Iterator[Tuple[str, str, str]]:
+    """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
+    yield "dir", src, target
+    names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
+    for name in names:
+        child_rel = posixpath.join(rel, name)
+        if view is not None:
+            found = view.lstat(child_rel)
+            if found is None:
+                continue
+            child = found[0]
+        else:
+            child = os.path.join(src, name)
+        if os.path.isdir(child) and not os.path.islink(child):
+            yield from _plan_tree(child, posixpath.join(target, name), view, child_rel)
+        else:
+            yield "file", child, posixpath.join(target, name)
+
+
+def _plan_digest(plan: List[Tuple[str, str, str]], owner: Tuple[int, int], mode: Optional[int]) -> str:
+    """Content digest of a COPY/ADD: targets, modes, link targets and bytes (not times), as the cache key."""
+    digest = hashlib.sha256(json.dumps([owner, mode]).encode())
+    for kind, real, target in plan:
+        st = os.lstat(real)
+        digest.update(("%s\0%s\0%o\0" % (kind, target, stat.S_IMODE(st.st_mode))).encode())
+        if stat.S_ISLNK(st.st_mode):
+            digest.update(os.readlink(real).encode())
+        elif stat.S_ISREG(st.st_mode):
+            with open(real, "rb") as f:
+                for chunk in iter(lambda: f.read(archive.COPY_CHUNK), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_dir(src: str, dst: str, owner: Tuple[int, int]) -> None:
+    if not os.path.isdir(dst):
+        os.makedirs(dst, exist_ok=True)
+        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
+        os.lchown(dst, *owner)
+
+
+def _copy_file(src: str, dst: str, owner: Tuple[int, int], mode: Optional[int]) -> None:
+    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
+    st = os.lstat(src)
+    if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        return  # fifos, sockets and devices are not copied
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.lexists(dst):
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        else:
+            os.unlink(dst)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    else:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, mode if mode is not None else stat.S_IMODE(st.st_mode))
+    os.lchown(dst, *owner)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def _walk_rel(root: str) -> Iterator[str]:

@@ -155,3 +155,18 @@ def test_hostile_context_is_refused(store, base):
     context = _tar({"Dockerfile": b"FROM busybox:test\n", "../../outside": b"x"})
     [error] = _errors(build(store, io.BytesIO(context)))
     assert "escapes the layer" in error
+
+
+def test_copy_into_existing_dir_with_chown_chmod_quiet_and_labels(store, base):
+    text = b"FROM busybox:test\nCOPY --chown=1000:2000 --chmod=600 app/hello.txt /bin\nCOPY app/hello.txt /new/name\n"
+    messages = list(build(store, io.BytesIO(_context(text)), quiet=True, labels={"team": "images"}))
+    image_id = next(m["aux"]["ID"] for m in messages if "aux" in m)
+    assert [m for m in messages if "stream" in m] == [{"stream": image_id + "\n"}]
+    image = store.resolve(image_id)
+    view = ImageView(image.layer_dirs())
+    path, st = view.lstat("bin/hello.txt")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 2000, 0o600) and open(path).read() == "hi"
+    assert view.lstat("bin/busybox") is not None and open(view.lstat("new/name")[0]).read() == "hi"
+    assert image.container_config["Labels"] == {"team": "images"}
+    again = list(build(store, io.BytesIO(_context(text)), quiet=True, labels={"team": "images"}))
+    assert next(m["aux"]["ID"] for m in again if "aux" in m) == image_id

@@ -1,0 +1,172 @@
+"""Pull and build times: the machines runtime against Debian's dockerd, same registry, same image, same context.
+
+Run as root from the repository root: ``.venv/bin/python bench/images_bench.py [--runs 5] [--size-mb 32]``.
+Starts a loopback docker-registry (its own config), the runtime daemon and dockerd (``--bridge=none
+--iptables=false``, so the host's network is left alone) on private sockets, and stops all three by PID. Needs the
+``docker.io`` and ``docker-registry`` packages and the docker CLI. Prints a markdown table of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from runtime.images.store import ImageStore  # noqa: E402
+from tests.images.registry_fixture import start_registry  # noqa: E402
+
+DOCKERFILE = """FROM {image}
+COPY files/ /srv/files/
+RUN cat /srv/files/* | wc -c > /srv/total
+WORKDIR /srv
+CMD ["cat", "/srv/total"]
+"""
+
+
+def busybox_rootfs_tar() -> bytes:
+    root = tempfile.mkdtemp(prefix="bench-rootfs-")
+    try:
+        os.makedirs(os.path.join(root, "bin"))
+        shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
+        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(root, arcname=".")
+        return buf.getvalue()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make_image(store: ImageStore, tag: str, size_mb: int, work: str) -> None:
+    """busybox plus one layer of ``size_mb`` MiB in 64 files (half random, half compressible)."""
+    base = store.resolve(store.import_tar(io.BytesIO(busybox_rootfs_tar())))
+    upper = os.path.join(work, "upper", "data")
+    os.makedirs(upper)
+    chunk = size_mb * (1 << 20) // 64
+    for n in range(64):
+        with open(os.path.join(upper, "f%02d" % n), "wb") as f:
+            f.write(os.urandom(chunk) if n % 2 else bytes(chunk))
+    store.commit(os.path.dirname(upper), base, {"Cmd": ["sh"]}, tag)
+
+
+def start(cmd: List[str], sock: str, log: str) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if os.path.exists(sock) and docker(sock, "version", check=False).returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError("%s did not start; see %s" % (cmd[0], log))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def docker(sock: str, *args: str, check: bool = True, env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, DOCKER_HOST="unix://" + sock, DOCKER_BUILDKIT="0")
+    full_env.update(env or {})
+    return subprocess.run(["docker"] + list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          check=check)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def wipe(sock: str) -> None:
+    ids = docker(sock, "images", "-aq").stdout.decode().split()
+    if ids:
+        docker(sock, "rmi", "-f", *sorted(set(ids)), check=False)
+    docker(sock, "image", "prune", "-af", check=False)
+
+
+def measure(sock: str, image: str, context: str, runs: int) -> Dict[str, float]:
+    pulls, builds, cached = [], [], []
+    for _ in range(runs):
+        wipe(sock)
+        pulls.append(timed(lambda: docker(sock, "pull", "-q", image)))
+        builds.append(timed(lambda: docker(sock, "build", "-q", "--no-cache", "--network", "none", "-t",
+                                           "bench:1", context)))
+        cached.append(timed(lambda: docker(sock, "build", "-q", "--network", "none", "-t", "bench:1", context)))
+        out = docker(sock, "run", "--rm", "--network", "none", "bench:1").stdout.decode().strip()
+        assert out.isdigit(), out
+    return {"pull": statistics.median(pulls), "build": statistics.median(builds),
+            "cached build": statistics.median(cached)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size-mb", type=int, default=32)
+    opts = parser.parse_args()
+    if shutil.which("dockerd") is None:
+        sys.exit("dockerd is missing: apt-get install --no-install-recommends docker.io")
+    work = tempfile.mkdtemp(prefix="images-bench-%d-" % os.getpid(), dir="/tmp")
+    procs: List[subprocess.Popen] = []
+    registry = start_registry(os.path.join(work, "registry"))
+    try:
+        image = "%s/bench/data:1" % registry.host
+        store = ImageStore(os.path.join(work, "seed"))
+        make_image(store, image, opts.size_mb, work)
+        for _ in store.push(image):
+            pass
+        context = os.path.join(work, "context")
+        os.makedirs(os.path.join(context, "files"))
+        for n in range(200):
+            with open(os.path.join(context, "files", "c%03d" % n), "w") as f:
+                f.write("line %d\n" % n * 50)
+        with open(os.path.join(context, "Dockerfile"), "w") as f:
+            f.write(DOCKERFILE.format(image=image))
+        ours_sock, docker_sock = os.path.join(work, "ours.sock"), os.path.join(work, "docker.sock")
+        ours = start([sys.executable, "-m", "runtime", "daemon", "--data-root", os.path.join(work, "ours"),
+                      "--exec-root", os.path.join(work, "ours-run"), "-H", "unix://" + ours_sock,
+                      "--bridge-subnet", "172.31.251.0/24", "--bridge-name", "imgbench%d" % (os.getpid() % 1000)],
+                     ours_sock, os.path.join(work, "ours.log"))
+        procs.append(ours)
+        dockerd = start(["dockerd", "--data-root", os.path.join(work, "docker"), "--exec-root",
+                         os.path.join(work, "docker-run"), "--pidfile", os.path.join(work, "docker.pid"),
+                         "-H", "unix://" + docker_sock, "--bridge=none", "--iptables=false", "--ip-forward=false",
+                         "--ip-masq=false"], docker_sock, os.path.join(work, "dockerd.log"))
+        procs.append(dockerd)
+        results = {"machines runtime": measure(ours_sock, image, context, opts.runs),
+                   "dockerd (Debian docker.io)": measure(docker_sock, image, context, opts.runs)}
+        print("\n%d MiB layer + busybox, %d runs, medians in seconds\n" % (opts.size_mb, opts.runs))
+        print("| daemon | pull | build (no cache) | cached rebuild |")
+        print("|---|---|---|---|")
+        for name, r in results.items():
+            print("| %s | %.3f | %.3f | %.3f |" % (name, r["pull"], r["build"], r["cached build"]))
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        registry.stop()
+        subprocess.run(["umount", "-R", "-l", os.path.join(work, "docker")], stderr=subprocess.DEVNULL,
+                       check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
