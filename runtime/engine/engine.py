@@ -165,8 +165,10 @@ class Engine:
         self._execs: Dict[str, dict] = {}
         self._closed = False
         self._trash = os.path.join(self.data_root, "trash")
-        shutil.rmtree(self._trash, ignore_errors=True)
         os.makedirs(self._trash, exist_ok=True)
+        self._discards: List[threading.Thread] = []
+        for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
+            self._discard(cid, os.path.join(self._trash, cid))
         self._restore()
 
     # --- lookup and persistence --------------------------------------------------------------------------------
@@ -681,6 +683,8 @@ class Engine:
         """Stops background work; containers and their shims keep running."""
         self._closed = True
         self.bus.close()
+        for thread in list(self._discards):
+            thread.join(10)
         try:
             self.networks.close()
         except Exception:  # noqa: closing is best effort
@@ -850,16 +854,18 @@ class Engine:
                 self._cond.notify_all()
         self._emit(c, "destroy")
 
-    @staticmethod
-    def _discard(cid: str, trash: str) -> None:
-        """Deleting a cgroup (busy until the last task is reaped) and the layer dirs is slow: do it behind."""
+    def _discard(self, cid: str, trash: str) -> None:
+        """Deleting a cgroup (busy until the last task is reaped) and the layer dirs is slow: do it behind.
+        The folder goes last, so a daemon killed meanwhile finds it in trash/ and finishes the job."""
         def work() -> None:
             try:
                 cgroups.open_cgroup("machines/" + cid).remove()
             except OSError:
                 pass
             shutil.rmtree(trash, ignore_errors=True)
-        threading.Thread(target=work, name="discard-" + cid[:12], daemon=True).start()
+        thread = threading.Thread(target=work, name="discard-" + cid[:12], daemon=True)
+        self._discards = [t for t in self._discards if t.is_alive()] + [thread]
+        thread.start()
 
     def prune_containers(self, filters: Optional[dict] = None) -> dict:
         deleted, reclaimed = [], 0
