@@ -392,6 +392,7 @@ class Engine:
             "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
+            "shm_size": int(host.get("ShmSize") or 67108864),
         }
 
     def _empty_layer(self) -> str:
@@ -1045,6 +1046,7 @@ class Engine:
                 "DetachKeys": body.get("DetachKeys") or "", "_body": dict(body), "_master": None,
                 "_started": False,
             }
+        self._emit(c, "exec_create: " + " ".join(cmd), execID=eid)
         return eid
 
     def _exec(self, exec_id: str) -> dict:

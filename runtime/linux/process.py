@@ -74,7 +74,7 @@ def receive_console(console: socket.socket) -> Optional[int]:
     return fds[0] if fds else None
 
 
-def _mount_dev(rootfs: str, tty: bool) -> None:
+def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
     dev = os.path.join(rootfs, "dev")
     os.makedirs(dev, exist_ok=True)
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
@@ -87,7 +87,7 @@ def _mount_dev(rootfs: str, tty: bool) -> None:
              "newinstance,ptmxmode=0666,mode=0620,gid=5")
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     sc.mount("shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-             "mode=1777,size=65536k")
+             "mode=1777,size=%d" % shm_size)
     try:
         sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     except OSError:
@@ -148,7 +148,7 @@ def prepare_root(spec: dict) -> None:
              "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
     proc = mkdir_in_root(rootfs, "/proc")
     sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    _mount_dev(rootfs, spec["tty"])
+    _mount_dev(rootfs, spec["tty"], spec.get("shm_size") or 67108864)
     sys_dir = mkdir_in_root(rootfs, "/sys")
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec["privileged"] else sc.MS_RDONLY)
     try:

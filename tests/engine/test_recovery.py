@@ -53,7 +53,9 @@ def test_sigkill_of_the_daemon_loses_nothing(busybox_tar, tmp_path):
         daemon.wait(10)
         log_path = os.path.join(data, "containers", ids["ticker"], ids["ticker"] + "-json.log")
         size = os.path.getsize(log_path)
-        time.sleep(1.5)  # dies_later and always exit while no daemon runs
+        for key in ("dies_later", "always"):  # they exit while no daemon runs; their shims record it
+            exit_file = os.path.join(data, "containers", ids[key], "exit.json")
+            wait_for(lambda: os.path.exists(exit_file), what="the exit of " + key)
         assert os.path.getsize(log_path) > size, "the shim keeps logging without the daemon"
 
         engine = Engine(data, run)
