@@ -16,7 +16,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from typing import Callable, Dict, List
@@ -24,6 +23,7 @@ from typing import Callable, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from runtime.images.store import ImageStore  # noqa: E402
+from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
 
 DOCKERFILE = """FROM {image}
@@ -32,20 +32,6 @@ RUN cat /srv/files/* | wc -c > /srv/total
 WORKDIR /srv
 CMD ["cat", "/srv/total"]
 """
-
-
-def busybox_rootfs_tar() -> bytes:
-    root = tempfile.mkdtemp(prefix="bench-rootfs-")
-    try:
-        os.makedirs(os.path.join(root, "bin"))
-        shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
-        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(root, arcname=".")
-        return buf.getvalue()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def make_image(store: ImageStore, tag: str, size_mb: int, work: str) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from typing import Iterable, Optional, Tuple, Union
 
 import pytest
@@ -48,14 +49,21 @@ def store(tmp_path) -> ImageStore:
     return ImageStore(str(tmp_path / "store"))
 
 
-@pytest.fixture(scope="session")
-def busybox_tar(tmp_path_factory) -> bytes:
+def busybox_rootfs_tar() -> bytes:
     """A busybox root filesystem (busybox-static plus its applet symlinks) as a tar."""
-    root = tmp_path_factory.mktemp("busybox") / "rootfs"
-    os.makedirs(root / "bin")
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    subprocess.run(["chroot", str(root), "/bin/busybox", "--install", "-s", "/bin"], check=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(str(root), arcname=".")
-    return buf.getvalue()
+    root = tempfile.mkdtemp(prefix="images-rootfs-")
+    try:
+        os.makedirs(os.path.join(root, "bin"))
+        shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(root, arcname=".")
+        return buf.getvalue()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_tar() -> bytes:
+    return busybox_rootfs_tar()
