@@ -76,20 +76,39 @@ def _run(args: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def _run_batch(options: list[str], commands: list[str]) -> None:
+    """Several ``ip`` commands in one process."""
+    result = subprocess.run(["ip", *options, "-batch", "-"], input="\n".join(commands) + "\n",
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise NsHostError(f"ip {' '.join(options)} failed on {commands}: {detail[-1] if detail else 'error'}")
+
+
+def _netns_exists(name: str) -> bool:
+    """A live namespace file is an nsfs bind mount, so its device differs from its folder's (no process needed)."""
+    try:
+        return os.stat(f"/run/netns/{name}").st_dev != os.stat("/run/netns").st_dev
+    except FileNotFoundError:
+        return False
+
+
 def _link_exists(name: str, netns: str | None = None) -> bool:
     if netns is None:
         return os.path.exists(f"/sys/class/net/{name}")
     return _run(["ip", "-n", netns, "link", "show", name], check=False).returncode == 0
 
 
-def _write(path: str, data: str | bytes, mode: int = 0o644) -> None:
-    """Write a file atomically with ``mode`` (keys 0600) so a crash never leaves half a config."""
+def _write(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Write a file atomically with ``mode`` (keys 0600) so a crash never leaves half a config. ``durable`` also
+    syncs it: for the records other processes rely on; a host's own files skip it to keep create fast."""
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data.encode() if isinstance(data, str) else data)
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -350,13 +369,13 @@ Subsystem sftp internal-sftp
 """
 
 
-def _cgroup_mount_lines(root: str) -> list[str]:
-    """Shell lines that mount this machine's cgroup hierarchies again under ``root`` (v1, v2 or hybrid).
+def _cgroup_mounts(target: str) -> tuple[list[str], list[str]]:
+    """fstab lines that mount this machine's cgroup hierarchies again at ``target`` (v1, v2 or hybrid), and the
+    shell lines for the symlinks beside them (``cpu -> cpu,cpuacct``).
 
     ``ip netns exec`` remounts ``/sys``, which leaves ``/sys/fs/cgroup`` empty, so a container runtime inside would
     find no cgroups.
     """
-    target = f"{root}/sys/fs/cgroup"
     mounts: list[tuple[str, str, str]] = []
     with open("/proc/self/mounts") as file:
         for line in file:
@@ -364,23 +383,15 @@ def _cgroup_mount_lines(root: str) -> list[str]:
             if fstype in ("cgroup", "cgroup2", "tmpfs") and mountpoint.startswith("/sys/fs/cgroup"):
                 mounts.append((mountpoint, fstype, options))
     if any(mountpoint == "/sys/fs/cgroup" and fstype == "cgroup2" for mountpoint, fstype, _ in mounts):
-        return [f"mount -t cgroup2 cgroup2 {shlex.quote(target)}"]
+        return [f"cgroup2 {target} cgroup2 rw,nosuid,nodev,noexec 0 0"], []
     if not mounts:
-        return []
-    lines = [f"mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup {shlex.quote(target)}"]
-    for mountpoint, fstype, options in mounts:
-        if mountpoint == "/sys/fs/cgroup":
-            continue
-        path = shlex.quote(target + mountpoint[len("/sys/fs/cgroup"):])
-        lines.append(f"mkdir -p {path}")
-        if fstype == "cgroup":
-            lines.append(f"mount -t cgroup -o {shlex.quote(options)} cgroup {path}")
-        else:
-            lines.append(f"mount -t cgroup2 -o {shlex.quote(options)} cgroup2 {path}")
-    for entry in os.scandir("/sys/fs/cgroup"):
-        if entry.is_symlink():  # e.g. cpu -> cpu,cpuacct
-            lines.append(f"ln -s {shlex.quote(os.readlink(entry.path))} {shlex.quote(f'{target}/{entry.name}')}")
-    return lines
+        return [], []
+    entries = [f"cgroup {target} tmpfs mode=0755,nosuid,nodev,noexec 0 0"]
+    entries += [f"{fstype} {target}{mountpoint[len('/sys/fs/cgroup'):]} {fstype} {options},X-mount.mkdir 0 0"
+                for mountpoint, fstype, options in mounts if mountpoint != "/sys/fs/cgroup"]
+    links = [f"ln -s {shlex.quote(os.readlink(entry.path))} {shlex.quote(f'{target}/{entry.name}')}"
+             for entry in os.scandir("/sys/fs/cgroup") if entry.is_symlink()]
+    return entries, links
 
 
 class IsolatedHost:
@@ -449,6 +460,9 @@ class IsolatedHost:
         if (host_key_private is None) != (host_key_public is None):
             raise NsHostError("give both host_key_private and host_key_public, or neither")
         host = cls(state_dir)
+        if any(char in host.state_dir for char in ",: \t\n\\"):
+            raise NsHostError(f"the host directory {host.state_dir} may not contain commas, colons, spaces or "
+                              "backslashes (they cannot be written in mount options)")
         if host.exists():
             raise NsHostError(f"an isolated host already exists in {host.state_dir}")
         undo: list[tuple[str, UndoStep]] = []
@@ -497,31 +511,32 @@ class IsolatedHost:
         os.setxattr(home, "trusted.overlay.opaque", b"y")
         os.makedirs(os.path.join(home, ".ssh"), mode=0o700, exist_ok=True)
         ssh = os.path.join(upper, "etc", "ssh")
-        _write(os.path.join(ssh, "sshd_config"), SSHD_CONFIG.format(port=SSH_PORT))
-        _write(os.path.join(ssh, "ssh_host_ed25519_key"), key_private.rstrip("\n") + "\n", 0o600)
-        _write(os.path.join(ssh, "ssh_host_ed25519_key.pub"), key_public.strip() + "\n")
-        _write(os.path.join(home, ".ssh", "authorized_keys"), authorized_key.strip() + "\n", 0o600)
-        _write(os.path.join(home, ".bashrc"), "")
+        _write(os.path.join(ssh, "sshd_config"), SSHD_CONFIG.format(port=SSH_PORT), durable=False)
+        _write(os.path.join(ssh, "ssh_host_ed25519_key"), key_private.rstrip("\n") + "\n", 0o600, False)
+        _write(os.path.join(ssh, "ssh_host_ed25519_key.pub"), key_public.strip() + "\n", durable=False)
+        _write(os.path.join(home, ".ssh", "authorized_keys"), authorized_key.strip() + "\n", 0o600, False)
+        _write(os.path.join(home, ".bashrc"), "", durable=False)
         etc = os.path.join(upper, "etc")
-        _write(os.path.join(etc, "hostname"), f"{record.name}\n")
+        _write(os.path.join(etc, "hostname"), f"{record.name}\n", durable=False)
         _write(os.path.join(etc, "hosts"), f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                                           f"{record.address}\t{record.name}\n")
+                                           f"{record.address}\t{record.name}\n", durable=False)
         if os.path.islink(os.path.join(etc, "resolv.conf")):
             os.unlink(os.path.join(etc, "resolv.conf"))
         # Nothing a host does may resolve names outside the machine.
-        _write(os.path.join(etc, "resolv.conf"), "nameserver 127.0.0.1\n")
+        _write(os.path.join(etc, "resolv.conf"), "nameserver 127.0.0.1\n", durable=False)
 
     def _make_network(self, record: HostRecord, made: Recorder) -> None:
-        """Network namespace with ``lo`` and ``eth0`` (its address, no default route), veth end on the bridge."""
+        """Network namespace with ``lo`` and ``eth0`` (its address, no default route), veth end on the bridge.
+
+        Two ``ip -batch`` runs instead of six commands: each process start costs several milliseconds here."""
         _run(["ip", "netns", "add", record.netns])
         made(f"network namespace {record.netns}", lambda: self._delete_netns(record))
-        _run(["ip", "link", "add", record.veth, "type", "veth", "peer", "name", "eth0", "netns", record.netns])
+        _run_batch([], [f"link add {record.veth} type veth peer name eth0 netns {record.netns}",
+                        f"link set {record.veth} master {record.bridge} up"])
         made(f"veth {record.veth}", lambda: _run(["ip", "link", "del", record.veth], check=False))
-        _run(["ip", "link", "set", record.veth, "master", record.bridge, "up"])
         prefix = ipaddress.ip_network(record.subnet, strict=False).prefixlen
-        for args in (["addr", "add", f"{record.address}/{prefix}", "dev", "eth0"],
-                     ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]):
-            _run(["ip", "-n", record.netns, *args])
+        _run_batch(["-n", record.netns], [f"addr add {record.address}/{prefix} dev eth0", "link set eth0 up",
+                                          "link set lo up"])
 
     @staticmethod
     def _delete_netns(record: HostRecord) -> None:
@@ -532,7 +547,7 @@ class IsolatedHost:
         """Bring back the lease, bridge, namespace and veth if they are gone (after a reboot or a crash)."""
         bridge = self._bridge(record)
         bridge.lease(self.state_dir, record.address)
-        if _link_exists("eth0", record.netns):
+        if _netns_exists(record.netns):
             return
         self._delete_netns(record)
         _run(["ip", "link", "del", record.veth], check=False)
@@ -582,30 +597,37 @@ class IsolatedHost:
             raise
 
     def _start_command(self, record: HostRecord) -> list[str]:
-        quote = shlex.quote
-        root, upper, work = quote(self._path("root")), quote(self._path("upper")), quote(self._path("work"))
+        """The launcher: namespaces by ``unshare``, then one ``mount --all`` of the host's fstab, ``pivot_root`` and
+        ``exec sshd`` (every extra process costs milliseconds, so the boot script runs only three)."""
+        root, upper, work = self._path("root"), self._path("upper"), self._path("work")
+        cgroups, cgroup_links = _cgroup_mounts(f"{root}/sys/fs/cgroup")
+        fstab = [
+            f"overlay {root} overlay lowerdir=/,upperdir={upper},workdir={work} 0 0",
+            f"proc {root}/proc proc nosuid,nodev,noexec 0 0",
+            f"/sys {root}/sys none rbind 0 0",
+            f"/dev {root}/dev none rbind 0 0",
+            f"tmpfs {root}/run tmpfs mode=0755,nosuid,nodev 0 0",
+            f"tmpfs {root}/run/sshd tmpfs mode=0755,nosuid,nodev,noexec,size=64k,X-mount.mkdir 0 0",
+            f"tmpfs {root}/tmp tmpfs mode=1777,nosuid,nodev 0 0",
+            *cgroups,
+            f"{self._path('data')} {root}/data none bind 0 0",
+        ]
+        _write(self._path("fstab"), "\n".join(fstab) + "\n", 0o600, durable=False)
         script = [
             "set -e",
-            f"hostname {quote(record.name)}",
-            f"mount -t overlay overlay -o lowerdir=/,upperdir={upper},workdir={work} {root}",
-            f"mount -t proc -o nosuid,nodev,noexec proc {root}/proc",
-            f"mount --rbind /sys {root}/sys",
-            f"mount --rbind /dev {root}/dev",
-            f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {root}/run",
-            f"mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs {root}/tmp",
-            *_cgroup_mount_lines(self._path("root")),
-            f"mount --bind {quote(self._path('data'))} {root}/data",
+            f"echo {record.name} > /proc/sys/kernel/hostname",
+            f"mount --all --fstab {self._path('fstab')}",
+            *cgroup_links,
             # pivot_root(".", ".") stacks the old root on the new one; the lazy umount then drops it with every
             # mount of the machine (including other hosts' namespace files) from this host's view.
             f"cd {root}",
             "pivot_root . .",
             "umount -l .",
             "cd /",
-            "mkdir -p /run/sshd",
             "exec /usr/sbin/sshd -D -e",
         ]
         boot = self._path("boot.sh")  # a file, not `sh -c`, so `ps` shows a short command line
-        _write(boot, "\n".join(script) + "\n", 0o600)
+        _write(boot, "\n".join(script) + "\n", 0o600, durable=False)
         return ["ip", "netns", "exec", record.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup",
                 "--fork", "--kill-child", "--propagation", "private", "sh", boot]
 
@@ -690,9 +712,9 @@ class IsolatedHost:
             return
         record = self.record
         self.kill()
-        self._delete_netns(record)
-        if _link_exists(record.veth):
+        if _link_exists(record.veth):  # synchronous, unlike the namespace's own cleanup of its eth0
             _run(["ip", "link", "del", record.veth], check=False)
+        self._delete_netns(record)
         self._remove_files()
         self._bridge(record).release(self.state_dir)
 
