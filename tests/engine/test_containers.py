@@ -321,3 +321,17 @@ def test_bridge_network_with_a_published_port(engine, run):
     engine.stop(cid, timeout=0)
     assert engine.inspect_container(cid)["NetworkSettings"]["Ports"] == {}
     assert not fetch()
+
+
+def test_resize_reaches_the_container_tty_and_prune_removes_stopped(engine, run):
+    cid = run(["sh", "-c", "sleep 0.5; stty size"], Tty=True)
+    engine.resize(cid, 40, 120)
+    engine.wait(cid)
+    assert output(engine, cid).split() == ["40", "120"]
+    label = "prune-%d" % os.getpid()
+    kept = run(["sleep", "30"], Labels={"suite": label})
+    pruned = engine.prune_containers(filters={"label": ["suite=" + label]})
+    assert kept not in pruned["ContainersDeleted"]
+    stopped = run(["true"], Labels={"suite": label})
+    engine.wait(stopped)
+    assert engine.prune_containers(filters={"label": ["suite=" + label]})["ContainersDeleted"] == [stopped]
