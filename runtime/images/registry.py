@@ -31,6 +31,7 @@ from runtime.images.store import ImageStore
 
 MANIFEST_ACCEPT = ", ".join([store_mod.MEDIA_OCI_INDEX, store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_OCI_MANIFEST,
                              store_mod.MEDIA_DOCKER_MANIFEST])
+GZIP_LAYER_TYPES = (store_mod.MEDIA_DOCKER_LAYER_GZIP, store_mod.MEDIA_OCI_LAYER_GZIP)
 INDEX_TYPES = (store_mod.MEDIA_OCI_INDEX, store_mod.MEDIA_DOCKER_LIST)
 MANIFEST_TYPES = (store_mod.MEDIA_OCI_MANIFEST, store_mod.MEDIA_DOCKER_MANIFEST)
 PARALLEL = 3
@@ -422,7 +423,8 @@ class _Puller:
             path = self.fetch_blob(desc, short)
             self.events.put(_message("Extracting", short))
             try:
-                self.store.add_layer(path, parent, diff_id=diff_id, blob_digest=desc["digest"], pins=pins)
+                layer = self.store.add_layer(path, parent, diff_id=diff_id, blob_digest=desc["digest"], pins=pins)
+                self.store.remember_blob(layer.chain_id, desc)
             finally:
                 if os.path.exists(path):
                     os.unlink(path)
@@ -505,6 +507,7 @@ def pull(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optiona
         for i, desc in enumerate(layers):
             short = desc["digest"][7:19]
             if store.pin_layer(chains[i], pins):
+                store.remember_blob(chains[i], desc)
                 if not up_to_date:
                     yield _message("Already exists", short)
                 continue
@@ -580,12 +583,16 @@ def _gzip_blob(store: ImageStore, layer: store_mod.Layer) -> Tuple[str, str, int
     return path, digest, size
 
 
+def _has_blob(session: Session, digest: str) -> bool:
+    resp = session.request("HEAD", "/v2/%s/blobs/%s" % (session.ref.path, digest))
+    resp.close()
+    return resp.status == 200
+
+
 def _upload(session: Session, path: str, digest: str, size: int, report: Callable[[int], None]) -> bool:
     """Upload one blob unless the registry has it; True if it was already there."""
     repo = session.ref.path
-    resp = session.request("HEAD", "/v2/%s/blobs/%s" % (repo, digest))
-    resp.close()
-    if resp.status == 200:
+    if _has_blob(session, digest):
         return True
     resp = session.request("POST", "/v2/%s/blobs/uploads/" % repo, {"Content-Length": "0"}, b"")
     body = resp.read()
@@ -639,6 +646,12 @@ def _push_one(store: ImageStore, ref: Reference, auth: dict, options: RegistryOp
 
     def task(i: int, layer: store_mod.Layer) -> None:
         short = layer.diff_id[7:19]
+        for known in layer.remote_blobs():
+            if known.get("mediaType") in GZIP_LAYER_TYPES and _has_blob(session, known["digest"]):
+                events.put(_message("Layer already exists", short))
+                descs[i] = {"mediaType": store_mod.MEDIA_DOCKER_LAYER_GZIP, "size": known["size"],
+                            "digest": known["digest"]}
+                return
         path, digest, size = _gzip_blob(store, layer)
         last = [0]
 

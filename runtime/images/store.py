@@ -164,6 +164,14 @@ class Layer:
     def size(self) -> int:
         return int(self.meta.get("size", 0))
 
+    def remote_blobs(self) -> List[dict]:
+        """Compressed blobs registries are known to hold for this layer (descriptors seen in pulls)."""
+        try:
+            with open(os.path.join(self.path, "remote.json")) as f:
+                return list(json.load(f))
+        except (FileNotFoundError, ValueError):
+            return []
+
 
 class Image:
     """A resolved image: what the engine needs to make a root filesystem and a container config."""
@@ -373,6 +381,15 @@ class ImageStore:
             return self.layer(chain)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def remember_blob(self, chain: str, descriptor: dict) -> None:
+        """Note that a registry serves this layer as ``descriptor``, so a push can reuse it instead of re-gzipping."""
+        with self.lock:
+            layer = self.layer(chain)
+            known = layer.remote_blobs()
+            entry = {k: descriptor[k] for k in ("mediaType", "digest", "size") if k in descriptor}
+            if entry not in known:
+                self._write_atomic(os.path.join(layer.path, "remote.json"), json.dumps(known + [entry]).encode())
 
     def _referenced_chains(self) -> set:
         used = set(self._pins)

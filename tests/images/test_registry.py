@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import pytest
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.images import registry as registry_mod
 from runtime.images.registry import Unauthorized
+from runtime.images.store import ImageStore
 from tests.images.registry_fixture import start_registry
 
 
@@ -168,3 +170,16 @@ def test_removing_the_last_tag_drops_digest_references_of_that_repository(store,
     layer = "sha256:" + hashlib.sha256(busybox_tar).hexdigest()
     assert store.remove(tag) == [{"Untagged": tag}, {"Untagged": "%s/digested@%s" % (registry.host, digest)},
                                  {"Deleted": image_id}, {"Deleted": layer}]
+
+
+def test_push_reuses_the_registry_blob_of_a_layer_that_was_already_present(store, registry, busybox_tar, tmp_path):
+    source = "%s/source:1" % registry.host
+    seeded = ImageStore(str(tmp_path / "other-store"))
+    other_gzip = gzip.compress(busybox_tar, compresslevel=1, mtime=1)  # not what our own push would make
+    seeded.import_tar(io.BytesIO(other_gzip), source, ["CMD [\"true\"]"])
+    list(seeded.push(source))
+    store.import_tar(io.BytesIO(busybox_tar), "local:1")  # same diff ID, kept uncompressed here
+    pulled = [m["status"] for m in store.pull(source)]
+    assert "Already exists" in pulled
+    messages = [m.get("status") for m in store.push(source)]
+    assert messages.count("Layer already exists") == 1 and "Pushed" not in messages
