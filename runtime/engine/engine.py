@@ -47,6 +47,7 @@ class Container:
         self.removed = False
         self.pending: List[AttachSession] = []
         self.backoff = 0.0
+        self.exit_on_next = False  # stop, kill with SIGKILL or the stop signal, rm -f: no restart policy
         self.prev_stats: Optional[dict] = None
 
     @property
@@ -473,6 +474,7 @@ class Engine:
             c.data["_socket"] = spec["socket"]
             c.data["_shim_pid"] = launch.shim_pid
             c.data["HasBeenManuallyStopped"] = False
+            c.exit_on_next = False
             self._save(c)
         self._emit(c, "start")
         threading.Thread(target=self._watch, args=(c, monitor, launch.shim_pid, spec["start_id"]),
@@ -590,12 +592,15 @@ class Engine:
                 pass
 
     def _should_restart(self, c: Container, code: int) -> bool:
-        if c.data.get("HasBeenManuallyStopped") or c.removed or self._closed:
+        """moby's restart manager: a cancelled exit never restarts; unless-stopped also respects a manual stop."""
+        if c.exit_on_next or c.removed or self._closed:
             return False
         policy = c.data["HostConfig"]["RestartPolicy"]
         name = policy.get("Name") or "no"
-        if name in ("always", "unless-stopped"):
+        if name == "always":
             return True
+        if name == "unless-stopped":
+            return not c.data.get("HasBeenManuallyStopped")
         if name == "on-failure" and code != 0:
             limit = policy.get("MaximumRetryCount") or 0
             return limit == 0 or c.data["RestartCount"] < limit
@@ -612,7 +617,7 @@ class Engine:
             with c.lock:
                 if c.removed or c.running or self._closed or not c.state.get("Restarting"):
                     return
-                if c.data.get("_start_id") != start_id or c.data.get("HasBeenManuallyStopped"):
+                if c.data.get("_start_id") != start_id or c.exit_on_next:
                     return
                 c.data["RestartCount"] += 1
                 try:
@@ -721,6 +726,7 @@ class Engine:
     def stop(self, ref: str, timeout: Optional[int] = None, signal: Optional[str] = None) -> None:
         c = self._get(ref)
         with c.lock:
+            c.exit_on_next = True
             if c.state.get("Restarting"):
                 with self._lock:
                     c.data["HasBeenManuallyStopped"] = True
@@ -756,9 +762,10 @@ class Engine:
                 raise Conflict("Container %s is not running" % c.id)
             with self._lock:
                 seq = c.exit_seq
-                if sig == signals.SIGKILL:
-                    c.data["HasBeenManuallyStopped"] = True
-                    self._save(c)
+                c.data["HasBeenManuallyStopped"] = True
+                self._save(c)
+                if sig in (signals.SIGKILL, parse_signal(c.data["Config"].get("StopSignal"))):
+                    c.exit_on_next = True
             self._signal(c, sig)
             self._emit(c, "kill", signal=str(sig))
             if sig == signals.SIGKILL:
@@ -820,10 +827,11 @@ class Engine:
         with c.lock:
             if c.removed:
                 return
+            if c.running and not force:
+                raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
+                               "removal or force remove" % c.id)
+            c.exit_on_next = True
             if c.running:
-                if not force:
-                    raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
-                                   "removal or force remove" % c.id)
                 with self._lock:
                     c.data["HasBeenManuallyStopped"] = True
                     seq = c.exit_seq
