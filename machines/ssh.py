@@ -321,7 +321,7 @@ class Connection:
         previous_handler = signal.signal(signal.SIGWINCH, resize)
         saved = termios.tcgetattr(sys.stdin.fileno())
         try:
-            tty.setraw(sys.stdin.fileno())
+            tty.setraw(sys.stdin.fileno(), termios.TCSANOW)  # keep what was typed ahead
             _pump_terminal(channel, sys.stdin.fileno(), sys.stdout.fileno())
         finally:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
@@ -365,7 +365,7 @@ class Connection:
         Pass ``remote_port=0`` to let the host choose. Lives as long as this connection.
         """
 
-        def handler(channel: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]) -> None:
+        def connect(channel: paramiko.Channel) -> None:
             try:
                 local = socket.create_connection((local_host, local_port), timeout=10)
             except OSError as error:
@@ -374,6 +374,10 @@ class Connection:
                 return
             local.settimeout(None)
             _bridge(channel, local)
+
+        def handler(channel: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]) -> None:
+            # Called on paramiko's transport thread, which must keep running: bridge elsewhere.
+            threading.Thread(target=connect, args=(channel,), daemon=True).start()
 
         try:
             return self.transport.request_port_forward(remote_host, remote_port, handler=handler)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
+import select
+import shlex
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,7 +19,7 @@ import pytest
 
 import bootstrap.provision
 from drivers import registry
-from drivers.nshost import IsolatedHost, generate_host_key
+from drivers.nshost import IsolatedHost
 from machines.ssh import CommandError
 from machines import transfer
 from machines.machine import Machine, Machines
@@ -38,13 +44,13 @@ def user_key(tmp_path: Path) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, user_key: tuple[Path, str]) -> Iterator[Callable[[], IsolatedHost]]:
+def hosts(tmp_path: Path, user_key: tuple[Path, str]) -> Iterator[Callable[..., IsolatedHost]]:
     """Start running sshd hosts (namespaces, veth, overlay root); every one is removed after the test."""
     made: list[IsolatedHost] = []
 
-    def make() -> IsolatedHost:
+    def make(address: str | None = None) -> IsolatedHost:
         name = unique("fh")
-        host = IsolatedHost.create(str(tmp_path / "hosts" / name), name, user_key[1])
+        host = IsolatedHost.create(str(tmp_path / "hosts" / name), name, user_key[1], address=address)
         made.append(host)
         host.start()
         return host
@@ -63,6 +69,31 @@ def machines_cli(store_path: Path) -> Callable[..., subprocess.CompletedProcess[
     return run
 
 
+def _interactive(store_path: Path, name: str, typed: bytes) -> tuple[str, int]:
+    """Run ``machines ssh NAME`` on a pseudo-terminal, type ``typed``; returns what the terminal showed and the status."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([MACHINES, "-s", str(store_path), "ssh", name], stdin=terminal, stdout=terminal,
+                               stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    os.write(controller, typed)
+    shown = b""
+    try:
+        while select.select([controller], [], [], 30)[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return shown.decode(errors="replace"), process.wait(30)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _create_generic(run: Callable[..., subprocess.CompletedProcess[str]], name: str, host: IsolatedHost,
                     key: Path) -> None:
     result = run("create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key", str(key),
@@ -72,7 +103,7 @@ def _create_generic(run: Callable[..., subprocess.CompletedProcess[str]], name: 
 
 
 def test_generic_driver_manages_an_existing_host(
-    hosts: Callable[[], IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
+    hosts: Callable[..., IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
     tmp_path: Path, store_path: Path,
 ) -> None:
     first, second = hosts(), hosts()
@@ -87,6 +118,8 @@ def test_generic_driver_manages_an_existing_host(
     assert machines_cli("ssh", "a", "exit 7").returncode == 7
     assert machines_cli("ssh", "b", "cat", stdin="through stdin").stdout == "through stdin"
     assert machines_cli("ip", "a", "b").stdout.split() == [first.address, second.address]
+    output, status = _interactive(store_path, "a", b"echo tty=$(tty) on $(hostname); exit 3\n")
+    assert status == 3 and f"tty=/dev/pts/" in output and f"on {first.name}" in output
 
     # scp: local -> machine, machine -> machine (through here), machine -> local, and a tree with -r.
     local = tmp_path / "note.txt"
@@ -119,25 +152,21 @@ def test_generic_driver_manages_an_existing_host(
 
 
 def test_changed_host_key_is_refused(
-    hosts: Callable[[], IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
+    hosts: Callable[..., IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     host = hosts()
     _create_generic(machines_cli, "pinned", host, user_key[0])
     assert machines_cli("ssh", "pinned", "true").returncode == 0
 
-    # Another host answers at the same address: same user key, new host key.
-    host.stop()
-    private, public = generate_host_key()
-    ssh_dir = Path(host.state_dir, "upper", "etc", "ssh")
-    (ssh_dir / "ssh_host_ed25519_key").write_text(private)
-    (ssh_dir / "ssh_host_ed25519_key.pub").write_text(public + "\n")
-    host.start()
-
+    # The host is replaced by another one at the same address (same user key, new host key).
+    address = host.address
+    host.remove()
+    impostor = hosts(address)
     result = machines_cli("ssh", "pinned", "touch /data/should-not-exist")
     assert result.returncode == 1
     assert "host key of pinned" in result.stderr and "has changed" in result.stderr and "refusing" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not Path(host.data_dir, "should-not-exist").exists()
+    assert not Path(impostor.data_dir, "should-not-exist").exists()
     copy = machines_cli("scp", "pinned:/etc/hostname", "/tmp/never")
     assert copy.returncode == 1 and "has changed" in copy.stderr
 
@@ -198,3 +227,58 @@ def test_create_pins_the_drivers_host_key_and_runs_over_ssh(
         machine.close()
         machines.remove(name)
     assert not (tmp_path / name).exists() and machines.store.names() == []
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    """A TCP echo service on this machine's loopback only (port chosen by the kernel)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = server.accept()
+                with client:
+                    client.sendall(b"echo:" + client.recv(1024))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+REMOTE_UNIX_ECHO = (
+    "import os,socket,sys\n"
+    "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(4); os.write(1,b'ready\\n')\n"
+    "while True:\n"
+    " c,_=s.accept(); c.sendall(b'unix:'+c.recv(1024)); c.close()\n"
+)
+
+
+def test_port_forwards_both_ways(nstest_driver: None, tmp_path: Path, store_path: Path) -> None:
+    machines = Machines(store_path)
+    name = unique("fw")
+    machine = machines.create(name, "nstest", {"state_dir": str(tmp_path / name)}, provision=False, ssh_timeout=20)
+    server, _ = _echo_server()
+    try:
+        connection = machine.ssh()
+        # The host reaches a loopback-only service of this machine through a remote forward.
+        remote_port = connection.request_remote_forward(0, "127.0.0.1", server.getsockname()[1])
+        ask = ("import socket; s=socket.create_connection(('127.0.0.1',%d)); s.sendall(b'hi'); "
+               "print(s.recv(100).decode())" % remote_port)
+        assert connection.run(f"python3 -c {shlex.quote(ask)}").stdout == "echo:hi\n"
+
+        # A local unix socket reaches a unix socket on the host.
+        connection.run(f"setsid python3 -c {shlex.quote(REMOTE_UNIX_ECHO)} /run/echo.sock > /run/echo.log 2>&1 &")
+        connection.run("for i in $(seq 100); do test -S /run/echo.sock && exit 0; sleep 0.05; done; exit 1")
+        local_socket = str(tmp_path / "fw.sock")
+        with connection.forward_local_unix(local_socket, "/run/echo.sock"):
+            assert os.stat(local_socket).st_mode & 0o777 == 0o600
+            for attempt in (b"one", b"two"):
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.connect(local_socket)
+                    client.sendall(attempt)
+                    assert client.recv(100) == b"unix:" + attempt
+        assert not os.path.exists(local_socket)
+    finally:
+        server.close()
+        machine.close()
+        machines.remove(name)
