@@ -328,6 +328,11 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
         container_child(spec, child_stdio, report_fd, go_fd, netns_fd, child_console)
     for fd in inherited + [go_fd] + ([netns_fd] if netns_fd is not None else []):
         os.close(fd)
+    try:  # joining a v1 hierarchy can wait for an RCU grace period: overlap it with the child's mounts
+        open_cgroup(spec["cgroup"]).join(child)
+    except OSError as e:
+        os.write(report_fd, ("err:cannot join the container's cgroup: %s\n" % e).encode())
+        os.kill(child, signal.SIGKILL)
     os.write(report_fd, b"pid:%d\n" % child)
     os.close(report_fd)
     if console is not None and child_console is not None:

@@ -309,13 +309,12 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
 
 def container_child(spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd: int, go_fd: int,
                     netns_fd: Optional[int], console: Optional[socket.socket]) -> NoReturn:
-    """Body of the container's PID 1 before exec: namespaces, cgroup, root, then wait for the daemon's go.
-    With a TTY (``stdio`` None) the pty is made inside the new root and its master sent over ``console``."""
+    """Body of the container's PID 1 before exec: namespaces and root, then wait for the daemon's go (the shim
+    puts it in its cgroup meanwhile; it forks nothing before go). With a TTY (``stdio`` None) the pty is made inside the new root and its master sent over ``console``."""
     try:
         reset_signals()
         if stdio is not None:
             setup_stdio(stdio, False)
-        open_cgroup(spec["cgroup"]).join(0)
         flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if spec["network"] == "new":
             flags |= sc.CLONE_NEWNET
