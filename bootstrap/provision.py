@@ -103,13 +103,17 @@ echo "uid=$(id -u)"
 [ -r /etc/os-release ] && sed -n 's/^\\([A-Z_]*\\)=/os.\\1=/p' /etc/os-release
 echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"
 for p in {candidates}; do
-  path=$(command -v $p 2>/dev/null) && echo "python=$path $($path -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+  path=$(command -v $p 2>/dev/null) || continue
+  version=$($path -c 'import sys; print("%d.%d" % sys.version_info[:2]); sys.exit(sys.version_info < {MIN_PYTHON})' 2>/dev/null)
+  status=$?
+  echo "python=$path $version"
+  [ $status = 0 ] && break
 done
 for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
 [ -d /run/systemd/system ] && echo "systemd=1"
-d=$(command -v docker 2>/dev/null) && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; echo "sum=$d $(sha256sum < "$d" | cut -d' ' -f1)"; else echo "docker=$d"; fi; }}
+d=$(command -v docker 2>/dev/null) && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; sha256sum "$d" | awk '{{ print "sum=" $2 " " $1 }}'; else echo "docker=$d"; fi; }}
 echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
-for f in {managed}; do [ -f "$f" ] && echo "sum=$f $(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1)"; done
+sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
 echo "log_size=$(wc -c < {service.LOG_PATH} 2>/dev/null || echo 0)"

@@ -34,6 +34,11 @@ class TestHost:
         return self.connection.run(command).stdout
 
 
+def forget_neighbour(host: IsolatedHost) -> None:
+    """Drop the bridge's ARP entry for a reused address: the MAC of a removed host would be used for seconds."""
+    subprocess.run(["ip", "neigh", "flush", "to", host.address, "dev", host.record.bridge], capture_output=True)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid() % 10000}{uuid.uuid4().hex[:6]}"
 

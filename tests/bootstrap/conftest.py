@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import pytest
-from bootstrap_hosts import TestHost, unique
+from bootstrap_hosts import TestHost, forget_neighbour, unique
 
 from bootstrap import forwarder
 from drivers.nshost import IsolatedHost, NsHostError
@@ -25,13 +25,14 @@ def make_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[],
         folder = tmp_path_factory.mktemp(name)
         public = generate_ssh_key(folder, "bootstrap-test")
         host = IsolatedHost.create(str(folder / "host"), name, public)
+        forget_neighbour(host)
         try:
             host.start()
         except NsHostError:
             host.remove()
             if attempts <= 1:
                 raise
-            # Seen under load: sshd listens but the new veth does not pass traffic yet (reported to local).
+            # Seen under load: sshd listens but no traffic reaches it for 15 s (reported to local).
             return make(attempts - 1)
         except BaseException:
             host.remove()

@@ -149,13 +149,15 @@ def test_provision_twice_changes_nothing(store: Machines, machine: Machine, host
 
 
 def test_start_reissues_the_server_certificate_when_the_address_changed(
-    store: Machines, machine: Machine, host: TestHost
+    store: Machines, machine: Machine, host: TestHost, tmp_path: Path
 ) -> None:
-    bridge = Bridge()
-    owner = f"bootstrap-test-{unique('ip')}"
+    bridge = Bridge(host.host.record.bridge, host.host.record.subnet)
+    owner = str(tmp_path)  # a lease is kept while its owner folder holds a host.json
+    (tmp_path / "host.json").write_text("{}")
     new_address = bridge.lease(owner)
     try:
         host.run(f"ip addr add {new_address}/24 dev eth0")
+        subprocess.run(["ip", "neigh", "flush", "to", new_address], capture_output=True)  # a removed host's MAC
         moved = store.get(machine.name)
         moved.record["driver"]["ip_address"] = new_address
         moved.save()
