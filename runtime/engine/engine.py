@@ -567,10 +567,11 @@ class Engine:
         with self._lock:
             if c.data.get("_start_id") != start_id or not c.running:
                 return
+        self._release_network(c)  # outside the engine lock: it runs `ip` and touches iptables
+        with self._lock:
             code = int(record["ExitCode"])
             c.state.update({"Status": "exited", "Running": False, "Paused": False, "Pid": 0, "ExitCode": code,
                             "OOMKilled": bool(record.get("OOMKilled")), "FinishedAt": record["FinishedAt"]})
-            self._release_network(c)
             restart = self._should_restart(c, code)
             if restart:
                 c.state.update({"Status": "restarting", "Restarting": True})
