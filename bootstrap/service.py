@@ -127,6 +127,9 @@ RestartSec=1
 # Containers are children of the daemon: a restart (upgrade) must not kill them.
 KillMode=process
 Delegate=yes
+# One log for both service kinds: provisioning reads it to name why a daemon did not start (systemd >= 240).
+StandardOutput=append:{LOG_PATH}
+StandardError=append:{LOG_PATH}
 LimitNOFILE=1048576
 
 [Install]

@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import docker
@@ -21,7 +22,7 @@ from bootstrap_hosts import DOCKER, REPO, TestHost, adopt, cli, shell, unique
 
 import runtime
 from bootstrap import bundle as bundles
-from bootstrap import certs, provision
+from bootstrap import certs, forwarder, provision
 from bootstrap.service import DAEMON_PID
 from drivers.nshost import Bridge
 from machines.errors import ProvisionError
@@ -173,6 +174,15 @@ def test_start_reissues_the_server_certificate_when_the_address_changed(
         bridge.release(owner)
 
 
+def test_start_after_a_host_restart_brings_the_runtime_back(store: Machines, machine: Machine, host: TestHost) -> None:
+    """Hosts without systemd lose the supervised daemon at every boot: the start hook starts it again."""
+    host.host.stop()
+    host.connection.close()
+    host.host.start()
+    provision.after_start(store.get(machine.name))
+    assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
+
+
 def test_regenerate_certs_replaces_the_server_certificate(store: Machines, machine: Machine) -> None:
     before = certs.load_cert(machine.dir / certs.SERVER_CERT).serial_number
     cli(store, "regenerate-certs", "-f", machine.name)
@@ -190,6 +200,14 @@ def test_api_ssh_opens_no_port_and_works_over_ssh(store: Machines, make_host) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == runtime.VERSION
     assert cli(store, "config", machine.name, check=False).returncode != 0
+
+    state = json.loads((machine.dir / forwarder.STATE_FILE).read_text())
+    cli(store, "rm", "-f", machine.name)  # the forwarder ends with its machine
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{state['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{state['pid']}").exists()
+    assert not Path(state["socket"]).exists()
 
 
 def test_host_key_swap_is_refused(store: Machines, make_host) -> None:
