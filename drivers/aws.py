@@ -44,10 +44,12 @@ log = logging.getLogger(__name__)
 # Image owners published by the distributions themselves (not a table of AMI ids: those change every month).
 DEBIAN_OWNER = "136693071363"
 CANONICAL_OWNER = "099720109477"
-DEFAULT_IMAGES: list[tuple[str, str, str]] = [  # (owner, name pattern, SSH user of the image)
-    (DEBIAN_OWNER, "debian-12-amd64-*", "admin"),
-    (CANONICAL_OWNER, "ubuntu/images/hvm-ssd*/ubuntu-*-amd64-server-*", "ubuntu"),
+DEFAULT_IMAGES: list[tuple[str, str]] = [  # (owner, name pattern), in order of preference
+    (DEBIAN_OWNER, "debian-12-amd64-*"),
+    (CANONICAL_OWNER, "ubuntu/images/hvm-ssd*/ubuntu-*-amd64-server-*"),
 ]
+# The login user each distribution's cloud images set up, by a word of the image name.
+IMAGE_USERS: list[tuple[str, str]] = [("debian", "admin"), ("ubuntu", "ubuntu"), ("amzn", "ec2-user"), ("al20", "ec2-user")]
 SSH_PORT = 22
 TLS_API_PORT = 2376
 ANYWHERE = "0.0.0.0/0"
@@ -312,8 +314,10 @@ class AWSDriver(Driver):
         parse_tags(self._get("tags") or [])
         if self._get("metadata_tokens") not in ("required", "optional"):
             raise PreCreateError("--aws-metadata-tokens must be 'required' or 'optional'")
-        if self._get("security_group") and self._get("open_port"):
-            raise PreCreateError("--aws-open-port only applies to the group machines creates, not to --aws-security-group")
+        for option in ("open_port", "allow_cidr"):
+            if self._get("security_group") and self._get(option):
+                name = option.replace("_", "-")
+                raise PreCreateError(f"--aws-{name} only applies to the group machines creates, not to --aws-security-group")
         if bool(self._get("keypair_name")) != bool(self._get("ssh_keypath")):
             raise PreCreateError("--aws-keypair-name and --aws-ssh-keypath go together")
         if self._get("ssh_keypath") and not os.path.isfile(self._get("ssh_keypath")):
@@ -370,16 +374,19 @@ class AWSDriver(Driver):
             if not found or not found["Images"]:
                 raise PreCreateError(f"--aws-ami {ami!r} does not exist in {self._get('region')}")
             image = found["Images"][0]
-            user = "admin" if "debian" in (image.get("Name") or "").lower() else "ubuntu"
         else:
-            image, user = self._default_image()
+            image = self._default_image()
             self.config["ami"] = image["ImageId"]
         self.config["root_device_name"] = image.get("RootDeviceName") or "/dev/xvda"
         if not self._get("ssh_user"):
-            self.config["ssh_user"] = user
+            name = (image.get("Name") or "").lower()
+            users = [user for word, user in IMAGE_USERS if word in name]
+            if not users:
+                raise PreCreateError(f"cannot tell the login user of {image['ImageId']} ({name or 'no name'}); pass --aws-ssh-user")
+            self.config["ssh_user"] = users[0]
 
-    def _default_image(self) -> tuple[dict[str, Any], str]:
-        for owner, pattern, user in DEFAULT_IMAGES:
+    def _default_image(self) -> dict[str, Any]:
+        for owner, pattern in DEFAULT_IMAGES:
             images = self._call(
                 "describe_images",
                 Owners=[owner],
@@ -392,7 +399,7 @@ class AWSDriver(Driver):
             if images:
                 newest = max(images, key=lambda image: (image.get("CreationDate") or "", image.get("Name") or ""))
                 log.info("%s: using %s (%s)", self.machine_name, newest["ImageId"], newest.get("Name"))
-                return newest, user
+                return newest
         raise PreCreateError(f"no Debian 12 or Ubuntu image found in {self._get('region')}; pass --aws-ami")
 
     def _resolve_network(self) -> None:

@@ -27,7 +27,7 @@ def machines(store: Path, *args: str, check: bool = True) -> subprocess.Complete
     return result
 
 
-def test_create_ssh_rm(world: World, tmp_path: Path) -> None:
+def test_create_ssh_rm(world: World, tmp_path: Path, aws_env: dict[str, str]) -> None:
     """The first SSH is already verified: the host key was injected through user data and pinned at create."""
     store, name = tmp_path / "store", f"aws-{os.getpid()}"
     script = tmp_path / "extra.sh"
@@ -43,6 +43,8 @@ def test_create_ssh_rm(world: World, tmp_path: Path) -> None:
     assert parts[1].get_payload(decode=True) == script.read_bytes()
     assert machine.record["ssh_host_key"] == machine.driver.initial_host_key()
     assert machines(store, "ssh", name, "hostname").stdout.strip() == name
+    inspected = machines(store, "inspect", name).stdout
+    assert aws_env["AWS_SECRET_ACCESS_KEY"] not in inspected and '"secret_key": "<hidden>"' in inspected
 
     machines(store, "rm", "-y", name)
     assert world.cloud.leftovers() == NOTHING and world.plane.hosts == {}

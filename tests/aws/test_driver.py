@@ -158,12 +158,10 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("event", "error"), FAULTS, ids=[event for event, _ in FAULTS])
-def test_fault_at_each_step_is_rolled_back(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, event: str, error: BaseException
-) -> None:
+def _faulty_session(event: str, error: BaseException, fired: list[str] | None = None) -> Callable[[AWSDriver], Any]:
+    """A replacement of ``AWSDriver._session`` whose clients raise ``error`` the first time ``event`` fires."""
     original = AWSDriver._session
-    fired: list[str] = []
+    fired = [] if fired is None else fired
 
     def faulty_session(driver: AWSDriver) -> Any:
         session = original(driver)
@@ -176,13 +174,38 @@ def test_fault_at_each_step_is_rolled_back(
         session.events.register(event, fail, unique_id="test-fault")
         return session
 
-    monkeypatch.setattr(AWSDriver, "_session", faulty_session)
+    return faulty_session
+
+
+@pytest.mark.parametrize(("event", "error"), FAULTS, ids=[event for event, _ in FAULTS])
+def test_fault_at_each_step_is_rolled_back(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, event: str, error: BaseException
+) -> None:
+    fired: list[str] = []
+    monkeypatch.setattr(AWSDriver, "_session", _faulty_session(event, error, fired))
     store = Machines(tmp_path / "store")
     expected = CancelledError if isinstance(error, KeyboardInterrupt) else RuntimeError
     with pytest.raises(expected):
         store.create(f"f{os.getpid()}", "aws", world.config(), provision=False)
     assert fired and world.cloud.leftovers() == NOTHING
     assert store.store.names() == []
+
+
+def test_rm_cleans_a_create_that_died_before_it_knew_its_instance(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create that stopped right after RunInstances (kept with --keep-on-error, as a crash would leave it): the
+    record lacks the instance id, yet ``rm`` finds the instance by its machines:id tag and removes everything."""
+    healthy = AWSDriver._session
+    monkeypatch.setattr(AWSDriver, "_session", _faulty_session("after-call.ec2.RunInstances", RuntimeError("crash")))
+    store, name = Machines(tmp_path / "store"), f"k{os.getpid()}"
+    with pytest.raises(RuntimeError):
+        store.create(name, "aws", world.config(), provision=False, keep_on_error=True)
+    assert "instance_id" not in store.get(name).record["driver"]
+    assert len(world.cloud.leftovers()["instances"]) == 1
+    monkeypatch.setattr(AWSDriver, "_session", healthy)
+    store.remove(name)
+    assert world.cloud.leftovers() == NOTHING and store.store.names() == []
 
 
 def test_ssh_failure_after_launch_is_rolled_back(world: World, tmp_path: Path) -> None:
