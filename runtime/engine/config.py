@@ -139,6 +139,11 @@ def host_config_defaults(host: dict) -> dict:
             host[key] = default
         else:
             host.setdefault(key, default)
+    for key, allowed in (("IpcMode", ("", "private", "shareable", "host")), ("PidMode", ("", "host")),
+                         ("UTSMode", ("", "host"))):
+        if (host.get(key) or "") not in allowed:
+            raise InvalidParameter("%s %r is not supported (only %s)" % (key, host[key], ", ".join(
+                repr(a) for a in allowed if a)))
     if host["Memory"] and host["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
     return host

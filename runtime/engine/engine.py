@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal as signals
@@ -217,6 +218,7 @@ class Engine:
             raise InvalidParameter("config.Image must be set")
         image = self.images.resolve(image_ref)
         host = host_config_defaults(body.get("HostConfig") or {})
+        _ulimits(host.get("Ulimits") or [])  # refuse a bad name at create, not at start
         config = merge_config(body, (image.config or {}).get("config") or {})
         config["Image"] = image_ref
         args = command_of(config)
@@ -393,7 +395,10 @@ class Engine:
             "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
-            "shm_size": int(host.get("ShmSize") or 67108864),
+            "shm_size": int(host.get("ShmSize") or 67108864), "sysctls": host.get("Sysctls") or {},
+            "ulimits": _ulimits(host.get("Ulimits") or []), "group_add": host.get("GroupAdd") or [],
+            "pid_host": host.get("PidMode") == "host", "ipc_host": host.get("IpcMode") == "host",
+            "uts_host": host.get("UTSMode") == "host",
         }
 
     def _empty_layer(self) -> str:
@@ -1299,6 +1304,17 @@ class Engine:
     def events(self, since: Optional[float] = None, until: Optional[float] = None,
                filters: Optional[dict] = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
+
+
+def _ulimits(items: List[dict]) -> List[Tuple[int, int, int]]:
+    """HostConfig.Ulimits (``[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]``) as setrlimit arguments."""
+    out = []
+    for item in items:
+        number = getattr(resource, "RLIMIT_" + str(item.get("Name", "")).upper(), None)
+        if number is None:
+            raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
+        out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
+    return out
 
 
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:

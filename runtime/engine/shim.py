@@ -319,7 +319,8 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(spec["socket"])
     listener.listen(16)
-    sc.unshare(sc.CLONE_NEWPID)
+    if not spec.get("pid_host"):
+        sc.unshare(sc.CLONE_NEWPID)
     child = os.fork()
     if child == 0:
         listener.close()

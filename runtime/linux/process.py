@@ -7,6 +7,7 @@ pivot_root the host's Python library is out of reach), and it reports failure as
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import stat
@@ -148,6 +149,9 @@ def prepare_root(spec: dict) -> None:
              "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
     proc = mkdir_in_root(rootfs, "/proc")
     sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    for key, value in (spec.get("sysctls") or {}).items():  # namespaced ones only, before /proc/sys turns ro
+        with open(os.path.join(proc, "sys", *key.split(".")), "w") as f:
+            f.write(str(value))
     _mount_dev(rootfs, spec["tty"], spec.get("shm_size") or 67108864)
     sys_dir = mkdir_in_root(rootfs, "/sys")
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec["privileged"] else sc.MS_RDONLY)
@@ -209,6 +213,15 @@ def resolve_user(user: str, passwd: str = "/etc/passwd", group: str = "/etc/grou
     return uid, gid, sorted(set(extra + [gid])), home
 
 
+def _group_id(group: str) -> int:
+    if str(group).isdigit():
+        return int(group)
+    match = next((g for g in _entries("/etc/group") if len(g) >= 3 and g[0] == group), None)
+    if match is None:
+        raise StartError("unable to find group %s: no matching entries in group file" % group, 126)
+    return int(match[2])
+
+
 def build_env(env: List[str], home: str) -> List[str]:
     keys = {e.partition("=")[0] for e in env}
     out = list(env)
@@ -228,9 +241,11 @@ def become_user(spec: dict) -> List[str]:
         os.makedirs(cwd, exist_ok=True)
     except OSError:
         pass
+    for name, soft, hard in spec.get("ulimits") or []:
+        resource.setrlimit(name, (soft, hard))
     if spec.get("caps") is not None:
         sc.limit_capabilities(set(spec["caps"]))
-    os.setgroups(groups)
+    os.setgroups(sorted(set(groups + [_group_id(g) for g in spec.get("group_add") or []])))
     os.setgid(gid)
     os.setuid(uid)
     try:
@@ -315,7 +330,11 @@ def container_child(spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd
         reset_signals()
         if stdio is not None:
             setup_stdio(stdio, False)
-        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+        flags = sc.CLONE_NEWNS
+        if not spec.get("uts_host"):
+            flags |= sc.CLONE_NEWUTS
+        if not spec.get("ipc_host"):
+            flags |= sc.CLONE_NEWIPC
         if spec["network"] == "new":
             flags |= sc.CLONE_NEWNET
         sc.unshare(flags)
@@ -325,7 +344,8 @@ def container_child(spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd
         if spec["network"] == "new":
             sc.loopback_up()
         report(report_fd, "ns")
-        sc.sethostname(spec["hostname"])
+        if not spec.get("uts_host"):
+            sc.sethostname(spec["hostname"])
         prepare_root(spec)
         if console is not None:
             setup_stdio(open_console(console), True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import tarfile
 import tempfile
 import threading
@@ -335,3 +336,16 @@ def test_resize_reaches_the_container_tty_and_prune_removes_stopped(engine, run)
     stopped = run(["true"], Labels={"suite": label})
     engine.wait(stopped)
     assert engine.prune_containers(filters={"label": ["suite=" + label]})["ContainersDeleted"] == [stopped]
+
+
+def test_ulimits_sysctls_extra_groups_and_host_namespaces(engine, run):
+    cid = run(["sh", "-c", "ulimit -n; cat /proc/sys/net/ipv4/ip_forward; id -G; echo $$; hostname"],
+              host={"Ulimits": [{"Name": "nofile", "Soft": 321, "Hard": 654}],
+                    "Sysctls": {"net.ipv4.ip_forward": "1"}, "GroupAdd": ["extra", "3000"],
+                    "PidMode": "host", "UTSMode": "host"})
+    assert engine.wait(cid)["StatusCode"] == 0
+    lines = output(engine, cid).splitlines()
+    assert lines[:3] == ["321", "1", "0 2000 3000"]
+    assert lines[3] != "1" and lines[4] == socket.gethostname()
+    with pytest.raises(InvalidParameter):
+        run(["true"], host={"Ulimits": [{"Name": "bogus", "Soft": 1, "Hard": 1}]})
