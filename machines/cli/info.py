@@ -56,10 +56,9 @@ def register(app: typer.Typer) -> None:
         """List machines with their states (queried in parallel)."""
         wanted = inventory.parse_filters(filters or [])
         all_machines = machines().list()
-        if quiet and not wanted:
-            rows_names = [machine.name for machine in all_machines]
-            for name in rows_names:
-                echo(name)
+        if quiet and not wanted:  # names only: no need to ask any driver
+            for machine in all_machines:
+                echo(machine.name)
             return
         rows = [row for row in inventory.describe_all(all_machines, timeout) if inventory.matches(row, wanted)]
         if quiet:

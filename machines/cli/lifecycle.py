@@ -7,6 +7,7 @@ from typing import Annotated, Callable
 import typer
 
 from machines.cli.common import err_console, for_each_machine, machines
+from machines.errors import ExitStatus
 from machines.machine import Machines
 from machines.progress import Progress
 
@@ -42,5 +43,6 @@ def register(app: typer.Typer) -> None:
             library.get(name)  # every name must exist before anything is removed
         if not (yes or force):
             err_console.print(f"About to remove {', '.join(names)}")
-            typer.confirm("Are you sure?", abort=True, err=True)
+            if not typer.confirm("Are you sure?", err=True):
+                raise typer.Exit(int(ExitStatus.ERROR))
         for_each_machine(names, lambda name, progress: library.remove(name, force=force, progress=progress))
