@@ -14,8 +14,8 @@ What the core and the CLI call:
 
 Create options read from ``machine.record["host_options"]``: ``api`` ("tls", default, or "ssh": no TCP port),
 ``tls_san`` (list of extra names/IPs for the server certificate) and ``data_root`` (where the runtime keeps
-containers and images; default the driver's ``runtime_data_root``, else /var/lib/machines-runtime). Written to ``machine.record["runtime"]``:
-version, sha256, api, port, data_root, socket, service, python, phases.
+containers and images; default the driver's ``runtime_data_root``, else /var/lib/machines-runtime).
+Written to ``machine.record["runtime"]``: version, sha256, api, port, data_root, socket, service, python, phases.
 """
 
 from __future__ import annotations
@@ -117,7 +117,10 @@ sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
 echo "log_size=$(wc -c < {service.LOG_PATH} 2>/dev/null || echo 0)"
-awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null && echo port_busy=1
+if awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+  echo port_busy=1
+  ss -Hltnp "sport = :{service.TLS_PORT}" 2>/dev/null | sed -n 's/.*users:(("\\([^"]*\\)",pid=\\([0-9]*\\).*/port_owner=\\1 (pid \\2)/p' | head -n 1
+fi
 command -v ip >/dev/null && ip -o addr show scope global 2>/dev/null | awk '{{ split($4, a, "/"); print "addr=" a[1] }}'
 true
 """
@@ -248,8 +251,9 @@ class Provisioner:
                 f"the runtime needs {wanted} KiB"
             )
         if self.api == "tls" and facts.values.get("port_busy") and not facts.values.get("running"):
+            owner = facts.values.get("port_owner") or "another program"
             raise ProvisionError(
-                f"{self.machine.name}: port {service.TLS_PORT} is already in use on the host by another program; "
+                f"{self.machine.name}: port {service.TLS_PORT} is already in use on the host by {owner}; "
                 f"stop it, or create the machine with --api ssh"
             )
         self.progress.detail(f"{pretty}, python {facts.python or 'missing'}, service "

@@ -271,7 +271,7 @@ BAD_HOSTS = {
         "setsid nohup python3 -m http.server 2376 >/dev/null 2>&1 </dev/null & echo $! > /tmp/occupier.pid; "
         "for i in $(seq 50); do ss -ltn | grep -q ':2376 ' && break; sleep 0.1; done",
         "kill $(cat /tmp/occupier.pid)",
-        "port 2376 is already in use",
+        "port 2376 is already in use on the host by python3 (pid",
     ),
     "full disk": (
         "mkdir -p /usr/local/lib/machines && mount -t tmpfs -o size=64k tmpfs /usr/local/lib/machines",
@@ -297,7 +297,7 @@ def test_bad_host_gets_a_message_naming_the_problem(store: Machines, bad_host: T
             "--generic-ssh-key", str(bad_host.key_path), "--timeout-ssh", "15", name, check=False,
         )  # fmt: skip
         assert result.returncode != 0
-        assert message in result.stderr
+        assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert not store.store.exists(name)
     finally:
