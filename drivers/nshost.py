@@ -59,6 +59,10 @@ class NsHostError(DriverError):
     """An isolated host could not be made, started, stopped or removed; the message says which step failed."""
 
 
+class SubnetInUseError(NsHostError):
+    """Another interface of the machine already has an address in the subnet asked for a new bridge."""
+
+
 class HostState(str, enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
@@ -242,7 +246,7 @@ class Bridge:
                 fields = line.split()
                 used = ipaddress.ip_interface(fields[3])
                 if used.network.overlaps(self.network):
-                    raise NsHostError(f"subnet {self.network} overlaps {used} on interface {fields[1]}")
+                    raise SubnetInUseError(f"subnet {self.network} overlaps {used} on interface {fields[1]}")
             _run(["ip", "link", "add", "name", self.name, "type", "bridge"])
             try:
                 _run(["ip", "addr", "add", self.subnet, "dev", self.name])
@@ -531,7 +535,9 @@ class IsolatedHost:
         Two ``ip -batch`` runs instead of six commands: each process start costs several milliseconds here."""
         _run(["ip", "netns", "add", record.netns])
         made(f"network namespace {record.netns}", lambda: self._delete_netns(record))
-        _run_batch([], [f"link add {record.veth} type veth peer name eth0 netns {record.netns}",
+        # The MAC follows from the address, so a reused address keeps its MAC and no ARP cache points at a gone host.
+        mac = "02:6d:" + ":".join(f"{byte:02x}" for byte in ipaddress.ip_address(record.address).packed)
+        _run_batch([], [f"link add {record.veth} type veth peer name eth0 address {mac} netns {record.netns}",
                         f"link set {record.veth} master {record.bridge} up"])
         made(f"veth {record.veth}", lambda: _run(["ip", "link", "del", record.veth], check=False))
         prefix = ipaddress.ip_network(record.subnet, strict=False).prefixlen

@@ -1,0 +1,1 @@
+"""Tests of the local driver and its isolated hosts."""

@@ -1,0 +1,1 @@
+"""Shared test support: real SSH test hosts (see README.md here)."""

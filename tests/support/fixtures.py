@@ -1,0 +1,48 @@
+"""pytest fixtures for real SSH test hosts. Use them from a conftest.py::
+
+    from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
+
+``test_host(name=None, address=None, start=True) -> TestHost`` makes a started host and removes it after the test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from drivers.nshost import Bridge
+from tests.support.hosts import HostFactory, collect_stale_bridges, worker_bridge, write_key_pair
+
+__all__ = ["test_bridge", "test_host", "test_key"]
+
+
+@pytest.fixture(scope="session")
+def test_bridge(worker_id: str) -> Iterator[Bridge]:
+    """This worker's bridge; at the end of the session no host, veth or bridge of ours may remain."""
+    if os.geteuid() != 0:
+        pytest.fail("test hosts need root (network namespaces, mounts)")
+    collect_stale_bridges()
+    bridge = worker_bridge(worker_id)
+    yield bridge
+    ports = os.listdir(f"/sys/class/net/{bridge.name}/brif") if bridge.exists() else []
+    bridge.unhold()
+    assert not ports, f"test hosts left on bridge {bridge.name}: veths {ports}"
+    assert not bridge.exists(), f"bridge {bridge.name} still exists after the session"
+
+
+@pytest.fixture(scope="session")
+def test_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(private key path, public key line) that logs in as root on every test host."""
+    return write_key_pair(tmp_path_factory.mktemp("test-key"))
+
+
+@pytest.fixture
+def test_host(test_bridge: Bridge, test_key: tuple[Path, str],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostFactory]:
+    """Factory of started test hosts; every host it made is removed after the test, pass or fail."""
+    factory = HostFactory(test_bridge, tmp_path_factory.mktemp("hosts"), *test_key)
+    yield factory
+    factory.cleanup()
