@@ -340,6 +340,16 @@ def parse_platform(text: Optional[str]) -> Dict[str, str]:
     return out
 
 
+def _hash_file_from(path: str, sha: "hashlib._Hash", offset: int) -> int:
+    """Feed ``path`` from ``offset`` to its end into ``sha`` (a resumed download's earlier bytes)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            sha.update(chunk)
+            offset += len(chunk)
+    return offset
+
+
 _download_locks: Dict[str, threading.Lock] = {}
 _download_guard = threading.Lock()
 
@@ -362,10 +372,11 @@ class _Puller:
         os.makedirs(self.downloads, exist_ok=True)
 
     def fetch_blob(self, desc: dict, short: str) -> str:
-        """Download a blob to downloads/<hex>.partial (resuming), verify its digest; return the path."""
+        """Download a blob to downloads/<hex>.partial (resuming with Range), hashing it as it arrives; verify."""
         digest = desc["digest"]
         total = int(desc.get("size") or 0)
         path = os.path.join(self.downloads, os.path.basename(self.store.blob_path(digest)) + ".partial")
+        sha, hashed = hashlib.sha256(), 0
         for attempt in range(3):
             have = os.path.getsize(path) if os.path.exists(path) else 0
             headers = {"Range": "bytes=%d-" % have} if have else {}
@@ -384,22 +395,12 @@ class _Puller:
                         raise NotFound("blob %s not found: %s" % (digest, _registry_error(body, "blob unknown")))
                     raise HostError("fetching blob %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
                 else:
-                    mode = "ab" if resp.status == 206 else "wb"
-                    done = have if resp.status == 206 else 0
-                    last = 0
-                    with open(path, mode) as out:
-                        while True:
-                            if self.stop.is_set():
-                                raise HostError("pull cancelled")
-                            chunk = resp.read(CHUNK)
-                            if not chunk:
-                                break
-                            out.write(chunk)
-                            done += len(chunk)
-                            if done - last >= CHUNK * 2 or done == total:
-                                last = done
-                                self.events.put(_message("Downloading", short, progressDetail={
-                                    "current": done, "total": total}, progress=_progress_bar(done, total)))
+                    if resp.status == 206:
+                        hashed = _hash_file_from(path, sha, hashed)
+                    else:
+                        sha, hashed = hashlib.sha256(), 0
+                    hashed = self._receive(resp, path, "ab" if resp.status == 206 else "wb", sha, hashed, short,
+                                           total)
             except OSError as exc:
                 if attempt == 2:
                     raise HostError("fetching blob %s: %s" % (digest, exc)) from None
@@ -410,12 +411,31 @@ class _Puller:
                 continue  # connection dropped: resume from what we have
             break
         self.events.put(_message("Verifying Checksum", short))
-        actual, _ = store_mod.archive.file_digest(path)
-        if actual != digest:
+        hashed = _hash_file_from(path, sha, hashed)
+        if "sha256:" + sha.hexdigest() != digest:
             os.unlink(path)
             raise InvalidParameter("filesystem layer verification failed for digest %s" % digest)
         self.events.put(_message("Download complete", short))
         return path
+
+    def _receive(self, resp: Response, path: str, mode: str, sha: "hashlib._Hash", hashed: int, short: str,
+                 total: int) -> int:
+        """Append the response body to ``path``, hashing and reporting progress; returns the bytes hashed."""
+        last = 0
+        with open(path, mode) as out:
+            while True:
+                if self.stop.is_set():
+                    raise HostError("pull cancelled")
+                chunk = resp.read(CHUNK)
+                if not chunk:
+                    return hashed
+                out.write(chunk)
+                sha.update(chunk)
+                hashed += len(chunk)
+                if hashed - last >= CHUNK * 2 or hashed == total:
+                    last = hashed
+                    self.events.put(_message("Downloading", short, progressDetail={
+                        "current": hashed, "total": total}, progress=_progress_bar(hashed, total)))
 
     def layer(self, desc: dict, diff_id: str, parent: Optional[str], pins: List[str]) -> None:
         short = desc["digest"][7:19]
@@ -423,7 +443,8 @@ class _Puller:
             path = self.fetch_blob(desc, short)
             self.events.put(_message("Extracting", short))
             try:
-                layer = self.store.add_layer(path, parent, diff_id=diff_id, blob_digest=desc["digest"], pins=pins)
+                layer = self.store.add_layer(path, parent, diff_id=diff_id, blob_digest=desc["digest"], pins=pins,
+                                             blob_verified=True)
                 self.store.remember_blob(layer.chain_id, desc)
             finally:
                 if os.path.exists(path):

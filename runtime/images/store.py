@@ -342,12 +342,14 @@ class ImageStore:
             pins.append(chain)
 
     def add_layer(self, blob: str, parent_chain: Optional[str], *, diff_id: Optional[str] = None,
-                  blob_digest: Optional[str] = None, pins: Optional[List[str]] = None) -> Layer:
+                  blob_digest: Optional[str] = None, pins: Optional[List[str]] = None,
+                  blob_verified: bool = False) -> Layer:
         """Unpack the layer blob file ``blob`` (plain/gzip/zstd) on top of ``parent_chain``.
 
         ``diff_id`` and ``blob_digest``, when known, are verified; a mismatch or a hostile layer raises and leaves
         nothing. When ``diff_id`` is known and the layer already exists it is not unpacked again. The blob file is
-        hard-linked (not moved) into the layer, so callers may reuse and must delete it.
+        hard-linked (not moved) into the layer, so callers may reuse and must delete it. ``blob_verified`` says the
+        caller already hashed the blob to ``blob_digest`` (a download), which saves a pass over it.
         """
         if diff_id is not None:
             chain = chain_id(parent_chain, diff_id)
@@ -355,7 +357,10 @@ class ImageStore:
                 if self.has_layer(chain):
                     self._pin(pins, chain)
                     return self.layer(chain)
-        actual_blob, blob_size = archive.file_digest(blob)
+        if blob_verified and blob_digest is not None:
+            actual_blob, blob_size = blob_digest, os.path.getsize(blob)  # hashed as it was downloaded
+        else:
+            actual_blob, blob_size = archive.file_digest(blob)
         if blob_digest is not None and actual_blob != blob_digest:
             raise InvalidParameter("blob digest mismatch: expected %s, got %s" % (blob_digest, actual_blob))
         work = self.tmpdir()

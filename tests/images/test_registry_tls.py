@@ -179,10 +179,17 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         srv = self.server
-        srv.seen.append((self.headers.get("Host"), self.path, self.headers.get("Authorization")))
+        srv.seen.append((self.headers.get("Host"), self.path, self.headers.get("Authorization"),
+                         self.headers.get("Range")))
         if self.headers.get("Host", "").startswith("127.0.0.2"):
-            digest = self.path.rsplit("/", 1)[1]
-            self._reply(200, srv.blobs[digest])
+            data = srv.blobs[self.path.rsplit("/", 1)[1]]
+            ranged = self.headers.get("Range", "")
+            if ranged.startswith("bytes="):
+                start = int(ranged[6:].rstrip("-"))
+                self._reply(206, data[start:], {"Content-Range": "bytes %d-%d/%d" % (start, len(data) - 1,
+                                                                                     len(data))})
+                return
+            self._reply(200, data)
             return
         if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"bob:hunter2").decode():
             self._reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="stub"'})
@@ -217,11 +224,17 @@ def test_redirected_blobs_do_not_receive_the_authorization_header(tmp_path, busy
     try:
         store = ImageStore(str(tmp_path / "store"))
         tag = "127.0.0.1:%d/stub:1" % stub.server_address[1]
+        # an earlier pull was cut off half-way through the layer: this one resumes from there
+        os.makedirs(os.path.join(store.root, "downloads"))
+        with open(os.path.join(store.root, "downloads", digest[layer][7:] + ".partial"), "wb") as f:
+            f.write(layer[:len(layer) // 2])
         messages = list(store.pull(tag, auth={"username": "bob", "password": "hunter2"}))
         assert messages[-1]["status"] == "Status: Downloaded newer image for %s" % tag
         cdn_requests = [s for s in stub.seen if s[0].startswith("127.0.0.2")]
-        assert len(cdn_requests) == 2 and all(auth is None for _, _, auth in cdn_requests)
+        assert len(cdn_requests) == 2 and all(auth is None for _, _, auth, _ in cdn_requests)
+        assert ("bytes=%d-" % (len(layer) // 2)) in [r for _, _, _, r in cdn_requests]
         assert store.resolve(tag).id == digest[config]
+        assert os.listdir(os.path.join(store.root, "downloads")) == []
     finally:
         for s in (stub, cdn):
             s.shutdown()
