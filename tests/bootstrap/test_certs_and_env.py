@@ -1,0 +1,110 @@
+"""Certificates and ``env`` output without a host: what a user relies on when pointing clients at a machine."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from bootstrap import bundle as bundles
+from bootstrap import certs, shellenv
+from machines.errors import UsageError
+
+
+def test_store_certificates_are_made_once_private_and_valid_for_three_years(tmp_path: Path) -> None:
+    store = certs.ensure_store_certs(tmp_path)
+    first = store.ca_cert.read_bytes()
+    assert certs.ensure_store_certs(tmp_path).ca_cert.read_bytes() == first  # made once
+    assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
+    for path in (store.ca_cert, store.ca_key, store.client_cert, store.client_key):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    ca = certs.load_cert(store.ca_cert)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert now - datetime.timedelta(minutes=6) < ca.not_valid_before_utc < now - datetime.timedelta(minutes=4)
+    assert (ca.not_valid_after_utc - ca.not_valid_before_utc).days == 1080
+    client = certs.load_cert(store.client_cert)
+    client.verify_directly_issued_by(ca)
+    assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+
+
+def test_server_certificate_names_every_address_and_follows_the_ip(tmp_path: Path) -> None:
+    store = certs.ensure_store_certs(tmp_path / "store")
+    machine_dir = tmp_path / "machine"
+    machine_dir.mkdir()
+    sans = certs.server_sans(["10.0.0.5", "fd00::5"], "web", ["web.example.com", "192.0.2.7"])
+    certs.issue_server_cert(store, machine_dir, "web", sans)
+    extension = certs.load_cert(machine_dir / "server.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert set(extension.value.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address(a) for a in ("10.0.0.5", "fd00::5", "127.0.0.1", "192.0.2.7")
+    }
+    assert set(extension.value.get_values_for_type(x509.DNSName)) == {"web", "localhost", "web.example.com"}
+    assert stat.S_IMODE((machine_dir / "server-key.pem").stat().st_mode) == 0o600
+    assert certs.server_cert_valid(machine_dir, store, ["10.0.0.5"])
+    assert not certs.server_cert_valid(machine_dir, store, ["10.0.0.6"])  # the IP changed: re-issue
+    rotated = certs.ensure_store_certs(tmp_path / "store", rotate=True)
+    assert not certs.server_cert_valid(machine_dir, rotated, ["10.0.0.5"])  # signed by the old CA
+
+
+def test_openssl_accepts_the_chain(tmp_path: Path) -> None:
+    store = certs.ensure_store_certs(tmp_path)
+    certs.issue_server_cert(store, tmp_path, "m", certs.server_sans(["10.0.0.5"], "m", []))
+    result = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(store.ca_cert), str(store.client_cert), str(tmp_path / "server.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_values_survive_eval_in_bash(tmp_path: Path) -> None:
+    awkward = str(tmp_path / "it's a \"dir\" with $HOME")
+    text = shellenv.render({"DOCKER_CERT_PATH": awkward, "DOCKER_HOST": "tcp://10.0.0.5:2376", "GONE": None}, "bash", "m")
+    result = subprocess.run(
+        ["bash", "-c", 'eval "$1"; printf "%s|%s|%s" "$DOCKER_CERT_PATH" "$DOCKER_HOST" "${GONE-unset}"', "-", text],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GONE": "was set"},
+    )
+    assert result.stdout == f"{awkward}|tcp://10.0.0.5:2376|unset"
+
+
+@pytest.mark.parametrize(
+    ("shell", "set_line", "unset_line"),
+    [
+        ("fish", "set -gx DOCKER_HOST 'tcp://h:2376';", "set -e DOCKER_TLS_VERIFY;"),
+        ("powershell", "$Env:DOCKER_HOST = 'tcp://h:2376'", "Remove-Item Env:\\DOCKER_TLS_VERIFY"),
+        ("cmd", "SET DOCKER_HOST=tcp://h:2376", "SET DOCKER_TLS_VERIFY="),
+        ("zsh", "export DOCKER_HOST=tcp://h:2376", "unset DOCKER_TLS_VERIFY"),
+    ],
+)
+def test_env_speaks_each_shell(shell: str, set_line: str, unset_line: str) -> None:
+    lines = shellenv.render({"DOCKER_HOST": "tcp://h:2376", "DOCKER_TLS_VERIFY": None}, shell, "machines env m").splitlines()
+    assert lines[0] == set_line
+    assert lines[1].startswith(unset_line)
+
+
+def test_unknown_shell_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown shell 'tcshx'"):
+        shellenv.render({}, "tcshx", "m")
+
+
+def test_no_proxy_appends_the_ip_once() -> None:
+    once = shellenv.no_proxy_value("10.0.0.5", {"NO_PROXY": "localhost,.corp"})
+    assert once == "localhost,.corp,10.0.0.5"
+    assert shellenv.no_proxy_value("10.0.0.5", {"NO_PROXY": once}) == once
+    assert shellenv.no_proxy_value("10.0.0.5", {}) == "10.0.0.5"
+
+
+def test_runtime_bundle_is_reproducible_and_runs(tmp_path: Path) -> None:
+    first = bundles.build(tmp_path / "a")
+    second = bundles.build(tmp_path / "b")
+    assert first.sha256 == second.sha256 and first.path.read_bytes() == second.path.read_bytes()
+    result = subprocess.run(["/usr/bin/python3", str(first.path), "version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert first.version in result.stdout
