@@ -13,6 +13,10 @@ from typing import Dict, List, Optional
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio", "devices")
 CPU_PERIOD = 100000
+# Docker's default device allowlist: create any node, use only the harmless ones (null, zero, full, random,
+# urandom, tty, console, ptmx, ptys, tun).
+DEFAULT_DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                        "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm")
 
 
 def _read(path: str) -> str:
@@ -172,6 +176,11 @@ class CgroupV1(Cgroup):
             if quota > 0:
                 _write(os.path.join(cpu, "cpu.cfs_period_us"), str(period))
                 _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
+        devices = self.path("devices")
+        if devices and not resources.get("Privileged"):
+            _write(os.path.join(devices, "devices.deny"), "a")
+            for rule in DEFAULT_DEVICE_RULES:
+                _write(os.path.join(devices, "devices.allow"), rule)
         pids = self.path("pids")
         limit_pids = resources.get("PidsLimit") or 0
         if pids and limit_pids > 0:

@@ -349,3 +349,10 @@ def test_ulimits_sysctls_extra_groups_and_host_namespaces(engine, run):
     assert lines[3] != "1" and lines[4] == socket.gethostname()
     with pytest.raises(InvalidParameter):
         run(["true"], host={"Ulimits": [{"Name": "bogus", "Soft": 1, "Hard": 1}]})
+
+
+def test_device_nodes_beyond_the_default_list_are_unusable(engine, run):
+    cid = run(["sh", "-c", "mknod /tmp/disk b 8 0 && head -c1 /tmp/disk; echo rc=$?; head -c1 /dev/zero | wc -c"])
+    engine.wait(cid)
+    text = output(engine, cid, stdout=True, stderr=True)
+    assert "rc=1" in text and "Operation not permitted" in text and text.strip().endswith("1")
