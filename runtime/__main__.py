@@ -92,17 +92,19 @@ def run_daemon(args: argparse.Namespace) -> int:
     engine = None
     server = None
     try:
-        engine_options = {"bridge_subnet": args.bridge_subnet}
-        if args.bridge_name:
-            engine_options["bridge_name"] = args.bridge_name
-        engine = Engine(args.data_root, args.exec_root, **engine_options)
+        engine = Engine(args.data_root, args.exec_root, bridge_subnet=args.bridge_subnet,
+                        bridge_name=args.bridge_name)
         server = Server(build_app(engine, debug=args.debug))
+        listening = []
         for kind, host, port in hosts:
             try:
                 if kind == "unix":
                     server.add(bind_unix(host))
+                    listening.append("unix://" + host)
                 else:
-                    server.add(bind_tcp(host, port), tls)
+                    sock = bind_tcp(host, port)
+                    server.add(sock, tls)
+                    listening.append("tcp://%s:%d" % (host, sock.getsockname()[1]))  # port 0 -> the real one
             except OSError as exc:
                 raise UsageError("cannot listen on %s: %s" % (host if kind == "unix" else "%s:%d" % (host, port),
                                                                exc.strerror or exc)) from None
@@ -112,8 +114,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         server.start()
-        sys.stderr.write("runtime %s (API %s) listening on %s\n"
-                         % (VERSION, API_VERSION, ", ".join(args.host or ["unix://" + DEFAULT_SOCKET])))
+        sys.stderr.write("runtime %s (API %s) listening on %s\n" % (VERSION, API_VERSION, " ".join(listening)))
         sys.stderr.flush()
         while not stop.wait(3600):
             pass

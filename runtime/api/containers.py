@@ -8,7 +8,7 @@ import time
 from typing import Any, Dict, Iterator
 
 from runtime.api import streams, validate
-from runtime.api.routing import filters_arg, route
+from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import (HIJACKED, Request, Response, Stream, empty, json_lines, json_response)
 from runtime.errors import EngineError, InvalidParameter
 
@@ -37,7 +37,7 @@ def prune(engine: Any, request: Request) -> Response:
 
 @route("GET", "/containers/{ref}/json", "Inspect a container")
 def inspect(engine: Any, request: Request, ref: str) -> Response:
-    return json_response(engine.inspect_container(ref))
+    return json_response(engine.inspect_container(ref, size=request.flag("size")))
 
 
 @route("POST", "/containers/{ref}/start", "Start (204, or 304 when running)")
@@ -127,16 +127,6 @@ def attach(engine: Any, request: Request, ref: str) -> Any:
     return HIJACKED
 
 
-def _timestamp(request: Request, name: str) -> float:
-    text = request.arg(name)
-    if not text:
-        return 0
-    try:
-        return float(text)
-    except ValueError:
-        raise InvalidParameter("invalid value for %s: %r (a unix timestamp)" % (name, text)) from None
-
-
 @route("GET", "/containers/{ref}/logs", "Logs: multiplexed frames, or raw with a TTY; follow streams live")
 def logs(engine: Any, request: Request, ref: str) -> Stream:
     stdout, stderr = request.flag("stdout"), request.flag("stderr")
@@ -147,7 +137,7 @@ def logs(engine: Any, request: Request, ref: str) -> Stream:
     if tail != "all" and not tail.lstrip("-").isdigit():
         raise InvalidParameter("invalid value for tail: %r" % tail)
     items = engine.logs(ref, follow=request.flag("follow"), stdout=stdout, stderr=stderr,
-                        since=_timestamp(request, "since"), until=_timestamp(request, "until"),
+                        since=timestamp_arg(request, "since"), until=timestamp_arg(request, "until"),
                         timestamps=request.flag("timestamps"), tail=tail)
 
     def body() -> Iterator[bytes]:

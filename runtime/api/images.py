@@ -55,7 +55,8 @@ def create(engine: Any, request: Request) -> Stream:
     source = request.arg("fromSrc")
     if source == "-":
         image_id = engine.images.import_tar(request.body, repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
-                                            or None, changes=request.args("changes") or None)
+                                            or None, changes=request.args("changes") or None,
+                                            message=request.arg("message"))
         return json_stream([{"status": image_id}])
     if source:
         raise NotSupported("importing from a URL is not supported; send the tar in the request body")

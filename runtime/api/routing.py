@@ -37,3 +37,14 @@ def filters_arg(request: Request) -> Optional[Dict[str, List[str]]]:
         else:
             raise InvalidParameter("invalid filter %r: values must be strings" % key)
     return result
+
+
+def timestamp_arg(request: Request, name: str) -> float:
+    """``since``/``until``: unix seconds with an optional fraction (the CLI converts durations and dates)."""
+    text = request.arg(name)
+    if not text:
+        return 0
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameter("invalid value for %s: %r (a unix timestamp)" % (name, text)) from None

@@ -34,12 +34,11 @@ _VERSIONED = re.compile(r"^/v([0-9][0-9.]*)(/.*)$")
 
 
 class HTTPError(Exception):
-    """A protocol-level client mistake; answered with ``status`` and the connection is closed when ``close``."""
+    """A protocol-level client mistake: answered with ``status``, then the connection is closed."""
 
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.close = close
 
 
 def version_tuple(version: str) -> Tuple[int, ...]:
@@ -81,7 +80,7 @@ class Body:
     def _read_line(self) -> bytes:
         line = self._conn.rfile.readline(MAX_LINE + 1)
         if not line.endswith(b"\n"):
-            raise HTTPError(400, "malformed chunked request body", close=True)
+            raise HTTPError(400, "malformed chunked request body")
         return line
 
     def _next_chunk(self) -> None:
@@ -89,7 +88,7 @@ class Body:
         try:
             self._chunk_left = int(size_text, 16)
         except ValueError:
-            raise HTTPError(400, "malformed chunked request body", close=True) from None
+            raise HTTPError(400, "malformed chunked request body") from None
         if self._chunk_left == 0:
             while self._read_line() not in (b"\r\n", b"\n"):
                 pass  # trailers: ignored
@@ -106,7 +105,7 @@ class Body:
             want = self._remaining if size < 0 else min(size, self._remaining)
             data = self._conn.rfile.read(want)
             if len(data) < want:
-                raise HTTPError(400, "unexpected end of request body", close=True)
+                raise HTTPError(400, "unexpected end of request body")
             self._remaining -= len(data)
             self._done = self._remaining == 0
             return data
@@ -118,10 +117,10 @@ class Body:
             step = self._chunk_left if size < 0 else min(size, self._chunk_left)
             data = self._conn.rfile.read(step)
             if len(data) < step:
-                raise HTTPError(400, "unexpected end of request body", close=True)
+                raise HTTPError(400, "unexpected end of request body")
             self._chunk_left -= step
             if self._chunk_left == 0 and self._read_line().strip():
-                raise HTTPError(400, "malformed chunked request body", close=True)
+                raise HTTPError(400, "malformed chunked request body")
             parts.append(data)
             if size >= 0:
                 break  # like a socket read: return what one chunk gave
@@ -129,6 +128,8 @@ class Body:
 
     def read_limited(self, limit: int) -> bytes:
         """The whole body, refused with 413 when larger than ``limit``."""
+        if not self._chunked and self._remaining > limit:
+            raise HTTPError(413, "request body too large (limit %d bytes)" % limit)
         parts: List[bytes] = []
         total = 0
         while True:
@@ -137,7 +138,7 @@ class Body:
                 return b"".join(parts)
             total += len(data)
             if total > limit:
-                raise HTTPError(413, "request body too large (limit %d bytes)" % limit, close=True)
+                raise HTTPError(413, "request body too large (limit %d bytes)" % limit)
             parts.append(data)
 
     def drain(self, limit: int) -> bool:
@@ -309,24 +310,24 @@ class Connection:
             if not line:
                 return None
             if len(line) > MAX_LINE:
-                raise HTTPError(414, "request line too long", close=True)
+                raise HTTPError(414, "request line too long")
             parts = line.decode("latin-1").rstrip("\r\n").split()
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                raise HTTPError(400, "malformed request line", close=True)
+                raise HTTPError(400, "malformed request line")
             headers = Headers()
             total = len(line)
             while True:
                 line = self.rfile.readline(MAX_LINE + 1)
                 total += len(line)
                 if total > MAX_HEADERS or len(line) > MAX_LINE:
-                    raise HTTPError(431, "request header fields too large", close=True)
+                    raise HTTPError(431, "request header fields too large")
                 if not line:
                     return None
                 if line in (b"\r\n", b"\n"):
                     break
                 name, sep, value = line.decode("latin-1").partition(":")
                 if not sep or not name.strip() or name != name.strip():
-                    raise HTTPError(400, "malformed header line", close=True)
+                    raise HTTPError(400, "malformed header line")
                 headers.add(name, value.strip())
             return parts[0], parts[1], parts[2], headers
         finally:
@@ -338,7 +339,7 @@ class Connection:
                 try:
                     head = self._read_head()
                 except HTTPError as exc:
-                    self.send_response(Response(exc.status, _error_body(str(exc)), "application/json"), close=True)
+                    self.refuse(exc)
                     return
                 if head is None:
                     return
@@ -349,6 +350,19 @@ class Connection:
             return  # the client went away or broke the protocol; nothing to answer
         finally:
             self.close()
+
+    def refuse(self, error: HTTPError) -> None:
+        """Answer a protocol error and close gracefully: unread input would make the kernel reset the connection
+        and the client could lose our answer, so read (and drop) what it still sends, for a moment."""
+        self.send_response(error_response(error.status, str(error)), close=True)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(1.0)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and self.sock.recv(65536):
+                pass
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         try:
@@ -368,7 +382,7 @@ class Connection:
             request.body = _make_body(self, headers)
             outcome = self.app.dispatch(request)
         except HTTPError as exc:
-            self.send_response(Response(exc.status, _error_body(str(exc)), "application/json"), close=True)
+            self.refuse(exc)
             return False
         if outcome is HIJACKED:
             return False
@@ -491,7 +505,7 @@ def _make_body(conn: Connection, headers: Headers) -> Body:
     if not text:
         return Body(conn, 0, False, False)
     if not text.isdigit():
-        raise HTTPError(400, "invalid Content-Length", close=True)
+        raise HTTPError(400, "invalid Content-Length")
     return Body(conn, int(text), False, expect)
 
 

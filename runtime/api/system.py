@@ -9,7 +9,7 @@ import time
 from typing import Any, Dict, List
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION
-from runtime.api.routing import filters_arg, route
+from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import Request, Response, Stream, json_lines, json_response
 from runtime.errors import NotSupported
 
@@ -152,9 +152,8 @@ def info(engine: Any, request: Request) -> Response:
 
 @route("GET", "/events", "Live event stream (chunked JSON)")
 def events(engine: Any, request: Request) -> Stream:
-    since = request.arg("since") or None
-    until = request.arg("until") or None
-    items = engine.events(since=since, until=until, filters=filters_arg(request))
+    items = engine.events(since=timestamp_arg(request, "since") or None, until=timestamp_arg(request, "until") or None,
+                          filters=filters_arg(request))
     return Stream(json_lines(items), "application/json")
 
 
