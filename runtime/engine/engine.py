@@ -218,7 +218,8 @@ class Engine:
             raise InvalidParameter("config.Image must be set")
         image = self.images.resolve(image_ref)
         host = host_config_defaults(body.get("HostConfig") or {})
-        _ulimits(host.get("Ulimits") or [])  # refuse a bad name at create, not at start
+        _ulimits(host.get("Ulimits") or [])  # refuse bad values at create, not at start
+        _size(host["LogConfig"]["Config"].get("max-size"))
         config = merge_config(body, (image.config or {}).get("config") or {})
         config["Image"] = image_ref
         args = command_of(config)
@@ -383,6 +384,7 @@ class Engine:
                            "readonly": not m["RW"], "options": m.get("_options", ""),
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
+        log_opts = (host.get("LogConfig") or {}).get("Config") or {}
         sock = os.path.join(self.exec_root, c.id[:16] + ".sock")
         return {
             "id": c.id, "rootfs": c.file("rootfs"), "upper": c.file("upper"), "work": c.file("work"),
@@ -395,6 +397,7 @@ class Engine:
             "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
+            "log_max_size": _size(log_opts.get("max-size")), "log_max_file": int(log_opts.get("max-file") or 1),
             "shm_size": int(host.get("ShmSize") or 67108864), "sysctls": host.get("Sysctls") or {},
             "ulimits": _ulimits(host.get("Ulimits") or []), "group_add": host.get("GroupAdd") or [],
             "pid_host": host.get("PidMode") == "host", "ipc_host": host.get("IpcMode") == "host",
@@ -1304,6 +1307,18 @@ class Engine:
     def events(self, since: Optional[float] = None, until: Optional[float] = None,
                filters: Optional[dict] = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
+
+
+def _size(text: Optional[str]) -> int:
+    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
+    if not text:
+        return 0
+    value = str(text).strip().lower().rstrip("b")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
+    try:
+        return int(float(value.rstrip("kmg")) * scale)
+    except ValueError:
+        raise InvalidParameter("invalid log size: %r" % text)
 
 
 def _ulimits(items: List[dict]) -> List[Tuple[int, int, int]]:

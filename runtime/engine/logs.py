@@ -32,16 +32,22 @@ def _entries(f, wanted: set) -> Iterator[Tuple[int, bytes, str]]:
             yield stream, entry.get("log", "").encode("utf-8", "surrogateescape"), entry.get("time", "")
 
 
+def rotated_files(path: str) -> list:
+    """Older rotated files first (``<log>.N`` ... ``<log>.1``), then the current one."""
+    older = []
+    index = 1
+    while os.path.exists("%s.%d" % (path, index)):
+        older.append("%s.%d" % (path, index))
+        index += 1
+    return list(reversed(older)) + [path]
+
+
 def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: float = 0, until: float = 0,
               timestamps: bool = False, tail: str = "all", running: Callable[[], bool] = lambda: False,
               poll: float = 0.05) -> Iterator[Tuple[int, bytes]]:
     """Yields (stream, bytes). ``running`` tells a follower when to stop: after the container ends and the file is
-    drained."""
+    drained. A follower notices rotation (a new file at ``path``) and carries on in the new file."""
     wanted = {s for s, on in ((1, stdout), (2, stderr)) if on}
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return
     limit: Optional[int] = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
 
     def keep(stamp: str) -> bool:
@@ -53,12 +59,25 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
     def shape(stream: int, data: bytes, stamp: str) -> Tuple[int, bytes]:
         return stream, ((stamp + " ").encode() + data) if timestamps else data
 
-    with f:
-        first = [e for e in _entries(f, wanted) if keep(e[2])]
-        if limit is not None:
-            first = list(deque(first, maxlen=limit)) if limit else []
-        for entry in first:
-            yield shape(*entry)
+    first = []
+    f = None
+    for name in rotated_files(path):
+        try:
+            current = open(name, "rb")
+        except FileNotFoundError:
+            continue
+        first.extend(e for e in _entries(current, wanted) if keep(e[2]))
+        if name == path:
+            f = current
+        else:
+            current.close()
+    if limit is not None:
+        first = list(deque(first, maxlen=limit)) if limit else []
+    for entry in first:
+        yield shape(*entry)
+    if f is None:
+        return
+    try:
         if not follow or (until and until < time.time()):
             return
         while True:
@@ -68,8 +87,18 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
                     return
                 if keep(entry[2]):
                     yield shape(*entry)
+            try:
+                rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False
+            if rotated:
+                f.close()
+                f = open(path, "rb")
+                continue
             if not alive:
                 return
             if until and time.time() > until:
                 return
             time.sleep(poll)
+    finally:
+        f.close()

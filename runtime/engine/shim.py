@@ -109,6 +109,7 @@ class Shim:
         self.clients: List[_Client] = []
         self.partial: Dict[int, bytes] = {}
         self.log = open(spec["log_path"], "ab", buffering=0)
+        self.log_size = self.log.tell()
         self.sel = selectors.DefaultSelector()
         self.status: Optional[int] = None
 
@@ -186,7 +187,27 @@ class Shim:
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
         if out:
-            self.log.write(b"".join(out))
+            data = b"".join(out)
+            limit = self.spec.get("log_max_size") or 0
+            if limit and self.log_size + len(data) > limit and self.log_size:
+                self._rotate()
+            self.log.write(data)
+            self.log_size += len(data)
+
+    def _rotate(self) -> None:
+        """json-file's max-size/max-file: ``<log>.1`` is the newest old file; one file means truncation."""
+        path = self.spec["log_path"]
+        keep = max(int(self.spec.get("log_max_file") or 1), 1)
+        self.log.close()
+        if keep == 1:
+            os.unlink(path)
+        else:
+            for index in range(keep - 1, 0, -1):
+                source = path if index == 1 else "%s.%d" % (path, index - 1)
+                if os.path.exists(source):
+                    os.replace(source, "%s.%d" % (path, index))
+        self.log = open(path, "ab", buffering=0)
+        self.log_size = 0
 
     @staticmethod
     def _entry(line: bytes, kind: int, stamp: str) -> bytes:

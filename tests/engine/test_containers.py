@@ -356,3 +356,14 @@ def test_device_nodes_beyond_the_default_list_are_unusable(engine, run):
     engine.wait(cid)
     text = output(engine, cid, stdout=True, stderr=True)
     assert "rc=1" in text and "Operation not permitted" in text and text.strip().endswith("1")
+
+
+def test_log_rotation_keeps_max_file_files_and_follow_crosses_rotations(engine, run):
+    rotate = {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1k", "max-file": "3"}}}
+    cid = run(["sh", "-c", "for i in $(seq 80); do echo line$i; sleep 0.01; done"], host=rotate)
+    followed = [d for _, d in engine.logs(cid, follow=True, stdout=True, stderr=True)]
+    assert followed == [b"line%d\n" % i for i in range(1, 81)]
+    kept = [d for _, d in engine.logs(cid, follow=False, stdout=True, stderr=True)]
+    assert kept[-1] == b"line80\n" and 20 < len(kept) < 60
+    log_path = engine.inspect_container(cid)["LogPath"]
+    assert os.path.exists(log_path + ".2") and not os.path.exists(log_path + ".3")
