@@ -90,7 +90,8 @@ def register(app: typer.Typer) -> None:
             forwarder.stop(machine.dir)
         variables = env_variables(machine, ssh=ssh, unset=unset, no_proxy=no_proxy)
         chosen = shell or shellenv.detect_shell()
-        command = f"machines env{' --ssh' if ssh else ''}{' --unset' if unset else ''} {name}"
+        flags = [("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy), (f"--shell {shell}", bool(shell))]
+        command = " ".join(["machines env", *(flag for flag, given in flags if given), name])
         common.echo(shellenv.render(variables, chosen, command).rstrip("\n"))
 
     @app.command()
