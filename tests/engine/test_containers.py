@@ -359,11 +359,11 @@ def test_device_nodes_beyond_the_default_list_are_unusable(engine, run):
 
 
 def test_log_rotation_keeps_max_file_files_and_follow_crosses_rotations(engine, run):
-    rotate = {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1k", "max-file": "3"}}}
-    cid = run(["sh", "-c", "for i in $(seq 80); do echo line$i; sleep 0.01; done"], host=rotate)
+    rotate = {"LogConfig": {"Type": "json-file", "Config": {"max-size": "2k", "max-file": "3"}}}
+    cid = run(["sh", "-c", "for i in $(seq 120); do echo line$i; sleep 0.01; done"], host=rotate)
     followed = [d for _, d in engine.logs(cid, follow=True, stdout=True, stderr=True)]
-    assert followed == [b"line%d\n" % i for i in range(1, 81)]
+    assert followed == [b"line%d\n" % i for i in range(1, 121)]  # a rotation every ~27 lines: the poll keeps up
     kept = [d for _, d in engine.logs(cid, follow=False, stdout=True, stderr=True)]
-    assert kept[-1] == b"line80\n" and 20 < len(kept) < 60
+    assert kept[-1] == b"line120\n" and 27 < len(kept) < 110
     log_path = engine.inspect_container(cid)["LogPath"]
     assert os.path.exists(log_path + ".2") and not os.path.exists(log_path + ".3")
