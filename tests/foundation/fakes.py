@@ -67,14 +67,15 @@ class NsHostDriver(Driver):
     """A minimal driver over ``drivers.nshost`` (real sshd hosts in namespaces), for end-to-end create tests."""
 
     name = "nstest"
-    flags = [Flag("state-dir", "folder of the isolated host")]
+    flags = [Flag("state-dir", "folder of the isolated host"), Flag("bridge", "bridge"), Flag("subnet", "its subnet")]
 
     def _host(self) -> IsolatedHost:
         return IsolatedHost(self.config["state_dir"])
 
     def create(self, ledger: Ledger) -> None:
         public_key = Path(f"{self.ssh_key_path}.pub").read_text()
-        host = IsolatedHost.create(self.config["state_dir"], self.machine_name, public_key, record=ledger.record)
+        host = IsolatedHost.create(self.config["state_dir"], self.machine_name, public_key, record=ledger.record,
+                                   bridge=self.config["bridge"], subnet=self.config["subnet"])
         host.start()
         ledger.record(f"sshd of {self.machine_name}", host.kill)
 

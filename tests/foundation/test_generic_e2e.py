@@ -13,17 +13,19 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import bootstrap.provision
 from drivers import registry
-from drivers.nshost import IsolatedHost
+from drivers.nshost import Bridge, IsolatedHost
 from machines.ssh import CommandError
 from machines import transfer
 from machines.machine import Machine, Machines
-from machines.store import generate_ssh_key
+
+from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
+from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
 
 from .fakes import NsHostDriver
 
@@ -32,32 +34,6 @@ MACHINES = str(Path(sys.executable).with_name("machines"))
 
 def unique(label: str) -> str:
     return f"{label}{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-def user_key(tmp_path: Path) -> tuple[Path, str]:
-    """A key pair of "the user", authorised on the hosts the tests bring up without machines."""
-    directory = tmp_path / "user"
-    directory.mkdir()
-    public = generate_ssh_key(directory, "test-user")
-    return directory / "id_ed25519", public
-
-
-@pytest.fixture
-def hosts(tmp_path: Path, user_key: tuple[Path, str]) -> Iterator[Callable[..., IsolatedHost]]:
-    """Start running sshd hosts (namespaces, veth, overlay root); every one is removed after the test."""
-    made: list[IsolatedHost] = []
-
-    def make(address: str | None = None) -> IsolatedHost:
-        name = unique("fh")
-        host = IsolatedHost.create(str(tmp_path / "hosts" / name), name, user_key[1], address=address)
-        made.append(host)
-        host.start()
-        return host
-
-    yield make
-    for host in made:
-        host.remove()
 
 
 @pytest.fixture
@@ -94,21 +70,20 @@ def _interactive(store_path: Path, name: str, typed: bytes) -> tuple[str, int]:
             process.wait()
 
 
-def _create_generic(run: Callable[..., subprocess.CompletedProcess[str]], name: str, host: IsolatedHost,
-                    key: Path) -> None:
-    result = run("create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key", str(key),
+def _create_generic(run: Callable[..., subprocess.CompletedProcess[str]], name: str, host: TestHost) -> None:
+    result = run("create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key", str(host.key_path),
                  "--no-provision", "--timeout-ssh", "20", name)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{name}\n"
 
 
 def test_generic_driver_manages_an_existing_host(
-    hosts: Callable[..., IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
+    test_host: HostFactory, machines_cli: Callable[..., subprocess.CompletedProcess[str]],
     tmp_path: Path, store_path: Path,
 ) -> None:
-    first, second = hosts(), hosts()
-    _create_generic(machines_cli, "a", first, user_key[0])
-    _create_generic(machines_cli, "b", second, user_key[0])
+    first, second = test_host(), test_host()
+    _create_generic(machines_cli, "a", first)
+    _create_generic(machines_cli, "b", second)
 
     listing = machines_cli("ls", "--format", "{name} {driver} {state} {url}")
     assert listing.stdout.splitlines() == [
@@ -127,8 +102,8 @@ def test_generic_driver_manages_an_existing_host(
     os.chmod(local, 0o640)
     assert machines_cli("scp", str(local), "a:/data/note.txt").returncode == 0
     assert machines_cli("scp", "a:/data/note.txt", "b:/data/copied.txt").returncode == 0
-    assert Path(second.data_dir, "copied.txt").read_text() == "hello from the test"
-    assert (Path(second.data_dir, "copied.txt").stat().st_mode & 0o777) == 0o640
+    assert Path(second.host.data_dir, "copied.txt").read_text() == "hello from the test"
+    assert (Path(second.host.data_dir, "copied.txt").stat().st_mode & 0o777) == 0o640
     library = Machines(store_path)
     transfer.copy(library, "b:/data/copied.txt", str(tmp_path / "back.txt"))
     assert (tmp_path / "back.txt").read_text() == "hello from the test"
@@ -139,7 +114,7 @@ def test_generic_driver_manages_an_existing_host(
     assert refused.returncode == 2 and "is a directory (use -r)" in refused.stderr
     transfer.copy(library, str(tmp_path / "tree"), "a:/data/", recursive=True)
     assert machines_cli("scp", "-r", "a:/data/tree", "b:/data/tree2").returncode == 0
-    assert Path(second.data_dir, "tree2", "sub", "leaf").read_text() == "leaf"
+    assert Path(second.host.data_dir, "tree2", "sub", "leaf").read_text() == "leaf"
 
     # The generic driver does not own the host: no stop, and rm forgets it without touching it.
     stop = machines_cli("stop", "a")
@@ -147,86 +122,93 @@ def test_generic_driver_manages_an_existing_host(
     assert machines_cli("rm", "-y", "a", "b").returncode == 0
     assert machines_cli("ls", "-q").stdout == ""
     assert not any((store_path / "machines").iterdir())
-    assert first.state().value == "running" and Path(first.data_dir, "note.txt").exists()
-    assert second.state().value == "running"
+    assert first.host.state().value == "running" and Path(first.host.data_dir, "note.txt").exists()
+    assert second.run("hostname").stdout == f"{second.name}\n"
 
 
 def test_changed_host_key_is_refused(
-    hosts: Callable[..., IsolatedHost], user_key: tuple[Path, str], machines_cli: Callable[..., subprocess.CompletedProcess[str]],
+    test_host: HostFactory, machines_cli: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
-    host = hosts()
-    _create_generic(machines_cli, "pinned", host, user_key[0])
+    host = test_host()
+    _create_generic(machines_cli, "pinned", host)
     assert machines_cli("ssh", "pinned", "true").returncode == 0
 
     # The host is replaced by another one at the same address (same user key, new host key).
     address = host.address
-    host.remove()
-    impostor = hosts(address)
+    host.close()
+    host.host.remove()
+    impostor = test_host(address=address)
     result = machines_cli("ssh", "pinned", "touch /data/should-not-exist")
     assert result.returncode == 1
     assert "host key of pinned" in result.stderr and "has changed" in result.stderr and "refusing" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not Path(impostor.data_dir, "should-not-exist").exists()
+    assert not Path(impostor.host.data_dir, "should-not-exist").exists()
     copy = machines_cli("scp", "pinned:/etc/hostname", "/tmp/never")
     assert copy.returncode == 1 and "has changed" in copy.stderr
 
 
 @pytest.fixture
-def nstest_driver() -> Iterator[None]:
+def nstest(test_bridge: Bridge, tmp_path: Path, store_path: Path) -> Iterator[Callable[..., Machine]]:
+    """``create(label, **options)``: a machine of the ``nstest`` driver on this worker's test bridge.
+
+    Whatever a test leaves in the store is removed afterwards, with its host.
+    """
     registry.register("nstest", NsHostDriver)
-    yield
+    machines = Machines(store_path)
+
+    def create(label: str, **options: Any) -> Machine:
+        name = unique(label)
+        flags = {"state_dir": str(tmp_path / name), "bridge": test_bridge.name, "subnet": test_bridge.subnet}
+        return machines.create(name, "nstest", flags, ssh_timeout=20, **options)
+
+    yield create
+    for machine in machines.list():
+        machines.remove(machine.name, force=True)
     registry.unregister("nstest")
 
 
-def _netns_names() -> set[str]:
-    output = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in output.splitlines() if line.strip()}
-
-
 def test_failed_provisioning_removes_the_host_and_the_entry(
-    nstest_driver: None, tmp_path: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    nstest: Callable[..., Machine], store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: dict[str, str] = {}
+    seen: dict[str, Any] = {}
 
     def failing_provision(machine: Machine, progress: object) -> None:
         """A provisioning step that really runs on the host, then fails."""
-        host = IsolatedHost(machine.driver.config["state_dir"])
-        seen.update(netns=host.record.netns, veth=host.record.veth, state_dir=host.state_dir)
+        host = TestHost(IsolatedHost(machine.driver.config["state_dir"]), machine.key_path)
+        seen.update(name=machine.name, record=host.record, namespaces=host.namespaces(), state_dir=host.host.state_dir)
         machine.ssh().run("touch /data/half-provisioned && exit 3")
 
     monkeypatch.setattr(bootstrap.provision, "provision", failing_provision)
-    machines = Machines(store_path)
-    name = unique("rb")
     with pytest.raises(CommandError, match="exited with status 3"):
-        machines.create(name, "nstest", {"state_dir": str(tmp_path / name)}, ssh_timeout=20)
+        nstest("rb")
 
-    assert seen["netns"] not in _netns_names()
-    link = subprocess.run(["ip", "link", "show", seen["veth"]], capture_output=True)
-    assert link.returncode != 0
+    assert leftovers(seen["record"], seen["namespaces"]) == []
     assert not Path(seen["state_dir"]).exists()
-    assert machines.store.names() == [] and not machines.store.machine_dir(name).exists()
-
-
-def test_create_pins_the_drivers_host_key_and_runs_over_ssh(
-    nstest_driver: None, tmp_path: Path, store_path: Path
-) -> None:
     machines = Machines(store_path)
-    name = unique("ok")
-    machine = machines.create(name, "nstest", {"state_dir": str(tmp_path / name)}, provision=False, ssh_timeout=20)
-    try:
-        assert machine.record["state"] == "ready"
-        assert machine.record["ssh_host_key"] == IsolatedHost(str(tmp_path / name)).host_public_key
-        connection = machine.ssh()
-        result = connection.run("cat; echo err >&2; exit 4", input=b"in", check=False)
-        assert (result.exit_status, result.stdout, result.stderr) == (4, "in", "err\n")
-        connection.put_bytes(b"payload", "/data/p", mode=0o600)
-        assert connection.get_bytes("/data/p") == b"payload"
-        assert connection.run("stat -c %a /data/p").stdout.strip() == "600"
-        assert machines.get(name).state().value == "Running"
-    finally:
-        machine.close()
-        machines.remove(name)
-    assert not (tmp_path / name).exists() and machines.store.names() == []
+    assert machines.store.names() == [] and not machines.store.machine_dir(seen["name"]).exists()
+
+
+def test_create_pins_the_drivers_host_key_and_runs_over_ssh(nstest: Callable[..., Machine], store_path: Path) -> None:
+    machine = nstest("ok", provision=False)
+    assert machine.record["state"] == "ready"
+    assert machine.record["ssh_host_key"] == IsolatedHost(machine.driver.config["state_dir"]).host_public_key
+    connection = machine.ssh()
+    result = connection.run("cat; echo err >&2; exit 4", input=b"in", check=False)
+    assert (result.exit_status, result.stdout, result.stderr) == (4, "in", "err\n")
+    connection.put_bytes(b"payload", "/data/p", mode=0o600)
+    assert connection.get_bytes("/data/p") == b"payload"
+    assert connection.run("stat -c %a /data/p").stdout.strip() == "600"
+    machines = Machines(store_path)
+    assert machines.get(machine.name).state().value == "Running"
+
+    record, namespaces = IsolatedHost(machine.driver.config["state_dir"]).record, _namespaces(machine)
+    machine.close()
+    machines.remove(machine.name)
+    assert leftovers(record, namespaces) == [] and machines.store.names() == []
+
+
+def _namespaces(machine: Machine) -> Namespaces:
+    return TestHost(IsolatedHost(machine.driver.config["state_dir"]), machine.key_path).namespaces()
 
 
 def _echo_server() -> tuple[socket.socket, threading.Thread]:
@@ -253,10 +235,8 @@ REMOTE_UNIX_ECHO = (
 )
 
 
-def test_port_forwards_both_ways(nstest_driver: None, tmp_path: Path, store_path: Path) -> None:
-    machines = Machines(store_path)
-    name = unique("fw")
-    machine = machines.create(name, "nstest", {"state_dir": str(tmp_path / name)}, provision=False, ssh_timeout=20)
+def test_port_forwards_both_ways(nstest: Callable[..., Machine], tmp_path: Path) -> None:
+    machine = nstest("fw", provision=False)
     server, _ = _echo_server()
     try:
         connection = machine.ssh()
@@ -281,4 +261,3 @@ def test_port_forwards_both_ways(nstest_driver: None, tmp_path: Path, store_path
     finally:
         server.close()
         machine.close()
-        machines.remove(name)
