@@ -94,8 +94,8 @@ class Fault:
 
     method: str
     path: str
-    status: int = 500
-    code: str = "InternalServerError"
+    status: int = 409  # not one the SDK retries
+    code: str = "OperationNotAllowed"
     in_operation: bool = False
     fired: bool = False
 
