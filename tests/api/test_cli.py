@@ -258,6 +258,6 @@ def test_docker_compose_two_services(daemon: Daemon, image: str, name: str, tmp_
         assert ps.returncode == 0 and ps.stdout.count(b"Up") == 2, ps.stdout
         assert wait_until(lambda: b"compose" in compose("logs", "client").stdout, timeout=20)
     finally:
-        down = compose("down")
+        down = compose("down", "-t", "1")
     assert down.returncode == 0, down.stderr
     assert daemon.out("ps", "-aq", "--filter", "label=com.docker.compose.project=" + name.replace("-", "")) == ""

@@ -195,12 +195,15 @@ def _tls_client(cert_paths: Optional[Dict] = None, ca: Optional[str] = None) -> 
     return context
 
 
-def test_tls_requires_a_client_certificate_from_the_ca(daemon: Daemon, tmp_path) -> None:
+def test_tls_requires_a_client_certificate_from_the_ca(daemon: Daemon, image: str, tmp_path) -> None:
     host, port = daemon.tcp[len("tcp://"):].rsplit(":", 1)
     env = daemon.env(DOCKER_HOST="tcp://localhost:%s" % port, DOCKER_TLS_VERIFY="1",
                      DOCKER_CERT_PATH=str(daemon.pki["ca"].parent))
     result = daemon.docker("version", "--format", "{{.Server.APIVersion}}", env=env)
     assert (result.returncode, result.stdout) == (0, b"1.47\n"), result.stderr
+    attached = daemon.docker("run", "--rm", "-i", image, "sh", "-c", "cat; echo done >&2", input=b"over tls\n",
+                             env=env)
+    assert (attached.returncode, attached.stdout, attached.stderr) == (0, b"over tls\n", b"done\n")
     ca = str(daemon.pki["ca"])
 
     def handshake(context: ssl.SSLContext) -> bytes:
