@@ -394,6 +394,8 @@ class Engine:
             "open_stdin": bool(cfg.get("OpenStdin")), "stdin_once": bool(cfg.get("StdinOnce")),
             "etc": {"hosts": c.file("hosts"), "hostname": c.file("hostname"), "resolv.conf": c.file("resolv.conf")},
             "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")),
+            "seccomp": not host.get("Privileged") and not any(
+                opt.replace(":", "=") == "seccomp=unconfined" for opt in host.get("SecurityOpt") or []),
             "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
@@ -1091,7 +1093,7 @@ class Engine:
         cfg, host = c.data["Config"], c.data["HostConfig"]
         spec = self._spec(c, "join")
         if body.get("Privileged"):
-            spec["caps"] = None
+            spec.update({"caps": None, "seccomp": False})
         spec.update({"tty": tty, "args": list(body["Cmd"]) if not isinstance(body["Cmd"], str) else [body["Cmd"]],
                      "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
                      "user": body.get("User") or cfg.get("User") or "",

@@ -13,6 +13,7 @@ import socket
 import stat
 from typing import List, NoReturn, Optional, Tuple
 
+from runtime.linux import seccomp
 from runtime.linux import syscalls as sc
 from runtime.linux.cgroups import open_cgroup
 from runtime.linux.paths import mkdir_in_root, secure_join
@@ -243,6 +244,8 @@ def become_user(spec: dict) -> List[str]:
         pass
     for name, soft, hard in spec.get("ulimits") or []:
         resource.setrlimit(name, (soft, hard))
+    if spec.get("seccomp"):
+        seccomp.install()
     if spec.get("caps") is not None:
         sc.limit_capabilities(set(spec["caps"]))
     os.setgroups(sorted(set(groups + [_group_id(g) for g in spec.get("group_add") or []])))

@@ -367,3 +367,13 @@ def test_log_rotation_keeps_max_file_files_and_follow_crosses_rotations(engine, 
     assert kept[-1] == b"line120\n" and 27 < len(kept) < 110
     log_path = engine.inspect_container(cid)["LogPath"]
     assert os.path.exists(log_path + ".2") and not os.path.exists(log_path + ".3")
+
+
+def test_seccomp_refuses_new_user_namespaces_unless_unconfined(engine, run):
+    confined = run(["sh", "-c", "unshare -U true && echo allowed || echo refused"])
+    unconfined = run(["sh", "-c", "unshare -U true && echo allowed || echo refused"],
+                     host={"SecurityOpt": ["seccomp=unconfined"]})
+    engine.wait(confined)
+    engine.wait(unconfined)
+    assert output(engine, confined) == "refused\n"
+    assert output(engine, unconfined) == "allowed\n"
