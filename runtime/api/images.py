@@ -62,19 +62,16 @@ def create(engine: Any, request: Request) -> Stream:
         raise NotSupported("importing from a URL is not supported; send the tar in the request body")
     if not request.arg("fromImage"):
         raise InvalidParameter("fromImage or fromSrc is required")
-    pull = getattr(engine.images, "pull", None)
-    if pull is None:
-        raise NotSupported("pulling images is not supported by this daemon yet: use docker load or docker import")
-    return json_stream(pull(request.arg("fromImage"), request.arg("tag") or None,
-                            auth=request.headers.get("X-Registry-Auth"), platform=request.arg("platform") or None))
+    # Primed: a missing image or refused credentials is an HTTP error before the stream starts, as with moby.
+    return json_stream(engine.images.pull(request.arg("fromImage"), request.arg("tag") or None,
+                                          auth=request.headers.get("X-Registry-Auth") or None,
+                                          platform=request.arg("platform") or None), prime=2)
 
 
-@route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0)")
+@route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0): tar context in, JSON stream out")
 def build(engine: Any, request: Request) -> Stream:
-    builder = getattr(engine.images, "build", None)
-    if builder is None:
-        raise NotSupported("building images is not supported by this daemon yet")
-    return json_stream(builder(engine, request.body, request.query, request.headers.get("X-Registry-Config")))
+    return json_stream(engine.images.build(engine, request.body, request.query,
+                                           request.headers.get("X-Registry-Config") or None))
 
 
 @route("GET", "/images/{name:.*}/json", "Inspect an image")
@@ -101,12 +98,10 @@ def tag(engine: Any, request: Request, name: str) -> Response:
     return Response(201)
 
 
-@route("POST", "/images/{name:.*}/push", "Push to a registry")
+@route("POST", "/images/{name:.*}/push", "Push to a registry (JSON progress stream)")
 def push(engine: Any, request: Request, name: str) -> Stream:
-    pusher = getattr(engine.images, "push", None)
-    if pusher is None:
-        raise NotSupported("pushing images is not supported by this daemon yet")
-    return json_stream(pusher(name, request.arg("tag") or None, auth=request.headers.get("X-Registry-Auth")))
+    return json_stream(engine.images.push(name, request.arg("tag") or None,
+                                          auth=request.headers.get("X-Registry-Auth") or None), prime=1)
 
 
 @route("DELETE", "/images/{name:.*}", "Remove an image (force, noprune)")

@@ -8,6 +8,7 @@ request bodies (``docker build``, ``docker cp``) and one thread per client that 
 from __future__ import annotations
 
 import http
+import itertools
 import json
 import os
 import re
@@ -262,13 +263,19 @@ def json_lines(items: Iterable[Any]) -> Iterator[bytes]:
         yield (json.dumps(item) + "\r\n").encode()
 
 
-def json_stream(items: Iterable[Any], status: int = 200) -> Stream:
-    """Docker's JSON message stream; an error after the start goes in-band as ``errorDetail``."""
+def json_stream(items: Iterable[Any], status: int = 200, prime: int = 0) -> Stream:
+    """Docker's JSON message stream; an error after the start goes in-band as ``errorDetail``.
+
+    The first ``prime`` messages are taken before any header is sent, so an error that comes early (no such
+    image, bad credentials) is a plain HTTP error response, as moby answers when nothing was flushed yet.
+    """
+    iterator = iter(items)
+    head = list(itertools.islice(iterator, prime))
 
     def error(exc: EngineError) -> bytes:
         return (json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}) + "\r\n").encode()
 
-    return Stream(json_lines(items), "application/json", status, on_error=error)
+    return Stream(json_lines(itertools.chain(head, iterator)), "application/json", status, on_error=error)
 
 
 HIJACKED = object()  # a handler's return value once it took the connection over

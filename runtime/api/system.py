@@ -11,7 +11,6 @@ from typing import Any, Dict, List
 from runtime import API_VERSION, MIN_API_VERSION, VERSION
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import Request, Response, Stream, json_lines, json_response
-from runtime.errors import NotSupported
 
 _PING_HEADERS = {
     "Builder-Version": "1",
@@ -175,8 +174,4 @@ def disk_usage(engine: Any, request: Request) -> Response:
 
 @route("POST", "/auth", "Log in to a registry: checks the credentials against it")
 def auth(engine: Any, request: Request) -> Response:
-    body = request.json_object()
-    login = getattr(engine.images, "login", None)
-    if login is None:
-        raise NotSupported("registry login is not supported by this daemon yet")
-    return json_response(login(body))
+    return json_response(engine.images.login(request.json_object()))
