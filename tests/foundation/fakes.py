@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
@@ -24,6 +25,7 @@ class FileDriver(Driver):
         Flag("fail-at", "where to fail", default=""),
         Flag("ssh-port", "port of an sshd on 127.0.0.1", type=int, default=1),
         Flag("token", "a secret", secret=True, envvar="FILES_TOKEN"),
+        Flag("pause", "seconds to wait after the first resource (time to press Ctrl-C)", type=int, default=0),
     ]
 
     def pre_create_check(self) -> None:
@@ -38,6 +40,13 @@ class FileDriver(Driver):
             path = self._path(index)
             path.write_text("resource")
             ledger.record(f"file {path.name}", path.unlink)
+            if index == 0 and self.config["pause"]:
+                marker = Path(self.config["world"]) / f"started-{self.machine_name}"
+                marker.touch()
+                try:
+                    time.sleep(self.config["pause"])
+                finally:
+                    marker.unlink()
             if index == 1 and self.config["fail_at"] in ("create", "interrupt"):
                 # The ledger so far must already be on disk, for a crash to leave a trace.
                 record = (Path(self.store_dir) / "config.json").read_text()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -65,3 +69,37 @@ def test_parallel_creates_fail_independently(store_path: Path, file_driver: Path
         f"Error: {name}: injected fault after two resources" for name in ("a", "b", "c")
     ]
     assert list(file_driver.iterdir()) == [] and not any((store_path / "machines").iterdir())
+
+
+@pytest.mark.parametrize("names", [["solo"], ["a", "b", "c"]])
+def test_ctrl_c_in_the_cli_removes_everything(store_path: Path, file_driver: Path, names: list[str]) -> None:
+    """A real SIGINT to a running ``machines create`` (one machine, or several created at once)."""
+    program = (
+        "import sys\n"
+        "from drivers import registry\n"
+        "from tests.foundation.fakes import FileDriver\n"
+        "from machines.cli import main\n"
+        "registry.register('files', FileDriver)\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, "-s", str(store_path), "create", "-d", "files", "--files-world",
+         str(file_driver), "--files-pause", "2", "--timeout-ssh", "0.5", *names],
+        cwd=Path(__file__).parents[2], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not all((file_driver / f"started-{name}").exists() for name in names):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the creates never started"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "cancelled; everything it made was removed" in stderr
+    assert list(file_driver.iterdir()) == []
+    assert not (store_path / "machines").exists() or not any((store_path / "machines").iterdir())
