@@ -521,10 +521,12 @@ class Engine:
         return endpoint
 
     def _release_network(self, c: Container) -> None:
-        try:
-            self.networks.release(c.id)
-        except Exception:  # noqa: the container is gone either way; a stale veth must not block stop/remove
-            pass
+        kind, _ = split_mode(c.data["HostConfig"]["NetworkMode"])
+        if kind in ("bridge", "network"):  # none, host and container: modes never register with the manager
+            try:
+                self.networks.release(c.id)
+            except Exception:  # noqa: the container is gone either way; a stale veth must not block stop/remove
+                pass
         settings = c.data["NetworkSettings"]
         settings["Ports"] = {}
         settings.update({"IPAddress": "", "Gateway": "", "MacAddress": "", "IPPrefixLen": 0, "EndpointID": ""})
