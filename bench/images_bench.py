@@ -104,6 +104,29 @@ def measure(sock: str, image: str, context: str, runs: int) -> Dict[str, float]:
             "cached build": statistics.median(cached)}
 
 
+def library_figures(image: str, work: str, runs: int) -> Dict[str, float]:
+    """The image store alone (no HTTP API, no CLI): pull, save, load of the same image."""
+    pulls, saves, loads = [], [], []
+    for n in range(runs):
+        store = ImageStore(os.path.join(work, "lib-%d" % n))
+        pulls.append(timed(lambda: list(store.pull(image))))
+        archive_path = os.path.join(work, "lib-%d.tar" % n)
+
+        def save() -> None:
+            with open(archive_path, "wb") as f:
+                for chunk in store.save([image]):
+                    f.write(chunk)
+
+        saves.append(timed(save))
+        fresh = ImageStore(os.path.join(work, "lib-load-%d" % n))
+        with open(archive_path, "rb") as f:
+            loads.append(timed(lambda: fresh.load(f)))
+        shutil.rmtree(os.path.join(work, "lib-%d" % n))
+        shutil.rmtree(os.path.join(work, "lib-load-%d" % n))
+        os.unlink(archive_path)
+    return {"pull": statistics.median(pulls), "save": statistics.median(saves), "load": statistics.median(loads)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -140,11 +163,14 @@ def main() -> None:
         procs.append(dockerd)
         results = {"machines runtime": measure(ours_sock, image, context, opts.runs),
                    "dockerd (Debian docker.io)": measure(docker_sock, image, context, opts.runs)}
+        lib = library_figures(image, work, opts.runs)
         print("\n%d MiB layer + busybox, %d runs, medians in seconds\n" % (opts.size_mb, opts.runs))
         print("| daemon | pull | build (no cache) | cached rebuild |")
         print("|---|---|---|---|")
         for name, r in results.items():
             print("| %s | %.3f | %.3f | %.3f |" % (name, r["pull"], r["build"], r["cached build"]))
+        print("\nImage store alone (library calls): pull %.3f s, save %.3f s, load %.3f s"
+              % (lib["pull"], lib["save"], lib["load"]))
     finally:
         for proc in reversed(procs):
             stop(proc)

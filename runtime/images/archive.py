@@ -17,7 +17,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Dict, Iterator, List, Optional, Tuple
 
 from runtime.errors import InvalidParameter
 
@@ -137,6 +137,16 @@ def drain(stream: IO[bytes]) -> None:
     """Read a request body to its end (a tar reader stops at the end marker, before the padding)."""
     while stream.read(COPY_CHUNK):
         pass
+
+
+def copy_hashing(src: IO[bytes], path: str) -> str:
+    """Write ``src`` to the new file ``path``; return the sha256 digest of what was written."""
+    sha = hashlib.sha256()
+    with open(path, "wb") as out:
+        for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
+            sha.update(chunk)
+            out.write(chunk)
+    return "sha256:" + sha.hexdigest()
 
 
 def file_digest(path: str) -> Tuple[str, int]:
@@ -467,10 +477,23 @@ def upper_dir_tar(upper: str) -> Iterator[bytes]:
     yield ts.close()
 
 
-def write_stream(chunks: Iterator[bytes], path: str, on_chunk: Optional[Callable[[bytes], None]] = None) -> None:
-    """Write an iterator of byte chunks to ``path``."""
-    with open(path, "wb") as out:
-        for chunk in chunks:
-            if on_chunk is not None:
-                on_chunk(chunk)
-            out.write(chunk)
+class _ChunkReader:
+    """A read() view of an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.pending = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while len(self.pending) < n or n < 0:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                break
+            self.pending += chunk
+        out, self.pending = (self.pending, b"") if n < 0 else (self.pending[:n], self.pending[n:])
+        return out
+
+
+def write_stream(chunks: Iterator[bytes], path: str) -> str:
+    """Write an iterator of byte chunks to ``path``; return its sha256 digest."""
+    return copy_hashing(_ChunkReader(chunks), path)  # type: ignore[arg-type]

@@ -117,6 +117,7 @@ class RegistryOptions:
     def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = ()) -> None:
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs)
+        self._contexts: Dict[str, ssl.SSLContext] = {}
 
     def is_insecure(self, host: str) -> bool:
         """127.0.0.0/8 (and localhost) like Docker's default, plus opted-in hosts or CIDRs."""
@@ -143,6 +144,13 @@ class RegistryOptions:
         return any(os.path.isdir(os.path.join(base, host)) for base in self.certs_dirs)
 
     def ssl_context(self, host: str) -> ssl.SSLContext:
+        """System CAs plus ``<certs.d>/<host>/*.crt`` (and a client.cert/client.key pair), made once per host."""
+        ctx = self._contexts.get(host)
+        if ctx is None:
+            ctx = self._contexts[host] = self._make_context(host)
+        return ctx
+
+    def _make_context(self, host: str) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
         for base in self.certs_dirs:
             folder = os.path.join(base, host)
@@ -228,7 +236,8 @@ class Session:
                 challenge = resp.header("WWW-Authenticate")
                 resp.read()
                 resp.close()
-                self._authenticate(challenge, url)
+                with self._lock:  # parallel layer threads share one token
+                    self._authenticate(challenge)
                 continue
             break
         hops = 0
@@ -252,7 +261,7 @@ class Session:
                                else text)
         return resp
 
-    def _authenticate(self, challenge: str, url: str) -> None:
+    def _authenticate(self, challenge: str) -> None:
         scheme, _, params_text = challenge.partition(" ")
         params = dict(re.findall(r'(\w+)="([^"]*)"', params_text))
         user, password = self.auth.get("username"), self.auth.get("password")
@@ -727,7 +736,7 @@ def login(auth: dict, options: Optional[RegistryOptions] = None) -> dict:
     if resp.status == 401:
         challenge = resp.header("WWW-Authenticate")
         try:
-            session._authenticate(challenge, url)
+            session._authenticate(challenge)
         except Unauthorized as exc:
             raise Unauthorized("login attempt to %s failed: %s" % (url, exc)) from None
         resp = session._send("GET", url, {"Authorization": session._authorization or ""})

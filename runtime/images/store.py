@@ -757,9 +757,8 @@ class ImageStore:
         """``add_layer`` for a layer that arrives as a stream (request bodies)."""
         with self.workdir() as work:
             path = os.path.join(work, "layer")
-            with open(path, "wb") as out:
-                shutil.copyfileobj(fileobj, out, archive.COPY_CHUNK)
-            return self.add_layer(path, parent_chain, pins=pins)
+            digest = archive.copy_hashing(fileobj, path)
+            return self.add_layer(path, parent_chain, pins=pins, blob_digest=digest, blob_verified=True)
 
     def import_tar(self, fileobj: IO[bytes], repo_tag: Optional[str] = None,
                    changes: Optional[Sequence[str]] = None, message: str = "") -> str:
@@ -788,8 +787,9 @@ class ImageStore:
             if upper_dir is not None:
                 with self.workdir() as work:
                     path = os.path.join(work, "layer.tar")
-                    archive.write_stream(archive.upper_dir_tar(upper_dir), path)
-                    diff_id = self.add_layer(path, parent.top_chain if parent else None, pins=pins).diff_id
+                    digest = archive.write_stream(archive.upper_dir_tar(upper_dir), path)
+                    diff_id = self.add_layer(path, parent.top_chain if parent else None, pins=pins,
+                                             blob_digest=digest, blob_verified=True).diff_id
             data = self.new_config(parent, diff_id, config, created_by=created_by, comment=comment, author=author)
             return self.register(data, tags=[tag] if tag else [], parent=parent.id if parent else "")
 
@@ -903,11 +903,11 @@ class ImageStore:
         Returns what was loaded: familiar tags, or image IDs for untagged images (``Loaded image ID: ...``).
         """
         with self.workdir() as work, self.pinned() as pins:
-            files = _unpack_archive(fileobj, work)
+            files, digests = _unpack_archive(fileobj, work)
             if "manifest.json" in files:
                 plan = _plan_docker_save(files)
             elif "index.json" in files:
-                plan = _plan_oci(files)
+                plan = _plan_oci(files, digests)
             else:
                 raise InvalidParameter("invalid archive: neither manifest.json nor index.json found")
             loaded: List[str] = []
@@ -919,11 +919,13 @@ class ImageStore:
                     raise InvalidParameter("invalid archive: %d layers for %d diff IDs"
                                            % (len(layer_paths), len(diff_ids)))
                 parent = None
-                for path, diff_id, blob_digest in zip(layer_paths, diff_ids, layer_digests):
+                for path, diff_id, expected in zip(layer_paths, diff_ids, layer_digests):
                     if progress is not None:
                         progress({"status": "Loading layer", "progressDetail": {}, "id": diff_id[7:19]})
-                    parent = self.add_layer(path, parent, diff_id=diff_id, blob_digest=blob_digest,
-                                            pins=pins).chain_id
+                    if expected is not None and digests[path] != expected:
+                        raise InvalidParameter("invalid archive: blob %s does not match its digest" % expected)
+                    parent = self.add_layer(path, parent, diff_id=diff_id, blob_digest=digests[path], pins=pins,
+                                            blob_verified=True).chain_id
                 image = self.register(config_bytes, tags=tags)
                 loaded.extend([t.familiar() for t in tags] or [image.id])
             return loaded
@@ -933,13 +935,14 @@ def _short(container: Union[str, bool]) -> str:
     return container[:12] if isinstance(container, str) else "(unknown)"
 
 
-def _unpack_archive(fileobj: IO[bytes], work: str) -> Dict[str, str]:
-    """Save an image archive's regular files as work/<n> and return archive name -> file path.
+def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """Save an image archive's regular files as work/<n>: (archive name -> file path, file path -> sha256 digest).
 
     Archives are streamed (no seeking); symlinks (old ``docker save`` deduplicates layers with them) are resolved
     by name inside the archive only, and anything other than files, dirs and symlinks is refused.
     """
     files: Dict[str, str] = {}
+    digests: Dict[str, str] = {}
     links: Dict[str, str] = {}
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=archive._GuardedTarInfo) as tar:
@@ -956,8 +959,7 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Dict[str, str]:
                 path = os.path.join(work, "f%d" % n)
                 src = tar.extractfile(m)
                 assert src is not None
-                with open(path, "wb") as out:
-                    shutil.copyfileobj(src, out, archive.COPY_CHUNK)
+                digests[path] = archive.copy_hashing(src, path)
                 files[name] = path
     except tarfile.TarError as exc:
         raise InvalidParameter("invalid archive: %s" % exc) from None
@@ -969,7 +971,7 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Dict[str, str]:
         if target not in files:
             raise InvalidParameter("invalid archive: link %r points to a missing file" % name)
         files[name] = files[target]
-    return files
+    return files, digests
 
 
 def _archive_file(files: Dict[str, str], name: str) -> str:
@@ -1007,14 +1009,14 @@ def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
     return plan
 
 
-def _plan_oci(files: Dict[str, str]) -> LoadPlan:
+def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
     """An OCI image layout (index.json, nested indexes allowed) -> load plan for the host's platform."""
     plan: LoadPlan = []
     host = host_platform()
 
     def blob(digest: str) -> str:
         path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
-        if archive.file_digest(path)[0] != digest:
+        if digests[path] != digest:
             raise InvalidParameter("invalid archive: blob %s does not match its digest" % digest)
         return path
 
