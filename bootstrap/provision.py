@@ -439,6 +439,27 @@ class Provisioner:
             raise ValueError(head.splitlines()[0] if head else _last_line(result))
         return json.loads(body)
 
+    def _roll_back_runtime(self) -> str:
+        """After a new runtime failed to start: put the one that ran before back, so the machine keeps working."""
+        assert self.facts is not None
+        previous = self.facts.values.get("runtime")
+        if not previous or self._runtime_current():
+            return ""
+        result = self._run(
+            f"wc -c < {service.LOG_PATH}; ln -sfn {shlex.quote(previous)} {service.RUNTIME_PATH} && "
+            f"{service.CONTROL_PATH} restart",
+            "rollback",
+            check=False,
+        )
+        try:
+            if not result.ok:
+                raise ProvisionError(_last_line(result))
+            self.facts.values["log_size"] = result.stdout.split()[0]  # judge the old runtime by its own log lines
+            self.wait()
+        except ProvisionError:
+            return "; putting the previous runtime back failed too"
+        return "; the previous runtime was put back"
+
     def cleanup(self) -> None:
         """Remove runtime versions no daemon uses any more (only after the new one answers)."""
         self._run(
@@ -461,7 +482,10 @@ class Provisioner:
             with self.progress.phase(title):
                 phase()
         with self.progress.phase("wait for API"):
-            version = self.wait()
+            try:
+                version = self.wait()
+            except ProvisionError as error:
+                raise ProvisionError(f"{error}{self._roll_back_runtime()}") from None
         self.cleanup()
         assert self.facts is not None
         runtime = self.machine.record.setdefault("runtime", {})

@@ -346,3 +346,15 @@ def test_missing_python_is_installed_with_the_package_manager(store: Machines, m
     assert machine.runtime["python"] == "/usr/bin/python3"
     result = shell(store, f'eval "$(machines env {machine.name})" && docker version --format "{VERSION_FORMAT}"')
     assert result.stdout.strip() == runtime.VERSION, result.stderr
+
+
+def test_an_upgrade_that_does_not_start_is_rolled_back(store: Machines, machine: Machine, tmp_path: Path) -> None:
+    source = tmp_path / "runtime"
+    shutil.copytree(Path(runtime.__file__).parent, source, ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "__main__.py").write_text('import sys\nsys.exit("runtime: this build is broken")\n')
+    broken = bundles.build(tmp_path / "cache", source)
+    before = store.get(machine.name).runtime["sha256"]
+    with pytest.raises(ProvisionError, match="this build is broken.*the previous runtime was put back"):
+        provision.upgrade(store.get(machine.name), bundle=broken)
+    assert store.get(machine.name).runtime["sha256"] == before
+    assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
