@@ -27,6 +27,7 @@ OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 # Go's archive/tar refuses pax and GNU long-name records above 1 MiB; we do the same before tarfile reads them.
 MAX_SPECIAL_HEADER = 1 << 20
+MAX_SPECIAL_TOTAL = 8 << 20
 COPY_CHUNK = 1 << 20
 
 
@@ -35,14 +36,20 @@ class LayerRefused(InvalidParameter):
 
 
 class _GuardedTarInfo(tarfile.TarInfo):
-    """Refuses oversized pax / GNU long-name headers before tarfile buffers them in memory."""
+    """Refuses oversized pax / GNU long-name headers before tarfile buffers them in memory, and caps their total
+    (global pax headers accumulate for the whole archive)."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
         special = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
-        if self.type in special and self.size > MAX_SPECIAL_HEADER:
-            raise LayerRefused("layer refused: %d-byte extended header exceeds the %d-byte limit"
-                               % (self.size, MAX_SPECIAL_HEADER))
+        if self.type in special:
+            if self.size > MAX_SPECIAL_HEADER:
+                raise LayerRefused("layer refused: %d-byte extended header exceeds the %d-byte limit"
+                                   % (self.size, MAX_SPECIAL_HEADER))
+            total = getattr(tarfile_, "_special_bytes", 0) + self.size
+            if total > MAX_SPECIAL_TOTAL:
+                raise LayerRefused("layer refused: extended headers exceed %d bytes in total" % MAX_SPECIAL_TOTAL)
+            tarfile_._special_bytes = total  # type: ignore[attr-defined]
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 

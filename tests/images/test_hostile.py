@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 
 import pytest
 
@@ -60,6 +61,14 @@ def test_huge_pax_header_is_refused_before_it_is_buffered(store, canary):
     data = make_tar([("f", "file", b"x")], pax={"f": {"comment": "A" * (2 << 20)}})
     with pytest.raises(InvalidParameter, match="extended header exceeds"):
         store.import_tar(io.BytesIO(data), "bomb:1")
+    _assert_untouched(store, canary)
+
+
+def test_many_global_pax_headers_are_refused(store, canary):
+    """Each under the per-header limit, but global headers pile up in memory for the whole archive."""
+    header = tarfile.TarInfo._create_pax_generic_header({"comment": "B" * (900 << 10)}, tarfile.XGLTYPE, "utf-8")
+    with pytest.raises(InvalidParameter, match="extended headers exceed"):
+        store.import_tar(io.BytesIO(header * 10 + make_tar([("f", "file", b"x")])), "globals:1")
     _assert_untouched(store, canary)
 
 
