@@ -413,23 +413,27 @@ def run_concurrently(
     rollbacks complete before the process exits.
     """
     results: dict[str, T | BaseException] = {}
+    finished = {name: threading.Event() for name in names}
 
     def work(name: str) -> None:
         try:
             results[name] = action(name)
         except BaseException as error:  # noqa: BLE001 - reported per machine by the caller
             results[name] = error
+        finally:
+            finished[name].set()
 
     if len(names) == 1:
         work(names[0])
         return results
-    threads = [threading.Thread(target=work, args=(name,), name=f"machine {name}") for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
+    for name in names:
+        threading.Thread(target=work, args=(name,), name=f"machine {name}").start()
+    # Events, not Thread.join: an interrupted join can report a live thread as finished (CPython gh-90882).
+    for done in finished.values():
+        while True:
             try:
-                thread.join()
+                if done.wait(0.5):
+                    break
             except KeyboardInterrupt:
                 if cancelled is not None:
                     cancelled.set()
