@@ -79,16 +79,28 @@ def describe(machine: Machine, docker_host: str | None) -> MachineInfo:
             error = str(failure)
     if machine.record.get("state") != "ready":
         error = error or f"create {machine.record.get('state')}: {machine.record.get('error', 'not finished')}"
+    return _row(
+        machine,
+        active=bool(docker_host) and state == State.RUNNING and docker_host in machine.docker_hosts(),
+        state=state,
+        url=url,
+        error=error,
+        response_time=round(time.monotonic() - started, 3),
+    )
+
+
+def _row(machine: Machine, *, state: str, error: str, response_time: float, active: bool = False,
+         url: str = "") -> MachineInfo:
     return MachineInfo(
         name=machine.name,
-        active=bool(docker_host) and state == State.RUNNING and docker_host in machine.docker_hosts(),
+        active=active,
         driver=machine.driver_name,
         state=state,
         url=url,
         runtime=str(machine.runtime.get("version") or "Unknown"),
         error=error,
         labels=list(machine.host_options.get("labels") or []),
-        response_time=round(time.monotonic() - started, 3),
+        response_time=response_time,
     )
 
 
@@ -107,10 +119,7 @@ def describe_all(machines: Iterable[Machine], timeout: float = DEFAULT_LS_TIMEOU
             state, error = str(State.TIMEOUT), f"no answer within {timeout:g}s"
         else:
             state, error = str(State.ERROR), str(result) or type(result).__name__
-        rows.append(
-            MachineInfo(name, False, machine.driver_name, state, "", str(machine.runtime.get("version") or "Unknown"),
-                        error, list(machine.host_options.get("labels") or []), timeout)
-        )
+        rows.append(_row(machine, state=state, error=error, response_time=timeout))
     return rows
 
 

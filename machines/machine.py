@@ -36,7 +36,6 @@ from machines.errors import (
 from machines.progress import Progress
 from machines.store import (
     KEY_FILE,
-    STATE_CREATING,
     STATE_FAILED,
     STATE_READY,
     Store,

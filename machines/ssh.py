@@ -7,8 +7,10 @@ Sockets get TCP_NODELAY: an exec round trip drops from ~48 ms to ~4 ms.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import select
@@ -82,9 +84,6 @@ def _mismatch_message(where: str, expected: str, seen: str) -> str:
 
 
 def _fingerprint(line: str) -> str:
-    import base64
-    import hashlib
-
     parts = line.split()
     try:
         digest = hashlib.sha256(base64.b64decode(parts[1])).digest()
@@ -140,7 +139,7 @@ class Connection:
             # Known to paramiko, so it negotiates this key type and compares the key itself.
             key_type, key_data = self.host_key.split()[:2]
             host_name = details.host if details.port == 22 else f"[{details.host}]:{details.port}"
-            client.get_host_keys().add(host_name, key_type, paramiko.PKey.from_type_string(key_type, _b64(key_data)))
+            client.get_host_keys().add(host_name, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(key_data)))
         client.set_missing_host_key_policy(policy)
         sock = None
         try:
@@ -525,12 +524,6 @@ def _pump_terminal(channel: paramiko.Channel, stdin_fd: int, stdout_fd: int) -> 
                 channel.shutdown_write()
             else:
                 channel.sendall(data)
-
-
-def _b64(data: str) -> bytes:
-    import base64
-
-    return base64.b64decode(data)
 
 
 def _describe(error: BaseException) -> str:
