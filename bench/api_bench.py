@@ -1,0 +1,200 @@
+"""API benchmark: ``docker run --rm IMAGE true`` and ``GET /containers/json`` through our daemon and, when Debian's
+docker.io is installed, through its dockerd, in one run on the same machine with the same busybox image.
+
+    .venv/bin/python bench/api_bench.py [--runs 20] [--seconds 3] [--no-dockerd]
+
+dockerd is started by hand with ``--iptables=false --ip-forward=false --ip-masq=false`` so it leaves the host's
+firewall and forwarding alone; afterwards its docker0 link and the cgroup folders it made are removed and it is
+stopped by PID. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = shutil.which("docker", path="/usr/local/bin:/usr/bin") or "docker"
+DOCKERD = shutil.which("dockerd", path="/usr/sbin:/usr/bin")
+IMAGE = "bench/busybox:latest"
+CGROUP = Path("/sys/fs/cgroup")
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """Keep-alive HTTP over a unix socket, as the docker clients use it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def wait_for_socket(path: str, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("daemon exited with %s" % process.returncode)
+        try:
+            connection = UnixConnection(path)
+            connection.request("GET", "/_ping")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("daemon at %s did not answer" % path)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def docker(socket_path: str, *args: str, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
+    env["DOCKER_HOST"] = "unix://" + socket_path
+    return subprocess.run([DOCKER, *args], input=input, capture_output=True, env=env, check=True, timeout=120)
+
+
+def timed(action: Callable[[], object], runs: int) -> List[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def requests_per_second(socket_path: str, path: str, seconds: float, clients: int) -> float:
+    """Keep-alive clients calling ``path`` as fast as they can for ``seconds``."""
+    counts = [0] * clients
+    deadline = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        connection = UnixConnection(socket_path)
+        while time.monotonic() < deadline:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+            counts[index] += 1
+        connection.close()
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / seconds
+
+
+def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> Dict[str, object]:
+    docker(socket_path, "import", "-", IMAGE, input=rootfs)
+    for _ in range(2):  # warm caches (page cache, first bridge setup)
+        docker(socket_path, "run", "--rm", IMAGE, "true")
+    run = timed(lambda: docker(socket_path, "run", "--rm", IMAGE, "true"), runs)
+    created = [docker(socket_path, "create", IMAGE, "true").stdout.decode().strip() for _ in range(10)]
+    ps = timed(lambda: docker(socket_path, "ps", "-a"), runs)
+    version = json.loads(docker(socket_path, "version", "--format", "{{json .Server}}").stdout)["ApiVersion"]
+    path = "/v%s/containers/json?all=1" % version
+    result = {
+        "run_rm_true_ms": {"median": statistics.median(run), "min": min(run), "max": max(run)},
+        "docker_ps_ms": {"median": statistics.median(ps)},
+        "containers_json_rps_1_client": requests_per_second(socket_path, path, seconds, 1),
+        "containers_json_rps_4_clients": requests_per_second(socket_path, path, seconds, 4),
+    }
+    docker(socket_path, "rm", *created)
+    return result
+
+
+def bench_ours(work: Path, rootfs: bytes, runs: int, seconds: float) -> Dict[str, object]:
+    sock = str(work / "ours.sock")
+    pid = os.getpid()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "daemon", "--data-root", str(work / "ours-data"), "--exec-root",
+         str(work / "ours-exec"), "--host", "unix://" + sock, "--pidfile", str(work / "ours.pid"),
+         "--bridge-name", "bnch%d" % (pid % 100000), "--bridge-subnet", "10.252.%d.0/24" % (pid % 250)],
+        cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=(work / "ours.log").open("wb"), start_new_session=True)
+    try:
+        wait_for_socket(sock, process)
+        return measure(sock, rootfs, runs, seconds)
+    finally:
+        stop(process)
+
+
+def _cgroup_dirs() -> set:
+    return {str(path) for path in CGROUP.glob("*/docker")} | {str(path) for path in CGROUP.glob("docker")}
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def bench_dockerd(work: Path, rootfs: bytes, runs: int, seconds: float) -> Dict[str, object]:
+    sock = str(work / "dockerd.sock")
+    had_docker0 = _link_exists("docker0")
+    cgroups_before = _cgroup_dirs()
+    process = subprocess.Popen(
+        [DOCKERD, "--data-root", str(work / "dockerd-data"), "--exec-root", str(work / "dockerd-exec"),
+         "--pidfile", str(work / "dockerd.pid"), "-H", "unix://" + sock, "--iptables=false", "--ip-forward=false",
+         "--ip-masq=false"],
+        stdout=subprocess.DEVNULL, stderr=(work / "dockerd.log").open("wb"), start_new_session=True)
+    try:
+        wait_for_socket(sock, process)
+        return measure(sock, rootfs, runs, seconds)
+    finally:
+        stop(process)
+        if not had_docker0 and _link_exists("docker0"):
+            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+        for folder in sorted(_cgroup_dirs() - cgroups_before, reverse=True):
+            for child in sorted(Path(folder).glob("**/"), key=lambda p: len(str(p)), reverse=True):
+                try:
+                    child.rmdir()
+                except OSError:
+                    pass
+        subprocess.run(["umount", "-R", str(work / "dockerd-data")], capture_output=True)
+        subprocess.run(["umount", "-R", str(work / "dockerd-exec")], capture_output=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="docker run / docker ps repetitions")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each requests/second measurement")
+    parser.add_argument("--no-dockerd", action="store_true", help="measure our daemon only")
+    args = parser.parse_args()
+    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True,
+                            check=True).stdout
+    results: Dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="api-bench-", dir="/var/tmp") as folder:
+        work = Path(folder)
+        results["machines-runtime"] = bench_ours(work, rootfs, args.runs, args.seconds)
+        if DOCKERD and not args.no_dockerd:
+            results["dockerd"] = bench_dockerd(work, rootfs, args.runs, args.seconds)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
