@@ -503,13 +503,15 @@ def _run_parallel(tasks: List[Callable[[], None]], events: "queue.Queue[Optional
 
 def pull(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
          platform: Optional[str] = None, options: Optional[RegistryOptions] = None) -> Iterator[dict]:
-    """``POST /images/create?fromImage=..&tag=..``: yields Docker's JSON progress messages.
+    """``POST /images/create?fromImage=..&tag=..``: Docker's JSON progress messages.
 
-    Raises EngineError subclasses (NotFound, Unauthorized, InvalidParameter for digest failures, HostError).
+    The manifest and config are fetched before this returns, so a missing image, bad credentials or an
+    unreachable registry raise here (NotFound, Unauthorized, HostError: an HTTP error status, as moby answers
+    before its stream starts); layer failures (InvalidParameter for digest mismatches, HostError) are raised
+    while iterating, after progress has gone out.
     """
     ref = reference.join_repo_tag(image, tag)
     session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
-    yield {"status": "Pulling from %s" % ref.path, "id": ref.tag or ref.digest}
     doc, data, media, digest = session.get_json_blob("/v2/%s/manifests/%s" % (ref.path, ref.digest or ref.tag),
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
@@ -526,6 +528,15 @@ def pull(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optiona
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
         raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
+    return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
+
+
+def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_ids: List[str],
+                 config_bytes: bytes, manifest_digest: str) -> Iterator[dict]:
+    """The streamed part of a pull: layers in parallel, then the image is recorded (all or nothing)."""
+    ref = session.ref
+    config_desc = {"digest": store_mod.sha256_bytes(config_bytes)}
+    yield {"status": "Pulling from %s" % ref.path, "id": ref.tag or ref.digest}
     chains = store_mod.chain_ids(diff_ids)
     tags = [ref] if ref.tag else []
     digests = [Reference(ref.domain, ref.path, None, manifest_digest)]
@@ -646,7 +657,10 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
 
 def push(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
          options: Optional[RegistryOptions] = None) -> Iterator[dict]:
-    """``POST /images/{name}/push``: yields Docker's push messages, ending with aux ``{Tag, Digest, Size}``."""
+    """``POST /images/{name}/push``: Docker's push messages, ending with aux ``{Tag, Digest, Size}``.
+
+    A missing local image raises NotFound here, before the stream; registry errors come while iterating.
+    """
     base = reference.parse(image, default_tag=False)
     if tag:
         refs = [reference.join_repo_tag(image, tag)]
@@ -654,18 +668,24 @@ def push(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optiona
         refs = [base]
     else:
         refs = [reference.parse(t) for t in store.tags_of_repo(base.name)]
-        if not refs:
-            raise NotFound("An image does not exist locally with the tag: %s" % base.familiar_name)
+    images = []
+    for ref in refs or [base.with_default_tag()]:
+        try:
+            images.append((ref, store.resolve(str(ref))))
+        except NotFound:
+            raise NotFound("An image does not exist locally with the tag: %s" % ref.familiar_name) from None
+    return _push_stream(store, base, images, auth or {}, options or RegistryOptions())
+
+
+def _push_stream(store: ImageStore, base: Reference, images: List[Tuple[Reference, store_mod.Image]], auth: dict,
+                 options: RegistryOptions) -> Iterator[dict]:
     yield {"status": "The push refers to repository [%s]" % base.name}
-    for ref in refs:
-        yield from _push_one(store, ref, auth or {}, options or RegistryOptions())
+    for ref, img in images:
+        yield from _push_one(store, ref, img, auth, options)
 
 
-def _push_one(store: ImageStore, ref: Reference, auth: dict, options: RegistryOptions) -> Iterator[dict]:
-    try:
-        img = store.resolve(str(ref))
-    except NotFound:
-        raise NotFound("An image does not exist locally with the tag: %s" % ref.familiar_name) from None
+def _push_one(store: ImageStore, ref: Reference, img: store_mod.Image, auth: dict,
+              options: RegistryOptions) -> Iterator[dict]:
     session = Session(ref, auth, options, "pull,push")
     layers = img.layers()
     events: "queue.Queue[Optional[dict]]" = queue.Queue()

@@ -104,9 +104,11 @@ def test_corrupted_blob_is_refused_and_nothing_is_left(store, registry, busybox_
     assert gz_digest[7:] + ".partial" not in os.listdir(os.path.join(store.root, "downloads"))
 
 
-def test_missing_image_is_not_found(store, registry):
+def test_missing_images_fail_before_any_progress_is_streamed(store, registry):
     with pytest.raises(NotFound, match="manifest for %s/nothing:latest not found" % registry.host):
-        list(store.pull("%s/nothing" % registry.host))
+        store.pull("%s/nothing" % registry.host)  # raised by the call itself: the API can answer 404
+    with pytest.raises(NotFound, match="An image does not exist locally with the tag: %s/nothing" % registry.host):
+        store.push("%s/nothing:1" % registry.host)
 
 
 def test_manifest_list_picks_host_platform_and_skips_attestations(store, registry, busybox_tar, tmp_path):
