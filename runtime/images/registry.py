@@ -83,7 +83,8 @@ def _registry_error(resp_body: bytes, fallback: str) -> str:
         errors = json.loads(resp_body).get("errors") or []
     except (ValueError, AttributeError):
         errors = []
-    parts = ["%s: %s" % (str(e.get("code", "")).lower().replace("_", " "), e.get("message", "")) for e in errors if isinstance(e, dict)]
+    parts = ["%s: %s" % (str(e.get("code", "")).lower().replace("_", " "), e.get("message", ""))
+             for e in errors if isinstance(e, dict)]
     return ", ".join(parts) or fallback
 
 
