@@ -1,57 +1,41 @@
-"""Fixtures of the bootstrap tests: hosts are made here, outside ``machines``, the way a user's existing server
-would be, then adopted with the ``generic`` driver; every host, forwarder and machine is removed by finalizers even
-when a test fails."""
+"""Fixtures of the bootstrap tests, on the shared test hosts of ``tests/support`` (this worker's bridge).
+
+Hosts are module-scoped so that several tests share one provisioned machine; they are made outside ``machines``,
+the way a user's existing server would be, and adopted with the ``generic`` driver. Every host, forwarder and
+machine is removed by finalizers even when a test fails.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Iterator
 
 import pytest
-from bootstrap_hosts import TestHost, forget_neighbour, unique
 
 from bootstrap import forwarder
-from drivers.nshost import IsolatedHost, NsHostError
+from drivers.nshost import Bridge
 from machines.machine import Machines
-from machines.store import generate_ssh_key
+from tests.support.fixtures import test_bridge, test_key  # noqa: F401 - fixtures used by the ones below
+from tests.support.hosts import HostFactory
 
 
 @pytest.fixture(scope="module")
-def make_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], TestHost]]:
-    """Start fresh test hosts; all are removed at the end of the module."""
-    made: list[TestHost] = []
-
-    def make(attempts: int = 2) -> TestHost:
-        name = unique("bt")
-        folder = tmp_path_factory.mktemp(name)
-        public = generate_ssh_key(folder, "bootstrap-test")
-        host = IsolatedHost.create(str(folder / "host"), name, public)
-        forget_neighbour(host)
-        try:
-            host.start()
-        except NsHostError:
-            host.remove()
-            if attempts <= 1:
-                raise
-            # Seen under load: sshd listens but no traffic reaches it for 15 s (reported to local).
-            return make(attempts - 1)
-        except BaseException:
-            host.remove()
-            raise
-        made.append(TestHost(host, folder / "id_ed25519"))
-        return made[-1]
-
-    yield make
-    for test_host in made:
-        test_host.connection.close()
-        test_host.host.remove()
+def make_host(
+    test_bridge: Bridge, test_key: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> Iterator[HostFactory]:
+    """Started test hosts that live until the end of the module."""
+    factory = HostFactory(test_bridge, tmp_path_factory.mktemp("hosts"), *test_key)
+    yield factory
+    factory.cleanup()
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
+    """A store of its own; at the end its forwarders are stopped and its local machines removed."""
     machines = Machines(tmp_path_factory.mktemp("store"))
     yield machines
     for machine in machines.list():
         forwarder.stop(machine.dir)
         machine.close()
-
-
+        if machine.driver_name == "local":
+            machines.remove(machine.name, force=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from bootstrap_hosts import DOCKER, REPO, TestHost, adopt, cli, shell, unique
+from bootstrap_hosts import DOCKER, REPO, adopt, cli, shell, unique
 
 import runtime
 from bootstrap import bundle as bundles
@@ -27,6 +27,7 @@ from bootstrap.service import DAEMON_PID
 from drivers.nshost import Bridge
 from machines.errors import ProvisionError
 from machines.machine import Machine, Machines
+from tests.support.hosts import TestHost
 
 VERSION_FORMAT = "{{.Server.Version}}"
 
@@ -59,7 +60,7 @@ def exports(text: str) -> dict[str, str]:
 
 
 def daemon_pid(host: TestHost) -> str:
-    return host.run(f"cat {DAEMON_PID}").strip()
+    return host.run(f"cat {DAEMON_PID}").stdout.strip()
 
 
 def get_version(context: ssl.SSLContext, address: str) -> dict:
@@ -152,7 +153,7 @@ def test_provision_twice_changes_nothing(store: Machines, machine: Machine, host
 def test_start_reissues_the_server_certificate_when_the_address_changed(
     store: Machines, machine: Machine, host: TestHost, tmp_path: Path
 ) -> None:
-    bridge = Bridge(host.host.record.bridge, host.host.record.subnet)
+    bridge = Bridge(host.record.bridge, host.record.subnet)
     owner = str(tmp_path)  # a lease is kept while its owner folder holds a host.json
     (tmp_path / "host.json").write_text("{}")
     new_address = bridge.lease(owner)
@@ -176,9 +177,8 @@ def test_start_reissues_the_server_certificate_when_the_address_changed(
 
 def test_start_after_a_host_restart_brings_the_runtime_back(store: Machines, machine: Machine, host: TestHost) -> None:
     """Hosts without systemd lose the supervised daemon at every boot: the start hook starts it again."""
-    host.host.stop()
-    host.connection.close()
-    host.host.start()
+    host.stop()
+    host.start()
     provision.after_start(store.get(machine.name))
     assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
 
@@ -342,7 +342,7 @@ def test_missing_python_is_installed_with_the_package_manager(store: Machines, m
         "chmod 755 /usr/local/sbin/apk"
     )
     machine = adopt(store, test_host)
-    assert test_host.run("cat /tmp/apk-args").split() == ["add", "--no-cache", "-q", "python3"]
+    assert test_host.run("cat /tmp/apk-args").stdout.split() == ["add", "--no-cache", "-q", "python3"]
     assert machine.runtime["python"] == "/usr/bin/python3"
     result = shell(store, f'eval "$(machines env {machine.name})" && docker version --format "{VERSION_FORMAT}"')
     assert result.stdout.strip() == runtime.VERSION, result.stderr
