@@ -339,6 +339,7 @@ class HostRecord:
     veth: str
     pid: int | None = None
     pid_start: int | None = None
+    cgroups: list[str] = dataclasses.field(default_factory=list)  # the host's own cgroup in every hierarchy
 
 
 def generate_host_key() -> tuple[str, str]:
@@ -396,6 +397,55 @@ def _cgroup_mounts(target: str) -> tuple[list[str], list[str]]:
     links = [f"ln -s {shlex.quote(os.readlink(entry.path))} {shlex.quote(f'{target}/{entry.name}')}"
              for entry in os.scandir("/sys/fs/cgroup") if entry.is_symlink()]
     return entries, links
+
+
+def _own_cgroups() -> list[str]:
+    """The folder of this process's cgroup in every mounted hierarchy (v1 controllers, named ones, cgroup2)."""
+    mounts: list[tuple[str, str, set[str]]] = []
+    with open("/proc/self/mounts") as file:
+        for line in file:
+            _, mountpoint, fstype, options = line.split()[:4]
+            if fstype in ("cgroup", "cgroup2"):
+                mounts.append((mountpoint, fstype, set(options.split(","))))
+    folders: list[str] = []
+    with open("/proc/self/cgroup") as file:
+        for line in file:
+            hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
+            wanted = set(controllers.split(",")) - {""}
+            for mountpoint, fstype, options in mounts:
+                if (fstype == "cgroup2") == (hierarchy == "0") and wanted <= options:
+                    folders.append(os.path.join(mountpoint, path.lstrip("/")))
+                    break
+    return folders
+
+
+def _make_cgroup(folder: str) -> None:
+    """A new cgroup; a v1 cpuset one gets its parent's CPUs and memory nodes, without which nothing can join it."""
+    os.makedirs(folder, exist_ok=True)
+    for setting in ("cpuset.cpus", "cpuset.mems"):
+        mine = os.path.join(folder, setting)
+        if not os.path.exists(mine):
+            continue
+        with open(mine, "r+") as child, open(os.path.join(os.path.dirname(folder), setting)) as parent:
+            if not child.read().strip():
+                child.write(parent.read().strip())
+
+
+def _remove_cgroup(folder: str, timeout: float = 5.0) -> None:
+    """Delete a cgroup and every cgroup made below it (a container runtime's), deepest first."""
+    deadline = time.monotonic() + timeout
+    for parent, children, _ in os.walk(folder, topdown=False):
+        for path in [os.path.join(parent, child) for child in children] + ([folder] if parent == folder else []):
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as error:  # EBUSY while the last tasks are still exiting
+                    if error.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise NsHostError(f"cannot remove cgroup {path}: {error}") from None
+                    time.sleep(0.01)
 
 
 class IsolatedHost:
@@ -587,9 +637,18 @@ class IsolatedHost:
             return
         self._reap(record)
         self._ensure_network(record)
+        # The host's own cgroups: its processes (and a container runtime's cgroups) stay apart from other hosts'
+        # and go away with it. The launcher joins them before `unshare --cgroup` makes them the host's root.
+        record.cgroups = [os.path.join(folder, record.netns) for folder in _own_cgroups()]
+        self._save(record)
+        for folder in record.cgroups:
+            _make_cgroup(folder)
+        launch = [f"echo $$ > {shlex.quote(os.path.join(folder, 'cgroup.procs'))}" for folder in record.cgroups]
+        launch.append(f"exec {shlex.join(self._start_command(record))}")
+        _write(self._path("launch.sh"), "\n".join(launch) + "\n", 0o600, durable=False)
         log = open(self._path("sshd.log"), "ab")
         try:
-            process = subprocess.Popen(self._start_command(record), stdin=subprocess.DEVNULL, stdout=log,
+            process = subprocess.Popen(["sh", self._path("launch.sh")], stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         finally:
             log.close()
@@ -684,7 +743,9 @@ class IsolatedHost:
                     os.kill(record.pid, signal.SIGKILL)
                 self._wait_gone(record.pid, timeout)
         self._reap(record)
-        record.pid = record.pid_start = None
+        for folder in record.cgroups:
+            _remove_cgroup(folder)
+        record.pid, record.pid_start, record.cgroups = None, None, []
         self._save(record)
 
     @staticmethod

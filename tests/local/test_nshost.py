@@ -9,7 +9,7 @@ import threading
 import uuid
 
 from drivers.nshost import HostState
-from tests.support.hosts import HostFactory, leftovers, processes_in
+from tests.support.hosts import HostFactory, leftovers, remaining
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,15 +34,22 @@ def test_hosts_are_isolated_from_each_other_and_the_machine(test_host: HostFacto
 
 def test_cgroups_and_nested_overlay_work_inside_a_host(test_host: HostFactory) -> None:
     host = test_host()
+    other = test_host()
     controllers = host.run("ls /sys/fs/cgroup").stdout.split()
-    assert {"memory", "pids", "cpu"} <= set(controllers)
-    # a process can be moved into a new cgroup, as a container runtime does
-    group = f"/sys/fs/cgroup/pids/probe{uuid.uuid4().hex[:8]}"
-    host.run(f"mkdir {group} && sh -c 'echo $$ > {group}/cgroup.procs' && rmdir {group}")
+    assert {"memory", "pids", "cpu", "cpuset", "unified"} <= set(controllers)
+    # each host has cgroup trees of its own, as a container runtime inside expects
+    group = f"/sys/fs/cgroup/pids/runtime{uuid.uuid4().hex[:8]}"
+    host.run(f"mkdir -p {group}/c1 && sh -c 'echo $$ > {group}/c1/cgroup.procs'")
+    assert other.run(f"test -e {group}", check=False).exit_status == 1
+    assert host.run("cat /proc/self/cgroup").stdout.count(":/\n") >= len(controllers) - 1
     script = ("mkdir -p /data/l /data/u /data/w /data/m && echo layered > /data/l/f && "
               "mount -t overlay o -o lowerdir=/data/l,upperdir=/data/u,workdir=/data/w /data/m && "
               "cat /data/m/f && umount /data/m")
     assert host.run(script).stdout == "layered\n"
+    namespaces = host.namespaces()
+    assert namespaces.cgroups and all(os.path.isdir(f"{folder}") for folder in namespaces.cgroups)
+    host.stop()  # the host's cgroups go with it, including those made inside
+    assert remaining(namespaces) == []
 
 
 def test_stop_ends_every_process_and_start_keeps_files(test_host: HostFactory) -> None:
@@ -52,7 +59,7 @@ def test_stop_ends_every_process_and_start_keeps_files(test_host: HostFactory) -
     namespaces = host.namespaces()
     host.stop()
     assert host.host.state() is HostState.STOPPED
-    assert processes_in(namespaces) == []
+    assert remaining(namespaces) == []
     with socket.socket() as probe:
         probe.settimeout(1)
         assert probe.connect_ex((host.address, 22)) != 0
@@ -67,7 +74,7 @@ def test_kill_stops_the_host_at_once(test_host: HostFactory) -> None:
     namespaces = host.namespaces()
     host.kill()
     assert host.host.state() is HostState.STOPPED
-    assert processes_in(namespaces) == []
+    assert remaining(namespaces) == []
     host.start()
     assert host.run("hostname").stdout.strip() == host.name
 

@@ -71,24 +71,13 @@ class Result:
 
 @dataclasses.dataclass(frozen=True)
 class Namespaces:
-    """Namespace ids (``pid:[4026...]``) and when they were read: the kernel reuses the id of a freed namespace, so
-    only processes started before that moment can be the host's."""
+    """What a running host occupies, read at one moment: its processes (pid and start time, so a reused pid does not
+    count), its network namespace's name and its cgroup folders. Namespace ids alone would not do: the kernel gives
+    the id of a freed namespace to the next new one."""
 
-    ids: set[str]
-    taken_at: int  # clock ticks since boot, as in /proc/PID/stat
-
-
-def _ticks_now() -> int:
-    with open("/proc/uptime") as uptime:
-        return int(float(uptime.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
-
-
-def _start_ticks(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    members: tuple[tuple[int, int], ...]
+    netns: str
+    cgroups: tuple[str, ...]
 
 
 class TestHost:
@@ -156,11 +145,15 @@ class TestHost:
         self.host.start()
 
     def namespaces(self) -> Namespaces:
-        """The running host's pid, mount and net namespaces now, to prove after a stop or remove that no process is
-        left in them."""
+        """What the running host occupies now, to prove after a stop or remove that nothing of it is left."""
         pid = self.host.pid
         assert pid is not None, f"host {self.name} is not running"
-        return Namespaces({os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("pid", "mnt", "net")}, _ticks_now())
+        record = self.host.record
+        pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        members = [(int(entry), _live_start(int(entry))) for entry in _pids() if _namespace(entry, "pid") == pid_namespace]
+        members.append((record.pid, record.pid_start))
+        return Namespaces(tuple((member, start) for member, start in members if start is not None), record.netns,
+                          tuple(record.cgroups))
 
     @contextlib.contextmanager
     def forward_loopback(self, port: int) -> Iterator[None]:
@@ -259,25 +252,43 @@ def write_key_pair(folder: Path) -> tuple[Path, str]:
     return path, public
 
 
+def _pids() -> list[str]:
+    return [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+
+
+def _namespace(pid: str, kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
 def processes_in(namespaces: Namespaces) -> list[int]:
-    """Live processes in any of these namespaces that existed when they were read (zombies have no namespaces)."""
-    found: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        for kind in ("pid", "mnt", "net"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry.name}/ns/{kind}") in namespaces.ids:
-                    started = _start_ticks(entry.name)
-                    if started is not None and started <= namespaces.taken_at:
-                        found.append(int(entry.name))
-                    break
-    return found
+    """Live processes of the host: those it had (same pid and start time; zombies do not count) and any process in
+    its network namespace while that still exists."""
+    found = {pid for pid, start in namespaces.members if _live_start(pid) == start}
+    try:
+        netns = f"net:[{os.stat(f'/run/netns/{namespaces.netns}').st_ino}]" if namespaces.netns else None
+    except FileNotFoundError:
+        netns = None
+    if netns is not None:
+        found.update(int(pid) for pid in _pids() if _namespace(pid, "net") == netns and _live_start(int(pid)))
+    return sorted(found)
+
+
+def _live_start(pid: int) -> int | None:
+    """Start time of a live process; None for a zombie or no process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def leftovers(record: HostRecord, namespaces: Namespaces | None = None) -> list[str]:
     """What of a removed host is still there: its namespace file, veth, a mount naming it, a live process in its
-    namespaces."""
+    namespaces, one of its cgroups."""
     found: list[str] = []
     if os.path.exists(f"/run/netns/{record.netns}"):
         found.append(f"netns {record.netns}")
@@ -285,9 +296,13 @@ def leftovers(record: HostRecord, namespaces: Namespaces | None = None) -> list[
         found.append(f"link {record.veth}")
     with open("/proc/self/mounts") as mounts:
         found += [f"mount {line.split()[1]}" for line in mounts if record.netns in line]
-    if namespaces is not None:
-        found += [f"process {pid} ({_command(pid)})" for pid in processes_in(namespaces)]
-    return found
+    return found + remaining(namespaces) if namespaces is not None else found
+
+
+def remaining(namespaces: Namespaces) -> list[str]:
+    """Processes still in a stopped host's namespaces and cgroups of it still there (the runtime's too)."""
+    return ([f"process {pid} ({_command(pid)})" for pid in processes_in(namespaces)]
+            + [f"cgroup {folder}" for folder in namespaces.cgroups if os.path.exists(folder)])
 
 
 def _command(pid: int) -> str:
