@@ -282,15 +282,17 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def run_init(child: int) -> NoReturn:
-    """Minimal PID 1 (``--init``): forwards signals to the command and reaps every orphan until the command ends."""
-    sc.set_process_name("init")
+def forward_signals(target: List[int]) -> None:
+    """Installed before the fork, so no signal sent right after start is lost. Only the init process forwards:
+    in the child (until exec resets the handlers) the target is still 0."""
+    init = os.getpid()
 
     def forward(sig: int, _frame: object) -> None:
-        try:
-            os.kill(child, sig)
-        except ProcessLookupError:
-            pass
+        if target[0] > 0 and os.getpid() == init:
+            try:
+                os.kill(target[0], sig)
+            except ProcessLookupError:
+                pass
 
     for sig in range(1, signal.NSIG):
         if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
@@ -298,6 +300,10 @@ def run_init(child: int) -> NoReturn:
                 signal.signal(sig, forward)
             except (OSError, ValueError, RuntimeError):
                 pass
+
+
+def run_init(child: int) -> NoReturn:
+    """Minimal PID 1 (``--init``): reaps every orphan until the command ends, then exits with its code."""
     while True:
         try:
             pid, status = os.wait()
@@ -312,8 +318,12 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
     try:
         env = become_user(spec)
         if spec.get("init"):
+            sc.set_process_name("init")  # before the fork: the command may look at PID 1 at once
+            target = [0]
+            forward_signals(target)
             child = os.fork()
             if child:
+                target[0] = child
                 os.close(report_fd)  # only the command's exec may end the daemon's wait for EOF
                 run_init(child)
         exec_command(spec["args"], env)
