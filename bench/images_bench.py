@@ -9,6 +9,7 @@ Starts a loopback docker-registry (its own config), the runtime daemon and docke
 from __future__ import annotations
 
 import argparse
+import glob
 import io
 import os
 import shutil
@@ -26,6 +27,7 @@ from runtime.images.store import ImageStore  # noqa: E402
 from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
 
+CGROUP_PARENT = "/images-bench-%d" % os.getpid()  # dockerd's cgroups, removed afterwards
 DOCKERFILE = """FROM {image}
 COPY files/ /srv/files/
 RUN cat /srv/files/* | wc -c > /srv/total
@@ -159,7 +161,8 @@ def main() -> None:
         dockerd = start(["dockerd", "--data-root", os.path.join(work, "docker"), "--exec-root",
                          os.path.join(work, "docker-run"), "--pidfile", os.path.join(work, "docker.pid"),
                          "-H", "unix://" + docker_sock, "--bridge=none", "--iptables=false", "--ip-forward=false",
-                         "--ip-masq=false"], docker_sock, os.path.join(work, "dockerd.log"))
+                         "--ip-masq=false", "--cgroup-parent", CGROUP_PARENT],
+                        docker_sock, os.path.join(work, "dockerd.log"))
         procs.append(dockerd)
         results = {"machines runtime": measure(ours_sock, image, context, opts.runs),
                    "dockerd (Debian docker.io)": measure(docker_sock, image, context, opts.runs)}
@@ -178,6 +181,11 @@ def main() -> None:
         subprocess.run(["umount", "-R", "-l", os.path.join(work, "docker")], stderr=subprocess.DEVNULL,
                        check=False)
         shutil.rmtree(work, ignore_errors=True)
+        for folder in glob.glob("/sys/fs/cgroup/*" + CGROUP_PARENT):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
