@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, List
 
+from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, Stream, json_response, json_stream
 from runtime.errors import InvalidParameter, NotSupported
+from runtime.images.dockerfile import apply_changes
 
 
 def in_use(engine: Any) -> Callable[[str], bool]:
@@ -110,3 +112,33 @@ def remove(engine: Any, request: Request, name: str) -> Response:
                                               in_use=in_use(engine)))
 
 
+
+
+_COMMITTED = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "ExposedPorts", "Labels", "Volumes", "StopSignal",
+              "Healthcheck", "OnBuild", "Shell")
+
+
+@route("POST", "/commit", "docker commit: a new image from a container's filesystem changes (201)")
+def commit(engine: Any, request: Request) -> Response:
+    ref = request.arg("container")
+    if not ref:
+        raise InvalidParameter("container is required")
+    container = engine.inspect_container(ref)
+    body = request.json_object(required=False)
+    validate.check(body, validate.CONTAINER_CONFIG, "ContainerConfig", strict=True)
+    config = {key: value for key, value in (container.get("Config") or {}).items()
+              if key in _COMMITTED and value is not None}
+    config.update({key: value for key, value in body.items() if key in _COMMITTED and value is not None})
+    config = apply_changes(config, request.args("changes"))
+    state = container.get("State") or {}
+    pause = request.flag("pause", True) and state.get("Running") and not state.get("Paused")
+    if pause:
+        engine.pause(ref)  # a consistent filesystem while the layer is written, as moby does by default
+    try:
+        image = engine.images.commit(engine.container_upper_dir(ref), engine.images.resolve(container["Image"]),
+                                     config, _repo_tag(request.arg("repo"), request.arg("tag")) or None,
+                                     comment=request.arg("comment"), author=request.arg("author"))
+    finally:
+        if pause:
+            engine.unpause(ref)
+    return json_response({"Id": image.id}, 201)

@@ -35,9 +35,11 @@ def test_run_attached_output_streams_and_exit_codes(daemon: Daemon, image: str) 
     result = daemon.docker("run", "--rm", image, "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
     assert daemon.docker("run", "--rm", image, "no-such-command").returncode == 127
-    missing = daemon.docker("run", "--rm", "apitest/missing:latest", "true")
+    # A registry on a closed loopback port: the CLI's pull path runs without any lookup leaving the machine.
+    missing = daemon.docker("run", "--rm", "127.0.0.1:9/apitest/missing:latest", "true")
     assert missing.returncode == 125
-    assert b"Unable to find image 'apitest/missing:latest' locally" in missing.stderr
+    assert b"Unable to find image '127.0.0.1:9/apitest/missing:latest' locally" in missing.stderr
+    assert b"Error response from daemon: " in missing.stderr
 
 
 def test_run_rm_removes_the_container(daemon: Daemon, image: str, name: str) -> None:
@@ -261,3 +263,15 @@ def test_docker_compose_two_services(daemon: Daemon, image: str, name: str, tmp_
         down = compose("down", "-t", "1")
     assert down.returncode == 0, down.stderr
     assert daemon.out("ps", "-aq", "--filter", "label=com.docker.compose.project=" + name.replace("-", "")) == ""
+
+
+def test_commit_keeps_changes_and_config(daemon: Daemon, image: str, name: str) -> None:
+    daemon.out("run", "-d", "--name", name, "-e", "KEEP=1", image, "sh", "-c", "echo data > /made; exec sleep 300")
+    assert wait_until(lambda: daemon.docker("exec", name, "cat", "/made").stdout == b"data\n")
+    committed = "apitest/committed-%d:1" % os.getpid()
+    image_id = daemon.out("commit", "-c", 'CMD ["sh", "-c", "cat /made; echo $KEEP"]', name, committed).strip()
+    assert image_id.startswith("sha256:")
+    assert daemon.out("inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name) == "true false\n"
+    assert daemon.out("run", "--rm", committed) == "data\n1\n"
+    daemon.out("rm", "-f", name)
+    daemon.out("rmi", committed)
