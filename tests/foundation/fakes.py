@@ -26,6 +26,7 @@ class FileDriver(Driver):
         Flag("ssh-port", "port of an sshd on 127.0.0.1", type=int, default=1),
         Flag("token", "a secret", secret=True, envvar="FILES_TOKEN"),
         Flag("pause", "seconds to wait after the first resource (time to press Ctrl-C)", type=int, default=0),
+        Flag("state-delay", "seconds a state query takes", type=int, default=0),
     ]
 
     def pre_create_check(self) -> None:
@@ -60,6 +61,7 @@ class FileDriver(Driver):
             path.unlink()
 
     def state(self) -> State:
+        time.sleep(self.config.get("state_delay") or 0)
         return State.RUNNING if self._path(0).exists() else State.NOT_FOUND
 
     def ip(self) -> str:
@@ -92,6 +94,7 @@ class NsHostDriver(Driver):
         self._host().remove()
 
     def state(self) -> State:
+        time.sleep(self.config.get("state_delay") or 0)
         return {HostState.RUNNING: State.RUNNING, HostState.STOPPED: State.STOPPED}.get(
             self._host().state(), State.NOT_FOUND
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -14,11 +15,11 @@ from machines.store import STATE_READY, Store, new_record
 from .conftest import CliResult
 
 
-def _ready(store_path: Path, world: Path, name: str, *, labels: list[str], running: bool) -> None:
+def _ready(store_path: Path, world: Path, name: str, *, labels: list[str], running: bool, state_delay: int = 0) -> None:
     """A finished ``files`` machine; it is Running when its first resource exists."""
     store = Store(store_path)
-    record = new_record(name, "files", {"world": str(world), "resources": 1, "fail_at": "", "ssh_port": 1, "token": None},
-                        {"labels": labels})
+    config = {"world": str(world), "resources": 1, "fail_at": "", "ssh_port": 1, "token": None, "state_delay": state_delay}
+    record = new_record(name, "files", config, {"labels": labels})
     store.reserve(record)
     record.update(state=STATE_READY, runtime={"version": "0.1.0"})
     store.save(name, record)
@@ -78,3 +79,14 @@ def test_rm_asks_first(cli: Callable[..., CliResult], three: None, file_driver: 
     assert cli("rm", "web", "db").exit_status == 0
     assert cli("ls", "-q").stdout == "old\n"
     assert sorted(path.name for path in file_driver.iterdir()) == []
+
+
+def test_ls_queries_in_parallel_under_one_timeout(cli: Callable[..., CliResult], three: None, store_path: Path,
+                                                file_driver: Path) -> None:
+    for name in ("slow1", "slow2", "slow3"):
+        _ready(store_path, file_driver, name, labels=[], running=True, state_delay=30)
+    started = time.monotonic()
+    rows = cli("ls", "--timeout", "1", "--format", "{name} {state} {error}").stdout.splitlines()
+    assert time.monotonic() - started < 10
+    assert rows == ["db Running ", "old NotFound ", "slow1 Timeout no answer within 1s", "slow2 Timeout no answer within 1s",
+                    "slow3 Timeout no answer within 1s", "web Running "]
