@@ -21,27 +21,18 @@ import json
 import logging
 import os
 import uuid
-from typing import Any, Callable
-
-from azure.core.credentials import TokenCredential
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-)
-from azure.core.polling import LROPoller
-from azure.identity import ClientSecretCredential, CredentialUnavailableError, DefaultAzureCredential
-from azure.mgmt.compute import ComputeManagementClient
-from azure.mgmt.compute import models as compute
-from azure.mgmt.network import NetworkManagementClient
-from azure.mgmt.network import models as network
-from azure.mgmt.resource.resources import ResourceManagementClient
-from azure.mgmt.resource.resources import models as resources
+from typing import TYPE_CHECKING, Any, Callable
 
 from drivers.aws import cloud_config, generate_host_key, merge_user_data, public_key_of
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from machines.errors import DriverError, MachineTimeoutError, PreCreateError
+
+if TYPE_CHECKING:  # the SDKs take seconds to import: only a command that talks to Azure loads them
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.network import NetworkManagementClient
+    from azure.mgmt.network import models as network
+    from azure.mgmt.resource.resources import ResourceManagementClient
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +59,8 @@ POWER_STATES: dict[str, State] = {
 
 def _one_line(error: BaseException) -> str:
     """Azure's error code and message without the SDK's multi-line wrapping."""
+    from azure.core.exceptions import HttpResponseError
+
     if isinstance(error, HttpResponseError) and error.error is not None:
         text = f"{error.error.code}: {error.error.message}"
     else:
@@ -202,6 +195,8 @@ class AzureDriver(Driver):
     def _credentials(self) -> TokenCredential:
         """A service principal when its flags are given, else DefaultAzureCredential (never a device-code prompt)."""
         if self._credential is None:
+            from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
             arm, authority = self._endpoints()
             options: dict[str, Any] = {"authority": authority, **self._transport_options()}
             if authority not in (login for _, login in ENVIRONMENTS.values()):
@@ -231,14 +226,20 @@ class AzureDriver(Driver):
 
     @property
     def resources(self) -> ResourceManagementClient:
+        from azure.mgmt.resource.resources import ResourceManagementClient
+
         return self._client(ResourceManagementClient)
 
     @property
     def network(self) -> NetworkManagementClient:
+        from azure.mgmt.network import NetworkManagementClient
+
         return self._client(NetworkManagementClient)
 
     @property
     def compute(self) -> ComputeManagementClient:
+        from azure.mgmt.compute import ComputeManagementClient
+
         return self._client(ComputeManagementClient)
 
     def _call(self, what: str, call: Callable[[], Any], *, missing_ok: bool = False) -> Any:
@@ -246,6 +247,9 @@ class AzureDriver(Driver):
 
         With ``missing_ok`` a resource that does not exist (HTTP 404) gives None instead.
         """
+        from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
+        from azure.core.polling import LROPoller
+
         try:
             result = call()
             if isinstance(result, LROPoller):
@@ -258,7 +262,7 @@ class AzureDriver(Driver):
             if missing_ok:
                 return None
             raise DriverError(f"Azure could not {what}: {_one_line(error)}") from None
-        except (ClientAuthenticationError, CredentialUnavailableError) as error:
+        except ClientAuthenticationError as error:  # CredentialUnavailableError included
             raise PreCreateError(f"Azure login failed: {_one_line(error)}") from None
         except AzureError as error:
             raise DriverError(f"Azure could not {what}: {_one_line(error)}") from None
@@ -328,10 +332,12 @@ class AzureDriver(Driver):
                     raise PreCreateError("--azure-custom-data: MIME multipart data cannot be merged; pass a script or cloud-config")
 
     def _check_credentials(self) -> None:
+        from azure.core.exceptions import AzureError, ClientAuthenticationError
+
         arm, _ = self._endpoints()
         try:
             self._credentials().get_token(f"{arm}/.default")
-        except (ClientAuthenticationError, CredentialUnavailableError) as error:
+        except ClientAuthenticationError as error:
             raise PreCreateError(
                 f"Azure login failed ({_one_line(error)}); pass --azure-client-id, --azure-client-secret and "
                 "--azure-tenant-id, or log in with 'az login'"
@@ -412,12 +418,16 @@ class AzureDriver(Driver):
         public_ip = None if self._get("no_public_ip") else self._create_public_ip(ledger)
         nic = self._create_nic(ledger, nsg, subnet, public_ip)
         self._create_vm(ledger, nic)
+        self.config["private_ip"] = nic.ip_configurations[0].private_ip_address
+        self.config["public_ip"] = public_ip.ip_address if public_ip else None
 
     def _tags(self) -> dict[str, str]:
         return {"machines-name": self.machine_name, "machines-id": self.config["machine_id"],
                 **parse_tags(self._get("tags") or [])}
 
     def _create_group(self, ledger: Ledger) -> None:
+        from azure.mgmt.resource.resources import models as resources
+
         if self._call("read the resource group", lambda: self.resources.resource_groups.check_existence(self.group)):
             return
         self.config["created_resource_group"] = True
@@ -427,6 +437,8 @@ class AzureDriver(Driver):
                    lambda: self.resources.resource_groups.create_or_update(self.group, group))
 
     def _create_nsg(self, ledger: Ledger) -> network.NetworkSecurityGroup:
+        from azure.mgmt.network import models as network
+
         cidrs = self._get("allow_cidr") or []
         tls = api_over_tls(self.store_dir)
         if not cidrs:
@@ -449,6 +461,8 @@ class AzureDriver(Driver):
                           lambda: self.network.network_security_groups.begin_create_or_update(self.group, self._name("nsg"), body))
 
     def _create_network(self, ledger: Ledger) -> network.Subnet:
+        from azure.mgmt.network import models as network
+
         """Use the vnet and subnet when they exist; make what is missing (recorded, removed by rm when unused)."""
         vnet_group, vnet_name = self.vnet_group_and_name
         subnet_name, prefix = self._get("subnet"), self._get("subnet_prefix")
@@ -470,6 +484,8 @@ class AzureDriver(Driver):
         return self._call("read the subnet", lambda: self.network.subnets.get(vnet_group, vnet_name, subnet_name))
 
     def _create_public_ip(self, ledger: Ledger) -> network.PublicIPAddress:
+        from azure.mgmt.network import models as network
+
         body = network.PublicIPAddress(
             location=self._get("location"), sku=network.PublicIPAddressSku(name="Standard"),
             public_ip_allocation_method="Static", tags=self._tags(),
@@ -480,6 +496,8 @@ class AzureDriver(Driver):
 
     def _create_nic(self, ledger: Ledger, nsg: network.NetworkSecurityGroup, subnet: network.Subnet,
                     public_ip: network.PublicIPAddress | None) -> network.NetworkInterface:
+        from azure.mgmt.network import models as network
+
         address = self._get("private_ip_address")
         configuration = network.NetworkInterfaceIPConfiguration(
             name="ipconfig1", subnet=network.Subnet(id=subnet.id),
@@ -508,6 +526,8 @@ class AzureDriver(Driver):
         return encoded
 
     def _create_vm(self, ledger: Ledger, nic: network.NetworkInterface) -> None:
+        from azure.mgmt.compute import models as compute
+
         publisher, offer, sku, version = parse_image(self._get("image") or DEFAULT_IMAGE)
         user = self._get("ssh_user")
         body = compute.VirtualMachine(
@@ -623,6 +643,7 @@ class AzureDriver(Driver):
 
     def start(self) -> None:
         self._vm_action("start", lambda: self.compute.virtual_machines.begin_start(self.group, self.machine_name))
+        self._read_addresses()
 
     def stop(self) -> None:
         """Deallocate: the VM stops being billed (a merely powered-off VM still is); its disk and IP still are."""
@@ -637,18 +658,23 @@ class AzureDriver(Driver):
     def restart(self) -> None:
         self._vm_action("restart", lambda: self.compute.virtual_machines.begin_restart(self.group, self.machine_name))
 
+    def _read_addresses(self) -> None:
+        """Keep the VM's addresses in the config: Standard public IPs are static and a NIC keeps its private
+        address until it is deleted, so ``env``, ``ssh`` and ``ip`` need no Azure call (nor the SDK's import)."""
+        nic = self._find("read the NIC", lambda: self.network.network_interfaces.get(self.group, self._name("nic")))
+        self.config["private_ip"] = nic.ip_configurations[0].private_ip_address if nic else None
+        public = None if self._get("no_public_ip") else self._find(
+            "read the public IP", lambda: self.network.public_ip_addresses.get(self.group, self._name("ip")))
+        self.config["public_ip"] = public.ip_address if public else None
+
     def ip(self) -> str:
-        if self._get("use_private_ip") or self._get("no_public_ip"):
-            nic = self._find("read the NIC", lambda: self.network.network_interfaces.get(self.group, self._name("nic")))
-            address = nic.ip_configurations[0].private_ip_address if nic else None
-            kind = "private"
-        else:
-            public = self._find("read the public IP", lambda: self.network.public_ip_addresses.get(self.group, self._name("ip")))
-            address = public.ip_address if public else None
-            kind = "public"
-        if not address:
-            raise DriverError(f"Azure VM {self.machine_name} has no {kind} IP address")
-        return address
+        private = self._get("use_private_ip") or self._get("no_public_ip")
+        key = "private_ip" if private else "public_ip"
+        if not self._get(key):
+            self._read_addresses()
+        if not self._get(key):
+            raise DriverError(f"Azure VM {self.machine_name} has no {key.replace('_ip', '')} IP address")
+        return self._get(key)
 
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(host=self.ip(), port=SSH_PORT, user=self._get("ssh_user") or "machines", key_path=self.ssh_key_path)

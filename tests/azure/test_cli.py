@@ -1,0 +1,43 @@
+"""``machines create --driver azure`` refusing bad input: one line, exit 3, nothing made (the happy path is in test_e2e)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from machines.machine import Machines
+
+from .conftest import arm_config, as_flags
+from .fakearm import FakeArm
+
+MACHINES = str(Path(sys.executable).with_name("machines"))
+
+
+def machines(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True, timeout=240, env=os.environ
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+BAD_INPUT = {
+    "missing subscription": ({"subscription_id": None}, "--azure-subscription-id is required (or set AZURE_SUBSCRIPTION_ID)"),
+    "unknown location": ({"location": "marsnorth"}, "unknown Azure location 'marsnorth'"),
+    "wrong secret": ({"client_secret": "wrong"}, "Azure login failed"),
+}
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_is_one_line_before_anything_is_made(arm: FakeArm, tmp_path: Path, change: dict, message: str) -> None:
+    store = tmp_path / "store"
+    result = machines(store, "create", "-d", "azure", *as_flags({**arm_config(arm), **change}), "bad", check=False)
+    assert result.returncode == 3, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "wrong" not in result.stderr and arm.client_secret not in result.stderr
+    assert arm.ids() == [] and Machines(store).store.names() == []

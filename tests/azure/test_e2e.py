@@ -1,0 +1,64 @@
+"""The headline use on the fake cloud: ``machines create --driver azure`` provisions our runtime on a VM reached by
+its private address, and the real docker CLI uses it through ``machines env``; stop (deallocate), start, rm."""
+
+from __future__ import annotations
+
+import base64
+import email
+import os
+import subprocess
+from pathlib import Path
+
+from machines.machine import Machines
+
+from .conftest import World, as_flags
+from .test_cli import MACHINES, machines
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
+
+
+def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``command`` in bash after ``eval "$(machines env NAME)"``, as a user would run it."""
+    script = f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && {command}'
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=240, env=os.environ)
+
+
+def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
+    store, name = tmp_path / "store", f"aze2e-{os.getpid()}"
+    script = tmp_path / "extra.sh"
+    script.write_text("#!/bin/sh\necho extra custom data\n")
+    machines(store, "create", "--driver", "azure", "--timeout-ssh", "60", "--azure-custom-data", str(script),
+             *as_flags(world.config()), name)
+    machine = Machines(store).get(name)
+    # reached privately as the non-root admin user, over a host key pinned before the first connection
+    assert machine.ip() == world.address(0)
+    assert machine.record["ssh_host_key"] == machine.driver.initial_host_key()
+    assert machines(store, "ssh", name, "echo $USER; hostname").stdout.split() == ["machines", name]
+    # the user's custom data rides along with our cloud-config, as a second MIME part for cloud-init
+    custom = base64.b64decode(world.arm.find("virtualMachines")["properties"]["osProfile"]["customData"])
+    parts = email.message_from_bytes(custom).get_payload()
+    assert [part.get_content_type() for part in parts] == ["text/cloud-config", "text/x-shellscript"]
+    assert parts[1].get_payload(decode=True) == script.read_bytes()
+    # the secret is kept only in the owner-only store file, never shown
+    assert world.arm.client_secret not in machines(store, "inspect", name).stdout
+    assert (store / "machines" / name / "config.json").stat().st_mode & 0o077 == 0
+
+    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True, check=True)
+    imported = with_env(store, name, f"{DOCKER} import - busybox:azure", stdin=rootfs.stdout)
+    assert imported.returncode == 0, imported.stderr
+    ran = with_env(store, name, f"{DOCKER} version --format '{{{{.Server.Version}}}}' && "
+                                f"{DOCKER} run --rm busybox:azure echo hello from azure")
+    assert ran.stdout.decode().split()[-3:] == ["hello", "from", "azure"], ran.stderr
+
+    stopped = machines(store, "stop", name)
+    assert "no compute charges while stopped" in stopped.stderr
+    assert machines(store, "status", name).stdout.strip() == "Stopped"
+    assert world.arm.find("virtualMachines")["powerState"] == "deallocated"
+    machines(store, "start", name)  # a fresh boot: the runtime is started again, with its images kept
+    ran = with_env(store, name, f"{DOCKER} run --rm busybox:azure hostname")
+    assert ran.returncode == 0, ran.stderr
+
+    machines(store, "rm", "-y", name)
+    assert world.arm.ids() == [] and world.plane.hosts == {}
+    assert Machines(store).store.names() == []
