@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
         command: Annotated[Optional[list[str]], typer.Argument(help="Command to run; a shell when omitted.")] = None,
     ) -> None:
         """Log in to a machine (a shell on a PTY) or run one command; its exit status is passed through."""
+        if command and command[0] == "--":  # ``machines ssh NAME -- CMD`` like ssh
+            command = command[1:]
         connection = machines().get(name).ssh()
         try:
             if command:
