@@ -76,6 +76,11 @@ def build(engine: Any, request: Request) -> Stream:
                                            request.headers.get("X-Registry-Config") or None))
 
 
+@route("POST", "/build/prune", "Build cache prune: the classic builder's cache is images, pruned with them")
+def build_prune(engine: Any, request: Request) -> Response:
+    return json_response({"CachesDeleted": [], "SpaceReclaimed": 0})
+
+
 @route("GET", "/images/{name:.*}/json", "Inspect an image")
 def inspect(engine: Any, request: Request, name: str) -> Response:
     return json_response(engine.images.inspect(name))

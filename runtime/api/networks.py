@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, json_response
 from runtime.errors import InvalidParameter
@@ -49,7 +50,8 @@ def connect(engine: Any, request: Request, ref: str) -> Response:
     body = request.json_object()
     config = body.get("EndpointConfig") or {}
     if not isinstance(config, dict):
-        raise InvalidParameter("EndpointConfig must be an object")
+        raise InvalidParameter("invalid JSON: EndpointConfig must be an object")
+    validate.endpoint_config(config, "EndpointConfig")
     engine.network_connect(ref, _container(body), config)
     return Response(200)
 

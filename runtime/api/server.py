@@ -143,7 +143,11 @@ class Body:
             parts.append(data)
 
     def drain(self, limit: int) -> bool:
-        """Discard the rest of the body; False when more than ``limit`` bytes remain (then the connection closes)."""
+        """Discard the rest of the body; False when more than ``limit`` bytes remain (then the connection closes).
+
+        A client still waiting for ``100 Continue`` never sent its body: the connection closes instead."""
+        if self._expect_continue:
+            return False
         total = 0
         while not self._done:
             data = self.read(65536)
@@ -302,7 +306,6 @@ class Connection:
         self.app = app
         self.rfile = sock.makefile("rb", buffering=65536)
         self._lock = threading.Lock()
-        self.keep_alive = True
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -342,7 +345,7 @@ class Connection:
 
     def serve(self) -> None:
         try:
-            while self.keep_alive:
+            while True:
                 try:
                     head = self._read_head()
                 except HTTPError as exc:

@@ -17,6 +17,9 @@ LIST = "array"
 DICT = "object"
 STR_LIST = "array of strings"
 CMD = "string or array of strings"
+OBJ_LIST = "array of objects"
+STR_MAP = "object of strings"
+OBJ_MAP = "object of objects"
 
 _CHECKS = {
     STR: lambda value: isinstance(value, str),
@@ -27,6 +30,10 @@ _CHECKS = {
     STR_LIST: lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
     CMD: lambda value: isinstance(value, str) or (isinstance(value, list)
                                                   and all(isinstance(item, str) for item in value)),
+    OBJ_LIST: lambda value: isinstance(value, list) and all(isinstance(item, dict) for item in value),
+    STR_MAP: lambda value: isinstance(value, dict) and all(isinstance(item, str) for item in value.values()),
+    OBJ_MAP: lambda value: isinstance(value, dict) and all(isinstance(item, dict) or item is None
+                                                           for item in value.values()),
 }
 
 CONTAINER_CONFIG = {
@@ -34,19 +41,32 @@ CONTAINER_CONFIG = {
     "AttachStderr": BOOL, "ExposedPorts": DICT, "Tty": BOOL, "OpenStdin": BOOL, "StdinOnce": BOOL,
     "Env": STR_LIST, "Cmd": CMD, "Healthcheck": DICT, "ArgsEscaped": BOOL, "Image": STR, "Volumes": DICT,
     "WorkingDir": STR, "Entrypoint": CMD, "NetworkDisabled": BOOL, "MacAddress": STR, "OnBuild": STR_LIST,
-    "Labels": DICT, "StopSignal": STR, "StopTimeout": INT, "Shell": STR_LIST, "Runtime": STR,
+    "Labels": STR_MAP, "StopSignal": STR, "StopTimeout": INT, "Shell": STR_LIST, "Runtime": STR,
     "HostConfig": DICT, "NetworkingConfig": DICT,
 }
 
 HOST_CONFIG = {
-    "Binds": STR_LIST, "Mounts": LIST, "PortBindings": DICT, "PublishAllPorts": BOOL, "AutoRemove": BOOL,
+    "Binds": STR_LIST, "Mounts": OBJ_LIST, "PortBindings": DICT, "PublishAllPorts": BOOL, "AutoRemove": BOOL,
     "NetworkMode": STR, "RestartPolicy": DICT, "LogConfig": DICT, "Memory": INT, "MemorySwap": INT,
     "MemoryReservation": INT, "NanoCpus": INT, "CpuShares": INT, "CpuQuota": INT, "CpuPeriod": INT,
     "CpusetCpus": STR, "PidsLimit": INT, "Privileged": BOOL, "CapAdd": STR_LIST, "CapDrop": STR_LIST,
     "ConsoleSize": LIST, "Init": BOOL, "ExtraHosts": STR_LIST, "Dns": STR_LIST, "DnsSearch": STR_LIST,
-    "DnsOptions": STR_LIST, "ReadonlyRootfs": BOOL, "Tmpfs": DICT, "ShmSize": INT, "VolumesFrom": STR_LIST,
-    "Links": STR_LIST, "SecurityOpt": STR_LIST, "Ulimits": LIST, "Sysctls": DICT, "OomKillDisable": BOOL,
+    "DnsOptions": STR_LIST, "ReadonlyRootfs": BOOL, "Tmpfs": STR_MAP, "ShmSize": INT, "VolumesFrom": STR_LIST,
+    "Links": STR_LIST, "SecurityOpt": STR_LIST, "Ulimits": OBJ_LIST, "Sysctls": STR_MAP, "OomKillDisable": BOOL,
 }
+
+NETWORKING_CONFIG = {"EndpointsConfig": OBJ_MAP}
+
+RESTART_POLICY = {"Name": STR, "MaximumRetryCount": INT}
+
+ENDPOINT_CONFIG = {
+    "IPAMConfig": DICT, "Links": STR_LIST, "Aliases": STR_LIST, "MacAddress": STR, "DriverOpts": STR_MAP,
+    "NetworkID": STR, "EndpointID": STR, "Gateway": STR, "IPAddress": STR, "IPPrefixLen": INT, "DNSNames": STR_LIST,
+}
+
+IPAM_CONFIG = {"IPv4Address": STR, "IPv6Address": STR, "LinkLocalIPs": STR_LIST}
+
+VOLUME_CONFIG = {"Name": STR, "Driver": STR, "DriverOpts": STR_MAP, "Labels": STR_MAP}
 
 EXEC_CONFIG = {
     "AttachStdin": BOOL, "AttachStdout": BOOL, "AttachStderr": BOOL, "ConsoleSize": LIST, "DetachKeys": STR,
@@ -80,7 +100,18 @@ def check(body: Dict[str, Any], schema: Dict[str, str], where: str, strict: bool
 
 def container_config(body: Dict[str, Any]) -> None:
     check(body, CONTAINER_CONFIG, "ContainerConfig", strict=True)
-    check(body.get("HostConfig") or {}, HOST_CONFIG, "HostConfig", strict=False)
+    host = body.get("HostConfig") or {}
+    check(host, HOST_CONFIG, "HostConfig", strict=False)
+    check(host.get("RestartPolicy") or {}, RESTART_POLICY, "HostConfig.RestartPolicy", strict=False)
+    networking = body.get("NetworkingConfig") or {}
+    check(networking, NETWORKING_CONFIG, "NetworkingConfig", strict=False)
+    for name, endpoint in (networking.get("EndpointsConfig") or {}).items():
+        endpoint_config(endpoint or {}, "NetworkingConfig.EndpointsConfig[%s]" % name)
+
+
+def endpoint_config(config: Dict[str, Any], where: str) -> None:
+    check(config, ENDPOINT_CONFIG, where, strict=False)
+    check(config.get("IPAMConfig") or {}, IPAM_CONFIG, where + ".IPAMConfig", strict=False)
 
 
 def console_size(value: Any) -> Optional[Tuple[int, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, json_response
 
@@ -15,7 +16,9 @@ def list_volumes(engine: Any, request: Request) -> Response:
 
 @route("POST", "/volumes/create", "Create a volume (201)")
 def create(engine: Any, request: Request) -> Response:
-    return json_response(engine.volumes.create(request.json_object(required=False)), 201)
+    body = request.json_object(required=False)
+    validate.check(body, validate.VOLUME_CONFIG, "VolumeConfig", strict=False)
+    return json_response(engine.volumes.create(body), 201)
 
 
 @route("POST", "/volumes/prune", "Remove unused volumes")

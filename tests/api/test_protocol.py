@@ -126,7 +126,20 @@ def test_query_booleans_parse_like_moby(daemon: Daemon, image: str, name: str) -
     daemon.out("rm", name)
 
 
+def post(path: str, body: object) -> bytes:
+    data = json.dumps(body).encode()
+    return b"POST %s HTTP/1.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(data), data)
+
+
 MALFORMED = [
+    (post("/v1.47/containers/create", {"Image": "x", "HostConfig": {"Mounts": [1]}}), 400),
+    (post("/v1.47/containers/create", {"Image": "x", "HostConfig": {"RestartPolicy": {"MaximumRetryCount": "x"}}}),
+     400),
+    (post("/v1.47/containers/create", {"Image": "x", "NetworkingConfig": {"EndpointsConfig": 5}}), 400),
+    (post("/v1.47/containers/create", {"Image": "x", "Labels": {"a": 1}}), 400),
+    (post("/v1.47/containers/nosuch/exec", {"Cmd": "ls"}), 400),
+    (post("/v1.47/volumes/create", {"Name": 5}), 400),
+    (post("/v1.47/networks/bridge/connect", {"Container": "x", "EndpointConfig": {"IPAMConfig": "x"}}), 400),
     # (request bytes, expected status)
     (b"POST /v1.47/containers/create HTTP/1.1\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json", 400),
     (b"POST /v1.47/containers/create HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]", 400),
