@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 import time
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 from runtime.api import streams, validate
 from runtime.api.routing import filters_arg, route, timestamp_arg
@@ -218,6 +220,47 @@ def archive_put(engine: Any, request: Request, ref: str) -> Response:
 def export(engine: Any, request: Request, ref: str) -> Stream:
     engine.inspect_container(ref)
     return Stream(engine.export(ref), "application/x-tar")
+
+
+# What the runtime itself puts in a container (moby keeps these in its "init layer"): not the user's changes.
+_RUNTIME_PATHS = ("/dev", "/proc", "/sys", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/.dockerenv",
+                  "/etc/mtab")
+
+
+def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str, Any]]:
+    """moby's kinds: 0 modified (exists below), 1 added, 2 deleted (an overlay whiteout, a 0/0 char device).
+
+    Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
+    changed because of them)."""
+    skipped = set(_RUNTIME_PATHS) | set(mounts)
+    found = []
+    for folder, subfolders, files in os.walk(upper):
+        for name in subfolders + files:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, upper)
+            target = "/" + relative
+            if any(target == item or target.startswith(item + "/") for item in skipped):
+                continue
+            info = os.lstat(path)
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                kind = 2
+            elif any(os.path.lexists(os.path.join(lower, relative)) for lower in lowers):
+                kind = 0
+            else:
+                kind = 1
+            found.append({"Path": target, "Kind": kind, "Folder": stat.S_ISDIR(info.st_mode)})
+    paths = [item["Path"] for item in found]
+    kept = [item for item in found if not (item["Kind"] == 0 and item["Folder"]
+                                           and not any(other.startswith(item["Path"] + "/") for other in paths))]
+    return sorted(({"Path": item["Path"], "Kind": item["Kind"]} for item in kept), key=lambda item: item["Path"])
+
+
+@route("GET", "/containers/{ref}/changes", "Filesystem changes against the image (docker diff)")
+def changes(engine: Any, request: Request, ref: str) -> Response:
+    container = engine.inspect_container(ref)
+    lowers = engine.images.resolve(container["Image"]).layer_dirs()
+    mounts = [mount.get("Destination", "") for mount in container.get("Mounts") or []]
+    return json_response(_changes(engine.container_upper_dir(ref), lowers, mounts))
 
 
 @route("POST", "/containers/{ref}/exec", "Create an exec instance (201)")

@@ -265,9 +265,10 @@ def test_docker_compose_two_services(daemon: Daemon, image: str, name: str, tmp_
     assert daemon.out("ps", "-aq", "--filter", "label=com.docker.compose.project=" + name.replace("-", "")) == ""
 
 
-def test_commit_keeps_changes_and_config(daemon: Daemon, image: str, name: str) -> None:
+def test_diff_and_commit(daemon: Daemon, image: str, name: str) -> None:
     daemon.out("run", "-d", "--name", name, "-e", "KEEP=1", image, "sh", "-c", "echo data > /made; exec sleep 300")
     assert wait_until(lambda: daemon.docker("exec", name, "cat", "/made").stdout == b"data\n")
+    assert daemon.out("diff", name) == "A /made\n"
     committed = "apitest/committed-%d:1" % os.getpid()
     image_id = daemon.out("commit", "-c", 'CMD ["sh", "-c", "cat /made; echo $KEEP"]', name, committed).strip()
     assert image_id.startswith("sha256:")
