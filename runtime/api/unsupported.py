@@ -32,3 +32,24 @@ route("GET", "/plugins/{name:.*}/json", "Plugins: none installed (404)")(_plugin
 for _method in _METHODS:
     route(_method, "/plugins", "Plugins: not served (404)")(_plugins)
     route(_method, "/plugins/{rest:.*}", "Plugins: not served (404)")(_plugins)
+
+
+# Docker endpoints this daemon knows but does not implement: a clear 501 instead of "page not found".
+_NOT_IMPLEMENTED = (
+    ("POST", "/containers/{ref}/update", "docker update is not supported by this daemon: recreate the container"),
+    ("GET", "/images/search", "searching registries is not supported by this daemon"),
+    ("GET", "/distribution/{name:.*}/json", "distribution inspect is not supported by this daemon"),
+    ("POST", "/session", "BuildKit sessions are not supported: build with DOCKER_BUILDKIT=0"),
+    ("POST", "/grpc", "BuildKit is not supported: build with DOCKER_BUILDKIT=0"),
+)
+
+
+def _not_implemented(message: str) -> Any:
+    def answer(engine: Any, request: Request, **_: str) -> Response:
+        return error_response(501, message)
+
+    return answer
+
+
+for _method, _pattern, _message in _NOT_IMPLEMENTED:
+    route(_method, _pattern, "Not implemented (501)")(_not_implemented(_message))
