@@ -111,7 +111,7 @@ for p in {candidates}; do
 done
 for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
 [ -d /run/systemd/system ] && echo "systemd=1"
-d=$(command -v docker 2>/dev/null) && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; sha256sum "$d" | awk '{{ print "sum=" $2 " " $1 }}'; else echo "docker=$d"; fi; }}
+d=$(command -v docker 2>/dev/null) && [ -f "$d" ] && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; sha256sum "$d" | awk '{{ print "sum=" $2 " " $1 }}'; else echo "docker=$d"; fi; }}
 echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
 sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"

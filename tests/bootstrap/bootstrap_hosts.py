@@ -48,3 +48,16 @@ def shell(store: Machines, script: str) -> subprocess.CompletedProcess:
     for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
         environment.pop(key, None)
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, env=environment)
+
+
+def ssh_wrapper(folder: Path, known_hosts: str, key: Path) -> Path:
+    """An ``ssh`` for the docker CLI that pins the machine's host key (no TOFU) and uses its key."""
+    (folder / "known_hosts").write_text(known_hosts + "\n")
+    script = folder / "ssh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"exec /usr/bin/ssh -F /dev/null -o UserKnownHostsFile={folder / 'known_hosts'} -o StrictHostKeyChecking=yes "
+        f'-o IdentitiesOnly=yes -o BatchMode=yes -i {key} "$@"\n'
+    )
+    script.chmod(0o755)
+    return folder

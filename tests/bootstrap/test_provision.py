@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from bootstrap_hosts import DOCKER, REPO, adopt, cli, shell, unique
+from bootstrap_hosts import DOCKER, REPO, adopt, cli, shell, ssh_wrapper, unique
 
 import runtime
 from bootstrap import bundle as bundles
@@ -191,8 +191,10 @@ def test_regenerate_certs_replaces_the_server_certificate(store: Machines, machi
     assert result.returncode == 0, result.stderr
 
 
-def test_api_ssh_opens_no_port_and_works_over_ssh(store: Machines, make_host) -> None:
+def test_api_ssh_opens_no_port_and_works_over_ssh(store: Machines, make_host, tmp_path: Path) -> None:
     test_host = make_host()
+    # No docker CLI on this host (the machine's show through its root): it gets our shim.
+    test_host.run("mount -t tmpfs tmpfs /usr/local/bin; [ ! -e /usr/bin/docker ] || mount --bind /dev/null /usr/bin/docker")
     machine = adopt(store, test_host, api="ssh")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((test_host.address, 2376), timeout=5).close()
@@ -200,6 +202,17 @@ def test_api_ssh_opens_no_port_and_works_over_ssh(store: Machines, make_host) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == runtime.VERSION
     assert cli(store, "config", machine.name, check=False).returncode != 0
+
+    # DOCKER_HOST=ssh://user@host with the real clients, through the shim's `docker system dial-stdio`
+    wrapper = ssh_wrapper(tmp_path, f"{test_host.address} {test_host.host_public_key}", test_host.key_path)
+    environment = {**os.environ, "PATH": f"{wrapper}:{os.environ['PATH']}", "DOCKER_HOST": ""}
+    over_ssh = subprocess.run(
+        [DOCKER, "-H", f"ssh://root@{test_host.address}", "version", "--format", VERSION_FORMAT],
+        capture_output=True, text=True, timeout=60, env=environment,
+    )  # fmt: skip
+    assert over_ssh.returncode == 0, over_ssh.stderr
+    assert over_ssh.stdout.strip() == runtime.VERSION
+    assert "machines-docker-shim" in test_host.run("head -3 /usr/local/bin/docker").stdout
 
     state = json.loads((machine.dir / forwarder.STATE_FILE).read_text())
     cli(store, "rm", "-f", machine.name)  # the forwarder ends with its machine
