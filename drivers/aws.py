@@ -182,9 +182,10 @@ class AWSDriver(Driver):
              type=list, envvar="AWS_ALLOW_CIDR"),
         Flag("root-size", "root volume size in GiB", type=int, default=16, envvar="AWS_ROOT_SIZE"),
         Flag("volume-type", "root volume type", default="gp3", envvar="AWS_VOLUME_TYPE"),
-        Flag("iam-instance-profile", "IAM instance profile name", envvar="AWS_INSTANCE_PROFILE"),
+        Flag("iam-instance-profile", "IAM instance profile name or ARN", envvar="AWS_INSTANCE_PROFILE"),
         Flag("tags", "extra tags as k1,v1,k2,v2", type=list, envvar="AWS_TAGS"),
-        Flag("ssh-user", "SSH user (default: admin for Debian, ubuntu otherwise)", envvar="AWS_SSH_USER"),
+        Flag("ssh-user", "SSH user (default: the image's, e.g. admin for Debian, ubuntu for Ubuntu)",
+             envvar="AWS_SSH_USER"),
         Flag("keypair-name", "existing EC2 key pair to use (needs --aws-ssh-keypath)", envvar="AWS_KEYPAIR_NAME"),
         Flag("ssh-keypath", "private key of --aws-keypair-name", envvar="AWS_SSH_KEYPATH"),
         Flag("use-private-address", "connect through the private address", type=bool, default=False,
@@ -246,7 +247,9 @@ class AWSDriver(Driver):
         """The EC2 client, made on first use (so ``ls`` on other machines never pays for it)."""
         if self._client is None:
             session = self._session()
-            retry = botocore.config.Config(retries={"max_attempts": int(self._get("retries") or 5), "mode": "standard"})
+            retries = self._get("retries")
+            attempts = 1 + (5 if retries is None else int(retries))  # botocore counts the first attempt too
+            retry = botocore.config.Config(retries={"max_attempts": attempts, "mode": "standard"})
             self._client = session.client("ec2", endpoint_url=self._get("endpoint") or None, config=retry)
         return self._client
 
@@ -586,8 +589,9 @@ class AWSDriver(Driver):
             ],
             "TagSpecifications": [self._tag_spec("instance"), self._tag_spec("volume")],
         }
-        if self._get("iam_instance_profile"):
-            params["IamInstanceProfile"] = {"Name": self._get("iam_instance_profile")}
+        profile = self._get("iam_instance_profile")
+        if profile:
+            params["IamInstanceProfile"] = {"Arn" if profile.startswith("arn:") else "Name": profile}
         if self._get("request_spot_instance"):
             spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
             if self._get("spot_price"):
