@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print the shell commands that point docker, docker-py and docker-compose at a machine."""
         machine = common.machines().get(name)
-        if unset and ssh:
+        if unset and (ssh or machine.runtime.get("api") == "ssh"):
             forwarder.stop(machine.dir)
         variables = env_variables(machine, ssh=ssh, unset=unset, no_proxy=no_proxy)
         chosen = shell or shellenv.detect_shell()
