@@ -307,7 +307,8 @@ class _Extractor:
 
 def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo) as tar:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[arg-type]
+                          bufsize=COPY_CHUNK) as tar:
             for m in tar:
                 ex.member(tar, m)
     except tarfile.TarError as exc:

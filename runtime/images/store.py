@@ -945,7 +945,8 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict
     digests: Dict[str, str] = {}
     links: Dict[str, str] = {}
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=archive._GuardedTarInfo) as tar:
+        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=archive._GuardedTarInfo,
+                          bufsize=archive.COPY_CHUNK) as tar:
             for n, m in enumerate(tar):
                 name = "/".join(archive._clean_name(m.name, "archive"))
                 if m.isdir():

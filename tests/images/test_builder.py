@@ -11,6 +11,7 @@ import pytest
 from runtime.errors import InvalidParameter
 from runtime.images import dockerfile
 from runtime.images.builder import ImageView, build
+from runtime.images.store import ImageStore
 
 DOCKERFILE = b"""# syntax=docker/dockerfile:1
 ARG BASE=busybox:test
@@ -51,6 +52,14 @@ BUNDLE = _tar({"inner/x.txt": b"inner"}, gz=True)  # once: gzip headers carry th
 @pytest.fixture
 def base(store, busybox_tar):
     return store.import_tar(io.BytesIO(busybox_tar), "busybox:test")
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory, busybox_tar):
+    """One store with busybox for the error cases, which add no images."""
+    store = ImageStore(str(tmp_path_factory.mktemp("builder") / "store"))
+    store.import_tar(io.BytesIO(busybox_tar), "busybox:test")
+    return store
 
 
 def _context(dockerfile_text: bytes = DOCKERFILE, **extra) -> bytes:
@@ -140,7 +149,8 @@ def test_target_build_args_and_stage_contents(store, base):
     (b"RUN true\n", {}, "no build stage in current context"),
     (b"FROM busybox:test\n", {}, None),
 ])
-def test_build_errors_are_reported_in_band(store, base, tmp_path, text, extra, message):
+def test_build_errors_are_reported_in_band(shared_store, text, extra, message):
+    store = shared_store
     messages = list(build(store, io.BytesIO(_context(text, **extra))))
     errors = _errors(messages)
     if message is None:
@@ -151,9 +161,9 @@ def test_build_errors_are_reported_in_band(store, base, tmp_path, text, extra, m
     assert os.listdir(os.path.join(store.root, "tmp")) == []
 
 
-def test_hostile_context_is_refused(store, base):
+def test_hostile_context_is_refused(shared_store):
     context = _tar({"Dockerfile": b"FROM busybox:test\n", "../../outside": b"x"})
-    [error] = _errors(build(store, io.BytesIO(context)))
+    [error] = _errors(build(shared_store, io.BytesIO(context)))
     assert "escapes the layer" in error
 
 
