@@ -24,6 +24,7 @@ from drivers.nshost import Bridge, HostState, IsolatedHost
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
+HOST_START_TIMEOUT = 60.0  # sshd listens in a tenth of a second, but CI machines can be very busy
 STOPPED_STATES = {"stopping", "stopped"}
 GONE_STATES = {"shutting-down", "terminated"}
 
@@ -97,7 +98,7 @@ class DataPlane:
         if state in STOPPED_STATES and running:
             host.stop()
         elif state in ("pending", "running") and not running:
-            host.start()
+            host.start(timeout=HOST_START_TIMEOUT)
 
     def _boot(self, instance: dict[str, Any]) -> IsolatedHost:
         """A host for a newly launched instance, configured from its user data as cloud-init would."""

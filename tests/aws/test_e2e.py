@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from machines.machine import Machines
 
 from .conftest import NOTHING, World
@@ -21,6 +23,7 @@ def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -
     return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=240, env=os.environ)
 
 
+@pytest.mark.timeout(600)  # about 25 s on a quiet machine; provisioning twice can be slow on a busy one
 def test_docker_run_through_env_then_stop_start_rm(world: World, tmp_path: Path) -> None:
     store, name = tmp_path / "store", f"e2e-{os.getpid()}"
     # The test host's root is an overlay, so the runtime keeps its data on /data (as with the local driver).
