@@ -171,6 +171,7 @@ def prepare_root(spec: dict) -> None:
         if m.get("copy_up"):
             _copy_up(m["source"], rootfs, m["target"])
         _bind(m["source"], rootfs, m["target"], m["readonly"])
+    mkdir_in_root(rootfs, spec.get("cwd") or "/")  # WorkingDir exists even when the root turns read-only
     os.chdir(rootfs)
     sc.pivot_root(".", ".")
     sc.umount(".", sc.MNT_DETACH)

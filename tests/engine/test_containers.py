@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import tarfile
 import tempfile
@@ -12,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from runtime.engine.config import command_of, merge_config
 from runtime.errors import Conflict, InvalidParameter, NotModified
 from tests.engine.conftest import output, read_session, wait_for
 
@@ -377,3 +379,38 @@ def test_seccomp_refuses_new_user_namespaces_unless_unconfined(engine, run):
     engine.wait(unconfined)
     assert output(engine, confined) == "refused\n"
     assert output(engine, unconfined) == "allowed\n"
+
+
+def test_readonly_root_tmpfs_mounts_api_extra_hosts_dns_and_new_workdir(engine, run):
+    host_dir = tempfile.mkdtemp(prefix="engine-mounts-")
+    with open(os.path.join(host_dir, "marker"), "w") as f:
+        f.write("bound\n")
+    try:
+        cid = run(["sh", "-c", "pwd; touch /rootfile 2>/dev/null || echo ro-root; touch /scratch/x && echo tmpfs-rw;"
+                               "grep scratch /proc/mounts | cut -d' ' -f3; cat /in/marker; grep db /etc/hosts;"
+                               "grep nameserver /etc/resolv.conf"],
+                  WorkingDir="/srv/app",
+                  host={"ReadonlyRootfs": True, "Tmpfs": {"/scratch": "size=1m"},
+                        "Mounts": [{"Type": "bind", "Source": host_dir, "Target": "/in", "ReadOnly": True}],
+                        "ExtraHosts": ["db:10.1.2.3"], "Dns": ["10.9.9.9"]})
+        assert engine.wait(cid)["StatusCode"] == 0
+        assert output(engine, cid).splitlines() == ["/srv/app", "ro-root", "tmpfs-rw", "tmpfs", "bound",
+                                                    "10.1.2.3\tdb", "nameserver 10.9.9.9"]
+    finally:
+        shutil.rmtree(host_dir)
+
+
+def test_image_config_merges_with_the_request():
+    image = {"Entrypoint": ["/entry"], "Cmd": ["default"], "Env": ["A=1", "B=2"], "WorkingDir": "/w",
+             "User": "app", "Labels": {"x": "1"}, "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGQUIT"}
+    merged = merge_config({"Cmd": ["mine"], "Env": ["B=3", "C=4"], "Labels": {"y": "2"}, "ExposedPorts": {"53/udp": {}}},
+                          image)
+    assert command_of(merged) == ["/entry", "mine"]
+    assert merged["Env"] == ["A=1", "B=3", "C=4"]
+    assert (merged["WorkingDir"], merged["User"], merged["StopSignal"]) == ("/w", "app", "SIGQUIT")
+    assert merged["Labels"] == {"x": "1", "y": "2"} and set(merged["ExposedPorts"]) == {"80/tcp", "53/udp"}
+    own_entry = merge_config({"Entrypoint": ["/bin/sh"]}, image)
+    assert command_of(own_entry) == ["/bin/sh"]  # a new entrypoint drops the image's Cmd
+    assert command_of(merge_config({}, image)) == ["/entry", "default"]
+    with pytest.raises(InvalidParameter, match="no command"):
+        command_of(merge_config({}, {}))
