@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   python3 python3-venv openssh-server openssh-client iproute2 iptables e2fsprogs procps psmisc
-  busybox-static docker-compose docker-registry runc crun
+  busybox-static docker-compose docker-registry runc crun zstd
 )
 missing=()
 for package in "${packages[@]}"; do
