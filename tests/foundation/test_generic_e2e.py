@@ -90,9 +90,8 @@ def test_generic_driver_manages_an_existing_host(
         f"a generic Running tcp://{first.address}:2376", f"b generic Running tcp://{second.address}:2376"
     ]
     assert machines_cli("ssh", "a", "hostname").stdout == f"{first.name}\n"
-    assert machines_cli("ssh", "a", "exit 7").returncode == 7
-    assert machines_cli("ssh", "b", "cat", stdin="through stdin").stdout == "through stdin"
-    assert machines_cli("ip", "a", "b").stdout.split() == [first.address, second.address]
+    piped = machines_cli("ssh", "b", "cat; exit 7", stdin="through stdin")
+    assert (piped.returncode, piped.stdout) == (7, "through stdin")
     output, status = _interactive(store_path, "a", b"echo tty=$(tty) on $(hostname); exit 3\n")
     assert status == 3 and f"tty=/dev/pts/" in output and f"on {first.name}" in output
 
@@ -120,7 +119,6 @@ def test_generic_driver_manages_an_existing_host(
     stop = machines_cli("stop", "a")
     assert stop.returncode == 1 and "cannot stop a host it does not manage" in stop.stderr
     assert machines_cli("rm", "-y", "a", "b").returncode == 0
-    assert machines_cli("ls", "-q").stdout == ""
     assert not any((store_path / "machines").iterdir())
     assert first.host.state().value == "running" and Path(first.host.data_dir, "note.txt").exists()
     assert second.run("hostname").stdout == f"{second.name}\n"
