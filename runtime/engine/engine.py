@@ -11,6 +11,7 @@ import resource
 import secrets
 import shutil
 import signal as signals
+import stat
 import socket
 import subprocess
 import threading
@@ -219,6 +220,7 @@ class Engine:
         image = self.images.resolve(image_ref)
         host = host_config_defaults(body.get("HostConfig") or {})
         _ulimits(host.get("Ulimits") or [])  # refuse bad values at create, not at start
+        _devices(host)
         _size(host["LogConfig"]["Config"].get("max-size"))
         config = merge_config(body, (image.config or {}).get("config") or {})
         config["Image"] = image_ref
@@ -393,7 +395,7 @@ class Engine:
             "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "", "tty": bool(cfg.get("Tty")),
             "open_stdin": bool(cfg.get("OpenStdin")), "stdin_once": bool(cfg.get("StdinOnce")),
             "etc": {"hosts": c.file("hosts"), "hostname": c.file("hostname"), "resolv.conf": c.file("resolv.conf")},
-            "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")),
+            "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")), "devices": _devices(host),
             "seccomp": not host.get("Privileged") and not any(
                 opt.replace(":", "=") == "seccomp=unconfined" for opt in host.get("SecurityOpt") or []),
             "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
@@ -424,7 +426,8 @@ class Engine:
         try:
             cg = cgroups.open_cgroup("machines/" + c.id)
             cg.remove()
-            cg.create(host)
+            cg.create(dict(host, DeviceRules=["%(type)s %(major)d:%(minor)d %(perms)s" % d
+                                              for d in _devices(host)]))
         except OSError as e:
             raise HostError("failed to set up the container's cgroup: %s" % e)
         self._write_etc(c, kind)
@@ -1311,6 +1314,25 @@ class Engine:
     def events(self, since: Optional[float] = None, until: Optional[float] = None,
                filters: Optional[dict] = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
+
+
+def _devices(host: dict) -> List[dict]:
+    """HostConfig.Devices (``--device /dev/fuse[:/dev/x[:rwm]]``) as nodes to make and cgroup rules."""
+    out = []
+    for item in host.get("Devices") or []:
+        source = item.get("PathOnHost") or ""
+        try:
+            st = os.stat(source)
+        except OSError as e:
+            raise InvalidParameter("error gathering device information while adding custom device %r: %s"
+                                   % (source, e.strerror))
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise InvalidParameter("error gathering device information while adding custom device %r: not a "
+                                   "device node" % source)
+        out.append({"path": item.get("PathInContainer") or source, "type": "c" if stat.S_ISCHR(st.st_mode)
+                    else "b", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                    "perms": item.get("CgroupPermissions") or "rwm"})
+    return out
 
 
 def _size(text: Optional[str]) -> int:

@@ -179,7 +179,7 @@ class CgroupV1(Cgroup):
         devices = self.path("devices")
         if devices and not resources.get("Privileged"):
             _write(os.path.join(devices, "devices.deny"), "a")
-            for rule in DEFAULT_DEVICE_RULES:
+            for rule in DEFAULT_DEVICE_RULES + tuple(resources.get("DeviceRules") or ()):
                 _write(os.path.join(devices, "devices.allow"), rule)
         pids = self.path("pids")
         limit_pids = resources.get("PidsLimit") or 0

@@ -163,6 +163,13 @@ def prepare_root(spec: dict) -> None:
         sc.mount(None, sys_dir, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
     for name, source in spec["etc"].items():
         _bind(source, rootfs, "/etc/" + name, False, recursive=False)
+    for dev in spec.get("devices") or []:  # --device: the node itself; the devices cgroup allows its use
+        mkdir_in_root(rootfs, os.path.dirname(dev["path"]))
+        node = secure_join(rootfs, dev["path"])
+        if os.path.lexists(node):
+            os.unlink(node)
+        os.mknod(node, 0o666 | (stat.S_IFBLK if dev["type"] == "b" else stat.S_IFCHR),
+                 os.makedev(dev["major"], dev["minor"]))
     for m in spec["mounts"]:
         if m["type"] == "tmpfs":
             target = mkdir_in_root(rootfs, m["target"])

@@ -414,3 +414,19 @@ def test_image_config_merges_with_the_request():
     assert command_of(merge_config({}, image)) == ["/entry", "default"]
     with pytest.raises(InvalidParameter, match="no command"):
         command_of(merge_config({}, {}))
+
+
+def test_device_option_makes_a_host_device_usable(engine, run):
+    source = next((d for d in ("/dev/fuse", "/dev/loop-control", "/dev/kvm") if os.path.exists(d)), None)
+    assert source, "the test needs one of /dev/fuse, /dev/loop-control, /dev/kvm on the host"
+    major, minor = os.major(os.stat(source).st_rdev), os.minor(os.stat(source).st_rdev)
+    probe = "exec 3<>/dev/probe && echo opened"
+    without = run(["sh", "-c", "mknod /dev/probe c %d %d; %s" % (major, minor, probe)])
+    granted = run(["sh", "-c", probe], host={"Devices": [{"PathOnHost": source, "PathInContainer": "/dev/probe",
+                                                          "CgroupPermissions": "rwm"}]})
+    engine.wait(without)
+    engine.wait(granted)
+    assert "opened" not in output(engine, without)
+    assert output(engine, granted) == "opened\n"
+    with pytest.raises(InvalidParameter, match="not a device node"):
+        run(["true"], host={"Devices": [{"PathOnHost": "/etc/hostname", "PathInContainer": "/dev/x"}]})
