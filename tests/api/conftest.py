@@ -135,6 +135,17 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(10)
 
 
+def free_subnet(second_octet: int) -> str:
+    """A ``10.<second_octet>.N.0/24`` no route of the host uses yet, starting from one that depends on our pid, so
+    parallel workers (and the other areas' bridges) do not collide."""
+    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    for attempt in range(250):
+        candidate = "10.%d.%d." % (second_octet, (os.getpid() + attempt) % 250)
+        if candidate not in routes:
+            return candidate + "0/24"
+    raise RuntimeError("no free 10.%d.N.0/24 subnet" % second_octet)
+
+
 def _link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
@@ -146,7 +157,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
     socket_path = root / "docker.sock"
     pid = os.getpid()
     bridge = "apib%d" % (pid % 100000)
-    subnet = "10.%d.%d.0/24" % (200 + pid % 50, (pid // 50) % 250)
+    subnet = free_subnet(198)
     process = start_daemon(root, [
         "--host", "unix://%s" % socket_path, "--host", "tcp://127.0.0.1:0", "--tlsverify",
         "--tlscacert", str(pki["ca"]), "--tlscert", str(pki["server-cert"]), "--tlskey", str(pki["server-key"]),

@@ -12,7 +12,7 @@ from pathlib import Path
 from bootstrap.bundle import build
 from runtime.api import openapi
 
-from .conftest import REPO
+from .conftest import REPO, free_subnet
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -24,7 +24,7 @@ def test_zipapp_daemon_pidfile_and_sigterm(tmp_path: Path) -> None:
     sock, pidfile = tmp_path / "d.sock", tmp_path / "d.pid"
     argv = [SYSTEM_PYTHON, str(bundle.path), "daemon", "--data-root", str(tmp_path / "data"), "--exec-root",
             str(tmp_path / "exec"), "--host", "unix://%s" % sock, "--pidfile", str(pidfile),
-            "--bridge-name", "apiz%d" % (os.getpid() % 100000), "--bridge-subnet", "10.251.%d.0/24" % (os.getpid() % 250)]
+            "--bridge-name", "apiz%d" % (os.getpid() % 100000), "--bridge-subnet", free_subnet(197)]
     log = tmp_path / "log"
     process = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
