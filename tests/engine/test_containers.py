@@ -180,9 +180,10 @@ def test_stop_kill_pause_restart_rename(engine, run):
 
 
 def test_init_reaps_and_forwards_signals(engine, run):
-    cid = run(["sh", "-c", "cat /proc/1/comm; sleep 30"], host={"Init": True})
-    wait_for(lambda: output(engine, cid) != "", what="output")
-    assert output(engine, cid) == "init\n"
+    cid = run(["sh", "-c", "cat /proc/1/comm; (sleep 0.1 &); sleep 0.6;"
+                           "grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l; sleep 30"], host={"Init": True})
+    wait_for(lambda: len(output(engine, cid).split()) == 2, what="output")
+    assert output(engine, cid).split() == ["init", "0"]  # the orphaned sleep was reaped by init
     started = time.monotonic()
     engine.stop(cid, timeout=10)
     assert time.monotonic() - started < 5
