@@ -111,7 +111,13 @@ for p in {candidates}; do
 done
 for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
 [ -d /run/systemd/system ] && echo "systemd=1"
-d=$(command -v docker 2>/dev/null) && [ -f "$d" ] && {{ if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then echo docker=shim; sha256sum "$d" | awk '{{ print "sum=" $2 " " $1 }}'; else echo "docker=$d"; fi; }}
+if d=$(command -v docker 2>/dev/null) && [ -f "$d" ]; then
+  if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then
+    echo docker=shim; sha256sum "$d" | awk '{{ print "sum=" $2 " " $1 }}'
+  else
+    echo "docker=$d"
+  fi
+fi
 echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
 sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
@@ -345,7 +351,10 @@ class Provisioner:
     def install_service(self) -> None:
         assert self.facts is not None
         config = service.DaemonConfig(python=self._python(), data_root=self.data_root, api=self.api)
-        files = [(service.LAUNCHER_PATH, service.launcher(config), True), (service.CONTROL_PATH, service.control_script(), False)]
+        files = [  # (path, content, whether a change needs a daemon restart)
+            (service.LAUNCHER_PATH, service.launcher(config), True),
+            (service.CONTROL_PATH, service.control_script(), False),
+        ]
         if self.facts.values.get("systemd"):
             files.append((service.UNIT_PATH, service.systemd_unit(), True))
         docker = self.facts.values.get("docker")
