@@ -477,10 +477,9 @@ class AWSDriver(Driver):
             self.pre_create_check()
         self.config["machine_id"] = self.config.get("machine_id") or uuid.uuid4().hex
         self._import_key_pair(ledger)
-        groups = list(self._get("security_group_ids") or [])
-        if not groups:
-            groups.append(self._create_security_group(ledger))
-        self._launch(ledger, groups)
+        if not self._get("security_group_ids"):
+            self.config["security_group_ids"] = [self._create_security_group(ledger)]
+        self._launch(ledger, self._get("security_group_ids"))
         self._wait_for_state("running")
 
     def _tag_spec(self, resource_type: str) -> dict[str, Any]:
@@ -496,16 +495,19 @@ class AWSDriver(Driver):
             return
         with open(self.ssh_key_path + ".pub", "rb") as handle:
             material = handle.read()
+        # Recorded before the call, like every step: a Ctrl-C while EC2 answers must not leak what it made.
+        self.config["created_key_pair"] = self.resource_name
+        ledger.record(f"EC2 key pair {self.resource_name}", self._delete_key_pair)
         self._call(
             "import_key_pair",
             KeyName=self.resource_name,
             PublicKeyMaterial=material,
             TagSpecifications=[self._tag_spec("key-pair")],
         )
-        self.config["created_key_pair"] = self.resource_name
-        ledger.record(f"EC2 key pair {self.resource_name}", self._delete_key_pair)
 
     def _create_security_group(self, ledger: Ledger) -> str:
+        self.config["created_security_group"] = self.resource_name
+        ledger.record(f"EC2 security group {self.resource_name}", self._delete_security_group)
         group_id = self._call(
             "create_security_group",
             GroupName=self.resource_name,
@@ -513,8 +515,6 @@ class AWSDriver(Driver):
             VpcId=self._get("vpc_id"),
             TagSpecifications=[self._tag_spec("security-group")],
         )["GroupId"]
-        self.config["created_security_group"] = group_id
-        ledger.record(f"EC2 security group {group_id}", self._delete_security_group)
         cidrs = self._get("allow_cidr") or []
         if not cidrs:
             log.warning("%s: SSH%s open to anywhere; restrict with --aws-allow-cidr", self.machine_name,
@@ -637,18 +637,30 @@ class AWSDriver(Driver):
         self._wait(f"key pair {name} to be deleted", gone)
         self.config.pop("created_key_pair", None)
 
+    def _our_security_groups(self) -> list[str]:
+        """Ids of the group we created, found by name and machines:id tag (its id may never have reached us)."""
+        name = self._get("created_security_group")
+        if not name or not self._get("machine_id"):
+            return []
+        groups = self._call(
+            "describe_security_groups",
+            Filters=[
+                {"Name": "group-name", "Values": [name]},
+                {"Name": "tag:machines:id", "Values": [self._get("machine_id")]},
+            ],
+        )["SecurityGroups"]
+        return [group["GroupId"] for group in groups]
+
     def _delete_security_group(self) -> None:
         """Delete our group; EC2 refuses (DependencyViolation) while a terminating instance still holds it."""
-        group_id = self._get("created_security_group")
-        if not group_id:
-            return
+        for group_id in self._our_security_groups():
 
-        def deleted() -> bool:
-            if self._call_unless(GONE_CODES + ("DependencyViolation",), "delete_security_group", GroupId=group_id):
-                return True
-            return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
+            def deleted() -> bool:
+                if self._call_unless(GONE_CODES + ("DependencyViolation",), "delete_security_group", GroupId=group_id):
+                    return True
+                return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
 
-        self._wait(f"security group {group_id} to be deleted", deleted)
+            self._wait(f"security group {group_id} to be deleted", deleted)
         self.config.pop("created_security_group", None)
 
     def remove(self) -> None:

@@ -45,7 +45,7 @@ def test_create_then_remove_leaves_nothing(cloud: MotoCloud, tmp_path: Path) -> 
 
     assert ledger.descriptions() == [
         f"EC2 key pair machines-{driver.machine_name}",
-        f"EC2 security group {driver.config['created_security_group']}",
+        f"EC2 security group machines-{driver.machine_name}",
         f"EC2 instance of {driver.machine_name}",
     ]
     assert driver.state() is State.RUNNING
@@ -55,7 +55,7 @@ def test_create_then_remove_leaves_nothing(cloud: MotoCloud, tmp_path: Path) -> 
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     assert instance["KeyName"] == f"machines-{driver.machine_name}"
     # only SSH and the TLS API port, only from the allowed source
-    assert ingress(cloud, driver.config["created_security_group"]) == {(22, "198.51.100.0/24"), (2376, "198.51.100.0/24")}
+    assert ingress(cloud, driver.config["security_group_ids"][0]) == {(22, "198.51.100.0/24"), (2376, "198.51.100.0/24")}
     # the host key the first SSH connection will pin is the one handed to cloud-init
     user_data = cloud.client.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
     assert driver.initial_host_key().startswith("ssh-ed25519 ")
@@ -72,7 +72,7 @@ def test_ssh_api_mode_opens_only_ssh_and_asked_ports(cloud: MotoCloud, tmp_path:
     (tmp_path / "config.json").write_text(json.dumps({"host_options": {"api": "ssh"}}))  # machines create --api ssh
     driver = make_driver(cloud, tmp_path, open_port=["8080", "53/udp"])
     created(driver)
-    assert ingress(cloud, driver.config["created_security_group"]) == {
+    assert ingress(cloud, driver.config["security_group_ids"][0]) == {
         (22, "0.0.0.0/0"), (8080, "0.0.0.0/0"), (53, "0.0.0.0/0")
     }
     assert "open to anywhere; restrict with --aws-allow-cidr" in caplog.text
@@ -146,11 +146,12 @@ def test_instance_terminated_outside_shows_not_found_and_rm_cleans_the_rest(clou
     assert cloud.leftovers() == NOTHING
 
 
-# Each ledger step fails in turn, then the moment just after RunInstances answered (the instance exists but its id
-# is not yet known to us) is interrupted with Ctrl-C.
+# Each ledger step fails in turn; Ctrl-C also comes just after EC2 made a resource, before its answer reached us.
 FAULTS = [
     ("before-call.ec2.ImportKeyPair", RuntimeError("injected")),
+    ("after-call.ec2.ImportKeyPair", KeyboardInterrupt()),
     ("before-call.ec2.CreateSecurityGroup", RuntimeError("injected")),
+    ("after-call.ec2.CreateSecurityGroup", KeyboardInterrupt()),
     ("before-call.ec2.AuthorizeSecurityGroupIngress", RuntimeError("injected")),
     ("before-call.ec2.RunInstances", RuntimeError("injected")),
     ("after-call.ec2.RunInstances", KeyboardInterrupt()),
