@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
 from bootstrap import service
-from machines.errors import MachinesError, ProvisionError, SSHError
+from machines.errors import MachinesError, ProvisionError, SSHError, StateError
 from machines.progress import Progress
 from machines.ssh import Connection, Result
 
@@ -558,4 +558,6 @@ def upgrade(machine: Machine, progress: Progress | None = None, *, bundle: bundl
 
 def regenerate_certs(machine: Machine, progress: Progress | None = None) -> None:
     """Issue a new server certificate for the current addresses, install it and restart the runtime."""
+    if (machine.record.get("host_options") or {}).get("api") == "ssh":
+        raise StateError(f"machine {machine.name!r} has no TLS API (created with --api ssh): it has no certificate")
     provision(machine, progress, new_server_cert=True)
