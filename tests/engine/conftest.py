@@ -10,11 +10,11 @@ import tarfile
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
-from runtime.engine import Engine
+from runtime.engine import Engine, Session
 from runtime.errors import EngineError
 from runtime.linux import cgroups
 
@@ -84,13 +84,16 @@ def engine(busybox_tar: bytes) -> Iterator[Engine]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+Runner = Callable[..., str]
+
+
 @pytest.fixture
-def run(engine: Engine) -> Iterator[Callable[..., str]]:
+def run(engine: Engine) -> Iterator[Runner]:
     """``run(cmd, **config)`` creates and starts a busybox container (network none unless told) and returns its
     id; every container made through it is removed after the test."""
     made: List[str] = []
 
-    def start(cmd: List[str], host: dict = None, start: bool = True, **config: object) -> str:
+    def start(cmd: List[str], host: Optional[dict] = None, start: bool = True, **config: object) -> str:
         host_config = {"NetworkMode": "none"}
         host_config.update(host or {})
         body = {"Image": "busybox", "Cmd": cmd, "HostConfig": host_config}
@@ -125,7 +128,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError("timed out waiting for " + what)
 
 
-def read_session(session) -> bytes:  # type: ignore[no-untyped-def]
+def read_session(session: Session) -> bytes:
     out = b""
     while True:
         chunk = session.read()

@@ -37,7 +37,7 @@ def _ticks(fd: int, wait: float) -> int:
 
 
 @pytest.mark.parametrize("kind", ["host", "v2"])
-def test_group_membership_freeze_kill_and_removal(kind):
+def test_group_membership_freeze_kill_and_removal(kind: str) -> None:
     name = "machines/test-%d-%s" % (os.getpid(), kind)
     if kind == "v2":
         if not os.path.exists(os.path.join(UNIFIED, "cgroup.controllers")):

@@ -13,12 +13,13 @@ import urllib.request
 
 import pytest
 
+from runtime.engine import Engine
 from runtime.engine.config import command_of, merge_config
 from runtime.errors import Conflict, InvalidParameter, NotModified
-from tests.engine.conftest import output, read_session, wait_for
+from tests.engine.conftest import Runner, output, read_session, wait_for
 
 
-def test_container_has_its_own_pid_1_hostname_mounts_and_network(engine, run):
+def test_container_has_its_own_pid_1_hostname_mounts_and_network(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "echo pid=$$; hostname; ls /sys/class/net; grep ' / ' /proc/mounts | cut -d' ' -f3;"
                            "test -e /work && echo host-visible; id -u; cat /etc/hostname; ls /dev"],
               Hostname="box1")
@@ -30,7 +31,7 @@ def test_container_has_its_own_pid_1_hostname_mounts_and_network(engine, run):
     assert {"null", "zero", "urandom", "pts", "shm", "ptmx"} <= set(lines[6:])
 
 
-def test_capabilities_are_docker_defaults_unless_privileged(engine, run):
+def test_capabilities_are_docker_defaults_unless_privileged(engine: Engine, run: Runner) -> None:
     plain = run(["sh", "-c", "grep CapEff /proc/self/status"])
     privileged = run(["sh", "-c", "grep CapEff /proc/self/status"], host={"Privileged": True})
     engine.wait(plain)
@@ -39,7 +40,7 @@ def test_capabilities_are_docker_defaults_unless_privileged(engine, run):
     assert int(output(engine, privileged).split()[1], 16) > 0xa80425fb
 
 
-def test_memory_hog_is_oom_killed_and_reported(engine, run):
+def test_memory_hog_is_oom_killed_and_reported(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"],
               host={"Memory": 16 * 1024 * 1024, "MemorySwap": 16 * 1024 * 1024})
     assert engine.wait(cid)["StatusCode"] == 137
@@ -47,7 +48,7 @@ def test_memory_hog_is_oom_killed_and_reported(engine, run):
     assert state["OOMKilled"] is True and state["Status"] == "exited"
 
 
-def test_fork_bomb_stops_at_the_pid_limit(engine, run):
+def test_fork_bomb_stops_at_the_pid_limit(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); echo $i; done; wait"],
               host={"PidsLimit": 12})
     assert engine.wait(cid)["StatusCode"] != 0  # the shell gives up when fork fails
@@ -56,7 +57,7 @@ def test_fork_bomb_stops_at_the_pid_limit(engine, run):
     assert 5 <= forked < 12  # the shell itself is one of the 12
 
 
-def test_logs_streams_tail_timestamps_and_follow(engine, run):
+def test_logs_streams_tail_timestamps_and_follow(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "echo one; echo two >&2; echo three"])
     engine.wait(cid)
     items = list(engine.logs(cid, follow=False, stdout=True, stderr=True))
@@ -75,7 +76,7 @@ def test_logs_streams_tail_timestamps_and_follow(engine, run):
     assert time.monotonic() - started >= 0.3
 
 
-def test_exec_exit_code_env_user_tty_and_errors(engine, run):
+def test_exec_exit_code_env_user_tty_and_errors(engine: Engine, run: Runner) -> None:
     cid = run(["sleep", "30"], Env=["BASE=1"])
     eid = engine.exec_create(cid, {"Cmd": ["sh", "-c", "echo $BASE$FOO; pwd; id -u; exit 3"], "Env": ["FOO=bar"],
                                    "WorkingDir": "/tmp", "User": "nobody", "AttachStdout": True})
@@ -102,7 +103,7 @@ def test_exec_exit_code_env_user_tty_and_errors(engine, run):
     assert read_session(session) == b"piped\n"
 
 
-def test_tty_container_with_console_size_and_stdin_attach(engine, run):
+def test_tty_container_with_console_size_and_stdin_attach(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "tty; stty size"], Tty=True, host={"ConsoleSize": [30, 100]})
     engine.wait(cid)
     assert output(engine, cid).split() == ["/dev/pts/0", "30", "100"]
@@ -116,7 +117,7 @@ def test_tty_container_with_console_size_and_stdin_attach(engine, run):
     assert engine.wait(cat)["StatusCode"] == 0
 
 
-def test_named_volume_survives_and_ro_bind_is_read_only(engine, run):
+def test_named_volume_survives_and_ro_bind_is_read_only(engine: Engine, run: Runner) -> None:
     name = "vol-%d" % os.getpid()
     writer = run(["sh", "-c", "echo kept > /data/file"], host={"Binds": ["%s:/data" % name]})
     assert engine.wait(writer)["StatusCode"] == 0
@@ -142,7 +143,7 @@ def test_named_volume_survives_and_ro_bind_is_read_only(engine, run):
         os.rmdir(host_dir)
 
 
-def test_start_errors_use_docker_wording(engine, run):
+def test_start_errors_use_docker_wording(engine: Engine, run: Runner) -> None:
     cid = run(["no-such-command"], start=False)
     with pytest.raises(InvalidParameter, match="executable file not found in \\$PATH"):
         engine.start(cid)
@@ -154,7 +155,7 @@ def test_start_errors_use_docker_wording(engine, run):
     assert engine.inspect_container(denied)["State"]["ExitCode"] == 126
 
 
-def test_stop_kill_pause_restart_rename(engine, run):
+def test_stop_kill_pause_restart_rename(engine: Engine, run: Runner) -> None:
     cid = run(["sleep", "30"])
     engine.pause(cid)
     assert engine.inspect_container(cid)["State"]["Status"] == "paused"
@@ -179,7 +180,7 @@ def test_stop_kill_pause_restart_rename(engine, run):
     assert engine.inspect_container(cid)["State"]["ExitCode"] == 137
 
 
-def test_init_reaps_and_forwards_signals(engine, run):
+def test_init_reaps_and_forwards_signals(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "cat /proc/1/comm; (sleep 0.1 &); sleep 0.6;"
                            "grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l; sleep 30"], host={"Init": True})
     wait_for(lambda: len(output(engine, cid).split()) == 2, what="output")
@@ -190,7 +191,7 @@ def test_init_reaps_and_forwards_signals(engine, run):
     assert engine.inspect_container(cid)["State"]["ExitCode"] == 143
 
 
-def test_restart_policies(engine, run):
+def test_restart_policies(engine: Engine, run: Runner) -> None:
     failing = run(["sh", "-c", "exit 3"], host={"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}})
     wait_for(lambda: engine.inspect_container(failing)["RestartCount"] == 2
              and not engine.inspect_container(failing)["State"]["Running"]
@@ -208,7 +209,7 @@ def test_restart_policies(engine, run):
     assert engine.inspect_container(always)["RestartCount"] == count
 
 
-def test_wait_conditions_and_auto_remove(engine, run):
+def test_wait_conditions_and_auto_remove(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "exit 4"], start=False, host={"AutoRemove": True})
     results = {}
     waiter = threading.Thread(target=lambda: results.update(engine.wait(cid, "removed")))
@@ -228,7 +229,7 @@ def test_wait_conditions_and_auto_remove(engine, run):
     assert engine.wait(later, "not-running")["StatusCode"] == 5
 
 
-def test_archive_put_get_head_export_top_stats(engine, run):
+def test_archive_put_get_head_export_top_stats(engine: Engine, run: Runner) -> None:
     cid = run(["sleep", "30"])
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -256,7 +257,7 @@ def test_archive_put_get_head_export_top_stats(engine, run):
     assert "bin/busybox" in names and "tmp/dir/hello.txt" in names
 
 
-def test_events_follow_the_lifecycle(engine, run):
+def test_events_follow_the_lifecycle(engine: Engine, run: Runner) -> None:
     since = time.time()
     cid = run(["sh", "-c", "exit 2"])
     engine.wait(cid)
@@ -268,7 +269,7 @@ def test_events_follow_the_lifecycle(engine, run):
     assert seen[2][1] == "2"
 
 
-def test_bad_requests_are_refused(engine, run):
+def test_bad_requests_are_refused(engine: Engine, run: Runner) -> None:
     with pytest.raises(InvalidParameter):
         engine.create_container({"Image": "busybox", "Cmd": ["true"], "HostConfig": {"RestartPolicy": {
             "Name": "always"}, "AutoRemove": True}})
@@ -283,7 +284,7 @@ def test_bad_requests_are_refused(engine, run):
         engine.remove(first)
 
 
-def test_user_groups_and_image_content_copied_into_a_new_volume(engine, run):
+def test_user_groups_and_image_content_copied_into_a_new_volume(engine: Engine, run: Runner) -> None:
     cid = run(["id"], User="app")
     engine.wait(cid)
     assert output(engine, cid).strip() == "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"
@@ -295,7 +296,7 @@ def test_user_groups_and_image_content_copied_into_a_new_volume(engine, run):
     engine.volumes.remove(name)
 
 
-def test_exec_refused_while_paused(engine, run):
+def test_exec_refused_while_paused(engine: Engine, run: Runner) -> None:
     cid = run(["sleep", "30"])
     engine.pause(cid)
     try:
@@ -305,7 +306,7 @@ def test_exec_refused_while_paused(engine, run):
         engine.unpause(cid)
 
 
-def test_bridge_network_with_a_published_port(engine, run):
+def test_bridge_network_with_a_published_port(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "mkdir /www && echo served > /www/index.html && exec httpd -f -p 80 -h /www"],
               host={"NetworkMode": "bridge", "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}},
               ExposedPorts={"80/tcp": {}})
@@ -327,7 +328,7 @@ def test_bridge_network_with_a_published_port(engine, run):
     assert not fetch()
 
 
-def test_resize_reaches_the_container_tty_and_prune_removes_stopped(engine, run):
+def test_resize_reaches_the_container_tty_and_prune_removes_stopped(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "sleep 0.5; stty size"], Tty=True)
     engine.resize(cid, 40, 120)
     engine.wait(cid)
@@ -341,7 +342,7 @@ def test_resize_reaches_the_container_tty_and_prune_removes_stopped(engine, run)
     assert engine.prune_containers(filters={"label": ["suite=" + label]})["ContainersDeleted"] == [stopped]
 
 
-def test_ulimits_sysctls_extra_groups_and_host_namespaces(engine, run):
+def test_ulimits_sysctls_extra_groups_and_host_namespaces(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "ulimit -n; cat /proc/sys/net/ipv4/ip_forward; id -G; echo $$; hostname"],
               host={"Ulimits": [{"Name": "nofile", "Soft": 321, "Hard": 654}],
                     "Sysctls": {"net.ipv4.ip_forward": "1"}, "GroupAdd": ["extra", "3000"],
@@ -354,14 +355,14 @@ def test_ulimits_sysctls_extra_groups_and_host_namespaces(engine, run):
         run(["true"], host={"Ulimits": [{"Name": "bogus", "Soft": 1, "Hard": 1}]})
 
 
-def test_device_nodes_beyond_the_default_list_are_unusable(engine, run):
+def test_device_nodes_beyond_the_default_list_are_unusable(engine: Engine, run: Runner) -> None:
     cid = run(["sh", "-c", "mknod /tmp/disk b 8 0 && head -c1 /tmp/disk; echo rc=$?; head -c1 /dev/zero | wc -c"])
     engine.wait(cid)
     text = output(engine, cid, stdout=True, stderr=True)
     assert "rc=1" in text and "Operation not permitted" in text and text.strip().endswith("1")
 
 
-def test_log_rotation_keeps_max_file_files_and_follow_crosses_rotations(engine, run):
+def test_log_rotation_keeps_max_file_files_and_follow_crosses_rotations(engine: Engine, run: Runner) -> None:
     rotate = {"LogConfig": {"Type": "json-file", "Config": {"max-size": "2k", "max-file": "3"}}}
     cid = run(["sh", "-c", "for i in $(seq 120); do echo line$i; sleep 0.01; done"], host=rotate)
     followed = [d for _, d in engine.logs(cid, follow=True, stdout=True, stderr=True)]
@@ -372,7 +373,7 @@ def test_log_rotation_keeps_max_file_files_and_follow_crosses_rotations(engine, 
     assert os.path.exists(log_path + ".2") and not os.path.exists(log_path + ".3")
 
 
-def test_seccomp_refuses_new_user_namespaces_unless_unconfined(engine, run):
+def test_seccomp_refuses_new_user_namespaces_unless_unconfined(engine: Engine, run: Runner) -> None:
     confined = run(["sh", "-c", "unshare -U true && echo allowed || echo refused"])
     unconfined = run(["sh", "-c", "unshare -U true && echo allowed || echo refused"],
                      host={"SecurityOpt": ["seccomp=unconfined"]})
@@ -382,7 +383,7 @@ def test_seccomp_refuses_new_user_namespaces_unless_unconfined(engine, run):
     assert output(engine, unconfined) == "allowed\n"
 
 
-def test_readonly_root_tmpfs_mounts_api_extra_hosts_dns_and_new_workdir(engine, run):
+def test_readonly_root_tmpfs_mounts_api_extra_hosts_dns_and_new_workdir(engine: Engine, run: Runner) -> None:
     host_dir = tempfile.mkdtemp(prefix="engine-mounts-")
     with open(os.path.join(host_dir, "marker"), "w") as f:
         f.write("bound\n")
@@ -401,7 +402,7 @@ def test_readonly_root_tmpfs_mounts_api_extra_hosts_dns_and_new_workdir(engine, 
         shutil.rmtree(host_dir)
 
 
-def test_image_config_merges_with_the_request():
+def test_image_config_merges_with_the_request() -> None:
     image = {"Entrypoint": ["/entry"], "Cmd": ["default"], "Env": ["A=1", "B=2"], "WorkingDir": "/w",
              "User": "app", "Labels": {"x": "1"}, "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGQUIT"}
     merged = merge_config({"Cmd": ["mine"], "Env": ["B=3", "C=4"], "Labels": {"y": "2"}, "ExposedPorts": {"53/udp": {}}},
@@ -417,7 +418,7 @@ def test_image_config_merges_with_the_request():
         command_of(merge_config({}, {}))
 
 
-def test_device_option_makes_a_host_device_usable(engine, run):
+def test_device_option_makes_a_host_device_usable(engine: Engine, run: Runner) -> None:
     source = next((d for d in ("/dev/fuse", "/dev/loop-control", "/dev/kvm") if os.path.exists(d)), None)
     assert source, "the test needs one of /dev/fuse, /dev/loop-control, /dev/kvm on the host"
     major, minor = os.major(os.stat(source).st_rdev), os.minor(os.stat(source).st_rdev)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from runtime.engine import Engine
 from runtime.linux import syscalls
@@ -39,7 +40,7 @@ DAEMON = textwrap.dedent("""
 """)
 
 
-def test_sigkill_of_the_daemon_loses_nothing(busybox_tar, tmp_path):
+def test_sigkill_of_the_daemon_loses_nothing(busybox_tar: bytes, tmp_path: Path) -> None:
     base, data, run = make_roots()
     image = tmp_path / "busybox.tar"
     image.write_bytes(busybox_tar)
