@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import re
 import select
 import subprocess
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -274,5 +276,30 @@ def test_diff_and_commit(daemon: Daemon, image: str, name: str) -> None:
     assert image_id.startswith("sha256:")
     assert daemon.out("inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name) == "true false\n"
     assert daemon.out("run", "--rm", committed) == "data\n1\n"
+    exported = daemon.docker("export", name, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(exported)) as archive:
+        assert archive.extractfile("made").read() == b"data\n"
     daemon.out("rm", "-f", name)
     daemon.out("rmi", committed)
+
+
+def test_pause_rename_restart_events_prune(daemon: Daemon, image: str, name: str) -> None:
+    since = str(int(time.time()) - 1)
+    container = daemon.out("run", "-d", "--name", name, image, "sleep", "300").strip()
+    assert daemon.out("pause", name) == name + "\n"
+    assert daemon.out("ps", "--filter", "name=" + name, "--format", "{{.Status}}").endswith("(Paused)\n")
+    assert daemon.docker("exec", name, "true").returncode == 1  # Docker refuses exec in a paused container
+    daemon.out("unpause", name)
+    renamed = name + "-renamed"
+    daemon.out("rename", name, renamed)
+    before = daemon.out("inspect", "-f", "{{.State.StartedAt}}", renamed)
+    daemon.out("restart", "-t", "1", renamed)
+    assert daemon.out("inspect", "-f", "{{.State.Running}}", renamed) == "true\n"
+    assert daemon.out("inspect", "-f", "{{.State.StartedAt}}", renamed) != before
+    daemon.out("stop", "-t", "1", renamed)
+    until = str(int(time.time()) + 1)
+    actions = daemon.out("events", "--since", since, "--until", until, "--filter", "container=" + container,
+                         "--format", "{{.Action}}").split()
+    assert actions[:4] == ["create", "start", "pause", "unpause"] and "rename" in actions and "die" in actions
+    pruned = daemon.out("container", "prune", "-f", "--filter", "label!=keep")
+    assert renamed not in daemon.out("ps", "-a", "--format", "{{.Names}}").split() and "Total reclaimed" in pruned
