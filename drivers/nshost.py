@@ -325,6 +325,20 @@ class Bridge:
         return _link_exists(self.name)
 
 
+def hold_free_bridge(name: str, base: str = "10.213", first: int = 16, seed: int = 0) -> Bridge:
+    """Hold a bridge named ``name`` on the first ``<base>.N.0/24`` (N >= first, starting at ``seed``) that no
+    interface of the machine uses: for tests and benchmarks that must not meet each other's hosts."""
+    span = 256 - first
+    for attempt in range(span):
+        bridge = Bridge(name, f"{base}.{first + (seed + attempt) % span}.1/24")
+        try:
+            bridge.hold()
+        except SubnetInUseError:
+            continue
+        return bridge
+    raise NsHostError(f"no free {base}.N.0/24 subnet for bridge {name}")
+
+
 # -- one host --------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass

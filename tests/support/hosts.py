@@ -23,7 +23,7 @@ from typing import Iterator
 
 import paramiko
 
-from drivers.nshost import Bridge, HostRecord, IsolatedHost, SubnetInUseError, generate_host_key
+from drivers.nshost import Bridge, HostRecord, IsolatedHost, generate_host_key, hold_free_bridge
 
 FIRST_TEST_SUBNET = 16
 
@@ -36,16 +36,7 @@ def unique_name(prefix: str = "h") -> str:
 def worker_bridge(worker: str) -> Bridge:
     """Hold a bridge for this process on the first 10.213.N.0/24 that no interface of the machine uses."""
     seed = zlib.crc32(f"{worker}-{os.getpid()}".encode())
-    name = f"mt{seed % 10**8:08d}"
-    span = 256 - FIRST_TEST_SUBNET
-    for attempt in range(span):
-        bridge = Bridge(name, f"10.213.{FIRST_TEST_SUBNET + (seed + attempt) % span}.1/24")
-        try:
-            bridge.hold()
-        except SubnetInUseError:
-            continue
-        return bridge
-    raise RuntimeError("no free 10.213.N.0/24 subnet for a test bridge")
+    return hold_free_bridge(f"mt{seed % 10**8:08d}", "10.213", FIRST_TEST_SUBNET, seed)
 
 
 def collect_stale_bridges() -> None:
