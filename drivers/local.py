@@ -60,8 +60,8 @@ class LocalDriver(Driver):
             self._host.state_dir, self.machine_name, public_key,
             bridge=self.config.get("bridge") or DEFAULT_BRIDGE, subnet=self.config.get("subnet") or DEFAULT_SUBNET,
             address=self.config.get("address") or None, record=ledger.record)
-        host.start()
         ledger.record(f"sshd of host {self.machine_name}", host.kill)
+        host.start()
 
     def remove(self) -> None:
         self._host.remove()

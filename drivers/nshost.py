@@ -651,6 +651,13 @@ class IsolatedHost:
             return
         self._reap(record)
         self._ensure_network(record)
+        try:
+            self._launch(record, timeout)
+        except BaseException:
+            self.kill()  # ends whatever was launched and removes the cgroups made so far
+            raise
+
+    def _launch(self, record: HostRecord, timeout: float) -> None:
         # The host's own cgroups: its processes (and a container runtime's cgroups) stay apart from other hosts'
         # and go away with it. The launcher joins them before `unshare --cgroup` makes them the host's root.
         record.cgroups = [os.path.join(folder, record.netns) for folder in _own_cgroups()]
@@ -660,20 +667,13 @@ class IsolatedHost:
         launch = [f"echo $$ > {shlex.quote(os.path.join(folder, 'cgroup.procs'))}" for folder in record.cgroups]
         launch.append(f"exec {shlex.join(self._start_command(record))}")
         _write(self._path("launch.sh"), "\n".join(launch) + "\n", 0o600, durable=False)
-        log = open(self._path("sshd.log"), "ab")
-        try:
+        with open(self._path("sshd.log"), "ab") as log:
             process = subprocess.Popen(["sh", self._path("launch.sh")], stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        finally:
-            log.close()
         _children[process.pid] = process
         record.pid, record.pid_start = process.pid, _proc_start_time(process.pid)
         self._save(record)
-        try:
-            self._wait_listening(record, process, timeout)
-        except BaseException:
-            self.kill()
-            raise
+        self._wait_listening(record, process, timeout)
 
     def _start_command(self, record: HostRecord) -> list[str]:
         """The launcher: namespaces by ``unshare``, then one ``mount --all`` of the host's fstab, ``pivot_root`` and

@@ -14,7 +14,8 @@ from typing import Iterator
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.hosts import HostFactory, collect_stale_bridges, worker_bridge, write_key_pair
+from tests.support.hosts import (HostFactory, collect_stale_bridges, leftovers, made_in_this_process, worker_bridge,
+                                 write_key_pair)
 
 __all__ = ["test_bridge", "test_host", "test_key"]
 
@@ -29,6 +30,8 @@ def test_bridge(worker_id: str) -> Iterator[Bridge]:
     yield bridge
     ports = os.listdir(f"/sys/class/net/{bridge.name}/brif") if bridge.exists() else []
     bridge.unhold()
+    left = [item for record in made_in_this_process for item in leftovers(record)]
+    assert not left, f"test hosts left behind: {left}"
     assert not ports, f"test hosts left on bridge {bridge.name}: veths {ports}"
     assert not bridge.exists(), f"bridge {bridge.name} still exists after the session"
 

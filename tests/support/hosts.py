@@ -195,6 +195,10 @@ def _pump(channel: paramiko.Channel, port: int) -> None:
         channel.close()
 
 
+# Every host a factory made in this process, for the end-of-session check that none of them left anything.
+made_in_this_process: list[HostRecord] = []
+
+
 class HostFactory:
     """Makes started test hosts on one bridge and removes every one of them at ``cleanup``."""
 
@@ -218,6 +222,7 @@ class HostFactory:
             raise
         test_host = TestHost(host, self.key_path)
         self.made.append(test_host)
+        made_in_this_process.append(host.record)
         return test_host
 
     def cleanup(self) -> None:
