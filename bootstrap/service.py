@@ -70,7 +70,11 @@ UNIT=machines-runtime.service
 SUPERVISOR_PID={SUPERVISOR_PID}
 DAEMON_PID={DAEMON_PID}
 
-alive() {{ pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }}
+# A pid file names a live process of ours (not a pid reused after a reboot on hosts where /var/run persists).
+alive() {{
+  pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q {LIB_DIR}
+}}
 systemd() {{ [ -d /run/systemd/system ]; }}
 
 supervise() {{
