@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import signal
+import stat
 from typing import Dict, List, Optional, Tuple
 
 from runtime.errors import InvalidParameter
@@ -212,3 +214,45 @@ def split_mode(network_mode: str) -> Tuple[str, str]:
     if mode.startswith("container:"):
         return "container", mode.split(":", 1)[1]
     return "network", mode
+
+
+def devices_of(host: dict) -> List[dict]:
+    """HostConfig.Devices (``--device /dev/fuse[:/dev/x[:rwm]]``) as nodes to make and cgroup rules."""
+    out = []
+    for item in host.get("Devices") or []:
+        source = item.get("PathOnHost") or ""
+        try:
+            st = os.stat(source)
+        except OSError as e:
+            raise InvalidParameter("error gathering device information while adding custom device %r: %s"
+                                   % (source, e.strerror))
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise InvalidParameter("error gathering device information while adding custom device %r: not a "
+                                   "device node" % source)
+        out.append({"path": item.get("PathInContainer") or source, "type": "c" if stat.S_ISCHR(st.st_mode)
+                    else "b", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                    "perms": item.get("CgroupPermissions") or "rwm"})
+    return out
+
+
+def log_size(text: Optional[str]) -> int:
+    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
+    if not text:
+        return 0
+    value = str(text).strip().lower().rstrip("b")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
+    try:
+        return int(float(value.rstrip("kmg")) * scale)
+    except ValueError:
+        raise InvalidParameter("invalid log size: %r" % text)
+
+
+def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:
+    """HostConfig.Ulimits (``[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]``) as setrlimit arguments."""
+    out = []
+    for item in items:
+        number = getattr(resource, "RLIMIT_" + str(item.get("Name", "")).upper(), None)
+        if number is None:
+            raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
+        out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
+    return out

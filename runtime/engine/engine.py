@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal as signals
-import stat
 import socket
 import subprocess
 import threading
@@ -19,13 +17,14 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from runtime.engine import archive
-from runtime.engine.config import (ZERO_TIME, check_name, command_of, host_config_defaults, merge_config,
-                                   merge_env, parse_binds, parse_mounts, parse_signal, random_name, split_mode)
+from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
+                                   merge_config, merge_env, parse_binds, parse_mounts, parse_signal, random_name,
+                                   split_mode, ulimits_of)
 from runtime.engine.events import EventBus
 from runtime.engine.logs import read_logs
 from runtime.engine.sessions import AttachSession, ExecSession, Session
 from runtime.engine.shim import EXIT, close_fds, connect, recv_frame, rfc3339_nano, shim_main, write_json
-from runtime.engine.status import human_status, summary_ports
+from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
 from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
 from runtime.linux import cgroups, syscalls
@@ -219,9 +218,9 @@ class Engine:
             raise InvalidParameter("config.Image must be set")
         image = self.images.resolve(image_ref)
         host = host_config_defaults(body.get("HostConfig") or {})
-        _ulimits(host.get("Ulimits") or [])  # refuse bad values at create, not at start
-        _devices(host)
-        _size(host["LogConfig"]["Config"].get("max-size"))
+        ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
+        devices_of(host)
+        log_size(host["LogConfig"]["Config"].get("max-size"))
         config = merge_config(body, (image.config or {}).get("config") or {})
         config["Image"] = image_ref
         args = command_of(config)
@@ -395,15 +394,15 @@ class Engine:
             "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "", "tty": bool(cfg.get("Tty")),
             "open_stdin": bool(cfg.get("OpenStdin")), "stdin_once": bool(cfg.get("StdinOnce")),
             "etc": {"hosts": c.file("hosts"), "hostname": c.file("hostname"), "resolv.conf": c.file("resolv.conf")},
-            "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")), "devices": _devices(host),
+            "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")), "devices": devices_of(host),
             "seccomp": not host.get("Privileged") and not any(
                 opt.replace(":", "=") == "seccomp=unconfined" for opt in host.get("SecurityOpt") or []),
             "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
-            "log_max_size": _size(log_opts.get("max-size")), "log_max_file": int(log_opts.get("max-file") or 1),
+            "log_max_size": log_size(log_opts.get("max-size")), "log_max_file": int(log_opts.get("max-file") or 1),
             "shm_size": int(host.get("ShmSize") or 67108864), "sysctls": host.get("Sysctls") or {},
-            "ulimits": _ulimits(host.get("Ulimits") or []), "group_add": host.get("GroupAdd") or [],
+            "ulimits": ulimits_of(host.get("Ulimits") or []), "group_add": host.get("GroupAdd") or [],
             "pid_host": host.get("PidMode") == "host", "ipc_host": host.get("IpcMode") == "host",
             "uts_host": host.get("UTSMode") == "host",
         }
@@ -427,7 +426,7 @@ class Engine:
             cg = cgroups.open_cgroup("machines/" + c.id)
             cg.remove()
             cg.create(dict(host, DeviceRules=["%(type)s %(major)d:%(minor)d %(perms)s" % d
-                                              for d in _devices(host)]))
+                                              for d in devices_of(host)]))
         except OSError as e:
             raise HostError("failed to set up the container's cgroup: %s" % e)
         self._write_etc(c, kind)
@@ -1235,12 +1234,12 @@ class Engine:
             return empty
         raw = cgroups.open_cgroup("machines/" + c.id).stats()
         limit = raw["mem_limit"]
-        host_mem = _host_memory()
+        host_mem = host_memory()
         if limit is None or limit > host_mem:
             limit = host_mem
         cpu = {"cpu_usage": {"total_usage": raw["cpu_total"], "usage_in_kernelmode": raw["cpu_system"],
                              "usage_in_usermode": raw["cpu_user"]},
-               "system_cpu_usage": _system_cpu_ns(), "online_cpus": os.cpu_count() or 1,
+               "system_cpu_usage": system_cpu_ns(), "online_cpus": os.cpu_count() or 1,
                "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}}
         prev = c.prev_stats or {"read": ZERO_TIME, "cpu_stats": {"cpu_usage": {"total_usage": 0},
                                                                   "throttling_data": {}}}
@@ -1251,7 +1250,7 @@ class Engine:
             "cpu_stats": cpu, "precpu_stats": prev["cpu_stats"],
             "memory_stats": {"usage": raw["mem_usage"], "limit": limit, "stats": raw["mem_stats"]},
             "blkio_stats": {"io_service_bytes_recursive": None, "io_serviced_recursive": None},
-            "storage_stats": {}, "networks": _net_stats(c.state["Pid"]),
+            "storage_stats": {}, "networks": net_stats(c.state["Pid"]),
         }
         c.prev_stats = {"read": now, "cpu_stats": cpu}
         return sample
@@ -1316,48 +1315,6 @@ class Engine:
         return self.bus.stream(since=since, until=until, filters=filters)
 
 
-def _devices(host: dict) -> List[dict]:
-    """HostConfig.Devices (``--device /dev/fuse[:/dev/x[:rwm]]``) as nodes to make and cgroup rules."""
-    out = []
-    for item in host.get("Devices") or []:
-        source = item.get("PathOnHost") or ""
-        try:
-            st = os.stat(source)
-        except OSError as e:
-            raise InvalidParameter("error gathering device information while adding custom device %r: %s"
-                                   % (source, e.strerror))
-        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise InvalidParameter("error gathering device information while adding custom device %r: not a "
-                                   "device node" % source)
-        out.append({"path": item.get("PathInContainer") or source, "type": "c" if stat.S_ISCHR(st.st_mode)
-                    else "b", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
-                    "perms": item.get("CgroupPermissions") or "rwm"})
-    return out
-
-
-def _size(text: Optional[str]) -> int:
-    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
-    if not text:
-        return 0
-    value = str(text).strip().lower().rstrip("b")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
-    try:
-        return int(float(value.rstrip("kmg")) * scale)
-    except ValueError:
-        raise InvalidParameter("invalid log size: %r" % text)
-
-
-def _ulimits(items: List[dict]) -> List[Tuple[int, int, int]]:
-    """HostConfig.Ulimits (``[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]``) as setrlimit arguments."""
-    out = []
-    for item in items:
-        number = getattr(resource, "RLIMIT_" + str(item.get("Name", "")).upper(), None)
-        if number is None:
-            raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
-        out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
-    return out
-
-
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:
     """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
     return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
@@ -1379,35 +1336,3 @@ def _until(value: str) -> float:
         return float(value)
     except ValueError:
         return _parse_time(value)
-
-
-def _host_memory() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _system_cpu_ns() -> int:
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:8]
-    return sum(int(x) for x in fields) * 1000000000 // os.sysconf("SC_CLK_TCK")
-
-
-def _net_stats(pid: int) -> Dict[str, dict]:
-    out: Dict[str, dict] = {}
-    try:
-        with open("/proc/%d/net/dev" % pid) as f:
-            lines = f.readlines()[2:]
-    except OSError:
-        return out
-    for line in lines:
-        name, _, rest = line.partition(":")
-        name = name.strip()
-        if name == "lo":
-            continue
-        v = [int(x) for x in rest.split()]
-        out[name] = {"rx_bytes": v[0], "rx_packets": v[1], "rx_errors": v[2], "rx_dropped": v[3],
-                     "tx_bytes": v[8], "tx_packets": v[9], "tx_errors": v[10], "tx_dropped": v[11]}
-    return out

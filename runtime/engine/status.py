@@ -1,6 +1,8 @@
-"""Human texts for ``docker ps``: "Up 5 seconds", "Exited (0) 3 minutes ago", and the Ports list."""
+"""Derived views: ``docker ps`` texts ("Up 5 seconds", "Exited (0) 3 minutes ago"), the Ports list, and the
+host figures a stats sample needs."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List, Optional
 
@@ -66,4 +68,36 @@ def summary_ports(ports: Dict[str, Optional[List[dict]]]) -> List[dict]:
         for b in bindings:
             out.append({"IP": b.get("HostIp") or "0.0.0.0", "PrivatePort": int(number),
                         "PublicPort": int(b.get("HostPort") or 0), "Type": proto or "tcp"})
+    return out
+
+
+def host_memory() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def system_cpu_ns() -> int:
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]
+    return sum(int(x) for x in fields) * 1000000000 // os.sysconf("SC_CLK_TCK")
+
+
+def net_stats(pid: int) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    try:
+        with open("/proc/%d/net/dev" % pid) as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return out
+    for line in lines:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        if name == "lo":
+            continue
+        v = [int(x) for x in rest.split()]
+        out[name] = {"rx_bytes": v[0], "rx_packets": v[1], "rx_errors": v[2], "rx_dropped": v[3],
+                     "tx_bytes": v[8], "tx_packets": v[9], "tx_errors": v[10], "tx_dropped": v[11]}
     return out
