@@ -286,6 +286,11 @@ BAD_HOSTS = {
         "kill $(cat /tmp/occupier.pid)",
         "port 2376 is already in use on the host by python3 (pid",
     ),
+    "unsupported OS": (
+        "printf 'ID=gentoo\\nPRETTY_NAME=\"Gentoo Linux\"\\n' > /tmp/os-release && mount --bind /tmp/os-release /etc/os-release",
+        "umount /etc/os-release",
+        "unsupported operating system 'Gentoo Linux'; supported: Debian, Ubuntu",
+    ),
     "full disk": (
         "mkdir -p /usr/local/lib/machines && mount -t tmpfs -o size=64k tmpfs /usr/local/lib/machines",
         "umount /usr/local/lib/machines",
