@@ -201,6 +201,8 @@ class AzureDriver(Driver):
             options: dict[str, Any] = {"authority": authority, **self._transport_options()}
             if authority not in (login for _, login in ENVIRONMENTS.values()):
                 options["disable_instance_discovery"] = True  # a private authority: do not ask Microsoft about it
+            # azure-identity logs each failed login as a warning; the error we raise says it once, on one line.
+            logging.getLogger("azure.identity").setLevel(logging.ERROR)
             principal = [self._get(key) for key in ("tenant_id", "client_id", "client_secret")]
             if all(principal):
                 self._credential = ClientSecretCredential(*principal, **options)

@@ -1,8 +1,8 @@
 """Fixtures for the Azure driver's tests: one fake Resource Manager per xdist worker, reset per test.
 
 Every test runs with no ``AZURE_*`` variables from the caller and logs in as the fake's service principal against
-the fake's own token endpoint, so nothing leaves the machine. ``world`` adds a bridge and the data plane that puts
-a real SSH host behind each VM whose private address lies on it.
+the fake's own token endpoint, so nothing leaves the machine. ``world`` adds the data plane that puts a real SSH
+host behind each VM whose private address lies on the worker's test bridge.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from drivers.nshost import Bridge, NsHostError
+from drivers.nshost import Bridge
+from tests.support.fixtures import test_bridge  # noqa: F401 - the worker's bridge for the data plane's hosts
 
 from .dataplane import AzureDataPlane
 from .fakearm import FakeArm
@@ -68,26 +69,6 @@ def as_flags(config: dict[str, Any]) -> list[str]:
     return flags
 
 
-@pytest.fixture(scope="session")
-def bridge() -> Iterator[Bridge]:
-    """A bridge of our own for this worker, on the first 10.232.N.0/24 no other interface uses."""
-    for attempt in range(64):
-        candidate = Bridge(f"maz{os.getpid() % 100000}", f"10.232.{(os.getpid() + attempt) % 256}.1/24")
-        try:
-            candidate.hold()
-        except NsHostError as error:
-            if "overlaps" in str(error):
-                continue
-            raise
-        break
-    else:
-        raise RuntimeError("no free 10.232.N.0/24 subnet for the test bridge")
-    try:
-        yield candidate
-    finally:
-        candidate.unhold()
-
-
 class World:
     """The fake with a data plane: VMs put in the bridge's range get a real SSH host at their private address."""
 
@@ -111,11 +92,11 @@ class World:
 
 
 @pytest.fixture
-def world(arm: FakeArm, bridge: Bridge, tmp_path: Path) -> Iterator[World]:
-    plane = AzureDataPlane(bridge, tmp_path / "hosts")
+def world(arm: FakeArm, test_bridge: Bridge, tmp_path: Path) -> Iterator[World]:  # noqa: F811
+    plane = AzureDataPlane(test_bridge, tmp_path / "hosts")
     arm.listener = plane
     try:
-        yield World(arm, bridge, plane)
+        yield World(arm, test_bridge, plane)
     finally:
         arm.listener = None
         plane.close()

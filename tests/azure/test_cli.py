@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from machines.machine import Machines
+from tests.aws.test_cli import machines
 
 from .conftest import arm_config, as_flags
 from .fakearm import FakeArm
-
-MACHINES = str(Path(sys.executable).with_name("machines"))
-
-
-def machines(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True, timeout=240, env=os.environ
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
-    return result
-
 
 BAD_INPUT = {
     "missing subscription": ({"subscription_id": None}, "--azure-subscription-id is required (or set AZURE_SUBSCRIPTION_ID)"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.mgmt.network import models as network
 
 from drivers.azure import AzureDriver
 from drivers.base import Ledger, State
@@ -93,8 +94,6 @@ def test_existing_group_and_vnet_are_kept(arm: FakeArm, tmp_path: Path) -> None:
     """In a group and vnet of the user's, only the subnet is made; rm removes it and keeps theirs."""
     setup = make_driver(arm, tmp_path / "setup")
     setup.resources.resource_groups.create_or_update("ops", {"location": "westus"})
-    from azure.mgmt.network import models as network
-
     setup.network.virtual_networks.begin_create_or_update("ops", "shared", network.VirtualNetwork(
         location="westus", address_space=network.AddressSpace(address_prefixes=["10.9.0.0/16"]),
         subnets=[network.Subnet(name="other", address_prefix="10.9.1.0/24")])).result()

@@ -10,18 +10,10 @@ import subprocess
 from pathlib import Path
 
 from machines.machine import Machines
+from tests.aws.test_cli import machines
+from tests.aws.test_e2e import DOCKER, REPO, with_env
 
 from .conftest import World, as_flags
-from .test_cli import MACHINES, machines
-
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
-
-
-def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """``command`` in bash after ``eval "$(machines env NAME)"``, as a user would run it."""
-    script = f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && {command}'
-    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=240, env=os.environ)
 
 
 def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
