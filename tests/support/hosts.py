@@ -23,7 +23,7 @@ from typing import Iterator
 
 import paramiko
 
-from drivers.nshost import Bridge, HostRecord, IsolatedHost, generate_host_key, hold_free_bridge
+from drivers.nshost import LEASE_ROOT, Bridge, HostRecord, IsolatedHost, generate_host_key, hold_free_bridge
 
 FIRST_TEST_SUBNET = 16
 
@@ -40,17 +40,11 @@ def worker_bridge(worker: str) -> Bridge:
 
 
 def collect_stale_bridges() -> None:
-    """Delete test bridges whose pytest process died without cleaning up (their leases and holds are stale)."""
-    root = Path("/run/machines-local")
-    if not root.is_dir():
-        return
-    for folder in root.glob("mt*"):
+    """Drop the leases and holds of processes that died without cleaning up (a killed test run), and with the last
+    of them the bridge; live processes' leases and holds stay."""
+    for table in Path(LEASE_ROOT).glob("*/leases.json"):
         with contextlib.suppress(Exception):
-            Bridge(folder.name, _subnet_of(folder)).collect()
-
-
-def _subnet_of(folder: Path) -> str:
-    return json.loads((folder / "leases.json").read_text())["subnet"]
+            Bridge(table.parent.name, json.loads(table.read_text())["subnet"]).collect()
 
 
 @dataclasses.dataclass
