@@ -133,3 +133,16 @@ def test_loopback_service_reachable_through_forward(test_host: HostFactory) -> N
         output = host.run(f"exec 3<>/dev/tcp/127.0.0.1/{port} && head -n1 <&3").stdout
     assert output == "hello from the machine\n"
     server.close()
+
+
+def test_start_brings_back_a_network_lost_while_stopped(test_host: HostFactory) -> None:
+    host = test_host()
+    host.run("echo kept > /root/kept")
+    host.stop()
+    record = host.record
+    # what a reboot of the machine does: namespaces and links are gone, the files stay
+    subprocess.run(["ip", "link", "del", record.veth], check=True)
+    subprocess.run(["ip", "netns", "del", record.netns], check=True)
+    host.start()
+    assert host.run("cat /root/kept").stdout == "kept\n"
+    assert f"inet {host.address}/" in host.run("ip -4 -o addr show dev eth0").stdout
