@@ -46,6 +46,14 @@ DEFAULT_IMAGE = "debian:debian-12:12-gen2:latest"
 SSH_PORT = 22
 TLS_API_PORT = 2376
 ANYWHERE = "*"
+# Marks a resource group or vnet machines created to share between machines: the rm that leaves it empty removes it.
+SHARED_TAG = {"machines-created": "true"}
+# Admin user names Azure refuses (its documented list, the common ones).
+RESERVED_USERS = frozenset({
+    "root", "admin", "administrator", "user", "user1", "user2", "user3", "user4", "user5", "test", "test1", "test2",
+    "test3", "guest", "owner", "server", "sql", "support", "sys", "backup", "console", "adm", "admin1", "admin2",
+    "actuser", "aspnet", "a", "1", "123", "david", "john",
+})
 CUSTOM_DATA_LIMIT = 65535  # Azure's limit on custom data, base64-encoded, in bytes
 POWER_STATES: dict[str, State] = {
     "running": State.RUNNING,
@@ -66,6 +74,10 @@ def _one_line(error: BaseException) -> str:
     else:
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return " ".join(text.split())
+
+
+def _made_by_machines(tags: dict[str, str] | None) -> bool:
+    return (tags or {}).get("machines-created") == "true"
 
 
 def parse_open_port(value: str) -> tuple[int, str]:
@@ -159,7 +171,7 @@ class AzureDriver(Driver):
         merged.update(config or {})
         super().__init__(machine_name, store_dir, merged)
         self._credential: TokenCredential | None = None
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[type, Any] = {}
 
     # -- configuration ---------------------------------------------------------------------------------------
     def _get(self, key: str) -> Any:
@@ -265,7 +277,7 @@ class AzureDriver(Driver):
                 return None
             raise DriverError(f"Azure could not {what}: {_one_line(error)}") from None
         except ClientAuthenticationError as error:  # CredentialUnavailableError included
-            raise PreCreateError(f"Azure login failed: {_one_line(error)}") from None
+            raise DriverError(f"Azure login failed: {_one_line(error)}") from None
         except AzureError as error:
             raise DriverError(f"Azure could not {what}: {_one_line(error)}") from None
 
@@ -301,8 +313,8 @@ class AzureDriver(Driver):
                 raise PreCreateError(f"{flag} {url!r}: Azure needs an https:// URL")
         if self._get("ca_bundle") and not os.path.isfile(self._get("ca_bundle")):
             raise PreCreateError(f"--azure-ca-bundle {self._get('ca_bundle')}: no such file")
-        if self._get("ssh_user") == "root":
-            raise PreCreateError("--azure-ssh-user root is not allowed on Azure; pick another name")
+        if str(self._get("ssh_user")).lower() in RESERVED_USERS:
+            raise PreCreateError(f"--azure-ssh-user {self._get('ssh_user')} is not allowed on Azure; pick another name")
         for cidr in self._get("allow_cidr") or []:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -314,7 +326,7 @@ class AzureDriver(Driver):
         parse_image(self._get("image") or DEFAULT_IMAGE)
         try:
             ipaddress.ip_network(self._get("subnet_prefix"))
-        except ValueError:
+        except (TypeError, ValueError):
             raise PreCreateError(f"--azure-subnet-prefix {self._get('subnet_prefix')!r} is not a CIDR") from None
         if self._get("private_ip_address"):
             try:
@@ -432,9 +444,8 @@ class AzureDriver(Driver):
 
         if self._call("read the resource group", lambda: self.resources.resource_groups.check_existence(self.group)):
             return
-        self.config["created_resource_group"] = True
         ledger.record(f"Azure resource group {self.group}", self._delete_group)
-        group = resources.ResourceGroup(location=self._get("location"), tags={"machines-created": "true"})
+        group = resources.ResourceGroup(location=self._get("location"), tags=SHARED_TAG)
         self._call(f"create resource group {self.group}",
                    lambda: self.resources.resource_groups.create_or_update(self.group, group))
 
@@ -470,11 +481,10 @@ class AzureDriver(Driver):
         subnet_name, prefix = self._get("subnet"), self._get("subnet_prefix")
         vnet = self._find("read the vnet", lambda: self.network.virtual_networks.get(vnet_group, vnet_name))
         if vnet is None:
-            self.config["created_vnet"] = True
             ledger.record(f"Azure vnet {vnet_name}", self._delete_vnet)
             body = network.VirtualNetwork(
                 location=self._get("location"), address_space=network.AddressSpace(address_prefixes=[prefix]),
-                subnets=[network.Subnet(name=subnet_name, address_prefix=prefix)], tags=self._tags(),
+                subnets=[network.Subnet(name=subnet_name, address_prefix=prefix)], tags=SHARED_TAG,
             )
             self._call(f"create vnet {vnet_name}",
                        lambda: self.network.virtual_networks.begin_create_or_update(vnet_group, vnet_name, body))
@@ -590,23 +600,24 @@ class AzureDriver(Driver):
             log.warning("%s: subnet %s is still used by other NICs; kept", self.machine_name, self._get("subnet"))
 
     def _delete_vnet(self) -> None:
-        """Only the vnet machines made, and only when none of its subnets is used."""
+        """Only a vnet machines made, and only when none of its subnets is used (by this or another machine)."""
         vnet_group, vnet_name = self.vnet_group_and_name
         vnet = self._find("read the vnet", lambda: self.network.virtual_networks.get(vnet_group, vnet_name))
-        if vnet is None:
+        if vnet is None or not _made_by_machines(vnet.tags):
             return
         if any(subnet.ip_configurations for subnet in vnet.subnets or []):
-            log.warning("%s: vnet %s is still used by other machines; kept", self.machine_name, vnet_name)
+            log.info("%s: vnet %s is still used by other machines; kept", self.machine_name, vnet_name)
             return
         self._delete(f"vnet {vnet_name}", lambda: self.network.virtual_networks.begin_delete(vnet_group, vnet_name))
 
     def _delete_group(self) -> None:
-        """Only the group machines made, and only when nothing is left in it."""
-        if not self._call("read the resource group", lambda: self.resources.resource_groups.check_existence(self.group)):
+        """Only a group machines made, and only when nothing is left in it."""
+        group = self._find("read the resource group", lambda: self.resources.resource_groups.get(self.group))
+        if group is None or not _made_by_machines(group.tags):
             return
         left = self._call("list the resource group", lambda: list(self.resources.resources.list_by_resource_group(self.group)))
         if left:
-            log.warning("%s: resource group %s still holds %d resources; kept", self.machine_name, self.group, len(left))
+            log.info("%s: resource group %s still holds %d resources; kept", self.machine_name, self.group, len(left))
             return
         self._delete(f"resource group {self.group}", lambda: self.resources.resource_groups.begin_delete(self.group))
 
@@ -618,10 +629,8 @@ class AzureDriver(Driver):
         self._delete_nsg()
         if self._get("created_subnet"):
             self._delete_subnet()
-        if self._get("created_vnet"):
-            self._delete_vnet()
-        if self._get("created_resource_group"):
-            self._delete_group()
+        self._delete_vnet()
+        self._delete_group()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _power_state(self) -> str | None:

@@ -23,12 +23,12 @@ from .fakearm import FakeArm
 NAME = f"vm{os.getpid()}"
 
 
-def make_driver(arm: FakeArm, store_dir: Path, **config: Any) -> AzureDriver:
+def make_driver(arm: FakeArm, store_dir: Path, name: str = NAME, **config: Any) -> AzureDriver:
     """A driver whose store folder holds a fresh machine key, as the core makes it before ``create``."""
     store_dir.mkdir(parents=True, exist_ok=True)
     if not (store_dir / "id_ed25519").exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(store_dir / "id_ed25519")], check=True)
-    return AzureDriver(NAME, str(store_dir), {**arm_config(arm), **config})
+    return AzureDriver(name, str(store_dir), {**arm_config(arm), **config})
 
 
 def created(driver: AzureDriver) -> Ledger:
@@ -106,6 +106,18 @@ def test_existing_group_and_vnet_are_kept(arm: FakeArm, tmp_path: Path) -> None:
     assert driver.ip() == "10.9.2.20"
     driver.remove()
     assert arm.ids() == before
+
+
+def test_group_and_vnet_machines_made_go_with_the_last_machine(arm: FakeArm, tmp_path: Path) -> None:
+    first = make_driver(arm, tmp_path / "first", name="first", no_public_ip=True)
+    second = make_driver(arm, tmp_path / "second", name="second", no_public_ip=True)
+    assert created(first).descriptions()[:3] == ["Azure resource group machines", "Azure NSG first-nsg", "Azure vnet machines-vnet"]
+    assert created(second).descriptions() == ["Azure NSG second-nsg", "Azure NIC second-nic", "Azure VM second"]
+    first.remove()
+    assert {resource["name"] for resource in map(arm.get, arm.ids())} == {
+        "machines", "machines-vnet", "machines-subnet", "second", "second-nsg", "second-nic", "second-osdisk"}
+    second.remove()
+    assert arm.ids() == []
 
 
 def test_lifecycle_maps_power_states(arm: FakeArm, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
