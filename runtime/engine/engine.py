@@ -370,6 +370,8 @@ class Engine:
         caps: Optional[List[int]] = None
         if not host.get("Privileged"):
             wanted = set(syscalls.DOCKER_DEFAULT_CAPS)
+            if not cgroups.controls_devices():  # without a device allowlist, mknod would reach the host's disks
+                wanted.discard("MKNOD")
             for cap in host.get("CapAdd") or []:
                 wanted |= set(syscalls.CAPABILITIES) if cap.upper() in ("ALL", "CAP_ALL") else {
                     cap.upper().replace("CAP_", "", 1)}

@@ -357,6 +357,12 @@ def layout() -> tuple:
     return _layout
 
 
+def controls_devices() -> bool:
+    """Whether device access can be limited (the v1 devices controller; v2 would need eBPF, not done here)."""
+    kind, where = layout()
+    return kind == "v1" and "devices" in where
+
+
 def version() -> int:
     kind = layout()[0]
     return 2 if kind == "v2" else (1 if kind == "v1" else 0)
