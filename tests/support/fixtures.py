@@ -21,12 +21,12 @@ __all__ = ["test_bridge", "test_host", "test_key"]
 
 
 @pytest.fixture(scope="session")
-def test_bridge(worker_id: str) -> Iterator[Bridge]:
+def test_bridge() -> Iterator[Bridge]:
     """This worker's bridge; at the end of the session no host, veth or bridge of ours may remain."""
     if os.geteuid() != 0:
         pytest.fail("test hosts need root (network namespaces, mounts)")
     collect_stale_bridges()
-    bridge = worker_bridge(worker_id)
+    bridge = worker_bridge(os.environ.get("PYTEST_XDIST_WORKER", "main"))
     yield bridge
     ports = os.listdir(f"/sys/class/net/{bridge.name}/brif") if bridge.exists() else []
     bridge.unhold()
