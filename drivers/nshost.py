@@ -204,30 +204,40 @@ class Bridge:
     @contextlib.contextmanager
     def _leases(self) -> Iterator[dict]:
         """The lease table, locked; saved when the block ends; the bridge is kept or dropped to match it."""
+        path = os.path.join(self.dir, "leases.json")
         with _flock(os.path.join(self.dir, "lock")):
-            path = os.path.join(self.dir, "leases.json")
             try:
                 with open(path) as file:
                     table = json.load(file)
             except FileNotFoundError:
                 table = {"subnet": self.subnet, "owned": False, "leases": {}, "holds": {}}
-            if table["subnet"] != self.subnet and (table["leases"] or table["holds"]):
-                raise NsHostError(f"bridge {self.name} is in use with subnet {table['subnet']}, not {self.subnet}")
-            table["subnet"] = self.subnet
-            self._drop_stale(table)
-            yield table
-            if table["leases"] or table["holds"]:
-                if not _link_exists(self.name):
-                    table["owned"] = self._make()
-                _write(path, json.dumps(table, indent=1), 0o600)
-            else:
+            try:
+                if table["subnet"] != self.subnet and (table["leases"] or table["holds"]):
+                    raise NsHostError(f"bridge {self.name} is in use with subnet {table['subnet']}, "
+                                      f"not {self.subnet}")
+                table["subnet"] = self.subnet
+                self._drop_stale(table)
+                yield table
+                if table["leases"] or table["holds"]:
+                    if not _link_exists(self.name):
+                        table["owned"] = self._make()
+                    _write(path, json.dumps(table, indent=1), 0o600)
+                    return
                 if table["owned"] and _link_exists(self.name):
                     self._delete()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                os.unlink(os.path.join(self.dir, "lock"))
-                with contextlib.suppress(OSError):
-                    os.rmdir(self.dir)
+            except BaseException:
+                if not os.path.exists(path):  # nothing was ever saved: leave no folder behind
+                    self._forget()
+                raise
+            self._forget()
+
+    def _forget(self) -> None:
+        """Delete the lease folder (lock file last, while still holding it): no lease or hold is left."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, "leases.json"))
+        os.unlink(os.path.join(self.dir, "lock"))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.dir)
 
     @staticmethod
     def _drop_stale(table: dict) -> None:
