@@ -561,13 +561,13 @@ class Engine:
         except (OSError, ValueError):
             pass
         sock.close()
-        if shim_pid:
+        if not self._closed:
+            self._exited(c, start_id, record)
+        if shim_pid:  # reaped after the books are closed: waiters need not wait for the shim to go
             try:
                 os.waitpid(shim_pid, 0)
             except ChildProcessError:
                 pass
-        if not self._closed:
-            self._exited(c, start_id, record)
 
     def _read_exit(self, c: Container, start_id: str) -> Optional[dict]:
         try:
