@@ -49,9 +49,10 @@ class LocalDriver(Driver):
             raise PreCreateError(f"a local machine's name is its hostname: at most 63 characters, "
                                  f"not {len(self.machine_name)}")
         try:
-            Bridge(self.config.get("bridge") or DEFAULT_BRIDGE, self.config.get("subnet") or DEFAULT_SUBNET)
+            bridge = Bridge(self.config.get("bridge") or DEFAULT_BRIDGE, self.config.get("subnet") or DEFAULT_SUBNET)
+            bridge.check_free()
         except NsHostError as error:
-            raise PreCreateError(str(error)) from None
+            raise PreCreateError(f"{error} (choose another with --local-subnet)") from None
 
     def create(self, ledger: Ledger) -> None:
         with open(f"{self.ssh_key_path}.pub") as file:

@@ -249,11 +249,7 @@ class Bridge:
     def _make(self) -> bool:
         """Create the bridge with its address; refuse a subnet another interface already uses."""
         with _flock(os.path.join(LEASE_ROOT, ".lock")):
-            for line in _run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
-                fields = line.split()
-                used = ipaddress.ip_interface(fields[3])
-                if used.network.overlaps(self.network):
-                    raise SubnetInUseError(f"subnet {self.network} overlaps {used} on interface {fields[1]}")
+            self.check_free()
             _run(["ip", "link", "add", "name", self.name, "type", "bridge"])
             try:
                 _run(["ip", "addr", "add", self.subnet, "dev", self.name])
@@ -263,6 +259,14 @@ class Bridge:
                 _run(["ip", "link", "del", self.name], check=False)
                 raise
         return True
+
+    def check_free(self) -> None:
+        """Refuse a subnet that an interface other than this bridge already uses (before making the bridge)."""
+        for line in _run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
+            fields = line.split()
+            used = ipaddress.ip_interface(fields[3])
+            if fields[1] != self.name and used.network.overlaps(self.network):
+                raise SubnetInUseError(f"subnet {self.network} overlaps {used} on interface {fields[1]}")
 
     def _delete(self) -> None:
         self._forward_rule("-D")

@@ -149,3 +149,9 @@ def test_a_taken_address_fails_the_create_and_leaves_no_entry(tmp_path: Path, te
         assert machines.store.names() == [first.name]
     finally:
         machines.remove(first.name)
+
+
+def test_pre_create_refuses_a_subnet_another_interface_uses(driver: LocalDriver, test_bridge: Bridge) -> None:
+    driver.config.update(bridge=f"mz{os.getpid() % 10**6}", subnet=test_bridge.subnet)
+    with pytest.raises(PreCreateError, match=f"overlaps .* on interface {test_bridge.name}"):
+        driver.pre_create_check()

@@ -91,7 +91,8 @@ class TestHost:
         """A new SSH client logged in as root, host key pinned, TCP_NODELAY set; the caller closes it."""
         key_type, key_data = self.host_public_key.split()[:2]
         client = paramiko.SSHClient()
-        client.get_host_keys().add(self.address, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(key_data)))
+        key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_data))
+        client.get_host_keys().add(self.address, key_type, key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         sock = socket.create_connection((self.address, self.port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -135,7 +136,8 @@ class TestHost:
         assert pid is not None, f"host {self.name} is not running"
         record = self.host.record
         pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
-        members = [(int(entry), _live_start(int(entry))) for entry in _pids() if _namespace(entry, "pid") == pid_namespace]
+        members = [(int(entry), _live_start(int(entry))) for entry in _pids()
+                   if _namespace(entry, "pid") == pid_namespace]
         members.append((record.pid, record.pid_start))
         return Namespaces(tuple((member, start) for member, start in members if start is not None), record.netns,
                           tuple(record.cgroups))
