@@ -20,7 +20,8 @@ from typing import Any, Iterator
 import boto3
 import pytest
 
-from drivers.nshost import Bridge, NsHostError
+from drivers.nshost import Bridge
+from tests.support.fixtures import test_bridge  # noqa: F401 - this worker's bridge, for the data plane's hosts
 
 from .dataplane import DataPlane
 
@@ -114,26 +115,6 @@ def cloud(moto_endpoint: str, aws_env: dict[str, str]) -> MotoCloud:
     return MotoCloud(moto_endpoint)
 
 
-@pytest.fixture(scope="session")
-def bridge() -> Iterator[Bridge]:
-    """A bridge of our own for this worker, on the first 10.231.N.0/24 no other interface uses."""
-    for attempt in range(64):
-        candidate = Bridge(f"maws{os.getpid() % 100000}", f"10.231.{(os.getpid() + attempt) % 256}.1/24")
-        try:
-            candidate.hold()
-        except NsHostError as error:
-            if "overlaps" in str(error):
-                continue
-            raise
-        break
-    else:
-        raise RuntimeError("no free 10.231.N.0/24 subnet for the test bridge")
-    try:
-        yield candidate
-    finally:
-        candidate.unhold()
-
-
 class World:
     """moto plus a VPC and subnet on the test bridge, with the data plane running hosts for its instances."""
 
@@ -175,14 +156,14 @@ class World:
 
 
 @pytest.fixture
-def world(cloud: MotoCloud, bridge: Bridge, tmp_path: Path) -> Iterator[World]:
-    network = str(bridge.network)
+def world(cloud: MotoCloud, test_bridge: Bridge, tmp_path: Path) -> Iterator[World]:
+    network = str(test_bridge.network)
     vpc_id = cloud.client.create_vpc(CidrBlock=network)["Vpc"]["VpcId"]
     subnet_id = cloud.client.create_subnet(VpcId=vpc_id, CidrBlock=network, AvailabilityZone=f"{REGION}a")[
         "Subnet"]["SubnetId"]
-    plane = DataPlane(cloud.client, bridge, tmp_path / "hosts").start()
+    plane = DataPlane(cloud.client, test_bridge, tmp_path / "hosts").start()
     try:
-        yield World(cloud, bridge, plane, vpc_id, subnet_id)
+        yield World(cloud, test_bridge, plane, vpc_id, subnet_id)
     finally:
         plane.close()
     assert plane.errors == [], "the data plane failed to play an instance"
