@@ -376,3 +376,16 @@ def test_an_upgrade_that_does_not_start_is_rolled_back(store: Machines, machine:
         provision.upgrade(store.get(machine.name), bundle=broken)
     assert store.get(machine.name).runtime["sha256"] == before
     assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
+
+
+def test_regenerate_client_certs_replaces_the_ca(make_host, tmp_path: Path) -> None:
+    own_store = Machines(tmp_path / "store")  # a CA of its own: the other tests' machines keep theirs
+    machine = adopt(own_store, make_host())
+    old_client = provision.client_ssl_context(machine.dir)
+    old_ca = (machine.dir / certs.CA_CERT).read_bytes()
+    cli(own_store, "regenerate-certs", "-f", "--client-certs", machine.name)
+    assert (machine.dir / certs.CA_CERT).read_bytes() != old_ca
+    with pytest.raises((ssl.SSLError, OSError, http.client.HTTPException)):
+        get_version(old_client, machine.ip())  # the old CA's client certificate no longer opens the API
+    assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
+    machine.close()
