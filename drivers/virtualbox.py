@@ -1,0 +1,391 @@
+"""The ``virtualbox`` driver: a local virtual machine made by Vagrant (through python-vagrant).
+
+Why Vagrant rather than VBoxManage: Vagrant already knows boxes, NAT port forwards, host-only networks and clean
+teardown, and the same Vagrantfile also runs on hosts without VirtualBox through Vagrant's libvirt provider
+(``--virtualbox-provider libvirt``; VirtualBox is not packaged for Debian 12). Each machine is one Vagrant project:
+the driver writes a ``Vagrantfile`` into the machine's store folder and runs ``vagrant`` there, so ``rm`` of that
+folder after ``vagrant destroy`` forgets everything.
+
+Keys: the box comes with Vagrant's public insecure key. The first ``vagrant up`` runs our shell provisioner, which
+puts the machine's own key in ``authorized_keys`` (root and vagrant) in place of the insecure one, and installs an
+ed25519 host key this driver generated, so the core's very first SSH connection is already verified against a
+pinned key (``initial_host_key``) instead of trusting whatever answers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import vagrant
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.errors import DriverError, PreCreateError
+
+PROVIDERS = ("virtualbox", "libvirt")
+DEFAULT_BOX = "debian/bookworm64"
+DEFAULT_CIDR = "192.168.56.1/24"  # VirtualBox >= 6.1.28 only allows host-only networks in 192.168.56.0/21
+ALLOWED_HOSTONLY = ipaddress.ip_network("192.168.56.0/21")
+HOST_KEY = "ssh_host_ed25519_key"
+VAGRANT_LOG = "vagrant.log"
+ERROR_LOG = "vagrant-error.log"
+LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
+# What a host needs for each provider, for one-line pre-create errors.
+PROVIDER_HINTS = {
+    "virtualbox": "VirtualBox is not usable here (it is not packaged for Debian 12: install it from virtualbox.org), "
+                  "or use --virtualbox-provider libvirt",
+    "libvirt": "the libvirt provider is not usable: apt-get install vagrant-libvirt libvirt-daemon-system "
+               "libvirt-daemon-driver-qemu dnsmasq-base, and start libvirtd",
+}
+# `vagrant status` states (python-vagrant normalises libvirt's shutoff/paused) to ours.
+STATES = {
+    "running": State.RUNNING,
+    "poweroff": State.STOPPED,
+    "aborted": State.STOPPED,
+    "saved": State.STOPPED,
+    "shutoff": State.STOPPED,
+    "inaccessible": State.ERROR,
+    "not_created": State.NOT_FOUND,
+    "not created": State.NOT_FOUND,
+    "gurumeditation": State.ERROR,
+    "starting": State.STARTING,
+    "stopping": State.STOPPING,
+    "preparing": State.STARTING,
+}
+
+VAGRANTFILE = """\
+# Written by machines for machine {name}; `vagrant` commands run in this folder act on it.
+Vagrant.configure("2") do |config|
+  config.vm.define {domain}
+  config.vm.box = {box}
+  config.vm.box_check_update = false
+  config.vm.guest = :debian
+  config.vm.boot_timeout = {boot_timeout}
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.ssh.insert_key = false
+  config.ssh.private_key_path = [{key}, File.join(ENV["VAGRANT_HOME"] || File.expand_path("~/.vagrant.d"), "insecure_private_key")]
+  config.vm.provision "shell", name: "machines keys", inline: File.read(File.join(__dir__, "provision.sh"))
+{network}
+  config.vm.provider :virtualbox do |vb|
+    vb.name = {domain}
+    vb.memory = {memory}
+    vb.cpus = {cpus}
+  end
+  config.vm.provider :libvirt do |lv|
+    lv.default_prefix = ""
+    lv.driver = {libvirt_driver}
+    lv.memory = {memory}
+    lv.cpus = {cpus}
+    lv.machine_virtual_size = {disk_gb}
+    lv.graphics_type = "none"
+    lv.management_network_name = {network_name}
+    lv.management_network_address = {network_address}
+    lv.management_network_mode = "none"
+{libvirt_cpu}  end
+end
+"""
+
+# Runs once as root in the guest at the first `vagrant up`. Replaces the insecure key with the machine's own and
+# installs the host key we generated; the script removes itself because it holds that private key.
+PROVISION = """\
+set -eu
+install -d -m 0700 /root/.ssh
+printf '%s\\n' {public_key} > /root/.ssh/authorized_keys
+chmod 0600 /root/.ssh/authorized_keys
+if id vagrant >/dev/null 2>&1; then
+  home=$(getent passwd vagrant | cut -d: -f6)
+  install -d -m 0700 -o vagrant "$home/.ssh"
+  printf '%s\\n' {public_key} > "$home/.ssh/authorized_keys"
+  chown vagrant "$home/.ssh/authorized_keys"; chmod 0600 "$home/.ssh/authorized_keys"
+fi
+umask 077
+cat > /etc/ssh/ssh_host_ed25519_key <<'MACHINES_KEY'
+{host_private_key}MACHINES_KEY
+printf '%s\\n' {host_public_key} > /etc/ssh/ssh_host_ed25519_key.pub
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\\nPermitRootLogin prohibit-password\\n' > /etc/ssh/sshd_config.d/00-machines.conf
+hostname {name}; echo {name} > /etc/hostname
+grep -q ' {name}$' /etc/hosts || echo '127.0.1.1 {name}' >> /etc/hosts
+rm -f -- "$0"
+if command -v systemctl >/dev/null 2>&1; then systemctl reload ssh || systemctl reload sshd; else kill -HUP "$(cat /run/sshd.pid)"; fi
+"""
+
+
+def _ruby(value: str) -> str:
+    """A Ruby string literal (JSON's escaping is valid Ruby for the characters we write)."""
+    return json.dumps(value)
+
+
+def _shell(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+class VirtualBoxDriver(Driver):
+    """A Vagrant project per machine, with VirtualBox or (where VirtualBox is missing) libvirt underneath."""
+
+    name = "virtualbox"
+    description = "a local virtual machine made by Vagrant (VirtualBox, or libvirt with --virtualbox-provider libvirt)"
+    flags = [
+        Flag("memory", "memory of the VM in MB", type=int, default=1024, envvar="VIRTUALBOX_MEMORY_SIZE"),
+        Flag("cpu-count", "number of virtual CPUs", type=int, default=1, envvar="VIRTUALBOX_CPU_COUNT"),
+        Flag("disk-size", "disk size in MB (libvirt provider; VirtualBox keeps the box's disk)", type=int,
+             default=20000, envvar="VIRTUALBOX_DISK_SIZE"),
+        Flag("box", "Vagrant box (a Debian-like guest with python3)", default=DEFAULT_BOX, envvar="VIRTUALBOX_BOX"),
+        Flag("provider", "Vagrant provider: virtualbox or libvirt", default="virtualbox",
+             envvar="VAGRANT_DEFAULT_PROVIDER"),
+        Flag("hostonly-cidr", "host-only network (libvirt: the isolated management network) as host address/prefix",
+             default=DEFAULT_CIDR, envvar="VIRTUALBOX_HOSTONLY_CIDR"),
+        Flag("nat", "VirtualBox only: no host-only network; SSH and the API through port forwards on 127.0.0.1",
+             type=bool, default=False, envvar="VIRTUALBOX_NAT"),
+        Flag("libvirt-driver", "libvirt domain type: kvm, or qemu for software emulation where KVM does not work",
+             default="kvm", envvar="VAGRANT_LIBVIRT_DRIVER"),
+        Flag("boot-timeout", "seconds Vagrant waits for the guest to boot", type=int, default=300,
+             envvar="VIRTUALBOX_BOOT_TIMEOUT"),
+    ]
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    @property
+    def _provider(self) -> str:
+        return str(self.config.get("provider") or "virtualbox")
+
+    @property
+    def _domain(self) -> str:
+        """The VM's name in the hypervisor: recognisable, and unique per machine name."""
+        return f"machines-{self.machine_name}"
+
+    def _network(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(str(self.config.get("hostonly_cidr") or DEFAULT_CIDR))
+
+    def _vagrant(self) -> vagrant.Vagrant:
+        """python-vagrant on this machine's folder; output to vagrant.log, errors kept for one-line messages."""
+        environment = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1"}
+        log = vagrant.make_file_cm(os.path.join(self.store_dir, VAGRANT_LOG))
+        errors = vagrant.make_file_cm(os.path.join(self.store_dir, ERROR_LOG), mode="w")
+        return vagrant.Vagrant(root=self.store_dir, env=environment, out_cm=log, err_cm=errors)
+
+    def _call(self, what: str, action: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a python-vagrant call; a failure becomes one line with Vagrant's own reason."""
+        if shutil.which("vagrant") is None:
+            raise DriverError("the virtualbox driver needs Vagrant: apt-get install vagrant")
+        try:
+            return action(*args, **kwargs)
+        except subprocess.CalledProcessError:
+            raise DriverError(f"vagrant {what} failed for {self.machine_name}: {self._last_error()}") from None
+
+    def _last_error(self) -> str:
+        try:
+            text = Path(self.store_dir, ERROR_LOG).read_text(errors="replace")
+        except OSError:
+            text = ""
+        lines = [line.strip() for line in text.splitlines() if line.strip() and "WARNING" not in line]
+        message = " ".join(lines) or f"see {os.path.join(self.store_dir, VAGRANT_LOG)}"
+        return message if len(message) <= 400 else message[:397] + "..."
+
+    def _host_public_key(self) -> str | None:
+        try:
+            return Path(self.store_dir, f"{HOST_KEY}.pub").read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def pre_create_check(self) -> None:
+        provider = self._provider
+        if provider not in PROVIDERS:
+            raise PreCreateError(f"--virtualbox-provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+        for key, option, lowest in (("memory", "memory", 128), ("cpu_count", "cpu-count", 1),
+                                    ("disk_size", "disk-size", 1024), ("boot_timeout", "boot-timeout", 10)):
+            value = self.config.get(key)
+            if not isinstance(value, int) or value < lowest:
+                raise PreCreateError(f"--virtualbox-{option} must be a whole number of at least {lowest}, not {value!r}")
+        try:
+            network = self._network()
+        except ValueError:
+            raise PreCreateError(f"--virtualbox-hostonly-cidr {self.config.get('hostonly_cidr')!r} is not an "
+                                 f"address/prefix like {DEFAULT_CIDR}") from None
+        if network.ip == network.network.network_address or network.network.prefixlen > 29:
+            raise PreCreateError(f"--virtualbox-hostonly-cidr {network} must be a host address in a network of "
+                                 f"at least 8 addresses, like {DEFAULT_CIDR}")
+        if provider == "virtualbox" and not self.config.get("nat") and not network.network.subnet_of(ALLOWED_HOSTONLY):
+            raise PreCreateError(f"--virtualbox-hostonly-cidr {network} is outside {ALLOWED_HOSTONLY}, which is all "
+                                 f"VirtualBox 6.1.28+ allows for host-only networks; pick one inside or use --virtualbox-nat")
+        if self.config.get("nat") and provider != "virtualbox":
+            raise PreCreateError("--virtualbox-nat only applies to the virtualbox provider")
+        if shutil.which("vagrant") is None:
+            raise PreCreateError("the virtualbox driver needs Vagrant: apt-get install vagrant")
+        if not _provider_usable(provider):
+            raise PreCreateError(PROVIDER_HINTS[provider])
+        if provider == "libvirt" and not os.path.exists(LIBVIRT_SOCKET):
+            raise PreCreateError(f"libvirtd is not running (no {LIBVIRT_SOCKET}): start it, e.g. `libvirtd -d`")
+
+    def create(self, ledger: Ledger) -> None:
+        os.makedirs(self.store_dir, exist_ok=True)
+        host_public_key = self._write_host_key()
+        self._write_project(host_public_key)
+        # Recorded before `up`: a half-made VM (boot timeout, Ctrl-C) is destroyed just the same.
+        ledger.record(f"Vagrant VM {self._domain} ({self._provider})", self._destroy)
+        self._call("up", self._vagrant().up, provider=self._provider)
+        self._read_ssh_config()
+
+    def _write_host_key(self) -> str:
+        """Generate the guest's SSH host key here, so the first connection can already be verified."""
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        public_line = f"{public.decode()} machines-{self.machine_name}-host"
+        _write_private(os.path.join(self.store_dir, HOST_KEY), private)
+        Path(self.store_dir, f"{HOST_KEY}.pub").write_text(public_line + "\n")
+        return public_line
+
+    def _write_project(self, host_public_key: str) -> None:
+        """The Vagrantfile and the first-boot script; both hold nothing a reader of the store may not see (0600)."""
+        with open(f"{self.ssh_key_path}.pub") as file:
+            public_key = file.read().strip()
+        host_private_key = Path(self.store_dir, HOST_KEY).read_text()
+        script = PROVISION.format(public_key=_shell(public_key), host_private_key=host_private_key,
+                                  host_public_key=_shell(host_public_key), name=self.machine_name)
+        _write_private(os.path.join(self.store_dir, "provision.sh"), script.encode())
+        network = self._network()
+        if self.config.get("nat"):
+            # The API port too: the core reaches it at 127.0.0.1 (see ip()), auto_correct avoids taken ports.
+            forwards = '  config.vm.network "forwarded_port", guest: 2376, host: 2376, host_ip: "127.0.0.1", ' \
+                       'auto_correct: true, id: "docker"'
+        else:
+            # Only VirtualBox gets a host-only NIC; libvirt's management network is already host-only.
+            forwards = ('  config.vm.provider :virtualbox do |vb, override|\n'
+                        f'    override.vm.network "private_network", ip: {_ruby(self._hostonly_address())}, '
+                        f'netmask: {_ruby(str(network.netmask))}\n'
+                        '  end')
+        qemu = self.config.get("libvirt_driver") == "qemu"
+        cpu = '    lv.cpu_mode = "custom"\n    lv.cpu_model = "qemu64"\n' if qemu else ""
+        text = VAGRANTFILE.format(
+            name=self.machine_name, domain=_ruby(self._domain), box=_ruby(str(self.config.get("box") or DEFAULT_BOX)),
+            boot_timeout=int(self.config.get("boot_timeout") or 300), key=_ruby(self.ssh_key_path), network=forwards,
+            memory=int(self.config["memory"]), cpus=int(self.config["cpu_count"]),
+            disk_gb=max(1, -(-int(self.config["disk_size"]) // 1024)),
+            libvirt_driver=_ruby(str(self.config.get("libvirt_driver") or "kvm")),
+            network_name=_ruby(self.libvirt_network_name()), network_address=_ruby(str(network.network)),
+            libvirt_cpu=cpu,
+        )
+        _write_private(os.path.join(self.store_dir, "Vagrantfile"), text.encode())
+
+    def _hostonly_address(self) -> str:
+        """A fixed guest address on the host-only network: the lowest one no other machine in the store holds.
+
+        VirtualBox's host-only DHCP would hand out addresses we could only learn by logging in; a fixed one is known
+        before boot and survives restarts (so the server certificate stays valid).
+        """
+        if self.config.get("ip"):
+            return str(self.config["ip"])
+        network = self._network()
+        taken = {str(network.ip)} | _sibling_addresses(Path(self.store_dir))
+        for address in network.network.hosts():
+            if str(address) not in taken and address != network.network.network_address + 1:
+                self.config["ip"] = str(address)
+                return str(address)
+        raise DriverError(f"no free address left on host-only network {network.network}")
+
+    def libvirt_network_name(self) -> str:
+        """The libvirt network for this CIDR: machines on one CIDR share it; Vagrant removes it with the last one."""
+        network = self._network().network
+        return f"machines-{network.network_address}-{network.prefixlen}"
+
+    def _read_ssh_config(self) -> None:
+        """Keep where sshd answers (``vagrant ssh-config``), so ``ssh``/``ip`` cost no Vagrant call."""
+        conf = self._call("ssh-config", self._vagrant().conf)
+        self.config["ssh_host"] = conf.get("HostName")
+        self.config["ssh_port"] = int(conf.get("Port") or 22)
+
+    def _destroy(self) -> None:
+        if os.path.exists(os.path.join(self.store_dir, "Vagrantfile")):
+            self._call("destroy", self._vagrant().destroy)
+
+    def remove(self) -> None:
+        """``vagrant destroy -f``: the VM, its disk volume and (with the last machine on it) the libvirt network."""
+        self._destroy()
+        shutil.rmtree(os.path.join(self.store_dir, ".vagrant"), ignore_errors=True)
+
+    def start(self) -> None:
+        self._call("up", self._vagrant().up, provider=self._provider, provision=False)
+        self._read_ssh_config()
+
+    def stop(self) -> None:
+        self._call("halt", self._vagrant().halt)
+
+    def kill(self) -> None:
+        self._call("halt --force", self._vagrant().halt, force=True)
+
+    def restart(self) -> None:
+        self._call("reload", self._vagrant().reload, provision=False)
+        self._read_ssh_config()
+
+    def state(self) -> State:
+        if not os.path.exists(os.path.join(self.store_dir, "Vagrantfile")):
+            return State.NOT_FOUND
+        statuses = self._call("status", self._vagrant().status)
+        raw = statuses[0].state if statuses else "not_created"
+        return STATES.get(raw or "not_created", State.ERROR)
+
+    def ip(self) -> str:
+        """The address the API is reached at: the guest's host-only/management address, or 127.0.0.1 with NAT."""
+        if self.config.get("nat"):
+            return "127.0.0.1"
+        if self.config.get("ip"):
+            return str(self.config["ip"])
+        if not self.config.get("ssh_host"):
+            self._read_ssh_config()
+        return str(self.config["ssh_host"])
+
+    def ssh_details(self) -> SSHDetails:
+        if not self.config.get("ssh_host"):
+            self._read_ssh_config()
+        return SSHDetails(str(self.config["ssh_host"]), int(self.config.get("ssh_port") or 22), "root",
+                          self.ssh_key_path)
+
+    def initial_host_key(self) -> str | None:
+        """The host key this driver generated and the first-boot script installed."""
+        public = self._host_public_key()
+        return " ".join(public.split()[:2]) if public else None
+
+
+def _provider_usable(provider: str) -> bool:
+    """``vagrant provider --usable`` needs a Vagrant project: ask it in an empty one."""
+    with tempfile.TemporaryDirectory(prefix="machines-vagrant-") as project:
+        Path(project, "Vagrantfile").write_text('Vagrant.configure("2") do |config| end\n')
+        environment = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": provider}
+        try:
+            result = subprocess.run(["vagrant", "provider", "--usable"], cwd=project, env=environment,
+                                    capture_output=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _sibling_addresses(store_dir: Path) -> set[str]:
+    """Host-only addresses of the other virtualbox machines in the same store."""
+    addresses: set[str] = set()
+    for config_path in store_dir.parent.glob("*/config.json"):
+        if config_path.parent == store_dir:
+            continue
+        try:
+            record = json.loads(config_path.read_text())
+        except (OSError, ValueError):
+            continue
+        driver_config = record.get("driver")
+        if record.get("driver_name") == VirtualBoxDriver.name and isinstance(driver_config, dict):
+            if driver_config.get("ip"):
+                addresses.add(str(driver_config["ip"]))
+    return addresses

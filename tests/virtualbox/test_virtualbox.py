@@ -1,0 +1,129 @@
+"""The virtualbox driver: pre-create refusals, and a real VM end to end through Vagrant's libvirt provider.
+
+The end-to-end test is one function on purpose: a VM under software emulation takes a minute or more to boot, so
+create, ssh, docker, stop/start and rm share one machine (and one xdist worker owns libvirt).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from drivers.virtualbox import VirtualBoxDriver
+from machines.errors import PreCreateError
+
+from .conftest import MACHINE_PREFIX, REPO, TEST_CIDR, LibvirtWorld, domains
+
+MACHINES = str(Path(sys.executable).with_name("machines"))
+DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
+
+
+def unique() -> str:
+    return f"{MACHINE_PREFIX}{os.getpid() % 10000}{uuid.uuid4().hex[:6]}"
+
+
+def machines(store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def refused(store: Path, *flags: str, env: dict[str, str] | None = None) -> str:
+    """Run a create that must be refused before anything is made; return its one-line error."""
+    name = unique()
+    result = machines(store, "create", "-d", "virtualbox", *flags, name, env=env, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert not (store / "machines" / name).exists()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1]
+
+
+def test_virtualbox_provider_missing_names_the_way_out(tmp_path: Path) -> None:
+    """VirtualBox is not packaged for Debian 12: the error says so and points at the libvirt provider."""
+    message = refused(tmp_path, "--virtualbox-provider", "virtualbox")
+    assert "VirtualBox" in message and "--virtualbox-provider libvirt" in message
+
+
+def test_docker_machines_old_hostonly_default_is_refused(tmp_path: Path) -> None:
+    """192.168.99.1/24 fails on VirtualBox 6.1.28+ with E_ACCESSDENIED; we refuse it before making anything."""
+    assert "192.168.56.0/21" in refused(tmp_path, "--virtualbox-hostonly-cidr", "192.168.99.1/24")
+
+
+@pytest.mark.parametrize(("flags", "wanted"), [
+    ({"hostonly_cidr": "banana"}, "not an address/prefix"),
+    ({"hostonly_cidr": "192.168.56.0/24"}, "must be a host address"),
+    ({"provider": "hyperv"}, "must be one of virtualbox, libvirt"),
+    ({"memory": 12}, "--virtualbox-memory"),
+    ({"cpu_count": 0}, "--virtualbox-cpu-count"),
+    ({"nat": True, "provider": "libvirt"}, "only applies to the virtualbox provider"),
+])
+def test_bad_flags_are_refused(tmp_path: Path, flags: dict[str, object], wanted: str) -> None:
+    driver = VirtualBoxDriver("vb", str(tmp_path / "vb"), {**VirtualBoxDriver.flag_defaults(), **flags})
+    with pytest.raises(PreCreateError, match=re.escape(wanted)):
+        driver.pre_create_check()
+    assert not (tmp_path / "vb").exists()
+
+
+def test_missing_vagrant_names_the_package(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + ":/nonexistent"}
+    assert "apt-get install vagrant" in refused(tmp_path, "--virtualbox-provider", "libvirt", env=env)
+
+
+@pytest.mark.timeout(1500)
+def test_libvirt_machine_end_to_end(libvirt_world: LibvirtWorld, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    env = {**libvirt_world.env, "MACHINES_STORAGE_PATH": str(store)}
+    for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
+        env.pop(key, None)
+    env["PATH"] = f"{Path(MACHINES).parent}:{env.get('PATH', '')}"
+    name = unique()
+    timings: dict[str, float] = {}
+
+    def timed(phase: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
+        result = machines(store, *args, env=env, timeout=timeout)
+        timings[phase] = round(time.monotonic() - started, 1)
+        return result
+
+    try:
+        timed("create", "create", "-d", "virtualbox", "--virtualbox-provider", "libvirt",
+              "--virtualbox-libvirt-driver", "qemu", "--virtualbox-box", libvirt_world.box,
+              "--virtualbox-hostonly-cidr", TEST_CIDR, "--virtualbox-disk-size", "4096",
+              "--timeout-ssh", "300", name, timeout=900)
+        assert f"machines-{name}" in domains()
+        assert machines(store, "ssh", name, "hostname", env=env).stdout.strip() == name
+        assert machines(store, "status", name, env=env).stdout.strip() == "Running"
+        ip = machines(store, "ip", name, env=env).stdout.strip()
+        assert ip.startswith("192.168.62.")
+
+        rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True,
+                                check=True, timeout=60).stdout
+        docker = (f'eval "$(machines env {name})" && {DOCKER} import - busybox:vb >/dev/null && '
+                  f'{DOCKER} run --rm busybox:vb sh -c "echo hello from \\$(hostname -s)"')
+        result = subprocess.run(["bash", "-c", docker], input=rootfs, capture_output=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        assert result.stdout.decode().startswith("hello from")
+
+        timed("stop", "stop", name)
+        assert machines(store, "status", name, env=env).stdout.strip() == "Stopped"
+        timed("start", "start", name, timeout=900)
+        assert machines(store, "ssh", name, "hostname", env=env).stdout.strip() == name
+        version = subprocess.run(["bash", "-c", f'eval "$(machines env {name})" && {DOCKER} images -q busybox:vb'],
+                                 capture_output=True, text=True, env=env, timeout=120)
+        assert version.returncode == 0 and version.stdout.strip(), version.stderr
+    finally:
+        timed("rm", "rm", "-f", name, timeout=600)
+        print(f"virtualbox/libvirt timings (s): {timings}")
+    assert libvirt_world.leftovers(name) == []
+    assert not (store / "machines" / name).exists()
