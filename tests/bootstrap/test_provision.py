@@ -389,3 +389,19 @@ def test_regenerate_client_certs_replaces_the_ca(make_host, tmp_path: Path) -> N
         get_version(old_client, machine.ip())  # the old CA's client certificate no longer opens the API
     assert get_version(provision.client_ssl_context(machine.dir), machine.ip())["Version"] == runtime.VERSION
     machine.close()
+
+
+def test_a_user_without_sudo_is_told_so(store: Machines, bad_host: TestHost) -> None:
+    bad_host.run(
+        # '*' rather than useradd's locked '!': sshd without PAM refuses locked accounts even with a key
+        "id deploy >/dev/null 2>&1 || useradd -m -p '*' -s /bin/sh deploy && mkdir -p ~deploy/.ssh && "
+        "cp /root/.ssh/authorized_keys ~deploy/.ssh/ && chown -R deploy ~deploy/.ssh"
+    )
+    name = unique("user")
+    result = cli(
+        store, "create", "-d", "generic", "--generic-ip-address", bad_host.address, "--generic-ssh-user", "deploy",
+        "--generic-ssh-key", str(bad_host.key_path), "--timeout-ssh", "15", name, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "the SSH user needs passwordless sudo" in result.stderr, result.stderr
+    assert not store.store.exists(name)
