@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -150,7 +151,14 @@ class Shim:
         if pid == self.child:
             self.status = exit_code(status)
 
+    def _accept_waiting(self) -> None:
+        """Attach clients connect before the process starts, but select may report output first: take every
+        waiting client before forwarding output, so ``docker run`` never misses the first bytes."""
+        while select.select([self.listener], [], [], 0)[0]:
+            self._accept()
+
     def _read_output(self, fd: int) -> None:
+        self._accept_waiting()
         try:
             data = os.read(fd, 65536)
         except OSError as e:
