@@ -63,7 +63,7 @@ def as_flags(config: dict[str, Any]) -> list[str]:
         option = "--azure-" + key.replace("_", "-")
         if value is True:
             flags.append(option)
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # 0 is a value (``0 in (False, None)`` is true)
             for item in value if isinstance(value, list) else [value]:
                 flags += [option, str(item)]
     return flags
