@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ from drivers.aws import AWSDriver
 from drivers.base import Ledger, State
 from machines.errors import CancelledError, DriverError, MachineTimeoutError, PreCreateError
 from machines.machine import Machines
+from machines.store import generate_ssh_key
 
 from .conftest import NOTHING, MotoCloud, World
 
@@ -23,7 +23,7 @@ def make_driver(cloud: MotoCloud, store_dir: Path, **config: Any) -> AWSDriver:
     """A driver whose store folder holds a fresh machine key, as the core makes it before ``create``."""
     store_dir.mkdir(parents=True, exist_ok=True)
     if not (store_dir / "id_ed25519").exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(store_dir / "id_ed25519")], check=True)
+        generate_ssh_key(store_dir, "aws-test")
     return AWSDriver(f"m{os.getpid()}", str(store_dir), {"endpoint": cloud.endpoint, "wait_timeout": 20, **config})
 
 
@@ -99,9 +99,9 @@ def test_existing_group_and_key_pair_are_used_as_they_are_and_kept(cloud: MotoCl
     vpc_id = cloud.client.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     group_id = cloud.client.create_security_group(GroupName="ops", Description="ops", VpcId=vpc_id)["GroupId"]
     rules = cloud.client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["IpPermissions"]
+    (tmp_path / "own").mkdir()
+    generate_ssh_key(tmp_path / "own", "own key")
     own_key = tmp_path / "own" / "id_ed25519"
-    own_key.parent.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(own_key)], check=True)
     cloud.client.import_key_pair(KeyName="mine", PublicKeyMaterial=own_key.with_suffix(".pub").read_bytes())
 
     driver = make_driver(cloud, tmp_path / "store", security_group=["ops"], keypair_name="mine", ssh_keypath=str(own_key))
