@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,20 +59,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def running(machine_dir: str | os.PathLike[str]) -> Path | None:
     """The socket of a live forwarder of this machine, or None."""
     state = _state(Path(machine_dir))
-    if state and _alive(int(state["pid"])) and _answers(Path(state["socket"])):
+    # A live forwarder process and its socket file: probing the socket would cost a session on the host.
+    if state and _alive(int(state["pid"])) and _is_forwarder(int(state["pid"])) and Path(state["socket"]).is_socket():
         return Path(state["socket"])
     return None
 
@@ -86,6 +76,7 @@ def ensure(storage_path: str | os.PathLike[str], name: str, machine_dir: str | o
         return live
     stop(directory)
     path = socket_path(directory)
+    path.unlink(missing_ok=True)  # a socket left by a forwarder that died must not pass for the new one
     log_path = directory / LOG_FILE
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         process = subprocess.Popen(
@@ -101,7 +92,7 @@ def ensure(storage_path: str | os.PathLike[str], name: str, machine_dir: str | o
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise ProvisionError(f"{name}: the SSH forwarder exited: {tail[0]}")
-        if _answers(path):
+        if path.is_socket() and running(directory) == path:
             return path
         time.sleep(0.05)
     process.terminate()
