@@ -7,6 +7,7 @@ request bodies (``docker build``, ``docker cp``) and one thread per client that 
 
 from __future__ import annotations
 
+import fcntl
 import http
 import itertools
 import json
@@ -15,7 +16,9 @@ import re
 import socket
 import socketserver
 import ssl
+import struct
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -472,17 +475,29 @@ class Connection:
         else:
             self.write(self.head_bytes(200, headers))
         user_agent = request.headers.get("User-Agent")
-        # Go clients (the docker CLI) read buffered bytes correctly; others get a short gap before the payload.
-        go_client = user_agent.startswith("Docker-Client/") or user_agent.startswith("Go-http-client")
-        return Hijacked(self, 0.0 if go_client else 0.1)
+        # Go clients (the docker CLI) read bytes that arrive with the headers correctly; others do not.
+        careful = not (user_agent.startswith("Docker-Client/") or user_agent.startswith("Go-http-client"))
+        return Hijacked(self, careful)
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes we sent on a unix socket that the peer has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 class Hijacked:
-    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends."""
+    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends.
 
-    def __init__(self, conn: Connection, first_write_delay: float) -> None:
+    With ``careful`` (docker-py and other non-Go clients) the first payload waits until the client has read the
+    101 headers: on a unix socket we see exactly when (the send queue drains); elsewhere we wait a fixed gap.
+    """
+
+    FIXED_GAP = 0.2  # what the recorded race needed over TCP: 0 lost outputs in 30 with 200 ms
+    CONSUME_LIMIT = 2.0
+
+    def __init__(self, conn: Connection, careful: bool) -> None:
         self.conn = conn
-        self._delay_until = time.monotonic() + first_write_delay
+        self._careful = careful
 
     def read(self, size: int = 65536) -> bytes:
         """Client input; ``b""`` once the client half-closed or hung up."""
@@ -491,12 +506,19 @@ class Hijacked:
         except (OSError, ValueError, ssl.SSLError):
             return b""
 
+    def _wait_headers_read(self) -> None:
+        sock = self.conn.sock
+        if sock.family != socket.AF_UNIX:
+            time.sleep(self.FIXED_GAP)
+            return
+        deadline = time.monotonic() + self.CONSUME_LIMIT
+        while _unread_bytes(sock) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
     def write(self, data: bytes) -> None:
-        if self._delay_until:
-            gap = self._delay_until - time.monotonic()
-            if gap > 0:
-                time.sleep(gap)
-            self._delay_until = 0.0
+        if self._careful:
+            self._careful = False
+            self._wait_headers_read()
         self.conn.write(data)
 
     def finish(self) -> None:
