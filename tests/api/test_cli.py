@@ -47,6 +47,8 @@ def test_run_attached_output_streams_and_exit_codes(daemon: Daemon, image: str) 
 def test_run_rm_removes_the_container(daemon: Daemon, image: str, name: str) -> None:
     assert daemon.out("run", "--rm", "--name", name, image, "echo", "hello") == "hello\n"
     assert daemon.out("ps", "-a", "--filter", "name=" + name, "--format", "{{.Names}}") == ""
+    outputs = [daemon.out("run", "--rm", image, "echo", str(attempt)) for attempt in range(15)]
+    assert outputs == ["%d\n" % attempt for attempt in range(15)]  # a fast process's output is never lost
 
 
 def test_run_it_through_a_pseudo_terminal(daemon: Daemon, image: str) -> None:
