@@ -15,10 +15,9 @@ was interrupted while ``RunInstances`` was in flight.
 
 from __future__ import annotations
 
-import base64
 import email.mime.multipart
-import functools
 import email.mime.text
+import functools
 import ipaddress
 import json
 import logging
@@ -31,12 +30,12 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import botocore.loaders
-import botocore.session
 import botocore.parsers
+import botocore.session
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from drivers.nshost import generate_host_key
 from machines.errors import DriverError, MachineTimeoutError, PreCreateError
 
 log = logging.getLogger(__name__)
@@ -79,16 +78,6 @@ def _one_line(error: Exception) -> str:
     return " ".join(text.split())
 
 
-def generate_host_key() -> tuple[str, str]:
-    """A fresh ed25519 host key as (OpenSSH private PEM, ``ssh-ed25519 AAAA...`` public line)."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public.decode()
-
-
 def public_key_of(private_key_path: str) -> str:
     """The OpenSSH public line of a private key file (its ``.pub`` may be missing or stale)."""
     with open(private_key_path, "rb") as handle:
@@ -122,17 +111,21 @@ def cloud_config(authorized_key: str, host_private: str, host_public: str, ssh_u
     return "\n".join(lines) + "\n"
 
 
+def user_part(theirs: str) -> email.mime.text.MIMEText:
+    """The user's own user data as a MIME part for cloud-init: a script, else a cloud-config."""
+    first_line = theirs.lstrip().splitlines()[0] if theirs.strip() else ""
+    if first_line.startswith("Content-Type: multipart"):
+        raise PreCreateError("--aws-userdata: MIME multipart user data cannot be merged; pass a script or cloud-config")
+    return email.mime.text.MIMEText(theirs, "x-shellscript" if first_line.startswith("#!") else "cloud-config")
+
+
 def merge_user_data(ours: str, theirs: str | None) -> str:
     """Ours alone, or a MIME multipart with ours first and the user's part after it, as cloud-init expects."""
     if not theirs:
         return ours
     message = email.mime.multipart.MIMEMultipart()
     message.attach(email.mime.text.MIMEText(ours, "cloud-config"))
-    first_line = theirs.lstrip().splitlines()[0] if theirs.strip() else ""
-    subtype = "x-shellscript" if first_line.startswith("#!") else "cloud-config"
-    if first_line.startswith("Content-Type: multipart"):
-        raise PreCreateError("--aws-userdata: MIME multipart user data cannot be merged; pass a script or cloud-config")
-    message.attach(email.mime.text.MIMEText(theirs, subtype))
+    message.attach(user_part(theirs))
     return message.as_string()
 
 
@@ -327,9 +320,9 @@ class AWSDriver(Driver):
             raise PreCreateError(f"--aws-ssh-keypath {self._get('ssh_keypath')}: no such file")
         if int(self._get("root_size") or 0) < 1:
             raise PreCreateError("--aws-root-size must be a positive number of GiB")
-        userdata = self._get("userdata")
-        if userdata and not os.path.isfile(userdata):
-            raise PreCreateError(f"--aws-userdata {userdata}: no such file")
+        theirs = self._their_user_data()
+        if theirs:
+            user_part(theirs)  # refuses what cannot be merged
         if self._get("private_ip_address"):
             try:
                 ipaddress.IPv4Address(self._get("private_ip_address"))
@@ -549,11 +542,17 @@ class AWSDriver(Driver):
         self.config["host_key"] = host_public
         key_path = self._get("ssh_keypath") or self.ssh_key_path
         ours = cloud_config(public_key_of(key_path), host_private, host_public, self._get("ssh_user"))
-        theirs = None
-        if self._get("userdata"):
-            with open(self._get("userdata"), encoding="utf-8") as handle:
-                theirs = handle.read()
-        return merge_user_data(ours, theirs)
+        return merge_user_data(ours, self._their_user_data())
+
+    def _their_user_data(self) -> str | None:
+        path = self._get("userdata")
+        if not path:
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise PreCreateError(f"--aws-userdata {path}: {error.strerror if isinstance(error, OSError) else error}") from None
 
     def _launch(self, ledger: Ledger, groups: list[str]) -> None:
         """RunInstances, recorded *before* the call: an interrupted launch is found again by its machines:id tag."""

@@ -227,8 +227,9 @@ def test_ssh_failure_after_launch_is_rolled_back(world: World, tmp_path: Path) -
         ({"allow_cidr": ["everyone"]}, "--aws-allow-cidr 'everyone' is not a CIDR"),
         ({"keypair_name": "absent", "ssh_keypath": "/etc/hostname"}, "--aws-keypair-name 'absent' does not exist"),
         ({"private_ip_address": "10.99.0.5"}, "outside subnet"),
+        ({"userdata": "/nonexistent/user-data"}, "--aws-userdata /nonexistent/user-data: No such file"),
     ],
-    ids=["region", "instance-type", "ami", "cidr", "keypair", "private-ip"],
+    ids=["region", "instance-type", "ami", "cidr", "keypair", "private-ip", "userdata"],
 )
 def test_bad_input_refused_before_anything_is_made(cloud: MotoCloud, tmp_path: Path, config: dict[str, Any], message: str) -> None:
     driver = make_driver(cloud, tmp_path, **config)
