@@ -883,11 +883,15 @@ class Engine:
     def _discard(self, cid: str, trash: str) -> None:
         """Deleting a cgroup (busy until the last task is reaped) and the layer dirs is slow: do it behind.
         The folder goes last, so a daemon killed meanwhile finds it in trash/ and finishes the job."""
+        group = cgroups.open_cgroup("machines/" + cid)
+        emptied = group.try_remove()  # usually works at once, so a daemon killed next leaves no cgroup behind
+
         def work() -> None:
-            try:
-                cgroups.open_cgroup("machines/" + cid).remove()
-            except OSError:
-                pass
+            if not emptied:
+                try:
+                    group.remove()
+                except OSError:
+                    pass
             shutil.rmtree(trash, ignore_errors=True)
         thread = threading.Thread(target=work, name="discard-" + cid[:12], daemon=True)
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]

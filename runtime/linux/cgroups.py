@@ -108,6 +108,17 @@ class Cgroup:
             self.set_frozen(False)
             time.sleep(0.01)
 
+    def try_remove(self) -> bool:
+        """One quick attempt (no killing, no waiting); True when nothing is left."""
+        for path in self._dirs():
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False
+        return True
+
     def remove(self) -> None:
         """Removes the group everywhere; kills stragglers first because a non-empty group cannot be removed."""
         self.kill_all()

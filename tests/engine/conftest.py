@@ -56,13 +56,16 @@ def _wait_discards() -> None:
 
 def cleanup_engine(engine: Engine) -> None:
     """Force-removes every container (killing its processes and shim), then checks nothing stayed behind."""
-    for summary in engine.list_containers(all=True):
+    ids = [summary["Id"] for summary in engine.list_containers(all=True)]
+    for cid in ids:
         try:
-            engine.remove(summary["Id"], force=True, volumes=True)
+            engine.remove(cid, force=True, volumes=True)
         except EngineError:
             pass
     _wait_discards()
     engine.close()
+    left = [cid for cid in ids if cgroups.open_cgroup("machines/" + cid).exists()]
+    assert not left, "cgroups left behind: %s" % left
 
 
 def make_roots() -> tuple:
