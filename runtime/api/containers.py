@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List
 
 from runtime.api import streams, validate
 from runtime.api.routing import filters_arg, route, timestamp_arg
-from runtime.api.server import (HIJACKED, Request, Response, Stream, empty, json_lines, json_response)
+from runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
 from runtime.errors import EngineError, InvalidParameter
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")

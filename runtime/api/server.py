@@ -182,9 +182,6 @@ class Request:
     def args(self, name: str) -> List[str]:
         return list(self.query.get(name, []))
 
-    def has(self, name: str) -> bool:
-        return name in self.query
-
     def flag(self, name: str, default: bool = False) -> bool:
         """moby's ``httputils.BoolValue``: "", 0, no, false, none mean false; anything else means true."""
         if name not in self.query:
