@@ -408,9 +408,12 @@ class AzureDriver(Driver):
     def _check_network(self) -> None:
         """A static private address must lie in the subnet: the existing one's range, else the one we would make."""
         vnet_group, vnet = self.vnet_group_and_name
+        group_exists = self._call("read the vnet's group", lambda: self.resources.resource_groups.check_existence(vnet_group))
+        if not group_exists and vnet_group != self.group:
+            raise PreCreateError(f"--azure-vnet {self._get('vnet')}: resource group {vnet_group} does not exist")
         subnet = self._find(
             "read the subnet", lambda: self.network.subnets.get(vnet_group, vnet, self._get("subnet"))
-        ) if self._call("read the vnet's group", lambda: self.resources.resource_groups.check_existence(vnet_group)) else None
+        ) if group_exists else None
         if subnet is None:
             prefix, where = ipaddress.ip_network(self._get("subnet_prefix")), "--azure-subnet-prefix"
         else:

@@ -198,6 +198,7 @@ BAD_INPUT = {
     "root": ({"ssh_user": "root"}, "root is not allowed on Azure"),
     "cidr": ({"allow_cidr": ["everyone"]}, "--azure-allow-cidr 'everyone' is not a CIDR"),
     "private ip": ({"private_ip_address": "10.99.0.5"}, r"outside --azure-subnet-prefix \(192.168.0.0/16\)"),
+    "vnet group": ({"vnet": "elsewhere:net"}, "--azure-vnet elsewhere:net: resource group elsewhere does not exist"),
     "subscription": ({"subscription_id": None}, "--azure-subscription-id is required"),
     "unknown subscription": ({"subscription_id": "00000000-0000-0000-0000-000000000000"}, "SubscriptionNotFound"),
     "secret": ({"client_secret": "wrong"}, "Azure login failed .*Invalid client secret"),
