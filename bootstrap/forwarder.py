@@ -20,9 +20,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from machines.errors import MachinesError, ProvisionError
-from machines.ssh import UnixForwarder
+
+if TYPE_CHECKING:
+    from machines.ssh import UnixForwarder
 
 STATE_FILE = "forwarder.json"
 LOG_FILE = "forwarder.log"

@@ -1,5 +1,6 @@
 """CLI commands of bootstrap: env, config, regenerate-certs, provision, upgrade. Each parses, calls the library,
-prints; the work is in ``bootstrap``."""
+prints; the work is in ``bootstrap``, imported inside the commands so that other commands do not pay for paramiko
+and cryptography at start-up."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from typing import Callable, Optional
 
 import typer
 
-from bootstrap import certs as certificates
-from bootstrap import forwarder, provision, shellenv
 from machines.cli import common
 from machines.errors import StateError
 from machines.machine import Machine
@@ -24,6 +23,9 @@ def _provisioned(machine: Machine) -> None:
 
 def env_variables(machine: Machine, *, ssh: bool, unset: bool, no_proxy: bool) -> dict[str, str | None]:
     """The variables ``env`` sets (or unsets): TLS to port 2376, or the local socket of the SSH forwarder."""
+    from bootstrap import certs as certificates
+    from bootstrap import forwarder, shellenv
+
     if unset:
         variables: dict[str, str | None] = dict.fromkeys(ENV_KEYS)
         if no_proxy:
@@ -85,6 +87,8 @@ def register(app: typer.Typer) -> None:
         ssh: bool = typer.Option(False, "--ssh", help="Point DOCKER_HOST at a local socket forwarded over SSH."),
     ) -> None:
         """Print the shell commands that point docker, docker-py and docker-compose at a machine."""
+        from bootstrap import forwarder, shellenv
+
         machine = common.machines().get(name)
         if unset and (ssh or machine.runtime.get("api") == "ssh"):
             forwarder.stop(machine.dir)
@@ -97,14 +101,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def config(name: str = typer.Argument(..., help="Machine name.")) -> None:
         """Print the docker client flags that reach a machine over mutual TLS."""
+        from bootstrap.certs import CA_CERT, CLIENT_CERT, CLIENT_KEY
+
         machine = common.machines().get(name)
         _provisioned(machine)
         if machine.runtime.get("api") == "ssh":
             raise StateError(f"machine {name!r} has no TCP API (created with --api ssh): use 'machines env --ssh {name}'")
         directory = machine.dir
         common.echo(
-            f"--tlsverify\n--tlscacert={directory / certificates.CA_CERT}\n--tlscert={directory / certificates.CLIENT_CERT}\n"
-            f"--tlskey={directory / certificates.CLIENT_KEY}\n-H={machine.url()}"
+            f"--tlsverify\n--tlscacert={directory / CA_CERT}\n--tlscert={directory / CLIENT_CERT}\n"
+            f"--tlskey={directory / CLIENT_KEY}\n-H={machine.url()}"
         )
 
     @app.command("regenerate-certs")
@@ -115,6 +121,9 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the details of each phase."),
     ) -> None:
         """Issue new server certificates (for the current IPs) and restart the runtime; containers keep running."""
+        from bootstrap import certs as certificates
+        from bootstrap import provision
+
         if not force:
             question = "Regenerate the TLS certificates of " + ", ".join(names)
             if client_certs:
@@ -130,6 +139,8 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the details of each phase."),
     ) -> None:
         """Re-run provisioning: install or repair the runtime, certificates and service (idempotent)."""
+        from bootstrap import provision
+
         _for_each(names, verbose, provision.provision)
 
     @app.command()
@@ -138,4 +149,6 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the details of each phase."),
     ) -> None:
         """Upload this version's runtime and restart it; containers, images and volumes stay."""
+        from bootstrap import provision
+
         _for_each(names, verbose, provision.upgrade)
