@@ -59,10 +59,14 @@ class EventBus:
 
     def stream(self, since: Optional[float] = None, until: Optional[float] = None,
                filters: Optional[dict] = None) -> Iterator[dict]:
-        """Past events from ``since`` then live ones, until ``until`` (or forever when ``until`` is None and
-        ``since`` is not in the past-only form)."""
-        with self._cond:
-            seq = self._first
+        """Past events from ``since`` (none without it), then live ones until ``until`` (forever when None).
+        The starting point is fixed now, not at the first ``next``: nothing emitted after this call is missed."""
+        with self._cond:  # without ``since`` only new events, as ``docker events`` does
+            start = self._first if since is not None else self._first + len(self._events)
+        return self._follow(start, since, until, filters)
+
+    def _follow(self, seq: int, since: Optional[float], until: Optional[float],
+                filters: Optional[dict]) -> Iterator[dict]:
         while True:
             with self._cond:
                 while seq >= self._first + len(self._events) and not self._closed:

@@ -432,3 +432,12 @@ def test_device_option_makes_a_host_device_usable(engine: Engine, run: Runner) -
     assert output(engine, granted) == "opened\n"
     with pytest.raises(InvalidParameter, match="not a device node"):
         run(["true"], host={"Devices": [{"PathOnHost": "/etc/hostname", "PathInContainer": "/dev/x"}]})
+
+
+def test_events_without_since_are_only_new_ones(engine: Engine, run: Runner) -> None:
+    engine.wait(run(["true"]))
+    stream = engine.events(until=time.time() + 1.5, filters={"type": ["container"]})
+    later = run(["true"])
+    seen = [(e["Action"], e["Actor"]["ID"]) for e in stream]
+    assert [action for action, _ in seen] == ["create", "start", "die"]
+    assert all(cid == later for _, cid in seen)
