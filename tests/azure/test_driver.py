@@ -203,6 +203,7 @@ BAD_INPUT = {
     "unknown subscription": ({"subscription_id": "00000000-0000-0000-0000-000000000000"}, "SubscriptionNotFound"),
     "secret": ({"client_secret": "wrong"}, "Azure login failed .*Invalid client secret"),
     "plain http": ({"endpoint": "http://127.0.0.1:1"}, "Azure needs an https:// URL"),
+    "environment": ({"environment": "AzureGermanCloud"}, "expected one of AzurePublicCloud, AzureUSGovernmentCloud"),
 }
 
 
