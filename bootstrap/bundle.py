@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import runtime
+from machines.store import atomic_write
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 MAIN = b'"""Entry point of the bundled runtime."""\nimport runpy\n\nrunpy.run_module("runtime", run_name="__main__", alter_sys=True)\n'
@@ -65,11 +66,7 @@ def build(cache_dir: str | os.PathLike[str], source: str | os.PathLike[str] | No
     cache = Path(cache_dir)
     path = cache / f"runtime-{digest[:16]}.pyz"
     if not path.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+        atomic_write(path, data, mode=0o755)  # parallel creates may build at once: each writes whole or not at all
         for stale in cache.glob("runtime-*.pyz"):  # one cached build is enough: it is rebuilt in milliseconds
             if stale != path:
                 stale.unlink(missing_ok=True)

@@ -8,13 +8,15 @@ do not happen. ECDSA P-256 keys: as widely supported as RSA by Go, OpenSSL and P
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import getpass
 import ipaddress
 import os
-import shutil
 from pathlib import Path
+from typing import Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from machines.errors import CertificateError
+from machines.store import atomic_write
 
 CA_VALIDITY = datetime.timedelta(days=1080)
 LEAF_VALIDITY = datetime.timedelta(days=1080)
@@ -58,15 +61,19 @@ class StoreCerts:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` 0600 through a temporary file and a rename, so a reader never sees half a key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    atomic_write(path, data, mode=0o600)
+
+
+@contextlib.contextmanager
+def _locked(certs: StoreCerts) -> Iterator[None]:
+    """Serialise CA work across threads and processes: parallel creates must not make two CAs."""
+    certs.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(certs.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -228,13 +235,13 @@ def ensure_store_certs(store_root: str | os.PathLike[str], *, rotate: bool = Fal
     A new CA always brings a new client certificate, since the old one would no longer verify.
     """
     certs = StoreCerts(Path(store_root) / "certs")
-    certs.dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(certs.dir, 0o700)
-    new_ca = rotate or not _usable(certs.ca_cert, certs.ca_key)
-    if new_ca:
-        _make_ca(certs)
-    if new_ca or not _usable(certs.client_cert, certs.client_key):
-        _make_client(certs)
+    with _locked(certs):
+        os.chmod(certs.dir, 0o700)
+        new_ca = rotate or not _usable(certs.ca_cert, certs.ca_key)
+        if new_ca:
+            _make_ca(certs)
+        if new_ca or not _usable(certs.client_cert, certs.client_key):
+            _make_client(certs)
     return certs
 
 
@@ -258,17 +265,18 @@ def issue_server_cert(
     directory = Path(machine_dir)
     cert_path, key_path = directory / SERVER_CERT, directory / SERVER_KEY
     subject = _name(f"{_user()}.{machine_name}", machine_name)
-    _issue_leaf(certs, subject, ExtendedKeyUsageOID.SERVER_AUTH, cert_path, key_path, sans)
+    with _locked(certs):
+        _issue_leaf(certs, subject, ExtendedKeyUsageOID.SERVER_AUTH, cert_path, key_path, sans)
     return cert_path, key_path
 
 
 def copy_client_certs(certs: StoreCerts, machine_dir: str | os.PathLike[str]) -> None:
     """Put ca.pem, cert.pem and key.pem in the machine dir, the folder ``DOCKER_CERT_PATH`` points at."""
     directory = Path(machine_dir)
-    for source, name in ((certs.ca_cert, CA_CERT), (certs.client_cert, CLIENT_CERT), (certs.client_key, CLIENT_KEY)):
-        destination = directory / name
-        shutil.copyfile(source, destination)
-        os.chmod(destination, 0o600)
+    with _locked(certs):
+        files = [(certs.ca_cert, CA_CERT), (certs.client_cert, CLIENT_CERT), (certs.client_key, CLIENT_KEY)]
+        for source, name in files:
+            write_private(directory / name, source.read_bytes())
 
 
 def cert_sans(cert_path: Path) -> list[str]:

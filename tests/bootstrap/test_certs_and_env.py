@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import ipaddress
 import os
@@ -49,6 +50,25 @@ def test_server_certificate_names_every_address_and_follows_the_ip(tmp_path: Pat
     assert not certs.server_cert_valid(machine_dir, store, ["10.0.0.6"])  # the IP changed: re-issue
     rotated = certs.ensure_store_certs(tmp_path / "store", rotate=True)
     assert not certs.server_cert_valid(machine_dir, rotated, ["10.0.0.5"])  # signed by the old CA
+
+
+def test_parallel_creates_share_one_ca(tmp_path: Path) -> None:
+    """``machines create a b c`` provisions in threads: they must all end up signed by the same CA."""
+
+    def provision_certs(index: int) -> Path:
+        machine_dir = tmp_path / "machines" / f"m{index}"
+        machine_dir.mkdir(parents=True)
+        store = certs.ensure_store_certs(tmp_path)
+        certs.issue_server_cert(store, machine_dir, f"m{index}", [f"10.0.0.{index + 1}"])
+        certs.copy_client_certs(store, machine_dir)
+        return machine_dir
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        machine_dirs = list(pool.map(provision_certs, range(8)))
+    store = certs.StoreCerts(tmp_path / "certs")
+    for machine_dir in machine_dirs:
+        assert certs.server_cert_valid(machine_dir, store, [])
+        assert (machine_dir / "ca.pem").read_bytes() == store.ca_cert.read_bytes()
 
 
 def test_env_values_survive_eval_in_bash(tmp_path: Path) -> None:
