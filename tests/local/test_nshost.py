@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 
@@ -82,7 +83,7 @@ def test_kill_stops_the_host_at_once(test_host: HostFactory) -> None:
 def test_host_survives_its_python_process_and_remove_leaves_nothing(test_host: HostFactory) -> None:
     host = test_host(start=False)
     started = subprocess.run(
-        ["python3", "-c", "import sys; from drivers.nshost import IsolatedHost; IsolatedHost(sys.argv[1]).start()",
+        [sys.executable, "-c", "import sys; from drivers.nshost import IsolatedHost; IsolatedHost(sys.argv[1]).start()",
          host.host.state_dir], capture_output=True, text=True, cwd=REPO)
     assert started.returncode == 0, started.stderr
     assert host.host.state() is HostState.RUNNING
