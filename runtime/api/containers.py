@@ -113,7 +113,7 @@ def wait(engine: Any, request: Request, ref: str) -> Stream:
             result = {"StatusCode": -1, "Error": {"Message": str(exc)}}
         yield (json.dumps(result) + "\n").encode()
 
-    return Stream(body(), "application/json")
+    return Stream(body(), "application/json", long_poll=True)
 
 
 @route("POST", "/containers/{ref}/attach", "Attach: 101 hijack, multiplexed unless TTY")
@@ -146,7 +146,8 @@ def logs(engine: Any, request: Request, ref: str) -> Stream:
         for stream, data in items:
             yield data if tty else streams.frame(stream, data)
 
-    return Stream(body(), streams.stream_content_type(tty, request.version_at_least("1.42")))
+    return Stream(body(), streams.stream_content_type(tty, request.version_at_least("1.42")),
+                  long_poll=request.flag("follow"))
 
 
 @route("GET", "/containers/{ref}/top", "Processes in the container")

@@ -12,7 +12,9 @@ import http
 import itertools
 import json
 import os
+import queue
 import re
+import select
 import socket
 import socketserver
 import ssl
@@ -254,12 +256,14 @@ class Stream:
     """
 
     def __init__(self, chunks: Iterable[bytes], content_type: str, status: int = 200,
-                 headers: Optional[dict] = None, on_error: Optional[Callable[[EngineError], bytes]] = None):
+                 headers: Optional[dict] = None, on_error: Optional[Callable[[EngineError], bytes]] = None,
+                 long_poll: bool = False):
         self.chunks = chunks
         self.content_type = content_type
         self.status = status
         self.headers = dict(headers or {})
         self.on_error = on_error
+        self.long_poll = long_poll  # may wait long for data: watch for the client hanging up meanwhile
 
 
 def json_lines(items: Iterable[Any]) -> Iterator[bytes]:
@@ -436,8 +440,11 @@ class Connection:
         if close:
             headers.append(("Connection", "close"))
         self.write(self.head_bytes(stream.status, headers))
+        chunks = stream.chunks
+        if stream.long_poll and not isinstance(self.sock, ssl.SSLSocket):  # TLS has no MSG_PEEK: seen on write
+            chunks = _PeerWatch(self.sock, chunks)
         try:
-            for chunk in stream.chunks:
+            for chunk in chunks:
                 if chunk:
                     self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except EngineError as exc:
@@ -452,7 +459,7 @@ class Connection:
             self.app.log("stream %s %s failed:\n%s" % (request.method, request.path, traceback.format_exc()))
             return False
         finally:
-            closer = getattr(stream.chunks, "close", None)
+            closer = getattr(chunks, "close", None)
             if closer is not None:
                 closer()
         self.write(b"0\r\n\r\n")
@@ -480,6 +487,68 @@ class Connection:
 def _unread_bytes(sock: socket.socket) -> int:
     """Bytes we sent on a unix socket that the peer has not read yet (SIOCOUTQ)."""
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+class _PeerWatch:
+    """Iterates ``chunks`` in a helper thread while the connection thread watches the socket, so a client hanging
+    up during a long wait (``/wait`` on a service, a quiet ``logs -f``, ``/events``) frees its connection at once,
+    as moby's request context does. The helper ends at the producer's next item."""
+
+    POLL = 1.0
+
+    def __init__(self, sock: socket.socket, chunks: Iterable[bytes]) -> None:
+        self._sock = sock
+        self._items: "queue.Queue[Tuple[str, Any]]" = queue.Queue(maxsize=8)
+        self._cancelled = threading.Event()
+        threading.Thread(target=self._produce, args=(chunks,), name="api-stream", daemon=True).start()
+
+    def _offer(self, kind: str, value: Any) -> bool:
+        while not self._cancelled.is_set():
+            try:
+                self._items.put((kind, value), timeout=self.POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, chunks: Iterable[bytes]) -> None:
+        iterator = iter(chunks)
+        try:
+            for item in iterator:
+                if not self._offer("item", item):
+                    return
+            self._offer("end", None)
+        except Exception as exc:  # handed to the connection thread, which answers it like an unwatched stream
+            self._offer("error", exc)
+        finally:
+            closer = getattr(iterator, "close", None)
+            if closer is not None:
+                closer()
+
+    def _peer_gone(self) -> bool:
+        try:
+            if not select.select([self._sock], [], [], 0)[0]:
+                return False
+            return self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                kind, value = self._items.get(timeout=self.POLL)
+            except queue.Empty:
+                if self._peer_gone():
+                    raise ConnectionAbortedError("client hung up")
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._cancelled.set()
 
 
 class Hijacked:

@@ -153,7 +153,7 @@ def info(engine: Any, request: Request) -> Response:
 def events(engine: Any, request: Request) -> Stream:
     items = engine.events(since=timestamp_arg(request, "since") or None, until=timestamp_arg(request, "until") or None,
                           filters=filters_arg(request))
-    return Stream(json_lines(items), "application/json")
+    return Stream(json_lines(items), "application/json", long_poll=True)
 
 
 @route("GET", "/system/df", "Disk usage of images, containers and volumes")

@@ -4,6 +4,7 @@ daemon still serves everyone."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -12,6 +13,7 @@ from typing import Dict, Optional, Tuple
 import pytest
 
 from .conftest import REPO, Daemon, make_pki
+from .test_cli import wait_until
 
 
 def raw(daemon: Daemon, data: bytes, timeout: float = 10) -> bytes:
@@ -173,24 +175,41 @@ def test_malformed_requests_get_4xx_and_the_daemon_keeps_serving(daemon: Daemon,
         status, _, body = parse(response)
         assert status == expected, (data[:80], response[:300])
         assert message(body)
-    # Clients hanging up mid-stream: a follow-logs reader and an attached client.
-    container = daemon.out("run", "-d", "--name", name, image, "sh", "-c",
-                           "while true; do echo tick; sleep 0.1; done").strip()
-    for path, extra in (("/v1.47/containers/%s/logs?follow=1&stdout=1" % container, ""),
-                        ("/v1.47/containers/%s/attach?stream=1&stdout=1" % container,
-                         "Connection: Upgrade\r\nUpgrade: tcp\r\n"),
-                        ("/v1.47/events", ""), ("/v1.47/containers/%s/stats" % container, "")):
-        method = "POST" if "attach" in path else "GET"
+    # Clients hanging up mid-stream, on a chatty and on a quiet container: the daemon keeps serving and frees
+    # their connections (a quiet follow, a wait or an event stream would otherwise hold them until data comes).
+    chatty = daemon.out("run", "-d", "--name", name, image, "sh", "-c",
+                        "while true; do echo tick; sleep 0.1; done").strip()
+    quiet = daemon.out("run", "-d", "--name", name + "-quiet", image, "sleep", "300").strip()
+    baseline = daemon_sockets(daemon)
+    upgrade = "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+    for method, path, extra in (("GET", "/v1.47/containers/%s/logs?follow=1&stdout=1" % chatty, ""),
+                                ("POST", "/v1.47/containers/%s/attach?stream=1&stdout=1" % chatty, upgrade),
+                                ("GET", "/v1.47/containers/%s/stats" % chatty, ""),
+                                ("GET", "/v1.47/events", ""),
+                                ("GET", "/v1.47/containers/%s/logs?follow=1&stdout=1" % quiet, ""),
+                                ("POST", "/v1.47/containers/%s/wait" % quiet, "")):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(daemon.socket_path))
             sock.sendall(("%s %s HTTP/1.1\r\nHost: d\r\n%s\r\n" % (method, path, extra)).encode())
             assert sock.recv(12).startswith(b"HTTP/1.1 ")
     assert daemon.alive()
-    assert daemon.out("ps", "--filter", "name=" + name, "--format", "{{.Names}}").strip() == name
+    assert wait_until(lambda: daemon_sockets(daemon) <= baseline, timeout=10), (daemon_sockets(daemon), baseline)
+    assert daemon.out("ps", "--filter", "name=" + name, "--format", "{{.Names}}").split() == [name + "-quiet", name]
     assert daemon.out("logs", name).startswith("tick\n")
-    daemon.out("rm", "-f", name)
+    daemon.out("rm", "-f", name, name + "-quiet")
     assert request(daemon, "GET", "/_ping")[0] == 200
+
+
+def daemon_sockets(daemon: Daemon) -> int:
+    folder = "/proc/%d/fd" % daemon.process.pid
+    count = 0
+    for entry in os.listdir(folder):
+        try:
+            count += os.readlink(os.path.join(folder, entry)).startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return count
 
 
 def test_many_clients_at_once(daemon: Daemon) -> None:
