@@ -671,10 +671,18 @@ class IsolatedHost:
     def _launch(self, record: HostRecord, timeout: float) -> None:
         # The host's own cgroups: its processes (and a container runtime's cgroups) stay apart from other hosts'
         # and go away with it. The launcher joins them before `unshare --cgroup` makes them the host's root.
-        record.cgroups = [os.path.join(folder, record.netns) for folder in _own_cgroups()]
-        self._save(record)
+        record.cgroups = [os.path.join(parent, record.netns) for parent in _own_cgroups()]
+        self._save(record)  # first, so that a failure below still removes them
+        unusable = []
         for folder in record.cgroups:
-            _make_cgroup(folder)
+            try:
+                _make_cgroup(folder)
+            except OSError:  # a read-only or delegated-away hierarchy: the host shares this process's cgroup there
+                _remove_cgroup(folder)
+                unusable.append(folder)
+        if unusable:
+            record.cgroups = [folder for folder in record.cgroups if folder not in unusable]
+            self._save(record)
         launch = [f"echo $$ > {shlex.quote(os.path.join(folder, 'cgroup.procs'))}" for folder in record.cgroups]
         launch.append(f"exec {shlex.join(self._start_command(record))}")
         _write(self._path("launch.sh"), "\n".join(launch) + "\n", 0o600, durable=False)
