@@ -27,6 +27,7 @@ def machines(store: Path, *args: str, check: bool = True) -> subprocess.Complete
     return result
 
 
+@pytest.mark.timeout(600)  # about 10 s on a quiet machine; each CLI start-up is seconds on a very busy one
 def test_create_ssh_rm(world: World, tmp_path: Path, aws_env: dict[str, str]) -> None:
     """The first SSH is already verified: the host key was injected through user data and pinned at create."""
     store, name = tmp_path / "store", f"aws-{os.getpid()}"
