@@ -124,6 +124,7 @@ def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> Dict[
         "docker_ps_ms": {"median": statistics.median(ps)},
         "containers_json_rps_1_client": requests_per_second(socket_path, path, seconds, 1),
         "containers_json_rps_4_clients": requests_per_second(socket_path, path, seconds, 4),
+        "ping_rps_1_client": requests_per_second(socket_path, "/_ping", seconds, 1),
     }
     docker(socket_path, "rm", *created)
     return result
