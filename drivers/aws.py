@@ -318,6 +318,11 @@ class AWSDriver(Driver):
             raise PreCreateError("--aws-keypair-name and --aws-ssh-keypath go together")
         if self._get("ssh_keypath") and not os.path.isfile(self._get("ssh_keypath")):
             raise PreCreateError(f"--aws-ssh-keypath {self._get('ssh_keypath')}: no such file")
+        if self._get("spot_price"):
+            try:
+                float(self._get("spot_price"))
+            except ValueError:
+                raise PreCreateError(f"--aws-spot-price {self._get('spot_price')!r} is not a price such as 0.05") from None
         if int(self._get("root_size") or 0) < 1:
             raise PreCreateError("--aws-root-size must be a positive number of GiB")
         theirs = self._their_user_data()
@@ -730,8 +735,8 @@ class AWSDriver(Driver):
         private = self._get("use_private_address") or self._get("private_address_only")
         address = instance.get("PrivateIpAddress") if private else instance.get("PublicIpAddress")
         if not address:
-            kind = "private" if private else "public"
-            raise DriverError(f"EC2 instance {instance['InstanceId']} has no {kind} address yet")
+            hint = "" if private else " (reach it with --aws-use-private-address from inside its VPC)"
+            raise DriverError(f"EC2 instance {instance['InstanceId']} has no {'private' if private else 'public'} address{hint}")
         return address
 
     def ssh_details(self) -> SSHDetails:

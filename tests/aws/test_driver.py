@@ -118,10 +118,10 @@ def test_existing_group_and_key_pair_are_used_as_they_are_and_kept(cloud: MotoCl
 
 
 def test_lifecycle_maps_ec2_states(cloud: MotoCloud, tmp_path: Path) -> None:
-    driver = make_driver(cloud, tmp_path, use_private_address=True)
+    driver = make_driver(cloud, tmp_path, private_address_only=True)
     created(driver)
-    assert driver.ip() == cloud.client.describe_instances(InstanceIds=[driver.config["instance_id"]])[
-        "Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    instance = cloud.client.describe_instances(InstanceIds=[driver.config["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert "PublicIpAddress" not in instance and driver.ip() == instance["PrivateIpAddress"]
     driver.stop()
     assert driver.state() is State.STOPPED
     driver.start()
