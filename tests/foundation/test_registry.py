@@ -53,9 +53,9 @@ def test_a_broken_driver_only_fails_when_asked_for(plugins: None) -> None:
 
 def test_unknown_driver_lists_the_installed_ones(plugins: None) -> None:
     with pytest.raises(DriverNotFoundError) as caught:
-        registry.get("virtualbox")
+        registry.get("hyperv")
     message = str(caught.value)
-    assert message.startswith("unknown driver 'virtualbox'; installed drivers: ")
+    assert message.startswith("unknown driver 'hyperv'; installed drivers: ")
     assert "generic" in message and "tpcloud" in message and "tpbroken" not in message
 
 
