@@ -6,7 +6,6 @@ is kept and reported only when that driver is asked for.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import threading
 
@@ -34,6 +33,8 @@ def unregister(name: str) -> None:
 
 def names() -> list[str]:
     """Every driver name that is declared, whether or not its module imports."""
+    import importlib.metadata  # ~50 ms: paid only by commands that look a driver up
+
     declared = {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     with _lock:
         declared.update(_registered)
@@ -45,6 +46,8 @@ def get(name: str) -> type[Driver]:
     with _lock:
         if name in _registered:
             return _registered[name]
+    import importlib.metadata
+
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
         try:
             driver_class = entry.load()

@@ -12,20 +12,31 @@ import itertools
 import logging
 import threading
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from rich.console import Console
-from rich.markup import escape
-from rich.status import Status
+if TYPE_CHECKING:  # rich costs ~0.1 s to import: only commands that show progress pay for it
+    from rich.console import Console
+    from rich.status import Status
 
 log = logging.getLogger(__name__)
+
+
+def escape(text: str) -> str:
+    """``text`` shown literally in rich markup (imported here so a Progress without a display never loads rich)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 class ProgressDisplay:
     """One status line listing every phase in flight, plus one finished line per phase."""
 
     def __init__(self, console: Console | None = None, *, verbose: bool = False) -> None:
-        self.console = console or Console(stderr=True, highlight=False)
+        if console is None:
+            from rich.console import Console
+
+            console = Console(stderr=True, highlight=False)
+        self.console = console
         self.verbose = verbose
         self._active: dict[int, str] = {}
         self._ids = itertools.count()

@@ -26,9 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from machines.errors import InvalidNameError, MachineExistsError, MachineNotFoundError, StoreError
 
 log = logging.getLogger(__name__)
@@ -88,6 +85,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def generate_ssh_key(directory: Path, comment: str) -> str:
     """Make the machine's own ed25519 key pair in ``directory``; returns the public key line."""
+    from cryptography.hazmat.primitives import serialization  # only create pays for cryptography's import
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()

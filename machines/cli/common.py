@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from machines.errors import ExitStatus, MachinesError
 from machines.machine import Machines, run_concurrently
-from machines.progress import Progress, ProgressDisplay
+from machines.progress import Progress, ProgressDisplay, escape
+
+if TYPE_CHECKING:  # rich loads only when a command prints through it: `machines version` and `ip` stay fast
+    from rich.console import Console
 
 T = TypeVar("T")
 
@@ -30,7 +32,14 @@ class Settings:
 
 
 settings = Settings()
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def err_console() -> Console:
+    """The stderr console every command shares (made on first use: rich is slow to import)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def machines() -> Machines:
@@ -38,12 +47,12 @@ def machines() -> Machines:
 
 
 def display() -> ProgressDisplay:
-    return ProgressDisplay(err_console, verbose=settings.verbose or settings.debug)
+    return ProgressDisplay(err_console(), verbose=settings.verbose or settings.debug)
 
 
 def error_line(message: str) -> None:
     """The one-line error format of every command."""
-    err_console.print(f"[red]Error:[/red] {escape(message)}")
+    err_console().print(f"[red]Error:[/red] {escape(message)}")
 
 
 def exit_status_of(error: BaseException) -> int:

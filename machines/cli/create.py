@@ -10,14 +10,13 @@ import threading
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 
 from drivers import registry
 from drivers.base import Driver, Flag
 from machines.cli.common import echo, err_console, for_each_machine, machines
 from machines.errors import UsageError
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
-from machines.progress import Progress
+from machines.progress import Progress, escape
 
 _FLAG_TYPES: dict[type, Any] = {str: Optional[str], int: Optional[int], bool: Optional[bool], list: Optional[list[str]]}
 
@@ -117,7 +116,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         for name in dict.fromkeys(names):
             echo(name)
         hint = names[0] if len(names) == 1 else "NAME"
-        err_console.print(f"Ready. Point your docker client at it: eval \"$(machines env {hint})\"")
+        err_console().print(f"Ready. Point your docker client at it: eval \"$(machines env {hint})\"")
 
     signature = inspect.signature(create)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]

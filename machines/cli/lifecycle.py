@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         for name in names:
             library.get(name)  # every name must exist before anything is removed
         if not (yes or force):
-            err_console.print(f"About to remove {', '.join(names)}")
+            err_console().print(f"About to remove {', '.join(names)}")
             if not typer.confirm("Are you sure?", err=True):
                 raise typer.Exit(int(ExitStatus.ERROR))
         for_each_machine(names, lambda name, progress: library.remove(name, force=force, progress=progress))
