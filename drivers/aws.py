@@ -15,28 +15,22 @@ was interrupted while ``RunInstances`` was in flight.
 
 from __future__ import annotations
 
-import email.mime.multipart
-import email.mime.text
 import functools
 import ipaddress
-import json
 import logging
 import os
 import time
 import uuid
-from typing import Any, Callable
-
-import boto3
-import botocore.config
-import botocore.exceptions
-import botocore.loaders
-import botocore.parsers
-import botocore.session
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING, Any, Callable
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
-from drivers.nshost import generate_host_key
+from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part
 from machines.errors import DriverError, MachineTimeoutError, PreCreateError
+
+if TYPE_CHECKING:  # boto3 takes 0.5-1 s to import: only a command that talks to EC2 loads it
+    import boto3
+    import botocore.exceptions
+    import botocore.loaders
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +46,7 @@ IMAGE_USERS: list[tuple[str, str]] = [("debian", "admin"), ("ubuntu", "ubuntu"),
 SSH_PORT = 22
 TLS_API_PORT = 2376
 ANYWHERE = "0.0.0.0/0"
+USERDATA_FLAG = "--aws-userdata"
 STATE_MAP: dict[str, State] = {
     "pending": State.STARTING,
     "running": State.RUNNING,
@@ -70,63 +65,14 @@ def _error_code(error: botocore.exceptions.ClientError) -> str:
 
 def _one_line(error: Exception) -> str:
     """EC2's message without botocore's "An error occurred (...) when calling ..." wrapper, on one line."""
+    import botocore.exceptions
+
     if isinstance(error, botocore.exceptions.ClientError):
         detail = error.response.get("Error", {})
         text = f"{detail.get('Code', 'Error')}: {detail.get('Message', '')}"
     else:
         text = str(error)
     return " ".join(text.split())
-
-
-def public_key_of(private_key_path: str) -> str:
-    """The OpenSSH public line of a private key file (its ``.pub`` may be missing or stale)."""
-    with open(private_key_path, "rb") as handle:
-        key = serialization.load_ssh_private_key(handle.read(), password=None)
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-
-
-def _yaml_block(text: str, indent: int) -> str:
-    pad = " " * indent
-    return "\n".join(pad + line for line in text.strip().splitlines())
-
-
-def cloud_config(authorized_key: str, host_private: str, host_public: str, ssh_user: str) -> str:
-    """Our cloud-config: the machine's authorized key and the host key we generated (so SSH is verified at once).
-
-    Written by hand instead of with a YAML library: the structure is fixed and the values are base64 key text.
-    """
-    lines = [
-        "#cloud-config",
-        "ssh_deletekeys: true",
-        "ssh_genkeytypes: []",
-        "ssh_keys:",
-        "  ed25519_private: |",
-        _yaml_block(host_private, 4),
-        f"  ed25519_public: {host_public}",
-        "ssh_authorized_keys:",
-        f"  - {authorized_key}",
-    ]
-    if ssh_user == "root":
-        lines.append("disable_root: false")
-    return "\n".join(lines) + "\n"
-
-
-def user_part(theirs: str) -> email.mime.text.MIMEText:
-    """The user's own user data as a MIME part for cloud-init: a script, else a cloud-config."""
-    first_line = theirs.lstrip().splitlines()[0] if theirs.strip() else ""
-    if first_line.startswith("Content-Type: multipart"):
-        raise PreCreateError("--aws-userdata: MIME multipart user data cannot be merged; pass a script or cloud-config")
-    return email.mime.text.MIMEText(theirs, "x-shellscript" if first_line.startswith("#!") else "cloud-config")
-
-
-def merge_user_data(ours: str, theirs: str | None) -> str:
-    """Ours alone, or a MIME multipart with ours first and the user's part after it, as cloud-init expects."""
-    if not theirs:
-        return ours
-    message = email.mime.multipart.MIMEMultipart()
-    message.attach(email.mime.text.MIMEText(ours, "cloud-config"))
-    message.attach(user_part(theirs))
-    return message.as_string()
 
 
 def parse_open_port(value: str) -> tuple[int, str]:
@@ -148,6 +94,8 @@ def parse_tags(values: list[str]) -> list[dict[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def _shared_loader() -> botocore.loaders.Loader:
+    import botocore.loaders
+
     return botocore.loaders.create_loader()
 
 
@@ -220,6 +168,10 @@ class AWSDriver(Driver):
     def _session(self) -> boto3.Session:
         """One boto3 session per driver, sharing the process-wide model loader (EC2's model takes 0.5 s to parse)."""
         if self._boto_session is None:
+            import boto3
+            import botocore.exceptions
+            import botocore.session
+
             core = botocore.session.Session()
             core.register_component("data_loader", _shared_loader())
             try:
@@ -242,6 +194,8 @@ class AWSDriver(Driver):
             session = self._session()
             retries = self._get("retries")
             attempts = 1 + (5 if retries is None else int(retries))  # botocore counts the first attempt too
+            import botocore.config
+
             retry = botocore.config.Config(retries={"max_attempts": attempts, "mode": "standard"})
             self._client = session.client("ec2", endpoint_url=self._get("endpoint") or None, config=retry)
         return self._client
@@ -254,6 +208,9 @@ class AWSDriver(Driver):
 
     def _call_unless(self, codes: tuple[str, ...], operation: str, **params: Any) -> dict[str, Any] | None:
         """Like ``_call``, but an EC2 error whose code starts with one of ``codes`` gives None (e.g. "already gone")."""
+        import botocore.exceptions
+        import botocore.parsers
+
         try:
             return getattr(self.ec2, operation)(**params)
         except botocore.exceptions.ClientError as error:
@@ -327,7 +284,7 @@ class AWSDriver(Driver):
             raise PreCreateError("--aws-root-size must be a positive number of GiB")
         theirs = self._their_user_data()
         if theirs:
-            user_part(theirs)  # refuses what cannot be merged
+            user_part(theirs, USERDATA_FLAG)  # refuses what cannot be merged
         if self._get("private_ip_address"):
             try:
                 ipaddress.IPv4Address(self._get("private_ip_address"))
@@ -516,9 +473,9 @@ class AWSDriver(Driver):
         cidrs = self._get("allow_cidr") or []
         if not cidrs:
             log.warning("%s: SSH%s open to anywhere; restrict with --aws-allow-cidr", self.machine_name,
-                        " and the TLS API port" if self._exposes_tls_api() else "")
+                        " and the TLS API port" if self.api_over_tls() else "")
             cidrs = [ANYWHERE]
-        ports = [(SSH_PORT, "tcp")] + ([(TLS_API_PORT, "tcp")] if self._exposes_tls_api() else [])
+        ports = [(SSH_PORT, "tcp")] + ([(TLS_API_PORT, "tcp")] if self.api_over_tls() else [])
         ports += [parse_open_port(value) for value in self._get("open_port") or []]
         ipv4 = [{"CidrIp": cidr} for cidr in cidrs if ":" not in cidr]
         ipv6 = [{"CidrIpv6": cidr} for cidr in cidrs if ":" in cidr]
@@ -529,35 +486,16 @@ class AWSDriver(Driver):
         self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=permissions)
         return group_id
 
-    def _exposes_tls_api(self) -> bool:
-        """Whether the runtime's API will listen on TCP 2376 with TLS (the default) rather than only through SSH.
-
-        The choice (``machines create --api``) is a host option of the machine's record, which the core writes to
-        ``config.json`` before ``create`` runs; the driver only reads it.
-        """
-        try:
-            with open(os.path.join(self.store_dir, "config.json"), encoding="utf-8") as handle:
-                record = json.load(handle)
-        except (OSError, ValueError):
-            return True
-        return (record.get("host_options") or {}).get("api", "tls") != "ssh"
-
     def _user_data(self) -> str:
         host_private, host_public = generate_host_key()
         self.config["host_key"] = host_public
         key_path = self._get("ssh_keypath") or self.ssh_key_path
         ours = cloud_config(public_key_of(key_path), host_private, host_public, self._get("ssh_user"))
-        return merge_user_data(ours, self._their_user_data())
+        return merge_user_data(ours, self._their_user_data(), USERDATA_FLAG)
 
     def _their_user_data(self) -> str | None:
         path = self._get("userdata")
-        if not path:
-            return None
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
-        except (OSError, UnicodeDecodeError) as error:
-            raise PreCreateError(f"--aws-userdata {path}: {error.strerror if isinstance(error, OSError) else error}") from None
+        return read_user_data(path, USERDATA_FLAG) if path else None
 
     def _launch(self, ledger: Ledger, groups: list[str]) -> None:
         """RunInstances, recorded *before* the call: an interrupted launch is found again by its machines:id tag."""

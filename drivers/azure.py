@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import logging
 import os
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from drivers.aws import cloud_config, generate_host_key, merge_user_data, public_key_of
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part
 from machines.errors import DriverError, MachineTimeoutError, PreCreateError
 
 if TYPE_CHECKING:  # the SDKs take seconds to import: only a command that talks to Azure loads them
@@ -54,6 +53,7 @@ RESERVED_USERS = frozenset({
     "test3", "guest", "owner", "server", "sql", "support", "sys", "backup", "console", "adm", "admin1", "admin2",
     "actuser", "aspnet", "a", "1", "123", "david", "john",
 })
+CUSTOM_DATA_FLAG = "--azure-custom-data"
 CUSTOM_DATA_LIMIT = 65535  # Azure's limit on custom data, base64-encoded, in bytes
 POWER_STATES: dict[str, State] = {
     "running": State.RUNNING,
@@ -106,16 +106,6 @@ def parse_image(value: str) -> tuple[str, str, str, str]:
     if len(parts) != 4 or not all(parts):
         raise PreCreateError(f"--azure-image {value!r}: expected publisher:offer:sku:version, e.g. {DEFAULT_IMAGE}")
     return parts[0], parts[1], parts[2], parts[3]
-
-
-def api_over_tls(store_dir: str) -> bool:
-    """Whether the runtime's API listens on TCP 2376 (``machines create --api tls``, the default) or only via SSH."""
-    try:
-        with open(os.path.join(store_dir, "config.json"), encoding="utf-8") as handle:
-            options = json.load(handle).get("host_options") or {}
-    except (OSError, ValueError):
-        options = {}
-    return options.get("api", "tls") != "ssh"
 
 
 class AzureDriver(Driver):
@@ -339,11 +329,7 @@ class AzureDriver(Driver):
             raise PreCreateError("--azure-disk-size must be a positive number of GiB")
         custom = self._get("custom_data")
         if custom:
-            if not os.path.isfile(custom):
-                raise PreCreateError(f"--azure-custom-data {custom}: no such file")
-            with open(custom, encoding="utf-8") as handle:
-                if handle.read().lstrip().startswith("Content-Type: multipart"):
-                    raise PreCreateError("--azure-custom-data: MIME multipart data cannot be merged; pass a script or cloud-config")
+            user_part(read_user_data(custom, CUSTOM_DATA_FLAG), CUSTOM_DATA_FLAG)  # refuses what cannot be merged
 
     def _check_credentials(self) -> None:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -456,7 +442,7 @@ class AzureDriver(Driver):
         from azure.mgmt.network import models as network
 
         cidrs = self._get("allow_cidr") or []
-        tls = api_over_tls(self.store_dir)
+        tls = self.api_over_tls()
         if not cidrs:
             log.warning("%s: SSH%s open to the Internet; restrict with --azure-allow-cidr", self.machine_name,
                         " and the TLS API port" if tls else "")
@@ -531,13 +517,11 @@ class AzureDriver(Driver):
         host_private, host_public = generate_host_key()
         self.config["host_key"] = host_public
         ours = cloud_config(public_key_of(self.ssh_key_path), host_private, host_public, self._get("ssh_user"))
-        theirs = None
-        if self._get("custom_data"):
-            with open(self._get("custom_data"), encoding="utf-8") as handle:
-                theirs = handle.read()
-        encoded = base64.b64encode(merge_user_data(ours, theirs).encode()).decode()
+        custom = self._get("custom_data")
+        theirs = read_user_data(custom, CUSTOM_DATA_FLAG) if custom else None
+        encoded = base64.b64encode(merge_user_data(ours, theirs, CUSTOM_DATA_FLAG).encode()).decode()
         if len(encoded) > CUSTOM_DATA_LIMIT:
-            raise DriverError(f"--azure-custom-data: custom data is {len(encoded)} bytes in base64, Azure allows {CUSTOM_DATA_LIMIT}")
+            raise DriverError(f"{CUSTOM_DATA_FLAG}: custom data is {len(encoded)} bytes in base64, Azure allows {CUSTOM_DATA_LIMIT}")
         return encoded
 
     def _create_vm(self, ledger: Ledger, nic: network.NetworkInterface) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 from typing import Any, Callable, ClassVar
 
@@ -151,6 +152,19 @@ class Driver:
     def ssh_key_path(self) -> str:
         """The machine's own private key, made by the core before ``create`` is called."""
         return os.path.join(self.store_dir, "id_ed25519")
+
+    def api_over_tls(self) -> bool:
+        """Whether the runtime's API will listen on TCP 2376 with TLS (the default) rather than only through SSH.
+
+        Cloud drivers open the port only when it is used. The choice (``machines create --api``) is a host option of
+        the machine's record, which the core writes to ``config.json`` before ``create`` runs; drivers only read it.
+        """
+        try:
+            with open(os.path.join(self.store_dir, "config.json"), encoding="utf-8") as handle:
+                options = json.load(handle).get("host_options") or {}
+        except (OSError, ValueError, AttributeError):
+            options = {}
+        return options.get("api", "tls") != "ssh"
 
     def _unsupported(self, what: str) -> DriverError:
         return DriverError(f"the {self.name} driver does not support {what}")

@@ -36,9 +36,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
+from drivers.cloudinit import generate_host_key
 from machines.errors import DriverError
 
 DEFAULT_BRIDGE = "mlocal0"
@@ -365,15 +363,6 @@ class HostRecord:
     pid: int | None = None
     pid_start: int | None = None
     cgroups: list[str] = dataclasses.field(default_factory=list)  # the host's own cgroup in every hierarchy
-
-
-def generate_host_key() -> tuple[str, str]:
-    """A fresh ed25519 key pair as (OpenSSH private key PEM, ``ssh-ed25519 AAAA...``)."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public.decode()
 
 
 SSHD_CONFIG = """\

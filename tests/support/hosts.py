@@ -23,7 +23,8 @@ from typing import Iterator
 
 import paramiko
 
-from drivers.nshost import LEASE_ROOT, Bridge, HostRecord, IsolatedHost, generate_host_key, hold_free_bridge
+from drivers.cloudinit import generate_host_key
+from drivers.nshost import LEASE_ROOT, Bridge, HostRecord, IsolatedHost, hold_free_bridge
 
 FIRST_TEST_SUBNET = 16
 
