@@ -253,16 +253,15 @@ class VirtualBoxDriver(Driver):
                                   host_public_key=_shell(host_public_key), name=self.machine_name)
         _write_private(os.path.join(self.store_dir, "provision.sh"), script.encode())
         network = self._network()
-        if self.config.get("nat"):
+        if self._provider != "virtualbox":
+            forwards = ""  # libvirt's management network is already host-only
+        elif self.config.get("nat"):
             # The API port too: the core reaches it at 127.0.0.1 (see ip()), auto_correct avoids taken ports.
             forwards = '  config.vm.network "forwarded_port", guest: 2376, host: 2376, host_ip: "127.0.0.1", ' \
                        'auto_correct: true, id: "docker"'
         else:
-            # Only VirtualBox gets a host-only NIC; libvirt's management network is already host-only.
-            forwards = ('  config.vm.provider :virtualbox do |vb, override|\n'
-                        f'    override.vm.network "private_network", ip: {_ruby(self._hostonly_address())}, '
-                        f'netmask: {_ruby(str(network.netmask))}\n'
-                        '  end')
+            forwards = (f'  config.vm.network "private_network", ip: {_ruby(self._hostonly_address())}, '
+                        f'netmask: {_ruby(str(network.netmask))}')
         qemu = self.config.get("libvirt_driver") == "qemu"
         cpu = '    lv.cpu_mode = "custom"\n    lv.cpu_model = "qemu64"\n' if qemu else ""
         text = VAGRANTFILE.format(

@@ -149,6 +149,12 @@ def _box(env: dict[str, str]) -> str:
         build = subprocess.run(["bash", str(BOX_SCRIPT), str(box_file)], capture_output=True, text=True, timeout=1200)
         assert build.returncode == 0, f"box build failed: {build.stderr[-2000:]}"
         print(f"box build: {time.monotonic() - started:.0f}s")
+    for stale in (VAGRANT_HOME / "boxes").glob("machines-test-*"):
+        if stale.name != name:
+            shutil.rmtree(stale)
+    for volume in volumes():  # vagrant-libvirt's copy of a box's disk, named after the box
+        if volume.startswith("machines-test-") and not volume.startswith(f"{name}_"):
+            virsh("vol-delete", volume, "--pool", "default", check=False)
     if not (VAGRANT_HOME / "boxes" / name).is_dir():
         added = subprocess.run(["vagrant", "box", "add", "--force", "--name", name, str(box_file)], env=env,
                                capture_output=True, text=True, timeout=600)
