@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -121,10 +122,6 @@ if command -v systemctl >/dev/null 2>&1; then systemctl reload ssh || systemctl 
 def _ruby(value: str) -> str:
     """A Ruby string literal (JSON's escaping is valid Ruby for the characters we write)."""
     return json.dumps(value)
-
-
-def _shell(value: str) -> str:
-    return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
 class VirtualBoxDriver(Driver):
@@ -249,8 +246,8 @@ class VirtualBoxDriver(Driver):
         with open(f"{self.ssh_key_path}.pub") as file:
             public_key = file.read().strip()
         host_private_key = Path(self.store_dir, HOST_KEY).read_text()
-        script = PROVISION.format(public_key=_shell(public_key), host_private_key=host_private_key,
-                                  host_public_key=_shell(host_public_key), name=self.machine_name)
+        script = PROVISION.format(public_key=shlex.quote(public_key), host_private_key=host_private_key,
+                                  host_public_key=shlex.quote(host_public_key), name=self.machine_name)
         _write_private(os.path.join(self.store_dir, "provision.sh"), script.encode())
         network = self._network()
         if self._provider != "virtualbox":

@@ -80,6 +80,26 @@ def test_missing_vagrant_names_the_package(tmp_path: Path) -> None:
     assert "apt-get install vagrant" in refused(tmp_path, "--virtualbox-provider", "libvirt", env=env)
 
 
+@pytest.mark.parametrize(("provider", "nat"), [("virtualbox", False), ("virtualbox", True), ("libvirt", False)])
+def test_written_vagrantfile_is_valid_for_its_provider(tmp_path: Path, provider: str, nat: bool) -> None:
+    """The project the driver writes passes `vagrant validate`, also on the VirtualBox paths this host cannot boot."""
+    store_dir = tmp_path / "vb"
+    store_dir.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(store_dir / "id_ed25519")], check=True)
+    config = {**VirtualBoxDriver.flag_defaults(), "provider": provider, "nat": nat}
+    driver = VirtualBoxDriver("vb", str(store_dir), config)
+    driver._write_project(driver._write_host_key())
+    assert (driver.config.get("ip") == "192.168.56.2") == (provider == "virtualbox" and not nat)
+    for secret in ("Vagrantfile", "provision.sh", "ssh_host_ed25519_key"):
+        assert (store_dir / secret).stat().st_mode & 0o077 == 0
+    env = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": provider}
+    # Without VirtualBox installed Vagrant can only check the Ruby and the provider-independent settings (networks).
+    unusable = ["--ignore-provider"] if provider == "virtualbox" else []
+    validated = subprocess.run(["vagrant", "validate", *unusable], cwd=store_dir, env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
 @pytest.mark.timeout(1500)
 def test_libvirt_machine_end_to_end(libvirt_world: LibvirtWorld, tmp_path: Path) -> None:
     store = tmp_path / "store"
