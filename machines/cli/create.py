@@ -96,13 +96,24 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         api: Annotated[
             str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
         ] = "tls",
+        runtime_data_root: Annotated[
+            Optional[str], typer.Option(
+                "--runtime-data-root", envvar="MACHINES_RUNTIME_DATA_ROOT", show_envvar=True, metavar="PATH",
+                help="Absolute path on the host where the runtime keeps containers, images and volumes "
+                     "\\[default: the driver's choice, else /var/lib/machines-runtime]. Container overlays need a "
+                     "folder that is not itself on overlayfs: on hosts whose / is an overlay use e.g. /data/runtime.")
+        ] = None,
         **driver_values: Any,
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
         if api not in ("tls", "ssh"):
             raise UsageError(f"--api must be 'tls' or 'ssh', not {api!r}")
+        if runtime_data_root is not None and not runtime_data_root.startswith("/"):
+            raise UsageError(f"--runtime-data-root must be an absolute path, not {runtime_data_root!r}")
         flags = _driver_flags(ctx, driver, drivers, driver_values)
-        host_options = {"labels": list(engine_label or []), "tls_san": list(tls_san or []), "api": api}
+        host_options: dict[str, Any] = {"labels": list(engine_label or []), "tls_san": list(tls_san or []), "api": api}
+        if runtime_data_root:
+            host_options["data_root"] = runtime_data_root  # bootstrap's option; unset, the driver's default applies
         library = machines()
         cancelled = threading.Event()
 

@@ -47,6 +47,8 @@ def existing(cli: Callable[..., CliResult], file_driver: Path, store_path: Path)
          "--generic-ip-address belongs to the generic driver, but the driver is files"),
         (["create", "--no-such-flag", "x"], ExitStatus.USAGE, "No such option: --no-such-flag"),
         (["create", "-d", "files", "--files-resources", "many", "x"], ExitStatus.USAGE, "Invalid value for '--files-resources'"),
+        (["create", "-d", "files", "--runtime-data-root", "data/runtime", "x"], ExitStatus.USAGE,
+         "--runtime-data-root must be an absolute path, not 'data/runtime'"),
         (["ls", "--filter", "colour=red"], ExitStatus.USAGE, "bad filter 'colour=red'"),
         (["ls", "--format", "{nope}"], ExitStatus.USAGE, "bad --format field 'nope'"),
         (["inspect", "ghost"], ExitStatus.NOT_FOUND, "machine 'ghost' does not exist"),
@@ -90,7 +92,8 @@ def test_create_help_lists_every_driver_flag_with_its_env_var(cli: Callable[...,
     result = cli("create", "--help")
     assert result.exit_status == 0
     for text in ("--generic-ip-address", "GENERIC_IP_ADDRESS", "--generic-ssh-key", "--files-token", "FILES_TOKEN",
-                 "--keep-on-error", "--no-provision", "--timeout-ssh", "MACHINES_DRIVER"):
+                 "--keep-on-error", "--no-provision", "--timeout-ssh", "MACHINES_DRIVER",
+                 "--runtime-data-root", "MACHINES_RUNTIME_DATA_ROOT"):
         assert text in result.stdout
 
 
