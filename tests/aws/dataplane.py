@@ -10,16 +10,14 @@ instance runs again, and removes it when the instance is terminated (or vanishes
 from __future__ import annotations
 
 import base64
-import email
 import ipaddress
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from drivers.nshost import Bridge, HostState, IsolatedHost
+from tests.support.cloudinit import cloud_configs
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +25,6 @@ POLL_SECONDS = 0.25
 HOST_START_TIMEOUT = 60.0  # sshd listens in a tenth of a second, but CI machines can be very busy
 STOPPED_STATES = {"stopping", "stopped"}
 GONE_STATES = {"shutting-down", "terminated"}
-
-
-def cloud_configs(user_data: str) -> list[dict[str, Any]]:
-    """Every cloud-config document in the user data, plain or in a MIME multipart, parsed as cloud-init does."""
-    if user_data.startswith("Content-Type: multipart"):
-        parts = [part.get_payload(decode=True).decode() for part in email.message_from_string(user_data).walk()
-                 if part.get_content_type() == "text/cloud-config"]
-    else:
-        parts = [user_data]
-    return [yaml.safe_load(part) for part in parts if part.startswith("#cloud-config")]
 
 
 class DataPlane:

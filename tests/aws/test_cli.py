@@ -5,26 +5,14 @@ from __future__ import annotations
 import base64
 import email
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from machines.machine import Machines
+from tests.support.cli import machines
 
 from .conftest import NOTHING, MotoCloud, World
-
-MACHINES = str(Path(sys.executable).with_name("machines"))
-
-
-def machines(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True, timeout=240, env=os.environ
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
-    return result
 
 
 @pytest.mark.timeout(600)  # about 10 s on a quiet machine; each CLI start-up is seconds on a very busy one

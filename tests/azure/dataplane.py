@@ -5,10 +5,10 @@ the fake accepts a VM: an isolated host (``drivers.nshost``) at exactly the NIC'
 of ``osProfile`` with its SSH keys, and the custom data applied as cloud-init would (our injected host key, more
 authorized keys). Deallocate and power-off stop the host, start boots it again, delete removes it.
 
-Two accommodations of the test world, both on the host's own upper layer: the admin user is an alias of uid 0
-(test hosts have no ``sudo`` package, so a one-line ``sudo`` that only drops its options stands in for Azure's
-passwordless sudo), and the runtime's default data folder is a link into the host's ext4-backed ``/data`` (a
-container overlay cannot sit on the host's overlay root, as a VM's disk would allow).
+One accommodation of the test world, on the host's own upper layer: the admin user is an alias of uid 0 (test hosts
+have no ``sudo`` package, so a one-line ``sudo`` that only drops its options stands in for Azure's passwordless sudo).
+A container overlay cannot sit on the host's overlay root, so tests that provision pass ``--runtime-data-root
+/data/runtime`` (the host's ext4-backed ``/data``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.nshost import Bridge, IsolatedHost
-from tests.aws.dataplane import cloud_configs
+from tests.support.cloudinit import cloud_configs
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ SUDO = """#!/bin/sh
 while [ $# -gt 0 ]; do case "$1" in -n|-E|-H|-S) shift ;; --) shift; break ;; *) break ;; esac; done
 exec "$@"
 """
-RUNTIME_DATA_ROOT = "var/lib/machines-runtime"
 
 
 class AzureDataPlane:
@@ -82,7 +81,7 @@ class AzureDataPlane:
 
     @staticmethod
     def _add_admin(host: IsolatedHost, user: str) -> None:
-        """The admin user (uid 0, root's home and keys), the stand-in ``sudo`` and the runtime's data link."""
+        """The admin user (uid 0, root's home and keys) and the stand-in ``sudo``."""
         upper = Path(host.state_dir) / "upper"
         passwd = Path("/etc/passwd").read_text()
         (upper / "etc" / "passwd").write_text(passwd + f"{user}:x:0:0:{user}:/root:/bin/bash\n")
@@ -90,7 +89,3 @@ class AzureDataPlane:
         bin_dir.mkdir(parents=True, exist_ok=True)
         (bin_dir / "sudo").write_text(SUDO)
         os.chmod(bin_dir / "sudo", 0o755)
-        (Path(host.data_dir) / "runtime").mkdir(exist_ok=True)
-        link = upper / RUNTIME_DATA_ROOT
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to("/data/runtime")

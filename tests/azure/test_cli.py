@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from machines.machine import Machines
-from tests.aws.test_cli import machines
+from tests.support.cli import machines
 
 from .conftest import arm_config, as_flags
 from .fakearm import FakeArm

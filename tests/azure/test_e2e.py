@@ -6,12 +6,10 @@ from __future__ import annotations
 import base64
 import email
 import os
-import subprocess
 from pathlib import Path
 
 from machines.machine import Machines
-from tests.aws.test_cli import machines
-from tests.aws.test_e2e import DOCKER, REPO, with_env
+from tests.support.cli import DOCKER, busybox_rootfs, machines, with_env
 
 from .conftest import World, as_flags
 
@@ -20,8 +18,9 @@ def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
     store, name = tmp_path / "store", f"aze2e-{os.getpid()}"
     script = tmp_path / "extra.sh"
     script.write_text("#!/bin/sh\necho extra custom data\n")
-    machines(store, "create", "--driver", "azure", "--timeout-ssh", "60", "--azure-custom-data", str(script),
-             *as_flags(world.config()), name)
+    # The test host's root is an overlay, so the runtime keeps its data on /data (as a VM's disk would allow).
+    machines(store, "create", "--driver", "azure", "--timeout-ssh", "60", "--runtime-data-root", "/data/runtime",
+             "--azure-custom-data", str(script), *as_flags(world.config()), name)
     machine = Machines(store).get(name)
     # reached privately as the non-root admin user, over a host key pinned before the first connection
     assert machine.ip() == world.address(0)
@@ -36,8 +35,7 @@ def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
     assert world.arm.client_secret not in machines(store, "inspect", name).stdout
     assert (store / "machines" / name / "config.json").stat().st_mode & 0o077 == 0
 
-    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True, check=True)
-    imported = with_env(store, name, f"{DOCKER} import - busybox:azure", stdin=rootfs.stdout)
+    imported = with_env(store, name, f"{DOCKER} import - busybox:azure", stdin=busybox_rootfs())
     assert imported.returncode == 0, imported.stderr
     ran = with_env(store, name, f"{DOCKER} version --format '{{{{.Server.Version}}}}' && "
                                 f"{DOCKER} run --rm busybox:azure echo hello from azure")

@@ -1,0 +1,34 @@
+"""Running the ``machines`` command and the docker CLI as a user would, for end-to-end tests of any driver."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MACHINES = str(Path(sys.executable).with_name("machines"))  # the venv's console script, not whatever is on PATH
+DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
+
+
+def machines(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``machines --storage-path STORE ARGS...``; a non-zero exit fails the test with its stderr unless ``check=False``."""
+    result = subprocess.run(
+        [MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True, timeout=240, env=os.environ
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``command`` in bash after ``eval "$(machines env NAME)"``, as a user would run it."""
+    script = f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && {command}'
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=240, env=os.environ)
+
+
+def busybox_rootfs() -> bytes:
+    """A busybox root filesystem tar for ``docker import`` (test hosts have no registry to pull from)."""
+    script = REPO / "scripts" / "busybox-rootfs.sh"
+    return subprocess.run(["bash", str(script)], capture_output=True, check=True).stdout
