@@ -210,11 +210,11 @@ class Bridge:
             except FileNotFoundError:
                 table = {"subnet": self.subnet, "owned": False, "leases": {}, "holds": {}}
             try:
+                self._drop_stale(table)  # a dead run's leases must not pin the subnet
                 if table["subnet"] != self.subnet and (table["leases"] or table["holds"]):
                     raise NsHostError(f"bridge {self.name} is in use with subnet {table['subnet']}, "
                                       f"not {self.subnet}")
                 table["subnet"] = self.subnet
-                self._drop_stale(table)
                 yield table
                 if table["leases"] or table["holds"]:
                     if not _link_exists(self.name):
