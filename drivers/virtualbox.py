@@ -72,7 +72,8 @@ Vagrant.configure("2") do |config|
   config.vm.boot_timeout = {boot_timeout}
   config.vm.synced_folder ".", "/vagrant", disabled: true
   config.ssh.insert_key = false
-  config.ssh.private_key_path = [{key}, File.join(ENV["VAGRANT_HOME"] || File.expand_path("~/.vagrant.d"), "insecure_private_key")]
+  insecure_key = File.join(ENV["VAGRANT_HOME"] || File.expand_path("~/.vagrant.d"), "insecure_private_key")
+  config.ssh.private_key_path = [{key}, insecure_key]
   config.vm.provision "shell", name: "machines keys", inline: File.read(File.join(__dir__, "provision.sh"))
 {network}
   config.vm.provider :virtualbox do |vb|
@@ -111,11 +112,13 @@ umask 077
 cat > /etc/ssh/ssh_host_ed25519_key <<'MACHINES_KEY'
 {host_private_key}MACHINES_KEY
 printf '%s\\n' {host_public_key} > /etc/ssh/ssh_host_ed25519_key.pub
-printf 'HostKey /etc/ssh/ssh_host_ed25519_key\\nPermitRootLogin prohibit-password\\n' > /etc/ssh/sshd_config.d/00-machines.conf
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\\nPermitRootLogin prohibit-password\\n' \\
+  > /etc/ssh/sshd_config.d/00-machines.conf
 hostname {name}; echo {name} > /etc/hostname
 grep -q ' {name}$' /etc/hosts || echo '127.0.1.1 {name}' >> /etc/hosts
 rm -f -- "$0"
-if command -v systemctl >/dev/null 2>&1; then systemctl reload ssh || systemctl reload sshd; else kill -HUP "$(cat /run/sshd.pid)"; fi
+if command -v systemctl >/dev/null 2>&1; then systemctl reload ssh || systemctl reload sshd
+else kill -HUP "$(cat /run/sshd.pid)"; fi
 """
 
 
@@ -200,7 +203,8 @@ class VirtualBoxDriver(Driver):
                                     ("disk_size", "disk-size", 1024), ("boot_timeout", "boot-timeout", 10)):
             value = self.config.get(key)
             if not isinstance(value, int) or value < lowest:
-                raise PreCreateError(f"--virtualbox-{option} must be a whole number of at least {lowest}, not {value!r}")
+                raise PreCreateError(
+                    f"--virtualbox-{option} must be a whole number of at least {lowest}, not {value!r}")
         try:
             network = self._network()
         except ValueError:
@@ -211,7 +215,8 @@ class VirtualBoxDriver(Driver):
                                  f"at least 8 addresses, like {DEFAULT_CIDR}")
         if provider == "virtualbox" and not self.config.get("nat") and not network.network.subnet_of(ALLOWED_HOSTONLY):
             raise PreCreateError(f"--virtualbox-hostonly-cidr {network} is outside {ALLOWED_HOSTONLY}, which is all "
-                                 f"VirtualBox 6.1.28+ allows for host-only networks; pick one inside or use --virtualbox-nat")
+                                 f"VirtualBox 6.1.28+ allows for host-only networks; pick one inside or use "
+                                 f"--virtualbox-nat")
         if self.config.get("nat") and provider != "virtualbox":
             raise PreCreateError("--virtualbox-nat only applies to the virtualbox provider")
         if shutil.which("vagrant") is None:
