@@ -21,6 +21,7 @@ import boto3
 import pytest
 
 from drivers.nshost import Bridge
+from tests.support.cli import create_flags
 from tests.support.fixtures import test_bridge  # noqa: F401 - this worker's bridge, for the data plane's hosts
 
 from .dataplane import DataPlane
@@ -144,15 +145,7 @@ class World:
 
     def flags(self, index: int = 0) -> list[str]:
         """The same as ``machines create`` flags."""
-        flags: list[str] = []
-        for key, value in self.config(index).items():
-            option = "--aws-" + key.replace("_", "-")
-            if value is True:
-                flags.append(option)
-            else:
-                for item in value if isinstance(value, list) else [value]:
-                    flags += [option, str(item)]
-        return flags
+        return create_flags("aws", self.config(index))
 
 
 @pytest.fixture

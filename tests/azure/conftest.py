@@ -56,19 +56,6 @@ def arm_config(arm: FakeArm) -> dict[str, Any]:
     }
 
 
-def as_flags(config: dict[str, Any]) -> list[str]:
-    """Flag values as ``machines create`` options."""
-    flags: list[str] = []
-    for key, value in config.items():
-        option = "--azure-" + key.replace("_", "-")
-        if value is True:
-            flags.append(option)
-        elif value is not False and value is not None:  # 0 is a value (``0 in (False, None)`` is true)
-            for item in value if isinstance(value, list) else [value]:
-                flags += [option, str(item)]
-    return flags
-
-
 class World:
     """The fake with a data plane: VMs put in the bridge's range get a real SSH host at their private address."""
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from machines.machine import Machines
-from tests.support.cli import machines
+from tests.support.cli import create_flags, machines
 
-from .conftest import arm_config, as_flags
+from .conftest import arm_config
 from .fakearm import FakeArm
 
 BAD_INPUT = {
@@ -22,7 +22,7 @@ BAD_INPUT = {
 @pytest.mark.parametrize(("change", "message"), BAD_INPUT.values(), ids=BAD_INPUT.keys())
 def test_bad_input_is_one_line_before_anything_is_made(arm: FakeArm, tmp_path: Path, change: dict, message: str) -> None:
     store = tmp_path / "store"
-    result = machines(store, "create", "-d", "azure", *as_flags({**arm_config(arm), **change}), "bad", check=False)
+    result = machines(store, "create", "-d", "azure", *create_flags("azure", {**arm_config(arm), **change}), "bad", check=False)
     assert result.returncode == 3, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "wrong" not in result.stderr and arm.client_secret not in result.stderr

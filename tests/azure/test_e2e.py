@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 from machines.machine import Machines
-from tests.support.cli import DOCKER, busybox_rootfs, machines, with_env
+from tests.support.cli import DOCKER, busybox_rootfs, create_flags, machines, with_env
 
-from .conftest import World, as_flags
+from .conftest import World
 
 
 def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\necho extra custom data\n")
     # The test host's root is an overlay, so the runtime keeps its data on /data (as a VM's disk would allow).
     machines(store, "create", "--driver", "azure", "--timeout-ssh", "60", "--runtime-data-root", "/data/runtime",
-             "--azure-custom-data", str(script), *as_flags(world.config()), name)
+             "--azure-custom-data", str(script), *create_flags("azure", world.config()), name)
     machine = Machines(store).get(name)
     # reached privately as the non-root admin user, over a host key pinned before the first connection
     assert machine.ip() == world.address(0)

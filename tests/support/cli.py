@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 MACHINES = str(Path(sys.executable).with_name("machines"))  # the venv's console script, not whatever is on PATH
@@ -20,6 +21,19 @@ def machines(store: Path, *args: str, check: bool = True) -> subprocess.Complete
     if check and result.returncode != 0:
         raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
+
+
+def create_flags(driver: str, config: dict[str, Any]) -> list[str]:
+    """Driver flag values (keys as in ``Driver.config``) as ``machines create --<driver>-<flag>`` options."""
+    flags: list[str] = []
+    for key, value in config.items():
+        option = f"--{driver}-" + key.replace("_", "-")
+        if value is True:
+            flags.append(option)
+        elif value is not False and value is not None:  # 0 is a value (``0 in (False, None)`` is true)
+            for item in value if isinstance(value, list) else [value]:
+                flags += [option, str(item)]
+    return flags
 
 
 def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
