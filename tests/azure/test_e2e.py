@@ -8,12 +8,15 @@ import email
 import os
 from pathlib import Path
 
+import pytest
+
 from machines.machine import Machines
 from tests.support.cli import DOCKER, busybox_rootfs, create_flags, machines, with_env
 
 from .conftest import World
 
 
+@pytest.mark.timeout(600)  # under a minute on a quiet machine; two CLI boots and provisions on a busy one
 def test_create_docker_run_stop_start_rm(world: World, tmp_path: Path) -> None:
     store, name = tmp_path / "store", f"aze2e-{os.getpid()}"
     script = tmp_path / "extra.sh"
