@@ -1,13 +1,12 @@
 """The ``machines`` command line: a thin Typer layer over the library, errors mapped to exit statuses in one place.
 
-Each module of this package registers one group of commands with ``register(app)``; ``provisioning`` (bootstrap's
-env, config, regenerate-certs, provision, upgrade) joins in the same way when it is present.
+Each module of this package registers one group of commands with ``register(app)``; ``provisioning`` holds
+bootstrap's env, config, regenerate-certs, provision and upgrade.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import traceback
@@ -55,13 +54,11 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
         common.configure_logging(debug)
 
     for module_name in COMMAND_MODULES:
-        qualified = f"machines.cli.{module_name}"
-        if importlib.util.find_spec(qualified) is not None:
-            module = importlib.import_module(qualified)
-            if module_name == "create":
-                module.register(app, driver_flags=driver_flags)
-            else:
-                module.register(app)
+        module = importlib.import_module(f"machines.cli.{module_name}")
+        if module_name == "create":
+            module.register(app, driver_flags=driver_flags)
+        else:
+            module.register(app)
     return app
 
 
