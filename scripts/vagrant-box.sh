@@ -32,7 +32,9 @@ echo machines-box >"$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 machines-box\n' >"$root/etc/hosts"
 echo '/dev/vda / ext4 defaults,errors=remount-ro 0 1' >"$root/etc/fstab"
 printf 'auto lo\niface lo inet loopback\nallow-hotplug eth0\niface eth0 inet dhcp\n' >"$root/etc/network/interfaces"
+# No name server from DHCP either: libvirt's dnsmasq would forward the guest's lookups beyond this computer.
 echo 'nameserver 127.0.0.1' >"$root/etc/resolv.conf"
+echo 'supersede domain-name-servers 127.0.0.1;' >>"$root/etc/dhcp/dhclient.conf"
 printf 'UseDNS no\nPasswordAuthentication no\n' >"$root/etc/ssh/sshd_config.d/10-box.conf"
 
 chroot "$root" useradd --create-home --shell /bin/bash vagrant

@@ -123,6 +123,9 @@ def test_libvirt_machine_end_to_end(libvirt_world: LibvirtWorld, tmp_path: Path)
               "--timeout-ssh", "300", name, timeout=900)
         assert f"machines-{name}" in domains()
         assert machines(store, "ssh", name, "hostname", env=env).stdout.strip() == name
+        # Name lookups stay in the guest: nothing it does may reach a resolver beyond this computer.
+        resolv_conf = machines(store, "ssh", name, "cat /etc/resolv.conf", env=env).stdout
+        assert resolv_conf.split() == ["nameserver", "127.0.0.1"]
         assert machines(store, "status", name, env=env).stdout.strip() == "Running"
         ip = machines(store, "ip", name, env=env).stdout.strip()
         assert ip.startswith("192.168.62.")
