@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import vagrant
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from drivers.cloudinit import generate_host_key
 from machines.errors import DriverError, PreCreateError
 
 PROVIDERS = ("virtualbox", "libvirt")
@@ -237,12 +236,9 @@ class VirtualBoxDriver(Driver):
 
     def _write_host_key(self) -> str:
         """Generate the guest's SSH host key here, so the first connection can already be verified."""
-        key = Ed25519PrivateKey.generate()
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        public_line = f"{public.decode()} machines-{self.machine_name}-host"
-        _write_private(os.path.join(self.store_dir, HOST_KEY), private)
+        private, public = generate_host_key()
+        public_line = f"{public} machines-{self.machine_name}-host"
+        _write_private(os.path.join(self.store_dir, HOST_KEY), private.encode())
         Path(self.store_dir, f"{HOST_KEY}.pub").write_text(public_line + "\n")
         return public_line
 
