@@ -29,6 +29,7 @@ import vagrant
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import generate_host_key
 from machines.errors import DriverError, PreCreateError
+from machines.store import atomic_write
 
 PROVIDERS = ("virtualbox", "libvirt")
 DEFAULT_BOX = "debian/bookworm64"
@@ -238,7 +239,7 @@ class VirtualBoxDriver(Driver):
         """Generate the guest's SSH host key here, so the first connection can already be verified."""
         private, public = generate_host_key()
         public_line = f"{public} machines-{self.machine_name}-host"
-        _write_private(os.path.join(self.store_dir, HOST_KEY), private.encode())
+        atomic_write(Path(self.store_dir, HOST_KEY), private.encode())
         Path(self.store_dir, f"{HOST_KEY}.pub").write_text(public_line + "\n")
         return public_line
 
@@ -249,7 +250,7 @@ class VirtualBoxDriver(Driver):
         host_private_key = Path(self.store_dir, HOST_KEY).read_text()
         script = PROVISION.format(public_key=shlex.quote(public_key), host_private_key=host_private_key,
                                   host_public_key=shlex.quote(host_public_key), name=self.machine_name)
-        _write_private(os.path.join(self.store_dir, "provision.sh"), script.encode())
+        atomic_write(Path(self.store_dir, "provision.sh"), script.encode())
         network = self._network()
         if self._provider != "virtualbox":
             forwards = ""  # libvirt's management network is already host-only
@@ -271,7 +272,7 @@ class VirtualBoxDriver(Driver):
             network_name=_ruby(self.libvirt_network_name()), network_address=_ruby(str(network.network)),
             libvirt_cpu=cpu,
         )
-        _write_private(os.path.join(self.store_dir, "Vagrantfile"), text.encode())
+        atomic_write(Path(self.store_dir, "Vagrantfile"), text.encode())
 
     def _hostonly_address(self) -> str:
         """A fixed guest address on the host-only network: the lowest one no other machine in the store holds.
@@ -363,12 +364,6 @@ def _provider_usable(provider: str) -> bool:
         except subprocess.TimeoutExpired:
             return False
         return result.returncode == 0
-
-
-def _write_private(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 def _sibling_addresses(store_dir: Path) -> set[str]:
