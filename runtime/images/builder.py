@@ -27,7 +27,7 @@ import posixpath
 import re
 import shutil
 import stat
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, reference
@@ -417,15 +417,21 @@ class Builder:
     def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
+    def _from_cache(self, stage: _Stage, key: str) -> Generator[dict, None, bool]:
+        """Take the image an identical step made before (saying ``Using cache``); False when there is none."""
+        cached = self._cache_lookup(key)
+        if cached is None:
+            return False
+        yield _stream(" ---> Using cache\n")
+        stage.image = cached
+        return True
+
     def _cached_or_commit(self, stage: _Stage, upper: Optional[Callable[[], Optional[str]]], created_by: str,
                           author: str = "") -> Iterator[dict]:
         """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
         (None: config only) and commit a new one."""
         key = self._cache_key(stage, created_by)
-        cached = self._cache_lookup(key)
-        if cached is not None:
-            yield _stream(" ---> Using cache\n")
-            stage.image = cached
+        if (yield from self._from_cache(stage, key)):
             return
         stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
@@ -448,10 +454,7 @@ class Builder:
         prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
-        cached = self._cache_lookup(key)
-        if cached is not None:
-            yield _stream(" ---> Using cache\n")
-            stage.image = cached
+        if (yield from self._from_cache(stage, key)):
             return
         if self.runner is None:
             raise InvalidParameter("RUN needs the container engine, which this builder was not given")
