@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -12,9 +11,9 @@ from typing import Callable
 import pytest
 
 from drivers.nshost import Bridge, IsolatedHost
+from tests.support.cli import machines
 from tests.support.hosts import TestHost, leftovers
 
-MACHINES = str(Path(sys.executable).with_name("machines"))
 Cli = Callable[..., subprocess.CompletedProcess]
 
 
@@ -26,11 +25,7 @@ def cli(tmp_path: Path, test_bridge: Bridge) -> Cli:
     env.pop("MACHINES_DRIVER", None)
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True,
-                                env=env, timeout=120)
-        if check and result.returncode != 0:
-            raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-        return result
+        return machines(store, *args, check=check, env=env)
 
     run.store = store  # type: ignore[attr-defined]
     yield run

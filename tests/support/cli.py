@@ -13,10 +13,13 @@ MACHINES = str(Path(sys.executable).with_name("machines"))  # the venv's console
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
 
 
-def machines(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``machines --storage-path STORE ARGS...``; a non-zero exit fails the test with its stderr unless ``check=False``."""
+def machines(store: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+             timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``machines --storage-path STORE ARGS...`` (in ``env``, default this process's environment); a non-zero exit
+    fails the test with its stderr unless ``check=False``."""
     result = subprocess.run(
-        [MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True, timeout=240, env=os.environ
+        [MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True, timeout=timeout,
+        env=os.environ if env is None else env,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")

@@ -18,24 +18,13 @@ import pytest
 
 from drivers.virtualbox import VirtualBoxDriver
 from machines.errors import PreCreateError
+from tests.support.cli import DOCKER, MACHINES, machines
 
 from .conftest import MACHINE_PREFIX, REPO, TEST_CIDR, LibvirtWorld, domains
-
-MACHINES = str(Path(sys.executable).with_name("machines"))
-DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
 
 
 def unique() -> str:
     return f"{MACHINE_PREFIX}{os.getpid() % 10000}{uuid.uuid4().hex[:6]}"
-
-
-def machines(store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([MACHINES, "--storage-path", str(store), *args], capture_output=True, text=True,
-                            timeout=timeout, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"machines {' '.join(args)} exited {result.returncode}: {result.stderr}")
-    return result
 
 
 def refused(store: Path, *flags: str, env: dict[str, str] | None = None) -> str:
