@@ -1,8 +1,10 @@
 """Layer tars: safe extraction into an overlay lower dir, and tars made back from an overlay upper dir.
 
-Extraction never follows a link, never writes outside its directory and never creates a device node from the
-archive: a hostile layer (``../x``, absolute names, a symlink then a file written through it, a hardlink out, a
-device node, a header bomb) raises LayerRefused. Callers extract into a fresh temporary directory and rename it
+Extraction never follows a link and never writes outside its directory: a hostile layer (``../x``, absolute names,
+a symlink then a file written through it, a hardlink out, a header bomb) raises LayerRefused. Device nodes and fifos
+are created as Docker creates them (``tar -c .`` of a debootstrap tree holds ``/dev``'s nodes); where the daemon may
+not make device nodes (not root, or in a user namespace) they are skipped with a warning in its log, as dockerd
+skips them. Containers reach such nodes only through the devices cgroup (or not at all: see ``prepare_root``). Callers extract into a fresh temporary directory and rename it
 into place only on success, so a refused layer leaves nothing behind.
 """
 
@@ -12,6 +14,7 @@ import errno
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
 import stat
@@ -29,6 +32,8 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 MAX_SPECIAL_HEADER = 1 << 20
 MAX_SPECIAL_TOTAL = 8 << 20
 COPY_CHUNK = 1 << 20
+
+log = logging.getLogger("runtime.images")
 
 
 class LayerRefused(InvalidParameter):
@@ -281,10 +286,23 @@ class _Extractor:
             self._clear(path, keep_dir=False)
             os.mkfifo(path, 0o600)
         elif m.ischr() or m.isblk():
-            raise LayerRefused("layer refused: device node %r" % m.name)
+            if not self._device(path, m):
+                return
         else:
             raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
         self._attrs(path, m)
+
+    def _device(self, path: str, m: tarfile.TarInfo) -> bool:
+        """mknod as dockerd does; False (and a warning) where this daemon may not create device nodes."""
+        self._clear(path, keep_dir=False)
+        kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+        try:
+            os.mknod(path, 0o600 | kind, os.makedev(m.devmajor, m.devminor))
+        except PermissionError as exc:
+            log.warning("skipping device node %s (%d:%d) from a layer: %s", m.name, m.devmajor, m.devminor,
+                        exc.strerror)
+            return False
+        return True
 
     def _whiteout(self, parent: str, base: str, name: str) -> None:
         """OCI whiteouts -> overlayfs: ``.wh..wh..opq`` marks the dir opaque, ``.wh.x`` becomes a 0/0 char device."""

@@ -43,13 +43,17 @@ def _hostile_cases(canary):
         "hardlink-absolute": ([("h", "hardlink", str(canary / "keep"))], "absolute path"),
         "hardlink-through-symlink": ([("l", "symlink", str(canary)), ("h", "hardlink", "l/keep")],
                                      "written through the symlink"),
-        "device-node": ([("dev/mem", "chardev", None)], "device node"),
+        "device-node-traversal": ([("../" * 8 + "dev/mem", "chardev", None)], "escapes the layer"),
+        "device-node-absolute": ([("/dev/mem", "chardev", None)], "absolute path"),
+        "device-node-through-symlink": ([("dev", "symlink", str(canary)), ("dev/mem", "chardev", None)],
+                                        "written through the symlink"),
     }
 
 
 @pytest.mark.parametrize("case", ["traversal", "traversal-inside", "absolute", "relative-symlink-out",
                                   "write-through-symlink", "hardlink-out", "hardlink-absolute",
-                                  "hardlink-through-symlink", "device-node"])
+                                  "hardlink-through-symlink", "device-node-traversal", "device-node-absolute",
+                                  "device-node-through-symlink"])
 def test_hostile_layer_is_refused(store, canary, case):
     entries, message = _hostile_cases(canary)[case]
     with pytest.raises(InvalidParameter, match=message):
