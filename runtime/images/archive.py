@@ -4,8 +4,9 @@ Extraction never follows a link and never writes outside its directory: a hostil
 a symlink then a file written through it, a hardlink out, a header bomb) raises LayerRefused. Device nodes and fifos
 are created as Docker creates them (``tar -c .`` of a debootstrap tree holds ``/dev``'s nodes); where the daemon may
 not make device nodes (not root, or in a user namespace) they are skipped with a warning in its log, as dockerd
-skips them. Containers reach such nodes only through the devices cgroup (or not at all: see ``prepare_root``). Callers extract into a fresh temporary directory and rename it
-into place only on success, so a refused layer leaves nothing behind.
+skips them. Containers reach such nodes only through the devices cgroup (or not at all: see ``prepare_root``).
+Callers extract into a fresh temporary directory and rename it into place only on success, so a refused layer
+leaves nothing behind.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from runtime.images.dockerfile import Instruction
 from runtime.images.store import Image, ImageStore
 
 NOP = "/bin/sh -c #(nop) "
+PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
 CACHE_FILE = "build-cache.json"
 
 
@@ -197,7 +198,7 @@ class Builder:
     def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
                  tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
                  labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
-                 runner: Any = None, registry_config: Optional[dict] = None, quiet: bool = False) -> None:
+                 runner: Any = None, pull: Optional[PullFn] = None, quiet: bool = False) -> None:
         self.store = store
         self.context_stream = context
         self.dockerfile_path = dockerfile_path or "Dockerfile"
@@ -207,7 +208,7 @@ class Builder:
         self.target = target.lower() if target else None
         self.nocache = nocache
         self.runner = runner
-        self.registry_config = registry_config or {}
+        self.pull = pull
         self.quiet = quiet
         self.work = ""
         self.result: Optional[Image] = None
@@ -342,14 +343,13 @@ class Builder:
         try:
             return self.store.resolve(name)
         except NotFound:
-            pass
-        from runtime.images.registry import auth_for_host
-
-        ref = reference.parse(name)
-        for message in self.store.pull(str(ref), auth=auth_for_host(self.registry_config, ref.domain)):
+            if self.pull is None:
+                raise
+        ref = str(reference.parse(name))
+        for message in self.pull(ref):
             if "status" in message and "id" not in message:
                 yield {"status": message["status"]}
-        return self.store.resolve(str(ref))
+        return self.store.resolve(ref)
 
     # --- other instructions -----------------------------------------------------------------------------
 
@@ -752,11 +752,9 @@ def _query_json(query: Dict[str, List[str]], name: str) -> dict:
 
 
 def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-                  registry_config: Optional[str]) -> Iterator[dict]:
-    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, networkmode, remote)
-    and ``X-Registry-Config``; RUN steps go to ``engine``."""
-    from runtime.images.registry import decode_auth
-
+                  pull: Optional[PullFn]) -> Iterator[dict]:
+    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, networkmode, remote);
+    RUN steps go to ``engine``, missing base images come from ``pull``."""
     if (query.get("remote") or [""])[-1]:
         raise InvalidParameter("building from a remote context is not supported: send the context as a tar")
     network = (query.get("networkmode") or ["default"])[-1]
@@ -764,14 +762,14 @@ def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[s
                       tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
                       labels=_query_json(query, "labels"), target=(query.get("target") or [""])[-1] or None,
                       nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
-                      runner=EngineStepRunner(engine, network), registry_config=decode_auth(registry_config))
+                      runner=EngineStepRunner(engine, network), pull=pull)
     builder.receive_context()
     return builder.run()
 
 
 def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dict]:
     """``POST /build``: see Builder for the options (dockerfile_path, tags, build_args, labels, target, nocache,
-    runner, registry_config, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
+    runner, pull, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
     ``{"errorDetail", "error"}`` as the last message."""
     return Builder(store, context, **options).run()
 

@@ -76,7 +76,7 @@ def test_many_global_pax_headers_are_refused(store, canary):
     _assert_untouched(store, canary)
 
 
-def test_hostile_layer_inside_a_docker_save_archive_is_refused(store, canary):
+def test_hostile_layer_inside_a_docker_save_archive_is_refused(service, store, canary):
     layer = make_tar([("../../escaped", "file", b"x")])
     config = {"architecture": "amd64", "os": "linux", "config": {},
               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}
@@ -84,14 +84,14 @@ def test_hostile_layer_inside_a_docker_save_archive_is_refused(store, canary):
                         ("manifest.json", "file", json.dumps(
                             [{"Config": "c.json", "RepoTags": ["x:y"], "Layers": ["l/layer.tar"]}]).encode())])
     with pytest.raises(InvalidParameter, match="escapes the layer"):
-        store.load(io.BytesIO(archive))
+        service.load(io.BytesIO(archive))
     _assert_untouched(store, canary)
 
 
-def test_archive_with_escaping_member_name_is_refused(store, canary):
+def test_archive_with_escaping_member_name_is_refused(service, store, canary):
     archive = make_tar([("../manifest.json", "file", b"[]")])
     with pytest.raises(InvalidParameter, match="escapes the layer"):
-        store.load(io.BytesIO(archive))
+        service.load(io.BytesIO(archive))
     _assert_untouched(store, canary)
 
 

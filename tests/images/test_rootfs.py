@@ -45,14 +45,14 @@ def test_import_creates_device_nodes_and_fifos_as_root(store):
     assert stat.S_ISFIFO(fifo.st_mode)
 
 
-def test_load_of_a_layer_with_device_nodes(store):
+def test_load_of_a_layer_with_device_nodes(service, store):
     layer = _devices_tar()
     config = {"architecture": "amd64", "os": "linux", "config": {},
               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}
+    manifest = [{"Config": "c.json", "RepoTags": ["rootfs:loaded"], "Layers": ["l/layer.tar"]}]
     archive = make_tar([("c.json", "file", json.dumps(config).encode()), ("l/layer.tar", "file", layer),
-                        ("manifest.json", "file", json.dumps(
-                            [{"Config": "c.json", "RepoTags": ["rootfs:loaded"], "Layers": ["l/layer.tar"]}]).encode())])
-    store.load(io.BytesIO(archive))
+                        ("manifest.json", "file", json.dumps(manifest).encode())])
+    service.load(io.BytesIO(archive))
     null = _node(store, "rootfs:loaded", "dev/null")
     assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
 
