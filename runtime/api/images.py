@@ -9,6 +9,7 @@ from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, Stream, json_response, json_stream
 from runtime.errors import InvalidParameter, NotSupported
 from runtime.images.dockerfile import apply_changes
+from runtime.images.registry import decode_auth
 
 
 def in_use(engine: Any) -> Callable[[str], bool]:
@@ -109,6 +110,15 @@ def tag(engine: Any, request: Request, name: str) -> Response:
 def push(engine: Any, request: Request, name: str) -> Stream:
     return json_stream(engine.image_service.push(name, request.arg("tag") or None,
                                                  auth=request.headers.get("X-Registry-Auth") or None), prime=1)
+
+
+@route("GET", "/distribution/{name:.*}/json", "Manifest descriptor and platforms, asked of the registry")
+def distribution(engine: Any, request: Request, name: str) -> Response:
+    try:  # as moby: credentials that do not decode are ignored, not an error
+        auth = decode_auth(request.headers.get("X-Registry-Auth"))
+    except InvalidParameter:
+        auth = {}
+    return json_response(engine.image_service.inspect_distribution(name, auth))
 
 
 @route("DELETE", "/images/{name:.*}", "Remove an image (force, noprune)")

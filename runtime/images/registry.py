@@ -296,14 +296,15 @@ class Session:
         except (ValueError, KeyError, TypeError):
             raise Unauthorized("invalid token response from %s" % params["realm"]) from None
 
-    def get_json_blob(self, path: str, accept: str, expected: Optional[str]) -> Tuple[dict, bytes, str, str]:
-        """GET a manifest or config; verify its digest. Returns (doc, bytes, media type, digest)."""
+    def get_json_blob(self, path: str, accept: str, expected: Optional[str], *,
+                      missing: str = "manifest for {ref} not found: ") -> Tuple[dict, bytes, str, str]:
+        """GET a manifest or config; verify its digest. Returns (doc, bytes, media type, digest). A 404 is NotFound
+        with ``missing`` (``{ref}``: the familiar reference) before the registry's own words."""
         resp = self.request("GET", path, {"Accept": accept})
         data = resp.read(MAX_MANIFEST + 1)
         resp.close()
         if resp.status == 404:
-            raise NotFound("manifest for %s not found: %s" % (
-                self.ref.familiar(), _registry_error(data, "manifest unknown")))
+            raise NotFound(missing.format(ref=self.ref.familiar()) + _registry_error(data, "manifest unknown"))
         if resp.status != 200:
             raise HostError("%s: %s" % (path, _registry_error(data, "HTTP %d" % resp.status)))
         if len(data) > MAX_MANIFEST:
@@ -735,6 +736,38 @@ def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
     store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
     yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
     yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
+
+
+# --- distribution inspect ----------------------------------------------------------------------------------------
+
+def _platform(fields: dict) -> dict:
+    """An OCI platform as moby writes one (``architecture`` and ``os`` always, the rest when set)."""
+    out = {"architecture": fields.get("architecture") or "", "os": fields.get("os") or ""}
+    for key in ("os.version", "os.features", "variant"):
+        if fields.get(key):
+            out[key] = fields[key]
+    return out
+
+
+def inspect_distribution(name: str, auth: Optional[dict] = None,
+                         options: Optional[RegistryOptions] = None) -> dict:
+    """``GET /distribution/{name}/json``: the registry's manifest descriptor for ``name`` and the platforms it
+    serves (an index's entries, or the one platform of an image's config), as dockerd answers it."""
+    if reference.ID_RE.match(name) or (name.startswith("sha256:") and reference.ID_RE.match(name[7:])):
+        raise EngineError("no manifest found for full image ID")
+    ref = reference.parse(name)
+    session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
+    doc, data, media, digest = session.get_json_blob(
+        "/v2/%s/manifests/%s" % (ref.path, ref.digest or ref.tag), MANIFEST_ACCEPT, ref.digest, missing="")
+    platforms: Optional[List[dict]] = None
+    if media in INDEX_TYPES or "manifests" in doc:
+        platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
+    elif (doc.get("config") or {}).get("digest"):
+        config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
+        if config.get("os") or config.get("architecture"):
+            platforms = [_platform(config)]
+    return {"Descriptor": {"mediaType": media, "digest": ref.digest or digest, "size": len(data)},
+            "Platforms": platforms or None}
 
 
 # --- login -----------------------------------------------------------------------------------------------------

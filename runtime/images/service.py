@@ -1,7 +1,7 @@
 """The image service: what the API and the engine ask of images beyond the store's own bookkeeping.
 
 As moby's image service sits over its layer store, this sits over the image store, the registry client and the
-builder: pull, push, login and the distribution inspect go to registries, build runs the classic builder, save and
+builder: pull, push, login and distribution inspect go to registries, build runs the classic builder, save and
 load read and write image archives. The store below knows nothing of them, so the modules form a tree::
 
     service -> builder, registry, transfer -> store -> archive, media, reference
@@ -45,6 +45,10 @@ class ImageService:
     def login(self, auth: dict) -> dict:
         """``POST /auth``: ``{"Status": "Login Succeeded", "IdentityToken": ""}`` or Unauthorized."""
         return registry.login(auth, self.registry_options())
+
+    def inspect_distribution(self, name: str, auth: Auth = None) -> dict:
+        """``GET /distribution/{name}/json``: descriptor and platforms, asked of the registry."""
+        return registry.inspect_distribution(name, registry.as_auth(auth), self.registry_options())
 
     def build(self, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
               registry_config: Optional[str] = None) -> Iterator[dict]:
