@@ -324,11 +324,31 @@ class _Extractor:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed tar, ending where Go's archive/tar ends: the docker CLI's context for a Dockerfile
+    from outside the context stops right after the last file's bytes, with no padding and no end-of-archive
+    blocks. Running out of data there ends the archive; running out inside a member is still an error."""
+    members = iter(tar)
+    last: Optional[tarfile.TarInfo] = None
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except tarfile.ReadError as exc:
+            consumed = last is not None and tar.fileobj.tell() >= last.offset_data + last.size  # type: ignore
+            if str(exc) == "unexpected end of data" and consumed:
+                return
+            raise
+        yield member
+        last = member
+
+
 def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
     try:
         with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[arg-type]
                           bufsize=COPY_CHUNK) as tar:
-            for m in tar:
+            for m in _members(tar):
                 ex.member(tar, m)
     except tarfile.TarError as exc:
         raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
