@@ -7,7 +7,8 @@ from typing import Any, Callable, List
 from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, Stream, json_response, json_stream
-from runtime.errors import InvalidParameter, NotSupported
+from runtime.errors import EngineError, InvalidParameter, NotSupported
+from runtime.images.archive import drain
 from runtime.images.dockerfile import apply_changes
 from runtime.images.registry import decode_auth
 
@@ -20,7 +21,14 @@ def in_use(engine: Any) -> Callable[[str], bool]:
 
 @route("GET", "/images/json", "List images (all, filters)")
 def list_images(engine: Any, request: Request) -> Response:
-    return json_response(engine.images.list(all=request.flag("all"), filters=filters_arg(request)))
+    images = engine.images.list(all=request.flag("all"), filters=filters_arg(request))
+    if not request.version_at_least("1.43"):  # before 1.43 dockerd wrote placeholders (and null) for no names
+        for summary in images:
+            if not summary["RepoTags"] and not summary["RepoDigests"]:
+                summary.update(RepoTags=["<none>:<none>"], RepoDigests=["<none>@<none>"])
+            elif not summary["RepoTags"]:
+                summary["RepoTags"] = None
+    return json_response(images)
 
 
 @route("POST", "/images/prune", "Remove unused images (dangling only unless filters say otherwise)")
@@ -30,7 +38,12 @@ def prune(engine: Any, request: Request) -> Response:
 
 @route("POST", "/images/load", "Load a docker save or OCI archive")
 def load(engine: Any, request: Request) -> Stream:
-    names = engine.image_service.load(request.body)
+    """As dockerd: a refused archive is the stream's error message (status 200), not an HTTP error."""
+    try:
+        names = engine.image_service.load(request.body)
+    except EngineError as exc:
+        drain(request.body)  # the client is still sending; let it finish and read our answer
+        return json_stream([{"errorDetail": {"message": str(exc)}, "error": str(exc)}])
     messages = [{"stream": ("Loaded image ID: %s\n" if name.startswith("sha256:") else "Loaded image: %s\n")
                  % name} for name in names]
     return json_stream(messages)

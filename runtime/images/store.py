@@ -438,8 +438,7 @@ class ImageStore:
         labels = image.container_config.get("Labels") or {}
         return {
             "Id": image.id, "ParentId": image.parent,
-            "RepoTags": image.repo_tags or ["<none>:<none>"],
-            "RepoDigests": image.repo_digests or (["<none>@<none>"] if not image.repo_tags else []),
+            "RepoTags": image.repo_tags, "RepoDigests": image.repo_digests,
             "Created": parse_time(image.config.get("created")), "Size": image.size, "SharedSize": -1,
             "VirtualSize": image.size, "Labels": labels, "Containers": -1,
         }

@@ -86,19 +86,20 @@ def load(store: ImageStore, fileobj: IO[bytes], progress: Optional[ProgressFn] =
     """
     with store.workdir() as work, store.pinned() as pins:
         files, digests = _unpack_archive(fileobj, work)
-        if "manifest.json" in files:
-            plan = _plan_docker_save(files)
-        elif "index.json" in files:
-            plan = _plan_oci(files, digests)
-        else:
-            raise InvalidParameter("invalid archive: neither manifest.json nor index.json found")
+        try:
+            if "manifest.json" in files or "index.json" not in files:
+                plan = _plan_docker_save(files, work)  # dockerd's words when neither is there: no manifest.json
+            else:
+                plan = _plan_oci(files, digests, work)
+        except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong type
+            raise InvalidParameter("invalid manifest: %s" % exc) from None
         loaded: List[str] = []
         for config_path, layer_paths, tags, layer_digests in plan:
             with open(config_path, "rb") as f:
                 config_bytes = f.read()
             diff_ids = (json.loads(config_bytes).get("rootfs") or {}).get("diff_ids") or []
             if len(diff_ids) != len(layer_paths):
-                raise InvalidParameter("invalid archive: %d layers for %d diff IDs"
+                raise InvalidParameter("invalid manifest, layers length mismatch: expected %d, got %d"
                                        % (len(layer_paths), len(diff_ids)))
             parent = None
             for path, diff_id, expected in zip(layer_paths, diff_ids, layer_digests):
@@ -140,8 +141,11 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict
                 assert src is not None
                 digests[path] = archive.copy_hashing(src, path)
                 files[name] = path
+    except tarfile.ReadError as exc:
+        if str(exc) != "empty file":  # Go's archive/tar reads an empty stream as an empty archive
+            raise InvalidParameter(_go_tar_error(str(exc))) from None
     except tarfile.TarError as exc:
-        raise InvalidParameter("invalid archive: %s" % exc) from None
+        raise InvalidParameter(_go_tar_error(str(exc))) from None
     archive.drain(fileobj)
     for name, target in links.items():
         for _ in range(8):
@@ -153,10 +157,17 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict
     return files, digests
 
 
-def _archive_file(files: Dict[str, str], name: str) -> str:
+def _go_tar_error(message: str) -> str:
+    """tarfile's complaint in the words of Go's archive/tar, which dockerd passes on."""
+    if message in ("truncated header", "unexpected end of data") or message.startswith("unexpected end"):
+        return "unexpected EOF"
+    return "archive/tar: invalid tar header"
+
+
+def _archive_file(files: Dict[str, str], name: str, work: str) -> str:
     path = files.get("/".join(archive._clean_name(name, "archive")))
-    if path is None:
-        raise InvalidParameter("invalid archive: %s is missing" % name)
+    if path is None:  # dockerd opens the file in the folder it unpacked the archive to
+        raise InvalidParameter("open %s: no such file or directory" % os.path.join(work, name))
     return path
 
 
@@ -168,33 +179,46 @@ def _read_json(path: str) -> object:
         raise InvalidParameter("invalid archive: %s" % exc) from None
 
 
+def _json_kind(value: object) -> str:
+    """A JSON value's kind as Go's encoding/json names it in errors."""
+    if isinstance(value, bool):
+        return "bool"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "value")
+
+
 LoadPlan = List[Tuple[str, List[str], List[Reference], List[Optional[str]]]]
 
 
-def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
+def _plan_docker_save(files: Dict[str, str], work: str) -> LoadPlan:
     """docker save's manifest.json -> (config file, layer files, tags, expected blob digests)."""
     plan: LoadPlan = []
-    entries = _read_json(files["manifest.json"])
+    entries = _read_json(_archive_file(files, "manifest.json", work))
+    if entries is None:
+        raise InvalidParameter("invalid manifest, manifest cannot be null (but can be [])")
     if not isinstance(entries, list):
-        raise InvalidParameter("invalid archive: manifest.json is not a list")
+        raise InvalidParameter("json: cannot unmarshal %s into Go value of type []tarexport.manifestItem"
+                               % _json_kind(entries))
     for entry in entries:
-        layers = [_archive_file(files, name) for name in entry.get("Layers") or []]
+        if not isinstance(entry, dict):
+            raise InvalidParameter("json: cannot unmarshal %s into Go value of type tarexport.manifestItem"
+                                   % _json_kind(entry))
+        layers = [_archive_file(files, name, work) for name in entry.get("Layers") or []]
         digests: List[Optional[str]] = []
         for name in entry.get("Layers") or []:
             parts = name.split("/")
             digests.append("sha256:" + parts[2] if len(parts) == 3 and parts[:2] == ["blobs", "sha256"] else None)
         tags = [reference.parse(t) for t in entry.get("RepoTags") or []]
-        plan.append((_archive_file(files, entry["Config"]), layers, tags, digests))
+        plan.append((_archive_file(files, entry["Config"], work), layers, tags, digests))
     return plan
 
 
-def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
+def _plan_oci(files: Dict[str, str], digests: Dict[str, str], work: str) -> LoadPlan:
     """An OCI image layout (index.json, nested indexes allowed) -> load plan for the host's platform."""
     plan: LoadPlan = []
     host = host_platform()
 
     def blob(digest: str) -> str:
-        path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
+        path = _archive_file(files, "blobs/" + digest.replace(":", "/"), work)
         if digests[path] != digest:
             raise InvalidParameter("invalid archive: blob %s does not match its digest" % digest)
         return path
