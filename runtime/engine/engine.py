@@ -203,6 +203,10 @@ class Engine:
         attrs.update(extra)
         self.bus.emit("container", action, c.id, attrs)
 
+    def log_event(self, ref: str, action: str, **extra: str) -> None:
+        """A container event for something done around the engine (``commit``), with the usual attributes."""
+        self._emit(self._get(ref), action, **extra)
+
     def _volume_users(self, name: str) -> List[str]:
         with self._lock:
             return [c.id for c in self._containers.values()
