@@ -8,7 +8,6 @@ from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, Stream, json_response, json_stream
 from runtime.errors import EngineError, InvalidParameter, NotSupported
-from runtime.images.archive import drain
 from runtime.images.dockerfile import apply_changes
 from runtime.images.registry import decode_auth
 
@@ -42,7 +41,8 @@ def load(engine: Any, request: Request) -> Stream:
     try:
         names = engine.image_service.load(request.body)
     except EngineError as exc:
-        drain(request.body)  # the client is still sending; let it finish and read our answer
+        while request.body.read(1 << 20):  # the client is still sending: let it finish, then read our answer
+            pass
         return json_stream([{"errorDetail": {"message": str(exc)}, "error": str(exc)}])
     messages = [{"stream": ("Loaded image ID: %s\n" if name.startswith("sha256:") else "Loaded image: %s\n")
                  % name} for name in names]

@@ -54,7 +54,7 @@ def _stream(text: str) -> dict:
     return {"stream": text}
 
 
-def _error(exc: Exception) -> dict:
+def _error(exc: "EngineError | OSError") -> dict:
     """A failed build's last message, as dockerd's stream formatter writes it."""
     message = str(exc) if isinstance(exc, EngineError) else "%s: %s" % (exc.strerror or exc, exc.filename or "")
     return {"errorDetail": {"message": message}, "error": message}
