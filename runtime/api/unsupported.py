@@ -6,21 +6,22 @@ from typing import Any
 
 from runtime.api.routing import route
 from runtime.api.server import Request, Response, error_response
+from runtime.engine import Engine
 
 _SWARM = ("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this "
           "node to swarm and try again.")
 _METHODS = ("GET", "POST", "DELETE", "PUT", "HEAD")
 
 
-def _swarm(engine: Any, request: Request, rest: str = "") -> Response:
+def _swarm(engine: Engine, request: Request, rest: str = "") -> Response:
     return error_response(503, _SWARM)
 
 
-def _plugin(engine: Any, request: Request, name: str) -> Response:
+def _plugin(engine: Engine, request: Request, name: str) -> Response:
     return error_response(404, "plugin %s not found" % name)
 
 
-def _plugins(engine: Any, request: Request, rest: str = "") -> Response:
+def _plugins(engine: Engine, request: Request, rest: str = "") -> Response:
     return error_response(404, "plugins are not supported by this daemon")
 
 
@@ -45,7 +46,7 @@ _NOT_IMPLEMENTED = (
 
 
 def _not_implemented(message: str) -> Any:
-    def answer(engine: Any, request: Request, **_: str) -> Response:
+    def answer(engine: Engine, request: Request, **_: str) -> Response:
         return error_response(501, message)
 
     return answer
