@@ -16,8 +16,9 @@ from runtime.engine.shim import rfc3339_nano, write_json
 from runtime.errors import InvalidParameter, NotFound
 
 
-def now() -> str:
-    return rfc3339_nano()
+def now(ns: Optional[int] = None) -> str:
+    """RFC 3339 with nanoseconds, UTC: of ``ns`` (unix nanoseconds) or of the present."""
+    return rfc3339_nano(ns)
 
 
 def parse_time(text: str) -> float:

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from runtime.engine import archive
+from runtime.engine import archive, health
 from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
                                    merge_config, parse_binds, parse_mounts, parse_signal, random_name, split_mode,
                                    ulimits_of)
@@ -60,7 +60,9 @@ class Engine:
         self._containers = self.table.by_id
         self._fork_lock = threading.Lock()
         self.execs = ExecManager(self.table, self._fork_lock, self._spec)
-        self.monitor = Monitor(self.table, self.execs, start=self._start, release_network=self._release_network,
+        self.health = health.HealthChecker(self.table, self.execs)
+        self.monitor = Monitor(self.table, self.execs, self.health, start=self._start,
+                               release_network=self._release_network,
                                remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
         os.makedirs(self._trash, exist_ok=True)
@@ -100,7 +102,12 @@ class Engine:
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         log_size(host["LogConfig"]["Config"].get("max-size"))
-        config = merge_config(body, (image.config or {}).get("config") or {})
+        health.validate(body.get("Healthcheck"))
+        image_config = (image.config or {}).get("config") or {}
+        config = merge_config(body, image_config)
+        config["Healthcheck"] = health.merge(body.get("Healthcheck"), image_config.get("Healthcheck"))
+        if config["Healthcheck"] is None:
+            del config["Healthcheck"]
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
@@ -370,6 +377,7 @@ class Engine:
             c.exit_on_next = False
             self._save(c)
         self._emit(c, "start")
+        self.health.init(c)
         self.monitor.follow(c, monitor, launch.shim_pid, spec["start_id"])
 
     def _connect_networks(self, c: Container, kind: str, pid: int) -> None:
@@ -450,6 +458,7 @@ class Engine:
                 if sock is not None:
                     running[cid] = st["Pid"]
                     self.monitor.follow(c, sock, None, data["_start_id"])
+                    self.health.init(c)
                     continue
                 record = self.monitor.read_exit(c, data.get("_start_id", "")) or {
                     "ExitCode": st.get("ExitCode") or 255, "OOMKilled": False, "FinishedAt": now()}
@@ -482,6 +491,7 @@ class Engine:
     def close(self) -> None:
         """Stops background work; containers and their shims keep running."""
         self.table.closed = True
+        self.health.close()
         self.bus.close()
         for thread in list(self._discards):
             thread.join(10)
@@ -587,6 +597,7 @@ class Engine:
             with self._lock:
                 c.state.update({"Paused": True, "Status": "paused"})
                 self._save(c)
+            self.health.update(c)
         self._emit(c, "pause")
 
     def unpause(self, ref: str) -> None:
@@ -598,6 +609,7 @@ class Engine:
             with self._lock:
                 c.state.update({"Paused": False, "Status": "running" if c.running else c.state["Status"]})
                 self._save(c)
+            self.health.update(c)
         self._emit(c, "unpause")
 
     def rename(self, ref: str, new_name: str) -> None:
@@ -625,6 +637,7 @@ class Engine:
                 raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
                                "removal or force remove" % c.id)
             c.exit_on_next = True
+            self.health.stop(c)
             if c.running:
                 with self._lock:
                     c.data["HasBeenManuallyStopped"] = True
@@ -729,6 +742,9 @@ class Engine:
 
     def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: int = -1,
                         size: bool = False) -> List[dict]:
+        for value in _filter_values(filters, "health"):
+            if value not in health.HEALTH_VALUES:
+                raise InvalidParameter("Unrecognised filter value for health: %s" % value)
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
             out = []
@@ -753,6 +769,7 @@ class Engine:
             or c.data["Image"].startswith("sha256:" + v),
             "volume": lambda v: any(v in (m.get("Name"), m.get("Destination")) for m in c.data.get("Mounts") or []),
             "network": lambda v: v in (c.data["NetworkSettings"].get("Networks") or {}),
+            "health": lambda v: v == health.filter_value(st),
         }
         for key, test in checks.items():
             wanted = _filter_values(filters, key)

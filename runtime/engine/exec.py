@@ -175,6 +175,11 @@ class ExecManager:
             return
         syscalls.set_winsize(master, int(h), int(w))
 
+    def discard(self, exec_id: str) -> None:
+        """Forgets a finished exec the daemon ran for itself (a health probe), as moby drops its probes."""
+        with self._table.lock:
+            self._execs.pop(exec_id, None)
+
     def ids_of(self, cid: str) -> List[str]:
         with self._table.lock:
             return [eid for eid, rec in self._execs.items() if rec["ContainerID"] == cid]

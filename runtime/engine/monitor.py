@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from runtime.engine.config import ZERO_TIME
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.exec import ExecManager
+from runtime.engine.health import HealthChecker
 from runtime.engine.shim import EXIT, recv_frame
 from runtime.errors import EngineError
 
@@ -25,11 +26,12 @@ class Monitor:
     """Exit handling for the containers of one table. ``start``, ``release_network`` and ``remove`` are the
     engine's own operations (a restart is a start; an auto-removed container is removed like ``rm -f -v``)."""
 
-    def __init__(self, table: ContainerTable, execs: ExecManager, *, start: Callable[[Container], None],
-                 release_network: Callable[[Container], None],
+    def __init__(self, table: ContainerTable, execs: ExecManager, health: HealthChecker, *,
+                 start: Callable[[Container], None], release_network: Callable[[Container], None],
                  remove: Callable[[str], None]) -> None:
         self._table = table
         self._execs = execs
+        self._health = health
         self._start = start
         self._release_network = release_network
         self._remove = remove
@@ -77,6 +79,7 @@ class Monitor:
         with table.lock:
             if c.data.get("_start_id") != start_id or not c.running:
                 return
+        self._health.stop(c)
         self._release_network(c)  # outside the table lock: it runs `ip` and touches iptables
         with table.lock:
             code = int(record["ExitCode"])
