@@ -23,6 +23,7 @@ from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from runtime.images.service import ImageService  # noqa: E402
 from runtime.images.store import ImageStore  # noqa: E402
 from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
@@ -111,17 +112,17 @@ def library_figures(image: str, work: str, runs: int) -> Dict[str, float]:
     """The image store alone (no HTTP API, no CLI): pull, save, load of the same image."""
     pulls, saves, loads = [], [], []
     for n in range(runs):
-        store = ImageStore(os.path.join(work, "lib-%d" % n))
-        pulls.append(timed(lambda: list(store.pull(image))))
+        service = ImageService(ImageStore(os.path.join(work, "lib-%d" % n)))
+        pulls.append(timed(lambda: list(service.pull(image))))
         archive_path = os.path.join(work, "lib-%d.tar" % n)
 
         def save() -> None:
             with open(archive_path, "wb") as f:
-                for chunk in store.save([image]):
+                for chunk in service.save([image]):
                     f.write(chunk)
 
         saves.append(timed(save))
-        fresh = ImageStore(os.path.join(work, "lib-load-%d" % n))
+        fresh = ImageService(ImageStore(os.path.join(work, "lib-load-%d" % n)))
         with open(archive_path, "rb") as f:
             loads.append(timed(lambda: fresh.load(f)))
         shutil.rmtree(os.path.join(work, "lib-%d" % n))
@@ -144,7 +145,7 @@ def main() -> None:
         image = "%s/bench/data:1" % registry.host
         store = ImageStore(os.path.join(work, "seed"))
         make_image(store, image, opts.size_mb, work)
-        for _ in store.push(image):
+        for _ in ImageService(store).push(image):
             pass
         context = os.path.join(work, "context")
         os.makedirs(os.path.join(context, "files"))

@@ -39,7 +39,6 @@ for _method in _METHODS:
 _NOT_IMPLEMENTED = (
     ("POST", "/containers/{ref}/update", "docker update is not supported by this daemon: recreate the container"),
     ("GET", "/images/search", "searching registries is not supported by this daemon"),
-    ("GET", "/distribution/{name:.*}/json", "distribution inspect is not supported by this daemon"),
     ("POST", "/session", "BuildKit sessions are not supported: build with DOCKER_BUILDKIT=0"),
     ("POST", "/grpc", "BuildKit is not supported: build with DOCKER_BUILDKIT=0"),
 )

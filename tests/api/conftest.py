@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.debian_image import debian_tar  # noqa: F401 - the Debian 12 rootfs tar (session fixture)
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
 COMPOSE = "/usr/bin/docker-compose"

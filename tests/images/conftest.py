@@ -12,6 +12,7 @@ from typing import Iterable, Optional, Tuple, Union
 
 import pytest
 
+from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 
 Entry = Tuple[str, str, Union[bytes, str, None]]  # (name, kind, data-or-linkname)
@@ -47,6 +48,12 @@ def make_tar(entries: Iterable[Entry], *, pax: Optional[dict] = None, gz: bool =
 @pytest.fixture
 def store(tmp_path) -> ImageStore:
     return ImageStore(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def service(store) -> ImageService:
+    """The image service over ``store`` (pull, push, login, build, save, load)."""
+    return ImageService(store)
 
 
 def busybox_rootfs_tar() -> bytes:
