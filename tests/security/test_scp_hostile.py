@@ -28,7 +28,7 @@ def hostile(tmp_path: Path) -> Iterator[tuple[HostileServer, Path]]:
     server = HostileServer(key_path, folder({}))
     store = tmp_path / "store"
     machines(store, "create", "-d", "generic", "--generic-ip-address", "127.0.0.1", "--generic-ssh-port",
-             str(server.port), "--generic-ssh-key", str(key_path), "--no-provision", "--timeout-ssh", "20", "evil")
+             str(server.port), "--generic-ssh-key", str(key_path), "--generic-ssh-host-key", server.host_key_line, "--no-provision", "--timeout-ssh", "20", "evil")
     yield server, store
     server.close()
 
