@@ -325,6 +325,10 @@ class Machines:
             checkpoint()
             with progress.phase("Waiting for SSH"):
                 machine.wait_for_ssh(ssh_timeout)
+            if driver.initial_host_key() is None:
+                from machines.ssh import fingerprint
+
+                progress.note(f"trusted the host key on first use: {fingerprint(machine.record['ssh_host_key'])}")
             checkpoint()
             hook = _bootstrap_hook("provision") if provision else None
             if hook is not None:

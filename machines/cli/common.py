@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import typer
 
+from machines import redaction
 from machines.errors import ExitStatus, MachinesError
 from machines.machine import Machines, run_concurrently
 from machines.progress import Progress, ProgressDisplay, escape
@@ -102,5 +103,6 @@ def configure_logging(debug: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    redaction.install()  # --debug shows what the SDKs send, never the secrets in it
     if not debug:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)

@@ -110,6 +110,11 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             raise UsageError(f"--api must be 'tls' or 'ssh', not {api!r}")
         if runtime_data_root is not None and not runtime_data_root.startswith("/"):
             raise UsageError(f"--runtime-data-root must be an absolute path, not {runtime_data_root!r}")
+        if tls_san:
+            from bootstrap.certs import check_san  # cryptography loads only when needed
+
+            for name_or_ip in tls_san:
+                check_san(name_or_ip)
         flags = _driver_flags(ctx, driver, drivers, driver_values)
         host_options: dict[str, Any] = {"labels": list(engine_label or []), "tls_san": list(tls_san or []), "api": api}
         if runtime_data_root:
