@@ -156,10 +156,8 @@ class AzureDriver(Driver):
              envvar="AZURE_WAIT_TIMEOUT"),
     ]
 
-    def __init__(self, machine_name: str, store_dir: str, config: dict[str, Any] | None = None) -> None:
-        merged = self.flag_defaults()  # for library users who pass only some flags
-        merged.update(config or {})
-        super().__init__(machine_name, store_dir, merged)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._credential: TokenCredential | None = None
         self._clients: dict[type, Any] = {}
 

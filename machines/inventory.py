@@ -99,7 +99,7 @@ def _row(machine: Machine, *, state: str, error: str, response_time: float, acti
         url=url,
         runtime=str(machine.runtime.get("version") or "Unknown"),
         error=error,
-        labels=list(machine.host_options.get("labels") or []),
+        labels=list(machine.host_options.labels),
         response_time=response_time,
     )
 

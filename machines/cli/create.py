@@ -15,6 +15,7 @@ from drivers import registry
 from drivers.base import Driver, Flag
 from machines.cli.common import echo, err_console, for_each_machine, machines
 from machines.errors import UsageError
+from machines.hostoptions import HostOptions
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
 from machines.progress import Progress, escape
 
@@ -106,14 +107,10 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         **driver_values: Any,
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
-        if api not in ("tls", "ssh"):
-            raise UsageError(f"--api must be 'tls' or 'ssh', not {api!r}")
-        if runtime_data_root is not None and not runtime_data_root.startswith("/"):
-            raise UsageError(f"--runtime-data-root must be an absolute path, not {runtime_data_root!r}")
+        host_options = HostOptions(
+            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root
+        )
         flags = _driver_flags(ctx, driver, drivers, driver_values)
-        host_options: dict[str, Any] = {"labels": list(engine_label or []), "tls_san": list(tls_san or []), "api": api}
-        if runtime_data_root:
-            host_options["data_root"] = runtime_data_root  # bootstrap's option; unset, the driver's default applies
         library = machines()
         cancelled = threading.Event()
 
