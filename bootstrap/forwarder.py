@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from machines.errors import MachinesError, ProvisionError
 
@@ -45,9 +45,10 @@ def socket_path(machine_dir: str | os.PathLike[str]) -> Path:
     return directory / f"{digest}.sock"
 
 
-def _state(machine_dir: Path) -> dict | None:
+def _state(machine_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((machine_dir / STATE_FILE).read_text())
+        state: dict[str, Any] = json.loads((machine_dir / STATE_FILE).read_text())
+        return state
     except (OSError, ValueError):
         return None
 

@@ -416,7 +416,8 @@ class ProvisioningRun:
             connection.close()
         if response.status != 200:
             raise ValueError(f"/version answered {response.status}")
-        return json.loads(body)
+        version: dict[str, Any] = json.loads(body)
+        return version
 
     def _version_over_ssh(self) -> dict[str, Any]:
         assert self.conn is not None
@@ -431,7 +432,8 @@ class ProvisioningRun:
         head, _, body = result.stdout.partition("\r\n\r\n")
         if not head.startswith("HTTP/1.") or " 200 " not in head.splitlines()[0]:
             raise ValueError(head.splitlines()[0] if head else _last_line(result))
-        return json.loads(body)
+        version: dict[str, Any] = json.loads(body)
+        return version
 
     def _roll_back_runtime(self) -> str:
         """After a new runtime failed to start: put the one that ran before back, so the machine keeps working."""

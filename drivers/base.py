@@ -75,7 +75,7 @@ class SSHDetails:
     key_path: str
 
 
-UndoStep = Callable[[], None]
+UndoStep = Callable[[], object]  # what an undo returns is ignored
 
 
 class Ledger:

@@ -34,7 +34,7 @@ from machines.store import Store, atomic_write
 PROVIDERS = ("virtualbox", "libvirt")
 DEFAULT_BOX = "debian/bookworm64"
 DEFAULT_CIDR = "192.168.56.1/24"  # VirtualBox >= 6.1.28 only allows host-only networks in 192.168.56.0/21
-ALLOWED_HOSTONLY = ipaddress.ip_network("192.168.56.0/21")
+ALLOWED_HOSTONLY = ipaddress.IPv4Network("192.168.56.0/21")
 HOST_KEY = "ssh_host_ed25519_key"
 VAGRANT_LOG = "vagrant.log"
 ERROR_LOG = "vagrant-error.log"

@@ -120,7 +120,7 @@ class Machine:
 
     @property
     def driver_name(self) -> str:
-        return self.record["driver_name"]
+        return str(self.record["driver_name"])
 
     @property
     def driver(self) -> Driver:
@@ -143,7 +143,8 @@ class Machine:
     @property
     def runtime(self) -> dict[str, Any]:
         """The provisioner's part of the record: version, api mode (``"tls"``/``"ssh"``), port, data root..."""
-        return self.record.setdefault("runtime", {})
+        runtime: dict[str, Any] = self.record.setdefault("runtime", {})
+        return runtime
 
     @property
     def provisioner(self) -> Provisioner:

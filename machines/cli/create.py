@@ -41,7 +41,7 @@ def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Paramet
                 rich_help_panel=f"{driver_name} driver",
                 hidden=alias,
             )
-            annotation = Annotated[_FLAG_TYPES[flag.type], option]  # type: ignore[valid-type]
+            annotation = Annotated[_FLAG_TYPES[flag.type], option]  # type: ignore[valid-type,name-defined]
             parameters.append(
                 inspect.Parameter(
                     _parameter_name(driver_name, flag), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
@@ -50,7 +50,7 @@ def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Paramet
     return parameters
 
 
-def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict:
+def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict[str, Any]:
     """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error."""
     chosen: dict[str, Any] = {}
     for name, driver_class in drivers.items():

@@ -155,7 +155,7 @@ class Engine:
             os.makedirs(path, mode=0o710, exist_ok=True)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
-        network_options = {"bridge_name": bridge_name} if bridge_name else {}
+        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
