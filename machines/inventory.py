@@ -7,6 +7,7 @@ the queries run in daemon threads so a stuck one never keeps the process alive.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -99,7 +100,7 @@ def _row(machine: Machine, *, state: str, error: str, response_time: float, acti
         url=url,
         runtime=str(machine.runtime.get("version") or "Unknown"),
         error=error,
-        labels=list(machine.host_options.get("labels") or []),
+        labels=list(machine.host_options.labels),
         response_time=response_time,
     )
 
@@ -108,7 +109,7 @@ def describe_all(machines: Iterable[Machine], timeout: float = DEFAULT_LS_TIMEOU
     """Rows for all machines, queried in parallel; a machine slower than ``timeout`` shows state Timeout."""
     docker_host = os.environ.get("DOCKER_HOST")
     by_name = {machine.name: machine for machine in machines}
-    results = call_all({name: (lambda m=machine: describe(m, docker_host)) for name, machine in by_name.items()}, timeout)
+    results = call_all({name: functools.partial(describe, machine, docker_host) for name, machine in by_name.items()}, timeout)
     rows = []
     for name, machine in by_name.items():
         result = results[name]

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import paramiko
 
@@ -158,7 +158,8 @@ class Connection:
 
     def connect(self) -> "Connection":
         with self._connect_lock:
-            if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is not None and transport.is_active():
                 return self
             self._client = self._open()
         return self
@@ -548,7 +549,8 @@ def _feed(stdin: IO[bytes], channel: paramiko.Channel) -> None:
 
 def _pump_terminal(channel: paramiko.Channel, stdin_fd: int, stdout_fd: int) -> None:
     while True:
-        readable, _, _ = select.select([channel, stdin_fd], [], [])
+        watched: list[Any] = [channel, stdin_fd]  # a paramiko channel and a file descriptor
+        readable, _, _ = select.select(watched, [], [])
         if channel in readable:
             data = channel.recv(COPY_CHUNK)
             if not data:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import typer
 
 from machines import redaction
+from machines.default import Machines
 from machines.errors import ExitStatus, MachinesError
-from machines.machine import Machines, run_concurrently
+from machines.machine import run_concurrently
 from machines.progress import Progress, ProgressDisplay, escape
 
 if TYPE_CHECKING:  # rich loads only when a command prints through it: `machines version` and `ip` stay fast

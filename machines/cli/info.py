@@ -32,7 +32,7 @@ def _table(rows: list[inventory.MachineInfo]) -> list[str]:
 
 def public_record(machine: Machine) -> dict[str, Any]:
     """The machine's record for ``inspect``, with secret driver flags masked (all of them if the driver is gone)."""
-    record = json.loads(json.dumps(machine.record))
+    record: dict[str, Any] = json.loads(json.dumps(machine.record))
     try:
         record["driver"] = machine.driver.public_config()
     except MachinesError:

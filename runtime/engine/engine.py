@@ -51,7 +51,7 @@ class Engine:
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
-        network_options = {"bridge_name": bridge_name} if bridge_name else {}
+        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)

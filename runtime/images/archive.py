@@ -21,7 +21,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 from runtime.errors import InvalidParameter
 
@@ -80,7 +80,7 @@ class _Decompressed:
     def __init__(self, path: str) -> None:
         self.path = path
         self._proc: Optional[subprocess.Popen] = None
-        self._file: Optional[IO[bytes]] = None
+        self._file: Any = None  # a gzip, bz2, lzma or plain binary file
 
     def __enter__(self) -> IO[bytes]:
         with open(self.path, "rb") as f:
@@ -346,7 +346,7 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[arg-type]
+        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
                           bufsize=COPY_CHUNK) as tar:
             for m in _members(tar):
                 ex.member(tar, m)

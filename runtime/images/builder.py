@@ -293,7 +293,7 @@ class Builder:
 
     # --- FROM ---------------------------------------------------------------------------------------------
 
-    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Iterator[dict]:
+    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Generator[dict, None, _Stage]:
         name, alias = dockerfile.stage_name(ins, global_args)
         previous = self._stage_by_name(name)
         if previous is not None:
@@ -317,7 +317,7 @@ class Builder:
                 return stage
         return None
 
-    def _base_image(self, name: str) -> Iterator[dict]:
+    def _base_image(self, name: str) -> Generator[dict, None, Image]:
         try:
             return self.store.resolve(name)
         except NotFound:

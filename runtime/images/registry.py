@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -546,7 +547,7 @@ def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_i
     events: "queue.Queue[Optional[dict]]" = queue.Queue()
     stop = threading.Event()
     with store.pinned() as pins:
-        tasks = []
+        tasks: List[Callable[[], None]] = []
         for i, desc in enumerate(layers):
             short = desc["digest"][7:19]
             if store.pin_layer(chains[i], pins):
@@ -556,7 +557,7 @@ def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_i
                 continue
             yield _message("Pulling fs layer", short)
             puller = _Puller(store, session, events, stop)
-            tasks.append(lambda p=puller, d=desc, i=i: p.layer(d, diff_ids[i], chains[i - 1] if i else None, pins))
+            tasks.append(functools.partial(puller.layer, desc, diff_ids[i], chains[i - 1] if i else None, pins))
         try:
             yield from _run_parallel(tasks, events, stop)
         finally:
@@ -717,7 +718,7 @@ def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
         events.put(_message("Layer already exists" if existed else "Pushed", short))
         descs[i] = {"mediaType": MEDIA_DOCKER_LAYER_GZIP, "size": size, "digest": digest}
 
-    yield from _run_parallel([lambda i=i, layer=layer: task(i, layer) for i, layer in enumerate(layers)],
+    yield from _run_parallel([functools.partial(task, i, layer) for i, layer in enumerate(layers)],
                              events, stop)
     config_bytes = store.get_blob(img.id)
     config_path = store.blob_path(img.id)

@@ -595,9 +595,9 @@ class ImageStore:
                 if self._children(image_id):
                     raise Conflict("conflict: unable to delete %s (cannot be forced) - image has dependent child "
                                    "images" % image_id[7:19])
-                for table, key in refs:
-                    del self._index[table][key]
-                    items.append({"Untagged": reference.parse(key).familiar()})
+                for table, name in refs:
+                    del self._index[table][name]
+                    items.append({"Untagged": reference.parse(name).familiar()})
             if user:
                 self._save_index()  # forced: untagged, but a container still runs on it
                 return items

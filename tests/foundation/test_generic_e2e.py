@@ -22,7 +22,8 @@ from drivers import registry
 from drivers.nshost import Bridge, IsolatedHost
 from machines.ssh import CommandError
 from machines import transfer
-from machines.machine import Machine, Machines
+from machines import Machines
+from machines.machine import Machine
 
 from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
