@@ -11,7 +11,8 @@ import os
 import posixpath
 import shutil
 import stat
-from typing import IO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO
 
 import paramiko
 
