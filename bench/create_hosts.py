@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -15,8 +15,8 @@ import fcntl
 import getpass
 import ipaddress
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

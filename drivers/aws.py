@@ -21,7 +21,8 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part
@@ -89,7 +90,7 @@ def parse_tags(values: list[str]) -> list[dict[str, str]]:
     items = [item for value in values for item in value.split(",")]
     if len(items) % 2:
         raise PreCreateError("--aws-tags: expected key,value pairs (k1,v1,k2,v2)")
-    return [{"Key": key, "Value": value} for key, value in zip(items[::2], items[1::2])]
+    return [{"Key": key, "Value": value} for key, value in zip(items[::2], items[1::2], strict=True)]
 
 
 @functools.lru_cache(maxsize=1)

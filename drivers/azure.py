@@ -20,7 +20,8 @@ import ipaddress
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part

@@ -18,8 +18,8 @@ import collections
 import dataclasses
 import enum
 import os
-from collections.abc import Mapping
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from machines.errors import DriverError
 from machines.hostoptions import HostOptions

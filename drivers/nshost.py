@@ -34,7 +34,8 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from drivers.cloudinit import generate_host_key
 from machines.errors import DriverError
@@ -518,7 +519,7 @@ class IsolatedHost:
     @classmethod
     def create(cls, state_dir: str, name: str, authorized_key: str, *, bridge: str = DEFAULT_BRIDGE,
                subnet: str = DEFAULT_SUBNET, address: str | None = None, host_key_private: str | None = None,
-               host_key_public: str | None = None, record: Recorder | None = None) -> "IsolatedHost":
+               host_key_public: str | None = None, record: Recorder | None = None) -> IsolatedHost:
         """Make a host (stopped): lease, files, network namespace and veth.
 
         Each resource is passed to ``record(description, undo)`` as soon as it exists (the driver's ledger). Without

@@ -13,7 +13,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from drivers.base import State
 from machines.errors import MachinesError, UsageError

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from machines.errors import UsageError
 

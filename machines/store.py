@@ -23,8 +23,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from machines.errors import InvalidNameError, MachineExistsError, MachineNotFoundError, StoreError
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import Annotated
 
 import typer
 
@@ -36,7 +37,7 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
     @app.callback()
     def global_options(
         storage_path: Annotated[
-            Optional[Path],
+            Path | None,
             typer.Option("--storage-path", "-s", envvar="MACHINES_STORAGE_PATH", show_envvar=True,
                          help="Where machines are kept \\[default: ~/.machines]."),
         ] = None,

@@ -7,7 +7,7 @@ registry when the app is built: Typer then shows them in ``create --help`` with 
 # No "from __future__ import annotations" here: Typer reads the real annotation objects of the built signature.
 import inspect
 import threading
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,7 @@ from machines.hostoptions import HostOptions
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
 from machines.progress import Progress, escape
 
-_FLAG_TYPES: dict[type, Any] = {str: Optional[str], int: Optional[int], bool: Optional[bool], list: Optional[list[str]]}
+_FLAG_TYPES: dict[type, Any] = {str: str | None, int: int | None, bool: bool | None, list: list[str] | None}
 
 
 def _parameter_name(driver_name: str, flag: Flag) -> str:
@@ -89,16 +89,16 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             float, typer.Option("--timeout-ssh", envvar="MACHINES_TIMEOUT_SSH", help="Seconds to wait for SSH.")
         ] = DEFAULT_SSH_TIMEOUT,
         engine_label: Annotated[
-            Optional[list[str]], typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
+            list[str] | None, typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
         ] = None,
         tls_san: Annotated[
-            Optional[list[str]], typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
+            list[str] | None, typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
         ] = None,
         api: Annotated[
             str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
         ] = "tls",
         runtime_data_root: Annotated[
-            Optional[str], typer.Option(
+            str | None, typer.Option(
                 "--runtime-data-root", envvar="MACHINES_RUNTIME_DATA_ROOT", show_envvar=True, metavar="PATH",
                 help="Absolute path on the host where the runtime keeps containers, images and volumes "
                      "\\[default: the driver's choice, else /var/lib/machines-runtime]. Container overlays need a "

@@ -5,7 +5,7 @@ Each parses, calls ``Machine``/``Machines`` (whose provisioner does the work) an
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import typer
 
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def env(
         name: str = typer.Argument(..., help="Machine name."),
-        shell: Optional[str] = typer.Option(None, "--shell", help="bash, zsh, sh, fish, tcsh, powershell or cmd (default: from $SHELL)."),
+        shell: str | None = typer.Option(None, "--shell", help="bash, zsh, sh, fish, tcsh, powershell or cmd (default: from $SHELL)."),
         unset: bool = typer.Option(False, "--unset", "-u", help="Print commands that unset the variables instead."),
         no_proxy: bool = typer.Option(False, "--no-proxy", help="Add the machine's IP to NO_PROXY/no_proxy."),
         ssh: bool = typer.Option(False, "--ssh", help="Point DOCKER_HOST at a local socket forwarded over SSH."),

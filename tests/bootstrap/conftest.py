@@ -7,8 +7,8 @@ machine is removed by finalizers even when a test fails.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -25,8 +25,8 @@ from bootstrap import bundle as bundles
 from bootstrap import certs, forwarder, provision
 from bootstrap.service import DAEMON_PID
 from drivers.nshost import Bridge
-from machines.errors import ProvisionError
 from machines import Machines
+from machines.errors import ProvisionError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from tests.support.hosts import TestHost

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from machines.errors import InvalidNameError, MachineExistsError, MachineNotFoundError, StoreError
-from machines.store import SCHEMA_VERSION, STATE_CREATING, Store, atomic_write, generate_ssh_key, new_record, validate_name
+from machines.store import (
+    SCHEMA_VERSION,
+    STATE_CREATING,
+    Store,
+    atomic_write,
+    generate_ssh_key,
+    new_record,
+    validate_name,
+)
 
 
 def _mode(path: Path) -> int:

@@ -107,7 +107,7 @@ def test_multi_stage_build_and_cached_rebuild(store, base):
     assert streams[0] == "Step 1/13 : ARG BASE=busybox:test\n"
     assert "Step 7/13 : COPY --from=build /src/hello.txt /out/\n" in streams
     image_id = next(m["aux"]["ID"] for m in first if "aux" in m)
-    assert streams[-3:] == ["Successfully built %s\n" % image_id[7:19], "Successfully tagged demo:1\n",
+    assert streams[-3:] == [f"Successfully built {image_id[7:19]}\n", "Successfully tagged demo:1\n",
                             "Successfully tagged localhost:5000/demo:2\n"]
     image = store.resolve("demo:1")
     assert image.id == image_id
