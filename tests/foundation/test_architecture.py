@@ -16,7 +16,7 @@ PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 # its name or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("runtime",)),
-    ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.progress", "machines.shellenv")),
+    ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress", "machines.shellenv")),
     ("drivers", ("drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer")),
     ("bootstrap", ("bootstrap",)),
