@@ -50,7 +50,9 @@ def _json_type(value: object) -> str:
         return "bool"
     if isinstance(value, (int, float)):
         return "number " + str(value)
-    return {str: "string", list: "array", dict: "object"}.get(type(value), "value")
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def merge(user: Optional[dict], image: Optional[dict]) -> Optional[dict]:

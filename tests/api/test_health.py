@@ -10,26 +10,14 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import docker
 import pytest
 
-from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, start_daemon
+from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, poll, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
-
-
-def poll(what: str, predicate: Callable[[], object], limit: float = 30.0) -> object:
-    """Waits (bounded) for a state; fails naming the state it never reached."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail("never reached: %s" % what)
-        time.sleep(0.05)
 
 
 def health(daemon: Daemon, ref: str) -> Optional[dict]:
