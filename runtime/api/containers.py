@@ -240,7 +240,7 @@ def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str,
     Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
     changed because of them)."""
     skipped = set(_RUNTIME_PATHS) | set(mounts)
-    found = []
+    found: List[Dict[str, Any]] = []
     for folder, subfolders, files in os.walk(upper):
         for name in subfolders + files:
             path = os.path.join(folder, name)

@@ -10,6 +10,7 @@ from runtime.api.server import Request, Response, Stream, json_response, json_st
 from runtime.engine import Engine
 from runtime.errors import InvalidParameter, NotSupported
 from runtime.images.dockerfile import apply_changes
+from runtime.images.registry import decode_auth
 
 
 def in_use(engine: Engine) -> Callable[[str], bool]:
@@ -30,7 +31,7 @@ def prune(engine: Engine, request: Request) -> Response:
 
 @route("POST", "/images/load", "Load a docker save or OCI archive")
 def load(engine: Engine, request: Request) -> Stream:
-    names = engine.images.load(request.body)
+    names = engine.image_service.load(request.body)
     messages = [{"stream": ("Loaded image ID: %s\n" if name.startswith("sha256:") else "Loaded image: %s\n")
                  % name} for name in names]
     return json_stream(messages)
@@ -41,7 +42,7 @@ def _save(engine: Engine, refs: List[str]) -> Stream:
         raise InvalidParameter("no image names given")
     for ref in refs:
         engine.images.resolve(ref)  # 404 before the tar starts
-    return Stream(engine.images.save(refs), "application/x-tar")
+    return Stream(engine.image_service.save(refs), "application/x-tar")
 
 
 @route("GET", "/images/get", "docker save of several images")
@@ -66,15 +67,15 @@ def create(engine: Engine, request: Request) -> Stream:
     if not request.arg("fromImage"):
         raise InvalidParameter("fromImage or fromSrc is required")
     # Primed: a missing image or refused credentials is an HTTP error before the stream starts, as with moby.
-    return json_stream(engine.images.pull(request.arg("fromImage"), request.arg("tag") or None,
-                                          auth=request.headers.get("X-Registry-Auth") or None,
-                                          platform=request.arg("platform") or None), prime=2)
+    return json_stream(engine.image_service.pull(request.arg("fromImage"), request.arg("tag") or None,
+                                                 auth=request.headers.get("X-Registry-Auth") or None,
+                                                 platform=request.arg("platform") or None), prime=2)
 
 
 @route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0): tar context in, JSON stream out")
 def build(engine: Engine, request: Request) -> Stream:
-    return json_stream(engine.images.build(engine, request.body, request.query,
-                                           request.headers.get("X-Registry-Config") or None))
+    return json_stream(engine.image_service.build(engine, request.body, request.query,
+                                                  request.headers.get("X-Registry-Config") or None))
 
 
 @route("POST", "/build/prune", "Build cache prune: the classic builder's cache is images, pruned with them")
@@ -108,8 +109,17 @@ def tag(engine: Engine, request: Request, name: str) -> Response:
 
 @route("POST", "/images/{name:.*}/push", "Push to a registry (JSON progress stream)")
 def push(engine: Engine, request: Request, name: str) -> Stream:
-    return json_stream(engine.images.push(name, request.arg("tag") or None,
-                                          auth=request.headers.get("X-Registry-Auth") or None), prime=1)
+    return json_stream(engine.image_service.push(name, request.arg("tag") or None,
+                                                 auth=request.headers.get("X-Registry-Auth") or None), prime=1)
+
+
+@route("GET", "/distribution/{name:.*}/json", "Manifest descriptor and platforms, asked of the registry")
+def distribution(engine: Engine, request: Request, name: str) -> Response:
+    try:  # as moby: credentials that do not decode are ignored, not an error
+        auth = decode_auth(request.headers.get("X-Registry-Auth"))
+    except InvalidParameter:
+        auth = {}
+    return json_response(engine.image_service.inspect_distribution(name, auth))
 
 
 @route("DELETE", "/images/{name:.*}", "Remove an image (force, noprune)")

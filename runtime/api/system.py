@@ -176,4 +176,4 @@ def disk_usage(engine: Engine, request: Request) -> Response:
 
 @route("POST", "/auth", "Log in to a registry: checks the credentials against it")
 def auth(engine: Engine, request: Request) -> Response:
-    return json_response(engine.images.login(request.json_object()))
+    return json_response(engine.image_service.login(request.json_object()))

@@ -38,7 +38,6 @@ for _method in _METHODS:
 # Docker endpoints this daemon knows but does not implement: a clear 501 instead of "page not found".
 _NOT_IMPLEMENTED = (
     ("GET", "/images/search", "searching registries is not supported by this daemon"),
-    ("GET", "/distribution/{name:.*}/json", "distribution inspect is not supported by this daemon"),
     ("POST", "/session", "BuildKit sessions are not supported: build with DOCKER_BUILDKIT=0"),
     ("POST", "/grpc", "BuildKit is not supported: build with DOCKER_BUILDKIT=0"),
 )

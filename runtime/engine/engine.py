@@ -39,6 +39,7 @@ class Engine:
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
                  bridge_name: Optional[str] = None) -> None:
+        from runtime.images.service import ImageService
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
 
@@ -49,7 +50,8 @@ class Engine:
             os.makedirs(path, mode=0o710, exist_ok=True)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
-        network_options = {"bridge_name": bridge_name} if bridge_name else {}
+        self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
+        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
