@@ -3,7 +3,6 @@ moby checks them, merged into its HostConfig, written to disk and applied live t
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Set
 
 from runtime.engine.config import check_restart_policy
 from runtime.errors import Conflict, InvalidParameter
@@ -15,27 +14,26 @@ _SWAP_DISCARDED = ("Your kernel does not support swap limit capabilities or the 
                    "limited without swap.")
 
 
-def _ints(resources: dict) -> Dict[str, int]:
+def _ints(resources: dict) -> dict[str, int]:
     out = {}
     for key in ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares", "CpuPeriod", "CpuQuota",
                 "BlkioWeight"):
         value = resources.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidParameter("json: cannot unmarshal %s into Go struct field UpdateConfig.%s of type int64"
-                                   % (type(value).__name__, key))
+            raise InvalidParameter(f"json: cannot unmarshal {type(value).__name__} into Go struct field UpdateConfig.{key} of type int64")
         out[key] = value or 0
     return out
 
 
-def parse_uint_list(text: str) -> Set[int]:
+def parse_uint_list(text: str) -> set[int]:
     """moby's parsers.ParseUintList: ``0-2,5`` to {0, 1, 2, 5}."""
     if not text:
         return set()
-    out: Set[int] = set()
+    out: set[int] = set()
     for part in text.split(","):
         low, dash, high = part.partition("-")
         if not (low.isdigit() and (not dash or high.isdigit())) or (dash and int(high) < int(low)):
-            raise ValueError("invalid format: %s" % text)
+            raise ValueError(f"invalid format: {text}")
         out.update(range(int(low), int(high if dash else low) + 1))
     return out
 
@@ -44,16 +42,15 @@ def _check_cpuset(wanted: str, available: str, what: str, label: str) -> None:
     try:
         asked = parse_uint_list(wanted)
     except ValueError as e:
-        raise InvalidParameter("Invalid value %s for cpuset %s: %s" % (wanted, what, e)) from None
+        raise InvalidParameter(f"Invalid value {wanted} for cpuset {what}: {e}") from None
     if asked and not asked <= parse_uint_list(available):
-        raise InvalidParameter("Requested %s are not available - requested %s, available: %s"
-                               % (label, wanted, available))
+        raise InvalidParameter(f"Requested {label} are not available - requested {wanted}, available: {available}")
 
 
-def verify_resources(resources: dict, update: bool) -> List[str]:
+def verify_resources(resources: dict, update: bool) -> list[str]:
     """moby's verifyPlatformContainerResources, same order and wording: refusals raise, what the host cannot do is
     dropped from ``resources`` with dockerd's warning."""
-    warnings: List[str] = []
+    warnings: list[str] = []
     r = _ints(resources)
     if r["Memory"] and r["Memory"] < MIN_MEMORY:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
@@ -74,8 +71,7 @@ def verify_resources(resources: dict, update: bool) -> List[str]:
         raise InvalidParameter("Conflicting options: Nano CPUs and CPU Quota cannot both be set")
     cpus = os.cpu_count() or 1
     if r["NanoCpus"] and not 0 < r["NanoCpus"] <= cpus * 1_000_000_000:
-        raise InvalidParameter("range of CPUs is from 0.01 to %d.00, as there are only %d CPUs available"
-                               % (cpus, cpus))
+        raise InvalidParameter(f"range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available")
     if r["CpuPeriod"] and not 1000 <= r["CpuPeriod"] <= 1_000_000:
         raise InvalidParameter("CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s "
                                "(i.e. 1000000)")

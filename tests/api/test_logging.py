@@ -48,7 +48,7 @@ def test_local_reads_back_rotates_and_hides_its_file(daemon: Daemon, image: str,
         out = lines.stdout.decode().split()
         assert lines.stderr == b"last\n"
         assert out[-1] == "line-400" and "line-1" not in out  # older lines rotated away
-        assert out == ["line-%d" % i for i in range(int(out[0].split("-")[1]), 401)]  # in order, none lost
+        assert out == [f"line-{i}" for i in range(int(out[0].split("-")[1]), 401)]  # in order, none lost
         tail = daemon.docker("logs", "--tail", "2", name, check=True)  # the last two entries of both streams
         assert (tail.stdout, tail.stderr) == (b"line-400\n", b"last\n")
     finally:

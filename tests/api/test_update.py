@@ -92,23 +92,23 @@ def test_refusals_use_moby_words(daemon: Daemon, image: str, name: str) -> None:
     daemon.out("run", "-d", "--rm", "--name", removed, image, "sleep", "300")
     try:
         assert error_of(daemon.docker("update", "--memory", "100m", name)) == (
-            "Error response from daemon: Cannot update container %s: Memory limit should be smaller than already "
-            "set memoryswap limit, update the memoryswap at the same time" % cid)
+            f"Error response from daemon: Cannot update container {cid}: Memory limit should be smaller than already "
+            "set memoryswap limit, update the memoryswap at the same time")
         rm_id = daemon.out("inspect", "-f", "{{.Id}}", removed).strip()
         assert error_of(daemon.docker("update", "--restart", "always", removed)) == (
-            "Error response from daemon: Cannot update container %s: Restart policy cannot be updated because "
-            "AutoRemove is enabled for the container" % rm_id)
+            f"Error response from daemon: Cannot update container {rm_id}: Restart policy cannot be updated because "
+            "AutoRemove is enabled for the container")
         daemon.out("update", "--cpus", "1", name)
         assert error_of(daemon.docker("update", "--cpu-quota", "50000", name)) == (
-            "Error response from daemon: Cannot update container %s: Conflicting options: CPU Quota cannot be "
-            "updated as NanoCPUs has already been set" % cid)
+            f"Error response from daemon: Cannot update container {cid}: Conflicting options: CPU Quota cannot be "
+            "updated as NanoCPUs has already been set")
         cpus = os.cpu_count()
         assert error_of(daemon.docker("update", "--cpus", str(cpus + 1), name)) == (
-            "Error response from daemon: range of CPUs is from 0.01 to %d.00, as there are only %d CPUs "
-            "available" % (cpus, cpus))
+            f"Error response from daemon: range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs "
+            "available")
         available = cgroups.cpuset_available()[0]
         assert error_of(daemon.docker("update", "--cpuset-cpus", "99", name)) == (
-            "Error response from daemon: Requested CPUs are not available - requested 99, available: %s" % available)
+            f"Error response from daemon: Requested CPUs are not available - requested 99, available: {available}")
         assert error_of(daemon.docker("update", "--cpuset-cpus", "1-0", name)) == (
             "Error response from daemon: Invalid value 1-0 for cpuset cpus: invalid format: 1-0")
         assert error_of(daemon.docker("update", "--memory", "1m", "--memory-swap", "-1", name)) == (

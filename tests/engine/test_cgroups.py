@@ -73,7 +73,7 @@ def test_group_membership_freeze_kill_and_removal(kind: str) -> None:
 def test_live_update_on_this_host_layout() -> None:
     """``apply`` on a group holding a process: raising and lowering limits in either order is accepted by the
     kernel (memory+swap must stay above memory at every step), and clearing them gives "unlimited" back."""
-    name = "machines/test-apply-%d" % os.getpid()
+    name = f"machines/test-apply-{os.getpid()}"
     group = cgroups.open_cgroup(name)
     group.create({"Memory": 64 << 20, "MemorySwap": 128 << 20, "PidsLimit": 50})
     pid, ticks = _ticker()
