@@ -162,9 +162,7 @@ def events(engine: Engine, request: Request) -> Stream:
 def disk_usage(engine: Engine, request: Request) -> Response:
     images: List[Dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
-    volumes = engine.volumes.list()
-    if isinstance(volumes, dict):
-        volumes = volumes.get("Volumes") or []
+    volumes = engine.volumes.list().get("Volumes") or []
     return json_response({
         "LayersSize": sum(int(image.get("Size") or 0) for image in images),
         "Images": images,

@@ -780,7 +780,7 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: int = -1,
+    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: Optional[int] = -1,
                         size: bool = False) -> List[dict]:
         for value in _filter_values(filters, "health"):
             if value not in health.HEALTH_VALUES:
