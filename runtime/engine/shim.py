@@ -194,11 +194,21 @@ class Shim:
             out.append(self._entry(rest[:PARTIAL_LIMIT], kind, stamp))
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
-        if out:
-            data = b"".join(out)
-            limit = self.spec.get("log_max_size") or 0
-            if limit and self.log_size + len(data) > limit and self.log_size:
+        limit = self.spec.get("log_max_size") or 0
+        batch: List[bytes] = []
+        batch_size = 0
+        for entry in out:  # rotate between entries, as moby does, however much one read brought
+            if limit and self.log_size + batch_size + len(entry) > limit and self.log_size + batch_size:
+                self._write(batch)
                 self._rotate()
+                batch, batch_size = [], 0
+            batch.append(entry)
+            batch_size += len(entry)
+        self._write(batch)
+
+    def _write(self, entries: List[bytes]) -> None:
+        if entries:
+            data = b"".join(entries)
             self.log.write(data)
             self.log_size += len(data)
 
