@@ -181,6 +181,35 @@ class Root:
             return self.open(path, os.O_PATH | os.O_DIRECTORY), "."
         return self.open("/".join(parts[:-1]), os.O_PATH | os.O_DIRECTORY), parts[-1]
 
+    def resolve(self, path: str) -> str:
+        """The absolute path (inside the tree) that ``path`` names, links followed, as moby's
+        FollowSymlinkInScope; components that do not exist are kept as written."""
+        parts = split(path)
+        out: List[str] = []
+        links = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if out:
+                    out.pop()
+                continue
+            try:
+                st = self.lstat("/".join(out + [part]))
+            except (FileNotFoundError, NotADirectoryError):
+                out.append(part)
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                out.append(part)
+                continue
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            target = self.readlink("/".join(out + [part]))
+            if target.startswith("/"):
+                out = []
+            parts = split(target) + parts
+        return "/" + "/".join(out)
+
     # --- queries ------------------------------------------------------------------------------------------------
 
     def lstat(self, path: str) -> os.stat_result:
@@ -281,8 +310,19 @@ def set_attrs(parent: int, name: str, st: os.stat_result, uid: Optional[int] = N
     os.chown(name, st.st_uid if uid is None else uid, st.st_gid if gid is None else gid, dir_fd=parent,
              follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(name, stat.S_IMODE(st.st_mode) if mode is None else mode, dir_fd=parent)
+        chmod_at(parent, name, stat.S_IMODE(st.st_mode) if mode is None else mode)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+
+def chmod_at(parent: int, name: str, mode: int) -> None:
+    """chmod of ``name`` in ``parent`` that never follows a link (links have no mode of their own: skipped).
+    Through an ``O_PATH`` fd, as glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does where it has it."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        if not stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.chmod(fd_path(fd), mode)
+    finally:
+        os.close(fd)
 
 
 def copy_file_at(src_parent: int, src_name: str, dst_parent: int, dst_name: str) -> os.stat_result:
@@ -351,14 +391,20 @@ def copy_tree(src: int, dst: int) -> None:
         set_attrs(dst, name, st)
 
 
+def fd_path(dirfd: int, name: str = "") -> str:
+    """A path for calls that have no ``dir_fd`` form (xattrs, mount targets): the kernel resolves our own fd's
+    magic link, then only ``name`` (pass ``follow_symlinks=False`` to keep its last component unfollowed)."""
+    return "/proc/self/fd/%d%s" % (dirfd, "/" + name if name else "")
+
+
 def walk(top: int) -> Iterator[Tuple[str, int, List[str]]]:
-    """(relative dir path, dir fd, sorted entry names) for ``top`` and every directory below it, top-down, never
+    """(relative dir path, dir fd, entry names: folders then files, each sorted) for ``top`` and every directory below it, top-down, never
     following a link (the fds are valid during the iteration step only)."""
     for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):
         dirnames.sort()
         rel = os.path.normpath(dirpath)
-        yield ("" if rel == "." else rel), dirfd, sorted(dirnames + filenames)
+        yield ("" if rel == "." else rel), dirfd, dirnames + sorted(filenames)
 
 
-__all__ = ["Root", "clear", "copy_fd", "copy_file_at", "copy_tree", "openat2_in_use", "set_attrs", "split",
+__all__ = ["Root", "chmod_at", "clear", "copy_fd", "copy_file_at", "copy_tree", "fd_path", "openat2_in_use", "set_attrs", "split",
            "use_openat2", "walk"]
