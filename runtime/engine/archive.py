@@ -32,6 +32,7 @@ from runtime.images.archive import tree_tar
 from runtime.linux import cgroups, safepath
 from runtime.linux import syscalls as sc
 from runtime.linux.paths import tree_size
+from runtime.linux.process import bind_mount
 
 GO_MODE_BITS = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISFIFO, 1 << 25),
                 (stat.S_ISSOCK, 1 << 24), (stat.S_ISBLK, 1 << 26), (stat.S_ISCHR, (1 << 26) | (1 << 21)))
@@ -72,18 +73,6 @@ def _overlay(c: Any, writable: bool) -> Iterator[str]:
             pass
 
 
-def _mount_point(root: safepath.Root, dest: str, directory: bool) -> int:
-    """An fd of the mount point ``dest`` inside the root, created as Docker does when missing."""
-    if directory:
-        return root.makedirs(dest)
-    parent = root.makedirs(posixpath.dirname(dest.rstrip("/")) or "/")
-    try:
-        return os.open(posixpath.basename(dest.rstrip("/")), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       0o644, dir_fd=parent)
-    finally:
-        os.close(parent)
-
-
 def _mount_volumes(c: Any, root: safepath.Root) -> None:
     """The container's volume and bind mounts on top of a stopped container's root, parents first."""
     mounts = [m for m in c.data.get("Mounts") or [] if m.get("Type") in ("volume", "bind") and m.get("Source")]
@@ -91,14 +80,7 @@ def _mount_volumes(c: Any, root: safepath.Root) -> None:
         source = m["Source"]
         if not os.path.exists(source):
             continue  # a bind whose host path went away: nothing to show there
-        fd = _mount_point(root, m["Destination"], os.path.isdir(source))
-        try:
-            target = safepath.fd_path(fd)
-            sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
-            if not m.get("RW", True):
-                sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
-        finally:
-            os.close(fd)
+        bind_mount(source, root, m["Destination"], not m.get("RW", True))
 
 
 @contextlib.contextmanager

@@ -300,10 +300,9 @@ class Engine:
                      "Mode": "ro" if m["ReadOnly"] else "", "RW": not m["ReadOnly"], "Propagation": ""}
             if m["Type"] == "volume":
                 anonymous = not m["Source"]
-                created = not anonymous and self.volumes.exists(m["Source"])
                 vol = self.volumes.create({"Name": m["Source"]} if not anonymous else None, anonymous=anonymous)
                 entry.update({"Name": vol["Name"], "Source": vol["Mountpoint"], "Driver": "local",
-                              "_anonymous": anonymous, "_copy": not created and not m.get("NoCopy")})
+                              "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
                 entry["Propagation"] = "rprivate"

@@ -22,6 +22,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import posixpath
 import shutil
 import stat
 from typing import Iterator, List, Optional, Tuple
@@ -290,6 +291,18 @@ class Root:
             finally:
                 os.close(parent)
         return self.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def mount_point(self, path: str, directory: bool = True) -> int:
+        """An fd of ``path`` to mount on, made when missing as Docker does: a folder, or an empty file (for a
+        file bind mount)."""
+        if directory:
+            return self.makedirs(path)
+        parent = self.makedirs(posixpath.dirname(path.rstrip("/")) or "/")
+        try:
+            return os.open(posixpath.basename(path.rstrip("/")), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW |
+                           os.O_CLOEXEC, 0o644, dir_fd=parent)
+        finally:
+            os.close(parent)
 
 
 def clear(parent: int, name: str, keep_dir: bool = False) -> None:
