@@ -62,13 +62,13 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     raw = os.fsencode(path)
     for _ in range(16):  # EAGAIN: a concurrent rename made the kernel unsure ".." stayed inside; try again
         fd = _libc.syscall(_OPENAT2_NR[platform.machine()], dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))
-        if fd >= 0:
-            _openat2_available = True
-            return int(fd)
         err = ctypes.get_errno()
-        if err == errno.ENOSYS:
+        if fd < 0 and err == errno.ENOSYS:
             _openat2_available = False  # an older kernel (or a seccomp filter answering ENOSYS): walk instead
             return -1
+        _openat2_available = True
+        if fd >= 0:
+            return int(fd)
         if err != errno.EAGAIN:
             raise OSError(err, os.strerror(err), path)
     raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
