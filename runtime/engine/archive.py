@@ -16,7 +16,6 @@ before the container is locked or frozen, so a slow client cannot hold either.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import posixpath
 import secrets
@@ -27,7 +26,7 @@ import tempfile
 import time
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
-from runtime.errors import Forbidden, InvalidParameter, NotFound
+from runtime.errors import InvalidParameter, NotFound
 from runtime.images.archive import tree_tar
 from runtime.linux import cgroups, safepath
 from runtime.linux import syscalls as sc
@@ -89,9 +88,9 @@ def _frozen(c: Any) -> Iterator[None]:
     if c.state.get("Paused"):
         yield
         return
-    group = cgroups.open_cgroup("machines/" + c.id)
+    group: Optional[cgroups.Cgroup] = cgroups.open_cgroup("machines/" + c.id)
     try:
-        group.set_frozen(True)
+        group.set_frozen(True)  # type: ignore[union-attr]
     except OSError:
         group = None  # no freezer here: the fd-relative resolution still keeps every access inside
     try:
@@ -187,7 +186,7 @@ def export(c: Any) -> Iterator[bytes]:
 
     def chunks() -> Iterator[bytes]:
         with stack:
-            yield from tree_tar(root.fd, ".", ".", skip_root=True)
+            yield from tree_tar(root.fd, ".", "", skip_root=True)
 
     return chunks()
 
@@ -217,18 +216,27 @@ def put(c: Any, path: str, fileobj: IO[bytes], no_overwrite_dir_non_dir: bool) -
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidParameter("extraction point is not a directory")
         base = root.resolve(path)
+        _check_writable(c, base)
         try:
             tar = tarfile.open(fileobj=upload, mode="r|*")
         except tarfile.TarError as e:
             raise InvalidParameter("invalid tar archive: %s" % e)
-        try:
-            with tar:
-                for m in tar:
-                    _extract(root, base, tar, m, no_overwrite_dir_non_dir)
-        except OSError as e:
-            if e.errno == errno.EROFS:
-                raise Forbidden("container rootfs is marked read-only") from None
-            raise
+        with tar:
+            for m in tar:
+                _extract(root, base, tar, m, no_overwrite_dir_non_dir)
+
+
+def _check_writable(c: Any, path: str) -> None:
+    """moby's checks before extracting: a read-only mount, or a read-only root outside any mount, refuses."""
+    in_volume = False
+    for m in c.data.get("Mounts") or []:
+        dest = "/" + "/".join(safepath.split(m.get("Destination") or ""))
+        if path == dest or path.startswith(dest.rstrip("/") + "/"):
+            if not m.get("RW", True):
+                raise InvalidParameter("mounted volume is marked read-only")
+            in_volume = True
+    if not in_volume and (c.data.get("HostConfig") or {}).get("ReadonlyRootfs"):
+        raise InvalidParameter("container rootfs is marked read-only")
 
 
 def _extract(root: safepath.Root, base: str, tar: tarfile.TarFile, m: tarfile.TarInfo, no_overwrite: bool) -> None:

@@ -429,7 +429,7 @@ def _entries(parent: int, name: str, arc: str) -> Iterator[Tuple[int, str, str, 
                     entry_st = os.stat(entry, dir_fd=dirfd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while we walk
-                yield dirfd, entry, posixpath.normpath(posixpath.join(arc, rel, entry)), entry_st
+                yield dirfd, entry, posixpath.join(arc, rel, entry), entry_st  # "./x" under ".", as moby
     finally:
         os.close(top)
 
