@@ -2,15 +2,28 @@
 from __future__ import annotations
 
 import os
+import stat
+
+from runtime.linux import safepath
 
 
 def tree_size(path: str) -> int:
-    """Bytes of the regular files below ``path`` (for SizeRw and prune's SpaceReclaimed)."""
+    """Bytes of the regular files below ``path``, walked through fds (a running container's upper dir may swap a
+    folder for a link to the host while we count)."""
     total = 0
-    for base, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(base, name)).st_size
-            except OSError:
-                pass
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        for _, dirfd, names in safepath.walk(top):
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    finally:
+        os.close(top)
     return total
