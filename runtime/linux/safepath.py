@@ -269,7 +269,8 @@ class Root:
         """An ``O_RDONLY`` fd of directory ``path``, creating missing components (links inside the tree are followed
         per the Root's policy). ``replace=True`` removes a non-directory in the way, as tar extraction does."""
         done: List[str] = []
-        for part in split(path):
+        # A dangling link on the way (``mnt -> /srv/data``) names where to create, inside the tree, as securejoin
+        for part in split(path if replace or not self.follow_links else self.resolve(path)):
             done.append(part)
             prefix = "/".join(done)
             try:

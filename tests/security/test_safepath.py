@@ -120,3 +120,11 @@ def test_copy_tree_keeps_links_as_links_and_owners(mode: str, tree: Path, tmp_pa
     assert os.readlink(dest / "host") == str(tmp_path / "outside") and (dest / "rel").is_symlink()
     st = os.stat(dest / "file")
     assert (st.st_uid, st.st_gid) == (4321, 8765) and (dest / "file").read_text() == "plain"
+
+
+def test_makedirs_through_a_dangling_link_creates_its_target_inside(mode: str, tree: Path) -> None:
+    (tree / "a" / "dangling").symlink_to(tree.parent / "elsewhere")  # a host path, absent inside the tree
+    with safepath.Root(str(tree)) as root:
+        os.close(root.makedirs("a/dangling/x"))
+    assert (tree / str(tree.parent / "elsewhere").lstrip("/") / "x").is_dir()
+    assert not (tree.parent / "elsewhere").exists()
