@@ -241,23 +241,18 @@ def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str,
     found = []
     top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for folder, dirfd, names in safepath.walk(top):  # fds, not paths: a running container may swap links in
-            for name in names:
-                relative = posixpath.join(folder, name)
-                target = "/" + relative
-                if any(target == item or target.startswith(item + "/") for item in skipped):
-                    continue
-                try:
-                    info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
-                    kind = 2
-                elif below.lstat(relative) is not None:
-                    kind = 0
-                else:
-                    kind = 1
-                found.append({"Path": target, "Kind": kind, "Folder": stat.S_ISDIR(info.st_mode)})
+        for folder, _, name, info in safepath.walk(top):  # fds, not paths: a running container may swap links in
+            relative = posixpath.join(folder, name)
+            target = "/" + relative
+            if any(target == item or target.startswith(item + "/") for item in skipped):
+                continue
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                kind = 2
+            elif below.lstat(relative) is not None:
+                kind = 0
+            else:
+                kind = 1
+            found.append({"Path": target, "Kind": kind, "Folder": stat.S_ISDIR(info.st_mode)})
     finally:
         os.close(top)
     paths = [item["Path"] for item in found]

@@ -423,13 +423,8 @@ def _entries(parent: int, name: str, arc: str) -> Iterator[Tuple[int, str, str, 
         return
     top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
-        for rel, dirfd, names in safepath.walk(top):
-            for entry in names:
-                try:
-                    entry_st = os.stat(entry, dir_fd=dirfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while we walk
-                yield dirfd, entry, posixpath.join(arc, rel, entry), entry_st  # "./x" under ".", as moby
+        for rel, dirfd, entry, entry_st in safepath.walk(top):
+            yield dirfd, entry, posixpath.join(arc, rel, entry), entry_st  # "./x" under ".", as moby
     finally:
         os.close(top)
 

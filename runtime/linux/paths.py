@@ -16,14 +16,9 @@ def tree_size(path: str) -> int:
     except OSError:
         return 0
     try:
-        for _, dirfd, names in safepath.walk(top):
-            for name in names:
-                try:
-                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+        for _, _, _, st in safepath.walk(top):
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
     finally:
         os.close(top)
     return total

@@ -411,13 +411,18 @@ def fd_path(dirfd: int, name: str = "") -> str:
     return "/proc/self/fd/%d%s" % (dirfd, "/" + name if name else "")
 
 
-def walk(top: int) -> Iterator[Tuple[str, int, List[str]]]:
-    """(relative dir path, dir fd, entry names: folders then files, each sorted) for ``top`` and every directory below it, top-down, never
-    following a link (the fds are valid during the iteration step only)."""
+def walk(top: int) -> Iterator[Tuple[str, int, str, os.stat_result]]:
+    """(relative folder, its fd, entry name, lstat) for everything below directory fd ``top``, top-down, folders
+    before files, each sorted; never following a link (the fds are valid during the iteration step only)."""
     for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):
         dirnames.sort()
         rel = os.path.normpath(dirpath)
-        yield ("" if rel == "." else rel), dirfd, dirnames + sorted(filenames)
+        for name in dirnames + sorted(filenames):
+            try:
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed while we walk
+            yield ("" if rel == "." else rel), dirfd, name, st
 
 
 __all__ = ["Root", "chmod_at", "clear", "copy_fd", "copy_file_at", "copy_tree", "fd_path", "openat2_in_use", "set_attrs", "split",
