@@ -16,7 +16,7 @@ from typing import List, NoReturn, Optional, Tuple
 
 from runtime.linux import safepath, seccomp
 from runtime.linux import syscalls as sc
-from runtime.linux.cgroups import open_cgroup
+from runtime.linux.cgroups import controls_devices, open_cgroup
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -171,7 +171,10 @@ def prepare_root(spec: dict) -> None:
     rootfs = spec["rootfs"]
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     lower = ":".join(spec["lower"])
-    sc.mount("overlay", rootfs, "overlay", 0,
+    # Image layers may hold device nodes (``docker import`` of a debootstrap tree). Without a devices cgroup to
+    # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
+    guard = not spec["privileged"] and not spec.get("devices") and not controls_devices()
+    sc.mount("overlay", rootfs, "overlay", sc.MS_NODEV if guard else 0,
              "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
     root = safepath.Root(rootfs)  # the overlay: every mount point below is resolved inside it
     _mount_at(root, "/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
