@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 from runtime.api import validate
 from runtime.api.routing import filters_arg, route
@@ -35,7 +35,7 @@ def load(engine: Any, request: Request) -> Stream:
     return json_stream(messages)
 
 
-def _save(engine: Any, refs: List[str]) -> Stream:
+def _save(engine: Any, refs: list[str]) -> Stream:
     if not refs:
         raise InvalidParameter("no image names given")
     for ref in refs:
@@ -49,7 +49,7 @@ def save_many(engine: Any, request: Request) -> Stream:
 
 
 def _repo_tag(repo: str, tag: str) -> str:
-    return "%s:%s" % (repo, tag) if repo and tag else repo
+    return f"{repo}:{tag}" if repo and tag else repo
 
 
 @route("POST", "/images/create", "Import a rootfs tar (fromSrc=-) or pull (fromImage)")

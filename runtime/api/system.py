@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION
 from runtime.api.routing import filters_arg, route, timestamp_arg
@@ -158,7 +158,7 @@ def events(engine: Any, request: Request) -> Stream:
 
 @route("GET", "/system/df", "Disk usage of images, containers and volumes")
 def disk_usage(engine: Any, request: Request) -> Response:
-    images: List[Dict[str, Any]] = engine.images.list(all=False)
+    images: list[dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
     volumes = engine.volumes.list()
     if isinstance(volumes, dict):

@@ -12,11 +12,13 @@ import shutil
 import stat
 import tarfile
 import time
-from typing import Any, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from runtime.errors import InvalidParameter, NotFound
 from runtime.linux import syscalls as sc
-from runtime.linux.paths import mkdir_in_root, secure_join, tree_size
+from runtime.linux.paths import mkdir_in_root, secure_join
+from runtime.linux.paths import tree_size as tree_size  # the engine sizes container layers through this module
 
 GO_MODE_BITS = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISFIFO, 1 << 25),
                 (stat.S_ISSOCK, 1 << 24), (stat.S_ISBLK, 1 << 26), (stat.S_ISCHR, (1 << 26) | (1 << 21)))
@@ -30,7 +32,7 @@ def unmount_quietly(path: str) -> None:
 
 
 @contextlib.contextmanager
-def container_root(c: Any, proc_root: Optional[str], writable: bool) -> Iterator[str]:
+def container_root(c: Any, proc_root: str | None, writable: bool) -> Iterator[str]:
     """The container's root directory for the duration of the block."""
     if proc_root:
         yield proc_root
@@ -39,10 +41,10 @@ def container_root(c: Any, proc_root: Optional[str], writable: bool) -> Iterator
     os.makedirs(target)
     lower = c.data["_lower"] or []
     if writable:
-        options = "lowerdir=%s,upperdir=%s,workdir=%s" % (":".join(lower) or c.file("empty"), c.file("upper"),
+        options = "lowerdir={},upperdir={},workdir={}".format(":".join(lower) or c.file("empty"), c.file("upper"),
                                                           c.file("work"))
     else:
-        options = "lowerdir=%s" % ":".join([c.file("upper")] + lower + ([c.file("work")] if not lower else []))
+        options = "lowerdir={}".format(":".join([c.file("upper")] + lower + ([c.file("work")] if not lower else [])))
     try:
         if writable and not lower:
             os.makedirs(c.file("empty"), exist_ok=True)
@@ -80,7 +82,7 @@ def _locate(root: str, path: str, name: str) -> str:
     else:
         host = os.path.join(secure_join(root, parent), base)
     if not os.path.lexists(host):
-        raise NotFound("Could not find the file %s in container %s" % (path, name))
+        raise NotFound(f"Could not find the file {path} in container {name}")
     return host
 
 
@@ -100,7 +102,7 @@ class _Sink:
     """A write-only file for tarfile that hands the written bytes out in chunks."""
 
     def __init__(self) -> None:
-        self.chunks: List[bytes] = []
+        self.chunks: list[bytes] = []
         self.offset = 0
 
     def write(self, data: bytes) -> int:
@@ -148,7 +150,7 @@ def _tar_tree(host: str, arcname: str, skip_root: bool = False) -> Iterator[byte
     yield sink.take()
 
 
-def get(c: Any, proc_root: Optional[str], path: str) -> Tuple[Iterator[bytes], dict]:
+def get(c: Any, proc_root: str | None, path: str) -> tuple[Iterator[bytes], dict]:
     stack = contextlib.ExitStack()
     try:
         root = stack.enter_context(container_root(c, proc_root, writable=False))
@@ -177,24 +179,24 @@ def export(c: Any) -> Iterator[bytes]:
     return chunks()
 
 
-def _clean_parts(name: str) -> List[str]:
+def _clean_parts(name: str) -> list[str]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise InvalidParameter("refusing to extract %r: path escapes the destination" % name)
+        raise InvalidParameter(f"refusing to extract {name!r}: path escapes the destination")
     return parts
 
 
 def put(root: str, path: str, fileobj: Any, name: str, no_overwrite_dir_non_dir: bool) -> None:
     dest = secure_join(root, path)
     if not os.path.exists(dest):
-        raise NotFound("Could not find the file %s in container %s" % (path, name))
+        raise NotFound(f"Could not find the file {path} in container {name}")
     if not os.path.isdir(dest):
         raise InvalidParameter("extraction point is not a directory")
     base = "/" + os.path.relpath(dest, root).lstrip("./") if os.path.relpath(dest, root) != "." else "/"
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r|*")
     except tarfile.TarError as e:
-        raise InvalidParameter("invalid tar archive: %s" % e)
+        raise InvalidParameter(f"invalid tar archive: {e}")
     with tar:
         for m in tar:
             parts = _clean_parts(m.name)
@@ -206,7 +208,7 @@ def put(root: str, path: str, fileobj: Any, name: str, no_overwrite_dir_non_dir:
             exists = os.path.lexists(target)
             is_dir = exists and os.path.isdir(target) and not os.path.islink(target)
             if exists and no_overwrite_dir_non_dir and is_dir != m.isdir():
-                raise InvalidParameter("cannot overwrite %s %r with %s" % (
+                raise InvalidParameter("cannot overwrite {} {!r} with {}".format(
                     "directory" if is_dir else "non-directory", inner, "non-directory" if is_dir else "directory"))
             if exists and not (is_dir and m.isdir()):
                 if is_dir:

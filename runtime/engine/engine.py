@@ -14,12 +14,26 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from runtime.engine import archive
-from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
-                                   merge_config, merge_env, parse_binds, parse_mounts, parse_signal, random_name,
-                                   split_mode, ulimits_of)
+from runtime.engine.config import (
+    ZERO_TIME,
+    check_name,
+    command_of,
+    devices_of,
+    host_config_defaults,
+    log_size,
+    merge_config,
+    merge_env,
+    parse_binds,
+    parse_mounts,
+    parse_signal,
+    random_name,
+    split_mode,
+    ulimits_of,
+)
 from runtime.engine.events import EventBus
 from runtime.engine.logs import read_logs
 from runtime.engine.sessions import AttachSession, ExecSession, Session
@@ -46,10 +60,10 @@ class Container:
         self.lock = threading.RLock()
         self.exit_seq = 0
         self.removed = False
-        self.pending: List[AttachSession] = []
+        self.pending: list[AttachSession] = []
         self.backoff = 0.0
         self.exit_on_next = False  # stop, kill with SIGKILL or the stop signal, rm -f: no restart policy
-        self.prev_stats: Optional[dict] = None
+        self.prev_stats: dict | None = None
 
     @property
     def id(self) -> str:
@@ -74,7 +88,7 @@ class Container:
 class Launch:
     """Daemon side of one start: forks the shim and follows the child's report pipe (``pid:``, ``ns:``, ``err:``)."""
 
-    def __init__(self, spec: dict, netns_fd: Optional[int], fork_lock: threading.Lock) -> None:
+    def __init__(self, spec: dict, netns_fd: int | None, fork_lock: threading.Lock) -> None:
         report_r, report_w = os.pipe()
         go_r, self.go_fd = os.pipe()
         with fork_lock:
@@ -89,7 +103,7 @@ class Launch:
         self.shim_pid = pid
         self.report = os.fdopen(report_r, "rb")
         self.child = 0
-        self.error: Optional[str] = None
+        self.error: str | None = None
         namespaces = False
         while not (self.child and namespaces) and self.error is None:
             line = self.report.readline()
@@ -104,7 +118,7 @@ class Launch:
             elif kind == "err":
                 self.error = text
 
-    def go(self) -> Optional[str]:
+    def go(self) -> str | None:
         """Lets the container exec; returns its start error, or None once exec succeeded (the pipe hit EOF)."""
         try:
             os.write(self.go_fd, b"g")
@@ -143,8 +157,8 @@ def _start_exit_code(message: str) -> int:
 class Engine:
     """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
 
-    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
-                 bridge_name: Optional[str] = None) -> None:
+    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: str | None = None,
+                 bridge_name: str | None = None) -> None:
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
 
@@ -155,7 +169,7 @@ class Engine:
             os.makedirs(path, mode=0o710, exist_ok=True)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
-        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
+        network_options: dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
@@ -163,12 +177,12 @@ class Engine:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._fork_lock = threading.Lock()
-        self._containers: Dict[str, Container] = {}
-        self._execs: Dict[str, dict] = {}
+        self._containers: dict[str, Container] = {}
+        self._execs: dict[str, dict] = {}
         self._closed = False
         self._trash = os.path.join(self.data_root, "trash")
         os.makedirs(self._trash, exist_ok=True)
-        self._discards: List[threading.Thread] = []
+        self._discards: list[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
         self._restore()
@@ -188,8 +202,8 @@ class Engine:
                 if len(found) == 1:
                     return found[0]
                 if len(found) > 1:
-                    raise InvalidParameter("multiple IDs found with provided prefix: %s" % ref)
-        raise NotFound("No such container: %s" % ref)
+                    raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}")
 
     def _save(self, c: Container) -> None:
         if not c.removed:
@@ -201,7 +215,7 @@ class Engine:
         attrs.update(extra)
         self.bus.emit("container", action, c.id, attrs)
 
-    def _volume_users(self, name: str) -> List[str]:
+    def _volume_users(self, name: str) -> list[str]:
         with self._lock:
             return [c.id for c in self._containers.values()
                     if any(m.get("Name") == name for m in c.data.get("Mounts") or [])]
@@ -211,7 +225,7 @@ class Engine:
 
     # --- create ------------------------------------------------------------------------------------------------
 
-    def create_container(self, body: dict, name: Optional[str] = None, platform: Optional[str] = None) -> dict:
+    def create_container(self, body: dict, name: str | None = None, platform: str | None = None) -> dict:
         body = dict(body or {})
         image_ref = body.get("Image") or ""
         if not image_ref:
@@ -236,9 +250,8 @@ class Engine:
             name = check_name(name) if name else self._unique_name()
             for other in self._containers.values():
                 if other.name == name:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
-                                   'have to remove (or rename) that container to be able to reuse that name.'
-                                   % (name, other.id))
+                    raise Conflict(f'Conflict. The container name "/{name}" is already in use by container "{other.id}". You '
+                                   'have to remove (or rename) that container to be able to reuse that name.')
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -264,7 +277,7 @@ class Engine:
         self._emit(c, "create")
         return {"Id": cid, "Warnings": []}
 
-    def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
+    def _planned_networks(self, kind: str, target: str, body: dict) -> dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
         what to connect), validated now so a missing network fails the create, as with Docker."""
         if kind == "container":
@@ -287,7 +300,7 @@ class Engine:
             if name not in taken:
                 return name
 
-    def _plan_mounts(self, cid: str, host: dict, config: dict) -> List[dict]:
+    def _plan_mounts(self, cid: str, host: dict, config: dict) -> list[dict]:
         """Docker's Mounts list; named and anonymous volumes are created now, like moby does at create."""
         wanted = parse_binds(host.get("Binds") or []) + parse_mounts(host.get("Mounts") or [], host.get("Tmpfs"))
         targets = {m["Target"] for m in wanted}
@@ -322,7 +335,7 @@ class Engine:
             if c.running:
                 raise NotModified("container already started")
             if c.removed:
-                raise NotFound("No such container: %s" % ref)
+                raise NotFound(f"No such container: {ref}")
             self._start(c)
 
     def _write_etc(self, c: Container, kind: str) -> None:
@@ -344,10 +357,10 @@ class Engine:
             with open(c.file("hosts"), "a") as f:
                 for item in extra:
                     name, _, addr = item.partition(":")
-                    f.write("%s\t%s\n" % (addr, name))
+                    f.write(f"{addr}\t{name}\n")
         lines = []
         if host.get("Dns"):
-            lines += ["nameserver %s" % d for d in host["Dns"]]
+            lines += [f"nameserver {d}" for d in host["Dns"]]
         else:
             try:
                 with open("/etc/resolv.conf") as f:
@@ -367,7 +380,7 @@ class Engine:
 
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        caps: Optional[List[int]] = None
+        caps: list[int] | None = None
         if not host.get("Privileged"):
             wanted = set(syscalls.DOCKER_DEFAULT_CAPS)
             if not cgroups.controls_devices():  # without a device allowlist, mknod would reach the host's disks
@@ -380,7 +393,7 @@ class Engine:
             try:
                 caps = sorted(syscalls.cap_number(cap) for cap in wanted)
             except ValueError as e:
-                raise InvalidParameter("unknown capability: %s" % e)
+                raise InvalidParameter(f"unknown capability: {e}")
         mounts = []
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
@@ -421,7 +434,7 @@ class Engine:
         if kind == "container":
             other = self._get(target)
             if not other.running:
-                raise Conflict("cannot join network of a non running container: %s" % other.id)
+                raise Conflict(f"cannot join network of a non running container: {other.id}")
             netns_fd = os.open("/proc/%d/ns/net" % other.state["Pid"], os.O_RDONLY)
         network = {"host": "host", "container": "join"}.get(kind, "new")
         try:
@@ -430,12 +443,12 @@ class Engine:
             cg.create(dict(host, DeviceRules=["%(type)s %(major)d:%(minor)d %(perms)s" % d
                                               for d in devices_of(host)]))
         except OSError as e:
-            raise HostError("failed to set up the container's cgroup: %s" % e)
+            raise HostError(f"failed to set up the container's cgroup: {e}")
         self._write_etc(c, kind)
         for m in c.data.get("Mounts") or []:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
-                                       "%s" % m["Source"])
+                                       "{}".format(m["Source"]))
         spec = self._spec(c, network)
         try:
             os.unlink(spec["exit_path"])
@@ -479,7 +492,7 @@ class Engine:
                 self.remove(c.id, force=True, volumes=True)
             if isinstance(e, EngineError):
                 raise
-            raise HostError("failed to start container: %s" % message)
+            raise HostError(f"failed to start container: {message}")
         with self._lock:
             c.state.update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                             "OOMKilled": False, "Dead": False, "Pid": launch.child, "ExitCode": 0, "Error": "",
@@ -502,7 +515,7 @@ class Engine:
         if kind in ("container", "none", "host"):
             return
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        connected: Dict[str, dict] = {}
+        connected: dict[str, dict] = {}
         for name, planned in (settings.get("Networks") or {}).items():
             connected[name] = self._connect_one(c, name, planned, pid)
         settings["Networks"] = connected
@@ -548,7 +561,7 @@ class Engine:
 
     # --- exit, restart policies, restore -----------------------------------------------------------------------
 
-    def _watch(self, c: Container, sock: socket.socket, shim_pid: Optional[int], start_id: str) -> None:
+    def _watch(self, c: Container, sock: socket.socket, shim_pid: int | None, start_id: str) -> None:
         record = None
         try:
             while True:
@@ -569,7 +582,7 @@ class Engine:
             except ChildProcessError:
                 pass
 
-    def _read_exit(self, c: Container, start_id: str) -> Optional[dict]:
+    def _read_exit(self, c: Container, start_id: str) -> dict | None:
         try:
             with open(c.file("exit.json")) as f:
                 record = json.load(f)
@@ -577,7 +590,7 @@ class Engine:
             return None
         return record if record.get("StartId") == start_id else None
 
-    def _exited(self, c: Container, start_id: str, record: Optional[dict]) -> None:
+    def _exited(self, c: Container, start_id: str, record: dict | None) -> None:
         record = record or self._read_exit(c, start_id) or {"ExitCode": 255, "OOMKilled": False,
                                                              "FinishedAt": _now()}
         with self._lock:
@@ -650,8 +663,8 @@ class Engine:
 
     def _restore(self) -> None:
         """Reloads every container; reconnects to live shims, closes the books on dead ones, applies policies."""
-        running: Dict[str, int] = {}
-        to_start: List[Container] = []
+        running: dict[str, int] = {}
+        to_start: list[Container] = []
         for cid in sorted(os.listdir(self.containers_root)):
             path = os.path.join(self.containers_root, cid)
             try:
@@ -730,7 +743,7 @@ class Engine:
             pass
         c.state["Paused"] = False
 
-    def _wait_exit(self, c: Container, seq: int, timeout: Optional[float]) -> bool:
+    def _wait_exit(self, c: Container, seq: int, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while c.exit_seq == seq and c.running:
@@ -740,7 +753,7 @@ class Engine:
                 self._cond.wait(remaining)
         return True
 
-    def stop(self, ref: str, timeout: Optional[int] = None, signal: Optional[str] = None) -> None:
+    def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         c = self._get(ref)
         with c.lock:
             c.exit_on_next = True
@@ -776,7 +789,7 @@ class Engine:
         sig = parse_signal(signal or "SIGKILL", signals.SIGKILL)
         with c.lock:
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
+                raise Conflict(f"Container {c.id} is not running")
             with self._lock:
                 seq = c.exit_seq
                 c.data["HasBeenManuallyStopped"] = True
@@ -788,7 +801,7 @@ class Engine:
             if sig == signals.SIGKILL:
                 self._wait_exit(c, seq, 10)
 
-    def restart(self, ref: str, timeout: Optional[int] = None) -> None:
+    def restart(self, ref: str, timeout: int | None = None) -> None:
         c = self._get(ref)
         with c.lock:
             if c.running:
@@ -800,13 +813,13 @@ class Engine:
         c = self._get(ref)
         with c.lock:
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
+                raise Conflict(f"Container {c.id} is not running")
             if c.state["Paused"]:
-                raise Conflict("Container %s is already paused" % c.id)
+                raise Conflict(f"Container {c.id} is already paused")
             try:
                 cgroups.open_cgroup("machines/" + c.id).set_frozen(True)
             except OSError as e:
-                raise HostError("cannot pause container %s: %s" % (c.id, e))
+                raise HostError(f"cannot pause container {c.id}: {e}")
             with self._lock:
                 c.state.update({"Paused": True, "Status": "paused"})
                 self._save(c)
@@ -816,7 +829,7 @@ class Engine:
         c = self._get(ref)
         with c.lock:
             if not c.state["Paused"]:
-                raise Conflict("Container %s is not paused" % c.id)
+                raise Conflict(f"Container {c.id} is not paused")
             self._thaw(c)
             with self._lock:
                 c.state.update({"Paused": False, "Status": "running" if c.running else c.state["Status"]})
@@ -831,9 +844,8 @@ class Engine:
                 raise InvalidParameter("Renaming a container with the same name as its current name")
             for other in self._containers.values():
                 if other.name == new_name:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
-                                   'have to remove (or rename) that container to be able to reuse that name.'
-                                   % (new_name, other.id))
+                    raise Conflict(f'Conflict. The container name "/{new_name}" is already in use by container "{other.id}". You '
+                                   'have to remove (or rename) that container to be able to reuse that name.')
             old = c.name
             c.data["Name"] = "/" + new_name
             self._save(c)
@@ -845,8 +857,8 @@ class Engine:
             if c.removed:
                 return
             if c.running and not force:
-                raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
-                               "removal or force remove" % c.id)
+                raise Conflict(f"You cannot remove a running container {c.id}. Stop the container before attempting "
+                               "removal or force remove")
             c.exit_on_next = True
             if c.running:
                 with self._lock:
@@ -897,7 +909,7 @@ class Engine:
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]
         thread.start()
 
-    def prune_containers(self, filters: Optional[dict] = None) -> dict:
+    def prune_containers(self, filters: dict | None = None) -> dict:
         deleted, reclaimed = [], 0
         labels = _filter_values(filters, "label")
         until = _filter_values(filters, "until")
@@ -922,7 +934,7 @@ class Engine:
         c = self._get(ref)
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
-            raise InvalidParameter("invalid condition: %r" % condition)
+            raise InvalidParameter(f"invalid condition: {condition!r}")
         with self._lock:
             if condition == "removed":
                 while not c.removed:
@@ -951,8 +963,8 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: int = -1,
-                        size: bool = False) -> List[dict]:
+    def list_containers(self, all: bool = False, filters: dict | None = None, limit: int = -1,
+                        size: bool = False) -> list[dict]:
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
             out = []
@@ -964,7 +976,7 @@ class Engine:
                 out.append(self._summary(c, size))
         return out[:limit] if limit is not None and limit > 0 else out
 
-    def _matches(self, c: Container, filters: Optional[dict]) -> bool:
+    def _matches(self, c: Container, filters: dict | None) -> bool:
         if not filters:
             return True
         st = c.state
@@ -1004,7 +1016,7 @@ class Engine:
     # --- logs, attach, resize ----------------------------------------------------------------------------------
 
     def logs(self, ref: str, *, follow: bool = False, stdout: bool = True, stderr: bool = True, since: float = 0,
-             until: float = 0, timestamps: bool = False, tail: str = "all") -> Iterator[Tuple[int, bytes]]:
+             until: float = 0, timestamps: bool = False, tail: str = "all") -> Iterator[tuple[int, bytes]]:
         c = self._get(ref)
         if not (stdout or stderr):
             raise InvalidParameter("You must choose at least one stream")
@@ -1019,7 +1031,7 @@ class Engine:
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True, logs: bool = False,
                stream: bool = True) -> Session:
         c = self._get(ref)
-        backlog: List[Tuple[int, bytes]] = []
+        backlog: list[tuple[int, bytes]] = []
         if logs:
             backlog = list(self.logs(c.id, follow=False, stdout=stdout, stderr=stderr))
         opts = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
@@ -1043,22 +1055,22 @@ class Engine:
     def resize(self, ref: str, h: int, w: int) -> None:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         if not c.data["Config"].get("Tty"):
             return
         try:
             connect(c.data["_socket"], {"resize": [int(h), int(w)]}, timeout=2).close()
         except OSError as e:
-            raise HostError("cannot resize the container's terminal: %s" % e)
+            raise HostError(f"cannot resize the container's terminal: {e}")
 
     # --- exec ----------------------------------------------------------------------------------------------------
 
     def exec_create(self, ref: str, body: dict) -> str:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         if c.state.get("Paused"):
-            raise Conflict("Container %s is paused, unpause the container before exec" % c.id)
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
         cmd = body.get("Cmd") or []
         if isinstance(cmd, str):
             cmd = [cmd]
@@ -1082,22 +1094,22 @@ class Engine:
         with self._lock:
             rec = self._execs.get(exec_id)
         if rec is None:
-            raise NotFound("No such exec instance: %s" % exec_id)
+            raise NotFound(f"No such exec instance: {exec_id}")
         return rec
 
     def exec_inspect(self, exec_id: str) -> dict:
         rec = self._exec(exec_id)
         return {k: v for k, v in rec.items() if not k.startswith("_")}
 
-    def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Optional[Session]:
+    def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Session | None:
         rec = self._exec(exec_id)
         with self._lock:
             if rec["_started"]:
-                raise Conflict("Error: Exec command %s has already run" % exec_id)
+                raise Conflict(f"Error: Exec command {exec_id} has already run")
             rec["_started"] = True
         c = self._get(rec["ContainerID"])
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         body = rec["_body"]
         tty = bool(body.get("Tty")) or tty
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -1108,10 +1120,10 @@ class Engine:
                      "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
                      "user": body.get("User") or cfg.get("User") or "",
                      "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
-        keep_open: Dict[int, int] = {}
-        child_side: List[int] = []
+        keep_open: dict[int, int] = {}
+        child_side: list[int] = []
         stdin_fd = master = None
-        stdio: Optional[Tuple[int, int, int]] = None
+        stdio: tuple[int, int, int] | None = None
         console = child_console = None
         if tty:
             console, child_console = socket.socketpair()
@@ -1186,8 +1198,7 @@ class Engine:
                 os.close(fd)
             if master is not None and master not in keep_open:
                 os.close(master)
-            raise _start_error("OCI runtime exec failed: exec failed: unable to start container process: %s"
-                               % error)
+            raise _start_error(f"OCI runtime exec failed: exec failed: unable to start container process: {error}")
         if detach:
             return None
         return ExecSession(keep_open, stdin_fd, tty, done)
@@ -1197,25 +1208,25 @@ class Engine:
         master = rec.get("_master")
         if master is None:
             if not rec["Running"]:
-                raise Conflict("Exec %s is not running" % exec_id)
+                raise Conflict(f"Exec {exec_id} is not running")
             return
         syscalls.set_winsize(master, int(h), int(w))
 
     # --- top, stats --------------------------------------------------------------------------------------------
 
-    def _cgroup_pids(self, c: Container) -> List[int]:
+    def _cgroup_pids(self, c: Container) -> list[int]:
         return cgroups.open_cgroup("machines/" + c.id).procs()
 
-    def top(self, ref: str, ps_args: Optional[str] = None) -> dict:
+    def top(self, ref: str, ps_args: str | None = None) -> dict:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         pids = set(self._cgroup_pids(c))
         args = (ps_args or "-ef").split()
         try:
             out = subprocess.run(["ps"] + args, capture_output=True, text=True, check=True, timeout=10).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise HostError("Error running ps: %s" % e)
+            raise HostError(f"Error running ps: {e}")
         lines = out.splitlines()
         titles = lines[0].split()
         try:
@@ -1263,7 +1274,7 @@ class Engine:
 
     # --- files -------------------------------------------------------------------------------------------------
 
-    def _root_for(self, c: Container) -> Optional[str]:
+    def _root_for(self, c: Container) -> str | None:
         return "/proc/%d/root" % c.state["Pid"] if c.running else None
 
     def archive_head(self, ref: str, path: str) -> dict:
@@ -1271,7 +1282,7 @@ class Engine:
         with archive.container_root(c, self._root_for(c), writable=False) as root:
             return archive.stat_path(root, path, c.name)
 
-    def archive_get(self, ref: str, path: str) -> Tuple[Iterator[bytes], dict]:
+    def archive_get(self, ref: str, path: str) -> tuple[Iterator[bytes], dict]:
         c = self._get(ref)
         return archive.get(c, self._root_for(c), path)
 
@@ -1287,7 +1298,7 @@ class Engine:
 
     # --- networks and events -----------------------------------------------------------------------------------
 
-    def network_connect(self, net_ref: str, ref: str, config: Optional[dict] = None) -> None:
+    def network_connect(self, net_ref: str, ref: str, config: dict | None = None) -> None:
         """Connects now when running; otherwise records the endpoint for the next start, as Docker does."""
         c = self._get(ref)
         net = self.networks.inspect(net_ref)
@@ -1296,7 +1307,7 @@ class Engine:
             networks = c.data["NetworkSettings"].setdefault("Networks", {})
             if not c.running:
                 if net["Name"] in networks:
-                    raise Conflict("endpoint with name %s already exists in network %s" % (c.name, net["Name"]))
+                    raise Conflict("endpoint with name {} already exists in network {}".format(c.name, net["Name"]))
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
@@ -1311,13 +1322,13 @@ class Engine:
             if c.running:
                 self.networks.disconnect(net_ref, c.id)
             elif net["Name"] not in (c.data["NetworkSettings"].get("Networks") or {}) and not force:
-                raise NotFound("container %s is not connected to network %s" % (c.id, net["Name"]))
+                raise NotFound("container {} is not connected to network {}".format(c.id, net["Name"]))
             with self._lock:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)
 
-    def events(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[dict] = None) -> Iterator[dict]:
+    def events(self, since: float | None = None, until: float | None = None,
+               filters: dict | None = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
 
 

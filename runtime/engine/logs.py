@@ -6,7 +6,8 @@ import json
 import os
 import time
 from collections import deque
-from typing import Callable, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Callable
 
 STREAMS = {"stdout": 1, "stderr": 2}
 
@@ -18,7 +19,7 @@ def parse_rfc3339(text: str) -> float:
     return seconds + (float("0." + frac) if frac else 0.0)
 
 
-def _entries(f, wanted: set) -> Iterator[Tuple[int, bytes, str]]:
+def _entries(f, wanted: set) -> Iterator[tuple[int, bytes, str]]:
     for line in f:
         if not line.endswith(b"\n"):
             f.seek(-len(line), os.SEEK_CUR)  # the shim is mid-write: read this line on the next pass
@@ -44,11 +45,11 @@ def rotated_files(path: str) -> list:
 
 def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: float = 0, until: float = 0,
               timestamps: bool = False, tail: str = "all", running: Callable[[], bool] = lambda: False,
-              poll: float = 0.05) -> Iterator[Tuple[int, bytes]]:
+              poll: float = 0.05) -> Iterator[tuple[int, bytes]]:
     """Yields (stream, bytes). ``running`` tells a follower when to stop: after the container ends and the file is
     drained. A follower notices rotation (a new file at ``path``) and carries on in the new file."""
     wanted = {s for s, on in ((1, stdout), (2, stderr)) if on}
-    limit: Optional[int] = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
+    limit: int | None = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
 
     def keep(stamp: str) -> bool:
         if not (since or until):
@@ -56,10 +57,10 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
         moment = parse_rfc3339(stamp) if stamp else 0.0
         return (not since or moment >= since) and (not until or moment <= until)
 
-    def shape(stream: int, data: bytes, stamp: str) -> Tuple[int, bytes]:
+    def shape(stream: int, data: bytes, stamp: str) -> tuple[int, bytes]:
         return stream, ((stamp + " ").encode() + data) if timestamps else data
 
-    first: List[Tuple[int, bytes, str]] = []
+    first: list[tuple[int, bytes, str]] = []
     f = None
     for name in rotated_files(path):
         try:

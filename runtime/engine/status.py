@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, Optional
 
 from runtime.engine.logs import parse_rfc3339
 
@@ -58,7 +57,7 @@ def human_status(state: dict) -> str:
     return (status or "").capitalize()
 
 
-def summary_ports(ports: Dict[str, Optional[List[dict]]]) -> List[dict]:
+def summary_ports(ports: dict[str, list[dict] | None]) -> list[dict]:
     out = []
     for key, bindings in (ports or {}).items():
         number, _, proto = key.partition("/")
@@ -85,8 +84,8 @@ def system_cpu_ns() -> int:
     return sum(int(x) for x in fields) * 1000000000 // os.sysconf("SC_CLK_TCK")
 
 
-def net_stats(pid: int) -> Dict[str, dict]:
-    out: Dict[str, dict] = {}
+def net_stats(pid: int) -> dict[str, dict]:
+    out: dict[str, dict] = {}
     try:
         with open("/proc/%d/net/dev" % pid) as f:
             lines = f.readlines()[2:]

@@ -17,7 +17,8 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import IO, Any
 
 from runtime.errors import InvalidParameter
 
@@ -73,7 +74,7 @@ class _Decompressed:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         self._file: Any = None  # a gzip, bz2, lzma or plain binary file
 
     def __enter__(self) -> IO[bytes]:
@@ -156,7 +157,7 @@ def copy_hashing(src: IO[bytes], path: str) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def file_digest(path: str) -> Tuple[str, int]:
+def file_digest(path: str) -> tuple[str, int]:
     """sha256 digest and size of a file."""
     sha = hashlib.sha256()
     size = 0
@@ -169,13 +170,13 @@ def file_digest(path: str) -> Tuple[str, int]:
 
 # --- safe extraction -----------------------------------------------------------------------------------------
 
-def _clean_name(name: str, what: str) -> List[str]:
+def _clean_name(name: str, what: str) -> list[str]:
     """Archive path -> components; refuse absolute paths and ``..`` instead of silently rewriting them."""
     if name.startswith("/"):
-        raise LayerRefused("layer refused: absolute path %r in %s" % (name, what))
+        raise LayerRefused(f"layer refused: absolute path {name!r} in {what}")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise LayerRefused("layer refused: path %r escapes the layer (%s)" % (name, what))
+        raise LayerRefused(f"layer refused: path {name!r} escapes the layer ({what})")
     return parts
 
 
@@ -185,10 +186,10 @@ class _Extractor:
     def __init__(self, root: str, whiteouts: bool = True) -> None:
         self.root = root
         self.whiteouts = whiteouts
-        self.dir_times: List[Tuple[str, int]] = []
+        self.dir_times: list[tuple[str, int]] = []
         self.size = 0
 
-    def _parent(self, parts: List[str], name: str) -> str:
+    def _parent(self, parts: list[str], name: str) -> str:
         """The real parent dir of ``parts``, made on demand; refuse if any component is a symlink or a file."""
         path = self.root
         for part in parts[:-1]:
@@ -199,10 +200,9 @@ class _Extractor:
                 os.mkdir(path, 0o755)
                 continue
             if stat.S_ISLNK(st.st_mode):
-                raise LayerRefused("layer refused: %r would be written through the symlink %r"
-                                   % (name, "/".join(parts[:parts.index(part) + 1])))
+                raise LayerRefused("layer refused: {!r} would be written through the symlink {!r}".format(name, "/".join(parts[:parts.index(part) + 1])))
             if not stat.S_ISDIR(st.st_mode):
-                raise LayerRefused("layer refused: %r is below a non-directory" % name)
+                raise LayerRefused(f"layer refused: {name!r} is below a non-directory")
         return path
 
     @staticmethod
@@ -264,16 +264,14 @@ class _Extractor:
             if not m.linkname.startswith("/"):
                 target = os.path.normpath(os.path.join("/".join(parts[:-1]), m.linkname))
                 if target == ".." or target.startswith("../"):
-                    raise LayerRefused("layer refused: symlink %r -> %r points outside the layer"
-                                       % (m.name, m.linkname))
+                    raise LayerRefused(f"layer refused: symlink {m.name!r} -> {m.linkname!r} points outside the layer")
             self._clear(path, keep_dir=False)
             os.symlink(m.linkname, path)
         elif m.islnk():
-            target_parts = _clean_name(m.linkname, "hardlink target of %r" % m.name)
+            target_parts = _clean_name(m.linkname, f"hardlink target of {m.name!r}")
             target = os.path.join(self._parent(target_parts, m.linkname), target_parts[-1]) if target_parts else ""
             if not target_parts or not os.path.lexists(target) or os.path.isdir(target):
-                raise LayerRefused("layer refused: hardlink %r -> %r has no target inside the layer"
-                                   % (m.name, m.linkname))
+                raise LayerRefused(f"layer refused: hardlink {m.name!r} -> {m.linkname!r} has no target inside the layer")
             self._clear(path, keep_dir=False)
             os.link(target, path, follow_symlinks=False)
             return  # a hardlink shares its target's attributes
@@ -281,9 +279,9 @@ class _Extractor:
             self._clear(path, keep_dir=False)
             os.mkfifo(path, 0o600)
         elif m.ischr() or m.isblk():
-            raise LayerRefused("layer refused: device node %r" % m.name)
+            raise LayerRefused(f"layer refused: device node {m.name!r}")
         else:
-            raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
+            raise LayerRefused(f"layer refused: unsupported entry type {m.type!r} for {m.name!r}")
         self._attrs(path, m)
 
     def _whiteout(self, parent: str, base: str, name: str) -> None:
@@ -295,7 +293,7 @@ class _Extractor:
             return  # other AUFS metadata (.wh..wh.plnk, ...) means nothing to overlayfs
         hidden = base[len(WHITEOUT_PREFIX):]
         if hidden in ("", ".", ".."):
-            raise LayerRefused("layer refused: bad whiteout %r" % name)
+            raise LayerRefused(f"layer refused: bad whiteout {name!r}")
         path = os.path.join(parent, hidden)
         self._clear(path, keep_dir=False)
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
@@ -312,11 +310,11 @@ def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
             for m in tar:
                 ex.member(tar, m)
     except tarfile.TarError as exc:
-        raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
+        raise LayerRefused(f"layer refused: invalid tar: {exc}") from None
     ex.finish()
 
 
-def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
+def extract_layer(stream: IO[bytes], dest: str) -> tuple[str, int, int]:
     """Extract an uncompressed layer tar from ``stream`` into the new directory ``dest``.
 
     Returns ``(diff_id, unpacked_size, tar_size)``. The caller deletes ``dest`` if this raises.
@@ -344,7 +342,7 @@ class _Sink(io.RawIOBase):
     """Collects what tarfile writes so it can be handed out in chunks (streaming without a pipe thread)."""
 
     def __init__(self) -> None:
-        self.chunks: List[bytes] = []
+        self.chunks: list[bytes] = []
         self.position = 0
 
     def writable(self) -> bool:
@@ -387,7 +385,7 @@ class TarStream:
         self.tar.addfile(info)
         return self.sink.take()
 
-    def add_stream(self, info: tarfile.TarInfo, src: Optional[IO[bytes]]) -> Iterator[bytes]:
+    def add_stream(self, info: tarfile.TarInfo, src: IO[bytes] | None) -> Iterator[bytes]:
         """Add an entry whose content is read from ``src`` (exactly ``info.size`` bytes), yielding as it goes."""
         self.tar.addfile(info)
         yield self.sink.take()
@@ -397,7 +395,7 @@ class TarStream:
         while remaining:
             chunk = src.read(min(COPY_CHUNK, remaining))
             if not chunk:
-                raise InvalidParameter("%s: unexpected end of data" % info.name)
+                raise InvalidParameter(f"{info.name}: unexpected end of data")
             remaining -= len(chunk)
             yield chunk
         pad = (-info.size) % tarfile.BLOCKSIZE
@@ -412,7 +410,7 @@ class TarStream:
         return self.sink.take()
 
 
-def _upper_entries(upper: str) -> Iterator[Tuple[str, str, os.stat_result]]:
+def _upper_entries(upper: str) -> Iterator[tuple[str, str, os.stat_result]]:
     """Walk an upper dir in a stable order: (archive name, path, lstat)."""
     for dirpath, dirnames, filenames in os.walk(upper):
         dirnames.sort()
@@ -423,8 +421,8 @@ def _upper_entries(upper: str) -> Iterator[Tuple[str, str, os.stat_result]]:
             yield arc, path, os.lstat(path)
 
 
-def _xattrs(path: str) -> Dict[str, str]:
-    out: Dict[str, str] = {}
+def _xattrs(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -443,7 +441,7 @@ def _xattrs(path: str) -> Dict[str, str]:
 def upper_dir_tar(upper: str) -> Iterator[bytes]:
     """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build)."""
     ts = TarStream()
-    seen: Dict[Tuple[int, int], str] = {}
+    seen: dict[tuple[int, int], str] = {}
     for arc, path, st in _upper_entries(upper):
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             head, _, base = arc.rpartition("/")
@@ -453,7 +451,7 @@ def upper_dir_tar(upper: str) -> Iterator[bytes]:
         info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
         info.mtime = int(st.st_mtime)
         info.pax_headers = _xattrs(path)
-        src: Optional[IO[bytes]] = None
+        src: IO[bytes] | None = None
         if stat.S_ISDIR(st.st_mode):
             info.type = tarfile.DIRTYPE
         elif stat.S_ISLNK(st.st_mode):

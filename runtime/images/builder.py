@@ -27,7 +27,8 @@ import posixpath
 import re
 import shutil
 import stat
-from typing import IO, Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Generator, Iterator, Sequence
+from typing import IO, Any, Callable
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, reference
@@ -54,7 +55,7 @@ def _stream(text: str) -> dict:
 
 # --- .dockerignore ------------------------------------------------------------------------------------------------
 
-def _ignore_regex(pattern: str) -> "re.Pattern[str]":
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
     """Go filepath.Match plus ``**``, as the docker CLI's patternmatcher."""
     out = ""
     i = 0
@@ -72,9 +73,9 @@ def _ignore_regex(pattern: str) -> "re.Pattern[str]":
     return re.compile("^" + out + "(?:/.*)?$")
 
 
-def read_dockerignore(context: str) -> List[Tuple[bool, "re.Pattern[str]"]]:
+def read_dockerignore(context: str) -> list[tuple[bool, re.Pattern[str]]]:
     path = os.path.join(context, ".dockerignore")
-    rules: List[Tuple[bool, "re.Pattern[str]"]] = []
+    rules: list[tuple[bool, re.Pattern[str]]] = []
     if not os.path.isfile(path):
         return rules
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -128,10 +129,10 @@ def _opaque(path: str) -> bool:
 class ImageView:
     """Read-only merged view of an image's layers (what overlayfs would show), without mounting anything."""
 
-    def __init__(self, layer_dirs: List[str]) -> None:
+    def __init__(self, layer_dirs: list[str]) -> None:
         self.top_first = list(reversed(layer_dirs))
 
-    def lstat(self, rel: str) -> Optional[Tuple[str, os.stat_result]]:
+    def lstat(self, rel: str) -> tuple[str, os.stat_result] | None:
         """(real path, stat) of ``rel`` in the topmost layer that has it; None if absent or whited out."""
         parts = [p for p in rel.split("/") if p]
         for layer in self.top_first:
@@ -145,9 +146,9 @@ class ImageView:
             return None if _is_whiteout(st) else (path, st)
         return None
 
-    def listdir(self, rel: str) -> List[str]:
+    def listdir(self, rel: str) -> list[str]:
         parts = [p for p in rel.split("/") if p]
-        names: Dict[str, bool] = {}
+        names: dict[str, bool] = {}
         for layer in self.top_first:
             path = os.path.join(layer, *parts)
             if not os.path.isdir(path) or os.path.islink(path):
@@ -162,7 +163,7 @@ class ImageView:
     def resolve(self, rel: str, depth: int = 0) -> str:
         """Follow symlinks inside the image (scoped to its root) to the final relative path."""
         parts = [p for p in rel.split("/") if p not in ("", ".")]
-        out: List[str] = []
+        out: list[str] = []
         for i, part in enumerate(parts):
             if part == "..":
                 if out:
@@ -172,7 +173,7 @@ class ImageView:
             found = self.lstat("/".join(out))
             if found and stat.S_ISLNK(found[1].st_mode):
                 if depth > 40:
-                    raise InvalidParameter("too many levels of symbolic links: %s" % rel)
+                    raise InvalidParameter(f"too many levels of symbolic links: {rel}")
                 target = os.readlink(found[0])
                 base = "" if target.startswith("/") else "/".join(out[:-1])
                 return self.resolve(posixpath.join(base, target, *parts[i + 1:]), depth + 1)
@@ -182,22 +183,22 @@ class ImageView:
 # --- the build ---------------------------------------------------------------------------------------------------
 
 class _Stage:
-    def __init__(self, name: Optional[str], image: Optional[Image], config: dict) -> None:
+    def __init__(self, name: str | None, image: Image | None, config: dict) -> None:
         self.name = name
         self.image = image
         self.config = config
         self.cmd_set = False
-        self.args: Dict[str, str] = {}
-        self.global_args: Dict[str, str] = {}
+        self.args: dict[str, str] = {}
+        self.global_args: dict[str, str] = {}
 
 
 class Builder:
     """One ``docker build`` run; ``run()`` yields the JSON stream (errors in-band, as Docker sends them)."""
 
     def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
-                 tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
-                 labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
-                 runner: Any = None, registry_config: Optional[dict] = None, quiet: bool = False) -> None:
+                 tags: Sequence[str] = (), build_args: dict[str, str | None] | None = None,
+                 labels: dict[str, str] | None = None, target: str | None = None, nocache: bool = False,
+                 runner: Any = None, registry_config: dict | None = None, quiet: bool = False) -> None:
         self.store = store
         self.context_stream = context
         self.dockerfile_path = dockerfile_path or "Dockerfile"
@@ -210,9 +211,9 @@ class Builder:
         self.registry_config = registry_config or {}
         self.quiet = quiet
         self.work = ""
-        self.result: Optional[Image] = None
+        self.result: Image | None = None
         self.context = ""
-        self.stages: List[_Stage] = []
+        self.stages: list[_Stage] = []
 
     # --- entry point --------------------------------------------------------------------------------------
 
@@ -243,18 +244,18 @@ class Builder:
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def _read_dockerfile(self) -> List[Instruction]:
+    def _read_dockerfile(self) -> list[Instruction]:
         rel = posixpath.normpath(self.dockerfile_path)
         if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
-            raise InvalidParameter("forbidden path outside the build context: %s" % self.dockerfile_path)
+            raise InvalidParameter(f"forbidden path outside the build context: {self.dockerfile_path}")
         path = os.path.join(self.context, rel)
         if not os.path.isfile(path) or not os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
-            raise InvalidParameter("Cannot locate specified Dockerfile: %s" % self.dockerfile_path)
+            raise InvalidParameter(f"Cannot locate specified Dockerfile: {self.dockerfile_path}")
         apply_dockerignore(self.context, keep=[rel, ".dockerignore"])
         with open(path, encoding="utf-8", errors="replace") as f:
             return dockerfile.parse(f.read())
 
-    def _plan(self, instructions: List[Instruction]) -> Tuple[List[Instruction], List[Instruction]]:
+    def _plan(self, instructions: list[Instruction]) -> tuple[list[Instruction], list[Instruction]]:
         """Global ARGs, then the instructions up to the end of the target stage."""
         first_from = next((i for i, ins in enumerate(instructions) if ins.cmd == "FROM"), None)
         if first_from is None:
@@ -262,13 +263,13 @@ class Builder:
         head = instructions[:first_from]
         for ins in head:
             if ins.cmd != "ARG":
-                raise InvalidParameter("%s not allowed before FROM" % ins.cmd)
+                raise InvalidParameter(f"{ins.cmd} not allowed before FROM")
         body = instructions[first_from:]
         if self.target is None:
             return head, body
         names = [dockerfile.stage_name(ins, {})[1] if ins.cmd == "FROM" else None for ins in body]
         if self.target not in names:
-            raise InvalidParameter("failed to reach build target %s in Dockerfile" % self.target)
+            raise InvalidParameter(f"failed to reach build target {self.target} in Dockerfile")
         start = names.index(self.target)
         end = next((i for i in range(start + 1, len(body)) if body[i].cmd == "FROM"), len(body))
         return head, body[:end]
@@ -276,7 +277,7 @@ class Builder:
     def _build(self) -> Iterator[dict]:
         head, body = self._plan(self._read_dockerfile())
         total = len(head) + len(body)
-        global_args: Dict[str, str] = {}
+        global_args: dict[str, str] = {}
         step = 0
         for ins in head:
             step += 1
@@ -284,7 +285,7 @@ class Builder:
             for key, default in dockerfile.key_values(ins, global_args):
                 value = self.build_args.get(key)
                 global_args[key] = value if value is not None else default
-        stage: Optional[_Stage] = None
+        stage: _Stage | None = None
         for ins in body:
             step += 1
             yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
@@ -295,30 +296,30 @@ class Builder:
                 assert stage is not None
                 yield from self._step(stage, ins)
             if stage is not None and stage.image is not None:
-                yield _stream(" ---> %s\n" % stage.image.id[7:19])
+                yield _stream(f" ---> {stage.image.id[7:19]}\n")
         assert stage is not None
         if self.labels:
             labels = dict(stage.config.get("Labels") or {})
             labels.update(self.labels)
             stage.config["Labels"] = labels
             yield from self._cached_or_commit(stage, None, NOP + "LABEL " + " ".join(
-                "%s=%s" % kv for kv in sorted(self.labels.items())))
+                "{}={}".format(*kv) for kv in sorted(self.labels.items())))
         if stage.image is None:
             raise InvalidParameter("No image was generated. Is your Dockerfile empty?")
         image = self.result = stage.image
         yield {"aux": {"ID": image.id}}
-        yield _stream("Successfully built %s\n" % image.id[7:19])
+        yield _stream(f"Successfully built {image.id[7:19]}\n")
         for ref in self.tags:
             self.store.tag(image.id, ref.name, ref.tag)
-            yield _stream("Successfully tagged %s\n" % ref.familiar())
+            yield _stream(f"Successfully tagged {ref.familiar()}\n")
 
     # --- FROM ---------------------------------------------------------------------------------------------
 
-    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Generator[dict, None, _Stage]:
+    def _from(self, ins: Instruction, global_args: dict[str, str]) -> Generator[dict, None, _Stage]:
         name, alias = dockerfile.stage_name(ins, global_args)
         previous = self._stage_by_name(name)
         if previous is not None:
-            image: Optional[Image] = previous.image
+            image: Image | None = previous.image
         elif name == "scratch":
             image = None
         else:
@@ -332,7 +333,7 @@ class Builder:
             yield from self._step(stage, dockerfile.parse_line(trigger))
         return stage
 
-    def _stage_by_name(self, name: str) -> Optional[_Stage]:
+    def _stage_by_name(self, name: str) -> _Stage | None:
         for n, stage in enumerate(self.stages):
             if stage.name == name.lower() or name == str(n):
                 return stage
@@ -353,7 +354,7 @@ class Builder:
 
     # --- other instructions -----------------------------------------------------------------------------
 
-    def _env(self, stage: _Stage) -> Dict[str, str]:
+    def _env(self, stage: _Stage) -> dict[str, str]:
         """Variables for ``$VAR`` expansion: build args, overridden by ENV."""
         env = dict(stage.args)
         env.update(dockerfile.env_dict(stage.config))
@@ -391,7 +392,7 @@ class Builder:
         blob = json.dumps([parent, created_by, stage.config], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _cache_lookup(self, key: str) -> Optional[Image]:
+    def _cache_lookup(self, key: str) -> Image | None:
         if self.nocache:
             return None
         try:
@@ -414,7 +415,7 @@ class Builder:
             cache[key] = image.id
             self.store._write_atomic(path, json.dumps(cache).encode())
 
-    def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
+    def _commit(self, stage: _Stage, upper: str | None, created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
     def _from_cache(self, stage: _Stage, key: str) -> Generator[dict, None, bool]:
@@ -426,7 +427,7 @@ class Builder:
         stage.image = cached
         return True
 
-    def _cached_or_commit(self, stage: _Stage, upper: Optional[Callable[[], Optional[str]]], created_by: str,
+    def _cached_or_commit(self, stage: _Stage, upper: Callable[[], str | None] | None, created_by: str,
                           author: str = "") -> Iterator[dict]:
         """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
         (None: config only) and commit a new one."""
@@ -436,7 +437,7 @@ class Builder:
         stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
 
-    def _workdir_layer(self, stage: _Stage, work: str) -> Optional[str]:
+    def _workdir_layer(self, stage: _Stage, work: str) -> str | None:
         """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
         path = stage.config.get("WorkingDir") or "/"
         view = ImageView(stage.image.layer_dirs() if stage.image else [])
@@ -451,7 +452,7 @@ class Builder:
     def _run(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
         argv = dockerfile.command_args(ins, stage.config)
         used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
-        prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
+        prefix = "|%d %s " % (len(used_args), " ".join("{}={}".format(*kv) for kv in used_args)) if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
         if (yield from self._from_cache(stage, key)):
@@ -461,10 +462,10 @@ class Builder:
         if stage.image is None:
             raise InvalidParameter("RUN is not possible on a scratch image without files")
         config = dict(stage.config)
-        config["Env"] = list(config.get("Env") or []) + ["%s=%s" % kv for kv in used_args]
+        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args]
         step = self.runner.run_build_step(stage.image.id, argv, config)
         try:
-            yield _stream(" ---> Running in %s\n" % str(step.id)[:12])
+            yield _stream(f" ---> Running in {str(step.id)[:12]}\n")
             for chunk in step.output():
                 if not self.quiet:
                     yield _stream(chunk.decode("utf-8", "replace"))
@@ -475,7 +476,7 @@ class Builder:
             self._cache_record(key, stage.image)
         finally:
             step.remove()
-        yield _stream("Removing intermediate container %s\n" % str(step.id)[:12])
+        yield _stream(f"Removing intermediate container {str(step.id)[:12]}\n")
 
     # --- COPY / ADD ----------------------------------------------------------------------------------------------
 
@@ -488,10 +489,10 @@ class Builder:
         env = self._env(stage)
         args = list(ins.args) if ins.json_form else dockerfile.words(ins.args[0], env)
         if len(args) < 2:
-            raise InvalidParameter("%s requires at least two arguments, but only one was provided. Destination "
-                                   "could not be determined." % ins.cmd)
+            raise InvalidParameter(f"{ins.cmd} requires at least two arguments, but only one was provided. Destination "
+                                   "could not be determined.")
         sources, dest = args[:-1], args[-1]
-        source_view: Optional[ImageView] = None
+        source_view: ImageView | None = None
         if "from" in ins.flags:
             other = self._stage_by_name(dockerfile.expand(ins.flags["from"], env))
             if other is not None:
@@ -508,14 +509,14 @@ class Builder:
         existing = parent_view.lstat(parent_view.resolve(dest_path))
         if existing is not None and stat.S_ISDIR(existing[1].st_mode):
             dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
-        plan: List[Tuple[str, str, str]] = []  # (kind, real source path, target path inside the layer)
+        plan: list[tuple[str, str, str]] = []  # (kind, real source path, target path inside the layer)
         for src in sources:
             if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
-                raise NotFound("ADD from a URL is not supported by this builder: %s" % src)
+                raise NotFound(f"ADD from a URL is not supported by this builder: {src}")
             matches = self._glob(src, source_view)
             if not matches:
                 raise NotFound("COPY failed: file not found in build context or excluded by .dockerignore: "
-                               "stat %s: file does not exist" % src)
+                               f"stat {src}: file does not exist")
             if len(matches) > 1:
                 dest_is_dir = True
             for real, rel in matches:
@@ -529,7 +530,7 @@ class Builder:
                         target = posixpath.join(target, posixpath.basename(rel))
                     plan.append(("file", real, target))
         digest = _plan_digest(plan, owner, mode)
-        created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
+        created_by = "{}{} {}:{} in {} ".format(NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
                                             dest_path)
         staging = os.path.join(work, "upper")
 
@@ -548,12 +549,12 @@ class Builder:
 
         yield from self._cached_or_commit(stage, materialize, created_by)
 
-    def _glob(self, src: str, view: Optional[ImageView]) -> List[Tuple[str, str]]:
+    def _glob(self, src: str, view: ImageView | None) -> list[tuple[str, str]]:
         """(real path, relative path) pairs for a source; refuses anything outside the context or stage."""
         clean = posixpath.normpath("/" + src).lstrip("/")
         if view is None:
             if posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == "..":
-                raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
+                raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
             root = os.path.realpath(self.context)
             pattern = clean or "."
             if any(c in pattern for c in "*?["):
@@ -565,7 +566,7 @@ class Builder:
             for rel in rels:
                 real = os.path.realpath(os.path.join(self.context, rel))
                 if real != root and not real.startswith(root + "/"):
-                    raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
+                    raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
                 out.append((real, rel))
             return out
         resolved = view.resolve(clean)
@@ -593,7 +594,7 @@ class Builder:
             else:
                 os.chmod(path, 0o755)
 
-    def _owner(self, stage: _Stage, spec: Optional[str]) -> Tuple[int, int]:
+    def _owner(self, stage: _Stage, spec: str | None) -> tuple[int, int]:
         """``--chown=user[:group]`` with numeric IDs or names from the image's /etc/passwd and /etc/group."""
         if not spec:
             return 0, 0
@@ -604,7 +605,7 @@ class Builder:
         return uid, gid
 
     @staticmethod
-    def _lookup_id(view: ImageView, table: str, name: str) -> Tuple[int, int]:
+    def _lookup_id(view: ImageView, table: str, name: str) -> tuple[int, int]:
         if name.isdigit():
             return int(name), int(name)
         found = view.lstat(view.resolve(table))
@@ -614,10 +615,10 @@ class Builder:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
                         return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
-        raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
+        raise InvalidParameter("unable to find user {}: no matching entries in {} file".format(name, table.split("/")[1]))
 
 
-def _plan_tree(src: str, target: str, view: Optional[ImageView], rel: str) -> Iterator[Tuple[str, str, str]]:
+def _plan_tree(src: str, target: str, view: ImageView | None, rel: str) -> Iterator[tuple[str, str, str]]:
     """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
     yield "dir", src, target
     names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
@@ -636,12 +637,12 @@ def _plan_tree(src: str, target: str, view: Optional[ImageView], rel: str) -> It
             yield "file", child, posixpath.join(target, name)
 
 
-def _plan_digest(plan: List[Tuple[str, str, str]], owner: Tuple[int, int], mode: Optional[int]) -> str:
+def _plan_digest(plan: list[tuple[str, str, str]], owner: tuple[int, int], mode: int | None) -> str:
     """Content digest of a COPY/ADD: targets, modes, link targets and bytes (not times), as the cache key."""
     digest = hashlib.sha256(json.dumps([owner, mode]).encode())
     for kind, real, target in plan:
         st = os.lstat(real)
-        digest.update(("%s\0%s\0%o\0" % (kind, target, stat.S_IMODE(st.st_mode))).encode())
+        digest.update((f"{kind}\0{target}\0{stat.S_IMODE(st.st_mode):o}\0").encode())
         if stat.S_ISLNK(st.st_mode):
             digest.update(os.readlink(real).encode())
         elif stat.S_ISREG(st.st_mode):
@@ -651,14 +652,14 @@ def _plan_digest(plan: List[Tuple[str, str, str]], owner: Tuple[int, int], mode:
     return digest.hexdigest()
 
 
-def _copy_dir(src: str, dst: str, owner: Tuple[int, int]) -> None:
+def _copy_dir(src: str, dst: str, owner: tuple[int, int]) -> None:
     if not os.path.isdir(dst):
         os.makedirs(dst, exist_ok=True)
         os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
         os.lchown(dst, *owner)
 
 
-def _copy_file(src: str, dst: str, owner: Tuple[int, int], mode: Optional[int]) -> None:
+def _copy_file(src: str, dst: str, owner: tuple[int, int], mode: int | None) -> None:
     """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
     st = os.lstat(src)
     if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
@@ -704,7 +705,7 @@ class EngineStepRunner:
         self.engine = engine
         self.network_mode = network_mode or "default"
 
-    def run_build_step(self, image_id: str, argv: List[str], config: dict) -> "_EngineStep":
+    def run_build_step(self, image_id: str, argv: list[str], config: dict) -> _EngineStep:
         body = {"Image": image_id, "Entrypoint": argv, "Cmd": None, "Env": config.get("Env") or [],
                 "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
                 "AttachStdout": True, "AttachStderr": True,
@@ -733,26 +734,26 @@ class _EngineStep:
         self.engine.remove(self.id, force=True, volumes=True)
 
 
-def _query_bool(query: Dict[str, List[str]], name: str) -> bool:
+def _query_bool(query: dict[str, list[str]], name: str) -> bool:
     values = query.get(name) or []
     return bool(values) and values[-1].strip().lower() not in ("", "0", "no", "false", "none")
 
 
-def _query_json(query: Dict[str, List[str]], name: str) -> dict:
+def _query_json(query: dict[str, list[str]], name: str) -> dict:
     values = query.get(name) or []
     if not values or not values[-1]:
         return {}
     try:
         value = json.loads(values[-1])
     except ValueError:
-        raise InvalidParameter("invalid %s: not a JSON object" % name) from None
+        raise InvalidParameter(f"invalid {name}: not a JSON object") from None
     if not isinstance(value, dict):
-        raise InvalidParameter("invalid %s: not a JSON object" % name)
+        raise InvalidParameter(f"invalid {name}: not a JSON object")
     return value
 
 
-def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-                  registry_config: Optional[str]) -> Iterator[dict]:
+def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: dict[str, list[str]],
+                  registry_config: str | None) -> Iterator[dict]:
     """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, networkmode, remote)
     and ``X-Registry-Config``; RUN steps go to ``engine``."""
     from runtime.images.registry import decode_auth

@@ -15,6 +15,7 @@ layer extraction runs outside it so pulls and loads proceed in parallel.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import datetime
 import fnmatch
@@ -25,10 +26,10 @@ import platform
 import shutil
 import tarfile
 import threading
-import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Callable, Optional, Union
 
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.images import archive, reference
@@ -59,19 +60,19 @@ def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def chain_id(parent: Optional[str], diff_id: str) -> str:
+def chain_id(parent: str | None, diff_id: str) -> str:
     """image-spec ChainID: ChainID(L0) = DiffID(L0); ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(n))."""
     return diff_id if parent is None else sha256_bytes((parent + " " + diff_id).encode())
 
 
-def chain_ids(diff_ids: Sequence[str]) -> List[str]:
-    out: List[str] = []
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    out: list[str] = []
     for d in diff_ids:
         out.append(chain_id(out[-1] if out else None, d))
     return out
 
 
-def host_platform() -> Dict[str, str]:
+def host_platform() -> dict[str, str]:
     """The host as an OCI platform (``architecture``, ``os``, ``variant`` when it matters)."""
     machine = platform.machine().lower()
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
@@ -87,7 +88,7 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(text: Optional[str]) -> int:
+def parse_time(text: str | None) -> int:
     """RFC 3339 (with nanoseconds, ``Z`` or an offset) -> unix seconds; 0 when absent or unparsable."""
     if not text:
         return 0
@@ -108,7 +109,7 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _filter_values(filters: Optional[dict], key: str) -> List[str]:
+def _filter_values(filters: dict | None, key: str) -> list[str]:
     """Docker filters come as ``{"k": ["v"]}`` or the older ``{"k": {"v": true}}``."""
     value = (filters or {}).get(key)
     if value is None:
@@ -120,16 +121,16 @@ def _filter_values(filters: Optional[dict], key: str) -> List[str]:
     return list(value)
 
 
-def _bool_filter(filters: Optional[dict], key: str) -> Optional[bool]:
+def _bool_filter(filters: dict | None, key: str) -> bool | None:
     values = _filter_values(filters, key)
     if not values:
         return None
     if values[0].lower() not in ("true", "false", "1", "0"):
-        raise InvalidParameter("invalid filter '%s=%s'" % (key, values[0]))
+        raise InvalidParameter(f"invalid filter '{key}={values[0]}'")
     return values[0].lower() in ("true", "1")
 
 
-def _labels_match(labels: dict, wanted: List[str]) -> bool:
+def _labels_match(labels: dict, wanted: list[str]) -> bool:
     for item in wanted:
         key, eq, value = item.partition("=")
         if key not in labels or (eq and labels[key] != value):
@@ -164,7 +165,7 @@ class Layer:
     def size(self) -> int:
         return int(self.meta.get("size", 0))
 
-    def remote_blobs(self) -> List[dict]:
+    def remote_blobs(self) -> list[dict]:
         """Compressed blobs registries are known to hold for this layer (descriptors seen in pulls)."""
         try:
             with open(os.path.join(self.path, "remote.json")) as f:
@@ -176,8 +177,8 @@ class Layer:
 class Image:
     """A resolved image: what the engine needs to make a root filesystem and a container config."""
 
-    def __init__(self, store: "ImageStore", image_id: str, config: dict, repo_tags: List[str],
-                 repo_digests: List[str], parent: str) -> None:
+    def __init__(self, store: ImageStore, image_id: str, config: dict, repo_tags: list[str],
+                 repo_digests: list[str], parent: str) -> None:
         self.store = store
         self.id = image_id
         self.config = config
@@ -186,22 +187,22 @@ class Image:
         self.parent = parent
 
     @property
-    def diff_ids(self) -> List[str]:
+    def diff_ids(self) -> list[str]:
         return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
 
     @property
-    def chain_ids(self) -> List[str]:
+    def chain_ids(self) -> list[str]:
         return chain_ids(self.diff_ids)
 
     @property
-    def top_chain(self) -> Optional[str]:
+    def top_chain(self) -> str | None:
         ids = self.chain_ids
         return ids[-1] if ids else None
 
-    def layers(self) -> List[Layer]:
+    def layers(self) -> list[Layer]:
         return [self.store.layer(c) for c in self.chain_ids]
 
-    def layer_dirs(self) -> List[str]:
+    def layer_dirs(self) -> list[str]:
         """Lowest layer first; overlayfs wants them reversed in ``lowerdir``."""
         return [layer.diff_dir for layer in self.layers()]
 
@@ -214,21 +215,21 @@ class Image:
         return self.config.get("config") or {}
 
     def __repr__(self) -> str:
-        return "Image(%s %s)" % (self.id[7:19], self.repo_tags)
+        return f"Image({self.id[7:19]} {self.repo_tags})"
 
 
 class ImageStore:
     """Docker-shaped image operations over the on-disk layout described in the module docstring."""
 
     def __init__(self, root: str, *, insecure_registries: Sequence[str] = (),
-                 certs_dirs: Optional[Sequence[str]] = None) -> None:
+                 certs_dirs: Sequence[str] | None = None) -> None:
         self.root = os.path.abspath(root)
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
             os.path.join(os.path.dirname(self.root), "certs.d"), "/etc/docker/certs.d"]
         self.lock = threading.RLock()
-        self._pins: Dict[str, int] = {}
-        self._configs: Dict[str, dict] = {}
+        self._pins: dict[str, int] = {}
+        self._configs: dict[str, dict] = {}
         for sub in ("layers", "blobs/sha256", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         layout = os.path.join(self.root, "oci-layout")
@@ -256,7 +257,7 @@ class ImageStore:
         return index
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -269,7 +270,7 @@ class ImageStore:
     def blob_path(self, digest: str) -> str:
         algo, _, hexpart = digest.partition(":")
         if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
-            raise InvalidParameter("invalid digest %r" % digest)
+            raise InvalidParameter(f"invalid digest {digest!r}")
         return os.path.join(self.root, "blobs", "sha256", hexpart)
 
     def put_blob(self, data: bytes) -> str:
@@ -312,12 +313,12 @@ class ImageStore:
             with open(os.path.join(path, "layer.json"), "rb") as f:
                 return Layer(path, json.load(f))
         except FileNotFoundError:
-            raise NotFound("layer %s does not exist" % chain) from None
+            raise NotFound(f"layer {chain} does not exist") from None
 
     @contextmanager
-    def pinned(self) -> Iterator[List[str]]:
+    def pinned(self) -> Iterator[builtins.list[str]]:
         """Layers added inside this block survive garbage collection until the block ends (image not yet saved)."""
-        pins: List[str] = []
+        pins: list[str] = []
         try:
             yield pins
         finally:
@@ -327,7 +328,7 @@ class ImageStore:
                     if not self._pins[chain]:
                         del self._pins[chain]
 
-    def pin_layer(self, chain: str, pins: List[str]) -> bool:
+    def pin_layer(self, chain: str, pins: builtins.list[str]) -> bool:
         """Pin an existing layer for the duration of a ``pinned`` block; False if it is not there."""
         with self.lock:
             if not self.has_layer(chain):
@@ -335,14 +336,14 @@ class ImageStore:
             self._pin(pins, chain)
             return True
 
-    def _pin(self, pins: Optional[List[str]], chain: str) -> None:
+    def _pin(self, pins: builtins.list[str] | None, chain: str) -> None:
         if pins is not None:
             with self.lock:
                 self._pins[chain] = self._pins.get(chain, 0) + 1
             pins.append(chain)
 
-    def add_layer(self, blob: str, parent_chain: Optional[str], *, diff_id: Optional[str] = None,
-                  blob_digest: Optional[str] = None, pins: Optional[List[str]] = None,
+    def add_layer(self, blob: str, parent_chain: str | None, *, diff_id: str | None = None,
+                  blob_digest: str | None = None, pins: builtins.list[str] | None = None,
                   blob_verified: bool = False) -> Layer:
         """Unpack the layer blob file ``blob`` (plain/gzip/zstd) on top of ``parent_chain``.
 
@@ -362,17 +363,17 @@ class ImageStore:
         else:
             actual_blob, blob_size = archive.file_digest(blob)
         if blob_digest is not None and actual_blob != blob_digest:
-            raise InvalidParameter("blob digest mismatch: expected %s, got %s" % (blob_digest, actual_blob))
+            raise InvalidParameter(f"blob digest mismatch: expected {blob_digest}, got {actual_blob}")
         work = self.tmpdir()
         try:
             with open(blob, "rb") as f:
                 compression = archive.detect_compression(f.read(6))
             if compression not in LAYER_MEDIA:
-                raise InvalidParameter("unsupported layer compression %s" % compression)
+                raise InvalidParameter(f"unsupported layer compression {compression}")
             with archive.decompressed(blob) as stream:
                 actual_diff, size, tar_size = archive.extract_layer(stream, os.path.join(work, "diff"))
             if diff_id is not None and actual_diff != diff_id:
-                raise InvalidParameter("layer diff ID mismatch: expected %s, got %s" % (diff_id, actual_diff))
+                raise InvalidParameter(f"layer diff ID mismatch: expected {diff_id}, got {actual_diff}")
             chain = chain_id(parent_chain, actual_diff)
             os.link(blob, os.path.join(work, "blob"))
             meta = {"chain_id": chain, "diff_id": actual_diff, "parent": parent_chain, "size": size,
@@ -402,7 +403,7 @@ class ImageStore:
             used.update(chain_ids((self._config(image_id).get("rootfs") or {}).get("diff_ids") or []))
         return used
 
-    def _collect_layers(self) -> List[str]:
+    def _collect_layers(self) -> builtins.list[str]:
         """Remove layers no image uses (caller holds the lock); return their chain IDs."""
         used = self._referenced_chains()
         removed = []
@@ -426,22 +427,22 @@ class ImageStore:
             self._configs[image_id] = config
         return config
 
-    def _tags_of(self, image_id: str) -> List[str]:
+    def _tags_of(self, image_id: str) -> builtins.list[str]:
         return sorted(reference.parse(t).familiar() for t, i in self._index["tags"].items() if i == image_id)
 
-    def _digests_of(self, image_id: str) -> List[str]:
+    def _digests_of(self, image_id: str) -> builtins.list[str]:
         return sorted(reference.parse(d).familiar() for d, i in self._index["digests"].items() if i == image_id)
 
     def _image(self, image_id: str) -> Image:
         return Image(self, image_id, self._config(image_id), self._tags_of(image_id), self._digests_of(image_id),
                      self._index["images"][image_id].get("parent", ""))
 
-    def _lookup(self, ref: str) -> Tuple[str, Optional[Reference]]:
+    def _lookup(self, ref: str) -> tuple[str, Reference | None]:
         """Image ID for a name, name:tag, name@digest, full ID or unique ID prefix; and the parsed name if any."""
         images = self._index["images"]
         if ref.startswith("sha256:") and ref in images:
             return ref, None
-        parsed: Optional[Reference] = None
+        parsed: Reference | None = None
         try:
             parsed = reference.parse(ref)
         except InvalidParameter:
@@ -450,7 +451,7 @@ class ImageStore:
             key = str(parsed)
             table = self._index["digests"] if parsed.digest else self._index["tags"]
             if parsed.digest and parsed.tag:
-                key = "%s@%s" % (parsed.name, parsed.digest)
+                key = f"{parsed.name}@{parsed.digest}"
             if key in table:
                 return table[key], parsed
         prefix = ref[7:] if ref.startswith("sha256:") else ref
@@ -459,7 +460,7 @@ class ImageStore:
             if len(matches) == 1:
                 return matches[0], None
         shown = parsed.familiar() if parsed is not None else ref
-        raise NotFound("No such image: %s" % shown)
+        raise NotFound(f"No such image: {shown}")
 
     def resolve(self, ref: str) -> Image:
         """The image for ``ref``, or NotFound("No such image: ...")."""
@@ -478,12 +479,12 @@ class ImageStore:
     def normalize(ref: str) -> str:
         return reference.normalize(ref)
 
-    def tags_of_repo(self, name: str) -> List[str]:
+    def tags_of_repo(self, name: str) -> builtins.list[str]:
         """Full references of every tag of the repository ``name`` (``docker.io/library/alpine``)."""
         with self.lock:
             return sorted(t for t in self._index["tags"] if reference.parse(t).name == name)
 
-    def _children(self, image_id: str) -> List[str]:
+    def _children(self, image_id: str) -> builtins.list[str]:
         return [i for i, rec in self._index["images"].items() if rec.get("parent") == image_id]
 
     # --- images: Docker-shaped views -------------------------------------------------------------------------
@@ -498,7 +499,7 @@ class ImageStore:
             "VirtualSize": image.size, "Labels": labels, "Containers": -1,
         }
 
-    def list(self, all: bool = False, filters: Optional[dict] = None) -> List[dict]:  # noqa: A002 - Docker's name
+    def list(self, all: bool = False, filters: dict | None = None) -> builtins.list[dict]:  # noqa: A002 - Docker's name
         """``GET /images/json``: newest first; intermediate build images only with ``all``."""
         dangling = _bool_filter(filters, "dangling")
         labels = _filter_values(filters, "label")
@@ -560,11 +561,11 @@ class ImageStore:
         out.update(cfg)
         return out
 
-    def history(self, ref: str) -> List[dict]:
+    def history(self, ref: str) -> builtins.list[dict]:
         """``GET /images/{name}/history``: newest first, with IDs where an image of that step is known."""
         with self.lock:
             image_id, _ = self._lookup(ref)
-            ids: Dict[int, str] = {}
+            ids: dict[int, str] = {}
             cursor = image_id
             while cursor and cursor in self._index["images"]:
                 ids[len(self._config(cursor).get("history") or []) - 1] = cursor
@@ -593,7 +594,7 @@ class ImageStore:
         self._index["tags"][str(ref)] = image_id
         self._index["images"][image_id]["last_tag_time"] = now_rfc3339()
 
-    def tag(self, ref: str, repo: str, tag: Optional[str] = None) -> None:
+    def tag(self, ref: str, repo: str, tag: str | None = None) -> None:
         """``POST /images/{name}/tag``."""
         target = reference.join_repo_tag(repo, tag)
         if target.digest:
@@ -603,13 +604,13 @@ class ImageStore:
             self._set_tag(target, image_id)
             self._save_index()
 
-    def _refs_of(self, image_id: str) -> List[Tuple[str, str]]:
+    def _refs_of(self, image_id: str) -> builtins.list[tuple[str, str]]:
         """(table, key) pairs naming ``image_id``."""
         return [(table, key) for table in ("tags", "digests")
                 for key, i in self._index[table].items() if i == image_id]
 
     def remove(self, ref: str, force: bool = False, noprune: bool = False,
-               in_use: Optional[InUse] = None) -> List[dict]:
+               in_use: InUse | None = None) -> builtins.list[dict]:
         """``DELETE /images/{name}``: untag, then delete the image (and dangling parents) when nothing names it.
 
         ``in_use(image_id)`` returns a container ID (or True) when a container uses the image.
@@ -619,12 +620,12 @@ class ImageStore:
             image_id, parsed = self._lookup(ref)
             refs = self._refs_of(image_id)
             user = in_use(image_id)
-            items: List[dict] = []
+            items: list[dict] = []
             if parsed is not None:
-                key = ("digests", "%s@%s" % (parsed.name, parsed.digest)) if parsed.digest else ("tags", str(parsed))
+                key = ("digests", f"{parsed.name}@{parsed.digest}") if parsed.digest else ("tags", str(parsed))
                 if len(refs) == 1 and user and not force:
-                    raise Conflict('conflict: unable to remove repository reference "%s" (must force) - container '
-                                   '%s is using its referenced image %s' % (ref, _short(user), image_id[7:19]))
+                    raise Conflict(f'conflict: unable to remove repository reference "{ref}" (must force) - container '
+                                   f'{_short(user)} is using its referenced image {image_id[7:19]}')
                 del self._index[key[0]][key[1]]
                 items.append({"Untagged": parsed.familiar()})
                 refs = self._refs_of(image_id)
@@ -641,14 +642,14 @@ class ImageStore:
                     return items
             else:
                 if len(refs) > 1 and not force:
-                    raise Conflict("conflict: unable to delete %s (must be forced) - image is referenced in multiple "
-                                   "repositories" % image_id[7:19])
+                    raise Conflict(f"conflict: unable to delete {image_id[7:19]} (must be forced) - image is referenced in multiple "
+                                   "repositories")
                 if user and not force:
-                    raise Conflict("conflict: unable to delete %s (must be forced) - image is being used by "
-                                   "container %s" % (image_id[7:19], _short(user)))
+                    raise Conflict(f"conflict: unable to delete {image_id[7:19]} (must be forced) - image is being used by "
+                                   f"container {_short(user)}")
                 if self._children(image_id):
-                    raise Conflict("conflict: unable to delete %s (cannot be forced) - image has dependent child "
-                                   "images" % image_id[7:19])
+                    raise Conflict(f"conflict: unable to delete {image_id[7:19]} (cannot be forced) - image has dependent child "
+                                   "images")
                 for table, name in refs:
                     del self._index[table][name]
                     items.append({"Untagged": reference.parse(name).familiar()})
@@ -659,7 +660,7 @@ class ImageStore:
             self._save_index()
             return items
 
-    def _delete_image(self, image_id: str, prune_parents: bool, in_use: InUse) -> List[dict]:
+    def _delete_image(self, image_id: str, prune_parents: bool, in_use: InUse) -> builtins.list[dict]:
         """Delete an untagged, childless image (lock held); then its parents that became dangling, then layers."""
         items = []
         cursor = image_id
@@ -675,12 +676,12 @@ class ImageStore:
         items.extend({"Deleted": chain} for chain in self._collect_layers())
         return items
 
-    def prune(self, filters: Optional[dict] = None, in_use: Optional[InUse] = None) -> dict:
+    def prune(self, filters: dict | None = None, in_use: InUse | None = None) -> dict:
         """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers."""
         in_use = in_use or (lambda _image_id: None)
         dangling_only = _bool_filter(filters, "dangling")
         labels = _filter_values(filters, "label")
-        deleted: List[dict] = []
+        deleted: list[dict] = []
         with self.lock:
             before = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
             changed = True
@@ -713,7 +714,7 @@ class ImageStore:
         config = json.loads(config_bytes)
         for chain in chain_ids((config.get("rootfs") or {}).get("diff_ids") or []):
             if not self.has_layer(chain):
-                raise InvalidParameter("image config refers to missing layer %s" % chain)
+                raise InvalidParameter(f"image config refers to missing layer {chain}")
         image_id = self.put_blob(config_bytes)
         with self.lock:
             rec = self._index["images"].setdefault(image_id, {})
@@ -722,11 +723,11 @@ class ImageStore:
             for ref in tags:
                 self._set_tag(ref, image_id)
             for ref in digests:
-                self._index["digests"]["%s@%s" % (ref.name, ref.digest)] = image_id
+                self._index["digests"][f"{ref.name}@{ref.digest}"] = image_id
             self._save_index()
             return self._image(image_id)
 
-    def new_config(self, parent: Optional[Image], diff_id: Optional[str], config: Optional[dict],
+    def new_config(self, parent: Image | None, diff_id: str | None, config: dict | None,
                    created_by: str = "", comment: str = "", author: str = "") -> bytes:
         """Config JSON for a child of ``parent`` (or a base image) with one more history step and maybe a layer."""
         if parent is not None:
@@ -752,16 +753,16 @@ class ImageStore:
         base.setdefault("history", []).append(step)
         return canonical_json(base)
 
-    def add_layer_stream(self, fileobj: IO[bytes], parent_chain: Optional[str],
-                         pins: Optional[List[str]] = None) -> Layer:
+    def add_layer_stream(self, fileobj: IO[bytes], parent_chain: str | None,
+                         pins: builtins.list[str] | None = None) -> Layer:
         """``add_layer`` for a layer that arrives as a stream (request bodies)."""
         with self.workdir() as work:
             path = os.path.join(work, "layer")
             digest = archive.copy_hashing(fileobj, path)
             return self.add_layer(path, parent_chain, pins=pins, blob_digest=digest, blob_verified=True)
 
-    def import_tar(self, fileobj: IO[bytes], repo_tag: Optional[str] = None,
-                   changes: Optional[Sequence[str]] = None, message: str = "") -> str:
+    def import_tar(self, fileobj: IO[bytes], repo_tag: str | None = None,
+                   changes: Sequence[str] | None = None, message: str = "") -> str:
         """``docker import``: a root filesystem tar (plain, gzip, zstd) -> a one-layer image; returns its ID."""
         from runtime.images.dockerfile import apply_changes
 
@@ -772,8 +773,8 @@ class ImageStore:
             data = self.new_config(None, layer.diff_id, config, comment=message or "Imported from -")
             return self.register(data, tags=[tag] if tag else []).id
 
-    def commit(self, upper_dir: Optional[str], parent: Optional[Image], config_changes: Optional[dict],
-               repo_tag: Optional[str] = None, *, created_by: str = "", comment: str = "",
+    def commit(self, upper_dir: str | None, parent: Image | None, config_changes: dict | None,
+               repo_tag: str | None = None, *, created_by: str = "", comment: str = "",
                author: str = "") -> Image:
         """A child image of ``parent``: one layer made from an overlay upper dir (None: config-only step).
 
@@ -795,25 +796,25 @@ class ImageStore:
 
     # --- registries (runtime.images.registry) ------------------------------------------------------------------
 
-    def registry_options(self) -> "RegistryOptions":
+    def registry_options(self) -> RegistryOptions:
         from runtime.images.registry import RegistryOptions
         return RegistryOptions(self.insecure_registries, self.certs_dirs)
 
-    def pull(self, image: str, tag: Optional[str] = None, auth: Union[dict, str, None] = None,
-             platform: Optional[str] = None) -> Iterator[dict]:
+    def pull(self, image: str, tag: str | None = None, auth: dict | str | None = None,
+             platform: str | None = None) -> Iterator[dict]:
         """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull).
 
         ``auth`` is a credentials dict or the raw ``X-Registry-Auth`` header."""
         from runtime.images import registry
         return registry.pull(self, image, tag, registry.as_auth(auth), platform, self.registry_options())
 
-    def push(self, image: str, tag: Optional[str] = None, auth: Union[dict, str, None] = None) -> Iterator[dict]:
+    def push(self, image: str, tag: str | None = None, auth: dict | str | None = None) -> Iterator[dict]:
         """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
         from runtime.images import registry
         return registry.push(self, image, tag, registry.as_auth(auth), self.registry_options())
 
-    def build(self, engine: object, body: IO[bytes], query: Dict[str, List[str]],
-              registry_config: Optional[str] = None) -> Iterator[dict]:
+    def build(self, engine: object, body: IO[bytes], query: dict[str, builtins.list[str]],
+              registry_config: str | None = None) -> Iterator[dict]:
         """``POST /build`` (classic builder): the JSON stream, errors in-band; RUN steps run on ``engine``."""
         from runtime.images.builder import build_request
         return build_request(self, engine, body, query, registry_config)
@@ -827,11 +828,11 @@ class ImageStore:
 
     def save(self, refs: Sequence[str]) -> Iterator[bytes]:
         """``GET /images/get``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""
-        entries: List[Tuple[Image, List[Reference]]] = []
+        entries: list[tuple[Image, list[Reference]]] = []
         with self.lock:
             for text in refs:
                 image_id, parsed = self._lookup(text)
-                names: List[Reference] = []
+                names: list[Reference] = []
                 if parsed is not None and not text.startswith("sha256:"):
                     bare = reference.parse(text, default_tag=False)
                     if bare.tag is None and bare.digest is None:
@@ -847,7 +848,7 @@ class ImageStore:
                     entries.append((self._image(image_id), names))
         return self._save_stream(entries)
 
-    def _save_stream(self, entries: List[Tuple[Image, List[Reference]]]) -> Iterator[bytes]:
+    def _save_stream(self, entries: builtins.list[tuple[Image, builtins.list[Reference]]]) -> Iterator[bytes]:
         ts = archive.TarStream()
         written = set()
         yield ts.add_dir("blobs")
@@ -897,7 +898,7 @@ class ImageStore:
             yield ts.add_bytes("repositories", json.dumps(repositories).encode())
         yield ts.close()
 
-    def load(self, fileobj: IO[bytes], progress: Optional[ProgressFn] = None) -> List[str]:
+    def load(self, fileobj: IO[bytes], progress: ProgressFn | None = None) -> builtins.list[str]:
         """``POST /images/load`` of a ``docker save`` or OCI layout archive (plain or compressed).
 
         Returns what was loaded: familiar tags, or image IDs for untagged images (``Loaded image ID: ...``).
@@ -910,7 +911,7 @@ class ImageStore:
                 plan = _plan_oci(files, digests)
             else:
                 raise InvalidParameter("invalid archive: neither manifest.json nor index.json found")
-            loaded: List[str] = []
+            loaded: list[str] = []
             for config_path, layer_paths, tags, layer_digests in plan:
                 with open(config_path, "rb") as f:
                     config_bytes = f.read()
@@ -923,7 +924,7 @@ class ImageStore:
                     if progress is not None:
                         progress({"status": "Loading layer", "progressDetail": {}, "id": diff_id[7:19]})
                     if expected is not None and digests[path] != expected:
-                        raise InvalidParameter("invalid archive: blob %s does not match its digest" % expected)
+                        raise InvalidParameter(f"invalid archive: blob {expected} does not match its digest")
                     parent = self.add_layer(path, parent, diff_id=diff_id, blob_digest=digests[path], pins=pins,
                                             blob_verified=True).chain_id
                 image = self.register(config_bytes, tags=tags)
@@ -931,19 +932,19 @@ class ImageStore:
             return loaded
 
 
-def _short(container: Union[str, bool]) -> str:
+def _short(container: str | bool) -> str:
     return container[:12] if isinstance(container, str) else "(unknown)"
 
 
-def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict[str, str]]:
+def _unpack_archive(fileobj: IO[bytes], work: str) -> tuple[dict[str, str], dict[str, str]]:
     """Save an image archive's regular files as work/<n>: (archive name -> file path, file path -> sha256 digest).
 
     Archives are streamed (no seeking); symlinks (old ``docker save`` deduplicates layers with them) are resolved
     by name inside the archive only, and anything other than files, dirs and symlinks is refused.
     """
-    files: Dict[str, str] = {}
-    digests: Dict[str, str] = {}
-    links: Dict[str, str] = {}
+    files: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    links: dict[str, str] = {}
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=archive._GuardedTarInfo,
                           bufsize=archive.COPY_CHUNK) as tar:
@@ -956,29 +957,29 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict
                     links[name] = "/".join(archive._clean_name(target, "archive symlink"))
                     continue
                 if not m.isreg():
-                    raise archive.LayerRefused("invalid archive: unexpected entry %r" % m.name)
+                    raise archive.LayerRefused(f"invalid archive: unexpected entry {m.name!r}")
                 path = os.path.join(work, "f%d" % n)
                 src = tar.extractfile(m)
                 assert src is not None
                 digests[path] = archive.copy_hashing(src, path)
                 files[name] = path
     except tarfile.TarError as exc:
-        raise InvalidParameter("invalid archive: %s" % exc) from None
+        raise InvalidParameter(f"invalid archive: {exc}") from None
     archive.drain(fileobj)
     for name, target in links.items():
         for _ in range(8):
             if target in links:
                 target = links[target]
         if target not in files:
-            raise InvalidParameter("invalid archive: link %r points to a missing file" % name)
+            raise InvalidParameter(f"invalid archive: link {name!r} points to a missing file")
         files[name] = files[target]
     return files, digests
 
 
-def _archive_file(files: Dict[str, str], name: str) -> str:
+def _archive_file(files: dict[str, str], name: str) -> str:
     path = files.get("/".join(archive._clean_name(name, "archive")))
     if path is None:
-        raise InvalidParameter("invalid archive: %s is missing" % name)
+        raise InvalidParameter(f"invalid archive: {name} is missing")
     return path
 
 
@@ -987,13 +988,13 @@ def _read_json(path: str) -> object:
         with open(path, "rb") as f:
             return json.load(f)
     except ValueError as exc:
-        raise InvalidParameter("invalid archive: %s" % exc) from None
+        raise InvalidParameter(f"invalid archive: {exc}") from None
 
 
-LoadPlan = List[Tuple[str, List[str], List[Reference], List[Optional[str]]]]
+LoadPlan = list[tuple[str, list[str], list[Reference], list[Optional[str]]]]
 
 
-def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
+def _plan_docker_save(files: dict[str, str]) -> LoadPlan:
     """docker save's manifest.json -> (config file, layer files, tags, expected blob digests)."""
     plan: LoadPlan = []
     entries = _read_json(files["manifest.json"])
@@ -1001,7 +1002,7 @@ def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
         raise InvalidParameter("invalid archive: manifest.json is not a list")
     for entry in entries:
         layers = [_archive_file(files, name) for name in entry.get("Layers") or []]
-        digests: List[Optional[str]] = []
+        digests: list[str | None] = []
         for name in entry.get("Layers") or []:
             parts = name.split("/")
             digests.append("sha256:" + parts[2] if len(parts) == 3 and parts[:2] == ["blobs", "sha256"] else None)
@@ -1010,7 +1011,7 @@ def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
     return plan
 
 
-def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
+def _plan_oci(files: dict[str, str], digests: dict[str, str]) -> LoadPlan:
     """An OCI image layout (index.json, nested indexes allowed) -> load plan for the host's platform."""
     plan: LoadPlan = []
     host = host_platform()
@@ -1018,10 +1019,10 @@ def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
     def blob(digest: str) -> str:
         path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
         if digests[path] != digest:
-            raise InvalidParameter("invalid archive: blob %s does not match its digest" % digest)
+            raise InvalidParameter(f"invalid archive: blob {digest} does not match its digest")
         return path
 
-    def walk(index: dict, name: Optional[str]) -> None:
+    def walk(index: dict, name: str | None) -> None:
         for desc in index.get("manifests") or []:
             annotations = desc.get("annotations") or {}
             ref_name = annotations.get("io.containerd.image.name") or name

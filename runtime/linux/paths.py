@@ -30,7 +30,7 @@ def secure_join(root: str, path: str) -> str:
             continue
         followed += 1
         if followed > MAX_SYMLINKS:
-            raise OSError(40, "too many levels of symbolic links: %s" % path)
+            raise OSError(40, f"too many levels of symbolic links: {path}")
         if target.startswith("/"):
             resolved = []
         parts = [p for p in target.split("/") if p not in ("", ".")] + parts
