@@ -59,8 +59,7 @@ def measure(label: str, runs: int, once: Callable[[int], None]) -> dict[str, flo
     times.sort()
     result = {"median_ms": statistics.median(times), "p90_ms": times[int(len(times) * 0.9) - 1],
               "min_ms": times[0]}
-    print("%-44s median %7.1f ms   p90 %7.1f ms   min %7.1f ms" % (label, result["median_ms"], result["p90_ms"],
-                                                                   result["min_ms"]), flush=True)
+    print(f'{label:<44} median {result["median_ms"]:7.1f} ms   p90 {result["p90_ms"]:7.1f} ms   min {result["min_ms"]:7.1f} ms', flush=True)
     return result
 
 
@@ -107,7 +106,7 @@ def main() -> int:
             oci_bundle(tool, rootfs, bundle)
 
             def tool_once(i: int, tool: str = tool, bundle: str = bundle) -> None:
-                subprocess.run([tool, "run", "--bundle", bundle, "bench-%d-%d" % (os.getpid(), i)], check=True,
+                subprocess.run([tool, "run", "--bundle", bundle, f"bench-{os.getpid()}-{i}"], check=True,
                                stdin=subprocess.DEVNULL)
 
             results[tool] = measure(f"{tool} run", args.runs, tool_once)

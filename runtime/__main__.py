@@ -58,12 +58,12 @@ def _claim_pidfile(path: str) -> None:
             os.kill(old, 0)
         except OSError as exc:
             if exc.errno == errno.EPERM:
-                raise UsageError("pid file %s names running process %d; is a daemon running?" % (path, old))
+                raise UsageError(f"pid file {path} names running process {old}; is a daemon running?") from None
         else:
-            raise UsageError("pid file %s names running process %d; is a daemon running?" % (path, old))
+            raise UsageError(f"pid file {path} names running process {old}; is a daemon running?")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
-        handle.write("%d\n" % os.getpid())
+        handle.write(f"{os.getpid()}\n")
 
 
 def run_daemon(args: argparse.Namespace) -> int:
@@ -84,8 +84,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         else:
             for kind, host, port in hosts:
                 if kind == "tcp" and not _is_loopback(host):
-                    raise UsageError("refusing to listen on tcp://%s:%d without --tlsverify: anyone reaching it "
-                                     "would be root on this host" % (host, port))
+                    raise UsageError(f"refusing to listen on tcp://{host}:{port} without --tlsverify: anyone reaching it would be root on this host")
     if args.pidfile:
         _claim_pidfile(args.pidfile)
     engine = None
@@ -103,9 +102,9 @@ def run_daemon(args: argparse.Namespace) -> int:
                 else:
                     sock = bind_tcp(host, port)
                     server.add(sock, tls)
-                    listening.append("tcp://%s:%d" % (host, sock.getsockname()[1]))  # port 0 -> the real one
+                    listening.append(f"tcp://{host}:{sock.getsockname()[1]}")  # port 0 -> the real one
             except OSError as exc:
-                raise UsageError("cannot listen on {}: {}".format(host if kind == "unix" else "%s:%d" % (host, port),
+                raise UsageError("cannot listen on {}: {}".format(host if kind == "unix" else f"{host}:{port}",
                                                                exc.strerror or exc)) from None
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -136,7 +136,7 @@ class Body:
     def read_limited(self, limit: int) -> bytes:
         """The whole body, refused with 413 when larger than ``limit``."""
         if not self._chunked and self._remaining > limit:
-            raise HTTPError(413, "request body too large (limit %d bytes)" % limit)
+            raise HTTPError(413, f"request body too large (limit {limit} bytes)")
         parts: list[bytes] = []
         total = 0
         while True:
@@ -145,7 +145,7 @@ class Body:
                 return b"".join(parts)
             total += len(data)
             if total > limit:
-                raise HTTPError(413, "request body too large (limit %d bytes)" % limit)
+                raise HTTPError(413, f"request body too large (limit {limit} bytes)")
             parts.append(data)
 
     def drain(self, limit: int) -> bool:
@@ -414,7 +414,7 @@ class Connection:
                 reason = http.HTTPStatus(status).phrase
             except ValueError:
                 reason = "Status"
-        lines = ["HTTP/1.1 %d %s" % (status, reason)]
+        lines = [f"HTTP/1.1 {status} {reason}"]
         lines.extend("{}: {}".format(*pair) for pair in headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -540,7 +540,7 @@ class _PeerWatch:
                 kind, value = self._items.get(timeout=self.POLL)
             except queue.Empty:
                 if self._peer_gone():
-                    raise ConnectionAbortedError("client hung up")
+                    raise ConnectionAbortedError("client hung up") from None
                 continue
             if kind == "end":
                 return

@@ -93,7 +93,7 @@ def stat_path(root: str, path: str, name: str) -> dict:
     if stat.S_ISLNK(st.st_mode):
         link = "/" + os.path.relpath(secure_join(root, path), root).lstrip("./")
     ns = st.st_mtime_ns
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + ".%09dZ" % (ns % 10 ** 9)
+    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + f".{ns % 10 ** 9:09d}Z"
     return {"name": os.path.basename(path.rstrip("/")) or "/", "size": st.st_size, "mode": _go_mode(st),
             "mtime": mtime, "linkTarget": link}
 
@@ -196,7 +196,7 @@ def put(root: str, path: str, fileobj: Any, name: str, no_overwrite_dir_non_dir:
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r|*")
     except tarfile.TarError as e:
-        raise InvalidParameter(f"invalid tar archive: {e}")
+        raise InvalidParameter(f"invalid tar archive: {e}") from None
     with tar:
         for m in tar:
             parts = _clean_parts(m.name)

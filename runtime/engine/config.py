@@ -190,7 +190,7 @@ def parse_mounts(mounts: list[dict], tmpfs: dict[str, str] | None) -> list[dict]
         opts = ""
         if kind == "tmpfs":
             tmp = m.get("TmpfsOptions") or {}
-            opts = ",".join(filter(None, ["size=%d" % tmp["SizeBytes"] if tmp.get("SizeBytes") else "",
+            opts = ",".join(filter(None, [f'size={tmp["SizeBytes"]}' if tmp.get("SizeBytes") else "",
                                           "mode={:o}".format(tmp["Mode"]) if tmp.get("Mode") else "mode=1777"]))
         nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
         out.append({"Type": kind, "Source": source, "Target": target, "ReadOnly": bool(m.get("ReadOnly")),
@@ -221,7 +221,7 @@ def devices_of(host: dict) -> list[dict]:
         try:
             st = os.stat(source)
         except OSError as e:
-            raise InvalidParameter(f"error gathering device information while adding custom device {source!r}: {e.strerror}")
+            raise InvalidParameter(f"error gathering device information while adding custom device {source!r}: {e.strerror}") from None
         if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise InvalidParameter(f"error gathering device information while adding custom device {source!r}: not a "
                                    "device node")
@@ -240,7 +240,7 @@ def log_size(text: str | None) -> int:
     try:
         return int(float(value.rstrip("kmg")) * scale)
     except ValueError:
-        raise InvalidParameter(f"invalid log size: {text!r}")
+        raise InvalidParameter(f"invalid log size: {text!r}") from None
 
 
 def ulimits_of(items: list[dict]) -> list[tuple[int, int, int]]:

@@ -393,7 +393,7 @@ class Engine:
             try:
                 caps = sorted(syscalls.cap_number(cap) for cap in wanted)
             except ValueError as e:
-                raise InvalidParameter(f"unknown capability: {e}")
+                raise InvalidParameter(f"unknown capability: {e}") from None
         mounts = []
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
@@ -435,15 +435,15 @@ class Engine:
             other = self._get(target)
             if not other.running:
                 raise Conflict(f"cannot join network of a non running container: {other.id}")
-            netns_fd = os.open("/proc/%d/ns/net" % other.state["Pid"], os.O_RDONLY)
+            netns_fd = os.open(f'/proc/{other.state["Pid"]}/ns/net', os.O_RDONLY)
         network = {"host": "host", "container": "join"}.get(kind, "new")
         try:
             cg = cgroups.open_cgroup("machines/" + c.id)
             cg.remove()
-            cg.create(dict(host, DeviceRules=["%(type)s %(major)d:%(minor)d %(perms)s" % d
+            cg.create(dict(host, DeviceRules=[f"{d['type']} {d['major']}:{d['minor']} {d['perms']}"
                                               for d in devices_of(host)]))
         except OSError as e:
-            raise HostError(f"failed to set up the container's cgroup: {e}")
+            raise HostError(f"failed to set up the container's cgroup: {e}") from None
         self._write_etc(c, kind)
         for m in c.data.get("Mounts") or []:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
@@ -492,7 +492,7 @@ class Engine:
                 self.remove(c.id, force=True, volumes=True)
             if isinstance(e, EngineError):
                 raise
-            raise HostError(f"failed to start container: {message}")
+            raise HostError(f"failed to start container: {message}") from None
         with self._lock:
             c.state.update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                             "OOMKilled": False, "Dead": False, "Pid": launch.child, "ExitCode": 0, "Error": "",
@@ -542,7 +542,7 @@ class Engine:
         if kind in ("bridge", "network"):  # none, host and container: modes never register with the manager
             try:
                 self.networks.release(c.id)
-            except Exception:  # noqa: the container is gone either way; a stale veth must not block stop/remove
+            except Exception:  # noqa: BLE001 - the container is gone either way; a stale veth must not block stop/remove
                 pass
         settings = c.data["NetworkSettings"]
         settings["Ports"] = {}
@@ -723,7 +723,7 @@ class Engine:
             thread.join(10)
         try:
             self.networks.close()
-        except Exception:  # noqa: closing is best effort
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass
 
     # --- stop, kill, restart, pause ----------------------------------------------------------------------------
@@ -819,7 +819,7 @@ class Engine:
             try:
                 cgroups.open_cgroup("machines/" + c.id).set_frozen(True)
             except OSError as e:
-                raise HostError(f"cannot pause container {c.id}: {e}")
+                raise HostError(f"cannot pause container {c.id}: {e}") from None
             with self._lock:
                 c.state.update({"Paused": True, "Status": "paused"})
                 self._save(c)
@@ -1061,7 +1061,7 @@ class Engine:
         try:
             connect(c.data["_socket"], {"resize": [int(h), int(w)]}, timeout=2).close()
         except OSError as e:
-            raise HostError(f"cannot resize the container's terminal: {e}")
+            raise HostError(f"cannot resize the container's terminal: {e}") from None
 
     # --- exec ----------------------------------------------------------------------------------------------------
 
@@ -1112,7 +1112,7 @@ class Engine:
             raise Conflict(f"Container {c.id} is not running")
         body = rec["_body"]
         tty = bool(body.get("Tty")) or tty
-        cfg, host = c.data["Config"], c.data["HostConfig"]
+        cfg = c.data["Config"]
         spec = self._spec(c, "join")
         if body.get("Privileged"):
             spec.update({"caps": None, "seccomp": False})
@@ -1226,13 +1226,13 @@ class Engine:
         try:
             out = subprocess.run(["ps"] + args, capture_output=True, text=True, check=True, timeout=10).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise HostError(f"Error running ps: {e}")
+            raise HostError(f"Error running ps: {e}") from None
         lines = out.splitlines()
         titles = lines[0].split()
         try:
             col = titles.index("PID")
         except ValueError:
-            raise InvalidParameter("Couldn't find PID field in ps output")
+            raise InvalidParameter("Couldn't find PID field in ps output") from None
         processes = []
         for line in lines[1:]:
             fields = line.split(None, len(titles) - 1)
@@ -1275,7 +1275,7 @@ class Engine:
     # --- files -------------------------------------------------------------------------------------------------
 
     def _root_for(self, c: Container) -> str | None:
-        return "/proc/%d/root" % c.state["Pid"] if c.running else None
+        return f'/proc/{c.state["Pid"]}/root' if c.running else None
 
     def archive_head(self, ref: str, path: str) -> dict:
         c = self._get(ref)

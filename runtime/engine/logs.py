@@ -37,8 +37,8 @@ def rotated_files(path: str) -> list:
     """Older rotated files first (``<log>.N`` ... ``<log>.1``), then the current one."""
     older = []
     index = 1
-    while os.path.exists("%s.%d" % (path, index)):
-        older.append("%s.%d" % (path, index))
+    while os.path.exists(f"{path}.{index}"):
+        older.append(f"{path}.{index}")
         index += 1
     return list(reversed(older)) + [path]
 

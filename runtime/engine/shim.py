@@ -33,12 +33,12 @@ PARTIAL_LIMIT = 16 * 1024
 
 def rfc3339_nano(ns: int | None = None) -> str:
     ns = time.time_ns() if ns is None else ns
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1000000000)) + ".%09dZ" % (ns % 1000000000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1000000000)) + f".{ns % 1000000000:09d}Z"
 
 
 def write_json(path: str, data: dict) -> None:
     """Atomic replace, so a reader (or a daemon killed mid-write) never sees half a file."""
-    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
@@ -210,9 +210,9 @@ class Shim:
             os.unlink(path)
         else:
             for index in range(keep - 1, 0, -1):
-                source = path if index == 1 else "%s.%d" % (path, index - 1)
+                source = path if index == 1 else f"{path}.{index - 1}"
                 if os.path.exists(source):
-                    os.replace(source, "%s.%d" % (path, index))
+                    os.replace(source, f"{path}.{index}")
         self.log = open(path, "ab", buffering=0)
         self.log_size = 0
 

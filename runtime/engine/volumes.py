@@ -57,7 +57,7 @@ class VolumeStore:
             with open(os.path.join(self._dir(name), "volume.json")) as f:
                 return json.load(f)
         except FileNotFoundError:
-            raise NotFound(f"get {name}: no such volume")
+            raise NotFound(f"get {name}: no such volume") from None
 
     def _shape(self, meta: dict) -> dict:
         return {"Name": meta["Name"], "Driver": "local", "Mountpoint": os.path.join(self._dir(meta["Name"]), "_data"),

@@ -281,14 +281,14 @@ class Builder:
         step = 0
         for ins in head:
             step += 1
-            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            yield _stream(f"Step {step}/{total} : {ins.original}\n")
             for key, default in dockerfile.key_values(ins, global_args):
                 value = self.build_args.get(key)
                 global_args[key] = value if value is not None else default
         stage: _Stage | None = None
         for ins in body:
             step += 1
-            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            yield _stream(f"Step {step}/{total} : {ins.original}\n")
             if ins.cmd == "FROM":
                 stage = yield from self._from(ins, global_args)
                 self.stages.append(stage)
@@ -452,7 +452,7 @@ class Builder:
     def _run(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
         argv = dockerfile.command_args(ins, stage.config)
         used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
-        prefix = "|%d %s " % (len(used_args), " ".join("{}={}".format(*kv) for kv in used_args)) if used_args else ""
+        prefix = f'|{len(used_args)} {" ".join("{}={}".format(*kv) for kv in used_args)} ' if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
         if (yield from self._from_cache(stage, key)):
@@ -471,7 +471,7 @@ class Builder:
                     yield _stream(chunk.decode("utf-8", "replace"))
             code = step.wait()
             if code != 0:
-                raise BuildFailed("The command '%s' returned a non-zero code: %d" % (" ".join(argv), code), code)
+                raise BuildFailed(f'The command \'{" ".join(argv)}\' returned a non-zero code: {code}', code)
             stage.image = self.store.commit(step.upper_dir, stage.image, dict(stage.config), created_by=created_by)
             self._cache_record(key, stage.image)
         finally:

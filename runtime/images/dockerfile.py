@@ -57,10 +57,10 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     """One logical line (continuations already joined) -> Instruction."""
     m = re.match(r"\s*(\S+)\s*(.*)$", line, re.S)
     if not m:
-        raise InvalidParameter("dockerfile parse error line %d: empty instruction" % lineno)
+        raise InvalidParameter(f"dockerfile parse error line {lineno}: empty instruction")
     cmd = m.group(1).upper()
     if cmd not in KNOWN:
-        raise InvalidParameter("dockerfile parse error line %d: unknown instruction: %s" % (lineno, m.group(1)))
+        raise InvalidParameter(f"dockerfile parse error line {lineno}: unknown instruction: {m.group(1)}")
     rest = m.group(2).strip()
     flags, body = _split_flags(cmd, rest)
     if cmd in JSON_FORMS and body.startswith("["):
@@ -78,7 +78,7 @@ def parse(text: str) -> list[Instruction]:
     escape = "\\"
     lines = text.splitlines()
     start = 0
-    for start, line in enumerate(lines):
+    for start, line in enumerate(lines):  # noqa: B007 - after the loop: where the directives end
         m = _DIRECTIVE_RE.match(line.strip())
         if not m:
             break

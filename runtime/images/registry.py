@@ -308,7 +308,7 @@ class Session:
             raise NotFound("manifest for {} not found: {}".format(
                 self.ref.familiar(), _registry_error(data, "manifest unknown")))
         if resp.status != 200:
-            raise HostError("{}: {}".format(path, _registry_error(data, "HTTP %d" % resp.status)))
+            raise HostError("{}: {}".format(path, _registry_error(data, f"HTTP {resp.status}")))
         if len(data) > MAX_MANIFEST:
             raise InvalidParameter("manifest too large")
         digest = store_mod.sha256_bytes(data)
@@ -391,7 +391,7 @@ class _Puller:
         sha, hashed = hashlib.sha256(), 0
         for attempt in range(3):
             have = os.path.getsize(path) if os.path.exists(path) else 0
-            headers = {"Range": "bytes=%d-" % have} if have else {}
+            headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 resp = self.session.request("GET", f"/v2/{self.session.ref.path}/blobs/{digest}", headers)
             except HostError:
@@ -405,7 +405,7 @@ class _Puller:
                     body = resp.read()
                     if resp.status == 404:
                         raise NotFound("blob {} not found: {}".format(digest, _registry_error(body, "blob unknown")))
-                    raise HostError("fetching blob {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+                    raise HostError("fetching blob {}: {}".format(digest, _registry_error(body, f"HTTP {resp.status}")))
                 else:
                     if resp.status == 206:
                         hashed = _hash_file_from(path, sha, hashed)
@@ -530,7 +530,7 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
-        raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
+        raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
     return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
 
 
@@ -576,7 +576,7 @@ def _fetch_small_blob(session: Session, digest: str) -> bytes:
     data = resp.read(MAX_MANIFEST + 1)
     resp.close()
     if resp.status != 200:
-        raise HostError("fetching config {}: {}".format(digest, _registry_error(data, "HTTP %d" % resp.status)))
+        raise HostError("fetching config {}: {}".format(digest, _registry_error(data, f"HTTP {resp.status}")))
     if store_mod.sha256_bytes(data) != digest:
         raise InvalidParameter(f"image config verification failed for digest {digest}")
     return data
@@ -615,7 +615,7 @@ def _gzip_blob(store: ImageStore, layer: store_mod.Layer) -> tuple[str, str, int
         return path, meta["digest"], meta["size"]
     import gzip
     import shutil
-    tmp = path + ".%d.tmp" % threading.get_ident()
+    tmp = path + f".{threading.get_ident()}.tmp"
     with store_mod.archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             shutil.copyfileobj(src, gz, CHUNK)
@@ -642,7 +642,7 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status != 202:
-        raise HostError("starting upload of {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError("starting upload of {}: {}".format(digest, _registry_error(body, f"HTTP {resp.status}")))
     location = urllib.parse.urljoin(session.base + "/", resp.header("Location"))
     location += ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
     reader = _ProgressReader(path, report)
@@ -654,7 +654,7 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status not in (201, 204):
-        raise HostError("uploading {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError("uploading {}: {}".format(digest, _registry_error(body, f"HTTP {resp.status}")))
     return False
 
 
@@ -732,10 +732,10 @@ def _push_one(store: ImageStore, ref: Reference, img: store_mod.Image, auth: dic
     body = resp.read()
     resp.close()
     if resp.status not in (201, 202):
-        raise HostError("pushing manifest: {}".format(_registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError("pushing manifest: {}".format(_registry_error(body, f"HTTP {resp.status}")))
     digest = store_mod.sha256_bytes(manifest)
     store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
-    yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
+    yield {"status": f"{ref.tag}: digest: {digest} size: {len(manifest)}"}
     yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
 
 
@@ -766,8 +766,7 @@ def login(auth: dict, options: RegistryOptions | None = None) -> dict:
         resp.read()
         resp.close()
         if resp.status != 200:
-            raise Unauthorized("login attempt to %s failed with status: %d %s"
-                               % (url, resp.status, http.client.responses.get(resp.status, "")))
+            raise Unauthorized(f'login attempt to {url} failed with status: {resp.status} {http.client.responses.get(resp.status, "")}')
     elif resp.status != 200:
-        raise HostError("login attempt to %s failed with status: %d" % (url, resp.status))
+        raise HostError(f"login attempt to {url} failed with status: {resp.status}")
     return {"Status": "Login Succeeded", "IdentityToken": ""}

@@ -917,8 +917,7 @@ class ImageStore:
                     config_bytes = f.read()
                 diff_ids = (json.loads(config_bytes).get("rootfs") or {}).get("diff_ids") or []
                 if len(diff_ids) != len(layer_paths):
-                    raise InvalidParameter("invalid archive: %d layers for %d diff IDs"
-                                           % (len(layer_paths), len(diff_ids)))
+                    raise InvalidParameter(f"invalid archive: {len(layer_paths)} layers for {len(diff_ids)} diff IDs")
                 parent = None
                 for path, diff_id, expected in zip(layer_paths, diff_ids, layer_digests):
                     if progress is not None:
@@ -958,7 +957,7 @@ def _unpack_archive(fileobj: IO[bytes], work: str) -> tuple[dict[str, str], dict
                     continue
                 if not m.isreg():
                     raise archive.LayerRefused(f"invalid archive: unexpected entry {m.name!r}")
-                path = os.path.join(work, "f%d" % n)
+                path = os.path.join(work, f"f{n}")
                 src = tar.extractfile(m)
                 assert src is not None
                 digests[path] = archive.copy_hashing(src, path)

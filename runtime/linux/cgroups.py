@@ -295,7 +295,7 @@ class CgroupV2(Cgroup):
             _write(os.path.join(self.dir, "cpu.weight"), str(max(1, min(10000, 1 + ((shares - 2) * 9999) // 262142))))
         period, quota = cpu_quota(resources)
         if quota > 0:
-            _write(os.path.join(self.dir, "cpu.max"), "%d %d" % (quota, period))
+            _write(os.path.join(self.dir, "cpu.max"), f"{quota} {period}")
         if (resources.get("PidsLimit") or 0) > 0:
             _write(os.path.join(self.dir, "pids.max"), str(resources["PidsLimit"]))
 

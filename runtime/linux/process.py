@@ -89,7 +89,7 @@ def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
              "newinstance,ptmxmode=0666,mode=0620,gid=5")
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     sc.mount("shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-             "mode=1777,size=%d" % shm_size)
+             f"mode=1777,size={shm_size}")
     try:
         sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     except OSError:
@@ -116,7 +116,7 @@ def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool
 
 def _copy_up(source: str, rootfs: str, target: str) -> None:
     """A new named volume starts with the image's content at its mount point, as with Docker."""
-    import shutil  # noqa: imported before pivot_root, so the host library is still reachable
+    import shutil  # here, before pivot_root, so the host library is still reachable
     image_dir = secure_join(rootfs, target)
     if os.path.isdir(image_dir) and not os.listdir(source):
         shutil.copytree(image_dir, source, symlinks=True, dirs_exist_ok=True)
@@ -262,7 +262,7 @@ def become_user(spec: dict) -> list[str]:
     try:
         os.chdir(cwd)
     except OSError as e:
-        raise StartError(f"chdir to cwd ({cwd!r}) set in config.json failed: {e.strerror}", 126)
+        raise StartError(f"chdir to cwd ({cwd!r}) set in config.json failed: {e.strerror}", 126) from None
     return env
 
 
@@ -275,12 +275,12 @@ def exec_command(args: list[str], env: list[str]) -> NoReturn:
         os.execvpe(program, args, environ)
     except FileNotFoundError:
         if "/" in program:
-            raise StartError(f'exec: "{program}": stat {program}: no such file or directory', 127)
-        raise StartError(f'exec: "{program}": executable file not found in $PATH', 127)
+            raise StartError(f'exec: "{program}": stat {program}: no such file or directory', 127) from None
+        raise StartError(f'exec: "{program}": executable file not found in $PATH', 127) from None
     except PermissionError:
-        raise StartError(f'exec: "{program}": permission denied', 126)
+        raise StartError(f'exec: "{program}": permission denied', 126) from None
     except OSError as e:
-        raise StartError(f'exec: "{program}": {e.strerror}', 126)
+        raise StartError(f'exec: "{program}": {e.strerror}', 126) from None
     raise AssertionError("unreachable")
 
 
@@ -338,7 +338,7 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
     except StartError as e:
         report(report_fd, "err", str(e))
         os._exit(e.code)
-    except BaseException as e:  # noqa: anything else must still reach the daemon as a message
+    except BaseException as e:  # noqa: BLE001 - anything else must still reach the daemon as a message
         report(report_fd, "err", f"{type(e).__name__}: {e}")
         os._exit(126)
 
@@ -377,7 +377,7 @@ def container_child(spec: dict, stdio: tuple[int, int, int] | None, report_fd: i
     except StartError as e:
         report(report_fd, "err", str(e))
         os._exit(e.code)
-    except BaseException as e:  # noqa: report whatever broke the setup
+    except BaseException as e:  # noqa: BLE001 - report whatever broke the setup
         report(report_fd, "err", f"OCI runtime create failed: {e}")
         os._exit(127)
     start_command(spec, report_fd)
@@ -388,10 +388,10 @@ def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
-        fds = [(os.open("/proc/%d/ns/%s" % (pid, ns), os.O_RDONLY), flag) for ns, flag in (
+        fds = [(os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY), flag) for ns, flag in (
             ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
             ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]
-        root = os.open("/proc/%d/root" % pid, os.O_RDONLY | os.O_DIRECTORY)
+        root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
         open_cgroup(spec["cgroup"]).join(0)
         for fd, flag in fds:
             sc.setns(fd, flag)
@@ -413,6 +413,6 @@ def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report
         os.close(report_fd)
         _, status = os.waitpid(child, 0)
         os._exit(exit_code(status))
-    except BaseException as e:  # noqa: report whatever broke the join
+    except BaseException as e:  # noqa: BLE001 - report whatever broke the join
         report(report_fd, "err", f"OCI runtime exec failed: {e}")
         os._exit(126)

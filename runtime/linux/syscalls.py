@@ -99,7 +99,7 @@ def sethostname(name: str) -> None:
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl %d" % option)
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl {option}")
 
 
 def set_process_name(name: str) -> None:
@@ -170,7 +170,7 @@ def limit_capabilities(keep: set) -> None:
     top = last_cap()
     for cap in range(top + 1):
         if cap not in keep:
-            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability %d" % cap)
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
     mask = sum(1 << cap for cap in keep if cap <= top)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()

@@ -126,8 +126,7 @@ class NetworkManager:
                 return net
         matches = [net for net_id, net in networks.items() if ref and net_id.startswith(ref)]
         if len(matches) > 1:
-            raise InvalidParameter("network %s is ambiguous (%d matches found based on ID prefix)"
-                                   % (ref, len(matches)))
+            raise InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
         if not matches:
             raise NotFound(f"network {ref} not found")
         return matches[0]
@@ -205,7 +204,7 @@ class NetworkManager:
             for cid, ep in self._members(net["Id"]).items():
                 shown["Containers"][cid] = {
                     "Name": ep["Name"], "EndpointID": ep["EndpointID"], "MacAddress": ep["MacAddress"],
-                    "IPv4Address": "%s/%d" % (ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
+                    "IPv4Address": f'{ep["IPAddress"]}/{ep["IPPrefixLen"]}' if ep["IPAddress"] else "",
                     "IPv6Address": "",
                 }
         return copy.deepcopy(shown)
@@ -316,7 +315,7 @@ class NetworkManager:
             address = ipam.allocate(pool, used, net.get("_last"))
             net["_last"] = address
         taken_ifaces = {e["Interface"] for e in current.values()}
-        interface = next("eth%d" % n for n in range(len(taken_ifaces) + 1) if "eth%d" % n not in taken_ifaces)
+        interface = next(f"eth{n}" for n in range(len(taken_ifaces) + 1) if f"eth{n}" not in taken_ifaces)
         route = not net["Internal"] and not any(e["DefaultRoute"] for e in current.values())
         ep.update(IPAddress=address, IPPrefixLen=subnet.prefixlen, Gateway=config["Gateway"],
                   MacAddress=ipam.mac_for(address), HostVeth="veth" + ep["EndpointID"][:7], Interface=interface,
@@ -512,7 +511,7 @@ class NetworkManager:
                 return PortProxy(bind_socket(proto, host_ip, port), proto, container_ip, container_port)
             except OSError as exc:
                 error = exc
-        ports = str(candidates[0]) if len(candidates) == 1 else "%d-%d" % (candidates[0], candidates[-1])
+        ports = str(candidates[0]) if len(candidates) == 1 else f"{candidates[0]}-{candidates[-1]}"
         shown = f"{host_ip}:{ports}"
         if error is not None and error.errno == 98:
             raise HostError(f"Bind for {shown} failed: port is already allocated")
@@ -626,7 +625,7 @@ def _port_key(key: str) -> str:
         raise NotSupported(f"publishing {proto} ports is not supported: {key}")
     if not number.isdigit() or not 0 < int(number) < 65536:
         raise InvalidParameter(f"invalid port specification: {key}")
-    return "%d/%s" % (int(number), proto)
+    return f"{int(number)}/{proto}"
 
 
 def _host_ports(text: str) -> list[int]:

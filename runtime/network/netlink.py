@@ -98,13 +98,13 @@ class RtNetlink:
         return True
 
     def set_up(self, index: int) -> None:
-        self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), "bring up link %d" % index)
+        self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), f"bring up link {index}")
 
     def add_address(self, index: int, address: str, prefix: int) -> None:
         packed = ipaddress.IPv4Address(address).packed
         body = struct.pack("BBBBI", socket.AF_INET, prefix, 0, RT_SCOPE_UNIVERSE, index) + \
             _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "add address %s/%d" % (address, prefix))
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefix}")
 
     def default_route(self, gateway: str, index: int) -> None:
         """Adds, or replaces, the default route through ``gateway`` on link ``index``."""

@@ -93,8 +93,7 @@ class Daemon:
         result = subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout,
                                 env=env or self.env())
         if check and result.returncode != 0:
-            raise AssertionError("docker %s failed (%d): %s" % (" ".join(args), result.returncode,
-                                                                 result.stderr.decode(errors="replace")))
+            raise AssertionError(f'docker {" ".join(args)} failed ({result.returncode}): {result.stderr.decode(errors="replace")}')
         return result
 
     def out(self, *args: str, **kwargs) -> str:
@@ -139,10 +138,10 @@ def free_subnet(second_octet: int) -> str:
     parallel workers (and the other areas' bridges) do not collide."""
     routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
     for attempt in range(250):
-        candidate = "10.%d.%d." % (second_octet, (os.getpid() + attempt) % 250)
+        candidate = f"10.{second_octet}.{(os.getpid() + attempt) % 250}."
         if candidate not in routes:
             return candidate + "0/24"
-    raise RuntimeError("no free 10.%d.N.0/24 subnet" % second_octet)
+    raise RuntimeError(f"no free 10.{second_octet}.N.0/24 subnet")
 
 
 def _link_exists(name: str) -> bool:
@@ -155,7 +154,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
     pki = make_pki(root / "pki")
     socket_path = root / "docker.sock"
     pid = os.getpid()
-    bridge = "apib%d" % (pid % 100000)
+    bridge = f"apib{pid % 100000}"
     subnet = free_subnet(198)
     process = start_daemon(root, [
         "--host", f"unix://{socket_path}", "--host", "tcp://127.0.0.1:0", "--tlsverify",

@@ -69,7 +69,7 @@ def cleanup_engine(engine: Engine) -> None:
 
 
 def make_roots() -> tuple:
-    base = tempfile.mkdtemp(prefix="me-%d-" % os.getpid(), dir="/tmp")
+    base = tempfile.mkdtemp(prefix=f"me-{os.getpid()}-", dir="/tmp")
     return base, os.path.join(base, "data"), os.path.join(base, "run")
 
 
@@ -77,8 +77,8 @@ def make_roots() -> tuple:
 def engine(busybox_tar: bytes) -> Iterator[Engine]:
     base, data, run = make_roots()
     pid = os.getpid()
-    eng = Engine(data, run, bridge_name="meng%d" % (pid % 100000),
-                 bridge_subnet="10.199.%d.0/24" % (pid % 250))
+    eng = Engine(data, run, bridge_name=f"meng{pid % 100000}",
+                 bridge_subnet=f"10.199.{pid % 250}.0/24")
     eng.images.import_tar(io.BytesIO(busybox_tar), repo_tag="busybox:latest")
     try:
         yield eng

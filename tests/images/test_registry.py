@@ -60,7 +60,7 @@ def test_push_remove_pull_round_trip(store, registry, busybox_tar, tmp_path):
     assert statuses.count("Pushed") == 2 and "Preparing" in statuses
     aux = pushed[-1]["aux"]
     assert aux["Tag"] == "v1" and aux["Digest"].startswith("sha256:") and aux["Size"] > 0
-    assert statuses[-2] == "v1: digest: %s size: %d" % (aux["Digest"], aux["Size"])
+    assert statuses[-2] == f'v1: digest: {aux["Digest"]} size: {aux["Size"]}'
     again = [m.get("status") for m in store.push(tag)]
     assert again.count("Layer already exists") == 2
 
