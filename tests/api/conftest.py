@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support import busybox
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
 COMPOSE = "/usr/bin/docker-compose"
@@ -185,9 +187,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
 @pytest.fixture(scope="session")
 def image(daemon: Daemon) -> str:
     """A busybox image made by ``docker import`` of a busybox-static root filesystem."""
-    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True, check=True)
     name = "apitest/busybox:latest"
-    daemon.out("import", "-", name, input=rootfs.stdout)
+    daemon.out("import", "-", name, input=busybox.rootfs())
     return name
 
 

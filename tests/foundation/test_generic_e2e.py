@@ -24,7 +24,6 @@ from drivers.nshost import Bridge, IsolatedHost
 from machines import Machines, transfer
 from machines.machine import Machine
 from machines.ssh import CommandError
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
 
 from .fakes import NsHostDriver
