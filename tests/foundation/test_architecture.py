@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 
