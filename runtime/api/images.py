@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List
+from typing import Callable
 
 from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, Stream, json_response, json_stream
+from runtime.engine import Engine
 from runtime.errors import EngineError, InvalidParameter, NotSupported
 from runtime.images.dockerfile import apply_changes
 from runtime.images.registry import decode_auth
 
 
-def in_use(engine: Any) -> Callable[[str], bool]:
+def in_use(engine: Engine) -> Callable[[str], bool]:
     """Whether a container (running or not) uses an image id: such images need force to be removed."""
     used = {item.get("ImageID") for item in engine.list_containers(all=True)}
     return lambda image_id: image_id in used
 
 
 @route("GET", "/images/json", "List images (all, filters)")
-def list_images(engine: Any, request: Request) -> Response:
+def list_images(engine: Engine, request: Request) -> Response:
     images = engine.images.list(all=request.flag("all"), filters=filters_arg(request))
     if not request.version_at_least("1.43"):  # before 1.43 dockerd wrote placeholders (and null) for no names
         for summary in images:
@@ -31,12 +32,12 @@ def list_images(engine: Any, request: Request) -> Response:
 
 
 @route("POST", "/images/prune", "Remove unused images (dangling only unless filters say otherwise)")
-def prune(engine: Any, request: Request) -> Response:
+def prune(engine: Engine, request: Request) -> Response:
     return json_response(engine.images.prune(filters_arg(request), in_use(engine)))
 
 
 @route("POST", "/images/load", "Load a docker save or OCI archive")
-def load(engine: Any, request: Request) -> Stream:
+def load(engine: Engine, request: Request) -> Stream:
     """As dockerd: a refused archive is the stream's error message (status 200), not an HTTP error."""
     try:
         names = engine.image_service.load(request.body)
@@ -49,7 +50,7 @@ def load(engine: Any, request: Request) -> Stream:
     return json_stream(messages)
 
 
-def _save(engine: Any, refs: List[str]) -> Stream:
+def _save(engine: Engine, refs: list[str]) -> Stream:
     if not refs:
         raise InvalidParameter("no image names given")
     for ref in refs:
@@ -58,16 +59,16 @@ def _save(engine: Any, refs: List[str]) -> Stream:
 
 
 @route("GET", "/images/get", "docker save of several images")
-def save_many(engine: Any, request: Request) -> Stream:
+def save_many(engine: Engine, request: Request) -> Stream:
     return _save(engine, request.args("names"))
 
 
 def _repo_tag(repo: str, tag: str) -> str:
-    return "%s:%s" % (repo, tag) if repo and tag else repo
+    return f"{repo}:{tag}" if repo and tag else repo
 
 
 @route("POST", "/images/create", "Import a rootfs tar (fromSrc=-) or pull (fromImage)")
-def create(engine: Any, request: Request) -> Stream:
+def create(engine: Engine, request: Request) -> Stream:
     source = request.arg("fromSrc")
     if source == "-":
         image_id = engine.images.import_tar(request.body, repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
@@ -85,33 +86,33 @@ def create(engine: Any, request: Request) -> Stream:
 
 
 @route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0): tar context in, JSON stream out")
-def build(engine: Any, request: Request) -> Stream:
+def build(engine: Engine, request: Request) -> Stream:
     return json_stream(engine.image_service.build(engine, request.body, request.query,
                                                   request.headers.get("X-Registry-Config") or None))
 
 
 @route("POST", "/build/prune", "Build cache prune: the classic builder's cache is images, pruned with them")
-def build_prune(engine: Any, request: Request) -> Response:
+def build_prune(engine: Engine, request: Request) -> Response:
     return json_response({"CachesDeleted": [], "SpaceReclaimed": 0})
 
 
 @route("GET", "/images/{name:.*}/json", "Inspect an image")
-def inspect(engine: Any, request: Request, name: str) -> Response:
+def inspect(engine: Engine, request: Request, name: str) -> Response:
     return json_response(engine.images.inspect(name))
 
 
 @route("GET", "/images/{name:.*}/history", "Image history")
-def history(engine: Any, request: Request, name: str) -> Response:
+def history(engine: Engine, request: Request, name: str) -> Response:
     return json_response(engine.images.history(name))
 
 
 @route("GET", "/images/{name:.*}/get", "docker save of one image")
-def save_one(engine: Any, request: Request, name: str) -> Stream:
+def save_one(engine: Engine, request: Request, name: str) -> Stream:
     return _save(engine, [name])
 
 
 @route("POST", "/images/{name:.*}/tag", "Tag an image (201)")
-def tag(engine: Any, request: Request, name: str) -> Response:
+def tag(engine: Engine, request: Request, name: str) -> Response:
     repo = request.arg("repo")
     if not repo:
         raise InvalidParameter("repository name must have at least one component")
@@ -120,13 +121,13 @@ def tag(engine: Any, request: Request, name: str) -> Response:
 
 
 @route("POST", "/images/{name:.*}/push", "Push to a registry (JSON progress stream)")
-def push(engine: Any, request: Request, name: str) -> Stream:
+def push(engine: Engine, request: Request, name: str) -> Stream:
     return json_stream(engine.image_service.push(name, request.arg("tag") or None,
                                                  auth=request.headers.get("X-Registry-Auth") or None), prime=1)
 
 
 @route("GET", "/distribution/{name:.*}/json", "Manifest descriptor and platforms, asked of the registry")
-def distribution(engine: Any, request: Request, name: str) -> Response:
+def distribution(engine: Engine, request: Request, name: str) -> Response:
     try:  # as moby: credentials that do not decode are ignored, not an error
         auth = decode_auth(request.headers.get("X-Registry-Auth"))
     except InvalidParameter:
@@ -135,7 +136,7 @@ def distribution(engine: Any, request: Request, name: str) -> Response:
 
 
 @route("DELETE", "/images/{name:.*}", "Remove an image (force, noprune)")
-def remove(engine: Any, request: Request, name: str) -> Response:
+def remove(engine: Engine, request: Request, name: str) -> Response:
     return json_response(engine.images.remove(name, force=request.flag("force"), noprune=request.flag("noprune"),
                                               in_use=in_use(engine)))
 
@@ -175,7 +176,7 @@ def _merge(user: dict, container: dict) -> dict:
 
 
 @route("POST", "/commit", "docker commit: a new image from a container's filesystem changes (201)")
-def commit(engine: Any, request: Request) -> Response:
+def commit(engine: Engine, request: Request) -> Response:
     """As dockerd: the request's config (the container's when the body is empty or null) with the changes applied,
     merged with the container's config; a running container is paused while its layer is written unless
     ``pause=false``, with pause, commit and unpause events."""
@@ -185,7 +186,7 @@ def commit(engine: Any, request: Request) -> Response:
     container = engine.inspect_container(ref)
     body = request.json(required=False)
     if body is not None and not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: expected an object, got %s" % type(body).__name__)
+        raise InvalidParameter(f"invalid JSON: expected an object, got {type(body).__name__}")
     current = {key: value for key, value in (container.get("Config") or {}).items()
                if key in _COMMITTED and value is not None}
     if body is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import docker
 import pytest
@@ -29,7 +29,7 @@ def _running(daemon: Daemon, image: str, name: str) -> str:
     return container
 
 
-def _actions(daemon: Daemon, name: str, since: str) -> List[str]:
+def _actions(daemon: Daemon, name: str, since: str) -> list[str]:
     until = str(int(time.time()) + 1)
     out = daemon.out("events", "--since", since, "--until", until, "--filter", "container=" + name,
                      "--format", "{{.Action}}")

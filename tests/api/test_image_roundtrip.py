@@ -11,8 +11,8 @@ import os
 import re
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import pytest
@@ -37,7 +37,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 def _built(daemon: Daemon, image: str, tmp_path: Path, tag: str, text: str) -> str:
-    (tmp_path / "Dockerfile").write_text("FROM %s\nRUN echo %s > /marker\n" % (image, text))
+    (tmp_path / "Dockerfile").write_text(f"FROM {image}\nRUN echo {text} > /marker\n")
     daemon.out("build", "-q", "-t", tag, str(tmp_path), timeout=120)
     return daemon.out("image", "inspect", "-f", "{{.Id}}", tag).strip()
 
@@ -55,9 +55,9 @@ def test_save_streamed_into_load_in_any_chunking(daemon: Daemon, client: docker.
                                                  tmp_path: Path) -> None:
     tag = "roundtrip/app:" + TAG
     image_id = _built(daemon, image, tmp_path, tag, "saved")
-    piped = subprocess.run(["bash", "-c", "%s save %s | %s load" % (DOCKER, tag, DOCKER)], capture_output=True,
+    piped = subprocess.run(["bash", "-c", f"{DOCKER} save {tag} | {DOCKER} load"], capture_output=True,
                            env=daemon.env(), timeout=120)
-    assert piped.returncode == 0 and piped.stdout.decode() == "Loaded image: %s\n" % tag, piped.stderr
+    assert piped.returncode == 0 and piped.stdout.decode() == f"Loaded image: {tag}\n", piped.stderr
     data = b"".join(client.images.get(tag).save(chunk_size=4093, named=True))
     for sizes in ([1] * 3000 + [len(data)], [1, 3, 511, 513, 1023, 65537], [7, 1 << 20]):
         daemon.out("rmi", tag)
@@ -68,7 +68,7 @@ def test_save_streamed_into_load_in_any_chunking(daemon: Daemon, client: docker.
     untagged = b"".join(client.api.get_image(image_id))
     daemon.out("rmi", tag)
     loaded = client.api.load_image(untagged)
-    assert [m.get("stream") for m in loaded] == ["Loaded image ID: %s\n" % image_id]
+    assert [m.get("stream") for m in loaded] == [f"Loaded image ID: {image_id}\n"]
     assert client.images.get(image_id).attrs["RepoTags"] == []
     daemon.out("rmi", image_id)
 
@@ -111,32 +111,32 @@ def _names(client: docker.DockerClient, ref: str) -> tuple:
 
 def test_repo_tags_and_digests_as_dockerd_reports_them(daemon: Daemon, client: docker.DockerClient, image: str,
                                                       registry: Registry, tmp_path: Path) -> None:
-    remote = "%s/roundtrip/names" % registry.host
+    remote = f"{registry.host}/roundtrip/names"
     image_id = _built(daemon, image, tmp_path, "roundtrip/names:" + TAG, "names")
     daemon.out("tag", "roundtrip/names:" + TAG, "roundtrip/other:" + TAG)
     daemon.out("tag", image_id, remote + ":1")
     assert _names(client, image_id) == (sorted([remote + ":1", "roundtrip/names:" + TAG, "roundtrip/other:" + TAG]),
                                         [])
     digest = daemon.out("push", remote + ":1").split("digest: ")[1].split()[0]
-    assert _names(client, image_id)[1] == ["%s@%s" % (remote, digest)]
+    assert _names(client, image_id)[1] == [f"{remote}@{digest}"]
     # removing the repository's last tag drops its digest reference too; the image stays for its other tags
-    assert daemon.out("rmi", remote + ":1").splitlines() == ["Untagged: %s:1" % remote,
-                                                             "Untagged: %s@%s" % (remote, digest)]
+    assert daemon.out("rmi", remote + ":1").splitlines() == [f"Untagged: {remote}:1",
+                                                             f"Untagged: {remote}@{digest}"]
     assert _names(client, image_id) == (["roundtrip/names:" + TAG, "roundtrip/other:" + TAG], [])
     daemon.out("pull", remote + ":1")
     assert _names(client, image_id) == (sorted([remote + ":1", "roundtrip/names:" + TAG, "roundtrip/other:" + TAG]),
-                                        ["%s@%s" % (remote, digest)])
+                                        [f"{remote}@{digest}"])
     # the tag moves to another image: the old one keeps the digest reference, as `docker images` shows "<none>"
     other_id = _built(daemon, image, tmp_path, remote + ":1", "moved")
     assert _names(client, other_id) == ([remote + ":1"], [])
-    assert _names(client, image_id)[1] == ["%s@%s" % (remote, digest)]
+    assert _names(client, image_id)[1] == [f"{remote}@{digest}"]
     daemon.out("rmi", "roundtrip/names:" + TAG, "roundtrip/other:" + TAG)
     listed = {item["Id"]: item for item in client.api.images()}
-    assert listed[image_id]["RepoTags"] == [] and listed[image_id]["RepoDigests"] == ["%s@%s" % (remote, digest)]
+    assert listed[image_id]["RepoTags"] == [] and listed[image_id]["RepoDigests"] == [f"{remote}@{digest}"]
     old = docker.APIClient(base_url=daemon.host, version="1.41")
     try:  # before API 1.43 dockerd wrote null for no tags, and placeholders for an image with no name at all
         assert {item["Id"]: item for item in old.images()}[image_id]["RepoTags"] is None
-        daemon.out("rmi", "%s@%s" % (remote, digest))
+        daemon.out("rmi", f"{remote}@{digest}")
         dangling = _built(daemon, image, tmp_path, "roundtrip/dangling:" + TAG, "dangling")
         _built(daemon, image, tmp_path, "roundtrip/dangling:" + TAG, "replaced")
         entry = {item["Id"]: item for item in old.images()}[dangling]

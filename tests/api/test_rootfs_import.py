@@ -13,7 +13,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from tests.api.conftest import DOCKER, REPO, Daemon
+from tests.api.conftest import DOCKER, Daemon
+from tests.support import busybox
 
 
 def _import(daemon: Daemon, tar: Path, name: str) -> str:
@@ -59,9 +60,7 @@ def _layer_with_nodes(image_tar: bytes) -> bytes:
 
 
 def test_docker_load_of_a_layer_with_device_nodes_and_a_fifo(daemon: Daemon, name: str) -> None:
-    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True,
-                            check=True).stdout
-    layer = _layer_with_nodes(rootfs)
+    layer = _layer_with_nodes(busybox.rootfs())
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
                          "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
@@ -74,7 +73,7 @@ def test_docker_load_of_a_layer_with_device_nodes_and_a_fifo(daemon: Daemon, nam
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
     loaded = daemon.docker("load", input=archive.getvalue())
-    assert loaded.returncode == 0 and loaded.stdout.decode() == "Loaded image: %s\n" % tag, loaded.stderr
+    assert loaded.returncode == 0 and loaded.stdout.decode() == f"Loaded image: {tag}\n", loaded.stderr
     try:
         assert daemon.out("run", "--rm", tag, "sh", "-c", "test -p /run/initctl && echo fifo") == "fifo\n"
         (diff,) = [Path(root) for root, _, _ in os.walk(daemon.root / "data" / "image" / "layers")

@@ -54,10 +54,10 @@ def _wipe(store):
 
 
 def test_push_remove_pull_round_trip(service, store, registry, busybox_tar, tmp_path):
-    tag = "%s/team/app:v1" % registry.host
+    tag = f"{registry.host}/team/app:v1"
     image = _layered_image(store, busybox_tar, tmp_path, tag)
     pushed = list(service.push(tag))
-    assert pushed[0] == {"status": "The push refers to repository [%s/team/app]" % registry.host}
+    assert pushed[0] == {"status": f"The push refers to repository [{registry.host}/team/app]"}
     statuses = [m.get("status") for m in pushed]
     assert statuses.count("Pushed") == 2 and "Preparing" in statuses
     aux = pushed[-1]["aux"]
@@ -75,20 +75,20 @@ def test_push_remove_pull_round_trip(service, store, registry, busybox_tar, tmp_
     for step in ("Pulling fs layer", "Downloading", "Verifying Checksum", "Download complete", "Extracting",
                  "Pull complete"):
         assert step in statuses, step
-    assert statuses[-2:] == ["Digest: %s" % aux["Digest"], "Status: Downloaded newer image for %s" % tag]
+    assert statuses[-2:] == ["Digest: {}".format(aux["Digest"]), f"Status: Downloaded newer image for {tag}"]
     downloading = next(m for m in messages if m["status"] == "Downloading")
     assert set(downloading["progressDetail"]) == {"current", "total"} and len(downloading["id"]) == 12
     pulled = store.resolve(tag)
-    assert pulled.id == image.id and pulled.repo_digests == ["%s/team/app@%s" % (registry.host, aux["Digest"])]
+    assert pulled.id == image.id and pulled.repo_digests == ["{}/team/app@{}".format(registry.host, aux["Digest"])]
     assert open(os.path.join(pulled.layer_dirs()[1], "hello.txt")).read() == "hello " * 5000
-    assert list(service.pull(tag))[-1] == {"status": "Status: Image is up to date for %s" % tag}
+    assert list(service.pull(tag))[-1] == {"status": f"Status: Image is up to date for {tag}"}
     # pull by digest as well
-    by_digest = "%s/team/app@%s" % (registry.host, aux["Digest"])
+    by_digest = "{}/team/app@{}".format(registry.host, aux["Digest"])
     assert list(service.pull(by_digest))[-1]["status"].startswith("Status: Image is up to date")
 
 
 def test_corrupted_blob_is_refused_and_nothing_is_left(service, store, registry, busybox_tar, tmp_path):
-    tag = "%s/corrupt:1" % registry.host
+    tag = f"{registry.host}/corrupt:1"
     image = _layered_image(store, busybox_tar, tmp_path, tag)
     list(service.push(tag))
     gz_digest = json.load(open(os.path.join(image.layers()[1].path, "push.json")))["digest"]
@@ -107,14 +107,14 @@ def test_corrupted_blob_is_refused_and_nothing_is_left(service, store, registry,
 
 
 def test_missing_images_fail_before_any_progress_is_streamed(service, store, registry):
-    with pytest.raises(NotFound, match="manifest for %s/nothing:latest not found" % registry.host):
-        service.pull("%s/nothing" % registry.host)  # raised by the call itself: the API can answer 404
-    with pytest.raises(NotFound, match="An image does not exist locally with the tag: %s/nothing" % registry.host):
-        service.push("%s/nothing:1" % registry.host)
+    with pytest.raises(NotFound, match=f"manifest for {registry.host}/nothing:latest not found"):
+        service.pull(f"{registry.host}/nothing")  # raised by the call itself: the API can answer 404
+    with pytest.raises(NotFound, match=f"An image does not exist locally with the tag: {registry.host}/nothing"):
+        service.push(f"{registry.host}/nothing:1")
 
 
 def test_manifest_list_picks_host_platform_and_skips_attestations(service, store, registry, busybox_tar, tmp_path):
-    tag = "%s/multi:single" % registry.host
+    tag = f"{registry.host}/multi:single"
     image = _layered_image(store, busybox_tar, tmp_path, tag)
     aux = list(service.push(tag))[-1]["aux"]
     session = registry_mod.Session(registry_mod.reference.parse(tag), {}, service.registry_options())
@@ -129,21 +129,20 @@ def test_manifest_list_picks_host_platform_and_skips_attestations(service, store
     resp.close()
     assert resp.status == 201
     _wipe(store)
-    messages = list(service.pull("%s/multi:index" % registry.host))
+    messages = list(service.pull(f"{registry.host}/multi:index"))
     assert messages[-2]["status"] == "Digest: sha256:" + registry_mod.hashlib.sha256(index).hexdigest()
-    assert store.resolve("%s/multi:index" % registry.host).id == image.id
+    assert store.resolve(f"{registry.host}/multi:index").id == image.id
     with pytest.raises(NotFound, match="no matching manifest for linux/s390x"):
-        list(service.pull("%s/multi:index" % registry.host, platform="linux/s390x"))
+        list(service.pull(f"{registry.host}/multi:index", platform="linux/s390x"))
 
 
 def test_basic_auth_registry(service, store, auth_registry, busybox_tar):
-    tag = "%s/private:1" % auth_registry.host
+    tag = f"{auth_registry.host}/private:1"
     store.import_tar(io.BytesIO(busybox_tar), tag)
     good = {"username": "alice", "password": "s3cret", "serveraddress": auth_registry.host}
     bad = dict(good, password="wrong")
     assert service.login(good) == {"Status": "Login Succeeded", "IdentityToken": ""}
-    with pytest.raises(Unauthorized, match="login attempt to http://%s/v2/ failed with status: 401 Unauthorized"
-                       % auth_registry.host):
+    with pytest.raises(Unauthorized, match=f"login attempt to http://{auth_registry.host}/v2/ failed with status: 401 Unauthorized"):
         service.login(bad)
     with pytest.raises(Unauthorized, match="unauthorized: authentication required"):
         list(service.push(tag))
@@ -168,17 +167,17 @@ def test_registry_auth_header_decoding():
 
 
 def test_removing_the_last_tag_drops_digest_references_of_that_repository(service, store, registry, busybox_tar):
-    tag = "%s/digested:1" % registry.host
+    tag = f"{registry.host}/digested:1"
     image_id = store.import_tar(io.BytesIO(busybox_tar), tag)
     digest = list(service.push(tag))[-1]["aux"]["Digest"]
     layer = "sha256:" + hashlib.sha256(busybox_tar).hexdigest()
-    assert store.remove(tag) == [{"Untagged": tag}, {"Untagged": "%s/digested@%s" % (registry.host, digest)},
+    assert store.remove(tag) == [{"Untagged": tag}, {"Untagged": f"{registry.host}/digested@{digest}"},
                                  {"Deleted": image_id}, {"Deleted": layer}]
 
 
 def test_push_reuses_the_registry_blob_of_a_layer_that_was_already_present(service, store, registry, busybox_tar,
                                                                            tmp_path):
-    source = "%s/source:1" % registry.host
+    source = f"{registry.host}/source:1"
     seeded = ImageStore(str(tmp_path / "other-store"))
     other_gzip = gzip.compress(busybox_tar, compresslevel=1, mtime=1)  # not what our own push would make
     seeded.import_tar(io.BytesIO(other_gzip), source, ["CMD [\"true\"]"])

@@ -135,7 +135,7 @@ def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox
     reg, tokens, certs = tls_token_registry
     service = ImageService(ImageStore(str(tmp_path / "store")), certs_dirs=[certs])
     store = service.store
-    tag = "%s/secure/app:1" % reg.host
+    tag = f"{reg.host}/secure/app:1"
     image_id = store.import_tar(io.BytesIO(busybox_tar), tag)
     good = {"username": "bob", "password": "hunter2", "serveraddress": reg.host}
     with pytest.raises(Unauthorized, match="incorrect username or password"):
@@ -143,7 +143,7 @@ def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox
     aux = list(service.push(tag, auth=good))[-1]["aux"]
     assert "repository:secure/app:pull,push" in tokens.scopes
     store.remove(tag)
-    assert list(service.pull(tag, auth=good))[-2] == {"status": "Digest: %s" % aux["Digest"]}
+    assert list(service.pull(tag, auth=good))[-2] == {"status": "Digest: {}".format(aux["Digest"])}
     assert store.resolve(tag).id == image_id and "repository:secure/app:pull" in tokens.scopes
     assert service.login(good)["Status"] == "Login Succeeded"
     with pytest.raises(Unauthorized):
@@ -232,7 +232,7 @@ def test_redirected_blobs_do_not_receive_the_authorization_header(tmp_path, busy
         with open(os.path.join(store.root, "downloads", digest[layer][7:] + ".partial"), "wb") as f:
             f.write(layer[:len(layer) // 2])
         messages = list(service.pull(tag, auth={"username": "bob", "password": "hunter2"}))
-        assert messages[-1]["status"] == "Status: Downloaded newer image for %s" % tag
+        assert messages[-1]["status"] == f"Status: Downloaded newer image for {tag}"
         cdn_requests = [s for s in stub.seen if s[0].startswith("127.0.0.2")]
         assert len(cdn_requests) == 2 and all(auth is None for _, _, auth, _ in cdn_requests)
         assert ("bytes=%d-" % (len(layer) // 2)) in [r for _, _, _, r in cdn_requests]

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from drivers.nshost import Bridge
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.debian_image import debian_rootfs_tar
-from tests.support.fixtures import test_bridge  # noqa: F401 - the machine's local host goes on it
 from tests.support.hosts import unique_name
 
 IMAGE = "machines-test/debian:12"
@@ -45,7 +44,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, test_bridge: Bridge) -> Iterator[World]:  # noqa: F811
+def world(tmp_path_factory: pytest.TempPathFactory, test_bridge: Bridge) -> Iterator[World]:
     tar = debian_rootfs_tar()  # first: without Debian's mirror the test fails here, saying so
     store = tmp_path_factory.mktemp("realworld") / "store"
     name = unique_name("rw")

@@ -9,8 +9,9 @@ import shlex
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -98,7 +99,7 @@ volumes:
 def wait_for(what: str, probe: Callable[[], T], accept: Callable[[T], bool], timeout: float = 120) -> T:
     """Poll ``probe`` until ``accept`` says yes (services take a moment to start); fail saying what never came."""
     deadline = time.monotonic() + timeout
-    value: Optional[T] = None
+    value: T | None = None
     while time.monotonic() < deadline:
         value = probe()
         if accept(value):
