@@ -204,7 +204,7 @@ def test_compose_stack_with_healthy_dependencies_up_and_down(world: World, tmp_p
         states = world.docker(f"ps --filter {label} --format '{{{{.Names}}}} {{{{.Status}}}}'")
         assert sum("(healthy)" in line for line in states.splitlines()) >= 2, states
         assert wait_for("the stack's answer", lambda: http_get(f"http://{world.address}:8080/"),
-                        lambda text: not text.startswith("error")) == "db up cache PONG"
+                        lambda text: not text.startswith("error")) == "db up cache +PONG"
     finally:
         down = world.compose(tmp_path, f"-p {project} down -v")
     assert down.returncode == 0, down.stderr.decode()
