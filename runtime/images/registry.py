@@ -330,6 +330,8 @@ class Session:
             doc = json.loads(data)
         except ValueError:
             raise InvalidParameter(f"invalid JSON from {path}") from None
+        if not isinstance(doc, dict):
+            raise InvalidParameter(f"invalid manifest from {path}: not a JSON object")
         media = doc.get("mediaType") or resp.header("Content-Type").split(";")[0]
         return doc, data, media, digest
 
@@ -526,6 +528,16 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     """
     ref = reference.join_repo_tag(image, tag)
     session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
+    try:  # the registry's documents are data: a malformed one is a clear error, never a crash
+        return _pull_layers(store, session, *_image_documents(session, ref, platform))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise InvalidParameter(f"invalid manifest for {ref.familiar()}: {exc!r}") from None
+
+
+def _image_documents(session: Session, ref: Reference,
+                     platform: str | None) -> tuple[list[dict], list[str], bytes, str]:
+    """The manifest (through an index, for the wanted platform) and config of a pull: (layer descriptors, diff
+    IDs, config bytes, the digest the reference points to)."""
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
@@ -541,8 +553,8 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
-        raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
-    return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
+        raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
+    return layers, diff_ids, config_bytes, manifest_digest
 
 
 def _pull_layers(store: ImageStore, session: Session, layers: list[dict], diff_ids: list[str],
@@ -772,12 +784,15 @@ def inspect_distribution(name: str, auth: dict | None = None,
     doc, data, media, digest = session.get_json_blob(
         f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}", MANIFEST_ACCEPT, ref.digest, missing="")
     platforms: list[dict] | None = None
-    if media in INDEX_TYPES or "manifests" in doc:
-        platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
-    elif (doc.get("config") or {}).get("digest"):
-        config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
-        if config.get("os") or config.get("architecture"):
-            platforms = [_platform(config)]
+    try:  # the registry's documents are data: a malformed one is a clear error, never a crash
+        if media in INDEX_TYPES or "manifests" in doc:
+            platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
+        elif (doc.get("config") or {}).get("digest"):
+            config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
+            if config.get("os") or config.get("architecture"):
+                platforms = [_platform(config)]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise InvalidParameter(f"invalid manifest for {ref.familiar()}: {exc}") from None
     return {"Descriptor": {"mediaType": media, "digest": ref.digest or digest, "size": len(data)},
             "Platforms": platforms or None}
 
