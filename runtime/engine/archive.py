@@ -159,6 +159,31 @@ def head(c: Any, path: str) -> dict:
         return _stat(root, path, st)
 
 
+class _Held:
+    """Tar chunks that hold the container (lock, freeze, temporary mounts) until they are exhausted or closed, or
+    dropped unread: a plain generator that never started would never run its cleanup."""
+
+    def __init__(self, chunks: Iterator[bytes], stack: contextlib.ExitStack) -> None:
+        self._chunks = chunks
+        self._stack = stack
+
+    def __iter__(self) -> "_Held":
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def get(c: Any, path: str) -> Tuple[Iterator[bytes], dict]:
     """``GET /archive``: a tar of ``path`` and its stat; the container stays locked (and frozen) while it streams."""
     stack = contextlib.ExitStack()
@@ -171,24 +196,14 @@ def get(c: Any, path: str) -> Tuple[Iterator[bytes], dict]:
         stack.close()
         raise
     arcname = "." if path.endswith("/.") else (posixpath.basename(path.rstrip("/")) or ".")
-
-    def chunks() -> Iterator[bytes]:
-        with stack:
-            yield from tree_tar(parent, base, arcname)
-
-    return chunks(), info
+    return _Held(tree_tar(parent, base, arcname), stack), info
 
 
 def export(c: Any) -> Iterator[bytes]:
     """``docker export``: the layers only (no volumes), as Docker's."""
     stack = contextlib.ExitStack()
     root = stack.enter_context(safepath.Root(stack.enter_context(_overlay(c, writable=False))))
-
-    def chunks() -> Iterator[bytes]:
-        with stack:
-            yield from tree_tar(root.fd, ".", "", skip_root=True)
-
-    return chunks()
+    return _Held(tree_tar(root.fd, ".", "", skip_root=True), stack)
 
 
 def _clean_parts(name: str) -> List[str]:

@@ -182,3 +182,25 @@ def test_resolution_survives_a_concurrent_swap(tmp_path: Path, mode: str) -> Non
         swapper.join()
         safepath.use_openat2(None)
     assert token not in seen and "inside" in seen
+
+
+def test_a_client_that_walks_away_mid_copy_leaves_the_container_thawed(daemon: Daemon, image: str,
+                                                                      name: str) -> None:
+    """The container is frozen and locked while a copy streams: a client that reads a little and hangs up must
+    not leave it so (a denial of service on the container)."""
+    daemon.out("run", "-d", "--name", name, image, "sh", "-c",
+               "dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null; while :; do sleep 1; done")
+    api = docker.APIClient(base_url=daemon.host, version="auto", timeout=60)
+    try:
+        assert daemon.out("exec", name, "sh", "-c", "while [ $(stat -c %s /big) -lt 67108864 ]; do sleep 0.1; done;"
+                          " echo ready") == "ready\n"
+        stream, _ = api.get_archive(name, "/big", chunk_size=65536)
+        next(iter(stream))
+        stream.close()
+        api.close()
+        assert daemon.out("exec", name, "echo", "alive", timeout=30) == "alive\n"
+        daemon.out("pause", name)
+        daemon.out("unpause", name)
+    finally:
+        api.close()
+        daemon.docker("rm", "-f", name)
