@@ -521,12 +521,13 @@ class Builder:
         """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
         path = stage.config.get("WorkingDir") or "/"
         view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        if path == "/" or view.lstat(view.resolve(path)) is not None:
+        inside = view.resolve(path)  # through the image's links, inside the image
+        if path == "/" or view.lstat(inside) is not None:
             return None
         staging = os.path.join(work, "upper")
         os.makedirs(staging, exist_ok=True)
         with safepath.Root(staging, follow_links=False) as layer:
-            self._make_parents(view, layer, path.strip("/") + "/")
+            self._make_parents(view, layer, inside + "/")
         return staging
 
     # --- RUN ---------------------------------------------------------------------------------------------------
