@@ -84,6 +84,11 @@ def rename(engine: Engine, request: Request, ref: str) -> None:
     engine.rename(ref, name)
 
 
+@route("POST", "/containers/{ref}/update", "Change resource limits and the restart policy, live")
+def update(engine: Engine, request: Request, ref: str) -> Response:
+    return json_response(engine.update_container(ref, request.json_object()))
+
+
 def _size(request: Request) -> tuple:
     try:
         return int(request.arg("h")), int(request.arg("w"))

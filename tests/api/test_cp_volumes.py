@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,14 +27,14 @@ def service_image(daemon: Daemon, image: str, tmp_path_factory: pytest.TempPathF
     """A busybox image whose data folder belongs to a service user (the PostgreSQL pattern)."""
     context = tmp_path_factory.mktemp("service-image")
     (context / "Dockerfile").write_text(SERVICE_IMAGE.format(image=image))
-    tag = "apitest/service-%s:1" % uuid.uuid4().hex[:8]
+    tag = f"apitest/service-{uuid.uuid4().hex[:8]}:1"
     daemon.out("build", "-q", "-t", tag, str(context), timeout=180)
     yield tag
     daemon.docker("rmi", "-f", tag)
 
 
 def _volume(daemon: Daemon) -> Iterator[str]:
-    name = "vol-%s" % uuid.uuid4().hex[:10]
+    name = f"vol-{uuid.uuid4().hex[:10]}"
     yield name
     daemon.docker("volume", "rm", "-f", name)
 
@@ -49,13 +49,13 @@ SHOW = ("stat -c '%u %g %a' /var/lib/postgresql; cat /var/lib/postgresql/sub/fil
 def test_empty_named_volume_is_seeded_with_owners_modes_times_and_links(daemon: Daemon, service_image: str,
                                                                         volume: str) -> None:
     daemon.out("volume", "create", volume)  # created beforehand and empty: still seeded on first use
-    shown = daemon.out("run", "--rm", "-u", "postgres", "-v", "%s:/var/lib/postgresql" % volume, service_image,
+    shown = daemon.out("run", "--rm", "-u", "postgres", "-v", f"{volume}:/var/lib/postgresql", service_image,
                        "sh", "-c", SHOW)
     assert shown.splitlines() == ["999 999 750", "seeded", "sub/file", "999 640 1577934245", "ok"]
-    again = daemon.out("run", "--rm", "-v", "%s:/var/lib/postgresql" % volume, service_image,
+    again = daemon.out("run", "--rm", "-v", f"{volume}:/var/lib/postgresql", service_image,
                        "sh", "-c", "rm /var/lib/postgresql/sub/file; ls /var/lib/postgresql")
     assert again.split() == ["link", "mine", "sub"]  # not empty any more: never seeded again
-    third = daemon.out("run", "--rm", "-v", "%s:/var/lib/postgresql" % volume, service_image,
+    third = daemon.out("run", "--rm", "-v", f"{volume}:/var/lib/postgresql", service_image,
                        "ls", "/var/lib/postgresql/sub")
     assert third == ""
 
@@ -64,7 +64,7 @@ def test_anonymous_volumes_are_seeded_and_nocopy_is_not(daemon: Daemon, service_
                                                         volume: str) -> None:
     shown = daemon.out("run", "--rm", "-u", "postgres", "-v", "/var/lib/postgresql", service_image, "sh", "-c", SHOW)
     assert shown.splitlines()[0] == "999 999 750" and shown.splitlines()[-1] == "ok"
-    empty = daemon.out("run", "--rm", "--mount", "type=volume,src=%s,dst=/var/lib/postgresql,volume-nocopy" % volume,
+    empty = daemon.out("run", "--rm", "--mount", f"type=volume,src={volume},dst=/var/lib/postgresql,volume-nocopy",
                        service_image, "ls", "-A", "/var/lib/postgresql")
     assert empty == ""
 
@@ -73,7 +73,7 @@ def test_cp_sees_named_anonymous_and_bind_mounts_stopped_and_running(daemon: Dae
                                                                      volume: str, tmp_path: Path) -> None:
     bind = tmp_path / "bind"
     bind.mkdir()
-    daemon.out("create", "--name", name, "-v", "%s:/named" % volume, "-v", "/anon", "-v", "%s:/bind" % bind,
+    daemon.out("create", "--name", name, "-v", f"{volume}:/named", "-v", "/anon", "-v", f"{bind}:/bind",
                image, "sleep", "300")
     mounts = {m["Destination"]: m["Source"] for m in json.loads(daemon.out("inspect", name))[0]["Mounts"]}
     try:
@@ -81,13 +81,13 @@ def test_cp_sees_named_anonymous_and_bind_mounts_stopped_and_running(daemon: Dae
             if state == "running":
                 daemon.out("start", name)
             source = tmp_path / ("in-" + state)
-            source.write_text("copied while %s\n" % state)
+            source.write_text(f"copied while {state}\n")
             for dest in ("/named", "/anon", "/bind"):
-                daemon.out("cp", str(source), "%s:%s/" % (name, dest))
-                assert (Path(mounts[dest]) / source.name).read_text() == "copied while %s\n" % state
+                daemon.out("cp", str(source), f"{name}:{dest}/")
+                assert (Path(mounts[dest]) / source.name).read_text() == f"copied while {state}\n"
                 (Path(mounts[dest]) / ("host-" + state)).write_text("from the host side\n")
-                out = tmp_path / ("out-%s%s" % (state, dest.replace("/", "-")))
-                daemon.out("cp", "%s:%s/host-%s" % (name, dest, state), str(out))
+                out = tmp_path / ("out-{}{}".format(state, dest.replace("/", "-")))
+                daemon.out("cp", f"{name}:{dest}/host-{state}", str(out))
                 assert out.read_text() == "from the host side\n"
             if state == "running":
                 assert daemon.out("exec", name, "cat", "/named/in-running") == "copied while running\n"
@@ -106,7 +106,7 @@ def test_cp_into_a_read_only_mount_is_refused_as_docker(daemon: Daemon, image: s
     bind.mkdir()
     payload = tmp_path / "payload"
     payload.write_text("x")
-    daemon.out("run", "-d", "--name", name, "-v", "%s:/ro:ro" % bind, image, "sleep", "300")
+    daemon.out("run", "-d", "--name", name, "-v", f"{bind}:/ro:ro", image, "sleep", "300")
     try:
         refused = daemon.docker("cp", str(payload), name + ":/ro/")
         assert refused.returncode != 0 and b"mounted volume is marked read-only" in refused.stderr

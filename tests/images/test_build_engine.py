@@ -17,7 +17,7 @@ from runtime.images.builder import ImageView
 
 @pytest.fixture(scope="module")
 def engine(busybox_tar):
-    base = tempfile.mkdtemp(prefix="imgbuild-%d-" % os.getpid(), dir="/tmp")
+    base = tempfile.mkdtemp(prefix=f"imgbuild-{os.getpid()}-", dir="/tmp")
     eng = Engine(os.path.join(base, "data"), os.path.join(base, "run"))
     eng.images.import_tar(io.BytesIO(busybox_tar), repo_tag="busybox:latest")
     try:

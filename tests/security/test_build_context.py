@@ -12,7 +12,7 @@ from runtime.images.builder import ImageView
 from tests.api.conftest import Daemon
 
 
-def _build(daemon: Daemon, context: Path, tag: str) -> "tuple[int, str]":
+def _build(daemon: Daemon, context: Path, tag: str) -> tuple[int, str]:
     result = daemon.docker("build", "-t", tag, str(context), timeout=180)
     return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
 
@@ -28,8 +28,8 @@ def test_copy_of_two_sources_does_not_write_through_a_link_into_the_host(daemon:
     (context / "a" / "x").symlink_to(host)
     (context / "b" / "x").mkdir(parents=True)
     (context / "b" / "x" / "planted").write_text("written by the build\n")
-    (context / "Dockerfile").write_text("FROM %s\nCOPY a b /dest/\n" % image)
-    tag = "sec-ctx-%s:1" % uuid.uuid4().hex[:8]
+    (context / "Dockerfile").write_text(f"FROM {image}\nCOPY a b /dest/\n")
+    tag = f"sec-ctx-{uuid.uuid4().hex[:8]}:1"
     code, output = _build(daemon, context, tag)
     try:
         assert os.listdir(host) == [], output
@@ -52,13 +52,13 @@ def test_copy_from_cannot_read_the_host_through_a_lower_layer_link(daemon: Daemo
     (context / "d").mkdir(parents=True)
     (context / "d" / "marker").write_text("upper\n")
     (context / "Dockerfile").write_text(
-        "FROM {image} AS src\n"
+        f"FROM {image} AS src\n"
         "RUN ln -s / /d\n"
         "COPY d /d/\n"
-        "FROM {image}\n"
+        f"FROM {image}\n"
         "COPY --from=src /d/marker /marker\n"
-        "COPY --from=src /d{secret} /stolen\n".format(image=image, secret=secret))
-    tag = "sec-from-%s:1" % uuid.uuid4().hex[:8]
+        f"COPY --from=src /d{secret} /stolen\n")
+    tag = f"sec-from-{uuid.uuid4().hex[:8]}:1"
     code, output = _build(daemon, context, tag)
     try:
         assert code != 0 and "file not found" in output, output
@@ -75,8 +75,8 @@ def test_context_links_to_host_files_are_resolved_inside_the_context(daemon: Dae
     context = tmp_path / "context"
     context.mkdir()
     (context / "leak").symlink_to("/etc/hostname")
-    (context / "Dockerfile").write_text("FROM %s\nCOPY leak /leak\n" % image)
-    tag = "sec-leak-%s:1" % uuid.uuid4().hex[:8]
+    (context / "Dockerfile").write_text(f"FROM {image}\nCOPY leak /leak\n")
+    tag = f"sec-leak-{uuid.uuid4().hex[:8]}:1"
     code, output = _build(daemon, context, tag)
     daemon.docker("rmi", "-f", tag)
     assert code != 0 and "file not found in build context" in output, output

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
 import docker
 import pytest
 
@@ -42,7 +43,7 @@ def swapper(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _plant(tmp_path: Path) -> "tuple[Path, str, Path]":
+def _plant(tmp_path: Path) -> tuple[Path, str, Path]:
     """A secret file and an empty folder on the host, at paths that do not exist inside the container."""
     token = uuid.uuid4().hex
     secret = tmp_path / "secret.txt"
@@ -72,11 +73,11 @@ def test_cp_through_container_links_stays_inside(daemon: Daemon, image: str, nam
             else:
                 daemon.out("cp", "-", name + ":/", input=_tar_with_link("esc", "/"))
             out = tmp_path / ("out-" + state)
-            result = daemon.docker("cp", "%s:/esc%s" % (name, secret), str(out))
+            result = daemon.docker("cp", f"{name}:/esc{secret}", str(out))
             assert result.returncode != 0 and b"Could not find the file" in result.stderr
             payload = tmp_path / "payload"
             payload.write_text("payload")
-            result = daemon.docker("cp", str(payload), "%s:/esc%s/" % (name, target))
+            result = daemon.docker("cp", str(payload), f"{name}:/esc{target}/")
             assert result.returncode != 0
             assert os.listdir(target) == [] and not out.exists() and token.encode() not in result.stderr
     finally:
@@ -98,7 +99,7 @@ def test_racing_folder_and_symlink_swap_never_redirects_a_copy(daemon: Daemon, i
     for a few seconds (docker-py for many attempts, the CLI for a few): nothing of the host is read, nothing is
     written to it (copies of ``/w/d/etc`` get that folder or the container's own ``/etc``)."""
     secret, token, target = _plant(tmp_path)
-    daemon.out("run", "-d", "--name", name, "-v", "%s:/swapper:ro" % swapper, image, "/swapper/swap")
+    daemon.out("run", "-d", "--name", name, "-v", f"{swapper}:/swapper:ro", image, "/swapper/swap")
     payload = tmp_path / "payload"
     payload.write_text("payload")
     upload = _tar_with_file("planted", b"payload")
@@ -111,19 +112,19 @@ def test_racing_folder_and_symlink_swap_never_redirects_a_copy(daemon: Daemon, i
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             attempts += 1
-            for path in ("/w/d%s" % secret, "/w/d/etc"):
+            for path in (f"/w/d{secret}", "/w/d/etc"):
                 try:
                     stream, _ = api.get_archive(name, path)
                     received += b"".join(stream)
                 except docker.errors.APIError:
                     pass
             try:
-                api.put_archive(name, "/w/d%s" % target, upload)
+                api.put_archive(name, f"/w/d{target}", upload)
             except docker.errors.APIError:
                 pass
             if attempts % 10 == 0:  # and the real CLI, both ways
-                daemon.docker("cp", "%s:/w/d%s" % (name, secret), str(outs / str(attempts)))
-                daemon.docker("cp", str(payload), "%s:/w/d%s/" % (name, target))
+                daemon.docker("cp", f"{name}:/w/d{secret}", str(outs / str(attempts)))
+                daemon.docker("cp", str(payload), f"{name}:/w/d{target}/")
         assert attempts > 10
         assert os.listdir(target) == []
         assert token.encode() not in received and token.encode() not in _outputs(outs)
