@@ -122,14 +122,14 @@ def test_copy_destination_links_resolve_inside_the_image(daemon: Daemon, image: 
     context.mkdir()
     (context / "f").write_text("copied\n")
     (context / "Dockerfile").write_text(
-        "FROM {image}\nRUN mkdir /srv && ln -s /srv /app && ln -s {host} /hostdir\n"
-        "COPY f /app/\nCOPY f /hostdir/\n".format(image=image, host=host))
-    tag = "sec-dest-%s:1" % uuid.uuid4().hex[:8]
+        f"FROM {image}\nRUN mkdir /srv && ln -s /srv /app && ln -s {host} /hostdir\n"
+        "COPY f /app/\nCOPY f /hostdir/\n")
+    tag = f"sec-dest-{uuid.uuid4().hex[:8]}:1"
     code, output = _build(daemon, context, tag)
     try:
         assert code == 0, output
         assert os.listdir(host) == []
-        shown = daemon.out("run", "--rm", tag, "sh", "-c", "test -L /app && cat /srv/f && cat %s/f" % host)
+        shown = daemon.out("run", "--rm", tag, "sh", "-c", f"test -L /app && cat /srv/f && cat {host}/f")
         assert shown == "copied\ncopied\n"
     finally:
         daemon.docker("rmi", "-f", tag)
