@@ -16,6 +16,7 @@ before the container is locked or frozen, so a slow client cannot hold either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import secrets
@@ -129,19 +130,32 @@ def _go_mode(st: os.stat_result) -> int:
     return mode
 
 
+@contextlib.contextmanager
+def _resolving(path: str, name: str) -> Iterator[None]:
+    """Lookup failures in Docker's words: a missing path is a 404, a link loop (or a ``/proc`` magic link, which
+    openat2 refuses) a 400, never a 500."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"Could not find the file {path} in container {name}") from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise InvalidParameter(f"{path}: too many levels of symbolic links") from None
+
+
 def _locate(root: safepath.Root, path: str, name: str) -> tuple[int, str, os.stat_result]:
     """(parent dir fd, name, lstat) of ``path``: links in all but the last component are followed inside the root,
-    the last one too when the path ends in ``/`` or ``/.`` (moby's ResolvePath). NotFound in Docker's words."""
+    the last one too when the path ends in ``/`` or ``/.`` (moby's ResolvePath)."""
     lookup = path + "." if path.endswith("/") and path.strip("/") else path
-    try:
+    with _resolving(path, name):
         parent, base = root.open_parent(lookup)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"Could not find the file {path} in container {name}") from None
     try:
-        return parent, base, os.stat(base, dir_fd=parent, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
+        with _resolving(path, name):
+            return parent, base, os.stat(base, dir_fd=parent, follow_symlinks=False)
+    except BaseException:
         os.close(parent)
-        raise NotFound(f"Could not find the file {path} in container {name}") from None
+        raise
 
 
 def _stat(root: safepath.Root, path: str, st: os.stat_result) -> dict:
@@ -157,7 +171,8 @@ def head(c: Any, path: str) -> dict:
     with container_view(c) as root:
         parent, _, st = _locate(root, path, c.name)
         os.close(parent)
-        return _stat(root, path, st)
+        with _resolving(path, c.name):
+            return _stat(root, path, st)
 
 
 class _Held:
@@ -192,7 +207,8 @@ def get(c: Any, path: str) -> tuple[Iterator[bytes], dict]:
         root = stack.enter_context(container_view(c))
         parent, base, st = _locate(root, path, c.name)
         stack.callback(os.close, parent)
-        info = _stat(root, path, st)
+        with _resolving(path, c.name):
+            info = _stat(root, path, st)
     except BaseException:
         stack.close()
         raise
@@ -225,13 +241,12 @@ def spool(fileobj: IO[bytes], where: str) -> IO[bytes]:
 def put(c: Any, path: str, fileobj: IO[bytes], no_overwrite_dir_non_dir: bool) -> None:
     """``PUT /archive``: extract a tar into the folder ``path`` of the container."""
     with spool(fileobj, c.dir) as upload, container_view(c) as root:
-        try:
+        with _resolving(path, c.name):
             st = root.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"Could not find the file {path} in container {c.name}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidParameter("extraction point is not a directory")
-        base = root.resolve(path)
+        with _resolving(path, c.name):
+            base = root.resolve(path)
         _check_writable(c, base)
         try:
             tar = tarfile.open(fileobj=upload, mode="r|*")

@@ -84,6 +84,25 @@ def test_cp_through_container_links_stays_inside(daemon: Daemon, image: str, nam
         daemon.docker("rm", "-f", name)
 
 
+def test_proc_magic_links_and_link_loops_are_refused_with_4xx(daemon: Daemon, image: str, name: str,
+                                                              tmp_path: Path) -> None:
+    """``/proc/self/root`` inside a running container is a magic link (the kernel would jump to the copying
+    process's own root, the host's); a link loop never ends. Both are refused with a 4xx, nothing copied."""
+    daemon.out("run", "-d", "--name", name, image, "sh", "-c", "ln -s loop /loop; exec sleep 300")
+    api = docker.APIClient(base_url=daemon.host, version="auto", timeout=60)
+    try:
+        for path in ("/proc/self/root/etc/os-release", "/proc/1/root/etc/os-release", "/loop/x"):
+            with pytest.raises(docker.errors.APIError) as refused:
+                stream, _ = api.get_archive(name, path)
+                b"".join(stream)
+            assert refused.value.status_code in (400, 404), refused.value
+        result = daemon.docker("cp", name + ":/proc/self/root/etc/os-release", str(tmp_path / "out"))
+        assert result.returncode != 0 and not (tmp_path / "out").exists()
+    finally:
+        api.close()
+        daemon.docker("rm", "-f", name)
+
+
 def _tar_with_link(name: str, link: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
