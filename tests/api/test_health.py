@@ -84,7 +84,9 @@ def test_bad_filter_value_and_create_validation(daemon: Daemon, image: str, name
         cases = [({"Test": ["CMD", "true"], "Interval": 500_000}, "Interval in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Timeout": -1}, "Timeout in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Retries": -1}, "Retries in Healthcheck cannot be negative"),
-                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms")]
+                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms"),
+                 ({"Test": ["CMD", "true"], "Interval": "5s"}, "json: cannot unmarshal string into Go struct field "
+                                                               "HealthConfig.Healthcheck.Interval of type time.Duration")]
         for check, message in cases:
             with pytest.raises(docker.errors.APIError) as failed:
                 client.create_container(image, "true", name=name, healthcheck=check)
