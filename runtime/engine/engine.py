@@ -192,10 +192,9 @@ class Engine:
                      "Mode": "ro" if m["ReadOnly"] else "", "RW": not m["ReadOnly"], "Propagation": ""}
             if m["Type"] == "volume":
                 anonymous = not m["Source"]
-                created = not anonymous and self.volumes.exists(m["Source"])
                 vol = self.volumes.create({"Name": m["Source"]} if not anonymous else None, anonymous=anonymous)
                 entry.update({"Name": vol["Name"], "Source": vol["Mountpoint"], "Driver": "local",
-                              "_anonymous": anonymous, "_copy": not created and not m.get("NoCopy")})
+                              "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
                 entry["Propagation"] = "rprivate"
@@ -962,27 +961,17 @@ class Engine:
 
     # --- files -------------------------------------------------------------------------------------------------
 
-    def _root_for(self, c: Container) -> Optional[str]:
-        return "/proc/%d/root" % c.state["Pid"] if c.running else None
-
     def archive_head(self, ref: str, path: str) -> dict:
-        c = self._get(ref)
-        with archive.container_root(c, self._root_for(c), writable=False) as root:
-            return archive.stat_path(root, path, c.name)
+        return archive.head(self._get(ref), path)
 
     def archive_get(self, ref: str, path: str) -> Tuple[Iterator[bytes], dict]:
-        c = self._get(ref)
-        return archive.get(c, self._root_for(c), path)
+        return archive.get(self._get(ref), path)
 
     def archive_put(self, ref: str, path: str, fileobj: Any, no_overwrite_dir_non_dir: bool = False) -> None:
-        c = self._get(ref)
-        with c.lock:
-            with archive.container_root(c, self._root_for(c), writable=True) as root:
-                archive.put(root, path, fileobj, c.name, no_overwrite_dir_non_dir)
+        archive.put(self._get(ref), path, fileobj, no_overwrite_dir_non_dir)
 
     def export(self, ref: str) -> Iterator[bytes]:
-        c = self._get(ref)
-        return archive.export(c)
+        return archive.export(self._get(ref))
 
     # --- networks and events -----------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ def _ticks(fd: int, wait: float) -> int:
 
 @pytest.mark.parametrize("kind", ["host", "v2"])
 def test_group_membership_freeze_kill_and_removal(kind: str) -> None:
-    name = "machines/test-%d-%s" % (os.getpid(), kind)
+    name = f"machines/test-{os.getpid()}-{kind}"
     if kind == "v2":
         if not os.path.exists(os.path.join(UNIFIED, "cgroup.controllers")):
             pytest.fail("expected the hybrid cgroup2 mount at " + UNIFIED)
