@@ -14,6 +14,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.support import busybox
+
 from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, poll, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
@@ -232,9 +234,7 @@ def own_daemon(tmp_path: Path):
 
 def test_probes_resume_after_daemon_sigkill(own_daemon, name: str) -> None:
     first = own_daemon()
-    rootfs = subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "busybox-rootfs.sh")],
-                            capture_output=True, check=True).stdout
-    first.out("import", "-", "hc/busybox:1", input=rootfs)
+    first.out("import", "-", "hc/busybox:1", input=busybox.rootfs())
     first.out("run", "-d", "--name", name, "--health-cmd", "cat /tmp/ok", "--health-retries", "1", *FAST,
               "hc/busybox:1", "sh", "-c", "touch /tmp/ok; exec sleep 300")
     poll("healthy before the kill", lambda: (health(first, name) or {}).get("Status") == "healthy")
