@@ -81,15 +81,17 @@ def _comment(tag: str) -> str:
     return '-m comment --comment "%s:%s"' % (RULE_TAG, tag)
 
 
-def bridge_rules(bridge: str, subnet: str, internal: bool) -> Dict[str, List[str]]:
-    """Per table, the rules of one bridge (tag: the bridge name): accept bridged and return traffic, masquerade
-    what leaves; an internal network's traffic stays on its bridge.
+def bridge_rules(bridge: str, subnet: str, internal: bool, icc: bool = True,
+                 masquerade: bool = True) -> Dict[str, List[str]]:
+    """Per table, the rules of one bridge (tag: the bridge name): accept bridged (or, without ``icc``, drop it)
+    and return traffic, masquerade what leaves (unless ``masquerade`` is off); an internal network's traffic
+    stays on its bridge.
 
     Like Docker, networks are isolated from each other: traffic leaving a bridge for another goes through the
     isolation chain, where each bridge drops what arrives from elsewhere unless it was DNATed to a published port.
     """
     comment = _comment(bridge)
-    forward = ["-I FORWARD -i %s -o %s %s -j ACCEPT" % (bridge, bridge, comment)]
+    forward = ["-I FORWARD -i %s -o %s %s -j %s" % (bridge, bridge, comment, "ACCEPT" if icc else "DROP")]
     if internal:
         forward += [
             "-I FORWARD -i %s ! -o %s %s -j DROP" % (bridge, bridge, comment),
@@ -102,7 +104,8 @@ def bridge_rules(bridge: str, subnet: str, internal: bool) -> Dict[str, List[str
         "-I FORWARD -i %s ! -o %s %s -j %s" % (bridge, bridge, comment, ISOLATION),  # inserted last: checked first
         "-A %s -o %s -m conntrack ! --ctstate DNAT %s -j DROP" % (ISOLATION, bridge, comment),
     ]
-    return {"filter": forward, "nat": ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)]}
+    nat = ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)] if masquerade else []
+    return {"filter": forward, "nat": nat}
 
 
 def port_rules(tag: str, bridge: str, records: List[Dict[str, object]]) -> Dict[str, List[str]]:
