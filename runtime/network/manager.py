@@ -361,12 +361,12 @@ class NetworkManager:
             raise InvalidParameter("network-scoped alias is supported only for containers in user defined networks")
         if (ipv4 or ipv6) and not user_defined:
             raise InvalidParameter("user specified IP address is supported on user defined networks only")
-        if (ipv4 and 4 not in net.get("_user_subnets", [4])) or (ipv6 and 6 not in net.get("_user_subnets", [6])):
-            raise InvalidParameter("user specified IP address is supported only when connecting to networks with "
-                                   "user configured subnets")
         if ipv6 and 6 not in configs:
             raise InvalidParameter("invalid IPv6 address %s: network %s does not have IPv6 enabled"
                                    % (ipv6, net["Name"]))
+        if (ipv4 and 4 not in net.get("_user_subnets", [4])) or (ipv6 and 6 not in net.get("_user_subnets", [6])):
+            raise InvalidParameter("user specified IP address is supported only when connecting to networks with "
+                                   "user configured subnets")
         members = list(self._members(net["Id"]).values())
         assigned: Dict[int, Tuple[str, int, str]] = {}
         for version, config in sorted(configs.items()):
