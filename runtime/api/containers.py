@@ -94,9 +94,12 @@ def resize(engine: Any, request: Request, ref: str) -> Response:
     return Response(200, b"", "text/plain")
 
 
-@route("DELETE", "/containers/{ref}", "Remove (force, v)")
+@route("DELETE", "/containers/{ref:.*}", "Remove (force, v), or with link the link /parent/alias")
 def remove(engine: Any, request: Request, ref: str) -> None:
-    engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
+    if request.flag("link"):
+        engine.remove_link(ref)
+    else:
+        engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
 
 
 @route("POST", "/containers/{ref}/wait", "Wait for a condition; headers go out at once, the body at the end")

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from runtime.engine import archive
+from runtime.engine import archive, links
 from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
                                    merge_config, merge_env, parse_binds, parse_mounts, parse_signal, random_name,
                                    split_mode, ulimits_of)
@@ -225,12 +225,16 @@ class Engine:
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
+        kind, target = split_mode(host["NetworkMode"])
+        asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        links.check_network_mode(config, host, kind, config.get("MacAddress") or next(
+            (ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict) and ep.get("MacAddress")), ""))
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
-        kind, target = split_mode(host["NetworkMode"])
         if kind == "container":
             self._get(target)
         networks = self._planned_networks(kind, target, body)
+        linked = self._link_children(host.get("Links") or [], kind)
         mounts = self._plan_mounts(cid, host, config)
         with self._lock:
             name = check_name(name) if name else self._unique_name()
@@ -239,6 +243,7 @@ class Engine:
                     raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
                                    'have to remove (or rename) that container to be able to reuse that name.'
                                    % (name, other.id))
+            host["Links"] = [links.stored(child, name, alias) for child, alias in linked] or None
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -273,12 +278,81 @@ class Engine:
         primary = self.networks.inspect(target)
         out = {primary["Name"]: _planned_endpoint(primary["Id"], asked.get(target) or asked.get(primary["Name"])
                                                   or asked.get("default") or {})}
+        mac = (body.get("MacAddress") or "") if kind != "host" else ""  # Config.MacAddress, API < 1.44
+        if mac and not out[primary["Name"]]["MacAddress"]:
+            out[primary["Name"]]["MacAddress"] = mac
         for key, cfg in asked.items():
             if key in (target, primary["Name"], "default"):
                 continue
             net = self.networks.inspect(key)
             out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
         return out
+
+    def _link_children(self, specs: List[str], kind: str) -> List[Tuple[str, str]]:
+        """(container name, alias) of each ``--link``; like dockerd, the target must exist at create."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound as exc:
+                raise InvalidParameter("could not get container for %s: %s" % (child, exc)) from None
+            out.append((other.name, alias))
+        return out if kind in ("bridge", "network") else []
+
+    def _link_targets(self, c: Container, specs: List[str]) -> List[Tuple[str, List[str]]]:
+        """(container id, names) for the network manager, for links to running containers only (dockerd's
+        words when one is not running)."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            other = self._get(child)
+            if not other.running:
+                raise HostError("Cannot link to a non running container: %s AS /%s/%s"
+                                % (other.data["Name"], c.name, alias))
+            out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
+        return out
+
+    def _link_env(self, c: Container) -> List[str]:
+        """The legacy link variables of a container on the default bridge (moby's setupLinkedContainers). A target
+        that is gone or stopped is skipped here: connecting the bridge endpoint refuses it, inside the start's
+        cleanup path."""
+        if "bridge" not in (c.data["NetworkSettings"].get("Networks") or {}):
+            return []
+        env: List[str] = []
+        for spec in c.data["HostConfig"].get("Links") or []:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound:
+                continue
+            bridge = (other.data["NetworkSettings"].get("Networks") or {}).get("bridge")
+            if not other.running or not bridge:
+                continue
+            env += links.environment("/%s/%s" % (c.name, alias), bridge.get("IPAddress") or "",
+                                     other.data["Config"].get("Env") or [], other.data["Config"].get("ExposedPorts"))
+        return env
+
+    def remove_link(self, ref: str) -> None:
+        """``DELETE /containers/{parent}/{alias}?link=true``: the link goes from the parent's HostConfig and hosts
+        file (its environment stays as it started, as with Docker)."""
+        name = "/" + ref.lstrip("/")
+        parent_name, _, alias = name.rpartition("/")
+        if not parent_name:
+            self._get(ref)
+            raise HostError("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self._get(parent_name)
+        except NotFound:
+            raise NotFound("No such container: %s" % name) from None
+        kept = [spec for spec in parent.data["HostConfig"].get("Links") or [] if links.parse_link(spec)[1] != alias]
+        if len(kept) == len(parent.data["HostConfig"].get("Links") or []):
+            raise NotFound("No such container: %s" % name)
+        with self._lock:
+            parent.data["HostConfig"]["Links"] = kept or None
+            self._save(parent)
+        if parent.running:
+            self.networks.unlink(parent.id, alias)
 
     def _unique_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -346,6 +420,10 @@ class Engine:
                     name, _, addr = item.partition(":")
                     f.write("%s\t%s\n" % (addr, name))
         lines = []
+        user_networks = [n for n in c.data["NetworkSettings"].get("Networks") or {} if n not in ("bridge", "none")]
+        if kind == "network" or (kind == "bridge" and user_networks):
+            self._write_internal_resolv_conf(c)
+            return
         if host.get("Dns"):
             lines += ["nameserver %s" % d for d in host["Dns"]]
         else:
@@ -364,6 +442,23 @@ class Engine:
             lines.append("options " + " ".join(host["DnsOptions"]))
         with open(c.file("resolv.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+    def _write_internal_resolv_conf(self, c: Container) -> None:
+        """On user-defined networks, dockerd's embedded server answers at 127.0.0.11 (``--dns`` servers become its
+        upstreams); the host's search domains and options stay, with ``ndots:0`` unless one was given."""
+        host = c.data["HostConfig"]
+        try:
+            with open(self.networks.resolv_conf) as f:
+                base = [line.split() for line in f]
+        except OSError:
+            base = []
+        search = host.get("DnsSearch") or [word for words in base if words[:1] == ["search"] for word in words[1:]]
+        options = host.get("DnsOptions") or [word for words in base if words[:1] == ["options"] for word in words[1:]]
+        if not any(option.startswith("ndots:") for option in options):
+            options = ["ndots:0"] + options
+        lines = ["nameserver 127.0.0.11"] + (["search " + " ".join(search)] if search else [])
+        with open(c.file("resolv.conf"), "w") as f:
+            f.write("\n".join(lines + ["options " + " ".join(options)]) + "\n")
 
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -437,6 +532,9 @@ class Engine:
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
                                        "%s" % m["Source"])
         spec = self._spec(c, network)
+        if kind == "bridge":
+            c.data["_link_env"] = self._link_env(c)
+            spec["env"] = merge_env(c.data["_link_env"], spec["env"])
         try:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
@@ -517,11 +615,21 @@ class Engine:
                 settings[key] = bridge.get(key, settings.get(key))
 
     def _connect_one(self, c: Container, net: str, planned: dict, pid: int) -> dict:
-        ipv4 = (planned.get("IPAMConfig") or {}).get("IPv4Address") or None
+        """One network's endpoint, with what NetworkingConfig asked: aliases, addresses, MAC, links (the legacy
+        HostConfig.Links count on the default bridge and on a primary network that has none of its own)."""
+        host = c.data["HostConfig"]
+        addresses = planned.get("IPAMConfig") or {}
+        specs = planned.get("Links") or []
+        if not specs and net in ("bridge", split_mode(host["NetworkMode"])[1]):
+            specs = host.get("Links") or []
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
-                                         ipv4=ipv4, hosts_path=c.file("hosts"),
+                                         ipv4=addresses.get("IPv4Address") or None,
+                                         ipv6=addresses.get("IPv6Address") or None,
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs),
+                                         dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
+        endpoint["Links"] = planned.get("Links")
         return endpoint
 
     def _release_network(self, c: Container) -> None:
@@ -1105,7 +1213,7 @@ class Engine:
         if body.get("Privileged"):
             spec.update({"caps": None, "seccomp": False})
         spec.update({"tty": tty, "args": list(body["Cmd"]) if not isinstance(body["Cmd"], str) else [body["Cmd"]],
-                     "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
+                     "env": merge_env(c.data.get("_link_env", []) + (cfg.get("Env") or []), body.get("Env") or []),
                      "user": body.get("User") or cfg.get("User") or "",
                      "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
         keep_open: Dict[int, int] = {}
@@ -1324,7 +1432,7 @@ class Engine:
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:
     """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
     return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
-            "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "MacAddress": cfg.get("MacAddress") or "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
 

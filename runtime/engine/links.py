@@ -1,0 +1,100 @@
+"""Legacy container links (``--link``) and dockerd's checks of a container's network mode.
+
+A link ``db:sql`` on the container ``web`` is stored as dockerd shows it, ``/db:/web/sql``. On the default bridge it
+gives ``web`` the environment variables below and a ``/etc/hosts`` line for ``sql``; on user-defined networks the
+embedded DNS server answers ``sql`` for ``web`` alone.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from runtime.errors import InvalidParameter
+
+# moby's runconfig errors, word for word
+CONFLICTS = {
+    "links_container": "conflicting options: container type network can't be used with links. This would result "
+                       "in undefined behavior",
+    "links_host": "conflicting options: host type networking can't be used with links. This would result in "
+                  "undefined behavior",
+    "hostname": "conflicting options: hostname and the network mode",
+    "dns": "conflicting options: dns and the network mode",
+    "hosts": "conflicting options: custom host-to-IP mapping and the network mode",
+    "mac": "conflicting options: mac-address and the network mode",
+    "publish": "conflicting options: port publishing and the container type network mode",
+    "expose": "conflicting options: port exposing and the container type network mode",
+}
+
+
+def check_network_mode(config: dict, host: dict, kind: str, mac: str) -> None:
+    """dockerd's validateNetMode: options that make no sense with ``--network container:`` or ``host``.
+    ``kind`` is what ``split_mode`` calls the mode; ``mac`` the MAC address asked for, wherever it was given."""
+    if kind == "container":
+        checks = [(config.get("Hostname"), "hostname"), (host.get("Links"), "links_container"),
+                  (host.get("Dns"), "dns"), (host.get("ExtraHosts"), "hosts"), (mac, "mac"),
+                  (host.get("PortBindings") or host.get("PublishAllPorts"), "publish"),
+                  (config.get("ExposedPorts"), "expose")]
+    elif kind == "host":
+        checks = [(host.get("Links"), "links_host"), (mac, "mac")]
+    else:
+        return
+    for value, conflict in checks:
+        if value:
+            raise InvalidParameter(CONFLICTS[conflict])
+
+
+def parse_link(spec: str) -> Tuple[str, str]:
+    """``db``, ``db:sql`` or the stored ``/db:/web/sql`` -> (container, alias)."""
+    child, _, alias = str(spec).partition(":")
+    child = child.lstrip("/")
+    alias = alias.rsplit("/", 1)[-1] if alias else child
+    if not child or not alias:
+        raise InvalidParameter("invalid link specification: %s" % spec)
+    return child, alias
+
+
+def stored(child_name: str, parent_name: str, alias: str) -> str:
+    return "/%s:/%s/%s" % (child_name.lstrip("/"), parent_name.lstrip("/"), alias)
+
+
+def names(alias: str, child_name: str, child_hostname: str) -> List[str]:
+    """The names a link gives its target in the linking container: alias, hostname, and name when different."""
+    out = [alias, child_hostname]
+    if alias != child_name.lstrip("/"):
+        out.append(child_name.lstrip("/"))
+    return out
+
+
+def environment(link_name: str, child_ip: str, child_env: List[str], exposed: Dict[str, object]) -> List[str]:
+    """moby's ``Link.ToEnv``: ``<ALIAS>_PORT...``, ``<ALIAS>_NAME`` and ``<ALIAS>_ENV_...`` for a link named
+    ``/parent/alias`` to a container at ``child_ip``."""
+    alias = link_name.rsplit("/", 1)[-1].upper().replace("-", "_")
+    ports = []
+    for key in exposed or {}:
+        number, _, proto = str(key).partition("/")
+        ports.append((int(number), proto or "tcp"))
+    ports.sort(key=lambda port: (port[1] != "tcp", port[1], port[0]))
+    env: List[str] = []
+    start = end = None
+    for index, (number, proto) in enumerate(ports):
+        if index == 0:
+            start = end = (number, proto)
+            env.append("%s_PORT=%s://%s:%d" % (alias, proto, child_ip, number))
+        prefix = "%s_PORT_%d_%s" % (alias, number, proto.upper())
+        env += ["%s=%s://%s:%d" % (prefix, proto, child_ip, number), "%s_ADDR=%s" % (prefix, child_ip),
+                "%s_PORT=%d" % (prefix, number), "%s_PROTO=%s" % (prefix, proto)]
+        if number == end[0] + 1 and proto == end[1]:
+            end = (number, proto)
+            if index < len(ports) - 1:
+                continue
+        if end != start:
+            prefix = "%s_PORT_%d_%s" % (alias, start[0], start[1].upper())
+            env += ["%s_START=%s://%s:%d" % (prefix, start[1], child_ip, start[0]), "%s_PORT_START=%d" % (prefix,
+                    start[0]), "%s_END=%s://%s:%d" % (prefix, end[1], child_ip, end[0]),
+                    "%s_PORT_END=%d" % (prefix, end[0])]
+        start = end = (number, proto)
+    env.append("%s_NAME=%s" % (alias, link_name))
+    for item in child_env or []:
+        name, sep, value = item.partition("=")
+        if sep and name not in ("HOME", "PATH"):
+            env.append("%s_ENV_%s=%s" % (alias, name, value))
+    return env
