@@ -28,7 +28,7 @@ from runtime.engine.status import host_memory, human_status, net_stats, summary_
 from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
 from runtime.linux import cgroups, syscalls
-from runtime.linux.process import enter_child, receive_console
+from runtime.linux.process import enter_child, propagation_problem, receive_console
 
 RESTART_BACKOFF_MAX = 1.0
 
@@ -380,7 +380,7 @@ class Engine:
                               "_anonymous": anonymous, "_copy": not created and not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
-                entry["Propagation"] = "rprivate"
+                entry["Propagation"] = m.get("Propagation") or "rprivate"
                 if m.get("FromBinds") and not os.path.exists(m["Source"]):
                     os.makedirs(m["Source"], exist_ok=True)  # -v creates a missing host directory, as Docker does
             else:
@@ -480,6 +480,7 @@ class Engine:
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
                            "readonly": not m["RW"], "options": m.get("_options", ""),
+                           "propagation": m.get("Propagation") or "",
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
         log_opts = (host.get("LogConfig") or {}).get("Config") or {}
@@ -531,6 +532,9 @@ class Engine:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
                                        "%s" % m["Source"])
+            problem = m["Type"] == "bind" and propagation_problem(m["Source"], m.get("Propagation") or "")
+            if problem:
+                raise HostError(problem)
         spec = self._spec(c, network)
         if kind == "bridge":
             c.data["_link_env"] = self._link_env(c)

@@ -101,7 +101,62 @@ def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
         open(os.path.join(dev, "console"), "w").close()
 
 
-def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool = True) -> None:
+PROPAGATION_FLAGS = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC, "shared": sc.MS_SHARED,
+    "rshared": sc.MS_SHARED | sc.MS_REC, "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+}
+TMPFS_FLAGS = {  # mount(8) words that are flags, not tmpfs data: (set, clear)
+    "ro": (sc.MS_RDONLY, 0), "rw": (0, sc.MS_RDONLY), "nosuid": (sc.MS_NOSUID, 0), "suid": (0, sc.MS_NOSUID),
+    "nodev": (sc.MS_NODEV, 0), "dev": (0, sc.MS_NODEV), "noexec": (sc.MS_NOEXEC, 0), "exec": (0, sc.MS_NOEXEC),
+    "sync": (sc.MS_SYNCHRONOUS, 0), "async": (0, sc.MS_SYNCHRONOUS), "noatime": (sc.MS_NOATIME, 0),
+    "atime": (0, sc.MS_NOATIME), "nodiratime": (sc.MS_NODIRATIME, 0), "diratime": (0, sc.MS_NODIRATIME),
+    "strictatime": (sc.MS_STRICTATIME, 0),
+}
+
+
+def tmpfs_flags(options: str, readonly: bool) -> Tuple[int, str]:
+    """(mount flags, data) of a tmpfs: Docker's defaults noexec, nosuid, nodev, then the options in order."""
+    flags = sc.MS_NOEXEC | sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if readonly else 0)
+    data = []
+    for word in filter(None, (options or "").split(",")):
+        if word in TMPFS_FLAGS:
+            on, off = TMPFS_FLAGS[word]
+            flags = (flags | on) & ~off
+        elif word not in PROPAGATION_FLAGS:
+            data.append(word)
+    return flags, ",".join(data)
+
+
+def mount_of(path: str) -> Tuple[str, List[str]]:
+    """(mount point, optional fields such as ``shared:3``) of the mount holding ``path``, from mountinfo."""
+    path = os.path.realpath(path)
+    best: Tuple[str, List[str]] = ("/", [])
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            optional = fields[6:fields.index("-")]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, optional)
+    return best
+
+
+def propagation_problem(source: str, propagation: str) -> Optional[str]:
+    """dockerd's ensureShared/ensureSharedOrSlave: a shared (slave) bind needs a shared (or slave) source mount."""
+    if propagation not in ("shared", "rshared", "slave", "rslave"):
+        return None
+    point, optional = mount_of(source)
+    if any(field.startswith("shared:") for field in optional):
+        return None
+    if propagation.endswith("shared"):
+        return "path %s is mounted on %s but it is not a shared mount" % (source, point)
+    if any(field.startswith("master:") for field in optional):
+        return None
+    return "path %s is mounted on %s but it is not a shared or slave mount" % (source, point)
+
+
+def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool = True,
+          propagation: str = "") -> None:
     if os.path.isdir(source):
         host_target = mkdir_in_root(rootfs, target)
     else:
@@ -110,6 +165,8 @@ def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool
         if not os.path.lexists(host_target):
             open(host_target, "a").close()
     sc.mount(source, host_target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
+    if propagation:
+        sc.mount(None, host_target, None, PROPAGATION_FLAGS[propagation])
     if readonly:
         sc.mount(None, host_target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
 
@@ -144,7 +201,14 @@ def _mask(privileged: bool) -> None:
 def prepare_root(spec: dict) -> None:
     """Mounts the container's filesystem tree and pivots into it. Runs in the new mount namespace."""
     rootfs = spec["rootfs"]
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # Like runc with the rootfs propagation dockerd picks: shared when a bind is shared, slave when one is a slave
+    # (mounts then keep their tie to the host's), else private; the mount holding the root filesystem is made
+    # private either way, so the container's own mounts never appear on the host and pivot_root is allowed.
+    wanted = {m.get("propagation", "").lstrip("r") for m in spec["mounts"]}
+    root = "shared" if "shared" in wanted else "slave" if "slave" in wanted else "private"
+    sc.mount(None, "/", None, sc.MS_REC | PROPAGATION_FLAGS[root])
+    if root == "shared":
+        sc.mount(None, mount_of(os.path.dirname(rootfs))[0], None, sc.MS_PRIVATE)
     lower = ":".join(spec["lower"])
     sc.mount("overlay", rootfs, "overlay", 0,
              "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
@@ -173,14 +237,18 @@ def prepare_root(spec: dict) -> None:
     for m in spec["mounts"]:
         if m["type"] == "tmpfs":
             target = mkdir_in_root(rootfs, m["target"])
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.get("options") or "mode=1777")
+            sc.mount("tmpfs", target, "tmpfs", *tmpfs_flags(m.get("options") or "mode=1777", m["readonly"]))
             continue
         if m.get("copy_up"):
             _copy_up(m["source"], rootfs, m["target"])
-        _bind(m["source"], rootfs, m["target"], m["readonly"])
+        _bind(m["source"], rootfs, m["target"], m["readonly"], propagation=m.get("propagation", ""))
     mkdir_in_root(rootfs, spec.get("cwd") or "/")  # WorkingDir exists even when the root turns read-only
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
     os.chdir(rootfs)
     sc.pivot_root(".", ".")
+    os.fchdir(old_root)  # as runc: "." is then surely the old root, made a slave so its unmounts stay here
+    os.close(old_root)
+    sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
     sc.umount(".", sc.MNT_DETACH)
     os.chdir("/")
     _mask(spec["privileged"])
