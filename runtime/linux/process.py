@@ -394,7 +394,8 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
     try:
         env = become_user(spec)
         if spec.get("init"):
-            sc.set_process_name("init")  # before the fork: the command may look at PID 1 at once
+            # before the fork: the command may look at PID 1 at once
+            sc.set_process_title("init -- " + " ".join(spec["args"]), "init")
             target = [0]
             forward_signals(target)
             child = os.fork()
@@ -456,6 +457,7 @@ def enter_child(pid: int, spec: dict, stdio: Optional[Tuple[int, int, int]], rep
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
+        sc.set_process_title("machines-exec %s" % spec["id"], "exec-" + spec["id"][:10])
         fds = [(os.open("/proc/%d/ns/%s" % (pid, ns), os.O_RDONLY), flag) for ns, flag in (
             ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
             ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]
