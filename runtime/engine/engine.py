@@ -267,7 +267,10 @@ class Engine:
             self._containers[cid] = c
             self._save(c)
         self._emit(c, "create")
-        return {"Id": cid, "Warnings": []}
+        warnings = []
+        if kind == "host" and (host.get("PortBindings") or host.get("PublishAllPorts")):
+            warnings.append("Published ports are discarded when using host network mode")
+        return {"Id": cid, "Warnings": warnings}
 
     def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
@@ -1412,6 +1415,8 @@ class Engine:
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
+                if net["Name"] not in ("bridge", "host", "none"):
+                    self._write_internal_resolv_conf(c)  # as dockerd: the embedded server takes over at once
             with self._lock:
                 networks[net["Name"]] = endpoint
                 self._save(c)

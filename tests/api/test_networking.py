@@ -142,8 +142,13 @@ def test_embedded_dns_answers_names_ids_and_aliases(daemon: Daemon, image: str, 
     assert "FAILED " not in output.replace("UNKNOWN-FAILED", "")
     assert output.count(web_ip) >= 4
     assert "UNKNOWN-FAILED" in output and "SERVFAIL" in output
-    plain = daemon.out("run", "--rm", image, "cat", "/etc/resolv.conf")
-    assert "127.0.0.11" not in plain  # the default bridge keeps the host's servers, as with Docker
+    late = name + "-late"
+    daemon.out("run", "-d", "--name", late, "--dns", "127.0.0.1", image, "sleep", "300")
+    assert "127.0.0.11" not in daemon.out("exec", late, "cat", "/etc/resolv.conf")  # default bridge: host's servers
+    daemon.out("network", "connect", network, late)
+    assert daemon.out("exec", late, "cat", "/etc/resolv.conf").startswith("nameserver 127.0.0.11\n")
+    assert web_ip in daemon.out("exec", late, "nslookup", "front")
+    daemon.out("rm", "-f", late)
 
 
 def test_networking_config_endpoint_settings_with_docker_py(daemon: Daemon, image: str, name: str,
@@ -160,6 +165,11 @@ def test_networking_config_endpoint_settings_with_docker_py(daemon: Daemon, imag
         created = client.api.create_container(image, ["sleep", "300"], name=name + "-app",
                                               networking_config=config)
         client.api.start(created["Id"])
+        body = {"Image": image, "Cmd": ["true"], "HostConfig": {  # docker-py itself refuses this combination
+            "NetworkMode": "host", "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}}
+        hosted = client.api._result(client.api._post_json(client.api._url("/containers/create"), data=body,
+                                                          params={"name": name + "-hosted"}), json=True)
+        assert hosted["Warnings"] == ["Published ports are discarded when using host network mode"]
         app = client.containers.get(created["Id"])
         endpoint = app.attrs["NetworkSettings"]["Networks"][network]
         assert endpoint["IPAddress"] == prefix + ".77"
@@ -173,7 +183,7 @@ def test_networking_config_endpoint_settings_with_docker_py(daemon: Daemon, imag
         db_ip = client.containers.get(db.id).attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
         assert db_ip.encode() in out
     finally:
-        for suffix in ("-app", "-db"):
+        for suffix in ("-app", "-db", "-hosted"):
             try:
                 client.containers.get(name + suffix).remove(force=True)
             except docker.errors.NotFound:
