@@ -123,11 +123,12 @@ def wait(engine: Any, request: Request, ref: str) -> Stream:
 def attach(engine: Any, request: Request, ref: str) -> Any:
     tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
     with_stdin = request.flag("stdin")
+    keys = streams.detach_keys(request.arg("detachKeys"))
     session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
                             logs=request.flag("logs"), stream=request.flag("stream"))
     channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
     if with_stdin:
-        streams.feed_stdin(channel, session)
+        streams.feed_stdin(channel, session, keys)
     streams.pump_output(channel, session)
     return HIJACKED
 
