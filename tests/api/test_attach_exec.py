@@ -10,7 +10,7 @@ import select
 import socket
 import struct
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import docker
 import pytest
@@ -149,6 +149,14 @@ def client(daemon: Daemon) -> docker.DockerClient:
     client.close()
 
 
+@pytest.fixture
+def sleeper(client: docker.DockerClient, image: str, name: str) -> Iterator[Any]:
+    """A running container to exec in."""
+    container = client.containers.run(image, "sleep 300", name=name, detach=True)
+    yield container
+    container.remove(force=True)
+
+
 def _read_all(sock: socket.socket) -> bytes:
     data = b""
     while True:
@@ -188,73 +196,62 @@ def test_raw_attach_socket_detaches_on_the_keys(client: docker.DockerClient, ima
         container.remove(force=True)
 
 
-def test_exec_streams_are_byte_exact(client: docker.DockerClient, image: str, name: str) -> None:
-    container = client.containers.run(image, "sleep 300", name=name, detach=True)
-    try:
-        script = "printf 'a\\nb'; printf 'E1' >&2; printf '\\001\\377\\000z'; printf 'E2' >&2"
-        code, out = container.exec_run(["sh", "-c", script])  # two pipes: each stream keeps its own order
-        assert code == 0 and len(out) == 11 and out.replace(b"E1", b"").replace(b"E2", b"") == b"a\nb\x01\xff\x00z"
-        assert out.index(b"E1") < out.index(b"E2")
-        code, (out, err) = container.exec_run(["sh", "-c", script], demux=True)
-        assert (code, out, err) == (0, b"a\nb\x01\xff\x00z", b"E1E2")
-        code, out = container.exec_run(["sh", "-c", script], tty=True)
-        assert code == 0 and out == b"a\r\nbE1\x01\xff\x00zE2"
-        code, (out, err) = container.exec_run(["sh", "-c", script], tty=True, demux=True)
-        assert (code, out, err) == (0, b"a\r\nbE1\x01\xff\x00zE2", None)
-        chunks = b"".join(container.exec_run(["sh", "-c", "seq 1 20000"], stream=True).output)
-        assert chunks == b"".join(b"%d\n" % n for n in range(1, 20001))
-        streamed = list(container.exec_run(["sh", "-c", script], stream=True, demux=True).output)
-        assert b"".join(o for o, _ in streamed if o) == b"a\nb\x01\xff\x00z"
-        assert b"".join(e for _, e in streamed if e) == b"E1E2"
+def test_exec_streams_are_byte_exact(client: docker.DockerClient, sleeper: Any) -> None:
+    container = sleeper
+    script = "printf 'a\\nb'; printf 'E1' >&2; printf '\\001\\377\\000z'; printf 'E2' >&2"
+    code, out = container.exec_run(["sh", "-c", script])  # two pipes: each stream keeps its own order
+    assert code == 0 and len(out) == 11 and out.replace(b"E1", b"").replace(b"E2", b"") == b"a\nb\x01\xff\x00z"
+    assert out.index(b"E1") < out.index(b"E2")
+    code, (out, err) = container.exec_run(["sh", "-c", script], demux=True)
+    assert (code, out, err) == (0, b"a\nb\x01\xff\x00z", b"E1E2")
+    code, out = container.exec_run(["sh", "-c", script], tty=True)
+    assert code == 0 and out == b"a\r\nbE1\x01\xff\x00zE2"
+    code, (out, err) = container.exec_run(["sh", "-c", script], tty=True, demux=True)
+    assert (code, out, err) == (0, b"a\r\nbE1\x01\xff\x00zE2", None)
+    chunks = b"".join(container.exec_run(["sh", "-c", "seq 1 20000"], stream=True).output)
+    assert chunks == b"".join(b"%d\n" % n for n in range(1, 20001))
+    streamed = list(container.exec_run(["sh", "-c", script], stream=True, demux=True).output)
+    assert b"".join(o for o, _ in streamed if o) == b"a\nb\x01\xff\x00z"
+    assert b"".join(e for _, e in streamed if e) == b"E1E2"
 
-        exec_id = client.api.exec_create(container.id, ["sh", "-c", "cat; echo done >&2"], stdin=True)["Id"]
-        sock = client.api.exec_start(exec_id, socket=True)
-        raw = sock._sock
-        raw.settimeout(20)
-        payload = bytes(range(256)) * 64
-        raw.sendall(payload)
-        raw.shutdown(socket.SHUT_WR)
-        frames = _demux(_read_all(raw))
-        raw.close()
-        assert b"".join(data for stream, data in frames if stream == 1) == payload
-        assert b"".join(data for stream, data in frames if stream == 2) == b"done\n"
-        assert client.api.exec_inspect(exec_id)["ExitCode"] == 0
-    finally:
-        container.remove(force=True)
+    exec_id = client.api.exec_create(container.id, ["sh", "-c", "cat; echo done >&2"], stdin=True)["Id"]
+    sock = client.api.exec_start(exec_id, socket=True)
+    raw = sock._sock
+    raw.settimeout(20)
+    payload = bytes(range(256)) * 64
+    raw.sendall(payload)
+    raw.shutdown(socket.SHUT_WR)
+    frames = _demux(_read_all(raw))
+    raw.close()
+    assert b"".join(data for stream, data in frames if stream == 1) == payload
+    assert b"".join(data for stream, data in frames if stream == 2) == b"done\n"
+    assert client.api.exec_inspect(exec_id)["ExitCode"] == 0
 
 
-def test_tty_streams_lose_nothing_at_the_start(client: docker.DockerClient, daemon: Daemon, image: str,
-                                               name: str) -> None:
-    container = client.containers.run(image, "sleep 300", name=name, detach=True)
-    try:
-        for attempt in range(30):
-            code, out = container.exec_run(["echo", "start%d" % attempt], tty=True)
-            assert (code, out) == (0, b"start%d\r\n" % attempt)
-        for attempt in range(10):
-            result = daemon.docker("run", "--rm", "-t", image, "echo", "first%d" % attempt)
-            assert result.stdout == b"first%d\r\n" % attempt
-    finally:
-        container.remove(force=True)
+def test_tty_streams_lose_nothing_at_the_start(daemon: Daemon, image: str, sleeper: Any) -> None:
+    container = sleeper
+    for attempt in range(30):
+        code, out = container.exec_run(["echo", "start%d" % attempt], tty=True)
+        assert (code, out) == (0, b"start%d\r\n" % attempt)
+    for attempt in range(10):
+        result = daemon.docker("run", "--rm", "-t", image, "echo", "first%d" % attempt)
+        assert result.stdout == b"first%d\r\n" % attempt
 
 
-def test_exec_exit_codes_and_users_as_docker(client: docker.DockerClient, daemon: Daemon, image: str,
-                                             name: str) -> None:
-    container = client.containers.run(image, "sleep 300", name=name, detach=True)
-    try:
-        container.exec_run(["sh", "-c", "echo 'svc:x:1234:4321::/home/svc:/bin/sh' >> /etc/passwd; "
-                                        "echo 'team:x:4321:' >> /etc/group; echo 'extra:x:555:svc' >> /etc/group"])
-        code, out = container.exec_run(["id"], user="svc")
-        assert (code, out) == (0, b"uid=1234(svc) gid=4321(team) groups=555(extra),4321(team)\n")
-        code, out = container.exec_run(["id", "-u"], user="svc:extra")
-        assert (code, out) == (0, b"1234\n")
-        missing = daemon.docker("exec", name, "no-such-binary")
-        assert missing.returncode == 127
-        assert b'exec: "no-such-binary": executable file not found in $PATH' in missing.stderr
-        denied = daemon.docker("exec", name, "/etc/passwd")
-        assert denied.returncode == 126
-        code, out = container.exec_run(["no-such-binary"])
-        assert code == 127 and b"executable file not found in $PATH" in out
-        nobody = daemon.docker("exec", "-u", "ghost", name, "true")
-        assert nobody.returncode == 126 and b"unable to find user ghost" in nobody.stderr
-    finally:
-        container.remove(force=True)
+def test_exec_exit_codes_and_users_as_docker(daemon: Daemon, sleeper: Any) -> None:
+    container, name = sleeper, sleeper.name
+    container.exec_run(["sh", "-c", "echo 'svc:x:1234:4321::/home/svc:/bin/sh' >> /etc/passwd; "
+                                    "echo 'team:x:4321:' >> /etc/group; echo 'extra:x:555:svc' >> /etc/group"])
+    code, out = container.exec_run(["id"], user="svc")
+    assert (code, out) == (0, b"uid=1234(svc) gid=4321(team) groups=555(extra),4321(team)\n")
+    code, out = container.exec_run(["id", "-u"], user="svc:extra")
+    assert (code, out) == (0, b"1234\n")
+    missing = daemon.docker("exec", name, "no-such-binary")
+    assert missing.returncode == 127
+    assert b'exec: "no-such-binary": executable file not found in $PATH' in missing.stderr
+    denied = daemon.docker("exec", name, "/etc/passwd")
+    assert denied.returncode == 126
+    code, out = container.exec_run(["no-such-binary"])
+    assert code == 127 and b"executable file not found in $PATH" in out
+    nobody = daemon.docker("exec", "-u", "ghost", name, "true")
+    assert nobody.returncode == 126 and b"unable to find user ghost" in nobody.stderr
