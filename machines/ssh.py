@@ -21,8 +21,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any
 
 import paramiko
 
@@ -92,6 +93,42 @@ def _fingerprint(line: str) -> str:
     return f"{parts[0]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
+OPENSSH_KEY_NAMES = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA", "ssh-dss": "DSA"}
+
+
+def fingerprint(line: str) -> str:
+    """A key line's fingerprint as OpenSSH shows it on first contact: ``ED25519 key fingerprint is SHA256:...``."""
+    key_type, _, digest = _fingerprint(line).partition(" ")
+    shown = OPENSSH_KEY_NAMES.get(key_type) or ("ECDSA" if key_type.startswith("ecdsa-") else key_type.upper())
+    return f"{shown} key fingerprint is {digest}"
+
+
+def parse_public_key(text: str) -> str | None:
+    """The first SSH public key in ``text`` as ``"<type> <base64>"``: a ``.pub`` line, a known_hosts line (markers
+    such as ``@revoked`` excluded) or ``ssh-keyscan`` output; None when there is none."""
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", "@")):
+            continue
+        for key_type, data in zip(fields, fields[1:]):
+            try:
+                key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data, validate=True))
+            except (paramiko.SSHException, ValueError):
+                continue
+            return key_line(key)
+    return None
+
+
+def known_host_key(path: str | os.PathLike[str], host: str, port: int) -> str | None:
+    """The key a known_hosts file holds for ``host`` (``[host]:port`` when the port is not 22; hashed names too)."""
+    try:
+        known = paramiko.HostKeys(str(path))
+    except (OSError, paramiko.SSHException, ValueError):
+        return None
+    keys = known.lookup(host if port == 22 else f"[{host}]:{port}")
+    return key_line(next(iter(keys.values()))) if keys else None
+
+
 class Connection:
     """An SSH connection to one machine. Connects lazily; usable as a context manager; thread-safe for ``run``.
 
@@ -120,9 +157,10 @@ class Connection:
     def where(self) -> str:
         return f"{self.details.user}@{self.details.host}:{self.details.port}"
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         with self._connect_lock:
-            if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is not None and transport.is_active():
                 return self
             self._client = self._open()
         return self
@@ -190,7 +228,7 @@ class Connection:
                 self._client.close()
                 self._client = None
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self.connect()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -230,7 +268,7 @@ class Connection:
                 output = _read_all(channel.recv)
                 stderr_reader.join()
                 exit_status = channel.recv_exit_status()
-            except socket.timeout:
+            except TimeoutError:
                 raise MachineTimeoutError(f"command on {self.name} did not finish within {timeout}s: {command}") from None
             except (paramiko.SSHException, OSError, EOFError) as error:
                 raise SSHError(f"command on {self.name} failed: {_describe(error)}") from None
@@ -344,7 +382,7 @@ class Connection:
     # -- port forwarding ------------------------------------------------------------------------------------
     def forward_local_unix(
         self, local_socket_path: str, remote_socket_path: str, *, remote_command: str | None = None, sudo: bool = True
-    ) -> "UnixForwarder":
+    ) -> UnixForwarder:
         """Serve ``local_socket_path`` (0600); each client is bridged to ``remote_socket_path`` on the host.
 
         Each connection runs ``remote_command`` (default: a python3 one-liner that connects to the remote socket and
@@ -436,7 +474,7 @@ class UnixForwarder:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def __enter__(self) -> "UnixForwarder":
+    def __enter__(self) -> UnixForwarder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -512,7 +550,8 @@ def _feed(stdin: IO[bytes], channel: paramiko.Channel) -> None:
 
 def _pump_terminal(channel: paramiko.Channel, stdin_fd: int, stdout_fd: int) -> None:
     while True:
-        readable, _, _ = select.select([channel, stdin_fd], [], [])
+        watched: list[Any] = [channel, stdin_fd]  # a paramiko channel and a file descriptor
+        readable, _, _ = select.select(watched, [], [])
         if channel in readable:
             data = channel.recv(COPY_CHUNK)
             if not data:
