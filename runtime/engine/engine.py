@@ -116,8 +116,8 @@ class Engine:
         cid = secrets.token_hex(32)
         kind, target = split_mode(host["NetworkMode"])
         asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-        links.check_network_mode(config, host, kind, config.get("MacAddress") or next(
-            (ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict) and ep.get("MacAddress")), ""))
+        macs = [config.get("MacAddress")] + [ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict)]
+        links.check_network_mode(config, host, kind, next((str(mac) for mac in macs if mac), ""))
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
         if kind == "container":

@@ -68,29 +68,26 @@ def environment(link_name: str, child_ip: str, child_env: List[str], exposed: Di
     """moby's ``Link.ToEnv``: ``<ALIAS>_PORT...``, ``<ALIAS>_NAME`` and ``<ALIAS>_ENV_...`` for a link named
     ``/parent/alias`` to a container at ``child_ip``."""
     alias = link_name.rsplit("/", 1)[-1].upper().replace("-", "_")
-    ports = []
+    ports: List[Tuple[int, str]] = []
     for key in exposed or {}:
-        number, _, proto = str(key).partition("/")
-        ports.append((int(number), proto or "tcp"))
+        text, _, kind = str(key).partition("/")
+        ports.append((int(text), kind or "tcp"))
     ports.sort(key=lambda port: (port[1] != "tcp", port[1], port[0]))
-    env: List[str] = []
-    start = end = None
+    env: List[str] = ["%s_PORT=%s://%s:%d" % (alias, ports[0][1], child_ip, ports[0][0])] if ports else []
+    start = end = ports[0] if ports else (0, "")
     for index, (number, proto) in enumerate(ports):
-        if index == 0:
-            start = end = (number, proto)
-            env.append("%s_PORT=%s://%s:%d" % (alias, proto, child_ip, number))
         prefix = "%s_PORT_%d_%s" % (alias, number, proto.upper())
         env += ["%s=%s://%s:%d" % (prefix, proto, child_ip, number), "%s_ADDR=%s" % (prefix, child_ip),
                 "%s_PORT=%d" % (prefix, number), "%s_PROTO=%s" % (prefix, proto)]
-        if number == end[0] + 1 and proto == end[1]:
+        if index and number == end[0] + 1 and proto == end[1]:  # a range goes on
             end = (number, proto)
             if index < len(ports) - 1:
                 continue
         if end != start:
             prefix = "%s_PORT_%d_%s" % (alias, start[0], start[1].upper())
-            env += ["%s_START=%s://%s:%d" % (prefix, start[1], child_ip, start[0]), "%s_PORT_START=%d" % (prefix,
-                    start[0]), "%s_END=%s://%s:%d" % (prefix, end[1], child_ip, end[0]),
-                    "%s_PORT_END=%d" % (prefix, end[0])]
+            env += ["%s_START=%s://%s:%d" % (prefix, start[1], child_ip, start[0]),
+                    "%s_PORT_START=%d" % (prefix, start[0]),
+                    "%s_END=%s://%s:%d" % (prefix, end[1], child_ip, end[0]), "%s_PORT_END=%d" % (prefix, end[0])]
         start = end = (number, proto)
     env.append("%s_NAME=%s" % (alias, link_name))
     for item in child_env or []:

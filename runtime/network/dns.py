@@ -9,6 +9,7 @@ a query no upstream answers gets SERVFAIL, so a host without a reachable resolve
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import selectors
@@ -152,12 +153,14 @@ class Resolver:
                 if key.data is None:
                     return
                 container_id, kind = key.data
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
                 try:
                     if kind == socket.SOCK_DGRAM:
-                        data, peer = key.fileobj.recvfrom(4096)
-                        self._handle(container_id, data, lambda reply, s=key.fileobj, p=peer: s.sendto(reply, p))
+                        data, peer = sock.recvfrom(4096)
+                        self._handle(container_id, data, functools.partial(_reply_to, sock, peer))
                     else:
-                        conn, _ = key.fileobj.accept()
+                        conn, _ = sock.accept()
                         threading.Thread(target=self._serve_tcp, args=(container_id, conn), daemon=True).start()
                 except OSError:  # a socket closed by forget() between select and use
                     continue
@@ -228,6 +231,10 @@ class Resolver:
                 send(reply)
                 return
         send(response(query, RCODE_SERVFAIL, []))
+
+
+def _reply_to(sock: socket.socket, peer: Tuple[str, int], reply: bytes) -> None:
+    sock.sendto(reply, peer)
 
 
 def _bind() -> Tuple[socket.socket, socket.socket]:

@@ -224,7 +224,7 @@ class NetworkManager:
         result: Dict[str, Any] = {"Subnet": str(subnet)}
         if config.get("IPRange"):
             ip_range = ipam.parse_subnet(config["IPRange"])
-            if ip_range.version != subnet.version or not ip_range.subnet_of(subnet):
+            if ip_range.version != subnet.version or not ip_range.subnet_of(subnet):  # type: ignore[arg-type]
                 raise InvalidParameter("IP range %s is not within subnet %s" % (ip_range, subnet))
             result["IPRange"] = str(ip_range)
         gateway = config.get("Gateway")
@@ -372,7 +372,7 @@ class NetworkManager:
         for version, config in sorted(configs.items()):
             field, last = ("IPAddress", "_last") if version == 4 else ("GlobalIPv6Address", "_last6")
             subnet = ipam.parse_subnet(config["Subnet"])
-            used = {e.get(field) for e in members} | {config["Gateway"]}
+            used = {str(e.get(field)) for e in members} | {config["Gateway"]}
             used.update((config.get("AuxiliaryAddresses") or {}).values())
             wanted = ipv4 if version == 4 else ipv6
             if wanted:

@@ -10,7 +10,8 @@ import select
 import socket
 import struct
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -21,7 +22,7 @@ from .conftest import DOCKER, Daemon
 class Terminal:
     """A docker CLI command on a pseudo-terminal, as a user at a keyboard runs it."""
 
-    def __init__(self, daemon: Daemon, *args: str, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, daemon: Daemon, *args: str, env: dict[str, str] | None = None) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             os.execve(DOCKER, [DOCKER, *args], env or daemon.env())
@@ -59,7 +60,7 @@ class Terminal:
                         break
                     self.output += chunk
                 return os.waitstatus_to_exitcode(status)
-            assert time.monotonic() < deadline, "the CLI did not end: %r" % self.output
+            assert time.monotonic() < deadline, f"the CLI did not end: {self.output!r}"
             self.drain()
 
     def drain(self) -> None:
@@ -83,7 +84,7 @@ def running(daemon: Daemon, name: str) -> bool:
 
 @pytest.mark.parametrize("keys, typed", [(None, b"\x10\x11"), ("ctrl-a,x", b"\x01x")])
 def test_run_it_detaches_and_the_container_keeps_running(daemon: Daemon, image: str, name: str,
-                                                        keys: Optional[str], typed: bytes) -> None:
+                                                        keys: str | None, typed: bytes) -> None:
     args = ["run", "-it", "--name", name] + (["--detach-keys", keys] if keys else []) + [image, "sh"]
     terminal = Terminal(daemon, *args)
     try:
@@ -166,7 +167,7 @@ def _read_all(sock: socket.socket) -> bytes:
         data += chunk
 
 
-def _demux(data: bytes) -> List[tuple]:
+def _demux(data: bytes) -> list[tuple]:
     frames, offset = [], 0
     while offset < len(data):
         stream, size = struct.unpack_from(">BxxxL", data, offset)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -38,7 +38,7 @@ def shared_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_rshared_bind_propagates_both_ways(daemon: Daemon, image: str, name: str, shared_dir: Path) -> None:
-    daemon.out("run", "-d", "--name", name, "--privileged", "-v", "%s:/data:rshared" % shared_dir, image,
+    daemon.out("run", "-d", "--name", name, "--privileged", "-v", f"{shared_dir}:/data:rshared", image,
                "sleep", "300")
     try:
         mount = json.loads(daemon.out("inspect", name))[0]["Mounts"][0]
@@ -80,16 +80,16 @@ def test_shared_propagation_needs_a_shared_source(daemon: Daemon, image: str, na
                            text=True).stdout.strip()
     propagation = subprocess.run(["findmnt", "-n", "-o", "PROPAGATION", point], capture_output=True,
                                  text=True).stdout.strip()
-    assert propagation == "private", "the test expects the machine's %s to be a private mount" % point
+    assert propagation == "private", f"the test expects the machine's {point} to be a private mount"
     for mode, words in (("rshared", "not a shared mount"), ("rslave", "not a shared or slave mount")):
-        result = daemon.docker("run", "--name", "%s-%s" % (name, mode), "-v", "%s:/data:%s" % (private, mode),
+        result = daemon.docker("run", "--name", f"{name}-{mode}", "-v", f"{private}:/data:{mode}",
                                image, "true")
         try:
             assert result.returncode != 0
-            assert ("path %s is mounted on %s but it is %s" % (private, point, words)).encode() in result.stderr
+            assert (f"path {private} is mounted on {point} but it is {words}").encode() in result.stderr
         finally:
-            daemon.docker("rm", "-f", "%s-%s" % (name, mode))
-    bad = daemon.docker("run", "--rm", "--mount", "type=bind,src=%s,dst=/d,bind-propagation=sideways" % private,
+            daemon.docker("rm", "-f", f"{name}-{mode}")
+    bad = daemon.docker("run", "--rm", "--mount", f"type=bind,src={private},dst=/d,bind-propagation=sideways",
                         image, "true")
     assert bad.returncode == 125 and b"invalid propagation mode" in bad.stderr
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import docker
 import pytest
@@ -40,20 +40,20 @@ def test_legacy_links_give_env_hosts_and_can_be_removed(daemon: Daemon, image: s
         db_ip = daemon.out("inspect", "-f", "{{.NetworkSettings.IPAddress}}", db).strip()
         daemon.out("run", "-d", "--name", web, "--link", db + ":sql", image, "sleep", "300")
         env = daemon.out("exec", web, "env").splitlines()
-        for line in ("SQL_PORT=tcp://%s:5432" % db_ip, "SQL_PORT_5432_TCP=tcp://%s:5432" % db_ip,
-                     "SQL_PORT_5432_TCP_ADDR=%s" % db_ip, "SQL_PORT_5432_TCP_PORT=5432",
-                     "SQL_PORT_5432_TCP_PROTO=tcp", "SQL_PORT_7000_TCP_START=tcp://%s:7000" % db_ip,
-                     "SQL_PORT_7000_TCP_PORT_END=7001", "SQL_NAME=/%s/sql" % web, "SQL_ENV_SECRET=s3"):
+        for line in (f"SQL_PORT=tcp://{db_ip}:5432", f"SQL_PORT_5432_TCP=tcp://{db_ip}:5432",
+                     f"SQL_PORT_5432_TCP_ADDR={db_ip}", "SQL_PORT_5432_TCP_PORT=5432",
+                     "SQL_PORT_5432_TCP_PROTO=tcp", f"SQL_PORT_7000_TCP_START=tcp://{db_ip}:7000",
+                     "SQL_PORT_7000_TCP_PORT_END=7001", f"SQL_NAME=/{web}/sql", "SQL_ENV_SECRET=s3"):
             assert line in env
         assert not any(line.startswith("SQL_ENV_PATH=") for line in env)
-        assert "%s\tsql dbhost %s" % (db_ip, db) in daemon.out("exec", web, "cat", "/etc/hosts")
+        assert f"{db_ip}\tsql dbhost {db}" in daemon.out("exec", web, "cat", "/etc/hosts")
         assert daemon.docker("exec", web, "ping", "-c", "1", "-W", "5", "sql").returncode == 0
-        assert inspect(daemon, web)["HostConfig"]["Links"] == ["/%s:/%s/sql" % (db, web)]
+        assert inspect(daemon, web)["HostConfig"]["Links"] == [f"/{db}:/{web}/sql"]
 
         default = daemon.docker("rm", "--link", db)
         assert default.returncode == 1
         assert b"Conflict, cannot remove the default link name of the container" in default.stderr
-        assert daemon.out("rm", "--link", "/%s/sql" % web) == "/%s/sql\n" % web
+        assert daemon.out("rm", "--link", f"/{web}/sql") == f"/{web}/sql\n"
         assert inspect(daemon, web)["HostConfig"]["Links"] is None
         assert "sql" not in daemon.out("exec", web, "cat", "/etc/hosts")
         assert daemon.docker("inspect", db).returncode == 0  # removing a link leaves the container
@@ -73,7 +73,7 @@ def test_legacy_links_give_env_hosts_and_can_be_removed(daemon: Daemon, image: s
 def test_addresses_mac_and_a_dual_stack_network(daemon: Daemon, image: str, name: str, network: str) -> None:
     v4 = free_subnet(197)
     prefix = v4.rsplit(".", 1)[0]
-    v6 = "fd00:%x:%x::/64" % (uuid.uuid4().int & 0xFFFF, uuid.uuid4().int & 0xFFFF)
+    v6 = f"fd00:{uuid.uuid4().int & 0xFFFF:x}:{uuid.uuid4().int & 0xFFFF:x}::/64"
     v6_prefix = v6.split("::")[0]
     daemon.out("network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, network)
     shown = inspect(daemon, "--type", "network", network)
@@ -88,13 +88,13 @@ def test_addresses_mac_and_a_dual_stack_network(daemon: Daemon, image: str, name
         prefix + ".50", v6_prefix + "::50", "02:11:22:33:44:55")
     assert endpoint["IPAMConfig"] == {"IPv4Address": prefix + ".50", "IPv6Address": v6_prefix + "::50"}
     links = daemon.out("exec", box, "ip", "addr", "show", "eth0")
-    assert "link/ether 02:11:22:33:44:55" in links and "inet6 %s::50/64" % v6_prefix in links
+    assert "link/ether 02:11:22:33:44:55" in links and f"inet6 {v6_prefix}::50/64" in links
     member = inspect(daemon, "--type", "network", network)["Containers"]
     assert [entry["IPv6Address"] for entry in member.values()] == [v6_prefix + "::50/64"]
     ping = daemon.docker("run", "--rm", "--network", network, image, "ping", "-c", "1", "-W", "5", v6_prefix + "::50")
     assert ping.returncode == 0, ping.stdout + ping.stderr
     other = daemon.out("run", "--rm", "--network", network, image, "ip", "-6", "addr", "show", "eth0")
-    assert "inet6 %s::" % v6_prefix in other  # an address of its own from the v6 subnet
+    assert f"inet6 {v6_prefix}::" in other  # an address of its own from the v6 subnet
 
     taken = daemon.docker("run", "--rm", "--network", network, "--ip", prefix + ".50", image, "true")
     assert b"Address already in use" in taken.stderr
@@ -105,7 +105,7 @@ def test_addresses_mac_and_a_dual_stack_network(daemon: Daemon, image: str, name
 
 
 def test_network_options_and_swarm_drivers(daemon: Daemon, image: str, name: str, network: str) -> None:
-    bridge = "mrtx%s" % uuid.uuid4().hex[:8]
+    bridge = f"mrtx{uuid.uuid4().hex[:8]}"
     daemon.out("network", "create", "--attachable", "--internal", "--scope", "local", "--label", "k=v",
                "-o", "com.docker.network.bridge.name=" + bridge, "-o", "com.docker.network.driver.mtu=1400", network)
     shown = inspect(daemon, "--type", "network", network)
@@ -133,8 +133,8 @@ def test_embedded_dns_answers_names_ids_and_aliases(daemon: Daemon, image: str, 
     web_id = daemon.out("run", "-d", "--name", web, "--network", network, "--network-alias", "front", image,
                         "sleep", "300").strip()
     web_ip = inspect(daemon, web)["NetworkSettings"]["Networks"][network]["IPAddress"]
-    script = ("cat /etc/resolv.conf; for n in %s front %s %s.%s; do nslookup $n || echo FAILED $n; done; "
-              "nslookup nosuch.invalid || echo UNKNOWN-FAILED") % (web, web_id[:12], web, network)
+    script = (f"cat /etc/resolv.conf; for n in {web} front {web_id[:12]} {web}.{network}; do nslookup $n || echo FAILED $n; done; "
+              "nslookup nosuch.invalid || echo UNKNOWN-FAILED")
     result = daemon.docker("run", "--rm", "--network", network, "--dns", "127.0.0.1", image, "sh", "-c", script,
                            timeout=60)
     output = result.stdout.decode()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Dict
 
 from .conftest import Daemon
 
 
-def ps() -> Dict[int, Dict[str, str]]:
+def ps() -> dict[int, dict[str, str]]:
     """pid -> ppid, comm and args as the host's ``ps`` shows them."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,comm=,args="], capture_output=True, text=True, check=True).stdout
     table = {}
@@ -26,7 +25,7 @@ def test_shim_exec_and_init_processes_are_named(daemon: Daemon, image: str, name
         pid = int(daemon.out("inspect", "-f", "{{.State.Pid}}", name))
         table = ps()
         shim = table[int(table[pid]["ppid"])]
-        assert shim["args"].rstrip() == "machines-shim %s" % cid
+        assert shim["args"].rstrip() == f"machines-shim {cid}"
         assert shim["comm"] == "shim-" + cid[:10]
         assert table[pid]["args"].rstrip() == "init -- sleep 300"
         daemon_args = table[daemon.process.pid]["args"]
@@ -41,7 +40,7 @@ def test_shim_exec_and_init_processes_are_named(daemon: Daemon, image: str, name
                 break
             time.sleep(0.1)
         monitor = table[int(table[sleeper[0]]["ppid"])]
-        assert monitor["args"].rstrip() == "machines-exec %s" % cid
+        assert monitor["args"].rstrip() == f"machines-exec {cid}"
         assert monitor["comm"] == "exec-" + cid[:10]
     finally:
         daemon.docker("rm", "-f", name)

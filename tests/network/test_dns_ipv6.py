@@ -7,14 +7,15 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
 from runtime.errors import Conflict, InvalidParameter
 from runtime.network import NetworkManager
 from runtime.network.links import in_netns_of
+
 from .conftest import Container, Host, serve_echo, tcp_ask, unique
 
 
@@ -23,7 +24,7 @@ def query(name: str, qtype: int = 1, ident: int = 0x1234) -> bytes:
     return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!HH", qtype, 1)
 
 
-def ask(container: Container, name: str, qtype: int = 1, tcp: bool = False) -> Tuple[int, List[bytes]]:
+def ask(container: Container, name: str, qtype: int = 1, tcp: bool = False) -> tuple[int, list[bytes]]:
     """(rcode, rdata of each answer) for a query sent to 127.0.0.11 from inside ``container``."""
     message = query(name, qtype)
     sock = container.socket(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
@@ -52,9 +53,9 @@ def ask(container: Container, name: str, qtype: int = 1, tcp: bool = False) -> T
 
 
 @pytest.fixture
-def upstream(host: Host) -> Iterator[List[bytes]]:
+def upstream(host: Host) -> Iterator[list[bytes]]:
     """A resolver on 127.0.0.1:53 of the test's host namespace answering every A query with 192.0.2.7."""
-    seen: List[bytes] = []
+    seen: list[bytes] = []
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 53))
     sock.settimeout(0.2)
@@ -64,7 +65,7 @@ def upstream(host: Host) -> Iterator[List[bytes]]:
         while not stop.is_set():
             try:
                 data, peer = sock.recvfrom(512)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             seen.append(data)
             header = struct.pack("!HHHHHH", struct.unpack("!H", data[:2])[0], 0x8180, 1, 1, 0, 0)
@@ -132,7 +133,7 @@ def _v6_socket(container: Container) -> socket.socket:
     return in_netns_of(container.pid, lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
 
 
-def test_embedded_dns_answers_names_aliases_ids_and_links(host: Host, resolving: NetworkManager, upstream: List[bytes],
+def test_embedded_dns_answers_names_aliases_ids_and_links(host: Host, resolving: NetworkManager, upstream: list[bytes],
                                                           spawn: Callable[[], Container]) -> None:
     resolving.create({"Name": "app", "EnableIPv6": True, "IPAM": {"Config": [
         {"Subnet": "10.64.0.0/24"}, {"Subnet": "fd00:64::/64"}]}})
