@@ -7,7 +7,6 @@ import threading
 from typing import Any, Optional, Tuple
 
 from runtime.api.server import Hijacked
-from runtime.errors import InvalidParameter
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
@@ -29,7 +28,7 @@ _CTRL_SPECIAL = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
 
 def detach_keys(text: str) -> bytes:
     """``ctrl-p,ctrl-q`` or ``a,ctrl-@``... as bytes, the way moby's term.ToBytes reads them (the daemon's
-    default when empty), refused with the daemon's words otherwise."""
+    default when empty); ValueError for anything else (attach and exec word it differently)."""
     codes = bytearray()
     for key in (text or DEFAULT_DETACH_KEYS).split(","):
         lower = key.lower()
@@ -38,7 +37,7 @@ def detach_keys(text: str) -> bytes:
         elif lower.startswith("ctrl-") and len(lower) == 6 and ("a" <= lower[5] <= "z" or lower[5] in _CTRL_SPECIAL):
             codes.append(ord(lower[5]) - ord("a") + 1 if "a" <= lower[5] <= "z" else _CTRL_SPECIAL[lower[5]])
         else:
-            raise InvalidParameter("Invalid detach keys (%s) provided" % text)
+            raise ValueError(key)
     return bytes(codes)
 
 

@@ -122,7 +122,7 @@ class ExecSession(Session):
         self._done = done
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
-        self._detached = False
+        self._detached = self._closed = False
 
     def read(self) -> Optional[Chunk]:
         while self._outputs and not self._detached:
@@ -148,11 +148,11 @@ class ExecSession(Session):
 
     def detach(self) -> None:
         """Ends the client's stream at once (``read`` returns None); ``close`` then leaves the process running."""
-        self._detached = True
-        try:
+        with self._lock:
+            if self._detached or self._closed:
+                return
+            self._detached = True
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -183,11 +183,14 @@ class ExecSession(Session):
         closes it): its output is drained and dropped until it ends, so it neither blocks on a full pipe nor dies of
         a hang-up."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             outputs = set(self._outputs)
             stdin = self._stdin if self._stdin not in outputs else None
             self._outputs = {}
             self._stdin = None
-        _close_all([self._wake_r, self._wake_w] + ([stdin] if stdin is not None else []))
+            _close_all([self._wake_r, self._wake_w] + ([stdin] if stdin is not None else []))
         if self._done.is_set() or not outputs:
             _close_all(outputs)
         else:

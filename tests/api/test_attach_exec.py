@@ -197,6 +197,24 @@ def test_raw_attach_socket_detaches_on_the_keys(client: docker.DockerClient, ima
         container.remove(force=True)
 
 
+def test_raw_exec_socket_with_a_tty_detaches_and_the_exec_runs_on(client: docker.DockerClient, sleeper: Any) -> None:
+    exec_id = client.api.exec_create(sleeper.id, ["sh"], stdin=True, tty=True, detach_keys="ctrl-b,b")["Id"]
+    raw = client.api.exec_start(exec_id, tty=True, socket=True)._sock
+    raw.settimeout(20)
+    raw.sendall(b"echo ex$((4*4)); sleep 777\n")
+    seen = b""
+    while b"ex16" not in seen:
+        seen += raw.recv(4096)
+    raw.sendall(b"\x02b")
+    _read_all(raw)  # the daemon ends the stream itself
+    raw.close()
+    assert client.api.exec_inspect(exec_id)["Running"] is True
+    code, out = sleeper.exec_run(["ps"])
+    assert b"sleep 777" in out
+    with pytest.raises(docker.errors.APIError, match="Invalid escape keys \\(ctrl-\\) provided"):
+        client.api.exec_create(sleeper.id, ["true"], detach_keys="ctrl-")
+
+
 def test_exec_streams_are_byte_exact(client: docker.DockerClient, sleeper: Any) -> None:
     container = sleeper
     script = "printf 'a\\nb'; printf 'E1' >&2; printf '\\001\\377\\000z'; printf 'E2' >&2"
