@@ -189,3 +189,22 @@ def test_networking_config_endpoint_settings_with_docker_py(daemon: Daemon, imag
             except docker.errors.NotFound:
                 pass
         client.close()
+
+
+def test_network_connect_with_address_alias_and_link(daemon: Daemon, image: str, name: str, network: str) -> None:
+    subnet = free_subnet(195)
+    prefix = subnet.rsplit(".", 1)[0]
+    daemon.out("network", "create", "--subnet", subnet, network)
+    db, app = name + "-db", name + "-app"
+    daemon.out("run", "-d", "--name", db, "--network", network, "--dns", "127.0.0.1", image, "sleep", "300")
+    daemon.out("run", "-d", "--name", app, image, "sleep", "300")
+    daemon.out("network", "connect", "--ip", prefix + ".88", "--alias", "worker", "--link", db + ":store",
+               network, app)
+    endpoint = inspect(daemon, app)["NetworkSettings"]["Networks"][network]
+    assert endpoint["IPAddress"] == prefix + ".88" and "worker" in endpoint["Aliases"]
+    assert endpoint["Links"] == [db + ":store"]
+    db_ip = inspect(daemon, db)["NetworkSettings"]["Networks"][network]["IPAddress"]
+    assert db_ip in daemon.out("exec", app, "nslookup", "store")
+    assert prefix + ".88" in daemon.out("exec", db, "nslookup", "worker")
+    unknown = daemon.docker("exec", db, "nslookup", "store")  # the link is app's own name for db: asked upstream
+    assert unknown.returncode != 0 and b"SERVFAIL" in unknown.stdout + unknown.stderr

@@ -200,3 +200,53 @@ def test_links_on_the_default_bridge_go_into_hosts_and_can_be_removed(host: Host
     manager.release(db.id)
     manager.release(web.id)
     assert host.leftovers() == ([], [])
+
+
+def test_dns_answers_again_after_a_daemon_restart(host: Host, tmp_path: Path, spawn: Callable[[], Container]) -> None:
+    def manager() -> NetworkManager:
+        return NetworkManager(str(tmp_path / "net"), str(tmp_path / "exec"), bridge_name="mrtbr" + host.name[-6:],
+                              resolv_conf=str(tmp_path / "none.conf"))
+
+    first = manager()
+    first.create({"Name": "kept", "IPAM": {"Config": [{"Subnet": "10.66.0.0/24"}]}})
+    one, two = spawn(), spawn()
+    first.connect("kept", one.id, one.pid, name="one")
+    first.connect("kept", two.id, two.pid, name="two")
+    assert ask(one, "two") == (0, [socket.inet_aton("10.66.0.3")])
+    first.close()
+    with pytest.raises(OSError):  # the daemon is down: nothing answers in the container
+        ask(one, "two")
+    again = manager()
+    try:
+        again.restore({one.id: one.pid, two.id: two.pid})
+        assert ask(one, "two") == (0, [socket.inet_aton("10.66.0.3")])
+        assert ask(two, "nowhere.example") == (2, [])  # no upstream at all: SERVFAIL
+        again.release(one.id)
+        again.release(two.id)
+    finally:
+        again.close()
+    assert host.leftovers() == ([], [])
+
+
+def test_malformed_queries_get_formerr_and_the_server_stays_up(host: Host, resolving: NetworkManager,
+                                                               spawn: Callable[[], Container]) -> None:
+    resolving.create({"Name": "rough", "IPAM": {"Config": [{"Subnet": "10.67.0.0/24"}]}})
+    box = spawn()
+    resolving.connect("rough", box.id, box.pid, name="box")
+    pointer_loop = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c" + struct.pack("!HH", 1, 1)
+    truncated = query("box")[:-3]
+    two_questions = struct.pack("!HHHHHH", 8, 0x0100, 2, 0, 0, 0) + query("box")[12:] * 2
+    for garbage in (b"\x01", pointer_loop, truncated, two_questions, b"\xff" * 600):
+        sock = box.socket(socket.SOCK_DGRAM)
+        with sock:
+            sock.settimeout(10)
+            sock.connect(("127.0.0.11", 53))
+            sock.send(garbage)
+            reply = sock.recv(4096)
+        assert struct.unpack_from("!H", reply, 2)[0] & 0x800F == 0x8001  # a response, FORMERR
+    with box.socket(socket.SOCK_STREAM) as sock:  # a TCP client that sends half a message and leaves
+        sock.connect(("127.0.0.11", 53))
+        sock.sendall(b"\x00\x40abc")
+    assert ask(box, "box") == (0, [socket.inet_aton("10.67.0.2")])
+    resolving.release(box.id)
+    assert host.leftovers() == ([], [])
