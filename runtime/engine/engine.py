@@ -312,6 +312,9 @@ class Engine:
                     name, _, addr = item.partition(":")
                     f.write("%s\t%s\n" % (addr, name))
         lines = []
+        if kind == "container":  # dockerd shares the other container's file: same namespace, same resolver
+            shutil.copyfile(self._get(split_mode(host["NetworkMode"])[1]).file("resolv.conf"), c.file("resolv.conf"))
+            return
         user_networks = [n for n in c.data["NetworkSettings"].get("Networks") or {} if n not in ("bridge", "none")]
         if kind == "network" or (kind == "bridge" and user_networks):
             self._write_internal_resolv_conf(c)

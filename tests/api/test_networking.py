@@ -142,6 +142,9 @@ def test_embedded_dns_answers_names_ids_and_aliases(daemon: Daemon, image: str, 
     assert "FAILED " not in output.replace("UNKNOWN-FAILED", "")
     assert output.count(web_ip) >= 4
     assert "UNKNOWN-FAILED" in output and "SERVFAIL" in output
+    joined = daemon.out("run", "--rm", "--network", "container:" + web, image, "sh", "-c",
+                        "cat /etc/resolv.conf; nslookup front")
+    assert joined.startswith("nameserver 127.0.0.11\n") and web_ip in joined  # shares web's namespace and server
     late = name + "-late"
     daemon.out("run", "-d", "--name", late, "--dns", "127.0.0.1", image, "sleep", "300")
     assert "127.0.0.11" not in daemon.out("exec", late, "cat", "/etc/resolv.conf")  # default bridge: host's servers
