@@ -167,6 +167,19 @@ def _read_all(sock: socket.socket) -> bytes:
         data += chunk
 
 
+def _type_then_detach(raw: socket.socket, command: bytes, answer: bytes, keys: bytes) -> None:
+    """Runs ``command`` in a TTY session, waits for ``answer``, then types the detach ``keys``: the daemon itself
+    must end the stream."""
+    raw.settimeout(20)
+    raw.sendall(command)
+    seen = b""
+    while answer not in seen:
+        seen += raw.recv(4096)
+    raw.sendall(keys)
+    _read_all(raw)
+    raw.close()
+
+
 def _demux(data: bytes) -> list[tuple]:
     frames, offset = [], 0
     while offset < len(data):
@@ -181,16 +194,7 @@ def test_raw_attach_socket_detaches_on_the_keys(client: docker.DockerClient, ima
     try:
         sock = client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stream": 1,
                                                               "detachKeys": "ctrl-x"})
-        raw = sock._sock
-        raw.settimeout(20)
-        raw.sendall(b"echo via$((3*3))\n")
-        seen = b""
-        while b"via9" not in seen:
-            seen += raw.recv(4096)
-        raw.sendall(b"\x18")
-        rest = _read_all(raw)  # the daemon ends the stream itself
-        raw.close()
-        assert b"via9" in seen + rest
+        _type_then_detach(sock._sock, b"echo via$((3*3))\n", b"via9", b"\x18")
         container.reload()
         assert container.status == "running"
     finally:
@@ -200,14 +204,7 @@ def test_raw_attach_socket_detaches_on_the_keys(client: docker.DockerClient, ima
 def test_raw_exec_socket_with_a_tty_detaches_and_the_exec_runs_on(client: docker.DockerClient, sleeper: Any) -> None:
     exec_id = client.api.exec_create(sleeper.id, ["sh"], stdin=True, tty=True, detach_keys="ctrl-b,b")["Id"]
     raw = client.api.exec_start(exec_id, tty=True, socket=True)._sock
-    raw.settimeout(20)
-    raw.sendall(b"echo ex$((4*4)); sleep 777\n")
-    seen = b""
-    while b"ex16" not in seen:
-        seen += raw.recv(4096)
-    raw.sendall(b"\x02b")
-    _read_all(raw)  # the daemon ends the stream itself
-    raw.close()
+    _type_then_detach(raw, b"echo ex$((4*4)); sleep 777\n", b"ex16", b"\x02b")
     assert client.api.exec_inspect(exec_id)["Running"] is True
     code, out = sleeper.exec_run(["ps"])
     assert b"sleep 777" in out
