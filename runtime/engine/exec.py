@@ -15,7 +15,8 @@ from runtime.engine.sessions import ExecSession
 from runtime.engine.shim import close_fds
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.linux import syscalls
-from runtime.linux.process import enter_child, receive_console
+from runtime.linux.paths import secure_join
+from runtime.linux.process import StartError, enter_child, receive_console, resolve_user
 
 SpecFor = Callable[[Container, str], dict]
 
@@ -40,6 +41,11 @@ class ExecManager:
             cmd = [cmd]
         if not cmd:
             raise InvalidParameter("No exec command specified")
+        if body.get("User"):  # as dockerd: an unknown user fails the create, not the start
+            try:
+                resolve_user(str(body["User"]), _in_root(c, "/etc/passwd"), _in_root(c, "/etc/group"))
+            except StartError as exc:
+                raise InvalidParameter(str(exc)) from None
         eid = secrets.token_hex(32)
         with self._table.lock:
             self._execs[eid] = {
@@ -195,3 +201,12 @@ class ExecManager:
         with self._table.lock:
             for eid in [e for e, rec in self._execs.items() if rec["ContainerID"] == cid]:
                 self._execs.pop(eid, None)
+
+
+def _in_root(c: Container, path: str) -> str:
+    """The host path of a file in a running container, its links resolved inside it; a path that cannot be
+    resolved (a link loop) reads as a missing file."""
+    try:
+        return secure_join("/proc/%d/root" % c.state["Pid"], path)
+    except OSError:
+        return os.devnull + "/missing"

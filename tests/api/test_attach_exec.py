@@ -269,5 +269,11 @@ def test_exec_exit_codes_and_users_as_docker(daemon: Daemon, sleeper: Any) -> No
     assert denied.returncode == 126
     code, out = container.exec_run(["no-such-binary"])
     assert code == 127 and b"executable file not found in $PATH" in out
-    nobody = daemon.docker("exec", "-u", "ghost", name, "true")
-    assert nobody.returncode == 126 and b"unable to find user ghost" in nobody.stderr
+    nobody = daemon.docker("exec", "-u", "ghost", name, "true")  # refused at create, as dockerd does
+    assert nobody.returncode == 1
+    assert b"unable to find user ghost: no matching entries in passwd file" in nobody.stderr
+    inside = {line.split(":")[0] for line in container.exec_run(["cat", "/etc/group"])[1].decode().splitlines()}
+    host_only = next(line.split(":")[0] for line in open("/etc/group") if line.split(":")[0] not in inside)
+    container.exec_run(["ln", "-sf", "/../../../../etc/group", "/etc/group"])  # would be the host's, followed there
+    with pytest.raises(docker.errors.APIError, match="unable to find group %s" % host_only):
+        container.exec_run(["id", "-g"], user="svc:" + host_only)
