@@ -173,6 +173,9 @@ def test_networking_config_endpoint_settings_with_docker_py(daemon: Daemon, imag
         hosted = client.api._result(client.api._post_json(client.api._url("/containers/create"), data=body,
                                                           params={"name": name + "-hosted"}), json=True)
         assert hosted["Warnings"] == ["Published ports are discarded when using host network mode"]
+        legacy_mac = client.containers.run(image, ["ip", "link", "show", "eth0"], name=name + "-mac", remove=True,
+                                           mac_address="02:ab:cd:ef:01:23")  # Config.MacAddress, as docker-py sends it
+        assert b"link/ether 02:ab:cd:ef:01:23" in legacy_mac
         app = client.containers.get(created["Id"])
         endpoint = app.attrs["NetworkSettings"]["Networks"][network]
         assert endpoint["IPAddress"] == prefix + ".77"
