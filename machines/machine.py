@@ -396,7 +396,7 @@ class Machines:
             with progress.phase("Waiting for SSH"):
                 machine.wait_for_ssh(ssh_timeout)
             if driver.initial_host_key() is None:
-                from machines.ssh import fingerprint
+                from machines.hostkeys import fingerprint
 
                 progress.note(f"trusted the host key on first use: {fingerprint(machine.record['ssh_host_key'])}")
             checkpoint()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import select
@@ -29,6 +28,7 @@ import paramiko
 
 from drivers.base import SSHDetails
 from machines.errors import HostKeyMismatchError, MachineTimeoutError, SSHError
+from machines.hostkeys import key_line, sha256_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ class CommandError(SSHError):
         self.result = result
 
 
-def key_line(key: paramiko.PKey) -> str:
-    """A host key as ``"<type> <base64>"``, the form pinned in config.json."""
-    return f"{key.get_name()} {key.get_base64()}"
-
-
 class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Accepts the host's key only when it equals the pinned one, or (no pin yet) records it for pinning."""
 
@@ -78,55 +73,10 @@ class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 def _mismatch_message(where: str, expected: str, seen: str) -> str:
     return (
-        f"host key of {where} has changed: expected {_fingerprint(expected)}, got {_fingerprint(seen)}; "
+        f"host key of {where} has changed: expected {sha256_fingerprint(expected)}, got {sha256_fingerprint(seen)}; "
         "refusing to connect (a different host answers at that address, or someone is intercepting). "
         "If the host was rebuilt on purpose, remove and re-create the machine"
     )
-
-
-def _fingerprint(line: str) -> str:
-    parts = line.split()
-    try:
-        digest = hashlib.sha256(base64.b64decode(parts[1])).digest()
-    except (IndexError, ValueError):
-        return line
-    return f"{parts[0]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
-
-
-OPENSSH_KEY_NAMES = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA", "ssh-dss": "DSA"}
-
-
-def fingerprint(line: str) -> str:
-    """A key line's fingerprint as OpenSSH shows it on first contact: ``ED25519 key fingerprint is SHA256:...``."""
-    key_type, _, digest = _fingerprint(line).partition(" ")
-    shown = OPENSSH_KEY_NAMES.get(key_type) or ("ECDSA" if key_type.startswith("ecdsa-") else key_type.upper())
-    return f"{shown} key fingerprint is {digest}"
-
-
-def parse_public_key(text: str) -> str | None:
-    """The first SSH public key in ``text`` as ``"<type> <base64>"``: a ``.pub`` line, a known_hosts line (markers
-    such as ``@revoked`` excluded) or ``ssh-keyscan`` output; None when there is none."""
-    for line in text.splitlines():
-        fields = line.split()
-        if not fields or fields[0].startswith(("#", "@")):
-            continue
-        for key_type, data in zip(fields, fields[1:]):
-            try:
-                key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data, validate=True))
-            except (paramiko.SSHException, ValueError):
-                continue
-            return key_line(key)
-    return None
-
-
-def known_host_key(path: str | os.PathLike[str], host: str, port: int) -> str | None:
-    """The key a known_hosts file holds for ``host`` (``[host]:port`` when the port is not 22; hashed names too)."""
-    try:
-        known = paramiko.HostKeys(str(path))
-    except (OSError, paramiko.SSHException, ValueError):
-        return None
-    keys = known.lookup(host if port == 22 else f"[{host}]:{port}")
-    return key_line(next(iter(keys.values()))) if keys else None
 
 
 class Connection:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 import stat
 import time
 from typing import Any, Dict, Iterator, List
@@ -14,6 +15,8 @@ from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
 from runtime.engine import Engine
 from runtime.errors import EngineError, HostError, InvalidParameter
+from runtime.images.builder import ImageView
+from runtime.linux import safepath
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
@@ -79,6 +82,11 @@ def rename(engine: Engine, request: Request, ref: str) -> None:
     if not name:
         raise InvalidParameter("Neither old nor new names may be empty")
     engine.rename(ref, name)
+
+
+@route("POST", "/containers/{ref}/update", "Change resource limits and the restart policy, live")
+def update(engine: Engine, request: Request, ref: str) -> Response:
+    return json_response(engine.update_container(ref, request.json_object()))
 
 
 def _size(request: Request) -> tuple:
@@ -242,22 +250,24 @@ def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str,
     Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
     changed because of them)."""
     skipped = set(_RUNTIME_PATHS) | set(mounts)
+    below = ImageView(lowers)  # what the image holds, with overlay's rules and no link followed on the host
     found: List[Dict[str, Any]] = []
-    for folder, subfolders, files in os.walk(upper):
-        for name in subfolders + files:
-            path = os.path.join(folder, name)
-            relative = os.path.relpath(path, upper)
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder, _, name, info in safepath.walk(top):  # fds, not paths: a running container may swap links in
+            relative = posixpath.join(folder, name)
             target = "/" + relative
             if any(target == item or target.startswith(item + "/") for item in skipped):
                 continue
-            info = os.lstat(path)
             if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
                 kind = 2
-            elif any(os.path.lexists(os.path.join(lower, relative)) for lower in lowers):
+            elif below.lstat(relative) is not None:
                 kind = 0
             else:
                 kind = 1
             found.append({"Path": target, "Kind": kind, "Folder": stat.S_ISDIR(info.st_mode)})
+    finally:
+        os.close(top)
     paths = [item["Path"] for item in found]
     kept = [item for item in found if not (item["Kind"] == 0 and item["Folder"]
                                            and not any(other.startswith(item["Path"] + "/") for other in paths))]

@@ -16,21 +16,21 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from runtime.engine import archive, health, links
-from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
-                                   merge_config, merge_env, parse_binds, parse_mounts, parse_signal, random_name, split_mode,
-                                   ulimits_of)
+from runtime.engine import archive, health, links, update
+from runtime.engine.config import (ZERO_TIME, check_name, check_restart_policy, command_of, devices_of,
+                                   host_config_defaults, merge_config, merge_env, parse_binds, parse_mounts,
+                                   parse_signal, random_name, split_mode, ulimits_of)
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
 from runtime.engine.exec import ExecManager
 from runtime.engine.launch import Launch, start_error, start_exit_code
-from runtime.engine.logs import read_logs
+from runtime.engine.logs import read_logs, rotation
 from runtime.engine.monitor import Monitor
 from runtime.engine.sessions import AttachSession, Session
 from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
 from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
-from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
+from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
 from runtime.linux import cgroups, syscalls
 from runtime.linux.process import propagation_problem
 
@@ -104,7 +104,6 @@ class Engine:
         host = host_config_defaults(body.get("HostConfig") or {})
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
-        log_size(host["LogConfig"]["Config"].get("max-size"))
         health.validate(body.get("Healthcheck"))
         image_config = (image.config or {}).get("config") or {}
         config = merge_config(body, image_config)
@@ -136,6 +135,11 @@ class Engine:
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
+            driver = host["LogConfig"]["Type"]
+            log_file = {"json-file": os.path.join(path, cid + "-json.log"),  # moby keeps local's file private
+                        "local": os.path.join(path, "local-logs", "container.log")}.get(driver, "")
+            if driver == "local":
+                os.makedirs(os.path.dirname(log_file), exist_ok=True)
             data = {
                 "Id": cid, "Created": now(), "Path": args[0], "Args": args[1:], "Name": "/" + name,
                 "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
@@ -146,7 +150,7 @@ class Engine:
                 "AppArmorProfile": "", "ExecIDs": None, "Mounts": mounts,
                 "NetworkSettings": {"Bridge": "", "SandboxID": "", "Ports": {}, "IPAddress": "", "Gateway": "",
                                     "IPPrefixLen": 0, "MacAddress": "", "EndpointID": "", "Networks": networks},
-                "LogPath": os.path.join(path, cid + "-json.log"),
+                "LogPath": log_file if driver == "json-file" else "", "_log_file": log_file,
                 "ResolvConfPath": os.path.join(path, "resolv.conf"),
                 "HostnamePath": os.path.join(path, "hostname"), "HostsPath": os.path.join(path, "hosts"),
                 "HasBeenManuallyStopped": False,
@@ -266,10 +270,9 @@ class Engine:
                      "Mode": "ro" if m["ReadOnly"] else "", "RW": not m["ReadOnly"], "Propagation": ""}
             if m["Type"] == "volume":
                 anonymous = not m["Source"]
-                created = not anonymous and self.volumes.exists(m["Source"])
                 vol = self.volumes.create({"Name": m["Source"]} if not anonymous else None, anonymous=anonymous)
                 entry.update({"Name": vol["Name"], "Source": vol["Mountpoint"], "Driver": "local",
-                              "_anonymous": anonymous, "_copy": not created and not m.get("NoCopy")})
+                              "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
                 entry["Propagation"] = m.get("Propagation") or "rprivate"
@@ -378,7 +381,7 @@ class Engine:
                            "propagation": m.get("Propagation") or "",
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
-        log_opts = (host.get("LogConfig") or {}).get("Config") or {}
+        log_max_size, log_max_file = rotation(host["LogConfig"])
         sock = os.path.join(self.exec_root, c.id[:16] + ".sock")
         return {
             "id": c.id, "rootfs": c.file("rootfs"), "upper": c.file("upper"), "work": c.file("work"),
@@ -390,10 +393,10 @@ class Engine:
             "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")), "devices": devices_of(host),
             "seccomp": not host.get("Privileged") and not any(
                 opt.replace(":", "=") == "seccomp=unconfined" for opt in host.get("SecurityOpt") or []),
-            "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
+            "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": _log_file(c) or os.devnull,
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
-            "log_max_size": log_size(log_opts.get("max-size")), "log_max_file": int(log_opts.get("max-file") or 1),
+            "log_max_size": log_max_size, "log_max_file": log_max_file,
             "shm_size": int(host.get("ShmSize") or 67108864), "sysctls": host.get("Sysctls") or {},
             "ulimits": ulimits_of(host.get("Ulimits") or []), "group_add": host.get("GroupAdd") or [],
             "pid_host": host.get("PidMode") == "host", "ipc_host": host.get("IpcMode") == "host",
@@ -733,6 +736,40 @@ class Engine:
             self.health.update(c)
         self._emit(c, "unpause")
 
+    def update_container(self, ref: str, body: dict) -> dict:
+        """``docker update``: checked (400), merged (409 on conflicts), saved, then applied to the running
+        container's cgroup; a limit the kernel refuses puts the old configuration back (moby's update.go)."""
+        body = dict(body or {})
+        warnings = update.verify_resources(body, update=True)
+        if (body.get("RestartPolicy") or {}).get("Name"):
+            check_restart_policy(body["RestartPolicy"])
+        c = self._get(ref)
+        with c.lock:
+            with self._lock:
+                before = c.data["HostConfig"]
+                merged = json.loads(json.dumps(before))
+                try:
+                    update.merge(merged, body)
+                except EngineError as e:
+                    raise type(e)("Cannot update container %s: %s" % (c.id, e)) from None
+                c.data["HostConfig"] = merged
+                self._save(c)
+                live = c.running and not c.state.get("Restarting")
+            if live:
+                try:
+                    cgroups.open_cgroup("machines/" + c.id).apply(merged)
+                except OSError as e:
+                    with self._lock:
+                        c.data["HostConfig"] = before
+                        self._save(c)
+                    try:
+                        cgroups.open_cgroup("machines/" + c.id).apply(before)
+                    except OSError:
+                        pass  # what could be put back was; the saved configuration is the old one
+                    raise HostError("Cannot update container %s: %s" % (c.id, e)) from None
+        self._emit(c, "update")
+        return {"Warnings": warnings}
+
     def rename(self, ref: str, new_name: str) -> None:
         c = self._get(ref)
         new_name = check_name(new_name)
@@ -861,7 +898,7 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: int = -1,
+    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: Optional[int] = -1,
                         size: bool = False) -> List[dict]:
         for value in _filter_values(filters, "health"):
             if value not in health.HEALTH_VALUES:
@@ -922,12 +959,14 @@ class Engine:
         c = self._get(ref)
         if not (stdout or stderr):
             raise InvalidParameter("You must choose at least one stream")
+        if not _log_file(c):
+            raise NotSupported("configured logging driver does not support reading")
         start_id = c.data.get("_start_id")
 
         def running() -> bool:
             return c.running and not c.removed and c.data.get("_start_id") == start_id
 
-        return read_logs(c.data["LogPath"], follow=follow, stdout=stdout, stderr=stderr, since=float(since or 0),
+        return read_logs(_log_file(c), follow=follow, stdout=stdout, stderr=stderr, since=float(since or 0),
                          until=float(until or 0), timestamps=timestamps, tail=str(tail), running=running)
 
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True, logs: bool = False,
@@ -1041,27 +1080,17 @@ class Engine:
 
     # --- files -------------------------------------------------------------------------------------------------
 
-    def _root_for(self, c: Container) -> Optional[str]:
-        return "/proc/%d/root" % c.state["Pid"] if c.running else None
-
     def archive_head(self, ref: str, path: str) -> dict:
-        c = self._get(ref)
-        with archive.container_root(c, self._root_for(c), writable=False) as root:
-            return archive.stat_path(root, path, c.name)
+        return archive.head(self._get(ref), path)
 
     def archive_get(self, ref: str, path: str) -> Tuple[Iterator[bytes], dict]:
-        c = self._get(ref)
-        return archive.get(c, self._root_for(c), path)
+        return archive.get(self._get(ref), path)
 
     def archive_put(self, ref: str, path: str, fileobj: Any, no_overwrite_dir_non_dir: bool = False) -> None:
-        c = self._get(ref)
-        with c.lock:
-            with archive.container_root(c, self._root_for(c), writable=True) as root:
-                archive.put(root, path, fileobj, c.name, no_overwrite_dir_non_dir)
+        archive.put(self._get(ref), path, fileobj, no_overwrite_dir_non_dir)
 
     def export(self, ref: str) -> Iterator[bytes]:
-        c = self._get(ref)
-        return archive.export(c)
+        return archive.export(self._get(ref))
 
     # --- networks and events -----------------------------------------------------------------------------------
 
@@ -1099,6 +1128,12 @@ class Engine:
     def events(self, since: Optional[float] = None, until: Optional[float] = None,
                filters: Optional[dict] = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
+
+
+def _log_file(c: Container) -> str:
+    """Where the container's log driver keeps its lines; empty for ``none`` (containers made before drivers
+    other than json-file existed have only LogPath)."""
+    return c.data.get("_log_file", c.data["LogPath"])
 
 
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:

@@ -6,8 +6,6 @@ embedded DNS server answers ``sql`` for ``web`` alone.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from runtime.errors import InvalidParameter
 
 # moby's runconfig errors, word for word
@@ -42,21 +40,21 @@ def check_network_mode(config: dict, host: dict, kind: str, mac: str) -> None:
             raise InvalidParameter(CONFLICTS[conflict])
 
 
-def parse_link(spec: str) -> Tuple[str, str]:
+def parse_link(spec: str) -> tuple[str, str]:
     """``db``, ``db:sql`` or the stored ``/db:/web/sql`` -> (container, alias)."""
     child, _, alias = str(spec).partition(":")
     child = child.lstrip("/")
     alias = alias.rsplit("/", 1)[-1] if alias else child
     if not child or not alias:
-        raise InvalidParameter("invalid link specification: %s" % spec)
+        raise InvalidParameter(f"invalid link specification: {spec}")
     return child, alias
 
 
 def stored(child_name: str, parent_name: str, alias: str) -> str:
-    return "/%s:/%s/%s" % (child_name.lstrip("/"), parent_name.lstrip("/"), alias)
+    return "/{}:/{}/{}".format(child_name.lstrip("/"), parent_name.lstrip("/"), alias)
 
 
-def names(alias: str, child_name: str, child_hostname: str) -> List[str]:
+def names(alias: str, child_name: str, child_hostname: str) -> list[str]:
     """The names a link gives its target in the linking container: alias, hostname, and name when different."""
     out = [alias, child_hostname]
     if alias != child_name.lstrip("/"):
@@ -64,21 +62,21 @@ def names(alias: str, child_name: str, child_hostname: str) -> List[str]:
     return out
 
 
-def environment(link_name: str, child_ip: str, child_env: List[str], exposed: Dict[str, object]) -> List[str]:
+def environment(link_name: str, child_ip: str, child_env: list[str], exposed: dict[str, object]) -> list[str]:
     """moby's ``Link.ToEnv``: ``<ALIAS>_PORT...``, ``<ALIAS>_NAME`` and ``<ALIAS>_ENV_...`` for a link named
     ``/parent/alias`` to a container at ``child_ip``."""
     alias = link_name.rsplit("/", 1)[-1].upper().replace("-", "_")
-    ports: List[Tuple[int, str]] = []
+    ports: list[tuple[int, str]] = []
     for key in exposed or {}:
         text, _, kind = str(key).partition("/")
         ports.append((int(text), kind or "tcp"))
     ports.sort(key=lambda port: (port[1] != "tcp", port[1], port[0]))
-    env: List[str] = ["%s_PORT=%s://%s:%d" % (alias, ports[0][1], child_ip, ports[0][0])] if ports else []
+    env: list[str] = ["%s_PORT=%s://%s:%d" % (alias, ports[0][1], child_ip, ports[0][0])] if ports else []
     start = end = ports[0] if ports else (0, "")
     for index, (number, proto) in enumerate(ports):
         prefix = "%s_PORT_%d_%s" % (alias, number, proto.upper())
-        env += ["%s=%s://%s:%d" % (prefix, proto, child_ip, number), "%s_ADDR=%s" % (prefix, child_ip),
-                "%s_PORT=%d" % (prefix, number), "%s_PROTO=%s" % (prefix, proto)]
+        env += ["%s=%s://%s:%d" % (prefix, proto, child_ip, number), f"{prefix}_ADDR={child_ip}",
+                "%s_PORT=%d" % (prefix, number), f"{prefix}_PROTO={proto}"]
         if index and number == end[0] + 1 and proto == end[1]:  # a range goes on
             end = (number, proto)
             if index < len(ports) - 1:
@@ -89,9 +87,9 @@ def environment(link_name: str, child_ip: str, child_env: List[str], exposed: Di
                     "%s_PORT_START=%d" % (prefix, start[0]),
                     "%s_END=%s://%s:%d" % (prefix, end[1], child_ip, end[0]), "%s_PORT_END=%d" % (prefix, end[0])]
         start = end = (number, proto)
-    env.append("%s_NAME=%s" % (alias, link_name))
+    env.append(f"{alias}_NAME={link_name}")
     for item in child_env or []:
         name, sep, value = item.partition("=")
         if sep and name not in ("HOME", "PATH"):
-            env.append("%s_ENV_%s=%s" % (alias, name, value))
+            env.append(f"{alias}_ENV_{name}={value}")
     return env

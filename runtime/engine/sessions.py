@@ -7,11 +7,12 @@ import select
 import socket
 import threading
 from collections import deque
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from collections.abc import Iterable
+from typing import Callable
 
 from runtime.engine.shim import CLOSE_STDIN, EXIT, STDIN, connect, recv_frame, send_frame
 
-Chunk = Tuple[int, bytes]
+Chunk = tuple[int, bytes]
 
 
 class Session:
@@ -19,7 +20,7 @@ class Session:
 
     tty = False
 
-    def read(self) -> Optional[Chunk]: raise NotImplementedError
+    def read(self) -> Chunk | None: raise NotImplementedError
     def write(self, data: bytes) -> None: raise NotImplementedError
     def close_stdin(self) -> None: raise NotImplementedError
     def close(self) -> None: raise NotImplementedError
@@ -34,17 +35,17 @@ class AttachSession(Session):
     """Attach to a container's shim. Made before start (``docker run`` attaches first), it connects when the
     engine starts the container, before the process execs, so no output is missed."""
 
-    def __init__(self, tty: bool, opts: dict, backlog: List[Chunk], stream: bool,
-                 on_close: Callable[["AttachSession"], None]) -> None:
+    def __init__(self, tty: bool, opts: dict, backlog: list[Chunk], stream: bool,
+                 on_close: Callable[[AttachSession], None]) -> None:
         self.tty = tty
         self._opts = opts
-        self._backlog: Deque[Chunk] = deque(backlog)
+        self._backlog: deque[Chunk] = deque(backlog)
         self._stream = stream
         self._on_close = on_close
-        self._sock: Optional[socket.socket] = None
+        self._sock: socket.socket | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self._pending: List[Tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes]] = []
         self._closed = False
 
     def connect(self, socket_path: str) -> None:
@@ -65,7 +66,7 @@ class AttachSession(Session):
         """The container went away without starting: end the stream."""
         self._ready.set()
 
-    def read(self) -> Optional[Chunk]:
+    def read(self) -> Chunk | None:
         if self._backlog:
             return self._backlog.popleft()
         if not self._stream:
@@ -115,7 +116,7 @@ class AttachSession(Session):
 class ExecSession(Session):
     """The daemon holds an exec's pipes (or pty master) directly; ``done`` is set once its exit code is known."""
 
-    def __init__(self, outputs: Dict[int, int], stdin_fd: Optional[int], tty: bool, done: threading.Event) -> None:
+    def __init__(self, outputs: dict[int, int], stdin_fd: int | None, tty: bool, done: threading.Event) -> None:
         self.tty = tty
         self._outputs = dict(outputs)
         self._stdin = stdin_fd
@@ -124,7 +125,7 @@ class ExecSession(Session):
         self._wake_r, self._wake_w = os.pipe()
         self._detached = self._closed = False
 
-    def read(self) -> Optional[Chunk]:
+    def read(self) -> Chunk | None:
         while self._outputs and not self._detached:
             ready, _, _ = select.select(list(self._outputs) + [self._wake_r], [], [])
             for fd in ready:
@@ -205,7 +206,7 @@ def _close_all(fds: Iterable[int]) -> None:
             pass
 
 
-def _drain(fds: Set[int]) -> None:
+def _drain(fds: set[int]) -> None:
     """Reads a detached exec's output away until every output ends (the process and its children are gone)."""
     readable = set(fds)
     try:

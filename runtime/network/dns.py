@@ -16,7 +16,7 @@ import selectors
 import socket
 import struct
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 from runtime.network.links import in_netns_of
 
@@ -29,11 +29,11 @@ RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NXDOMAIN = 1, 2, 3
 UPSTREAM_TIMEOUT = 2.0
 
 # container id, query name -> (IPv4 addresses, IPv6 addresses), or None when the name is not one of ours
-Lookup = Callable[[str, str], Optional[Tuple[List[str], List[str]]]]
+Lookup = Callable[[str, str], Optional[tuple[list[str], list[str]]]]
 # container id, address -> the name to answer a PTR query with, or None
 Reverse = Callable[[str, str], Optional[str]]
 # container id -> upstream server addresses
-Upstreams = Callable[[str], List[str]]
+Upstreams = Callable[[str], list[str]]
 
 
 class Query:
@@ -64,7 +64,7 @@ def _encode_name(name: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".") if label) + b"\0"
 
 
-def response(query: Query, rcode: int, records: List[Tuple[int, bytes]]) -> bytes:
+def response(query: Query, rcode: int, records: list[tuple[int, bytes]]) -> bytes:
     """An authoritative answer to ``query``: (type, rdata) records under the question's name."""
     flags = 0x8000 | (query.flags & 0x7900) | 0x0400 | 0x0080 | rcode  # QR, opcode and RD copied, AA, RA
     out = struct.pack("!HHHHHH", query.id, flags, 1, len(records), 0, 0) + query.question
@@ -79,7 +79,7 @@ def failure(data: bytes, rcode: int) -> bytes:
     return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | 0x0080 | rcode, 0, 0, 0, 0)
 
 
-def _reverse_address(name: str) -> Optional[str]:
+def _reverse_address(name: str) -> str | None:
     """The address a PTR query name stands for (``4.3.2.1.in-addr.arpa`` -> ``1.2.3.4``), else None."""
     if name.endswith(".in-addr.arpa"):
         parts = name[:-len(".in-addr.arpa")].split(".")
@@ -103,11 +103,11 @@ class Resolver:
         self._reverse = reverse
         self._upstreams = upstreams
         self._selector = selectors.DefaultSelector()
-        self._sockets: Dict[str, List[socket.socket]] = {}
+        self._sockets: dict[str, list[socket.socket]] = {}
         self._lock = threading.Lock()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._closed = False
 
     def listen(self, container_id: str, pid: int) -> None:
@@ -176,7 +176,7 @@ class Resolver:
                         return
                     data = _recv_exact(conn, struct.unpack("!H", header)[0])
                     done = threading.Event()
-                    replies: List[bytes] = []
+                    replies: list[bytes] = []
 
                     def send(reply: bytes) -> None:
                         replies.append(reply)
@@ -203,7 +203,7 @@ class Resolver:
             return
         threading.Thread(target=self._forward, args=(container_id, query, data, send, tcp), daemon=True).start()
 
-    def _local(self, container_id: str, query: Query) -> Optional[bytes]:
+    def _local(self, container_id: str, query: Query) -> bytes | None:
         if query.type == TYPE_PTR:
             address = _reverse_address(query.name)
             name = self._reverse(container_id, address) if address else None
@@ -212,7 +212,7 @@ class Resolver:
         if found is None:
             return None
         v4, v6 = found
-        records: List[Tuple[int, bytes]] = []
+        records: list[tuple[int, bytes]] = []
         if query.type == TYPE_A:
             records = [(TYPE_A, ipaddress.IPv4Address(a).packed) for a in v4]
         elif query.type == TYPE_AAAA:
@@ -233,11 +233,11 @@ class Resolver:
         send(response(query, RCODE_SERVFAIL, []))
 
 
-def _reply_to(sock: socket.socket, peer: Tuple[str, int], reply: bytes) -> None:
+def _reply_to(sock: socket.socket, peer: tuple[str, int], reply: bytes) -> None:
     sock.sendto(reply, peer)
 
 
-def _bind() -> Tuple[socket.socket, socket.socket]:
+def _bind() -> tuple[socket.socket, socket.socket]:
     """Run inside the container's namespace: the UDP and TCP sockets of 127.0.0.11:53."""
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -7,7 +7,8 @@ just released is not reused at once and a stale peer entry cannot point at a new
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, List, Optional, Set, Union
+from collections.abc import Iterable
+from typing import Union
 
 from runtime.errors import Forbidden, InvalidParameter, Unavailable
 from runtime.network.links import ip_query
@@ -22,7 +23,7 @@ def parse_subnet(text: str) -> Network:
     try:
         subnet = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise InvalidParameter("invalid subnet %s: invalid CIDR block notation" % text) from None
+        raise InvalidParameter(f"invalid subnet {text}: invalid CIDR block notation") from None
     if subnet.prefixlen > subnet.max_prefixlen - 2:
         raise InvalidParameter("subnet %s is too small: at most /%d" % (text, subnet.max_prefixlen - 2))
     return subnet
@@ -40,14 +41,14 @@ def parse_address(text: str, subnet: Network, what: str) -> str:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        raise InvalidParameter("invalid %s address: %s" % (what, text)) from None
+        raise InvalidParameter(f"invalid {what} address: {text}") from None
     if address.version != subnet.version or address not in subnet or address == subnet.network_address or (
             address.version == 4 and address == subnet.broadcast_address):
-        raise InvalidParameter("no matching subnet for %s %s" % (what, text))
+        raise InvalidParameter(f"no matching subnet for {what} {text}")
     return str(address)
 
 
-def host_routes() -> List[Network]:
+def host_routes() -> list[Network]:
     """Destinations the host routes already (its own LANs), which a new network must not shadow."""
     routes = []
     for line in ip_query("-4", "route", "show", "table", "all").splitlines():
@@ -76,7 +77,7 @@ def pick_subnet(pool: Network, prefix: int, taken: Iterable[Network]) -> Network
     raise Unavailable("all predefined address pools have been fully subnetted")
 
 
-def allocate(subnet: Network, used: Set[str], last: Optional[str]) -> str:
+def allocate(subnet: Network, used: set[str], last: str | None) -> str:
     """The next free host address after ``last`` (wrapping), skipping the ones in ``used``."""
     hosts = int(subnet.broadcast_address) - int(subnet.network_address) - (1 if subnet.version == 4 else 0)
     first = int(subnet.network_address) + 1
@@ -91,4 +92,4 @@ def allocate(subnet: Network, used: Set[str], last: Optional[str]) -> str:
 
 def mac_for(address: str) -> str:
     """Docker's scheme, 02:42 then the IPv4 bytes: stable for an address and locally administered."""
-    return "02:42:" + ":".join("%02x" % byte for byte in ipaddress.ip_address(address).packed)
+    return "02:42:" + ":".join(f"{byte:02x}" for byte in ipaddress.ip_address(address).packed)

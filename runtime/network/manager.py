@@ -7,6 +7,7 @@ endpoints: an idle host carries no trace of us, and tests that stop their contai
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import os
@@ -15,8 +16,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any
 
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
 from runtime.network import dns, hosts, ipam
@@ -38,14 +40,14 @@ NOT_SWARM_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" 
 HOST_NETWORK_CONFLICT = "container cannot be disconnected from host network or connected to host network"
 NETWORK_FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
 
-Dict_ = Dict[str, Any]
-Link = Tuple[str, List[str]]  # a --link target: its container id, and the names it has for the linking container
+Dict_ = dict[str, Any]
+Link = tuple[str, list[str]]  # a --link target: its container id, and the names it has for the linking container
 
 
 class NetworkManager:
     """Docker's bridge driver, IPAM and port publishing for one daemon. Every public method is thread-safe."""
 
-    def __init__(self, root: str, exec_root: str, *, default_subnet: Optional[str] = None,
+    def __init__(self, root: str, exec_root: str, *, default_subnet: str | None = None,
                  bridge_name: str = "mrt0", pool: str = DEFAULT_POOL, pool_prefix: int = POOL_PREFIX,
                  resolv_conf: str = "/etc/resolv.conf") -> None:
         self.root = root
@@ -57,7 +59,7 @@ class NetworkManager:
         self._path = os.path.join(root, "state.json")
         self._lock = threading.RLock()
         self._firewall = Firewall()
-        self._proxies: Dict[str, List[PortProxy]] = {}
+        self._proxies: dict[str, list[PortProxy]] = {}
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
         os.makedirs(root, mode=0o700, exist_ok=True)
         self._state: Dict_ = self._load()
@@ -72,7 +74,7 @@ class NetworkManager:
         except FileNotFoundError:
             state = {}
         except (OSError, ValueError) as exc:
-            raise HostError("cannot read network state %s: %s" % (self._path, exc)) from None
+            raise HostError(f"cannot read network state {self._path}: {exc}") from None
         for key in ("networks", "endpoints", "ports"):
             state.setdefault(key, {})
         return state
@@ -110,7 +112,7 @@ class NetworkManager:
 
     # --- networks ----------------------------------------------------------------------------------------------
 
-    def _networks(self) -> List[Dict_]:
+    def _networks(self) -> builtins.list[Dict_]:
         """In creation order, as Docker lists them."""
         return sorted(self._state["networks"].values(), key=lambda net: net["Created"])
 
@@ -136,10 +138,10 @@ class NetworkManager:
             raise InvalidParameter("network %s is ambiguous (%d matches found based on ID prefix)"
                                    % (ref, len(matches)))
         if not matches:
-            raise NotFound("network %s not found" % ref)
+            raise NotFound(f"network {ref} not found")
         return matches[0]
 
-    def _members(self, net_id: str) -> Dict[str, Dict_]:
+    def _members(self, net_id: str) -> dict[str, Dict_]:
         """Container id -> endpoint, for every container attached to ``net_id``."""
         return {cid: eps[net_id] for cid, eps in self._state["endpoints"].items() if net_id in eps}
 
@@ -153,25 +155,25 @@ class NetworkManager:
             raise InvalidParameter("network name must not be empty")
         driver = body.get("Driver") or "bridge"
         if name in PREDEFINED:
-            raise Forbidden("operation is not permitted on predefined %s network " % name)
+            raise Forbidden(f"operation is not permitted on predefined {name} network ")
         if driver == "overlay":
             raise Forbidden(NOT_SWARM_MANAGER)
         scope = body.get("Scope") or "local"
         if scope == "swarm":
             raise Forbidden("cannot create a swarm scoped network when swarm is not active")
         if scope not in ("local", "global"):
-            raise InvalidParameter("invalid scope %s" % scope)
+            raise InvalidParameter(f"invalid scope {scope}")
         with self._lock:
             if any(net["Name"] == name for net in self._networks()):
-                raise Conflict("network with name %s already exists" % name)
+                raise Conflict(f"network with name {name} already exists")
             if driver in ("host", "null"):
-                raise Forbidden('only one instance of "%s" network is allowed' % driver)
+                raise Forbidden(f'only one instance of "{driver}" network is allowed')
             if driver != "bridge":
-                raise NotFound('plugin "%s" not found' % driver)
+                raise NotFound(f'plugin "{driver}" not found')
             if body.get("Ingress"):
                 raise Forbidden("Ingress network can only be global scope network")
             if scope == "global":
-                raise Forbidden("cannot downgrade network scope for %s networks" % driver)
+                raise Forbidden(f"cannot downgrade network scope for {driver} networks")
             options = {str(k): str(v) for k, v in _expect(body, "Options", dict).items()}
             labels = {str(k): str(v) for k, v in _expect(body, "Labels", dict).items()}
             net = self._new_network(name, "bridge", labels, options, bool(body.get("Internal")))
@@ -185,20 +187,20 @@ class NetworkManager:
             for option in (OPT_ICC, OPT_MASQUERADE):
                 _flag(None, options.get(option), option)
             if len(net["_bridge"]) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", net["_bridge"]):
-                raise InvalidParameter("invalid bridge name %s" % net["_bridge"])
+                raise InvalidParameter("invalid bridge name {}".format(net["_bridge"]))
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
-                raise Conflict("bridge name %s is already used by another network" % net["_bridge"])
+                raise Conflict("bridge name {} is already used by another network".format(net["_bridge"]))
             self._state["networks"][net["Id"]] = net
             self._save()
         return {"Id": net["Id"], "Warning": ""}
 
-    def _ipam_configs(self, spec: Dict_, enable_ipv6: bool) -> Tuple[List[Dict_], List[int]]:
+    def _ipam_configs(self, spec: Dict_, enable_ipv6: bool) -> tuple[builtins.list[Dict_], builtins.list[int]]:
         """IPAM.Config as stored (the IPv4 entry first) and the families whose subnet the user chose. Like
         dockerd, an IPv6 subnet on a network without IPv6 is left out."""
         configs = [c for c in _expect(spec, "Config", list) if c]
         if not all(isinstance(c, dict) for c in configs):
             raise InvalidParameter("IPAM.Config must be a list of objects")
-        by_family: Dict[int, List[Dict_]] = {4: [], 6: []}
+        by_family: dict[int, list[Dict_]] = {4: [], 6: []}
         for config in configs:
             by_family[6 if ipam.family(str(config.get("Subnet") or "")) == 6 else 4].append(config)
         for version, found in by_family.items():
@@ -221,11 +223,11 @@ class NetworkManager:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
         else:
             subnet = ipam.pick_subnet(ipam.parse_subnet(ipam.DEFAULT_V6_POOL), 64, taken)
-        result: Dict[str, Any] = {"Subnet": str(subnet)}
+        result: dict[str, Any] = {"Subnet": str(subnet)}
         if config.get("IPRange"):
             ip_range = ipam.parse_subnet(config["IPRange"])
             if ip_range.version != subnet.version or not ip_range.subnet_of(subnet):  # type: ignore[arg-type]
-                raise InvalidParameter("IP range %s is not within subnet %s" % (ip_range, subnet))
+                raise InvalidParameter(f"IP range {ip_range} is not within subnet {subnet}")
             result["IPRange"] = str(ip_range)
         gateway = config.get("Gateway")
         result["Gateway"] = ipam.parse_address(gateway, subnet, "gateway") if gateway else str(next(subnet.hosts()))
@@ -253,13 +255,13 @@ class NetworkManager:
                 }
         return copy.deepcopy(shown)
 
-    def list(self, filters: Optional[Dict_] = None) -> List[Dict_]:
+    def list(self, filters: Dict_ | None = None) -> builtins.list[Dict_]:
         """``GET /networks``: filters dangling, driver, id, label, name, scope, type (Docker's semantics)."""
         wanted = _filters(filters, NETWORK_FILTERS)
         with self._lock:
             return [self._render(net, containers=False) for net in self._networks() if self._matches(net, wanted)]
 
-    def _matches(self, net: Dict_, wanted: Dict[str, List[str]]) -> bool:
+    def _matches(self, net: Dict_, wanted: dict[str, builtins.list[str]]) -> bool:
         checks = {
             "driver": lambda v: net["Driver"] == v,
             "id": lambda v: v in net["Id"],
@@ -276,15 +278,14 @@ class NetworkManager:
         with self._lock:
             net = self._resolve(ref)
             if net["Name"] in PREDEFINED:
-                raise Forbidden("%s is a pre-defined network and cannot be removed" % net["Name"])
+                raise Forbidden("{} is a pre-defined network and cannot be removed".format(net["Name"]))
             if self._members(net["Id"]):
-                raise Forbidden("error while removing network: network %s id %s has active endpoints"
-                                % (net["Name"], net["Id"]))
+                raise Forbidden("error while removing network: network {} id {} has active endpoints".format(net["Name"], net["Id"]))
             self._drop_bridge(net)
             del self._state["networks"][net["Id"]]
             self._save()
 
-    def prune(self, filters: Optional[Dict_] = None) -> Dict_:
+    def prune(self, filters: Dict_ | None = None) -> Dict_:
         """``POST /networks/prune``: user networks without endpoints; filters until, label, label!."""
         wanted = _filters(filters, ("until", "label", "label!"))
         cutoff = min((_timestamp(v) for v in wanted.get("until", [])), default=None)
@@ -307,10 +308,10 @@ class NetworkManager:
 
     # --- endpoints ---------------------------------------------------------------------------------------------
 
-    def connect(self, net_ref: str, container_id: str, pid: int, *, name: str, aliases: Optional[Iterable[str]] = None,
-                ipv4: Optional[str] = None, ipv6: Optional[str] = None, mac: Optional[str] = None,
-                links: Optional[List[Link]] = None, dns: Optional[List[str]] = None,
-                hosts_path: Optional[str] = None, hostname: Optional[str] = None) -> Dict_:
+    def connect(self, net_ref: str, container_id: str, pid: int, *, name: str, aliases: Iterable[str] | None = None,
+                ipv4: str | None = None, ipv6: str | None = None, mac: str | None = None,
+                links: builtins.list[Link] | None = None, dns: builtins.list[str] | None = None,
+                hosts_path: str | None = None, hostname: str | None = None) -> Dict_:
         """Attaches the running container ``pid`` to a network and returns its EndpointSettings.
 
         On a bridge network: a veth pair with the container end as ``eth0`` (``eth1``... for further networks),
@@ -326,7 +327,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] in current:
-                raise Forbidden("endpoint with name %s already exists in network %s" % (name, net["Name"]))
+                raise Forbidden("endpoint with name {} already exists in network {}".format(name, net["Name"]))
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
@@ -353,8 +354,8 @@ class NetworkManager:
                     log.warning("no embedded DNS for %s: %s", container_id[:12], exc)
             return self._settings(net, container_id, ep)
 
-    def _attach(self, net: Dict_, ep: Dict_, current: Dict[str, Dict_], ipv4: Optional[str], ipv6: Optional[str],
-                mac: Optional[str]) -> None:
+    def _attach(self, net: Dict_, ep: Dict_, current: dict[str, Dict_], ipv4: str | None, ipv6: str | None,
+                mac: str | None) -> None:
         configs = _configs(net)
         user_defined = net["Name"] not in PREDEFINED
         if not user_defined and ep["Aliases"]:
@@ -362,13 +363,12 @@ class NetworkManager:
         if (ipv4 or ipv6) and not user_defined:
             raise InvalidParameter("user specified IP address is supported on user defined networks only")
         if ipv6 and 6 not in configs:
-            raise InvalidParameter("invalid IPv6 address %s: network %s does not have IPv6 enabled"
-                                   % (ipv6, net["Name"]))
+            raise InvalidParameter("invalid IPv6 address {}: network {} does not have IPv6 enabled".format(ipv6, net["Name"]))
         if (ipv4 and 4 not in net.get("_user_subnets", [4])) or (ipv6 and 6 not in net.get("_user_subnets", [6])):
             raise InvalidParameter("user specified IP address is supported only when connecting to networks with "
                                    "user configured subnets")
         members = list(self._members(net["Id"]).values())
-        assigned: Dict[int, Tuple[str, int, str]] = {}
+        assigned: dict[int, tuple[str, int, str]] = {}
         for version, config in sorted(configs.items()):
             field, last = ("IPAddress", "_last") if version == 4 else ("GlobalIPv6Address", "_last6")
             subnet = ipam.parse_subnet(config["Subnet"])
@@ -386,12 +386,12 @@ class NetworkManager:
             assigned[version] = (address, subnet.prefixlen, config["Gateway"])
         if mac:
             if not re.fullmatch(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", mac) or int(mac[:2], 16) & 1:
-                raise InvalidParameter("invalid MAC address: %s" % mac)
+                raise InvalidParameter(f"invalid MAC address: {mac}")
             mac = mac.lower()
         elif 4 in assigned:
             mac = ipam.mac_for(assigned[4][0])
         else:
-            mac = "02:42:" + ":".join("%02x" % byte for byte in secrets.token_bytes(4))
+            mac = "02:42:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(4))
         taken_ifaces = {e["Interface"] for e in current.values()}
         interface = next("eth%d" % n for n in range(len(taken_ifaces) + 1) if "eth%d" % n not in taken_ifaces)
         route = not net["Internal"] and not any(e["DefaultRoute"] for e in current.values())
@@ -428,7 +428,7 @@ class NetworkManager:
         if created or reconcile:
             self._firewall.add(bridge, self._bridge_rules(net))
 
-    def _bridge_rules(self, net: Dict_) -> Dict[str, List[str]]:
+    def _bridge_rules(self, net: Dict_) -> dict[str, builtins.list[str]]:
         options = net["Options"]
         return bridge_rules(net["_bridge"], _configs(net)[4]["Subnet"], net["Internal"],
                             icc=_flag(None, options.get(OPT_ICC), OPT_ICC),
@@ -464,7 +464,7 @@ class NetworkManager:
             "DNSNames": list(dict.fromkeys([ep["Name"], container_id[:12], *ep["Aliases"]])) if user_defined else None,
         }
 
-    def endpoints(self, container_id: str) -> Dict[str, Dict_]:
+    def endpoints(self, container_id: str) -> dict[str, Dict_]:
         """Network name -> EndpointSettings of a container, for ``NetworkSettings.Networks`` in inspect."""
         with self._lock:
             return {self._state["networks"][nid]["Name"]: self._settings(self._state["networks"][nid], container_id, ep)
@@ -476,7 +476,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] not in current:
-                raise Forbidden("container %s is not connected to network %s" % (container_id, net["Name"]))
+                raise Forbidden("container {} is not connected to network {}".format(container_id, net["Name"]))
             if net["Driver"] == "host":
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
@@ -493,7 +493,7 @@ class NetworkManager:
             self._save()
             self._refresh_hosts(neighbours)
 
-    def _move_default_route(self, current: Dict[str, Dict_]) -> None:
+    def _move_default_route(self, current: dict[str, Dict_]) -> None:
         for nid, other in current.items():
             if other["Gateway"] and not self._state["networks"][nid]["Internal"]:
                 gateways = [other["Gateway"]] + ([other["IPv6Gateway"]] if other.get("IPv6Gateway") else [])
@@ -523,7 +523,7 @@ class NetworkManager:
 
     # --- /etc/hosts --------------------------------------------------------------------------------------------
 
-    def _neighbours(self, container_id: str) -> List[str]:
+    def _neighbours(self, container_id: str) -> builtins.list[str]:
         """The container and every container sharing a user-defined network with it: whose hosts files change."""
         found = [container_id]
         for nid in self._state["endpoints"].get(container_id, {}):
@@ -537,7 +537,7 @@ class NetworkManager:
             path = next((ep["HostsPath"] for ep in endpoints.values() if ep["HostsPath"]), None)
             if not path:
                 continue
-            entries: List[Tuple[str, List[str]]] = []
+            entries: list[tuple[str, list[str]]] = []
             for nid, ep in endpoints.items():
                 user_defined = self._state["networks"][nid]["Name"] not in PREDEFINED
                 own = [ep["Hostname"]] + ([ep["Name"], *ep["Aliases"]] if user_defined else [])
@@ -565,13 +565,13 @@ class NetworkManager:
 
     # --- embedded DNS ------------------------------------------------------------------------------------------
 
-    def lookup(self, container_id: str, name: str) -> Optional[Tuple[List[str], List[str]]]:
+    def lookup(self, container_id: str, name: str) -> tuple[builtins.list[str], builtins.list[str]] | None:
         """The (IPv4, IPv6) addresses ``name`` has for a container on its user-defined networks, as dockerd's
         resolver sees it: peers by name, short id and alias, the container's links, and ``name.network``; None
         when the name is none of these."""
         name = name.rstrip(".").lower()
-        v4: List[str] = []
-        v6: List[str] = []
+        v4: list[str] = []
+        v6: list[str] = []
         found = False
         with self._lock:
             for nid, ep in self._state["endpoints"].get(container_id, {}).items():
@@ -592,7 +592,7 @@ class NetworkManager:
                         other["GlobalIPv6Address"] not in v6 else []
         return (v4, v6) if found else None
 
-    def reverse(self, container_id: str, address: str) -> Optional[str]:
+    def reverse(self, container_id: str, address: str) -> str | None:
         """``name.network`` of the peer with ``address`` on a user-defined network of the container (PTR)."""
         with self._lock:
             for nid in self._state["endpoints"].get(container_id, {}):
@@ -601,10 +601,10 @@ class NetworkManager:
                     continue
                 for other in self._members(nid).values():
                     if address in _addresses(other):
-                        return "%s.%s" % (other["Name"], net["Name"])
+                        return "{}.{}".format(other["Name"], net["Name"])
         return None
 
-    def upstreams(self, container_id: str) -> List[str]:
+    def upstreams(self, container_id: str) -> builtins.list[str]:
         """Where names that are not ours go: the container's ``--dns`` servers, else the host's resolv.conf
         ones (asked from the host's namespace, so a loopback resolver such as systemd-resolved works)."""
         with self._lock:
@@ -615,29 +615,29 @@ class NetworkManager:
 
     # --- published ports ---------------------------------------------------------------------------------------
 
-    def publish(self, container_id: str, ip: str, port_bindings: Optional[Dict_],
-                exposed: Optional[Iterable[str]] = None, publish_all: bool = False) -> Dict_:
+    def publish(self, container_id: str, ip: str, port_bindings: Dict_ | None,
+                exposed: Iterable[str] | None = None, publish_all: bool = False) -> Dict_:
         """Opens the host ports of a container and returns ``NetworkSettings.Ports``.
 
         ``port_bindings`` is HostConfig.PortBindings (``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}``); an
         empty or "0" HostPort takes a free port, "8000-8010" the first free one of the range. ``publish_all`` (-P)
         gives every exposed port without a binding a free port. Exposed ports without a binding map to None.
         """
-        wanted: Dict[str, List[Dict_]] = {}
+        wanted: dict[str, list[Dict_]] = {}
         for key, bindings in (port_bindings or {}).items():
             wanted.setdefault(_port_key(key), []).extend(bindings or [])
-        ports: Dict[str, Optional[List[Dict_]]] = {_port_key(key): None for key in exposed or []}
+        ports: dict[str, list[Dict_] | None] = {_port_key(key): None for key in exposed or []}
         if publish_all:
             for key in ports:
                 wanted.setdefault(key, [{}])
         with self._lock:
             self._unpublish(container_id)
-            opened: List[PortProxy] = []
-            records: List[Dict_] = []
+            opened: list[PortProxy] = []
+            records: list[Dict_] = []
             try:
                 for key, bindings in wanted.items():
                     number, proto = key.split("/")
-                    bound: List[Dict_] = []
+                    bound: list[Dict_] = []
                     ports[key] = bound if bindings else None
                     for binding in bindings:
                         proxy = self._open(proto, binding, ip, int(number))
@@ -659,18 +659,17 @@ class NetworkManager:
     def _open(proto: str, binding: Dict_, container_ip: str, container_port: int) -> PortProxy:
         host_ip = (binding or {}).get("HostIp") or "0.0.0.0"
         candidates = _host_ports(str((binding or {}).get("HostPort") or "0"))
-        error: Optional[OSError] = None
+        error: OSError | None = None
         for port in candidates:
             try:
                 return PortProxy(bind_socket(proto, host_ip, port), proto, container_ip, container_port)
             except OSError as exc:
                 error = exc
         ports = str(candidates[0]) if len(candidates) == 1 else "%d-%d" % (candidates[0], candidates[-1])
-        shown = "%s:%s" % (host_ip, ports)
+        shown = f"{host_ip}:{ports}"
         if error is not None and error.errno == 98:
-            raise HostError("Bind for %s failed: port is already allocated" % shown)
-        raise HostError("driver failed programming external connectivity: listen %s %s: %s"
-                        % (proto, shown, error.strerror if error else "no port"))
+            raise HostError(f"Bind for {shown} failed: port is already allocated")
+        raise HostError("driver failed programming external connectivity: listen {} {}: {}".format(proto, shown, error.strerror if error else "no port"))
 
     def unpublish(self, container_id: str) -> None:
         """Closes a container's host ports (they are free when this returns) and forgets them."""
@@ -691,10 +690,10 @@ class NetworkManager:
         for proxy in self._proxies.pop(container_id, []):
             proxy.close()
 
-    def _port_rules(self, container_id: str) -> Dict[str, List[str]]:
+    def _port_rules(self, container_id: str) -> dict[str, builtins.list[str]]:
         """DNAT rules for the ports of a container on routed networks; the proxies serve everything else."""
         records = self._state["ports"].get(container_id) or []
-        rules: Dict[str, List[str]] = {}
+        rules: dict[str, list[str]] = {}
         for nid, ep in self._state["endpoints"].get(container_id, {}).items():
             net = self._state["networks"][nid]
             mine = [record for record in records if record["container_ip"] == ep["IPAddress"]]
@@ -705,7 +704,7 @@ class NetworkManager:
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def restore(self, running: Dict[str, int]) -> None:
+    def restore(self, running: dict[str, int]) -> None:
         """After a daemon restart: ``running`` maps the ids of containers still alive to their pids.
 
         Endpoints and ports of the others are dropped (their namespaces are gone), bridges of idle networks are
@@ -764,11 +763,11 @@ def _parse_created(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
-def _addresses(ep: Dict_) -> List[str]:
+def _addresses(ep: Dict_) -> list[str]:
     return [address for address in (ep["IPAddress"], ep.get("GlobalIPv6Address")) if address]
 
 
-def host_nameservers(path: str) -> List[str]:
+def host_nameservers(path: str) -> list[str]:
     """The ``nameserver`` addresses of a resolv.conf (none when it cannot be read)."""
     try:
         with open(path) as conf:
@@ -790,7 +789,7 @@ def _port_tag(container_id: str) -> str:
 def _mtu(net: Dict_) -> int:
     value = net["Options"].get(OPT_MTU, "1500")
     if not value.isdigit() or not 68 <= int(value) <= 65535:
-        raise InvalidParameter("invalid MTU %s: it must be a number between 68 and 65535" % value)
+        raise InvalidParameter(f"invalid MTU {value}: it must be a number between 68 and 65535")
     return int(value)
 
 
@@ -799,33 +798,33 @@ def _port_key(key: str) -> str:
     number, _, proto = str(key).partition("/")
     proto = (proto or "tcp").lower()
     if proto not in ("tcp", "udp"):
-        raise NotSupported("publishing %s ports is not supported: %s" % (proto, key))
+        raise NotSupported(f"publishing {proto} ports is not supported: {key}")
     if not number.isdigit() or not 0 < int(number) < 65536:
-        raise InvalidParameter("invalid port specification: %s" % key)
+        raise InvalidParameter(f"invalid port specification: {key}")
     return "%d/%s" % (int(number), proto)
 
 
-def _host_ports(text: str) -> List[int]:
+def _host_ports(text: str) -> list[int]:
     start, _, end = text.partition("-")
     if not start.isdigit() or (end and not end.isdigit()):
-        raise InvalidParameter("invalid host port: %s" % text)
+        raise InvalidParameter(f"invalid host port: {text}")
     first, last = int(start), int(end or start)
     if last < first or last > 65535:
-        raise InvalidParameter("invalid host port range: %s" % text)
+        raise InvalidParameter(f"invalid host port range: {text}")
     return list(range(first, last + 1))
 
 
-def _filters(filters: Optional[Dict_], allowed: Iterable[str]) -> Dict[str, List[str]]:
+def _filters(filters: Dict_ | None, allowed: Iterable[str]) -> dict[str, list[str]]:
     """Docker's filter map in either wire form, ``{"k": ["v"]}`` or the old ``{"k": {"v": true}}``."""
     result = {}
     for key, values in (filters or {}).items():
         if key not in allowed:
-            raise InvalidParameter("invalid filter '%s'" % key)
+            raise InvalidParameter(f"invalid filter '{key}'")
         result[key] = [str(v) for v in (values if isinstance(values, list) else [v for v, on in values.items() if on])]
     return result
 
 
-def _flag(value: Any, option: Optional[str], name: str) -> bool:
+def _flag(value: Any, option: str | None, name: str) -> bool:
     """A boolean given in the body (``value``) or as the driver option ``name`` (its text ``option``)."""
     if value is not None:
         return bool(value)
@@ -833,11 +832,11 @@ def _flag(value: Any, option: Optional[str], name: str) -> bool:
         return name != OPT_ENABLE_IPV6  # icc and masquerade default to on, IPv6 to off
     text = option.lower()
     if text not in ("1", "t", "true", "0", "f", "false"):
-        raise InvalidParameter('driver-opt "%s" is not a valid bool' % name)
+        raise InvalidParameter(f'driver-opt "{name}" is not a valid bool')
     return text in ("1", "t", "true")
 
 
-def _configs(net: Dict_) -> Dict[int, Dict_]:
+def _configs(net: Dict_) -> dict[int, Dict_]:
     """A network's IPAM configs by address family."""
     return {ipam.family(config["Subnet"]): config for config in net["IPAM"]["Config"]}
 
@@ -848,15 +847,15 @@ def _expect(body: Dict_, key: str, kind: type) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, kind):
-        raise InvalidParameter("%s must be %s" % (key, "an object" if kind is dict else "a list"))
+        raise InvalidParameter("{} must be {}".format(key, "an object" if kind is dict else "a list"))
     return value
 
 
-def _pattern(text: str) -> "re.Pattern[str]":
+def _pattern(text: str) -> re.Pattern[str]:
     try:
         return re.compile(text)
     except re.error:
-        raise InvalidParameter("invalid filter 'name=%s': not a regular expression" % text) from None
+        raise InvalidParameter(f"invalid filter 'name={text}': not a regular expression") from None
 
 
 def _label_match(labels: Dict_, spec: str) -> bool:
@@ -868,9 +867,9 @@ def _bool(text: str) -> bool:
     return _choice(text.lower(), ("true", "false", "1", "0"), "dangling") in ("true", "1")
 
 
-def _choice(value: str, allowed: Tuple[str, ...], what: str) -> str:
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
-        raise InvalidParameter("invalid filter '%s=%s'" % (what, value))
+        raise InvalidParameter(f"invalid filter '{what}={value}'")
     return value
 
 
@@ -890,6 +889,6 @@ def _timestamp(text: str) -> float:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidParameter("invalid filter 'until=%s'" % text) from None
+        raise InvalidParameter(f"invalid filter 'until={text}'") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import List, Tuple
 
 from runtime.errors import HostError
 
@@ -71,7 +70,7 @@ class RtNetlink:
                 if msg_type == NLMSG_ERROR and seq == self.seq:
                     error = -struct.unpack_from("i", data, offset + 16)[0]
                     if error:
-                        raise HostError("%s: %s" % (what, os.strerror(error)))
+                        raise HostError(f"{what}: {os.strerror(error)}")
                     return
                 offset += max(16, (length + 3) & ~3)
 
@@ -83,18 +82,18 @@ class RtNetlink:
             _attr(IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info))
         body = _ifinfo(up=True) + _attr(IFLA_IFNAME, _name(name)) + _attr(IFLA_MTU, struct.pack("I", mtu)) + \
             _attr(IFLA_MASTER, struct.pack("I", master)) + _attr(IFLA_LINKINFO | NLA_F_NESTED, link_info)
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "create veth %s" % name)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {name}")
 
     def add_bridge(self, name: str, mtu: int) -> None:
         body = _ifinfo(up=True) + _attr(IFLA_IFNAME, _name(name)) + _attr(IFLA_MTU, struct.pack("I", mtu)) + \
             _attr(IFLA_LINKINFO | NLA_F_NESTED, _attr(IFLA_INFO_KIND, b"bridge"))
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "create bridge %s" % name)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
     def delete_link(self, name: str) -> bool:
         """Deletes a link by name; False when there was none (a veth dies with its namespace)."""
         try:
             index = socket.if_nametoindex(name)
-            self.request(RTM_DELLINK, 0, _ifinfo(index), "delete %s" % name)
+            self.request(RTM_DELLINK, 0, _ifinfo(index), f"delete {name}")
         except (OSError, HostError):
             return False
         return True
@@ -118,10 +117,10 @@ class RtNetlink:
         body = struct.pack("BBBBBBBBI", family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
                            RTN_UNICAST, 0) + \
             _attr(RTA_GATEWAY, ip.packed) + _attr(RTA_OIF, struct.pack("i", index))
-        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, "default route via %s" % gateway)
+        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"default route via {gateway}")
 
 
-def configure_inside(interface: str, addresses: List[Tuple[str, int]], gateways: List[str]) -> None:
+def configure_inside(interface: str, addresses: list[tuple[str, int]], gateways: list[str]) -> None:
     """Run inside the container's namespace: ``lo`` and the interface up, its (address, prefix) pairs, and the
     default routes through ``gateways`` (one per family, none on an internal network)."""
     index = socket.if_nametoindex(interface)
@@ -139,7 +138,7 @@ def loopback_up() -> None:
         nl.set_up(socket.if_nametoindex("lo"))
 
 
-def move_default_route(interface: str, gateways: List[str]) -> None:
+def move_default_route(interface: str, gateways: list[str]) -> None:
     """Run inside the container's namespace when the network that held its default routes goes away."""
     with RtNetlink() as nl:
         for gateway in gateways:

@@ -23,7 +23,6 @@ import pytest
 
 from drivers.nshost import Bridge
 from tests.support.cli import create_flags
-from tests.support.fixtures import test_bridge  # noqa: F401 - this worker's bridge, for the data plane's hosts
 
 from .dataplane import DataPlane
 

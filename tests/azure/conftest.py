@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.fixtures import test_bridge  # noqa: F401 - the worker's bridge for the data plane's hosts
 
 from .dataplane import AzureDataPlane
 from .fakearm import FakeArm

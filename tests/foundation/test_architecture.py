@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 
@@ -16,7 +18,7 @@ PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 # its name or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("runtime",)),
-    ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.progress", "machines.shellenv")),
+    ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress", "machines.shellenv")),
     ("drivers", ("drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer")),
     ("bootstrap", ("bootstrap",)),
