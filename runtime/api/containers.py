@@ -135,7 +135,7 @@ def attach(engine: Engine, request: Request, ref: str) -> Any:
     try:
         keys = streams.detach_keys(request.arg("detachKeys"))
     except ValueError:
-        raise InvalidParameter("Invalid detach keys (%s) provided" % request.arg("detachKeys")) from None
+        raise InvalidParameter("Invalid detach keys ({}) provided".format(request.arg("detachKeys"))) from None
     session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
                             logs=request.flag("logs"), stream=request.flag("stream"))
     channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
@@ -295,7 +295,7 @@ def exec_create(engine: Engine, request: Request, ref: str) -> Response:
         try:
             streams.detach_keys(str(body["DetachKeys"]))
         except ValueError:  # dockerd's exec words it so, and answers 500
-            raise HostError("Invalid escape keys (%s) provided" % body["DetachKeys"]) from None
+            raise HostError("Invalid escape keys ({}) provided".format(body["DetachKeys"])) from None
     return json_response({"Id": engine.exec_create(ref, body)}, 201)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from runtime.api.server import Hijacked
 
@@ -49,7 +49,7 @@ class EscapeScanner:
         self.keys = keys
         self.matched = 0
 
-    def feed(self, data: bytes) -> Tuple[bytes, bool]:
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
         """(input to pass on, whether the sequence is complete: everything after it is dropped)."""
         out = bytearray()
         for byte in data:
@@ -66,7 +66,7 @@ class EscapeScanner:
         return bytes(out), False
 
 
-def feed_stdin(channel: Hijacked, session: Any, keys: Optional[bytes] = None) -> threading.Thread:
+def feed_stdin(channel: Hijacked, session: Any, keys: bytes | None = None) -> threading.Thread:
     """Copy the client's input into the session until it half-closes, then close the process's stdin.
 
     With a TTY, as in moby's CopyStreams, the detach ``keys`` end the attachment instead (dropped, not passed on),

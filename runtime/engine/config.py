@@ -180,7 +180,7 @@ def parse_binds(binds: List[str]) -> List[dict]:
             raise InvalidParameter("invalid mode: %s" % ",".join(bad))
         propagation = [m for m in mode if m in PROPAGATION_MODES]
         if len(propagation) > 1 or (propagation and not source.startswith("/")):
-            raise InvalidParameter("invalid mode: %s" % parts[2])
+            raise InvalidParameter(f"invalid mode: {parts[2]}")
         out.append({"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target,
                     "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode,
                     "Propagation": propagation[0] if propagation else ""})
@@ -193,11 +193,11 @@ def tmpfs_options(tmp: dict) -> str:
     opts = ["mode=%o" % (int(tmp["Mode"]) & 0o7777) if tmp.get("Mode") else "mode=1777"]
     size = int(tmp.get("SizeBytes") or 0)
     if size < 0:
-        raise InvalidParameter('invalid mount config for type "tmpfs": invalid tmpfs size %d' % size)
+        raise InvalidParameter(f'invalid mount config for type "tmpfs": invalid tmpfs size {size}')
     if size:
         for factor, suffix in ((1 << 20, "m"), (1 << 10, "k"), (1, "")):
             if size % factor == 0:
-                opts.append("size=%d%s" % (size // factor, suffix))
+                opts.append(f"size={size // factor}{suffix}")
                 break
     for option in tmp.get("Options") or []:
         opts.append("=".join(str(part) for part in option))
@@ -221,8 +221,7 @@ def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[di
         opts = ""
         propagation = str((m.get("BindOptions") or {}).get("Propagation") or "")
         if propagation and propagation not in PROPAGATION_MODES:
-            raise InvalidParameter("invalid mount config for type \"%s\": invalid propagation mode: %s"
-                                   % (kind, propagation))
+            raise InvalidParameter(f'invalid mount config for type "{kind}": invalid propagation mode: {propagation}')
         if kind == "tmpfs":
             if source:
                 raise InvalidParameter('invalid mount config for type "tmpfs": field Source must not be specified')

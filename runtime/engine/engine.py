@@ -184,7 +184,7 @@ class Engine:
             out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
         return out
 
-    def _link_children(self, specs: List[str], kind: str) -> List[Tuple[str, str]]:
+    def _link_children(self, specs: list[str], kind: str) -> list[tuple[str, str]]:
         """(container name, alias) of each ``--link``; like dockerd, the target must exist at create."""
         out = []
         for spec in specs:
@@ -192,11 +192,11 @@ class Engine:
             try:
                 other = self._get(child)
             except NotFound as exc:
-                raise InvalidParameter("could not get container for %s: %s" % (child, exc)) from None
+                raise InvalidParameter(f"could not get container for {child}: {exc}") from None
             out.append((other.name, alias))
         return out if kind in ("bridge", "network") else []
 
-    def _link_targets(self, c: Container, specs: List[str]) -> List[Tuple[str, List[str]]]:
+    def _link_targets(self, c: Container, specs: list[str]) -> list[tuple[str, list[str]]]:
         """(container id, names) for the network manager, for links to running containers only (dockerd's
         words when one is not running)."""
         out = []
@@ -204,18 +204,18 @@ class Engine:
             child, alias = links.parse_link(spec)
             other = self._get(child)
             if not other.running:
-                raise HostError("Cannot link to a non running container: %s AS /%s/%s"
-                                % (other.data["Name"], c.name, alias))
+                raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
+                    other.data["Name"], c.name, alias))
             out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
         return out
 
-    def _link_env(self, c: Container) -> List[str]:
+    def _link_env(self, c: Container) -> list[str]:
         """The legacy link variables of a container on the default bridge (moby's setupLinkedContainers). A target
         that is gone or stopped is skipped here: connecting the bridge endpoint refuses it, inside the start's
         cleanup path."""
         if "bridge" not in (c.data["NetworkSettings"].get("Networks") or {}):
             return []
-        env: List[str] = []
+        env: list[str] = []
         for spec in c.data["HostConfig"].get("Links") or []:
             child, alias = links.parse_link(spec)
             try:
@@ -225,7 +225,7 @@ class Engine:
             bridge = (other.data["NetworkSettings"].get("Networks") or {}).get("bridge")
             if not other.running or not bridge:
                 continue
-            env += links.environment("/%s/%s" % (c.name, alias), bridge.get("IPAddress") or "",
+            env += links.environment(f"/{c.name}/{alias}", bridge.get("IPAddress") or "",
                                      other.data["Config"].get("Env") or [], other.data["Config"].get("ExposedPorts"))
         return env
 
@@ -240,10 +240,10 @@ class Engine:
         try:
             parent = self._get(parent_name)
         except NotFound:
-            raise NotFound("No such container: %s" % name) from None
+            raise NotFound(f"No such container: {name}") from None
         kept = [spec for spec in parent.data["HostConfig"].get("Links") or [] if links.parse_link(spec)[1] != alias]
         if len(kept) == len(parent.data["HostConfig"].get("Links") or []):
-            raise NotFound("No such container: %s" % name)
+            raise NotFound(f"No such container: {name}")
         with self._lock:
             parent.data["HostConfig"]["Links"] = kept or None
             self._save(parent)

@@ -71,21 +71,21 @@ def environment(link_name: str, child_ip: str, child_env: list[str], exposed: di
         text, _, kind = str(key).partition("/")
         ports.append((int(text), kind or "tcp"))
     ports.sort(key=lambda port: (port[1] != "tcp", port[1], port[0]))
-    env: list[str] = ["%s_PORT=%s://%s:%d" % (alias, ports[0][1], child_ip, ports[0][0])] if ports else []
+    env: list[str] = [f"{alias}_PORT={ports[0][1]}://{child_ip}:{ports[0][0]}"] if ports else []
     start = end = ports[0] if ports else (0, "")
     for index, (number, proto) in enumerate(ports):
-        prefix = "%s_PORT_%d_%s" % (alias, number, proto.upper())
-        env += ["%s=%s://%s:%d" % (prefix, proto, child_ip, number), f"{prefix}_ADDR={child_ip}",
-                "%s_PORT=%d" % (prefix, number), f"{prefix}_PROTO={proto}"]
+        prefix = f"{alias}_PORT_{number}_{proto.upper()}"
+        env += [f"{prefix}={proto}://{child_ip}:{number}", f"{prefix}_ADDR={child_ip}",
+                f"{prefix}_PORT={number}", f"{prefix}_PROTO={proto}"]
         if index and number == end[0] + 1 and proto == end[1]:  # a range goes on
             end = (number, proto)
             if index < len(ports) - 1:
                 continue
         if end != start:
-            prefix = "%s_PORT_%d_%s" % (alias, start[0], start[1].upper())
-            env += ["%s_START=%s://%s:%d" % (prefix, start[1], child_ip, start[0]),
-                    "%s_PORT_START=%d" % (prefix, start[0]),
-                    "%s_END=%s://%s:%d" % (prefix, end[1], child_ip, end[0]), "%s_PORT_END=%d" % (prefix, end[0])]
+            prefix = f"{alias}_PORT_{start[0]}_{start[1].upper()}"
+            env += [f"{prefix}_START={start[1]}://{child_ip}:{start[0]}",
+                    f"{prefix}_PORT_START={start[0]}",
+                    f"{prefix}_END={end[1]}://{child_ip}:{end[0]}", f"{prefix}_PORT_END={end[0]}"]
         start = end = (number, proto)
     env.append(f"{alias}_NAME={link_name}")
     for item in child_env or []:

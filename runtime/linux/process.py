@@ -126,7 +126,7 @@ TMPFS_FLAGS = {  # mount(8) words that are flags, not tmpfs data: (set, clear)
 }
 
 
-def tmpfs_flags(options: str, readonly: bool) -> Tuple[int, str]:
+def tmpfs_flags(options: str, readonly: bool) -> tuple[int, str]:
     """(mount flags, data) of a tmpfs: Docker's defaults noexec, nosuid, nodev, then the options in order."""
     flags = sc.MS_NOEXEC | sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if readonly else 0)
     data = []
@@ -139,10 +139,10 @@ def tmpfs_flags(options: str, readonly: bool) -> Tuple[int, str]:
     return flags, ",".join(data)
 
 
-def mount_of(path: str) -> Tuple[str, List[str]]:
+def mount_of(path: str) -> tuple[str, list[str]]:
     """(mount point, optional fields such as ``shared:3``) of the mount holding ``path``, from mountinfo."""
     path = os.path.realpath(path)
-    best: Tuple[str, List[str]] = ("/", [])
+    best: tuple[str, list[str]] = ("/", [])
     with open("/proc/self/mountinfo") as info:
         for line in info:
             fields = line.split()
@@ -153,7 +153,7 @@ def mount_of(path: str) -> Tuple[str, List[str]]:
     return best
 
 
-def propagation_problem(source: str, propagation: str) -> Optional[str]:
+def propagation_problem(source: str, propagation: str) -> str | None:
     """dockerd's ensureShared/ensureSharedOrSlave: a shared (slave) bind needs a shared (or slave) source mount."""
     if propagation not in ("shared", "rshared", "slave", "rslave"):
         return None
@@ -488,7 +488,7 @@ def enter_child(pid: int, spec: dict, stdio: Optional[Tuple[int, int, int]], rep
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
-        sc.set_process_title("machines-exec %s" % spec["id"], "exec-" + spec["id"][:10])
+        sc.set_process_title("machines-exec " + spec["id"], "exec-" + spec["id"][:10])
         fds = [(os.open("/proc/%d/ns/%s" % (pid, ns), os.O_RDONLY), flag) for ns, flag in (
             ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
             ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]

@@ -25,7 +25,7 @@ def parse_subnet(text: str) -> Network:
     except ValueError:
         raise InvalidParameter(f"invalid subnet {text}: invalid CIDR block notation") from None
     if subnet.prefixlen > subnet.max_prefixlen - 2:
-        raise InvalidParameter("subnet %s is too small: at most /%d" % (text, subnet.max_prefixlen - 2))
+        raise InvalidParameter(f"subnet {text} is too small: at most /{subnet.max_prefixlen - 2}")
     return subnet
 
 
@@ -86,8 +86,7 @@ def allocate(subnet: Network, used: set[str], last: str | None) -> str:
         candidate = str(type(subnet.network_address)(first + (start + step) % hosts))
         if candidate not in used:
             return candidate
-    raise Unavailable("no available IPv%d addresses on this network's address pools: %s"
-                      % (subnet.version, subnet))
+    raise Unavailable(f"no available IPv{subnet.version} addresses on this network's address pools: {subnet}")
 
 
 def mac_for(address: str) -> str:

@@ -31,7 +31,7 @@ def ip_query(*args: str) -> str:
 
 def in_netns_of(pid: int, work: Callable[[], T]) -> T:
     """Runs ``work`` in the network namespace of process ``pid`` (see ``in_netns``)."""
-    return in_netns("/proc/%d/ns/net" % pid, work)
+    return in_netns(f"/proc/{pid}/ns/net", work)
 
 
 def in_netns(path: str, work: Callable[[], T]) -> T:

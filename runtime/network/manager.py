@@ -135,8 +135,7 @@ class NetworkManager:
                 return net
         matches = [net for net_id, net in networks.items() if ref and net_id.startswith(ref)]
         if len(matches) > 1:
-            raise InvalidParameter("network %s is ambiguous (%d matches found based on ID prefix)"
-                                   % (ref, len(matches)))
+            raise InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
         if not matches:
             raise NotFound(f"network {ref} not found")
         return matches[0]
@@ -205,7 +204,7 @@ class NetworkManager:
             by_family[6 if ipam.family(str(config.get("Subnet") or "")) == 6 else 4].append(config)
         for version, found in by_family.items():
             if len(found) > 1:
-                raise InvalidParameter("only one IPv%d subnet per network is supported" % version)
+                raise InvalidParameter(f"only one IPv{version} subnet per network is supported")
         result = [self._ipam_config(by_family[4][0] if by_family[4] else {}, 4)]
         if enable_ipv6:
             result.append(self._ipam_config(by_family[6][0] if by_family[6] else {}, 6))
@@ -217,7 +216,7 @@ class NetworkManager:
         if config.get("Subnet"):
             subnet = ipam.parse_subnet(config["Subnet"])
             if subnet.version != version:
-                raise InvalidParameter("invalid subnet %s: not an IPv%d subnet" % (config["Subnet"], version))
+                raise InvalidParameter("invalid subnet {}: not an IPv{} subnet".format(config["Subnet"], version))
             ipam.check_free(subnet, taken)
         elif version == 4:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
@@ -249,8 +248,8 @@ class NetworkManager:
             for cid, ep in self._members(net["Id"]).items():
                 shown["Containers"][cid] = {
                     "Name": ep["Name"], "EndpointID": ep["EndpointID"], "MacAddress": ep["MacAddress"],
-                    "IPv4Address": "%s/%d" % (ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
-                    "IPv6Address": "%s/%d" % (ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"])
+                    "IPv4Address": "{}/{}".format(ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
+                    "IPv6Address": "{}/{}".format(ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"])
                     if ep.get("GlobalIPv6Address") else "",
                 }
         return copy.deepcopy(shown)
@@ -376,7 +375,7 @@ class NetworkManager:
             used.update((config.get("AuxiliaryAddresses") or {}).values())
             wanted = ipv4 if version == 4 else ipv6
             if wanted:
-                address = ipam.parse_address(wanted, subnet, "IPv%d" % version)
+                address = ipam.parse_address(wanted, subnet, f"IPv{version}")
                 if address in used:
                     raise Conflict("Address already in use")
             else:
@@ -393,7 +392,7 @@ class NetworkManager:
         else:
             mac = "02:42:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(4))
         taken_ifaces = {e["Interface"] for e in current.values()}
-        interface = next("eth%d" % n for n in range(len(taken_ifaces) + 1) if "eth%d" % n not in taken_ifaces)
+        interface = next(f"eth{n}" for n in range(len(taken_ifaces) + 1) if f"eth{n}" not in taken_ifaces)
         route = not net["Internal"] and not any(e["DefaultRoute"] for e in current.values())
         v4, v6 = assigned.get(4, ("", 0, "")), assigned.get(6, ("", 0, ""))
         ep.update(IPAddress=v4[0], IPPrefixLen=v4[1], Gateway=v4[2], GlobalIPv6Address=v6[0],
@@ -665,7 +664,7 @@ class NetworkManager:
                 return PortProxy(bind_socket(proto, host_ip, port), proto, container_ip, container_port)
             except OSError as exc:
                 error = exc
-        ports = str(candidates[0]) if len(candidates) == 1 else "%d-%d" % (candidates[0], candidates[-1])
+        ports = str(candidates[0]) if len(candidates) == 1 else f"{candidates[0]}-{candidates[-1]}"
         shown = f"{host_ip}:{ports}"
         if error is not None and error.errno == 98:
             raise HostError(f"Bind for {shown} failed: port is already allocated")
@@ -801,7 +800,7 @@ def _port_key(key: str) -> str:
         raise NotSupported(f"publishing {proto} ports is not supported: {key}")
     if not number.isdigit() or not 0 < int(number) < 65536:
         raise InvalidParameter(f"invalid port specification: {key}")
-    return "%d/%s" % (int(number), proto)
+    return f"{int(number)}/{proto}"
 
 
 def _host_ports(text: str) -> list[int]:

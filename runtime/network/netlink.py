@@ -99,7 +99,7 @@ class RtNetlink:
         return True
 
     def set_up(self, index: int) -> None:
-        self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), "bring up link %d" % index)
+        self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), f"bring up link {index}")
 
     def add_address(self, index: int, address: str, prefix: int) -> None:
         """An IPv4 or IPv6 address; IPv6 ones skip duplicate address detection (the daemon hands them out), so
@@ -108,7 +108,7 @@ class RtNetlink:
         family, flags = (socket.AF_INET, 0) if ip.version == 4 else (socket.AF_INET6, IFA_F_NODAD)
         body = struct.pack("BBBBI", family, prefix, flags, RT_SCOPE_UNIVERSE, index) + \
             _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed)
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "add address %s/%d" % (address, prefix))
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefix}")
 
     def default_route(self, gateway: str, index: int) -> None:
         """Adds, or replaces, the IPv4 or IPv6 default route through ``gateway`` on link ``index``."""

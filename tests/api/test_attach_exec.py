@@ -247,10 +247,10 @@ def test_exec_streams_are_byte_exact(client: docker.DockerClient, sleeper: Any) 
 def test_tty_streams_lose_nothing_at_the_start(daemon: Daemon, image: str, sleeper: Any) -> None:
     container = sleeper
     for attempt in range(30):
-        code, out = container.exec_run(["echo", "start%d" % attempt], tty=True)
+        code, out = container.exec_run(["echo", f"start{attempt}"], tty=True)
         assert (code, out) == (0, b"start%d\r\n" % attempt)
     for attempt in range(10):
-        result = daemon.docker("run", "--rm", "-t", image, "echo", "first%d" % attempt)
+        result = daemon.docker("run", "--rm", "-t", image, "echo", f"first{attempt}")
         assert result.stdout == b"first%d\r\n" % attempt
 
 
@@ -275,5 +275,5 @@ def test_exec_exit_codes_and_users_as_docker(daemon: Daemon, sleeper: Any) -> No
     inside = {line.split(":")[0] for line in container.exec_run(["cat", "/etc/group"])[1].decode().splitlines()}
     host_only = next(line.split(":")[0] for line in open("/etc/group") if line.split(":")[0] not in inside)
     container.exec_run(["ln", "-sf", "/../../../../etc/group", "/etc/group"])  # would be the host's, followed there
-    with pytest.raises(docker.errors.APIError, match="unable to find group %s" % host_only):
+    with pytest.raises(docker.errors.APIError, match=f"unable to find group {host_only}"):
         container.exec_run(["id", "-g"], user="svc:" + host_only)
