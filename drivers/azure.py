@@ -476,9 +476,10 @@ class AzureDriver(Driver):
             and location in {name.lower() for name in sku.locations or []}])
         if not skus:
             raise PreCreateError(f"--azure-size {size!r} does not exist in {location}")
-        reasons = [restriction.reason_code or "restricted" for restriction in skus[0].restrictions or []
+        reasons = [getattr(restriction.reason_code, "value", restriction.reason_code) or "restricted"
+                   for restriction in skus[0].restrictions or []
                    if (restriction.type or "").lower() == "location"
-                   and location in {value.lower() for value in restriction.values or []}]
+                   and location in {value.lower() for value in restriction.values_property or []}]
         if reasons:
             raise PreCreateError(f"--azure-size {size!r} is not available to this subscription in {location} "
                                  f"({reasons[0]}); pick another size or location")

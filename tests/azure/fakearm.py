@@ -162,6 +162,7 @@ class FakeArm:
         self.operations: dict[str, Operation] = {}
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        self.refused: list[str] = []  # ARM error codes answered, in order: tests look
         self.lock = threading.RLock()
         self.token = uuid.uuid4().hex
         self.ca_path, key_path = make_certificate(self.directory)
@@ -195,6 +196,7 @@ class FakeArm:
             self.operations.clear()
             self.faults.clear()
             self.requests.clear()
+            self.refused.clear()
             self.listener = None
             self.strict_defaults()
 
@@ -661,7 +663,8 @@ class FakeArm:
         return 202, self._operation_headers(Operation(), location=True), None
 
     def _delete_vm(self, vm: dict[str, Any]) -> None:
-        """Detach the NICs; delete the OS disk and NICs whose ``deleteOption`` says so (ARM's defaults keep them)."""
+        """Detach the NICs; delete the OS disk and NICs whose ``deleteOption`` says so (ARM's defaults keep them),
+        except a NIC a failed create keeps reserved: it stays, and its own delete is refused until the time is up."""
         if self.listener:
             self.listener.vm_deleted(vm)
         disk = vm["properties"]["storageProfile"]["osDisk"]
@@ -671,7 +674,8 @@ class FakeArm:
             nic = self.resources.get(reference["id"].lower())
             if nic is not None:
                 nic["properties"].pop("virtualMachine", None)
-                if (reference.get("properties") or {}).get("deleteOption") == "Delete":
+                reserved = time.monotonic() < self.reserved_nics.get(reference["id"].lower(), (0.0, ""))[0]
+                if (reference.get("properties") or {}).get("deleteOption") == "Delete" and not reserved:
                     del self.resources[reference["id"].lower()]
 
     def _vm_action(self, method: str, vm_id: str, action: str) -> tuple[int, dict[str, str], Any]:
@@ -712,6 +716,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, headers, answer = arm.handle(self.command, url.path, dict(urllib.parse.parse_qsl(url.query)),
                                                  self.headers, body)
         except ArmError as error:
+            arm.refused.append(error.code)
             status, headers, answer = error.status, {}, {"error": {"code": error.code, "message": error.message}}
         except Exception as error:  # noqa: BLE001 - a bug in the fake must show up as a server error, not a hang
             status, headers, answer = 500, {}, {"error": {"code": "FakeArmBug", "message": f"{type(error).__name__}: {error}"}}
