@@ -41,13 +41,13 @@ import vagrant
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import generate_host_key
-from machines.errors import DriverError, PreCreateError
-from machines.store import atomic_write
+from machines.errors import DriverError, MachinesError, PreCreateError
+from machines.store import Store, atomic_write
 
 PROVIDERS = ("virtualbox", "libvirt")
 DEFAULT_BOX = "debian/bookworm64"
 DEFAULT_CIDR = "192.168.56.1/24"  # VirtualBox >= 6.1.28 only allows host-only networks in 192.168.56.0/21
-ALLOWED_HOSTONLY = ipaddress.ip_network("192.168.56.0/21")
+ALLOWED_HOSTONLY = ipaddress.IPv4Network("192.168.56.0/21")
 HOST_KEY = "ssh_host_ed25519_key"
 VAGRANT_LOG = "vagrant.log"
 ERROR_LOG = "vagrant-error.log"
@@ -484,17 +484,17 @@ def _provider_usable(provider: str) -> tuple[bool, str]:
 
 
 def _sibling_configs(store_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, driver config) of the other virtualbox machines in the same store."""
-    for config_path in store_dir.parent.glob("*/config.json"):
-        if config_path.parent == store_dir:
+    """(name, flags and discovered state) of the other virtualbox machines in the same store (through its records)."""
+    store = Store(store_dir.parent.parent)
+    for name in store.names():
+        if name == store_dir.name:
             continue
         try:
-            record = json.loads(config_path.read_text())
-        except (OSError, ValueError):
+            record = store.load(name)
+        except MachinesError:
             continue
-        driver_config = record.get("driver")
-        if record.get("driver_name") == VirtualBoxDriver.name and isinstance(driver_config, dict):
-            yield config_path.parent.name, driver_config
+        if record.get("driver_name") == VirtualBoxDriver.name:
+            yield name, {**(record.get("driver") or {}), **(record.get("driver_state") or {})}
 
 
 def _sibling_api_ports(store_dir: Path) -> dict[int, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional
 
 from runtime.api.server import Request, Router
 from runtime.errors import InvalidParameter
@@ -12,7 +11,7 @@ ROUTER = Router()
 route = ROUTER.add
 
 
-def filters_arg(request: Request) -> Optional[Dict[str, List[str]]]:
+def filters_arg(request: Request) -> dict[str, list[str]] | None:
     """The ``filters`` query parameter as ``{name: [values]}``.
 
     Old clients send ``{"status": {"running": true}}``; moby accepts both forms, so do we.
@@ -23,10 +22,10 @@ def filters_arg(request: Request) -> Optional[Dict[str, List[str]]]:
     try:
         raw = json.loads(text)
     except ValueError:
-        raise InvalidParameter("invalid filter: %s" % text) from None
+        raise InvalidParameter(f"invalid filter: {text}") from None
     if not isinstance(raw, dict):
         raise InvalidParameter("invalid filter: expected a JSON object")
-    result: Dict[str, List[str]] = {}
+    result: dict[str, list[str]] = {}
     for key, value in raw.items():
         if isinstance(value, dict):
             result[key] = [item for item, enabled in value.items() if enabled]
@@ -35,7 +34,7 @@ def filters_arg(request: Request) -> Optional[Dict[str, List[str]]]:
         elif isinstance(value, str):
             result[key] = [value]
         else:
-            raise InvalidParameter("invalid filter %r: values must be strings" % key)
+            raise InvalidParameter(f"invalid filter {key!r}: values must be strings")
     return result
 
 
@@ -47,4 +46,4 @@ def timestamp_arg(request: Request, name: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise InvalidParameter("invalid value for %s: %r (a unix timestamp)" % (name, text)) from None
+        raise InvalidParameter(f"invalid value for {name}: {text!r} (a unix timestamp)") from None

@@ -11,6 +11,8 @@ from typing import Any, Dict, List
 from runtime import API_VERSION, MIN_API_VERSION, VERSION
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import Request, Response, Stream, json_lines, json_response
+from runtime.engine import Engine
+from runtime.engine.logs import LOG_DRIVERS
 
 _PING_HEADERS = {
     "Builder-Version": "1",
@@ -21,12 +23,12 @@ _PING_HEADERS = {
 
 
 @route("GET", "/_ping", "Ping; the Api-Version header starts the CLI's version negotiation")
-def ping(engine: Any, request: Request) -> Response:
+def ping(engine: Engine, request: Request) -> Response:
     return Response(200, b"OK", "text/plain; charset=utf-8", _PING_HEADERS)
 
 
 @route("HEAD", "/_ping", "Ping without a body")
-def ping_head(engine: Any, request: Request) -> Response:
+def ping_head(engine: Engine, request: Request) -> Response:
     return Response(200, b"", "text/plain; charset=utf-8", _PING_HEADERS)
 
 
@@ -36,7 +38,7 @@ def _arch() -> str:
 
 
 @route("GET", "/version", "Server version; docker-py negotiates from ApiVersion")
-def version(engine: Any, request: Request) -> Response:
+def version(engine: Engine, request: Request) -> Response:
     details = {
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
@@ -90,7 +92,7 @@ def _cgroup_version() -> str:
 
 
 @route("GET", "/info", "System information; Swarm.LocalNodeState is inactive")
-def info(engine: Any, request: Request) -> Response:
+def info(engine: Engine, request: Request) -> Response:
     containers = engine.list_containers(all=True)
     states = [item.get("State") for item in containers]
     images = engine.images.list(all=False)
@@ -105,7 +107,7 @@ def info(engine: Any, request: Request) -> Response:
         "Images": len(images),
         "Driver": "overlay2",
         "DriverStatus": [["Backing Filesystem", "extfs"]],
-        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"]},
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": sorted(LOG_DRIVERS)},
         "MemoryLimit": True,
         "SwapLimit": False,
         "CpuCfsPeriod": True,
@@ -150,19 +152,17 @@ def info(engine: Any, request: Request) -> Response:
 
 
 @route("GET", "/events", "Live event stream (chunked JSON)")
-def events(engine: Any, request: Request) -> Stream:
+def events(engine: Engine, request: Request) -> Stream:
     items = engine.events(since=timestamp_arg(request, "since") or None, until=timestamp_arg(request, "until") or None,
                           filters=filters_arg(request))
     return Stream(json_lines(items), "application/json", long_poll=True)
 
 
 @route("GET", "/system/df", "Disk usage of images, containers and volumes")
-def disk_usage(engine: Any, request: Request) -> Response:
+def disk_usage(engine: Engine, request: Request) -> Response:
     images: List[Dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
-    volumes = engine.volumes.list()
-    if isinstance(volumes, dict):
-        volumes = volumes.get("Volumes") or []
+    volumes = engine.volumes.list().get("Volumes") or []
     return json_response({
         "LayersSize": sum(int(image.get("Size") or 0) for image in images),
         "Images": images,
@@ -173,5 +173,5 @@ def disk_usage(engine: Any, request: Request) -> Response:
 
 
 @route("POST", "/auth", "Log in to a registry: checks the credentials against it")
-def auth(engine: Any, request: Request) -> Response:
-    return json_response(engine.images.login(request.json_object()))
+def auth(engine: Engine, request: Request) -> Response:
+    return json_response(engine.image_service.login(request.json_object()))

@@ -9,6 +9,7 @@ import signal
 import stat
 from typing import Dict, List, Optional, Tuple
 
+from runtime.engine.logs import log_config
 from runtime.errors import InvalidParameter
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -48,7 +49,7 @@ def _as_list(value: object) -> Optional[List[str]]:
         return None
     if isinstance(value, str):
         return [value]
-    return list(value)  # type: ignore[arg-type]
+    return list(value)  # type: ignore[call-overload]
 
 
 def merge_config(body: dict, image_config: dict) -> dict:
@@ -114,21 +115,9 @@ def host_config_defaults(host: dict) -> dict:
     host.setdefault("NetworkMode", "default")
     if not host.get("NetworkMode"):
         host["NetworkMode"] = "default"
-    log = dict(host.get("LogConfig") or {})
-    if log.get("Type") not in (None, "", "json-file"):
-        raise InvalidParameter("logging driver %r is not supported, only json-file" % log.get("Type"))
-    host["LogConfig"] = {"Type": "json-file", "Config": log.get("Config") or {}}
-    policy = dict(host.get("RestartPolicy") or {})
-    name = policy.get("Name") or "no"
-    if name not in RESTART_POLICIES:
-        raise InvalidParameter("invalid restart policy '%s'" % name)
-    retries = int(policy.get("MaximumRetryCount") or 0)
-    if retries and name != "on-failure":
-        raise InvalidParameter("maximum retry count cannot be used with restart policy '%s'" % name)
-    if retries < 0:
-        raise InvalidParameter("maximum retry count cannot be negative")
-    host["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
-    if host.get("AutoRemove") and name != "no":
+    host["LogConfig"] = log_config(host.get("LogConfig") or {})
+    host["RestartPolicy"] = check_restart_policy(host.get("RestartPolicy") or {})
+    if host.get("AutoRemove") and host["RestartPolicy"]["Name"] != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     for key, default in (("Binds", None), ("Privileged", False), ("PublishAllPorts", False), ("AutoRemove", False),
                          ("PortBindings", {}), ("Memory", 0), ("MemorySwap", 0), ("NanoCpus", 0), ("CpuShares", 0),
@@ -148,7 +137,22 @@ def host_config_defaults(host: dict) -> dict:
                 repr(a) for a in allowed if a)))
     if host["Memory"] and host["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    if host["Memory"] > 0 and not host["MemorySwap"]:
+        host["MemorySwap"] = 2 * host["Memory"]  # moby's adaptContainerSettings: swap as large as the memory
     return host
+
+
+def check_restart_policy(policy: dict) -> dict:
+    """A RestartPolicy as stored (name defaulted to ``no``), refused with dockerd's words when invalid."""
+    name = policy.get("Name") or "no"
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter("invalid restart policy '%s'" % name)
+    retries = int(policy.get("MaximumRetryCount") or 0)
+    if retries and name != "on-failure":
+        raise InvalidParameter("maximum retry count cannot be used with restart policy '%s'" % name)
+    if retries < 0:
+        raise InvalidParameter("maximum retry count cannot be negative")
+    return {"Name": name, "MaximumRetryCount": retries}
 
 
 def parse_binds(binds: List[str]) -> List[dict]:
@@ -233,18 +237,6 @@ def devices_of(host: dict) -> List[dict]:
                     else "b", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
                     "perms": item.get("CgroupPermissions") or "rwm"})
     return out
-
-
-def log_size(text: Optional[str]) -> int:
-    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
-    if not text:
-        return 0
-    value = str(text).strip().lower().rstrip("b")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
-    try:
-        return int(float(value.rstrip("kmg")) * scale)
-    except ValueError:
-        raise InvalidParameter("invalid log size: %r" % text)
 
 
 def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:

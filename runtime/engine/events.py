@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict, Iterator, List, Optional
+from collections.abc import Iterator
 
 from runtime.engine.volumes import _filter_values, labels_match
 
@@ -12,12 +12,12 @@ HISTORY = 1024
 
 class EventBus:
     def __init__(self) -> None:
-        self._events: List[dict] = []
+        self._events: list[dict] = []
         self._first = 0  # sequence number of self._events[0]
         self._cond = threading.Condition()
         self._closed = False
 
-    def emit(self, kind: str, action: str, actor_id: str, attributes: Dict[str, str]) -> None:
+    def emit(self, kind: str, action: str, actor_id: str, attributes: dict[str, str]) -> None:
         now = time.time_ns()
         event = {"Type": kind, "Action": action, "Actor": {"ID": actor_id, "Attributes": attributes},
                  "scope": "local", "time": now // 1000000000, "timeNano": now}
@@ -37,7 +37,7 @@ class EventBus:
             self._cond.notify_all()
 
     @staticmethod
-    def matches(event: dict, filters: Optional[dict]) -> bool:
+    def matches(event: dict, filters: dict | None) -> bool:
         if not filters:
             return True
         attrs = event["Actor"]["Attributes"]
@@ -57,16 +57,16 @@ class EventBus:
         labels = _filter_values(filters, "label")
         return not labels or labels_match(attrs, labels)
 
-    def stream(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[dict] = None) -> Iterator[dict]:
+    def stream(self, since: float | None = None, until: float | None = None,
+               filters: dict | None = None) -> Iterator[dict]:
         """Past events from ``since`` (none without it), then live ones until ``until`` (forever when None).
         The starting point is fixed now, not at the first ``next``: nothing emitted after this call is missed."""
         with self._cond:  # without ``since`` only new events, as ``docker events`` does
             start = self._first if since is not None else self._first + len(self._events)
         return self._follow(start, since, until, filters)
 
-    def _follow(self, seq: int, since: Optional[float], until: Optional[float],
-                filters: Optional[dict]) -> Iterator[dict]:
+    def _follow(self, seq: int, since: float | None, until: float | None,
+                filters: dict | None) -> Iterator[dict]:
         while True:
             with self._cond:
                 while seq >= self._first + len(self._events) and not self._closed:

@@ -7,11 +7,11 @@ import select
 import socket
 import threading
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable
 
 from runtime.engine.shim import CLOSE_STDIN, EXIT, STDIN, connect, recv_frame, send_frame
 
-Chunk = Tuple[int, bytes]
+Chunk = tuple[int, bytes]
 
 
 class Session:
@@ -19,7 +19,7 @@ class Session:
 
     tty = False
 
-    def read(self) -> Optional[Chunk]: raise NotImplementedError
+    def read(self) -> Chunk | None: raise NotImplementedError
     def write(self, data: bytes) -> None: raise NotImplementedError
     def close_stdin(self) -> None: raise NotImplementedError
     def close(self) -> None: raise NotImplementedError
@@ -29,17 +29,17 @@ class AttachSession(Session):
     """Attach to a container's shim. Made before start (``docker run`` attaches first), it connects when the
     engine starts the container, before the process execs, so no output is missed."""
 
-    def __init__(self, tty: bool, opts: dict, backlog: List[Chunk], stream: bool,
-                 on_close: Callable[["AttachSession"], None]) -> None:
+    def __init__(self, tty: bool, opts: dict, backlog: list[Chunk], stream: bool,
+                 on_close: Callable[[AttachSession], None]) -> None:
         self.tty = tty
         self._opts = opts
-        self._backlog: Deque[Chunk] = deque(backlog)
+        self._backlog: deque[Chunk] = deque(backlog)
         self._stream = stream
         self._on_close = on_close
-        self._sock: Optional[socket.socket] = None
+        self._sock: socket.socket | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self._pending: List[Tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes]] = []
         self._closed = False
 
     def connect(self, socket_path: str) -> None:
@@ -60,7 +60,7 @@ class AttachSession(Session):
         """The container went away without starting: end the stream."""
         self._ready.set()
 
-    def read(self) -> Optional[Chunk]:
+    def read(self) -> Chunk | None:
         if self._backlog:
             return self._backlog.popleft()
         if not self._stream:
@@ -110,14 +110,14 @@ class AttachSession(Session):
 class ExecSession(Session):
     """The daemon holds an exec's pipes (or pty master) directly; ``done`` is set once its exit code is known."""
 
-    def __init__(self, outputs: Dict[int, int], stdin_fd: Optional[int], tty: bool, done: threading.Event) -> None:
+    def __init__(self, outputs: dict[int, int], stdin_fd: int | None, tty: bool, done: threading.Event) -> None:
         self.tty = tty
         self._outputs = dict(outputs)
         self._stdin = stdin_fd
         self._done = done
         self._lock = threading.Lock()
 
-    def read(self) -> Optional[Chunk]:
+    def read(self) -> Chunk | None:
         while self._outputs:
             ready, _, _ = select.select(list(self._outputs), [], [])
             for fd in ready:

@@ -20,7 +20,6 @@ import socket
 import struct
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
 
 from runtime.linux import syscalls as sc
 from runtime.linux.cgroups import open_cgroup
@@ -32,20 +31,20 @@ STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 PARTIAL_LIMIT = 16 * 1024
 
 
-def rfc3339_nano(ns: Optional[int] = None) -> str:
+def rfc3339_nano(ns: int | None = None) -> str:
     ns = time.time_ns() if ns is None else ns
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1000000000)) + ".%09dZ" % (ns % 1000000000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1000000000)) + f".{ns % 1000000000:09d}Z"
 
 
 def write_json(path: str, data: dict) -> None:
     """Atomic replace, so a reader (or a daemon killed mid-write) never sees half a file."""
-    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
 
 
-def close_fds(keep: List[int]) -> None:
+def close_fds(keep: list[int]) -> None:
     """A forked shim must not hold the daemon's other pipes and sockets open (they would never see EOF)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -60,7 +59,7 @@ def send_frame(sock: socket.socket, kind: int, data: bytes) -> None:
     sock.sendall(FRAME.pack(kind, len(data)) + data)
 
 
-def recv_exact(sock: socket.socket, size: int) -> Optional[bytes]:
+def recv_exact(sock: socket.socket, size: int) -> bytes | None:
     buf = b""
     while len(buf) < size:
         chunk = sock.recv(size - len(buf))
@@ -70,7 +69,7 @@ def recv_exact(sock: socket.socket, size: int) -> Optional[bytes]:
     return buf
 
 
-def recv_frame(sock: socket.socket) -> Optional[Tuple[int, bytes]]:
+def recv_frame(sock: socket.socket) -> tuple[int, bytes] | None:
     header = recv_exact(sock, FRAME.size)
     if header is None:
         return None
@@ -79,7 +78,7 @@ def recv_frame(sock: socket.socket) -> Optional[Tuple[int, bytes]]:
     return None if data is None else (kind, data)
 
 
-def connect(path: str, request: dict, timeout: Optional[float] = None) -> socket.socket:
+def connect(path: str, request: dict, timeout: float | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     sock.connect(path)
@@ -99,7 +98,7 @@ class _Client:
 class Shim:
     """The monitor loop. Lives in its own session; exits once the container has exited and its output is drained."""
 
-    def __init__(self, spec: dict, stdin_fd: Optional[int], outputs: Dict[int, int], master: Optional[int],
+    def __init__(self, spec: dict, stdin_fd: int | None, outputs: dict[int, int], master: int | None,
                  listener: socket.socket, child: int) -> None:
         self.spec = spec
         self.stdin_fd = stdin_fd
@@ -107,12 +106,12 @@ class Shim:
         self.master = master
         self.listener = listener
         self.child = child
-        self.clients: List[_Client] = []
-        self.partial: Dict[int, bytes] = {}
+        self.clients: list[_Client] = []
+        self.partial: dict[int, bytes] = {}
         self.log = open(spec["log_path"], "ab", buffering=0)
         self.log_size = self.log.tell()
         self.sel = selectors.DefaultSelector()
-        self.status: Optional[int] = None
+        self.status: int | None = None
 
     def run(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -194,11 +193,21 @@ class Shim:
             out.append(self._entry(rest[:PARTIAL_LIMIT], kind, stamp))
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
-        if out:
-            data = b"".join(out)
-            limit = self.spec.get("log_max_size") or 0
-            if limit and self.log_size + len(data) > limit and self.log_size:
+        limit = self.spec.get("log_max_size") or 0
+        batch: List[bytes] = []
+        batch_size = 0
+        for entry in out:  # rotate between entries, as moby does, however much one read brought
+            if limit and self.log_size + batch_size + len(entry) > limit and self.log_size + batch_size:
+                self._write(batch)
                 self._rotate()
+                batch, batch_size = [], 0
+            batch.append(entry)
+            batch_size += len(entry)
+        self._write(batch)
+
+    def _write(self, entries: List[bytes]) -> None:
+        if entries:
+            data = b"".join(entries)
             self.log.write(data)
             self.log_size += len(data)
 
@@ -211,9 +220,9 @@ class Shim:
             os.unlink(path)
         else:
             for index in range(keep - 1, 0, -1):
-                source = path if index == 1 else "%s.%d" % (path, index - 1)
+                source = path if index == 1 else f"{path}.{index - 1}"
                 if os.path.exists(source):
-                    os.replace(source, "%s.%d" % (path, index))
+                    os.replace(source, f"{path}.{index}")
         self.log = open(path, "ab", buffering=0)
         self.log_size = 0
 
@@ -313,7 +322,7 @@ class Shim:
             pass
 
 
-def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -> None:
+def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> None:
     """Body of the forked shim: make the stdio, fork the container (PID 1 of a new PID namespace), then monitor."""
     os.setsid()
     close_fds([report_fd, go_fd] + ([netns_fd] if netns_fd is not None else []))
@@ -328,8 +337,8 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     if spec["tty"]:
         console, child_console = socket.socketpair()
         child_stdio = None
-        outputs: Dict[int, int] = {}
-        inherited: List[int] = []
+        outputs: dict[int, int] = {}
+        inherited: list[int] = []
     else:
         child_console = None
         out_r, out_w = os.pipe()
@@ -361,7 +370,7 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     try:  # joining a v1 hierarchy can wait for an RCU grace period: overlap it with the child's mounts
         open_cgroup(spec["cgroup"]).join(child)
     except OSError as e:
-        os.write(report_fd, ("err:cannot join the container's cgroup: %s\n" % e).encode())
+        os.write(report_fd, (f"err:cannot join the container's cgroup: {e}\n").encode())
         os.kill(child, signal.SIGKILL)
     os.write(report_fd, b"pid:%d\n" % child)
     os.close(report_fd)

@@ -1,6 +1,7 @@
 """Named volumes: ``<data-root>/volumes/<name>/_data`` plus a small metadata file, in Docker's Volume shape."""
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -8,7 +9,7 @@ import secrets
 import shutil
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable
 
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.linux.paths import tree_size
@@ -20,7 +21,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _filter_values(filters: Optional[dict], key: str) -> List[str]:
+def _filter_values(filters: dict | None, key: str) -> list[str]:
     value = (filters or {}).get(key)
     if value is None:
         return []
@@ -31,7 +32,7 @@ def _filter_values(filters: Optional[dict], key: str) -> List[str]:
     return list(value)
 
 
-def labels_match(labels: Dict[str, str], wanted: List[str]) -> bool:
+def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
     for spec in wanted:
         key, eq, value = spec.partition("=")
         if key not in labels or (eq and labels[key] != value):
@@ -42,7 +43,7 @@ def labels_match(labels: Dict[str, str], wanted: List[str]) -> bool:
 class VolumeStore:
     """Volumes survive the containers that use them; ``in_use`` (given by the engine) says which are busy."""
 
-    def __init__(self, root: str, in_use: Callable[[str], List[str]]) -> None:
+    def __init__(self, root: str, in_use: Callable[[str], builtins.list[str]]) -> None:
         self.root = root
         self._in_use = in_use
         self._lock = threading.RLock()
@@ -56,24 +57,24 @@ class VolumeStore:
             with open(os.path.join(self._dir(name), "volume.json")) as f:
                 return json.load(f)
         except FileNotFoundError:
-            raise NotFound("get %s: no such volume" % name)
+            raise NotFound(f"get {name}: no such volume") from None
 
     def _shape(self, meta: dict) -> dict:
         return {"Name": meta["Name"], "Driver": "local", "Mountpoint": os.path.join(self._dir(meta["Name"]), "_data"),
                 "CreatedAt": meta["CreatedAt"], "Labels": meta.get("Labels") or {}, "Scope": "local",
                 "Options": meta.get("Options") or {}}
 
-    def create(self, body: Optional[dict] = None, anonymous: bool = False) -> dict:
+    def create(self, body: dict | None = None, anonymous: bool = False) -> dict:
         """Creates the volume, or returns the existing one of that name (Docker's create is idempotent)."""
         body = body or {}
         name = body.get("Name") or secrets.token_hex(32)
         driver = body.get("Driver") or "local"
         if driver != "local":
-            raise NotFound("plugin %r not found" % driver)
+            raise NotFound(f"plugin {driver!r} not found")
         if not NAME_RE.match(name):
-            raise InvalidParameter("create %s: %r includes invalid characters for a local volume name, only "
+            raise InvalidParameter(f"create {name}: {name!r} includes invalid characters for a local volume name, only "
                                    "\"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host "
-                                   "directory, use absolute path" % (name, name))
+                                   "directory, use absolute path")
         with self._lock:
             try:
                 return self._shape(self._meta(name))
@@ -100,7 +101,7 @@ class VolumeStore:
     def path(self, name: str) -> str:
         return os.path.join(self._dir(name), "_data")
 
-    def list(self, filters: Optional[dict] = None) -> dict:
+    def list(self, filters: dict | None = None) -> dict:
         out = []
         names = _filter_values(filters, "name")
         labels = _filter_values(filters, "label")
@@ -125,10 +126,10 @@ class VolumeStore:
             self._meta(name)
             users = self._in_use(name)
             if users:
-                raise Conflict("remove %s: volume is in use - [%s]" % (name, ", ".join(users)))
+                raise Conflict("remove {}: volume is in use - [{}]".format(name, ", ".join(users)))
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
-    def prune(self, filters: Optional[dict] = None) -> dict:
+    def prune(self, filters: dict | None = None) -> dict:
         """Removes unused volumes; like Docker 23+, only anonymous ones unless the filter says ``all=true``."""
         everything = any(v in ("1", "true") for v in _filter_values(filters, "all"))
         labels = _filter_values(filters, "label")

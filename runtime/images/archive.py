@@ -1,9 +1,12 @@
 """Layer tars: safe extraction into an overlay lower dir, and tars made back from an overlay upper dir.
 
-Extraction never follows a link, never writes outside its directory and never creates a device node from the
-archive: a hostile layer (``../x``, absolute names, a symlink then a file written through it, a hardlink out, a
-device node, a header bomb) raises LayerRefused. Callers extract into a fresh temporary directory and rename it
-into place only on success, so a refused layer leaves nothing behind.
+Extraction never follows a link and never writes outside its directory: a hostile layer (``../x``, absolute names,
+a symlink then a file written through it, a hardlink out, a header bomb) raises LayerRefused. Device nodes and fifos
+are created as Docker creates them (``tar -c .`` of a debootstrap tree holds ``/dev``'s nodes); where the daemon may
+not make device nodes (not root, or in a user namespace) they are skipped with a warning in its log, as dockerd
+skips them. Containers reach such nodes only through the devices cgroup (or not at all: see ``prepare_root``).
+Callers extract into a fresh temporary directory and rename it into place only on success, so a refused layer
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ import errno
 import gzip
 import hashlib
 import io
+import logging
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 from runtime.errors import InvalidParameter
+from runtime.linux import safepath
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -29,6 +35,8 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 MAX_SPECIAL_HEADER = 1 << 20
 MAX_SPECIAL_TOTAL = 8 << 20
 COPY_CHUNK = 1 << 20
+
+log = logging.getLogger("runtime.images")
 
 
 class LayerRefused(InvalidParameter):
@@ -74,7 +82,7 @@ class _Decompressed:
     def __init__(self, path: str) -> None:
         self.path = path
         self._proc: Optional[subprocess.Popen] = None
-        self._file: Optional[IO[bytes]] = None
+        self._file: Any = None  # a gzip, bz2, lzma or plain binary file
 
     def __enter__(self) -> IO[bytes]:
         with open(self.path, "rb") as f:
@@ -281,10 +289,23 @@ class _Extractor:
             self._clear(path, keep_dir=False)
             os.mkfifo(path, 0o600)
         elif m.ischr() or m.isblk():
-            raise LayerRefused("layer refused: device node %r" % m.name)
+            if not self._device(path, m):
+                return
         else:
             raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
         self._attrs(path, m)
+
+    def _device(self, path: str, m: tarfile.TarInfo) -> bool:
+        """mknod as dockerd does; False (and a warning) where this daemon may not create device nodes."""
+        self._clear(path, keep_dir=False)
+        kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+        try:
+            os.mknod(path, 0o600 | kind, os.makedev(m.devmajor, m.devminor))
+        except PermissionError as exc:
+            log.warning("skipping device node %s (%d:%d) from a layer: %s", m.name, m.devmajor, m.devminor,
+                        exc.strerror)
+            return False
+        return True
 
     def _whiteout(self, parent: str, base: str, name: str) -> None:
         """OCI whiteouts -> overlayfs: ``.wh..wh..opq`` marks the dir opaque, ``.wh.x`` becomes a 0/0 char device."""
@@ -305,11 +326,31 @@ class _Extractor:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed tar, ending where Go's archive/tar ends: the docker CLI's context for a Dockerfile
+    from outside the context stops right after the last file's bytes, with no padding and no end-of-archive
+    blocks. Running out of data there ends the archive; running out inside a member is still an error."""
+    members = iter(tar)
+    last: Optional[tarfile.TarInfo] = None
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except tarfile.ReadError as exc:
+            consumed = last is not None and tar.fileobj.tell() >= last.offset_data + last.size  # type: ignore
+            if str(exc) == "unexpected end of data" and consumed:
+                return
+            raise
+        yield member
+        last = member
+
+
 def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[arg-type]
+        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
                           bufsize=COPY_CHUNK) as tar:
-            for m in tar:
+            for m in _members(tar):
                 ex.member(tar, m)
     except tarfile.TarError as exc:
         raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
@@ -412,19 +453,24 @@ class TarStream:
         return self.sink.take()
 
 
-def _upper_entries(upper: str) -> Iterator[Tuple[str, str, os.stat_result]]:
-    """Walk an upper dir in a stable order: (archive name, path, lstat)."""
-    for dirpath, dirnames, filenames in os.walk(upper):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, upper)
-        for name in sorted(dirnames) + sorted(filenames):
-            path = os.path.join(dirpath, name)
-            arc = name if rel == "." else rel + "/" + name
-            yield arc, path, os.lstat(path)
+def _entries(parent: int, name: str, arc: str) -> Iterator[Tuple[int, str, str, os.stat_result]]:
+    """(dir fd, name, archive name, lstat) of an entry and, for a folder, of everything below it in a stable order;
+    every step is relative to an open directory fd and no link is followed."""
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    yield parent, name, arc, st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        for rel, dirfd, entry, entry_st in safepath.walk(top):
+            yield dirfd, entry, posixpath.join(arc, rel, entry), entry_st  # "./x" under ".", as moby
+    finally:
+        os.close(top)
 
 
-def _xattrs(path: str) -> Dict[str, str]:
+def _xattrs(dirfd: int, name: str) -> Dict[str, str]:
     out: Dict[str, str] = {}
+    path = safepath.fd_path(dirfd, name)
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -440,49 +486,82 @@ def _xattrs(path: str) -> Dict[str, str]:
     return out
 
 
-def upper_dir_tar(upper: str) -> Iterator[bytes]:
-    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build)."""
+def _entry_info(dirfd: int, name: str, arc: str, st: os.stat_result,
+                seen: Dict[Tuple[int, int], str]) -> Tuple[Optional[tarfile.TarInfo], Optional[IO[bytes]]]:
+    """The tar header of one entry, and for a regular file its content opened without following a link (a file
+    swapped for a link meanwhile is skipped, never read through). (None, None) for sockets and devices."""
+    info = tarfile.TarInfo(arc)
+    info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    src: Optional[IO[bytes]] = None
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dirfd)
+    elif stat.S_ISREG(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in seen:
+            info.type, info.linkname = tarfile.LNKTYPE, seen[key]
+        else:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError:
+                return None, None
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                os.close(fd)
+                return None, None
+            seen[key] = arc
+            info.size = opened.st_size
+            src = os.fdopen(fd, "rb")
+    elif stat.S_ISFIFO(st.st_mode):
+        info.type = tarfile.FIFOTYPE
+    else:
+        return None, None  # sockets and device nodes do not belong in images or copies
+    info.pax_headers = _xattrs(dirfd, name)
+    return info, src
+
+
+def tree_tar(parent: int, name: str, arcname: str, *, skip_root: bool = False,
+             whiteouts: bool = False) -> Iterator[bytes]:
+    """A tar of entry ``name`` of directory fd ``parent`` (and all below it), named ``arcname`` in the archive.
+    ``whiteouts`` turns overlay whiteouts and opaque folders into OCI ones (layers from upper dirs)."""
     ts = TarStream()
     seen: Dict[Tuple[int, int], str] = {}
-    for arc, path, st in _upper_entries(upper):
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+    for n, (dirfd, entry, arc, st) in enumerate(_entries(parent, name, arcname)):
+        if n == 0 and skip_root:
+            continue
+        if whiteouts and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             head, _, base = arc.rpartition("/")
             yield ts.add_bytes((head + "/" if head else "") + WHITEOUT_PREFIX + base, b"")
             continue
-        info = tarfile.TarInfo(arc)
-        info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-        info.mtime = int(st.st_mtime)
-        info.pax_headers = _xattrs(path)
-        src: Optional[IO[bytes]] = None
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-        elif stat.S_ISREG(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in seen:
-                info.type, info.linkname = tarfile.LNKTYPE, seen[key]
-            else:
-                seen[key] = arc
-                info.size = st.st_size
-                src = open(path, "rb")
-        elif stat.S_ISFIFO(st.st_mode):
-            info.type = tarfile.FIFOTYPE
-        else:
-            continue  # sockets and device nodes do not belong in images
+        info, src = _entry_info(dirfd, entry, arc, st, seen)
+        if info is None:
+            continue
         try:
             yield from ts.add_stream(info, src)
         finally:
             if src is not None:
                 src.close()
-        if stat.S_ISDIR(st.st_mode):
+        if whiteouts and stat.S_ISDIR(st.st_mode):
             try:
-                opaque = os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+                opaque = os.getxattr(safepath.fd_path(dirfd, entry), OVERLAY_OPAQUE_XATTR,
+                                     follow_symlinks=False) == b"y"
             except OSError:
                 opaque = False
             if opaque:
                 yield ts.add_bytes(arc + "/" + OPAQUE_MARKER, b"")
     yield ts.close()
+
+
+def upper_dir_tar(upper: str) -> Iterator[bytes]:
+    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build). The
+    upper dir of a running container changes under us: it is read through fds, never through a link."""
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield from tree_tar(top, ".", "", skip_root=True, whiteouts=True)
+    finally:
+        os.close(top)
 
 
 class _ChunkReader:

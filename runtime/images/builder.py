@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import posixpath
 import re
 import shutil
 import stat
-from typing import IO, Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Generator, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
-from runtime.images import archive, dockerfile, reference
+from runtime.images import archive, dockerfile, ignore, reference
 from runtime.images.dockerfile import Instruction
+from runtime.images.media import canonical_json
 from runtime.images.store import Image, ImageStore
+from runtime.linux import safepath
 
 NOP = "/bin/sh -c #(nop) "
+PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
 CACHE_FILE = "build-cache.json"
 
 
@@ -52,116 +56,85 @@ def _stream(text: str) -> dict:
     return {"stream": text}
 
 
-# --- .dockerignore ------------------------------------------------------------------------------------------------
-
-def _ignore_regex(pattern: str) -> "re.Pattern[str]":
-    """Go filepath.Match plus ``**``, as the docker CLI's patternmatcher."""
-    out = ""
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-            if i < len(pattern) and pattern[i] == "/":
-                out = out[:-2] + "(?:.*/)?"
-                i += 1
-            continue
-        out += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
-        i += 1
-    return re.compile("^" + out + "(?:/.*)?$")
+def _error(exc: Exception) -> dict:
+    """A failed build's last message, as dockerd's stream formatter writes it."""
+    message = str(exc) if isinstance(exc, EngineError) else "%s: %s" % (exc.strerror or exc, exc.filename or "")
+    return {"errorDetail": {"message": message}, "error": message}
 
 
-def read_dockerignore(context: str) -> List[Tuple[bool, "re.Pattern[str]"]]:
-    path = os.path.join(context, ".dockerignore")
-    rules: List[Tuple[bool, "re.Pattern[str]"]] = []
-    if not os.path.isfile(path):
-        return rules
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            pattern = posixpath.normpath(line[1:].strip() if negate else line).lstrip("/")
-            rules.append((negate, _ignore_regex(pattern)))
-    return rules
-
-
-def apply_dockerignore(context: str, keep: Sequence[str]) -> None:
-    """Delete ignored files from the unpacked context (last matching rule wins; Dockerfile is always kept)."""
-    rules = read_dockerignore(context)
-    if not rules:
-        return
-    for dirpath, dirnames, filenames in os.walk(context, topdown=True):
-        for name in list(dirnames) + filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), context)
-            if rel in keep:
-                continue
-            ignored = False
-            for negate, regex in rules:
-                if regex.match(rel):
-                    ignored = not negate
-            if not ignored:
-                continue
-            path = os.path.join(dirpath, name)
-            if name in dirnames and not any(neg for neg, _ in rules):
-                shutil.rmtree(path)
-                dirnames.remove(name)
-            elif name not in dirnames:
-                os.unlink(path)
-
-
-# --- reading files from an image (COPY --from) ------------------------------------------------------------------
+# --- reading files from an image or the context (COPY, COPY --from) ----------------------------------------------
 
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, archive.OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+class Found(NamedTuple):
+    """An entry of an ImageView: the layer that provides it, its path there and its lstat."""
+
+    layer: safepath.Root
+    rel: str
+    st: os.stat_result
+
+    def open(self) -> IO[bytes]:
+        return os.fdopen(self.layer.open(self.rel, os.O_RDONLY, follow=False), "rb")
 
 
 class ImageView:
-    """Read-only merged view of an image's layers (what overlayfs would show), without mounting anything."""
+    """Read-only merged view of layer directories (what overlayfs would show), without mounting anything.
+
+    Each layer is read through a ``safepath.Root`` that refuses symlinks: a link only means something in the merged
+    image, so ``resolve`` follows it here, against the view's own root. Lookups follow overlay's rules: a
+    non-directory or a whiteout in a layer hides everything below it, and an opaque directory hides the same
+    directory in the layers below. A build context is a view of one layer."""
 
     def __init__(self, layer_dirs: List[str]) -> None:
-        self.top_first = list(reversed(layer_dirs))
+        self.layers = [safepath.Root(d, follow_links=False) for d in reversed(layer_dirs)]
+        self._merged: Dict[Tuple[str, ...], List[safepath.Root]] = {(): self.layers}
 
-    def lstat(self, rel: str) -> Optional[Tuple[str, os.stat_result]]:
-        """(real path, stat) of ``rel`` in the topmost layer that has it; None if absent or whited out."""
-        parts = [p for p in rel.split("/") if p]
-        for layer in self.top_first:
-            path = os.path.join(layer, *parts)
+    def _dir_layers(self, parts: Tuple[str, ...]) -> List[safepath.Root]:
+        """The layers whose copy of directory ``parts`` shows in the view, top first ([] if it is no directory)."""
+        if parts not in self._merged:
+            rel = "/".join(parts)
+            out: List[safepath.Root] = []
+            for layer in self._dir_layers(parts[:-1]):
+                try:
+                    st = layer.lstat(rel)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break  # a file, link or whiteout hides this path in every layer below
+                out.append(layer)
+                if layer.getxattr(rel, archive.OVERLAY_OPAQUE_XATTR) == b"y":
+                    break
+            self._merged[parts] = out
+        return self._merged[parts]
+
+    def lstat(self, rel: str) -> Optional[Found]:
+        """The entry ``rel`` (its last component not followed) in the topmost layer that has it; None if absent or
+        whited out."""
+        parts = tuple(safepath.split(rel))
+        if not parts:
+            return Found(self.layers[0], "", self.layers[0].lstat("")) if self.layers else None
+        for layer in self._dir_layers(parts[:-1]):
             try:
-                st = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                if any(_opaque(os.path.join(layer, *parts[:n])) for n in range(1, len(parts))):
-                    return None
+                st = layer.lstat("/".join(parts))
+            except FileNotFoundError:
                 continue
-            return None if _is_whiteout(st) else (path, st)
+            return None if _is_whiteout(st) else Found(layer, "/".join(parts), st)
         return None
 
     def listdir(self, rel: str) -> List[str]:
-        parts = [p for p in rel.split("/") if p]
+        parts = tuple(safepath.split(rel))
         names: Dict[str, bool] = {}
-        for layer in self.top_first:
-            path = os.path.join(layer, *parts)
-            if not os.path.isdir(path) or os.path.islink(path):
-                continue
-            for name in os.listdir(path):
+        for layer in self._dir_layers(parts):
+            for name in layer.listdir("/".join(parts)):
                 if name not in names:
-                    names[name] = not _is_whiteout(os.lstat(os.path.join(path, name)))
-            if _opaque(path):
-                break
+                    names[name] = not _is_whiteout(layer.lstat("/".join(parts + (name,))))
         return sorted(n for n, present in names.items() if present)
 
     def resolve(self, rel: str, depth: int = 0) -> str:
-        """Follow symlinks inside the image (scoped to its root) to the final relative path."""
-        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        """Follow symlinks inside the view (scoped to its root) to the final relative path."""
+        parts = safepath.split(rel)
         out: List[str] = []
         for i, part in enumerate(parts):
             if part == "..":
@@ -170,13 +143,22 @@ class ImageView:
                 continue
             out.append(part)
             found = self.lstat("/".join(out))
-            if found and stat.S_ISLNK(found[1].st_mode):
-                if depth > 40:
+            if found and stat.S_ISLNK(found.st.st_mode):
+                if depth > safepath.MAX_LINKS:
                     raise InvalidParameter("too many levels of symbolic links: %s" % rel)
-                target = os.readlink(found[0])
+                target = found.layer.readlink(found.rel)
                 base = "" if target.startswith("/") else "/".join(out[:-1])
                 return self.resolve(posixpath.join(base, target, *parts[i + 1:]), depth + 1)
         return "/".join(out)
+
+    def walk(self, rel: str = "") -> Iterator[str]:
+        """Every path below ``rel`` (merged), parents first; links are not entered."""
+        for name in self.listdir(rel):
+            child = posixpath.join(rel, name)
+            yield child
+            found = self.lstat(child)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                yield from self.walk(child)
 
 
 # --- the build ---------------------------------------------------------------------------------------------------
@@ -197,7 +179,8 @@ class Builder:
     def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
                  tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
                  labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
-                 runner: Any = None, registry_config: Optional[dict] = None, quiet: bool = False) -> None:
+                 runner: Any = None, pull: Optional[PullFn] = None, quiet: bool = False,
+                 cache_from: Sequence[str] = ()) -> None:
         self.store = store
         self.context_stream = context
         self.dockerfile_path = dockerfile_path or "Dockerfile"
@@ -207,7 +190,9 @@ class Builder:
         self.target = target.lower() if target else None
         self.nocache = nocache
         self.runner = runner
-        self.registry_config = registry_config or {}
+        self.pull = pull
+        self.cache_from = list(cache_from)
+        self.cache_sources: List[Image] = []
         self.quiet = quiet
         self.work = ""
         self.result: Optional[Image] = None
@@ -231,6 +216,7 @@ class Builder:
         try:
             if not self.work:
                 self.receive_context()
+            self.cache_sources = self._cache_sources()
             for message in self._build():
                 if not (self.quiet and "stream" in message):
                     yield message
@@ -238,21 +224,54 @@ class Builder:
                 yield _stream(self.result.id + "\n")  # what docker build -q prints
         except BuildFailed as exc:
             yield {"errorDetail": {"code": exc.code, "message": str(exc)}, "error": str(exc)}
-        except EngineError as exc:
-            yield {"errorDetail": {"message": str(exc)}, "error": str(exc)}
+        except (EngineError, OSError) as exc:
+            yield _error(exc)
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
     def _read_dockerfile(self) -> List[Instruction]:
+        """Parse the Dockerfile, then drop it and .dockerignore from the context where .dockerignore names them
+        (dockerd's ``removeDockerfile``): clients send both even when ignored, and a Dockerfile from outside the
+        context arrives as ``.dockerfile.<random>``, named in .dockerignore by the docker CLI."""
         rel = posixpath.normpath(self.dockerfile_path)
         if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
             raise InvalidParameter("forbidden path outside the build context: %s" % self.dockerfile_path)
-        path = os.path.join(self.context, rel)
-        if not os.path.isfile(path) or not os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
+        text = self._context_text(rel)
+        if text is None and rel == "Dockerfile":
+            rel, text = "dockerfile", self._context_text("dockerfile")
+        if text is None:
             raise InvalidParameter("Cannot locate specified Dockerfile: %s" % self.dockerfile_path)
-        apply_dockerignore(self.context, keep=[rel, ".dockerignore"])
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return dockerfile.parse(f.read())
+        instructions = dockerfile.parse(text)
+        self._remove_ignored(".dockerignore", rel)
+        return instructions
+
+    def _context_text(self, rel: str) -> Optional[str]:
+        """A regular file of the context (symlinks resolved inside it), or None."""
+        with safepath.Root(self.context) as root:
+            try:
+                fd = root.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+            return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+    def _remove_ignored(self, *names: str) -> None:
+        text = self._context_text(".dockerignore")
+        if text is None:
+            return
+        patterns = ignore.read_patterns(text)
+        with safepath.Root(self.context) as root:
+            for name in names:
+                try:
+                    gone = ignore.excluded(name, patterns)
+                except InvalidParameter:
+                    return  # as dockerd: a pattern that does not compile removes nothing
+                if gone and root.lexists(name):
+                    parent, base = root.open_parent(name)
+                    try:
+                        os.unlink(base, dir_fd=parent)
+                    finally:
+                        os.close(parent)
 
     def _plan(self, instructions: List[Instruction]) -> Tuple[List[Instruction], List[Instruction]]:
         """Global ARGs, then the instructions up to the end of the target stage."""
@@ -314,7 +333,7 @@ class Builder:
 
     # --- FROM ---------------------------------------------------------------------------------------------
 
-    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Iterator[dict]:
+    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Generator[dict, None, _Stage]:
         name, alias = dockerfile.stage_name(ins, global_args)
         previous = self._stage_by_name(name)
         if previous is not None:
@@ -338,18 +357,17 @@ class Builder:
                 return stage
         return None
 
-    def _base_image(self, name: str) -> Iterator[dict]:
+    def _base_image(self, name: str) -> Generator[dict, None, Image]:
         try:
             return self.store.resolve(name)
         except NotFound:
-            pass
-        from runtime.images.registry import auth_for_host
-
-        ref = reference.parse(name)
-        for message in self.store.pull(str(ref), auth=auth_for_host(self.registry_config, ref.domain)):
+            if self.pull is None:
+                raise
+        ref = str(reference.parse(name))
+        for message in self.pull(ref):
             if "status" in message and "id" not in message:
                 yield {"status": message["status"]}
-        return self.store.resolve(str(ref))
+        return self.store.resolve(ref)
 
     # --- other instructions -----------------------------------------------------------------------------
 
@@ -391,9 +409,19 @@ class Builder:
         blob = json.dumps([parent, created_by, stage.config], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _cache_lookup(self, key: str) -> Optional[Image]:
+    def _cache_lookup(self, stage: _Stage, key: str, created_by: str) -> Optional[Image]:
+        """The image an identical step made here before; with ``--cache-from``, as dockerd: such an image only
+        when one of the source images descends from it, else the source whose history continues with this step."""
         if self.nocache:
             return None
+        local = self._local_cache(key)
+        if not self.cache_sources:
+            return local
+        if local is not None and any(self._descends(source, local.id) for source in self.cache_sources):
+            return local
+        return self._source_cache(stage, created_by)
+
+    def _local_cache(self, key: str) -> Optional[Image]:
         try:
             with open(os.path.join(self.store.root, CACHE_FILE)) as f:
                 image_id = json.load(f).get(key)
@@ -402,6 +430,59 @@ class Builder:
         if image_id and self.store.exists(image_id):
             return self.store.resolve(image_id)
         return None
+
+    def _cache_sources(self) -> List[Image]:
+        """``--cache-from`` images present here (missing ones are skipped, as dockerd skips them)."""
+        sources = []
+        for ref in self.cache_from:
+            try:
+                sources.append(self.store.resolve(ref))
+            except (NotFound, InvalidParameter):
+                continue
+        return sources
+
+    def _descends(self, image: Image, ancestor_id: str) -> bool:
+        """Whether ``ancestor_id`` is ``image`` or one of its parents (dockerd's ``isParent``)."""
+        image_id = image.id
+        while image_id:
+            if image_id == ancestor_id:
+                return True
+            image_id = self.store.resolve(image_id).parent if self.store.exists(image_id) else ""
+        return False
+
+    def _source_cache(self, stage: _Stage, created_by: str) -> Optional[Image]:
+        """dockerd's ``ImageCache.GetCache`` over the ``--cache-from`` images: a source whose history and layers
+        start with the parent's and whose next history entry was made by this step gives the cached image."""
+        parent = stage.image
+        history = list(parent.config.get("history") or []) if parent is not None else []
+        diff_ids = list(parent.diff_ids) if parent is not None else []
+        for source in self.cache_sources:
+            source_history = source.config.get("history") or []
+            if not _continues(source, source_history, history, diff_ids):
+                continue
+            step = source_history[len(history)]
+            if step.get("created_by") != created_by:
+                continue
+            self.cache_sources = [source]  # as dockerd: no jumping to another source half-way
+            if len(source_history) == len(history) + 1:
+                if parent is not None:  # the source itself: it becomes the child of this build's parent
+                    self.store.register(self.store.get_blob(source.id), parent=parent.id)
+                return self.store.resolve(source.id)
+            return self._restore(parent, source, history + [step], diff_ids, stage.config)
+        return None
+
+    def _restore(self, parent: Optional[Image], source: Image, history: List[dict], diff_ids: List[str],
+                 config: dict) -> Image:
+        """An intermediate image of ``source``: the parent plus the source's next step (and its layer)."""
+        step = history[-1]
+        if not step.get("empty_layer"):
+            layer_index = sum(1 for entry in history[:-1] if not entry.get("empty_layer"))
+            diff_ids = diff_ids + [source.diff_ids[layer_index]]
+        image = {key: source.config[key] for key in ("architecture", "os", "variant", "author", "os.version")
+                 if key in source.config}
+        image.update({"config": config, "created": step.get("created"), "history": history,
+                      "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+        return self.store.register(canonical_json(image), parent=parent.id if parent is not None else "")
 
     def _cache_record(self, key: str, image: Image) -> None:
         path = os.path.join(self.store.root, CACHE_FILE)
@@ -417,9 +498,9 @@ class Builder:
     def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
-    def _from_cache(self, stage: _Stage, key: str) -> Generator[dict, None, bool]:
+    def _from_cache(self, stage: _Stage, key: str, created_by: str) -> Generator[dict, None, bool]:
         """Take the image an identical step made before (saying ``Using cache``); False when there is none."""
-        cached = self._cache_lookup(key)
+        cached = self._cache_lookup(stage, key, created_by)
         if cached is None:
             return False
         yield _stream(" ---> Using cache\n")
@@ -431,7 +512,7 @@ class Builder:
         """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
         (None: config only) and commit a new one."""
         key = self._cache_key(stage, created_by)
-        if (yield from self._from_cache(stage, key)):
+        if (yield from self._from_cache(stage, key, created_by)):
             return
         stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
@@ -443,7 +524,9 @@ class Builder:
         if path == "/" or view.lstat(view.resolve(path)) is not None:
             return None
         staging = os.path.join(work, "upper")
-        self._make_parents(view, staging, path.strip("/") + "/")
+        os.makedirs(staging, exist_ok=True)
+        with safepath.Root(staging, follow_links=False) as layer:
+            self._make_parents(view, layer, path.strip("/") + "/")
         return staging
 
     # --- RUN ---------------------------------------------------------------------------------------------------
@@ -454,7 +537,7 @@ class Builder:
         prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
-        if (yield from self._from_cache(stage, key)):
+        if (yield from self._from_cache(stage, key, created_by)):
             return
         if self.runner is None:
             raise InvalidParameter("RUN needs the container engine, which this builder was not given")
@@ -491,7 +574,6 @@ class Builder:
             raise InvalidParameter("%s requires at least two arguments, but only one was provided. Destination "
                                    "could not be determined." % ins.cmd)
         sources, dest = args[:-1], args[-1]
-        source_view: Optional[ImageView] = None
         if "from" in ins.flags:
             other = self._stage_by_name(dockerfile.expand(ins.flags["from"], env))
             if other is not None:
@@ -499,6 +581,9 @@ class Builder:
             else:
                 image = yield from self._base_image(dockerfile.expand(ins.flags["from"], env))
             source_view = ImageView(image.layer_dirs() if image else [])
+        else:
+            source_view = ImageView([self.context])
+        in_context = "from" not in ins.flags
         owner = self._owner(stage, ins.flags.get("chown"))
         mode = int(ins.flags["chmod"], 8) if "chmod" in ins.flags else None
         workdir = stage.config.get("WorkingDir") or "/"
@@ -506,92 +591,93 @@ class Builder:
         dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
         parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
         existing = parent_view.lstat(parent_view.resolve(dest_path))
-        if existing is not None and stat.S_ISDIR(existing[1].st_mode):
+        if existing is not None and stat.S_ISDIR(existing.st.st_mode):
             dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
-        plan: List[Tuple[str, str, str]] = []  # (kind, real source path, target path inside the layer)
+        plan: List[Tuple[str, Found, str]] = []  # (kind, source entry, target path inside the layer)
         for src in sources:
             if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
                 raise NotFound("ADD from a URL is not supported by this builder: %s" % src)
-            matches = self._glob(src, source_view)
+            matches = self._glob(src, source_view, in_context)
             if not matches:
                 raise NotFound("COPY failed: file not found in build context or excluded by .dockerignore: "
                                "stat %s: file does not exist" % src)
             if len(matches) > 1:
                 dest_is_dir = True
-            for real, rel in matches:
+            for found, rel in matches:
                 target = dest_path.strip("/")
-                if os.path.isdir(real) and not os.path.islink(real):
-                    plan.extend(_plan_tree(real, target, source_view, rel))
-                elif ins.cmd == "ADD" and source_view is None and _is_tar(real):
-                    plan.append(("tar", real, target))
+                if stat.S_ISDIR(found.st.st_mode):
+                    plan.extend(_plan_tree(source_view, found, target))
+                elif ins.cmd == "ADD" and in_context and _is_tar(found):
+                    plan.append(("tar", found, target))
                 else:
                     if dest_is_dir:
                         target = posixpath.join(target, posixpath.basename(rel))
-                    plan.append(("file", real, target))
+                    plan.append(("file", found, target))
         digest = _plan_digest(plan, owner, mode)
         created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
                                             dest_path)
         staging = os.path.join(work, "upper")
 
         def materialize() -> str:
-            self._make_parents(parent_view, staging, dest_path.strip("/") + ("/" if dest_is_dir else ""))
-            for kind, real, target in plan:
-                path = os.path.join(staging, target)
-                if kind == "tar":
-                    with open(real, "rb") as f:
-                        archive.extract_tree(f, path)
-                elif kind == "dir":
-                    _copy_dir(real, path, owner)
-                else:
-                    _copy_file(real, path, owner, mode)
+            """Writes go through a Root that refuses links: an entry copied earlier (a symlink ``x``) is replaced
+            by a later directory ``x``, as tar extraction does, never written through."""
+            os.makedirs(staging, exist_ok=True)
+            with safepath.Root(staging, follow_links=False) as layer:
+                self._make_parents(parent_view, layer, dest_path.strip("/") + ("/" if dest_is_dir else ""))
+                for kind, found, target in plan:
+                    if kind == "tar":
+                        folder = layer.makedirs(target, replace=True)
+                        try:
+                            with found.open() as f:
+                                archive.extract_tree(f, "/proc/self/fd/%d" % folder)
+                        finally:
+                            os.close(folder)
+                    elif kind == "dir":
+                        _copy_dir(found, layer, target, owner)
+                    else:
+                        _copy_file(found, layer, target, owner, mode)
             return staging
 
         yield from self._cached_or_commit(stage, materialize, created_by)
 
-    def _glob(self, src: str, view: Optional[ImageView]) -> List[Tuple[str, str]]:
-        """(real path, relative path) pairs for a source; refuses anything outside the context or stage."""
+    @staticmethod
+    def _glob(src: str, view: ImageView, in_context: bool) -> List[Tuple[Found, str]]:
+        """(entry, path as named) pairs for a source, its links followed inside the view (the context or stage)."""
+        if in_context and (posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == ".."):
+            raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
         clean = posixpath.normpath("/" + src).lstrip("/")
-        if view is None:
-            if posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == "..":
-                raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
-            root = os.path.realpath(self.context)
-            pattern = clean or "."
-            if any(c in pattern for c in "*?["):
-                candidates = sorted(_walk_rel(self.context))
-                rels = [r for r in candidates if fnmatch.fnmatchcase(r, pattern) and r.count("/") == pattern.count("/")]
-            else:
-                rels = [pattern] if os.path.lexists(os.path.join(self.context, pattern)) else []
-            out = []
-            for rel in rels:
-                real = os.path.realpath(os.path.join(self.context, rel))
-                if real != root and not real.startswith(root + "/"):
-                    raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
-                out.append((real, rel))
-            return out
-        resolved = view.resolve(clean)
-        found = view.lstat(resolved)
-        return [(found[0], resolved)] if found else []
+        if any(c in clean for c in "*?["):
+            rels = [r for r in view.walk() if fnmatch.fnmatchcase(r, clean) and r.count("/") == clean.count("/")]
+        else:
+            rels = [clean]
+        out = []
+        for rel in rels:
+            found = view.lstat(view.resolve(rel))
+            if found is not None:
+                out.append((found, rel))
+        return out
 
     @staticmethod
-    def _make_parents(view: ImageView, staging: str, rel: str) -> None:
+    def _make_parents(view: ImageView, layer: safepath.Root, rel: str) -> None:
         """Create the destination's parent dirs with the mode/owner they have in the image (not 0755 root)."""
-        os.makedirs(staging, exist_ok=True)
-        parts = [p for p in rel.split("/") if p]
+        parts = safepath.split(rel)
         if not rel.endswith("/"):
             parts = parts[:-1]
-        path = staging
-        for n, part in enumerate(parts):
-            path = os.path.join(path, part)
-            if os.path.isdir(path):
-                continue
-            os.mkdir(path)
-            found = view.lstat("/".join(parts[:n + 1]))
-            if found is not None and stat.S_ISDIR(found[1].st_mode):
-                os.chmod(path, stat.S_IMODE(found[1].st_mode))
-                os.lchown(path, found[1].st_uid, found[1].st_gid)
-                os.utime(path, ns=(found[1].st_atime_ns, found[1].st_mtime_ns))
-            else:
-                os.chmod(path, 0o755)
+        for n in range(1, len(parts) + 1):
+            path = "/".join(parts[:n])
+            try:
+                if stat.S_ISDIR(layer.lstat(path).st_mode):
+                    continue
+            except FileNotFoundError:
+                pass
+            os.close(layer.makedirs(path, 0o755, replace=True))
+            found = view.lstat(path)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                parent, name = layer.open_parent(path)
+                try:
+                    safepath.set_attrs(parent, name, found.st)
+                finally:
+                    os.close(parent)
 
     def _owner(self, stage: _Stage, spec: Optional[str]) -> Tuple[int, int]:
         """``--chown=user[:group]`` with numeric IDs or names from the image's /etc/passwd and /etc/group."""
@@ -608,8 +694,8 @@ class Builder:
         if name.isdigit():
             return int(name), int(name)
         found = view.lstat(view.resolve(table))
-        if found is not None:
-            with open(found[0], encoding="utf-8", errors="replace") as f:
+        if found is not None and stat.S_ISREG(found.st.st_mode):
+            with io.TextIOWrapper(found.open(), encoding="utf-8", errors="replace") as f:
                 for line in f:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
@@ -617,78 +703,81 @@ class Builder:
         raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
 
 
-def _plan_tree(src: str, target: str, view: Optional[ImageView], rel: str) -> Iterator[Tuple[str, str, str]]:
+def _continues(source: Image, source_history: List[dict], history: List[dict], diff_ids: List[str]) -> bool:
+    """dockerd's ``isValidParent``: the source's history and layers begin with the parent's, and go further."""
+    if not source_history:
+        return False
+    if not history and not diff_ids:
+        return True
+    if len(history) >= len(source_history) or len(diff_ids) > len(source.diff_ids):
+        return False
+    return source_history[:len(history)] == history and source.diff_ids[:len(diff_ids)] == diff_ids
+
+
+def _plan_tree(view: ImageView, found: Found, target: str) -> Iterator[Tuple[str, Found, str]]:
     """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
-    yield "dir", src, target
-    names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
-    for name in names:
-        child_rel = posixpath.join(rel, name)
-        if view is not None:
-            found = view.lstat(child_rel)
-            if found is None:
-                continue
-            child = found[0]
-        else:
-            child = os.path.join(src, name)
-        if os.path.isdir(child) and not os.path.islink(child):
-            yield from _plan_tree(child, posixpath.join(target, name), view, child_rel)
+    yield "dir", found, target
+    for name in view.listdir(found.rel):
+        child = view.lstat(posixpath.join(found.rel, name))
+        if child is None:
+            continue
+        if stat.S_ISDIR(child.st.st_mode):
+            yield from _plan_tree(view, child, posixpath.join(target, name))
         else:
             yield "file", child, posixpath.join(target, name)
 
 
-def _plan_digest(plan: List[Tuple[str, str, str]], owner: Tuple[int, int], mode: Optional[int]) -> str:
+def _plan_digest(plan: List[Tuple[str, Found, str]], owner: Tuple[int, int], mode: Optional[int]) -> str:
     """Content digest of a COPY/ADD: targets, modes, link targets and bytes (not times), as the cache key."""
     digest = hashlib.sha256(json.dumps([owner, mode]).encode())
-    for kind, real, target in plan:
-        st = os.lstat(real)
+    for kind, found, target in plan:
+        st = found.st
         digest.update(("%s\0%s\0%o\0" % (kind, target, stat.S_IMODE(st.st_mode))).encode())
         if stat.S_ISLNK(st.st_mode):
-            digest.update(os.readlink(real).encode())
+            digest.update(found.layer.readlink(found.rel).encode())
         elif stat.S_ISREG(st.st_mode):
-            with open(real, "rb") as f:
+            with found.open() as f:
                 for chunk in iter(lambda: f.read(archive.COPY_CHUNK), b""):
                     digest.update(chunk)
     return digest.hexdigest()
 
 
-def _copy_dir(src: str, dst: str, owner: Tuple[int, int]) -> None:
-    if not os.path.isdir(dst):
-        os.makedirs(dst, exist_ok=True)
-        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
-        os.lchown(dst, *owner)
-
-
-def _copy_file(src: str, dst: str, owner: Tuple[int, int], mode: Optional[int]) -> None:
-    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
-    st = os.lstat(src)
-    if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        return  # fifos, sockets and devices are not copied
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.lexists(dst):
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        else:
-            os.unlink(dst)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(src), dst)
-    else:
-        shutil.copyfile(src, dst)
-        os.chmod(dst, mode if mode is not None else stat.S_IMODE(st.st_mode))
-    os.lchown(dst, *owner)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _walk_rel(root: str) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for name in dirnames + filenames:
-            yield name if rel == "." else posixpath.join(rel, name)
-
-
-def _is_tar(path: str) -> bool:
-    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+def _copy_dir(src: Found, layer: safepath.Root, target: str, owner: Tuple[int, int]) -> None:
+    """A source directory's own mode and the --chown owner, given only to a directory this step creates."""
     try:
-        with open(path, "rb") as f:
+        if stat.S_ISDIR(layer.lstat(target).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    folder = layer.makedirs(target, replace=True)
+    try:
+        os.fchmod(folder, stat.S_IMODE(src.st.st_mode))
+        os.fchown(folder, *owner)
+    finally:
+        os.close(folder)
+
+
+def _copy_file(src: Found, layer: safepath.Root, target: str, owner: Tuple[int, int], mode: Optional[int]) -> None:
+    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
+    if not (stat.S_ISLNK(src.st.st_mode) or stat.S_ISREG(src.st.st_mode)):
+        return  # fifos, sockets and devices are not copied
+    folder = layer.makedirs(posixpath.dirname(target), replace=True)
+    source, source_name = src.layer.open_parent(src.rel)
+    name = posixpath.basename(target)
+    try:
+        st = safepath.copy_file_at(source, source_name, folder, name)
+        safepath.set_attrs(folder, name, st, *owner, mode=mode)
+    finally:
+        os.close(source)
+        os.close(folder)
+
+
+def _is_tar(found: Found) -> bool:
+    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+    if not stat.S_ISREG(found.st.st_mode):
+        return False
+    try:
+        with found.open() as f:
             head = f.read(512)
     except OSError:
         return False
@@ -698,17 +787,20 @@ def _is_tar(path: str) -> bool:
 
 
 class EngineStepRunner:
-    """The StepRunner protocol over the Engine's public API (create, start, logs, wait, upper dir, remove)."""
+    """The StepRunner protocol over the Engine's public API (create, start, logs, wait, upper dir, remove).
 
-    def __init__(self, engine: Any, network_mode: str = "default") -> None:
+    ``host_config`` is what the build request says about RUN containers, as dockerd's ``hostConfigFromOptions``:
+    NetworkMode, ExtraHosts, ShmSize, Ulimits."""
+
+    def __init__(self, engine: Any, host_config: Optional[dict] = None) -> None:
         self.engine = engine
-        self.network_mode = network_mode or "default"
+        self.host_config = dict(host_config or {})
+        self.host_config["NetworkMode"] = self.host_config.get("NetworkMode") or "default"
 
     def run_build_step(self, image_id: str, argv: List[str], config: dict) -> "_EngineStep":
         body = {"Image": image_id, "Entrypoint": argv, "Cmd": None, "Env": config.get("Env") or [],
                 "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
-                "AttachStdout": True, "AttachStderr": True,
-                "HostConfig": {"NetworkMode": self.network_mode}}
+                "AttachStdout": True, "AttachStderr": True, "HostConfig": dict(self.host_config)}
         return _EngineStep(self.engine, self.engine.create_container(body)["Id"])
 
 
@@ -733,45 +825,80 @@ class _EngineStep:
         self.engine.remove(self.id, force=True, volumes=True)
 
 
+def _query_value(query: Dict[str, List[str]], name: str, default: str = "") -> str:
+    """The first value, as Go's ``Request.FormValue`` (docker-py sends ``dockerfile`` twice for a Dockerfile from
+    outside the context: its generated name, then its text)."""
+    values = query.get(name) or []
+    return values[0] if values else default
+
+
 def _query_bool(query: Dict[str, List[str]], name: str) -> bool:
-    values = query.get(name) or []
-    return bool(values) and values[-1].strip().lower() not in ("", "0", "no", "false", "none")
+    return _query_value(query, name).strip().lower() not in ("", "0", "no", "false", "none")
 
 
-def _query_json(query: Dict[str, List[str]], name: str) -> dict:
-    values = query.get(name) or []
-    if not values or not values[-1]:
-        return {}
+def _query_json(query: Dict[str, List[str]], name: str, kind: type = dict, what: str = "") -> Any:
+    """A JSON query value (``buildargs``, ``cachefrom``...); a bad one is refused as dockerd refuses it."""
+    text = _query_value(query, name)
+    if not text:
+        return kind()
     try:
-        value = json.loads(values[-1])
-    except ValueError:
-        raise InvalidParameter("invalid %s: not a JSON object" % name) from None
-    if not isinstance(value, dict):
-        raise InvalidParameter("invalid %s: not a JSON object" % name)
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidParameter("%s%s" % (what, exc)) from None
+    if not isinstance(value, kind):
+        raise InvalidParameter("%sjson: cannot unmarshal %s into Go value" % (what, type(value).__name__))
     return value
 
 
-def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-                  registry_config: Optional[str]) -> Iterator[dict]:
-    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, networkmode, remote)
-    and ``X-Registry-Config``; RUN steps go to ``engine``."""
-    from runtime.images.registry import decode_auth
+def _query_int(query: Dict[str, List[str]], name: str) -> int:
+    value = _query_value(query, name)
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidParameter('strconv.ParseInt: parsing "%s": invalid syntax' % value) from None
 
-    if (query.get("remote") or [""])[-1]:
+
+def run_host_config(query: Dict[str, List[str]]) -> dict:
+    """The RUN containers' HostConfig from ``networkmode``, ``extrahosts``, ``shmsize`` and ``ulimits``."""
+    host: dict = {"NetworkMode": _query_value(query, "networkmode") or "default"}
+    if query.get("extrahosts"):
+        host["ExtraHosts"] = [item for value in query["extrahosts"] for item in value.split(",") if item]
+    shm_size = _query_int(query, "shmsize")
+    if shm_size:
+        host["ShmSize"] = shm_size
+    ulimits = _query_json(query, "ulimits", list, "error reading ulimit settings: ")
+    if ulimits:
+        host["Ulimits"] = ulimits
+    return host
+
+
+def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
+                  pull: Optional[PullFn]) -> Iterator[dict]:
+    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, cachefrom, networkmode,
+    extrahosts, shmsize, ulimits, remote); RUN steps go to ``engine``, missing base images come from ``pull``.
+
+    A bad query is an HTTP error, as with dockerd; from the context on, every failure is the stream's last
+    message (``error``/``errorDetail``)."""
+    if _query_value(query, "remote"):
         raise InvalidParameter("building from a remote context is not supported: send the context as a tar")
-    network = (query.get("networkmode") or ["default"])[-1]
-    builder = Builder(store, body, dockerfile_path=(query.get("dockerfile") or ["Dockerfile"])[-1],
+    builder = Builder(store, body, dockerfile_path=_query_value(query, "dockerfile", "Dockerfile"),
                       tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
-                      labels=_query_json(query, "labels"), target=(query.get("target") or [""])[-1] or None,
+                      labels=_query_json(query, "labels"), target=_query_value(query, "target") or None,
                       nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
-                      runner=EngineStepRunner(engine, network), registry_config=decode_auth(registry_config))
-    builder.receive_context()
+                      cache_from=_query_json(query, "cachefrom", list), pull=pull,
+                      runner=EngineStepRunner(engine, run_host_config(query)))
+    try:
+        builder.receive_context()
+    except (EngineError, OSError) as exc:
+        return iter([_error(exc)])
     return builder.run()
 
 
 def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dict]:
     """``POST /build``: see Builder for the options (dockerfile_path, tags, build_args, labels, target, nocache,
-    runner, registry_config, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
+    runner, pull, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
     ``{"errorDetail", "error"}`` as the last message."""
     return Builder(store, context, **options).run()
 

@@ -7,16 +7,16 @@ pivot_root the host's Python library is out of reach), and it reports failure as
 from __future__ import annotations
 
 import os
+import posixpath
 import resource
 import signal
 import socket
 import stat
 from typing import List, NoReturn, Optional, Tuple
 
-from runtime.linux import seccomp
+from runtime.linux import safepath, seccomp
 from runtime.linux import syscalls as sc
-from runtime.linux.cgroups import open_cgroup
-from runtime.linux.paths import mkdir_in_root, secure_join
+from runtime.linux.cgroups import controls_devices, open_cgroup
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -76,10 +76,10 @@ def receive_console(console: socket.socket) -> Optional[int]:
     return fds[0] if fds else None
 
 
-def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
-    dev = os.path.join(rootfs, "dev")
-    os.makedirs(dev, exist_ok=True)
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+def _mount_dev(root: safepath.Root, tty: bool, shm_size: int) -> None:
+    _mount_at(root, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    fd = root.open("/dev", os.O_PATH | os.O_DIRECTORY)  # the fresh tmpfs: only we write in it
+    dev = safepath.fd_path(fd)
     for name, major, minor in DEVICES:
         os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(os.path.join(dev, name), 0o666)
@@ -99,27 +99,52 @@ def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
         os.symlink(target, os.path.join(dev, name))
     if tty:
         open(os.path.join(dev, "console"), "w").close()
+    os.close(fd)
 
 
-def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool = True) -> None:
-    if os.path.isdir(source):
-        host_target = mkdir_in_root(rootfs, target)
-    else:
-        mkdir_in_root(rootfs, os.path.dirname(target) or "/")
-        host_target = secure_join(rootfs, target)
-        if not os.path.lexists(host_target):
-            open(host_target, "a").close()
-    sc.mount(source, host_target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
-    if readonly:
-        sc.mount(None, host_target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+def _mount_at(root: safepath.Root, target: str, source: Optional[str], fstype: Optional[str], flags: int = 0,
+              data: Optional[str] = None, directory: bool = True) -> None:
+    """mount(2) onto ``target`` resolved inside the root and named by its fd, so that a link swapped in by
+    anyone sharing a volume cannot move the mount elsewhere (the runc CVE-2021-30465 class)."""
+    fd = root.mount_point(target, directory)
+    try:
+        sc.mount(source, safepath.fd_path(fd), fstype, flags, data)
+    finally:
+        os.close(fd)
 
 
-def _copy_up(source: str, rootfs: str, target: str) -> None:
-    """A new named volume starts with the image's content at its mount point, as with Docker."""
-    import shutil  # noqa: imported before pivot_root, so the host library is still reachable
-    image_dir = secure_join(rootfs, target)
-    if os.path.isdir(image_dir) and not os.listdir(source):
-        shutil.copytree(image_dir, source, symlinks=True, dirs_exist_ok=True)
+def bind_mount(source: str, root: safepath.Root, target: str, readonly: bool, recursive: bool = True) -> None:
+    """``source`` bind-mounted on ``target`` inside the root (read-only if asked)."""
+    _mount_at(root, target, source, None, sc.MS_BIND | (sc.MS_REC if recursive else 0),
+              directory=os.path.isdir(source))
+    if readonly:  # the remount needs the new mount itself: looked up again, through it
+        fd = root.open(target, os.O_PATH)
+        try:
+            sc.mount(None, safepath.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        finally:
+            os.close(fd)
+
+
+def seed_volume(volume: str, root: safepath.Root, target: str) -> None:
+    """An empty volume starts with the image's content at its mount point, as with Docker: owners, modes, times and
+    symlinks, and its root gets the owner and mode of the image's folder (so ``-u postgres`` can write in it)."""
+    try:
+        image_dir = root.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        dest = os.open(volume, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if os.listdir(dest):
+                return
+            safepath.copy_tree(image_dir, dest)
+            st = os.fstat(image_dir)
+            os.fchown(dest, st.st_uid, st.st_gid)
+            os.fchmod(dest, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(dest)
+    finally:
+        os.close(image_dir)
 
 
 def _mask(privileged: bool) -> None:
@@ -146,39 +171,43 @@ def prepare_root(spec: dict) -> None:
     rootfs = spec["rootfs"]
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     lower = ":".join(spec["lower"])
-    sc.mount("overlay", rootfs, "overlay", 0,
+    # Image layers may hold device nodes (``docker import`` of a debootstrap tree). Without a devices cgroup to
+    # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
+    guard = not spec["privileged"] and not spec.get("devices") and not controls_devices()
+    sc.mount("overlay", rootfs, "overlay", sc.MS_NODEV if guard else 0,
              "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
-    proc = mkdir_in_root(rootfs, "/proc")
-    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    root = safepath.Root(rootfs)  # the overlay: every mount point below is resolved inside it
+    _mount_at(root, "/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for key, value in (spec.get("sysctls") or {}).items():  # namespaced ones only, before /proc/sys turns ro
-        with open(os.path.join(proc, "sys", *key.split(".")), "w") as f:
+        fd = root.open("/proc/sys/" + key.replace(".", "/"), os.O_WRONLY)
+        with os.fdopen(fd, "w") as f:
             f.write(str(value))
-    _mount_dev(rootfs, spec["tty"], spec.get("shm_size") or 67108864)
-    sys_dir = mkdir_in_root(rootfs, "/sys")
+    _mount_dev(root, spec["tty"], spec.get("shm_size") or 67108864)
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec["privileged"] else sc.MS_RDONLY)
     try:
-        sc.mount("sysfs", sys_dir, "sysfs", flags)
+        _mount_at(root, "/sys", "sysfs", "sysfs", flags)
     except OSError:  # sysfs of another network namespace cannot be mounted here: show the host's, read-only
-        sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(None, sys_dir, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        bind_mount("/sys", root, "/sys", True)
     for name, source in spec["etc"].items():
-        _bind(source, rootfs, "/etc/" + name, False, recursive=False)
+        bind_mount(source, root, "/etc/" + name, False, recursive=False)
     for dev in spec.get("devices") or []:  # --device: the node itself; the devices cgroup allows its use
-        mkdir_in_root(rootfs, os.path.dirname(dev["path"]))
-        node = secure_join(rootfs, dev["path"])
-        if os.path.lexists(node):
-            os.unlink(node)
-        os.mknod(node, 0o666 | (stat.S_IFBLK if dev["type"] == "b" else stat.S_IFCHR),
-                 os.makedev(dev["major"], dev["minor"]))
+        parent = root.makedirs(posixpath.dirname(dev["path"]))
+        name = posixpath.basename(dev["path"])
+        try:
+            safepath.clear(parent, name)
+            os.mknod(name, 0o666 | (stat.S_IFBLK if dev["type"] == "b" else stat.S_IFCHR),
+                     os.makedev(dev["major"], dev["minor"]), dir_fd=parent)
+        finally:
+            os.close(parent)
     for m in spec["mounts"]:
         if m["type"] == "tmpfs":
-            target = mkdir_in_root(rootfs, m["target"])
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.get("options") or "mode=1777")
+            _mount_at(root, m["target"], "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.get("options") or "mode=1777")
             continue
         if m.get("copy_up"):
-            _copy_up(m["source"], rootfs, m["target"])
-        _bind(m["source"], rootfs, m["target"], m["readonly"])
-    mkdir_in_root(rootfs, spec.get("cwd") or "/")  # WorkingDir exists even when the root turns read-only
+            seed_volume(m["source"], root, m["target"])
+        bind_mount(m["source"], root, m["target"], m["readonly"])
+    os.close(root.makedirs(spec.get("cwd") or "/"))  # WorkingDir exists even when the root turns read-only
+    root.close()
     os.chdir(rootfs)
     sc.pivot_root(".", ".")
     sc.umount(".", sc.MNT_DETACH)

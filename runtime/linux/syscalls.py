@@ -12,7 +12,6 @@ import os
 import platform
 import socket
 import struct
-from typing import Optional
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -63,27 +62,27 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 def _check(result: int, what: str) -> int:
     if result < 0:
         err = ctypes.get_errno()
-        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+        raise OSError(err, f"{what}: {os.strerror(err)}")
     return result
 
 
-def _b(value: Optional[str]) -> Optional[bytes]:
+def _b(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 
-def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int = 0, data: Optional[str] = None) -> None:
-    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), "mount %s on %s" % (fstype or source, target))
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {fstype or source} on {target}")
 
 
 def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), flags), "umount %s" % target)
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     number = _PIVOT_ROOT_NR.get(platform.machine())
     if number is None:
-        raise OSError(38, "pivot_root: unsupported architecture %s" % platform.machine())
-    _check(_libc.syscall(number, _b(new_root), _b(put_old)), "pivot_root %s" % new_root)
+        raise OSError(38, f"pivot_root: unsupported architecture {platform.machine()}")
+    _check(_libc.syscall(number, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
 
 
 def unshare(flags: int) -> None:
@@ -100,7 +99,7 @@ def sethostname(name: str) -> None:
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl %d" % option)
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl {option}")
 
 
 def set_process_name(name: str) -> None:
@@ -171,7 +170,7 @@ def limit_capabilities(keep: set) -> None:
     top = last_cap()
     for cap in range(top + 1):
         if cap not in keep:
-            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability %d" % cap)
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
     mask = sum(1 << cap for cap in keep if cap <= top)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()

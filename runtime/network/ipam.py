@@ -7,7 +7,7 @@ just released is not reused at once and a stale peer entry cannot point at a new
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, List, Optional, Set
+from collections.abc import Iterable
 
 from runtime.errors import Forbidden, InvalidParameter, Unavailable
 from runtime.network.links import ip_query
@@ -19,11 +19,11 @@ def parse_subnet(text: str) -> Network:
     try:
         subnet = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise InvalidParameter("invalid subnet %s: it must be an IPv4 CIDR such as 172.30.5.0/24" % text) from None
+        raise InvalidParameter(f"invalid subnet {text}: it must be an IPv4 CIDR such as 172.30.5.0/24") from None
     if not isinstance(subnet, ipaddress.IPv4Network):
-        raise InvalidParameter("IPv6 subnets are not supported: %s" % text)
+        raise InvalidParameter(f"IPv6 subnets are not supported: {text}")
     if subnet.prefixlen > 30:
-        raise InvalidParameter("subnet %s is too small: at most /30" % text)
+        raise InvalidParameter(f"subnet {text} is too small: at most /30")
     return subnet
 
 
@@ -31,13 +31,13 @@ def parse_address(text: str, subnet: Network, what: str) -> str:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        raise InvalidParameter("invalid %s address: %s" % (what, text)) from None
+        raise InvalidParameter(f"invalid {what} address: {text}") from None
     if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
-        raise InvalidParameter("no matching subnet for %s %s" % (what, text))
+        raise InvalidParameter(f"no matching subnet for {what} {text}")
     return str(address)
 
 
-def host_routes() -> List[Network]:
+def host_routes() -> list[Network]:
     """Destinations the host routes already (its own LANs), which a new network must not shadow."""
     routes = []
     for line in ip_query("-4", "route", "show", "table", "all").splitlines():
@@ -66,7 +66,7 @@ def pick_subnet(pool: Network, prefix: int, taken: Iterable[Network]) -> Network
     raise Unavailable("all predefined address pools have been fully subnetted")
 
 
-def allocate(subnet: Network, used: Set[str], last: Optional[str]) -> str:
+def allocate(subnet: Network, used: set[str], last: str | None) -> str:
     """The next free host address after ``last`` (wrapping), skipping the ones in ``used``."""
     hosts = int(subnet.broadcast_address) - int(subnet.network_address) - 1
     first = int(subnet.network_address) + 1
@@ -75,9 +75,9 @@ def allocate(subnet: Network, used: Set[str], last: Optional[str]) -> str:
         candidate = str(ipaddress.ip_address(first + (start + step) % hosts))
         if candidate not in used:
             return candidate
-    raise Unavailable("no available IPv4 addresses on this network's address pools: %s" % subnet)
+    raise Unavailable(f"no available IPv4 addresses on this network's address pools: {subnet}")
 
 
 def mac_for(address: str) -> str:
     """Docker's scheme, 02:42 then the IPv4 bytes: stable for an address and locally administered."""
-    return "02:42:" + ":".join("%02x" % byte for byte in ipaddress.ip_address(address).packed)
+    return "02:42:" + ":".join(f"{byte:02x}" for byte in ipaddress.ip_address(address).packed)

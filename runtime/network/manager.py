@@ -7,6 +7,7 @@ endpoints: an idle host carries no trace of us, and tests that stop their contai
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import os
@@ -15,8 +16,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any
 
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
 from runtime.network import hosts, ipam
@@ -33,13 +35,13 @@ OPT_MTU = "com.docker.network.driver.mtu"
 HOST_NETWORK_CONFLICT = "container cannot be disconnected from host network or connected to host network"
 NETWORK_FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
 
-Dict_ = Dict[str, Any]
+Dict_ = dict[str, Any]
 
 
 class NetworkManager:
     """Docker's bridge driver, IPAM and port publishing for one daemon. Every public method is thread-safe."""
 
-    def __init__(self, root: str, exec_root: str, *, default_subnet: Optional[str] = None,
+    def __init__(self, root: str, exec_root: str, *, default_subnet: str | None = None,
                  bridge_name: str = "mrt0", pool: str = DEFAULT_POOL, pool_prefix: int = POOL_PREFIX) -> None:
         self.root = root
         self.exec_root = exec_root
@@ -49,7 +51,7 @@ class NetworkManager:
         self._path = os.path.join(root, "state.json")
         self._lock = threading.RLock()
         self._firewall = Firewall()
-        self._proxies: Dict[str, List[PortProxy]] = {}
+        self._proxies: dict[str, list[PortProxy]] = {}
         os.makedirs(root, mode=0o700, exist_ok=True)
         self._state: Dict_ = self._load()
         self._ensure_predefined(ipam.parse_subnet(default_subnet or DEFAULT_SUBNET))
@@ -63,7 +65,7 @@ class NetworkManager:
         except FileNotFoundError:
             state = {}
         except (OSError, ValueError) as exc:
-            raise HostError("cannot read network state %s: %s" % (self._path, exc)) from None
+            raise HostError(f"cannot read network state {self._path}: {exc}") from None
         for key in ("networks", "endpoints", "ports"):
             state.setdefault(key, {})
         return state
@@ -101,7 +103,7 @@ class NetworkManager:
 
     # --- networks ----------------------------------------------------------------------------------------------
 
-    def _networks(self) -> List[Dict_]:
+    def _networks(self) -> builtins.list[Dict_]:
         """In creation order, as Docker lists them."""
         return sorted(self._state["networks"].values(), key=lambda net: net["Created"])
 
@@ -124,13 +126,12 @@ class NetworkManager:
                 return net
         matches = [net for net_id, net in networks.items() if ref and net_id.startswith(ref)]
         if len(matches) > 1:
-            raise InvalidParameter("network %s is ambiguous (%d matches found based on ID prefix)"
-                                   % (ref, len(matches)))
+            raise InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
         if not matches:
-            raise NotFound("network %s not found" % ref)
+            raise NotFound(f"network {ref} not found")
         return matches[0]
 
-    def _members(self, net_id: str) -> Dict[str, Dict_]:
+    def _members(self, net_id: str) -> dict[str, Dict_]:
         """Container id -> endpoint, for every container attached to ``net_id``."""
         return {cid: eps[net_id] for cid, eps in self._state["endpoints"].items() if net_id in eps}
 
@@ -144,11 +145,11 @@ class NetworkManager:
             raise NotSupported("IPv6 networks are not supported by this runtime")
         with self._lock:
             if any(net["Name"] == name for net in self._networks()):
-                raise Conflict("network with name %s already exists" % name)
+                raise Conflict(f"network with name {name} already exists")
             if driver in ("host", "null"):
-                raise Forbidden('only one instance of "%s" network is allowed' % driver)
+                raise Forbidden(f'only one instance of "{driver}" network is allowed')
             if driver != "bridge":
-                raise NotFound('plugin "%s" not found' % driver)
+                raise NotFound(f'plugin "{driver}" not found')
             options = {str(k): str(v) for k, v in _expect(body, "Options", dict).items()}
             labels = {str(k): str(v) for k, v in _expect(body, "Labels", dict).items()}
             net = self._new_network(name, "bridge", labels, options, bool(body.get("Internal")))
@@ -159,7 +160,7 @@ class NetworkManager:
             net["_bridge"] = options.get(OPT_BRIDGE_NAME) or "mrt-" + net["Id"][:11]
             _mtu(net)
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
-                raise Conflict("bridge name %s is already used by another network" % net["_bridge"])
+                raise Conflict("bridge name {} is already used by another network".format(net["_bridge"]))
             self._state["networks"][net["Id"]] = net
             self._save()
         return {"Id": net["Id"], "Warning": ""}
@@ -177,11 +178,11 @@ class NetworkManager:
             ipam.check_free(subnet, taken)
         else:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
-        result = {"Subnet": str(subnet)}
+        result: dict[str, Any] = {"Subnet": str(subnet)}
         if config.get("IPRange"):
             ip_range = ipam.parse_subnet(config["IPRange"])
             if not ip_range.subnet_of(subnet):
-                raise InvalidParameter("IP range %s is not within subnet %s" % (ip_range, subnet))
+                raise InvalidParameter(f"IP range {ip_range} is not within subnet {subnet}")
             result["IPRange"] = str(ip_range)
         gateway = config.get("Gateway")
         result["Gateway"] = ipam.parse_address(gateway, subnet, "gateway") if gateway else str(next(subnet.hosts()))
@@ -203,18 +204,18 @@ class NetworkManager:
             for cid, ep in self._members(net["Id"]).items():
                 shown["Containers"][cid] = {
                     "Name": ep["Name"], "EndpointID": ep["EndpointID"], "MacAddress": ep["MacAddress"],
-                    "IPv4Address": "%s/%d" % (ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
+                    "IPv4Address": f'{ep["IPAddress"]}/{ep["IPPrefixLen"]}' if ep["IPAddress"] else "",
                     "IPv6Address": "",
                 }
         return copy.deepcopy(shown)
 
-    def list(self, filters: Optional[Dict_] = None) -> List[Dict_]:
+    def list(self, filters: Dict_ | None = None) -> builtins.list[Dict_]:
         """``GET /networks``: filters dangling, driver, id, label, name, scope, type (Docker's semantics)."""
         wanted = _filters(filters, NETWORK_FILTERS)
         with self._lock:
             return [self._render(net, containers=False) for net in self._networks() if self._matches(net, wanted)]
 
-    def _matches(self, net: Dict_, wanted: Dict[str, List[str]]) -> bool:
+    def _matches(self, net: Dict_, wanted: dict[str, builtins.list[str]]) -> bool:
         checks = {
             "driver": lambda v: net["Driver"] == v,
             "id": lambda v: v in net["Id"],
@@ -231,15 +232,14 @@ class NetworkManager:
         with self._lock:
             net = self._resolve(ref)
             if net["Name"] in PREDEFINED:
-                raise Forbidden("%s is a pre-defined network and cannot be removed" % net["Name"])
+                raise Forbidden("{} is a pre-defined network and cannot be removed".format(net["Name"]))
             if self._members(net["Id"]):
-                raise Forbidden("error while removing network: network %s id %s has active endpoints"
-                                % (net["Name"], net["Id"]))
+                raise Forbidden("error while removing network: network {} id {} has active endpoints".format(net["Name"], net["Id"]))
             self._drop_bridge(net)
             del self._state["networks"][net["Id"]]
             self._save()
 
-    def prune(self, filters: Optional[Dict_] = None) -> Dict_:
+    def prune(self, filters: Dict_ | None = None) -> Dict_:
         """``POST /networks/prune``: user networks without endpoints; filters until, label, label!."""
         wanted = _filters(filters, ("until", "label", "label!"))
         cutoff = min((_timestamp(v) for v in wanted.get("until", [])), default=None)
@@ -262,9 +262,9 @@ class NetworkManager:
 
     # --- endpoints ---------------------------------------------------------------------------------------------
 
-    def connect(self, net_ref: str, container_id: str, pid: int, *, name: str, aliases: Optional[Iterable[str]] = None,
-                ipv4: Optional[str] = None, hosts_path: Optional[str] = None,
-                hostname: Optional[str] = None) -> Dict_:
+    def connect(self, net_ref: str, container_id: str, pid: int, *, name: str, aliases: Iterable[str] | None = None,
+                ipv4: str | None = None, hosts_path: str | None = None,
+                hostname: str | None = None) -> Dict_:
         """Attaches the running container ``pid`` to a network and returns its EndpointSettings.
 
         On a bridge network: a veth pair with the container end as ``eth0`` (``eth1``... for further networks),
@@ -277,7 +277,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] in current:
-                raise Forbidden("endpoint with name %s already exists in network %s" % (name, net["Name"]))
+                raise Forbidden("endpoint with name {} already exists in network {}".format(name, net["Name"]))
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
@@ -297,7 +297,7 @@ class NetworkManager:
             self._refresh_hosts(self._neighbours(container_id))
             return self._settings(net, container_id, ep)
 
-    def _attach(self, net: Dict_, ep: Dict_, current: Dict[str, Dict_], ipv4: Optional[str]) -> None:
+    def _attach(self, net: Dict_, ep: Dict_, current: dict[str, Dict_], ipv4: str | None) -> None:
         config = net["IPAM"]["Config"][0]
         subnet = ipam.parse_subnet(config["Subnet"])
         used = {e["IPAddress"] for e in self._members(net["Id"]).values()} | {config["Gateway"]}
@@ -315,7 +315,7 @@ class NetworkManager:
             address = ipam.allocate(pool, used, net.get("_last"))
             net["_last"] = address
         taken_ifaces = {e["Interface"] for e in current.values()}
-        interface = next("eth%d" % n for n in range(len(taken_ifaces) + 1) if "eth%d" % n not in taken_ifaces)
+        interface = next(f"eth{n}" for n in range(len(taken_ifaces) + 1) if f"eth{n}" not in taken_ifaces)
         route = not net["Internal"] and not any(e["DefaultRoute"] for e in current.values())
         ep.update(IPAddress=address, IPPrefixLen=subnet.prefixlen, Gateway=config["Gateway"],
                   MacAddress=ipam.mac_for(address), HostVeth="veth" + ep["EndpointID"][:7], Interface=interface,
@@ -376,7 +376,7 @@ class NetworkManager:
             "DNSNames": list(dict.fromkeys([ep["Name"], container_id[:12], *ep["Aliases"]])) if user_defined else None,
         }
 
-    def endpoints(self, container_id: str) -> Dict[str, Dict_]:
+    def endpoints(self, container_id: str) -> dict[str, Dict_]:
         """Network name -> EndpointSettings of a container, for ``NetworkSettings.Networks`` in inspect."""
         with self._lock:
             return {self._state["networks"][nid]["Name"]: self._settings(self._state["networks"][nid], container_id, ep)
@@ -388,7 +388,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] not in current:
-                raise Forbidden("container %s is not connected to network %s" % (container_id, net["Name"]))
+                raise Forbidden("container {} is not connected to network {}".format(container_id, net["Name"]))
             if net["Driver"] == "host":
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
@@ -403,7 +403,7 @@ class NetworkManager:
             self._save()
             self._refresh_hosts(neighbours)
 
-    def _move_default_route(self, current: Dict[str, Dict_]) -> None:
+    def _move_default_route(self, current: dict[str, Dict_]) -> None:
         for nid, other in current.items():
             if other["Gateway"] and not self._state["networks"][nid]["Internal"]:
                 try:
@@ -431,7 +431,7 @@ class NetworkManager:
 
     # --- /etc/hosts --------------------------------------------------------------------------------------------
 
-    def _neighbours(self, container_id: str) -> List[str]:
+    def _neighbours(self, container_id: str) -> builtins.list[str]:
         """The container and every container sharing a user-defined network with it: whose hosts files change."""
         found = [container_id]
         for nid in self._state["endpoints"].get(container_id, {}):
@@ -445,7 +445,7 @@ class NetworkManager:
             path = next((ep["HostsPath"] for ep in endpoints.values() if ep["HostsPath"]), None)
             if not path:
                 continue
-            entries: List[Tuple[str, List[str]]] = []
+            entries: list[tuple[str, list[str]]] = []
             for nid, ep in endpoints.items():
                 user_defined = self._state["networks"][nid]["Name"] not in PREDEFINED
                 if ep["IPAddress"]:
@@ -461,35 +461,36 @@ class NetworkManager:
 
     # --- published ports ---------------------------------------------------------------------------------------
 
-    def publish(self, container_id: str, ip: str, port_bindings: Optional[Dict_],
-                exposed: Optional[Iterable[str]] = None, publish_all: bool = False) -> Dict_:
+    def publish(self, container_id: str, ip: str, port_bindings: Dict_ | None,
+                exposed: Iterable[str] | None = None, publish_all: bool = False) -> Dict_:
         """Opens the host ports of a container and returns ``NetworkSettings.Ports``.
 
         ``port_bindings`` is HostConfig.PortBindings (``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}``); an
         empty or "0" HostPort takes a free port, "8000-8010" the first free one of the range. ``publish_all`` (-P)
         gives every exposed port without a binding a free port. Exposed ports without a binding map to None.
         """
-        wanted: Dict[str, List[Dict_]] = {}
+        wanted: dict[str, list[Dict_]] = {}
         for key, bindings in (port_bindings or {}).items():
             wanted.setdefault(_port_key(key), []).extend(bindings or [])
-        ports: Dict[str, Optional[List[Dict_]]] = {_port_key(key): None for key in exposed or []}
+        ports: dict[str, list[Dict_] | None] = {_port_key(key): None for key in exposed or []}
         if publish_all:
             for key in ports:
                 wanted.setdefault(key, [{}])
         with self._lock:
             self._unpublish(container_id)
-            opened: List[PortProxy] = []
-            records: List[Dict_] = []
+            opened: list[PortProxy] = []
+            records: list[Dict_] = []
             try:
                 for key, bindings in wanted.items():
                     number, proto = key.split("/")
-                    ports[key] = [] if bindings else None
+                    bound: list[Dict_] = []
+                    ports[key] = bound if bindings else None
                     for binding in bindings:
                         proxy = self._open(proto, binding, ip, int(number))
                         opened.append(proxy)
                         records.append({"proto": proto, "host_ip": proxy.host_ip, "host_port": proxy.host_port,
                                         "container_ip": ip, "container_port": int(number)})
-                        ports[key].append({"HostIp": proxy.host_ip, "HostPort": str(proxy.host_port)})
+                        bound.append({"HostIp": proxy.host_ip, "HostPort": str(proxy.host_port)})
             except BaseException:
                 for proxy in opened:
                     proxy.close()
@@ -504,18 +505,17 @@ class NetworkManager:
     def _open(proto: str, binding: Dict_, container_ip: str, container_port: int) -> PortProxy:
         host_ip = (binding or {}).get("HostIp") or "0.0.0.0"
         candidates = _host_ports(str((binding or {}).get("HostPort") or "0"))
-        error: Optional[OSError] = None
+        error: OSError | None = None
         for port in candidates:
             try:
                 return PortProxy(bind_socket(proto, host_ip, port), proto, container_ip, container_port)
             except OSError as exc:
                 error = exc
-        ports = str(candidates[0]) if len(candidates) == 1 else "%d-%d" % (candidates[0], candidates[-1])
-        shown = "%s:%s" % (host_ip, ports)
+        ports = str(candidates[0]) if len(candidates) == 1 else f"{candidates[0]}-{candidates[-1]}"
+        shown = f"{host_ip}:{ports}"
         if error is not None and error.errno == 98:
-            raise HostError("Bind for %s failed: port is already allocated" % shown)
-        raise HostError("driver failed programming external connectivity: listen %s %s: %s"
-                        % (proto, shown, error.strerror if error else "no port"))
+            raise HostError(f"Bind for {shown} failed: port is already allocated")
+        raise HostError("driver failed programming external connectivity: listen {} {}: {}".format(proto, shown, error.strerror if error else "no port"))
 
     def unpublish(self, container_id: str) -> None:
         """Closes a container's host ports (they are free when this returns) and forgets them."""
@@ -536,10 +536,10 @@ class NetworkManager:
         for proxy in self._proxies.pop(container_id, []):
             proxy.close()
 
-    def _port_rules(self, container_id: str) -> Dict[str, List[str]]:
+    def _port_rules(self, container_id: str) -> dict[str, builtins.list[str]]:
         """DNAT rules for the ports of a container on routed networks; the proxies serve everything else."""
         records = self._state["ports"].get(container_id) or []
-        rules: Dict[str, List[str]] = {}
+        rules: dict[str, list[str]] = {}
         for nid, ep in self._state["endpoints"].get(container_id, {}).items():
             net = self._state["networks"][nid]
             mine = [record for record in records if record["container_ip"] == ep["IPAddress"]]
@@ -550,7 +550,7 @@ class NetworkManager:
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def restore(self, running: Dict[str, int]) -> None:
+    def restore(self, running: dict[str, int]) -> None:
         """After a daemon restart: ``running`` maps the ids of containers still alive to their pids.
 
         Endpoints and ports of the others are dropped (their namespaces are gone), bridges of idle networks are
@@ -613,7 +613,7 @@ def _port_tag(container_id: str) -> str:
 def _mtu(net: Dict_) -> int:
     value = net["Options"].get(OPT_MTU, "1500")
     if not value.isdigit() or not 68 <= int(value) <= 65535:
-        raise InvalidParameter("invalid MTU %s: it must be a number between 68 and 65535" % value)
+        raise InvalidParameter(f"invalid MTU {value}: it must be a number between 68 and 65535")
     return int(value)
 
 
@@ -622,28 +622,28 @@ def _port_key(key: str) -> str:
     number, _, proto = str(key).partition("/")
     proto = (proto or "tcp").lower()
     if proto not in ("tcp", "udp"):
-        raise NotSupported("publishing %s ports is not supported: %s" % (proto, key))
+        raise NotSupported(f"publishing {proto} ports is not supported: {key}")
     if not number.isdigit() or not 0 < int(number) < 65536:
-        raise InvalidParameter("invalid port specification: %s" % key)
-    return "%d/%s" % (int(number), proto)
+        raise InvalidParameter(f"invalid port specification: {key}")
+    return f"{int(number)}/{proto}"
 
 
-def _host_ports(text: str) -> List[int]:
+def _host_ports(text: str) -> list[int]:
     start, _, end = text.partition("-")
     if not start.isdigit() or (end and not end.isdigit()):
-        raise InvalidParameter("invalid host port: %s" % text)
+        raise InvalidParameter(f"invalid host port: {text}")
     first, last = int(start), int(end or start)
     if last < first or last > 65535:
-        raise InvalidParameter("invalid host port range: %s" % text)
+        raise InvalidParameter(f"invalid host port range: {text}")
     return list(range(first, last + 1))
 
 
-def _filters(filters: Optional[Dict_], allowed: Iterable[str]) -> Dict[str, List[str]]:
+def _filters(filters: Dict_ | None, allowed: Iterable[str]) -> dict[str, list[str]]:
     """Docker's filter map in either wire form, ``{"k": ["v"]}`` or the old ``{"k": {"v": true}}``."""
     result = {}
     for key, values in (filters or {}).items():
         if key not in allowed:
-            raise InvalidParameter("invalid filter '%s'" % key)
+            raise InvalidParameter(f"invalid filter '{key}'")
         result[key] = [str(v) for v in (values if isinstance(values, list) else [v for v, on in values.items() if on])]
     return result
 
@@ -654,15 +654,15 @@ def _expect(body: Dict_, key: str, kind: type) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, kind):
-        raise InvalidParameter("%s must be %s" % (key, "an object" if kind is dict else "a list"))
+        raise InvalidParameter("{} must be {}".format(key, "an object" if kind is dict else "a list"))
     return value
 
 
-def _pattern(text: str) -> "re.Pattern[str]":
+def _pattern(text: str) -> re.Pattern[str]:
     try:
         return re.compile(text)
     except re.error:
-        raise InvalidParameter("invalid filter 'name=%s': not a regular expression" % text) from None
+        raise InvalidParameter(f"invalid filter 'name={text}': not a regular expression") from None
 
 
 def _label_match(labels: Dict_, spec: str) -> bool:
@@ -674,9 +674,9 @@ def _bool(text: str) -> bool:
     return _choice(text.lower(), ("true", "false", "1", "0"), "dangling") in ("true", "1")
 
 
-def _choice(value: str, allowed: Tuple[str, ...], what: str) -> str:
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
-        raise InvalidParameter("invalid filter '%s=%s'" % (what, value))
+        raise InvalidParameter(f"invalid filter '{what}={value}'")
     return value
 
 
@@ -696,6 +696,6 @@ def _timestamp(text: str) -> float:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidParameter("invalid filter 'until=%s'" % text) from None
+        raise InvalidParameter(f"invalid filter 'until={text}'") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 

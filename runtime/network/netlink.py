@@ -10,7 +10,6 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Optional
 
 from runtime.errors import HostError
 
@@ -70,7 +69,7 @@ class RtNetlink:
                 if msg_type == NLMSG_ERROR and seq == self.seq:
                     error = -struct.unpack_from("i", data, offset + 16)[0]
                     if error:
-                        raise HostError("%s: %s" % (what, os.strerror(error)))
+                        raise HostError(f"{what}: {os.strerror(error)}")
                     return
                 offset += max(16, (length + 3) & ~3)
 
@@ -82,40 +81,40 @@ class RtNetlink:
             _attr(IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info))
         body = _ifinfo(up=True) + _attr(IFLA_IFNAME, _name(name)) + _attr(IFLA_MTU, struct.pack("I", mtu)) + \
             _attr(IFLA_MASTER, struct.pack("I", master)) + _attr(IFLA_LINKINFO | NLA_F_NESTED, link_info)
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "create veth %s" % name)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {name}")
 
     def add_bridge(self, name: str, mtu: int) -> None:
         body = _ifinfo(up=True) + _attr(IFLA_IFNAME, _name(name)) + _attr(IFLA_MTU, struct.pack("I", mtu)) + \
             _attr(IFLA_LINKINFO | NLA_F_NESTED, _attr(IFLA_INFO_KIND, b"bridge"))
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "create bridge %s" % name)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
     def delete_link(self, name: str) -> bool:
         """Deletes a link by name; False when there was none (a veth dies with its namespace)."""
         try:
             index = socket.if_nametoindex(name)
-            self.request(RTM_DELLINK, 0, _ifinfo(index), "delete %s" % name)
+            self.request(RTM_DELLINK, 0, _ifinfo(index), f"delete {name}")
         except (OSError, HostError):
             return False
         return True
 
     def set_up(self, index: int) -> None:
-        self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), "bring up link %d" % index)
+        self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), f"bring up link {index}")
 
     def add_address(self, index: int, address: str, prefix: int) -> None:
         packed = ipaddress.IPv4Address(address).packed
         body = struct.pack("BBBBI", socket.AF_INET, prefix, 0, RT_SCOPE_UNIVERSE, index) + \
             _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "add address %s/%d" % (address, prefix))
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefix}")
 
     def default_route(self, gateway: str, index: int) -> None:
         """Adds, or replaces, the default route through ``gateway`` on link ``index``."""
         body = struct.pack("BBBBBBBBI", socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
                            RTN_UNICAST, 0) + \
             _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) + _attr(RTA_OIF, struct.pack("i", index))
-        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, "default route via %s" % gateway)
+        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"default route via {gateway}")
 
 
-def configure_inside(interface: str, address: str, prefix: int, gateway: Optional[str]) -> None:
+def configure_inside(interface: str, address: str, prefix: int, gateway: str | None) -> None:
     """Run inside the container's namespace: ``lo`` and the interface up, its address, the default route."""
     index = socket.if_nametoindex(interface)
     with RtNetlink() as nl:

@@ -48,7 +48,7 @@ def test_run_rm_removes_the_container(daemon: Daemon, image: str, name: str) -> 
     assert daemon.out("run", "--rm", "--name", name, image, "echo", "hello") == "hello\n"
     assert daemon.out("ps", "-a", "--filter", "name=" + name, "--format", "{{.Names}}") == ""
     outputs = [daemon.out("run", "--rm", image, "echo", str(attempt)) for attempt in range(15)]
-    assert outputs == ["%d\n" % attempt for attempt in range(15)]  # a fast process's output is never lost
+    assert outputs == [f"{attempt}\n" for attempt in range(15)]  # a fast process's output is never lost
 
 
 def test_run_it_through_a_pseudo_terminal(daemon: Daemon, image: str) -> None:
@@ -87,7 +87,7 @@ def test_detached_env_workdir_logs_ps_stop(daemon: Daemon, image: str, name: str
     assert re.fullmatch(r"[0-9a-f]{64}", container)
     assert wait_until(lambda: daemon.out("logs", name) == "bar\n/tmp\n")
     line = daemon.out("ps", "--filter", "name=" + name, "--format", "{{.ID}} {{.Names}} {{.Status}}")
-    assert line.startswith("%s %s Up " % (container[:12], name))
+    assert line.startswith(f"{container[:12]} {name} Up ")
     assert daemon.out("ps", "-q", "--filter", "status=exited", "--filter", "name=" + name) == ""
     assert daemon.out("stop", "-t", "1", name) == name + "\n"
     assert daemon.out("ps", "-a", "--filter", "status=exited", "--filter", "name=" + name,
@@ -148,7 +148,7 @@ def test_rm_force_removes_a_running_container(daemon: Daemon, image: str, name: 
 
 def test_cp_both_ways_and_bind_mounts(daemon: Daemon, image: str, name: str, tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("from the host\n")
-    daemon.out("run", "-d", "--name", name, "-v", "%s:/data" % tmp_path, image, "sleep", "300")
+    daemon.out("run", "-d", "--name", name, "-v", f"{tmp_path}:/data", image, "sleep", "300")
     assert daemon.out("exec", name, "cat", "/data/in.txt") == "from the host\n"
     daemon.out("cp", str(tmp_path / "in.txt"), name + ":/tmp/copied.txt")
     assert daemon.out("exec", name, "cat", "/tmp/copied.txt") == "from the host\n"
@@ -168,7 +168,7 @@ def test_published_port_is_reachable(daemon: Daemon, image: str, name: str) -> N
 
     def fetch() -> bytes:
         try:
-            with urllib.request.urlopen("http://%s/index.html" % port, timeout=2) as response:
+            with urllib.request.urlopen(f"http://{port}/index.html", timeout=2) as response:
                 return response.read()
         except OSError:
             return b""
@@ -191,7 +191,7 @@ def test_restart_policy_and_memory_limit(daemon: Daemon, image: str, name: str) 
 
 
 def test_images_tag_rmi_save_load(daemon: Daemon, image: str, tmp_path: Path) -> None:
-    other = "apitest/other-%d:v1" % os.getpid()
+    other = f"apitest/other-{os.getpid()}:v1"
     daemon.out("tag", image, other)
     listed = daemon.out("images", "--format", "{{.Repository}}:{{.Tag}}").split()
     assert image in listed and other in listed
@@ -199,10 +199,10 @@ def test_images_tag_rmi_save_load(daemon: Daemon, image: str, tmp_path: Path) ->
                                                                                   "{{.Id}}", image)
     archive = tmp_path / "saved.tar"
     daemon.out("save", "-o", str(archive), other)
-    assert daemon.out("rmi", other) == "Untagged: %s\n" % other
-    assert daemon.out("load", "-i", str(archive)) == "Loaded image: %s\n" % other
+    assert daemon.out("rmi", other) == f"Untagged: {other}\n"
+    assert daemon.out("load", "-i", str(archive)) == f"Loaded image: {other}\n"
     assert daemon.out("run", "--rm", other, "echo", "loaded") == "loaded\n"
-    assert daemon.out("rmi", other) == "Untagged: %s\n" % other
+    assert daemon.out("rmi", other) == f"Untagged: {other}\n"
     missing = daemon.docker("rmi", other)
     assert missing.returncode == 1 and b"No such image: " + other.encode() in missing.stderr
 
@@ -245,12 +245,12 @@ def test_docker_compose_two_services(daemon: Daemon, image: str, name: str, tmp_
         "version: '3'\n"
         "services:\n"
         "  web:\n"
-        "    image: %s\n"
+        f"    image: {image}\n"
         "    command: sh -c 'mkdir /www && echo compose > /www/index.html && exec httpd -f -p 80 -h /www'\n"
         "  client:\n"
-        "    image: %s\n"
+        f"    image: {image}\n"
         "    command: sh -c 'sleep 1; wget -q -O - http://web/index.html; exec sleep 300'\n"
-        "    depends_on: [web]\n" % (image, image))
+        "    depends_on: [web]\n")
     env = daemon.env()
     project = ["/usr/bin/docker-compose", "-p", name.replace("-", ""), "-f", str(tmp_path / "docker-compose.yml")]
 
@@ -273,7 +273,7 @@ def test_diff_and_commit(daemon: Daemon, image: str, name: str) -> None:
     daemon.out("run", "-d", "--name", name, "-e", "KEEP=1", image, "sh", "-c", "echo data > /made; exec sleep 300")
     assert wait_until(lambda: daemon.docker("exec", name, "cat", "/made").stdout == b"data\n")
     assert daemon.out("diff", name) == "A /made\n"
-    committed = "apitest/committed-%d:1" % os.getpid()
+    committed = f"apitest/committed-{os.getpid()}:1"
     image_id = daemon.out("commit", "-c", 'CMD ["sh", "-c", "cat /made; echo $KEEP"]', name, committed).strip()
     assert image_id.startswith("sha256:")
     assert daemon.out("inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name) == "true false\n"

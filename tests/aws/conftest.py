@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import moto
@@ -27,7 +28,6 @@ import pytest
 
 from drivers.nshost import Bridge
 from tests.support.cli import create_flags
-from tests.support.fixtures import test_bridge  # noqa: F401 - this worker's bridge, for the data plane's hosts
 
 from .consistency import ConsistencyProxy
 from .dataplane import DataPlane

@@ -8,13 +8,13 @@ host behind each VM whose private address lies on the worker's test bridge.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.fixtures import test_bridge  # noqa: F401 - the worker's bridge for the data plane's hosts
 
 from .dataplane import AzureDataPlane
 from .fakearm import FakeArm

@@ -14,8 +14,11 @@ import pytest
 from cryptography import x509
 
 from bootstrap import bundle as bundles
-from bootstrap import certs, shellenv
+from bootstrap import certs
+from machines import shellenv
 from machines.errors import UsageError
+
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 
 
 def test_store_certificates_are_made_once_private_and_valid_for_three_years(tmp_path: Path) -> None:

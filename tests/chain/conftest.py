@@ -3,14 +3,13 @@ loopback. Both go even when a test fails."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.images.registry_fixture import Registry, start_registry
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge  # noqa: F401 - tests here put their local hosts on it
 
 
 @pytest.fixture

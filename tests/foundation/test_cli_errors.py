@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -12,6 +12,8 @@ from machines.errors import ExitStatus
 
 from .conftest import CliResult
 from .fakes import FileDriver
+
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 
 
 def _snapshot(store_path: Path) -> list[tuple[str, bytes]]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from machines.store import STATE_READY, Store, new_record
 
 from .conftest import CliResult
+
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 
 
 def _ready(store_path: Path, world: Path, name: str, *, labels: list[str], running: bool, state_delay: int = 0) -> None:

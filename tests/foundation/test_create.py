@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -17,6 +17,8 @@ from machines.machine import Machines
 from machines.store import STATE_CREATING
 
 from .conftest import CliResult
+
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 
 
 def test_driver_fault_rolls_back_every_resource(store_path: Path, file_driver: Path) -> None:

@@ -12,19 +12,18 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 import bootstrap.provision
 from drivers import registry
 from drivers.nshost import Bridge, IsolatedHost
+from machines import Machines, transfer
+from machines.machine import Machine
 from machines.ssh import CommandError
-from machines import transfer
-from machines.machine import Machine, Machines
-
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
 
 from .fakes import NsHostDriver
@@ -93,7 +92,7 @@ def test_generic_driver_manages_an_existing_host(
     piped = machines_cli("ssh", "b", "cat; exit 7", stdin="through stdin")
     assert (piped.returncode, piped.stdout) == (7, "through stdin")
     output, status = _interactive(store_path, "a", b"echo tty=$(tty) on $(hostname); exit 3\n")
-    assert status == 3 and f"tty=/dev/pts/" in output and f"on {first.name}" in output
+    assert status == 3 and "tty=/dev/pts/" in output and f"on {first.name}" in output
 
     # scp: local -> machine, machine -> machine (through here), machine -> local, and a tree with -r.
     local = tmp_path / "note.txt"
@@ -240,8 +239,7 @@ def test_port_forwards_both_ways(nstest: Callable[..., Machine], tmp_path: Path)
         connection = machine.ssh()
         # The host reaches a loopback-only service of this machine through a remote forward.
         remote_port = connection.request_remote_forward(0, "127.0.0.1", server.getsockname()[1])
-        ask = ("import socket; s=socket.create_connection(('127.0.0.1',%d)); s.sendall(b'hi'); "
-               "print(s.recv(100).decode())" % remote_port)
+        ask = (f"import socket; s=socket.create_connection(('127.0.0.1',{remote_port})); s.sendall(b'hi'); print(s.recv(100).decode())")
         assert connection.run(f"python3 -c {shlex.quote(ask)}").stdout == "echo:hi\n"
 
         # A local unix socket reaches a unix socket on the host.

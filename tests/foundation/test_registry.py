@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -13,6 +13,8 @@ from drivers.generic import GenericDriver
 from machines.errors import DriverError, DriverNotFoundError
 
 from .conftest import CliResult
+
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 
 
 @pytest.fixture

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import subprocess
 import tarfile
-import tempfile
-from typing import Iterable, Optional, Tuple, Union
+from collections.abc import Iterable
 
 import pytest
 
+from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 
-Entry = Tuple[str, str, Union[bytes, str, None]]  # (name, kind, data-or-linkname)
+Entry = tuple[str, str, bytes | str | None]  # (name, kind, data-or-linkname)
 
 
-def make_tar(entries: Iterable[Entry], *, pax: Optional[dict] = None, gz: bool = False) -> bytes:
+def make_tar(entries: Iterable[Entry], *, pax: dict | None = None, gz: bool = False) -> bytes:
     """A tar from (name, kind, payload) where kind is file/dir/symlink/hardlink/chardev/fifo."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tar:
@@ -49,21 +46,7 @@ def store(tmp_path) -> ImageStore:
     return ImageStore(str(tmp_path / "store"))
 
 
-def busybox_rootfs_tar() -> bytes:
-    """A busybox root filesystem (busybox-static plus its applet symlinks) as a tar."""
-    root = tempfile.mkdtemp(prefix="images-rootfs-")
-    try:
-        os.makedirs(os.path.join(root, "bin"))
-        shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
-        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(root, arcname=".")
-        return buf.getvalue()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def busybox_tar() -> bytes:
-    return busybox_rootfs_tar()
+@pytest.fixture
+def service(store) -> ImageService:
+    """The image service over ``store`` (pull, push, login, build, save, load)."""
+    return ImageService(store)

@@ -16,7 +16,7 @@ from tests.images.conftest import make_tar
 def tmpfs(tmp_path):
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "imgtest%d" % os.getpid(), str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", f"imgtest{os.getpid()}", str(mnt)], check=True)
     yield mnt
     subprocess.run(["umount", "-R", "-l", str(mnt)], check=False)
 
@@ -35,7 +35,7 @@ def test_overlay_of_two_layers_hides_whiteouts(tmpfs):
     merged, upper, work = (tmpfs / n for n in ("merged", "upper", "work"))
     for d in (merged, upper, work):
         d.mkdir()
-    opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (":".join(reversed(dirs)), upper, work)
+    opts = "lowerdir={},upperdir={},workdir={}".format(":".join(reversed(dirs)), upper, work)
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
     try:
         assert sorted(os.listdir(merged / "etc")) == ["keep"]

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Tuple
 
 import pytest
 
 from runtime.errors import HostError
 from runtime.network import NetworkManager
 from runtime.network.proxy import bind_socket
-from .conftest import (REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo,
-                                    tcp_ask, udp_ask)
+
+from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask, udp_ask
 
 
-def running_echo(spawn: Callable[[], Container], manager: NetworkManager) -> Tuple[Container, str]:
+def running_echo(spawn: Callable[[], Container], manager: NetworkManager) -> tuple[Container, str]:
     """A container on the default bridge answering TCP on 80 and UDP on 53."""
     box = spawn()
     address = manager.connect("bridge", box.id, box.pid, name="echo")["IPAddress"]
@@ -57,7 +57,7 @@ def test_tcp_and_udp_from_loopback_and_from_another_host(host: Host, remote: str
     with pytest.raises(ConnectionRefusedError):
         tcp_ask(remote_socket(remote), (REMOTE_HOST_IP, fixed))
 
-    with pytest.raises(HostError, match="Bind for 0.0.0.0:%d failed: port is already allocated" % tcp_port):
+    with pytest.raises(HostError, match=f"Bind for 0.0.0.0:{tcp_port} failed: port is already allocated"):
         manager.publish("other", address, {"80/tcp": [{"HostPort": str(tcp_port)}]})
     manager.unpublish(box.id)
     bind_socket("tcp", "0.0.0.0", tcp_port).close()
@@ -99,7 +99,7 @@ def test_host_port_ranges_and_ipv6_host_addresses(host: Host, manager: NetworkMa
     box, address = running_echo(spawn, manager)
     first = free_port()
     with bind_socket("tcp", "0.0.0.0", first):
-        ports = manager.publish(box.id, address, {"80/tcp": [{"HostPort": "%d-%d" % (first, first + 1)}]})
+        ports = manager.publish(box.id, address, {"80/tcp": [{"HostPort": f"{first}-{first + 1}"}]})
         assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(first + 1)}]}
     ipv6 = manager.publish(box.id, address, {"80/tcp": [{"HostIp": "::1"}]})["80/tcp"][0]
     assert ipv6["HostIp"] == "::1"

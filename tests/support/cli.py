@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support import busybox
+
 REPO = Path(__file__).resolve().parents[2]
 MACHINES = str(Path(sys.executable).with_name("machines"))  # the venv's console script, not whatever is on PATH
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
@@ -47,5 +49,4 @@ def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -
 
 def busybox_rootfs() -> bytes:
     """A busybox root filesystem tar for ``docker import`` (test hosts have no registry to pull from)."""
-    script = REPO / "scripts" / "busybox-rootfs.sh"
-    return subprocess.run(["bash", str(script)], capture_output=True, check=True).stdout
+    return busybox.rootfs()

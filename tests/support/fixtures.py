@@ -1,6 +1,4 @@
-"""pytest fixtures for real SSH test hosts. Use them from a conftest.py::
-
-    from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
+"""pytest fixtures for real SSH test hosts, loaded for every test by ``tests/conftest.py`` (``pytest_plugins``).
 
 ``test_host(name=None, address=None, start=True) -> TestHost`` makes a started host and removes it after the test.
 """
@@ -8,14 +6,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.hosts import (HostFactory, collect_stale_bridges, leftovers, made_in_this_process, worker_bridge,
-                                 write_key_pair)
+from tests.support.hosts import (
+    HostFactory,
+    collect_stale_bridges,
+    leftovers,
+    made_in_this_process,
+    worker_bridge,
+    write_key_pair,
+)
 
 __all__ = ["test_bridge", "test_host", "test_key"]
 

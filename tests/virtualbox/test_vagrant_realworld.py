@@ -14,6 +14,7 @@ import pytest
 from drivers.base import Ledger, State
 from drivers.virtualbox import VirtualBoxDriver
 from machines.errors import DriverError, PreCreateError
+from machines.store import Store, new_record
 from tests.support.cli import machines
 
 STUB = Path(__file__).with_name("stub")
@@ -40,7 +41,10 @@ def nat_driver(store: Path, name: str) -> VirtualBoxDriver:
 
 
 def save(driver: VirtualBoxDriver) -> None:
-    Path(driver.store_dir, "config.json").write_text(json.dumps({"driver_name": "virtualbox", "driver": driver.config}))
+    """Write the machine's record as the core does after create, so the next machine's driver sees its ports."""
+    record = new_record(driver.machine_name, "virtualbox", driver.flag_values, {})
+    record["driver_state"] = driver.discovered
+    Store(Path(driver.store_dir).parent.parent).save(driver.machine_name, record)
 
 
 def test_unsupported_virtualbox_shows_vagrants_own_reason(stub_path: dict[str, str], tmp_path: Path) -> None:
