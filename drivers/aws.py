@@ -743,9 +743,12 @@ class AWSDriver(Driver):
         if self._get("created_security_group_id"):
             return [self._get("created_security_group_id")]
         found: list[str] = []
-        self._wait(f"security group {name} to be listed",
-                   lambda: bool(found.extend(self._tagged_security_groups(name)) or found)
-                   or not self._settling("CreateSecurityGroup"))
+
+        def listed() -> bool:
+            found[:] = self._tagged_security_groups(name)
+            return bool(found) or not self._settling("CreateSecurityGroup")
+
+        self._wait(f"security group {name} to be listed", listed)
         return found
 
     def _delete_security_group(self) -> None:
@@ -808,7 +811,7 @@ class AWSDriver(Driver):
                 if self._settling("RunInstances"):
                     return False  # EC2 does not show the instance it just launched yet
                 raise DriverError(f"EC2 instance {instance_id} no longer exists")
-            current = instance["State"]["Name"]
+            current = str(instance["State"]["Name"])
             if current in ("shutting-down", "terminated") and wanted != current:
                 reason = instance.get("StateReason", {}).get("Message") or current
                 raise DriverError(f"EC2 instance {instance_id} was terminated while waiting for it to be {wanted}: {reason}")

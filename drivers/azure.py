@@ -294,12 +294,11 @@ class AzureDriver(Driver):
     def _providers(self) -> dict[str, Any]:
         """The resource providers the driver uses, as this subscription sees them (read once per command)."""
         if self._provider_cache is None:
-            self._provider_cache = {
-                namespace.lower(): self._call(f"read the {namespace} provider",
-                                              lambda namespace=namespace: self.resources.providers.get(namespace))
-                for namespace in PROVIDERS
-            }
+            self._provider_cache = {namespace.lower(): self._provider(namespace) for namespace in PROVIDERS}
         return self._provider_cache
+
+    def _provider(self, namespace: str) -> Any:
+        return self._call(f"read the {namespace} provider", lambda: self.resources.providers.get(namespace))
 
     def _served_versions(self, namespace: str, resource_type: str) -> list[str]:
         """The api-versions the cloud serves for a resource type (empty: it does not say, send the SDK's)."""
@@ -335,7 +334,12 @@ class AzureDriver(Driver):
         With ``missing_ok`` a resource that does not exist (HTTP 404) gives None instead. An error whose ARM code is
         in ``retry_codes`` (a state Azure keeps for a while) is retried every few seconds until the wait timeout.
         """
-        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceNotFoundError,
+        )
         from azure.core.polling import LROPoller
 
         deadline = time.monotonic() + self.timeout

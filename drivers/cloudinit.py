@@ -51,7 +51,7 @@ def public_key_of(private_key_path: str, flag: str = "SSH key") -> str:
         raise PreCreateError(f"{flag} {private_key_path}: the key is encrypted; give a key without a passphrase") from None
     except (ValueError, UnsupportedAlgorithm):
         raise PreCreateError(f"{flag} {private_key_path}: not a private key in OpenSSH or PEM format") from None
-    return public.decode()
+    return str(public.decode())
 
 
 def _yaml_block(text: str, indent: int) -> str:

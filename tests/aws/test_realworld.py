@@ -19,7 +19,7 @@ import pytest
 
 from drivers.aws import AWSDriver
 from drivers.base import Ledger, State
-from machines.errors import DriverError, PreCreateError
+from machines.errors import CancelledError, DriverError, PreCreateError
 from machines.machine import Machines
 
 from .conftest import ARM64_IMAGE, NOTHING, REGION, MotoCloud, World
@@ -48,7 +48,7 @@ def test_interrupted_launch_is_found_and_terminated_however_long_ec2_lags(
     world.cloud.proxy.delay = 5.0
     monkeypatch.setattr(AWSDriver, "_session", _faulty_session("after-call.ec2.RunInstances", KeyboardInterrupt()))
     store = Machines(tmp_path / "store")
-    with pytest.raises(Exception):
+    with pytest.raises(CancelledError):
         store.create(f"l{os.getpid()}", "aws", world.config(), provision=False)
     assert world.cloud.leftovers() == NOTHING and store.store.names() == []
 

@@ -17,7 +17,7 @@ from machines.machine import Machines
 
 from .conftest import World
 from .fakearm import FakeArm
-from .test_driver import NAME, created, make_driver
+from .test_driver import created, make_driver
 
 
 def writes(arm: FakeArm) -> list[tuple[str, str]]:
