@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from runtime.images.service import ImageService  # noqa: E402
 from runtime.images.store import ImageStore  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
 from tests.support.busybox import rootfs as busybox_rootfs_tar  # noqa: E402
@@ -111,17 +112,17 @@ def library_figures(image: str, work: str, runs: int) -> dict[str, float]:
     """The image store alone (no HTTP API, no CLI): pull, save, load of the same image."""
     pulls, saves, loads = [], [], []
     for n in range(runs):
-        store = ImageStore(os.path.join(work, f"lib-{n}"))
-        pulls.append(timed(lambda: list(store.pull(image))))
+        service = ImageService(ImageStore(os.path.join(work, f"lib-{n}")))
+        pulls.append(timed(lambda: list(service.pull(image))))
         archive_path = os.path.join(work, f"lib-{n}.tar")
 
         def save() -> None:
             with open(archive_path, "wb") as f:
-                for chunk in store.save([image]):
+                for chunk in service.save([image]):
                     f.write(chunk)
 
         saves.append(timed(save))
-        fresh = ImageStore(os.path.join(work, f"lib-load-{n}"))
+        fresh = ImageService(ImageStore(os.path.join(work, f"lib-load-{n}")))
         with open(archive_path, "rb") as f:
             loads.append(timed(lambda: fresh.load(f)))
         shutil.rmtree(os.path.join(work, f"lib-{n}"))
@@ -144,7 +145,7 @@ def main() -> None:
         image = f"{registry.host}/bench/data:1"
         store = ImageStore(os.path.join(work, "seed"))
         make_image(store, image, opts.size_mb, work)
-        for _ in store.push(image):
+        for _ in ImageService(store).push(image):
             pass
         context = os.path.join(work, "context")
         os.makedirs(os.path.join(context, "files"))

@@ -72,7 +72,6 @@ class Facts:
     pythons: list[tuple[str, tuple[int, int]]]
     package_managers: list[str]
     sums: dict[str, str]
-    addresses: list[str]
 
     @property
     def python(self) -> str | None:
@@ -115,7 +114,6 @@ if awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") fou
   echo port_busy=1
   ss -Hltnp "sport = :{service.TLS_PORT}" 2>/dev/null | sed -n 's/.*users:(("\\([^"]*\\)",pid=\\([0-9]*\\).*/port_owner=\\1 (pid \\2)/p' | head -n 1
 fi
-command -v ip >/dev/null && ip -o addr show scope global 2>/dev/null | awk '{{ split($4, a, "/"); print "addr=" a[1] }}'
 true
 """
 
@@ -126,7 +124,6 @@ def _parse_facts(output: str) -> Facts:
     pythons: list[tuple[str, tuple[int, int]]] = []
     package_managers: list[str] = []
     sums: dict[str, str] = {}
-    addresses: list[str] = []
     for line in output.splitlines():
         key, _, value = line.partition("=")
         if key.startswith("os."):
@@ -145,11 +142,9 @@ def _parse_facts(output: str) -> Facts:
             path, _, digest = value.partition(" ")
             if digest:
                 sums[path] = digest
-        elif key == "addr":
-            addresses.append(value)
         else:
             values[key] = value
-    return Facts(values, os_release, pythons, package_managers, sums, addresses)
+    return Facts(values, os_release, pythons, package_managers, sums)
 
 
 def _sha256(data: bytes) -> str:
@@ -310,8 +305,8 @@ class ProvisioningRun:
             return
         assert self.facts is not None
         store = certificates.ensure_store_certs(self.store_root)
-        addresses = list(dict.fromkeys([self.ip, *self.facts.addresses]))
-        sans = certificates.server_sans(addresses, self.machine.name, self.tls_sans)
+        # Only what the driver reports and the user asked for: a host cannot talk its way into our certificate.
+        sans = certificates.server_sans([self.ip], self.machine.name, self.tls_sans)
         server_cert = Path(self.machine.dir) / certificates.SERVER_CERT
         if self.new_server_cert or not certificates.server_cert_valid(self.machine.dir, store, sans):
             certificates.issue_server_cert(store, self.machine.dir, self.machine.name, sans)

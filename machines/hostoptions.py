@@ -9,6 +9,8 @@ only for ``api="tls"``) and to the provisioner (API mode, certificate names, dat
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +18,19 @@ from machines.errors import StoreError, UsageError
 
 HOST_OPTIONS_VERSION = 1
 API_MODES = ("tls", "ssh")
+DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def check_san(value: str) -> str:
+    """``value`` when it is an IP address or a plain DNS name; wildcards and anything else are refused."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) <= 253 and all(DNS_LABEL.fullmatch(label) for label in value.removesuffix(".").split(".")):
+        return value
+    raise UsageError(f"invalid --tls-san {value!r}: give a host name or an IP address (no wildcards)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +58,8 @@ class HostOptions:
         for value in (*self.tls_san, *self.labels):
             if not isinstance(value, str) or not value:
                 raise UsageError(f"host options must be non-empty strings, not {value!r}")
+        for name_or_ip in self.tls_san:
+            check_san(name_or_ip)
 
     @property
     def api_over_tls(self) -> bool:

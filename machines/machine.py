@@ -395,6 +395,10 @@ class Machines:
             checkpoint()
             with progress.phase("Waiting for SSH"):
                 machine.wait_for_ssh(ssh_timeout)
+            if driver.initial_host_key() is None:
+                from machines.hostkeys import fingerprint
+
+                progress.note(f"trusted the host key on first use: {fingerprint(machine.record['ssh_host_key'])}")
             checkpoint()
             if provision and self.provisioner is not None:
                 self.provisioner.provision(machine, progress)

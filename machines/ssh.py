@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import select
@@ -29,6 +28,7 @@ import paramiko
 
 from drivers.base import SSHDetails
 from machines.errors import HostKeyMismatchError, MachineTimeoutError, SSHError
+from machines.hostkeys import key_line, sha256_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ class CommandError(SSHError):
         self.result = result
 
 
-def key_line(key: paramiko.PKey) -> str:
-    """A host key as ``"<type> <base64>"``, the form pinned in config.json."""
-    return f"{key.get_name()} {key.get_base64()}"
-
-
 class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Accepts the host's key only when it equals the pinned one, or (no pin yet) records it for pinning."""
 
@@ -78,19 +73,10 @@ class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 def _mismatch_message(where: str, expected: str, seen: str) -> str:
     return (
-        f"host key of {where} has changed: expected {_fingerprint(expected)}, got {_fingerprint(seen)}; "
+        f"host key of {where} has changed: expected {sha256_fingerprint(expected)}, got {sha256_fingerprint(seen)}; "
         "refusing to connect (a different host answers at that address, or someone is intercepting). "
         "If the host was rebuilt on purpose, remove and re-create the machine"
     )
-
-
-def _fingerprint(line: str) -> str:
-    parts = line.split()
-    try:
-        digest = hashlib.sha256(base64.b64decode(parts[1])).digest()
-    except (IndexError, ValueError):
-        return line
-    return f"{parts[0]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
 class Connection:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from machines import redaction
 from machines.default import Machines
 from machines.errors import ExitStatus, MachinesError
 from machines.machine import run_concurrently
@@ -104,5 +105,6 @@ def configure_logging(debug: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    redaction.install()  # --debug shows what the SDKs send, never the secrets in it
     if not debug:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)

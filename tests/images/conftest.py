@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 
 Entry = tuple[str, str, bytes | str | None]  # (name, kind, data-or-linkname)
@@ -43,3 +44,9 @@ def make_tar(entries: Iterable[Entry], *, pax: dict | None = None, gz: bool = Fa
 @pytest.fixture
 def store(tmp_path) -> ImageStore:
     return ImageStore(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def service(store) -> ImageService:
+    """The image service over ``store`` (pull, push, login, build, save, load)."""
+    return ImageService(store)
