@@ -17,7 +17,6 @@ import pytest
 
 from tests.security.hostile_sftp import HostileServer, Node, file, folder, symlink
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, write_key_pair
 
 
