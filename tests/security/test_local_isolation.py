@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.cli import machines
+from tests.support.cli import DOCKER, MACHINES, busybox_rootfs, machines
 from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 
 
@@ -92,3 +92,25 @@ def test_no_disk_is_reachable(local: tuple[Path, dict[str, str], str]) -> None:
     works = _on(store, env, name, "script -qc tty /dev/null; head -c 8 /dev/urandom | wc -c; "
                                   "echo x > /dev/shm/x && cat /dev/shm/x")
     assert works.returncode == 0 and "/dev/pts/" in works.stdout and "8\nx\n" in works.stdout
+
+
+def test_containers_still_run_in_an_isolated_local_machine(test_bridge: Bridge, tmp_path: Path) -> None:
+    store = Path("/var/tmp") / f"machines-isolation-{os.getpid()}-{uuid.uuid4().hex[:6]}" / "store"
+    env = {**os.environ, "MACHINES_LOCAL_BRIDGE": test_bridge.name, "MACHINES_LOCAL_SUBNET": test_bridge.subnet}
+    for key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        env.pop(key, None)
+    name = f"iso{uuid.uuid4().hex[:6]}"
+    rootfs = tmp_path / "busybox.tar"
+    rootfs.write_bytes(busybox_rootfs())
+    try:
+        machines(store, "create", "-d", "local", name, env=env)
+        script = (f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && '
+                  f"{DOCKER} import {rootfs} busybox:iso >/dev/null && "
+                  f"{DOCKER} run --rm busybox:iso sh -c 'echo ran; head -c 4 /dev/urandom | wc -c; ls /dev' && "
+                  f"{DOCKER} run --rm -t busybox:iso tty")
+        result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("ran\n4\n") and "null" in result.stdout and "/dev/pts/0" in result.stdout
+    finally:
+        machines(store, "rm", "-f", "-y", name, env=env, check=False)
+        shutil.rmtree(store.parent, ignore_errors=True)
