@@ -15,9 +15,8 @@ import fcntl
 import getpass
 import ipaddress
 import os
-import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -25,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from machines.errors import CertificateError, UsageError
+from machines.errors import CertificateError
+from machines.hostoptions import check_san
 from machines.store import atomic_write
 
 CA_VALIDITY = datetime.timedelta(days=1080)
@@ -251,18 +251,6 @@ def _san_entry(value: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(value))
     except ValueError:
         return x509.DNSName(value)
-
-
-DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def check_san(value: str) -> str:
-    """``value`` when it is an IP address or a plain DNS name; wildcards and anything else are refused."""
-    if _is_ip(value) or (
-        len(value) <= 253 and all(DNS_LABEL.fullmatch(label) for label in value.removesuffix(".").split("."))
-    ):
-        return value
-    raise UsageError(f"invalid --tls-san {value!r}: give a host name or an IP address (no wildcards)")
 
 
 def server_sans(addresses: list[str], hostname: str | None, extra: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from machines.errors import MachinesError, ProvisionError
 
@@ -73,9 +73,10 @@ def private_socket_folder(path: Path) -> None:
         raise ProvisionError(f"refusing to serve the SSH forwarder's socket in {path.parent}: {reason}")
 
 
-def _state(machine_dir: Path) -> dict | None:
+def _state(machine_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((machine_dir / STATE_FILE).read_text())
+        state: dict[str, Any] = json.loads((machine_dir / STATE_FILE).read_text())
+        return state
     except (OSError, ValueError):
         return None
 

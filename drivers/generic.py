@@ -99,7 +99,7 @@ class GenericDriver(Driver):
                 return State.RUNNING
         except ConnectionRefusedError:
             return State.STOPPED
-        except socket.timeout:
+        except TimeoutError:
             raise DriverError(f"no answer from {address[0]}:{address[1]} within {PROBE_TIMEOUT:g}s") from None
         except OSError as error:
             raise DriverError(f"cannot reach {address[0]}:{address[1]}: {error.strerror or error}") from None

@@ -21,8 +21,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any
 
 import paramiko
 
@@ -156,9 +157,10 @@ class Connection:
     def where(self) -> str:
         return f"{self.details.user}@{self.details.host}:{self.details.port}"
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         with self._connect_lock:
-            if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is not None and transport.is_active():
                 return self
             self._client = self._open()
         return self
@@ -226,7 +228,7 @@ class Connection:
                 self._client.close()
                 self._client = None
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self.connect()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -266,7 +268,7 @@ class Connection:
                 output = _read_all(channel.recv)
                 stderr_reader.join()
                 exit_status = channel.recv_exit_status()
-            except socket.timeout:
+            except TimeoutError:
                 raise MachineTimeoutError(f"command on {self.name} did not finish within {timeout}s: {command}") from None
             except (paramiko.SSHException, OSError, EOFError) as error:
                 raise SSHError(f"command on {self.name} failed: {_describe(error)}") from None
@@ -380,7 +382,7 @@ class Connection:
     # -- port forwarding ------------------------------------------------------------------------------------
     def forward_local_unix(
         self, local_socket_path: str, remote_socket_path: str, *, remote_command: str | None = None, sudo: bool = True
-    ) -> "UnixForwarder":
+    ) -> UnixForwarder:
         """Serve ``local_socket_path`` (0600); each client is bridged to ``remote_socket_path`` on the host.
 
         Each connection runs ``remote_command`` (default: a python3 one-liner that connects to the remote socket and
@@ -472,7 +474,7 @@ class UnixForwarder:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def __enter__(self) -> "UnixForwarder":
+    def __enter__(self) -> UnixForwarder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -548,7 +550,8 @@ def _feed(stdin: IO[bytes], channel: paramiko.Channel) -> None:
 
 def _pump_terminal(channel: paramiko.Channel, stdin_fd: int, stdout_fd: int) -> None:
     while True:
-        readable, _, _ = select.select([channel, stdin_fd], [], [])
+        watched: list[Any] = [channel, stdin_fd]  # a paramiko channel and a file descriptor
+        readable, _, _ = select.select(watched, [], [])
         if channel in readable:
             data = channel.recv(COPY_CHUNK)
             if not data:

@@ -20,7 +20,8 @@ import os
 import posixpath
 import shutil
 import stat
-from typing import IO, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import IO, Protocol
 
 import paramiko
 

@@ -82,7 +82,8 @@ def _describe(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    names: Dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def check(body: Dict[str, Any], schema: Dict[str, str], where: str, strict: bool) -> None:
