@@ -110,7 +110,7 @@ def parse_public_key(text: str) -> str | None:
         fields = line.split()
         if not fields or fields[0].startswith(("#", "@")):
             continue
-        for key_type, data in zip(fields, fields[1:]):
+        for key_type, data in zip(fields, fields[1:], strict=False):
             try:
                 key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data, validate=True))
             except (paramiko.SSHException, ValueError):

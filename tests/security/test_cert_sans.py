@@ -3,7 +3,6 @@ never what the host prints about itself; wildcards are refused before anything i
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from bootstrap import certs

@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -55,7 +55,7 @@ def test_private_folders_and_the_store_are_not_shared(local: tuple[Path, dict[st
                                                       planted: tuple[Path, Path]) -> None:
     store, env, name = local
     home, root_file = planted
-    assert _on(store, env, name, f"ls -A /home; ls -A /root").stdout.split() == [".bashrc", ".ssh"]
+    assert _on(store, env, name, "ls -A /home; ls -A /root").stdout.split() == [".bashrc", ".ssh"]
     assert _on(store, env, name, f"cat {home}/secret {root_file}").returncode != 0
     assert (store / "machines" / name / "id_ed25519").exists()  # the machine's own key, on the workstation
     listing = _on(store, env, name, f"ls -A {store}")
