@@ -50,7 +50,7 @@ class GenericDriver(Driver):
 
     def _expected_host_key(self, port: int) -> str | None:
         """The key line to pin: from the flag (refused when it holds no key), else from the user's known_hosts."""
-        from machines.ssh import known_host_key, parse_public_key  # paramiko loads only when a create needs it
+        from drivers.hostkeys import known_host_key, parse_public_key  # paramiko loads only when a create needs it
 
         given = self.config.get("ssh_host_key")
         if not given:

@@ -28,6 +28,7 @@ from typing import IO, Any
 import paramiko
 
 from drivers.base import SSHDetails
+from drivers.hostkeys import key_line
 from machines.errors import HostKeyMismatchError, MachineTimeoutError, SSHError
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,6 @@ class CommandError(SSHError):
     def __init__(self, message: str, result: Result) -> None:
         super().__init__(message)
         self.result = result
-
-
-def key_line(key: paramiko.PKey) -> str:
-    """A host key as ``"<type> <base64>"``, the form pinned in config.json."""
-    return f"{key.get_name()} {key.get_base64()}"
 
 
 class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -101,32 +97,6 @@ def fingerprint(line: str) -> str:
     key_type, _, digest = _fingerprint(line).partition(" ")
     shown = OPENSSH_KEY_NAMES.get(key_type) or ("ECDSA" if key_type.startswith("ecdsa-") else key_type.upper())
     return f"{shown} key fingerprint is {digest}"
-
-
-def parse_public_key(text: str) -> str | None:
-    """The first SSH public key in ``text`` as ``"<type> <base64>"``: a ``.pub`` line, a known_hosts line (markers
-    such as ``@revoked`` excluded) or ``ssh-keyscan`` output; None when there is none."""
-    for line in text.splitlines():
-        fields = line.split()
-        if not fields or fields[0].startswith(("#", "@")):
-            continue
-        for key_type, data in zip(fields, fields[1:], strict=False):
-            try:
-                key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data, validate=True))
-            except (paramiko.SSHException, ValueError):
-                continue
-            return key_line(key)
-    return None
-
-
-def known_host_key(path: str | os.PathLike[str], host: str, port: int) -> str | None:
-    """The key a known_hosts file holds for ``host`` (``[host]:port`` when the port is not 22; hashed names too)."""
-    try:
-        known = paramiko.HostKeys(str(path))
-    except (OSError, paramiko.SSHException, ValueError):
-        return None
-    keys = known.lookup(host if port == 22 else f"[{host}]:{port}")
-    return key_line(next(iter(keys.values()))) if keys else None
 
 
 class Connection:
