@@ -111,6 +111,12 @@ def test_containers_still_run_in_an_isolated_local_machine(test_bridge: Bridge, 
         result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("ran\n4\n") and "null" in result.stdout and "/dev/pts/0" in result.stdout
+        # Not even a privileged container inside reaches a disk: the host's devices cgroup is above its own.
+        major, minor = (next(Path("/sys/block").iterdir()) / "dev").read_text().strip().split(":")
+        probe = (f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && {DOCKER} run --rm '
+                 f"--privileged busybox:iso sh -c 'mknod /dev/probe b {major} {minor} && head -c 1 /dev/probe'")
+        privileged = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+        assert privileged.returncode != 0 and "Operation not permitted" in privileged.stdout + privileged.stderr
     finally:
         machines(store, "rm", "-f", "-y", name, env=env, check=False)
         shutil.rmtree(store.parent, ignore_errors=True)
