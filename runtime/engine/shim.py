@@ -194,7 +194,7 @@ class Shim:
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
         limit = self.spec.get("log_max_size") or 0
-        batch: List[bytes] = []
+        batch: list[bytes] = []
         batch_size = 0
         for entry in out:  # rotate between entries, as moby does, however much one read brought
             if limit and self.log_size + batch_size + len(entry) > limit and self.log_size + batch_size:
@@ -205,7 +205,7 @@ class Shim:
             batch_size += len(entry)
         self._write(batch)
 
-    def _write(self, entries: List[bytes]) -> None:
+    def _write(self, entries: list[bytes]) -> None:
         if entries:
             data = b"".join(entries)
             self.log.write(data)
@@ -330,7 +330,7 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> N
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    sc.set_process_name("machines-shim")
+    sc.set_process_title("machines-shim " + spec["id"], "shim-" + spec["id"][:10])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     master = stdin_fd = console = None

@@ -114,26 +114,3 @@ def test_cp_into_a_read_only_mount_is_refused_as_docker(daemon: Daemon, image: s
     finally:
         daemon.docker("rm", "-f", name)
 
-
-@pytest.fixture(scope="module")
-def debian_image(daemon: Daemon, debian_tar: Path) -> Iterator[str]:
-    """The Debian 12 test image (debootstrap, postgresql-15 installed), imported as Docker's recipe does."""
-    tag = f"apitest/debian-seed-{uuid.uuid4().hex[:8]}:1"
-    with open(debian_tar, "rb") as rootfs:
-        daemon.out("import", "-", tag, input=rootfs.read(), timeout=600)
-    yield tag
-    daemon.docker("rmi", "-f", tag)
-
-
-def test_postgres_initdb_as_postgres_in_a_seeded_named_volume(daemon: Daemon, debian_image: str,
-                                                              volume: str) -> None:
-    """The PostgreSQL pattern on a real Debian image: the volume's root is the image's postgres-owned folder, so
-    ``initdb`` as ``postgres`` works, and the cluster the package made is there too."""
-    made = daemon.out("run", "--rm", "-u", "postgres", "-v", f"{volume}:/var/lib/postgresql", debian_image,
-                      "sh", "-c", "stat -c '%U %G %a' /var/lib/postgresql && ls /var/lib/postgresql/15/main/PG_VERSION"
-                      " && /usr/lib/postgresql/15/bin/initdb -D /var/lib/postgresql/data >/dev/null && echo done",
-                      timeout=300)
-    assert made.splitlines() == ["postgres postgres 755", "/var/lib/postgresql/15/main/PG_VERSION", "done"]
-    kept = daemon.out("run", "--rm", "-v", f"{volume}:/var/lib/postgresql", debian_image,
-                      "stat", "-c", "%U %s", "/var/lib/postgresql/data/PG_VERSION")
-    assert kept.split()[0] == "postgres"
