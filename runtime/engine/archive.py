@@ -89,15 +89,16 @@ def _frozen(c: Any) -> Iterator[None]:
     if c.state.get("Paused"):
         yield
         return
-    group: cgroups.Cgroup | None = cgroups.open_cgroup("machines/" + c.id)
+    group = cgroups.open_cgroup("machines/" + c.id)
     try:
-        group.set_frozen(True)  # type: ignore[union-attr]
+        group.set_frozen(True)
+        frozen = True
     except OSError:
-        group = None  # no freezer here: the fd-relative resolution still keeps every access inside
+        frozen = False  # no freezer here: the fd-relative resolution still keeps every access inside
     try:
         yield
     finally:
-        if group is not None:
+        if frozen:
             group.set_frozen(False)
 
 
