@@ -275,3 +275,14 @@ def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:
             raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
         out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
     return out
+
+
+def go_json_type(value: object) -> str:
+    """How Go's encoding/json names a JSON value in "json: cannot unmarshal X into ..." errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number " + str(value)
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

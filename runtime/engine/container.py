@@ -89,10 +89,6 @@ class ContainerTable:
                     raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
 
-    def all(self) -> list[Container]:
-        with self.lock:
-            return list(self.by_id.values())
-
     def save(self, c: Container) -> None:
         if not c.removed:
             write_json(c.file("config.v2.json"), c.data)

@@ -85,6 +85,10 @@ class Engine:
     def _emit(self, c: Container, action: str, **extra: str) -> None:
         self.table.emit(c, action, **extra)
 
+    def log_event(self, ref: str, action: str, **extra: str) -> None:
+        """A container event for something done around the engine (``commit``), with the usual attributes."""
+        self._emit(self._get(ref), action, **extra)
+
     def _volume_users(self, name: str) -> List[str]:
         with self._lock:
             return [c.id for c in self._containers.values()

@@ -194,7 +194,7 @@ class Shim:
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
         limit = self.spec.get("log_max_size") or 0
-        batch: List[bytes] = []
+        batch: list[bytes] = []
         batch_size = 0
         for entry in out:  # rotate between entries, as moby does, however much one read brought
             if limit and self.log_size + batch_size + len(entry) > limit and self.log_size + batch_size:
@@ -205,7 +205,7 @@ class Shim:
             batch_size += len(entry)
         self._write(batch)
 
-    def _write(self, entries: List[bytes]) -> None:
+    def _write(self, entries: list[bytes]) -> None:
         if entries:
             data = b"".join(entries)
             self.log.write(data)

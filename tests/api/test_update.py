@@ -165,3 +165,28 @@ def test_dockerpy_update_answers_like_dockerd(daemon: Daemon, image: str, name: 
     finally:
         client.api.remove_container(name, force=True)
         client.close()
+
+
+def test_malformed_updates_are_refused_whole(daemon: Daemon, image: str, name: str) -> None:
+    """What a hostile or broken client sends: wrong JSON types, a body that is not an object, a cpuset range meant
+    to exhaust memory. Each is one 400 with a message, and the container is left as it was."""
+    client = docker.APIClient(base_url=daemon.host, version="auto", timeout=60)
+    daemon.out("run", "-d", "--name", name, image, "sleep", "300")
+    try:
+        url = client._url("/containers/{0}/update", name)
+        cases = [({"Memory": "1g"}, "json: cannot unmarshal string into Go struct field UpdateConfig.Memory of type "
+                                    "int64"),
+                 ({"CpuShares": True}, "json: cannot unmarshal bool into Go struct field UpdateConfig.CpuShares"),
+                 ({"CpusetCpus": "0-99999999999"}, "Invalid value 0-99999999999 for cpuset cpus: value of out "
+                                                   "range, maximum is 8192"),
+                 ({"CpusetMems": "0,,1"}, "Invalid value 0,,1 for cpuset mems: invalid format: 0,,1"),
+                 ([1, 2], "expected an object")]
+        for body, message in cases:
+            answer = client._post_json(url, data=body)
+            assert answer.status_code == 400, (body, answer.text)
+            assert message in answer.json()["message"], (body, answer.text)
+        config = host_config(daemon, name)
+        assert (config["Memory"], config["CpuShares"], config["CpusetCpus"], config["CpusetMems"]) == (0, 0, "", "")
+    finally:
+        daemon.docker("rm", "-f", name)
+        client.close()
