@@ -200,9 +200,9 @@ class Engine:
             out.append((other.name, alias))
         return out if kind in ("bridge", "network") else []
 
-    def _link_targets(self, c: Container, specs: list[str]) -> list[tuple[str, list[str]]]:
-        """(container id, names) for the network manager, for links to running containers only (dockerd's
-        words when one is not running)."""
+    def _link_targets(self, c: Container, specs: list[str], net: str) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only, and on the
+        default bridge to containers on it (dockerd's words otherwise)."""
         out = []
         for spec in specs:
             child, alias = links.parse_link(spec)
@@ -210,6 +210,9 @@ class Engine:
             if not other.running:
                 raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
                     other.data["Name"], c.name, alias))
+            if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
+                raise HostError("Cannot link to {}, as it does not belong to the default network".format(
+                    other.data["Name"]))
             out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
         return out
 
@@ -531,7 +534,7 @@ class Engine:
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
                                          ipv4=addresses.get("IPv4Address") or None,
                                          ipv6=addresses.get("IPv6Address") or None,
-                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs),
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs, net),
                                          dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
