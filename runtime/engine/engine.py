@@ -22,10 +22,10 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from runtime.engine import archive, health, update
+from runtime.engine import archive, health, links, update
 from runtime.engine.config import (ZERO_TIME, check_name, check_restart_policy, command_of, devices_of,
-                                   host_config_defaults, merge_config, parse_binds, parse_mounts, parse_signal,
-                                   random_name, split_mode, ulimits_of)
+                                   host_config_defaults, merge_config, merge_env, parse_binds, parse_mounts,
+                                   parse_signal, random_name, split_mode, ulimits_of)
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
 from runtime.engine.exec import ExecManager
@@ -38,6 +38,7 @@ from runtime.engine.status import host_memory, human_status, net_stats, summary_
 from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
 from runtime.linux import cgroups, syscalls
+from runtime.linux.process import propagation_problem
 
 
 class Engine:
@@ -91,6 +92,10 @@ class Engine:
     def _emit(self, c: Container, action: str, **extra: str) -> None:
         self.table.emit(c, action, **extra)
 
+    def log_event(self, ref: str, action: str, **extra: str) -> None:
+        """A container event for something done around the engine (``commit``), with the usual attributes."""
+        self._emit(self._get(ref), action, **extra)
+
     def _volume_users(self, name: str) -> List[str]:
         with self._lock:
             return [c.id for c in self._containers.values()
@@ -119,12 +124,16 @@ class Engine:
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
+        kind, target = split_mode(host["NetworkMode"])
+        asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        macs = [config.get("MacAddress")] + [ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict)]
+        links.check_network_mode(config, host, kind, next((str(mac) for mac in macs if mac), ""))
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
-        kind, target = split_mode(host["NetworkMode"])
         if kind == "container":
             self._get(target)
         networks = self._planned_networks(kind, target, body)
+        linked = self._link_children(host.get("Links") or [], kind)
         mounts = self._plan_mounts(cid, host, config)
         with self._lock:
             name = check_name(name) if name else self._unique_name()
@@ -133,6 +142,7 @@ class Engine:
                     raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
                                    'have to remove (or rename) that container to be able to reuse that name.'
                                    % (name, other.id))
+            host["Links"] = [links.stored(child, name, alias) for child, alias in linked] or None
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -161,7 +171,10 @@ class Engine:
             self._containers[cid] = c
             self._save(c)
         self._emit(c, "create")
-        return {"Id": cid, "Warnings": []}
+        warnings = []
+        if kind == "host" and (host.get("PortBindings") or host.get("PublishAllPorts")):
+            warnings.append("Published ports are discarded when using host network mode")
+        return {"Id": cid, "Warnings": warnings}
 
     def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
@@ -172,12 +185,81 @@ class Engine:
         primary = self.networks.inspect(target)
         out = {primary["Name"]: _planned_endpoint(primary["Id"], asked.get(target) or asked.get(primary["Name"])
                                                   or asked.get("default") or {})}
+        mac = (body.get("MacAddress") or "") if kind != "host" else ""  # Config.MacAddress, API < 1.44
+        if mac and not out[primary["Name"]]["MacAddress"]:
+            out[primary["Name"]]["MacAddress"] = mac
         for key, cfg in asked.items():
             if key in (target, primary["Name"], "default"):
                 continue
             net = self.networks.inspect(key)
             out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
         return out
+
+    def _link_children(self, specs: list[str], kind: str) -> list[tuple[str, str]]:
+        """(container name, alias) of each ``--link``; like dockerd, the target must exist at create."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound as exc:
+                raise InvalidParameter(f"could not get container for {child}: {exc}") from None
+            out.append((other.name, alias))
+        return out if kind in ("bridge", "network") else []
+
+    def _link_targets(self, c: Container, specs: list[str]) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only (dockerd's
+        words when one is not running)."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            other = self._get(child)
+            if not other.running:
+                raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
+                    other.data["Name"], c.name, alias))
+            out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
+        return out
+
+    def _link_env(self, c: Container) -> list[str]:
+        """The legacy link variables of a container on the default bridge (moby's setupLinkedContainers). A target
+        that is gone or stopped is skipped here: connecting the bridge endpoint refuses it, inside the start's
+        cleanup path."""
+        if "bridge" not in (c.data["NetworkSettings"].get("Networks") or {}):
+            return []
+        env: list[str] = []
+        for spec in c.data["HostConfig"].get("Links") or []:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound:
+                continue
+            bridge = (other.data["NetworkSettings"].get("Networks") or {}).get("bridge")
+            if not other.running or not bridge:
+                continue
+            env += links.environment(f"/{c.name}/{alias}", bridge.get("IPAddress") or "",
+                                     other.data["Config"].get("Env") or [], other.data["Config"].get("ExposedPorts"))
+        return env
+
+    def remove_link(self, ref: str) -> None:
+        """``DELETE /containers/{parent}/{alias}?link=true``: the link goes from the parent's HostConfig and hosts
+        file (its environment stays as it started, as with Docker)."""
+        name = "/" + ref.lstrip("/")
+        parent_name, _, alias = name.rpartition("/")
+        if not parent_name:
+            self._get(ref)
+            raise HostError("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self._get(parent_name)
+        except NotFound:
+            raise NotFound(f"No such container: {name}") from None
+        kept = [spec for spec in parent.data["HostConfig"].get("Links") or [] if links.parse_link(spec)[1] != alias]
+        if len(kept) == len(parent.data["HostConfig"].get("Links") or []):
+            raise NotFound(f"No such container: {name}")
+        with self._lock:
+            parent.data["HostConfig"]["Links"] = kept or None
+            self._save(parent)
+        if parent.running:
+            self.networks.unlink(parent.id, alias)
 
     def _unique_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -204,7 +286,7 @@ class Engine:
                               "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
-                entry["Propagation"] = "rprivate"
+                entry["Propagation"] = m.get("Propagation") or "rprivate"
                 if m.get("FromBinds") and not os.path.exists(m["Source"]):
                     os.makedirs(m["Source"], exist_ok=True)  # -v creates a missing host directory, as Docker does
             else:
@@ -244,6 +326,13 @@ class Engine:
                     name, _, addr = item.partition(":")
                     f.write("%s\t%s\n" % (addr, name))
         lines = []
+        if kind == "container":  # dockerd shares the other container's file: same namespace, same resolver
+            shutil.copyfile(self._get(split_mode(host["NetworkMode"])[1]).file("resolv.conf"), c.file("resolv.conf"))
+            return
+        user_networks = [n for n in c.data["NetworkSettings"].get("Networks") or {} if n not in ("bridge", "none")]
+        if kind == "network" or (kind == "bridge" and user_networks):
+            self._write_internal_resolv_conf(c)
+            return
         if host.get("Dns"):
             lines += ["nameserver %s" % d for d in host["Dns"]]
         else:
@@ -262,6 +351,23 @@ class Engine:
             lines.append("options " + " ".join(host["DnsOptions"]))
         with open(c.file("resolv.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+    def _write_internal_resolv_conf(self, c: Container) -> None:
+        """On user-defined networks, dockerd's embedded server answers at 127.0.0.11 (``--dns`` servers become its
+        upstreams); the host's search domains and options stay, with ``ndots:0`` unless one was given."""
+        host = c.data["HostConfig"]
+        try:
+            with open(self.networks.resolv_conf) as f:
+                base = [line.split() for line in f]
+        except OSError:
+            base = []
+        search = host.get("DnsSearch") or [word for words in base if words[:1] == ["search"] for word in words[1:]]
+        options = host.get("DnsOptions") or [word for words in base if words[:1] == ["options"] for word in words[1:]]
+        if not any(option.startswith("ndots:") for option in options):
+            options = ["ndots:0"] + options
+        lines = ["nameserver 127.0.0.11"] + (["search " + " ".join(search)] if search else [])
+        with open(c.file("resolv.conf"), "w") as f:
+            f.write("\n".join(lines + ["options " + " ".join(options)]) + "\n")
 
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -283,6 +389,7 @@ class Engine:
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
                            "readonly": not m["RW"], "options": m.get("_options", ""),
+                           "propagation": m.get("Propagation") or "",
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
         log_max_size, log_max_file = rotation(host["LogConfig"])
@@ -334,7 +441,13 @@ class Engine:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
                                        "%s" % m["Source"])
+            problem = m["Type"] == "bind" and propagation_problem(m["Source"], m.get("Propagation") or "")
+            if problem:
+                raise HostError(problem)
         spec = self._spec(c, network)
+        if kind == "bridge":
+            c.data["_link_env"] = self._link_env(c)
+            spec["env"] = merge_env(c.data["_link_env"], spec["env"])
         try:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
@@ -415,11 +528,21 @@ class Engine:
                 settings[key] = bridge.get(key, settings.get(key))
 
     def _connect_one(self, c: Container, net: str, planned: dict, pid: int) -> dict:
-        ipv4 = (planned.get("IPAMConfig") or {}).get("IPv4Address") or None
+        """One network's endpoint, with what NetworkingConfig asked: aliases, addresses, MAC, links (the legacy
+        HostConfig.Links count on the default bridge and on a primary network that has none of its own)."""
+        host = c.data["HostConfig"]
+        addresses = planned.get("IPAMConfig") or {}
+        specs = planned.get("Links") or []
+        if not specs and net in ("bridge", split_mode(host["NetworkMode"])[1]):
+            specs = host.get("Links") or []
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
-                                         ipv4=ipv4, hosts_path=c.file("hosts"),
+                                         ipv4=addresses.get("IPv4Address") or None,
+                                         ipv6=addresses.get("IPv6Address") or None,
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs),
+                                         dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
+        endpoint["Links"] = planned.get("Links")
         return endpoint
 
     def _release_network(self, c: Container) -> None:
@@ -995,6 +1118,8 @@ class Engine:
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
+                if net["Name"] not in ("bridge", "host", "none"):
+                    self._write_internal_resolv_conf(c)  # as dockerd: the embedded server takes over at once
             with self._lock:
                 networks[net["Name"]] = endpoint
                 self._save(c)
@@ -1025,7 +1150,7 @@ def _log_file(c: Container) -> str:
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:
     """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
     return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
-            "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "MacAddress": cfg.get("MacAddress") or "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
 

@@ -330,7 +330,7 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> N
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    sc.set_process_name("machines-shim")
+    sc.set_process_title("machines-shim " + spec["id"], "shim-" + spec["id"][:10])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     master = stdin_fd = console = None

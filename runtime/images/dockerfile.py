@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from runtime.errors import InvalidParameter
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER", "VOLUME",
-                   "WORKDIR")
-KNOWN = ("FROM", "RUN", "COPY", "ADD", "ARG", "SHELL", "HEALTHCHECK", "MAINTAINER") + CHANGE_COMMANDS
+CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
+                   "VOLUME", "WORKDIR")  # dockerd's validCommitCommands
+KNOWN = ("FROM", "RUN", "COPY", "ADD", "ARG", "SHELL", "MAINTAINER") + CHANGE_COMMANDS
 JSON_FORMS = ("RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "VOLUME")
 FLAG_COMMANDS = ("FROM", "RUN", "COPY", "ADD", "HEALTHCHECK")
 _FLAG_RE = re.compile(r"^--([a-z-]+)(?:=(\S*))?(?:\s+|$)")
@@ -73,8 +73,9 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     return Instruction(cmd, rest, [body], False, flags, lineno)
 
 
-def parse(text: str) -> list[Instruction]:
-    """A Dockerfile -> instructions; honours the ``# escape=`` directive, comments and line continuations."""
+def logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each instruction: the ``# escape=`` directive, comments and line continuations
+    handled, as the Dockerfile parser (and dockerd's ``--change`` parser) reads them."""
     escape = "\\"
     lines = text.splitlines()
     start = 0
@@ -88,7 +89,7 @@ def parse(text: str) -> list[Instruction]:
             escape = m.group(2)
     else:
         start = len(lines)
-    out: list[Instruction] = []
+    out: list[tuple[int, str]] = []
     buf: list[str] = []
     first = 0
     for n, line in enumerate(lines[start:], start + 1):
@@ -101,10 +102,16 @@ def parse(text: str) -> list[Instruction]:
             buf.append(line.rstrip()[:-1])
             continue
         buf.append(line)
-        out.append(parse_line("".join(buf), first))
+        out.append((first, "".join(buf)))
         buf = []
     if buf and "".join(buf).strip():
-        out.append(parse_line("".join(buf), first))
+        out.append((first, "".join(buf)))
+    return out
+
+
+def parse(text: str) -> list[Instruction]:
+    """A Dockerfile -> instructions; honours the ``# escape=`` directive, comments and line continuations."""
+    out = [parse_line(line, n) for n, line in logical_lines(text)]
     if not out:
         raise InvalidParameter("the Dockerfile cannot be empty")
     return out
@@ -312,15 +319,20 @@ def apply_config(config: dict, ins: Instruction, env: dict[str, str]) -> bool:
 
 
 def apply_changes(config: dict, changes: Sequence[str]) -> dict:
-    """``--change`` lines (``CMD ["sh"]``, ``ENV A=b``) applied to a copy of a container config."""
+    """``--change`` lines (``CMD ["sh"]``, ``ENV A=b``) applied to a copy of a container config, as dockerd's
+    ``BuildFromConfig``: the changes read as one Dockerfile (a value may hold several lines), only the commit
+    instructions allowed, and ENTRYPOINT clearing Cmd unless a CMD change came before it."""
     out = dict(config)
     env = env_dict(out)
-    for n, line in enumerate(changes, 1):
-        if not line.strip():
-            continue
+    cmd_set = False
+    for n, line in logical_lines("\n".join(changes)):
+        word = line.split(None, 1)[0]
+        if word.upper() not in CHANGE_COMMANDS:
+            raise InvalidParameter(f"{word.lower()} is not a valid change command")
         ins = parse_line(line, n)
-        if ins.cmd not in CHANGE_COMMANDS:
-            raise InvalidParameter(f"{ins.cmd.lower()} is not a valid change command")
+        cmd_set = cmd_set or ins.cmd == "CMD"
+        if ins.cmd == "ENTRYPOINT" and not cmd_set:
+            out["Cmd"] = None
         apply_config(out, ins, env)
     return out
 
