@@ -2,6 +2,12 @@
 
 State lives on disk (``<data-root>/containers/<id>/config.v2.json``, the shim's ``exit.json``) so a daemon killed
 with SIGKILL reloads everything, reconnects to live shims, and marks the dead with the code their shim recorded.
+
+``Engine`` is the facade the API calls. The verb families live beside it, one module each over the shared
+``container.ContainerTable`` (as moby's daemon/exec.go, monitor.go, health.go and update.go share one container
+type): ``exec`` (exec instances), ``monitor`` (exit watching, restart policies), ``health`` (probes),
+``update`` (docker update checks and merge), ``launch`` (forking a process into a container and reading its report
+pipe), ``logs`` (log drivers and reading), ``archive`` (files in and out).
 """
 from __future__ import annotations
 
@@ -36,7 +42,8 @@ from runtime.linux.process import propagation_problem
 
 
 class Engine:
-    """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
+    """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
+    classes whose status and message the API answers with."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
                  bridge_name: Optional[str] = None) -> None:
