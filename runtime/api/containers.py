@@ -212,8 +212,10 @@ def archive_get(engine: Any, request: Request, ref: str) -> Stream:
 
 @route("PUT", "/containers/{ref}/archive", "Extract a tar into the container (docker cp in)")
 def archive_put(engine: Any, request: Request, ref: str) -> Response:
-    engine.archive_put(ref, _path(request), request.body,
-                       no_overwrite_dir_non_dir=request.flag("noOverwriteDirNonDir"))
+    engine.inspect_container(ref)  # 404 before reading an upload for nothing
+    with request.body.spool(engine.data_root) as upload:  # the container's lock is never held on a network read
+        engine.archive_put(ref, _path(request), upload,
+                           no_overwrite_dir_non_dir=request.flag("noOverwriteDirNonDir"))
     return Response(200)
 
 

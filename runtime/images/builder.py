@@ -29,6 +29,7 @@ import shutil
 import stat
 from typing import IO, Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
 
+from runtime import clientjson
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, reference
 from runtime.images.dockerfile import Instruction
@@ -742,10 +743,7 @@ def _query_json(query: Dict[str, List[str]], name: str) -> dict:
     values = query.get(name) or []
     if not values or not values[-1]:
         return {}
-    try:
-        value = json.loads(values[-1])
-    except ValueError:
-        raise InvalidParameter("invalid %s: not a JSON object" % name) from None
+    value = clientjson.decode(values[-1], "invalid %s" % name)
     if not isinstance(value, dict):
         raise InvalidParameter("invalid %s: not a JSON object" % name)
     return value

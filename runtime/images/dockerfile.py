@@ -66,7 +66,7 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     if cmd in JSON_FORMS and body.startswith("["):
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the shell form, as moby
             parsed = None
         if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
             return Instruction(cmd, rest, parsed, True, flags, lineno)

@@ -54,7 +54,7 @@ def decode_auth(header: Optional[str]) -> dict:
     try:
         raw = base64.b64decode(header + "=" * (-len(header) % 4), altchars=b"-_", validate=True)
         value = json.loads(raw or b"{}")
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         raise InvalidParameter("invalid X-Registry-Auth header") from None
     return value if isinstance(value, dict) else {}
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tarfile
 import threading
@@ -30,6 +31,7 @@ import uuid
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from runtime import clientjson
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.images import archive, reference
 from runtime.images.reference import Reference
@@ -914,7 +916,7 @@ class ImageStore:
             for config_path, layer_paths, tags, layer_digests in plan:
                 with open(config_path, "rb") as f:
                     config_bytes = f.read()
-                diff_ids = (json.loads(config_bytes).get("rootfs") or {}).get("diff_ids") or []
+                diff_ids = _config_diff_ids(config_bytes)
                 if len(diff_ids) != len(layer_paths):
                     raise InvalidParameter("invalid archive: %d layers for %d diff IDs"
                                            % (len(layer_paths), len(diff_ids)))
@@ -983,11 +985,22 @@ def _archive_file(files: Dict[str, str], name: str) -> str:
 
 
 def _read_json(path: str) -> object:
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except ValueError as exc:
-        raise InvalidParameter("invalid archive: %s" % exc) from None
+    with open(path, "rb") as f:
+        return clientjson.decode(f.read(), "invalid archive")
+
+
+_DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _config_diff_ids(config_bytes: bytes) -> List[str]:
+    """An uploaded image config's ``rootfs.diff_ids``, refused unless every one is a sha256 digest."""
+    config = clientjson.expect_object(clientjson.decode(config_bytes, "invalid archive"), "invalid archive: config")
+    rootfs = clientjson.expect_object(config.get("rootfs") or {}, "invalid archive: config rootfs")
+    diff_ids = clientjson.expect_strings(rootfs.get("diff_ids"), "invalid archive: config rootfs.diff_ids")
+    for diff_id in diff_ids:
+        if not _DIFF_ID.fullmatch(diff_id):
+            raise InvalidParameter("invalid archive: %r is not a layer digest" % diff_id)
+    return diff_ids
 
 
 LoadPlan = List[Tuple[str, List[str], List[Reference], List[Optional[str]]]]
@@ -1000,13 +1013,17 @@ def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
     if not isinstance(entries, list):
         raise InvalidParameter("invalid archive: manifest.json is not a list")
     for entry in entries:
-        layers = [_archive_file(files, name) for name in entry.get("Layers") or []]
+        entry = clientjson.expect_object(entry, "invalid archive: a manifest.json entry")
+        config = clientjson.expect_string(entry.get("Config"), "invalid archive: manifest.json Config")
+        names = clientjson.expect_strings(entry.get("Layers"), "invalid archive: manifest.json Layers")
+        layers = [_archive_file(files, name) for name in names]
         digests: List[Optional[str]] = []
-        for name in entry.get("Layers") or []:
+        for name in names:
             parts = name.split("/")
             digests.append("sha256:" + parts[2] if len(parts) == 3 and parts[:2] == ["blobs", "sha256"] else None)
-        tags = [reference.parse(t) for t in entry.get("RepoTags") or []]
-        plan.append((_archive_file(files, entry["Config"]), layers, tags, digests))
+        repo_tags = clientjson.expect_strings(entry.get("RepoTags"), "invalid archive: manifest.json RepoTags")
+        tags = [reference.parse(t) for t in repo_tags]
+        plan.append((_archive_file(files, config), layers, tags, digests))
     return plan
 
 
@@ -1015,34 +1032,45 @@ def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
     plan: LoadPlan = []
     host = host_platform()
 
-    def blob(digest: str) -> str:
+    def blob(digest: object) -> str:
+        digest = clientjson.expect_string(digest, "invalid archive: a descriptor's digest")
+        if not reference.DIGEST_RE.match(digest):
+            raise InvalidParameter("invalid archive: %r is not a digest" % digest)
         path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
         if digests[path] != digest:
             raise InvalidParameter("invalid archive: blob %s does not match its digest" % digest)
         return path
 
-    def walk(index: dict, name: Optional[str]) -> None:
-        for desc in index.get("manifests") or []:
-            annotations = desc.get("annotations") or {}
+    def walk(index: dict, name: Optional[str], depth: int = 0) -> None:
+        manifests = index.get("manifests") or []
+        if not isinstance(manifests, list) or depth > 8:
+            raise InvalidParameter("invalid archive: manifests must be an array (nested at most 8 deep)")
+        for desc in manifests:
+            desc = clientjson.expect_object(desc, "invalid archive: a manifest descriptor")
+            annotations = clientjson.expect_object(desc.get("annotations") or {}, "invalid archive: annotations")
+            if not all(isinstance(value, str) for value in annotations.values()):
+                raise InvalidParameter("invalid archive: annotations must be strings")
             ref_name = annotations.get("io.containerd.image.name") or name
             short = annotations.get("org.opencontainers.image.ref.name")
             if ref_name is None and short and ("/" in short or ":" in short):
                 ref_name = short  # some tools put the whole reference here, Docker only the tag
-            plat = desc.get("platform") or {}
+            plat = clientjson.expect_object(desc.get("platform") or {}, "invalid archive: platform")
             if plat and (plat.get("os"), plat.get("architecture")) != (host["os"], host["architecture"]):
                 continue
             media = desc.get("mediaType")
-            doc = _read_json(blob(desc["digest"]))
-            assert isinstance(doc, dict)
+            doc = clientjson.expect_object(_read_json(blob(desc.get("digest"))), "invalid archive: a manifest")
             if media in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in doc:
-                walk(doc, ref_name)
+                walk(doc, ref_name, depth + 1)
                 continue
-            layers = [blob(layer["digest"]) for layer in doc.get("layers") or []]
+            descriptors = doc.get("layers") or []
+            if not isinstance(descriptors, list):
+                raise InvalidParameter("invalid archive: a manifest's layers must be an array")
+            descriptors = [clientjson.expect_object(layer, "invalid archive: a layer descriptor")
+                           for layer in descriptors]
+            layers = [blob(layer.get("digest")) for layer in descriptors]
             tags = [reference.parse(ref_name)] if ref_name else []
-            plan.append((blob(doc["config"]["digest"]), layers, tags,
-                         [layer["digest"] for layer in doc.get("layers") or []]))
+            config = clientjson.expect_object(doc.get("config"), "invalid archive: a manifest's config")
+            plan.append((blob(config.get("digest")), layers, tags, [layer["digest"] for layer in descriptors]))
 
-    index = _read_json(files["index.json"])
-    assert isinstance(index, dict)
-    walk(index, None)
+    walk(clientjson.expect_object(_read_json(files["index.json"]), "invalid archive: index.json"), None)
     return plan
