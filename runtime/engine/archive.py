@@ -11,9 +11,9 @@ import secrets
 import shutil
 import stat
 import tarfile
-import time
 from typing import Any, Iterator, List, Optional, Tuple
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter, NotFound
 from runtime.linux import syscalls as sc
 from runtime.linux.paths import mkdir_in_root, secure_join, tree_size
@@ -90,8 +90,7 @@ def stat_path(root: str, path: str, name: str) -> dict:
     link = ""
     if stat.S_ISLNK(st.st_mode):
         link = "/" + os.path.relpath(secure_join(root, path), root).lstrip("./")
-    ns = st.st_mtime_ns
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + ".%09dZ" % (ns % 10 ** 9)
+    mtime = timefmt.rfc3339_nano(st.st_mtime_ns)
     return {"name": os.path.basename(path.rstrip("/")) or "/", "size": st.st_size, "mode": _go_mode(st),
             "mtime": mtime, "linkTarget": link}
 

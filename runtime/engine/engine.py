@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from runtime import timefmt
 from runtime.engine import archive
 from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
                                    merge_config, merge_env, parse_binds, parse_mounts, parse_signal, random_name,
@@ -23,18 +24,22 @@ from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of
 from runtime.engine.events import EventBus
 from runtime.engine.logs import read_logs
 from runtime.engine.sessions import AttachSession, ExecSession, Session
-from runtime.engine.shim import EXIT, close_fds, connect, recv_frame, rfc3339_nano, shim_main, write_json
+from runtime.engine.shim import EXIT, close_fds, connect, recv_frame, shim_main, write_json
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
-from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
+from runtime.engine.volumes import VolumeStore
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
+from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
+from runtime.linux.paths import private_dir
 from runtime.linux.process import enter_child, receive_console
 
 RESTART_BACKOFF_MAX = 1.0
+LIST_FILTERS = ("ancestor", "before", "exited", "id", "is-task", "label", "name", "network", "since", "status",
+                "volume")  # moby's, less health, publish and expose (refused rather than ignored)
 
 
 def _now() -> str:
-    return rfc3339_nano()
+    return timefmt.rfc3339_nano()
 
 
 class Container:
@@ -151,8 +156,8 @@ class Engine:
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.containers_root = os.path.join(self.data_root, "containers")
-        for path in (self.containers_root, self.exec_root):
-            os.makedirs(path, mode=0o710, exist_ok=True)
+        for path in (self.data_root, self.containers_root, self.exec_root):  # dockerd's modes: not world-readable
+            private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         network_options = {"bridge_name": bridge_name} if bridge_name else {}
@@ -167,7 +172,7 @@ class Engine:
         self._execs: Dict[str, dict] = {}
         self._closed = False
         self._trash = os.path.join(self.data_root, "trash")
-        os.makedirs(self._trash, exist_ok=True)
+        private_dir(self._trash, 0o700)
         self._discards: List[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
@@ -625,7 +630,7 @@ class Engine:
 
     def _schedule_restart(self, c: Container, start_id: str) -> None:
         started = c.state.get("StartedAt") or ZERO_TIME
-        ran_long = started != ZERO_TIME and time.time() - _parse_time(started) > 10
+        ran_long = started != ZERO_TIME and time.time() - timefmt.parse_rfc3339_or(started) > 10
         c.backoff = 0.1 if ran_long or not c.backoff else min(c.backoff * 2, RESTART_BACKOFF_MAX)
         delay = c.backoff
 
@@ -897,16 +902,17 @@ class Engine:
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]
         thread.start()
 
-    def prune_containers(self, filters: Optional[dict] = None) -> dict:
+    def prune_containers(self, filters: Optional[Args] = None) -> dict:
+        """Stopped containers, narrowed by ``label``/``label!`` and ``until`` as moby's."""
+        args = Args.of(filters).validate(PRUNE_LABELS)
+        until = args.until()
         deleted, reclaimed = [], 0
-        labels = _filter_values(filters, "label")
-        until = _filter_values(filters, "until")
         with self._lock:
             candidates = [c for c in self._containers.values() if not c.running and not c.state.get("Restarting")]
         for c in candidates:
-            if labels and not labels_match(c.data["Config"].get("Labels") or {}, labels):
+            if not args.match_labels(c.data["Config"].get("Labels") or {}):
                 continue
-            if until and _parse_time(c.data["Created"]) >= _until(until[0]):
+            if until is not None and timefmt.parse_rfc3339_or(c.data["Created"]) > until:
                 continue
             reclaimed += archive.tree_size(c.file("upper"))
             try:
@@ -951,21 +957,26 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: int = -1,
+    def list_containers(self, all: bool = False, filters: Optional[Args] = None, limit: int = -1,
                         size: bool = False) -> List[dict]:
+        args = Args.of(filters).validate(LIST_FILTERS)
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
+            before = [self._get(ref).data["Created"] for ref in args.get("before")]
+            since = [self._get(ref).data["Created"] for ref in args.get("since")]
             out = []
             for c in items:
-                if not all and not c.running and not _filter_values(filters, "status"):
+                if not all and not c.running and not args.contains("status"):
                     continue
-                if not self._matches(c, filters):
+                if not self._matches(c, args):
+                    continue
+                if any(c.data["Created"] >= b for b in before) or any(c.data["Created"] <= s for s in since):
                     continue
                 out.append(self._summary(c, size))
         return out[:limit] if limit is not None and limit > 0 else out
 
-    def _matches(self, c: Container, filters: Optional[dict]) -> bool:
-        if not filters:
+    def _matches(self, c: Container, args: Args) -> bool:
+        if not args:
             return True
         st = c.state
         checks = {
@@ -979,17 +990,19 @@ class Engine:
             "network": lambda v: v in (c.data["NetworkSettings"].get("Networks") or {}),
         }
         for key, test in checks.items():
-            wanted = _filter_values(filters, key)
+            wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
                 return False
-        return labels_match(c.data["Config"].get("Labels") or {}, _filter_values(filters, "label"))
+        if args.contains("is-task") and args.get_bool("is-task", False):
+            return False  # no swarm here: no container is a task
+        return args.match_kv_list("label", c.data["Config"].get("Labels") or {})
 
     def _summary(self, c: Container, size: bool) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
         args = [c.data["Path"]] + c.data["Args"]
         out = {
             "Id": c.id, "Names": ["/" + c.name], "Image": cfg.get("Image"), "ImageID": c.data["Image"],
-            "Command": " ".join(args), "Created": int(_parse_time(c.data["Created"])),
+            "Command": " ".join(args), "Created": int(timefmt.parse_rfc3339_or(c.data["Created"])),
             "Ports": summary_ports(c.data["NetworkSettings"].get("Ports") or {}),
             "Labels": cfg.get("Labels") or {}, "State": c.state["Status"], "Status": human_status(c.state),
             "HostConfig": {"NetworkMode": host.get("NetworkMode")},
@@ -1327,18 +1340,3 @@ def _planned_endpoint(network_id: str, cfg: dict) -> dict:
             "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
-
-
-def _parse_time(text: str) -> float:
-    from runtime.engine.logs import parse_rfc3339
-    try:
-        return parse_rfc3339(text)
-    except ValueError:
-        return 0.0
-
-
-def _until(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return _parse_time(value)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -232,20 +233,15 @@ def command_args(ins: Instruction, config: dict) -> List[str]:
     return list(config.get("Shell") or DEFAULT_SHELL) + [ins.args[0]]
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_UNITS = {"ns": 1, "us": 10 ** 3, "ms": 10 ** 6, "s": 10 ** 9, "m": 60 * 10 ** 9, "h": 3600 * 10 ** 9}
-
-
 def duration_ns(text: str) -> int:
-    """Go duration (``30s``, ``1m30s``) -> nanoseconds."""
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if not m:
-            raise InvalidParameter("time: invalid duration %r" % text)
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return int(total)
+    """Go duration (``30s``, ``1m30s``) -> nanoseconds; negative ones are refused."""
+    try:
+        seconds = timefmt.parse_go_duration(text) if text else 0.0
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise InvalidParameter("time: invalid duration %r" % text)
+    return int(round(seconds * 1e9))
 
 
 def _healthcheck(ins: Instruction) -> dict:

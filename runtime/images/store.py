@@ -16,7 +16,6 @@ layer extraction runs outside it so pulls and loads proceed in parallel.
 from __future__ import annotations
 
 import copy
-import datetime
 import fnmatch
 import hashlib
 import json
@@ -26,15 +25,16 @@ import re
 import shutil
 import tarfile
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from runtime import clientjson
+from runtime import clientjson, timefmt
 from runtime.errors import Conflict, InvalidParameter, NotFound
+from runtime.filters import Args
 from runtime.images import archive, reference
 from runtime.images.reference import Reference
+from runtime.linux.paths import private_dir
 
 if TYPE_CHECKING:
     from runtime.images.registry import RegistryOptions
@@ -85,58 +85,26 @@ def host_platform() -> Dict[str, str]:
     return {"os": "linux", "architecture": machine}
 
 
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def parse_time(text: Optional[str]) -> int:
-    """RFC 3339 (with nanoseconds, ``Z`` or an offset) -> unix seconds; 0 when absent or unparsable."""
-    if not text:
-        return 0
-    value = text.strip().replace("Z", "+00:00")
-    if "." in value:
-        head, _, tail = value.partition(".")
-        digits = ""
-        while tail and tail[0].isdigit():
-            digits, tail = digits + tail[0], tail[1:]
-        value = head + "." + (digits + "000000")[:6] + tail
-    try:
-        return int(datetime.datetime.fromisoformat(value).timestamp())
-    except ValueError:
-        return 0
+    """An image's ``created`` as whole unix seconds (0 when absent or unreadable), as the API reports it."""
+    return int(timefmt.parse_rfc3339_or(text))
 
 
 def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _filter_values(filters: Optional[dict], key: str) -> List[str]:
-    """Docker filters come as ``{"k": ["v"]}`` or the older ``{"k": {"v": true}}``."""
-    value = (filters or {}).get(key)
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v]
-    if isinstance(value, str):
-        return [value]
-    return list(value)
+LIST_FILTERS = ("dangling", "label", "label!", "before", "since", "reference", "until")
+PRUNE_FILTERS = ("dangling", "label", "label!", "until")
 
 
-def _bool_filter(filters: Optional[dict], key: str) -> Optional[bool]:
-    values = _filter_values(filters, key)
-    if not values:
-        return None
-    if values[0].lower() not in ("true", "false", "1", "0"):
-        raise InvalidParameter("invalid filter '%s=%s'" % (key, values[0]))
-    return values[0].lower() in ("true", "1")
+def _reference_match(pattern: str, repo_tag: str) -> bool:
+    """moby's ``reference.FamiliarMatch``: Go's ``path.Match`` (``*`` stays inside one path component) against
+    the familiar ``name:tag``, then against the name alone."""
+    def match(name: str) -> bool:
+        return name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern)
 
-
-def _labels_match(labels: dict, wanted: List[str]) -> bool:
-    for item in wanted:
-        key, eq, value = item.partition("=")
-        if key not in labels or (eq and labels[key] != value):
-            return False
-    return True
+    return match(repo_tag) or match(repo_tag.rsplit(":", 1)[0])
 
 
 class Layer:
@@ -231,6 +199,7 @@ class ImageStore:
         self.lock = threading.RLock()
         self._pins: Dict[str, int] = {}
         self._configs: Dict[str, dict] = {}
+        private_dir(self.root, 0o700)  # configs, layers and the build cache: readable by root only, as dockerd's
         for sub in ("layers", "blobs/sha256", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         layout = os.path.join(self.root, "oci-layout")
@@ -500,17 +469,19 @@ class ImageStore:
             "VirtualSize": image.size, "Labels": labels, "Containers": -1,
         }
 
-    def list(self, all: bool = False, filters: Optional[dict] = None) -> List[dict]:  # noqa: A002 - Docker's name
-        """``GET /images/json``: newest first; intermediate build images only with ``all``."""
-        dangling = _bool_filter(filters, "dangling")
-        labels = _filter_values(filters, "label")
-        patterns = _filter_values(filters, "reference")
+    def list(self, all: bool = False, filters: Optional[Args] = None) -> List[dict]:  # noqa: A002 - Docker's name
+        """``GET /images/json``: newest first; intermediate build images only with ``all``.
+
+        Filters as moby's: ``dangling``, ``label``/``label!``, ``reference`` (glob on the familiar name), ``before``/
+        ``since`` (an image), ``until`` (a time)."""
+        args = Args.of(filters).validate(LIST_FILTERS)
+        dangling = args.get_bool("dangling", False) if args.contains("dangling") else None
+        patterns = args.get("reference")
+        until = args.until()
         with self.lock:
-            before = [parse_time(self._config(self._lookup(r)[0]).get("created"))
-                      for r in _filter_values(filters, "before")]
-            since = [parse_time(self._config(self._lookup(r)[0]).get("created"))
-                     for r in _filter_values(filters, "since")]
-            out = []
+            before = [self._created(r) for r in args.get("before")]
+            since = [self._created(r) for r in args.get("since")]
+            out: List[Tuple[float, dict]] = []
             for image_id in self._index["images"]:
                 image = self._image(image_id)
                 untagged = not image.repo_tags and not image.repo_digests
@@ -518,17 +489,22 @@ class ImageStore:
                     continue
                 if dangling is not None and untagged != dangling:
                     continue
-                if patterns and not any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(t.rsplit(":", 1)[0], p)
-                                        for t in image.repo_tags for p in patterns):
+                if patterns and not any(_reference_match(p, t) for t in image.repo_tags for p in patterns):
                     continue
-                if labels and not _labels_match(image.container_config.get("Labels") or {}, labels):
+                if not args.match_labels(image.container_config.get("Labels") or {}):
                     continue
-                created = parse_time(image.config.get("created"))
+                created = timefmt.parse_rfc3339_or(image.config.get("created"))
                 if any(created >= b for b in before) or any(created <= s for s in since):
                     continue
-                out.append(self.summary(image))
-        out.sort(key=lambda s: s["Created"], reverse=True)
-        return out
+                if until is not None and created > until:
+                    continue
+                out.append((created, self.summary(image)))
+        out.sort(key=lambda item: item[0], reverse=True)  # to the nanosecond: images of one second keep their order
+        return [summary for _, summary in out]
+
+    def _created(self, ref: str) -> float:
+        """When the image ``ref`` names was created, to the nanosecond (``before``/``since`` compare it)."""
+        return timefmt.parse_rfc3339_or(self._config(self._lookup(ref)[0]).get("created"))
 
     def inspect(self, ref: str) -> dict:
         """``GET /images/{name}/json`` (ImageInspect)."""
@@ -593,7 +569,7 @@ class ImageStore:
     def _set_tag(self, ref: Reference, image_id: str) -> None:
         """Point ``ref`` at ``image_id`` (caller holds the lock and saves the index)."""
         self._index["tags"][str(ref)] = image_id
-        self._index["images"][image_id]["last_tag_time"] = now_rfc3339()
+        self._index["images"][image_id]["last_tag_time"] = timefmt.rfc3339_nano()
 
     def tag(self, ref: str, repo: str, tag: Optional[str] = None) -> None:
         """``POST /images/{name}/tag``."""
@@ -677,11 +653,13 @@ class ImageStore:
         items.extend({"Deleted": chain} for chain in self._collect_layers())
         return items
 
-    def prune(self, filters: Optional[dict] = None, in_use: Optional[InUse] = None) -> dict:
-        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers."""
+    def prune(self, filters: Optional[Args] = None, in_use: Optional[InUse] = None) -> dict:
+        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers,
+        narrowed by ``label``/``label!`` and ``until`` as moby's."""
         in_use = in_use or (lambda _image_id: None)
-        dangling_only = _bool_filter(filters, "dangling")
-        labels = _filter_values(filters, "label")
+        args = Args.of(filters).validate(PRUNE_FILTERS)
+        dangling_only = args.get_bool("dangling", True)
+        until = args.until()
         deleted: List[dict] = []
         with self.lock:
             before = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
@@ -692,10 +670,12 @@ class ImageStore:
                     if image_id not in self._index["images"] or self._children(image_id) or in_use(image_id):
                         continue
                     refs = self._refs_of(image_id)
-                    if refs and dangling_only is not False:
+                    if refs and dangling_only:
                         continue
-                    if labels and not _labels_match(self._image(image_id).container_config.get("Labels") or {},
-                                                    labels):
+                    image = self._image(image_id)
+                    if not args.match_labels(image.container_config.get("Labels") or {}):
+                        continue
+                    if until is not None and timefmt.parse_rfc3339_or(image.config.get("created")) > until:
                         continue
                     for table, key in refs:
                         del self._index[table][key]
@@ -738,7 +718,7 @@ class ImageStore:
         else:
             base = dict(host_platform())
             base.update({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
-        created = now_rfc3339()
+        created = timefmt.rfc3339_nano()
         base["created"] = created
         if author:
             base["author"] = author
@@ -995,7 +975,8 @@ _DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 def _config_diff_ids(config_bytes: bytes) -> List[str]:
     """An uploaded image config's ``rootfs.diff_ids``, refused unless every one is a sha256 digest."""
     config = clientjson.expect_object(clientjson.decode(config_bytes, "invalid archive"), "invalid archive: config")
-    rootfs = clientjson.expect_object(config.get("rootfs") or {}, "invalid archive: config rootfs")
+    rootfs = config.get("rootfs")
+    rootfs = {} if rootfs is None else clientjson.expect_object(rootfs, "invalid archive: config rootfs")
     diff_ids = clientjson.expect_strings(rootfs.get("diff_ids"), "invalid archive: config rootfs.diff_ids")
     for diff_id in diff_ids:
         if not _DIFF_ID.fullmatch(diff_id):
@@ -1034,7 +1015,7 @@ def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
 
     def blob(digest: object) -> str:
         digest = clientjson.expect_string(digest, "invalid archive: a descriptor's digest")
-        if not reference.DIGEST_RE.match(digest):
+        if not reference.DIGEST_RE.fullmatch(digest):
             raise InvalidParameter("invalid archive: %r is not a digest" % digest)
         path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
         if digests[path] != digest:

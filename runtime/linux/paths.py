@@ -10,6 +10,18 @@ import os
 MAX_SYMLINKS = 255
 
 
+def private_dir(path: str, mode: int) -> str:
+    """Make the folder ``path`` (parents too) with exactly ``mode``, also when it already existed looser (an older
+    daemon's 0755): the daemon's data holds image configs, build caches and container files of every user."""
+    os.makedirs(path, mode=mode, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return path
+
+
 def secure_join(root: str, path: str) -> str:
     """Host path of ``path`` under ``root``, following symlinks as if ``root`` were ``/``. Missing trailing
     components are kept as they are (callers may create them)."""
