@@ -8,19 +8,19 @@ for documents whose shape we rely on (an archive's ``manifest.json``), so a wron
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Union
+from typing import Any
 
 from runtime.errors import InvalidParameter
 
 
-def decode(data: Union[bytes, str], what: str) -> Any:
+def decode(data: bytes | str, what: str) -> Any:
     """``data`` parsed as JSON; ``what`` names it in the error (``invalid JSON``, ``invalid archive``)."""
     try:
         return json.loads(data)
     except RecursionError:
-        raise InvalidParameter("%s: nested too deeply" % what) from None
+        raise InvalidParameter(f"{what}: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidParameter("%s: %s" % (what, exc)) from None
+        raise InvalidParameter(f"{what}: {exc}") from None
 
 
 def json_type(value: Any) -> str:
@@ -34,22 +34,22 @@ def json_type(value: Any) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
-def expect_object(value: Any, what: str) -> Dict[str, Any]:
+def expect_object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidParameter("%s must be an object, got %s" % (what, json_type(value)))
+        raise InvalidParameter(f"{what} must be an object, got {json_type(value)}")
     return value
 
 
 def expect_string(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise InvalidParameter("%s must be a string, got %s" % (what, json_type(value)))
+        raise InvalidParameter(f"{what} must be a string, got {json_type(value)}")
     return value
 
 
-def expect_strings(value: Any, what: str) -> List[str]:
+def expect_strings(value: Any, what: str) -> list[str]:
     """An array of strings; ``null`` counts as empty, as Go's decoder treats a nil slice."""
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidParameter("%s must be an array of strings, got %s" % (what, json_type(value)))
+        raise InvalidParameter(f"{what} must be an array of strings, got {json_type(value)}")
     return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from collections.abc import Iterable, Iterator, Mapping
 
 from runtime import clientjson, timefmt
 from runtime.errors import InvalidParameter
@@ -17,13 +17,13 @@ from runtime.errors import InvalidParameter
 PRUNE_LABELS = ("label", "label!", "until")  # what every prune accepts (volume prune adds ``all``)
 
 
-def invalid(key: str = "", values: Optional[Iterable[str]] = None) -> InvalidParameter:
+def invalid(key: str = "", values: Iterable[str] | None = None) -> InvalidParameter:
     """moby's ``invalidFilter`` error: ``invalid filter``, ``invalid filter 'key'``, ``invalid filter 'k=[a b]'``."""
     message = "invalid filter"
     if key:
         message += " '" + key
         if values is not None:
-            message += "=[%s]" % " ".join(values)
+            message += "=[{}]".format(" ".join(values))
         message += "'"
     return InvalidParameter(message)
 
@@ -31,13 +31,13 @@ def invalid(key: str = "", values: Optional[Iterable[str]] = None) -> InvalidPar
 class Args:
     """A filter set: each key maps to a set of values (moby keeps a ``map[string]map[string]bool``)."""
 
-    def __init__(self, fields: Optional[Mapping[str, Iterable[str]]] = None) -> None:
-        self._fields: Dict[str, Dict[str, bool]] = {}
+    def __init__(self, fields: Mapping[str, Iterable[str]] | None = None) -> None:
+        self._fields: dict[str, dict[str, bool]] = {}
         for key, values in (fields or {}).items():
             self._fields[key] = {value: True for value in values}
 
     @classmethod
-    def from_json(cls, text: str) -> "Args":
+    def from_json(cls, text: str) -> Args:
         """The wire form: ``{"k": {"v": true}}``, or the legacy ``{"k": ["v"]}``; anything else is refused."""
         if not text:
             return cls()
@@ -48,7 +48,7 @@ class Args:
         return cls.of(raw)
 
     @classmethod
-    def of(cls, value: Union[None, "Args", Mapping[str, object]]) -> "Args":
+    def of(cls, value: None | Args | Mapping[str, object]) -> Args:
         """``value`` as Args: library callers may pass a dict in either wire form."""
         if isinstance(value, Args):
             return value
@@ -74,20 +74,20 @@ class Args:
     def __bool__(self) -> bool:
         return bool(self._fields)
 
-    def keys(self) -> List[str]:
+    def keys(self) -> list[str]:
         return sorted(self._fields)
 
     def contains(self, key: str) -> bool:
         return key in self._fields
 
-    def get(self, key: str) -> List[str]:
+    def get(self, key: str) -> list[str]:
         """The values of ``key`` (sorted, so results do not depend on the order a client sent them)."""
         return sorted(self._fields.get(key, {}))
 
     def add(self, key: str, value: str) -> None:
         self._fields.setdefault(key, {})[value] = True
 
-    def validate(self, accepted: Iterable[str]) -> "Args":
+    def validate(self, accepted: Iterable[str]) -> Args:
         """Refuse a key outside ``accepted`` with moby's message; returns self for chaining."""
         allowed = set(accepted)
         for key in sorted(self._fields):
@@ -125,7 +125,7 @@ class Args:
                 continue
         return False
 
-    def match_kv_list(self, key: str, sources: Optional[Mapping[str, str]]) -> bool:
+    def match_kv_list(self, key: str, sources: Mapping[str, str] | None) -> bool:
         """Every ``k`` or ``k=v`` value of ``key`` is in ``sources`` (true without values)."""
         values = self._fields.get(key)
         if not values:
@@ -138,7 +138,7 @@ class Args:
                 return False
         return True
 
-    def match_labels(self, labels: Optional[Mapping[str, str]]) -> bool:
+    def match_labels(self, labels: Mapping[str, str] | None) -> bool:
         """``label`` all present and, when given, not all of ``label!`` present (moby's prune ``matchLabels``)."""
         if not self.match_kv_list("label", labels):
             return False
@@ -157,7 +157,7 @@ class Args:
             raise invalid(key, self.get(key))
         return is_true
 
-    def until(self, reference: Optional[float] = None) -> Optional[float]:
+    def until(self, reference: float | None = None) -> float | None:
         """The one ``until`` value (a Go duration back from now, a date or time, unix seconds) as unix seconds."""
         values = self.get("until")
         if not values:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from typing import Optional, Tuple
 
 from runtime.errors import InvalidParameter
 
@@ -21,13 +20,13 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-
 _UNIX = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 
-def rfc3339_nano(ns: Optional[int] = None) -> str:
+def rfc3339_nano(ns: int | None = None) -> str:
     """Go's ``time.RFC3339Nano`` in UTC, always with 9 fraction digits as moby stores them; now by default."""
     ns = time.time_ns() if ns is None else ns
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + ".%09dZ" % (ns % 10 ** 9)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(ns // 10 ** 9))}.{ns % 10 ** 9:09d}Z"
 
 
-def rfc3339(seconds: Optional[float] = None) -> str:
+def rfc3339(seconds: float | None = None) -> str:
     """Go's ``time.RFC3339`` in UTC (whole seconds), as moby writes a volume's ``CreatedAt``; now by default."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if seconds is None else seconds))
 
@@ -36,7 +35,7 @@ def parse_rfc3339(text: str) -> float:
     """Unix seconds from an RFC 3339 time (``Z`` or an offset, any fraction); ``ValueError`` otherwise."""
     found = _RFC3339.fullmatch(text.strip())
     if not found:
-        raise ValueError("not an RFC 3339 time: %r" % text)
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
     year, month, day, hour, minute, second, fraction, zone = found.groups()
     offset = 0
     if zone not in ("Z", "z"):
@@ -47,7 +46,7 @@ def parse_rfc3339(text: str) -> float:
     return moment.timestamp() - offset + (float("0." + fraction) if fraction else 0.0)
 
 
-def parse_rfc3339_or(text: Optional[str], default: float = 0.0) -> float:
+def parse_rfc3339_or(text: str | None, default: float = 0.0) -> float:
     """``parse_rfc3339`` for values we wrote ourselves: absent or unreadable ones count as ``default``."""
     try:
         return parse_rfc3339(text) if text else default
@@ -61,7 +60,7 @@ def parse_go_duration(text: str) -> float:
     if text in ("0", "+0", "-0"):
         return 0.0
     if not _GO_DURATION.fullmatch(text):
-        raise ValueError("time: invalid duration %r" % text)
+        raise ValueError(f"time: invalid duration {text!r}")
     sign = -1.0 if text.startswith("-") else 1.0
     return sign * sum(float(number) * _GO_UNITS[unit] for number, unit in _GO_DURATION_PART.findall(text))
 
@@ -76,25 +75,25 @@ _LOCAL_FORMATS = {  # moby's timetypes, by what the value contains
 }
 
 
-def get_timestamp(value: str, reference: Optional[float] = None) -> str:
+def get_timestamp(value: str, reference: float | None = None) -> str:
     """moby's ``timetypes.GetTimestamp``: a Go duration (back from ``reference``), an RFC 3339-like date or time
     (in the daemon's zone when it names none) or unix seconds, as the ``"seconds.nanoseconds"`` the API sends."""
     reference = time.time() if reference is None else reference
     if value != "0":
         try:
-            return "%d" % int(reference - parse_go_duration(value))
+            return str(int(reference - parse_go_duration(value)))
         except ValueError:
             pass
     try:
         moment = _parse_date(value, reference)
     except ValueError:
         if "-" in value:  # an RFC 3339-like time the parser refused
-            raise InvalidParameter('parsing time "%s": cannot parse as an RFC 3339 time' % value) from None
+            raise InvalidParameter(f'parsing time "{value}": cannot parse as an RFC 3339 time') from None
         if not _UNIX.fullmatch(value):
-            raise InvalidParameter('failed to parse value as time or duration: "%s"' % value) from None
+            raise InvalidParameter(f'failed to parse value as time or duration: "{value}"') from None
         return value
     seconds = int(moment // 1)
-    return "%d.%09d" % (seconds, round((moment - seconds) * 1e9))
+    return f"{seconds}.{round((moment - seconds) * 1e9):09d}"
 
 
 def _parse_date(value: str, reference: float) -> float:
@@ -118,17 +117,17 @@ def _parse_local(value: str, reference: float) -> float:
     return parsed.timestamp() + (float("0." + fraction) if dot else 0.0)
 
 
-def parse_timestamp(value: str) -> Tuple[int, int]:
+def parse_timestamp(value: str) -> tuple[int, int]:
     """moby's ``timetypes.ParseTimestamps``: ``"seconds[.fraction]"`` -> (seconds, nanoseconds)."""
     seconds, dot, fraction = value.partition(".")
     if not re.fullmatch(r"[-+]?\d{1,18}", seconds) or (dot and not re.fullmatch(r"\d{1,18}", fraction)):
-        raise InvalidParameter("invalid timestamp %r" % value)
+        raise InvalidParameter(f"invalid timestamp {value!r}")
     nanoseconds = int(int(fraction) * 10 ** (9 - len(fraction))) if dot and len(fraction) <= 9 else \
         int(fraction[:9]) if dot else 0
     return int(seconds), nanoseconds
 
 
-def moment(value: str, reference: Optional[float] = None) -> float:
+def moment(value: str, reference: float | None = None) -> float:
     """An ``until``/``since`` value (duration, date, time or unix seconds) as unix seconds."""
     seconds, nanoseconds = parse_timestamp(get_timestamp(value, reference))
     return seconds + nanoseconds / 1e9

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import docker
 import pytest
@@ -35,7 +35,7 @@ def test_unknown_filter_keys_are_refused_with_mobys_words(daemon: Daemon, comman
     result = daemon.docker(*command)
     key = command[-1].split("=")[0]
     assert result.returncode == 1
-    assert result.stderr.decode().strip() == "Error response from daemon: invalid filter '%s'" % key
+    assert result.stderr.decode().strip() == f"Error response from daemon: invalid filter '{key}'"
 
 
 @pytest.mark.parametrize("command", [("images", "--filter", "dangling=maybe"),
@@ -55,7 +55,7 @@ def test_until_that_is_neither_time_nor_duration_is_refused(daemon: Daemon) -> N
     assert twice.stderr.decode().strip() == "Error response from daemon: more than one until filter specified"
 
 
-def _ids(daemon: Daemon, *args: str) -> List[str]:
+def _ids(daemon: Daemon, *args: str) -> list[str]:
     return daemon.out(*args).split()
 
 
@@ -63,13 +63,13 @@ def _ids(daemon: Daemon, *args: str) -> List[str]:
 def labelled(daemon: Daemon, image: str, name: str) -> Iterator[dict]:
     """Three stopped containers, networks and volumes: labelled keep, labelled drop, unlabelled."""
     made = {"containers": [], "networks": [], "volumes": []}
-    for suffix, labels in (("keep", ["suite=%s" % name, "keep=yes"]), ("drop", ["suite=%s" % name, "drop=yes"]),
+    for suffix, labels in (("keep", [f"suite={name}", "keep=yes"]), ("drop", [f"suite={name}", "drop=yes"]),
                            ("bare", [])):
         flags = [item for label in labels for item in ("--label", label)]
-        made["containers"].append(daemon.out("create", *flags, "--name", "%s-%s" % (name, suffix), image,
+        made["containers"].append(daemon.out("create", *flags, "--name", f"{name}-{suffix}", image,
                                              "true").strip())
-        made["networks"].append(daemon.out("network", "create", *flags, "%s-%s" % (name, suffix)).strip())
-        made["volumes"].append(daemon.out("volume", "create", *flags, "%s-%s" % (name, suffix)).strip())
+        made["networks"].append(daemon.out("network", "create", *flags, f"{name}-{suffix}").strip())
+        made["volumes"].append(daemon.out("volume", "create", *flags, f"{name}-{suffix}").strip())
     try:
         yield made
     finally:
@@ -96,12 +96,12 @@ def test_container_and_network_prune_by_label_and_until(daemon: Daemon, labelled
     daemon.out("container", "prune", "-f", "--filter", "until=" + future, "--filter", "label=keep")
     assert not _exists(daemon, "container", keep) and _exists(daemon, "container", bare)
 
-    net_keep, net_drop, net_bare = ["%s-%s" % (name, s) for s in ("keep", "drop", "bare")]
+    net_keep, net_drop, net_bare = [f"{name}-{s}" for s in ("keep", "drop", "bare")]
     daemon.out("network", "prune", "-f", "--filter", "until=1h")
     assert all(_exists(daemon, "network", n) for n in (net_keep, net_drop, net_bare))
     daemon.out("network", "prune", "-f", "--filter", "label=suite=" + name, "--filter", "label!=keep")
     assert _exists(daemon, "network", net_keep) and not _exists(daemon, "network", net_drop)
-    daemon.out("network", "prune", "-f", "--filter", "until=%d" % (time.time() + 60), "--filter", "label=keep")
+    daemon.out("network", "prune", "-f", "--filter", f"until={int(time.time()) + 60}", "--filter", "label=keep")
     assert not _exists(daemon, "network", net_keep) and _exists(daemon, "network", net_bare)
 
 
@@ -135,14 +135,14 @@ def test_volume_prune_before_api_1_42_takes_named_volumes_too(daemon: Daemon, mo
 
 
 @pytest.fixture
-def images(daemon: Daemon, image: str, name: str) -> Iterator[List[str]]:
+def images(daemon: Daemon, image: str, name: str) -> Iterator[list[str]]:
     """Two committed images, ``<name>/img:one`` (label flt=one) then ``<name>/img:two`` (flt=two)."""
     made = []
     for tag in ("one", "two"):
         container = daemon.out("create", image, "true").strip()
         try:
-            made.append(daemon.out("commit", "--change", "LABEL flt=%s suite=%s" % (tag, name), container,
-                                   "%s/img:%s" % (name, tag)).strip())
+            made.append(daemon.out("commit", "--change", f"LABEL flt={tag} suite={name}", container,
+                                   f"{name}/img:{tag}").strip())
         finally:
             daemon.docker("rm", container)
     try:
@@ -151,49 +151,49 @@ def images(daemon: Daemon, image: str, name: str) -> Iterator[List[str]]:
         daemon.docker("rmi", "-f", *made)
 
 
-def _listed(daemon: Daemon, *filters: str) -> List[str]:
+def _listed(daemon: Daemon, *filters: str) -> list[str]:
     args = [item for f in filters for item in ("--filter", f)]
     return daemon.out("images", "--no-trunc", "--format", "{{.ID}}", *args).split()
 
 
-def test_image_list_filters(daemon: Daemon, images: List[str], name: str) -> None:
+def test_image_list_filters(daemon: Daemon, images: list[str], name: str) -> None:
     one, two = images
-    assert sorted(_listed(daemon, "reference=%s/img" % name)) == sorted(images)
-    assert _listed(daemon, "reference=%s/img:one" % name) == [one]
-    assert _listed(daemon, "reference=%s/*:two" % name) == [two]
+    assert sorted(_listed(daemon, f"reference={name}/img")) == sorted(images)
+    assert _listed(daemon, f"reference={name}/img:one") == [one]
+    assert _listed(daemon, f"reference={name}/*:two") == [two]
     assert _listed(daemon, "reference=*:two") == []  # '*' stays inside one path component, as Go's path.Match
     assert _listed(daemon, "label=flt=one") == [one]
-    assert _listed(daemon, "label=suite=%s" % name, "label=flt=two") == [two]
-    assert _listed(daemon, "label=suite=%s" % name, "since=%s/img:one" % name) == [two]
-    assert _listed(daemon, "label=suite=%s" % name, "before=%s/img:two" % name) == [one]
-    assert _listed(daemon, "label=suite=%s" % name, "dangling=false") == [two, one]
-    assert _listed(daemon, "label=suite=%s" % name, "dangling=true") == []
-    missing = daemon.docker("images", "--filter", "since=%s/nothing:here" % name)
+    assert _listed(daemon, f"label=suite={name}", "label=flt=two") == [two]
+    assert _listed(daemon, f"label=suite={name}", f"since={name}/img:one") == [two]
+    assert _listed(daemon, f"label=suite={name}", f"before={name}/img:two") == [one]
+    assert _listed(daemon, f"label=suite={name}", "dangling=false") == [two, one]
+    assert _listed(daemon, f"label=suite={name}", "dangling=true") == []
+    missing = daemon.docker("images", "--filter", f"since={name}/nothing:here")
     assert missing.returncode == 1 and "No such image" in missing.stderr.decode()
 
 
-def test_image_dangling_list_and_prune_by_label(daemon: Daemon, images: List[str], image: str, name: str) -> None:
+def test_image_dangling_list_and_prune_by_label(daemon: Daemon, images: list[str], image: str, name: str) -> None:
     one, two = images
-    daemon.out("tag", "%s/img:two" % name, "%s/img:one" % name)  # one loses its only tag: dangling
-    assert one in _listed(daemon, "dangling=true", "label=suite=%s" % name)
-    daemon.out("image", "prune", "-f", "--filter", "label=suite=%s" % name, "--filter", "until=1h")
+    daemon.out("tag", f"{name}/img:two", f"{name}/img:one")  # one loses its only tag: dangling
+    assert one in _listed(daemon, "dangling=true", f"label=suite={name}")
+    daemon.out("image", "prune", "-f", "--filter", f"label=suite={name}", "--filter", "until=1h")
     assert _exists(daemon, "image", one)  # made moments ago
-    daemon.out("image", "prune", "-f", "--filter", "label=suite=%s" % name, "--filter", "label!=flt=one")
+    daemon.out("image", "prune", "-f", "--filter", f"label=suite={name}", "--filter", "label!=flt=one")
     assert _exists(daemon, "image", one)
-    pruned = daemon.out("image", "prune", "-f", "--filter", "label=suite=%s" % name)
+    pruned = daemon.out("image", "prune", "-f", "--filter", f"label=suite={name}")
     assert one.split(":")[1] in pruned and not _exists(daemon, "image", one)
     assert _exists(daemon, "image", two)
 
 
-def test_docker_py_filters(daemon: Daemon, images: List[str], labelled: dict, name: str,
+def test_docker_py_filters(daemon: Daemon, images: list[str], labelled: dict, name: str,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(key, raising=False)
     client = docker.DockerClient(base_url=daemon.host)
     try:
-        assert [i.id for i in client.images.list(filters={"reference": "%s/img:two" % name})] == [images[1]]
-        assert [i.id for i in client.images.list(filters={"label": ["suite=%s" % name, "flt=one"]})] == [images[0]]
-        result = client.containers.prune(filters={"label": "suite=%s" % name, "label!": "keep"})
+        assert [i.id for i in client.images.list(filters={"reference": f"{name}/img:two"})] == [images[1]]
+        assert [i.id for i in client.images.list(filters={"label": [f"suite={name}", "flt=one"]})] == [images[0]]
+        result = client.containers.prune(filters={"label": f"suite={name}", "label!": "keep"})
         assert result["ContainersDeleted"] == [labelled["containers"][1]]
         with pytest.raises(docker.errors.APIError, match="invalid filter 'nope'"):
             client.networks.prune(filters={"nope": "1"})

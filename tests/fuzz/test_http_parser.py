@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from runtime.api.routing import filters_arg
 from runtime.api.server import App, Connection, Request, Response, Router, json_response
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 ROUTER = Router()
 
@@ -60,7 +60,7 @@ def _exchange(data: bytes) -> bytes:
             if not chunk:
                 break
             chunks.append(chunk)
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         pass
     client.close()
     worker.join(20)
@@ -111,7 +111,7 @@ def requests(draw: st.DrawFn) -> bytes:
         b"-1\r\n", b"fffffffffffffffff\r\nx\r\n"])))
     if draw(st.booleans()):
         headers.append(("Content-Length", str(len(body))))
-    head = "%s %s %s\r\n" % (method, target, version) + "".join("%s: %s\r\n" % h for h in headers) + "\r\n"
+    head = f"{method} {target} {version}\r\n" + "".join("{}: {}\r\n".format(*h) for h in headers) + "\r\n"
     return head.encode("utf-8", "surrogatepass") + body
 
 

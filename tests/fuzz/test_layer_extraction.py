@@ -10,7 +10,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-from typing import List, Tuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from runtime.errors import InvalidParameter
 from runtime.images import archive
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 COMPONENT = st.sampled_from(["a", "b", "..", ".", "", "etc", ".wh.a", ".wh..wh..opq", ".wh..wh.plnk", "x y",
                              "\u00e9", "outside"])
@@ -31,7 +30,7 @@ KIND = st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfi
 ENTRY = st.tuples(NAME, KIND, LINK, st.binary(max_size=64), st.integers(0, 0o7777))
 
 
-def _tar(entries: List[Tuple[str, bytes, str, bytes, int]]) -> bytes:
+def _tar(entries: list[tuple[str, bytes, str, bytes, int]]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, link, data, mode in entries:
@@ -49,7 +48,7 @@ def _tar(entries: List[Tuple[str, bytes, str, bytes, int]]) -> bytes:
     return buffer.getvalue()
 
 
-def _snapshot(folder: str) -> List[Tuple[str, int, int]]:
+def _snapshot(folder: str) -> list[tuple[str, int, int]]:
     out = []
     for base, dirs, files in os.walk(folder):
         for entry in dirs + files:

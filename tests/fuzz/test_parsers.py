@@ -17,7 +17,7 @@ from runtime.errors import InvalidParameter
 from runtime.filters import Args
 from runtime.images import dockerfile, reference
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 INSTRUCTION = st.sampled_from(["FROM", "RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "ENV", "ARG", "LABEL", "EXPOSE",
                                "WORKDIR", "USER", "VOLUME", "HEALTHCHECK", "SHELL", "STOPSIGNAL", "ONBUILD",
@@ -100,7 +100,7 @@ def test_filters_parse_or_refuse_with_mobys_message(value: object) -> None:
 
 GO_DURATION = st.lists(st.tuples(st.decimals(0, 10 ** 6, places=3, allow_nan=False, allow_infinity=False),
                                  st.sampled_from(["ns", "us", "\u00b5s", "ms", "s", "m", "h"])),
-                       min_size=1, max_size=4).map(lambda parts: "".join("%s%s" % part for part in parts))
+                       min_size=1, max_size=4).map(lambda parts: "".join("{}{}".format(*part) for part in parts))
 
 
 @FUZZ

@@ -12,15 +12,15 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List
 
 import docker
 import pytest
 
 from runtime.api import server
 from runtime.api.server import App, Router, Server, bind_tcp, bind_unix, json_response, tls_context
-from tests.api.conftest import DOCKER, Daemon, daemon, make_pki  # noqa: F401 - a daemon of this module's own
+from tests.api.conftest import DOCKER, Daemon, make_pki
 
 IDLE_SOCKETS = 300  # more than PENDING_PER_ADDRESS: the oldest are dropped to make room
 HALF_HELLOS = 60  # a TLS ClientHello cut in the middle: the handshake can never finish
@@ -29,11 +29,11 @@ SERVED_WITHIN = 60.0  # a bounded wait, not a speed requirement
 
 
 def _threads(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as status:
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("Threads:"):
                 return int(line.split()[1])
-    raise AssertionError("no Threads line for pid %d" % pid)
+    raise AssertionError(f"no Threads line for pid {pid}")
 
 
 class _ThreadWatch:
@@ -49,7 +49,7 @@ class _ThreadWatch:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, _threads(self.pid))
 
-    def __enter__(self) -> "_ThreadWatch":
+    def __enter__(self) -> _ThreadWatch:
         self._thread.start()
         return self
 
@@ -70,7 +70,7 @@ def _client_hello() -> bytes:
     return outgoing.read()
 
 
-def _certified(pki: Dict[str, Path]) -> ssl.SSLContext:
+def _certified(pki: dict[str, Path]) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki["ca"]))
     context.load_cert_chain(str(pki["client-cert"]), str(pki["client-key"]))
     return context
@@ -81,10 +81,10 @@ def _port(daemon: Daemon) -> int:
 
 
 @contextlib.contextmanager
-def _flood(daemon: Daemon) -> Iterator[List[socket.socket]]:
+def _flood(daemon: Daemon) -> Iterator[list[socket.socket]]:
     """Idle sockets, half ClientHellos, plain-text slowloris and certified slowloris against the TLS port."""
     port = _port(daemon)
-    sockets: List[socket.socket] = []
+    sockets: list[socket.socket] = []
     try:
         for _ in range(IDLE_SOCKETS):
             sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
@@ -114,20 +114,19 @@ def test_certified_clients_are_served_through_a_connection_flood(daemon: Daemon,
     pid = daemon.process.pid
     baseline = _threads(pid)
     port = _port(daemon)
-    env = daemon.env(DOCKER_HOST="tcp://localhost:%d" % port, DOCKER_TLS_VERIFY="1",
+    env = daemon.env(DOCKER_HOST=f"tcp://localhost:{port}", DOCKER_TLS_VERIFY="1",
                      DOCKER_CERT_PATH=str(daemon.pki["ca"].parent))
     with _ThreadWatch(pid) as watch, _flood(daemon):
         try:
             result = subprocess.run([DOCKER, "version", "--format", "{{.Server.APIVersion}}"], env=env,
                                     capture_output=True, timeout=SERVED_WITHIN)
         except subprocess.TimeoutExpired:
-            pytest.fail("docker CLI with a valid certificate not served within %ds during the flood"
-                        % SERVED_WITHIN)
+            pytest.fail(f"docker CLI with a valid certificate not served within {SERVED_WITHIN}s during the flood")
         assert (result.returncode, result.stdout) == (0, b"1.47\n"), result.stderr.decode()
         monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
         monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
         pki = daemon.pki
-        client = docker.DockerClient(base_url="https://localhost:%d" % port, timeout=SERVED_WITHIN,
+        client = docker.DockerClient(base_url=f"https://localhost:{port}", timeout=SERVED_WITHIN,
                                      tls=docker.tls.TLSConfig(client_cert=(str(pki["client-cert"]),
                                                                            str(pki["client-key"])),
                                                               ca_cert=str(pki["ca"]), verify=True))
@@ -138,7 +137,7 @@ def test_certified_clients_are_served_through_a_connection_flood(daemon: Daemon,
             client.close()
     # Only the certified slowloris connections may hold a thread each; hundreds of others hold none.
     allowed = baseline + CERTIFIED_SLOWLORIS + 8
-    assert watch.peak <= allowed, "daemon grew to %d threads under the flood (baseline %d)" % (watch.peak, baseline)
+    assert watch.peak <= allowed, f"daemon grew to {watch.peak} threads under the flood (baseline {baseline})"
     assert watch.peak < server.MAX_CONNECTIONS
     assert daemon.alive()
 
@@ -147,8 +146,8 @@ def test_an_idle_unauthenticated_connection_is_dropped_after_the_handshake_deadl
     with socket.create_connection(("127.0.0.1", _port(daemon)), timeout=server.HANDSHAKE_DEADLINE + 15) as sock:
         try:
             data = sock.recv(1)
-        except socket.timeout:
-            pytest.fail("the daemon kept a silent TLS connection open beyond %ds" % (server.HANDSHAKE_DEADLINE + 15))
+        except TimeoutError:
+            pytest.fail(f"the daemon kept a silent TLS connection open beyond {server.HANDSHAKE_DEADLINE + 15}s")
         except ConnectionResetError:
             data = b""
         assert data == b""
@@ -157,7 +156,7 @@ def test_an_idle_unauthenticated_connection_is_dropped_after_the_handshake_deadl
 # --- the mechanisms with small limits, on a server of the test's own ------------------------------------------------
 
 @pytest.fixture
-def small_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, object]]:
+def small_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, object]]:
     """A ``Server`` answering ``GET /ping`` on a unix socket and on mutual TLS, with tight limits."""
     monkeypatch.setattr(server, "HEADER_DEADLINE", 1.0)
     monkeypatch.setattr(server, "BODY_IDLE_TIMEOUT", 1.0)
@@ -199,7 +198,7 @@ def _answer(sock: socket.socket) -> bytes:
     while True:
         try:
             chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             break
         if not chunk:
             break
@@ -207,7 +206,7 @@ def _answer(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_request_headers_trickled_past_the_deadline_get_408(small_server: Dict[str, object]) -> None:
+def test_request_headers_trickled_past_the_deadline_get_408(small_server: dict[str, object]) -> None:
     with _unix(small_server["unix"]) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\n")
         answer = b""
@@ -222,14 +221,14 @@ def test_request_headers_trickled_past_the_deadline_get_408(small_server: Dict[s
     assert b"request headers not received" in answer
 
 
-def test_a_stalled_request_body_is_cut_off(small_server: Dict[str, object]) -> None:
+def test_a_stalled_request_body_is_cut_off(small_server: dict[str, object]) -> None:
     with _unix(small_server["unix"]) as sock:
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
         answer = _answer(sock)
     assert answer == b"" or not answer.startswith(b"HTTP/1.1 200"), answer
 
 
-def test_connections_over_the_cap_get_503_and_others_are_served_after(small_server: Dict[str, object]) -> None:
+def test_connections_over_the_cap_get_503_and_others_are_served_after(small_server: dict[str, object]) -> None:
     held = [_unix(small_server["unix"]) for _ in range(4)]
     try:
         for sock in held:
@@ -253,7 +252,7 @@ def test_connections_over_the_cap_get_503_and_others_are_served_after(small_serv
     assert answer.startswith(b"HTTP/1.1 200"), answer
 
 
-def test_per_address_cap_on_served_tcp_connections(small_server: Dict[str, object]) -> None:
+def test_per_address_cap_on_served_tcp_connections(small_server: dict[str, object]) -> None:
     context = _certified(small_server["pki"])  # type: ignore[arg-type]
     port = small_server["port"]
     held = []
@@ -276,7 +275,7 @@ def test_per_address_cap_on_served_tcp_connections(small_server: Dict[str, objec
             sock.close()
 
 
-def test_oldest_pending_handshakes_make_room_for_a_new_client(small_server: Dict[str, object]) -> None:
+def test_oldest_pending_handshakes_make_room_for_a_new_client(small_server: dict[str, object]) -> None:
     port = small_server["port"]
     idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
     try:

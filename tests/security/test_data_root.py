@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.api.conftest import Daemon, _stop, _wait_for_listen, daemon, free_subnet, start_daemon  # noqa: F401
+from tests.api.conftest import Daemon, _stop, _wait_for_listen, free_subnet, start_daemon
 
 NOBODY = 65534
 
@@ -67,7 +67,7 @@ def _tighten_a_loose_root(base: Path) -> None:
     for folder in [data, *{p.parent for p in secrets}, data / "image"]:
         folder.chmod(0o755)
     assert set(_readable_by_nobody(secrets)) == set(map(str, secrets))  # the attack works on the loose tree
-    bridge = "apil%d" % (os.getpid() % 100000)
+    bridge = f"apil{os.getpid() % 100000}"
     process = start_daemon(base, ["--host", "unix://%s" % (base / "d.sock"), "--bridge-name", bridge,
                                   "--bridge-subnet", free_subnet(199)])
     try:

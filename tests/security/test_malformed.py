@@ -9,12 +9,12 @@ import io
 import json
 import socket
 import tarfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import pytest
 
 from runtime.api import validate
-from tests.api.conftest import Daemon, daemon, image, name  # noqa: F401 - a daemon of this module's own
+from tests.api.conftest import Daemon
 
 WRONG_VALUES = [1.5, "x", [1], {"a": [1]}, True, -1]
 DEEP = 100000  # far beyond Python's recursion limit
@@ -34,7 +34,7 @@ def exchange(daemon: Daemon, data: bytes, timeout: float = 30) -> bytes:
         while True:
             try:
                 chunk = sock.recv(65536)
-            except (socket.timeout, ConnectionResetError):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break
@@ -43,27 +43,27 @@ def exchange(daemon: Daemon, data: bytes, timeout: float = 30) -> bytes:
 
 
 def status_of(answer: bytes) -> int:
-    assert answer.startswith(b"HTTP/1.1 "), "no HTTP answer at all: %r" % answer[:200]
+    assert answer.startswith(b"HTTP/1.1 "), f"no HTTP answer at all: {answer[:200]!r}"
     return int(answer.split(b" ", 2)[1])
 
 
-def call(daemon: Daemon, method: str, path: str, body: Optional[bytes] = None,
-         headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes]:
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: docker", "Connection: close"]
+def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    lines = [f"{method} {path} HTTP/1.1", "Host: docker", "Connection: close"]
     if body is not None:
-        lines += ["Content-Type: application/json", "Content-Length: %d" % len(body)]
-    lines += ["%s: %s" % item for item in (headers or {}).items()]
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    lines += ["{}: {}".format(*item) for item in (headers or {}).items()]
     answer = exchange(daemon, ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b""))
     return status_of(answer), answer.partition(b"\r\n\r\n")[2]
 
 
 def assert_client_error(status: int, body: bytes, what: str) -> None:
-    assert 400 <= status < 500, "%s -> %d %s" % (what, status, body[:300])
+    assert 400 <= status < 500, f"{what} -> {status} {body[:300]!r}"
 
 
 @pytest.mark.parametrize("value", ["\u0661\u0662", "\uff11", "1_0", "+5", "5 5", "0x10", "-1", "9" * 40])
 def test_content_length_must_be_ascii_digits(daemon: Daemon, value: str) -> None:
-    head = "POST /v1.47/containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: %s\r\n\r\n" % value
+    head = f"POST /v1.47/containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: {value}\r\n\r\n"
     answer = exchange(daemon, head.encode("utf-8") + b"{}")
     assert status_of(answer) == 400, answer
     assert b"invalid Content-Length" in answer
@@ -95,7 +95,7 @@ def test_malformed_filters_are_refused(daemon: Daemon, path: str, filters: str) 
     method = "POST" if path.endswith("prune") else "GET"
     query = "filters=" + quote(filters) + ("&until=1" if path.endswith("events") else "")
     status, answer = call(daemon, method, path + "?" + query)
-    assert_client_error(status, answer, "%s ?filters=%s" % (path, filters[:40]))
+    assert_client_error(status, answer, f"{path} ?filters={filters[:40]}")
 
 
 @pytest.mark.parametrize("path", ["/v1.47/build?buildargs=%5B%5B%5B", "/v1.47/build?labels=5",
@@ -119,11 +119,11 @@ def test_malformed_registry_auth_header_is_refused(payload: bytes) -> None:
 
 
 @pytest.fixture
-def targets(daemon: Daemon, image: str, name: str) -> Iterator[Dict[str, str]]:
+def targets(daemon: Daemon, image: str, name: str) -> Iterator[dict[str, str]]:
     """A running container, an exec in it and a network: path parameters that exist, so bodies get parsed."""
     daemon.out("run", "-d", "--name", name, image, "sleep", "600")
     daemon.out("network", "create", name)
-    status, answer = call(daemon, "POST", "/v1.47/containers/%s/exec" % name, json.dumps({"Cmd": ["true"]}).encode())
+    status, answer = call(daemon, "POST", f"/v1.47/containers/{name}/exec", json.dumps({"Cmd": ["true"]}).encode())
     assert status == 201, answer
     try:
         yield {"container": name, "network": name, "exec": json.loads(answer)["Id"]}
@@ -133,17 +133,16 @@ def targets(daemon: Daemon, image: str, name: str) -> Iterator[Dict[str, str]]:
         daemon.docker("volume", "prune", "-af")
 
 
-def _bodies(schema: Dict[str, str], wrap=lambda inner: inner) -> Iterator[bytes]:
-    for shape in (b"[]", b'"x"', b"1", b"{", b"\xff\xfe"):
-        yield shape
+def _bodies(schema: dict[str, str], wrap=lambda inner: inner) -> Iterator[bytes]:
+    yield from (b"[]", b'"x"', b"1", b"{", b"\xff\xfe")
     for field in schema:
         for value in WRONG_VALUES:
             yield json.dumps(wrap({field: value})).encode()
 
 
-def test_wrong_json_types_in_request_bodies_are_4xx(daemon: Daemon, targets: Dict[str, str]) -> None:
+def test_wrong_json_types_in_request_bodies_are_4xx(daemon: Daemon, targets: dict[str, str]) -> None:
     ref, net, exec_id = targets["container"], targets["network"], targets["exec"]
-    cases: List[Tuple[str, bytes]] = []
+    cases: list[tuple[str, bytes]] = []
     cases += [("/containers/create", body) for body in _bodies(validate.CONTAINER_CONFIG)]
     cases += [("/containers/create", body) for body in _bodies(validate.HOST_CONFIG,
                                                                lambda inner: {"HostConfig": inner})]
@@ -151,25 +150,25 @@ def test_wrong_json_types_in_request_bodies_are_4xx(daemon: Daemon, targets: Dic
         validate.ENDPOINT_CONFIG, lambda inner: {"NetworkingConfig": {"EndpointsConfig": {net: inner}}})]
     cases += [("/containers/create", body) for body in _bodies(
         validate.RESTART_POLICY, lambda inner: {"HostConfig": {"RestartPolicy": inner}})]
-    cases += [("/containers/%s/exec" % ref, body) for body in _bodies(validate.EXEC_CONFIG)]
-    cases += [("/exec/%s/start" % exec_id, body) for body in _bodies(validate.EXEC_START) if b"true" not in body]
+    cases += [(f"/containers/{ref}/exec", body) for body in _bodies(validate.EXEC_CONFIG)]
+    cases += [(f"/exec/{exec_id}/start", body) for body in _bodies(validate.EXEC_START) if b"true" not in body]
     cases += [("/volumes/create", body) for body in _bodies(validate.VOLUME_CONFIG) if b'"Name"' not in body]
     network_fields = {"Name": "", "Driver": "", "Internal": "", "Attachable": "", "Labels": "", "Options": "",
                       "IPAM": "", "EnableIPv6": "", "CheckDuplicate": ""}
     cases += [("/networks/create", body) for body in _bodies(network_fields)]
-    cases += [("/networks/%s/connect" % net, body) for body in _bodies({"Container": "", "EndpointConfig": ""})]
-    cases += [("/networks/%s/disconnect" % net, body) for body in _bodies({"Container": "", "Force": ""})]
-    cases += [("/commit?container=%s" % ref, body) for body in _bodies(validate.CONTAINER_CONFIG)]
+    cases += [(f"/networks/{net}/connect", body) for body in _bodies({"Container": "", "EndpointConfig": ""})]
+    cases += [(f"/networks/{net}/disconnect", body) for body in _bodies({"Container": "", "Force": ""})]
+    cases += [(f"/commit?container={ref}", body) for body in _bodies(validate.CONTAINER_CONFIG)]
     failures = []
     for path, body in cases:
         status, answer = call(daemon, "POST", "/v1.47" + path, body)
         if status >= 500:
-            failures.append("%s %s -> %d %s" % (path, body[:80], status, answer[:200]))
+            failures.append(f"{path} {body[:80]!r} -> {status} {answer[:200]!r}")
     assert not failures, "\n".join(failures[:20])
     assert daemon.alive()
 
 
-def _archive(files: Dict[str, bytes]) -> bytes:
+def _archive(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path, data in files.items():
@@ -192,7 +191,7 @@ def test_wrong_json_types_in_a_loaded_manifest_are_4xx(daemon: Daemon, manifest:
     status, answer = call(daemon, "POST", "/v1.47/images/load?quiet=1",
                           _archive({"manifest.json": manifest, "c.json": CONFIG}))
     text = answer.decode(errors="replace")
-    assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), "%d %s" % (status, text[:300])
+    assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), f"{status} {text[:300]}"
     assert "invalid" in text.lower() or "refused" in text.lower(), text[:300]
 
 
@@ -204,7 +203,7 @@ def test_wrong_json_types_in_a_loaded_image_config_are_4xx(daemon: Daemon, confi
     status, answer = call(daemon, "POST", "/v1.47/images/load?quiet=1",
                           _archive({"manifest.json": manifest, "c.json": config}))
     text = answer.decode(errors="replace")
-    assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), "%d %s" % (status, text[:300])
+    assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), f"{status} {text[:300]}"
 
 
 @pytest.mark.parametrize("index", [b"[]", b'{"manifests": 5}', b'{"manifests": [5]}',
@@ -215,4 +214,4 @@ def test_wrong_json_types_in_a_loaded_oci_index_are_4xx(daemon: Daemon, index: b
     status, answer = call(daemon, "POST", "/v1.47/images/load?quiet=1",
                           _archive({"index.json": index, "oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}))
     text = answer.decode(errors="replace")
-    assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), "%d %s" % (status, text[:300])
+    assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), f"{status} {text[:300]}"

@@ -12,7 +12,7 @@ import pytest
 
 from machines.errors import InvalidNameError
 from machines.store import Store, validate_name
-from tests.api.conftest import Daemon, daemon, image, name  # noqa: F401 - a daemon of this module's own
+from tests.api.conftest import Daemon
 from tests.support.cli import MACHINES
 
 from .test_malformed import call
@@ -30,7 +30,7 @@ def decoy(daemon: Daemon) -> Path:
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 @pytest.mark.parametrize("ref", ["..%2Fdecoy", "..%2F..%2Fdata%2Fdecoy", "%2E%2E%2Fdecoy", "..%252Fdecoy"])
 def test_volume_names_in_urls_cannot_traverse(daemon: Daemon, decoy: Path, method: str, ref: str) -> None:
-    status, body = call(daemon, method, "/v1.47/volumes/%s?force=1" % ref)
+    status, body = call(daemon, method, f"/v1.47/volumes/{ref}?force=1")
     assert status == 404, body
     assert "no such volume" in json.loads(body)["message"]
     assert (decoy / "volume.json").is_file(), "DELETE through a traversing name removed a folder outside volumes/"
