@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import tarfile
 from collections.abc import Iterator
 
@@ -15,31 +14,15 @@ import pytest
 
 from runtime.api import validate
 from tests.api.conftest import Daemon
+from tests.api.test_protocol import raw
 
 WRONG_VALUES = [1.5, "x", [1], {"a": [1]}, True, -1]
 DEEP = 100000  # far beyond Python's recursion limit
 
 
-def exchange(daemon: Daemon, data: bytes, timeout: float = 30) -> bytes:
-    """Send raw bytes on a fresh connection; everything the daemon answers until it closes."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(daemon.socket_path))
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # answered and closed before taking it all
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+def exchange(daemon: Daemon, data: bytes) -> bytes:
+    """Raw bytes on a fresh unix connection; everything answered until the daemon closes."""
+    return raw(daemon, data, timeout=30)
 
 
 def status_of(answer: bytes) -> int:
