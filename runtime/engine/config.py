@@ -109,6 +109,57 @@ def parse_signal(value: object, default: int = signal.SIGTERM) -> int:
     raise InvalidParameter("Invalid signal: %s" % value)
 
 
+def restart_policy(policy: dict) -> dict:
+    """A validated restart policy, refused with moby's words (``ValidateRestartPolicy``)."""
+    name = policy.get("Name") or "no"
+    retries = policy.get("MaximumRetryCount") or 0
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter(f"invalid restart policy: unknown policy '{name}'; use one of 'no', 'always', "
+                               "'on-failure', or 'unless-stopped'")
+    if name == "on-failure" and retries < 0:
+        raise InvalidParameter("invalid restart policy: maximum retry count cannot be negative")
+    if name != "on-failure" and retries:
+        raise InvalidParameter("invalid restart policy: maximum retry count can only be used with 'on-failure'"
+                               + (" and cannot be negative" if retries < 0 else ""))
+    return {"Name": name, "MaximumRetryCount": retries}
+
+
+def validate_network_mode(config: dict, host: dict) -> None:
+    """Options that contradict the network mode, refused with moby's words (``runconfig.validateNetMode``)."""
+    mode = host.get("NetworkMode") or "default"
+    shared = mode.startswith("container:")
+    endpoints = ((config.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}).values()
+    mac = config.get("MacAddress") or any((endpoint or {}).get("MacAddress") for endpoint in endpoints)
+    if mode == "container" or mode == "container:":
+        raise InvalidParameter("Invalid network mode: invalid container format container:<name|id>")
+    conflicts = [
+        (shared and config.get("Hostname"), "conflicting options: hostname and the network mode"),
+        (shared and host.get("Links"), "conflicting options: container type network can't be used with links. "
+                                       "This would result in undefined behavior"),
+        (shared and host.get("Dns"), "conflicting options: dns and the network mode"),
+        (shared and host.get("ExtraHosts"), "conflicting options: custom host-to-IP mapping and the network mode"),
+        ((shared or mode == "host") and mac, "conflicting options: mac-address and the network mode"),
+        (shared and (host.get("PortBindings") or host.get("PublishAllPorts")), "conflicting options: port publishing "
+                                                                                "and the container type network mode"),
+        (shared and config.get("ExposedPorts"), "conflicting options: port exposing and the container type network "
+                                                "mode"),
+        (host.get("UTSMode") == "host" and config.get("Hostname"), "conflicting options: hostname and the UTS mode"),
+        (mode == "host" and host.get("Links"), "conflicting options: host type networking can't be used with links. "
+                                               "This would result in undefined behavior"),
+    ]
+    for conflict, message in conflicts:
+        if conflict:
+            raise InvalidParameter(message)
+
+
+def create_warnings(host: dict) -> List[str]:
+    """What moby accepts but warns about at create (``verifyPlatformContainerSettings``)."""
+    warnings = []
+    if host.get("NetworkMode") == "host" and host.get("PortBindings"):
+        warnings.append("Published ports are discarded when using host network mode")
+    return warnings
+
+
 def host_config_defaults(host: dict) -> dict:
     host = dict(host or {})
     host.setdefault("NetworkMode", "default")
@@ -118,16 +169,8 @@ def host_config_defaults(host: dict) -> dict:
     if log.get("Type") not in (None, "", "json-file"):
         raise InvalidParameter("logging driver %r is not supported, only json-file" % log.get("Type"))
     host["LogConfig"] = {"Type": "json-file", "Config": log.get("Config") or {}}
-    policy = dict(host.get("RestartPolicy") or {})
-    name = policy.get("Name") or "no"
-    if name not in RESTART_POLICIES:
-        raise InvalidParameter("invalid restart policy '%s'" % name)
-    retries = int(policy.get("MaximumRetryCount") or 0)
-    if retries and name != "on-failure":
-        raise InvalidParameter("maximum retry count cannot be used with restart policy '%s'" % name)
-    if retries < 0:
-        raise InvalidParameter("maximum retry count cannot be negative")
-    host["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
+    host["RestartPolicy"] = restart_policy(host.get("RestartPolicy") or {})
+    name = host["RestartPolicy"]["Name"]
     if host.get("AutoRemove") and name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     for key, default in (("Binds", None), ("Privileged", False), ("PublishAllPorts", False), ("AutoRemove", False),

@@ -18,9 +18,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from runtime import timefmt
 from runtime.engine import archive
-from runtime.engine.config import (ZERO_TIME, check_name, command_of, devices_of, host_config_defaults, log_size,
-                                   merge_config, merge_env, parse_binds, parse_mounts, parse_signal, random_name,
-                                   split_mode, ulimits_of)
+from runtime.engine.config import (ZERO_TIME, check_name, command_of, create_warnings, devices_of, host_config_defaults,
+                                   log_size, merge_config, merge_env, parse_binds, parse_mounts, parse_signal,
+                                   random_name, split_mode, ulimits_of, validate_network_mode)
 from runtime.engine.events import EventBus
 from runtime.engine.logs import read_logs
 from runtime.engine.sessions import AttachSession, ExecSession, Session
@@ -221,8 +221,9 @@ class Engine:
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
-        image = self.images.resolve(image_ref)
         host = host_config_defaults(body.get("HostConfig") or {})
+        validate_network_mode(body, host)  # as moby: before the image is looked up
+        image = self.images.resolve(image_ref)
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         log_size(host["LogConfig"]["Config"].get("max-size"))
@@ -267,7 +268,7 @@ class Engine:
             self._containers[cid] = c
             self._save(c)
         self._emit(c, "create")
-        return {"Id": cid, "Warnings": []}
+        return {"Id": cid, "Warnings": create_warnings(host)}
 
     def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
