@@ -115,6 +115,12 @@ class Body:
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (all when negative); ``b""`` at the end of the body."""
+        try:
+            return self._read(size)
+        except socket.timeout:
+            raise HTTPError(408, "request body stalled for more than %d seconds" % BODY_IDLE_TIMEOUT) from None
+
+    def _read(self, size: int) -> bytes:
         if self._done:
             return b""
         if self._expect_continue:
@@ -837,12 +843,15 @@ class _Gate:
             timeout = None
             if self._pending:
                 timeout = max(0.0, next(iter(self._pending.values())).deadline - time.monotonic())
-            for key, events in self._selector.select(timeout):
+            for key, _events in self._selector.select(timeout):
                 kind, data = key.data
-                if kind == "listen":
-                    self._accept(key.fileobj, data)  # type: ignore[arg-type]
-                elif kind == "handshake":
-                    self._handshake(data)
+                try:
+                    if kind == "listen":
+                        self._accept(key.fileobj, data)  # type: ignore[arg-type]
+                    elif kind == "handshake":
+                        self._handshake(data)
+                except Exception:  # a bug here must not stop the daemon from accepting
+                    self.app.log("accepting connections failed:\n%s" % traceback.format_exc())
             self._expire()
         for pending in list(self._pending.values()):
             self._drop(pending)
