@@ -23,8 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = shutil.which("docker", path="/usr/local/bin:/usr/bin") or "docker"
@@ -49,7 +49,7 @@ def wait_for_socket(path: str, process: subprocess.Popen, seconds: float = 60) -
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError("daemon exited with %s" % process.returncode)
+            raise RuntimeError(f"daemon exited with {process.returncode}")
         try:
             connection = UnixConnection(path)
             connection.request("GET", "/_ping")
@@ -59,7 +59,7 @@ def wait_for_socket(path: str, process: subprocess.Popen, seconds: float = 60) -
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError("daemon at %s did not answer" % path)
+    raise RuntimeError(f"daemon at {path} did not answer")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -72,13 +72,13 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(10)
 
 
-def docker(socket_path: str, *args: str, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+def docker(socket_path: str, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
     env["DOCKER_HOST"] = "unix://" + socket_path
     return subprocess.run([DOCKER, *args], input=input, capture_output=True, env=env, check=True, timeout=120)
 
 
-def timed(action: Callable[[], object], runs: int) -> List[float]:
+def timed(action: Callable[[], object], runs: int) -> list[float]:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -110,7 +110,7 @@ def requests_per_second(socket_path: str, path: str, seconds: float, clients: in
     return sum(counts) / seconds
 
 
-def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> Dict[str, object]:
+def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> dict[str, object]:
     docker(socket_path, "import", "-", IMAGE, input=rootfs)
     for _ in range(2):  # warm caches (page cache, first bridge setup)
         docker(socket_path, "run", "--rm", IMAGE, "true")
@@ -118,7 +118,7 @@ def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> Dict[
     created = [docker(socket_path, "create", IMAGE, "true").stdout.decode().strip() for _ in range(10)]
     ps = timed(lambda: docker(socket_path, "ps", "-a"), runs)
     version = json.loads(docker(socket_path, "version", "--format", "{{json .Server}}").stdout)["ApiVersion"]
-    path = "/v%s/containers/json?all=1" % version
+    path = f"/v{version}/containers/json?all=1"
     result = {
         "run_rm_true_ms": {"median": statistics.median(run), "min": min(run), "max": max(run)},
         "docker_ps_ms": {"median": statistics.median(ps)},
@@ -130,7 +130,7 @@ def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> Dict[
     return result
 
 
-def bench_ours(work: Path, rootfs: bytes, runs: int, seconds: float) -> Dict[str, object]:
+def bench_ours(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[str, object]:
     sock = str(work / "ours.sock")
     pid = os.getpid()
     process = subprocess.Popen(
@@ -153,7 +153,7 @@ def _link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
 
-def bench_dockerd(work: Path, rootfs: bytes, runs: int, seconds: float) -> Dict[str, object]:
+def bench_dockerd(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[str, object]:
     sock = str(work / "dockerd.sock")
     had_docker0 = _link_exists("docker0")
     cgroups_before = _cgroup_dirs()
@@ -187,7 +187,7 @@ def main() -> int:
     args = parser.parse_args()
     rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True,
                             check=True).stdout
-    results: Dict[str, object] = {}
+    results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="api-bench-", dir="/var/tmp") as folder:
         work = Path(folder)
         results["machines-runtime"] = bench_ours(work, rootfs, args.runs, args.seconds)

@@ -17,7 +17,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,9 +49,9 @@ def oci_bundle(tool: str, rootfs: str, bundle: str) -> None:
         json.dump(spec, f)
 
 
-def measure(label: str, runs: int, once: Callable[[int], None]) -> Dict[str, float]:
+def measure(label: str, runs: int, once: Callable[[int], None]) -> dict[str, float]:
     once(-1)  # warm caches
-    times: List[float] = []
+    times: list[float] = []
     for i in range(runs):
         started = time.perf_counter()
         once(i)
@@ -88,7 +88,7 @@ def main() -> int:
         buf.seek(0)
         engine = Engine(os.path.join(base, "data"), os.path.join(base, "run"))
         engine.images.import_tar(buf, repo_tag="busybox:latest")
-        results: Dict[str, Dict[str, float]] = {}
+        results: dict[str, dict[str, float]] = {}
 
         def engine_once(_: int) -> None:
             cid = engine.create_container({"Image": "busybox", "Cmd": ["/bin/true"],
@@ -101,7 +101,7 @@ def main() -> int:
         engine.close()
         for tool in ("crun", "runc"):
             if not shutil.which(tool):
-                print("%s: not installed, skipped" % tool)
+                print(f"{tool}: not installed, skipped")
                 continue
             bundle = os.path.join(base, tool)
             oci_bundle(tool, rootfs, bundle)
@@ -110,7 +110,7 @@ def main() -> int:
                 subprocess.run([tool, "run", "--bundle", bundle, "bench-%d-%d" % (os.getpid(), i)], check=True,
                                stdin=subprocess.DEVNULL)
 
-            results[tool] = measure("%s run" % tool, args.runs, tool_once)
+            results[tool] = measure(f"{tool} run", args.runs, tool_once)
         results["unshare+chroot"] = measure(
             "unshare -pmuin --fork chroot (floor)", args.runs,
             lambda _: subprocess.run(["unshare", "-pmuin", "--fork", "chroot", rootfs, "/bin/true"], check=True))

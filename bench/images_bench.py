@@ -19,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from runtime.images.service import ImageService  # noqa: E402
 from runtime.images.store import ImageStore  # noqa: E402
 from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
@@ -48,7 +49,7 @@ def make_image(store: ImageStore, tag: str, size_mb: int, work: str) -> None:
     store.commit(os.path.dirname(upper), base, {"Cmd": ["sh"]}, tag)
 
 
-def start(cmd: List[str], sock: str, log: str) -> subprocess.Popen:
+def start(cmd: list[str], sock: str, log: str) -> subprocess.Popen:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 20
@@ -59,7 +60,7 @@ def start(cmd: List[str], sock: str, log: str) -> subprocess.Popen:
             break
         time.sleep(0.1)
     stop(proc)
-    raise RuntimeError("%s did not start; see %s" % (cmd[0], log))
+    raise RuntimeError(f"{cmd[0]} did not start; see {log}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -72,10 +73,10 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def docker(sock: str, *args: str, check: bool = True, env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+def docker(sock: str, *args: str, check: bool = True, env: dict[str, str] = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, DOCKER_HOST="unix://" + sock, DOCKER_BUILDKIT="0")
     full_env.update(env or {})
-    return subprocess.run(["docker"] + list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.run(["docker"] + list(args), env=full_env, capture_output=True,
                           check=check)
 
 
@@ -92,7 +93,7 @@ def wipe(sock: str) -> None:
     docker(sock, "image", "prune", "-af", check=False)
 
 
-def measure(sock: str, image: str, context: str, runs: int) -> Dict[str, float]:
+def measure(sock: str, image: str, context: str, runs: int) -> dict[str, float]:
     pulls, builds, cached = [], [], []
     for _ in range(runs):
         wipe(sock)
@@ -102,26 +103,26 @@ def measure(sock: str, image: str, context: str, runs: int) -> Dict[str, float]:
         cached.append(timed(lambda: docker(sock, "build", "-q", "--network", "none", "-t", "bench:1", context)))
     out = docker(sock, "run", "--rm", "--network", "none", "bench:1", check=False).stdout.decode().strip()
     if not out.isdigit():
-        print("warning: the built image printed %r instead of a byte count" % out, file=sys.stderr)
+        print(f"warning: the built image printed {out!r} instead of a byte count", file=sys.stderr)
     return {"pull": statistics.median(pulls), "build": statistics.median(builds),
             "cached build": statistics.median(cached)}
 
 
-def library_figures(image: str, work: str, runs: int) -> Dict[str, float]:
+def library_figures(image: str, work: str, runs: int) -> dict[str, float]:
     """The image store alone (no HTTP API, no CLI): pull, save, load of the same image."""
     pulls, saves, loads = [], [], []
     for n in range(runs):
-        store = ImageStore(os.path.join(work, "lib-%d" % n))
-        pulls.append(timed(lambda: list(store.pull(image))))
+        service = ImageService(ImageStore(os.path.join(work, "lib-%d" % n)))
+        pulls.append(timed(lambda: list(service.pull(image))))
         archive_path = os.path.join(work, "lib-%d.tar" % n)
 
         def save() -> None:
             with open(archive_path, "wb") as f:
-                for chunk in store.save([image]):
+                for chunk in service.save([image]):
                     f.write(chunk)
 
         saves.append(timed(save))
-        fresh = ImageStore(os.path.join(work, "lib-load-%d" % n))
+        fresh = ImageService(ImageStore(os.path.join(work, "lib-load-%d" % n)))
         with open(archive_path, "rb") as f:
             loads.append(timed(lambda: fresh.load(f)))
         shutil.rmtree(os.path.join(work, "lib-%d" % n))
@@ -138,13 +139,13 @@ def main() -> None:
     if shutil.which("dockerd") is None:
         sys.exit("dockerd is missing: apt-get install --no-install-recommends docker.io")
     work = tempfile.mkdtemp(prefix="images-bench-%d-" % os.getpid(), dir="/tmp")
-    procs: List[subprocess.Popen] = []
+    procs: list[subprocess.Popen] = []
     registry = start_registry(os.path.join(work, "registry"))
     try:
-        image = "%s/bench/data:1" % registry.host
+        image = f"{registry.host}/bench/data:1"
         store = ImageStore(os.path.join(work, "seed"))
         make_image(store, image, opts.size_mb, work)
-        for _ in store.push(image):
+        for _ in ImageService(store).push(image):
             pass
         context = os.path.join(work, "context")
         os.makedirs(os.path.join(context, "files"))
@@ -172,9 +173,8 @@ def main() -> None:
         print("| daemon | pull | build (no cache) | cached rebuild |")
         print("|---|---|---|---|")
         for name, r in results.items():
-            print("| %s | %.3f | %.3f | %.3f |" % (name, r["pull"], r["build"], r["cached build"]))
-        print("\nImage store alone (library calls): pull %.3f s, save %.3f s, load %.3f s"
-              % (lib["pull"], lib["save"], lib["load"]))
+            print("| {} | {:.3f} | {:.3f} | {:.3f} |".format(name, r["pull"], r["build"], r["cached build"]))
+        print("\nImage store alone (library calls): pull {:.3f} s, save {:.3f} s, load {:.3f} s".format(lib["pull"], lib["save"], lib["load"]))
     finally:
         for proc in reversed(procs):
             stop(proc)

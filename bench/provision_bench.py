@@ -17,7 +17,9 @@ from pathlib import Path
 
 from bootstrap import provision
 from drivers.nshost import IsolatedHost
-from machines.machine import Machine, Machines
+from machines import Machines
+from machines.hostoptions import HostOptions
+from machines.machine import Machine
 from machines.progress import Progress
 from machines.store import generate_ssh_key
 
@@ -38,7 +40,7 @@ def _machine(machines: Machines, driver: str, work: Path, hosts: list[IsolatedHo
         name,
         "generic",
         {"ip_address": host.address, "ssh_key": str(folder / "id_ed25519")},
-        host_options={"api": "tls", "data_root": "/data/runtime"},
+        host_options=HostOptions(api="tls", data_root="/data/runtime"),
         provision=False,
     )
 

@@ -15,8 +15,8 @@ import fcntl
 import getpass
 import ipaddress
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from machines.errors import CertificateError
+from machines.hostoptions import check_san
 from machines.store import atomic_write
 
 CA_VALIDITY = datetime.timedelta(days=1080)
@@ -253,8 +254,11 @@ def _san_entry(value: str) -> x509.GeneralName:
 
 
 def server_sans(addresses: list[str], hostname: str | None, extra: list[str]) -> list[str]:
-    """Every name the server certificate must be valid for, deduplicated, in a stable order."""
-    wanted = [*addresses, *([hostname] if hostname else []), "localhost", "127.0.0.1", *extra]
+    """Every name the server certificate must be valid for, deduplicated, in a stable order.
+
+    ``addresses`` are the driver's, ``hostname`` the machine's name and ``extra`` the user's ``--tls-san``: never
+    anything the host said about itself."""
+    wanted = [*addresses, *([hostname] if hostname else []), "localhost", "127.0.0.1", *map(check_san, extra)]
     return list(dict.fromkeys(value.strip() for value in wanted if value and value.strip()))
 
 

@@ -14,13 +14,14 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from machines.errors import MachinesError, ProvisionError
 
@@ -34,20 +35,48 @@ START_TIMEOUT = 15.0
 
 
 def socket_path(machine_dir: str | os.PathLike[str]) -> Path:
-    """``<machine dir>/docker.sock``, or a short path under the temp dir when that would not fit in sun_path."""
+    """``<machine dir>/docker.sock``, or a short path in a private runtime folder when that would not fit in
+    sun_path: ``$XDG_RUNTIME_DIR/machines`` when that variable names a private folder, else ``<tmp>/machines-UID``."""
     preferred = Path(machine_dir) / "docker.sock"
     if len(str(preferred)) <= MAX_SOCKET_PATH:
         return preferred
     digest = hashlib.sha256(str(Path(machine_dir).resolve()).encode()).hexdigest()[:16]
-    directory = Path(tempfile.gettempdir()) / f"machines-{os.getuid()}"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
-    return directory / f"{digest}.sock"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime_dir) and _refusal(Path(runtime_dir)) is None:
+        return Path(runtime_dir) / "machines" / f"{digest}.sock"
+    return Path(tempfile.gettempdir()) / f"machines-{os.getuid()}" / f"{digest}.sock"
 
 
-def _state(machine_dir: Path) -> dict | None:
+def _refusal(folder: Path) -> str | None:
+    """Why another user could reach into ``folder`` (swap or read the socket), or None when it is private."""
     try:
-        return json.loads((machine_dir / STATE_FILE).read_text())
+        info = os.lstat(folder)
+    except OSError as error:
+        return f"cannot use it: {error.strerror}"
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symlink"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if info.st_uid != os.getuid():
+        return f"it is owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+    if info.st_mode & 0o077:
+        return f"its mode is {stat.S_IMODE(info.st_mode):04o}, not 0700"
+    return None
+
+
+def private_socket_folder(path: Path) -> None:
+    """Make the socket's folder (0700) if missing; refuse one that is not the user's own private folder."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path.parent, 0o700)
+    reason = _refusal(path.parent)
+    if reason is not None:
+        raise ProvisionError(f"refusing to serve the SSH forwarder's socket in {path.parent}: {reason}")
+
+
+def _state(machine_dir: Path) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads((machine_dir / STATE_FILE).read_text())
+        return state
     except (OSError, ValueError):
         return None
 
@@ -55,10 +84,10 @@ def _state(machine_dir: Path) -> dict | None:
 def _alive(pid: int) -> bool:
     """Whether the process runs; an exited forwarder that nobody reaped yet (a zombie) counts as gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return fields.rpartition(")")[2].split()[0] != "Z"
 
 
 def running(machine_dir: str | os.PathLike[str]) -> Path | None:
@@ -78,6 +107,7 @@ def ensure(storage_path: str | os.PathLike[str], name: str, machine_dir: str | o
         return live
     stop(directory)
     path = socket_path(directory)
+    private_socket_folder(path)
     path.unlink(missing_ok=True)  # a socket left by a forwarder that died must not pass for the new one
     log_path = directory / LOG_FILE
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
@@ -137,6 +167,7 @@ def serve(storage_path: str, name: str) -> None:
     machine = Machines(storage_path).get(name)
     directory = Path(machine.dir)
     path = socket_path(directory)
+    private_socket_folder(path)
     connection = machine.ssh()
     tmp = directory / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps({"pid": os.getpid(), "socket": str(path)}))

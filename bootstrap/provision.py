@@ -6,15 +6,16 @@ only the difference, so a second run changes nothing and restarts nothing; that 
 restart, possibly with a new IP) and ``upgrade`` are this same flow. Checks that can refuse (unknown OS, no python3
 and no package manager, no space, port 2376 taken by another program) run before anything on the host changes.
 
-What the core and the CLI call:
-- ``provision(machine, progress)``: create, ``machines provision``.
-- ``after_start(machine, progress)``: ``machines start``/``restart``; re-issues the server certificate when the IP
-  changed and starts the daemon when it is not running (hosts without systemd lose it at every boot).
+What ``bootstrap.provisioner.RuntimeProvisioner`` (the core's ``Provisioner``) calls:
+- ``provision(machine, progress)``: create, ``machines provision``, and ``machines start``/``restart`` (also as
+  ``after_start``): re-issues the server certificate when the IP changed and starts the daemon when it is not
+  running (hosts without systemd lose it at every boot).
 - ``upgrade(machine, progress)``: upload the current runtime and restart the daemon (containers keep running).
+- ``regenerate_certs(machine, progress)``: a new server certificate, installed, the daemon restarted.
 
-Create options read from ``machine.record["host_options"]``: ``api`` ("tls", default, or "ssh": no TCP port),
-``tls_san`` (list of extra names/IPs for the server certificate) and ``data_root`` (where the runtime keeps
-containers and images; default the driver's ``runtime_data_root``, else /var/lib/machines-runtime).
+Create options read from ``machine.host_options`` (``machines.hostoptions.HostOptions``): ``api`` ("tls", default,
+or "ssh": no TCP port), ``tls_san`` (extra names/IPs for the server certificate) and ``data_root`` (where the runtime
+keeps containers and images; default the driver's ``runtime_data_root``, else /var/lib/machines-runtime).
 Written to ``machine.record["runtime"]``: version, sha256, api, port, data_root, socket, service, python, phases.
 """
 
@@ -28,12 +29,13 @@ import shlex
 import ssl
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
 from bootstrap import service
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
 
@@ -61,20 +63,6 @@ API_TIMEOUT = 30.0
 SPACE_MARGIN_KIB = 1024
 
 
-class Machine(Protocol):
-    """What provisioning needs of ``machines.machine.Machine``."""
-
-    name: str
-    dir: Path
-    record: dict[str, Any]
-
-    def ssh(self) -> Connection: ...
-
-    def ip(self) -> str: ...
-
-    def save(self) -> None: ...
-
-
 @dataclasses.dataclass
 class Facts:
     """What one round trip learns about the host."""
@@ -84,7 +72,6 @@ class Facts:
     pythons: list[tuple[str, tuple[int, int]]]
     package_managers: list[str]
     sums: dict[str, str]
-    addresses: list[str]
 
     @property
     def python(self) -> str | None:
@@ -127,7 +114,6 @@ if awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") fou
   echo port_busy=1
   ss -Hltnp "sport = :{service.TLS_PORT}" 2>/dev/null | sed -n 's/.*users:(("\\([^"]*\\)",pid=\\([0-9]*\\).*/port_owner=\\1 (pid \\2)/p' | head -n 1
 fi
-command -v ip >/dev/null && ip -o addr show scope global 2>/dev/null | awk '{{ split($4, a, "/"); print "addr=" a[1] }}'
 true
 """
 
@@ -138,7 +124,6 @@ def _parse_facts(output: str) -> Facts:
     pythons: list[tuple[str, tuple[int, int]]] = []
     package_managers: list[str] = []
     sums: dict[str, str] = {}
-    addresses: list[str] = []
     for line in output.splitlines():
         key, _, value = line.partition("=")
         if key.startswith("os."):
@@ -157,18 +142,16 @@ def _parse_facts(output: str) -> Facts:
             path, _, digest = value.partition(" ")
             if digest:
                 sums[path] = digest
-        elif key == "addr":
-            addresses.append(value)
         else:
             values[key] = value
-    return Facts(values, os_release, pythons, package_managers, sums, addresses)
+    return Facts(values, os_release, pythons, package_managers, sums)
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Provisioner:
+class ProvisioningRun:
     """One provisioning run on one machine; ``run`` does all phases, each method is one phase."""
 
     def __init__(
@@ -184,13 +167,10 @@ class Provisioner:
         self.progress = progress or Progress(machine.name)
         self.store_root = Path(machine.dir).parent.parent
         self.bundle = bundle
-        options = machine.record.get("host_options") or {}
-        self.api = options.get("api") or machine.record.get("runtime", {}).get("api") or "tls"
-        if self.api not in ("tls", "ssh"):
-            raise ProvisionError(f"unknown API mode {self.api!r} for {machine.name}: use tls or ssh")
-        self.tls_sans: list[str] = list(options.get("tls_san") or [])
-        driver_root = getattr(getattr(machine, "driver", None), "runtime_data_root", None)
-        self.data_root: str = options.get("data_root") or driver_root or service.DEFAULT_DATA_ROOT
+        options = machine.host_options
+        self.api = options.api
+        self.tls_sans: list[str] = list(options.tls_san)
+        self.data_root: str = options.data_root or machine.driver.runtime_data_root or service.DEFAULT_DATA_ROOT
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
@@ -325,8 +305,8 @@ class Provisioner:
             return
         assert self.facts is not None
         store = certificates.ensure_store_certs(self.store_root)
-        addresses = list(dict.fromkeys([self.ip, *self.facts.addresses]))
-        sans = certificates.server_sans(addresses, self.machine.name, self.tls_sans)
+        # Only what the driver reports and the user asked for: a host cannot talk its way into our certificate.
+        sans = certificates.server_sans([self.ip], self.machine.name, self.tls_sans)
         server_cert = Path(self.machine.dir) / certificates.SERVER_CERT
         if self.new_server_cert or not certificates.server_cert_valid(self.machine.dir, store, sans):
             certificates.issue_server_cert(store, self.machine.dir, self.machine.name, sans)
@@ -431,7 +411,8 @@ class Provisioner:
             connection.close()
         if response.status != 200:
             raise ValueError(f"/version answered {response.status}")
-        return json.loads(body)
+        version: dict[str, Any] = json.loads(body)
+        return version
 
     def _version_over_ssh(self) -> dict[str, Any]:
         assert self.conn is not None
@@ -446,7 +427,8 @@ class Provisioner:
         head, _, body = result.stdout.partition("\r\n\r\n")
         if not head.startswith("HTTP/1.") or " 200 " not in head.splitlines()[0]:
             raise ValueError(head.splitlines()[0] if head else _last_line(result))
-        return json.loads(body)
+        version: dict[str, Any] = json.loads(body)
+        return version
 
     def _roll_back_runtime(self) -> str:
         """After a new runtime failed to start: put the one that ran before back, so the machine keeps working."""
@@ -536,7 +518,7 @@ def provision(
 ) -> None:
     """Install (or bring up to date) the runtime on the machine and wait until its API answers."""
     try:
-        Provisioner(machine, progress, bundle, new_server_cert=new_server_cert).run()
+        ProvisioningRun(machine, progress, bundle, new_server_cert=new_server_cert).run()
     except MachinesError:
         raise
     except OSError as error:
@@ -558,6 +540,6 @@ def upgrade(machine: Machine, progress: Progress | None = None, *, bundle: bundl
 
 def regenerate_certs(machine: Machine, progress: Progress | None = None) -> None:
     """Issue a new server certificate for the current addresses, install it and restart the runtime."""
-    if (machine.record.get("host_options") or {}).get("api") == "ssh":
+    if not machine.host_options.api_over_tls:
         raise StateError(f"machine {machine.name!r} has no TLS API (created with --api ssh): it has no certificate")
     provision(machine, progress, new_server_cert=True)

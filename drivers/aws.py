@@ -21,7 +21,8 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part
@@ -89,7 +90,7 @@ def parse_tags(values: list[str]) -> list[dict[str, str]]:
     items = [item for value in values for item in value.split(",")]
     if len(items) % 2:
         raise PreCreateError("--aws-tags: expected key,value pairs (k1,v1,k2,v2)")
-    return [{"Key": key, "Value": value} for key, value in zip(items[::2], items[1::2])]
+    return [{"Key": key, "Value": value} for key, value in zip(items[::2], items[1::2], strict=True)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,10 +146,8 @@ class AWSDriver(Driver):
              envvar="AWS_WAIT_TIMEOUT"),
     ]
 
-    def __init__(self, machine_name: str, store_dir: str, config: dict[str, Any] | None = None) -> None:
-        merged = self.flag_defaults()  # for library users who pass only some flags
-        merged.update(config or {})
-        super().__init__(machine_name, store_dir, merged)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._client: Any = None
         self._boto_session: boto3.Session | None = None
 
@@ -212,7 +211,7 @@ class AWSDriver(Driver):
         import botocore.parsers
 
         try:
-            return getattr(self.ec2, operation)(**params)
+            return cast(dict[str, Any], getattr(self.ec2, operation)(**params))
         except botocore.exceptions.ClientError as error:
             if codes and _error_code(error).startswith(codes):
                 return None
@@ -357,7 +356,7 @@ class AWSDriver(Driver):
             if images:
                 newest = max(images, key=lambda image: (image.get("CreationDate") or "", image.get("Name") or ""))
                 log.info("%s: using %s (%s)", self.machine_name, newest["ImageId"], newest.get("Name"))
-                return newest
+                return cast(dict[str, Any], newest)
         raise PreCreateError(f"no Debian 12 or Ubuntu image found in {self._get('region')}; pass --aws-ami")
 
     def _resolve_network(self) -> None:
@@ -484,7 +483,7 @@ class AWSDriver(Driver):
             for port, protocol in dict.fromkeys(ports)
         ]
         self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=permissions)
-        return group_id
+        return str(group_id)
 
     def _user_data(self) -> str:
         host_private, host_public = generate_host_key()
@@ -621,7 +620,7 @@ class AWSDriver(Driver):
         instances = [instance for reservation in (found or {}).get("Reservations", []) for instance in reservation["Instances"]]
         if not instances or instances[0]["State"]["Name"] == "terminated":
             return None
-        return instances[0]
+        return cast(dict[str, Any], instances[0])
 
     def _instance_state(self, instance_id: str) -> str | None:
         instance = self._describe(instance_id)
@@ -631,7 +630,7 @@ class AWSDriver(Driver):
         instance_id = self._get("instance_id")
         if not instance_id or self._instance_state(instance_id) is None:
             raise DriverError(f"EC2 instance {instance_id or '(none)'} of {self.machine_name} no longer exists")
-        return instance_id
+        return str(instance_id)
 
     def _wait_for_state(self, wanted: str) -> None:
         instance_id = self._get("instance_id")
@@ -675,7 +674,7 @@ class AWSDriver(Driver):
         if not address:
             hint = "" if private else " (reach it with --aws-use-private-address from inside its VPC)"
             raise DriverError(f"EC2 instance {instance['InstanceId']} has no {'private' if private else 'public'} address{hint}")
-        return address
+        return str(address)
 
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(
@@ -686,4 +685,4 @@ class AWSDriver(Driver):
         )
 
     def initial_host_key(self) -> str | None:
-        return self._get("host_key")
+        return cast("str | None", self._get("host_key"))

@@ -20,7 +20,8 @@ import ipaddress
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # the SDKs take seconds to import: only a command that talks 
     from azure.core.credentials import TokenCredential
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.network import NetworkManagementClient
-    from azure.mgmt.network import models as network
+    from azure.mgmt.network import models as network_models
     from azure.mgmt.resource.resources import ResourceManagementClient
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,8 @@ class AzureDriver(Driver):
              envvar="AZURE_WAIT_TIMEOUT"),
     ]
 
-    def __init__(self, machine_name: str, store_dir: str, config: dict[str, Any] | None = None) -> None:
-        merged = self.flag_defaults()  # for library users who pass only some flags
-        merged.update(config or {})
-        super().__init__(machine_name, store_dir, merged)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._credential: TokenCredential | None = None
         self._clients: dict[type, Any] = {}
 
@@ -438,7 +437,7 @@ class AzureDriver(Driver):
         self._call(f"create resource group {self.group}",
                    lambda: self.resources.resource_groups.create_or_update(self.group, group))
 
-    def _create_nsg(self, ledger: Ledger) -> network.NetworkSecurityGroup:
+    def _create_nsg(self, ledger: Ledger) -> network_models.NetworkSecurityGroup:
         from azure.mgmt.network import models as network
 
         cidrs = self._get("allow_cidr") or []
@@ -462,7 +461,7 @@ class AzureDriver(Driver):
         return self._call(f"create NSG {self._name('nsg')}",
                           lambda: self.network.network_security_groups.begin_create_or_update(self.group, self._name("nsg"), body))
 
-    def _create_network(self, ledger: Ledger) -> network.Subnet:
+    def _create_network(self, ledger: Ledger) -> network_models.Subnet:
         from azure.mgmt.network import models as network
 
         """Use the vnet and subnet when they exist; make what is missing (recorded, removed by rm when unused)."""
@@ -484,7 +483,7 @@ class AzureDriver(Driver):
                 vnet_group, vnet_name, subnet_name, network.Subnet(address_prefix=prefix)))
         return self._call("read the subnet", lambda: self.network.subnets.get(vnet_group, vnet_name, subnet_name))
 
-    def _create_public_ip(self, ledger: Ledger) -> network.PublicIPAddress:
+    def _create_public_ip(self, ledger: Ledger) -> network_models.PublicIPAddress:
         from azure.mgmt.network import models as network
 
         body = network.PublicIPAddress(
@@ -495,8 +494,8 @@ class AzureDriver(Driver):
         return self._call(f"create public IP {self._name('ip')}",
                           lambda: self.network.public_ip_addresses.begin_create_or_update(self.group, self._name("ip"), body))
 
-    def _create_nic(self, ledger: Ledger, nsg: network.NetworkSecurityGroup, subnet: network.Subnet,
-                    public_ip: network.PublicIPAddress | None) -> network.NetworkInterface:
+    def _create_nic(self, ledger: Ledger, nsg: network_models.NetworkSecurityGroup, subnet: network_models.Subnet,
+                    public_ip: network_models.PublicIPAddress | None) -> network_models.NetworkInterface:
         from azure.mgmt.network import models as network
 
         address = self._get("private_ip_address")
@@ -524,7 +523,7 @@ class AzureDriver(Driver):
             raise DriverError(f"{CUSTOM_DATA_FLAG}: custom data is {len(encoded)} bytes in base64, Azure allows {CUSTOM_DATA_LIMIT}")
         return encoded
 
-    def _create_vm(self, ledger: Ledger, nic: network.NetworkInterface) -> None:
+    def _create_vm(self, ledger: Ledger, nic: network_models.NetworkInterface) -> None:
         from azure.mgmt.compute import models as compute
 
         publisher, offer, sku, version = parse_image(self._get("image") or DEFAULT_IMAGE)
@@ -672,10 +671,10 @@ class AzureDriver(Driver):
             self._read_addresses()
         if not self._get(key):
             raise DriverError(f"Azure VM {self.machine_name} has no {key.replace('_ip', '')} IP address")
-        return self._get(key)
+        return str(self._get(key))
 
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(host=self.ip(), port=SSH_PORT, user=self._get("ssh_user") or "machines", key_path=self.ssh_key_path)
 
     def initial_host_key(self) -> str | None:
-        return self._get("host_key")
+        return cast("str | None", self._get("host_key"))

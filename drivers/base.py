@@ -4,20 +4,26 @@ A driver knows its cloud or hypervisor and nothing about containers. Drivers are
 entry-point group ``machines.drivers`` (like Libcloud's ``NodeDriver`` registry), so a third-party package can add
 one by declaring ``[project.entry-points."machines.drivers"] mycloud = "pkg.module:MyDriver"``.
 
-Lifecycle of one driver object: the core builds it with ``Driver(machine_name, store_dir, config)`` where
-``config`` is the dict of create-flag values (keys are ``Flag.name``) merged with whatever the driver saved before
-(``Driver.config`` is persisted in the machine's ``config.json`` after every call that changes it).
+Lifecycle of one driver object: the core builds it with ``Driver(machine_name, store_dir, flags, discovered=...,
+host_options=...)``. ``flags`` are the user's create-flag values (keys are ``Flag.key()``); ``discovered`` is what the
+driver found out or made (instance id, addresses, the AMI it resolved); ``host_options`` is the typed
+``machines.hostoptions.HostOptions`` of the machine. The driver reads and writes both dicts through ``config``, a
+view whose writes go to ``discovered``, so the user's flags stay as the user gave them. The core persists both in
+the machine's ``config.json`` (``driver`` and ``driver_state``) after every call that may change them.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
-import json
 import os
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from machines.errors import DriverError
+from machines.hostoptions import HostOptions
+from machines.store import KEY_FILE
 
 
 class State(str, enum.Enum):
@@ -69,7 +75,7 @@ class SSHDetails:
     key_path: str
 
 
-UndoStep = Callable[[], None]
+UndoStep = Callable[[], object]  # what an undo returns is ignored
 
 
 class Ledger:
@@ -119,10 +125,25 @@ class Driver:
     # Where the runtime keeps its data on this driver's hosts, when the driver knows better than the default.
     runtime_data_root: ClassVar[str | None] = None
 
-    def __init__(self, machine_name: str, store_dir: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        machine_name: str,
+        store_dir: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        discovered: Mapping[str, Any] | None = None,
+        host_options: HostOptions | None = None,
+    ) -> None:
         self.machine_name = machine_name
         self.store_dir = store_dir
-        self.config: dict[str, Any] = dict(config or {})
+        self.host_options = host_options or HostOptions()
+        declared = {flag.key() for flag in self.flags}
+        given = {**self.flag_defaults(), **(config or {})}  # library users may pass only some flags
+        # Keys that are no flag of this driver are state it found (records written before the split mixed them).
+        self.flag_values: dict[str, Any] = {key: value for key, value in given.items() if key in declared}
+        self.discovered: dict[str, Any] = {key: value for key, value in given.items() if key not in declared}
+        self.discovered.update(discovered or {})
+        self.config: collections.ChainMap[str, Any] = collections.ChainMap(self.discovered, self.flag_values)
 
     # -- helpers shared by drivers -------------------------------------------------------------------------
     @classmethod
@@ -144,27 +165,21 @@ class Driver:
         return values
 
     def public_config(self) -> dict[str, Any]:
-        """``config`` with secret flag values masked, for ``inspect`` and logs."""
+        """The user's flag values with the secret ones masked, for ``inspect`` and logs."""
         secret_keys = {flag.key() for flag in self.flags if flag.secret}
-        return {key: ("<hidden>" if key in secret_keys and value else value) for key, value in self.config.items()}
+        return {key: ("<hidden>" if key in secret_keys and value else value) for key, value in self.flag_values.items()}
 
     @property
     def ssh_key_path(self) -> str:
         """The machine's own private key, made by the core before ``create`` is called."""
-        return os.path.join(self.store_dir, "id_ed25519")
+        return os.path.join(self.store_dir, KEY_FILE)
 
     def api_over_tls(self) -> bool:
         """Whether the runtime's API will listen on TCP 2376 with TLS (the default) rather than only through SSH.
 
-        Cloud drivers open the port only when it is used. The choice (``machines create --api``) is a host option of
-        the machine's record, which the core writes to ``config.json`` before ``create`` runs; drivers only read it.
+        Cloud drivers open the port only when it is used; the choice is ``machines create --api``, a host option.
         """
-        try:
-            with open(os.path.join(self.store_dir, "config.json"), encoding="utf-8") as handle:
-                options = json.load(handle).get("host_options") or {}
-        except (OSError, ValueError, AttributeError):
-            options = {}
-        return options.get("api", "tls") != "ssh"
+        return self.host_options.api_over_tls
 
     def _unsupported(self, what: str) -> DriverError:
         return DriverError(f"the {self.name} driver does not support {what}")

@@ -34,7 +34,8 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from drivers.cloudinit import generate_host_key
 from machines.errors import DriverError
@@ -46,12 +47,12 @@ SSH_PORT = 22
 # Tools a host needs on the machine, with the Debian package that brings each.
 REQUIRED_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "sshd": "openssh-server", "mount": "mount"}
 
-UndoStep = Callable[[], None]
+UndoStep = Callable[[], object]  # what it returns is ignored
 Recorder = Callable[[str, UndoStep], None]
 
 # Hosts this process started: their Popen objects, so stopping one reaps it instead of leaving a zombie (PID 1 of
 # some machines, e.g. CI sandboxes, never reaps orphans).
-_children: dict[int, subprocess.Popen] = {}
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class NsHostError(DriverError):
@@ -70,7 +71,7 @@ class HostState(str, enum.Enum):
 
 # -- small helpers -------------------------------------------------------------------------------------------------
 
-def _run(args: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+def _run(args: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a tool and turn its failure into one readable error line."""
     result = subprocess.run(args, stdin=None if input is not None else subprocess.DEVNULL, input=input,
                             capture_output=True, text=True)
@@ -200,7 +201,7 @@ class Bridge:
         return f"{self.gateway}/{self.network.prefixlen}"
 
     @contextlib.contextmanager
-    def _leases(self) -> Iterator[dict]:
+    def _leases(self) -> Iterator[dict[str, Any]]:
         """The lease table, locked; saved when the block ends; the bridge is kept or dropped to match it."""
         path = os.path.join(self.dir, "leases.json")
         with _flock(os.path.join(self.dir, "lock")):
@@ -238,7 +239,7 @@ class Bridge:
             os.rmdir(self.dir)
 
     @staticmethod
-    def _drop_stale(table: dict) -> None:
+    def _drop_stale(table: dict[str, Any]) -> None:
         table["leases"] = {address: owner for address, owner in table["leases"].items()
                            if os.path.exists(os.path.join(owner, "host.json"))}
         table["holds"] = {owner: start for owner, start in table["holds"].items()
@@ -302,9 +303,10 @@ class Bridge:
                 chosen = mine[0]
             else:
                 free = (str(host) for host in self.network.hosts() if host != self.gateway and str(host) not in leases)
-                chosen = next(free, None)
-                if chosen is None:
+                found = next(free, None)
+                if found is None:
                     raise NsHostError(f"no free address left on bridge {self.name} ({self.network})")
+                chosen = found
             for held in mine:
                 leases.pop(held)
             leases[chosen] = owner
@@ -426,8 +428,8 @@ def _own_cgroups() -> list[str]:
         for line in file:
             hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
             wanted = set(controllers.split(",")) - {""}
-            for mountpoint, fstype, options in mounts:
-                if (fstype == "cgroup2") == (hierarchy == "0") and wanted <= options:
+            for mountpoint, fstype, mount_options in mounts:
+                if (fstype == "cgroup2") == (hierarchy == "0") and wanted <= mount_options:
                     folders.append(os.path.join(mountpoint, path.lstrip("/")))
                     break
     return folders
@@ -517,7 +519,7 @@ class IsolatedHost:
     @classmethod
     def create(cls, state_dir: str, name: str, authorized_key: str, *, bridge: str = DEFAULT_BRIDGE,
                subnet: str = DEFAULT_SUBNET, address: str | None = None, host_key_private: str | None = None,
-               host_key_public: str | None = None, record: Recorder | None = None) -> "IsolatedHost":
+               host_key_public: str | None = None, record: Recorder | None = None) -> IsolatedHost:
         """Make a host (stopped): lease, files, network namespace and veth.
 
         Each resource is passed to ``record(description, undo)`` as soon as it exists (the driver's ledger). Without
@@ -718,7 +720,7 @@ class IsolatedHost:
         return ["ip", "netns", "exec", record.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup",
                 "--fork", "--kill-child", "--propagation", "private", "sh", boot]
 
-    def _wait_listening(self, record: HostRecord, process: subprocess.Popen, timeout: float) -> None:
+    def _wait_listening(self, record: HostRecord, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
@@ -792,7 +794,7 @@ class IsolatedHost:
         """Collect the exit status of a launcher this process started, so it does not linger as a zombie."""
         process = _children.get(record.pid) if record.pid is not None else None
         if process is not None and process.poll() is not None:
-            del _children[record.pid]
+            del _children[process.pid]
 
     def remove(self) -> None:
         """Stop the host and delete everything it had: process, namespace, veth, lease, files."""

@@ -10,7 +10,7 @@ import logging
 import threading
 
 from drivers.base import Driver
-from machines.errors import DriverNotFoundError, DriverError
+from machines.errors import DriverError, DriverNotFoundError
 
 log = logging.getLogger(__name__)
 

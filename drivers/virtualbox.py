@@ -28,13 +28,13 @@ import vagrant
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from drivers.cloudinit import generate_host_key
-from machines.errors import DriverError, PreCreateError
-from machines.store import atomic_write
+from machines.errors import DriverError, MachinesError, PreCreateError
+from machines.store import Store, atomic_write
 
 PROVIDERS = ("virtualbox", "libvirt")
 DEFAULT_BOX = "debian/bookworm64"
 DEFAULT_CIDR = "192.168.56.1/24"  # VirtualBox >= 6.1.28 only allows host-only networks in 192.168.56.0/21
-ALLOWED_HOSTONLY = ipaddress.ip_network("192.168.56.0/21")
+ALLOWED_HOSTONLY = ipaddress.IPv4Network("192.168.56.0/21")
 HOST_KEY = "ssh_host_ed25519_key"
 VAGRANT_LOG = "vagrant.log"
 ERROR_LOG = "vagrant-error.log"
@@ -367,17 +367,18 @@ def _provider_usable(provider: str) -> bool:
 
 
 def _sibling_addresses(store_dir: Path) -> set[str]:
-    """Host-only addresses of the other virtualbox machines in the same store."""
+    """Host-only addresses of the other virtualbox machines in the same store (read through the store's records)."""
+    store = Store(store_dir.parent.parent)
     addresses: set[str] = set()
-    for config_path in store_dir.parent.glob("*/config.json"):
-        if config_path.parent == store_dir:
+    for name in store.names():
+        if name == store_dir.name:
             continue
         try:
-            record = json.loads(config_path.read_text())
-        except (OSError, ValueError):
+            record = store.load(name)
+        except MachinesError:
             continue
-        driver_config = record.get("driver")
-        if record.get("driver_name") == VirtualBoxDriver.name and isinstance(driver_config, dict):
-            if driver_config.get("ip"):
-                addresses.add(str(driver_config["ip"]))
+        if record.get("driver_name") == VirtualBoxDriver.name:
+            found = {**(record.get("driver") or {}), **(record.get("driver_state") or {})}
+            if found.get("ip"):
+                addresses.add(str(found["ip"]))
     return addresses

@@ -15,9 +15,16 @@ __all__ = ["Machine", "Machines", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    """``Machines`` and ``Machine`` load on first use, so ``machines.errors`` stays importable by drivers cheaply."""
-    if name in ("Machine", "Machines"):
+    """``Machines`` and ``Machine`` load on first use, so ``machines.errors`` stays importable by drivers cheaply.
+
+    ``Machines`` is the one with the default provisioner (``machines.default``).
+    """
+    if name == "Machines":
+        from machines import default
+
+        return default.Machines
+    if name == "Machine":
         from machines import machine
 
-        return getattr(machine, name)
+        return machine.Machine
     raise AttributeError(f"module 'machines' has no attribute {name!r}")

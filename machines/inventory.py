@@ -7,12 +7,14 @@ the queries run in daemon threads so a stuck one never keeps the process alive.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from drivers.base import State
 from machines.errors import MachinesError, UsageError
@@ -99,7 +101,7 @@ def _row(machine: Machine, *, state: str, error: str, response_time: float, acti
         url=url,
         runtime=str(machine.runtime.get("version") or "Unknown"),
         error=error,
-        labels=list(machine.host_options.get("labels") or []),
+        labels=list(machine.host_options.labels),
         response_time=response_time,
     )
 
@@ -108,7 +110,7 @@ def describe_all(machines: Iterable[Machine], timeout: float = DEFAULT_LS_TIMEOU
     """Rows for all machines, queried in parallel; a machine slower than ``timeout`` shows state Timeout."""
     docker_host = os.environ.get("DOCKER_HOST")
     by_name = {machine.name: machine for machine in machines}
-    results = call_all({name: (lambda m=machine: describe(m, docker_host)) for name, machine in by_name.items()}, timeout)
+    results = call_all({name: functools.partial(describe, machine, docker_host) for name, machine in by_name.items()}, timeout)
     rows = []
     for name, machine in by_name.items():
         result = results[name]

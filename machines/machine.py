@@ -14,14 +14,13 @@ any failure or Ctrl-C walks it backwards and removes the store entry, unless ``k
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drivers import registry
 from drivers.base import Driver, Ledger, SSHDetails, State
@@ -32,7 +31,9 @@ from machines.errors import (
     MachinesError,
     MachineTimeoutError,
     SSHError,
+    StateError,
 )
+from machines.hostoptions import HostOptions
 from machines.progress import Progress
 from machines.store import (
     KEY_FILE,
@@ -57,27 +58,61 @@ DEFAULT_API_PORT = 2376
 T = TypeVar("T")
 
 
-def _bootstrap_hook(name: str, module_name: str = "provision") -> Callable[..., Any] | None:
-    """``bootstrap.<module>.<name>`` if the bootstrap package provides it (the core works without it)."""
-    qualified = f"bootstrap.{module_name}"
-    if importlib.util.find_spec(qualified) is None:
-        return None
-    return getattr(importlib.import_module(qualified), name, None)
+class Provisioner(Protocol):
+    """What the core needs of whatever installs a container engine on a host and tells clients how to reach it.
+
+    ``Machines`` is given one and passes it to every ``Machine``; the core never imports an implementation.
+    ``bootstrap.provisioner.RuntimeProvisioner`` (our bundled runtime) is the default, wired in
+    ``machines.default``; another engine (Docker Engine, say) would be another implementation of this protocol.
+    """
+
+    def provision(self, machine: Machine, progress: Progress) -> None:
+        """Install or repair the engine and wait until its API answers. Idempotent: create, ``machines provision``,
+        and after ``start``/``restart`` (new server certificate when the address changed)."""
+
+    def upgrade(self, machine: Machine, progress: Progress) -> None:
+        """Install this version's engine and restart it; containers, images and volumes stay."""
+
+    def regenerate_certs(self, machine: Machine, progress: Progress) -> None:
+        """Issue a new server certificate for the machine's current addresses and restart the engine on it."""
+
+    def rotate_client_certs(self, store: Store) -> None:
+        """Replace the store's CA and client certificate (every machine then needs ``regenerate_certs``)."""
+
+    def env(self, machine: Machine, *, ssh: bool, unset: bool, no_proxy: bool) -> dict[str, str | None]:
+        """The environment variables that point docker clients at the machine (``None``: unset the variable)."""
+
+    def client_flags(self, machine: Machine) -> list[str]:
+        """The docker client flags that reach the machine over mutual TLS (``machines config``)."""
+
+    def local_docker_hosts(self, machine: Machine) -> set[str]:
+        """``DOCKER_HOST`` values served on this computer for the machine (a forwarded socket), for ``active``."""
+
+    def release(self, machine: Machine) -> None:
+        """Stop whatever runs on this computer for the machine (``rm``)."""
 
 
 class Machine:
     """One machine of the store: its record (``config.json``), its driver and an SSH connection to it.
 
-    ``record`` is the parsed ``config.json``; its ``"runtime"`` dict belongs to bootstrap (version, api mode, data
-    root, ports). Change it, then call ``save()``.
+    ``record`` is the parsed ``config.json``; its ``"runtime"`` dict belongs to the provisioner (version, api mode,
+    data root, ports). Change it, then call ``save()``. Without a ``provisioner`` the machine is a bare SSH host:
+    provisioning steps are skipped and the commands that need one (``env``, ``upgrade``...) refuse.
     """
 
-    def __init__(self, store: Store, record: dict[str, Any], driver: Driver | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        record: dict[str, Any],
+        driver: Driver | None = None,
+        provisioner: Provisioner | None = None,
+    ) -> None:
         self.store = store
         self.record = record
         self.name: str = record["name"]
         self.dir: Path = store.machine_dir(self.name)
         self._driver = driver
+        self._provisioner = provisioner
         self._connection: Connection | None = None
         self._lock = threading.Lock()
 
@@ -86,23 +121,38 @@ class Machine:
 
     @property
     def driver_name(self) -> str:
-        return self.record["driver_name"]
+        return str(self.record["driver_name"])
 
     @property
     def driver(self) -> Driver:
         if self._driver is None:
             driver_class = registry.get(self.driver_name)
-            self._driver = driver_class(self.name, str(self.dir), self.record.get("driver") or {})
+            self._driver = driver_class(
+                self.name,
+                str(self.dir),
+                self.record.get("driver") or {},
+                discovered=self.record.get("driver_state") or {},
+                host_options=self.host_options,
+            )
         return self._driver
 
     @property
-    def host_options(self) -> dict[str, Any]:
-        return self.record.setdefault("host_options", {})
+    def host_options(self) -> HostOptions:
+        """What the user chose at create (API mode, certificate names, labels, data root)."""
+        return HostOptions.from_record(self.record.get("host_options"))
 
     @property
     def runtime(self) -> dict[str, Any]:
-        """Bootstrap's part of the record: version, api mode (``"tls"``/``"ssh"``), port, data root..."""
-        return self.record.setdefault("runtime", {})
+        """The provisioner's part of the record: version, api mode (``"tls"``/``"ssh"``), port, data root..."""
+        runtime: dict[str, Any] = self.record.setdefault("runtime", {})
+        return runtime
+
+    @property
+    def provisioner(self) -> Provisioner:
+        """The provisioner this machine was loaded with; ``StateError`` when it has none."""
+        if self._provisioner is None:
+            raise StateError(f"machine {self.name!r} was loaded without a provisioner: use machines.Machines")
+        return self._provisioner
 
     @property
     def is_ready(self) -> bool:
@@ -113,22 +163,12 @@ class Machine:
         """The machine's own private key (ed25519, made at create)."""
         return self.dir / KEY_FILE
 
-    @property
-    def forward_socket_path(self) -> Path:
-        """Where ``env --ssh`` serves the forwarded API socket (bootstrap decides); ``active`` recognises it."""
-        socket_path = _bootstrap_hook("socket_path", "forwarder")
-        return Path(socket_path(self.dir)) if socket_path else self.dir / "docker.sock"
-
     def save(self) -> None:
-        """Persist the record, with the driver's current config."""
+        """Persist the record, with the driver's flags and what it discovered."""
         if self._driver is not None:
-            self.record["driver"] = self._driver.config
+            self.record["driver"] = dict(self._driver.flag_values)
+            self.record["driver_state"] = dict(self._driver.discovered)
         self.store.save(self.name, self.record)
-
-    def reload(self) -> None:
-        self.record = self.store.load(self.name)
-        if self._driver is not None:
-            self._driver.config = dict(self.record.get("driver") or {})
 
     # -- queries ----------------------------------------------------------------------------------------------
     def state(self) -> State:
@@ -149,7 +189,7 @@ class Machine:
 
     def docker_hosts(self) -> set[str]:
         """Every ``DOCKER_HOST`` value that points at this machine (its URL and its forwarded socket)."""
-        hosts = {f"unix://{self.forward_socket_path}"}
+        hosts = self._provisioner.local_docker_hosts(self) if self._provisioner is not None else set()
         try:
             hosts.add(self.url())
         except MachinesError as error:
@@ -248,23 +288,50 @@ class Machine:
         self._after_start(progress, ssh_timeout)
 
     def _after_start(self, progress: Progress, ssh_timeout: float) -> None:
-        """Wait for SSH, then let bootstrap bring the runtime back (re-issuing certificates if the IP changed)."""
+        """Wait for SSH, then let the provisioner bring the engine back (new certificates if the IP changed)."""
         with progress.phase("Waiting for SSH"):
             self.wait_for_ssh(ssh_timeout)
-        hook = _bootstrap_hook("after_start")
-        if hook is not None and self.is_ready and self.runtime:
-            hook(self, progress)
+        if self._provisioner is not None and self.is_ready and self.runtime:
+            self._provisioner.provision(self, progress)
+
+    # -- provisioning ---------------------------------------------------------------------------------------
+    def provision(self, progress: Progress | None = None) -> None:
+        """Install or repair the engine (idempotent)."""
+        self.provisioner.provision(self, progress or Progress(self.name))
+
+    def upgrade(self, progress: Progress | None = None) -> None:
+        """Install this version's engine and restart it; containers, images and volumes stay."""
+        self.provisioner.upgrade(self, progress or Progress(self.name))
+
+    def regenerate_certs(self, progress: Progress | None = None) -> None:
+        """New server certificate for the current addresses; the engine restarts on it."""
+        self.provisioner.regenerate_certs(self, progress or Progress(self.name))
+
+    def env(self, *, ssh: bool = False, unset: bool = False, no_proxy: bool = False) -> dict[str, str | None]:
+        """Variables that point docker clients at this machine (``unset``: the ones to remove)."""
+        return self.provisioner.env(self, ssh=ssh, unset=unset, no_proxy=no_proxy)
+
+    def client_flags(self) -> list[str]:
+        """Docker client flags that reach this machine over mutual TLS."""
+        return self.provisioner.client_flags(self)
 
 
 class Machines:
-    """The store of machines and the operations on them: what a Python user imports."""
+    """The store of machines and the operations on them, provisioned by ``provisioner``.
 
-    def __init__(self, storage_path: str | os.PathLike[str] | None = None) -> None:
+    Without a provisioner, creates stop once SSH answers. ``machines.Machines`` (``machines.default``) is this
+    class with the default provisioner: what a Python user imports.
+    """
+
+    def __init__(
+        self, storage_path: str | os.PathLike[str] | None = None, provisioner: Provisioner | None = None
+    ) -> None:
         self.store = Store(storage_path)
+        self.provisioner = provisioner
 
     def get(self, name: str) -> Machine:
         validate_name(name)
-        return Machine(self.store, self.store.load(name))
+        return Machine(self.store, self.store.load(name), provisioner=self.provisioner)
 
     def list(self) -> list[Machine]:
         """Every machine with a readable record, by name (entries removed meanwhile are skipped)."""
@@ -282,7 +349,7 @@ class Machines:
         driver_name: str = DEFAULT_DRIVER,
         flags: dict[str, Any] | None = None,
         *,
-        host_options: dict[str, Any] | None = None,
+        host_options: HostOptions | None = None,
         keep_on_error: bool = False,
         provision: bool = True,
         ssh_timeout: float = DEFAULT_SSH_TIMEOUT,
@@ -300,12 +367,15 @@ class Machines:
             raise MachineExistsError(f"machine {name!r} already exists")
         config = driver_class.flag_defaults()
         config.update({key: value for key, value in (flags or {}).items() if value is not None})
-        driver = driver_class(name, str(self.store.machine_dir(name)), config)
+        options = host_options or HostOptions()
+        driver = driver_class(name, str(self.store.machine_dir(name)), config, host_options=options)
         driver.pre_create_check()
         progress = progress or Progress(name)
 
-        self.store.reserve(new_record(name, driver_name, driver.config, dict(host_options or {})))
-        machine = Machine(self.store, self.store.load(name), driver=driver)
+        record = new_record(name, driver_name, dict(driver.flag_values), options.to_record())
+        record["driver_state"] = dict(driver.discovered)  # what pre_create_check found (an AMI, a VPC...)
+        self.store.reserve(record)
+        machine = Machine(self.store, self.store.load(name), driver=driver, provisioner=self.provisioner)
 
         def persist_ledger(descriptions: list[str]) -> None:
             machine.record["ledger"] = descriptions
@@ -325,12 +395,15 @@ class Machines:
             checkpoint()
             with progress.phase("Waiting for SSH"):
                 machine.wait_for_ssh(ssh_timeout)
+            if driver.initial_host_key() is None:
+                from machines.hostkeys import fingerprint
+
+                progress.note(f"trusted the host key on first use: {fingerprint(machine.record['ssh_host_key'])}")
             checkpoint()
-            hook = _bootstrap_hook("provision") if provision else None
-            if hook is not None:
-                hook(machine, progress)
+            if provision and self.provisioner is not None:
+                self.provisioner.provision(machine, progress)
             elif provision:
-                log.debug("bootstrap.provision.provision is not available: %s is not provisioned", name)
+                log.debug("no provisioner: %s is not provisioned", name)
             checkpoint()
             machine.record.update(state=STATE_READY, ledger=[])
             machine.save()
@@ -376,9 +449,8 @@ class Machines:
         machine = self.get(name)
         with progress.phase("Removing"):
             machine.close()
-            stop_forwarder = _bootstrap_hook("stop", "forwarder")
-            if stop_forwarder is not None:
-                stop_forwarder(machine.dir)
+            if self.provisioner is not None:
+                self.provisioner.release(machine)
             try:
                 machine.driver.remove()
             except MachinesError as error:
@@ -401,6 +473,12 @@ class Machines:
 
     def state(self, name: str) -> State:
         return self.get(name).state()
+
+    def rotate_client_certs(self) -> None:
+        """Replace the store's CA and client certificate (then ``regenerate_certs`` every machine)."""
+        if self.provisioner is None:
+            raise StateError("these machines have no provisioner: there are no certificates to rotate")
+        self.provisioner.rotate_client_certs(self.store)
 
 
 def run_concurrently(

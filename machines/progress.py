@@ -12,7 +12,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # rich costs ~0.1 s to import: only commands that show progress pay for it
     from rich.console import Console

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import select
@@ -21,13 +20,15 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any
 
 import paramiko
 
 from drivers.base import SSHDetails
 from machines.errors import HostKeyMismatchError, MachineTimeoutError, SSHError
+from machines.hostkeys import key_line, sha256_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,6 @@ class CommandError(SSHError):
         self.result = result
 
 
-def key_line(key: paramiko.PKey) -> str:
-    """A host key as ``"<type> <base64>"``, the form pinned in config.json."""
-    return f"{key.get_name()} {key.get_base64()}"
-
-
 class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Accepts the host's key only when it equals the pinned one, or (no pin yet) records it for pinning."""
 
@@ -77,19 +73,10 @@ class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 def _mismatch_message(where: str, expected: str, seen: str) -> str:
     return (
-        f"host key of {where} has changed: expected {_fingerprint(expected)}, got {_fingerprint(seen)}; "
+        f"host key of {where} has changed: expected {sha256_fingerprint(expected)}, got {sha256_fingerprint(seen)}; "
         "refusing to connect (a different host answers at that address, or someone is intercepting). "
         "If the host was rebuilt on purpose, remove and re-create the machine"
     )
-
-
-def _fingerprint(line: str) -> str:
-    parts = line.split()
-    try:
-        digest = hashlib.sha256(base64.b64decode(parts[1])).digest()
-    except (IndexError, ValueError):
-        return line
-    return f"{parts[0]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
 class Connection:
@@ -120,9 +107,10 @@ class Connection:
     def where(self) -> str:
         return f"{self.details.user}@{self.details.host}:{self.details.port}"
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         with self._connect_lock:
-            if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is not None and transport.is_active():
                 return self
             self._client = self._open()
         return self
@@ -190,7 +178,7 @@ class Connection:
                 self._client.close()
                 self._client = None
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self.connect()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -230,7 +218,7 @@ class Connection:
                 output = _read_all(channel.recv)
                 stderr_reader.join()
                 exit_status = channel.recv_exit_status()
-            except socket.timeout:
+            except TimeoutError:
                 raise MachineTimeoutError(f"command on {self.name} did not finish within {timeout}s: {command}") from None
             except (paramiko.SSHException, OSError, EOFError) as error:
                 raise SSHError(f"command on {self.name} failed: {_describe(error)}") from None
@@ -344,7 +332,7 @@ class Connection:
     # -- port forwarding ------------------------------------------------------------------------------------
     def forward_local_unix(
         self, local_socket_path: str, remote_socket_path: str, *, remote_command: str | None = None, sudo: bool = True
-    ) -> "UnixForwarder":
+    ) -> UnixForwarder:
         """Serve ``local_socket_path`` (0600); each client is bridged to ``remote_socket_path`` on the host.
 
         Each connection runs ``remote_command`` (default: a python3 one-liner that connects to the remote socket and
@@ -436,7 +424,7 @@ class UnixForwarder:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def __enter__(self) -> "UnixForwarder":
+    def __enter__(self) -> UnixForwarder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -512,7 +500,8 @@ def _feed(stdin: IO[bytes], channel: paramiko.Channel) -> None:
 
 def _pump_terminal(channel: paramiko.Channel, stdin_fd: int, stdout_fd: int) -> None:
     while True:
-        readable, _, _ = select.select([channel, stdin_fd], [], [])
+        watched: list[Any] = [channel, stdin_fd]  # a paramiko channel and a file descriptor
+        readable, _, _ = select.select(watched, [], [])
         if channel in readable:
             data = channel.recv(COPY_CHUNK)
             if not data:

@@ -23,14 +23,15 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from machines.errors import InvalidNameError, MachineExistsError, MachineNotFoundError, StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the driver's discovered state (``driver_state``) apart from the user's flags (``driver``)
 CONFIG_FILE = "config.json"
 KEY_FILE = "id_ed25519"
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.-]*")  # always fullmatch: "$" would let "name\n" by
@@ -99,13 +100,16 @@ def generate_ssh_key(directory: Path, comment: str) -> str:
     return public_line
 
 
-def new_record(name: str, driver_name: str, driver_config: dict[str, Any], host_options: dict[str, Any]) -> dict:
-    """The ``config.json`` of a machine whose create has just begun."""
+def new_record(
+    name: str, driver_name: str, driver_config: dict[str, Any], host_options: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``config.json`` of a machine whose create has just begun (``host_options``: ``HostOptions.to_record()``)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "driver_name": driver_name,
         "driver": driver_config,
+        "driver_state": {},
         "host_options": host_options,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "state": STATE_CREATING,
@@ -174,7 +178,7 @@ class Store:
             raise StoreError(
                 f"{path} has schema version {version!r}, this machines understands up to {SCHEMA_VERSION}: upgrade"
             )
-        return record
+        return _migrate(record)
 
     def save(self, name: str, record: dict[str, Any]) -> None:
         """Replace the record of an existing machine; refuses to resurrect a machine removed meanwhile."""
@@ -207,6 +211,18 @@ class Store:
                 trash = directory.with_name(f".{name}.removing.{os.getpid()}")
                 os.rename(directory, trash)
                 shutil.rmtree(trash, ignore_errors=True)
+
+
+def _migrate(record: dict[str, Any]) -> dict[str, Any]:
+    """Bring a record written by an older version up to ``SCHEMA_VERSION`` (on disk at its next save)."""
+    if record["schema_version"] < 2:
+        # Version 1 kept what a driver found out among the user's flags: building the driver separates them again
+        # (``Driver.__init__``: keys that are no flag of the driver are its discovered state).
+        record.setdefault("driver_state", {})
+        options = record.setdefault("host_options", {})
+        options.setdefault("api", (record.get("runtime") or {}).get("api") or "tls")  # the oldest kept it there only
+    record["schema_version"] = SCHEMA_VERSION
+    return record
 
 
 def _encode(record: dict[str, Any]) -> bytes:

@@ -1,25 +1,23 @@
 """The ``machines`` command line: a thin Typer layer over the library, errors mapped to exit statuses in one place.
 
-Each module of this package registers one group of commands with ``register(app)``; ``provisioning`` holds
-bootstrap's env, config, regenerate-certs, provision and upgrade.
+Each module of this package registers one group of commands with ``register(app)``; ``provisioning`` holds env,
+config, regenerate-certs, provision and upgrade (which the machine's provisioner carries out).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import Annotated
 
 import typer
 
-from machines.cli import common
+from machines.cli import common, create, info, lifecycle, provisioning, remote
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
-
-COMMAND_MODULES = ("create", "info", "lifecycle", "remote", "provisioning")
 
 
 def build_app(*, driver_flags: bool = True) -> typer.Typer:
@@ -39,7 +37,7 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
     @app.callback()
     def global_options(
         storage_path: Annotated[
-            Optional[Path],
+            Path | None,
             typer.Option("--storage-path", "-s", envvar="MACHINES_STORAGE_PATH", show_envvar=True,
                          help="Where machines are kept \\[default: ~/.machines]."),
         ] = None,
@@ -53,12 +51,9 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
         settings.verbose = verbose
         common.configure_logging(debug)
 
-    for module_name in COMMAND_MODULES:
-        module = importlib.import_module(f"machines.cli.{module_name}")
-        if module_name == "create":
-            module.register(app, driver_flags=driver_flags)
-        else:
-            module.register(app)
+    create.register(app, driver_flags=driver_flags)
+    for module in (info, lifecycle, remote, provisioning):
+        module.register(app)
     return app
 
 

@@ -7,13 +7,16 @@ import functools
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from machines import redaction
+from machines.default import Machines
 from machines.errors import ExitStatus, MachinesError
-from machines.machine import Machines, run_concurrently
+from machines.machine import run_concurrently
 from machines.progress import Progress, ProgressDisplay, escape
 
 if TYPE_CHECKING:  # rich loads only when a command prints through it: `machines version` and `ip` stay fast
@@ -102,5 +105,6 @@ def configure_logging(debug: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    redaction.install()  # --debug shows what the SDKs send, never the secrets in it
     if not debug:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)

@@ -7,7 +7,7 @@ registry when the app is built: Typer then shows them in ``create --help`` with 
 # No "from __future__ import annotations" here: Typer reads the real annotation objects of the built signature.
 import inspect
 import threading
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -15,10 +15,11 @@ from drivers import registry
 from drivers.base import Driver, Flag
 from machines.cli.common import echo, err_console, for_each_machine, machines
 from machines.errors import UsageError
+from machines.hostoptions import HostOptions
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
 from machines.progress import Progress, escape
 
-_FLAG_TYPES: dict[type, Any] = {str: Optional[str], int: Optional[int], bool: Optional[bool], list: Optional[list[str]]}
+_FLAG_TYPES: dict[type, Any] = {str: str | None, int: int | None, bool: bool | None, list: list[str] | None}
 
 
 def _parameter_name(driver_name: str, flag: Flag) -> str:
@@ -40,7 +41,7 @@ def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Paramet
                 rich_help_panel=f"{driver_name} driver",
                 hidden=alias,
             )
-            annotation = Annotated[_FLAG_TYPES[flag.type], option]  # type: ignore[valid-type]
+            annotation = Annotated[_FLAG_TYPES[flag.type], option]  # type: ignore[valid-type,name-defined]
             parameters.append(
                 inspect.Parameter(
                     _parameter_name(driver_name, flag), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
@@ -49,7 +50,7 @@ def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Paramet
     return parameters
 
 
-def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict:
+def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict[str, Any]:
     """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error."""
     chosen: dict[str, Any] = {}
     for name, driver_class in drivers.items():
@@ -88,16 +89,16 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             float, typer.Option("--timeout-ssh", envvar="MACHINES_TIMEOUT_SSH", help="Seconds to wait for SSH.")
         ] = DEFAULT_SSH_TIMEOUT,
         engine_label: Annotated[
-            Optional[list[str]], typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
+            list[str] | None, typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
         ] = None,
         tls_san: Annotated[
-            Optional[list[str]], typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
+            list[str] | None, typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
         ] = None,
         api: Annotated[
             str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
         ] = "tls",
         runtime_data_root: Annotated[
-            Optional[str], typer.Option(
+            str | None, typer.Option(
                 "--runtime-data-root", envvar="MACHINES_RUNTIME_DATA_ROOT", show_envvar=True, metavar="PATH",
                 help="Absolute path on the host where the runtime keeps containers, images and volumes "
                      "\\[default: the driver's choice, else /var/lib/machines-runtime]. Container overlays need a "
@@ -106,14 +107,10 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         **driver_values: Any,
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
-        if api not in ("tls", "ssh"):
-            raise UsageError(f"--api must be 'tls' or 'ssh', not {api!r}")
-        if runtime_data_root is not None and not runtime_data_root.startswith("/"):
-            raise UsageError(f"--runtime-data-root must be an absolute path, not {runtime_data_root!r}")
+        host_options = HostOptions(
+            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root
+        )
         flags = _driver_flags(ctx, driver, drivers, driver_values)
-        host_options: dict[str, Any] = {"labels": list(engine_label or []), "tls_san": list(tls_san or []), "api": api}
-        if runtime_data_root:
-            host_options["data_root"] = runtime_data_root  # bootstrap's option; unset, the driver's default applies
         library = machines()
         cancelled = threading.Event()
 

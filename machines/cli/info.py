@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,12 +27,12 @@ def _table(rows: list[inventory.MachineInfo]) -> list[str]:
         values["active"] = "*" if row.active else "-"
         cells.append([str(values[field]) for _, field in COLUMNS])
     widths = [max(len(line[index]) for line in cells) for index in range(len(COLUMNS))]
-    return ["   ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    return ["   ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
 
 
 def public_record(machine: Machine) -> dict[str, Any]:
     """The machine's record for ``inspect``, with secret driver flags masked (all of them if the driver is gone)."""
-    record = json.loads(json.dumps(machine.record))
+    record: dict[str, Any] = json.loads(json.dumps(machine.record))
     try:
         record["driver"] = machine.driver.public_config()
     except MachinesError:
@@ -45,12 +45,12 @@ def register(app: typer.Typer) -> None:
     def list_machines(
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only names.")] = False,
         filters: Annotated[
-            Optional[list[str]],
+            list[str] | None,
             typer.Option("--filter", help="driver=, state=, name= (regex) or label=KEY=VALUE; repeatable."),
         ] = None,
         timeout: TimeoutOption = inventory.DEFAULT_LS_TIMEOUT,
         template: Annotated[
-            Optional[str], typer.Option("--format", "-f", help="'json', or a template like '{name} {state}'.")
+            str | None, typer.Option("--format", "-f", help="'json', or a template like '{name} {state}'.")
         ] = None,
     ) -> None:
         """List machines with their states (queried in parallel)."""
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
     def inspect(
         name: str,
         template: Annotated[
-            Optional[str], typer.Option("--format", "-f", help="A template over the record, e.g. '{driver_name}'.")
+            str | None, typer.Option("--format", "-f", help="A template over the record, e.g. '{driver_name}'.")
         ] = None,
     ) -> None:
         """Show a machine's record as JSON (secrets masked)."""
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         echo(row.name)
 
     @app.command()
-    def version(name: Annotated[Optional[str], typer.Argument(help="Show this machine's runtime version.")] = None) -> None:
+    def version(name: Annotated[str | None, typer.Argument(help="Show this machine's runtime version.")] = None) -> None:
         """Print the version of machines, or of a machine's runtime."""
         if name is None:
             echo(f"machines version {package.__version__}")

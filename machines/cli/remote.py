@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from machines.cli.common import machines, settings, echo
+from machines.cli.common import echo, machines, settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
     def ssh(
         name: str,
-        command: Annotated[Optional[list[str]], typer.Argument(help="Command to run; a shell when omitted.")] = None,
+        command: Annotated[list[str] | None, typer.Argument(help="Command to run; a shell when omitted.")] = None,
     ) -> None:
         """Log in to a machine (a shell on a PTY) or run one command; its exit status is passed through."""
         if command and command[0] == "--":  # ``machines ssh NAME -- CMD`` like ssh

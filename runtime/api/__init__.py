@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from runtime.api import containers, images, networks, system, unsupported, volumes  # noqa: F401 - register routes
 from runtime.api.routing import ROUTER
 from runtime.api.server import App
+from runtime.engine import Engine
 
 
-def build_app(engine: Any, debug: bool = False) -> App:
+def build_app(engine: Engine, debug: bool = False) -> App:
     return App(ROUTER, engine, debug=debug)

@@ -12,19 +12,20 @@ from typing import Any, Dict, Iterator, List
 from runtime.api import streams, validate
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
+from runtime.engine import Engine
 from runtime.errors import EngineError, InvalidParameter
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
 
 @route("GET", "/containers/json", "List containers (all, limit, size, filters)")
-def list_containers(engine: Any, request: Request) -> Response:
+def list_containers(engine: Engine, request: Request) -> Response:
     return json_response(engine.list_containers(all=request.flag("all"), filters=filters_arg(request),
                                                  limit=request.integer("limit", -1), size=request.flag("size")))
 
 
 @route("POST", "/containers/create", "Create a container (201); 404 for a missing image starts the CLI's pull")
-def create(engine: Any, request: Request) -> Response:
+def create(engine: Engine, request: Request) -> Response:
     body = request.json_object()
     validate.container_config(body)
     result = engine.create_container(body, name=request.arg("name") or None,
@@ -33,47 +34,47 @@ def create(engine: Any, request: Request) -> Response:
 
 
 @route("POST", "/containers/prune", "Remove stopped containers")
-def prune(engine: Any, request: Request) -> Response:
+def prune(engine: Engine, request: Request) -> Response:
     return json_response(engine.prune_containers(filters=filters_arg(request)))
 
 
 @route("GET", "/containers/{ref}/json", "Inspect a container")
-def inspect(engine: Any, request: Request, ref: str) -> Response:
+def inspect(engine: Engine, request: Request, ref: str) -> Response:
     return json_response(engine.inspect_container(ref, size=request.flag("size")))
 
 
 @route("POST", "/containers/{ref}/start", "Start (204, or 304 when running)")
-def start(engine: Any, request: Request, ref: str) -> None:
+def start(engine: Engine, request: Request, ref: str) -> None:
     engine.start(ref)
 
 
 @route("POST", "/containers/{ref}/stop", "Stop: StopSignal, then SIGKILL after t seconds")
-def stop(engine: Any, request: Request, ref: str) -> None:
+def stop(engine: Engine, request: Request, ref: str) -> None:
     engine.stop(ref, timeout=request.integer("t"), signal=request.arg("signal") or None)
 
 
 @route("POST", "/containers/{ref}/restart", "Restart")
-def restart(engine: Any, request: Request, ref: str) -> None:
+def restart(engine: Engine, request: Request, ref: str) -> None:
     engine.restart(ref, timeout=request.integer("t"))
 
 
 @route("POST", "/containers/{ref}/kill", "Send a signal (default SIGKILL); 409 when not running")
-def kill(engine: Any, request: Request, ref: str) -> None:
+def kill(engine: Engine, request: Request, ref: str) -> None:
     engine.kill(ref, signal=request.arg("signal") or "SIGKILL")
 
 
 @route("POST", "/containers/{ref}/pause", "Freeze all processes")
-def pause(engine: Any, request: Request, ref: str) -> None:
+def pause(engine: Engine, request: Request, ref: str) -> None:
     engine.pause(ref)
 
 
 @route("POST", "/containers/{ref}/unpause", "Thaw all processes")
-def unpause(engine: Any, request: Request, ref: str) -> None:
+def unpause(engine: Engine, request: Request, ref: str) -> None:
     engine.unpause(ref)
 
 
 @route("POST", "/containers/{ref}/rename", "Rename")
-def rename(engine: Any, request: Request, ref: str) -> None:
+def rename(engine: Engine, request: Request, ref: str) -> None:
     name = request.arg("name")
     if not name:
         raise InvalidParameter("Neither old nor new names may be empty")
@@ -88,19 +89,19 @@ def _size(request: Request) -> tuple:
 
 
 @route("POST", "/containers/{ref}/resize", "Resize the TTY")
-def resize(engine: Any, request: Request, ref: str) -> Response:
+def resize(engine: Engine, request: Request, ref: str) -> Response:
     height, width = _size(request)
     engine.resize(ref, height, width)
     return Response(200, b"", "text/plain")
 
 
 @route("DELETE", "/containers/{ref}", "Remove (force, v)")
-def remove(engine: Any, request: Request, ref: str) -> None:
+def remove(engine: Engine, request: Request, ref: str) -> None:
     engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
 
 
 @route("POST", "/containers/{ref}/wait", "Wait for a condition; headers go out at once, the body at the end")
-def wait(engine: Any, request: Request, ref: str) -> Stream:
+def wait(engine: Engine, request: Request, ref: str) -> Stream:
     condition = request.arg("condition") or "not-running"
     if condition not in WAIT_CONDITIONS:
         raise InvalidParameter("invalid condition: %r" % condition)
@@ -117,7 +118,7 @@ def wait(engine: Any, request: Request, ref: str) -> Stream:
 
 
 @route("POST", "/containers/{ref}/attach", "Attach: 101 hijack, multiplexed unless TTY")
-def attach(engine: Any, request: Request, ref: str) -> Any:
+def attach(engine: Engine, request: Request, ref: str) -> Any:
     tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
     with_stdin = request.flag("stdin")
     session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
@@ -130,7 +131,7 @@ def attach(engine: Any, request: Request, ref: str) -> Any:
 
 
 @route("GET", "/containers/{ref}/logs", "Logs: multiplexed frames, or raw with a TTY; follow streams live")
-def logs(engine: Any, request: Request, ref: str) -> Stream:
+def logs(engine: Engine, request: Request, ref: str) -> Stream:
     stdout, stderr = request.flag("stdout"), request.flag("stderr")
     if not (stdout or stderr):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
@@ -151,7 +152,7 @@ def logs(engine: Any, request: Request, ref: str) -> Stream:
 
 
 @route("GET", "/containers/{ref}/top", "Processes in the container")
-def top(engine: Any, request: Request, ref: str) -> Response:
+def top(engine: Engine, request: Request, ref: str) -> Response:
     return json_response(engine.top(ref, request.arg("ps_args") or None))
 
 
@@ -165,7 +166,7 @@ def _with_precpu(sample: Dict[str, Any], previous: Dict[str, Any]) -> Dict[str, 
 
 
 @route("GET", "/containers/{ref}/stats", "Resource usage: a sample per second, or one (stream=0)")
-def stats(engine: Any, request: Request, ref: str) -> Any:
+def stats(engine: Engine, request: Request, ref: str) -> Any:
     first = engine.stats(ref)
     if not request.flag("stream", True):
         if request.flag("one-shot"):
@@ -200,18 +201,18 @@ def _path(request: Request) -> str:
 
 
 @route("HEAD", "/containers/{ref}/archive", "Stat a path in the container (X-Docker-Container-Path-Stat)")
-def archive_head(engine: Any, request: Request, ref: str) -> Response:
+def archive_head(engine: Engine, request: Request, ref: str) -> Response:
     return Response(200, b"", "application/json", _stat_header(engine.archive_head(ref, _path(request))))
 
 
 @route("GET", "/containers/{ref}/archive", "A tar of a path in the container (docker cp out)")
-def archive_get(engine: Any, request: Request, ref: str) -> Stream:
+def archive_get(engine: Engine, request: Request, ref: str) -> Stream:
     chunks, stat = engine.archive_get(ref, _path(request))
     return Stream(chunks, "application/x-tar", headers=_stat_header(stat))
 
 
 @route("PUT", "/containers/{ref}/archive", "Extract a tar into the container (docker cp in)")
-def archive_put(engine: Any, request: Request, ref: str) -> Response:
+def archive_put(engine: Engine, request: Request, ref: str) -> Response:
     engine.inspect_container(ref)  # 404 before reading an upload for nothing
     with request.body.spool(engine.data_root) as upload:  # the container's lock is never held on a network read
         engine.archive_put(ref, _path(request), upload,
@@ -220,7 +221,7 @@ def archive_put(engine: Any, request: Request, ref: str) -> Response:
 
 
 @route("GET", "/containers/{ref}/export", "The container's filesystem as a tar")
-def export(engine: Any, request: Request, ref: str) -> Stream:
+def export(engine: Engine, request: Request, ref: str) -> Stream:
     engine.inspect_container(ref)
     return Stream(engine.export(ref), "application/x-tar")
 
@@ -236,7 +237,7 @@ def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str,
     Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
     changed because of them)."""
     skipped = set(_RUNTIME_PATHS) | set(mounts)
-    found = []
+    found: List[Dict[str, Any]] = []
     for folder, subfolders, files in os.walk(upper):
         for name in subfolders + files:
             path = os.path.join(folder, name)
@@ -259,7 +260,7 @@ def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str,
 
 
 @route("GET", "/containers/{ref}/changes", "Filesystem changes against the image (docker diff)")
-def changes(engine: Any, request: Request, ref: str) -> Response:
+def changes(engine: Engine, request: Request, ref: str) -> Response:
     container = engine.inspect_container(ref)
     lowers = engine.images.resolve(container["Image"]).layer_dirs()
     mounts = [mount.get("Destination", "") for mount in container.get("Mounts") or []]
@@ -267,7 +268,7 @@ def changes(engine: Any, request: Request, ref: str) -> Response:
 
 
 @route("POST", "/containers/{ref}/exec", "Create an exec instance (201)")
-def exec_create(engine: Any, request: Request, ref: str) -> Response:
+def exec_create(engine: Engine, request: Request, ref: str) -> Response:
     body = request.json_object()
     validate.check(body, validate.EXEC_CONFIG, "ExecConfig", strict=False)
     if not body.get("Cmd"):
@@ -277,7 +278,7 @@ def exec_create(engine: Any, request: Request, ref: str) -> Response:
 
 
 @route("POST", "/exec/{exec_id}/start", "Start an exec: 101 hijack unless Detach")
-def exec_start(engine: Any, request: Request, exec_id: str) -> Any:
+def exec_start(engine: Engine, request: Request, exec_id: str) -> Any:
     body = request.json_object(required=False)
     validate.check(body, validate.EXEC_START, "ExecStartConfig", strict=False)
     info = engine.exec_inspect(exec_id)  # 404 before any hijack
@@ -301,14 +302,14 @@ def exec_start(engine: Any, request: Request, exec_id: str) -> Any:
 
 
 @route("POST", "/exec/{exec_id}/resize", "Resize an exec's TTY")
-def exec_resize(engine: Any, request: Request, exec_id: str) -> Response:
+def exec_resize(engine: Engine, request: Request, exec_id: str) -> Response:
     height, width = _size(request)
     engine.exec_resize(exec_id, height, width)
     return Response(200, b"", "text/plain")
 
 
 @route("GET", "/exec/{exec_id}/json", "Inspect an exec (ExitCode)")
-def exec_inspect(engine: Any, request: Request, exec_id: str) -> Response:
+def exec_inspect(engine: Engine, request: Request, exec_id: str) -> Response:
     return json_response(engine.exec_inspect(exec_id))
 
 

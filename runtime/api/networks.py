@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, json_response
+from runtime.engine import Engine
 from runtime.errors import InvalidParameter
 
 
 @route("GET", "/networks", "List networks")
-def list_networks(engine: Any, request: Request) -> Response:
+def list_networks(engine: Engine, request: Request) -> Response:
     return json_response(engine.networks.list(filters_arg(request)))
 
 
 @route("POST", "/networks/create", "Create a network (201)")
-def create(engine: Any, request: Request) -> Response:
+def create(engine: Engine, request: Request) -> Response:
     body = request.json_object()
     if not isinstance(body.get("Name"), str) or not body["Name"]:
         raise InvalidParameter("network name must be a non-empty string")
@@ -24,17 +23,17 @@ def create(engine: Any, request: Request) -> Response:
 
 
 @route("POST", "/networks/prune", "Remove unused networks")
-def prune(engine: Any, request: Request) -> Response:
+def prune(engine: Engine, request: Request) -> Response:
     return json_response(engine.networks.prune(filters_arg(request)))
 
 
 @route("GET", "/networks/{ref}", "Inspect a network")
-def inspect(engine: Any, request: Request, ref: str) -> Response:
+def inspect(engine: Engine, request: Request, ref: str) -> Response:
     return json_response(engine.networks.inspect(ref))
 
 
 @route("DELETE", "/networks/{ref}", "Remove a network")
-def remove(engine: Any, request: Request, ref: str) -> None:
+def remove(engine: Engine, request: Request, ref: str) -> None:
     engine.networks.remove(ref)
 
 
@@ -46,7 +45,7 @@ def _container(body: dict) -> str:
 
 
 @route("POST", "/networks/{ref}/connect", "Connect a container")
-def connect(engine: Any, request: Request, ref: str) -> Response:
+def connect(engine: Engine, request: Request, ref: str) -> Response:
     body = request.json_object()
     config = body.get("EndpointConfig") or {}
     if not isinstance(config, dict):
@@ -57,7 +56,7 @@ def connect(engine: Any, request: Request, ref: str) -> Response:
 
 
 @route("POST", "/networks/{ref}/disconnect", "Disconnect a container")
-def disconnect(engine: Any, request: Request, ref: str) -> Response:
+def disconnect(engine: Engine, request: Request, ref: str) -> Response:
     body = request.json_object()
     engine.network_disconnect(ref, _container(body), force=bool(body.get("Force")))
     return Response(200)

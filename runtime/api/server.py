@@ -647,7 +647,7 @@ class Hijacked:
     def read(self, size: int = 65536) -> bytes:
         """Client input; ``b""`` once the client half-closed or hung up."""
         try:
-            return self.conn.rfile.read1(size)
+            return self.conn.rfile.read1(size)  # type: ignore[attr-defined]  # a BufferedReader
         except (OSError, ValueError, ssl.SSLError):
             return b""
 

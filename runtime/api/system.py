@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 from runtime import API_VERSION, MIN_API_VERSION, VERSION
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import Request, Response, Stream, json_lines, json_response
+from runtime.engine import Engine
 
 _PING_HEADERS = {
     "Builder-Version": "1",
@@ -21,12 +22,12 @@ _PING_HEADERS = {
 
 
 @route("GET", "/_ping", "Ping; the Api-Version header starts the CLI's version negotiation")
-def ping(engine: Any, request: Request) -> Response:
+def ping(engine: Engine, request: Request) -> Response:
     return Response(200, b"OK", "text/plain; charset=utf-8", _PING_HEADERS)
 
 
 @route("HEAD", "/_ping", "Ping without a body")
-def ping_head(engine: Any, request: Request) -> Response:
+def ping_head(engine: Engine, request: Request) -> Response:
     return Response(200, b"", "text/plain; charset=utf-8", _PING_HEADERS)
 
 
@@ -36,7 +37,7 @@ def _arch() -> str:
 
 
 @route("GET", "/version", "Server version; docker-py negotiates from ApiVersion")
-def version(engine: Any, request: Request) -> Response:
+def version(engine: Engine, request: Request) -> Response:
     details = {
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
@@ -90,7 +91,7 @@ def _cgroup_version() -> str:
 
 
 @route("GET", "/info", "System information; Swarm.LocalNodeState is inactive")
-def info(engine: Any, request: Request) -> Response:
+def info(engine: Engine, request: Request) -> Response:
     containers = engine.list_containers(all=True)
     states = [item.get("State") for item in containers]
     images = engine.images.list(all=False)
@@ -150,14 +151,14 @@ def info(engine: Any, request: Request) -> Response:
 
 
 @route("GET", "/events", "Live event stream (chunked JSON)")
-def events(engine: Any, request: Request) -> Stream:
+def events(engine: Engine, request: Request) -> Stream:
     items = engine.events(since=timestamp_arg(request, "since") or None, until=timestamp_arg(request, "until") or None,
                           filters=filters_arg(request))
     return Stream(json_lines(items), "application/json", long_poll=True)
 
 
 @route("GET", "/system/df", "Disk usage of images, containers and volumes")
-def disk_usage(engine: Any, request: Request) -> Response:
+def disk_usage(engine: Engine, request: Request) -> Response:
     images: List[Dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
     volumes = engine.volumes.list()
@@ -173,5 +174,5 @@ def disk_usage(engine: Any, request: Request) -> Response:
 
 
 @route("POST", "/auth", "Log in to a registry: checks the credentials against it")
-def auth(engine: Any, request: Request) -> Response:
-    return json_response(engine.images.login(request.json_object()))
+def auth(engine: Engine, request: Request) -> Response:
+    return json_response(engine.image_service.login(request.json_object()))

@@ -6,21 +6,22 @@ from typing import Any
 
 from runtime.api.routing import route
 from runtime.api.server import Request, Response, error_response
+from runtime.engine import Engine
 
 _SWARM = ("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this "
           "node to swarm and try again.")
 _METHODS = ("GET", "POST", "DELETE", "PUT", "HEAD")
 
 
-def _swarm(engine: Any, request: Request, rest: str = "") -> Response:
+def _swarm(engine: Engine, request: Request, rest: str = "") -> Response:
     return error_response(503, _SWARM)
 
 
-def _plugin(engine: Any, request: Request, name: str) -> Response:
+def _plugin(engine: Engine, request: Request, name: str) -> Response:
     return error_response(404, "plugin %s not found" % name)
 
 
-def _plugins(engine: Any, request: Request, rest: str = "") -> Response:
+def _plugins(engine: Engine, request: Request, rest: str = "") -> Response:
     return error_response(404, "plugins are not supported by this daemon")
 
 
@@ -38,14 +39,13 @@ for _method in _METHODS:
 _NOT_IMPLEMENTED = (
     ("POST", "/containers/{ref}/update", "docker update is not supported by this daemon: recreate the container"),
     ("GET", "/images/search", "searching registries is not supported by this daemon"),
-    ("GET", "/distribution/{name:.*}/json", "distribution inspect is not supported by this daemon"),
     ("POST", "/session", "BuildKit sessions are not supported: build with DOCKER_BUILDKIT=0"),
     ("POST", "/grpc", "BuildKit is not supported: build with DOCKER_BUILDKIT=0"),
 )
 
 
 def _not_implemented(message: str) -> Any:
-    def answer(engine: Any, request: Request, **_: str) -> Response:
+    def answer(engine: Engine, request: Request, **_: str) -> Response:
         return error_response(501, message)
 
     return answer

@@ -118,7 +118,7 @@ class _Sink:
 
 def _tar_tree(host: str, arcname: str, skip_root: bool = False) -> Iterator[bytes]:
     sink = _Sink()
-    tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+    tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
 
     def add(path: str, name: str) -> None:
         info = tar.gettarinfo(path, arcname=name)

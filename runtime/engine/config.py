@@ -48,7 +48,7 @@ def _as_list(value: object) -> Optional[List[str]]:
         return None
     if isinstance(value, str):
         return [value]
-    return list(value)  # type: ignore[arg-type]
+    return list(value)  # type: ignore[call-overload]
 
 
 def merge_config(body: dict, image_config: dict) -> dict:

@@ -16,133 +16,27 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from runtime import timefmt
-from runtime.engine import archive
+from runtime.engine import archive, health
 from runtime.engine.config import (ZERO_TIME, check_name, command_of, create_warnings, devices_of, host_config_defaults,
-                                   log_size, merge_config, merge_env, parse_binds, parse_mounts, parse_signal,
-                                   random_name, split_mode, ulimits_of, validate_network_mode)
+                                   log_size, merge_config, parse_binds, parse_mounts, parse_signal, random_name,
+                                   split_mode, ulimits_of, validate_network_mode)
+from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
+from runtime.engine.exec import ExecManager
+from runtime.engine.launch import Launch, start_error, start_exit_code
 from runtime.engine.logs import read_logs
-from runtime.engine.sessions import AttachSession, ExecSession, Session
-from runtime.engine.shim import EXIT, close_fds, connect, recv_frame, shim_main, write_json
+from runtime.engine.monitor import Monitor
+from runtime.engine.sessions import AttachSession, Session
+from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
 from runtime.engine.volumes import VolumeStore
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
 from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
 from runtime.linux.paths import private_dir
-from runtime.linux.process import enter_child, receive_console
 
-RESTART_BACKOFF_MAX = 1.0
-LIST_FILTERS = ("ancestor", "before", "exited", "id", "is-task", "label", "name", "network", "since", "status",
-                "volume")  # moby's, less health, publish and expose (refused rather than ignored)
-
-
-def _now() -> str:
-    return timefmt.rfc3339_nano()
-
-
-class Container:
-    """In-memory handle: ``data`` is what is persisted (inspect shape plus private ``_`` keys)."""
-
-    def __init__(self, data: dict, path: str) -> None:
-        self.data = data
-        self.dir = path
-        self.lock = threading.RLock()
-        self.exit_seq = 0
-        self.removed = False
-        self.pending: List[AttachSession] = []
-        self.backoff = 0.0
-        self.exit_on_next = False  # stop, kill with SIGKILL or the stop signal, rm -f: no restart policy
-        self.prev_stats: Optional[dict] = None
-
-    @property
-    def id(self) -> str:
-        return self.data["Id"]
-
-    @property
-    def name(self) -> str:
-        return self.data["Name"].lstrip("/")
-
-    @property
-    def state(self) -> dict:
-        return self.data["State"]
-
-    @property
-    def running(self) -> bool:
-        return bool(self.state["Running"])
-
-    def file(self, name: str) -> str:
-        return os.path.join(self.dir, name)
-
-
-class Launch:
-    """Daemon side of one start: forks the shim and follows the child's report pipe (``pid:``, ``ns:``, ``err:``)."""
-
-    def __init__(self, spec: dict, netns_fd: Optional[int], fork_lock: threading.Lock) -> None:
-        report_r, report_w = os.pipe()
-        go_r, self.go_fd = os.pipe()
-        with fork_lock:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    shim_main(spec, report_w, go_r, netns_fd)
-                finally:
-                    os._exit(0)
-            os.close(report_w)
-            os.close(go_r)
-        self.shim_pid = pid
-        self.report = os.fdopen(report_r, "rb")
-        self.child = 0
-        self.error: Optional[str] = None
-        namespaces = False
-        while not (self.child and namespaces) and self.error is None:
-            line = self.report.readline()
-            if not line:
-                self.error = self.error or "container init exited before its namespaces were ready"
-                break
-            kind, _, text = line.decode(errors="replace").rstrip("\n").partition(":")
-            if kind == "pid":
-                self.child = int(text)
-            elif kind == "ns":
-                namespaces = True
-            elif kind == "err":
-                self.error = text
-
-    def go(self) -> Optional[str]:
-        """Lets the container exec; returns its start error, or None once exec succeeded (the pipe hit EOF)."""
-        try:
-            os.write(self.go_fd, b"g")
-        except BrokenPipeError:
-            pass
-        os.close(self.go_fd)
-        self.go_fd = -1
-        for line in self.report.read().decode(errors="replace").splitlines():
-            if line.startswith("err:") and self.error is None:
-                self.error = line[4:]
-        self.report.close()
-        return self.error
-
-    def abort(self) -> None:
-        if self.go_fd >= 0:
-            os.close(self.go_fd)
-            self.go_fd = -1
-        if self.child:
-            try:
-                os.kill(self.child, signals.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.report.close()
-
-
-def _start_error(message: str) -> EngineError:
-    """Moby wording: the docker CLI maps 'not found' texts to 127 and 'permission denied' to 126."""
-    return InvalidParameter(message) if ("not found" in message or "no such file" in message
-                                         or "permission denied" in message) else HostError(message)
-
-
-def _start_exit_code(message: str) -> int:
-    return 126 if "permission denied" in message and "not found" not in message else 127
+LIST_FILTERS = ("ancestor", "before", "exited", "health", "id", "is-task", "label", "name", "network", "since",
+                "status", "volume")  # moby's, less publish and expose (refused rather than ignored)
 
 
 class Engine:
@@ -150,6 +44,7 @@ class Engine:
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
                  bridge_name: Optional[str] = None) -> None:
+        from runtime.images.service import ImageService
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
 
@@ -160,17 +55,22 @@ class Engine:
             private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
-        network_options = {"bridge_name": bridge_name} if bridge_name else {}
+        self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
+        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
         self.bus = EventBus()
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
+        self.table = ContainerTable(self.bus)
+        self._lock = self.table.lock
+        self._cond = self.table.cond
+        self._containers = self.table.by_id
         self._fork_lock = threading.Lock()
-        self._containers: Dict[str, Container] = {}
-        self._execs: Dict[str, dict] = {}
-        self._closed = False
+        self.execs = ExecManager(self.table, self._fork_lock, self._spec)
+        self.health = health.HealthChecker(self.table, self.execs)
+        self.monitor = Monitor(self.table, self.execs, self.health, start=self._start,
+                               release_network=self._release_network,
+                               remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
         private_dir(self._trash, 0o700)
         self._discards: List[threading.Thread] = []
@@ -181,30 +81,13 @@ class Engine:
     # --- lookup and persistence --------------------------------------------------------------------------------
 
     def _get(self, ref: str) -> Container:
-        ref = (ref or "").lstrip("/")
-        with self._lock:
-            if ref in self._containers:
-                return self._containers[ref]
-            for c in self._containers.values():
-                if c.name == ref:
-                    return c
-            if ref:
-                found = [c for c in self._containers.values() if c.id.startswith(ref)]
-                if len(found) == 1:
-                    return found[0]
-                if len(found) > 1:
-                    raise InvalidParameter("multiple IDs found with provided prefix: %s" % ref)
-        raise NotFound("No such container: %s" % ref)
+        return self.table.get(ref)
 
     def _save(self, c: Container) -> None:
-        if not c.removed:
-            write_json(c.file("config.v2.json"), c.data)
+        self.table.save(c)
 
     def _emit(self, c: Container, action: str, **extra: str) -> None:
-        attrs = {"image": c.data["Config"].get("Image", ""), "name": c.name}
-        attrs.update(c.data["Config"].get("Labels") or {})
-        attrs.update(extra)
-        self.bus.emit("container", action, c.id, attrs)
+        self.table.emit(c, action, **extra)
 
     def _volume_users(self, name: str) -> List[str]:
         with self._lock:
@@ -227,7 +110,12 @@ class Engine:
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         log_size(host["LogConfig"]["Config"].get("max-size"))
-        config = merge_config(body, (image.config or {}).get("config") or {})
+        health.validate(body.get("Healthcheck"))
+        image_config = (image.config or {}).get("config") or {}
+        config = merge_config(body, image_config)
+        config["Healthcheck"] = health.merge(body.get("Healthcheck"), image_config.get("Healthcheck"))
+        if config["Healthcheck"] is None:
+            del config["Healthcheck"]
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
@@ -249,7 +137,7 @@ class Engine:
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
             data = {
-                "Id": cid, "Created": _now(), "Path": args[0], "Args": args[1:], "Name": "/" + name,
+                "Id": cid, "Created": now(), "Path": args[0], "Args": args[1:], "Name": "/" + name,
                 "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
                           "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
                           "StartedAt": ZERO_TIME, "FinishedAt": ZERO_TIME},
@@ -453,7 +341,7 @@ class Engine:
         monitor = None
         try:
             if launch.error:
-                raise _start_error(launch.error)
+                raise start_error(launch.error)
             self._connect_networks(c, kind, launch.child)
             monitor = connect(spec["socket"], {"monitor": True}, timeout=5)
             with self._lock:
@@ -462,7 +350,7 @@ class Engine:
                 session.connect(spec["socket"])
             error = launch.go()
             if error:
-                raise _start_error(error)
+                raise start_error(error)
         except BaseException as e:
             launch.abort()
             if monitor is not None:
@@ -473,7 +361,7 @@ class Engine:
             with self._lock:
                 st = c.state
                 st.update({"Status": "created" if st["StartedAt"] == ZERO_TIME else "exited", "Error": message,
-                           "ExitCode": _start_exit_code(message) if isinstance(e, InvalidParameter) else 128,
+                           "ExitCode": start_exit_code(message) if isinstance(e, InvalidParameter) else 128,
                            "Running": False, "Pid": 0})
                 self._save(c)
                 pending, c.pending = c.pending, []
@@ -489,7 +377,7 @@ class Engine:
         with self._lock:
             c.state.update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                             "OOMKilled": False, "Dead": False, "Pid": launch.child, "ExitCode": 0, "Error": "",
-                            "StartedAt": _now()})
+                            "StartedAt": now()})
             c.data["_start_id"] = spec["start_id"]
             c.data["_socket"] = spec["socket"]
             c.data["_shim_pid"] = launch.shim_pid
@@ -497,8 +385,8 @@ class Engine:
             c.exit_on_next = False
             self._save(c)
         self._emit(c, "start")
-        threading.Thread(target=self._watch, args=(c, monitor, launch.shim_pid, spec["start_id"]),
-                         name="watch-" + c.id[:12], daemon=True).start()
+        self.health.init(c)
+        self.monitor.follow(c, monitor, launch.shim_pid, spec["start_id"])
 
     def _connect_networks(self, c: Container, kind: str, pid: int) -> None:
         """Plugs the started container into every network in NetworkSettings.Networks, then publishes ports on
@@ -552,107 +440,7 @@ class Engine:
                 pass
         threading.Thread(target=reap, daemon=True).start()
 
-    # --- exit, restart policies, restore -----------------------------------------------------------------------
-
-    def _watch(self, c: Container, sock: socket.socket, shim_pid: Optional[int], start_id: str) -> None:
-        record = None
-        try:
-            while True:
-                frame = recv_frame(sock)
-                if frame is None:
-                    break
-                if frame[0] == EXIT:
-                    record = json.loads(frame[1])
-                    break
-        except (OSError, ValueError):
-            pass
-        sock.close()
-        if not self._closed:
-            self._exited(c, start_id, record)
-        if shim_pid:  # reaped after the books are closed: waiters need not wait for the shim to go
-            try:
-                os.waitpid(shim_pid, 0)
-            except ChildProcessError:
-                pass
-
-    def _read_exit(self, c: Container, start_id: str) -> Optional[dict]:
-        try:
-            with open(c.file("exit.json")) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return record if record.get("StartId") == start_id else None
-
-    def _exited(self, c: Container, start_id: str, record: Optional[dict]) -> None:
-        record = record or self._read_exit(c, start_id) or {"ExitCode": 255, "OOMKilled": False,
-                                                             "FinishedAt": _now()}
-        with self._lock:
-            if c.data.get("_start_id") != start_id or not c.running:
-                return
-        self._release_network(c)  # outside the engine lock: it runs `ip` and touches iptables
-        with self._lock:
-            code = int(record["ExitCode"])
-            c.state.update({"Status": "exited", "Running": False, "Paused": False, "Pid": 0, "ExitCode": code,
-                            "OOMKilled": bool(record.get("OOMKilled")), "FinishedAt": record["FinishedAt"]})
-            restart = self._should_restart(c, code)
-            if restart:
-                c.state.update({"Status": "restarting", "Restarting": True})
-            self._save(c)
-            c.exit_seq += 1
-            self._cond.notify_all()
-        for e in list(self._execs.values()):
-            if e["ContainerID"] == c.id and e["Running"]:
-                e["Running"] = False
-        if record.get("OOMKilled"):
-            self._emit(c, "oom")
-        self._emit(c, "die", exitCode=str(code))
-        if restart:
-            self._schedule_restart(c, start_id)
-        elif c.data["HostConfig"].get("AutoRemove"):
-            try:
-                self.remove(c.id, force=True, volumes=True)
-            except EngineError:
-                pass
-
-    def _should_restart(self, c: Container, code: int) -> bool:
-        """moby's restart manager: a cancelled exit never restarts; unless-stopped also respects a manual stop."""
-        if c.exit_on_next or c.removed or self._closed:
-            return False
-        policy = c.data["HostConfig"]["RestartPolicy"]
-        name = policy.get("Name") or "no"
-        if name == "always":
-            return True
-        if name == "unless-stopped":
-            return not c.data.get("HasBeenManuallyStopped")
-        if name == "on-failure" and code != 0:
-            limit = policy.get("MaximumRetryCount") or 0
-            return limit == 0 or c.data["RestartCount"] < limit
-        return False
-
-    def _schedule_restart(self, c: Container, start_id: str) -> None:
-        started = c.state.get("StartedAt") or ZERO_TIME
-        ran_long = started != ZERO_TIME and time.time() - timefmt.parse_rfc3339_or(started) > 10
-        c.backoff = 0.1 if ran_long or not c.backoff else min(c.backoff * 2, RESTART_BACKOFF_MAX)
-        delay = c.backoff
-
-        def restart() -> None:
-            time.sleep(delay)
-            with c.lock:
-                if c.removed or c.running or self._closed or not c.state.get("Restarting"):
-                    return
-                if c.data.get("_start_id") != start_id or c.exit_on_next:
-                    return
-                c.data["RestartCount"] += 1
-                try:
-                    self._start(c)
-                except EngineError as e:
-                    with self._lock:
-                        c.state.update({"Restarting": False, "Status": "exited", "Error": str(e)})
-                        self._save(c)
-                    return
-            self._emit(c, "restart")
-
-        threading.Thread(target=restart, name="restart-" + c.id[:12], daemon=True).start()
+    # --- restore ------------------------------------------------------------------------------------------------
 
     def _restore(self) -> None:
         """Reloads every container; reconnects to live shims, closes the books on dead ones, applies policies."""
@@ -677,18 +465,18 @@ class Engine:
                         sock = None
                 if sock is not None:
                     running[cid] = st["Pid"]
-                    threading.Thread(target=self._watch, args=(c, sock, None, data["_start_id"]),
-                                     daemon=True).start()
+                    self.monitor.follow(c, sock, None, data["_start_id"])
+                    self.health.init(c)
                     continue
-                record = self._read_exit(c, data.get("_start_id", "")) or {"ExitCode": st.get("ExitCode") or 255,
-                                                                          "OOMKilled": False, "FinishedAt": _now()}
+                record = self.monitor.read_exit(c, data.get("_start_id", "")) or {
+                    "ExitCode": st.get("ExitCode") or 255, "OOMKilled": False, "FinishedAt": now()}
                 st.update({"Status": "exited", "Running": False, "Paused": False, "Restarting": False, "Pid": 0,
                            "ExitCode": int(record["ExitCode"]), "OOMKilled": bool(record.get("OOMKilled")),
                            "FinishedAt": record["FinishedAt"]})
                 self._save(c)
             policy = c.data["HostConfig"]["RestartPolicy"].get("Name")
             manual = c.data.get("HasBeenManuallyStopped")
-            if st["Status"] == "exited" and (policy == "always" or (not manual and self._should_restart(
+            if st["Status"] == "exited" and (policy == "always" or (not manual and self.monitor.should_restart(
                     c, st["ExitCode"]))):
                 to_start.append(c)
             elif st["Status"] == "exited" and c.data["HostConfig"].get("AutoRemove"):
@@ -710,7 +498,8 @@ class Engine:
 
     def close(self) -> None:
         """Stops background work; containers and their shims keep running."""
-        self._closed = True
+        self.table.closed = True
+        self.health.close()
         self.bus.close()
         for thread in list(self._discards):
             thread.join(10)
@@ -816,6 +605,7 @@ class Engine:
             with self._lock:
                 c.state.update({"Paused": True, "Status": "paused"})
                 self._save(c)
+            self.health.update(c)
         self._emit(c, "pause")
 
     def unpause(self, ref: str) -> None:
@@ -827,6 +617,7 @@ class Engine:
             with self._lock:
                 c.state.update({"Paused": False, "Status": "running" if c.running else c.state["Status"]})
                 self._save(c)
+            self.health.update(c)
         self._emit(c, "unpause")
 
     def rename(self, ref: str, new_name: str) -> None:
@@ -854,6 +645,7 @@ class Engine:
                 raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
                                "removal or force remove" % c.id)
             c.exit_on_next = True
+            self.health.stop(c)
             if c.running:
                 with self._lock:
                     c.data["HasBeenManuallyStopped"] = True
@@ -869,8 +661,7 @@ class Engine:
             with self._lock:
                 c.removed = True
                 self._containers.pop(c.id, None)
-                for eid in [e for e, rec in self._execs.items() if rec["ContainerID"] == c.id]:
-                    self._execs.pop(eid, None)
+            self.execs.forget_container(c.id)
             archive.unmount_quietly(c.file("rootfs"))
             trash = os.path.join(self._trash, c.id)
             os.rename(c.dir, trash)
@@ -913,7 +704,7 @@ class Engine:
         for c in candidates:
             if not args.match_labels(c.data["Config"].get("Labels") or {}):
                 continue
-            if until is not None and timefmt.parse_rfc3339_or(c.data["Created"]) > until:
+            if until is not None and parse_time(c.data["Created"]) > until:
                 continue
             reclaimed += archive.tree_size(c.file("upper"))
             try:
@@ -948,7 +739,7 @@ class Engine:
         with self._lock:
             out = json.loads(json.dumps({k: v for k, v in c.data.items() if not k.startswith("_")}))
         out["Mounts"] = [{k: v for k, v in m.items() if not k.startswith("_")} for m in out.get("Mounts") or []]
-        out["ExecIDs"] = [e for e, rec in self._execs.items() if rec["ContainerID"] == c.id] or None
+        out["ExecIDs"] = self.execs.ids_of(c.id) or None
         out["GraphDriver"] = {"Name": "overlay2", "Data": {
             "LowerDir": ":".join(c.data["_lower"]), "UpperDir": c.file("upper"), "WorkDir": c.file("work"),
             "MergedDir": c.file("rootfs")}}
@@ -961,6 +752,9 @@ class Engine:
     def list_containers(self, all: bool = False, filters: Optional[Args] = None, limit: int = -1,
                         size: bool = False) -> List[dict]:
         args = Args.of(filters).validate(LIST_FILTERS)
+        for value in args.get("health"):
+            if value not in health.HEALTH_VALUES:
+                raise InvalidParameter("Unrecognised filter value for health: %s" % value)
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
             before = [self._get(ref).data["Created"] for ref in args.get("before")]
@@ -989,6 +783,7 @@ class Engine:
             or c.data["Image"].startswith("sha256:" + v),
             "volume": lambda v: any(v in (m.get("Name"), m.get("Destination")) for m in c.data.get("Mounts") or []),
             "network": lambda v: v in (c.data["NetworkSettings"].get("Networks") or {}),
+            "health": lambda v: v == health.filter_value(st),
         }
         for key, test in checks.items():
             wanted = args.get(key)
@@ -1003,7 +798,7 @@ class Engine:
         args = [c.data["Path"]] + c.data["Args"]
         out = {
             "Id": c.id, "Names": ["/" + c.name], "Image": cfg.get("Image"), "ImageID": c.data["Image"],
-            "Command": " ".join(args), "Created": int(timefmt.parse_rfc3339_or(c.data["Created"])),
+            "Command": " ".join(args), "Created": int(parse_time(c.data["Created"])),
             "Ports": summary_ports(c.data["NetworkSettings"].get("Ports") or {}),
             "Labels": cfg.get("Labels") or {}, "State": c.state["Status"], "Status": human_status(c.state),
             "HostConfig": {"NetworkMode": host.get("NetworkMode")},
@@ -1068,152 +863,16 @@ class Engine:
     # --- exec ----------------------------------------------------------------------------------------------------
 
     def exec_create(self, ref: str, body: dict) -> str:
-        c = self._get(ref)
-        if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
-        if c.state.get("Paused"):
-            raise Conflict("Container %s is paused, unpause the container before exec" % c.id)
-        cmd = body.get("Cmd") or []
-        if isinstance(cmd, str):
-            cmd = [cmd]
-        if not cmd:
-            raise InvalidParameter("No exec command specified")
-        eid = secrets.token_hex(32)
-        with self._lock:
-            self._execs[eid] = {
-                "ID": eid, "Running": False, "ExitCode": None, "Pid": 0, "ContainerID": c.id,
-                "ProcessConfig": {"entrypoint": cmd[0], "arguments": list(cmd[1:]), "tty": bool(body.get("Tty")),
-                                  "user": body.get("User") or "", "privileged": bool(body.get("Privileged"))},
-                "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout", True)),
-                "OpenStderr": bool(body.get("AttachStderr", True)), "CanRemove": False,
-                "DetachKeys": body.get("DetachKeys") or "", "_body": dict(body), "_master": None,
-                "_started": False,
-            }
-        self._emit(c, "exec_create: " + " ".join(cmd), execID=eid)
-        return eid
-
-    def _exec(self, exec_id: str) -> dict:
-        with self._lock:
-            rec = self._execs.get(exec_id)
-        if rec is None:
-            raise NotFound("No such exec instance: %s" % exec_id)
-        return rec
+        return self.execs.create(ref, body)
 
     def exec_inspect(self, exec_id: str) -> dict:
-        rec = self._exec(exec_id)
-        return {k: v for k, v in rec.items() if not k.startswith("_")}
+        return self.execs.inspect(exec_id)
 
     def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Optional[Session]:
-        rec = self._exec(exec_id)
-        with self._lock:
-            if rec["_started"]:
-                raise Conflict("Error: Exec command %s has already run" % exec_id)
-            rec["_started"] = True
-        c = self._get(rec["ContainerID"])
-        if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
-        body = rec["_body"]
-        tty = bool(body.get("Tty")) or tty
-        cfg, host = c.data["Config"], c.data["HostConfig"]
-        spec = self._spec(c, "join")
-        if body.get("Privileged"):
-            spec.update({"caps": None, "seccomp": False})
-        spec.update({"tty": tty, "args": list(body["Cmd"]) if not isinstance(body["Cmd"], str) else [body["Cmd"]],
-                     "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
-                     "user": body.get("User") or cfg.get("User") or "",
-                     "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
-        keep_open: Dict[int, int] = {}
-        child_side: List[int] = []
-        stdin_fd = master = None
-        stdio: Optional[Tuple[int, int, int]] = None
-        console = child_console = None
-        if tty:
-            console, child_console = socket.socketpair()
-        else:
-            null = os.open(os.devnull, os.O_RDWR)
-            child_side.append(null)
-            in_r = null
-            if rec["OpenStdin"] and not detach:
-                in_r, stdin_fd = os.pipe()
-                child_side.append(in_r)
-            outs = []
-            for kind in (1, 2):
-                if detach:
-                    outs.append(null)
-                    continue
-                r, w = os.pipe()
-                keep_open[r] = kind
-                child_side.append(w)
-                outs.append(w)
-            stdio = (in_r, outs[0], outs[1])
-        report_r, report_w = os.pipe()
-        pid = c.state["Pid"]
-        with self._fork_lock:
-            child = os.fork()
-            if child == 0:
-                try:
-                    keep = list(stdio or []) + [report_w] + ([child_console.fileno()] if child_console else [])
-                    close_fds(keep)
-                    enter_child(pid, spec, stdio, report_w, child_console)
-                finally:
-                    os._exit(126)
-            os.close(report_w)
-            for fd in child_side:
-                os.close(fd)
-        if console is not None and child_console is not None:
-            child_console.close()
-            master = receive_console(console)
-            size = body.get("ConsoleSize") or [0, 0]
-            if master is not None and size and all(size):
-                syscalls.set_winsize(master, int(size[0]), int(size[1]))
-            if master is not None and detach:
-                os.close(master)
-                master = None
-            if master is not None:
-                keep_open = {master: 1}
-                stdin_fd = master if rec["OpenStdin"] else None
-        done = threading.Event()
-        with os.fdopen(report_r, "rb") as report:
-            lines = report.read().decode(errors="replace").splitlines()
-        error = next((line[4:] for line in lines if line.startswith("err:")), None)
-        exec_pid = next((int(line[4:]) for line in lines if line.startswith("pid:")), 0)
-        with self._lock:
-            rec.update({"Running": error is None, "Pid": exec_pid, "_master": master})
-
-        def reap() -> None:
-            try:
-                _, status = os.waitpid(child, 0)
-                code = os.waitstatus_to_exitcode(status)
-                code = 128 - code if code < 0 else code
-            except ChildProcessError:
-                code = 255
-            with self._lock:
-                rec.update({"Running": False, "ExitCode": code, "_master": None})
-            self._emit(c, "exec_die", execID=exec_id, exitCode=str(code))
-            done.set()
-
-        self._emit(c, "exec_start: " + " ".join(spec["args"]), execID=exec_id)
-        threading.Thread(target=reap, name="exec-" + exec_id[:12], daemon=True).start()
-        if error is not None:
-            done.wait()
-            for fd in list(keep_open) + ([stdin_fd] if stdin_fd is not None and stdin_fd != master else []):
-                os.close(fd)
-            if master is not None and master not in keep_open:
-                os.close(master)
-            raise _start_error("OCI runtime exec failed: exec failed: unable to start container process: %s"
-                               % error)
-        if detach:
-            return None
-        return ExecSession(keep_open, stdin_fd, tty, done)
+        return self.execs.start(exec_id, detach=detach, tty=tty)
 
     def exec_resize(self, exec_id: str, h: int, w: int) -> None:
-        rec = self._exec(exec_id)
-        master = rec.get("_master")
-        if master is None:
-            if not rec["Running"]:
-                raise Conflict("Exec %s is not running" % exec_id)
-            return
-        syscalls.set_winsize(master, int(h), int(w))
+        self.execs.resize(exec_id, h, w)
 
     # --- top, stats --------------------------------------------------------------------------------------------
 
@@ -1245,7 +904,7 @@ class Engine:
 
     def stats(self, ref: str) -> dict:
         c = self._get(ref)
-        now = _now()
+        read = now()
         if not c.running:
             empty = {"read": ZERO_TIME, "preread": ZERO_TIME, "id": c.id, "name": "/" + c.name,
                      "pids_stats": {}, "cpu_stats": {"cpu_usage": {"total_usage": 0}, "throttling_data": {}},
@@ -1264,7 +923,7 @@ class Engine:
         prev = c.prev_stats or {"read": ZERO_TIME, "cpu_stats": {"cpu_usage": {"total_usage": 0},
                                                                   "throttling_data": {}}}
         sample = {
-            "read": now, "preread": prev["read"], "id": c.id, "name": "/" + c.name, "num_procs": 0,
+            "read": read, "preread": prev["read"], "id": c.id, "name": "/" + c.name, "num_procs": 0,
             "pids_stats": {"current": raw["pids_current"], **({"limit": raw["pids_limit"]}
                                                                if raw["pids_limit"] else {})},
             "cpu_stats": cpu, "precpu_stats": prev["cpu_stats"],
@@ -1272,7 +931,7 @@ class Engine:
             "blkio_stats": {"io_service_bytes_recursive": None, "io_serviced_recursive": None},
             "storage_stats": {}, "networks": net_stats(c.state["Pid"]),
         }
-        c.prev_stats = {"read": now, "cpu_stats": cpu}
+        c.prev_stats = {"read": read, "cpu_stats": cpu}
         return sample
 
     # --- files -------------------------------------------------------------------------------------------------
@@ -1341,3 +1000,4 @@ def _planned_endpoint(network_id: str, cfg: dict) -> dict:
             "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
+

@@ -5,7 +5,7 @@ import json
 import os
 import time
 from collections import deque
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from runtime import timefmt
 
@@ -53,7 +53,7 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
     def shape(stream: int, data: bytes, stamp: str) -> Tuple[int, bytes]:
         return stream, ((stamp + " ").encode() + data) if timestamps else data
 
-    first = []
+    first: List[Tuple[int, bytes, str]] = []
     f = None
     for name in rotated_files(path):
         try:

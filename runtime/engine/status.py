@@ -50,7 +50,12 @@ def human_status(state: dict) -> str:
         return "Restarting (%d) %s ago" % (state.get("ExitCode", 0), human_duration(_since(state["FinishedAt"])))
     if state.get("Running"):
         text = "Up " + human_duration(_since(state["StartedAt"]))
-        return text + " (Paused)" if state.get("Paused") else text
+        if state.get("Paused"):
+            return text + " (Paused)"
+        health = state.get("Health")  # moby's Health.String()
+        if health:
+            return text + (" (health: starting)" if health["Status"] == "starting" else " (%s)" % health["Status"])
+        return text
     if status == "created":
         return "Created"
     if status == "exited":

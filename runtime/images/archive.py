@@ -1,9 +1,12 @@
 """Layer tars: safe extraction into an overlay lower dir, and tars made back from an overlay upper dir.
 
-Extraction never follows a link, never writes outside its directory and never creates a device node from the
-archive: a hostile layer (``../x``, absolute names, a symlink then a file written through it, a hardlink out, a
-device node, a header bomb) raises LayerRefused. Callers extract into a fresh temporary directory and rename it
-into place only on success, so a refused layer leaves nothing behind.
+Extraction never follows a link and never writes outside its directory: a hostile layer (``../x``, absolute names,
+a symlink then a file written through it, a hardlink out, a header bomb) raises LayerRefused. Device nodes and fifos
+are created as Docker creates them (``tar -c .`` of a debootstrap tree holds ``/dev``'s nodes); where the daemon may
+not make device nodes (not root, or in a user namespace) they are skipped with a warning in its log, as dockerd
+skips them. Containers reach such nodes only through the devices cgroup (or not at all: see ``prepare_root``).
+Callers extract into a fresh temporary directory and rename it into place only on success, so a refused layer
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import errno
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 from runtime.errors import InvalidParameter
 
@@ -29,6 +33,8 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 MAX_SPECIAL_HEADER = 1 << 20
 MAX_SPECIAL_TOTAL = 8 << 20
 COPY_CHUNK = 1 << 20
+
+log = logging.getLogger("runtime.images")
 
 
 class LayerRefused(InvalidParameter):
@@ -74,7 +80,7 @@ class _Decompressed:
     def __init__(self, path: str) -> None:
         self.path = path
         self._proc: Optional[subprocess.Popen] = None
-        self._file: Optional[IO[bytes]] = None
+        self._file: Any = None  # a gzip, bz2, lzma or plain binary file
 
     def __enter__(self) -> IO[bytes]:
         with open(self.path, "rb") as f:
@@ -281,10 +287,23 @@ class _Extractor:
             self._clear(path, keep_dir=False)
             os.mkfifo(path, 0o600)
         elif m.ischr() or m.isblk():
-            raise LayerRefused("layer refused: device node %r" % m.name)
+            if not self._device(path, m):
+                return
         else:
             raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
         self._attrs(path, m)
+
+    def _device(self, path: str, m: tarfile.TarInfo) -> bool:
+        """mknod as dockerd does; False (and a warning) where this daemon may not create device nodes."""
+        self._clear(path, keep_dir=False)
+        kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+        try:
+            os.mknod(path, 0o600 | kind, os.makedev(m.devmajor, m.devminor))
+        except PermissionError as exc:
+            log.warning("skipping device node %s (%d:%d) from a layer: %s", m.name, m.devmajor, m.devminor,
+                        exc.strerror)
+            return False
+        return True
 
     def _whiteout(self, parent: str, base: str, name: str) -> None:
         """OCI whiteouts -> overlayfs: ``.wh..wh..opq`` marks the dir opaque, ``.wh.x`` becomes a 0/0 char device."""
@@ -305,11 +324,31 @@ class _Extractor:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed tar, ending where Go's archive/tar ends: the docker CLI's context for a Dockerfile
+    from outside the context stops right after the last file's bytes, with no padding and no end-of-archive
+    blocks. Running out of data there ends the archive; running out inside a member is still an error."""
+    members = iter(tar)
+    last: Optional[tarfile.TarInfo] = None
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except tarfile.ReadError as exc:
+            consumed = last is not None and tar.fileobj.tell() >= last.offset_data + last.size  # type: ignore
+            if str(exc) == "unexpected end of data" and consumed:
+                return
+            raise
+        yield member
+        last = member
+
+
 def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[arg-type]
+        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
                           bufsize=COPY_CHUNK) as tar:
-            for m in tar:
+            for m in _members(tar):
                 ex.member(tar, m)
     except tarfile.TarError as exc:
         raise LayerRefused("layer refused: invalid tar: %s" % exc) from None

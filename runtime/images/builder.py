@@ -29,13 +29,14 @@ import shutil
 import stat
 from typing import IO, Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
 
-from runtime import clientjson
 from runtime.errors import EngineError, InvalidParameter, NotFound
-from runtime.images import archive, dockerfile, reference
+from runtime.images import archive, dockerfile, ignore, reference
 from runtime.images.dockerfile import Instruction
+from runtime.images.media import canonical_json
 from runtime.images.store import Image, ImageStore
 
 NOP = "/bin/sh -c #(nop) "
+PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
 CACHE_FILE = "build-cache.json"
 
 
@@ -53,64 +54,10 @@ def _stream(text: str) -> dict:
     return {"stream": text}
 
 
-# --- .dockerignore ------------------------------------------------------------------------------------------------
-
-def _ignore_regex(pattern: str) -> "re.Pattern[str]":
-    """Go filepath.Match plus ``**``, as the docker CLI's patternmatcher."""
-    out = ""
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-            if i < len(pattern) and pattern[i] == "/":
-                out = out[:-2] + "(?:.*/)?"
-                i += 1
-            continue
-        out += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
-        i += 1
-    return re.compile("^" + out + "(?:/.*)?$")
-
-
-def read_dockerignore(context: str) -> List[Tuple[bool, "re.Pattern[str]"]]:
-    path = os.path.join(context, ".dockerignore")
-    rules: List[Tuple[bool, "re.Pattern[str]"]] = []
-    if not os.path.isfile(path):
-        return rules
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            pattern = posixpath.normpath(line[1:].strip() if negate else line).lstrip("/")
-            rules.append((negate, _ignore_regex(pattern)))
-    return rules
-
-
-def apply_dockerignore(context: str, keep: Sequence[str]) -> None:
-    """Delete ignored files from the unpacked context (last matching rule wins; Dockerfile is always kept)."""
-    rules = read_dockerignore(context)
-    if not rules:
-        return
-    for dirpath, dirnames, filenames in os.walk(context, topdown=True):
-        for name in list(dirnames) + filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), context)
-            if rel in keep:
-                continue
-            ignored = False
-            for negate, regex in rules:
-                if regex.match(rel):
-                    ignored = not negate
-            if not ignored:
-                continue
-            path = os.path.join(dirpath, name)
-            if name in dirnames and not any(neg for neg, _ in rules):
-                shutil.rmtree(path)
-                dirnames.remove(name)
-            elif name not in dirnames:
-                os.unlink(path)
+def _error(exc: Exception) -> dict:
+    """A failed build's last message, as dockerd's stream formatter writes it."""
+    message = str(exc) if isinstance(exc, EngineError) else "%s: %s" % (exc.strerror or exc, exc.filename or "")
+    return {"errorDetail": {"message": message}, "error": message}
 
 
 # --- reading files from an image (COPY --from) ------------------------------------------------------------------
@@ -198,7 +145,8 @@ class Builder:
     def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
                  tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
                  labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
-                 runner: Any = None, registry_config: Optional[dict] = None, quiet: bool = False) -> None:
+                 runner: Any = None, pull: Optional[PullFn] = None, quiet: bool = False,
+                 cache_from: Sequence[str] = ()) -> None:
         self.store = store
         self.context_stream = context
         self.dockerfile_path = dockerfile_path or "Dockerfile"
@@ -208,7 +156,9 @@ class Builder:
         self.target = target.lower() if target else None
         self.nocache = nocache
         self.runner = runner
-        self.registry_config = registry_config or {}
+        self.pull = pull
+        self.cache_from = list(cache_from)
+        self.cache_sources: List[Image] = []
         self.quiet = quiet
         self.work = ""
         self.result: Optional[Image] = None
@@ -232,6 +182,7 @@ class Builder:
         try:
             if not self.work:
                 self.receive_context()
+            self.cache_sources = self._cache_sources()
             for message in self._build():
                 if not (self.quiet and "stream" in message):
                     yield message
@@ -239,21 +190,48 @@ class Builder:
                 yield _stream(self.result.id + "\n")  # what docker build -q prints
         except BuildFailed as exc:
             yield {"errorDetail": {"code": exc.code, "message": str(exc)}, "error": str(exc)}
-        except EngineError as exc:
-            yield {"errorDetail": {"message": str(exc)}, "error": str(exc)}
+        except (EngineError, OSError) as exc:
+            yield _error(exc)
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
     def _read_dockerfile(self) -> List[Instruction]:
+        """Parse the Dockerfile, then drop it and .dockerignore from the context where .dockerignore names them
+        (dockerd's ``removeDockerfile``): clients send both even when ignored, and a Dockerfile from outside the
+        context arrives as ``.dockerfile.<random>``, named in .dockerignore by the docker CLI."""
         rel = posixpath.normpath(self.dockerfile_path)
         if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
             raise InvalidParameter("forbidden path outside the build context: %s" % self.dockerfile_path)
-        path = os.path.join(self.context, rel)
-        if not os.path.isfile(path) or not os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
+        path = self._context_file(rel)
+        if path is None and rel == "Dockerfile":
+            rel, path = "dockerfile", self._context_file("dockerfile")
+        if path is None:
             raise InvalidParameter("Cannot locate specified Dockerfile: %s" % self.dockerfile_path)
-        apply_dockerignore(self.context, keep=[rel, ".dockerignore"])
         with open(path, encoding="utf-8", errors="replace") as f:
-            return dockerfile.parse(f.read())
+            instructions = dockerfile.parse(f.read())
+        self._remove_ignored(".dockerignore", rel)
+        return instructions
+
+    def _context_file(self, rel: str) -> Optional[str]:
+        """A regular file of the context (symlinks resolved inside it), or None."""
+        path = os.path.join(self.context, rel)
+        if os.path.isfile(path) and os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
+            return path
+        return None
+
+    def _remove_ignored(self, *names: str) -> None:
+        ignore_file = self._context_file(".dockerignore")
+        if ignore_file is None:
+            return
+        with open(ignore_file, encoding="utf-8", errors="replace") as f:
+            patterns = ignore.read_patterns(f.read())
+        for name in names:
+            try:
+                gone = ignore.excluded(name, patterns)
+            except InvalidParameter:
+                return  # as dockerd: a pattern that does not compile removes nothing
+            if gone and os.path.lexists(os.path.join(self.context, name)):
+                os.unlink(os.path.join(self.context, name))
 
     def _plan(self, instructions: List[Instruction]) -> Tuple[List[Instruction], List[Instruction]]:
         """Global ARGs, then the instructions up to the end of the target stage."""
@@ -315,7 +293,7 @@ class Builder:
 
     # --- FROM ---------------------------------------------------------------------------------------------
 
-    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Iterator[dict]:
+    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Generator[dict, None, _Stage]:
         name, alias = dockerfile.stage_name(ins, global_args)
         previous = self._stage_by_name(name)
         if previous is not None:
@@ -339,18 +317,17 @@ class Builder:
                 return stage
         return None
 
-    def _base_image(self, name: str) -> Iterator[dict]:
+    def _base_image(self, name: str) -> Generator[dict, None, Image]:
         try:
             return self.store.resolve(name)
         except NotFound:
-            pass
-        from runtime.images.registry import auth_for_host
-
-        ref = reference.parse(name)
-        for message in self.store.pull(str(ref), auth=auth_for_host(self.registry_config, ref.domain)):
+            if self.pull is None:
+                raise
+        ref = str(reference.parse(name))
+        for message in self.pull(ref):
             if "status" in message and "id" not in message:
                 yield {"status": message["status"]}
-        return self.store.resolve(str(ref))
+        return self.store.resolve(ref)
 
     # --- other instructions -----------------------------------------------------------------------------
 
@@ -392,9 +369,19 @@ class Builder:
         blob = json.dumps([parent, created_by, stage.config], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _cache_lookup(self, key: str) -> Optional[Image]:
+    def _cache_lookup(self, stage: _Stage, key: str, created_by: str) -> Optional[Image]:
+        """The image an identical step made here before; with ``--cache-from``, as dockerd: such an image only
+        when one of the source images descends from it, else the source whose history continues with this step."""
         if self.nocache:
             return None
+        local = self._local_cache(key)
+        if not self.cache_sources:
+            return local
+        if local is not None and any(self._descends(source, local.id) for source in self.cache_sources):
+            return local
+        return self._source_cache(stage, created_by)
+
+    def _local_cache(self, key: str) -> Optional[Image]:
         try:
             with open(os.path.join(self.store.root, CACHE_FILE)) as f:
                 image_id = json.load(f).get(key)
@@ -403,6 +390,59 @@ class Builder:
         if image_id and self.store.exists(image_id):
             return self.store.resolve(image_id)
         return None
+
+    def _cache_sources(self) -> List[Image]:
+        """``--cache-from`` images present here (missing ones are skipped, as dockerd skips them)."""
+        sources = []
+        for ref in self.cache_from:
+            try:
+                sources.append(self.store.resolve(ref))
+            except (NotFound, InvalidParameter):
+                continue
+        return sources
+
+    def _descends(self, image: Image, ancestor_id: str) -> bool:
+        """Whether ``ancestor_id`` is ``image`` or one of its parents (dockerd's ``isParent``)."""
+        image_id = image.id
+        while image_id:
+            if image_id == ancestor_id:
+                return True
+            image_id = self.store.resolve(image_id).parent if self.store.exists(image_id) else ""
+        return False
+
+    def _source_cache(self, stage: _Stage, created_by: str) -> Optional[Image]:
+        """dockerd's ``ImageCache.GetCache`` over the ``--cache-from`` images: a source whose history and layers
+        start with the parent's and whose next history entry was made by this step gives the cached image."""
+        parent = stage.image
+        history = list(parent.config.get("history") or []) if parent is not None else []
+        diff_ids = list(parent.diff_ids) if parent is not None else []
+        for source in self.cache_sources:
+            source_history = source.config.get("history") or []
+            if not _continues(source, source_history, history, diff_ids):
+                continue
+            step = source_history[len(history)]
+            if step.get("created_by") != created_by:
+                continue
+            self.cache_sources = [source]  # as dockerd: no jumping to another source half-way
+            if len(source_history) == len(history) + 1:
+                if parent is not None:  # the source itself: it becomes the child of this build's parent
+                    self.store.register(self.store.get_blob(source.id), parent=parent.id)
+                return self.store.resolve(source.id)
+            return self._restore(parent, source, history + [step], diff_ids, stage.config)
+        return None
+
+    def _restore(self, parent: Optional[Image], source: Image, history: List[dict], diff_ids: List[str],
+                 config: dict) -> Image:
+        """An intermediate image of ``source``: the parent plus the source's next step (and its layer)."""
+        step = history[-1]
+        if not step.get("empty_layer"):
+            layer_index = sum(1 for entry in history[:-1] if not entry.get("empty_layer"))
+            diff_ids = diff_ids + [source.diff_ids[layer_index]]
+        image = {key: source.config[key] for key in ("architecture", "os", "variant", "author", "os.version")
+                 if key in source.config}
+        image.update({"config": config, "created": step.get("created"), "history": history,
+                      "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+        return self.store.register(canonical_json(image), parent=parent.id if parent is not None else "")
 
     def _cache_record(self, key: str, image: Image) -> None:
         path = os.path.join(self.store.root, CACHE_FILE)
@@ -418,9 +458,9 @@ class Builder:
     def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
-    def _from_cache(self, stage: _Stage, key: str) -> Generator[dict, None, bool]:
+    def _from_cache(self, stage: _Stage, key: str, created_by: str) -> Generator[dict, None, bool]:
         """Take the image an identical step made before (saying ``Using cache``); False when there is none."""
-        cached = self._cache_lookup(key)
+        cached = self._cache_lookup(stage, key, created_by)
         if cached is None:
             return False
         yield _stream(" ---> Using cache\n")
@@ -432,7 +472,7 @@ class Builder:
         """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
         (None: config only) and commit a new one."""
         key = self._cache_key(stage, created_by)
-        if (yield from self._from_cache(stage, key)):
+        if (yield from self._from_cache(stage, key, created_by)):
             return
         stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
@@ -455,7 +495,7 @@ class Builder:
         prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
-        if (yield from self._from_cache(stage, key)):
+        if (yield from self._from_cache(stage, key, created_by)):
             return
         if self.runner is None:
             raise InvalidParameter("RUN needs the container engine, which this builder was not given")
@@ -618,6 +658,17 @@ class Builder:
         raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
 
 
+def _continues(source: Image, source_history: List[dict], history: List[dict], diff_ids: List[str]) -> bool:
+    """dockerd's ``isValidParent``: the source's history and layers begin with the parent's, and go further."""
+    if not source_history:
+        return False
+    if not history and not diff_ids:
+        return True
+    if len(history) >= len(source_history) or len(diff_ids) > len(source.diff_ids):
+        return False
+    return source_history[:len(history)] == history and source.diff_ids[:len(diff_ids)] == diff_ids
+
+
 def _plan_tree(src: str, target: str, view: Optional[ImageView], rel: str) -> Iterator[Tuple[str, str, str]]:
     """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
     yield "dir", src, target
@@ -699,17 +750,20 @@ def _is_tar(path: str) -> bool:
 
 
 class EngineStepRunner:
-    """The StepRunner protocol over the Engine's public API (create, start, logs, wait, upper dir, remove)."""
+    """The StepRunner protocol over the Engine's public API (create, start, logs, wait, upper dir, remove).
 
-    def __init__(self, engine: Any, network_mode: str = "default") -> None:
+    ``host_config`` is what the build request says about RUN containers, as dockerd's ``hostConfigFromOptions``:
+    NetworkMode, ExtraHosts, ShmSize, Ulimits."""
+
+    def __init__(self, engine: Any, host_config: Optional[dict] = None) -> None:
         self.engine = engine
-        self.network_mode = network_mode or "default"
+        self.host_config = dict(host_config or {})
+        self.host_config["NetworkMode"] = self.host_config.get("NetworkMode") or "default"
 
     def run_build_step(self, image_id: str, argv: List[str], config: dict) -> "_EngineStep":
         body = {"Image": image_id, "Entrypoint": argv, "Cmd": None, "Env": config.get("Env") or [],
                 "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
-                "AttachStdout": True, "AttachStderr": True,
-                "HostConfig": {"NetworkMode": self.network_mode}}
+                "AttachStdout": True, "AttachStderr": True, "HostConfig": dict(self.host_config)}
         return _EngineStep(self.engine, self.engine.create_container(body)["Id"])
 
 
@@ -734,42 +788,80 @@ class _EngineStep:
         self.engine.remove(self.id, force=True, volumes=True)
 
 
+def _query_value(query: Dict[str, List[str]], name: str, default: str = "") -> str:
+    """The first value, as Go's ``Request.FormValue`` (docker-py sends ``dockerfile`` twice for a Dockerfile from
+    outside the context: its generated name, then its text)."""
+    values = query.get(name) or []
+    return values[0] if values else default
+
+
 def _query_bool(query: Dict[str, List[str]], name: str) -> bool:
-    values = query.get(name) or []
-    return bool(values) and values[-1].strip().lower() not in ("", "0", "no", "false", "none")
+    return _query_value(query, name).strip().lower() not in ("", "0", "no", "false", "none")
 
 
-def _query_json(query: Dict[str, List[str]], name: str) -> dict:
-    values = query.get(name) or []
-    if not values or not values[-1]:
-        return {}
-    value = clientjson.decode(values[-1], "invalid %s" % name)
-    if not isinstance(value, dict):
-        raise InvalidParameter("invalid %s: not a JSON object" % name)
+def _query_json(query: Dict[str, List[str]], name: str, kind: type = dict, what: str = "") -> Any:
+    """A JSON query value (``buildargs``, ``cachefrom``...); a bad one is refused as dockerd refuses it."""
+    text = _query_value(query, name)
+    if not text:
+        return kind()
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep, still the client's error
+        raise InvalidParameter("%s%s" % (what, exc)) from None
+    if not isinstance(value, kind):
+        raise InvalidParameter("%sjson: cannot unmarshal %s into Go value" % (what, type(value).__name__))
     return value
 
 
-def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-                  registry_config: Optional[str]) -> Iterator[dict]:
-    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, networkmode, remote)
-    and ``X-Registry-Config``; RUN steps go to ``engine``."""
-    from runtime.images.registry import decode_auth
+def _query_int(query: Dict[str, List[str]], name: str) -> int:
+    value = _query_value(query, name)
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidParameter('strconv.ParseInt: parsing "%s": invalid syntax' % value) from None
 
-    if (query.get("remote") or [""])[-1]:
+
+def run_host_config(query: Dict[str, List[str]]) -> dict:
+    """The RUN containers' HostConfig from ``networkmode``, ``extrahosts``, ``shmsize`` and ``ulimits``."""
+    host: dict = {"NetworkMode": _query_value(query, "networkmode") or "default"}
+    if query.get("extrahosts"):
+        host["ExtraHosts"] = [item for value in query["extrahosts"] for item in value.split(",") if item]
+    shm_size = _query_int(query, "shmsize")
+    if shm_size:
+        host["ShmSize"] = shm_size
+    ulimits = _query_json(query, "ulimits", list, "error reading ulimit settings: ")
+    if ulimits:
+        host["Ulimits"] = ulimits
+    return host
+
+
+def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
+                  pull: Optional[PullFn]) -> Iterator[dict]:
+    """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, cachefrom, networkmode,
+    extrahosts, shmsize, ulimits, remote); RUN steps go to ``engine``, missing base images come from ``pull``.
+
+    A bad query is an HTTP error, as with dockerd; from the context on, every failure is the stream's last
+    message (``error``/``errorDetail``)."""
+    if _query_value(query, "remote"):
         raise InvalidParameter("building from a remote context is not supported: send the context as a tar")
-    network = (query.get("networkmode") or ["default"])[-1]
-    builder = Builder(store, body, dockerfile_path=(query.get("dockerfile") or ["Dockerfile"])[-1],
+    builder = Builder(store, body, dockerfile_path=_query_value(query, "dockerfile", "Dockerfile"),
                       tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
-                      labels=_query_json(query, "labels"), target=(query.get("target") or [""])[-1] or None,
+                      labels=_query_json(query, "labels"), target=_query_value(query, "target") or None,
                       nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
-                      runner=EngineStepRunner(engine, network), registry_config=decode_auth(registry_config))
-    builder.receive_context()
+                      cache_from=_query_json(query, "cachefrom", list), pull=pull,
+                      runner=EngineStepRunner(engine, run_host_config(query)))
+    try:
+        builder.receive_context()
+    except (EngineError, OSError) as exc:
+        return iter([_error(exc)])
     return builder.run()
 
 
 def build(store: ImageStore, context: IO[bytes], **options: Any) -> Iterator[dict]:
     """``POST /build``: see Builder for the options (dockerfile_path, tags, build_args, labels, target, nocache,
-    runner, registry_config, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
+    runner, pull, quiet). Yields ``{"stream"}``, ``{"status"}``, ``{"aux": {"ID"}}`` and, on failure,
     ``{"errorDetail", "error"}`` as the last message."""
     return Builder(store, context, **options).run()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -25,15 +26,15 @@ import urllib.parse
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from runtime.errors import EngineError, HostError, InvalidParameter, NotFound
-from runtime.images import reference, store as store_mod
+from runtime.images import archive, reference
+from runtime.images.media import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP,
+                                  MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP,
+                                  MEDIA_OCI_MANIFEST, chain_ids, host_platform, sha256_bytes)
 from runtime.images.reference import Reference
-from runtime.images.store import ImageStore
+from runtime.images.store import Image, ImageStore, Layer
 
-MANIFEST_ACCEPT = ", ".join([store_mod.MEDIA_OCI_INDEX, store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_OCI_MANIFEST,
-                             store_mod.MEDIA_DOCKER_MANIFEST])
-GZIP_LAYER_TYPES = (store_mod.MEDIA_DOCKER_LAYER_GZIP, store_mod.MEDIA_OCI_LAYER_GZIP)
-INDEX_TYPES = (store_mod.MEDIA_OCI_INDEX, store_mod.MEDIA_DOCKER_LIST)
-MANIFEST_TYPES = (store_mod.MEDIA_OCI_MANIFEST, store_mod.MEDIA_DOCKER_MANIFEST)
+MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
+GZIP_LAYER_TYPES = (MEDIA_DOCKER_LAYER_GZIP, MEDIA_OCI_LAYER_GZIP)
 PARALLEL = 3
 CHUNK = 1 << 18
 TIMEOUT = 60
@@ -296,19 +297,20 @@ class Session:
         except (ValueError, KeyError, TypeError):
             raise Unauthorized("invalid token response from %s" % params["realm"]) from None
 
-    def get_json_blob(self, path: str, accept: str, expected: Optional[str]) -> Tuple[dict, bytes, str, str]:
-        """GET a manifest or config; verify its digest. Returns (doc, bytes, media type, digest)."""
+    def get_json_blob(self, path: str, accept: str, expected: Optional[str], *,
+                      missing: str = "manifest for {ref} not found: ") -> Tuple[dict, bytes, str, str]:
+        """GET a manifest or config; verify its digest. Returns (doc, bytes, media type, digest). A 404 is NotFound
+        with ``missing`` (``{ref}``: the familiar reference) before the registry's own words."""
         resp = self.request("GET", path, {"Accept": accept})
         data = resp.read(MAX_MANIFEST + 1)
         resp.close()
         if resp.status == 404:
-            raise NotFound("manifest for %s not found: %s" % (
-                self.ref.familiar(), _registry_error(data, "manifest unknown")))
+            raise NotFound(missing.format(ref=self.ref.familiar()) + _registry_error(data, "manifest unknown"))
         if resp.status != 200:
             raise HostError("%s: %s" % (path, _registry_error(data, "HTTP %d" % resp.status)))
         if len(data) > MAX_MANIFEST:
             raise InvalidParameter("manifest too large")
-        digest = store_mod.sha256_bytes(data)
+        digest = sha256_bytes(data)
         claimed = resp.header("Docker-Content-Digest")
         if (expected and digest != expected) or (claimed and claimed.startswith("sha256:") and claimed != digest):
             raise InvalidParameter("manifest verification failed for digest %s" % (expected or claimed))
@@ -342,9 +344,9 @@ def _choose_platform(index: dict, wanted: Dict[str, str]) -> dict:
 
 def parse_platform(text: Optional[str]) -> Dict[str, str]:
     if not text:
-        return store_mod.host_platform()
+        return host_platform()
     parts = text.split("/")
-    out = {"os": parts[0], "architecture": parts[1] if len(parts) > 1 else store_mod.host_platform()["architecture"]}
+    out = {"os": parts[0], "architecture": parts[1] if len(parts) > 1 else host_platform()["architecture"]}
     if len(parts) > 2:
         out["variant"] = parts[2]
     return out
@@ -536,16 +538,16 @@ def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_i
                  config_bytes: bytes, manifest_digest: str) -> Iterator[dict]:
     """The streamed part of a pull: layers in parallel, then the image is recorded (all or nothing)."""
     ref = session.ref
-    config_desc = {"digest": store_mod.sha256_bytes(config_bytes)}
+    config_desc = {"digest": sha256_bytes(config_bytes)}
     yield {"status": "Pulling from %s" % ref.path, "id": ref.tag or ref.digest}
-    chains = store_mod.chain_ids(diff_ids)
+    chains = chain_ids(diff_ids)
     tags = [ref] if ref.tag else []
     digests = [Reference(ref.domain, ref.path, None, manifest_digest)]
     up_to_date = store.exists(config_desc["digest"]) and all(store.has_layer(c) for c in chains)
     events: "queue.Queue[Optional[dict]]" = queue.Queue()
     stop = threading.Event()
     with store.pinned() as pins:
-        tasks = []
+        tasks: List[Callable[[], None]] = []
         for i, desc in enumerate(layers):
             short = desc["digest"][7:19]
             if store.pin_layer(chains[i], pins):
@@ -555,7 +557,7 @@ def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_i
                 continue
             yield _message("Pulling fs layer", short)
             puller = _Puller(store, session, events, stop)
-            tasks.append(lambda p=puller, d=desc, i=i: p.layer(d, diff_ids[i], chains[i - 1] if i else None, pins))
+            tasks.append(functools.partial(puller.layer, desc, diff_ids[i], chains[i - 1] if i else None, pins))
         try:
             yield from _run_parallel(tasks, events, stop)
         finally:
@@ -575,7 +577,7 @@ def _fetch_small_blob(session: Session, digest: str) -> bytes:
     resp.close()
     if resp.status != 200:
         raise HostError("fetching config %s: %s" % (digest, _registry_error(data, "HTTP %d" % resp.status)))
-    if store_mod.sha256_bytes(data) != digest:
+    if sha256_bytes(data) != digest:
         raise InvalidParameter("image config verification failed for digest %s" % digest)
     return data
 
@@ -601,9 +603,9 @@ class _ProgressReader:
         self.file.close()
 
 
-def _gzip_blob(store: ImageStore, layer: store_mod.Layer) -> Tuple[str, str, int]:
+def _gzip_blob(store: ImageStore, layer: Layer) -> Tuple[str, str, int]:
     """A gzip blob for pushing (cached next to the layer): (path, digest, size)."""
-    if layer.meta.get("media_type") == store_mod.MEDIA_OCI_LAYER_GZIP:
+    if layer.meta.get("media_type") == MEDIA_OCI_LAYER_GZIP:
         return layer.blob_path, layer.meta["blob_digest"], int(layer.meta["blob_size"])
     path = os.path.join(layer.path, "push.tar.gz")
     meta_path = os.path.join(layer.path, "push.json")
@@ -614,11 +616,11 @@ def _gzip_blob(store: ImageStore, layer: store_mod.Layer) -> Tuple[str, str, int
     import gzip
     import shutil
     tmp = path + ".%d.tmp" % threading.get_ident()
-    with store_mod.archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
+    with archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             shutil.copyfileobj(src, gz, CHUNK)
     os.replace(tmp, path)
-    digest, size = store_mod.archive.file_digest(path)
+    digest, size = archive.file_digest(path)
     with open(meta_path + ".tmp", "w") as f:
         json.dump({"digest": digest, "size": size}, f)
     os.replace(meta_path + ".tmp", meta_path)
@@ -678,14 +680,14 @@ def push(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optiona
     return _push_stream(store, base, images, auth or {}, options or RegistryOptions())
 
 
-def _push_stream(store: ImageStore, base: Reference, images: List[Tuple[Reference, store_mod.Image]], auth: dict,
+def _push_stream(store: ImageStore, base: Reference, images: List[Tuple[Reference, Image]], auth: dict,
                  options: RegistryOptions) -> Iterator[dict]:
     yield {"status": "The push refers to repository [%s]" % base.name}
     for ref, img in images:
         yield from _push_one(store, ref, img, auth, options)
 
 
-def _push_one(store: ImageStore, ref: Reference, img: store_mod.Image, auth: dict,
+def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
               options: RegistryOptions) -> Iterator[dict]:
     session = Session(ref, auth, options, "pull,push")
     layers = img.layers()
@@ -695,12 +697,12 @@ def _push_one(store: ImageStore, ref: Reference, img: store_mod.Image, auth: dic
     for layer in reversed(layers):
         yield _message("Preparing", layer.diff_id[7:19])
 
-    def task(i: int, layer: store_mod.Layer) -> None:
+    def task(i: int, layer: Layer) -> None:
         short = layer.diff_id[7:19]
         for known in layer.remote_blobs():
             if known.get("mediaType") in GZIP_LAYER_TYPES and _has_blob(session, known["digest"]):
                 events.put(_message("Layer already exists", short))
-                descs[i] = {"mediaType": store_mod.MEDIA_DOCKER_LAYER_GZIP, "size": known["size"],
+                descs[i] = {"mediaType": MEDIA_DOCKER_LAYER_GZIP, "size": known["size"],
                             "digest": known["digest"]}
                 return
         path, digest, size = _gzip_blob(store, layer)
@@ -714,27 +716,59 @@ def _push_one(store: ImageStore, ref: Reference, img: store_mod.Image, auth: dic
 
         existed = _upload(session, path, digest, size, report)
         events.put(_message("Layer already exists" if existed else "Pushed", short))
-        descs[i] = {"mediaType": store_mod.MEDIA_DOCKER_LAYER_GZIP, "size": size, "digest": digest}
+        descs[i] = {"mediaType": MEDIA_DOCKER_LAYER_GZIP, "size": size, "digest": digest}
 
-    yield from _run_parallel([lambda i=i, layer=layer: task(i, layer) for i, layer in enumerate(layers)],
+    yield from _run_parallel([functools.partial(task, i, layer) for i, layer in enumerate(layers)],
                              events, stop)
     config_bytes = store.get_blob(img.id)
     config_path = store.blob_path(img.id)
     _upload(session, config_path, img.id, len(config_bytes), lambda _n: None)
     manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": store_mod.MEDIA_DOCKER_MANIFEST,
-        "config": {"mediaType": store_mod.MEDIA_DOCKER_CONFIG, "size": len(config_bytes), "digest": img.id},
+        "schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST,
+        "config": {"mediaType": MEDIA_DOCKER_CONFIG, "size": len(config_bytes), "digest": img.id},
         "layers": descs}, indent=3).encode()
     resp = session.request("PUT", "/v2/%s/manifests/%s" % (ref.path, ref.tag),
-                           {"Content-Type": store_mod.MEDIA_DOCKER_MANIFEST}, manifest)
+                           {"Content-Type": MEDIA_DOCKER_MANIFEST}, manifest)
     body = resp.read()
     resp.close()
     if resp.status not in (201, 202):
         raise HostError("pushing manifest: %s" % _registry_error(body, "HTTP %d" % resp.status))
-    digest = store_mod.sha256_bytes(manifest)
+    digest = sha256_bytes(manifest)
     store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
     yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
     yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
+
+
+# --- distribution inspect ----------------------------------------------------------------------------------------
+
+def _platform(fields: dict) -> dict:
+    """An OCI platform as moby writes one (``architecture`` and ``os`` always, the rest when set)."""
+    out = {"architecture": fields.get("architecture") or "", "os": fields.get("os") or ""}
+    for key in ("os.version", "os.features", "variant"):
+        if fields.get(key):
+            out[key] = fields[key]
+    return out
+
+
+def inspect_distribution(name: str, auth: Optional[dict] = None,
+                         options: Optional[RegistryOptions] = None) -> dict:
+    """``GET /distribution/{name}/json``: the registry's manifest descriptor for ``name`` and the platforms it
+    serves (an index's entries, or the one platform of an image's config), as dockerd answers it."""
+    if reference.ID_RE.match(name) or (name.startswith("sha256:") and reference.ID_RE.match(name[7:])):
+        raise EngineError("no manifest found for full image ID")
+    ref = reference.parse(name)
+    session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
+    doc, data, media, digest = session.get_json_blob(
+        "/v2/%s/manifests/%s" % (ref.path, ref.digest or ref.tag), MANIFEST_ACCEPT, ref.digest, missing="")
+    platforms: Optional[List[dict]] = None
+    if media in INDEX_TYPES or "manifests" in doc:
+        platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
+    elif (doc.get("config") or {}).get("digest"):
+        config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
+        if config.get("os") or config.get("architecture"):
+            platforms = [_platform(config)]
+    return {"Descriptor": {"mediaType": media, "digest": ref.digest or digest, "size": len(data)},
+            "Platforms": platforms or None}
 
 
 # --- login -----------------------------------------------------------------------------------------------------

@@ -17,81 +17,33 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
 import json
 import os
-import platform
-import re
 import shutil
-import tarfile
 import threading
 import uuid
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from runtime import clientjson, timefmt
+from runtime import timefmt
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.filters import Args
 from runtime.images import archive, reference
+from runtime.images.dockerfile import apply_changes
+from runtime.images.media import LAYER_MEDIA, canonical_json, chain_id, chain_ids, host_platform, sha256_bytes
 from runtime.images.reference import Reference
 from runtime.linux.paths import private_dir
 
-if TYPE_CHECKING:
-    from runtime.images.registry import RegistryOptions
-
 InUse = Callable[[str], Union[str, bool, None]]
-ProgressFn = Callable[[dict], None]
 
-MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-LAYER_MEDIA = {"none": MEDIA_OCI_LAYER, "gzip": MEDIA_OCI_LAYER_GZIP, "zstd": MEDIA_OCI_LAYER_ZSTD}
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def chain_id(parent: Optional[str], diff_id: str) -> str:
-    """image-spec ChainID: ChainID(L0) = DiffID(L0); ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(n))."""
-    return diff_id if parent is None else sha256_bytes((parent + " " + diff_id).encode())
-
-
-def chain_ids(diff_ids: Sequence[str]) -> List[str]:
-    out: List[str] = []
-    for d in diff_ids:
-        out.append(chain_id(out[-1] if out else None, d))
-    return out
-
-
-def host_platform() -> Dict[str, str]:
-    """The host as an OCI platform (``architecture``, ``os``, ``variant`` when it matters)."""
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
-            "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine)
-    if arch is not None:
-        return {"os": "linux", "architecture": arch}
-    if machine.startswith("armv"):
-        return {"os": "linux", "architecture": "arm", "variant": "v" + machine[4]}
-    return {"os": "linux", "architecture": machine}
 
 
 def parse_time(text: Optional[str]) -> int:
     """An image's ``created`` as whole unix seconds (0 when absent or unreadable), as the API reports it."""
     return int(timefmt.parse_rfc3339_or(text))
-
-
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
 LIST_FILTERS = ("dangling", "label", "label!", "before", "since", "reference", "until")
@@ -190,12 +142,8 @@ class Image:
 class ImageStore:
     """Docker-shaped image operations over the on-disk layout described in the module docstring."""
 
-    def __init__(self, root: str, *, insecure_registries: Sequence[str] = (),
-                 certs_dirs: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        self.insecure_registries = list(insecure_registries)
-        self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
-            os.path.join(os.path.dirname(self.root), "certs.d"), "/etc/docker/certs.d"]
         self.lock = threading.RLock()
         self._pins: Dict[str, int] = {}
         self._configs: Dict[str, dict] = {}
@@ -627,9 +575,9 @@ class ImageStore:
                 if self._children(image_id):
                     raise Conflict("conflict: unable to delete %s (cannot be forced) - image has dependent child "
                                    "images" % image_id[7:19])
-                for table, key in refs:
-                    del self._index[table][key]
-                    items.append({"Untagged": reference.parse(key).familiar()})
+                for table, name in refs:
+                    del self._index[table][name]
+                    items.append({"Untagged": reference.parse(name).familiar()})
             if user:
                 self._save_index()  # forced: untagged, but a container still runs on it
                 return items
@@ -745,8 +693,6 @@ class ImageStore:
     def import_tar(self, fileobj: IO[bytes], repo_tag: Optional[str] = None,
                    changes: Optional[Sequence[str]] = None, message: str = "") -> str:
         """``docker import``: a root filesystem tar (plain, gzip, zstd) -> a one-layer image; returns its ID."""
-        from runtime.images.dockerfile import apply_changes
-
         tag = reference.parse(repo_tag) if repo_tag else None
         config = apply_changes({}, changes or [])
         with self.pinned() as pins:
@@ -775,40 +721,9 @@ class ImageStore:
             data = self.new_config(parent, diff_id, config, created_by=created_by, comment=comment, author=author)
             return self.register(data, tags=[tag] if tag else [], parent=parent.id if parent else "")
 
-    # --- registries (runtime.images.registry) ------------------------------------------------------------------
-
-    def registry_options(self) -> "RegistryOptions":
-        from runtime.images.registry import RegistryOptions
-        return RegistryOptions(self.insecure_registries, self.certs_dirs)
-
-    def pull(self, image: str, tag: Optional[str] = None, auth: Union[dict, str, None] = None,
-             platform: Optional[str] = None) -> Iterator[dict]:
-        """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull).
-
-        ``auth`` is a credentials dict or the raw ``X-Registry-Auth`` header."""
-        from runtime.images import registry
-        return registry.pull(self, image, tag, registry.as_auth(auth), platform, self.registry_options())
-
-    def push(self, image: str, tag: Optional[str] = None, auth: Union[dict, str, None] = None) -> Iterator[dict]:
-        """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
-        from runtime.images import registry
-        return registry.push(self, image, tag, registry.as_auth(auth), self.registry_options())
-
-    def build(self, engine: object, body: IO[bytes], query: Dict[str, List[str]],
-              registry_config: Optional[str] = None) -> Iterator[dict]:
-        """``POST /build`` (classic builder): the JSON stream, errors in-band; RUN steps run on ``engine``."""
-        from runtime.images.builder import build_request
-        return build_request(self, engine, body, query, registry_config)
-
-    def login(self, auth: dict) -> dict:
-        """``POST /auth``: ``{"Status": "Login Succeeded", "IdentityToken": ""}`` or Unauthorized."""
-        from runtime.images import registry
-        return registry.login(auth, self.registry_options())
-
-    # --- docker save / load ----------------------------------------------------------------------------------
-
-    def save(self, refs: Sequence[str]) -> Iterator[bytes]:
-        """``GET /images/get``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""
+    def named_images(self, refs: Sequence[str]) -> List[Tuple[Image, List[Reference]]]:
+        """What ``docker save REF...`` writes: each image once, with the tags its references name (a bare
+        repository names all of its tags; an ID or a digest names none)."""
         entries: List[Tuple[Image, List[Reference]]] = []
         with self.lock:
             for text in refs:
@@ -827,231 +742,8 @@ class ImageStore:
                         break
                 else:
                     entries.append((self._image(image_id), names))
-        return self._save_stream(entries)
-
-    def _save_stream(self, entries: List[Tuple[Image, List[Reference]]]) -> Iterator[bytes]:
-        ts = archive.TarStream()
-        written = set()
-        yield ts.add_dir("blobs")
-        yield ts.add_dir("blobs/sha256")
-        manifest_json, index_manifests, repositories = [], [], {}  # type: ignore[var-annotated]
-        for image, names in entries:
-            layers_desc = []
-            for layer in image.layers():
-                name = "blobs/sha256/" + layer.diff_id[7:]
-                layers_desc.append({"mediaType": MEDIA_OCI_LAYER, "digest": layer.diff_id,
-                                    "size": layer.meta["tar_size"]})
-                if name in written:
-                    continue
-                written.add(name)
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = layer.meta["tar_size"], 0o644
-                with archive.decompressed(layer.blob_path) as src:
-                    yield from ts.add_stream(info, src)
-            config_bytes = self.get_blob(image.id)
-            if image.id not in written:
-                written.add(image.id)
-                yield ts.add_bytes("blobs/sha256/" + image.id[7:], config_bytes)
-            manifest = canonical_json({
-                "schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,
-                "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": image.id, "size": len(config_bytes)},
-                "layers": layers_desc})
-            manifest_digest = sha256_bytes(manifest)
-            if manifest_digest not in written:
-                written.add(manifest_digest)
-                yield ts.add_bytes("blobs/sha256/" + manifest_digest[7:], manifest)
-            manifest_json.append({"Config": "blobs/sha256/" + image.id[7:],
-                                  "RepoTags": [n.familiar() for n in names] or None,
-                                  "Layers": ["blobs/sha256/" + d[7:] for d in image.diff_ids]})
-            desc = {"mediaType": MEDIA_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest)}
-            for n in names:
-                index_manifests.append(dict(desc, annotations={"io.containerd.image.name": str(n),
-                                                               "org.opencontainers.image.ref.name": n.tag}))
-                if image.diff_ids:
-                    repositories.setdefault(n.familiar_name, {})[n.tag] = image.diff_ids[-1][7:]
-            if not names:
-                index_manifests.append(desc)
-        yield ts.add_bytes("index.json", canonical_json({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
-                                                         "manifests": index_manifests}))
-        yield ts.add_bytes("manifest.json", json.dumps(manifest_json).encode())
-        yield ts.add_bytes("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
-        if repositories:
-            yield ts.add_bytes("repositories", json.dumps(repositories).encode())
-        yield ts.close()
-
-    def load(self, fileobj: IO[bytes], progress: Optional[ProgressFn] = None) -> List[str]:
-        """``POST /images/load`` of a ``docker save`` or OCI layout archive (plain or compressed).
-
-        Returns what was loaded: familiar tags, or image IDs for untagged images (``Loaded image ID: ...``).
-        """
-        with self.workdir() as work, self.pinned() as pins:
-            files, digests = _unpack_archive(fileobj, work)
-            if "manifest.json" in files:
-                plan = _plan_docker_save(files)
-            elif "index.json" in files:
-                plan = _plan_oci(files, digests)
-            else:
-                raise InvalidParameter("invalid archive: neither manifest.json nor index.json found")
-            loaded: List[str] = []
-            for config_path, layer_paths, tags, layer_digests in plan:
-                with open(config_path, "rb") as f:
-                    config_bytes = f.read()
-                diff_ids = _config_diff_ids(config_bytes)
-                if len(diff_ids) != len(layer_paths):
-                    raise InvalidParameter("invalid archive: %d layers for %d diff IDs"
-                                           % (len(layer_paths), len(diff_ids)))
-                parent = None
-                for path, diff_id, expected in zip(layer_paths, diff_ids, layer_digests):
-                    if progress is not None:
-                        progress({"status": "Loading layer", "progressDetail": {}, "id": diff_id[7:19]})
-                    if expected is not None and digests[path] != expected:
-                        raise InvalidParameter("invalid archive: blob %s does not match its digest" % expected)
-                    parent = self.add_layer(path, parent, diff_id=diff_id, blob_digest=digests[path], pins=pins,
-                                            blob_verified=True).chain_id
-                image = self.register(config_bytes, tags=tags)
-                loaded.extend([t.familiar() for t in tags] or [image.id])
-            return loaded
+        return entries
 
 
 def _short(container: Union[str, bool]) -> str:
     return container[:12] if isinstance(container, str) else "(unknown)"
-
-
-def _unpack_archive(fileobj: IO[bytes], work: str) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """Save an image archive's regular files as work/<n>: (archive name -> file path, file path -> sha256 digest).
-
-    Archives are streamed (no seeking); symlinks (old ``docker save`` deduplicates layers with them) are resolved
-    by name inside the archive only, and anything other than files, dirs and symlinks is refused.
-    """
-    files: Dict[str, str] = {}
-    digests: Dict[str, str] = {}
-    links: Dict[str, str] = {}
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=archive._GuardedTarInfo,
-                          bufsize=archive.COPY_CHUNK) as tar:
-            for n, m in enumerate(tar):
-                name = "/".join(archive._clean_name(m.name, "archive"))
-                if m.isdir():
-                    continue
-                if m.issym():
-                    target = os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
-                    links[name] = "/".join(archive._clean_name(target, "archive symlink"))
-                    continue
-                if not m.isreg():
-                    raise archive.LayerRefused("invalid archive: unexpected entry %r" % m.name)
-                path = os.path.join(work, "f%d" % n)
-                src = tar.extractfile(m)
-                assert src is not None
-                digests[path] = archive.copy_hashing(src, path)
-                files[name] = path
-    except tarfile.TarError as exc:
-        raise InvalidParameter("invalid archive: %s" % exc) from None
-    archive.drain(fileobj)
-    for name, target in links.items():
-        for _ in range(8):
-            if target in links:
-                target = links[target]
-        if target not in files:
-            raise InvalidParameter("invalid archive: link %r points to a missing file" % name)
-        files[name] = files[target]
-    return files, digests
-
-
-def _archive_file(files: Dict[str, str], name: str) -> str:
-    path = files.get("/".join(archive._clean_name(name, "archive")))
-    if path is None:
-        raise InvalidParameter("invalid archive: %s is missing" % name)
-    return path
-
-
-def _read_json(path: str) -> object:
-    with open(path, "rb") as f:
-        return clientjson.decode(f.read(), "invalid archive")
-
-
-_DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def _config_diff_ids(config_bytes: bytes) -> List[str]:
-    """An uploaded image config's ``rootfs.diff_ids``, refused unless every one is a sha256 digest."""
-    config = clientjson.expect_object(clientjson.decode(config_bytes, "invalid archive"), "invalid archive: config")
-    rootfs = config.get("rootfs")
-    rootfs = {} if rootfs is None else clientjson.expect_object(rootfs, "invalid archive: config rootfs")
-    diff_ids = clientjson.expect_strings(rootfs.get("diff_ids"), "invalid archive: config rootfs.diff_ids")
-    for diff_id in diff_ids:
-        if not _DIFF_ID.fullmatch(diff_id):
-            raise InvalidParameter("invalid archive: %r is not a layer digest" % diff_id)
-    return diff_ids
-
-
-LoadPlan = List[Tuple[str, List[str], List[Reference], List[Optional[str]]]]
-
-
-def _plan_docker_save(files: Dict[str, str]) -> LoadPlan:
-    """docker save's manifest.json -> (config file, layer files, tags, expected blob digests)."""
-    plan: LoadPlan = []
-    entries = _read_json(files["manifest.json"])
-    if not isinstance(entries, list):
-        raise InvalidParameter("invalid archive: manifest.json is not a list")
-    for entry in entries:
-        entry = clientjson.expect_object(entry, "invalid archive: a manifest.json entry")
-        config = clientjson.expect_string(entry.get("Config"), "invalid archive: manifest.json Config")
-        names = clientjson.expect_strings(entry.get("Layers"), "invalid archive: manifest.json Layers")
-        layers = [_archive_file(files, name) for name in names]
-        digests: List[Optional[str]] = []
-        for name in names:
-            parts = name.split("/")
-            digests.append("sha256:" + parts[2] if len(parts) == 3 and parts[:2] == ["blobs", "sha256"] else None)
-        repo_tags = clientjson.expect_strings(entry.get("RepoTags"), "invalid archive: manifest.json RepoTags")
-        tags = [reference.parse(t) for t in repo_tags]
-        plan.append((_archive_file(files, config), layers, tags, digests))
-    return plan
-
-
-def _plan_oci(files: Dict[str, str], digests: Dict[str, str]) -> LoadPlan:
-    """An OCI image layout (index.json, nested indexes allowed) -> load plan for the host's platform."""
-    plan: LoadPlan = []
-    host = host_platform()
-
-    def blob(digest: object) -> str:
-        digest = clientjson.expect_string(digest, "invalid archive: a descriptor's digest")
-        if not reference.DIGEST_RE.fullmatch(digest):
-            raise InvalidParameter("invalid archive: %r is not a digest" % digest)
-        path = _archive_file(files, "blobs/" + digest.replace(":", "/"))
-        if digests[path] != digest:
-            raise InvalidParameter("invalid archive: blob %s does not match its digest" % digest)
-        return path
-
-    def walk(index: dict, name: Optional[str], depth: int = 0) -> None:
-        manifests = index.get("manifests") or []
-        if not isinstance(manifests, list) or depth > 8:
-            raise InvalidParameter("invalid archive: manifests must be an array (nested at most 8 deep)")
-        for desc in manifests:
-            desc = clientjson.expect_object(desc, "invalid archive: a manifest descriptor")
-            annotations = clientjson.expect_object(desc.get("annotations") or {}, "invalid archive: annotations")
-            if not all(isinstance(value, str) for value in annotations.values()):
-                raise InvalidParameter("invalid archive: annotations must be strings")
-            ref_name = annotations.get("io.containerd.image.name") or name
-            short = annotations.get("org.opencontainers.image.ref.name")
-            if ref_name is None and short and ("/" in short or ":" in short):
-                ref_name = short  # some tools put the whole reference here, Docker only the tag
-            plat = clientjson.expect_object(desc.get("platform") or {}, "invalid archive: platform")
-            if plat and (plat.get("os"), plat.get("architecture")) != (host["os"], host["architecture"]):
-                continue
-            media = desc.get("mediaType")
-            doc = clientjson.expect_object(_read_json(blob(desc.get("digest"))), "invalid archive: a manifest")
-            if media in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in doc:
-                walk(doc, ref_name, depth + 1)
-                continue
-            descriptors = doc.get("layers") or []
-            if not isinstance(descriptors, list):
-                raise InvalidParameter("invalid archive: a manifest's layers must be an array")
-            descriptors = [clientjson.expect_object(layer, "invalid archive: a layer descriptor")
-                           for layer in descriptors]
-            layers = [blob(layer.get("digest")) for layer in descriptors]
-            tags = [reference.parse(ref_name)] if ref_name else []
-            config = clientjson.expect_object(doc.get("config"), "invalid archive: a manifest's config")
-            plan.append((blob(config.get("digest")), layers, tags, [layer["digest"] for layer in descriptors]))
-
-    walk(clientjson.expect_object(_read_json(files["index.json"]), "invalid archive: index.json"), None)
-    return plan

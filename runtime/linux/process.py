@@ -15,7 +15,7 @@ from typing import List, NoReturn, Optional, Tuple
 
 from runtime.linux import seccomp
 from runtime.linux import syscalls as sc
-from runtime.linux.cgroups import open_cgroup
+from runtime.linux.cgroups import controls_devices, open_cgroup
 from runtime.linux.paths import mkdir_in_root, secure_join
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -146,7 +146,10 @@ def prepare_root(spec: dict) -> None:
     rootfs = spec["rootfs"]
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     lower = ":".join(spec["lower"])
-    sc.mount("overlay", rootfs, "overlay", 0,
+    # Image layers may hold device nodes (``docker import`` of a debootstrap tree). Without a devices cgroup to
+    # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
+    guard = not spec["privileged"] and not spec.get("devices") and not controls_devices()
+    sc.mount("overlay", rootfs, "overlay", sc.MS_NODEV if guard else 0,
              "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
     proc = mkdir_in_root(rootfs, "/proc")
     sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)

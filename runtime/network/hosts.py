@@ -8,7 +8,7 @@ without an embedded DNS server. The file is bind-mounted into the container, so 
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Tuple
+from typing import Iterable, Set, Tuple
 
 log = logging.getLogger("runtime.network")
 
@@ -18,7 +18,7 @@ MARKER = "# --- container networks (managed by the runtime) ---"
 def render_block(entries: Iterable[Tuple[str, Iterable[str]]]) -> str:
     """``entries`` are (address, names); a name repeated for the same address is left out. No entries, no block."""
     lines = [MARKER]
-    seen = set()
+    seen: Set[Tuple[str, str]] = set()
     for address, names in entries:
         fresh = [name for name in dict.fromkeys(names) if name and (address, name) not in seen]
         seen.update((address, name) for name in fresh)

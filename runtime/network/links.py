@@ -167,7 +167,7 @@ class Firewall:
                 self._apply({"filter": ["-X %s" % ISOLATION]}, quiet=True)
 
     def _dump(self) -> str:
-        return subprocess.run([self.save], capture_output=True, text=True).stdout if self.available else ""
+        return subprocess.run([self.save], capture_output=True, text=True).stdout if self.available and self.save else ""
 
     @staticmethod
     def _tagged(dump: str, tag: str) -> Dict[str, List[str]]:
@@ -186,7 +186,7 @@ class Firewall:
         script = "".join("*%s\n%s\nCOMMIT\n" % (table, "\n".join(lines)) for table, lines in rules.items() if lines)
         if not script:
             return True
-        proc = subprocess.run([self.restore, "-w", "--noflush"], input=script, capture_output=True, text=True)
+        proc = subprocess.run([self.restore or "iptables-restore", "-w", "--noflush"], input=script, capture_output=True, text=True)
         if proc.returncode != 0 and not quiet:
             log.warning("iptables-restore: %s", proc.stderr.strip())
         return proc.returncode == 0

@@ -182,7 +182,7 @@ class NetworkManager:
             ipam.check_free(subnet, taken)
         else:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
-        result = {"Subnet": str(subnet)}
+        result: Dict[str, Any] = {"Subnet": str(subnet)}
         if config.get("IPRange"):
             ip_range = ipam.parse_subnet(config["IPRange"])
             if not ip_range.subnet_of(subnet):
@@ -490,13 +490,14 @@ class NetworkManager:
             try:
                 for key, bindings in wanted.items():
                     number, proto = key.split("/")
-                    ports[key] = [] if bindings else None
+                    bound: List[Dict_] = []
+                    ports[key] = bound if bindings else None
                     for binding in bindings:
                         proxy = self._open(proto, binding, ip, int(number))
                         opened.append(proxy)
                         records.append({"proto": proto, "host_ip": proxy.host_ip, "host_port": proxy.host_port,
                                         "container_ip": ip, "container_port": int(number)})
-                        ports[key].append({"HostIp": proxy.host_ip, "HostPort": str(proxy.host_port)})
+                        bound.append({"HostIp": proxy.host_ip, "HostPort": str(proxy.host_port)})
             except BaseException:
                 for proxy in opened:
                     proxy.close()

@@ -13,7 +13,7 @@ import select
 import socket
 import threading
 import time
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 log = logging.getLogger("runtime.network")
 
@@ -76,7 +76,8 @@ class PortProxy:
     def _serve(self) -> None:
         try:
             while True:
-                ready, _, _ = select.select([self.sock, self._wake_r], [], [])
+                watched: List[Any] = [self.sock, self._wake_r]  # a socket and a pipe's descriptor
+                ready, _, _ = select.select(watched, [], [])
                 if self._wake_r in ready:
                     return
                 if self.proto == "tcp":

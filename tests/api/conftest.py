@@ -13,13 +13,14 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.debian_image import debian_tar  # noqa: F401 - the Debian 12 rootfs tar (session fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
@@ -33,7 +34,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.chmod(0o600)
 
 
-def _certificate(subject: str, issuer_key: ec.EllipticCurvePrivateKey, issuer: Optional[x509.Name],
+def _certificate(subject: str, issuer_key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
                  key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -50,7 +51,7 @@ def _certificate(subject: str, issuer_key: ec.EllipticCurvePrivateKey, issuer: O
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def make_pki(folder: Path, prefix: str = "") -> Dict[str, Path]:
+def make_pki(folder: Path, prefix: str = "") -> dict[str, Path]:
     """A CA, a server cert for 127.0.0.1 and a client cert, laid out as DOCKER_CERT_PATH expects."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -70,7 +71,7 @@ def make_pki(folder: Path, prefix: str = "") -> Dict[str, Path]:
 class Daemon:
     """A running daemon and helpers to drive it with the docker CLI."""
 
-    def __init__(self, root: Path, process: subprocess.Popen, socket_path: Path, tcp: str, pki: Dict[str, Path],
+    def __init__(self, root: Path, process: subprocess.Popen, socket_path: Path, tcp: str, pki: dict[str, Path],
                  bridge: str, log: Path) -> None:
         self.root = root
         self.process = process
@@ -79,18 +80,18 @@ class Daemon:
         self.pki = pki
         self.bridge = bridge
         self.log = log
-        self.host = "unix://%s" % socket_path
+        self.host = f"unix://{socket_path}"
         self.config = root / "docker-config"
         self.config.mkdir(exist_ok=True)
 
-    def env(self, **extra: str) -> Dict[str, str]:
+    def env(self, **extra: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
         env.update({"DOCKER_HOST": self.host, "DOCKER_CONFIG": str(self.config), "DOCKER_BUILDKIT": "0"})
         env.update(extra)
         return env
 
-    def docker(self, *args: str, input: Optional[bytes] = None, timeout: float = 60,
-               check: bool = False, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    def docker(self, *args: str, input: bytes | None = None, timeout: float = 60,
+               check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout,
                                 env=env or self.env())
         if check and result.returncode != 0:
@@ -118,7 +119,7 @@ def _wait_for_listen(log: Path, process: subprocess.Popen, deadline: float) -> s
     raise RuntimeError("daemon did not start:\n" + log.read_text(errors="replace"))
 
 
-def start_daemon(root: Path, extra: List[str]) -> subprocess.Popen:
+def start_daemon(root: Path, extra: list[str]) -> subprocess.Popen:
     log = root / "daemon.log"
     return subprocess.Popen([sys.executable, "-m", "runtime", "daemon", "--data-root", str(root / "data"),
                              "--exec-root", str(root / "exec"), "--pidfile", str(root / "daemon.pid"), *extra],
@@ -159,7 +160,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
     bridge = "apib%d" % (pid % 100000)
     subnet = free_subnet(198)
     process = start_daemon(root, [
-        "--host", "unix://%s" % socket_path, "--host", "tcp://127.0.0.1:0", "--tlsverify",
+        "--host", f"unix://{socket_path}", "--host", "tcp://127.0.0.1:0", "--tlsverify",
         "--tlscacert", str(pki["ca"]), "--tlscert", str(pki["server-cert"]), "--tlskey", str(pki["server-key"]),
         "--bridge-subnet", subnet, "--bridge-name", bridge])
     log = root / "daemon.log"
@@ -196,7 +197,7 @@ def image(daemon: Daemon) -> str:
 @pytest.fixture
 def name() -> str:
     """A container or object name unique to the test."""
-    return "api-%s-%s" % (TAG, uuid.uuid4().hex[:8])
+    return f"api-{TAG}-{uuid.uuid4().hex[:8]}"
 
 
 def free_port() -> int:

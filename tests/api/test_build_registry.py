@@ -24,25 +24,24 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 def test_build_push_pull_with_the_cli(daemon: Daemon, image: str, registry: Registry, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text(
-        "FROM %s AS base\nRUN echo built > /f\nFROM %s\nCOPY --from=base /f /g\nCMD [\"cat\", \"/g\"]\n"
-        % (image, image))
-    target = "%s/api/built:%s" % (registry.host, TAG)
+        f"FROM {image} AS base\nRUN echo built > /f\nFROM {image}\nCOPY --from=base /f /g\nCMD [\"cat\", \"/g\"]\n")
+    target = f"{registry.host}/api/built:{TAG}"
     built = daemon.docker("build", "-t", target, str(tmp_path), timeout=120)
     assert built.returncode == 0, built.stderr
     assert b"Step 5/5 : CMD" in built.stdout and b"Successfully tagged %s\n" % target.encode() in built.stdout
     assert daemon.out("run", "--rm", target) == "built\n"
     pushed = daemon.out("push", target)
-    assert pushed.startswith("The push refers to repository [%s/api/built]" % registry.host)
-    assert "%s: digest: sha256:" % TAG in pushed
+    assert pushed.startswith(f"The push refers to repository [{registry.host}/api/built]")
+    assert f"{TAG}: digest: sha256:" in pushed
     daemon.out("rmi", target)
     pulled = daemon.out("pull", target)
-    assert pulled.endswith("\n%s\n" % target) and "Digest: sha256:" in pulled
+    assert pulled.endswith(f"\n{target}\n") and "Digest: sha256:" in pulled
     assert daemon.out("run", "--rm", target) == "built\n"
-    missing = daemon.docker("pull", "%s/api/missing:1" % registry.host)
+    missing = daemon.docker("pull", f"{registry.host}/api/missing:1")
     assert missing.returncode == 1
     assert missing.stderr.startswith(b"Error response from daemon: manifest for %s/api/missing:1 not found"
                                      % registry.host.encode())
-    (tmp_path / "Dockerfile").write_text("FROM %s\nRUN exit 3\n" % image)
+    (tmp_path / "Dockerfile").write_text(f"FROM {image}\nRUN exit 3\n")
     failed = daemon.docker("build", str(tmp_path), timeout=120)
     assert failed.returncode == 3  # the CLI exits with errorDetail.code, the RUN status, as with Docker
     assert b"The command '/bin/sh -c exit 3' returned a non-zero code: 3" in failed.stderr
@@ -52,16 +51,16 @@ def test_build_push_pull_with_the_cli(daemon: Daemon, image: str, registry: Regi
 def test_build_with_docker_py(daemon: Daemon, image: str) -> None:
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as archive:
-        data = ("FROM %s\nENV GREETING=hello\nCMD [\"sh\", \"-c\", \"echo $GREETING\"]\n" % image).encode()
+        data = (f"FROM {image}\nENV GREETING=hello\nCMD [\"sh\", \"-c\", \"echo $GREETING\"]\n").encode()
         member = tarfile.TarInfo("Dockerfile")
         member.size = len(data)
         archive.addfile(member, io.BytesIO(data))
     client = docker.DockerClient(base_url=daemon.host, version="auto", timeout=60)
     try:
         built, logs = client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True,
-                                          tag="apitest/pybuilt:%s" % TAG)
+                                          tag=f"apitest/pybuilt:{TAG}")
         assert any("Successfully built" in entry.get("stream", "") for entry in logs)
         assert client.containers.run(built.id, remove=True) == b"hello\n"
-        client.images.remove("apitest/pybuilt:%s" % TAG)
+        client.images.remove(f"apitest/pybuilt:{TAG}")
     finally:
         client.close()

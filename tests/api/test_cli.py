@@ -87,7 +87,7 @@ def test_detached_env_workdir_logs_ps_stop(daemon: Daemon, image: str, name: str
     assert re.fullmatch(r"[0-9a-f]{64}", container)
     assert wait_until(lambda: daemon.out("logs", name) == "bar\n/tmp\n")
     line = daemon.out("ps", "--filter", "name=" + name, "--format", "{{.ID}} {{.Names}} {{.Status}}")
-    assert line.startswith("%s %s Up " % (container[:12], name))
+    assert line.startswith(f"{container[:12]} {name} Up ")
     assert daemon.out("ps", "-q", "--filter", "status=exited", "--filter", "name=" + name) == ""
     assert daemon.out("stop", "-t", "1", name) == name + "\n"
     assert daemon.out("ps", "-a", "--filter", "status=exited", "--filter", "name=" + name,
@@ -148,7 +148,7 @@ def test_rm_force_removes_a_running_container(daemon: Daemon, image: str, name: 
 
 def test_cp_both_ways_and_bind_mounts(daemon: Daemon, image: str, name: str, tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("from the host\n")
-    daemon.out("run", "-d", "--name", name, "-v", "%s:/data" % tmp_path, image, "sleep", "300")
+    daemon.out("run", "-d", "--name", name, "-v", f"{tmp_path}:/data", image, "sleep", "300")
     assert daemon.out("exec", name, "cat", "/data/in.txt") == "from the host\n"
     daemon.out("cp", str(tmp_path / "in.txt"), name + ":/tmp/copied.txt")
     assert daemon.out("exec", name, "cat", "/tmp/copied.txt") == "from the host\n"
@@ -168,7 +168,7 @@ def test_published_port_is_reachable(daemon: Daemon, image: str, name: str) -> N
 
     def fetch() -> bytes:
         try:
-            with urllib.request.urlopen("http://%s/index.html" % port, timeout=2) as response:
+            with urllib.request.urlopen(f"http://{port}/index.html", timeout=2) as response:
                 return response.read()
         except OSError:
             return b""
@@ -199,10 +199,10 @@ def test_images_tag_rmi_save_load(daemon: Daemon, image: str, tmp_path: Path) ->
                                                                                   "{{.Id}}", image)
     archive = tmp_path / "saved.tar"
     daemon.out("save", "-o", str(archive), other)
-    assert daemon.out("rmi", other) == "Untagged: %s\n" % other
-    assert daemon.out("load", "-i", str(archive)) == "Loaded image: %s\n" % other
+    assert daemon.out("rmi", other) == f"Untagged: {other}\n"
+    assert daemon.out("load", "-i", str(archive)) == f"Loaded image: {other}\n"
     assert daemon.out("run", "--rm", other, "echo", "loaded") == "loaded\n"
-    assert daemon.out("rmi", other) == "Untagged: %s\n" % other
+    assert daemon.out("rmi", other) == f"Untagged: {other}\n"
     missing = daemon.docker("rmi", other)
     assert missing.returncode == 1 and b"No such image: " + other.encode() in missing.stderr
 
@@ -245,12 +245,12 @@ def test_docker_compose_two_services(daemon: Daemon, image: str, name: str, tmp_
         "version: '3'\n"
         "services:\n"
         "  web:\n"
-        "    image: %s\n"
+        f"    image: {image}\n"
         "    command: sh -c 'mkdir /www && echo compose > /www/index.html && exec httpd -f -p 80 -h /www'\n"
         "  client:\n"
-        "    image: %s\n"
+        f"    image: {image}\n"
         "    command: sh -c 'sleep 1; wget -q -O - http://web/index.html; exec sleep 300'\n"
-        "    depends_on: [web]\n" % (image, image))
+        "    depends_on: [web]\n")
     env = daemon.env()
     project = ["/usr/bin/docker-compose", "-p", name.replace("-", ""), "-f", str(tmp_path / "docker-compose.yml")]
 

@@ -23,7 +23,7 @@ def test_zipapp_daemon_pidfile_and_sigterm(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith(b"runtime %s (API 1.47" % bundle.version.encode())
     sock, pidfile = tmp_path / "d.sock", tmp_path / "d.pid"
     argv = [SYSTEM_PYTHON, str(bundle.path), "daemon", "--data-root", str(tmp_path / "data"), "--exec-root",
-            str(tmp_path / "exec"), "--host", "unix://%s" % sock, "--pidfile", str(pidfile),
+            str(tmp_path / "exec"), "--host", f"unix://{sock}", "--pidfile", str(pidfile),
             "--bridge-name", "apiz%d" % (os.getpid() % 100000), "--bridge-subnet", free_subnet(197)]
     log = tmp_path / "log"
     process = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -33,13 +33,13 @@ def test_zipapp_daemon_pidfile_and_sigterm(tmp_path: Path) -> None:
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         assert pidfile.read_text().strip() == str(process.pid)
-        ping = subprocess.run([SYSTEM_PYTHON, str(bundle.path), "dial-stdio", "--host", "unix://%s" % sock],
+        ping = subprocess.run([SYSTEM_PYTHON, str(bundle.path), "dial-stdio", "--host", f"unix://{sock}"],
                               input=b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
                               capture_output=True, timeout=30)
         assert ping.stdout.startswith(b"HTTP/1.1 200 OK")
         second = subprocess.run(argv, capture_output=True, timeout=30)
         assert second.returncode == 1
-        assert second.stderr.decode().startswith("runtime: pid file %s names running process" % pidfile)
+        assert second.stderr.decode().startswith(f"runtime: pid file {pidfile} names running process")
         assert process.poll() is None
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0

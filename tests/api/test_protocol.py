@@ -8,7 +8,6 @@ import os
 import socket
 import ssl
 import subprocess
-from typing import Dict, Optional, Tuple
 
 import pytest
 
@@ -30,7 +29,7 @@ def raw(daemon: Daemon, data: bytes, timeout: float = 10) -> bytes:
         while True:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break
@@ -38,7 +37,7 @@ def raw(daemon: Daemon, data: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
-def parse(response: bytes) -> Tuple[int, Dict[str, str], bytes]:
+def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = response.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {}
@@ -57,13 +56,13 @@ def parse(response: bytes) -> Tuple[int, Dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def request(daemon: Daemon, method: str, path: str, body: Optional[bytes] = None,
-            headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: docker", "Connection: close"]
+def request(daemon: Daemon, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    lines = [f"{method} {path} HTTP/1.1", "Host: docker", "Connection: close"]
     if body is not None:
         lines.append("Content-Length: %d" % len(body))
     for key, value in (headers or {}).items():
-        lines.append("%s: %s" % (key, value))
+        lines.append(f"{key}: {value}")
     return parse(raw(daemon, ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")))
 
 
@@ -109,8 +108,8 @@ def test_keep_alive_serves_several_requests_on_one_connection(daemon: Daemon) ->
 def test_chunked_request_body(daemon: Daemon, image: str, name: str) -> None:
     body = json.dumps({"Image": image, "Cmd": ["true"]}).encode()
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])) + b"0\r\n\r\n"
-    head = ("POST /v1.47/containers/create?name=%s HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" % name).encode()
+    head = (f"POST /v1.47/containers/create?name={name} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
     status, _, response = parse(raw(daemon, head + chunks))
     assert status == 201, response
     assert len(json.loads(response)["Id"]) == 64
@@ -121,7 +120,7 @@ def test_query_booleans_parse_like_moby(daemon: Daemon, image: str, name: str) -
     daemon.out("create", "--name", name, image, "true")
     for spelling, listed in (("1", True), ("True", True), ("yes", True), ("False", False), ("0", False),
                              ("no", False), ("none", False), ("", False)):
-        status, _, body = request(daemon, "GET", "/containers/json?all=%s" % spelling)
+        status, _, body = request(daemon, "GET", f"/containers/json?all={spelling}")
         assert status == 200
         names = [entry["Names"][0] for entry in json.loads(body)]
         assert ("/" + name in names) == listed, spelling
@@ -182,16 +181,16 @@ def test_malformed_requests_get_4xx_and_the_daemon_keeps_serving(daemon: Daemon,
     quiet = daemon.out("run", "-d", "--name", name + "-quiet", image, "sleep", "300").strip()
     baseline = daemon_sockets(daemon)
     upgrade = "Connection: Upgrade\r\nUpgrade: tcp\r\n"
-    for method, path, extra in (("GET", "/v1.47/containers/%s/logs?follow=1&stdout=1" % chatty, ""),
-                                ("POST", "/v1.47/containers/%s/attach?stream=1&stdout=1" % chatty, upgrade),
-                                ("GET", "/v1.47/containers/%s/stats" % chatty, ""),
+    for method, path, extra in (("GET", f"/v1.47/containers/{chatty}/logs?follow=1&stdout=1", ""),
+                                ("POST", f"/v1.47/containers/{chatty}/attach?stream=1&stdout=1", upgrade),
+                                ("GET", f"/v1.47/containers/{chatty}/stats", ""),
                                 ("GET", "/v1.47/events", ""),
-                                ("GET", "/v1.47/containers/%s/logs?follow=1&stdout=1" % quiet, ""),
-                                ("POST", "/v1.47/containers/%s/wait" % quiet, "")):
+                                ("GET", f"/v1.47/containers/{quiet}/logs?follow=1&stdout=1", ""),
+                                ("POST", f"/v1.47/containers/{quiet}/wait", "")):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(daemon.socket_path))
-            sock.sendall(("%s %s HTTP/1.1\r\nHost: d\r\n%s\r\n" % (method, path, extra)).encode())
+            sock.sendall((f"{method} {path} HTTP/1.1\r\nHost: d\r\n{extra}\r\n").encode())
             assert sock.recv(12).startswith(b"HTTP/1.1 ")
     assert daemon.alive()
     assert wait_until(lambda: daemon_sockets(daemon) <= baseline, timeout=10), (daemon_sockets(daemon), baseline)
@@ -220,7 +219,7 @@ def test_many_clients_at_once(daemon: Daemon) -> None:
     assert statuses == [200] * 64
 
 
-def _tls_client(cert_paths: Optional[Dict] = None, ca: Optional[str] = None) -> ssl.SSLContext:
+def _tls_client(cert_paths: dict | None = None, ca: str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca)
     if cert_paths:
         context.load_cert_chain(str(cert_paths["client-cert"]), str(cert_paths["client-key"]))
@@ -229,7 +228,7 @@ def _tls_client(cert_paths: Optional[Dict] = None, ca: Optional[str] = None) -> 
 
 def test_tls_requires_a_client_certificate_from_the_ca(daemon: Daemon, image: str, tmp_path) -> None:
     host, port = daemon.tcp[len("tcp://"):].rsplit(":", 1)
-    env = daemon.env(DOCKER_HOST="tcp://localhost:%s" % port, DOCKER_TLS_VERIFY="1",
+    env = daemon.env(DOCKER_HOST=f"tcp://localhost:{port}", DOCKER_TLS_VERIFY="1",
                      DOCKER_CERT_PATH=str(daemon.pki["ca"].parent))
     result = daemon.docker("version", "--format", "{{.Server.APIVersion}}", env=env)
     assert (result.returncode, result.stdout) == (0, b"1.47\n"), result.stderr
@@ -250,7 +249,7 @@ def test_tls_requires_a_client_certificate_from_the_ca(daemon: Daemon, image: st
     other = make_pki(tmp_path / "other", prefix="other ")
     with pytest.raises((ssl.SSLError, ConnectionError)):
         handshake(_tls_client(other, ca))  # a certificate from another CA
-    refused = daemon.docker("version", env=daemon.env(DOCKER_HOST="tcp://localhost:%s" % port, DOCKER_TLS_VERIFY="1",
+    refused = daemon.docker("version", env=daemon.env(DOCKER_HOST=f"tcp://localhost:{port}", DOCKER_TLS_VERIFY="1",
                                                        DOCKER_CERT_PATH=str(other["ca"].parent)))
     assert refused.returncode == 1
     assert daemon.alive()

@@ -40,7 +40,7 @@ class DataPlane:
         self._thread = threading.Thread(target=self._run, name="aws data plane", daemon=True)
         self._lock = threading.Lock()
 
-    def start(self) -> "DataPlane":
+    def start(self) -> DataPlane:
         self._thread.start()
         return self
 

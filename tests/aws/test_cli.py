@@ -25,7 +25,7 @@ def test_create_ssh_rm(world: World, tmp_path: Path, aws_env: dict[str, str]) ->
     machine = Machines(store).get(name)
     assert machine.ip() == world.address(0)
     # the user's script rides along with our cloud-config, as a second MIME part for cloud-init
-    attribute = world.cloud.client.describe_instance_attribute(InstanceId=machine.record["driver"]["instance_id"],
+    attribute = world.cloud.client.describe_instance_attribute(InstanceId=machine.record["driver_state"]["instance_id"],
                                                                Attribute="userData")
     parts = email.message_from_bytes(base64.b64decode(attribute["UserData"]["Value"])).get_payload()
     assert [part.get_content_type() for part in parts] == ["text/cloud-config", "text/x-shellscript"]

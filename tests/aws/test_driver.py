@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from drivers.aws import AWSDriver
 from drivers.base import Ledger, State
 from machines.errors import CancelledError, DriverError, MachineTimeoutError, PreCreateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machines
 from machines.store import generate_ssh_key
 
@@ -69,8 +70,8 @@ def test_create_then_remove_leaves_nothing(cloud: MotoCloud, tmp_path: Path) -> 
 
 
 def test_ssh_api_mode_opens_only_ssh_and_asked_ports(cloud: MotoCloud, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"host_options": {"api": "ssh"}}))  # machines create --api ssh
     driver = make_driver(cloud, tmp_path, open_port=["8080", "53/udp"])
+    driver.host_options = HostOptions(api="ssh")  # machines create --api ssh
     created(driver)
     assert ingress(cloud, driver.config["security_group_ids"][0]) == {
         (22, "0.0.0.0/0"), (8080, "0.0.0.0/0"), (53, "0.0.0.0/0")
@@ -202,7 +203,8 @@ def test_rm_cleans_a_create_that_died_before_it_knew_its_instance(
     store, name = Machines(tmp_path / "store"), f"k{os.getpid()}"
     with pytest.raises(RuntimeError):
         store.create(name, "aws", world.config(), provision=False, keep_on_error=True)
-    assert "instance_id" not in store.get(name).record["driver"]
+    record = store.get(name).record
+    assert "instance_id" not in record["driver"] and "instance_id" not in record["driver_state"]
     assert len(world.cloud.leftovers()["instances"]) == 1
     monkeypatch.setattr(AWSDriver, "_session", healthy)
     store.remove(name)

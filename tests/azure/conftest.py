@@ -8,8 +8,9 @@ host behind each VM whose private address lies on the worker's test bridge.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ from azure.mgmt.network import models as network
 from drivers.azure import AzureDriver
 from drivers.base import Ledger, State
 from machines.errors import CancelledError, DriverError, MachineTimeoutError, PreCreateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machines
 
 from .conftest import World, arm_config
@@ -79,8 +79,8 @@ def test_create_then_remove_leaves_nothing(arm: FakeArm, tmp_path: Path) -> None
 
 
 def test_ssh_api_mode_opens_only_ssh_and_asked_ports(arm: FakeArm, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"host_options": {"api": "ssh"}}))  # machines create --api ssh
     driver = make_driver(arm, tmp_path, open_port=["8080", "53/udp"], no_public_ip=True)
+    driver.host_options = HostOptions(api="ssh")  # machines create --api ssh
     created(driver)
     assert inbound(arm) == {("22", "Tcp", "*"), ("8080", "Tcp", "*"), ("53", "Udp", "*")}
     assert "open to the Internet; restrict with --azure-allow-cidr" in caplog.text

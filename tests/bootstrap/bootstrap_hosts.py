@@ -8,7 +8,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from machines.machine import Machine, Machines
+from machines import Machines
+from machines.hostoptions import HostOptions
+from machines.machine import Machine
 from tests.support.hosts import TestHost
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +28,7 @@ def adopt(store: Machines, host: TestHost, *, api: str = "tls", name: str | None
         name or unique("m"),
         "generic",
         {"ip_address": host.address, "ssh_key": str(host.key_path)},
-        host_options={"api": api, "tls_san": [], **options},
+        host_options=HostOptions(api=api, **options),
         ssh_timeout=15,
     )
 

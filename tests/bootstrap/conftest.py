@@ -7,14 +7,14 @@ machine is removed by finalizers even when a test fails.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from bootstrap import forwarder
 from drivers.nshost import Bridge
-from machines.machine import Machines
+from machines import Machines
 from tests.support.fixtures import test_bridge, test_key  # noqa: F401 - fixtures used by the ones below
 from tests.support.hosts import HostFactory
 

@@ -14,7 +14,8 @@ import pytest
 from cryptography import x509
 
 from bootstrap import bundle as bundles
-from bootstrap import certs, shellenv
+from bootstrap import certs
+from machines import shellenv
 from machines.errors import UsageError
 
 

@@ -13,7 +13,7 @@ from bootstrap_hosts import DOCKER, cli, shell, ssh_wrapper, unique
 
 import runtime
 from drivers.nshost import Bridge
-from machines.machine import Machines
+from machines import Machines
 
 VERSION_FORMAT = "{{.Server.Version}}"
 

@@ -25,8 +25,10 @@ from bootstrap import bundle as bundles
 from bootstrap import certs, forwarder, provision
 from bootstrap.service import DAEMON_PID
 from drivers.nshost import Bridge
+from machines import Machines
 from machines.errors import ProvisionError
-from machines.machine import Machine, Machines
+from machines.hostoptions import HostOptions
+from machines.machine import Machine
 from tests.support.hosts import TestHost
 
 VERSION_FORMAT = "{{.Server.Version}}"
@@ -243,7 +245,7 @@ def test_upgrade_keeps_a_running_container_running(
         unique("up"),
         "generic",
         {"ip_address": test_host.address, "ssh_key": str(test_host.key_path)},
-        host_options={"api": "tls", "data_root": "/data/runtime"},
+        host_options=HostOptions(api="tls", data_root="/data/runtime"),
         ssh_timeout=15,
     )
     rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True, check=True).stdout

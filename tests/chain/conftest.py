@@ -3,8 +3,8 @@ loopback. Both go even when a test fails."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -65,7 +65,7 @@ def cleanup_engine(engine: Engine) -> None:
     _wait_discards()
     engine.close()
     left = [cid for cid in ids if cgroups.open_cgroup("machines/" + cid).exists()]
-    assert not left, "cgroups left behind: %s" % left
+    assert not left, f"cgroups left behind: {left}"
 
 
 def make_roots() -> tuple:
@@ -94,9 +94,9 @@ Runner = Callable[..., str]
 def run(engine: Engine) -> Iterator[Runner]:
     """``run(cmd, **config)`` creates and starts a busybox container (network none unless told) and returns its
     id; every container made through it is removed after the test."""
-    made: List[str] = []
+    made: list[str] = []
 
-    def start(cmd: List[str], host: Optional[dict] = None, start: bool = True, **config: object) -> str:
+    def start(cmd: list[str], host: dict | None = None, start: bool = True, **config: object) -> str:
         host_config = {"NetworkMode": "none"}
         host_config.update(host or {})
         body = {"Image": "busybox", "Cmd": cmd, "HostConfig": host_config}

@@ -119,11 +119,11 @@ def test_tty_container_with_console_size_and_stdin_attach(engine: Engine, run: R
 
 def test_named_volume_survives_and_ro_bind_is_read_only(engine: Engine, run: Runner) -> None:
     name = "vol-%d" % os.getpid()
-    writer = run(["sh", "-c", "echo kept > /data/file"], host={"Binds": ["%s:/data" % name]})
+    writer = run(["sh", "-c", "echo kept > /data/file"], host={"Binds": [f"{name}:/data"]})
     assert engine.wait(writer)["StatusCode"] == 0
     engine.remove(writer, volumes=True)
     assert engine.volumes.inspect(name)["Name"] == name
-    reader = run(["cat", "/data/file"], host={"Binds": ["%s:/data" % name]})
+    reader = run(["cat", "/data/file"], host={"Binds": [f"{name}:/data"]})
     engine.wait(reader)
     assert output(engine, reader) == "kept\n"
     engine.remove(reader)
@@ -133,7 +133,7 @@ def test_named_volume_survives_and_ro_bind_is_read_only(engine: Engine, run: Run
     try:
         with open(os.path.join(host_dir, "seen"), "w") as f:
             f.write("from host\n")
-        ro = run(["sh", "-c", "cat /mnt/seen; touch /mnt/new"], host={"Binds": ["%s:/mnt:ro" % host_dir]})
+        ro = run(["sh", "-c", "cat /mnt/seen; touch /mnt/new"], host={"Binds": [f"{host_dir}:/mnt:ro"]})
         assert engine.wait(ro)["StatusCode"] == 1
         assert output(engine, ro) == "from host\n"
         assert "Read-only file system" in output(engine, ro, stdout=False, stderr=True)
@@ -289,7 +289,7 @@ def test_user_groups_and_image_content_copied_into_a_new_volume(engine: Engine, 
     engine.wait(cid)
     assert output(engine, cid).strip() == "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"
     name = "seeded-%d" % os.getpid()
-    seeded = run(["cat", "/etc/group"], host={"Binds": ["%s:/etc" % name]})
+    seeded = run(["cat", "/etc/group"], host={"Binds": [f"{name}:/etc"]})
     engine.wait(seeded)
     assert "extra:x:2000:app" in output(engine, seeded)
     engine.remove(seeded)

@@ -12,18 +12,18 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 import bootstrap.provision
 from drivers import registry
 from drivers.nshost import Bridge, IsolatedHost
+from machines import Machines, transfer
+from machines.machine import Machine
 from machines.ssh import CommandError
-from machines import transfer
-from machines.machine import Machine, Machines
-
 from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
 
@@ -93,7 +93,7 @@ def test_generic_driver_manages_an_existing_host(
     piped = machines_cli("ssh", "b", "cat; exit 7", stdin="through stdin")
     assert (piped.returncode, piped.stdout) == (7, "through stdin")
     output, status = _interactive(store_path, "a", b"echo tty=$(tty) on $(hostname); exit 3\n")
-    assert status == 3 and f"tty=/dev/pts/" in output and f"on {first.name}" in output
+    assert status == 3 and "tty=/dev/pts/" in output and f"on {first.name}" in output
 
     # scp: local -> machine, machine -> machine (through here), machine -> local, and a tree with -r.
     local = tmp_path / "note.txt"

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from machines.errors import InvalidNameError, MachineExistsError, MachineNotFoundError, StoreError
-from machines.store import STATE_CREATING, Store, atomic_write, generate_ssh_key, new_record, validate_name
+from machines.store import (
+    SCHEMA_VERSION,
+    STATE_CREATING,
+    Store,
+    atomic_write,
+    generate_ssh_key,
+    new_record,
+    validate_name,
+)
 
 
 def _mode(path: Path) -> int:
@@ -40,7 +48,7 @@ def test_reserve_writes_private_record_and_key(tmp_path: Path) -> None:
     assert (directory / "id_ed25519").read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert public_line.startswith("ssh-ed25519 ") and public_line.endswith(" machines-web")
     record = store.load("web")
-    assert record["state"] == STATE_CREATING and record["driver"] == {"a": 1} and record["schema_version"] == 1
+    assert record["state"] == STATE_CREATING and record["driver"] == {"a": 1} and record["schema_version"] == SCHEMA_VERSION
     with pytest.raises(MachineExistsError):
         store.reserve(new_record("web", "local", {}, {}))
 

@@ -8,16 +8,17 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from typing import Iterable, Optional, Tuple, Union
+from collections.abc import Iterable
 
 import pytest
 
+from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 
-Entry = Tuple[str, str, Union[bytes, str, None]]  # (name, kind, data-or-linkname)
+Entry = tuple[str, str, bytes | str | None]  # (name, kind, data-or-linkname)
 
 
-def make_tar(entries: Iterable[Entry], *, pax: Optional[dict] = None, gz: bool = False) -> bytes:
+def make_tar(entries: Iterable[Entry], *, pax: dict | None = None, gz: bool = False) -> bytes:
     """A tar from (name, kind, payload) where kind is file/dir/symlink/hardlink/chardev/fifo."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tar:
@@ -47,6 +48,12 @@ def make_tar(entries: Iterable[Entry], *, pax: Optional[dict] = None, gz: bool =
 @pytest.fixture
 def store(tmp_path) -> ImageStore:
     return ImageStore(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def service(store) -> ImageService:
+    """The image service over ``store`` (pull, push, login, build, save, load)."""
+    return ImageService(store)
 
 
 def busybox_rootfs_tar() -> bytes:

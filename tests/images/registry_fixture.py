@@ -8,7 +8,6 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 CONFIG = """version: 0.1
 log:
@@ -61,8 +60,8 @@ class Registry:
                 self.proc.wait()
 
 
-def start_registry(folder: str, users: Optional[dict] = None, *, tls: Optional[Tuple[str, str]] = None,
-                   token: Optional[dict] = None) -> Registry:
+def start_registry(folder: str, users: dict | None = None, *, tls: tuple[str, str] | None = None,
+                   token: dict | None = None) -> Registry:
     """Start a registry storing into ``folder``.
 
     ``users`` ({name: password}) turns on htpasswd auth; ``token`` (realm, service, issuer, bundle) turns on
@@ -77,7 +76,7 @@ def start_registry(folder: str, users: Optional[dict] = None, *, tls: Optional[T
         with open(path, "w") as f:
             for name, password in users.items():
                 hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4, prefix=b"2a")).decode()
-                f.write("%s:%s\n" % (name, hashed))
+                f.write(f"{name}:{hashed}\n")
         auth = HTPASSWD_AUTH.format(path=path)
     data = os.path.join(folder, "data")
     config = os.path.join(folder, "config.yml")
@@ -99,4 +98,4 @@ def start_registry(folder: str, users: Optional[dict] = None, *, tls: Optional[T
     proc.kill()
     proc.wait()
     with open(log_path, "rb") as f:
-        raise RuntimeError("docker-registry did not start: %s" % f.read().decode(errors="replace")[-2000:])
+        raise RuntimeError("docker-registry did not start: {}".format(f.read().decode(errors="replace")[-2000:]))

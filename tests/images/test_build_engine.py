@@ -46,7 +46,7 @@ def _context(text: str) -> io.BytesIO:
 def _build(engine, text: str, **query):
     q = {"networkmode": ["none"]}
     q.update({k: v if isinstance(v, list) else [v] for k, v in query.items()})
-    return list(engine.images.build(engine, _context(text), q, None))
+    return list(engine.image_service.build(engine, _context(text), q, None))
 
 
 DOCKERFILE = """FROM busybox:latest

@@ -63,8 +63,9 @@ def shared_store(tmp_path_factory, busybox_tar):
 
 
 def _context(dockerfile_text: bytes = DOCKERFILE, **extra) -> bytes:
-    files = {"Dockerfile": dockerfile_text, "app/hello.txt": b"hi", "app/debug.log": b"no",
-             ".dockerignore": b"**/*.log\n", "bundle.tar.gz": BUNDLE}
+    """A context as the docker CLI sends it: app/debug.log already left out by .dockerignore."""
+    files = {"Dockerfile": dockerfile_text, "app/hello.txt": b"hi", ".dockerignore": b"**/*.log\n",
+             "bundle.tar.gz": BUNDLE}
     files.update(extra)
     return _tar(files)
 
@@ -106,7 +107,7 @@ def test_multi_stage_build_and_cached_rebuild(store, base):
     assert streams[0] == "Step 1/13 : ARG BASE=busybox:test\n"
     assert "Step 7/13 : COPY --from=build /src/hello.txt /out/\n" in streams
     image_id = next(m["aux"]["ID"] for m in first if "aux" in m)
-    assert streams[-3:] == ["Successfully built %s\n" % image_id[7:19], "Successfully tagged demo:1\n",
+    assert streams[-3:] == [f"Successfully built {image_id[7:19]}\n", "Successfully tagged demo:1\n",
                             "Successfully tagged localhost:5000/demo:2\n"]
     image = store.resolve("demo:1")
     assert image.id == image_id
@@ -135,7 +136,7 @@ def test_target_build_args_and_stage_contents(store, base):
     assert image.container_config["WorkingDir"] == "/src/sub"
     assert "GREETING=hello world" in image.container_config["Env"]
     view = ImageView(image.layer_dirs())
-    assert view.listdir("src") == ["hello.txt", "sub"]  # debug.log excluded by .dockerignore
+    assert view.listdir("src") == ["hello.txt", "sub"]
     assert view.lstat("bin/busybox") is not None
 
 
@@ -180,3 +181,16 @@ def test_copy_into_existing_dir_with_chown_chmod_quiet_and_labels(store, base):
     assert image.container_config["Labels"] == {"team": "images"}
     again = list(build(store, io.BytesIO(_context(text)), quiet=True, labels={"team": "images"}))
     assert next(m["aux"]["ID"] for m in again if "aux" in m) == image_id
+
+
+def test_context_that_ends_without_padding_or_end_blocks(store, base):
+    """The docker CLI sends a Dockerfile from outside the context appended after the last file's bytes, with no
+    padding and no end-of-archive blocks (Go's archive/tar reads that); a cut inside a file is still refused."""
+    whole = _context(b"FROM busybox:test\nCOPY app/hello.txt /hello\n", **{"z-last.txt": b"last bytes"})
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        last = tar.getmembers()[-1]
+    assert last.name == "z-last.txt"
+    unpadded = whole[:last.offset_data + last.size]
+    assert not _errors(build(store, io.BytesIO(unpadded)))
+    [error] = _errors(build(store, io.BytesIO(unpadded[:-3])))
+    assert "unexpected end of data" in error

@@ -43,13 +43,17 @@ def _hostile_cases(canary):
         "hardlink-absolute": ([("h", "hardlink", str(canary / "keep"))], "absolute path"),
         "hardlink-through-symlink": ([("l", "symlink", str(canary)), ("h", "hardlink", "l/keep")],
                                      "written through the symlink"),
-        "device-node": ([("dev/mem", "chardev", None)], "device node"),
+        "device-node-traversal": ([("../" * 8 + "dev/mem", "chardev", None)], "escapes the layer"),
+        "device-node-absolute": ([("/dev/mem", "chardev", None)], "absolute path"),
+        "device-node-through-symlink": ([("dev", "symlink", str(canary)), ("dev/mem", "chardev", None)],
+                                        "written through the symlink"),
     }
 
 
 @pytest.mark.parametrize("case", ["traversal", "traversal-inside", "absolute", "relative-symlink-out",
                                   "write-through-symlink", "hardlink-out", "hardlink-absolute",
-                                  "hardlink-through-symlink", "device-node"])
+                                  "hardlink-through-symlink", "device-node-traversal", "device-node-absolute",
+                                  "device-node-through-symlink"])
 def test_hostile_layer_is_refused(store, canary, case):
     entries, message = _hostile_cases(canary)[case]
     with pytest.raises(InvalidParameter, match=message):
@@ -72,7 +76,7 @@ def test_many_global_pax_headers_are_refused(store, canary):
     _assert_untouched(store, canary)
 
 
-def test_hostile_layer_inside_a_docker_save_archive_is_refused(store, canary):
+def test_hostile_layer_inside_a_docker_save_archive_is_refused(service, store, canary):
     layer = make_tar([("../../escaped", "file", b"x")])
     config = {"architecture": "amd64", "os": "linux", "config": {},
               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}
@@ -80,14 +84,14 @@ def test_hostile_layer_inside_a_docker_save_archive_is_refused(store, canary):
                         ("manifest.json", "file", json.dumps(
                             [{"Config": "c.json", "RepoTags": ["x:y"], "Layers": ["l/layer.tar"]}]).encode())])
     with pytest.raises(InvalidParameter, match="escapes the layer"):
-        store.load(io.BytesIO(archive))
+        service.load(io.BytesIO(archive))
     _assert_untouched(store, canary)
 
 
-def test_archive_with_escaping_member_name_is_refused(store, canary):
+def test_archive_with_escaping_member_name_is_refused(service, store, canary):
     archive = make_tar([("../manifest.json", "file", b"[]")])
     with pytest.raises(InvalidParameter, match="escapes the layer"):
-        store.load(io.BytesIO(archive))
+        service.load(io.BytesIO(archive))
     _assert_untouched(store, canary)
 
 

@@ -13,7 +13,9 @@ import pytest
 
 from runtime.errors import Conflict, InvalidParameter, NotFound
 from runtime.images import registry as registry_mod
+from runtime.images.media import host_platform
 from runtime.images.registry import Unauthorized
+from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 from tests.images.registry_fixture import start_registry
 
@@ -51,44 +53,44 @@ def _wipe(store):
                 continue  # a child first / already deleted with its child
 
 
-def test_push_remove_pull_round_trip(store, registry, busybox_tar, tmp_path):
-    tag = "%s/team/app:v1" % registry.host
+def test_push_remove_pull_round_trip(service, store, registry, busybox_tar, tmp_path):
+    tag = f"{registry.host}/team/app:v1"
     image = _layered_image(store, busybox_tar, tmp_path, tag)
-    pushed = list(store.push(tag))
-    assert pushed[0] == {"status": "The push refers to repository [%s/team/app]" % registry.host}
+    pushed = list(service.push(tag))
+    assert pushed[0] == {"status": f"The push refers to repository [{registry.host}/team/app]"}
     statuses = [m.get("status") for m in pushed]
     assert statuses.count("Pushed") == 2 and "Preparing" in statuses
     aux = pushed[-1]["aux"]
     assert aux["Tag"] == "v1" and aux["Digest"].startswith("sha256:") and aux["Size"] > 0
     assert statuses[-2] == "v1: digest: %s size: %d" % (aux["Digest"], aux["Size"])
-    again = [m.get("status") for m in store.push(tag)]
+    again = [m.get("status") for m in service.push(tag)]
     assert again.count("Layer already exists") == 2
 
     _wipe(store)
     assert os.listdir(os.path.join(store.root, "layers")) == []
 
-    messages = list(store.pull(tag))
+    messages = list(service.pull(tag))
     statuses = [m["status"] for m in messages]
     assert messages[0] == {"status": "Pulling from team/app", "id": "v1"}
     for step in ("Pulling fs layer", "Downloading", "Verifying Checksum", "Download complete", "Extracting",
                  "Pull complete"):
         assert step in statuses, step
-    assert statuses[-2:] == ["Digest: %s" % aux["Digest"], "Status: Downloaded newer image for %s" % tag]
+    assert statuses[-2:] == ["Digest: {}".format(aux["Digest"]), f"Status: Downloaded newer image for {tag}"]
     downloading = next(m for m in messages if m["status"] == "Downloading")
     assert set(downloading["progressDetail"]) == {"current", "total"} and len(downloading["id"]) == 12
     pulled = store.resolve(tag)
-    assert pulled.id == image.id and pulled.repo_digests == ["%s/team/app@%s" % (registry.host, aux["Digest"])]
+    assert pulled.id == image.id and pulled.repo_digests == ["{}/team/app@{}".format(registry.host, aux["Digest"])]
     assert open(os.path.join(pulled.layer_dirs()[1], "hello.txt")).read() == "hello " * 5000
-    assert list(store.pull(tag))[-1] == {"status": "Status: Image is up to date for %s" % tag}
+    assert list(service.pull(tag))[-1] == {"status": f"Status: Image is up to date for {tag}"}
     # pull by digest as well
-    by_digest = "%s/team/app@%s" % (registry.host, aux["Digest"])
-    assert list(store.pull(by_digest))[-1]["status"].startswith("Status: Image is up to date")
+    by_digest = "{}/team/app@{}".format(registry.host, aux["Digest"])
+    assert list(service.pull(by_digest))[-1]["status"].startswith("Status: Image is up to date")
 
 
-def test_corrupted_blob_is_refused_and_nothing_is_left(store, registry, busybox_tar, tmp_path):
-    tag = "%s/corrupt:1" % registry.host
+def test_corrupted_blob_is_refused_and_nothing_is_left(service, store, registry, busybox_tar, tmp_path):
+    tag = f"{registry.host}/corrupt:1"
     image = _layered_image(store, busybox_tar, tmp_path, tag)
-    list(store.push(tag))
+    list(service.push(tag))
     gz_digest = json.load(open(os.path.join(image.layers()[1].path, "push.json")))["digest"]
     blob = registry.blob_path(gz_digest)
     data = bytearray(open(blob, "rb").read())
@@ -96,7 +98,7 @@ def test_corrupted_blob_is_refused_and_nothing_is_left(store, registry, busybox_
     open(blob, "wb").write(bytes(data))
     _wipe(store)
     with pytest.raises(InvalidParameter, match="filesystem layer verification failed for digest " + gz_digest):
-        list(store.pull(tag))
+        list(service.pull(tag))
     assert store.list(all=True) == []
     store.prune()  # the good layer that arrived stays for a retry until pruned
     assert os.listdir(os.path.join(store.root, "layers")) == []
@@ -104,52 +106,51 @@ def test_corrupted_blob_is_refused_and_nothing_is_left(store, registry, busybox_
     assert gz_digest[7:] + ".partial" not in os.listdir(os.path.join(store.root, "downloads"))
 
 
-def test_missing_images_fail_before_any_progress_is_streamed(store, registry):
-    with pytest.raises(NotFound, match="manifest for %s/nothing:latest not found" % registry.host):
-        store.pull("%s/nothing" % registry.host)  # raised by the call itself: the API can answer 404
-    with pytest.raises(NotFound, match="An image does not exist locally with the tag: %s/nothing" % registry.host):
-        store.push("%s/nothing:1" % registry.host)
+def test_missing_images_fail_before_any_progress_is_streamed(service, store, registry):
+    with pytest.raises(NotFound, match=f"manifest for {registry.host}/nothing:latest not found"):
+        service.pull(f"{registry.host}/nothing")  # raised by the call itself: the API can answer 404
+    with pytest.raises(NotFound, match=f"An image does not exist locally with the tag: {registry.host}/nothing"):
+        service.push(f"{registry.host}/nothing:1")
 
 
-def test_manifest_list_picks_host_platform_and_skips_attestations(store, registry, busybox_tar, tmp_path):
-    tag = "%s/multi:single" % registry.host
+def test_manifest_list_picks_host_platform_and_skips_attestations(service, store, registry, busybox_tar, tmp_path):
+    tag = f"{registry.host}/multi:single"
     image = _layered_image(store, busybox_tar, tmp_path, tag)
-    aux = list(store.push(tag))[-1]["aux"]
-    session = registry_mod.Session(registry_mod.reference.parse(tag), {}, store.registry_options())
+    aux = list(service.push(tag))[-1]["aux"]
+    session = registry_mod.Session(registry_mod.reference.parse(tag), {}, service.registry_options())
     index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
         {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": aux["Digest"],
          "size": aux["Size"], "platform": {"os": "unknown", "architecture": "unknown"},
          "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
         {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": aux["Digest"],
-         "size": aux["Size"], "platform": registry_mod.store_mod.host_platform()}]}).encode()
+         "size": aux["Size"], "platform": host_platform()}]}).encode()
     resp = session.request("PUT", "/v2/multi/manifests/index", {
         "Content-Type": "application/vnd.oci.image.index.v1+json"}, index)
     resp.close()
     assert resp.status == 201
     _wipe(store)
-    messages = list(store.pull("%s/multi:index" % registry.host))
+    messages = list(service.pull(f"{registry.host}/multi:index"))
     assert messages[-2]["status"] == "Digest: sha256:" + registry_mod.hashlib.sha256(index).hexdigest()
-    assert store.resolve("%s/multi:index" % registry.host).id == image.id
+    assert store.resolve(f"{registry.host}/multi:index").id == image.id
     with pytest.raises(NotFound, match="no matching manifest for linux/s390x"):
-        list(store.pull("%s/multi:index" % registry.host, platform="linux/s390x"))
+        list(service.pull(f"{registry.host}/multi:index", platform="linux/s390x"))
 
 
-def test_basic_auth_registry(store, auth_registry, busybox_tar):
-    tag = "%s/private:1" % auth_registry.host
+def test_basic_auth_registry(service, store, auth_registry, busybox_tar):
+    tag = f"{auth_registry.host}/private:1"
     store.import_tar(io.BytesIO(busybox_tar), tag)
     good = {"username": "alice", "password": "s3cret", "serveraddress": auth_registry.host}
     bad = dict(good, password="wrong")
-    assert store.login(good) == {"Status": "Login Succeeded", "IdentityToken": ""}
-    with pytest.raises(Unauthorized, match="login attempt to http://%s/v2/ failed with status: 401 Unauthorized"
-                       % auth_registry.host):
-        store.login(bad)
+    assert service.login(good) == {"Status": "Login Succeeded", "IdentityToken": ""}
+    with pytest.raises(Unauthorized, match=f"login attempt to http://{auth_registry.host}/v2/ failed with status: 401 Unauthorized"):
+        service.login(bad)
     with pytest.raises(Unauthorized, match="unauthorized: authentication required"):
-        list(store.push(tag))
-    assert list(store.push(tag, auth=good))[-1]["aux"]["Tag"] == "1"
+        list(service.push(tag))
+    assert list(service.push(tag, auth=good))[-1]["aux"]["Tag"] == "1"
     with pytest.raises(Unauthorized, match="unauthorized"):
-        list(store.pull(tag, auth=bad))
+        list(service.pull(tag, auth=bad))
     header = base64.urlsafe_b64encode(json.dumps(good).encode()).decode().rstrip("=")
-    assert list(store.pull(tag, auth=registry_mod.decode_auth(header)))[-1]["status"].startswith("Status:")
+    assert list(service.pull(tag, auth=registry_mod.decode_auth(header)))[-1]["status"].startswith("Status:")
 
 
 def test_registry_auth_header_decoding():
@@ -165,23 +166,24 @@ def test_registry_auth_header_decoding():
     assert not opts.is_insecure("registry-1.docker.io") and not opts.is_insecure("192.168.1.1:5000")
 
 
-def test_removing_the_last_tag_drops_digest_references_of_that_repository(store, registry, busybox_tar):
-    tag = "%s/digested:1" % registry.host
+def test_removing_the_last_tag_drops_digest_references_of_that_repository(service, store, registry, busybox_tar):
+    tag = f"{registry.host}/digested:1"
     image_id = store.import_tar(io.BytesIO(busybox_tar), tag)
-    digest = list(store.push(tag))[-1]["aux"]["Digest"]
+    digest = list(service.push(tag))[-1]["aux"]["Digest"]
     layer = "sha256:" + hashlib.sha256(busybox_tar).hexdigest()
-    assert store.remove(tag) == [{"Untagged": tag}, {"Untagged": "%s/digested@%s" % (registry.host, digest)},
+    assert store.remove(tag) == [{"Untagged": tag}, {"Untagged": f"{registry.host}/digested@{digest}"},
                                  {"Deleted": image_id}, {"Deleted": layer}]
 
 
-def test_push_reuses_the_registry_blob_of_a_layer_that_was_already_present(store, registry, busybox_tar, tmp_path):
-    source = "%s/source:1" % registry.host
+def test_push_reuses_the_registry_blob_of_a_layer_that_was_already_present(service, store, registry, busybox_tar,
+                                                                           tmp_path):
+    source = f"{registry.host}/source:1"
     seeded = ImageStore(str(tmp_path / "other-store"))
     other_gzip = gzip.compress(busybox_tar, compresslevel=1, mtime=1)  # not what our own push would make
     seeded.import_tar(io.BytesIO(other_gzip), source, ["CMD [\"true\"]"])
-    list(seeded.push(source))
+    list(ImageService(seeded).push(source))
     store.import_tar(io.BytesIO(busybox_tar), "local:1")  # same diff ID, kept uncompressed here
-    pulled = [m["status"] for m in store.pull(source)]
+    pulled = [m["status"] for m in service.pull(source)]
     assert "Already exists" in pulled
-    messages = [m.get("status") for m in store.push(source)]
+    messages = [m.get("status") for m in service.push(source)]
     assert messages.count("Layer already exists") == 1 and "Pushed" not in messages

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from runtime.errors import HostError
 from runtime.images.registry import Unauthorized
+from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 from tests.images.registry_fixture import start_registry
 
@@ -132,24 +133,25 @@ def tls_token_registry(tmp_path):
 
 def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox_tar):
     reg, tokens, certs = tls_token_registry
-    store = ImageStore(str(tmp_path / "store"), certs_dirs=[certs])
-    tag = "%s/secure/app:1" % reg.host
+    service = ImageService(ImageStore(str(tmp_path / "store")), certs_dirs=[certs])
+    store = service.store
+    tag = f"{reg.host}/secure/app:1"
     image_id = store.import_tar(io.BytesIO(busybox_tar), tag)
     good = {"username": "bob", "password": "hunter2", "serveraddress": reg.host}
     with pytest.raises(Unauthorized, match="incorrect username or password"):
-        list(store.push(tag, auth=dict(good, password="nope")))
-    aux = list(store.push(tag, auth=good))[-1]["aux"]
+        list(service.push(tag, auth=dict(good, password="nope")))
+    aux = list(service.push(tag, auth=good))[-1]["aux"]
     assert "repository:secure/app:pull,push" in tokens.scopes
     store.remove(tag)
-    assert list(store.pull(tag, auth=good))[-2] == {"status": "Digest: %s" % aux["Digest"]}
+    assert list(service.pull(tag, auth=good))[-2] == {"status": "Digest: {}".format(aux["Digest"])}
     assert store.resolve(tag).id == image_id and "repository:secure/app:pull" in tokens.scopes
-    assert store.login(good)["Status"] == "Login Succeeded"
+    assert service.login(good)["Status"] == "Login Succeeded"
     with pytest.raises(Unauthorized):
-        store.login(dict(good, password="nope"))
+        service.login(dict(good, password="nope"))
     # a certs.d folder without the registry's CA: HTTPS is used and the handshake refused, never skipped
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / reg.host).mkdir(parents=True)
-    untrusting = ImageStore(str(tmp_path / "store2"), certs_dirs=[str(elsewhere)])
+    untrusting = ImageService(ImageStore(str(tmp_path / "store2")), certs_dirs=[str(elsewhere)])
     with pytest.raises(HostError, match="CERTIFICATE_VERIFY_FAILED"):
         list(untrusting.pull(tag, auth=good))
 
@@ -222,14 +224,15 @@ def test_redirected_blobs_do_not_receive_the_authorization_header(tmp_path, busy
     for t in threads:
         t.start()
     try:
-        store = ImageStore(str(tmp_path / "store"))
+        service = ImageService(ImageStore(str(tmp_path / "store")))
+        store = service.store
         tag = "127.0.0.1:%d/stub:1" % stub.server_address[1]
         # an earlier pull was cut off half-way through the layer: this one resumes from there
         os.makedirs(os.path.join(store.root, "downloads"))
         with open(os.path.join(store.root, "downloads", digest[layer][7:] + ".partial"), "wb") as f:
             f.write(layer[:len(layer) // 2])
-        messages = list(store.pull(tag, auth={"username": "bob", "password": "hunter2"}))
-        assert messages[-1]["status"] == "Status: Downloaded newer image for %s" % tag
+        messages = list(service.pull(tag, auth={"username": "bob", "password": "hunter2"}))
+        assert messages[-1]["status"] == f"Status: Downloaded newer image for {tag}"
         cdn_requests = [s for s in stub.seen if s[0].startswith("127.0.0.2")]
         assert len(cdn_requests) == 2 and all(auth is None for _, _, auth, _ in cdn_requests)
         assert ("bytes=%d-" % (len(layer) // 2)) in [r for _, _, _, r in cdn_requests]

@@ -122,10 +122,10 @@ def test_concurrent_imports_of_one_layer(store, busybox_tar):
     assert sorted(t for s in store.list() for t in s["RepoTags"]) == ["c:0", "c:1", "c:2", "c:3"]
 
 
-def test_save_output_is_what_docker_loads(store, busybox_tar):
+def test_save_output_is_what_docker_loads(service, store, busybox_tar):
     image_id = store.import_tar(io.BytesIO(busybox_tar), "busybox:test")
     store.tag(image_id, "localhost:5000/x", "v1")
-    data = b"".join(store.save(["busybox:test", "localhost:5000/x:v1"]))
+    data = b"".join(service.save(["busybox:test", "localhost:5000/x:v1"]))
     files = _members(data)
     for name, content in files.items():
         if name.startswith("blobs/sha256/") and isinstance(content, bytes):
@@ -143,11 +143,11 @@ def test_save_output_is_what_docker_loads(store, busybox_tar):
     assert [layer["digest"] for layer in manifest["layers"]] == [_sha(busybox_tar)]
     assert json.loads(files["repositories"])["busybox"]["test"] == _sha(busybox_tar)[7:]
     store.remove(image_id, force=True)
-    assert store.load(io.BytesIO(data)) == ["busybox:test", "localhost:5000/x:v1"]
+    assert service.load(io.BytesIO(data)) == ["busybox:test", "localhost:5000/x:v1"]
     assert store.resolve("localhost:5000/x:v1").id == image_id
 
 
-def test_load_legacy_docker_save_with_shared_symlinked_layer(store, busybox_tar):
+def test_load_legacy_docker_save_with_shared_symlinked_layer(service, store, busybox_tar):
     extra = make_tar([("hello", "file", b"hi")])
     base = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
             "rootfs": {"type": "layers", "diff_ids": [_sha(busybox_tar)]}}
@@ -163,14 +163,14 @@ def test_load_legacy_docker_save_with_shared_symlinked_layer(store, busybox_tar)
             {"Config": _sha(cfg2)[7:] + ".json", "RepoTags": ["child:1", "docker.io/team/child:2"],
              "Layers": ["l2/layer.tar", "l3/layer.tar"]}]).encode()),
         ("repositories", "file", b"{}")], gz=True)
-    assert store.load(io.BytesIO(archive_bytes)) == ["base:1", "child:1", "team/child:2"]
+    assert service.load(io.BytesIO(archive_bytes)) == ["base:1", "child:1", "team/child:2"]
     assert store.resolve("child:1").id == _sha(cfg2)
     assert len(os.listdir(os.path.join(store.root, "layers"))) == 2
     top = store.resolve("team/child:2").layer_dirs()
     assert open(os.path.join(top[1], "hello")).read() == "hi" and len(top) == 2
 
 
-def test_load_oci_layout_with_gzip_layer_and_platform_index(store):
+def test_load_oci_layout_with_gzip_layer_and_platform_index(service, store):
     layer = make_tar([("etc", "dir", None), ("etc/os-release", "file", b"ID=test\n")])
     gz = io.BytesIO()
     import gzip
@@ -193,25 +193,25 @@ def test_load_oci_layout_with_gzip_layer_and_platform_index(store):
     data = make_tar([("oci-layout", "file", b'{"imageLayoutVersion":"1.0.0"}'),
                      ("index.json", "file", json.dumps(index).encode())] +
                     [("blobs/sha256/" + _sha(b)[7:], "file", b) for b in (blob, config, manifest, other)])
-    assert store.load(io.BytesIO(data)) == ["localhost:5000/oci:1"]
+    assert service.load(io.BytesIO(data)) == ["localhost:5000/oci:1"]
     root = store.resolve("localhost:5000/oci:1").layer_dirs()[0]
     assert open(os.path.join(root, "etc/os-release")).read() == "ID=test\n"
     # the gzip blob is kept as received and save hands back the uncompressed tar
-    files = _members(b"".join(store.save(["localhost:5000/oci:1"])))
+    files = _members(b"".join(service.save(["localhost:5000/oci:1"])))
     assert files["blobs/sha256/" + _sha(layer)[7:]] == layer
 
 
-def test_load_refuses_layer_that_does_not_match_its_diff_id(store):
+def test_load_refuses_layer_that_does_not_match_its_diff_id(service, store):
     layer = make_tar([("a", "file", b"a")])
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]}}).encode()
     data = make_tar([("c.json", "file", config), ("layer.tar", "file", layer), ("manifest.json", "file", json.dumps(
         [{"Config": "c.json", "RepoTags": ["bad:1"], "Layers": ["layer.tar"]}]).encode())])
     with pytest.raises(InvalidParameter, match="diff ID mismatch"):
-        store.load(io.BytesIO(data))
+        service.load(io.BytesIO(data))
     assert store.list() == [] and os.listdir(os.path.join(store.root, "layers")) == []
 
 
-def test_commit_turns_overlay_whiteouts_into_oci_ones(store, busybox_tar, tmp_path):
+def test_commit_turns_overlay_whiteouts_into_oci_ones(service, store, busybox_tar, tmp_path):
     base = store.resolve(store.import_tar(io.BytesIO(busybox_tar), "busybox:test"))
     upper = tmp_path / "upper"
     (upper / "etc" / "opaque").mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_commit_turns_overlay_whiteouts_into_oci_ones(store, busybox_tar, tmp_pa
     image = store.commit(str(upper), base, {"Cmd": ["cat", "/etc/new"]}, "committed:1", created_by="RUN x")
     assert image.parent == base.id and image.config["config"]["Cmd"] == ["cat", "/etc/new"]
     assert len(image.diff_ids) == 2 and image.config["history"][-1]["created_by"] == "RUN x"
-    layer_tar = _members(b"".join(store.save(["committed:1"])))["blobs/sha256/" + image.diff_ids[1][7:]]
+    layer_tar = _members(b"".join(service.save(["committed:1"])))["blobs/sha256/" + image.diff_ids[1][7:]]
     names = set(_members(layer_tar))
     assert {"etc/.wh.gone", "etc/opaque/.wh..wh..opq", "etc/new"} <= names
     top = image.layer_dirs()[1]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from base64 import b64decode
 import socket
 import uuid
+from base64 import b64decode
 from pathlib import Path
 
 import paramiko

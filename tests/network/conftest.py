@@ -14,8 +14,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -29,7 +29,7 @@ REMOTE_PEER_IP = "192.168.251.2"
 
 def unique(prefix: str) -> str:
     """A name no other test (or xdist worker) uses; short enough for an interface name."""
-    return "%s%s" % (prefix, uuid.uuid4().hex[: 15 - len(prefix)])
+    return f"{prefix}{uuid.uuid4().hex[: 15 - len(prefix)]}"
 
 
 def sh(*args: str, check: bool = True) -> str:
@@ -58,7 +58,7 @@ class Host:
         self.path = "/run/netns/" + name
         self.remote = ""
 
-    def leftovers(self) -> Tuple[List[str], List[str]]:
+    def leftovers(self) -> tuple[list[str], list[str]]:
         """Links other than lo and the link to the remote host, and iptables rules and chains of ours."""
         links = [line.split(":")[1].strip().split("@")[0] for line in sh("ip", "-o", "link", "show").splitlines()]
         links = [link for link in links if link not in ("lo", "toremote")]
@@ -123,7 +123,7 @@ class Container:
 
 @pytest.fixture
 def spawn(host: Host, tmp_path: Path) -> Iterator[Callable[[], Container]]:
-    started: List[Container] = []
+    started: list[Container] = []
 
     def start() -> Container:
         hosts_path = tmp_path / ("hosts-%d" % len(started))
@@ -144,7 +144,7 @@ def spawn(host: Host, tmp_path: Path) -> Iterator[Callable[[], Container]]:
         container.proc.wait()
 
 
-_servers: List[Tuple[socket.socket, threading.Thread]] = []
+_servers: list[tuple[socket.socket, threading.Thread]] = []
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +186,7 @@ def serve_echo(sock: socket.socket, kind: int) -> None:
     _servers.append((sock, thread))
 
 
-def tcp_ask(sock: socket.socket, address: Tuple[str, int], data: bytes = b"hello") -> bytes:
+def tcp_ask(sock: socket.socket, address: tuple[str, int], data: bytes = b"hello") -> bytes:
     with sock:
         sock.settimeout(5)
         sock.connect(address)
@@ -200,7 +200,7 @@ def tcp_ask(sock: socket.socket, address: Tuple[str, int], data: bytes = b"hello
             chunks.append(chunk)
 
 
-def udp_ask(sock: socket.socket, address: Tuple[str, int], data: bytes = b"ping") -> bytes:
+def udp_ask(sock: socket.socket, address: tuple[str, int], data: bytes = b"ping") -> bytes:
     with sock:
         sock.settimeout(5)
         sock.sendto(data, address)

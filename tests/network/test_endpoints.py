@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 from runtime.errors import Forbidden, HostError, InvalidParameter
 from runtime.network import NetworkManager, hosts
+
 from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
 
 
@@ -70,7 +71,7 @@ def test_default_bridge_has_no_name_resolution(host: Host, manager: NetworkManag
     second = manager.connect("bridge", two.id, two.pid, name="two", hosts_path=two.hosts_path)
     assert first["IPAddress"] == "172.29.0.2" and first["Gateway"] == "172.29.0.1" and first["DNSNames"] is None
     assert open(one.hosts_path).read().endswith("172.29.0.2\tbox1\n")
-    assert open(two.hosts_path).read().splitlines()[1:] == [hosts.MARKER, "172.29.0.3\t%s" % two.id[:12]]
+    assert open(two.hosts_path).read().splitlines()[1:] == [hosts.MARKER, f"172.29.0.3\t{two.id[:12]}"]
     ping(one, second["IPAddress"])
     with pytest.raises(InvalidParameter, match="user defined networks only"):
         manager.connect("bridge", "c" * 64, one.pid, name="three", ipv4="172.29.0.9")

@@ -22,7 +22,7 @@ def test_predefined_networks_are_listed_and_protected(plain: NetworkManager) -> 
     assert listed["bridge"]["IPAM"]["Config"] == [{"Subnet": "172.28.0.0/16", "Gateway": "172.28.0.1"}]
     assert listed["bridge"]["Options"]["com.docker.network.bridge.name"] == "mrt0"
     for name in ("bridge", "host", "none"):
-        with pytest.raises(Forbidden, match="%s is a pre-defined network and cannot be removed" % name):
+        with pytest.raises(Forbidden, match=f"{name} is a pre-defined network and cannot be removed"):
             plain.remove(name)
     with pytest.raises(Conflict, match="network with name bridge already exists"):
         plain.create({"Name": "bridge"})

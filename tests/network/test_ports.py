@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Tuple
 
 import pytest
 
 from runtime.errors import HostError
 from runtime.network import NetworkManager
 from runtime.network.proxy import bind_socket
-from .conftest import (REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo,
-                                    tcp_ask, udp_ask)
+
+from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask, udp_ask
 
 
-def running_echo(spawn: Callable[[], Container], manager: NetworkManager) -> Tuple[Container, str]:
+def running_echo(spawn: Callable[[], Container], manager: NetworkManager) -> tuple[Container, str]:
     """A container on the default bridge answering TCP on 80 and UDP on 53."""
     box = spawn()
     address = manager.connect("bridge", box.id, box.pid, name="echo")["IPAddress"]

@@ -8,14 +8,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.hosts import (HostFactory, collect_stale_bridges, leftovers, made_in_this_process, worker_bridge,
-                                 write_key_pair)
+from tests.support.hosts import (
+    HostFactory,
+    collect_stale_bridges,
+    leftovers,
+    made_in_this_process,
+    worker_bridge,
+    write_key_pair,
+)
 
 __all__ = ["test_bridge", "test_host", "test_key"]
 

@@ -18,8 +18,8 @@ import socket
 import threading
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import paramiko
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from machines.errors import UsageError
 
@@ -68,10 +68,10 @@ def render(variables: dict[str, str | None], shell: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def no_proxy_value(address: str, environ: dict[str, str] | None = None) -> str:
+def no_proxy_value(address: str, environ: Mapping[str, str] | None = None) -> str:
     """``NO_PROXY`` with ``address`` appended once (idempotent: running ``env --no-proxy`` twice adds it once)."""
-    environ = os.environ if environ is None else environ
-    current = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
+    values = os.environ if environ is None else environ
+    current = values.get("NO_PROXY") or values.get("no_proxy") or ""
     entries = [entry.strip() for entry in current.split(",") if entry.strip()]
     if address not in entries:
         entries.append(address)

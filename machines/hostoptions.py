@@ -1,0 +1,94 @@
+"""The options a user chooses for a machine's host at create time, typed and validated in one place.
+
+The CLI builds ``HostOptions`` from ``create``'s flags, the core keeps it in the machine's record (as
+``host_options``, with its own ``version``) and hands the same object to the driver (which opens the API port
+only for ``api="tls"``) and to the provisioner (API mode, certificate names, data root). Like Docker Machine's
+``HostOptions``/``EngineOptions``, it is what the user asked for, never what a driver found out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from machines.errors import StoreError, UsageError
+
+HOST_OPTIONS_VERSION = 1
+API_MODES = ("tls", "ssh")
+DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def check_san(value: str) -> str:
+    """``value`` when it is an IP address or a plain DNS name; wildcards and anything else are refused."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) <= 253 and all(DNS_LABEL.fullmatch(label) for label in value.removesuffix(".").split(".")):
+        return value
+    raise UsageError(f"invalid --tls-san {value!r}: give a host name or an IP address (no wildcards)")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOptions:
+    """``api``: "tls" (TCP 2376 with mutual TLS, the default) or "ssh" (no TCP port, reached through SSH).
+
+    ``tls_san``: extra names or IPs for the server certificate. ``labels``: ``KEY=VALUE`` labels of the machine
+    (``ls --filter label=``). ``data_root``: absolute path on the host where the runtime keeps its data; ``None``
+    lets the driver (``Driver.runtime_data_root``) or the provisioner choose.
+    """
+
+    api: str = "tls"
+    tls_san: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        # Lists from JSON or callers become tuples, so the frozen object is really immutable.
+        object.__setattr__(self, "tls_san", tuple(self.tls_san))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.api not in API_MODES:
+            raise UsageError(f"--api must be 'tls' or 'ssh', not {self.api!r}")
+        if self.data_root is not None and not self.data_root.startswith("/"):
+            raise UsageError(f"--runtime-data-root must be an absolute path, not {self.data_root!r}")
+        for value in (*self.tls_san, *self.labels):
+            if not isinstance(value, str) or not value:
+                raise UsageError(f"host options must be non-empty strings, not {value!r}")
+        for name_or_ip in self.tls_san:
+            check_san(name_or_ip)
+
+    @property
+    def api_over_tls(self) -> bool:
+        """Whether the runtime's API listens on TCP 2376 with TLS (drivers open that port only then)."""
+        return self.api == "tls"
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON form kept in ``config.json`` under ``host_options``."""
+        record: dict[str, Any] = {"version": HOST_OPTIONS_VERSION, "api": self.api, "tls_san": list(self.tls_san),
+                                  "labels": list(self.labels)}
+        if self.data_root is not None:
+            record["data_root"] = self.data_root
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None) -> HostOptions:
+        """Read the stored form; records written before options had a version are version 1."""
+        record = dict(record or {})
+        version = record.pop("version", HOST_OPTIONS_VERSION)
+        if not isinstance(version, int) or version > HOST_OPTIONS_VERSION:
+            raise StoreError(
+                f"host options version {version!r}: this machines understands up to {HOST_OPTIONS_VERSION}: upgrade"
+            )
+        try:
+            return cls(
+                api=record.get("api") or "tls",
+                tls_san=tuple(record.get("tls_san") or ()),
+                labels=tuple(record.get("labels") or ()),
+                data_root=record.get("data_root") or None,
+            )
+        except UsageError as error:
+            raise StoreError(f"stored host options are invalid: {error}") from None

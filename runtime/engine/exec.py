@@ -1,0 +1,197 @@
+"""Exec instances (moby's daemon/exec.go): create, start, inspect and resize processes joined to a running
+container's namespaces, cgroup and root."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from typing import Callable, Dict, List, Optional, Tuple
+
+from runtime.engine.config import merge_env
+from runtime.engine.container import Container, ContainerTable
+from runtime.engine.launch import LaunchReport, start_error
+from runtime.engine.sessions import ExecSession
+from runtime.engine.shim import close_fds
+from runtime.errors import Conflict, InvalidParameter, NotFound
+from runtime.linux import syscalls
+from runtime.linux.process import enter_child, receive_console
+
+SpecFor = Callable[[Container, str], dict]
+
+
+class ExecManager:
+    """Every exec instance by id (records in Docker's ExecInspect shape plus private ``_`` keys)."""
+
+    def __init__(self, table: ContainerTable, fork_lock: threading.Lock, spec_for: SpecFor) -> None:
+        self._table = table
+        self._fork_lock = fork_lock
+        self._spec_for = spec_for  # the container's own process spec, which an exec starts from
+        self._execs: Dict[str, dict] = {}
+
+    def create(self, ref: str, body: dict) -> str:
+        c = self._table.get(ref)
+        if not c.running:
+            raise Conflict("Container %s is not running" % c.id)
+        if c.state.get("Paused"):
+            raise Conflict("Container %s is paused, unpause the container before exec" % c.id)
+        cmd = body.get("Cmd") or []
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not cmd:
+            raise InvalidParameter("No exec command specified")
+        eid = secrets.token_hex(32)
+        with self._table.lock:
+            self._execs[eid] = {
+                "ID": eid, "Running": False, "ExitCode": None, "Pid": 0, "ContainerID": c.id,
+                "ProcessConfig": {"entrypoint": cmd[0], "arguments": list(cmd[1:]), "tty": bool(body.get("Tty")),
+                                  "user": body.get("User") or "", "privileged": bool(body.get("Privileged"))},
+                "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout", True)),
+                "OpenStderr": bool(body.get("AttachStderr", True)), "CanRemove": False,
+                "DetachKeys": body.get("DetachKeys") or "", "_body": dict(body), "_master": None,
+                "_started": False,
+            }
+        self._table.emit(c, "exec_create: " + " ".join(cmd), execID=eid)
+        return eid
+
+    def _get(self, exec_id: str) -> dict:
+        with self._table.lock:
+            rec = self._execs.get(exec_id)
+        if rec is None:
+            raise NotFound("No such exec instance: %s" % exec_id)
+        return rec
+
+    def inspect(self, exec_id: str) -> dict:
+        rec = self._get(exec_id)
+        return {k: v for k, v in rec.items() if not k.startswith("_")}
+
+    def start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Optional[ExecSession]:
+        rec = self._get(exec_id)
+        with self._table.lock:
+            if rec["_started"]:
+                raise Conflict("Error: Exec command %s has already run" % exec_id)
+            rec["_started"] = True
+        c = self._table.get(rec["ContainerID"])
+        if not c.running:
+            raise Conflict("Container %s is not running" % c.id)
+        body = rec["_body"]
+        tty = bool(body.get("Tty")) or tty
+        cfg = c.data["Config"]
+        spec = self._spec_for(c, "join")
+        if body.get("Privileged"):
+            spec.update({"caps": None, "seccomp": False})
+        spec.update({"tty": tty, "args": list(body["Cmd"]) if not isinstance(body["Cmd"], str) else [body["Cmd"]],
+                     "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
+                     "user": body.get("User") or cfg.get("User") or "",
+                     "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
+        keep_open: Dict[int, int] = {}
+        child_side: List[int] = []
+        stdin_fd = master = None
+        stdio: Optional[Tuple[int, int, int]] = None
+        console = child_console = None
+        if tty:
+            console, child_console = socket.socketpair()
+        else:
+            null = os.open(os.devnull, os.O_RDWR)
+            child_side.append(null)
+            in_r = null
+            if rec["OpenStdin"] and not detach:
+                in_r, stdin_fd = os.pipe()
+                child_side.append(in_r)
+            outs = []
+            for kind in (1, 2):
+                if detach:
+                    outs.append(null)
+                    continue
+                r, w = os.pipe()
+                keep_open[r] = kind
+                child_side.append(w)
+                outs.append(w)
+            stdio = (in_r, outs[0], outs[1])
+        report_r, report_w = os.pipe()
+        pid = c.state["Pid"]
+        with self._fork_lock:
+            child = os.fork()
+            if child == 0:
+                try:
+                    keep = list(stdio or []) + [report_w] + ([child_console.fileno()] if child_console else [])
+                    close_fds(keep)
+                    enter_child(pid, spec, stdio, report_w, child_console)
+                finally:
+                    os._exit(126)
+            os.close(report_w)
+            for fd in child_side:
+                os.close(fd)
+        if console is not None and child_console is not None:
+            child_console.close()
+            master = receive_console(console)
+            size = body.get("ConsoleSize") or [0, 0]
+            if master is not None and size and all(size):
+                syscalls.set_winsize(master, int(size[0]), int(size[1]))
+            if master is not None and detach:
+                os.close(master)
+                master = None
+            if master is not None:
+                keep_open = {master: 1}
+                stdin_fd = master if rec["OpenStdin"] else None
+        done = threading.Event()
+        report = LaunchReport(report_r)
+        error = report.read_to_end()
+        with self._table.lock:
+            rec.update({"Running": error is None, "Pid": report.pid, "_master": master})
+
+        def reap() -> None:
+            try:
+                _, status = os.waitpid(child, 0)
+                code = os.waitstatus_to_exitcode(status)
+                code = 128 - code if code < 0 else code
+            except ChildProcessError:
+                code = 255
+            with self._table.lock:
+                rec.update({"Running": False, "ExitCode": code, "_master": None})
+            self._table.emit(c, "exec_die", execID=exec_id, exitCode=str(code))
+            done.set()
+
+        self._table.emit(c, "exec_start: " + " ".join(spec["args"]), execID=exec_id)
+        threading.Thread(target=reap, name="exec-" + exec_id[:12], daemon=True).start()
+        if error is not None:
+            done.wait()
+            for fd in list(keep_open) + ([stdin_fd] if stdin_fd is not None and stdin_fd != master else []):
+                os.close(fd)
+            if master is not None and master not in keep_open:
+                os.close(master)
+            raise start_error("OCI runtime exec failed: exec failed: unable to start container process: %s"
+                              % error)
+        if detach:
+            return None
+        return ExecSession(keep_open, stdin_fd, tty, done)
+
+    def resize(self, exec_id: str, h: int, w: int) -> None:
+        rec = self._get(exec_id)
+        master = rec.get("_master")
+        if master is None:
+            if not rec["Running"]:
+                raise Conflict("Exec %s is not running" % exec_id)
+            return
+        syscalls.set_winsize(master, int(h), int(w))
+
+    def discard(self, exec_id: str) -> None:
+        """Forgets a finished exec the daemon ran for itself (a health probe), as moby drops its probes."""
+        with self._table.lock:
+            self._execs.pop(exec_id, None)
+
+    def ids_of(self, cid: str) -> List[str]:
+        with self._table.lock:
+            return [eid for eid, rec in self._execs.items() if rec["ContainerID"] == cid]
+
+    def container_exited(self, cid: str) -> None:
+        """The container's processes are gone, its execs with them."""
+        with self._table.lock:
+            for rec in self._execs.values():
+                if rec["ContainerID"] == cid and rec["Running"]:
+                    rec["Running"] = False
+
+    def forget_container(self, cid: str) -> None:
+        with self._table.lock:
+            for eid in [e for e, rec in self._execs.items() if rec["ContainerID"] == cid]:
+                self._execs.pop(eid, None)

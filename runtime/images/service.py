@@ -1,0 +1,70 @@
+"""The image service: what the API and the engine ask of images beyond the store's own bookkeeping.
+
+As moby's image service sits over its layer store, this sits over the image store, the registry client and the
+builder: pull, push, login and distribution inspect go to registries, build runs the classic builder, save and
+load read and write image archives. The store below knows nothing of them, so the modules form a tree::
+
+    service -> builder, registry, transfer -> store -> archive, media, reference
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Union
+
+from runtime.images import builder, registry, transfer
+from runtime.images.reference import parse as parse_reference
+from runtime.images.store import ImageStore
+
+Auth = Union[dict, str, None]  # a credentials dict or the raw ``X-Registry-Auth`` header
+
+
+class ImageService:
+    """Image operations that reach outside the store (registries, builds, archives)."""
+
+    def __init__(self, store: ImageStore, *, insecure_registries: Sequence[str] = (),
+                 certs_dirs: Optional[Sequence[str]] = None) -> None:
+        self.store = store
+        self.insecure_registries = list(insecure_registries)
+        self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
+            os.path.join(os.path.dirname(store.root), "certs.d"), "/etc/docker/certs.d"]
+
+    def registry_options(self) -> registry.RegistryOptions:
+        """Read afresh for every operation, so a CA added to certs.d counts from the next pull on."""
+        return registry.RegistryOptions(self.insecure_registries, self.certs_dirs)
+
+    def pull(self, image: str, tag: Optional[str] = None, auth: Auth = None,
+             platform: Optional[str] = None) -> Iterator[dict]:
+        """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull)."""
+        return registry.pull(self.store, image, tag, registry.as_auth(auth), platform, self.registry_options())
+
+    def push(self, image: str, tag: Optional[str] = None, auth: Auth = None) -> Iterator[dict]:
+        """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
+        return registry.push(self.store, image, tag, registry.as_auth(auth), self.registry_options())
+
+    def login(self, auth: dict) -> dict:
+        """``POST /auth``: ``{"Status": "Login Succeeded", "IdentityToken": ""}`` or Unauthorized."""
+        return registry.login(auth, self.registry_options())
+
+    def inspect_distribution(self, name: str, auth: Auth = None) -> dict:
+        """``GET /distribution/{name}/json``: descriptor and platforms, asked of the registry."""
+        return registry.inspect_distribution(name, registry.as_auth(auth), self.registry_options())
+
+    def build(self, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
+              registry_config: Optional[str] = None) -> Iterator[dict]:
+        """``POST /build`` (classic builder): the JSON stream, errors in-band; RUN steps run on ``engine``;
+        base images missing here are pulled with the credentials of ``X-Registry-Config``."""
+        credentials = registry.decode_auth(registry_config)
+
+        def pull(name: str) -> Iterator[dict]:
+            return self.pull(name, auth=registry.auth_for_host(credentials, parse_reference(name).domain))
+
+        return builder.build_request(self.store, engine, body, query, pull)
+
+    def save(self, refs: Sequence[str]) -> Iterator[bytes]:
+        """``docker save``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""
+        return transfer.save(self.store, refs)
+
+    def load(self, fileobj: IO[bytes], progress: Optional[transfer.ProgressFn] = None) -> List[str]:
+        """``docker load``: familiar tags loaded, or image IDs for untagged images."""
+        return transfer.load(self.store, fileobj, progress)
