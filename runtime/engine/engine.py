@@ -990,7 +990,7 @@ class Engine:
                 self._save(c)
 
     def events(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[dict] = None) -> Iterator[dict]:
+               filters: Optional[Args] = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
 
 
