@@ -3,6 +3,10 @@
 Written on sockets rather than ``http.server`` because Docker clients need things it does not do well: a connection
 that turns into a raw duplex stream after ``101 UPGRADED``, headers flushed long before the body (``/wait``), chunked
 request bodies (``docker build``, ``docker cp``) and one thread per client that may stream for hours.
+
+Hostile clients are bounded at every step (``_Gate``, ``_TimedReader``): a TLS handshake costs no thread and has a
+deadline, served connections are capped overall and per address, request headers have a deadline and bodies an
+idle timeout, so unauthenticated sockets can never starve clients with a certificate.
 """
 
 from __future__ import annotations
