@@ -754,7 +754,7 @@ def inspect_distribution(name: str, auth: Optional[dict] = None,
                          options: Optional[RegistryOptions] = None) -> dict:
     """``GET /distribution/{name}/json``: the registry's manifest descriptor for ``name`` and the platforms it
     serves (an index's entries, or the one platform of an image's config), as dockerd answers it."""
-    if reference.ID_RE.match(name) or (name.startswith("sha256:") and reference.ID_RE.match(name[7:])):
+    if reference.ID_RE.fullmatch(name) or (name.startswith("sha256:") and reference.ID_RE.fullmatch(name[7:])):
         raise EngineError("no manifest found for full image ID")
     ref = reference.parse(name)
     session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
