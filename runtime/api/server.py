@@ -537,6 +537,9 @@ class Connection:
             self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except (OSError, ssl.SSLError):
             return False
+        except HTTPError as exc:  # the request body stalled or broke while the answer streamed: end it there
+            self.app.log("stream %s %s ended: %s" % (request.method, request.path, exc))
+            return False
         except Exception:  # a bug mid-stream: cut the stream, keep the daemon
             self.app.log("stream %s %s failed:\n%s" % (request.method, request.path, traceback.format_exc()))
             return False
