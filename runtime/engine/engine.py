@@ -37,6 +37,7 @@ from runtime.linux.paths import private_dir
 
 LIST_FILTERS = ("ancestor", "before", "exited", "health", "id", "is-task", "label", "name", "network", "since",
                 "status", "volume")  # moby's, less publish and expose (refused rather than ignored)
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
 class Engine:
@@ -755,6 +756,9 @@ class Engine:
         for value in args.get("health"):
             if value not in health.HEALTH_VALUES:
                 raise InvalidParameter("Unrecognised filter value for health: %s" % value)
+        for value in args.get("status"):
+            if value not in STATES:
+                raise InvalidParameter("Unrecognised filter value for status: %s" % value)
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
             before = [self._get(ref).data["Created"] for ref in args.get("before")]

@@ -46,6 +46,13 @@ def test_a_boolean_filter_with_another_value_is_refused(daemon: Daemon, command:
     assert result.stderr.decode().strip() == "Error response from daemon: invalid filter 'dangling=[maybe]'"
 
 
+@pytest.mark.parametrize("key, value", [("status", "sleeping"), ("health", "great")])
+def test_container_state_filters_take_only_known_values(daemon: Daemon, key: str, value: str) -> None:
+    result = daemon.docker("ps", "--filter", f"{key}={value}")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == f"Error response from daemon: Unrecognised filter value for {key}: {value}"
+
+
 def test_until_that_is_neither_time_nor_duration_is_refused(daemon: Daemon) -> None:
     result = daemon.docker("container", "prune", "-f", "--filter", "until=yesterday")
     assert result.returncode == 1

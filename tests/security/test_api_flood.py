@@ -294,3 +294,17 @@ def test_oldest_pending_handshakes_make_room_for_a_new_client(small_server: dict
         for sock in idle:
             sock.close()
 
+
+
+def test_served_tcp_connections_have_keepalive(daemon: Daemon) -> None:
+    """A peer that vanishes without a FIN (power cut, dropped route) is found by TCP keepalive, not held forever."""
+    port = _port(daemon)
+    context = _certified(daemon.pki)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                             server_hostname="localhost") as sock:
+        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        local_port = sock.getsockname()[1]
+        listing = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{port} and dport = :{local_port} )"],
+                                 capture_output=True, text=True, check=True).stdout
+    assert "keepalive" in listing, listing
