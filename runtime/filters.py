@@ -15,6 +15,7 @@ from runtime import clientjson, timefmt
 from runtime.errors import InvalidParameter
 
 PRUNE_LABELS = ("label", "label!", "until")  # what every prune accepts (volume prune adds ``all``)
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def invalid(key: str = "", values: Iterable[str] | None = None) -> InvalidParameter:
@@ -165,6 +166,20 @@ class Args:
         if len(values) > 1:
             raise InvalidParameter("more than one until filter specified")
         return timefmt.moment(values[0], time.time() if reference is None else reference)
+
+    def ports(self, key: str) -> set[str]:
+        """``publish``/``expose`` values (``80``, ``80/udp``, ``8000-8010/tcp``) as ``port/proto`` keys, as moby's
+        ``portOp`` reads them."""
+        out: set[str] = set()
+        for value in self.get(key):
+            if ":" in value:
+                raise InvalidParameter(f"filter for '{key}' should not contain ':': {value}")
+            port, _, proto = value.partition("/")
+            start, _, end = port.partition("-")
+            if not _PORT.fullmatch(start) or (end and not _PORT.fullmatch(end)) or int(end or start) < int(start):
+                raise InvalidParameter(f"error while looking up for {key} {value}: invalid port range: {port}")
+            out.update(f"{number}/{proto or 'tcp'}" for number in range(int(start), int(end or start) + 1))
+        return out
 
     def items(self) -> Iterator[tuple]:
         for key in sorted(self._fields):

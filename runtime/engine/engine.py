@@ -35,8 +35,8 @@ from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
 from runtime.linux.paths import private_dir
 
-LIST_FILTERS = ("ancestor", "before", "exited", "health", "id", "is-task", "label", "name", "network", "since",
-                "status", "volume")  # moby's, less publish and expose (refused rather than ignored)
+LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
+                "publish", "since", "status", "volume")  # moby's
 STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
@@ -759,6 +759,7 @@ class Engine:
         for value in args.get("status"):
             if value not in STATES:
                 raise InvalidParameter("Unrecognised filter value for status: %s" % value)
+        published, exposed = args.ports("publish"), args.ports("expose")
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
             before = [self._get(ref).data["Created"] for ref in args.get("before")]
@@ -768,6 +769,10 @@ class Engine:
                 if not all and not c.running and not args.contains("status"):
                     continue
                 if not self._matches(c, args):
+                    continue
+                if published and not published & set(c.data["HostConfig"].get("PortBindings") or {}):
+                    continue
+                if exposed and not exposed & set(c.data["Config"].get("ExposedPorts") or {}):
                     continue
                 if any(c.data["Created"] >= b for b in before) or any(c.data["Created"] <= s for s in since):
                     continue

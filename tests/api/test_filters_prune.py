@@ -53,6 +53,26 @@ def test_container_state_filters_take_only_known_values(daemon: Daemon, key: str
     assert result.stderr.decode().strip() == f"Error response from daemon: Unrecognised filter value for {key}: {value}"
 
 
+def test_ps_publish_and_expose_filters(daemon: Daemon, image: str, name: str) -> None:
+    daemon.out("create", "--name", name, "-p", "127.0.0.1::8080", "--expose", "9000/udp", "--label", "suite=" + name,
+               image, "true")
+    try:
+        def listed(*filters: str) -> list[str]:
+            args = [item for f in ("label=suite=" + name, *filters) for item in ("--filter", f)]
+            return daemon.out("ps", "-a", "--format", "{{.Names}}", *args).split()
+
+        assert listed("publish=8080") == [name]
+        assert listed("publish=8000-8100/tcp") == [name]
+        assert listed("publish=8080/udp") == []
+        assert listed("expose=9000/udp") == [name]
+        assert listed("expose=9000") == []
+        bad = daemon.docker("ps", "--filter", "publish=1:80")
+        assert bad.returncode == 1
+        assert "filter for 'publish' should not contain ':': 1:80" in bad.stderr.decode()
+    finally:
+        daemon.docker("rm", "-f", name)
+
+
 def test_until_that_is_neither_time_nor_duration_is_refused(daemon: Daemon) -> None:
     result = daemon.docker("container", "prune", "-f", "--filter", "until=yesterday")
     assert result.returncode == 1
