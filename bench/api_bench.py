@@ -136,7 +136,7 @@ def bench_ours(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[str
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime", "daemon", "--data-root", str(work / "ours-data"), "--exec-root",
          str(work / "ours-exec"), "--host", "unix://" + sock, "--pidfile", str(work / "ours.pid"),
-         "--bridge-name", "bnch%d" % (pid % 100000), "--bridge-subnet", "10.196.%d.0/24" % (pid % 250)],
+         "--bridge-name", f"bnch{pid % 100000}", "--bridge-subnet", f"10.196.{pid % 250}.0/24"],
         cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=(work / "ours.log").open("wb"), start_new_session=True)
     try:
         wait_for_socket(sock, process)

@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import threading
-from typing import List, Optional, Tuple
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION
 
@@ -24,20 +23,20 @@ class UsageError(Exception):
     """Bad flags or environment: printed as one line, exit status 1."""
 
 
-def parse_host(value: str) -> Tuple[str, str, int]:
+def parse_host(value: str) -> tuple[str, str, int]:
     """``unix:///path`` -> ("unix", path, 0); ``tcp://host:port`` -> ("tcp", host, port)."""
     if value.startswith("unix://"):
         path = value[len("unix://"):]
         if not path.startswith("/"):
-            raise UsageError("invalid host %r: unix socket paths must be absolute" % value)
+            raise UsageError(f"invalid host {value!r}: unix socket paths must be absolute")
         return "unix", path, 0
     if value.startswith("tcp://"):
         rest = value[len("tcp://"):].rstrip("/")
         host, sep, port = rest.rpartition(":")
         if not sep or not port.isdigit():
-            raise UsageError("invalid host %r: expected tcp://ADDRESS:PORT" % value)
+            raise UsageError(f"invalid host {value!r}: expected tcp://ADDRESS:PORT")
         return "tcp", host.strip("[]") or "0.0.0.0", int(port)
-    raise UsageError("invalid host %r: expected unix:///path or tcp://ADDRESS:PORT" % value)
+    raise UsageError(f"invalid host {value!r}: expected unix:///path or tcp://ADDRESS:PORT")
 
 
 def _is_loopback(host: str) -> bool:
@@ -59,12 +58,12 @@ def _claim_pidfile(path: str) -> None:
             os.kill(old, 0)
         except OSError as exc:
             if exc.errno == errno.EPERM:
-                raise UsageError("pid file %s names running process %d; is a daemon running?" % (path, old))
+                raise UsageError(f"pid file {path} names running process {old}; is a daemon running?") from None
         else:
-            raise UsageError("pid file %s names running process %d; is a daemon running?" % (path, old))
+            raise UsageError(f"pid file {path} names running process {old}; is a daemon running?")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
-        handle.write("%d\n" % os.getpid())
+        handle.write(f"{os.getpid()}\n")
 
 
 def run_daemon(args: argparse.Namespace) -> int:
@@ -81,12 +80,11 @@ def run_daemon(args: argparse.Namespace) -> int:
             try:
                 tls = tls_context(args.tlscacert, args.tlscert, args.tlskey, verify=args.tlsverify)
             except (OSError, ValueError) as exc:
-                raise UsageError("cannot load TLS files: %s" % exc) from None
+                raise UsageError(f"cannot load TLS files: {exc}") from None
         else:
             for kind, host, port in hosts:
                 if kind == "tcp" and not _is_loopback(host):
-                    raise UsageError("refusing to listen on tcp://%s:%d without --tlsverify: anyone reaching it "
-                                     "would be root on this host" % (host, port))
+                    raise UsageError(f"refusing to listen on tcp://{host}:{port} without --tlsverify: anyone reaching it would be root on this host")
     if args.pidfile:
         _claim_pidfile(args.pidfile)
     engine = None
@@ -104,9 +102,9 @@ def run_daemon(args: argparse.Namespace) -> int:
                 else:
                     sock = bind_tcp(host, port)
                     server.add(sock, tls)
-                    listening.append("tcp://%s:%d" % (host, sock.getsockname()[1]))  # port 0 -> the real one
+                    listening.append(f"tcp://{host}:{sock.getsockname()[1]}")  # port 0 -> the real one
             except OSError as exc:
-                raise UsageError("cannot listen on %s: %s" % (host if kind == "unix" else "%s:%d" % (host, port),
+                raise UsageError("cannot listen on {}: {}".format(host if kind == "unix" else f"{host}:{port}",
                                                                exc.strerror or exc)) from None
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -114,7 +112,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         server.start()
-        sys.stderr.write("runtime %s (API %s) listening on %s\n" % (VERSION, API_VERSION, " ".join(listening)))
+        sys.stderr.write("runtime {} (API {}) listening on {}\n".format(VERSION, API_VERSION, " ".join(listening)))
         sys.stderr.flush()
         while not stop.wait(3600):
             pass
@@ -137,7 +135,7 @@ def dial_stdio(socket_path: str) -> int:
     try:
         sock.connect(socket_path)
     except OSError as exc:
-        raise UsageError("cannot connect to %s: %s" % (socket_path, exc.strerror or exc)) from None
+        raise UsageError(f"cannot connect to {socket_path}: {exc.strerror or exc}") from None
 
     def upstream() -> None:
         stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
@@ -171,11 +169,11 @@ def dial_stdio(socket_path: str) -> int:
     return 0
 
 
-def _dial_target(host: Optional[str]) -> str:
+def _dial_target(host: str | None) -> str:
     value = host or os.environ.get("DOCKER_HOST") or "unix://" + DEFAULT_SOCKET
     kind, path, _ = parse_host(value)
     if kind != "unix":
-        raise UsageError("dial-stdio needs a unix:// host, got %r" % value)
+        raise UsageError(f"dial-stdio needs a unix:// host, got {value!r}")
     return path
 
 
@@ -196,22 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--bridge-name", help="name of the default bridge link")
     daemon.add_argument("--debug", action="store_true", help="log every request to stderr")
     dial = commands.add_parser("dial-stdio", help="bridge stdin/stdout to the daemon socket")
-    dial.add_argument("-H", "--host", help="unix:///path (default $DOCKER_HOST or %s)" % DEFAULT_SOCKET)
+    dial.add_argument("-H", "--host", help=f"unix:///path (default $DOCKER_HOST or {DEFAULT_SOCKET})")
     commands.add_parser("version", help="print the runtime and API versions")
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "version":
-            print("runtime %s (API %s, minimum %s)" % (VERSION, API_VERSION, MIN_API_VERSION))
+            print(f"runtime {VERSION} (API {API_VERSION}, minimum {MIN_API_VERSION})")
             return 0
         if args.command == "dial-stdio":
             return dial_stdio(_dial_target(args.host))
         return run_daemon(args)
     except UsageError as exc:
-        sys.stderr.write("runtime: %s\n" % exc)
+        sys.stderr.write(f"runtime: {exc}\n")
         return 1
 
 

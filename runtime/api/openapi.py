@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, Dict
+from typing import Any
 
 from runtime import API_VERSION, VERSION
 from runtime.api import build_app  # noqa: F401 - imports every area module, filling the table
@@ -19,8 +19,8 @@ _STATUS = {"POST /containers/create": "201", "POST /containers/{ref}/exec": "201
            "POST /networks/create": "201", "POST /volumes/create": "201"}
 
 
-def describe() -> Dict[str, Any]:
-    paths: Dict[str, Dict[str, Any]] = {}
+def describe() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
     for item in ROUTER.routes:
         if item.handler.__module__.endswith(".unsupported"):
             continue  # listed in the description instead
@@ -28,8 +28,8 @@ def describe() -> Dict[str, Any]:
         parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                       for name in re.findall(r"\{(\w+)\}", path)]
         method = item.method.lower()
-        status = _STATUS.get("%s %s" % (item.method, path), "200")
-        operation: Dict[str, Any] = {
+        status = _STATUS.get(f"{item.method} {path}", "200")
+        operation: dict[str, Any] = {
             "summary": item.summary,
             "responses": {status: {"description": "success"},
                           "default": {"description": "error: {\"message\": ...} with Docker's wording"}},
@@ -40,9 +40,9 @@ def describe() -> Dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "machines runtime: Docker Engine API subset", "version": VERSION,
-                 "description": "Served at /vX.Y/... (1.24 to %s) and unversioned. Shapes follow Docker's "
-                                "Engine API %s. Swarm paths (/swarm, /nodes, /services, /tasks, "
-                                "/secrets, /configs) answer 503 and /plugins 404." % (API_VERSION, API_VERSION)},
+                 "description": f"Served at /vX.Y/... (1.24 to {API_VERSION}) and unversioned. Shapes follow Docker's "
+                                f"Engine API {API_VERSION}. Swarm paths (/swarm, /nodes, /services, /tasks, "
+                                "/secrets, /configs) answer 503 and /plugins 404."},
         "paths": paths,
     }
 

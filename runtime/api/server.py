@@ -27,13 +27,13 @@ import socket
 import ssl
 import struct
 import sys
-import tempfile
 import termios
 import threading
 import time
 import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
-from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION, clientjson
 from runtime.errors import EngineError, InvalidParameter
@@ -65,7 +65,7 @@ class HTTPError(Exception):
         self.status = status
 
 
-def version_tuple(version: str) -> Tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     """``"1.47"`` -> ``(1, 47)`` for comparisons; empty parts count as 0 like moby's ``versions.compare``."""
     return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
 
@@ -74,7 +74,7 @@ class Headers:
     """Case-insensitive header map keeping the last value of each name."""
 
     def __init__(self) -> None:
-        self._items: Dict[str, str] = {}
+        self._items: dict[str, str] = {}
 
     def add(self, name: str, value: str) -> None:
         self._items[name.lower()] = value
@@ -89,7 +89,7 @@ class Headers:
 class Body:
     """The request body as a file-like object; decodes chunked transfer encoding and sends ``100 Continue``."""
 
-    def __init__(self, conn: "Connection", length: Optional[int], chunked: bool, expect_continue: bool) -> None:
+    def __init__(self, conn: Connection, length: int | None, chunked: bool, expect_continue: bool) -> None:
         self._conn = conn
         self._remaining = length if length is not None else 0
         self._chunked = chunked
@@ -138,7 +138,7 @@ class Body:
             self._remaining -= len(data)
             self._done = self._remaining == 0
             return data
-        parts: List[bytes] = []
+        parts: list[bytes] = []
         while not self._done:
             if self._chunk_left == 0:
                 self._next_chunk()
@@ -158,8 +158,8 @@ class Body:
     def read_limited(self, limit: int) -> bytes:
         """The whole body, refused with 413 when larger than ``limit``."""
         if not self._chunked and self._remaining > limit:
-            raise HTTPError(413, "request body too large (limit %d bytes)" % limit)
-        parts: List[bytes] = []
+            raise HTTPError(413, f"request body too large (limit {limit} bytes)")
+        parts: list[bytes] = []
         total = 0
         while True:
             data = self.read(65536)
@@ -167,24 +167,8 @@ class Body:
                 return b"".join(parts)
             total += len(data)
             if total > limit:
-                raise HTTPError(413, "request body too large (limit %d bytes)" % limit)
+                raise HTTPError(413, f"request body too large (limit {limit} bytes)")
             parts.append(data)
-
-    def spool(self, folder: Optional[str] = None) -> IO[bytes]:
-        """The whole body in an unnamed temporary file, rewound: read it before taking a lock another client
-        may wait on, so a client that stalls its upload holds nothing but its own connection."""
-        spooled = tempfile.TemporaryFile(dir=folder)
-        try:
-            while True:
-                data = self.read(1024 * 1024)
-                if not data:
-                    break
-                spooled.write(data)
-            spooled.seek(0)
-        except BaseException:
-            spooled.close()
-            raise
-        return spooled
 
     def drain(self, limit: int) -> bool:
         """Discard the rest of the body; False when more than ``limit`` bytes remain (then the connection closes).
@@ -204,14 +188,14 @@ class Body:
 class Request:
     """One parsed request; handlers read path parameters, query and body from it."""
 
-    def __init__(self, conn: "Connection", method: str, target: str, headers: Headers) -> None:
+    def __init__(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
         self.conn = conn
         self.method = method
         self.target = target
         self.headers = headers
         path, _, query_text = target.partition("?")
         self.raw_path = path
-        self.query: Dict[str, List[str]] = parse_query(query_text)
+        self.query: dict[str, list[str]] = parse_query(query_text)
         self.api_version = API_VERSION
         self.path = path
         self.body: Body = Body(conn, 0, False, False)
@@ -220,7 +204,7 @@ class Request:
         values = self.query.get(name)
         return values[-1] if values else default
 
-    def args(self, name: str) -> List[str]:
+    def args(self, name: str) -> list[str]:
         return list(self.query.get(name, []))
 
     def flag(self, name: str, default: bool = False) -> bool:
@@ -229,12 +213,12 @@ class Request:
             return default
         return self.arg(name).strip().lower() not in ("", "0", "no", "false", "none")
 
-    def integer(self, name: str, default: Optional[int] = None) -> Optional[int]:
+    def integer(self, name: str, default: int | None = None) -> int | None:
         text = self.arg(name)
         if text == "":
             return default
         if not _INTEGER.fullmatch(text):  # as Go's strconv.Atoi: ASCII digits, no spaces or underscores
-            raise InvalidParameter("invalid value for %s: %r" % (name, text))
+            raise InvalidParameter(f"invalid value for {name}: {text!r}")
         return int(text)
 
     def json(self, required: bool = True) -> Any:
@@ -246,12 +230,12 @@ class Request:
             return None
         return clientjson.decode(data, "invalid JSON")
 
-    def json_object(self, required: bool = True) -> Dict[str, Any]:
+    def json_object(self, required: bool = True) -> dict[str, Any]:
         value = self.json(required)
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise InvalidParameter("invalid JSON: expected an object, got %s" % type(value).__name__)
+            raise InvalidParameter(f"invalid JSON: expected an object, got {type(value).__name__}")
         return value
 
     @property
@@ -262,21 +246,21 @@ class Request:
         return version_tuple(self.api_version) >= version_tuple(version)
 
 
-def parse_query(text: str) -> Dict[str, List[str]]:
+def parse_query(text: str) -> dict[str, list[str]]:
     return parse_qs(text, keep_blank_values=True)
 
 
 class Response:
     """A complete response: status, headers and a body written at once."""
 
-    def __init__(self, status: int, body: bytes = b"", content_type: str = "", headers: Optional[dict] = None):
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "", headers: dict | None = None):
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = dict(headers or {})
 
 
-def json_response(value: Any, status: int = 200, headers: Optional[dict] = None) -> Response:
+def json_response(value: Any, status: int = 200, headers: dict | None = None) -> Response:
     return Response(status, (json.dumps(value) + "\n").encode(), "application/json", headers)
 
 
@@ -291,7 +275,7 @@ class Stream:
     """
 
     def __init__(self, chunks: Iterable[bytes], content_type: str, status: int = 200,
-                 headers: Optional[dict] = None, on_error: Optional[Callable[[EngineError], bytes]] = None,
+                 headers: dict | None = None, on_error: Callable[[EngineError], bytes] | None = None,
                  long_poll: bool = False):
         self.chunks = chunks
         self.content_type = content_type
@@ -324,12 +308,12 @@ def json_stream(items: Iterable[Any], status: int = 200, prime: int = 0) -> Stre
 HIJACKED = object()  # a handler's return value once it took the connection over
 
 
-def base_headers() -> List[Tuple[str, str]]:
+def base_headers() -> list[tuple[str, str]]:
     return [
         ("Api-Version", API_VERSION),
         ("Docker-Experimental", "false"),
         ("Ostype", "linux"),
-        ("Server", "Docker/%s (linux)" % VERSION),
+        ("Server", f"Docker/{VERSION} (linux)"),
         ("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
     ]
 
@@ -348,8 +332,8 @@ class _TimedReader(io.RawIOBase):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
-        self.deadline: Optional[float] = None
-        self.idle: Optional[float] = None
+        self.deadline: float | None = None
+        self.idle: float | None = None
 
     def readable(self) -> bool:
         return True
@@ -373,7 +357,7 @@ class _TimedReader(io.RawIOBase):
 class Connection:
     """One client connection: reads requests in a loop until close, dispatching each through ``router``."""
 
-    def __init__(self, sock: socket.socket, app: "App") -> None:
+    def __init__(self, sock: socket.socket, app: App) -> None:
         self.sock = sock
         self.app = app
         self.reader = _TimedReader(sock)
@@ -384,12 +368,12 @@ class Connection:
         with self._lock:
             self.sock.sendall(data)
 
-    def phase(self, deadline: Optional[float] = None, idle: Optional[float] = None) -> None:
+    def phase(self, deadline: float | None = None, idle: float | None = None) -> None:
         """How long the next reads may wait: see ``_TimedReader``."""
         self.reader.deadline = None if deadline is None else time.monotonic() + deadline
         self.reader.idle = idle
 
-    def _read_head(self) -> Optional[Tuple[str, str, str, Headers]]:
+    def _read_head(self) -> tuple[str, str, str, Headers] | None:
         self.phase(idle=IDLE_TIMEOUT)
         try:
             if not self.rfile.peek(1):
@@ -489,14 +473,14 @@ class Connection:
         self.send_response(outcome, close=close, head_only=method == "HEAD")
         return not close
 
-    def head_bytes(self, status: int, headers: List[Tuple[str, str]], reason: Optional[str] = None) -> bytes:
+    def head_bytes(self, status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
         if reason is None:
             try:
                 reason = http.HTTPStatus(status).phrase
             except ValueError:
                 reason = "Status"
-        lines = ["HTTP/1.1 %d %s" % (status, reason)]
-        lines.extend("%s: %s" % pair for pair in headers)
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        lines.extend("{}: {}".format(*pair) for pair in headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def send_response(self, response: Response, close: bool = False, head_only: bool = False) -> None:
@@ -531,17 +515,17 @@ class Connection:
                     self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except EngineError as exc:
             if stream.on_error is None:
-                self.app.log("stream %s %s ended: %s" % (request.method, request.path, exc))
+                self.app.log(f"stream {request.method} {request.path} ended: {exc}")
                 return False
             chunk = stream.on_error(exc)
             self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except (OSError, ssl.SSLError):
             return False
         except HTTPError as exc:  # the request body stalled or broke while the answer streamed: end it there
-            self.app.log("stream %s %s ended: %s" % (request.method, request.path, exc))
+            self.app.log(f"stream {request.method} {request.path} ended: {exc}")
             return False
         except Exception:  # a bug mid-stream: cut the stream, keep the daemon
-            self.app.log("stream %s %s failed:\n%s" % (request.method, request.path, traceback.format_exc()))
+            self.app.log(f"stream {request.method} {request.path} failed:\n{traceback.format_exc()}")
             return False
         finally:
             closer = getattr(chunks, "close", None)
@@ -550,7 +534,7 @@ class Connection:
         self.write(b"0\r\n\r\n")
         return True
 
-    def hijack(self, request: Request, content_type: str) -> "Hijacked":
+    def hijack(self, request: Request, content_type: str) -> Hijacked:
         """Turn the connection into a raw duplex stream: ``101 UPGRADED`` (or 200 without an Upgrade request).
 
         The headers are flushed before anything else is written: docker-py reads the payload from the raw socket
@@ -584,7 +568,7 @@ class _PeerWatch:
 
     def __init__(self, sock: socket.socket, chunks: Iterable[bytes]) -> None:
         self._sock = sock
-        self._items: "queue.Queue[Tuple[str, Any]]" = queue.Queue(maxsize=8)
+        self._items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
         self._cancelled = threading.Event()
         threading.Thread(target=self._produce, args=(chunks,), name="api-stream", daemon=True).start()
 
@@ -625,7 +609,7 @@ class _PeerWatch:
                 kind, value = self._items.get(timeout=self.POLL)
             except queue.Empty:
                 if self._peer_gone():
-                    raise ConnectionAbortedError("client hung up")
+                    raise ConnectionAbortedError("client hung up") from None
                 continue
             if kind == "end":
                 return
@@ -716,7 +700,7 @@ class Router:
     """Routes in registration order (specific paths before ``{name:.*}`` ones, as moby registers them)."""
 
     def __init__(self) -> None:
-        self.routes: List[Route] = []
+        self.routes: list[Route] = []
 
     def add(self, method: str, pattern: str, summary: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -725,7 +709,7 @@ class Router:
 
         return register
 
-    def match(self, method: str, path: str) -> Optional[Tuple[Route, Dict[str, str]]]:
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:
             if route.method != method:
                 continue
@@ -744,7 +728,7 @@ class App:
         self.debug = debug
 
     def log(self, message: str) -> None:
-        sys.stderr.write("runtime-api: %s\n" % message)
+        sys.stderr.write(f"runtime-api: {message}\n")
         sys.stderr.flush()
 
     def dispatch(self, request: Request) -> Any:
@@ -752,8 +736,7 @@ class App:
         outcome = self._dispatch(request)
         if self.debug:
             status = getattr(outcome, "status", 101)
-            self.log("%s %s -> %s (%.1f ms)" % (request.method, request.target, status,
-                                                (time.monotonic() - started) * 1000))
+            self.log(f"{request.method} {request.target} -> {status} ({(time.monotonic() - started) * 1000:.1f} ms)")
         return outcome
 
     def _dispatch(self, request: Request) -> Any:
@@ -762,12 +745,10 @@ class App:
         if found:
             version, path = found.group(1), found.group(2)
             if version_tuple(version) > version_tuple(API_VERSION):
-                return error_response(400, "client version %s is too new. Maximum supported API version is %s"
-                                      % (version, API_VERSION))
+                return error_response(400, f"client version {version} is too new. Maximum supported API version is {API_VERSION}")
             if version_tuple(version) < version_tuple(MIN_API_VERSION):
-                return error_response(400, "client version %s is too old. Minimum supported API version is %s, "
-                                           "please upgrade your client to a newer version"
-                                      % (version, MIN_API_VERSION))
+                return error_response(400, f"client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, "
+                                           "please upgrade your client to a newer version")
             request.api_version = version
         request.path = path
         matched = self.router.match(request.method, path)
@@ -783,8 +764,8 @@ class App:
                 return empty(304)
             return error_response(exc.status, str(exc))
         except Exception:
-            self.log("%s %s failed:\n%s" % (request.method, request.target, traceback.format_exc()))
-            return error_response(500, "internal error: %s" % sys.exc_info()[1])
+            self.log(f"{request.method} {request.target} failed:\n{traceback.format_exc()}")
+            return error_response(500, f"internal error: {sys.exc_info()[1]}")
         if outcome is None:
             return empty(204)
         return outcome
@@ -826,21 +807,21 @@ class _Gate:
     capped too (overall and per address); over the cap a client is answered 503 and closed.
     """
 
-    def __init__(self, app: "App") -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
         self._selector = selectors.DefaultSelector()
-        self._pending: "collections.OrderedDict[int, _Pending]" = collections.OrderedDict()
-        self._pending_by_address: Dict[str, int] = collections.Counter()
-        self._active: Dict[str, int] = collections.Counter()
+        self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        self._pending_by_address: dict[str, int] = collections.Counter()
+        self._active: dict[str, int] = collections.Counter()
         self._active_total = 0
         self._active_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._stopping = False
-        self._listeners: List[socket.socket] = []
+        self._listeners: list[socket.socket] = []
 
-    def add_listener(self, sock: socket.socket, tls: Optional[ssl.SSLContext]) -> None:
+    def add_listener(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
         sock.setblocking(False)
         self._listeners.append(sock)
         self._selector.register(sock, selectors.EVENT_READ, ("listen", tls))
@@ -858,7 +839,7 @@ class _Gate:
                     elif kind == "handshake":
                         self._handshake(data)
                 except Exception:  # a bug here must not stop the daemon from accepting
-                    self.app.log("accepting connections failed:\n%s" % traceback.format_exc())
+                    self.app.log(f"accepting connections failed:\n{traceback.format_exc()}")
             self._expire()
         for pending in list(self._pending.values()):
             self._drop(pending)
@@ -871,14 +852,14 @@ class _Gate:
         except OSError:
             pass
 
-    def _accept(self, listener: socket.socket, tls: Optional[ssl.SSLContext]) -> None:
+    def _accept(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         for _ in range(64):  # a burst at a time, then the other listeners and handshakes get their turn
             try:
                 sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: leave the backlog for later
-                self.app.log("accept failed: %s" % exc)
+                self.app.log(f"accept failed: {exc}")
                 time.sleep(0.05)
                 return
             peer = _peer_key(sock, address)
@@ -940,7 +921,7 @@ class _Gate:
             return
         except (OSError, ssl.SSLError, ValueError) as exc:
             if not isinstance(exc, (ssl.SSLEOFError, ConnectionError)):
-                self.app.log("TLS handshake with %s refused: %s" % (pending.address, exc))
+                self.app.log(f"TLS handshake with {pending.address} refused: {exc}")
             self._drop(pending)
             return
         self._forget(pending)
@@ -983,7 +964,7 @@ class _Gate:
         try:
             Connection(sock, self.app).serve()
         except Exception:
-            self.app.log("connection from %s failed:\n%s" % (peer, traceback.format_exc()))
+            self.app.log(f"connection from {peer} failed:\n{traceback.format_exc()}")
         finally:
             self._release(peer)
 
@@ -1021,7 +1002,7 @@ def bind_unix(path: str) -> socket.socket:
         except OSError:
             os.unlink(path)
         else:
-            raise OSError("%s: another daemon is listening there" % path)
+            raise OSError(f"{path}: another daemon is listening there")
         finally:
             probe.close()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -1058,10 +1039,10 @@ class Server:
     def __init__(self, app: App) -> None:
         self.app = app
         self._gate = _Gate(app)
-        self._thread: Optional[threading.Thread] = None
-        self.unix_paths: List[str] = []
+        self._thread: threading.Thread | None = None
+        self.unix_paths: list[str] = []
 
-    def add(self, sock: socket.socket, tls: Optional[ssl.SSLContext] = None) -> None:
+    def add(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         if sock.family == socket.AF_UNIX:
             self.unix_paths.append(sock.getsockname())
         self._gate.add_listener(sock, tls)

@@ -6,7 +6,7 @@ whole. Unknown top-level fields of a container config are refused (a typo would 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 from runtime.clientjson import json_type
 from runtime.errors import InvalidParameter
@@ -78,20 +78,19 @@ EXEC_CONFIG = {
 EXEC_START = {"Detach": BOOL, "Tty": BOOL, "ConsoleSize": LIST}
 
 
-def check(body: Dict[str, Any], schema: Dict[str, str], where: str, strict: bool) -> None:
+def check(body: dict[str, Any], schema: dict[str, str], where: str, strict: bool) -> None:
     """Raise ``InvalidParameter`` for a field of the wrong type (or, when ``strict``, an unknown field)."""
     for key, value in body.items():
-        kind: Optional[str] = schema.get(key)
+        kind: str | None = schema.get(key)
         if kind is None:
             if strict:
-                raise InvalidParameter("invalid JSON: unknown field %r in %s" % (key, where))
+                raise InvalidParameter(f"invalid JSON: unknown field {key!r} in {where}")
             continue
         if value is not None and not _CHECKS[kind](value):
-            raise InvalidParameter("invalid JSON: %s.%s must be %s %s, got %s"
-                                   % (where, key, "an" if kind[0] in "aeiou" else "a", kind, json_type(value)))
+            raise InvalidParameter("invalid JSON: {}.{} must be {} {}, got {}".format(where, key, "an" if kind[0] in "aeiou" else "a", kind, json_type(value)))
 
 
-def container_config(body: Dict[str, Any]) -> None:
+def container_config(body: dict[str, Any]) -> None:
     check(body, CONTAINER_CONFIG, "ContainerConfig", strict=True)
     host = body.get("HostConfig") or {}
     check(host, HOST_CONFIG, "HostConfig", strict=False)
@@ -99,15 +98,15 @@ def container_config(body: Dict[str, Any]) -> None:
     networking = body.get("NetworkingConfig") or {}
     check(networking, NETWORKING_CONFIG, "NetworkingConfig", strict=False)
     for name, endpoint in (networking.get("EndpointsConfig") or {}).items():
-        endpoint_config(endpoint or {}, "NetworkingConfig.EndpointsConfig[%s]" % name)
+        endpoint_config(endpoint or {}, f"NetworkingConfig.EndpointsConfig[{name}]")
 
 
-def endpoint_config(config: Dict[str, Any], where: str) -> None:
+def endpoint_config(config: dict[str, Any], where: str) -> None:
     check(config, ENDPOINT_CONFIG, where, strict=False)
     check(config.get("IPAMConfig") or {}, IPAM_CONFIG, where + ".IPAMConfig", strict=False)
 
 
-def console_size(value: Any) -> Optional[Tuple[int, int]]:
+def console_size(value: Any) -> tuple[int, int] | None:
     """``ConsoleSize: [h, w]`` as a pair, or None when absent or zero."""
     if not value:
         return None

@@ -9,6 +9,7 @@ import signal
 import stat
 from typing import Dict, List, Optional, Tuple
 
+from runtime.engine.logs import log_config
 from runtime.errors import InvalidParameter
 
 NAME_RE = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # always fullmatch: "$" would let "name\n" by
@@ -27,7 +28,7 @@ def random_name() -> str:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidParameter("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
+        raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return name.lstrip("/")
 
 
@@ -109,69 +110,14 @@ def parse_signal(value: object, default: int = signal.SIGTERM) -> int:
     raise InvalidParameter("Invalid signal: %s" % value)
 
 
-def restart_policy(policy: dict) -> dict:
-    """A validated restart policy, refused with moby's words (``ValidateRestartPolicy``)."""
-    name = policy.get("Name") or "no"
-    retries = policy.get("MaximumRetryCount") or 0
-    if name not in RESTART_POLICIES:
-        raise InvalidParameter(f"invalid restart policy: unknown policy '{name}'; use one of 'no', 'always', "
-                               "'on-failure', or 'unless-stopped'")
-    if name == "on-failure" and retries < 0:
-        raise InvalidParameter("invalid restart policy: maximum retry count cannot be negative")
-    if name != "on-failure" and retries:
-        raise InvalidParameter("invalid restart policy: maximum retry count can only be used with 'on-failure'"
-                               + (" and cannot be negative" if retries < 0 else ""))
-    return {"Name": name, "MaximumRetryCount": retries}
-
-
-def validate_network_mode(config: dict, host: dict) -> None:
-    """Options that contradict the network mode, refused with moby's words (``runconfig.validateNetMode``)."""
-    mode = host.get("NetworkMode") or "default"
-    shared = mode.startswith("container:")
-    endpoints = ((config.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}).values()
-    mac = config.get("MacAddress") or any((endpoint or {}).get("MacAddress") for endpoint in endpoints)
-    if mode == "container" or mode == "container:":
-        raise InvalidParameter("Invalid network mode: invalid container format container:<name|id>")
-    conflicts = [
-        (shared and config.get("Hostname"), "conflicting options: hostname and the network mode"),
-        (shared and host.get("Links"), "conflicting options: container type network can't be used with links. "
-                                       "This would result in undefined behavior"),
-        (shared and host.get("Dns"), "conflicting options: dns and the network mode"),
-        (shared and host.get("ExtraHosts"), "conflicting options: custom host-to-IP mapping and the network mode"),
-        ((shared or mode == "host") and mac, "conflicting options: mac-address and the network mode"),
-        (shared and (host.get("PortBindings") or host.get("PublishAllPorts")), "conflicting options: port publishing "
-                                                                                "and the container type network mode"),
-        (shared and config.get("ExposedPorts"), "conflicting options: port exposing and the container type network "
-                                                "mode"),
-        (host.get("UTSMode") == "host" and config.get("Hostname"), "conflicting options: hostname and the UTS mode"),
-        (mode == "host" and host.get("Links"), "conflicting options: host type networking can't be used with links. "
-                                               "This would result in undefined behavior"),
-    ]
-    for conflict, message in conflicts:
-        if conflict:
-            raise InvalidParameter(message)
-
-
-def create_warnings(host: dict) -> List[str]:
-    """What moby accepts but warns about at create (``verifyPlatformContainerSettings``)."""
-    warnings = []
-    if host.get("NetworkMode") == "host" and host.get("PortBindings"):
-        warnings.append("Published ports are discarded when using host network mode")
-    return warnings
-
-
 def host_config_defaults(host: dict) -> dict:
     host = dict(host or {})
     host.setdefault("NetworkMode", "default")
     if not host.get("NetworkMode"):
         host["NetworkMode"] = "default"
-    log = dict(host.get("LogConfig") or {})
-    if log.get("Type") not in (None, "", "json-file"):
-        raise InvalidParameter("logging driver %r is not supported, only json-file" % log.get("Type"))
-    host["LogConfig"] = {"Type": "json-file", "Config": log.get("Config") or {}}
-    host["RestartPolicy"] = restart_policy(host.get("RestartPolicy") or {})
-    name = host["RestartPolicy"]["Name"]
-    if host.get("AutoRemove") and name != "no":
+    host["LogConfig"] = log_config(host.get("LogConfig") or {})
+    host["RestartPolicy"] = check_restart_policy(host.get("RestartPolicy") or {})
+    if host.get("AutoRemove") and host["RestartPolicy"]["Name"] != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     for key, default in (("Binds", None), ("Privileged", False), ("PublishAllPorts", False), ("AutoRemove", False),
                          ("PortBindings", {}), ("Memory", 0), ("MemorySwap", 0), ("NanoCpus", 0), ("CpuShares", 0),
@@ -191,7 +137,25 @@ def host_config_defaults(host: dict) -> dict:
                 repr(a) for a in allowed if a)))
     if host["Memory"] and host["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    if host["Memory"] > 0 and not host["MemorySwap"]:
+        host["MemorySwap"] = 2 * host["Memory"]  # moby's adaptContainerSettings: swap as large as the memory
     return host
+
+
+def check_restart_policy(policy: dict) -> dict:
+    """A RestartPolicy as stored (name defaulted to ``no``), refused with dockerd's words when invalid."""
+    name = policy.get("Name") or "no"
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter("invalid restart policy '%s'" % name)
+    retries = int(policy.get("MaximumRetryCount") or 0)
+    if retries and name != "on-failure":
+        raise InvalidParameter("maximum retry count cannot be used with restart policy '%s'" % name)
+    if retries < 0:
+        raise InvalidParameter("maximum retry count cannot be negative")
+    return {"Name": name, "MaximumRetryCount": retries}
+
+
+PROPAGATION_MODES = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 
 
 def parse_binds(binds: List[str]) -> List[dict]:
@@ -214,9 +178,30 @@ def parse_binds(binds: List[str]) -> List[dict]:
                                             "rshared", "slave", "rslave")]
         if bad:
             raise InvalidParameter("invalid mode: %s" % ",".join(bad))
+        propagation = [m for m in mode if m in PROPAGATION_MODES]
+        if len(propagation) > 1 or (propagation and not source.startswith("/")):
+            raise InvalidParameter(f"invalid mode: {parts[2]}")
         out.append({"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target,
-                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode})
+                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode,
+                    "Propagation": propagation[0] if propagation else ""})
     return out
+
+
+def tmpfs_options(tmp: dict) -> str:
+    """TmpfsOptions as mount data, as moby's ConvertTmpfsOptions writes it: ``mode=1770,size=64m``, then any
+    extra ``Options`` (API 1.46) such as ``exec``."""
+    opts = ["mode=%o" % (int(tmp["Mode"]) & 0o7777) if tmp.get("Mode") else "mode=1777"]
+    size = int(tmp.get("SizeBytes") or 0)
+    if size < 0:
+        raise InvalidParameter(f'invalid mount config for type "tmpfs": invalid tmpfs size {size}')
+    if size:
+        for factor, suffix in ((1 << 20, "m"), (1 << 10, "k"), (1, "")):
+            if size % factor == 0:
+                opts.append(f"size={size // factor}{suffix}")
+                break
+    for option in tmp.get("Options") or []:
+        opts.append("=".join(str(part) for part in option))
+    return ",".join(opts)
 
 
 def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[dict]:
@@ -234,13 +219,16 @@ def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[di
             raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: %s"
                                    % source)
         opts = ""
+        propagation = str((m.get("BindOptions") or {}).get("Propagation") or "")
+        if propagation and propagation not in PROPAGATION_MODES:
+            raise InvalidParameter(f'invalid mount config for type "{kind}": invalid propagation mode: {propagation}')
         if kind == "tmpfs":
-            tmp = m.get("TmpfsOptions") or {}
-            opts = ",".join(filter(None, ["size=%d" % tmp["SizeBytes"] if tmp.get("SizeBytes") else "",
-                                          "mode=%o" % tmp["Mode"] if tmp.get("Mode") else "mode=1777"]))
+            if source:
+                raise InvalidParameter('invalid mount config for type "tmpfs": field Source must not be specified')
+            opts = tmpfs_options(m.get("TmpfsOptions") or {})
         nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
         out.append({"Type": kind, "Source": source, "Target": target, "ReadOnly": bool(m.get("ReadOnly")),
-                    "Options": opts, "NoCopy": nocopy})
+                    "Options": opts, "NoCopy": nocopy, "Propagation": propagation})
     for target, opts in (tmpfs or {}).items():
         out.append({"Type": "tmpfs", "Source": "", "Target": target, "ReadOnly": False,
                     "Options": opts or "mode=1777"})
@@ -278,18 +266,6 @@ def devices_of(host: dict) -> List[dict]:
     return out
 
 
-def log_size(text: Optional[str]) -> int:
-    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
-    if not text:
-        return 0
-    value = str(text).strip().lower().rstrip("b")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
-    try:
-        return int(float(value.rstrip("kmg")) * scale)
-    except ValueError:
-        raise InvalidParameter("invalid log size: %r" % text)
-
-
 def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:
     """HostConfig.Ulimits (``[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]``) as setrlimit arguments."""
     out = []
@@ -299,3 +275,14 @@ def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:
             raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
         out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
     return out
+
+
+def go_json_type(value: object) -> str:
+    """How Go's encoding/json names a JSON value in "json: cannot unmarshal X into ..." errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number " + str(value)
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

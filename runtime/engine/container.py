@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List, Optional
 
 from runtime import timefmt
 from runtime.engine.events import EventBus
@@ -16,7 +15,7 @@ from runtime.engine.shim import write_json
 from runtime.errors import InvalidParameter, NotFound
 
 
-def now(ns: Optional[int] = None) -> str:
+def now(ns: int | None = None) -> str:
     """RFC 3339 with nanoseconds, UTC: of ``ns`` (unix nanoseconds) or of the present."""
     return timefmt.rfc3339_nano(ns)
 
@@ -35,10 +34,10 @@ class Container:
         self.lock = threading.RLock()
         self.exit_seq = 0
         self.removed = False
-        self.pending: List[AttachSession] = []
+        self.pending: list[AttachSession] = []
         self.backoff = 0.0
         self.exit_on_next = False  # stop, kill with SIGKILL or the stop signal, rm -f: no restart policy
-        self.prev_stats: Optional[dict] = None
+        self.prev_stats: dict | None = None
 
     @property
     def id(self) -> str:
@@ -68,7 +67,7 @@ class ContainerTable:
         self.bus = bus
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
-        self.by_id: Dict[str, Container] = {}
+        self.by_id: dict[str, Container] = {}
         self.closed = False
 
     def get(self, ref: str) -> Container:
@@ -84,12 +83,8 @@ class ContainerTable:
                 if len(found) == 1:
                     return found[0]
                 if len(found) > 1:
-                    raise InvalidParameter("multiple IDs found with provided prefix: %s" % ref)
-        raise NotFound("No such container: %s" % ref)
-
-    def all(self) -> List[Container]:
-        with self.lock:
-            return list(self.by_id.values())
+                    raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}")
 
     def save(self, c: Container) -> None:
         if not c.removed:

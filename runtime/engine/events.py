@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict, Iterator, List, Optional
+from collections.abc import Iterator
 
 from runtime.filters import Args
 
@@ -14,12 +14,12 @@ FILTERS = ("config", "container", "daemon", "event", "image", "label", "network"
 
 class EventBus:
     def __init__(self) -> None:
-        self._events: List[dict] = []
+        self._events: list[dict] = []
         self._first = 0  # sequence number of self._events[0]
         self._cond = threading.Condition()
         self._closed = False
 
-    def emit(self, kind: str, action: str, actor_id: str, attributes: Dict[str, str]) -> None:
+    def emit(self, kind: str, action: str, actor_id: str, attributes: dict[str, str]) -> None:
         now = time.time_ns()
         event = {"Type": kind, "Action": action, "Actor": {"ID": actor_id, "Attributes": attributes},
                  "scope": "local", "time": now // 1000000000, "timeNano": now}
@@ -39,7 +39,7 @@ class EventBus:
             self._cond.notify_all()
 
     @staticmethod
-    def matches(event: dict, filters: Optional[Args]) -> bool:
+    def matches(event: dict, filters: Args | None) -> bool:
         if not filters:
             return True
         attrs = event["Actor"]["Attributes"]
@@ -58,8 +58,8 @@ class EventBus:
                 return False
         return filters.match_kv_list("label", attrs)
 
-    def stream(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[Args] = None) -> Iterator[dict]:
+    def stream(self, since: float | None = None, until: float | None = None,
+               filters: Args | None = None) -> Iterator[dict]:
         """Past events from ``since`` (none without it), then live ones until ``until`` (forever when None).
         The starting point is fixed now, not at the first ``next``: nothing emitted after this call is missed."""
         args = Args.of(filters).validate(FILTERS)
@@ -67,7 +67,7 @@ class EventBus:
             start = self._first if since is not None else self._first + len(self._events)
         return self._follow(start, since, until, args)
 
-    def _follow(self, seq: int, since: Optional[float], until: Optional[float],
+    def _follow(self, seq: int, since: float | None, until: float | None,
                 filters: Args) -> Iterator[dict]:
         while True:
             with self._cond:

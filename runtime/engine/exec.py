@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable
 
 from runtime.engine.config import merge_env
 from runtime.engine.container import Container, ContainerTable
@@ -14,8 +14,8 @@ from runtime.engine.launch import LaunchReport, start_error
 from runtime.engine.sessions import ExecSession
 from runtime.engine.shim import close_fds
 from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.linux import syscalls
-from runtime.linux.process import enter_child, receive_console
+from runtime.linux import safepath, syscalls
+from runtime.linux.process import StartError, enter_child, receive_console, resolve_user
 
 SpecFor = Callable[[Container, str], dict]
 
@@ -27,19 +27,21 @@ class ExecManager:
         self._table = table
         self._fork_lock = fork_lock
         self._spec_for = spec_for  # the container's own process spec, which an exec starts from
-        self._execs: Dict[str, dict] = {}
+        self._execs: dict[str, dict] = {}
 
     def create(self, ref: str, body: dict) -> str:
         c = self._table.get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         if c.state.get("Paused"):
-            raise Conflict("Container %s is paused, unpause the container before exec" % c.id)
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
         cmd = body.get("Cmd") or []
         if isinstance(cmd, str):
             cmd = [cmd]
         if not cmd:
             raise InvalidParameter("No exec command specified")
+        if body.get("User"):  # as dockerd: an unknown user fails the create, not the start
+            _check_user(c, str(body["User"]))
         eid = secrets.token_hex(32)
         with self._table.lock:
             self._execs[eid] = {
@@ -58,22 +60,22 @@ class ExecManager:
         with self._table.lock:
             rec = self._execs.get(exec_id)
         if rec is None:
-            raise NotFound("No such exec instance: %s" % exec_id)
+            raise NotFound(f"No such exec instance: {exec_id}")
         return rec
 
     def inspect(self, exec_id: str) -> dict:
         rec = self._get(exec_id)
         return {k: v for k, v in rec.items() if not k.startswith("_")}
 
-    def start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Optional[ExecSession]:
+    def start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> ExecSession | None:
         rec = self._get(exec_id)
         with self._table.lock:
             if rec["_started"]:
-                raise Conflict("Error: Exec command %s has already run" % exec_id)
+                raise Conflict(f"Error: Exec command {exec_id} has already run")
             rec["_started"] = True
         c = self._table.get(rec["ContainerID"])
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         body = rec["_body"]
         tty = bool(body.get("Tty")) or tty
         cfg = c.data["Config"]
@@ -81,13 +83,13 @@ class ExecManager:
         if body.get("Privileged"):
             spec.update({"caps": None, "seccomp": False})
         spec.update({"tty": tty, "args": list(body["Cmd"]) if not isinstance(body["Cmd"], str) else [body["Cmd"]],
-                     "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
+                     "env": merge_env(c.data.get("_link_env", []) + (cfg.get("Env") or []), body.get("Env") or []),
                      "user": body.get("User") or cfg.get("User") or "",
                      "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
-        keep_open: Dict[int, int] = {}
-        child_side: List[int] = []
+        keep_open: dict[int, int] = {}
+        child_side: list[int] = []
         stdin_fd = master = None
-        stdio: Optional[Tuple[int, int, int]] = None
+        stdio: tuple[int, int, int] | None = None
         console = child_console = None
         if tty:
             console, child_console = socket.socketpair()
@@ -160,8 +162,7 @@ class ExecManager:
                 os.close(fd)
             if master is not None and master not in keep_open:
                 os.close(master)
-            raise start_error("OCI runtime exec failed: exec failed: unable to start container process: %s"
-                              % error)
+            raise start_error(f"OCI runtime exec failed: exec failed: unable to start container process: {error}")
         if detach:
             return None
         return ExecSession(keep_open, stdin_fd, tty, done)
@@ -171,7 +172,7 @@ class ExecManager:
         master = rec.get("_master")
         if master is None:
             if not rec["Running"]:
-                raise Conflict("Exec %s is not running" % exec_id)
+                raise Conflict(f"Exec {exec_id} is not running")
             return
         syscalls.set_winsize(master, int(h), int(w))
 
@@ -180,7 +181,7 @@ class ExecManager:
         with self._table.lock:
             self._execs.pop(exec_id, None)
 
-    def ids_of(self, cid: str) -> List[str]:
+    def ids_of(self, cid: str) -> list[str]:
         with self._table.lock:
             return [eid for eid, rec in self._execs.items() if rec["ContainerID"] == cid]
 
@@ -195,3 +196,25 @@ class ExecManager:
         with self._table.lock:
             for eid in [e for e, rec in self._execs.items() if rec["ContainerID"] == cid]:
                 self._execs.pop(eid, None)
+
+
+
+def _check_user(c: Container, user: str) -> None:
+    """Resolves ``user`` with the container's own passwd and group files, opened inside its root (a link there
+    cannot point the lookup at the host's files); refused with dockerd's words and its 400."""
+    fds: list[int] = []
+    with safepath.Root(f"/proc/{c.state['Pid']}/root") as root:
+        paths = []
+        for name in ("/etc/passwd", "/etc/group"):
+            try:
+                fds.append(root.open(name))
+                paths.append(safepath.fd_path(fds[-1]))
+            except OSError:
+                paths.append(os.devnull + "/missing")  # absent or unresolvable: no entries, as an empty file
+    try:
+        resolve_user(user, paths[0], paths[1])
+    except StartError as exc:
+        raise InvalidParameter(str(exc)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -10,8 +10,8 @@ import os
 import signal as signals
 import threading
 import time
-from typing import Dict, List, Optional
 
+from runtime.engine.config import go_json_type
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.exec import ExecManager
 from runtime.errors import EngineError, InvalidParameter
@@ -29,31 +29,24 @@ HEALTH_VALUES = ("starting", "healthy", "unhealthy", "none")
 _DURATION_FIELDS = ("Interval", "Timeout", "StartPeriod", "StartInterval")
 
 
-def validate(check: Optional[dict]) -> None:
+def validate(check: dict | None) -> None:
     """moby's validateHealthCheck, same order and wording (400 at create)."""
     if not check:
         return
     for key in ("Interval", "Timeout", "Retries", "StartPeriod", "StartInterval"):
         value = check.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidParameter("json: cannot unmarshal %s into Go struct field HealthConfig.Healthcheck.%s of "
-                                   "type %s" % (_json_type(value), key, "int" if key == "Retries" else "time.Duration"))
+            kind = "int" if key == "Retries" else "time.Duration"
+            raise InvalidParameter(f"json: cannot unmarshal {go_json_type(value)} into Go struct field "
+                                   f"HealthConfig.Healthcheck.{key} of type {kind}")
         if key == "Retries":
             if (value or 0) < 0:
                 raise InvalidParameter("Retries in Healthcheck cannot be negative")
         elif value and value < MINIMUM_DURATION:
-            raise InvalidParameter("%s in Healthcheck cannot be less than %s" % (key, go_duration(MINIMUM_DURATION)))
+            raise InvalidParameter(f"{key} in Healthcheck cannot be less than {go_duration(MINIMUM_DURATION)}")
 
 
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number " + str(value)
-    return {str: "string", list: "array", dict: "object"}.get(type(value), "value")
-
-
-def merge(user: Optional[dict], image: Optional[dict]) -> Optional[dict]:
+def merge(user: dict | None, image: dict | None) -> dict | None:
     """The container's Healthcheck: the request's, with what it leaves unset (no test, zero values) from the image."""
     if not user:
         return dict(image) if image else None
@@ -67,7 +60,7 @@ def merge(user: Optional[dict], image: Optional[dict]) -> Optional[dict]:
     return out
 
 
-def probe_command(config: dict) -> Optional[List[str]]:
+def probe_command(config: dict) -> list[str] | None:
     """The argv a probe runs, or None when there is no check (none configured, ``NONE``, unknown type)."""
     test = list((config.get("Healthcheck") or {}).get("Test") or [])
     if not test:
@@ -98,14 +91,14 @@ def go_duration(ns: int) -> str:
     minutes, rest = divmod(rest, 60 * SECOND)
     text = _trim(rest / SECOND) + "s"
     if hours:
-        return "%s%dh%dm%s" % (sign, hours, minutes, text)
+        return f"{sign}{hours}h{minutes}m{text}"
     if minutes:
-        return "%s%dm%s" % (sign, minutes, text)
+        return f"{sign}{minutes}m{text}"
     return sign + text
 
 
 def _trim(value: float) -> str:
-    return ("%.9f" % value).rstrip("0").rstrip(".")
+    return (f"{value:.9f}").rstrip("0").rstrip(".")
 
 
 class HealthChecker:
@@ -114,7 +107,7 @@ class HealthChecker:
     def __init__(self, table: ContainerTable, execs: ExecManager) -> None:
         self._table = table
         self._execs = execs
-        self._stops: Dict[str, threading.Event] = {}
+        self._stops: dict[str, threading.Event] = {}
 
     def init(self, c: Container) -> None:
         """A start, restart or daemon restore: status back to ``starting``, then probing (moby's
@@ -221,8 +214,8 @@ class HealthChecker:
                 reader.join(5)  # a child the probe left behind may hold the pipe: do not wait for it forever
                 text = output.decode(errors="replace") + ("..." if truncated else "")
                 limit = go_duration(timeout)
-                message = ("Health check exceeded timeout (%s): %s" % (limit, text) if text
-                           else "Health check exceeded timeout (%s)" % limit)
+                message = (f"Health check exceeded timeout ({limit}): {text}" if text
+                           else f"Health check exceeded timeout ({limit})")
                 return {"Start": now(start), "End": now(), "ExitCode": -1, "Output": message}
             code = self._execs.inspect(eid).get("ExitCode")
             text = output.decode(errors="replace") + ("..." if truncated else "")

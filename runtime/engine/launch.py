@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal as signals
 import threading
-from typing import Optional
 
 from runtime.engine.shim import shim_main
 from runtime.errors import EngineError, HostError, InvalidParameter
@@ -21,7 +20,7 @@ class LaunchReport:
     def __init__(self, fd: int) -> None:
         self._file = os.fdopen(fd, "rb")
         self.pid = 0
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.namespaces = False
 
     def _take(self, line: str) -> None:
@@ -42,7 +41,7 @@ class LaunchReport:
                 return
             self._take(line.decode(errors="replace").rstrip("\n"))
 
-    def read_to_end(self) -> Optional[str]:
+    def read_to_end(self) -> str | None:
         """Reads to end of file (the exec happened, or the child died) and returns the start error, if any."""
         for line in self._file.read().decode(errors="replace").splitlines():
             self._take(line)
@@ -56,7 +55,7 @@ class LaunchReport:
 class Launch:
     """Daemon side of one container start: forks the shim and follows the child's report pipe."""
 
-    def __init__(self, spec: dict, netns_fd: Optional[int], fork_lock: threading.Lock) -> None:
+    def __init__(self, spec: dict, netns_fd: int | None, fork_lock: threading.Lock) -> None:
         report_r, report_w = os.pipe()
         go_r, self.go_fd = os.pipe()
         with fork_lock:
@@ -77,10 +76,10 @@ class Launch:
         return self.report.pid
 
     @property
-    def error(self) -> Optional[str]:
+    def error(self) -> str | None:
         return self.report.error
 
-    def go(self) -> Optional[str]:
+    def go(self) -> str | None:
         """Lets the container exec; returns its start error, or None once exec succeeded (the pipe hit EOF)."""
         try:
             os.write(self.go_fd, b"g")

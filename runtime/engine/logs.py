@@ -1,15 +1,71 @@
-"""Reading moby-style json-file logs (``{"log","stream","time"}`` per line) with tail, since, until and follow."""
+"""Log drivers (json-file, local, none: which exist, their options and rotation) and reading moby-style json-file
+lines (``{"log","stream","time"}`` per line) with tail, since, until and follow."""
 from __future__ import annotations
 
 import json
 import os
 import time
 from collections import deque
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from runtime.errors import InvalidParameter
+
+# The log drivers served and the options each accepts (moby's ValidateLogOpt of json-file and local; none
+# accepts anything). Both keep JSON lines here; local differs in rotating by default and hiding its file.
+_COMMON_OPTIONS = ("max-file", "max-size", "compress", "labels", "labels-regex", "env", "env-regex", "tag")
+LOG_DRIVERS: Dict[str, Tuple[str, ...]] = {"json-file": _COMMON_OPTIONS, "local": _COMMON_OPTIONS, "none": ()}
+_LOCAL_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # moby's local driver: 20 MB, five files
 
 from runtime import timefmt
 
 STREAMS = {"stdout": 1, "stderr": 2}
+
+
+def log_size(text: Optional[str]) -> int:
+    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
+    if not text:
+        return 0
+    value = str(text).strip().lower().rstrip("b")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
+    try:
+        return int(float(value.rstrip("kmg")) * scale)
+    except ValueError:
+        raise InvalidParameter("invalid log size: %r" % text)
+
+
+def log_config(log: dict) -> dict:
+    """HostConfig.LogConfig as stored (the daemon's default driver is json-file), refused as moby's
+    ValidateLogOpts and the drivers refuse it."""
+    kind = log.get("Type") or "json-file"
+    opts = {str(k): str(v) for k, v in (log.get("Config") or {}).items()}
+    if kind == "none":
+        return {"Type": kind, "Config": opts}
+    mode = opts.get("mode", "")
+    if mode not in ("", "blocking", "non-blocking"):
+        raise InvalidParameter("logger: logging mode not supported: %s" % mode)
+    if "max-buffer-size" in opts and mode != "non-blocking":
+        raise InvalidParameter("logger: max-buffer-size option is only supported with 'mode=non-blocking'")
+    if kind not in LOG_DRIVERS:
+        raise InvalidParameter("logger: no log driver named '%s' is registered" % kind)
+    for key in opts:
+        if key not in LOG_DRIVERS[kind] and key not in ("mode", "max-buffer-size"):
+            raise InvalidParameter("unknown log opt '%s' for json-file log driver" % key if kind == "json-file"
+                                   else "unknown log opt '%s' for log driver %s" % (key, kind))
+    rotation({"Type": kind, "Config": opts})
+    return {"Type": kind, "Config": opts}
+
+
+def rotation(log: dict) -> Tuple[int, int]:
+    """(max-size in bytes, 0 for none; max-file) with the driver's defaults, refused with moby's words."""
+    opts = dict(_LOCAL_DEFAULTS if log["Type"] == "local" else {}, **(log.get("Config") or {}))
+    size = log_size(opts.get("max-size"))
+    try:
+        files = int(opts.get("max-file") or 1)
+    except ValueError:
+        raise InvalidParameter('strconv.Atoi: parsing "%s": invalid syntax' % opts["max-file"]) from None
+    if files < 1:
+        raise InvalidParameter("max-file cannot be less than 1")
+    return size, files
 
 
 def _entries(f, wanted: set) -> Iterator[Tuple[int, bytes, str]]:

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from runtime.engine.config import ZERO_TIME
 from runtime.engine.container import Container, ContainerTable, now, parse_time
@@ -36,12 +36,12 @@ class Monitor:
         self._release_network = release_network
         self._remove = remove
 
-    def follow(self, c: Container, sock: socket.socket, shim_pid: Optional[int], start_id: str) -> None:
+    def follow(self, c: Container, sock: socket.socket, shim_pid: int | None, start_id: str) -> None:
         """Watches one run of the container (``start_id``) on its shim's monitor socket, in a thread."""
         threading.Thread(target=self._watch, args=(c, sock, shim_pid, start_id),
                          name="watch-" + c.id[:12], daemon=True).start()
 
-    def _watch(self, c: Container, sock: socket.socket, shim_pid: Optional[int], start_id: str) -> None:
+    def _watch(self, c: Container, sock: socket.socket, shim_pid: int | None, start_id: str) -> None:
         record = None
         try:
             while True:
@@ -63,7 +63,7 @@ class Monitor:
                 pass
 
     @staticmethod
-    def read_exit(c: Container, start_id: str) -> Optional[dict]:
+    def read_exit(c: Container, start_id: str) -> dict | None:
         """The exit record the shim wrote for this run, if it did (it outlives a killed daemon)."""
         try:
             with open(c.file("exit.json")) as f:
@@ -72,7 +72,7 @@ class Monitor:
             return None
         return record if record.get("StartId") == start_id else None
 
-    def exited(self, c: Container, start_id: str, record: Optional[dict]) -> None:
+    def exited(self, c: Container, start_id: str, record: dict | None) -> None:
         record = record or self.read_exit(c, start_id) or {"ExitCode": 255, "OOMKilled": False,
                                                             "FinishedAt": now()}
         table = self._table
@@ -89,12 +89,14 @@ class Monitor:
             if restart:
                 c.state.update({"Status": "restarting", "Restarting": True})
             table.save(c)
+            self._execs.container_exited(c.id)
+            # The events go out before waiters wake (moby logs die before SetStopped), so whoever returns from
+            # a wait or a stop finds "die" already in the event stream, never after its own next events.
+            if record.get("OOMKilled"):
+                table.emit(c, "oom")
+            table.emit(c, "die", exitCode=str(code))
             c.exit_seq += 1
             table.cond.notify_all()
-        self._execs.container_exited(c.id)
-        if record.get("OOMKilled"):
-            table.emit(c, "oom")
-        table.emit(c, "die", exitCode=str(code))
         if restart:
             self._schedule_restart(c, start_id)
         elif c.data["HostConfig"].get("AutoRemove"):

@@ -19,7 +19,6 @@ import signal
 import socket
 import struct
 import threading
-from typing import Dict, List, Optional, Tuple
 
 from runtime import timefmt
 from runtime.linux import syscalls as sc
@@ -34,13 +33,13 @@ PARTIAL_LIMIT = 16 * 1024
 
 def write_json(path: str, data: dict) -> None:
     """Atomic replace, so a reader (or a daemon killed mid-write) never sees half a file."""
-    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
 
 
-def close_fds(keep: List[int]) -> None:
+def close_fds(keep: list[int]) -> None:
     """A forked shim must not hold the daemon's other pipes and sockets open (they would never see EOF)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -55,7 +54,7 @@ def send_frame(sock: socket.socket, kind: int, data: bytes) -> None:
     sock.sendall(FRAME.pack(kind, len(data)) + data)
 
 
-def recv_exact(sock: socket.socket, size: int) -> Optional[bytes]:
+def recv_exact(sock: socket.socket, size: int) -> bytes | None:
     buf = b""
     while len(buf) < size:
         chunk = sock.recv(size - len(buf))
@@ -65,7 +64,7 @@ def recv_exact(sock: socket.socket, size: int) -> Optional[bytes]:
     return buf
 
 
-def recv_frame(sock: socket.socket) -> Optional[Tuple[int, bytes]]:
+def recv_frame(sock: socket.socket) -> tuple[int, bytes] | None:
     header = recv_exact(sock, FRAME.size)
     if header is None:
         return None
@@ -74,7 +73,7 @@ def recv_frame(sock: socket.socket) -> Optional[Tuple[int, bytes]]:
     return None if data is None else (kind, data)
 
 
-def connect(path: str, request: dict, timeout: Optional[float] = None) -> socket.socket:
+def connect(path: str, request: dict, timeout: float | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     sock.connect(path)
@@ -94,7 +93,7 @@ class _Client:
 class Shim:
     """The monitor loop. Lives in its own session; exits once the container has exited and its output is drained."""
 
-    def __init__(self, spec: dict, stdin_fd: Optional[int], outputs: Dict[int, int], master: Optional[int],
+    def __init__(self, spec: dict, stdin_fd: int | None, outputs: dict[int, int], master: int | None,
                  listener: socket.socket, child: int) -> None:
         self.spec = spec
         self.stdin_fd = stdin_fd
@@ -102,12 +101,12 @@ class Shim:
         self.master = master
         self.listener = listener
         self.child = child
-        self.clients: List[_Client] = []
-        self.partial: Dict[int, bytes] = {}
+        self.clients: list[_Client] = []
+        self.partial: dict[int, bytes] = {}
         self.log = open(spec["log_path"], "ab", buffering=0)
         self.log_size = self.log.tell()
         self.sel = selectors.DefaultSelector()
-        self.status: Optional[int] = None
+        self.status: int | None = None
 
     def run(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -189,11 +188,21 @@ class Shim:
             out.append(self._entry(rest[:PARTIAL_LIMIT], kind, stamp))
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
-        if out:
-            data = b"".join(out)
-            limit = self.spec.get("log_max_size") or 0
-            if limit and self.log_size + len(data) > limit and self.log_size:
+        limit = self.spec.get("log_max_size") or 0
+        batch: list[bytes] = []
+        batch_size = 0
+        for entry in out:  # rotate between entries, as moby does, however much one read brought
+            if limit and self.log_size + batch_size + len(entry) > limit and self.log_size + batch_size:
+                self._write(batch)
                 self._rotate()
+                batch, batch_size = [], 0
+            batch.append(entry)
+            batch_size += len(entry)
+        self._write(batch)
+
+    def _write(self, entries: list[bytes]) -> None:
+        if entries:
+            data = b"".join(entries)
             self.log.write(data)
             self.log_size += len(data)
 
@@ -206,9 +215,9 @@ class Shim:
             os.unlink(path)
         else:
             for index in range(keep - 1, 0, -1):
-                source = path if index == 1 else "%s.%d" % (path, index - 1)
+                source = path if index == 1 else f"{path}.{index - 1}"
                 if os.path.exists(source):
-                    os.replace(source, "%s.%d" % (path, index))
+                    os.replace(source, f"{path}.{index}")
         self.log = open(path, "ab", buffering=0)
         self.log_size = 0
 
@@ -308,7 +317,7 @@ class Shim:
             pass
 
 
-def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -> None:
+def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> None:
     """Body of the forked shim: make the stdio, fork the container (PID 1 of a new PID namespace), then monitor."""
     os.setsid()
     close_fds([report_fd, go_fd] + ([netns_fd] if netns_fd is not None else []))
@@ -316,15 +325,15 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    sc.set_process_name("machines-shim")
+    sc.set_process_title("machines-shim " + spec["id"], "shim-" + spec["id"][:10])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     master = stdin_fd = console = None
     if spec["tty"]:
         console, child_console = socket.socketpair()
         child_stdio = None
-        outputs: Dict[int, int] = {}
-        inherited: List[int] = []
+        outputs: dict[int, int] = {}
+        inherited: list[int] = []
     else:
         child_console = None
         out_r, out_w = os.pipe()
@@ -356,7 +365,7 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: Optional[int]) -
     try:  # joining a v1 hierarchy can wait for an RCU grace period: overlap it with the child's mounts
         open_cgroup(spec["cgroup"]).join(child)
     except OSError as e:
-        os.write(report_fd, ("err:cannot join the container's cgroup: %s\n" % e).encode())
+        os.write(report_fd, (f"err:cannot join the container's cgroup: {e}\n").encode())
         os.kill(child, signal.SIGKILL)
     os.write(report_fd, b"pid:%d\n" % child)
     os.close(report_fd)

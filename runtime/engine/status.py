@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, Optional
 
 from runtime import timefmt
 
@@ -17,24 +16,24 @@ def human_duration(seconds: float) -> str:
     if s == 1:
         return "1 second"
     if s < 60:
-        return "%d seconds" % s
+        return f"{s} seconds"
     minutes = s // 60
     if minutes == 1:
         return "About a minute"
     if minutes < 60:
-        return "%d minutes" % minutes
+        return f"{minutes} minutes"
     hours = round(s / 3600)
     if hours == 1:
         return "About an hour"
     if hours < 48:
-        return "%d hours" % hours
+        return f"{hours} hours"
     if hours < 24 * 7 * 2:
-        return "%d days" % (hours // 24)
+        return f"{hours // 24} days"
     if hours < 24 * 30 * 2:
-        return "%d weeks" % (hours // 24 // 7)
+        return f"{hours // 24 // 7} weeks"
     if hours < 24 * 365 * 2:
-        return "%d months" % (hours // 24 // 30)
-    return "%d years" % (hours // 24 // 365)
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
 
 
 def _since(stamp: str) -> float:
@@ -47,23 +46,23 @@ def _since(stamp: str) -> float:
 def human_status(state: dict) -> str:
     status = state.get("Status")
     if state.get("Restarting"):
-        return "Restarting (%d) %s ago" % (state.get("ExitCode", 0), human_duration(_since(state["FinishedAt"])))
+        return f'Restarting ({state.get("ExitCode", 0)}) {human_duration(_since(state["FinishedAt"]))} ago'
     if state.get("Running"):
         text = "Up " + human_duration(_since(state["StartedAt"]))
         if state.get("Paused"):
             return text + " (Paused)"
         health = state.get("Health")  # moby's Health.String()
         if health:
-            return text + (" (health: starting)" if health["Status"] == "starting" else " (%s)" % health["Status"])
+            return text + (" (health: starting)" if health["Status"] == "starting" else " ({})".format(health["Status"]))
         return text
     if status == "created":
         return "Created"
     if status == "exited":
-        return "Exited (%d) %s ago" % (state.get("ExitCode", 0), human_duration(_since(state["FinishedAt"])))
+        return f'Exited ({state.get("ExitCode", 0)}) {human_duration(_since(state["FinishedAt"]))} ago'
     return (status or "").capitalize()
 
 
-def summary_ports(ports: Dict[str, Optional[List[dict]]]) -> List[dict]:
+def summary_ports(ports: dict[str, list[dict] | None]) -> list[dict]:
     out = []
     for key, bindings in (ports or {}).items():
         number, _, proto = key.partition("/")
@@ -90,10 +89,10 @@ def system_cpu_ns() -> int:
     return sum(int(x) for x in fields) * 1000000000 // os.sysconf("SC_CLK_TCK")
 
 
-def net_stats(pid: int) -> Dict[str, dict]:
-    out: Dict[str, dict] = {}
+def net_stats(pid: int) -> dict[str, dict]:
+    out: dict[str, dict] = {}
     try:
-        with open("/proc/%d/net/dev" % pid) as f:
+        with open(f"/proc/{pid}/net/dev") as f:
             lines = f.readlines()[2:]
     except OSError:
         return out

@@ -1,13 +1,14 @@
 """Named volumes: ``<data-root>/volumes/<name>/_data`` plus a small metadata file, in Docker's Volume shape."""
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
 import secrets
 import shutil
 import threading
-from typing import Callable, List, Optional
+from typing import Callable
 
 from runtime import timefmt
 from runtime.errors import Conflict, InvalidParameter, NotFound
@@ -24,7 +25,7 @@ PRUNE_FILTERS = ("label", "label!", "all", "until")  # ``until`` beyond moby's: 
 class VolumeStore:
     """Volumes survive the containers that use them; ``in_use`` (given by the engine) says which are busy."""
 
-    def __init__(self, root: str, in_use: Callable[[str], List[str]]) -> None:
+    def __init__(self, root: str, in_use: Callable[[str], builtins.list[str]]) -> None:
         self.root = root
         self._in_use = in_use
         self._lock = threading.RLock()
@@ -33,7 +34,7 @@ class VolumeStore:
     def _dir(self, name: str) -> str:
         """The volume's folder; a name that could not have been created (``../x`` from a URL) is no volume."""
         if not NAME_RE.fullmatch(name):
-            raise NotFound("get %s: no such volume" % name)
+            raise NotFound(f"get {name}: no such volume")
         return os.path.join(self.root, name)
 
     def _meta(self, name: str) -> dict:
@@ -41,24 +42,24 @@ class VolumeStore:
             with open(os.path.join(self._dir(name), "volume.json")) as f:
                 return json.load(f)
         except FileNotFoundError:
-            raise NotFound("get %s: no such volume" % name)
+            raise NotFound(f"get {name}: no such volume") from None
 
     def _shape(self, meta: dict) -> dict:
         return {"Name": meta["Name"], "Driver": "local", "Mountpoint": os.path.join(self._dir(meta["Name"]), "_data"),
                 "CreatedAt": meta["CreatedAt"], "Labels": meta.get("Labels") or {}, "Scope": "local",
                 "Options": meta.get("Options") or {}}
 
-    def create(self, body: Optional[dict] = None, anonymous: bool = False) -> dict:
+    def create(self, body: dict | None = None, anonymous: bool = False) -> dict:
         """Creates the volume, or returns the existing one of that name (Docker's create is idempotent)."""
         body = body or {}
         name = body.get("Name") or secrets.token_hex(32)
         driver = body.get("Driver") or "local"
         if driver != "local":
-            raise NotFound("plugin %r not found" % driver)
+            raise NotFound(f"plugin {driver!r} not found")
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise InvalidParameter("create %s: %r includes invalid characters for a local volume name, only "
+            raise InvalidParameter(f"create {name}: {name!r} includes invalid characters for a local volume name, only "
                                    "\"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host "
-                                   "directory, use absolute path" % (name, name))
+                                   "directory, use absolute path")
         with self._lock:
             try:
                 return self._shape(self._meta(name))
@@ -85,7 +86,7 @@ class VolumeStore:
     def path(self, name: str) -> str:
         return os.path.join(self._dir(name), "_data")
 
-    def list(self, filters: Optional[Args] = None) -> dict:
+    def list(self, filters: Args | None = None) -> dict:
         """``GET /volumes``: filters ``name`` (a regular expression), ``driver``, ``label``, ``dangling``."""
         args = Args.of(filters).validate(LIST_FILTERS)
         dangling = args.get_bool("dangling", False) if args.contains("dangling") else None
@@ -110,10 +111,10 @@ class VolumeStore:
             self._meta(name)
             users = self._in_use(name)
             if users:
-                raise Conflict("remove %s: volume is in use - [%s]" % (name, ", ".join(users)))
+                raise Conflict("remove {}: volume is in use - [{}]".format(name, ", ".join(users)))
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
-    def prune(self, filters: Optional[Args] = None) -> dict:
+    def prune(self, filters: Args | None = None) -> dict:
         """Removes unused volumes; like Docker 23+ (API 1.42), only anonymous ones unless ``all=true`` (the API
         layer adds it for older clients), narrowed by ``label``/``label!`` and ``until``."""
         args = Args.of(filters).validate(PRUNE_FILTERS)

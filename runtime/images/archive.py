@@ -17,13 +17,16 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import IO, Any
 
 from runtime.errors import InvalidParameter
+from runtime.linux import safepath
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -79,7 +82,7 @@ class _Decompressed:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         self._file: Any = None  # a gzip, bz2, lzma or plain binary file
 
     def __enter__(self) -> IO[bytes]:
@@ -162,7 +165,7 @@ def copy_hashing(src: IO[bytes], path: str) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def file_digest(path: str) -> Tuple[str, int]:
+def file_digest(path: str) -> tuple[str, int]:
     """sha256 digest and size of a file."""
     sha = hashlib.sha256()
     size = 0
@@ -175,13 +178,13 @@ def file_digest(path: str) -> Tuple[str, int]:
 
 # --- safe extraction -----------------------------------------------------------------------------------------
 
-def _clean_name(name: str, what: str) -> List[str]:
+def _clean_name(name: str, what: str) -> list[str]:
     """Archive path -> components; refuse absolute paths and ``..`` instead of silently rewriting them."""
     if name.startswith("/"):
-        raise LayerRefused("layer refused: absolute path %r in %s" % (name, what))
+        raise LayerRefused(f"layer refused: absolute path {name!r} in {what}")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise LayerRefused("layer refused: path %r escapes the layer (%s)" % (name, what))
+        raise LayerRefused(f"layer refused: path {name!r} escapes the layer ({what})")
     return parts
 
 
@@ -191,10 +194,10 @@ class _Extractor:
     def __init__(self, root: str, whiteouts: bool = True) -> None:
         self.root = root
         self.whiteouts = whiteouts
-        self.dir_times: List[Tuple[str, int]] = []
+        self.dir_times: list[tuple[str, int]] = []
         self.size = 0
 
-    def _parent(self, parts: List[str], name: str) -> str:
+    def _parent(self, parts: list[str], name: str) -> str:
         """The real parent dir of ``parts``, made on demand; refuse if any component is a symlink or a file."""
         path = self.root
         for part in parts[:-1]:
@@ -205,10 +208,9 @@ class _Extractor:
                 os.mkdir(path, 0o755)
                 continue
             if stat.S_ISLNK(st.st_mode):
-                raise LayerRefused("layer refused: %r would be written through the symlink %r"
-                                   % (name, "/".join(parts[:parts.index(part) + 1])))
+                raise LayerRefused("layer refused: {!r} would be written through the symlink {!r}".format(name, "/".join(parts[:parts.index(part) + 1])))
             if not stat.S_ISDIR(st.st_mode):
-                raise LayerRefused("layer refused: %r is below a non-directory" % name)
+                raise LayerRefused(f"layer refused: {name!r} is below a non-directory")
         return path
 
     @staticmethod
@@ -270,16 +272,14 @@ class _Extractor:
             if not m.linkname.startswith("/"):
                 target = os.path.normpath(os.path.join("/".join(parts[:-1]), m.linkname))
                 if target == ".." or target.startswith("../"):
-                    raise LayerRefused("layer refused: symlink %r -> %r points outside the layer"
-                                       % (m.name, m.linkname))
+                    raise LayerRefused(f"layer refused: symlink {m.name!r} -> {m.linkname!r} points outside the layer")
             self._clear(path, keep_dir=False)
             os.symlink(m.linkname, path)
         elif m.islnk():
-            target_parts = _clean_name(m.linkname, "hardlink target of %r" % m.name)
+            target_parts = _clean_name(m.linkname, f"hardlink target of {m.name!r}")
             target = os.path.join(self._parent(target_parts, m.linkname), target_parts[-1]) if target_parts else ""
             if not target_parts or not os.path.lexists(target) or os.path.isdir(target):
-                raise LayerRefused("layer refused: hardlink %r -> %r has no target inside the layer"
-                                   % (m.name, m.linkname))
+                raise LayerRefused(f"layer refused: hardlink {m.name!r} -> {m.linkname!r} has no target inside the layer")
             self._clear(path, keep_dir=False)
             os.link(target, path, follow_symlinks=False)
             return  # a hardlink shares its target's attributes
@@ -290,7 +290,7 @@ class _Extractor:
             if not self._device(path, m):
                 return
         else:
-            raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
+            raise LayerRefused(f"layer refused: unsupported entry type {m.type!r} for {m.name!r}")
         self._attrs(path, m)
 
     def _device(self, path: str, m: tarfile.TarInfo) -> bool:
@@ -314,7 +314,7 @@ class _Extractor:
             return  # other AUFS metadata (.wh..wh.plnk, ...) means nothing to overlayfs
         hidden = base[len(WHITEOUT_PREFIX):]
         if hidden in ("", ".", ".."):
-            raise LayerRefused("layer refused: bad whiteout %r" % name)
+            raise LayerRefused(f"layer refused: bad whiteout {name!r}")
         path = os.path.join(parent, hidden)
         self._clear(path, keep_dir=False)
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
@@ -329,7 +329,7 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     from outside the context stops right after the last file's bytes, with no padding and no end-of-archive
     blocks. Running out of data there ends the archive; running out inside a member is still an error."""
     members = iter(tar)
-    last: Optional[tarfile.TarInfo] = None
+    last: tarfile.TarInfo | None = None
     while True:
         try:
             member = next(members)
@@ -351,11 +351,11 @@ def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
             for m in _members(tar):
                 ex.member(tar, m)
     except tarfile.TarError as exc:
-        raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
+        raise LayerRefused(f"layer refused: invalid tar: {exc}") from None
     ex.finish()
 
 
-def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
+def extract_layer(stream: IO[bytes], dest: str) -> tuple[str, int, int]:
     """Extract an uncompressed layer tar from ``stream`` into the new directory ``dest``.
 
     Returns ``(diff_id, unpacked_size, tar_size)``. The caller deletes ``dest`` if this raises.
@@ -383,7 +383,7 @@ class _Sink(io.RawIOBase):
     """Collects what tarfile writes so it can be handed out in chunks (streaming without a pipe thread)."""
 
     def __init__(self) -> None:
-        self.chunks: List[bytes] = []
+        self.chunks: list[bytes] = []
         self.position = 0
 
     def writable(self) -> bool:
@@ -426,7 +426,7 @@ class TarStream:
         self.tar.addfile(info)
         return self.sink.take()
 
-    def add_stream(self, info: tarfile.TarInfo, src: Optional[IO[bytes]]) -> Iterator[bytes]:
+    def add_stream(self, info: tarfile.TarInfo, src: IO[bytes] | None) -> Iterator[bytes]:
         """Add an entry whose content is read from ``src`` (exactly ``info.size`` bytes), yielding as it goes."""
         self.tar.addfile(info)
         yield self.sink.take()
@@ -436,7 +436,7 @@ class TarStream:
         while remaining:
             chunk = src.read(min(COPY_CHUNK, remaining))
             if not chunk:
-                raise InvalidParameter("%s: unexpected end of data" % info.name)
+                raise InvalidParameter(f"{info.name}: unexpected end of data")
             remaining -= len(chunk)
             yield chunk
         pad = (-info.size) % tarfile.BLOCKSIZE
@@ -451,19 +451,24 @@ class TarStream:
         return self.sink.take()
 
 
-def _upper_entries(upper: str) -> Iterator[Tuple[str, str, os.stat_result]]:
-    """Walk an upper dir in a stable order: (archive name, path, lstat)."""
-    for dirpath, dirnames, filenames in os.walk(upper):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, upper)
-        for name in sorted(dirnames) + sorted(filenames):
-            path = os.path.join(dirpath, name)
-            arc = name if rel == "." else rel + "/" + name
-            yield arc, path, os.lstat(path)
+def _entries(parent: int, name: str, arc: str) -> Iterator[tuple[int, str, str, os.stat_result]]:
+    """(dir fd, name, archive name, lstat) of an entry and, for a folder, of everything below it in a stable order;
+    every step is relative to an open directory fd and no link is followed."""
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    yield parent, name, arc, st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        for rel, dirfd, entry, entry_st in safepath.walk(top):
+            yield dirfd, entry, posixpath.join(arc, rel, entry), entry_st  # "./x" under ".", as moby
+    finally:
+        os.close(top)
 
 
-def _xattrs(path: str) -> Dict[str, str]:
-    out: Dict[str, str] = {}
+def _xattrs(dirfd: int, name: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    path = safepath.fd_path(dirfd, name)
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -479,49 +484,82 @@ def _xattrs(path: str) -> Dict[str, str]:
     return out
 
 
-def upper_dir_tar(upper: str) -> Iterator[bytes]:
-    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build)."""
+def _entry_info(dirfd: int, name: str, arc: str, st: os.stat_result,
+                seen: dict[tuple[int, int], str]) -> tuple[tarfile.TarInfo | None, IO[bytes] | None]:
+    """The tar header of one entry, and for a regular file its content opened without following a link (a file
+    swapped for a link meanwhile is skipped, never read through). (None, None) for sockets and devices."""
+    info = tarfile.TarInfo(arc)
+    info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    src: IO[bytes] | None = None
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dirfd)
+    elif stat.S_ISREG(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in seen:
+            info.type, info.linkname = tarfile.LNKTYPE, seen[key]
+        else:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError:
+                return None, None
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                os.close(fd)
+                return None, None
+            seen[key] = arc
+            info.size = opened.st_size
+            src = os.fdopen(fd, "rb")
+    elif stat.S_ISFIFO(st.st_mode):
+        info.type = tarfile.FIFOTYPE
+    else:
+        return None, None  # sockets and device nodes do not belong in images or copies
+    info.pax_headers = _xattrs(dirfd, name)
+    return info, src
+
+
+def tree_tar(parent: int, name: str, arcname: str, *, skip_root: bool = False,
+             whiteouts: bool = False) -> Iterator[bytes]:
+    """A tar of entry ``name`` of directory fd ``parent`` (and all below it), named ``arcname`` in the archive.
+    ``whiteouts`` turns overlay whiteouts and opaque folders into OCI ones (layers from upper dirs)."""
     ts = TarStream()
-    seen: Dict[Tuple[int, int], str] = {}
-    for arc, path, st in _upper_entries(upper):
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+    seen: dict[tuple[int, int], str] = {}
+    for n, (dirfd, entry, arc, st) in enumerate(_entries(parent, name, arcname)):
+        if n == 0 and skip_root:
+            continue
+        if whiteouts and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             head, _, base = arc.rpartition("/")
             yield ts.add_bytes((head + "/" if head else "") + WHITEOUT_PREFIX + base, b"")
             continue
-        info = tarfile.TarInfo(arc)
-        info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-        info.mtime = int(st.st_mtime)
-        info.pax_headers = _xattrs(path)
-        src: Optional[IO[bytes]] = None
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-        elif stat.S_ISREG(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in seen:
-                info.type, info.linkname = tarfile.LNKTYPE, seen[key]
-            else:
-                seen[key] = arc
-                info.size = st.st_size
-                src = open(path, "rb")
-        elif stat.S_ISFIFO(st.st_mode):
-            info.type = tarfile.FIFOTYPE
-        else:
-            continue  # sockets and device nodes do not belong in images
+        info, src = _entry_info(dirfd, entry, arc, st, seen)
+        if info is None:
+            continue
         try:
             yield from ts.add_stream(info, src)
         finally:
             if src is not None:
                 src.close()
-        if stat.S_ISDIR(st.st_mode):
+        if whiteouts and stat.S_ISDIR(st.st_mode):
             try:
-                opaque = os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+                opaque = os.getxattr(safepath.fd_path(dirfd, entry), OVERLAY_OPAQUE_XATTR,
+                                     follow_symlinks=False) == b"y"
             except OSError:
                 opaque = False
             if opaque:
                 yield ts.add_bytes(arc + "/" + OPAQUE_MARKER, b"")
     yield ts.close()
+
+
+def upper_dir_tar(upper: str) -> Iterator[bytes]:
+    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build). The
+    upper dir of a running container changes under us: it is read through fds, never through a link."""
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield from tree_tar(top, ".", "", skip_root=True, whiteouts=True)
+    finally:
+        os.close(top)
 
 
 class _ChunkReader:

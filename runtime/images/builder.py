@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import posixpath
 import re
 import shutil
 import stat
-from typing import IO, Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Generator, Iterator, Sequence
+from typing import IO, Any, Callable, NamedTuple
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, ignore, reference
 from runtime.images.dockerfile import Instruction
 from runtime.images.media import canonical_json
 from runtime.images.store import Image, ImageStore
+from runtime.linux import safepath
 
 NOP = "/bin/sh -c #(nop) "
 PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
@@ -54,63 +57,86 @@ def _stream(text: str) -> dict:
     return {"stream": text}
 
 
-def _error(exc: Exception) -> dict:
+def _error(exc: EngineError | OSError) -> dict:
     """A failed build's last message, as dockerd's stream formatter writes it."""
-    message = str(exc) if isinstance(exc, EngineError) else "%s: %s" % (exc.strerror or exc, exc.filename or "")
+    message = str(exc) if isinstance(exc, EngineError) else "{}: {}".format(exc.strerror or exc, exc.filename or "")
     return {"errorDetail": {"message": message}, "error": message}
 
 
-# --- reading files from an image (COPY --from) ------------------------------------------------------------------
+# --- reading files from an image or the context (COPY, COPY --from) ----------------------------------------------
 
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, archive.OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+class Found(NamedTuple):
+    """An entry of an ImageView: the layer that provides it, its path there and its lstat."""
+
+    layer: safepath.Root
+    rel: str
+    st: os.stat_result
+
+    def open(self) -> IO[bytes]:
+        return os.fdopen(self.layer.open(self.rel, os.O_RDONLY, follow=False), "rb")
 
 
 class ImageView:
-    """Read-only merged view of an image's layers (what overlayfs would show), without mounting anything."""
+    """Read-only merged view of layer directories (what overlayfs would show), without mounting anything.
 
-    def __init__(self, layer_dirs: List[str]) -> None:
-        self.top_first = list(reversed(layer_dirs))
+    Each layer is read through a ``safepath.Root`` that refuses symlinks: a link only means something in the merged
+    image, so ``resolve`` follows it here, against the view's own root. Lookups follow overlay's rules: a
+    non-directory or a whiteout in a layer hides everything below it, and an opaque directory hides the same
+    directory in the layers below. A build context is a view of one layer."""
 
-    def lstat(self, rel: str) -> Optional[Tuple[str, os.stat_result]]:
-        """(real path, stat) of ``rel`` in the topmost layer that has it; None if absent or whited out."""
-        parts = [p for p in rel.split("/") if p]
-        for layer in self.top_first:
-            path = os.path.join(layer, *parts)
+    def __init__(self, layer_dirs: list[str]) -> None:
+        self.layers = [safepath.Root(d, follow_links=False) for d in reversed(layer_dirs)]
+        self._merged: dict[tuple[str, ...], list[safepath.Root]] = {(): self.layers}
+
+    def _dir_layers(self, parts: tuple[str, ...]) -> list[safepath.Root]:
+        """The layers whose copy of directory ``parts`` shows in the view, top first ([] if it is no directory)."""
+        if parts not in self._merged:
+            rel = "/".join(parts)
+            out: list[safepath.Root] = []
+            for layer in self._dir_layers(parts[:-1]):
+                try:
+                    st = layer.lstat(rel)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break  # a file, link or whiteout hides this path in every layer below
+                out.append(layer)
+                if layer.getxattr(rel, archive.OVERLAY_OPAQUE_XATTR) == b"y":
+                    break
+            self._merged[parts] = out
+        return self._merged[parts]
+
+    def lstat(self, rel: str) -> Found | None:
+        """The entry ``rel`` (its last component not followed) in the topmost layer that has it; None if absent or
+        whited out."""
+        parts = tuple(safepath.split(rel))
+        if not parts:
+            return Found(self.layers[0], "", self.layers[0].lstat("")) if self.layers else None
+        for layer in self._dir_layers(parts[:-1]):
             try:
-                st = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                if any(_opaque(os.path.join(layer, *parts[:n])) for n in range(1, len(parts))):
-                    return None
+                st = layer.lstat("/".join(parts))
+            except FileNotFoundError:
                 continue
-            return None if _is_whiteout(st) else (path, st)
+            return None if _is_whiteout(st) else Found(layer, "/".join(parts), st)
         return None
 
-    def listdir(self, rel: str) -> List[str]:
-        parts = [p for p in rel.split("/") if p]
-        names: Dict[str, bool] = {}
-        for layer in self.top_first:
-            path = os.path.join(layer, *parts)
-            if not os.path.isdir(path) or os.path.islink(path):
-                continue
-            for name in os.listdir(path):
+    def listdir(self, rel: str) -> list[str]:
+        parts = tuple(safepath.split(rel))
+        names: dict[str, bool] = {}
+        for layer in self._dir_layers(parts):
+            for name in layer.listdir("/".join(parts)):
                 if name not in names:
-                    names[name] = not _is_whiteout(os.lstat(os.path.join(path, name)))
-            if _opaque(path):
-                break
+                    names[name] = not _is_whiteout(layer.lstat("/".join(parts + (name,))))
         return sorted(n for n, present in names.items() if present)
 
     def resolve(self, rel: str, depth: int = 0) -> str:
-        """Follow symlinks inside the image (scoped to its root) to the final relative path."""
-        parts = [p for p in rel.split("/") if p not in ("", ".")]
-        out: List[str] = []
+        """Follow symlinks inside the view (scoped to its root) to the final relative path."""
+        parts = safepath.split(rel)
+        out: list[str] = []
         for i, part in enumerate(parts):
             if part == "..":
                 if out:
@@ -118,34 +144,43 @@ class ImageView:
                 continue
             out.append(part)
             found = self.lstat("/".join(out))
-            if found and stat.S_ISLNK(found[1].st_mode):
-                if depth > 40:
-                    raise InvalidParameter("too many levels of symbolic links: %s" % rel)
-                target = os.readlink(found[0])
+            if found and stat.S_ISLNK(found.st.st_mode):
+                if depth > safepath.MAX_LINKS:
+                    raise InvalidParameter(f"too many levels of symbolic links: {rel}")
+                target = found.layer.readlink(found.rel)
                 base = "" if target.startswith("/") else "/".join(out[:-1])
                 return self.resolve(posixpath.join(base, target, *parts[i + 1:]), depth + 1)
         return "/".join(out)
+
+    def walk(self, rel: str = "") -> Iterator[str]:
+        """Every path below ``rel`` (merged), parents first; links are not entered."""
+        for name in self.listdir(rel):
+            child = posixpath.join(rel, name)
+            yield child
+            found = self.lstat(child)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                yield from self.walk(child)
 
 
 # --- the build ---------------------------------------------------------------------------------------------------
 
 class _Stage:
-    def __init__(self, name: Optional[str], image: Optional[Image], config: dict) -> None:
+    def __init__(self, name: str | None, image: Image | None, config: dict) -> None:
         self.name = name
         self.image = image
         self.config = config
         self.cmd_set = False
-        self.args: Dict[str, str] = {}
-        self.global_args: Dict[str, str] = {}
+        self.args: dict[str, str] = {}
+        self.global_args: dict[str, str] = {}
 
 
 class Builder:
     """One ``docker build`` run; ``run()`` yields the JSON stream (errors in-band, as Docker sends them)."""
 
     def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
-                 tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
-                 labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
-                 runner: Any = None, pull: Optional[PullFn] = None, quiet: bool = False,
+                 tags: Sequence[str] = (), build_args: dict[str, str | None] | None = None,
+                 labels: dict[str, str] | None = None, target: str | None = None, nocache: bool = False,
+                 runner: Any = None, pull: PullFn | None = None, quiet: bool = False,
                  cache_from: Sequence[str] = ()) -> None:
         self.store = store
         self.context_stream = context
@@ -158,12 +193,12 @@ class Builder:
         self.runner = runner
         self.pull = pull
         self.cache_from = list(cache_from)
-        self.cache_sources: List[Image] = []
+        self.cache_sources: list[Image] = []
         self.quiet = quiet
         self.work = ""
-        self.result: Optional[Image] = None
+        self.result: Image | None = None
         self.context = ""
-        self.stages: List[_Stage] = []
+        self.stages: list[_Stage] = []
 
     # --- entry point --------------------------------------------------------------------------------------
 
@@ -195,45 +230,51 @@ class Builder:
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def _read_dockerfile(self) -> List[Instruction]:
+    def _read_dockerfile(self) -> list[Instruction]:
         """Parse the Dockerfile, then drop it and .dockerignore from the context where .dockerignore names them
         (dockerd's ``removeDockerfile``): clients send both even when ignored, and a Dockerfile from outside the
         context arrives as ``.dockerfile.<random>``, named in .dockerignore by the docker CLI."""
         rel = posixpath.normpath(self.dockerfile_path)
         if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
-            raise InvalidParameter("forbidden path outside the build context: %s" % self.dockerfile_path)
-        path = self._context_file(rel)
-        if path is None and rel == "Dockerfile":
-            rel, path = "dockerfile", self._context_file("dockerfile")
-        if path is None:
-            raise InvalidParameter("Cannot locate specified Dockerfile: %s" % self.dockerfile_path)
-        with open(path, encoding="utf-8", errors="replace") as f:
-            instructions = dockerfile.parse(f.read())
+            raise InvalidParameter(f"forbidden path outside the build context: {self.dockerfile_path}")
+        text = self._context_text(rel)
+        if text is None and rel == "Dockerfile":
+            rel, text = "dockerfile", self._context_text("dockerfile")
+        if text is None:
+            raise InvalidParameter(f"Cannot locate specified Dockerfile: {self.dockerfile_path}")
+        instructions = dockerfile.parse(text)
         self._remove_ignored(".dockerignore", rel)
         return instructions
 
-    def _context_file(self, rel: str) -> Optional[str]:
+    def _context_text(self, rel: str) -> str | None:
         """A regular file of the context (symlinks resolved inside it), or None."""
-        path = os.path.join(self.context, rel)
-        if os.path.isfile(path) and os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
-            return path
-        return None
+        with safepath.Root(self.context) as root:
+            try:
+                fd = root.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+            return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
     def _remove_ignored(self, *names: str) -> None:
-        ignore_file = self._context_file(".dockerignore")
-        if ignore_file is None:
+        text = self._context_text(".dockerignore")
+        if text is None:
             return
-        with open(ignore_file, encoding="utf-8", errors="replace") as f:
-            patterns = ignore.read_patterns(f.read())
-        for name in names:
-            try:
-                gone = ignore.excluded(name, patterns)
-            except InvalidParameter:
-                return  # as dockerd: a pattern that does not compile removes nothing
-            if gone and os.path.lexists(os.path.join(self.context, name)):
-                os.unlink(os.path.join(self.context, name))
+        patterns = ignore.read_patterns(text)
+        with safepath.Root(self.context) as root:
+            for name in names:
+                try:
+                    gone = ignore.excluded(name, patterns)
+                except InvalidParameter:
+                    return  # as dockerd: a pattern that does not compile removes nothing
+                if gone and root.lexists(name):
+                    parent, base = root.open_parent(name)
+                    try:
+                        os.unlink(base, dir_fd=parent)
+                    finally:
+                        os.close(parent)
 
-    def _plan(self, instructions: List[Instruction]) -> Tuple[List[Instruction], List[Instruction]]:
+    def _plan(self, instructions: list[Instruction]) -> tuple[list[Instruction], list[Instruction]]:
         """Global ARGs, then the instructions up to the end of the target stage."""
         first_from = next((i for i, ins in enumerate(instructions) if ins.cmd == "FROM"), None)
         if first_from is None:
@@ -241,13 +282,13 @@ class Builder:
         head = instructions[:first_from]
         for ins in head:
             if ins.cmd != "ARG":
-                raise InvalidParameter("%s not allowed before FROM" % ins.cmd)
+                raise InvalidParameter(f"{ins.cmd} not allowed before FROM")
         body = instructions[first_from:]
         if self.target is None:
             return head, body
         names = [dockerfile.stage_name(ins, {})[1] if ins.cmd == "FROM" else None for ins in body]
         if self.target not in names:
-            raise InvalidParameter("failed to reach build target %s in Dockerfile" % self.target)
+            raise InvalidParameter(f"failed to reach build target {self.target} in Dockerfile")
         start = names.index(self.target)
         end = next((i for i in range(start + 1, len(body)) if body[i].cmd == "FROM"), len(body))
         return head, body[:end]
@@ -255,7 +296,7 @@ class Builder:
     def _build(self) -> Iterator[dict]:
         head, body = self._plan(self._read_dockerfile())
         total = len(head) + len(body)
-        global_args: Dict[str, str] = {}
+        global_args: dict[str, str] = {}
         step = 0
         for ins in head:
             step += 1
@@ -263,7 +304,7 @@ class Builder:
             for key, default in dockerfile.key_values(ins, global_args):
                 value = self.build_args.get(key)
                 global_args[key] = value if value is not None else default
-        stage: Optional[_Stage] = None
+        stage: _Stage | None = None
         for ins in body:
             step += 1
             yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
@@ -274,30 +315,30 @@ class Builder:
                 assert stage is not None
                 yield from self._step(stage, ins)
             if stage is not None and stage.image is not None:
-                yield _stream(" ---> %s\n" % stage.image.id[7:19])
+                yield _stream(f" ---> {stage.image.id[7:19]}\n")
         assert stage is not None
         if self.labels:
             labels = dict(stage.config.get("Labels") or {})
             labels.update(self.labels)
             stage.config["Labels"] = labels
             yield from self._cached_or_commit(stage, None, NOP + "LABEL " + " ".join(
-                "%s=%s" % kv for kv in sorted(self.labels.items())))
+                "{}={}".format(*kv) for kv in sorted(self.labels.items())))
         if stage.image is None:
             raise InvalidParameter("No image was generated. Is your Dockerfile empty?")
         image = self.result = stage.image
         yield {"aux": {"ID": image.id}}
-        yield _stream("Successfully built %s\n" % image.id[7:19])
+        yield _stream(f"Successfully built {image.id[7:19]}\n")
         for ref in self.tags:
             self.store.tag(image.id, ref.name, ref.tag)
-            yield _stream("Successfully tagged %s\n" % ref.familiar())
+            yield _stream(f"Successfully tagged {ref.familiar()}\n")
 
     # --- FROM ---------------------------------------------------------------------------------------------
 
-    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Generator[dict, None, _Stage]:
+    def _from(self, ins: Instruction, global_args: dict[str, str]) -> Generator[dict, None, _Stage]:
         name, alias = dockerfile.stage_name(ins, global_args)
         previous = self._stage_by_name(name)
         if previous is not None:
-            image: Optional[Image] = previous.image
+            image: Image | None = previous.image
         elif name == "scratch":
             image = None
         else:
@@ -311,7 +352,7 @@ class Builder:
             yield from self._step(stage, dockerfile.parse_line(trigger))
         return stage
 
-    def _stage_by_name(self, name: str) -> Optional[_Stage]:
+    def _stage_by_name(self, name: str) -> _Stage | None:
         for n, stage in enumerate(self.stages):
             if stage.name == name.lower() or name == str(n):
                 return stage
@@ -331,7 +372,7 @@ class Builder:
 
     # --- other instructions -----------------------------------------------------------------------------
 
-    def _env(self, stage: _Stage) -> Dict[str, str]:
+    def _env(self, stage: _Stage) -> dict[str, str]:
         """Variables for ``$VAR`` expansion: build args, overridden by ENV."""
         env = dict(stage.args)
         env.update(dockerfile.env_dict(stage.config))
@@ -369,7 +410,7 @@ class Builder:
         blob = json.dumps([parent, created_by, stage.config], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _cache_lookup(self, stage: _Stage, key: str, created_by: str) -> Optional[Image]:
+    def _cache_lookup(self, stage: _Stage, key: str, created_by: str) -> Image | None:
         """The image an identical step made here before; with ``--cache-from``, as dockerd: such an image only
         when one of the source images descends from it, else the source whose history continues with this step."""
         if self.nocache:
@@ -381,7 +422,7 @@ class Builder:
             return local
         return self._source_cache(stage, created_by)
 
-    def _local_cache(self, key: str) -> Optional[Image]:
+    def _local_cache(self, key: str) -> Image | None:
         try:
             with open(os.path.join(self.store.root, CACHE_FILE)) as f:
                 image_id = json.load(f).get(key)
@@ -391,7 +432,7 @@ class Builder:
             return self.store.resolve(image_id)
         return None
 
-    def _cache_sources(self) -> List[Image]:
+    def _cache_sources(self) -> list[Image]:
         """``--cache-from`` images present here (missing ones are skipped, as dockerd skips them)."""
         sources = []
         for ref in self.cache_from:
@@ -410,7 +451,7 @@ class Builder:
             image_id = self.store.resolve(image_id).parent if self.store.exists(image_id) else ""
         return False
 
-    def _source_cache(self, stage: _Stage, created_by: str) -> Optional[Image]:
+    def _source_cache(self, stage: _Stage, created_by: str) -> Image | None:
         """dockerd's ``ImageCache.GetCache`` over the ``--cache-from`` images: a source whose history and layers
         start with the parent's and whose next history entry was made by this step gives the cached image."""
         parent = stage.image
@@ -431,7 +472,7 @@ class Builder:
             return self._restore(parent, source, history + [step], diff_ids, stage.config)
         return None
 
-    def _restore(self, parent: Optional[Image], source: Image, history: List[dict], diff_ids: List[str],
+    def _restore(self, parent: Image | None, source: Image, history: list[dict], diff_ids: list[str],
                  config: dict) -> Image:
         """An intermediate image of ``source``: the parent plus the source's next step (and its layer)."""
         step = history[-1]
@@ -455,7 +496,7 @@ class Builder:
             cache[key] = image.id
             self.store._write_atomic(path, json.dumps(cache).encode())
 
-    def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
+    def _commit(self, stage: _Stage, upper: str | None, created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
     def _from_cache(self, stage: _Stage, key: str, created_by: str) -> Generator[dict, None, bool]:
@@ -467,7 +508,7 @@ class Builder:
         stage.image = cached
         return True
 
-    def _cached_or_commit(self, stage: _Stage, upper: Optional[Callable[[], Optional[str]]], created_by: str,
+    def _cached_or_commit(self, stage: _Stage, upper: Callable[[], str | None] | None, created_by: str,
                           author: str = "") -> Iterator[dict]:
         """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
         (None: config only) and commit a new one."""
@@ -477,14 +518,17 @@ class Builder:
         stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
 
-    def _workdir_layer(self, stage: _Stage, work: str) -> Optional[str]:
+    def _workdir_layer(self, stage: _Stage, work: str) -> str | None:
         """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
         path = stage.config.get("WorkingDir") or "/"
         view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        if path == "/" or view.lstat(view.resolve(path)) is not None:
+        inside = view.resolve(path)  # through the image's links, inside the image
+        if path == "/" or view.lstat(inside) is not None:
             return None
         staging = os.path.join(work, "upper")
-        self._make_parents(view, staging, path.strip("/") + "/")
+        os.makedirs(staging, exist_ok=True)
+        with safepath.Root(staging, follow_links=False) as layer:
+            self._make_parents(view, layer, inside + "/")
         return staging
 
     # --- RUN ---------------------------------------------------------------------------------------------------
@@ -492,7 +536,7 @@ class Builder:
     def _run(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
         argv = dockerfile.command_args(ins, stage.config)
         used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
-        prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
+        prefix = "|%d %s " % (len(used_args), " ".join("{}={}".format(*kv) for kv in used_args)) if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
         if (yield from self._from_cache(stage, key, created_by)):
@@ -502,10 +546,10 @@ class Builder:
         if stage.image is None:
             raise InvalidParameter("RUN is not possible on a scratch image without files")
         config = dict(stage.config)
-        config["Env"] = list(config.get("Env") or []) + ["%s=%s" % kv for kv in used_args]
+        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args]
         step = self.runner.run_build_step(stage.image.id, argv, config)
         try:
-            yield _stream(" ---> Running in %s\n" % str(step.id)[:12])
+            yield _stream(f" ---> Running in {str(step.id)[:12]}\n")
             for chunk in step.output():
                 if not self.quiet:
                     yield _stream(chunk.decode("utf-8", "replace"))
@@ -516,7 +560,7 @@ class Builder:
             self._cache_record(key, stage.image)
         finally:
             step.remove()
-        yield _stream("Removing intermediate container %s\n" % str(step.id)[:12])
+        yield _stream(f"Removing intermediate container {str(step.id)[:12]}\n")
 
     # --- COPY / ADD ----------------------------------------------------------------------------------------------
 
@@ -529,10 +573,9 @@ class Builder:
         env = self._env(stage)
         args = list(ins.args) if ins.json_form else dockerfile.words(ins.args[0], env)
         if len(args) < 2:
-            raise InvalidParameter("%s requires at least two arguments, but only one was provided. Destination "
-                                   "could not be determined." % ins.cmd)
+            raise InvalidParameter(f"{ins.cmd} requires at least two arguments, but only one was provided. Destination "
+                                   "could not be determined.")
         sources, dest = args[:-1], args[-1]
-        source_view: Optional[ImageView] = None
         if "from" in ins.flags:
             other = self._stage_by_name(dockerfile.expand(ins.flags["from"], env))
             if other is not None:
@@ -540,101 +583,107 @@ class Builder:
             else:
                 image = yield from self._base_image(dockerfile.expand(ins.flags["from"], env))
             source_view = ImageView(image.layer_dirs() if image else [])
+        else:
+            source_view = ImageView([self.context])
+        in_context = "from" not in ins.flags
         owner = self._owner(stage, ins.flags.get("chown"))
         mode = int(ins.flags["chmod"], 8) if "chmod" in ins.flags else None
         workdir = stage.config.get("WorkingDir") or "/"
         dest_path = posixpath.normpath(posixpath.join(workdir, dest))
         dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
         parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        existing = parent_view.lstat(parent_view.resolve(dest_path))
-        if existing is not None and stat.S_ISDIR(existing[1].st_mode):
+        # The destination's links are followed inside the image (``/app -> /srv`` puts files in /srv, as Docker)
+        inside = parent_view.resolve(dest_path)
+        existing = parent_view.lstat(inside)
+        if existing is not None and stat.S_ISDIR(existing.st.st_mode):
             dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
-        plan: List[Tuple[str, str, str]] = []  # (kind, real source path, target path inside the layer)
+        plan: list[tuple[str, Found, str]] = []  # (kind, source entry, target path inside the layer)
         for src in sources:
             if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
-                raise NotFound("ADD from a URL is not supported by this builder: %s" % src)
-            matches = self._glob(src, source_view)
+                raise NotFound(f"ADD from a URL is not supported by this builder: {src}")
+            matches = self._glob(src, source_view, in_context)
             if not matches:
                 raise NotFound("COPY failed: file not found in build context or excluded by .dockerignore: "
-                               "stat %s: file does not exist" % src)
+                               f"stat {src}: file does not exist")
             if len(matches) > 1:
                 dest_is_dir = True
-            for real, rel in matches:
-                target = dest_path.strip("/")
-                if os.path.isdir(real) and not os.path.islink(real):
-                    plan.extend(_plan_tree(real, target, source_view, rel))
-                elif ins.cmd == "ADD" and source_view is None and _is_tar(real):
-                    plan.append(("tar", real, target))
+            for found, rel in matches:
+                target = inside
+                if stat.S_ISDIR(found.st.st_mode):
+                    plan.extend(_plan_tree(source_view, found, target))
+                elif ins.cmd == "ADD" and in_context and _is_tar(found):
+                    plan.append(("tar", found, target))
                 else:
                     if dest_is_dir:
                         target = posixpath.join(target, posixpath.basename(rel))
-                    plan.append(("file", real, target))
+                    plan.append(("file", found, target))
         digest = _plan_digest(plan, owner, mode)
-        created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
+        created_by = "{}{} {}:{} in {} ".format(NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
                                             dest_path)
         staging = os.path.join(work, "upper")
 
         def materialize() -> str:
-            self._make_parents(parent_view, staging, dest_path.strip("/") + ("/" if dest_is_dir else ""))
-            for kind, real, target in plan:
-                path = os.path.join(staging, target)
-                if kind == "tar":
-                    with open(real, "rb") as f:
-                        archive.extract_tree(f, path)
-                elif kind == "dir":
-                    _copy_dir(real, path, owner)
-                else:
-                    _copy_file(real, path, owner, mode)
+            """Writes go through a Root that refuses links: an entry copied earlier (a symlink ``x``) is replaced
+            by a later directory ``x``, as tar extraction does, never written through."""
+            os.makedirs(staging, exist_ok=True)
+            with safepath.Root(staging, follow_links=False) as layer:
+                self._make_parents(parent_view, layer, inside + ("/" if dest_is_dir else ""))
+                for kind, found, target in plan:
+                    if kind == "tar":
+                        folder = layer.makedirs(target, replace=True)
+                        try:
+                            with found.open() as f:
+                                archive.extract_tree(f, "/proc/self/fd/%d" % folder)
+                        finally:
+                            os.close(folder)
+                    elif kind == "dir":
+                        _copy_dir(found, layer, target, owner)
+                    else:
+                        _copy_file(found, layer, target, owner, mode)
             return staging
 
         yield from self._cached_or_commit(stage, materialize, created_by)
 
-    def _glob(self, src: str, view: Optional[ImageView]) -> List[Tuple[str, str]]:
-        """(real path, relative path) pairs for a source; refuses anything outside the context or stage."""
+    @staticmethod
+    def _glob(src: str, view: ImageView, in_context: bool) -> list[tuple[Found, str]]:
+        """(entry, path as named) pairs for a source, its links followed inside the view (the context or stage)."""
+        if in_context and (posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == ".."):
+            raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
         clean = posixpath.normpath("/" + src).lstrip("/")
-        if view is None:
-            if posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == "..":
-                raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
-            root = os.path.realpath(self.context)
-            pattern = clean or "."
-            if any(c in pattern for c in "*?["):
-                candidates = sorted(_walk_rel(self.context))
-                rels = [r for r in candidates if fnmatch.fnmatchcase(r, pattern) and r.count("/") == pattern.count("/")]
-            else:
-                rels = [pattern] if os.path.lexists(os.path.join(self.context, pattern)) else []
-            out = []
-            for rel in rels:
-                real = os.path.realpath(os.path.join(self.context, rel))
-                if real != root and not real.startswith(root + "/"):
-                    raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
-                out.append((real, rel))
-            return out
-        resolved = view.resolve(clean)
-        found = view.lstat(resolved)
-        return [(found[0], resolved)] if found else []
+        if any(c in clean for c in "*?["):
+            rels = [r for r in view.walk() if fnmatch.fnmatchcase(r, clean) and r.count("/") == clean.count("/")]
+        else:
+            rels = [clean]
+        out = []
+        for rel in rels:
+            found = view.lstat(view.resolve(rel))
+            if found is not None:
+                out.append((found, rel))
+        return out
 
     @staticmethod
-    def _make_parents(view: ImageView, staging: str, rel: str) -> None:
+    def _make_parents(view: ImageView, layer: safepath.Root, rel: str) -> None:
         """Create the destination's parent dirs with the mode/owner they have in the image (not 0755 root)."""
-        os.makedirs(staging, exist_ok=True)
-        parts = [p for p in rel.split("/") if p]
+        parts = safepath.split(rel)
         if not rel.endswith("/"):
             parts = parts[:-1]
-        path = staging
-        for n, part in enumerate(parts):
-            path = os.path.join(path, part)
-            if os.path.isdir(path):
-                continue
-            os.mkdir(path)
-            found = view.lstat("/".join(parts[:n + 1]))
-            if found is not None and stat.S_ISDIR(found[1].st_mode):
-                os.chmod(path, stat.S_IMODE(found[1].st_mode))
-                os.lchown(path, found[1].st_uid, found[1].st_gid)
-                os.utime(path, ns=(found[1].st_atime_ns, found[1].st_mtime_ns))
-            else:
-                os.chmod(path, 0o755)
+        for n in range(1, len(parts) + 1):
+            path = "/".join(parts[:n])
+            try:
+                if stat.S_ISDIR(layer.lstat(path).st_mode):
+                    continue
+            except FileNotFoundError:
+                pass
+            os.close(layer.makedirs(path, 0o755, replace=True))
+            found = view.lstat(path)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                parent, name = layer.open_parent(path)
+                try:
+                    safepath.set_attrs(parent, name, found.st)
+                finally:
+                    os.close(parent)
 
-    def _owner(self, stage: _Stage, spec: Optional[str]) -> Tuple[int, int]:
+    def _owner(self, stage: _Stage, spec: str | None) -> tuple[int, int]:
         """``--chown=user[:group]`` with numeric IDs or names from the image's /etc/passwd and /etc/group."""
         if not spec:
             return 0, 0
@@ -645,20 +694,20 @@ class Builder:
         return uid, gid
 
     @staticmethod
-    def _lookup_id(view: ImageView, table: str, name: str) -> Tuple[int, int]:
+    def _lookup_id(view: ImageView, table: str, name: str) -> tuple[int, int]:
         if name.isdigit():
             return int(name), int(name)
         found = view.lstat(view.resolve(table))
-        if found is not None:
-            with open(found[0], encoding="utf-8", errors="replace") as f:
+        if found is not None and stat.S_ISREG(found.st.st_mode):
+            with io.TextIOWrapper(found.open(), encoding="utf-8", errors="replace") as f:
                 for line in f:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
                         return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
-        raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
+        raise InvalidParameter("unable to find user {}: no matching entries in {} file".format(name, table.split("/")[1]))
 
 
-def _continues(source: Image, source_history: List[dict], history: List[dict], diff_ids: List[str]) -> bool:
+def _continues(source: Image, source_history: list[dict], history: list[dict], diff_ids: list[str]) -> bool:
     """dockerd's ``isValidParent``: the source's history and layers begin with the parent's, and go further."""
     if not source_history:
         return False
@@ -669,78 +718,70 @@ def _continues(source: Image, source_history: List[dict], history: List[dict], d
     return source_history[:len(history)] == history and source.diff_ids[:len(diff_ids)] == diff_ids
 
 
-def _plan_tree(src: str, target: str, view: Optional[ImageView], rel: str) -> Iterator[Tuple[str, str, str]]:
+def _plan_tree(view: ImageView, found: Found, target: str) -> Iterator[tuple[str, Found, str]]:
     """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
-    yield "dir", src, target
-    names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
-    for name in names:
-        child_rel = posixpath.join(rel, name)
-        if view is not None:
-            found = view.lstat(child_rel)
-            if found is None:
-                continue
-            child = found[0]
-        else:
-            child = os.path.join(src, name)
-        if os.path.isdir(child) and not os.path.islink(child):
-            yield from _plan_tree(child, posixpath.join(target, name), view, child_rel)
+    yield "dir", found, target
+    for name in view.listdir(found.rel):
+        child = view.lstat(posixpath.join(found.rel, name))
+        if child is None:
+            continue
+        if stat.S_ISDIR(child.st.st_mode):
+            yield from _plan_tree(view, child, posixpath.join(target, name))
         else:
             yield "file", child, posixpath.join(target, name)
 
 
-def _plan_digest(plan: List[Tuple[str, str, str]], owner: Tuple[int, int], mode: Optional[int]) -> str:
+def _plan_digest(plan: list[tuple[str, Found, str]], owner: tuple[int, int], mode: int | None) -> str:
     """Content digest of a COPY/ADD: targets, modes, link targets and bytes (not times), as the cache key."""
     digest = hashlib.sha256(json.dumps([owner, mode]).encode())
-    for kind, real, target in plan:
-        st = os.lstat(real)
-        digest.update(("%s\0%s\0%o\0" % (kind, target, stat.S_IMODE(st.st_mode))).encode())
+    for kind, found, target in plan:
+        st = found.st
+        digest.update((f"{kind}\0{target}\0{stat.S_IMODE(st.st_mode):o}\0").encode())
         if stat.S_ISLNK(st.st_mode):
-            digest.update(os.readlink(real).encode())
+            digest.update(found.layer.readlink(found.rel).encode())
         elif stat.S_ISREG(st.st_mode):
-            with open(real, "rb") as f:
+            with found.open() as f:
                 for chunk in iter(lambda: f.read(archive.COPY_CHUNK), b""):
                     digest.update(chunk)
     return digest.hexdigest()
 
 
-def _copy_dir(src: str, dst: str, owner: Tuple[int, int]) -> None:
-    if not os.path.isdir(dst):
-        os.makedirs(dst, exist_ok=True)
-        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
-        os.lchown(dst, *owner)
-
-
-def _copy_file(src: str, dst: str, owner: Tuple[int, int], mode: Optional[int]) -> None:
-    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
-    st = os.lstat(src)
-    if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        return  # fifos, sockets and devices are not copied
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.lexists(dst):
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        else:
-            os.unlink(dst)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(src), dst)
-    else:
-        shutil.copyfile(src, dst)
-        os.chmod(dst, mode if mode is not None else stat.S_IMODE(st.st_mode))
-    os.lchown(dst, *owner)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _walk_rel(root: str) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for name in dirnames + filenames:
-            yield name if rel == "." else posixpath.join(rel, name)
-
-
-def _is_tar(path: str) -> bool:
-    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+def _copy_dir(src: Found, layer: safepath.Root, target: str, owner: tuple[int, int]) -> None:
+    """A source directory's own mode and the --chown owner, given only to a directory this step creates."""
     try:
-        with open(path, "rb") as f:
+        if stat.S_ISDIR(layer.lstat(target).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    folder = layer.makedirs(target, replace=True)
+    try:
+        os.fchmod(folder, stat.S_IMODE(src.st.st_mode))
+        os.fchown(folder, *owner)
+    finally:
+        os.close(folder)
+
+
+def _copy_file(src: Found, layer: safepath.Root, target: str, owner: tuple[int, int], mode: int | None) -> None:
+    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
+    if not (stat.S_ISLNK(src.st.st_mode) or stat.S_ISREG(src.st.st_mode)):
+        return  # fifos, sockets and devices are not copied
+    folder = layer.makedirs(posixpath.dirname(target), replace=True)
+    source, source_name = src.layer.open_parent(src.rel)
+    name = posixpath.basename(target)
+    try:
+        st = safepath.copy_file_at(source, source_name, folder, name)
+        safepath.set_attrs(folder, name, st, *owner, mode=mode)
+    finally:
+        os.close(source)
+        os.close(folder)
+
+
+def _is_tar(found: Found) -> bool:
+    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+    if not stat.S_ISREG(found.st.st_mode):
+        return False
+    try:
+        with found.open() as f:
             head = f.read(512)
     except OSError:
         return False
@@ -755,12 +796,12 @@ class EngineStepRunner:
     ``host_config`` is what the build request says about RUN containers, as dockerd's ``hostConfigFromOptions``:
     NetworkMode, ExtraHosts, ShmSize, Ulimits."""
 
-    def __init__(self, engine: Any, host_config: Optional[dict] = None) -> None:
+    def __init__(self, engine: Any, host_config: dict | None = None) -> None:
         self.engine = engine
         self.host_config = dict(host_config or {})
         self.host_config["NetworkMode"] = self.host_config.get("NetworkMode") or "default"
 
-    def run_build_step(self, image_id: str, argv: List[str], config: dict) -> "_EngineStep":
+    def run_build_step(self, image_id: str, argv: list[str], config: dict) -> _EngineStep:
         body = {"Image": image_id, "Entrypoint": argv, "Cmd": None, "Env": config.get("Env") or [],
                 "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
                 "AttachStdout": True, "AttachStderr": True, "HostConfig": dict(self.host_config)}
@@ -788,18 +829,18 @@ class _EngineStep:
         self.engine.remove(self.id, force=True, volumes=True)
 
 
-def _query_value(query: Dict[str, List[str]], name: str, default: str = "") -> str:
+def _query_value(query: dict[str, list[str]], name: str, default: str = "") -> str:
     """The first value, as Go's ``Request.FormValue`` (docker-py sends ``dockerfile`` twice for a Dockerfile from
     outside the context: its generated name, then its text)."""
     values = query.get(name) or []
     return values[0] if values else default
 
 
-def _query_bool(query: Dict[str, List[str]], name: str) -> bool:
+def _query_bool(query: dict[str, list[str]], name: str) -> bool:
     return _query_value(query, name).strip().lower() not in ("", "0", "no", "false", "none")
 
 
-def _query_json(query: Dict[str, List[str]], name: str, kind: type = dict, what: str = "") -> Any:
+def _query_json(query: dict[str, list[str]], name: str, kind: type = dict, what: str = "") -> Any:
     """A JSON query value (``buildargs``, ``cachefrom``...); a bad one is refused as dockerd refuses it."""
     text = _query_value(query, name)
     if not text:
@@ -807,23 +848,23 @@ def _query_json(query: Dict[str, List[str]], name: str, kind: type = dict, what:
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep, still the client's error
-        raise InvalidParameter("%s%s" % (what, exc)) from None
+        raise InvalidParameter(f"{what}{exc}") from None
     if not isinstance(value, kind):
-        raise InvalidParameter("%sjson: cannot unmarshal %s into Go value" % (what, type(value).__name__))
+        raise InvalidParameter(f"{what}json: cannot unmarshal {type(value).__name__} into Go value")
     return value
 
 
-def _query_int(query: Dict[str, List[str]], name: str) -> int:
+def _query_int(query: dict[str, list[str]], name: str) -> int:
     value = _query_value(query, name)
     if not value:
         return 0
     try:
         return int(value)
     except ValueError:
-        raise InvalidParameter('strconv.ParseInt: parsing "%s": invalid syntax' % value) from None
+        raise InvalidParameter(f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
 
 
-def run_host_config(query: Dict[str, List[str]]) -> dict:
+def run_host_config(query: dict[str, list[str]]) -> dict:
     """The RUN containers' HostConfig from ``networkmode``, ``extrahosts``, ``shmsize`` and ``ulimits``."""
     host: dict = {"NetworkMode": _query_value(query, "networkmode") or "default"}
     if query.get("extrahosts"):
@@ -837,8 +878,8 @@ def run_host_config(query: Dict[str, List[str]]) -> dict:
     return host
 
 
-def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-                  pull: Optional[PullFn]) -> Iterator[dict]:
+def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: dict[str, list[str]],
+                  pull: PullFn | None) -> Iterator[dict]:
     """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, cachefrom, networkmode,
     extrahosts, shmsize, ulimits, remote); RUN steps go to ``engine``, missing base images come from ``pull``.
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from runtime import timefmt
 from runtime.errors import InvalidParameter
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER", "VOLUME",
-                   "WORKDIR")
-KNOWN = ("FROM", "RUN", "COPY", "ADD", "ARG", "SHELL", "HEALTHCHECK", "MAINTAINER") + CHANGE_COMMANDS
+CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
+                   "VOLUME", "WORKDIR")  # dockerd's validCommitCommands
+KNOWN = ("FROM", "RUN", "COPY", "ADD", "ARG", "SHELL", "MAINTAINER") + CHANGE_COMMANDS
 JSON_FORMS = ("RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "VOLUME")
 FLAG_COMMANDS = ("FROM", "RUN", "COPY", "ADD", "HEALTHCHECK")
 _FLAG_RE = re.compile(r"^--([a-z-]+)(?:=(\S*))?(?:\s+|$)")
@@ -31,19 +31,19 @@ class Instruction:
 
     cmd: str
     raw: str
-    args: List[str]
+    args: list[str]
     json_form: bool = False
-    flags: Dict[str, str] = field(default_factory=dict)
+    flags: dict[str, str] = field(default_factory=dict)
     lineno: int = 0
 
     @property
     def original(self) -> str:
         """The text shown in ``Step N/M : ...``."""
-        return "%s %s" % (self.cmd, self.raw) if self.raw else self.cmd
+        return f"{self.cmd} {self.raw}" if self.raw else self.cmd
 
 
-def _split_flags(cmd: str, text: str) -> Tuple[Dict[str, str], str]:
-    flags: Dict[str, str] = {}
+def _split_flags(cmd: str, text: str) -> tuple[dict[str, str], str]:
+    flags: dict[str, str] = {}
     if cmd not in FLAG_COMMANDS:
         return flags, text
     while True:
@@ -58,10 +58,10 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     """One logical line (continuations already joined) -> Instruction."""
     m = re.match(r"\s*(\S+)\s*(.*)$", line, re.S)
     if not m:
-        raise InvalidParameter("dockerfile parse error line %d: empty instruction" % lineno)
+        raise InvalidParameter(f"dockerfile parse error line {lineno}: empty instruction")
     cmd = m.group(1).upper()
     if cmd not in KNOWN:
-        raise InvalidParameter("dockerfile parse error line %d: unknown instruction: %s" % (lineno, m.group(1)))
+        raise InvalidParameter(f"dockerfile parse error line {lineno}: unknown instruction: {m.group(1)}")
     rest = m.group(2).strip()
     flags, body = _split_flags(cmd, rest)
     if cmd in JSON_FORMS and body.startswith("["):
@@ -74,23 +74,24 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     return Instruction(cmd, rest, [body], False, flags, lineno)
 
 
-def parse(text: str) -> List[Instruction]:
-    """A Dockerfile -> instructions; honours the ``# escape=`` directive, comments and line continuations."""
+def logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each instruction: the ``# escape=`` directive, comments and line continuations
+    handled, as the Dockerfile parser (and dockerd's ``--change`` parser) reads them."""
     escape = "\\"
     lines = text.splitlines()
     start = 0
-    for start, line in enumerate(lines):
+    for start, line in enumerate(lines):  # noqa: B007 - after the loop: where the directives end
         m = _DIRECTIVE_RE.match(line.strip())
         if not m:
             break
         if m.group(1).lower() == "escape":
             if m.group(2) not in ("\\", "`"):
-                raise InvalidParameter("invalid escape token %r does not match ` or \\" % m.group(2))
+                raise InvalidParameter(f"invalid escape token {m.group(2)!r} does not match ` or \\")
             escape = m.group(2)
     else:
         start = len(lines)
-    out: List[Instruction] = []
-    buf: List[str] = []
+    out: list[tuple[int, str]] = []
+    buf: list[str] = []
     first = 0
     for n, line in enumerate(lines[start:], start + 1):
         stripped = line.strip()
@@ -102,10 +103,16 @@ def parse(text: str) -> List[Instruction]:
             buf.append(line.rstrip()[:-1])
             continue
         buf.append(line)
-        out.append(parse_line("".join(buf), first))
+        out.append((first, "".join(buf)))
         buf = []
     if buf and "".join(buf).strip():
-        out.append(parse_line("".join(buf), first))
+        out.append((first, "".join(buf)))
+    return out
+
+
+def parse(text: str) -> list[Instruction]:
+    """A Dockerfile -> instructions; honours the ``# escape=`` directive, comments and line continuations."""
+    out = [parse_line(line, n) for n, line in logical_lines(text)]
     if not out:
         raise InvalidParameter("the Dockerfile cannot be empty")
     return out
@@ -113,12 +120,12 @@ def parse(text: str) -> List[Instruction]:
 
 # --- word processing ($VAR, quotes) ----------------------------------------------------------------------------
 
-def _variable(text: str, i: int, env: Dict[str, str]) -> Tuple[str, int]:
+def _variable(text: str, i: int, env: dict[str, str]) -> tuple[str, int]:
     """Expand the ``$...`` at ``text[i]``; return (value, index after it)."""
     if i + 1 < len(text) and text[i + 1] == "{":
         end = text.find("}", i + 2)
         if end < 0:
-            raise InvalidParameter("missing '}' in %r" % text)
+            raise InvalidParameter(f"missing '}}' in {text!r}")
         inner = text[i + 2:end]
         for op in (":-", ":+"):
             if op in inner:
@@ -134,10 +141,10 @@ def _variable(text: str, i: int, env: Dict[str, str]) -> Tuple[str, int]:
     return env.get(m.group(0), ""), i + 1 + m.end()
 
 
-def words(text: str, env: Dict[str, str]) -> List[str]:
+def words(text: str, env: dict[str, str]) -> list[str]:
     """Shell-like words with quotes removed and variables expanded (not inside single quotes)."""
-    out: List[str] = []
-    cur: List[str] = []
+    out: list[str] = []
+    cur: list[str] = []
     in_word = False
     i = 0
     while i < len(text):
@@ -184,36 +191,36 @@ def words(text: str, env: Dict[str, str]) -> List[str]:
     return out
 
 
-def expand(text: str, env: Dict[str, str]) -> str:
+def expand(text: str, env: dict[str, str]) -> str:
     """Variables expanded and quotes removed, words joined by one space."""
     return " ".join(words(text, env))
 
 
-def key_values(ins: Instruction, env: Dict[str, str]) -> List[Tuple[str, str]]:
+def key_values(ins: Instruction, env: dict[str, str]) -> list[tuple[str, str]]:
     """ENV/LABEL/ARG pairs: ``k=v k2="v 2"``, or the legacy ``ENV key the value``."""
     text = ins.args[0]
     parts = words(text, env)
     if not parts:
-        raise InvalidParameter("%s requires at least one argument" % ins.cmd)
+        raise InvalidParameter(f"{ins.cmd} requires at least one argument")
     if "=" not in parts[0]:
         if ins.cmd == "ENV" or ins.cmd == "LABEL":
             if len(parts) < 2:
-                raise InvalidParameter("%s must have two arguments" % ins.cmd)
+                raise InvalidParameter(f"{ins.cmd} must have two arguments")
             return [(parts[0], " ".join(parts[1:]))]
         return [(p, "") for p in parts]
     pairs = []
     for p in parts:
         key, eq, value = p.partition("=")
         if not eq or not key:
-            raise InvalidParameter("%s names can not be blank; syntax is key=value: %r" % (ins.cmd, p))
+            raise InvalidParameter(f"{ins.cmd} names can not be blank; syntax is key=value: {p!r}")
         pairs.append((key, value))
     return pairs
 
 
 # --- config-only instructions -----------------------------------------------------------------------------------
 
-def env_dict(config: dict) -> Dict[str, str]:
-    out: Dict[str, str] = {}
+def env_dict(config: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
     for item in config.get("Env") or []:
         key, _, value = item.partition("=")
         out[key] = value
@@ -222,11 +229,11 @@ def env_dict(config: dict) -> Dict[str, str]:
 
 def _set_env(config: dict, key: str, value: str) -> None:
     env = [e for e in config.get("Env") or [] if e.partition("=")[0] != key]
-    env.append("%s=%s" % (key, value))
+    env.append(f"{key}={value}")
     config["Env"] = env
 
 
-def command_args(ins: Instruction, config: dict) -> List[str]:
+def command_args(ins: Instruction, config: dict) -> list[str]:
     """JSON form as is; shell form run through the image's SHELL."""
     if ins.json_form:
         return list(ins.args)
@@ -240,7 +247,7 @@ def duration_ns(text: str) -> int:
     except ValueError:
         seconds = -1.0
     if seconds < 0:
-        raise InvalidParameter("time: invalid duration %r" % text)
+        raise InvalidParameter(f"time: invalid duration {text!r}")
     return int(round(seconds * 1e9))
 
 
@@ -262,7 +269,7 @@ def _healthcheck(ins: Instruction) -> dict:
     return check
 
 
-def apply_config(config: dict, ins: Instruction, env: Dict[str, str]) -> bool:
+def apply_config(config: dict, ins: Instruction, env: dict[str, str]) -> bool:
     """Apply a config-only instruction to a container config dict; False if ``ins`` is not one."""
     cmd = ins.cmd
     if cmd == "CMD":
@@ -308,20 +315,25 @@ def apply_config(config: dict, ins: Instruction, env: Dict[str, str]) -> bool:
 
 
 def apply_changes(config: dict, changes: Sequence[str]) -> dict:
-    """``--change`` lines (``CMD ["sh"]``, ``ENV A=b``) applied to a copy of a container config."""
+    """``--change`` lines (``CMD ["sh"]``, ``ENV A=b``) applied to a copy of a container config, as dockerd's
+    ``BuildFromConfig``: the changes read as one Dockerfile (a value may hold several lines), only the commit
+    instructions allowed, and ENTRYPOINT clearing Cmd unless a CMD change came before it."""
     out = dict(config)
     env = env_dict(out)
-    for n, line in enumerate(changes, 1):
-        if not line.strip():
-            continue
+    cmd_set = False
+    for n, line in logical_lines("\n".join(changes)):
+        word = line.split(None, 1)[0]
+        if word.upper() not in CHANGE_COMMANDS:
+            raise InvalidParameter(f"{word.lower()} is not a valid change command")
         ins = parse_line(line, n)
-        if ins.cmd not in CHANGE_COMMANDS:
-            raise InvalidParameter("%s is not a valid change command" % ins.cmd.lower())
+        cmd_set = cmd_set or ins.cmd == "CMD"
+        if ins.cmd == "ENTRYPOINT" and not cmd_set:
+            out["Cmd"] = None
         apply_config(out, ins, env)
     return out
 
 
-def stage_name(ins: Instruction, env: Dict[str, str]) -> Tuple[str, Optional[str]]:
+def stage_name(ins: Instruction, env: dict[str, str]) -> tuple[str, str | None]:
     """``FROM image [AS name]`` -> (image, name)."""
     parts = words(ins.args[0], env)
     if len(parts) == 3 and parts[1].lower() == "as":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from runtime.errors import InvalidParameter
 
@@ -41,8 +40,8 @@ class Reference:
 
     domain: str
     path: str
-    tag: Optional[str] = None
-    digest: Optional[str] = None
+    tag: str | None = None
+    digest: str | None = None
 
     @property
     def name(self) -> str:
@@ -73,13 +72,13 @@ class Reference:
             out += "@" + self.digest
         return out
 
-    def with_tag(self, tag: str) -> "Reference":
+    def with_tag(self, tag: str) -> Reference:
         """The same repository with ``tag`` and no digest."""
         if not TAG_RE.fullmatch(tag):
             raise InvalidParameter("invalid tag format")
         return Reference(self.domain, self.path, tag, None)
 
-    def with_default_tag(self) -> "Reference":
+    def with_default_tag(self) -> Reference:
         """Docker's TagNameOnly: add ``latest`` when neither tag nor digest was given."""
         if self.tag is None and self.digest is None:
             return Reference(self.domain, self.path, DEFAULT_TAG, None)
@@ -91,7 +90,7 @@ class Reference:
         return "registry-1.docker.io" if self.domain == DEFAULT_DOMAIN else self.domain
 
 
-def _split_domain(name: str) -> "tuple[str, str]":
+def _split_domain(name: str) -> tuple[str, str]:
     """Docker's splitDockerDomain: the first component is a domain only if it looks like one."""
     i = name.find("/")
     first = name[:i] if i >= 0 else ""
@@ -112,7 +111,7 @@ def parse(text: str, *, default_tag: bool = True) -> Reference:
         raise InvalidParameter("invalid reference format")
     if ID_RE.fullmatch(text):
         raise InvalidParameter(
-            "invalid repository name (%s), cannot specify 64-byte hexadecimal strings" % text)
+            f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
@@ -128,7 +127,7 @@ def parse(text: str, *, default_tag: bool = True) -> Reference:
     domain, path = _split_domain(rest)
     if path.lower() != path:
         raise InvalidParameter(
-            "invalid reference format: repository name (%s) must be lowercase" % path)
+            f"invalid reference format: repository name ({path}) must be lowercase")
     if not DOMAIN_RE.fullmatch(domain) or not PATH_RE.fullmatch(path):
         raise InvalidParameter("invalid reference format")
     if len(domain) + 1 + len(path) > NAME_MAX:
@@ -147,7 +146,7 @@ def familiar(text: str) -> str:
     return parse(text).familiar()
 
 
-def join_repo_tag(repo: str, tag: Optional[str]) -> Reference:
+def join_repo_tag(repo: str, tag: str | None) -> Reference:
     """The ``repo`` + ``tag`` pair of the tag/push/pull endpoints (``tag`` may also be a digest)."""
     ref = parse(repo, default_tag=False)
     if not tag:

@@ -11,7 +11,6 @@ import ctypes
 import errno
 import platform
 import struct
-from typing import List, Tuple
 
 from runtime.linux import syscalls as sc
 
@@ -35,11 +34,11 @@ DENIED = {"add_key": 248, "request_key": 249, "keyctl": 250, "kexec_load": 246, 
 CLONE, UNSHARE, CLONE3 = 56, 272, 435
 
 
-def _op(code: int, k: int, jt: int = 0, jf: int = 0) -> Tuple[int, int, int, int]:
+def _op(code: int, k: int, jt: int = 0, jf: int = 0) -> tuple[int, int, int, int]:
     return code, jt, jf, k
 
 
-def program() -> List[Tuple[int, int, int, int]]:
+def program() -> list[tuple[int, int, int, int]]:
     """The filter: wrong architecture is killed, denied calls get EPERM, clone/unshare with CLONE_NEWUSER get
     EPERM, clone3 gets ENOSYS, the rest is allowed."""
     eperm = RET_ERRNO | errno.EPERM

@@ -12,7 +12,6 @@ import os
 import platform
 import socket
 import struct
-from typing import Optional
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -34,6 +33,8 @@ MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_SYNCHRONOUS, MS_NOATIME, MS_NODIRATIME, MS_STRICTATIME = 16, 1024, 2048, 1 << 24
 MS_STRICTATIME = 1 << 24
 
 MNT_DETACH = 2
@@ -63,27 +64,27 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 def _check(result: int, what: str) -> int:
     if result < 0:
         err = ctypes.get_errno()
-        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+        raise OSError(err, f"{what}: {os.strerror(err)}")
     return result
 
 
-def _b(value: Optional[str]) -> Optional[bytes]:
+def _b(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 
-def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int = 0, data: Optional[str] = None) -> None:
-    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), "mount %s on %s" % (fstype or source, target))
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {fstype or source} on {target}")
 
 
 def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), flags), "umount %s" % target)
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     number = _PIVOT_ROOT_NR.get(platform.machine())
     if number is None:
-        raise OSError(38, "pivot_root: unsupported architecture %s" % platform.machine())
-    _check(_libc.syscall(number, _b(new_root), _b(put_old)), "pivot_root %s" % new_root)
+        raise OSError(38, f"pivot_root: unsupported architecture {platform.machine()}")
+    _check(_libc.syscall(number, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
 
 
 def unshare(flags: int) -> None:
@@ -100,13 +101,31 @@ def sethostname(name: str) -> None:
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl %d" % option)
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl {option}")
 
 
 def set_process_name(name: str) -> None:
     """Names the process in ps/top (the comm field), so a shim or init is recognisable."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)
+
+
+def set_process_title(title: str, name: str) -> None:
+    """Gives a forked helper its own identity in ``ps``: ``name`` as comm (``ps -e``, ``top``) and ``title`` as
+    the command line (``ps -ef``, ``ps aux``), by overwriting the argv area the kernel reads /proc/PID/cmdline from,
+    as setproctitle does. The title is cut to the space the original command line had."""
+    set_process_name(name)
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end (fields 48 and 49 of stat(5))
+    except (OSError, IndexError, ValueError):
+        return
+    size = end - start
+    if size < 2:
+        return
+    raw = title.encode()[:size - 1]
+    ctypes.memmove(start, raw + b"\0" * (size - len(raw)), size)
 
 
 def set_controlling_tty(fd: int) -> None:
@@ -171,7 +190,7 @@ def limit_capabilities(keep: set) -> None:
     top = last_cap()
     for cap in range(top + 1):
         if cap not in keep:
-            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability %d" % cap)
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
     mask = sum(1 << cap for cap in keep if cap <= top)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()

@@ -8,22 +8,22 @@ without an embedded DNS server. The file is bind-mounted into the container, so 
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Set, Tuple
+from collections.abc import Iterable
 
 log = logging.getLogger("runtime.network")
 
 MARKER = "# --- container networks (managed by the runtime) ---"
 
 
-def render_block(entries: Iterable[Tuple[str, Iterable[str]]]) -> str:
+def render_block(entries: Iterable[tuple[str, Iterable[str]]]) -> str:
     """``entries`` are (address, names); a name repeated for the same address is left out. No entries, no block."""
     lines = [MARKER]
-    seen: Set[Tuple[str, str]] = set()
+    seen: set[tuple[str, str]] = set()
     for address, names in entries:
         fresh = [name for name in dict.fromkeys(names) if name and (address, name) not in seen]
         seen.update((address, name) for name in fresh)
         if fresh:
-            lines.append("%s\t%s" % (address, " ".join(fresh)))
+            lines.append("{}\t{}".format(address, " ".join(fresh)))
     return "\n".join(lines) + "\n" if len(lines) > 1 else ""
 
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
-from typing import Callable, Dict, List, Optional, TypeVar
+from typing import Callable, TypeVar
 
 from runtime.errors import HostError
 from runtime.linux.syscalls import CLONE_NEWNET, setns
@@ -31,7 +31,7 @@ def ip_query(*args: str) -> str:
 
 def in_netns_of(pid: int, work: Callable[[], T]) -> T:
     """Runs ``work`` in the network namespace of process ``pid`` (see ``in_netns``)."""
-    return in_netns("/proc/%d/ns/net" % pid, work)
+    return in_netns(f"/proc/{pid}/ns/net", work)
 
 
 def in_netns(path: str, work: Callable[[], T]) -> T:
@@ -42,9 +42,9 @@ def in_netns(path: str, work: Callable[[], T]) -> T:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise HostError("cannot open the network namespace %s: %s" % (path, exc.strerror)) from None
-    results: List[T] = []
-    errors: List[BaseException] = []
+        raise HostError(f"cannot open the network namespace {path}: {exc.strerror}") from None
+    results: list[T] = []
+    errors: list[BaseException] = []
 
     def run() -> None:
         try:
@@ -78,34 +78,37 @@ def enable_ip_forward() -> None:
 
 
 def _comment(tag: str) -> str:
-    return '-m comment --comment "%s:%s"' % (RULE_TAG, tag)
+    return f'-m comment --comment "{RULE_TAG}:{tag}"'
 
 
-def bridge_rules(bridge: str, subnet: str, internal: bool) -> Dict[str, List[str]]:
-    """Per table, the rules of one bridge (tag: the bridge name): accept bridged and return traffic, masquerade
-    what leaves; an internal network's traffic stays on its bridge.
+def bridge_rules(bridge: str, subnet: str, internal: bool, icc: bool = True,
+                 masquerade: bool = True) -> dict[str, list[str]]:
+    """Per table, the rules of one bridge (tag: the bridge name): accept bridged (or, without ``icc``, drop it)
+    and return traffic, masquerade what leaves (unless ``masquerade`` is off); an internal network's traffic
+    stays on its bridge.
 
     Like Docker, networks are isolated from each other: traffic leaving a bridge for another goes through the
     isolation chain, where each bridge drops what arrives from elsewhere unless it was DNATed to a published port.
     """
     comment = _comment(bridge)
-    forward = ["-I FORWARD -i %s -o %s %s -j ACCEPT" % (bridge, bridge, comment)]
+    forward = ["-I FORWARD -i {} -o {} {} -j {}".format(bridge, bridge, comment, "ACCEPT" if icc else "DROP")]
     if internal:
         forward += [
-            "-I FORWARD -i %s ! -o %s %s -j DROP" % (bridge, bridge, comment),
-            "-I FORWARD -o %s ! -i %s %s -j DROP" % (bridge, bridge, comment),
+            f"-I FORWARD -i {bridge} ! -o {bridge} {comment} -j DROP",
+            f"-I FORWARD -o {bridge} ! -i {bridge} {comment} -j DROP",
         ]
         return {"filter": forward}
     forward += [
-        "-I FORWARD -i %s ! -o %s %s -j ACCEPT" % (bridge, bridge, comment),
-        "-I FORWARD -o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT" % (bridge, comment),
-        "-I FORWARD -i %s ! -o %s %s -j %s" % (bridge, bridge, comment, ISOLATION),  # inserted last: checked first
-        "-A %s -o %s -m conntrack ! --ctstate DNAT %s -j DROP" % (ISOLATION, bridge, comment),
+        f"-I FORWARD -i {bridge} ! -o {bridge} {comment} -j ACCEPT",
+        f"-I FORWARD -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {comment} -j ACCEPT",
+        f"-I FORWARD -i {bridge} ! -o {bridge} {comment} -j {ISOLATION}",  # inserted last: checked first
+        f"-A {ISOLATION} -o {bridge} -m conntrack ! --ctstate DNAT {comment} -j DROP",
     ]
-    return {"filter": forward, "nat": ["-I POSTROUTING -s %s ! -o %s %s -j MASQUERADE" % (subnet, bridge, comment)]}
+    nat = [f"-I POSTROUTING -s {subnet} ! -o {bridge} {comment} -j MASQUERADE"] if masquerade else []
+    return {"filter": forward, "nat": nat}
 
 
-def port_rules(tag: str, bridge: str, records: List[Dict[str, object]]) -> Dict[str, List[str]]:
+def port_rules(tag: str, bridge: str, records: list[dict[str, object]]) -> dict[str, list[str]]:
     """DNAT for published ports, so clients on other machines reach the container directly and keep their source
     address. Traffic from loopback and from the bridge itself (hairpin) is left to the userland proxy, which
     also holds the host port."""
@@ -115,12 +118,12 @@ def port_rules(tag: str, bridge: str, records: List[Dict[str, object]]) -> Dict[
         host_ip = str(record["host_ip"])
         if ":" in host_ip or host_ip.startswith("127."):
             continue
-        match = "-m addrtype --dst-type LOCAL" if host_ip == "0.0.0.0" else "-d %s/32" % host_ip
+        match = "-m addrtype --dst-type LOCAL" if host_ip == "0.0.0.0" else f"-d {host_ip}/32"
         values = dict(record, match=match, bridge=bridge, comment=comment)
-        nat.append("-I PREROUTING %(match)s ! -i %(bridge)s -p %(proto)s --dport %(host_port)s %(comment)s "
-                   "-j DNAT --to-destination %(container_ip)s:%(container_port)s" % values)
-        forward.append("-I FORWARD -d %(container_ip)s/32 ! -i %(bridge)s -o %(bridge)s -p %(proto)s "
-                       "--dport %(container_port)s -m conntrack --ctstate DNAT %(comment)s -j ACCEPT" % values)
+        nat.append("-I PREROUTING {match} ! -i {bridge} -p {proto} --dport {host_port} {comment} "
+                   "-j DNAT --to-destination {container_ip}:{container_port}".format(**values))
+        forward.append("-I FORWARD -d {container_ip}/32 ! -i {bridge} -o {bridge} -p {proto} "
+                       "--dport {container_port} -m conntrack --ctstate DNAT {comment} -j ACCEPT".format(**values))
     return {"nat": nat, "filter": forward} if nat else {}
 
 
@@ -140,7 +143,7 @@ class Firewall:
     def available(self) -> bool:
         return bool(self.save and self.restore)
 
-    def add(self, tag: str, rules: Dict[str, List[str]], check: bool = True) -> None:
+    def add(self, tag: str, rules: dict[str, list[str]], check: bool = True) -> None:
         """Installs ``rules``; with ``check``, only if no rule with ``tag`` is there (so restore can repeat it)."""
         if not (self.available and rules):
             return
@@ -148,11 +151,11 @@ class Firewall:
         dump = self._dump() if check or chained else ""
         if check and self._tagged(dump, tag):
             return
-        if chained and ":%s " % ISOLATION not in dump:  # declaring an existing chain would flush it
-            rules = dict(rules, filter=[":%s - [0:0]" % ISOLATION] + rules["filter"])
+        if chained and f":{ISOLATION} " not in dump:  # declaring an existing chain would flush it
+            rules = dict(rules, filter=[f":{ISOLATION} - [0:0]"] + rules["filter"])
         self._apply(rules)
 
-    def remove(self, tag: str, rules: Optional[Dict[str, List[str]]] = None) -> None:
+    def remove(self, tag: str, rules: dict[str, list[str]] | None = None) -> None:
         """Deletes ``rules`` as added (one process), or, failing that or without them, every rule tagged ``tag``.
         The isolation chain goes with the last rule in it."""
         if rules and self.available:
@@ -164,16 +167,16 @@ class Firewall:
         if any(ISOLATION in line for line in found.get("filter", [])):
             lines = self._dump().splitlines()
             if not any(ISOLATION in line for line in lines if line.startswith("-A ")):
-                self._apply({"filter": ["-X %s" % ISOLATION]}, quiet=True)
+                self._apply({"filter": [f"-X {ISOLATION}"]}, quiet=True)
 
     def _dump(self) -> str:
         return subprocess.run([self.save], capture_output=True, text=True).stdout if self.available and self.save else ""
 
     @staticmethod
-    def _tagged(dump: str, tag: str) -> Dict[str, List[str]]:
+    def _tagged(dump: str, tag: str) -> dict[str, list[str]]:
         """The rules in an iptables-save ``dump`` with ``tag``, by table."""
-        token = "%s:%s" % (RULE_TAG, tag)
-        found: Dict[str, List[str]] = {}
+        token = f"{RULE_TAG}:{tag}"
+        found: dict[str, list[str]] = {}
         table = ""
         for line in dump.splitlines():
             if line.startswith("*"):
@@ -182,8 +185,8 @@ class Firewall:
                 found.setdefault(table, []).append(line)
         return found
 
-    def _apply(self, rules: Dict[str, List[str]], quiet: bool = False) -> bool:
-        script = "".join("*%s\n%s\nCOMMIT\n" % (table, "\n".join(lines)) for table, lines in rules.items() if lines)
+    def _apply(self, rules: dict[str, list[str]], quiet: bool = False) -> bool:
+        script = "".join("*{}\n{}\nCOMMIT\n".format(table, "\n".join(lines)) for table, lines in rules.items() if lines)
         if not script:
             return True
         proc = subprocess.run([self.restore or "iptables-restore", "-w", "--noflush"], input=script, capture_output=True, text=True)

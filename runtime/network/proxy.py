@@ -13,7 +13,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any
 
 log = logging.getLogger("runtime.network")
 
@@ -54,10 +54,10 @@ class PortProxy:
         self.host_ip, self.host_port = sock.getsockname()[:2]
         self._wake_r, self._wake_w = os.pipe()
         self._lock = threading.Lock()
-        self._open: Set[socket.socket] = set()
-        self._udp_peers: Dict[Tuple, Tuple[socket.socket, float]] = {}
+        self._open: set[socket.socket] = set()
+        self._udp_peers: dict[tuple, tuple[socket.socket, float]] = {}
         self._closed = False
-        self._thread = threading.Thread(target=self._serve, name="proxy-%s-%s" % (proto, self.host_port), daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"proxy-{proto}-{self.host_port}", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -76,7 +76,7 @@ class PortProxy:
     def _serve(self) -> None:
         try:
             while True:
-                watched: List[Any] = [self.sock, self._wake_r]  # a socket and a pipe's descriptor
+                watched: list[Any] = [self.sock, self._wake_r]  # a socket and a pipe's descriptor
                 ready, _, _ = select.select(watched, [], [])
                 if self._wake_r in ready:
                     return
@@ -137,7 +137,7 @@ class PortProxy:
             except OSError as exc:
                 log.debug("udp proxy send failed: %s", exc)
 
-    def _udp_upstream(self, client: Tuple) -> Optional[socket.socket]:
+    def _udp_upstream(self, client: tuple) -> socket.socket | None:
         now = time.monotonic()
         with self._lock:
             known = self._udp_peers.get(client)
@@ -157,7 +157,7 @@ class PortProxy:
         threading.Thread(target=self._udp_replies, args=(upstream, client), name="proxy-udp", daemon=True).start()
         return upstream
 
-    def _udp_replies(self, upstream: socket.socket, client: Tuple) -> None:
+    def _udp_replies(self, upstream: socket.socket, client: tuple) -> None:
         """Sends the container's answers back to ``client`` from the published port, as the client expects.
 
         The thread owns ``upstream``: it ends after a quiet minute, on ``close()`` (which shuts the socket down to

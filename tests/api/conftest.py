@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.debian_image import debian_tar  # noqa: F401 - the Debian 12 rootfs tar (session fixture)
+from tests.support import busybox
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
@@ -95,8 +95,7 @@ class Daemon:
         result = subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout,
                                 env=env or self.env())
         if check and result.returncode != 0:
-            raise AssertionError("docker %s failed (%d): %s" % (" ".join(args), result.returncode,
-                                                                 result.stderr.decode(errors="replace")))
+            raise AssertionError(f'docker {" ".join(args)} failed ({result.returncode}): {result.stderr.decode(errors="replace")}')
         return result
 
     def out(self, *args: str, **kwargs) -> str:
@@ -141,10 +140,10 @@ def free_subnet(second_octet: int) -> str:
     parallel workers (and the other areas' bridges) do not collide."""
     routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
     for attempt in range(250):
-        candidate = "10.%d.%d." % (second_octet, (os.getpid() + attempt) % 250)
+        candidate = f"10.{second_octet}.{(os.getpid() + attempt) % 250}."
         if candidate not in routes:
             return candidate + "0/24"
-    raise RuntimeError("no free 10.%d.N.0/24 subnet" % second_octet)
+    raise RuntimeError(f"no free 10.{second_octet}.N.0/24 subnet")
 
 
 def _link_exists(name: str) -> bool:
@@ -157,7 +156,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
     pki = make_pki(root / "pki")
     socket_path = root / "docker.sock"
     pid = os.getpid()
-    bridge = "apib%d" % (pid % 100000)
+    bridge = f"apib{pid % 100000}"
     subnet = free_subnet(198)
     process = start_daemon(root, [
         "--host", f"unix://{socket_path}", "--host", "tcp://127.0.0.1:0", "--tlsverify",
@@ -188,9 +187,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
 @pytest.fixture(scope="session")
 def image(daemon: Daemon) -> str:
     """A busybox image made by ``docker import`` of a busybox-static root filesystem."""
-    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True, check=True)
     name = "apitest/busybox:latest"
-    daemon.out("import", "-", name, input=rootfs.stdout)
+    daemon.out("import", "-", name, input=busybox.rootfs())
     return name
 
 
@@ -204,3 +202,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def poll(what: str, predicate, limit: float = 30.0):
+    """Waits (bounded) for a state and returns the predicate's value; fails naming the state it never reached."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"never reached: {what}")
+        time.sleep(0.05)

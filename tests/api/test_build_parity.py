@@ -7,8 +7,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import pytest
@@ -38,8 +38,7 @@ def _listing(daemon: Daemon, image: str) -> list:
 def test_dockerfile_outside_the_context(daemon: Daemon, client: docker.DockerClient, image: str,
                                         tmp_path: Path) -> None:
     context = _write(tmp_path / "ctx", {"a.txt": "a", "sub/b.txt": "b"})
-    outside = _write(tmp_path / "elsewhere", {"Dockerfile.build": "FROM %s\nCOPY . /ctx/\nLABEL from=outside\n"
-                                              % image}) / "Dockerfile.build"
+    outside = _write(tmp_path / "elsewhere", {"Dockerfile.build": f"FROM {image}\nCOPY . /ctx/\nLABEL from=outside\n"}) / "Dockerfile.build"
     tag = "parity/outside:" + TAG
     built = daemon.docker("build", "-f", str(outside), "-t", tag, str(context), timeout=120)
     assert built.returncode == 0, built.stderr
@@ -71,7 +70,7 @@ KEPT = ["/ctx", "/ctx/docs", "/ctx/docs/README.md", "/ctx/keep.txt", "/ctx/logs"
 
 def test_dockerignore_as_the_clients_send_it(daemon: Daemon, client: docker.DockerClient, image: str,
                                              tmp_path: Path) -> None:
-    context = _write(tmp_path / "ctx", dict(FILES, Dockerfile="FROM %s\nCOPY . /ctx/\n" % image))
+    context = _write(tmp_path / "ctx", dict(FILES, Dockerfile=f"FROM {image}\nCOPY . /ctx/\n"))
     tag = "parity/ignore:" + TAG
     built = daemon.docker("build", "-t", tag, str(context), timeout=120)
     assert built.returncode == 0, built.stderr
@@ -85,7 +84,7 @@ def test_dockerignore_as_the_clients_send_it(daemon: Daemon, client: docker.Dock
 
 def test_run_output_and_errors_in_the_stream(daemon: Daemon, client: docker.DockerClient, image: str,
                                              tmp_path: Path) -> None:
-    context = _write(tmp_path / "ctx", {"Dockerfile": "FROM %s\nRUN echo to-stdout; echo to-stderr >&2\n" % image})
+    context = _write(tmp_path / "ctx", {"Dockerfile": f"FROM {image}\nRUN echo to-stdout; echo to-stderr >&2\n"})
     built = daemon.docker("build", "--no-cache", str(context), timeout=120)
     assert built.returncode == 0 and b"to-stdout\n" in built.stdout and b"to-stderr\n" in built.stdout
     _, logs = client.images.build(path=str(context), nocache=True, rm=True)
@@ -93,9 +92,9 @@ def test_run_output_and_errors_in_the_stream(daemon: Daemon, client: docker.Dock
     assert "to-stdout\n" in streams and "to-stderr\n" in streams
     daemon.docker("image", "prune", "-f")
     # every failure once the context is in is the stream's last message, never a dropped connection
-    for text, message in (("FROM %s\nFORM x\n" % image, "unknown instruction: FORM"),
-                          ("FROM %s\nCOPY missing /x\n" % image, "COPY failed: file not found in build context"),
-                          ("FROM %s\nRUN exit 7\n" % image, "returned a non-zero code: 7")):
+    for text, message in ((f"FROM {image}\nFORM x\n", "unknown instruction: FORM"),
+                          (f"FROM {image}\nCOPY missing /x\n", "COPY failed: file not found in build context"),
+                          (f"FROM {image}\nRUN exit 7\n", "returned a non-zero code: 7")):
         (tmp_path / "ctx" / "Dockerfile").write_text(text)
         with pytest.raises(docker.errors.BuildError, match=message):
             client.images.build(path=str(tmp_path / "ctx"), rm=True)
@@ -119,8 +118,7 @@ def test_run_output_and_errors_in_the_stream(daemon: Daemon, client: docker.Dock
 
 
 def test_cache_from_an_image_without_local_history(daemon: Daemon, image: str, tmp_path: Path) -> None:
-    dockerfile = "FROM %s\nENV STEP=1\nRUN echo layer > /layer\nRUN echo %s > /second\nCMD [\"cat\", \"/layer\"]\n" % (
-        image, TAG)
+    dockerfile = f"FROM {image}\nENV STEP=1\nRUN echo layer > /layer\nRUN echo {TAG} > /second\nCMD [\"cat\", \"/layer\"]\n"
     context = _write(tmp_path / "ctx", {"Dockerfile": dockerfile})
     tag = "parity/cache:" + TAG
     daemon.out("build", "-t", tag, str(context), timeout=120)
@@ -144,8 +142,8 @@ def test_cache_from_an_image_without_local_history(daemon: Daemon, image: str, t
 
 
 def test_run_container_options(daemon: Daemon, client: docker.DockerClient, image: str, tmp_path: Path) -> None:
-    dockerfile = ("FROM %s\nRUN grep buildhost /etc/hosts > /hosts; df -k /dev/shm | tail -1 > /shm; "
-                  "ulimit -n > /nofile; ls /sys/class/net > /links\n" % image)
+    dockerfile = (f"FROM {image}\nRUN grep buildhost /etc/hosts > /hosts; df -k /dev/shm | tail -1 > /shm; "
+                  "ulimit -n > /nofile; ls /sys/class/net > /links\n")
     context = _write(tmp_path / "ctx", {"Dockerfile": dockerfile})
     tag = "parity/options:" + TAG
     daemon.out("build", "--no-cache", "--add-host", "buildhost:10.1.2.3", "--network", "none", "--shm-size", "8m",

@@ -48,7 +48,7 @@ def test_run_rm_removes_the_container(daemon: Daemon, image: str, name: str) -> 
     assert daemon.out("run", "--rm", "--name", name, image, "echo", "hello") == "hello\n"
     assert daemon.out("ps", "-a", "--filter", "name=" + name, "--format", "{{.Names}}") == ""
     outputs = [daemon.out("run", "--rm", image, "echo", str(attempt)) for attempt in range(15)]
-    assert outputs == ["%d\n" % attempt for attempt in range(15)]  # a fast process's output is never lost
+    assert outputs == [f"{attempt}\n" for attempt in range(15)]  # a fast process's output is never lost
 
 
 def test_run_it_through_a_pseudo_terminal(daemon: Daemon, image: str) -> None:
@@ -191,7 +191,7 @@ def test_restart_policy_and_memory_limit(daemon: Daemon, image: str, name: str) 
 
 
 def test_images_tag_rmi_save_load(daemon: Daemon, image: str, tmp_path: Path) -> None:
-    other = "apitest/other-%d:v1" % os.getpid()
+    other = f"apitest/other-{os.getpid()}:v1"
     daemon.out("tag", image, other)
     listed = daemon.out("images", "--format", "{{.Repository}}:{{.Tag}}").split()
     assert image in listed and other in listed
@@ -273,7 +273,7 @@ def test_diff_and_commit(daemon: Daemon, image: str, name: str) -> None:
     daemon.out("run", "-d", "--name", name, "-e", "KEEP=1", image, "sh", "-c", "echo data > /made; exec sleep 300")
     assert wait_until(lambda: daemon.docker("exec", name, "cat", "/made").stdout == b"data\n")
     assert daemon.out("diff", name) == "A /made\n"
-    committed = "apitest/committed-%d:1" % os.getpid()
+    committed = f"apitest/committed-{os.getpid()}:1"
     image_id = daemon.out("commit", "-c", 'CMD ["sh", "-c", "cat /made; echo $KEEP"]', name, committed).strip()
     assert image_id.startswith("sha256:")
     assert daemon.out("inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name) == "true false\n"

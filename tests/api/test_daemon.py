@@ -24,7 +24,7 @@ def test_zipapp_daemon_pidfile_and_sigterm(tmp_path: Path) -> None:
     sock, pidfile = tmp_path / "d.sock", tmp_path / "d.pid"
     argv = [SYSTEM_PYTHON, str(bundle.path), "daemon", "--data-root", str(tmp_path / "data"), "--exec-root",
             str(tmp_path / "exec"), "--host", f"unix://{sock}", "--pidfile", str(pidfile),
-            "--bridge-name", "apiz%d" % (os.getpid() % 100000), "--bridge-subnet", free_subnet(197)]
+            "--bridge-name", f"apiz{os.getpid() % 100000}", "--bridge-subnet", free_subnet(197)]
     log = tmp_path / "log"
     process = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:

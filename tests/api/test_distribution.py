@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import docker
 import pytest
@@ -54,7 +54,7 @@ def _raw(client: docker.DockerClient, name: str, auth: dict | None = None):
 def test_descriptor_and_platform_of_an_image(client: docker.DockerClient, daemon: Daemon, image: str,
                                              registries: tuple) -> None:
     registry: Registry = registries[0]
-    target = "%s/dist/app:%s" % (registry.host, TAG)
+    target = f"{registry.host}/dist/app:{TAG}"
     digest = _push(daemon, image, target)
     data = client.images.get_registry_data(target)
     assert data.id == digest
@@ -62,25 +62,25 @@ def test_descriptor_and_platform_of_an_image(client: docker.DockerClient, daemon
     assert data.attrs["Platforms"] == [{"architecture": "amd64", "os": "linux"}]
     assert data.has_platform("linux/amd64") and not data.has_platform("linux/arm64")
     manifest = urllib.request.urlopen(urllib.request.Request(
-        "http://%s/v2/dist/app/manifests/%s" % (registry.host, TAG), headers={"Accept": MANIFEST_V2})).read()
+        f"http://{registry.host}/v2/dist/app/manifests/{TAG}", headers={"Accept": MANIFEST_V2})).read()
     assert data.attrs["Descriptor"] == {"mediaType": MANIFEST_V2, "digest": digest, "size": len(manifest)}
-    by_digest = _raw(client, "%s/dist/app@%s" % (registry.host, digest)).json()
+    by_digest = _raw(client, f"{registry.host}/dist/app@{digest}").json()
     assert by_digest == data.attrs
 
 
 def test_platforms_of_an_index(client: docker.DockerClient, daemon: Daemon, image: str, registries: tuple) -> None:
     registry: Registry = registries[0]
-    digest = _push(daemon, image, "%s/dist/multi:single" % registry.host)
+    digest = _push(daemon, image, f"{registry.host}/dist/multi:single")
     size = len(urllib.request.urlopen(urllib.request.Request(
-        "http://%s/v2/dist/multi/manifests/single" % registry.host, headers={"Accept": MANIFEST_V2})).read())
+        f"http://{registry.host}/v2/dist/multi/manifests/single", headers={"Accept": MANIFEST_V2})).read())
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": MANIFEST_V2, "digest": digest, "size": size,
          "platform": {"os": "linux", "architecture": "amd64"}},
         {"mediaType": MANIFEST_V2, "digest": digest, "size": size,
          "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]}).encode()
-    urllib.request.urlopen(urllib.request.Request("http://%s/v2/dist/multi/manifests/index" % registry.host,
+    urllib.request.urlopen(urllib.request.Request(f"http://{registry.host}/v2/dist/multi/manifests/index",
                                                   data=index, method="PUT", headers={"Content-Type": OCI_INDEX}))
-    data = client.images.get_registry_data("%s/dist/multi:index" % registry.host)
+    data = client.images.get_registry_data(f"{registry.host}/dist/multi:index")
     assert data.attrs["Descriptor"] == {"mediaType": OCI_INDEX, "digest": "sha256:" + hashlib.sha256(index).hexdigest(),
                                         "size": len(index)}
     assert data.attrs["Platforms"] == [{"architecture": "amd64", "os": "linux"},
@@ -91,7 +91,7 @@ def test_platforms_of_an_index(client: docker.DockerClient, daemon: Daemon, imag
 def test_credentials_are_used_and_required(client: docker.DockerClient, daemon: Daemon, image: str,
                                            registries: tuple) -> None:
     private: Registry = registries[1]
-    target = "%s/dist/secret:%s" % (private.host, TAG)
+    target = f"{private.host}/dist/secret:{TAG}"
     login = daemon.docker("login", "-u", CREDENTIALS["username"], "--password-stdin", private.host,
                           input=CREDENTIALS["password"].encode())
     assert login.returncode == 0, login.stderr
@@ -109,10 +109,10 @@ def test_credentials_are_used_and_required(client: docker.DockerClient, daemon: 
 
 def test_refusals_as_dockerd(client: docker.DockerClient, image: str, registries: tuple) -> None:
     registry: Registry = registries[0]
-    missing = _raw(client, "%s/dist/app:no-such-tag" % registry.host)
+    missing = _raw(client, f"{registry.host}/dist/app:no-such-tag")
     assert missing.status_code == 404 and missing.json()["message"] == "manifest unknown: manifest unknown"
     with pytest.raises(docker.errors.NotFound):
-        client.images.get_registry_data("%s/dist/nothing:1" % registry.host)
+        client.images.get_registry_data(f"{registry.host}/dist/nothing:1")
     image_id = client.images.get(image).id
     full_id = _raw(client, image_id)
     assert full_id.status_code == 500 and full_id.json()["message"] == "no manifest found for full image ID"

@@ -39,7 +39,7 @@ def test_run_exec_and_errors(client: docker.DockerClient, image: str, name: str)
     try:
         assert [item.name for item in client.containers.list(filters={"label": "suite=api", "name": name})] == [name]
         for attempt in range(20):  # the output of a fast exec must never be lost after the 101
-            result = container.exec_run(["echo", "n%d" % attempt])
+            result = container.exec_run(["echo", f"n{attempt}"])
             assert (result.exit_code, result.output) == (0, b"n%d\n" % attempt)
         code, output = container.exec_run(["sh", "-c", "echo o; echo e >&2; exit 7"], demux=True)
         assert code == 7 and output == (b"o\n", b"e\n")

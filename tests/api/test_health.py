@@ -10,29 +10,18 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
 
 import docker
 import pytest
 
-from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, start_daemon
+from tests.support import busybox
+
+from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, poll, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
 
 
-def poll(what: str, predicate: Callable[[], object], limit: float = 30.0) -> object:
-    """Waits (bounded) for a state; fails naming the state it never reached."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail("never reached: %s" % what)
-        time.sleep(0.05)
-
-
-def health(daemon: Daemon, ref: str) -> Optional[dict]:
+def health(daemon: Daemon, ref: str) -> dict | None:
     return json.loads(daemon.out("inspect", "-f", "{{json .State.Health}}", ref))
 
 
@@ -42,7 +31,7 @@ def status_line(daemon: Daemon, ref: str) -> str:
         found, _, status = line.partition("\t")
         if found == ref:
             return status
-    raise AssertionError("%s is not in docker ps -a" % ref)
+    raise AssertionError(f"{ref} is not in docker ps -a")
 
 
 def names_with(daemon: Daemon, value: str) -> list:
@@ -97,7 +86,9 @@ def test_bad_filter_value_and_create_validation(daemon: Daemon, image: str, name
         cases = [({"Test": ["CMD", "true"], "Interval": 500_000}, "Interval in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Timeout": -1}, "Timeout in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Retries": -1}, "Retries in Healthcheck cannot be negative"),
-                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms")]
+                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms"),
+                 ({"Test": ["CMD", "true"], "Interval": "5s"}, "json: cannot unmarshal string into Go struct field "
+                                                               "HealthConfig.Healthcheck.Interval of type time.Duration")]
         for check, message in cases:
             with pytest.raises(docker.errors.APIError) as failed:
                 client.create_container(image, "true", name=name, healthcheck=check)
@@ -108,14 +99,14 @@ def test_bad_filter_value_and_create_validation(daemon: Daemon, image: str, name
 
 
 def test_image_healthcheck_none_and_overrides(daemon: Daemon, image: str, name: str, tmp_path: Path) -> None:
-    tag = "apitest/healthy-%s:1" % name
+    tag = f"apitest/healthy-{name}:1"
     (tmp_path / "Dockerfile").write_text(
-        "FROM %s\nHEALTHCHECK --interval=100ms --retries=1 CMD [\"sh\", \"-c\", \"exit 3\"]\n" % image)
+        f"FROM {image}\nHEALTHCHECK --interval=100ms --retries=1 CMD [\"sh\", \"-c\", \"exit 3\"]\n")
     daemon.out("build", "-q", "-t", tag, str(tmp_path), timeout=120)
     none_tag = tag + "-none"
-    (tmp_path / "Dockerfile").write_text("FROM %s\nHEALTHCHECK NONE\n" % tag)
+    (tmp_path / "Dockerfile").write_text(f"FROM {tag}\nHEALTHCHECK NONE\n")
     daemon.out("build", "-q", "-t", none_tag, str(tmp_path), timeout=120)
-    made = {key: "%s-%s" % (name, key) for key in ("image", "off", "cmd", "none")}
+    made = {key: f"{name}-{key}" for key in ("image", "off", "cmd", "none")}
     try:
         daemon.out("run", "-d", "--name", made["image"], tag, "sleep", "300")
         daemon.out("run", "-d", "--name", made["off"], "--no-healthcheck", tag, "sleep", "300")
@@ -178,18 +169,18 @@ def test_compose_service_healthy_orders_the_stack(daemon: Daemon, image: str, na
         "version: '2.4'\n"
         "services:\n"
         "  db:\n"
-        "    image: %s\n"
+        f"    image: {image}\n"
         "    command: sh -c 'sleep 1; touch /tmp/ready; exec sleep 300'\n"
         "    healthcheck:\n"
         "      test: ['CMD-SHELL', 'test -f /tmp/ready']\n"
         "      interval: 100ms\n"
         "      retries: 300\n"
         "  app:\n"
-        "    image: %s\n"
+        f"    image: {image}\n"
         "    command: sleep 300\n"
         "    depends_on:\n"
         "      db:\n"
-        "        condition: service_healthy\n" % (image, image))
+        "        condition: service_healthy\n")
     project = name.replace("-", "")
     env = {k: v for k, v in daemon.env().items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
 
@@ -218,8 +209,8 @@ def test_compose_service_healthy_orders_the_stack(daemon: Daemon, image: str, na
 def own_daemon(tmp_path: Path):
     """A daemon of this test's own, which it may kill with SIGKILL and start again on the same roots."""
     socket_path = tmp_path / "docker.sock"
-    bridge = "hcb%d" % (os.getpid() % 100000)
-    args = ["--host", "unix://%s" % socket_path, "--bridge-subnet", free_subnet(197), "--bridge-name", bridge]
+    bridge = f"hcb{os.getpid() % 100000}"
+    args = ["--host", f"unix://{socket_path}", "--bridge-subnet", free_subnet(197), "--bridge-name", bridge]
     processes = []
 
     def start() -> Daemon:
@@ -243,9 +234,7 @@ def own_daemon(tmp_path: Path):
 
 def test_probes_resume_after_daemon_sigkill(own_daemon, name: str) -> None:
     first = own_daemon()
-    rootfs = subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "busybox-rootfs.sh")],
-                            capture_output=True, check=True).stdout
-    first.out("import", "-", "hc/busybox:1", input=rootfs)
+    first.out("import", "-", "hc/busybox:1", input=busybox.rootfs())
     first.out("run", "-d", "--name", name, "--health-cmd", "cat /tmp/ok", "--health-retries", "1", *FAST,
               "hc/busybox:1", "sh", "-c", "touch /tmp/ok; exec sleep 300")
     poll("healthy before the kill", lambda: (health(first, name) or {}).get("Status") == "healthy")

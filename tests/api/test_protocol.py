@@ -60,7 +60,7 @@ def request(daemon: Daemon, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     lines = [f"{method} {path} HTTP/1.1", "Host: docker", "Connection: close"]
     if body is not None:
-        lines.append("Content-Length: %d" % len(body))
+        lines.append(f"Content-Length: {len(body)}")
     for key, value in (headers or {}).items():
         lines.append(f"{key}: {value}")
     return parse(raw(daemon, ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")))
@@ -201,7 +201,7 @@ def test_malformed_requests_get_4xx_and_the_daemon_keeps_serving(daemon: Daemon,
 
 
 def daemon_sockets(daemon: Daemon) -> int:
-    folder = "/proc/%d/fd" % daemon.process.pid
+    folder = f"/proc/{daemon.process.pid}/fd"
     count = 0
     for entry in os.listdir(folder):
         try:

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from drivers.nshost import Bridge
-from tests.support.fixtures import test_bridge  # noqa: F401 - the worker's bridge for the data plane's hosts
 
 from .dataplane import AzureDataPlane
 from .fakearm import FakeArm
+
+NIC_RESERVATION_SECONDS = 3.0  # Azure holds a failed VM's NIC about 180 s; the undo's retry is the same for 3
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,7 @@ def arm(fake_arm: FakeArm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
             monkeypatch.delenv(name)
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "az-config-absent"))
     fake_arm.reset()
+    fake_arm.nic_reservation_seconds = NIC_RESERVATION_SECONDS
     yield fake_arm
     fake_arm.reset()
 

@@ -15,7 +15,6 @@ import pytest
 from bootstrap import forwarder
 from drivers.nshost import Bridge
 from machines import Machines
-from tests.support.fixtures import test_bridge, test_key  # noqa: F401 - fixtures used by the ones below
 from tests.support.hosts import HostFactory
 
 

@@ -18,6 +18,8 @@ from bootstrap import certs
 from machines import shellenv
 from machines.errors import UsageError
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 def test_store_certificates_are_made_once_private_and_valid_for_three_years(tmp_path: Path) -> None:
     store = certs.ensure_store_certs(tmp_path)

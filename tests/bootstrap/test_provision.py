@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from bootstrap_hosts import DOCKER, REPO, adopt, cli, shell, ssh_wrapper, unique
+from bootstrap_hosts import DOCKER, adopt, cli, shell, ssh_wrapper, unique
 
 import runtime
 from bootstrap import bundle as bundles
@@ -29,6 +29,7 @@ from machines import Machines
 from machines.errors import ProvisionError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
+from tests.support import busybox
 from tests.support.hosts import TestHost
 
 VERSION_FORMAT = "{{.Server.Version}}"
@@ -248,7 +249,7 @@ def test_upgrade_keeps_a_running_container_running(
         host_options=HostOptions(api="tls", data_root="/data/runtime"),
         ssh_timeout=15,
     )
-    rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True, check=True).stdout
+    rootfs = busybox.rootfs()
     environment = exports(cli(store, "env", "--shell", "bash", machine.name).stdout)
     docker_env = {**os.environ, **environment}
 

@@ -10,7 +10,6 @@ import pytest
 
 from tests.images.registry_fixture import Registry, start_registry
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge  # noqa: F401 - tests here put their local hosts on it
 
 
 @pytest.fixture

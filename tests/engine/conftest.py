@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -17,8 +15,8 @@ import pytest
 from runtime.engine import Engine, Session
 from runtime.errors import EngineError
 from runtime.linux import cgroups
+from tests.support import busybox
 
-BUSYBOX = "/bin/busybox"
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n" \
          "app:x:1000:1000:app:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\napp:x:1000:\nextra:x:2000:app\n"
@@ -26,26 +24,8 @@ GROUP = "root:x:0:\nnogroup:x:65534:\napp:x:1000:\nextra:x:2000:app\n"
 
 @pytest.fixture(scope="session")
 def busybox_tar() -> bytes:
-    """A busybox root filesystem (about 2 MB) with a few users, as a tar for ImageStore.import_tar."""
-    if not os.path.exists(BUSYBOX):
-        pytest.fail("busybox-static is required (apt-get install busybox-static)")
-    root = tempfile.mkdtemp(prefix="engine-rootfs-")
-    try:
-        for sub in ("bin", "etc", "tmp", "root", "home/app"):
-            os.makedirs(os.path.join(root, sub))
-        os.chmod(os.path.join(root, "tmp"), 0o1777)
-        shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
-        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
-        with open(os.path.join(root, "etc", "passwd"), "w") as f:
-            f.write(PASSWD)
-        with open(os.path.join(root, "etc", "group"), "w") as f:
-            f.write(GROUP)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(root, arcname=".")
-        return buf.getvalue()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    """The busybox rootfs with a few users (``app`` with a home, ``nobody``), as a tar for ImageStore.import_tar."""
+    return busybox.rootfs(PASSWD, GROUP, ("app",))
 
 
 def _wait_discards() -> None:
@@ -69,7 +49,7 @@ def cleanup_engine(engine: Engine) -> None:
 
 
 def make_roots() -> tuple:
-    base = tempfile.mkdtemp(prefix="me-%d-" % os.getpid(), dir="/tmp")
+    base = tempfile.mkdtemp(prefix=f"me-{os.getpid()}-", dir="/tmp")
     return base, os.path.join(base, "data"), os.path.join(base, "run")
 
 
@@ -77,8 +57,8 @@ def make_roots() -> tuple:
 def engine(busybox_tar: bytes) -> Iterator[Engine]:
     base, data, run = make_roots()
     pid = os.getpid()
-    eng = Engine(data, run, bridge_name="meng%d" % (pid % 100000),
-                 bridge_subnet="10.199.%d.0/24" % (pid % 250))
+    eng = Engine(data, run, bridge_name=f"meng{pid % 100000}",
+                 bridge_subnet=f"10.199.{pid % 250}.0/24")
     eng.images.import_tar(io.BytesIO(busybox_tar), repo_tag="busybox:latest")
     try:
         yield eng

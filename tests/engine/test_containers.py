@@ -118,7 +118,7 @@ def test_tty_container_with_console_size_and_stdin_attach(engine: Engine, run: R
 
 
 def test_named_volume_survives_and_ro_bind_is_read_only(engine: Engine, run: Runner) -> None:
-    name = "vol-%d" % os.getpid()
+    name = f"vol-{os.getpid()}"
     writer = run(["sh", "-c", "echo kept > /data/file"], host={"Binds": [f"{name}:/data"]})
     assert engine.wait(writer)["StatusCode"] == 0
     engine.remove(writer, volumes=True)
@@ -170,7 +170,7 @@ def test_stop_kill_pause_restart_rename(engine: Engine, run: Runner) -> None:
         engine.stop(cid)
     engine.restart(cid, timeout=0)
     assert engine.inspect_container(cid)["State"]["Running"] is True
-    new_name = "renamed-%d" % os.getpid()
+    new_name = f"renamed-{os.getpid()}"
     engine.rename(cid, new_name)
     assert engine.inspect_container(new_name)["Id"] == cid
     engine.kill(cid, "SIGTERM")  # ignored by PID 1
@@ -275,7 +275,7 @@ def test_bad_requests_are_refused(engine: Engine, run: Runner) -> None:
             "Name": "always"}, "AutoRemove": True}})
     with pytest.raises(InvalidParameter):
         engine.create_container({"Image": "busybox", "Cmd": ["true"]}, name="bad name!")
-    name = "dup-%d" % os.getpid()
+    name = f"dup-{os.getpid()}"
     first = engine.create_container({"Image": "busybox", "Cmd": ["true"]}, name=name)["Id"]
     try:
         with pytest.raises(Conflict, match="already in use"):
@@ -288,7 +288,7 @@ def test_user_groups_and_image_content_copied_into_a_new_volume(engine: Engine, 
     cid = run(["id"], User="app")
     engine.wait(cid)
     assert output(engine, cid).strip() == "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"
-    name = "seeded-%d" % os.getpid()
+    name = f"seeded-{os.getpid()}"
     seeded = run(["cat", "/etc/group"], host={"Binds": [f"{name}:/etc"]})
     engine.wait(seeded)
     assert "extra:x:2000:app" in output(engine, seeded)
@@ -317,7 +317,7 @@ def test_bridge_network_with_a_published_port(engine: Engine, run: Runner) -> No
 
     def fetch() -> bool:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/index.html" % port, timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as response:
                 return response.read() == b"served\n"
         except OSError:
             return False
@@ -333,7 +333,7 @@ def test_resize_reaches_the_container_tty_and_prune_removes_stopped(engine: Engi
     engine.resize(cid, 40, 120)
     engine.wait(cid)
     assert output(engine, cid).split() == ["40", "120"]
-    label = "prune-%d" % os.getpid()
+    label = f"prune-{os.getpid()}"
     kept = run(["sleep", "30"], Labels={"suite": label})
     pruned = engine.prune_containers(filters={"label": ["suite=" + label]})
     assert kept not in pruned["ContainersDeleted"]
@@ -423,7 +423,7 @@ def test_device_option_makes_a_host_device_usable(engine: Engine, run: Runner) -
     assert source, "the test needs one of /dev/fuse, /dev/loop-control, /dev/kvm on the host"
     major, minor = os.major(os.stat(source).st_rdev), os.minor(os.stat(source).st_rdev)
     probe = "exec 3<>/dev/probe && echo opened"
-    without = run(["sh", "-c", "mknod /dev/probe c %d %d; %s" % (major, minor, probe)])
+    without = run(["sh", "-c", f"mknod /dev/probe c {major} {minor}; {probe}"])
     granted = run(["sh", "-c", probe], host={"Devices": [{"PathOnHost": source, "PathInContainer": "/dev/probe",
                                                           "CgroupPermissions": "rwm"}]})
     engine.wait(without)

@@ -61,7 +61,7 @@ def test_sigkill_of_the_daemon_loses_nothing(busybox_tar: bytes, tmp_path: Path)
 
         engine = Engine(data, run)
         ticker = engine.inspect_container(ids["ticker"])["State"]
-        assert ticker["Running"] is True and os.path.exists("/proc/%d" % ticker["Pid"])
+        assert ticker["Running"] is True and os.path.exists(f'/proc/{ticker["Pid"]}')
         assert engine.inspect_container(ids["exited"])["State"]["ExitCode"] == 7
         later = engine.inspect_container(ids["dies_later"])["State"]
         assert later["Status"] == "exited" and later["ExitCode"] == 5

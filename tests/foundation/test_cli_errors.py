@@ -13,6 +13,8 @@ from machines.errors import ExitStatus
 from .conftest import CliResult
 from .fakes import FileDriver
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 def _snapshot(store_path: Path) -> list[tuple[str, bytes]]:
     return sorted((str(p.relative_to(store_path)), p.read_bytes()) for p in store_path.rglob("*") if p.is_file()

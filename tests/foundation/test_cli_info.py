@@ -14,6 +14,8 @@ from machines.store import STATE_READY, Store, new_record
 
 from .conftest import CliResult
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 def _ready(store_path: Path, world: Path, name: str, *, labels: list[str], running: bool, state_delay: int = 0) -> None:
     """A finished ``files`` machine; it is Running when its first resource exists."""

@@ -18,6 +18,8 @@ from machines.store import STATE_CREATING
 
 from .conftest import CliResult
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 def test_driver_fault_rolls_back_every_resource(store_path: Path, file_driver: Path) -> None:
     machines = Machines(store_path)

@@ -24,7 +24,6 @@ from drivers.nshost import Bridge, IsolatedHost
 from machines import Machines, transfer
 from machines.machine import Machine
 from machines.ssh import CommandError
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
 
 from .fakes import NsHostDriver
@@ -240,8 +239,7 @@ def test_port_forwards_both_ways(nstest: Callable[..., Machine], tmp_path: Path)
         connection = machine.ssh()
         # The host reaches a loopback-only service of this machine through a remote forward.
         remote_port = connection.request_remote_forward(0, "127.0.0.1", server.getsockname()[1])
-        ask = ("import socket; s=socket.create_connection(('127.0.0.1',%d)); s.sendall(b'hi'); "
-               "print(s.recv(100).decode())" % remote_port)
+        ask = (f"import socket; s=socket.create_connection(('127.0.0.1',{remote_port})); s.sendall(b'hi'); print(s.recv(100).decode())")
         assert connection.run(f"python3 -c {shlex.quote(ask)}").stdout == "echo:hi\n"
 
         # A local unix socket reaches a unix socket on the host.

@@ -13,6 +13,8 @@ from machines.errors import DriverError, StoreError, UsageError
 from machines.hostoptions import HostOptions
 from machines.machine import Machines
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 class CloudLike(Driver):
     """Declares two flags; anything else it keeps is state it found."""

@@ -14,6 +14,8 @@ from machines.errors import DriverError, DriverNotFoundError
 
 from .conftest import CliResult
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 @pytest.fixture
 def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,8 @@ from machines.store import (
     validate_name,
 )
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterable
 
 import pytest
@@ -54,23 +50,3 @@ def store(tmp_path) -> ImageStore:
 def service(store) -> ImageService:
     """The image service over ``store`` (pull, push, login, build, save, load)."""
     return ImageService(store)
-
-
-def busybox_rootfs_tar() -> bytes:
-    """A busybox root filesystem (busybox-static plus its applet symlinks) as a tar."""
-    root = tempfile.mkdtemp(prefix="images-rootfs-")
-    try:
-        os.makedirs(os.path.join(root, "bin"))
-        shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
-        subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(root, arcname=".")
-        return buf.getvalue()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def busybox_tar() -> bytes:
-    return busybox_rootfs_tar()

@@ -142,8 +142,9 @@ def test_target_build_args_and_stage_contents(store, base):
 
 @pytest.mark.parametrize("text, extra, message", [
     (b"FROM busybox:test\nCOPY ../secret /x\n", {}, "forbidden path outside the build context"),
+    # moby resolves the link inside the context (FollowSymlinkInScope): <context>/etc/passwd does not exist
     (b"FROM busybox:test\nCOPY link/passwd /x\n", {"link": ("symlink", "/etc")},
-     "forbidden path outside the build context"),
+     "file not found in build context or excluded"),
     (b"FROM busybox:test\nCOPY app/debug.log /x\n", {}, "file not found in build context or excluded"),
     (b"FROM busybox:test\nADD evil.tar /x/\n", {"evil.tar": _tar({"../../escape": b"x"})}, "escapes the layer"),
     (b"FROM busybox:test\nRUN true\n", {}, "RUN needs the container engine"),
@@ -175,9 +176,10 @@ def test_copy_into_existing_dir_with_chown_chmod_quiet_and_labels(store, base):
     assert [m for m in messages if "stream" in m] == [{"stream": image_id + "\n"}]
     image = store.resolve(image_id)
     view = ImageView(image.layer_dirs())
-    path, st = view.lstat("bin/hello.txt")
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 2000, 0o600) and open(path).read() == "hi"
-    assert view.lstat("bin/busybox") is not None and open(view.lstat("new/name")[0]).read() == "hi"
+    hello = view.lstat("bin/hello.txt")
+    st = hello.st
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 2000, 0o600) and hello.open().read() == b"hi"
+    assert view.lstat("bin/busybox") is not None and view.lstat("new/name").open().read() == b"hi"
     assert image.container_config["Labels"] == {"team": "images"}
     again = list(build(store, io.BytesIO(_context(text)), quiet=True, labels={"team": "images"}))
     assert next(m["aux"]["ID"] for m in again if "aux" in m) == image_id

@@ -12,6 +12,8 @@ import pytest
 from runtime.errors import InvalidParameter
 from tests.images.conftest import make_tar
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 
 @pytest.fixture
 def canary(tmp_path):

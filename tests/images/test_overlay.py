@@ -16,7 +16,7 @@ from tests.images.conftest import make_tar
 def tmpfs(tmp_path):
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "imgtest%d" % os.getpid(), str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", f"imgtest{os.getpid()}", str(mnt)], check=True)
     yield mnt
     subprocess.run(["umount", "-R", "-l", str(mnt)], check=False)
 

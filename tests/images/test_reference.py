@@ -7,6 +7,8 @@ import pytest
 from runtime.errors import InvalidParameter
 from runtime.images import reference
 
+pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
+
 DIGEST = "sha256:" + "a" * 64
 
 

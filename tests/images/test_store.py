@@ -108,7 +108,7 @@ def test_concurrent_imports_of_one_layer(store, busybox_tar):
 
     def work(n: int) -> None:
         try:
-            store.import_tar(io.BytesIO(busybox_tar), "c:%d" % n)
+            store.import_tar(io.BytesIO(busybox_tar), f"c:{n}")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

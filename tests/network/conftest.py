@@ -126,14 +126,14 @@ def spawn(host: Host, tmp_path: Path) -> Iterator[Callable[[], Container]]:
     started: list[Container] = []
 
     def start() -> Container:
-        hosts_path = tmp_path / ("hosts-%d" % len(started))
+        hosts_path = tmp_path / (f"hosts-{len(started)}")
         hosts_path.write_text("127.0.0.1\tlocalhost\n")
         proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
                                  'mount --bind "$0" /etc/hosts && exec sleep 600', str(hosts_path)])
         container = Container(proc, str(hosts_path))
         started.append(container)
         deadline = time.monotonic() + 10
-        while Path("/proc/%d/comm" % proc.pid).read_text().strip() != "sleep":
+        while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "sleep":
             assert time.monotonic() < deadline, "container process did not start"
             time.sleep(0.005)
         return container

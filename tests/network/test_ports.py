@@ -57,7 +57,7 @@ def test_tcp_and_udp_from_loopback_and_from_another_host(host: Host, remote: str
     with pytest.raises(ConnectionRefusedError):
         tcp_ask(remote_socket(remote), (REMOTE_HOST_IP, fixed))
 
-    with pytest.raises(HostError, match="Bind for 0.0.0.0:%d failed: port is already allocated" % tcp_port):
+    with pytest.raises(HostError, match=f"Bind for 0.0.0.0:{tcp_port} failed: port is already allocated"):
         manager.publish("other", address, {"80/tcp": [{"HostPort": str(tcp_port)}]})
     manager.unpublish(box.id)
     bind_socket("tcp", "0.0.0.0", tcp_port).close()
@@ -99,7 +99,7 @@ def test_host_port_ranges_and_ipv6_host_addresses(host: Host, manager: NetworkMa
     box, address = running_echo(spawn, manager)
     first = free_port()
     with bind_socket("tcp", "0.0.0.0", first):
-        ports = manager.publish(box.id, address, {"80/tcp": [{"HostPort": "%d-%d" % (first, first + 1)}]})
+        ports = manager.publish(box.id, address, {"80/tcp": [{"HostPort": f"{first}-{first + 1}"}]})
         assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(first + 1)}]}
     ipv6 = manager.publish(box.id, address, {"80/tcp": [{"HostIp": "::1"}]})["80/tcp"][0]
     assert ipv6["HostIp"] == "::1"

@@ -14,8 +14,8 @@ import os
 import socket
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import paramiko
 
@@ -27,7 +27,7 @@ class Node:
     mode: int
     data: bytes = b""
     link: str | None = None
-    children: dict[str, "Node"] | Callable[[], dict[str, "Node"]] | None = None
+    children: dict[str, Node] | Callable[[], dict[str, Node]] | None = None
 
     def attributes(self, name: str) -> paramiko.SFTPAttributes:
         attributes = paramiko.SFTPAttributes()
@@ -38,7 +38,7 @@ class Node:
         attributes.st_atime = attributes.st_mtime = 0
         return attributes
 
-    def listing(self) -> dict[str, "Node"]:
+    def listing(self) -> dict[str, Node]:
         children = self.children() if callable(self.children) else self.children
         return dict(children or {})
 

@@ -3,12 +3,10 @@ never what the host prints about itself; wildcards are refused before anything i
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from bootstrap import certs
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.support.cli import DOCKER, machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory
 
 NOBODY = 65534

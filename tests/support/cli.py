@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support import busybox
+
 REPO = Path(__file__).resolve().parents[2]
 MACHINES = str(Path(sys.executable).with_name("machines"))  # the venv's console script, not whatever is on PATH
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
@@ -39,13 +41,13 @@ def create_flags(driver: str, config: dict[str, Any]) -> list[str]:
     return flags
 
 
-def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def with_env(store: Path, name: str, command: str, stdin: bytes | None = None,
+             timeout: float = 240) -> subprocess.CompletedProcess[bytes]:
     """``command`` in bash after ``eval "$(machines env NAME)"``, as a user would run it."""
     script = f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && {command}'
-    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=240, env=os.environ)
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=timeout, env=os.environ)
 
 
 def busybox_rootfs() -> bytes:
     """A busybox root filesystem tar for ``docker import`` (test hosts have no registry to pull from)."""
-    script = REPO / "scripts" / "busybox-rootfs.sh"
-    return subprocess.run(["bash", str(script)], capture_output=True, check=True).stdout
+    return busybox.rootfs()

@@ -1,6 +1,4 @@
-"""pytest fixtures for real SSH test hosts. Use them from a conftest.py::
-
-    from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
+"""pytest fixtures for real SSH test hosts, loaded for every test by ``tests/conftest.py`` (``pytest_plugins``).
 
 ``test_host(name=None, address=None, start=True) -> TestHost`` makes a started host and removes it after the test.
 """

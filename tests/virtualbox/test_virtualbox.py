@@ -18,9 +18,10 @@ import pytest
 
 from drivers.virtualbox import VirtualBoxDriver
 from machines.errors import PreCreateError
+from tests.support import busybox
 from tests.support.cli import DOCKER, MACHINES, machines
 
-from .conftest import MACHINE_PREFIX, REPO, TEST_CIDR, LibvirtWorld, domains
+from .conftest import MACHINE_PREFIX, TEST_CIDR, LibvirtWorld, domains
 
 
 def unique() -> str:
@@ -119,8 +120,7 @@ def test_libvirt_machine_end_to_end(libvirt_world: LibvirtWorld, tmp_path: Path)
         ip = machines(store, "ip", name, env=env).stdout.strip()
         assert ip.startswith("192.168.62.")
 
-        rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True,
-                                check=True, timeout=60).stdout
+        rootfs = busybox.rootfs()
         docker = (f'eval "$(machines env {name})" && {DOCKER} import - busybox:vb >/dev/null && '
                   f'{DOCKER} run --rm busybox:vb sh -c "echo hello from \\$(hostname -s)"')
         result = subprocess.run(["bash", "-c", docker], input=rootfs, capture_output=True, env=env, timeout=300)
