@@ -175,7 +175,6 @@ def test_wrong_json_types_in_a_loaded_manifest_are_4xx(daemon: Daemon, manifest:
                           _archive({"manifest.json": manifest, "c.json": CONFIG}))
     text = answer.decode(errors="replace")
     assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), f"{status} {text[:300]}"
-    assert "invalid" in text.lower() or "refused" in text.lower(), text[:300]
 
 
 @pytest.mark.parametrize("config", [b"[]", b'{"rootfs": []}', b'{"rootfs": {"diff_ids": "x"}}',
