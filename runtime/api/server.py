@@ -122,7 +122,7 @@ class Body:
         try:
             return self._read(size)
         except socket.timeout:
-            raise HTTPError(408, "request body stalled for more than %d seconds" % BODY_IDLE_TIMEOUT) from None
+            raise HTTPError(408, f"request body stalled for more than {BODY_IDLE_TIMEOUT:.0f} seconds") from None
 
     def _read(self, size: int) -> bytes:
         if self._done:
@@ -409,7 +409,7 @@ class Connection:
                 headers.add(name, value.strip())
             return parts[0], parts[1], parts[2], headers
         except socket.timeout:
-            raise HTTPError(408, "request headers not received within %d seconds" % HEADER_DEADLINE) from None
+            raise HTTPError(408, f"request headers not received within {HEADER_DEADLINE:.0f} seconds") from None
         finally:
             self.phase(idle=BODY_IDLE_TIMEOUT)
 
@@ -950,8 +950,8 @@ class _Gate:
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         body = _error_body("too many connections to the daemon; try again later")
-        head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" \
-               "Connection: close\r\n\r\n" % len(body)
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         try:
             sock.settimeout(0.5)
             sock.sendall(head.encode("latin-1") + body)
