@@ -849,7 +849,7 @@ def _query_json(query: dict[str, list[str]], name: str, kind: type = dict, what:
         return kind()
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep, still the client's error
         raise InvalidParameter(f"{what}{exc}") from None
     if not isinstance(value, kind):
         raise InvalidParameter(f"{what}json: cannot unmarshal {type(value).__name__} into Go value")
