@@ -24,10 +24,10 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter, NotFound
 from runtime.images.archive import tree_tar
 from runtime.linux import cgroups, safepath
@@ -160,8 +160,7 @@ def _locate(root: safepath.Root, path: str, name: str) -> tuple[int, str, os.sta
 
 def _stat(root: safepath.Root, path: str, st: os.stat_result) -> dict:
     link = root.resolve(path) if stat.S_ISLNK(st.st_mode) else ""
-    ns = st.st_mtime_ns
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + f".{ns % 10 ** 9:09d}Z"
+    mtime = timefmt.rfc3339_nano(st.st_mtime_ns)
     return {"name": posixpath.basename(path.rstrip("/")) or "/", "size": st.st_size, "mode": _go_mode(st),
             "mtime": mtime, "linkTarget": link}
 
