@@ -14,7 +14,7 @@ from runtime.api import streams, validate
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
 from runtime.engine import Engine
-from runtime.errors import EngineError, InvalidParameter
+from runtime.errors import EngineError, HostError, InvalidParameter
 from runtime.images.builder import ImageView
 from runtime.linux import safepath
 
@@ -103,9 +103,12 @@ def resize(engine: Engine, request: Request, ref: str) -> Response:
     return Response(200, b"", "text/plain")
 
 
-@route("DELETE", "/containers/{ref}", "Remove (force, v)")
+@route("DELETE", "/containers/{ref:.*}", "Remove (force, v), or with link the link /parent/alias")
 def remove(engine: Engine, request: Request, ref: str) -> None:
-    engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
+    if request.flag("link"):
+        engine.remove_link(ref)
+    else:
+        engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
 
 
 @route("POST", "/containers/{ref}/wait", "Wait for a condition; headers go out at once, the body at the end")
@@ -129,11 +132,15 @@ def wait(engine: Engine, request: Request, ref: str) -> Stream:
 def attach(engine: Engine, request: Request, ref: str) -> Any:
     tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
     with_stdin = request.flag("stdin")
+    try:
+        keys = streams.detach_keys(request.arg("detachKeys"))
+    except ValueError:
+        raise InvalidParameter("Invalid detach keys ({}) provided".format(request.arg("detachKeys"))) from None
     session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
                             logs=request.flag("logs"), stream=request.flag("stream"))
     channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
     if with_stdin:
-        streams.feed_stdin(channel, session)
+        streams.feed_stdin(channel, session, keys)
     streams.pump_output(channel, session)
     return HIJACKED
 
@@ -282,6 +289,13 @@ def exec_create(engine: Engine, request: Request, ref: str) -> Response:
     if not body.get("Cmd"):
         raise InvalidParameter("No exec command specified")
     validate.console_size(body.get("ConsoleSize"))
+    for key in [key for key in body if key.lower() == "detachkeys" and key != "DetachKeys"]:
+        body["DetachKeys"] = body.pop(key)  # docker-py sends "detachKeys"; Go's JSON matches either case
+    if body.get("DetachKeys"):
+        try:
+            streams.detach_keys(str(body["DetachKeys"]))
+        except ValueError:  # dockerd's exec words it so, and answers 500
+            raise HostError("Invalid escape keys ({}) provided".format(body["DetachKeys"])) from None
     return json_response({"Id": engine.exec_create(ref, body)}, 201)
 
 
@@ -304,7 +318,7 @@ def exec_start(engine: Engine, request: Request, exec_id: str) -> Any:
         streams.write_error(channel, tty, str(exc))
         return HIJACKED
     if info.get("OpenStdin"):
-        streams.feed_stdin(channel, session)
+        streams.feed_stdin(channel, session, streams.detach_keys(info.get("DetachKeys") or ""))
     streams.pump_output(channel, session)
     return HIJACKED
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from runtime.engine.logs import log_config
 from runtime.errors import InvalidParameter
 
-NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+NAME_RE = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # always fullmatch: "$" would let "name\n" by
 ZERO_TIME = "0001-01-01T00:00:00Z"
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
 
@@ -27,8 +27,8 @@ def random_name() -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise InvalidParameter("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return name.lstrip("/")
 
 
@@ -155,6 +155,9 @@ def check_restart_policy(policy: dict) -> dict:
     return {"Name": name, "MaximumRetryCount": retries}
 
 
+PROPAGATION_MODES = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+
+
 def parse_binds(binds: List[str]) -> List[dict]:
     """``-v`` specs: ``/host:/ctr[:ro]`` (bind) or ``name:/ctr[:ro]`` (named volume) or ``/ctr`` (anonymous)."""
     out = []
@@ -175,9 +178,30 @@ def parse_binds(binds: List[str]) -> List[dict]:
                                             "rshared", "slave", "rslave")]
         if bad:
             raise InvalidParameter("invalid mode: %s" % ",".join(bad))
+        propagation = [m for m in mode if m in PROPAGATION_MODES]
+        if len(propagation) > 1 or (propagation and not source.startswith("/")):
+            raise InvalidParameter(f"invalid mode: {parts[2]}")
         out.append({"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target,
-                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode})
+                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode,
+                    "Propagation": propagation[0] if propagation else ""})
     return out
+
+
+def tmpfs_options(tmp: dict) -> str:
+    """TmpfsOptions as mount data, as moby's ConvertTmpfsOptions writes it: ``mode=1770,size=64m``, then any
+    extra ``Options`` (API 1.46) such as ``exec``."""
+    opts = ["mode=%o" % (int(tmp["Mode"]) & 0o7777) if tmp.get("Mode") else "mode=1777"]
+    size = int(tmp.get("SizeBytes") or 0)
+    if size < 0:
+        raise InvalidParameter(f'invalid mount config for type "tmpfs": invalid tmpfs size {size}')
+    if size:
+        for factor, suffix in ((1 << 20, "m"), (1 << 10, "k"), (1, "")):
+            if size % factor == 0:
+                opts.append(f"size={size // factor}{suffix}")
+                break
+    for option in tmp.get("Options") or []:
+        opts.append("=".join(str(part) for part in option))
+    return ",".join(opts)
 
 
 def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[dict]:
@@ -195,13 +219,16 @@ def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[di
             raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: %s"
                                    % source)
         opts = ""
+        propagation = str((m.get("BindOptions") or {}).get("Propagation") or "")
+        if propagation and propagation not in PROPAGATION_MODES:
+            raise InvalidParameter(f'invalid mount config for type "{kind}": invalid propagation mode: {propagation}')
         if kind == "tmpfs":
-            tmp = m.get("TmpfsOptions") or {}
-            opts = ",".join(filter(None, ["size=%d" % tmp["SizeBytes"] if tmp.get("SizeBytes") else "",
-                                          "mode=%o" % tmp["Mode"] if tmp.get("Mode") else "mode=1777"]))
+            if source:
+                raise InvalidParameter('invalid mount config for type "tmpfs": field Source must not be specified')
+            opts = tmpfs_options(m.get("TmpfsOptions") or {})
         nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
         out.append({"Type": kind, "Source": source, "Target": target, "ReadOnly": bool(m.get("ReadOnly")),
-                    "Options": opts, "NoCopy": nocopy})
+                    "Options": opts, "NoCopy": nocopy, "Propagation": propagation})
     for target, opts in (tmpfs or {}).items():
         out.append({"Type": "tmpfs", "Source": "", "Target": target, "ReadOnly": False,
                     "Options": opts or "mode=1777"})
@@ -248,3 +275,14 @@ def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:
             raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
         out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
     return out
+
+
+def go_json_type(value: object) -> str:
+    """How Go's encoding/json names a JSON value in "json: cannot unmarshal X into ..." errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number " + str(value)
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

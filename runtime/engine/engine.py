@@ -2,6 +2,12 @@
 
 State lives on disk (``<data-root>/containers/<id>/config.v2.json``, the shim's ``exit.json``) so a daemon killed
 with SIGKILL reloads everything, reconnects to live shims, and marks the dead with the code their shim recorded.
+
+``Engine`` is the facade the API calls. The verb families live beside it, one module each over the shared
+``container.ContainerTable`` (as moby's daemon/exec.go, monitor.go, health.go and update.go share one container
+type): ``exec`` (exec instances), ``monitor`` (exit watching, restart policies), ``health`` (probes),
+``update`` (docker update checks and merge), ``launch`` (forking a process into a container and reading its report
+pipe), ``logs`` (log drivers and reading), ``archive`` (files in and out).
 """
 from __future__ import annotations
 
@@ -16,10 +22,10 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from runtime.engine import archive, health, update
+from runtime.engine import archive, health, links, update
 from runtime.engine.config import (ZERO_TIME, check_name, check_restart_policy, command_of, devices_of,
-                                   host_config_defaults, merge_config, parse_binds, parse_mounts, parse_signal,
-                                   random_name, split_mode, ulimits_of)
+                                   host_config_defaults, merge_config, merge_env, parse_binds, parse_mounts,
+                                   parse_signal, random_name, split_mode, ulimits_of)
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
 from runtime.engine.exec import ExecManager
@@ -29,13 +35,21 @@ from runtime.engine.monitor import Monitor
 from runtime.engine.sessions import AttachSession, Session
 from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
-from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
+from runtime.engine.volumes import VolumeStore
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
+from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
+from runtime.linux.paths import private_dir
+from runtime.linux.process import propagation_problem
+
+LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
+                "publish", "since", "status", "volume")  # moby's
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
 class Engine:
-    """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
+    """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
+    classes whose status and message the API answers with."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
                  bridge_name: Optional[str] = None) -> None:
@@ -46,8 +60,8 @@ class Engine:
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.containers_root = os.path.join(self.data_root, "containers")
-        for path in (self.containers_root, self.exec_root):
-            os.makedirs(path, mode=0o710, exist_ok=True)
+        for path in (self.data_root, self.containers_root, self.exec_root):  # dockerd's modes: not world-readable
+            private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
@@ -67,7 +81,7 @@ class Engine:
                                release_network=self._release_network,
                                remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
-        os.makedirs(self._trash, exist_ok=True)
+        private_dir(self._trash, 0o700)
         self._discards: List[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
@@ -103,8 +117,8 @@ class Engine:
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
+        host = host_config_defaults(body.get("HostConfig") or {})  # as moby: checked before the image lookup
         image = self.images.resolve(image_ref)
-        host = host_config_defaults(body.get("HostConfig") or {})
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         health.validate(body.get("Healthcheck"))
@@ -116,12 +130,16 @@ class Engine:
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
+        kind, target = split_mode(host["NetworkMode"])
+        asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        macs = [config.get("MacAddress")] + [ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict)]
+        links.check_network_mode(config, host, kind, next((str(mac) for mac in macs if mac), ""))
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
-        kind, target = split_mode(host["NetworkMode"])
         if kind == "container":
             self._get(target)
         networks = self._planned_networks(kind, target, body)
+        linked = self._link_children(host.get("Links") or [], kind)
         mounts = self._plan_mounts(cid, host, config)
         with self._lock:
             name = check_name(name) if name else self._unique_name()
@@ -130,6 +148,7 @@ class Engine:
                     raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
                                    'have to remove (or rename) that container to be able to reuse that name.'
                                    % (name, other.id))
+            host["Links"] = [links.stored(child, name, alias) for child, alias in linked] or None
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -158,7 +177,10 @@ class Engine:
             self._containers[cid] = c
             self._save(c)
         self._emit(c, "create")
-        return {"Id": cid, "Warnings": []}
+        warnings = []
+        if kind == "host" and (host.get("PortBindings") or host.get("PublishAllPorts")):
+            warnings.append("Published ports are discarded when using host network mode")
+        return {"Id": cid, "Warnings": warnings}
 
     def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
@@ -169,12 +191,84 @@ class Engine:
         primary = self.networks.inspect(target)
         out = {primary["Name"]: _planned_endpoint(primary["Id"], asked.get(target) or asked.get(primary["Name"])
                                                   or asked.get("default") or {})}
+        mac = (body.get("MacAddress") or "") if kind != "host" else ""  # Config.MacAddress, API < 1.44
+        if mac and not out[primary["Name"]]["MacAddress"]:
+            out[primary["Name"]]["MacAddress"] = mac
         for key, cfg in asked.items():
             if key in (target, primary["Name"], "default"):
                 continue
             net = self.networks.inspect(key)
             out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
         return out
+
+    def _link_children(self, specs: list[str], kind: str) -> list[tuple[str, str]]:
+        """(container name, alias) of each ``--link``; like dockerd, the target must exist at create."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound as exc:
+                raise InvalidParameter(f"could not get container for {child}: {exc}") from None
+            out.append((other.name, alias))
+        return out if kind in ("bridge", "network") else []
+
+    def _link_targets(self, c: Container, specs: list[str], net: str) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only, and on the
+        default bridge to containers on it (dockerd's words otherwise)."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            other = self._get(child)
+            if not other.running:
+                raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
+                    other.data["Name"], c.name, alias))
+            if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
+                raise HostError("Cannot link to {}, as it does not belong to the default network".format(
+                    other.data["Name"]))
+            out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
+        return out
+
+    def _link_env(self, c: Container) -> list[str]:
+        """The legacy link variables of a container on the default bridge (moby's setupLinkedContainers). A target
+        that is gone or stopped is skipped here: connecting the bridge endpoint refuses it, inside the start's
+        cleanup path."""
+        if "bridge" not in (c.data["NetworkSettings"].get("Networks") or {}):
+            return []
+        env: list[str] = []
+        for spec in c.data["HostConfig"].get("Links") or []:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound:
+                continue
+            bridge = (other.data["NetworkSettings"].get("Networks") or {}).get("bridge")
+            if not other.running or not bridge:
+                continue
+            env += links.environment(f"/{c.name}/{alias}", bridge.get("IPAddress") or "",
+                                     other.data["Config"].get("Env") or [], other.data["Config"].get("ExposedPorts"))
+        return env
+
+    def remove_link(self, ref: str) -> None:
+        """``DELETE /containers/{parent}/{alias}?link=true``: the link goes from the parent's HostConfig and hosts
+        file (its environment stays as it started, as with Docker)."""
+        name = "/" + ref.lstrip("/")
+        parent_name, _, alias = name.rpartition("/")
+        if not parent_name:
+            self._get(ref)
+            raise HostError("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self._get(parent_name)
+        except NotFound:
+            raise NotFound(f"No such container: {name}") from None
+        kept = [spec for spec in parent.data["HostConfig"].get("Links") or [] if links.parse_link(spec)[1] != alias]
+        if len(kept) == len(parent.data["HostConfig"].get("Links") or []):
+            raise NotFound(f"No such container: {name}")
+        with self._lock:
+            parent.data["HostConfig"]["Links"] = kept or None
+            self._save(parent)
+        if parent.running:
+            self.networks.unlink(parent.id, alias)
 
     def _unique_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -201,7 +295,7 @@ class Engine:
                               "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
-                entry["Propagation"] = "rprivate"
+                entry["Propagation"] = m.get("Propagation") or "rprivate"
                 if m.get("FromBinds") and not os.path.exists(m["Source"]):
                     os.makedirs(m["Source"], exist_ok=True)  # -v creates a missing host directory, as Docker does
             else:
@@ -241,6 +335,13 @@ class Engine:
                     name, _, addr = item.partition(":")
                     f.write("%s\t%s\n" % (addr, name))
         lines = []
+        if kind == "container":  # dockerd shares the other container's file: same namespace, same resolver
+            shutil.copyfile(self._get(split_mode(host["NetworkMode"])[1]).file("resolv.conf"), c.file("resolv.conf"))
+            return
+        user_networks = [n for n in c.data["NetworkSettings"].get("Networks") or {} if n not in ("bridge", "none")]
+        if kind == "network" or (kind == "bridge" and user_networks):
+            self._write_internal_resolv_conf(c)
+            return
         if host.get("Dns"):
             lines += ["nameserver %s" % d for d in host["Dns"]]
         else:
@@ -259,6 +360,23 @@ class Engine:
             lines.append("options " + " ".join(host["DnsOptions"]))
         with open(c.file("resolv.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+    def _write_internal_resolv_conf(self, c: Container) -> None:
+        """On user-defined networks, dockerd's embedded server answers at 127.0.0.11 (``--dns`` servers become its
+        upstreams); the host's search domains and options stay, with ``ndots:0`` unless one was given."""
+        host = c.data["HostConfig"]
+        try:
+            with open(self.networks.resolv_conf) as f:
+                base = [line.split() for line in f]
+        except OSError:
+            base = []
+        search = host.get("DnsSearch") or [word for words in base if words[:1] == ["search"] for word in words[1:]]
+        options = host.get("DnsOptions") or [word for words in base if words[:1] == ["options"] for word in words[1:]]
+        if not any(option.startswith("ndots:") for option in options):
+            options = ["ndots:0"] + options
+        lines = ["nameserver 127.0.0.11"] + (["search " + " ".join(search)] if search else [])
+        with open(c.file("resolv.conf"), "w") as f:
+            f.write("\n".join(lines + ["options " + " ".join(options)]) + "\n")
 
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -280,6 +398,7 @@ class Engine:
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
                            "readonly": not m["RW"], "options": m.get("_options", ""),
+                           "propagation": m.get("Propagation") or "",
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
         log_max_size, log_max_file = rotation(host["LogConfig"])
@@ -331,7 +450,13 @@ class Engine:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
                                        "%s" % m["Source"])
+            problem = m["Type"] == "bind" and propagation_problem(m["Source"], m.get("Propagation") or "")
+            if problem:
+                raise HostError(problem)
         spec = self._spec(c, network)
+        if kind == "bridge":
+            c.data["_link_env"] = self._link_env(c)
+            spec["env"] = merge_env(c.data["_link_env"], spec["env"])
         try:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
@@ -412,11 +537,21 @@ class Engine:
                 settings[key] = bridge.get(key, settings.get(key))
 
     def _connect_one(self, c: Container, net: str, planned: dict, pid: int) -> dict:
-        ipv4 = (planned.get("IPAMConfig") or {}).get("IPv4Address") or None
+        """One network's endpoint, with what NetworkingConfig asked: aliases, addresses, MAC, links (the legacy
+        HostConfig.Links count on the default bridge and on a primary network that has none of its own)."""
+        host = c.data["HostConfig"]
+        addresses = planned.get("IPAMConfig") or {}
+        specs = planned.get("Links") or []
+        if not specs and net in ("bridge", split_mode(host["NetworkMode"])[1]):
+            specs = host.get("Links") or []
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
-                                         ipv4=ipv4, hosts_path=c.file("hosts"),
+                                         ipv4=addresses.get("IPv4Address") or None,
+                                         ipv6=addresses.get("IPv6Address") or None,
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs, net),
+                                         dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
+        endpoint["Links"] = planned.get("Links")
         return endpoint
 
     def _release_network(self, c: Container) -> None:
@@ -729,16 +864,17 @@ class Engine:
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]
         thread.start()
 
-    def prune_containers(self, filters: Optional[dict] = None) -> dict:
+    def prune_containers(self, filters: Args | None = None) -> dict:
+        """Stopped containers, narrowed by ``label``/``label!`` and ``until`` as moby's."""
+        args = Args.of(filters).validate(PRUNE_LABELS)
+        until = args.until()
         deleted, reclaimed = [], 0
-        labels = _filter_values(filters, "label")
-        until = _filter_values(filters, "until")
         with self._lock:
             candidates = [c for c in self._containers.values() if not c.running and not c.state.get("Restarting")]
         for c in candidates:
-            if labels and not labels_match(c.data["Config"].get("Labels") or {}, labels):
+            if not args.match_labels(c.data["Config"].get("Labels") or {}):
                 continue
-            if until and parse_time(c.data["Created"]) >= _until(until[0]):
+            if until is not None and parse_time(c.data["Created"]) > until:
                 continue
             reclaimed += archive.tree_size(c.file("upper"))
             try:
@@ -783,24 +919,37 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: Optional[int] = -1,
-                        size: bool = False) -> List[dict]:
-        for value in _filter_values(filters, "health"):
+    def list_containers(self, all: bool = False, filters: Args | None = None, limit: Optional[int] = -1,
+                        size: bool = False) -> list[dict]:
+        args = Args.of(filters).validate(LIST_FILTERS)
+        for value in args.get("health"):
             if value not in health.HEALTH_VALUES:
-                raise InvalidParameter("Unrecognised filter value for health: %s" % value)
+                raise InvalidParameter(f"Unrecognised filter value for health: {value}")
+        for value in args.get("status"):
+            if value not in STATES:
+                raise InvalidParameter(f"Unrecognised filter value for status: {value}")
+        published, exposed = args.ports("publish"), args.ports("expose")
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
+            before = [self._get(ref).data["Created"] for ref in args.get("before")]
+            since = [self._get(ref).data["Created"] for ref in args.get("since")]
             out = []
             for c in items:
-                if not all and not c.running and not _filter_values(filters, "status"):
+                if not all and not c.running and not args.contains("status"):
                     continue
-                if not self._matches(c, filters):
+                if not self._matches(c, args):
+                    continue
+                if published and not published & set(c.data["HostConfig"].get("PortBindings") or {}):
+                    continue
+                if exposed and not exposed & set(c.data["Config"].get("ExposedPorts") or {}):
+                    continue
+                if any(c.data["Created"] >= b for b in before) or any(c.data["Created"] <= s for s in since):
                     continue
                 out.append(self._summary(c, size))
         return out[:limit] if limit is not None and limit > 0 else out
 
-    def _matches(self, c: Container, filters: Optional[dict]) -> bool:
-        if not filters:
+    def _matches(self, c: Container, args: Args) -> bool:
+        if not args:
             return True
         st = c.state
         checks = {
@@ -815,10 +964,12 @@ class Engine:
             "health": lambda v: v == health.filter_value(st),
         }
         for key, test in checks.items():
-            wanted = _filter_values(filters, key)
+            wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
                 return False
-        return labels_match(c.data["Config"].get("Labels") or {}, _filter_values(filters, "label"))
+        if args.contains("is-task") and args.get_bool("is-task", False):
+            return False  # no swarm here: no container is a task
+        return args.match_kv_list("label", c.data["Config"].get("Labels") or {})
 
     def _summary(self, c: Container, size: bool) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -992,6 +1143,8 @@ class Engine:
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
+                if net["Name"] not in ("bridge", "host", "none"):
+                    self._write_internal_resolv_conf(c)  # as dockerd: the embedded server takes over at once
             with self._lock:
                 networks[net["Name"]] = endpoint
                 self._save(c)
@@ -1008,8 +1161,8 @@ class Engine:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)
 
-    def events(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[dict] = None) -> Iterator[dict]:
+    def events(self, since: float | None = None, until: float | None = None,
+               filters: Args | None = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
 
 
@@ -1022,13 +1175,7 @@ def _log_file(c: Container) -> str:
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:
     """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
     return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
-            "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "MacAddress": cfg.get("MacAddress") or "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
 
-
-def _until(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return parse_time(value)

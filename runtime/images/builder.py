@@ -524,12 +524,13 @@ class Builder:
         """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
         path = stage.config.get("WorkingDir") or "/"
         view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        if path == "/" or view.lstat(view.resolve(path)) is not None:
+        inside = view.resolve(path)  # through the image's links, inside the image
+        if path == "/" or view.lstat(inside) is not None:
             return None
         staging = os.path.join(work, "upper")
         os.makedirs(staging, exist_ok=True)
         with safepath.Root(staging, follow_links=False) as layer:
-            self._make_parents(view, layer, path.strip("/") + "/")
+            self._make_parents(view, layer, inside + "/")
         return staging
 
     # --- RUN ---------------------------------------------------------------------------------------------------
@@ -593,7 +594,9 @@ class Builder:
         dest_path = posixpath.normpath(posixpath.join(workdir, dest))
         dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
         parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        existing = parent_view.lstat(parent_view.resolve(dest_path))
+        # The destination's links are followed inside the image (``/app -> /srv`` puts files in /srv, as Docker)
+        inside = parent_view.resolve(dest_path)
+        existing = parent_view.lstat(inside)
         if existing is not None and stat.S_ISDIR(existing.st.st_mode):
             dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
         plan: list[tuple[str, Found, str]] = []  # (kind, source entry, target path inside the layer)
@@ -607,7 +610,7 @@ class Builder:
             if len(matches) > 1:
                 dest_is_dir = True
             for found, rel in matches:
-                target = dest_path.strip("/")
+                target = inside
                 if stat.S_ISDIR(found.st.st_mode):
                     plan.extend(_plan_tree(source_view, found, target))
                 elif ins.cmd == "ADD" and in_context and _is_tar(found):
@@ -626,7 +629,7 @@ class Builder:
             by a later directory ``x``, as tar extraction does, never written through."""
             os.makedirs(staging, exist_ok=True)
             with safepath.Root(staging, follow_links=False) as layer:
-                self._make_parents(parent_view, layer, dest_path.strip("/") + ("/" if dest_is_dir else ""))
+                self._make_parents(parent_view, layer, inside + ("/" if dest_is_dir else ""))
                 for kind, found, target in plan:
                     if kind == "tar":
                         folder = layer.makedirs(target, replace=True)
@@ -846,7 +849,7 @@ def _query_json(query: dict[str, list[str]], name: str, kind: type = dict, what:
         return kind()
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep, still the client's error
         raise InvalidParameter(f"{what}{exc}") from None
     if not isinstance(value, kind):
         raise InvalidParameter(f"{what}json: cannot unmarshal {type(value).__name__} into Go value")

@@ -113,14 +113,72 @@ def _mount_at(root: safepath.Root, target: str, source: Optional[str], fstype: O
         os.close(fd)
 
 
-def bind_mount(source: str, root: safepath.Root, target: str, readonly: bool, recursive: bool = True) -> None:
-    """``source`` bind-mounted on ``target`` inside the root (read-only if asked)."""
+PROPAGATION_FLAGS = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC, "shared": sc.MS_SHARED,
+    "rshared": sc.MS_SHARED | sc.MS_REC, "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+}
+TMPFS_FLAGS = {  # mount(8) words that are flags, not tmpfs data: (set, clear)
+    "ro": (sc.MS_RDONLY, 0), "rw": (0, sc.MS_RDONLY), "nosuid": (sc.MS_NOSUID, 0), "suid": (0, sc.MS_NOSUID),
+    "nodev": (sc.MS_NODEV, 0), "dev": (0, sc.MS_NODEV), "noexec": (sc.MS_NOEXEC, 0), "exec": (0, sc.MS_NOEXEC),
+    "sync": (sc.MS_SYNCHRONOUS, 0), "async": (0, sc.MS_SYNCHRONOUS), "noatime": (sc.MS_NOATIME, 0),
+    "atime": (0, sc.MS_NOATIME), "nodiratime": (sc.MS_NODIRATIME, 0), "diratime": (0, sc.MS_NODIRATIME),
+    "strictatime": (sc.MS_STRICTATIME, 0),
+}
+
+
+def tmpfs_flags(options: str, readonly: bool) -> tuple[int, str]:
+    """(mount flags, data) of a tmpfs: Docker's defaults noexec, nosuid, nodev, then the options in order."""
+    flags = sc.MS_NOEXEC | sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if readonly else 0)
+    data = []
+    for word in filter(None, (options or "").split(",")):
+        if word in TMPFS_FLAGS:
+            on, off = TMPFS_FLAGS[word]
+            flags = (flags | on) & ~off
+        elif word not in PROPAGATION_FLAGS:
+            data.append(word)
+    return flags, ",".join(data)
+
+
+def mount_of(path: str) -> tuple[str, list[str]]:
+    """(mount point, optional fields such as ``shared:3``) of the mount holding ``path``, from mountinfo."""
+    path = os.path.realpath(path)
+    best: tuple[str, list[str]] = ("/", [])
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            optional = fields[6:fields.index("-")]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, optional)
+    return best
+
+
+def propagation_problem(source: str, propagation: str) -> str | None:
+    """dockerd's ensureShared/ensureSharedOrSlave: a shared (slave) bind needs a shared (or slave) source mount."""
+    if propagation not in ("shared", "rshared", "slave", "rslave"):
+        return None
+    point, optional = mount_of(source)
+    if any(field.startswith("shared:") for field in optional):
+        return None
+    if propagation.endswith("shared"):
+        return f"path {source} is mounted on {point} but it is not a shared mount"
+    if any(field.startswith("master:") for field in optional):
+        return None
+    return f"path {source} is mounted on {point} but it is not a shared or slave mount"
+
+
+def bind_mount(source: str, root: safepath.Root, target: str, readonly: bool, recursive: bool = True,
+               propagation: str = "") -> None:
+    """``source`` bind-mounted on ``target`` inside the root (read-only and with a propagation if asked)."""
     _mount_at(root, target, source, None, sc.MS_BIND | (sc.MS_REC if recursive else 0),
               directory=os.path.isdir(source))
-    if readonly:  # the remount needs the new mount itself: looked up again, through it
+    if readonly or propagation:  # these need the new mount itself: looked up again, through it
         fd = root.open(target, os.O_PATH)
         try:
-            sc.mount(None, safepath.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+            if propagation:
+                sc.mount(None, safepath.fd_path(fd), None, PROPAGATION_FLAGS[propagation])
+            if readonly:
+                sc.mount(None, safepath.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
         finally:
             os.close(fd)
 
@@ -169,7 +227,14 @@ def _mask(privileged: bool) -> None:
 def prepare_root(spec: dict) -> None:
     """Mounts the container's filesystem tree and pivots into it. Runs in the new mount namespace."""
     rootfs = spec["rootfs"]
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # Like runc with the rootfs propagation dockerd picks: shared when a bind is shared, slave when one is a slave
+    # (mounts then keep their tie to the host's), else private; the mount holding the root filesystem is made
+    # private either way, so the container's own mounts never appear on the host and pivot_root is allowed.
+    wanted = {m.get("propagation", "").lstrip("r") for m in spec["mounts"]}
+    propagation = "shared" if "shared" in wanted else "slave" if "slave" in wanted else "private"
+    sc.mount(None, "/", None, sc.MS_REC | PROPAGATION_FLAGS[propagation])
+    if propagation == "shared":
+        sc.mount(None, mount_of(os.path.dirname(rootfs))[0], None, sc.MS_PRIVATE)
     lower = ":".join(spec["lower"])
     # Image layers may hold device nodes (``docker import`` of a debootstrap tree). Without a devices cgroup to
     # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
@@ -201,15 +266,20 @@ def prepare_root(spec: dict) -> None:
             os.close(parent)
     for m in spec["mounts"]:
         if m["type"] == "tmpfs":
-            _mount_at(root, m["target"], "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.get("options") or "mode=1777")
+            _mount_at(root, m["target"], "tmpfs", "tmpfs", *tmpfs_flags(m.get("options") or "mode=1777",
+                                                                       m["readonly"]))
             continue
         if m.get("copy_up"):
             seed_volume(m["source"], root, m["target"])
-        bind_mount(m["source"], root, m["target"], m["readonly"])
+        bind_mount(m["source"], root, m["target"], m["readonly"], propagation=m.get("propagation", ""))
     os.close(root.makedirs(spec.get("cwd") or "/"))  # WorkingDir exists even when the root turns read-only
     root.close()
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
     os.chdir(rootfs)
     sc.pivot_root(".", ".")
+    os.fchdir(old_root)  # as runc: "." is then surely the old root, made a slave so its unmounts stay here
+    os.close(old_root)
+    sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
     sc.umount(".", sc.MNT_DETACH)
     os.chdir("/")
     _mask(spec["privileged"])
@@ -355,7 +425,8 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
     try:
         env = become_user(spec)
         if spec.get("init"):
-            sc.set_process_name("init")  # before the fork: the command may look at PID 1 at once
+            # before the fork: the command may look at PID 1 at once
+            sc.set_process_title("init -- " + " ".join(spec["args"]), "init")
             target = [0]
             forward_signals(target)
             child = os.fork()
@@ -417,6 +488,7 @@ def enter_child(pid: int, spec: dict, stdio: Optional[Tuple[int, int, int]], rep
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
+        sc.set_process_title("machines-exec " + spec["id"], "exec-" + spec["id"][:10])
         fds = [(os.open("/proc/%d/ns/%s" % (pid, ns), os.O_RDONLY), flag) for ns, flag in (
             ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
             ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]

@@ -19,7 +19,6 @@ from tests.aws.conftest import REGION, World, aws_env, cloud, moto_endpoint, wor
 from tests.azure.conftest import arm, arm_config, fake_arm  # noqa: F401
 from tests.azure.fakearm import FakeArm
 from tests.support.cli import create_flags, machines
-from tests.support.fixtures import test_bridge  # noqa: F401
 
 SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLE-session-token-that-must-stay-local"
 USER_SECRET = "hunter2-user-data-secret"
