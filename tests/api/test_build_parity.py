@@ -161,3 +161,16 @@ def test_run_container_options(daemon: Daemon, client: docker.DockerClient, imag
     assert out.splitlines()[0].split() == ["10.9.8.7", "buildhost"] and out.splitlines()[1].split()[1] == "4096"
     daemon.out("rmi", tag, py_tag)
     assert json.loads(daemon.out("ps", "-a", "--format", "{{json .}}") or "null") is None
+
+
+def test_run_steps_get_the_build_memory_limit(daemon: Daemon, image: str, tmp_path: Path) -> None:
+    """``docker build --memory``: a RUN step that needs more is killed (137), the same step without it passes."""
+    context = _write(tmp_path / "ctx", {"Dockerfile": f"FROM {image}\n"
+                                        "RUN head -c 100000000 /dev/zero | tail -c 90000000 > /dev/null\n"})
+    unlimited = daemon.docker("build", "--no-cache", str(context), timeout=120)
+    assert unlimited.returncode == 0, unlimited.stderr
+    limited = daemon.docker("build", "--no-cache", "--memory", "32m", "--memory-swap", "32m", str(context),
+                            timeout=120)
+    assert limited.returncode != 0 and b"returned a non-zero code: 137" in limited.stderr, limited.stderr
+    daemon.docker("image", "prune", "-f")
+    assert daemon.out("ps", "-aq") == ""
