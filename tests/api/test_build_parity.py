@@ -174,3 +174,22 @@ def test_run_steps_get_the_build_memory_limit(daemon: Daemon, image: str, tmp_pa
     assert limited.returncode != 0 and b"returned a non-zero code: 137" in limited.stderr, limited.stderr
     daemon.docker("image", "prune", "-f")
     assert daemon.out("ps", "-aq") == ""
+
+
+def test_run_steps_on_a_user_network(daemon: Daemon, image: str, name: str, tmp_path: Path) -> None:
+    """``docker build --network NET``: RUN steps join the network and reach its containers by name."""
+    network = name + "-net"
+    daemon.out("network", "create", network)
+    try:
+        daemon.out("run", "-d", "--name", name, "--network", network, image, "sleep", "300")
+        context = _write(tmp_path / "ctx", {"Dockerfile": f"FROM {image}\nRUN ping -c 1 -W 5 {name} > /ping\n"})
+        tag = "parity/network:" + TAG
+        built = daemon.docker("build", "--no-cache", "--network", network, "-t", tag, str(context), timeout=120)
+        assert built.returncode == 0, built.stderr
+        address = daemon.out("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}",
+                             name).strip()
+        assert address and f"({address})" in daemon.out("run", "--rm", tag, "cat", "/ping")
+        daemon.out("rmi", tag)
+    finally:
+        daemon.docker("rm", "-f", name)
+        daemon.out("network", "rm", network)
