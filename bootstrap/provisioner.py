@@ -9,7 +9,9 @@ from __future__ import annotations
 from bootstrap import certs as certificates
 from bootstrap import forwarder
 from bootstrap import provision as provisioning
-from machines.errors import StateError
+from machines.errors import StateError, UsageError
+from machines.hostoptions import ENGINE_OPT_KINDS, HostOptions
+from runtime import daemonconfig
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.shellenv import no_proxy_value
@@ -25,6 +27,15 @@ def _provisioned(machine: Machine) -> None:
 
 class RuntimeProvisioner:
     """Our runtime as a service on the host, its API over mutual TLS on TCP 2376 or through SSH."""
+
+    def check_options(self, options: HostOptions) -> None:
+        """Our runtime reads dockerd's daemon.json names but implements only some: refuse the others up front."""
+        missing = daemonconfig.unsupported(options.daemon_json())
+        if missing:
+            raise UsageError(
+                f"--engine-opt {', '.join(missing)}: dockerd knows it but the machines runtime does not implement it "
+                f"(it takes: {', '.join(sorted(set(daemonconfig.SUPPORTED) & set(ENGINE_OPT_KINDS)))})"
+            )
 
     # The module functions are looked up at each call, so tests can replace them (``monkeypatch.setattr``).
     def provision(self, machine: Machine, progress: Progress) -> None:

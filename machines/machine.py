@@ -66,6 +66,9 @@ class Provisioner(Protocol):
     ``machines.default``; another engine (Docker Engine, say) would be another implementation of this protocol.
     """
 
+    def check_options(self, options: HostOptions) -> None:
+        """Refuse (``UsageError``) engine options this engine cannot honour; called before anything is made."""
+
     def provision(self, machine: Machine, progress: Progress) -> None:
         """Install or repair the engine and wait until its API answers. Idempotent: create, ``machines provision``,
         and after ``start``/``restart`` (new server certificate when the address changed)."""
@@ -368,6 +371,8 @@ class Machines:
         config = driver_class.flag_defaults()
         config.update({key: value for key, value in (flags or {}).items() if value is not None})
         options = host_options or HostOptions()
+        if provision and self.provisioner is not None:
+            self.provisioner.check_options(options)
         driver = driver_class(name, str(self.store.machine_dir(name)), config, host_options=options)
         driver.pre_create_check()
         progress = progress or Progress(name)

@@ -14,6 +14,14 @@ import typer
 from drivers import registry
 from drivers.base import Driver, Flag
 from machines.cli.common import echo, err_console, for_each_machine, machines
+from machines.cli.engine import (
+    EngineEnv,
+    EngineInsecureRegistry,
+    EngineOpt,
+    EngineProxy,
+    EngineRegistryMirror,
+    engine_options,
+)
 from machines.errors import UsageError
 from machines.hostoptions import HostOptions
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
@@ -91,6 +99,11 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         engine_label: Annotated[
             list[str] | None, typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
         ] = None,
+        engine_env: EngineEnv = None,
+        engine_insecure_registry: EngineInsecureRegistry = None,
+        engine_registry_mirror: EngineRegistryMirror = None,
+        engine_opt: EngineOpt = None,
+        engine_proxy: EngineProxy = None,
         tls_san: Annotated[
             list[str] | None, typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
         ] = None,
@@ -108,7 +121,9 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
         host_options = HostOptions(
-            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root
+            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
+            engine=engine_options(engine_env, engine_insecure_registry, engine_registry_mirror, engine_opt,
+                                  engine_proxy),
         )
         flags = _driver_flags(ctx, driver, drivers, driver_values)
         library = machines()

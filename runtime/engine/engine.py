@@ -30,6 +30,7 @@ from runtime.engine.sessions import AttachSession, Session
 from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
 from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
+from runtime.daemonconfig import DaemonOptions
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
 from runtime.linux import cgroups, syscalls
 from runtime.linux.process import propagation_problem
@@ -39,7 +40,9 @@ class Engine:
     """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
-                 bridge_name: Optional[str] = None) -> None:
+                 bridge_name: Optional[str] = None, options: Optional[DaemonOptions] = None) -> None:
+        """``options``: the daemon's configuration (labels, registries, proxies, bridge); ``bridge_subnet`` may
+        name the gateway as dockerd's ``bip`` does."""
         from runtime.images.service import ImageService
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
@@ -51,10 +54,17 @@ class Engine:
             os.makedirs(path, mode=0o710, exist_ok=True)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
-        self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
+        self.options = options or DaemonOptions()
+        self.labels = list(self.options.labels)  # docker info's Labels
+        self.image_service = ImageService(  # pull, push, login, build, save, load
+            self.images, insecure_registries=self.options.insecure_registries,
+            mirrors=self.options.registry_mirrors, proxies=self.options.proxies)
         network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
+        if self.options.address_pool:
+            network_options.update(pool=self.options.address_pool[0], pool_prefix=self.options.address_pool[1])
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
-                                       default_subnet=bridge_subnet, **network_options)
+                                       default_subnet=bridge_subnet or self.options.bip, mtu=self.options.mtu,
+                                       **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
         self.bus = EventBus()
         self.table = ContainerTable(self.bus)
