@@ -35,6 +35,7 @@ from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
 from bootstrap import service
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
@@ -173,9 +174,7 @@ class ProvisioningRun:
         self.tls_sans: list[str] = list(options.tls_san)
         self.data_root: str = (options.engine_data_root or machine.driver.runtime_data_root
                                or service.DEFAULT_DATA_ROOT)
-        daemon_json = options.daemon_json()
-        daemon_json.pop("data-root", None)  # on the command line, where the runtime has always taken it
-        self.daemon_json = json.dumps(daemon_json, indent=2, sort_keys=True) + "\n"
+        self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
         self.environment = options.engine.environment
         self.conn: Connection | None = None
         self.facts: Facts | None = None
@@ -503,6 +502,23 @@ class ProvisioningRun:
             }
         )
         self.machine.save()
+
+
+def runtime_daemon_json(options: HostOptions) -> dict[str, Any]:
+    """The daemon.json our runtime gets: the options' directives but the data root (it is on the command line)."""
+    config = options.daemon_json()
+    config.pop("data-root", None)
+    return config
+
+
+def daemon_json_on_host(machine: Machine) -> dict[str, Any] | None:
+    """The runtime's daemon.json as the host has it (``None`` when it has none or it is not JSON)."""
+    result = machine.ssh().run(f"cat {service.CONFIG_PATH}", sudo=True, check=False)
+    try:
+        config = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _last_line(result: Result) -> str:

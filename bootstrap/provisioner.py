@@ -6,6 +6,8 @@ certificates for mutual TLS (``bootstrap.certs``) and the SSH-forwarded API sock
 
 from __future__ import annotations
 
+from typing import Any
+
 from bootstrap import certs as certificates
 from bootstrap import forwarder
 from bootstrap import provision as provisioning
@@ -36,6 +38,12 @@ class RuntimeProvisioner:
                 f"--engine-opt {', '.join(missing)}: dockerd knows it but the machines runtime does not implement it "
                 f"(it takes: {', '.join(sorted(set(daemonconfig.SUPPORTED) & set(ENGINE_OPT_KINDS)))})"
             )
+
+    def engine_config(self, options: HostOptions) -> dict[str, Any]:
+        return provisioning.runtime_daemon_json(options)
+
+    def engine_config_on_host(self, machine: Machine) -> dict[str, Any] | None:
+        return provisioning.daemon_json_on_host(machine)
 
     # The module functions are looked up at each call, so tests can replace them (``monkeypatch.setattr``).
     def provision(self, machine: Machine, progress: Progress) -> None:

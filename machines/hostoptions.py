@@ -327,3 +327,50 @@ class HostOptions:
             )
         except UsageError as error:
             raise StoreError(f"stored host options are invalid: {error}") from None
+
+
+def plan(recorded: HostOptions, wanted: HostOptions) -> list[str]:
+    """What changing ``recorded`` into ``wanted`` changes, one ``field: old -> new`` line each (empty: nothing)."""
+    lines = []
+    for name, old, new in (
+        ("api", recorded.api, wanted.api),
+        ("tls-san", list(recorded.tls_san), list(wanted.tls_san)),
+        ("engine labels", list(recorded.labels), list(wanted.labels)),
+        ("data root", recorded.engine_data_root, wanted.engine_data_root),
+        ("insecure registries", list(recorded.engine.insecure_registries), list(wanted.engine.insecure_registries)),
+        ("registry mirrors", list(recorded.engine.registry_mirrors), list(wanted.engine.registry_mirrors)),
+    ):
+        if old != new:
+            lines.append(f"{name}: {old} -> {new}")
+    old_env, new_env = recorded.engine.environment, wanted.engine.environment
+    changed_env = sorted(key for key in {**old_env, **new_env} if old_env.get(key) != new_env.get(key))
+    if changed_env:  # values may hold proxy passwords: only the names are shown
+        lines.append(f"engine env: {', '.join(changed_env)} change")
+    old_opts, new_opts = engine_opts_json(recorded.engine.opts), engine_opts_json(wanted.engine.opts)
+    old_opts.pop("data-root", None)
+    new_opts.pop("data-root", None)
+    for key in sorted(set(old_opts) | set(new_opts)):
+        if old_opts.get(key) != new_opts.get(key):
+            lines.append(f"engine opt {key}: {old_opts.get(key)} -> {new_opts.get(key)}")
+    return lines
+
+
+def changed(recorded: HostOptions, *, tls_san: Iterable[str] | None = None, labels: Iterable[str] | None = None,
+            env: Iterable[str] | None = None, insecure_registries: Iterable[str] | None = None,
+            registry_mirrors: Iterable[str] | None = None, opts: Iterable[str] = ()) -> HostOptions:
+    """``machines set``: a given list replaces the recorded one; ``opts`` replace the recorded values of their keys
+    (``KEY=`` removes the key). Validated as at create."""
+    new_keys = {split_pair(item, "--engine-opt")[0].removeprefix("--") for item in opts}
+    kept = [item for item in recorded.engine.opts if split_pair(item, "--engine-opt")[0].removeprefix("--")
+            not in new_keys]
+    engine = EngineOptions(
+        env=tuple(env) if env is not None else recorded.engine.env,
+        insecure_registries=tuple(insecure_registries) if insecure_registries is not None
+        else recorded.engine.insecure_registries,
+        registry_mirrors=tuple(registry_mirrors) if registry_mirrors is not None else recorded.engine.registry_mirrors,
+        opts=(*kept, *(item for item in opts if split_pair(item, "--engine-opt")[1])),
+    )
+    return dataclasses.replace(
+        recorded, tls_san=tuple(tls_san) if tls_san is not None else recorded.tls_san,
+        labels=tuple(labels) if labels is not None else recorded.labels, engine=engine,
+    )

@@ -24,14 +24,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drivers import registry
 from drivers.base import Driver, Ledger, SSHDetails, State
+from machines import hostoptions
 from machines.errors import (
     CancelledError,
     DriverError,
     MachineExistsError,
     MachinesError,
     MachineTimeoutError,
+    ProvisionError,
     SSHError,
     StateError,
+    UsageError,
 )
 from machines.hostoptions import HostOptions
 from machines.progress import Progress
@@ -68,6 +71,12 @@ class Provisioner(Protocol):
 
     def check_options(self, options: HostOptions) -> None:
         """Refuse (``UsageError``) engine options this engine cannot honour; called before anything is made."""
+
+    def engine_config(self, options: HostOptions) -> dict[str, Any]:
+        """The engine configuration these options give on a host (what ``engine_config_on_host`` would read)."""
+
+    def engine_config_on_host(self, machine: Machine) -> dict[str, Any] | None:
+        """The engine configuration the host has now (``None``: none), for ``machines set --dry-run``."""
 
     def provision(self, machine: Machine, progress: Progress) -> None:
         """Install or repair the engine and wait until its API answers. Idempotent: create, ``machines provision``,
@@ -309,6 +318,64 @@ class Machine:
     def regenerate_certs(self, progress: Progress | None = None) -> None:
         """New server certificate for the current addresses; the engine restarts on it."""
         self.provisioner.regenerate_certs(self, progress or Progress(self.name))
+
+    def plan(self, options: HostOptions, driver_flags: dict[str, Any] | None = None) -> list[str]:
+        """``machines set --dry-run``: what would change, recorded against wanted, and whether the host differs."""
+        lines = hostoptions.plan(self.host_options, options)
+        lines += [f"{self.driver_name} {key}: {self.driver.flag_values.get(key)} -> {value}"
+                  for key, value in (driver_flags or {}).items() if self.driver.flag_values.get(key) != value]
+        if self._provisioner is not None and self.runtime:
+            on_host = self.provisioner.engine_config_on_host(self)
+            expected = self.provisioner.engine_config(self.host_options)
+            if on_host is None:
+                lines.append("on the host: no engine configuration; 'machines provision' or this set writes it")
+            elif on_host != expected:
+                drift = sorted(key for key in {**on_host, **expected} if on_host.get(key) != expected.get(key))
+                lines.append(f"on the host: {', '.join(drift)} differ from the record; 'machines provision' or this "
+                             "set puts the recorded values back")
+        return lines
+
+    def set(self, options: HostOptions, driver_flags: dict[str, Any] | None = None,
+            progress: Progress | None = None) -> None:
+        """Change what can change after create, record it and apply it with the safety of ``upgrade``.
+
+        Driver changes go first (``Driver.change``, which refuses what the driver cannot do). Engine options,
+        labels and TLS SANs are then applied by re-provisioning: the daemon restarts, containers keep running. If
+        the daemon does not come back, the previous options are recorded and applied again, and the error says so.
+        """
+        progress = progress or Progress(self.name)
+        previous = self.host_options
+        if options.api != previous.api:
+            raise UsageError(f"--api cannot change after create ({self.name} uses {previous.api}): re-create it")
+        if options.engine_data_root != previous.engine_data_root:
+            raise UsageError("the data root cannot change after create: containers, images and volumes live there")
+        self.provisioner.check_options(options)
+        if driver_flags:
+            with progress.phase(f"Changing the host ({self.driver_name})"):
+                self.driver.change(driver_flags)
+                self.driver.flag_values.update(driver_flags)
+                self.save()
+        if options == previous:
+            return
+        self.record["host_options"] = options.to_record()
+        self.save()
+        try:
+            self._apply_options(previous, progress)
+        except MachinesError as error:
+            self.record["host_options"] = previous.to_record()
+            self.save()
+            try:
+                self._apply_options(options, progress)
+            except MachinesError as again:
+                raise ProvisionError(f"{error}; putting the previous options back failed too: {again}") from None
+            raise ProvisionError(f"{error}; the previous options were put back") from None
+
+    def _apply_options(self, other: HostOptions, progress: Progress) -> None:
+        """Provision with the recorded options; a new server certificate when the SANs differ from ``other``'s."""
+        if self.host_options.api_over_tls and set(self.host_options.tls_san) != set(other.tls_san):
+            self.provisioner.regenerate_certs(self, progress)
+        else:
+            self.provisioner.provision(self, progress)
 
     def env(self, *, ssh: bool = False, unset: bool = False, no_proxy: bool = False) -> dict[str, str | None]:
         """Variables that point docker clients at this machine (``unset``: the ones to remove)."""

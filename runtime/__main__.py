@@ -15,6 +15,7 @@ import sys
 import threading
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION, daemonconfig
+from runtime.errors import EngineError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
@@ -111,8 +112,11 @@ def run_daemon(args: argparse.Namespace) -> int:
     engine = None
     server = None
     try:
-        engine = Engine(options.data_root, args.exec_root, bridge_subnet=args.bridge_subnet,
-                        bridge_name=args.bridge_name, options=options)
+        try:
+            engine = Engine(options.data_root, args.exec_root, bridge_subnet=args.bridge_subnet,
+                            bridge_name=args.bridge_name, options=options)
+        except EngineError as exc:  # options the engine refuses (a bridge subnet too small...): one line
+            raise UsageError(str(exc)) from None
         server = Server(build_app(engine, debug=options.debug))
         listening = []
         for kind, host, port in hosts:

@@ -34,7 +34,7 @@ def _parameter_name(driver_name: str, flag: Flag) -> str:
     return f"flag__{driver_name.replace('-', '_')}__{flag.key()}"
 
 
-def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Parameter]:
+def driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Parameter]:
     parameters = []
     for driver_name, driver_class in drivers.items():
         # amazonec2 is another name of aws: its flags are accepted but listed only under aws.
@@ -58,12 +58,18 @@ def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Paramet
     return parameters
 
 
-def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict[str, Any]:
-    """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error."""
+def driver_flags_of(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any],
+                  *, typed_only: bool = False) -> dict[str, Any]:
+    """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error.
+
+    ``typed_only``: only flags typed on the command line (``set`` changes nothing an env var happens to hold).
+    """
     chosen: dict[str, Any] = {}
     for name, driver_class in drivers.items():
         for flag in driver_class.flags:
             value = values.get(_parameter_name(name, flag))
+            if typed_only and not _typed(ctx, _parameter_name(name, flag)):
+                continue
             if name == driver_name:
                 if value is not None and not (flag.type is list and not value):
                     chosen[flag.key()] = list(value) if flag.type is list else value
@@ -125,7 +131,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             engine=engine_options(engine_env, engine_insecure_registry, engine_registry_mirror, engine_opt,
                                   engine_proxy),
         )
-        flags = _driver_flags(ctx, driver, drivers, driver_values)
+        flags = driver_flags_of(ctx, driver, drivers, driver_values)
         library = machines()
         cancelled = threading.Event()
 
@@ -143,7 +149,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
 
     signature = inspect.signature(create)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    dynamic = _driver_parameters(drivers)
+    dynamic = driver_parameters(drivers)
     create.__signature__ = signature.replace(parameters=fixed + dynamic)  # type: ignore[attr-defined]
     create.__annotations__ = {**{p.name: p.annotation for p in fixed + dynamic}, "return": None}
     app.command(no_args_is_help=True)(create)

@@ -100,8 +100,8 @@ class NetworkManager:
                 self._state["networks"][net["Id"]] = net
                 by_name[name] = net
         bridge = by_name["bridge"]
+        default_subnet = ipam.parse_subnet(str(bip.network))  # checked even while the bridge keeps its subnet
         if not self._members(bridge["Id"]):
-            default_subnet = ipam.parse_subnet(str(bip.network))
             gateway = str(bip.ip if bip.ip != bip.network.network_address else next(default_subnet.hosts()))
             bridge["IPAM"]["Config"] = [{"Subnet": str(default_subnet), "Gateway": gateway}]
             bridge["Options"] = {

@@ -217,3 +217,37 @@ def test_engine_proxy_auto_copies_this_computers_proxy_variables(store: Path, te
     info = _info(store, name)
     assert info["HttpsProxy"] == "http://proxy.invalid:3128" and info["HttpProxy"] == ""
     assert info["NoProxy"] == ".example.com"  # --engine-env wins over the copied variable
+
+
+def test_set_changes_a_running_machine_keeps_its_containers_and_rolls_back_a_broken_option(
+    store: Path, test_bridge: Bridge
+) -> None:
+    name = unique_name("es")
+    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet",
+             test_bridge.subnet, "--engine-label", "team=infra", name)
+    docker_on(store, name, "import - busybox", stdin=busybox_rootfs())
+    container = docker_on(store, name, "run -d busybox sleep 600").strip()
+    started = docker_on(store, name, f"inspect -f '{{{{.State.StartedAt}}}}' {container}")
+
+    plan = machines(store, "set", name, "--dry-run", "--engine-label", "team=web", "--engine-insecure-registry",
+                    "10.9.9.9:5000").stdout
+    assert "engine labels: ['team=infra'] -> ['team=web']" in plan and "insecure registries: [] -> ['10.9.9.9:5000']" in plan
+    assert _info(store, name)["Labels"] == ["team=infra"]  # a dry run changes nothing
+
+    machines(store, "set", name, "--engine-label", "team=web", "--engine-insecure-registry", "10.9.9.9:5000")
+    info = _info(store, name)
+    assert info["Labels"] == ["team=web"] and "10.9.9.9:5000" in info["RegistryConfig"]["IndexConfigs"]
+    assert docker_on(store, name, f"inspect -f '{{{{.State.StartedAt}}}}' {container}") == started  # never restarted
+    assert machines(store, "set", name, "--dry-run").stdout == f"{name}: nothing to change\n"
+
+    broken = machines(store, "set", name, "--engine-label", "broken=yes", "--engine-opt", "bip=172.31.99.1/31",
+                      check=False)
+    assert broken.returncode != 0 and "the previous options were put back" in broken.stderr, broken.stderr
+    assert "too small" in broken.stderr  # the daemon's own reason
+    assert _info(store, name)["Labels"] == ["team=web"]
+    assert Machines(store).get(name).host_options.labels == ("team=web",)
+    assert docker_on(store, name, f"inspect -f '{{{{.State.Running}}}} {{{{.State.StartedAt}}}}' {container}") == \
+        f"true {started}"
+
+    refused = machines(store, "set", name, "--local-bridge", "other0", check=False)
+    assert refused.returncode != 0 and "the local driver cannot change --local-bridge after create" in refused.stderr
