@@ -219,6 +219,17 @@ class EngineOptions:
             config["proxies"] = {name: value for name, value in proxies.items() if value}
         return config
 
+    def public_env(self) -> list[str]:
+        """``env`` with the passwords of URLs (``http://user:pass@proxy``) masked, for ``inspect``."""
+        masked = []
+        for item in self.env:
+            key, value = split_pair(item, "--engine-env")
+            parts = urllib.parse.urlsplit(value) if "://" in value else None
+            if parts is not None and parts.password:
+                value = value.replace(f":{parts.password}@", ":<hidden>@", 1)
+            masked.append(f"{key}={value}")
+        return masked
+
     def to_record(self) -> dict[str, Any]:
         return {"env": list(self.env), "insecure_registries": list(self.insecure_registries),
                 "registry_mirrors": list(self.registry_mirrors), "opts": list(self.opts)}

@@ -234,7 +234,10 @@ def test_set_changes_a_running_machine_keeps_its_containers_and_rolls_back_a_bro
     assert "engine labels: ['team=infra'] -> ['team=web']" in plan and "insecure registries: [] -> ['10.9.9.9:5000']" in plan
     assert _info(store, name)["Labels"] == ["team=infra"]  # a dry run changes nothing
 
-    machines(store, "set", name, "--engine-label", "team=web", "--engine-insecure-registry", "10.9.9.9:5000")
+    machines(store, "set", name, "--engine-label", "team=web", "--engine-insecure-registry", "10.9.9.9:5000",
+             "--engine-env", "HTTP_PROXY=http://user:s3cret@127.0.0.1:9")
+    assert "s3cret" not in machines(store, "inspect", name).stdout
+    assert _info(store, name)["HttpProxy"] == "http://user:xxxxx@127.0.0.1:9"  # as dockerd masks it
     info = _info(store, name)
     assert info["Labels"] == ["team=web"] and "10.9.9.9:5000" in info["RegistryConfig"]["IndexConfigs"]
     assert docker_on(store, name, f"inspect -f '{{{{.State.StartedAt}}}}' {container}") == started  # never restarted
