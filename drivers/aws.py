@@ -140,6 +140,7 @@ class AWSDriver(Driver):
     """Hosts on Amazon EC2 (or an EC2-compatible endpoint) through boto3."""
 
     name = "aws"
+    cloud_config_flag = "userdata"  # --cloud-config FILE; --aws-userdata stays its alias
     description = "Amazon EC2 instances (Docker Machine's amazonec2 flags)"
     flags = [
         Flag("profile", "shared-credentials profile to use", envvar="AWS_PROFILE"),

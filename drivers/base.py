@@ -125,6 +125,8 @@ class Driver:
     flags: ClassVar[list[Flag]] = []
     # Where the runtime keeps its data on this driver's hosts, when the driver knows better than the default.
     runtime_data_root: ClassVar[str | None] = None
+    # The flag (key) of user data for cloud-init, for drivers whose hosts boot with it: ``--cloud-config`` sets it.
+    cloud_config_flag: ClassVar[str | None] = None
 
     def __init__(
         self,

@@ -425,18 +425,26 @@ class Machines:
         ssh_timeout: float = DEFAULT_SSH_TIMEOUT,
         progress: Progress | None = None,
         cancelled: threading.Event | None = None,
+        provision_script: str | os.PathLike[str] | None = None,
+        cloud_config: str | os.PathLike[str] | None = None,
     ) -> Machine:
         """Make a machine, all or nothing. ``flags`` are driver flag values by key (``Flag.key()``).
 
         Validation (name, duplicate, driver, the driver's pre-create check) happens before anything is written.
         ``cancelled`` lets a caller running several creates abort this one between phases (it rolls back).
+        ``provision_script``: a shell script run as root once provisioning is done (its failure rolls the create
+        back). ``cloud_config``: user data for drivers that boot with cloud-init (``Driver.cloud_config_flag``).
         """
         validate_name(name)
         driver_class = registry.get(driver_name)
         if self.store.exists(name):
             raise MachineExistsError(f"machine {name!r} already exists")
+        script = _read_script(provision_script) if provision_script is not None else None
+        flags = dict(flags or {})
+        if cloud_config is not None:
+            flags.update(_cloud_config_flag(driver_class, str(cloud_config), flags))
         config = driver_class.flag_defaults()
-        config.update({key: value for key, value in (flags or {}).items() if value is not None})
+        config.update({key: value for key, value in flags.items() if value is not None})
         options = host_options or HostOptions()
         if provision and self.provisioner is not None:
             self.provisioner.check_options(options)
@@ -476,6 +484,10 @@ class Machines:
                 self.provisioner.provision(machine, progress)
             elif provision:
                 log.debug("no provisioner: %s is not provisioned", name)
+            checkpoint()
+            if script is not None:
+                with progress.phase("provision script"):
+                    _run_provision_script(machine, script, progress)
             checkpoint()
             machine.record.update(state=STATE_READY, ledger=[])
             machine.save()
@@ -551,6 +563,39 @@ class Machines:
         if self.provisioner is None:
             raise StateError("these machines have no provisioner: there are no certificates to rotate")
         self.provisioner.rotate_client_certs(self.store)
+
+
+def _read_script(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UsageError(f"--provision-script {path}: {reason}") from None
+
+
+def _cloud_config_flag(driver_class: type[Driver], path: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """``--cloud-config FILE`` as the driver's own user-data flag (``--aws-userdata``...), which stays an alias."""
+    key = driver_class.cloud_config_flag
+    if key is None:
+        raise UsageError(f"the {driver_class.name} driver does not boot with cloud-init: "
+                         "use --provision-script to change the host after provisioning")
+    if flags.get(key) not in (None, path):
+        raise UsageError(f"--cloud-config and --{driver_class.name}-{key.replace('_', '-')} are the same setting: "
+                         "give one")
+    if not os.path.isfile(path):
+        raise UsageError(f"--cloud-config {path}: no such file")
+    return {key: path}
+
+
+def _run_provision_script(machine: Machine, script: str, progress: Progress) -> None:
+    """Run the user's script as root; its output goes to the create's log (``-v``), its failure rolls back."""
+    result = machine.ssh().run("sh -s", sudo=True, check=False, input=script)
+    for line in (result.stdout + result.stderr).splitlines():
+        progress.detail(line)
+    if not result.ok:
+        lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise ProvisionError(f"{machine.name}: the provision script exited {result.exit_status}"
+                             + (f": {lines[-1]}" if lines else ""))
 
 
 def run_concurrently(

@@ -110,6 +110,15 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         engine_registry_mirror: EngineRegistryMirror = None,
         engine_opt: EngineOpt = None,
         engine_proxy: EngineProxy = None,
+        provision_script: Annotated[
+            str | None, typer.Option("--provision-script", metavar="FILE",
+                                     help="Shell script run as root after provisioning (its failure rolls back).")
+        ] = None,
+        cloud_config: Annotated[
+            str | None, typer.Option("--cloud-config", metavar="FILE",
+                                     help="cloud-init user data (script or cloud-config) for drivers that boot with "
+                                          "cloud-init (aws, azure); run after ours.")
+        ] = None,
         tls_san: Annotated[
             list[str] | None, typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
         ] = None,
@@ -139,6 +148,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             library.create(
                 name, driver, flags, host_options=host_options, keep_on_error=keep_on_error,
                 provision=not no_provision, ssh_timeout=timeout_ssh, progress=progress, cancelled=cancelled,
+                provision_script=provision_script, cloud_config=cloud_config,
             )
 
         for_each_machine(list(dict.fromkeys(names)), make, cancelled=cancelled)
