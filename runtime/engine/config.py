@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from runtime.engine.logs import log_config
 from runtime.errors import InvalidParameter
 
-NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+NAME_RE = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # always fullmatch: "$" would let "name\n" by
 ZERO_TIME = "0001-01-01T00:00:00Z"
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
 
@@ -27,8 +27,8 @@ def random_name() -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise InvalidParameter("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return name.lstrip("/")
 
 

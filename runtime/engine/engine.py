@@ -2,6 +2,12 @@
 
 State lives on disk (``<data-root>/containers/<id>/config.v2.json``, the shim's ``exit.json``) so a daemon killed
 with SIGKILL reloads everything, reconnects to live shims, and marks the dead with the code their shim recorded.
+
+``Engine`` is the facade the API calls. The verb families live beside it, one module each over the shared
+``container.ContainerTable`` (as moby's daemon/exec.go, monitor.go, health.go and update.go share one container
+type): ``exec`` (exec instances), ``monitor`` (exit watching, restart policies), ``health`` (probes),
+``update`` (docker update checks and merge), ``launch`` (forking a process into a container and reading its report
+pipe), ``logs`` (log drivers and reading), ``archive`` (files in and out).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from runtime.daemonconfig import DaemonOptions
 from runtime.engine import archive, health, links, update
 from runtime.engine.config import (ZERO_TIME, check_name, check_restart_policy, command_of, devices_of,
                                    host_config_defaults, merge_config, merge_env, parse_binds, parse_mounts,
@@ -29,15 +36,21 @@ from runtime.engine.monitor import Monitor
 from runtime.engine.sessions import AttachSession, Session
 from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
-from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
-from runtime.daemonconfig import DaemonOptions
+from runtime.engine.volumes import VolumeStore
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
+from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
+from runtime.linux.paths import private_dir
 from runtime.linux.process import propagation_problem
+
+LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
+                "publish", "since", "status", "volume")  # moby's
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
 class Engine:
-    """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
+    """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
+    classes whose status and message the API answers with."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
                  bridge_name: Optional[str] = None, options: Optional[DaemonOptions] = None) -> None:
@@ -50,8 +63,8 @@ class Engine:
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.containers_root = os.path.join(self.data_root, "containers")
-        for path in (self.containers_root, self.exec_root):
-            os.makedirs(path, mode=0o710, exist_ok=True)
+        for path in (self.data_root, self.containers_root, self.exec_root):  # dockerd's modes: not world-readable
+            private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         self.options = options or DaemonOptions()
@@ -78,7 +91,7 @@ class Engine:
                                release_network=self._release_network,
                                remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
-        os.makedirs(self._trash, exist_ok=True)
+        private_dir(self._trash, 0o700)
         self._discards: List[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
@@ -114,8 +127,8 @@ class Engine:
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
+        host = host_config_defaults(body.get("HostConfig") or {})  # as moby: checked before the image lookup
         image = self.images.resolve(image_ref)
-        host = host_config_defaults(body.get("HostConfig") or {})
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         health.validate(body.get("Healthcheck"))
@@ -210,9 +223,9 @@ class Engine:
             out.append((other.name, alias))
         return out if kind in ("bridge", "network") else []
 
-    def _link_targets(self, c: Container, specs: list[str]) -> list[tuple[str, list[str]]]:
-        """(container id, names) for the network manager, for links to running containers only (dockerd's
-        words when one is not running)."""
+    def _link_targets(self, c: Container, specs: list[str], net: str) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only, and on the
+        default bridge to containers on it (dockerd's words otherwise)."""
         out = []
         for spec in specs:
             child, alias = links.parse_link(spec)
@@ -220,6 +233,9 @@ class Engine:
             if not other.running:
                 raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
                     other.data["Name"], c.name, alias))
+            if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
+                raise HostError("Cannot link to {}, as it does not belong to the default network".format(
+                    other.data["Name"]))
             out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
         return out
 
@@ -541,7 +557,7 @@ class Engine:
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
                                          ipv4=addresses.get("IPv4Address") or None,
                                          ipv6=addresses.get("IPv6Address") or None,
-                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs),
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs, net),
                                          dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
@@ -858,16 +874,17 @@ class Engine:
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]
         thread.start()
 
-    def prune_containers(self, filters: Optional[dict] = None) -> dict:
+    def prune_containers(self, filters: Args | None = None) -> dict:
+        """Stopped containers, narrowed by ``label``/``label!`` and ``until`` as moby's."""
+        args = Args.of(filters).validate(PRUNE_LABELS)
+        until = args.until()
         deleted, reclaimed = [], 0
-        labels = _filter_values(filters, "label")
-        until = _filter_values(filters, "until")
         with self._lock:
             candidates = [c for c in self._containers.values() if not c.running and not c.state.get("Restarting")]
         for c in candidates:
-            if labels and not labels_match(c.data["Config"].get("Labels") or {}, labels):
+            if not args.match_labels(c.data["Config"].get("Labels") or {}):
                 continue
-            if until and parse_time(c.data["Created"]) >= _until(until[0]):
+            if until is not None and parse_time(c.data["Created"]) > until:
                 continue
             reclaimed += archive.tree_size(c.file("upper"))
             try:
@@ -912,24 +929,37 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: Optional[int] = -1,
-                        size: bool = False) -> List[dict]:
-        for value in _filter_values(filters, "health"):
+    def list_containers(self, all: bool = False, filters: Args | None = None, limit: Optional[int] = -1,
+                        size: bool = False) -> list[dict]:
+        args = Args.of(filters).validate(LIST_FILTERS)
+        for value in args.get("health"):
             if value not in health.HEALTH_VALUES:
-                raise InvalidParameter("Unrecognised filter value for health: %s" % value)
+                raise InvalidParameter(f"Unrecognised filter value for health: {value}")
+        for value in args.get("status"):
+            if value not in STATES:
+                raise InvalidParameter(f"Unrecognised filter value for status: {value}")
+        published, exposed = args.ports("publish"), args.ports("expose")
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
+            before = [self._get(ref).data["Created"] for ref in args.get("before")]
+            since = [self._get(ref).data["Created"] for ref in args.get("since")]
             out = []
             for c in items:
-                if not all and not c.running and not _filter_values(filters, "status"):
+                if not all and not c.running and not args.contains("status"):
                     continue
-                if not self._matches(c, filters):
+                if not self._matches(c, args):
+                    continue
+                if published and not published & set(c.data["HostConfig"].get("PortBindings") or {}):
+                    continue
+                if exposed and not exposed & set(c.data["Config"].get("ExposedPorts") or {}):
+                    continue
+                if any(c.data["Created"] >= b for b in before) or any(c.data["Created"] <= s for s in since):
                     continue
                 out.append(self._summary(c, size))
         return out[:limit] if limit is not None and limit > 0 else out
 
-    def _matches(self, c: Container, filters: Optional[dict]) -> bool:
-        if not filters:
+    def _matches(self, c: Container, args: Args) -> bool:
+        if not args:
             return True
         st = c.state
         checks = {
@@ -944,10 +974,12 @@ class Engine:
             "health": lambda v: v == health.filter_value(st),
         }
         for key, test in checks.items():
-            wanted = _filter_values(filters, key)
+            wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
                 return False
-        return labels_match(c.data["Config"].get("Labels") or {}, _filter_values(filters, "label"))
+        if args.contains("is-task") and args.get_bool("is-task", False):
+            return False  # no swarm here: no container is a task
+        return args.match_kv_list("label", c.data["Config"].get("Labels") or {})
 
     def _summary(self, c: Container, size: bool) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -1139,8 +1171,8 @@ class Engine:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)
 
-    def events(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[dict] = None) -> Iterator[dict]:
+    def events(self, since: float | None = None, until: float | None = None,
+               filters: Args | None = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
 
 
@@ -1157,9 +1189,3 @@ def _planned_endpoint(network_id: str, cfg: dict) -> dict:
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
 
-
-def _until(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return parse_time(value)

@@ -20,12 +20,18 @@ CONFLICTS = {
     "mac": "conflicting options: mac-address and the network mode",
     "publish": "conflicting options: port publishing and the container type network mode",
     "expose": "conflicting options: port exposing and the container type network mode",
+    "uts": "conflicting options: hostname and the UTS mode",
 }
 
 
 def check_network_mode(config: dict, host: dict, kind: str, mac: str) -> None:
     """dockerd's validateNetMode: options that make no sense with ``--network container:`` or ``host``.
     ``kind`` is what ``split_mode`` calls the mode; ``mac`` the MAC address asked for, wherever it was given."""
+    mode = str(host.get("NetworkMode") or "")
+    if mode.partition(":")[0] == "container" and not mode.partition(":")[2]:
+        raise InvalidParameter("Invalid network mode: invalid container format container:<name|id>")
+    if host.get("UTSMode") == "host" and config.get("Hostname"):
+        raise InvalidParameter(CONFLICTS["uts"])
     if kind == "container":
         checks = [(config.get("Hostname"), "hostname"), (host.get("Links"), "links_container"),
                   (host.get("Dns"), "dns"), (host.get("ExtraHosts"), "hosts"), (mac, "mac"),

@@ -2,7 +2,6 @@
 lines (``{"log","stream","time"}`` per line) with tail, since, until and follow."""
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import time
@@ -17,14 +16,9 @@ _COMMON_OPTIONS = ("max-file", "max-size", "compress", "labels", "labels-regex",
 LOG_DRIVERS: Dict[str, Tuple[str, ...]] = {"json-file": _COMMON_OPTIONS, "local": _COMMON_OPTIONS, "none": ()}
 _LOCAL_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # moby's local driver: 20 MB, five files
 
+from runtime import timefmt
+
 STREAMS = {"stdout": 1, "stderr": 2}
-
-
-def parse_rfc3339(text: str) -> float:
-    """Unix time (float) from ``2024-01-02T03:04:05.123456789Z``; precision beyond microseconds is dropped."""
-    main, _, frac = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
-    return seconds + (float("0." + frac) if frac else 0.0)
 
 
 def log_size(text: Optional[str]) -> int:
@@ -109,7 +103,7 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
     def keep(stamp: str) -> bool:
         if not (since or until):
             return True
-        moment = parse_rfc3339(stamp) if stamp else 0.0
+        moment = timefmt.parse_rfc3339(stamp) if stamp else 0.0
         return (not since or moment >= since) and (not until or moment <= until)
 
     def shape(stream: int, data: bytes, stamp: str) -> Tuple[int, bytes]:
@@ -139,7 +133,7 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
         while True:
             alive = running()
             for entry in _entries(f, wanted):
-                if until and entry[2] and parse_rfc3339(entry[2]) > until:
+                if until and entry[2] and timefmt.parse_rfc3339(entry[2]) > until:
                     return
                 if keep(entry[2]):
                     yield shape(*entry)

@@ -19,8 +19,8 @@ import signal
 import socket
 import struct
 import threading
-import time
 
+from runtime import timefmt
 from runtime.linux import syscalls as sc
 from runtime.linux.cgroups import open_cgroup
 from runtime.linux.process import container_child, exit_code, receive_console
@@ -29,11 +29,6 @@ FRAME = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, CLOSE_STDIN, EXIT = 0, 1, 2, 3, 9
 STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 PARTIAL_LIMIT = 16 * 1024
-
-
-def rfc3339_nano(ns: int | None = None) -> str:
-    ns = time.time_ns() if ns is None else ns
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1000000000)) + f".{ns % 1000000000:09d}Z"
 
 
 def write_json(path: str, data: dict) -> None:
@@ -186,7 +181,7 @@ class Shim:
         lines = buf.split(b"\n")
         rest = lines.pop()
         out = []
-        stamp = rfc3339_nano()
+        stamp = timefmt.rfc3339_nano()
         for line in lines:
             out.append(self._entry(line + b"\n", kind, stamp))
         while len(rest) >= PARTIAL_LIMIT or (final and rest):
@@ -306,7 +301,7 @@ class Shim:
             oom = open_cgroup(self.spec["cgroup"]).oom_kills() > 0
         except OSError:
             oom = False
-        record = {"ExitCode": self.status, "OOMKilled": oom, "FinishedAt": rfc3339_nano(), "Pid": self.child,
+        record = {"ExitCode": self.status, "OOMKilled": oom, "FinishedAt": timefmt.rfc3339_nano(), "Pid": self.child,
                   "StartId": self.spec["start_id"]}
         write_json(self.spec["exit_path"], record)
         payload = json.dumps(record).encode()

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -66,7 +67,7 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     if cmd in JSON_FORMS and body.startswith("["):
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the shell form, as moby
             parsed = None
         if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
             return Instruction(cmd, rest, parsed, True, flags, lineno)
@@ -239,20 +240,15 @@ def command_args(ins: Instruction, config: dict) -> list[str]:
     return list(config.get("Shell") or DEFAULT_SHELL) + [ins.args[0]]
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_UNITS = {"ns": 1, "us": 10 ** 3, "ms": 10 ** 6, "s": 10 ** 9, "m": 60 * 10 ** 9, "h": 3600 * 10 ** 9}
-
-
 def duration_ns(text: str) -> int:
-    """Go duration (``30s``, ``1m30s``) -> nanoseconds."""
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if not m:
-            raise InvalidParameter(f"time: invalid duration {text!r}")
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return int(total)
+    """Go duration (``30s``, ``1m30s``) -> nanoseconds; negative ones are refused."""
+    try:
+        seconds = timefmt.parse_go_duration(text) if text else 0.0
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise InvalidParameter(f"time: invalid duration {text!r}")
+    return int(round(seconds * 1e9))
 
 
 def _healthcheck(ins: Instruction) -> dict:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Callable, Optional
 
+from runtime import clientjson
 from runtime.errors import InvalidParameter
 from runtime.images import archive, reference
 from runtime.images.media import (
@@ -106,7 +108,7 @@ def load(store: ImageStore, fileobj: IO[bytes], progress: ProgressFn | None = No
         for config_path, layer_paths, tags, layer_digests in plan:
             with open(config_path, "rb") as f:
                 config_bytes = f.read()
-            diff_ids = (json.loads(config_bytes).get("rootfs") or {}).get("diff_ids") or []
+            diff_ids = _config_diff_ids(config_bytes)
             if len(diff_ids) != len(layer_paths):
                 raise InvalidParameter("invalid manifest, layers length mismatch: "
                                        f"expected {len(layer_paths)}, got {len(diff_ids)}")
@@ -181,11 +183,23 @@ def _archive_file(files: dict[str, str], name: str, work: str) -> str:
 
 
 def _read_json(path: str) -> object:
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except ValueError as exc:
-        raise InvalidParameter(f"invalid archive: {exc}") from None
+    with open(path, "rb") as f:
+        return clientjson.decode(f.read(), "invalid archive")
+
+
+_DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _config_diff_ids(config_bytes: bytes) -> list[str]:
+    """An uploaded image config's ``rootfs.diff_ids``, refused unless every one is a sha256 digest."""
+    config = clientjson.expect_object(clientjson.decode(config_bytes, "invalid archive"), "invalid archive: config")
+    rootfs = config.get("rootfs")
+    rootfs = {} if rootfs is None else clientjson.expect_object(rootfs, "invalid archive: config rootfs")
+    diff_ids = clientjson.expect_strings(rootfs.get("diff_ids"), "invalid archive: config rootfs.diff_ids")
+    for diff_id in diff_ids:
+        if not _DIFF_ID.fullmatch(diff_id):
+            raise InvalidParameter(f"invalid archive: {diff_id!r} is not a layer digest")
+    return diff_ids
 
 
 def _json_kind(value: object) -> str:
@@ -230,7 +244,9 @@ def _plan_oci(files: dict[str, str], digests: dict[str, str], work: str) -> Load
             raise InvalidParameter(f"invalid archive: blob {digest} does not match its digest")
         return path
 
-    def walk(index: dict, name: str | None) -> None:
+    def walk(index: dict, name: str | None, depth: int = 0) -> None:
+        if depth > 8:  # each level is a blob of its own: a deep chain would only exhaust the stack
+            raise InvalidParameter("invalid archive: image indexes nested more than 8 deep")
         for desc in index.get("manifests") or []:
             annotations = desc.get("annotations") or {}
             ref_name = annotations.get("io.containerd.image.name") or name
@@ -241,17 +257,14 @@ def _plan_oci(files: dict[str, str], digests: dict[str, str], work: str) -> Load
             if plat and (plat.get("os"), plat.get("architecture")) != (host["os"], host["architecture"]):
                 continue
             media = desc.get("mediaType")
-            doc = _read_json(blob(desc["digest"]))
-            assert isinstance(doc, dict)
+            doc = clientjson.expect_object(_read_json(blob(desc["digest"])), "invalid archive: a manifest")
             if media in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in doc:
-                walk(doc, ref_name)
+                walk(doc, ref_name, depth + 1)
                 continue
             layers = [blob(layer["digest"]) for layer in doc.get("layers") or []]
             tags = [reference.parse(ref_name)] if ref_name else []
             plan.append((blob(doc["config"]["digest"]), layers, tags,
                          [layer["digest"] for layer in doc.get("layers") or []]))
 
-    index = _read_json(files["index.json"])
-    assert isinstance(index, dict)
-    walk(index, None)
+    walk(clientjson.expect_object(_read_json(files["index.json"]), "invalid archive: index.json"), None)
     return plan

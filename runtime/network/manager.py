@@ -16,12 +16,13 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Any
 
+from runtime import timefmt
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
+from runtime.filters import Args
+from runtime.linux.paths import private_dir
 from runtime.network import dns, hosts, ipam
 from runtime.network.links import Firewall, bridge_rules, enable_ip_forward, in_netns_of, ip_query, log, port_rules
 from runtime.network.netlink import RtNetlink, configure_inside, link_exists, loopback_up, move_default_route
@@ -40,6 +41,8 @@ NOT_SWARM_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" 
                      'node to swarm and try again.')
 HOST_NETWORK_CONFLICT = "container cannot be disconnected from host network or connected to host network"
 NETWORK_FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
+PRUNE_FILTERS = ("label", "label!", "until")
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 Dict_ = dict[str, Any]
 Link = tuple[str, list[str]]  # a --link target: its container id, and the names it has for the linking container
@@ -65,7 +68,7 @@ class NetworkManager:
         self._firewall = Firewall()
         self._proxies: dict[str, list[PortProxy]] = {}
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        private_dir(root, 0o700)
         self._state: Dict_ = self._load()
         self._ensure_predefined(ipaddress.ip_interface(default_subnet or DEFAULT_SUBNET))
 
@@ -124,7 +127,7 @@ class NetworkManager:
     @staticmethod
     def _new_network(name: str, driver: str, labels: Dict_, options: Dict_, internal: bool) -> Dict_:
         return {
-            "Name": name, "Id": secrets.token_hex(32), "Created": _now(), "Scope": "local", "Driver": driver,
+            "Name": name, "Id": secrets.token_hex(32), "Created": timefmt.rfc3339_nano(), "Scope": "local", "Driver": driver,
             "EnableIPv4": True, "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
             "Internal": internal, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
             "ConfigOnly": False, "Options": options, "Labels": labels,
@@ -157,6 +160,8 @@ class NetworkManager:
         name = body.get("Name")
         if not isinstance(name, str) or not name:
             raise InvalidParameter("network name must not be empty")
+        if not NAME_RE.fullmatch(name):  # names reach hosts files and logs: no spaces, slashes or newlines
+            raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         driver = body.get("Driver") or "bridge"
         if name in PREDEFINED:
             raise Forbidden(f"operation is not permitted on predefined {name} network ")
@@ -259,23 +264,27 @@ class NetworkManager:
                 }
         return copy.deepcopy(shown)
 
-    def list(self, filters: Dict_ | None = None) -> builtins.list[Dict_]:
+    def list(self, filters: Args | None = None) -> builtins.list[Dict_]:
         """``GET /networks``: filters dangling, driver, id, label, name, scope, type (Docker's semantics)."""
-        wanted = _filters(filters, NETWORK_FILTERS)
+        args = Args.of(filters).validate(NETWORK_FILTERS)
         with self._lock:
-            return [self._render(net, containers=False) for net in self._networks() if self._matches(net, wanted)]
+            return [self._render(net, containers=False) for net in self._networks() if self._matches(net, args)]
 
-    def _matches(self, net: Dict_, wanted: dict[str, builtins.list[str]]) -> bool:
+    def _matches(self, net: Dict_, args: Args) -> bool:
         checks = {
             "driver": lambda v: net["Driver"] == v,
             "id": lambda v: v in net["Id"],
             "name": lambda v: _pattern(v).search(net["Name"]) is not None,
             "scope": lambda v: v == "local",
             "type": lambda v: (net["Name"] in PREDEFINED) == (_choice(v, ("builtin", "custom"), "type") == "builtin"),
-            "label": lambda v: _label_match(net["Labels"], v),
-            "dangling": lambda v: (net["Name"] not in PREDEFINED and not self._members(net["Id"])) == _bool(v),
         }
-        return all(any(checks[key](value) for value in values) for key, values in wanted.items())
+        if not all(any(test(value) for value in args.get(key)) for key, test in checks.items() if args.get(key)):
+            return False
+        if args.contains("dangling"):
+            dangling = net["Name"] not in PREDEFINED and not self._members(net["Id"])
+            if dangling != args.get_bool("dangling", False):
+                return False
+        return args.match_kv_list("label", net["Labels"])
 
     def remove(self, ref: str) -> None:
         """``DELETE /networks/{id}``."""
@@ -289,20 +298,18 @@ class NetworkManager:
             del self._state["networks"][net["Id"]]
             self._save()
 
-    def prune(self, filters: Dict_ | None = None) -> Dict_:
-        """``POST /networks/prune``: user networks without endpoints; filters until, label, label!."""
-        wanted = _filters(filters, ("until", "label", "label!"))
-        cutoff = min((_timestamp(v) for v in wanted.get("until", [])), default=None)
+    def prune(self, filters: Args | None = None) -> Dict_:
+        """``POST /networks/prune``: user networks without endpoints; filters until, label, label! as moby's."""
+        args = Args.of(filters).validate(PRUNE_FILTERS)
+        cutoff = args.until()
         deleted = []
         with self._lock:
             for net in self._networks():
                 if net["Name"] in PREDEFINED or self._members(net["Id"]):
                     continue
-                if cutoff is not None and _parse_created(net["Created"]) >= cutoff:
+                if cutoff is not None and timefmt.parse_rfc3339_or(net["Created"]) > cutoff:
                     continue
-                if not all(_label_match(net["Labels"], v) for v in wanted.get("label", [])):
-                    continue
-                if any(_label_match(net["Labels"], v) for v in wanted.get("label!", [])):
+                if not args.match_labels(net["Labels"]):
                     continue
                 self._drop_bridge(net)
                 del self._state["networks"][net["Id"]]
@@ -759,14 +766,6 @@ class NetworkManager:
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_created(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
-
-
 def _addresses(ep: Dict_) -> list[str]:
     return [address for address in (ep["IPAddress"], ep.get("GlobalIPv6Address")) if address]
 
@@ -818,16 +817,6 @@ def _host_ports(text: str) -> list[int]:
     return list(range(first, last + 1))
 
 
-def _filters(filters: Dict_ | None, allowed: Iterable[str]) -> dict[str, list[str]]:
-    """Docker's filter map in either wire form, ``{"k": ["v"]}`` or the old ``{"k": {"v": true}}``."""
-    result = {}
-    for key, values in (filters or {}).items():
-        if key not in allowed:
-            raise InvalidParameter(f"invalid filter '{key}'")
-        result[key] = [str(v) for v in (values if isinstance(values, list) else [v for v, on in values.items() if on])]
-    return result
-
-
 def _flag(value: Any, option: str | None, name: str) -> bool:
     """A boolean given in the body (``value``) or as the driver option ``name`` (its text ``option``)."""
     if value is not None:
@@ -862,37 +851,7 @@ def _pattern(text: str) -> re.Pattern[str]:
         raise InvalidParameter(f"invalid filter 'name={text}': not a regular expression") from None
 
 
-def _label_match(labels: Dict_, spec: str) -> bool:
-    key, has_value, value = spec.partition("=")
-    return key in labels and (not has_value or labels[key] == value)
-
-
-def _bool(text: str) -> bool:
-    return _choice(text.lower(), ("true", "false", "1", "0"), "dangling") in ("true", "1")
-
-
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise InvalidParameter(f"invalid filter '{what}={value}'")
     return value
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
-def _timestamp(text: str) -> float:
-    """``until`` values: unix seconds, an RFC 3339 time, or a Go duration back from now (``24h``, ``1h30m``)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if _DURATION.fullmatch(text):
-        return time.time() - sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidParameter(f"invalid filter 'until={text}'") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
-
