@@ -13,11 +13,11 @@ from bootstrap import forwarder
 from bootstrap import provision as provisioning
 from machines.errors import StateError, UsageError
 from machines.hostoptions import ENGINE_OPT_KINDS, HostOptions
-from runtime import daemonconfig
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.shellenv import no_proxy_value
 from machines.store import Store
+from runtime import daemonconfig
 
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
 

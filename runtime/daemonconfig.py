@@ -12,12 +12,12 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from runtime.images.proxy import ProxyConfig
 
 # The directives this runtime honours, by the type daemon.json gives them.
-SUPPORTED: Dict[str, type] = {
+SUPPORTED: dict[str, type] = {
     "labels": list, "insecure-registries": list, "registry-mirrors": list, "proxies": dict, "bip": str,
     "default-address-pools": list, "mtu": int, "debug": bool, "data-root": str,
 }
@@ -46,18 +46,18 @@ def unsupported(directives: Mapping[str, Any]) -> list[str]:
 class DaemonOptions:
     """What the engine is started with, beyond its folders and listeners."""
 
-    labels: Tuple[str, ...] = ()
-    insecure_registries: Tuple[str, ...] = ()
-    registry_mirrors: Tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
+    registry_mirrors: tuple[str, ...] = ()
     proxies: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
-    bip: Optional[str] = None
-    address_pool: Optional[Tuple[str, int]] = None
+    bip: str | None = None
+    address_pool: tuple[str, int] | None = None
     mtu: int = 1500
     debug: bool = False
-    data_root: Optional[str] = None
+    data_root: str | None = None
 
 
-def read_file(path: str) -> Dict[str, Any]:
+def read_file(path: str) -> dict[str, Any]:
     try:
         with open(path) as handle:
             config = json.load(handle)
@@ -70,7 +70,7 @@ def read_file(path: str) -> Dict[str, Any]:
     return config
 
 
-def merge(config: Mapping[str, Any], flags: Mapping[str, Any]) -> Dict[str, Any]:
+def merge(config: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
     """The file's directives plus the flags that were given; a directive in both is refused, as dockerd does."""
     unknown = sorted(key for key in config if key not in SUPPORTED and key not in DOCKERD_ONLY)
     if unknown:
@@ -92,7 +92,7 @@ def merge(config: Mapping[str, Any], flags: Mapping[str, Any]) -> Dict[str, Any]
     return merged
 
 
-def _pool(pools: List[Any]) -> Optional[Tuple[str, int]]:
+def _pool(pools: list[Any]) -> tuple[str, int] | None:
     if not pools:
         return None
     if len(pools) > 1:
@@ -146,6 +146,6 @@ def options(config: Mapping[str, Any], environ: Mapping[str, str]) -> DaemonOpti
     )
 
 
-def load(path: Optional[str], flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> DaemonOptions:
+def load(path: str | None, flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> DaemonOptions:
     """``--config-file`` (when given) merged with the flags, checked."""
     return options(merge(read_file(path) if path else {}, flags), environ)

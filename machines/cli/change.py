@@ -10,7 +10,7 @@ import typer
 
 from drivers import registry
 from machines import hostoptions
-from machines.cli.common import echo, for_each_machine, machines, settings
+from machines.cli.common import echo, for_each_machine, machines
 from machines.cli.create import driver_flags_of, driver_parameters
 from machines.cli.engine import EngineEnv, EngineInsecureRegistry, EngineOpt, EngineProxy, EngineRegistryMirror
 from machines.errors import UsageError

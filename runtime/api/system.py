@@ -100,11 +100,11 @@ def _masked(url: str) -> str:
     return url.replace(f":{parts.password}@", ":xxxxx@", 1)
 
 
-def _registry_config(engine: Engine) -> Dict[str, Any]:
+def _registry_config(engine: Engine) -> dict[str, Any]:
     """dockerd's RegistryConfig: loopback and CIDRs as insecure ranges, named hosts as insecure index configs."""
     options = engine.options
     cidrs = ["127.0.0.0/8"] + [item for item in options.insecure_registries if "/" in item]
-    indexes: Dict[str, Any] = {"docker.io": {"Name": "docker.io", "Mirrors": list(options.registry_mirrors),
+    indexes: dict[str, Any] = {"docker.io": {"Name": "docker.io", "Mirrors": list(options.registry_mirrors),
                                              "Secure": True, "Official": True}}
     for name in options.insecure_registries:
         if "/" not in name:
