@@ -12,7 +12,7 @@ from bootstrap import certs as certificates
 from bootstrap import forwarder
 from bootstrap import provision as provisioning
 from machines.errors import StateError, UsageError
-from machines.hostoptions import ENGINE_OPT_KINDS, HostOptions
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.shellenv import no_proxy_value
@@ -31,13 +31,12 @@ class RuntimeProvisioner:
     """Our runtime as a service on the host, its API over mutual TLS on TCP 2376 or through SSH."""
 
     def check_options(self, options: HostOptions) -> None:
-        """Our runtime reads dockerd's daemon.json names but implements only some: refuse the others up front."""
-        missing = daemonconfig.unsupported(options.daemon_json())
-        if missing:
-            raise UsageError(
-                f"--engine-opt {', '.join(missing)}: dockerd knows it but the machines runtime does not implement it "
-                f"(it takes: {', '.join(sorted(set(daemonconfig.SUPPORTED) & set(ENGINE_OPT_KINDS)))})"
-            )
+        """Our runtime reads dockerd's daemon.json names but implements only some: refuse the rest up front, with
+        the daemon's own checks (its log driver is checked when it starts)."""
+        try:
+            daemonconfig.check(provisioning.runtime_daemon_json(options))
+        except daemonconfig.ConfigError as error:
+            raise UsageError(f"engine options: {error}") from None
 
     def engine_config(self, options: HostOptions) -> dict[str, Any]:
         return provisioning.runtime_daemon_json(options)

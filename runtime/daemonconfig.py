@@ -14,21 +14,23 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.images.proxy import ProxyConfig
+from runtime.errors import EngineError
+from runtime.proxy import ProxyConfig
 
 # The directives this runtime honours, by the type daemon.json gives them.
 SUPPORTED: dict[str, type] = {
     "labels": list, "insecure-registries": list, "registry-mirrors": list, "proxies": dict, "bip": str,
-    "default-address-pools": list, "mtu": int, "debug": bool, "data-root": str,
+    "default-address-pools": list, "mtu": int, "debug": bool, "data-root": str, "dns": list, "dns-search": list,
+    "dns-opts": list, "log-driver": str, "log-opts": dict,
 }
 # dockerd's other directives: known, so refused as "not supported" rather than as a typo.
 DOCKERD_ONLY = frozenset((
-    "fixed-cidr", "fixed-cidr-v6", "default-gateway", "default-gateway-v6", "log-driver", "log-level",
+    "fixed-cidr", "fixed-cidr-v6", "default-gateway", "default-gateway-v6", "log-level",
     "storage-driver", "cgroup-parent", "default-runtime", "default-ipc-mode", "default-cgroupns-mode",
     "userns-remap", "seccomp-profile", "ip", "bridge", "default-shm-size", "log-format", "max-concurrent-downloads",
     "max-concurrent-uploads", "max-download-attempts", "shutdown-timeout", "ip-forward", "ip-masq", "iptables",
     "ip6tables", "ipv6", "icc", "live-restore", "experimental", "init", "userland-proxy", "selinux-enabled",
-    "no-new-privileges", "dns", "dns-opts", "dns-search", "storage-opts", "exec-opts", "log-opts", "default-ulimits",
+    "no-new-privileges", "storage-opts", "exec-opts", "default-ulimits",
     "hosts", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey", "exec-root", "pidfile",
 ))
 
@@ -55,6 +57,11 @@ class DaemonOptions:
     mtu: int = 1500
     debug: bool = False
     data_root: str | None = None
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_opts: tuple[str, ...] = ()
+    log_driver: str = "json-file"
+    log_opts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -108,8 +115,26 @@ def _pool(pools: list[Any]) -> tuple[str, int] | None:
     return str(base), size
 
 
+def check(config: Mapping[str, Any]) -> None:
+    """Refuse what the daemon would refuse, short of the log driver (the engine's own check): machines runs this
+    on the client before anything is created, with no engine to import."""
+    merge(config, {})
+    options_without_log(config, {})
+
+
 def options(config: Mapping[str, Any], environ: Mapping[str, str]) -> DaemonOptions:
     """Check every value and build the engine's options."""
+    from runtime.engine.logs import log_config  # the engine package imports this module
+
+    log = {"Type": config.get("log-driver") or "json-file", "Config": config.get("log-opts") or {}}
+    try:
+        log = log_config(log)
+    except EngineError as exc:
+        raise ConfigError(f"log-driver/log-opts: {exc}") from None
+    return dataclasses.replace(options_without_log(config, environ), log_driver=log["Type"], log_opts=log["Config"])
+
+
+def options_without_log(config: Mapping[str, Any], environ: Mapping[str, str]) -> DaemonOptions:
     for label in config.get("labels") or []:
         if not isinstance(label, str) or "=" not in label:
             raise ConfigError(f"labels: {label!r} is not KEY=VALUE")
@@ -128,6 +153,11 @@ def options(config: Mapping[str, Any], environ: Mapping[str, str]) -> DaemonOpti
     mtu = config.get("mtu", 1500)
     if not 68 <= mtu <= 65535:
         raise ConfigError(f"mtu: {mtu} is not between 68 and 65535")
+    for server in config.get("dns") or []:
+        try:
+            ipaddress.ip_address(server)
+        except (TypeError, ValueError):
+            raise ConfigError(f"dns: {server!r} is not an IP address") from None
     proxies = config.get("proxies") or {}
     try:
         proxy_config = ProxyConfig.from_environment(environ, proxies)
@@ -143,6 +173,9 @@ def options(config: Mapping[str, Any], environ: Mapping[str, str]) -> DaemonOpti
         mtu=mtu,
         debug=bool(config.get("debug")),
         data_root=config.get("data-root"),
+        dns=tuple(config.get("dns") or ()),
+        dns_search=tuple(config.get("dns-search") or ()),
+        dns_opts=tuple(config.get("dns-opts") or ()),
     )
 
 

@@ -142,7 +142,7 @@ def info(engine: Engine, request: Request) -> Response:
         "NFd": len(os.listdir("/proc/self/fd")),
         "NGoroutines": 0,
         "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
-        "LoggingDriver": "json-file",
+        "LoggingDriver": engine.options.log_driver,
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": _cgroup_version(),
         "NEventsListener": 0,

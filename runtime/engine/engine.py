@@ -122,12 +122,28 @@ class Engine:
 
     # --- create ------------------------------------------------------------------------------------------------
 
+    def _daemon_defaults(self, host: dict) -> dict:
+        """The daemon's log driver and DNS settings for what the container leaves unset (dockerd's rules: the
+        daemon's log-opts only go with its own log driver)."""
+        host = dict(host)
+        log = dict(host.get("LogConfig") or {})
+        if not log.get("Type"):
+            log["Type"] = self.options.log_driver
+        if not log.get("Config") and log["Type"] == self.options.log_driver:
+            log["Config"] = dict(self.options.log_opts)
+        host["LogConfig"] = log
+        for key, default in (("Dns", self.options.dns), ("DnsSearch", self.options.dns_search),
+                             ("DnsOptions", self.options.dns_opts)):
+            if not host.get(key) and default:
+                host[key] = list(default)
+        return host
+
     def create_container(self, body: dict, name: Optional[str] = None, platform: Optional[str] = None) -> dict:
         body = dict(body or {})
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
-        host = host_config_defaults(body.get("HostConfig") or {})  # as moby: checked before the image lookup
+        host = host_config_defaults(self._daemon_defaults(body.get("HostConfig") or {}))  # before the image lookup
         image = self.images.resolve(image_ref)
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)

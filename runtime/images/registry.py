@@ -6,7 +6,7 @@ layer's diff ID as it is unpacked. Layers download in parallel, resume from a pa
 and an image is recorded only once all of its layers are in the store, so a failed pull leaves no half image.
 Plain HTTP is used only for loopback registries and those named as insecure; HTTPS verifies against the system
 CAs plus ``<certs.d>/<host>/ca.crt``, and Authorization is never sent on to a redirect's other host. Requests go
-through the daemon's proxies (``runtime.images.proxy``: CONNECT for https), and pulls of Docker Hub images try the
+through the daemon's proxies (``runtime.proxy``: CONNECT for https), and pulls of Docker Hub images try the
 daemon's registry mirrors first, falling back to the next mirror and then the hub when one fails, as dockerd does.
 """
 
@@ -30,7 +30,6 @@ from typing import Callable
 
 from runtime.errors import EngineError, HostError, InvalidParameter, NotFound
 from runtime.images import archive, reference
-from runtime.images.proxy import ProxyConfig
 from runtime.images.media import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -47,6 +46,7 @@ from runtime.images.media import (
 )
 from runtime.images.reference import Reference
 from runtime.images.store import Image, ImageStore, Layer
+from runtime.proxy import ProxyConfig
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
 GZIP_LAYER_TYPES = (MEDIA_DOCKER_LAYER_GZIP, MEDIA_OCI_LAYER_GZIP)

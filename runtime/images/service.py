@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, Union
 
 from runtime.images import builder, registry, transfer
-from runtime.images.proxy import ProxyConfig
 from runtime.images.reference import parse as parse_reference
 from runtime.images.store import ImageStore
+from runtime.proxy import ProxyConfig
 
 Auth = Union[dict, str, None]  # a credentials dict or the raw ``X-Registry-Auth`` header
 

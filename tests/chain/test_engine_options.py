@@ -189,7 +189,8 @@ def test_engine_options_reach_the_daemon_and_survive_provision_and_upgrade(
     ("flags", "message"),
     [
         (["--engine-opt", "frobnicate=1"], "the following directives don't match any configuration option: frobnicate"),
-        (["--engine-opt", "log-driver=syslog"], "the machines runtime does not implement it"),
+        (["--engine-opt", "fixed-cidr=10.1.0.0/24"], "not supported by the machines runtime: fixed-cidr"),
+        (["--engine-opt", "default-address-pools=base=10.9.0.0/16,size=31"], "size 31 does not fit in 10.9.0.0/16"),
         (["--engine-opt", "mtu=9"], "the MTU must be between 68 and 65535"),
         (["--engine-opt", "labels=a=b"], "--engine-opt labels is set with --engine-label"),
         (["--engine-insecure-registry", "http://10.0.0.1:5000"], "should not contain '://'"),

@@ -14,7 +14,7 @@ import pytest
 
 from runtime import daemonconfig
 from runtime.images import registry as registry_mod
-from runtime.images.proxy import ProxyConfig
+from runtime.proxy import ProxyConfig
 from runtime.images.service import ImageService
 from tests.images.registry_fixture import Registry, start_registry
 
