@@ -124,6 +124,12 @@ def _check_engine(store: Path, name: str, registries: dict[str, Registry], proxy
     assert info["HttpsProxy"] == f"http://127.0.0.1:{proxy.port}"
     assert registries["plain"].host in info["RegistryConfig"]["IndexConfigs"]
     assert info["RegistryConfig"]["Mirrors"] == [f"http://{registries['mirror'].host}/"]
+    assert info["LoggingDriver"] == "local"
+    container = docker_on(store, name, "create busybox true").strip()
+    log_config = json.loads(docker_on(store, name, f"inspect -f '{{{{json .HostConfig.LogConfig}}}}' {container}"))
+    assert log_config == {"Type": "local", "Config": {"max-size": "5m"}}
+    docker_on(store, name, f"rm {container}")
+    assert "nameserver 192.0.2.53" in docker_on(store, name, "run --rm busybox cat /etc/resolv.conf")
     network = json.loads(docker_on(store, name, "network inspect bridge --format '{{json .IPAM.Config}}'"))
     assert network == [{"Subnet": "172.31.213.0/24", "Gateway": "172.31.213.1"}]
     address = docker_on(store, name, "run --rm busybox ip -4 -o addr show eth0")
@@ -156,14 +162,16 @@ def _check_engine(store: Path, name: str, registries: dict[str, Registry], proxy
 
 
 def test_engine_options_reach_the_daemon_and_survive_provision_and_upgrade(
-    store: Path, test_bridge: Bridge, registries: dict[str, Registry], proxy: ConnectProxy
+    store: Path, test_bridge: Bridge, registries: dict[str, Registry], proxy: ConnectProxy, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     name = unique_name("eo")
     machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet",
              test_bridge.subnet, "--engine-label", "team=infra", "--engine-label", "tier=edge",
              "--engine-opt", f"bip={BIP}", "--engine-insecure-registry", registries["plain"].host,
              "--engine-registry-mirror", f"http://{registries['mirror'].host}",
-             "--engine-env", f"HTTPS_PROXY=http://127.0.0.1:{proxy.port}", name)
+             "--engine-env", f"HTTPS_PROXY=http://127.0.0.1:{proxy.port}", "--engine-opt", "log-driver=local",
+             "--engine-opt", "log-opts=max-size=5m", "--engine-opt", "dns=192.0.2.53", name)
     machine = Machines(store).get(name)
     try:
         connection = machine.ssh()
@@ -175,6 +183,14 @@ def test_engine_options_reach_the_daemon_and_survive_provision_and_upgrade(
         docker_on(store, name, "import - busybox", stdin=busybox_rootfs())
 
         _check_engine(store, name, registries, proxy, "create")
+        # Builds get the daemon's proxies as Docker's predefined ARGs: seen by RUN, kept out of the history.
+        monkeypatch.setenv("DOCKER_BUILDKIT", "0")
+        context = tmp_path / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text("FROM busybox\nRUN echo \"proxy=$HTTPS_PROXY\" > /proxy\n")
+        docker_on(store, name, f"build -t proxied {context}")
+        assert docker_on(store, name, "run --rm proxied cat /proxy") == f"proxy=http://127.0.0.1:{proxy.port}\n"
+        assert "127.0.0.1" not in docker_on(store, name, "history --no-trunc proxied")
         machines(store, "provision", name)
         _check_engine(store, name, registries, proxy, "provision")
         machines(store, "upgrade", name)

@@ -148,7 +148,10 @@ def test_plain_http_requests_go_to_the_proxy_in_absolute_form_with_its_credentia
     ("config", "flags", "message"),
     [
         ({"frobnicate": 1}, {}, "the following directives don't match any configuration option: frobnicate"),
-        ({"log-driver": "syslog"}, {}, "not supported by the machines runtime: log-driver"),
+        ({"fixed-cidr": "10.1.0.0/24"}, {}, "not supported by the machines runtime: fixed-cidr"),
+        ({"log-driver": "syslog"}, {}, "no log driver named 'syslog' is registered"),
+        ({"log-opts": {"max-size": "5m", "colour": "red"}}, {}, "unknown log opt 'colour'"),
+        ({"dns": ["not-an-ip"]}, {}, "dns: 'not-an-ip' is not an IP address"),
         ({"labels": ["a=b"]}, {"labels": ["c=d"]}, "specified both as a flag and in the configuration file: labels"),
         ({"mtu": "1400"}, {}, "mtu: expected a JSON int"),
         ({"mtu": 20}, {}, "mtu: 20 is not between 68 and 65535"),
