@@ -342,6 +342,7 @@ class Machine:
         Driver changes go first (``Driver.change``, which refuses what the driver cannot do). Engine options,
         labels and TLS SANs are then applied by re-provisioning: the daemon restarts, containers keep running. If
         the daemon does not come back, the previous options are recorded and applied again, and the error says so.
+        On a machine that is not running they are recorded, and ``start`` applies them.
         """
         progress = progress or Progress(self.name)
         previous = self.host_options
@@ -359,6 +360,9 @@ class Machine:
             return
         self.record["host_options"] = options.to_record()
         self.save()
+        if self.state() != State.RUNNING:  # start provisions, so it applies them (and reports a bad one)
+            progress.note(f"{self.name} is not running: the new options are recorded and applied when it starts")
+            return
         try:
             self._apply_options(previous, progress)
         except MachinesError as error:
