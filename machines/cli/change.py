@@ -3,7 +3,6 @@
 # No "from __future__ import annotations" here: Typer reads the real annotation objects of the built signature.
 import dataclasses
 import inspect
-import os
 from typing import Annotated, Any
 
 import typer
@@ -12,8 +11,14 @@ from drivers import registry
 from machines import hostoptions
 from machines.cli.common import echo, for_each_machine, machines
 from machines.cli.create import driver_flags_of, driver_parameters
-from machines.cli.engine import EngineEnv, EngineInsecureRegistry, EngineOpt, EngineProxy, EngineRegistryMirror
-from machines.errors import UsageError
+from machines.cli.engine import (
+    EngineEnv,
+    EngineInsecureRegistry,
+    EngineOpt,
+    EngineProxy,
+    EngineRegistryMirror,
+    with_proxy,
+)
 from machines.progress import Progress
 
 
@@ -48,10 +53,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             insecure_registries=engine_insecure_registry, registry_mirrors=engine_registry_mirror,
             opts=engine_opt or (),
         )
-        if engine_proxy is not None:
-            if engine_proxy != "auto":
-                raise UsageError(f"--engine-proxy takes 'auto', not {engine_proxy!r}")
-            wanted = dataclasses.replace(wanted, engine=wanted.engine.with_workstation_proxy(os.environ))
+        wanted = dataclasses.replace(wanted, engine=with_proxy(wanted.engine, engine_proxy))
         flags = driver_flags_of(ctx, machine.driver_name, drivers, driver_values, typed_only=True)
         try:
             if dry_run:

@@ -33,6 +33,11 @@ def engine_options(env: list[str] | None, insecure_registries: list[str] | None,
     """The flags as validated ``EngineOptions`` (``--engine-proxy auto`` adds this computer's proxy variables)."""
     options = EngineOptions(env=tuple(env or ()), insecure_registries=tuple(insecure_registries or ()),
                             registry_mirrors=tuple(mirrors or ()), opts=tuple(opts or ()))
+    return with_proxy(options, proxy)
+
+
+def with_proxy(options: EngineOptions, proxy: str | None) -> EngineOptions:
+    """``--engine-proxy``: None leaves the options as they are; ``auto`` copies this computer's proxy variables."""
     if proxy is None:
         return options
     if proxy != "auto":

@@ -260,6 +260,10 @@ def test_set_changes_a_running_machine_keeps_its_containers_and_rolls_back_a_bro
     assert docker_on(store, name, f"inspect -f '{{{{.State.StartedAt}}}}' {container}") == started  # never restarted
     assert machines(store, "set", name, "--dry-run").stdout == f"{name}: nothing to change\n"
 
+    machines(store, "set", name, "--tls-san", "web.example.test")  # a new server certificate, installed
+    assert "web.example.test" in certs.cert_sans(store / "machines" / name / certs.SERVER_CERT)
+    assert docker_on(store, name, "info --format '{{json .Labels}}'").strip() == '["team=web"]'  # TLS still verifies
+
     broken = machines(store, "set", name, "--engine-label", "broken=yes", "--engine-opt", "bip=172.31.99.1/31",
                       check=False)
     assert broken.returncode != 0 and "the previous options were put back" in broken.stderr, broken.stderr
