@@ -173,7 +173,7 @@ def main() -> None:
         print("| daemon | pull | build (no cache) | cached rebuild |")
         print("|---|---|---|---|")
         for name, r in results.items():
-            print("| {} | {:.3f} | {:.3f} | {:.3f} |".format(name, r["pull"], r["build"], r["cached build"]))
+            print(f"| {name} | {r['pull']:.3f} | {r['build']:.3f} | {r['cached build']:.3f} |")
         print("\nImage store alone (library calls): pull {:.3f} s, save {:.3f} s, load {:.3f} s".format(lib["pull"], lib["save"], lib["load"]))
     finally:
         for proc in reversed(procs):

@@ -115,7 +115,7 @@ def host_config_defaults(host: dict) -> dict:
         host["NetworkMode"] = "default"
     log = dict(host.get("LogConfig") or {})
     if log.get("Type") not in (None, "", "json-file"):
-        raise InvalidParameter("logging driver {!r} is not supported, only json-file".format(log.get("Type")))
+        raise InvalidParameter(f"logging driver {log.get('Type')!r} is not supported, only json-file")
     host["LogConfig"] = {"Type": "json-file", "Config": log.get("Config") or {}}
     policy = dict(host.get("RestartPolicy") or {})
     name = policy.get("Name") or "no"
@@ -168,7 +168,7 @@ def parse_binds(binds: list[str]) -> list[dict]:
         bad = [m for m in mode if m not in ("ro", "rw", "z", "Z", "nocopy", "private", "rprivate", "shared",
                                             "rshared", "slave", "rslave")]
         if bad:
-            raise InvalidParameter("invalid mode: {}".format(",".join(bad)))
+            raise InvalidParameter(f"invalid mode: {','.join(bad)}")
         out.append({"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target,
                     "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode})
     return out
@@ -191,7 +191,7 @@ def parse_mounts(mounts: list[dict], tmpfs: dict[str, str] | None) -> list[dict]
         if kind == "tmpfs":
             tmp = m.get("TmpfsOptions") or {}
             opts = ",".join(filter(None, [f'size={tmp["SizeBytes"]}' if tmp.get("SizeBytes") else "",
-                                          "mode={:o}".format(tmp["Mode"]) if tmp.get("Mode") else "mode=1777"]))
+                                          f"mode={tmp['Mode']:o}" if tmp.get("Mode") else "mode=1777"]))
         nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
         out.append({"Type": kind, "Source": source, "Target": target, "ReadOnly": bool(m.get("ReadOnly")),
                     "Options": opts, "NoCopy": nocopy})
@@ -249,6 +249,6 @@ def ulimits_of(items: list[dict]) -> list[tuple[int, int, int]]:
     for item in items:
         number = getattr(resource, "RLIMIT_" + str(item.get("Name", "")).upper(), None)
         if number is None:
-            raise InvalidParameter("invalid ulimit type: {}".format(item.get("Name")))
+            raise InvalidParameter(f"invalid ulimit type: {item.get('Name')}")
         out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
     return out

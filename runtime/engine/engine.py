@@ -966,7 +966,7 @@ class Engine:
             networks = c.data["NetworkSettings"].setdefault("Networks", {})
             if not c.running:
                 if net["Name"] in networks:
-                    raise Conflict("endpoint with name {} already exists in network {}".format(c.name, net["Name"]))
+                    raise Conflict(f"endpoint with name {c.name} already exists in network {net['Name']}")
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
@@ -981,7 +981,7 @@ class Engine:
             if c.running:
                 self.networks.disconnect(net_ref, c.id)
             elif net["Name"] not in (c.data["NetworkSettings"].get("Networks") or {}) and not force:
-                raise NotFound("container {} is not connected to network {}".format(c.id, net["Name"]))
+                raise NotFound(f"container {c.id} is not connected to network {net['Name']}")
             with self._lock:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)

@@ -572,8 +572,7 @@ class Builder:
                         target = posixpath.join(target, posixpath.basename(rel))
                     plan.append(("file", real, target))
         digest = _plan_digest(plan, owner, mode)
-        created_by = "{}{} {}:{} in {} ".format(NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
-                                            dest_path)
+        created_by = f"{NOP}{ins.cmd} {'multi' if len(sources) > 1 else 'file'}:{digest} in {dest_path} "
         staging = os.path.join(work, "upper")
 
         def materialize() -> str:
@@ -657,7 +656,7 @@ class Builder:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
                         return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
-        raise InvalidParameter("unable to find user {}: no matching entries in {} file".format(name, table.split("/")[1]))
+        raise InvalidParameter(f"unable to find user {name}: no matching entries in {table.split('/')[1]} file")
 
 
 def _continues(source: Image, source_history: list[dict], history: list[dict], diff_ids: list[str]) -> bool:

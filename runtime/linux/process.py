@@ -150,7 +150,7 @@ def prepare_root(spec: dict) -> None:
     # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
     guard = not spec["privileged"] and not spec.get("devices") and not controls_devices()
     sc.mount("overlay", rootfs, "overlay", sc.MS_NODEV if guard else 0,
-             "lowerdir={},upperdir={},workdir={}".format(lower, spec["upper"], spec["work"]))
+             f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']}")
     proc = mkdir_in_root(rootfs, "/proc")
     sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for key, value in (spec.get("sysctls") or {}).items():  # namespaced ones only, before /proc/sys turns ro

@@ -160,7 +160,7 @@ class NetworkManager:
             net["_bridge"] = options.get(OPT_BRIDGE_NAME) or "mrt-" + net["Id"][:11]
             _mtu(net)
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
-                raise Conflict("bridge name {} is already used by another network".format(net["_bridge"]))
+                raise Conflict(f"bridge name {net['_bridge']} is already used by another network")
             self._state["networks"][net["Id"]] = net
             self._save()
         return {"Id": net["Id"], "Warning": ""}
@@ -232,7 +232,7 @@ class NetworkManager:
         with self._lock:
             net = self._resolve(ref)
             if net["Name"] in PREDEFINED:
-                raise Forbidden("{} is a pre-defined network and cannot be removed".format(net["Name"]))
+                raise Forbidden(f"{net['Name']} is a pre-defined network and cannot be removed")
             if self._members(net["Id"]):
                 raise Forbidden("error while removing network: network {} id {} has active endpoints".format(net["Name"], net["Id"]))
             self._drop_bridge(net)
@@ -277,7 +277,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] in current:
-                raise Forbidden("endpoint with name {} already exists in network {}".format(name, net["Name"]))
+                raise Forbidden(f"endpoint with name {name} already exists in network {net['Name']}")
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
@@ -388,7 +388,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] not in current:
-                raise Forbidden("container {} is not connected to network {}".format(container_id, net["Name"]))
+                raise Forbidden(f"container {container_id} is not connected to network {net['Name']}")
             if net["Driver"] == "host":
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
@@ -654,7 +654,7 @@ def _expect(body: Dict_, key: str, kind: type) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, kind):
-        raise InvalidParameter("{} must be {}".format(key, "an object" if kind is dict else "a list"))
+        raise InvalidParameter(f"{key} must be {'an object' if kind is dict else 'a list'}")
     return value
 
 

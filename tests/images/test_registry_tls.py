@@ -143,7 +143,7 @@ def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox
     aux = list(service.push(tag, auth=good))[-1]["aux"]
     assert "repository:secure/app:pull,push" in tokens.scopes
     store.remove(tag)
-    assert list(service.pull(tag, auth=good))[-2] == {"status": "Digest: {}".format(aux["Digest"])}
+    assert list(service.pull(tag, auth=good))[-2] == {"status": f"Digest: {aux['Digest']}"}
     assert store.resolve(tag).id == image_id and "repository:secure/app:pull" in tokens.scopes
     assert service.login(good)["Status"] == "Login Succeeded"
     with pytest.raises(Unauthorized):
