@@ -9,13 +9,20 @@ What it fixes over docker-machine's driver:
 * the SSH host key is generated here and injected through cloud-init, so the first connection is already verified;
 * waits have a configurable timeout and say what they are waiting for.
 
-The instance is launched with a unique ``machines:id`` tag, so an undo or ``rm`` can find it even when the create
-was interrupted while ``RunInstances`` was in flight.
+EC2 is eventually consistent: for a while after ``RunInstances``, ``CreateSecurityGroup`` or ``ImportKeyPair`` it may
+answer NotFound for the id it just returned, and its filtered Describe lists may not show the resource yet. So the
+driver notes when each create request left (``requested_at``, set as botocore sends it), treats NotFound within
+``--aws-consistency-window`` of that as "not visible yet" rather than "gone", retries calls that name the new
+resource, and undoes by the recorded id, waiting until EC2 shows each deletion. The instance is launched with a
+unique ``machines:id`` tag (and that id as its idempotency token), so an undo or ``rm`` finds it even when the create
+was interrupted while ``RunInstances`` was in flight; a rollback that cannot see such an instance says so instead of
+reporting success.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import ipaddress
 import logging
 import os
@@ -38,16 +45,19 @@ log = logging.getLogger(__name__)
 # Image owners published by the distributions themselves (not a table of AMI ids: those change every month).
 DEBIAN_OWNER = "136693071363"
 CANONICAL_OWNER = "099720109477"
-DEFAULT_IMAGES: list[tuple[str, str]] = [  # (owner, name pattern), in order of preference
-    (DEBIAN_OWNER, "debian-12-amd64-*"),
-    (CANONICAL_OWNER, "ubuntu/images/hvm-ssd*/ubuntu-*-amd64-server-*"),
+DEFAULT_IMAGES: list[tuple[str, str]] = [  # (owner, name pattern with the distribution's arch word), by preference
+    (DEBIAN_OWNER, "debian-12-{arch}-*"),
+    (CANONICAL_OWNER, "ubuntu/images/hvm-ssd*/ubuntu-*-{arch}-server-*"),
 ]
+DISTRIBUTION_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture name -> Debian's and Ubuntu's
 # The login user each distribution's cloud images set up, by a word of the image name.
 IMAGE_USERS: list[tuple[str, str]] = [("debian", "admin"), ("ubuntu", "ubuntu"), ("amzn", "ec2-user"), ("al20", "ec2-user")]
 SSH_PORT = 22
 TLS_API_PORT = 2376
 ANYWHERE = "0.0.0.0/0"
 USERDATA_FLAG = "--aws-userdata"
+USER_DATA_LIMIT = 16384  # EC2's limit on user data before base64; cloud-init takes it gzipped too
+IMDS_HOP_LIMIT = 2  # IMDSv2 answers reach containers behind one more network hop (the runtime's bridge)
 STATE_MAP: dict[str, State] = {
     "pending": State.STARTING,
     "running": State.RUNNING,
@@ -56,12 +66,38 @@ STATE_MAP: dict[str, State] = {
     "stopped": State.STOPPED,
     "terminated": State.NOT_FOUND,
 }
-# Error codes that mean "already gone": an undo or rm treats them as success.
+# Error codes that mean "already gone": an undo or rm treats them as success (once EC2 has had time to agree).
 GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidKeyPair.NotFound", "InvalidGroup.NotFound", "InvalidGroupId.NotFound")
+# Errors that right after a create mean "EC2 does not see it yet" (code, or code:words of the message).
+NOT_YET_CODES = GONE_CODES + ("InvalidParameterValue:iamInstanceProfile",)
+# Requests whose resource may exist although their answer never reached us: their sending time is noted.
+CREATE_REQUESTS = ("ImportKeyPair", "CreateSecurityGroup", "RunInstances")
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _matches(error: botocore.exceptions.ClientError, codes: tuple[str, ...]) -> bool:
+    """Whether EC2's error is one of ``codes``: a code prefix, or ``code:words`` the message must contain too."""
+    code, message = _error_code(error), str(error.response.get("Error", {}).get("Message", ""))
+    for entry in codes:
+        prefix, _, words = entry.partition(":")
+        if code.startswith(prefix) and words in message:
+            return True
+    return False
+
+
+def encode_user_data(text: str) -> str | bytes:
+    """User data as EC2 takes it: as is up to 16 KB, else gzipped (cloud-init unpacks it) when that fits."""
+    raw = text.encode()
+    if len(raw) <= USER_DATA_LIMIT:
+        return text
+    packed = gzip.compress(raw, mtime=0)
+    if len(packed) > USER_DATA_LIMIT:
+        raise PreCreateError(f"{USERDATA_FLAG}: user data is {len(raw)} bytes ({len(packed)} gzipped); "
+                             f"EC2 allows {USER_DATA_LIMIT}")
+    return packed
 
 
 def _one_line(error: Exception) -> str:
@@ -107,9 +143,11 @@ class AWSDriver(Driver):
     description = "Amazon EC2 instances (Docker Machine's amazonec2 flags)"
     flags = [
         Flag("profile", "shared-credentials profile to use", envvar="AWS_PROFILE"),
-        Flag("access-key", "access key id (default: boto3's credential chain)", envvar="AWS_ACCESS_KEY_ID"),
-        Flag("secret-key", "secret access key", envvar="AWS_SECRET_ACCESS_KEY", secret=True),
-        Flag("session-token", "session token of temporary credentials", envvar="AWS_SESSION_TOKEN", secret=True),
+        # No envvar on the credentials: boto3's chain reads AWS_ACCESS_KEY_ID & co. itself at each call, so keys from
+        # the environment never reach the machine's config.json; only keys passed as flags are kept there.
+        Flag("access-key", "access key id (default: boto3's credential chain: AWS_ACCESS_KEY_ID, profile, role)"),
+        Flag("secret-key", "secret access key", secret=True),
+        Flag("session-token", "session token of temporary credentials", secret=True),
         Flag("endpoint", "EC2 endpoint URL, for EC2-compatible clouds", envvar="AWS_ENDPOINT"),
         Flag("region", "region", default="us-east-1", envvar="AWS_DEFAULT_REGION"),
         Flag("zone", "availability zone letter", default="a", envvar="AWS_ZONE"),
@@ -144,6 +182,8 @@ class AWSDriver(Driver):
         Flag("retries", "API retries on throttling and transient errors", type=int, default=5),
         Flag("wait-timeout", "seconds to wait for each EC2 state change", type=int, default=300,
              envvar="AWS_WAIT_TIMEOUT"),
+        Flag("consistency-window", "seconds EC2 may take to show what it just made: NotFound for a new id means "
+             "'not yet' this long", type=int, default=60, envvar="AWS_CONSISTENCY_WINDOW"),
     ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -163,6 +203,44 @@ class AWSDriver(Driver):
     @property
     def timeout(self) -> float:
         return float(self._get("wait_timeout") or 300)
+
+    # -- eventual consistency ----------------------------------------------------------------------------------
+    def _note_sent(self, event_name: str, **_: Any) -> None:
+        """botocore's before-send hook: a create request is leaving, so its resource may exist from now on."""
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation in CREATE_REQUESTS:
+            self.config.setdefault("requested_at", {})[operation] = time.time()
+
+    def _expect_request(self, operation: str) -> None:
+        """Before a create call: not sent yet (None), so an undo knows a failure before sending made nothing."""
+        self.config.setdefault("requested_at", {})[operation] = None
+
+    def _was_sent(self, operation: str) -> bool:
+        """Whether a create request may have reached EC2 (a record older than these notes: assume it did)."""
+        requested = self._get("requested_at") or {}
+        return operation not in requested or requested[operation] is not None
+
+    @property
+    def consistency_window(self) -> float:
+        return float(self._get("consistency_window") if self._get("consistency_window") is not None else 60)
+
+    def _settling(self, operation: str) -> bool:
+        """Whether EC2 may still be catching up with what ``operation`` made: NotFound then means "not yet"."""
+        sent = (self._get("requested_at") or {}).get(operation)
+        return sent is not None and time.time() - sent < self.consistency_window
+
+    def _call_settling(self, operation: str, **params: Any) -> dict[str, Any]:
+        """A call naming something made moments ago: EC2's "not found" is retried for the consistency window."""
+        deadline = time.monotonic() + self.consistency_window
+        delay = 0.2
+        while time.monotonic() < deadline:
+            response = self._call_unless(NOT_YET_CODES, operation, **params)
+            if response is not None:
+                return response
+            log.info("%s: EC2 does not show what %s names yet; retrying", self.machine_name, operation)
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+        return self._call(operation, **params)
 
     def _session(self) -> boto3.Session:
         """One boto3 session per driver, sharing the process-wide model loader (EC2's model takes 0.5 s to parse)."""
@@ -197,6 +275,7 @@ class AWSDriver(Driver):
 
             retry = botocore.config.Config(retries={"max_attempts": attempts, "mode": "standard"})
             self._client = session.client("ec2", endpoint_url=self._get("endpoint") or None, config=retry)
+            self._client.meta.events.register("before-send.ec2", self._note_sent)
         return self._client
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
@@ -213,7 +292,10 @@ class AWSDriver(Driver):
         try:
             return cast(dict[str, Any], getattr(self.ec2, operation)(**params))
         except botocore.exceptions.ClientError as error:
-            if codes and _error_code(error).startswith(codes):
+            name = self.ec2.meta.method_to_api_mapping.get(operation, "")
+            if name in CREATE_REQUESTS:  # EC2 answered with an error: it made nothing
+                self._expect_request(name)
+            if codes and _matches(error, codes):
                 return None
             raise DriverError(f"EC2 {operation}: {_one_line(error)}") from None
         except botocore.exceptions.NoCredentialsError:
@@ -247,6 +329,7 @@ class AWSDriver(Driver):
             self._check_region()
             self._check_instance_type()
             self._resolve_image()
+            self._check_user_data_size()
             self._resolve_network()
             self._check_names_free()
             self._resolve_security_groups()
@@ -256,11 +339,13 @@ class AWSDriver(Driver):
             raise PreCreateError(str(error)) from None
 
     def _check_flags(self) -> None:
+        cidrs = []
         for cidr in self._get("allow_cidr") or []:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
+            try:  # a bare address is a /32 (/128): EC2 itself refuses a CIDR without its prefix length
+                cidrs.append(str(ipaddress.ip_network(cidr, strict=False)))
             except ValueError:
                 raise PreCreateError(f"--aws-allow-cidr {cidr!r} is not a CIDR such as 203.0.113.0/24") from None
+        self.config["allow_cidr"] = cidrs
         for port in self._get("open_port") or []:
             parse_open_port(port)
         parse_tags(self._get("tags") or [])
@@ -272,8 +357,10 @@ class AWSDriver(Driver):
                 raise PreCreateError(f"--aws-{name} only applies to the group machines creates, not to --aws-security-group")
         if bool(self._get("keypair_name")) != bool(self._get("ssh_keypath")):
             raise PreCreateError("--aws-keypair-name and --aws-ssh-keypath go together")
-        if self._get("ssh_keypath") and not os.path.isfile(self._get("ssh_keypath")):
-            raise PreCreateError(f"--aws-ssh-keypath {self._get('ssh_keypath')}: no such file")
+        if self._get("ssh_keypath"):
+            if not os.path.isfile(self._get("ssh_keypath")):
+                raise PreCreateError(f"--aws-ssh-keypath {self._get('ssh_keypath')}: no such file")
+            public_key_of(self._get("ssh_keypath"), "--aws-ssh-keypath")
         if self._get("spot_price"):
             try:
                 float(self._get("spot_price"))
@@ -322,6 +409,8 @@ class AWSDriver(Driver):
         )
         if not found or not found["InstanceTypes"]:
             raise PreCreateError(f"--aws-instance-type {instance_type!r} does not exist in {self._get('region')}")
+        self.config["architectures"] = found["InstanceTypes"][0].get("ProcessorInfo", {}).get(
+            "SupportedArchitectures") or ["x86_64"]
 
     def _resolve_image(self) -> None:
         """Check the AMI exists (or find the default one) and pick the SSH user its distribution uses."""
@@ -331,6 +420,10 @@ class AWSDriver(Driver):
             if not found or not found["Images"]:
                 raise PreCreateError(f"--aws-ami {ami!r} does not exist in {self._get('region')}")
             image = found["Images"][0]
+            architectures = self._get("architectures") or ["x86_64"]
+            if image.get("Architecture") and image["Architecture"] not in architectures:
+                raise PreCreateError(f"--aws-ami {ami!r} is an {image['Architecture']} image but --aws-instance-type "
+                                     f"{self._get('instance_type')!r} runs {' or '.join(architectures)}")
         else:
             image = self._default_image()
             self.config["ami"] = image["ImageId"]
@@ -343,13 +436,15 @@ class AWSDriver(Driver):
             self.config["ssh_user"] = users[0]
 
     def _default_image(self) -> dict[str, Any]:
+        """The newest Debian 12, else Ubuntu, image for the instance type's architecture (arm64 for Graviton)."""
+        architecture = next((name for name in self._get("architectures") or [] if name in DISTRIBUTION_ARCH), "x86_64")
         for owner, pattern in DEFAULT_IMAGES:
             images = self._call(
                 "describe_images",
                 Owners=[owner],
                 Filters=[
-                    {"Name": "name", "Values": [pattern]},
-                    {"Name": "architecture", "Values": ["x86_64"]},
+                    {"Name": "name", "Values": [pattern.format(arch=DISTRIBUTION_ARCH[architecture])]},
+                    {"Name": "architecture", "Values": [architecture]},
                     {"Name": "state", "Values": ["available"]},
                 ],
             )["Images"]
@@ -357,7 +452,17 @@ class AWSDriver(Driver):
                 newest = max(images, key=lambda image: (image.get("CreationDate") or "", image.get("Name") or ""))
                 log.info("%s: using %s (%s)", self.machine_name, newest["ImageId"], newest.get("Name"))
                 return cast(dict[str, Any], newest)
-        raise PreCreateError(f"no Debian 12 or Ubuntu image found in {self._get('region')}; pass --aws-ami")
+        raise PreCreateError(f"no {architecture} Debian 12 or Ubuntu image found in {self._get('region')}; pass --aws-ami")
+
+    def _check_user_data_size(self) -> None:
+        """Ours (with a throwaway host key: ed25519 keys have one size) plus theirs must fit EC2's 16 KB, gzipped or not."""
+        theirs = self._their_user_data()
+        if not theirs:
+            return
+        key_path = self._get("ssh_keypath") or self.ssh_key_path
+        authorized = public_key_of(key_path) if os.path.isfile(key_path) else "ssh-ed25519 " + "A" * 68
+        ours = cloud_config(authorized, *generate_host_key(), self._get("ssh_user"))
+        encode_user_data(merge_user_data(ours, theirs, USERDATA_FLAG))
 
     def _resolve_network(self) -> None:
         """Fill in the VPC and subnet (defaults: the default VPC and its subnet for the zone) and check they fit."""
@@ -451,6 +556,7 @@ class AWSDriver(Driver):
             material = handle.read()
         # Recorded before the call, like every step: a Ctrl-C while EC2 answers must not leak what it made.
         self.config["created_key_pair"] = self.resource_name
+        self._expect_request("ImportKeyPair")
         ledger.record(f"EC2 key pair {self.resource_name}", self._delete_key_pair)
         self._call(
             "import_key_pair",
@@ -461,6 +567,7 @@ class AWSDriver(Driver):
 
     def _create_security_group(self, ledger: Ledger) -> str:
         self.config["created_security_group"] = self.resource_name
+        self._expect_request("CreateSecurityGroup")
         ledger.record(f"EC2 security group {self.resource_name}", self._delete_security_group)
         group_id = self._call(
             "create_security_group",
@@ -469,6 +576,7 @@ class AWSDriver(Driver):
             VpcId=self._get("vpc_id"),
             TagSpecifications=[self._tag_spec("security-group")],
         )["GroupId"]
+        self.config["created_security_group_id"] = group_id
         cidrs = self._get("allow_cidr") or []
         if not cidrs:
             log.warning("%s: SSH%s open to anywhere; restrict with --aws-allow-cidr", self.machine_name,
@@ -482,22 +590,25 @@ class AWSDriver(Driver):
             {"IpProtocol": protocol, "FromPort": port, "ToPort": port, "IpRanges": ipv4, "Ipv6Ranges": ipv6}
             for port, protocol in dict.fromkeys(ports)
         ]
-        self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=permissions)
+        self._call_settling("authorize_security_group_ingress", GroupId=group_id, IpPermissions=permissions)
         return str(group_id)
 
-    def _user_data(self) -> str:
+    def _user_data(self) -> str | bytes:
         host_private, host_public = generate_host_key()
         self.config["host_key"] = host_public
         key_path = self._get("ssh_keypath") or self.ssh_key_path
         ours = cloud_config(public_key_of(key_path), host_private, host_public, self._get("ssh_user"))
-        return merge_user_data(ours, self._their_user_data(), USERDATA_FLAG)
+        return encode_user_data(merge_user_data(ours, self._their_user_data(), USERDATA_FLAG))
 
     def _their_user_data(self) -> str | None:
         path = self._get("userdata")
         return read_user_data(path, USERDATA_FLAG) if path else None
 
     def _launch(self, ledger: Ledger, groups: list[str]) -> None:
-        """RunInstances, recorded *before* the call: an interrupted launch is found again by its machines:id tag."""
+        """RunInstances, recorded *before* the call: an interrupted launch is found again by its machines:id tag.
+
+        The machines:id is also the idempotency token, so botocore's own retries never launch a second instance.
+        """
         interface: dict[str, Any] = {
             "DeviceIndex": 0,
             "SubnetId": self._get("subnet_id"),
@@ -512,12 +623,14 @@ class AWSDriver(Driver):
             "InstanceType": self._get("instance_type"),
             "MinCount": 1,
             "MaxCount": 1,
+            "ClientToken": self.config["machine_id"],
             "KeyName": self._get("keypair_name") or self.resource_name,
             "NetworkInterfaces": [interface],
             "Placement": {"AvailabilityZone": self._get("zone_name")},
             "UserData": self._user_data(),
             "Monitoring": {"Enabled": bool(self._get("monitoring"))},
-            "MetadataOptions": {"HttpTokens": self._get("metadata_tokens"), "HttpEndpoint": "enabled"},
+            "MetadataOptions": {"HttpTokens": self._get("metadata_tokens"), "HttpEndpoint": "enabled",
+                                "HttpPutResponseHopLimit": IMDS_HOP_LIMIT},
             "BlockDeviceMappings": [
                 {
                     "DeviceName": self._get("root_device_name"),
@@ -538,51 +651,81 @@ class AWSDriver(Driver):
             if self._get("spot_price"):
                 spot["MaxPrice"] = str(self._get("spot_price"))
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+        self._expect_request("RunInstances")
         ledger.record(f"EC2 instance of {self.machine_name}", self._terminate_instances)
-        instance = self._call("run_instances", **params)["Instances"][0]
+        # A key pair, group or instance profile made moments ago may not be visible to RunInstances yet.
+        instance = self._call_settling("run_instances", **params)["Instances"][0]
         self.config["instance_id"] = instance["InstanceId"]
         log.info("%s: launched %s", self.machine_name, instance["InstanceId"])
 
     # -- removal (the ledger's undos and rm) --------------------------------------------------------------------
+    def _tagged_instance_ids(self) -> list[str]:
+        """Live instances carrying our machines:id tag, as EC2's (lagging) filtered list shows them."""
+        if not self._get("machine_id"):
+            return []
+        reservations = self._call(
+            "describe_instances",
+            Filters=[
+                {"Name": "tag:machines:id", "Values": [self._get("machine_id")]},
+                {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+            ],
+        )["Reservations"]
+        return [instance["InstanceId"] for reservation in reservations for instance in reservation["Instances"]]
+
     def _our_instance_ids(self) -> list[str]:
-        """The recorded instance plus any live instance carrying our machines:id tag (an interrupted launch)."""
+        """The recorded instance plus any live instance carrying our machines:id tag (an interrupted launch).
+
+        When RunInstances left but its answer never came back, the filtered list may not show the instance for a
+        while: it is polled until it does or the consistency window has passed, and then the undo fails loudly
+        rather than report success while an instance may be running.
+        """
         ids = [self._get("instance_id")] if self._get("instance_id") else []
-        if self._get("machine_id"):
-            reservations = self._call(
-                "describe_instances",
-                Filters=[
-                    {"Name": "tag:machines:id", "Values": [self._get("machine_id")]},
-                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]},
-                ],
-            )["Reservations"]
-            ids += [instance["InstanceId"] for reservation in reservations for instance in reservation["Instances"]]
-        return list(dict.fromkeys(ids))
+        tagged = self._tagged_instance_ids()
+        if not ids and not tagged and self._settling("RunInstances"):
+            log.info("%s: waiting for EC2 to list the instance RunInstances was launching", self.machine_name)
+            while not tagged and self._settling("RunInstances"):
+                time.sleep(1.0)
+                tagged = self._tagged_instance_ids()
+            if not tagged:
+                raise DriverError(
+                    f"EC2 did not list an instance tagged machines:id={self._get('machine_id')} within "
+                    f"{self.consistency_window:.0f}s of RunInstances; look for it in the console and terminate it")
+        return list(dict.fromkeys(ids + tagged))
 
     def _terminate_instances(self) -> None:
+        if not self._was_sent("RunInstances"):
+            return  # RunInstances never left: nothing was launched
         for instance_id in self._our_instance_ids():
-            if self._instance_state(instance_id) is None:  # already terminated, maybe outside machines
-                continue
-            self._call_unless(GONE_CODES, "terminate_instances", InstanceIds=[instance_id])
-            self._wait(f"instance {instance_id} to be terminated", lambda: self._instance_state(instance_id) is None)
+
+            def terminated() -> bool:
+                state = self._raw_state(instance_id)
+                if state is None:  # NotFound: "not visible yet" while settling, gone after (EC2 lists terminated ones)
+                    return not self._settling("RunInstances")
+                if state == "terminated":
+                    return True
+                if state != "shutting-down":
+                    self._call_unless(GONE_CODES, "terminate_instances", InstanceIds=[instance_id])
+                return False
+
+            self._wait(f"instance {instance_id} to be terminated", terminated)
+
+    def _key_pair_visible(self, name: str) -> bool:
+        return bool(self._call_unless(GONE_CODES, "describe_key_pairs", KeyNames=[name]))
 
     def _delete_key_pair(self) -> None:
+        """Delete our key pair once EC2 shows it (DeleteKeyPair of a key EC2 does not see yet succeeds and does
+        nothing), then wait until it is gone."""
         name = self._get("created_key_pair")
-        if not name:
-            return
-        self._call_unless(GONE_CODES, "delete_key_pair", KeyName=name)
-
-        def gone() -> bool:
-            pairs = self._call("describe_key_pairs", Filters=[{"Name": "key-name", "Values": [name]}])["KeyPairs"]
-            return not pairs
-
-        self._wait(f"key pair {name} to be deleted", gone)
+        if name and self._was_sent("ImportKeyPair"):
+            self._wait(f"key pair {name} to be visible",
+                       lambda: self._key_pair_visible(name) or not self._settling("ImportKeyPair"))
+            if self._key_pair_visible(name):
+                self._call_unless(GONE_CODES, "delete_key_pair", KeyName=name)
+                self._wait(f"key pair {name} to be deleted", lambda: not self._key_pair_visible(name))
         self.config.pop("created_key_pair", None)
 
-    def _our_security_groups(self) -> list[str]:
-        """Ids of the group we created, found by name and machines:id tag (its id may never have reached us)."""
-        name = self._get("created_security_group")
-        if not name or not self._get("machine_id"):
-            return []
+    def _tagged_security_groups(self, name: str) -> list[str]:
+        """Ids of our group by name and machines:id tag, as EC2's (lagging) filtered list shows them."""
         groups = self._call(
             "describe_security_groups",
             Filters=[
@@ -592,17 +735,36 @@ class AWSDriver(Driver):
         )["SecurityGroups"]
         return [group["GroupId"] for group in groups]
 
+    def _our_security_groups(self) -> list[str]:
+        """The group we created: its recorded id, else found by name and tag (its id may never have reached us)."""
+        name = self._get("created_security_group")
+        if not name or not self._get("machine_id") or not self._was_sent("CreateSecurityGroup"):
+            return []
+        if self._get("created_security_group_id"):
+            return [self._get("created_security_group_id")]
+        found: list[str] = []
+
+        def listed() -> bool:
+            found[:] = self._tagged_security_groups(name)
+            return bool(found) or not self._settling("CreateSecurityGroup")
+
+        self._wait(f"security group {name} to be listed", listed)
+        return found
+
     def _delete_security_group(self) -> None:
-        """Delete our group; EC2 refuses (DependencyViolation) while a terminating instance still holds it."""
+        """Delete our group by id; EC2 refuses (DependencyViolation) while a terminating instance still holds it,
+        and answers NotFound while it does not show a group made moments ago: both are retried."""
         for group_id in self._our_security_groups():
 
             def deleted() -> bool:
                 if self._call_unless(GONE_CODES + ("DependencyViolation",), "delete_security_group", GroupId=group_id):
-                    return True
-                return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
+                    return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
+                return not self._settling("CreateSecurityGroup") and not self._call_unless(
+                    GONE_CODES, "describe_security_groups", GroupIds=[group_id])
 
             self._wait(f"security group {group_id} to be deleted", deleted)
         self.config.pop("created_security_group", None)
+        self.config.pop("created_security_group_id", None)
 
     def remove(self) -> None:
         """Terminate the instance, then delete our key pair and group; each already gone is fine."""
@@ -611,16 +773,23 @@ class AWSDriver(Driver):
         self._delete_security_group()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def _describe(self, instance_id: str | None = None) -> dict[str, Any] | None:
-        """The instance (ours by default) as EC2 describes it; None when it no longer exists or is terminated."""
+    def _describe_any(self, instance_id: str | None = None) -> dict[str, Any] | None:
+        """The instance (ours by default) as EC2 describes it, terminated included; None when EC2 does not show it."""
         instance_id = instance_id or self._get("instance_id")
         if not instance_id:
             return None
         found = self._call_unless(GONE_CODES, "describe_instances", InstanceIds=[instance_id])
         instances = [instance for reservation in (found or {}).get("Reservations", []) for instance in reservation["Instances"]]
-        if not instances or instances[0]["State"]["Name"] == "terminated":
-            return None
-        return cast(dict[str, Any], instances[0])
+        return cast(dict[str, Any], instances[0]) if instances else None
+
+    def _describe(self, instance_id: str | None = None) -> dict[str, Any] | None:
+        """The instance as EC2 describes it; None when it no longer exists or is terminated."""
+        instance = self._describe_any(instance_id)
+        return None if instance is None or instance["State"]["Name"] == "terminated" else instance
+
+    def _raw_state(self, instance_id: str) -> str | None:
+        instance = self._describe_any(instance_id)
+        return instance["State"]["Name"] if instance else None
 
     def _instance_state(self, instance_id: str) -> str | None:
         instance = self._describe(instance_id)
@@ -633,31 +802,47 @@ class AWSDriver(Driver):
         return str(instance_id)
 
     def _wait_for_state(self, wanted: str) -> None:
+        """Wait for ``wanted``; a launch that ends terminated is reported with EC2's StateReason."""
         instance_id = self._get("instance_id")
 
         def reached() -> bool:
-            current = self._instance_state(instance_id)
-            if current is None:
-                raise DriverError(f"EC2 instance {instance_id} was terminated while waiting for it to be {wanted}")
+            instance = self._describe_any(instance_id)
+            if instance is None:
+                if self._settling("RunInstances"):
+                    return False  # EC2 does not show the instance it just launched yet
+                raise DriverError(f"EC2 instance {instance_id} no longer exists")
+            current = str(instance["State"]["Name"])
+            if current in ("shutting-down", "terminated") and wanted != current:
+                reason = instance.get("StateReason", {}).get("Message") or current
+                raise DriverError(f"EC2 instance {instance_id} was terminated while waiting for it to be {wanted}: {reason}")
             return current == wanted
 
         self._wait(f"instance {instance_id} to be {wanted}", reached)
 
     def state(self) -> State:
-        instance = self._describe()
+        instance = self._describe_any()
         if instance is None:
-            return State.NOT_FOUND
+            # an instance EC2 launched moments ago may not be visible yet: it is starting, not gone
+            return State.STARTING if self._get("instance_id") and self._settling("RunInstances") else State.NOT_FOUND
         return STATE_MAP.get(instance["State"]["Name"], State.ERROR)
+
+    def _refuse_spot_stop(self) -> None:
+        """A one-time spot instance cannot be stopped (EC2 answers UnsupportedOperation): refused before asking."""
+        if self._get("request_spot_instance"):
+            raise DriverError(f"{self.machine_name} is a one-time spot instance: EC2 cannot stop it, only terminate "
+                              "it ('machines rm')")
 
     def start(self) -> None:
         self._call("start_instances", InstanceIds=[self._existing_instance()])
         self._wait_for_state("running")
 
     def stop(self) -> None:
+        self._refuse_spot_stop()
         self._call("stop_instances", InstanceIds=[self._existing_instance()])
         self._wait_for_state("stopped")
 
     def kill(self) -> None:
+        self._refuse_spot_stop()
         self._call("stop_instances", InstanceIds=[self._existing_instance()], Force=True)
         self._wait_for_state("stopped")
 

@@ -9,8 +9,21 @@ What it fixes over docker-machine's driver:
 * the NSG opens SSH (and the TLS API port only when the API is exposed over TCP) from the ``--azure-allow-cidr``
   sources, with a warning when they are left open to the Internet;
 * the SSH host key is generated here and injected through custom data (cloud-init), so the first SSH is verified;
-* no device-code login: a service principal (flags or ``AZURE_*``) or azure-identity's DefaultAzureCredential
-  (environment, workload or managed identity, Azure CLI), checked before anything is made.
+* no device-code login: a service principal (flags) or azure-identity's DefaultAzureCredential (``AZURE_*``
+  environment, workload or managed identity, Azure CLI), checked before anything is made; credentials that come from
+  the environment are read there again by each command, never copied into the machine's ``config.json``.
+
+What Azure does that the driver copes with (the fake Resource Manager in tests/azure enforces each):
+
+* sizes are checked against the resource SKUs this subscription may use in the region (restrictions included);
+* after a failed VM create Azure keeps the NIC reserved for about 180 s (``NicReservedForAnotherVm``): the undo
+  waits and retries its delete rather than leave the NIC, public IP, NSG, vnet and group behind;
+* ``publicKeys`` gets a throwaway RSA key (Azure refused ed25519 there); the machine's own key rides in the
+  cloud-config, which is what lets us in;
+* custom data over ARM's 87380 base64 characters, names Azure refuses, an existing vnet in another region and an
+  unregistered resource provider are refused before anything is made;
+* each request uses an api-version the cloud serves (US Government and China lag public Azure): the providers list
+  what they serve, and a request whose version is not among them is sent with the newest served one before it.
 """
 
 from __future__ import annotations
@@ -19,6 +32,9 @@ import base64
 import ipaddress
 import logging
 import os
+import re
+import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -55,7 +71,12 @@ RESERVED_USERS = frozenset({
     "actuser", "aspnet", "a", "1", "123", "david", "john",
 })
 CUSTOM_DATA_FLAG = "--azure-custom-data"
-CUSTOM_DATA_LIMIT = 65535  # Azure's limit on custom data, base64-encoded, in bytes
+CUSTOM_DATA_LIMIT = 87380  # ARM's limit on custom data, in base64 characters (64 KiB of data)
+PROVIDERS = ("Microsoft.Compute", "Microsoft.Network")  # the resource providers the driver needs registered
+# VM names: letters, digits, '-', '_', '.'; begin with a letter or digit, end with a letter, digit or '_'. The Linux
+# computer name (the machine name too) may not hold '.' or '_'. At most 64 characters.
+VM_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?")
+NIC_RESERVED = "NicReservedForAnotherVm"
 POWER_STATES: dict[str, State] = {
     "running": State.RUNNING,
     "starting": State.STARTING,
@@ -101,12 +122,49 @@ def parse_tags(values: list[str]) -> dict[str, str]:
     return tags
 
 
+def _throwaway_rsa_key() -> str:
+    """An RSA public key whose private half is thrown away: fills ``publicKeys`` (which Azure requires, RSA only)
+    without giving access to anyone."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode()
+
+
 def parse_image(value: str) -> tuple[str, str, str, str]:
     """``publisher:offer:sku:version`` (Azure CLI's URN) -> its four parts."""
     parts = value.split(":")
     if len(parts) != 4 or not all(parts):
         raise PreCreateError(f"--azure-image {value!r}: expected publisher:offer:sku:version, e.g. {DEFAULT_IMAGE}")
     return parts[0], parts[1], parts[2], parts[3]
+
+
+class _ServedApiVersions:
+    """An azure-core pipeline policy: a request whose api-version its provider does not serve in this cloud is sent
+    with the newest served version before it (the sovereign clouds lag the versions the SDKs send by default)."""
+
+    next: Any = None  # the pipeline sets the policy that follows
+
+    def __init__(self, served: Callable[[str, str], list[str]]) -> None:
+        self._served = served
+
+    def send(self, request: Any) -> Any:
+        url = urllib.parse.urlsplit(request.http_request.url)
+        query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        match = re.search(r"/providers/(Microsoft\.[A-Za-z]+)/([^?]*)", url.path, re.IGNORECASE)
+        current = dict(query).get("api-version")
+        if match and current:
+            segments = match.group(2).split("/")
+            kind = f"locations/{segments[2]}" if segments[0].lower() == "locations" and len(segments) > 2 else segments[0]
+            served = self._served(match.group(1).lower(), kind.lower())
+            if served and current not in served:
+                older = [version for version in served if version <= current]
+                chosen = max(older or served)
+                query = [(key, chosen if key == "api-version" else value) for key, value in query]
+                request.http_request.url = urllib.parse.urlunsplit(url._replace(query=urllib.parse.urlencode(query)))
+        return self.next.send(request)
 
 
 class AzureDriver(Driver):
@@ -116,9 +174,11 @@ class AzureDriver(Driver):
     description = "Microsoft Azure virtual machines (Docker Machine's azure flags)"
     flags = [
         Flag("subscription-id", "subscription to create in (required)", envvar="AZURE_SUBSCRIPTION_ID"),
-        Flag("tenant-id", "tenant (directory) of the service principal", envvar="AZURE_TENANT_ID"),
-        Flag("client-id", "service principal application id (default: DefaultAzureCredential)", envvar="AZURE_CLIENT_ID"),
-        Flag("client-secret", "service principal secret", envvar="AZURE_CLIENT_SECRET", secret=True),
+        # No envvar on the credentials: DefaultAzureCredential reads AZURE_TENANT_ID, AZURE_CLIENT_ID and
+        # AZURE_CLIENT_SECRET itself at each command, so they never reach the machine's config.json.
+        Flag("tenant-id", "tenant (directory) of the service principal"),
+        Flag("client-id", "service principal application id (default: DefaultAzureCredential)"),
+        Flag("client-secret", "service principal secret", secret=True),
         Flag("environment", f"Azure cloud: {', '.join(ENVIRONMENTS)}", default="AzurePublicCloud",
              envvar="AZURE_ENVIRONMENT"),
         Flag("endpoint", "Resource Manager URL (default: the environment's)", envvar="AZURE_ENDPOINT"),
@@ -161,6 +221,7 @@ class AzureDriver(Driver):
         super().__init__(*args, **kwargs)
         self._credential: TokenCredential | None = None
         self._clients: dict[type, Any] = {}
+        self._provider_cache: dict[str, Any] | None = None
 
     # -- configuration ---------------------------------------------------------------------------------------
     def _get(self, key: str) -> Any:
@@ -213,25 +274,46 @@ class AzureDriver(Driver):
                 self._credential = DefaultAzureCredential(exclude_interactive_browser_credential=True, **options)
         return self._credential
 
-    def _client(self, kind: type) -> Any:
-        """One management client of each kind per driver, made on first use."""
+    def _client(self, kind: type, *, versions: bool = True) -> Any:
+        """One management client of each kind per driver, made on first use; ``versions``: with the policy that
+        keeps each request to an api-version the cloud serves."""
         if kind not in self._clients:
             arm, _ = self._endpoints()
+            policies = [_ServedApiVersions(self._served_versions)] if versions else []
             self._clients[kind] = kind(
                 self._credentials(),
                 self._get("subscription_id"),
                 base_url=arm,
                 credential_scopes=[f"{arm}/.default"],
                 polling_interval=int(self._get("poll_interval") if self._get("poll_interval") is not None else 5),
+                per_call_policies=policies,
                 **self._transport_options(),
             )
         return self._clients[kind]
 
+    def _providers(self) -> dict[str, Any]:
+        """The resource providers the driver uses, as this subscription sees them (read once per command)."""
+        if self._provider_cache is None:
+            self._provider_cache = {namespace.lower(): self._provider(namespace) for namespace in PROVIDERS}
+        return self._provider_cache
+
+    def _provider(self, namespace: str) -> Any:
+        return self._call(f"read the {namespace} provider", lambda: self.resources.providers.get(namespace))
+
+    def _served_versions(self, namespace: str, resource_type: str) -> list[str]:
+        """The api-versions the cloud serves for a resource type (empty: it does not say, send the SDK's)."""
+        provider = self._providers().get(namespace)
+        for entry in (provider.resource_types if provider else None) or []:
+            if (entry.resource_type or "").lower() == resource_type:
+                return list(entry.api_versions or [])
+        return []
+
     @property
     def resources(self) -> ResourceManagementClient:
+        """Resource groups and providers: served alike by every cloud (and read to learn what the others serve)."""
         from azure.mgmt.resource.resources import ResourceManagementClient
 
-        return self._client(ResourceManagementClient)
+        return self._client(ResourceManagementClient, versions=False)
 
     @property
     def network(self) -> NetworkManagementClient:
@@ -245,22 +327,38 @@ class AzureDriver(Driver):
 
         return self._client(ComputeManagementClient)
 
-    def _call(self, what: str, call: Callable[[], Any], *, missing_ok: bool = False) -> Any:
+    def _call(self, what: str, call: Callable[[], Any], *, missing_ok: bool = False,
+              retry_codes: tuple[str, ...] = ()) -> Any:
         """One Azure call (a poller is waited for); failures become a one-line ``DriverError`` naming ``what``.
 
-        With ``missing_ok`` a resource that does not exist (HTTP 404) gives None instead.
+        With ``missing_ok`` a resource that does not exist (HTTP 404) gives None instead. An error whose ARM code is
+        in ``retry_codes`` (a state Azure keeps for a while) is retried every few seconds until the wait timeout.
         """
-        from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceNotFoundError,
+        )
         from azure.core.polling import LROPoller
 
+        deadline = time.monotonic() + self.timeout
         try:
-            result = call()
-            if isinstance(result, LROPoller):
-                result.wait(self.timeout)
-                if not result.done():
-                    raise MachineTimeoutError(f"timed out after {self.timeout:.0f}s waiting for Azure to {what}")
-                return result.result()
-            return result
+            while True:
+                try:
+                    result = call()
+                    if isinstance(result, LROPoller):
+                        result.wait(self.timeout)
+                        if not result.done():
+                            raise MachineTimeoutError(f"timed out after {self.timeout:.0f}s waiting for Azure to {what}")
+                        return result.result()
+                    return result
+                except HttpResponseError as error:
+                    code = error.error.code if error.error is not None else None
+                    if code not in retry_codes or time.monotonic() >= deadline:
+                        raise
+                    log.info("%s: Azure answered %s to %s; retrying", self.machine_name, code, what)
+                    time.sleep(min(5.0, max(0.5, deadline - time.monotonic())))
         except ResourceNotFoundError as error:
             if missing_ok:
                 return None
@@ -273,9 +371,9 @@ class AzureDriver(Driver):
     def _find(self, what: str, call: Callable[[], Any]) -> Any:
         return self._call(what, call, missing_ok=True)
 
-    def _delete(self, what: str, call: Callable[[], Any]) -> None:
+    def _delete(self, what: str, call: Callable[[], Any], retry_codes: tuple[str, ...] = ()) -> None:
         """Delete and wait; already gone is fine (an undo may run for a step whose call never reached Azure)."""
-        self._call(f"delete {what}", call, missing_ok=True)
+        self._call(f"delete {what}", call, missing_ok=True, retry_codes=retry_codes)
 
     # -- pre-create ------------------------------------------------------------------------------------------
     def pre_create_check(self) -> None:
@@ -283,6 +381,7 @@ class AzureDriver(Driver):
         try:
             self._check_flags()
             self._check_credentials()
+            self._check_providers()
             self._check_location()
             self._check_size()
             self._check_image()
@@ -329,6 +428,11 @@ class AzureDriver(Driver):
         custom = self._get("custom_data")
         if custom:
             user_part(read_user_data(custom, CUSTOM_DATA_FLAG), CUSTOM_DATA_FLAG)  # refuses what cannot be merged
+            # ours with a throwaway host key (ed25519 keys have one size): the size the create will send
+            self._encoded_custom_data(*generate_host_key(), "ssh-ed25519 " + "A" * 68)
+        if not VM_NAME.fullmatch(self.machine_name):
+            raise PreCreateError(f"machine name {self.machine_name!r} is not one Azure takes for a Linux VM: at most 64 "
+                                 "letters, digits and dashes, starting and ending with a letter or digit")
 
     def _check_credentials(self) -> None:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -344,10 +448,18 @@ class AzureDriver(Driver):
         except AzureError as error:
             raise PreCreateError(f"Azure login failed: {_one_line(error)}") from None
 
+    def _check_providers(self) -> None:
+        """A subscription must be registered for a resource provider before it can make its resources."""
+        for namespace in PROVIDERS:
+            state = self._providers()[namespace.lower()].registration_state or ""
+            if state.lower() != "registered":
+                raise PreCreateError(f"the subscription is not registered for {namespace} ({state or 'unknown'}); "
+                                     f"register it with 'az provider register --namespace {namespace}'")
+
     def _check_location(self) -> None:
         """The location must be one where the subscription can make VMs (names compared as ARM does)."""
         location = str(self._get("location")).lower().replace(" ", "")
-        provider = self._call("read the Microsoft.Compute provider", lambda: self.resources.providers.get("Microsoft.Compute"))
+        provider = self._providers()["microsoft.compute"]
         known = {
             name.lower().replace(" ", "")
             for resource_type in provider.resource_types or []
@@ -359,9 +471,21 @@ class AzureDriver(Driver):
         self.config["location"] = location
 
     def _check_size(self) -> None:
-        sizes = self._call("list VM sizes", lambda: list(self.compute.virtual_machine_sizes.list(self._get("location"))))
-        if self._get("size") not in {size.name for size in sizes}:
-            raise PreCreateError(f"--azure-size {self._get('size')!r} does not exist in {self._get('location')}")
+        """The size must be a VM SKU of the region that this subscription may use (its restrictions say why not)."""
+        location, size = self._get("location"), self._get("size")
+        skus = self._call("list the resource SKUs", lambda: [
+            sku for sku in self.compute.resource_skus.list(filter=f"location eq '{location}'")
+            if (sku.resource_type or "").lower() == "virtualmachines" and sku.name == size
+            and location in {name.lower() for name in sku.locations or []}])
+        if not skus:
+            raise PreCreateError(f"--azure-size {size!r} does not exist in {location}")
+        reasons = [getattr(restriction.reason_code, "value", restriction.reason_code) or "restricted"
+                   for restriction in skus[0].restrictions or []
+                   if (restriction.type or "").lower() == "location"
+                   and location in {value.lower() for value in restriction.values_property or []}]
+        if reasons:
+            raise PreCreateError(f"--azure-size {size!r} is not available to this subscription in {location} "
+                                 f"({reasons[0]}); pick another size or location")
 
     def _check_image(self) -> None:
         publisher, offer, sku, version = parse_image(self._get("image") or DEFAULT_IMAGE)
@@ -396,6 +520,11 @@ class AzureDriver(Driver):
         group_exists = self._call("read the vnet's group", lambda: self.resources.resource_groups.check_existence(vnet_group))
         if not group_exists and vnet_group != self.group:
             raise PreCreateError(f"--azure-vnet {self._get('vnet')}: resource group {vnet_group} does not exist")
+        existing = self._find("read the vnet", lambda: self.network.virtual_networks.get(vnet_group, vnet)) \
+            if group_exists else None
+        if existing is not None and (existing.location or "").lower().replace(" ", "") != self._get("location"):
+            raise PreCreateError(f"--azure-vnet {self._get('vnet')} is in {existing.location}, the machine would be in "
+                                 f"{self._get('location')}: a VM's network interface must be in its vnet's region")
         subnet = self._find(
             "read the subnet", lambda: self.network.subnets.get(vnet_group, vnet, self._get("subnet"))
         ) if group_exists else None
@@ -515,12 +644,17 @@ class AzureDriver(Driver):
     def _custom_data(self) -> str:
         host_private, host_public = generate_host_key()
         self.config["host_key"] = host_public
-        ours = cloud_config(public_key_of(self.ssh_key_path), host_private, host_public, self._get("ssh_user"))
+        return self._encoded_custom_data(host_private, host_public, public_key_of(self.ssh_key_path))
+
+    def _encoded_custom_data(self, host_private: str, host_public: str, authorized_key: str) -> str:
+        """Our cloud-config (with the machine's key: the one that lets us in) plus theirs, base64, within ARM's limit."""
+        ours = cloud_config(authorized_key, host_private, host_public, self._get("ssh_user"))
         custom = self._get("custom_data")
         theirs = read_user_data(custom, CUSTOM_DATA_FLAG) if custom else None
         encoded = base64.b64encode(merge_user_data(ours, theirs, CUSTOM_DATA_FLAG).encode()).decode()
         if len(encoded) > CUSTOM_DATA_LIMIT:
-            raise DriverError(f"{CUSTOM_DATA_FLAG}: custom data is {len(encoded)} bytes in base64, Azure allows {CUSTOM_DATA_LIMIT}")
+            raise PreCreateError(f"{CUSTOM_DATA_FLAG}: custom data is {len(encoded)} characters in base64, Azure "
+                                 f"allows {CUSTOM_DATA_LIMIT}")
         return encoded
 
     def _create_vm(self, ledger: Ledger, nic: network_models.NetworkInterface) -> None:
@@ -544,8 +678,9 @@ class AzureDriver(Driver):
                 computer_name=self.machine_name, admin_username=user, custom_data=self._custom_data(),
                 linux_configuration=compute.LinuxConfiguration(
                     disable_password_authentication=True,
+                    # Azure wants an RSA key here (it refused ed25519): a throwaway one; ours is in the custom data
                     ssh=compute.SshConfiguration(public_keys=[compute.SshPublicKey(
-                        path=f"/home/{user}/.ssh/authorized_keys", key_data=public_key_of(self.ssh_key_path))]),
+                        path=f"/home/{user}/.ssh/authorized_keys", key_data=_throwaway_rsa_key())]),
                 ),
             ),
             network_profile=compute.NetworkProfile(
@@ -564,8 +699,10 @@ class AzureDriver(Driver):
         self._delete(f"disk {self._name('osdisk')}", lambda: self.compute.disks.begin_delete(self.group, self._name("osdisk")))
 
     def _delete_nic(self) -> None:
+        """After a failed VM create Azure keeps the NIC reserved for that VM (about 180 s): its delete is retried."""
         self._delete(f"NIC {self._name('nic')}",
-                     lambda: self.network.network_interfaces.begin_delete(self.group, self._name("nic")))
+                     lambda: self.network.network_interfaces.begin_delete(self.group, self._name("nic")),
+                     retry_codes=(NIC_RESERVED,))
 
     def _delete_public_ip(self) -> None:
         self._delete(f"public IP {self._name('ip')}",

@@ -33,6 +33,7 @@ class State(str, enum.Enum):
     STOPPED = "Stopped"
     STARTING = "Starting"
     STOPPING = "Stopping"
+    PAUSED = "Paused"  # Docker Machine's word for a VM frozen in memory (VirtualBox/libvirt pause)
     ERROR = "Error"
     NOT_FOUND = "NotFound"
     TIMEOUT = "Timeout"

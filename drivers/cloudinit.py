@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import email.mime.multipart
 import email.mime.text
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from machines.errors import PreCreateError
 
@@ -25,13 +28,30 @@ def generate_host_key() -> tuple[str, str]:
     return private, public.decode()
 
 
-def public_key_of(private_key_path: str) -> str:
-    """The OpenSSH public line of a private key file (its ``.pub`` may be missing or stale)."""
+def public_key_of(private_key_path: str, flag: str = "SSH key") -> str:
+    """The OpenSSH public line of a private key file (its ``.pub`` may be missing or stale).
+
+    Takes OpenSSH keys of every type and PEM ones (PKCS#1 ``RSA PRIVATE KEY`` as EC2 hands out, PKCS#8, SEC1); a file
+    that is no unencrypted private key is a one-line ``PreCreateError`` naming ``flag``.
+    """
     from cryptography.hazmat.primitives import serialization
 
-    with open(private_key_path, "rb") as handle:
-        key = serialization.load_ssh_private_key(handle.read(), password=None)
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    try:
+        with open(private_key_path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise PreCreateError(f"{flag} {private_key_path}: {error.strerror}") from None
+    try:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            key: Any = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    except TypeError:  # cryptography's word for "it needs a password"
+        raise PreCreateError(f"{flag} {private_key_path}: the key is encrypted; give a key without a passphrase") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise PreCreateError(f"{flag} {private_key_path}: not a private key in OpenSSH or PEM format") from None
+    return str(public.decode())
 
 
 def _yaml_block(text: str, indent: int) -> str:

@@ -6,6 +6,17 @@ teardown, and the same Vagrantfile also runs on hosts without VirtualBox through
 the driver writes a ``Vagrantfile`` into the machine's store folder and runs ``vagrant`` there, so ``rm`` of that
 folder after ``vagrant destroy`` forgets everything.
 
+What real Vagrant and VirtualBox do that the driver copes with:
+
+* when Vagrant cannot use the provider (VirtualBox 7.1 needs Vagrant 2.4.2 or later; Debian 12's Vagrant is 2.3),
+  create stops before anything is made and shows Vagrant's own reason;
+* ``--virtualbox-nat``: Vagrant moves a forwarded port that is taken (``auto_correct``), so the driver reads the
+  ports it chose (``vagrant port``, ``vagrant ssh-config``) after every boot and uses them in the URL and SSH
+  details, and refuses a port another machine of the store already uses;
+* VirtualBox's paused, saving, saved, stuck, aborted states are mapped; a paused VM is resumed by ``start``;
+* a ``--virtualbox-disk-size`` that cannot be applied (the VirtualBox provider keeps the box's disk; libvirt cannot
+  shrink below the box's disk) is refused, and a VM of the same name left in the hypervisor is found before create.
+
 Keys: the box comes with Vagrant's public insecure key. The first ``vagrant up`` runs our shell provisioner, which
 puts the machine's own key in ``authorized_keys`` (root and vagrant) in place of the insecure one, and installs an
 ed25519 host key this driver generated, so the core's very first SSH connection is already verified against a
@@ -14,13 +25,16 @@ pinned key (``initial_host_key``) instead of trusting whatever answers.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +55,22 @@ ERROR_LOG = "vagrant-error.log"
 LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 # What a host needs for each provider, for one-line pre-create errors.
 PROVIDER_HINTS = {
-    "virtualbox": "VirtualBox is not usable here (it is not packaged for Debian 12: install it from virtualbox.org), "
-                  "or use --virtualbox-provider libvirt",
+    "virtualbox": "VirtualBox is not usable here (it is not packaged for Debian 12: install it from virtualbox.org; "
+                  "VirtualBox 7.1 needs Vagrant 2.4.2 or later), or use --virtualbox-provider libvirt",
     "libvirt": "the libvirt provider is not usable: apt-get install vagrant-libvirt libvirt-daemon-system "
                "libvirt-daemon-driver-qemu dnsmasq-base, and start libvirtd",
 }
-# `vagrant status` states (python-vagrant normalises libvirt's shutoff/paused) to ours.
+# `vagrant status` states (python-vagrant normalises libvirt's shutoff/paused) to ours, as Docker Machine maps them.
 STATES = {
     "running": State.RUNNING,
     "poweroff": State.STOPPED,
-    "aborted": State.STOPPED,
+    "aborted": State.STOPPED,  # the VM process died: VirtualBox keeps it, `vagrant up` boots it again
     "saved": State.STOPPED,
     "shutoff": State.STOPPED,
+    "paused": State.PAUSED,
+    "saving": State.STOPPING,
+    "restoring": State.STARTING,
+    "stuck": State.ERROR,  # VirtualBox cannot tell; only a power-off helps (`machines kill`)
     "inaccessible": State.ERROR,
     "not_created": State.NOT_FOUND,
     "not created": State.NOT_FOUND,
@@ -61,6 +79,13 @@ STATES = {
     "stopping": State.STOPPING,
     "preparing": State.STARTING,
 }
+DEFAULT_LIBVIRT_DISK_MB = 20000
+GUEST_SSH_PORT = 22
+GUEST_API_PORT = 2376
+# Vagrant's preamble before a provider's own reason; the reason is what the user needs.
+# (matched on the text with its line breaks collapsed to single spaces)
+NOT_USABLE_PREAMBLE = re.compile(r"^The provider '[^']+' that was requested to back the machine '[^']+' is reporting "
+                                 r"that it isn't usable on this system\. The reason is shown below: ")
 
 VAGRANTFILE = """\
 # Written by machines for machine {name}; `vagrant` commands run in this folder act on it.
@@ -135,8 +160,8 @@ class VirtualBoxDriver(Driver):
     flags = [
         Flag("memory", "memory of the VM in MB", type=int, default=1024, envvar="VIRTUALBOX_MEMORY_SIZE"),
         Flag("cpu-count", "number of virtual CPUs", type=int, default=1, envvar="VIRTUALBOX_CPU_COUNT"),
-        Flag("disk-size", "disk size in MB (libvirt provider; VirtualBox keeps the box's disk)", type=int,
-             default=20000, envvar="VIRTUALBOX_DISK_SIZE"),
+        Flag("disk-size", f"disk size in MB (libvirt provider, default {DEFAULT_LIBVIRT_DISK_MB}; the virtualbox "
+             "provider keeps the box's disk and refuses the flag)", type=int, envvar="VIRTUALBOX_DISK_SIZE"),
         Flag("box", "Vagrant box (a Debian-like guest with python3)", default=DEFAULT_BOX, envvar="VIRTUALBOX_BOX"),
         Flag("provider", "Vagrant provider: virtualbox or libvirt", default="virtualbox",
              envvar="VAGRANT_DEFAULT_PROVIDER"),
@@ -202,6 +227,8 @@ class VirtualBoxDriver(Driver):
         for key, option, lowest in (("memory", "memory", 128), ("cpu_count", "cpu-count", 1),
                                     ("disk_size", "disk-size", 1024), ("boot_timeout", "boot-timeout", 10)):
             value = self.config.get(key)
+            if key == "disk_size" and value is None:
+                continue  # the box's own size (virtualbox) or the libvirt default
             if not isinstance(value, int) or value < lowest:
                 raise PreCreateError(
                     f"--virtualbox-{option} must be a whole number of at least {lowest}, not {value!r}")
@@ -219,12 +246,59 @@ class VirtualBoxDriver(Driver):
                                  f"--virtualbox-nat")
         if self.config.get("nat") and provider != "virtualbox":
             raise PreCreateError("--virtualbox-nat only applies to the virtualbox provider")
+        if provider == "virtualbox" and self.config.get("disk_size") is not None:
+            raise PreCreateError("--virtualbox-disk-size cannot be applied by the virtualbox provider (Vagrant keeps "
+                                 "the box's disk); leave it out, or use --virtualbox-provider libvirt")
         if shutil.which("vagrant") is None:
             raise PreCreateError("the virtualbox driver needs Vagrant: apt-get install vagrant")
-        if not _provider_usable(provider):
-            raise PreCreateError(PROVIDER_HINTS[provider])
+        usable, reason = _provider_usable(provider)
+        if not usable:
+            raise PreCreateError(f"Vagrant cannot use the {provider} provider: {reason} ({PROVIDER_HINTS[provider]})"
+                                 if reason else PROVIDER_HINTS[provider])
         if provider == "libvirt" and not os.path.exists(LIBVIRT_SOCKET):
             raise PreCreateError(f"libvirtd is not running (no {LIBVIRT_SOCKET}): start it, e.g. `libvirtd -d`")
+        self._check_disk_fits_box()
+        self._check_no_leftover_vm()
+
+    def _check_disk_fits_box(self) -> None:
+        """vagrant-libvirt keeps the box's disk when asked for less ("Ignoring requested virtual disk size"):
+        refused here, so the machine gets the size asked for or an error."""
+        if self._provider != "libvirt" or self.config.get("disk_size") is None:
+            return
+        box = str(self.config.get("box") or DEFAULT_BOX)
+        home = os.environ.get("VAGRANT_HOME") or os.path.expanduser("~/.vagrant.d")
+        folder = os.path.join(home, "boxes", box.replace("/", "-VAGRANTSLASH-"))
+        sizes = []
+        for path in glob.glob(os.path.join(folder, "*", "libvirt", "metadata.json")) + \
+                glob.glob(os.path.join(folder, "*", "*", "libvirt", "metadata.json")):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    sizes.append(int(json.load(handle).get("virtual_size") or 0))
+            except (OSError, ValueError, TypeError):
+                continue
+        if sizes and self._disk_gb() < max(sizes):
+            raise PreCreateError(f"--virtualbox-disk-size {self.config['disk_size']} is below the {max(sizes)} GB disk "
+                                 f"of box {box}, which libvirt cannot shrink; ask for at least {max(sizes) * 1024}")
+
+    def _disk_gb(self) -> int:
+        return max(1, -(-int(self.config.get("disk_size") or DEFAULT_LIBVIRT_DISK_MB) // 1024))
+
+    def _check_no_leftover_vm(self) -> None:
+        """A VM of our name already in the hypervisor (an earlier machine's, whose store entry is gone) would make
+        `vagrant up` fail half-way, or be taken over: refused, with the command that removes it."""
+        if self._provider == "virtualbox":
+            command, remove = ["VBoxManage", "list", "vms"], f"VBoxManage unregistervm {self._domain} --delete"
+        else:
+            command = ["virsh", "-c", "qemu:///system", "list", "--all", "--name"]
+            remove = f"virsh -c qemu:///system undefine {self._domain} --remove-all-storage"
+        try:
+            listed = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return  # the provider's own tool is missing or hangs: `vagrant up` reports that better
+        names = {line.strip().split('"')[1] if line.startswith('"') else line.strip() for line in listed.splitlines()}
+        if self._domain in names:
+            raise PreCreateError(f"a VM named {self._domain} already exists in {self._provider} (left by an earlier "
+                                 f"machine {self.machine_name}?); remove it first: {remove}")
 
     def create(self, ledger: Ledger) -> None:
         os.makedirs(self.store_dir, exist_ok=True)
@@ -234,6 +308,7 @@ class VirtualBoxDriver(Driver):
         ledger.record(f"Vagrant VM {self._domain} ({self._provider})", self._destroy)
         self._call("up", self._vagrant().up, provider=self._provider)
         self._read_ssh_config()
+        self._read_forwarded_ports()
 
     def _write_host_key(self) -> str:
         """Generate the guest's SSH host key here, so the first connection can already be verified."""
@@ -267,7 +342,7 @@ class VirtualBoxDriver(Driver):
             name=self.machine_name, domain=_ruby(self._domain), box=_ruby(str(self.config.get("box") or DEFAULT_BOX)),
             boot_timeout=int(self.config.get("boot_timeout") or 300), key=_ruby(self.ssh_key_path), network=forwards,
             memory=int(self.config["memory"]), cpus=int(self.config["cpu_count"]),
-            disk_gb=max(1, -(-int(self.config["disk_size"]) // 1024)),
+            disk_gb=self._disk_gb(),
             libvirt_driver=_ruby(str(self.config.get("libvirt_driver") or "kvm")),
             network_name=_ruby(self.libvirt_network_name()), network_address=_ruby(str(network.network)),
             libvirt_cpu=cpu,
@@ -301,6 +376,27 @@ class VirtualBoxDriver(Driver):
         self.config["ssh_host"] = conf.get("HostName")
         self.config["ssh_port"] = int(conf.get("Port") or 22)
 
+    def _read_forwarded_ports(self) -> None:
+        """With NAT, keep the host port Vagrant forwarded to the guest's API port (it moves taken ports).
+
+        Two machines must never share one: a port another NAT machine of this store records is refused.
+        """
+        if not self.config.get("nat"):
+            return
+        output = self._call("port", self._vagrant()._run_vagrant_command, ["port", "--machine-readable"])
+        forwards = {}
+        for line in output.splitlines():
+            fields = line.strip().split(",")
+            if len(fields) >= 5 and fields[2] == "forwarded_port" and fields[3].isdigit() and fields[4].isdigit():
+                forwards[int(fields[3])] = int(fields[4])
+        if GUEST_API_PORT not in forwards:
+            raise DriverError(f"Vagrant forwarded no host port to the API port {GUEST_API_PORT} of {self._domain}")
+        taken = _sibling_api_ports(Path(self.store_dir))
+        if forwards[GUEST_API_PORT] in taken:
+            raise DriverError(f"Vagrant forwarded 127.0.0.1:{forwards[GUEST_API_PORT]} to {self._domain}, but machine "
+                              f"{taken[forwards[GUEST_API_PORT]]} uses that port; stop it or use a host-only network")
+        self.config["api_port"] = forwards[GUEST_API_PORT]
+
     def _destroy(self) -> None:
         if os.path.exists(os.path.join(self.store_dir, "Vagrantfile")):
             self._call("destroy", self._vagrant().destroy)
@@ -311,8 +407,12 @@ class VirtualBoxDriver(Driver):
         shutil.rmtree(os.path.join(self.store_dir, ".vagrant"), ignore_errors=True)
 
     def start(self) -> None:
-        self._call("up", self._vagrant().up, provider=self._provider, provision=False)
+        if self.state() is State.PAUSED:
+            self._call("resume", self._vagrant().resume)
+        else:
+            self._call("up", self._vagrant().up, provider=self._provider, provision=False)
         self._read_ssh_config()
+        self._read_forwarded_ports()
 
     def stop(self) -> None:
         self._call("halt", self._vagrant().halt)
@@ -323,6 +423,7 @@ class VirtualBoxDriver(Driver):
     def restart(self) -> None:
         self._call("reload", self._vagrant().reload, provision=False)
         self._read_ssh_config()
+        self._read_forwarded_ports()
 
     def state(self) -> State:
         if not os.path.exists(os.path.join(self.store_dir, "Vagrantfile")):
@@ -341,6 +442,14 @@ class VirtualBoxDriver(Driver):
             self._read_ssh_config()
         return str(self.config["ssh_host"])
 
+    def url(self, port: int = GUEST_API_PORT) -> str:
+        """With NAT: 127.0.0.1 and the host port Vagrant chose for the guest's API port."""
+        if self.config.get("nat") and port == GUEST_API_PORT:
+            if not self.config.get("api_port"):
+                self._read_forwarded_ports()
+            return f"tcp://127.0.0.1:{self.config['api_port']}"
+        return super().url(port)
+
     def ssh_details(self) -> SSHDetails:
         if not self.config.get("ssh_host"):
             self._read_ssh_config()
@@ -353,23 +462,31 @@ class VirtualBoxDriver(Driver):
         return " ".join(public.split()[:2]) if public else None
 
 
-def _provider_usable(provider: str) -> bool:
-    """``vagrant provider --usable`` needs a Vagrant project: ask it in an empty one."""
+def _provider_usable(provider: str) -> tuple[bool, str]:
+    """Whether Vagrant can use ``provider``, and if not, Vagrant's own reason (one line) when it gives one.
+
+    ``vagrant provider --usable`` only answers yes or no (it needs a project: an empty one is made); the reason (an
+    unsupported VirtualBox version, a kernel module not loaded...) is what the provider raises when a command needs
+    it, so ``vagrant status`` is asked in the same project.
+    """
     with tempfile.TemporaryDirectory(prefix="machines-vagrant-") as project:
         Path(project, "Vagrantfile").write_text('Vagrant.configure("2") do |config| end\n')
         environment = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": provider}
         try:
             result = subprocess.run(["vagrant", "provider", "--usable"], cwd=project, env=environment,
                                     capture_output=True, timeout=120)
+            if result.returncode == 0:
+                return True, ""
+            status = subprocess.run(["vagrant", "status"], cwd=project, env=environment, capture_output=True,
+                                    text=True, timeout=120)
         except subprocess.TimeoutExpired:
-            return False
-        return result.returncode == 0
+            return False, ""
+        return False, NOT_USABLE_PREAMBLE.sub("", " ".join(status.stderr.split()))
 
 
-def _sibling_addresses(store_dir: Path) -> set[str]:
-    """Host-only addresses of the other virtualbox machines in the same store (read through the store's records)."""
+def _sibling_configs(store_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, flags and discovered state) of the other virtualbox machines in the same store (through its records)."""
     store = Store(store_dir.parent.parent)
-    addresses: set[str] = set()
     for name in store.names():
         if name == store_dir.name:
             continue
@@ -378,7 +495,14 @@ def _sibling_addresses(store_dir: Path) -> set[str]:
         except MachinesError:
             continue
         if record.get("driver_name") == VirtualBoxDriver.name:
-            found = {**(record.get("driver") or {}), **(record.get("driver_state") or {})}
-            if found.get("ip"):
-                addresses.add(str(found["ip"]))
-    return addresses
+            yield name, {**(record.get("driver") or {}), **(record.get("driver_state") or {})}
+
+
+def _sibling_api_ports(store_dir: Path) -> dict[int, str]:
+    """Host ports other NAT machines of the same store forward to their API, with the machine's name."""
+    return {int(config["api_port"]): name for name, config in _sibling_configs(store_dir) if config.get("api_port")}
+
+
+def _sibling_addresses(store_dir: Path) -> set[str]:
+    """Host-only addresses of the other virtualbox machines in the same store."""
+    return {str(config["ip"]) for _, config in _sibling_configs(store_dir) if config.get("ip")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 import stat
 import time
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from runtime.api import streams, validate
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
 from runtime.engine import Engine
-from runtime.errors import EngineError, InvalidParameter
+from runtime.errors import EngineError, HostError, InvalidParameter
+from runtime.images.builder import ImageView
+from runtime.linux import safepath
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
@@ -82,6 +85,11 @@ def rename(engine: Engine, request: Request, ref: str) -> None:
     engine.rename(ref, name)
 
 
+@route("POST", "/containers/{ref}/update", "Change resource limits and the restart policy, live")
+def update(engine: Engine, request: Request, ref: str) -> Response:
+    return json_response(engine.update_container(ref, request.json_object()))
+
+
 def _size(request: Request) -> tuple:
     try:
         return int(request.arg("h")), int(request.arg("w"))
@@ -96,9 +104,12 @@ def resize(engine: Engine, request: Request, ref: str) -> Response:
     return Response(200, b"", "text/plain")
 
 
-@route("DELETE", "/containers/{ref}", "Remove (force, v)")
+@route("DELETE", "/containers/{ref:.*}", "Remove (force, v), or with link the link /parent/alias")
 def remove(engine: Engine, request: Request, ref: str) -> None:
-    engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
+    if request.flag("link"):
+        engine.remove_link(ref)
+    else:
+        engine.remove(ref, force=request.flag("force"), volumes=request.flag("v"))
 
 
 @route("POST", "/containers/{ref}/wait", "Wait for a condition; headers go out at once, the body at the end")
@@ -122,11 +133,15 @@ def wait(engine: Engine, request: Request, ref: str) -> Stream:
 def attach(engine: Engine, request: Request, ref: str) -> Any:
     tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
     with_stdin = request.flag("stdin")
+    try:
+        keys = streams.detach_keys(request.arg("detachKeys"))
+    except ValueError:
+        raise InvalidParameter(f"Invalid detach keys ({request.arg('detachKeys')}) provided") from None
     session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
                             logs=request.flag("logs"), stream=request.flag("stream"))
     channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
     if with_stdin:
-        streams.feed_stdin(channel, session)
+        streams.feed_stdin(channel, session, keys)
     streams.pump_output(channel, session)
     return HIJACKED
 
@@ -236,22 +251,24 @@ def _changes(upper: str, lowers: list[str], mounts: list[str]) -> list[dict[str,
     Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
     changed because of them)."""
     skipped = set(_RUNTIME_PATHS) | set(mounts)
+    below = ImageView(lowers)  # what the image holds, with overlay's rules and no link followed on the host
     found: list[dict[str, Any]] = []
-    for folder, subfolders, files in os.walk(upper):
-        for name in subfolders + files:
-            path = os.path.join(folder, name)
-            relative = os.path.relpath(path, upper)
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder, _, name, info in safepath.walk(top):  # fds, not paths: a running container may swap links in
+            relative = posixpath.join(folder, name)
             target = "/" + relative
             if any(target == item or target.startswith(item + "/") for item in skipped):
                 continue
-            info = os.lstat(path)
             if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
                 kind = 2
-            elif any(os.path.lexists(os.path.join(lower, relative)) for lower in lowers):
+            elif below.lstat(relative) is not None:
                 kind = 0
             else:
                 kind = 1
             found.append({"Path": target, "Kind": kind, "Folder": stat.S_ISDIR(info.st_mode)})
+    finally:
+        os.close(top)
     paths = [item["Path"] for item in found]
     kept = [item for item in found if not (item["Kind"] == 0 and item["Folder"]
                                            and not any(other.startswith(item["Path"] + "/") for other in paths))]
@@ -273,6 +290,13 @@ def exec_create(engine: Engine, request: Request, ref: str) -> Response:
     if not body.get("Cmd"):
         raise InvalidParameter("No exec command specified")
     validate.console_size(body.get("ConsoleSize"))
+    for key in [key for key in body if key.lower() == "detachkeys" and key != "DetachKeys"]:
+        body["DetachKeys"] = body.pop(key)  # docker-py sends "detachKeys"; Go's JSON matches either case
+    if body.get("DetachKeys"):
+        try:
+            streams.detach_keys(str(body["DetachKeys"]))
+        except ValueError:  # dockerd's exec words it so, and answers 500
+            raise HostError(f"Invalid escape keys ({body['DetachKeys']}) provided") from None
     return json_response({"Id": engine.exec_create(ref, body)}, 201)
 
 
@@ -295,7 +319,7 @@ def exec_start(engine: Engine, request: Request, exec_id: str) -> Any:
         streams.write_error(channel, tty, str(exc))
         return HIJACKED
     if info.get("OpenStdin"):
-        streams.feed_stdin(channel, session)
+        streams.feed_stdin(channel, session, streams.detach_keys(info.get("DetachKeys") or ""))
     streams.pump_output(channel, session)
     return HIJACKED
 

@@ -12,6 +12,7 @@ from runtime import API_VERSION, MIN_API_VERSION, VERSION
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import Request, Response, Stream, json_lines, json_response
 from runtime.engine import Engine
+from runtime.engine.logs import LOG_DRIVERS
 
 _PING_HEADERS = {
     "Builder-Version": "1",
@@ -106,7 +107,7 @@ def info(engine: Engine, request: Request) -> Response:
         "Images": len(images),
         "Driver": "overlay2",
         "DriverStatus": [["Backing Filesystem", "extfs"]],
-        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"]},
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": sorted(LOG_DRIVERS)},
         "MemoryLimit": True,
         "SwapLimit": False,
         "CpuCfsPeriod": True,
@@ -161,9 +162,7 @@ def events(engine: Engine, request: Request) -> Stream:
 def disk_usage(engine: Engine, request: Request) -> Response:
     images: list[dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
-    volumes: Any = engine.volumes.list()  # a list, or {"Volumes": [...]} as the volumes route answers
-    if isinstance(volumes, dict):
-        volumes = volumes.get("Volumes") or []
+    volumes = engine.volumes.list().get("Volumes") or []
     return json_response({
         "LayersSize": sum(int(image.get("Size") or 0) for image in images),
         "Images": images,

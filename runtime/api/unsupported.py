@@ -37,7 +37,6 @@ for _method in _METHODS:
 
 # Docker endpoints this daemon knows but does not implement: a clear 501 instead of "page not found".
 _NOT_IMPLEMENTED = (
-    ("POST", "/containers/{ref}/update", "docker update is not supported by this daemon: recreate the container"),
     ("GET", "/images/search", "searching registries is not supported by this daemon"),
     ("POST", "/session", "BuildKit sessions are not supported: build with DOCKER_BUILDKIT=0"),
     ("POST", "/grpc", "BuildKit is not supported: build with DOCKER_BUILDKIT=0"),

@@ -1,27 +1,43 @@
-"""``docker cp`` and ``docker export``: tar streams out of and into a container's filesystem.
+"""``docker cp``, ``HEAD/GET/PUT /archive`` and ``docker export``: tar streams out of and into a container.
 
-A running container is reached through ``/proc/<pid>/root`` (so its volumes are included); a stopped one through a
-temporary overlay mount of its layers. Paths are resolved inside that root and never follow links out of it.
+Every path is resolved through ``safepath.Root`` inside the container's root, and every file is read or written
+relative to an open directory fd without following links, so nothing a container holds (``x -> /``, a folder
+swapped for a symlink while the copy runs: CVE-2018-15664) can point a copy at the host.
+
+* A running container is reached through ``/proc/<pid>/root``, which shows its own mount table (volumes, anonymous
+  volumes, binds). It is frozen (freezer cgroup, as moby pauses it) for the duration, so the tree does not change
+  under the copy; the fd-relative resolution alone already keeps it inside.
+* A stopped container gets a temporary overlay mount of its layers with each of its volume and bind mounts
+  mounted on top, every mount point resolved inside that root and mounted through its fd.
+
+The container's lock is held meanwhile (start, stop and pause wait), as moby does. Uploads are spooled to disk
+before the container is locked or frozen, so a slow client cannot hold either.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import posixpath
 import secrets
 import shutil
 import stat
 import tarfile
-import time
+import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter, NotFound
+from runtime.images.archive import tree_tar
+from runtime.linux import cgroups, safepath
 from runtime.linux import syscalls as sc
-from runtime.linux.paths import mkdir_in_root, secure_join
-from runtime.linux.paths import tree_size as tree_size  # the engine sizes container layers through this module
+from runtime.linux.paths import tree_size
+from runtime.linux.process import bind_mount
 
 GO_MODE_BITS = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISFIFO, 1 << 25),
                 (stat.S_ISSOCK, 1 << 24), (stat.S_ISBLK, 1 << 26), (stat.S_ISCHR, (1 << 26) | (1 << 21)))
+SPOOL_MEMORY = 1 << 20
 
 
 def unmount_quietly(path: str) -> None:
@@ -32,11 +48,8 @@ def unmount_quietly(path: str) -> None:
 
 
 @contextlib.contextmanager
-def container_root(c: Any, proc_root: str | None, writable: bool) -> Iterator[str]:
-    """The container's root directory for the duration of the block."""
-    if proc_root:
-        yield proc_root
-        return
+def _overlay(c: Any, writable: bool) -> Iterator[str]:
+    """A temporary overlay mount of the container's layers (rw: its own upper dir; ro: upper as a lower)."""
     target = c.file("mnt-" + secrets.token_hex(4))
     os.makedirs(target)
     lower = c.data["_lower"] or []
@@ -51,12 +64,55 @@ def container_root(c: Any, proc_root: str | None, writable: bool) -> Iterator[st
         try:
             yield target
         finally:
-            unmount_quietly(target)
+            unmount_quietly(target)  # lazily, with every mount below it (and their propagated copies)
     finally:
         try:
             os.rmdir(target)
         except OSError:
             pass
+
+
+def _mount_volumes(c: Any, root: safepath.Root) -> None:
+    """The container's volume and bind mounts on top of a stopped container's root, parents first."""
+    mounts = [m for m in c.data.get("Mounts") or [] if m.get("Type") in ("volume", "bind") and m.get("Source")]
+    for m in sorted(mounts, key=lambda m: len(safepath.split(m["Destination"]))):
+        source = m["Source"]
+        if not os.path.exists(source):
+            continue  # a bind whose host path went away: nothing to show there
+        bind_mount(source, root, m["Destination"], not m.get("RW", True))
+
+
+@contextlib.contextmanager
+def _frozen(c: Any) -> Iterator[None]:
+    """Freeze a running container's processes for the block (unless it is paused already, then it stays so)."""
+    if c.state.get("Paused"):
+        yield
+        return
+    group = cgroups.open_cgroup("machines/" + c.id)
+    try:
+        group.set_frozen(True)
+        frozen = True
+    except OSError:
+        frozen = False  # no freezer here: the fd-relative resolution still keeps every access inside
+    try:
+        yield
+    finally:
+        if frozen:
+            group.set_frozen(False)
+
+
+@contextlib.contextmanager
+def container_view(c: Any) -> Iterator[safepath.Root]:
+    """The container's filesystem as ``docker cp`` sees it (mounts included), locked and still."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(c.lock)
+        if c.running:
+            stack.enter_context(_frozen(c))
+            root = stack.enter_context(safepath.Root(f"/proc/{c.state['Pid']}/root"))
+        else:
+            root = stack.enter_context(safepath.Root(stack.enter_context(_overlay(c, writable=True))))
+            _mount_volumes(c, root)
+        yield root
 
 
 def _go_mode(st: os.stat_result) -> int:
@@ -73,171 +129,197 @@ def _go_mode(st: os.stat_result) -> int:
     return mode
 
 
-def _locate(root: str, path: str, name: str) -> str:
-    """Host path of ``path`` (its last component not followed), or NotFound in Docker's words."""
-    parent, base = os.path.split(path.rstrip("/") or "/")
-    if base in ("", ".", ".."):
-        host = secure_join(root, path)
-    else:
-        host = os.path.join(secure_join(root, parent), base)
-    if not os.path.lexists(host):
-        raise NotFound(f"Could not find the file {path} in container {name}")
-    return host
+@contextlib.contextmanager
+def _resolving(path: str, name: str) -> Iterator[None]:
+    """Lookup failures in Docker's words: a missing path is a 404, a link loop (or a ``/proc`` magic link, which
+    openat2 refuses) a 400, never a 500."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"Could not find the file {path} in container {name}") from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise InvalidParameter(f"{path}: too many levels of symbolic links") from None
 
 
-def stat_path(root: str, path: str, name: str) -> dict:
-    host = _locate(root, path, name)
-    st = os.lstat(host)
-    link = ""
-    if stat.S_ISLNK(st.st_mode):
-        link = "/" + os.path.relpath(secure_join(root, path), root).lstrip("./")
-    ns = st.st_mtime_ns
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + f".{ns % 10 ** 9:09d}Z"
-    return {"name": os.path.basename(path.rstrip("/")) or "/", "size": st.st_size, "mode": _go_mode(st),
+def _locate(root: safepath.Root, path: str, name: str) -> tuple[int, str, os.stat_result]:
+    """(parent dir fd, name, lstat) of ``path``: links in all but the last component are followed inside the root,
+    the last one too when the path ends in ``/`` or ``/.`` (moby's ResolvePath)."""
+    lookup = path + "." if path.endswith("/") and path.strip("/") else path
+    with _resolving(path, name):
+        parent, base = root.open_parent(lookup)
+    try:
+        with _resolving(path, name):
+            return parent, base, os.stat(base, dir_fd=parent, follow_symlinks=False)
+    except BaseException:
+        os.close(parent)
+        raise
+
+
+def _stat(root: safepath.Root, path: str, st: os.stat_result) -> dict:
+    link = root.resolve(path) if stat.S_ISLNK(st.st_mode) else ""
+    mtime = timefmt.rfc3339_nano(st.st_mtime_ns)
+    return {"name": posixpath.basename(path.rstrip("/")) or "/", "size": st.st_size, "mode": _go_mode(st),
             "mtime": mtime, "linkTarget": link}
 
 
-class _Sink:
-    """A write-only file for tarfile that hands the written bytes out in chunks."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.offset = 0
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
-        self.offset += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.offset
-
-    def take(self) -> bytes:
-        out = b"".join(self.chunks)
-        self.chunks = []
-        return out
+def head(c: Any, path: str) -> dict:
+    """``HEAD /archive``: the stat of ``path`` (X-Docker-Container-Path-Stat)."""
+    with container_view(c) as root:
+        parent, _, st = _locate(root, path, c.name)
+        os.close(parent)
+        with _resolving(path, c.name):
+            return _stat(root, path, st)
 
 
-def _tar_tree(host: str, arcname: str, skip_root: bool = False) -> Iterator[bytes]:
-    sink = _Sink()
-    tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+class _Held:
+    """Tar chunks that hold the container (lock, freeze, temporary mounts) until they are exhausted or closed, or
+    dropped unread: a plain generator that never started would never run its cleanup."""
 
-    def add(path: str, name: str) -> None:
-        info = tar.gettarinfo(path, arcname=name)
-        if info.isreg():
-            with open(path, "rb") as f:
-                tar.addfile(info, f)
-        else:
-            tar.addfile(info)
+    def __init__(self, chunks: Iterator[bytes], stack: contextlib.ExitStack) -> None:
+        self._chunks = chunks
+        self._stack = stack
 
-    if not skip_root:
-        add(host, arcname)
-    if os.path.isdir(host) and not os.path.islink(host):
-        for base, dirs, files in os.walk(host):
-            dirs.sort()
-            rel = os.path.relpath(base, host)
-            for entry in sorted(dirs) + sorted(files):
-                name = os.path.normpath(os.path.join(arcname, rel, entry))
-                try:
-                    add(os.path.join(base, entry), name)
-                except (FileNotFoundError, PermissionError):
-                    continue
-                chunk = sink.take()
-                if chunk:
-                    yield chunk
-    tar.close()
-    yield sink.take()
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
-def get(c: Any, proc_root: str | None, path: str) -> tuple[Iterator[bytes], dict]:
+def get(c: Any, path: str) -> tuple[Iterator[bytes], dict]:
+    """``GET /archive``: a tar of ``path`` and its stat; the container stays locked (and frozen) while it streams."""
     stack = contextlib.ExitStack()
     try:
-        root = stack.enter_context(container_root(c, proc_root, writable=False))
-        info = stat_path(root, path, c.name)
-        host = _locate(root, path, c.name)
+        root = stack.enter_context(container_view(c))
+        parent, base, st = _locate(root, path, c.name)
+        stack.callback(os.close, parent)
+        with _resolving(path, c.name):
+            info = _stat(root, path, st)
     except BaseException:
         stack.close()
         raise
-    arcname = "." if path.endswith("/.") else (os.path.basename(path.rstrip("/")) or ".")
-
-    def chunks() -> Iterator[bytes]:
-        with stack:
-            yield from _tar_tree(host, arcname)
-
-    return chunks(), info
+    arcname = "." if path.endswith("/.") else (posixpath.basename(path.rstrip("/")) or ".")
+    return _Held(tree_tar(parent, base, arcname), stack), info
 
 
 def export(c: Any) -> Iterator[bytes]:
+    """``docker export``: the layers only (no volumes), as Docker's."""
     stack = contextlib.ExitStack()
-    root = stack.enter_context(container_root(c, None, writable=False))
-
-    def chunks() -> Iterator[bytes]:
-        with stack:
-            yield from _tar_tree(root, ".", skip_root=True)
-
-    return chunks()
+    root = stack.enter_context(safepath.Root(stack.enter_context(_overlay(c, writable=False))))
+    return _Held(tree_tar(root.fd, ".", "", skip_root=True), stack)
 
 
 def _clean_parts(name: str) -> list[str]:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = safepath.split(name)
     if ".." in parts:
         raise InvalidParameter(f"refusing to extract {name!r}: path escapes the destination")
     return parts
 
 
-def put(root: str, path: str, fileobj: Any, name: str, no_overwrite_dir_non_dir: bool) -> None:
-    dest = secure_join(root, path)
-    if not os.path.exists(dest):
-        raise NotFound(f"Could not find the file {path} in container {name}")
-    if not os.path.isdir(dest):
-        raise InvalidParameter("extraction point is not a directory")
-    base = "/" + os.path.relpath(dest, root).lstrip("./") if os.path.relpath(dest, root) != "." else "/"
+def spool(fileobj: IO[bytes], where: str) -> IO[bytes]:
+    """The whole upload, read before the container is locked or frozen (a slow client then holds neither)."""
+    out = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=where)
+    shutil.copyfileobj(fileobj, out, SPOOL_MEMORY)
+    out.seek(0)
+    return out  # type: ignore[return-value]
+
+
+def put(c: Any, path: str, fileobj: IO[bytes], no_overwrite_dir_non_dir: bool) -> None:
+    """``PUT /archive``: extract a tar into the folder ``path`` of the container."""
+    with spool(fileobj, c.dir) as upload, container_view(c) as root:
+        with _resolving(path, c.name):
+            st = root.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidParameter("extraction point is not a directory")
+        with _resolving(path, c.name):
+            base = root.resolve(path)
+        _check_writable(c, base)
+        try:
+            tar = tarfile.open(fileobj=upload, mode="r|*")
+        except tarfile.TarError as e:
+            raise InvalidParameter(f"invalid tar archive: {e}") from None
+        with tar:
+            for m in tar:
+                _extract(root, base, tar, m, no_overwrite_dir_non_dir)
+
+
+def _check_writable(c: Any, path: str) -> None:
+    """moby's checks before extracting: a read-only mount, or a read-only root outside any mount, refuses."""
+    in_volume = False
+    for m in c.data.get("Mounts") or []:
+        dest = "/" + "/".join(safepath.split(m.get("Destination") or ""))
+        if path == dest or path.startswith(dest.rstrip("/") + "/"):
+            if not m.get("RW", True):
+                raise InvalidParameter("mounted volume is marked read-only")
+            in_volume = True
+    if not in_volume and (c.data.get("HostConfig") or {}).get("ReadonlyRootfs"):
+        raise InvalidParameter("container rootfs is marked read-only")
+
+
+def _extract(root: safepath.Root, base: str, tar: tarfile.TarFile, m: tarfile.TarInfo, no_overwrite: bool) -> None:
+    """One member: its folder made inside the root, then created with ``*at`` calls on the last name only (what
+    is there is replaced unless both are folders, as moby's Unpack), attributes set without following links."""
+    parts = _clean_parts(m.name)
+    if not parts:
+        return
+    inner = posixpath.join(base, *parts)
+    parent = root.makedirs(posixpath.join(base, *parts[:-1]))
+    name = parts[-1]
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|*")
-    except tarfile.TarError as e:
-        raise InvalidParameter(f"invalid tar archive: {e}") from None
-    with tar:
-        for m in tar:
-            parts = _clean_parts(m.name)
-            if not parts:
-                continue
-            inner = os.path.join(base, *parts)
-            parent = mkdir_in_root(root, os.path.dirname(inner))
-            target = os.path.join(parent, parts[-1])
-            exists = os.path.lexists(target)
-            is_dir = exists and os.path.isdir(target) and not os.path.islink(target)
-            if exists and no_overwrite_dir_non_dir and is_dir != m.isdir():
-                raise InvalidParameter("cannot overwrite {} {!r} with {}".format(
-                    "directory" if is_dir else "non-directory", inner, "non-directory" if is_dir else "directory"))
-            if exists and not (is_dir and m.isdir()):
-                if is_dir:
-                    shutil.rmtree(target)
-                else:
-                    os.unlink(target)
-            if m.isdir():
-                if not is_dir:
-                    os.mkdir(target, 0o755)
-            elif m.isreg():
-                src = tar.extractfile(m)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    while src is not None:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-            elif m.issym():
-                os.symlink(m.linkname, target)
-            elif m.islnk():
-                os.link(secure_join(root, os.path.join(base, *_clean_parts(m.linkname))), target)
-            elif m.isfifo():
-                os.mkfifo(target)
-            else:
-                continue  # devices are not copied into containers
+        try:
+            current: os.stat_result | None = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        is_dir = current is not None and stat.S_ISDIR(current.st_mode)
+        if current is not None and no_overwrite and is_dir != m.isdir():
+            raise InvalidParameter("cannot overwrite {} {!r} with {}".format(
+                "directory" if is_dir else "non-directory", inner, "non-directory" if is_dir else "directory"))
+        if current is not None:
+            safepath.clear(parent, name, keep_dir=m.isdir())
+        if m.isdir():
+            if not is_dir:
+                os.mkdir(name, 0o755, dir_fd=parent)
+        elif m.isreg():
+            src = tar.extractfile(m)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent)
+            with os.fdopen(fd, "wb") as out:
+                if src is not None:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        elif m.issym():
+            os.symlink(m.linkname, name, dir_fd=parent)
+        elif m.islnk():
+            source, source_name = root.open_parent(posixpath.join(base, *_clean_parts(m.linkname)))
             try:
-                os.lchown(target, m.uid, m.gid)
-            except OSError:
-                pass
-            if not m.issym():
-                os.chmod(target, m.mode & 0o7777)
-                os.utime(target, (m.mtime, m.mtime))
+                os.link(source_name, name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+            finally:
+                os.close(source)
+            return
+        elif m.isfifo():
+            os.mkfifo(name, 0o600, dir_fd=parent)
+        else:
+            return  # devices are not copied into containers
+        try:
+            os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            pass
+        if not m.issym():
+            safepath.chmod_at(parent, name, m.mode & 0o7777)
+        os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
+    finally:
+        os.close(parent)
+
+
+__all__ = ["container_view", "export", "get", "head", "put", "spool", "tree_size", "unmount_quietly"]

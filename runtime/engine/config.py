@@ -8,9 +8,10 @@ import resource
 import signal
 import stat
 
+from runtime.engine.logs import log_config
 from runtime.errors import InvalidParameter
 
-NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+NAME_RE = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # always fullmatch: "$" would let "name\n" by
 ZERO_TIME = "0001-01-01T00:00:00Z"
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
 
@@ -25,7 +26,7 @@ def random_name() -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return name.lstrip("/")
 
@@ -113,21 +114,9 @@ def host_config_defaults(host: dict) -> dict:
     host.setdefault("NetworkMode", "default")
     if not host.get("NetworkMode"):
         host["NetworkMode"] = "default"
-    log = dict(host.get("LogConfig") or {})
-    if log.get("Type") not in (None, "", "json-file"):
-        raise InvalidParameter(f"logging driver {log.get('Type')!r} is not supported, only json-file")
-    host["LogConfig"] = {"Type": "json-file", "Config": log.get("Config") or {}}
-    policy = dict(host.get("RestartPolicy") or {})
-    name = policy.get("Name") or "no"
-    if name not in RESTART_POLICIES:
-        raise InvalidParameter(f"invalid restart policy '{name}'")
-    retries = int(policy.get("MaximumRetryCount") or 0)
-    if retries and name != "on-failure":
-        raise InvalidParameter(f"maximum retry count cannot be used with restart policy '{name}'")
-    if retries < 0:
-        raise InvalidParameter("maximum retry count cannot be negative")
-    host["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
-    if host.get("AutoRemove") and name != "no":
+    host["LogConfig"] = log_config(host.get("LogConfig") or {})
+    host["RestartPolicy"] = check_restart_policy(host.get("RestartPolicy") or {})
+    if host.get("AutoRemove") and host["RestartPolicy"]["Name"] != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     for key, default in (("Binds", None), ("Privileged", False), ("PublishAllPorts", False), ("AutoRemove", False),
                          ("PortBindings", {}), ("Memory", 0), ("MemorySwap", 0), ("NanoCpus", 0), ("CpuShares", 0),
@@ -147,7 +136,25 @@ def host_config_defaults(host: dict) -> dict:
                 repr(a) for a in allowed if a)))
     if host["Memory"] and host["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    if host["Memory"] > 0 and not host["MemorySwap"]:
+        host["MemorySwap"] = 2 * host["Memory"]  # moby's adaptContainerSettings: swap as large as the memory
     return host
+
+
+def check_restart_policy(policy: dict) -> dict:
+    """A RestartPolicy as stored (name defaulted to ``no``), refused with dockerd's words when invalid."""
+    name = policy.get("Name") or "no"
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter(f"invalid restart policy '{name}'")
+    retries = int(policy.get("MaximumRetryCount") or 0)
+    if retries and name != "on-failure":
+        raise InvalidParameter(f"maximum retry count cannot be used with restart policy '{name}'")
+    if retries < 0:
+        raise InvalidParameter("maximum retry count cannot be negative")
+    return {"Name": name, "MaximumRetryCount": retries}
+
+
+PROPAGATION_MODES = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 
 
 def parse_binds(binds: list[str]) -> list[dict]:
@@ -169,9 +176,30 @@ def parse_binds(binds: list[str]) -> list[dict]:
                                             "rshared", "slave", "rslave")]
         if bad:
             raise InvalidParameter(f"invalid mode: {','.join(bad)}")
+        propagation = [m for m in mode if m in PROPAGATION_MODES]
+        if len(propagation) > 1 or (propagation and not source.startswith("/")):
+            raise InvalidParameter(f"invalid mode: {parts[2]}")
         out.append({"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target,
-                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode})
+                    "ReadOnly": "ro" in mode, "FromBinds": True, "NoCopy": "nocopy" in mode,
+                    "Propagation": propagation[0] if propagation else ""})
     return out
+
+
+def tmpfs_options(tmp: dict) -> str:
+    """TmpfsOptions as mount data, as moby's ConvertTmpfsOptions writes it: ``mode=1770,size=64m``, then any
+    extra ``Options`` (API 1.46) such as ``exec``."""
+    opts = ["mode=%o" % (int(tmp["Mode"]) & 0o7777) if tmp.get("Mode") else "mode=1777"]
+    size = int(tmp.get("SizeBytes") or 0)
+    if size < 0:
+        raise InvalidParameter(f'invalid mount config for type "tmpfs": invalid tmpfs size {size}')
+    if size:
+        for factor, suffix in ((1 << 20, "m"), (1 << 10, "k"), (1, "")):
+            if size % factor == 0:
+                opts.append(f"size={size // factor}{suffix}")
+                break
+    for option in tmp.get("Options") or []:
+        opts.append("=".join(str(part) for part in option))
+    return ",".join(opts)
 
 
 def parse_mounts(mounts: list[dict], tmpfs: dict[str, str] | None) -> list[dict]:
@@ -188,13 +216,16 @@ def parse_mounts(mounts: list[dict], tmpfs: dict[str, str] | None) -> list[dict]
         if kind == "bind" and not os.path.exists(source):
             raise InvalidParameter(f"invalid mount config for type \"bind\": bind source path does not exist: {source}")
         opts = ""
+        propagation = str((m.get("BindOptions") or {}).get("Propagation") or "")
+        if propagation and propagation not in PROPAGATION_MODES:
+            raise InvalidParameter(f'invalid mount config for type "{kind}": invalid propagation mode: {propagation}')
         if kind == "tmpfs":
-            tmp = m.get("TmpfsOptions") or {}
-            opts = ",".join(filter(None, [f'size={tmp["SizeBytes"]}' if tmp.get("SizeBytes") else "",
-                                          f"mode={tmp['Mode']:o}" if tmp.get("Mode") else "mode=1777"]))
+            if source:
+                raise InvalidParameter('invalid mount config for type "tmpfs": field Source must not be specified')
+            opts = tmpfs_options(m.get("TmpfsOptions") or {})
         nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
         out.append({"Type": kind, "Source": source, "Target": target, "ReadOnly": bool(m.get("ReadOnly")),
-                    "Options": opts, "NoCopy": nocopy})
+                    "Options": opts, "NoCopy": nocopy, "Propagation": propagation})
     for target, opts in (tmpfs or {}).items():
         out.append({"Type": "tmpfs", "Source": "", "Target": target, "ReadOnly": False,
                     "Options": opts or "mode=1777"})
@@ -231,18 +262,6 @@ def devices_of(host: dict) -> list[dict]:
     return out
 
 
-def log_size(text: str | None) -> int:
-    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
-    if not text:
-        return 0
-    value = str(text).strip().lower().rstrip("b")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
-    try:
-        return int(float(value.rstrip("kmg")) * scale)
-    except ValueError:
-        raise InvalidParameter(f"invalid log size: {text!r}") from None
-
-
 def ulimits_of(items: list[dict]) -> list[tuple[int, int, int]]:
     """HostConfig.Ulimits (``[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]``) as setrlimit arguments."""
     out = []
@@ -252,3 +271,14 @@ def ulimits_of(items: list[dict]) -> list[tuple[int, int, int]]:
             raise InvalidParameter(f"invalid ulimit type: {item.get('Name')}")
         out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
     return out
+
+
+def go_json_type(value: object) -> str:
+    """How Go's encoding/json names a JSON value in "json: cannot unmarshal X into ..." errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number " + str(value)
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

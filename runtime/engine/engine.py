@@ -2,6 +2,12 @@
 
 State lives on disk (``<data-root>/containers/<id>/config.v2.json``, the shim's ``exit.json``) so a daemon killed
 with SIGKILL reloads everything, reconnects to live shims, and marks the dead with the code their shim recorded.
+
+``Engine`` is the facade the API calls. The verb families live beside it, one module each over the shared
+``container.ContainerTable`` (as moby's daemon/exec.go, monitor.go, health.go and update.go share one container
+type): ``exec`` (exec instances), ``monitor`` (exit watching, restart policies), ``health`` (probes),
+``update`` (docker update checks and merge), ``launch`` (forking a process into a container and reading its report
+pipe), ``logs`` (log drivers and reading), ``archive`` (files in and out).
 """
 from __future__ import annotations
 
@@ -17,15 +23,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from runtime.engine import archive, health
+from runtime.engine import archive, health, links, update
 from runtime.engine.config import (
     ZERO_TIME,
     check_name,
+    check_restart_policy,
     command_of,
     devices_of,
     host_config_defaults,
-    log_size,
     merge_config,
+    merge_env,
     parse_binds,
     parse_mounts,
     parse_signal,
@@ -37,18 +44,26 @@ from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
 from runtime.engine.exec import ExecManager
 from runtime.engine.launch import Launch, start_error, start_exit_code
-from runtime.engine.logs import read_logs
+from runtime.engine.logs import read_logs, rotation
 from runtime.engine.monitor import Monitor
 from runtime.engine.sessions import AttachSession, Session
 from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
-from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
-from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified
+from runtime.engine.volumes import VolumeStore
+from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
+from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
+from runtime.linux.paths import private_dir
+from runtime.linux.process import propagation_problem
+
+LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
+                "publish", "since", "status", "volume")  # moby's
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
 class Engine:
-    """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
+    """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
+    classes whose status and message the API answers with."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: str | None = None,
                  bridge_name: str | None = None) -> None:
@@ -59,8 +74,8 @@ class Engine:
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.containers_root = os.path.join(self.data_root, "containers")
-        for path in (self.containers_root, self.exec_root):
-            os.makedirs(path, mode=0o710, exist_ok=True)
+        for path in (self.data_root, self.containers_root, self.exec_root):  # dockerd's modes: not world-readable
+            private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
@@ -80,7 +95,7 @@ class Engine:
                                release_network=self._release_network,
                                remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
-        os.makedirs(self._trash, exist_ok=True)
+        private_dir(self._trash, 0o700)
         self._discards: list[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
@@ -97,6 +112,10 @@ class Engine:
     def _emit(self, c: Container, action: str, **extra: str) -> None:
         self.table.emit(c, action, **extra)
 
+    def log_event(self, ref: str, action: str, **extra: str) -> None:
+        """A container event for something done around the engine (``commit``), with the usual attributes."""
+        self._emit(self._get(ref), action, **extra)
+
     def _volume_users(self, name: str) -> list[str]:
         with self._lock:
             return [c.id for c in self._containers.values()
@@ -112,11 +131,10 @@ class Engine:
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
+        host = host_config_defaults(body.get("HostConfig") or {})  # as moby: checked before the image lookup
         image = self.images.resolve(image_ref)
-        host = host_config_defaults(body.get("HostConfig") or {})
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
-        log_size(host["LogConfig"]["Config"].get("max-size"))
         health.validate(body.get("Healthcheck"))
         image_config = (image.config or {}).get("config") or {}
         config = merge_config(body, image_config)
@@ -126,12 +144,16 @@ class Engine:
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
+        kind, target = split_mode(host["NetworkMode"])
+        asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        macs = [config.get("MacAddress")] + [ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict)]
+        links.check_network_mode(config, host, kind, next((str(mac) for mac in macs if mac), ""))
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
-        kind, target = split_mode(host["NetworkMode"])
         if kind == "container":
             self._get(target)
         networks = self._planned_networks(kind, target, body)
+        linked = self._link_children(host.get("Links") or [], kind)
         mounts = self._plan_mounts(cid, host, config)
         with self._lock:
             name = check_name(name) if name else self._unique_name()
@@ -139,9 +161,15 @@ class Engine:
                 if other.name == name:
                     raise Conflict(f'Conflict. The container name "/{name}" is already in use by container "{other.id}". You '
                                    'have to remove (or rename) that container to be able to reuse that name.')
+            host["Links"] = [links.stored(child, name, alias) for child, alias in linked] or None
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
+            driver = host["LogConfig"]["Type"]
+            log_file = {"json-file": os.path.join(path, cid + "-json.log"),  # moby keeps local's file private
+                        "local": os.path.join(path, "local-logs", "container.log")}.get(driver, "")
+            if driver == "local":
+                os.makedirs(os.path.dirname(log_file), exist_ok=True)
             data = {
                 "Id": cid, "Created": now(), "Path": args[0], "Args": args[1:], "Name": "/" + name,
                 "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
@@ -152,7 +180,7 @@ class Engine:
                 "AppArmorProfile": "", "ExecIDs": None, "Mounts": mounts,
                 "NetworkSettings": {"Bridge": "", "SandboxID": "", "Ports": {}, "IPAddress": "", "Gateway": "",
                                     "IPPrefixLen": 0, "MacAddress": "", "EndpointID": "", "Networks": networks},
-                "LogPath": os.path.join(path, cid + "-json.log"),
+                "LogPath": log_file if driver == "json-file" else "", "_log_file": log_file,
                 "ResolvConfPath": os.path.join(path, "resolv.conf"),
                 "HostnamePath": os.path.join(path, "hostname"), "HostsPath": os.path.join(path, "hosts"),
                 "HasBeenManuallyStopped": False,
@@ -162,7 +190,10 @@ class Engine:
             self._containers[cid] = c
             self._save(c)
         self._emit(c, "create")
-        return {"Id": cid, "Warnings": []}
+        warnings = []
+        if kind == "host" and (host.get("PortBindings") or host.get("PublishAllPorts")):
+            warnings.append("Published ports are discarded when using host network mode")
+        return {"Id": cid, "Warnings": warnings}
 
     def _planned_networks(self, kind: str, target: str, body: dict) -> dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
@@ -173,12 +204,82 @@ class Engine:
         primary = self.networks.inspect(target)
         out = {primary["Name"]: _planned_endpoint(primary["Id"], asked.get(target) or asked.get(primary["Name"])
                                                   or asked.get("default") or {})}
+        mac = (body.get("MacAddress") or "") if kind != "host" else ""  # Config.MacAddress, API < 1.44
+        if mac and not out[primary["Name"]]["MacAddress"]:
+            out[primary["Name"]]["MacAddress"] = mac
         for key, cfg in asked.items():
             if key in (target, primary["Name"], "default"):
                 continue
             net = self.networks.inspect(key)
             out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
         return out
+
+    def _link_children(self, specs: list[str], kind: str) -> list[tuple[str, str]]:
+        """(container name, alias) of each ``--link``; like dockerd, the target must exist at create."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound as exc:
+                raise InvalidParameter(f"could not get container for {child}: {exc}") from None
+            out.append((other.name, alias))
+        return out if kind in ("bridge", "network") else []
+
+    def _link_targets(self, c: Container, specs: list[str], net: str) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only, and on the
+        default bridge to containers on it (dockerd's words otherwise)."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            other = self._get(child)
+            if not other.running:
+                raise HostError(f"Cannot link to a non running container: {other.data['Name']} AS /{c.name}/{alias}")
+            if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
+                raise HostError(f"Cannot link to {other.data['Name']}, as it does not belong to the default network")
+            out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
+        return out
+
+    def _link_env(self, c: Container) -> list[str]:
+        """The legacy link variables of a container on the default bridge (moby's setupLinkedContainers). A target
+        that is gone or stopped is skipped here: connecting the bridge endpoint refuses it, inside the start's
+        cleanup path."""
+        if "bridge" not in (c.data["NetworkSettings"].get("Networks") or {}):
+            return []
+        env: list[str] = []
+        for spec in c.data["HostConfig"].get("Links") or []:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound:
+                continue
+            bridge = (other.data["NetworkSettings"].get("Networks") or {}).get("bridge")
+            if not other.running or not bridge:
+                continue
+            env += links.environment(f"/{c.name}/{alias}", bridge.get("IPAddress") or "",
+                                     other.data["Config"].get("Env") or [], other.data["Config"].get("ExposedPorts"))
+        return env
+
+    def remove_link(self, ref: str) -> None:
+        """``DELETE /containers/{parent}/{alias}?link=true``: the link goes from the parent's HostConfig and hosts
+        file (its environment stays as it started, as with Docker)."""
+        name = "/" + ref.lstrip("/")
+        parent_name, _, alias = name.rpartition("/")
+        if not parent_name:
+            self._get(ref)
+            raise HostError("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self._get(parent_name)
+        except NotFound:
+            raise NotFound(f"No such container: {name}") from None
+        kept = [spec for spec in parent.data["HostConfig"].get("Links") or [] if links.parse_link(spec)[1] != alias]
+        if len(kept) == len(parent.data["HostConfig"].get("Links") or []):
+            raise NotFound(f"No such container: {name}")
+        with self._lock:
+            parent.data["HostConfig"]["Links"] = kept or None
+            self._save(parent)
+        if parent.running:
+            self.networks.unlink(parent.id, alias)
 
     def _unique_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -200,13 +301,12 @@ class Engine:
                      "Mode": "ro" if m["ReadOnly"] else "", "RW": not m["ReadOnly"], "Propagation": ""}
             if m["Type"] == "volume":
                 anonymous = not m["Source"]
-                created = not anonymous and self.volumes.exists(m["Source"])
                 vol = self.volumes.create({"Name": m["Source"]} if not anonymous else None, anonymous=anonymous)
                 entry.update({"Name": vol["Name"], "Source": vol["Mountpoint"], "Driver": "local",
-                              "_anonymous": anonymous, "_copy": not created and not m.get("NoCopy")})
+                              "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
-                entry["Propagation"] = "rprivate"
+                entry["Propagation"] = m.get("Propagation") or "rprivate"
                 if m.get("FromBinds") and not os.path.exists(m["Source"]):
                     os.makedirs(m["Source"], exist_ok=True)  # -v creates a missing host directory, as Docker does
             else:
@@ -246,6 +346,13 @@ class Engine:
                     name, _, addr = item.partition(":")
                     f.write(f"{addr}\t{name}\n")
         lines = []
+        if kind == "container":  # dockerd shares the other container's file: same namespace, same resolver
+            shutil.copyfile(self._get(split_mode(host["NetworkMode"])[1]).file("resolv.conf"), c.file("resolv.conf"))
+            return
+        user_networks = [n for n in c.data["NetworkSettings"].get("Networks") or {} if n not in ("bridge", "none")]
+        if kind == "network" or (kind == "bridge" and user_networks):
+            self._write_internal_resolv_conf(c)
+            return
         if host.get("Dns"):
             lines += [f"nameserver {d}" for d in host["Dns"]]
         else:
@@ -264,6 +371,23 @@ class Engine:
             lines.append("options " + " ".join(host["DnsOptions"]))
         with open(c.file("resolv.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+    def _write_internal_resolv_conf(self, c: Container) -> None:
+        """On user-defined networks, dockerd's embedded server answers at 127.0.0.11 (``--dns`` servers become its
+        upstreams); the host's search domains and options stay, with ``ndots:0`` unless one was given."""
+        host = c.data["HostConfig"]
+        try:
+            with open(self.networks.resolv_conf) as f:
+                base = [line.split() for line in f]
+        except OSError:
+            base = []
+        search = host.get("DnsSearch") or [word for words in base if words[:1] == ["search"] for word in words[1:]]
+        options = host.get("DnsOptions") or [word for words in base if words[:1] == ["options"] for word in words[1:]]
+        if not any(option.startswith("ndots:") for option in options):
+            options = ["ndots:0"] + options
+        lines = ["nameserver 127.0.0.11"] + (["search " + " ".join(search)] if search else [])
+        with open(c.file("resolv.conf"), "w") as f:
+            f.write("\n".join(lines + ["options " + " ".join(options)]) + "\n")
 
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -285,9 +409,10 @@ class Engine:
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
                            "readonly": not m["RW"], "options": m.get("_options", ""),
+                           "propagation": m.get("Propagation") or "",
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
-        log_opts = (host.get("LogConfig") or {}).get("Config") or {}
+        log_max_size, log_max_file = rotation(host["LogConfig"])
         sock = os.path.join(self.exec_root, c.id[:16] + ".sock")
         return {
             "id": c.id, "rootfs": c.file("rootfs"), "upper": c.file("upper"), "work": c.file("work"),
@@ -299,10 +424,10 @@ class Engine:
             "mounts": mounts, "caps": caps, "privileged": bool(host.get("Privileged")), "devices": devices_of(host),
             "seccomp": not host.get("Privileged") and not any(
                 opt.replace(":", "=") == "seccomp=unconfined" for opt in host.get("SecurityOpt") or []),
-            "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": c.data["LogPath"],
+            "init": bool(host.get("Init")), "cgroup": "machines/" + c.id, "log_path": _log_file(c) or os.devnull,
             "socket": sock, "exit_path": c.file("exit.json"), "console": list(size) if any(size) else None,
             "readonly_rootfs": bool(host.get("ReadonlyRootfs")), "start_id": secrets.token_hex(8),
-            "log_max_size": log_size(log_opts.get("max-size")), "log_max_file": int(log_opts.get("max-file") or 1),
+            "log_max_size": log_max_size, "log_max_file": log_max_file,
             "shm_size": int(host.get("ShmSize") or 67108864), "sysctls": host.get("Sysctls") or {},
             "ulimits": ulimits_of(host.get("Ulimits") or []), "group_add": host.get("GroupAdd") or [],
             "pid_host": host.get("PidMode") == "host", "ipc_host": host.get("IpcMode") == "host",
@@ -336,7 +461,13 @@ class Engine:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
                                        "{}".format(m["Source"]))
+            problem = m["Type"] == "bind" and propagation_problem(m["Source"], m.get("Propagation") or "")
+            if problem:
+                raise HostError(problem)
         spec = self._spec(c, network)
+        if kind == "bridge":
+            c.data["_link_env"] = self._link_env(c)
+            spec["env"] = merge_env(c.data["_link_env"], spec["env"])
         try:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
@@ -417,11 +548,21 @@ class Engine:
                 settings[key] = bridge.get(key, settings.get(key))
 
     def _connect_one(self, c: Container, net: str, planned: dict, pid: int) -> dict:
-        ipv4 = (planned.get("IPAMConfig") or {}).get("IPv4Address") or None
+        """One network's endpoint, with what NetworkingConfig asked: aliases, addresses, MAC, links (the legacy
+        HostConfig.Links count on the default bridge and on a primary network that has none of its own)."""
+        host = c.data["HostConfig"]
+        addresses = planned.get("IPAMConfig") or {}
+        specs = planned.get("Links") or []
+        if not specs and net in ("bridge", split_mode(host["NetworkMode"])[1]):
+            specs = host.get("Links") or []
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
-                                         ipv4=ipv4, hosts_path=c.file("hosts"),
+                                         ipv4=addresses.get("IPv4Address") or None,
+                                         ipv6=addresses.get("IPv6Address") or None,
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs, net),
+                                         dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
+        endpoint["Links"] = planned.get("Links")
         return endpoint
 
     def _release_network(self, c: Container) -> None:
@@ -626,6 +767,40 @@ class Engine:
             self.health.update(c)
         self._emit(c, "unpause")
 
+    def update_container(self, ref: str, body: dict) -> dict:
+        """``docker update``: checked (400), merged (409 on conflicts), saved, then applied to the running
+        container's cgroup; a limit the kernel refuses puts the old configuration back (moby's update.go)."""
+        body = dict(body or {})
+        warnings = update.verify_resources(body, update=True)
+        if (body.get("RestartPolicy") or {}).get("Name"):
+            check_restart_policy(body["RestartPolicy"])
+        c = self._get(ref)
+        with c.lock:
+            with self._lock:
+                before = c.data["HostConfig"]
+                merged = json.loads(json.dumps(before))
+                try:
+                    update.merge(merged, body)
+                except EngineError as e:
+                    raise type(e)(f"Cannot update container {c.id}: {e}") from None
+                c.data["HostConfig"] = merged
+                self._save(c)
+                live = c.running and not c.state.get("Restarting")
+            if live:
+                try:
+                    cgroups.open_cgroup("machines/" + c.id).apply(merged)
+                except OSError as e:
+                    with self._lock:
+                        c.data["HostConfig"] = before
+                        self._save(c)
+                    try:
+                        cgroups.open_cgroup("machines/" + c.id).apply(before)
+                    except OSError:
+                        pass  # what could be put back was; the saved configuration is the old one
+                    raise HostError(f"Cannot update container {c.id}: {e}") from None
+        self._emit(c, "update")
+        return {"Warnings": warnings}
+
     def rename(self, ref: str, new_name: str) -> None:
         c = self._get(ref)
         new_name = check_name(new_name)
@@ -699,16 +874,17 @@ class Engine:
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]
         thread.start()
 
-    def prune_containers(self, filters: dict | None = None) -> dict:
+    def prune_containers(self, filters: Args | None = None) -> dict:
+        """Stopped containers, narrowed by ``label``/``label!`` and ``until`` as moby's."""
+        args = Args.of(filters).validate(PRUNE_LABELS)
+        until = args.until()
         deleted, reclaimed = [], 0
-        labels = _filter_values(filters, "label")
-        until = _filter_values(filters, "until")
         with self._lock:
             candidates = [c for c in self._containers.values() if not c.running and not c.state.get("Restarting")]
         for c in candidates:
-            if labels and not labels_match(c.data["Config"].get("Labels") or {}, labels):
+            if not args.match_labels(c.data["Config"].get("Labels") or {}):
                 continue
-            if until and parse_time(c.data["Created"]) >= _until(until[0]):
+            if until is not None and parse_time(c.data["Created"]) > until:
                 continue
             reclaimed += archive.tree_size(c.file("upper"))
             try:
@@ -753,24 +929,37 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: dict | None = None, limit: int | None = -1,
+    def list_containers(self, all: bool = False, filters: Args | None = None, limit: int | None = -1,
                         size: bool = False) -> list[dict]:
-        for value in _filter_values(filters, "health"):
+        args = Args.of(filters).validate(LIST_FILTERS)
+        for value in args.get("health"):
             if value not in health.HEALTH_VALUES:
                 raise InvalidParameter(f"Unrecognised filter value for health: {value}")
+        for value in args.get("status"):
+            if value not in STATES:
+                raise InvalidParameter(f"Unrecognised filter value for status: {value}")
+        published, exposed = args.ports("publish"), args.ports("expose")
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
+            before = [self._get(ref).data["Created"] for ref in args.get("before")]
+            since = [self._get(ref).data["Created"] for ref in args.get("since")]
             out = []
             for c in items:
-                if not all and not c.running and not _filter_values(filters, "status"):
+                if not all and not c.running and not args.contains("status"):
                     continue
-                if not self._matches(c, filters):
+                if not self._matches(c, args):
+                    continue
+                if published and not published & set(c.data["HostConfig"].get("PortBindings") or {}):
+                    continue
+                if exposed and not exposed & set(c.data["Config"].get("ExposedPorts") or {}):
+                    continue
+                if any(c.data["Created"] >= b for b in before) or any(c.data["Created"] <= s for s in since):
                     continue
                 out.append(self._summary(c, size))
         return out[:limit] if limit is not None and limit > 0 else out
 
-    def _matches(self, c: Container, filters: dict | None) -> bool:
-        if not filters:
+    def _matches(self, c: Container, args: Args) -> bool:
+        if not args:
             return True
         st = c.state
         checks = {
@@ -785,10 +974,12 @@ class Engine:
             "health": lambda v: v == health.filter_value(st),
         }
         for key, test in checks.items():
-            wanted = _filter_values(filters, key)
+            wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
                 return False
-        return labels_match(c.data["Config"].get("Labels") or {}, _filter_values(filters, "label"))
+        if args.contains("is-task") and args.get_bool("is-task", False):
+            return False  # no swarm here: no container is a task
+        return args.match_kv_list("label", c.data["Config"].get("Labels") or {})
 
     def _summary(self, c: Container, size: bool) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -814,12 +1005,14 @@ class Engine:
         c = self._get(ref)
         if not (stdout or stderr):
             raise InvalidParameter("You must choose at least one stream")
+        if not _log_file(c):
+            raise NotSupported("configured logging driver does not support reading")
         start_id = c.data.get("_start_id")
 
         def running() -> bool:
             return c.running and not c.removed and c.data.get("_start_id") == start_id
 
-        return read_logs(c.data["LogPath"], follow=follow, stdout=stdout, stderr=stderr, since=float(since or 0),
+        return read_logs(_log_file(c), follow=follow, stdout=stdout, stderr=stderr, since=float(since or 0),
                          until=float(until or 0), timestamps=timestamps, tail=str(tail), running=running)
 
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True, logs: bool = False,
@@ -933,27 +1126,17 @@ class Engine:
 
     # --- files -------------------------------------------------------------------------------------------------
 
-    def _root_for(self, c: Container) -> str | None:
-        return f'/proc/{c.state["Pid"]}/root' if c.running else None
-
     def archive_head(self, ref: str, path: str) -> dict:
-        c = self._get(ref)
-        with archive.container_root(c, self._root_for(c), writable=False) as root:
-            return archive.stat_path(root, path, c.name)
+        return archive.head(self._get(ref), path)
 
     def archive_get(self, ref: str, path: str) -> tuple[Iterator[bytes], dict]:
-        c = self._get(ref)
-        return archive.get(c, self._root_for(c), path)
+        return archive.get(self._get(ref), path)
 
     def archive_put(self, ref: str, path: str, fileobj: Any, no_overwrite_dir_non_dir: bool = False) -> None:
-        c = self._get(ref)
-        with c.lock:
-            with archive.container_root(c, self._root_for(c), writable=True) as root:
-                archive.put(root, path, fileobj, c.name, no_overwrite_dir_non_dir)
+        archive.put(self._get(ref), path, fileobj, no_overwrite_dir_non_dir)
 
     def export(self, ref: str) -> Iterator[bytes]:
-        c = self._get(ref)
-        return archive.export(c)
+        return archive.export(self._get(ref))
 
     # --- networks and events -----------------------------------------------------------------------------------
 
@@ -970,6 +1153,8 @@ class Engine:
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
+                if net["Name"] not in ("bridge", "host", "none"):
+                    self._write_internal_resolv_conf(c)  # as dockerd: the embedded server takes over at once
             with self._lock:
                 networks[net["Name"]] = endpoint
                 self._save(c)
@@ -987,20 +1172,20 @@ class Engine:
                 self._save(c)
 
     def events(self, since: float | None = None, until: float | None = None,
-               filters: dict | None = None) -> Iterator[dict]:
+               filters: Args | None = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
+
+
+def _log_file(c: Container) -> str:
+    """Where the container's log driver keeps its lines; empty for ``none`` (containers made before drivers
+    other than json-file existed have only LogPath)."""
+    return c.data.get("_log_file", c.data["LogPath"])
 
 
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:
     """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
     return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
-            "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "MacAddress": cfg.get("MacAddress") or "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
 
-
-def _until(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return parse_time(value)

@@ -11,6 +11,7 @@ import signal as signals
 import threading
 import time
 
+from runtime.engine.config import go_json_type
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.exec import ExecManager
 from runtime.errors import EngineError, InvalidParameter
@@ -35,22 +36,14 @@ def validate(check: dict | None) -> None:
     for key in ("Interval", "Timeout", "Retries", "StartPeriod", "StartInterval"):
         value = check.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidParameter("json: cannot unmarshal {} into Go struct field HealthConfig.Healthcheck.{} of "
-                                   "type {}".format(_json_type(value), key, "int" if key == "Retries" else "time.Duration"))
+            kind = "int" if key == "Retries" else "time.Duration"
+            raise InvalidParameter(f"json: cannot unmarshal {go_json_type(value)} into Go struct field "
+                                   f"HealthConfig.Healthcheck.{key} of type {kind}")
         if key == "Retries":
             if (value or 0) < 0:
                 raise InvalidParameter("Retries in Healthcheck cannot be negative")
         elif value and value < MINIMUM_DURATION:
             raise InvalidParameter(f"{key} in Healthcheck cannot be less than {go_duration(MINIMUM_DURATION)}")
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number " + str(value)
-    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
-    return names.get(type(value), "value")
 
 
 def merge(user: dict | None, image: dict | None) -> dict | None:

@@ -1,7 +1,7 @@
-"""Reading moby-style json-file logs (``{"log","stream","time"}`` per line) with tail, since, until and follow."""
+"""Log drivers (json-file, local, none: which exist, their options and rotation) and reading moby-style json-file
+lines (``{"log","stream","time"}`` per line) with tail, since, until and follow."""
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import time
@@ -9,14 +9,63 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
+from runtime import timefmt
+from runtime.errors import InvalidParameter
+
+# The log drivers served and the options each accepts (moby's ValidateLogOpt of json-file and local; none
+# accepts anything). Both keep JSON lines here; local differs in rotating by default and hiding its file.
+_COMMON_OPTIONS = ("max-file", "max-size", "compress", "labels", "labels-regex", "env", "env-regex", "tag")
+LOG_DRIVERS: dict[str, tuple[str, ...]] = {"json-file": _COMMON_OPTIONS, "local": _COMMON_OPTIONS, "none": ()}
+_LOCAL_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # moby's local driver: 20 MB, five files
+
 STREAMS = {"stdout": 1, "stderr": 2}
 
 
-def parse_rfc3339(text: str) -> float:
-    """Unix time (float) from ``2024-01-02T03:04:05.123456789Z``; precision beyond microseconds is dropped."""
-    main, _, frac = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
-    return seconds + (float("0." + frac) if frac else 0.0)
+def log_size(text: str | None) -> int:
+    """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
+    if not text:
+        return 0
+    value = str(text).strip().lower().rstrip("b")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
+    try:
+        return int(float(value.rstrip("kmg")) * scale)
+    except ValueError:
+        raise InvalidParameter(f"invalid log size: {text!r}") from None
+
+
+def log_config(log: dict) -> dict:
+    """HostConfig.LogConfig as stored (the daemon's default driver is json-file), refused as moby's
+    ValidateLogOpts and the drivers refuse it."""
+    kind = log.get("Type") or "json-file"
+    opts = {str(k): str(v) for k, v in (log.get("Config") or {}).items()}
+    if kind == "none":
+        return {"Type": kind, "Config": opts}
+    mode = opts.get("mode", "")
+    if mode not in ("", "blocking", "non-blocking"):
+        raise InvalidParameter(f"logger: logging mode not supported: {mode}")
+    if "max-buffer-size" in opts and mode != "non-blocking":
+        raise InvalidParameter("logger: max-buffer-size option is only supported with 'mode=non-blocking'")
+    if kind not in LOG_DRIVERS:
+        raise InvalidParameter(f"logger: no log driver named '{kind}' is registered")
+    for key in opts:
+        if key not in LOG_DRIVERS[kind] and key not in ("mode", "max-buffer-size"):
+            raise InvalidParameter(f"unknown log opt '{key}' for json-file log driver" if kind == "json-file"
+                                   else f"unknown log opt '{key}' for log driver {kind}")
+    rotation({"Type": kind, "Config": opts})
+    return {"Type": kind, "Config": opts}
+
+
+def rotation(log: dict) -> tuple[int, int]:
+    """(max-size in bytes, 0 for none; max-file) with the driver's defaults, refused with moby's words."""
+    opts = dict(_LOCAL_DEFAULTS if log["Type"] == "local" else {}, **(log.get("Config") or {}))
+    size = log_size(opts.get("max-size"))
+    try:
+        files = int(opts.get("max-file") or 1)
+    except ValueError:
+        raise InvalidParameter(f"strconv.Atoi: parsing \"{opts['max-file']}\": invalid syntax") from None
+    if files < 1:
+        raise InvalidParameter("max-file cannot be less than 1")
+    return size, files
 
 
 def _entries(f, wanted: set) -> Iterator[tuple[int, bytes, str]]:
@@ -54,7 +103,7 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
     def keep(stamp: str) -> bool:
         if not (since or until):
             return True
-        moment = parse_rfc3339(stamp) if stamp else 0.0
+        moment = timefmt.parse_rfc3339(stamp) if stamp else 0.0
         return (not since or moment >= since) and (not until or moment <= until)
 
     def shape(stream: int, data: bytes, stamp: str) -> tuple[int, bytes]:
@@ -84,7 +133,7 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
         while True:
             alive = running()
             for entry in _entries(f, wanted):
-                if until and entry[2] and parse_rfc3339(entry[2]) > until:
+                if until and entry[2] and timefmt.parse_rfc3339(entry[2]) > until:
                     return
                 if keep(entry[2]):
                     yield shape(*entry)

@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from runtime.errors import InvalidParameter
+from runtime.linux import safepath
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -448,19 +450,24 @@ class TarStream:
         return self.sink.take()
 
 
-def _upper_entries(upper: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Walk an upper dir in a stable order: (archive name, path, lstat)."""
-    for dirpath, dirnames, filenames in os.walk(upper):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, upper)
-        for name in sorted(dirnames) + sorted(filenames):
-            path = os.path.join(dirpath, name)
-            arc = name if rel == "." else rel + "/" + name
-            yield arc, path, os.lstat(path)
+def _entries(parent: int, name: str, arc: str) -> Iterator[tuple[int, str, str, os.stat_result]]:
+    """(dir fd, name, archive name, lstat) of an entry and, for a folder, of everything below it in a stable order;
+    every step is relative to an open directory fd and no link is followed."""
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    yield parent, name, arc, st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        for rel, dirfd, entry, entry_st in safepath.walk(top):
+            yield dirfd, entry, posixpath.join(arc, rel, entry), entry_st  # "./x" under ".", as moby
+    finally:
+        os.close(top)
 
 
-def _xattrs(path: str) -> dict[str, str]:
+def _xattrs(dirfd: int, name: str) -> dict[str, str]:
     out: dict[str, str] = {}
+    path = safepath.fd_path(dirfd, name)
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -476,49 +483,82 @@ def _xattrs(path: str) -> dict[str, str]:
     return out
 
 
-def upper_dir_tar(upper: str) -> Iterator[bytes]:
-    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build)."""
+def _entry_info(dirfd: int, name: str, arc: str, st: os.stat_result,
+                seen: dict[tuple[int, int], str]) -> tuple[tarfile.TarInfo | None, IO[bytes] | None]:
+    """The tar header of one entry, and for a regular file its content opened without following a link (a file
+    swapped for a link meanwhile is skipped, never read through). (None, None) for sockets and devices."""
+    info = tarfile.TarInfo(arc)
+    info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    src: IO[bytes] | None = None
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dirfd)
+    elif stat.S_ISREG(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in seen:
+            info.type, info.linkname = tarfile.LNKTYPE, seen[key]
+        else:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError:
+                return None, None
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                os.close(fd)
+                return None, None
+            seen[key] = arc
+            info.size = opened.st_size
+            src = os.fdopen(fd, "rb")
+    elif stat.S_ISFIFO(st.st_mode):
+        info.type = tarfile.FIFOTYPE
+    else:
+        return None, None  # sockets and device nodes do not belong in images or copies
+    info.pax_headers = _xattrs(dirfd, name)
+    return info, src
+
+
+def tree_tar(parent: int, name: str, arcname: str, *, skip_root: bool = False,
+             whiteouts: bool = False) -> Iterator[bytes]:
+    """A tar of entry ``name`` of directory fd ``parent`` (and all below it), named ``arcname`` in the archive.
+    ``whiteouts`` turns overlay whiteouts and opaque folders into OCI ones (layers from upper dirs)."""
     ts = TarStream()
     seen: dict[tuple[int, int], str] = {}
-    for arc, path, st in _upper_entries(upper):
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+    for n, (dirfd, entry, arc, st) in enumerate(_entries(parent, name, arcname)):
+        if n == 0 and skip_root:
+            continue
+        if whiteouts and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             head, _, base = arc.rpartition("/")
             yield ts.add_bytes((head + "/" if head else "") + WHITEOUT_PREFIX + base, b"")
             continue
-        info = tarfile.TarInfo(arc)
-        info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-        info.mtime = int(st.st_mtime)
-        info.pax_headers = _xattrs(path)
-        src: IO[bytes] | None = None
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-        elif stat.S_ISREG(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in seen:
-                info.type, info.linkname = tarfile.LNKTYPE, seen[key]
-            else:
-                seen[key] = arc
-                info.size = st.st_size
-                src = open(path, "rb")
-        elif stat.S_ISFIFO(st.st_mode):
-            info.type = tarfile.FIFOTYPE
-        else:
-            continue  # sockets and device nodes do not belong in images
+        info, src = _entry_info(dirfd, entry, arc, st, seen)
+        if info is None:
+            continue
         try:
             yield from ts.add_stream(info, src)
         finally:
             if src is not None:
                 src.close()
-        if stat.S_ISDIR(st.st_mode):
+        if whiteouts and stat.S_ISDIR(st.st_mode):
             try:
-                opaque = os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+                opaque = os.getxattr(safepath.fd_path(dirfd, entry), OVERLAY_OPAQUE_XATTR,
+                                     follow_symlinks=False) == b"y"
             except OSError:
                 opaque = False
             if opaque:
                 yield ts.add_bytes(arc + "/" + OPAQUE_MARKER, b"")
     yield ts.close()
+
+
+def upper_dir_tar(upper: str) -> Iterator[bytes]:
+    """A layer tar of an overlay upper dir, turning overlay whiteouts back into OCI ones (for commit/build). The
+    upper dir of a running container changes under us: it is read through fds, never through a link."""
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield from tree_tar(top, ".", "", skip_root=True, whiteouts=True)
+    finally:
+        os.close(top)
 
 
 class _ChunkReader:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -28,13 +29,14 @@ import re
 import shutil
 import stat
 from collections.abc import Generator, Iterator, Sequence
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, NamedTuple
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, ignore, reference
 from runtime.images.dockerfile import Instruction
 from runtime.images.media import canonical_json
 from runtime.images.store import Image, ImageStore
+from runtime.linux import safepath
 
 NOP = "/bin/sh -c #(nop) "
 PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
@@ -55,63 +57,85 @@ def _stream(text: str) -> dict:
     return {"stream": text}
 
 
-def _error(exc: Exception) -> dict:
+def _error(exc: EngineError | OSError) -> dict:
     """A failed build's last message, as dockerd's stream formatter writes it."""
-    message = str(exc) if isinstance(exc, EngineError) else "{}: {}".format(
-        getattr(exc, "strerror", None) or exc, getattr(exc, "filename", None) or "")
+    message = str(exc) if isinstance(exc, EngineError) else f"{exc.strerror or exc}: {exc.filename or ''}"
     return {"errorDetail": {"message": message}, "error": message}
 
 
-# --- reading files from an image (COPY --from) ------------------------------------------------------------------
+# --- reading files from an image or the context (COPY, COPY --from) ----------------------------------------------
 
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, archive.OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+class Found(NamedTuple):
+    """An entry of an ImageView: the layer that provides it, its path there and its lstat."""
+
+    layer: safepath.Root
+    rel: str
+    st: os.stat_result
+
+    def open(self) -> IO[bytes]:
+        return os.fdopen(self.layer.open(self.rel, os.O_RDONLY, follow=False), "rb")
 
 
 class ImageView:
-    """Read-only merged view of an image's layers (what overlayfs would show), without mounting anything."""
+    """Read-only merged view of layer directories (what overlayfs would show), without mounting anything.
+
+    Each layer is read through a ``safepath.Root`` that refuses symlinks: a link only means something in the merged
+    image, so ``resolve`` follows it here, against the view's own root. Lookups follow overlay's rules: a
+    non-directory or a whiteout in a layer hides everything below it, and an opaque directory hides the same
+    directory in the layers below. A build context is a view of one layer."""
 
     def __init__(self, layer_dirs: list[str]) -> None:
-        self.top_first = list(reversed(layer_dirs))
+        self.layers = [safepath.Root(d, follow_links=False) for d in reversed(layer_dirs)]
+        self._merged: dict[tuple[str, ...], list[safepath.Root]] = {(): self.layers}
 
-    def lstat(self, rel: str) -> tuple[str, os.stat_result] | None:
-        """(real path, stat) of ``rel`` in the topmost layer that has it; None if absent or whited out."""
-        parts = [p for p in rel.split("/") if p]
-        for layer in self.top_first:
-            path = os.path.join(layer, *parts)
+    def _dir_layers(self, parts: tuple[str, ...]) -> list[safepath.Root]:
+        """The layers whose copy of directory ``parts`` shows in the view, top first ([] if it is no directory)."""
+        if parts not in self._merged:
+            rel = "/".join(parts)
+            out: list[safepath.Root] = []
+            for layer in self._dir_layers(parts[:-1]):
+                try:
+                    st = layer.lstat(rel)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break  # a file, link or whiteout hides this path in every layer below
+                out.append(layer)
+                if layer.getxattr(rel, archive.OVERLAY_OPAQUE_XATTR) == b"y":
+                    break
+            self._merged[parts] = out
+        return self._merged[parts]
+
+    def lstat(self, rel: str) -> Found | None:
+        """The entry ``rel`` (its last component not followed) in the topmost layer that has it; None if absent or
+        whited out."""
+        parts = tuple(safepath.split(rel))
+        if not parts:
+            return Found(self.layers[0], "", self.layers[0].lstat("")) if self.layers else None
+        for layer in self._dir_layers(parts[:-1]):
             try:
-                st = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                if any(_opaque(os.path.join(layer, *parts[:n])) for n in range(1, len(parts))):
-                    return None
+                st = layer.lstat("/".join(parts))
+            except FileNotFoundError:
                 continue
-            return None if _is_whiteout(st) else (path, st)
+            return None if _is_whiteout(st) else Found(layer, "/".join(parts), st)
         return None
 
     def listdir(self, rel: str) -> list[str]:
-        parts = [p for p in rel.split("/") if p]
+        parts = tuple(safepath.split(rel))
         names: dict[str, bool] = {}
-        for layer in self.top_first:
-            path = os.path.join(layer, *parts)
-            if not os.path.isdir(path) or os.path.islink(path):
-                continue
-            for name in os.listdir(path):
+        for layer in self._dir_layers(parts):
+            for name in layer.listdir("/".join(parts)):
                 if name not in names:
-                    names[name] = not _is_whiteout(os.lstat(os.path.join(path, name)))
-            if _opaque(path):
-                break
+                    names[name] = not _is_whiteout(layer.lstat("/".join(parts + (name,))))
         return sorted(n for n, present in names.items() if present)
 
     def resolve(self, rel: str, depth: int = 0) -> str:
-        """Follow symlinks inside the image (scoped to its root) to the final relative path."""
-        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        """Follow symlinks inside the view (scoped to its root) to the final relative path."""
+        parts = safepath.split(rel)
         out: list[str] = []
         for i, part in enumerate(parts):
             if part == "..":
@@ -120,13 +144,22 @@ class ImageView:
                 continue
             out.append(part)
             found = self.lstat("/".join(out))
-            if found and stat.S_ISLNK(found[1].st_mode):
-                if depth > 40:
+            if found and stat.S_ISLNK(found.st.st_mode):
+                if depth > safepath.MAX_LINKS:
                     raise InvalidParameter(f"too many levels of symbolic links: {rel}")
-                target = os.readlink(found[0])
+                target = found.layer.readlink(found.rel)
                 base = "" if target.startswith("/") else "/".join(out[:-1])
                 return self.resolve(posixpath.join(base, target, *parts[i + 1:]), depth + 1)
         return "/".join(out)
+
+    def walk(self, rel: str = "") -> Iterator[str]:
+        """Every path below ``rel`` (merged), parents first; links are not entered."""
+        for name in self.listdir(rel):
+            child = posixpath.join(rel, name)
+            yield child
+            found = self.lstat(child)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                yield from self.walk(child)
 
 
 # --- the build ---------------------------------------------------------------------------------------------------
@@ -204,36 +237,42 @@ class Builder:
         rel = posixpath.normpath(self.dockerfile_path)
         if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
             raise InvalidParameter(f"forbidden path outside the build context: {self.dockerfile_path}")
-        path = self._context_file(rel)
-        if path is None and rel == "Dockerfile":
-            rel, path = "dockerfile", self._context_file("dockerfile")
-        if path is None:
+        text = self._context_text(rel)
+        if text is None and rel == "Dockerfile":
+            rel, text = "dockerfile", self._context_text("dockerfile")
+        if text is None:
             raise InvalidParameter(f"Cannot locate specified Dockerfile: {self.dockerfile_path}")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            instructions = dockerfile.parse(f.read())
+        instructions = dockerfile.parse(text)
         self._remove_ignored(".dockerignore", rel)
         return instructions
 
-    def _context_file(self, rel: str) -> str | None:
+    def _context_text(self, rel: str) -> str | None:
         """A regular file of the context (symlinks resolved inside it), or None."""
-        path = os.path.join(self.context, rel)
-        if os.path.isfile(path) and os.path.realpath(path).startswith(os.path.realpath(self.context) + "/"):
-            return path
-        return None
+        with safepath.Root(self.context) as root:
+            try:
+                fd = root.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+            return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
     def _remove_ignored(self, *names: str) -> None:
-        ignore_file = self._context_file(".dockerignore")
-        if ignore_file is None:
+        text = self._context_text(".dockerignore")
+        if text is None:
             return
-        with open(ignore_file, encoding="utf-8", errors="replace") as f:
-            patterns = ignore.read_patterns(f.read())
-        for name in names:
-            try:
-                gone = ignore.excluded(name, patterns)
-            except InvalidParameter:
-                return  # as dockerd: a pattern that does not compile removes nothing
-            if gone and os.path.lexists(os.path.join(self.context, name)):
-                os.unlink(os.path.join(self.context, name))
+        patterns = ignore.read_patterns(text)
+        with safepath.Root(self.context) as root:
+            for name in names:
+                try:
+                    gone = ignore.excluded(name, patterns)
+                except InvalidParameter:
+                    return  # as dockerd: a pattern that does not compile removes nothing
+                if gone and root.lexists(name):
+                    parent, base = root.open_parent(name)
+                    try:
+                        os.unlink(base, dir_fd=parent)
+                    finally:
+                        os.close(parent)
 
     def _plan(self, instructions: list[Instruction]) -> tuple[list[Instruction], list[Instruction]]:
         """Global ARGs, then the instructions up to the end of the target stage."""
@@ -405,10 +444,11 @@ class Builder:
 
     def _descends(self, image: Image, ancestor_id: str) -> bool:
         """Whether ``ancestor_id`` is ``image`` or one of its parents (dockerd's ``isParent``)."""
-        image_id = image.id
-        while image_id:
+        image_id, seen = image.id, set()
+        while image_id and image_id not in seen:  # parent links of loaded images are data: never loop on them
             if image_id == ancestor_id:
                 return True
+            seen.add(image_id)
             image_id = self.store.resolve(image_id).parent if self.store.exists(image_id) else ""
         return False
 
@@ -425,6 +465,8 @@ class Builder:
             step = source_history[len(history)]
             if step.get("created_by") != created_by:
                 continue
+            if not step.get("empty_layer") and len(diff_ids) >= len(source.diff_ids):
+                continue  # a history that names more layers than the image has: nothing to take from it
             self.cache_sources = [source]  # as dockerd: no jumping to another source half-way
             if len(source_history) == len(history) + 1:
                 if parent is not None:  # the source itself: it becomes the child of this build's parent
@@ -436,10 +478,9 @@ class Builder:
     def _restore(self, parent: Image | None, source: Image, history: list[dict], diff_ids: list[str],
                  config: dict) -> Image:
         """An intermediate image of ``source``: the parent plus the source's next step (and its layer)."""
+        if not history[-1].get("empty_layer"):  # the source's layers begin with the parent's (``_continues``)
+            diff_ids = diff_ids + [source.diff_ids[len(diff_ids)]]
         step = history[-1]
-        if not step.get("empty_layer"):
-            layer_index = sum(1 for entry in history[:-1] if not entry.get("empty_layer"))
-            diff_ids = diff_ids + [source.diff_ids[layer_index]]
         image = {key: source.config[key] for key in ("architecture", "os", "variant", "author", "os.version")
                  if key in source.config}
         image.update({"config": config, "created": step.get("created"), "history": history,
@@ -483,10 +524,13 @@ class Builder:
         """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
         path = stage.config.get("WorkingDir") or "/"
         view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        if path == "/" or view.lstat(view.resolve(path)) is not None:
+        inside = view.resolve(path)  # through the image's links, inside the image
+        if path == "/" or view.lstat(inside) is not None:
             return None
         staging = os.path.join(work, "upper")
-        self._make_parents(view, staging, path.strip("/") + "/")
+        os.makedirs(staging, exist_ok=True)
+        with safepath.Root(staging, follow_links=False) as layer:
+            self._make_parents(view, layer, inside + "/")
         return staging
 
     # --- RUN ---------------------------------------------------------------------------------------------------
@@ -534,7 +578,6 @@ class Builder:
             raise InvalidParameter(f"{ins.cmd} requires at least two arguments, but only one was provided. Destination "
                                    "could not be determined.")
         sources, dest = args[:-1], args[-1]
-        source_view: ImageView | None = None
         if "from" in ins.flags:
             other = self._stage_by_name(dockerfile.expand(ins.flags["from"], env))
             if other is not None:
@@ -542,98 +585,104 @@ class Builder:
             else:
                 image = yield from self._base_image(dockerfile.expand(ins.flags["from"], env))
             source_view = ImageView(image.layer_dirs() if image else [])
+        else:
+            source_view = ImageView([self.context])
+        in_context = "from" not in ins.flags
         owner = self._owner(stage, ins.flags.get("chown"))
         mode = int(ins.flags["chmod"], 8) if "chmod" in ins.flags else None
         workdir = stage.config.get("WorkingDir") or "/"
         dest_path = posixpath.normpath(posixpath.join(workdir, dest))
         dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
         parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        existing = parent_view.lstat(parent_view.resolve(dest_path))
-        if existing is not None and stat.S_ISDIR(existing[1].st_mode):
+        # The destination's links are followed inside the image (``/app -> /srv`` puts files in /srv, as Docker)
+        inside = parent_view.resolve(dest_path)
+        existing = parent_view.lstat(inside)
+        if existing is not None and stat.S_ISDIR(existing.st.st_mode):
             dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
-        plan: list[tuple[str, str, str]] = []  # (kind, real source path, target path inside the layer)
+        plan: list[tuple[str, Found, str]] = []  # (kind, source entry, target path inside the layer)
         for src in sources:
             if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
                 raise NotFound(f"ADD from a URL is not supported by this builder: {src}")
-            matches = self._glob(src, source_view)
+            matches = self._glob(src, source_view, in_context)
             if not matches:
                 raise NotFound("COPY failed: file not found in build context or excluded by .dockerignore: "
                                f"stat {src}: file does not exist")
             if len(matches) > 1:
                 dest_is_dir = True
-            for real, rel in matches:
-                target = dest_path.strip("/")
-                if os.path.isdir(real) and not os.path.islink(real):
-                    plan.extend(_plan_tree(real, target, source_view, rel))
-                elif ins.cmd == "ADD" and source_view is None and _is_tar(real):
-                    plan.append(("tar", real, target))
+            for found, rel in matches:
+                target = inside
+                if stat.S_ISDIR(found.st.st_mode):
+                    plan.extend(_plan_tree(source_view, found, target))
+                elif ins.cmd == "ADD" and in_context and _is_tar(found):
+                    plan.append(("tar", found, target))
                 else:
                     if dest_is_dir:
                         target = posixpath.join(target, posixpath.basename(rel))
-                    plan.append(("file", real, target))
+                    plan.append(("file", found, target))
         digest = _plan_digest(plan, owner, mode)
         created_by = f"{NOP}{ins.cmd} {'multi' if len(sources) > 1 else 'file'}:{digest} in {dest_path} "
         staging = os.path.join(work, "upper")
 
         def materialize() -> str:
-            self._make_parents(parent_view, staging, dest_path.strip("/") + ("/" if dest_is_dir else ""))
-            for kind, real, target in plan:
-                path = os.path.join(staging, target)
-                if kind == "tar":
-                    with open(real, "rb") as f:
-                        archive.extract_tree(f, path)
-                elif kind == "dir":
-                    _copy_dir(real, path, owner)
-                else:
-                    _copy_file(real, path, owner, mode)
+            """Writes go through a Root that refuses links: an entry copied earlier (a symlink ``x``) is replaced
+            by a later directory ``x``, as tar extraction does, never written through."""
+            os.makedirs(staging, exist_ok=True)
+            with safepath.Root(staging, follow_links=False) as layer:
+                self._make_parents(parent_view, layer, inside + ("/" if dest_is_dir else ""))
+                for kind, found, target in plan:
+                    if kind == "tar":
+                        folder = layer.makedirs(target, replace=True)
+                        try:
+                            with found.open() as f:
+                                archive.extract_tree(f, f"/proc/self/fd/{folder}")
+                        finally:
+                            os.close(folder)
+                    elif kind == "dir":
+                        _copy_dir(found, layer, target, owner)
+                    else:
+                        _copy_file(found, layer, target, owner, mode)
             return staging
 
         yield from self._cached_or_commit(stage, materialize, created_by)
 
-    def _glob(self, src: str, view: ImageView | None) -> list[tuple[str, str]]:
-        """(real path, relative path) pairs for a source; refuses anything outside the context or stage."""
+    @staticmethod
+    def _glob(src: str, view: ImageView, in_context: bool) -> list[tuple[Found, str]]:
+        """(entry, path as named) pairs for a source, its links followed inside the view (the context or stage)."""
+        if in_context and (posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == ".."):
+            raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
         clean = posixpath.normpath("/" + src).lstrip("/")
-        if view is None:
-            if posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == "..":
-                raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
-            root = os.path.realpath(self.context)
-            pattern = clean or "."
-            if any(c in pattern for c in "*?["):
-                candidates = sorted(_walk_rel(self.context))
-                rels = [r for r in candidates if fnmatch.fnmatchcase(r, pattern) and r.count("/") == pattern.count("/")]
-            else:
-                rels = [pattern] if os.path.lexists(os.path.join(self.context, pattern)) else []
-            out = []
-            for rel in rels:
-                real = os.path.realpath(os.path.join(self.context, rel))
-                if real != root and not real.startswith(root + "/"):
-                    raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
-                out.append((real, rel))
-            return out
-        resolved = view.resolve(clean)
-        found = view.lstat(resolved)
-        return [(found[0], resolved)] if found else []
+        if any(c in clean for c in "*?["):
+            rels = [r for r in view.walk() if fnmatch.fnmatchcase(r, clean) and r.count("/") == clean.count("/")]
+        else:
+            rels = [clean]
+        out = []
+        for rel in rels:
+            found = view.lstat(view.resolve(rel))
+            if found is not None:
+                out.append((found, rel))
+        return out
 
     @staticmethod
-    def _make_parents(view: ImageView, staging: str, rel: str) -> None:
+    def _make_parents(view: ImageView, layer: safepath.Root, rel: str) -> None:
         """Create the destination's parent dirs with the mode/owner they have in the image (not 0755 root)."""
-        os.makedirs(staging, exist_ok=True)
-        parts = [p for p in rel.split("/") if p]
+        parts = safepath.split(rel)
         if not rel.endswith("/"):
             parts = parts[:-1]
-        path = staging
-        for n, part in enumerate(parts):
-            path = os.path.join(path, part)
-            if os.path.isdir(path):
-                continue
-            os.mkdir(path)
-            found = view.lstat("/".join(parts[:n + 1]))
-            if found is not None and stat.S_ISDIR(found[1].st_mode):
-                os.chmod(path, stat.S_IMODE(found[1].st_mode))
-                os.lchown(path, found[1].st_uid, found[1].st_gid)
-                os.utime(path, ns=(found[1].st_atime_ns, found[1].st_mtime_ns))
-            else:
-                os.chmod(path, 0o755)
+        for n in range(1, len(parts) + 1):
+            path = "/".join(parts[:n])
+            try:
+                if stat.S_ISDIR(layer.lstat(path).st_mode):
+                    continue
+            except FileNotFoundError:
+                pass
+            os.close(layer.makedirs(path, 0o755, replace=True))
+            found = view.lstat(path)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                parent, name = layer.open_parent(path)
+                try:
+                    safepath.set_attrs(parent, name, found.st)
+                finally:
+                    os.close(parent)
 
     def _owner(self, stage: _Stage, spec: str | None) -> tuple[int, int]:
         """``--chown=user[:group]`` with numeric IDs or names from the image's /etc/passwd and /etc/group."""
@@ -650,8 +699,8 @@ class Builder:
         if name.isdigit():
             return int(name), int(name)
         found = view.lstat(view.resolve(table))
-        if found is not None:
-            with open(found[0], encoding="utf-8", errors="replace") as f:
+        if found is not None and stat.S_ISREG(found.st.st_mode):
+            with io.TextIOWrapper(found.open(), encoding="utf-8", errors="replace") as f:
                 for line in f:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
@@ -670,78 +719,70 @@ def _continues(source: Image, source_history: list[dict], history: list[dict], d
     return source_history[:len(history)] == history and source.diff_ids[:len(diff_ids)] == diff_ids
 
 
-def _plan_tree(src: str, target: str, view: ImageView | None, rel: str) -> Iterator[tuple[str, str, str]]:
+def _plan_tree(view: ImageView, found: Found, target: str) -> Iterator[tuple[str, Found, str]]:
     """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
-    yield "dir", src, target
-    names = view.listdir(rel) if view is not None else sorted(os.listdir(src))
-    for name in names:
-        child_rel = posixpath.join(rel, name)
-        if view is not None:
-            found = view.lstat(child_rel)
-            if found is None:
-                continue
-            child = found[0]
-        else:
-            child = os.path.join(src, name)
-        if os.path.isdir(child) and not os.path.islink(child):
-            yield from _plan_tree(child, posixpath.join(target, name), view, child_rel)
+    yield "dir", found, target
+    for name in view.listdir(found.rel):
+        child = view.lstat(posixpath.join(found.rel, name))
+        if child is None:
+            continue
+        if stat.S_ISDIR(child.st.st_mode):
+            yield from _plan_tree(view, child, posixpath.join(target, name))
         else:
             yield "file", child, posixpath.join(target, name)
 
 
-def _plan_digest(plan: list[tuple[str, str, str]], owner: tuple[int, int], mode: int | None) -> str:
+def _plan_digest(plan: list[tuple[str, Found, str]], owner: tuple[int, int], mode: int | None) -> str:
     """Content digest of a COPY/ADD: targets, modes, link targets and bytes (not times), as the cache key."""
     digest = hashlib.sha256(json.dumps([owner, mode]).encode())
-    for kind, real, target in plan:
-        st = os.lstat(real)
+    for kind, found, target in plan:
+        st = found.st
         digest.update((f"{kind}\0{target}\0{stat.S_IMODE(st.st_mode):o}\0").encode())
         if stat.S_ISLNK(st.st_mode):
-            digest.update(os.readlink(real).encode())
+            digest.update(found.layer.readlink(found.rel).encode())
         elif stat.S_ISREG(st.st_mode):
-            with open(real, "rb") as f:
+            with found.open() as f:
                 for chunk in iter(lambda: f.read(archive.COPY_CHUNK), b""):
                     digest.update(chunk)
     return digest.hexdigest()
 
 
-def _copy_dir(src: str, dst: str, owner: tuple[int, int]) -> None:
-    if not os.path.isdir(dst):
-        os.makedirs(dst, exist_ok=True)
-        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
-        os.lchown(dst, *owner)
-
-
-def _copy_file(src: str, dst: str, owner: tuple[int, int], mode: int | None) -> None:
-    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
-    st = os.lstat(src)
-    if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        return  # fifos, sockets and devices are not copied
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.lexists(dst):
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        else:
-            os.unlink(dst)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(src), dst)
-    else:
-        shutil.copyfile(src, dst)
-        os.chmod(dst, mode if mode is not None else stat.S_IMODE(st.st_mode))
-    os.lchown(dst, *owner)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _walk_rel(root: str) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for name in dirnames + filenames:
-            yield name if rel == "." else posixpath.join(rel, name)
-
-
-def _is_tar(path: str) -> bool:
-    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+def _copy_dir(src: Found, layer: safepath.Root, target: str, owner: tuple[int, int]) -> None:
+    """A source directory's own mode and the --chown owner, given only to a directory this step creates."""
     try:
-        with open(path, "rb") as f:
+        if stat.S_ISDIR(layer.lstat(target).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    folder = layer.makedirs(target, replace=True)
+    try:
+        os.fchmod(folder, stat.S_IMODE(src.st.st_mode))
+        os.fchown(folder, *owner)
+    finally:
+        os.close(folder)
+
+
+def _copy_file(src: Found, layer: safepath.Root, target: str, owner: tuple[int, int], mode: int | None) -> None:
+    """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
+    if not (stat.S_ISLNK(src.st.st_mode) or stat.S_ISREG(src.st.st_mode)):
+        return  # fifos, sockets and devices are not copied
+    folder = layer.makedirs(posixpath.dirname(target), replace=True)
+    source, source_name = src.layer.open_parent(src.rel)
+    name = posixpath.basename(target)
+    try:
+        st = safepath.copy_file_at(source, source_name, folder, name)
+        safepath.set_attrs(folder, name, st, *owner, mode=mode)
+    finally:
+        os.close(source)
+        os.close(folder)
+
+
+def _is_tar(found: Found) -> bool:
+    """ADD unpacks local archives (plain or compressed tars) instead of copying them."""
+    if not stat.S_ISREG(found.st.st_mode):
+        return False
+    try:
+        with found.open() as f:
             head = f.read(512)
     except OSError:
         return False
@@ -807,7 +848,7 @@ def _query_json(query: dict[str, list[str]], name: str, kind: type = dict, what:
         return kind()
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep, still the client's error
         raise InvalidParameter(f"{what}{exc}") from None
     if not isinstance(value, kind):
         raise InvalidParameter(f"{what}json: cannot unmarshal {type(value).__name__} into Go value")

@@ -67,7 +67,7 @@ def decode_auth(header: str | None) -> dict:
     try:
         raw = base64.b64decode(header + "=" * (-len(header) % 4), altchars=b"-_", validate=True)
         value = json.loads(raw or b"{}")
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         raise InvalidParameter("invalid X-Registry-Auth header") from None
     return value if isinstance(value, dict) else {}
 
@@ -765,7 +765,7 @@ def inspect_distribution(name: str, auth: dict | None = None,
                          options: RegistryOptions | None = None) -> dict:
     """``GET /distribution/{name}/json``: the registry's manifest descriptor for ``name`` and the platforms it
     serves (an index's entries, or the one platform of an image's config), as dockerd answers it."""
-    if reference.ID_RE.match(name) or (name.startswith("sha256:") and reference.ID_RE.match(name[7:])):
+    if reference.ID_RE.fullmatch(name) or (name.startswith("sha256:") and reference.ID_RE.fullmatch(name[7:])):
         raise EngineError("no manifest found for full image ID")
     ref = reference.parse(name)
     session = Session(ref, auth or {}, options or RegistryOptions(), "pull")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import copy
-import datetime
 import fnmatch
 import json
 import os
@@ -28,65 +27,38 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Callable, Union
 
+from runtime import timefmt
 from runtime.errors import Conflict, InvalidParameter, NotFound
+from runtime.filters import Args
 from runtime.images import archive, reference
 from runtime.images.dockerfile import apply_changes
 from runtime.images.media import LAYER_MEDIA, canonical_json, chain_id, chain_ids, host_platform, sha256_bytes
 from runtime.images.reference import Reference
+from runtime.linux.paths import private_dir
 
 InUse = Callable[[str], Union[str, bool, None]]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text: str | None) -> int:
-    """RFC 3339 (with nanoseconds, ``Z`` or an offset) -> unix seconds; 0 when absent or unparsable."""
-    if not text:
-        return 0
-    value = text.strip().replace("Z", "+00:00")
-    if "." in value:
-        head, _, tail = value.partition(".")
-        digits = ""
-        while tail and tail[0].isdigit():
-            digits, tail = digits + tail[0], tail[1:]
-        value = head + "." + (digits + "000000")[:6] + tail
-    try:
-        return int(datetime.datetime.fromisoformat(value).timestamp())
-    except ValueError:
-        return 0
+    """An image's ``created`` as whole unix seconds (0 when absent or unreadable), as the API reports it."""
+    return int(timefmt.parse_rfc3339_or(text))
 
 
-def _filter_values(filters: dict | None, key: str) -> list[str]:
-    """Docker filters come as ``{"k": ["v"]}`` or the older ``{"k": {"v": true}}``."""
-    value = (filters or {}).get(key)
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v]
-    if isinstance(value, str):
-        return [value]
-    return list(value)
+LIST_FILTERS = ("dangling", "label", "label!", "before", "since", "reference", "until")
+PRUNE_FILTERS = ("dangling", "label", "label!", "until")
 
 
-def _bool_filter(filters: dict | None, key: str) -> bool | None:
-    values = _filter_values(filters, key)
-    if not values:
-        return None
-    if values[0].lower() not in ("true", "false", "1", "0"):
-        raise InvalidParameter(f"invalid filter '{key}={values[0]}'")
-    return values[0].lower() in ("true", "1")
+def _reference_match(pattern: str, repo_tag: str) -> bool:
+    """moby's ``reference.FamiliarMatch``: Go's ``path.Match`` (``*`` stays inside one path component) against
+    the familiar ``name:tag``, then against the name alone."""
+    def match(name: str) -> bool:
+        return name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern)
 
-
-def _labels_match(labels: dict, wanted: list[str]) -> bool:
-    for item in wanted:
-        key, eq, value = item.partition("=")
-        if key not in labels or (eq and labels[key] != value):
-            return False
-    return True
+    return match(repo_tag) or match(repo_tag.rsplit(":", 1)[0])
 
 
 class Layer:
@@ -177,6 +149,7 @@ class ImageStore:
         self.lock = threading.RLock()
         self._pins: dict[str, int] = {}
         self._configs: dict[str, dict] = {}
+        private_dir(self.root, 0o700)  # configs, layers and the build cache: readable by root only, as dockerd's
         for sub in ("layers", "blobs/sha256", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         layout = os.path.join(self.root, "oci-layout")
@@ -440,23 +413,24 @@ class ImageStore:
         labels = image.container_config.get("Labels") or {}
         return {
             "Id": image.id, "ParentId": image.parent,
-            "RepoTags": image.repo_tags or ["<none>:<none>"],
-            "RepoDigests": image.repo_digests or (["<none>@<none>"] if not image.repo_tags else []),
+            "RepoTags": image.repo_tags, "RepoDigests": image.repo_digests,
             "Created": parse_time(image.config.get("created")), "Size": image.size, "SharedSize": -1,
             "VirtualSize": image.size, "Labels": labels, "Containers": -1,
         }
 
-    def list(self, all: bool = False, filters: dict | None = None) -> builtins.list[dict]:  # noqa: A002 - Docker's name
-        """``GET /images/json``: newest first; intermediate build images only with ``all``."""
-        dangling = _bool_filter(filters, "dangling")
-        labels = _filter_values(filters, "label")
-        patterns = _filter_values(filters, "reference")
+    def list(self, all: bool = False, filters: Args | None = None) -> builtins.list[dict]:  # noqa: A002 - Docker's name
+        """``GET /images/json``: newest first; intermediate build images only with ``all``.
+
+        Filters as moby's: ``dangling``, ``label``/``label!``, ``reference`` (glob on the familiar name), ``before``/
+        ``since`` (an image), ``until`` (a time)."""
+        args = Args.of(filters).validate(LIST_FILTERS)
+        dangling = args.get_bool("dangling", False) if args.contains("dangling") else None
+        patterns = args.get("reference")
+        until = args.until()
         with self.lock:
-            before = [parse_time(self._config(self._lookup(r)[0]).get("created"))
-                      for r in _filter_values(filters, "before")]
-            since = [parse_time(self._config(self._lookup(r)[0]).get("created"))
-                     for r in _filter_values(filters, "since")]
-            out = []
+            before = [self._created(r) for r in args.get("before")]
+            since = [self._created(r) for r in args.get("since")]
+            out: list[tuple[float, dict]] = []
             for image_id in self._index["images"]:
                 image = self._image(image_id)
                 untagged = not image.repo_tags and not image.repo_digests
@@ -464,17 +438,22 @@ class ImageStore:
                     continue
                 if dangling is not None and untagged != dangling:
                     continue
-                if patterns and not any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(t.rsplit(":", 1)[0], p)
-                                        for t in image.repo_tags for p in patterns):
+                if patterns and not any(_reference_match(p, t) for t in image.repo_tags for p in patterns):
                     continue
-                if labels and not _labels_match(image.container_config.get("Labels") or {}, labels):
+                if not args.match_labels(image.container_config.get("Labels") or {}):
                     continue
-                created = parse_time(image.config.get("created"))
+                created = timefmt.parse_rfc3339_or(image.config.get("created"))
                 if any(created >= b for b in before) or any(created <= s for s in since):
                     continue
-                out.append(self.summary(image))
-        out.sort(key=lambda s: s["Created"], reverse=True)
-        return out
+                if until is not None and created > until:
+                    continue
+                out.append((created, self.summary(image)))
+        out.sort(key=lambda item: item[0], reverse=True)  # to the nanosecond: images of one second keep their order
+        return [summary for _, summary in out]
+
+    def _created(self, ref: str) -> float:
+        """When the image ``ref`` names was created, to the nanosecond (``before``/``since`` compare it)."""
+        return timefmt.parse_rfc3339_or(self._config(self._lookup(ref)[0]).get("created"))
 
     def inspect(self, ref: str) -> dict:
         """``GET /images/{name}/json`` (ImageInspect)."""
@@ -539,7 +518,7 @@ class ImageStore:
     def _set_tag(self, ref: Reference, image_id: str) -> None:
         """Point ``ref`` at ``image_id`` (caller holds the lock and saves the index)."""
         self._index["tags"][str(ref)] = image_id
-        self._index["images"][image_id]["last_tag_time"] = now_rfc3339()
+        self._index["images"][image_id]["last_tag_time"] = timefmt.rfc3339_nano()
 
     def tag(self, ref: str, repo: str, tag: str | None = None) -> None:
         """``POST /images/{name}/tag``."""
@@ -623,11 +602,13 @@ class ImageStore:
         items.extend({"Deleted": chain} for chain in self._collect_layers())
         return items
 
-    def prune(self, filters: dict | None = None, in_use: InUse | None = None) -> dict:
-        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers."""
+    def prune(self, filters: Args | None = None, in_use: InUse | None = None) -> dict:
+        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers,
+        narrowed by ``label``/``label!`` and ``until`` as moby's."""
         in_use = in_use or (lambda _image_id: None)
-        dangling_only = _bool_filter(filters, "dangling")
-        labels = _filter_values(filters, "label")
+        args = Args.of(filters).validate(PRUNE_FILTERS)
+        dangling_only = args.get_bool("dangling", True)
+        until = args.until()
         deleted: list[dict] = []
         with self.lock:
             before = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
@@ -638,10 +619,12 @@ class ImageStore:
                     if image_id not in self._index["images"] or self._children(image_id) or in_use(image_id):
                         continue
                     refs = self._refs_of(image_id)
-                    if refs and dangling_only is not False:
+                    if refs and dangling_only:
                         continue
-                    if labels and not _labels_match(self._image(image_id).container_config.get("Labels") or {},
-                                                    labels):
+                    image = self._image(image_id)
+                    if not args.match_labels(image.container_config.get("Labels") or {}):
+                        continue
+                    if until is not None and timefmt.parse_rfc3339_or(image.config.get("created")) > until:
                         continue
                     for table, key in refs:
                         del self._index[table][key]
@@ -684,7 +667,7 @@ class ImageStore:
         else:
             base = dict(host_platform())
             base.update({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
-        created = now_rfc3339()
+        created = timefmt.rfc3339_nano()
         base["created"] = created
         if author:
             base["author"] = author

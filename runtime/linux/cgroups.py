@@ -43,6 +43,19 @@ def _keyed(path: str) -> dict[str, int]:
     return out
 
 
+def _write_if_exists(path: str, value: str) -> None:
+    if os.path.exists(path):
+        _write(path, value)
+
+
+def blkio_weight_file(blkio_dir: str) -> str | None:
+    """The v1 weight file the I/O scheduler offers (CFQ's blkio.weight, BFQ's blkio.bfq.weight), if any."""
+    for name in ("blkio.weight", "blkio.bfq.weight"):
+        if os.path.exists(os.path.join(blkio_dir, name)):
+            return os.path.join(blkio_dir, name)
+    return None
+
+
 def _int_or_none(path: str) -> int | None:
     try:
         text = _read(path)
@@ -73,6 +86,7 @@ class Cgroup:
 
     # Implemented by the subclasses.
     def create(self, resources: dict) -> None: raise NotImplementedError
+    def apply(self, resources: dict) -> None: raise NotImplementedError
     def join_path(self) -> list[str]: raise NotImplementedError
     def procs(self) -> list[int]: raise NotImplementedError
     def set_frozen(self, frozen: bool) -> None: raise NotImplementedError
@@ -164,37 +178,56 @@ class CgroupV1(Cgroup):
                 if not _read(target):
                     wanted = resources.get("CpusetCpus") if key == "cpuset.cpus" else resources.get("CpusetMems")
                     _write(target, wanted or self._inherited(cpuset, key))
-        mem = self.path("memory")
-        memory = resources.get("Memory") or 0
-        if mem and memory > 0:
-            swap = resources.get("MemorySwap") or 0
-            memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
-            limit = os.path.join(mem, "memory.limit_in_bytes")
-            total = -1 if swap == -1 else (swap if swap > 0 else 2 * memory)
-            # memsw must stay >= the memory limit at every step, so the order depends on the direction.
-            if os.path.exists(memsw):
-                _write(memsw, "-1")
-                _write(limit, str(memory))
-                _write(memsw, str(total))
-            else:
-                _write(limit, str(memory))
-        cpu = self.path("cpu")
-        if cpu:
-            if resources.get("CpuShares"):
-                _write(os.path.join(cpu, "cpu.shares"), str(resources["CpuShares"]))
-            period, quota = cpu_quota(resources)
-            if quota > 0:
-                _write(os.path.join(cpu, "cpu.cfs_period_us"), str(period))
-                _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
         devices = self.path("devices")
         if devices and not resources.get("Privileged"):
             _write(os.path.join(devices, "devices.deny"), "a")
             for rule in DEFAULT_DEVICE_RULES + tuple(resources.get("DeviceRules") or ()):
                 _write(os.path.join(devices, "devices.allow"), rule)
+        self.apply(resources)
+
+    def apply(self, resources: dict) -> None:
+        """Sets every limit to what ``resources`` says (unset means unlimited), on a new or a running group."""
+        mem = self.path("memory")
+        if mem:
+            memory = resources.get("Memory") or 0
+            swap = resources.get("MemorySwap") or 0
+            memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
+            limit = os.path.join(mem, "memory.limit_in_bytes")
+            total = -1 if swap == -1 or memory <= 0 else (swap if swap > 0 else 2 * memory)
+            # memsw must stay >= the memory limit at every step: lift it, set the limit, then set it.
+            if os.path.exists(memsw):
+                _write(memsw, "-1")
+                _write(limit, str(memory if memory > 0 else -1))
+                _write(memsw, str(total))
+            else:
+                _write(limit, str(memory if memory > 0 else -1))
+            _write_if_exists(os.path.join(mem, "memory.soft_limit_in_bytes"),
+                             str(resources.get("MemoryReservation") or -1))
+        cpu = self.path("cpu")
+        if cpu:
+            if resources.get("CpuShares"):
+                _write(os.path.join(cpu, "cpu.shares"), str(resources["CpuShares"]))
+            period, quota = cpu_quota(resources)
+            quota_file = os.path.join(cpu, "cpu.cfs_quota_us")
+            if os.path.exists(quota_file):
+                _write(quota_file, "-1")  # a period shorter than the old quota would be refused
+                _write(os.path.join(cpu, "cpu.cfs_period_us"), str(period))
+                if quota > 0:
+                    _write(quota_file, str(quota))
+        cpuset = self.path("cpuset")
+        if cpuset:
+            for key, name in (("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")):
+                if resources.get(key):
+                    _write(os.path.join(cpuset, name), resources[key])
         pids = self.path("pids")
-        limit_pids = resources.get("PidsLimit") or 0
-        if pids and limit_pids > 0:
-            _write(os.path.join(pids, "pids.max"), str(limit_pids))
+        if pids:
+            limit_pids = resources.get("PidsLimit") or 0
+            _write(os.path.join(pids, "pids.max"), str(limit_pids) if limit_pids > 0 else "max")
+        blkio = self.path("blkio")
+        if blkio and resources.get("BlkioWeight"):
+            weight = blkio_weight_file(blkio)
+            if weight:
+                _write(weight, str(resources["BlkioWeight"]))
 
     @staticmethod
     def _inherited(path: str, key: str) -> str:
@@ -283,21 +316,35 @@ class CgroupV2(Cgroup):
                 pass  # a parent that holds processes cannot delegate; limits below it are then unavailable
             parent = os.path.join(parent, part)
             os.makedirs(parent, exist_ok=True)
+        self.apply(resources)
+
+    def apply(self, resources: dict) -> None:
+        """Sets every limit to what ``resources`` says (unset means unlimited); files of a controller the parent
+        did not delegate are absent and skipped, as the limits then are."""
         memory = resources.get("Memory") or 0
-        if memory > 0:
-            _write(os.path.join(self.dir, "memory.max"), str(memory))
-            swap = resources.get("MemorySwap") or 0
-            swap_file = os.path.join(self.dir, "memory.swap.max")
-            if os.path.exists(swap_file):
-                _write(swap_file, "max" if swap == -1 else str(max(swap - memory, 0) if swap > 0 else memory))
+        swap = resources.get("MemorySwap") or 0
+        _write_if_exists(os.path.join(self.dir, "memory.max"), str(memory) if memory > 0 else "max")
+        _write_if_exists(os.path.join(self.dir, "memory.swap.max"), "max" if swap == -1 or memory <= 0 else
+                         str(max(swap - memory, 0) if swap > 0 else memory))
+        reservation = resources.get("MemoryReservation") or 0
+        _write_if_exists(os.path.join(self.dir, "memory.low"), str(reservation) if reservation > 0 else "0")
         if resources.get("CpuShares"):
             shares = resources["CpuShares"]
-            _write(os.path.join(self.dir, "cpu.weight"), str(max(1, min(10000, 1 + ((shares - 2) * 9999) // 262142))))
+            _write_if_exists(os.path.join(self.dir, "cpu.weight"),
+                             str(max(1, min(10000, 1 + ((shares - 2) * 9999) // 262142))))
         period, quota = cpu_quota(resources)
-        if quota > 0:
-            _write(os.path.join(self.dir, "cpu.max"), f"{quota} {period}")
-        if (resources.get("PidsLimit") or 0) > 0:
-            _write(os.path.join(self.dir, "pids.max"), str(resources["PidsLimit"]))
+        _write_if_exists(os.path.join(self.dir, "cpu.max"), f'{quota if quota > 0 else "max"} {period}')
+        for key, name in (("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")):
+            if resources.get(key):
+                _write_if_exists(os.path.join(self.dir, name), resources[key])
+        limit_pids = resources.get("PidsLimit") or 0
+        _write_if_exists(os.path.join(self.dir, "pids.max"), str(limit_pids) if limit_pids > 0 else "max")
+        weight = resources.get("BlkioWeight") or 0
+        if weight:
+            if os.path.exists(os.path.join(self.dir, "io.bfq.weight")):
+                _write(os.path.join(self.dir, "io.bfq.weight"), str(weight))
+            else:  # runc's conversion of the blkio range (10-1000) to io.weight's (1-10000)
+                _write_if_exists(os.path.join(self.dir, "io.weight"), f"default {1 + (weight - 10) * 9999 // 990}")
 
     def procs(self) -> list[int]:
         try:
@@ -365,6 +412,42 @@ def layout() -> tuple:
         else:
             _layout = ("none", {})
     return _layout
+
+
+def supports_swap_limit() -> bool:
+    """Whether memory+swap can be limited (v1 needs swap accounting; v2 the memory controller)."""
+    kind, where = layout()
+    if kind == "v1":
+        return "memory" in where and os.path.exists(os.path.join(where["memory"], "memory.memsw.limit_in_bytes"))
+    return kind == "v2" and "memory" in _root_controllers(where)
+
+
+def _root_controllers(root: str) -> list[str]:
+    try:
+        return _read(os.path.join(root, "cgroup.controllers")).split()
+    except OSError:
+        return []
+
+
+def cpuset_available() -> tuple:
+    """(cpus, memory nodes) containers may be pinned to, as lists like ``0-3`` (moby's sysinfo.Cpus/Mems)."""
+    kind, where = layout()
+    directory, suffix = (where.get("cpuset"), "") if kind == "v1" else (where or None, ".effective")
+    if directory:
+        try:
+            return (_read(os.path.join(directory, "cpuset.cpus" + suffix)),
+                    _read(os.path.join(directory, "cpuset.mems" + suffix)))
+        except OSError:
+            pass
+    return ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0))), "0"
+
+
+def supports_blkio_weight() -> bool:
+    """Whether a block I/O weight can be set (docker info's "No blkio weight support" warning otherwise)."""
+    kind, where = layout()
+    if kind == "v1":
+        return "blkio" in where and blkio_weight_file(where["blkio"]) is not None
+    return kind == "v2" and "io" in _root_controllers(where)
 
 
 def controls_devices() -> bool:

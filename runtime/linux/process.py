@@ -7,16 +7,16 @@ pivot_root the host's Python library is out of reach), and it reports failure as
 from __future__ import annotations
 
 import os
+import posixpath
 import resource
 import signal
 import socket
 import stat
 from typing import NoReturn
 
-from runtime.linux import seccomp
+from runtime.linux import safepath, seccomp
 from runtime.linux import syscalls as sc
 from runtime.linux.cgroups import controls_devices, open_cgroup
-from runtime.linux.paths import mkdir_in_root, secure_join
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -76,10 +76,10 @@ def receive_console(console: socket.socket) -> int | None:
     return fds[0] if fds else None
 
 
-def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
-    dev = os.path.join(rootfs, "dev")
-    os.makedirs(dev, exist_ok=True)
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+def _mount_dev(root: safepath.Root, tty: bool, shm_size: int) -> None:
+    _mount_at(root, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    fd = root.open("/dev", os.O_PATH | os.O_DIRECTORY)  # the fresh tmpfs: only we write in it
+    dev = safepath.fd_path(fd)
     for name, major, minor in DEVICES:
         os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(os.path.join(dev, name), 0o666)
@@ -99,27 +99,110 @@ def _mount_dev(rootfs: str, tty: bool, shm_size: int) -> None:
         os.symlink(target, os.path.join(dev, name))
     if tty:
         open(os.path.join(dev, "console"), "w").close()
+    os.close(fd)
 
 
-def _bind(source: str, rootfs: str, target: str, readonly: bool, recursive: bool = True) -> None:
-    if os.path.isdir(source):
-        host_target = mkdir_in_root(rootfs, target)
-    else:
-        mkdir_in_root(rootfs, os.path.dirname(target) or "/")
-        host_target = secure_join(rootfs, target)
-        if not os.path.lexists(host_target):
-            open(host_target, "a").close()
-    sc.mount(source, host_target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
-    if readonly:
-        sc.mount(None, host_target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+def _mount_at(root: safepath.Root, target: str, source: str | None, fstype: str | None, flags: int = 0,
+              data: str | None = None, directory: bool = True) -> None:
+    """mount(2) onto ``target`` resolved inside the root and named by its fd, so that a link swapped in by
+    anyone sharing a volume cannot move the mount elsewhere (the runc CVE-2021-30465 class)."""
+    fd = root.mount_point(target, directory)
+    try:
+        sc.mount(source, safepath.fd_path(fd), fstype, flags, data)
+    finally:
+        os.close(fd)
 
 
-def _copy_up(source: str, rootfs: str, target: str) -> None:
-    """A new named volume starts with the image's content at its mount point, as with Docker."""
-    import shutil  # here, before pivot_root, so the host library is still reachable
-    image_dir = secure_join(rootfs, target)
-    if os.path.isdir(image_dir) and not os.listdir(source):
-        shutil.copytree(image_dir, source, symlinks=True, dirs_exist_ok=True)
+PROPAGATION_FLAGS = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC, "shared": sc.MS_SHARED,
+    "rshared": sc.MS_SHARED | sc.MS_REC, "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+}
+TMPFS_FLAGS = {  # mount(8) words that are flags, not tmpfs data: (set, clear)
+    "ro": (sc.MS_RDONLY, 0), "rw": (0, sc.MS_RDONLY), "nosuid": (sc.MS_NOSUID, 0), "suid": (0, sc.MS_NOSUID),
+    "nodev": (sc.MS_NODEV, 0), "dev": (0, sc.MS_NODEV), "noexec": (sc.MS_NOEXEC, 0), "exec": (0, sc.MS_NOEXEC),
+    "sync": (sc.MS_SYNCHRONOUS, 0), "async": (0, sc.MS_SYNCHRONOUS), "noatime": (sc.MS_NOATIME, 0),
+    "atime": (0, sc.MS_NOATIME), "nodiratime": (sc.MS_NODIRATIME, 0), "diratime": (0, sc.MS_NODIRATIME),
+    "strictatime": (sc.MS_STRICTATIME, 0),
+}
+
+
+def tmpfs_flags(options: str, readonly: bool) -> tuple[int, str]:
+    """(mount flags, data) of a tmpfs: Docker's defaults noexec, nosuid, nodev, then the options in order."""
+    flags = sc.MS_NOEXEC | sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if readonly else 0)
+    data = []
+    for word in filter(None, (options or "").split(",")):
+        if word in TMPFS_FLAGS:
+            on, off = TMPFS_FLAGS[word]
+            flags = (flags | on) & ~off
+        elif word not in PROPAGATION_FLAGS:
+            data.append(word)
+    return flags, ",".join(data)
+
+
+def mount_of(path: str) -> tuple[str, list[str]]:
+    """(mount point, optional fields such as ``shared:3``) of the mount holding ``path``, from mountinfo."""
+    path = os.path.realpath(path)
+    best: tuple[str, list[str]] = ("/", [])
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            optional = fields[6:fields.index("-")]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, optional)
+    return best
+
+
+def propagation_problem(source: str, propagation: str) -> str | None:
+    """dockerd's ensureShared/ensureSharedOrSlave: a shared (slave) bind needs a shared (or slave) source mount."""
+    if propagation not in ("shared", "rshared", "slave", "rslave"):
+        return None
+    point, optional = mount_of(source)
+    if any(field.startswith("shared:") for field in optional):
+        return None
+    if propagation.endswith("shared"):
+        return f"path {source} is mounted on {point} but it is not a shared mount"
+    if any(field.startswith("master:") for field in optional):
+        return None
+    return f"path {source} is mounted on {point} but it is not a shared or slave mount"
+
+
+def bind_mount(source: str, root: safepath.Root, target: str, readonly: bool, recursive: bool = True,
+               propagation: str = "") -> None:
+    """``source`` bind-mounted on ``target`` inside the root (read-only and with a propagation if asked)."""
+    _mount_at(root, target, source, None, sc.MS_BIND | (sc.MS_REC if recursive else 0),
+              directory=os.path.isdir(source))
+    if readonly or propagation:  # these need the new mount itself: looked up again, through it
+        fd = root.open(target, os.O_PATH)
+        try:
+            if propagation:
+                sc.mount(None, safepath.fd_path(fd), None, PROPAGATION_FLAGS[propagation])
+            if readonly:
+                sc.mount(None, safepath.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        finally:
+            os.close(fd)
+
+
+def seed_volume(volume: str, root: safepath.Root, target: str) -> None:
+    """An empty volume starts with the image's content at its mount point, as with Docker: owners, modes, times and
+    symlinks, and its root gets the owner and mode of the image's folder (so ``-u postgres`` can write in it)."""
+    try:
+        image_dir = root.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        dest = os.open(volume, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if os.listdir(dest):
+                return
+            safepath.copy_tree(image_dir, dest)
+            st = os.fstat(image_dir)
+            os.fchown(dest, st.st_uid, st.st_gid)
+            os.fchmod(dest, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(dest)
+    finally:
+        os.close(image_dir)
 
 
 def _mask(privileged: bool) -> None:
@@ -144,46 +227,59 @@ def _mask(privileged: bool) -> None:
 def prepare_root(spec: dict) -> None:
     """Mounts the container's filesystem tree and pivots into it. Runs in the new mount namespace."""
     rootfs = spec["rootfs"]
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # Like runc with the rootfs propagation dockerd picks: shared when a bind is shared, slave when one is a slave
+    # (mounts then keep their tie to the host's), else private; the mount holding the root filesystem is made
+    # private either way, so the container's own mounts never appear on the host and pivot_root is allowed.
+    wanted = {m.get("propagation", "").lstrip("r") for m in spec["mounts"]}
+    propagation = "shared" if "shared" in wanted else "slave" if "slave" in wanted else "private"
+    sc.mount(None, "/", None, sc.MS_REC | PROPAGATION_FLAGS[propagation])
+    if propagation == "shared":
+        sc.mount(None, mount_of(os.path.dirname(rootfs))[0], None, sc.MS_PRIVATE)
     lower = ":".join(spec["lower"])
     # Image layers may hold device nodes (``docker import`` of a debootstrap tree). Without a devices cgroup to
     # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
     guard = not spec["privileged"] and not spec.get("devices") and not controls_devices()
     sc.mount("overlay", rootfs, "overlay", sc.MS_NODEV if guard else 0,
              f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']}")
-    proc = mkdir_in_root(rootfs, "/proc")
-    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    root = safepath.Root(rootfs)  # the overlay: every mount point below is resolved inside it
+    _mount_at(root, "/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for key, value in (spec.get("sysctls") or {}).items():  # namespaced ones only, before /proc/sys turns ro
-        with open(os.path.join(proc, "sys", *key.split(".")), "w") as f:
+        fd = root.open("/proc/sys/" + key.replace(".", "/"), os.O_WRONLY)
+        with os.fdopen(fd, "w") as f:
             f.write(str(value))
-    _mount_dev(rootfs, spec["tty"], spec.get("shm_size") or 67108864)
-    sys_dir = mkdir_in_root(rootfs, "/sys")
+    _mount_dev(root, spec["tty"], spec.get("shm_size") or 67108864)
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec["privileged"] else sc.MS_RDONLY)
     try:
-        sc.mount("sysfs", sys_dir, "sysfs", flags)
+        _mount_at(root, "/sys", "sysfs", "sysfs", flags)
     except OSError:  # sysfs of another network namespace cannot be mounted here: show the host's, read-only
-        sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(None, sys_dir, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        bind_mount("/sys", root, "/sys", True)
     for name, source in spec["etc"].items():
-        _bind(source, rootfs, "/etc/" + name, False, recursive=False)
+        bind_mount(source, root, "/etc/" + name, False, recursive=False)
     for dev in spec.get("devices") or []:  # --device: the node itself; the devices cgroup allows its use
-        mkdir_in_root(rootfs, os.path.dirname(dev["path"]))
-        node = secure_join(rootfs, dev["path"])
-        if os.path.lexists(node):
-            os.unlink(node)
-        os.mknod(node, 0o666 | (stat.S_IFBLK if dev["type"] == "b" else stat.S_IFCHR),
-                 os.makedev(dev["major"], dev["minor"]))
+        parent = root.makedirs(posixpath.dirname(dev["path"]))
+        name = posixpath.basename(dev["path"])
+        try:
+            safepath.clear(parent, name)
+            os.mknod(name, 0o666 | (stat.S_IFBLK if dev["type"] == "b" else stat.S_IFCHR),
+                     os.makedev(dev["major"], dev["minor"]), dir_fd=parent)
+        finally:
+            os.close(parent)
     for m in spec["mounts"]:
         if m["type"] == "tmpfs":
-            target = mkdir_in_root(rootfs, m["target"])
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.get("options") or "mode=1777")
+            _mount_at(root, m["target"], "tmpfs", "tmpfs", *tmpfs_flags(m.get("options") or "mode=1777",
+                                                                       m["readonly"]))
             continue
         if m.get("copy_up"):
-            _copy_up(m["source"], rootfs, m["target"])
-        _bind(m["source"], rootfs, m["target"], m["readonly"])
-    mkdir_in_root(rootfs, spec.get("cwd") or "/")  # WorkingDir exists even when the root turns read-only
+            seed_volume(m["source"], root, m["target"])
+        bind_mount(m["source"], root, m["target"], m["readonly"], propagation=m.get("propagation", ""))
+    os.close(root.makedirs(spec.get("cwd") or "/"))  # WorkingDir exists even when the root turns read-only
+    root.close()
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
     os.chdir(rootfs)
     sc.pivot_root(".", ".")
+    os.fchdir(old_root)  # as runc: "." is then surely the old root, made a slave so its unmounts stay here
+    os.close(old_root)
+    sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
     sc.umount(".", sc.MNT_DETACH)
     os.chdir("/")
     _mask(spec["privileged"])
@@ -329,7 +425,8 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
     try:
         env = become_user(spec)
         if spec.get("init"):
-            sc.set_process_name("init")  # before the fork: the command may look at PID 1 at once
+            # before the fork: the command may look at PID 1 at once
+            sc.set_process_title("init -- " + " ".join(spec["args"]), "init")
             target = [0]
             forward_signals(target)
             child = os.fork()
@@ -391,6 +488,7 @@ def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
+        sc.set_process_title("machines-exec " + spec["id"], "exec-" + spec["id"][:10])
         fds = [(os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY), flag) for ns, flag in (
             ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
             ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]

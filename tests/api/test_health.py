@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -17,21 +16,9 @@ import pytest
 
 from tests.support import busybox
 
-from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, start_daemon
+from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, poll, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
-
-
-def poll(what: str, predicate: Callable[[], object], limit: float = 30.0) -> object:
-    """Waits (bounded) for a state; fails naming the state it never reached."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"never reached: {what}")
-        time.sleep(0.05)
 
 
 def health(daemon: Daemon, ref: str) -> dict | None:
@@ -99,7 +86,9 @@ def test_bad_filter_value_and_create_validation(daemon: Daemon, image: str, name
         cases = [({"Test": ["CMD", "true"], "Interval": 500_000}, "Interval in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Timeout": -1}, "Timeout in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Retries": -1}, "Retries in Healthcheck cannot be negative"),
-                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms")]
+                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms"),
+                 ({"Test": ["CMD", "true"], "Interval": "5s"}, "json: cannot unmarshal string into Go struct field "
+                                                               "HealthConfig.Healthcheck.Interval of type time.Duration")]
         for check, message in cases:
             with pytest.raises(docker.errors.APIError) as failed:
                 client.create_container(image, "true", name=name, healthcheck=check)

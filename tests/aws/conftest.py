@@ -1,6 +1,8 @@
 """Fixtures for the AWS driver's tests: one moto server per test session (per xdist worker), reset per test.
 
-The server runs with moto's validation switched on so bad AMIs, key names and instance types get AWS's errors.
+The server runs with moto's validation switched on so bad AMIs, key names and instance types get AWS's errors, and
+the driver reaches it only through ``ConsistencyProxy``: new ids stay NotFound and out of Describe lists for
+``CONSISTENCY_DELAY`` seconds, as EC2's eventual consistency has them. What a test inspects comes from moto directly.
 Every test runs with fake credentials, no shared AWS files and the instance metadata service disabled, so nothing
 ever leaves the machine. ``world`` adds a bridge with a VPC and subnet in its range and the data plane that puts
 a real SSH host behind each instance; tests connect only to those private addresses, never to moto's public ones.
@@ -8,6 +10,8 @@ a real SSH host behind each instance; tests connect only to those private addres
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import subprocess
@@ -19,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto
 import pytest
 
 from drivers.nshost import Bridge
 from tests.support.cli import create_flags
 
+from .consistency import ConsistencyProxy
 from .dataplane import DataPlane
 
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
@@ -33,18 +39,31 @@ VALIDATION = {
     "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
 }
 REGION = "us-east-1"
+CONSISTENCY_DELAY = 2.0  # seconds EC2 takes to agree with itself in these tests (real EC2: usually seconds)
+# An arm64 Ubuntu image as Canonical publishes them: moto's own catalogue has none, the driver must pick it for arm64.
+ARM64_IMAGE = {
+    "ami_id": "ami-0a1b2c3d4e5f60718", "architecture": "arm64", "description": "Canonical, Ubuntu, 24.04, arm64",
+    "hypervisor": "xen", "image_type": "machine", "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20250115",
+    "owner_id": "099720109477", "platform": None, "public": True, "root_device_name": "/dev/sda1",
+    "root_device_type": "ebs", "sriov": "simple", "state": "available", "virtualization_type": "hvm",
+    "creation_date": "2025-01-15T00:00:00.000Z",
+}
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start ``moto_server`` on a free loopback port and yield its URL; stopped by its PID at the end."""
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    folder = tmp_path_factory.mktemp("moto")
+    log_path = folder / "moto.log"
+    amis_path = folder / "amis.json"
+    with gzip.open(Path(moto.__file__).parent / "ec2" / "resources" / "amis.json.gz") as catalogue:
+        amis_path.write_text(json.dumps(json.load(catalogue) + [ARM64_IMAGE]))
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", "0"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **VALIDATION},
+            env={**os.environ, **VALIDATION, "MOTO_AMIS_PATH": str(amis_path)},
         )
     try:
         url = _wait_for_url(log_path, process)
@@ -84,12 +103,23 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     return values
 
 
-class MotoCloud:
-    """The moto server as a test sees it: its URL, a boto3 client, and what of ours is left in it."""
+@pytest.fixture(scope="session")
+def consistency(moto_endpoint: str) -> Iterator[ConsistencyProxy]:
+    proxy = ConsistencyProxy(moto_endpoint, CONSISTENCY_DELAY)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.client = boto3.client("ec2", endpoint_url=endpoint, region_name=REGION)
+
+class MotoCloud:
+    """The cloud as a test sees it: the lagging endpoint drivers use, a boto3 client on moto itself (the truth),
+    and what of ours is left in it."""
+
+    def __init__(self, moto_url: str, proxy: ConsistencyProxy) -> None:
+        self.proxy = proxy
+        self.endpoint = proxy.url
+        self.client = boto3.client("ec2", endpoint_url=moto_url, region_name=REGION)
 
     def leftovers(self) -> dict[str, list[str]]:
         """Live instances, key pairs and security groups other than ``default``: empty lists after a cleanup."""
@@ -108,12 +138,13 @@ NOTHING: dict[str, list[str]] = {"instances": [], "key_pairs": [], "security_gro
 
 
 @pytest.fixture
-def cloud(moto_endpoint: str, aws_env: dict[str, str]) -> MotoCloud:
-    """A clean moto (reset before the test)."""
+def cloud(moto_endpoint: str, consistency: ConsistencyProxy, aws_env: dict[str, str]) -> MotoCloud:
+    """A clean moto (reset before the test) behind a proxy with the default lag."""
     request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
     with urllib.request.urlopen(request, timeout=30):
         pass
-    return MotoCloud(moto_endpoint)
+    consistency.reset(CONSISTENCY_DELAY)
+    return MotoCloud(moto_endpoint, consistency)
 
 
 class World:

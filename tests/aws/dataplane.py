@@ -10,6 +10,7 @@ instance runs again, and removes it when the instance is terminated (or vanishes
 from __future__ import annotations
 
 import base64
+import gzip
 import ipaddress
 import logging
 import threading
@@ -91,10 +92,12 @@ class DataPlane:
     def _boot(self, instance: dict[str, Any]) -> IsolatedHost:
         """A host for a newly launched instance, configured from its user data as cloud-init would."""
         attribute = self.client.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
-        user_data = base64.b64decode(attribute["UserData"].get("Value", "")).decode()
+        user_data = base64.b64decode(attribute["UserData"].get("Value", ""))
+        if user_data[:2] == b"\x1f\x8b":  # gzipped, as the driver sends user data over 16 KB: cloud-init unpacks it
+            user_data = gzip.decompress(user_data)
         authorized: list[str] = []
         host_keys: dict[str, str] = {}
-        for config in cloud_configs(user_data):
+        for config in cloud_configs(user_data.decode()):
             authorized += config.get("ssh_authorized_keys") or []
             host_keys.update(config.get("ssh_keys") or {})
         tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}

@@ -19,6 +19,8 @@ from drivers.nshost import Bridge
 from .dataplane import AzureDataPlane
 from .fakearm import FakeArm
 
+NIC_RESERVATION_SECONDS = 3.0  # Azure holds a failed VM's NIC about 180 s; the undo's retry is the same for 3
+
 
 @pytest.fixture(scope="session")
 def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArm]:
@@ -37,6 +39,7 @@ def arm(fake_arm: FakeArm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
             monkeypatch.delenv(name)
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "az-config-absent"))
     fake_arm.reset()
+    fake_arm.nic_reservation_seconds = NIC_RESERVATION_SECONDS
     yield fake_arm
     fake_arm.reset()
 

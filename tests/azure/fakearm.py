@@ -6,10 +6,26 @@ keeps resources as ARM JSON in memory and enforces the rules whose violation wou
 a NIC held by a VM, a public IP or NSG held by a NIC, a subnet holding NICs cannot be deleted; references must
 exist; a static private address must lie in its subnet and be free.
 
-Mutating calls answer like ARM's long-running operations: ``201``/``202`` with ``Azure-AsyncOperation`` (and
-``Location`` for deletes and actions) pointing at an operation that is ``InProgress`` at the first poll and
-``Succeeded`` (or ``Failed``, for an injected fault) after. ``listener`` hears about VM lifecycle changes so a
-data plane can run a real host behind each VM.
+Mutating calls answer with the long-running-operation headers ARM sends for each of them: a resource group PUT is
+synchronous and its DELETE is ``202`` with ``Location`` only; other PUTs are ``201``/``200`` with
+``Azure-AsyncOperation``; other DELETEs and VM actions are ``202`` with both ``Azure-AsyncOperation`` and
+``Location``; every 201/202 and in-progress poll carries ``Retry-After``. An operation is ``InProgress`` at the first
+poll and ``Succeeded`` (or ``Failed``, for an injected fault) after; a ``Location`` poll is ``202`` until then.
+
+It is as strict as Azure where the driver must cope (each rule configurable on the instance):
+
+* the resource SKUs API lists each VM size with this subscription's restrictions (``restricted_sizes``), and a VM
+  of a restricted size is refused with ``SkuNotAvailable``;
+* after a VM create fails, its NIC stays reserved for that VM for ``nic_reservation_seconds`` (Azure: 180):
+  deleting it or giving it to another VM is refused with ``NicReservedForAnotherVm``;
+* ``publicKeys`` takes RSA keys of 2048 bits or more only (ed25519 refused, as Azure did), custom data at most
+  87380 base64 characters (64 KiB), VM names and Linux computer names by Azure's rules;
+* a NIC must be in its vnet's region; a namespace in ``unregistered`` refuses PUTs with
+  ``MissingSubscriptionRegistration``;
+* ``cloud`` picks the api-versions served per provider namespace (US Government and China lag public Azure): any
+  other is refused with ``NoRegisteredProviderFound``, as ARM does.
+
+``listener`` hears about VM lifecycle changes so a data plane can run a real host behind each VM.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +58,28 @@ IMAGES: dict[tuple[str, str, str], list[str]] = {  # (publisher, offer, sku) -> 
     ("canonical", "ubuntu-24_04-lts", "server"): ["24.04.202501140"],
 }
 PUBLIC_RANGE = ipaddress.ip_network("198.18.0.0/24")  # benchmark range: looks public, never routed from here
+# The api-versions each cloud serves per provider namespace; None: any (public Azure serves what the SDKs send).
+# The sovereign clouds' lists end earlier, as theirs do.
+SERVED_VERSIONS: dict[str, dict[str, list[str]] | None] = {
+    "AzurePublicCloud": None,
+    "AzureUSGovernmentCloud": {
+        "microsoft.compute": ["2021-07-01", "2023-04-02", "2023-09-01", "2024-03-01", "2024-07-01"],
+        "microsoft.network": ["2023-09-01", "2024-01-01", "2024-03-01", "2024-05-01"],
+    },
+    "AzureChinaCloud": {
+        "microsoft.compute": ["2021-07-01", "2022-03-02", "2023-04-02", "2023-09-01", "2024-03-01"],
+        "microsoft.network": ["2023-06-01", "2023-09-01", "2024-01-01"],
+    },
+}
+PROVIDER_TYPES = {  # resource types each provider namespace lists (the ones the driver uses)
+    "microsoft.compute": ("Microsoft.Compute", ["virtualMachines", "disks", "skus", "locations/vmSizes",
+                                                "locations/publishers"]),
+    "microsoft.network": ("Microsoft.Network", ["networkSecurityGroups", "virtualNetworks", "publicIPAddresses",
+                                                "networkInterfaces"]),
+}
+CUSTOM_DATA_LIMIT = 87380  # base64 characters: 64 KiB of data
+VM_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9_])?")
+LINUX_COMPUTER_NAME_FORBIDDEN = set("~!@#$%^&*()=+_[]{}\\|;:.'\",<>/?")
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -118,10 +157,12 @@ class FakeArm:
     listener: VMListener | None = None
 
     def __post_init__(self) -> None:
+        self.strict_defaults()
         self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource JSON
         self.operations: dict[str, Operation] = {}
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        self.refused: list[str] = []  # ARM error codes answered, in order: tests look
         self.lock = threading.RLock()
         self.token = uuid.uuid4().hex
         self.ca_path, key_path = make_certificate(self.directory)
@@ -135,6 +176,15 @@ class FakeArm:
         self._thread = threading.Thread(target=self.server.serve_forever, name="fake arm", daemon=True)
         self._thread.start()
 
+    def strict_defaults(self) -> None:
+        """Azure's own settings, except the waits: a test sets a short NIC reservation and no Retry-After delay."""
+        self.cloud = "AzurePublicCloud"
+        self.restricted_sizes: dict[str, dict[str, str]] = {}  # location -> size -> restriction reason code
+        self.unregistered: set[str] = set()  # lower-cased provider namespaces
+        self.nic_reservation_seconds = 180.0
+        self.retry_after = 0
+        self.reserved_nics: dict[str, tuple[float, str]] = {}  # NIC id (lower) -> (monotonic end, VM id)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -146,7 +196,9 @@ class FakeArm:
             self.operations.clear()
             self.faults.clear()
             self.requests.clear()
+            self.refused.clear()
             self.listener = None
+            self.strict_defaults()
 
     def fail(self, method: str, path: str, **options: Any) -> Fault:
         fault = Fault(method, path, **options)
@@ -179,7 +231,6 @@ class FakeArm:
             if headers.get("Authorization") != f"Bearer {self.token}":
                 raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing or invalid.")
             lower = path.lower().rstrip("/")
-            in_operation = self._fault(method, lower)
             if lower.startswith("/operations/"):
                 return self._poll(lower.rsplit("/", 1)[1], query)
             match = re.fullmatch(r"/subscriptions/([^/]+)(/.*)?", lower)
@@ -187,11 +238,51 @@ class FakeArm:
                 raise ArmError(404, "NotFound", f"no route for {path}")
             if match.group(1) != self.subscription.lower():
                 raise ArmError(404, "SubscriptionNotFound", f"The subscription '{match.group(1)}' could not be found.")
+            self._check_api_version(method, lower, query.get("api-version", ""))
             document = json.loads(body) if body else {}
-            status, extra, answer = self._route(method, path.rstrip("/"), lower, document)
+            vm_create = method == "PUT" and re.search(r"/providers/microsoft\.compute/virtualmachines/[^/]+$", lower)
+            try:
+                in_operation = self._fault(method, lower)
+                status, extra, answer = self._route(method, path.rstrip("/"), lower, document)
+            except ArmError as error:
+                if vm_create and error.code not in ("NicReservedForAnotherVm", "NicInUse"):
+                    self._reserve_nics(path, document)
+                raise
             if in_operation is not None:
                 extra = self._operation_headers(in_operation)
+                if vm_create:
+                    self._reserve_nics(path, document)
             return status, extra, answer
+
+    def _check_api_version(self, method: str, lower: str, version: str) -> None:
+        """ARM refuses an api-version its provider does not serve in this cloud (exact match, as ARM does)."""
+        served = SERVED_VERSIONS[self.cloud]
+        match = re.search(r"/providers/(microsoft\.[a-z]+)/([a-z]+)", lower)
+        if served is None or match is None or match.group(1) not in served:
+            return
+        if version not in served[match.group(1)]:
+            raise ArmError(400, "NoRegisteredProviderFound",
+                           f"No registered resource provider found for location 'westus' and API version '{version}' "
+                           f"for type '{match.group(2)}'. The supported api-versions are "
+                           f"'{', '.join(served[match.group(1)])}'. The supported locations are "
+                           f"'{', '.join(LOCATIONS)}'.")
+
+    def _reserve_nics(self, vm_path: str, body: dict[str, Any]) -> None:
+        """A failed VM create keeps its NICs reserved for that VM for a while, as Azure does."""
+        references = ((body.get("properties") or {}).get("networkProfile") or {}).get("networkInterfaces") or []
+        for reference in references:
+            key = str(reference.get("id", "")).lower()
+            if key in self.resources:
+                self.reserved_nics[key] = (time.monotonic() + self.nic_reservation_seconds, vm_path.rstrip("/"))
+
+    def _nic_reservation(self, nic_id: str, vm_id: str | None = None) -> None:
+        """Refuse touching a NIC reserved for another VM (``vm_id``: the VM asking for it, if any)."""
+        until, holder = self.reserved_nics.get(nic_id.lower(), (0.0, ""))
+        if time.monotonic() < until and (vm_id is None or holder.lower() != vm_id.lower()):
+            seconds = int(self.nic_reservation_seconds)
+            raise ArmError(400, "NicReservedForAnotherVm",
+                           f"Nic(s) in request is reserved for another Virtual Machine for {seconds} seconds. Please "
+                           f"provide another nic(s) or retry after {seconds} seconds. Reserved VM: {holder}")
 
     def _fault(self, method: str, lower: str) -> Operation | None:
         for fault in self.faults:
@@ -218,25 +309,37 @@ class FakeArm:
                              "error_description": "AADSTS7000215: Invalid client secret provided."}
         return 200, {}, {"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": self.token}
 
-    def _operation_headers(self, operation: Operation, location: bool = False) -> dict[str, str]:
+    def _operation_headers(self, operation: Operation, location: bool = False,
+                           asynchronous: bool = True) -> dict[str, str]:
+        """The headers of a 201/202: ``Azure-AsyncOperation`` and/or ``Location`` to poll, and ``Retry-After``."""
         operation_id = uuid.uuid4().hex
         self.operations[operation_id] = operation
-        headers = {"Azure-AsyncOperation": f"{self.url}/operations/{operation_id}?api-version=2024-01-01"}
+        headers = {"Retry-After": str(self.retry_after)}
+        if asynchronous:
+            headers["Azure-AsyncOperation"] = f"{self.url}/operations/{operation_id}?api-version=2024-01-01"
         if location:
             headers["Location"] = f"{self.url}/operations/{operation_id}?api-version=2024-01-01&kind=location"
         return headers
 
     def _poll(self, operation_id: str, query: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        """Azure-AsyncOperation polls answer 200 with a status; Location polls 202 until done, then 204 (or the error)."""
         operation = self.operations.get(operation_id)
         if operation is None:
             raise ArmError(404, "NotFound", "no such operation")
         operation.polls += 1
+        by_location = query.get("kind") == "location"
         if operation.polls == 1:
-            return (202 if query.get("kind") == "location" else 200), {}, {"status": "InProgress"}
+            headers = {"Retry-After": str(self.retry_after)}
+            if by_location:
+                headers["Location"] = f"{self.url}/operations/{operation_id}?api-version=2024-01-01&kind=location"
+                return 202, headers, None
+            return 200, headers, {"status": "InProgress"}
         if operation.error:
             code, message = operation.error
+            if by_location:
+                raise ArmError(400, code, message)
             return 200, {}, {"status": "Failed", "error": {"code": code, "message": message}}
-        return 200, {}, {"status": "Succeeded"}
+        return (204, {}, None) if by_location else (200, {}, {"status": "Succeeded"})
 
     # -- resources -------------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, lower: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
@@ -268,9 +371,16 @@ class FakeArm:
 
     def _catalog(self, parts: list[str]) -> Any:
         """Read-only subscription-level data: provider locations, VM sizes, marketplace images."""
-        if parts == ["microsoft.compute"]:
-            return {"namespace": "Microsoft.Compute", "registrationState": "Registered", "resourceTypes": [
-                {"resourceType": "virtualMachines", "locations": list(LOCATIONS.values())}]}
+        if len(parts) == 1 and parts[0] in PROVIDER_TYPES:
+            namespace, types = PROVIDER_TYPES[parts[0]]
+            served = (SERVED_VERSIONS[self.cloud] or {}).get(parts[0])
+            return {"namespace": namespace,
+                    "registrationState": "NotRegistered" if parts[0] in self.unregistered else "Registered",
+                    "resourceTypes": [{"resourceType": kind, "locations": list(LOCATIONS.values()),
+                                       **({"apiVersions": sorted(served, reverse=True)} if served else {})}
+                                      for kind in types]}
+        if parts == ["microsoft.compute", "skus"]:
+            return {"value": [self._sku(size, location) for location in LOCATIONS for size in SIZES]}
         if len(parts) < 4 or parts[:2] != ["microsoft.compute", "locations"]:
             raise ArmError(404, "NotFound", "no such provider path")
         location = parts[2]
@@ -290,6 +400,15 @@ class FakeArm:
                 return {"name": image[9], "location": location, "id": f"/versions/{image[9]}", "properties": {}}
             raise ArmError(404, "NotFound", "Artifact: VMImage was not found.")
         raise ArmError(404, "NotFound", "no such provider path")
+
+    def _sku(self, size: str, location: str) -> dict[str, Any]:
+        """One entry of the resource SKUs API, with this subscription's restrictions, as ARM lists them."""
+        reason = self.restricted_sizes.get(location, {}).get(size)
+        restrictions = [{"type": "Location", "values": [location], "restrictionInfo": {"locations": [location]},
+                         "reasonCode": reason}] if reason else []
+        return {"resourceType": "virtualMachines", "name": size, "tier": "Standard", "size": size.split("_", 1)[1],
+                "locations": [location], "locationInfo": [{"location": location, "zones": []}],
+                "capabilities": [{"name": "vCPUs", "value": "2"}], "restrictions": restrictions}
 
     def _resource_group(self, method: str, group_id: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         key = group_id.lower()
@@ -314,7 +433,7 @@ class FakeArm:
             for child in [other for other in self.resources if other.startswith(key + "/")]:
                 del self.resources[child]
             del self.resources[key]
-            return 202, self._operation_headers(Operation(), location=True), None
+            return 202, self._operation_headers(Operation(), location=True, asynchronous=False), None
         raise ArmError(405, "MethodNotAllowed", method)
 
     def _in_group(self, group_id: str) -> list[dict[str, Any]]:
@@ -351,6 +470,11 @@ class FakeArm:
         resource["properties"] = {**(body.get("properties") or {}), "provisioningState": "Succeeded"}
         if resource_type.count("/") == 1:
             self._check_location(body.get("location"))
+        namespace = resource_type.split("/")[0].lower()
+        if namespace in self.unregistered:
+            raise ArmError(409, "MissingSubscriptionRegistration",
+                           f"The subscription is not registered to use namespace '{resource_type.split('/')[0]}'. See "
+                           "https://aka.ms/rps-not-found for how to register subscriptions.")
         kind = resource_type.split("/")[-1].lower()
         check = getattr(self, f"_put_{kind}", None)
         if check is None and kind not in ("networksecuritygroups",):
@@ -390,6 +514,11 @@ class FakeArm:
         if subnet is None:
             raise ArmError(400, "InvalidRequestFormat", "An IP configuration needs a subnet.")
         self._reference(configuration.get("publicIPAddress"), "network interface")
+        vnet = self.resources.get(subnet["id"].lower().rsplit("/subnets/", 1)[0]) or {}
+        if vnet.get("location", "").lower() != str(nic.get("location", "")).lower():
+            raise ArmError(400, "InvalidResourceReference",
+                           f"Resource {subnet['id']} referenced by resource {nic['id']} was not found. Please make sure "
+                           f"that the referenced resource exists, and that both resources are in the same region.")
         network = ipaddress.ip_network(subnet["properties"]["addressPrefix"])
         taken = {self._private_ip(other) for other in self._nics() if other["id"].lower() != nic["id"].lower()}
         wanted = configuration.get("privateIPAddress")
@@ -406,8 +535,20 @@ class FakeArm:
 
     def _put_virtualmachines(self, vm: dict[str, Any]) -> None:
         properties = vm["properties"]
-        if properties.get("hardwareProfile", {}).get("vmSize") not in SIZES:
+        if not VM_NAME.fullmatch(vm["name"]):
+            raise ArmError(400, "InvalidResourceName",
+                           f"Resource name {vm['name']} is invalid. The name can be up to 64 characters long. It can "
+                           "contain only alphanumeric characters, dashes, underscores and periods. The name must begin "
+                           "with a letter or number and it must end with a letter, number or underscore.")
+        size = properties.get("hardwareProfile", {}).get("vmSize")
+        if size not in SIZES:
             raise ArmError(400, "InvalidParameter", f"The requested VM size {properties.get('hardwareProfile')} is not available.")
+        if size in self.restricted_sizes.get(str(vm.get("location")).lower(), {}):
+            raise ArmError(409, "SkuNotAvailable",
+                           f"The requested VM size for resource 'Following SKUs have failed for Capacity Restrictions: "
+                           f"{size}' is currently not available in location '{vm.get('location')}'. Please try another "
+                           "size or deploy to a different location or different zone.")
+        self._check_os_profile(properties.get("osProfile") or {})
         reference = properties["storageProfile"]["imageReference"]
         versions = IMAGES.get((reference["publisher"].lower(), reference["offer"].lower(), reference["sku"].lower()))
         if not versions or reference["version"] not in versions + ["latest"]:
@@ -417,6 +558,7 @@ class FakeArm:
             raise ArmError(400, "InvalidParameter", "The Admin Username specified is not allowed.")
         base64.b64decode(profile.get("customData") or "", validate=True)
         for reference in properties["networkProfile"]["networkInterfaces"]:
+            self._nic_reservation(reference.get("id", ""), vm["id"])
             nic = self._reference(reference, "virtual machine")
             holder = (nic or {}).get("properties", {}).get("virtualMachine")
             if holder and holder["id"].lower() != vm["id"].lower():
@@ -431,6 +573,31 @@ class FakeArm:
                                            "location": vm["location"], "properties": {"diskSizeGB": disk.get("diskSizeGB", 30)}}
         properties["vmId"] = str(uuid.uuid4())
         vm["powerState"] = "running"
+
+    @staticmethod
+    def _check_os_profile(profile: dict[str, Any]) -> None:
+        """Azure's rules on the Linux computer name, SSH public keys and custom data."""
+        computer = str(profile.get("computerName") or "")
+        if len(computer) > 64 or computer.isdigit() or set(computer) & LINUX_COMPUTER_NAME_FORBIDDEN:
+            raise ArmError(400, "InvalidParameter", "Linux computer name cannot be more than 64 characters long, be "
+                           "entirely numeric, or contain the following characters: ~ ! @ # $ % ^ & * ( ) = + _ [ ] { } "
+                           "\\ | ; : . ' \" , < > / ?.")
+        for key in ((profile.get("linuxConfiguration") or {}).get("ssh") or {}).get("publicKeys") or []:
+            data = str(key.get("keyData", "")).split()
+            valid = len(data) >= 2 and data[0] == "ssh-rsa"
+            if valid:
+                try:
+                    blob = base64.b64decode(data[1])
+                    valid = len(blob) > 270  # a 2048-bit RSA key's blob; shorter ones are refused
+                except ValueError:
+                    valid = False
+            if not valid:
+                raise ArmError(400, "InvalidParameter",
+                               "The value of parameter linuxConfiguration.ssh.publicKeys.keyData is invalid.")
+        custom = profile.get("customData") or ""
+        if len(custom) > CUSTOM_DATA_LIMIT:
+            raise ArmError(400, "InvalidParameter", "Custom data in OSProfile must be in Base64 encoding and with a "
+                                                    f"maximum length of {CUSTOM_DATA_LIMIT} characters.")
 
     def _nics(self) -> list[dict[str, Any]]:
         return [resource for resource in self.resources.values() if resource["type"] == "Microsoft.Network/networkInterfaces"]
@@ -474,6 +641,8 @@ class FakeArm:
         if resource is None:
             return 204, {}, None
         kind = resource["type"].lower()
+        if kind.endswith("/networkinterfaces"):
+            self._nic_reservation(resource_id)
         if kind.endswith("/networkinterfaces") and resource["properties"].get("virtualMachine"):
             raise ArmError(400, "NicInUse", f"Network Interface {resource_id} is used by existing resource "
                                             f"{resource['properties']['virtualMachine']['id']}.")
@@ -494,7 +663,8 @@ class FakeArm:
         return 202, self._operation_headers(Operation(), location=True), None
 
     def _delete_vm(self, vm: dict[str, Any]) -> None:
-        """Detach the NICs; delete the OS disk and NICs whose ``deleteOption`` says so (ARM's defaults keep them)."""
+        """Detach the NICs; delete the OS disk and NICs whose ``deleteOption`` says so (ARM's defaults keep them),
+        except a NIC a failed create keeps reserved: it stays, and its own delete is refused until the time is up."""
         if self.listener:
             self.listener.vm_deleted(vm)
         disk = vm["properties"]["storageProfile"]["osDisk"]
@@ -504,7 +674,8 @@ class FakeArm:
             nic = self.resources.get(reference["id"].lower())
             if nic is not None:
                 nic["properties"].pop("virtualMachine", None)
-                if (reference.get("properties") or {}).get("deleteOption") == "Delete":
+                reserved = time.monotonic() < self.reserved_nics.get(reference["id"].lower(), (0.0, ""))[0]
+                if (reference.get("properties") or {}).get("deleteOption") == "Delete" and not reserved:
                     del self.resources[reference["id"].lower()]
 
     def _vm_action(self, method: str, vm_id: str, action: str) -> tuple[int, dict[str, str], Any]:
@@ -545,6 +716,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, headers, answer = arm.handle(self.command, url.path, dict(urllib.parse.parse_qsl(url.query)),
                                                  self.headers, body)
         except ArmError as error:
+            arm.refused.append(error.code)
             status, headers, answer = error.status, {}, {"error": {"code": error.code, "message": error.message}}
         except Exception as error:  # noqa: BLE001 - a bug in the fake must show up as a server error, not a hang
             status, headers, answer = 500, {}, {"error": {"code": "FakeArmBug", "message": f"{type(error).__name__}: {error}"}}

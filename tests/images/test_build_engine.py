@@ -66,7 +66,7 @@ def test_run_steps_commit_layers_and_reuse_the_cache(engine):
     assert "hello machines\n" in text and "Removing intermediate container" in text
     image = engine.images.resolve("built:1")
     view = ImageView(image.layer_dirs())
-    assert open(view.lstat("greeting")[0]).read() == "hello machines\n"
+    assert view.lstat("greeting").open().read() == b"hello machines\n"
     assert view.lstat("bin/vi") is None and view.lstat("bin/sh") is not None  # deleted by a whiteout
     assert image.container_config["Cmd"] == ["cat", "/greeting"]
     assert engine.list_containers(all=True) == []
