@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from machines import redaction
-from tests.aws.conftest import REGION, World, aws_env, cloud, moto_endpoint, world  # noqa: F401
+from tests.aws.conftest import REGION, World, aws_env, cloud, consistency, moto_endpoint, world  # noqa: F401
 from tests.azure.conftest import arm, arm_config, fake_arm  # noqa: F401
 from tests.azure.fakearm import FakeArm
 from tests.support.cli import create_flags, machines
