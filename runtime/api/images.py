@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import IO, Callable, cast
 
 from runtime.api import validate
 from runtime.api.routing import filters_arg, route
@@ -17,6 +17,11 @@ def in_use(engine: Engine) -> Callable[[str], bool]:
     """Whether a container (running or not) uses an image id: such images need force to be removed."""
     used = {item.get("ImageID") for item in engine.list_containers(all=True)}
     return lambda image_id: image_id in used
+
+
+def _body(request: Request) -> IO[bytes]:
+    """The request body as the image code reads it: a binary stream it only calls ``read(n)`` on."""
+    return cast(IO[bytes], request.body)
 
 
 @route("GET", "/images/json", "List images (all, filters)")
@@ -40,7 +45,7 @@ def prune(engine: Engine, request: Request) -> Response:
 def load(engine: Engine, request: Request) -> Stream:
     """As dockerd: a refused archive is the stream's error message (status 200), not an HTTP error."""
     try:
-        names = engine.image_service.load(request.body)
+        names = engine.image_service.load(_body(request))
     except EngineError as exc:
         while request.body.read(1 << 20):  # the client is still sending: let it finish, then read our answer
             pass
@@ -71,7 +76,7 @@ def _repo_tag(repo: str, tag: str) -> str:
 def create(engine: Engine, request: Request) -> Stream:
     source = request.arg("fromSrc")
     if source == "-":
-        image_id = engine.images.import_tar(request.body, repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
+        image_id = engine.images.import_tar(_body(request), repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
                                             or None, changes=request.args("changes") or None,
                                             message=request.arg("message"))
         return json_stream([{"status": image_id}])
@@ -87,7 +92,7 @@ def create(engine: Engine, request: Request) -> Stream:
 
 @route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0): tar context in, JSON stream out")
 def build(engine: Engine, request: Request) -> Stream:
-    return json_stream(engine.image_service.build(engine, request.body, request.query,
+    return json_stream(engine.image_service.build(engine, _body(request), request.query,
                                                   request.headers.get("X-Registry-Config") or None))
 
 

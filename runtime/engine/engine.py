@@ -2,6 +2,12 @@
 
 State lives on disk (``<data-root>/containers/<id>/config.v2.json``, the shim's ``exit.json``) so a daemon killed
 with SIGKILL reloads everything, reconnects to live shims, and marks the dead with the code their shim recorded.
+
+``Engine`` is the facade the API calls. The verb families live beside it, one module each over the shared
+``container.ContainerTable`` (as moby's daemon/exec.go, monitor.go, health.go and update.go share one container
+type): ``exec`` (exec instances), ``monitor`` (exit watching, restart policies), ``health`` (probes),
+``update`` (docker update checks and merge), ``launch`` (forking a process into a container and reading its report
+pipe), ``logs`` (log drivers and reading), ``archive`` (files in and out).
 """
 from __future__ import annotations
 
@@ -42,7 +48,8 @@ STATES = ("created", "restarting", "running", "removing", "paused", "exited", "d
 
 
 class Engine:
-    """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
+    """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
+    classes whose status and message the API answers with."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
                  bridge_name: Optional[str] = None) -> None:
@@ -206,9 +213,9 @@ class Engine:
             out.append((other.name, alias))
         return out if kind in ("bridge", "network") else []
 
-    def _link_targets(self, c: Container, specs: list[str]) -> list[tuple[str, list[str]]]:
-        """(container id, names) for the network manager, for links to running containers only (dockerd's
-        words when one is not running)."""
+    def _link_targets(self, c: Container, specs: list[str], net: str) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only, and on the
+        default bridge to containers on it (dockerd's words otherwise)."""
         out = []
         for spec in specs:
             child, alias = links.parse_link(spec)
@@ -216,6 +223,9 @@ class Engine:
             if not other.running:
                 raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
                     other.data["Name"], c.name, alias))
+            if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
+                raise HostError("Cannot link to {}, as it does not belong to the default network".format(
+                    other.data["Name"]))
             out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
         return out
 
@@ -537,7 +547,7 @@ class Engine:
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
                                          ipv4=addresses.get("IPv4Address") or None,
                                          ipv6=addresses.get("IPv6Address") or None,
-                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs),
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs, net),
                                          dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")

@@ -444,10 +444,11 @@ class Builder:
 
     def _descends(self, image: Image, ancestor_id: str) -> bool:
         """Whether ``ancestor_id`` is ``image`` or one of its parents (dockerd's ``isParent``)."""
-        image_id = image.id
-        while image_id:
+        image_id, seen = image.id, set()
+        while image_id and image_id not in seen:  # parent links of loaded images are data: never loop on them
             if image_id == ancestor_id:
                 return True
+            seen.add(image_id)
             image_id = self.store.resolve(image_id).parent if self.store.exists(image_id) else ""
         return False
 
@@ -464,6 +465,8 @@ class Builder:
             step = source_history[len(history)]
             if step.get("created_by") != created_by:
                 continue
+            if not step.get("empty_layer") and len(diff_ids) >= len(source.diff_ids):
+                continue  # a history that names more layers than the image has: nothing to take from it
             self.cache_sources = [source]  # as dockerd: no jumping to another source half-way
             if len(source_history) == len(history) + 1:
                 if parent is not None:  # the source itself: it becomes the child of this build's parent
@@ -475,10 +478,9 @@ class Builder:
     def _restore(self, parent: Image | None, source: Image, history: list[dict], diff_ids: list[str],
                  config: dict) -> Image:
         """An intermediate image of ``source``: the parent plus the source's next step (and its layer)."""
+        if not history[-1].get("empty_layer"):  # the source's layers begin with the parent's (``_continues``)
+            diff_ids = diff_ids + [source.diff_ids[len(diff_ids)]]
         step = history[-1]
-        if not step.get("empty_layer"):
-            layer_index = sum(1 for entry in history[:-1] if not entry.get("empty_layer"))
-            diff_ids = diff_ids + [source.diff_ids[layer_index]]
         image = {key: source.config[key] for key in ("architecture", "os", "variant", "author", "os.version")
                  if key in source.config}
         image.update({"config": config, "created": step.get("created"), "history": history,

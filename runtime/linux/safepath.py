@@ -81,16 +81,8 @@ class Root:
     """A directory tree that every path given to this object is resolved inside of (see the module docstring)."""
 
     def __init__(self, path: str, *, follow_links: bool = True) -> None:
-        self.path = path  # for messages only
         self.follow_links = follow_links
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    @classmethod
-    def from_fd(cls, fd: int, path: str, *, follow_links: bool = True) -> Root:
-        """A Root over an open directory fd (duplicated: the caller keeps its own)."""
-        root = cls.__new__(cls)
-        root.path, root.follow_links, root.fd = path, follow_links, os.dup(fd)
-        return root
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -25,8 +25,9 @@ log = logging.getLogger("runtime.network")
 ADDRESS = "127.0.0.11"
 TTL = 600
 TYPE_A, TYPE_PTR, TYPE_AAAA = 1, 12, 28
-RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NXDOMAIN = 1, 2, 3
+RCODE_FORMERR, RCODE_SERVFAIL, RCODE_REFUSED = 1, 2, 5
 UPSTREAM_TIMEOUT = 2.0
+MAX_BUSY = 64  # TCP clients and relayed queries in flight at once; beyond that a client gets its answer refused
 
 # container id, query name -> (IPv4 addresses, IPv6 addresses), or None when the name is not one of ours
 Lookup = Callable[[str, str], Optional[tuple[list[str], list[str]]]]
@@ -109,6 +110,7 @@ class Resolver:
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._busy = threading.BoundedSemaphore(MAX_BUSY)
 
     def listen(self, container_id: str, pid: int) -> None:
         """Starts answering inside the network namespace of ``pid`` (a no-op when already listening)."""
@@ -161,13 +163,16 @@ class Resolver:
                         self._handle(container_id, data, functools.partial(_reply_to, sock, peer))
                     else:
                         conn, _ = sock.accept()
+                        if not self._busy.acquire(blocking=False):
+                            conn.close()  # a flood of idle connections must not pile up threads
+                            continue
                         threading.Thread(target=self._serve_tcp, args=(container_id, conn), daemon=True).start()
                 except OSError:  # a socket closed by forget() between select and use
                     continue
 
     def _serve_tcp(self, container_id: str, conn: socket.socket) -> None:
         """One query per message, each prefixed with its length (RFC 1035 4.2.2), until the client closes."""
-        with conn:
+        with conn, _Release(self._busy):
             conn.settimeout(10)
             try:
                 while True:
@@ -201,6 +206,9 @@ class Resolver:
         if answer is not None:
             send(answer)
             return
+        if not self._busy.acquire(blocking=False):
+            send(response(query, RCODE_REFUSED, []))  # too many relays in flight: refuse at once rather than queue
+            return
         threading.Thread(target=self._forward, args=(container_id, query, data, send, tcp), daemon=True).start()
 
     def _local(self, container_id: str, query: Query) -> bytes | None:
@@ -221,16 +229,30 @@ class Resolver:
 
     def _forward(self, container_id: str, query: Query, data: bytes, send: Callable[[bytes], object],
                  tcp: bool) -> None:
-        for server in self._upstreams(container_id):
-            try:
-                reply = _ask(server, data, tcp)
-            except OSError as exc:
-                log.debug("DNS upstream %s: %s", server, exc)
-                continue
-            if reply:
-                send(reply)
-                return
-        send(response(query, RCODE_SERVFAIL, []))
+        with _Release(self._busy):
+            for server in self._upstreams(container_id):
+                try:
+                    reply = _ask(server, data, tcp)
+                except OSError as exc:
+                    log.debug("DNS upstream %s: %s", server, exc)
+                    continue
+                if reply:
+                    send(reply)
+                    return
+            send(response(query, RCODE_SERVFAIL, []))
+
+
+class _Release:
+    """Gives a slot of the busy semaphore back when a TCP client or a relay is done."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self.slots = slots
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.slots.release()
 
 
 def _reply_to(sock: socket.socket, peer: tuple[str, int], reply: bytes) -> None:

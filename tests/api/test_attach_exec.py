@@ -277,3 +277,21 @@ def test_exec_exit_codes_and_users_as_docker(daemon: Daemon, sleeper: Any) -> No
     container.exec_run(["ln", "-sf", "/../../../../etc/group", "/etc/group"])  # would be the host's, followed there
     with pytest.raises(docker.errors.APIError, match=f"unable to find group {host_only}"):
         container.exec_run(["id", "-g"], user="svc:" + host_only)
+
+
+def test_attach_streams_are_byte_exact(client: docker.DockerClient, daemon: Daemon, image: str, name: str) -> None:
+    script = "printf 'a\\000b\\377'; printf 'e\\001' >&2; printf 'z'"
+    result = daemon.docker("run", "--rm", image, "sh", "-c", script)
+    assert (result.stdout, result.stderr) == (b"a\x00b\xffz", b"e\x01")
+    container = client.containers.create(image, ["sh", "-c", script], name=name)  # attached before it starts
+    try:
+        live = client.api.attach(container.id, stdout=True, stderr=True, stream=True, demux=True)
+        container.start()
+        frames = list(live)
+        assert b"".join(out for out, _ in frames if out) == b"a\x00b\xffz"
+        assert b"".join(err for _, err in frames if err) == b"e\x01"
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        logged = client.api.attach(container.id, stdout=True, stderr=False, logs=True, stream=False)
+        assert logged == b"a\x00b\xffz"
+    finally:
+        container.remove(force=True)

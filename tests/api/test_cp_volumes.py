@@ -113,3 +113,4 @@ def test_cp_into_a_read_only_mount_is_refused_as_docker(daemon: Daemon, image: s
         assert os.listdir(bind) == []
     finally:
         daemon.docker("rm", "-f", name)
+

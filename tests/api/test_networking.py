@@ -62,12 +62,17 @@ def test_legacy_links_give_env_hosts_and_can_be_removed(daemon: Daemon, image: s
         assert missing.returncode == 125 and b"could not get container for nosuch-" in missing.stderr
         host = daemon.docker("run", "--rm", "--network", "host", "--link", db, image, "true")
         assert b"conflicting options: host type networking can't be used with links" in host.stderr
+        elsewhere = daemon.docker("run", "--rm", "--link", web + "-none:x", image, "true")
+        assert b"could not get container for " in elsewhere.stderr
+        daemon.out("run", "-d", "--name", web + "-alone", "--network", "none", image, "sleep", "300")
+        alone = daemon.docker("run", "--rm", "--link", web + "-alone:x", image, "true")
+        assert b"Cannot link to /%s-alone, as it does not belong to the default network" % web.encode() in alone.stderr
         daemon.out("stop", "-t", "0", db)
         stopped = daemon.docker("run", "--rm", "--link", db + ":sql", image, "true")
         assert stopped.returncode != 0
         assert b"Cannot link to a non running container: /%s AS /" % db.encode() in stopped.stderr
     finally:
-        daemon.docker("rm", "-f", db, web)
+        daemon.docker("rm", "-f", db, web, web + "-alone")
 
 
 def test_addresses_mac_and_a_dual_stack_network(daemon: Daemon, image: str, name: str, network: str) -> None:

@@ -153,6 +153,10 @@ def test_dockerpy_update_answers_like_dockerd(daemon: Daemon, image: str, name: 
         resources = container.attrs["HostConfig"]
         assert (resources["Memory"], resources["MemorySwap"], resources["CpuShares"]) == (
             32 * 1024 ** 2, 64 * 1024 ** 2, 256)
+        container.pause()  # a paused container is updated live too
+        assert container.update(mem_reservation="16m") == {"Warnings": []}
+        assert cgroup_file(container.id, "memory", "memory.soft_limit_in_bytes", "memory.low") == str(16 << 20)
+        container.unpause()
         container.stop(timeout=0)
         assert container.update(cpu_shares=128) == {"Warnings": []}  # a stopped container: stored for its start
         container.start()

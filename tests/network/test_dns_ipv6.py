@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -248,5 +249,21 @@ def test_malformed_queries_get_formerr_and_the_server_stays_up(host: Host, resol
         sock.connect(("127.0.0.11", 53))
         sock.sendall(b"\x00\x40abc")
     assert ask(box, "box") == (0, [socket.inet_aton("10.67.0.2")])
+    idle = []
+    for _ in range(100):  # a flood of TCP clients that never send: UDP keeps answering meanwhile
+        sock = box.socket(socket.SOCK_STREAM)
+        sock.connect(("127.0.0.11", 53))
+        idle.append(sock)
+    assert ask(box, "box") == (0, [socket.inet_aton("10.67.0.2")])
+    for sock in idle:
+        sock.close()
+    deadline = time.monotonic() + 20
+    while True:  # the server's slots come back as it sees the clients go
+        try:
+            assert ask(box, "box", tcp=True) == (0, [socket.inet_aton("10.67.0.2")])
+            break
+        except (OSError, struct.error):
+            assert time.monotonic() < deadline, "TCP service did not come back after the flood"
+            time.sleep(0.1)
     resolving.release(box.id)
     assert host.leftovers() == ([], [])
