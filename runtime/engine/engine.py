@@ -963,8 +963,6 @@ class Engine:
             return True
         st = c.state
         checks = {
-            "id": lambda v: c.id.startswith(v),
-            "name": lambda v: v.lstrip("/") in c.name,
             "status": lambda v: v == st["Status"],
             "exited": lambda v: not c.running and st["Status"] == "exited" and str(st["ExitCode"]) == v,
             "ancestor": lambda v: v in (c.data["Config"].get("Image"), c.data["Image"])
@@ -973,6 +971,10 @@ class Engine:
             "network": lambda v: v in (c.data["NetworkSettings"].get("Networks") or {}),
             "health": lambda v: v == health.filter_value(st),
         }
+        if not args.match("id", c.id):  # regular expressions, as moby's
+            return False
+        if not (args.match("name", "/" + c.name) or args.match("name", c.name)):
+            return False
         for key, test in checks.items():
             wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
