@@ -14,8 +14,8 @@ import pytest
 
 from runtime import daemonconfig
 from runtime.images import registry as registry_mod
-from runtime.proxy import ProxyConfig
 from runtime.images.service import ImageService
+from runtime.proxy import ProxyConfig
 from tests.images.registry_fixture import Registry, start_registry
 
 NO_PROXY = ".example.com, foo.org, 10.0.0.0/8, 192.168.1.5:5000, bar.net:443, [::1]:1, *.star.io"
