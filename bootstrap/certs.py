@@ -1,9 +1,9 @@
 """Certificates for mutual TLS between the client and a machine's runtime.
 
 One CA and one client certificate per store (``<store>/certs/``), made once; one server certificate per machine,
-issued at provision time for the machine's current addresses. Because ``start`` re-issues the server certificate
-when the IP changed (see ``server_cert_covers``), the "certificate is valid for X, not Y" errors of Docker Machine
-do not happen. ECDSA P-256 keys: as widely supported as RSA by Go, OpenSSL and Python, and generated in microseconds.
+issued at provision time for the driver's address of the machine, its name and ``--tls-san``. Because ``start``
+re-issues the server certificate when the IP changed (see ``server_cert_valid``), the "certificate is valid for X,
+not Y" errors of Docker Machine do not happen. ECDSA P-256 keys: as widely supported as RSA by Go, OpenSSL and Python, and generated in microseconds.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from machines.errors import MachinesError, ProvisionError
+from machines.store import CONFIG_FILE
 
 if TYPE_CHECKING:
     from machines.ssh import UnixForwarder
@@ -183,7 +184,7 @@ def serve(storage_path: str, name: str) -> None:
 
 def _close_when_removed(directory: Path, forwarder: UnixForwarder) -> None:
     """``machines rm`` deletes the machine folder: the forwarder then has nothing to serve and ends."""
-    while (directory / "config.json").is_file():
+    while (directory / CONFIG_FILE).is_file():
         time.sleep(1)
     forwarder.close()
 

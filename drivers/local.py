@@ -59,7 +59,8 @@ class LocalDriver(Driver):
         host = IsolatedHost.create(
             self._host.state_dir, self.machine_name, public_key,
             bridge=self.config.get("bridge") or DEFAULT_BRIDGE, subnet=self.config.get("subnet") or DEFAULT_SUBNET,
-            address=self.config.get("address") or None, record=ledger.record)
+            address=self.config.get("address") or None, record=ledger.record,
+            hidden=[os.path.dirname(os.path.dirname(self.store_dir))])  # the store: other machines' keys and certs
         ledger.record(f"sshd of host {self.machine_name}", host.kill)
         host.start()
 

@@ -31,6 +31,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -46,6 +47,16 @@ LEASE_ROOT = "/run/machines-local"
 SSH_PORT = 22
 # Tools a host needs on the machine, with the Debian package that brings each.
 REQUIRED_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "sshd": "openssh-server", "mount": "mount"}
+
+# What a host sees of the machine's devices: these character devices only, never a disk (and its devices cgroup
+# allows no other, so a node made with mknod cannot be opened either). /dev/pts, /dev/shm and /dev/mqueue are its own.
+HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "fuse", "net")
+HOST_DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                     "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:229 rwm")
+DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2"}
+# Machine folders a host never sees: its own empty ones (/root, /home), and fresh tmpfs for /tmp and /run.
+PRIVATE_FOLDERS = ("/root", "/home", "/tmp", "/run", "/dev", "/proc", "/sys")
 
 UndoStep = Callable[[], object]  # what it returns is ignored
 Recorder = Callable[[str, UndoStep], None]
@@ -365,6 +376,7 @@ class HostRecord:
     pid: int | None = None
     pid_start: int | None = None
     cgroups: list[str] = dataclasses.field(default_factory=list)  # the host's own cgroup in every hierarchy
+    hidden: list[str] = dataclasses.field(default_factory=list)  # machine folders covered by an empty tmpfs
 
 
 SSHD_CONFIG = """\
@@ -447,6 +459,18 @@ def _make_cgroup(folder: str) -> None:
                 child.write(parent.read().strip())
 
 
+def _limit_devices(folder: str) -> None:
+    """In a v1 devices hierarchy, allow the host only ``HOST_DEVICE_RULES`` (no disk), before anything joins it."""
+    deny = os.path.join(folder, "devices.deny")
+    if not os.path.exists(deny):
+        return
+    with open(deny, "w") as file:
+        file.write("a")
+    for rule in HOST_DEVICE_RULES:
+        with open(os.path.join(folder, "devices.allow"), "w") as file:
+            file.write(rule)
+
+
 def _remove_cgroup(folder: str, timeout: float = 5.0) -> None:
     """Delete a cgroup and every cgroup made below it (a container runtime's), deepest first."""
     deadline = time.monotonic() + timeout
@@ -519,8 +543,10 @@ class IsolatedHost:
     @classmethod
     def create(cls, state_dir: str, name: str, authorized_key: str, *, bridge: str = DEFAULT_BRIDGE,
                subnet: str = DEFAULT_SUBNET, address: str | None = None, host_key_private: str | None = None,
-               host_key_public: str | None = None, record: Recorder | None = None) -> IsolatedHost:
-        """Make a host (stopped): lease, files, network namespace and veth.
+               host_key_public: str | None = None, record: Recorder | None = None,
+               hidden: list[str] | None = None) -> IsolatedHost:
+        """Make a host (stopped): lease, files, network namespace and veth. ``hidden`` are machine folders the host
+        must not see (the machines store): each is covered by an empty tmpfs inside the host.
 
         Each resource is passed to ``record(description, undo)`` as soon as it exists (the driver's ledger). Without
         ``record`` a failure undoes what was made here before the error propagates.
@@ -542,7 +568,7 @@ class IsolatedHost:
 
         try:
             host._create(name, authorized_key, Bridge(bridge, subnet), address,
-                         host_key_private, host_key_public, made)
+                         host_key_private, host_key_public, made, [os.path.realpath(path) for path in hidden or []])
         except BaseException:
             for _, step in reversed(undo):
                 with contextlib.suppress(Exception):
@@ -551,12 +577,12 @@ class IsolatedHost:
         return host
 
     def _create(self, name: str, authorized_key: str, bridge: Bridge, address: str | None,
-                host_key_private: str | None, host_key_public: str | None, made: Recorder) -> None:
+                host_key_private: str | None, host_key_public: str | None, made: Recorder, hidden: list[str]) -> None:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         made(f"host files in {self.state_dir}", self._remove_files)
         token = secrets.token_hex(4)
         record = HostRecord(name=name, bridge=bridge.name, subnet=bridge.subnet, address="",
-                            netns=f"mlocal-{name[:40]}-{token}", veth=f"mlv{token}")
+                            netns=f"mlocal-{name[:40]}-{token}", veth=f"mlv{token}", hidden=hidden)
         self._save(record)  # before the lease: a lease is live only while its owner's host.json exists
         record.address = bridge.lease(self.state_dir, address)
         made(f"address {record.address} on bridge {bridge.name}", lambda: bridge.release(self.state_dir))
@@ -575,10 +601,8 @@ class IsolatedHost:
         _mkdir_like(os.path.join(upper, "etc"), "/etc")
         _mkdir_like(os.path.join(upper, "etc", "ssh"), "/etc/ssh")
         os.makedirs(os.path.join(upper, "data"), mode=0o755, exist_ok=True)  # the mount point of /data
+        self._seal_upper()
         home = os.path.join(upper, "root")
-        _mkdir_like(home, "/root", 0o700)
-        # An opaque home: the machine's own /root (its keys, its slow shell init) stays out of the host.
-        os.setxattr(home, "trusted.overlay.opaque", b"y")
         os.makedirs(os.path.join(home, ".ssh"), mode=0o700, exist_ok=True)
         ssh = os.path.join(upper, "etc", "ssh")
         _write(os.path.join(ssh, "sshd_config"), SSHD_CONFIG.format(port=SSH_PORT), durable=False)
@@ -594,6 +618,33 @@ class IsolatedHost:
             os.unlink(os.path.join(etc, "resolv.conf"))
         # Nothing a host does may resolve names outside the machine.
         _write(os.path.join(etc, "resolv.conf"), "nameserver 127.0.0.1\n", durable=False)
+
+    def _seal_upper(self) -> None:
+        """Keep the machine's private files out of the host's view of ``/`` (idempotent; run at create and start).
+
+        ``/root`` and ``/home`` are empty opaque folders (the machine's keys, shell init and users' files stay out);
+        ``/etc/shadow`` and ``/etc/gshadow`` are the host's own copies with every password replaced by ``*`` (no
+        password login, key login still allowed: ``!`` would make sshd refuse root); the machine's SSH host keys
+        are whited out. A host that changed its own copies keeps them.
+        """
+        upper = self._path("upper")
+        for folder, mode in (("root", 0o700), ("home", 0o755)):
+            path = os.path.join(upper, folder)
+            _mkdir_like(path, f"/{folder}", mode)
+            os.setxattr(path, "trusted.overlay.opaque", b"y")
+        for name in ("shadow", "gshadow"):
+            source, copy = f"/etc/{name}", os.path.join(upper, "etc", name)
+            if os.path.exists(source) and not os.path.lexists(copy):
+                with open(source) as file:
+                    lines = [line.split(":") for line in file.read().splitlines() if line.strip()]
+                info = os.stat(source)
+                locked = "".join(":".join([fields[0], "*", *fields[2:]]) + "\n" for fields in lines if len(fields) > 1)
+                _write(copy, locked, stat.S_IMODE(info.st_mode), durable=False)
+                os.chown(copy, info.st_uid, info.st_gid)
+        ssh = os.path.join(upper, "etc", "ssh")
+        for entry in os.scandir("/etc/ssh"):
+            if entry.name.startswith("ssh_host_") and not os.path.lexists(os.path.join(ssh, entry.name)):
+                os.mknod(os.path.join(ssh, entry.name), stat.S_IFCHR | 0o600, os.makedev(0, 0))  # a whiteout
 
     def _make_network(self, record: HostRecord, made: Recorder) -> None:
         """Network namespace with ``lo`` and ``eth0`` (its address, no default route), veth end on the bridge.
@@ -653,6 +704,7 @@ class IsolatedHost:
             return
         self._reap(record)
         self._ensure_network(record)
+        self._seal_upper()  # hosts made by an older version get the same privacy
         try:
             self._launch(record, timeout)
         except BaseException:
@@ -668,6 +720,7 @@ class IsolatedHost:
         for folder in record.cgroups:
             try:
                 _make_cgroup(folder)
+                _limit_devices(folder)
             except OSError:  # a read-only or delegated-away hierarchy: the host shares this process's cgroup there
                 _remove_cgroup(folder)
                 unusable.append(folder)
@@ -690,11 +743,17 @@ class IsolatedHost:
         ``exec sshd`` (every extra process costs milliseconds, so the boot script runs only three)."""
         root, upper, work = self._path("root"), self._path("upper"), self._path("work")
         cgroups, cgroup_links = _cgroup_mounts(f"{root}/sys/fs/cgroup")
+        hidden = [path for path in record.hidden
+                  if not any(path == folder or path.startswith(folder + "/") for folder in PRIVATE_FOLDERS)]
         fstab = [
             f"overlay {root} overlay lowerdir=/,upperdir={upper},workdir={work} 0 0",
+            *(f"tmpfs {root}{path} tmpfs mode=0700,size=16k,nosuid,nodev,noexec,X-mount.mkdir 0 0" for path in hidden),
             f"proc {root}/proc proc nosuid,nodev,noexec 0 0",
             f"/sys {root}/sys none rbind 0 0",
-            f"/dev {root}/dev none rbind 0 0",
+            f"tmpfs {root}/dev tmpfs mode=0755,nosuid,size=64k 0 0",
+            f"devpts {root}/dev/pts devpts newinstance,ptmxmode=0666,mode=0620,X-mount.mkdir 0 0",
+            f"tmpfs {root}/dev/shm tmpfs mode=1777,nosuid,nodev,X-mount.mkdir 0 0",
+            f"mqueue {root}/dev/mqueue mqueue nosuid,nodev,noexec,X-mount.mkdir 0 0",
             f"tmpfs {root}/run tmpfs mode=0755,nosuid,nodev 0 0",
             f"tmpfs {root}/run/sshd tmpfs mode=0755,nosuid,nodev,noexec,size=64k,X-mount.mkdir 0 0",
             f"tmpfs {root}/tmp tmpfs mode=1777,nosuid,nodev 0 0",
@@ -702,10 +761,13 @@ class IsolatedHost:
             f"{self._path('data')} {root}/data none bind 0 0",
         ]
         _write(self._path("fstab"), "\n".join(fstab) + "\n", 0o600, durable=False)
+        devices = [shlex.quote(f"/dev/{name}") for name in HOST_DEVICES if os.path.exists(f"/dev/{name}")]
         script = [
             "set -e",
             f"echo {record.name} > /proc/sys/kernel/hostname",
             f"mount --all --fstab {self._path('fstab')}",
+            # One process copies the device nodes and the links (ptmx, fd, std*) prepared beside the host.
+            f"cp -a {' '.join(devices)} {shlex.quote(self._dev_links())}/. {root}/dev/",
             *cgroup_links,
             # pivot_root(".", ".") stacks the old root on the new one; the lazy umount then drops it with every
             # mount of the machine (including other hosts' namespace files) from this host's view.
@@ -719,6 +781,15 @@ class IsolatedHost:
         _write(boot, "\n".join(script) + "\n", 0o600, durable=False)
         return ["ip", "netns", "exec", record.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup",
                 "--fork", "--kill-child", "--propagation", "private", "sh", boot]
+
+    def _dev_links(self) -> str:
+        """A folder of the symlinks every /dev has (``ptmx``, ``fd``, ``stdin``...), copied into the host's /dev."""
+        folder = self._path("dev")
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        for name, target in DEV_LINKS.items():
+            if not os.path.islink(os.path.join(folder, name)):
+                os.symlink(target, os.path.join(folder, name))
+        return folder
 
     def _wait_listening(self, record: HostRecord, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout

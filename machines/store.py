@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: the driver's discovered state (``driver_state``) apart from the user's flags (``driver``)
 CONFIG_FILE = "config.json"
 KEY_FILE = "id_ed25519"
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.-]*$")
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.-]*")  # always fullmatch: "$" would let "name\n" by
 
 STATE_CREATING = "creating"
 STATE_READY = "ready"
@@ -49,7 +49,7 @@ def default_storage_path() -> Path:
 
 def validate_name(name: str) -> str:
     """Refuse names that are unsafe as folder names and host names, before anything is made."""
-    if not NAME_PATTERN.match(name or "") or len(name) > 63:
+    if not NAME_PATTERN.fullmatch(name or "") or len(name) > 63:
         raise InvalidNameError(
             f"invalid machine name {name!r}: use letters, digits, dots and dashes, starting with a letter or digit "
             "(at most 63 characters)"
@@ -156,7 +156,7 @@ class Store:
             return []
         names = []
         for entry in sorted(self.machines_dir.iterdir()):
-            if not NAME_PATTERN.match(entry.name) or not (entry / CONFIG_FILE).is_file():
+            if not NAME_PATTERN.fullmatch(entry.name) or not (entry / CONFIG_FILE).is_file():
                 log.debug("skipping %s: not a complete machine entry", entry)
                 continue
             names.append(entry.name)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import IO, Callable, cast
 
 from runtime.api import validate
 from runtime.api.routing import filters_arg, route
 from runtime.api.server import Request, Response, Stream, json_response, json_stream
 from runtime.engine import Engine
-from runtime.errors import InvalidParameter, NotSupported
+from runtime.errors import EngineError, InvalidParameter, NotSupported
 from runtime.images.dockerfile import apply_changes
 from runtime.images.registry import decode_auth
 
@@ -19,9 +19,21 @@ def in_use(engine: Engine) -> Callable[[str], bool]:
     return lambda image_id: image_id in used
 
 
+def _body(request: Request) -> IO[bytes]:
+    """The request body as the image code reads it: a binary stream it only calls ``read(n)`` on."""
+    return cast(IO[bytes], request.body)
+
+
 @route("GET", "/images/json", "List images (all, filters)")
 def list_images(engine: Engine, request: Request) -> Response:
-    return json_response(engine.images.list(all=request.flag("all"), filters=filters_arg(request)))
+    images = engine.images.list(all=request.flag("all"), filters=filters_arg(request))
+    if not request.version_at_least("1.43"):  # before 1.43 dockerd wrote placeholders (and null) for no names
+        for summary in images:
+            if not summary["RepoTags"] and not summary["RepoDigests"]:
+                summary.update(RepoTags=["<none>:<none>"], RepoDigests=["<none>@<none>"])
+            elif not summary["RepoTags"]:
+                summary["RepoTags"] = None
+    return json_response(images)
 
 
 @route("POST", "/images/prune", "Remove unused images (dangling only unless filters say otherwise)")
@@ -31,13 +43,19 @@ def prune(engine: Engine, request: Request) -> Response:
 
 @route("POST", "/images/load", "Load a docker save or OCI archive")
 def load(engine: Engine, request: Request) -> Stream:
-    names = engine.image_service.load(request.body)
+    """As dockerd: a refused archive is the stream's error message (status 200), not an HTTP error."""
+    try:
+        names = engine.image_service.load(_body(request))
+    except EngineError as exc:
+        while request.body.read(1 << 20):  # the client is still sending: let it finish, then read our answer
+            pass
+        return json_stream([{"errorDetail": {"message": str(exc)}, "error": str(exc)}])
     messages = [{"stream": ("Loaded image ID: %s\n" if name.startswith("sha256:") else "Loaded image: %s\n")
                  % name} for name in names]
     return json_stream(messages)
 
 
-def _save(engine: Engine, refs: List[str]) -> Stream:
+def _save(engine: Engine, refs: list[str]) -> Stream:
     if not refs:
         raise InvalidParameter("no image names given")
     for ref in refs:
@@ -51,14 +69,14 @@ def save_many(engine: Engine, request: Request) -> Stream:
 
 
 def _repo_tag(repo: str, tag: str) -> str:
-    return "%s:%s" % (repo, tag) if repo and tag else repo
+    return f"{repo}:{tag}" if repo and tag else repo
 
 
 @route("POST", "/images/create", "Import a rootfs tar (fromSrc=-) or pull (fromImage)")
 def create(engine: Engine, request: Request) -> Stream:
     source = request.arg("fromSrc")
     if source == "-":
-        image_id = engine.images.import_tar(request.body, repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
+        image_id = engine.images.import_tar(_body(request), repo_tag=_repo_tag(request.arg("repo"), request.arg("tag"))
                                             or None, changes=request.args("changes") or None,
                                             message=request.arg("message"))
         return json_stream([{"status": image_id}])
@@ -74,7 +92,7 @@ def create(engine: Engine, request: Request) -> Stream:
 
 @route("POST", "/build", "Classic builder (DOCKER_BUILDKIT=0): tar context in, JSON stream out")
 def build(engine: Engine, request: Request) -> Stream:
-    return json_stream(engine.image_service.build(engine, request.body, request.query,
+    return json_stream(engine.image_service.build(engine, _body(request), request.query,
                                                   request.headers.get("X-Registry-Config") or None))
 
 
@@ -132,20 +150,55 @@ def remove(engine: Engine, request: Request, name: str) -> Response:
 
 _COMMITTED = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "ExposedPorts", "Labels", "Volumes", "StopSignal",
               "Healthcheck", "OnBuild", "Shell")
+_HEALTH_TIMES = ("Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")
+
+
+def _merge(user: dict, container: dict) -> dict:
+    """dockerd's commit ``merge``: what the request (and its changes) leave unset comes from the container's
+    config; Env, ExposedPorts, Labels and Volumes are unions with the request's entries winning."""
+    out = dict(user)
+    for key in ("User", "WorkingDir", "StopSignal"):
+        out[key] = out.get(key) or container.get(key) or ""
+    for key in ("ExposedPorts", "Volumes", "Labels"):
+        merged = dict(container.get(key) or {})
+        merged.update(out.get(key) or {})
+        out[key] = merged or None
+    env = list(out.get("Env") or [])
+    keys = {item.split("=", 1)[0] for item in env}
+    out["Env"] = env + [item for item in container.get("Env") or [] if item.split("=", 1)[0] not in keys]
+    if not out.get("Entrypoint"):
+        if not out.get("Cmd"):
+            out["Cmd"] = container.get("Cmd")
+        if out.get("Entrypoint") is None:
+            out["Entrypoint"] = container.get("Entrypoint")
+    if container.get("Healthcheck"):
+        check = dict(out.get("Healthcheck") or {})
+        for key in ("Test",) + _HEALTH_TIMES:
+            if not check.get(key) and container["Healthcheck"].get(key):
+                check[key] = container["Healthcheck"][key]
+        out["Healthcheck"] = check
+    return out
 
 
 @route("POST", "/commit", "docker commit: a new image from a container's filesystem changes (201)")
 def commit(engine: Engine, request: Request) -> Response:
+    """As dockerd: the request's config (the container's when the body is empty or null) with the changes applied,
+    merged with the container's config; a running container is paused while its layer is written unless
+    ``pause=false``, with pause, commit and unpause events."""
     ref = request.arg("container")
     if not ref:
         raise InvalidParameter("container is required")
     container = engine.inspect_container(ref)
-    body = request.json_object(required=False)
-    validate.check(body, validate.CONTAINER_CONFIG, "ContainerConfig", strict=True)
-    config = {key: value for key, value in (container.get("Config") or {}).items()
-              if key in _COMMITTED and value is not None}
-    config.update({key: value for key, value in body.items() if key in _COMMITTED and value is not None})
-    config = apply_changes(config, request.args("changes"))
+    body = request.json(required=False)
+    if body is not None and not isinstance(body, dict):
+        raise InvalidParameter(f"invalid JSON: expected an object, got {type(body).__name__}")
+    current = {key: value for key, value in (container.get("Config") or {}).items()
+               if key in _COMMITTED and value is not None}
+    if body is not None:
+        validate.check(body, validate.CONTAINER_CONFIG, "ContainerConfig", strict=True)
+    user = current if body is None else {key: value for key, value in body.items() if key in _COMMITTED}
+    config = _merge(apply_changes(user, request.args("changes")), current)
+    config = {key: config.get(key) or None for key in _COMMITTED}  # every key: unset ones are unset in the image
     state = container.get("State") or {}
     pause = request.flag("pause", True) and state.get("Running") and not state.get("Paused")
     if pause:
@@ -153,7 +206,10 @@ def commit(engine: Engine, request: Request) -> Response:
     try:
         image = engine.images.commit(engine.container_upper_dir(ref), engine.images.resolve(container["Image"]),
                                      config, _repo_tag(request.arg("repo"), request.arg("tag")) or None,
-                                     comment=request.arg("comment"), author=request.arg("author"))
+                                     comment=request.arg("comment"), author=request.arg("author"),
+                                     created_by=" ".join((container.get("Config") or {}).get("Cmd") or []))
+        engine.log_event(ref, "commit", comment=request.arg("comment"), imageID=image.id,
+                         imageRef=_repo_tag(request.arg("repo"), request.arg("tag")))
     finally:
         if pause:
             engine.unpause(ref)

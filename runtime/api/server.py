@@ -3,20 +3,27 @@
 Written on sockets rather than ``http.server`` because Docker clients need things it does not do well: a connection
 that turns into a raw duplex stream after ``101 UPGRADED``, headers flushed long before the body (``/wait``), chunked
 request bodies (``docker build``, ``docker cp``) and one thread per client that may stream for hours.
+
+Hostile clients are bounded at every step (``_Gate``, ``_TimedReader``): a TLS handshake costs no thread and has a
+deadline, served connections are capped overall and per address, request headers have a deadline and bodies an
+idle timeout, so unauthenticated sockets can never starve clients with a certificate.
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import http
+import io
 import itertools
 import json
 import os
 import queue
 import re
+import resource
 import select
+import selectors
 import socket
-import socketserver
 import ssl
 import struct
 import sys
@@ -28,16 +35,26 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
 
-from runtime import API_VERSION, MIN_API_VERSION, VERSION
+from runtime import API_VERSION, MIN_API_VERSION, VERSION, clientjson
 from runtime.errors import EngineError, InvalidParameter
 
 MAX_LINE = 64 * 1024  # one header line or the request line
 MAX_HEADERS = 256 * 1024  # all header lines together
 MAX_JSON_BODY = 16 * 1024 * 1024  # bodies parsed as JSON are read whole, so they are capped
 IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit between requests
+HEADER_DEADLINE = 30.0  # seconds from a request's first byte to the end of its headers (slowloris)
+BODY_IDLE_TIMEOUT = 120.0  # seconds a request body may stall between two reads
+HANDSHAKE_DEADLINE = 5.0  # seconds a TCP client has to finish the TLS handshake
+MAX_PENDING = 512  # TLS handshakes in progress; beyond it the oldest is dropped, so a new client always gets in
+PENDING_PER_ADDRESS = 128  # likewise per client address
+MAX_CONNECTIONS = 256  # connections being served (one thread each); beyond it a new one gets 503 and is closed
+CONNECTIONS_PER_ADDRESS = 128  # likewise per client address (TCP)
 DRAIN_LIMIT = 1024 * 1024  # unread body bytes we swallow to keep a connection alive; more and we close
 
 _VERSIONED = re.compile(r"^/v([0-9][0-9.]*)(/.*)$")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and short of anything a file system could hold
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")  # a chunk size: int(x, 16) alone would take "0x1_0", "-1", " 1"
 
 
 class HTTPError(Exception):
@@ -92,10 +109,9 @@ class Body:
 
     def _next_chunk(self) -> None:
         size_text = self._read_line().split(b";", 1)[0].strip()
-        try:
-            self._chunk_left = int(size_text, 16)
-        except ValueError:
-            raise HTTPError(400, "malformed chunked request body") from None
+        if not _HEX.fullmatch(size_text):
+            raise HTTPError(400, "malformed chunked request body")
+        self._chunk_left = int(size_text, 16)
         if self._chunk_left == 0:
             while self._read_line() not in (b"\r\n", b"\n"):
                 pass  # trailers: ignored
@@ -103,6 +119,12 @@ class Body:
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (all when negative); ``b""`` at the end of the body."""
+        try:
+            return self._read(size)
+        except socket.timeout:
+            raise HTTPError(408, f"request body stalled for more than {BODY_IDLE_TIMEOUT:.0f} seconds") from None
+
+    def _read(self, size: int) -> bytes:
         if self._done:
             return b""
         if self._expect_continue:
@@ -195,10 +217,9 @@ class Request:
         text = self.arg(name)
         if text == "":
             return default
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidParameter(f"invalid value for {name}: {text!r}") from None
+        if not _INTEGER.fullmatch(text):  # as Go's strconv.Atoi: ASCII digits, no spaces or underscores
+            raise InvalidParameter(f"invalid value for {name}: {text!r}")
+        return int(text)
 
     def json(self, required: bool = True) -> Any:
         """The body decoded as JSON; an empty body is ``None`` unless ``required``."""
@@ -207,10 +228,7 @@ class Request:
             if required:
                 raise InvalidParameter("invalid JSON: request body is empty")
             return None
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidParameter(f"invalid JSON: {exc}") from None
+        return clientjson.decode(data, "invalid JSON")
 
     def json_object(self, required: bool = True) -> dict[str, Any]:
         value = self.json(required)
@@ -303,21 +321,66 @@ def base_headers() -> list[tuple[str, str]]:
 Handler = Callable[..., Any]
 
 
+class _TimedReader(io.RawIOBase):
+    """The socket as a raw stream whose reads obey the phase of the request being read.
+
+    ``deadline`` bounds a whole phase (the request headers: a client trickling one byte at a time cannot hold the
+    connection longer); ``idle`` bounds each wait for more bytes (a stalled body). Both None: wait forever (a
+    hijacked stream, where a silent stdin is normal). Only reads are bounded: the socket is blocking otherwise.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self.deadline: float | None = None
+        self.idle: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self.idle
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("request headers not received in time")
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        if timeout is None:
+            return self._sock.recv_into(buffer)
+        self._sock.settimeout(timeout)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(None)  # writes stay unbounded: a slow reader of a long stream is no attacker
+
+
 class Connection:
     """One client connection: reads requests in a loop until close, dispatching each through ``router``."""
 
     def __init__(self, sock: socket.socket, app: App) -> None:
         self.sock = sock
         self.app = app
-        self.rfile = sock.makefile("rb", buffering=65536)
+        self.reader = _TimedReader(sock)
+        self.rfile = io.BufferedReader(self.reader, 65536)
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
         with self._lock:
             self.sock.sendall(data)
 
+    def phase(self, deadline: float | None = None, idle: float | None = None) -> None:
+        """How long the next reads may wait: see ``_TimedReader``."""
+        self.reader.deadline = None if deadline is None else time.monotonic() + deadline
+        self.reader.idle = idle
+
     def _read_head(self) -> tuple[str, str, str, Headers] | None:
-        self.sock.settimeout(IDLE_TIMEOUT)
+        self.phase(idle=IDLE_TIMEOUT)
+        try:
+            if not self.rfile.peek(1):
+                return None
+        except socket.timeout:
+            return None  # an idle keep-alive connection: close quietly
+        self.phase(deadline=HEADER_DEADLINE)
         try:
             line = self.rfile.readline(MAX_LINE + 1)
             while line in (b"\r\n", b"\n"):  # tolerate stray CRLF between requests (RFC 9112 2.2)
@@ -345,8 +408,10 @@ class Connection:
                     raise HTTPError(400, "malformed header line")
                 headers.add(name, value.strip())
             return parts[0], parts[1], parts[2], headers
+        except socket.timeout:
+            raise HTTPError(408, f"request headers not received within {HEADER_DEADLINE:.0f} seconds") from None
         finally:
-            self.sock.settimeout(None)
+            self.phase(idle=BODY_IDLE_TIMEOUT)
 
     def serve(self) -> None:
         try:
@@ -401,12 +466,21 @@ class Connection:
             return False
         if outcome is HIJACKED:
             return False
-        if not request.body.done and not request.body.drain(DRAIN_LIMIT):
+        if not request.body.done and not self._drained(request.body):
             close = True
         if isinstance(outcome, Stream):
             return self.send_stream(outcome, request, close) and not close
         self.send_response(outcome, close=close, head_only=method == "HEAD")
         return not close
+
+    @staticmethod
+    def _drained(body: Body) -> bool:
+        """Swallow what the handler left of the body; a broken rest (bad chunk, stall) only closes the connection
+        after the answer, it never loses the answer."""
+        try:
+            return body.drain(DRAIN_LIMIT)
+        except HTTPError:
+            return False
 
     def head_bytes(self, status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
         if reason is None:
@@ -456,6 +530,9 @@ class Connection:
             self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except (OSError, ssl.SSLError):
             return False
+        except HTTPError as exc:  # the request body stalled or broke while the answer streamed: end it there
+            self.app.log(f"stream {request.method} {request.path} ended: {exc}")
+            return False
         except Exception:  # a bug mid-stream: cut the stream, keep the daemon
             self.app.log(f"stream {request.method} {request.path} failed:\n{traceback.format_exc()}")
             return False
@@ -472,6 +549,7 @@ class Connection:
         The headers are flushed before anything else is written: docker-py reads the payload from the raw socket
         under ``http.client``'s buffer, so bytes arriving with the headers would be lost.
         """
+        self.phase()  # a hijacked stdin may stay silent for hours
         headers = base_headers()
         headers.append(("Content-Type", content_type))
         if request.wants_upgrade:
@@ -603,7 +681,7 @@ def _make_body(conn: Connection, headers: Headers) -> Body:
     text = headers.get("Content-Length")
     if not text:
         return Body(conn, 0, False, False)
-    if not text.isdigit():
+    if not _DECIMAL.fullmatch(text):  # not str.isdigit(): int() would take "١٢" (Arabic-Indic digits)
         raise HTTPError(400, "invalid Content-Length")
     return Body(conn, int(text), False, expect)
 
@@ -702,47 +780,215 @@ class App:
         return outcome
 
 
-class _Listener(socketserver.ThreadingMixIn, socketserver.BaseServer):
-    """Accepts on one socket and serves each connection in its own daemon thread."""
+class _Pending:
+    """An accepted TCP connection still in its TLS handshake: it costs a file descriptor, never a thread."""
 
-    daemon_threads = True
-    block_on_close = False
+    __slots__ = ("sock", "address", "deadline")
 
-    def __init__(self, sock: socket.socket, app: App, tls: ssl.SSLContext | None) -> None:
-        super().__init__(sock.getsockname(), socketserver.BaseRequestHandler)
-        self.socket = sock
+    def __init__(self, sock: ssl.SSLSocket, address: str, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.deadline = deadline
+
+
+def _peer_key(sock: socket.socket, address: Any) -> str:
+    """What per-address caps count by: the client's IP for TCP, one key for every unix socket client."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+        return str(address[0])
+    return "unix"
+
+
+def _tune_tcp(sock: socket.socket) -> None:
+    """TCP_NODELAY for small API messages; keepalive so a vanished client's connection is reaped (~2 min)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+class _Gate:
+    """Accepts on every listener in one thread and admits connections to their own serving thread.
+
+    TLS handshakes run here, non-blocking, with a deadline: idle or slow unauthenticated sockets cost a file
+    descriptor and never a thread. Their number is capped (overall and per address) by dropping the *oldest*
+    pending one, so a flood cannot keep a new client from starting its handshake. Connections being served are
+    capped too (overall and per address); over the cap a client is answered 503 and closed.
+    """
+
+    def __init__(self, app: App) -> None:
         self.app = app
-        self.tls = tls
+        self._selector = selectors.DefaultSelector()
+        self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        self._pending_by_address: dict[str, int] = collections.Counter()
+        self._active: dict[str, int] = collections.Counter()
+        self._active_total = 0
+        self._active_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._stopping = False
+        self._listeners: list[socket.socket] = []
 
-    def fileno(self) -> int:
-        return self.socket.fileno()
+    def add_listener(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        sock.setblocking(False)
+        self._listeners.append(sock)
+        self._selector.register(sock, selectors.EVENT_READ, ("listen", tls))
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        return self.socket.accept()
+    def run(self) -> None:
+        while not self._stopping:
+            timeout = None
+            if self._pending:
+                timeout = max(0.0, next(iter(self._pending.values())).deadline - time.monotonic())
+            for key, _events in self._selector.select(timeout):
+                kind, data = key.data
+                try:
+                    if kind == "listen":
+                        self._accept(key.fileobj, data)  # type: ignore[arg-type]
+                    elif kind == "handshake":
+                        self._handshake(data)
+                except Exception:  # a bug here must not stop the daemon from accepting
+                    self.app.log(f"accepting connections failed:\n{traceback.format_exc()}")
+            self._expire()
+        for pending in list(self._pending.values()):
+            self._drop(pending)
+        self._selector.close()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        sock = request
-        if self.tls is not None:
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _accept(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+        for _ in range(64):  # a burst at a time, then the other listeners and handshakes get their turn
             try:
-                sock.settimeout(30)
-                sock = self.tls.wrap_socket(sock, server_side=True)
-                sock.settimeout(None)
-            except (OSError, ssl.SSLError) as exc:
-                self.app.log(f"TLS handshake with {client_address} refused: {exc}")
-                request.close()
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-        elif sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        Connection(sock, self.app).serve()
+            except OSError as exc:  # EMFILE and the like: leave the backlog for later
+                self.app.log(f"accept failed: {exc}")
+                time.sleep(0.05)
+                return
+            peer = _peer_key(sock, address)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                _tune_tcp(sock)
+            if tls is None:
+                sock.setblocking(True)
+                self._admit(sock, peer)
+                continue
+            try:
+                sock.setblocking(False)
+                wrapped = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ssl.SSLError):
+                sock.close()
+                continue
+            self._make_room(peer)
+            pending = _Pending(wrapped, peer, time.monotonic() + HANDSHAKE_DEADLINE)
+            self._pending[wrapped.fileno()] = pending
+            self._pending_by_address[peer] += 1
+            self._selector.register(wrapped, selectors.EVENT_READ, ("handshake", pending))
 
-    def shutdown_request(self, request: Any) -> None:
-        pass  # Connection.serve closes its socket
+    def _make_room(self, peer: str) -> None:
+        """Drop the oldest pending handshake of ``peer`` (or of anyone) when a cap would be exceeded."""
+        if self._pending_by_address[peer] >= PENDING_PER_ADDRESS:
+            self._drop(next(p for p in self._pending.values() if p.address == peer))
+        if len(self._pending) >= MAX_PENDING:
+            self._drop(next(iter(self._pending.values())))
 
-    def server_close(self) -> None:
-        self.socket.close()
+    def _drop(self, pending: _Pending) -> None:
+        self._forget(pending)
+        try:
+            pending.sock.close()
+        except OSError:
+            pass
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        self.app.log(f"connection from {client_address} failed:\n{traceback.format_exc()}")
+    def _forget(self, pending: _Pending) -> None:
+        self._pending.pop(pending.sock.fileno(), None)
+        self._pending_by_address[pending.address] -= 1
+        if not self._pending_by_address[pending.address]:
+            del self._pending_by_address[pending.address]
+        self._selector.unregister(pending.sock)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.deadline > now:
+                return
+            self._drop(oldest)  # silently: logging each one would let a flood fill the log
+
+    def _handshake(self, pending: _Pending) -> None:
+        try:
+            pending.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(pending.sock, selectors.EVENT_READ, ("handshake", pending))
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(pending.sock, selectors.EVENT_WRITE, ("handshake", pending))
+            return
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            if not isinstance(exc, (ssl.SSLEOFError, ConnectionError)):
+                self.app.log(f"TLS handshake with {pending.address} refused: {exc}")
+            self._drop(pending)
+            return
+        self._forget(pending)
+        pending.sock.setblocking(True)
+        self._admit(pending.sock, pending.address)
+
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        """Serve ``sock`` in a thread of its own, or answer 503 when the connection caps are reached."""
+        with self._active_lock:
+            per_address_full = peer != "unix" and self._active[peer] >= CONNECTIONS_PER_ADDRESS
+            if self._active_total >= MAX_CONNECTIONS or per_address_full:
+                refused = True
+            else:
+                refused = False
+                self._active_total += 1
+                self._active[peer] += 1
+        if refused:
+            self._refuse_busy(sock)
+            return
+        thread = threading.Thread(target=self._serve, args=(sock, peer), name="api-conn", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no more threads from the system: same answer as a full cap
+            self._release(peer)
+            self._refuse_busy(sock)
+
+    def _refuse_busy(self, sock: socket.socket) -> None:
+        body = _error_body("too many connections to the daemon; try again later")
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        try:
+            sock.settimeout(0.5)
+            sock.sendall(head.encode("latin-1") + body)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            sock.close()
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        try:
+            Connection(sock, self.app).serve()
+        except Exception:
+            self.app.log(f"connection from {peer} failed:\n{traceback.format_exc()}")
+        finally:
+            self._release(peer)
+
+    def _release(self, peer: str) -> None:
+        with self._active_lock:
+            self._active_total -= 1
+            self._active[peer] -= 1
+            if not self._active[peer]:
+                del self._active[peer]
+
+    def close(self) -> None:
+        for sock in self._listeners:
+            sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 def tls_context(ca: str, cert: str, key: str, verify: bool = True) -> ssl.SSLContext:
@@ -785,31 +1031,41 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft descriptor limit to the hard one, as Go (and so dockerd) does at start: every pending TLS
+    handshake holds a descriptor, and the default 1024 would be the real cap under a flood."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 class Server:
-    """All listeners of one daemon; ``serve_forever`` runs each in its own thread until ``shutdown``."""
+    """All listeners of one daemon, served by one ``_Gate`` thread until ``shutdown``."""
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self._listeners: list[_Listener] = []
-        self._threads: list[threading.Thread] = []
+        self._gate = _Gate(app)
+        self._thread: threading.Thread | None = None
         self.unix_paths: list[str] = []
 
     def add(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         if sock.family == socket.AF_UNIX:
             self.unix_paths.append(sock.getsockname())
-        self._listeners.append(_Listener(sock, self.app, tls))
+        self._gate.add_listener(sock, tls)
 
     def start(self) -> None:
-        for listener in self._listeners:
-            thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.2},
-                                      name="api-listener", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        raise_open_file_limit()
+        self._thread = threading.Thread(target=self._gate.run, name="api-gate", daemon=True)
+        self._thread.start()
 
     def shutdown(self) -> None:
-        for listener in self._listeners:
-            listener.shutdown()
-            listener.server_close()
+        self._gate.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._gate.close()
         for path in self.unix_paths:
             try:
                 os.unlink(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.clientjson import json_type
 from runtime.errors import InvalidParameter
 
 STR = "string"
@@ -77,15 +78,6 @@ EXEC_CONFIG = {
 EXEC_START = {"Detach": BOOL, "Tty": BOOL, "ConsoleSize": LIST}
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
-    return names.get(type(value), type(value).__name__)
-
-
 def check(body: dict[str, Any], schema: dict[str, str], where: str, strict: bool) -> None:
     """Raise ``InvalidParameter`` for a field of the wrong type (or, when ``strict``, an unknown field)."""
     for key, value in body.items():
@@ -95,7 +87,7 @@ def check(body: dict[str, Any], schema: dict[str, str], where: str, strict: bool
                 raise InvalidParameter(f"invalid JSON: unknown field {key!r} in {where}")
             continue
         if value is not None and not _CHECKS[kind](value):
-            raise InvalidParameter("invalid JSON: {}.{} must be {} {}, got {}".format(where, key, "an" if kind[0] in "aeiou" else "a", kind, _describe(value)))
+            raise InvalidParameter("invalid JSON: {}.{} must be {} {}, got {}".format(where, key, "an" if kind[0] in "aeiou" else "a", kind, json_type(value)))
 
 
 def container_config(body: dict[str, Any]) -> None:

@@ -22,7 +22,10 @@ def create(engine: Engine, request: Request) -> Response:
 
 @route("POST", "/volumes/prune", "Remove unused volumes")
 def prune(engine: Engine, request: Request) -> Response:
-    return json_response(engine.volumes.prune(filters_arg(request)))
+    filters = filters_arg(request)
+    if not request.version_at_least("1.42"):
+        filters.add("all", "true")  # before API 1.42 prune took named volumes too, as moby keeps it for old clients
+    return json_response(engine.volumes.prune(filters))
 
 
 @route("GET", "/volumes/{name}", "Inspect a volume")

@@ -7,7 +7,7 @@ swapped for a symlink while the copy runs: CVE-2018-15664) can point a copy at t
 * A running container is reached through ``/proc/<pid>/root``, which shows its own mount table (volumes, anonymous
   volumes, binds). It is frozen (freezer cgroup, as moby pauses it) for the duration, so the tree does not change
   under the copy; the fd-relative resolution alone already keeps it inside.
-* A stopped container gets a private temporary overlay mount of its layers with each of its volume and bind mounts
+* A stopped container gets a temporary overlay mount of its layers with each of its volume and bind mounts
   mounted on top, every mount point resolved inside that root and mounted through its fd.
 
 The container's lock is held meanwhile (start, stop and pause wait), as moby does. Uploads are spooled to disk
@@ -16,6 +16,7 @@ before the container is locked or frozen, so a slow client cannot hold either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import secrets
@@ -23,9 +24,10 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import time
-from typing import IO, Any, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import IO, Any
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter, NotFound
 from runtime.images.archive import tree_tar
 from runtime.linux import cgroups, safepath
@@ -47,24 +49,22 @@ def unmount_quietly(path: str) -> None:
 
 @contextlib.contextmanager
 def _overlay(c: Any, writable: bool) -> Iterator[str]:
-    """A temporary private overlay mount of the container's layers (rw: its own upper dir; ro: upper as a lower)."""
+    """A temporary overlay mount of the container's layers (rw: its own upper dir; ro: upper as a lower)."""
     target = c.file("mnt-" + secrets.token_hex(4))
     os.makedirs(target)
     lower = c.data["_lower"] or []
     if writable:
-        options = "lowerdir=%s,upperdir=%s,workdir=%s" % (":".join(lower) or c.file("empty"), c.file("upper"),
-                                                          c.file("work"))
+        options = f"lowerdir={':'.join(lower) or c.file('empty')},upperdir={c.file('upper')},workdir={c.file('work')}"
     else:
-        options = "lowerdir=%s" % ":".join([c.file("upper")] + lower + ([c.file("work")] if not lower else []))
+        options = f"lowerdir={':'.join([c.file('upper')] + lower + ([c.file('work')] if not lower else []))}"
     try:
         if writable and not lower:
             os.makedirs(c.file("empty"), exist_ok=True)
         sc.mount("overlay", target, "overlay", 0 if writable else sc.MS_RDONLY, options)
         try:
-            sc.mount(None, target, None, sc.MS_PRIVATE)  # the mounts we add on top stay ours
             yield target
         finally:
-            unmount_quietly(target)  # lazily, with every mount below it
+            unmount_quietly(target)  # lazily, with every mount below it (and their propagated copies)
     finally:
         try:
             os.rmdir(target)
@@ -88,15 +88,16 @@ def _frozen(c: Any) -> Iterator[None]:
     if c.state.get("Paused"):
         yield
         return
-    group: Optional[cgroups.Cgroup] = cgroups.open_cgroup("machines/" + c.id)
+    group = cgroups.open_cgroup("machines/" + c.id)
     try:
-        group.set_frozen(True)  # type: ignore[union-attr]
+        group.set_frozen(True)
+        frozen = True
     except OSError:
-        group = None  # no freezer here: the fd-relative resolution still keeps every access inside
+        frozen = False  # no freezer here: the fd-relative resolution still keeps every access inside
     try:
         yield
     finally:
-        if group is not None:
+        if frozen:
             group.set_frozen(False)
 
 
@@ -107,7 +108,7 @@ def container_view(c: Any) -> Iterator[safepath.Root]:
         stack.enter_context(c.lock)
         if c.running:
             stack.enter_context(_frozen(c))
-            root = stack.enter_context(safepath.Root("/proc/%d/root" % c.state["Pid"]))
+            root = stack.enter_context(safepath.Root(f"/proc/{c.state['Pid']}/root"))
         else:
             root = stack.enter_context(safepath.Root(stack.enter_context(_overlay(c, writable=True))))
             _mount_volumes(c, root)
@@ -128,25 +129,37 @@ def _go_mode(st: os.stat_result) -> int:
     return mode
 
 
-def _locate(root: safepath.Root, path: str, name: str) -> Tuple[int, str, os.stat_result]:
+@contextlib.contextmanager
+def _resolving(path: str, name: str) -> Iterator[None]:
+    """Lookup failures in Docker's words: a missing path is a 404, a link loop (or a ``/proc`` magic link, which
+    openat2 refuses) a 400, never a 500."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"Could not find the file {path} in container {name}") from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise InvalidParameter(f"{path}: too many levels of symbolic links") from None
+
+
+def _locate(root: safepath.Root, path: str, name: str) -> tuple[int, str, os.stat_result]:
     """(parent dir fd, name, lstat) of ``path``: links in all but the last component are followed inside the root,
-    the last one too when the path ends in ``/`` or ``/.`` (moby's ResolvePath). NotFound in Docker's words."""
+    the last one too when the path ends in ``/`` or ``/.`` (moby's ResolvePath)."""
     lookup = path + "." if path.endswith("/") and path.strip("/") else path
-    try:
+    with _resolving(path, name):
         parent, base = root.open_parent(lookup)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound("Could not find the file %s in container %s" % (path, name)) from None
     try:
-        return parent, base, os.stat(base, dir_fd=parent, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
+        with _resolving(path, name):
+            return parent, base, os.stat(base, dir_fd=parent, follow_symlinks=False)
+    except BaseException:
         os.close(parent)
-        raise NotFound("Could not find the file %s in container %s" % (path, name)) from None
+        raise
 
 
 def _stat(root: safepath.Root, path: str, st: os.stat_result) -> dict:
     link = root.resolve(path) if stat.S_ISLNK(st.st_mode) else ""
-    ns = st.st_mtime_ns
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10 ** 9)) + ".%09dZ" % (ns % 10 ** 9)
+    mtime = timefmt.rfc3339_nano(st.st_mtime_ns)
     return {"name": posixpath.basename(path.rstrip("/")) or "/", "size": st.st_size, "mode": _go_mode(st),
             "mtime": mtime, "linkTarget": link}
 
@@ -156,45 +169,62 @@ def head(c: Any, path: str) -> dict:
     with container_view(c) as root:
         parent, _, st = _locate(root, path, c.name)
         os.close(parent)
-        return _stat(root, path, st)
+        with _resolving(path, c.name):
+            return _stat(root, path, st)
 
 
-def get(c: Any, path: str) -> Tuple[Iterator[bytes], dict]:
+class _Held:
+    """Tar chunks that hold the container (lock, freeze, temporary mounts) until they are exhausted or closed, or
+    dropped unread: a plain generator that never started would never run its cleanup."""
+
+    def __init__(self, chunks: Iterator[bytes], stack: contextlib.ExitStack) -> None:
+        self._chunks = chunks
+        self._stack = stack
+
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def get(c: Any, path: str) -> tuple[Iterator[bytes], dict]:
     """``GET /archive``: a tar of ``path`` and its stat; the container stays locked (and frozen) while it streams."""
     stack = contextlib.ExitStack()
     try:
         root = stack.enter_context(container_view(c))
         parent, base, st = _locate(root, path, c.name)
         stack.callback(os.close, parent)
-        info = _stat(root, path, st)
+        with _resolving(path, c.name):
+            info = _stat(root, path, st)
     except BaseException:
         stack.close()
         raise
     arcname = "." if path.endswith("/.") else (posixpath.basename(path.rstrip("/")) or ".")
-
-    def chunks() -> Iterator[bytes]:
-        with stack:
-            yield from tree_tar(parent, base, arcname)
-
-    return chunks(), info
+    return _Held(tree_tar(parent, base, arcname), stack), info
 
 
 def export(c: Any) -> Iterator[bytes]:
     """``docker export``: the layers only (no volumes), as Docker's."""
     stack = contextlib.ExitStack()
     root = stack.enter_context(safepath.Root(stack.enter_context(_overlay(c, writable=False))))
-
-    def chunks() -> Iterator[bytes]:
-        with stack:
-            yield from tree_tar(root.fd, ".", "", skip_root=True)
-
-    return chunks()
+    return _Held(tree_tar(root.fd, ".", "", skip_root=True), stack)
 
 
-def _clean_parts(name: str) -> List[str]:
+def _clean_parts(name: str) -> list[str]:
     parts = safepath.split(name)
     if ".." in parts:
-        raise InvalidParameter("refusing to extract %r: path escapes the destination" % name)
+        raise InvalidParameter(f"refusing to extract {name!r}: path escapes the destination")
     return parts
 
 
@@ -209,18 +239,17 @@ def spool(fileobj: IO[bytes], where: str) -> IO[bytes]:
 def put(c: Any, path: str, fileobj: IO[bytes], no_overwrite_dir_non_dir: bool) -> None:
     """``PUT /archive``: extract a tar into the folder ``path`` of the container."""
     with spool(fileobj, c.dir) as upload, container_view(c) as root:
-        try:
+        with _resolving(path, c.name):
             st = root.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound("Could not find the file %s in container %s" % (path, c.name)) from None
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidParameter("extraction point is not a directory")
-        base = root.resolve(path)
+        with _resolving(path, c.name):
+            base = root.resolve(path)
         _check_writable(c, base)
         try:
             tar = tarfile.open(fileobj=upload, mode="r|*")
         except tarfile.TarError as e:
-            raise InvalidParameter("invalid tar archive: %s" % e)
+            raise InvalidParameter(f"invalid tar archive: {e}") from None
         with tar:
             for m in tar:
                 _extract(root, base, tar, m, no_overwrite_dir_non_dir)
@@ -250,12 +279,12 @@ def _extract(root: safepath.Root, base: str, tar: tarfile.TarFile, m: tarfile.Ta
     name = parts[-1]
     try:
         try:
-            current: Optional[os.stat_result] = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            current: os.stat_result | None = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             current = None
         is_dir = current is not None and stat.S_ISDIR(current.st_mode)
         if current is not None and no_overwrite and is_dir != m.isdir():
-            raise InvalidParameter("cannot overwrite %s %r with %s" % (
+            raise InvalidParameter("cannot overwrite {} {!r} with {}".format(
                 "directory" if is_dir else "non-directory", inner, "non-directory" if is_dir else "directory"))
         if current is not None:
             safepath.clear(parent, name, keep_dir=m.isdir())

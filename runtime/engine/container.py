@@ -8,24 +8,21 @@ from __future__ import annotations
 import os
 import threading
 
+from runtime import timefmt
 from runtime.engine.events import EventBus
-from runtime.engine.logs import parse_rfc3339
 from runtime.engine.sessions import AttachSession
-from runtime.engine.shim import rfc3339_nano, write_json
+from runtime.engine.shim import write_json
 from runtime.errors import InvalidParameter, NotFound
 
 
 def now(ns: int | None = None) -> str:
     """RFC 3339 with nanoseconds, UTC: of ``ns`` (unix nanoseconds) or of the present."""
-    return rfc3339_nano(ns)
+    return timefmt.rfc3339_nano(ns)
 
 
 def parse_time(text: str) -> float:
     """RFC 3339 to unix seconds; 0 for what does not parse (a zero time)."""
-    try:
-        return parse_rfc3339(text)
-    except ValueError:
-        return 0.0
+    return timefmt.parse_rfc3339_or(text)
 
 
 class Container:
@@ -88,10 +85,6 @@ class ContainerTable:
                 if len(found) > 1:
                     raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
-
-    def all(self) -> list[Container]:
-        with self.lock:
-            return list(self.by_id.values())
 
     def save(self, c: Container) -> None:
         if not c.removed:

@@ -2,6 +2,12 @@
 
 State lives on disk (``<data-root>/containers/<id>/config.v2.json``, the shim's ``exit.json``) so a daemon killed
 with SIGKILL reloads everything, reconnects to live shims, and marks the dead with the code their shim recorded.
+
+``Engine`` is the facade the API calls. The verb families live beside it, one module each over the shared
+``container.ContainerTable`` (as moby's daemon/exec.go, monitor.go, health.go and update.go share one container
+type): ``exec`` (exec instances), ``monitor`` (exit watching, restart policies), ``health`` (probes),
+``update`` (docker update checks and merge), ``launch`` (forking a process into a container and reading its report
+pipe), ``logs`` (log drivers and reading), ``archive`` (files in and out).
 """
 from __future__ import annotations
 
@@ -14,12 +20,26 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
-from runtime.engine import archive, health, update
-from runtime.engine.config import (ZERO_TIME, check_name, check_restart_policy, command_of, devices_of,
-                                   host_config_defaults, merge_config, parse_binds, parse_mounts, parse_signal,
-                                   random_name, split_mode, ulimits_of)
+from runtime.engine import archive, health, links, update
+from runtime.engine.config import (
+    ZERO_TIME,
+    check_name,
+    check_restart_policy,
+    command_of,
+    devices_of,
+    host_config_defaults,
+    merge_config,
+    merge_env,
+    parse_binds,
+    parse_mounts,
+    parse_signal,
+    random_name,
+    split_mode,
+    ulimits_of,
+)
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
 from runtime.engine.exec import ExecManager
@@ -29,16 +49,24 @@ from runtime.engine.monitor import Monitor
 from runtime.engine.sessions import AttachSession, Session
 from runtime.engine.shim import connect
 from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
-from runtime.engine.volumes import VolumeStore, _filter_values, labels_match
+from runtime.engine.volumes import VolumeStore
 from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
+from runtime.filters import PRUNE_LABELS, Args
 from runtime.linux import cgroups, syscalls
+from runtime.linux.paths import private_dir
+from runtime.linux.process import propagation_problem
+
+LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
+                "publish", "since", "status", "volume")  # moby's
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
 class Engine:
-    """Docker's container operations. Thread-safe; see the team brief for the contract the API layer relies on."""
+    """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
+    classes whose status and message the API answers with."""
 
-    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
-                 bridge_name: Optional[str] = None) -> None:
+    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: str | None = None,
+                 bridge_name: str | None = None) -> None:
         from runtime.images.service import ImageService
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
@@ -46,12 +74,12 @@ class Engine:
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.containers_root = os.path.join(self.data_root, "containers")
-        for path in (self.containers_root, self.exec_root):
-            os.makedirs(path, mode=0o710, exist_ok=True)
+        for path in (self.data_root, self.containers_root, self.exec_root):  # dockerd's modes: not world-readable
+            private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
-        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
+        network_options: dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
@@ -67,8 +95,8 @@ class Engine:
                                release_network=self._release_network,
                                remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
-        os.makedirs(self._trash, exist_ok=True)
-        self._discards: List[threading.Thread] = []
+        private_dir(self._trash, 0o700)
+        self._discards: list[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
         self._restore()
@@ -84,7 +112,11 @@ class Engine:
     def _emit(self, c: Container, action: str, **extra: str) -> None:
         self.table.emit(c, action, **extra)
 
-    def _volume_users(self, name: str) -> List[str]:
+    def log_event(self, ref: str, action: str, **extra: str) -> None:
+        """A container event for something done around the engine (``commit``), with the usual attributes."""
+        self._emit(self._get(ref), action, **extra)
+
+    def _volume_users(self, name: str) -> list[str]:
         with self._lock:
             return [c.id for c in self._containers.values()
                     if any(m.get("Name") == name for m in c.data.get("Mounts") or [])]
@@ -94,13 +126,13 @@ class Engine:
 
     # --- create ------------------------------------------------------------------------------------------------
 
-    def create_container(self, body: dict, name: Optional[str] = None, platform: Optional[str] = None) -> dict:
+    def create_container(self, body: dict, name: str | None = None, platform: str | None = None) -> dict:
         body = dict(body or {})
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
+        host = host_config_defaults(body.get("HostConfig") or {})  # as moby: checked before the image lookup
         image = self.images.resolve(image_ref)
-        host = host_config_defaults(body.get("HostConfig") or {})
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         health.validate(body.get("Healthcheck"))
@@ -112,20 +144,24 @@ class Engine:
         config["Image"] = image_ref
         args = command_of(config)
         cid = secrets.token_hex(32)
+        kind, target = split_mode(host["NetworkMode"])
+        asked = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        macs = [config.get("MacAddress")] + [ep.get("MacAddress") for ep in asked.values() if isinstance(ep, dict)]
+        links.check_network_mode(config, host, kind, next((str(mac) for mac in macs if mac), ""))
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
-        kind, target = split_mode(host["NetworkMode"])
         if kind == "container":
             self._get(target)
         networks = self._planned_networks(kind, target, body)
+        linked = self._link_children(host.get("Links") or [], kind)
         mounts = self._plan_mounts(cid, host, config)
         with self._lock:
             name = check_name(name) if name else self._unique_name()
             for other in self._containers.values():
                 if other.name == name:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
-                                   'have to remove (or rename) that container to be able to reuse that name.'
-                                   % (name, other.id))
+                    raise Conflict(f'Conflict. The container name "/{name}" is already in use by container "{other.id}". You '
+                                   'have to remove (or rename) that container to be able to reuse that name.')
+            host["Links"] = [links.stored(child, name, alias) for child, alias in linked] or None
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -154,9 +190,12 @@ class Engine:
             self._containers[cid] = c
             self._save(c)
         self._emit(c, "create")
-        return {"Id": cid, "Warnings": []}
+        warnings = []
+        if kind == "host" and (host.get("PortBindings") or host.get("PublishAllPorts")):
+            warnings.append("Published ports are discarded when using host network mode")
+        return {"Id": cid, "Warnings": warnings}
 
-    def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
+    def _planned_networks(self, kind: str, target: str, body: dict) -> dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
         what to connect), validated now so a missing network fails the create, as with Docker."""
         if kind == "container":
@@ -165,12 +204,82 @@ class Engine:
         primary = self.networks.inspect(target)
         out = {primary["Name"]: _planned_endpoint(primary["Id"], asked.get(target) or asked.get(primary["Name"])
                                                   or asked.get("default") or {})}
+        mac = (body.get("MacAddress") or "") if kind != "host" else ""  # Config.MacAddress, API < 1.44
+        if mac and not out[primary["Name"]]["MacAddress"]:
+            out[primary["Name"]]["MacAddress"] = mac
         for key, cfg in asked.items():
             if key in (target, primary["Name"], "default"):
                 continue
             net = self.networks.inspect(key)
             out[net["Name"]] = _planned_endpoint(net["Id"], cfg or {})
         return out
+
+    def _link_children(self, specs: list[str], kind: str) -> list[tuple[str, str]]:
+        """(container name, alias) of each ``--link``; like dockerd, the target must exist at create."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound as exc:
+                raise InvalidParameter(f"could not get container for {child}: {exc}") from None
+            out.append((other.name, alias))
+        return out if kind in ("bridge", "network") else []
+
+    def _link_targets(self, c: Container, specs: list[str], net: str) -> list[tuple[str, list[str]]]:
+        """(container id, names) for the network manager, for links to running containers only, and on the
+        default bridge to containers on it (dockerd's words otherwise)."""
+        out = []
+        for spec in specs:
+            child, alias = links.parse_link(spec)
+            other = self._get(child)
+            if not other.running:
+                raise HostError(f"Cannot link to a non running container: {other.data['Name']} AS /{c.name}/{alias}")
+            if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
+                raise HostError(f"Cannot link to {other.data['Name']}, as it does not belong to the default network")
+            out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
+        return out
+
+    def _link_env(self, c: Container) -> list[str]:
+        """The legacy link variables of a container on the default bridge (moby's setupLinkedContainers). A target
+        that is gone or stopped is skipped here: connecting the bridge endpoint refuses it, inside the start's
+        cleanup path."""
+        if "bridge" not in (c.data["NetworkSettings"].get("Networks") or {}):
+            return []
+        env: list[str] = []
+        for spec in c.data["HostConfig"].get("Links") or []:
+            child, alias = links.parse_link(spec)
+            try:
+                other = self._get(child)
+            except NotFound:
+                continue
+            bridge = (other.data["NetworkSettings"].get("Networks") or {}).get("bridge")
+            if not other.running or not bridge:
+                continue
+            env += links.environment(f"/{c.name}/{alias}", bridge.get("IPAddress") or "",
+                                     other.data["Config"].get("Env") or [], other.data["Config"].get("ExposedPorts"))
+        return env
+
+    def remove_link(self, ref: str) -> None:
+        """``DELETE /containers/{parent}/{alias}?link=true``: the link goes from the parent's HostConfig and hosts
+        file (its environment stays as it started, as with Docker)."""
+        name = "/" + ref.lstrip("/")
+        parent_name, _, alias = name.rpartition("/")
+        if not parent_name:
+            self._get(ref)
+            raise HostError("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self._get(parent_name)
+        except NotFound:
+            raise NotFound(f"No such container: {name}") from None
+        kept = [spec for spec in parent.data["HostConfig"].get("Links") or [] if links.parse_link(spec)[1] != alias]
+        if len(kept) == len(parent.data["HostConfig"].get("Links") or []):
+            raise NotFound(f"No such container: {name}")
+        with self._lock:
+            parent.data["HostConfig"]["Links"] = kept or None
+            self._save(parent)
+        if parent.running:
+            self.networks.unlink(parent.id, alias)
 
     def _unique_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -179,7 +288,7 @@ class Engine:
             if name not in taken:
                 return name
 
-    def _plan_mounts(self, cid: str, host: dict, config: dict) -> List[dict]:
+    def _plan_mounts(self, cid: str, host: dict, config: dict) -> list[dict]:
         """Docker's Mounts list; named and anonymous volumes are created now, like moby does at create."""
         wanted = parse_binds(host.get("Binds") or []) + parse_mounts(host.get("Mounts") or [], host.get("Tmpfs"))
         targets = {m["Target"] for m in wanted}
@@ -197,7 +306,7 @@ class Engine:
                               "_anonymous": anonymous, "_copy": not m.get("NoCopy")})
                 entry["Propagation"] = ""
             elif m["Type"] == "bind":
-                entry["Propagation"] = "rprivate"
+                entry["Propagation"] = m.get("Propagation") or "rprivate"
                 if m.get("FromBinds") and not os.path.exists(m["Source"]):
                     os.makedirs(m["Source"], exist_ok=True)  # -v creates a missing host directory, as Docker does
             else:
@@ -213,7 +322,7 @@ class Engine:
             if c.running:
                 raise NotModified("container already started")
             if c.removed:
-                raise NotFound("No such container: %s" % ref)
+                raise NotFound(f"No such container: {ref}")
             self._start(c)
 
     def _write_etc(self, c: Container, kind: str) -> None:
@@ -235,10 +344,17 @@ class Engine:
             with open(c.file("hosts"), "a") as f:
                 for item in extra:
                     name, _, addr = item.partition(":")
-                    f.write("%s\t%s\n" % (addr, name))
+                    f.write(f"{addr}\t{name}\n")
         lines = []
+        if kind == "container":  # dockerd shares the other container's file: same namespace, same resolver
+            shutil.copyfile(self._get(split_mode(host["NetworkMode"])[1]).file("resolv.conf"), c.file("resolv.conf"))
+            return
+        user_networks = [n for n in c.data["NetworkSettings"].get("Networks") or {} if n not in ("bridge", "none")]
+        if kind == "network" or (kind == "bridge" and user_networks):
+            self._write_internal_resolv_conf(c)
+            return
         if host.get("Dns"):
-            lines += ["nameserver %s" % d for d in host["Dns"]]
+            lines += [f"nameserver {d}" for d in host["Dns"]]
         else:
             try:
                 with open("/etc/resolv.conf") as f:
@@ -256,9 +372,26 @@ class Engine:
         with open(c.file("resolv.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
+    def _write_internal_resolv_conf(self, c: Container) -> None:
+        """On user-defined networks, dockerd's embedded server answers at 127.0.0.11 (``--dns`` servers become its
+        upstreams); the host's search domains and options stay, with ``ndots:0`` unless one was given."""
+        host = c.data["HostConfig"]
+        try:
+            with open(self.networks.resolv_conf) as f:
+                base = [line.split() for line in f]
+        except OSError:
+            base = []
+        search = host.get("DnsSearch") or [word for words in base if words[:1] == ["search"] for word in words[1:]]
+        options = host.get("DnsOptions") or [word for words in base if words[:1] == ["options"] for word in words[1:]]
+        if not any(option.startswith("ndots:") for option in options):
+            options = ["ndots:0"] + options
+        lines = ["nameserver 127.0.0.11"] + (["search " + " ".join(search)] if search else [])
+        with open(c.file("resolv.conf"), "w") as f:
+            f.write("\n".join(lines + ["options " + " ".join(options)]) + "\n")
+
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        caps: Optional[List[int]] = None
+        caps: list[int] | None = None
         if not host.get("Privileged"):
             wanted = set(syscalls.DOCKER_DEFAULT_CAPS)
             if not cgroups.controls_devices():  # without a device allowlist, mknod would reach the host's disks
@@ -271,11 +404,12 @@ class Engine:
             try:
                 caps = sorted(syscalls.cap_number(cap) for cap in wanted)
             except ValueError as e:
-                raise InvalidParameter("unknown capability: %s" % e)
+                raise InvalidParameter(f"unknown capability: {e}") from None
         mounts = []
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
                            "readonly": not m["RW"], "options": m.get("_options", ""),
+                           "propagation": m.get("Propagation") or "",
                            "copy_up": m.get("_copy", False)})
         size = host.get("ConsoleSize") or [0, 0]
         log_max_size, log_max_file = rotation(host["LogConfig"])
@@ -312,22 +446,28 @@ class Engine:
         if kind == "container":
             other = self._get(target)
             if not other.running:
-                raise Conflict("cannot join network of a non running container: %s" % other.id)
-            netns_fd = os.open("/proc/%d/ns/net" % other.state["Pid"], os.O_RDONLY)
+                raise Conflict(f"cannot join network of a non running container: {other.id}")
+            netns_fd = os.open(f'/proc/{other.state["Pid"]}/ns/net', os.O_RDONLY)
         network = {"host": "host", "container": "join"}.get(kind, "new")
         try:
             cg = cgroups.open_cgroup("machines/" + c.id)
             cg.remove()
-            cg.create(dict(host, DeviceRules=["%(type)s %(major)d:%(minor)d %(perms)s" % d
+            cg.create(dict(host, DeviceRules=[f"{d['type']} {d['major']}:{d['minor']} {d['perms']}"
                                               for d in devices_of(host)]))
         except OSError as e:
-            raise HostError("failed to set up the container's cgroup: %s" % e)
+            raise HostError(f"failed to set up the container's cgroup: {e}") from None
         self._write_etc(c, kind)
         for m in c.data.get("Mounts") or []:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
-                                       "%s" % m["Source"])
+                                       "{}".format(m["Source"]))
+            problem = m["Type"] == "bind" and propagation_problem(m["Source"], m.get("Propagation") or "")
+            if problem:
+                raise HostError(problem)
         spec = self._spec(c, network)
+        if kind == "bridge":
+            c.data["_link_env"] = self._link_env(c)
+            spec["env"] = merge_env(c.data["_link_env"], spec["env"])
         try:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
@@ -370,7 +510,7 @@ class Engine:
                 self.remove(c.id, force=True, volumes=True)
             if isinstance(e, EngineError):
                 raise
-            raise HostError("failed to start container: %s" % message)
+            raise HostError(f"failed to start container: {message}") from None
         with self._lock:
             c.state.update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                             "OOMKilled": False, "Dead": False, "Pid": launch.child, "ExitCode": 0, "Error": "",
@@ -393,7 +533,7 @@ class Engine:
         if kind in ("container", "none", "host"):
             return
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        connected: Dict[str, dict] = {}
+        connected: dict[str, dict] = {}
         for name, planned in (settings.get("Networks") or {}).items():
             connected[name] = self._connect_one(c, name, planned, pid)
         settings["Networks"] = connected
@@ -408,11 +548,21 @@ class Engine:
                 settings[key] = bridge.get(key, settings.get(key))
 
     def _connect_one(self, c: Container, net: str, planned: dict, pid: int) -> dict:
-        ipv4 = (planned.get("IPAMConfig") or {}).get("IPv4Address") or None
+        """One network's endpoint, with what NetworkingConfig asked: aliases, addresses, MAC, links (the legacy
+        HostConfig.Links count on the default bridge and on a primary network that has none of its own)."""
+        host = c.data["HostConfig"]
+        addresses = planned.get("IPAMConfig") or {}
+        specs = planned.get("Links") or []
+        if not specs and net in ("bridge", split_mode(host["NetworkMode"])[1]):
+            specs = host.get("Links") or []
         endpoint = self.networks.connect(net, c.id, pid, name=c.name, aliases=planned.get("Aliases") or [],
-                                         ipv4=ipv4, hosts_path=c.file("hosts"),
+                                         ipv4=addresses.get("IPv4Address") or None,
+                                         ipv6=addresses.get("IPv6Address") or None,
+                                         mac=planned.get("MacAddress") or None, links=self._link_targets(c, specs, net),
+                                         dns=host.get("Dns") or None, hosts_path=c.file("hosts"),
                                          hostname=c.data["Config"].get("Hostname"))
         endpoint["IPAMConfig"] = planned.get("IPAMConfig")
+        endpoint["Links"] = planned.get("Links")
         return endpoint
 
     def _release_network(self, c: Container) -> None:
@@ -420,7 +570,7 @@ class Engine:
         if kind in ("bridge", "network"):  # none, host and container: modes never register with the manager
             try:
                 self.networks.release(c.id)
-            except Exception:  # noqa: the container is gone either way; a stale veth must not block stop/remove
+            except Exception:  # noqa: BLE001 - the container is gone either way; a stale veth must not block stop/remove
                 pass
         settings = c.data["NetworkSettings"]
         settings["Ports"] = {}
@@ -441,8 +591,8 @@ class Engine:
 
     def _restore(self) -> None:
         """Reloads every container; reconnects to live shims, closes the books on dead ones, applies policies."""
-        running: Dict[str, int] = {}
-        to_start: List[Container] = []
+        running: dict[str, int] = {}
+        to_start: list[Container] = []
         for cid in sorted(os.listdir(self.containers_root)):
             path = os.path.join(self.containers_root, cid)
             try:
@@ -502,7 +652,7 @@ class Engine:
             thread.join(10)
         try:
             self.networks.close()
-        except Exception:  # noqa: closing is best effort
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass
 
     # --- stop, kill, restart, pause ----------------------------------------------------------------------------
@@ -522,7 +672,7 @@ class Engine:
             pass
         c.state["Paused"] = False
 
-    def _wait_exit(self, c: Container, seq: int, timeout: Optional[float]) -> bool:
+    def _wait_exit(self, c: Container, seq: int, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while c.exit_seq == seq and c.running:
@@ -532,7 +682,7 @@ class Engine:
                 self._cond.wait(remaining)
         return True
 
-    def stop(self, ref: str, timeout: Optional[int] = None, signal: Optional[str] = None) -> None:
+    def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         c = self._get(ref)
         with c.lock:
             c.exit_on_next = True
@@ -568,7 +718,7 @@ class Engine:
         sig = parse_signal(signal or "SIGKILL", signals.SIGKILL)
         with c.lock:
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
+                raise Conflict(f"Container {c.id} is not running")
             with self._lock:
                 seq = c.exit_seq
                 c.data["HasBeenManuallyStopped"] = True
@@ -580,7 +730,7 @@ class Engine:
             if sig == signals.SIGKILL:
                 self._wait_exit(c, seq, 10)
 
-    def restart(self, ref: str, timeout: Optional[int] = None) -> None:
+    def restart(self, ref: str, timeout: int | None = None) -> None:
         c = self._get(ref)
         with c.lock:
             if c.running:
@@ -592,13 +742,13 @@ class Engine:
         c = self._get(ref)
         with c.lock:
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
+                raise Conflict(f"Container {c.id} is not running")
             if c.state["Paused"]:
-                raise Conflict("Container %s is already paused" % c.id)
+                raise Conflict(f"Container {c.id} is already paused")
             try:
                 cgroups.open_cgroup("machines/" + c.id).set_frozen(True)
             except OSError as e:
-                raise HostError("cannot pause container %s: %s" % (c.id, e))
+                raise HostError(f"cannot pause container {c.id}: {e}") from None
             with self._lock:
                 c.state.update({"Paused": True, "Status": "paused"})
                 self._save(c)
@@ -609,7 +759,7 @@ class Engine:
         c = self._get(ref)
         with c.lock:
             if not c.state["Paused"]:
-                raise Conflict("Container %s is not paused" % c.id)
+                raise Conflict(f"Container {c.id} is not paused")
             self._thaw(c)
             with self._lock:
                 c.state.update({"Paused": False, "Status": "running" if c.running else c.state["Status"]})
@@ -632,7 +782,7 @@ class Engine:
                 try:
                     update.merge(merged, body)
                 except EngineError as e:
-                    raise type(e)("Cannot update container %s: %s" % (c.id, e)) from None
+                    raise type(e)(f"Cannot update container {c.id}: {e}") from None
                 c.data["HostConfig"] = merged
                 self._save(c)
                 live = c.running and not c.state.get("Restarting")
@@ -647,7 +797,7 @@ class Engine:
                         cgroups.open_cgroup("machines/" + c.id).apply(before)
                     except OSError:
                         pass  # what could be put back was; the saved configuration is the old one
-                    raise HostError("Cannot update container %s: %s" % (c.id, e)) from None
+                    raise HostError(f"Cannot update container {c.id}: {e}") from None
         self._emit(c, "update")
         return {"Warnings": warnings}
 
@@ -659,9 +809,8 @@ class Engine:
                 raise InvalidParameter("Renaming a container with the same name as its current name")
             for other in self._containers.values():
                 if other.name == new_name:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
-                                   'have to remove (or rename) that container to be able to reuse that name.'
-                                   % (new_name, other.id))
+                    raise Conflict(f'Conflict. The container name "/{new_name}" is already in use by container "{other.id}". You '
+                                   'have to remove (or rename) that container to be able to reuse that name.')
             old = c.name
             c.data["Name"] = "/" + new_name
             self._save(c)
@@ -673,8 +822,8 @@ class Engine:
             if c.removed:
                 return
             if c.running and not force:
-                raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
-                               "removal or force remove" % c.id)
+                raise Conflict(f"You cannot remove a running container {c.id}. Stop the container before attempting "
+                               "removal or force remove")
             c.exit_on_next = True
             self.health.stop(c)
             if c.running:
@@ -725,16 +874,17 @@ class Engine:
         self._discards = [t for t in self._discards if t.is_alive()] + [thread]
         thread.start()
 
-    def prune_containers(self, filters: Optional[dict] = None) -> dict:
+    def prune_containers(self, filters: Args | None = None) -> dict:
+        """Stopped containers, narrowed by ``label``/``label!`` and ``until`` as moby's."""
+        args = Args.of(filters).validate(PRUNE_LABELS)
+        until = args.until()
         deleted, reclaimed = [], 0
-        labels = _filter_values(filters, "label")
-        until = _filter_values(filters, "until")
         with self._lock:
             candidates = [c for c in self._containers.values() if not c.running and not c.state.get("Restarting")]
         for c in candidates:
-            if labels and not labels_match(c.data["Config"].get("Labels") or {}, labels):
+            if not args.match_labels(c.data["Config"].get("Labels") or {}):
                 continue
-            if until and parse_time(c.data["Created"]) >= _until(until[0]):
+            if until is not None and parse_time(c.data["Created"]) > until:
                 continue
             reclaimed += archive.tree_size(c.file("upper"))
             try:
@@ -750,7 +900,7 @@ class Engine:
         c = self._get(ref)
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
-            raise InvalidParameter("invalid condition: %r" % condition)
+            raise InvalidParameter(f"invalid condition: {condition!r}")
         with self._lock:
             if condition == "removed":
                 while not c.removed:
@@ -779,29 +929,40 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Optional[dict] = None, limit: Optional[int] = -1,
-                        size: bool = False) -> List[dict]:
-        for value in _filter_values(filters, "health"):
+    def list_containers(self, all: bool = False, filters: Args | None = None, limit: int | None = -1,
+                        size: bool = False) -> list[dict]:
+        args = Args.of(filters).validate(LIST_FILTERS)
+        for value in args.get("health"):
             if value not in health.HEALTH_VALUES:
-                raise InvalidParameter("Unrecognised filter value for health: %s" % value)
+                raise InvalidParameter(f"Unrecognised filter value for health: {value}")
+        for value in args.get("status"):
+            if value not in STATES:
+                raise InvalidParameter(f"Unrecognised filter value for status: {value}")
+        published, exposed = args.ports("publish"), args.ports("expose")
         with self._lock:
             items = sorted(self._containers.values(), key=lambda c: c.data["Created"], reverse=True)
+            before = [self._get(ref).data["Created"] for ref in args.get("before")]
+            since = [self._get(ref).data["Created"] for ref in args.get("since")]
             out = []
             for c in items:
-                if not all and not c.running and not _filter_values(filters, "status"):
+                if not all and not c.running and not args.contains("status"):
                     continue
-                if not self._matches(c, filters):
+                if not self._matches(c, args):
+                    continue
+                if published and not published & set(c.data["HostConfig"].get("PortBindings") or {}):
+                    continue
+                if exposed and not exposed & set(c.data["Config"].get("ExposedPorts") or {}):
+                    continue
+                if any(c.data["Created"] >= b for b in before) or any(c.data["Created"] <= s for s in since):
                     continue
                 out.append(self._summary(c, size))
         return out[:limit] if limit is not None and limit > 0 else out
 
-    def _matches(self, c: Container, filters: Optional[dict]) -> bool:
-        if not filters:
+    def _matches(self, c: Container, args: Args) -> bool:
+        if not args:
             return True
         st = c.state
         checks = {
-            "id": lambda v: c.id.startswith(v),
-            "name": lambda v: v.lstrip("/") in c.name,
             "status": lambda v: v == st["Status"],
             "exited": lambda v: not c.running and st["Status"] == "exited" and str(st["ExitCode"]) == v,
             "ancestor": lambda v: v in (c.data["Config"].get("Image"), c.data["Image"])
@@ -810,11 +971,17 @@ class Engine:
             "network": lambda v: v in (c.data["NetworkSettings"].get("Networks") or {}),
             "health": lambda v: v == health.filter_value(st),
         }
+        if not args.match("id", c.id):  # regular expressions, as moby's
+            return False
+        if not (args.match("name", "/" + c.name) or args.match("name", c.name)):
+            return False
         for key, test in checks.items():
-            wanted = _filter_values(filters, key)
+            wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
                 return False
-        return labels_match(c.data["Config"].get("Labels") or {}, _filter_values(filters, "label"))
+        if args.contains("is-task") and args.get_bool("is-task", False):
+            return False  # no swarm here: no container is a task
+        return args.match_kv_list("label", c.data["Config"].get("Labels") or {})
 
     def _summary(self, c: Container, size: bool) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
@@ -836,7 +1003,7 @@ class Engine:
     # --- logs, attach, resize ----------------------------------------------------------------------------------
 
     def logs(self, ref: str, *, follow: bool = False, stdout: bool = True, stderr: bool = True, since: float = 0,
-             until: float = 0, timestamps: bool = False, tail: str = "all") -> Iterator[Tuple[int, bytes]]:
+             until: float = 0, timestamps: bool = False, tail: str = "all") -> Iterator[tuple[int, bytes]]:
         c = self._get(ref)
         if not (stdout or stderr):
             raise InvalidParameter("You must choose at least one stream")
@@ -853,7 +1020,7 @@ class Engine:
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True, logs: bool = False,
                stream: bool = True) -> Session:
         c = self._get(ref)
-        backlog: List[Tuple[int, bytes]] = []
+        backlog: list[tuple[int, bytes]] = []
         if logs:
             backlog = list(self.logs(c.id, follow=False, stdout=stdout, stderr=stderr))
         opts = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
@@ -877,13 +1044,13 @@ class Engine:
     def resize(self, ref: str, h: int, w: int) -> None:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         if not c.data["Config"].get("Tty"):
             return
         try:
             connect(c.data["_socket"], {"resize": [int(h), int(w)]}, timeout=2).close()
         except OSError as e:
-            raise HostError("cannot resize the container's terminal: %s" % e)
+            raise HostError(f"cannot resize the container's terminal: {e}") from None
 
     # --- exec ----------------------------------------------------------------------------------------------------
 
@@ -893,7 +1060,7 @@ class Engine:
     def exec_inspect(self, exec_id: str) -> dict:
         return self.execs.inspect(exec_id)
 
-    def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Optional[Session]:
+    def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Session | None:
         return self.execs.start(exec_id, detach=detach, tty=tty)
 
     def exec_resize(self, exec_id: str, h: int, w: int) -> None:
@@ -901,25 +1068,25 @@ class Engine:
 
     # --- top, stats --------------------------------------------------------------------------------------------
 
-    def _cgroup_pids(self, c: Container) -> List[int]:
+    def _cgroup_pids(self, c: Container) -> list[int]:
         return cgroups.open_cgroup("machines/" + c.id).procs()
 
-    def top(self, ref: str, ps_args: Optional[str] = None) -> dict:
+    def top(self, ref: str, ps_args: str | None = None) -> dict:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         pids = set(self._cgroup_pids(c))
         args = (ps_args or "-ef").split()
         try:
             out = subprocess.run(["ps"] + args, capture_output=True, text=True, check=True, timeout=10).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise HostError("Error running ps: %s" % e)
+            raise HostError(f"Error running ps: {e}") from None
         lines = out.splitlines()
         titles = lines[0].split()
         try:
             col = titles.index("PID")
         except ValueError:
-            raise InvalidParameter("Couldn't find PID field in ps output")
+            raise InvalidParameter("Couldn't find PID field in ps output") from None
         processes = []
         for line in lines[1:]:
             fields = line.split(None, len(titles) - 1)
@@ -964,7 +1131,7 @@ class Engine:
     def archive_head(self, ref: str, path: str) -> dict:
         return archive.head(self._get(ref), path)
 
-    def archive_get(self, ref: str, path: str) -> Tuple[Iterator[bytes], dict]:
+    def archive_get(self, ref: str, path: str) -> tuple[Iterator[bytes], dict]:
         return archive.get(self._get(ref), path)
 
     def archive_put(self, ref: str, path: str, fileobj: Any, no_overwrite_dir_non_dir: bool = False) -> None:
@@ -975,7 +1142,7 @@ class Engine:
 
     # --- networks and events -----------------------------------------------------------------------------------
 
-    def network_connect(self, net_ref: str, ref: str, config: Optional[dict] = None) -> None:
+    def network_connect(self, net_ref: str, ref: str, config: dict | None = None) -> None:
         """Connects now when running; otherwise records the endpoint for the next start, as Docker does."""
         c = self._get(ref)
         net = self.networks.inspect(net_ref)
@@ -984,10 +1151,12 @@ class Engine:
             networks = c.data["NetworkSettings"].setdefault("Networks", {})
             if not c.running:
                 if net["Name"] in networks:
-                    raise Conflict("endpoint with name %s already exists in network %s" % (c.name, net["Name"]))
+                    raise Conflict(f"endpoint with name {c.name} already exists in network {net['Name']}")
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
+                if net["Name"] not in ("bridge", "host", "none"):
+                    self._write_internal_resolv_conf(c)  # as dockerd: the embedded server takes over at once
             with self._lock:
                 networks[net["Name"]] = endpoint
                 self._save(c)
@@ -999,13 +1168,13 @@ class Engine:
             if c.running:
                 self.networks.disconnect(net_ref, c.id)
             elif net["Name"] not in (c.data["NetworkSettings"].get("Networks") or {}) and not force:
-                raise NotFound("container %s is not connected to network %s" % (c.id, net["Name"]))
+                raise NotFound(f"container {c.id} is not connected to network {net['Name']}")
             with self._lock:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)
 
-    def events(self, since: Optional[float] = None, until: Optional[float] = None,
-               filters: Optional[dict] = None) -> Iterator[dict]:
+    def events(self, since: float | None = None, until: float | None = None,
+               filters: Args | None = None) -> Iterator[dict]:
         return self.bus.stream(since=since, until=until, filters=filters)
 
 
@@ -1018,13 +1187,7 @@ def _log_file(c: Container) -> str:
 def _planned_endpoint(network_id: str, cfg: dict) -> dict:
     """EndpointSettings before the container runs: what was asked (aliases, address), no address yet."""
     return {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"), "Aliases": cfg.get("Aliases"),
-            "MacAddress": "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "MacAddress": cfg.get("MacAddress") or "", "NetworkID": network_id, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "DNSNames": None}
 
-
-def _until(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return parse_time(value)

@@ -5,9 +5,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-from runtime.engine.volumes import _filter_values, labels_match
+from runtime.filters import Args
 
 HISTORY = 1024
+FILTERS = ("config", "container", "daemon", "event", "image", "label", "network", "node", "plugin", "scope",
+           "secret", "service", "type", "volume")  # moby's; those of swarm objects simply never match here
 
 
 class EventBus:
@@ -37,36 +39,38 @@ class EventBus:
             self._cond.notify_all()
 
     @staticmethod
-    def matches(event: dict, filters: dict | None) -> bool:
+    def matches(event: dict, filters: Args | None) -> bool:
         if not filters:
             return True
         attrs = event["Actor"]["Attributes"]
+        if filters.contains("container") and not (event["Type"] == "container" and (
+                filters.fuzzy_match("container", event["Actor"]["ID"])
+                or filters.fuzzy_match("container", attrs.get("name", "")))):  # an id prefix or the name, as moby's
+            return False
         checks = (
             ("type", [event["Type"]]),
             ("event", [event["Action"], event["Action"].split(":")[0]]),
-            ("container", [event["Actor"]["ID"], attrs.get("name", "")] if event["Type"] == "container" else []),
             ("image", [attrs.get("image", "")]),
             ("volume", [event["Actor"]["ID"]] if event["Type"] == "volume" else []),
             ("network", [event["Actor"]["ID"], attrs.get("name", "")] if event["Type"] == "network" else []),
         )
         for key, values in checks:
-            wanted = _filter_values(filters, key)
-            if wanted and not any(w in values or (key == "container" and event["Actor"]["ID"].startswith(w))
-                                  for w in wanted):
+            wanted = filters.get(key)
+            if wanted and not any(w in values for w in wanted):
                 return False
-        labels = _filter_values(filters, "label")
-        return not labels or labels_match(attrs, labels)
+        return filters.match_kv_list("label", attrs)
 
     def stream(self, since: float | None = None, until: float | None = None,
-               filters: dict | None = None) -> Iterator[dict]:
+               filters: Args | None = None) -> Iterator[dict]:
         """Past events from ``since`` (none without it), then live ones until ``until`` (forever when None).
         The starting point is fixed now, not at the first ``next``: nothing emitted after this call is missed."""
+        args = Args.of(filters).validate(FILTERS)
         with self._cond:  # without ``since`` only new events, as ``docker events`` does
             start = self._first if since is not None else self._first + len(self._events)
-        return self._follow(start, since, until, filters)
+        return self._follow(start, since, until, args)
 
     def _follow(self, seq: int, since: float | None, until: float | None,
-                filters: dict | None) -> Iterator[dict]:
+                filters: Args) -> Iterator[dict]:
         while True:
             with self._cond:
                 while seq >= self._first + len(self._events) and not self._closed:

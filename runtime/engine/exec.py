@@ -14,8 +14,8 @@ from runtime.engine.launch import LaunchReport, start_error
 from runtime.engine.sessions import ExecSession
 from runtime.engine.shim import close_fds
 from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.linux import syscalls
-from runtime.linux.process import enter_child, receive_console
+from runtime.linux import safepath, syscalls
+from runtime.linux.process import StartError, enter_child, receive_console, resolve_user
 
 SpecFor = Callable[[Container, str], dict]
 
@@ -40,6 +40,8 @@ class ExecManager:
             cmd = [cmd]
         if not cmd:
             raise InvalidParameter("No exec command specified")
+        if body.get("User"):  # as dockerd: an unknown user fails the create, not the start
+            _check_user(c, str(body["User"]))
         eid = secrets.token_hex(32)
         with self._table.lock:
             self._execs[eid] = {
@@ -81,7 +83,7 @@ class ExecManager:
         if body.get("Privileged"):
             spec.update({"caps": None, "seccomp": False})
         spec.update({"tty": tty, "args": list(body["Cmd"]) if not isinstance(body["Cmd"], str) else [body["Cmd"]],
-                     "env": merge_env(cfg.get("Env") or [], body.get("Env") or []),
+                     "env": merge_env(c.data.get("_link_env", []) + (cfg.get("Env") or []), body.get("Env") or []),
                      "user": body.get("User") or cfg.get("User") or "",
                      "cwd": body.get("WorkingDir") or cfg.get("WorkingDir") or "/", "init": False})
         keep_open: dict[int, int] = {}
@@ -194,3 +196,25 @@ class ExecManager:
         with self._table.lock:
             for eid in [e for e, rec in self._execs.items() if rec["ContainerID"] == cid]:
                 self._execs.pop(eid, None)
+
+
+
+def _check_user(c: Container, user: str) -> None:
+    """Resolves ``user`` with the container's own passwd and group files, opened inside its root (a link there
+    cannot point the lookup at the host's files); refused with dockerd's words and its 400."""
+    fds: list[int] = []
+    with safepath.Root(f"/proc/{c.state['Pid']}/root") as root:
+        paths = []
+        for name in ("/etc/passwd", "/etc/group"):
+            try:
+                fds.append(root.open(name))
+                paths.append(safepath.fd_path(fds[-1]))
+            except OSError:
+                paths.append(os.devnull + "/missing")  # absent or unresolvable: no entries, as an empty file
+    try:
+        resolve_user(user, paths[0], paths[1])
+    except StartError as exc:
+        raise InvalidParameter(str(exc)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)

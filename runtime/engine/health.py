@@ -11,6 +11,8 @@ import signal as signals
 import threading
 import time
 
+from runtime import timefmt
+from runtime.engine.config import go_json_type
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.exec import ExecManager
 from runtime.errors import EngineError, InvalidParameter
@@ -35,23 +37,14 @@ def validate(check: dict | None) -> None:
     for key in ("Interval", "Timeout", "Retries", "StartPeriod", "StartInterval"):
         value = check.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidParameter("json: cannot unmarshal {} into Go struct field HealthConfig.Healthcheck.{} of "
-                                   "type {}".format(_json_type(value), key, "int" if key == "Retries" else "time.Duration"))
+            kind = "int" if key == "Retries" else "time.Duration"
+            raise InvalidParameter(f"json: cannot unmarshal {go_json_type(value)} into Go struct field "
+                                   f"HealthConfig.Healthcheck.{key} of type {kind}")
         if key == "Retries":
             if (value or 0) < 0:
                 raise InvalidParameter("Retries in Healthcheck cannot be negative")
         elif value and value < MINIMUM_DURATION:
-            raise InvalidParameter(f"{key} in Healthcheck cannot be less than {go_duration(MINIMUM_DURATION)}")
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number " + str(value)
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
+            raise InvalidParameter(f"{key} in Healthcheck cannot be less than {timefmt.format_go_duration(MINIMUM_DURATION)}")
 
 
 def merge(user: dict | None, image: dict | None) -> dict | None:
@@ -84,29 +77,6 @@ def filter_value(state: dict) -> str:
     """The value ``--filter health=`` matches: the status, or ``none`` without a health check."""
     health = state.get("Health")
     return health["Status"] if health else "none"
-
-
-def go_duration(ns: int) -> str:
-    """Go's time.Duration.String() ("1ms", "1.5s", "1m30s"), which moby puts in its messages."""
-    if ns == 0:
-        return "0s"
-    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
-    if ns < SECOND:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return sign + _trim(ns / size) + unit
-    hours, rest = divmod(ns, 3600 * SECOND)
-    minutes, rest = divmod(rest, 60 * SECOND)
-    text = _trim(rest / SECOND) + "s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return sign + text
-
-
-def _trim(value: float) -> str:
-    return (f"{value:.9f}").rstrip("0").rstrip(".")
 
 
 class HealthChecker:
@@ -221,7 +191,7 @@ class HealthChecker:
                         pass
                 reader.join(5)  # a child the probe left behind may hold the pipe: do not wait for it forever
                 text = output.decode(errors="replace") + ("..." if truncated else "")
-                limit = go_duration(timeout)
+                limit = timefmt.format_go_duration(timeout)
                 message = (f"Health check exceeded timeout ({limit}): {text}" if text
                            else f"Health check exceeded timeout ({limit})")
                 return {"Start": now(start), "End": now(), "ExitCode": -1, "Output": message}

@@ -89,12 +89,14 @@ class Monitor:
             if restart:
                 c.state.update({"Status": "restarting", "Restarting": True})
             table.save(c)
+            self._execs.container_exited(c.id)
+            # The events go out before waiters wake (moby logs die before SetStopped), so whoever returns from
+            # a wait or a stop finds "die" already in the event stream, never after its own next events.
+            if record.get("OOMKilled"):
+                table.emit(c, "oom")
+            table.emit(c, "die", exitCode=str(code))
             c.exit_seq += 1
             table.cond.notify_all()
-        self._execs.container_exited(c.id)
-        if record.get("OOMKilled"):
-            table.emit(c, "oom")
-        table.emit(c, "die", exitCode=str(code))
         if restart:
             self._schedule_restart(c, start_id)
         elif c.data["HostConfig"].get("AutoRemove"):

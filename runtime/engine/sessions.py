@@ -7,6 +7,7 @@ import select
 import socket
 import threading
 from collections import deque
+from collections.abc import Iterable
 from typing import Callable
 
 from runtime.engine.shim import CLOSE_STDIN, EXIT, STDIN, connect, recv_frame, send_frame
@@ -23,6 +24,11 @@ class Session:
     def write(self, data: bytes) -> None: raise NotImplementedError
     def close_stdin(self) -> None: raise NotImplementedError
     def close(self) -> None: raise NotImplementedError
+
+    def detach(self) -> None:
+        """The client leaves (detach keys, or the end of its input on a TTY): the output stream ends, the process
+        keeps running with its stdin open."""
+        self.close()
 
 
 class AttachSession(Session):
@@ -116,11 +122,15 @@ class ExecSession(Session):
         self._stdin = stdin_fd
         self._done = done
         self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._detached = self._closed = False
 
     def read(self) -> Chunk | None:
-        while self._outputs:
-            ready, _, _ = select.select(list(self._outputs), [], [])
+        while self._outputs and not self._detached:
+            ready, _, _ = select.select(list(self._outputs) + [self._wake_r], [], [])
             for fd in ready:
+                if fd == self._wake_r:
+                    return None
                 try:
                     data = os.read(fd, 65536)
                 except OSError as e:
@@ -133,8 +143,17 @@ class ExecSession(Session):
                 del self._outputs[fd]
                 if fd != self._stdin:
                     os.close(fd)
-        self._done.wait()
+        if not self._detached:
+            self._done.wait()
         return None
+
+    def detach(self) -> None:
+        """Ends the client's stream at once (``read`` returns None); ``close`` then leaves the process running."""
+        with self._lock:
+            if self._detached or self._closed:
+                return
+            self._detached = True
+            os.write(self._wake_w, b"x")
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -161,14 +180,44 @@ class ExecSession(Session):
             pass
 
     def close(self) -> None:
+        """The client is gone. A process still running keeps its terminal (and its stdin pipe is closed, as dockerd
+        closes it): its output is drained and dropped until it ends, so it neither blocks on a full pipe nor dies of
+        a hang-up."""
         with self._lock:
-            fds = set(self._outputs)
-            if self._stdin is not None:
-                fds.add(self._stdin)
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            if self._closed:
+                return
+            self._closed = True
+            outputs = set(self._outputs)
+            stdin = self._stdin if self._stdin not in outputs else None
             self._outputs = {}
             self._stdin = None
+            _close_all([self._wake_r, self._wake_w] + ([stdin] if stdin is not None else []))
+        if self._done.is_set() or not outputs:
+            _close_all(outputs)
+        else:
+            threading.Thread(target=_drain, args=(outputs,), name="exec-drain", daemon=True).start()
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _drain(fds: set[int]) -> None:
+    """Reads a detached exec's output away until every output ends (the process and its children are gone)."""
+    readable = set(fds)
+    try:
+        while readable:
+            ready, _, _ = select.select(list(readable), [], [])
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: a terminal whose last user is gone
+                    data = b""
+                if not data:
+                    readable.discard(fd)
+    finally:
+        _close_all(fds)

@@ -19,8 +19,8 @@ import signal
 import socket
 import struct
 import threading
-import time
 
+from runtime import timefmt
 from runtime.linux import syscalls as sc
 from runtime.linux.cgroups import open_cgroup
 from runtime.linux.process import container_child, exit_code, receive_console
@@ -29,11 +29,6 @@ FRAME = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, CLOSE_STDIN, EXIT = 0, 1, 2, 3, 9
 STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 PARTIAL_LIMIT = 16 * 1024
-
-
-def rfc3339_nano(ns: int | None = None) -> str:
-    ns = time.time_ns() if ns is None else ns
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1000000000)) + f".{ns % 1000000000:09d}Z"
 
 
 def write_json(path: str, data: dict) -> None:
@@ -186,7 +181,7 @@ class Shim:
         lines = buf.split(b"\n")
         rest = lines.pop()
         out = []
-        stamp = rfc3339_nano()
+        stamp = timefmt.rfc3339_nano()
         for line in lines:
             out.append(self._entry(line + b"\n", kind, stamp))
         while len(rest) >= PARTIAL_LIMIT or (final and rest):
@@ -194,7 +189,7 @@ class Shim:
             rest = rest[PARTIAL_LIMIT:]
         self.partial[kind] = rest
         limit = self.spec.get("log_max_size") or 0
-        batch: List[bytes] = []
+        batch: list[bytes] = []
         batch_size = 0
         for entry in out:  # rotate between entries, as moby does, however much one read brought
             if limit and self.log_size + batch_size + len(entry) > limit and self.log_size + batch_size:
@@ -205,7 +200,7 @@ class Shim:
             batch_size += len(entry)
         self._write(batch)
 
-    def _write(self, entries: List[bytes]) -> None:
+    def _write(self, entries: list[bytes]) -> None:
         if entries:
             data = b"".join(entries)
             self.log.write(data)
@@ -306,7 +301,7 @@ class Shim:
             oom = open_cgroup(self.spec["cgroup"]).oom_kills() > 0
         except OSError:
             oom = False
-        record = {"ExitCode": self.status, "OOMKilled": oom, "FinishedAt": rfc3339_nano(), "Pid": self.child,
+        record = {"ExitCode": self.status, "OOMKilled": oom, "FinishedAt": timefmt.rfc3339_nano(), "Pid": self.child,
                   "StartId": self.spec["start_id"]}
         write_json(self.spec["exit_path"], record)
         payload = json.dumps(record).encode()
@@ -330,7 +325,7 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> N
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    sc.set_process_name("machines-shim")
+    sc.set_process_title("machines-shim " + spec["id"], "shim-" + spec["id"][:10])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     master = stdin_fd = console = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from runtime.engine.logs import parse_rfc3339
+from runtime import timefmt
 
 
 def human_duration(seconds: float) -> str:
@@ -38,7 +38,7 @@ def human_duration(seconds: float) -> str:
 
 def _since(stamp: str) -> float:
     try:
-        return max(0.0, time.time() - parse_rfc3339(stamp))
+        return max(0.0, time.time() - timefmt.parse_rfc3339(stamp))
     except ValueError:
         return 0.0
 
@@ -53,7 +53,7 @@ def human_status(state: dict) -> str:
             return text + " (Paused)"
         health = state.get("Health")  # moby's Health.String()
         if health:
-            return text + (" (health: starting)" if health["Status"] == "starting" else " (%s)" % health["Status"])
+            return text + (" (health: starting)" if health["Status"] == "starting" else f" ({health['Status']})")
         return text
     if status == "created":
         return "Created"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from runtime.engine.config import check_restart_policy
+from runtime.engine.config import check_restart_policy, go_json_type
 from runtime.errors import Conflict, InvalidParameter
 from runtime.linux import cgroups
 
@@ -20,13 +20,15 @@ def _ints(resources: dict) -> dict[str, int]:
                 "BlkioWeight"):
         value = resources.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidParameter(f"json: cannot unmarshal {type(value).__name__} into Go struct field UpdateConfig.{key} of type int64")
+            raise InvalidParameter(f"json: cannot unmarshal {go_json_type(value)} into Go struct field "
+                                   f"UpdateConfig.{key} of type int64")
         out[key] = value or 0
     return out
 
 
-def parse_uint_list(text: str) -> set[int]:
-    """moby's parsers.ParseUintList: ``0-2,5`` to {0, 1, 2, 5}."""
+def parse_uint_list(text: str, maximum: int = 0) -> set[int]:
+    """moby's parsers.ParseUintListMaximum: ``0-2,5`` to {0, 1, 2, 5}; values above ``maximum`` (when not 0) are
+    refused before anything is built, so ``0-99999999999`` cannot make a huge set."""
     if not text:
         return set()
     out: set[int] = set()
@@ -34,16 +36,20 @@ def parse_uint_list(text: str) -> set[int]:
         low, dash, high = part.partition("-")
         if not (low.isdigit() and (not dash or high.isdigit())) or (dash and int(high) < int(low)):
             raise ValueError(f"invalid format: {text}")
-        out.update(range(int(low), int(high if dash else low) + 1))
+        top = int(high if dash else low)
+        if maximum and top > maximum:
+            raise ValueError(f"value of out range, maximum is {maximum}")
+        out.update(range(int(low), top + 1))
     return out
 
 
 def _check_cpuset(wanted: str, available: str, what: str, label: str) -> None:
-    try:
-        asked = parse_uint_list(wanted)
+    offered = parse_uint_list(available)
+    try:  # moby's sysinfo: 8192 (Linux's usual most CPUs) or the highest the host has
+        asked = parse_uint_list(wanted, max([8192, *offered]))
     except ValueError as e:
         raise InvalidParameter(f"Invalid value {wanted} for cpuset {what}: {e}") from None
-    if asked and not asked <= parse_uint_list(available):
+    if asked and not asked <= offered:
         raise InvalidParameter(f"Requested {label} are not available - requested {wanted}, available: {available}")
 
 

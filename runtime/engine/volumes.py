@@ -8,36 +8,18 @@ import re
 import secrets
 import shutil
 import threading
-import time
 from typing import Callable
 
+from runtime import timefmt
 from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.linux.paths import tree_size
+from runtime.filters import Args
+from runtime.linux.paths import private_dir, tree_size
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # moby's; always fullmatch: "$" would let "x\n" by
 
 
-def _filter_values(filters: dict | None, key: str) -> list[str]:
-    value = (filters or {}).get(key)
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [k for k, on in value.items() if on]
-    if isinstance(value, str):
-        return [value]
-    return list(value)
-
-
-def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
-    for spec in wanted:
-        key, eq, value = spec.partition("=")
-        if key not in labels or (eq and labels[key] != value):
-            return False
-    return True
+LIST_FILTERS = ("dangling", "name", "driver", "label")
+PRUNE_FILTERS = ("label", "label!", "all", "until")  # ``until`` beyond moby's: as container and network prune
 
 
 class VolumeStore:
@@ -47,9 +29,12 @@ class VolumeStore:
         self.root = root
         self._in_use = in_use
         self._lock = threading.RLock()
-        os.makedirs(root, mode=0o701, exist_ok=True)
+        private_dir(root, 0o701)  # dockerd's: others may reach a volume they know, never list them
 
     def _dir(self, name: str) -> str:
+        """The volume's folder; a name that could not have been created (``../x`` from a URL) is no volume."""
+        if not NAME_RE.fullmatch(name):
+            raise NotFound(f"get {name}: no such volume")
         return os.path.join(self.root, name)
 
     def _meta(self, name: str) -> dict:
@@ -71,7 +56,7 @@ class VolumeStore:
         driver = body.get("Driver") or "local"
         if driver != "local":
             raise NotFound(f"plugin {driver!r} not found")
-        if not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidParameter(f"create {name}: {name!r} includes invalid characters for a local volume name, only "
                                    "\"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host "
                                    "directory, use absolute path")
@@ -84,7 +69,7 @@ class VolumeStore:
             labels = dict(body.get("Labels") or {})
             if anonymous:
                 labels.setdefault("com.docker.volume.anonymous", "")
-            meta = {"Name": name, "CreatedAt": _now(), "Labels": labels, "Options": body.get("DriverOpts") or {}}
+            meta = {"Name": name, "CreatedAt": timefmt.rfc3339(), "Labels": labels, "Options": body.get("DriverOpts") or {}}
             tmp = os.path.join(self._dir(name), "volume.json.tmp")
             with open(tmp, "w") as f:
                 json.dump(meta, f)
@@ -92,7 +77,7 @@ class VolumeStore:
             return self._shape(meta)
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(os.path.join(self._dir(name), "volume.json"))
+        return bool(NAME_RE.fullmatch(name)) and os.path.exists(os.path.join(self._dir(name), "volume.json"))
 
     def inspect(self, name: str) -> dict:
         with self._lock:
@@ -101,22 +86,22 @@ class VolumeStore:
     def path(self, name: str) -> str:
         return os.path.join(self._dir(name), "_data")
 
-    def list(self, filters: dict | None = None) -> dict:
+    def list(self, filters: Args | None = None) -> dict:
+        """``GET /volumes``: filters ``name`` (a regular expression), ``driver``, ``label``, ``dangling``."""
+        args = Args.of(filters).validate(LIST_FILTERS)
+        dangling = args.get_bool("dangling", False) if args.contains("dangling") else None
         out = []
-        names = _filter_values(filters, "name")
-        labels = _filter_values(filters, "label")
-        dangling = _filter_values(filters, "dangling")
         with self._lock:
             for name in sorted(os.listdir(self.root)):
                 try:
                     vol = self._shape(self._meta(name))
                 except (NotFound, ValueError):
                     continue
-                if names and not any(n in name for n in names):
+                if not args.match("name", name) or not args.exact_match("driver", vol["Driver"]):
                     continue
-                if labels and not labels_match(vol["Labels"], labels):
+                if not args.match_kv_list("label", vol["Labels"]):
                     continue
-                if dangling and (dangling[0] in ("1", "true")) == bool(self._in_use(name)):
+                if dangling is not None and dangling == bool(self._in_use(name)):
                     continue
                 out.append(vol)
         return {"Volumes": out, "Warnings": []}
@@ -126,19 +111,23 @@ class VolumeStore:
             self._meta(name)
             users = self._in_use(name)
             if users:
-                raise Conflict("remove {}: volume is in use - [{}]".format(name, ", ".join(users)))
+                raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
-    def prune(self, filters: dict | None = None) -> dict:
-        """Removes unused volumes; like Docker 23+, only anonymous ones unless the filter says ``all=true``."""
-        everything = any(v in ("1", "true") for v in _filter_values(filters, "all"))
-        labels = _filter_values(filters, "label")
+    def prune(self, filters: Args | None = None) -> dict:
+        """Removes unused volumes; like Docker 23+ (API 1.42), only anonymous ones unless ``all=true`` (the API
+        layer adds it for older clients), narrowed by ``label``/``label!`` and ``until``."""
+        args = Args.of(filters).validate(PRUNE_FILTERS)
+        everything = args.get_bool("all", False)
+        until = args.until()
         deleted, reclaimed = [], 0
         with self._lock:
             for vol in self.list()["Volumes"]:
                 if not everything and "com.docker.volume.anonymous" not in vol["Labels"]:
                     continue
-                if labels and not labels_match(vol["Labels"], labels):
+                if not args.match_labels(vol["Labels"]):
+                    continue
+                if until is not None and timefmt.parse_rfc3339_or(vol["CreatedAt"]) > until:
                     continue
                 if self._in_use(vol["Name"]):
                     continue

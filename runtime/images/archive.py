@@ -22,7 +22,8 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import IO, Any
 
 from runtime.errors import InvalidParameter
 from runtime.linux import safepath
@@ -52,11 +53,10 @@ class _GuardedTarInfo(tarfile.TarInfo):
                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
         if self.type in special:
             if self.size > MAX_SPECIAL_HEADER:
-                raise LayerRefused("layer refused: %d-byte extended header exceeds the %d-byte limit"
-                                   % (self.size, MAX_SPECIAL_HEADER))
+                raise LayerRefused(f"layer refused: {self.size}-byte extended header exceeds the {MAX_SPECIAL_HEADER}-byte limit")
             total = getattr(tarfile_, "_special_bytes", 0) + self.size
             if total > MAX_SPECIAL_TOTAL:
-                raise LayerRefused("layer refused: extended headers exceed %d bytes in total" % MAX_SPECIAL_TOTAL)
+                raise LayerRefused(f"layer refused: extended headers exceed {MAX_SPECIAL_TOTAL} bytes in total")
             tarfile_._special_bytes = total  # type: ignore[attr-defined]
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
@@ -81,7 +81,7 @@ class _Decompressed:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         self._file: Any = None  # a gzip, bz2, lzma or plain binary file
 
     def __enter__(self) -> IO[bytes]:
@@ -164,7 +164,7 @@ def copy_hashing(src: IO[bytes], path: str) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def file_digest(path: str) -> Tuple[str, int]:
+def file_digest(path: str) -> tuple[str, int]:
     """sha256 digest and size of a file."""
     sha = hashlib.sha256()
     size = 0
@@ -177,13 +177,13 @@ def file_digest(path: str) -> Tuple[str, int]:
 
 # --- safe extraction -----------------------------------------------------------------------------------------
 
-def _clean_name(name: str, what: str) -> List[str]:
+def _clean_name(name: str, what: str) -> list[str]:
     """Archive path -> components; refuse absolute paths and ``..`` instead of silently rewriting them."""
     if name.startswith("/"):
-        raise LayerRefused("layer refused: absolute path %r in %s" % (name, what))
+        raise LayerRefused(f"layer refused: absolute path {name!r} in {what}")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise LayerRefused("layer refused: path %r escapes the layer (%s)" % (name, what))
+        raise LayerRefused(f"layer refused: path {name!r} escapes the layer ({what})")
     return parts
 
 
@@ -193,10 +193,10 @@ class _Extractor:
     def __init__(self, root: str, whiteouts: bool = True) -> None:
         self.root = root
         self.whiteouts = whiteouts
-        self.dir_times: List[Tuple[str, int]] = []
+        self.dir_times: list[tuple[str, int]] = []
         self.size = 0
 
-    def _parent(self, parts: List[str], name: str) -> str:
+    def _parent(self, parts: list[str], name: str) -> str:
         """The real parent dir of ``parts``, made on demand; refuse if any component is a symlink or a file."""
         path = self.root
         for part in parts[:-1]:
@@ -207,10 +207,9 @@ class _Extractor:
                 os.mkdir(path, 0o755)
                 continue
             if stat.S_ISLNK(st.st_mode):
-                raise LayerRefused("layer refused: %r would be written through the symlink %r"
-                                   % (name, "/".join(parts[:parts.index(part) + 1])))
+                raise LayerRefused("layer refused: {!r} would be written through the symlink {!r}".format(name, "/".join(parts[:parts.index(part) + 1])))
             if not stat.S_ISDIR(st.st_mode):
-                raise LayerRefused("layer refused: %r is below a non-directory" % name)
+                raise LayerRefused(f"layer refused: {name!r} is below a non-directory")
         return path
 
     @staticmethod
@@ -272,16 +271,14 @@ class _Extractor:
             if not m.linkname.startswith("/"):
                 target = os.path.normpath(os.path.join("/".join(parts[:-1]), m.linkname))
                 if target == ".." or target.startswith("../"):
-                    raise LayerRefused("layer refused: symlink %r -> %r points outside the layer"
-                                       % (m.name, m.linkname))
+                    raise LayerRefused(f"layer refused: symlink {m.name!r} -> {m.linkname!r} points outside the layer")
             self._clear(path, keep_dir=False)
             os.symlink(m.linkname, path)
         elif m.islnk():
-            target_parts = _clean_name(m.linkname, "hardlink target of %r" % m.name)
+            target_parts = _clean_name(m.linkname, f"hardlink target of {m.name!r}")
             target = os.path.join(self._parent(target_parts, m.linkname), target_parts[-1]) if target_parts else ""
             if not target_parts or not os.path.lexists(target) or os.path.isdir(target):
-                raise LayerRefused("layer refused: hardlink %r -> %r has no target inside the layer"
-                                   % (m.name, m.linkname))
+                raise LayerRefused(f"layer refused: hardlink {m.name!r} -> {m.linkname!r} has no target inside the layer")
             self._clear(path, keep_dir=False)
             os.link(target, path, follow_symlinks=False)
             return  # a hardlink shares its target's attributes
@@ -292,7 +289,7 @@ class _Extractor:
             if not self._device(path, m):
                 return
         else:
-            raise LayerRefused("layer refused: unsupported entry type %r for %r" % (m.type, m.name))
+            raise LayerRefused(f"layer refused: unsupported entry type {m.type!r} for {m.name!r}")
         self._attrs(path, m)
 
     def _device(self, path: str, m: tarfile.TarInfo) -> bool:
@@ -316,7 +313,7 @@ class _Extractor:
             return  # other AUFS metadata (.wh..wh.plnk, ...) means nothing to overlayfs
         hidden = base[len(WHITEOUT_PREFIX):]
         if hidden in ("", ".", ".."):
-            raise LayerRefused("layer refused: bad whiteout %r" % name)
+            raise LayerRefused(f"layer refused: bad whiteout {name!r}")
         path = os.path.join(parent, hidden)
         self._clear(path, keep_dir=False)
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
@@ -331,7 +328,7 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     from outside the context stops right after the last file's bytes, with no padding and no end-of-archive
     blocks. Running out of data there ends the archive; running out inside a member is still an error."""
     members = iter(tar)
-    last: Optional[tarfile.TarInfo] = None
+    last: tarfile.TarInfo | None = None
     while True:
         try:
             member = next(members)
@@ -353,11 +350,11 @@ def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
             for m in _members(tar):
                 ex.member(tar, m)
     except tarfile.TarError as exc:
-        raise LayerRefused("layer refused: invalid tar: %s" % exc) from None
+        raise LayerRefused(f"layer refused: invalid tar: {exc}") from None
     ex.finish()
 
 
-def extract_layer(stream: IO[bytes], dest: str) -> Tuple[str, int, int]:
+def extract_layer(stream: IO[bytes], dest: str) -> tuple[str, int, int]:
     """Extract an uncompressed layer tar from ``stream`` into the new directory ``dest``.
 
     Returns ``(diff_id, unpacked_size, tar_size)``. The caller deletes ``dest`` if this raises.
@@ -385,7 +382,7 @@ class _Sink(io.RawIOBase):
     """Collects what tarfile writes so it can be handed out in chunks (streaming without a pipe thread)."""
 
     def __init__(self) -> None:
-        self.chunks: List[bytes] = []
+        self.chunks: list[bytes] = []
         self.position = 0
 
     def writable(self) -> bool:
@@ -428,7 +425,7 @@ class TarStream:
         self.tar.addfile(info)
         return self.sink.take()
 
-    def add_stream(self, info: tarfile.TarInfo, src: Optional[IO[bytes]]) -> Iterator[bytes]:
+    def add_stream(self, info: tarfile.TarInfo, src: IO[bytes] | None) -> Iterator[bytes]:
         """Add an entry whose content is read from ``src`` (exactly ``info.size`` bytes), yielding as it goes."""
         self.tar.addfile(info)
         yield self.sink.take()
@@ -438,7 +435,7 @@ class TarStream:
         while remaining:
             chunk = src.read(min(COPY_CHUNK, remaining))
             if not chunk:
-                raise InvalidParameter("%s: unexpected end of data" % info.name)
+                raise InvalidParameter(f"{info.name}: unexpected end of data")
             remaining -= len(chunk)
             yield chunk
         pad = (-info.size) % tarfile.BLOCKSIZE
@@ -453,7 +450,7 @@ class TarStream:
         return self.sink.take()
 
 
-def _entries(parent: int, name: str, arc: str) -> Iterator[Tuple[int, str, str, os.stat_result]]:
+def _entries(parent: int, name: str, arc: str) -> Iterator[tuple[int, str, str, os.stat_result]]:
     """(dir fd, name, archive name, lstat) of an entry and, for a folder, of everything below it in a stable order;
     every step is relative to an open directory fd and no link is followed."""
     st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -468,8 +465,8 @@ def _entries(parent: int, name: str, arc: str) -> Iterator[Tuple[int, str, str, 
         os.close(top)
 
 
-def _xattrs(dirfd: int, name: str) -> Dict[str, str]:
-    out: Dict[str, str] = {}
+def _xattrs(dirfd: int, name: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     path = safepath.fd_path(dirfd, name)
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -487,13 +484,13 @@ def _xattrs(dirfd: int, name: str) -> Dict[str, str]:
 
 
 def _entry_info(dirfd: int, name: str, arc: str, st: os.stat_result,
-                seen: Dict[Tuple[int, int], str]) -> Tuple[Optional[tarfile.TarInfo], Optional[IO[bytes]]]:
+                seen: dict[tuple[int, int], str]) -> tuple[tarfile.TarInfo | None, IO[bytes] | None]:
     """The tar header of one entry, and for a regular file its content opened without following a link (a file
     swapped for a link meanwhile is skipped, never read through). (None, None) for sockets and devices."""
     info = tarfile.TarInfo(arc)
     info.uid, info.gid, info.mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
     info.mtime = int(st.st_mtime)
-    src: Optional[IO[bytes]] = None
+    src: IO[bytes] | None = None
     if stat.S_ISDIR(st.st_mode):
         info.type = tarfile.DIRTYPE
     elif stat.S_ISLNK(st.st_mode):
@@ -527,7 +524,7 @@ def tree_tar(parent: int, name: str, arcname: str, *, skip_root: bool = False,
     """A tar of entry ``name`` of directory fd ``parent`` (and all below it), named ``arcname`` in the archive.
     ``whiteouts`` turns overlay whiteouts and opaque folders into OCI ones (layers from upper dirs)."""
     ts = TarStream()
-    seen: Dict[Tuple[int, int], str] = {}
+    seen: dict[tuple[int, int], str] = {}
     for n, (dirfd, entry, arc, st) in enumerate(_entries(parent, name, arcname)):
         if n == 0 and skip_root:
             continue

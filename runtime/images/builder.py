@@ -28,7 +28,8 @@ import posixpath
 import re
 import shutil
 import stat
-from typing import IO, Any, Callable, Dict, Generator, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Generator, Iterator, Sequence
+from typing import IO, Any, Callable, NamedTuple
 
 from runtime.errors import EngineError, InvalidParameter, NotFound
 from runtime.images import archive, dockerfile, ignore, reference
@@ -56,9 +57,9 @@ def _stream(text: str) -> dict:
     return {"stream": text}
 
 
-def _error(exc: Exception) -> dict:
+def _error(exc: EngineError | OSError) -> dict:
     """A failed build's last message, as dockerd's stream formatter writes it."""
-    message = str(exc) if isinstance(exc, EngineError) else "%s: %s" % (exc.strerror or exc, exc.filename or "")
+    message = str(exc) if isinstance(exc, EngineError) else f"{exc.strerror or exc}: {exc.filename or ''}"
     return {"errorDetail": {"message": message}, "error": message}
 
 
@@ -87,15 +88,15 @@ class ImageView:
     non-directory or a whiteout in a layer hides everything below it, and an opaque directory hides the same
     directory in the layers below. A build context is a view of one layer."""
 
-    def __init__(self, layer_dirs: List[str]) -> None:
+    def __init__(self, layer_dirs: list[str]) -> None:
         self.layers = [safepath.Root(d, follow_links=False) for d in reversed(layer_dirs)]
-        self._merged: Dict[Tuple[str, ...], List[safepath.Root]] = {(): self.layers}
+        self._merged: dict[tuple[str, ...], list[safepath.Root]] = {(): self.layers}
 
-    def _dir_layers(self, parts: Tuple[str, ...]) -> List[safepath.Root]:
+    def _dir_layers(self, parts: tuple[str, ...]) -> list[safepath.Root]:
         """The layers whose copy of directory ``parts`` shows in the view, top first ([] if it is no directory)."""
         if parts not in self._merged:
             rel = "/".join(parts)
-            out: List[safepath.Root] = []
+            out: list[safepath.Root] = []
             for layer in self._dir_layers(parts[:-1]):
                 try:
                     st = layer.lstat(rel)
@@ -109,7 +110,7 @@ class ImageView:
             self._merged[parts] = out
         return self._merged[parts]
 
-    def lstat(self, rel: str) -> Optional[Found]:
+    def lstat(self, rel: str) -> Found | None:
         """The entry ``rel`` (its last component not followed) in the topmost layer that has it; None if absent or
         whited out."""
         parts = tuple(safepath.split(rel))
@@ -123,9 +124,9 @@ class ImageView:
             return None if _is_whiteout(st) else Found(layer, "/".join(parts), st)
         return None
 
-    def listdir(self, rel: str) -> List[str]:
+    def listdir(self, rel: str) -> list[str]:
         parts = tuple(safepath.split(rel))
-        names: Dict[str, bool] = {}
+        names: dict[str, bool] = {}
         for layer in self._dir_layers(parts):
             for name in layer.listdir("/".join(parts)):
                 if name not in names:
@@ -135,7 +136,7 @@ class ImageView:
     def resolve(self, rel: str, depth: int = 0) -> str:
         """Follow symlinks inside the view (scoped to its root) to the final relative path."""
         parts = safepath.split(rel)
-        out: List[str] = []
+        out: list[str] = []
         for i, part in enumerate(parts):
             if part == "..":
                 if out:
@@ -145,7 +146,7 @@ class ImageView:
             found = self.lstat("/".join(out))
             if found and stat.S_ISLNK(found.st.st_mode):
                 if depth > safepath.MAX_LINKS:
-                    raise InvalidParameter("too many levels of symbolic links: %s" % rel)
+                    raise InvalidParameter(f"too many levels of symbolic links: {rel}")
                 target = found.layer.readlink(found.rel)
                 base = "" if target.startswith("/") else "/".join(out[:-1])
                 return self.resolve(posixpath.join(base, target, *parts[i + 1:]), depth + 1)
@@ -164,22 +165,22 @@ class ImageView:
 # --- the build ---------------------------------------------------------------------------------------------------
 
 class _Stage:
-    def __init__(self, name: Optional[str], image: Optional[Image], config: dict) -> None:
+    def __init__(self, name: str | None, image: Image | None, config: dict) -> None:
         self.name = name
         self.image = image
         self.config = config
         self.cmd_set = False
-        self.args: Dict[str, str] = {}
-        self.global_args: Dict[str, str] = {}
+        self.args: dict[str, str] = {}
+        self.global_args: dict[str, str] = {}
 
 
 class Builder:
     """One ``docker build`` run; ``run()`` yields the JSON stream (errors in-band, as Docker sends them)."""
 
     def __init__(self, store: ImageStore, context: IO[bytes], *, dockerfile_path: str = "Dockerfile",
-                 tags: Sequence[str] = (), build_args: Optional[Dict[str, Optional[str]]] = None,
-                 labels: Optional[Dict[str, str]] = None, target: Optional[str] = None, nocache: bool = False,
-                 runner: Any = None, pull: Optional[PullFn] = None, quiet: bool = False,
+                 tags: Sequence[str] = (), build_args: dict[str, str | None] | None = None,
+                 labels: dict[str, str] | None = None, target: str | None = None, nocache: bool = False,
+                 runner: Any = None, pull: PullFn | None = None, quiet: bool = False,
                  cache_from: Sequence[str] = ()) -> None:
         self.store = store
         self.context_stream = context
@@ -192,12 +193,12 @@ class Builder:
         self.runner = runner
         self.pull = pull
         self.cache_from = list(cache_from)
-        self.cache_sources: List[Image] = []
+        self.cache_sources: list[Image] = []
         self.quiet = quiet
         self.work = ""
-        self.result: Optional[Image] = None
+        self.result: Image | None = None
         self.context = ""
-        self.stages: List[_Stage] = []
+        self.stages: list[_Stage] = []
 
     # --- entry point --------------------------------------------------------------------------------------
 
@@ -229,23 +230,23 @@ class Builder:
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def _read_dockerfile(self) -> List[Instruction]:
+    def _read_dockerfile(self) -> list[Instruction]:
         """Parse the Dockerfile, then drop it and .dockerignore from the context where .dockerignore names them
         (dockerd's ``removeDockerfile``): clients send both even when ignored, and a Dockerfile from outside the
         context arrives as ``.dockerfile.<random>``, named in .dockerignore by the docker CLI."""
         rel = posixpath.normpath(self.dockerfile_path)
         if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
-            raise InvalidParameter("forbidden path outside the build context: %s" % self.dockerfile_path)
+            raise InvalidParameter(f"forbidden path outside the build context: {self.dockerfile_path}")
         text = self._context_text(rel)
         if text is None and rel == "Dockerfile":
             rel, text = "dockerfile", self._context_text("dockerfile")
         if text is None:
-            raise InvalidParameter("Cannot locate specified Dockerfile: %s" % self.dockerfile_path)
+            raise InvalidParameter(f"Cannot locate specified Dockerfile: {self.dockerfile_path}")
         instructions = dockerfile.parse(text)
         self._remove_ignored(".dockerignore", rel)
         return instructions
 
-    def _context_text(self, rel: str) -> Optional[str]:
+    def _context_text(self, rel: str) -> str | None:
         """A regular file of the context (symlinks resolved inside it), or None."""
         with safepath.Root(self.context) as root:
             try:
@@ -273,7 +274,7 @@ class Builder:
                     finally:
                         os.close(parent)
 
-    def _plan(self, instructions: List[Instruction]) -> Tuple[List[Instruction], List[Instruction]]:
+    def _plan(self, instructions: list[Instruction]) -> tuple[list[Instruction], list[Instruction]]:
         """Global ARGs, then the instructions up to the end of the target stage."""
         first_from = next((i for i, ins in enumerate(instructions) if ins.cmd == "FROM"), None)
         if first_from is None:
@@ -281,13 +282,13 @@ class Builder:
         head = instructions[:first_from]
         for ins in head:
             if ins.cmd != "ARG":
-                raise InvalidParameter("%s not allowed before FROM" % ins.cmd)
+                raise InvalidParameter(f"{ins.cmd} not allowed before FROM")
         body = instructions[first_from:]
         if self.target is None:
             return head, body
         names = [dockerfile.stage_name(ins, {})[1] if ins.cmd == "FROM" else None for ins in body]
         if self.target not in names:
-            raise InvalidParameter("failed to reach build target %s in Dockerfile" % self.target)
+            raise InvalidParameter(f"failed to reach build target {self.target} in Dockerfile")
         start = names.index(self.target)
         end = next((i for i in range(start + 1, len(body)) if body[i].cmd == "FROM"), len(body))
         return head, body[:end]
@@ -295,18 +296,18 @@ class Builder:
     def _build(self) -> Iterator[dict]:
         head, body = self._plan(self._read_dockerfile())
         total = len(head) + len(body)
-        global_args: Dict[str, str] = {}
+        global_args: dict[str, str] = {}
         step = 0
         for ins in head:
             step += 1
-            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            yield _stream(f"Step {step}/{total} : {ins.original}\n")
             for key, default in dockerfile.key_values(ins, global_args):
                 value = self.build_args.get(key)
                 global_args[key] = value if value is not None else default
-        stage: Optional[_Stage] = None
+        stage: _Stage | None = None
         for ins in body:
             step += 1
-            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            yield _stream(f"Step {step}/{total} : {ins.original}\n")
             if ins.cmd == "FROM":
                 stage = yield from self._from(ins, global_args)
                 self.stages.append(stage)
@@ -314,30 +315,30 @@ class Builder:
                 assert stage is not None
                 yield from self._step(stage, ins)
             if stage is not None and stage.image is not None:
-                yield _stream(" ---> %s\n" % stage.image.id[7:19])
+                yield _stream(f" ---> {stage.image.id[7:19]}\n")
         assert stage is not None
         if self.labels:
             labels = dict(stage.config.get("Labels") or {})
             labels.update(self.labels)
             stage.config["Labels"] = labels
             yield from self._cached_or_commit(stage, None, NOP + "LABEL " + " ".join(
-                "%s=%s" % kv for kv in sorted(self.labels.items())))
+                "{}={}".format(*kv) for kv in sorted(self.labels.items())))
         if stage.image is None:
             raise InvalidParameter("No image was generated. Is your Dockerfile empty?")
         image = self.result = stage.image
         yield {"aux": {"ID": image.id}}
-        yield _stream("Successfully built %s\n" % image.id[7:19])
+        yield _stream(f"Successfully built {image.id[7:19]}\n")
         for ref in self.tags:
             self.store.tag(image.id, ref.name, ref.tag)
-            yield _stream("Successfully tagged %s\n" % ref.familiar())
+            yield _stream(f"Successfully tagged {ref.familiar()}\n")
 
     # --- FROM ---------------------------------------------------------------------------------------------
 
-    def _from(self, ins: Instruction, global_args: Dict[str, str]) -> Generator[dict, None, _Stage]:
+    def _from(self, ins: Instruction, global_args: dict[str, str]) -> Generator[dict, None, _Stage]:
         name, alias = dockerfile.stage_name(ins, global_args)
         previous = self._stage_by_name(name)
         if previous is not None:
-            image: Optional[Image] = previous.image
+            image: Image | None = previous.image
         elif name == "scratch":
             image = None
         else:
@@ -351,7 +352,7 @@ class Builder:
             yield from self._step(stage, dockerfile.parse_line(trigger))
         return stage
 
-    def _stage_by_name(self, name: str) -> Optional[_Stage]:
+    def _stage_by_name(self, name: str) -> _Stage | None:
         for n, stage in enumerate(self.stages):
             if stage.name == name.lower() or name == str(n):
                 return stage
@@ -371,7 +372,7 @@ class Builder:
 
     # --- other instructions -----------------------------------------------------------------------------
 
-    def _env(self, stage: _Stage) -> Dict[str, str]:
+    def _env(self, stage: _Stage) -> dict[str, str]:
         """Variables for ``$VAR`` expansion: build args, overridden by ENV."""
         env = dict(stage.args)
         env.update(dockerfile.env_dict(stage.config))
@@ -409,7 +410,7 @@ class Builder:
         blob = json.dumps([parent, created_by, stage.config], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _cache_lookup(self, stage: _Stage, key: str, created_by: str) -> Optional[Image]:
+    def _cache_lookup(self, stage: _Stage, key: str, created_by: str) -> Image | None:
         """The image an identical step made here before; with ``--cache-from``, as dockerd: such an image only
         when one of the source images descends from it, else the source whose history continues with this step."""
         if self.nocache:
@@ -421,7 +422,7 @@ class Builder:
             return local
         return self._source_cache(stage, created_by)
 
-    def _local_cache(self, key: str) -> Optional[Image]:
+    def _local_cache(self, key: str) -> Image | None:
         try:
             with open(os.path.join(self.store.root, CACHE_FILE)) as f:
                 image_id = json.load(f).get(key)
@@ -431,7 +432,7 @@ class Builder:
             return self.store.resolve(image_id)
         return None
 
-    def _cache_sources(self) -> List[Image]:
+    def _cache_sources(self) -> list[Image]:
         """``--cache-from`` images present here (missing ones are skipped, as dockerd skips them)."""
         sources = []
         for ref in self.cache_from:
@@ -443,14 +444,15 @@ class Builder:
 
     def _descends(self, image: Image, ancestor_id: str) -> bool:
         """Whether ``ancestor_id`` is ``image`` or one of its parents (dockerd's ``isParent``)."""
-        image_id = image.id
-        while image_id:
+        image_id, seen = image.id, set()
+        while image_id and image_id not in seen:  # parent links of loaded images are data: never loop on them
             if image_id == ancestor_id:
                 return True
+            seen.add(image_id)
             image_id = self.store.resolve(image_id).parent if self.store.exists(image_id) else ""
         return False
 
-    def _source_cache(self, stage: _Stage, created_by: str) -> Optional[Image]:
+    def _source_cache(self, stage: _Stage, created_by: str) -> Image | None:
         """dockerd's ``ImageCache.GetCache`` over the ``--cache-from`` images: a source whose history and layers
         start with the parent's and whose next history entry was made by this step gives the cached image."""
         parent = stage.image
@@ -463,6 +465,8 @@ class Builder:
             step = source_history[len(history)]
             if step.get("created_by") != created_by:
                 continue
+            if not step.get("empty_layer") and len(diff_ids) >= len(source.diff_ids):
+                continue  # a history that names more layers than the image has: nothing to take from it
             self.cache_sources = [source]  # as dockerd: no jumping to another source half-way
             if len(source_history) == len(history) + 1:
                 if parent is not None:  # the source itself: it becomes the child of this build's parent
@@ -471,13 +475,12 @@ class Builder:
             return self._restore(parent, source, history + [step], diff_ids, stage.config)
         return None
 
-    def _restore(self, parent: Optional[Image], source: Image, history: List[dict], diff_ids: List[str],
+    def _restore(self, parent: Image | None, source: Image, history: list[dict], diff_ids: list[str],
                  config: dict) -> Image:
         """An intermediate image of ``source``: the parent plus the source's next step (and its layer)."""
+        if not history[-1].get("empty_layer"):  # the source's layers begin with the parent's (``_continues``)
+            diff_ids = diff_ids + [source.diff_ids[len(diff_ids)]]
         step = history[-1]
-        if not step.get("empty_layer"):
-            layer_index = sum(1 for entry in history[:-1] if not entry.get("empty_layer"))
-            diff_ids = diff_ids + [source.diff_ids[layer_index]]
         image = {key: source.config[key] for key in ("architecture", "os", "variant", "author", "os.version")
                  if key in source.config}
         image.update({"config": config, "created": step.get("created"), "history": history,
@@ -495,7 +498,7 @@ class Builder:
             cache[key] = image.id
             self.store._write_atomic(path, json.dumps(cache).encode())
 
-    def _commit(self, stage: _Stage, upper: Optional[str], created_by: str, author: str = "") -> Image:
+    def _commit(self, stage: _Stage, upper: str | None, created_by: str, author: str = "") -> Image:
         return self.store.commit(upper, stage.image, dict(stage.config), created_by=created_by, author=author)
 
     def _from_cache(self, stage: _Stage, key: str, created_by: str) -> Generator[dict, None, bool]:
@@ -507,7 +510,7 @@ class Builder:
         stage.image = cached
         return True
 
-    def _cached_or_commit(self, stage: _Stage, upper: Optional[Callable[[], Optional[str]]], created_by: str,
+    def _cached_or_commit(self, stage: _Stage, upper: Callable[[], str | None] | None, created_by: str,
                           author: str = "") -> Iterator[dict]:
         """Reuse the image an identical step made before (``Using cache``), or make the layer with ``upper()``
         (None: config only) and commit a new one."""
@@ -517,16 +520,17 @@ class Builder:
         stage.image = self._commit(stage, upper() if upper is not None else None, created_by, author)
         self._cache_record(key, stage.image)
 
-    def _workdir_layer(self, stage: _Stage, work: str) -> Optional[str]:
+    def _workdir_layer(self, stage: _Stage, work: str) -> str | None:
         """WORKDIR creates its directory when the image lacks it (as a tiny layer)."""
         path = stage.config.get("WorkingDir") or "/"
         view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        if path == "/" or view.lstat(view.resolve(path)) is not None:
+        inside = view.resolve(path)  # through the image's links, inside the image
+        if path == "/" or view.lstat(inside) is not None:
             return None
         staging = os.path.join(work, "upper")
         os.makedirs(staging, exist_ok=True)
         with safepath.Root(staging, follow_links=False) as layer:
-            self._make_parents(view, layer, path.strip("/") + "/")
+            self._make_parents(view, layer, inside + "/")
         return staging
 
     # --- RUN ---------------------------------------------------------------------------------------------------
@@ -534,7 +538,7 @@ class Builder:
     def _run(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
         argv = dockerfile.command_args(ins, stage.config)
         used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
-        prefix = "|%d %s " % (len(used_args), " ".join("%s=%s" % kv for kv in used_args)) if used_args else ""
+        prefix = f'|{len(used_args)} {" ".join("{}={}".format(*kv) for kv in used_args)} ' if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
         if (yield from self._from_cache(stage, key, created_by)):
@@ -544,21 +548,21 @@ class Builder:
         if stage.image is None:
             raise InvalidParameter("RUN is not possible on a scratch image without files")
         config = dict(stage.config)
-        config["Env"] = list(config.get("Env") or []) + ["%s=%s" % kv for kv in used_args]
+        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args]
         step = self.runner.run_build_step(stage.image.id, argv, config)
         try:
-            yield _stream(" ---> Running in %s\n" % str(step.id)[:12])
+            yield _stream(f" ---> Running in {str(step.id)[:12]}\n")
             for chunk in step.output():
                 if not self.quiet:
                     yield _stream(chunk.decode("utf-8", "replace"))
             code = step.wait()
             if code != 0:
-                raise BuildFailed("The command '%s' returned a non-zero code: %d" % (" ".join(argv), code), code)
+                raise BuildFailed(f'The command \'{" ".join(argv)}\' returned a non-zero code: {code}', code)
             stage.image = self.store.commit(step.upper_dir, stage.image, dict(stage.config), created_by=created_by)
             self._cache_record(key, stage.image)
         finally:
             step.remove()
-        yield _stream("Removing intermediate container %s\n" % str(step.id)[:12])
+        yield _stream(f"Removing intermediate container {str(step.id)[:12]}\n")
 
     # --- COPY / ADD ----------------------------------------------------------------------------------------------
 
@@ -571,8 +575,8 @@ class Builder:
         env = self._env(stage)
         args = list(ins.args) if ins.json_form else dockerfile.words(ins.args[0], env)
         if len(args) < 2:
-            raise InvalidParameter("%s requires at least two arguments, but only one was provided. Destination "
-                                   "could not be determined." % ins.cmd)
+            raise InvalidParameter(f"{ins.cmd} requires at least two arguments, but only one was provided. Destination "
+                                   "could not be determined.")
         sources, dest = args[:-1], args[-1]
         if "from" in ins.flags:
             other = self._stage_by_name(dockerfile.expand(ins.flags["from"], env))
@@ -590,21 +594,23 @@ class Builder:
         dest_path = posixpath.normpath(posixpath.join(workdir, dest))
         dest_is_dir = dest.endswith("/") or len(sources) > 1 or dest in (".", "./")
         parent_view = ImageView(stage.image.layer_dirs() if stage.image else [])
-        existing = parent_view.lstat(parent_view.resolve(dest_path))
+        # The destination's links are followed inside the image (``/app -> /srv`` puts files in /srv, as Docker)
+        inside = parent_view.resolve(dest_path)
+        existing = parent_view.lstat(inside)
         if existing is not None and stat.S_ISDIR(existing.st.st_mode):
             dest_is_dir = True  # COPY a.txt /app, where /app is a directory of the image
-        plan: List[Tuple[str, Found, str]] = []  # (kind, source entry, target path inside the layer)
+        plan: list[tuple[str, Found, str]] = []  # (kind, source entry, target path inside the layer)
         for src in sources:
             if ins.cmd == "ADD" and re.match(r"^[a-z]+://", src):
-                raise NotFound("ADD from a URL is not supported by this builder: %s" % src)
+                raise NotFound(f"ADD from a URL is not supported by this builder: {src}")
             matches = self._glob(src, source_view, in_context)
             if not matches:
                 raise NotFound("COPY failed: file not found in build context or excluded by .dockerignore: "
-                               "stat %s: file does not exist" % src)
+                               f"stat {src}: file does not exist")
             if len(matches) > 1:
                 dest_is_dir = True
             for found, rel in matches:
-                target = dest_path.strip("/")
+                target = inside
                 if stat.S_ISDIR(found.st.st_mode):
                     plan.extend(_plan_tree(source_view, found, target))
                 elif ins.cmd == "ADD" and in_context and _is_tar(found):
@@ -614,8 +620,7 @@ class Builder:
                         target = posixpath.join(target, posixpath.basename(rel))
                     plan.append(("file", found, target))
         digest = _plan_digest(plan, owner, mode)
-        created_by = "%s%s %s:%s in %s " % (NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
-                                            dest_path)
+        created_by = f"{NOP}{ins.cmd} {'multi' if len(sources) > 1 else 'file'}:{digest} in {dest_path} "
         staging = os.path.join(work, "upper")
 
         def materialize() -> str:
@@ -623,13 +628,13 @@ class Builder:
             by a later directory ``x``, as tar extraction does, never written through."""
             os.makedirs(staging, exist_ok=True)
             with safepath.Root(staging, follow_links=False) as layer:
-                self._make_parents(parent_view, layer, dest_path.strip("/") + ("/" if dest_is_dir else ""))
+                self._make_parents(parent_view, layer, inside + ("/" if dest_is_dir else ""))
                 for kind, found, target in plan:
                     if kind == "tar":
                         folder = layer.makedirs(target, replace=True)
                         try:
                             with found.open() as f:
-                                archive.extract_tree(f, "/proc/self/fd/%d" % folder)
+                                archive.extract_tree(f, f"/proc/self/fd/{folder}")
                         finally:
                             os.close(folder)
                     elif kind == "dir":
@@ -641,10 +646,10 @@ class Builder:
         yield from self._cached_or_commit(stage, materialize, created_by)
 
     @staticmethod
-    def _glob(src: str, view: ImageView, in_context: bool) -> List[Tuple[Found, str]]:
+    def _glob(src: str, view: ImageView, in_context: bool) -> list[tuple[Found, str]]:
         """(entry, path as named) pairs for a source, its links followed inside the view (the context or stage)."""
         if in_context and (posixpath.normpath(src).startswith("../") or posixpath.normpath(src) == ".."):
-            raise InvalidParameter("forbidden path outside the build context: %s ()" % src)
+            raise InvalidParameter(f"forbidden path outside the build context: {src} ()")
         clean = posixpath.normpath("/" + src).lstrip("/")
         if any(c in clean for c in "*?["):
             rels = [r for r in view.walk() if fnmatch.fnmatchcase(r, clean) and r.count("/") == clean.count("/")]
@@ -679,7 +684,7 @@ class Builder:
                 finally:
                     os.close(parent)
 
-    def _owner(self, stage: _Stage, spec: Optional[str]) -> Tuple[int, int]:
+    def _owner(self, stage: _Stage, spec: str | None) -> tuple[int, int]:
         """``--chown=user[:group]`` with numeric IDs or names from the image's /etc/passwd and /etc/group."""
         if not spec:
             return 0, 0
@@ -690,7 +695,7 @@ class Builder:
         return uid, gid
 
     @staticmethod
-    def _lookup_id(view: ImageView, table: str, name: str) -> Tuple[int, int]:
+    def _lookup_id(view: ImageView, table: str, name: str) -> tuple[int, int]:
         if name.isdigit():
             return int(name), int(name)
         found = view.lstat(view.resolve(table))
@@ -700,10 +705,10 @@ class Builder:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
                         return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
-        raise InvalidParameter("unable to find user %s: no matching entries in %s file" % (name, table.split("/")[1]))
+        raise InvalidParameter(f"unable to find user {name}: no matching entries in {table.split('/')[1]} file")
 
 
-def _continues(source: Image, source_history: List[dict], history: List[dict], diff_ids: List[str]) -> bool:
+def _continues(source: Image, source_history: list[dict], history: list[dict], diff_ids: list[str]) -> bool:
     """dockerd's ``isValidParent``: the source's history and layers begin with the parent's, and go further."""
     if not source_history:
         return False
@@ -714,7 +719,7 @@ def _continues(source: Image, source_history: List[dict], history: List[dict], d
     return source_history[:len(history)] == history and source.diff_ids[:len(diff_ids)] == diff_ids
 
 
-def _plan_tree(view: ImageView, found: Found, target: str) -> Iterator[Tuple[str, Found, str]]:
+def _plan_tree(view: ImageView, found: Found, target: str) -> Iterator[tuple[str, Found, str]]:
     """A directory's contents as plan entries (a context dir, or a merged dir of another stage's image)."""
     yield "dir", found, target
     for name in view.listdir(found.rel):
@@ -727,12 +732,12 @@ def _plan_tree(view: ImageView, found: Found, target: str) -> Iterator[Tuple[str
             yield "file", child, posixpath.join(target, name)
 
 
-def _plan_digest(plan: List[Tuple[str, Found, str]], owner: Tuple[int, int], mode: Optional[int]) -> str:
+def _plan_digest(plan: list[tuple[str, Found, str]], owner: tuple[int, int], mode: int | None) -> str:
     """Content digest of a COPY/ADD: targets, modes, link targets and bytes (not times), as the cache key."""
     digest = hashlib.sha256(json.dumps([owner, mode]).encode())
     for kind, found, target in plan:
         st = found.st
-        digest.update(("%s\0%s\0%o\0" % (kind, target, stat.S_IMODE(st.st_mode))).encode())
+        digest.update((f"{kind}\0{target}\0{stat.S_IMODE(st.st_mode):o}\0").encode())
         if stat.S_ISLNK(st.st_mode):
             digest.update(found.layer.readlink(found.rel).encode())
         elif stat.S_ISREG(st.st_mode):
@@ -742,7 +747,7 @@ def _plan_digest(plan: List[Tuple[str, Found, str]], owner: Tuple[int, int], mod
     return digest.hexdigest()
 
 
-def _copy_dir(src: Found, layer: safepath.Root, target: str, owner: Tuple[int, int]) -> None:
+def _copy_dir(src: Found, layer: safepath.Root, target: str, owner: tuple[int, int]) -> None:
     """A source directory's own mode and the --chown owner, given only to a directory this step creates."""
     try:
         if stat.S_ISDIR(layer.lstat(target).st_mode):
@@ -757,7 +762,7 @@ def _copy_dir(src: Found, layer: safepath.Root, target: str, owner: Tuple[int, i
         os.close(folder)
 
 
-def _copy_file(src: Found, layer: safepath.Root, target: str, owner: Tuple[int, int], mode: Optional[int]) -> None:
+def _copy_file(src: Found, layer: safepath.Root, target: str, owner: tuple[int, int], mode: int | None) -> None:
     """Copy one file or symlink (times kept, owner from --chown, mode from --chmod); skip special files."""
     if not (stat.S_ISLNK(src.st.st_mode) or stat.S_ISREG(src.st.st_mode)):
         return  # fifos, sockets and devices are not copied
@@ -792,12 +797,12 @@ class EngineStepRunner:
     ``host_config`` is what the build request says about RUN containers, as dockerd's ``hostConfigFromOptions``:
     NetworkMode, ExtraHosts, ShmSize, Ulimits."""
 
-    def __init__(self, engine: Any, host_config: Optional[dict] = None) -> None:
+    def __init__(self, engine: Any, host_config: dict | None = None) -> None:
         self.engine = engine
         self.host_config = dict(host_config or {})
         self.host_config["NetworkMode"] = self.host_config.get("NetworkMode") or "default"
 
-    def run_build_step(self, image_id: str, argv: List[str], config: dict) -> "_EngineStep":
+    def run_build_step(self, image_id: str, argv: list[str], config: dict) -> _EngineStep:
         body = {"Image": image_id, "Entrypoint": argv, "Cmd": None, "Env": config.get("Env") or [],
                 "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
                 "AttachStdout": True, "AttachStderr": True, "HostConfig": dict(self.host_config)}
@@ -825,42 +830,42 @@ class _EngineStep:
         self.engine.remove(self.id, force=True, volumes=True)
 
 
-def _query_value(query: Dict[str, List[str]], name: str, default: str = "") -> str:
+def _query_value(query: dict[str, list[str]], name: str, default: str = "") -> str:
     """The first value, as Go's ``Request.FormValue`` (docker-py sends ``dockerfile`` twice for a Dockerfile from
     outside the context: its generated name, then its text)."""
     values = query.get(name) or []
     return values[0] if values else default
 
 
-def _query_bool(query: Dict[str, List[str]], name: str) -> bool:
+def _query_bool(query: dict[str, list[str]], name: str) -> bool:
     return _query_value(query, name).strip().lower() not in ("", "0", "no", "false", "none")
 
 
-def _query_json(query: Dict[str, List[str]], name: str, kind: type = dict, what: str = "") -> Any:
+def _query_json(query: dict[str, list[str]], name: str, kind: type = dict, what: str = "") -> Any:
     """A JSON query value (``buildargs``, ``cachefrom``...); a bad one is refused as dockerd refuses it."""
     text = _query_value(query, name)
     if not text:
         return kind()
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidParameter("%s%s" % (what, exc)) from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep, still the client's error
+        raise InvalidParameter(f"{what}{exc}") from None
     if not isinstance(value, kind):
-        raise InvalidParameter("%sjson: cannot unmarshal %s into Go value" % (what, type(value).__name__))
+        raise InvalidParameter(f"{what}json: cannot unmarshal {type(value).__name__} into Go value")
     return value
 
 
-def _query_int(query: Dict[str, List[str]], name: str) -> int:
+def _query_int(query: dict[str, list[str]], name: str) -> int:
     value = _query_value(query, name)
     if not value:
         return 0
     try:
         return int(value)
     except ValueError:
-        raise InvalidParameter('strconv.ParseInt: parsing "%s": invalid syntax' % value) from None
+        raise InvalidParameter(f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
 
 
-def run_host_config(query: Dict[str, List[str]]) -> dict:
+def run_host_config(query: dict[str, list[str]]) -> dict:
     """The RUN containers' HostConfig from ``networkmode``, ``extrahosts``, ``shmsize`` and ``ulimits``."""
     host: dict = {"NetworkMode": _query_value(query, "networkmode") or "default"}
     if query.get("extrahosts"):
@@ -874,8 +879,8 @@ def run_host_config(query: Dict[str, List[str]]) -> dict:
     return host
 
 
-def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-                  pull: Optional[PullFn]) -> Iterator[dict]:
+def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: dict[str, list[str]],
+                  pull: PullFn | None) -> Iterator[dict]:
     """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, cachefrom, networkmode,
     extrahosts, shmsize, ulimits, remote); RUN steps go to ``engine``, missing base images come from ``pull``.
 

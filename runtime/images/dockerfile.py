@@ -12,12 +12,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER", "VOLUME",
-                   "WORKDIR")
-KNOWN = ("FROM", "RUN", "COPY", "ADD", "ARG", "SHELL", "HEALTHCHECK", "MAINTAINER") + CHANGE_COMMANDS
+CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
+                   "VOLUME", "WORKDIR")  # dockerd's validCommitCommands
+KNOWN = ("FROM", "RUN", "COPY", "ADD", "ARG", "SHELL", "MAINTAINER") + CHANGE_COMMANDS
 JSON_FORMS = ("RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "VOLUME")
 FLAG_COMMANDS = ("FROM", "RUN", "COPY", "ADD", "HEALTHCHECK")
 _FLAG_RE = re.compile(r"^--([a-z-]+)(?:=(\S*))?(?:\s+|$)")
@@ -66,15 +67,16 @@ def parse_line(line: str, lineno: int = 0) -> Instruction:
     if cmd in JSON_FORMS and body.startswith("["):
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the shell form, as moby
             parsed = None
         if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
             return Instruction(cmd, rest, parsed, True, flags, lineno)
     return Instruction(cmd, rest, [body], False, flags, lineno)
 
 
-def parse(text: str) -> list[Instruction]:
-    """A Dockerfile -> instructions; honours the ``# escape=`` directive, comments and line continuations."""
+def logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each instruction: the ``# escape=`` directive, comments and line continuations
+    handled, as the Dockerfile parser (and dockerd's ``--change`` parser) reads them."""
     escape = "\\"
     lines = text.splitlines()
     start = 0
@@ -88,7 +90,7 @@ def parse(text: str) -> list[Instruction]:
             escape = m.group(2)
     else:
         start = len(lines)
-    out: list[Instruction] = []
+    out: list[tuple[int, str]] = []
     buf: list[str] = []
     first = 0
     for n, line in enumerate(lines[start:], start + 1):
@@ -101,10 +103,16 @@ def parse(text: str) -> list[Instruction]:
             buf.append(line.rstrip()[:-1])
             continue
         buf.append(line)
-        out.append(parse_line("".join(buf), first))
+        out.append((first, "".join(buf)))
         buf = []
     if buf and "".join(buf).strip():
-        out.append(parse_line("".join(buf), first))
+        out.append((first, "".join(buf)))
+    return out
+
+
+def parse(text: str) -> list[Instruction]:
+    """A Dockerfile -> instructions; honours the ``# escape=`` directive, comments and line continuations."""
+    out = [parse_line(line, n) for n, line in logical_lines(text)]
     if not out:
         raise InvalidParameter("the Dockerfile cannot be empty")
     return out
@@ -232,20 +240,15 @@ def command_args(ins: Instruction, config: dict) -> list[str]:
     return list(config.get("Shell") or DEFAULT_SHELL) + [ins.args[0]]
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_UNITS = {"ns": 1, "us": 10 ** 3, "ms": 10 ** 6, "s": 10 ** 9, "m": 60 * 10 ** 9, "h": 3600 * 10 ** 9}
-
-
 def duration_ns(text: str) -> int:
-    """Go duration (``30s``, ``1m30s``) -> nanoseconds."""
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if not m:
-            raise InvalidParameter(f"time: invalid duration {text!r}")
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return int(total)
+    """Go duration (``30s``, ``1m30s``) -> nanoseconds; negative ones are refused."""
+    try:
+        seconds = timefmt.parse_go_duration(text) if text else 0.0
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise InvalidParameter(f"time: invalid duration {text!r}")
+    return int(round(seconds * 1e9))
 
 
 def _healthcheck(ins: Instruction) -> dict:
@@ -312,15 +315,20 @@ def apply_config(config: dict, ins: Instruction, env: dict[str, str]) -> bool:
 
 
 def apply_changes(config: dict, changes: Sequence[str]) -> dict:
-    """``--change`` lines (``CMD ["sh"]``, ``ENV A=b``) applied to a copy of a container config."""
+    """``--change`` lines (``CMD ["sh"]``, ``ENV A=b``) applied to a copy of a container config, as dockerd's
+    ``BuildFromConfig``: the changes read as one Dockerfile (a value may hold several lines), only the commit
+    instructions allowed, and ENTRYPOINT clearing Cmd unless a CMD change came before it."""
     out = dict(config)
     env = env_dict(out)
-    for n, line in enumerate(changes, 1):
-        if not line.strip():
-            continue
+    cmd_set = False
+    for n, line in logical_lines("\n".join(changes)):
+        word = line.split(None, 1)[0]
+        if word.upper() not in CHANGE_COMMANDS:
+            raise InvalidParameter(f"{word.lower()} is not a valid change command")
         ins = parse_line(line, n)
-        if ins.cmd not in CHANGE_COMMANDS:
-            raise InvalidParameter(f"{ins.cmd.lower()} is not a valid change command")
+        cmd_set = cmd_set or ins.cmd == "CMD"
+        if ins.cmd == "ENTRYPOINT" and not cmd_set:
+            out["Cmd"] = None
         apply_config(out, ins, env)
     return out
 

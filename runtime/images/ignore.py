@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import List, Optional
 
 from runtime.errors import InvalidParameter
 
@@ -26,10 +25,10 @@ def go_clean(path: str) -> str:
     return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
-def read_patterns(text: str) -> List[str]:
+def read_patterns(text: str) -> list[str]:
     """``ignorefile.ReadAll``: a comment is a line starting with ``#`` (before trimming), blank lines are skipped,
     patterns are cleaned and made relative (``!`` kept in front)."""
-    patterns: List[str] = []
+    patterns: list[str] = []
     for number, line in enumerate(text.splitlines()):
         if number == 0 and line.startswith(_BOM):
             line = line[len(_BOM):]
@@ -97,7 +96,7 @@ class Pattern:
         self.exclusion = text.startswith("!")
         self.cleaned = text[1:] if self.exclusion else text
         self.kind = "exact"
-        self.regex: Optional["re.Pattern[str]"] = None
+        self.regex: re.Pattern[str] | None = None
         self._compile()
 
     def _compile(self) -> None:
@@ -159,8 +158,8 @@ class Pattern:
 class PatternMatcher:
     """``patternmatcher.New``: the patterns in order; ``!`` marks an exception to the ones before it."""
 
-    def __init__(self, patterns: List[str]) -> None:
-        self.patterns: List[Pattern] = []
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns: list[Pattern] = []
         for text in patterns:
             text = text.strip()
             if not text:
@@ -187,7 +186,7 @@ class PatternMatcher:
         return matched
 
 
-def excluded(path: str, patterns: List[str]) -> bool:
+def excluded(path: str, patterns: list[str]) -> bool:
     """``patternmatcher.MatchesOrParentMatches``: the context root itself is never excluded."""
     path = go_clean(path)
     return path != "." and PatternMatcher(patterns).matches_or_parent_matches(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -31,13 +31,13 @@ def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def chain_id(parent: Optional[str], diff_id: str) -> str:
+def chain_id(parent: str | None, diff_id: str) -> str:
     """image-spec ChainID: ChainID(L0) = DiffID(L0); ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(n))."""
     return diff_id if parent is None else sha256_bytes((parent + " " + diff_id).encode())
 
 
-def chain_ids(diff_ids: Sequence[str]) -> List[str]:
-    out: List[str] = []
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    out: list[str] = []
     for d in diff_ids:
         out.append(chain_id(out[-1] if out else None, d))
     return out
@@ -47,7 +47,7 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def host_platform() -> Dict[str, str]:
+def host_platform() -> dict[str, str]:
     """The host as an OCI platform (``architecture``, ``os``, ``variant`` when it matters)."""
     machine = platform.machine().lower()
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",

@@ -26,11 +26,12 @@ _DOMAIN = r"(?:" + _DOMAIN_COMPONENT + r"(?:\." + _DOMAIN_COMPONENT + r")*|\[[a-
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
-PATH_RE = re.compile(r"^" + _PATH_COMPONENT + r"(?:/" + _PATH_COMPONENT + r")*$")
-DOMAIN_RE = re.compile(r"^" + _DOMAIN + r"$")
-TAG_RE = re.compile(r"^" + _TAG + r"$")
-DIGEST_RE = re.compile(r"^" + _DIGEST + r"$")
-ID_RE = re.compile(r"^[a-f0-9]{64}$")
+# Always used with fullmatch, and ASCII as Go's regexp: "$" would let "alpine\n" by, and \w would take "é".
+PATH_RE = re.compile(_PATH_COMPONENT + r"(?:/" + _PATH_COMPONENT + r")*", re.ASCII)
+DOMAIN_RE = re.compile(_DOMAIN, re.ASCII)
+TAG_RE = re.compile(_TAG, re.ASCII)
+DIGEST_RE = re.compile(_DIGEST, re.ASCII)
+ID_RE = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Reference:
 
     def with_tag(self, tag: str) -> Reference:
         """The same repository with ``tag`` and no digest."""
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise InvalidParameter("invalid tag format")
         return Reference(self.domain, self.path, tag, None)
 
@@ -108,26 +109,26 @@ def parse(text: str, *, default_tag: bool = True) -> Reference:
     """Parse and normalise ``text`` like ``docker pull``; raise InvalidParameter with Docker's wording if invalid."""
     if not isinstance(text, str) or not text:
         raise InvalidParameter("invalid reference format")
-    if ID_RE.match(text):
+    if ID_RE.fullmatch(text):
         raise InvalidParameter(
             f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not DIGEST_RE.match(digest):
+        if not DIGEST_RE.fullmatch(digest):
             raise InvalidParameter("invalid reference format")
     tag = None
     slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1:]
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise InvalidParameter("invalid reference format")
     domain, path = _split_domain(rest)
     if path.lower() != path:
         raise InvalidParameter(
             f"invalid reference format: repository name ({path}) must be lowercase")
-    if not DOMAIN_RE.match(domain) or not PATH_RE.match(path):
+    if not DOMAIN_RE.fullmatch(domain) or not PATH_RE.fullmatch(path):
         raise InvalidParameter("invalid reference format")
     if len(domain) + 1 + len(path) > NAME_MAX:
         raise InvalidParameter("invalid reference format: repository name must not be more than 255 characters")
@@ -152,6 +153,6 @@ def join_repo_tag(repo: str, tag: str | None) -> Reference:
         return ref.with_default_tag()
     if ref.tag is not None or ref.digest is not None:
         raise InvalidParameter("invalid reference format")
-    if DIGEST_RE.match(tag):
+    if DIGEST_RE.fullmatch(tag):
         return Reference(ref.domain, ref.path, None, tag)
     return ref.with_tag(tag)

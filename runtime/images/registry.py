@@ -23,13 +23,25 @@ import re
 import ssl
 import threading
 import urllib.parse
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Callable
 
 from runtime.errors import EngineError, HostError, InvalidParameter, NotFound
 from runtime.images import archive, reference
-from runtime.images.media import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP,
-                                  MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP,
-                                  MEDIA_OCI_MANIFEST, chain_ids, host_platform, sha256_bytes)
+from runtime.images.media import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MEDIA_DOCKER_CONFIG,
+    MEDIA_DOCKER_LAYER_GZIP,
+    MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_LAYER_GZIP,
+    MEDIA_OCI_MANIFEST,
+    chain_ids,
+    host_platform,
+    sha256_bytes,
+)
 from runtime.images.reference import Reference
 from runtime.images.store import Image, ImageStore, Layer
 
@@ -48,19 +60,19 @@ class Unauthorized(EngineError):
     status = 401
 
 
-def decode_auth(header: Optional[str]) -> dict:
+def decode_auth(header: str | None) -> dict:
     """``X-Registry-Auth``: base64url JSON (``e30=`` is ``{}``); tolerant of missing padding like moby."""
     if not header:
         return {}
     try:
         raw = base64.b64decode(header + "=" * (-len(header) % 4), altchars=b"-_", validate=True)
         value = json.loads(raw or b"{}")
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         raise InvalidParameter("invalid X-Registry-Auth header") from None
     return value if isinstance(value, dict) else {}
 
 
-def as_auth(auth: "dict | str | None") -> dict:
+def as_auth(auth: dict | str | None) -> dict:
     """Credentials as a dict, from a dict or a raw ``X-Registry-Auth`` header."""
     if isinstance(auth, str) or auth is None:
         return decode_auth(auth)
@@ -84,7 +96,7 @@ def _registry_error(resp_body: bytes, fallback: str) -> str:
         errors = json.loads(resp_body).get("errors") or []
     except (ValueError, AttributeError):
         errors = []
-    parts = ["%s: %s" % (str(e.get("code", "")).lower().replace("_", " "), e.get("message", ""))
+    parts = [f"{str(e.get('code', '')).lower().replace('_', ' ')}: {e.get('message', '')}"
              for e in errors if isinstance(e, dict)]
     return ", ".join(parts) or fallback
 
@@ -93,18 +105,18 @@ def _progress_bar(current: int, total: int) -> str:
     width = 50
     filled = int(width * current / total) if total else 0
     bar = "=" * max(filled - 1, 0) + (">" if filled else "") + " " * (width - filled)
-    return "[%s] %s/%s" % (bar, _human(current), _human(total))
+    return f"[{bar}] {_human(current)}/{_human(total)}"
 
 
 def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000:
-            return ("%.4g%s" % (n, unit))
+            return (f"{n:.4g}{unit}")
         n /= 1000.0
-    return "%.4gTB" % n
+    return f"{n:.4g}TB"
 
 
-def _message(status: str, layer_id: Optional[str] = None, **extra: object) -> dict:
+def _message(status: str, layer_id: str | None = None, **extra: object) -> dict:
     msg: dict = {"status": status}
     if layer_id is not None:
         msg["progressDetail"] = extra.pop("progressDetail", {})
@@ -119,7 +131,7 @@ class RegistryOptions:
     def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = ()) -> None:
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs)
-        self._contexts: Dict[str, ssl.SSLContext] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
 
     def is_insecure(self, host: str) -> bool:
         """127.0.0.0/8 (and localhost) like Docker's default, plus opted-in hosts or CIDRs."""
@@ -195,15 +207,15 @@ class Session:
         self.host = ref.api_host
         self.auth = auth or {}
         self.options = options
-        self.scope = "repository:%s:%s" % (ref.path, actions)
+        self.scope = f"repository:{ref.path}:{actions}"
         self.scheme = "http" if options.is_insecure(self.host) and not options.has_ca(self.host) else "https"
-        self.base = "%s://%s" % (self.scheme, self.host)
-        self._authorization: Optional[str] = None
+        self.base = f"{self.scheme}://{self.host}"
+        self._authorization: str | None = None
         self._lock = threading.Lock()
 
     # --- transport --------------------------------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, headers: Dict[str, str], body: object = None) -> Response:
+    def _send(self, method: str, url: str, headers: dict[str, str], body: object = None) -> Response:
         parts = urllib.parse.urlsplit(url)
         host = parts.netloc
         try:
@@ -213,18 +225,18 @@ class Session:
             elif parts.scheme == "http":
                 conn = http.client.HTTPConnection(host, timeout=TIMEOUT)
             else:
-                raise HostError("unsupported URL scheme in %s" % url)
+                raise HostError(f"unsupported URL scheme in {url}")
             path = parts.path + ("?" + parts.query if parts.query else "")
             all_headers = {"User-Agent": USER_AGENT}
             all_headers.update(headers)
             conn.request(method, path or "/", body=body, headers=all_headers)  # type: ignore[arg-type]
             return Response(conn, conn.getresponse(), url)
         except ssl.SSLError as exc:
-            raise HostError('%s "%s": tls: %s' % (method.capitalize(), url, exc)) from None
+            raise HostError(f'{method.capitalize()} "{url}": tls: {exc}') from None
         except OSError as exc:
-            raise HostError('%s "%s": %s' % (method.capitalize(), url, exc)) from None
+            raise HostError(f'{method.capitalize()} "{url}": {exc}') from None
 
-    def request(self, method: str, path_or_url: str, headers: Optional[Dict[str, str]] = None,
+    def request(self, method: str, path_or_url: str, headers: dict[str, str] | None = None,
                 body: object = None, *, redirects: int = 5) -> Response:
         """Send with auth; answer one 401 challenge; follow redirects (dropping Authorization off-host)."""
         url = path_or_url if "://" in path_or_url else self.base + path_or_url
@@ -259,7 +271,7 @@ class Session:
         if resp.status == 401:
             text = _registry_error(resp.read(), "authentication required")
             resp.close()
-            raise Unauthorized("%s: %s" % (self.ref.familiar_name, text) if "unauthorized" not in text
+            raise Unauthorized(f"{self.ref.familiar_name}: {text}" if "unauthorized" not in text
                                else text)
         return resp
 
@@ -269,14 +281,14 @@ class Session:
         user, password = self.auth.get("username"), self.auth.get("password")
         basic = None
         if user and password:
-            basic = "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+            basic = "Basic " + base64.b64encode((f"{user}:{password}").encode()).decode()
         if scheme.lower() == "basic":
             if basic is None:
                 raise Unauthorized("unauthorized: authentication required")
             self._authorization = basic
             return
         if scheme.lower() != "bearer" or "realm" not in params:
-            raise Unauthorized("unauthorized: unsupported authentication challenge %r" % scheme)
+            raise Unauthorized(f"unauthorized: unsupported authentication challenge {scheme!r}")
         if self.auth.get("registrytoken"):
             self._authorization = "Bearer " + self.auth["registrytoken"]
             return
@@ -289,16 +301,16 @@ class Session:
         data = resp.read()
         resp.close()
         if resp.status != 200:
-            raise Unauthorized('Get "%s": %s' % (params["realm"], _registry_error(
+            raise Unauthorized('Get "{}": {}'.format(params["realm"], _registry_error(
                 data, "unauthorized: incorrect username or password")))
         try:
             token = json.loads(data)
             self._authorization = "Bearer " + (token.get("token") or token["access_token"])
         except (ValueError, KeyError, TypeError):
-            raise Unauthorized("invalid token response from %s" % params["realm"]) from None
+            raise Unauthorized(f"invalid token response from {params['realm']}") from None
 
-    def get_json_blob(self, path: str, accept: str, expected: Optional[str], *,
-                      missing: str = "manifest for {ref} not found: ") -> Tuple[dict, bytes, str, str]:
+    def get_json_blob(self, path: str, accept: str, expected: str | None, *,
+                      missing: str = "manifest for {ref} not found: ") -> tuple[dict, bytes, str, str]:
         """GET a manifest or config; verify its digest. Returns (doc, bytes, media type, digest). A 404 is NotFound
         with ``missing`` (``{ref}``: the familiar reference) before the registry's own words."""
         resp = self.request("GET", path, {"Accept": accept})
@@ -307,7 +319,7 @@ class Session:
         if resp.status == 404:
             raise NotFound(missing.format(ref=self.ref.familiar()) + _registry_error(data, "manifest unknown"))
         if resp.status != 200:
-            raise HostError("%s: %s" % (path, _registry_error(data, "HTTP %d" % resp.status)))
+            raise HostError(f"{path}: {_registry_error(data, f'HTTP {resp.status}')}")
         if len(data) > MAX_MANIFEST:
             raise InvalidParameter("manifest too large")
         digest = sha256_bytes(data)
@@ -317,14 +329,14 @@ class Session:
         try:
             doc = json.loads(data)
         except ValueError:
-            raise InvalidParameter("invalid JSON from %s" % path) from None
+            raise InvalidParameter(f"invalid JSON from {path}") from None
         media = doc.get("mediaType") or resp.header("Content-Type").split(";")[0]
         return doc, data, media, digest
 
 
 # --- pull ------------------------------------------------------------------------------------------------------
 
-def _choose_platform(index: dict, wanted: Dict[str, str]) -> dict:
+def _choose_platform(index: dict, wanted: dict[str, str]) -> dict:
     """The index entry for the wanted platform; attestation entries (unknown/unknown) never match."""
     best = None
     for desc in index.get("manifests") or []:
@@ -337,12 +349,11 @@ def _choose_platform(index: dict, wanted: Dict[str, str]) -> dict:
         if best is None or plat.get("variant") == variant:
             best = desc
     if best is None:
-        raise NotFound("no matching manifest for %s/%s in the manifest list entries"
-                       % (wanted["os"], wanted["architecture"]))
+        raise NotFound(f"no matching manifest for {wanted['os']}/{wanted['architecture']} in the manifest list entries")
     return best
 
 
-def parse_platform(text: Optional[str]) -> Dict[str, str]:
+def parse_platform(text: str | None) -> dict[str, str]:
     if not text:
         return host_platform()
     parts = text.split("/")
@@ -352,7 +363,7 @@ def parse_platform(text: Optional[str]) -> Dict[str, str]:
     return out
 
 
-def _hash_file_from(path: str, sha: "hashlib._Hash", offset: int) -> int:
+def _hash_file_from(path: str, sha: hashlib._Hash, offset: int) -> int:
     """Feed ``path`` from ``offset`` to its end into ``sha`` (a resumed download's earlier bytes)."""
     with open(path, "rb") as f:
         f.seek(offset)
@@ -362,7 +373,7 @@ def _hash_file_from(path: str, sha: "hashlib._Hash", offset: int) -> int:
     return offset
 
 
-_download_locks: Dict[str, threading.Lock] = {}
+_download_locks: dict[str, threading.Lock] = {}
 _download_guard = threading.Lock()
 
 
@@ -374,7 +385,7 @@ def _download_lock(key: str) -> threading.Lock:
 class _Puller:
     """One pull: resolves the manifest, fetches layers in parallel threads and reports through a queue."""
 
-    def __init__(self, store: ImageStore, session: Session, events: "queue.Queue[Optional[dict]]",
+    def __init__(self, store: ImageStore, session: Session, events: queue.Queue[dict | None],
                  stop: threading.Event) -> None:
         self.store = store
         self.session = session
@@ -391,9 +402,9 @@ class _Puller:
         sha, hashed = hashlib.sha256(), 0
         for attempt in range(3):
             have = os.path.getsize(path) if os.path.exists(path) else 0
-            headers = {"Range": "bytes=%d-" % have} if have else {}
+            headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                resp = self.session.request("GET", "/v2/%s/blobs/%s" % (self.session.ref.path, digest), headers)
+                resp = self.session.request("GET", f"/v2/{self.session.ref.path}/blobs/{digest}", headers)
             except HostError:
                 if attempt == 2:
                     raise
@@ -404,8 +415,8 @@ class _Puller:
                 elif resp.status not in (200, 206):
                     body = resp.read()
                     if resp.status == 404:
-                        raise NotFound("blob %s not found: %s" % (digest, _registry_error(body, "blob unknown")))
-                    raise HostError("fetching blob %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
+                        raise NotFound(f"blob {digest} not found: {_registry_error(body, 'blob unknown')}")
+                    raise HostError(f"fetching blob {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
                 else:
                     if resp.status == 206:
                         hashed = _hash_file_from(path, sha, hashed)
@@ -415,7 +426,7 @@ class _Puller:
                                            total)
             except OSError as exc:
                 if attempt == 2:
-                    raise HostError("fetching blob %s: %s" % (digest, exc)) from None
+                    raise HostError(f"fetching blob {digest}: {exc}") from None
                 continue
             finally:
                 resp.close()
@@ -426,11 +437,11 @@ class _Puller:
         hashed = _hash_file_from(path, sha, hashed)
         if "sha256:" + sha.hexdigest() != digest:
             os.unlink(path)
-            raise InvalidParameter("filesystem layer verification failed for digest %s" % digest)
+            raise InvalidParameter(f"filesystem layer verification failed for digest {digest}")
         self.events.put(_message("Download complete", short))
         return path
 
-    def _receive(self, resp: Response, path: str, mode: str, sha: "hashlib._Hash", hashed: int, short: str,
+    def _receive(self, resp: Response, path: str, mode: str, sha: hashlib._Hash, hashed: int, short: str,
                  total: int) -> int:
         """Append the response body to ``path``, hashing and reporting progress; returns the bytes hashed."""
         last = 0
@@ -449,7 +460,7 @@ class _Puller:
                     self.events.put(_message("Downloading", short, progressDetail={
                         "current": hashed, "total": total}, progress=_progress_bar(hashed, total)))
 
-    def layer(self, desc: dict, diff_id: str, parent: Optional[str], pins: List[str]) -> None:
+    def layer(self, desc: dict, diff_id: str, parent: str | None, pins: list[str]) -> None:
         short = desc["digest"][7:19]
         with _download_lock(self.store.root + desc["digest"]):
             path = self.fetch_blob(desc, short)
@@ -464,13 +475,13 @@ class _Puller:
         self.events.put(_message("Pull complete", short))
 
 
-def _run_parallel(tasks: List[Callable[[], None]], events: "queue.Queue[Optional[dict]]",
+def _run_parallel(tasks: list[Callable[[], None]], events: queue.Queue[dict | None],
                   stop: threading.Event) -> Iterator[dict]:
     """Run tasks on PARALLEL threads, yielding their events; re-raise the first failure after all stop."""
-    pending: "queue.Queue[Callable[[], None]]" = queue.Queue()
+    pending: queue.Queue[Callable[[], None]] = queue.Queue()
     for task in tasks:
         pending.put(task)
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     def worker() -> None:
         while not stop.is_set():
@@ -504,8 +515,8 @@ def _run_parallel(tasks: List[Callable[[], None]], events: "queue.Queue[Optional
         raise errors[0]
 
 
-def pull(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
-         platform: Optional[str] = None, options: Optional[RegistryOptions] = None) -> Iterator[dict]:
+def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | None = None,
+         platform: str | None = None, options: RegistryOptions | None = None) -> Iterator[dict]:
     """``POST /images/create?fromImage=..&tag=..``: Docker's JSON progress messages.
 
     The manifest and config are fetched before this returns, so a missing image, bad credentials or an
@@ -515,39 +526,39 @@ def pull(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optiona
     """
     ref = reference.join_repo_tag(image, tag)
     session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
-    doc, data, media, digest = session.get_json_blob("/v2/%s/manifests/%s" % (ref.path, ref.digest or ref.tag),
+    doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
     if media in INDEX_TYPES or "manifests" in doc:
         entry = _choose_platform(doc, parse_platform(platform))
         doc, data, media, _ = session.get_json_blob(
-            "/v2/%s/manifests/%s" % (ref.path, entry["digest"]), MANIFEST_ACCEPT, entry["digest"])
+            f"/v2/{ref.path}/manifests/{entry['digest']}", MANIFEST_ACCEPT, entry["digest"])
     if media not in MANIFEST_TYPES and "layers" not in doc:
-        raise InvalidParameter("unsupported manifest media type %s" % media)
+        raise InvalidParameter(f"unsupported manifest media type {media}")
     config_desc = doc.get("config") or {}
     config_bytes = _fetch_small_blob(session, config_desc["digest"])
     config = json.loads(config_bytes)
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
-        raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
+        raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
     return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
 
 
-def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_ids: List[str],
+def _pull_layers(store: ImageStore, session: Session, layers: list[dict], diff_ids: list[str],
                  config_bytes: bytes, manifest_digest: str) -> Iterator[dict]:
     """The streamed part of a pull: layers in parallel, then the image is recorded (all or nothing)."""
     ref = session.ref
     config_desc = {"digest": sha256_bytes(config_bytes)}
-    yield {"status": "Pulling from %s" % ref.path, "id": ref.tag or ref.digest}
+    yield {"status": f"Pulling from {ref.path}", "id": ref.tag or ref.digest}
     chains = chain_ids(diff_ids)
     tags = [ref] if ref.tag else []
     digests = [Reference(ref.domain, ref.path, None, manifest_digest)]
     up_to_date = store.exists(config_desc["digest"]) and all(store.has_layer(c) for c in chains)
-    events: "queue.Queue[Optional[dict]]" = queue.Queue()
+    events: queue.Queue[dict | None] = queue.Queue()
     stop = threading.Event()
     with store.pinned() as pins:
-        tasks: List[Callable[[], None]] = []
+        tasks: list[Callable[[], None]] = []
         for i, desc in enumerate(layers):
             short = desc["digest"][7:19]
             if store.pin_layer(chains[i], pins):
@@ -563,22 +574,22 @@ def _pull_layers(store: ImageStore, session: Session, layers: List[dict], diff_i
         finally:
             stop.set()
         store.register(config_bytes, tags=tags, digests=digests)
-    yield {"status": "Digest: %s" % manifest_digest}
+    yield {"status": f"Digest: {manifest_digest}"}
     shown = ref.familiar()
     if up_to_date:
-        yield {"status": "Status: Image is up to date for %s" % shown}
+        yield {"status": f"Status: Image is up to date for {shown}"}
     else:
-        yield {"status": "Status: Downloaded newer image for %s" % shown}
+        yield {"status": f"Status: Downloaded newer image for {shown}"}
 
 
 def _fetch_small_blob(session: Session, digest: str) -> bytes:
-    resp = session.request("GET", "/v2/%s/blobs/%s" % (session.ref.path, digest))
+    resp = session.request("GET", f"/v2/{session.ref.path}/blobs/{digest}")
     data = resp.read(MAX_MANIFEST + 1)
     resp.close()
     if resp.status != 200:
-        raise HostError("fetching config %s: %s" % (digest, _registry_error(data, "HTTP %d" % resp.status)))
+        raise HostError(f"fetching config {digest}: {_registry_error(data, f'HTTP {resp.status}')}")
     if sha256_bytes(data) != digest:
-        raise InvalidParameter("image config verification failed for digest %s" % digest)
+        raise InvalidParameter(f"image config verification failed for digest {digest}")
     return data
 
 
@@ -603,7 +614,7 @@ class _ProgressReader:
         self.file.close()
 
 
-def _gzip_blob(store: ImageStore, layer: Layer) -> Tuple[str, str, int]:
+def _gzip_blob(store: ImageStore, layer: Layer) -> tuple[str, str, int]:
     """A gzip blob for pushing (cached next to the layer): (path, digest, size)."""
     if layer.meta.get("media_type") == MEDIA_OCI_LAYER_GZIP:
         return layer.blob_path, layer.meta["blob_digest"], int(layer.meta["blob_size"])
@@ -615,7 +626,7 @@ def _gzip_blob(store: ImageStore, layer: Layer) -> Tuple[str, str, int]:
         return path, meta["digest"], meta["size"]
     import gzip
     import shutil
-    tmp = path + ".%d.tmp" % threading.get_ident()
+    tmp = path + f".{threading.get_ident()}.tmp"
     with archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             shutil.copyfileobj(src, gz, CHUNK)
@@ -628,7 +639,7 @@ def _gzip_blob(store: ImageStore, layer: Layer) -> Tuple[str, str, int]:
 
 
 def _has_blob(session: Session, digest: str) -> bool:
-    resp = session.request("HEAD", "/v2/%s/blobs/%s" % (session.ref.path, digest))
+    resp = session.request("HEAD", f"/v2/{session.ref.path}/blobs/{digest}")
     resp.close()
     return resp.status == 200
 
@@ -638,11 +649,11 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     repo = session.ref.path
     if _has_blob(session, digest):
         return True
-    resp = session.request("POST", "/v2/%s/blobs/uploads/" % repo, {"Content-Length": "0"}, b"")
+    resp = session.request("POST", f"/v2/{repo}/blobs/uploads/", {"Content-Length": "0"}, b"")
     body = resp.read()
     resp.close()
     if resp.status != 202:
-        raise HostError("starting upload of %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"starting upload of {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
     location = urllib.parse.urljoin(session.base + "/", resp.header("Location"))
     location += ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
     reader = _ProgressReader(path, report)
@@ -654,12 +665,12 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status not in (201, 204):
-        raise HostError("uploading %s: %s" % (digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"uploading {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
     return False
 
 
-def push(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optional[dict] = None,
-         options: Optional[RegistryOptions] = None) -> Iterator[dict]:
+def push(store: ImageStore, image: str, tag: str | None = None, auth: dict | None = None,
+         options: RegistryOptions | None = None) -> Iterator[dict]:
     """``POST /images/{name}/push``: Docker's push messages, ending with aux ``{Tag, Digest, Size}``.
 
     A missing local image raises NotFound here, before the stream; registry errors come while iterating.
@@ -676,13 +687,13 @@ def push(store: ImageStore, image: str, tag: Optional[str] = None, auth: Optiona
         try:
             images.append((ref, store.resolve(str(ref))))
         except NotFound:
-            raise NotFound("An image does not exist locally with the tag: %s" % ref.familiar_name) from None
+            raise NotFound(f"An image does not exist locally with the tag: {ref.familiar_name}") from None
     return _push_stream(store, base, images, auth or {}, options or RegistryOptions())
 
 
-def _push_stream(store: ImageStore, base: Reference, images: List[Tuple[Reference, Image]], auth: dict,
+def _push_stream(store: ImageStore, base: Reference, images: list[tuple[Reference, Image]], auth: dict,
                  options: RegistryOptions) -> Iterator[dict]:
-    yield {"status": "The push refers to repository [%s]" % base.name}
+    yield {"status": f"The push refers to repository [{base.name}]"}
     for ref, img in images:
         yield from _push_one(store, ref, img, auth, options)
 
@@ -691,9 +702,9 @@ def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
               options: RegistryOptions) -> Iterator[dict]:
     session = Session(ref, auth, options, "pull,push")
     layers = img.layers()
-    events: "queue.Queue[Optional[dict]]" = queue.Queue()
+    events: queue.Queue[dict | None] = queue.Queue()
     stop = threading.Event()
-    descs: List[Optional[dict]] = [None] * len(layers)
+    descs: list[dict | None] = [None] * len(layers)
     for layer in reversed(layers):
         yield _message("Preparing", layer.diff_id[7:19])
 
@@ -727,15 +738,15 @@ def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
         "schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST,
         "config": {"mediaType": MEDIA_DOCKER_CONFIG, "size": len(config_bytes), "digest": img.id},
         "layers": descs}, indent=3).encode()
-    resp = session.request("PUT", "/v2/%s/manifests/%s" % (ref.path, ref.tag),
+    resp = session.request("PUT", f"/v2/{ref.path}/manifests/{ref.tag}",
                            {"Content-Type": MEDIA_DOCKER_MANIFEST}, manifest)
     body = resp.read()
     resp.close()
     if resp.status not in (201, 202):
-        raise HostError("pushing manifest: %s" % _registry_error(body, "HTTP %d" % resp.status))
+        raise HostError(f"pushing manifest: {_registry_error(body, f'HTTP {resp.status}')}")
     digest = sha256_bytes(manifest)
     store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
-    yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
+    yield {"status": f"{ref.tag}: digest: {digest} size: {len(manifest)}"}
     yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
 
 
@@ -750,17 +761,17 @@ def _platform(fields: dict) -> dict:
     return out
 
 
-def inspect_distribution(name: str, auth: Optional[dict] = None,
-                         options: Optional[RegistryOptions] = None) -> dict:
+def inspect_distribution(name: str, auth: dict | None = None,
+                         options: RegistryOptions | None = None) -> dict:
     """``GET /distribution/{name}/json``: the registry's manifest descriptor for ``name`` and the platforms it
     serves (an index's entries, or the one platform of an image's config), as dockerd answers it."""
-    if reference.ID_RE.match(name) or (name.startswith("sha256:") and reference.ID_RE.match(name[7:])):
+    if reference.ID_RE.fullmatch(name) or (name.startswith("sha256:") and reference.ID_RE.fullmatch(name[7:])):
         raise EngineError("no manifest found for full image ID")
     ref = reference.parse(name)
     session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
     doc, data, media, digest = session.get_json_blob(
-        "/v2/%s/manifests/%s" % (ref.path, ref.digest or ref.tag), MANIFEST_ACCEPT, ref.digest, missing="")
-    platforms: Optional[List[dict]] = None
+        f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}", MANIFEST_ACCEPT, ref.digest, missing="")
+    platforms: list[dict] | None = None
     if media in INDEX_TYPES or "manifests" in doc:
         platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
     elif (doc.get("config") or {}).get("digest"):
@@ -773,7 +784,7 @@ def inspect_distribution(name: str, auth: Optional[dict] = None,
 
 # --- login -----------------------------------------------------------------------------------------------------
 
-def login(auth: dict, options: Optional[RegistryOptions] = None) -> dict:
+def login(auth: dict, options: RegistryOptions | None = None) -> dict:
     """``POST /auth``: check the credentials against ``serveraddress`` (``GET /v2/``)."""
     server = (auth.get("serveraddress") or "docker.io").strip()
     if "://" in server:
@@ -793,13 +804,12 @@ def login(auth: dict, options: Optional[RegistryOptions] = None) -> dict:
         try:
             session._authenticate(challenge)
         except Unauthorized as exc:
-            raise Unauthorized("login attempt to %s failed: %s" % (url, exc)) from None
+            raise Unauthorized(f"login attempt to {url} failed: {exc}") from None
         resp = session._send("GET", url, {"Authorization": session._authorization or ""})
         resp.read()
         resp.close()
         if resp.status != 200:
-            raise Unauthorized("login attempt to %s failed with status: %d %s"
-                               % (url, resp.status, http.client.responses.get(resp.status, "")))
+            raise Unauthorized(f'login attempt to {url} failed with status: {resp.status} {http.client.responses.get(resp.status, "")}')
     elif resp.status != 200:
-        raise HostError("login attempt to %s failed with status: %d" % (url, resp.status))
+        raise HostError(f"login attempt to {url} failed with status: {resp.status}")
     return {"Status": "Login Succeeded", "IdentityToken": ""}

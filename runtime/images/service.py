@@ -10,7 +10,8 @@ load read and write image archives. The store below knows nothing of them, so th
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, Union
 
 from runtime.images import builder, registry, transfer
 from runtime.images.reference import parse as parse_reference
@@ -23,7 +24,7 @@ class ImageService:
     """Image operations that reach outside the store (registries, builds, archives)."""
 
     def __init__(self, store: ImageStore, *, insecure_registries: Sequence[str] = (),
-                 certs_dirs: Optional[Sequence[str]] = None) -> None:
+                 certs_dirs: Sequence[str] | None = None) -> None:
         self.store = store
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
@@ -33,12 +34,12 @@ class ImageService:
         """Read afresh for every operation, so a CA added to certs.d counts from the next pull on."""
         return registry.RegistryOptions(self.insecure_registries, self.certs_dirs)
 
-    def pull(self, image: str, tag: Optional[str] = None, auth: Auth = None,
-             platform: Optional[str] = None) -> Iterator[dict]:
+    def pull(self, image: str, tag: str | None = None, auth: Auth = None,
+             platform: str | None = None) -> Iterator[dict]:
         """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull)."""
         return registry.pull(self.store, image, tag, registry.as_auth(auth), platform, self.registry_options())
 
-    def push(self, image: str, tag: Optional[str] = None, auth: Auth = None) -> Iterator[dict]:
+    def push(self, image: str, tag: str | None = None, auth: Auth = None) -> Iterator[dict]:
         """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
         return registry.push(self.store, image, tag, registry.as_auth(auth), self.registry_options())
 
@@ -50,8 +51,8 @@ class ImageService:
         """``GET /distribution/{name}/json``: descriptor and platforms, asked of the registry."""
         return registry.inspect_distribution(name, registry.as_auth(auth), self.registry_options())
 
-    def build(self, engine: Any, body: IO[bytes], query: Dict[str, List[str]],
-              registry_config: Optional[str] = None) -> Iterator[dict]:
+    def build(self, engine: Any, body: IO[bytes], query: dict[str, list[str]],
+              registry_config: str | None = None) -> Iterator[dict]:
         """``POST /build`` (classic builder): the JSON stream, errors in-band; RUN steps run on ``engine``;
         base images missing here are pulled with the credentials of ``X-Registry-Config``."""
         credentials = registry.decode_auth(registry_config)
@@ -65,6 +66,6 @@ class ImageService:
         """``docker save``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""
         return transfer.save(self.store, refs)
 
-    def load(self, fileobj: IO[bytes], progress: Optional[transfer.ProgressFn] = None) -> List[str]:
+    def load(self, fileobj: IO[bytes], progress: transfer.ProgressFn | None = None) -> list[str]:
         """``docker load``: familiar tags loaded, or image IDs for untagged images."""
         return transfer.load(self.store, fileobj, progress)

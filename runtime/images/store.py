@@ -15,76 +15,50 @@ layer extraction runs outside it so pulls and loads proceed in parallel.
 
 from __future__ import annotations
 
+import builtins
 import copy
-import datetime
 import fnmatch
 import json
 import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, Callable, Union
 
+from runtime import timefmt
 from runtime.errors import Conflict, InvalidParameter, NotFound
+from runtime.filters import Args
 from runtime.images import archive, reference
 from runtime.images.dockerfile import apply_changes
 from runtime.images.media import LAYER_MEDIA, canonical_json, chain_id, chain_ids, host_platform, sha256_bytes
 from runtime.images.reference import Reference
+from runtime.linux.paths import private_dir
 
 InUse = Callable[[str], Union[str, bool, None]]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(text: Optional[str]) -> int:
-    """RFC 3339 (with nanoseconds, ``Z`` or an offset) -> unix seconds; 0 when absent or unparsable."""
-    if not text:
-        return 0
-    value = text.strip().replace("Z", "+00:00")
-    if "." in value:
-        head, _, tail = value.partition(".")
-        digits = ""
-        while tail and tail[0].isdigit():
-            digits, tail = digits + tail[0], tail[1:]
-        value = head + "." + (digits + "000000")[:6] + tail
-    try:
-        return int(datetime.datetime.fromisoformat(value).timestamp())
-    except ValueError:
-        return 0
+def parse_time(text: str | None) -> int:
+    """An image's ``created`` as whole unix seconds (0 when absent or unreadable), as the API reports it."""
+    return int(timefmt.parse_rfc3339_or(text))
 
 
-def _filter_values(filters: Optional[dict], key: str) -> List[str]:
-    """Docker filters come as ``{"k": ["v"]}`` or the older ``{"k": {"v": true}}``."""
-    value = (filters or {}).get(key)
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v]
-    if isinstance(value, str):
-        return [value]
-    return list(value)
+LIST_FILTERS = ("dangling", "label", "label!", "before", "since", "reference", "until")
+PRUNE_FILTERS = ("dangling", "label", "label!", "until")
 
 
-def _bool_filter(filters: Optional[dict], key: str) -> Optional[bool]:
-    values = _filter_values(filters, key)
-    if not values:
-        return None
-    if values[0].lower() not in ("true", "false", "1", "0"):
-        raise InvalidParameter("invalid filter '%s=%s'" % (key, values[0]))
-    return values[0].lower() in ("true", "1")
+def _reference_match(pattern: str, repo_tag: str) -> bool:
+    """moby's ``reference.FamiliarMatch``: Go's ``path.Match`` (``*`` stays inside one path component) against
+    the familiar ``name:tag``, then against the name alone."""
+    def match(name: str) -> bool:
+        return name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern)
 
-
-def _labels_match(labels: dict, wanted: List[str]) -> bool:
-    for item in wanted:
-        key, eq, value = item.partition("=")
-        if key not in labels or (eq and labels[key] != value):
-            return False
-    return True
+    return match(repo_tag) or match(repo_tag.rsplit(":", 1)[0])
 
 
 class Layer:
@@ -114,7 +88,7 @@ class Layer:
     def size(self) -> int:
         return int(self.meta.get("size", 0))
 
-    def remote_blobs(self) -> List[dict]:
+    def remote_blobs(self) -> list[dict]:
         """Compressed blobs registries are known to hold for this layer (descriptors seen in pulls)."""
         try:
             with open(os.path.join(self.path, "remote.json")) as f:
@@ -126,8 +100,8 @@ class Layer:
 class Image:
     """A resolved image: what the engine needs to make a root filesystem and a container config."""
 
-    def __init__(self, store: "ImageStore", image_id: str, config: dict, repo_tags: List[str],
-                 repo_digests: List[str], parent: str) -> None:
+    def __init__(self, store: ImageStore, image_id: str, config: dict, repo_tags: list[str],
+                 repo_digests: list[str], parent: str) -> None:
         self.store = store
         self.id = image_id
         self.config = config
@@ -136,22 +110,22 @@ class Image:
         self.parent = parent
 
     @property
-    def diff_ids(self) -> List[str]:
+    def diff_ids(self) -> list[str]:
         return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
 
     @property
-    def chain_ids(self) -> List[str]:
+    def chain_ids(self) -> list[str]:
         return chain_ids(self.diff_ids)
 
     @property
-    def top_chain(self) -> Optional[str]:
+    def top_chain(self) -> str | None:
         ids = self.chain_ids
         return ids[-1] if ids else None
 
-    def layers(self) -> List[Layer]:
+    def layers(self) -> list[Layer]:
         return [self.store.layer(c) for c in self.chain_ids]
 
-    def layer_dirs(self) -> List[str]:
+    def layer_dirs(self) -> list[str]:
         """Lowest layer first; overlayfs wants them reversed in ``lowerdir``."""
         return [layer.diff_dir for layer in self.layers()]
 
@@ -164,7 +138,7 @@ class Image:
         return self.config.get("config") or {}
 
     def __repr__(self) -> str:
-        return "Image(%s %s)" % (self.id[7:19], self.repo_tags)
+        return f"Image({self.id[7:19]} {self.repo_tags})"
 
 
 class ImageStore:
@@ -173,8 +147,9 @@ class ImageStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.lock = threading.RLock()
-        self._pins: Dict[str, int] = {}
-        self._configs: Dict[str, dict] = {}
+        self._pins: dict[str, int] = {}
+        self._configs: dict[str, dict] = {}
+        private_dir(self.root, 0o700)  # configs, layers and the build cache: readable by root only, as dockerd's
         for sub in ("layers", "blobs/sha256", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         layout = os.path.join(self.root, "oci-layout")
@@ -202,7 +177,7 @@ class ImageStore:
         return index
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -215,7 +190,7 @@ class ImageStore:
     def blob_path(self, digest: str) -> str:
         algo, _, hexpart = digest.partition(":")
         if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
-            raise InvalidParameter("invalid digest %r" % digest)
+            raise InvalidParameter(f"invalid digest {digest!r}")
         return os.path.join(self.root, "blobs", "sha256", hexpart)
 
     def put_blob(self, data: bytes) -> str:
@@ -258,12 +233,12 @@ class ImageStore:
             with open(os.path.join(path, "layer.json"), "rb") as f:
                 return Layer(path, json.load(f))
         except FileNotFoundError:
-            raise NotFound("layer %s does not exist" % chain) from None
+            raise NotFound(f"layer {chain} does not exist") from None
 
     @contextmanager
-    def pinned(self) -> Iterator[List[str]]:
+    def pinned(self) -> Iterator[builtins.list[str]]:
         """Layers added inside this block survive garbage collection until the block ends (image not yet saved)."""
-        pins: List[str] = []
+        pins: list[str] = []
         try:
             yield pins
         finally:
@@ -273,7 +248,7 @@ class ImageStore:
                     if not self._pins[chain]:
                         del self._pins[chain]
 
-    def pin_layer(self, chain: str, pins: List[str]) -> bool:
+    def pin_layer(self, chain: str, pins: builtins.list[str]) -> bool:
         """Pin an existing layer for the duration of a ``pinned`` block; False if it is not there."""
         with self.lock:
             if not self.has_layer(chain):
@@ -281,14 +256,14 @@ class ImageStore:
             self._pin(pins, chain)
             return True
 
-    def _pin(self, pins: Optional[List[str]], chain: str) -> None:
+    def _pin(self, pins: builtins.list[str] | None, chain: str) -> None:
         if pins is not None:
             with self.lock:
                 self._pins[chain] = self._pins.get(chain, 0) + 1
             pins.append(chain)
 
-    def add_layer(self, blob: str, parent_chain: Optional[str], *, diff_id: Optional[str] = None,
-                  blob_digest: Optional[str] = None, pins: Optional[List[str]] = None,
+    def add_layer(self, blob: str, parent_chain: str | None, *, diff_id: str | None = None,
+                  blob_digest: str | None = None, pins: builtins.list[str] | None = None,
                   blob_verified: bool = False) -> Layer:
         """Unpack the layer blob file ``blob`` (plain/gzip/zstd) on top of ``parent_chain``.
 
@@ -308,17 +283,17 @@ class ImageStore:
         else:
             actual_blob, blob_size = archive.file_digest(blob)
         if blob_digest is not None and actual_blob != blob_digest:
-            raise InvalidParameter("blob digest mismatch: expected %s, got %s" % (blob_digest, actual_blob))
+            raise InvalidParameter(f"blob digest mismatch: expected {blob_digest}, got {actual_blob}")
         work = self.tmpdir()
         try:
             with open(blob, "rb") as f:
                 compression = archive.detect_compression(f.read(6))
             if compression not in LAYER_MEDIA:
-                raise InvalidParameter("unsupported layer compression %s" % compression)
+                raise InvalidParameter(f"unsupported layer compression {compression}")
             with archive.decompressed(blob) as stream:
                 actual_diff, size, tar_size = archive.extract_layer(stream, os.path.join(work, "diff"))
             if diff_id is not None and actual_diff != diff_id:
-                raise InvalidParameter("layer diff ID mismatch: expected %s, got %s" % (diff_id, actual_diff))
+                raise InvalidParameter(f"layer diff ID mismatch: expected {diff_id}, got {actual_diff}")
             chain = chain_id(parent_chain, actual_diff)
             os.link(blob, os.path.join(work, "blob"))
             meta = {"chain_id": chain, "diff_id": actual_diff, "parent": parent_chain, "size": size,
@@ -348,7 +323,7 @@ class ImageStore:
             used.update(chain_ids((self._config(image_id).get("rootfs") or {}).get("diff_ids") or []))
         return used
 
-    def _collect_layers(self) -> List[str]:
+    def _collect_layers(self) -> builtins.list[str]:
         """Remove layers no image uses (caller holds the lock); return their chain IDs."""
         used = self._referenced_chains()
         removed = []
@@ -372,22 +347,22 @@ class ImageStore:
             self._configs[image_id] = config
         return config
 
-    def _tags_of(self, image_id: str) -> List[str]:
+    def _tags_of(self, image_id: str) -> builtins.list[str]:
         return sorted(reference.parse(t).familiar() for t, i in self._index["tags"].items() if i == image_id)
 
-    def _digests_of(self, image_id: str) -> List[str]:
+    def _digests_of(self, image_id: str) -> builtins.list[str]:
         return sorted(reference.parse(d).familiar() for d, i in self._index["digests"].items() if i == image_id)
 
     def _image(self, image_id: str) -> Image:
         return Image(self, image_id, self._config(image_id), self._tags_of(image_id), self._digests_of(image_id),
                      self._index["images"][image_id].get("parent", ""))
 
-    def _lookup(self, ref: str) -> Tuple[str, Optional[Reference]]:
+    def _lookup(self, ref: str) -> tuple[str, Reference | None]:
         """Image ID for a name, name:tag, name@digest, full ID or unique ID prefix; and the parsed name if any."""
         images = self._index["images"]
         if ref.startswith("sha256:") and ref in images:
             return ref, None
-        parsed: Optional[Reference] = None
+        parsed: Reference | None = None
         try:
             parsed = reference.parse(ref)
         except InvalidParameter:
@@ -396,7 +371,7 @@ class ImageStore:
             key = str(parsed)
             table = self._index["digests"] if parsed.digest else self._index["tags"]
             if parsed.digest and parsed.tag:
-                key = "%s@%s" % (parsed.name, parsed.digest)
+                key = f"{parsed.name}@{parsed.digest}"
             if key in table:
                 return table[key], parsed
         prefix = ref[7:] if ref.startswith("sha256:") else ref
@@ -405,7 +380,7 @@ class ImageStore:
             if len(matches) == 1:
                 return matches[0], None
         shown = parsed.familiar() if parsed is not None else ref
-        raise NotFound("No such image: %s" % shown)
+        raise NotFound(f"No such image: {shown}")
 
     def resolve(self, ref: str) -> Image:
         """The image for ``ref``, or NotFound("No such image: ...")."""
@@ -424,12 +399,12 @@ class ImageStore:
     def normalize(ref: str) -> str:
         return reference.normalize(ref)
 
-    def tags_of_repo(self, name: str) -> List[str]:
+    def tags_of_repo(self, name: str) -> builtins.list[str]:
         """Full references of every tag of the repository ``name`` (``docker.io/library/alpine``)."""
         with self.lock:
             return sorted(t for t in self._index["tags"] if reference.parse(t).name == name)
 
-    def _children(self, image_id: str) -> List[str]:
+    def _children(self, image_id: str) -> builtins.list[str]:
         return [i for i, rec in self._index["images"].items() if rec.get("parent") == image_id]
 
     # --- images: Docker-shaped views -------------------------------------------------------------------------
@@ -438,23 +413,24 @@ class ImageStore:
         labels = image.container_config.get("Labels") or {}
         return {
             "Id": image.id, "ParentId": image.parent,
-            "RepoTags": image.repo_tags or ["<none>:<none>"],
-            "RepoDigests": image.repo_digests or (["<none>@<none>"] if not image.repo_tags else []),
+            "RepoTags": image.repo_tags, "RepoDigests": image.repo_digests,
             "Created": parse_time(image.config.get("created")), "Size": image.size, "SharedSize": -1,
             "VirtualSize": image.size, "Labels": labels, "Containers": -1,
         }
 
-    def list(self, all: bool = False, filters: Optional[dict] = None) -> List[dict]:  # noqa: A002 - Docker's name
-        """``GET /images/json``: newest first; intermediate build images only with ``all``."""
-        dangling = _bool_filter(filters, "dangling")
-        labels = _filter_values(filters, "label")
-        patterns = _filter_values(filters, "reference")
+    def list(self, all: bool = False, filters: Args | None = None) -> builtins.list[dict]:  # noqa: A002 - Docker's name
+        """``GET /images/json``: newest first; intermediate build images only with ``all``.
+
+        Filters as moby's: ``dangling``, ``label``/``label!``, ``reference`` (glob on the familiar name), ``before``/
+        ``since`` (an image), ``until`` (a time)."""
+        args = Args.of(filters).validate(LIST_FILTERS)
+        dangling = args.get_bool("dangling", False) if args.contains("dangling") else None
+        patterns = args.get("reference")
+        until = args.until()
         with self.lock:
-            before = [parse_time(self._config(self._lookup(r)[0]).get("created"))
-                      for r in _filter_values(filters, "before")]
-            since = [parse_time(self._config(self._lookup(r)[0]).get("created"))
-                     for r in _filter_values(filters, "since")]
-            out = []
+            before = [self._created(r) for r in args.get("before")]
+            since = [self._created(r) for r in args.get("since")]
+            out: list[tuple[float, dict]] = []
             for image_id in self._index["images"]:
                 image = self._image(image_id)
                 untagged = not image.repo_tags and not image.repo_digests
@@ -462,17 +438,22 @@ class ImageStore:
                     continue
                 if dangling is not None and untagged != dangling:
                     continue
-                if patterns and not any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(t.rsplit(":", 1)[0], p)
-                                        for t in image.repo_tags for p in patterns):
+                if patterns and not any(_reference_match(p, t) for t in image.repo_tags for p in patterns):
                     continue
-                if labels and not _labels_match(image.container_config.get("Labels") or {}, labels):
+                if not args.match_labels(image.container_config.get("Labels") or {}):
                     continue
-                created = parse_time(image.config.get("created"))
+                created = timefmt.parse_rfc3339_or(image.config.get("created"))
                 if any(created >= b for b in before) or any(created <= s for s in since):
                     continue
-                out.append(self.summary(image))
-        out.sort(key=lambda s: s["Created"], reverse=True)
-        return out
+                if until is not None and created > until:
+                    continue
+                out.append((created, self.summary(image)))
+        out.sort(key=lambda item: item[0], reverse=True)  # to the nanosecond: images of one second keep their order
+        return [summary for _, summary in out]
+
+    def _created(self, ref: str) -> float:
+        """When the image ``ref`` names was created, to the nanosecond (``before``/``since`` compare it)."""
+        return timefmt.parse_rfc3339_or(self._config(self._lookup(ref)[0]).get("created"))
 
     def inspect(self, ref: str) -> dict:
         """``GET /images/{name}/json`` (ImageInspect)."""
@@ -506,11 +487,11 @@ class ImageStore:
         out.update(cfg)
         return out
 
-    def history(self, ref: str) -> List[dict]:
+    def history(self, ref: str) -> builtins.list[dict]:
         """``GET /images/{name}/history``: newest first, with IDs where an image of that step is known."""
         with self.lock:
             image_id, _ = self._lookup(ref)
-            ids: Dict[int, str] = {}
+            ids: dict[int, str] = {}
             cursor = image_id
             while cursor and cursor in self._index["images"]:
                 ids[len(self._config(cursor).get("history") or []) - 1] = cursor
@@ -537,9 +518,9 @@ class ImageStore:
     def _set_tag(self, ref: Reference, image_id: str) -> None:
         """Point ``ref`` at ``image_id`` (caller holds the lock and saves the index)."""
         self._index["tags"][str(ref)] = image_id
-        self._index["images"][image_id]["last_tag_time"] = now_rfc3339()
+        self._index["images"][image_id]["last_tag_time"] = timefmt.rfc3339_nano()
 
-    def tag(self, ref: str, repo: str, tag: Optional[str] = None) -> None:
+    def tag(self, ref: str, repo: str, tag: str | None = None) -> None:
         """``POST /images/{name}/tag``."""
         target = reference.join_repo_tag(repo, tag)
         if target.digest:
@@ -549,13 +530,13 @@ class ImageStore:
             self._set_tag(target, image_id)
             self._save_index()
 
-    def _refs_of(self, image_id: str) -> List[Tuple[str, str]]:
+    def _refs_of(self, image_id: str) -> builtins.list[tuple[str, str]]:
         """(table, key) pairs naming ``image_id``."""
         return [(table, key) for table in ("tags", "digests")
                 for key, i in self._index[table].items() if i == image_id]
 
     def remove(self, ref: str, force: bool = False, noprune: bool = False,
-               in_use: Optional[InUse] = None) -> List[dict]:
+               in_use: InUse | None = None) -> builtins.list[dict]:
         """``DELETE /images/{name}``: untag, then delete the image (and dangling parents) when nothing names it.
 
         ``in_use(image_id)`` returns a container ID (or True) when a container uses the image.
@@ -565,12 +546,12 @@ class ImageStore:
             image_id, parsed = self._lookup(ref)
             refs = self._refs_of(image_id)
             user = in_use(image_id)
-            items: List[dict] = []
+            items: list[dict] = []
             if parsed is not None:
-                key = ("digests", "%s@%s" % (parsed.name, parsed.digest)) if parsed.digest else ("tags", str(parsed))
+                key = ("digests", f"{parsed.name}@{parsed.digest}") if parsed.digest else ("tags", str(parsed))
                 if len(refs) == 1 and user and not force:
-                    raise Conflict('conflict: unable to remove repository reference "%s" (must force) - container '
-                                   '%s is using its referenced image %s' % (ref, _short(user), image_id[7:19]))
+                    raise Conflict(f'conflict: unable to remove repository reference "{ref}" (must force) - container '
+                                   f'{_short(user)} is using its referenced image {image_id[7:19]}')
                 del self._index[key[0]][key[1]]
                 items.append({"Untagged": parsed.familiar()})
                 refs = self._refs_of(image_id)
@@ -587,14 +568,14 @@ class ImageStore:
                     return items
             else:
                 if len(refs) > 1 and not force:
-                    raise Conflict("conflict: unable to delete %s (must be forced) - image is referenced in multiple "
-                                   "repositories" % image_id[7:19])
+                    raise Conflict(f"conflict: unable to delete {image_id[7:19]} (must be forced) - image is referenced in multiple "
+                                   "repositories")
                 if user and not force:
-                    raise Conflict("conflict: unable to delete %s (must be forced) - image is being used by "
-                                   "container %s" % (image_id[7:19], _short(user)))
+                    raise Conflict(f"conflict: unable to delete {image_id[7:19]} (must be forced) - image is being used by "
+                                   f"container {_short(user)}")
                 if self._children(image_id):
-                    raise Conflict("conflict: unable to delete %s (cannot be forced) - image has dependent child "
-                                   "images" % image_id[7:19])
+                    raise Conflict(f"conflict: unable to delete {image_id[7:19]} (cannot be forced) - image has dependent child "
+                                   "images")
                 for table, name in refs:
                     del self._index[table][name]
                     items.append({"Untagged": reference.parse(name).familiar()})
@@ -605,7 +586,7 @@ class ImageStore:
             self._save_index()
             return items
 
-    def _delete_image(self, image_id: str, prune_parents: bool, in_use: InUse) -> List[dict]:
+    def _delete_image(self, image_id: str, prune_parents: bool, in_use: InUse) -> builtins.list[dict]:
         """Delete an untagged, childless image (lock held); then its parents that became dangling, then layers."""
         items = []
         cursor = image_id
@@ -621,12 +602,14 @@ class ImageStore:
         items.extend({"Deleted": chain} for chain in self._collect_layers())
         return items
 
-    def prune(self, filters: Optional[dict] = None, in_use: Optional[InUse] = None) -> dict:
-        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers."""
+    def prune(self, filters: Args | None = None, in_use: InUse | None = None) -> dict:
+        """``POST /images/prune``: dangling images (or all unused with ``dangling=false``) not used by containers,
+        narrowed by ``label``/``label!`` and ``until`` as moby's."""
         in_use = in_use or (lambda _image_id: None)
-        dangling_only = _bool_filter(filters, "dangling")
-        labels = _filter_values(filters, "label")
-        deleted: List[dict] = []
+        args = Args.of(filters).validate(PRUNE_FILTERS)
+        dangling_only = args.get_bool("dangling", True)
+        until = args.until()
+        deleted: list[dict] = []
         with self.lock:
             before = sum(self.layer(c).size for c in self._referenced_chains() if self.has_layer(c))
             changed = True
@@ -636,10 +619,12 @@ class ImageStore:
                     if image_id not in self._index["images"] or self._children(image_id) or in_use(image_id):
                         continue
                     refs = self._refs_of(image_id)
-                    if refs and dangling_only is not False:
+                    if refs and dangling_only:
                         continue
-                    if labels and not _labels_match(self._image(image_id).container_config.get("Labels") or {},
-                                                    labels):
+                    image = self._image(image_id)
+                    if not args.match_labels(image.container_config.get("Labels") or {}):
+                        continue
+                    if until is not None and timefmt.parse_rfc3339_or(image.config.get("created")) > until:
                         continue
                     for table, key in refs:
                         del self._index[table][key]
@@ -659,7 +644,7 @@ class ImageStore:
         config = json.loads(config_bytes)
         for chain in chain_ids((config.get("rootfs") or {}).get("diff_ids") or []):
             if not self.has_layer(chain):
-                raise InvalidParameter("image config refers to missing layer %s" % chain)
+                raise InvalidParameter(f"image config refers to missing layer {chain}")
         image_id = self.put_blob(config_bytes)
         with self.lock:
             rec = self._index["images"].setdefault(image_id, {})
@@ -668,11 +653,11 @@ class ImageStore:
             for ref in tags:
                 self._set_tag(ref, image_id)
             for ref in digests:
-                self._index["digests"]["%s@%s" % (ref.name, ref.digest)] = image_id
+                self._index["digests"][f"{ref.name}@{ref.digest}"] = image_id
             self._save_index()
             return self._image(image_id)
 
-    def new_config(self, parent: Optional[Image], diff_id: Optional[str], config: Optional[dict],
+    def new_config(self, parent: Image | None, diff_id: str | None, config: dict | None,
                    created_by: str = "", comment: str = "", author: str = "") -> bytes:
         """Config JSON for a child of ``parent`` (or a base image) with one more history step and maybe a layer."""
         if parent is not None:
@@ -682,7 +667,7 @@ class ImageStore:
         else:
             base = dict(host_platform())
             base.update({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
-        created = now_rfc3339()
+        created = timefmt.rfc3339_nano()
         base["created"] = created
         if author:
             base["author"] = author
@@ -698,16 +683,16 @@ class ImageStore:
         base.setdefault("history", []).append(step)
         return canonical_json(base)
 
-    def add_layer_stream(self, fileobj: IO[bytes], parent_chain: Optional[str],
-                         pins: Optional[List[str]] = None) -> Layer:
+    def add_layer_stream(self, fileobj: IO[bytes], parent_chain: str | None,
+                         pins: builtins.list[str] | None = None) -> Layer:
         """``add_layer`` for a layer that arrives as a stream (request bodies)."""
         with self.workdir() as work:
             path = os.path.join(work, "layer")
             digest = archive.copy_hashing(fileobj, path)
             return self.add_layer(path, parent_chain, pins=pins, blob_digest=digest, blob_verified=True)
 
-    def import_tar(self, fileobj: IO[bytes], repo_tag: Optional[str] = None,
-                   changes: Optional[Sequence[str]] = None, message: str = "") -> str:
+    def import_tar(self, fileobj: IO[bytes], repo_tag: str | None = None,
+                   changes: Sequence[str] | None = None, message: str = "") -> str:
         """``docker import``: a root filesystem tar (plain, gzip, zstd) -> a one-layer image; returns its ID."""
         tag = reference.parse(repo_tag) if repo_tag else None
         config = apply_changes({}, changes or [])
@@ -716,8 +701,8 @@ class ImageStore:
             data = self.new_config(None, layer.diff_id, config, comment=message or "Imported from -")
             return self.register(data, tags=[tag] if tag else []).id
 
-    def commit(self, upper_dir: Optional[str], parent: Optional[Image], config_changes: Optional[dict],
-               repo_tag: Optional[str] = None, *, created_by: str = "", comment: str = "",
+    def commit(self, upper_dir: str | None, parent: Image | None, config_changes: dict | None,
+               repo_tag: str | None = None, *, created_by: str = "", comment: str = "",
                author: str = "") -> Image:
         """A child image of ``parent``: one layer made from an overlay upper dir (None: config-only step).
 
@@ -737,14 +722,14 @@ class ImageStore:
             data = self.new_config(parent, diff_id, config, created_by=created_by, comment=comment, author=author)
             return self.register(data, tags=[tag] if tag else [], parent=parent.id if parent else "")
 
-    def named_images(self, refs: Sequence[str]) -> List[Tuple[Image, List[Reference]]]:
+    def named_images(self, refs: Sequence[str]) -> builtins.list[tuple[Image, builtins.list[Reference]]]:
         """What ``docker save REF...`` writes: each image once, with the tags its references name (a bare
         repository names all of its tags; an ID or a digest names none)."""
-        entries: List[Tuple[Image, List[Reference]]] = []
+        entries: list[tuple[Image, list[Reference]]] = []
         with self.lock:
             for text in refs:
                 image_id, parsed = self._lookup(text)
-                names: List[Reference] = []
+                names: list[Reference] = []
                 if parsed is not None and not text.startswith("sha256:"):
                     bare = reference.parse(text, default_tag=False)
                     if bare.tag is None and bare.digest is None:
@@ -761,5 +746,5 @@ class ImageStore:
         return entries
 
 
-def _short(container: Union[str, bool]) -> str:
+def _short(container: str | bool) -> str:
     return container[:12] if isinstance(container, str) else "(unknown)"

@@ -1,10 +1,23 @@
-"""Sizes of directory trees (SizeRw, prune's SpaceReclaimed). Resolving paths inside a tree: ``safepath``."""
+"""Sizes of directory trees (SizeRw, prune's SpaceReclaimed) and the daemon's private folders. Resolving paths
+inside a tree: ``safepath``."""
 from __future__ import annotations
 
 import os
 import stat
 
 from runtime.linux import safepath
+
+
+def private_dir(path: str, mode: int) -> str:
+    """Make the folder ``path`` (parents too) with exactly ``mode``, also when it already existed looser (an older
+    daemon's 0755): the daemon's data holds image configs, build caches and container files of every user."""
+    os.makedirs(path, mode=mode, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return path
 
 
 def tree_size(path: str) -> int:

@@ -23,9 +23,8 @@ import errno
 import os
 import platform
 import posixpath
-import shutil
 import stat
-from typing import Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -41,10 +40,10 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_openat2_available: Optional[bool] = None if platform.machine() in _OPENAT2_NR else False
+_openat2_available: bool | None = None if platform.machine() in _OPENAT2_NR else False
 
 
-def use_openat2(enabled: Optional[bool]) -> None:
+def use_openat2(enabled: bool | None) -> None:
     """``False`` forces the component walk (tests of the fallback); ``None`` probes the kernel again."""
     global _openat2_available
     _openat2_available = enabled
@@ -74,7 +73,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
 
 
-def split(path: str) -> List[str]:
+def split(path: str) -> list[str]:
     return [p for p in path.split("/") if p not in ("", ".")]
 
 
@@ -82,23 +81,15 @@ class Root:
     """A directory tree that every path given to this object is resolved inside of (see the module docstring)."""
 
     def __init__(self, path: str, *, follow_links: bool = True) -> None:
-        self.path = path  # for messages only
         self.follow_links = follow_links
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    @classmethod
-    def from_fd(cls, fd: int, path: str, *, follow_links: bool = True) -> "Root":
-        """A Root over an open directory fd (duplicated: the caller keeps its own)."""
-        root = cls.__new__(cls)
-        root.path, root.follow_links, root.fd = path, follow_links, os.dup(fd)
-        return root
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "Root":
+    def __enter__(self) -> Root:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,7 +163,7 @@ class Root:
             for fd in stack:
                 os.close(fd)
 
-    def open_parent(self, path: str) -> Tuple[int, str]:
+    def open_parent(self, path: str) -> tuple[int, str]:
         """(fd of the directory holding the last component, that component's name). The name is ``"."`` for the
         root itself, or when the path ends in ``.`` or ``..`` (the fd is then the directory the path names)."""
         parts = path.split("/")
@@ -186,7 +177,7 @@ class Root:
         """The absolute path (inside the tree) that ``path`` names, links followed, as moby's
         FollowSymlinkInScope; components that do not exist are kept as written."""
         parts = split(path)
-        out: List[str] = []
+        out: list[str] = []
         links = 0
         while parts:
             part = parts.pop(0)
@@ -241,14 +232,14 @@ class Root:
         finally:
             os.close(parent)
 
-    def listdir(self, path: str) -> List[str]:
+    def listdir(self, path: str) -> list[str]:
         fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             return os.listdir(fd)
         finally:
             os.close(fd)
 
-    def getxattr(self, path: str, attr: str) -> Optional[bytes]:
+    def getxattr(self, path: str, attr: str) -> bytes | None:
         parent, name = self.open_parent(path)
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
@@ -268,7 +259,7 @@ class Root:
     def makedirs(self, path: str, mode: int = 0o755, *, replace: bool = False) -> int:
         """An ``O_RDONLY`` fd of directory ``path``, creating missing components (links inside the tree are followed
         per the Root's policy). ``replace=True`` removes a non-directory in the way, as tar extraction does."""
-        done: List[str] = []
+        done: list[str] = []
         # A dangling link on the way (``mnt -> /srv/data``) names where to create, inside the tree, as securejoin
         for part in split(path if replace or not self.follow_links else self.resolve(path)):
             done.append(part)
@@ -314,12 +305,18 @@ def clear(parent: int, name: str, keep_dir: bool = False) -> None:
         return
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent)
-    elif not keep_dir:
-        shutil.rmtree(name, dir_fd=parent)
+    elif not keep_dir:  # shutil.rmtree has dir_fd only from Python 3.11
+        folder = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            for entry in os.listdir(folder):
+                clear(folder, entry)
+        finally:
+            os.close(folder)
+        os.rmdir(name, dir_fd=parent)
 
 
-def set_attrs(parent: int, name: str, st: os.stat_result, uid: Optional[int] = None, gid: Optional[int] = None,
-              mode: Optional[int] = None) -> None:
+def set_attrs(parent: int, name: str, st: os.stat_result, uid: int | None = None, gid: int | None = None,
+              mode: int | None = None) -> None:
     """Owner, mode (not for links) and times of ``name`` in ``parent`` from ``st``; never follows a link."""
     os.chown(name, st.st_uid if uid is None else uid, st.st_gid if gid is None else gid, dir_fd=parent,
              follow_symlinks=False)
@@ -348,7 +345,7 @@ def copy_file_at(src_parent: int, src_name: str, dst_parent: int, dst_name: str)
         src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_parent)
         try:
             if not stat.S_ISREG(os.fstat(src).st_mode):
-                raise OSError(errno.EAGAIN, "%s changed while it was copied" % src_name)
+                raise OSError(errno.EAGAIN, f"{src_name} changed while it was copied")
             clear(dst_parent, dst_name)
             dst = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                           dir_fd=dst_parent)
@@ -408,10 +405,10 @@ def copy_tree(src: int, dst: int) -> None:
 def fd_path(dirfd: int, name: str = "") -> str:
     """A path for calls that have no ``dir_fd`` form (xattrs, mount targets): the kernel resolves our own fd's
     magic link, then only ``name`` (pass ``follow_symlinks=False`` to keep its last component unfollowed)."""
-    return "/proc/self/fd/%d%s" % (dirfd, "/" + name if name else "")
+    return f"/proc/self/fd/{dirfd}" + ("/" + name if name else "")
 
 
-def walk(top: int) -> Iterator[Tuple[str, int, str, os.stat_result]]:
+def walk(top: int) -> Iterator[tuple[str, int, str, os.stat_result]]:
     """(relative folder, its fd, entry name, lstat) for everything below directory fd ``top``, top-down, folders
     before files, each sorted; never following a link (the fds are valid during the iteration step only)."""
     for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):

@@ -33,6 +33,8 @@ MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_SYNCHRONOUS, MS_NOATIME, MS_NODIRATIME, MS_STRICTATIME = 16, 1024, 2048, 1 << 24
 MS_STRICTATIME = 1 << 24
 
 MNT_DETACH = 2
@@ -106,6 +108,24 @@ def set_process_name(name: str) -> None:
     """Names the process in ps/top (the comm field), so a shim or init is recognisable."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)
+
+
+def set_process_title(title: str, name: str) -> None:
+    """Gives a forked helper its own identity in ``ps``: ``name`` as comm (``ps -e``, ``top``) and ``title`` as
+    the command line (``ps -ef``, ``ps aux``), by overwriting the argv area the kernel reads /proc/PID/cmdline from,
+    as setproctitle does. The title is cut to the space the original command line had."""
+    set_process_name(name)
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end (fields 48 and 49 of stat(5))
+    except (OSError, IndexError, ValueError):
+        return
+    size = end - start
+    if size < 2:
+        return
+    raw = title.encode()[:size - 1]
+    ctypes.memmove(start, raw + b"\0" * (size - len(raw)), size)
 
 
 def set_controlling_tty(fd: int) -> None:

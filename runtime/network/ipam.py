@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Union
 
 from runtime.errors import Forbidden, InvalidParameter, Unavailable
 from runtime.network.links import ip_query
 
-Network = ipaddress.IPv4Network
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+DEFAULT_V6_POOL = "fd6d:6163:6869::/48"  # a ULA prefix of our own ("mach"), split in /64s as Docker does
 
 
 def parse_subnet(text: str) -> Network:
+    """An IPv4 (at most /30) or IPv6 (at most /126) CIDR."""
     try:
         subnet = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise InvalidParameter(f"invalid subnet {text}: it must be an IPv4 CIDR such as 172.30.5.0/24") from None
-    if not isinstance(subnet, ipaddress.IPv4Network):
-        raise InvalidParameter(f"IPv6 subnets are not supported: {text}")
-    if subnet.prefixlen > 30:
-        raise InvalidParameter(f"subnet {text} is too small: at most /30")
+        raise InvalidParameter(f"invalid subnet {text}: invalid CIDR block notation") from None
+    if subnet.prefixlen > subnet.max_prefixlen - 2:
+        raise InvalidParameter(f"subnet {text} is too small: at most /{subnet.max_prefixlen - 2}")
     return subnet
+
+
+def family(text: str) -> int:
+    """4 or 6: the family of an address or CIDR (0 when it is neither)."""
+    try:
+        return ipaddress.ip_network(text, strict=False).version
+    except ValueError:
+        return 0
 
 
 def parse_address(text: str, subnet: Network, what: str) -> str:
@@ -32,7 +42,8 @@ def parse_address(text: str, subnet: Network, what: str) -> str:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidParameter(f"invalid {what} address: {text}") from None
-    if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+    if address.version != subnet.version or address not in subnet or address == subnet.network_address or (
+            address.version == 4 and address == subnet.broadcast_address):
         raise InvalidParameter(f"no matching subnet for {what} {text}")
     return str(address)
 
@@ -53,13 +64,13 @@ def host_routes() -> list[Network]:
 
 def check_free(subnet: Network, taken: Iterable[Network]) -> None:
     for other in taken:
-        if subnet.overlaps(other):
+        if other.version == subnet.version and subnet.overlaps(other):
             raise Forbidden("Pool overlaps with other one on this address space")
 
 
 def pick_subnet(pool: Network, prefix: int, taken: Iterable[Network]) -> Network:
     """The first ``/prefix`` of the pool that overlaps nothing in ``taken``."""
-    busy = list(taken)
+    busy = [other for other in taken if other.version == pool.version]
     for candidate in pool.subnets(new_prefix=prefix):
         if not any(candidate.overlaps(other) for other in busy):
             return candidate
@@ -68,14 +79,14 @@ def pick_subnet(pool: Network, prefix: int, taken: Iterable[Network]) -> Network
 
 def allocate(subnet: Network, used: set[str], last: str | None) -> str:
     """The next free host address after ``last`` (wrapping), skipping the ones in ``used``."""
-    hosts = int(subnet.broadcast_address) - int(subnet.network_address) - 1
+    hosts = int(subnet.broadcast_address) - int(subnet.network_address) - (1 if subnet.version == 4 else 0)
     first = int(subnet.network_address) + 1
     start = int(ipaddress.ip_address(last)) + 1 - first if last else 0
     for step in range(hosts):
-        candidate = str(ipaddress.ip_address(first + (start + step) % hosts))
+        candidate = str(type(subnet.network_address)(first + (start + step) % hosts))
         if candidate not in used:
             return candidate
-    raise Unavailable(f"no available IPv4 addresses on this network's address pools: {subnet}")
+    raise Unavailable(f"no available IPv{subnet.version} addresses on this network's address pools: {subnet}")
 
 
 def mac_for(address: str) -> str:

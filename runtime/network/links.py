@@ -81,15 +81,17 @@ def _comment(tag: str) -> str:
     return f'-m comment --comment "{RULE_TAG}:{tag}"'
 
 
-def bridge_rules(bridge: str, subnet: str, internal: bool) -> dict[str, list[str]]:
-    """Per table, the rules of one bridge (tag: the bridge name): accept bridged and return traffic, masquerade
-    what leaves; an internal network's traffic stays on its bridge.
+def bridge_rules(bridge: str, subnet: str, internal: bool, icc: bool = True,
+                 masquerade: bool = True) -> dict[str, list[str]]:
+    """Per table, the rules of one bridge (tag: the bridge name): accept bridged (or, without ``icc``, drop it)
+    and return traffic, masquerade what leaves (unless ``masquerade`` is off); an internal network's traffic
+    stays on its bridge.
 
     Like Docker, networks are isolated from each other: traffic leaving a bridge for another goes through the
     isolation chain, where each bridge drops what arrives from elsewhere unless it was DNATed to a published port.
     """
     comment = _comment(bridge)
-    forward = [f"-I FORWARD -i {bridge} -o {bridge} {comment} -j ACCEPT"]
+    forward = [f"-I FORWARD -i {bridge} -o {bridge} {comment} -j {'ACCEPT' if icc else 'DROP'}"]
     if internal:
         forward += [
             f"-I FORWARD -i {bridge} ! -o {bridge} {comment} -j DROP",
@@ -102,7 +104,8 @@ def bridge_rules(bridge: str, subnet: str, internal: bool) -> dict[str, list[str
         f"-I FORWARD -i {bridge} ! -o {bridge} {comment} -j {ISOLATION}",  # inserted last: checked first
         f"-A {ISOLATION} -o {bridge} -m conntrack ! --ctstate DNAT {comment} -j DROP",
     ]
-    return {"filter": forward, "nat": [f"-I POSTROUTING -s {subnet} ! -o {bridge} {comment} -j MASQUERADE"]}
+    nat = [f"-I POSTROUTING -s {subnet} ! -o {bridge} {comment} -j MASQUERADE"] if masquerade else []
+    return {"filter": forward, "nat": nat}
 
 
 def port_rules(tag: str, bridge: str, records: list[dict[str, object]]) -> dict[str, list[str]]:

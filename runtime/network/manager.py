@@ -15,13 +15,14 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Any
 
+from runtime import timefmt
 from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
-from runtime.network import hosts, ipam
+from runtime.filters import Args
+from runtime.linux.paths import private_dir
+from runtime.network import dns, hosts, ipam
 from runtime.network.links import Firewall, bridge_rules, enable_ip_forward, in_netns_of, ip_query, log, port_rules
 from runtime.network.netlink import RtNetlink, configure_inside, link_exists, loopback_up, move_default_route
 from runtime.network.proxy import PortProxy, bind_socket
@@ -32,18 +33,28 @@ POOL_PREFIX = 24
 PREDEFINED = ("bridge", "host", "none")
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPT_MTU = "com.docker.network.driver.mtu"
+OPT_ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
+NOT_SWARM_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this '
+                     'node to swarm and try again.')
 HOST_NETWORK_CONFLICT = "container cannot be disconnected from host network or connected to host network"
 NETWORK_FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
+PRUNE_FILTERS = ("label", "label!", "until")
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 Dict_ = dict[str, Any]
+Link = tuple[str, list[str]]  # a --link target: its container id, and the names it has for the linking container
 
 
 class NetworkManager:
     """Docker's bridge driver, IPAM and port publishing for one daemon. Every public method is thread-safe."""
 
     def __init__(self, root: str, exec_root: str, *, default_subnet: str | None = None,
-                 bridge_name: str = "mrt0", pool: str = DEFAULT_POOL, pool_prefix: int = POOL_PREFIX) -> None:
+                 bridge_name: str = "mrt0", pool: str = DEFAULT_POOL, pool_prefix: int = POOL_PREFIX,
+                 resolv_conf: str = "/etc/resolv.conf") -> None:
         self.root = root
+        self.resolv_conf = resolv_conf
         self.exec_root = exec_root
         self.bridge_name = bridge_name
         self.pool = ipam.parse_subnet(pool)
@@ -52,7 +63,8 @@ class NetworkManager:
         self._lock = threading.RLock()
         self._firewall = Firewall()
         self._proxies: dict[str, list[PortProxy]] = {}
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
+        private_dir(root, 0o700)
         self._state: Dict_ = self._load()
         self._ensure_predefined(ipam.parse_subnet(default_subnet or DEFAULT_SUBNET))
 
@@ -110,7 +122,7 @@ class NetworkManager:
     @staticmethod
     def _new_network(name: str, driver: str, labels: Dict_, options: Dict_, internal: bool) -> Dict_:
         return {
-            "Name": name, "Id": secrets.token_hex(32), "Created": _now(), "Scope": "local", "Driver": driver,
+            "Name": name, "Id": secrets.token_hex(32), "Created": timefmt.rfc3339_nano(), "Scope": "local", "Driver": driver,
             "EnableIPv4": True, "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
             "Internal": internal, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
             "ConfigOnly": False, "Options": options, "Labels": labels,
@@ -136,13 +148,25 @@ class NetworkManager:
         return {cid: eps[net_id] for cid, eps in self._state["endpoints"].items() if net_id in eps}
 
     def create(self, body: Dict_) -> Dict_:
-        """``POST /networks/create``: a bridge network; the device itself appears with the first endpoint."""
+        """``POST /networks/create``: a bridge network; the device itself appears with the first endpoint.
+
+        Swarm drivers and scopes are refused with dockerd's words for a node outside a swarm; ``EnableIPv6`` makes
+        the network dual-stack (a v6 subnet given, or a /64 of our ULA pool)."""
         name = body.get("Name")
         if not isinstance(name, str) or not name:
             raise InvalidParameter("network name must not be empty")
+        if not NAME_RE.fullmatch(name):  # names reach hosts files and logs: no spaces, slashes or newlines
+            raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         driver = body.get("Driver") or "bridge"
-        if body.get("EnableIPv6"):
-            raise NotSupported("IPv6 networks are not supported by this runtime")
+        if name in PREDEFINED:
+            raise Forbidden(f"operation is not permitted on predefined {name} network ")
+        if driver == "overlay":
+            raise Forbidden(NOT_SWARM_MANAGER)
+        scope = body.get("Scope") or "local"
+        if scope == "swarm":
+            raise Forbidden("cannot create a swarm scoped network when swarm is not active")
+        if scope not in ("local", "global"):
+            raise InvalidParameter(f"invalid scope {scope}")
         with self._lock:
             if any(net["Name"] == name for net in self._networks()):
                 raise Conflict(f"network with name {name} already exists")
@@ -150,38 +174,63 @@ class NetworkManager:
                 raise Forbidden(f'only one instance of "{driver}" network is allowed')
             if driver != "bridge":
                 raise NotFound(f'plugin "{driver}" not found')
+            if body.get("Ingress"):
+                raise Forbidden("Ingress network can only be global scope network")
+            if scope == "global":
+                raise Forbidden(f"cannot downgrade network scope for {driver} networks")
             options = {str(k): str(v) for k, v in _expect(body, "Options", dict).items()}
             labels = {str(k): str(v) for k, v in _expect(body, "Labels", dict).items()}
             net = self._new_network(name, "bridge", labels, options, bool(body.get("Internal")))
             net["Attachable"] = bool(body.get("Attachable"))
+            net["EnableIPv6"] = _flag(body.get("EnableIPv6"), options.get(OPT_ENABLE_IPV6), OPT_ENABLE_IPV6)
             spec = _expect(body, "IPAM", dict)
-            net["IPAM"]["Config"] = [self._ipam_config(spec)]
+            net["IPAM"]["Config"], net["_user_subnets"] = self._ipam_configs(spec, net["EnableIPv6"])
             net["IPAM"]["Options"] = spec.get("Options")
             net["_bridge"] = options.get(OPT_BRIDGE_NAME) or "mrt-" + net["Id"][:11]
             _mtu(net)
+            for option in (OPT_ICC, OPT_MASQUERADE):
+                _flag(None, options.get(option), option)
+            if len(net["_bridge"]) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", net["_bridge"]):
+                raise InvalidParameter(f"invalid bridge name {net['_bridge']}")
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
-                raise Conflict("bridge name {} is already used by another network".format(net["_bridge"]))
+                raise Conflict(f"bridge name {net['_bridge']} is already used by another network")
             self._state["networks"][net["Id"]] = net
             self._save()
         return {"Id": net["Id"], "Warning": ""}
 
-    def _ipam_config(self, spec: Dict_) -> Dict_:
+    def _ipam_configs(self, spec: Dict_, enable_ipv6: bool) -> tuple[builtins.list[Dict_], builtins.list[int]]:
+        """IPAM.Config as stored (the IPv4 entry first) and the families whose subnet the user chose. Like
+        dockerd, an IPv6 subnet on a network without IPv6 is left out."""
         configs = [c for c in _expect(spec, "Config", list) if c]
         if not all(isinstance(c, dict) for c in configs):
             raise InvalidParameter("IPAM.Config must be a list of objects")
-        if len(configs) > 1:
-            raise InvalidParameter("only one IPv4 subnet per network is supported")
-        config = configs[0] if configs else {}
+        by_family: dict[int, list[Dict_]] = {4: [], 6: []}
+        for config in configs:
+            by_family[6 if ipam.family(str(config.get("Subnet") or "")) == 6 else 4].append(config)
+        for version, found in by_family.items():
+            if len(found) > 1:
+                raise InvalidParameter(f"only one IPv{version} subnet per network is supported")
+        result = [self._ipam_config(by_family[4][0] if by_family[4] else {}, 4)]
+        if enable_ipv6:
+            result.append(self._ipam_config(by_family[6][0] if by_family[6] else {}, 6))
+        chosen = [version for version in (4, 6) if by_family[version] and by_family[version][0].get("Subnet")]
+        return result, chosen
+
+    def _ipam_config(self, config: Dict_, version: int) -> Dict_:
         taken = [ipam.parse_subnet(c["Subnet"]) for net in self._networks() for c in net["IPAM"]["Config"]]
         if config.get("Subnet"):
             subnet = ipam.parse_subnet(config["Subnet"])
+            if subnet.version != version:
+                raise InvalidParameter(f"invalid subnet {config['Subnet']}: not an IPv{version} subnet")
             ipam.check_free(subnet, taken)
-        else:
+        elif version == 4:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
+        else:
+            subnet = ipam.pick_subnet(ipam.parse_subnet(ipam.DEFAULT_V6_POOL), 64, taken)
         result: dict[str, Any] = {"Subnet": str(subnet)}
         if config.get("IPRange"):
             ip_range = ipam.parse_subnet(config["IPRange"])
-            if not ip_range.subnet_of(subnet):
+            if ip_range.version != subnet.version or not ip_range.subnet_of(subnet):  # type: ignore[arg-type]
                 raise InvalidParameter(f"IP range {ip_range} is not within subnet {subnet}")
             result["IPRange"] = str(ip_range)
         gateway = config.get("Gateway")
@@ -204,55 +253,58 @@ class NetworkManager:
             for cid, ep in self._members(net["Id"]).items():
                 shown["Containers"][cid] = {
                     "Name": ep["Name"], "EndpointID": ep["EndpointID"], "MacAddress": ep["MacAddress"],
-                    "IPv4Address": f'{ep["IPAddress"]}/{ep["IPPrefixLen"]}' if ep["IPAddress"] else "",
-                    "IPv6Address": "",
+                    "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}" if ep["IPAddress"] else "",
+                    "IPv6Address": f"{ep['GlobalIPv6Address']}/{ep['GlobalIPv6PrefixLen']}"
+                    if ep.get("GlobalIPv6Address") else "",
                 }
         return copy.deepcopy(shown)
 
-    def list(self, filters: Dict_ | None = None) -> builtins.list[Dict_]:
+    def list(self, filters: Args | None = None) -> builtins.list[Dict_]:
         """``GET /networks``: filters dangling, driver, id, label, name, scope, type (Docker's semantics)."""
-        wanted = _filters(filters, NETWORK_FILTERS)
+        args = Args.of(filters).validate(NETWORK_FILTERS)
         with self._lock:
-            return [self._render(net, containers=False) for net in self._networks() if self._matches(net, wanted)]
+            return [self._render(net, containers=False) for net in self._networks() if self._matches(net, args)]
 
-    def _matches(self, net: Dict_, wanted: dict[str, builtins.list[str]]) -> bool:
+    def _matches(self, net: Dict_, args: Args) -> bool:
         checks = {
             "driver": lambda v: net["Driver"] == v,
             "id": lambda v: v in net["Id"],
             "name": lambda v: _pattern(v).search(net["Name"]) is not None,
             "scope": lambda v: v == "local",
             "type": lambda v: (net["Name"] in PREDEFINED) == (_choice(v, ("builtin", "custom"), "type") == "builtin"),
-            "label": lambda v: _label_match(net["Labels"], v),
-            "dangling": lambda v: (net["Name"] not in PREDEFINED and not self._members(net["Id"])) == _bool(v),
         }
-        return all(any(checks[key](value) for value in values) for key, values in wanted.items())
+        if not all(any(test(value) for value in args.get(key)) for key, test in checks.items() if args.get(key)):
+            return False
+        if args.contains("dangling"):
+            dangling = net["Name"] not in PREDEFINED and not self._members(net["Id"])
+            if dangling != args.get_bool("dangling", False):
+                return False
+        return args.match_kv_list("label", net["Labels"])
 
     def remove(self, ref: str) -> None:
         """``DELETE /networks/{id}``."""
         with self._lock:
             net = self._resolve(ref)
             if net["Name"] in PREDEFINED:
-                raise Forbidden("{} is a pre-defined network and cannot be removed".format(net["Name"]))
+                raise Forbidden(f"{net['Name']} is a pre-defined network and cannot be removed")
             if self._members(net["Id"]):
                 raise Forbidden("error while removing network: network {} id {} has active endpoints".format(net["Name"], net["Id"]))
             self._drop_bridge(net)
             del self._state["networks"][net["Id"]]
             self._save()
 
-    def prune(self, filters: Dict_ | None = None) -> Dict_:
-        """``POST /networks/prune``: user networks without endpoints; filters until, label, label!."""
-        wanted = _filters(filters, ("until", "label", "label!"))
-        cutoff = min((_timestamp(v) for v in wanted.get("until", [])), default=None)
+    def prune(self, filters: Args | None = None) -> Dict_:
+        """``POST /networks/prune``: user networks without endpoints; filters until, label, label! as moby's."""
+        args = Args.of(filters).validate(PRUNE_FILTERS)
+        cutoff = args.until()
         deleted = []
         with self._lock:
             for net in self._networks():
                 if net["Name"] in PREDEFINED or self._members(net["Id"]):
                     continue
-                if cutoff is not None and _parse_created(net["Created"]) >= cutoff:
+                if cutoff is not None and timefmt.parse_rfc3339_or(net["Created"]) > cutoff:
                     continue
-                if not all(_label_match(net["Labels"], v) for v in wanted.get("label", [])):
-                    continue
-                if any(_label_match(net["Labels"], v) for v in wanted.get("label!", [])):
+                if not args.match_labels(net["Labels"]):
                     continue
                 self._drop_bridge(net)
                 del self._state["networks"][net["Id"]]
@@ -263,21 +315,25 @@ class NetworkManager:
     # --- endpoints ---------------------------------------------------------------------------------------------
 
     def connect(self, net_ref: str, container_id: str, pid: int, *, name: str, aliases: Iterable[str] | None = None,
-                ipv4: str | None = None, hosts_path: str | None = None,
-                hostname: str | None = None) -> Dict_:
+                ipv4: str | None = None, ipv6: str | None = None, mac: str | None = None,
+                links: builtins.list[Link] | None = None, dns: builtins.list[str] | None = None,
+                hosts_path: str | None = None, hostname: str | None = None) -> Dict_:
         """Attaches the running container ``pid`` to a network and returns its EndpointSettings.
 
         On a bridge network: a veth pair with the container end as ``eth0`` (``eth1``... for further networks),
-        its address, and a default route through the first gateway; then the ``/etc/hosts`` of the container and
-        of its peers on user-defined networks are rewritten. ``host`` and ``none`` only record the membership
-        (``none`` brings up ``lo``).
+        its addresses (IPv4, and IPv6 on a dual-stack network), and default routes through the first network's
+        gateways; then the ``/etc/hosts`` of the container and of its peers on user-defined networks are
+        rewritten, and on a user-defined network the embedded DNS server starts answering in the container.
+        ``links`` are (container id, names) of ``--link`` targets: their address on this network under those
+        names; ``dns`` the upstream servers for names that are not ours (``--dns``). ``host`` and ``none`` only
+        record the membership (``none`` brings up ``lo``).
         """
         name = name.lstrip("/")
         with self._lock:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] in current:
-                raise Forbidden("endpoint with name {} already exists in network {}".format(name, net["Name"]))
+                raise Forbidden(f"endpoint with name {name} already exists in network {net['Name']}")
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
@@ -287,65 +343,102 @@ class NetworkManager:
             ep = {"EndpointID": secrets.token_hex(32), "NetworkID": net["Id"], "Name": name, "Pid": pid,
                   "Aliases": list(aliases or []), "HostsPath": hosts_path, "Hostname": hostname or container_id[:12],
                   "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": "", "HostVeth": "",
-                  "Interface": "", "DefaultRoute": False}
+                  "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+                  "Interface": "", "DefaultRoute": False, "Links": [list(link) for link in links or []],
+                  "Dns": list(dns or [])}
             if net["Driver"] == "null":
                 in_netns_of(pid, loopback_up)
             elif net["Driver"] == "bridge":
-                self._attach(net, ep, current, ipv4)
+                self._attach(net, ep, current, ipv4, ipv6, mac)
             self._state["endpoints"].setdefault(container_id, {})[net["Id"]] = ep
             self._save()
             self._refresh_hosts(self._neighbours(container_id))
+            if net["Name"] not in PREDEFINED and net["Driver"] == "bridge":
+                try:
+                    self._dns.listen(container_id, pid)
+                except OSError as exc:
+                    log.warning("no embedded DNS for %s: %s", container_id[:12], exc)
             return self._settings(net, container_id, ep)
 
-    def _attach(self, net: Dict_, ep: Dict_, current: dict[str, Dict_], ipv4: str | None) -> None:
-        config = net["IPAM"]["Config"][0]
-        subnet = ipam.parse_subnet(config["Subnet"])
-        used = {e["IPAddress"] for e in self._members(net["Id"]).values()} | {config["Gateway"]}
-        used.update((config.get("AuxiliaryAddresses") or {}).values())
-        if net["Name"] == "bridge" and ep["Aliases"]:
+    def _attach(self, net: Dict_, ep: Dict_, current: dict[str, Dict_], ipv4: str | None, ipv6: str | None,
+                mac: str | None) -> None:
+        configs = _configs(net)
+        user_defined = net["Name"] not in PREDEFINED
+        if not user_defined and ep["Aliases"]:
             raise InvalidParameter("network-scoped alias is supported only for containers in user defined networks")
-        if ipv4:
-            if net["Name"] == "bridge":
-                raise InvalidParameter("user specified IP address is supported on user defined networks only")
-            address = ipam.parse_address(ipv4, subnet, "IPv4")
-            if address in used:
-                raise Conflict("Address already in use")
+        if (ipv4 or ipv6) and not user_defined:
+            raise InvalidParameter("user specified IP address is supported on user defined networks only")
+        if ipv6 and 6 not in configs:
+            raise InvalidParameter(f"invalid IPv6 address {ipv6}: network {net['Name']} does not have IPv6 enabled")
+        if (ipv4 and 4 not in net.get("_user_subnets", [4])) or (ipv6 and 6 not in net.get("_user_subnets", [6])):
+            raise InvalidParameter("user specified IP address is supported only when connecting to networks with "
+                                   "user configured subnets")
+        members = list(self._members(net["Id"]).values())
+        assigned: dict[int, tuple[str, int, str]] = {}
+        for version, config in sorted(configs.items()):
+            field, last = ("IPAddress", "_last") if version == 4 else ("GlobalIPv6Address", "_last6")
+            subnet = ipam.parse_subnet(config["Subnet"])
+            used = {str(e.get(field)) for e in members} | {config["Gateway"]}
+            used.update((config.get("AuxiliaryAddresses") or {}).values())
+            wanted = ipv4 if version == 4 else ipv6
+            if wanted:
+                address = ipam.parse_address(wanted, subnet, f"IPv{version}")
+                if address in used:
+                    raise Conflict("Address already in use")
+            else:
+                pool = ipam.parse_subnet(config["IPRange"]) if config.get("IPRange") else subnet
+                address = ipam.allocate(pool, used, net.get(last))
+                net[last] = address
+            assigned[version] = (address, subnet.prefixlen, config["Gateway"])
+        if mac:
+            if not re.fullmatch(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", mac) or int(mac[:2], 16) & 1:
+                raise InvalidParameter(f"invalid MAC address: {mac}")
+            mac = mac.lower()
+        elif 4 in assigned:
+            mac = ipam.mac_for(assigned[4][0])
         else:
-            pool = ipam.parse_subnet(config["IPRange"]) if config.get("IPRange") else subnet
-            address = ipam.allocate(pool, used, net.get("_last"))
-            net["_last"] = address
+            mac = "02:42:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(4))
         taken_ifaces = {e["Interface"] for e in current.values()}
         interface = next(f"eth{n}" for n in range(len(taken_ifaces) + 1) if f"eth{n}" not in taken_ifaces)
         route = not net["Internal"] and not any(e["DefaultRoute"] for e in current.values())
-        ep.update(IPAddress=address, IPPrefixLen=subnet.prefixlen, Gateway=config["Gateway"],
-                  MacAddress=ipam.mac_for(address), HostVeth="veth" + ep["EndpointID"][:7], Interface=interface,
-                  DefaultRoute=route)
+        v4, v6 = assigned.get(4, ("", 0, "")), assigned.get(6, ("", 0, ""))
+        ep.update(IPAddress=v4[0], IPPrefixLen=v4[1], Gateway=v4[2], GlobalIPv6Address=v6[0],
+                  GlobalIPv6PrefixLen=v6[1], IPv6Gateway=v6[2], MacAddress=mac,
+                  HostVeth="veth" + ep["EndpointID"][:7], Interface=interface, DefaultRoute=route)
         self._ensure_bridge(net)
-        gateway = config["Gateway"] if route else None
+        addresses = [(address, prefix) for address, prefix, _ in assigned.values()]
+        gateways = [gateway for _, _, gateway in assigned.values()] if route else []
         try:
             with RtNetlink() as nl:
                 nl.add_veth(ep["HostVeth"], interface, ep["MacAddress"], ep["Pid"], _mtu(net),
                             socket.if_nametoindex(net["_bridge"]))
-            in_netns_of(ep["Pid"], lambda: configure_inside(interface, address, subnet.prefixlen, gateway))
+            in_netns_of(ep["Pid"], lambda: configure_inside(interface, addresses, gateways))
         except Exception:
             _delete_link(ep["HostVeth"])
             self._drop_bridge_if_idle(net)
             raise
 
     def _ensure_bridge(self, net: Dict_, reconcile: bool = False) -> None:
-        """Creates the bridge with its gateway address and rules if missing; ``reconcile`` re-checks the rules."""
+        """Creates the bridge with its gateway addresses and rules if missing; ``reconcile`` re-checks the rules."""
         bridge = net["_bridge"]
-        config = net["IPAM"]["Config"][0]
+        configs = _configs(net)
         created = not link_exists(bridge)
         if created:
             with RtNetlink() as nl:
                 nl.add_bridge(bridge, _mtu(net))
-                nl.add_address(socket.if_nametoindex(bridge), config["Gateway"],
-                               ipam.parse_subnet(config["Subnet"]).prefixlen)
+                for config in configs.values():
+                    nl.add_address(socket.if_nametoindex(bridge), config["Gateway"],
+                                   ipam.parse_subnet(config["Subnet"]).prefixlen)
             if not net["Internal"]:
                 enable_ip_forward()
         if created or reconcile:
-            self._firewall.add(bridge, bridge_rules(bridge, config["Subnet"], net["Internal"]))
+            self._firewall.add(bridge, self._bridge_rules(net))
+
+    def _bridge_rules(self, net: Dict_) -> dict[str, builtins.list[str]]:
+        options = net["Options"]
+        return bridge_rules(net["_bridge"], _configs(net)[4]["Subnet"], net["Internal"],
+                            icc=_flag(None, options.get(OPT_ICC), OPT_ICC),
+                            masquerade=_flag(None, options.get(OPT_MASQUERADE), OPT_MASQUERADE))
 
     def _drop_bridge(self, net: Dict_, thorough: bool = False) -> None:
         """Removes an idle network's bridge and its rules; a bridge someone else still has ports on is left alone.
@@ -372,7 +465,8 @@ class NetworkManager:
             "IPAMConfig": None, "Links": None, "Aliases": ep["Aliases"] or None, "MacAddress": ep["MacAddress"],
             "DriverOpts": None, "GwPriority": 0, "NetworkID": net["Id"], "EndpointID": ep["EndpointID"],
             "Gateway": ep["Gateway"], "IPAddress": ep["IPAddress"], "IPPrefixLen": ep["IPPrefixLen"],
-            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "IPv6Gateway": ep.get("IPv6Gateway", ""), "GlobalIPv6Address": ep.get("GlobalIPv6Address", ""),
+            "GlobalIPv6PrefixLen": ep.get("GlobalIPv6PrefixLen", 0),
             "DNSNames": list(dict.fromkeys([ep["Name"], container_id[:12], *ep["Aliases"]])) if user_defined else None,
         }
 
@@ -388,7 +482,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] not in current:
-                raise Forbidden("container {} is not connected to network {}".format(container_id, net["Name"]))
+                raise Forbidden(f"container {container_id} is not connected to network {net['Name']}")
             if net["Driver"] == "host":
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
@@ -399,6 +493,8 @@ class NetworkManager:
                 del self._state["endpoints"][container_id]
             elif ep["DefaultRoute"]:
                 self._move_default_route(current)
+            if not any(self._state["networks"][nid]["Name"] not in PREDEFINED for nid in current):
+                self._dns.forget(container_id)
             self._drop_bridge_if_idle(net)
             self._save()
             self._refresh_hosts(neighbours)
@@ -406,8 +502,9 @@ class NetworkManager:
     def _move_default_route(self, current: dict[str, Dict_]) -> None:
         for nid, other in current.items():
             if other["Gateway"] and not self._state["networks"][nid]["Internal"]:
+                gateways = [other["Gateway"]] + ([other["IPv6Gateway"]] if other.get("IPv6Gateway") else [])
                 try:
-                    in_netns_of(other["Pid"], lambda: move_default_route(other["Interface"], other["Gateway"]))
+                    in_netns_of(other["Pid"], lambda: move_default_route(other["Interface"], gateways))
                     other["DefaultRoute"] = True
                 except HostError as exc:
                     log.warning("cannot move the default route: %s", exc)
@@ -420,6 +517,7 @@ class NetworkManager:
             had_ports = self._unpublish(container_id)
             if not had_ports and container_id not in self._state["endpoints"]:
                 return
+            self._dns.forget(container_id)
             neighbours = self._neighbours(container_id)
             endpoints = self._state["endpoints"].pop(container_id, {})
             for nid, ep in endpoints.items():
@@ -448,16 +546,78 @@ class NetworkManager:
             entries: list[tuple[str, list[str]]] = []
             for nid, ep in endpoints.items():
                 user_defined = self._state["networks"][nid]["Name"] not in PREDEFINED
-                if ep["IPAddress"]:
-                    own = [ep["Hostname"]] + ([ep["Name"], *ep["Aliases"]] if user_defined else [])
-                    entries.append((ep["IPAddress"], own))
-            for nid in endpoints:
+                own = [ep["Hostname"]] + ([ep["Name"], *ep["Aliases"]] if user_defined else [])
+                entries += [(address, own) for address in _addresses(ep)]
+            for nid, ep in endpoints.items():
+                members = self._members(nid)
+                for target, names in ep.get("Links") or []:
+                    if target in members:
+                        entries += [(address, names) for address in _addresses(members[target])]
                 if self._state["networks"][nid]["Name"] in PREDEFINED:
                     continue
-                for peer, ep in self._members(nid).items():
-                    if peer != cid and ep["IPAddress"]:
-                        entries.append((ep["IPAddress"], [ep["Name"], *ep["Aliases"], peer[:12]]))
+                for peer, other in members.items():
+                    if peer != cid:
+                        entries += [(address, [other["Name"], *other["Aliases"], peer[:12]])
+                                    for address in _addresses(other)]
             hosts.write_block(path, hosts.render_block(entries))
+
+    def unlink(self, container_id: str, alias: str) -> None:
+        """Forgets the ``--link`` a container has under ``alias`` (``DELETE /containers/...?link=true``)."""
+        with self._lock:
+            for ep in self._state["endpoints"].get(container_id, {}).values():
+                ep["Links"] = [link for link in ep.get("Links") or [] if link[1][0] != alias]
+            self._save()
+            self._refresh_hosts([container_id])
+
+    # --- embedded DNS ------------------------------------------------------------------------------------------
+
+    def lookup(self, container_id: str, name: str) -> tuple[builtins.list[str], builtins.list[str]] | None:
+        """The (IPv4, IPv6) addresses ``name`` has for a container on its user-defined networks, as dockerd's
+        resolver sees it: peers by name, short id and alias, the container's links, and ``name.network``; None
+        when the name is none of these."""
+        name = name.rstrip(".").lower()
+        v4: list[str] = []
+        v6: list[str] = []
+        found = False
+        with self._lock:
+            for nid, ep in self._state["endpoints"].get(container_id, {}).items():
+                net = self._state["networks"][nid]
+                if net["Name"] in PREDEFINED:
+                    continue
+                suffix = "." + net["Name"].lower()
+                wanted = {name, name[:-len(suffix)] if name.endswith(suffix) else name}
+                members = self._members(nid)
+                matches = [other for peer, other in members.items()
+                           if wanted & {n.lower() for n in (other["Name"], peer[:12], *other["Aliases"])}]
+                matches += [members[target] for target, names in ep.get("Links") or []
+                            if target in members and wanted & {n.lower() for n in names}]
+                for other in matches:
+                    found = True
+                    v4 += [other["IPAddress"]] if other["IPAddress"] and other["IPAddress"] not in v4 else []
+                    v6 += [other["GlobalIPv6Address"]] if other.get("GlobalIPv6Address") and \
+                        other["GlobalIPv6Address"] not in v6 else []
+        return (v4, v6) if found else None
+
+    def reverse(self, container_id: str, address: str) -> str | None:
+        """``name.network`` of the peer with ``address`` on a user-defined network of the container (PTR)."""
+        with self._lock:
+            for nid in self._state["endpoints"].get(container_id, {}):
+                net = self._state["networks"][nid]
+                if net["Name"] in PREDEFINED:
+                    continue
+                for other in self._members(nid).values():
+                    if address in _addresses(other):
+                        return f"{other['Name']}.{net['Name']}"
+        return None
+
+    def upstreams(self, container_id: str) -> builtins.list[str]:
+        """Where names that are not ours go: the container's ``--dns`` servers, else the host's resolv.conf
+        ones (asked from the host's namespace, so a loopback resolver such as systemd-resolved works)."""
+        with self._lock:
+            for ep in self._state["endpoints"].get(container_id, {}).values():
+                if ep.get("Dns"):
+                    return list(ep["Dns"])
+        return host_nameservers(self.resolv_conf)
 
     # --- published ports ---------------------------------------------------------------------------------------
 
@@ -570,6 +730,12 @@ class NetworkManager:
                     self._ensure_bridge(net, reconcile=True)
                 else:
                     self._drop_bridge(net, thorough=True)
+            for cid, eps in self._state["endpoints"].items():
+                if any(self._state["networks"][nid]["Name"] not in PREDEFINED for nid in eps):
+                    try:
+                        self._dns.listen(cid, running[cid])
+                    except OSError as exc:
+                        log.warning("no embedded DNS for %s: %s", cid[:12], exc)
             for cid, records in self._state["ports"].items():
                 self._firewall.add(_port_tag(cid), self._port_rules(cid))
                 self._proxies[cid] = []
@@ -585,20 +751,28 @@ class NetworkManager:
             self._save()
 
     def close(self) -> None:
-        """Stops the port proxies; containers keep their addresses and the state stays for ``restore``."""
+        """Stops the port proxies and the DNS server; containers keep their addresses and the state stays for
+        ``restore``."""
         with self._lock:
             for cid in list(self._proxies):
                 self._stop_proxies(cid)
+        self._dns.close()
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _addresses(ep: Dict_) -> list[str]:
+    return [address for address in (ep["IPAddress"], ep.get("GlobalIPv6Address")) if address]
 
 
-def _parse_created(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+def host_nameservers(path: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf (none when it cannot be read)."""
+    try:
+        with open(path) as conf:
+            lines = conf.read().splitlines()
+    except OSError:
+        return []
+    return [words[1] for words in (line.split() for line in lines) if len(words) >= 2 and words[0] == "nameserver"]
 
 
 def _delete_link(name: str) -> None:
@@ -638,14 +812,21 @@ def _host_ports(text: str) -> list[int]:
     return list(range(first, last + 1))
 
 
-def _filters(filters: Dict_ | None, allowed: Iterable[str]) -> dict[str, list[str]]:
-    """Docker's filter map in either wire form, ``{"k": ["v"]}`` or the old ``{"k": {"v": true}}``."""
-    result = {}
-    for key, values in (filters or {}).items():
-        if key not in allowed:
-            raise InvalidParameter(f"invalid filter '{key}'")
-        result[key] = [str(v) for v in (values if isinstance(values, list) else [v for v, on in values.items() if on])]
-    return result
+def _flag(value: Any, option: str | None, name: str) -> bool:
+    """A boolean given in the body (``value``) or as the driver option ``name`` (its text ``option``)."""
+    if value is not None:
+        return bool(value)
+    if option is None:
+        return name != OPT_ENABLE_IPV6  # icc and masquerade default to on, IPv6 to off
+    text = option.lower()
+    if text not in ("1", "t", "true", "0", "f", "false"):
+        raise InvalidParameter(f'driver-opt "{name}" is not a valid bool')
+    return text in ("1", "t", "true")
+
+
+def _configs(net: Dict_) -> dict[int, Dict_]:
+    """A network's IPAM configs by address family."""
+    return {ipam.family(config["Subnet"]): config for config in net["IPAM"]["Config"]}
 
 
 def _expect(body: Dict_, key: str, kind: type) -> Any:
@@ -654,7 +835,7 @@ def _expect(body: Dict_, key: str, kind: type) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, kind):
-        raise InvalidParameter("{} must be {}".format(key, "an object" if kind is dict else "a list"))
+        raise InvalidParameter(f"{key} must be {'an object' if kind is dict else 'a list'}")
     return value
 
 
@@ -665,37 +846,7 @@ def _pattern(text: str) -> re.Pattern[str]:
         raise InvalidParameter(f"invalid filter 'name={text}': not a regular expression") from None
 
 
-def _label_match(labels: Dict_, spec: str) -> bool:
-    key, has_value, value = spec.partition("=")
-    return key in labels and (not has_value or labels[key] == value)
-
-
-def _bool(text: str) -> bool:
-    return _choice(text.lower(), ("true", "false", "1", "0"), "dangling") in ("true", "1")
-
-
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise InvalidParameter(f"invalid filter '{what}={value}'")
     return value
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
-def _timestamp(text: str) -> float:
-    """``until`` values: unix seconds, an RFC 3339 time, or a Go duration back from now (``24h``, ``1h30m``)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if _DURATION.fullmatch(text):
-        return time.time() - sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidParameter(f"invalid filter 'until={text}'") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
-

@@ -19,6 +19,7 @@ NLMSG_ERROR = 2
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_PID = 1, 3, 4, 10, 18, 19
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02
 RTA_OIF, RTA_GATEWAY = 4, 5
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
@@ -101,27 +102,34 @@ class RtNetlink:
         self.request(RTM_NEWLINK, 0, _ifinfo(index, up=True), f"bring up link {index}")
 
     def add_address(self, index: int, address: str, prefix: int) -> None:
-        packed = ipaddress.IPv4Address(address).packed
-        body = struct.pack("BBBBI", socket.AF_INET, prefix, 0, RT_SCOPE_UNIVERSE, index) + \
-            _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+        """An IPv4 or IPv6 address; IPv6 ones skip duplicate address detection (the daemon hands them out), so
+        they are usable at once instead of after DAD's second or two."""
+        ip = ipaddress.ip_address(address)
+        family, flags = (socket.AF_INET, 0) if ip.version == 4 else (socket.AF_INET6, IFA_F_NODAD)
+        body = struct.pack("BBBBI", family, prefix, flags, RT_SCOPE_UNIVERSE, index) + \
+            _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed)
         self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefix}")
 
     def default_route(self, gateway: str, index: int) -> None:
-        """Adds, or replaces, the default route through ``gateway`` on link ``index``."""
-        body = struct.pack("BBBBBBBBI", socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
+        """Adds, or replaces, the IPv4 or IPv6 default route through ``gateway`` on link ``index``."""
+        ip = ipaddress.ip_address(gateway)
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        body = struct.pack("BBBBBBBBI", family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
                            RTN_UNICAST, 0) + \
-            _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) + _attr(RTA_OIF, struct.pack("i", index))
+            _attr(RTA_GATEWAY, ip.packed) + _attr(RTA_OIF, struct.pack("i", index))
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"default route via {gateway}")
 
 
-def configure_inside(interface: str, address: str, prefix: int, gateway: str | None) -> None:
-    """Run inside the container's namespace: ``lo`` and the interface up, its address, the default route."""
+def configure_inside(interface: str, addresses: list[tuple[str, int]], gateways: list[str]) -> None:
+    """Run inside the container's namespace: ``lo`` and the interface up, its (address, prefix) pairs, and the
+    default routes through ``gateways`` (one per family, none on an internal network)."""
     index = socket.if_nametoindex(interface)
     with RtNetlink() as nl:
         nl.set_up(socket.if_nametoindex("lo"))
-        nl.add_address(index, address, prefix)
+        for address, prefix in addresses:
+            nl.add_address(index, address, prefix)
         nl.set_up(index)
-        if gateway:
+        for gateway in gateways:
             nl.default_route(gateway, index)
 
 
@@ -130,10 +138,11 @@ def loopback_up() -> None:
         nl.set_up(socket.if_nametoindex("lo"))
 
 
-def move_default_route(interface: str, gateway: str) -> None:
-    """Run inside the container's namespace when the network that held its default route goes away."""
+def move_default_route(interface: str, gateways: list[str]) -> None:
+    """Run inside the container's namespace when the network that held its default routes goes away."""
     with RtNetlink() as nl:
-        nl.default_route(gateway, socket.if_nametoindex(interface))
+        for gateway in gateways:
+            nl.default_route(gateway, socket.if_nametoindex(interface))
 
 
 def link_exists(name: str) -> bool:

@@ -94,7 +94,8 @@ def test_run_output_and_errors_in_the_stream(daemon: Daemon, client: docker.Dock
     # every failure once the context is in is the stream's last message, never a dropped connection
     for text, message in ((f"FROM {image}\nFORM x\n", "unknown instruction: FORM"),
                           (f"FROM {image}\nCOPY missing /x\n", "COPY failed: file not found in build context"),
-                          (f"FROM {image}\nRUN exit 7\n", "returned a non-zero code: 7")):
+                          (f"FROM {image}\nRUN exit 7\n", "returned a non-zero code: 7"),
+                          ("FROM 127.0.0.1:9/no/registry\n", "Connection refused")):  # a base image to pull
         (tmp_path / "ctx" / "Dockerfile").write_text(text)
         with pytest.raises(docker.errors.BuildError, match=message):
             client.images.build(path=str(tmp_path / "ctx"), rm=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.support import busybox
+
 from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, poll, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
@@ -84,7 +86,9 @@ def test_bad_filter_value_and_create_validation(daemon: Daemon, image: str, name
         cases = [({"Test": ["CMD", "true"], "Interval": 500_000}, "Interval in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Timeout": -1}, "Timeout in Healthcheck cannot be less than 1ms"),
                  ({"Test": ["CMD", "true"], "Retries": -1}, "Retries in Healthcheck cannot be negative"),
-                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms")]
+                 ({"Test": ["CMD", "true"], "StartPeriod": 10}, "StartPeriod in Healthcheck cannot be less than 1ms"),
+                 ({"Test": ["CMD", "true"], "Interval": "5s"}, "json: cannot unmarshal string into Go struct field "
+                                                               "HealthConfig.Healthcheck.Interval of type time.Duration")]
         for check, message in cases:
             with pytest.raises(docker.errors.APIError) as failed:
                 client.create_container(image, "true", name=name, healthcheck=check)
@@ -230,9 +234,7 @@ def own_daemon(tmp_path: Path):
 
 def test_probes_resume_after_daemon_sigkill(own_daemon, name: str) -> None:
     first = own_daemon()
-    rootfs = subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "busybox-rootfs.sh")],
-                            capture_output=True, check=True).stdout
-    first.out("import", "-", "hc/busybox:1", input=rootfs)
+    first.out("import", "-", "hc/busybox:1", input=busybox.rootfs())
     first.out("run", "-d", "--name", name, "--health-cmd", "cat /tmp/ok", "--health-retries", "1", *FAST,
               "hc/busybox:1", "sh", "-c", "touch /tmp/ok; exec sleep 300")
     poll("healthy before the kill", lambda: (health(first, name) or {}).get("Status") == "healthy")

@@ -153,6 +153,10 @@ def test_dockerpy_update_answers_like_dockerd(daemon: Daemon, image: str, name: 
         resources = container.attrs["HostConfig"]
         assert (resources["Memory"], resources["MemorySwap"], resources["CpuShares"]) == (
             32 * 1024 ** 2, 64 * 1024 ** 2, 256)
+        container.pause()  # a paused container is updated live too
+        assert container.update(mem_reservation="16m") == {"Warnings": []}
+        assert cgroup_file(container.id, "memory", "memory.soft_limit_in_bytes", "memory.low") == str(16 << 20)
+        container.unpause()
         container.stop(timeout=0)
         assert container.update(cpu_shares=128) == {"Warnings": []}  # a stopped container: stored for its start
         container.start()
@@ -164,4 +168,29 @@ def test_dockerpy_update_answers_like_dockerd(daemon: Daemon, image: str, name: 
         assert "CPU cfs quota can not be less than 1ms (i.e. 1000)" in str(refused.value.explanation)
     finally:
         client.api.remove_container(name, force=True)
+        client.close()
+
+
+def test_malformed_updates_are_refused_whole(daemon: Daemon, image: str, name: str) -> None:
+    """What a hostile or broken client sends: wrong JSON types, a body that is not an object, a cpuset range meant
+    to exhaust memory. Each is one 400 with a message, and the container is left as it was."""
+    client = docker.APIClient(base_url=daemon.host, version="auto", timeout=60)
+    daemon.out("run", "-d", "--name", name, image, "sleep", "300")
+    try:
+        url = client._url("/containers/{0}/update", name)
+        cases = [({"Memory": "1g"}, "json: cannot unmarshal string into Go struct field UpdateConfig.Memory of type "
+                                    "int64"),
+                 ({"CpuShares": True}, "json: cannot unmarshal bool into Go struct field UpdateConfig.CpuShares"),
+                 ({"CpusetCpus": "0-99999999999"}, "Invalid value 0-99999999999 for cpuset cpus: value of out "
+                                                   "range, maximum is 8192"),
+                 ({"CpusetMems": "0,,1"}, "Invalid value 0,,1 for cpuset mems: invalid format: 0,,1"),
+                 ([1, 2], "expected an object")]
+        for body, message in cases:
+            answer = client._post_json(url, data=body)
+            assert answer.status_code == 400, (body, answer.text)
+            assert message in answer.json()["message"], (body, answer.text)
+        config = host_config(daemon, name)
+        assert (config["Memory"], config["CpuShares"], config["CpusetCpus"], config["CpusetMems"]) == (0, 0, "", "")
+    finally:
+        daemon.docker("rm", "-f", name)
         client.close()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
 import pytest
 
 from runtime.errors import InvalidParameter
-from runtime.images import dockerfile
-from runtime.images.builder import ImageView, build
+from runtime.images import dockerfile, reference
+from runtime.images.builder import NOP, ImageView, build
 from runtime.images.store import ImageStore
 
 DOCKERFILE = b"""# syntax=docker/dockerfile:1
@@ -196,3 +197,15 @@ def test_context_that_ends_without_padding_or_end_blocks(store, base):
     assert not _errors(build(store, io.BytesIO(unpadded)))
     [error] = _errors(build(store, io.BytesIO(unpadded[:-3])))
     assert "unexpected end of data" in error
+
+
+def test_cache_from_an_image_whose_history_names_missing_layers(store, base):
+    """A loaded image's history is data: one that claims a layer it does not have is no cache, never a crash."""
+    parent = store.resolve(base)
+    config = json.loads(store.get_blob(parent.id))
+    config["history"] = list(config.get("history") or []) + [{"created_by": NOP + "ENV A=1"}]  # no empty_layer
+    crafted = store.register(json.dumps(config).encode(), tags=[reference.parse("crafted:1")])
+    text = b"FROM busybox:test\nENV A=1\n"
+    messages = list(build(store, io.BytesIO(_context(text)), cache_from=["crafted:1"]))
+    assert not _errors(messages) and {"stream": " ---> Using cache\n"} not in messages
+    assert next(m["aux"]["ID"] for m in messages if "aux" in m) != crafted.id

@@ -24,10 +24,10 @@ def test_predefined_networks_are_listed_and_protected(plain: NetworkManager) -> 
     for name in ("bridge", "host", "none"):
         with pytest.raises(Forbidden, match=f"{name} is a pre-defined network and cannot be removed"):
             plain.remove(name)
-    with pytest.raises(Conflict, match="network with name bridge already exists"):
+    with pytest.raises(Forbidden, match="operation is not permitted on predefined bridge network"):
         plain.create({"Name": "bridge"})
-    with pytest.raises(NotFound, match='plugin "overlay" not found'):
-        plain.create({"Name": "x", "Driver": "overlay"})
+    with pytest.raises(NotFound, match='plugin "macvlan2" not found'):
+        plain.create({"Name": "x", "Driver": "macvlan2"})
     with pytest.raises(NotFound, match="network nothere not found"):
         plain.inspect("nothere")
 
@@ -87,7 +87,11 @@ def test_state_survives_a_new_manager_and_prune(plain: NetworkManager, tmp_path:
     ({"Name": "x", "Labels": ["a=b"]}, "Labels must be an object"),
     ({"Name": "x", "IPAM": {"Config": {"Subnet": "10.0.0.0/24"}}}, "Config must be a list"),
     ({"Name": "x", "IPAM": {"Config": [{"Subnet": "10.0.0.0/33"}]}}, "invalid subnet 10.0.0.0/33"),
-    ({"Name": "x", "IPAM": {"Config": [{"Subnet": "fd00::/64"}]}}, "IPv6 subnets are not supported"),
+    ({"Name": "x", "EnableIPv6": True, "IPAM": {"Config": [{"Subnet": "fd00::/127"}]}}, "too small: at most /126"),
+    ({"Name": "x", "EnableIPv6": True, "IPAM": {"Config": [{"Subnet": "fd00::/64", "Gateway": "10.0.0.1"}]}},
+     "no matching subnet for gateway 10.0.0.1"),
+    ({"Name": "x", "Options": {"com.docker.network.bridge.enable_icc": "maybe"}},
+     'driver-opt "com.docker.network.bridge.enable_icc" is not a valid bool'),
     ({"Name": "x", "Options": {"com.docker.network.driver.mtu": "huge"}}, "invalid MTU huge"),
 ])
 def test_bad_create_requests_get_a_clear_error(plain: NetworkManager, body: dict, message: str) -> None:
@@ -101,5 +105,46 @@ def test_bad_filters_get_a_clear_error(plain: NetworkManager) -> None:
         plain.list({"name": ["(unclosed"]})
     with pytest.raises(InvalidParameter, match="invalid filter 'type=other'"):
         plain.list({"type": ["other"]})
-    with pytest.raises(InvalidParameter, match="invalid filter 'until=yesterday'"):
+    with pytest.raises(InvalidParameter, match='failed to parse value as time or duration: "yesterday"'):
         plain.prune({"until": ["yesterday"]})
+
+
+@pytest.mark.parametrize("body, error, message", [  # moby's daemon/network.go and libnetwork's controller
+    ({"Name": "x", "Driver": "overlay"}, Forbidden, 'This node is not a swarm manager. Use "docker swarm init" or '
+     '"docker swarm join" to connect this node to swarm and try again.'),
+    ({"Name": "x", "Ingress": True}, Forbidden, "Ingress network can only be global scope network"),
+    ({"Name": "x", "Scope": "swarm"}, Forbidden, "cannot create a swarm scoped network when swarm is not active"),
+])
+def test_swarm_networks_are_refused_as_dockerd_does(plain: NetworkManager, body: dict, error: type,
+                                                    message: str) -> None:
+    with pytest.raises(error) as refused:
+        plain.create(body)
+    assert str(refused.value) == message
+    assert {net["Name"] for net in plain.list()} == {"bridge", "host", "none"}
+
+
+def test_network_options_are_kept_and_shown(plain: NetworkManager) -> None:
+    plain.create({"Name": "opts", "Attachable": True, "Internal": True, "Scope": "local",
+                  "Options": {"com.docker.network.bridge.name": "br-opts", "com.docker.network.driver.mtu": "1400"}})
+    shown = plain.inspect("opts")
+    assert (shown["Attachable"], shown["Internal"], shown["Scope"], shown["EnableIPv6"]) == (True, True, "local", False)
+    assert shown["Options"] == {"com.docker.network.bridge.name": "br-opts", "com.docker.network.driver.mtu": "1400"}
+    assert plain.list({"scope": ["local"], "name": ["opts"]})[0]["Id"] == shown["Id"]
+    with pytest.raises(Conflict, match="bridge name br-opts is already used"):
+        plain.create({"Name": "again", "Options": {"com.docker.network.bridge.name": "br-opts"}})
+    with pytest.raises(InvalidParameter, match="invalid bridge name"):
+        plain.create({"Name": "long", "Options": {"com.docker.network.bridge.name": "x" * 16}})
+
+
+def test_ipv6_networks_are_dual_stack(plain: NetworkManager) -> None:
+    given = plain.inspect(plain.create({"Name": "v6", "EnableIPv6": True, "IPAM": {"Config": [
+        {"Subnet": "fd00:1:2::/64"}, {"Subnet": "10.91.0.0/24"}]}})["Id"])
+    assert given["EnableIPv6"] is True
+    assert given["IPAM"]["Config"] == [{"Subnet": "10.91.0.0/24", "Gateway": "10.91.0.1"},
+                                       {"Subnet": "fd00:1:2::/64", "Gateway": "fd00:1:2::1"}]
+    picked = plain.inspect(plain.create({"Name": "auto6", "EnableIPv6": True})["Id"])["IPAM"]["Config"]
+    assert picked[1] == {"Subnet": "fd6d:6163:6869::/64", "Gateway": "fd6d:6163:6869::1"}
+    with pytest.raises(Forbidden, match="Pool overlaps"):
+        plain.create({"Name": "clash", "EnableIPv6": True, "IPAM": {"Config": [{"Subnet": "fd00:1:2::/80"}]}})
+    ignored = plain.inspect(plain.create({"Name": "v4only", "IPAM": {"Config": [{"Subnet": "fd00:9::/64"}]}})["Id"])
+    assert ignored["EnableIPv6"] is False and len(ignored["IPAM"]["Config"]) == 1

@@ -111,3 +111,25 @@ def test_image_view_follows_overlay_rules(tmp_path: Path) -> None:
     (upper / "link").symlink_to("../../../../etc")
     assert view.resolve("link/passwd") == "etc/passwd" and view.lstat(view.resolve("link/passwd")) is None
     assert json.dumps(view.listdir("")) == json.dumps(sorted(["d", "f", "link", "o"]))
+
+
+def test_copy_destination_links_resolve_inside_the_image(daemon: Daemon, image: str, tmp_path: Path) -> None:
+    """``/app -> /srv`` and ``/hostdir -> <a host folder>`` in the image: ``COPY f /app/`` lands in the image's
+    ``/srv`` (as Docker), and ``COPY f /hostdir/`` in the image's own copy of that path, never on the host."""
+    host = tmp_path / "host-folder"
+    host.mkdir()
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "f").write_text("copied\n")
+    (context / "Dockerfile").write_text(
+        f"FROM {image}\nRUN mkdir /srv && ln -s /srv /app && ln -s {host} /hostdir\n"
+        "COPY f /app/\nCOPY f /hostdir/\n")
+    tag = f"sec-dest-{uuid.uuid4().hex[:8]}:1"
+    code, output = _build(daemon, context, tag)
+    try:
+        assert code == 0, output
+        assert os.listdir(host) == []
+        shown = daemon.out("run", "--rm", tag, "sh", "-c", f"test -L /app && cat /srv/f && cat {host}/f")
+        assert shown == "copied\ncopied\n"
+    finally:
+        daemon.docker("rmi", "-f", tag)

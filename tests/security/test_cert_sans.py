@@ -7,7 +7,6 @@ from pathlib import Path
 
 from bootstrap import certs
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory
 
 

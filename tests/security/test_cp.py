@@ -84,6 +84,25 @@ def test_cp_through_container_links_stays_inside(daemon: Daemon, image: str, nam
         daemon.docker("rm", "-f", name)
 
 
+def test_proc_magic_links_and_link_loops_are_refused_with_4xx(daemon: Daemon, image: str, name: str,
+                                                              tmp_path: Path) -> None:
+    """``/proc/self/root`` inside a running container is a magic link (the kernel would jump to the copying
+    process's own root, the host's); a link loop never ends. Both are refused with a 4xx, nothing copied."""
+    daemon.out("run", "-d", "--name", name, image, "sh", "-c", "ln -s loop /loop; exec sleep 300")
+    api = docker.APIClient(base_url=daemon.host, version="auto", timeout=60)
+    try:
+        for path in ("/proc/self/root/etc/os-release", "/proc/1/root/etc/os-release", "/loop/x"):
+            with pytest.raises(docker.errors.APIError) as refused:
+                stream, _ = api.get_archive(name, path)
+                b"".join(stream)
+            assert refused.value.status_code in (400, 404), refused.value
+        result = daemon.docker("cp", name + ":/proc/self/root/etc/os-release", str(tmp_path / "out"))
+        assert result.returncode != 0 and not (tmp_path / "out").exists()
+    finally:
+        api.close()
+        daemon.docker("rm", "-f", name)
+
+
 def _tar_with_link(name: str, link: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -183,3 +202,25 @@ def test_resolution_survives_a_concurrent_swap(tmp_path: Path, mode: str) -> Non
         swapper.join()
         safepath.use_openat2(None)
     assert token not in seen and "inside" in seen
+
+
+def test_a_client_that_walks_away_mid_copy_leaves_the_container_thawed(daemon: Daemon, image: str,
+                                                                      name: str) -> None:
+    """The container is frozen and locked while a copy streams: a client that reads a little and hangs up must
+    not leave it so (a denial of service on the container)."""
+    daemon.out("run", "-d", "--name", name, image, "sh", "-c",
+               "dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null; while :; do sleep 1; done")
+    api = docker.APIClient(base_url=daemon.host, version="auto", timeout=60)
+    try:
+        assert daemon.out("exec", name, "sh", "-c", "while [ $(stat -c %s /big) -lt 67108864 ]; do sleep 0.1; done;"
+                          " echo ready") == "ready\n"
+        stream, _ = api.get_archive(name, "/big", chunk_size=65536)
+        next(iter(stream))
+        stream.close()
+        api.close()
+        assert daemon.out("exec", name, "echo", "alive", timeout=30) == "alive\n"
+        daemon.out("pause", name)
+        daemon.out("unpause", name)
+    finally:
+        api.close()
+        daemon.docker("rm", "-f", name)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import DOCKER, machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory
 
 NOBODY = 65534

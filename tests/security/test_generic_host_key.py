@@ -13,7 +13,6 @@ import pytest
 
 from tests.security.hostile_sftp import HostileServer, folder
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, TestHost, write_key_pair
 
 

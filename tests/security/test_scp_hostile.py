@@ -17,7 +17,6 @@ import pytest
 
 from tests.security.hostile_sftp import HostileServer, Node, file, folder, symlink
 from tests.support.cli import machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 from tests.support.hosts import HostFactory, write_key_pair
 
 
@@ -157,3 +156,8 @@ def test_a_real_host_keeps_its_links_and_setuid_files_to_itself(
     assert stat.S_IMODE((dest / "suid").stat().st_mode) == 0o755
     assert stat.S_IMODE((dest / "sub").stat().st_mode) == 0o777
     assert "/etc/shadow" in result.stderr and "leads outside the copy" in result.stderr
+
+    # Machine to machine: the same rules, the inner link recreated on the target machine as it was.
+    machines(store, "scp", "-r", "real:/data/tree", "real:/data/copy")
+    copied = host.run("cd /data/copy && ls -A . sub && readlink sub/file-link && stat -c %a suid sub").stdout.split()
+    assert copied == [".:", "file", "sub", "suid", "sub:", "file-link", "../file", "755", "777"]

@@ -41,10 +41,11 @@ def create_flags(driver: str, config: dict[str, Any]) -> list[str]:
     return flags
 
 
-def with_env(store: Path, name: str, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def with_env(store: Path, name: str, command: str, stdin: bytes | None = None,
+             timeout: float = 240) -> subprocess.CompletedProcess[bytes]:
     """``command`` in bash after ``eval "$(machines env NAME)"``, as a user would run it."""
     script = f'eval "$({MACHINES} --storage-path {store} env --shell bash {name})" && {command}'
-    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=240, env=os.environ)
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=timeout, env=os.environ)
 
 
 def busybox_rootfs() -> bytes:
