@@ -134,7 +134,7 @@ def load(path: str | Path) -> tuple[str | None, list[Wanted]]:
     for name, spec in (data.get("machines") or {}).items():
         validate_name(name)
         engine = spec.get("engine") or {}
-        labels = [*(spec.get("labels") or []), *([label] if label and label not in (spec.get("labels") or []) else [])]
+        labels = (*(spec.get("labels") or ()), *((label,) if label and label not in (spec.get("labels") or ()) else ()))
         options = HostOptions(
             api=spec.get("api", "tls"), tls_san=spec.get("tls_san") or (), labels=labels,
             data_root=spec.get("data_root"),
