@@ -22,6 +22,13 @@ from runtime import daemonconfig
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
 
 
+def _ours(machine: Machine) -> None:
+    """A machine imported from Docker Machine runs the Docker Engine it installed: we do not provision it."""
+    if machine.runtime.get("imported_from"):
+        raise StateError(f"{machine.name} was imported from {machine.runtime['imported_from']} and runs its own Docker "
+                         "Engine: machines does not provision, upgrade or re-certify it")
+
+
 def _provisioned(machine: Machine) -> None:
     if not machine.runtime:
         raise StateError(f"machine {machine.name!r} has no runtime yet: run 'machines provision {machine.name}'")
@@ -46,12 +53,15 @@ class RuntimeProvisioner:
 
     # The module functions are looked up at each call, so tests can replace them (``monkeypatch.setattr``).
     def provision(self, machine: Machine, progress: Progress) -> None:
+        _ours(machine)
         provisioning.provision(machine, progress)
 
     def upgrade(self, machine: Machine, progress: Progress) -> None:
+        _ours(machine)
         provisioning.upgrade(machine, progress)
 
     def regenerate_certs(self, machine: Machine, progress: Progress) -> None:
+        _ours(machine)
         provisioning.regenerate_certs(machine, progress)
 
     def rotate_client_certs(self, store: Store) -> None:
@@ -80,7 +90,8 @@ class RuntimeProvisioner:
                 "DOCKER_MACHINE_NAME": machine.name,
             }
         ip = machine.ip()
-        store = certificates.StoreCerts(machine.store.certs_dir)
+        # An imported machine's certificates come from Docker Machine's CA, kept in its folder.
+        store = certificates.StoreCerts(machine.dir if machine.runtime.get("imported_from") else machine.store.certs_dir)
         if not certificates.server_cert_valid(machine.dir, store, [ip]):
             raise StateError(
                 f"the certificate of {machine.name} is not valid for its address {ip}: "

@@ -1,4 +1,5 @@
-"""``machines apply -f FILE`` and ``machines schema``: machines described in a file."""
+"""Machines described elsewhere: ``apply -f FILE`` and ``schema`` (a file), ``import-docker-machine`` (a Docker
+Machine store)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from machines import declarative
+from machines import declarative, dockermachine
 from machines.cli import common
 from machines.errors import ExitStatus
 
@@ -43,3 +44,16 @@ def register(app: typer.Typer) -> None:
     def schema_command() -> None:
         """Print the JSON Schema of the 'machines apply' file (for editors' completion and checks)."""
         common.echo(json.dumps(declarative.schema(), indent=2))
+
+    @app.command("import-docker-machine")
+    def import_docker_machine(
+        names: list[str] = typer.Argument(None, help="Machines to import (default: all of them)."),
+        source: Path = typer.Option(dockermachine.DEFAULT_SOURCE, "--from", envvar="MACHINE_STORAGE_PATH",
+                                    help="Docker Machine's storage path (MACHINE_STORAGE_PATH)."),
+    ) -> None:
+        """Adopt Docker Machine's machines as generic entries with their keys and certificates; hosts unchanged."""
+        library = common.machines()
+        chosen = names or dockermachine.names(source)
+        common.for_each_machine(
+            chosen, lambda name, progress: dockermachine.import_machine(library, source, name, progress))
+        common.echo("\n".join(chosen))

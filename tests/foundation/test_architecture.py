@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
               "machines.shellenv", "machines.redaction")),
     ("drivers", ("drivers",)),
-    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.declarative")),
+    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.declarative",
+              "machines.dockermachine")),
     ("bootstrap", ("bootstrap",)),
     ("application", ("machines.default", "machines.cli", "machines.__main__", "machines")),
 ]
