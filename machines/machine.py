@@ -365,6 +365,10 @@ class Machine:
             return
         try:
             self._apply_options(previous, progress)
+        except StateError:  # refused before anything on the host changed (an imported machine...)
+            self.record["host_options"] = previous.to_record()
+            self.save()
+            raise
         except MachinesError as error:
             self.record["host_options"] = previous.to_record()
             self.save()

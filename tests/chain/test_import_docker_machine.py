@@ -83,6 +83,9 @@ def test_docker_machine_store_is_imported_and_its_machines_answer(
 
         provision = machines(imported, "provision", web, check=False)
         assert provision.returncode != 0 and "imported from docker-machine" in provision.stderr
+        changed = machines(imported, "set", web, "--engine-label", "x=y", check=False)
+        assert changed.returncode != 0 and "imported from docker-machine" in changed.stderr
+        assert "failed too" not in changed.stderr and Machines(imported).get(web).host_options.labels == ("origin=dm",)
         assert machines(store, "ssh", host, "cat /var/run/machines-runtime.pid").stdout == pid_before  # untouched
     finally:
         left = [machine.name for machine in Machines(imported).list()]
