@@ -630,8 +630,11 @@ class Engine:
             self._containers[cid] = c
             st = c.state
             if st["Running"] or st.get("Restarting"):
+                # The exit record first: a shim that wrote it still listens until it has told its clients, and
+                # a connection made then would leave the container "running" until the watcher caught up.
+                record = self.monitor.read_exit(c, data.get("_start_id", ""))
                 sock = None
-                if st["Running"]:
+                if st["Running"] and record is None:
                     try:
                         sock = connect(data["_socket"], {"monitor": True}, timeout=2)
                     except OSError:
@@ -641,7 +644,7 @@ class Engine:
                     self.monitor.follow(c, sock, None, data["_start_id"])
                     self.health.init(c)
                     continue
-                record = self.monitor.read_exit(c, data.get("_start_id", "")) or {
+                record = record or self.monitor.read_exit(c, data.get("_start_id", "")) or {
                     "ExitCode": st.get("ExitCode") or 255, "OOMKilled": False, "FinishedAt": now()}
                 st.update({"Status": "exited", "Running": False, "Paused": False, "Restarting": False, "Pid": 0,
                            "ExitCode": int(record["ExitCode"]), "OOMKilled": bool(record.get("OOMKilled")),
