@@ -449,9 +449,11 @@ class ProvisioningRun:
         previous = self.facts.values.get("runtime")
         if not previous or self._runtime_current():
             return ""
+        # The log is measured once the failed runtime is stopped: its supervisor keeps relaunching it, and a
+        # launch still starting when the size was taken would log its failure as the old runtime's own.
         result = self._run(
-            f"wc -c < {service.LOG_PATH}; ln -sfn {shlex.quote(previous)} {service.RUNTIME_PATH} && "
-            f"{service.CONTROL_PATH} restart",
+            f"{service.CONTROL_PATH} stop >&2; wc -c < {service.LOG_PATH}; "
+            f"ln -sfn {shlex.quote(previous)} {service.RUNTIME_PATH} && {service.CONTROL_PATH} start",
             "rollback",
             check=False,
         )
