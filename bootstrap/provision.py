@@ -152,7 +152,14 @@ def _sha256(data: bytes) -> str:
 
 
 class ProvisioningRun:
-    """One provisioning run on one machine; ``run`` does all phases, each method is one phase."""
+    """One provisioning run on one machine; ``run`` does all phases, each method is one phase.
+
+    ``bootstrap.dockerengine`` subclasses it for Docker Engine: the same hostname, certificate and wait phases
+    around another engine's install and service (``layout``: where its service files and log are).
+    """
+
+    layout = service.RUNTIME_SERVICE
+    engine_title = "the runtime"
 
     def __init__(
         self,
@@ -375,24 +382,28 @@ class ProvisioningRun:
                 next_log_check = time.monotonic() + 1.0
                 failure = self._daemon_failure()
                 if failure:
-                    raise ProvisionError(f"{self.machine.name}: the runtime failed to start: {failure}{self._log_hint()}")
+                    raise ProvisionError(f"{self.machine.name}: {self.engine_title} failed to start: {failure}{self._log_hint()}")
             time.sleep(0.1)
         failure = self._daemon_failure() or last_error
         raise ProvisionError(
-            f"{self.machine.name}: the runtime did not answer within {API_TIMEOUT:g}s: {failure}{self._log_hint()}"
+            f"{self.machine.name}: {self.engine_title} did not answer within {API_TIMEOUT:g}s: {failure}{self._log_hint()}"
         )
 
+    def _log_hint(self) -> str:
+        return f" (log: {self.layout.log} on the host)"
+
     @staticmethod
-    def _log_hint() -> str:
-        return f" (log: {service.LOG_PATH} on the host)"
+    def _is_fatal(line: str) -> bool:
+        """Whether a daemon log line says why it stopped."""
+        return line.startswith("runtime: ") or "Error" in line.split(":")[0]
 
     def _daemon_failure(self) -> str | None:
         """The fatal line the daemon logged since this provisioning started it, if any."""
         assert self.facts is not None
         offset = int(self.facts.values.get("log_size") or 0) + 1
-        output = self._run(f"tail -c +{offset} {service.LOG_PATH} 2>/dev/null | tail -n 20", "wait", check=False).stdout
+        output = self._run(f"tail -c +{offset} {self.layout.log} 2>/dev/null | tail -n 20", "wait", check=False).stdout
         lines = [line.strip() for line in output.splitlines() if line.strip()]
-        fatal = [line for line in lines if line.startswith("runtime: ") or "Error" in line.split(":")[0]]
+        fatal = [line for line in lines if self._is_fatal(line)]
         if not fatal:
             return None
         cause = fatal[-1]

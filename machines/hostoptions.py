@@ -18,6 +18,7 @@ from machines.errors import StoreError, UsageError
 
 HOST_OPTIONS_VERSION = 1
 API_MODES = ("tls", "ssh")
+ENGINE_NAMES = ("machines", "docker")  # our bundled runtime (the default), or Docker Engine (for Swarm mode)
 DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -39,13 +40,15 @@ class HostOptions:
 
     ``tls_san``: extra names or IPs for the server certificate. ``labels``: ``KEY=VALUE`` labels of the machine
     (``ls --filter label=``). ``data_root``: absolute path on the host where the runtime keeps its data; ``None``
-    lets the driver (``Driver.runtime_data_root``) or the provisioner choose.
+    lets the driver (``Driver.runtime_data_root``) or the provisioner choose. ``engine_name``: which engine the
+    machine runs, "machines" (our bundled runtime) or "docker" (Docker Engine from the host's packages).
     """
 
     api: str = "tls"
     tls_san: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     data_root: str | None = None
+    engine_name: str = "machines"
 
     def __post_init__(self) -> None:
         # Lists from JSON or callers become tuples, so the frozen object is really immutable.
@@ -53,6 +56,8 @@ class HostOptions:
         object.__setattr__(self, "labels", tuple(self.labels))
         if self.api not in API_MODES:
             raise UsageError(f"--api must be 'tls' or 'ssh', not {self.api!r}")
+        if self.engine_name not in ENGINE_NAMES:
+            raise UsageError(f"--engine must be {' or '.join(repr(name) for name in ENGINE_NAMES)}, not {self.engine_name!r}")
         if self.data_root is not None and not self.data_root.startswith("/"):
             raise UsageError(f"--runtime-data-root must be an absolute path, not {self.data_root!r}")
         for value in (*self.tls_san, *self.labels):
@@ -72,6 +77,8 @@ class HostOptions:
                                   "labels": list(self.labels)}
         if self.data_root is not None:
             record["data_root"] = self.data_root
+        if self.engine_name != "machines":
+            record["engine_name"] = self.engine_name
         return record
 
     @classmethod
@@ -89,6 +96,7 @@ class HostOptions:
                 tls_san=tuple(record.get("tls_san") or ()),
                 labels=tuple(record.get("labels") or ()),
                 data_root=record.get("data_root") or None,
+                engine_name=record.get("engine_name") or "machines",
             )
         except UsageError as error:
             raise StoreError(f"stored host options are invalid: {error}") from None

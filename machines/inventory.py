@@ -36,6 +36,7 @@ class MachineInfo:
     state: str
     url: str
     runtime: str
+    engine: str
     error: str
     labels: list[str]
     response_time: float
@@ -99,11 +100,19 @@ def _row(machine: Machine, *, state: str, error: str, response_time: float, acti
         driver=machine.driver_name,
         state=state,
         url=url,
-        runtime=str(machine.runtime.get("version") or "Unknown"),
+        runtime=_engine_version(machine),
+        engine=machine.host_options.engine_name,
         error=error,
         labels=list(machine.host_options.labels),
         response_time=response_time,
     )
+
+
+def _engine_version(machine: Machine) -> str:
+    """The RUNTIME column: our runtime's version, or ``docker-VERSION`` for a machine on Docker Engine."""
+    version = str(machine.runtime.get("version") or "Unknown")
+    engine = machine.runtime.get("engine")
+    return f"{engine}-{version}" if engine else version
 
 
 def describe_all(machines: Iterable[Machine], timeout: float = DEFAULT_LS_TIMEOUT) -> list[MachineInfo]:

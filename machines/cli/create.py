@@ -97,6 +97,11 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         api: Annotated[
             str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
         ] = "tls",
+        engine: Annotated[
+            str, typer.Option("--engine", envvar="MACHINES_ENGINE", show_envvar=True,
+                              help="'machines': our bundled runtime (the default, for single hosts); 'docker': Docker "
+                                   "Engine from the host's packages (needed for 'machines swarm').")
+        ] = "machines",
         runtime_data_root: Annotated[
             str | None, typer.Option(
                 "--runtime-data-root", envvar="MACHINES_RUNTIME_DATA_ROOT", show_envvar=True, metavar="PATH",
@@ -108,7 +113,8 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
         host_options = HostOptions(
-            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root
+            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
+            engine_name=engine,
         )
         flags = _driver_flags(ctx, driver, drivers, driver_values)
         library = machines()
