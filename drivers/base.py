@@ -220,6 +220,13 @@ class Driver:
     def ssh_details(self) -> SSHDetails:
         raise self._unsupported("ssh")
 
+    def private_ip(self) -> str:
+        """The address other machines of the same network reach this one at (Swarm mode advertises it).
+
+        Clouds override it with the instance's private address; by default it is ``ip()``.
+        """
+        return self.ip()
+
     def url(self, port: int = 2376) -> str:
         return f"tcp://{self.ip()}:{port}"
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from machines import swarm
 from machines.cli.common import err_console, for_each_machine, machines
 from machines.errors import ExitStatus
 from machines.machine import Machines
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     ) -> None:
-        """Remove machines: their resources, then their store entries."""
+        """Remove machines: their resources, then their store entries (swarm members leave their swarm first)."""
         library = machines()
         for name in names:
             library.get(name)  # every name must exist before anything is removed
@@ -46,4 +47,4 @@ def register(app: typer.Typer) -> None:
             err_console().print(f"About to remove {', '.join(names)}")
             if not typer.confirm("Are you sure?", err=True):
                 raise typer.Exit(int(ExitStatus.ERROR))
-        for_each_machine(names, lambda name, progress: library.remove(name, force=force, progress=progress))
+        for_each_machine(names, lambda name, progress: swarm.remove(library, name, force=force, progress=progress))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import typer
 
-from machines import shellenv
+from machines import shellenv, swarm
 from machines.cli import common
 from machines.machine import Machine
 from machines.progress import Progress
@@ -40,11 +40,19 @@ def register(app: typer.Typer) -> None:
         unset: bool = typer.Option(False, "--unset", "-u", help="Print commands that unset the variables instead."),
         no_proxy: bool = typer.Option(False, "--no-proxy", help="Add the machine's IP to NO_PROXY/no_proxy."),
         ssh: bool = typer.Option(False, "--ssh", help="Point DOCKER_HOST at a local socket forwarded over SSH."),
+        in_swarm: bool = typer.Option(False, "--swarm", help="NAME is a swarm or one of its managers: point at a "
+                                      "manager of it that answers (for docker node, service and stack)."),
     ) -> None:
         """Print the shell commands that point docker, docker-py and docker-compose at a machine."""
-        variables = common.machines().get(name).env(ssh=ssh, unset=unset, no_proxy=no_proxy)
+        library = common.machines()
+        if in_swarm:  # --unset needs no live manager: any will do
+            target = swarm.managers(library, name)[1][0] if unset else swarm.reachable_manager(library, name)
+        else:
+            target = library.get(name)
+        variables = target.env(ssh=ssh, unset=unset, no_proxy=no_proxy)
         chosen = shell or shellenv.detect_shell()
-        flags = [("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy), (f"--shell {shell}", bool(shell))]
+        flags = [("--swarm", in_swarm), ("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy),
+                 (f"--shell {shell}", bool(shell))]
         command = " ".join(["machines env", *(flag for flag, given in flags if given), name])
         common.echo(shellenv.render(variables, chosen, command).rstrip("\n"))
 
