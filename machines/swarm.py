@@ -125,20 +125,18 @@ def init(library: Machines, name: str, cluster: str | None = None) -> str:
 
 
 def join(library: Machines, name: str, manager_name: str, role: str = "worker") -> None:
-    """Join machine ``name`` to the swarm of ``manager_name`` as a ``role`` (worker or manager)."""
+    """Join machine ``name`` as a ``role`` (worker or manager) to the swarm of ``manager_name`` (a manager, a
+    member or the swarm's name: one of its managers that answers gives the token)."""
     if role not in ROLES:
         raise UsageError(f"--role must be 'worker' or 'manager', not {role!r}")
-    machine, manager = library.get(name), library.get(manager_name)
-    member = membership(manager)
-    if member is None or member["role"] != "manager":
-        raise SwarmError(f"machine {manager_name!r} is not a swarm manager (run 'machines swarm init {manager_name}' "
-                         "or name a manager)")  # fmt: skip
+    machine, manager = library.get(name), reachable_manager(library, manager_name)
+    cluster = membership(manager)["cluster"]  # type: ignore[index]
     _not_in_a_swarm(machine)
     token = docker(manager, f"swarm join-token -q {role}").strip()
     address = shlex.quote(machine.driver.private_ip())
     remote = shlex.quote(f"{manager.driver.private_ip()}:{SWARM_PORT}")
     docker(machine, f'swarm join --advertise-addr {address} --token "$(cat)" {remote}', input=token + "\n")
-    _remember(machine, {"cluster": member["cluster"], "role": role, "node_id": local_state(machine)["NodeID"]})
+    _remember(machine, {"cluster": cluster, "role": role, "node_id": local_state(machine)["NodeID"]})
 
 
 def managers(library: Machines, cluster_or_manager: str, *, excluding: str = "") -> tuple[str, list[Machine]]:
@@ -264,3 +262,21 @@ def remove(library: Machines, name: str, *, force: bool = False, progress: Progr
         with progress.phase("Leaving the swarm"):
             leave(library, name, force=force, progress=progress)
     library.remove(name, force=force, progress=progress)
+
+
+def join_new(library: Machines, name: str, manager_name: str, role: str, *, keep: bool = False,
+             progress: Progress | None = None) -> None:
+    """``create --swarm-manager``: join the machine just made; if that fails it is removed (unless ``keep``), so the
+    create stays all or nothing."""
+    progress = progress or Progress(name)
+    try:
+        with progress.phase("Joining the swarm"):
+            join(library, name, manager_name, role)
+    except BaseException as error:  # noqa: BLE001 - Ctrl-C included: the machine must not stay half made
+        if keep:
+            raise
+        with progress.phase("Rolling back"):
+            library.remove(name, force=True, progress=progress)
+        if isinstance(error, MachinesError):
+            raise SwarmError(f"{name} could not join the swarm of {manager_name} and was removed: {error}") from None
+        raise

@@ -53,15 +53,16 @@ def register(app: typer.Typer) -> None:
 
     @group.command("ls")
     def ls(cluster: Annotated[str | None, typer.Argument(help="Only this swarm.")] = None) -> None:
-        """List the nodes of each swarm as a reachable manager sees them: role, status, availability, leader."""
+        """List the nodes of each swarm as a reachable manager sees them: role, status, availability, manager
+        reachability, leader."""
         library = machines()
         names = [cluster] if cluster else list(swarm.clusters(library))
-        rows = [["SWARM", "NODE", "MACHINE", "ROLE", "STATUS", "AVAILABILITY", "LEADER"]]
+        rows = [["SWARM", "NODE", "MACHINE", "ROLE", "STATUS", "AVAILABILITY", "MANAGER", "LEADER"]]
         for name in names:
             manager = swarm.reachable_manager(library, name)
             for node in swarm.nodes(manager, library):
                 rows.append([name, node.hostname, node.machine or "-", node.role, node.status, node.availability,
-                             "*" if node.leader else "-"])  # fmt: skip
+                             node.manager_status or "-", "*" if node.leader else "-"])  # fmt: skip
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         for row in rows:
             echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
