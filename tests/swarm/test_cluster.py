@@ -72,6 +72,13 @@ def _running_nodes(fleet: Fleet, cluster: str, service: str) -> list[str]:
                   if task["DesiredState"] == "Running" and task["CurrentState"].startswith("Running"))
 
 
+def _answers(fleet: Fleet, node: str, probe: str) -> set[str] | str:
+    """The distinct answers of ``probe`` run on ``node`` when there are three, else what it printed (not true)."""
+    result = fleet.docker(node, probe, check=False)
+    answers = set(result.stdout.decode().split())
+    return answers if len(answers) == 3 else ""
+
+
 @pytest.fixture(scope="module")
 def cluster(fleet: Fleet) -> dict[str, str]:
     """Three Docker Engine machines (created in parallel) and the swarm their first one starts."""
@@ -109,9 +116,8 @@ def test_stack_spreads_over_the_nodes_and_answers_across_them(fleet: Fleet, clus
     # Service to service over the overlay: from the client's container, each web task by its overlay address.
     probe = ("c=$(docker ps -q -f label=com.docker.swarm.service.name=app_client) && "
              "docker exec $c sh -c 'for ip in $(nslookup tasks.web 127.0.0.11 | sed -n \"s/^Address: //p\"); do "
-             "wget -q -T 5 -O - http://$ip:8080/; done'")
-    answers = _wait("answers of all web tasks",
-                    lambda: set(fleet.docker(client_node, probe, check=False).stdout.decode().split()) or None)
+             "timeout 5 wget -q -O - http://$ip:8080/; done'")
+    answers = _wait("answers of all web tasks", lambda: _answers(fleet, client_node, probe))
     web_containers = {task["Name"] for task in _tasks(fleet, cluster["name"], "app_web")}
     assert len(answers) == 3 and len(web_containers) >= 3  # three containers answered, one per node
 
