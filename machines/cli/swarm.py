@@ -65,4 +65,4 @@ def register(app: typer.Typer) -> None:
                              node.manager_status or "-", "*" if node.leader else "-"])  # fmt: skip
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         for row in rows:
-            echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -2,7 +2,9 @@
 a 3-manager swarm forms, a stack of two services on an overlay network spreads over the nodes and answers across
 them, stopping a manager keeps ``docker node ls`` answering, and ``machines rm`` of a worker drains it first.
 
-The tests run in file order on the module's cluster: each starts from what the previous one left.
+One test walks the cluster through these steps in order (each starts from what the previous one left): forming a
+swarm of Docker Engine hosts is the slow part, so it is done once, and pytest-xdist never splits the steps over
+workers (its default distribution would, for separate tests of one module).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _nodes(fleet: Fleet, cluster: str) -> dict[str, dict[str, str]]:
     """``machines swarm ls`` rows by machine name."""
     lines = fleet("swarm", "ls", cluster).stdout.splitlines()
     header = lines[0].split()
-    return {row["MACHINE"]: row for row in (dict(zip(header, line.split())) for line in lines[1:])}
+    return {row["MACHINE"]: row for row in (dict(zip(header, line.split(), strict=True)) for line in lines[1:])}
 
 
 def _wait(what: str, check, timeout: float = 120.0):  # noqa: ANN001, ANN202 - a predicate and its value
@@ -79,17 +81,20 @@ def _answers(fleet: Fleet, node: str, probe: str) -> set[str] | str:
     return answers if len(answers) == 3 else ""
 
 
-@pytest.fixture(scope="module")
-def cluster(fleet: Fleet) -> dict[str, str]:
-    """Three Docker Engine machines (created in parallel) and the swarm their first one starts."""
+@pytest.mark.timeout(900)  # four steps on one cluster, on a machine shared with the rest of the suite
+def test_a_three_manager_swarm_from_creation_to_rm(fleet: Fleet) -> None:
     names = [fleet.name(f"sw{index}") for index in (1, 2, 3)]
-    fleet("create", *ENGINE_FLAGS, *names)
+    fleet("create", *ENGINE_FLAGS, *names)  # in parallel
     for name in names:
         fleet.load_busybox(name)
-    return {"name": names[0], "managers": " ".join(names)}
+    cluster = {"name": names[0], "managers": " ".join(names)}
+    _three_managers_form_a_swarm_and_tokens_stay_secret(fleet, cluster)
+    _stack_spreads_over_the_nodes_and_answers_across_them(fleet, cluster)
+    _worker_created_into_the_swarm_is_drained_by_rm(fleet, cluster)
+    _a_stopped_manager_keeps_the_swarm_answering(fleet, cluster)
 
 
-def test_three_managers_form_a_swarm_and_tokens_stay_secret(fleet: Fleet, cluster: dict[str, str]) -> None:
+def _three_managers_form_a_swarm_and_tokens_stay_secret(fleet: Fleet, cluster: dict[str, str]) -> None:
     first, *others = cluster["managers"].split()
     assert fleet("swarm", "init", first).stdout == f"{first}\n"
     joined = fleet("--debug", "swarm", "join", *others, "--manager", first, "--role", "manager")
@@ -106,7 +111,7 @@ def test_three_managers_form_a_swarm_and_tokens_stay_secret(fleet: Fleet, cluste
     assert again.returncode == 1 and "already part of a swarm" in again.stderr
 
 
-def test_stack_spreads_over_the_nodes_and_answers_across_them(fleet: Fleet, cluster: dict[str, str]) -> None:
+def _stack_spreads_over_the_nodes_and_answers_across_them(fleet: Fleet, cluster: dict[str, str]) -> None:
     swarm = f"--swarm {cluster['name']}"
     fleet.docker(swarm, "docker node ls && docker stack deploy -c - app", stdin=COMPOSE.encode())
     managers = cluster["managers"].split()
@@ -132,7 +137,7 @@ def test_stack_spreads_over_the_nodes_and_answers_across_them(fleet: Fleet, clus
     assert "DOCKER" not in rules and "docker_gwbridge" not in rules
 
 
-def test_worker_created_into_the_swarm_is_drained_by_rm(fleet: Fleet, cluster: dict[str, str]) -> None:
+def _worker_created_into_the_swarm_is_drained_by_rm(fleet: Fleet, cluster: dict[str, str]) -> None:
     worker = fleet.name("wk")
     fleet("create", *ENGINE_FLAGS, "--swarm-manager", cluster["name"], worker)  # worker is the default role
     assert _nodes(fleet, cluster["name"])[worker]["ROLE"] == "worker"
@@ -150,7 +155,7 @@ def test_worker_created_into_the_swarm_is_drained_by_rm(fleet: Fleet, cluster: d
     assert worker not in nodes and set(nodes) <= set(cluster["managers"].split())
 
 
-def test_a_stopped_manager_keeps_the_swarm_answering(fleet: Fleet, cluster: dict[str, str]) -> None:
+def _a_stopped_manager_keeps_the_swarm_answering(fleet: Fleet, cluster: dict[str, str]) -> None:
     first, second, third = cluster["managers"].split()
     fleet("stop", first)
     listing = _wait("docker node ls through another manager",
