@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from bootstrap import provision as provisioning
@@ -63,23 +64,12 @@ UPGRADE = {
 def _facts_script() -> str:
     managed = " ".join([DOCKER_SERVICE.launcher, CONTROL_PATH, DROP_IN_PATH, CONFIG_PATH, service.CA_PATH,
                         service.CERT_PATH])
-    port_hex = f"{service.TLS_PORT:04X}"
-    return f"""
-echo "uid=$(id -u)"
-[ -r /etc/os-release ] && sed -n 's/^\\([A-Z_]*\\)=/os.\\1=/p' /etc/os-release
-echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"
-for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
-[ -d /run/systemd/system ] && echo "systemd=1"
+    return provisioning.HOST_FACTS + f"""
 {_dockerd_facts()}
 sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 {CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
 echo "log_size=$(wc -c < {DOCKER_SERVICE.log} 2>/dev/null || echo 0)"
-if awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-  echo port_busy=1
-  ss -Hltnp "sport = :{service.TLS_PORT}" 2>/dev/null | sed -n 's/.*users:(("\\([^"]*\\)",pid=\\([0-9]*\\).*/port_owner=\\1 (pid \\2)/p' | head -n 1
-fi
-true
-"""
+""" + provisioning.port_facts()
 
 
 def _dockerd_facts() -> str:
@@ -147,35 +137,16 @@ class DockerEngineRun(provisioning.ProvisioningRun):
 
     def detect(self) -> None:
         """Gather the facts; refuse an unknown OS, or no dockerd and no package manager, before changing anything."""
-        try:
-            self.conn = self.machine.ssh()
-            result = self.conn.run(_facts_script(), sudo=True, check=False)
-        except MachinesError as error:
-            raise ProvisionError(f"{self.machine.name}: detect failed: {error}") from None
-        if not result.ok or "uid=" not in result.stdout:
-            raise ProvisionError(f"{self.machine.name}: detect failed: {provisioning._last_line(result)}")
-        facts = self.facts = provisioning._parse_facts(result.stdout)
-        os_id = facts.os_release.get("ID", "")
-        pretty = facts.os_release.get("PRETTY_NAME") or os_id or "no /etc/os-release"
-        if os_id not in provisioning.SUPPORTED_OS:
-            raise ProvisionError(
-                f"{self.machine.name}: unsupported operating system {pretty!r}; supported: "
-                + ", ".join(dict.fromkeys(provisioning.SUPPORTED_OS.values()))
-            )
+        facts = self.gather(_facts_script())
         if not facts.values.get("dockerd") and not facts.package_managers:
             raise ProvisionError(
                 f"{self.machine.name}: no Docker Engine (dockerd) on the host and no package manager "
                 "(apt-get, dnf, yum, apk) to install it"
             )
         self.ip = self.machine.ip()
-        if self.api == "tls" and facts.values.get("port_busy") and not facts.values.get("running"):
-            owner = facts.values.get("port_owner") or "another program"
-            raise ProvisionError(
-                f"{self.machine.name}: port {service.TLS_PORT} is already in use on the host by {owner}; "
-                f"stop it, or create the machine with --api ssh"
-            )
-        self.progress.detail(f"{pretty}, dockerd {facts.values.get('dockerd_version') or 'missing'}, service "
-                             f"{'systemd' if facts.values.get('systemd') else 'supervisor'}")  # fmt: skip
+        self.check_port()
+        self.progress.detail(f"{self.os_name()}, dockerd {facts.values.get('dockerd_version') or 'missing'}, "
+                             f"service {'systemd' if facts.values.get('systemd') else 'supervisor'}")  # fmt: skip
 
     def engine(self) -> None:
         """Install Docker Engine with the package manager, adopt the one there, or upgrade it (``upgrade``)."""
@@ -248,8 +219,8 @@ class DockerEngineRun(provisioning.ProvisioningRun):
         version: dict[str, Any] = json.loads(result.stdout)
         return version
 
-    def run(self) -> None:
-        phases = [
+    def phases(self) -> list[tuple[str, Callable[[], None]]]:
+        return [
             ("detect", self.detect),
             ("hostname", self.hostname),
             ("docker engine", self.engine),
@@ -257,27 +228,21 @@ class DockerEngineRun(provisioning.ProvisioningRun):
             ("service", self.install_service),
             ("start", self.start),
         ]
-        for title, phase in phases:
-            with self.progress.phase(title):
-                phase()
-        with self.progress.phase("wait for API"):
-            version = self.wait()
+
+    def _roll_back_runtime(self) -> str:
+        return ""  # the package manager keeps one version of Docker Engine: there is nothing to go back to
+
+    def cleanup(self) -> None:
+        """Nothing: the package manager owns the engine's files."""
+
+    def engine_fields(self, version: dict[str, Any]) -> dict[str, Any]:
         assert self.facts is not None
-        self.machine.runtime.update(
-            {
-                "engine": ENGINE,
-                "version": version.get("Version") or self.facts.values.get("dockerd_version"),
-                "package": self.facts.values.get("package") or None,
-                "adopted": self.adopted,
-                "api": self.api,
-                "port": service.TLS_PORT if self.api == "tls" else None,
-                "data_root": self.data_root,
-                "socket": service.SOCKET_PATH,
-                "service": "systemd" if self.facts.values.get("systemd") else "supervisor",
-                "phases": {title: round(seconds, 4) for title, seconds in self.progress.timings},
-            }
-        )
-        self.machine.save()
+        return {
+            "engine": ENGINE,
+            "version": version.get("Version") or self.facts.values.get("dockerd_version"),
+            "package": self.facts.values.get("package") or None,
+            "adopted": self.adopted,
+        }
 
 
 def provision(machine: Machine, progress: Progress | None = None, *, new_server_cert: bool = False,
