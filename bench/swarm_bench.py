@@ -31,7 +31,9 @@ ENGINE_FLAGS = ["--engine", "docker", "--runtime-data-root", "/data/docker", "--
 
 def timed(store: str, env: dict[str, str], *args: str) -> float:
     started = time.perf_counter()
-    subprocess.run([MACHINES, "--storage-path", store, *args], check=True, env=env, capture_output=True, text=True)
+    result = subprocess.run([MACHINES, "--storage-path", store, *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"machines {' '.join(args)} failed: {result.stderr}")
     return time.perf_counter() - started
 
 

@@ -28,6 +28,8 @@ from machines.store import validate_name
 SWARM_PORT = 2377
 ROLES = ("worker", "manager")
 DRAIN_TIMEOUT = 120.0
+ELECTION_TIMEOUT = 60.0
+LEADERLESS = ("does not have a leader", "context deadline exceeded", "rpc error: code = Unavailable")
 ENGINE = "docker"
 # Task states of a node that still runs (or is about to run) a container (moby's api/types/swarm TaskState).
 BUSY_TASK_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
@@ -99,6 +101,19 @@ def docker(machine: Machine, arguments: str, *, input: str | None = None, timeou
     return result.stdout
 
 
+def on_manager(manager: Machine, arguments: str, timeout: float = ELECTION_TIMEOUT) -> str:
+    """``docker`` on a manager, waiting out a leader election (after a manager left or stopped, Raft needs a few
+    seconds, more on a loaded host, before managers answer again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return docker(manager, arguments)
+        except SwarmError as error:
+            if not any(sign in str(error) for sign in LEADERLESS) or time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
 def local_state(machine: Machine) -> dict[str, Any]:
     """``docker info``'s Swarm part: LocalNodeState, NodeID, ControlAvailable..."""
     info: dict[str, Any] = json.loads(docker(machine, "info --format '{{json .Swarm}}'"))
@@ -132,7 +147,7 @@ def join(library: Machines, name: str, manager_name: str, role: str = "worker") 
     machine, manager = library.get(name), reachable_manager(library, manager_name)
     cluster = membership(manager)["cluster"]  # type: ignore[index]
     _not_in_a_swarm(machine)
-    token = docker(manager, f"swarm join-token -q {role}").strip()
+    token = on_manager(manager, f"swarm join-token -q {role}").strip()
     address = shlex.quote(machine.driver.private_ip())
     remote = shlex.quote(f"{manager.driver.private_ip()}:{SWARM_PORT}")
     docker(machine, f'swarm join --advertise-addr {address} --token "$(cat)" {remote}', input=token + "\n")
@@ -175,7 +190,7 @@ def nodes(manager: Machine, library: Machines | None = None) -> list[Node]:
     if library is not None:
         by_node_id = {(membership(machine) or {}).get("node_id"): machine.name for machine in library.list()}
     found = []
-    for line in docker(manager, "node ls --format '{{json .}}'").splitlines():
+    for line in on_manager(manager, "node ls --format '{{json .}}'").splitlines():
         row = json.loads(line)
         found.append(Node(row["ID"], row["Hostname"], row["Status"], row["Availability"], row.get("ManagerStatus", ""),
                           by_node_id.get(row["ID"], "")))  # fmt: skip
@@ -185,7 +200,7 @@ def nodes(manager: Machine, library: Machines | None = None) -> list[Node]:
 def _wait_drained(manager: Machine, node_id: str, timeout: float = DRAIN_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        states = docker(manager, f"node ps {shlex.quote(node_id)} --format '{{{{.CurrentState}}}}'").split("\n")
+        states = on_manager(manager, f"node ps {shlex.quote(node_id)} --format '{{{{.CurrentState}}}}'").split("\n")
         busy = [state for state in states if state.split(" ")[0].lower() in BUSY_TASK_STATES]
         if not busy:
             return
@@ -222,12 +237,12 @@ def leave(library: Machines, name: str, *, force: bool = False, progress: Progre
             return
         if member["role"] == "manager":
             _check_quorum(nodes(manager), node_id, name, cluster, force)
-            docker(manager, f"node demote {shlex.quote(node_id)}")
-        docker(manager, f"node update --availability drain {shlex.quote(node_id)}")
+            on_manager(manager, f"node demote {shlex.quote(node_id)}")
+        on_manager(manager, f"node update --availability drain {shlex.quote(node_id)}")
         progress.detail(f"drained {name}: waiting for its tasks to move")
         _wait_drained(manager, node_id)
         _leave_engine(machine, "swarm leave", force, progress)
-        docker(manager, f"node rm --force {shlex.quote(node_id)}")
+        on_manager(manager, f"node rm --force {shlex.quote(node_id)}")
         _remember(machine, None)
 
 
@@ -259,8 +274,13 @@ def remove(library: Machines, name: str, *, force: bool = False, progress: Progr
     """
     progress = progress or Progress(name)
     if membership(library.get(name)) is not None:
-        with progress.phase("Leaving the swarm"):
-            leave(library, name, force=force, progress=progress)
+        try:
+            with progress.phase("Leaving the swarm"):
+                leave(library, name, force=force, progress=progress)
+        except MachinesError as error:
+            if not force:
+                raise
+            progress.note(f"{name} did not leave its swarm cleanly ({error}); removing it anyway (-f)")
     library.remove(name, force=force, progress=progress)
 
 
