@@ -24,12 +24,15 @@ from bootstrap import provision as provisioning
 from bootstrap import service
 from bootstrap.provisioner import RuntimeProvisioner
 from machines.errors import MachinesError, ProvisionError, StateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 
 ENGINE = "docker"
 DEFAULT_DATA_ROOT = "/var/lib/docker"
-CONFIG_PATH = f"{service.ETC_DIR}/dockerd.json"
+CONFIG_PATH = f"{service.ETC_DIR}/dockerd.json"  # 0600 like the runtime's: options may hold passwords
+OUR_KEYS = ("hosts", "data-root", "pidfile", "exec-root", "tlsverify", "tlscacert", "tlscert", "tlskey")
+ENV_PATH = f"{service.ETC_DIR}/dockerd.env"  # --engine-env (proxies): dockerd 20.10 reads them from its environment
 CONTROL_PATH = f"{service.LIB_DIR}/docker-engine"
 DROP_IN_PATH = "/etc/systemd/system/docker.service.d/10-machines.conf"
 DOCKER_SERVICE = service.ServiceLayout(
@@ -62,7 +65,7 @@ UPGRADE = {
 
 
 def _facts_script() -> str:
-    managed = " ".join([DOCKER_SERVICE.launcher, CONTROL_PATH, DROP_IN_PATH, CONFIG_PATH, service.CA_PATH,
+    managed = " ".join([DOCKER_SERVICE.launcher, CONTROL_PATH, DROP_IN_PATH, CONFIG_PATH, ENV_PATH, service.CA_PATH,
                         service.CERT_PATH])
     return provisioning.HOST_FACTS + f"""
 {_dockerd_facts()}
@@ -85,27 +88,46 @@ def _dockerd_facts() -> str:
 fi"""
 
 
-def daemon_config(machine: Machine, data_root: str, api: str) -> dict[str, Any]:
-    """dockerd's configuration: our sockets and TLS, the data root, labels, and the user's engine options."""
-    options = machine.host_options
-    config: dict[str, Any] = {
+def user_config(options: HostOptions) -> dict[str, Any]:
+    """The part of dockerd's configuration the user chose: engine options and labels (the data root apart)."""
+    config = options.daemon_json()
+    config.pop("proxies", None)  # dockerd 20.10 knows no "proxies" directive: they are in its environment
+    config.pop("data-root", None)
+    return config
+
+
+def daemon_config(options: HostOptions, data_root: str, api: str) -> dict[str, Any]:
+    """dockerd's configuration: the user's part, then the data root and our sockets and TLS."""
+    config = user_config(options)
+    config.update({
         "hosts": [f"unix://{service.SOCKET_PATH}"],
         "data-root": data_root,
         "pidfile": DOCKER_SERVICE.daemon_pid,
         "exec-root": DOCKER_SERVICE.exec_root,
-    }
+    })  # fmt: skip
     if api == "tls":
         config["hosts"].append(f"tcp://0.0.0.0:{service.TLS_PORT}")
         config.update(tlsverify=True, tlscacert=service.CA_PATH, tlscert=service.CERT_PATH, tlskey=service.KEY_PATH)
-    if options.labels:
-        config["labels"] = list(options.labels)
     return config
+
+
+def config_on_host(machine: Machine) -> dict[str, Any] | None:
+    """The user's part of the configuration the host has now (``None``: none, or not JSON)."""
+    result = machine.ssh().run(f"cat {CONFIG_PATH}", sudo=True, check=False)
+    try:
+        config = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    return {key: value for key, value in config.items() if key not in OUR_KEYS}
 
 
 def launcher(dockerd: str) -> str:
     """The one place dockerd's command line lives; systemd's drop-in and the supervisor both exec it."""
     return (
-        "#!/bin/sh\n# Installed by machines: Docker Engine's command line (its settings are in the config file).\n"
+        "#!/bin/sh\n# Installed by machines: Docker Engine's command line and environment (settings: the config file).\n"
+        f"set -a\n[ -r {ENV_PATH} ] && . {ENV_PATH}\nset +a\n"
         f"exec {shlex.quote(dockerd)} --config-file {CONFIG_PATH}\n"
     )
 
@@ -131,7 +153,7 @@ class DockerEngineRun(provisioning.ProvisioningRun):
                  upgrade: bool = False) -> None:
         super().__init__(machine, progress, new_server_cert=new_server_cert)
         options = machine.host_options
-        self.data_root = options.data_root or machine.driver.runtime_data_root or DEFAULT_DATA_ROOT
+        self.data_root = options.engine_data_root or machine.driver.runtime_data_root or DEFAULT_DATA_ROOT
         self.upgrade = upgrade
         self.adopted = bool(machine.runtime.get("adopted"))
 
@@ -181,9 +203,10 @@ class DockerEngineRun(provisioning.ProvisioningRun):
 
     def install_service(self) -> None:
         assert self.facts is not None
-        config = daemon_config(self.machine, self.data_root, self.api)
+        config = daemon_config(self.machine.host_options, self.data_root, self.api)
         files = [  # (path, content, mode, whether a change needs a daemon restart)
             (CONFIG_PATH, json.dumps(config, indent=2, sort_keys=True) + "\n", 0o600, True),
+            (ENV_PATH, service.environment_file(self.environment), 0o600, True),
             (DOCKER_SERVICE.launcher, launcher(self.facts.values["dockerd"]), 0o755, True),
             (CONTROL_PATH, service.control_script(DOCKER_SERVICE), 0o755, False),
         ]
@@ -258,6 +281,15 @@ def provision(machine: Machine, progress: Progress | None = None, *, new_server_
 
 class DockerEngineProvisioner(RuntimeProvisioner):
     """Docker Engine from the host's packages; reached exactly as our runtime is (``env``, ``config``, forwarder)."""
+
+    def check_options(self, options: HostOptions) -> None:
+        """Nothing beyond ``HostOptions``' own checks: every directive ``--engine-opt`` takes is dockerd's."""
+
+    def engine_config(self, options: HostOptions) -> dict[str, Any]:
+        return user_config(options)
+
+    def engine_config_on_host(self, machine: Machine) -> dict[str, Any] | None:
+        return config_on_host(machine)
 
     def provision(self, machine: Machine, progress: Progress) -> None:
         provision(machine, progress)

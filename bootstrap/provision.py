@@ -28,6 +28,7 @@ import json
 import shlex
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
 from bootstrap import service
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
@@ -103,7 +105,8 @@ true
 
 def _facts_script() -> str:
     managed = " ".join(
-        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH]
+        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH,
+         service.CONFIG_PATH, service.ENV_PATH]
     )
     candidates = " ".join(PYTHON_CANDIDATES)
     return HOST_FACTS + f"""
@@ -188,7 +191,10 @@ class ProvisioningRun:
         options = machine.host_options
         self.api = options.api
         self.tls_sans: list[str] = list(options.tls_san)
-        self.data_root: str = options.data_root or machine.driver.runtime_data_root or service.DEFAULT_DATA_ROOT
+        self.data_root: str = (options.engine_data_root or machine.driver.runtime_data_root
+                               or service.DEFAULT_DATA_ROOT)
+        self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
+        self.environment = options.engine.environment
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
@@ -362,23 +368,26 @@ class ProvisioningRun:
     def install_service(self) -> None:
         assert self.facts is not None
         config = service.DaemonConfig(python=self._python(), data_root=self.data_root, api=self.api)
-        files = [  # (path, content, whether a change needs a daemon restart)
-            (service.LAUNCHER_PATH, service.launcher(config), True),
-            (service.CONTROL_PATH, service.control_script(), False),
+        files = [  # (path, content, mode, whether a change needs a daemon restart)
+            (service.LAUNCHER_PATH, service.launcher(config), 0o755, True),
+            (service.CONTROL_PATH, service.control_script(), 0o755, False),
+            (service.CONFIG_PATH, self.daemon_json, 0o600, True),
+            (service.ENV_PATH, service.environment_file(self.environment), 0o600, True),
         ]
         if self.facts.values.get("systemd"):
-            files.append((service.UNIT_PATH, service.systemd_unit(), True))
+            files.append((service.UNIT_PATH, service.systemd_unit(), 0o644, True))
         docker = self.facts.values.get("docker")
         if docker in (None, "shim"):
-            files.append((service.SHIM_PATH, service.docker_shim(self._python()), False))
+            files.append((service.SHIM_PATH, service.docker_shim(self._python()), 0o755, False))
         elif docker:
             self.progress.detail(f"kept the host's own docker CLI {docker} (its 'system dial-stdio' reaches our socket)")
-        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)}", "service")
-        for path, text, restart in files:
+        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)} && mkdir -p {service.ETC_DIR} && "
+                  f"chmod 700 {service.ETC_DIR}", "service")
+        for path, text, mode, restart in files:
             data = text.encode()
             if self.facts.sums.get(path) == _sha256(data):
                 continue
-            self._put(data, path, 0o755 if path != service.UNIT_PATH else 0o644, "service")
+            self._put(data, path, mode, "service")
             self.changed = self.changed or restart
 
     def start(self) -> None:
@@ -437,7 +446,11 @@ class ProvisioningRun:
 
     def _version_over_tls(self) -> dict[str, Any]:
         context = client_ssl_context(self.machine.dir)
-        connection = http.client.HTTPSConnection(self.ip, service.TLS_PORT, context=context, timeout=5)
+        # Where the driver says the API is reached: a NAT VM's is a forwarded port on 127.0.0.1, not 2376 (which may
+        # be another machine's, signed by the same CA).
+        where = urllib.parse.urlsplit(self.machine.driver.url(service.TLS_PORT))
+        connection = http.client.HTTPSConnection(where.hostname or self.ip, where.port or service.TLS_PORT,
+                                                 context=context, timeout=5)
         try:
             connection.request("GET", "/version")
             response = connection.getresponse()
@@ -538,6 +551,23 @@ class ProvisioningRun:
             }
         )
         self.machine.save()
+
+
+def runtime_daemon_json(options: HostOptions) -> dict[str, Any]:
+    """The daemon.json our runtime gets: the options' directives but the data root (it is on the command line)."""
+    config = options.daemon_json()
+    config.pop("data-root", None)
+    return config
+
+
+def daemon_json_on_host(machine: Machine) -> dict[str, Any] | None:
+    """The runtime's daemon.json as the host has it (``None`` when it has none or it is not JSON)."""
+    result = machine.ssh().run(f"cat {service.CONFIG_PATH}", sudo=True, check=False)
+    try:
+        config = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _last_line(result: Result) -> str:

@@ -10,10 +10,12 @@ module's ``Machines``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from bootstrap.dockerengine import DockerEngineProvisioner
 from bootstrap.provisioner import RuntimeProvisioner
 from machines import machine
+from machines.hostoptions import HostOptions
 from machines.progress import Progress
 from machines.store import Store
 
@@ -26,6 +28,15 @@ class EngineProvisioners:
 
     def of(self, target: machine.Machine) -> machine.Provisioner:
         return self.by_engine[target.host_options.engine_name]
+
+    def check_options(self, options: HostOptions) -> None:
+        self.by_engine[options.engine_name].check_options(options)
+
+    def engine_config(self, options: HostOptions) -> dict[str, Any]:
+        return self.by_engine[options.engine_name].engine_config(options)
+
+    def engine_config_on_host(self, target: machine.Machine) -> dict[str, Any] | None:
+        return self.of(target).engine_config_on_host(target)
 
     def provision(self, target: machine.Machine, progress: Progress) -> None:
         self.of(target).provision(target, progress)

@@ -7,7 +7,7 @@ swapped for a symlink while the copy runs: CVE-2018-15664) can point a copy at t
 * A running container is reached through ``/proc/<pid>/root``, which shows its own mount table (volumes, anonymous
   volumes, binds). It is frozen (freezer cgroup, as moby pauses it) for the duration, so the tree does not change
   under the copy; the fd-relative resolution alone already keeps it inside.
-* A stopped container gets a private temporary overlay mount of its layers with each of its volume and bind mounts
+* A stopped container gets a temporary overlay mount of its layers with each of its volume and bind mounts
   mounted on top, every mount point resolved inside that root and mounted through its fd.
 
 The container's lock is held meanwhile (start, stop and pause wait), as moby does. Uploads are spooled to disk
@@ -49,24 +49,22 @@ def unmount_quietly(path: str) -> None:
 
 @contextlib.contextmanager
 def _overlay(c: Any, writable: bool) -> Iterator[str]:
-    """A temporary private overlay mount of the container's layers (rw: its own upper dir; ro: upper as a lower)."""
+    """A temporary overlay mount of the container's layers (rw: its own upper dir; ro: upper as a lower)."""
     target = c.file("mnt-" + secrets.token_hex(4))
     os.makedirs(target)
     lower = c.data["_lower"] or []
     if writable:
-        options = "lowerdir={},upperdir={},workdir={}".format(":".join(lower) or c.file("empty"), c.file("upper"),
-                                                          c.file("work"))
+        options = f"lowerdir={':'.join(lower) or c.file('empty')},upperdir={c.file('upper')},workdir={c.file('work')}"
     else:
-        options = "lowerdir={}".format(":".join([c.file("upper")] + lower + ([c.file("work")] if not lower else [])))
+        options = f"lowerdir={':'.join([c.file('upper')] + lower + ([c.file('work')] if not lower else []))}"
     try:
         if writable and not lower:
             os.makedirs(c.file("empty"), exist_ok=True)
         sc.mount("overlay", target, "overlay", 0 if writable else sc.MS_RDONLY, options)
         try:
-            sc.mount(None, target, None, sc.MS_PRIVATE)  # the mounts we add on top stay ours
             yield target
         finally:
-            unmount_quietly(target)  # lazily, with every mount below it
+            unmount_quietly(target)  # lazily, with every mount below it (and their propagated copies)
     finally:
         try:
             os.rmdir(target)
@@ -90,15 +88,16 @@ def _frozen(c: Any) -> Iterator[None]:
     if c.state.get("Paused"):
         yield
         return
-    group: cgroups.Cgroup | None = cgroups.open_cgroup("machines/" + c.id)
+    group = cgroups.open_cgroup("machines/" + c.id)
     try:
-        group.set_frozen(True)  # type: ignore[union-attr]
+        group.set_frozen(True)
+        frozen = True
     except OSError:
-        group = None  # no freezer here: the fd-relative resolution still keeps every access inside
+        frozen = False  # no freezer here: the fd-relative resolution still keeps every access inside
     try:
         yield
     finally:
-        if group is not None:
+        if frozen:
             group.set_frozen(False)
 
 

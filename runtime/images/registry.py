@@ -5,7 +5,9 @@ pull,push scope). Every digest is checked: manifests, the config, each compresse
 layer's diff ID as it is unpacked. Layers download in parallel, resume from a partial file after an interruption,
 and an image is recorded only once all of its layers are in the store, so a failed pull leaves no half image.
 Plain HTTP is used only for loopback registries and those named as insecure; HTTPS verifies against the system
-CAs plus ``<certs.d>/<host>/ca.crt``, and Authorization is never sent on to a redirect's other host.
+CAs plus ``<certs.d>/<host>/ca.crt``, and Authorization is never sent on to a redirect's other host. Requests go
+through the daemon's proxies (``runtime.proxy``: CONNECT for https), and pulls of Docker Hub images try the
+daemon's registry mirrors first, falling back to the next mirror and then the hub when one fails, as dockerd does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from runtime.images.media import (
 )
 from runtime.images.reference import Reference
 from runtime.images.store import Image, ImageStore, Layer
+from runtime.proxy import ProxyConfig
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
 GZIP_LAYER_TYPES = (MEDIA_DOCKER_LAYER_GZIP, MEDIA_OCI_LAYER_GZIP)
@@ -96,7 +99,7 @@ def _registry_error(resp_body: bytes, fallback: str) -> str:
         errors = json.loads(resp_body).get("errors") or []
     except (ValueError, AttributeError):
         errors = []
-    parts = ["{}: {}".format(str(e.get("code", "")).lower().replace("_", " "), e.get("message", ""))
+    parts = [f"{str(e.get('code', '')).lower().replace('_', ' ')}: {e.get('message', '')}"
              for e in errors if isinstance(e, dict)]
     return ", ".join(parts) or fallback
 
@@ -128,10 +131,17 @@ def _message(status: str, layer_id: str | None = None, **extra: object) -> dict:
 class RegistryOptions:
     """Per-daemon registry settings: which hosts may use plain HTTP and where per-registry CAs live."""
 
-    def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = ()) -> None:
+    def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = (), *,
+                 mirrors: Sequence[str] = (), proxies: ProxyConfig | None = None) -> None:
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs)
+        self.mirrors = [mirror.rstrip("/") for mirror in mirrors]
+        self.proxies = proxies or ProxyConfig()
         self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def mirrors_for(self, ref: Reference) -> list[str]:
+        """The mirrors a pull of ``ref`` tries before its registry: only Docker Hub images have them."""
+        return self.mirrors if ref.domain == "docker.io" else []
 
     def is_insecure(self, host: str) -> bool:
         """127.0.0.0/8 (and localhost) like Docker's default, plus opted-in hosts or CIDRs."""
@@ -202,13 +212,19 @@ class Response:
 class Session:
     """One repository on one registry, with the credentials and token for a scope."""
 
-    def __init__(self, ref: Reference, auth: dict, options: RegistryOptions, actions: str = "pull") -> None:
+    def __init__(self, ref: Reference, auth: dict, options: RegistryOptions, actions: str = "pull",
+                 endpoint: str | None = None) -> None:
+        """``endpoint``: a mirror's ``scheme://host[:port]`` to ask instead of the reference's registry."""
         self.ref = ref
-        self.host = ref.api_host
         self.auth = auth or {}
         self.options = options
         self.scope = f"repository:{ref.path}:{actions}"
-        self.scheme = "http" if options.is_insecure(self.host) and not options.has_ca(self.host) else "https"
+        if endpoint:
+            parts = urllib.parse.urlsplit(endpoint)
+            self.host, self.scheme = parts.netloc, parts.scheme
+        else:
+            self.host = ref.api_host
+            self.scheme = "http" if options.is_insecure(self.host) and not options.has_ca(self.host) else "https"
         self.base = f"{self.scheme}://{self.host}"
         self._authorization: str | None = None
         self._lock = threading.Lock()
@@ -218,16 +234,26 @@ class Session:
     def _send(self, method: str, url: str, headers: dict[str, str], body: object = None) -> Response:
         parts = urllib.parse.urlsplit(url)
         host = parts.netloc
+        proxy = self.options.proxies.for_url(url)
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        all_headers = {"User-Agent": USER_AGENT}
         try:
             if parts.scheme == "https":
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    host, timeout=TIMEOUT, context=self.options.ssl_context(host))
+                    proxy.host if proxy else host, proxy.port if proxy else None, timeout=TIMEOUT,
+                    context=self.options.ssl_context(host))
+                if proxy:  # CONNECT host:port through the proxy, then TLS with the registry itself
+                    tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                    conn.set_tunnel(host, headers=tunnel)
             elif parts.scheme == "http":
-                conn = http.client.HTTPConnection(host, timeout=TIMEOUT)
+                conn = http.client.HTTPConnection(proxy.host if proxy else host, proxy.port if proxy else None,
+                                                  timeout=TIMEOUT)
+                if proxy:  # a plain-HTTP request goes to the proxy in absolute form
+                    path = url
+                    if proxy.authorization:
+                        all_headers["Proxy-Authorization"] = proxy.authorization
             else:
                 raise HostError(f"unsupported URL scheme in {url}")
-            path = parts.path + ("?" + parts.query if parts.query else "")
-            all_headers = {"User-Agent": USER_AGENT}
             all_headers.update(headers)
             conn.request(method, path or "/", body=body, headers=all_headers)  # type: ignore[arg-type]
             return Response(conn, conn.getresponse(), url)
@@ -307,7 +333,7 @@ class Session:
             token = json.loads(data)
             self._authorization = "Bearer " + (token.get("token") or token["access_token"])
         except (ValueError, KeyError, TypeError):
-            raise Unauthorized("invalid token response from {}".format(params["realm"])) from None
+            raise Unauthorized(f"invalid token response from {params['realm']}") from None
 
     def get_json_blob(self, path: str, accept: str, expected: str | None, *,
                       missing: str = "manifest for {ref} not found: ") -> tuple[dict, bytes, str, str]:
@@ -319,7 +345,7 @@ class Session:
         if resp.status == 404:
             raise NotFound(missing.format(ref=self.ref.familiar()) + _registry_error(data, "manifest unknown"))
         if resp.status != 200:
-            raise HostError("{}: {}".format(path, _registry_error(data, "HTTP %d" % resp.status)))
+            raise HostError(f"{path}: {_registry_error(data, f'HTTP {resp.status}')}")
         if len(data) > MAX_MANIFEST:
             raise InvalidParameter("manifest too large")
         digest = sha256_bytes(data)
@@ -349,7 +375,7 @@ def _choose_platform(index: dict, wanted: dict[str, str]) -> dict:
         if best is None or plat.get("variant") == variant:
             best = desc
     if best is None:
-        raise NotFound("no matching manifest for {}/{} in the manifest list entries".format(wanted["os"], wanted["architecture"]))
+        raise NotFound(f"no matching manifest for {wanted['os']}/{wanted['architecture']} in the manifest list entries")
     return best
 
 
@@ -402,7 +428,7 @@ class _Puller:
         sha, hashed = hashlib.sha256(), 0
         for attempt in range(3):
             have = os.path.getsize(path) if os.path.exists(path) else 0
-            headers = {"Range": "bytes=%d-" % have} if have else {}
+            headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 resp = self.session.request("GET", f"/v2/{self.session.ref.path}/blobs/{digest}", headers)
             except HostError:
@@ -415,8 +441,8 @@ class _Puller:
                 elif resp.status not in (200, 206):
                     body = resp.read()
                     if resp.status == 404:
-                        raise NotFound("blob {} not found: {}".format(digest, _registry_error(body, "blob unknown")))
-                    raise HostError("fetching blob {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+                        raise NotFound(f"blob {digest} not found: {_registry_error(body, 'blob unknown')}")
+                    raise HostError(f"fetching blob {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
                 else:
                     if resp.status == 206:
                         hashed = _hash_file_from(path, sha, hashed)
@@ -525,14 +551,25 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     while iterating, after progress has gone out.
     """
     ref = reference.join_repo_tag(image, tag)
-    session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
+    options = options or RegistryOptions()
+    for mirror in options.mirrors_for(ref):
+        try:
+            return _pull_from(store, Session(ref, auth or {}, options, "pull", mirror), platform)
+        except EngineError:
+            continue  # a mirror that fails is skipped, as dockerd falls back to the next endpoint
+    return _pull_from(store, Session(ref, auth or {}, options, "pull"), platform)
+
+
+def _pull_from(store: ImageStore, session: Session, platform: str | None) -> Iterator[dict]:
+    """Resolve the manifest and config at one endpoint; the layers then stream from the same endpoint."""
+    ref = session.ref
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
     if media in INDEX_TYPES or "manifests" in doc:
         entry = _choose_platform(doc, parse_platform(platform))
         doc, data, media, _ = session.get_json_blob(
-            "/v2/{}/manifests/{}".format(ref.path, entry["digest"]), MANIFEST_ACCEPT, entry["digest"])
+            f"/v2/{ref.path}/manifests/{entry['digest']}", MANIFEST_ACCEPT, entry["digest"])
     if media not in MANIFEST_TYPES and "layers" not in doc:
         raise InvalidParameter(f"unsupported manifest media type {media}")
     config_desc = doc.get("config") or {}
@@ -541,7 +578,7 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
-        raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
+        raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
     return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
 
 
@@ -587,7 +624,7 @@ def _fetch_small_blob(session: Session, digest: str) -> bytes:
     data = resp.read(MAX_MANIFEST + 1)
     resp.close()
     if resp.status != 200:
-        raise HostError("fetching config {}: {}".format(digest, _registry_error(data, "HTTP %d" % resp.status)))
+        raise HostError(f"fetching config {digest}: {_registry_error(data, f'HTTP {resp.status}')}")
     if sha256_bytes(data) != digest:
         raise InvalidParameter(f"image config verification failed for digest {digest}")
     return data
@@ -626,7 +663,7 @@ def _gzip_blob(store: ImageStore, layer: Layer) -> tuple[str, str, int]:
         return path, meta["digest"], meta["size"]
     import gzip
     import shutil
-    tmp = path + ".%d.tmp" % threading.get_ident()
+    tmp = path + f".{threading.get_ident()}.tmp"
     with archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             shutil.copyfileobj(src, gz, CHUNK)
@@ -653,7 +690,7 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status != 202:
-        raise HostError("starting upload of {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"starting upload of {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
     location = urllib.parse.urljoin(session.base + "/", resp.header("Location"))
     location += ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
     reader = _ProgressReader(path, report)
@@ -665,7 +702,7 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status not in (201, 204):
-        raise HostError("uploading {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"uploading {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
     return False
 
 
@@ -743,10 +780,10 @@ def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
     body = resp.read()
     resp.close()
     if resp.status not in (201, 202):
-        raise HostError("pushing manifest: {}".format(_registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"pushing manifest: {_registry_error(body, f'HTTP {resp.status}')}")
     digest = sha256_bytes(manifest)
     store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
-    yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
+    yield {"status": f"{ref.tag}: digest: {digest} size: {len(manifest)}"}
     yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
 
 
@@ -809,8 +846,7 @@ def login(auth: dict, options: RegistryOptions | None = None) -> dict:
         resp.read()
         resp.close()
         if resp.status != 200:
-            raise Unauthorized("login attempt to %s failed with status: %d %s"
-                               % (url, resp.status, http.client.responses.get(resp.status, "")))
+            raise Unauthorized(f'login attempt to {url} failed with status: {resp.status} {http.client.responses.get(resp.status, "")}')
     elif resp.status != 200:
         raise HostError(f"login attempt to {url} failed with status: {resp.status}")
     return {"Status": "Login Succeeded", "IdentityToken": ""}

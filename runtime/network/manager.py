@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import ipaddress
 import json
 import os
 import re
@@ -52,11 +53,14 @@ class NetworkManager:
 
     def __init__(self, root: str, exec_root: str, *, default_subnet: str | None = None,
                  bridge_name: str = "mrt0", pool: str = DEFAULT_POOL, pool_prefix: int = POOL_PREFIX,
-                 resolv_conf: str = "/etc/resolv.conf") -> None:
+                 resolv_conf: str = "/etc/resolv.conf", mtu: int = 1500) -> None:
+        """``default_subnet`` may name the gateway as dockerd's ``bip`` does (``172.30.0.1/16``); ``mtu``: the
+        default bridge's (dockerd's ``mtu``)."""
         self.root = root
         self.resolv_conf = resolv_conf
         self.exec_root = exec_root
         self.bridge_name = bridge_name
+        self.mtu = mtu
         self.pool = ipam.parse_subnet(pool)
         self.pool_prefix = pool_prefix
         self._path = os.path.join(root, "state.json")
@@ -66,7 +70,7 @@ class NetworkManager:
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
         private_dir(root, 0o700)
         self._state: Dict_ = self._load()
-        self._ensure_predefined(ipam.parse_subnet(default_subnet or DEFAULT_SUBNET))
+        self._ensure_predefined(ipaddress.ip_interface(default_subnet or DEFAULT_SUBNET))
 
     # --- persistence -------------------------------------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class NetworkManager:
             os.fsync(out.fileno())
         os.replace(temporary, self._path)
 
-    def _ensure_predefined(self, default_subnet: ipam.Network) -> None:
+    def _ensure_predefined(self, bip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
         """The three networks Docker always shows; the default bridge follows the daemon's flags while idle."""
         by_name = {net["Name"]: net for net in self._networks()}
         for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
@@ -99,8 +103,9 @@ class NetworkManager:
                 self._state["networks"][net["Id"]] = net
                 by_name[name] = net
         bridge = by_name["bridge"]
+        default_subnet = ipam.parse_subnet(str(bip.network))  # checked even while the bridge keeps its subnet
         if not self._members(bridge["Id"]):
-            gateway = str(next(default_subnet.hosts()))
+            gateway = str(bip.ip if bip.ip != bip.network.network_address else next(default_subnet.hosts()))
             bridge["IPAM"]["Config"] = [{"Subnet": str(default_subnet), "Gateway": gateway}]
             bridge["Options"] = {
                 "com.docker.network.bridge.default_bridge": "true",
@@ -108,7 +113,7 @@ class NetworkManager:
                 "com.docker.network.bridge.enable_ip_masquerade": "true",
                 "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
                 OPT_BRIDGE_NAME: self.bridge_name,
-                OPT_MTU: "1500",
+                OPT_MTU: str(self.mtu),
             }
             bridge["_bridge"] = self.bridge_name
         self._save()
@@ -191,9 +196,9 @@ class NetworkManager:
             for option in (OPT_ICC, OPT_MASQUERADE):
                 _flag(None, options.get(option), option)
             if len(net["_bridge"]) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", net["_bridge"]):
-                raise InvalidParameter("invalid bridge name {}".format(net["_bridge"]))
+                raise InvalidParameter(f"invalid bridge name {net['_bridge']}")
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
-                raise Conflict("bridge name {} is already used by another network".format(net["_bridge"]))
+                raise Conflict(f"bridge name {net['_bridge']} is already used by another network")
             self._state["networks"][net["Id"]] = net
             self._save()
         return {"Id": net["Id"], "Warning": ""}
@@ -221,7 +226,7 @@ class NetworkManager:
         if config.get("Subnet"):
             subnet = ipam.parse_subnet(config["Subnet"])
             if subnet.version != version:
-                raise InvalidParameter("invalid subnet {}: not an IPv{} subnet".format(config["Subnet"], version))
+                raise InvalidParameter(f"invalid subnet {config['Subnet']}: not an IPv{version} subnet")
             ipam.check_free(subnet, taken)
         elif version == 4:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
@@ -253,8 +258,8 @@ class NetworkManager:
             for cid, ep in self._members(net["Id"]).items():
                 shown["Containers"][cid] = {
                     "Name": ep["Name"], "EndpointID": ep["EndpointID"], "MacAddress": ep["MacAddress"],
-                    "IPv4Address": "{}/{}".format(ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
-                    "IPv6Address": "{}/{}".format(ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"])
+                    "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}" if ep["IPAddress"] else "",
+                    "IPv6Address": f"{ep['GlobalIPv6Address']}/{ep['GlobalIPv6PrefixLen']}"
                     if ep.get("GlobalIPv6Address") else "",
                 }
         return copy.deepcopy(shown)
@@ -286,7 +291,7 @@ class NetworkManager:
         with self._lock:
             net = self._resolve(ref)
             if net["Name"] in PREDEFINED:
-                raise Forbidden("{} is a pre-defined network and cannot be removed".format(net["Name"]))
+                raise Forbidden(f"{net['Name']} is a pre-defined network and cannot be removed")
             if self._members(net["Id"]):
                 raise Forbidden("error while removing network: network {} id {} has active endpoints".format(net["Name"], net["Id"]))
             self._drop_bridge(net)
@@ -333,7 +338,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] in current:
-                raise Forbidden("endpoint with name {} already exists in network {}".format(name, net["Name"]))
+                raise Forbidden(f"endpoint with name {name} already exists in network {net['Name']}")
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
@@ -369,7 +374,7 @@ class NetworkManager:
         if (ipv4 or ipv6) and not user_defined:
             raise InvalidParameter("user specified IP address is supported on user defined networks only")
         if ipv6 and 6 not in configs:
-            raise InvalidParameter("invalid IPv6 address {}: network {} does not have IPv6 enabled".format(ipv6, net["Name"]))
+            raise InvalidParameter(f"invalid IPv6 address {ipv6}: network {net['Name']} does not have IPv6 enabled")
         if (ipv4 and 4 not in net.get("_user_subnets", [4])) or (ipv6 and 6 not in net.get("_user_subnets", [6])):
             raise InvalidParameter("user specified IP address is supported only when connecting to networks with "
                                    "user configured subnets")
@@ -482,7 +487,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] not in current:
-                raise Forbidden("container {} is not connected to network {}".format(container_id, net["Name"]))
+                raise Forbidden(f"container {container_id} is not connected to network {net['Name']}")
             if net["Driver"] == "host":
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
@@ -607,7 +612,7 @@ class NetworkManager:
                     continue
                 for other in self._members(nid).values():
                     if address in _addresses(other):
-                        return "{}.{}".format(other["Name"], net["Name"])
+                        return f"{other['Name']}.{net['Name']}"
         return None
 
     def upstreams(self, container_id: str) -> builtins.list[str]:
@@ -835,7 +840,7 @@ def _expect(body: Dict_, key: str, kind: type) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, kind):
-        raise InvalidParameter("{} must be {}".format(key, "an object" if kind is dict else "a list"))
+        raise InvalidParameter(f"{key} must be {'an object' if kind is dict else 'a list'}")
     return value
 
 
