@@ -26,6 +26,8 @@ from machines.progress import Progress
 from machines.store import validate_name
 
 SWARM_PORT = 2377
+# What members must reach of each other: cluster management, node gossip, overlay network traffic (VXLAN).
+SWARM_PORTS = ((SWARM_PORT, "tcp"), (7946, "tcp"), (7946, "udp"), (4789, "udp"))
 ROLES = ("worker", "manager")
 DRAIN_TIMEOUT = 120.0
 ELECTION_TIMEOUT = 60.0
@@ -133,8 +135,13 @@ def init(library: Machines, name: str, cluster: str | None = None) -> str:
     if members(library, cluster):
         raise SwarmError(f"a swarm named {cluster!r} already exists: choose another name with --cluster")
     _not_in_a_swarm(machine)
+    machine.driver.open_cluster_ports(cluster, SWARM_PORTS)
     address = shlex.quote(machine.driver.private_ip())
-    docker(machine, f"swarm init --advertise-addr {address} --listen-addr {address}:{SWARM_PORT}")
+    try:
+        docker(machine, f"swarm init --advertise-addr {address} --listen-addr {address}:{SWARM_PORT}")
+    except MachinesError:
+        machine.driver.close_cluster_ports(cluster, last=True)
+        raise
     _remember(machine, {"cluster": cluster, "role": "manager", "node_id": local_state(machine)["NodeID"]})
     return cluster
 
@@ -147,10 +154,15 @@ def join(library: Machines, name: str, manager_name: str, role: str = "worker") 
     machine, manager = library.get(name), reachable_manager(library, manager_name)
     cluster = membership(manager)["cluster"]  # type: ignore[index]
     _not_in_a_swarm(machine)
-    token = on_manager(manager, f"swarm join-token -q {role}").strip()
-    address = shlex.quote(machine.driver.private_ip())
-    remote = shlex.quote(f"{manager.driver.private_ip()}:{SWARM_PORT}")
-    docker(machine, f'swarm join --advertise-addr {address} --token "$(cat)" {remote}', input=token + "\n")
+    machine.driver.open_cluster_ports(cluster, SWARM_PORTS)
+    try:
+        token = on_manager(manager, f"swarm join-token -q {role}").strip()
+        address = shlex.quote(machine.driver.private_ip())
+        remote = shlex.quote(f"{manager.driver.private_ip()}:{SWARM_PORT}")
+        docker(machine, f'swarm join --advertise-addr {address} --token "$(cat)" {remote}', input=token + "\n")
+    except MachinesError:
+        machine.driver.close_cluster_ports(cluster, last=False)
+        raise
     _remember(machine, {"cluster": cluster, "role": role, "node_id": local_state(machine)["NodeID"]})
 
 
@@ -233,7 +245,7 @@ def leave(library: Machines, name: str, *, force: bool = False, progress: Progre
                 raise SwarmError(f"{name} is the last reachable manager of swarm {cluster!r}: without it "
                                  f"{', '.join(others)} would have no manager (remove them first, or use -f)") from None
             _leave_engine(machine, "swarm leave --force", force, progress)
-            _remember(machine, None)
+            _forget(machine, cluster, last=not others)
             return
         if member["role"] == "manager":
             _check_quorum(nodes(manager), node_id, name, cluster, force)
@@ -243,7 +255,13 @@ def leave(library: Machines, name: str, *, force: bool = False, progress: Progre
         _wait_drained(manager, node_id)
         _leave_engine(machine, "swarm leave", force, progress)
         on_manager(manager, f"node rm --force {shlex.quote(node_id)}")
-        _remember(machine, None)
+        _forget(machine, cluster, last=False)
+
+
+def _forget(machine: Machine, cluster: str, *, last: bool) -> None:
+    """The machine is out of the swarm: close what its driver opened for the cluster, then forget the membership."""
+    machine.driver.close_cluster_ports(cluster, last=last)
+    _remember(machine, None)
 
 
 def _check_quorum(current: list[Node], node_id: str, name: str, cluster: str, force: bool) -> None:
