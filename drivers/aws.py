@@ -926,6 +926,13 @@ class AWSDriver(Driver):
             raise DriverError(f"EC2 instance {instance['InstanceId']} has no {'private' if private else 'public'} address{hint}")
         return str(address)
 
+    def private_ip(self) -> str:
+        """The instance's address in its VPC: what swarm members advertise to each other."""
+        instance = self._describe()
+        if instance is None or not instance.get("PrivateIpAddress"):
+            raise DriverError(f"EC2 instance of {self.machine_name} has no private address")
+        return str(instance["PrivateIpAddress"])
+
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(
             host=self.ip(),
