@@ -299,7 +299,21 @@ def remove(library: Machines, name: str, *, force: bool = False, progress: Progr
             if not force:
                 raise
             progress.note(f"{name} did not leave its swarm cleanly ({error}); removing it anyway (-f)")
+            _close_ports_anyway(library, name, progress)
     library.remove(name, force=force, progress=progress)
+
+
+def _close_ports_anyway(library: Machines, name: str, progress: Progress) -> None:
+    """After a failed leave under ``-f``: what the driver opened for the cluster must not outlive its members."""
+    machine = library.get(name)
+    member = membership(machine)
+    if member is None:
+        return
+    others = [other for other in members(library, member["cluster"]) if other.name != name]
+    try:
+        machine.driver.close_cluster_ports(member["cluster"], last=not others)
+    except MachinesError as error:
+        progress.note(f"the cluster's firewall rules for {name} could not be removed: {error}")
 
 
 def join_new(library: Machines, name: str, manager_name: str, role: str, *, keep: bool = False,
