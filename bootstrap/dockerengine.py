@@ -90,9 +90,8 @@ fi"""
 
 def user_config(options: HostOptions) -> dict[str, Any]:
     """The part of dockerd's configuration the user chose: engine options and labels (the data root apart)."""
-    config = options.daemon_json()
+    config = provisioning.runtime_daemon_json(options)
     config.pop("proxies", None)  # dockerd 20.10 knows no "proxies" directive: they are in its environment
-    config.pop("data-root", None)
     return config
 
 
@@ -113,14 +112,8 @@ def daemon_config(options: HostOptions, data_root: str, api: str) -> dict[str, A
 
 def config_on_host(machine: Machine) -> dict[str, Any] | None:
     """The user's part of the configuration the host has now (``None``: none, or not JSON)."""
-    result = machine.ssh().run(f"cat {CONFIG_PATH}", sudo=True, check=False)
-    try:
-        config = json.loads(result.stdout) if result.ok else None
-    except ValueError:
-        return None
-    if not isinstance(config, dict):
-        return None
-    return {key: value for key, value in config.items() if key not in OUR_KEYS}
+    config = provisioning.daemon_json_on_host(machine, CONFIG_PATH)
+    return None if config is None else {key: value for key, value in config.items() if key not in OUR_KEYS}
 
 
 def launcher(dockerd: str) -> str:
@@ -147,6 +140,7 @@ class DockerEngineRun(provisioning.ProvisioningRun):
     """One provisioning run of Docker Engine: detect, hostname, engine, certificates, service, start, wait."""
 
     layout = DOCKER_SERVICE
+    control_path = CONTROL_PATH
     engine_title = "Docker Engine"
 
     def __init__(self, machine: Machine, progress: Progress | None = None, *, new_server_cert: bool = False,
@@ -215,19 +209,7 @@ class DockerEngineRun(provisioning.ProvisioningRun):
         self._run(f"mkdir -p {service.LIB_DIR} {service.ETC_DIR} {shlex.quote(self.data_root)} "
                   f"{shlex.quote(DROP_IN_PATH.rsplit('/', 1)[0]) if self.facts.values.get('systemd') else ''} && "
                   f"chmod 700 {service.ETC_DIR}", "service")  # fmt: skip
-        for path, text, mode, restart in files:
-            data = text.encode()
-            if self.facts.sums.get(path) == provisioning._sha256(data):
-                continue
-            self._put(data, path, mode, "service")
-            self.changed = self.changed or restart
-
-    def start(self) -> None:
-        assert self.facts is not None
-        if not self.changed and self.facts.values.get("running"):
-            self.progress.detail("Docker Engine already running with this configuration")
-            return
-        self._run(f"{CONTROL_PATH} restart", "start")
+        self.install_files(files)
 
     @staticmethod
     def _is_fatal(line: str) -> bool:
@@ -242,15 +224,8 @@ class DockerEngineRun(provisioning.ProvisioningRun):
         version: dict[str, Any] = json.loads(result.stdout)
         return version
 
-    def phases(self) -> list[tuple[str, Callable[[], None]]]:
-        return [
-            ("detect", self.detect),
-            ("hostname", self.hostname),
-            ("docker engine", self.engine),
-            ("certificates", self.certs),
-            ("service", self.install_service),
-            ("start", self.start),
-        ]
+    def engine_phases(self) -> list[tuple[str, Callable[[], None]]]:
+        return [("docker engine", self.engine)]
 
     def _roll_back_runtime(self) -> str:
         return ""  # the package manager keeps one version of Docker Engine: there is nothing to go back to

@@ -173,6 +173,7 @@ class ProvisioningRun:
     """
 
     layout = service.RUNTIME_SERVICE
+    control_path = service.CONTROL_PATH
     engine_title = "the runtime"
 
     def __init__(
@@ -383,6 +384,11 @@ class ProvisioningRun:
             self.progress.detail(f"kept the host's own docker CLI {docker} (its 'system dial-stdio' reaches our socket)")
         self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)} && mkdir -p {service.ETC_DIR} && "
                   f"chmod 700 {service.ETC_DIR}", "service")
+        self.install_files(files)
+
+    def install_files(self, files: list[tuple[str, str, int, bool]]) -> None:
+        """Write each ``(path, content, mode, restart)`` the host does not have as it is; note a needed restart."""
+        assert self.facts is not None
         for path, text, mode, restart in files:
             data = text.encode()
             if self.facts.sums.get(path) == _sha256(data):
@@ -393,9 +399,9 @@ class ProvisioningRun:
     def start(self) -> None:
         assert self.facts is not None
         if not self.changed and self.facts.values.get("running"):
-            self.progress.detail("runtime already running with this configuration")
+            self.progress.detail(f"{self.engine_title} already running with this configuration")
             return
-        self._run(f"{service.CONTROL_PATH} restart", "start")
+        self._run(f"{self.control_path} restart", "start")
 
     def wait(self) -> dict[str, Any]:
         """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh).
@@ -512,12 +518,15 @@ class ProvisioningRun:
         return [
             ("detect", self.detect),
             ("hostname", self.hostname),
-            ("python", self.python),
-            ("upload runtime", self.upload),
+            *self.engine_phases(),
             ("certificates", self.certs),
             ("service", self.install_service),
             ("start", self.start),
         ]
+
+    def engine_phases(self) -> list[tuple[str, Callable[[], None]]]:
+        """What puts this engine on the host: python and the runtime zipapp."""
+        return [("python", self.python), ("upload runtime", self.upload)]
 
     def run(self) -> None:
         for title, phase in self.phases():
@@ -560,9 +569,9 @@ def runtime_daemon_json(options: HostOptions) -> dict[str, Any]:
     return config
 
 
-def daemon_json_on_host(machine: Machine) -> dict[str, Any] | None:
-    """The runtime's daemon.json as the host has it (``None`` when it has none or it is not JSON)."""
-    result = machine.ssh().run(f"cat {service.CONFIG_PATH}", sudo=True, check=False)
+def daemon_json_on_host(machine: Machine, path: str = service.CONFIG_PATH) -> dict[str, Any] | None:
+    """The engine's daemon.json as the host has it (``None`` when it has none or it is not JSON)."""
+    result = machine.ssh().run(f"cat {path}", sudo=True, check=False)
     try:
         config = json.loads(result.stdout) if result.ok else None
     except ValueError:
