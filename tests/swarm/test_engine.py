@@ -83,6 +83,11 @@ def test_a_host_without_docker_engine_gets_it_from_its_package_manager(fleet: Fl
 def test_bad_engine_and_swarm_flags_are_usage_errors(fleet: Fleet) -> None:
     refused = fleet("swarm", "init", "nosuchmachine", check=False)
     assert refused.returncode == 4 and "nosuchmachine" in refused.stderr  # not found
+    bare = fleet.name("bare")  # a machine without Docker Engine (ours would say the same)
+    fleet("create", "--no-provision", bare)
+    refused = fleet("swarm", "init", bare, check=False)
+    assert refused.returncode == 1 and "does not run Docker Engine" in refused.stderr
+    fleet("rm", "-y", bare)
     bad = fleet("create", "--engine", "podman", "x", check=False)
     assert bad.returncode == 2 and "--engine must be 'machines' or 'docker'" in bad.stderr
     role = fleet("create", "--engine", "docker", "--swarm-manager", "m", "--swarm-role", "boss", "x", check=False)
