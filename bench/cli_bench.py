@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,12 +25,23 @@ sys.path.insert(0, str(REPO))
 from machines import Machines  # noqa: E402
 
 
-def _machines_cli(store: Path, *args: str) -> float:
-    """Seconds for one ``machines`` process, from exec to exit."""
+def _machines_cli(store: Path, *args: str) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one ``machines`` process, from exec to exit.
+
+    On a loaded machine the wall time is mostly waiting for a core; the CPU time is what the process itself costs.
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO), MACHINES_STORAGE_PATH=str(store))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "machines", *args], env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def _medians(samples: list[tuple[float, float]], name: str) -> dict[str, float]:
+    return {f"{name}_s": statistics.median(wall for wall, _ in samples),
+            f"{name}_cpu_s": statistics.median(cpu for _, cpu in samples)}
 
 
 def _special_files(folder: str, names: list[str]) -> list[str]:
@@ -39,7 +51,7 @@ def _special_files(folder: str, names: list[str]) -> list[str]:
 
 
 def run(runs: int, count: int) -> dict[str, float]:
-    """Medians in seconds: ``machines version`` and ``machines ls`` over ``count`` machines."""
+    """Medians in seconds (wall and CPU): ``machines version`` and ``machines ls`` over ``count`` machines."""
     with tempfile.TemporaryDirectory(prefix="cli-bench-") as folder:
         store = Path(folder) / "store"
         version = [_machines_cli(store, "version") for _ in range(runs)]
@@ -59,7 +71,7 @@ def run(runs: int, count: int) -> dict[str, float]:
                 if name != original:
                     shutil.rmtree(machines.store.machine_dir(name))
             machines.remove(original, force=True)
-    return {"version_s": statistics.median(version), "ls_s": statistics.median(listing)}
+    return _medians(version, "version") | _medians(listing, "ls")
 
 
 def main() -> None:

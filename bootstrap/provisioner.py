@@ -6,14 +6,17 @@ certificates for mutual TLS (``bootstrap.certs``) and the SSH-forwarded API sock
 
 from __future__ import annotations
 
-from bootstrap import certs as certificates
+from typing import TYPE_CHECKING
+
 from bootstrap import forwarder
-from bootstrap import provision as provisioning
 from machines.errors import StateError
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.shellenv import no_proxy_value
 from machines.store import Store
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
 
@@ -23,21 +26,35 @@ def _provisioned(machine: Machine) -> None:
         raise StateError(f"machine {machine.name!r} has no runtime yet: run 'machines provision {machine.name}'")
 
 
+def _provisioning() -> ModuleType:
+    """``bootstrap.provision``, imported on first use: it pulls in paramiko, which ``ls`` and ``version`` never need."""
+    from bootstrap import provision
+
+    return provision
+
+
+def _certificates() -> ModuleType:
+    """``bootstrap.certs``, imported on first use (cryptography's x509 is slow to import)."""
+    from bootstrap import certs
+
+    return certs
+
+
 class RuntimeProvisioner:
     """Our runtime as a service on the host, its API over mutual TLS on TCP 2376 or through SSH."""
 
     # The module functions are looked up at each call, so tests can replace them (``monkeypatch.setattr``).
     def provision(self, machine: Machine, progress: Progress) -> None:
-        provisioning.provision(machine, progress)
+        _provisioning().provision(machine, progress)
 
     def upgrade(self, machine: Machine, progress: Progress) -> None:
-        provisioning.upgrade(machine, progress)
+        _provisioning().upgrade(machine, progress)
 
     def regenerate_certs(self, machine: Machine, progress: Progress) -> None:
-        provisioning.regenerate_certs(machine, progress)
+        _provisioning().regenerate_certs(machine, progress)
 
     def rotate_client_certs(self, store: Store) -> None:
-        certificates.ensure_store_certs(store.root, rotate=True)
+        _certificates().ensure_store_certs(store.root, rotate=True)
 
     def env(self, machine: Machine, *, ssh: bool, unset: bool, no_proxy: bool) -> dict[str, str | None]:
         """TLS to port 2376, or the local socket of the SSH forwarder (``--ssh``, or a machine made with --api ssh).
@@ -62,6 +79,7 @@ class RuntimeProvisioner:
                 "DOCKER_MACHINE_NAME": machine.name,
             }
         ip = machine.ip()
+        certificates = _certificates()
         store = certificates.StoreCerts(machine.store.certs_dir)
         if not certificates.server_cert_valid(machine.dir, store, [ip]):
             raise StateError(
@@ -86,6 +104,7 @@ class RuntimeProvisioner:
                 f"machine {machine.name!r} has no TCP API (created with --api ssh): use 'machines env --ssh {machine.name}'"
             )
         directory = machine.dir
+        certificates = _certificates()
         return [
             "--tlsverify",
             f"--tlscacert={directory / certificates.CA_CERT}",

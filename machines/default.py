@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-from bootstrap.provisioner import RuntimeProvisioner
 from machines import machine
 
 
@@ -19,4 +18,8 @@ class Machines(machine.Machines):
     def __init__(
         self, storage_path: str | os.PathLike[str] | None = None, provisioner: machine.Provisioner | None = None
     ) -> None:
-        super().__init__(storage_path, provisioner if provisioner is not None else RuntimeProvisioner())
+        if provisioner is None:  # imported here: bootstrap pulls in paramiko and cryptography, which `version` never needs
+            from bootstrap.provisioner import RuntimeProvisioner
+
+            provisioner = RuntimeProvisioner()
+        super().__init__(storage_path, provisioner)
