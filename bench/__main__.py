@@ -38,7 +38,7 @@ class Sizes:
     layer_mb: int
 
 
-FULL = Sizes(20, api_bench.Settings(20, 3.0, 100, 1024), 5, 3, 10, 100, 3, 1024)
+FULL = Sizes(20, api_bench.Settings(20, 3.0, 100, 1024), 5, 3, 10, 100, 2, 1024)
 QUICK = Sizes(7, api_bench.Settings(5, 1.0, 10, 64), 2, 1, 5, 100, 1, 64)
 
 
@@ -92,6 +92,8 @@ def api(sizes: Sizes) -> list[Row]:
                  peer["memory_idle"]["total_mib"], 1.0),
              Row(f"daemon RSS + helpers, {count} running", ours["memory_running"]["total_mib"], "MiB",
                  "dockerd+containerd+shims", peer["memory_running"]["total_mib"], 1.0),
+             Row(f"daemon PSS + helpers, {count} running", ours["memory_running"]["total_pss_mib"], "MiB",
+                 "dockerd+containerd+shims", peer["memory_running"]["total_pss_mib"], 1.0),
              Row("RSS per running container (monitor / shim)", ours["memory_running"]["per_container_helper_mib"],
                  "MiB", "containerd-shim", peer["memory_running"]["per_container_helper_mib"], 1.0)]
     if "floor" in figures:

@@ -18,8 +18,20 @@ def _status(pid: int) -> dict[str, str]:
     return fields
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (a forked monitor's with the daemon) count in part."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def daemon_memory(daemon_pid: int, marker: str) -> dict[str, float]:
-    """RSS in MiB of a daemon and of its helpers outside any container.
+    """RSS and PSS in MiB of a daemon and of its helpers outside any container.
 
     Helpers are the daemon's descendants and every process whose command line names ``marker`` (the bench's own
     folder): our per-container monitors, or containerd and its shims, which daemonise away from dockerd. Processes in
@@ -55,9 +67,10 @@ def daemon_memory(daemon_pid: int, marker: str) -> dict[str, float]:
 
     helpers = [pid for pid in rss if pid != daemon_pid and (pid in named or descends(pid))]
     helper_kib = [rss[pid] for pid in helpers]
+    pss_kib = sum(_pss_kib(pid) for pid in [daemon_pid, *helpers])
     return {"daemon_mib": rss.get(daemon_pid, 0) / 1024, "helpers": len(helpers),
             "helpers_mib": sum(helper_kib) / 1024,
-            "total_mib": (rss.get(daemon_pid, 0) + sum(helper_kib)) / 1024}
+            "total_mib": (rss.get(daemon_pid, 0) + sum(helper_kib)) / 1024, "total_pss_mib": pss_kib / 1024}
 
 
 def big_file(path: Path, size_mb: int) -> Path:
