@@ -24,7 +24,7 @@ def invalid(key: str = "", values: Iterable[str] | None = None) -> InvalidParame
     if key:
         message += " '" + key
         if values is not None:
-            message += "=[{}]".format(" ".join(values))
+            message += f"=[{' '.join(values)}]"
         message += "'"
     return InvalidParameter(message)
 

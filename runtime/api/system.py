@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from typing import Any, Dict, List
+from typing import Any
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION, timefmt
 from runtime.api.routing import filters_arg, route, timestamp_arg
@@ -159,7 +159,7 @@ def events(engine: Engine, request: Request) -> Stream:
 
 @route("GET", "/system/df", "Disk usage of images, containers and volumes")
 def disk_usage(engine: Engine, request: Request) -> Response:
-    images: List[Dict[str, Any]] = engine.images.list(all=False)
+    images: list[dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
     volumes = engine.volumes.list().get("Volumes") or []
     return json_response({
