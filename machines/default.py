@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bootstrap.dockerengine import DockerEngineProvisioner
-from bootstrap.provisioner import RuntimeProvisioner
 from machines import machine
 from machines.hostoptions import HostOptions
 from machines.progress import Progress
@@ -24,7 +22,12 @@ class EngineProvisioners:
     """A ``Provisioner`` that hands each machine to the provisioner of the engine it was created with."""
 
     def __init__(self, by_engine: dict[str, machine.Provisioner] | None = None) -> None:
-        self.by_engine = by_engine or {"machines": RuntimeProvisioner(), "docker": DockerEngineProvisioner()}
+        if not by_engine:  # imported here: bootstrap pulls in paramiko and cryptography, which `version` never needs
+            from bootstrap.dockerengine import DockerEngineProvisioner
+            from bootstrap.provisioner import RuntimeProvisioner
+
+            by_engine = {"machines": RuntimeProvisioner(), "docker": DockerEngineProvisioner()}
+        self.by_engine = by_engine
 
     def of(self, target: machine.Machine) -> machine.Provisioner:
         return self.by_engine[target.host_options.engine_name]
