@@ -80,6 +80,9 @@ def test_amazonec2_machine_becomes_a_native_aws_entry(cloud: MotoCloud, aws_env:
     machines(store, "stop", name)  # through EC2, on Docker Machine's instance
     described = cloud.client.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     assert described["State"]["Name"] == "stopped"
+    machines(store, "set", name, "--aws-instance-type", "t3.small")
+    described = cloud.client.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert described["InstanceType"] == "t3.small"
     machines(store, "rm", "-y", name)
     described = cloud.client.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     assert described["State"]["Name"] in ("shutting-down", "terminated")
