@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from runtime.images.service import ImageService  # noqa: E402
 from runtime.images.store import ImageStore  # noqa: E402
-from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
+from tests.support import busybox  # noqa: E402
 
 CGROUP_PARENT = f"/images-bench-{os.getpid()}"  # dockerd's cgroups, removed afterwards
 DOCKERFILE = """FROM {image}
@@ -39,7 +39,7 @@ CMD ["cat", "/srv/total"]
 
 def make_image(store: ImageStore, tag: str, size_mb: int, work: str) -> None:
     """busybox plus one layer of ``size_mb`` MiB in 64 files (half random, half compressible)."""
-    base = store.resolve(store.import_tar(io.BytesIO(busybox_rootfs_tar())))
+    base = store.resolve(store.import_tar(io.BytesIO(busybox.rootfs())))
     upper = os.path.join(work, "upper", "data")
     os.makedirs(upper)
     chunk = size_mb * (1 << 20) // 64

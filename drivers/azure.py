@@ -36,7 +36,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
@@ -61,6 +61,7 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
 DEFAULT_IMAGE = "debian:debian-12:12-gen2:latest"
 SSH_PORT = 22
 TLS_API_PORT = 2376
+CLUSTER_RULE_PRIORITY = 2000  # after the machine's own rules (100, 110...)
 ANYWHERE = "*"
 # Marks a resource group or vnet machines created to share between machines: the rm that leaves it empty removes it.
 SHARED_TAG = {"machines-created": "true"}
@@ -834,6 +835,41 @@ class AzureDriver(Driver):
         if not self._get(key):
             raise DriverError(f"Azure VM {self.machine_name} has no {key.replace('_ip', '')} IP address")
         return str(self._get(key))
+
+    def private_ip(self) -> str:
+        """The NIC's address in the virtual network: what swarm members advertise to each other."""
+        if not self._get("private_ip"):
+            self._read_addresses()
+        if not self._get("private_ip"):
+            raise DriverError(f"Azure VM {self.machine_name} has no private IP address")
+        return str(self._get("private_ip"))
+
+    def open_cluster_ports(self, cluster: str, ports: Sequence[tuple[int, str]]) -> None:
+        """Rules on this machine's NSG that admit ``ports`` from the virtual network only (the ``VirtualNetwork``
+        service tag: the members' subnet, never the Internet); they go with ``close_cluster_ports``."""
+        from azure.mgmt.network import models as network
+
+        prefix = f"cluster-{cluster}-"
+        self._change_nsg_rules(prefix, [
+            network.SecurityRule(
+                name=f"{prefix}{protocol.lower()}-{port}", priority=CLUSTER_RULE_PRIORITY + index, direction="Inbound",
+                access="Allow", protocol=protocol.capitalize(), source_port_range="*",
+                source_address_prefix="VirtualNetwork", destination_address_prefix="*", destination_port_range=str(port),
+            )
+            for index, (port, protocol) in enumerate(ports)
+        ])  # fmt: skip
+
+    def close_cluster_ports(self, cluster: str, *, last: bool) -> None:
+        """Each member's rules are on its own NSG: leaving removes them, the last member's last."""
+        self._change_nsg_rules(f"cluster-{cluster}-", [])
+
+    def _change_nsg_rules(self, prefix: str, rules: list[Any]) -> None:
+        """Replace the rules of this machine's NSG whose names start with ``prefix`` by ``rules``."""
+        name = self._name("nsg")
+        nsg = self._call(f"read NSG {name}", lambda: self.network.network_security_groups.get(self.group, name))
+        nsg.security_rules = [rule for rule in nsg.security_rules or [] if not rule.name.startswith(prefix)] + rules
+        self._call(f"update NSG {name}",
+                   lambda: self.network.network_security_groups.begin_create_or_update(self.group, name, nsg))
 
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(host=self.ip(), port=SSH_PORT, user=self._get("ssh_user") or "machines", key_path=self.ssh_key_path)

@@ -19,6 +19,7 @@ from machines.errors import StoreError, UsageError
 
 HOST_OPTIONS_VERSION = 2  # 2: the "engine" part
 API_MODES = ("tls", "ssh")
+ENGINE_NAMES = ("machines", "docker")  # our bundled runtime (the default), or Docker Engine (for Swarm mode)
 DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -260,7 +261,8 @@ class HostOptions:
     ``tls_san``: extra names or IPs for the server certificate. ``labels``: ``KEY=VALUE`` labels of the machine
     (``ls --filter label=``). ``data_root``: absolute path on the host where the runtime keeps its data; ``None``
     lets the driver (``Driver.runtime_data_root``) or the provisioner choose (``--engine-opt data-root=`` is the
-    same setting). ``engine``: the engine's own options (``EngineOptions``).
+    same setting). ``engine``: the engine's own options (``EngineOptions``). ``engine_name``: which engine the
+    machine runs, "machines" (our bundled runtime) or "docker" (Docker Engine from the host's packages).
     """
 
     api: str = "tls"
@@ -268,6 +270,7 @@ class HostOptions:
     labels: tuple[str, ...] = ()
     data_root: str | None = None
     engine: EngineOptions = EngineOptions()
+    engine_name: str = "machines"
 
     def __post_init__(self) -> None:
         # Lists from JSON or callers become tuples, so the frozen object is really immutable.
@@ -275,6 +278,8 @@ class HostOptions:
         object.__setattr__(self, "labels", tuple(self.labels))
         if self.api not in API_MODES:
             raise UsageError(f"--api must be 'tls' or 'ssh', not {self.api!r}")
+        if self.engine_name not in ENGINE_NAMES:
+            raise UsageError(f"--engine must be {' or '.join(repr(name) for name in ENGINE_NAMES)}, not {self.engine_name!r}")
         if self.data_root is not None and not self.data_root.startswith("/"):
             raise UsageError(f"--runtime-data-root must be an absolute path, not {self.data_root!r}")
         for value in (*self.tls_san, *self.labels):
@@ -317,6 +322,8 @@ class HostOptions:
             record["data_root"] = self.data_root
         if self.engine != EngineOptions():
             record["engine"] = self.engine.to_record()
+        if self.engine_name != "machines":
+            record["engine_name"] = self.engine_name
         return record
 
     @classmethod
@@ -335,6 +342,7 @@ class HostOptions:
                 labels=tuple(record.get("labels") or ()),
                 data_root=record.get("data_root") or None,
                 engine=EngineOptions.from_record(record.get("engine")),
+                engine_name=record.get("engine_name") or "machines",
             )
         except UsageError as error:
             raise StoreError(f"stored host options are invalid: {error}") from None
