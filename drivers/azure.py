@@ -36,7 +36,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
@@ -472,9 +472,9 @@ class AzureDriver(Driver):
             raise PreCreateError(f"unknown Azure location {self._get('location')!r}; known: {', '.join(sorted(known))}")
         self.config["location"] = location
 
-    def _check_size(self) -> None:
+    def _check_size(self, size: str | None = None) -> None:
         """The size must be a VM SKU of the region that this subscription may use (its restrictions say why not)."""
-        location, size = self._get("location"), self._get("size")
+        location, size = self._get("location"), size or self._get("size")
         skus = self._call("list the resource SKUs", lambda: [
             sku for sku in self.compute.resource_skus.list(filter=f"location eq '{location}'")
             if (sku.resource_type or "").lower() == "virtualmachines" and sku.name == size
@@ -793,6 +793,30 @@ class AzureDriver(Driver):
 
     def restart(self) -> None:
         self._vm_action("restart", lambda: self.compute.virtual_machines.begin_restart(self.group, self.machine_name))
+
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set --azure-size``: resized only when deallocated, checked against the SKUs as create does.
+
+        Azure can resize an allocated VM only to a size its current hardware cluster offers (and restarts it);
+        deallocated, any size the subscription may use in the region is allowed, so that is the one state asked for.
+        """
+        if set(flags) != {"size"}:
+            super().change({key: value for key, value in flags.items() if key != "size"})
+        power = self._power_state()
+        if power is None:
+            raise DriverError(f"Azure VM {self.machine_name} no longer exists in {self.group}")
+        if power != "deallocated":
+            raise DriverError(f"Azure resizes a deallocated VM only ({self.machine_name} is {power}): run "
+                              f"'machines stop {self.machine_name}' first")
+        try:
+            self._check_size(str(flags["size"]))
+        except PreCreateError as error:
+            raise DriverError(str(error)) from None
+        from azure.mgmt.compute import models as compute
+
+        update = compute.VirtualMachineUpdate(hardware_profile=compute.HardwareProfile(vm_size=str(flags["size"])))
+        self._call(f"resize VM {self.machine_name}",
+                   lambda: self.compute.virtual_machines.begin_update(self.group, self.machine_name, update))
 
     def _read_addresses(self) -> None:
         """Keep the VM's addresses in the config: Standard public IPs are static and a NIC keeps its private
