@@ -502,8 +502,21 @@ def _copy_out(receive: Callable[[int], bytes], out: IO[bytes]) -> None:
 
 
 def _feed(stdin: IO[bytes], channel: paramiko.Channel) -> None:
+    """Copy ``stdin`` to the command. A real file is read with ``os.read`` on its descriptor: this thread is a daemon
+    still blocked in a read when the command ends, and a buffered reader's lock held at interpreter exit aborts the
+    process ("could not acquire lock for <_io.BufferedReader name='<stdin>'>")."""
+    try:
+        fd = stdin.fileno()
+    except (OSError, ValueError, AttributeError):  # an in-memory stream
+        fd = -1
+
+    def chunk() -> bytes:
+        if fd >= 0:
+            return os.read(fd, COPY_CHUNK)
+        return stdin.read1(COPY_CHUNK) if hasattr(stdin, "read1") else stdin.read(COPY_CHUNK)
+
     with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while data := stdin.read1(COPY_CHUNK) if hasattr(stdin, "read1") else stdin.read(COPY_CHUNK):
+        while data := chunk():
             channel.sendall(data)
         channel.shutdown_write()
 

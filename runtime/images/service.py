@@ -76,7 +76,7 @@ class ImageService:
         defaults = self.proxies.build_args()
         try:
             given = json.loads((query.get("buildargs") or ["{}"])[-1] or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting too: the builder refuses it as the client's error
             return query
         if not defaults or not isinstance(given, dict):
             return query

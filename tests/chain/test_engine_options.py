@@ -161,6 +161,7 @@ def _check_engine(store: Path, name: str, registries: dict[str, Registry], proxy
     docker_on(store, name, f"rmi busybox:{round_}")
 
 
+@pytest.mark.timeout(900)  # three rounds of pushes and pulls through four registries and a proxy on a busy machine
 def test_engine_options_reach_the_daemon_and_survive_provision_and_upgrade(
     store: Path, test_bridge: Bridge, registries: dict[str, Registry], proxy: ConnectProxy, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
