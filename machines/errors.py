@@ -95,3 +95,7 @@ class CancelledError(MachinesError):
     """The user pressed Ctrl-C; whatever a create had made was rolled back."""
 
     exit_status = ExitStatus.INTERRUPTED
+
+
+class TrustError(MachinesError):
+    """Signing or verification could not be done or did not pass (keys, passphrases, registries, signatures)."""

@@ -516,7 +516,8 @@ def _run_parallel(tasks: list[Callable[[], None]], events: queue.Queue[dict | No
 
 
 def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | None = None,
-         platform: str | None = None, options: RegistryOptions | None = None) -> Iterator[dict]:
+         platform: str | None = None, options: RegistryOptions | None = None,
+         check: Callable[[Session, str], None] | None = None) -> Iterator[dict]:
     """``POST /images/create?fromImage=..&tag=..``: Docker's JSON progress messages.
 
     The manifest and config are fetched before this returns, so a missing image, bad credentials or an
@@ -529,6 +530,8 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
+    if check is not None:
+        check(session, manifest_digest)
     if media in INDEX_TYPES or "manifests" in doc:
         entry = _choose_platform(doc, parse_platform(platform))
         doc, data, media, _ = session.get_json_blob(

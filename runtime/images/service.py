@@ -13,9 +13,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Union
 
-from runtime.images import builder, registry, transfer
+from runtime.images import builder, registry, transfer, trust
 from runtime.images.reference import parse as parse_reference
-from runtime.images.store import ImageStore
+from runtime.images.store import Image, ImageStore
 
 Auth = Union[dict, str, None]  # a credentials dict or the raw ``X-Registry-Auth`` header
 
@@ -29,6 +29,7 @@ class ImageService:
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
             os.path.join(os.path.dirname(store.root), "certs.d"), "/etc/docker/certs.d"]
+        self.trust = trust.Trust(os.path.dirname(store.root))
 
     def registry_options(self) -> registry.RegistryOptions:
         """Read afresh for every operation, so a CA added to certs.d counts from the next pull on."""
@@ -37,7 +38,16 @@ class ImageService:
     def pull(self, image: str, tag: str | None = None, auth: Auth = None,
              platform: str | None = None) -> Iterator[dict]:
         """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull)."""
-        return registry.pull(self.store, image, tag, registry.as_auth(auth), platform, self.registry_options())
+        return registry.pull(self.store, image, tag, registry.as_auth(auth), platform, self.registry_options(),
+                             check=self._check_pull)
+
+    def _check_pull(self, session: registry.Session, digest: str) -> None:
+        """The trust policy's verdict on the manifest a pull resolved, asked before any layer is fetched."""
+        self.trust.check_pull(session.ref, digest, trust.session_fetch(session))
+
+    def admit(self, name: str, image: Image) -> None:
+        """Raise trust.Rejected when the policy does not let ``image`` run (or serve as a base image)."""
+        self.trust.check_run(name, image.repo_digests)
 
     def push(self, image: str, tag: str | None = None, auth: Auth = None) -> Iterator[dict]:
         """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
@@ -60,7 +70,7 @@ class ImageService:
         def pull(name: str) -> Iterator[dict]:
             return self.pull(name, auth=registry.auth_for_host(credentials, parse_reference(name).domain))
 
-        return builder.build_request(self.store, engine, body, query, pull)
+        return builder.build_request(self.store, engine, body, query, pull, self.admit)
 
     def save(self, refs: Sequence[str]) -> Iterator[bytes]:
         """``docker save``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""
