@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.errors import Conflict, NotFound
 from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 from tests.images.registry_fixture import start_registry
@@ -73,8 +74,13 @@ def push_image(service: ImageService, tag: str, rootfs_tar: bytes, marker: str =
 
 
 def drop_all_images(store: ImageStore) -> None:
-    for summary in store.list(all=True):
-        store.remove(summary["Id"], force=True)
+    """``docker rmi -f`` of everything (a child may take its parent along)."""
+    while store.list(all=True):
+        for summary in store.list(all=True):
+            try:
+                store.remove(summary["Id"], force=True)
+            except (Conflict, NotFound):
+                continue
 
 
 @pytest.fixture
