@@ -38,6 +38,7 @@ from machines.errors import MachinesError, ProvisionError, SSHError, StateError
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
+from runtime.images.trust import POLICY_FILE
 
 SUPPORTED_OS = {
     "debian": "Debian",
@@ -171,6 +172,7 @@ class ProvisioningRun:
         self.api = options.api
         self.tls_sans: list[str] = list(options.tls_san)
         self.data_root: str = options.data_root or machine.driver.runtime_data_root or service.DEFAULT_DATA_ROOT
+        self.trust_policy = options.trust_policy
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
@@ -349,6 +351,8 @@ class ProvisioningRun:
                 continue
             self._put(data, path, 0o755 if path != service.UNIT_PATH else 0o644, "service")
             self.changed = self.changed or restart
+        if self.trust_policy is not None:  # the daemon reads it afresh for every pull: no restart needed
+            self._put(self.trust_policy.encode(), f"{self.data_root.rstrip('/')}/{POLICY_FILE}", 0o600, "service")
 
     def start(self) -> None:
         assert self.facts is not None

@@ -39,13 +39,15 @@ class HostOptions:
 
     ``tls_san``: extra names or IPs for the server certificate. ``labels``: ``KEY=VALUE`` labels of the machine
     (``ls --filter label=``). ``data_root``: absolute path on the host where the runtime keeps its data; ``None``
-    lets the driver (``Driver.runtime_data_root``) or the provisioner choose.
+    lets the driver (``Driver.runtime_data_root``) or the provisioner choose. ``trust_policy``: the image trust
+    policy (containers-policy.json text, keys inlined; see ``machines.trust.policy``) installed on the host.
     """
 
     api: str = "tls"
     tls_san: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     data_root: str | None = None
+    trust_policy: str | None = None
 
     def __post_init__(self) -> None:
         # Lists from JSON or callers become tuples, so the frozen object is really immutable.
@@ -72,6 +74,8 @@ class HostOptions:
                                   "labels": list(self.labels)}
         if self.data_root is not None:
             record["data_root"] = self.data_root
+        if self.trust_policy is not None:
+            record["trust_policy"] = self.trust_policy
         return record
 
     @classmethod
@@ -89,6 +93,7 @@ class HostOptions:
                 tls_san=tuple(record.get("tls_san") or ()),
                 labels=tuple(record.get("labels") or ()),
                 data_root=record.get("data_root") or None,
+                trust_policy=record.get("trust_policy") or None,
             )
         except UsageError as error:
             raise StoreError(f"stored host options are invalid: {error}") from None

@@ -104,11 +104,19 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
                      "\\[default: the driver's choice, else /var/lib/machines-runtime]. Container overlays need a "
                      "folder that is not itself on overlayfs: on hosts whose / is an overlay use e.g. /data/runtime.")
         ] = None,
+        engine_trust_policy: Annotated[
+            str | None, typer.Option(
+                "--engine-trust-policy", metavar="POLICY.JSON",
+                help="Image trust policy (containers-policy.json) the runtime enforces on pull, run and build FROM.")
+        ] = None,
         **driver_values: Any,
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
+        from machines.trust.policy import load_policy
+
         host_options = HostOptions(
-            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root
+            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
+            trust_policy=load_policy(engine_trust_policy) if engine_trust_policy else None,
         )
         flags = _driver_flags(ctx, driver, drivers, driver_values)
         library = machines()
