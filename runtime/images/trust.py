@@ -4,8 +4,8 @@ The policy lives at ``<data root>/policy.json`` (``machines create --engine-trus
 afresh for every pull, so replacing the file changes the next pull. Without the file everything is accepted, as in
 Docker. Requirements: ``insecureAcceptAnything``, ``reject``, ``sigstoreSigned`` (``keyPath``/``keyPaths``/
 ``keyData``, cosign's signature attachment ``sha256-<hex>.sig`` in the same repository, ECDSA P-256 verified by
-``runtime.images.ecdsa``) and ``signedBy`` (GPG simple signing, verified by the host's ``gpg``; see
-``runtime.images.simplesign``). Scopes are looked up like containers/image's ``docker`` transport: the full
+``runtime.images.ecdsa``) and ``signedBy`` (GPG simple signing from a registries.d lookaside, verified by the
+host's ``gpg``; see ``runtime.images.simplesign``). Scopes are looked up like containers/image's ``docker`` transport: the full
 reference, the repository, each parent namespace, the registry host, ``*.domain`` wildcards, the transport's ``""``,
 then ``default``. Images that did not come from a registry (built, loaded, imported, committed) are judged by the
 ``docker-daemon`` transport's ``""`` scope (else ``default``): the policy entry for local images.
@@ -23,8 +23,8 @@ import os
 import threading
 from typing import Any, Callable, Optional, Tuple
 
-from runtime.errors import EngineError, Forbidden, InvalidParameter, NotSupported
-from runtime.images import ecdsa, registry
+from runtime.errors import EngineError, Forbidden, InvalidParameter
+from runtime.images import ecdsa, registry, simplesign
 from runtime.images.media import MEDIA_OCI_MANIFEST, sha256_bytes
 from runtime.images.reference import Reference, parse
 
@@ -258,12 +258,19 @@ def verify_sigstore(policy: Policy, req: dict, fetch: Fetch, ref: Reference, dig
     return reason
 
 
+def verify_signed_by(policy: Policy, req: dict, ref: Reference, digest: str, folders: list) -> Optional[str]:
+    """None when a GPG simple signature from the lookaside verifies with the policy's keys and names this image."""
+    return simplesign.verify_signed_by(policy.key_blobs(req), ref, digest, simplesign.lookaside_url(ref, folders),
+                                       lambda payload: check_payload(payload, ATOMIC_TYPE, digest, req, ref))
+
+
 class Trust:
     """The data root's policy and its marks; one per image service."""
 
     def __init__(self, data_root: str) -> None:
         self.path = os.path.join(data_root, POLICY_FILE)
         self.marks_path = os.path.join(data_root, "trust", "verified.json")
+        self.registries_d = [os.path.join(data_root, "registries.d"), simplesign.ETC_REGISTRIES_D]
         self._lock = threading.Lock()
 
     def policy(self) -> Optional[Policy]:
@@ -276,7 +283,7 @@ class Trust:
             raise PolicyError(f"invalid trust policy: {exc.strerror}") from None
         return Policy(raw, os.path.dirname(self.path))
 
-    def check_pull(self, ref: Reference, digest: str, fetch: Fetch, gpg_verify: Optional[Callable] = None) -> None:
+    def check_pull(self, ref: Reference, digest: str, fetch: Fetch) -> None:
         """Raise Rejected unless every requirement for ``ref`` accepts the manifest ``digest``; mark it if so."""
         policy = self.policy()
         if policy is None:
@@ -289,9 +296,7 @@ class Trust:
             if kind == "sigstoreSigned":
                 reason = verify_sigstore(policy, req, fetch, ref, digest)
             elif kind == "signedBy":
-                if gpg_verify is None:
-                    raise NotSupported("signedBy policies need GPG verification, not available here")
-                reason = gpg_verify(policy, req, fetch, ref, digest)
+                reason = verify_signed_by(policy, req, ref, digest, self.registries_d)
             else:
                 reason = None
             if reason:
