@@ -144,6 +144,8 @@ def gpg_verify(keys: List[bytes], signature: bytes) -> Optional[bytes]:
             return None
         return result.stdout
     finally:
+        if shutil.which("gpgconf"):  # an agent gpg may have started for this home must not outlive it
+            subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, timeout=GPG_TIMEOUT)
         shutil.rmtree(home, ignore_errors=True)
 
 
