@@ -99,3 +99,7 @@ class CancelledError(MachinesError):
 
 class TrustError(MachinesError):
     """Signing or verification could not be done or did not pass (keys, passphrases, registries, signatures)."""
+
+
+class ScanError(MachinesError):
+    """A scan could not be done (no image, no vulnerability data, a download that failed, a bad ignore file)."""

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from machines.cli import common, create, info, lifecycle, provisioning, remote, trust
+from machines.cli import common, create, info, lifecycle, provisioning, remote, scan, trust
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
 
@@ -52,7 +52,7 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
         common.configure_logging(debug)
 
     create.register(app, driver_flags=driver_flags)
-    for module in (info, lifecycle, remote, provisioning, trust):
+    for module in (info, lifecycle, remote, provisioning, trust, scan):
         module.register(app)
     return app
 
