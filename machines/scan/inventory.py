@@ -206,11 +206,12 @@ def parse_go_buildinfo(data: bytes, path: str) -> list[Package]:
         length, pos = _uvarint(data, start + 32)
         go_version = data[pos:pos + length].decode(errors="replace")
         length, pos = _uvarint(data, pos + length)
-        modinfo = data[pos:pos + length].decode(errors="replace")
+        raw = data[pos:pos + length]
     except ValueError:
         return []
-    if len(modinfo) >= 33 and modinfo[-17] == "\n":
-        modinfo = modinfo[16:-16]
+    if len(raw) >= 33 and raw[-17:-16] == b"\n":
+        raw = raw[16:-16]  # Go's 16-byte sentinels around the module info
+    modinfo = raw.decode(errors="replace")
     out = [Package("stdlib", go_version, "go", path)] if go_version.startswith("go") else []
     modules: list[list[str]] = []
     for line in modinfo.splitlines():
