@@ -146,11 +146,13 @@ def cyclonedx(image: str, inventory: Inventory) -> str:
     from packageurl import PackageURL
 
     bom = Bom()
-    bom.metadata.component = Component(name=image, type=ComponentType.CONTAINER, bom_ref="image")
-    for index, package in enumerate(inventory.packages):
-        bom.components.add(Component(
-            name=package.name, version=package.version, type=ComponentType.LIBRARY, bom_ref=f"pkg-{index}",
-            purl=PackageURL.from_string(purl(package, inventory))))
+    root = Component(name=image, type=ComponentType.CONTAINER, bom_ref="image")
+    bom.metadata.component = root
+    components = [Component(name=package.name, version=package.version, type=ComponentType.LIBRARY,
+                            bom_ref=f"pkg-{index}", purl=PackageURL.from_string(purl(package, inventory)))
+                  for index, package in enumerate(inventory.packages)]
+    bom.components.update(components)
+    bom.register_dependency(root, components)  # the image contains them all
     text = JsonV1Dot5(bom).output_as_string(indent=2)
     error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(text)
     if error is not None:
