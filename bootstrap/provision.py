@@ -38,7 +38,6 @@ from machines.errors import MachinesError, ProvisionError, SSHError, StateError
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
-from runtime.images.trust import POLICY_FILE
 
 SUPPORTED_OS = {
     "debian": "Debian",
@@ -352,7 +351,7 @@ class ProvisioningRun:
             self._put(data, path, 0o755 if path != service.UNIT_PATH else 0o644, "service")
             self.changed = self.changed or restart
         if self.trust_policy is not None:  # the daemon reads it afresh for every pull: no restart needed
-            self._put(self.trust_policy.encode(), f"{self.data_root.rstrip('/')}/{POLICY_FILE}", 0o600, "service")
+            self._put(self.trust_policy.encode(), f"{self.data_root.rstrip('/')}/{service.TRUST_POLICY}", 0o600, "service")
 
     def start(self) -> None:
         assert self.facts is not None

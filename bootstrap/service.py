@@ -25,6 +25,7 @@ SUPERVISOR_PID = "/var/run/machines-supervisor.pid"
 EXEC_ROOT = "/var/run/machines-runtime"
 SOCKET_PATH = "/var/run/docker.sock"
 DEFAULT_DATA_ROOT = "/var/lib/machines-runtime"
+TRUST_POLICY = "policy.json"  # in the data root: the runtime's runtime.images.trust.POLICY_FILE
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
 

@@ -23,10 +23,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("drivers", ("drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer")),
     ("bootstrap", ("bootstrap",)),
-    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines")),
+    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines.trust", "machines.scan",
+                     "machines")),
 ]
-# What may use the runtime's code: only the zipapp builder, which bundles the package (runtime itself is stdlib only).
-RUNTIME_USERS = {"bootstrap.bundle"}
+# What may use the runtime's code: the zipapp builder, which bundles the package (runtime itself is stdlib only), and
+# the workstation's image tools, which reuse its registry client and trust policy code so that `machines trust
+# verify` accepts exactly what a machine's policy accepts.
+RUNTIME_USERS = {"bootstrap.bundle", "machines.trust.sigstore", "machines.trust.gpgsign", "machines.trust.policy",
+                 "machines.scan.source"}
 STRING_IMPORTS = ("import_module", "__import__", "find_spec", "spec_from_file_location")
 
 
