@@ -181,7 +181,7 @@ def parse_npm(text: str, path: str) -> list[Package]:
         return []
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not isinstance(doc.get("version"), str):
         return []
-    license_ = doc.get("license") if isinstance(doc.get("license"), str) else ""
+    license_ = doc["license"] if isinstance(doc.get("license"), str) else ""
     return [Package(doc["name"], doc["version"], "npm", path, license=license_)]
 
 

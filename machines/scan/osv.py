@@ -12,8 +12,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name
 
@@ -28,6 +29,7 @@ OS_ECOSYSTEMS = {"debian": "Debian", "ubuntu": "Ubuntu", "alpine": "Alpine", "al
 VERSION_KINDS = {"Debian": "dpkg", "Ubuntu": "dpkg", "Alpine": "apk", "AlmaLinux": "rpm", "Rocky Linux": "rpm",
                  "Red Hat": "rpm", "openSUSE": "rpm", "SUSE": "rpm", "PyPI": "pep440", "npm": "semver",
                  "Go": "semver"}
+Compare = Callable[[str, str], int]
 LANGUAGE_ECOSYSTEMS = {"python": "PyPI", "npm": "npm", "go": "Go"}
 
 
@@ -96,7 +98,7 @@ def level_of(score: float) -> str:
         else "unknown"
 
 
-def severity_of(record: dict, affected: dict) -> tuple[str, float | None]:
+def severity_of(record: dict[str, Any], affected: dict[str, Any]) -> tuple[str, float | None]:
     """(level, CVSS score): the v3 vector when present, else the database's own word (GHSA's MODERATE = medium)."""
     for entry in (affected.get("severity") or []) + (record.get("severity") or []):
         if isinstance(entry, dict) and str(entry.get("type", "")).startswith("CVSS_V3"):
@@ -116,7 +118,7 @@ def severity_of(record: dict, affected: dict) -> tuple[str, float | None]:
 
 # --- matching --------------------------------------------------------------------------------------------------
 
-def _affected_by(entry: dict, version: str, compare) -> tuple[bool, str | None]:
+def _affected_by(entry: dict[str, Any], version: str, compare: Compare) -> tuple[bool, str | None]:
     """Whether ``version`` is in the entry's explicit versions or ECOSYSTEM/SEMVER ranges; the fix if there is one."""
     hit = version in (entry.get("versions") or [])
     fixes: list[str] = []
@@ -125,7 +127,7 @@ def _affected_by(entry: dict, version: str, compare) -> tuple[bool, str | None]:
             continue
         events = [e for e in rng.get("events") or [] if isinstance(e, dict) and e]
         try:
-            def key(event: dict) -> tuple[int, object]:
+            def key(event: dict[str, Any]) -> tuple[int, object]:
                 value = next(iter(event.values()))
                 return (0, "") if value == "0" else (1, _Key(value, compare))
             events.sort(key=key)
@@ -150,14 +152,14 @@ def _affected_by(entry: dict, version: str, compare) -> tuple[bool, str | None]:
 
 
 class _Key:
-    def __init__(self, value: str, compare) -> None:
+    def __init__(self, value: str, compare: Compare) -> None:
         self.value, self.compare = value, compare
 
     def __lt__(self, other: _Key) -> bool:
         return self.compare(self.value, other.value) < 0
 
 
-def load_records(folder: Path, ecosystems: set[str]) -> Iterator[dict]:
+def load_records(folder: Path, ecosystems: set[str]) -> Iterator[dict[str, Any]]:
     """Records from ``*.json`` files and ``*.zip`` archives under ``folder`` that name one of ``ecosystems``
     (bases such as ``Debian``)."""
     def wanted(record: object) -> bool:
@@ -185,7 +187,7 @@ def load_records(folder: Path, ecosystems: set[str]) -> Iterator[dict]:
                             yield record
 
 
-def match(inventory: Inventory, records: Iterator[dict]) -> list[Finding]:
+def match(inventory: Inventory, records: Iterator[dict[str, Any]]) -> list[Finding]:
     by_name: dict[tuple[str, str], list[tuple[Package, str]]] = {}
     for package in inventory.packages:
         ecosystem = ecosystem_of(package, inventory)

@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 from machines import __version__
 from machines.errors import ScanError
@@ -83,7 +84,7 @@ def table(findings: list[Finding], inventory: Inventory) -> str:
     return "\n".join(lines if findings else lines[-1:])
 
 
-def _finding_json(f: Finding) -> dict:
+def _finding_json(f: Finding) -> dict[str, Any]:
     return {"id": f.id, "aliases": list(f.aliases), "package": f.package.name, "kind": f.package.kind,
             "installed": f.package.version, "fixed": f.fixed, "severity": f.severity, "cvss": f.score,
             "path": f.package.path, "summary": f.summary}
@@ -99,7 +100,7 @@ def to_json(image: str, inventory: Inventory, findings: list[Finding],
 
 
 def to_sarif(image: str, findings: list[Finding]) -> str:
-    rules: dict[str, dict] = {}
+    rules: dict[str, dict[str, Any]] = {}
     results = []
     for f in findings:
         rules.setdefault(f.id, {
@@ -161,9 +162,12 @@ def cyclonedx(image: str, inventory: Inventory) -> str:
 
 
 def spdx(image: str, inventory: Inventory) -> str:
-    from spdx_tools.spdx.model import (Actor, ActorType, CreationInfo, Document, ExternalPackageRef,
-                                       ExternalPackageRefCategory, Relationship, RelationshipType, SpdxNoAssertion)
-    from spdx_tools.spdx.model import Package as SpdxPackage
+    from spdx_tools.spdx.model.actor import Actor, ActorType
+    from spdx_tools.spdx.model.document import CreationInfo, Document
+    from spdx_tools.spdx.model.package import ExternalPackageRef, ExternalPackageRefCategory
+    from spdx_tools.spdx.model.package import Package as SpdxPackage
+    from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
+    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
     from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
     safe = re.sub(r"[^A-Za-z0-9.-]", "-", image)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -19,8 +20,8 @@ class BadVersion(ValueError):
     """A version string the ecosystem's grammar does not accept."""
 
 
-def _cmp(a: object, b: object) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+def _cmp(a: Any, b: Any) -> int:
+    return int(a > b) - int(a < b)
 
 
 # --- dpkg ----------------------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def _apk_key(version: str) -> tuple[list[str], str, list[tuple[int, int]], int]:
 def apk_compare(a: str, b: str) -> int:
     na, la, sa, ra = _apk_key(a)
     nb, lb, sb, rb = _apk_key(b)
-    for index, (x, y) in enumerate(zip(na, nb)):
+    for index, (x, y) in enumerate(zip(na, nb, strict=False)):
         if index and (x.startswith("0") or y.startswith("0")):  # apk: a leading zero makes it a fraction
             result = _cmp(x.rstrip("0"), y.rstrip("0"))
         else:
@@ -192,10 +193,10 @@ def apk_compare(a: str, b: str) -> int:
     if la != lb:
         return _cmp(la, lb)
     for index in range(max(len(sa), len(sb))):
-        x = sa[index] if index < len(sa) else (0, 0)
-        y = sb[index] if index < len(sb) else (0, 0)
-        if x != y:
-            return _cmp(x, y)
+        suffix_a = sa[index] if index < len(sa) else (0, 0)
+        suffix_b = sb[index] if index < len(sb) else (0, 0)
+        if suffix_a != suffix_b:
+            return _cmp(suffix_a, suffix_b)
     return _cmp(ra, rb)
 
 
@@ -232,7 +233,7 @@ def semver_compare(a: str, b: str) -> int:
         return _cmp(ca, cb)
     if pa is None or pb is None:
         return _cmp(pa is None, pb is None)
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=False):
         if x == y:
             continue
         if x.isdigit() and y.isdigit():

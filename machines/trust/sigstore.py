@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,7 +29,7 @@ from runtime.images.media import MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, sha256_by
 from runtime.images.reference import Reference, parse
 
 
-def docker_credentials(host: str) -> dict:
+def docker_credentials(host: str) -> dict[str, str]:
     """``{"username", "password"}`` for ``host`` from docker's config.json (``auths`` entries); {} if none."""
     folder = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
     try:
@@ -71,7 +72,7 @@ def manifest_digest(sess: registry.Session) -> str:
     return digest
 
 
-def _put_blob(sess: registry.Session, data: bytes) -> dict:
+def _put_blob(sess: registry.Session, data: bytes) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile() as f:
         f.write(data)
         f.flush()
@@ -105,11 +106,11 @@ def sign(image: str, key: ec.EllipticCurvePrivateKey) -> tuple[str, str]:
         body = resp.read()
         resp.close()
         if resp.status not in (201, 202):
-            raise TrustError(f"storing the signature: {registry._registry_error(body, 'HTTP %d' % resp.status)}")
+            raise TrustError(f"storing the signature: {registry._registry_error(body, f'HTTP {resp.status}')}")
     return digest, tag
 
 
-def _existing_layers(sess: registry.Session, tag: str) -> list[dict]:
+def _existing_layers(sess: registry.Session, tag: str) -> list[dict[str, Any]]:
     status, body = trust.session_fetch(sess)(f"/v2/{sess.ref.path}/manifests/{tag}", MEDIA_OCI_MANIFEST)
     if status != 200:
         return []

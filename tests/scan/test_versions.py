@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from machines.scan.versions import (BadVersion, apk_compare, dpkg_compare, pep440_compare, rpm_compare,
-                                    semver_compare, sort_key)
+from machines.scan.versions import (
+    BadVersion,
+    apk_compare,
+    dpkg_compare,
+    pep440_compare,
+    rpm_compare,
+    semver_compare,
+    sort_key,
+)
 
 
 def _assert_order(compare, ordered):
