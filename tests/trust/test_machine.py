@@ -1,0 +1,83 @@
+"""End to end on a real machine: ``machines create --engine-trust-policy`` installs the policy, ``docker pull`` and
+``docker run`` through ``machines env`` honour it, and ``machines scan --machine`` reads the image from the machine."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.nshost import Bridge
+from machines.machine import Machines
+from runtime.images.service import ImageService
+from runtime.images.store import ImageStore
+from tests.images.registry_fixture import Registry
+from tests.scan import fixtures
+from tests.support.cli import DOCKER, machines, with_env
+from tests.support.hosts import unique_name
+from tests.trust.conftest import run_machines
+
+OSV_DB = Path(__file__).parents[1] / "scan" / "osv"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "store"
+    yield root
+    folder = root / "machines"
+    names = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+    if names:
+        machines(root, "rm", "-f", "-y", *names)
+
+
+def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, registry: Registry, keypair,
+                                                                    test_bridge: Bridge, tmp_path):
+    private, public, secret = keypair
+    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
+    base, _ = fixtures.alpine_layers()
+    image = service.store.resolve(service.store.import_tar(io.BytesIO(base)))
+    signed, unsigned = f"{registry.host}/signed/app:v1", f"{registry.host}/signed/app:v2"
+    for number, name in enumerate((signed, unsigned)):
+        upper = tmp_path / f"upper{number}"
+        upper.mkdir()
+        (upper / "n").write_text(str(number))
+        service.store.commit(str(upper), image, None, name)
+        list(service.push(name))
+    assert run_machines("trust", "sign", signed, "--key", str(private), "--passphrase-file", str(secret)).code == 0
+    policy = tmp_path / "policies" / "policy.json"
+    policy.parent.mkdir()
+    policy.write_text(json.dumps({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {f"{registry.host}/signed": [{"type": "sigstoreSigned", "keyPath": "../cosign.pub"}]},
+                       "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}))
+
+    name = unique_name("tr")
+    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
+             "--engine-trust-policy", str(policy), name)
+    port = int(registry.host.rsplit(":", 1)[1])
+    machine = Machines(store).get(name)
+    assert machine.ssh().request_remote_forward(port, "127.0.0.1", port) == port  # the registry, seen from the host
+
+    refused = with_env(store, name, f"{DOCKER} pull {unsigned}")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == (f"Error response from daemon: {unsigned}: Source image rejected: "
+                                               "A signature was required, but no signature exists")
+    pulled = with_env(store, name, f"{DOCKER} pull {signed}")
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    created = with_env(store, name, f"{DOCKER} create {signed} /nothing-to-run")  # the run-time check passes
+    assert created.returncode == 0, created.stderr.decode()
+    assert with_env(store, name, f"{DOCKER} rm {created.stdout.decode().strip()}").returncode == 0
+
+    scanned = run_machines("--storage-path", str(store), "scan", signed, "--machine", name, "--db", str(OSV_DB),
+                           "--format", "json")
+    assert scanned.code == 0, scanned.err
+    report = json.loads(scanned.out)
+    assert report["packages"] == 11
+    assert "ALPINE-CVE-2022-37434" in {v["id"] for v in report["vulnerabilities"]}
+    missing = run_machines("--storage-path", str(store), "scan", "no/such:image", "--machine", name,
+                           "--db", str(OSV_DB))
+    assert missing.code == 1
+    assert missing.err.strip() == f"Error: {name}: No such image: no/such:image"
