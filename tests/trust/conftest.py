@@ -15,7 +15,7 @@ import pytest
 from runtime.errors import Conflict, NotFound
 from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
-from tests.images.registry_fixture import start_registry
+from tests.chain.conftest import registry  # noqa: F401 - the fixture: Debian's docker-registry on loopback
 from tests.support import busybox
 
 PASSPHRASE = "correct horse battery staple"
@@ -35,13 +35,6 @@ def run_machines(*args: str, env: dict | None = None, stdin: str | None = None) 
     proc = subprocess.run([sys.executable, "-m", "machines", *args], capture_output=True, text=True, env=full_env,
                           input=stdin, timeout=300)
     return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-@pytest.fixture
-def registry(tmp_path):
-    reg = start_registry(str(tmp_path / "registry"))
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from drivers.nshost import Bridge
 from machines.machine import Machines
 from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
+from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
 from tests.images.registry_fixture import Registry
 from tests.scan import fixtures
 from tests.support.cli import DOCKER, machines, with_env
@@ -23,17 +21,7 @@ from tests.trust.conftest import run_machines
 OSV_DB = Path(__file__).parents[1] / "scan" / "osv"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "store"
-    yield root
-    folder = root / "machines"
-    names = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
-    if names:
-        machines(root, "rm", "-f", "-y", *names)
-
-
-def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, registry: Registry, keypair,
+def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, registry: Registry, keypair,  # noqa: F811
                                                                     test_bridge: Bridge, tmp_path):
     private, public, secret = keypair
     service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
