@@ -177,7 +177,7 @@ def parse_python(text: str, path: str) -> list[Package]:
 def parse_npm(text: str, path: str) -> list[Package]:
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not isinstance(doc.get("version"), str):
         return []

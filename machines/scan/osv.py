@@ -171,7 +171,7 @@ def load_records(folder: Path, ecosystems: set[str]) -> Iterator[dict[str, Any]]
         if path.suffix == ".json":
             try:
                 record = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
             if wanted(record):
                 yield record
@@ -181,7 +181,7 @@ def load_records(folder: Path, ecosystems: set[str]) -> Iterator[dict[str, Any]]
                     if name.endswith(".json"):
                         try:
                             record = json.loads(archive.read(name))
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             continue
                         if wanted(record):
                             yield record

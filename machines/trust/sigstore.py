@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from machines.errors import TrustError
 from runtime.errors import EngineError
-from runtime.images import registry, trust
+from runtime.images import ecdsa, registry, trust
 from runtime.images.media import MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, sha256_bytes
 from runtime.images.reference import Reference, parse
 
@@ -126,6 +126,10 @@ def verify(image: str, public_key_pem: bytes) -> str:
 
     Like ``cosign verify``, the signature must name this manifest's digest and this repository (any tag).
     """
+    try:
+        ecdsa.load_public_key(public_key_pem)
+    except ecdsa.KeyError_ as exc:
+        raise TrustError(f"public key: {exc}") from None
     ref = parse_image(image)
     rule = {"type": "sigstoreSigned", "keyData": base64.b64encode(public_key_pem).decode(),
             "signedIdentity": {"type": "matchRepository"}}
