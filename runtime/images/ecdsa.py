@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Optional, Tuple
+from typing import Optional
 
 # NIST P-256 (secp256r1), SEC 2 section 2.4.2.
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
@@ -24,7 +24,7 @@ G = (0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
 OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 OID_P256 = "1.2.840.10045.3.1.7"
 
-Point = Optional[Tuple[int, int]]  # None is the point at infinity
+Point = Optional[tuple[int, int]]  # None is the point at infinity
 
 
 class KeyError_(ValueError):
@@ -63,14 +63,14 @@ def _mul_add(u1: int, p1: Point, u2: int, p2: Point) -> Point:
     return result
 
 
-def on_curve(point: Tuple[int, int]) -> bool:
+def on_curve(point: tuple[int, int]) -> bool:
     x, y = point
     return 0 <= x < P and 0 <= y < P and (y * y - (x * x * x + A * x + B)) % P == 0
 
 
 # --- DER, only as much as keys and signatures need -------------------------------------------------------------
 
-def _der_item(data: bytes, pos: int) -> Tuple[int, bytes, int]:
+def _der_item(data: bytes, pos: int) -> tuple[int, bytes, int]:
     """(tag, contents, next position) of the DER item at ``pos``."""
     if pos + 2 > len(data):
         raise KeyError_("truncated DER")
@@ -116,7 +116,7 @@ def _oid(contents: bytes) -> str:
     return ".".join(map(str, parts))
 
 
-def load_public_key(pem: bytes | str) -> Tuple[int, int]:
+def load_public_key(pem: bytes | str) -> tuple[int, int]:
     """The P-256 point of a PEM ``PUBLIC KEY``; KeyError_ for anything else (RSA, other curves, junk)."""
     text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
     match = re.search(r"-----BEGIN PUBLIC KEY-----(.*?)-----END PUBLIC KEY-----", text, re.S)
@@ -138,7 +138,7 @@ def load_public_key(pem: bytes | str) -> Tuple[int, int]:
     return decode_point(bits[1:])
 
 
-def decode_point(raw: bytes) -> Tuple[int, int]:
+def decode_point(raw: bytes) -> tuple[int, int]:
     """SEC 1 uncompressed (04||X||Y) or compressed (02/03||X) point, checked to be on the curve."""
     if len(raw) == 65 and raw[0] == 4:
         point = (int.from_bytes(raw[1:33], "big"), int.from_bytes(raw[33:], "big"))
@@ -155,14 +155,14 @@ def decode_point(raw: bytes) -> Tuple[int, int]:
     return point
 
 
-def decode_signature(der: bytes) -> Tuple[int, int]:
+def decode_signature(der: bytes) -> tuple[int, int]:
     items = _der_sequence(der)
     if len(items) != 2 or any(tag != 0x02 for tag, _ in items):
         raise KeyError_("signature is not a DER ECDSA signature")
     return int.from_bytes(items[0][1], "big"), int.from_bytes(items[1][1], "big")
 
 
-def verify(public_key: Tuple[int, int], signature_der: bytes, message: bytes) -> bool:
+def verify(public_key: tuple[int, int], signature_der: bytes, message: bytes) -> bool:
     """Whether ``signature_der`` is a valid ECDSA-SHA256 signature of ``message`` by ``public_key``."""
     try:
         r, s = decode_signature(signature_der)

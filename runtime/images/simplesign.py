@@ -18,7 +18,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable, List, Optional
+from typing import Callable
 
 from runtime.errors import HostError
 from runtime.images.reference import Reference
@@ -53,7 +53,7 @@ def parse_registries_d(text: str) -> dict:
     return root
 
 
-def lookaside_url(ref: Reference, folders: List[str]) -> Optional[str]:
+def lookaside_url(ref: Reference, folders: list[str]) -> str | None:
     """The lookaside URL for ``ref`` from the first folder's files that name one (most specific scope wins)."""
     for folder in folders:
         try:
@@ -85,14 +85,14 @@ def lookaside_url(ref: Reference, folders: List[str]) -> Optional[str]:
     return None
 
 
-def signature_urls(base: str, ref: Reference, digest: str) -> List[str]:
+def signature_urls(base: str, ref: Reference, digest: str) -> list[str]:
     """``base/<repository path, without the registry host>@sha256=<hex>/signature-N``, containers/image's layout."""
     algo, _, hexpart = digest.partition(":")
     folder = f"{base.rstrip('/')}/{ref.path}@{algo}={hexpart}"
     return [f"{folder}/signature-{n}" for n in range(1, MAX_SIGNATURES + 1)]
 
 
-def read_url(url: str) -> Optional[bytes]:
+def read_url(url: str) -> bytes | None:
     """A signature's bytes, or None once there is no such signature (which ends the numbering)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "file":
@@ -116,7 +116,7 @@ def read_url(url: str) -> Optional[bytes]:
     raise HostError(f"unsupported lookaside URL {url!r}: use file://, http:// or https://")
 
 
-def gpg_verify(keys: List[bytes], signature: bytes) -> Optional[bytes]:
+def gpg_verify(keys: list[bytes], signature: bytes) -> bytes | None:
     """The signed payload when ``signature`` is a good signature by one of ``keys`` (OpenPGP key blobs), else
     None. HostError when gpg is missing."""
     gpg = shutil.which("gpg")
@@ -149,8 +149,8 @@ def gpg_verify(keys: List[bytes], signature: bytes) -> Optional[bytes]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def verify_signed_by(keys: List[bytes], ref: Reference, digest: str, base: Optional[str],
-                     check: Callable[[bytes], Optional[str]]) -> Optional[str]:
+def verify_signed_by(keys: list[bytes], ref: Reference, digest: str, base: str | None,
+                     check: Callable[[bytes], str | None]) -> str | None:
     """None when one signature under the lookaside URL ``base`` verifies with ``keys`` and ``check`` accepts its
     payload, else the reason (containers/image's words)."""
     if base is None:

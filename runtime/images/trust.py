@@ -21,7 +21,7 @@ import binascii
 import json
 import os
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable
 
 from runtime.errors import EngineError, Forbidden, InvalidParameter
 from runtime.images import ecdsa, registry, simplesign
@@ -40,12 +40,12 @@ MAX_SIGNATURES = 32
 MAX_PAYLOAD = 64 << 10
 
 # fetch(path, accept) -> (status, body): a GET on the image's own repository (the registry session's auth).
-Fetch = Callable[[str, str], Tuple[int, bytes]]
+Fetch = Callable[[str, str], tuple[int, bytes]]
 
 
 def session_fetch(session: registry.Session) -> Fetch:
     """GETs on the repository of a registry session (its credentials and token), bodies capped in size."""
-    def fetch(path: str, accept: str) -> Tuple[int, bytes]:
+    def fetch(path: str, accept: str) -> tuple[int, bytes]:
         resp = session.request("GET", path, {"Accept": accept})
         try:
             return resp.status, resp.read(registry.MAX_MANIFEST + 1)
@@ -193,7 +193,7 @@ def identity_matches(rule: dict, wanted: Reference, signed: str) -> bool:
     return (claimed.domain, claimed.path) == (fixed.domain, fixed.path)  # exactRepository
 
 
-def check_payload(payload: bytes, kind: str, digest: str, rule: dict, wanted: Reference) -> Optional[str]:
+def check_payload(payload: bytes, kind: str, digest: str, rule: dict, wanted: Reference) -> str | None:
     """None when the simple-signing payload names this manifest and an accepted identity, else the reason."""
     try:
         doc = json.loads(payload)
@@ -241,7 +241,7 @@ def sigstore_signatures(fetch: Fetch, repo_path: str, digest: str) -> list[tuple
     return found
 
 
-def verify_sigstore(policy: Policy, req: dict, fetch: Fetch, ref: Reference, digest: str) -> Optional[str]:
+def verify_sigstore(policy: Policy, req: dict, fetch: Fetch, ref: Reference, digest: str) -> str | None:
     """None when one attached signature verifies with a policy key and names this image, else the reason."""
     signatures = sigstore_signatures(fetch, ref.path, digest)
     if not signatures:
@@ -258,7 +258,7 @@ def verify_sigstore(policy: Policy, req: dict, fetch: Fetch, ref: Reference, dig
     return reason
 
 
-def verify_signed_by(policy: Policy, req: dict, ref: Reference, digest: str, folders: list) -> Optional[str]:
+def verify_signed_by(policy: Policy, req: dict, ref: Reference, digest: str, folders: list) -> str | None:
     """None when a GPG simple signature from the lookaside verifies with the policy's keys and names this image."""
     return simplesign.verify_signed_by(policy.key_blobs(req), ref, digest, simplesign.lookaside_url(ref, folders),
                                        lambda payload: check_payload(payload, ATOMIC_TYPE, digest, req, ref))
@@ -273,7 +273,7 @@ class Trust:
         self.registries_d = [os.path.join(data_root, "registries.d"), simplesign.ETC_REGISTRIES_D]
         self._lock = threading.Lock()
 
-    def policy(self) -> Optional[Policy]:
+    def policy(self) -> Policy | None:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
