@@ -193,3 +193,41 @@ def test_cvss_scores():
     assert osv.cvss3_score("CVSS:3.1/AV:N/AC:L/PR:L/UI:N/S:C/C:H/I:H/A:H") == 9.9
     assert osv.cvss3_score("AV:N/AC:L/Au:N/C:P/I:P/A:P") is None  # CVSS v2: not graded
     assert report.at_or_above([], "low") == []
+
+
+def test_docker_save_output_of_the_runtime_and_an_oci_layout(tmp_path):
+    from runtime.images.service import ImageService
+    from runtime.images.store import ImageStore
+
+    service = ImageService(ImageStore(str(tmp_path / "data" / "image")))
+    base, upper = fixtures.alpine_layers()
+    image = service.store.resolve(service.store.import_tar(io.BytesIO(base)))
+    folder = tmp_path / "upper"
+    (folder / "app/node_modules").mkdir(parents=True)
+    (folder / "app/node_modules/.wh.lodash").write_bytes(b"")  # a whiteout entry in the committed layer
+    service.store.commit(str(folder), image, None, "saved:1")
+    archive = tmp_path / "saved.tar"
+    archive.write_bytes(b"".join(service.save(["saved:1"])))
+    found = inventory(str(archive))
+    names = {p.name for p in found.packages}
+    assert "zlib" in names and "requests" in names and "lodash" not in names
+
+    import gzip
+    import hashlib
+    import tarfile
+
+    def blob(data: bytes) -> tuple[str, bytes]:
+        return "sha256:" + hashlib.sha256(data).hexdigest(), data
+
+    layers = [blob(gzip.compress(layer)) for layer in fixtures.rpm_layers()]
+    manifest = blob(json.dumps({"schemaVersion": 2, "layers": [{"digest": d, "size": len(b)} for d, b in layers],
+                                "config": {"digest": blob(b"{}")[0], "size": 2}}).encode())
+    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": manifest[0], "size": len(manifest[1])}]})
+    oci = tmp_path / "oci.tar"
+    with tarfile.open(oci, "w") as tar:
+        for name, data in [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'), ("index.json", index.encode()),
+                           *[("blobs/" + d.replace(":", "/"), b) for d, b in [*layers, manifest]]]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert {p.name for p in inventory(str(oci)).packages} == {"openssl-libs", "bash"}
