@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import threading
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ REQUIREMENT_TYPES = ("insecureAcceptAnything", "reject", "sigstoreSigned", "sign
 IDENTITY_TYPES = ("matchExact", "matchRepoDigestOrExact", "matchRepository", "exactReference", "exactRepository")
 MAX_SIGNATURES = 32
 MAX_PAYLOAD = 64 << 10
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 # fetch(path, accept) -> (status, body): a GET on the image's own repository (the registry session's auth).
 Fetch = Callable[[str, str], tuple[int, bytes]]
@@ -221,23 +223,25 @@ def sigstore_signatures(fetch: Fetch, repo_path: str, digest: str) -> list[tuple
         raise InvalidParameter(f"reading signatures: HTTP {status}")
     try:
         layers = json.loads(body).get("layers") or []
-    except (ValueError, AttributeError):
+        if not isinstance(layers, list):
+            raise ValueError
+    except (ValueError, AttributeError, RecursionError):
         raise InvalidParameter("reading signatures: invalid signature manifest") from None
     found = []
     for layer in layers[:MAX_SIGNATURES]:
-        if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLESIGNING_MEDIA:
-            continue
-        encoded = (layer.get("annotations") or {}).get(COSIGN_SIGNATURE_ANNOTATION, "")
-        blob_digest = str(layer.get("digest", ""))
-        if int(layer.get("size") or 0) > MAX_PAYLOAD:
-            continue
-        status, payload = fetch(f"/v2/{repo_path}/blobs/{blob_digest}", "*/*")
-        if status != 200 or sha256_bytes(payload) != blob_digest:
-            continue  # a missing or altered payload proves nothing; the other signatures may still
         try:
+            if layer.get("mediaType") != SIMPLESIGNING_MEDIA or int(layer.get("size") or 0) > MAX_PAYLOAD:
+                continue
+            encoded = layer["annotations"][COSIGN_SIGNATURE_ANNOTATION]
+            blob_digest = layer["digest"]
+            if not isinstance(blob_digest, str) or not DIGEST_RE.fullmatch(blob_digest):
+                continue
+            status, payload = fetch(f"/v2/{repo_path}/blobs/{blob_digest}", "*/*")
+            if status != 200 or sha256_bytes(payload) != blob_digest:
+                continue  # a missing or altered payload proves nothing; the other signatures may still
             found.append((payload, base64.b64decode(encoded, validate=True)))
-        except (binascii.Error, ValueError):
-            continue
+        except (AttributeError, KeyError, TypeError, ValueError, binascii.Error):
+            continue  # a malformed entry is no signature
     return found
 
 

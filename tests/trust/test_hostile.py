@@ -10,7 +10,7 @@ import pytest
 
 from machines.scan.inventory import scan_layers
 from machines.trust import sigstore
-from runtime.errors import Forbidden
+from runtime.errors import Forbidden, InvalidParameter
 from runtime.images import registry as registry_mod
 from runtime.images import trust
 from runtime.images.reference import parse
@@ -128,3 +128,21 @@ def test_the_scanner_survives_hostile_package_files():
     assert rpm_header(fixtures.rpm_header({1000: "x"})[:8] + b"\xff" * 40) == {}  # entries pointing nowhere
     with pytest.raises(ValueError, match="truncated"):
         rpm_header(struct.pack(">II", 1000, 10) + b"\0" * 64)  # more entries than bytes
+
+
+def test_malformed_attachment_entries_are_no_signatures():
+    digest = "sha256:" + "a" * 64
+    entries = [None, [], {"mediaType": trust.SIMPLESIGNING_MEDIA, "size": "big"},
+               {"mediaType": trust.SIMPLESIGNING_MEDIA, "annotations": "x", "digest": digest},
+               {"mediaType": trust.SIMPLESIGNING_MEDIA, "annotations": {trust.COSIGN_SIGNATURE_ANNOTATION: "AA=="},
+                "digest": "sha256:../../../v2/_catalog"}]
+    asked = []
+
+    def fetch(path, accept):
+        asked.append(path)
+        return (200, json.dumps({"layers": entries}).encode()) if "/manifests/" in path else (200, b"x")
+
+    assert trust.sigstore_signatures(fetch, "team/app", digest) == []
+    assert asked == [f"/v2/team/app/manifests/{trust.signature_tag(digest)}"]  # no blob fetched for any of them
+    with pytest.raises(InvalidParameter, match="invalid signature manifest"):
+        trust.sigstore_signatures(lambda path, accept: (200, b'{"layers": {"a": 1}}'), "team/app", digest)
