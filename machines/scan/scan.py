@@ -7,9 +7,10 @@ import datetime
 from pathlib import Path
 
 from machines.errors import ScanError
-from machines.scan import osv, report
-from machines.scan.inventory import Inventory, scan_layers
+from machines.scan import osvdata, report
 from machines.scan.source import image_layers
+from runtime.images.scan import osv
+from runtime.images.scan.inventory import Inventory, scan_layers
 
 
 @dataclasses.dataclass
@@ -30,7 +31,7 @@ def vulnerabilities(image: str, found: Inventory, db: Path, *, update: bool = Fa
                     ignore_file: Path | None = None, today: datetime.date | None = None) -> ScanResult:
     ecosystems = osv.ecosystems_in(found)
     if update:
-        osv.update(db, ecosystems)
+        osvdata.update(db, ecosystems)
     if not db.is_dir() or not any(db.iterdir()):
         raise ScanError(f"no OSV data in {db}: run with --db-update where the internet is reachable, or give "
                         "--db DIR with OSV records (JSON files or osv.dev's all.zip archives)")

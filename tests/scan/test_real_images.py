@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from machines.scan.scan import inventory, vulnerabilities
-from machines.scan.versions import dpkg_compare
+from runtime.images.scan.versions import dpkg_compare
 from runtime.images.service import ImageService
 from runtime.images.store import ImageStore
 from tests.scan import fixtures

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from machines.errors import ScanError
-from machines.scan import osv, report
-from machines.scan.inventory import scan_layers
+from machines.scan import report
 from machines.scan.scan import inventory, vulnerabilities
+from runtime.images.scan import osv
+from runtime.images.scan.inventory import scan_layers
 from tests.scan import fixtures
 from tests.trust.conftest import run_machines
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from machines.scan.versions import (
+from runtime.images.scan.versions import (
     BadVersion,
     apk_compare,
     dpkg_compare,
@@ -82,3 +82,35 @@ def test_semver_prereleases_and_go_versions():
 
 def test_sort_key_sorts_with_the_ecosystem_order():
     assert sorted(["1.0-1", "1:0.1", "1.0~rc1-1"], key=sort_key("dpkg")) == ["1.0~rc1-1", "1.0-1", "1:0.1"]
+
+
+def _pep440_versions():
+    from hypothesis import strategies as st
+
+    number = st.integers(min_value=0, max_value=12)
+    release = st.lists(number, min_size=1, max_size=4).map(lambda parts: ".".join(map(str, parts)))
+    pre = st.one_of(st.just(""), st.tuples(st.sampled_from(["a", "alpha", "b", "beta", "c", "rc", "pre", "preview"]),
+                                           st.one_of(st.just(""), number.map(str))).map("".join))
+    post = st.one_of(st.just(""), number.map(lambda n: f".post{n}"), number.map(lambda n: f"-{n}"), st.just(".rev"))
+    dev = st.one_of(st.just(""), number.map(lambda n: f".dev{n}"), st.just("-dev"))
+    local = st.one_of(st.just(""), st.lists(st.one_of(number.map(str), st.sampled_from(["ubuntu", "abc", "x1"])),
+                                            min_size=1, max_size=3).map(lambda parts: "+" + ".".join(parts)))
+    epoch = st.one_of(st.just(""), st.integers(min_value=1, max_value=2).map(lambda n: f"{n}!"))
+    return st.tuples(epoch, release, pre, post, dev, local).map("".join)
+
+
+def test_the_standard_library_pep440_order_is_packagings():
+    """The runtime may not use ``packaging``: its own PEP 440 order must agree with it everywhere."""
+    from hypothesis import given, settings
+    from packaging.version import Version
+
+    def sign(n):
+        return (n > 0) - (n < 0)
+
+    @settings(max_examples=3000, deadline=None)
+    @given(_pep440_versions(), _pep440_versions())
+    def agree(a, b):
+        expected = (Version(a) > Version(b)) - (Version(a) < Version(b))
+        assert sign(pep440_compare(a, b)) == expected, (a, b)
+
+    agree()

@@ -1,4 +1,5 @@
-"""Packages of an image, read from its layers the way the package managers keep them.
+"""Packages of an image, read from its layers the way the package managers keep them (standard library only:
+the runtime scans images on arrival with it, ``machines scan`` on the workstation).
 
 Layers are read in order as streamed tars, keeping only the files that describe packages (dpkg's status and
 ``status.d``, apk's ``installed`` database, rpm's ``rpmdb.sqlite``, Python ``.dist-info``/``.egg-info`` metadata,
@@ -19,13 +20,16 @@ import tempfile
 from collections.abc import Iterable
 from typing import IO
 
-from packaging.utils import canonicalize_name
-
 GO_MAGIC = b"\xff Go buildinf:"
 MAX_METADATA = 64 << 20
 MAX_BINARY = 256 << 20
 RPMDB_PATHS = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
 OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+
+
+def canonicalize_name(name: str) -> str:
+    """PEP 503's normalized project name (what PyPI and OSV compare)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclasses.dataclass(frozen=True)

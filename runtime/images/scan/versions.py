@@ -2,8 +2,12 @@
 
 dpkg: Debian Policy 5.6.12 (epoch, upstream, revision; ``~`` sorts before everything, even the end). rpm: rpm's
 ``rpmvercmp`` with ``~`` (before) and ``^`` (after) and epochs. apk: apk-tools' order (``_alpha`` < ``_beta`` <
-``_pre`` < ``_rc`` < no suffix < ``_cvs`` < ``_svn`` < ``_git`` < ``_hg`` < ``_p``, then ``-rN``). PyPI: PEP 440 by
-``packaging``. npm and Go: Semantic Versioning 2.0 (Go's ``v`` prefix and ``go1.21`` toolchain names accepted).
+``_pre`` < ``_rc`` < no suffix < ``_cvs`` < ``_svn`` < ``_git`` < ``_hg`` < ``_p``, then ``-rN``). PyPI: PEP 440,
+here in the standard library (the runtime scans images on arrival and may use nothing else) with ``packaging``'s
+grammar and sort key; the tests hold it to ``packaging``'s order. npm and Go: Semantic Versioning 2.0 (Go's ``v``
+prefix and ``go1.21`` toolchain names accepted).
+
+Standard library only, Python 3.9: the runtime and ``machines scan`` share this module.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ import functools
 import re
 from collections.abc import Callable
 from typing import Any
-
-from packaging.version import InvalidVersion, Version
 
 
 class BadVersion(ValueError):
@@ -181,7 +183,7 @@ def _apk_key(version: str) -> tuple[list[str], str, list[tuple[int, int]], int]:
 def apk_compare(a: str, b: str) -> int:
     na, la, sa, ra = _apk_key(a)
     nb, lb, sb, rb = _apk_key(b)
-    for index, (x, y) in enumerate(zip(na, nb, strict=False)):
+    for index, (x, y) in enumerate(zip(na, nb)):
         if index and (x.startswith("0") or y.startswith("0")):  # apk: a leading zero makes it a fraction
             result = _cmp(x.rstrip("0"), y.rstrip("0"))
         else:
@@ -202,11 +204,39 @@ def apk_compare(a: str, b: str) -> int:
 
 # --- PEP 440 and semver ----------------------------------------------------------------------------------------
 
+PEP440_RE = re.compile(r"""
+    v?(?:(?P<epoch>[0-9]+)!)?(?P<release>[0-9]+(?:\.[0-9]+)*)
+    (?P<pre>[-_.]?(?P<pre_l>alpha|a|beta|b|preview|pre|c|rc)[-_.]?(?P<pre_n>[0-9]+)?)?
+    (?P<post>(?:-(?P<post_n1>[0-9]+))|(?:[-_.]?(?P<post_l>post|rev|r)[-_.]?(?P<post_n2>[0-9]+)?))?
+    (?P<dev>[-_.]?(?P<dev_l>dev)[-_.]?(?P<dev_n>[0-9]+)?)?
+    (?:\+(?P<local>[a-z0-9]+(?:[-_.][a-z0-9]+)*))?""", re.VERBOSE | re.IGNORECASE)
+PRE_LABELS = {"alpha": "a", "a": "a", "beta": "b", "b": "b", "c": "rc", "pre": "rc", "preview": "rc", "rc": "rc"}
+
+
+def pep440_key(version: str) -> tuple[Any, ...]:
+    """packaging's ``_cmpkey``: trailing zeros of the release ignored; a dev release of a final version sorts
+    before its pre-releases; post-releases after the final; local labels after the public version."""
+    match = PEP440_RE.fullmatch(version.strip())
+    if not match:
+        raise BadVersion(version)
+    release = [int(part) for part in match.group("release").split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    pre_label, post, dev = match.group("pre_l"), match.group("post"), match.group("dev")
+    if pre_label:
+        pre: tuple[Any, ...] = (1, PRE_LABELS[pre_label.lower()], int(match.group("pre_n") or 0))
+    else:
+        pre = (-1,) if post is None and dev is not None else (2,)
+    post_key = (0,) if post is None else (1, int(match.group("post_n1") or match.group("post_n2") or 0))
+    dev_key = (1,) if dev is None else (0, int(match.group("dev_n") or 0))
+    local = match.group("local")
+    local_key = (0,) if local is None else (1, tuple(
+        (1, int(part), "") if part.isdigit() else (0, 0, part.lower()) for part in re.split(r"[-_.]", local)))
+    return int(match.group("epoch") or 0), tuple(release), pre, post_key, dev_key, local_key
+
+
 def pep440_compare(a: str, b: str) -> int:
-    try:
-        return _cmp(Version(a), Version(b))
-    except InvalidVersion:
-        raise BadVersion(f"{a} / {b}") from None
+    return _cmp(pep440_key(a), pep440_key(b))
 
 
 SEMVER_RE = re.compile(r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
@@ -233,7 +263,7 @@ def semver_compare(a: str, b: str) -> int:
         return _cmp(ca, cb)
     if pa is None or pb is None:
         return _cmp(pa is None, pb is None)
-    for x, y in zip(pa, pb, strict=False):
+    for x, y in zip(pa, pb):
         if x == y:
             continue
         if x.isdigit() and y.isdigit():

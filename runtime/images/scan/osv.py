@@ -1,5 +1,6 @@
 """OSV records: load them from a folder (JSON files, or the ``all.zip`` archives osv.dev publishes per ecosystem),
 match an inventory against them with each ecosystem's version order, and grade severities (CVSS v3 base score).
+Standard library only: the runtime matches images on arrival with it, ``machines scan`` on the workstation.
 """
 
 from __future__ import annotations
@@ -7,22 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
+from runtime.images.scan.inventory import Inventory, Package, canonicalize_name
+from runtime.images.scan.versions import COMPARATORS, BadVersion
 
-from machines.errors import ScanError
-from machines.scan.inventory import Inventory, Package
-from machines.scan.versions import COMPARATORS, BadVersion
-
-OSV_URL = "https://osv-vulnerabilities.storage.googleapis.com"
 LEVELS = ("unknown", "low", "medium", "high", "critical")
 OS_ECOSYSTEMS = {"debian": "Debian", "ubuntu": "Ubuntu", "alpine": "Alpine", "almalinux": "AlmaLinux",
                  "rocky": "Rocky Linux", "rhel": "Red Hat", "opensuse-leap": "openSUSE", "sles": "SUSE"}
@@ -220,28 +213,3 @@ def match(inventory: Inventory, records: Iterator[dict[str, Any]]) -> list[Findi
 
 def ecosystems_in(inventory: Inventory) -> set[str]:
     return {e.split(":")[0] for p in inventory.packages if (e := ecosystem_of(p, inventory))}
-
-
-def update(folder: Path, ecosystems: set[str]) -> list[Path]:
-    """Download osv.dev's ``<ecosystem>/all.zip`` for each ecosystem into ``folder`` (``MACHINES_OSV_URL`` may
-    name a mirror). ScanError with the reason when the data cannot be fetched, e.g. without internet access."""
-    base = os.environ.get("MACHINES_OSV_URL", OSV_URL).rstrip("/")
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ecosystem in sorted(ecosystems):
-        url = f"{base}/{urllib.parse.quote(ecosystem)}/all.zip"
-        target = folder / f"{ecosystem}.zip"
-        partial = target.with_suffix(".zip.partial")
-        try:
-            with urllib.request.urlopen(url, timeout=30) as answer, open(partial, "wb") as out:  # noqa: S310
-                while chunk := answer.read(1 << 20):
-                    out.write(chunk)
-            zipfile.ZipFile(partial).close()
-        except (urllib.error.URLError, OSError, zipfile.BadZipFile) as exc:
-            partial.unlink(missing_ok=True)
-            reason = getattr(exc, "reason", exc)
-            raise ScanError(f"cannot download OSV data from {url}: {reason} (--db-update needs internet access; "
-                            "copy the data into a folder and use --db DIR)") from None
-        partial.replace(target)
-        written.append(target)
-    return written
