@@ -26,6 +26,8 @@ EXEC_ROOT = "/var/run/machines-runtime"
 SOCKET_PATH = "/var/run/docker.sock"
 DEFAULT_DATA_ROOT = "/var/lib/machines-runtime"
 TRUST_POLICY = "policy.json"  # in the data root: the runtime's runtime.images.trust.POLICY_FILE
+SCAN_SETTINGS = "scan.json"  # in the data root: runtime.images.scan.arrival.SCAN_FILE
+SCAN_DB = "osv"  # in the data root: runtime.images.scan.arrival.OSV_DIR
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
 

@@ -18,6 +18,7 @@ from machines.errors import StoreError, UsageError
 
 HOST_OPTIONS_VERSION = 1
 API_MODES = ("tls", "ssh")
+SCAN_LEVELS = ("low", "medium", "high", "critical")
 DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -41,6 +42,8 @@ class HostOptions:
     (``ls --filter label=``). ``data_root``: absolute path on the host where the runtime keeps its data; ``None``
     lets the driver (``Driver.runtime_data_root``) or the provisioner choose. ``trust_policy``: the image trust
     policy (containers-policy.json text, keys inlined; see ``machines.trust.policy``) installed on the host.
+    ``scan_fail_on``: scan pulled and built images on arrival and refuse those with a vulnerability at or above this
+    severity, against the OSV records of the workstation folder ``scan_db`` (uploaded at provisioning).
     """
 
     api: str = "tls"
@@ -48,6 +51,8 @@ class HostOptions:
     labels: tuple[str, ...] = ()
     data_root: str | None = None
     trust_policy: str | None = None
+    scan_fail_on: str | None = None
+    scan_db: str | None = None
 
     def __post_init__(self) -> None:
         # Lists from JSON or callers become tuples, so the frozen object is really immutable.
@@ -60,6 +65,10 @@ class HostOptions:
         for value in (*self.tls_san, *self.labels):
             if not isinstance(value, str) or not value:
                 raise UsageError(f"host options must be non-empty strings, not {value!r}")
+        if self.scan_fail_on not in (None, *SCAN_LEVELS):
+            raise UsageError(f"--engine-scan must be one of {', '.join(SCAN_LEVELS)}, not {self.scan_fail_on!r}")
+        if (self.scan_fail_on is None) != (self.scan_db is None):
+            raise UsageError("--engine-scan and --engine-scan-db go together")
         for name_or_ip in self.tls_san:
             check_san(name_or_ip)
 
@@ -76,6 +85,8 @@ class HostOptions:
             record["data_root"] = self.data_root
         if self.trust_policy is not None:
             record["trust_policy"] = self.trust_policy
+        if self.scan_fail_on is not None:
+            record["scan_fail_on"], record["scan_db"] = self.scan_fail_on, self.scan_db
         return record
 
     @classmethod
@@ -94,6 +105,8 @@ class HostOptions:
                 labels=tuple(record.get("labels") or ()),
                 data_root=record.get("data_root") or None,
                 trust_policy=record.get("trust_policy") or None,
+                scan_fail_on=record.get("scan_fail_on") or None,
+                scan_db=record.get("scan_db") or None,
             )
         except UsageError as error:
             raise StoreError(f"stored host options are invalid: {error}") from None

@@ -7,6 +7,7 @@ registry when the app is built: Typer then shows them in ``create --help`` with 
 # No "from __future__ import annotations" here: Typer reads the real annotation objects of the built signature.
 import inspect
 import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -109,6 +110,17 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
                 "--engine-trust-policy", metavar="POLICY.JSON",
                 help="Image trust policy (containers-policy.json) the runtime enforces on pull, run and build FROM.")
         ] = None,
+        engine_scan: Annotated[
+            str | None, typer.Option(
+                "--engine-scan", metavar="LEVEL",
+                help="Scan pulled and built images on arrival; refuse those with a vulnerability at or above LEVEL "
+                     "(low, medium, high, critical). Needs --engine-scan-db.")
+        ] = None,
+        engine_scan_db: Annotated[
+            str | None, typer.Option(
+                "--engine-scan-db", metavar="DIR", help="OSV records (as for machines scan --db) to upload for "
+                                                         "--engine-scan.")
+        ] = None,
         **driver_values: Any,
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
@@ -117,6 +129,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         host_options = HostOptions(
             api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
             trust_policy=load_policy(engine_trust_policy) if engine_trust_policy else None,
+            scan_fail_on=engine_scan, scan_db=str(Path(engine_scan_db).expanduser().resolve()) if engine_scan_db else None,
         )
         flags = _driver_flags(ctx, driver, drivers, driver_values)
         library = machines()

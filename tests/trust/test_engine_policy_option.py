@@ -53,3 +53,12 @@ def test_create_refuses_a_bad_policy_before_making_anything(tmp_path):
     assert result.err.strip() == ("Error: --engine-trust-policy: invalid trust policy: default: unknown requirement "
                                   "type 'maybe'")
     assert not (store / "machines" / "m1").exists()
+
+
+def test_engine_scan_options_are_checked_and_kept(tmp_path):
+    result = run_machines("--storage-path", str(tmp_path / "store"), "create", "--engine-scan", "severe",
+                          "--engine-scan-db", str(tmp_path), "m1")
+    assert result.code == 2
+    assert result.err.strip() == "Error: --engine-scan must be one of low, medium, high, critical, not 'severe'"
+    options = HostOptions(scan_fail_on="high", scan_db="/osv")
+    assert HostOptions.from_record(options.to_record()) == options

@@ -69,3 +69,26 @@ def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, regist
                            "--db", str(OSV_DB))
     assert missing.code == 1
     assert missing.err.strip() == f"Error: {name}: No such image: no/such:image"
+
+
+def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_bridge: Bridge,  # noqa: F811
+                                               tmp_path):
+    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
+    base, _ = fixtures.alpine_layers()
+    vulnerable = f"{registry.host}/scan/alpine:1"
+    service.store.import_tar(io.BytesIO(base), vulnerable)
+    list(service.push(vulnerable))
+    name = unique_name("sc")
+    bad = machines(store, "create", "-d", "local", "--engine-scan", "critical", name, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == "Error: --engine-scan and --engine-scan-db go together"
+    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
+             "--engine-scan", "critical", "--engine-scan-db", str(OSV_DB), name)
+    port = int(registry.host.rsplit(":", 1)[1])
+    assert Machines(store).get(name).ssh().request_remote_forward(port, "127.0.0.1", port) == port
+    refused = with_env(store, name, f"{DOCKER} pull {vulnerable}")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip().endswith(
+        f"{vulnerable}: refused by the engine's scan policy: 1 vulnerabilities at or above critical: "
+        "ALPINE-CVE-2022-37434 (critical) in zlib 1.2.12-r1")
+    listed = with_env(store, name, f"{DOCKER} images -q {vulnerable}")
+    assert listed.returncode == 0 and listed.stdout == b""
