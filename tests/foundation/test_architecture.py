@@ -27,10 +27,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                      "machines")),
 ]
 # What may use the runtime's code: the zipapp builder, which bundles the package (runtime itself is stdlib only), and
-# the workstation's image tools, which reuse its registry client and trust policy code so that `machines trust
-# verify` accepts exactly what a machine's policy accepts.
+# the workstation's image tools, which reuse its registry client, trust policy and scanner so that `machines trust
+# verify` and `machines scan` judge exactly as a machine does.
 RUNTIME_USERS = {"bootstrap.bundle", "machines.trust.sigstore", "machines.trust.gpgsign", "machines.trust.policy",
-                 "machines.scan.source"}
+                 "machines.scan.source", "machines.scan.scan", "machines.scan.report"}
 STRING_IMPORTS = ("import_module", "__import__", "find_spec", "spec_from_file_location")
 
 
