@@ -36,6 +36,7 @@ from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
 from bootstrap import service
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
@@ -82,7 +83,8 @@ class Facts:
 
 def _facts_script() -> str:
     managed = " ".join(
-        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH]
+        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH,
+         service.CONFIG_PATH, service.ENV_PATH]
     )
     candidates = " ".join(PYTHON_CANDIDATES)
     port_hex = f"{service.TLS_PORT:04X}"
@@ -171,7 +173,10 @@ class ProvisioningRun:
         options = machine.host_options
         self.api = options.api
         self.tls_sans: list[str] = list(options.tls_san)
-        self.data_root: str = options.data_root or machine.driver.runtime_data_root or service.DEFAULT_DATA_ROOT
+        self.data_root: str = (options.engine_data_root or machine.driver.runtime_data_root
+                               or service.DEFAULT_DATA_ROOT)
+        self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
+        self.environment = options.engine.environment
         self.trust_policy = options.trust_policy
         self.scan = (options.scan_fail_on, options.scan_db) if options.scan_fail_on and options.scan_db else None
         self.conn: Connection | None = None
@@ -334,23 +339,26 @@ class ProvisioningRun:
     def install_service(self) -> None:
         assert self.facts is not None
         config = service.DaemonConfig(python=self._python(), data_root=self.data_root, api=self.api)
-        files = [  # (path, content, whether a change needs a daemon restart)
-            (service.LAUNCHER_PATH, service.launcher(config), True),
-            (service.CONTROL_PATH, service.control_script(), False),
+        files = [  # (path, content, mode, whether a change needs a daemon restart)
+            (service.LAUNCHER_PATH, service.launcher(config), 0o755, True),
+            (service.CONTROL_PATH, service.control_script(), 0o755, False),
+            (service.CONFIG_PATH, self.daemon_json, 0o600, True),
+            (service.ENV_PATH, service.environment_file(self.environment), 0o600, True),
         ]
         if self.facts.values.get("systemd"):
-            files.append((service.UNIT_PATH, service.systemd_unit(), True))
+            files.append((service.UNIT_PATH, service.systemd_unit(), 0o644, True))
         docker = self.facts.values.get("docker")
         if docker in (None, "shim"):
-            files.append((service.SHIM_PATH, service.docker_shim(self._python()), False))
+            files.append((service.SHIM_PATH, service.docker_shim(self._python()), 0o755, False))
         elif docker:
             self.progress.detail(f"kept the host's own docker CLI {docker} (its 'system dial-stdio' reaches our socket)")
-        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)}", "service")
-        for path, text, restart in files:
+        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)} && mkdir -p {service.ETC_DIR} && "
+                  f"chmod 700 {service.ETC_DIR}", "service")
+        for path, text, mode, restart in files:
             data = text.encode()
             if self.facts.sums.get(path) == _sha256(data):
                 continue
-            self._put(data, path, 0o755 if path != service.UNIT_PATH else 0o644, "service")
+            self._put(data, path, mode, "service")
             self.changed = self.changed or restart
         root = self.data_root.rstrip("/")
         if self.trust_policy is not None:  # the daemon reads it afresh for every pull: no restart needed
@@ -517,6 +525,23 @@ class ProvisioningRun:
             }
         )
         self.machine.save()
+
+
+def runtime_daemon_json(options: HostOptions) -> dict[str, Any]:
+    """The daemon.json our runtime gets: the options' directives but the data root (it is on the command line)."""
+    config = options.daemon_json()
+    config.pop("data-root", None)
+    return config
+
+
+def daemon_json_on_host(machine: Machine) -> dict[str, Any] | None:
+    """The runtime's daemon.json as the host has it (``None`` when it has none or it is not JSON)."""
+    result = machine.ssh().run(f"cat {service.CONFIG_PATH}", sudo=True, check=False)
+    try:
+        config = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _last_line(result: Result) -> str:

@@ -30,6 +30,8 @@ SCAN_SETTINGS = "scan.json"  # in the data root: runtime.images.scan.arrival.SCA
 SCAN_DB = "osv"  # in the data root: runtime.images.scan.arrival.OSV_DIR
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
+CONFIG_PATH = f"{ETC_DIR}/daemon.json"  # the engine options, in dockerd's daemon.json names (0600: proxy passwords)
+ENV_PATH = f"{ETC_DIR}/daemon.env"  # the daemon's environment (--engine-env), sourced by the launcher (0600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,7 @@ class DaemonConfig:
     def argv(self) -> list[str]:
         argv = [
             self.python, RUNTIME_PATH, "daemon",
+            "--config-file", CONFIG_PATH,
             "--data-root", self.data_root,
             "--exec-root", EXEC_ROOT,
             "--host", f"unix://{self.socket_path}",
@@ -60,7 +63,15 @@ class DaemonConfig:
 
 def launcher(config: DaemonConfig) -> str:
     """The one place the daemon's command line lives; systemd and the supervisor both exec it."""
-    return f"#!/bin/sh\n# Installed by machines: the runtime daemon's command line.\nexec {shlex.join(config.argv())}\n"
+    return (f"#!/bin/sh\n# Installed by machines: the runtime daemon's command line and environment.\n"
+            f"set -a\n[ -r {ENV_PATH} ] && . {ENV_PATH}\nset +a\nexec {shlex.join(config.argv())}\n")
+
+
+def environment_file(variables: dict[str, str]) -> str:
+    """The daemon's environment as shell assignments, quoted (sourced by the launcher with ``set -a``)."""
+    lines = [f"{key}={shlex.quote(value)}" for key, value in variables.items()]
+    return "# Installed by machines: the runtime daemon's environment (machines set --engine-env).\n" + "".join(
+        line + "\n" for line in lines)
 
 
 def control_script() -> str:

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
@@ -140,6 +140,7 @@ class AWSDriver(Driver):
     """Hosts on Amazon EC2 (or an EC2-compatible endpoint) through boto3."""
 
     name = "aws"
+    cloud_config_flag = "userdata"  # --cloud-config FILE; --aws-userdata stays its alias
     description = "Amazon EC2 instances (Docker Machine's amazonec2 flags)"
     flags = [
         Flag("profile", "shared-credentials profile to use", envvar="AWS_PROFILE"),
@@ -402,8 +403,8 @@ class AWSDriver(Driver):
         if region not in {entry["RegionName"] for entry in regions}:
             raise PreCreateError(f"unknown AWS region {region!r}")
 
-    def _check_instance_type(self) -> None:
-        instance_type = self._get("instance_type")
+    def _check_instance_type(self, instance_type: str | None = None) -> None:
+        instance_type = instance_type or self._get("instance_type")
         found = self._call_unless(
             ("InvalidInstanceType", "InvalidParameterValue"), "describe_instance_types", InstanceTypes=[instance_type]
         )
@@ -852,6 +853,20 @@ class AWSDriver(Driver):
     def restart(self) -> None:
         self._call("reboot_instances", InstanceIds=[self._existing_instance()])
         self._wait_for_state("running")
+
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set --aws-instance-type``: EC2 changes the type of a stopped instance only."""
+        if set(flags) != {"instance_type"}:
+            super().change({key: value for key, value in flags.items() if key != "instance_type"})
+        instance_id = self._existing_instance()
+        if self.state() != State.STOPPED:
+            raise DriverError(f"EC2 changes the instance type of a stopped instance only: run 'machines stop "
+                              f"{self.machine_name}' first")
+        try:
+            self._check_instance_type(flags["instance_type"])
+        except PreCreateError as error:
+            raise DriverError(str(error)) from None
+        self._call("modify_instance_attribute", InstanceId=instance_id, InstanceType={"Value": flags["instance_type"]})
 
     def ip(self) -> str:
         instance = self._describe()

@@ -171,6 +171,7 @@ class AzureDriver(Driver):
     """Hosts on Microsoft Azure virtual machines through the azure-mgmt-* SDKs."""
 
     name = "azure"
+    cloud_config_flag = "custom_data"  # --cloud-config FILE; --azure-custom-data stays its alias
     description = "Microsoft Azure virtual machines (Docker Machine's azure flags)"
     flags = [
         Flag("subscription-id", "subscription to create in (required)", envvar="AZURE_SUBSCRIPTION_ID"),

@@ -125,6 +125,8 @@ class Driver:
     flags: ClassVar[list[Flag]] = []
     # Where the runtime keeps its data on this driver's hosts, when the driver knows better than the default.
     runtime_data_root: ClassVar[str | None] = None
+    # The flag (key) of user data for cloud-init, for drivers whose hosts boot with it: ``--cloud-config`` sets it.
+    cloud_config_flag: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -222,6 +224,15 @@ class Driver:
 
     def url(self, port: int = 2376) -> str:
         return f"tcp://{self.ip()}:{port}"
+
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set``: change the host as ``flags`` (this driver's flag values by key) say, or refuse.
+
+        Drivers that can resize a machine (CPUs, memory, an instance type) override this and check the state they
+        need (stopped, deallocated); the caller records the new values once this returns.
+        """
+        names = ", ".join(f"--{self.name}-{key.replace('_', '-')}" for key in flags)
+        raise DriverError(f"the {self.name} driver cannot change {names} after create: re-create the machine")
 
     def initial_host_key(self) -> str | None:
         """The host's SSH public key (``"ssh-ed25519 AAAA..."``) when the driver knows it before connecting.

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from machines.cli import common, create, info, lifecycle, provisioning, remote, scan, trust
+from machines.cli import change, common, create, declarative, info, lifecycle, provisioning, remote, scan, trust
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
 
@@ -52,7 +52,8 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
         common.configure_logging(debug)
 
     create.register(app, driver_flags=driver_flags)
-    for module in (info, lifecycle, remote, provisioning, trust, scan):
+    change.register(app, driver_flags=driver_flags)
+    for module in (info, lifecycle, remote, provisioning, declarative, trust, scan):
         module.register(app)
     return app
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     settings.debug = any(arg in ("--debug", "-D") for arg in args) or bool(_env_flag("MACHINES_DEBUG"))
     try:
-        command = typer.main.get_command(build_app(driver_flags="create" in args))
+        command = typer.main.get_command(build_app(driver_flags="create" in args or "set" in args))
         result = command.main(args=args, prog_name="machines", standalone_mode=False)
         return result if isinstance(result, int) else int(ExitStatus.OK)
     except MachinesError as error:

@@ -41,6 +41,9 @@ from runtime.linux import safepath
 NOP = "/bin/sh -c #(nop) "
 PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
 CACHE_FILE = "build-cache.json"
+# Docker's predefined ARGs: a RUN sees them without an ARG line, and they stay out of the history and cache key.
+PROXY_ARGS = frozenset(name for key in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+                       for name in (key, key.lower()))
 
 
 class BuildFailed(EngineError):
@@ -552,7 +555,9 @@ class Builder:
         if stage.image is None:
             raise InvalidParameter("RUN is not possible on a scratch image without files")
         config = dict(stage.config)
-        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args]
+        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args] + [
+            f"{key}={value}" for key, value in sorted(self.build_args.items())  # proxies: outside the cache key
+            if key in PROXY_ARGS and value is not None and key not in stage.args]
         step = self.runner.run_build_step(stage.image.id, argv, config)
         try:
             yield _stream(f" ---> Running in {str(step.id)[:12]}\n")

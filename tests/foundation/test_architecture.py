@@ -21,16 +21,25 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
               "machines.shellenv", "machines.redaction")),
     ("drivers", ("drivers",)),
-    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer")),
+    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.declarative",
+              "machines.dockermachine")),
     ("bootstrap", ("bootstrap",)),
     ("application", ("machines.default", "machines.cli", "machines.__main__", "machines.trust", "machines.scan",
                      "machines")),
 ]
-# What may use the runtime's code: the zipapp builder, which bundles the package (runtime itself is stdlib only), and
-# the workstation's image tools, which reuse its registry client, trust policy and scanner so that `machines trust
-# verify` and `machines scan` judge exactly as a machine does.
-RUNTIME_USERS = {"bootstrap.bundle", "machines.trust.sigstore", "machines.trust.gpgsign", "machines.trust.policy",
-                 "machines.scan.source", "machines.scan.scan", "machines.scan.report"}
+# What may use the runtime's code (runtime itself is stdlib only): the zipapp builder, which bundles the package, the
+# provisioner, which checks engine options with the daemon's own rules before anything is created, and the
+# workstation's image tools, which reuse its registry client, trust policy and scanner so that `machines trust verify`
+# and `machines scan` judge exactly as a machine does.
+RUNTIME_USERS = {"bootstrap.bundle": None, "bootstrap.provisioner": {"runtime.daemonconfig"},
+                 "machines.trust.sigstore": {"runtime.errors", "runtime.images.ecdsa", "runtime.images.media",
+                                             "runtime.images.reference", "runtime.images.registry",
+                                             "runtime.images.trust"},
+                 "machines.trust.gpgsign": {"runtime.images.simplesign", "runtime.images.trust"},
+                 "machines.trust.policy": {"runtime.errors", "runtime.images.trust"},
+                 "machines.scan.source": {"runtime.images.media", "runtime.images.registry"},
+                 "machines.scan.scan": {"runtime.images.scan.inventory", "runtime.images.scan.osv"},
+                 "machines.scan.report": {"runtime.images.scan.inventory", "runtime.images.scan.osv"}}
 STRING_IMPORTS = ("import_module", "__import__", "find_spec", "spec_from_file_location")
 
 
@@ -153,8 +162,10 @@ def test_the_core_reaches_neither_bootstrap_nor_the_cli(graph: dict[str, set[str
 
 
 def test_only_the_bundler_uses_the_runtime_and_the_runtime_uses_nothing_of_ours(graph: dict[str, set[str]]) -> None:
-    users = {name for name, targets in graph.items() if _layer(name) > 0 and any(_layer(t) == 0 for t in targets)}
-    assert users <= RUNTIME_USERS
+    users = {name: {t for t in targets if _layer(t) == 0} for name, targets in graph.items() if _layer(name) > 0}
+    users = {name: used for name, used in users.items() if used}
+    assert set(users) <= set(RUNTIME_USERS)
+    assert all(RUNTIME_USERS[name] is None or used <= RUNTIME_USERS[name] for name, used in users.items())
     assert sorted(f"{n} -> {t}" for n, targets in graph.items() if _layer(n) == 0 for t in targets if _layer(t) > 0) == []
 
 
