@@ -548,20 +548,22 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
 
     The manifest and config are fetched before this returns, so a missing image, bad credentials or an
     unreachable registry raise here (NotFound, Unauthorized, HostError: an HTTP error status, as moby answers
-    before its stream starts); layer failures (InvalidParameter for digest mismatches, HostError) are raised
-    while iterating, after progress has gone out.
+    before its stream starts), and so does ``check(session, manifest digest)`` (the trust policy; a mirror whose
+    manifest it refuses is skipped like a failing one); layer failures (InvalidParameter for digest mismatches,
+    HostError) are raised while iterating, after progress has gone out.
     """
     ref = reference.join_repo_tag(image, tag)
     options = options or RegistryOptions()
     for mirror in options.mirrors_for(ref):
         try:
-            return _pull_from(store, Session(ref, auth or {}, options, "pull", mirror), platform)
+            return _pull_from(store, Session(ref, auth or {}, options, "pull", mirror), platform, check)
         except EngineError:
             continue  # a mirror that fails is skipped, as dockerd falls back to the next endpoint
-    return _pull_from(store, Session(ref, auth or {}, options, "pull"), platform)
+    return _pull_from(store, Session(ref, auth or {}, options, "pull"), platform, check)
 
 
-def _pull_from(store: ImageStore, session: Session, platform: str | None) -> Iterator[dict]:
+def _pull_from(store: ImageStore, session: Session, platform: str | None,
+               check: Callable[[Session, str], None] | None) -> Iterator[dict]:
     """Resolve the manifest and config at one endpoint; the layers then stream from the same endpoint."""
     ref = session.ref
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
