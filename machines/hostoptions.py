@@ -371,6 +371,8 @@ def plan(recorded: HostOptions, wanted: HostOptions) -> list[str]:
     ):
         if old != new:
             lines.append(f"{name}: {old} -> {new}")
+    if recorded.trust_policy != wanted.trust_policy:  # a whole document: say that it changes, not how
+        lines.append(f"trust policy: {'replaced' if recorded.trust_policy else 'installed'}")
     old_env, new_env = recorded.engine.environment, wanted.engine.environment
     changed_env = sorted(key for key in {**old_env, **new_env} if old_env.get(key) != new_env.get(key))
     if changed_env:  # values may hold proxy passwords: only the names are shown

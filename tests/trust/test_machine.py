@@ -92,3 +92,29 @@ def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_b
         "ALPINE-CVE-2022-37434 (critical) in zlib 1.2.12-r1")
     listed = with_env(store, name, f"{DOCKER} images -q {vulnerable}")
     assert listed.returncode == 0 and listed.stdout == b""
+
+
+def test_set_installs_a_trust_policy_on_a_running_machine(store, registry: Registry, test_bridge: Bridge,  # noqa: F811
+                                                          tmp_path):
+    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
+    base, _ = fixtures.alpine_layers()
+    unsigned = f"{registry.host}/team/app:1"
+    service.store.import_tar(io.BytesIO(base), unsigned)
+    list(service.push(unsigned))
+    name = unique_name("ts")
+    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
+             name)
+    port = int(registry.host.rsplit(":", 1)[1])
+    assert Machines(store).get(name).ssh().request_remote_forward(port, "127.0.0.1", port) == port
+    assert with_env(store, name, f"{DOCKER} pull {unsigned}").returncode == 0  # no policy: Docker's behaviour
+    assert with_env(store, name, f"{DOCKER} rmi {unsigned}").returncode == 0
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "reject"}]}))
+    planned = machines(store, "set", "--dry-run", "--engine-trust-policy", str(policy), name)
+    assert "trust policy: installed" in planned.stdout.splitlines()
+    machines(store, "set", "--engine-trust-policy", str(policy), name)
+    refused = with_env(store, name, f"{DOCKER} pull {unsigned}")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == (f"Error response from daemon: {unsigned}: Source image rejected: "
+                                               f"Running image docker://{unsigned} is rejected by policy.")
