@@ -21,6 +21,23 @@ from tests.trust.conftest import run_machines
 OSV_DB = Path(__file__).parents[1] / "scan" / "osv"
 
 
+def _push_alpine_fixture(registry: Registry, tmp_path, name: str) -> str:
+    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
+    base, _ = fixtures.alpine_layers()
+    image = f"{registry.host}/{name}"
+    service.store.import_tar(io.BytesIO(base), image)
+    list(service.push(image))
+    return image
+
+
+def _create_reaching(store: Path, registry: Registry, bridge: Bridge, name: str, *flags: str) -> None:  # noqa: F811
+    """A local machine that reaches the loopback registry at the same address (a remote forward of its SSH)."""
+    machines(store, "create", "-d", "local", "--local-bridge", bridge.name, "--local-subnet", bridge.subnet, *flags,
+             name)
+    port = int(registry.host.rsplit(":", 1)[1])
+    assert Machines(store).get(name).ssh().request_remote_forward(port, "127.0.0.1", port) == port
+
+
 def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, registry: Registry, keypair,  # noqa: F811
                                                                     test_bridge: Bridge, tmp_path):
     private, public, secret = keypair
@@ -43,11 +60,7 @@ def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, regist
                        "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}))
 
     name = unique_name("tr")
-    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
-             "--engine-trust-policy", str(policy), name)
-    port = int(registry.host.rsplit(":", 1)[1])
-    machine = Machines(store).get(name)
-    assert machine.ssh().request_remote_forward(port, "127.0.0.1", port) == port  # the registry, seen from the host
+    _create_reaching(store, registry, test_bridge, name, "--engine-trust-policy", str(policy))
 
     refused = with_env(store, name, f"{DOCKER} pull {unsigned}")
     assert refused.returncode == 1
@@ -73,18 +86,11 @@ def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, regist
 
 def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_bridge: Bridge,  # noqa: F811
                                                tmp_path):
-    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
-    base, _ = fixtures.alpine_layers()
-    vulnerable = f"{registry.host}/scan/alpine:1"
-    service.store.import_tar(io.BytesIO(base), vulnerable)
-    list(service.push(vulnerable))
+    vulnerable = _push_alpine_fixture(registry, tmp_path, "scan/alpine:1")
     name = unique_name("sc")
     bad = machines(store, "create", "-d", "local", "--engine-scan", "critical", name, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "Error: --engine-scan and --engine-scan-db go together"
-    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
-             "--engine-scan", "critical", "--engine-scan-db", str(OSV_DB), name)
-    port = int(registry.host.rsplit(":", 1)[1])
-    assert Machines(store).get(name).ssh().request_remote_forward(port, "127.0.0.1", port) == port
+    _create_reaching(store, registry, test_bridge, name, "--engine-scan", "critical", "--engine-scan-db", str(OSV_DB))
     refused = with_env(store, name, f"{DOCKER} pull {vulnerable}")
     assert refused.returncode == 1
     assert refused.stderr.decode().strip().endswith(
@@ -96,16 +102,9 @@ def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_b
 
 def test_set_installs_a_trust_policy_on_a_running_machine(store, registry: Registry, test_bridge: Bridge,  # noqa: F811
                                                           tmp_path):
-    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
-    base, _ = fixtures.alpine_layers()
-    unsigned = f"{registry.host}/team/app:1"
-    service.store.import_tar(io.BytesIO(base), unsigned)
-    list(service.push(unsigned))
+    unsigned = _push_alpine_fixture(registry, tmp_path, "team/app:1")
     name = unique_name("ts")
-    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
-             name)
-    port = int(registry.host.rsplit(":", 1)[1])
-    assert Machines(store).get(name).ssh().request_remote_forward(port, "127.0.0.1", port) == port
+    _create_reaching(store, registry, test_bridge, name)
     assert with_env(store, name, f"{DOCKER} pull {unsigned}").returncode == 0  # no policy: Docker's behaviour
     assert with_env(store, name, f"{DOCKER} rmi {unsigned}").returncode == 0
 
