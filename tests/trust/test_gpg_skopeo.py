@@ -15,8 +15,13 @@ from tests.trust.conftest import drop_all_images, push_image, run_machines, writ
 
 SKOPEO = shutil.which("skopeo")
 UNSIGNED = "A signature was required, but no signature exists"
-pytestmark = pytest.mark.skipif(SKOPEO is None or shutil.which("gpg") is None,
-                                reason="scripts/setup.sh installs skopeo and gnupg")
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    """Interoperability is the point: without the tools the tests fail (never skip) and say what is missing."""
+    if SKOPEO is None or shutil.which("gpg") is None:
+        pytest.fail("skopeo and gpg are needed: run scripts/setup.sh (it installs skopeo and gnupg)", pytrace=False)
 
 
 class GPGHome:
