@@ -74,20 +74,44 @@ def environment_file(variables: dict[str, str]) -> str:
         line + "\n" for line in lines)
 
 
-def control_script() -> str:
+@dataclasses.dataclass(frozen=True)
+class ServiceLayout:
+    """Where one supervised daemon's service files live on the host: our runtime's, or Docker Engine's dockerd.
+
+    ``match``: a string of the daemon's and the supervisor's command lines, so a pid file left from before a reboot
+    never names another process.
+    """
+
+    unit: str
+    launcher: str
+    log: str
+    supervisor_pid: str
+    daemon_pid: str
+    exec_root: str
+    match: str
+    description: str
+
+
+RUNTIME_SERVICE = ServiceLayout(
+    unit="machines-runtime.service", launcher=LAUNCHER_PATH, log=LOG_PATH, supervisor_pid=SUPERVISOR_PID,
+    daemon_pid=DAEMON_PID, exec_root=EXEC_ROOT, match=LIB_DIR, description="the container runtime",
+)
+
+
+def control_script(layout: ServiceLayout = RUNTIME_SERVICE) -> str:
     """``machines-runtime start|stop|restart|status``: the host-side service control, systemd or supervised."""
     return f"""#!/bin/sh
-# Installed by machines: runs the container runtime under systemd when systemd is PID 1, else under a supervisor
-# that restarts the daemon if it dies. Stopping signals the daemon only, so containers keep running.
+# Installed by machines: runs {layout.description} under systemd when systemd is PID 1, else under a supervisor
+# that restarts the daemon if it dies. Stopping signals the daemon only.
 set -u
-UNIT=machines-runtime.service
-SUPERVISOR_PID={SUPERVISOR_PID}
-DAEMON_PID={DAEMON_PID}
+UNIT={layout.unit}
+SUPERVISOR_PID={layout.supervisor_pid}
+DAEMON_PID={layout.daemon_pid}
 
 # A pid file names a live process of ours (not a pid reused after a reboot on hosts where /var/run persists).
 alive() {{
   pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q {LIB_DIR}
+    tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -e {shlex.quote(layout.match)} -e {LIB_DIR}
 }}
 systemd() {{ [ -d /run/systemd/system ]; }}
 
@@ -96,7 +120,7 @@ supervise() {{
   child=
   trap 'if [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; then wait "$child"; fi; rm -f "$SUPERVISOR_PID"; exit 0' TERM INT
   while :; do
-    {LAUNCHER_PATH} >>{LOG_PATH} 2>&1 &
+    {layout.launcher} >>{layout.log} 2>&1 &
     child=$!
     wait "$child"
     sleep 1
@@ -115,7 +139,7 @@ stop() {{
 }}
 
 start() {{
-  mkdir -p {EXEC_ROOT}
+  mkdir -p {layout.exec_root}
   if systemd; then systemctl daemon-reload && systemctl enable --now "$UNIT" >/dev/null 2>&1; return; fi
   alive "$SUPERVISOR_PID" || setsid nohup "$0" supervise </dev/null >/dev/null 2>&1 &
 }}

@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from machines.errors import DriverError
@@ -221,6 +221,21 @@ class Driver:
 
     def ssh_details(self) -> SSHDetails:
         raise self._unsupported("ssh")
+
+    def open_cluster_ports(self, cluster: str, ports: Sequence[tuple[int, str]]) -> None:
+        """Let this machine and the other members of ``cluster`` reach each other on ``ports`` (``(port, "tcp" or
+        "udp")``), and nobody else. Drivers whose hosts sit behind a cloud firewall implement it; by default there
+        is no such firewall and nothing to do."""
+
+    def close_cluster_ports(self, cluster: str, *, last: bool) -> None:
+        """Take this machine out of what ``open_cluster_ports`` opened; ``last``: no member is left, remove it all."""
+
+    def private_ip(self) -> str:
+        """The address other machines of the same network reach this one at (Swarm mode advertises it).
+
+        Clouds override it with the instance's private address; by default it is ``ip()``.
+        """
+        return self.ip()
 
     def url(self, port: int = 2376) -> str:
         return f"tcp://{self.ip()}:{port}"

@@ -19,6 +19,7 @@ from machines.errors import StoreError, UsageError
 
 HOST_OPTIONS_VERSION = 2  # 2: the "engine" part
 API_MODES = ("tls", "ssh")
+ENGINE_NAMES = ("machines", "docker")  # our bundled runtime (the default), or Docker Engine (for Swarm mode)
 SCAN_LEVELS = ("low", "medium", "high", "critical")
 DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -261,10 +262,12 @@ class HostOptions:
     ``tls_san``: extra names or IPs for the server certificate. ``labels``: ``KEY=VALUE`` labels of the machine
     (``ls --filter label=``). ``data_root``: absolute path on the host where the runtime keeps its data; ``None``
     lets the driver (``Driver.runtime_data_root``) or the provisioner choose (``--engine-opt data-root=`` is the
-    same setting). ``engine``: the engine's own options (``EngineOptions``). ``trust_policy``: the image trust
-    policy (containers-policy.json text, keys inlined; see ``machines.trust.policy``) installed on the host.
-    ``scan_fail_on``: scan pulled and built images on arrival and refuse those with a vulnerability at or above this
-    severity, against the OSV records of the workstation folder ``scan_db`` (uploaded at provisioning).
+    same setting). ``engine``: the engine's own options (``EngineOptions``). ``engine_name``: which engine the
+    machine runs, "machines" (our bundled runtime) or "docker" (Docker Engine from the host's packages).
+    ``trust_policy``: the image trust policy (containers-policy.json text, keys inlined; see
+    ``machines.trust.policy``) installed on the host. ``scan_fail_on``: scan pulled and built images on arrival
+    and refuse those with a vulnerability at or above this severity, against the OSV records of the workstation
+    folder ``scan_db`` (uploaded at provisioning).
     """
 
     api: str = "tls"
@@ -272,6 +275,7 @@ class HostOptions:
     labels: tuple[str, ...] = ()
     data_root: str | None = None
     engine: EngineOptions = EngineOptions()
+    engine_name: str = "machines"
     trust_policy: str | None = None
     scan_fail_on: str | None = None
     scan_db: str | None = None
@@ -282,6 +286,8 @@ class HostOptions:
         object.__setattr__(self, "labels", tuple(self.labels))
         if self.api not in API_MODES:
             raise UsageError(f"--api must be 'tls' or 'ssh', not {self.api!r}")
+        if self.engine_name not in ENGINE_NAMES:
+            raise UsageError(f"--engine must be {' or '.join(repr(name) for name in ENGINE_NAMES)}, not {self.engine_name!r}")
         if self.data_root is not None and not self.data_root.startswith("/"):
             raise UsageError(f"--runtime-data-root must be an absolute path, not {self.data_root!r}")
         for value in (*self.tls_san, *self.labels):
@@ -291,6 +297,9 @@ class HostOptions:
             raise UsageError(f"--engine-scan must be one of {', '.join(SCAN_LEVELS)}, not {self.scan_fail_on!r}")
         if (self.scan_fail_on is None) != (self.scan_db is None):
             raise UsageError("--engine-scan and --engine-scan-db go together")
+        if self.engine_name != "machines" and (self.trust_policy or self.scan_fail_on):
+            raise UsageError("--engine-trust-policy and --engine-scan need the machines engine, not --engine "
+                             f"{self.engine_name}")
         for name_or_ip in self.tls_san:
             check_san(name_or_ip)
         for label in self.labels:
@@ -328,6 +337,8 @@ class HostOptions:
             record["data_root"] = self.data_root
         if self.engine != EngineOptions():
             record["engine"] = self.engine.to_record()
+        if self.engine_name != "machines":
+            record["engine_name"] = self.engine_name
         if self.trust_policy is not None:
             record["trust_policy"] = self.trust_policy
         if self.scan_fail_on is not None:
@@ -350,6 +361,7 @@ class HostOptions:
                 labels=tuple(record.get("labels") or ()),
                 data_root=record.get("data_root") or None,
                 engine=EngineOptions.from_record(record.get("engine")),
+                engine_name=record.get("engine_name") or "machines",
                 trust_policy=record.get("trust_policy") or None,
                 scan_fail_on=record.get("scan_fail_on") or None,
                 scan_db=record.get("scan_db") or None,

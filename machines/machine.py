@@ -65,8 +65,8 @@ class Provisioner(Protocol):
     """What the core needs of whatever installs a container engine on a host and tells clients how to reach it.
 
     ``Machines`` is given one and passes it to every ``Machine``; the core never imports an implementation.
-    ``bootstrap.provisioner.RuntimeProvisioner`` (our bundled runtime) is the default, wired in
-    ``machines.default``; another engine (Docker Engine, say) would be another implementation of this protocol.
+    ``bootstrap.provisioner.RuntimeProvisioner`` (our bundled runtime) and ``bootstrap.dockerengine.
+    DockerEngineProvisioner`` (``--engine docker``) implement it; ``machines.default`` picks one per machine.
     """
 
     def check_options(self, options: HostOptions) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from drivers import registry
 from drivers.base import Driver, Flag
+from machines import swarm
 from machines.cli.common import echo, err_console, for_each_machine, machines
 from machines.cli.engine import (
     EngineEnv,
@@ -126,6 +127,19 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         api: Annotated[
             str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
         ] = "tls",
+        engine: Annotated[
+            str | None, typer.Option("--engine", envvar="MACHINES_ENGINE", show_envvar=True,
+                                     help="'machines': our bundled runtime (the default, for single hosts); 'docker': "
+                                          "Docker Engine from the host's packages (for 'machines swarm'; the default "
+                                          "with --swarm-manager).")
+        ] = None,
+        swarm_manager: Annotated[
+            str | None, typer.Option("--swarm-manager", metavar="MACHINE",
+                                     help="Join the swarm of this manager once created (see 'machines swarm').")
+        ] = None,
+        swarm_role: Annotated[
+            str, typer.Option("--swarm-role", help="Role in the swarm of --swarm-manager: 'worker' or 'manager'.")
+        ] = "worker",
         runtime_data_root: Annotated[
             str | None, typer.Option(
                 "--runtime-data-root", envvar="MACHINES_RUNTIME_DATA_ROOT", show_envvar=True, metavar="PATH",
@@ -158,11 +172,18 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
             engine=engine_options(engine_env, engine_insecure_registry, engine_registry_mirror, engine_opt,
                                   engine_proxy),
+            engine_name=engine or ("docker" if swarm_manager else "machines"),
             trust_policy=load_policy(engine_trust_policy) if engine_trust_policy else None,
             scan_fail_on=engine_scan, scan_db=str(Path(engine_scan_db).expanduser().resolve()) if engine_scan_db else None,
         )
+        if swarm_manager and (no_provision or host_options.engine_name != "docker"):
+            raise UsageError("--swarm-manager needs a provisioned machine with --engine docker")
+        if swarm_role not in swarm.ROLES:
+            raise UsageError(f"--swarm-role must be 'worker' or 'manager', not {swarm_role!r}")
         flags = driver_flags_of(ctx, driver, drivers, driver_values)
         library = machines()
+        if swarm_manager:
+            swarm.managers(library, swarm_manager)  # before anything is made: it must name a swarm's manager
         cancelled = threading.Event()
 
         def make(name: str, progress: Progress) -> None:
@@ -171,6 +192,8 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
                 provision=not no_provision, ssh_timeout=timeout_ssh, progress=progress, cancelled=cancelled,
                 provision_script=provision_script, cloud_config=cloud_config,
             )
+            if swarm_manager:
+                swarm.join_new(library, name, swarm_manager, swarm_role, keep=keep_on_error, progress=progress)
 
         for_each_machine(list(dict.fromkeys(names)), make, cancelled=cancelled)
         for name in dict.fromkeys(names):

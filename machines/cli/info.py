@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only names.")] = False,
         filters: Annotated[
             list[str] | None,
-            typer.Option("--filter", help="driver=, state=, name= (regex) or label=KEY=VALUE; repeatable."),
+            typer.Option("--filter", help="driver=, state=, name= (regex), label=KEY=VALUE or swarm=NAME; repeatable."),
         ] = None,
         timeout: TimeoutOption = inventory.DEFAULT_LS_TIMEOUT,
         template: Annotated[

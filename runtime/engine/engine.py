@@ -59,6 +59,7 @@ from runtime.linux.process import propagation_problem
 
 LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
                 "publish", "since", "status", "volume")  # moby's
+EXIT_RECHECK = 5.0  # seconds between a waiter's own looks at the shim's exit record
 STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
@@ -703,14 +704,23 @@ class Engine:
         c.state["Paused"] = False
 
     def _wait_exit(self, c: Container, seq: int, timeout: float | None) -> bool:
+        """Waits for the exit after ``seq``. The watcher reports it; every few seconds the shim's exit record is
+        read too, so an exit that happened is never waited for forever, even if its report got lost."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while c.exit_seq == seq and c.running:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+        while True:
+            with self._lock:
+                if c.exit_seq != seq or not c.running:
+                    return True
+                remaining = EXIT_RECHECK if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
-        return True
+                self._cond.wait(min(remaining, EXIT_RECHECK))
+                if c.exit_seq != seq or not c.running:
+                    return True
+                start_id = c.data.get("_start_id", "")
+            record = self.monitor.read_exit(c, start_id)
+            if record is not None:
+                self.monitor.exited(c, start_id, record)
 
     def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         c = self._get(ref)

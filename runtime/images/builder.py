@@ -874,14 +874,25 @@ def _query_int(query: dict[str, list[str]], name: str) -> int:
         raise InvalidParameter(f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
 
 
+_RUN_NUMBERS = (("shmsize", "ShmSize"), ("memory", "Memory"), ("memswap", "MemorySwap"), ("cpushares", "CpuShares"),
+                ("cpuperiod", "CpuPeriod"), ("cpuquota", "CpuQuota"))
+_RUN_TEXTS = (("cpusetcpus", "CpusetCpus"), ("cpusetmems", "CpusetMems"), ("cgroupparent", "CgroupParent"))
+
+
 def run_host_config(query: dict[str, list[str]]) -> dict:
-    """The RUN containers' HostConfig from ``networkmode``, ``extrahosts``, ``shmsize`` and ``ulimits``."""
+    """The RUN containers' HostConfig, as dockerd's ``hostConfigFromOptions``: ``networkmode``, ``extrahosts``,
+    ``shmsize``, ``ulimits`` and the resource limits (``memory``, ``memswap``, ``cpushares``, ``cpuperiod``,
+    ``cpuquota``, ``cpusetcpus``, ``cpusetmems``, ``cgroupparent``)."""
     host: dict = {"NetworkMode": _query_value(query, "networkmode") or "default"}
     if query.get("extrahosts"):
         host["ExtraHosts"] = [item for value in query["extrahosts"] for item in value.split(",") if item]
-    shm_size = _query_int(query, "shmsize")
-    if shm_size:
-        host["ShmSize"] = shm_size
+    for name, key in _RUN_NUMBERS:
+        number = _query_int(query, name)
+        if number:
+            host[key] = number
+    for name, key in _RUN_TEXTS:
+        if _query_value(query, name):
+            host[key] = _query_value(query, name)
     ulimits = _query_json(query, "ulimits", list, "error reading ulimit settings: ")
     if ulimits:
         host["Ulimits"] = ulimits

@@ -356,6 +356,8 @@ class Session:
             doc = json.loads(data)
         except ValueError:
             raise InvalidParameter(f"invalid JSON from {path}") from None
+        if not isinstance(doc, dict):
+            raise InvalidParameter(f"invalid manifest from {path}: not a JSON object")
         media = doc.get("mediaType") or resp.header("Content-Type").split(";")[0]
         return doc, data, media, digest
 
@@ -565,6 +567,16 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
 def _pull_from(store: ImageStore, session: Session, platform: str | None,
                check: Callable[[Session, str], None] | None) -> Iterator[dict]:
     """Resolve the manifest and config at one endpoint; the layers then stream from the same endpoint."""
+    try:  # the registry's documents are data: a malformed one is a clear error, never a crash
+        return _pull_layers(store, session, *_image_documents(session, platform, check))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise InvalidParameter(f"invalid manifest for {session.ref.familiar()}: {exc!r}") from None
+
+
+def _image_documents(session: Session, platform: str | None, check: Callable[[Session, str], None] | None,
+                     ) -> tuple[list[dict], list[str], bytes, str]:
+    """The manifest (through an index, for the wanted platform) and config of a pull: (layer descriptors, diff
+    IDs, config bytes, the digest the reference points to)."""
     ref = session.ref
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
@@ -584,7 +596,7 @@ def _pull_from(store: ImageStore, session: Session, platform: str | None,
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
         raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
-    return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
+    return layers, diff_ids, config_bytes, manifest_digest
 
 
 def _pull_layers(store: ImageStore, session: Session, layers: list[dict], diff_ids: list[str],
@@ -814,12 +826,15 @@ def inspect_distribution(name: str, auth: dict | None = None,
     doc, data, media, digest = session.get_json_blob(
         f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}", MANIFEST_ACCEPT, ref.digest, missing="")
     platforms: list[dict] | None = None
-    if media in INDEX_TYPES or "manifests" in doc:
-        platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
-    elif (doc.get("config") or {}).get("digest"):
-        config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
-        if config.get("os") or config.get("architecture"):
-            platforms = [_platform(config)]
+    try:  # the registry's documents are data: a malformed one is a clear error, never a crash
+        if media in INDEX_TYPES or "manifests" in doc:
+            platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
+        elif (doc.get("config") or {}).get("digest"):
+            config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
+            if config.get("os") or config.get("architecture"):
+                platforms = [_platform(config)]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise InvalidParameter(f"invalid manifest for {ref.familiar()}: {exc}") from None
     return {"Descriptor": {"mediaType": media, "digest": ref.digest or digest, "size": len(data)},
             "Platforms": platforms or None}
 

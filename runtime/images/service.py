@@ -4,7 +4,8 @@ As moby's image service sits over its layer store, this sits over the image stor
 builder: pull, push, login and distribution inspect go to registries, build runs the classic builder, save and
 load read and write image archives. The store below knows nothing of them, so the modules form a tree::
 
-    service -> builder, registry, transfer, trust, scan -> store -> archive, media, reference
+    service -> builder, registry, transfer, trust, scan -> store -> archive, dockerfile, media, reference
+    (the builder also uses ignore; media, reference and ignore import no other images module)
 """
 
 from __future__ import annotations

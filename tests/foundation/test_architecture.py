@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "machines.shellenv", "machines.redaction")),
     ("drivers", ("drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.declarative",
-              "machines.dockermachine")),
+              "machines.dockermachine", "machines.swarm")),
     ("bootstrap", ("bootstrap",)),
     ("application", ("machines.default", "machines.cli", "machines.__main__", "machines.trust", "machines.scan",
                      "machines")),
