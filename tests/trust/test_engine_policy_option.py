@@ -62,3 +62,10 @@ def test_engine_scan_options_are_checked_and_kept(tmp_path):
     assert result.err.strip() == "Error: --engine-scan must be one of low, medium, high, critical, not 'severe'"
     options = HostOptions(scan_fail_on="high", scan_db="/osv")
     assert HostOptions.from_record(options.to_record()) == options
+
+
+def test_docker_engine_machines_cannot_promise_a_policy_or_a_scan():
+    with pytest.raises(UsageError, match="need the machines engine, not --engine docker"):
+        HostOptions(engine_name="docker", trust_policy='{"default": [{"type": "reject"}]}')
+    with pytest.raises(UsageError, match="need the machines engine"):
+        HostOptions(engine_name="docker", scan_fail_on="high", scan_db="/osv")
