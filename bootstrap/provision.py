@@ -196,6 +196,8 @@ class ProvisioningRun:
                                or service.DEFAULT_DATA_ROOT)
         self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
         self.environment = options.engine.environment
+        self.trust_policy = options.trust_policy
+        self.scan = (options.scan_fail_on, options.scan_db) if options.scan_fail_on and options.scan_db else None
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
@@ -395,6 +397,22 @@ class ProvisioningRun:
                 continue
             self._put(data, path, mode, "service")
             self.changed = self.changed or restart
+        root = self.data_root.rstrip("/")
+        if self.trust_policy is not None:  # the daemon reads it afresh for every pull: no restart needed
+            self._put(self.trust_policy.encode(), f"{root}/{service.TRUST_POLICY}", 0o600, "service")
+        if self.scan is not None:
+            self._install_scan(root, *self.scan)
+
+    def _install_scan(self, root: str, fail_on: str, folder: str) -> None:
+        """scan.json and the OSV records (``*.json``, ``*.zip`` under ``folder``, flattened) for scan on arrival."""
+        records = sorted(p for p in Path(folder).rglob("*") if p.suffix in (".json", ".zip") and p.is_file())
+        if not records:
+            raise ProvisionError(f"{self.machine.name}: no OSV records (*.json, *.zip) in {folder} for --engine-scan")
+        self._run(f"rm -rf {shlex.quote(f'{root}/{service.SCAN_DB}')} && mkdir -p "
+                  f"{shlex.quote(f'{root}/{service.SCAN_DB}')}", "scan")
+        for number, path in enumerate(records):
+            self._put(path.read_bytes(), f"{root}/{service.SCAN_DB}/{number:06d}{path.suffix}", 0o644, "scan")
+        self._put(json.dumps({"fail_on": fail_on}).encode(), f"{root}/{service.SCAN_SETTINGS}", 0o644, "scan")
 
     def start(self) -> None:
         assert self.facts is not None

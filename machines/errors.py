@@ -99,3 +99,11 @@ class CancelledError(MachinesError):
     """The user pressed Ctrl-C; whatever a create had made was rolled back."""
 
     exit_status = ExitStatus.INTERRUPTED
+
+
+class TrustError(MachinesError):
+    """Signing or verification could not be done or did not pass (keys, passphrases, registries, signatures)."""
+
+
+class ScanError(MachinesError):
+    """A scan could not be done (no image, no vulnerability data, a download that failed, a bad ignore file)."""

@@ -20,6 +20,7 @@ from machines.errors import StoreError, UsageError
 HOST_OPTIONS_VERSION = 2  # 2: the "engine" part
 API_MODES = ("tls", "ssh")
 ENGINE_NAMES = ("machines", "docker")  # our bundled runtime (the default), or Docker Engine (for Swarm mode)
+SCAN_LEVELS = ("low", "medium", "high", "critical")
 DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -263,6 +264,10 @@ class HostOptions:
     lets the driver (``Driver.runtime_data_root``) or the provisioner choose (``--engine-opt data-root=`` is the
     same setting). ``engine``: the engine's own options (``EngineOptions``). ``engine_name``: which engine the
     machine runs, "machines" (our bundled runtime) or "docker" (Docker Engine from the host's packages).
+    ``trust_policy``: the image trust policy (containers-policy.json text, keys inlined; see
+    ``machines.trust.policy``) installed on the host. ``scan_fail_on``: scan pulled and built images on arrival
+    and refuse those with a vulnerability at or above this severity, against the OSV records of the workstation
+    folder ``scan_db`` (uploaded at provisioning).
     """
 
     api: str = "tls"
@@ -271,6 +276,9 @@ class HostOptions:
     data_root: str | None = None
     engine: EngineOptions = EngineOptions()
     engine_name: str = "machines"
+    trust_policy: str | None = None
+    scan_fail_on: str | None = None
+    scan_db: str | None = None
 
     def __post_init__(self) -> None:
         # Lists from JSON or callers become tuples, so the frozen object is really immutable.
@@ -285,6 +293,13 @@ class HostOptions:
         for value in (*self.tls_san, *self.labels):
             if not isinstance(value, str) or not value:
                 raise UsageError(f"host options must be non-empty strings, not {value!r}")
+        if self.scan_fail_on not in (None, *SCAN_LEVELS):
+            raise UsageError(f"--engine-scan must be one of {', '.join(SCAN_LEVELS)}, not {self.scan_fail_on!r}")
+        if (self.scan_fail_on is None) != (self.scan_db is None):
+            raise UsageError("--engine-scan and --engine-scan-db go together")
+        if self.engine_name != "machines" and (self.trust_policy or self.scan_fail_on):
+            raise UsageError("--engine-trust-policy and --engine-scan need the machines engine, not --engine "
+                             f"{self.engine_name}")
         for name_or_ip in self.tls_san:
             check_san(name_or_ip)
         for label in self.labels:
@@ -324,6 +339,10 @@ class HostOptions:
             record["engine"] = self.engine.to_record()
         if self.engine_name != "machines":
             record["engine_name"] = self.engine_name
+        if self.trust_policy is not None:
+            record["trust_policy"] = self.trust_policy
+        if self.scan_fail_on is not None:
+            record["scan_fail_on"], record["scan_db"] = self.scan_fail_on, self.scan_db
         return record
 
     @classmethod
@@ -343,6 +362,9 @@ class HostOptions:
                 data_root=record.get("data_root") or None,
                 engine=EngineOptions.from_record(record.get("engine")),
                 engine_name=record.get("engine_name") or "machines",
+                trust_policy=record.get("trust_policy") or None,
+                scan_fail_on=record.get("scan_fail_on") or None,
+                scan_db=record.get("scan_db") or None,
             )
         except UsageError as error:
             raise StoreError(f"stored host options are invalid: {error}") from None
@@ -361,6 +383,8 @@ def plan(recorded: HostOptions, wanted: HostOptions) -> list[str]:
     ):
         if old != new:
             lines.append(f"{name}: {old} -> {new}")
+    if recorded.trust_policy != wanted.trust_policy:  # a whole document: say that it changes, not how
+        lines.append(f"trust policy: {'replaced' if recorded.trust_policy else 'installed'}")
     old_env, new_env = recorded.engine.environment, wanted.engine.environment
     changed_env = sorted(key for key in {**old_env, **new_env} if old_env.get(key) != new_env.get(key))
     if changed_env:  # values may hold proxy passwords: only the names are shown

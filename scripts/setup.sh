@@ -9,6 +9,8 @@ packages=(
   busybox-static docker-compose docker-registry runc crun zstd
   # Docker Engine for --engine docker machines: local hosts see it through their copy-on-write root (tests/swarm)
   docker.io
+  # image signing interoperability (tests/trust): GPG simple signing both ways with skopeo
+  skopeo gnupg
   # the virtualbox driver's tests: Vagrant with the libvirt provider under QEMU, and a Debian test box
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables
   qemu-system-x86 qemu-utils debootstrap

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from machines.cli import change, common, create, declarative, info, lifecycle, provisioning, remote, swarm
+from machines.cli import change, common, create, declarative, info, lifecycle, provisioning, remote, scan, swarm, trust
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
 
@@ -53,7 +53,7 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
 
     create.register(app, driver_flags=driver_flags)
     change.register(app, driver_flags=driver_flags)
-    for module in (info, lifecycle, remote, provisioning, declarative, swarm):
+    for module in (info, lifecycle, remote, provisioning, declarative, swarm, trust, scan):
         module.register(app)
     return app
 

@@ -39,6 +39,9 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         engine_registry_mirror: EngineRegistryMirror = None,
         engine_opt: EngineOpt = None,
         engine_proxy: EngineProxy = None,
+        engine_trust_policy: Annotated[str | None, typer.Option(
+            "--engine-trust-policy", metavar="POLICY.JSON", help="Replace the image trust policy (containers-policy.json)"
+                                                                 " the runtime enforces.")] = None,
         **driver_values: Any,
     ) -> None:
         """Change a running machine: engine options, labels, TLS SANs, driver settings. Containers keep running;
@@ -54,6 +57,10 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
             opts=engine_opt or (),
         )
         wanted = dataclasses.replace(wanted, engine=with_proxy(wanted.engine, engine_proxy))
+        if engine_trust_policy is not None:
+            from machines.trust.policy import load_policy
+
+            wanted = dataclasses.replace(wanted, trust_policy=load_policy(engine_trust_policy))
         flags = driver_flags_of(ctx, machine.driver_name, drivers, driver_values, typed_only=True)
         try:
             if dry_run:

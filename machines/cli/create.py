@@ -7,6 +7,7 @@ registry when the app is built: Typer then shows them in ``create --help`` with 
 # No "from __future__ import annotations" here: Typer reads the real annotation objects of the built signature.
 import inspect
 import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -146,14 +147,34 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
                      "\\[default: the driver's choice, else /var/lib/machines-runtime]. Container overlays need a "
                      "folder that is not itself on overlayfs: on hosts whose / is an overlay use e.g. /data/runtime.")
         ] = None,
+        engine_trust_policy: Annotated[
+            str | None, typer.Option(
+                "--engine-trust-policy", metavar="POLICY.JSON",
+                help="Image trust policy (containers-policy.json) the runtime enforces on pull, run and build FROM.")
+        ] = None,
+        engine_scan: Annotated[
+            str | None, typer.Option(
+                "--engine-scan", metavar="LEVEL",
+                help="Scan pulled and built images on arrival; refuse those with a vulnerability at or above LEVEL "
+                     "(low, medium, high, critical). Needs --engine-scan-db.")
+        ] = None,
+        engine_scan_db: Annotated[
+            str | None, typer.Option(
+                "--engine-scan-db", metavar="DIR", help="OSV records (as for machines scan --db) to upload for "
+                                                         "--engine-scan.")
+        ] = None,
         **driver_values: Any,
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
+        from machines.trust.policy import load_policy
+
         host_options = HostOptions(
             api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
             engine=engine_options(engine_env, engine_insecure_registry, engine_registry_mirror, engine_opt,
                                   engine_proxy),
             engine_name=engine or ("docker" if swarm_manager else "machines"),
+            trust_policy=load_policy(engine_trust_policy) if engine_trust_policy else None,
+            scan_fail_on=engine_scan, scan_db=str(Path(engine_scan_db).expanduser().resolve()) if engine_scan_db else None,
         )
         if swarm_manager and (no_provision or host_options.engine_name != "docker"):
             raise UsageError("--swarm-manager needs a provisioned machine with --engine docker")

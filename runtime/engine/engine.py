@@ -160,6 +160,7 @@ class Engine:
             raise InvalidParameter("config.Image must be set")
         host = host_config_defaults(self._daemon_defaults(body.get("HostConfig") or {}))  # before the image lookup
         image = self.images.resolve(image_ref)
+        self.image_service.admit(image_ref, image)
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
         health.validate(body.get("Healthcheck"))

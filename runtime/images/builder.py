@@ -184,7 +184,7 @@ class Builder:
                  tags: Sequence[str] = (), build_args: dict[str, str | None] | None = None,
                  labels: dict[str, str] | None = None, target: str | None = None, nocache: bool = False,
                  runner: Any = None, pull: PullFn | None = None, quiet: bool = False,
-                 cache_from: Sequence[str] = ()) -> None:
+                 cache_from: Sequence[str] = (), admit: Callable[[str, Image], None] | None = None) -> None:
         self.store = store
         self.context_stream = context
         self.dockerfile_path = dockerfile_path or "Dockerfile"
@@ -195,6 +195,7 @@ class Builder:
         self.nocache = nocache
         self.runner = runner
         self.pull = pull
+        self.admit = admit  # the trust policy's say on a base image already in the store
         self.cache_from = list(cache_from)
         self.cache_sources: list[Image] = []
         self.quiet = quiet
@@ -363,7 +364,10 @@ class Builder:
 
     def _base_image(self, name: str) -> Generator[dict, None, Image]:
         try:
-            return self.store.resolve(name)
+            image = self.store.resolve(name)
+            if self.admit is not None:
+                self.admit(name, image)
+            return image
         except NotFound:
             if self.pull is None:
                 raise
@@ -896,7 +900,7 @@ def run_host_config(query: dict[str, list[str]]) -> dict:
 
 
 def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: dict[str, list[str]],
-                  pull: PullFn | None) -> Iterator[dict]:
+                  pull: PullFn | None, admit: Callable[[str, Image], None] | None = None) -> Iterator[dict]:
     """``POST /build`` from its query (dockerfile, t, buildargs, labels, target, nocache, q, cachefrom, networkmode,
     extrahosts, shmsize, ulimits, remote); RUN steps go to ``engine``, missing base images come from ``pull``.
 
@@ -908,7 +912,7 @@ def build_request(store: ImageStore, engine: Any, body: IO[bytes], query: dict[s
                       tags=query.get("t") or [], build_args=_query_json(query, "buildargs"),
                       labels=_query_json(query, "labels"), target=_query_value(query, "target") or None,
                       nocache=_query_bool(query, "nocache"), quiet=_query_bool(query, "q"),
-                      cache_from=_query_json(query, "cachefrom", list), pull=pull,
+                      cache_from=_query_json(query, "cachefrom", list), pull=pull, admit=admit,
                       runner=EngineStepRunner(engine, run_host_config(query)))
     try:
         builder.receive_context()

@@ -544,39 +544,45 @@ def _run_parallel(tasks: list[Callable[[], None]], events: queue.Queue[dict | No
 
 
 def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | None = None,
-         platform: str | None = None, options: RegistryOptions | None = None) -> Iterator[dict]:
+         platform: str | None = None, options: RegistryOptions | None = None,
+         check: Callable[[Session, str], None] | None = None) -> Iterator[dict]:
     """``POST /images/create?fromImage=..&tag=..``: Docker's JSON progress messages.
 
     The manifest and config are fetched before this returns, so a missing image, bad credentials or an
     unreachable registry raise here (NotFound, Unauthorized, HostError: an HTTP error status, as moby answers
-    before its stream starts); layer failures (InvalidParameter for digest mismatches, HostError) are raised
-    while iterating, after progress has gone out.
+    before its stream starts), and so does ``check(session, manifest digest)`` (the trust policy; a mirror whose
+    manifest it refuses is skipped like a failing one); layer failures (InvalidParameter for digest mismatches,
+    HostError) are raised while iterating, after progress has gone out.
     """
     ref = reference.join_repo_tag(image, tag)
     options = options or RegistryOptions()
     for mirror in options.mirrors_for(ref):
         try:
-            return _pull_from(store, Session(ref, auth or {}, options, "pull", mirror), platform)
+            return _pull_from(store, Session(ref, auth or {}, options, "pull", mirror), platform, check)
         except EngineError:
             continue  # a mirror that fails is skipped, as dockerd falls back to the next endpoint
-    return _pull_from(store, Session(ref, auth or {}, options, "pull"), platform)
+    return _pull_from(store, Session(ref, auth or {}, options, "pull"), platform, check)
 
 
-def _pull_from(store: ImageStore, session: Session, platform: str | None) -> Iterator[dict]:
+def _pull_from(store: ImageStore, session: Session, platform: str | None,
+               check: Callable[[Session, str], None] | None) -> Iterator[dict]:
     """Resolve the manifest and config at one endpoint; the layers then stream from the same endpoint."""
     try:  # the registry's documents are data: a malformed one is a clear error, never a crash
-        return _pull_layers(store, session, *_image_documents(session, platform))
+        return _pull_layers(store, session, *_image_documents(session, platform, check))
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         raise InvalidParameter(f"invalid manifest for {session.ref.familiar()}: {exc!r}") from None
 
 
-def _image_documents(session: Session, platform: str | None) -> tuple[list[dict], list[str], bytes, str]:
+def _image_documents(session: Session, platform: str | None, check: Callable[[Session, str], None] | None,
+                     ) -> tuple[list[dict], list[str], bytes, str]:
     """The manifest (through an index, for the wanted platform) and config of a pull: (layer descriptors, diff
     IDs, config bytes, the digest the reference points to)."""
     ref = session.ref
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
+    if check is not None:
+        check(session, manifest_digest)
     if media in INDEX_TYPES or "manifests" in doc:
         entry = _choose_platform(doc, parse_platform(platform))
         doc, data, media, _ = session.get_json_blob(

@@ -4,7 +4,7 @@ As moby's image service sits over its layer store, this sits over the image stor
 builder: pull, push, login and distribution inspect go to registries, build runs the classic builder, save and
 load read and write image archives. The store below knows nothing of them, so the modules form a tree::
 
-    service -> builder, registry, transfer -> store -> archive, dockerfile, media, reference
+    service -> builder, registry, transfer, trust, scan -> store -> archive, dockerfile, media, reference
     (the builder also uses ignore; media, reference and ignore import no other images module)
 """
 
@@ -15,9 +15,11 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Union
 
-from runtime.images import builder, registry, transfer
+from runtime.images import builder, registry, transfer, trust
+from runtime.images.reference import join_repo_tag
 from runtime.images.reference import parse as parse_reference
-from runtime.images.store import ImageStore
+from runtime.images.scan.arrival import ArrivalScanner, ScanRefused
+from runtime.images.store import Image, ImageStore
 from runtime.proxy import ProxyConfig
 
 Auth = Union[dict, str, None]  # a credentials dict or the raw ``X-Registry-Auth`` header
@@ -36,6 +38,8 @@ class ImageService:
         self.proxies = proxies or ProxyConfig()
         self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
             os.path.join(os.path.dirname(store.root), "certs.d"), "/etc/docker/certs.d"]
+        self.trust = trust.Trust(os.path.dirname(store.root))
+        self.arrival = ArrivalScanner(os.path.dirname(store.root))  # scan on arrival, when scan.json says so
 
     def registry_options(self) -> registry.RegistryOptions:
         """Read afresh for every operation, so a CA added to certs.d counts from the next pull on."""
@@ -45,7 +49,28 @@ class ImageService:
     def pull(self, image: str, tag: str | None = None, auth: Auth = None,
              platform: str | None = None) -> Iterator[dict]:
         """``docker pull``: Docker's JSON progress messages; raises EngineError (see registry.pull)."""
-        return registry.pull(self.store, image, tag, registry.as_auth(auth), platform, self.registry_options())
+        stream = registry.pull(self.store, image, tag, registry.as_auth(auth), platform, self.registry_options(),
+                               check=self._check_pull)
+        if self.arrival.settings() is None:
+            return stream
+        return self._scan_pulled(stream, str(join_repo_tag(image, tag)))
+
+    def _scan_pulled(self, stream: Iterator[dict], name: str) -> Iterator[dict]:
+        """The pull's messages, then the arrival scan; a refused image is removed again and the error raised."""
+        yield from stream
+        try:
+            self.arrival.check(name, self.store.resolve(name))
+        except ScanRefused:
+            self.store.remove(name, force=True)
+            raise
+
+    def _check_pull(self, session: registry.Session, digest: str) -> None:
+        """The trust policy's verdict on the manifest a pull resolved, asked before any layer is fetched."""
+        self.trust.check_pull(session.ref, digest, trust.session_fetch(session))
+
+    def admit(self, name: str, image: Image) -> None:
+        """Raise trust.Rejected when the policy does not let ``image`` run (or serve as a base image)."""
+        self.trust.check_run(name, image.repo_digests)
 
     def push(self, image: str, tag: str | None = None, auth: Auth = None) -> Iterator[dict]:
         """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
@@ -68,7 +93,30 @@ class ImageService:
         def pull(name: str) -> Iterator[dict]:
             return self.pull(name, auth=registry.auth_for_host(credentials, parse_reference(name).domain))
 
-        return builder.build_request(self.store, engine, body, self._with_proxy_args(query), pull)
+        stream = builder.build_request(self.store, engine, body, self._with_proxy_args(query), pull, self.admit)
+        return stream if self.arrival.settings() is None else self._scan_built(stream)
+
+    def _scan_built(self, stream: Iterator[dict]) -> Iterator[dict]:
+        """The build's stream with the messages after the image ID held back until the arrival scan passed; a
+        refused image is removed and the refusal is the stream's last message, as build errors are."""
+        built: str | None = None
+        held: list[dict] = []
+        for message in stream:
+            aux = message.get("aux")
+            if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+                built = aux["ID"]
+            if built is None:
+                yield message
+            else:
+                held.append(message)
+        if built is not None and not any("error" in message for message in held):
+            try:
+                self.arrival.check(built, self.store.resolve(built))
+            except ScanRefused as exc:
+                self.store.remove(built, force=True)
+                yield {"errorDetail": {"message": str(exc)}, "error": str(exc)}
+                return
+        yield from held
 
     def _with_proxy_args(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
         """The daemon's proxies as default ``--build-arg``s (the client's own values win), as Docker's clients add

@@ -24,11 +24,22 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.declarative",
               "machines.dockermachine", "machines.swarm")),
     ("bootstrap", ("bootstrap",)),
-    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines")),
+    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines.trust", "machines.scan",
+                     "machines")),
 ]
-# What may use the runtime's code (runtime itself is stdlib only): the zipapp builder, which bundles the package, and
-# the provisioner, which checks engine options with the daemon's own rules before anything is created.
-RUNTIME_USERS = {"bootstrap.bundle": None, "bootstrap.provisioner": {"runtime.daemonconfig"}}
+# What may use the runtime's code (runtime itself is stdlib only): the zipapp builder, which bundles the package, the
+# provisioner, which checks engine options with the daemon's own rules before anything is created, and the
+# workstation's image tools, which reuse its registry client, trust policy and scanner so that `machines trust verify`
+# and `machines scan` judge exactly as a machine does.
+RUNTIME_USERS = {"bootstrap.bundle": None, "bootstrap.provisioner": {"runtime.daemonconfig"},
+                 "machines.trust.sigstore": {"runtime.errors", "runtime.images.ecdsa", "runtime.images.media",
+                                             "runtime.images.reference", "runtime.images.registry",
+                                             "runtime.images.trust"},
+                 "machines.trust.gpgsign": {"runtime.images.simplesign", "runtime.images.trust"},
+                 "machines.trust.policy": {"runtime.errors", "runtime.images.trust"},
+                 "machines.scan.source": {"runtime.images.media", "runtime.images.registry"},
+                 "machines.scan.scan": {"runtime.images.scan.inventory", "runtime.images.scan.osv"},
+                 "machines.scan.report": {"runtime.images.scan.inventory", "runtime.images.scan.osv"}}
 STRING_IMPORTS = ("import_module", "__import__", "find_spec", "spec_from_file_location")
 
 

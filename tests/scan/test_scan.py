@@ -1,0 +1,234 @@
+"""``machines scan`` on images in every package format, against the OSV records in tests/scan/osv."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from machines.errors import ScanError
+from machines.scan import report
+from machines.scan.scan import inventory, vulnerabilities
+from runtime.images.scan import osv
+from runtime.images.scan.inventory import scan_layers
+from tests.scan import fixtures
+from tests.trust.conftest import run_machines
+
+OSV_DB = Path(__file__).parent / "osv"
+TODAY = datetime.date(2026, 1, 1)
+
+
+@pytest.fixture
+def alpine_archive(tmp_path) -> Path:
+    return fixtures.save_archive(tmp_path / "alpine.tar", fixtures.alpine_layers())
+
+
+@pytest.fixture
+def rpm_archive(tmp_path) -> Path:
+    return fixtures.save_archive(tmp_path / "alma.tar", fixtures.rpm_layers())
+
+
+def _names(found):
+    return {(p.kind, p.name, p.version) for p in found.packages}
+
+
+def test_alpine_python_npm_and_go_inventory(alpine_archive):
+    found = inventory(str(alpine_archive))
+    assert found.os_release["ID"] == "alpine"
+    assert _names(found) == {
+        ("apk", "musl", "1.2.3-r0"), ("apk", "zlib", "1.2.12-r1"), ("apk", "libssl1.1", "1.1.1q-r0"),
+        ("python", "requests", "2.28.0"), ("python", "Old_Thing", "0.9"),  # urllib3 was whited out above
+        ("npm", "lodash", "4.17.20"), ("npm", "@scope/tool", "1.0.0"),  # app/package.json is not a dependency
+        ("go", "stdlib", "go1.18.1"), ("go", "golang.org/x/text", "v0.3.7"),
+        ("go", "github.com/new/name", "v1.2.0")}  # the replacement, not the replaced module; (devel) left out
+    ssl = next(p for p in found.packages if p.name == "libssl1.1")
+    assert ssl.source == "openssl" and ssl.path == "/lib/apk/db/installed"
+
+
+def test_rpm_sqlite_inventory(rpm_archive):
+    found = inventory(str(rpm_archive))
+    assert _names(found) == {("rpm", "openssl-libs", "1:1.1.1k-5.el8_5"), ("rpm", "bash", "4.4.20-4.el8_6")}
+    assert next(p for p in found.packages if p.name == "openssl-libs").source == "openssl"
+
+
+def test_opaque_directories_hide_lower_layers():
+    lower = fixtures.layer({"app/node_modules/lodash/package.json": b'{"name": "lodash", "version": "4.17.20"}'})
+    upper = fixtures.layer({"app/node_modules/.wh..wh..opq": None,
+                            "app/node_modules/left-pad/package.json": b'{"name": "left-pad", "version": "1.3.0"}'})
+    found = scan_layers([io.BytesIO(lower), io.BytesIO(upper)])
+    assert _names(found) == {("npm", "left-pad", "1.3.0")}
+
+
+def test_findings_with_each_ecosystems_order_and_severity(alpine_archive, rpm_archive):
+    alpine = vulnerabilities("alpine", inventory(str(alpine_archive)), OSV_DB, today=TODAY)
+    got = {(f.id, f.package.name, f.package.version, f.fixed, f.severity, f.score) for f in alpine.findings}
+    assert got == {
+        ("ALPINE-CVE-2022-37434", "zlib", "1.2.12-r1", "1.2.12-r2", "critical", 9.8),
+        ("GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "high", 7.2),
+        ("GHSA-j8r2-6x86-q33q", "requests", "2.28.0", "2.31.0", "medium", 6.1),
+        ("GO-2022-0969", "stdlib", "go1.18.1", "1.18.6", "unknown", None),
+        ("GO-2022-1059", "golang.org/x/text", "v0.3.7", "0.3.8", "unknown", None)}
+    assert [f.severity for f in alpine.findings][:2] == ["critical", "high"]  # most severe first
+    alma = vulnerabilities("alma", inventory(str(rpm_archive)), OSV_DB, today=TODAY)
+    assert [(f.id, f.package.name, f.fixed) for f in alma.findings] == [
+        ("ALSA-2022:1065", "openssl-libs", "1:1.1.1k-6.el8_5")]  # matched through the source RPM's name
+
+
+def test_fixed_versions_are_not_reported_and_other_releases_do_not_match(tmp_path):
+    records = tmp_path / "db"
+    records.mkdir()
+    (records / "r.json").write_text(json.dumps({"id": "TEST-1", "affected": [
+        {"package": {"ecosystem": "Alpine:v3.17", "name": "zlib"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]},
+        {"package": {"ecosystem": "Alpine:v3.16", "name": "musl"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.2.3-r0"}]}]},
+        {"package": {"ecosystem": "Alpine:v3.16", "name": "openssl"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "1.1.1a-r0"}, {"last_affected": "1.1.1q-r0"}]}]},
+    ]}))
+    (records / "withdrawn.json").write_text(json.dumps({"id": "TEST-2", "withdrawn": "2024-01-01T00:00:00Z",
+        "affected": [{"package": {"ecosystem": "Alpine", "name": "musl"}, "versions": ["1.2.3-r0"]}]}))
+    layers = [io.BytesIO(layer) for layer in fixtures.alpine_layers()]
+    result = vulnerabilities("x", scan_layers(layers), records, today=TODAY)
+    assert [(f.id, f.package.name, f.fixed) for f in result.findings] == [("TEST-1", "libssl1.1", None)]
+
+
+def test_ignore_file_reasons_expiry_and_unfixed(alpine_archive, tmp_path):
+    ignore = tmp_path / ".trivyignore"
+    ignore.write_text("# accepted risks\nCVE-2021-23337 exp:2026-06-30  # template() is never given user input\n"
+                      "GO-2022-0969 exp:2025-12-31 # was waiting for go1.18.6\n")
+    result = vulnerabilities("a", inventory(str(alpine_archive)), OSV_DB, ignore_file=ignore, today=TODAY)
+    assert [(f.id, entry.reason) for f, entry in result.ignored] == [
+        ("GHSA-35jh-r3h4-6jhm", "template() is never given user input")]  # matched by its alias
+    assert [entry.id for entry in result.expired] == ["GO-2022-0969"]
+    assert "GO-2022-0969" in {f.id for f in result.findings}
+    unfixed = tmp_path / "db"
+    unfixed.mkdir()
+    (unfixed / "u.json").write_text(json.dumps({"id": "TEST-U", "affected": [
+        {"package": {"ecosystem": "PyPI", "name": "Old-Thing"}, "versions": ["0.9"]}]}))
+    found = inventory(str(alpine_archive))
+    assert [f.id for f in vulnerabilities("a", found, unfixed, today=TODAY).findings] == ["TEST-U"]
+    assert vulnerabilities("a", found, unfixed, ignore_unfixed=True, today=TODAY).findings == []
+    ignore.write_text("CVE-1 exp:31-12-2026\n")
+    with pytest.raises(ScanError, match="bad expiry date '31-12-2026'"):
+        vulnerabilities("a", found, OSV_DB, ignore_file=ignore)
+
+
+def test_cli_table_json_sarif_and_fail_on(alpine_archive):
+    table = run_machines("scan", str(alpine_archive), "--db", str(OSV_DB))
+    assert table.code == 0, table.err
+    lines = table.out.splitlines()
+    assert lines[0].split() == ["ID", "PACKAGE", "INSTALLED", "FIXED", "SEVERITY", "CVSS"]
+    assert lines[1].split() == ["ALPINE-CVE-2022-37434", "zlib", "1.2.12-r1", "1.2.12-r2", "critical", "9.8"]
+    assert lines[-1] == "10 packages (alpine 3.16.2); 5 vulnerabilities: 1 critical, 1 high, 1 medium, 2 unknown"
+
+    as_json = json.loads(run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--format", "json").out)
+    assert as_json["packages"] == 10 and len(as_json["vulnerabilities"]) == 5
+    assert as_json["vulnerabilities"][0]["aliases"] == ["CVE-2022-37434"]
+
+    sarif = json.loads(run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--format", "sarif").out)
+    assert sarif["version"] == "2.1.0"
+    results = sarif["runs"][0]["results"]
+    assert {r["ruleId"]: r["level"] for r in results}["ALPINE-CVE-2022-37434"] == "error"
+    assert results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "lib/apk/db/installed"
+
+    assert run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "critical").code == 1
+    clean = run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "low", "--ignore-unfixed")
+    assert clean.code == 1  # everything here has a fix
+    bad = run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "severe")
+    assert bad.code == 2 and "Traceback" not in bad.err
+
+
+def test_sboms_validate_against_their_schemas(alpine_archive, tmp_path):
+    cdx = run_machines("scan", str(alpine_archive), "--sbom", "cyclonedx")
+    assert cdx.code == 0, cdx.err
+    bom = json.loads(cdx.out)
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
+    purls = {c["purl"] for c in bom["components"]}
+    assert "pkg:apk/alpine/zlib@1.2.12-r1?arch=x86_64&distro=alpine-3.16.2" in purls
+    assert "pkg:npm/%40scope/tool@1.0.0" in purls and "pkg:golang/golang.org/x/text@v0.3.7" in purls
+
+    out = tmp_path / "sbom.spdx.json"
+    spdx = run_machines("scan", str(alpine_archive), "--sbom", "spdx", "--sbom-file", str(out), "--db", str(OSV_DB))
+    assert spdx.code == 0, spdx.err
+    assert "ALPINE-CVE-2022-37434" in spdx.out  # the report still follows
+    doc = json.loads(out.read_text())
+    assert doc["spdxVersion"] == "SPDX-2.3" and len(doc["packages"]) == 11
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    assert validate_full_spdx_document(parse_file(str(out))) == []
+
+
+def test_missing_data_and_offline_update_fail_clearly(alpine_archive, tmp_path):
+    empty = run_machines("scan", str(alpine_archive), "--db", str(tmp_path / "none"))
+    assert empty.code == 1
+    assert empty.err.strip().startswith(f"Error: no OSV data in {tmp_path / 'none'}: run with --db-update")
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: like a workstation without internet access
+    update = run_machines("scan", str(alpine_archive), "--db", str(tmp_path / "db"), "--db-update",
+                          env={"MACHINES_OSV_URL": f"http://127.0.0.1:{port}"})
+    assert update.code == 1
+    assert update.err.strip().startswith(f"Error: cannot download OSV data from http://127.0.0.1:{port}/")
+    assert "--db-update needs internet access" in update.err
+    assert not any((tmp_path / "db").iterdir())  # no partial file left
+
+
+def test_not_an_image(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all")
+    result = run_machines("scan", str(junk), "--db", str(OSV_DB))
+    assert result.code == 1 and result.err.startswith(f"Error: {junk}: not an image archive")
+
+
+def test_cvss_scores():
+    assert osv.cvss3_score("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H") == 9.8
+    assert osv.cvss3_score("CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:C/C:L/I:L/A:N") == 6.1
+    assert osv.cvss3_score("CVSS:3.0/AV:L/AC:L/PR:L/UI:N/S:U/C:N/I:N/A:N") == 0.0
+    assert osv.cvss3_score("CVSS:3.1/AV:N/AC:L/PR:L/UI:N/S:C/C:H/I:H/A:H") == 9.9
+    assert osv.cvss3_score("AV:N/AC:L/Au:N/C:P/I:P/A:P") is None  # CVSS v2: not graded
+    assert report.at_or_above([], "low") == []
+
+
+def test_docker_save_output_of_the_runtime_and_an_oci_layout(tmp_path):
+    from runtime.images.service import ImageService
+    from runtime.images.store import ImageStore
+
+    service = ImageService(ImageStore(str(tmp_path / "data" / "image")))
+    base, upper = fixtures.alpine_layers()
+    image = service.store.resolve(service.store.import_tar(io.BytesIO(base)))
+    folder = tmp_path / "upper"
+    (folder / "app/node_modules").mkdir(parents=True)
+    (folder / "app/node_modules/.wh.lodash").write_bytes(b"")  # a whiteout entry in the committed layer
+    service.store.commit(str(folder), image, None, "saved:1")
+    archive = tmp_path / "saved.tar"
+    archive.write_bytes(b"".join(service.save(["saved:1"])))
+    found = inventory(str(archive))
+    names = {p.name for p in found.packages}
+    assert "zlib" in names and "requests" in names and "lodash" not in names
+
+    import gzip
+    import hashlib
+    import tarfile
+
+    def blob(data: bytes) -> tuple[str, bytes]:
+        return "sha256:" + hashlib.sha256(data).hexdigest(), data
+
+    layers = [blob(gzip.compress(layer)) for layer in fixtures.rpm_layers()]
+    manifest = blob(json.dumps({"schemaVersion": 2, "layers": [{"digest": d, "size": len(b)} for d, b in layers],
+                                "config": {"digest": blob(b"{}")[0], "size": 2}}).encode())
+    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": manifest[0], "size": len(manifest[1])}]})
+    oci = tmp_path / "oci.tar"
+    with tarfile.open(oci, "w") as tar:
+        for name, data in [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'), ("index.json", index.encode()),
+                           *[("blobs/" + d.replace(":", "/"), b) for d, b in [*layers, manifest]]]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert {p.name for p in inventory(str(oci)).packages} == {"openssl-libs", "bash"}

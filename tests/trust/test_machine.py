@@ -1,0 +1,119 @@
+"""End to end on a real machine: ``machines create --engine-trust-policy`` installs the policy, ``docker pull`` and
+``docker run`` through ``machines env`` honour it, and ``machines scan --machine`` reads the image from the machine."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from drivers.nshost import Bridge
+from machines.machine import Machines
+from runtime.images.service import ImageService
+from runtime.images.store import ImageStore
+from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
+from tests.images.registry_fixture import Registry
+from tests.scan import fixtures
+from tests.support.cli import DOCKER, machines, with_env
+from tests.support.hosts import unique_name
+from tests.trust.conftest import run_machines
+
+OSV_DB = Path(__file__).parents[1] / "scan" / "osv"
+
+
+def _push_alpine_fixture(registry: Registry, tmp_path, name: str) -> str:
+    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
+    base, _ = fixtures.alpine_layers()
+    image = f"{registry.host}/{name}"
+    service.store.import_tar(io.BytesIO(base), image)
+    list(service.push(image))
+    return image
+
+
+def _create_reaching(store: Path, registry: Registry, bridge: Bridge, name: str, *flags: str) -> None:  # noqa: F811
+    """A local machine that reaches the loopback registry at the same address (a remote forward of its SSH)."""
+    machines(store, "create", "-d", "local", "--local-bridge", bridge.name, "--local-subnet", bridge.subnet, *flags,
+             name)
+    port = int(registry.host.rsplit(":", 1)[1])
+    assert Machines(store).get(name).ssh().request_remote_forward(port, "127.0.0.1", port) == port
+
+
+def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, registry: Registry, keypair,  # noqa: F811
+                                                                    test_bridge: Bridge, tmp_path):
+    private, public, secret = keypair
+    service = ImageService(ImageStore(str(tmp_path / "work" / "image")))
+    base, _ = fixtures.alpine_layers()
+    image = service.store.resolve(service.store.import_tar(io.BytesIO(base)))
+    signed, unsigned = f"{registry.host}/signed/app:v1", f"{registry.host}/signed/app:v2"
+    for number, name in enumerate((signed, unsigned)):
+        upper = tmp_path / f"upper{number}"
+        upper.mkdir()
+        (upper / "n").write_text(str(number))
+        service.store.commit(str(upper), image, None, name)
+        list(service.push(name))
+    assert run_machines("trust", "sign", signed, "--key", str(private), "--passphrase-file", str(secret)).code == 0
+    policy = tmp_path / "policies" / "policy.json"
+    policy.parent.mkdir()
+    policy.write_text(json.dumps({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {f"{registry.host}/signed": [{"type": "sigstoreSigned", "keyPath": "../cosign.pub"}]},
+                       "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}))
+
+    name = unique_name("tr")
+    _create_reaching(store, registry, test_bridge, name, "--engine-trust-policy", str(policy))
+
+    refused = with_env(store, name, f"{DOCKER} pull {unsigned}")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == (f"Error response from daemon: {unsigned}: Source image rejected: "
+                                               "A signature was required, but no signature exists")
+    pulled = with_env(store, name, f"{DOCKER} pull {signed}")
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    created = with_env(store, name, f"{DOCKER} create {signed} /nothing-to-run")  # the run-time check passes
+    assert created.returncode == 0, created.stderr.decode()
+    assert with_env(store, name, f"{DOCKER} rm {created.stdout.decode().strip()}").returncode == 0
+
+    scanned = run_machines("--storage-path", str(store), "scan", signed, "--machine", name, "--db", str(OSV_DB),
+                           "--format", "json")
+    assert scanned.code == 0, scanned.err
+    report = json.loads(scanned.out)
+    assert report["packages"] == 11
+    assert "ALPINE-CVE-2022-37434" in {v["id"] for v in report["vulnerabilities"]}
+    missing = run_machines("--storage-path", str(store), "scan", "no/such:image", "--machine", name,
+                           "--db", str(OSV_DB))
+    assert missing.code == 1
+    assert missing.err.strip() == f"Error: {name}: No such image: no/such:image"
+
+
+def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_bridge: Bridge,  # noqa: F811
+                                               tmp_path):
+    vulnerable = _push_alpine_fixture(registry, tmp_path, "scan/alpine:1")
+    name = unique_name("sc")
+    bad = machines(store, "create", "-d", "local", "--engine-scan", "critical", name, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == "Error: --engine-scan and --engine-scan-db go together"
+    _create_reaching(store, registry, test_bridge, name, "--engine-scan", "critical", "--engine-scan-db", str(OSV_DB))
+    refused = with_env(store, name, f"{DOCKER} pull {vulnerable}")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip().endswith(
+        f"{vulnerable}: refused by the engine's scan policy: 1 vulnerabilities at or above critical: "
+        "ALPINE-CVE-2022-37434 (critical) in zlib 1.2.12-r1")
+    listed = with_env(store, name, f"{DOCKER} images -q {vulnerable}")
+    assert listed.returncode == 0 and listed.stdout == b""
+
+
+def test_set_installs_a_trust_policy_on_a_running_machine(store, registry: Registry, test_bridge: Bridge,  # noqa: F811
+                                                          tmp_path):
+    unsigned = _push_alpine_fixture(registry, tmp_path, "team/app:1")
+    name = unique_name("ts")
+    _create_reaching(store, registry, test_bridge, name)
+    assert with_env(store, name, f"{DOCKER} pull {unsigned}").returncode == 0  # no policy: Docker's behaviour
+    assert with_env(store, name, f"{DOCKER} rmi {unsigned}").returncode == 0
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "reject"}]}))
+    planned = machines(store, "set", "--dry-run", "--engine-trust-policy", str(policy), name)
+    assert "trust policy: installed" in planned.stdout.splitlines()
+    machines(store, "set", "--engine-trust-policy", str(policy), name)
+    refused = with_env(store, name, f"{DOCKER} pull {unsigned}")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == (f"Error response from daemon: {unsigned}: Source image rejected: "
+                                               f"Running image docker://{unsigned} is rejected by policy.")
