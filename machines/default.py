@@ -22,12 +22,18 @@ class EngineProvisioners:
     """A ``Provisioner`` that hands each machine to the provisioner of the engine it was created with."""
 
     def __init__(self, by_engine: dict[str, machine.Provisioner] | None = None) -> None:
-        if not by_engine:  # imported here: bootstrap pulls in paramiko and cryptography, which `version` never needs
+        self._by_engine = by_engine or None
+
+    @property
+    def by_engine(self) -> dict[str, machine.Provisioner]:
+        """The provisioners, made on first use: bootstrap pulls in paramiko and cryptography, which ``version`` and
+        ``ls`` never need."""
+        if self._by_engine is None:
             from bootstrap.dockerengine import DockerEngineProvisioner
             from bootstrap.provisioner import RuntimeProvisioner
 
-            by_engine = {"machines": RuntimeProvisioner(), "docker": DockerEngineProvisioner()}
-        self.by_engine = by_engine
+            self._by_engine = {"machines": RuntimeProvisioner(), "docker": DockerEngineProvisioner()}
+        return self._by_engine
 
     def of(self, target: machine.Machine) -> machine.Provisioner:
         return self.by_engine[target.host_options.engine_name]
