@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drivers import registry
 from drivers.base import Driver, Ledger, SSHDetails, State
+from machines import contexts
 from machines.errors import (
     CancelledError,
     DriverError,
@@ -458,6 +459,7 @@ class Machines:
                     raise DriverError(f"cannot remove {name}: {error} (use -f to forget it anyway)") from None
                 progress.note(f"driver could not remove its resources ({error}); forgetting the machine anyway")
             self.store.delete(name)
+            contexts.remove(name, self.store.root)  # the docker context `machines context` made, if any
 
     def start(self, name: str, progress: Progress | None = None) -> None:
         self.get(name).start(progress)

@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from machines.cli import common, create, info, lifecycle, provisioning, remote
+from machines import completion
+from machines.cli import common, create, info, lifecycle, provisioning, reach, remote
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
 
@@ -52,7 +53,7 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
         common.configure_logging(debug)
 
     create.register(app, driver_flags=driver_flags)
-    for module in (info, lifecycle, remote, provisioning):
+    for module in (info, lifecycle, remote, provisioning, reach):
         module.register(app)
     return app
 
@@ -62,7 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     settings.debug = any(arg in ("--debug", "-D") for arg in args) or bool(_env_flag("MACHINES_DEBUG"))
     try:
-        command = typer.main.get_command(build_app(driver_flags="create" in args))
+        completing = completion.requested()  # a shell's TAB: Typer's entry point answers and exits
+        if completing:
+            completion.init()
+        command = typer.main.get_command(
+            build_app(driver_flags="create" in args or (completing and "create" in completion.words().split()))
+        )
+        completion.attach(command)
         result = command.main(args=args, prog_name="machines", standalone_mode=False)
         return result if isinstance(result, int) else int(ExitStatus.OK)
     except MachinesError as error:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import typer
 
 from machines import shellenv
-from machines.cli import common
+from machines.cli import common, reach
 from machines.machine import Machine
 from machines.progress import Progress
 
@@ -40,11 +40,17 @@ def register(app: typer.Typer) -> None:
         unset: bool = typer.Option(False, "--unset", "-u", help="Print commands that unset the variables instead."),
         no_proxy: bool = typer.Option(False, "--no-proxy", help="Add the machine's IP to NO_PROXY/no_proxy."),
         ssh: bool = typer.Option(False, "--ssh", help="Point DOCKER_HOST at a local socket forwarded over SSH."),
+        context: bool = typer.Option(False, "--context", help="Create a docker context NAME; set DOCKER_CONTEXT."),
+        ports: str | None = typer.Option(None, "--ports", help="'auto': published ports on 127.0.0.1 here."),
     ) -> None:
         """Print the shell commands that point docker, docker-py and docker-compose at a machine."""
-        variables = common.machines().get(name).env(ssh=ssh, unset=unset, no_proxy=no_proxy)
+        machine = common.machines().get(name)
+        variables = machine.env(ssh=ssh, unset=unset, no_proxy=no_proxy)
+        if ports is not None or context:
+            variables = reach.env_extras(machine, variables, ports=ports, context=context, unset=unset)
         chosen = shell or shellenv.detect_shell()
-        flags = [("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy), (f"--shell {shell}", bool(shell))]
+        flags = [("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy), (f"--shell {shell}", bool(shell)),
+                 ("--context", context), (f"--ports {ports}", ports is not None)]
         command = " ".join(["machines env", *(flag for flag, given in flags if given), name])
         common.echo(shellenv.render(variables, chosen, command).rstrip("\n"))
 

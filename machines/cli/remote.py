@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import subprocess
 from typing import Annotated
 
 import typer
@@ -14,20 +14,26 @@ def register(app: typer.Typer) -> None:
     @app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
     def ssh(
         name: str,
-        command: Annotated[list[str] | None, typer.Argument(help="Command to run; a shell when omitted.")] = None,
+        args: Annotated[
+            list[str] | None,
+            typer.Argument(help="ssh options (-L, -R, -D, -A, -t, -T, -N), then the command (a shell when omitted)."),
+        ] = None,
+        native: Annotated[
+            bool, typer.Option("--native", help="Run the system ssh (any ssh option) with the pinned host key.")
+        ] = False,
     ) -> None:
-        """Log in to a machine (a shell on a PTY) or run one command; its exit status is passed through."""
-        if command and command[0] == "--":  # ``machines ssh NAME -- CMD`` like ssh
-            command = command[1:]
-        connection = machines().get(name).ssh()
+        """Log in to a machine (a shell on a PTY) or run one command, with OpenSSH's forwarding options; its exit
+        status is passed through."""
+        from machines import sshconfig
+
+        options = sshconfig.parse(args or [])
+        machine = machines().get(name)
+        if native or options.native:
+            command = sshconfig.native_command(machine, sshconfig.write_known_hosts(machine), options)
+            raise typer.Exit(subprocess.call(command))
+        connection = machine.ssh()
         try:
-            if command:
-                stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
-                status = connection.stream(" ".join(command), stdin=stdin)
-            else:
-                if not sys.stdin.isatty():
-                    raise typer.BadParameter("an interactive shell needs a terminal; give a command to run")
-                status = connection.interactive()
+            status = sshconfig.Session(connection, options).run()
         finally:
             connection.close()
         raise typer.Exit(status)

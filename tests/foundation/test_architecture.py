@@ -19,11 +19,12 @@ PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("runtime",)),
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
-              "machines.shellenv", "machines.redaction")),
+              "machines.shellenv", "machines.redaction", "machines.contexts")),
     ("drivers", ("drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer")),
     ("bootstrap", ("bootstrap",)),
-    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines")),
+    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines", "machines.ports",
+                     "machines.sshconfig", "machines.completion")),
 ]
 # What may use the runtime's code: only the zipapp builder, which bundles the package (runtime itself is stdlib only).
 RUNTIME_USERS = {"bootstrap.bundle"}

@@ -1,0 +1,101 @@
+"""Ports of a ``--api ssh`` local machine (no TCP port open on it) on this computer's 127.0.0.1, over SSH."""
+
+from __future__ import annotations
+
+from tests.reach.conftest import IMAGE, Reachable, eventually, free_port, http_get
+
+HTTPD = "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def test_published_ports_follow_containers_through_ports_auto(ssh_machine: Reachable) -> None:
+    port = free_port()
+    assert http_get(port) is None
+    env = ssh_machine.cli("env", "--ssh", "--ports", "auto", "--shell", "bash", ssh_machine.name).stdout
+    assert "DOCKER_HOST=" in env
+    try:
+        assert "auto" in ssh_machine.cli("port", "ls", ssh_machine.name).stdout
+        container = ssh_machine.docker("run", "-d", "--hostname", "web", "-p", f"{port}:80", IMAGE, "sh", "-c",
+                                       HTTPD).stdout.strip()
+        assert eventually(lambda: http_get(port), lambda body: body is not None) == "hello-web\n"
+        ssh_machine.docker("stop", "-t", "1", container)
+        assert eventually(lambda: http_get(port), lambda body: body is None) is None
+        ssh_machine.docker("start", container)  # started again: forwarded again
+        assert eventually(lambda: http_get(port), lambda body: body is not None) == "hello-web\n"
+        ssh_machine.docker("rm", "-f", container)
+        assert eventually(lambda: http_get(port), lambda body: body is None) is None
+    finally:
+        ssh_machine.cli("env", "--ssh", "--ports", "auto", "--unset", ssh_machine.name)
+    assert "auto" not in ssh_machine.cli("port", "ls", ssh_machine.name).stdout
+
+
+def test_port_forwards_a_local_port_until_removed(ssh_machine: Reachable) -> None:
+    inside, here = free_port(), free_port()
+    container = ssh_machine.docker("run", "-d", "--hostname", "fwd", "-p", f"{inside}:80", IMAGE, "sh", "-c",
+                                   HTTPD).stdout.strip()
+    try:
+        ssh_machine.cli("port", ssh_machine.name, f"{here}:{inside}")
+        assert f"{here}:{inside}" in ssh_machine.cli("port", "ls").stdout
+        assert eventually(lambda: http_get(here), lambda body: body is not None) == "hello-fwd\n"
+        again = ssh_machine.cli("port", ssh_machine.name, f"{here}:{inside}")  # the same forward: kept, no error
+        assert again.returncode == 0
+        other = ssh_machine.cli("port", ssh_machine.name, f"{here}:1", check=False)
+        assert other.returncode != 0 and f"already forwards {here}:{inside}" in other.stderr
+        ssh_machine.cli("port", "rm", ssh_machine.name, str(here))
+        assert http_get(here) is None
+        assert f"{here}:" not in ssh_machine.cli("port", "ls").stdout
+    finally:
+        ssh_machine.cli("port", "rm", "--all", ssh_machine.name)
+        ssh_machine.docker("rm", "-f", container)
+
+
+def test_reverse_port_reaches_this_computer(ssh_machine: Reachable) -> None:
+    import http.server
+    import threading
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"from-workstation")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    remote = free_port()
+    try:
+        ssh_machine.cli("port", "--reverse", ssh_machine.name, f"{remote}:{server.server_address[1]}")
+        fetched = ssh_machine.cli("ssh", ssh_machine.name, f"wget -qO- http://127.0.0.1:{remote}/").stdout
+        assert fetched == "from-workstation"
+        assert f"-R {remote}:" in ssh_machine.cli("port", "ls", ssh_machine.name).stdout
+    finally:
+        ssh_machine.cli("port", "rm", ssh_machine.name, f"R:{remote}")
+        server.shutdown()
+    assert ssh_machine.cli("ssh", ssh_machine.name, f"wget -qO- http://127.0.0.1:{remote}/", check=False).returncode
+
+
+def test_bad_port_requests_are_refused_with_one_line(ssh_machine: Reachable) -> None:
+    for args, message in (
+        (("port", ssh_machine.name, "53", "--udp"), "UDP ports cannot be forwarded over SSH"),
+        (("port", ssh_machine.name, "53/udp"), "UDP ports cannot be forwarded over SSH"),
+        (("port", ssh_machine.name, "80:99999"), "invalid port 99999"),
+        (("port", ssh_machine.name, "../x"), "invalid port '../x'"),
+        (("port", "rm", ssh_machine.name), "give --all"),
+        (("env", "--ports", "all", ssh_machine.name), "invalid --ports 'all'"),
+    ):
+        result = ssh_machine.cli(*args, check=False)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_busy_local_port_is_reported(ssh_machine: Reachable) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ssh_machine.cli("port", ssh_machine.name, str(port), check=False)
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
