@@ -294,6 +294,11 @@ class Machine:
             self.wait_for_ssh(ssh_timeout)
         if self._provisioner is not None and self.is_ready and self.runtime:
             self._provisioner.provision(self, progress)
+        if self.record.get("mounts"):  # a stopped host lost its mounts: `machines mount` made them, make them again
+            from machines import mounts
+
+            for problem in mounts.restore(self):
+                progress.note(problem)
 
     # -- provisioning ---------------------------------------------------------------------------------------
     def provision(self, progress: Progress | None = None) -> None:

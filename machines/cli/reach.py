@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from machines import completion, contexts, sshconfig
+from machines import completion, contexts, mounts, sshconfig
 from machines import ports as ports_module
 from machines.cli.common import echo, error_line, machines
 from machines.errors import MachinesError, UsageError
@@ -148,10 +148,41 @@ def env_extras(machine: Machine, variables: dict[str, str | None], *, ports: str
             "DOCKER_CONTEXT": machine.name}
 
 
+def _mount_app() -> typer.Typer:
+    mount_app = typer.Typer(cls=_DefaultToAdd, no_args_is_help=True,
+                            help="Mount a folder of this computer into a machine: 'machines mount NAME ./src:/src', ls.")
+
+    @mount_app.command("add")
+    def add(
+        name: Name,
+        spec: Annotated[str, typer.Argument(help="SOURCE:TARGET, e.g. ./src:/src.")],
+        readonly: Annotated[bool, typer.Option("--ro", help="Read-only in the machine.")] = False,
+    ) -> None:
+        """Mount a folder here at TARGET in the machine, live; made again after 'machines start'."""
+        mount = mounts.parse(spec, readonly=readonly)
+        mounts.mount(machines().get(name), mount)
+        echo(f"{name}: {mount.describe()}")
+
+    @mount_app.command("ls")
+    def list_mounts(name: Name) -> None:
+        """List a machine's mounted folders: SOURCE:TARGET[:ro]."""
+        for mount in mounts.recorded(machines().get(name)):
+            echo(mount.describe())
+
+    return mount_app
+
+
 def register(app: typer.Typer) -> None:
     port_app = _port_app()
     app.add_typer(port_app, name="port")
     app.add_typer(port_app, name="ports", hidden=True)
+    app.add_typer(_mount_app(), name="mount")
+
+    @app.command()
+    def umount(name: Name, target: Annotated[str, typer.Argument(help="The folder in the machine.")]) -> None:
+        """Unmount a folder 'machines mount' made."""
+        mount = mounts.umount(machines().get(name), target)
+        echo(f"{name}: unmounted {mount.describe()}")
 
     @app.command("ssh-config")
     def ssh_config(names: Annotated[list[str] | None, typer.Argument(help="Machine names (all by default).")] = None

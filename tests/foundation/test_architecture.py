@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
               "machines.shellenv", "machines.redaction", "machines.contexts")),
     ("drivers", ("drivers",)),
-    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer")),
+    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.mounts")),
     ("bootstrap", ("bootstrap",)),
     ("application", ("machines.default", "machines.cli", "machines.__main__", "machines", "machines.ports",
                      "machines.sshconfig", "machines.completion")),
