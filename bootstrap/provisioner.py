@@ -62,7 +62,8 @@ class RuntimeProvisioner:
                 "DOCKER_MACHINE_NAME": machine.name,
             }
         ip = machine.ip()
-        store = certificates.StoreCerts(machine.store.certs_dir)
+        # An imported machine (`machines import`) trusts the CA it came with, kept in its folder, until provisioned.
+        store = certificates.StoreCerts(machine.dir if machine.record.get("imported") else machine.store.certs_dir)
         if not certificates.server_cert_valid(machine.dir, store, [ip]):
             raise StateError(
                 f"the certificate of {machine.name} is not valid for its address {ip}: "

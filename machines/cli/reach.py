@@ -7,15 +7,17 @@ Each parses and prints; the work is in ``machines.ports``, ``machines.sshconfig`
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from machines import completion, contexts, mounts, sshconfig
+from machines import completion, contexts, mounts, share, sshconfig
 from machines import ports as ports_module
 from machines.cli.common import echo, error_line, machines
 from machines.errors import MachinesError, UsageError
 from machines.machine import Machine
+from machines.store import atomic_write
 
 Name = Annotated[str, typer.Argument(help="Machine name.")]
 
@@ -177,6 +179,36 @@ def register(app: typer.Typer) -> None:
     app.add_typer(port_app, name="port")
     app.add_typer(port_app, name="ports", hidden=True)
     app.add_typer(_mount_app(), name="mount")
+
+    @app.command("export")
+    def export_command(
+        name: Name,
+        output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (0600).")],
+        passphrase_file: Annotated[
+            Path | None, typer.Option("--passphrase-file", help="Read the passphrase from this file's first line.")
+        ] = None,
+    ) -> None:
+        """Write a machine entry (record, SSH keys, certificates) to a passphrase-encrypted file."""
+        machine = machines().get(name)
+        data = share.export(machine, share.read_passphrase(passphrase_file, confirm=True))
+        atomic_write(output.resolve(), data, mode=0o600)
+        echo(f"{name}: exported to {output}")
+
+    @app.command("import")
+    def import_command(
+        file: Annotated[Path, typer.Argument(help="A file 'machines export' wrote.")],
+        name: Annotated[str | None, typer.Option("--name", help="Import under another name.")] = None,
+        passphrase_file: Annotated[
+            Path | None, typer.Option("--passphrase-file", help="Read the passphrase from this file's first line.")
+        ] = None,
+    ) -> None:
+        """Add a machine entry from a file 'machines export' wrote."""
+        try:
+            data = file.read_bytes()
+        except OSError as error:
+            raise UsageError(f"cannot read {file}: {error.strerror}") from None
+        machine = share.import_(machines(), data, share.read_passphrase(passphrase_file, confirm=False), name)
+        echo(machine.name)
 
     @app.command()
     def umount(name: Name, target: Annotated[str, typer.Argument(help="The folder in the machine.")]) -> None:
