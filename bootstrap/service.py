@@ -27,6 +27,7 @@ SOCKET_PATH = "/var/run/docker.sock"
 DEFAULT_DATA_ROOT = "/var/lib/machines-runtime"
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
+CRL_PATH = f"{ETC_DIR}/crl.pem"  # the store CA's revocation list (machines revoke); the daemon re-reads it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DaemonConfig:
             argv += [
                 "--host", f"tcp://0.0.0.0:{self.port}",
                 "--tlsverify", "--tlscacert", CA_PATH, "--tlscert", CERT_PATH, "--tlskey", KEY_PATH,
+                "--tlscrl", CRL_PATH,
             ]  # fmt: skip
         return argv
 

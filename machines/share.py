@@ -15,6 +15,7 @@ store's CA: the imported entry brings that CA and a client certificate, so docke
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
 import os
@@ -135,3 +136,26 @@ def read_passphrase(path: Path | None, *, confirm: bool) -> str:
     if confirm and getpass.getpass("Passphrase (again): ") != first:
         raise UsageError("the passphrases differ")
     return first
+
+
+USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+VALIDITY = re.compile(r"^(\d{1,5})([hdw])$")
+
+
+def validate_user(user: str) -> str:
+    """A name for a shared certificate's subject (and its folder): letters, digits and ``._@-``."""
+    if not USER.fullmatch(user):
+        raise UsageError(f"invalid user {user!r}: letters, digits and . _ @ - (at most 64)")
+    return user
+
+
+def parse_validity(text: str) -> datetime.timedelta:
+    """``30d``, ``12h`` or ``2w`` (at most ten years)."""
+    match = VALIDITY.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f"invalid --expires {text!r}: a number of hours, days or weeks, e.g. 30d, 12h, 2w")
+    units = {"h": "hours", "d": "days", "w": "weeks"}
+    validity = datetime.timedelta(**{units[match.group(2)]: int(match.group(1))})
+    if validity > datetime.timedelta(days=3650):
+        raise UsageError(f"invalid --expires {text!r}: at most ten years")
+    return validity

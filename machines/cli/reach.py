@@ -14,7 +14,7 @@ import typer
 
 from machines import completion, contexts, mounts, share, sshconfig
 from machines import ports as ports_module
-from machines.cli.common import echo, error_line, machines
+from machines.cli.common import echo, error_line, for_each_machine, machines
 from machines.errors import MachinesError, UsageError
 from machines.machine import Machine
 from machines.store import atomic_write
@@ -209,6 +209,43 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"cannot read {file}: {error.strerror}") from None
         machine = share.import_(machines(), data, share.read_passphrase(passphrase_file, confirm=False), name)
         echo(machine.name)
+
+    @app.command("share")
+    def share_command(
+        name: Name,
+        to: Annotated[str, typer.Option("--to", help="Who the certificate is for (its common name).")],
+        expires: Annotated[str, typer.Option("--expires", help="Validity: 30d, 12h, 2w.")] = "30d",
+        output: Annotated[
+            Path | None, typer.Option("--output", "-o", help="Folder for ca.pem, cert.pem, key.pem [./NAME-USER].")
+        ] = None,
+    ) -> None:
+        """Issue someone a client certificate of their own for a machine (the CA key stays here)."""
+        from bootstrap import sharing
+
+        user, validity = share.validate_user(to), share.parse_validity(expires)
+        machine = machines().get(name)
+        if machine.runtime.get("api") != "tls":
+            raise UsageError(f"machine {name!r} has no TLS API (created with --api ssh): there is nothing to share")
+        folder = (output or Path(f"{name}-{user}")).resolve()
+        entry = sharing.share(machine.store.root, name, user, validity, folder)
+        echo(f"# certificate {entry['serial']} for {to}, valid until {entry['expires']}; give them {folder}:")
+        echo(f"export DOCKER_HOST={machine.url()}\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH={folder}")
+
+    @app.command()
+    def revoke(
+        name: Name,
+        user: Annotated[str, typer.Argument(help="Whose certificates ('machines share --to USER').")],
+    ) -> None:
+        """Take back the certificates shared with USER: every TLS machine of the store gets the revocation list."""
+        from bootstrap import sharing
+
+        library = machines()
+        library.get(name)
+        revoked = sharing.revoke(library.store.root, name, user)
+        echo(f"revoked {', '.join(entry['serial'] for entry in revoked)} of {user}")
+        targets = [machine.name for machine in library.list()
+                   if machine.runtime.get("api") == "tls" and machine.is_ready]
+        for_each_machine(targets, lambda target, progress: library.get(target).provision(progress))
 
     @app.command()
     def umount(name: Name, target: Annotated[str, typer.Argument(help="The folder in the machine.")]) -> None:
