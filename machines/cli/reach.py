@@ -66,10 +66,8 @@ def _port_app() -> typer.Typer:
     def list_ports(names: Annotated[list[str] | None, typer.Argument(help="Machine names (all by default).")] = None
                    ) -> None:
         """List the background forwards: machine and LISTEN:TARGET (``-R`` for reverse, ``auto`` for a watcher)."""
-        library = machines()
-        chosen = [library.get(name) for name in names] if names else library.list()
         echo("NAME\tPORTS")
-        for machine in chosen:
+        for machine in _chosen(names):
             for live in ports_module.running(machine):
                 echo(live.as_row())
 
@@ -117,6 +115,12 @@ def _port_app() -> typer.Typer:
             thread.join(5)
 
     return port_app
+
+
+def _chosen(names: list[str] | None) -> list[Machine]:
+    """The named machines (each must exist), or every machine of the store."""
+    library = machines()
+    return [library.get(name) for name in names] if names else library.list()
 
 
 def _key(spec: str) -> str:
@@ -257,9 +261,7 @@ def register(app: typer.Typer) -> None:
     def ssh_config(names: Annotated[list[str] | None, typer.Argument(help="Machine names (all by default).")] = None
                    ) -> None:
         """Print OpenSSH Host blocks for machines, their host keys checked against files machines keeps."""
-        library = machines()
-        chosen = [library.get(name) for name in names] if names else library.list()
-        for machine in chosen:
+        for machine in _chosen(names):
             try:
                 known_hosts = sshconfig.write_known_hosts(machine)
                 echo(sshconfig.host_block(machine, known_hosts))

@@ -15,7 +15,7 @@ import pytest
 
 from drivers.nshost import Bridge
 from tests.support.cli import DOCKER, MACHINES, machines
-from tests.support.hosts import unique_name
+from tests.support.hosts import TestHost, unique_name
 
 IMAGE = "reach-busybox"
 
@@ -78,6 +78,13 @@ def tls_machine(tmp_path_factory: pytest.TempPathFactory, test_bridge: Bridge, b
     machine = _make(store, reach_env, test_bridge, busybox_tar)
     yield machine
     machine.cli("rm", "-f", "-y", machine.name)
+
+
+def create_generic(store: Path, host: TestHost, *options: str, name: str = "web") -> None:
+    """``machines create -d generic`` adopting test host ``host`` (its key pinned), runtime data on ``/data``."""
+    machines(store, "create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key",
+             str(host.key_path), "--generic-ssh-host-key", host.host_public_key, "--runtime-data-root",
+             "/data/runtime", *options, name)
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 from machines.share import MAGIC, SALT_SIZE, _fernet
+from tests.reach.conftest import create_generic
 from tests.support.cli import DOCKER, MACHINES, machines
 from tests.support.hosts import HostFactory
 
@@ -23,9 +24,7 @@ def _env(store: Path, name: str) -> str:
 def test_export_import_round_trip(test_host: HostFactory, tmp_path: Path) -> None:
     host = test_host()
     first, second = tmp_path / "first", tmp_path / "second"
-    machines(first, "create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key",
-             str(host.key_path), "--generic-ssh-host-key", host.host_public_key, "--runtime-data-root",
-             "/data/runtime", "web")
+    create_generic(first, host)
     try:
         secret = tmp_path / "pass"
         secret.write_text("correct horse battery staple\n")

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests.reach.conftest import create_generic
 from tests.support.cli import DOCKER, machines
 from tests.support.hosts import HostFactory
 
@@ -22,9 +23,7 @@ def _docker_with(folder: Path, url: str) -> subprocess.CompletedProcess[str]:
 def test_a_shared_certificate_works_until_revoked(test_host: HostFactory, tmp_path: Path) -> None:
     host = test_host()
     store = tmp_path / "store"
-    machines(store, "create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key",
-             str(host.key_path), "--generic-ssh-host-key", host.host_public_key, "--runtime-data-root",
-             "/data/runtime", "web")
+    create_generic(store, host)
     try:
         url = machines(store, "url", "web").stdout.strip()
         alice, bob = tmp_path / "alice", tmp_path / "bob"
@@ -59,9 +58,7 @@ def test_a_shared_certificate_works_until_revoked(test_host: HostFactory, tmp_pa
 def test_bad_share_requests_are_refused(test_host: HostFactory, tmp_path: Path) -> None:
     host = test_host()
     store = tmp_path / "store"
-    machines(store, "create", "-d", "generic", "--generic-ip-address", host.address, "--generic-ssh-key",
-             str(host.key_path), "--generic-ssh-host-key", host.host_public_key, "--runtime-data-root",
-             "/data/runtime", "--api", "ssh", "web")
+    create_generic(store, host, "--api", "ssh")
     try:
         for args, message in (
             (("share", "web", "--to", "alice"), "has no TLS API"),
