@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -24,7 +26,7 @@ from machines.errors import SSHError, UsageError
 from machines.store import atomic_write
 
 if TYPE_CHECKING:
-    from machines.machine import Machine
+    from machines.machine import Machine, Machines
     from machines.ports import _Listener
     from machines.ssh import Connection
 
@@ -227,12 +229,49 @@ def host_block(machine: Machine, known_hosts: Path) -> str:
     ])
 
 
-def native_command(machine: Machine, known_hosts: Path, options: Options, ssh: str = "ssh") -> list[str]:
-    """The system ``ssh`` command line that reaches the machine with its key, its host key checked."""
+def _ssh_options(machine: Machine) -> list[str]:
+    """The system ``ssh``'s options that reach the machine with its key, its host key checked (nothing asked)."""
     details = machine.ssh_details()
     return [
-        ssh, "-i", str(details.key_path), "-p", str(details.port), "-l", details.user,
-        "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "PasswordAuthentication=no", *options.passed, details.host,
-        *options.command,
+        "-i", str(details.key_path), "-p", str(details.port), "-l", details.user, "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={write_known_hosts(machine)}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "PasswordAuthentication=no",
     ]
+
+
+def native_command(machine: Machine, options: Options, ssh: str = "ssh") -> list[str]:
+    """The system ``ssh`` command line for ``machines ssh --native``."""
+    return [ssh, *_ssh_options(machine), *options.passed, machine.ssh_details().host, *options.command]
+
+
+def rsync_command(machine: Machine, local: str, remote: str, *, upload: bool, recursive: bool) -> list[str]:
+    """``rsync`` between this computer and the machine over the system ssh with the pinned key (``scp --delta``).
+
+    Only what rsync itself checks protects this side from the machine: no owners, devices or special files are
+    taken (``-rlpt``, not ``-a``), setuid/setgid/sticky bits are dropped, and symlinks pointing out of the copied
+    tree are skipped (``--safe-links``). Arguments reach the remote rsync unsplit (``--protect-args``).
+    """
+    if shutil.which("rsync") is None:
+        raise UsageError("--delta needs rsync on this computer: install the package rsync")
+    connection = machine.ssh()
+    if not connection.run("command -v rsync", check=False).ok:
+        raise UsageError(f"--delta needs rsync on {machine.name}: install the package rsync there, or copy "
+                         "without --delta")
+    transport = shlex.join(["ssh", *_ssh_options(machine), "-o", "BatchMode=yes"])
+    where = f"{machine.ssh_details().host}:{remote}"
+    return ["rsync", "-rlpt" if recursive else "-lpt", "--safe-links", "--chmod=ug-s,a-t", "--protect-args",
+            "-e", transport, *((local, where) if upload else (where, local))]
+
+
+def delta_command(machines: Machines, source: str, destination: str, recursive: bool) -> list[str]:
+    """The ``rsync`` command of ``scp --delta`` (between this computer and one machine)."""
+    from machines.transfer import split_location
+
+    source_machine, source_path = split_location(source)
+    target_machine, target_path = split_location(destination)
+    if (source_machine is None) == (target_machine is None):
+        raise UsageError("--delta copies between this computer and one machine: give one MACHINE:PATH")
+    machine = machines.get(source_machine or target_machine or "")
+    if target_machine is not None:
+        return rsync_command(machine, source_path, target_path, upload=True, recursive=recursive)
+    return rsync_command(machine, target_path, source_path, upload=False, recursive=recursive)

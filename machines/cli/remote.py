@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         options = sshconfig.parse(args or [])
         machine = machines().get(name)
         if native or options.native:
-            command = sshconfig.native_command(machine, sshconfig.write_known_hosts(machine), options)
+            command = sshconfig.native_command(machine, options)
             raise typer.Exit(subprocess.call(command))
         connection = machine.ssh()
         try:
@@ -43,8 +43,15 @@ def register(app: typer.Typer) -> None:
         source: Annotated[str, typer.Argument(help="[MACHINE:]PATH")],
         destination: Annotated[str, typer.Argument(help="[MACHINE:]PATH")],
         recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Copy directories.")] = False,
+        delta: Annotated[
+            bool, typer.Option("--delta", help="rsync over SSH: send only what changed (rsync on both sides).")
+        ] = False,
     ) -> None:
         """Copy files between this computer and machines, or between two machines."""
+        if delta:
+            from machines import sshconfig
+
+            raise typer.Exit(subprocess.call(sshconfig.delta_command(machines(), source, destination, recursive)))
         from machines import transfer  # with paramiko, only when copying
 
         report = (lambda line: echo(line)) if settings.verbose else None

@@ -132,3 +132,24 @@ def test_logs_shows_the_runtime_log(ssh_machine: Reachable) -> None:
     assert len(last.strip().splitlines()) == 1 and shown.rstrip("\n").endswith(last.rstrip("\n"))
     bad = ssh_machine.cli("logs", "--tail", "x; reboot", ssh_machine.name, check=False)
     assert bad.returncode == 2 and "invalid --tail" in bad.stderr
+
+
+def test_scp_delta_copies_with_rsync_over_the_pinned_key(ssh_machine: Reachable, tmp_path: Path) -> None:
+    source = tmp_path / "tree"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "a.txt").write_text("one\n")
+    (source / "setuid").write_text("x")
+    (source / "setuid").chmod(0o4755)
+    target = f"/tmp/delta-{tmp_path.name}"
+    ssh_machine.cli("scp", "--delta", "-r", f"{source}/", f"{ssh_machine.name}:{target}")
+    listing = ssh_machine.cli("ssh", ssh_machine.name, f"cat {target}/sub/a.txt; stat -c %a {target}/setuid").stdout
+    assert listing == "one\n755\n"
+    back = tmp_path / "back"
+    ssh_machine.cli("ssh", ssh_machine.name, f"echo changed > {target}/sub/a.txt; ln -s /etc/shadow {target}/evil")
+    ssh_machine.cli("scp", "--delta", "-r", f"{ssh_machine.name}:{target}/", str(back))
+    assert (back / "sub" / "a.txt").read_text() == "changed\n"
+    assert not (back / "evil").exists() and not (back / "evil").is_symlink()  # a link out of the tree is skipped
+    both = ssh_machine.cli("scp", "--delta", f"{ssh_machine.name}:/etc/hostname", f"{ssh_machine.name}:/tmp/x",
+                           check=False)
+    assert both.returncode == 2 and "between this computer and one machine" in both.stderr
+    ssh_machine.cli("ssh", ssh_machine.name, f"rm -rf {target}")
