@@ -5,8 +5,9 @@ across namespaces, so a helper process clones the folder as a detached mount her
 host's mount namespace through its PID 1 (its sshd) and attaches the clone there (``move_mount``), as LXD does
 for live mounts; read-only is ``mount_setattr`` on the clone. Edits on either side are the same files; ``docker run -v /src:/app`` on the machine sees them.
 
-Remote machines would need sshfs on the host reading an SFTP server here over the pinned connection (reverse
-sshfs); that is not built yet, and is refused with a message that says so (see README).
+A remote machine gets reverse sshfs (``machines.reversefs``): sshfs on the host, in passive mode, reads an SFTP
+server that this computer runs on the same pinned SSH connection, in a detached process per mount. Without sshfs on
+the host the error names the package to install.
 
 Mounts are recorded in the machine's record (``"mounts"``) and made again after ``machines start``/``restart``
 (``restore``): a stopped host loses its mount namespace.
@@ -14,13 +15,18 @@ Mounts are recorded in the machine's record (``"mounts"``) and made again after 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import hashlib
+import json
 import os
 import posixpath
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +45,11 @@ class Machine(Protocol):
 
     def save(self) -> None: ...
 
+    def ssh(self) -> Any: ...
+
 RECORD_KEY = "mounts"
+STATE_DIR = "mounts"  # <machine dir>/mounts/<target hash>.json: the reverse sshfs process of a remote mount
+START_TIMEOUT = 20.0
 # Where a mount would hide what the host needs to run (or what the runtime keeps).
 FORBIDDEN = ("/", "/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var",
              "/boot", "/data")
@@ -92,11 +102,6 @@ def _save(machine: Machine, mounts: list[Mount]) -> None:
 
 def _host_pid(machine: Machine) -> int:
     """The local host's PID 1 (its sshd), whose mount namespace is the machine's."""
-    if machine.driver_name != "local":
-        raise StateError(
-            f"mounting a folder into {machine.name} ({machine.driver_name} driver) needs reverse sshfs, which "
-            "machines does not provide yet: only local machines can mount folders (copy files with 'machines scp')"
-        )
     from drivers.nshost import IsolatedHost
 
     pid = IsolatedHost(str(machine.dir / "host")).pid
@@ -121,9 +126,86 @@ def _bind(machine: Machine, mount: Mount) -> None:
         raise StateError(f"cannot mount {mount.source} at {mount.target} in {machine.name}: {detail}")
 
 
+def _is_local(machine: Machine) -> bool:
+    return machine.driver_name == "local"
+
+
 def _is_mounted(machine: Machine, target: str) -> bool:
+    if not _is_local(machine):
+        return machine.ssh().run(f"mountpoint -q {shlex.quote(target)}", check=False).ok
     result = _in_host(_host_pid(machine), f"mountpoint -q {shlex.quote(target)}")
     return result.returncode == 0
+
+
+def _state(machine: Machine, target: str) -> Path:
+    return machine.dir / STATE_DIR / (hashlib.sha256(target.encode()).hexdigest()[:16] + ".json")
+
+
+def _attach(machine: Machine, mount: Mount) -> None:
+    if _is_local(machine):
+        _bind(machine, mount)
+    else:
+        _attach_remote(machine, mount)
+
+
+def _attach_remote(machine: Machine, mount: Mount) -> None:
+    """Start the reverse sshfs process for ``mount`` (``machines.reversefs``) once the host is ready for it."""
+    connection = machine.ssh()
+    if not connection.run("sshfs --version >/dev/null 2>&1", check=False).ok:
+        raise StateError(f"mounting a folder into {machine.name} needs sshfs on the host: install the package "
+                         "sshfs there (e.g. apt-get install sshfs)")
+    target = shlex.quote(mount.target)
+    prepared = connection.run(connection.wrap_sudo(
+        f'mkdir -p {target} && [ ! -L {target} ] && [ "$(realpath {target})" = {target} ]'), check=False)
+    if not prepared.ok:
+        raise StateError(f"cannot mount at {mount.target} in {machine.name}: it is (or lies under) a symlink, or "
+                         "cannot be made")
+    state = _state(machine, mount.target)
+    state.parent.mkdir(mode=0o700, exist_ok=True)
+    state.unlink(missing_ok=True)
+    log_path = state.with_suffix(".log")
+    command = [sys.executable, "-m", "machines.reversefs", "--storage-path", str(machine.dir.parent.parent),
+               "--state", str(state), *(["--ro"] if mount.readonly else []), machine.name, mount.source, mount.target]
+    with open(log_path, "wb") as output, open(os.devnull, "rb") as devnull:
+        process = subprocess.Popen(command, stdin=devnull, stdout=output, stderr=output, start_new_session=True,
+                                   close_fds=True, cwd="/")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise StateError(f"cannot mount {mount.source} at {mount.target} in {machine.name}: "
+                             f"{tail[0].removeprefix('error: ')}")
+        if state.is_file():
+            return
+        time.sleep(0.05)
+    process.terminate()
+    raise StateError(f"mounting {mount.target} in {machine.name} did not finish within {START_TIMEOUT:g}s")
+
+
+def _detach(machine: Machine, target: str) -> None:
+    if _is_local(machine):
+        result = _in_host(_host_pid(machine), f"umount {shlex.quote(target)}")
+        if result.returncode != 0:
+            raise StateError(f"cannot unmount {target} in {machine.name}: {result.stderr.strip()}")
+        return
+    connection = machine.ssh()
+    result = connection.run(connection.wrap_sudo(f"umount {shlex.quote(target)}"), check=False)
+    if not result.ok:
+        raise StateError(f"cannot unmount {target} in {machine.name}: {result.stderr.strip()}")
+    _stop_server(machine, target)
+
+
+def _stop_server(machine: Machine, target: str) -> None:
+    """End the reverse sshfs process of ``target`` (it ends by itself once sshfs has gone)."""
+    state = _state(machine, target)
+    try:
+        pid = int(json.loads(state.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return
+    with contextlib.suppress(OSError):
+        if b"machines.reversefs" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
+    state.unlink(missing_ok=True)
 
 
 def mount(machine: Machine, new: Mount) -> None:
@@ -132,7 +214,7 @@ def mount(machine: Machine, new: Mount) -> None:
     if any(existing.target == new.target for existing in current):
         raise StateError(f"{machine.name} already has a folder mounted at {new.target}: 'machines umount "
                          f"{machine.name} {new.target}' first")
-    _bind(machine, new)
+    _attach(machine, new)
     _save(machine, [*current, new])
 
 
@@ -144,9 +226,9 @@ def umount(machine: Machine, target: str) -> Mount:
     if found is None:
         raise StateError(f"{machine.name} has no folder mounted at {target} (see 'machines mount ls {machine.name}')")
     if _is_mounted(machine, target):
-        result = _in_host(_host_pid(machine), f"umount {shlex.quote(target)}")
-        if result.returncode != 0:
-            raise StateError(f"cannot unmount {target} in {machine.name}: {result.stderr.strip()}")
+        _detach(machine, target)
+    elif not _is_local(machine):
+        _stop_server(machine, target)
     _save(machine, [entry for entry in current if entry.target != target])
     return found
 
@@ -157,7 +239,7 @@ def restore(machine: Machine) -> list[str]:
     for entry in recorded(machine):
         try:
             if not _is_mounted(machine, entry.target):
-                _bind(machine, entry)
+                _attach(machine, entry)
         except MachinesError as error:
             problems.append(str(error))
     return problems

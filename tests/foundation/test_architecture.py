@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.mounts")),
     ("bootstrap", ("bootstrap",)),
     ("application", ("machines.default", "machines.cli", "machines.__main__", "machines", "machines.ports",
-                     "machines.sshconfig", "machines.completion", "machines.share")),
+                     "machines.sshconfig", "machines.completion", "machines.share",
+                     "machines.reversefs")),
 ]
 # What may use the runtime's code: only the zipapp builder, which bundles the package (runtime itself is stdlib only).
 RUNTIME_USERS = {"bootstrap.bundle"}
