@@ -132,7 +132,7 @@ def _is_local(machine: Machine) -> bool:
 
 def _is_mounted(machine: Machine, target: str) -> bool:
     if not _is_local(machine):
-        return machine.ssh().run(f"mountpoint -q {shlex.quote(target)}", check=False).ok
+        return bool(machine.ssh().run(f"mountpoint -q {shlex.quote(target)}", check=False).ok)
     result = _in_host(_host_pid(machine), f"mountpoint -q {shlex.quote(target)}")
     return result.returncode == 0
 

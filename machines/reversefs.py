@@ -23,6 +23,7 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,18 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 class _Handle(paramiko.SFTPHandle):
+    """An open file: paramiko reads ``readfile`` and writes ``writefile`` (one file object here)."""
+
+    def __init__(self, flags: int, file: Any, filename: str) -> None:
+        super().__init__(flags)
+        self.readfile = self.writefile = file
+        self.filename = filename
+
     def stat(self) -> paramiko.SFTPAttributes | int:
         try:
             return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
         except OSError as error:
-            return paramiko.SFTPServer.convert_errno(error.errno)
+            return paramiko.SFTPServer.convert_errno(error.errno or 5)
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
         return SFTP_PERMISSION_DENIED
@@ -76,7 +84,7 @@ class RootedSFTP(paramiko.SFTPServerInterface):
             raise PermissionError(13, "read-only mount")
 
     @staticmethod
-    def _attempt(action: Any) -> Any:
+    def _attempt(action: Callable[[], Any]) -> Any:
         try:
             return action()
         except PermissionError:
@@ -85,6 +93,16 @@ class RootedSFTP(paramiko.SFTPServerInterface):
             return SFTP_NO_SUCH_FILE
         except OSError as error:
             return paramiko.SFTPServer.convert_errno(error.errno) if error.errno else SFTP_FAILURE
+
+    def _modify(self, action: Callable[[], object]) -> Any:
+        """A change: refused on a read-only mount; SFTP_OK or the status of the error."""
+
+        def run() -> int:
+            self._change()
+            action()
+            return SFTP_OK
+
+        return self._attempt(run)
 
     # -- the interface ------------------------------------------------------------------------------------
     def canonicalize(self, path: str) -> str:
@@ -117,29 +135,25 @@ class RootedSFTP(paramiko.SFTPServerInterface):
             fd = os.open(local, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
             access = "r+b" if flags & os.O_RDWR else "ab" if flags & os.O_APPEND else "wb" if flags & os.O_WRONLY \
                 else "rb"
-            handle = _Handle(flags)
-            handle.filename = local
-            handle.readfile = handle.writefile = os.fdopen(fd, access)
-            return handle
+            return _Handle(flags, os.fdopen(fd, access), local)
 
         return self._attempt(opened)
 
     def remove(self, path: str) -> Any:
-        return self._attempt(lambda: (self._change(), os.unlink(self._local(path, follow=False)), SFTP_OK)[-1])
+        return self._modify(lambda: os.unlink(self._local(path, follow=False)))
 
     def rename(self, oldpath: str, newpath: str) -> Any:
-        return self._attempt(lambda: (self._change(), os.rename(self._local(oldpath, follow=False),
-                                                                self._local(newpath, follow=False)), SFTP_OK)[-1])
+        return self._modify(lambda: os.rename(self._local(oldpath, follow=False), self._local(newpath, follow=False)))
 
     def posix_rename(self, oldpath: str, newpath: str) -> Any:
         return self.rename(oldpath, newpath)
 
     def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> Any:
         mode = attr.st_mode & 0o777 if attr is not None and attr.st_mode is not None else 0o755
-        return self._attempt(lambda: (self._change(), os.mkdir(self._local(path, follow=False), mode), SFTP_OK)[-1])
+        return self._modify(lambda: os.mkdir(self._local(path, follow=False), mode))
 
     def rmdir(self, path: str) -> Any:
-        return self._attempt(lambda: (self._change(), os.rmdir(self._local(path, follow=False)), SFTP_OK)[-1])
+        return self._modify(lambda: os.rmdir(self._local(path, follow=False)))
 
     def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> Any:
         def change() -> int:

@@ -28,6 +28,8 @@ from machines.errors import MachineExistsError, StateError, UsageError
 from machines.store import CONFIG_FILE, atomic_write, validate_name
 
 if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
     from machines.machine import Machine, Machines
 
 MAGIC = b"machines-export-v1\n"
@@ -39,7 +41,7 @@ LEFT_BEHIND = {"forwarder.json", "forwarder.log", "known_hosts", "docker.sock"}
 MAX_MEMBER = 1 << 20
 
 
-def _fernet(passphrase: str, salt: bytes):  # type: ignore[no-untyped-def] - cryptography's Fernet
+def _fernet(passphrase: str, salt: bytes) -> Fernet:
     from cryptography.fernet import Fernet
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
