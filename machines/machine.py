@@ -457,6 +457,11 @@ class Machines:
             machine.close()
             if self.provisioner is not None:
                 self.provisioner.release(machine)
+            if machine.record.get("mounts"):
+                from machines import mounts
+
+                for problem in mounts.release(machine):
+                    progress.note(f"{problem}; removing the machine anyway")
             try:
                 machine.driver.remove()
             except MachinesError as error:

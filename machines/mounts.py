@@ -245,6 +245,19 @@ def restore(machine: Machine) -> list[str]:
     return problems
 
 
+def release(machine: Machine) -> list[str]:
+    """Unmount a remote machine's folders before it is removed (a local host goes away with its mounts)."""
+    problems = []
+    for entry in recorded(machine) if not _is_local(machine) else []:
+        try:
+            if _is_mounted(machine, entry.target):
+                _detach(machine, entry.target)
+        except MachinesError as error:
+            problems.append(str(error))
+        _stop_server(machine, entry.target)
+    return problems
+
+
 # -- the helper process: bind this computer's folder into the host's mount namespace -------------------------
 OPEN_TREE_CLONE, AT_RECURSIVE, AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x8000, 0x1000, 0x4
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on every architecture Linux unified

@@ -6,6 +6,7 @@ Each parses and prints; the work is in ``machines.ports``, ``machines.sshconfig`
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -104,7 +105,11 @@ def _port_app() -> typer.Typer:
             start_port_watch(machine)
             echo(f"{name}: forwarding published ports in the background ('machines port rm {name} auto' stops it)")
             return
-        watcher = ports_module.PortWatcher(machine, report=echo)
+        def report(line: str) -> None:  # as it happens, also into a pipe
+            echo(line)
+            sys.stdout.flush()
+
+        watcher = ports_module.PortWatcher(machine, report=report)
         thread = threading.Thread(target=watcher.run, daemon=True)
         thread.start()
         try:

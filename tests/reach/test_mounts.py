@@ -123,6 +123,16 @@ def test_a_remote_machine_mounts_through_reverse_sshfs(remote: tuple[Path, TestH
         machines(store, "umount", "web", "/src", check=False)
 
 
+def test_rm_unmounts_a_remote_machines_folders(test_host: HostFactory, tmp_path: Path) -> None:
+    host = test_host()
+    store = tmp_path / "store"
+    create_generic(store, host, "--api", "ssh")
+    machines(store, "mount", "web", f"{tmp_path}:/src")
+    assert host.run("mountpoint -q /src", check=False).exit_status == 0
+    machines(store, "rm", "-y", "web")
+    assert host.run("mountpoint -q /src", check=False).exit_status != 0  # the adopted host keeps no mount of ours
+
+
 def test_remote_read_only_and_a_host_without_sshfs(remote: tuple[Path, TestHost], tmp_path: Path) -> None:
     store, host = remote
     (tmp_path / "f").write_text("x")

@@ -99,3 +99,25 @@ def test_a_busy_local_port_is_reported(ssh_machine: Reachable) -> None:
         result = ssh_machine.cli("port", ssh_machine.name, str(port), check=False)
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def test_ports_watch_in_the_foreground_until_interrupted(ssh_machine: Reachable) -> None:
+    import signal
+    import subprocess
+
+    from tests.support.cli import MACHINES
+
+    port = free_port()
+    container = ssh_machine.docker("run", "-d", "--hostname", "fg", "-p", f"{port}:80", IMAGE, "sh", "-c",
+                                   HTTPD).stdout.strip()
+    watcher = subprocess.Popen([MACHINES, "--storage-path", str(ssh_machine.store), "ports", "watch",
+                                ssh_machine.name], env=ssh_machine.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().startswith(f"forwarding 127.0.0.1:{port} to {ssh_machine.name}:{port}")
+        assert eventually(lambda: http_get(port), lambda body: body is not None) == "hello-fg\n"
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(30)
+        ssh_machine.docker("rm", "-f", container)
+    assert http_get(port) is None  # the forwards end with the command

@@ -3,6 +3,8 @@ host key checked against the file machines keeps."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +155,22 @@ def test_scp_delta_copies_with_rsync_over_the_pinned_key(ssh_machine: Reachable,
                            check=False)
     assert both.returncode == 2 and "between this computer and one machine" in both.stderr
     ssh_machine.cli("ssh", ssh_machine.name, f"rm -rf {target}")
+
+
+def test_agent_forwarding_only_with_A(ssh_machine: Reachable, tmp_path: Path) -> None:
+    key, public = write_key_pair(tmp_path / "agent")
+    started = subprocess.run(["ssh-agent", "-a", str(tmp_path / "agent.sock"), "-s"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    pid = int(started.split("SSH_AGENT_PID=")[1].split(";")[0])
+    env = {**ssh_machine.env, "SSH_AUTH_SOCK": str(tmp_path / "agent.sock")}
+    try:
+        subprocess.run(["ssh-add", str(key)], env=env, capture_output=True, timeout=30, check=True)
+        machines_args = [MACHINES, "--storage-path", str(ssh_machine.store), "ssh", ssh_machine.name]
+        forwarded = subprocess.run([*machines_args, "-A", "--", "ssh-add", "-L"], env=env, capture_output=True,
+                                   text=True, timeout=60)
+        assert forwarded.returncode == 0 and public.split()[1] in forwarded.stdout, forwarded.stderr
+        plain = subprocess.run([*machines_args, "--", "ssh-add", "-L"], env=env, capture_output=True, text=True,
+                               timeout=60)
+        assert plain.returncode != 0 and public.split()[1] not in plain.stdout  # off unless -A
+    finally:
+        os.kill(pid, signal.SIGTERM)
