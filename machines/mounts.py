@@ -26,10 +26,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from machines import detached
 from machines.errors import MachinesError, StateError, UsageError
 
 
@@ -49,7 +49,6 @@ class Machine(Protocol):
 
 RECORD_KEY = "mounts"
 STATE_DIR = "mounts"  # <machine dir>/mounts/<target hash>.json: the reverse sshfs process of a remote mount
-START_TIMEOUT = 20.0
 # Where a mount would hide what the host needs to run (or what the runtime keeps).
 FORBIDDEN = ("/", "/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var",
              "/boot", "/data")
@@ -161,25 +160,10 @@ def _attach_remote(machine: Machine, mount: Mount) -> None:
         raise StateError(f"cannot mount at {mount.target} in {machine.name}: it is (or lies under) a symlink, or "
                          "cannot be made")
     state = _state(machine, mount.target)
-    state.parent.mkdir(mode=0o700, exist_ok=True)
-    state.unlink(missing_ok=True)
-    log_path = state.with_suffix(".log")
-    command = [sys.executable, "-m", "machines.reversefs", "--storage-path", str(machine.dir.parent.parent),
-               "--state", str(state), *(["--ro"] if mount.readonly else []), machine.name, mount.source, mount.target]
-    with open(log_path, "wb") as output, open(os.devnull, "rb") as devnull:
-        process = subprocess.Popen(command, stdin=devnull, stdout=output, stderr=output, start_new_session=True,
-                                   close_fds=True, cwd="/")
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise StateError(f"cannot mount {mount.source} at {mount.target} in {machine.name}: "
-                             f"{tail[0].removeprefix('error: ')}")
-        if state.is_file():
-            return
-        time.sleep(0.05)
-    process.terminate()
-    raise StateError(f"mounting {mount.target} in {machine.name} did not finish within {START_TIMEOUT:g}s")
+    arguments = ["--storage-path", str(machine.dir.parent.parent), "--state", str(state),
+                 *(["--ro"] if mount.readonly else []), machine.name, mount.source, mount.target]
+    detached.start("machines.reversefs", arguments, state,
+                   failure=f"cannot mount {mount.source} at {mount.target} in {machine.name}")
 
 
 def _detach(machine: Machine, target: str) -> None:

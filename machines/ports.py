@@ -24,7 +24,6 @@ import re
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from machines import detached
 from machines.errors import MachinesError, SSHError, StateError, UsageError
 from machines.store import CONFIG_FILE
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 STATE_DIR = "ports"
-START_TIMEOUT = 15.0
 RUNTIME_SOCKET = "/var/run/docker.sock"  # bootstrap.service.SOCKET_PATH, the default when the record names none
 UDP_REFUSED = (
     "UDP ports cannot be forwarded over SSH (it carries TCP streams only); publish the port on the machine's "
@@ -369,25 +368,10 @@ def start(machine: Machine, key: str, arguments: list[str], spec: str) -> Backgr
                 raise StateError(f"{machine.name} already forwards {live.spec}: 'machines port rm {machine.name} "
                                  f"{live.spec.split()[0]}' first")
             return live
-    folder = _state_dir(machine)
-    folder.mkdir(mode=0o700, exist_ok=True)
-    state_path, log_path = folder / f"{key}.json", folder / f"{key}.log"
-    state_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "machines.ports", "--storage-path", str(machine.store.root), "--key", key,
-               "--spec", spec, machine.name, *arguments]
-    with open(log_path, "wb") as output, open(os.devnull, "rb") as devnull:
-        process = subprocess.Popen(command, stdin=devnull, stdout=output, stderr=output, start_new_session=True,
-                                   close_fds=True, cwd="/")
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise StateError(f"{machine.name}: forwarding {spec} failed: {tail[0].removeprefix('error: ')}")
-        if state_path.is_file():
-            return Background(machine.name, key, spec, process.pid)
-        time.sleep(0.05)
-    process.terminate()
-    raise StateError(f"{machine.name}: forwarding {spec} did not start within {START_TIMEOUT:g}s")
+    arguments = ["--storage-path", str(machine.store.root), "--key", key, "--spec", spec, machine.name, *arguments]
+    pid = detached.start("machines.ports", arguments, _state_dir(machine) / f"{key}.json",
+                         failure=f"{machine.name}: forwarding {spec} failed")
+    return Background(machine.name, key, spec, pid)
 
 
 def stop(machine: Machine, key: str | None = None) -> list[Background]:
@@ -453,12 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name")
     parser.add_argument("port", nargs="?")
     arguments = parser.parse_args(argv)
-    try:
-        _serve(arguments)
-    except MachinesError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return detached.main(lambda: _serve(arguments))
 
 
 if __name__ == "__main__":

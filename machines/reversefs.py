@@ -30,6 +30,7 @@ from typing import Any
 import paramiko
 from paramiko.sftp import SFTP_FAILURE, SFTP_NO_SUCH_FILE, SFTP_OK, SFTP_PERMISSION_DENIED
 
+from machines import detached
 from machines.errors import MachinesError
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -242,13 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source")
     parser.add_argument("target")
     arguments = parser.parse_args(argv)
-    try:
-        serve(arguments.storage_path, arguments.name, arguments.source, arguments.target, arguments.ro,
-              Path(arguments.state))
-    except MachinesError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return detached.main(lambda: serve(arguments.storage_path, arguments.name, arguments.source, arguments.target,
+                                       arguments.ro, Path(arguments.state)))
 
 
 if __name__ == "__main__":

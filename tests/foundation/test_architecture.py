@@ -19,7 +19,7 @@ PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("runtime",)),
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
-              "machines.shellenv", "machines.redaction", "machines.contexts")),
+              "machines.shellenv", "machines.redaction", "machines.contexts", "machines.detached")),
     ("drivers", ("drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.mounts")),
     ("bootstrap", ("bootstrap",)),
