@@ -28,7 +28,7 @@ from runtime.images.store import ImageStore  # noqa: E402
 from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
 
-CGROUP_PARENT = "/images-bench-%d" % os.getpid()  # dockerd's cgroups, removed afterwards
+CGROUP_PARENT = f"/images-bench-{os.getpid()}"  # dockerd's cgroups, removed afterwards
 DOCKERFILE = """FROM {image}
 COPY files/ /srv/files/
 RUN cat /srv/files/* | wc -c > /srv/total
@@ -44,7 +44,7 @@ def make_image(store: ImageStore, tag: str, size_mb: int, work: str) -> None:
     os.makedirs(upper)
     chunk = size_mb * (1 << 20) // 64
     for n in range(64):
-        with open(os.path.join(upper, "f%02d" % n), "wb") as f:
+        with open(os.path.join(upper, f"f{n:02d}"), "wb") as f:
             f.write(os.urandom(chunk) if n % 2 else bytes(chunk))
     store.commit(os.path.dirname(upper), base, {"Cmd": ["sh"]}, tag)
 
@@ -112,9 +112,9 @@ def library_figures(image: str, work: str, runs: int) -> dict[str, float]:
     """The image store alone (no HTTP API, no CLI): pull, save, load of the same image."""
     pulls, saves, loads = [], [], []
     for n in range(runs):
-        service = ImageService(ImageStore(os.path.join(work, "lib-%d" % n)))
+        service = ImageService(ImageStore(os.path.join(work, f"lib-{n}")))
         pulls.append(timed(lambda: list(service.pull(image))))
-        archive_path = os.path.join(work, "lib-%d.tar" % n)
+        archive_path = os.path.join(work, f"lib-{n}.tar")
 
         def save() -> None:
             with open(archive_path, "wb") as f:
@@ -122,11 +122,11 @@ def library_figures(image: str, work: str, runs: int) -> dict[str, float]:
                     f.write(chunk)
 
         saves.append(timed(save))
-        fresh = ImageService(ImageStore(os.path.join(work, "lib-load-%d" % n)))
+        fresh = ImageService(ImageStore(os.path.join(work, f"lib-load-{n}")))
         with open(archive_path, "rb") as f:
             loads.append(timed(lambda: fresh.load(f)))
-        shutil.rmtree(os.path.join(work, "lib-%d" % n))
-        shutil.rmtree(os.path.join(work, "lib-load-%d" % n))
+        shutil.rmtree(os.path.join(work, f"lib-{n}"))
+        shutil.rmtree(os.path.join(work, f"lib-load-{n}"))
         os.unlink(archive_path)
     return {"pull": statistics.median(pulls), "save": statistics.median(saves), "load": statistics.median(loads)}
 
@@ -138,7 +138,7 @@ def main() -> None:
     opts = parser.parse_args()
     if shutil.which("dockerd") is None:
         sys.exit("dockerd is missing: apt-get install --no-install-recommends docker.io")
-    work = tempfile.mkdtemp(prefix="images-bench-%d-" % os.getpid(), dir="/tmp")
+    work = tempfile.mkdtemp(prefix=f"images-bench-{os.getpid()}-", dir="/tmp")
     procs: list[subprocess.Popen] = []
     registry = start_registry(os.path.join(work, "registry"))
     try:
@@ -150,14 +150,14 @@ def main() -> None:
         context = os.path.join(work, "context")
         os.makedirs(os.path.join(context, "files"))
         for n in range(200):
-            with open(os.path.join(context, "files", "c%03d" % n), "w") as f:
-                f.write("line %d\n" % n * 50)
+            with open(os.path.join(context, "files", f"c{n:03d}"), "w") as f:
+                f.write(f"line {n}\n" * 50)
         with open(os.path.join(context, "Dockerfile"), "w") as f:
             f.write(DOCKERFILE.format(image=image))
         ours_sock, docker_sock = os.path.join(work, "ours.sock"), os.path.join(work, "docker.sock")
         ours = start([sys.executable, "-m", "runtime", "daemon", "--data-root", os.path.join(work, "ours"),
                       "--exec-root", os.path.join(work, "ours-run"), "-H", "unix://" + ours_sock,
-                      "--bridge-subnet", "172.31.251.0/24", "--bridge-name", "imgbench%d" % (os.getpid() % 1000)],
+                      "--bridge-subnet", "172.31.251.0/24", "--bridge-name", f"imgbench{os.getpid() % 1000}"],
                      ours_sock, os.path.join(work, "ours.log"))
         procs.append(ours)
         dockerd = start(["dockerd", "--data-root", os.path.join(work, "docker"), "--exec-root",
@@ -169,11 +169,11 @@ def main() -> None:
         results = {"machines runtime": measure(ours_sock, image, context, opts.runs),
                    "dockerd (Debian docker.io)": measure(docker_sock, image, context, opts.runs)}
         lib = library_figures(image, work, opts.runs)
-        print("\n%d MiB layer + busybox, %d runs, medians in seconds\n" % (opts.size_mb, opts.runs))
+        print(f"\n{opts.size_mb} MiB layer + busybox, {opts.runs} runs, medians in seconds\n")
         print("| daemon | pull | build (no cache) | cached rebuild |")
         print("|---|---|---|---|")
         for name, r in results.items():
-            print("| {} | {:.3f} | {:.3f} | {:.3f} |".format(name, r["pull"], r["build"], r["cached build"]))
+            print(f"| {name} | {r['pull']:.3f} | {r['build']:.3f} | {r['cached build']:.3f} |")
         print("\nImage store alone (library calls): pull {:.3f} s, save {:.3f} s, load {:.3f} s".format(lib["pull"], lib["save"], lib["load"]))
     finally:
         for proc in reversed(procs):

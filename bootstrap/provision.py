@@ -28,6 +28,7 @@ import json
 import shlex
 import ssl
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -407,7 +408,11 @@ class ProvisioningRun:
 
     def _version_over_tls(self) -> dict[str, Any]:
         context = client_ssl_context(self.machine.dir)
-        connection = http.client.HTTPSConnection(self.ip, service.TLS_PORT, context=context, timeout=5)
+        # Where the driver says the API is reached: a NAT VM's is a forwarded port on 127.0.0.1, not 2376 (which may
+        # be another machine's, signed by the same CA).
+        where = urllib.parse.urlsplit(self.machine.driver.url(service.TLS_PORT))
+        connection = http.client.HTTPSConnection(where.hostname or self.ip, where.port or service.TLS_PORT,
+                                                 context=context, timeout=5)
         try:
             connection.request("GET", "/version")
             response = connection.getresponse()

@@ -755,12 +755,15 @@ class AWSDriver(Driver):
         """Delete our group by id; EC2 refuses (DependencyViolation) while a terminating instance still holds it,
         and answers NotFound while it does not show a group made moments ago: both are retried."""
         for group_id in self._our_security_groups():
+            accepted: list[bool] = []
 
             def deleted() -> bool:
-                if self._call_unless(GONE_CODES + ("DependencyViolation",), "delete_security_group", GroupId=group_id):
-                    return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
-                return not self._settling("CreateSecurityGroup") and not self._call_unless(
-                    GONE_CODES, "describe_security_groups", GroupIds=[group_id])
+                if not accepted:  # until EC2 takes the delete: NotFound while settling and DependencyViolation retried
+                    if self._call_unless(GONE_CODES + ("DependencyViolation",), "delete_security_group", GroupId=group_id):
+                        accepted.append(True)
+                    elif self._settling("CreateSecurityGroup"):
+                        return False
+                return not self._call_unless(GONE_CODES, "describe_security_groups", GroupIds=[group_id])
 
             self._wait(f"security group {group_id} to be deleted", deleted)
         self.config.pop("created_security_group", None)

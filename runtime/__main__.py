@@ -116,7 +116,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         server.start()
-        sys.stderr.write("runtime {} (API {}) listening on {}\n".format(VERSION, API_VERSION, " ".join(listening)))
+        sys.stderr.write(f"runtime {VERSION} (API {API_VERSION}) listening on {' '.join(listening)}\n")
         sys.stderr.flush()
         while not stop.wait(3600):
             pass

@@ -43,12 +43,6 @@ def expect_object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def expect_string(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidParameter(f"{what} must be a string, got {json_type(value)}")
-    return value
-
-
 def expect_strings(value: Any, what: str) -> list[str]:
     """An array of strings; ``null`` counts as empty, as Go's decoder treats a nil slice."""
     if value is None:

@@ -24,7 +24,7 @@ def invalid(key: str = "", values: Iterable[str] | None = None) -> InvalidParame
     if key:
         message += " '" + key
         if values is not None:
-            message += "=[{}]".format(" ".join(values))
+            message += f"=[{' '.join(values)}]"
         message += "'"
     return InvalidParameter(message)
 
@@ -75,9 +75,6 @@ class Args:
     def __bool__(self) -> bool:
         return bool(self._fields)
 
-    def keys(self) -> list[str]:
-        return sorted(self._fields)
-
     def contains(self, key: str) -> bool:
         return key in self._fields
 
@@ -100,12 +97,6 @@ class Args:
         """True without values for ``key``, else when ``source`` is one of them."""
         values = self._fields.get(key)
         return not values or values.get(source, False)
-
-    def unique_exact_match(self, key: str, source: str) -> bool:
-        values = self._fields.get(key)
-        if not values:
-            return True
-        return len(values) == 1 and values.get(source, False)
 
     def fuzzy_match(self, key: str, source: str) -> bool:
         """``exact_match``, or ``source`` starts with one of the values (ids by prefix)."""
@@ -184,8 +175,3 @@ class Args:
     def items(self) -> Iterator[tuple]:
         for key in sorted(self._fields):
             yield key, self.get(key)
-
-
-def from_request(text: str, accepted: Iterable[str]) -> Args:
-    """The ``filters`` query parameter, parsed and validated against the keys a route accepts."""
-    return Args.from_json(text).validate(accepted)

@@ -65,6 +65,30 @@ def parse_go_duration(text: str) -> float:
     return sign * sum(float(number) * _GO_UNITS[unit] for number, unit in _GO_DURATION_PART.findall(text))
 
 
+def format_go_duration(ns: int) -> str:
+    """Go's ``time.Duration.String()`` of ``ns`` nanoseconds (``1ms``, ``1.5s``, ``1m30s``), as moby's messages
+    print durations."""
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    if ns < 10 ** 9:
+        for unit, size in (("ms", 1_000_000), ("\u00b5s", 1_000), ("ns", 1)):
+            if ns >= size:
+                return sign + _trim(ns / size) + unit
+    hours, rest = divmod(ns, 3600 * 10 ** 9)
+    minutes, rest = divmod(rest, 60 * 10 ** 9)
+    text = _trim(rest / 10 ** 9) + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{sign}{minutes}m{text}"
+    return sign + text
+
+
+def _trim(value: float) -> str:
+    return (f"{value:.9f}").rstrip("0").rstrip(".")
+
+
 def _local_offset(reference: float) -> datetime.timezone:
     local = datetime.datetime.fromtimestamp(reference).astimezone()
     return datetime.timezone(local.utcoffset() or datetime.timedelta(0))

@@ -8,7 +8,8 @@ import os
 import posixpath
 import stat
 import time
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 from runtime.api import streams, validate
 from runtime.api.routing import filters_arg, route, timestamp_arg
@@ -115,7 +116,7 @@ def remove(engine: Engine, request: Request, ref: str) -> None:
 def wait(engine: Engine, request: Request, ref: str) -> Stream:
     condition = request.arg("condition") or "not-running"
     if condition not in WAIT_CONDITIONS:
-        raise InvalidParameter("invalid condition: %r" % condition)
+        raise InvalidParameter(f"invalid condition: {condition!r}")
     engine.inspect_container(ref)  # 404 before the headers are out
 
     def body() -> Iterator[bytes]:
@@ -135,7 +136,7 @@ def attach(engine: Engine, request: Request, ref: str) -> Any:
     try:
         keys = streams.detach_keys(request.arg("detachKeys"))
     except ValueError:
-        raise InvalidParameter("Invalid detach keys ({}) provided".format(request.arg("detachKeys"))) from None
+        raise InvalidParameter(f"Invalid detach keys ({request.arg('detachKeys')}) provided") from None
     session = engine.attach(ref, stdin=with_stdin, stdout=request.flag("stdout"), stderr=request.flag("stderr"),
                             logs=request.flag("logs"), stream=request.flag("stream"))
     channel = request.conn.hijack(request, streams.stream_content_type(tty, request.version_at_least("1.42")))
@@ -153,7 +154,7 @@ def logs(engine: Engine, request: Request, ref: str) -> Stream:
     tty = bool((engine.inspect_container(ref).get("Config") or {}).get("Tty"))
     tail = request.arg("tail") or "all"
     if tail != "all" and not tail.lstrip("-").isdigit():
-        raise InvalidParameter("invalid value for tail: %r" % tail)
+        raise InvalidParameter(f"invalid value for tail: {tail!r}")
     items = engine.logs(ref, follow=request.flag("follow"), stdout=stdout, stderr=stderr,
                         since=timestamp_arg(request, "since"), until=timestamp_arg(request, "until"),
                         timestamps=request.flag("timestamps"), tail=tail)
@@ -171,7 +172,7 @@ def top(engine: Engine, request: Request, ref: str) -> Response:
     return json_response(engine.top(ref, request.arg("ps_args") or None))
 
 
-def _with_precpu(sample: Dict[str, Any], previous: Dict[str, Any]) -> Dict[str, Any]:
+def _with_precpu(sample: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
     """CPU% is computed by clients from the delta to ``precpu_stats``: fill it from the previous sample."""
     if previous:
         sample = dict(sample)
@@ -189,8 +190,8 @@ def stats(engine: Engine, request: Request, ref: str) -> Any:
         time.sleep(1.0)  # like moby: two samples a second apart so CPU% is meaningful
         return json_response(_with_precpu(engine.stats(ref), first))
 
-    def samples() -> Iterator[Dict[str, Any]]:
-        previous: Dict[str, Any] = {}
+    def samples() -> Iterator[dict[str, Any]]:
+        previous: dict[str, Any] = {}
         sample = first
         while True:
             yield _with_precpu(sample, previous)
@@ -204,7 +205,7 @@ def stats(engine: Engine, request: Request, ref: str) -> Any:
     return Stream(json_lines(samples()), "application/json")
 
 
-def _stat_header(stat: Dict[str, Any]) -> Dict[str, str]:
+def _stat_header(stat: dict[str, Any]) -> dict[str, str]:
     return {"X-Docker-Container-Path-Stat": base64.b64encode(json.dumps(stat).encode()).decode()}
 
 
@@ -244,14 +245,14 @@ _RUNTIME_PATHS = ("/dev", "/proc", "/sys", "/etc/hosts", "/etc/hostname", "/etc/
                   "/etc/mtab")
 
 
-def _changes(upper: str, lowers: List[str], mounts: List[str]) -> List[Dict[str, Any]]:
+def _changes(upper: str, lowers: list[str], mounts: list[str]) -> list[dict[str, Any]]:
     """moby's kinds: 0 modified (exists below), 1 added, 2 deleted (an overlay whiteout, a 0/0 char device).
 
     Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
     changed because of them)."""
     skipped = set(_RUNTIME_PATHS) | set(mounts)
     below = ImageView(lowers)  # what the image holds, with overlay's rules and no link followed on the host
-    found: List[Dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
     top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for folder, _, name, info in safepath.walk(top):  # fds, not paths: a running container may swap links in
@@ -295,7 +296,7 @@ def exec_create(engine: Engine, request: Request, ref: str) -> Response:
         try:
             streams.detach_keys(str(body["DetachKeys"]))
         except ValueError:  # dockerd's exec words it so, and answers 500
-            raise HostError("Invalid escape keys ({}) provided".format(body["DetachKeys"])) from None
+            raise HostError(f"Invalid escape keys ({body['DetachKeys']}) provided") from None
     return json_response({"Id": engine.exec_create(ref, body)}, 201)
 
 

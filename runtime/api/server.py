@@ -466,12 +466,21 @@ class Connection:
             return False
         if outcome is HIJACKED:
             return False
-        if not request.body.done and not request.body.drain(DRAIN_LIMIT):
+        if not request.body.done and not self._drained(request.body):
             close = True
         if isinstance(outcome, Stream):
             return self.send_stream(outcome, request, close) and not close
         self.send_response(outcome, close=close, head_only=method == "HEAD")
         return not close
+
+    @staticmethod
+    def _drained(body: Body) -> bool:
+        """Swallow what the handler left of the body; a broken rest (bad chunk, stall) only closes the connection
+        after the answer, it never loses the answer."""
+        try:
+            return body.drain(DRAIN_LIMIT)
+        except HTTPError:
+            return False
 
     def head_bytes(self, status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
         if reason is None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import socket
-import time
-from typing import Any, Dict, List
+from typing import Any
 
-from runtime import API_VERSION, MIN_API_VERSION, VERSION
+from runtime import API_VERSION, MIN_API_VERSION, VERSION, timefmt
 from runtime.api.routing import filters_arg, route, timestamp_arg
 from runtime.api.server import Request, Response, Stream, json_lines, json_response
 from runtime.engine import Engine
@@ -118,7 +117,7 @@ def info(engine: Engine, request: Request) -> Response:
         "Debug": False,
         "NFd": len(os.listdir("/proc/self/fd")),
         "NGoroutines": 0,
-        "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
+        "SystemTime": timefmt.rfc3339_nano(),
         "LoggingDriver": "json-file",
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": _cgroup_version(),
@@ -160,7 +159,7 @@ def events(engine: Engine, request: Request) -> Stream:
 
 @route("GET", "/system/df", "Disk usage of images, containers and volumes")
 def disk_usage(engine: Engine, request: Request) -> Response:
-    images: List[Dict[str, Any]] = engine.images.list(all=False)
+    images: list[dict[str, Any]] = engine.images.list(all=False)
     containers = engine.list_containers(all=True, size=True)
     volumes = engine.volumes.list().get("Volumes") or []
     return json_response({

@@ -18,7 +18,7 @@ def _swarm(engine: Engine, request: Request, rest: str = "") -> Response:
 
 
 def _plugin(engine: Engine, request: Request, name: str) -> Response:
-    return error_response(404, "plugin %s not found" % name)
+    return error_response(404, f"plugin {name} not found")
 
 
 def _plugins(engine: Engine, request: Request, rest: str = "") -> Response:
@@ -27,8 +27,8 @@ def _plugins(engine: Engine, request: Request, rest: str = "") -> Response:
 
 for _method in _METHODS:
     for _area in ("swarm", "nodes", "services", "tasks", "secrets", "configs"):
-        route(_method, "/%s" % _area, "Swarm: not served (503)")(_swarm)
-        route(_method, "/%s/{rest:.*}" % _area, "Swarm: not served (503)")(_swarm)
+        route(_method, f"/{_area}", "Swarm: not served (503)")(_swarm)
+        route(_method, f"/{_area}/{{rest:.*}}", "Swarm: not served (503)")(_swarm)
 route("GET", "/plugins/{name:.*}/json", "Plugins: none installed (404)")(_plugin)
 for _method in _METHODS:
     route(_method, "/plugins", "Plugins: not served (404)")(_plugins)

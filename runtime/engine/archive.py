@@ -54,10 +54,9 @@ def _overlay(c: Any, writable: bool) -> Iterator[str]:
     os.makedirs(target)
     lower = c.data["_lower"] or []
     if writable:
-        options = "lowerdir={},upperdir={},workdir={}".format(":".join(lower) or c.file("empty"), c.file("upper"),
-                                                          c.file("work"))
+        options = f"lowerdir={':'.join(lower) or c.file('empty')},upperdir={c.file('upper')},workdir={c.file('work')}"
     else:
-        options = "lowerdir={}".format(":".join([c.file("upper")] + lower + ([c.file("work")] if not lower else [])))
+        options = f"lowerdir={':'.join([c.file('upper')] + lower + ([c.file('work')] if not lower else []))}"
     try:
         if writable and not lower:
             os.makedirs(c.file("empty"), exist_ok=True)

@@ -7,7 +7,6 @@ import re
 import resource
 import signal
 import stat
-from typing import Dict, List, Optional, Tuple
 
 from runtime.engine.logs import log_config
 from runtime.errors import InvalidParameter
@@ -23,7 +22,7 @@ _RIGHT = ("babbage", "curie", "darwin", "einstein", "fermi", "galileo", "hopper"
 
 
 def random_name() -> str:
-    return "%s_%s" % (random.choice(_LEFT), random.choice(_RIGHT))
+    return f"{random.choice(_LEFT)}_{random.choice(_RIGHT)}"
 
 
 def check_name(name: str) -> str:
@@ -36,15 +35,15 @@ def _env_key(item: str) -> str:
     return item.partition("=")[0]
 
 
-def merge_env(image_env: List[str], user_env: List[str]) -> List[str]:
+def merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
     """Image env then request env; a request variable replaces the image's variable of the same name."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for item in list(image_env or []) + list(user_env or []):
         out[_env_key(item)] = item
     return list(out.values())
 
 
-def _as_list(value: object) -> Optional[List[str]]:
+def _as_list(value: object) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -86,7 +85,7 @@ def _port_key(key: str) -> str:
     return key if "/" in key else key + "/tcp"
 
 
-def command_of(cfg: dict) -> List[str]:
+def command_of(cfg: dict) -> list[str]:
     args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
     if not args:
         raise InvalidParameter("no command specified")
@@ -107,7 +106,7 @@ def parse_signal(value: object, default: int = signal.SIGTERM) -> int:
         sig = signal.Signals.__members__.get(name)
         if sig is not None:
             return int(sig)
-    raise InvalidParameter("Invalid signal: %s" % value)
+    raise InvalidParameter(f"Invalid signal: {value}")
 
 
 def host_config_defaults(host: dict) -> dict:
@@ -133,7 +132,7 @@ def host_config_defaults(host: dict) -> dict:
     for key, allowed in (("IpcMode", ("", "private", "shareable", "host")), ("PidMode", ("", "host")),
                          ("UTSMode", ("", "host"))):
         if (host.get(key) or "") not in allowed:
-            raise InvalidParameter("%s %r is not supported (only %s)" % (key, host[key], ", ".join(
+            raise InvalidParameter("{} {!r} is not supported (only {})".format(key, host[key], ", ".join(
                 repr(a) for a in allowed if a)))
     if host["Memory"] and host["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
@@ -146,10 +145,10 @@ def check_restart_policy(policy: dict) -> dict:
     """A RestartPolicy as stored (name defaulted to ``no``), refused with dockerd's words when invalid."""
     name = policy.get("Name") or "no"
     if name not in RESTART_POLICIES:
-        raise InvalidParameter("invalid restart policy '%s'" % name)
+        raise InvalidParameter(f"invalid restart policy '{name}'")
     retries = int(policy.get("MaximumRetryCount") or 0)
     if retries and name != "on-failure":
-        raise InvalidParameter("maximum retry count cannot be used with restart policy '%s'" % name)
+        raise InvalidParameter(f"maximum retry count cannot be used with restart policy '{name}'")
     if retries < 0:
         raise InvalidParameter("maximum retry count cannot be negative")
     return {"Name": name, "MaximumRetryCount": retries}
@@ -158,7 +157,7 @@ def check_restart_policy(policy: dict) -> dict:
 PROPAGATION_MODES = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 
 
-def parse_binds(binds: List[str]) -> List[dict]:
+def parse_binds(binds: list[str]) -> list[dict]:
     """``-v`` specs: ``/host:/ctr[:ro]`` (bind) or ``name:/ctr[:ro]`` (named volume) or ``/ctr`` (anonymous)."""
     out = []
     for spec in binds or []:
@@ -167,17 +166,16 @@ def parse_binds(binds: List[str]) -> List[dict]:
             out.append({"Type": "volume", "Source": "", "Target": parts[0], "ReadOnly": False})
             continue
         if len(parts) > 3:
-            raise InvalidParameter("invalid volume specification: '%s'" % spec)
+            raise InvalidParameter(f"invalid volume specification: '{spec}'")
         source, target = parts[0], parts[1]
         mode = parts[2].split(",") if len(parts) == 3 else []
         if not target.startswith("/"):
-            raise InvalidParameter("invalid volume specification: '%s': invalid mount config for type \"%s\": "
-                                   "invalid mount path: '%s' mount path must be absolute"
-                                   % (spec, "bind" if source.startswith("/") else "volume", target))
+            raise InvalidParameter("invalid volume specification: '{}': invalid mount config for type \"{}\": "
+                                   "invalid mount path: '{}' mount path must be absolute".format(spec, "bind" if source.startswith("/") else "volume", target))
         bad = [m for m in mode if m not in ("ro", "rw", "z", "Z", "nocopy", "private", "rprivate", "shared",
                                             "rshared", "slave", "rslave")]
         if bad:
-            raise InvalidParameter("invalid mode: %s" % ",".join(bad))
+            raise InvalidParameter(f"invalid mode: {','.join(bad)}")
         propagation = [m for m in mode if m in PROPAGATION_MODES]
         if len(propagation) > 1 or (propagation and not source.startswith("/")):
             raise InvalidParameter(f"invalid mode: {parts[2]}")
@@ -204,20 +202,19 @@ def tmpfs_options(tmp: dict) -> str:
     return ",".join(opts)
 
 
-def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[dict]:
+def parse_mounts(mounts: list[dict], tmpfs: dict[str, str] | None) -> list[dict]:
     out = []
     for m in mounts or []:
         kind = m.get("Type") or "volume"
         target = m.get("Target") or m.get("Destination") or ""
         if kind not in ("bind", "volume", "tmpfs"):
-            raise InvalidParameter("mount type %r is not supported" % kind)
+            raise InvalidParameter(f"mount type {kind!r} is not supported")
         if not target.startswith("/"):
-            raise InvalidParameter("invalid mount config for type \"%s\": invalid mount path: '%s' mount path must "
-                                   "be absolute" % (kind, target))
+            raise InvalidParameter(f"invalid mount config for type \"{kind}\": invalid mount path: '{target}' mount path must "
+                                   "be absolute")
         source = m.get("Source") or ""
         if kind == "bind" and not os.path.exists(source):
-            raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: %s"
-                                   % source)
+            raise InvalidParameter(f"invalid mount config for type \"bind\": bind source path does not exist: {source}")
         opts = ""
         propagation = str((m.get("BindOptions") or {}).get("Propagation") or "")
         if propagation and propagation not in PROPAGATION_MODES:
@@ -235,7 +232,7 @@ def parse_mounts(mounts: List[dict], tmpfs: Optional[Dict[str, str]]) -> List[di
     return out
 
 
-def split_mode(network_mode: str) -> Tuple[str, str]:
+def split_mode(network_mode: str) -> tuple[str, str]:
     """("bridge", "bridge"), ("host", ""), ("none", ""), ("container", ref) or ("network", user network)."""
     mode = network_mode or "default"
     if mode in ("default", "bridge"):
@@ -247,7 +244,7 @@ def split_mode(network_mode: str) -> Tuple[str, str]:
     return "network", mode
 
 
-def devices_of(host: dict) -> List[dict]:
+def devices_of(host: dict) -> list[dict]:
     """HostConfig.Devices (``--device /dev/fuse[:/dev/x[:rwm]]``) as nodes to make and cgroup rules."""
     out = []
     for item in host.get("Devices") or []:
@@ -255,24 +252,23 @@ def devices_of(host: dict) -> List[dict]:
         try:
             st = os.stat(source)
         except OSError as e:
-            raise InvalidParameter("error gathering device information while adding custom device %r: %s"
-                                   % (source, e.strerror))
+            raise InvalidParameter(f"error gathering device information while adding custom device {source!r}: {e.strerror}") from None
         if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise InvalidParameter("error gathering device information while adding custom device %r: not a "
-                                   "device node" % source)
+            raise InvalidParameter(f"error gathering device information while adding custom device {source!r}: not a "
+                                   "device node")
         out.append({"path": item.get("PathInContainer") or source, "type": "c" if stat.S_ISCHR(st.st_mode)
                     else "b", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
                     "perms": item.get("CgroupPermissions") or "rwm"})
     return out
 
 
-def ulimits_of(items: List[dict]) -> List[Tuple[int, int, int]]:
+def ulimits_of(items: list[dict]) -> list[tuple[int, int, int]]:
     """HostConfig.Ulimits (``[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]``) as setrlimit arguments."""
     out = []
     for item in items:
         number = getattr(resource, "RLIMIT_" + str(item.get("Name", "")).upper(), None)
         if number is None:
-            raise InvalidParameter("invalid ulimit type: %s" % item.get("Name"))
+            raise InvalidParameter(f"invalid ulimit type: {item.get('Name')}")
         out.append((number, int(item.get("Soft", -1)), int(item.get("Hard", -1))))
     return out
 

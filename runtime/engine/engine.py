@@ -20,12 +20,26 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from runtime.engine import archive, health, links, update
-from runtime.engine.config import (ZERO_TIME, check_name, check_restart_policy, command_of, devices_of,
-                                   host_config_defaults, merge_config, merge_env, parse_binds, parse_mounts,
-                                   parse_signal, random_name, split_mode, ulimits_of)
+from runtime.engine.config import (
+    ZERO_TIME,
+    check_name,
+    check_restart_policy,
+    command_of,
+    devices_of,
+    host_config_defaults,
+    merge_config,
+    merge_env,
+    parse_binds,
+    parse_mounts,
+    parse_signal,
+    random_name,
+    split_mode,
+    ulimits_of,
+)
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.events import EventBus
 from runtime.engine.exec import ExecManager
@@ -51,8 +65,8 @@ class Engine:
     """Docker's container operations, thread-safe. Methods take Docker's JSON shapes and raise ``runtime.errors``
     classes whose status and message the API answers with."""
 
-    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: Optional[str] = None,
-                 bridge_name: Optional[str] = None) -> None:
+    def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: str | None = None,
+                 bridge_name: str | None = None) -> None:
         from runtime.images.service import ImageService
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
@@ -65,7 +79,7 @@ class Engine:
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
         self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
-        network_options: Dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
+        network_options: dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
                                        default_subnet=bridge_subnet, **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
@@ -82,7 +96,7 @@ class Engine:
                                remove=lambda cid: self.remove(cid, force=True, volumes=True))
         self._trash = os.path.join(self.data_root, "trash")
         private_dir(self._trash, 0o700)
-        self._discards: List[threading.Thread] = []
+        self._discards: list[threading.Thread] = []
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
         self._restore()
@@ -102,7 +116,7 @@ class Engine:
         """A container event for something done around the engine (``commit``), with the usual attributes."""
         self._emit(self._get(ref), action, **extra)
 
-    def _volume_users(self, name: str) -> List[str]:
+    def _volume_users(self, name: str) -> list[str]:
         with self._lock:
             return [c.id for c in self._containers.values()
                     if any(m.get("Name") == name for m in c.data.get("Mounts") or [])]
@@ -112,7 +126,7 @@ class Engine:
 
     # --- create ------------------------------------------------------------------------------------------------
 
-    def create_container(self, body: dict, name: Optional[str] = None, platform: Optional[str] = None) -> dict:
+    def create_container(self, body: dict, name: str | None = None, platform: str | None = None) -> dict:
         body = dict(body or {})
         image_ref = body.get("Image") or ""
         if not image_ref:
@@ -145,9 +159,8 @@ class Engine:
             name = check_name(name) if name else self._unique_name()
             for other in self._containers.values():
                 if other.name == name:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
-                                   'have to remove (or rename) that container to be able to reuse that name.'
-                                   % (name, other.id))
+                    raise Conflict(f'Conflict. The container name "/{name}" is already in use by container "{other.id}". You '
+                                   'have to remove (or rename) that container to be able to reuse that name.')
             host["Links"] = [links.stored(child, name, alias) for child, alias in linked] or None
             path = os.path.join(self.containers_root, cid)
             for sub in ("rootfs", "upper", "work"):
@@ -182,7 +195,7 @@ class Engine:
             warnings.append("Published ports are discarded when using host network mode")
         return {"Id": cid, "Warnings": warnings}
 
-    def _planned_networks(self, kind: str, target: str, body: dict) -> Dict[str, dict]:
+    def _planned_networks(self, kind: str, target: str, body: dict) -> dict[str, dict]:
         """NetworkSettings.Networks before start: the endpoints asked for (docker-compose reads them to decide
         what to connect), validated now so a missing network fails the create, as with Docker."""
         if kind == "container":
@@ -221,11 +234,9 @@ class Engine:
             child, alias = links.parse_link(spec)
             other = self._get(child)
             if not other.running:
-                raise HostError("Cannot link to a non running container: {} AS /{}/{}".format(
-                    other.data["Name"], c.name, alias))
+                raise HostError(f"Cannot link to a non running container: {other.data['Name']} AS /{c.name}/{alias}")
             if net == "bridge" and "bridge" not in (other.data["NetworkSettings"].get("Networks") or {}):
-                raise HostError("Cannot link to {}, as it does not belong to the default network".format(
-                    other.data["Name"]))
+                raise HostError(f"Cannot link to {other.data['Name']}, as it does not belong to the default network")
             out.append((other.id, links.names(alias, other.name, other.data["Config"].get("Hostname") or "")))
         return out
 
@@ -277,7 +288,7 @@ class Engine:
             if name not in taken:
                 return name
 
-    def _plan_mounts(self, cid: str, host: dict, config: dict) -> List[dict]:
+    def _plan_mounts(self, cid: str, host: dict, config: dict) -> list[dict]:
         """Docker's Mounts list; named and anonymous volumes are created now, like moby does at create."""
         wanted = parse_binds(host.get("Binds") or []) + parse_mounts(host.get("Mounts") or [], host.get("Tmpfs"))
         targets = {m["Target"] for m in wanted}
@@ -311,7 +322,7 @@ class Engine:
             if c.running:
                 raise NotModified("container already started")
             if c.removed:
-                raise NotFound("No such container: %s" % ref)
+                raise NotFound(f"No such container: {ref}")
             self._start(c)
 
     def _write_etc(self, c: Container, kind: str) -> None:
@@ -333,7 +344,7 @@ class Engine:
             with open(c.file("hosts"), "a") as f:
                 for item in extra:
                     name, _, addr = item.partition(":")
-                    f.write("%s\t%s\n" % (addr, name))
+                    f.write(f"{addr}\t{name}\n")
         lines = []
         if kind == "container":  # dockerd shares the other container's file: same namespace, same resolver
             shutil.copyfile(self._get(split_mode(host["NetworkMode"])[1]).file("resolv.conf"), c.file("resolv.conf"))
@@ -343,7 +354,7 @@ class Engine:
             self._write_internal_resolv_conf(c)
             return
         if host.get("Dns"):
-            lines += ["nameserver %s" % d for d in host["Dns"]]
+            lines += [f"nameserver {d}" for d in host["Dns"]]
         else:
             try:
                 with open("/etc/resolv.conf") as f:
@@ -380,7 +391,7 @@ class Engine:
 
     def _spec(self, c: Container, network: str) -> dict:
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        caps: Optional[List[int]] = None
+        caps: list[int] | None = None
         if not host.get("Privileged"):
             wanted = set(syscalls.DOCKER_DEFAULT_CAPS)
             if not cgroups.controls_devices():  # without a device allowlist, mknod would reach the host's disks
@@ -393,7 +404,7 @@ class Engine:
             try:
                 caps = sorted(syscalls.cap_number(cap) for cap in wanted)
             except ValueError as e:
-                raise InvalidParameter("unknown capability: %s" % e)
+                raise InvalidParameter(f"unknown capability: {e}") from None
         mounts = []
         for m in c.data.get("Mounts") or []:
             mounts.append({"type": m["Type"], "source": m["Source"], "target": m["Destination"],
@@ -435,21 +446,21 @@ class Engine:
         if kind == "container":
             other = self._get(target)
             if not other.running:
-                raise Conflict("cannot join network of a non running container: %s" % other.id)
-            netns_fd = os.open("/proc/%d/ns/net" % other.state["Pid"], os.O_RDONLY)
+                raise Conflict(f"cannot join network of a non running container: {other.id}")
+            netns_fd = os.open(f'/proc/{other.state["Pid"]}/ns/net', os.O_RDONLY)
         network = {"host": "host", "container": "join"}.get(kind, "new")
         try:
             cg = cgroups.open_cgroup("machines/" + c.id)
             cg.remove()
-            cg.create(dict(host, DeviceRules=["%(type)s %(major)d:%(minor)d %(perms)s" % d
+            cg.create(dict(host, DeviceRules=[f"{d['type']} {d['major']}:{d['minor']} {d['perms']}"
                                               for d in devices_of(host)]))
         except OSError as e:
-            raise HostError("failed to set up the container's cgroup: %s" % e)
+            raise HostError(f"failed to set up the container's cgroup: {e}") from None
         self._write_etc(c, kind)
         for m in c.data.get("Mounts") or []:
             if m["Type"] == "bind" and not os.path.exists(m["Source"]):
                 raise InvalidParameter("invalid mount config for type \"bind\": bind source path does not exist: "
-                                       "%s" % m["Source"])
+                                       "{}".format(m["Source"]))
             problem = m["Type"] == "bind" and propagation_problem(m["Source"], m.get("Propagation") or "")
             if problem:
                 raise HostError(problem)
@@ -499,7 +510,7 @@ class Engine:
                 self.remove(c.id, force=True, volumes=True)
             if isinstance(e, EngineError):
                 raise
-            raise HostError("failed to start container: %s" % message)
+            raise HostError(f"failed to start container: {message}") from None
         with self._lock:
             c.state.update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                             "OOMKilled": False, "Dead": False, "Pid": launch.child, "ExitCode": 0, "Error": "",
@@ -522,7 +533,7 @@ class Engine:
         if kind in ("container", "none", "host"):
             return
         cfg, host = c.data["Config"], c.data["HostConfig"]
-        connected: Dict[str, dict] = {}
+        connected: dict[str, dict] = {}
         for name, planned in (settings.get("Networks") or {}).items():
             connected[name] = self._connect_one(c, name, planned, pid)
         settings["Networks"] = connected
@@ -559,7 +570,7 @@ class Engine:
         if kind in ("bridge", "network"):  # none, host and container: modes never register with the manager
             try:
                 self.networks.release(c.id)
-            except Exception:  # noqa: the container is gone either way; a stale veth must not block stop/remove
+            except Exception:  # noqa: BLE001 - the container is gone either way; a stale veth must not block stop/remove
                 pass
         settings = c.data["NetworkSettings"]
         settings["Ports"] = {}
@@ -580,8 +591,8 @@ class Engine:
 
     def _restore(self) -> None:
         """Reloads every container; reconnects to live shims, closes the books on dead ones, applies policies."""
-        running: Dict[str, int] = {}
-        to_start: List[Container] = []
+        running: dict[str, int] = {}
+        to_start: list[Container] = []
         for cid in sorted(os.listdir(self.containers_root)):
             path = os.path.join(self.containers_root, cid)
             try:
@@ -641,7 +652,7 @@ class Engine:
             thread.join(10)
         try:
             self.networks.close()
-        except Exception:  # noqa: closing is best effort
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass
 
     # --- stop, kill, restart, pause ----------------------------------------------------------------------------
@@ -661,7 +672,7 @@ class Engine:
             pass
         c.state["Paused"] = False
 
-    def _wait_exit(self, c: Container, seq: int, timeout: Optional[float]) -> bool:
+    def _wait_exit(self, c: Container, seq: int, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while c.exit_seq == seq and c.running:
@@ -671,7 +682,7 @@ class Engine:
                 self._cond.wait(remaining)
         return True
 
-    def stop(self, ref: str, timeout: Optional[int] = None, signal: Optional[str] = None) -> None:
+    def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         c = self._get(ref)
         with c.lock:
             c.exit_on_next = True
@@ -707,7 +718,7 @@ class Engine:
         sig = parse_signal(signal or "SIGKILL", signals.SIGKILL)
         with c.lock:
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
+                raise Conflict(f"Container {c.id} is not running")
             with self._lock:
                 seq = c.exit_seq
                 c.data["HasBeenManuallyStopped"] = True
@@ -719,7 +730,7 @@ class Engine:
             if sig == signals.SIGKILL:
                 self._wait_exit(c, seq, 10)
 
-    def restart(self, ref: str, timeout: Optional[int] = None) -> None:
+    def restart(self, ref: str, timeout: int | None = None) -> None:
         c = self._get(ref)
         with c.lock:
             if c.running:
@@ -731,13 +742,13 @@ class Engine:
         c = self._get(ref)
         with c.lock:
             if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
+                raise Conflict(f"Container {c.id} is not running")
             if c.state["Paused"]:
-                raise Conflict("Container %s is already paused" % c.id)
+                raise Conflict(f"Container {c.id} is already paused")
             try:
                 cgroups.open_cgroup("machines/" + c.id).set_frozen(True)
             except OSError as e:
-                raise HostError("cannot pause container %s: %s" % (c.id, e))
+                raise HostError(f"cannot pause container {c.id}: {e}") from None
             with self._lock:
                 c.state.update({"Paused": True, "Status": "paused"})
                 self._save(c)
@@ -748,7 +759,7 @@ class Engine:
         c = self._get(ref)
         with c.lock:
             if not c.state["Paused"]:
-                raise Conflict("Container %s is not paused" % c.id)
+                raise Conflict(f"Container {c.id} is not paused")
             self._thaw(c)
             with self._lock:
                 c.state.update({"Paused": False, "Status": "running" if c.running else c.state["Status"]})
@@ -771,7 +782,7 @@ class Engine:
                 try:
                     update.merge(merged, body)
                 except EngineError as e:
-                    raise type(e)("Cannot update container %s: %s" % (c.id, e)) from None
+                    raise type(e)(f"Cannot update container {c.id}: {e}") from None
                 c.data["HostConfig"] = merged
                 self._save(c)
                 live = c.running and not c.state.get("Restarting")
@@ -786,7 +797,7 @@ class Engine:
                         cgroups.open_cgroup("machines/" + c.id).apply(before)
                     except OSError:
                         pass  # what could be put back was; the saved configuration is the old one
-                    raise HostError("Cannot update container %s: %s" % (c.id, e)) from None
+                    raise HostError(f"Cannot update container {c.id}: {e}") from None
         self._emit(c, "update")
         return {"Warnings": warnings}
 
@@ -798,9 +809,8 @@ class Engine:
                 raise InvalidParameter("Renaming a container with the same name as its current name")
             for other in self._containers.values():
                 if other.name == new_name:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container "%s". You '
-                                   'have to remove (or rename) that container to be able to reuse that name.'
-                                   % (new_name, other.id))
+                    raise Conflict(f'Conflict. The container name "/{new_name}" is already in use by container "{other.id}". You '
+                                   'have to remove (or rename) that container to be able to reuse that name.')
             old = c.name
             c.data["Name"] = "/" + new_name
             self._save(c)
@@ -812,8 +822,8 @@ class Engine:
             if c.removed:
                 return
             if c.running and not force:
-                raise Conflict("You cannot remove a running container %s. Stop the container before attempting "
-                               "removal or force remove" % c.id)
+                raise Conflict(f"You cannot remove a running container {c.id}. Stop the container before attempting "
+                               "removal or force remove")
             c.exit_on_next = True
             self.health.stop(c)
             if c.running:
@@ -890,7 +900,7 @@ class Engine:
         c = self._get(ref)
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
-            raise InvalidParameter("invalid condition: %r" % condition)
+            raise InvalidParameter(f"invalid condition: {condition!r}")
         with self._lock:
             if condition == "removed":
                 while not c.removed:
@@ -919,7 +929,7 @@ class Engine:
             out["SizeRootFs"] = out["SizeRw"]
         return out
 
-    def list_containers(self, all: bool = False, filters: Args | None = None, limit: Optional[int] = -1,
+    def list_containers(self, all: bool = False, filters: Args | None = None, limit: int | None = -1,
                         size: bool = False) -> list[dict]:
         args = Args.of(filters).validate(LIST_FILTERS)
         for value in args.get("health"):
@@ -953,8 +963,6 @@ class Engine:
             return True
         st = c.state
         checks = {
-            "id": lambda v: c.id.startswith(v),
-            "name": lambda v: v.lstrip("/") in c.name,
             "status": lambda v: v == st["Status"],
             "exited": lambda v: not c.running and st["Status"] == "exited" and str(st["ExitCode"]) == v,
             "ancestor": lambda v: v in (c.data["Config"].get("Image"), c.data["Image"])
@@ -963,6 +971,10 @@ class Engine:
             "network": lambda v: v in (c.data["NetworkSettings"].get("Networks") or {}),
             "health": lambda v: v == health.filter_value(st),
         }
+        if not args.match("id", c.id):  # regular expressions, as moby's
+            return False
+        if not (args.match("name", "/" + c.name) or args.match("name", c.name)):
+            return False
         for key, test in checks.items():
             wanted = args.get(key)
             if wanted and not any(test(v) for v in wanted):
@@ -991,7 +1003,7 @@ class Engine:
     # --- logs, attach, resize ----------------------------------------------------------------------------------
 
     def logs(self, ref: str, *, follow: bool = False, stdout: bool = True, stderr: bool = True, since: float = 0,
-             until: float = 0, timestamps: bool = False, tail: str = "all") -> Iterator[Tuple[int, bytes]]:
+             until: float = 0, timestamps: bool = False, tail: str = "all") -> Iterator[tuple[int, bytes]]:
         c = self._get(ref)
         if not (stdout or stderr):
             raise InvalidParameter("You must choose at least one stream")
@@ -1008,7 +1020,7 @@ class Engine:
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True, logs: bool = False,
                stream: bool = True) -> Session:
         c = self._get(ref)
-        backlog: List[Tuple[int, bytes]] = []
+        backlog: list[tuple[int, bytes]] = []
         if logs:
             backlog = list(self.logs(c.id, follow=False, stdout=stdout, stderr=stderr))
         opts = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
@@ -1032,13 +1044,13 @@ class Engine:
     def resize(self, ref: str, h: int, w: int) -> None:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         if not c.data["Config"].get("Tty"):
             return
         try:
             connect(c.data["_socket"], {"resize": [int(h), int(w)]}, timeout=2).close()
         except OSError as e:
-            raise HostError("cannot resize the container's terminal: %s" % e)
+            raise HostError(f"cannot resize the container's terminal: {e}") from None
 
     # --- exec ----------------------------------------------------------------------------------------------------
 
@@ -1048,7 +1060,7 @@ class Engine:
     def exec_inspect(self, exec_id: str) -> dict:
         return self.execs.inspect(exec_id)
 
-    def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Optional[Session]:
+    def exec_start(self, exec_id: str, *, detach: bool = False, tty: bool = False) -> Session | None:
         return self.execs.start(exec_id, detach=detach, tty=tty)
 
     def exec_resize(self, exec_id: str, h: int, w: int) -> None:
@@ -1056,25 +1068,25 @@ class Engine:
 
     # --- top, stats --------------------------------------------------------------------------------------------
 
-    def _cgroup_pids(self, c: Container) -> List[int]:
+    def _cgroup_pids(self, c: Container) -> list[int]:
         return cgroups.open_cgroup("machines/" + c.id).procs()
 
-    def top(self, ref: str, ps_args: Optional[str] = None) -> dict:
+    def top(self, ref: str, ps_args: str | None = None) -> dict:
         c = self._get(ref)
         if not c.running:
-            raise Conflict("Container %s is not running" % c.id)
+            raise Conflict(f"Container {c.id} is not running")
         pids = set(self._cgroup_pids(c))
         args = (ps_args or "-ef").split()
         try:
             out = subprocess.run(["ps"] + args, capture_output=True, text=True, check=True, timeout=10).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise HostError("Error running ps: %s" % e)
+            raise HostError(f"Error running ps: {e}") from None
         lines = out.splitlines()
         titles = lines[0].split()
         try:
             col = titles.index("PID")
         except ValueError:
-            raise InvalidParameter("Couldn't find PID field in ps output")
+            raise InvalidParameter("Couldn't find PID field in ps output") from None
         processes = []
         for line in lines[1:]:
             fields = line.split(None, len(titles) - 1)
@@ -1119,7 +1131,7 @@ class Engine:
     def archive_head(self, ref: str, path: str) -> dict:
         return archive.head(self._get(ref), path)
 
-    def archive_get(self, ref: str, path: str) -> Tuple[Iterator[bytes], dict]:
+    def archive_get(self, ref: str, path: str) -> tuple[Iterator[bytes], dict]:
         return archive.get(self._get(ref), path)
 
     def archive_put(self, ref: str, path: str, fileobj: Any, no_overwrite_dir_non_dir: bool = False) -> None:
@@ -1130,7 +1142,7 @@ class Engine:
 
     # --- networks and events -----------------------------------------------------------------------------------
 
-    def network_connect(self, net_ref: str, ref: str, config: Optional[dict] = None) -> None:
+    def network_connect(self, net_ref: str, ref: str, config: dict | None = None) -> None:
         """Connects now when running; otherwise records the endpoint for the next start, as Docker does."""
         c = self._get(ref)
         net = self.networks.inspect(net_ref)
@@ -1139,7 +1151,7 @@ class Engine:
             networks = c.data["NetworkSettings"].setdefault("Networks", {})
             if not c.running:
                 if net["Name"] in networks:
-                    raise Conflict("endpoint with name %s already exists in network %s" % (c.name, net["Name"]))
+                    raise Conflict(f"endpoint with name {c.name} already exists in network {net['Name']}")
                 endpoint = planned
             else:
                 endpoint = self._connect_one(c, net_ref, planned, c.state["Pid"])
@@ -1156,7 +1168,7 @@ class Engine:
             if c.running:
                 self.networks.disconnect(net_ref, c.id)
             elif net["Name"] not in (c.data["NetworkSettings"].get("Networks") or {}) and not force:
-                raise NotFound("container %s is not connected to network %s" % (c.id, net["Name"]))
+                raise NotFound(f"container {c.id} is not connected to network {net['Name']}")
             with self._lock:
                 (c.data["NetworkSettings"].get("Networks") or {}).pop(net["Name"], None)
                 self._save(c)

@@ -43,18 +43,20 @@ class EventBus:
         if not filters:
             return True
         attrs = event["Actor"]["Attributes"]
+        if filters.contains("container") and not (event["Type"] == "container" and (
+                filters.fuzzy_match("container", event["Actor"]["ID"])
+                or filters.fuzzy_match("container", attrs.get("name", "")))):  # an id prefix or the name, as moby's
+            return False
         checks = (
             ("type", [event["Type"]]),
             ("event", [event["Action"], event["Action"].split(":")[0]]),
-            ("container", [event["Actor"]["ID"], attrs.get("name", "")] if event["Type"] == "container" else []),
             ("image", [attrs.get("image", "")]),
             ("volume", [event["Actor"]["ID"]] if event["Type"] == "volume" else []),
             ("network", [event["Actor"]["ID"], attrs.get("name", "")] if event["Type"] == "network" else []),
         )
         for key, values in checks:
             wanted = filters.get(key)
-            if wanted and not any(w in values or (key == "container" and event["Actor"]["ID"].startswith(w))
-                                  for w in wanted):
+            if wanted and not any(w in values for w in wanted):
                 return False
         return filters.match_kv_list("label", attrs)
 

@@ -11,6 +11,7 @@ import signal as signals
 import threading
 import time
 
+from runtime import timefmt
 from runtime.engine.config import go_json_type
 from runtime.engine.container import Container, ContainerTable, now, parse_time
 from runtime.engine.exec import ExecManager
@@ -43,7 +44,7 @@ def validate(check: dict | None) -> None:
             if (value or 0) < 0:
                 raise InvalidParameter("Retries in Healthcheck cannot be negative")
         elif value and value < MINIMUM_DURATION:
-            raise InvalidParameter(f"{key} in Healthcheck cannot be less than {go_duration(MINIMUM_DURATION)}")
+            raise InvalidParameter(f"{key} in Healthcheck cannot be less than {timefmt.format_go_duration(MINIMUM_DURATION)}")
 
 
 def merge(user: dict | None, image: dict | None) -> dict | None:
@@ -76,29 +77,6 @@ def filter_value(state: dict) -> str:
     """The value ``--filter health=`` matches: the status, or ``none`` without a health check."""
     health = state.get("Health")
     return health["Status"] if health else "none"
-
-
-def go_duration(ns: int) -> str:
-    """Go's time.Duration.String() ("1ms", "1.5s", "1m30s"), which moby puts in its messages."""
-    if ns == 0:
-        return "0s"
-    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
-    if ns < SECOND:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return sign + _trim(ns / size) + unit
-    hours, rest = divmod(ns, 3600 * SECOND)
-    minutes, rest = divmod(rest, 60 * SECOND)
-    text = _trim(rest / SECOND) + "s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return sign + text
-
-
-def _trim(value: float) -> str:
-    return (f"{value:.9f}").rstrip("0").rstrip(".")
 
 
 class HealthChecker:
@@ -213,7 +191,7 @@ class HealthChecker:
                         pass
                 reader.join(5)  # a child the probe left behind may hold the pipe: do not wait for it forever
                 text = output.decode(errors="replace") + ("..." if truncated else "")
-                limit = go_duration(timeout)
+                limit = timefmt.format_go_duration(timeout)
                 message = (f"Health check exceeded timeout ({limit}): {text}" if text
                            else f"Health check exceeded timeout ({limit})")
                 return {"Start": now(start), "End": now(), "ExitCode": -1, "Output": message}

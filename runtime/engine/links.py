@@ -57,7 +57,7 @@ def parse_link(spec: str) -> tuple[str, str]:
 
 
 def stored(child_name: str, parent_name: str, alias: str) -> str:
-    return "/{}:/{}/{}".format(child_name.lstrip("/"), parent_name.lstrip("/"), alias)
+    return f"/{child_name.lstrip('/')}:/{parent_name.lstrip('/')}/{alias}"
 
 
 def names(alias: str, child_name: str, child_hostname: str) -> list[str]:

@@ -6,22 +6,22 @@ import json
 import os
 import time
 from collections import deque
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Callable
 
+from runtime import timefmt
 from runtime.errors import InvalidParameter
 
 # The log drivers served and the options each accepts (moby's ValidateLogOpt of json-file and local; none
 # accepts anything). Both keep JSON lines here; local differs in rotating by default and hiding its file.
 _COMMON_OPTIONS = ("max-file", "max-size", "compress", "labels", "labels-regex", "env", "env-regex", "tag")
-LOG_DRIVERS: Dict[str, Tuple[str, ...]] = {"json-file": _COMMON_OPTIONS, "local": _COMMON_OPTIONS, "none": ()}
+LOG_DRIVERS: dict[str, tuple[str, ...]] = {"json-file": _COMMON_OPTIONS, "local": _COMMON_OPTIONS, "none": ()}
 _LOCAL_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # moby's local driver: 20 MB, five files
-
-from runtime import timefmt
 
 STREAMS = {"stdout": 1, "stderr": 2}
 
 
-def log_size(text: Optional[str]) -> int:
+def log_size(text: str | None) -> int:
     """go-units RAMInBytes: ``10m`` is 10 MiB; empty means no limit."""
     if not text:
         return 0
@@ -30,7 +30,7 @@ def log_size(text: Optional[str]) -> int:
     try:
         return int(float(value.rstrip("kmg")) * scale)
     except ValueError:
-        raise InvalidParameter("invalid log size: %r" % text)
+        raise InvalidParameter(f"invalid log size: {text!r}") from None
 
 
 def log_config(log: dict) -> dict:
@@ -42,33 +42,33 @@ def log_config(log: dict) -> dict:
         return {"Type": kind, "Config": opts}
     mode = opts.get("mode", "")
     if mode not in ("", "blocking", "non-blocking"):
-        raise InvalidParameter("logger: logging mode not supported: %s" % mode)
+        raise InvalidParameter(f"logger: logging mode not supported: {mode}")
     if "max-buffer-size" in opts and mode != "non-blocking":
         raise InvalidParameter("logger: max-buffer-size option is only supported with 'mode=non-blocking'")
     if kind not in LOG_DRIVERS:
-        raise InvalidParameter("logger: no log driver named '%s' is registered" % kind)
+        raise InvalidParameter(f"logger: no log driver named '{kind}' is registered")
     for key in opts:
         if key not in LOG_DRIVERS[kind] and key not in ("mode", "max-buffer-size"):
-            raise InvalidParameter("unknown log opt '%s' for json-file log driver" % key if kind == "json-file"
-                                   else "unknown log opt '%s' for log driver %s" % (key, kind))
+            raise InvalidParameter(f"unknown log opt '{key}' for json-file log driver" if kind == "json-file"
+                                   else f"unknown log opt '{key}' for log driver {kind}")
     rotation({"Type": kind, "Config": opts})
     return {"Type": kind, "Config": opts}
 
 
-def rotation(log: dict) -> Tuple[int, int]:
+def rotation(log: dict) -> tuple[int, int]:
     """(max-size in bytes, 0 for none; max-file) with the driver's defaults, refused with moby's words."""
     opts = dict(_LOCAL_DEFAULTS if log["Type"] == "local" else {}, **(log.get("Config") or {}))
     size = log_size(opts.get("max-size"))
     try:
         files = int(opts.get("max-file") or 1)
     except ValueError:
-        raise InvalidParameter('strconv.Atoi: parsing "%s": invalid syntax' % opts["max-file"]) from None
+        raise InvalidParameter(f"strconv.Atoi: parsing \"{opts['max-file']}\": invalid syntax") from None
     if files < 1:
         raise InvalidParameter("max-file cannot be less than 1")
     return size, files
 
 
-def _entries(f, wanted: set) -> Iterator[Tuple[int, bytes, str]]:
+def _entries(f, wanted: set) -> Iterator[tuple[int, bytes, str]]:
     for line in f:
         if not line.endswith(b"\n"):
             f.seek(-len(line), os.SEEK_CUR)  # the shim is mid-write: read this line on the next pass
@@ -86,19 +86,19 @@ def rotated_files(path: str) -> list:
     """Older rotated files first (``<log>.N`` ... ``<log>.1``), then the current one."""
     older = []
     index = 1
-    while os.path.exists("%s.%d" % (path, index)):
-        older.append("%s.%d" % (path, index))
+    while os.path.exists(f"{path}.{index}"):
+        older.append(f"{path}.{index}")
         index += 1
     return list(reversed(older)) + [path]
 
 
 def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: float = 0, until: float = 0,
               timestamps: bool = False, tail: str = "all", running: Callable[[], bool] = lambda: False,
-              poll: float = 0.05) -> Iterator[Tuple[int, bytes]]:
+              poll: float = 0.05) -> Iterator[tuple[int, bytes]]:
     """Yields (stream, bytes). ``running`` tells a follower when to stop: after the container ends and the file is
     drained. A follower notices rotation (a new file at ``path``) and carries on in the new file."""
     wanted = {s for s, on in ((1, stdout), (2, stderr)) if on}
-    limit: Optional[int] = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
+    limit: int | None = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
 
     def keep(stamp: str) -> bool:
         if not (since or until):
@@ -106,10 +106,10 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
         moment = timefmt.parse_rfc3339(stamp) if stamp else 0.0
         return (not since or moment >= since) and (not until or moment <= until)
 
-    def shape(stream: int, data: bytes, stamp: str) -> Tuple[int, bytes]:
+    def shape(stream: int, data: bytes, stamp: str) -> tuple[int, bytes]:
         return stream, ((stamp + " ").encode() + data) if timestamps else data
 
-    first: List[Tuple[int, bytes, str]] = []
+    first: list[tuple[int, bytes, str]] = []
     f = None
     for name in rotated_files(path):
         try:

@@ -53,7 +53,7 @@ def human_status(state: dict) -> str:
             return text + " (Paused)"
         health = state.get("Health")  # moby's Health.String()
         if health:
-            return text + (" (health: starting)" if health["Status"] == "starting" else " ({})".format(health["Status"]))
+            return text + (" (health: starting)" if health["Status"] == "starting" else f" ({health['Status']})")
         return text
     if status == "created":
         return "Created"

@@ -111,7 +111,7 @@ class VolumeStore:
             self._meta(name)
             users = self._in_use(name)
             if users:
-                raise Conflict("remove {}: volume is in use - [{}]".format(name, ", ".join(users)))
+                raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
     def prune(self, filters: Args | None = None) -> dict:

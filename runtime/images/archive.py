@@ -53,11 +53,10 @@ class _GuardedTarInfo(tarfile.TarInfo):
                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
         if self.type in special:
             if self.size > MAX_SPECIAL_HEADER:
-                raise LayerRefused("layer refused: %d-byte extended header exceeds the %d-byte limit"
-                                   % (self.size, MAX_SPECIAL_HEADER))
+                raise LayerRefused(f"layer refused: {self.size}-byte extended header exceeds the {MAX_SPECIAL_HEADER}-byte limit")
             total = getattr(tarfile_, "_special_bytes", 0) + self.size
             if total > MAX_SPECIAL_TOTAL:
-                raise LayerRefused("layer refused: extended headers exceed %d bytes in total" % MAX_SPECIAL_TOTAL)
+                raise LayerRefused(f"layer refused: extended headers exceed {MAX_SPECIAL_TOTAL} bytes in total")
             tarfile_._special_bytes = total  # type: ignore[attr-defined]
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 

@@ -59,7 +59,7 @@ def _stream(text: str) -> dict:
 
 def _error(exc: EngineError | OSError) -> dict:
     """A failed build's last message, as dockerd's stream formatter writes it."""
-    message = str(exc) if isinstance(exc, EngineError) else "{}: {}".format(exc.strerror or exc, exc.filename or "")
+    message = str(exc) if isinstance(exc, EngineError) else f"{exc.strerror or exc}: {exc.filename or ''}"
     return {"errorDetail": {"message": message}, "error": message}
 
 
@@ -300,14 +300,14 @@ class Builder:
         step = 0
         for ins in head:
             step += 1
-            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            yield _stream(f"Step {step}/{total} : {ins.original}\n")
             for key, default in dockerfile.key_values(ins, global_args):
                 value = self.build_args.get(key)
                 global_args[key] = value if value is not None else default
         stage: _Stage | None = None
         for ins in body:
             step += 1
-            yield _stream("Step %d/%d : %s\n" % (step, total, ins.original))
+            yield _stream(f"Step {step}/{total} : {ins.original}\n")
             if ins.cmd == "FROM":
                 stage = yield from self._from(ins, global_args)
                 self.stages.append(stage)
@@ -538,7 +538,7 @@ class Builder:
     def _run(self, stage: _Stage, ins: Instruction) -> Iterator[dict]:
         argv = dockerfile.command_args(ins, stage.config)
         used_args = sorted((k, v) for k, v in stage.args.items() if k not in dockerfile.env_dict(stage.config))
-        prefix = "|%d %s " % (len(used_args), " ".join("{}={}".format(*kv) for kv in used_args)) if used_args else ""
+        prefix = f'|{len(used_args)} {" ".join("{}={}".format(*kv) for kv in used_args)} ' if used_args else ""
         created_by = prefix + " ".join(argv)
         key = self._cache_key(stage, created_by)
         if (yield from self._from_cache(stage, key, created_by)):
@@ -557,7 +557,7 @@ class Builder:
                     yield _stream(chunk.decode("utf-8", "replace"))
             code = step.wait()
             if code != 0:
-                raise BuildFailed("The command '%s' returned a non-zero code: %d" % (" ".join(argv), code), code)
+                raise BuildFailed(f'The command \'{" ".join(argv)}\' returned a non-zero code: {code}', code)
             stage.image = self.store.commit(step.upper_dir, stage.image, dict(stage.config), created_by=created_by)
             self._cache_record(key, stage.image)
         finally:
@@ -620,8 +620,7 @@ class Builder:
                         target = posixpath.join(target, posixpath.basename(rel))
                     plan.append(("file", found, target))
         digest = _plan_digest(plan, owner, mode)
-        created_by = "{}{} {}:{} in {} ".format(NOP, ins.cmd, "multi" if len(sources) > 1 else "file", digest,
-                                            dest_path)
+        created_by = f"{NOP}{ins.cmd} {'multi' if len(sources) > 1 else 'file'}:{digest} in {dest_path} "
         staging = os.path.join(work, "upper")
 
         def materialize() -> str:
@@ -635,7 +634,7 @@ class Builder:
                         folder = layer.makedirs(target, replace=True)
                         try:
                             with found.open() as f:
-                                archive.extract_tree(f, "/proc/self/fd/%d" % folder)
+                                archive.extract_tree(f, f"/proc/self/fd/{folder}")
                         finally:
                             os.close(folder)
                     elif kind == "dir":
@@ -706,7 +705,7 @@ class Builder:
                     fields = line.strip().split(":")
                     if fields and fields[0] == name and len(fields) > 3:
                         return int(fields[2]), int(fields[3] if table == "etc/passwd" else fields[2])
-        raise InvalidParameter("unable to find user {}: no matching entries in {} file".format(name, table.split("/")[1]))
+        raise InvalidParameter(f"unable to find user {name}: no matching entries in {table.split('/')[1]} file")
 
 
 def _continues(source: Image, source_history: list[dict], history: list[dict], diff_ids: list[str]) -> bool:

@@ -96,7 +96,7 @@ def _registry_error(resp_body: bytes, fallback: str) -> str:
         errors = json.loads(resp_body).get("errors") or []
     except (ValueError, AttributeError):
         errors = []
-    parts = ["{}: {}".format(str(e.get("code", "")).lower().replace("_", " "), e.get("message", ""))
+    parts = [f"{str(e.get('code', '')).lower().replace('_', ' ')}: {e.get('message', '')}"
              for e in errors if isinstance(e, dict)]
     return ", ".join(parts) or fallback
 
@@ -307,7 +307,7 @@ class Session:
             token = json.loads(data)
             self._authorization = "Bearer " + (token.get("token") or token["access_token"])
         except (ValueError, KeyError, TypeError):
-            raise Unauthorized("invalid token response from {}".format(params["realm"])) from None
+            raise Unauthorized(f"invalid token response from {params['realm']}") from None
 
     def get_json_blob(self, path: str, accept: str, expected: str | None, *,
                       missing: str = "manifest for {ref} not found: ") -> tuple[dict, bytes, str, str]:
@@ -319,7 +319,7 @@ class Session:
         if resp.status == 404:
             raise NotFound(missing.format(ref=self.ref.familiar()) + _registry_error(data, "manifest unknown"))
         if resp.status != 200:
-            raise HostError("{}: {}".format(path, _registry_error(data, "HTTP %d" % resp.status)))
+            raise HostError(f"{path}: {_registry_error(data, f'HTTP {resp.status}')}")
         if len(data) > MAX_MANIFEST:
             raise InvalidParameter("manifest too large")
         digest = sha256_bytes(data)
@@ -349,7 +349,7 @@ def _choose_platform(index: dict, wanted: dict[str, str]) -> dict:
         if best is None or plat.get("variant") == variant:
             best = desc
     if best is None:
-        raise NotFound("no matching manifest for {}/{} in the manifest list entries".format(wanted["os"], wanted["architecture"]))
+        raise NotFound(f"no matching manifest for {wanted['os']}/{wanted['architecture']} in the manifest list entries")
     return best
 
 
@@ -402,7 +402,7 @@ class _Puller:
         sha, hashed = hashlib.sha256(), 0
         for attempt in range(3):
             have = os.path.getsize(path) if os.path.exists(path) else 0
-            headers = {"Range": "bytes=%d-" % have} if have else {}
+            headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 resp = self.session.request("GET", f"/v2/{self.session.ref.path}/blobs/{digest}", headers)
             except HostError:
@@ -415,8 +415,8 @@ class _Puller:
                 elif resp.status not in (200, 206):
                     body = resp.read()
                     if resp.status == 404:
-                        raise NotFound("blob {} not found: {}".format(digest, _registry_error(body, "blob unknown")))
-                    raise HostError("fetching blob {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+                        raise NotFound(f"blob {digest} not found: {_registry_error(body, 'blob unknown')}")
+                    raise HostError(f"fetching blob {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
                 else:
                     if resp.status == 206:
                         hashed = _hash_file_from(path, sha, hashed)
@@ -532,7 +532,7 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     if media in INDEX_TYPES or "manifests" in doc:
         entry = _choose_platform(doc, parse_platform(platform))
         doc, data, media, _ = session.get_json_blob(
-            "/v2/{}/manifests/{}".format(ref.path, entry["digest"]), MANIFEST_ACCEPT, entry["digest"])
+            f"/v2/{ref.path}/manifests/{entry['digest']}", MANIFEST_ACCEPT, entry["digest"])
     if media not in MANIFEST_TYPES and "layers" not in doc:
         raise InvalidParameter(f"unsupported manifest media type {media}")
     config_desc = doc.get("config") or {}
@@ -541,7 +541,7 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
-        raise InvalidParameter("image config has %d diff IDs for %d layers" % (len(diff_ids), len(layers)))
+        raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
     return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
 
 
@@ -587,7 +587,7 @@ def _fetch_small_blob(session: Session, digest: str) -> bytes:
     data = resp.read(MAX_MANIFEST + 1)
     resp.close()
     if resp.status != 200:
-        raise HostError("fetching config {}: {}".format(digest, _registry_error(data, "HTTP %d" % resp.status)))
+        raise HostError(f"fetching config {digest}: {_registry_error(data, f'HTTP {resp.status}')}")
     if sha256_bytes(data) != digest:
         raise InvalidParameter(f"image config verification failed for digest {digest}")
     return data
@@ -626,7 +626,7 @@ def _gzip_blob(store: ImageStore, layer: Layer) -> tuple[str, str, int]:
         return path, meta["digest"], meta["size"]
     import gzip
     import shutil
-    tmp = path + ".%d.tmp" % threading.get_ident()
+    tmp = path + f".{threading.get_ident()}.tmp"
     with archive.decompressed(layer.blob_path) as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             shutil.copyfileobj(src, gz, CHUNK)
@@ -653,7 +653,7 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status != 202:
-        raise HostError("starting upload of {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"starting upload of {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
     location = urllib.parse.urljoin(session.base + "/", resp.header("Location"))
     location += ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
     reader = _ProgressReader(path, report)
@@ -665,7 +665,7 @@ def _upload(session: Session, path: str, digest: str, size: int, report: Callabl
     body = resp.read()
     resp.close()
     if resp.status not in (201, 204):
-        raise HostError("uploading {}: {}".format(digest, _registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"uploading {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
     return False
 
 
@@ -743,10 +743,10 @@ def _push_one(store: ImageStore, ref: Reference, img: Image, auth: dict,
     body = resp.read()
     resp.close()
     if resp.status not in (201, 202):
-        raise HostError("pushing manifest: {}".format(_registry_error(body, "HTTP %d" % resp.status)))
+        raise HostError(f"pushing manifest: {_registry_error(body, f'HTTP {resp.status}')}")
     digest = sha256_bytes(manifest)
     store.register(config_bytes, digests=[Reference(ref.domain, ref.path, None, digest)])
-    yield {"status": "%s: digest: %s size: %d" % (ref.tag, digest, len(manifest))}
+    yield {"status": f"{ref.tag}: digest: {digest} size: {len(manifest)}"}
     yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest, "Size": len(manifest)}}
 
 
@@ -809,8 +809,7 @@ def login(auth: dict, options: RegistryOptions | None = None) -> dict:
         resp.read()
         resp.close()
         if resp.status != 200:
-            raise Unauthorized("login attempt to %s failed with status: %d %s"
-                               % (url, resp.status, http.client.responses.get(resp.status, "")))
+            raise Unauthorized(f'login attempt to {url} failed with status: {resp.status} {http.client.responses.get(resp.status, "")}')
     elif resp.status != 200:
         raise HostError(f"login attempt to {url} failed with status: {resp.status}")
     return {"Status": "Login Succeeded", "IdentityToken": ""}

@@ -9,7 +9,6 @@ import errno
 import os
 import signal
 import time
-from typing import Dict, List, Optional
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio", "devices")
 CPU_PERIOD = 100000
@@ -29,9 +28,9 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def _keyed(path: str) -> Dict[str, int]:
+def _keyed(path: str) -> dict[str, int]:
     """Parses ``key value`` files such as memory.stat, cpu.stat, memory.events."""
-    out: Dict[str, int] = {}
+    out: dict[str, int] = {}
     try:
         for line in _read(path).splitlines():
             key, _, value = line.partition(" ")
@@ -49,7 +48,7 @@ def _write_if_exists(path: str, value: str) -> None:
         _write(path, value)
 
 
-def blkio_weight_file(blkio_dir: str) -> Optional[str]:
+def blkio_weight_file(blkio_dir: str) -> str | None:
     """The v1 weight file the I/O scheduler offers (CFQ's blkio.weight, BFQ's blkio.bfq.weight), if any."""
     for name in ("blkio.weight", "blkio.bfq.weight"):
         if os.path.exists(os.path.join(blkio_dir, name)):
@@ -57,7 +56,7 @@ def blkio_weight_file(blkio_dir: str) -> Optional[str]:
     return None
 
 
-def _int_or_none(path: str) -> Optional[int]:
+def _int_or_none(path: str) -> int | None:
     try:
         text = _read(path)
     except OSError:
@@ -65,7 +64,7 @@ def _int_or_none(path: str) -> Optional[int]:
     return None if text == "max" else int(text)
 
 
-def _mounts() -> List[tuple]:
+def _mounts() -> list[tuple]:
     """(mountpoint, fstype, super options) of cgroup mounts from /proc/self/mountinfo."""
     out = []
     with open("/proc/self/mountinfo") as f:
@@ -88,12 +87,12 @@ class Cgroup:
     # Implemented by the subclasses.
     def create(self, resources: dict) -> None: raise NotImplementedError
     def apply(self, resources: dict) -> None: raise NotImplementedError
-    def join_path(self) -> List[str]: raise NotImplementedError
-    def procs(self) -> List[int]: raise NotImplementedError
+    def join_path(self) -> list[str]: raise NotImplementedError
+    def procs(self) -> list[int]: raise NotImplementedError
     def set_frozen(self, frozen: bool) -> None: raise NotImplementedError
     def oom_kills(self) -> int: raise NotImplementedError
     def stats(self) -> dict: raise NotImplementedError
-    def _dirs(self) -> List[str]: raise NotImplementedError
+    def _dirs(self) -> list[str]: raise NotImplementedError
 
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self._dirs())
@@ -155,18 +154,18 @@ class CgroupV1(Cgroup):
 
     version = 1
 
-    def __init__(self, name: str, roots: Dict[str, str]) -> None:
+    def __init__(self, name: str, roots: dict[str, str]) -> None:
         super().__init__(name)
         self.roots = roots
 
-    def path(self, controller: str) -> Optional[str]:
+    def path(self, controller: str) -> str | None:
         root = self.roots.get(controller)
         return os.path.join(root, self.name) if root else None
 
-    def _dirs(self) -> List[str]:
+    def _dirs(self) -> list[str]:
         return sorted({os.path.join(root, self.name) for root in self.roots.values()})
 
-    def join_path(self) -> List[str]:
+    def join_path(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self._dirs()]
 
     def create(self, resources: dict) -> None:
@@ -239,7 +238,7 @@ class CgroupV1(Cgroup):
             _write(os.path.join(parent, key), value)
         return value
 
-    def procs(self) -> List[int]:
+    def procs(self) -> list[int]:
         for controller in ("pids", "memory", "freezer", "cpu"):
             path = self.path(controller)
             if path:
@@ -262,7 +261,7 @@ class CgroupV1(Cgroup):
             if _read(state) == want:
                 return
             time.sleep(0.002)
-        raise OSError(errno.EBUSY, "cgroup freezer did not reach %s" % want)
+        raise OSError(errno.EBUSY, f"cgroup freezer did not reach {want}")
 
     def oom_kills(self) -> int:
         path = self.path("memory")
@@ -300,10 +299,10 @@ class CgroupV2(Cgroup):
         self.root = root
         self.dir = os.path.join(root, name)
 
-    def _dirs(self) -> List[str]:
+    def _dirs(self) -> list[str]:
         return [self.dir]
 
-    def join_path(self) -> List[str]:
+    def join_path(self) -> list[str]:
         return [os.path.join(self.dir, "cgroup.procs")]
 
     def create(self, resources: dict) -> None:
@@ -334,7 +333,7 @@ class CgroupV2(Cgroup):
             _write_if_exists(os.path.join(self.dir, "cpu.weight"),
                              str(max(1, min(10000, 1 + ((shares - 2) * 9999) // 262142))))
         period, quota = cpu_quota(resources)
-        _write_if_exists(os.path.join(self.dir, "cpu.max"), "%s %d" % (quota if quota > 0 else "max", period))
+        _write_if_exists(os.path.join(self.dir, "cpu.max"), f'{quota if quota > 0 else "max"} {period}')
         for key, name in (("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")):
             if resources.get(key):
                 _write_if_exists(os.path.join(self.dir, name), resources[key])
@@ -345,9 +344,9 @@ class CgroupV2(Cgroup):
             if os.path.exists(os.path.join(self.dir, "io.bfq.weight")):
                 _write(os.path.join(self.dir, "io.bfq.weight"), str(weight))
             else:  # runc's conversion of the blkio range (10-1000) to io.weight's (1-10000)
-                _write_if_exists(os.path.join(self.dir, "io.weight"), "default %d" % (1 + (weight - 10) * 9999 // 990))
+                _write_if_exists(os.path.join(self.dir, "io.weight"), f"default {1 + (weight - 10) * 9999 // 990}")
 
-    def procs(self) -> List[int]:
+    def procs(self) -> list[int]:
         try:
             return [int(p) for p in _read(os.path.join(self.dir, "cgroup.procs")).split()]
         except FileNotFoundError:
@@ -390,14 +389,14 @@ def cpu_quota(resources: dict) -> tuple:
     return period, resources.get("CpuQuota") or 0
 
 
-_layout: Optional[tuple] = None
+_layout: tuple | None = None
 
 
 def layout() -> tuple:
     """("v2", root) when the host has a pure cgroup2 hierarchy, else ("v1", {controller: mountpoint})."""
     global _layout
     if _layout is None:
-        v1: Dict[str, str] = {}
+        v1: dict[str, str] = {}
         v2 = None
         for mountpoint, fstype, options in _mounts():
             if fstype == "cgroup2":
@@ -423,7 +422,7 @@ def supports_swap_limit() -> bool:
     return kind == "v2" and "memory" in _root_controllers(where)
 
 
-def _root_controllers(root: str) -> List[str]:
+def _root_controllers(root: str) -> list[str]:
     try:
         return _read(os.path.join(root, "cgroup.controllers")).split()
     except OSError:

@@ -12,7 +12,7 @@ import resource
 import signal
 import socket
 import stat
-from typing import List, NoReturn, Optional, Tuple
+from typing import NoReturn
 
 from runtime.linux import safepath, seccomp
 from runtime.linux import syscalls as sc
@@ -34,7 +34,7 @@ class StartError(Exception):
 
 
 def report(fd: int, kind: str, text: str = "") -> None:
-    os.write(fd, ("%s:%s\n" % (kind, text.replace("\n", " "))).encode())
+    os.write(fd, ("{}:{}\n".format(kind, text.replace("\n", " "))).encode())
 
 
 def reset_signals() -> None:
@@ -49,7 +49,7 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def setup_stdio(stdio: Tuple[int, int, int], tty: bool) -> None:
+def setup_stdio(stdio: tuple[int, int, int], tty: bool) -> None:
     os.setsid()
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
@@ -57,7 +57,7 @@ def setup_stdio(stdio: Tuple[int, int, int], tty: bool) -> None:
         sc.set_controlling_tty(0)
 
 
-def open_console(console: socket.socket) -> Tuple[int, int, int]:
+def open_console(console: socket.socket) -> tuple[int, int, int]:
     """A pty from the container's own devpts (so ``tty`` names it inside); the master goes to the shim/daemon."""
     master, slave = os.openpty()
     socket.send_fds(console, [b"m"], [master])
@@ -66,7 +66,7 @@ def open_console(console: socket.socket) -> Tuple[int, int, int]:
     return slave, slave, slave
 
 
-def receive_console(console: socket.socket) -> Optional[int]:
+def receive_console(console: socket.socket) -> int | None:
     """The master end sent by ``open_console``; None if the child died first."""
     try:
         _, fds, _, _ = socket.recv_fds(console, 16, 1)
@@ -89,7 +89,7 @@ def _mount_dev(root: safepath.Root, tty: bool, shm_size: int) -> None:
              "newinstance,ptmxmode=0666,mode=0620,gid=5")
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     sc.mount("shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-             "mode=1777,size=%d" % shm_size)
+             f"mode=1777,size={shm_size}")
     try:
         sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     except OSError:
@@ -102,8 +102,8 @@ def _mount_dev(root: safepath.Root, tty: bool, shm_size: int) -> None:
     os.close(fd)
 
 
-def _mount_at(root: safepath.Root, target: str, source: Optional[str], fstype: Optional[str], flags: int = 0,
-              data: Optional[str] = None, directory: bool = True) -> None:
+def _mount_at(root: safepath.Root, target: str, source: str | None, fstype: str | None, flags: int = 0,
+              data: str | None = None, directory: bool = True) -> None:
     """mount(2) onto ``target`` resolved inside the root and named by its fd, so that a link swapped in by
     anyone sharing a volume cannot move the mount elsewhere (the runc CVE-2021-30465 class)."""
     fd = root.mount_point(target, directory)
@@ -240,7 +240,7 @@ def prepare_root(spec: dict) -> None:
     # deny them, the root is nodev so a node from an image cannot reach a host device; /dev is its own tmpfs.
     guard = not spec["privileged"] and not spec.get("devices") and not controls_devices()
     sc.mount("overlay", rootfs, "overlay", sc.MS_NODEV if guard else 0,
-             "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, spec["upper"], spec["work"]))
+             f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']}")
     root = safepath.Root(rootfs)  # the overlay: every mount point below is resolved inside it
     _mount_at(root, "/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for key, value in (spec.get("sysctls") or {}).items():  # namespaced ones only, before /proc/sys turns ro
@@ -287,7 +287,7 @@ def prepare_root(spec: dict) -> None:
         sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
 
 
-def _entries(path: str) -> List[List[str]]:
+def _entries(path: str) -> list[list[str]]:
     try:
         with open(path, errors="replace") as f:
             return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
@@ -295,7 +295,7 @@ def _entries(path: str) -> List[List[str]]:
         return []
 
 
-def resolve_user(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -> Tuple[int, int, List[int], str]:
+def resolve_user(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -> tuple[int, int, list[int], str]:
     """(uid, gid, supplementary gids, home) for ``name``, ``uid``, ``name:group`` or ``uid:gid``, read from the
     container's own passwd and group files as Docker does."""
     name, _, grp = (user or "0").partition(":")
@@ -306,7 +306,7 @@ def resolve_user(user: str, passwd: str = "/etc/passwd", group: str = "/etc/grou
     elif name.isdigit():
         uid, gid, home = int(name), 0, "/"
     else:
-        raise StartError("unable to find user %s: no matching entries in passwd file" % name, 126)
+        raise StartError(f"unable to find user {name}: no matching entries in passwd file", 126)
     groups_file = _entries(group)
     if grp:
         match = next((g for g in groups_file if len(g) >= 3 and (g[0] == grp or g[2] == grp)), None)
@@ -315,7 +315,7 @@ def resolve_user(user: str, passwd: str = "/etc/passwd", group: str = "/etc/grou
         elif grp.isdigit():
             gid = int(grp)
         else:
-            raise StartError("unable to find group %s: no matching entries in group file" % grp, 126)
+            raise StartError(f"unable to find group {grp}: no matching entries in group file", 126)
     username = entry[0] if entry else None
     extra = [int(g[2]) for g in groups_file if len(g) >= 4 and username and username in g[3].split(",")]
     return uid, gid, sorted(set(extra + [gid])), home
@@ -326,11 +326,11 @@ def _group_id(group: str) -> int:
         return int(group)
     match = next((g for g in _entries("/etc/group") if len(g) >= 3 and g[0] == group), None)
     if match is None:
-        raise StartError("unable to find group %s: no matching entries in group file" % group, 126)
+        raise StartError(f"unable to find group {group}: no matching entries in group file", 126)
     return int(match[2])
 
 
-def build_env(env: List[str], home: str) -> List[str]:
+def build_env(env: list[str], home: str) -> list[str]:
     keys = {e.partition("=")[0] for e in env}
     out = list(env)
     if "PATH" not in keys:
@@ -340,7 +340,7 @@ def build_env(env: List[str], home: str) -> List[str]:
     return out
 
 
-def become_user(spec: dict) -> List[str]:
+def become_user(spec: dict) -> list[str]:
     """Applies user, capabilities and working dir; returns the environment to exec with."""
     uid, gid, groups, home = resolve_user(spec.get("user") or "")
     env = build_env(spec["env"], home)
@@ -361,11 +361,11 @@ def become_user(spec: dict) -> List[str]:
     try:
         os.chdir(cwd)
     except OSError as e:
-        raise StartError("chdir to cwd (%r) set in config.json failed: %s" % (cwd, e.strerror), 126)
+        raise StartError(f"chdir to cwd ({cwd!r}) set in config.json failed: {e.strerror}", 126) from None
     return env
 
 
-def exec_command(args: List[str], env: List[str]) -> NoReturn:
+def exec_command(args: list[str], env: list[str]) -> NoReturn:
     environ = dict(e.partition("=")[::2] for e in env)
     program = args[0]
     try:
@@ -374,12 +374,12 @@ def exec_command(args: List[str], env: List[str]) -> NoReturn:
         os.execvpe(program, args, environ)
     except FileNotFoundError:
         if "/" in program:
-            raise StartError('exec: "%s": stat %s: no such file or directory' % (program, program), 127)
-        raise StartError('exec: "%s": executable file not found in $PATH' % program, 127)
+            raise StartError(f'exec: "{program}": stat {program}: no such file or directory', 127) from None
+        raise StartError(f'exec: "{program}": executable file not found in $PATH', 127) from None
     except PermissionError:
-        raise StartError('exec: "%s": permission denied' % program, 126)
+        raise StartError(f'exec: "{program}": permission denied', 126) from None
     except OSError as e:
-        raise StartError('exec: "%s": %s' % (program, e.strerror), 126)
+        raise StartError(f'exec: "{program}": {e.strerror}', 126) from None
     raise AssertionError("unreachable")
 
 
@@ -389,7 +389,7 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def forward_signals(target: List[int]) -> None:
+def forward_signals(target: list[int]) -> None:
     """Installed before the fork, so no signal sent right after start is lost. Only the init process forwards:
     in the child (until exec resets the handlers) the target is still 0."""
     init = os.getpid()
@@ -438,13 +438,13 @@ def start_command(spec: dict, report_fd: int) -> NoReturn:
     except StartError as e:
         report(report_fd, "err", str(e))
         os._exit(e.code)
-    except BaseException as e:  # noqa: anything else must still reach the daemon as a message
-        report(report_fd, "err", "%s: %s" % (type(e).__name__, e))
+    except BaseException as e:  # noqa: BLE001 - anything else must still reach the daemon as a message
+        report(report_fd, "err", f"{type(e).__name__}: {e}")
         os._exit(126)
 
 
-def container_child(spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd: int, go_fd: int,
-                    netns_fd: Optional[int], console: Optional[socket.socket]) -> NoReturn:
+def container_child(spec: dict, stdio: tuple[int, int, int] | None, report_fd: int, go_fd: int,
+                    netns_fd: int | None, console: socket.socket | None) -> NoReturn:
     """Body of the container's PID 1 before exec: namespaces and root, then wait for the daemon's go (the shim
     puts it in its cgroup meanwhile; it forks nothing before go). With a TTY (``stdio`` None) the pty is made inside the new root and its master sent over ``console``."""
     try:
@@ -477,22 +477,22 @@ def container_child(spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd
     except StartError as e:
         report(report_fd, "err", str(e))
         os._exit(e.code)
-    except BaseException as e:  # noqa: report whatever broke the setup
-        report(report_fd, "err", "OCI runtime create failed: %s" % (e,))
+    except BaseException as e:  # noqa: BLE001 - report whatever broke the setup
+        report(report_fd, "err", f"OCI runtime create failed: {e}")
         os._exit(127)
     start_command(spec, report_fd)
 
 
-def enter_child(pid: int, spec: dict, stdio: Optional[Tuple[int, int, int]], report_fd: int,
-                console: Optional[socket.socket]) -> NoReturn:
+def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report_fd: int,
+                console: socket.socket | None) -> NoReturn:
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
     and waits for the command so the daemon's waitpid sees its exit code."""
     try:
         sc.set_process_title("machines-exec " + spec["id"], "exec-" + spec["id"][:10])
-        fds = [(os.open("/proc/%d/ns/%s" % (pid, ns), os.O_RDONLY), flag) for ns, flag in (
+        fds = [(os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY), flag) for ns, flag in (
             ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
             ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))]
-        root = os.open("/proc/%d/root" % pid, os.O_RDONLY | os.O_DIRECTORY)
+        root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
         open_cgroup(spec["cgroup"]).join(0)
         for fd, flag in fds:
             sc.setns(fd, flag)
@@ -514,6 +514,6 @@ def enter_child(pid: int, spec: dict, stdio: Optional[Tuple[int, int, int]], rep
         os.close(report_fd)
         _, status = os.waitpid(child, 0)
         os._exit(exit_code(status))
-    except BaseException as e:  # noqa: report whatever broke the join
-        report(report_fd, "err", "OCI runtime exec failed: %s" % (e,))
+    except BaseException as e:  # noqa: BLE001 - report whatever broke the join
+        report(report_fd, "err", f"OCI runtime exec failed: {e}")
         os._exit(126)

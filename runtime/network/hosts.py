@@ -23,7 +23,7 @@ def render_block(entries: Iterable[tuple[str, Iterable[str]]]) -> str:
         fresh = [name for name in dict.fromkeys(names) if name and (address, name) not in seen]
         seen.update((address, name) for name in fresh)
         if fresh:
-            lines.append("{}\t{}".format(address, " ".join(fresh)))
+            lines.append(f"{address}\t{' '.join(fresh)}")
     return "\n".join(lines) + "\n" if len(lines) > 1 else ""
 
 

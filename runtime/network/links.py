@@ -91,7 +91,7 @@ def bridge_rules(bridge: str, subnet: str, internal: bool, icc: bool = True,
     isolation chain, where each bridge drops what arrives from elsewhere unless it was DNATed to a published port.
     """
     comment = _comment(bridge)
-    forward = ["-I FORWARD -i {} -o {} {} -j {}".format(bridge, bridge, comment, "ACCEPT" if icc else "DROP")]
+    forward = [f"-I FORWARD -i {bridge} -o {bridge} {comment} -j {'ACCEPT' if icc else 'DROP'}"]
     if internal:
         forward += [
             f"-I FORWARD -i {bridge} ! -o {bridge} {comment} -j DROP",

@@ -191,9 +191,9 @@ class NetworkManager:
             for option in (OPT_ICC, OPT_MASQUERADE):
                 _flag(None, options.get(option), option)
             if len(net["_bridge"]) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", net["_bridge"]):
-                raise InvalidParameter("invalid bridge name {}".format(net["_bridge"]))
+                raise InvalidParameter(f"invalid bridge name {net['_bridge']}")
             if any(other.get("_bridge") == net["_bridge"] for other in self._networks()):
-                raise Conflict("bridge name {} is already used by another network".format(net["_bridge"]))
+                raise Conflict(f"bridge name {net['_bridge']} is already used by another network")
             self._state["networks"][net["Id"]] = net
             self._save()
         return {"Id": net["Id"], "Warning": ""}
@@ -221,7 +221,7 @@ class NetworkManager:
         if config.get("Subnet"):
             subnet = ipam.parse_subnet(config["Subnet"])
             if subnet.version != version:
-                raise InvalidParameter("invalid subnet {}: not an IPv{} subnet".format(config["Subnet"], version))
+                raise InvalidParameter(f"invalid subnet {config['Subnet']}: not an IPv{version} subnet")
             ipam.check_free(subnet, taken)
         elif version == 4:
             subnet = ipam.pick_subnet(self.pool, self.pool_prefix, taken + ipam.host_routes())
@@ -253,8 +253,8 @@ class NetworkManager:
             for cid, ep in self._members(net["Id"]).items():
                 shown["Containers"][cid] = {
                     "Name": ep["Name"], "EndpointID": ep["EndpointID"], "MacAddress": ep["MacAddress"],
-                    "IPv4Address": "{}/{}".format(ep["IPAddress"], ep["IPPrefixLen"]) if ep["IPAddress"] else "",
-                    "IPv6Address": "{}/{}".format(ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"])
+                    "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}" if ep["IPAddress"] else "",
+                    "IPv6Address": f"{ep['GlobalIPv6Address']}/{ep['GlobalIPv6PrefixLen']}"
                     if ep.get("GlobalIPv6Address") else "",
                 }
         return copy.deepcopy(shown)
@@ -286,7 +286,7 @@ class NetworkManager:
         with self._lock:
             net = self._resolve(ref)
             if net["Name"] in PREDEFINED:
-                raise Forbidden("{} is a pre-defined network and cannot be removed".format(net["Name"]))
+                raise Forbidden(f"{net['Name']} is a pre-defined network and cannot be removed")
             if self._members(net["Id"]):
                 raise Forbidden("error while removing network: network {} id {} has active endpoints".format(net["Name"], net["Id"]))
             self._drop_bridge(net)
@@ -333,7 +333,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] in current:
-                raise Forbidden("endpoint with name {} already exists in network {}".format(name, net["Name"]))
+                raise Forbidden(f"endpoint with name {name} already exists in network {net['Name']}")
             drivers = {self._state["networks"][nid]["Driver"] for nid in current}
             if "host" in drivers or (current and net["Driver"] == "host"):
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
@@ -369,7 +369,7 @@ class NetworkManager:
         if (ipv4 or ipv6) and not user_defined:
             raise InvalidParameter("user specified IP address is supported on user defined networks only")
         if ipv6 and 6 not in configs:
-            raise InvalidParameter("invalid IPv6 address {}: network {} does not have IPv6 enabled".format(ipv6, net["Name"]))
+            raise InvalidParameter(f"invalid IPv6 address {ipv6}: network {net['Name']} does not have IPv6 enabled")
         if (ipv4 and 4 not in net.get("_user_subnets", [4])) or (ipv6 and 6 not in net.get("_user_subnets", [6])):
             raise InvalidParameter("user specified IP address is supported only when connecting to networks with "
                                    "user configured subnets")
@@ -482,7 +482,7 @@ class NetworkManager:
             net = self._resolve(net_ref)
             current = self._state["endpoints"].get(container_id, {})
             if net["Id"] not in current:
-                raise Forbidden("container {} is not connected to network {}".format(container_id, net["Name"]))
+                raise Forbidden(f"container {container_id} is not connected to network {net['Name']}")
             if net["Driver"] == "host":
                 raise InvalidParameter(HOST_NETWORK_CONFLICT)
             neighbours = self._neighbours(container_id)
@@ -607,7 +607,7 @@ class NetworkManager:
                     continue
                 for other in self._members(nid).values():
                     if address in _addresses(other):
-                        return "{}.{}".format(other["Name"], net["Name"])
+                        return f"{other['Name']}.{net['Name']}"
         return None
 
     def upstreams(self, container_id: str) -> builtins.list[str]:
@@ -835,7 +835,7 @@ def _expect(body: Dict_, key: str, kind: type) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, kind):
-        raise InvalidParameter("{} must be {}".format(key, "an object" if kind is dict else "a list"))
+        raise InvalidParameter(f"{key} must be {'an object' if kind is dict else 'a list'}")
     return value
 
 

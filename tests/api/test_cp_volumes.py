@@ -86,7 +86,7 @@ def test_cp_sees_named_anonymous_and_bind_mounts_stopped_and_running(daemon: Dae
                 daemon.out("cp", str(source), f"{name}:{dest}/")
                 assert (Path(mounts[dest]) / source.name).read_text() == f"copied while {state}\n"
                 (Path(mounts[dest]) / ("host-" + state)).write_text("from the host side\n")
-                out = tmp_path / ("out-{}{}".format(state, dest.replace("/", "-")))
+                out = tmp_path / (f"out-{state}{dest.replace('/', '-')}")
                 daemon.out("cp", f"{name}:{dest}/host-{state}", str(out))
                 assert out.read_text() == "from the host side\n"
             if state == "running":

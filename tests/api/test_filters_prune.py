@@ -53,7 +53,7 @@ def test_container_state_filters_take_only_known_values(daemon: Daemon, key: str
     assert result.stderr.decode().strip() == f"Error response from daemon: Unrecognised filter value for {key}: {value}"
 
 
-def test_ps_publish_and_expose_filters(daemon: Daemon, image: str, name: str) -> None:
+def test_ps_name_id_publish_and_expose_filters(daemon: Daemon, image: str, name: str) -> None:
     daemon.out("create", "--name", name, "-p", "127.0.0.1::8080", "--expose", "9000/udp", "--label", "suite=" + name,
                image, "true")
     try:
@@ -61,6 +61,11 @@ def test_ps_publish_and_expose_filters(daemon: Daemon, image: str, name: str) ->
             args = [item for f in ("label=suite=" + name, *filters) for item in ("--filter", f)]
             return daemon.out("ps", "-a", "--format", "{{.Names}}", *args).split()
 
+        assert listed(f"name=^{name}$") == [name]  # names and ids are regular expressions, as moby's
+        assert listed(f"name=^/{name}$") == [name]
+        assert listed("name=^nothing-like-it$") == []
+        container_id = daemon.out("inspect", "--format", "{{.Id}}", name).strip()
+        assert listed(f"id={container_id[:10]}") == [name]
         assert listed("publish=8080") == [name]
         assert listed("publish=8000-8100/tcp") == [name]
         assert listed("publish=8080/udp") == []

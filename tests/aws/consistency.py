@@ -9,8 +9,10 @@ moto hands out and, for ``delay`` seconds after, makes EC2's answers lag the sam
 * a call naming a fresh id (a parameter other than a Describe filter) gets that resource type's NotFound error;
   ``DeleteKeyPair`` of a fresh key pair answers success and deletes nothing, as EC2 does for a key it does not see;
 * Describe lists (filtered or not) leave fresh resources out;
+* a deleted key pair or security group is still described (by name or id, and in filtered lists) for ``delay``
+  seconds, so a driver that does not wait for its deletion to show sees it linger;
 * a terminated instance shows ``shutting-down`` for ``delay`` seconds, and its security groups refuse deletion with
-  ``DependencyViolation`` for ``delay`` seconds more (its network interface is still being detached);
+  ``DependencyViolation`` for three times ``delay`` more (its network interface is still being detached);
 * an instance profile named in ``late_profiles`` is refused by ``RunInstances`` for that many seconds from its first
   use, as while IAM's new profile propagates to EC2.
 
@@ -34,6 +36,11 @@ NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15/"  # of the answers the pro
 # What a create call returns (element name in its answer) and the NotFound code EC2 gives for that kind of id.
 CREATED = {"RunInstances": "instanceId", "CreateSecurityGroup": "groupId", "ImportKeyPair": "keyName",
            "CreateKeyPair": "keyName"}
+# Deletions EC2 shows late: delete action -> (its Describe, the list element, the id element, the id parameter).
+LINGERING = {"DeleteSecurityGroup": ("DescribeSecurityGroups", "securityGroupInfo", "groupId", "GroupId"),
+             "DeleteKeyPair": ("DescribeKeyPairs", "keySet", "keyName", "KeyName")}
+# Describe filters a lingering item is matched against (others: the item is left out, as if already gone).
+FILTER_FIELDS = {"group-name": "groupName", "group-id": "groupId", "vpc-id": "vpcId", "key-name": "keyName"}
 NOT_FOUND = {"instanceId": ("InvalidInstanceID.NotFound", "The instance ID '{}' does not exist"),
              "groupId": ("InvalidGroup.NotFound", "The security group '{}' does not exist"),
              "keyName": ("InvalidKeyPair.NotFound", "The key pair '{}' does not exist")}
@@ -45,6 +52,21 @@ def _tag(element: ET.Element) -> str:
 
 def _child(element: ET.Element, name: str) -> ET.Element | None:
     return next((child for child in element if _tag(child) == name), None)
+
+
+def _text(element: ET.Element, name: str) -> str | None:
+    child = _child(element, name)
+    return child.text if child is not None else None
+
+
+def _matches(item: ET.Element, name: str, values: set[str]) -> bool:
+    """Whether an item (namespaces dropped) passes one Describe filter; unknown filters never pass."""
+    if name.startswith("tag:"):
+        tags = {_text(tag, "key"): _text(tag, "value") for tag in _all(item, "item") if _child(tag, "key") is not None}
+        return tags.get(name[4:]) in values
+    field = FILTER_FIELDS.get(name)
+    element = _child(item, field) if field else None
+    return element is not None and element.text in values
 
 
 def _all(root: ET.Element, name: str) -> list[ET.Element]:
@@ -60,6 +82,7 @@ class ConsistencyProxy:
         self.delay = delay
         self.fresh: dict[str, tuple[str, float]] = {}  # id or key name -> (its kind, when it was made)
         self.terminated: dict[str, tuple[float, list[str]]] = {}  # instance id -> (when, its group ids)
+        self.deleted: dict[str, tuple[str, float, ET.Element]] = {}  # id -> (its Describe, when, its last item)
         self.late_profiles: dict[str, float] = {}  # instance profile -> seconds EC2 refuses it from its first use
         self._profile_deadlines: dict[str, float] = {}
         self.refused: list[tuple[str, str]] = []  # (action, error code) of each answer the lag changed: tests look
@@ -80,6 +103,7 @@ class ConsistencyProxy:
         with self.lock:
             self.fresh.clear()
             self.terminated.clear()
+            self.deleted.clear()
             self.late_profiles.clear()
             self._profile_deadlines.clear()
             self.refused.clear()
@@ -92,7 +116,7 @@ class ConsistencyProxy:
         return entry is not None and (kind is None or entry[0] == kind) and time.monotonic() - entry[1] < self.delay
 
     def _shutting_down(self, instance_id: str, stages: int = 1) -> bool:
-        """Whether a terminated instance still shows shutting-down (``stages`` = 2: still holds its network
+        """Whether a terminated instance still shows shutting-down (``stages`` > 1: still holds its network
         interface, which EC2 detaches a while after it shows terminated)."""
         entry = self.terminated.get(instance_id)
         return entry is not None and time.monotonic() - entry[0] < self.delay * stages
@@ -109,13 +133,81 @@ class ConsistencyProxy:
                 return 200, self._answer(action, "<return>true</return>")
             if action == "TerminateInstances":
                 self._remember_terminations(params, headers)
+            lingering = self._ghost_answer(action, params)
+            if lingering is not None:
+                return 200, lingering
+            last_view = self._item_before_delete(action, params, headers)
         status, answer = self._forward(body, headers)
         with self.lock:
             if status == 200 and action in CREATED:
                 self._remember_created(CREATED[action], answer)
+            if status == 200 and last_view is not None:
+                self.deleted[last_view[0]] = (LINGERING[action][0], time.monotonic(), last_view[1])
             if status == 200 and action.startswith("Describe"):
-                answer = self._lag_list(action, answer)
+                answer = self._add_ghosts(action, params, self._lag_list(action, answer))
         return status, answer
+
+    # -- deletions shown late --------------------------------------------------------------------------------
+    def _ghosts(self, describe: str) -> dict[str, ET.Element]:
+        now = time.monotonic()
+        return {key: item for key, (action, when, item) in self.deleted.items()
+                if action == describe and now - when < self.delay}
+
+    def _item_before_delete(self, action: str, params: dict[str, str],
+                            headers: dict[str, str]) -> tuple[str, ET.Element] | None:
+        """The item a delete is about to remove, as moto describes it now (namespaces dropped), with its id."""
+        if action not in LINGERING:
+            return None
+        describe, set_name, _, id_param = LINGERING[action]
+        identifier = params.get(id_param, "")
+        form = {"Action": describe, "Version": "2016-11-15", f"{id_param}.1": identifier}
+        status, answer = self._forward(urllib.parse.urlencode(form).encode(), headers)
+        items = [item for parent in _all(ET.fromstring(answer), set_name) for item in parent] if status == 200 else []
+        if not items:
+            return None
+        for element in items[0].iter():
+            element.tag = _tag(element)
+        return identifier, items[0]
+
+    def _ghost_answer(self, action: str, params: dict[str, str]) -> bytes | None:
+        """A Describe by id of only deleted-moments-ago resources: EC2 still shows them."""
+        lingering = next((entry for entry in LINGERING.values() if entry[0] == action), None)
+        if lingering is None:
+            return None
+        _, set_name, _, id_param = lingering
+        named = [value for name, value in params.items() if name.startswith(f"{id_param}.")]
+        ghosts = self._ghosts(action)
+        if not named or any(value not in ghosts for value in named):
+            return None
+        self.refused.append((action, "still shown after delete"))
+        items = "".join(ET.tostring(ghosts[value], encoding="unicode") for value in named)
+        return self._answer(action, f"<{set_name}>{items}</{set_name}>")
+
+    def _add_ghosts(self, action: str, params: dict[str, str], answer: bytes) -> bytes:
+        """Deleted-moments-ago resources a filtered (or full) Describe list still shows."""
+        lingering = next((entry for entry in LINGERING.values() if entry[0] == action), None)
+        ghosts = self._ghosts(action) if lingering is not None else {}
+        if lingering is None or not ghosts or any(name.startswith(f"{lingering[3]}.") for name in params):
+            return answer
+        filters: dict[str, set[str]] = {}
+        for name, value in params.items():
+            parts = name.split(".")
+            if parts[0] == "Filter" and len(parts) == 4 and parts[2] == "Value":
+                filters.setdefault(params.get(f"Filter.{parts[1]}.Name", ""), set()).add(value)
+        matching = [item for item in ghosts.values() if all(_matches(item, key, values) for key, values in filters.items())]
+        root = ET.fromstring(answer)
+        containers = _all(root, lingering[1])
+        if not matching or not containers:
+            return answer
+        self.refused.append((action, "still listed after delete"))
+        namespace = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+        for item in matching:
+            copy = ET.fromstring(ET.tostring(item))
+            for element in copy.iter():
+                element.tag = f"{{{namespace}}}{element.tag}" if namespace else element.tag
+            containers[0].append(copy)
+        ET.register_namespace("", namespace)
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def _refusal(self, action: str, params: dict[str, str]) -> tuple[int, bytes] | None:
         """EC2's answer to a call that names a resource it does not see yet, or None to forward the call."""
@@ -138,7 +230,7 @@ class ConsistencyProxy:
         if action == "DeleteSecurityGroup":
             group = params.get("GroupId", "")
             holders = [instance for instance, (_, groups) in self.terminated.items()
-                       if group in groups and self._shutting_down(instance, stages=2)]
+                       if group in groups and self._shutting_down(instance, stages=4)]
             if holders:
                 self.refused.append((action, "DependencyViolation"))
                 return 400, self._error("DependencyViolation", f"resource {group} has a dependent object")

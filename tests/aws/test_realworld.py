@@ -210,3 +210,15 @@ def test_failed_launch_reports_ec2_state_reason(cloud: MotoCloud, tmp_path: Path
                                           "Client.UserInitiatedShutdown: User initiated shutdown"):
         store.create(f"r{os.getpid()}", "aws", {"endpoint": cloud.endpoint, "wait_timeout": 20}, provision=False)
     assert cloud.leftovers() == NOTHING and store.store.names() == []
+
+
+def test_rm_waits_until_ec2_shows_the_deletions(cloud: MotoCloud, tmp_path: Path) -> None:
+    """EC2 still describes a deleted key pair and group for a while; rm waits until it does not, so a create of the
+    same name right after is not refused with "already exists"."""
+    driver = make_driver(cloud, tmp_path / "first")
+    created(driver)
+    driver.remove()
+    assert ("DescribeKeyPairs", "still shown after delete") in cloud.proxy.refused
+    again = make_driver(cloud, tmp_path / "again")
+    again.pre_create_check()  # the names are free again as far as EC2 shows
+    assert cloud.leftovers() == NOTHING

@@ -42,7 +42,15 @@ APP = App(ROUTER, None)
 def _exchange(data: bytes) -> bytes:
     """Serve one connection on a socket pair: send ``data``, half-close, return everything answered."""
     client, server = socket.socketpair()
-    worker = threading.Thread(target=Connection(server, APP).serve, daemon=True)
+    crashes: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            Connection(server, APP).serve()
+        except BaseException as exc:  # noqa: B036 - any escape is the finding
+            crashes.append(exc)
+
+    worker = threading.Thread(target=serve, daemon=True)
     worker.start()
     client.settimeout(20)
     try:
@@ -65,6 +73,7 @@ def _exchange(data: bytes) -> bytes:
     client.close()
     worker.join(20)
     assert not worker.is_alive(), "the connection thread did not finish"
+    assert not crashes, f"the connection thread crashed on {data[:200]!r}: {crashes[0]!r}"
     return b"".join(chunks)
 
 

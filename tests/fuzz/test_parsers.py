@@ -122,3 +122,10 @@ def test_go_durations_count_back_from_the_reference(value: str) -> None:
     seconds = timefmt.parse_go_duration(value)
     assume(seconds < 10 ** 9)
     assert abs(timefmt.moment(value, 2_000_000_000.0) - (2_000_000_000 - seconds)) <= 1.0
+
+
+@FUZZ
+@given(st.integers(-(10 ** 15), 10 ** 15))
+def test_go_duration_strings_read_back_as_the_same_duration(ns: int) -> None:
+    text = timefmt.format_go_duration(ns)
+    assert abs(timefmt.parse_go_duration(text) * 1e9 - ns) <= max(1.0, abs(ns) * 1e-9), text

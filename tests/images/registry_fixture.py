@@ -98,4 +98,4 @@ def start_registry(folder: str, users: dict | None = None, *, tls: tuple[str, st
     proc.kill()
     proc.wait()
     with open(log_path, "rb") as f:
-        raise RuntimeError("docker-registry did not start: {}".format(f.read().decode(errors="replace")[-2000:]))
+        raise RuntimeError(f"docker-registry did not start: {f.read().decode(errors='replace')[-2000:]}")

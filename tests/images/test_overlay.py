@@ -35,7 +35,7 @@ def test_overlay_of_two_layers_hides_whiteouts(tmpfs):
     merged, upper, work = (tmpfs / n for n in ("merged", "upper", "work"))
     for d in (merged, upper, work):
         d.mkdir()
-    opts = "lowerdir={},upperdir={},workdir={}".format(":".join(reversed(dirs)), upper, work)
+    opts = f"lowerdir={':'.join(reversed(dirs))},upperdir={upper},workdir={work}"
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
     try:
         assert sorted(os.listdir(merged / "etc")) == ["keep"]

@@ -62,7 +62,7 @@ def test_push_remove_pull_round_trip(service, store, registry, busybox_tar, tmp_
     assert statuses.count("Pushed") == 2 and "Preparing" in statuses
     aux = pushed[-1]["aux"]
     assert aux["Tag"] == "v1" and aux["Digest"].startswith("sha256:") and aux["Size"] > 0
-    assert statuses[-2] == "v1: digest: %s size: %d" % (aux["Digest"], aux["Size"])
+    assert statuses[-2] == f'v1: digest: {aux["Digest"]} size: {aux["Size"]}'
     again = [m.get("status") for m in service.push(tag)]
     assert again.count("Layer already exists") == 2
 
@@ -75,15 +75,15 @@ def test_push_remove_pull_round_trip(service, store, registry, busybox_tar, tmp_
     for step in ("Pulling fs layer", "Downloading", "Verifying Checksum", "Download complete", "Extracting",
                  "Pull complete"):
         assert step in statuses, step
-    assert statuses[-2:] == ["Digest: {}".format(aux["Digest"]), f"Status: Downloaded newer image for {tag}"]
+    assert statuses[-2:] == [f"Digest: {aux['Digest']}", f"Status: Downloaded newer image for {tag}"]
     downloading = next(m for m in messages if m["status"] == "Downloading")
     assert set(downloading["progressDetail"]) == {"current", "total"} and len(downloading["id"]) == 12
     pulled = store.resolve(tag)
-    assert pulled.id == image.id and pulled.repo_digests == ["{}/team/app@{}".format(registry.host, aux["Digest"])]
+    assert pulled.id == image.id and pulled.repo_digests == [f"{registry.host}/team/app@{aux['Digest']}"]
     assert open(os.path.join(pulled.layer_dirs()[1], "hello.txt")).read() == "hello " * 5000
     assert list(service.pull(tag))[-1] == {"status": f"Status: Image is up to date for {tag}"}
     # pull by digest as well
-    by_digest = "{}/team/app@{}".format(registry.host, aux["Digest"])
+    by_digest = f"{registry.host}/team/app@{aux['Digest']}"
     assert list(service.pull(by_digest))[-1]["status"].startswith("Status: Image is up to date")
 
 

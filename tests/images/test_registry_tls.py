@@ -119,7 +119,7 @@ def tls_token_registry(tmp_path):
     server = _TokenServer(key, cert)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    token = {"realm": "http://127.0.0.1:%d/token" % server.server_address[1], "service": "test-registry",
+    token = {"realm": f"http://127.0.0.1:{server.server_address[1]}/token", "service": "test-registry",
              "issuer": "test-issuer", "bundle": cert_path}
     reg = start_registry(folder, tls=(cert_path, key_path), token=token)
     certs = tmp_path / "certs.d"
@@ -143,7 +143,7 @@ def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox
     aux = list(service.push(tag, auth=good))[-1]["aux"]
     assert "repository:secure/app:pull,push" in tokens.scopes
     store.remove(tag)
-    assert list(service.pull(tag, auth=good))[-2] == {"status": "Digest: {}".format(aux["Digest"])}
+    assert list(service.pull(tag, auth=good))[-2] == {"status": f"Digest: {aux['Digest']}"}
     assert store.resolve(tag).id == image_id and "repository:secure/app:pull" in tokens.scopes
     assert service.login(good)["Status"] == "Login Succeeded"
     with pytest.raises(Unauthorized):
@@ -188,8 +188,7 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
             ranged = self.headers.get("Range", "")
             if ranged.startswith("bytes="):
                 start = int(ranged[6:].rstrip("-"))
-                self._reply(206, data[start:], {"Content-Range": "bytes %d-%d/%d" % (start, len(data) - 1,
-                                                                                     len(data))})
+                self._reply(206, data[start:], {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
                 return
             self._reply(200, data)
             return
@@ -200,7 +199,7 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
             self._reply(200, srv.manifest, {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
         elif "/blobs/" in self.path:
             digest = self.path.rsplit("/", 1)[1]
-            self._reply(307, b"", {"Location": "http://127.0.0.2:%d/cdn/%s" % (srv.cdn_port, digest)})
+            self._reply(307, b"", {"Location": f"http://127.0.0.2:{srv.cdn_port}/cdn/{digest}"})
         else:
             self._reply(200, b"{}")
 
@@ -226,7 +225,7 @@ def test_redirected_blobs_do_not_receive_the_authorization_header(tmp_path, busy
     try:
         service = ImageService(ImageStore(str(tmp_path / "store")))
         store = service.store
-        tag = "127.0.0.1:%d/stub:1" % stub.server_address[1]
+        tag = f"127.0.0.1:{stub.server_address[1]}/stub:1"
         # an earlier pull was cut off half-way through the layer: this one resumes from there
         os.makedirs(os.path.join(store.root, "downloads"))
         with open(os.path.join(store.root, "downloads", digest[layer][7:] + ".partial"), "wb") as f:
@@ -235,7 +234,7 @@ def test_redirected_blobs_do_not_receive_the_authorization_header(tmp_path, busy
         assert messages[-1]["status"] == f"Status: Downloaded newer image for {tag}"
         cdn_requests = [s for s in stub.seen if s[0].startswith("127.0.0.2")]
         assert len(cdn_requests) == 2 and all(auth is None for _, _, auth, _ in cdn_requests)
-        assert ("bytes=%d-" % (len(layer) // 2)) in [r for _, _, _, r in cdn_requests]
+        assert (f"bytes={len(layer) // 2}-") in [r for _, _, _, r in cdn_requests]
         assert store.resolve(tag).id == digest[config]
         assert os.listdir(os.path.join(store.root, "downloads")) == []
     finally:

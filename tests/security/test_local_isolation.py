@@ -15,7 +15,6 @@ import pytest
 
 from drivers.nshost import Bridge
 from tests.support.cli import DOCKER, MACHINES, busybox_rootfs, machines
-from tests.support.fixtures import test_bridge, test_host, test_key  # noqa: F401
 
 
 @pytest.fixture

@@ -197,3 +197,10 @@ def test_wrong_json_types_in_a_loaded_oci_index_are_4xx(daemon: Daemon, index: b
                           _archive({"index.json": index, "oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}))
     text = answer.decode(errors="replace")
     assert 400 <= status < 500 or (status == 200 and '"errorDetail"' in text), f"{status} {text[:300]}"
+
+
+def test_a_broken_body_the_handler_did_not_read_still_gets_the_answer(daemon: Daemon) -> None:
+    head = b"POST /v1.47/containers/no-such-container-here/start HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = exchange(daemon, head + b"zz\r\nnot a chunk\r\n")
+    assert status_of(answer) == 404, answer
+    assert b"No such container" in answer
