@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(
   python3 python3-venv openssh-server openssh-client iproute2 iptables e2fsprogs procps psmisc
   busybox-static docker-compose docker-registry runc crun zstd
+  # reaching into machines (tests/reach): completion scripts run by real shells, reverse sshfs mounts, scp --delta
+  zsh fish sshfs rsync curl
   # the virtualbox driver's tests: Vagrant with the libvirt provider under QEMU, and a Debian test box
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables
   qemu-system-x86 qemu-utils debootstrap
