@@ -4,8 +4,9 @@ Like Lima's and podman machine's port forwarding, nothing has to be open on the 
 listens on 127.0.0.1 here and opens a ``direct-tcpip`` channel per connection (``ssh -L``); ``Connection.
 request_remote_forward`` is the other way (``ssh -R``); ``SocksForward`` is ``ssh -D`` (SOCKS5). ``PortWatcher``
 follows the runtime's event stream (``GET /events``, read through the runtime's unix socket over SSH, so it works
-for ``--api ssh`` machines) and keeps one forward per published TCP port of every running container, on the same
-port number here, removed when the container stops.
+for ``--api ssh`` machines) and keeps one forward per published port of every running container, on the same
+port number here, removed when the container stops. ``UDPForward`` carries UDP: SSH has only streams, so a small
+relay on the machine turns framed datagrams back into UDP, one relay per client address.
 
 Forwards that outlive the command (``machines port NAME 8080:80``, ``machines env --ports auto``) run in detached
 processes (``python -m machines.ports``), one per forward, each recorded in ``<machine dir>/ports/<key>.json``.
@@ -44,10 +45,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 STATE_DIR = "ports"
 RUNTIME_SOCKET = "/var/run/docker.sock"  # bootstrap.service.SOCKET_PATH, the default when the record names none
-UDP_REFUSED = (
-    "UDP ports cannot be forwarded over SSH (it carries TCP streams only); publish the port on the machine's "
-    "address instead (docker run -p ...) and reach it at 'machines ip'"
-)
+UDP_IDLE_SECONDS = 60.0  # a UDP client's relay on the machine ends after this long without a datagram
 SPEC = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?(?:/(tcp|udp))?$")
 
 
@@ -59,31 +57,46 @@ class PortSpec:
     listen: int
     target: int
     reverse: bool = False
+    udp: bool = False
 
     @classmethod
     def parse(cls, text: str, *, reverse: bool = False, udp: bool = False) -> PortSpec:
-        """``8080`` (same port both sides) or ``8080:80`` (listen:target); ``/udp`` or ``--udp`` is refused."""
+        """``8080`` (same port both sides) or ``8080:80`` (listen:target); ``/udp`` or ``--udp`` for UDP."""
         match = SPEC.fullmatch(text.strip())
         if not match:
             raise UsageError(f"invalid port {text!r}: expected PORT or LISTEN:TARGET, e.g. 8080 or 8080:80")
-        if udp or match.group(3) == "udp":
-            raise UsageError(UDP_REFUSED)
+        udp = udp or match.group(3) == "udp"
+        if udp and reverse:
+            raise UsageError("UDP ports are forwarded from this computer to the machine only, not --reverse")
         listen = int(match.group(1))
         target = int(match.group(2) or listen)
         for port in (listen, target):
             if not 1 <= port <= 65535:
                 raise UsageError(f"invalid port {port}: ports are 1 to 65535")
-        return cls(listen, target, reverse)
+        return cls(listen, target, reverse, udp)
 
     @property
     def key(self) -> str:
-        """Unique per listening side: ``L8080`` here, ``R9000`` on the machine."""
-        return f"{'R' if self.reverse else 'L'}{self.listen}"
+        """Unique per listening side and protocol: ``L8080`` here, ``U53`` here for UDP, ``R9000`` on the machine."""
+        return f"{'R' if self.reverse else 'U' if self.udp else 'L'}{self.listen}"
+
+    def __str__(self) -> str:
+        return f"{'-R ' if self.reverse else ''}{self.listen}:{self.target}{'/udp' if self.udp else ''}"
 
     def describe(self) -> str:
         if self.reverse:
-            return f"{self.listen}:{self.target} (machine's {LOOPBACK}:{self.listen} -> {LOOPBACK}:{self.target} here)"
-        return f"{self.listen}:{self.target} ({LOOPBACK}:{self.listen} here -> machine's {LOOPBACK}:{self.target})"
+            return f"{self} (machine's {LOOPBACK}:{self.listen} -> {LOOPBACK}:{self.target} here)"
+        return f"{self} ({LOOPBACK}:{self.listen} here -> machine's {LOOPBACK}:{self.target})"
+
+    def open(self, connection: Connection) -> Any:
+        """Start this forward on ``connection``; returns what ``close()`` ends (None for a reverse forward, which
+        lasts as long as the connection)."""
+        if self.reverse:
+            connection.request_remote_forward(self.listen, LOOPBACK, self.target)
+            return None
+        if self.udp:
+            return UDPForward(connection, self.listen, self.target)
+        return TCPForward(connection, self.listen, LOOPBACK, self.target)
 
 
 class _Listener:
@@ -171,6 +184,96 @@ class SocksForward(_Listener):
         bridge(channel, client)
 
 
+# A relay on the machine (python3 is on every provisioned host): datagrams framed with a 2-byte length on the SSH
+# session, one session per client address here, as docker-proxy keeps one upstream socket per UDP client.
+_UDP_RELAY = (
+    "import os,socket,struct,sys,threading\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.connect(('127.0.0.1',int(sys.argv[1])))\n"
+    "s.settimeout(float(sys.argv[2]))\n"
+    "def down():\n"
+    " while True:\n"
+    "  try: d=s.recv(65535)\n"
+    "  except ConnectionRefusedError: continue\n"
+    "  except OSError: os._exit(0)\n"
+    "  os.write(1,struct.pack('!H',len(d))+d)\n"
+    "threading.Thread(target=down,daemon=True).start()\n"
+    "def rd(n):\n"
+    " b=b''\n"
+    " while len(b)<n:\n"
+    "  c=os.read(0,n-len(b))\n"
+    "  if not c: os._exit(0)\n"
+    "  b+=c\n"
+    " return b\n"
+    "while True:\n"
+    " n,=struct.unpack('!H',rd(2))\n"
+    " try: s.send(rd(n))\n"
+    " except OSError: pass\n"
+)
+
+
+class UDPForward:
+    """UDP on ``127.0.0.1:port`` here reaches the machine's ``127.0.0.1:target``: each client address gets its own
+    relay on the machine (over an SSH session) that lives until a quiet ``UDP_IDLE_SECONDS``."""
+
+    def __init__(self, connection: Connection, port: int, target: int) -> None:
+        self.connection = connection
+        self.target = target
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._socket.bind((LOOPBACK, port))
+        except OSError as error:
+            self._socket.close()
+            raise StateError(f"cannot listen on {LOOPBACK}:{port}/udp: {error.strerror or error}") from None
+        self.port = self._socket.getsockname()[1]
+        self._relays: dict[tuple[str, int], Any] = {}
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve, name=f"udp {port}", daemon=True).start()
+
+    def _relay(self, client: tuple[str, int]) -> Any:
+        relay = self._relays.get(client)
+        if relay is not None and not relay.closed and not relay.exit_status_ready():
+            return relay
+        import shlex
+
+        relay = self.connection.transport.open_session()
+        relay.exec_command(f"python3 -c {shlex.quote(_UDP_RELAY)} {self.target} {UDP_IDLE_SECONDS:g}")
+        self._relays[client] = relay
+        threading.Thread(target=self._replies, args=(relay, client), daemon=True).start()
+        return relay
+
+    def _replies(self, relay: Any, client: tuple[str, int]) -> None:
+        def exact(size: int) -> bytes:
+            data = b""
+            while len(data) < size:
+                chunk = relay.recv(size - len(data))
+                if not chunk:
+                    raise EOFError
+                data += chunk
+            return data
+
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                (size,) = struct.unpack("!H", exact(2))
+                self._socket.sendto(exact(size), client)
+        relay.close()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data, client = self._socket.recvfrom(65535)
+                self._relay(client).sendall(struct.pack("!H", len(data)) + data)
+            except (OSError, EOFError, MachinesError) as error:
+                if self._closed.is_set():
+                    return
+                log.debug("UDP datagram to %s dropped: %s", self.connection.name, error)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._socket.close()
+        for relay in self._relays.values():
+            relay.close()
+
+
 def _read_exact(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -254,38 +357,43 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def published_ports(containers: list[dict[str, Any]]) -> dict[int, str]:
-    """TCP host ports published by running containers (``GET /containers/json``), with the container's id."""
-    ports: dict[int, str] = {}
+def published_ports(containers: list[dict[str, Any]]) -> dict[PortSpec, str]:
+    """Host ports published by running containers (``GET /containers/json``), TCP and UDP, with the container's
+    id: each as the forward of the same port here."""
+    ports: dict[PortSpec, str] = {}
     for container in containers:
         for port in container.get("Ports") or []:
-            if port.get("PublicPort") and port.get("Type", "tcp") == "tcp":
-                ports.setdefault(int(port["PublicPort"]), str(container.get("Id", "")))
+            if port.get("PublicPort") and port.get("Type", "tcp") in ("tcp", "udp"):
+                number = int(port["PublicPort"])
+                spec = PortSpec(number, number, udp=port.get("Type") == "udp")
+                ports.setdefault(spec, str(container.get("Id", "")))
     return ports
 
 
 class PortWatcher:
-    """Keeps ``127.0.0.1:P`` here forwarded to the machine's port P for every TCP port a running container
+    """Keeps ``127.0.0.1:P`` here forwarded to the machine's port P for every port (TCP or UDP) a running container
     publishes; re-reads the list on each container start, die or destroy event."""
 
     def __init__(self, machine: Machine, *, report: Any = None) -> None:
         self.machine = machine
         self.report = report or (lambda line: None)
-        self.forwards: dict[int, TCPForward] = {}
+        self.forwards: dict[PortSpec, Any] = {}
         self._stopped = threading.Event()
 
     def sync(self, api: RuntimeAPI, connection: Connection) -> None:
         wanted = published_ports(api.get("/containers/json"))
-        for port in sorted(set(self.forwards) - set(wanted)):
-            self.forwards.pop(port).close()
-            self.report(f"removed {LOOPBACK}:{port}")
-        for port in sorted(set(wanted) - set(self.forwards)):
+        for spec in sorted(set(self.forwards) - set(wanted), key=str):
+            self.forwards.pop(spec).close()
+            self.report(f"removed {LOOPBACK}:{spec.listen}{'/udp' if spec.udp else ''}")
+        for spec in sorted(set(wanted) - set(self.forwards), key=str):
+            shown = f"{spec.listen}{'/udp' if spec.udp else ''}"
             try:
-                self.forwards[port] = TCPForward(connection, port, LOOPBACK, port)
+                self.forwards[spec] = spec.open(connection)
             except StateError as error:
-                self.report(f"not forwarding {port}: {error}")
+                self.report(f"not forwarding {shown}: {error}")
                 continue
-            self.report(f"forwarding {LOOPBACK}:{port} to {self.machine.name}:{port} (container {wanted[port][:12]})")
+            self.report(f"forwarding {LOOPBACK}:{shown} to {self.machine.name}:{spec.listen} "
+                        f"(container {wanted[spec][:12]})")
 
     def run(self) -> None:
         """Follow the events until ``stop()``; reconnects when the stream ends (the runtime restarted)."""
@@ -402,11 +510,10 @@ def _serve(arguments: argparse.Namespace) -> None:
         threading.Thread(target=watcher.run, daemon=True).start()
         closers.append(watcher.stop)
     else:
-        spec = PortSpec.parse(arguments.port, reverse=arguments.reverse)
-        if spec.reverse:
-            connection.request_remote_forward(spec.listen, LOOPBACK, spec.target)
-        else:
-            closers.append(TCPForward(connection, spec.listen, LOOPBACK, spec.target).close)
+        spec = PortSpec.parse(arguments.port, reverse=arguments.reverse, udp=arguments.udp)
+        forward = spec.open(connection)
+        if forward is not None:
+            closers.append(forward.close)
     state = _state_dir(machine) / f"{arguments.key}.json"
     temporary = state.with_suffix(".tmp")
     temporary.write_text(json.dumps({"pid": os.getpid(), "spec": arguments.spec}))
@@ -433,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--spec", required=True)
     parser.add_argument("--reverse", action="store_true")
+    parser.add_argument("--udp", action="store_true")
     parser.add_argument("--auto", action="store_true")
     parser.add_argument("name")
     parser.add_argument("port", nargs="?")

@@ -52,15 +52,15 @@ def _port_app() -> typer.Typer:
         reverse: Annotated[
             bool, typer.Option("--reverse", "-R", help="The machine's 127.0.0.1:LISTEN reaches TARGET here.")
         ] = False,
-        udp: Annotated[bool, typer.Option("--udp", help="UDP (refused: SSH carries TCP only).")] = False,
+        udp: Annotated[bool, typer.Option("--udp", help="UDP (through a relay on the machine).")] = False,
     ) -> None:
         """Forward 127.0.0.1:LISTEN here to the machine's 127.0.0.1:TARGET (in the background, until rm)."""
         parsed = ports_module.PortSpec.parse(spec, reverse=reverse, udp=udp)
         machine = machines().get(name)
         machine.ssh().close()  # fail here, with the SSH error, rather than in the background
-        arguments = [str(parsed.listen) + ":" + str(parsed.target)] + (["--reverse"] if reverse else [])
-        shown = f"{'-R ' if reverse else ''}{parsed.listen}:{parsed.target}"
-        ports_module.start(machine, parsed.key, arguments, shown)
+        arguments = [f"{parsed.listen}:{parsed.target}", *(["--reverse"] if parsed.reverse else []),
+                     *(["--udp"] if parsed.udp else [])]
+        ports_module.start(machine, parsed.key, arguments, str(parsed))
         echo(f"{name}: {parsed.describe()}")
 
     @port_app.command("ls")
@@ -132,7 +132,7 @@ def _key(spec: str) -> str:
     if spec == "auto":
         return "auto"
     reverse = spec.upper().startswith("R:")
-    return ports_module.PortSpec.parse(spec[2:] if reverse else spec.split(":")[0], reverse=reverse).key
+    return ports_module.PortSpec.parse(spec[2:] if reverse else spec, reverse=reverse).key
 
 
 def context_for(machine: Machine) -> None:

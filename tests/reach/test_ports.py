@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from tests.reach.conftest import IMAGE, Reachable, eventually, free_port, http_get
 
 HTTPD = "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www"
@@ -77,8 +79,8 @@ def test_reverse_port_reaches_this_computer(ssh_machine: Reachable) -> None:
 
 def test_bad_port_requests_are_refused_with_one_line(ssh_machine: Reachable) -> None:
     for args, message in (
-        (("port", ssh_machine.name, "53", "--udp"), "UDP ports cannot be forwarded over SSH"),
-        (("port", ssh_machine.name, "53/udp"), "UDP ports cannot be forwarded over SSH"),
+        (("port", "--reverse", ssh_machine.name, "53", "--udp"), "not --reverse"),
+        (("port", "--reverse", ssh_machine.name, "53/udp"), "not --reverse"),
         (("port", ssh_machine.name, "80:99999"), "invalid port 99999"),
         (("port", ssh_machine.name, "../x"), "invalid port '../x'"),
         (("port", "rm", ssh_machine.name), "give --all"),
@@ -121,3 +123,56 @@ def test_ports_watch_in_the_foreground_until_interrupted(ssh_machine: Reachable)
         watcher.wait(30)
         ssh_machine.docker("rm", "-f", container)
     assert http_get(port) is None  # the forwards end with the command
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    data, client = s.recvfrom(65535)
+    s.sendto(b"echo:" + data, client)
+"""
+
+
+def _udp_ask(port: int, payload: bytes) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(2)
+        client.sendto(payload, ("127.0.0.1", port))
+        try:
+            return client.recv(65535)
+        except OSError:
+            return None
+
+
+def test_udp_port_through_a_relay_on_the_machine(ssh_machine: Reachable) -> None:
+    inside, here = free_port(), free_port()
+    pid = ssh_machine.cli("ssh", ssh_machine.name, "--", f"{{ python3 -c '{UDP_ECHO}' {inside} </dev/null "
+                          ">/dev/null 2>&1 & }; echo $!").stdout.strip()
+    try:
+        ssh_machine.cli("port", ssh_machine.name, f"{here}:{inside}/udp")
+        assert f"{here}:{inside}/udp" in ssh_machine.cli("port", "ls", ssh_machine.name).stdout
+        assert eventually(lambda: _udp_ask(here, b"one"), lambda reply: reply is not None) == b"echo:one"
+        big = bytes(range(256)) * 200  # 51200 bytes in one datagram, framed whole
+        assert _udp_ask(here, big) == b"echo:" + big
+        ssh_machine.cli("port", "rm", ssh_machine.name, f"{here}/udp")
+        assert _udp_ask(here, b"two") is None
+    finally:
+        ssh_machine.cli("port", "rm", "--all", ssh_machine.name)
+        ssh_machine.cli("ssh", ssh_machine.name, f"kill {pid}", check=False)
+
+
+def test_ports_auto_forwards_published_udp_ports_too(ssh_machine: Reachable) -> None:
+    port = free_port()
+    ssh_machine.cli("ports", "watch", "-d", ssh_machine.name)
+    # busybox has no UDP server: the machine's own python3, lent read-only to the container
+    lent = [option for folder in ("/usr", "/lib", "/lib64") for option in ("-v", f"{folder}:{folder}:ro")]
+    container = ssh_machine.docker("run", "-d", "-p", f"{port}:{port}/udp", *lent, IMAGE, "/usr/bin/python3", "-c",
+                                   UDP_ECHO.replace("127.0.0.1", "0.0.0.0"), str(port)).stdout.strip()
+    try:
+        assert eventually(lambda: _udp_ask(port, b"ping"), lambda reply: reply is not None) == b"echo:ping"
+        ssh_machine.docker("rm", "-f", container)
+        assert eventually(lambda: _udp_ask(port, b"ping"), lambda reply: reply is None) is None
+    finally:
+        ssh_machine.docker("rm", "-f", container, check=False)
+        ssh_machine.cli("port", "rm", ssh_machine.name, "auto")
