@@ -128,7 +128,7 @@ class _Listener:
     def _guarded(self, client: socket.socket, origin: tuple[str, int]) -> None:
         try:
             self.handle(client, origin)
-        except (MachinesError, OSError) as error:
+        except (MachinesError, OSError, EOFError) as error:
             log.debug("connection from %s failed: %s", origin, error)
             client.close()
 
@@ -242,19 +242,10 @@ class UDPForward:
         return relay
 
     def _replies(self, relay: Any, client: tuple[str, int]) -> None:
-        def exact(size: int) -> bytes:
-            data = b""
-            while len(data) < size:
-                chunk = relay.recv(size - len(data))
-                if not chunk:
-                    raise EOFError
-                data += chunk
-            return data
-
         with contextlib.suppress(EOFError, OSError):
             while True:
-                (size,) = struct.unpack("!H", exact(2))
-                self._socket.sendto(exact(size), client)
+                (size,) = struct.unpack("!H", _read_exact(relay, 2))
+                self._socket.sendto(_read_exact(relay, size), client)
         relay.close()
 
     def _serve(self) -> None:
@@ -274,12 +265,13 @@ class UDPForward:
             relay.close()
 
 
-def _read_exact(sock: socket.socket, size: int) -> bytes:
+def _read_exact(source: Any, size: int) -> bytes:
+    """``size`` bytes from a socket or an SSH channel; EOFError when it closes first."""
     data = b""
     while len(data) < size:
-        chunk = sock.recv(size - len(data))
+        chunk = source.recv(size - len(data))
         if not chunk:
-            raise OSError("SOCKS client closed the connection")
+            raise EOFError("closed before the end of a message")
         data += chunk
     return data
 
