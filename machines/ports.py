@@ -465,8 +465,9 @@ def start(machine: Machine, key: str, arguments: list[str], spec: str) -> Backgr
     for live in running(machine):
         if live.key == key:
             if live.spec != spec:
+                removal = {"L": "{}", "U": "{}/udp", "R": "R:{}"}[key[0]].format(key[1:])
                 raise StateError(f"{machine.name} already forwards {live.spec}: 'machines port rm {machine.name} "
-                                 f"{live.spec.split()[0]}' first")
+                                 f"{removal}' first")
             return live
     arguments = ["--storage-path", str(machine.store.root), "--key", key, "--spec", spec, machine.name, *arguments]
     pid = detached.start("machines.ports", arguments, _state_dir(machine) / f"{key}.json",

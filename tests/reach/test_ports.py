@@ -41,7 +41,8 @@ def test_port_forwards_a_local_port_until_removed(ssh_machine: Reachable) -> Non
         again = ssh_machine.cli("port", ssh_machine.name, f"{here}:{inside}")  # the same forward: kept, no error
         assert again.returncode == 0
         other = ssh_machine.cli("port", ssh_machine.name, f"{here}:1", check=False)
-        assert other.returncode != 0 and f"already forwards {here}:{inside}" in other.stderr
+        assert other.returncode != 0
+        assert f"already forwards {here}:{inside}: 'machines port rm {ssh_machine.name} {here}' first" in other.stderr
         ssh_machine.cli("port", "rm", ssh_machine.name, str(here))
         assert http_get(here) is None
         assert f"{here}:" not in ssh_machine.cli("port", "ls").stdout
