@@ -175,8 +175,13 @@ class Connection:
     def close(self) -> None:
         with self._connect_lock:
             if self._client is not None:
+                transport = self._client.get_transport()
                 self._client.close()
                 self._client = None
+                # paramiko's close does not wait for its transport thread; one still running while the interpreter
+                # exits can abort it ("Fatal Python error ... finalizing"), so wait for it here.
+                if transport is not None and transport is not threading.current_thread():
+                    transport.join(5)
 
     def __enter__(self) -> Connection:
         return self.connect()
