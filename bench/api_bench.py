@@ -1,7 +1,10 @@
 """API benchmark: ``docker run --rm IMAGE true`` and ``GET /containers/json`` through our daemon and, when Debian's
 docker.io is installed, through its dockerd, in one run on the same machine with the same busybox image.
 
-    .venv/bin/python bench/api_bench.py [--runs 20] [--seconds 3] [--no-dockerd]
+    .venv/bin/python bench/api_bench.py [--runs 20] [--seconds 3] [--containers 20] [--cp-mb 1024] [--no-dockerd]
+
+Also the daemon's memory (idle and with ``--containers`` running, monitors or containerd and shims included) and a
+``docker cp`` of a ``--cp-mb`` file into a container and back, against ``cp`` and ``tar`` on the same disk.
 
 dockerd is started by hand with ``--iptables=false --ip-forward=false --ip-masq=false`` so it leaves the host's
 firewall and forwarding alone; afterwards its docker0 link and the cgroup folders it made are removed and it is
@@ -11,6 +14,7 @@ stopped by PID. Needs root.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -25,6 +29,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.procs import big_file, copy_floor, daemon_memory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = shutil.which("docker", path="/usr/local/bin:/usr/bin") or "docker"
@@ -110,8 +118,40 @@ def requests_per_second(socket_path: str, path: str, seconds: float, clients: in
     return sum(counts) / seconds
 
 
-def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> dict[str, object]:
+@dataclasses.dataclass
+class Settings:
+    """What one run measures: repetitions, seconds per throughput figure, containers for memory, cp size."""
+
+    runs: int = 20
+    seconds: float = 3.0
+    containers: int = 20
+    cp_mb: int = 1024
+
+
+def docker_cp(socket_path: str, source: Path, work: Path) -> dict[str, float]:
+    """Seconds to copy ``source`` into a stopped container and back out (``docker cp`` both ways)."""
+    container = docker(socket_path, "create", IMAGE, "true").stdout.decode().strip()
+    back = work / "cp-back"
+    back.mkdir()
+    try:
+        started = time.perf_counter()
+        docker(socket_path, "cp", str(source), f"{container}:/big")
+        into = time.perf_counter() - started
+        started = time.perf_counter()
+        docker(socket_path, "cp", f"{container}:/big", str(back / "big"))
+        os.sync()
+        out = time.perf_counter() - started
+    finally:
+        docker(socket_path, "rm", "-f", container)
+        shutil.rmtree(back)
+    return {"cp_in_s": into, "cp_out_s": out}
+
+
+def measure(socket_path: str, rootfs: bytes, settings: Settings, daemon_pid: int, work: Path,
+            big: Path | None = None) -> dict[str, object]:
+    runs, seconds = settings.runs, settings.seconds
     docker(socket_path, "import", "-", IMAGE, input=rootfs)
+    idle = daemon_memory(daemon_pid, str(work))
     for _ in range(2):  # warm caches (page cache, first bridge setup)
         docker(socket_path, "run", "--rm", IMAGE, "true")
     run = timed(lambda: docker(socket_path, "run", "--rm", IMAGE, "true"), runs)
@@ -119,18 +159,32 @@ def measure(socket_path: str, rootfs: bytes, runs: int, seconds: float) -> dict[
     ps = timed(lambda: docker(socket_path, "ps", "-a"), runs)
     version = json.loads(docker(socket_path, "version", "--format", "{{json .Server}}").stdout)["ApiVersion"]
     path = f"/v{version}/containers/json?all=1"
-    result = {
+    result: dict[str, object] = {
         "run_rm_true_ms": {"median": statistics.median(run), "min": min(run), "max": max(run)},
         "docker_ps_ms": {"median": statistics.median(ps)},
         "containers_json_rps_1_client": requests_per_second(socket_path, path, seconds, 1),
-        "containers_json_rps_4_clients": requests_per_second(socket_path, path, seconds, 4),
+        "containers_json_rps_8_clients": requests_per_second(socket_path, path, seconds, 8),
         "ping_rps_1_client": requests_per_second(socket_path, "/_ping", seconds, 1),
+        "ping_rps_8_clients": requests_per_second(socket_path, "/_ping", seconds, 8),
+        "memory_idle": idle,
     }
     docker(socket_path, "rm", *created)
+    running = [docker(socket_path, "run", "-d", "--network", "none", IMAGE, "sleep", "600").stdout.decode().strip()
+               for _ in range(settings.containers)]
+    try:
+        memory = daemon_memory(daemon_pid, str(work))
+        memory["containers"] = settings.containers
+        memory["per_container_helper_mib"] = (memory["helpers_mib"] - idle["helpers_mib"]) / max(settings.containers, 1)
+        result["memory_running"] = memory
+    finally:
+        if running:
+            docker(socket_path, "rm", "-f", *running)
+    if big is not None:
+        result["docker_cp"] = docker_cp(socket_path, big, work)
     return result
 
 
-def bench_ours(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[str, object]:
+def bench_ours(work: Path, rootfs: bytes, settings: Settings, big: Path | None = None) -> dict[str, object]:
     sock = str(work / "ours.sock")
     pid = os.getpid()
     process = subprocess.Popen(
@@ -140,7 +194,7 @@ def bench_ours(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[str
         cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=(work / "ours.log").open("wb"), start_new_session=True)
     try:
         wait_for_socket(sock, process)
-        return measure(sock, rootfs, runs, seconds)
+        return measure(sock, rootfs, settings, process.pid, work, big)
     finally:
         stop(process)
 
@@ -153,7 +207,7 @@ def _link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
 
-def bench_dockerd(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[str, object]:
+def bench_dockerd(work: Path, rootfs: bytes, settings: Settings, big: Path | None = None) -> dict[str, object]:
     sock = str(work / "dockerd.sock")
     had_docker0 = _link_exists("docker0")
     cgroups_before = _cgroup_dirs()
@@ -164,7 +218,7 @@ def bench_dockerd(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[
         stdout=subprocess.DEVNULL, stderr=(work / "dockerd.log").open("wb"), start_new_session=True)
     try:
         wait_for_socket(sock, process)
-        return measure(sock, rootfs, runs, seconds)
+        return measure(sock, rootfs, settings, process.pid, work, big)
     finally:
         stop(process)
         if not had_docker0 and _link_exists("docker0"):
@@ -179,21 +233,32 @@ def bench_dockerd(work: Path, rootfs: bytes, runs: int, seconds: float) -> dict[
         subprocess.run(["umount", "-R", str(work / "dockerd-exec")], capture_output=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20, help="docker run / docker ps repetitions")
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each requests/second measurement")
-    parser.add_argument("--no-dockerd", action="store_true", help="measure our daemon only")
-    args = parser.parse_args()
+def run(settings: Settings, with_dockerd: bool = True) -> dict[str, object]:
+    """Every figure for our daemon and, when installed and wanted, for dockerd; ``floor``: cp and tar of the file."""
     rootfs = subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh")], capture_output=True,
                             check=True).stdout
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="api-bench-", dir="/var/tmp") as folder:
         work = Path(folder)
-        results["machines-runtime"] = bench_ours(work, rootfs, args.runs, args.seconds)
-        if DOCKERD and not args.no_dockerd:
-            results["dockerd"] = bench_dockerd(work, rootfs, args.runs, args.seconds)
-    print(json.dumps(results, indent=2))
+        big = big_file(work / "big", settings.cp_mb) if settings.cp_mb else None
+        if big is not None:
+            results["floor"] = copy_floor(big, work)
+        results["machines-runtime"] = bench_ours(work, rootfs, settings, big)
+        if DOCKERD and with_dockerd:
+            results["dockerd"] = bench_dockerd(work, rootfs, settings, big)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="docker run / docker ps repetitions")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each requests/second measurement")
+    parser.add_argument("--containers", type=int, default=20, help="running containers for the memory figure")
+    parser.add_argument("--cp-mb", type=int, default=1024, help="size of the docker cp file (0: skip)")
+    parser.add_argument("--no-dockerd", action="store_true", help="measure our daemon only")
+    args = parser.parse_args()
+    settings = Settings(args.runs, args.seconds, args.containers, args.cp_mb)
+    print(json.dumps(run(settings, not args.no_dockerd), indent=2))
     return 0
 
 

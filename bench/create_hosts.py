@@ -59,6 +59,18 @@ def bench_machines(bridge: Bridge, root: str, count: int, provision: bool) -> tu
     return made, removed
 
 
+def provisioned(runs: int) -> dict[str, float]:
+    """Medians of ``runs`` rounds: one provisioned local machine, and eight at once (seconds)."""
+    bridge = hold_free_bridge(f"mb{os.getpid() % 10**8}", "10.213", 16, os.getpid())
+    try:
+        with tempfile.TemporaryDirectory(prefix="create-hosts-") as root:
+            one = [bench_machines(bridge, root, 1, True)[0] for _ in range(runs)]
+            eight = [bench_machines(bridge, root, 8, True)[0] for _ in range(runs)]
+    finally:
+        bridge.unhold()
+    return {"one_s": statistics.median(one), "eight_s": statistics.median(eight)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)

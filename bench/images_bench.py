@@ -20,13 +20,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.procs import big_file, copy_floor  # noqa: E402
 from runtime.images.service import ImageService  # noqa: E402
 from runtime.images.store import ImageStore  # noqa: E402
-from tests.images.conftest import busybox_rootfs_tar  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
+from tests.support import busybox  # noqa: E402
 
 CGROUP_PARENT = f"/images-bench-{os.getpid()}"  # dockerd's cgroups, removed afterwards
 DOCKERFILE = """FROM {image}
@@ -39,7 +41,7 @@ CMD ["cat", "/srv/total"]
 
 def make_image(store: ImageStore, tag: str, size_mb: int, work: str) -> None:
     """busybox plus one layer of ``size_mb`` MiB in 64 files (half random, half compressible)."""
-    base = store.resolve(store.import_tar(io.BytesIO(busybox_rootfs_tar())))
+    base = store.resolve(store.import_tar(io.BytesIO(busybox.rootfs())))
     upper = os.path.join(work, "upper", "data")
     os.makedirs(upper)
     chunk = size_mb * (1 << 20) // 64
@@ -131,22 +133,19 @@ def library_figures(image: str, work: str, runs: int) -> dict[str, float]:
     return {"pull": statistics.median(pulls), "save": statistics.median(saves), "load": statistics.median(loads)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--size-mb", type=int, default=32)
-    opts = parser.parse_args()
-    if shutil.which("dockerd") is None:
-        sys.exit("dockerd is missing: apt-get install --no-install-recommends docker.io")
+def run(runs: int, size_mb: int) -> dict[str, dict[str, float]]:
+    """Medians in seconds for both daemons and the store alone; ``floor``: cp and tar of ``size_mb`` on this disk."""
     work = tempfile.mkdtemp(prefix=f"images-bench-{os.getpid()}-", dir="/tmp")
     procs: list[subprocess.Popen] = []
     registry = start_registry(os.path.join(work, "registry"))
     try:
         image = f"{registry.host}/bench/data:1"
         store = ImageStore(os.path.join(work, "seed"))
-        make_image(store, image, opts.size_mb, work)
+        make_image(store, image, size_mb, work)
         for _ in ImageService(store).push(image):
             pass
+        floor = copy_floor(big_file(Path(work) / "big", size_mb), Path(work))
+        os.unlink(os.path.join(work, "big"))
         context = os.path.join(work, "context")
         os.makedirs(os.path.join(context, "files"))
         for n in range(200):
@@ -166,15 +165,9 @@ def main() -> None:
                          "--ip-masq=false", "--cgroup-parent", CGROUP_PARENT],
                         docker_sock, os.path.join(work, "dockerd.log"))
         procs.append(dockerd)
-        results = {"machines runtime": measure(ours_sock, image, context, opts.runs),
-                   "dockerd (Debian docker.io)": measure(docker_sock, image, context, opts.runs)}
-        lib = library_figures(image, work, opts.runs)
-        print(f"\n{opts.size_mb} MiB layer + busybox, {opts.runs} runs, medians in seconds\n")
-        print("| daemon | pull | build (no cache) | cached rebuild |")
-        print("|---|---|---|---|")
-        for name, r in results.items():
-            print(f"| {name} | {r['pull']:.3f} | {r['build']:.3f} | {r['cached build']:.3f} |")
-        print("\nImage store alone (library calls): pull {:.3f} s, save {:.3f} s, load {:.3f} s".format(lib["pull"], lib["save"], lib["load"]))
+        return {"machines runtime": measure(ours_sock, image, context, runs),
+                "dockerd (Debian docker.io)": measure(docker_sock, image, context, runs),
+                "library": library_figures(image, work, runs), "floor": floor}
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -187,6 +180,26 @@ def main() -> None:
                 os.rmdir(folder)
             except OSError:
                 pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size-mb", type=int, default=32)
+    opts = parser.parse_args()
+    if shutil.which("dockerd") is None:
+        sys.exit("dockerd is missing: apt-get install --no-install-recommends docker.io")
+    results = run(opts.runs, opts.size_mb)
+    print(f"\n{opts.size_mb} MiB layer + busybox, {opts.runs} runs, medians in seconds\n")
+    print("| daemon | pull | build (no cache) | cached rebuild |")
+    print("|---|---|---|---|")
+    for name in ("machines runtime", "dockerd (Debian docker.io)"):
+        r = results[name]
+        print(f"| {name} | {r['pull']:.3f} | {r['build']:.3f} | {r['cached build']:.3f} |")
+    lib, floor = results["library"], results["floor"]
+    print("\nImage store alone (library calls): pull {:.3f} s, save {:.3f} s, load {:.3f} s".format(
+        lib["pull"], lib["save"], lib["load"]))
+    print("Same disk: cp {:.3f} s, tar out and in {:.3f} s".format(floor["cp_s"], floor["tar_s"]))
 
 
 if __name__ == "__main__":

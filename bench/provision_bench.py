@@ -63,26 +63,32 @@ def _table(title: str, runs: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def phases(runs: int, driver: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Seconds per phase of ``runs`` first provisionings and of the second provisioning of the same machines."""
+    hosts: list[IsolatedHost] = []
+    first, second = [], []
+    with tempfile.TemporaryDirectory(prefix="provision-bench-") as work:
+        machines = Machines(Path(work) / "store")
+        try:
+            for _ in range(runs):
+                machine = _machine(machines, driver, Path(work), hosts)
+                first.append(_timed(machine))
+                second.append(_timed(machines.get(machine.name)))
+        finally:
+            for machine in machines.list():
+                if driver == "local":
+                    machines.remove(machine.name, force=True)
+            for host in hosts:
+                host.remove()
+    return first, second
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--driver", choices=("generic", "local"), default="generic")
     arguments = parser.parse_args()
-    hosts: list[IsolatedHost] = []
-    with tempfile.TemporaryDirectory(prefix="provision-bench-") as work:
-        machines = Machines(Path(work) / "store")
-        try:
-            first, second = [], []
-            for _ in range(arguments.runs):
-                machine = _machine(machines, arguments.driver, Path(work), hosts)
-                first.append(_timed(machine))
-                second.append(_timed(machines.get(machine.name)))
-        finally:
-            for machine in machines.list():
-                if arguments.driver == "local":
-                    machines.remove(machine.name, force=True)
-            for host in hosts:
-                host.remove()
+    first, second = phases(arguments.runs, arguments.driver)
     print(_table(f"First provisioning ({arguments.driver} host)", first))
     print()
     print(_table("Second provisioning (nothing to change)", second))

@@ -29,6 +29,7 @@ import shlex
 import ssl
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
 from bootstrap import service, sharing
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.ssh import Connection, Result
@@ -80,17 +82,34 @@ class Facts:
         return next((path for path, version in self.pythons if version >= MIN_PYTHON), None)
 
 
-def _facts_script() -> str:
-    managed = " ".join(
-        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH,
-         service.CRL_PATH]
-    )
-    candidates = " ".join(PYTHON_CANDIDATES)
-    port_hex = f"{service.TLS_PORT:04X}"
-    return f"""
+# What every engine's facts script starts with: who we are, the OS, the hostname, package managers, systemd.
+HOST_FACTS = """
 echo "uid=$(id -u)"
 [ -r /etc/os-release ] && sed -n 's/^\\([A-Z_]*\\)=/os.\\1=/p' /etc/os-release
 echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"
+for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
+[ -d /run/systemd/system ] && echo "systemd=1"
+"""
+
+
+def port_facts() -> str:
+    """Whether the API port is taken, and by which program (what every engine's facts script ends with)."""
+    port_hex = f"{service.TLS_PORT:04X}"
+    return f"""if awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+  echo port_busy=1
+  ss -Hltnp "sport = :{service.TLS_PORT}" 2>/dev/null | sed -n 's/.*users:(("\\([^"]*\\)",pid=\\([0-9]*\\).*/port_owner=\\1 (pid \\2)/p' | head -n 1
+fi
+true
+"""
+
+
+def _facts_script() -> str:
+    managed = " ".join(
+        [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH,
+         service.CONFIG_PATH, service.ENV_PATH, service.CRL_PATH]
+    )
+    candidates = " ".join(PYTHON_CANDIDATES)
+    return HOST_FACTS + f"""
 for p in {candidates}; do
   path=$(command -v $p 2>/dev/null) || continue
   version=$($path -c 'import sys; print("%d.%d" % sys.version_info[:2]); sys.exit(sys.version_info < {MIN_PYTHON})' 2>/dev/null)
@@ -98,8 +117,6 @@ for p in {candidates}; do
   echo "python=$path $version"
   [ $status = 0 ] && break
 done
-for m in apt-get dnf yum apk; do path=$(command -v $m 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && echo "pkg=$m"; done
-[ -d /run/systemd/system ] && echo "systemd=1"
 if d=$(command -v docker 2>/dev/null) && [ -f "$d" ]; then
   if head -c 300 "$d" | grep -q {service.SHIM_MARKER}; then
     echo docker=shim; sha256sum "$d" | awk '{{ print "sum=" $2 " " $1 }}'
@@ -112,12 +129,7 @@ sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
 echo "log_size=$(wc -c < {service.LOG_PATH} 2>/dev/null || echo 0)"
-if awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == "{port_hex}") found = 1 }} END {{ exit !found }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-  echo port_busy=1
-  ss -Hltnp "sport = :{service.TLS_PORT}" 2>/dev/null | sed -n 's/.*users:(("\\([^"]*\\)",pid=\\([0-9]*\\).*/port_owner=\\1 (pid \\2)/p' | head -n 1
-fi
-true
-"""
+""" + port_facts()
 
 
 def _parse_facts(output: str) -> Facts:
@@ -154,7 +166,16 @@ def _sha256(data: bytes) -> str:
 
 
 class ProvisioningRun:
-    """One provisioning run on one machine; ``run`` does all phases, each method is one phase."""
+    """One provisioning run on one machine; ``run`` does all phases, each method is one phase.
+
+    ``bootstrap.dockerengine`` subclasses it for Docker Engine: the same hostname, certificate and wait phases
+    around another engine's install and service (``layout``: where its service files and log are).
+    """
+
+    layout = service.RUNTIME_SERVICE
+    control_path = service.CONTROL_PATH
+    engine_title = "the runtime"
+    checks_revocations = True  # the daemon takes --tlscrl (machines revoke); dockerd has no such option
 
     def __init__(
         self,
@@ -172,7 +193,10 @@ class ProvisioningRun:
         options = machine.host_options
         self.api = options.api
         self.tls_sans: list[str] = list(options.tls_san)
-        self.data_root: str = options.data_root or machine.driver.runtime_data_root or service.DEFAULT_DATA_ROOT
+        self.data_root: str = (options.engine_data_root or machine.driver.runtime_data_root
+                               or service.DEFAULT_DATA_ROOT)
+        self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
+        self.environment = options.engine.environment
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
@@ -205,11 +229,11 @@ class ProvisioningRun:
         return str(error)
 
     # -- phases ---------------------------------------------------------------------------------------------
-    def detect(self) -> None:
-        """Gather the facts, then refuse early what cannot work, before anything on the host changes."""
+    def gather(self, script: str) -> Facts:
+        """Run the facts script (one round trip) and refuse an unsupported OS; the facts, also in ``self.facts``."""
         try:
             self.conn = self.machine.ssh()
-            result = self.conn.run(_facts_script(), sudo=True, check=False)
+            result = self.conn.run(script, sudo=True, check=False)
         except SSHError as error:
             raise ProvisionError(f"{self.machine.name}: detect failed: {error}") from None
         if not result.ok or "uid=" not in result.stdout:
@@ -218,13 +242,31 @@ class ProvisioningRun:
                 cause = f"the SSH user needs passwordless sudo ({cause})"
             raise ProvisionError(f"{self.machine.name}: detect failed: {cause}")
         facts = self.facts = _parse_facts(result.stdout)
-        os_id = facts.os_release.get("ID", "")
-        pretty = facts.os_release.get("PRETTY_NAME") or os_id or "no /etc/os-release"
-        if os_id not in SUPPORTED_OS:
+        if facts.os_release.get("ID", "") not in SUPPORTED_OS:
             raise ProvisionError(
-                f"{self.machine.name}: unsupported operating system {pretty!r}; supported: "
+                f"{self.machine.name}: unsupported operating system {self.os_name()!r}; supported: "
                 + ", ".join(dict.fromkeys(SUPPORTED_OS.values()))
             )
+        return facts
+
+    def os_name(self) -> str:
+        assert self.facts is not None
+        return self.facts.os_release.get("PRETTY_NAME") or self.facts.os_release.get("ID") or "no /etc/os-release"
+
+    def check_port(self) -> None:
+        """Refuse a TLS API port that another program holds (our own daemon may hold it)."""
+        assert self.facts is not None
+        values = self.facts.values
+        if self.api == "tls" and values.get("port_busy") and not values.get("running"):
+            owner = values.get("port_owner") or "another program"
+            raise ProvisionError(
+                f"{self.machine.name}: port {service.TLS_PORT} is already in use on the host by {owner}; "
+                f"stop it, or create the machine with --api ssh"
+            )
+
+    def detect(self) -> None:
+        """Gather the facts, then refuse early what cannot work, before anything on the host changes."""
+        facts = self.gather(_facts_script())
         if facts.python is None and not facts.package_managers:
             raise ProvisionError(
                 f"{self.machine.name}: no python3 >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} on the host and no package "
@@ -238,13 +280,8 @@ class ProvisioningRun:
                 f"{self.machine.name}: No space left on device: {service.LIB_DIR} has {free} KiB free, "
                 f"the runtime needs {wanted} KiB"
             )
-        if self.api == "tls" and facts.values.get("port_busy") and not facts.values.get("running"):
-            owner = facts.values.get("port_owner") or "another program"
-            raise ProvisionError(
-                f"{self.machine.name}: port {service.TLS_PORT} is already in use on the host by {owner}; "
-                f"stop it, or create the machine with --api ssh"
-            )
-        self.progress.detail(f"{pretty}, python {facts.python or 'missing'}, service "
+        self.check_port()
+        self.progress.detail(f"{self.os_name()}, python {facts.python or 'missing'}, service "
                              f"{'systemd' if facts.values.get('systemd') else 'supervisor'}")  # fmt: skip
 
     def hostname(self) -> None:
@@ -315,10 +352,11 @@ class ProvisioningRun:
             self.progress.detail(f"issued a server certificate for {', '.join(sans)}")
         certificates.copy_client_certs(store, self.machine.dir)
         ca_data, cert_data = store.ca_cert.read_bytes(), server_cert.read_bytes()
-        crl_data = sharing.revocation_list(Path(self.store_root))
-        if self.facts.sums.get(service.CRL_PATH) != _sha256(crl_data):  # the daemon re-reads it: no restart
-            self._run(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
-            self._put(crl_data, service.CRL_PATH, 0o600, "certs")
+        if self.checks_revocations:
+            crl_data = sharing.revocation_list(Path(self.store_root))
+            if self.facts.sums.get(service.CRL_PATH) != _sha256(crl_data):  # the daemon re-reads it: no restart
+                self._run(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
+                self._put(crl_data, service.CRL_PATH, 0o600, "certs")
         if (
             self.facts.sums.get(service.CA_PATH) == _sha256(ca_data)
             and self.facts.sums.get(service.CERT_PATH) == _sha256(cert_data)
@@ -337,31 +375,39 @@ class ProvisioningRun:
     def install_service(self) -> None:
         assert self.facts is not None
         config = service.DaemonConfig(python=self._python(), data_root=self.data_root, api=self.api)
-        files = [  # (path, content, whether a change needs a daemon restart)
-            (service.LAUNCHER_PATH, service.launcher(config), True),
-            (service.CONTROL_PATH, service.control_script(), False),
+        files = [  # (path, content, mode, whether a change needs a daemon restart)
+            (service.LAUNCHER_PATH, service.launcher(config), 0o755, True),
+            (service.CONTROL_PATH, service.control_script(), 0o755, False),
+            (service.CONFIG_PATH, self.daemon_json, 0o600, True),
+            (service.ENV_PATH, service.environment_file(self.environment), 0o600, True),
         ]
         if self.facts.values.get("systemd"):
-            files.append((service.UNIT_PATH, service.systemd_unit(), True))
+            files.append((service.UNIT_PATH, service.systemd_unit(), 0o644, True))
         docker = self.facts.values.get("docker")
         if docker in (None, "shim"):
-            files.append((service.SHIM_PATH, service.docker_shim(self._python()), False))
+            files.append((service.SHIM_PATH, service.docker_shim(self._python()), 0o755, False))
         elif docker:
             self.progress.detail(f"kept the host's own docker CLI {docker} (its 'system dial-stdio' reaches our socket)")
-        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)}", "service")
-        for path, text, restart in files:
+        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)} && mkdir -p {service.ETC_DIR} && "
+                  f"chmod 700 {service.ETC_DIR}", "service")
+        self.install_files(files)
+
+    def install_files(self, files: list[tuple[str, str, int, bool]]) -> None:
+        """Write each ``(path, content, mode, restart)`` the host does not have as it is; note a needed restart."""
+        assert self.facts is not None
+        for path, text, mode, restart in files:
             data = text.encode()
             if self.facts.sums.get(path) == _sha256(data):
                 continue
-            self._put(data, path, 0o755 if path != service.UNIT_PATH else 0o644, "service")
+            self._put(data, path, mode, "service")
             self.changed = self.changed or restart
 
     def start(self) -> None:
         assert self.facts is not None
         if not self.changed and self.facts.values.get("running"):
-            self.progress.detail("runtime already running with this configuration")
+            self.progress.detail(f"{self.engine_title} already running with this configuration")
             return
-        self._run(f"{service.CONTROL_PATH} restart", "start")
+        self._run(f"{self.control_path} restart", "start")
 
     def wait(self) -> dict[str, Any]:
         """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh).
@@ -381,24 +427,28 @@ class ProvisioningRun:
                 next_log_check = time.monotonic() + 1.0
                 failure = self._daemon_failure()
                 if failure:
-                    raise ProvisionError(f"{self.machine.name}: the runtime failed to start: {failure}{self._log_hint()}")
+                    raise ProvisionError(f"{self.machine.name}: {self.engine_title} failed to start: {failure}{self._log_hint()}")
             time.sleep(0.1)
         failure = self._daemon_failure() or last_error
         raise ProvisionError(
-            f"{self.machine.name}: the runtime did not answer within {API_TIMEOUT:g}s: {failure}{self._log_hint()}"
+            f"{self.machine.name}: {self.engine_title} did not answer within {API_TIMEOUT:g}s: {failure}{self._log_hint()}"
         )
 
+    def _log_hint(self) -> str:
+        return f" (log: {self.layout.log} on the host)"
+
     @staticmethod
-    def _log_hint() -> str:
-        return f" (log: {service.LOG_PATH} on the host)"
+    def _is_fatal(line: str) -> bool:
+        """Whether a daemon log line says why it stopped."""
+        return line.startswith("runtime: ") or "Error" in line.split(":")[0]
 
     def _daemon_failure(self) -> str | None:
         """The fatal line the daemon logged since this provisioning started it, if any."""
         assert self.facts is not None
         offset = int(self.facts.values.get("log_size") or 0) + 1
-        output = self._run(f"tail -c +{offset} {service.LOG_PATH} 2>/dev/null | tail -n 20", "wait", check=False).stdout
+        output = self._run(f"tail -c +{offset} {self.layout.log} 2>/dev/null | tail -n 20", "wait", check=False).stdout
         lines = [line.strip() for line in output.splitlines() if line.strip()]
-        fatal = [line for line in lines if line.startswith("runtime: ") or "Error" in line.split(":")[0]]
+        fatal = [line for line in lines if self._is_fatal(line)]
         if not fatal:
             return None
         cause = fatal[-1]
@@ -446,9 +496,11 @@ class ProvisioningRun:
         previous = self.facts.values.get("runtime")
         if not previous or self._runtime_current():
             return ""
+        # The log is measured once the failed runtime is stopped: its supervisor keeps relaunching it, and a
+        # launch still starting when the size was taken would log its failure as the old runtime's own.
         result = self._run(
-            f"wc -c < {service.LOG_PATH}; ln -sfn {shlex.quote(previous)} {service.RUNTIME_PATH} && "
-            f"{service.CONTROL_PATH} restart",
+            f"{service.CONTROL_PATH} stop >&2; wc -c < {service.LOG_PATH}; "
+            f"ln -sfn {shlex.quote(previous)} {service.RUNTIME_PATH} && {service.CONTROL_PATH} start",
             "rollback",
             check=False,
         )
@@ -469,17 +521,23 @@ class ProvisioningRun:
             check=False,
         )
 
-    def run(self) -> None:
-        phases = [
+    def phases(self) -> list[tuple[str, Callable[[], None]]]:
+        """The phases before "wait for API", by title."""
+        return [
             ("detect", self.detect),
             ("hostname", self.hostname),
-            ("python", self.python),
-            ("upload runtime", self.upload),
+            *self.engine_phases(),
             ("certificates", self.certs),
             ("service", self.install_service),
             ("start", self.start),
         ]
-        for title, phase in phases:
+
+    def engine_phases(self) -> list[tuple[str, Callable[[], None]]]:
+        """What puts this engine on the host: python and the runtime zipapp."""
+        return [("python", self.python), ("upload runtime", self.upload)]
+
+    def run(self) -> None:
+        for title, phase in self.phases():
             with self.progress.phase(title):
                 phase()
         with self.progress.phase("wait for API"):
@@ -488,22 +546,45 @@ class ProvisioningRun:
             except ProvisionError as error:
                 raise ProvisionError(f"{error}{self._roll_back_runtime()}") from None
         self.cleanup()
+        self.save_runtime(self.engine_fields(version))
+
+    def engine_fields(self, version: dict[str, Any]) -> dict[str, Any]:
+        """What this engine records in ``runtime`` besides the common fields, given its ``/version`` answer."""
+        return {"version": version.get("Version", self._bundle().version), "sha256": self._bundle().sha256,
+                "python": self._python()}  # fmt: skip
+
+    def save_runtime(self, fields: dict[str, Any]) -> None:
+        """Record what runs now in the machine's ``runtime`` (the fields every engine has, and ``fields``)."""
         assert self.facts is not None
-        runtime = self.machine.record.setdefault("runtime", {})
-        runtime.update(
+        self.machine.runtime.update(
             {
-                "version": version.get("Version", self._bundle().version),
-                "sha256": self._bundle().sha256,
                 "api": self.api,
                 "port": service.TLS_PORT if self.api == "tls" else None,
                 "data_root": self.data_root,
                 "socket": service.SOCKET_PATH,
                 "service": "systemd" if self.facts.values.get("systemd") else "supervisor",
-                "python": self._python(),
                 "phases": {title: round(seconds, 4) for title, seconds in self.progress.timings},
+                **fields,
             }
         )
         self.machine.save()
+
+
+def runtime_daemon_json(options: HostOptions) -> dict[str, Any]:
+    """The daemon.json our runtime gets: the options' directives but the data root (it is on the command line)."""
+    config = options.daemon_json()
+    config.pop("data-root", None)
+    return config
+
+
+def daemon_json_on_host(machine: Machine, path: str = service.CONFIG_PATH) -> dict[str, Any] | None:
+    """The engine's daemon.json as the host has it (``None`` when it has none or it is not JSON)."""
+    result = machine.ssh().run(f"cat {path}", sudo=True, check=False)
+    try:
+        config = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _last_line(result: Result) -> str:

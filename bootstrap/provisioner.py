@@ -6,16 +6,27 @@ certificates for mutual TLS (``bootstrap.certs``) and the SSH-forwarded API sock
 
 from __future__ import annotations
 
+from typing import Any
+
 from bootstrap import certs as certificates
 from bootstrap import forwarder
 from bootstrap import provision as provisioning
-from machines.errors import StateError
+from machines.errors import StateError, UsageError
+from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
 from machines.shellenv import no_proxy_value
 from machines.store import Store
+from runtime import daemonconfig
 
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
+
+
+def _ours(machine: Machine) -> None:
+    """A machine imported from Docker Machine runs the Docker Engine it installed: we do not provision it."""
+    if machine.runtime.get("imported_from"):
+        raise StateError(f"{machine.name} was imported from {machine.runtime['imported_from']} and runs its own Docker "
+                         "Engine: machines does not provision, upgrade or re-certify it")
 
 
 def _provisioned(machine: Machine) -> None:
@@ -26,14 +37,31 @@ def _provisioned(machine: Machine) -> None:
 class RuntimeProvisioner:
     """Our runtime as a service on the host, its API over mutual TLS on TCP 2376 or through SSH."""
 
+    def check_options(self, options: HostOptions) -> None:
+        """Our runtime reads dockerd's daemon.json names but implements only some: refuse the rest up front, with
+        the daemon's own checks (its log driver is checked when it starts)."""
+        try:
+            daemonconfig.check(provisioning.runtime_daemon_json(options))
+        except daemonconfig.ConfigError as error:
+            raise UsageError(f"engine options: {error}") from None
+
+    def engine_config(self, options: HostOptions) -> dict[str, Any]:
+        return provisioning.runtime_daemon_json(options)
+
+    def engine_config_on_host(self, machine: Machine) -> dict[str, Any] | None:
+        return provisioning.daemon_json_on_host(machine)
+
     # The module functions are looked up at each call, so tests can replace them (``monkeypatch.setattr``).
     def provision(self, machine: Machine, progress: Progress) -> None:
+        _ours(machine)
         provisioning.provision(machine, progress)
 
     def upgrade(self, machine: Machine, progress: Progress) -> None:
+        _ours(machine)
         provisioning.upgrade(machine, progress)
 
     def regenerate_certs(self, machine: Machine, progress: Progress) -> None:
+        _ours(machine)
         provisioning.regenerate_certs(machine, progress)
 
     def rotate_client_certs(self, store: Store) -> None:
@@ -62,8 +90,10 @@ class RuntimeProvisioner:
                 "DOCKER_MACHINE_NAME": machine.name,
             }
         ip = machine.ip()
-        # An imported machine (`machines import`) trusts the CA it came with, kept in its folder, until provisioned.
-        store = certificates.StoreCerts(machine.dir if machine.record.get("imported") else machine.store.certs_dir)
+        # An imported machine's certificates come with it, kept in its folder: from Docker Machine's CA
+        # (import-docker-machine), or the exporting store's CA until provisioned from here (`machines import`).
+        imported = machine.record.get("imported") or machine.runtime.get("imported_from")
+        store = certificates.StoreCerts(machine.dir if imported else machine.store.certs_dir)
         if not certificates.server_cert_valid(machine.dir, store, [ip]):
             raise StateError(
                 f"the certificate of {machine.name} is not valid for its address {ip}: "

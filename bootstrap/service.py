@@ -28,6 +28,8 @@ DEFAULT_DATA_ROOT = "/var/lib/machines-runtime"
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
 CRL_PATH = f"{ETC_DIR}/crl.pem"  # the store CA's revocation list (machines revoke); the daemon re-reads it
+CONFIG_PATH = f"{ETC_DIR}/daemon.json"  # the engine options, in dockerd's daemon.json names (0600: proxy passwords)
+ENV_PATH = f"{ETC_DIR}/daemon.env"  # the daemon's environment (--engine-env), sourced by the launcher (0600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class DaemonConfig:
     def argv(self) -> list[str]:
         argv = [
             self.python, RUNTIME_PATH, "daemon",
+            "--config-file", CONFIG_PATH,
             "--data-root", self.data_root,
             "--exec-root", EXEC_ROOT,
             "--host", f"unix://{self.socket_path}",
@@ -59,23 +62,55 @@ class DaemonConfig:
 
 def launcher(config: DaemonConfig) -> str:
     """The one place the daemon's command line lives; systemd and the supervisor both exec it."""
-    return f"#!/bin/sh\n# Installed by machines: the runtime daemon's command line.\nexec {shlex.join(config.argv())}\n"
+    return (f"#!/bin/sh\n# Installed by machines: the runtime daemon's command line and environment.\n"
+            f"set -a\n[ -r {ENV_PATH} ] && . {ENV_PATH}\nset +a\nexec {shlex.join(config.argv())}\n")
 
 
-def control_script() -> str:
+def environment_file(variables: dict[str, str]) -> str:
+    """The daemon's environment as shell assignments, quoted (sourced by the launcher with ``set -a``)."""
+    lines = [f"{key}={shlex.quote(value)}" for key, value in variables.items()]
+    return "# Installed by machines: the runtime daemon's environment (machines set --engine-env).\n" + "".join(
+        line + "\n" for line in lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceLayout:
+    """Where one supervised daemon's service files live on the host: our runtime's, or Docker Engine's dockerd.
+
+    ``match``: a string of the daemon's and the supervisor's command lines, so a pid file left from before a reboot
+    never names another process.
+    """
+
+    unit: str
+    launcher: str
+    log: str
+    supervisor_pid: str
+    daemon_pid: str
+    exec_root: str
+    match: str
+    description: str
+
+
+RUNTIME_SERVICE = ServiceLayout(
+    unit="machines-runtime.service", launcher=LAUNCHER_PATH, log=LOG_PATH, supervisor_pid=SUPERVISOR_PID,
+    daemon_pid=DAEMON_PID, exec_root=EXEC_ROOT, match=LIB_DIR, description="the container runtime",
+)
+
+
+def control_script(layout: ServiceLayout = RUNTIME_SERVICE) -> str:
     """``machines-runtime start|stop|restart|status``: the host-side service control, systemd or supervised."""
     return f"""#!/bin/sh
-# Installed by machines: runs the container runtime under systemd when systemd is PID 1, else under a supervisor
-# that restarts the daemon if it dies. Stopping signals the daemon only, so containers keep running.
+# Installed by machines: runs {layout.description} under systemd when systemd is PID 1, else under a supervisor
+# that restarts the daemon if it dies. Stopping signals the daemon only.
 set -u
-UNIT=machines-runtime.service
-SUPERVISOR_PID={SUPERVISOR_PID}
-DAEMON_PID={DAEMON_PID}
+UNIT={layout.unit}
+SUPERVISOR_PID={layout.supervisor_pid}
+DAEMON_PID={layout.daemon_pid}
 
 # A pid file names a live process of ours (not a pid reused after a reboot on hosts where /var/run persists).
 alive() {{
   pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q {LIB_DIR}
+    tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -e {shlex.quote(layout.match)} -e {LIB_DIR}
 }}
 systemd() {{ [ -d /run/systemd/system ]; }}
 
@@ -84,7 +119,7 @@ supervise() {{
   child=
   trap 'if [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; then wait "$child"; fi; rm -f "$SUPERVISOR_PID"; exit 0' TERM INT
   while :; do
-    {LAUNCHER_PATH} >>{LOG_PATH} 2>&1 &
+    {layout.launcher} >>{layout.log} 2>&1 &
     child=$!
     wait "$child"
     sleep 1
@@ -103,7 +138,7 @@ stop() {{
 }}
 
 start() {{
-  mkdir -p {EXEC_ROOT}
+  mkdir -p {layout.exec_root}
   if systemd; then systemctl daemon-reload && systemctl enable --now "$UNIT" >/dev/null 2>&1; return; fi
   alive "$SUPERVISOR_PID" || setsid nohup "$0" supervise </dev/null >/dev/null 2>&1 &
 }}

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
@@ -140,6 +140,7 @@ class AWSDriver(Driver):
     """Hosts on Amazon EC2 (or an EC2-compatible endpoint) through boto3."""
 
     name = "aws"
+    cloud_config_flag = "userdata"  # --cloud-config FILE; --aws-userdata stays its alias
     description = "Amazon EC2 instances (Docker Machine's amazonec2 flags)"
     flags = [
         Flag("profile", "shared-credentials profile to use", envvar="AWS_PROFILE"),
@@ -402,8 +403,8 @@ class AWSDriver(Driver):
         if region not in {entry["RegionName"] for entry in regions}:
             raise PreCreateError(f"unknown AWS region {region!r}")
 
-    def _check_instance_type(self) -> None:
-        instance_type = self._get("instance_type")
+    def _check_instance_type(self, instance_type: str | None = None) -> None:
+        instance_type = instance_type or self._get("instance_type")
         found = self._call_unless(
             ("InvalidInstanceType", "InvalidParameterValue"), "describe_instance_types", InstanceTypes=[instance_type]
         )
@@ -592,6 +593,53 @@ class AWSDriver(Driver):
         ]
         self._call_settling("authorize_security_group_ingress", GroupId=group_id, IpPermissions=permissions)
         return str(group_id)
+
+    def open_cluster_ports(self, cluster: str, ports: Sequence[tuple[int, str]]) -> None:
+        """A security group per cluster whose rules admit only its own members (a self reference), added to this
+        instance's groups: the ports are open between members and to nobody else."""
+        name = f"machines-cluster-{cluster}"
+        group_id = self._cluster_group(name)
+        if group_id is None:
+            created = self._call_unless(
+                ("InvalidGroup.Duplicate",), "create_security_group", GroupName=name, VpcId=self._get("vpc_id"),
+                Description=f"machines: the members of cluster {cluster}, to each other",
+            )
+            if created is None:  # another member made it at the same moment
+                self._wait(f"security group {name}", lambda: self._cluster_group(name) is not None)
+                group_id = self._cluster_group(name)
+            else:
+                group_id = str(created["GroupId"])
+                self._call_settling("authorize_security_group_ingress", GroupId=group_id, IpPermissions=[
+                    {"IpProtocol": protocol, "FromPort": port, "ToPort": port, "UserIdGroupPairs": [{"GroupId": group_id}]}
+                    for port, protocol in ports
+                ])  # fmt: skip
+        groups = self._instance_groups()
+        if group_id not in groups:
+            self._call_settling("modify_instance_attribute", InstanceId=self._get("instance_id"),
+                                Groups=[*groups, group_id])  # fmt: skip
+
+    def close_cluster_ports(self, cluster: str, *, last: bool) -> None:
+        group_id = self._cluster_group(f"machines-cluster-{cluster}")
+        if group_id is None:
+            return
+        groups = self._instance_groups()
+        if group_id in groups:
+            self._call("modify_instance_attribute", InstanceId=self._get("instance_id"),
+                       Groups=[group for group in groups if group != group_id])  # fmt: skip
+        if last:
+            self._call_unless(("InvalidGroup.NotFound",), "delete_security_group", GroupId=group_id)
+
+    def _cluster_group(self, name: str) -> str | None:
+        found = self._call("describe_security_groups", Filters=[
+            {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [self._get("vpc_id")]}])["SecurityGroups"]
+        return str(found[0]["GroupId"]) if found else None
+
+    def _instance_groups(self) -> list[str]:
+        """The instance's security groups: the ones it was launched with (a describe moments after a change may
+        not show them yet, and ``ModifyInstanceAttribute`` replaces the whole list), then any others it has."""
+        reservations = self._call("describe_instances", InstanceIds=[self._get("instance_id")])["Reservations"]
+        shown = [group["GroupId"] for group in reservations[0]["Instances"][0]["SecurityGroups"]]
+        return list(dict.fromkeys([*(self._get("security_group_ids") or []), *shown]))
 
     def _user_data(self) -> str | bytes:
         host_private, host_public = generate_host_key()
@@ -853,6 +901,20 @@ class AWSDriver(Driver):
         self._call("reboot_instances", InstanceIds=[self._existing_instance()])
         self._wait_for_state("running")
 
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set --aws-instance-type``: EC2 changes the type of a stopped instance only."""
+        if set(flags) != {"instance_type"}:
+            super().change({key: value for key, value in flags.items() if key != "instance_type"})
+        instance_id = self._existing_instance()
+        if self.state() != State.STOPPED:
+            raise DriverError(f"EC2 changes the instance type of a stopped instance only: run 'machines stop "
+                              f"{self.machine_name}' first")
+        try:
+            self._check_instance_type(flags["instance_type"])
+        except PreCreateError as error:
+            raise DriverError(str(error)) from None
+        self._call("modify_instance_attribute", InstanceId=instance_id, InstanceType={"Value": flags["instance_type"]})
+
     def ip(self) -> str:
         instance = self._describe()
         if instance is None:
@@ -863,6 +925,13 @@ class AWSDriver(Driver):
             hint = "" if private else " (reach it with --aws-use-private-address from inside its VPC)"
             raise DriverError(f"EC2 instance {instance['InstanceId']} has no {'private' if private else 'public'} address{hint}")
         return str(address)
+
+    def private_ip(self) -> str:
+        """The instance's address in its VPC: what swarm members advertise to each other."""
+        instance = self._describe()
+        if instance is None or not instance.get("PrivateIpAddress"):
+            raise DriverError(f"EC2 instance of {self.machine_name} has no private address")
+        return str(instance["PrivateIpAddress"])
 
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(

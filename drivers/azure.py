@@ -36,7 +36,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from drivers.base import Driver, Flag, Ledger, SSHDetails, State
@@ -61,6 +61,7 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
 DEFAULT_IMAGE = "debian:debian-12:12-gen2:latest"
 SSH_PORT = 22
 TLS_API_PORT = 2376
+CLUSTER_RULE_PRIORITY = 2000  # after the machine's own rules (100, 110...)
 ANYWHERE = "*"
 # Marks a resource group or vnet machines created to share between machines: the rm that leaves it empty removes it.
 SHARED_TAG = {"machines-created": "true"}
@@ -171,6 +172,7 @@ class AzureDriver(Driver):
     """Hosts on Microsoft Azure virtual machines through the azure-mgmt-* SDKs."""
 
     name = "azure"
+    cloud_config_flag = "custom_data"  # --cloud-config FILE; --azure-custom-data stays its alias
     description = "Microsoft Azure virtual machines (Docker Machine's azure flags)"
     flags = [
         Flag("subscription-id", "subscription to create in (required)", envvar="AZURE_SUBSCRIPTION_ID"),
@@ -470,9 +472,9 @@ class AzureDriver(Driver):
             raise PreCreateError(f"unknown Azure location {self._get('location')!r}; known: {', '.join(sorted(known))}")
         self.config["location"] = location
 
-    def _check_size(self) -> None:
+    def _check_size(self, size: str | None = None) -> None:
         """The size must be a VM SKU of the region that this subscription may use (its restrictions say why not)."""
-        location, size = self._get("location"), self._get("size")
+        location, size = self._get("location"), size or self._get("size")
         skus = self._call("list the resource SKUs", lambda: [
             sku for sku in self.compute.resource_skus.list(filter=f"location eq '{location}'")
             if (sku.resource_type or "").lower() == "virtualmachines" and sku.name == size
@@ -792,6 +794,30 @@ class AzureDriver(Driver):
     def restart(self) -> None:
         self._vm_action("restart", lambda: self.compute.virtual_machines.begin_restart(self.group, self.machine_name))
 
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set --azure-size``: resized only when deallocated, checked against the SKUs as create does.
+
+        Azure can resize an allocated VM only to a size its current hardware cluster offers (and restarts it);
+        deallocated, any size the subscription may use in the region is allowed, so that is the one state asked for.
+        """
+        if set(flags) != {"size"}:
+            super().change({key: value for key, value in flags.items() if key != "size"})
+        power = self._power_state()
+        if power is None:
+            raise DriverError(f"Azure VM {self.machine_name} no longer exists in {self.group}")
+        if power != "deallocated":
+            raise DriverError(f"Azure resizes a deallocated VM only ({self.machine_name} is {power}): run "
+                              f"'machines stop {self.machine_name}' first")
+        try:
+            self._check_size(str(flags["size"]))
+        except PreCreateError as error:
+            raise DriverError(str(error)) from None
+        from azure.mgmt.compute import models as compute
+
+        update = compute.VirtualMachineUpdate(hardware_profile=compute.HardwareProfile(vm_size=str(flags["size"])))
+        self._call(f"resize VM {self.machine_name}",
+                   lambda: self.compute.virtual_machines.begin_update(self.group, self.machine_name, update))
+
     def _read_addresses(self) -> None:
         """Keep the VM's addresses in the config: Standard public IPs are static and a NIC keeps its private
         address until it is deleted, so ``env``, ``ssh`` and ``ip`` need no Azure call (nor the SDK's import)."""
@@ -809,6 +835,41 @@ class AzureDriver(Driver):
         if not self._get(key):
             raise DriverError(f"Azure VM {self.machine_name} has no {key.replace('_ip', '')} IP address")
         return str(self._get(key))
+
+    def private_ip(self) -> str:
+        """The NIC's address in the virtual network: what swarm members advertise to each other."""
+        if not self._get("private_ip"):
+            self._read_addresses()
+        if not self._get("private_ip"):
+            raise DriverError(f"Azure VM {self.machine_name} has no private IP address")
+        return str(self._get("private_ip"))
+
+    def open_cluster_ports(self, cluster: str, ports: Sequence[tuple[int, str]]) -> None:
+        """Rules on this machine's NSG that admit ``ports`` from the virtual network only (the ``VirtualNetwork``
+        service tag: the members' subnet, never the Internet); they go with ``close_cluster_ports``."""
+        from azure.mgmt.network import models as network
+
+        prefix = f"cluster-{cluster}-"
+        self._change_nsg_rules(prefix, [
+            network.SecurityRule(
+                name=f"{prefix}{protocol.lower()}-{port}", priority=CLUSTER_RULE_PRIORITY + index, direction="Inbound",
+                access="Allow", protocol=protocol.capitalize(), source_port_range="*",
+                source_address_prefix="VirtualNetwork", destination_address_prefix="*", destination_port_range=str(port),
+            )
+            for index, (port, protocol) in enumerate(ports)
+        ])  # fmt: skip
+
+    def close_cluster_ports(self, cluster: str, *, last: bool) -> None:
+        """Each member's rules are on its own NSG: leaving removes them, the last member's last."""
+        self._change_nsg_rules(f"cluster-{cluster}-", [])
+
+    def _change_nsg_rules(self, prefix: str, rules: list[Any]) -> None:
+        """Replace the rules of this machine's NSG whose names start with ``prefix`` by ``rules``."""
+        name = self._name("nsg")
+        nsg = self._call(f"read NSG {name}", lambda: self.network.network_security_groups.get(self.group, name))
+        nsg.security_rules = [rule for rule in nsg.security_rules or [] if not rule.name.startswith(prefix)] + rules
+        self._call(f"update NSG {name}",
+                   lambda: self.network.network_security_groups.begin_create_or_update(self.group, name, nsg))
 
     def ssh_details(self) -> SSHDetails:
         return SSHDetails(host=self.ip(), port=SSH_PORT, user=self._get("ssh_user") or "machines", key_path=self.ssh_key_path)

@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from machines.errors import DriverError
@@ -125,6 +125,8 @@ class Driver:
     flags: ClassVar[list[Flag]] = []
     # Where the runtime keeps its data on this driver's hosts, when the driver knows better than the default.
     runtime_data_root: ClassVar[str | None] = None
+    # The flag (key) of user data for cloud-init, for drivers whose hosts boot with it: ``--cloud-config`` sets it.
+    cloud_config_flag: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -220,8 +222,32 @@ class Driver:
     def ssh_details(self) -> SSHDetails:
         raise self._unsupported("ssh")
 
+    def open_cluster_ports(self, cluster: str, ports: Sequence[tuple[int, str]]) -> None:
+        """Let this machine and the other members of ``cluster`` reach each other on ``ports`` (``(port, "tcp" or
+        "udp")``), and nobody else. Drivers whose hosts sit behind a cloud firewall implement it; by default there
+        is no such firewall and nothing to do."""
+
+    def close_cluster_ports(self, cluster: str, *, last: bool) -> None:
+        """Take this machine out of what ``open_cluster_ports`` opened; ``last``: no member is left, remove it all."""
+
+    def private_ip(self) -> str:
+        """The address other machines of the same network reach this one at (Swarm mode advertises it).
+
+        Clouds override it with the instance's private address; by default it is ``ip()``.
+        """
+        return self.ip()
+
     def url(self, port: int = 2376) -> str:
         return f"tcp://{self.ip()}:{port}"
+
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set``: change the host as ``flags`` (this driver's flag values by key) say, or refuse.
+
+        Drivers that can resize a machine (CPUs, memory, an instance type) override this and check the state they
+        need (stopped, deallocated); the caller records the new values once this returns.
+        """
+        names = ", ".join(f"--{self.name}-{key.replace('_', '-')}" for key in flags)
+        raise DriverError(f"the {self.name} driver cannot change {names} after create: re-create the machine")
 
     def initial_host_key(self) -> str | None:
         """The host's SSH public key (``"ssh-ed25519 AAAA..."``) when the driver knows it before connecting.

@@ -34,7 +34,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ Vagrant.configure("2") do |config|
   config.ssh.private_key_path = [{key}, insecure_key]
   config.vm.provision "shell", name: "machines keys", inline: File.read(File.join(__dir__, "provision.sh"))
 {network}
-  config.vm.provider :virtualbox do |vb|
+{disk}  config.vm.provider :virtualbox do |vb|
     vb.name = {domain}
     vb.memory = {memory}
     vb.cpus = {cpus}
@@ -191,6 +191,9 @@ class VirtualBoxDriver(Driver):
     def _vagrant(self) -> vagrant.Vagrant:
         """python-vagrant on this machine's folder; output to vagrant.log, errors kept for one-line messages."""
         environment = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1"}
+        if self._primary_disk():  # without it Vagrant 2.3 ignores `config.vm.disk`
+            features = [f for f in environment.get("VAGRANT_EXPERIMENTAL", "").split(",") if f.strip()]
+            environment["VAGRANT_EXPERIMENTAL"] = ",".join(features if "disks" in features else [*features, "disks"])
         log = vagrant.make_file_cm(os.path.join(self.store_dir, VAGRANT_LOG))
         errors = vagrant.make_file_cm(os.path.join(self.store_dir, ERROR_LOG), mode="w")
         return vagrant.Vagrant(root=self.store_dir, env=environment, out_cm=log, err_cm=errors)
@@ -345,9 +348,15 @@ class VirtualBoxDriver(Driver):
             disk_gb=self._disk_gb(),
             libvirt_driver=_ruby(str(self.config.get("libvirt_driver") or "kvm")),
             network_name=_ruby(self.libvirt_network_name()), network_address=_ruby(str(network.network)),
-            libvirt_cpu=cpu,
+            libvirt_cpu=cpu, disk=self._primary_disk(),
         )
         atomic_write(Path(self.store_dir, "Vagrantfile"), text.encode())
+
+    def _primary_disk(self) -> str:
+        """The VirtualBox provider's primary-disk size once ``set`` grew it (Vagrant's experimental disks feature)."""
+        if self._provider != "virtualbox" or self.config.get("disk_size") is None:
+            return ""
+        return f'  config.vm.disk :disk, name: "machines-root", size: "{int(self.config["disk_size"])}MB", primary: true\n'
 
     def _hostonly_address(self) -> str:
         """A fixed guest address on the host-only network: the lowest one no other machine in the store holds.
@@ -424,6 +433,63 @@ class VirtualBoxDriver(Driver):
         self._call("reload", self._vagrant().reload, provision=False)
         self._read_ssh_config()
         self._read_forwarded_ports()
+
+    def change(self, flags: Mapping[str, Any]) -> None:
+        """``machines set``: CPUs, memory and (VirtualBox provider) a larger disk, as Vagrant applies them.
+
+        The Vagrantfile's provider block is rewritten; a running VM gets ``vagrant reload`` (a reboot: its
+        containers restart with the engine), a stopped one takes the values at its next start. If the reload fails,
+        the previous Vagrantfile is put back and the VM booted with it.
+        """
+        resources = {"memory", "cpu_count", "disk_size"}
+        if not set(flags) <= resources:
+            super().change({key: value for key, value in flags.items() if key not in resources})
+        for key, option, lowest in (("memory", "memory", 128), ("cpu_count", "cpu-count", 1),
+                                    ("disk_size", "disk-size", 1024)):
+            if key in flags and (not isinstance(flags[key], int) or isinstance(flags[key], bool)
+                                 or flags[key] < lowest):
+                raise DriverError(f"--virtualbox-{option} must be a whole number of at least {lowest}, "
+                                  f"not {flags[key]!r}")
+        if "disk_size" in flags:
+            self._check_disk_growth(int(flags["disk_size"]))
+        state = self.state()
+        if state not in (State.RUNNING, State.STOPPED):
+            raise DriverError(f"{self.machine_name} is {state.value.lower()}: Vagrant changes the VM's resources when it is "
+                              f"running (with a reboot) or stopped; start or stop it first")
+        vagrantfile = Path(self.store_dir, "Vagrantfile")
+        previous_text, previous_flags = vagrantfile.read_bytes(), dict(self.flag_values)
+
+        def put_back() -> None:
+            self.flag_values.clear()
+            self.flag_values.update(previous_flags)
+
+        self.flag_values.update(flags)  # the Vagrantfile and Vagrant's environment follow the new values
+        try:
+            self._write_project(str(self._host_public_key()))
+            if state is State.RUNNING:
+                self.restart()
+        except DriverError as error:
+            put_back()
+            atomic_write(vagrantfile, previous_text)
+            if state is State.STOPPED:
+                raise
+            try:
+                self.start()
+            except DriverError as again:
+                raise DriverError(f"{error}; booting with the previous settings failed too: {again}") from None
+            raise DriverError(f"{error}; the previous settings were put back") from None
+        finally:
+            put_back()  # the caller records the new values once this returns
+
+    def _check_disk_growth(self, wanted: int) -> None:
+        """Only VirtualBox grows a disk after create (never shrinks it); vagrant-libvirt sizes it at create only."""
+        if self._provider != "virtualbox":
+            raise DriverError("the libvirt provider sizes the disk only when it creates the VM (vagrant-libvirt's "
+                              "machine_virtual_size): --virtualbox-disk-size cannot change after create")
+        current = self.config.get("disk_size")
+        if current is not None and wanted <= int(current):
+            raise DriverError(f"--virtualbox-disk-size {wanted} is not larger than the disk's {current} MB: "
+                              f"VirtualBox can only grow a disk")
 
     def state(self) -> State:
         if not os.path.exists(os.path.join(self.store_dir, "Vagrantfile")):

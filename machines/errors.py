@@ -65,6 +65,10 @@ class StateError(MachinesError):
     """The machine is not in a state where the command makes sense (e.g. ``ssh`` to a stopped machine)."""
 
 
+class SwarmError(MachinesError):
+    """A Swarm mode operation failed or was refused (the engine is not Docker Engine, quorum would be lost...)."""
+
+
 class MachineTimeoutError(MachinesError):
     """A wait ran out; the message says what was awaited and the last error seen."""
 

@@ -21,7 +21,7 @@ from machines.errors import MachinesError, UsageError
 from machines.machine import Machine
 
 DEFAULT_LS_TIMEOUT = 10.0
-FILTER_KEYS = ("driver", "state", "name", "label")
+FILTER_KEYS = ("driver", "state", "name", "label", "swarm")
 
 T = TypeVar("T")
 
@@ -36,6 +36,8 @@ class MachineInfo:
     state: str
     url: str
     runtime: str
+    engine: str
+    swarm: str  # the swarm the machine is a member of (``machines swarm``), or ""
     error: str
     labels: list[str]
     response_time: float
@@ -99,11 +101,20 @@ def _row(machine: Machine, *, state: str, error: str, response_time: float, acti
         driver=machine.driver_name,
         state=state,
         url=url,
-        runtime=str(machine.runtime.get("version") or "Unknown"),
+        runtime=_engine_version(machine),
+        engine=machine.host_options.engine_name,
+        swarm=str((machine.record.get("swarm") or {}).get("cluster") or ""),
         error=error,
         labels=list(machine.host_options.labels),
         response_time=response_time,
     )
+
+
+def _engine_version(machine: Machine) -> str:
+    """The RUNTIME column: our runtime's version, or ``docker-VERSION`` for a machine on Docker Engine."""
+    version = str(machine.runtime.get("version") or "Unknown")
+    engine = machine.runtime.get("engine")
+    return f"{engine}-{version}" if engine else version
 
 
 def describe_all(machines: Iterable[Machine], timeout: float = DEFAULT_LS_TIMEOUT) -> list[MachineInfo]:
@@ -147,8 +158,15 @@ def matches(row: MachineInfo, filters: dict[str, list[str]]) -> bool:
         "state": lambda value: row.state.lower() == value.lower(),
         "name": lambda value: re.search(value, row.name) is not None,
         "label": lambda value: value in row.labels,
+        "swarm": lambda value: row.swarm == value,
     }
     return all(any(tests[key](value) for value in values) for key, values in filters.items())
+
+
+def select(machines: Iterable[Machine], specs: list[str], timeout: float = DEFAULT_LS_TIMEOUT) -> list[str]:
+    """Names of the machines that ``--filter`` specs select, as ``ls --filter`` shows them (fleet commands)."""
+    wanted = parse_filters(specs)
+    return [row.name for row in describe_all(machines, timeout) if matches(row, wanted)]
 
 
 def render(rows: list[MachineInfo], template: str) -> list[str]:

@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drivers import registry
 from drivers.base import Driver, Ledger, SSHDetails, State
-from machines import contexts
+from machines import contexts, hostoptions
 from machines.errors import (
     CancelledError,
     DriverError,
     MachineExistsError,
     MachinesError,
     MachineTimeoutError,
+    ProvisionError,
     SSHError,
     StateError,
+    UsageError,
 )
 from machines.hostoptions import HostOptions
 from machines.progress import Progress
@@ -63,9 +65,18 @@ class Provisioner(Protocol):
     """What the core needs of whatever installs a container engine on a host and tells clients how to reach it.
 
     ``Machines`` is given one and passes it to every ``Machine``; the core never imports an implementation.
-    ``bootstrap.provisioner.RuntimeProvisioner`` (our bundled runtime) is the default, wired in
-    ``machines.default``; another engine (Docker Engine, say) would be another implementation of this protocol.
+    ``bootstrap.provisioner.RuntimeProvisioner`` (our bundled runtime) and ``bootstrap.dockerengine.
+    DockerEngineProvisioner`` (``--engine docker``) implement it; ``machines.default`` picks one per machine.
     """
+
+    def check_options(self, options: HostOptions) -> None:
+        """Refuse (``UsageError``) engine options this engine cannot honour; called before anything is made."""
+
+    def engine_config(self, options: HostOptions) -> dict[str, Any]:
+        """The engine configuration these options give on a host (what ``engine_config_on_host`` would read)."""
+
+    def engine_config_on_host(self, machine: Machine) -> dict[str, Any] | None:
+        """The engine configuration the host has now (``None``: none), for ``machines set --dry-run``."""
 
     def provision(self, machine: Machine, progress: Progress) -> None:
         """Install or repair the engine and wait until its API answers. Idempotent: create, ``machines provision``,
@@ -313,6 +324,72 @@ class Machine:
         """New server certificate for the current addresses; the engine restarts on it."""
         self.provisioner.regenerate_certs(self, progress or Progress(self.name))
 
+    def plan(self, options: HostOptions, driver_flags: dict[str, Any] | None = None) -> list[str]:
+        """``machines set --dry-run``: what would change, recorded against wanted, and whether the host differs."""
+        lines = hostoptions.plan(self.host_options, options)
+        lines += [f"{self.driver_name} {key}: {self.driver.flag_values.get(key)} -> {value}"
+                  for key, value in (driver_flags or {}).items() if self.driver.flag_values.get(key) != value]
+        if self._provisioner is not None and self.runtime:
+            on_host = self.provisioner.engine_config_on_host(self)
+            expected = self.provisioner.engine_config(self.host_options)
+            if on_host is None:
+                lines.append("on the host: no engine configuration; 'machines provision' or this set writes it")
+            elif on_host != expected:
+                drift = sorted(key for key in {**on_host, **expected} if on_host.get(key) != expected.get(key))
+                lines.append(f"on the host: {', '.join(drift)} differ from the record; 'machines provision' or this "
+                             "set puts the recorded values back")
+        return lines
+
+    def set(self, options: HostOptions, driver_flags: dict[str, Any] | None = None,
+            progress: Progress | None = None) -> None:
+        """Change what can change after create, record it and apply it with the safety of ``upgrade``.
+
+        Driver changes go first (``Driver.change``, which refuses what the driver cannot do). Engine options,
+        labels and TLS SANs are then applied by re-provisioning: the daemon restarts, containers keep running. If
+        the daemon does not come back, the previous options are recorded and applied again, and the error says so.
+        On a machine that is not running they are recorded, and ``start`` applies them.
+        """
+        progress = progress or Progress(self.name)
+        previous = self.host_options
+        if options.api != previous.api:
+            raise UsageError(f"--api cannot change after create ({self.name} uses {previous.api}): re-create it")
+        if options.engine_data_root != previous.engine_data_root:
+            raise UsageError("the data root cannot change after create: containers, images and volumes live there")
+        self.provisioner.check_options(options)
+        if driver_flags:
+            with progress.phase(f"Changing the host ({self.driver_name})"):
+                self.driver.change(driver_flags)
+                self.driver.flag_values.update(driver_flags)
+                self.save()
+        if options == previous:
+            return
+        self.record["host_options"] = options.to_record()
+        self.save()
+        if self.state() != State.RUNNING:  # start provisions, so it applies them (and reports a bad one)
+            progress.note(f"{self.name} is not running: the new options are recorded and applied when it starts")
+            return
+        try:
+            self._apply_options(previous, progress)
+        except StateError:  # refused before anything on the host changed (an imported machine...)
+            self.record["host_options"] = previous.to_record()
+            self.save()
+            raise
+        except MachinesError as error:
+            self.record["host_options"] = previous.to_record()
+            self.save()
+            try:
+                self._apply_options(options, progress)
+            except MachinesError as again:
+                raise ProvisionError(f"{error}; putting the previous options back failed too: {again}") from None
+            raise ProvisionError(f"{error}; the previous options were put back") from None
+
+    def _apply_options(self, other: HostOptions, progress: Progress) -> None:
+        """Provision with the recorded options; a new server certificate when the SANs differ from ``other``'s."""
+        if self.host_options.api_over_tls and set(self.host_options.tls_san) != set(other.tls_san):
+            self.provisioner.regenerate_certs(self, progress)
+        else:
+            self.provisioner.provision(self, progress)
+
     def env(self, *, ssh: bool = False, unset: bool = False, no_proxy: bool = False) -> dict[str, str | None]:
         """Variables that point docker clients at this machine (``unset``: the ones to remove)."""
         return self.provisioner.env(self, ssh=ssh, unset=unset, no_proxy=no_proxy)
@@ -361,19 +438,29 @@ class Machines:
         ssh_timeout: float = DEFAULT_SSH_TIMEOUT,
         progress: Progress | None = None,
         cancelled: threading.Event | None = None,
+        provision_script: str | os.PathLike[str] | None = None,
+        cloud_config: str | os.PathLike[str] | None = None,
     ) -> Machine:
         """Make a machine, all or nothing. ``flags`` are driver flag values by key (``Flag.key()``).
 
         Validation (name, duplicate, driver, the driver's pre-create check) happens before anything is written.
         ``cancelled`` lets a caller running several creates abort this one between phases (it rolls back).
+        ``provision_script``: a shell script run as root once provisioning is done (its failure rolls the create
+        back). ``cloud_config``: user data for drivers that boot with cloud-init (``Driver.cloud_config_flag``).
         """
         validate_name(name)
         driver_class = registry.get(driver_name)
         if self.store.exists(name):
             raise MachineExistsError(f"machine {name!r} already exists")
+        script = _read_script(provision_script) if provision_script is not None else None
+        flags = dict(flags or {})
+        if cloud_config is not None:
+            flags.update(_cloud_config_flag(driver_class, str(cloud_config), flags))
         config = driver_class.flag_defaults()
-        config.update({key: value for key, value in (flags or {}).items() if value is not None})
+        config.update({key: value for key, value in flags.items() if value is not None})
         options = host_options or HostOptions()
+        if provision and self.provisioner is not None:
+            self.provisioner.check_options(options)
         driver = driver_class(name, str(self.store.machine_dir(name)), config, host_options=options)
         driver.pre_create_check()
         progress = progress or Progress(name)
@@ -410,6 +497,10 @@ class Machines:
                 self.provisioner.provision(machine, progress)
             elif provision:
                 log.debug("no provisioner: %s is not provisioned", name)
+            checkpoint()
+            if script is not None:
+                with progress.phase("provision script"):
+                    _run_provision_script(machine, script, progress)
             checkpoint()
             machine.record.update(state=STATE_READY, ledger=[])
             machine.save()
@@ -491,6 +582,39 @@ class Machines:
         if self.provisioner is None:
             raise StateError("these machines have no provisioner: there are no certificates to rotate")
         self.provisioner.rotate_client_certs(self.store)
+
+
+def _read_script(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UsageError(f"--provision-script {path}: {reason}") from None
+
+
+def _cloud_config_flag(driver_class: type[Driver], path: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """``--cloud-config FILE`` as the driver's own user-data flag (``--aws-userdata``...), which stays an alias."""
+    key = driver_class.cloud_config_flag
+    if key is None:
+        raise UsageError(f"the {driver_class.name} driver does not boot with cloud-init: "
+                         "use --provision-script to change the host after provisioning")
+    if flags.get(key) not in (None, path):
+        raise UsageError(f"--cloud-config and --{driver_class.name}-{key.replace('_', '-')} are the same setting: "
+                         "give one")
+    if not os.path.isfile(path):
+        raise UsageError(f"--cloud-config {path}: no such file")
+    return {key: path}
+
+
+def _run_provision_script(machine: Machine, script: str, progress: Progress) -> None:
+    """Run the user's script as root; its output goes to the create's log (``-v``), its failure rolls back."""
+    result = machine.ssh().run("sh -s", sudo=True, check=False, input=script)
+    for line in (result.stdout + result.stderr).splitlines():
+        progress.detail(line)
+    if not result.ok:
+        lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise ProvisionError(f"{machine.name}: the provision script exited {result.exit_status}"
+                             + (f": {lines[-1]}" if lines else ""))
 
 
 def run_concurrently(

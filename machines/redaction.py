@@ -4,7 +4,8 @@ With ``--debug`` the SDKs log what they send: botocore its request parameters an
 ``X-Amz-Security-Token``, ``UserData``, which carries the host's private key through cloud-init), azure-identity and
 urllib3 token requests (``client_secret``), request bodies (``customData``, ``adminPassword``). The filter replaces
 the value of every such field, in the forms these libraries print (``Name: value`` headers, ``'Name': b'value'``
-reprs, JSON, ``name=value`` query and form strings), and any PEM private key block, with ``REDACTED``.
+reprs, JSON, ``name=value`` query and form strings), any PEM private key block and any Swarm join token
+(``SWMTKN-1-...``), with ``REDACTED``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _FIELD = re.compile(
     r"""(?:(?P<quote>['"])(?:\\.|(?!(?P=quote)).)*(?P=quote)|(?P<bare>[^\s'",&;}\]\\]+(?:[ ][^\s'",&;}\]\\=]+(?=[\s,'"]|$))*))""",
     re.IGNORECASE,
 )
+_SWARM_TOKEN = re.compile(r"SWMTKN-1-[0-9A-Za-z-]+")  # Swarm mode join tokens, wherever they appear
 _PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.DOTALL)
 
 
@@ -38,6 +40,7 @@ def _field(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """``text`` with the value of every secret field and every private key replaced by ``REDACTED``."""
     text = _PEM.sub(lambda match: f"-----BEGIN {match.group(1)}PRIVATE KEY----- {REDACTED}", text)
+    text = _SWARM_TOKEN.sub(REDACTED, text)
     return _FIELD.sub(_field, text)
 
 

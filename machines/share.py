@@ -144,6 +144,26 @@ USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 VALIDITY = re.compile(r"^(\d{1,5})([hdw])$")
 
 
+def check_shareable(machines: Machines, machine: Machine) -> None:
+    """Refuse to share a certificate some machine could never be made to refuse: the store CA signs for all its TLS
+    machines, and Docker Engine (dockerd) has no option to check a revocation list (our runtime's ``--tlscrl``)."""
+    if machine.runtime.get("api") != "tls":
+        raise UsageError(f"machine {machine.name!r} has no TLS API (created with --api ssh): there is nothing to share")
+    docker = sorted(other.name for other in machines.list()
+                    if other.runtime.get("engine") == "docker" and other.runtime.get("api") == "tls")
+    if machine.name in docker:
+        raise StateError(f"machine {machine.name!r} runs Docker Engine, which cannot check a revocation list: a shared "
+                         "certificate could never be revoked (share works with machines of the machines runtime)")
+    if docker:
+        raise StateError(f"cannot share {machine.name!r}: the store CA's certificate would also open {', '.join(docker)}"
+                         ", on Docker Engine, which cannot check a revocation list (it could never be revoked there)")
+
+
+def revocable(machine: Machine) -> bool:
+    """Whether ``machine``'s engine refuses revoked certificates (what ``machines revoke`` provisions)."""
+    return machine.runtime.get("api") == "tls" and machine.runtime.get("engine") != "docker"
+
+
 def validate_user(user: str) -> str:
     """A name for a shared certificate's subject (and its folder): letters, digits and ``._@-``."""
     if not USER.fullmatch(user):

@@ -101,6 +101,7 @@ class Connection:
         self.seen_host_key: str | None = None
         self._client: paramiko.SSHClient | None = None
         self._connect_lock = threading.Lock()
+        self._forwards: dict[int, tuple[str, int]] = {}  # remote port -> where its connections go here
 
     # -- connection -----------------------------------------------------------------------------------------
     @property
@@ -389,24 +390,33 @@ class Connection:
         Pass ``remote_port=0`` to let the host choose. Lives as long as this connection.
         """
 
-        def connect(channel: paramiko.Channel) -> None:
+        def connect(channel: paramiko.Channel, target: tuple[str, int]) -> None:
             try:
-                local = socket.create_connection((local_host, local_port), timeout=10)
+                local = socket.create_connection(target, timeout=10)
             except OSError as error:
-                log.debug("remote forward to %s:%s failed: %s", local_host, local_port, error)
+                log.debug("remote forward to %s:%s failed: %s", *target, error)
                 channel.close()
                 return
             local.settimeout(None)
             bridge(channel, local)
 
         def handler(channel: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]) -> None:
-            # Called on paramiko's transport thread, which must keep running: bridge elsewhere.
-            threading.Thread(target=connect, args=(channel,), daemon=True).start()
+            # paramiko keeps one handler per transport: route by the forwarded port. Called on the transport's
+            # thread, which must keep running: bridge elsewhere.
+            target = self._forwards.get(server[1])
+            if target is None:
+                channel.close()
+                return
+            threading.Thread(target=connect, args=(channel, target), daemon=True).start()
 
+        if remote_port:
+            self._forwards[remote_port] = (local_host, local_port)  # a connection may come before the reply
         try:
-            return self.transport.request_port_forward(remote_host, remote_port, handler=handler)
+            port = self.transport.request_port_forward(remote_host, remote_port, handler=handler)
         except paramiko.SSHException as error:
             raise SSHError(f"{self.name} refused to forward {remote_host}:{remote_port}: {_describe(error)}") from None
+        self._forwards[port] = (local_host, local_port)
+        return port
 
 
 class UnixForwarder:

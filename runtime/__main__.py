@@ -15,7 +15,8 @@ import ssl
 import sys
 import threading
 
-from runtime import API_VERSION, MIN_API_VERSION, VERSION
+from runtime import API_VERSION, MIN_API_VERSION, VERSION, daemonconfig
+from runtime.errors import EngineError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
@@ -67,6 +68,14 @@ def _claim_pidfile(path: str) -> None:
         handle.write(f"{os.getpid()}\n")
 
 
+def _pool_flag(value: str) -> dict:
+    """``--default-address-pool base=CIDR,size=N`` as daemon.json's form."""
+    fields = dict(part.partition("=")[::2] for part in value.split(","))
+    if set(fields) != {"base", "size"} or not fields["size"].isdigit():
+        raise UsageError(f"invalid --default-address-pool {value!r}: expected base=CIDR,size=N")
+    return {"base": fields["base"], "size": int(fields["size"])}
+
+
 def run_daemon(args: argparse.Namespace) -> int:
     from runtime.api import build_app
     from runtime.api.server import RevocableTLS, Server, bind_tcp, bind_unix, tls_context
@@ -89,14 +98,30 @@ def run_daemon(args: argparse.Namespace) -> int:
             for kind, host, port in hosts:
                 if kind == "tcp" and not _is_loopback(host):
                     raise UsageError(f"refusing to listen on tcp://{host}:{port} without --tlsverify: anyone reaching it would be root on this host")
+    try:
+        options = daemonconfig.load(args.config_file, {
+            "labels": args.label or [], "insecure-registries": args.insecure_registry or [],
+            "registry-mirrors": args.registry_mirror or [], "bip": args.bip, "mtu": args.mtu,
+            "default-address-pools": [_pool_flag(value) for value in args.default_address_pool or []],
+            "debug": args.debug, "data-root": args.data_root,
+        })
+    except daemonconfig.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not options.data_root:
+        raise UsageError("no data root: give --data-root or data-root in the configuration file")
+    if args.bridge_subnet and options.bip:
+        raise UsageError("--bridge-subnet and bip are the same setting: give one")
     if args.pidfile:
         _claim_pidfile(args.pidfile)
     engine = None
     server = None
     try:
-        engine = Engine(args.data_root, args.exec_root, bridge_subnet=args.bridge_subnet,
-                        bridge_name=args.bridge_name)
-        server = Server(build_app(engine, debug=args.debug))
+        try:
+            engine = Engine(options.data_root, args.exec_root, bridge_subnet=args.bridge_subnet,
+                            bridge_name=args.bridge_name, options=options)
+        except EngineError as exc:  # options the engine refuses (a bridge subnet too small...): one line
+            raise UsageError(str(exc)) from None
+        server = Server(build_app(engine, debug=options.debug))
         listening = []
         for kind, host, port in hosts:
             try:
@@ -185,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runtime", description="machines container runtime with a Docker API")
     commands = parser.add_subparsers(dest="command", required=True)
     daemon = commands.add_parser("daemon", help="run the daemon")
-    daemon.add_argument("--data-root", required=True, help="containers, images, volumes (overlayfs-capable)")
+    daemon.add_argument("--config-file", help="dockerd-style daemon.json (labels, registries, proxies, bip, mtu...)")
+    daemon.add_argument("--data-root", help="containers, images, volumes (overlayfs-capable)")
     daemon.add_argument("--exec-root", required=True, help="runtime state (sockets, pids)")
     daemon.add_argument("-H", "--host", action="append", help="unix:///path or tcp://ADDR:PORT (repeatable)")
     daemon.add_argument("--tls", action="store_true", help="serve TLS without requiring client certificates")
@@ -198,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--bridge-subnet", help="subnet of the default bridge network, e.g. 172.30.0.0/16")
     daemon.add_argument("--bridge-name", help="name of the default bridge link")
     daemon.add_argument("--debug", action="store_true", help="log every request to stderr")
+    daemon.add_argument("--label", action="append", help="KEY=VALUE label of this daemon (docker info)")
+    daemon.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]|CIDR",
+                        help="registry reached over plain HTTP (repeatable)")
+    daemon.add_argument("--registry-mirror", action="append", metavar="URL",
+                        help="mirror tried before Docker Hub for its images (repeatable)")
+    daemon.add_argument("--bip", help="the default bridge's gateway address and subnet, e.g. 172.30.0.1/16")
+    daemon.add_argument("--mtu", type=int, help="MTU of the default bridge")
+    daemon.add_argument("--default-address-pool", action="append", metavar="base=CIDR,size=N",
+                        help="where new networks take their subnets")
     dial = commands.add_parser("dial-stdio", help="bridge stdin/stdout to the daemon socket")
     dial.add_argument("-H", "--host", help=f"unix:///path (default $DOCKER_HOST or {DEFAULT_SOCKET})")
     commands.add_parser("version", help="print the runtime and API versions")

@@ -9,6 +9,8 @@ packages=(
   busybox-static docker-compose docker-registry runc crun zstd
   # reaching into machines (tests/reach): completion scripts run by real shells, reverse sshfs mounts, scp --delta
   zsh fish sshfs rsync curl
+  # Docker Engine for --engine docker machines: local hosts see it through their copy-on-write root (tests/swarm)
+  docker.io
   # the virtualbox driver's tests: Vagrant with the libvirt provider under QEMU, and a Debian test box
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables
   qemu-system-x86 qemu-utils debootstrap
@@ -19,11 +21,17 @@ for package in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # Installed, never started here: a dockerd with its defaults would rewrite this machine's iptables. Without
+  # systemd, invoke-rc.d asks policy-rc.d; 101 means "do not start services" (a temporary one if there is none).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -q -o DPkg::Lock::Timeout=300
   apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}"
 fi
-# The docker CLI: the one on PATH if there is one (the CI image has docker 28), else Debian's 20.10 client.
-command -v docker >/dev/null || apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends docker.io
+# The docker CLI: /usr/local/bin/docker when there is one (the CI image has docker 28, first on PATH), else
+# docker.io's 20.10 client.
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from machines import completion
-from machines.cli import common, create, info, lifecycle, provisioning, reach, remote
+from machines.cli import change, common, create, declarative, info, lifecycle, provisioning, reach, remote, swarm
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
 
@@ -53,7 +53,8 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
         common.configure_logging(debug)
 
     create.register(app, driver_flags=driver_flags)
-    for module in (info, lifecycle, remote, provisioning, reach):
+    change.register(app, driver_flags=driver_flags)
+    for module in (info, lifecycle, remote, provisioning, reach, declarative, swarm):
         module.register(app)
     return app
 
@@ -66,9 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         completing = completion.requested()  # a shell's TAB: Typer's entry point answers and exits
         if completing:
             completion.init()
-        command = typer.main.get_command(
-            build_app(driver_flags="create" in args or (completing and "create" in completion.words().split()))
-        )
+        words = [*args, *(completion.words().split() if completing else [])]  # driver flags: create and set
+        command = typer.main.get_command(build_app(driver_flags="create" in words or "set" in words))
         completion.attach(command)
         result = command.main(args=args, prog_name="machines", standalone_mode=False)
         return result if isinstance(result, int) else int(ExitStatus.OK)

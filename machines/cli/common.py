@@ -9,13 +9,13 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from machines import redaction
+from machines import inventory, redaction
 from machines.default import Machines
-from machines.errors import ExitStatus, MachinesError
+from machines.errors import ExitStatus, MachinesError, UsageError
 from machines.machine import run_concurrently
 from machines.progress import Progress, ProgressDisplay, escape
 
@@ -66,16 +66,39 @@ def exit_status_of(error: BaseException) -> int:
     return int(ExitStatus.ERROR)
 
 
+FilterOption = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="Act on the machines 'ls --filter' selects: label=KEY=VALUE, driver=, state=, "
+                                  "name= (regex), swarm=NAME; repeatable. One result line per machine."),
+]
+
+
+def selected(names: list[str] | None, filters: list[str] | None) -> list[str]:
+    """The machines a fleet command acts on: the names given, or those ``--filter`` selects (never both)."""
+    if filters and names:
+        raise UsageError("give machine names or --filter, not both")
+    if filters:
+        chosen = inventory.select(machines().list(), filters)
+        if not chosen:
+            err_console().print(f"No machine matches {' '.join('--filter ' + spec for spec in filters)}")
+        return chosen
+    if not names:
+        raise UsageError("give machine names, or --filter to select them")
+    return list(dict.fromkeys(names))
+
+
 def for_each_machine(
     names: list[str],
     action: Callable[[str, Progress], T],
     *,
     cancelled: threading.Event | None = None,
+    report: bool = False,
 ) -> dict[str, T]:
     """Run ``action`` on every named machine at once with a shared progress display; fail after all are done.
 
     A single failure is raised as it is (the CLI reports it); with several machines each failure gets its own line
-    and the command exits with the first failure's status.
+    and the command exits with the first failure's status. ``report`` (fleet commands, ``--filter``): one line per
+    machine on stdout, ``NAME: ok`` or ``NAME: error: ...``, whatever the number of machines.
     """
     shown = display()
     try:
@@ -84,10 +107,14 @@ def for_each_machine(
     finally:
         shown.close()
     failures = {name: result for name, result in results.items() if isinstance(result, BaseException)}
-    if len(names) == 1 and failures:
-        raise failures[names[0]]
-    for name, failure in failures.items():
-        error_line(f"{name}: {failure}")
+    if report:
+        for name, result in results.items():
+            echo(f"{name}: error: {result}" if isinstance(result, BaseException) else f"{name}: ok")
+    else:
+        if len(names) == 1 and failures:
+            raise failures[names[0]]
+        for name, failure in failures.items():
+            error_line(f"{name}: {failure}")
     if failures:
         raise typer.Exit(exit_status_of(next(iter(failures.values()))))
     return results  # type: ignore[return-value]

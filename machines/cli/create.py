@@ -13,7 +13,16 @@ import typer
 
 from drivers import registry
 from drivers.base import Driver, Flag
+from machines import swarm
 from machines.cli.common import echo, err_console, for_each_machine, machines
+from machines.cli.engine import (
+    EngineEnv,
+    EngineInsecureRegistry,
+    EngineOpt,
+    EngineProxy,
+    EngineRegistryMirror,
+    engine_options,
+)
 from machines.errors import UsageError
 from machines.hostoptions import HostOptions
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT
@@ -26,7 +35,7 @@ def _parameter_name(driver_name: str, flag: Flag) -> str:
     return f"flag__{driver_name.replace('-', '_')}__{flag.key()}"
 
 
-def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Parameter]:
+def driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Parameter]:
     parameters = []
     for driver_name, driver_class in drivers.items():
         # amazonec2 is another name of aws: its flags are accepted but listed only under aws.
@@ -50,12 +59,18 @@ def _driver_parameters(drivers: dict[str, type[Driver]]) -> list[inspect.Paramet
     return parameters
 
 
-def _driver_flags(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any]) -> dict[str, Any]:
-    """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error."""
+def driver_flags_of(ctx: typer.Context, driver_name: str, drivers: dict[str, type[Driver]], values: dict[str, Any],
+                  *, typed_only: bool = False) -> dict[str, Any]:
+    """The chosen driver's flag values by key; a flag of another driver typed on the command line is an error.
+
+    ``typed_only``: only flags typed on the command line (``set`` changes nothing an env var happens to hold).
+    """
     chosen: dict[str, Any] = {}
     for name, driver_class in drivers.items():
         for flag in driver_class.flags:
             value = values.get(_parameter_name(name, flag))
+            if typed_only and not _typed(ctx, _parameter_name(name, flag)):
+                continue
             if name == driver_name:
                 if value is not None and not (flag.type is list and not value):
                     chosen[flag.key()] = list(value) if flag.type is list else value
@@ -91,12 +106,39 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         engine_label: Annotated[
             list[str] | None, typer.Option("--engine-label", help="Label KEY=VALUE for the runtime (repeatable).")
         ] = None,
+        engine_env: EngineEnv = None,
+        engine_insecure_registry: EngineInsecureRegistry = None,
+        engine_registry_mirror: EngineRegistryMirror = None,
+        engine_opt: EngineOpt = None,
+        engine_proxy: EngineProxy = None,
+        provision_script: Annotated[
+            str | None, typer.Option("--provision-script", metavar="FILE",
+                                     help="Shell script run as root after provisioning (its failure rolls back).")
+        ] = None,
+        cloud_config: Annotated[
+            str | None, typer.Option("--cloud-config", metavar="FILE",
+                                     help="cloud-init user data (script or cloud-config) for drivers that boot with "
+                                          "cloud-init (aws, azure); run after ours.")
+        ] = None,
         tls_san: Annotated[
             list[str] | None, typer.Option("--tls-san", help="Extra name or IP in the server certificate.")
         ] = None,
         api: Annotated[
             str, typer.Option("--api", help="'tls': API on TCP 2376 with mutual TLS; 'ssh': only over SSH.")
         ] = "tls",
+        engine: Annotated[
+            str | None, typer.Option("--engine", envvar="MACHINES_ENGINE", show_envvar=True,
+                                     help="'machines': our bundled runtime (the default, for single hosts); 'docker': "
+                                          "Docker Engine from the host's packages (for 'machines swarm'; the default "
+                                          "with --swarm-manager).")
+        ] = None,
+        swarm_manager: Annotated[
+            str | None, typer.Option("--swarm-manager", metavar="MACHINE",
+                                     help="Join the swarm of this manager once created (see 'machines swarm').")
+        ] = None,
+        swarm_role: Annotated[
+            str, typer.Option("--swarm-role", help="Role in the swarm of --swarm-manager: 'worker' or 'manager'.")
+        ] = "worker",
         runtime_data_root: Annotated[
             str | None, typer.Option(
                 "--runtime-data-root", envvar="MACHINES_RUNTIME_DATA_ROOT", show_envvar=True, metavar="PATH",
@@ -108,17 +150,29 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
     ) -> None:
         """Create machines: make the host, wait for SSH, install the runtime. All or nothing per machine."""
         host_options = HostOptions(
-            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root
+            api=api, tls_san=tuple(tls_san or ()), labels=tuple(engine_label or ()), data_root=runtime_data_root,
+            engine=engine_options(engine_env, engine_insecure_registry, engine_registry_mirror, engine_opt,
+                                  engine_proxy),
+            engine_name=engine or ("docker" if swarm_manager else "machines"),
         )
-        flags = _driver_flags(ctx, driver, drivers, driver_values)
+        if swarm_manager and (no_provision or host_options.engine_name != "docker"):
+            raise UsageError("--swarm-manager needs a provisioned machine with --engine docker")
+        if swarm_role not in swarm.ROLES:
+            raise UsageError(f"--swarm-role must be 'worker' or 'manager', not {swarm_role!r}")
+        flags = driver_flags_of(ctx, driver, drivers, driver_values)
         library = machines()
+        if swarm_manager:
+            swarm.managers(library, swarm_manager)  # before anything is made: it must name a swarm's manager
         cancelled = threading.Event()
 
         def make(name: str, progress: Progress) -> None:
             library.create(
                 name, driver, flags, host_options=host_options, keep_on_error=keep_on_error,
                 provision=not no_provision, ssh_timeout=timeout_ssh, progress=progress, cancelled=cancelled,
+                provision_script=provision_script, cloud_config=cloud_config,
             )
+            if swarm_manager:
+                swarm.join_new(library, name, swarm_manager, swarm_role, keep=keep_on_error, progress=progress)
 
         for_each_machine(list(dict.fromkeys(names)), make, cancelled=cancelled)
         for name in dict.fromkeys(names):
@@ -128,7 +182,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
 
     signature = inspect.signature(create)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    dynamic = _driver_parameters(drivers)
+    dynamic = driver_parameters(drivers)
     create.__signature__ = signature.replace(parameters=fixed + dynamic)  # type: ignore[attr-defined]
     create.__annotations__ = {**{p.name: p.annotation for p in fixed + dynamic}, "return": None}
     app.command(no_args_is_help=True)(create)

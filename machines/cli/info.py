@@ -31,12 +31,16 @@ def _table(rows: list[inventory.MachineInfo]) -> list[str]:
 
 
 def public_record(machine: Machine) -> dict[str, Any]:
-    """The machine's record for ``inspect``, with secret driver flags masked (all of them if the driver is gone)."""
+    """The machine's record for ``inspect``, with secret driver flags masked (all of them if the driver is gone)
+    and proxy passwords in the engine's environment too."""
     record: dict[str, Any] = json.loads(json.dumps(machine.record))
     try:
         record["driver"] = machine.driver.public_config()
     except MachinesError:
         record["driver"] = {key: "<hidden>" for key in record.get("driver") or {}}
+    engine = (record.get("host_options") or {}).get("engine")
+    if engine:
+        engine["env"] = machine.host_options.engine.public_env()
     return record
 
 
@@ -46,7 +50,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only names.")] = False,
         filters: Annotated[
             list[str] | None,
-            typer.Option("--filter", help="driver=, state=, name= (regex) or label=KEY=VALUE; repeatable."),
+            typer.Option("--filter", help="driver=, state=, name= (regex), label=KEY=VALUE or swarm=NAME; repeatable."),
         ] = None,
         timeout: TimeoutOption = inventory.DEFAULT_LS_TIMEOUT,
         template: Annotated[

@@ -7,18 +7,20 @@ from typing import Annotated
 
 import typer
 
-from machines.cli.common import err_console, for_each_machine, machines
+from machines import swarm
+from machines.cli.common import FilterOption, err_console, for_each_machine, machines, selected
 from machines.errors import ExitStatus
 from machines.machine import Machines
 from machines.progress import Progress
 
-Names = Annotated[list[str], typer.Argument(help="Machine names (acted on in parallel).")]
+Names = Annotated[list[str] | None, typer.Argument(help="Machine names (acted on in parallel).")]
 
 
 def _lifecycle_command(app: typer.Typer, verb: str, action: Callable[[Machines, str, Progress], None], doc: str) -> None:
-    def command(names: Names) -> None:
+    def command(names: Names = None, filters: FilterOption = None) -> None:
         library = machines()
-        for_each_machine(names, lambda name, progress: action(library, name, progress))
+        for_each_machine(selected(names, filters), lambda name, progress: action(library, name, progress),
+                         report=bool(filters))
 
     command.__doc__ = doc
     app.command(verb, no_args_is_help=True)(command)
@@ -32,18 +34,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command("rm", no_args_is_help=True)
     def remove(
-        names: Names,
+        names: Names = None,
+        filters: FilterOption = None,
         force: Annotated[
             bool, typer.Option("--force", "-f", help="Forget machines even when their resources cannot be removed.")
         ] = False,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     ) -> None:
-        """Remove machines: their resources, then their store entries."""
+        """Remove machines: their resources, then their store entries (swarm members leave their swarm first)."""
         library = machines()
+        names = selected(names, filters)
         for name in names:
             library.get(name)  # every name must exist before anything is removed
         if not (yes or force):
             err_console().print(f"About to remove {', '.join(names)}")
             if not typer.confirm("Are you sure?", err=True):
                 raise typer.Exit(int(ExitStatus.ERROR))
-        for_each_machine(names, lambda name, progress: library.remove(name, force=force, progress=progress))
+        for_each_machine(names, lambda name, progress: swarm.remove(library, name, force=force, progress=progress),
+                         report=bool(filters))

@@ -9,14 +9,16 @@ from collections.abc import Callable
 
 import typer
 
-from machines import shellenv
+from machines import shellenv, swarm
 from machines.cli import common, reach
 from machines.machine import Machine
 from machines.progress import Progress
 
 
-def _for_each(names: list[str], verbose: bool, action: Callable[[Machine, Progress], None]) -> None:
-    """Run ``action`` on every named machine at once (one progress line per phase, one error line per failure)."""
+def _for_each(names: list[str], verbose: bool, action: Callable[[Machine, Progress], None], *,
+              report: bool = False) -> None:
+    """Run ``action`` on every named machine at once (one progress line per phase, one error line per failure;
+    ``report``: one result line per machine)."""
     common.settings.verbose = common.settings.verbose or verbose
     store = common.machines()
 
@@ -27,7 +29,7 @@ def _for_each(names: list[str], verbose: bool, action: Callable[[Machine, Progre
         finally:
             machine.close()
 
-    common.for_each_machine(names, work)
+    common.for_each_machine(names, work, report=report)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,15 +44,21 @@ def register(app: typer.Typer) -> None:
         ssh: bool = typer.Option(False, "--ssh", help="Point DOCKER_HOST at a local socket forwarded over SSH."),
         context: bool = typer.Option(False, "--context", help="Create a docker context NAME; set DOCKER_CONTEXT."),
         ports: str | None = typer.Option(None, "--ports", help="'auto': published ports on 127.0.0.1 here."),
+        in_swarm: bool = typer.Option(False, "--swarm", help="NAME is a swarm or one of its managers: point at a "
+                                      "manager of it that answers (for docker node, service and stack)."),
     ) -> None:
         """Print the shell commands that point docker, docker-py and docker-compose at a machine."""
-        machine = common.machines().get(name)
-        variables = machine.env(ssh=ssh, unset=unset, no_proxy=no_proxy)
+        library = common.machines()
+        if in_swarm:  # --unset needs no live manager: any will do
+            target = swarm.managers(library, name)[1][0] if unset else swarm.reachable_manager(library, name)
+        else:
+            target = library.get(name)
+        variables = target.env(ssh=ssh, unset=unset, no_proxy=no_proxy)
         if ports is not None or context:
-            variables = reach.env_extras(machine, variables, ports=ports, context=context, unset=unset)
+            variables = reach.env_extras(target, variables, ports=ports, context=context, unset=unset)
         chosen = shell or shellenv.detect_shell()
-        flags = [("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy), (f"--shell {shell}", bool(shell)),
-                 ("--context", context), (f"--ports {ports}", ports is not None)]
+        flags = [("--swarm", in_swarm), ("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy),
+                 (f"--shell {shell}", bool(shell)), ("--context", context), (f"--ports {ports}", ports is not None)]
         command = " ".join(["machines env", *(flag for flag, given in flags if given), name])
         common.echo(shellenv.render(variables, chosen, command).rstrip("\n"))
 
@@ -61,12 +69,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("regenerate-certs")
     def regenerate_certs(
-        names: list[str] = typer.Argument(..., help="Machine names."),
+        names: list[str] | None = typer.Argument(None, help="Machine names."),
+        filters: common.FilterOption = None,
         force: bool = typer.Option(False, "--force", "-f", help="Do not ask for confirmation."),
         client_certs: bool = typer.Option(False, "--client-certs", help="Also replace the store's CA and client certificate."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the details of each phase."),
     ) -> None:
         """Issue new server certificates (for the current IPs) and restart the runtime; containers keep running."""
+        names = common.selected(names, filters)
         if not force:
             question = "Regenerate the TLS certificates of " + ", ".join(names)
             if client_certs:
@@ -74,20 +84,23 @@ def register(app: typer.Typer) -> None:
             typer.confirm(question + "?", abort=True)
         if client_certs:
             common.machines().rotate_client_certs()
-        _for_each(names, verbose, Machine.regenerate_certs)
+        _for_each(names, verbose, Machine.regenerate_certs, report=bool(filters))
 
     @app.command("provision")
     def provision_command(
-        names: list[str] = typer.Argument(..., help="Machine names."),
+        names: list[str] | None = typer.Argument(None, help="Machine names."),
+        filters: common.FilterOption = None,
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the details of each phase."),
     ) -> None:
         """Re-run provisioning: install or repair the runtime, certificates and service (idempotent)."""
-        _for_each(names, verbose, Machine.provision)
+        _for_each(common.selected(names, filters), verbose, Machine.provision, report=bool(filters))
 
     @app.command()
     def upgrade(
-        names: list[str] = typer.Argument(..., help="Machine names."),
+        names: list[str] | None = typer.Argument(None, help="Machine names."),
+        filters: common.FilterOption = None,
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the details of each phase."),
     ) -> None:
-        """Upload this version's runtime and restart it; containers, images and volumes stay."""
-        _for_each(names, verbose, Machine.upgrade)
+        """Upgrade the engine (this version's runtime; Docker Engine's package) and restart it; containers, images
+        and volumes stay."""
+        _for_each(common.selected(names, filters), verbose, Machine.upgrade, report=bool(filters))

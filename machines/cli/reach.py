@@ -16,7 +16,7 @@ import typer
 from machines import completion, contexts, mounts, share, sshconfig
 from machines import ports as ports_module
 from machines.cli.common import echo, error_line, for_each_machine, machines
-from machines.errors import MachinesError, UsageError
+from machines.errors import MachinesError, StateError, UsageError
 from machines.machine import Machine
 from machines.store import atomic_write
 
@@ -232,9 +232,9 @@ def register(app: typer.Typer) -> None:
         from bootstrap import sharing
 
         user, validity = share.validate_user(to), share.parse_validity(expires)
-        machine = machines().get(name)
-        if machine.runtime.get("api") != "tls":
-            raise UsageError(f"machine {name!r} has no TLS API (created with --api ssh): there is nothing to share")
+        library = machines()
+        machine = library.get(name)
+        share.check_shareable(library, machine)
         folder = (output or Path(f"{name}-{user}")).resolve()
         entry = sharing.share(machine.store.root, name, user, validity, folder)
         echo(f"# certificate {entry['serial']} for {to}, valid until {entry['expires']}; give them {folder}:")
@@ -249,11 +249,12 @@ def register(app: typer.Typer) -> None:
         from bootstrap import sharing
 
         library = machines()
-        library.get(name)
+        if not share.revocable(library.get(name)):
+            raise StateError(f"machine {name!r} runs Docker Engine or has no TLS API: it cannot check a revocation "
+                             "list, and 'machines share' never shares it")
         revoked = sharing.revoke(library.store.root, name, user)
         echo(f"revoked {', '.join(entry['serial'] for entry in revoked)} of {user}")
-        targets = [machine.name for machine in library.list()
-                   if machine.runtime.get("api") == "tls" and machine.is_ready]
+        targets = [machine.name for machine in library.list() if share.revocable(machine) and machine.is_ready]
         for_each_machine(targets, lambda target, progress: library.get(target).provision(progress))
 
     @app.command()

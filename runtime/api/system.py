@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import urllib.parse
 from typing import Any
 
 from runtime import API_VERSION, MIN_API_VERSION, VERSION, timefmt
@@ -90,12 +91,34 @@ def _cgroup_version() -> str:
     return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
 
 
+def _masked(url: str) -> str:
+    """A proxy URL without its password, as dockerd shows it (``http://user:xxxxx@host``)."""
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url) if url else None
+    if parts is None or parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":xxxxx@", 1)
+
+
+def _registry_config(engine: Engine) -> dict[str, Any]:
+    """dockerd's RegistryConfig: loopback and CIDRs as insecure ranges, named hosts as insecure index configs."""
+    options = engine.options
+    cidrs = ["127.0.0.0/8"] + [item for item in options.insecure_registries if "/" in item]
+    indexes: dict[str, Any] = {"docker.io": {"Name": "docker.io", "Mirrors": list(options.registry_mirrors),
+                                             "Secure": True, "Official": True}}
+    for name in options.insecure_registries:
+        if "/" not in name:
+            indexes[name] = {"Name": name, "Mirrors": [], "Secure": False, "Official": False}
+    return {"AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
+            "IndexConfigs": indexes, "InsecureRegistryCIDRs": cidrs, "Mirrors": list(options.registry_mirrors)}
+
+
 @route("GET", "/info", "System information; Swarm.LocalNodeState is inactive")
 def info(engine: Engine, request: Request) -> Response:
     containers = engine.list_containers(all=True)
     states = [item.get("State") for item in containers]
     images = engine.images.list(all=False)
     data_root = getattr(engine, "data_root", "")
+    proxies = engine.options.proxies
     return json_response({
         "ID": getattr(engine, "daemon_id", "") or socket.gethostname(),
         "Name": socket.gethostname(),
@@ -114,11 +137,11 @@ def info(engine: Engine, request: Request) -> Response:
         "CPUShares": True,
         "PidsLimit": True,
         "IPv4Forwarding": True,
-        "Debug": False,
+        "Debug": engine.options.debug,
         "NFd": len(os.listdir("/proc/self/fd")),
         "NGoroutines": 0,
         "SystemTime": timefmt.rfc3339_nano(),
-        "LoggingDriver": "json-file",
+        "LoggingDriver": engine.options.log_driver,
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": _cgroup_version(),
         "NEventsListener": 0,
@@ -128,14 +151,14 @@ def info(engine: Engine, request: Request) -> Response:
         "OSType": "linux",
         "Architecture": platform.machine(),
         "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"], "Mirrors": []},
+        "RegistryConfig": _registry_config(engine),
         "NCPU": os.cpu_count() or 1,
         "MemTotal": _mem_total(),
         "DockerRootDir": data_root,
-        "HttpProxy": "",
-        "HttpsProxy": "",
-        "NoProxy": "",
-        "Labels": [],
+        "HttpProxy": _masked(proxies.variables["HTTP_PROXY"]),
+        "HttpsProxy": _masked(proxies.variables["HTTPS_PROXY"]),
+        "NoProxy": proxies.variables["NO_PROXY"],
+        "Labels": list(engine.labels),
         "ExperimentalBuild": False,
         "ServerVersion": VERSION,
         "Runtimes": {"runc": {"path": "machines-runtime"}},

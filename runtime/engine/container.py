@@ -36,6 +36,7 @@ class Container:
         self.removed = False
         self.pending: list[AttachSession] = []
         self.backoff = 0.0
+        self.closing = ""  # the start id whose exit is being closed (Monitor.exited)
         self.exit_on_next = False  # stop, kill with SIGKILL or the stop signal, rm -f: no restart policy
         self.prev_stats: dict | None = None
 

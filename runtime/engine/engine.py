@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.daemonconfig import DaemonOptions
 from runtime.engine import archive, health, links, update
 from runtime.engine.config import (
     ZERO_TIME,
@@ -58,6 +59,7 @@ from runtime.linux.process import propagation_problem
 
 LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
                 "publish", "since", "status", "volume")  # moby's
+EXIT_RECHECK = 5.0  # seconds between a waiter's own looks at the shim's exit record
 STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")  # moby's IsValidStateString
 
 
@@ -66,7 +68,9 @@ class Engine:
     classes whose status and message the API answers with."""
 
     def __init__(self, data_root: str, exec_root: str, *, bridge_subnet: str | None = None,
-                 bridge_name: str | None = None) -> None:
+                 bridge_name: str | None = None, options: DaemonOptions | None = None) -> None:
+        """``options``: the daemon's configuration (labels, registries, proxies, bridge); ``bridge_subnet`` may
+        name the gateway as dockerd's ``bip`` does."""
         from runtime.images.service import ImageService
         from runtime.images.store import ImageStore
         from runtime.network.manager import NetworkManager
@@ -78,10 +82,17 @@ class Engine:
             private_dir(path, 0o710)
         cgroups.layout()  # read before any fork: the container child must not parse mountinfo after pivot_root
         self.images = ImageStore(os.path.join(self.data_root, "image"))
-        self.image_service = ImageService(self.images)  # pull, push, login, build, save, load
+        self.options = options or DaemonOptions()
+        self.labels = list(self.options.labels)  # docker info's Labels
+        self.image_service = ImageService(  # pull, push, login, build, save, load
+            self.images, insecure_registries=self.options.insecure_registries,
+            mirrors=self.options.registry_mirrors, proxies=self.options.proxies)
         network_options: dict[str, Any] = {"bridge_name": bridge_name} if bridge_name else {}
+        if self.options.address_pool:
+            network_options.update(pool=self.options.address_pool[0], pool_prefix=self.options.address_pool[1])
         self.networks = NetworkManager(os.path.join(self.data_root, "network"), self.exec_root,
-                                       default_subnet=bridge_subnet, **network_options)
+                                       default_subnet=bridge_subnet or self.options.bip, mtu=self.options.mtu,
+                                       **network_options)
         self.volumes = VolumeStore(os.path.join(self.data_root, "volumes"), self._volume_users)
         self.bus = EventBus()
         self.table = ContainerTable(self.bus)
@@ -126,12 +137,28 @@ class Engine:
 
     # --- create ------------------------------------------------------------------------------------------------
 
+    def _daemon_defaults(self, host: dict) -> dict:
+        """The daemon's log driver and DNS settings for what the container leaves unset (dockerd's rules: the
+        daemon's log-opts only go with its own log driver)."""
+        host = dict(host)
+        log = dict(host.get("LogConfig") or {})
+        if not log.get("Type"):
+            log["Type"] = self.options.log_driver
+        if not log.get("Config") and log["Type"] == self.options.log_driver:
+            log["Config"] = dict(self.options.log_opts)
+        host["LogConfig"] = log
+        for key, default in (("Dns", self.options.dns), ("DnsSearch", self.options.dns_search),
+                             ("DnsOptions", self.options.dns_opts)):
+            if not host.get(key) and default:
+                host[key] = list(default)
+        return host
+
     def create_container(self, body: dict, name: str | None = None, platform: str | None = None) -> dict:
         body = dict(body or {})
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidParameter("config.Image must be set")
-        host = host_config_defaults(body.get("HostConfig") or {})  # as moby: checked before the image lookup
+        host = host_config_defaults(self._daemon_defaults(body.get("HostConfig") or {}))  # before the image lookup
         image = self.images.resolve(image_ref)
         ulimits_of(host.get("Ulimits") or [])  # refuse bad values at create, not at start
         devices_of(host)
@@ -604,8 +631,11 @@ class Engine:
             self._containers[cid] = c
             st = c.state
             if st["Running"] or st.get("Restarting"):
+                # The exit record first: a shim that wrote it still listens until it has told its clients, and
+                # a connection made then would leave the container "running" until the watcher caught up.
+                record = self.monitor.read_exit(c, data.get("_start_id", ""))
                 sock = None
-                if st["Running"]:
+                if st["Running"] and record is None:
                     try:
                         sock = connect(data["_socket"], {"monitor": True}, timeout=2)
                     except OSError:
@@ -615,7 +645,7 @@ class Engine:
                     self.monitor.follow(c, sock, None, data["_start_id"])
                     self.health.init(c)
                     continue
-                record = self.monitor.read_exit(c, data.get("_start_id", "")) or {
+                record = record or self.monitor.read_exit(c, data.get("_start_id", "")) or {
                     "ExitCode": st.get("ExitCode") or 255, "OOMKilled": False, "FinishedAt": now()}
                 st.update({"Status": "exited", "Running": False, "Paused": False, "Restarting": False, "Pid": 0,
                            "ExitCode": int(record["ExitCode"]), "OOMKilled": bool(record.get("OOMKilled")),
@@ -673,14 +703,23 @@ class Engine:
         c.state["Paused"] = False
 
     def _wait_exit(self, c: Container, seq: int, timeout: float | None) -> bool:
+        """Waits for the exit after ``seq``. The watcher reports it; every few seconds the shim's exit record is
+        read too, so an exit that happened is never waited for forever, even if its report got lost."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while c.exit_seq == seq and c.running:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+        while True:
+            with self._lock:
+                if c.exit_seq != seq or not c.running:
+                    return True
+                remaining = EXIT_RECHECK if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
-        return True
+                self._cond.wait(min(remaining, EXIT_RECHECK))
+                if c.exit_seq != seq or not c.running:
+                    return True
+                start_id = c.data.get("_start_id", "")
+            record = self.monitor.read_exit(c, start_id)
+            if record is not None:
+                self.monitor.exited(c, start_id, record)
 
     def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         c = self._get(ref)

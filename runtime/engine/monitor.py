@@ -76,9 +76,10 @@ class Monitor:
         record = record or self.read_exit(c, start_id) or {"ExitCode": 255, "OOMKilled": False,
                                                             "FinishedAt": now()}
         table = self._table
-        with table.lock:
-            if c.data.get("_start_id") != start_id or not c.running:
+        with table.lock:  # claimed here: the watcher and a waiter's re-check (Engine._wait_exit) never both close it
+            if c.data.get("_start_id") != start_id or not c.running or c.closing == start_id:
                 return
+            c.closing = start_id
         self._health.stop(c)
         self._release_network(c)  # outside the table lock: it runs `ip` and touches iptables
         with table.lock:

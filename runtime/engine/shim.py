@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
 import selectors
 import signal
 import socket
@@ -148,8 +147,8 @@ class Shim:
     def _accept_waiting(self) -> None:
         """Attach clients connect before the process starts, but select may report output first: take every
         waiting client before forwarding output, so ``docker run`` never misses the first bytes."""
-        while select.select([self.listener], [], [], 0)[0]:
-            self._accept()
+        while self._accept():
+            pass
 
     def _read_output(self, fd: int) -> None:
         self._accept_waiting()
@@ -226,8 +225,14 @@ class Shim:
         text = line.decode("utf-8", "surrogateescape")
         return (json.dumps({"log": text, "stream": STREAM_NAMES[kind], "time": stamp}) + "\n").encode()
 
-    def _accept(self) -> None:
-        sock, _ = self.listener.accept()
+    def _accept(self) -> bool:
+        """Takes one waiting client; False when none waits. The listener is non-blocking: a readiness reported in
+        the round that ``_accept_waiting`` already took the client from is stale, and a blocking accept would
+        stall the whole shim (output, stdin, the container's exit) until someone else connected."""
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return False
         sock.settimeout(2.0)
         try:
             line = b""
@@ -239,18 +244,19 @@ class Shim:
             request = json.loads(line)
         except (OSError, ValueError):
             sock.close()
-            return
+            return True
         sock.settimeout(None)
         if "resize" in request:
             if self.master is not None:
                 sc.set_winsize(self.master, *request["resize"])
             sock.close()
-            return
+            return True
         opts = request.get("attach") or {}
         streams = {k for k, name in STREAM_NAMES.items() if opts.get(name)}
         client = _Client(sock, streams, bool(opts.get("stdin")) and self.stdin_fd is not None)
         self.clients.append(client)
         self.sel.register(sock, selectors.EVENT_READ, client)
+        return True
 
     def _read_client(self, client: _Client) -> None:
         try:
@@ -352,6 +358,7 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> N
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(spec["socket"])
     listener.listen(16)
+    listener.setblocking(False)
     if not spec.get("pid_host"):
         sc.unshare(sc.CLONE_NEWPID)
     child = os.fork()

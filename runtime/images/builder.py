@@ -41,6 +41,9 @@ from runtime.linux import safepath
 NOP = "/bin/sh -c #(nop) "
 PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)
 CACHE_FILE = "build-cache.json"
+# Docker's predefined ARGs: a RUN sees them without an ARG line, and they stay out of the history and cache key.
+PROXY_ARGS = frozenset(name for key in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+                       for name in (key, key.lower()))
 
 
 class BuildFailed(EngineError):
@@ -548,7 +551,9 @@ class Builder:
         if stage.image is None:
             raise InvalidParameter("RUN is not possible on a scratch image without files")
         config = dict(stage.config)
-        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args]
+        config["Env"] = list(config.get("Env") or []) + ["{}={}".format(*kv) for kv in used_args] + [
+            f"{key}={value}" for key, value in sorted(self.build_args.items())  # proxies: outside the cache key
+            if key in PROXY_ARGS and value is not None and key not in stage.args]
         step = self.runner.run_build_step(stage.image.id, argv, config)
         try:
             yield _stream(f" ---> Running in {str(step.id)[:12]}\n")
@@ -865,14 +870,25 @@ def _query_int(query: dict[str, list[str]], name: str) -> int:
         raise InvalidParameter(f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
 
 
+_RUN_NUMBERS = (("shmsize", "ShmSize"), ("memory", "Memory"), ("memswap", "MemorySwap"), ("cpushares", "CpuShares"),
+                ("cpuperiod", "CpuPeriod"), ("cpuquota", "CpuQuota"))
+_RUN_TEXTS = (("cpusetcpus", "CpusetCpus"), ("cpusetmems", "CpusetMems"), ("cgroupparent", "CgroupParent"))
+
+
 def run_host_config(query: dict[str, list[str]]) -> dict:
-    """The RUN containers' HostConfig from ``networkmode``, ``extrahosts``, ``shmsize`` and ``ulimits``."""
+    """The RUN containers' HostConfig, as dockerd's ``hostConfigFromOptions``: ``networkmode``, ``extrahosts``,
+    ``shmsize``, ``ulimits`` and the resource limits (``memory``, ``memswap``, ``cpushares``, ``cpuperiod``,
+    ``cpuquota``, ``cpusetcpus``, ``cpusetmems``, ``cgroupparent``)."""
     host: dict = {"NetworkMode": _query_value(query, "networkmode") or "default"}
     if query.get("extrahosts"):
         host["ExtraHosts"] = [item for value in query["extrahosts"] for item in value.split(",") if item]
-    shm_size = _query_int(query, "shmsize")
-    if shm_size:
-        host["ShmSize"] = shm_size
+    for name, key in _RUN_NUMBERS:
+        number = _query_int(query, name)
+        if number:
+            host[key] = number
+    for name, key in _RUN_TEXTS:
+        if _query_value(query, name):
+            host[key] = _query_value(query, name)
     ulimits = _query_json(query, "ulimits", list, "error reading ulimit settings: ")
     if ulimits:
         host["Ulimits"] = ulimits

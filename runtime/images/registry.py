@@ -5,7 +5,9 @@ pull,push scope). Every digest is checked: manifests, the config, each compresse
 layer's diff ID as it is unpacked. Layers download in parallel, resume from a partial file after an interruption,
 and an image is recorded only once all of its layers are in the store, so a failed pull leaves no half image.
 Plain HTTP is used only for loopback registries and those named as insecure; HTTPS verifies against the system
-CAs plus ``<certs.d>/<host>/ca.crt``, and Authorization is never sent on to a redirect's other host.
+CAs plus ``<certs.d>/<host>/ca.crt``, and Authorization is never sent on to a redirect's other host. Requests go
+through the daemon's proxies (``runtime.proxy``: CONNECT for https), and pulls of Docker Hub images try the
+daemon's registry mirrors first, falling back to the next mirror and then the hub when one fails, as dockerd does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from runtime.images.media import (
 )
 from runtime.images.reference import Reference
 from runtime.images.store import Image, ImageStore, Layer
+from runtime.proxy import ProxyConfig
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
 GZIP_LAYER_TYPES = (MEDIA_DOCKER_LAYER_GZIP, MEDIA_OCI_LAYER_GZIP)
@@ -128,10 +131,17 @@ def _message(status: str, layer_id: str | None = None, **extra: object) -> dict:
 class RegistryOptions:
     """Per-daemon registry settings: which hosts may use plain HTTP and where per-registry CAs live."""
 
-    def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = ()) -> None:
+    def __init__(self, insecure_registries: Sequence[str] = (), certs_dirs: Sequence[str] = (), *,
+                 mirrors: Sequence[str] = (), proxies: ProxyConfig | None = None) -> None:
         self.insecure_registries = list(insecure_registries)
         self.certs_dirs = list(certs_dirs)
+        self.mirrors = [mirror.rstrip("/") for mirror in mirrors]
+        self.proxies = proxies or ProxyConfig()
         self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def mirrors_for(self, ref: Reference) -> list[str]:
+        """The mirrors a pull of ``ref`` tries before its registry: only Docker Hub images have them."""
+        return self.mirrors if ref.domain == "docker.io" else []
 
     def is_insecure(self, host: str) -> bool:
         """127.0.0.0/8 (and localhost) like Docker's default, plus opted-in hosts or CIDRs."""
@@ -202,13 +212,19 @@ class Response:
 class Session:
     """One repository on one registry, with the credentials and token for a scope."""
 
-    def __init__(self, ref: Reference, auth: dict, options: RegistryOptions, actions: str = "pull") -> None:
+    def __init__(self, ref: Reference, auth: dict, options: RegistryOptions, actions: str = "pull",
+                 endpoint: str | None = None) -> None:
+        """``endpoint``: a mirror's ``scheme://host[:port]`` to ask instead of the reference's registry."""
         self.ref = ref
-        self.host = ref.api_host
         self.auth = auth or {}
         self.options = options
         self.scope = f"repository:{ref.path}:{actions}"
-        self.scheme = "http" if options.is_insecure(self.host) and not options.has_ca(self.host) else "https"
+        if endpoint:
+            parts = urllib.parse.urlsplit(endpoint)
+            self.host, self.scheme = parts.netloc, parts.scheme
+        else:
+            self.host = ref.api_host
+            self.scheme = "http" if options.is_insecure(self.host) and not options.has_ca(self.host) else "https"
         self.base = f"{self.scheme}://{self.host}"
         self._authorization: str | None = None
         self._lock = threading.Lock()
@@ -218,16 +234,26 @@ class Session:
     def _send(self, method: str, url: str, headers: dict[str, str], body: object = None) -> Response:
         parts = urllib.parse.urlsplit(url)
         host = parts.netloc
+        proxy = self.options.proxies.for_url(url)
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        all_headers = {"User-Agent": USER_AGENT}
         try:
             if parts.scheme == "https":
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    host, timeout=TIMEOUT, context=self.options.ssl_context(host))
+                    proxy.host if proxy else host, proxy.port if proxy else None, timeout=TIMEOUT,
+                    context=self.options.ssl_context(host))
+                if proxy:  # CONNECT host:port through the proxy, then TLS with the registry itself
+                    tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                    conn.set_tunnel(host, headers=tunnel)
             elif parts.scheme == "http":
-                conn = http.client.HTTPConnection(host, timeout=TIMEOUT)
+                conn = http.client.HTTPConnection(proxy.host if proxy else host, proxy.port if proxy else None,
+                                                  timeout=TIMEOUT)
+                if proxy:  # a plain-HTTP request goes to the proxy in absolute form
+                    path = url
+                    if proxy.authorization:
+                        all_headers["Proxy-Authorization"] = proxy.authorization
             else:
                 raise HostError(f"unsupported URL scheme in {url}")
-            path = parts.path + ("?" + parts.query if parts.query else "")
-            all_headers = {"User-Agent": USER_AGENT}
             all_headers.update(headers)
             conn.request(method, path or "/", body=body, headers=all_headers)  # type: ignore[arg-type]
             return Response(conn, conn.getresponse(), url)
@@ -330,6 +356,8 @@ class Session:
             doc = json.loads(data)
         except ValueError:
             raise InvalidParameter(f"invalid JSON from {path}") from None
+        if not isinstance(doc, dict):
+            raise InvalidParameter(f"invalid manifest from {path}: not a JSON object")
         media = doc.get("mediaType") or resp.header("Content-Type").split(";")[0]
         return doc, data, media, digest
 
@@ -525,7 +553,27 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     while iterating, after progress has gone out.
     """
     ref = reference.join_repo_tag(image, tag)
-    session = Session(ref, auth or {}, options or RegistryOptions(), "pull")
+    options = options or RegistryOptions()
+    for mirror in options.mirrors_for(ref):
+        try:
+            return _pull_from(store, Session(ref, auth or {}, options, "pull", mirror), platform)
+        except EngineError:
+            continue  # a mirror that fails is skipped, as dockerd falls back to the next endpoint
+    return _pull_from(store, Session(ref, auth or {}, options, "pull"), platform)
+
+
+def _pull_from(store: ImageStore, session: Session, platform: str | None) -> Iterator[dict]:
+    """Resolve the manifest and config at one endpoint; the layers then stream from the same endpoint."""
+    try:  # the registry's documents are data: a malformed one is a clear error, never a crash
+        return _pull_layers(store, session, *_image_documents(session, platform))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise InvalidParameter(f"invalid manifest for {session.ref.familiar()}: {exc!r}") from None
+
+
+def _image_documents(session: Session, platform: str | None) -> tuple[list[dict], list[str], bytes, str]:
+    """The manifest (through an index, for the wanted platform) and config of a pull: (layer descriptors, diff
+    IDs, config bytes, the digest the reference points to)."""
+    ref = session.ref
     doc, data, media, digest = session.get_json_blob(f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}",
                                                      MANIFEST_ACCEPT, ref.digest)
     manifest_digest = ref.digest or digest  # what the tag points to (an index, for multi-platform images)
@@ -542,7 +590,7 @@ def pull(store: ImageStore, image: str, tag: str | None = None, auth: dict | Non
     layers = [d for d in doc.get("layers") or [] if not d.get("urls")]
     if len(layers) != len(diff_ids):
         raise InvalidParameter(f"image config has {len(diff_ids)} diff IDs for {len(layers)} layers")
-    return _pull_layers(store, session, layers, diff_ids, config_bytes, manifest_digest)
+    return layers, diff_ids, config_bytes, manifest_digest
 
 
 def _pull_layers(store: ImageStore, session: Session, layers: list[dict], diff_ids: list[str],
@@ -772,12 +820,15 @@ def inspect_distribution(name: str, auth: dict | None = None,
     doc, data, media, digest = session.get_json_blob(
         f"/v2/{ref.path}/manifests/{ref.digest or ref.tag}", MANIFEST_ACCEPT, ref.digest, missing="")
     platforms: list[dict] | None = None
-    if media in INDEX_TYPES or "manifests" in doc:
-        platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
-    elif (doc.get("config") or {}).get("digest"):
-        config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
-        if config.get("os") or config.get("architecture"):
-            platforms = [_platform(config)]
+    try:  # the registry's documents are data: a malformed one is a clear error, never a crash
+        if media in INDEX_TYPES or "manifests" in doc:
+            platforms = [_platform(entry.get("platform") or {}) for entry in doc.get("manifests") or []]
+        elif (doc.get("config") or {}).get("digest"):
+            config = json.loads(_fetch_small_blob(session, doc["config"]["digest"]))
+            if config.get("os") or config.get("architecture"):
+                platforms = [_platform(config)]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise InvalidParameter(f"invalid manifest for {ref.familiar()}: {exc}") from None
     return {"Descriptor": {"mediaType": media, "digest": ref.digest or digest, "size": len(data)},
             "Platforms": platforms or None}
 

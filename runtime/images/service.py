@@ -4,11 +4,13 @@ As moby's image service sits over its layer store, this sits over the image stor
 builder: pull, push, login and distribution inspect go to registries, build runs the classic builder, save and
 load read and write image archives. The store below knows nothing of them, so the modules form a tree::
 
-    service -> builder, registry, transfer -> store -> archive, media, reference
+    service -> builder, registry, transfer -> store -> archive, dockerfile, media, reference
+    (the builder also uses ignore; media, reference and ignore import no other images module)
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Union
@@ -16,6 +18,7 @@ from typing import IO, Any, Union
 from runtime.images import builder, registry, transfer
 from runtime.images.reference import parse as parse_reference
 from runtime.images.store import ImageStore
+from runtime.proxy import ProxyConfig
 
 Auth = Union[dict, str, None]  # a credentials dict or the raw ``X-Registry-Auth`` header
 
@@ -24,15 +27,20 @@ class ImageService:
     """Image operations that reach outside the store (registries, builds, archives)."""
 
     def __init__(self, store: ImageStore, *, insecure_registries: Sequence[str] = (),
-                 certs_dirs: Sequence[str] | None = None) -> None:
+                 certs_dirs: Sequence[str] | None = None, mirrors: Sequence[str] = (),
+                 proxies: ProxyConfig | None = None) -> None:
+        """``mirrors``: tried before Docker Hub; ``proxies``: the daemon's HTTP(S)_PROXY/NO_PROXY."""
         self.store = store
         self.insecure_registries = list(insecure_registries)
+        self.mirrors = list(mirrors)
+        self.proxies = proxies or ProxyConfig()
         self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
             os.path.join(os.path.dirname(store.root), "certs.d"), "/etc/docker/certs.d"]
 
     def registry_options(self) -> registry.RegistryOptions:
         """Read afresh for every operation, so a CA added to certs.d counts from the next pull on."""
-        return registry.RegistryOptions(self.insecure_registries, self.certs_dirs)
+        return registry.RegistryOptions(self.insecure_registries, self.certs_dirs, mirrors=self.mirrors,
+                                        proxies=self.proxies)
 
     def pull(self, image: str, tag: str | None = None, auth: Auth = None,
              platform: str | None = None) -> Iterator[dict]:
@@ -60,7 +68,19 @@ class ImageService:
         def pull(name: str) -> Iterator[dict]:
             return self.pull(name, auth=registry.auth_for_host(credentials, parse_reference(name).domain))
 
-        return builder.build_request(self.store, engine, body, query, pull)
+        return builder.build_request(self.store, engine, body, self._with_proxy_args(query), pull)
+
+    def _with_proxy_args(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The daemon's proxies as default ``--build-arg``s (the client's own values win), as Docker's clients add
+        them from their proxy settings; a malformed ``buildargs`` is left for the builder to refuse."""
+        defaults = self.proxies.build_args()
+        try:
+            given = json.loads((query.get("buildargs") or ["{}"])[-1] or "{}")
+        except ValueError:
+            return query
+        if not defaults or not isinstance(given, dict):
+            return query
+        return {**query, "buildargs": [json.dumps({**defaults, **given})]}
 
     def save(self, refs: Sequence[str]) -> Iterator[bytes]:
         """``docker save``: one tar that both old (manifest.json) and new (OCI index.json) loaders read."""

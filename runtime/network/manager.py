@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import ipaddress
 import json
 import os
 import re
@@ -52,11 +53,14 @@ class NetworkManager:
 
     def __init__(self, root: str, exec_root: str, *, default_subnet: str | None = None,
                  bridge_name: str = "mrt0", pool: str = DEFAULT_POOL, pool_prefix: int = POOL_PREFIX,
-                 resolv_conf: str = "/etc/resolv.conf") -> None:
+                 resolv_conf: str = "/etc/resolv.conf", mtu: int = 1500) -> None:
+        """``default_subnet`` may name the gateway as dockerd's ``bip`` does (``172.30.0.1/16``); ``mtu``: the
+        default bridge's (dockerd's ``mtu``)."""
         self.root = root
         self.resolv_conf = resolv_conf
         self.exec_root = exec_root
         self.bridge_name = bridge_name
+        self.mtu = mtu
         self.pool = ipam.parse_subnet(pool)
         self.pool_prefix = pool_prefix
         self._path = os.path.join(root, "state.json")
@@ -66,7 +70,7 @@ class NetworkManager:
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
         private_dir(root, 0o700)
         self._state: Dict_ = self._load()
-        self._ensure_predefined(ipam.parse_subnet(default_subnet or DEFAULT_SUBNET))
+        self._ensure_predefined(ipaddress.ip_interface(default_subnet or DEFAULT_SUBNET))
 
     # --- persistence -------------------------------------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class NetworkManager:
             os.fsync(out.fileno())
         os.replace(temporary, self._path)
 
-    def _ensure_predefined(self, default_subnet: ipam.Network) -> None:
+    def _ensure_predefined(self, bip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
         """The three networks Docker always shows; the default bridge follows the daemon's flags while idle."""
         by_name = {net["Name"]: net for net in self._networks()}
         for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
@@ -99,8 +103,9 @@ class NetworkManager:
                 self._state["networks"][net["Id"]] = net
                 by_name[name] = net
         bridge = by_name["bridge"]
+        default_subnet = ipam.parse_subnet(str(bip.network))  # checked even while the bridge keeps its subnet
         if not self._members(bridge["Id"]):
-            gateway = str(next(default_subnet.hosts()))
+            gateway = str(bip.ip if bip.ip != bip.network.network_address else next(default_subnet.hosts()))
             bridge["IPAM"]["Config"] = [{"Subnet": str(default_subnet), "Gateway": gateway}]
             bridge["Options"] = {
                 "com.docker.network.bridge.default_bridge": "true",
@@ -108,7 +113,7 @@ class NetworkManager:
                 "com.docker.network.bridge.enable_ip_masquerade": "true",
                 "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
                 OPT_BRIDGE_NAME: self.bridge_name,
-                OPT_MTU: "1500",
+                OPT_MTU: str(self.mtu),
             }
             bridge["_bridge"] = self.bridge_name
         self._save()

@@ -161,3 +161,35 @@ def test_run_container_options(daemon: Daemon, client: docker.DockerClient, imag
     assert out.splitlines()[0].split() == ["10.9.8.7", "buildhost"] and out.splitlines()[1].split()[1] == "4096"
     daemon.out("rmi", tag, py_tag)
     assert json.loads(daemon.out("ps", "-a", "--format", "{{json .}}") or "null") is None
+
+
+def test_run_steps_get_the_build_memory_limit(daemon: Daemon, image: str, tmp_path: Path) -> None:
+    """``docker build --memory``: a RUN step that needs more is killed (137), the same step without it passes."""
+    context = _write(tmp_path / "ctx", {"Dockerfile": f"FROM {image}\n"
+                                        "RUN head -c 100000000 /dev/zero | tail -c 90000000 > /dev/null\n"})
+    unlimited = daemon.docker("build", "--no-cache", str(context), timeout=120)
+    assert unlimited.returncode == 0, unlimited.stderr
+    limited = daemon.docker("build", "--no-cache", "--memory", "32m", "--memory-swap", "32m", str(context),
+                            timeout=120)
+    assert limited.returncode != 0 and b"returned a non-zero code: 137" in limited.stderr, limited.stderr
+    daemon.docker("image", "prune", "-f")
+    assert daemon.out("ps", "-aq") == ""
+
+
+def test_run_steps_on_a_user_network(daemon: Daemon, image: str, name: str, tmp_path: Path) -> None:
+    """``docker build --network NET``: RUN steps join the network and reach its containers by name."""
+    network = name + "-net"
+    daemon.out("network", "create", network)
+    try:
+        daemon.out("run", "-d", "--name", name, "--network", network, image, "sleep", "300")
+        context = _write(tmp_path / "ctx", {"Dockerfile": f"FROM {image}\nRUN ping -c 1 -W 5 {name} > /ping\n"})
+        tag = "parity/network:" + TAG
+        built = daemon.docker("build", "--no-cache", "--network", network, "-t", tag, str(context), timeout=120)
+        assert built.returncode == 0, built.stderr
+        address = daemon.out("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}",
+                             name).strip()
+        assert address and f"({address})" in daemon.out("run", "--rm", tag, "cat", "/ping")
+        daemon.out("rmi", tag)
+    finally:
+        daemon.docker("rm", "-f", name)
+        daemon.out("network", "rm", network)

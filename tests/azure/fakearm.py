@@ -180,6 +180,8 @@ class FakeArm:
         """Azure's own settings, except the waits: a test sets a short NIC reservation and no Retry-After delay."""
         self.cloud = "AzurePublicCloud"
         self.restricted_sizes: dict[str, dict[str, str]] = {}  # location -> size -> restriction reason code
+        # Sizes the hardware cluster of a running (allocated) VM offers: a resize to another one needs a deallocation.
+        self.cluster_sizes = ["Standard_B1s", "Standard_B2s"]
         self.unregistered: set[str] = set()  # lower-cased provider namespaces
         self.nic_reservation_seconds = 180.0
         self.retry_after = 0
@@ -363,6 +365,8 @@ class FakeArm:
             return self._vm_action(method, resource_id.rsplit("/", 1)[0], parts[-1])
         if method == "PUT":
             return self._put(resource_id, body)
+        if method == "PATCH" and parts[4] == "virtualmachines":
+            return self._resize(self._existing(resource_id), body)
         if method == "GET":
             return 200, {}, self._view(self._existing(resource_id))
         if method == "DELETE":
@@ -540,14 +544,7 @@ class FakeArm:
                            f"Resource name {vm['name']} is invalid. The name can be up to 64 characters long. It can "
                            "contain only alphanumeric characters, dashes, underscores and periods. The name must begin "
                            "with a letter or number and it must end with a letter, number or underscore.")
-        size = properties.get("hardwareProfile", {}).get("vmSize")
-        if size not in SIZES:
-            raise ArmError(400, "InvalidParameter", f"The requested VM size {properties.get('hardwareProfile')} is not available.")
-        if size in self.restricted_sizes.get(str(vm.get("location")).lower(), {}):
-            raise ArmError(409, "SkuNotAvailable",
-                           f"The requested VM size for resource 'Following SKUs have failed for Capacity Restrictions: "
-                           f"{size}' is currently not available in location '{vm.get('location')}'. Please try another "
-                           "size or deploy to a different location or different zone.")
+        self._check_size(properties.get("hardwareProfile", {}).get("vmSize"), str(vm.get("location")))
         self._check_os_profile(properties.get("osProfile") or {})
         reference = properties["storageProfile"]["imageReference"]
         versions = IMAGES.get((reference["publisher"].lower(), reference["offer"].lower(), reference["sku"].lower()))
@@ -573,6 +570,35 @@ class FakeArm:
                                            "location": vm["location"], "properties": {"diskSizeGB": disk.get("diskSizeGB", 30)}}
         properties["vmId"] = str(uuid.uuid4())
         vm["powerState"] = "running"
+
+    def _check_size(self, size: Any, location: str) -> None:
+        """A size that does not exist, or that this subscription may not use in the location, as ARM refuses them."""
+        if size not in SIZES:
+            raise ArmError(400, "InvalidParameter", f"The requested VM size {size} is not available.")
+        if size in self.restricted_sizes.get(location.lower(), {}):
+            raise ArmError(409, "SkuNotAvailable",
+                           f"The requested VM size for resource 'Following SKUs have failed for Capacity Restrictions: "
+                           f"{size}' is currently not available in location '{location}'. Please try another "
+                           "size or deploy to a different location or different zone.")
+
+    def _resize(self, vm: dict[str, Any], body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        """PATCH of a VM: only the size is served. As Azure documents (aka.ms/azure-resizevm), an allocated VM can
+        take only the sizes of its current hardware cluster (and restarts); a deallocated one any allowed size."""
+        unknown = set(body.get("properties") or {}) - {"hardwareProfile"} | set(body) - {"properties", "tags"}
+        if unknown:
+            raise ArmError(400, "InvalidParameter", f"fake ARM only updates a VM's size, not {sorted(unknown)}")
+        size = ((body.get("properties") or {}).get("hardwareProfile") or {}).get("vmSize")
+        self._check_size(size, str(vm["location"]))
+        if vm["powerState"] != "deallocated" and size not in self.cluster_sizes:
+            raise ArmError(409, "OperationNotAllowed",
+                           f"Unable to resize the VM since the requested size '{size}' is not available in the current "
+                           f"hardware cluster. The available sizes in this cluster are: {', '.join(self.cluster_sizes)}. "
+                           "Read more on VM resizing strategy at https://aka.ms/azure-resizevm.")
+        vm["properties"]["hardwareProfile"]["vmSize"] = size
+        if vm["powerState"] == "running" and self.listener:  # Azure restarts a running VM to resize it
+            self.listener.vm_power(vm, False)
+            self.listener.vm_power(vm, True)
+        return 200, self._operation_headers(Operation()), self._view(vm)
 
     @staticmethod
     def _check_os_profile(profile: dict[str, Any]) -> None:

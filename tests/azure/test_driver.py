@@ -222,3 +222,66 @@ def test_names_taken_refused(arm: FakeArm, tmp_path: Path) -> None:
     created(make_driver(arm, tmp_path / "first"))
     with pytest.raises(PreCreateError, match=f"resource group machines already has VM {NAME}, NSG {NAME}-nsg"):
         make_driver(arm, tmp_path / "second").pre_create_check()
+
+
+def test_set_resizes_a_deallocated_vm_only(arm: FakeArm, tmp_path: Path) -> None:
+    """`machines set --azure-size`: refused while the VM is allocated, done once it is deallocated."""
+    driver = make_driver(arm, tmp_path)
+    created(driver)
+    with pytest.raises(DriverError, match=f"Azure resizes a deallocated VM only \\({NAME} is running\\): run "
+                                          f"'machines stop {NAME}' first"):
+        driver.change({"size": "Standard_D2s_v5"})
+    driver.kill()  # powered off but still allocated: still refused
+    with pytest.raises(DriverError, match=f"\\({NAME} is stopped\\)"):
+        driver.change({"size": "Standard_D2s_v5"})
+    assert arm.find("virtualMachines")["properties"]["hardwareProfile"]["vmSize"] == "Standard_B2s"
+    driver.stop()
+    driver.change({"size": "Standard_D2s_v5"})
+    assert arm.find("virtualMachines")["properties"]["hardwareProfile"]["vmSize"] == "Standard_D2s_v5"
+    assert driver.state() is State.STOPPED  # Azure leaves a deallocated VM deallocated
+    driver.remove()
+    assert arm.ids() == []
+
+
+@pytest.mark.parametrize(("size", "restricted", "message"), [
+    ("Standard_X9", False, "--azure-size 'Standard_X9' does not exist in westus"),
+    ("Standard_D2s_v5", True, "--azure-size 'Standard_D2s_v5' is not available to this subscription in westus "
+                              "\\(NotAvailableForSubscription\\)"),
+])
+def test_set_refuses_a_size_the_skus_do_not_allow(arm: FakeArm, tmp_path: Path, size: str, restricted: bool,
+                                                  message: str) -> None:
+    driver = make_driver(arm, tmp_path)
+    created(driver)
+    driver.stop()
+    if restricted:
+        arm.restricted_sizes["westus"] = {size: "NotAvailableForSubscription"}
+    patches = sum(1 for method, _ in arm.requests if method == "PATCH")
+    with pytest.raises(DriverError, match=message):
+        driver.change({"size": size})
+    assert sum(1 for method, _ in arm.requests if method == "PATCH") == patches  # refused before asking ARM
+    assert arm.find("virtualMachines")["properties"]["hardwareProfile"]["vmSize"] == "Standard_B2s"
+    with pytest.raises(DriverError, match="the azure driver cannot change --azure-image after create"):
+        driver.change({"image": "canonical:ubuntu-24_04-lts:server:latest"})
+    driver.remove()
+
+
+def test_fake_arm_resizes_an_allocated_vm_within_its_hardware_cluster_only(arm: FakeArm, tmp_path: Path) -> None:
+    """What Azure answers a resize of a running VM (aka.ms/azure-resizevm), which the driver never sends."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.mgmt.compute import models as compute
+
+    driver = make_driver(arm, tmp_path)
+    created(driver)
+
+    def resize(size: str) -> None:
+        update = compute.VirtualMachineUpdate(hardware_profile=compute.HardwareProfile(vm_size=size))
+        driver.compute.virtual_machines.begin_update("machines", NAME, update).result()
+
+    resize("Standard_B1s")  # in the cluster: Azure restarts the VM with the new size
+    assert arm.find("virtualMachines")["properties"]["hardwareProfile"]["vmSize"] == "Standard_B1s"
+    with pytest.raises(HttpResponseError, match="not available in the current hardware cluster") as refused:
+        resize("Standard_D2s_v5")
+    assert refused.value.error is not None and refused.value.error.code == "OperationNotAllowed"
+    with pytest.raises(HttpResponseError, match="The requested VM size Standard_X9 is not available"):
+        resize("Standard_X9")
+    driver.remove()

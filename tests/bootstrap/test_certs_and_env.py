@@ -8,6 +8,7 @@ import ipaddress
 import os
 import stat
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,20 @@ def test_runtime_bundle_is_reproducible_and_runs(tmp_path: Path) -> None:
     result = subprocess.run(["/usr/bin/python3", str(first.path), "version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert first.version in result.stdout
+
+
+def test_runtime_bundle_bytecode_never_outlives_its_source(tmp_path: Path) -> None:
+    """The zipapp carries bytecode beside each module; a module whose source no longer matches it (an edited
+    archive) runs from its source, never from stale bytecode."""
+    built = bundles.build(tmp_path / "cache")
+    edited = tmp_path / "edited.pyz"
+    with zipfile.ZipFile(built.path) as original, zipfile.ZipFile(edited, "w") as copy:
+        assert "runtime/__init__.pyc" in original.namelist()
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename == "runtime/__init__.py":
+                data = data.replace(f'VERSION = "{built.version}"'.encode(), b'VERSION = "9.9.9-edited"')
+            copy.writestr(info, data)
+    result = subprocess.run(["/usr/bin/python3", str(edited), "version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "9.9.9-edited" in result.stdout

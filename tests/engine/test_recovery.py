@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -48,6 +49,7 @@ def test_sigkill_of_the_daemon_loses_nothing(busybox_tar: bytes, tmp_path: Path)
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     daemon = subprocess.Popen([sys.executable, "-c", DAEMON, data, run, str(image)], stdout=subprocess.PIPE)
     engine = None
+    lingering = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         ids = json.loads(daemon.stdout.readline())
         os.kill(daemon.pid, signal.SIGKILL)
@@ -58,6 +60,10 @@ def test_sigkill_of_the_daemon_loses_nothing(busybox_tar: bytes, tmp_path: Path)
             exit_file = os.path.join(data, "containers", ids[key], "exit.json")
             wait_for(lambda: os.path.exists(exit_file), what="the exit of " + key)
         assert os.path.getsize(log_path) > size, "the shim keeps logging without the daemon"
+        # A shim that has recorded the exit still listens until it has told its clients: stand in for one.
+        with open(os.path.join(data, "containers", ids["dies_later"], "config.v2.json")) as f:
+            lingering.bind(json.load(f)["_socket"])
+        lingering.listen(1)
 
         engine = Engine(data, run)
         ticker = engine.inspect_container(ids["ticker"])["State"]
@@ -75,6 +81,7 @@ def test_sigkill_of_the_daemon_loses_nothing(busybox_tar: bytes, tmp_path: Path)
         assert engine.wait(ids["ticker"])["StatusCode"] == 137
         wait_for(lambda: not engine.inspect_container(ids["ticker"])["State"]["Running"], what="stop")
     finally:
+        lingering.close()
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()

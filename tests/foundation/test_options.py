@@ -47,7 +47,7 @@ def test_bad_host_options_are_refused_with_the_flag_named(options: dict[str, obj
 def test_host_options_round_trip_and_refuse_a_newer_version() -> None:
     options = HostOptions(api="ssh", tls_san=("a.example",), labels=("env=prod",), data_root="/data/runtime")
     stored = json.loads(json.dumps(options.to_record()))
-    assert stored["version"] == 1 and HostOptions.from_record(stored) == options
+    assert stored["version"] == 2 and HostOptions.from_record(stored) == options
     assert not options.api_over_tls and HostOptions().api_over_tls
     with pytest.raises(StoreError, match="host options version 7"):
         HostOptions.from_record({**stored, "version": 7})

@@ -20,8 +20,8 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:0
-{tls}{auth}"""
+  addr: {addr}
+{tls}{auth}{proxy}"""
 TLS = """  tls:
     certificate: {cert}
     key: {key}
@@ -61,11 +61,12 @@ class Registry:
 
 
 def start_registry(folder: str, users: dict | None = None, *, tls: tuple[str, str] | None = None,
-                   token: dict | None = None) -> Registry:
+                   token: dict | None = None, address: str = "127.0.0.1", proxy_for: str | None = None) -> Registry:
     """Start a registry storing into ``folder``.
 
     ``users`` ({name: password}) turns on htpasswd auth; ``token`` (realm, service, issuer, bundle) turns on
-    bearer-token auth; ``tls`` is (certificate, key) files.
+    bearer-token auth; ``tls`` is (certificate, key) files. ``address``: where it listens (on a free port);
+    ``proxy_for``: an upstream URL, making this a pull-through cache of it (a registry mirror).
     """
     os.makedirs(folder, exist_ok=True)
     auth = TOKEN_AUTH.format(**token) if token else ""
@@ -81,7 +82,8 @@ def start_registry(folder: str, users: dict | None = None, *, tls: tuple[str, st
     data = os.path.join(folder, "data")
     config = os.path.join(folder, "config.yml")
     with open(config, "w") as f:
-        f.write(CONFIG.format(data=data, auth=auth, tls=TLS.format(cert=tls[0], key=tls[1]) if tls else ""))
+        f.write(CONFIG.format(data=data, auth=auth, tls=TLS.format(cert=tls[0], key=tls[1]) if tls else "",
+                              addr=f"{address}:0", proxy=f"proxy:\n  remoteurl: {proxy_for}\n" if proxy_for else ""))
     log_path = os.path.join(folder, "registry.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", config], stdout=log, stderr=log,
@@ -89,7 +91,7 @@ def start_registry(folder: str, users: dict | None = None, *, tls: tuple[str, st
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with open(log_path, "rb") as f:
-            m = re.search(rb"listening on (127\.0\.0\.1:\d+)", f.read())
+            m = re.search(rb"listening on ([0-9.]+:\d+)", f.read())
         if m:
             return Registry(m.group(1).decode(), data, proc)
         if proc.poll() is not None:

@@ -3,6 +3,7 @@ stub): this host has no VirtualBox. The stub ``vagrant`` speaks Vagrant 2.3's fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -132,3 +133,82 @@ def test_leftover_vm_of_the_same_name_is_found_before_create(stub_path: dict[str
                                              "VBoxManage unregistervm machines-old --delete"):
         driver.pre_create_check()
     assert not (tmp_path / "old").exists()
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, name: str) -> Iterator[VirtualBoxDriver]:
+    """A NAT machine up in the stand-in Vagrant, destroyed afterwards whatever the test did."""
+    driver = nat_driver(tmp_path, name)
+    driver.create(Ledger())
+    try:
+        yield driver
+    finally:
+        driver.remove()
+
+
+def hardware(driver: VirtualBoxDriver) -> dict[str, int]:
+    """What the stand-in VirtualBox gave the VM at its last boot."""
+    return json.loads(Path(driver.store_dir, ".vagrant-stub.json").read_text())["hardware"]
+
+
+def test_set_resizes_a_running_vm_with_a_reload(stub_path: dict[str, str], tmp_path: Path) -> None:
+    """CPUs, memory and a larger disk reach the VM through the Vagrantfile and `vagrant reload`."""
+    with running(tmp_path, "rs") as driver:
+        assert hardware(driver) == {"memory": 1024, "cpus": 1}
+        driver.change({"memory": 2048, "cpu_count": 2, "disk_size": 30000})
+        assert hardware(driver) == {"memory": 2048, "cpus": 2, "disk_mb": 30000}
+        assert driver.state() is State.RUNNING and driver.url() == "tcp://127.0.0.1:2376"
+        driver.flag_values.update({"memory": 2048, "cpu_count": 2, "disk_size": 30000})  # as `machines set` records
+        with pytest.raises(DriverError, match="--virtualbox-disk-size 20000 is not larger than the disk's 30000 MB: "
+                                              "VirtualBox can only grow a disk"):
+            driver.change({"disk_size": 20000})
+        assert hardware(driver)["disk_mb"] == 30000
+
+
+def test_set_on_a_stopped_vm_applies_at_the_next_start(stub_path: dict[str, str], tmp_path: Path) -> None:
+    with running(tmp_path, "st2") as driver:
+        driver.stop()
+        driver.change({"memory": 1536})
+        assert driver.state() is State.STOPPED and hardware(driver)["memory"] == 1024
+        driver.flag_values["memory"] = 1536
+        driver.start()
+        assert hardware(driver)["memory"] == 1536
+
+
+def test_set_that_virtualbox_refuses_puts_the_previous_settings_back(stub_path: dict[str, str], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """VBoxManage refuses more memory than the host has: the VM boots again as it was, and the error says so."""
+    with running(tmp_path, "big") as driver:
+        monkeypatch.setenv("STUB_VBOX_HOST_MEMORY", "4096")
+        with pytest.raises(DriverError, match=r"vagrant reload failed for big: .*Invalid RAM size: 999999 MB .*"
+                                              r"the previous settings were put back"):
+            driver.change({"memory": 999999})
+        assert driver.state() is State.RUNNING and hardware(driver)["memory"] == 1024
+        assert "vb.memory = 1024" in Path(driver.store_dir, "Vagrantfile").read_text()
+        assert driver.flag_values["memory"] == 1024
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"memory": 64}, "--virtualbox-memory must be a whole number of at least 128, not 64"),
+    ({"cpu_count": "two"}, "--virtualbox-cpu-count must be a whole number of at least 1, not 'two'"),
+    ({"box": "other/box"}, "the virtualbox driver cannot change --virtualbox-box after create"),
+])
+def test_set_refuses_what_vagrant_cannot_change(stub_path: dict[str, str], tmp_path: Path, flags: dict[str, object],
+                                                message: str) -> None:
+    with running(tmp_path, "no") as driver:
+        before = Path(driver.store_dir, "Vagrantfile").read_text()
+        with pytest.raises(DriverError, match=message):
+            driver.change(flags)
+        assert Path(driver.store_dir, "Vagrantfile").read_text() == before
+
+
+def test_set_of_a_paused_vm_or_a_libvirt_disk_is_refused(stub_path: dict[str, str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with running(tmp_path, "pz") as driver:
+        monkeypatch.setenv("STUB_VAGRANT_VM_STATE", "paused")
+        with pytest.raises(DriverError, match="pz is paused: Vagrant changes the VM's resources when it is running"):
+            driver.change({"cpu_count": 2})
+        monkeypatch.delenv("STUB_VAGRANT_VM_STATE")
+    libvirt = VirtualBoxDriver("lv", str(tmp_path / "lv"), {**VirtualBoxDriver.flag_defaults(), "provider": "libvirt"})
+    with pytest.raises(DriverError, match="the libvirt provider sizes the disk only when it creates the VM"):
+        libvirt.change({"disk_size": 40000})

@@ -1,0 +1,108 @@
+"""``machines apply``: every machine of the file is created at once, each all or nothing, and ``--plan`` prints one
+line per create, change and remove (exit 2). Fast: the ``files`` driver, no hosts (tests/local/test_apply.py runs
+the same command end to end with local machines)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drivers import registry
+from drivers.base import Ledger
+from machines.errors import DriverError
+from machines.hostoptions import HostOptions
+from machines.store import STATE_READY, Store, new_record
+
+from .conftest import CliResult
+from .fakes import FileDriver
+
+NAMES = ["a1", "a2", "a3", "a4"]
+
+
+class InFlightDriver(FileDriver):
+    """Makes its first resource, then waits until every machine of the file has made one, then fails: the error
+    tells whether all creates were in flight together (they cannot all pass the barrier one after the other)."""
+
+    name = "inflight"
+    barrier = threading.Barrier(len(NAMES))
+
+    def create(self, ledger: Ledger) -> None:
+        path = self._path(0)
+        path.write_text("resource")
+        ledger.record(f"file {path.name}", path.unlink)
+        try:
+            self.barrier.wait(timeout=120)  # a guard against a deadlock, not a measurement
+        except threading.BrokenBarrierError:
+            raise DriverError("not every create was in flight at once") from None
+        if self.machine_name == "a2":
+            raise DriverError("injected fault with all four in flight")
+        raise DriverError("made, then stopped before SSH (no hosts in this test)")
+
+
+@pytest.fixture
+def inflight() -> Iterator[None]:
+    InFlightDriver.barrier = threading.Barrier(len(NAMES))
+    registry.register("inflight", InFlightDriver)
+    yield
+    registry.unregister("inflight")
+
+
+def _write(path: Path, machines: dict[str, dict[str, object]], label: str = "project=t") -> Path:
+    path.write_text(yaml.safe_dump({"label": label, "machines": machines}))
+    return path
+
+
+def test_apply_creates_every_machine_at_once_and_each_all_or_nothing(
+    inflight: None, file_driver: Path, store_path: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    spec = _write(tmp_path / "m.yaml", {name: {"driver": "inflight", "flags": {"world": str(file_driver)}}
+                                        for name in NAMES})
+    result = cli("apply", "-f", str(spec))
+    assert result.exit_status != 0
+    errors = sorted(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+    assert errors == sorted(["Error: a2: injected fault with all four in flight"] + [
+        f"Error: {name}: made, then stopped before SSH (no hosts in this test)" for name in NAMES if name != "a2"])
+    assert list(file_driver.iterdir()) == []  # every half-made machine rolled back
+    assert Store(store_path).names() == []
+
+
+def _recorded(store_path: Path, name: str, flags: dict[str, object], labels: tuple[str, ...]) -> None:
+    """A ready machine of the ``files`` driver in the store, as a finished create leaves it."""
+    record = new_record(name, "files", {**FileDriver.flag_defaults(), **flags},
+                        HostOptions(labels=labels).to_record())
+    record["state"] = STATE_READY
+    Store(store_path).reserve(record)
+
+
+def test_plan_prints_a_line_per_create_change_and_remove(
+    file_driver: Path, store_path: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    world = str(file_driver)
+    _recorded(store_path, "keep", {"world": world}, ("project=t",))
+    _recorded(store_path, "grow", {"world": world}, ("project=t",))
+    _recorded(store_path, "gone", {"world": world}, ("project=t",))
+    _recorded(store_path, "other", {"world": world}, ("project=elsewhere",))
+    spec = _write(tmp_path / "m.yaml", {
+        "keep": {"driver": "files", "flags": {"world": world}},
+        "grow": {"driver": "files", "flags": {"world": world, "resources": 5}, "labels": ["tier=web"]},
+        "new": {"driver": "files", "flags": {"world": world}},
+    })
+    planned = cli("apply", "-f", str(spec), "--plan", "--prune")
+    assert planned.exit_status == 2, planned.stderr
+    assert planned.stdout.splitlines() == [
+        "~ grow: change",
+        "    engine labels: ['project=t'] -> ['tier=web', 'project=t']",
+        "    files resources: 3 -> 5",
+        "+ new: create (driver files)",
+        "- gone: remove (not in the file)",
+    ]
+    assert sorted(Store(store_path).names()) == ["gone", "grow", "keep", "other"]  # --plan changes nothing
+    without_prune = cli("apply", "-f", str(spec), "--plan")
+    assert without_prune.exit_status == 2 and "gone" not in without_prune.stdout
+    same = _write(tmp_path / "same.yaml", {"keep": {"driver": "files", "flags": {"world": world}}})
+    unchanged = cli("apply", "-f", str(same), "--plan")
+    assert unchanged.exit_status == 0 and unchanged.stdout == "nothing to change\n"
