@@ -149,19 +149,21 @@ def check_shareable(machines: Machines, machine: Machine) -> None:
     machines, and Docker Engine (dockerd) has no option to check a revocation list (our runtime's ``--tlscrl``)."""
     if machine.runtime.get("api") != "tls":
         raise UsageError(f"machine {machine.name!r} has no TLS API (created with --api ssh): there is nothing to share")
-    docker = sorted(other.name for other in machines.list()
-                    if other.runtime.get("engine") == "docker" and other.runtime.get("api") == "tls")
-    if machine.name in docker:
+    if on_docker_engine(machine):
         raise StateError(f"machine {machine.name!r} runs Docker Engine, which cannot check a revocation list: a shared "
                          "certificate could never be revoked (share works with machines of the machines runtime)")
+    # Imported machines trust the CA they came with (Docker Machine's, another store's), not this store's.
+    docker = sorted(other.name for other in machines.list() if on_docker_engine(other) and other.runtime.get("api")
+                    == "tls" and not other.runtime.get("imported_from") and not other.record.get("imported"))
     if docker:
         raise StateError(f"cannot share {machine.name!r}: the store CA's certificate would also open {', '.join(docker)}"
                          ", on Docker Engine, which cannot check a revocation list (it could never be revoked there)")
 
 
-def revocable(machine: Machine) -> bool:
-    """Whether ``machine``'s engine refuses revoked certificates (what ``machines revoke`` provisions)."""
-    return machine.runtime.get("api") == "tls" and machine.runtime.get("engine") != "docker"
+def on_docker_engine(machine: Machine) -> bool:
+    """Whether ``machine`` runs Docker Engine (``--engine docker``, or adopted from Docker Machine), whose dockerd
+    cannot check a revocation list."""
+    return machine.runtime.get("engine") == "docker"
 
 
 def validate_user(user: str) -> str:

@@ -249,12 +249,13 @@ def register(app: typer.Typer) -> None:
         from bootstrap import sharing
 
         library = machines()
-        if not share.revocable(library.get(name)):
-            raise StateError(f"machine {name!r} runs Docker Engine or has no TLS API: it cannot check a revocation "
-                             "list, and 'machines share' never shares it")
+        if share.on_docker_engine(library.get(name)):
+            raise StateError(f"machine {name!r} runs Docker Engine, which cannot check a revocation list: "
+                             "'machines share' never shares it")
         revoked = sharing.revoke(library.store.root, name, user)
         echo(f"revoked {', '.join(entry['serial'] for entry in revoked)} of {user}")
-        targets = [machine.name for machine in library.list() if share.revocable(machine) and machine.is_ready]
+        targets = [machine.name for machine in library.list() if machine.runtime.get("api") == "tls"
+                   and not share.on_docker_engine(machine) and machine.is_ready]
         for_each_machine(targets, lambda target, progress: library.get(target).provision(progress))
 
     @app.command()

@@ -7,9 +7,11 @@ import os
 import subprocess
 from pathlib import Path
 
+from drivers.nshost import Bridge
+from tests.chain.test_import_docker_machine import _docker_machine_store
 from tests.reach.conftest import create_generic
 from tests.support.cli import DOCKER, machines
-from tests.support.hosts import HostFactory
+from tests.support.hosts import HostFactory, unique_name
 
 
 def _docker_with(folder: Path, url: str) -> subprocess.CompletedProcess[str]:
@@ -72,3 +74,25 @@ def test_bad_share_requests_are_refused(test_host: HostFactory, tmp_path: Path) 
             assert len(result.stderr.strip().splitlines()) == 1
     finally:
         machines(store, "rm", "-y", "web")
+
+
+def test_docker_engine_machines_are_neither_shared_nor_revoked(test_bridge: Bridge, tmp_path: Path) -> None:
+    """dockerd has no option to check a revocation list, so a certificate shared for it could never be taken back:
+    share and revoke refuse a machine on Docker Engine (here one adopted from a Docker Machine store)."""
+    store, host, adopted = tmp_path / "store", unique_name("sh"), unique_name("shd")
+    machines(store, "create", "-d", "local", "--local-bridge", test_bridge.name, "--local-subnet", test_bridge.subnet,
+             host)
+    try:
+        ip = machines(store, "ip", host).stdout.strip()
+        _docker_machine_store(store, host, ip, tmp_path / "docker-machine", {adopted: "generic"})
+        machines(store, "import-docker-machine", "--from", str(tmp_path / "docker-machine"), adopted)
+        for args in (("share", adopted, "--to", "alice"), ("revoke", adopted, "alice")):
+            result = machines(store, *args, check=False)
+            assert result.returncode == 1 and "runs Docker Engine, which cannot check a revocation list" in \
+                result.stderr, (args, result.stderr)
+            assert len(result.stderr.strip().splitlines()) == 1
+        assert not (store / "certs" / "shares.json").exists()  # nothing was issued
+        shared = machines(store, "share", host, "--to", "bob", "-o", str(tmp_path / "bob"))  # adopted: trusts its own CA
+        assert "export DOCKER_CERT_PATH=" in shared.stdout
+    finally:
+        machines(store, "rm", "-y", adopted, host)
