@@ -209,6 +209,7 @@ def _issue_leaf(
     cert_path: Path,
     key_path: Path,
     sans: list[str] | None = None,
+    validity: datetime.timedelta = LEAF_VALIDITY,
 ) -> None:
     """Sign a new key for ``subject`` with the store CA and write the pair (client or server certificate)."""
     ca_cert, ca_key = load_cert(certs.ca_cert), _load_key(certs.ca_key)
@@ -220,7 +221,7 @@ def _issue_leaf(
     ]
     if sans:
         extensions.append((x509.SubjectAlternativeName([_san_entry(value) for value in sans]), False))
-    cert = _sign(subject, key.public_key(), ca_cert.subject, ca_key, LEAF_VALIDITY, extensions)
+    cert = _sign(subject, key.public_key(), ca_cert.subject, ca_key, validity, extensions)
     write_private(key_path, _key_pem(key))
     write_private(cert_path, _cert_pem(cert))
 
@@ -228,6 +229,34 @@ def _issue_leaf(
 def _make_client(certs: StoreCerts) -> None:
     subject = _name(f"{_user()}.client", "machines client")
     _issue_leaf(certs, subject, ExtendedKeyUsageOID.CLIENT_AUTH, certs.client_cert, certs.client_key)
+
+
+def issue_user_client(certs: StoreCerts, user: str, validity: datetime.timedelta, folder: Path) -> x509.Certificate:
+    """A client certificate of the store CA for another person (``machines share``): ``cert.pem``/``key.pem`` and
+    the CA's ``ca.pem`` in ``folder``, the layout ``DOCKER_CERT_PATH`` expects. The CA key stays here."""
+    with _locked(certs):
+        _issue_leaf(certs, _name(f"{user}.shared", user), ExtendedKeyUsageOID.CLIENT_AUTH, folder / CLIENT_CERT,
+                    folder / CLIENT_KEY, validity=validity)
+        write_private(folder / CA_CERT, certs.ca_cert.read_bytes())
+    return load_cert(folder / CLIENT_CERT)
+
+
+def revocation_list(certs: StoreCerts, serials: list[int]) -> bytes:
+    """A CRL of the store CA naming ``serials`` (PEM), valid as long as the CA: the runtime checks client
+    certificates against it (a CRL past its next update would refuse every client)."""
+    ca_cert, ca_key = load_cert(certs.ca_cert), _load_key(certs.ca_key)
+    now = _now() - CLOCK_SKEW
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(ca_cert.not_valid_after_utc)
+    )
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def ensure_store_certs(store_root: str | os.PathLike[str], *, rotate: bool = False) -> StoreCerts:

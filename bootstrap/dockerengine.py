@@ -142,6 +142,7 @@ class DockerEngineRun(provisioning.ProvisioningRun):
     layout = DOCKER_SERVICE
     control_path = CONTROL_PATH
     engine_title = "Docker Engine"
+    checks_revocations = False  # so machines share/revoke refuse Docker Engine machines (machines.share)
 
     def __init__(self, machine: Machine, progress: Progress | None = None, *, new_server_cert: bool = False,
                  upgrade: bool = False) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from bootstrap import bundle as bundles
 from bootstrap import certs as certificates
-from bootstrap import service
+from bootstrap import service, sharing
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
@@ -106,7 +106,7 @@ true
 def _facts_script() -> str:
     managed = " ".join(
         [service.LAUNCHER_PATH, service.CONTROL_PATH, service.UNIT_PATH, service.CA_PATH, service.CERT_PATH,
-         service.CONFIG_PATH, service.ENV_PATH]
+         service.CONFIG_PATH, service.ENV_PATH, service.CRL_PATH]
     )
     candidates = " ".join(PYTHON_CANDIDATES)
     return HOST_FACTS + f"""
@@ -175,6 +175,7 @@ class ProvisioningRun:
     layout = service.RUNTIME_SERVICE
     control_path = service.CONTROL_PATH
     engine_title = "the runtime"
+    checks_revocations = True  # the daemon takes --tlscrl (machines revoke); dockerd has no such option
 
     def __init__(
         self,
@@ -353,6 +354,11 @@ class ProvisioningRun:
             self.progress.detail(f"issued a server certificate for {', '.join(sans)}")
         certificates.copy_client_certs(store, self.machine.dir)
         ca_data, cert_data = store.ca_cert.read_bytes(), server_cert.read_bytes()
+        if self.checks_revocations:
+            crl_data = sharing.revocation_list(Path(self.store_root))
+            if self.facts.sums.get(service.CRL_PATH) != _sha256(crl_data):  # the daemon re-reads it: no restart
+                self._run(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
+                self._put(crl_data, service.CRL_PATH, 0o600, "certs")
         if (
             self.facts.sums.get(service.CA_PATH) == _sha256(ca_data)
             and self.facts.sums.get(service.CERT_PATH) == _sha256(cert_data)

@@ -90,8 +90,10 @@ class RuntimeProvisioner:
                 "DOCKER_MACHINE_NAME": machine.name,
             }
         ip = machine.ip()
-        # An imported machine's certificates come from Docker Machine's CA, kept in its folder.
-        store = certificates.StoreCerts(machine.dir if machine.runtime.get("imported_from") else machine.store.certs_dir)
+        # An imported machine's certificates come with it, kept in its folder: from Docker Machine's CA
+        # (import-docker-machine), or the exporting store's CA until provisioned from here (`machines import`).
+        imported = machine.record.get("imported") or machine.runtime.get("imported_from")
+        store = certificates.StoreCerts(machine.dir if imported else machine.store.certs_dir)
         if not certificates.server_cert_valid(machine.dir, store, [ip]):
             raise StateError(
                 f"the certificate of {machine.name} is not valid for its address {ip}: "

@@ -30,6 +30,7 @@ SCAN_SETTINGS = "scan.json"  # in the data root: runtime.images.scan.arrival.SCA
 SCAN_DB = "osv"  # in the data root: runtime.images.scan.arrival.OSV_DIR
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
+CRL_PATH = f"{ETC_DIR}/crl.pem"  # the store CA's revocation list (machines revoke); the daemon re-reads it
 CONFIG_PATH = f"{ETC_DIR}/daemon.json"  # the engine options, in dockerd's daemon.json names (0600: proxy passwords)
 ENV_PATH = f"{ETC_DIR}/daemon.env"  # the daemon's environment (--engine-env), sourced by the launcher (0600)
 
@@ -57,6 +58,7 @@ class DaemonConfig:
             argv += [
                 "--host", f"tcp://0.0.0.0:{self.port}",
                 "--tlsverify", "--tlscacert", CA_PATH, "--tlscert", CERT_PATH, "--tlskey", KEY_PATH,
+                "--tlscrl", CRL_PATH,
             ]  # fmt: skip
         return argv
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drivers import registry
 from drivers.base import Driver, Ledger, SSHDetails, State
-from machines import hostoptions
+from machines import contexts, hostoptions
 from machines.errors import (
     CancelledError,
     DriverError,
@@ -305,6 +305,11 @@ class Machine:
             self.wait_for_ssh(ssh_timeout)
         if self._provisioner is not None and self.is_ready and self.runtime:
             self._provisioner.provision(self, progress)
+        if self.record.get("mounts"):  # a stopped host lost its mounts: `machines mount` made them, make them again
+            from machines import mounts
+
+            for problem in mounts.restore(self):
+                progress.note(problem)
 
     # -- provisioning ---------------------------------------------------------------------------------------
     def provision(self, progress: Progress | None = None) -> None:
@@ -543,6 +548,11 @@ class Machines:
             machine.close()
             if self.provisioner is not None:
                 self.provisioner.release(machine)
+            if machine.record.get("mounts"):
+                from machines import mounts
+
+                for problem in mounts.release(machine):
+                    progress.note(f"{problem}; removing the machine anyway")
             try:
                 machine.driver.remove()
             except MachinesError as error:
@@ -550,6 +560,7 @@ class Machines:
                     raise DriverError(f"cannot remove {name}: {error} (use -f to forget it anyway)") from None
                 progress.note(f"driver could not remove its resources ({error}); forgetting the machine anyway")
             self.store.delete(name)
+            contexts.remove(name, self.store.root)  # the docker context `machines context` made, if any
 
     def start(self, name: str, progress: Progress | None = None) -> None:
         self.get(name).start(progress)

@@ -176,8 +176,13 @@ class Connection:
     def close(self) -> None:
         with self._connect_lock:
             if self._client is not None:
+                transport = self._client.get_transport()
                 self._client.close()
                 self._client = None
+                # paramiko's close does not wait for its transport thread; one still running while the interpreter
+                # exits can abort it ("Fatal Python error ... finalizing"), so wait for it here.
+                if transport is not None and transport is not threading.current_thread():
+                    transport.join(5)
 
     def __enter__(self) -> Connection:
         return self.connect()
@@ -289,13 +294,22 @@ class Connection:
             raise SSHError(f"cannot copy {remote} from {self.name}: {_describe(error)}") from None
 
     # -- interactive use ------------------------------------------------------------------------------------
-    def interactive(self, command: str | None = None) -> int:
+    def _session(self, forward_agent: bool) -> paramiko.Channel:
+        """A new session channel; with ``forward_agent`` the local ssh-agent answers the host (``ssh -A``)."""
+        channel = self.transport.open_session()
+        if forward_agent:
+            import paramiko.agent
+
+            paramiko.agent.AgentRequestHandler(channel)
+        return channel
+
+    def interactive(self, command: str | None = None, *, forward_agent: bool = False) -> int:
         """A shell (or ``command``) on a PTY wired to this terminal; returns the remote exit status."""
         import termios
         import tty
 
         columns, rows = os.get_terminal_size(sys.stdin.fileno())
-        channel = self.transport.open_session()
+        channel = self._session(forward_agent)
         channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=rows)
         if command is None:
             channel.invoke_shell()
@@ -316,10 +330,13 @@ class Connection:
             signal.signal(signal.SIGWINCH, previous_handler)
         return channel.recv_exit_status()
 
-    def stream(self, command: str, stdin: IO[bytes] | None = None) -> int:
+    def stream(self, command: str, stdin: IO[bytes] | None = None, *, forward_agent: bool = False) -> int:
         """Run ``command`` with its output streamed to ours (and ``stdin`` fed to it); returns its exit status."""
-        channel = self.transport.open_session()
-        channel.exec_command(command)
+        channel = self._session(forward_agent)
+        if command:
+            channel.exec_command(command)
+        else:
+            channel.invoke_shell()  # no PTY (``ssh -T``): a shell reading stdin
         if stdin is not None:
             threading.Thread(target=_feed, args=(stdin, channel), daemon=True).start()
         else:
@@ -345,6 +362,26 @@ class Connection:
         forwarder.start()
         return forwarder
 
+    def open_tcp(self, host: str, port: int, origin: tuple[str, int] = ("127.0.0.1", 0)) -> paramiko.Channel:
+        """A channel to ``host:port`` as the machine sees it (``direct-tcpip``, what ``ssh -L`` uses)."""
+        try:
+            return self.transport.open_channel("direct-tcpip", (host, port), origin, timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise SSHError(f"{self.name} cannot reach {host}:{port}: {_describe(error)}") from None
+
+    def open_unix(self, remote_socket_path: str, *, sudo: bool = True) -> socket.socket:
+        """A local socket joined to ``remote_socket_path`` on the machine (through the same bridge program as
+        ``forward_local_unix``), for talking HTTP to the runtime with the standard library."""
+        command = _unix_bridge_command(remote_socket_path)
+        try:
+            channel = self.transport.open_session()
+            channel.exec_command(self.wrap_sudo(command) if sudo else command)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise SSHError(f"cannot open {remote_socket_path} on {self.name}: {_describe(error)}") from None
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=bridge, args=(channel, theirs), daemon=True).start()
+        return ours
+
     def request_remote_forward(
         self, remote_port: int, local_host: str, local_port: int, *, remote_host: str = "127.0.0.1"
     ) -> int:
@@ -361,7 +398,7 @@ class Connection:
                 channel.close()
                 return
             local.settimeout(None)
-            _bridge(channel, local)
+            bridge(channel, local)
 
         def handler(channel: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]) -> None:
             # paramiko keeps one handler per transport: route by the forwarded port. Called on the transport's
@@ -424,7 +461,7 @@ class UnixForwarder:
             log.debug("forward to %s failed: %s", self.connection.name, error)
             client.close()
             return
-        _bridge(channel, client)
+        bridge(channel, client)
 
     def close(self) -> None:
         self._closed.set()
@@ -461,7 +498,7 @@ def _unix_bridge_command(remote_socket_path: str) -> str:
     return f"python3 -c {shlex.quote(program)} {shlex.quote(remote_socket_path)}"
 
 
-def _bridge(channel: paramiko.Channel, sock: socket.socket) -> None:
+def bridge(channel: paramiko.Channel, sock: socket.socket) -> None:
     """Copy both ways between an SSH channel and a socket until both sides are done."""
 
     def upstream() -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 
@@ -77,17 +78,20 @@ def _pool_flag(value: str) -> dict:
 
 def run_daemon(args: argparse.Namespace) -> int:
     from runtime.api import build_app
-    from runtime.api.server import Server, bind_tcp, bind_unix, tls_context
+    from runtime.api.server import RevocableTLS, Server, bind_tcp, bind_unix, tls_context
     from runtime.engine import Engine
 
     hosts = [parse_host(value) for value in (args.host or ["unix://" + DEFAULT_SOCKET])]
-    tls = None
+    tls: RevocableTLS | ssl.SSLContext | None = None
     if any(kind == "tcp" for kind, _, _ in hosts):
         if args.tlsverify or args.tls:
             if (args.tlsverify and not args.tlscacert) or not args.tlscert or not args.tlskey:
                 raise UsageError("--tlsverify needs --tlscacert, --tlscert and --tlskey (--tls: the last two)")
             try:
-                tls = tls_context(args.tlscacert, args.tlscert, args.tlskey, verify=args.tlsverify)
+                if args.tlscrl and args.tlsverify:
+                    tls = RevocableTLS(args.tlscacert, args.tlscert, args.tlskey, args.tlscrl)
+                else:
+                    tls = tls_context(args.tlscacert, args.tlscert, args.tlskey, verify=args.tlsverify)
             except (OSError, ValueError) as exc:
                 raise UsageError(f"cannot load TLS files: {exc}") from None
         else:
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--tlscacert")
     daemon.add_argument("--tlscert")
     daemon.add_argument("--tlskey")
+    daemon.add_argument("--tlscrl", help="revocation list (PEM) of --tlscacert, re-read when it changes")
     daemon.add_argument("--pidfile")
     daemon.add_argument("--bridge-subnet", help="subnet of the default bridge network, e.g. 172.30.0.0/16")
     daemon.add_argument("--bridge-name", help="name of the default bridge link")

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(
   python3 python3-venv openssh-server openssh-client iproute2 iptables e2fsprogs procps psmisc
   busybox-static docker-compose docker-registry runc crun zstd
+  # reaching into machines (tests/reach): completion scripts run by real shells, reverse sshfs mounts, scp --delta
+  zsh fish sshfs rsync curl
   # Docker Engine for --engine docker machines: local hosts see it through their copy-on-write root (tests/swarm)
   docker.io
   # image signing interoperability (tests/trust): GPG simple signing both ways with skopeo

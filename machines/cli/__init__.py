@@ -15,7 +15,21 @@ from typing import Annotated
 
 import typer
 
-from machines.cli import change, common, create, declarative, info, lifecycle, provisioning, remote, scan, swarm, trust
+from machines import completion
+from machines.cli import (
+    change,
+    common,
+    create,
+    declarative,
+    info,
+    lifecycle,
+    provisioning,
+    reach,
+    remote,
+    scan,
+    swarm,
+    trust,
+)
 from machines.cli.common import error_line, exit_status_of, settings
 from machines.errors import ExitStatus, MachinesError
 
@@ -53,7 +67,7 @@ def build_app(*, driver_flags: bool = True) -> typer.Typer:
 
     create.register(app, driver_flags=driver_flags)
     change.register(app, driver_flags=driver_flags)
-    for module in (info, lifecycle, remote, provisioning, declarative, swarm, trust, scan):
+    for module in (info, lifecycle, remote, provisioning, reach, declarative, swarm, trust, scan):
         module.register(app)
     return app
 
@@ -63,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     settings.debug = any(arg in ("--debug", "-D") for arg in args) or bool(_env_flag("MACHINES_DEBUG"))
     try:
-        command = typer.main.get_command(build_app(driver_flags="create" in args or "set" in args))
+        completing = completion.requested()  # a shell's TAB: Typer's entry point answers and exits
+        if completing:
+            completion.init()
+        words = [*args, *(completion.words().split() if completing else [])]  # driver flags: create and set
+        command = typer.main.get_command(build_app(driver_flags="create" in words or "set" in words))
+        completion.attach(command)
         result = command.main(args=args, prog_name="machines", standalone_mode=False)
         return result if isinstance(result, int) else int(ExitStatus.OK)
     except MachinesError as error:

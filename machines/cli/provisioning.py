@@ -10,7 +10,7 @@ from collections.abc import Callable
 import typer
 
 from machines import shellenv, swarm
-from machines.cli import common
+from machines.cli import common, reach
 from machines.machine import Machine
 from machines.progress import Progress
 
@@ -42,6 +42,8 @@ def register(app: typer.Typer) -> None:
         unset: bool = typer.Option(False, "--unset", "-u", help="Print commands that unset the variables instead."),
         no_proxy: bool = typer.Option(False, "--no-proxy", help="Add the machine's IP to NO_PROXY/no_proxy."),
         ssh: bool = typer.Option(False, "--ssh", help="Point DOCKER_HOST at a local socket forwarded over SSH."),
+        context: bool = typer.Option(False, "--context", help="Create a docker context NAME; set DOCKER_CONTEXT."),
+        ports: str | None = typer.Option(None, "--ports", help="'auto': published ports on 127.0.0.1 here."),
         in_swarm: bool = typer.Option(False, "--swarm", help="NAME is a swarm or one of its managers: point at a "
                                       "manager of it that answers (for docker node, service and stack)."),
     ) -> None:
@@ -52,9 +54,11 @@ def register(app: typer.Typer) -> None:
         else:
             target = library.get(name)
         variables = target.env(ssh=ssh, unset=unset, no_proxy=no_proxy)
+        if ports is not None or context:
+            variables = reach.env_extras(target, variables, ports=ports, context=context, unset=unset)
         chosen = shell or shellenv.detect_shell()
         flags = [("--swarm", in_swarm), ("--ssh", ssh), ("--unset", unset), ("--no-proxy", no_proxy),
-                 (f"--shell {shell}", bool(shell))]
+                 (f"--shell {shell}", bool(shell)), ("--context", context), (f"--ports {ports}", ports is not None)]
         command = " ".join(["machines env", *(flag for flag, given in flags if given), name])
         common.echo(shellenv.render(variables, chosen, command).rstrip("\n"))
 

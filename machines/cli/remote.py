@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import subprocess
 from typing import Annotated
 
 import typer
@@ -38,30 +38,36 @@ def register(app: typer.Typer) -> None:
     @app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
     def ssh(
         name: Annotated[str | None, typer.Argument(help="Machine name (none with --filter).")] = None,
-        command: Annotated[list[str] | None, typer.Argument(help="Command to run; a shell when omitted.")] = None,
+        args: Annotated[
+            list[str] | None,
+            typer.Argument(help="ssh options (-L, -R, -D, -A, -t, -T, -N), then the command (a shell when omitted)."),
+        ] = None,
+        native: Annotated[
+            bool, typer.Option("--native", help="Run the system ssh (any ssh option) with the pinned host key.")
+        ] = False,
         filters: FilterOption = None,
     ) -> None:
-        """Log in to a machine (a shell on a PTY) or run one command; its exit status is passed through.
+        """Log in to a machine (a shell on a PTY) or run one command, with OpenSSH's forwarding options; its exit
+        status is passed through.
 
         With --filter (before the command: ``machines ssh --filter label=x -- CMD``) the command runs on every
         selected machine at once; their output lines come prefixed with the machine's name.
         """
+        from machines import sshconfig
+
         if filters:
-            _ssh_fleet(filters, [word for word in [name or "", *(command or [])] if word])
+            _ssh_fleet(filters, [word for word in [name or "", *(args or [])] if word])
             return
         if name is None:
             raise UsageError("give a machine name, or --filter and a command")
-        if command and command[0] == "--":  # ``machines ssh NAME -- CMD`` like ssh
-            command = command[1:]
-        connection = machines().get(name).ssh()
+        options = sshconfig.parse(args or [])
+        machine = machines().get(name)
+        if native or options.native:
+            command = sshconfig.native_command(machine, options)
+            raise typer.Exit(subprocess.call(command))
+        connection = machine.ssh()
         try:
-            if command:
-                stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
-                status = connection.stream(" ".join(command), stdin=stdin)
-            else:
-                if not sys.stdin.isatty():
-                    raise typer.BadParameter("an interactive shell needs a terminal; give a command to run")
-                status = connection.interactive()
+            status = sshconfig.Session(connection, options).run()
         finally:
             connection.close()
         raise typer.Exit(status)
@@ -71,8 +77,15 @@ def register(app: typer.Typer) -> None:
         source: Annotated[str, typer.Argument(help="[MACHINE:]PATH")],
         destination: Annotated[str, typer.Argument(help="[MACHINE:]PATH")],
         recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Copy directories.")] = False,
+        delta: Annotated[
+            bool, typer.Option("--delta", help="rsync over SSH: send only what changed (rsync on both sides).")
+        ] = False,
     ) -> None:
         """Copy files between this computer and machines, or between two machines."""
+        if delta:
+            from machines import sshconfig
+
+            raise typer.Exit(subprocess.call(sshconfig.delta_command(machines(), source, destination, recursive)))
         from machines import transfer  # with paramiko, only when copying
 
         report = (lambda line: echo(line)) if settings.verbose else None

@@ -830,7 +830,7 @@ class _Gate:
         self._stopping = False
         self._listeners: list[socket.socket] = []
 
-    def add_listener(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+    def add_listener(self, sock: socket.socket, tls: ssl.SSLContext | RevocableTLS | None) -> None:
         sock.setblocking(False)
         self._listeners.append(sock)
         self._selector.register(sock, selectors.EVENT_READ, ("listen", tls))
@@ -861,7 +861,7 @@ class _Gate:
         except OSError:
             pass
 
-    def _accept(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+    def _accept(self, listener: socket.socket, tls: ssl.SSLContext | RevocableTLS | None) -> None:
         for _ in range(64):  # a burst at a time, then the other listeners and handshakes get their turn
             try:
                 sock, address = listener.accept()
@@ -991,15 +991,48 @@ class _Gate:
         self._wake_w.close()
 
 
-def tls_context(ca: str, cert: str, key: str, verify: bool = True) -> ssl.SSLContext:
-    """Server context for mutual TLS: the client must present a certificate signed by ``ca``."""
+def tls_context(ca: str, cert: str, key: str, verify: bool = True, crl: str | None = None) -> ssl.SSLContext:
+    """Server context for mutual TLS: the client must present a certificate signed by ``ca`` (and, with ``crl``,
+    one that revocation list does not name)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     if verify:
         context.load_verify_locations(ca)
         context.verify_mode = ssl.CERT_REQUIRED
+        if crl is not None:
+            context.load_verify_locations(crl)
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+class RevocableTLS:
+    """The server's TLS context, made again when the revocation list file changes: ``machines revoke`` uploads a
+    new one (through provision) and the next connection is checked against it, without a restart. An unreadable
+    new list keeps the last good context (the daemon logs it)."""
+
+    def __init__(self, ca: str, cert: str, key: str, crl: str) -> None:
+        self._files = (ca, cert, key)
+        self._crl = crl
+        self._stamp = self._crl_stamp()
+        self._context = tls_context(ca, cert, key, crl=crl)
+
+    def _crl_stamp(self) -> tuple[int, int, int]:
+        info = os.stat(self._crl)
+        return info.st_mtime_ns, info.st_size, info.st_ino
+
+    def current(self) -> ssl.SSLContext:
+        try:
+            stamp = self._crl_stamp()
+            if stamp != self._stamp:
+                self._context = tls_context(*self._files, crl=self._crl)
+                self._stamp = stamp
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            sys.stderr.write(f"keeping the previous revocation list: {exc}\n")
+        return self._context
+
+    def wrap_socket(self, sock: socket.socket, **options: Any) -> ssl.SSLSocket:
+        return self.current().wrap_socket(sock, **options)
 
 
 def bind_unix(path: str) -> socket.socket:
@@ -1051,7 +1084,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self.unix_paths: list[str] = []
 
-    def add(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+    def add(self, sock: socket.socket, tls: ssl.SSLContext | RevocableTLS | None = None) -> None:
         if sock.family == socket.AF_UNIX:
             self.unix_paths.append(sock.getsockname())
         self._gate.add_listener(sock, tls)

@@ -19,13 +19,14 @@ PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("runtime",)),
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
-              "machines.shellenv", "machines.redaction")),
+              "machines.shellenv", "machines.redaction", "machines.contexts", "machines.detached")),
     ("drivers", ("drivers",)),
-    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.declarative",
-              "machines.dockermachine", "machines.swarm")),
+    ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.mounts",
+              "machines.declarative", "machines.dockermachine", "machines.swarm")),
     ("bootstrap", ("bootstrap",)),
-    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines.trust", "machines.scan",
-                     "machines")),
+    ("application", ("machines.default", "machines.cli", "machines.__main__", "machines", "machines.ports",
+                     "machines.sshconfig", "machines.completion", "machines.share", "machines.reversefs",
+                     "machines.trust", "machines.scan")),
 ]
 # What may use the runtime's code (runtime itself is stdlib only): the zipapp builder, which bundles the package, the
 # provisioner, which checks engine options with the daemon's own rules before anything is created, and the
