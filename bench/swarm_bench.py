@@ -33,19 +33,23 @@ def timed(store: str, env: dict[str, str], *args: str) -> float:
     started = time.perf_counter()
     result = subprocess.run([MACHINES, "--storage-path", store, *args], env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"machines {' '.join(args)} failed: {result.stderr}")
+        raise SystemExit(f"machines {' '.join(args)} failed: {result.stderr}")
     return time.perf_counter() - started
 
 
 def one_round(root: str, env: dict[str, str]) -> dict[str, float]:
     store = os.path.join(root, f"store-{uuid.uuid4().hex[:6]}")
     names = [f"s{uuid.uuid4().hex[:6]}{index}" for index in range(3)]
-    times = {"create 3 (parallel)": timed(store, env, "create", *ENGINE_FLAGS, *names)}
-    times["swarm init"] = timed(store, env, "swarm", "init", names[0])
-    times["swarm join 2 managers"] = timed(store, env, "swarm", "join", *names[1:], "--manager", names[0],
-                                           "--role", "manager")
-    times["total"] = sum(times.values())
-    times["rm -f 3"] = timed(store, env, "rm", "-f", "-y", *names)
+    try:
+        times = {"create 3 (parallel)": timed(store, env, "create", *ENGINE_FLAGS, *names)}
+        times["swarm init"] = timed(store, env, "swarm", "init", names[0])
+        times["swarm join 2 managers"] = timed(store, env, "swarm", "join", *names[1:], "--manager", names[0],
+                                               "--role", "manager")
+        times["total"] = sum(times.values())
+        times["rm -f 3"] = timed(store, env, "rm", "-f", "-y", *names)
+    finally:  # a failed round must not leave its hosts behind when the temporary store goes
+        subprocess.run([MACHINES, "--storage-path", store, "rm", "-f", "-y", "--filter", "name=."], env=env,
+                       capture_output=True)
     return times
 
 
