@@ -188,47 +188,56 @@ def _clean_name(name: str, what: str) -> list[str]:
 
 
 class _Extractor:
-    """One layer extraction into ``root`` (a fresh directory)."""
+    """One layer extraction into ``root`` (a fresh directory). Every entry is made relative to the fd of its parent
+    folder, opened through ``safepath`` without following any link: a link planted in the tree (by an earlier
+    entry or by anyone racing us) is never written through."""
+
+    _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
     def __init__(self, root: str, whiteouts: bool = True) -> None:
-        self.root = root
+        self.root = safepath.Root(root, follow_links=False)
         self.whiteouts = whiteouts
         self.dir_times: list[tuple[str, int]] = []
         self.size = 0
 
-    def _parent(self, parts: list[str], name: str) -> str:
-        """The real parent dir of ``parts``, made on demand; refuse if any component is a symlink or a file."""
-        path = self.root
-        for part in parts[:-1]:
-            path = os.path.join(path, part)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                os.mkdir(path, 0o755)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                raise LayerRefused("layer refused: {!r} would be written through the symlink {!r}".format(name, "/".join(parts[:parts.index(part) + 1])))
-            if not stat.S_ISDIR(st.st_mode):
-                raise LayerRefused(f"layer refused: {name!r} is below a non-directory")
-        return path
+    def close(self) -> None:
+        self.root.close()
 
-    @staticmethod
-    def _clear(path: str, keep_dir: bool) -> None:
-        """Make room for a new entry (a later entry for the same path replaces the earlier one, as tar does)."""
+    def _parent(self, parts: list[str], name: str) -> int:
+        """An fd of the real parent dir of ``parts``, made on demand; refuse if any component is a symlink or a
+        file. The caller closes the fd."""
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if not keep_dir:
-                shutil.rmtree(path)
-        else:
-            os.unlink(path)
+            return self.root.open("/".join(parts[:-1]), self._DIR)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+        fd = os.dup(self.root.fd)  # something is missing or in the way: one component at a time, to say which
+        try:
+            for depth, part in enumerate(parts[:-1], 1):
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    child = os.open(part, self._DIR, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise LayerRefused("layer refused: {!r} would be written through the symlink {!r}".format(
+                            name, "/".join(parts[:depth]))) from None
+                    raise LayerRefused(f"layer refused: {name!r} is below a non-directory") from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    def _attrs(self, path: str, m: tarfile.TarInfo) -> None:
-        os.lchown(path, m.uid, m.gid)
+    def _attrs(self, parent: int, base: str, parts: list[str], m: tarfile.TarInfo) -> None:
+        os.chown(base, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
         if not m.issym():
-            os.chmod(path, m.mode & 0o7777)
+            safepath.chmod_at(parent, base, m.mode & 0o7777)
         for key, value in m.pax_headers.items():
             if key.startswith(XATTR_PAX_PREFIX):
                 attr = key[len(XATTR_PAX_PREFIX):]
@@ -236,91 +245,122 @@ class _Extractor:
                     continue  # only we decide what overlayfs sees
                 raw = value.encode("utf-8", "surrogateescape")
                 try:
-                    os.setxattr(path, attr, raw, follow_symlinks=False)
+                    os.setxattr(safepath.fd_path(parent, base), attr, raw, follow_symlinks=False)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                         raise
         if m.isdir():
-            self.dir_times.append((path, int(m.mtime)))
+            self.dir_times.append(("/".join(parts), int(m.mtime)))
         else:
-            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+            os.utime(base, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
 
     def member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         parts = _clean_name(m.name, "name")
         if not parts:
             return  # the "./" entry: the layer root itself
         parent = self._parent(parts, m.name)
+        try:
+            self._member(tar, m, parts, parent)
+        finally:
+            os.close(parent)
+
+    def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, parts: list[str], parent: int) -> None:
         base = parts[-1]
         if self.whiteouts and base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parent, base, m.name)
             return
-        path = os.path.join(parent, base)
         if m.isdir():
-            self._clear(path, keep_dir=True)
-            if not os.path.isdir(path):
-                os.mkdir(path, 0o700)
+            safepath.clear(parent, base, keep_dir=True)  # a later entry for a path replaces the earlier, as tar
+            try:
+                os.mkdir(base, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
         elif m.isreg():
-            self._clear(path, keep_dir=False)
+            safepath.clear(parent, base)
             src = tar.extractfile(m)
             assert src is not None
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(src, out, COPY_CHUNK)
             self.size += m.size
         elif m.issym():
             if not m.linkname.startswith("/"):
-                target = os.path.normpath(os.path.join("/".join(parts[:-1]), m.linkname))
+                target = posixpath.normpath(posixpath.join("/".join(parts[:-1]), m.linkname))
                 if target == ".." or target.startswith("../"):
                     raise LayerRefused(f"layer refused: symlink {m.name!r} -> {m.linkname!r} points outside the layer")
-            self._clear(path, keep_dir=False)
-            os.symlink(m.linkname, path)
+            safepath.clear(parent, base)
+            os.symlink(m.linkname, base, dir_fd=parent)
         elif m.islnk():
-            target_parts = _clean_name(m.linkname, f"hardlink target of {m.name!r}")
-            target = os.path.join(self._parent(target_parts, m.linkname), target_parts[-1]) if target_parts else ""
-            if not target_parts or not os.path.lexists(target) or os.path.isdir(target):
-                raise LayerRefused(f"layer refused: hardlink {m.name!r} -> {m.linkname!r} has no target inside the layer")
-            self._clear(path, keep_dir=False)
-            os.link(target, path, follow_symlinks=False)
+            self._hardlink(m, parent, base)
             return  # a hardlink shares its target's attributes
         elif m.isfifo():
-            self._clear(path, keep_dir=False)
-            os.mkfifo(path, 0o600)
+            safepath.clear(parent, base)
+            os.mkfifo(base, 0o600, dir_fd=parent)
         elif m.ischr() or m.isblk():
-            if not self._device(path, m):
+            if not self._device(parent, base, m):
                 return
         else:
             raise LayerRefused(f"layer refused: unsupported entry type {m.type!r} for {m.name!r}")
-        self._attrs(path, m)
+        self._attrs(parent, base, parts, m)
 
-    def _device(self, path: str, m: tarfile.TarInfo) -> bool:
+    def _hardlink(self, m: tarfile.TarInfo, parent: int, base: str) -> None:
+        target_parts = _clean_name(m.linkname, f"hardlink target of {m.name!r}")
+        missing = LayerRefused(f"layer refused: hardlink {m.name!r} -> {m.linkname!r} has no target inside the layer")
+        if not target_parts:
+            raise missing
+        target_parent = self._parent(target_parts, m.linkname)
+        try:
+            try:
+                target_st = os.stat(target_parts[-1], dir_fd=target_parent, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                raise missing from None
+            if stat.S_ISDIR(target_st.st_mode):
+                raise missing
+            safepath.clear(parent, base)
+            os.link(target_parts[-1], base, src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(target_parent)
+
+    def _device(self, parent: int, base: str, m: tarfile.TarInfo) -> bool:
         """mknod as dockerd does; False (and a warning) where this daemon may not create device nodes."""
-        self._clear(path, keep_dir=False)
+        safepath.clear(parent, base)
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
         try:
-            os.mknod(path, 0o600 | kind, os.makedev(m.devmajor, m.devminor))
+            os.mknod(base, 0o600 | kind, os.makedev(m.devmajor, m.devminor), dir_fd=parent)
         except PermissionError as exc:
             log.warning("skipping device node %s (%d:%d) from a layer: %s", m.name, m.devmajor, m.devminor,
                         exc.strerror)
             return False
         return True
 
-    def _whiteout(self, parent: str, base: str, name: str) -> None:
+    def _whiteout(self, parent: int, base: str, name: str) -> None:
         """OCI whiteouts -> overlayfs: ``.wh..wh..opq`` marks the dir opaque, ``.wh.x`` becomes a 0/0 char device."""
         if base == OPAQUE_MARKER:
-            os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y")
+            os.setxattr(safepath.fd_path(parent), OVERLAY_OPAQUE_XATTR, b"y")
             return
         if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
             return  # other AUFS metadata (.wh..wh.plnk, ...) means nothing to overlayfs
         hidden = base[len(WHITEOUT_PREFIX):]
         if hidden in ("", ".", ".."):
             raise LayerRefused(f"layer refused: bad whiteout {name!r}")
-        path = os.path.join(parent, hidden)
-        self._clear(path, keep_dir=False)
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        safepath.clear(parent, hidden)
+        os.mknod(hidden, 0o600 | stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
 
     def finish(self) -> None:
+        """Folder times last (entries made inside a folder change its mtime); a folder a later entry replaced by a
+        link or a file is gone and keeps no time."""
         for path, mtime in reversed(self.dir_times):
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
+            try:
+                parent, name = self.root.open_parent(path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
+            try:
+                os.utime(name, (mtime, mtime), dir_fd=parent, follow_symlinks=False)
+            finally:
+                os.close(parent)
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -349,9 +389,11 @@ def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
                           bufsize=COPY_CHUNK) as tar:
             for m in _members(tar):
                 ex.member(tar, m)
+        ex.finish()
     except tarfile.TarError as exc:
         raise LayerRefused(f"layer refused: invalid tar: {exc}") from None
-    ex.finish()
+    finally:
+        ex.close()
 
 
 def extract_layer(stream: IO[bytes], dest: str) -> tuple[str, int, int]:
