@@ -267,6 +267,9 @@ class DockerEngineProvisioner(RuntimeProvisioner):
     def engine_config_on_host(self, machine: Machine) -> dict[str, Any] | None:
         return config_on_host(machine)
 
+    def daemon_log(self, machine: Machine) -> str:
+        return DOCKER_SERVICE.log
+
     def provision(self, machine: Machine, progress: Progress) -> None:
         provision(machine, progress)
 

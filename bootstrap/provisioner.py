@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bootstrap import certs as certificates
-from bootstrap import forwarder
+from bootstrap import forwarder, service
 from bootstrap import provision as provisioning
 from machines.errors import StateError, UsageError
 from machines.hostoptions import HostOptions
@@ -130,3 +130,6 @@ class RuntimeProvisioner:
 
     def release(self, machine: Machine) -> None:
         forwarder.stop(machine.dir)
+
+    def daemon_log(self, machine: Machine) -> str:
+        return service.RUNTIME_SERVICE.log

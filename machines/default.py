@@ -72,6 +72,9 @@ class EngineProvisioners:
     def release(self, target: machine.Machine) -> None:
         self.of(target).release(target)
 
+    def daemon_log(self, target: machine.Machine) -> str:
+        return self.of(target).daemon_log(target)
+
 
 class Machines(machine.Machines):
     """``machines.machine.Machines`` whose provisioner is chosen by each machine's engine unless one is given."""

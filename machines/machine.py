@@ -103,6 +103,9 @@ class Provisioner(Protocol):
     def release(self, machine: Machine) -> None:
         """Stop whatever runs on this computer for the machine (``rm``)."""
 
+    def daemon_log(self, machine: Machine) -> str:
+        """Where the engine's daemon writes its log on the host (``machines logs``)."""
+
 
 class Machine:
     """One machine of the store: its record (``config.json``), its driver and an SSH connection to it.
@@ -319,6 +322,10 @@ class Machine:
     def upgrade(self, progress: Progress | None = None) -> None:
         """Install this version's engine and restart it; containers, images and volumes stay."""
         self.provisioner.upgrade(self, progress or Progress(self.name))
+
+    def daemon_log(self) -> str:
+        """The path of the engine daemon's log on the host."""
+        return self.provisioner.daemon_log(self)
 
     def regenerate_certs(self, progress: Progress | None = None) -> None:
         """New server certificate for the current addresses; the engine restarts on it."""

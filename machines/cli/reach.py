@@ -304,15 +304,14 @@ def register(app: typer.Typer) -> None:
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
         tail: Annotated[str, typer.Option("--tail", "-n", help="Lines from the end, or 'all'.")] = "all",
     ) -> None:
-        """Show the runtime daemon's log on the machine."""
-        from bootstrap import service
-
+        """Show the engine daemon's log on the machine (our runtime's, or dockerd's on --engine docker machines)."""
         if tail != "all" and not tail.isdigit():
             raise UsageError(f"invalid --tail {tail!r}: a number of lines or 'all'")
         count = "+1" if tail == "all" else tail
-        connection = machines().get(name).ssh()
+        machine = machines().get(name)
+        connection = machine.ssh()
         try:
-            command = f"tail -n {count} {'-F ' if follow else ''}{service.LOG_PATH}"
+            command = f"tail -n {count} {'-F ' if follow else ''}{machine.daemon_log()}"
             status = connection.stream(connection.wrap_sudo(command))
         except KeyboardInterrupt:
             status = 0

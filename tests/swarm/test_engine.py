@@ -49,6 +49,7 @@ def test_an_installed_docker_engine_is_adopted_not_reinstalled(fleet: Fleet, tes
     assert info["DockerRootDir"] == "/data/docker" and "tier=edge" in info["Labels"]
     assert _server_version(fleet, f"--ssh {name}") == version
     fleet("env", "--ssh", "--unset", name)
+    assert "API listen on" in fleet("logs", "-n", "200", name).stdout  # dockerd's own log, not our runtime's
 
     # provision again changes nothing; regenerate-certs issues a new certificate and TLS still works.
     pid = host.run("cat /var/run/docker.pid").stdout
