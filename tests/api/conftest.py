@@ -204,13 +204,3 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def poll(what: str, predicate, limit: float = 30.0):
-    """Waits (bounded) for a state and returns the predicate's value; fails naming the state it never reached."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"never reached: {what}")
-        time.sleep(0.05)

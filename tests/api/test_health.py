@@ -15,8 +15,9 @@ import docker
 import pytest
 
 from tests.support import busybox
+from tests.support.waiting import poll
 
-from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, poll, start_daemon
+from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
 

@@ -11,8 +11,9 @@ import docker
 import pytest
 
 from runtime.linux import cgroups
+from tests.support.waiting import poll
 
-from .conftest import Daemon, poll
+from .conftest import Daemon
 
 
 def cgroup_file(cid: str, controller: str, v1_name: str, v2_name: str) -> str:

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
+from tests.support.waiting import poll
 from tests.swarm.conftest import ENGINE_FLAGS, IMAGE, Fleet
+
+T = TypeVar("T")
+
+
+def converge(what: str, check: Callable[[], T]) -> T:
+    """A wait for the cluster to converge (Raft, task scheduling): longer than a container's, looked at once a second."""
+    return poll(what, check, limit=120.0, interval=1.0)
+
 
 COMPOSE = f"""
 version: "3.8"
@@ -50,18 +60,6 @@ def _nodes(fleet: Fleet, cluster: str) -> dict[str, dict[str, str]]:
     lines = fleet("swarm", "ls", cluster).stdout.splitlines()
     header = lines[0].split()
     return {row["MACHINE"]: row for row in (dict(zip(header, line.split(), strict=True)) for line in lines[1:])}
-
-
-def _wait(what: str, check, timeout: float = 120.0):  # noqa: ANN001, ANN202 - a predicate and its value
-    """Poll ``check`` until it returns something true (a wait for the cluster to converge, not a timing check)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached within {timeout:g}s (last: {value!r})")
-        time.sleep(1)
 
 
 def _tasks(fleet: Fleet, cluster: str, service: str) -> list[dict[str, str]]:
@@ -115,14 +113,14 @@ def _stack_spreads_over_the_nodes_and_answers_across_them(fleet: Fleet, cluster:
     swarm = f"--swarm {cluster['name']}"
     fleet.docker(swarm, "docker node ls && docker stack deploy -c - app", stdin=COMPOSE.encode())
     managers = cluster["managers"].split()
-    assert _wait("3 web tasks on 3 nodes", lambda: _running_nodes(fleet, cluster["name"], "app_web") == sorted(managers))
-    client_node = _wait("the client task", lambda: _running_nodes(fleet, cluster["name"], "app_client"))[0]
+    assert converge("3 web tasks on 3 nodes", lambda: _running_nodes(fleet, cluster["name"], "app_web") == sorted(managers))
+    client_node = converge("the client task", lambda: _running_nodes(fleet, cluster["name"], "app_client"))[0]
 
     # Service to service over the overlay: from the client's container, each web task by its overlay address.
     probe = ("c=$(docker ps -q -f label=com.docker.swarm.service.name=app_client) && "
              "docker exec $c sh -c 'for ip in $(nslookup tasks.web 127.0.0.11 | sed -n \"s/^Address: //p\"); do "
              "timeout 5 wget -q -O - http://$ip:8080/; done'")
-    answers = _wait("answers of all web tasks", lambda: _answers(fleet, client_node, probe))
+    answers = converge("answers of all web tasks", lambda: _answers(fleet, client_node, probe))
     web_containers = {task["Name"] for task in _tasks(fleet, cluster["name"], "app_web")}
     assert len(answers) == 3 and len(web_containers) >= 3  # three containers answered, one per node
 
@@ -145,12 +143,12 @@ def _worker_created_into_the_swarm_is_drained_by_rm(fleet: Fleet, cluster: dict[
     # The scheduler spreads replicas over the nodes with the fewest: one of the four lands on the new worker.
     fleet.docker(f"--swarm {cluster['name']}",
                  f"docker service create -q --name mover --replicas 4 --stop-grace-period 1s {IMAGE} sleep 100000")
-    assert worker in _wait("a mover task on the worker", lambda: _running_nodes(fleet, cluster["name"], "mover"))
+    assert worker in converge("a mover task on the worker", lambda: _running_nodes(fleet, cluster["name"], "mover"))
 
     removed = fleet("-v", "rm", "-y", worker)
     assert "Leaving the swarm" in removed.stderr
     assert worker not in _nodes(fleet, cluster["name"])
-    nodes = _wait("4 mover tasks again, none on the worker",
+    nodes = converge("4 mover tasks again, none on the worker",
                   lambda: (lambda found: found if len(found) == 4 else None)(_running_nodes(fleet, cluster["name"], "mover")))
     assert worker not in nodes and set(nodes) <= set(cluster["managers"].split())
 
@@ -158,10 +156,10 @@ def _worker_created_into_the_swarm_is_drained_by_rm(fleet: Fleet, cluster: dict[
 def _a_stopped_manager_keeps_the_swarm_answering(fleet: Fleet, cluster: dict[str, str]) -> None:
     first, second, third = cluster["managers"].split()
     fleet("stop", first)
-    listing = _wait("docker node ls through another manager",
+    listing = converge("docker node ls through another manager",
                     lambda: fleet.docker(f"--swarm {cluster['name']}", "docker node ls", check=False).stdout.decode())
     assert second in listing and third in listing
-    _wait("the stopped manager seen as unreachable",
+    converge("the stopped manager seen as unreachable",
           lambda: _nodes(fleet, cluster["name"])[first]["MANAGER"] == "Unreachable")
 
     # With one manager down, removing another would leave 1 of 2: refused with the reason, nothing removed.
@@ -170,5 +168,5 @@ def _a_stopped_manager_keeps_the_swarm_answering(fleet: Fleet, cluster: dict[str
     assert second in fleet("ls", "-q").stdout.split()
 
     fleet("start", first)
-    _wait("the stopped manager back in the swarm",
+    converge("the stopped manager back in the swarm",
           lambda: _nodes(fleet, cluster["name"]).get(first, {}).get("STATUS") == "Ready")
