@@ -1,7 +1,10 @@
 """``machines apply -f machines.yaml``: machines described in a file, made to match it.
 
 The file (YAML, or JSON which is YAML too) names each machine with its driver, the driver's create flags (by key,
-``bridge`` for ``--local-bridge``) and its host options (``api``, ``tls_san``, ``labels``, ``data_root``, ``engine``).
+``bridge`` for ``--local-bridge``) and its host options (``api``, ``tls_san``, ``labels``, ``data_root``, ``engine``,
+``engine_name``: ``machines`` or ``docker`` as ``create --engine``), and ``swarm``: ``{role: manager}`` alone starts
+a swarm on the machine, ``{manager: NAME, role: worker|manager}`` joins NAME's swarm as ``create --swarm-manager``
+does (a manager the file creates is created first). Neither the engine nor the swarm role can change in place.
 Its top-level ``label`` (``KEY=VALUE``) is added to every machine's labels, so that ``--prune`` can tell the
 machines the file made from the others. ``plan`` compares the file with the store; ``apply`` carries the plan out,
 the CLI runs the steps in parallel: a missing machine is created (all or nothing, as ``create``), a differing one is changed
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import registry
-from machines import hostoptions
+from machines import hostoptions, swarm
 from machines.errors import UsageError
 from machines.hostoptions import API_MODES, EngineOptions, HostOptions
 from machines.machine import Machines
@@ -57,6 +60,16 @@ def schema() -> dict[str, Any]:
             "labels": _strings("KEY=VALUE labels of the engine (--engine-label)"),
             "data_root": {"type": "string", "pattern": "^/", "description": "--runtime-data-root"},
             "engine": engine,
+            "engine_name": {"enum": list(hostoptions.ENGINE_NAMES), "description": "--engine: our runtime "
+                            "(machines, the default) or Docker Engine (docker, the default with swarm)"},
+            "swarm": {
+                "type": "object", "additionalProperties": False, "required": ["role"],
+                "description": "{role: manager} starts a swarm here; with manager: NAME, joins NAME's swarm "
+                               "(--swarm-manager, --swarm-role)",
+                "properties": {"manager": {"type": "string", "pattern": NAME_PATTERN},
+                               "role": {"enum": list(swarm.ROLES)}},
+                "if": {"not": {"required": ["manager"]}}, "then": {"properties": {"role": {"const": "manager"}}},
+            },
         },
         "allOf": [
             {
@@ -96,6 +109,14 @@ class Wanted:
     driver: str
     flags: dict[str, Any]
     options: HostOptions
+    swarm_manager: str | None = None  # the swarm to join (None: none, or this machine starts one as its manager)
+    swarm_role: str | None = None  # None: in no swarm
+
+    def describe(self) -> str:
+        """``driver local, engine docker, swarm worker of m1``: the plan's line of a create."""
+        swarm_part = (f", swarm {self.swarm_role}" + (f" of {self.swarm_manager}" if self.swarm_manager else " (init)")
+                      if self.swarm_role else "")
+        return f"driver {self.driver}, engine {self.options.engine_name}{swarm_part}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,14 +155,19 @@ def load(path: str | Path) -> tuple[str | None, list[Wanted]]:
     for name, spec in (data.get("machines") or {}).items():
         validate_name(name)
         engine = spec.get("engine") or {}
+        joining = spec.get("swarm") or {}
         labels = (*(spec.get("labels") or ()), *((label,) if label and label not in (spec.get("labels") or ()) else ()))
         options = HostOptions(
             api=spec.get("api", "tls"), tls_san=spec.get("tls_san") or (), labels=labels,
             data_root=spec.get("data_root"),
             engine=EngineOptions(**{key: tuple(engine.get(key) or ()) for key in
                                     ("env", "insecure_registries", "registry_mirrors", "opts")}),
+            engine_name=spec.get("engine_name") or ("docker" if joining else "machines"),
         )
-        wanted.append(Wanted(name, registry.get(spec["driver"]).name, dict(spec.get("flags") or {}), options))
+        if joining and options.engine_name != swarm.ENGINE:
+            raise UsageError(f"-f {path}: machines/{name}: swarm needs engine_name: docker")
+        wanted.append(Wanted(name, registry.get(spec["driver"]).name, dict(spec.get("flags") or {}), options,
+                             joining.get("manager"), joining.get("role")))
     return label, wanted
 
 
@@ -152,17 +178,25 @@ def plan(machines: Machines, label: str | None, wanted: list[Wanted], *, prune: 
     for item in wanted:
         machine = existing.get(item.name)
         if machine is None:
-            steps.append(Step("create", item.name, [f"driver {item.driver}"], item))
+            steps.append(Step("create", item.name, [item.describe()], item))
             continue
-        if registry.get(machine.driver_name).name != item.driver:
-            raise UsageError(f"{item.name}: the file says driver {item.driver} but the machine has "
-                             f"{machine.driver_name}; remove it first ('machines rm {item.name}')")
+        role = (swarm.membership(machine) or {}).get("role")
+        for what, recorded, written in (("driver", registry.get(machine.driver_name).name, item.driver),
+                                        ("engine", machine.host_options.engine_name, item.options.engine_name),
+                                        ("swarm role", role or "none", item.swarm_role or "none")):
+            if recorded != written:
+                raise UsageError(f"{item.name}: the file says {what} {written} but the machine has {recorded}, "
+                                 f"which cannot change in place; recreate it ('machines rm {item.name}')")
         flags = {key: value for key, value in item.flags.items() if machine.driver.flag_values.get(key) != value}
         details = hostoptions.plan(machine.host_options, item.options)
         details += [f"{item.driver} {key}: {machine.driver.flag_values.get(key)} -> {value}"
                     for key, value in flags.items()]
         if details:
             steps.append(Step("change", item.name, details, item, flags))
+    creating = {step.name for step in steps if step.action == "create"}
+    for step in steps:
+        if step.wanted and step.wanted.swarm_manager and step.wanted.swarm_manager not in creating:
+            swarm.managers(machines, step.wanted.swarm_manager)  # before anything is made, as create checks it
     if prune:
         if not label:
             raise UsageError("--prune needs the file's label (label: KEY=VALUE): it tells its machines from others")
@@ -172,6 +206,16 @@ def plan(machines: Machines, label: str | None, wanted: list[Wanted], *, prune: 
     return steps
 
 
+def waves(steps: list[Step]) -> list[list[Step]]:
+    """The steps in the order they can run, each wave at once: machines joining a swarm whose manager this plan
+    creates come after it."""
+    created = {step.name for step in steps if step.action == "create"}
+    later = [step for step in steps if step.action == "create" and step.wanted is not None
+             and step.wanted.swarm_manager in created]
+    first = [step for step in steps if step not in later]
+    return [wave for wave in (first, later) if wave]
+
+
 def apply_step(machines: Machines, step: Step, progress: Progress, cancelled: threading.Event | None = None) -> None:
     """Carry one step out (callers run the steps of a plan at once: ``run_concurrently``)."""
     if step.action == "remove":
@@ -179,8 +223,13 @@ def apply_step(machines: Machines, step: Step, progress: Progress, cancelled: th
         return
     assert step.wanted is not None
     if step.action == "create":
-        machines.create(step.name, step.wanted.driver, step.wanted.flags, host_options=step.wanted.options,
+        wanted = step.wanted
+        machines.create(step.name, wanted.driver, wanted.flags, host_options=wanted.options,
                         progress=progress, cancelled=cancelled).close()
+        if wanted.swarm_manager and wanted.swarm_role:
+            swarm.join_new(machines, step.name, wanted.swarm_manager, wanted.swarm_role, progress=progress)
+        elif wanted.swarm_role:
+            swarm.init_new(machines, step.name, progress=progress)
         return
     machine = machines.get(step.name)
     try:

@@ -17,6 +17,7 @@ import json
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from drivers.base import State
@@ -320,15 +321,27 @@ def join_new(library: Machines, name: str, manager_name: str, role: str, *, keep
              progress: Progress | None = None) -> None:
     """``create --swarm-manager``: join the machine just made; if that fails it is removed (unless ``keep``), so the
     create stays all or nothing."""
+    _all_or_nothing(library, name, lambda: join(library, name, manager_name, role), "Joining the swarm",
+                    f"could not join the swarm of {manager_name}", keep=keep, progress=progress)
+
+
+def init_new(library: Machines, name: str, *, progress: Progress | None = None) -> None:
+    """``apply`` of a machine that starts a swarm: ``init`` on the machine just made, removed if that fails."""
+    _all_or_nothing(library, name, lambda: init(library, name), "Starting a swarm", "could not start a swarm",
+                    keep=False, progress=progress)
+
+
+def _all_or_nothing(library: Machines, name: str, action: Callable[[], object], phase: str, failure: str, *,
+                    keep: bool, progress: Progress | None) -> None:
     progress = progress or Progress(name)
     try:
-        with progress.phase("Joining the swarm"):
-            join(library, name, manager_name, role)
+        with progress.phase(phase):
+            action()
     except BaseException as error:  # noqa: BLE001 - Ctrl-C included: the machine must not stay half made
         if keep:
             raise
         with progress.phase("Rolling back"):
             library.remove(name, force=True, progress=progress)
         if isinstance(error, MachinesError):
-            raise SwarmError(f"{name} could not join the swarm of {manager_name} and was removed: {error}") from None
+            raise SwarmError(f"{name} {failure} and was removed: {error}") from None
         raise

@@ -31,13 +31,14 @@ def register(app: typer.Typer) -> None:
         if plan_only:
             common.echo("\n".join(line for step in steps for line in step.lines()))
             raise typer.Exit(int(ExitStatus.USAGE))  # 2: something would change (as terraform plan -detailed-exitcode)
-        by_name = {step.name: step for step in steps}
         cancelled = threading.Event()
-        common.for_each_machine(
-            list(by_name),
-            lambda name, progress: declarative.apply_step(library, by_name[name], progress, cancelled),
-            cancelled=cancelled,
-        )
+        for wave in declarative.waves(steps):  # swarm members after the manager the same file creates
+            by_name = {step.name: step for step in wave}
+            common.for_each_machine(
+                list(by_name),
+                lambda name, progress: declarative.apply_step(library, by_name[name], progress, cancelled),
+                cancelled=cancelled,
+            )
         common.echo("\n".join(line for step in steps for line in step.lines()))
 
     @app.command("schema")

@@ -97,7 +97,7 @@ def test_plan_prints_a_line_per_create_change_and_remove(
         "~ grow: change",
         "    engine labels: ['project=t'] -> ['tier=web', 'project=t']",
         "    files resources: 3 -> 5",
-        "+ new: create (driver files)",
+        "+ new: create (driver files, engine machines)",
         "- gone: remove (not in the file)",
     ]
     assert sorted(Store(store_path).names()) == ["gone", "grow", "keep", "other"]  # --plan changes nothing
@@ -106,3 +106,53 @@ def test_plan_prints_a_line_per_create_change_and_remove(
     same = _write(tmp_path / "same.yaml", {"keep": {"driver": "files", "flags": {"world": world}}})
     unchanged = cli("apply", "-f", str(same), "--plan")
     assert unchanged.exit_status == 0 and unchanged.stdout == "nothing to change\n"
+
+
+def test_plan_shows_engine_and_swarm_and_refuses_to_change_them_in_place(
+    file_driver: Path, store_path: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    world = str(file_driver)
+    spec = _write(tmp_path / "m.yaml", {
+        "boss": {"driver": "files", "flags": {"world": world}, "swarm": {"role": "manager"}},
+        "hand": {"driver": "files", "flags": {"world": world}, "engine_name": "docker",
+                 "swarm": {"manager": "boss", "role": "worker"}},
+        "solo": {"driver": "files", "flags": {"world": world}},
+    })
+    planned = cli("apply", "-f", str(spec), "--plan")
+    assert planned.exit_status == 2, planned.stderr
+    assert planned.stdout.splitlines() == [
+        "+ boss: create (driver files, engine docker, swarm manager (init))",
+        "+ hand: create (driver files, engine docker, swarm worker of boss)",
+        "+ solo: create (driver files, engine machines)",
+    ]
+    _recorded(store_path, "solo", {"world": world}, ("project=t",))
+    engine = _write(tmp_path / "engine.yaml", {"solo": {"driver": "files", "flags": {"world": world},
+                                                        "engine_name": "docker"}})
+    refused = cli("apply", "-f", str(engine), "--plan")
+    assert refused.exit_status != 0 and refused.stdout == ""
+    assert refused.stderr.strip() == ("Error: solo: the file says engine docker but the machine has machines, which "
+                                      "cannot change in place; recreate it ('machines rm solo')")
+    role = _write(tmp_path / "role.yaml", {"solo": {"driver": "files", "flags": {"world": world},
+                                                    "engine_name": "machines", "swarm": {"role": "manager"}}})
+    refused = cli("apply", "-f", str(role), "--plan")
+    assert refused.exit_status != 0 and "swarm needs engine_name: docker" in refused.stderr
+    role = _write(tmp_path / "role.yaml", {"solo": {"driver": "files", "flags": {"world": world},
+                                                    "swarm": {"role": "manager"}}})
+    refused = cli("apply", "-f", str(role), "--plan")
+    assert "the file says engine docker" in refused.stderr  # the engine a swarm needs, then the role
+    unknown = _write(tmp_path / "unknown.yaml", {"x": {"driver": "files", "flags": {"world": world},
+                                                       "swarm": {"manager": "nowhere", "role": "worker"}}})
+    refused = cli("apply", "-f", str(unknown), "--plan")
+    assert refused.exit_status != 0 and "'nowhere' is neither a swarm nor a member of one" in refused.stderr
+
+
+def test_schema_describes_engine_and_swarm(tmp_path: Path, file_driver: Path, cli: Callable[..., CliResult]) -> None:
+    import json
+
+    machine = json.loads(cli("schema").stdout)["properties"]["machines"]["additionalProperties"]
+    assert machine["properties"]["engine_name"]["enum"] == ["machines", "docker"]
+    assert machine["properties"]["swarm"]["properties"]["role"]["enum"] == ["worker", "manager"]
+    joining_no_manager = _write(tmp_path / "w.yaml", {"x": {"driver": "files", "flags": {"world": str(file_driver)},
+                                                            "swarm": {"role": "worker"}}})
+    refused = cli("apply", "-f", str(joining_no_manager), "--plan")
+    assert refused.exit_status != 0 and "machines/x/swarm/role" in refused.stderr

@@ -37,7 +37,7 @@ def test_apply_creates_changes_and_prunes(tmp_path: Path, test_bridge: Bridge) -
         _file(spec, test_bridge, [a, b, c], {})
         planned = machines(store, "apply", "-f", str(spec), "--plan", check=False)
         assert planned.returncode == 2, planned.stderr
-        assert planned.stdout.splitlines() == [f"+ {name}: create (driver local)" for name in (a, b, c)]
+        assert planned.stdout.splitlines() == [f"+ {name}: create (driver local, engine machines)" for name in (a, b, c)]
         assert not (store / "machines").exists() or not any((store / "machines").iterdir())
 
         machines(store, "apply", "-f", str(spec))
