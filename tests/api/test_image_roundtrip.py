@@ -4,13 +4,11 @@ a moved tag and removal; with the docker CLI, docker-py and docker-registry on l
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
 import re
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import docker
 import pytest
 
 from tests.images.registry_fixture import Registry, start_registry
+from tests.support.tarballs import files_tar
 
 from .conftest import DOCKER, TAG, Daemon
 
@@ -73,25 +72,15 @@ def test_save_streamed_into_load_in_any_chunking(daemon: Daemon, client: docker.
     daemon.out("rmi", image_id)
 
 
-def _tar(files: dict) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("body, message", [
     (b"hello, not an image\n", "^unexpected EOF$"),
     (os.urandom(4000), "^archive/tar: invalid tar header$"),
     (b"", "^open .*/manifest.json: no such file or directory$"),
-    (_tar({"notes.txt": b"just a file"}), "^open .*/manifest.json: no such file or directory$"),
-    (_tar({"manifest.json": b"{}"}), "^json: cannot unmarshal object into Go value of type "
+    (files_tar({"notes.txt": b"just a file"}), "^open .*/manifest.json: no such file or directory$"),
+    (files_tar({"manifest.json": b"{}"}), "^json: cannot unmarshal object into Go value of type "
                                      r"\[\]tarexport.manifestItem$"),
-    (_tar({"manifest.json": b"null"}), r"^invalid manifest, manifest cannot be null \(but can be \[\]\)$"),
-    (_tar({"manifest.json": json.dumps([{"Config": "c.json", "Layers": []}]).encode()}),
+    (files_tar({"manifest.json": b"null"}), r"^invalid manifest, manifest cannot be null \(but can be \[\]\)$"),
+    (files_tar({"manifest.json": json.dumps([{"Config": "c.json", "Layers": []}]).encode()}),
      "^open .*/c.json: no such file or directory$"),
 ])
 def test_loading_what_is_not_an_image_archive(daemon: Daemon, client: docker.DockerClient, body: bytes,
