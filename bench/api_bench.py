@@ -188,7 +188,7 @@ def bench_ours(work: Path, rootfs: bytes, settings: Settings, big: Path | None =
     sock = str(work / "ours.sock")
     pid = os.getpid()
     process = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "daemon", "--data-root", str(work / "ours-data"), "--exec-root",
+        [sys.executable, "-m", "machines.runtime", "daemon", "--data-root", str(work / "ours-data"), "--exec-root",
          str(work / "ours-exec"), "--host", "unix://" + sock, "--pidfile", str(work / "ours.pid"),
          "--bridge-name", f"bnch{pid % 100000}", "--bridge-subnet", f"10.196.{pid % 250}.0/24"],
         cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=(work / "ours.log").open("wb"), start_new_session=True)

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from drivers.nshost import Bridge, IsolatedHost, generate_host_key, hold_free_bridge  # noqa: E402
 from machines import Machines  # noqa: E402
+from machines.drivers.nshost import Bridge, IsolatedHost, generate_host_key, hold_free_bridge  # noqa: E402
 
 
 def parallel(count: int, make: Callable[[int], object]) -> tuple[float, list[object]]:

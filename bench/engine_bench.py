@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from runtime.engine import Engine  # noqa: E402
+from machines.runtime.engine import Engine  # noqa: E402
 from tests.support import busybox  # noqa: E402
 
 UNIFIED = "/sys/fs/cgroup/unified"

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.procs import big_file, copy_floor  # noqa: E402
-from runtime.images.service import ImageService  # noqa: E402
-from runtime.images.store import ImageStore  # noqa: E402
+from machines.runtime.images.service import ImageService  # noqa: E402
+from machines.runtime.images.store import ImageStore  # noqa: E402
 from tests.images.registry_fixture import start_registry  # noqa: E402
 from tests.support import busybox  # noqa: E402
 
@@ -154,7 +154,7 @@ def run(runs: int, size_mb: int) -> dict[str, dict[str, float]]:
         with open(os.path.join(context, "Dockerfile"), "w") as f:
             f.write(DOCKERFILE.format(image=image))
         ours_sock, docker_sock = os.path.join(work, "ours.sock"), os.path.join(work, "docker.sock")
-        ours = start([sys.executable, "-m", "runtime", "daemon", "--data-root", os.path.join(work, "ours"),
+        ours = start([sys.executable, "-m", "machines.runtime", "daemon", "--data-root", os.path.join(work, "ours"),
                       "--exec-root", os.path.join(work, "ours-run"), "-H", "unix://" + ours_sock,
                       "--bridge-subnet", "172.31.251.0/24", "--bridge-name", f"imgbench{os.getpid() % 1000}"],
                      ours_sock, os.path.join(work, "ours.log"))

@@ -15,9 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
-from bootstrap import provision
-from drivers.nshost import IsolatedHost
 from machines import Machines
+from machines.bootstrap import provision
+from machines.drivers.nshost import IsolatedHost
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress

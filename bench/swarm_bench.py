@@ -22,7 +22,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from drivers.nshost import hold_free_bridge  # noqa: E402
+from machines.drivers.nshost import hold_free_bridge  # noqa: E402
 
 MACHINES = os.path.join(os.path.dirname(sys.executable), "machines")
 ENGINE_FLAGS = ["--engine", "docker", "--runtime-data-root", "/data/docker", "--engine-opt", "iptables=false",

@@ -19,11 +19,14 @@ import os
 import zipfile
 from pathlib import Path
 
-import runtime
+from machines import runtime
 from machines.store import atomic_write
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-MAIN = b'"""Entry point of the bundled runtime."""\nimport runpy\n\nrunpy.run_module("runtime", run_name="__main__", alter_sys=True)\n'
+MAIN = (b'"""Entry point of the bundled runtime."""\nimport runpy\n\n'
+        b'runpy.run_module("machines.runtime", run_name="__main__", alter_sys=True)\n')
+# The runtime travels inside its namespace package, without the workstation's library (and its dependencies).
+NAMESPACE = b'"""machines, as bundled for a host: only ``machines.runtime`` travels."""\n'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,7 @@ def _package_files(root: Path) -> list[tuple[str, Path]]:
             if name.endswith((".pyc", ".pyo")):
                 continue
             path = Path(directory, name)
-            files.append((f"runtime/{path.relative_to(root).as_posix()}", path))
+            files.append((f"machines/runtime/{path.relative_to(root).as_posix()}", path))
     return sorted(files)
 
 
@@ -60,7 +63,7 @@ def _archive_bytes(root: Path) -> bytes:
     buffer = io.BytesIO()
     buffer.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        sources = [(name, path.read_bytes()) for name, path in _package_files(root)]
+        sources = [("machines/__init__.py", NAMESPACE)] + [(name, path.read_bytes()) for name, path in _package_files(root)]
         compiled = [(name + "c", _bytecode(name, data)) for name, data in sources if name.endswith(".py")]
         entries = sorted([("__main__.py", MAIN)] + sources + compiled)
         for name, data in entries:

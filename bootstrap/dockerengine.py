@@ -20,9 +20,9 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from bootstrap import provision as provisioning
-from bootstrap import service
-from bootstrap.provisioner import RuntimeProvisioner
+from machines.bootstrap import provision as provisioning
+from machines.bootstrap import service
+from machines.bootstrap.provisioner import RuntimeProvisioner
 from machines.errors import MachinesError, ProvisionError, StateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine

@@ -113,7 +113,7 @@ def ensure(storage_path: str | os.PathLike[str], name: str, machine_dir: str | o
     log_path = directory / LOG_FILE
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bootstrap.forwarder", "--storage-path", str(storage_path), name],
+            [sys.executable, "-m", "machines.bootstrap.forwarder", "--storage-path", str(storage_path), name],
             stdin=devnull,
             stdout=log,
             stderr=log,
@@ -155,14 +155,14 @@ def stop(machine_dir: str | os.PathLike[str]) -> bool:
 def _is_forwarder(pid: int) -> bool:
     """Guard against a recycled pid: only signal a process that is one of our forwarders."""
     try:
-        return b"bootstrap.forwarder" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"machines.bootstrap.forwarder" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
 
 def serve(storage_path: str, name: str) -> None:
     """The forwarder process: serve the socket until SIGTERM."""
-    from bootstrap import service
+    from machines.bootstrap import service
     from machines.machine import Machines
 
     machine = Machines(storage_path).get(name)

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bootstrap import bundle as bundles
-from bootstrap import certs as certificates
-from bootstrap import service, sharing
+from machines.bootstrap import bundle as bundles
+from machines.bootstrap import certs as certificates
+from machines.bootstrap import service, sharing
 from machines.errors import MachinesError, ProvisionError, SSHError, StateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine

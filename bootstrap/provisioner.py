@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bootstrap import certs as certificates
-from bootstrap import forwarder, service
-from bootstrap import provision as provisioning
+from machines.bootstrap import certs as certificates
+from machines.bootstrap import forwarder, service
+from machines.bootstrap import provision as provisioning
 from machines.errors import StateError, UsageError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
+from machines.runtime import daemonconfig
 from machines.shellenv import no_proxy_value
 from machines.store import Store
-from runtime import daemonconfig
 
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography import x509
 
-from bootstrap import certs as certificates
+from machines.bootstrap import certs as certificates
 from machines.errors import CertificateError
 from machines.store import atomic_write
 

@@ -31,8 +31,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from drivers.base import Driver, Flag, Ledger, SSHDetails, State
-from drivers.cloudinit import cloud_config, generate_host_key, merge_user_data, public_key_of, read_user_data, user_part
+from machines.drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.drivers.cloudinit import (
+    cloud_config,
+    generate_host_key,
+    merge_user_data,
+    public_key_of,
+    read_user_data,
+    user_part,
+)
 from machines.errors import DriverError, MachineTimeoutError, PreCreateError
 
 if TYPE_CHECKING:  # boto3 takes 0.5-1 s to import: only a command that talks to EC2 loads it

@@ -16,7 +16,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.drivers.base import Driver, Flag, Ledger, SSHDetails, State
 from machines.errors import DriverError, PreCreateError
 
 KEY_COPY = "generic_ssh_key"

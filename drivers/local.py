@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import os
 
-from drivers.base import Driver, Flag, Ledger, SSHDetails, State
-from drivers.nshost import DEFAULT_BRIDGE, DEFAULT_SUBNET, Bridge, HostState, IsolatedHost, NsHostError, missing_tools
+from machines.drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.drivers.nshost import (
+    DEFAULT_BRIDGE,
+    DEFAULT_SUBNET,
+    Bridge,
+    HostState,
+    IsolatedHost,
+    NsHostError,
+    missing_tools,
+)
 from machines.errors import PreCreateError
 
 _STATES = {HostState.RUNNING: State.RUNNING, HostState.STOPPED: State.STOPPED, HostState.NOT_FOUND: State.NOT_FOUND}

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from drivers.cloudinit import generate_host_key
+from machines.drivers.cloudinit import generate_host_key
 from machines.errors import DriverError
 
 DEFAULT_BRIDGE = "mlocal0"

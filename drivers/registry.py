@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from drivers.base import Driver
+from machines.drivers.base import Driver
 from machines.errors import DriverError, DriverNotFoundError
 
 if TYPE_CHECKING:

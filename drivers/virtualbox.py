@@ -40,8 +40,8 @@ from typing import Any
 
 import vagrant
 
-from drivers.base import Driver, Flag, Ledger, SSHDetails, State
-from drivers.cloudinit import generate_host_key
+from machines.drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.drivers.cloudinit import generate_host_key
 from machines.errors import DriverError, MachinesError, PreCreateError
 from machines.store import Store, atomic_write
 

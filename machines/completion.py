@@ -59,7 +59,7 @@ def machine_names(ctx: Any, args: list[str], incomplete: str) -> list[str]:
 
 
 def driver_names(ctx: Any, args: list[str], incomplete: str) -> list[str]:
-    from drivers import registry
+    from machines.drivers import registry
 
     return [name for name in registry.names() if name.startswith(incomplete)]
 

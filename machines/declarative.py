@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from drivers import registry
 from machines import hostoptions, swarm
+from machines.drivers import registry
 from machines.errors import UsageError
 from machines.hostoptions import API_MODES, EngineOptions, HostOptions
 from machines.machine import Machines

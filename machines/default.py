@@ -29,8 +29,8 @@ class EngineProvisioners:
         """The provisioners, made on first use: bootstrap pulls in paramiko and cryptography, which ``version`` and
         ``ls`` never need."""
         if self._by_engine is None:
-            from bootstrap.dockerengine import DockerEngineProvisioner
-            from bootstrap.provisioner import RuntimeProvisioner
+            from machines.bootstrap.dockerengine import DockerEngineProvisioner
+            from machines.bootstrap.provisioner import RuntimeProvisioner
 
             self._by_engine = {"machines": RuntimeProvisioner(), "docker": DockerEngineProvisioner()}
         return self._by_engine

@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from drivers import registry
-from drivers.base import State
+from machines.drivers import registry
+from machines.drivers.base import State
 from machines.errors import MachinesError, UsageError
 from machines.hostoptions import EngineOptions, HostOptions
 from machines.machine import Machine, Machines

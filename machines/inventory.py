@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from drivers.base import State
+from machines.drivers.base import State
 from machines.errors import MachinesError, UsageError
 from machines.machine import Machine
 

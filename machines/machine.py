@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from drivers import registry
-from drivers.base import Driver, Ledger, SSHDetails, State
 from machines import contexts, hostoptions
+from machines.drivers import registry
+from machines.drivers.base import Driver, Ledger, SSHDetails, State
 from machines.errors import (
     CancelledError,
     DriverError,

@@ -101,7 +101,7 @@ def _save(machine: Machine, mounts: list[Mount]) -> None:
 
 def _host_pid(machine: Machine) -> int:
     """The local host's PID 1 (its sshd), whose mount namespace is the machine's."""
-    from drivers.nshost import IsolatedHost
+    from machines.drivers.nshost import IsolatedHost
 
     pid = IsolatedHost(str(machine.dir / "host")).pid
     if pid is None:

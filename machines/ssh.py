@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import paramiko
 
-from drivers.base import SSHDetails
+from machines.drivers.base import SSHDetails
 from machines.errors import HostKeyMismatchError, MachineTimeoutError, SSHError
 from machines.hostkeys import key_line, sha256_fingerprint
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.base import State
+from machines.drivers.base import State
 from machines.errors import MachinesError, SwarmError, UsageError
 from machines.machine import Machine, Machines
 from machines.progress import Progress

@@ -1,4 +1,4 @@
-"""``python3 runtime.pyz daemon | dial-stdio | version``: the runtime's command line (also ``python -m runtime``).
+"""``python3 runtime.pyz daemon | dial-stdio | version``: the runtime's command line (also ``python -m machines.runtime``).
 
 Runs from a zipapp, so nothing here reads package files through ``__file__`` paths.
 """
@@ -15,8 +15,8 @@ import ssl
 import sys
 import threading
 
-from runtime import API_VERSION, MIN_API_VERSION, VERSION, daemonconfig
-from runtime.errors import EngineError
+from machines.runtime import API_VERSION, MIN_API_VERSION, VERSION, daemonconfig
+from machines.runtime.errors import EngineError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
@@ -77,9 +77,9 @@ def _pool_flag(value: str) -> dict:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from runtime.api import build_app
-    from runtime.api.server import RevocableTLS, Server, bind_tcp, bind_unix, tls_context
-    from runtime.engine import Engine
+    from machines.runtime.api import build_app
+    from machines.runtime.api.server import RevocableTLS, Server, bind_tcp, bind_unix, tls_context
+    from machines.runtime.engine import Engine
 
     hosts = [parse_host(value) for value in (args.host or ["unix://" + DEFAULT_SOCKET])]
     tls: RevocableTLS | ssl.SSLContext | None = None

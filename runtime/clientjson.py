@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtime.errors import InvalidParameter
+from machines.runtime.errors import InvalidParameter
 
 
 def decode(data: bytes | str, what: str) -> Any:

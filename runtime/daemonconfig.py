@@ -14,8 +14,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.errors import EngineError
-from runtime.proxy import ProxyConfig
+from machines.runtime.errors import EngineError
+from machines.runtime.proxy import ProxyConfig
 
 # The directives this runtime honours, by the type daemon.json gives them.
 SUPPORTED: dict[str, type] = {
@@ -124,7 +124,7 @@ def check(config: Mapping[str, Any]) -> None:
 
 def options(config: Mapping[str, Any], environ: Mapping[str, str]) -> DaemonOptions:
     """Check every value and build the engine's options."""
-    from runtime.engine.logs import log_config  # the engine package imports this module
+    from machines.runtime.engine.logs import log_config  # the engine package imports this module
 
     log = {"Type": config.get("log-driver") or "json-file", "Config": config.get("log-opts") or {}}
     try:

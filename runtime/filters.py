@@ -11,8 +11,8 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from runtime import clientjson, timefmt
-from runtime.errors import InvalidParameter
+from machines.runtime import clientjson, timefmt
+from machines.runtime.errors import InvalidParameter
 
 PRUNE_LABELS = ("label", "label!", "until")  # what every prune accepts (volume prune adds ``all``)
 _PORT = re.compile(r"[0-9]{1,5}")

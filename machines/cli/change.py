@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from drivers import registry
 from machines import hostoptions
 from machines.cli.common import echo, for_each_machine, machines
 from machines.cli.create import driver_flags_of, driver_parameters
@@ -19,6 +18,7 @@ from machines.cli.engine import (
     EngineRegistryMirror,
     with_proxy,
 )
+from machines.drivers import registry
 from machines.progress import Progress
 
 

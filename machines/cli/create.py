@@ -12,8 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from drivers import registry
-from drivers.base import Driver, Flag
 from machines import swarm
 from machines.cli.common import echo, err_console, for_each_machine, machines
 from machines.cli.engine import (
@@ -24,6 +22,8 @@ from machines.cli.engine import (
     EngineRegistryMirror,
     engine_options,
 )
+from machines.drivers import registry
+from machines.drivers.base import Driver, Flag
 from machines.errors import UsageError
 from machines.hostoptions import HostOptions
 from machines.machine import DEFAULT_DRIVER, DEFAULT_SSH_TIMEOUT

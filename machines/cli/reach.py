@@ -229,7 +229,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Issue someone a client certificate of their own for a machine (the CA key stays here)."""
-        from bootstrap import sharing
+        from machines.bootstrap import sharing
 
         user, validity = share.validate_user(to), share.parse_validity(expires)
         library = machines()
@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
         user: Annotated[str, typer.Argument(help="Whose certificates ('machines share --to USER').")],
     ) -> None:
         """Take back the certificates shared with USER: every TLS machine of the store gets the revocation list."""
-        from bootstrap import sharing
+        from machines.bootstrap import sharing
 
         library = machines()
         if share.on_docker_engine(library.get(name)):

@@ -15,8 +15,8 @@ from typing import Any
 
 from machines import __version__
 from machines.errors import ScanError
-from runtime.images.scan.inventory import Inventory, Package
-from runtime.images.scan.osv import LEVELS, Finding
+from machines.runtime.images.scan.inventory import Inventory, Package
+from machines.runtime.images.scan.osv import LEVELS, Finding
 
 SARIF_LEVELS = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "unknown": "note"}
 PURL_TYPES = {"dpkg": "deb", "apk": "apk", "rpm": "rpm", "python": "pypi", "npm": "npm", "go": "golang"}

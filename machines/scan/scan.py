@@ -7,10 +7,10 @@ import datetime
 from pathlib import Path
 
 from machines.errors import ScanError
+from machines.runtime.images.scan import osv
+from machines.runtime.images.scan.inventory import Inventory, scan_layers
 from machines.scan import osvdata, report
 from machines.scan.source import image_layers
-from runtime.images.scan import osv
-from runtime.images.scan.inventory import Inventory, scan_layers
 
 
 @dataclasses.dataclass

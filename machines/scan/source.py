@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO
 
 from machines.errors import ScanError
+from machines.runtime.images import registry
+from machines.runtime.images.media import INDEX_TYPES, host_platform
 from machines.trust import sigstore
-from runtime.images import registry
-from runtime.images.media import INDEX_TYPES, host_platform
 
 EXPORT_SCRIPT = """
 import http.client, shutil, socket, sys, urllib.parse

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from machines import __version__
 from machines.errors import TrustError
+from machines.runtime.images import simplesign, trust
 from machines.trust import sigstore
-from runtime.images import simplesign, trust
 
 
 def _lookaside_folder(lookaside: str) -> Path:

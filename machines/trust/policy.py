@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from machines.errors import UsageError
-from runtime.errors import EngineError
-from runtime.images import trust
+from machines.runtime.errors import EngineError
+from machines.runtime.images import trust
 
 
 def load_policy(path: str) -> str:

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from machines.errors import TrustError
-from runtime.errors import EngineError
-from runtime.images import ecdsa, registry, trust
-from runtime.images.media import MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, sha256_bytes
-from runtime.images.reference import Reference, parse
+from machines.runtime.errors import EngineError
+from machines.runtime.images import ecdsa, registry, trust
+from machines.runtime.images.media import MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, sha256_bytes
+from machines.runtime.images.reference import Reference, parse
 
 
 def docker_credentials(host: str) -> dict[str, str]:

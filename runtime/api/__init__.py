@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from runtime.api import containers, images, networks, system, unsupported, volumes  # noqa: F401 - register routes
-from runtime.api.routing import ROUTER
-from runtime.api.server import App
-from runtime.engine import Engine
+from machines.runtime.api import containers, images, networks, system, unsupported, volumes  # noqa: F401 - register routes
+from machines.runtime.api.routing import ROUTER
+from machines.runtime.api.server import App
+from machines.runtime.engine import Engine
 
 
 def build_app(engine: Engine, debug: bool = False) -> App:

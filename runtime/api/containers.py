@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from runtime.api import streams, validate
-from runtime.api.routing import filters_arg, route, timestamp_arg
-from runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
-from runtime.engine import Engine
-from runtime.errors import EngineError, HostError, InvalidParameter
-from runtime.images.builder import ImageView
-from runtime.linux import safepath
+from machines.runtime.api import streams, validate
+from machines.runtime.api.routing import filters_arg, route, timestamp_arg
+from machines.runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
+from machines.runtime.engine import Engine
+from machines.runtime.errors import EngineError, HostError, InvalidParameter
+from machines.runtime.images.builder import ImageView
+from machines.runtime.linux import safepath
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 

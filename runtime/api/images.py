@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import IO, Callable, cast
 
-from runtime.api import validate
-from runtime.api.routing import filters_arg, route
-from runtime.api.server import Request, Response, Stream, json_response, json_stream
-from runtime.engine import Engine
-from runtime.errors import EngineError, InvalidParameter, NotSupported
-from runtime.images.dockerfile import apply_changes
-from runtime.images.registry import decode_auth
+from machines.runtime.api import validate
+from machines.runtime.api.routing import filters_arg, route
+from machines.runtime.api.server import Request, Response, Stream, json_response, json_stream
+from machines.runtime.engine import Engine
+from machines.runtime.errors import EngineError, InvalidParameter, NotSupported
+from machines.runtime.images.dockerfile import apply_changes
+from machines.runtime.images.registry import decode_auth
 
 
 def in_use(engine: Engine) -> Callable[[str], bool]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from runtime.api import validate
-from runtime.api.routing import filters_arg, route
-from runtime.api.server import Request, Response, json_response
-from runtime.engine import Engine
-from runtime.errors import InvalidParameter
+from machines.runtime.api import validate
+from machines.runtime.api.routing import filters_arg, route
+from machines.runtime.api.server import Request, Response, json_response
+from machines.runtime.engine import Engine
+from machines.runtime.errors import InvalidParameter
 
 
 @route("GET", "/networks", "List networks")

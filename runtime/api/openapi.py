@@ -1,6 +1,6 @@
 """The OpenAPI description of what this daemon serves, generated from the route table so it cannot drift.
 
-``python -m runtime.api.openapi > runtime/api/openapi.json`` refreshes the committed copy; a test checks it is
+``python -m machines.runtime.api.openapi > runtime/api/openapi.json`` refreshes the committed copy; a test checks it is
 current. Request and response bodies follow Docker's Engine API (moby api/swagger.yaml, v1.47).
 """
 
@@ -11,9 +11,9 @@ import re
 import sys
 from typing import Any
 
-from runtime import API_VERSION, VERSION
-from runtime.api import build_app  # noqa: F401 - imports every area module, filling the table
-from runtime.api.routing import ROUTER
+from machines.runtime import API_VERSION, VERSION
+from machines.runtime.api import build_app  # noqa: F401 - imports every area module, filling the table
+from machines.runtime.api.routing import ROUTER
 
 _STATUS = {"POST /containers/create": "201", "POST /containers/{ref}/exec": "201", "POST /images/{name}/tag": "201",
            "POST /networks/create": "201", "POST /volumes/create": "201"}

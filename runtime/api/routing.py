@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from runtime import timefmt
-from runtime.api.server import Request, Router
-from runtime.filters import Args
+from machines.runtime import timefmt
+from machines.runtime.api.server import Request, Router
+from machines.runtime.filters import Args
 
 ROUTER = Router()
 route = ROUTER.add

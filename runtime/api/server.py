@@ -35,8 +35,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
 
-from runtime import API_VERSION, MIN_API_VERSION, VERSION, clientjson
-from runtime.errors import EngineError, InvalidParameter
+from machines.runtime import API_VERSION, MIN_API_VERSION, VERSION, clientjson
+from machines.runtime.errors import EngineError, InvalidParameter
 
 MAX_LINE = 64 * 1024  # one header line or the request line
 MAX_HEADERS = 256 * 1024  # all header lines together

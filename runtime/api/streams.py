@@ -6,7 +6,7 @@ import struct
 import threading
 from typing import Any
 
-from runtime.api.server import Hijacked
+from machines.runtime.api.server import Hijacked
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"

@@ -8,11 +8,11 @@ import socket
 import urllib.parse
 from typing import Any
 
-from runtime import API_VERSION, MIN_API_VERSION, VERSION, timefmt
-from runtime.api.routing import filters_arg, route, timestamp_arg
-from runtime.api.server import Request, Response, Stream, json_lines, json_response
-from runtime.engine import Engine
-from runtime.engine.logs import LOG_DRIVERS
+from machines.runtime import API_VERSION, MIN_API_VERSION, VERSION, timefmt
+from machines.runtime.api.routing import filters_arg, route, timestamp_arg
+from machines.runtime.api.server import Request, Response, Stream, json_lines, json_response
+from machines.runtime.engine import Engine
+from machines.runtime.engine.logs import LOG_DRIVERS
 
 _PING_HEADERS = {
     "Builder-Version": "1",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.api.routing import route
-from runtime.api.server import Request, Response, error_response
-from runtime.engine import Engine
+from machines.runtime.api.routing import route
+from machines.runtime.api.server import Request, Response, error_response
+from machines.runtime.engine import Engine
 
 _SWARM = ("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this "
           "node to swarm and try again.")

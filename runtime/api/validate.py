@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.clientjson import json_type
-from runtime.errors import InvalidParameter
+from machines.runtime.clientjson import json_type
+from machines.runtime.errors import InvalidParameter
 
 STR = "string"
 BOOL = "boolean"

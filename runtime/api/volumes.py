@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from runtime.api import validate
-from runtime.api.routing import filters_arg, route
-from runtime.api.server import Request, Response, json_response
-from runtime.engine import Engine
+from machines.runtime.api import validate
+from machines.runtime.api.routing import filters_arg, route
+from machines.runtime.api.server import Request, Response, json_response
+from machines.runtime.engine import Engine
 
 
 @route("GET", "/volumes", "List volumes")

@@ -27,13 +27,13 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from runtime import timefmt
-from runtime.errors import InvalidParameter, NotFound
-from runtime.images.archive import tree_tar
-from runtime.linux import cgroups, safepath
-from runtime.linux import syscalls as sc
-from runtime.linux.paths import tree_size
-from runtime.linux.process import bind_mount
+from machines.runtime import timefmt
+from machines.runtime.errors import InvalidParameter, NotFound
+from machines.runtime.images.archive import tree_tar
+from machines.runtime.linux import cgroups, safepath
+from machines.runtime.linux import syscalls as sc
+from machines.runtime.linux.paths import tree_size
+from machines.runtime.linux.process import bind_mount
 
 GO_MODE_BITS = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISFIFO, 1 << 25),
                 (stat.S_ISSOCK, 1 << 24), (stat.S_ISBLK, 1 << 26), (stat.S_ISCHR, (1 << 26) | (1 << 21)))

@@ -8,8 +8,8 @@ import resource
 import signal
 import stat
 
-from runtime.engine.logs import log_config
-from runtime.errors import InvalidParameter
+from machines.runtime.engine.logs import log_config
+from machines.runtime.errors import InvalidParameter
 
 NAME_RE = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # always fullmatch: "$" would let "name\n" by
 ZERO_TIME = "0001-01-01T00:00:00Z"

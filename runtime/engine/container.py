@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import threading
 
-from runtime import timefmt
-from runtime.engine.events import EventBus
-from runtime.engine.sessions import AttachSession
-from runtime.engine.shim import write_json
-from runtime.errors import InvalidParameter, NotFound
+from machines.runtime import timefmt
+from machines.runtime.engine.events import EventBus
+from machines.runtime.engine.sessions import AttachSession
+from machines.runtime.engine.shim import write_json
+from machines.runtime.errors import InvalidParameter, NotFound
 
 
 def now(ns: int | None = None) -> str:

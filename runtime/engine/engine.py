@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from runtime.daemonconfig import DaemonOptions
-from runtime.engine import archive, health, links, update
-from runtime.engine.config import (
+from machines.runtime.daemonconfig import DaemonOptions
+from machines.runtime.engine import archive, health, links, update
+from machines.runtime.engine.config import (
     ZERO_TIME,
     check_name,
     check_restart_policy,
@@ -41,21 +41,29 @@ from runtime.engine.config import (
     split_mode,
     ulimits_of,
 )
-from runtime.engine.container import Container, ContainerTable, now, parse_time
-from runtime.engine.events import EventBus
-from runtime.engine.exec import ExecManager
-from runtime.engine.launch import Launch, start_error, start_exit_code
-from runtime.engine.logs import read_logs, rotation
-from runtime.engine.monitor import Monitor
-from runtime.engine.sessions import AttachSession, Session
-from runtime.engine.shim import connect
-from runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
-from runtime.engine.volumes import VolumeStore
-from runtime.errors import Conflict, EngineError, HostError, InvalidParameter, NotFound, NotModified, NotSupported
-from runtime.filters import PRUNE_LABELS, Args
-from runtime.linux import cgroups, syscalls
-from runtime.linux.paths import private_dir
-from runtime.linux.process import propagation_problem
+from machines.runtime.engine.container import Container, ContainerTable, now, parse_time
+from machines.runtime.engine.events import EventBus
+from machines.runtime.engine.exec import ExecManager
+from machines.runtime.engine.launch import Launch, start_error, start_exit_code
+from machines.runtime.engine.logs import read_logs, rotation
+from machines.runtime.engine.monitor import Monitor
+from machines.runtime.engine.sessions import AttachSession, Session
+from machines.runtime.engine.shim import connect
+from machines.runtime.engine.status import host_memory, human_status, net_stats, summary_ports, system_cpu_ns
+from machines.runtime.engine.volumes import VolumeStore
+from machines.runtime.errors import (
+    Conflict,
+    EngineError,
+    HostError,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    NotSupported,
+)
+from machines.runtime.filters import PRUNE_LABELS, Args
+from machines.runtime.linux import cgroups, syscalls
+from machines.runtime.linux.paths import private_dir
+from machines.runtime.linux.process import propagation_problem
 
 LIST_FILTERS = ("ancestor", "before", "exited", "expose", "health", "id", "is-task", "label", "name", "network",
                 "publish", "since", "status", "volume")  # moby's
@@ -71,9 +79,9 @@ class Engine:
                  bridge_name: str | None = None, options: DaemonOptions | None = None) -> None:
         """``options``: the daemon's configuration (labels, registries, proxies, bridge); ``bridge_subnet`` may
         name the gateway as dockerd's ``bip`` does."""
-        from runtime.images.service import ImageService
-        from runtime.images.store import ImageStore
-        from runtime.network.manager import NetworkManager
+        from machines.runtime.images.service import ImageService
+        from machines.runtime.images.store import ImageStore
+        from machines.runtime.network.manager import NetworkManager
 
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)

@@ -5,7 +5,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from runtime.filters import Args
+from machines.runtime.filters import Args
 
 HISTORY = 1024
 FILTERS = ("config", "container", "daemon", "event", "image", "label", "network", "node", "plugin", "scope",

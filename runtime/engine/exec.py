@@ -8,14 +8,14 @@ import socket
 import threading
 from typing import Callable
 
-from runtime.engine.config import merge_env
-from runtime.engine.container import Container, ContainerTable
-from runtime.engine.launch import LaunchReport, start_error
-from runtime.engine.sessions import ExecSession
-from runtime.engine.shim import close_fds
-from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.linux import safepath, syscalls
-from runtime.linux.process import StartError, enter_child, receive_console, resolve_user
+from machines.runtime.engine.config import merge_env
+from machines.runtime.engine.container import Container, ContainerTable
+from machines.runtime.engine.launch import LaunchReport, start_error
+from machines.runtime.engine.sessions import ExecSession
+from machines.runtime.engine.shim import close_fds
+from machines.runtime.errors import Conflict, InvalidParameter, NotFound
+from machines.runtime.linux import safepath, syscalls
+from machines.runtime.linux.process import StartError, enter_child, receive_console, resolve_user
 
 SpecFor = Callable[[Container, str], dict]
 

@@ -11,11 +11,11 @@ import signal as signals
 import threading
 import time
 
-from runtime import timefmt
-from runtime.engine.config import go_json_type
-from runtime.engine.container import Container, ContainerTable, now, parse_time
-from runtime.engine.exec import ExecManager
-from runtime.errors import EngineError, InvalidParameter
+from machines.runtime import timefmt
+from machines.runtime.engine.config import go_json_type
+from machines.runtime.engine.container import Container, ContainerTable, now, parse_time
+from machines.runtime.engine.exec import ExecManager
+from machines.runtime.errors import EngineError, InvalidParameter
 
 SECOND = 1_000_000_000
 MINIMUM_DURATION = 1_000_000  # moby's container.MinimumDuration (1ms)

@@ -10,8 +10,8 @@ import os
 import signal as signals
 import threading
 
-from runtime.engine.shim import shim_main
-from runtime.errors import EngineError, HostError, InvalidParameter
+from machines.runtime.engine.shim import shim_main
+from machines.runtime.errors import EngineError, HostError, InvalidParameter
 
 
 class LaunchReport:

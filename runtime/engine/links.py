@@ -6,7 +6,7 @@ embedded DNS server answers ``sql`` for ``web`` alone.
 """
 from __future__ import annotations
 
-from runtime.errors import InvalidParameter
+from machines.runtime.errors import InvalidParameter
 
 # moby's runconfig errors, word for word
 CONFLICTS = {

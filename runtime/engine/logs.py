@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
-from runtime import timefmt
-from runtime.errors import InvalidParameter
+from machines.runtime import timefmt
+from machines.runtime.errors import InvalidParameter
 
 # The log drivers served and the options each accepts (moby's ValidateLogOpt of json-file and local; none
 # accepts anything). Both keep JSON lines here; local differs in rotating by default and hiding its file.

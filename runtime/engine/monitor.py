@@ -12,12 +12,12 @@ import threading
 import time
 from typing import Callable
 
-from runtime.engine.config import ZERO_TIME
-from runtime.engine.container import Container, ContainerTable, now, parse_time
-from runtime.engine.exec import ExecManager
-from runtime.engine.health import HealthChecker
-from runtime.engine.shim import EXIT, recv_frame
-from runtime.errors import EngineError
+from machines.runtime.engine.config import ZERO_TIME
+from machines.runtime.engine.container import Container, ContainerTable, now, parse_time
+from machines.runtime.engine.exec import ExecManager
+from machines.runtime.engine.health import HealthChecker
+from machines.runtime.engine.shim import EXIT, recv_frame
+from machines.runtime.errors import EngineError
 
 RESTART_BACKOFF_MAX = 1.0
 

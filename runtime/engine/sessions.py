@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Callable
 
-from runtime.engine.shim import CLOSE_STDIN, EXIT, STDIN, connect, recv_frame, send_frame
+from machines.runtime.engine.shim import CLOSE_STDIN, EXIT, STDIN, connect, recv_frame, send_frame
 
 Chunk = tuple[int, bytes]
 

@@ -19,10 +19,10 @@ import socket
 import struct
 import threading
 
-from runtime import timefmt
-from runtime.linux import syscalls as sc
-from runtime.linux.cgroups import open_cgroup
-from runtime.linux.process import container_child, exit_code, receive_console
+from machines.runtime import timefmt
+from machines.runtime.linux import syscalls as sc
+from machines.runtime.linux.cgroups import open_cgroup
+from machines.runtime.linux.process import container_child, exit_code, receive_console
 
 FRAME = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, CLOSE_STDIN, EXIT = 0, 1, 2, 3, 9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from runtime import timefmt
+from machines.runtime import timefmt
 
 
 def human_duration(seconds: float) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from runtime.engine.config import check_restart_policy, go_json_type
-from runtime.errors import Conflict, InvalidParameter
-from runtime.linux import cgroups
+from machines.runtime.engine.config import check_restart_policy, go_json_type
+from machines.runtime.errors import Conflict, InvalidParameter
+from machines.runtime.linux import cgroups
 
 MIN_MEMORY = 6 * 1024 * 1024  # moby's linuxMinMemory
 _BLKIO_DISCARDED = ("Your kernel does not support Block I/O weight or the cgroup is not mounted. Weight discarded.")

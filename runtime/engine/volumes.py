@@ -10,10 +10,10 @@ import shutil
 import threading
 from typing import Callable
 
-from runtime import timefmt
-from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.filters import Args
-from runtime.linux.paths import private_dir, tree_size
+from machines.runtime import timefmt
+from machines.runtime.errors import Conflict, InvalidParameter, NotFound
+from machines.runtime.filters import Args
+from machines.runtime.linux.paths import private_dir, tree_size
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # moby's; always fullmatch: "$" would let "x\n" by
 

@@ -1,5 +1,5 @@
 """Images: references, the layer store, docker save/load archives, the registry client and the classic builder."""
 
-from runtime.images.store import Image, ImageStore
+from machines.runtime.images.store import Image, ImageStore
 
 __all__ = ["Image", "ImageStore"]

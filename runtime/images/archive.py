@@ -25,8 +25,8 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from runtime.errors import InvalidParameter
-from runtime.linux import safepath
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.linux import safepath
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

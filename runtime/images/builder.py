@@ -31,12 +31,12 @@ import stat
 from collections.abc import Generator, Iterator, Sequence
 from typing import IO, Any, Callable, NamedTuple
 
-from runtime.errors import EngineError, InvalidParameter, NotFound
-from runtime.images import archive, dockerfile, ignore, reference
-from runtime.images.dockerfile import Instruction
-from runtime.images.media import canonical_json
-from runtime.images.store import Image, ImageStore
-from runtime.linux import safepath
+from machines.runtime.errors import EngineError, InvalidParameter, NotFound
+from machines.runtime.images import archive, dockerfile, ignore, reference
+from machines.runtime.images.dockerfile import Instruction
+from machines.runtime.images.media import canonical_json
+from machines.runtime.images.store import Image, ImageStore
+from machines.runtime.linux import safepath
 
 NOP = "/bin/sh -c #(nop) "
 PullFn = Callable[[str], Iterator[dict]]  # pulls a reference with the build's credentials (the image service's)

@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from runtime import timefmt
-from runtime.errors import InvalidParameter
+from machines.runtime import timefmt
+from machines.runtime.errors import InvalidParameter
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",

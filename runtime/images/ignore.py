@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from runtime.errors import InvalidParameter
+from machines.runtime.errors import InvalidParameter
 
 _REGEX_ESCAPES = ".+()|{}$"
 _BOM = "\ufeff"

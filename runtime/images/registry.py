@@ -28,9 +28,9 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Callable
 
-from runtime.errors import EngineError, HostError, InvalidParameter, NotFound
-from runtime.images import archive, reference
-from runtime.images.media import (
+from machines.runtime.errors import EngineError, HostError, InvalidParameter, NotFound
+from machines.runtime.images import archive, reference
+from machines.runtime.images.media import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MEDIA_DOCKER_CONFIG,
@@ -44,9 +44,9 @@ from runtime.images.media import (
     host_platform,
     sha256_bytes,
 )
-from runtime.images.reference import Reference
-from runtime.images.store import Image, ImageStore, Layer
-from runtime.proxy import ProxyConfig
+from machines.runtime.images.reference import Reference
+from machines.runtime.images.store import Image, ImageStore, Layer
+from machines.runtime.proxy import ProxyConfig
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
 GZIP_LAYER_TYPES = (MEDIA_DOCKER_LAYER_GZIP, MEDIA_OCI_LAYER_GZIP)

@@ -15,12 +15,12 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Union
 
-from runtime.images import builder, registry, transfer, trust
-from runtime.images.reference import join_repo_tag
-from runtime.images.reference import parse as parse_reference
-from runtime.images.scan.arrival import ArrivalScanner, ScanRefused
-from runtime.images.store import Image, ImageStore
-from runtime.proxy import ProxyConfig
+from machines.runtime.images import builder, registry, transfer, trust
+from machines.runtime.images.reference import join_repo_tag
+from machines.runtime.images.reference import parse as parse_reference
+from machines.runtime.images.scan.arrival import ArrivalScanner, ScanRefused
+from machines.runtime.images.store import Image, ImageStore
+from machines.runtime.proxy import ProxyConfig
 
 Auth = Union[dict, str, None]  # a credentials dict or the raw ``X-Registry-Auth`` header
 

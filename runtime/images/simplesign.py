@@ -20,8 +20,8 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
-from runtime.errors import HostError
-from runtime.images.reference import Reference
+from machines.runtime.errors import HostError
+from machines.runtime.images.reference import Reference
 
 ETC_REGISTRIES_D = "/etc/containers/registries.d"
 MAX_SIGNATURES = 16

@@ -27,14 +27,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Callable, Union
 
-from runtime import timefmt
-from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.filters import Args
-from runtime.images import archive, reference
-from runtime.images.dockerfile import apply_changes
-from runtime.images.media import LAYER_MEDIA, canonical_json, chain_id, chain_ids, host_platform, sha256_bytes
-from runtime.images.reference import Reference
-from runtime.linux.paths import private_dir
+from machines.runtime import timefmt
+from machines.runtime.errors import Conflict, InvalidParameter, NotFound
+from machines.runtime.filters import Args
+from machines.runtime.images import archive, reference
+from machines.runtime.images.dockerfile import apply_changes
+from machines.runtime.images.media import LAYER_MEDIA, canonical_json, chain_id, chain_ids, host_platform, sha256_bytes
+from machines.runtime.images.reference import Reference
+from machines.runtime.linux.paths import private_dir
 
 InUse = Callable[[str], Union[str, bool, None]]
 

@@ -15,10 +15,10 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Callable, Optional
 
-from runtime import clientjson
-from runtime.errors import InvalidParameter
-from runtime.images import archive, reference
-from runtime.images.media import (
+from machines.runtime import clientjson
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.images import archive, reference
+from machines.runtime.images.media import (
     MEDIA_DOCKER_LIST,
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_INDEX,
@@ -28,8 +28,8 @@ from runtime.images.media import (
     host_platform,
     sha256_bytes,
 )
-from runtime.images.reference import Reference
-from runtime.images.store import Image, ImageStore
+from machines.runtime.images.reference import Reference
+from machines.runtime.images.store import Image, ImageStore
 
 ProgressFn = Callable[[dict], None]
 

@@ -24,10 +24,10 @@ import re
 import threading
 from typing import Any, Callable
 
-from runtime.errors import EngineError, Forbidden, InvalidParameter
-from runtime.images import ecdsa, registry, simplesign
-from runtime.images.media import MEDIA_OCI_MANIFEST, sha256_bytes
-from runtime.images.reference import Reference, parse
+from machines.runtime.errors import EngineError, Forbidden, InvalidParameter
+from machines.runtime.images import ecdsa, registry, simplesign
+from machines.runtime.images.media import MEDIA_OCI_MANIFEST, sha256_bytes
+from machines.runtime.images.reference import Reference, parse
 
 POLICY_FILE = "policy.json"
 LOCAL_TRANSPORT = "docker-daemon"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from runtime.linux import safepath
+from machines.runtime.linux import safepath
 
 
 def private_dir(path: str, mode: int) -> str:

@@ -14,9 +14,9 @@ import socket
 import stat
 from typing import NoReturn
 
-from runtime.linux import safepath, seccomp
-from runtime.linux import syscalls as sc
-from runtime.linux.cgroups import controls_devices, open_cgroup
+from machines.runtime.linux import safepath, seccomp
+from machines.runtime.linux import syscalls as sc
+from machines.runtime.linux.cgroups import controls_devices, open_cgroup
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))

@@ -12,7 +12,7 @@ import errno
 import platform
 import struct
 
-from runtime.linux import syscalls as sc
+from machines.runtime.linux import syscalls as sc
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2

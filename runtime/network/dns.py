@@ -18,7 +18,7 @@ import struct
 import threading
 from typing import Callable, Optional
 
-from runtime.network.links import in_netns_of
+from machines.runtime.network.links import in_netns_of
 
 log = logging.getLogger("runtime.network")
 

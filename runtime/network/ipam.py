@@ -10,8 +10,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Union
 
-from runtime.errors import Forbidden, InvalidParameter, Unavailable
-from runtime.network.links import ip_query
+from machines.runtime.errors import Forbidden, InvalidParameter, Unavailable
+from machines.runtime.network.links import ip_query
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 

@@ -12,8 +12,8 @@ import subprocess
 import threading
 from typing import Callable, TypeVar
 
-from runtime.errors import HostError
-from runtime.linux.syscalls import CLONE_NEWNET, setns
+from machines.runtime.errors import HostError
+from machines.runtime.linux.syscalls import CLONE_NEWNET, setns
 
 log = logging.getLogger("runtime.network")
 

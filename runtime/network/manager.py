@@ -19,14 +19,22 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from runtime import timefmt
-from runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
-from runtime.filters import Args
-from runtime.linux.paths import private_dir
-from runtime.network import dns, hosts, ipam
-from runtime.network.links import Firewall, bridge_rules, enable_ip_forward, in_netns_of, ip_query, log, port_rules
-from runtime.network.netlink import RtNetlink, configure_inside, link_exists, loopback_up, move_default_route
-from runtime.network.proxy import PortProxy, bind_socket
+from machines.runtime import timefmt
+from machines.runtime.errors import Conflict, Forbidden, HostError, InvalidParameter, NotFound, NotSupported
+from machines.runtime.filters import Args
+from machines.runtime.linux.paths import private_dir
+from machines.runtime.network import dns, hosts, ipam
+from machines.runtime.network.links import (
+    Firewall,
+    bridge_rules,
+    enable_ip_forward,
+    in_netns_of,
+    ip_query,
+    log,
+    port_rules,
+)
+from machines.runtime.network.netlink import RtNetlink, configure_inside, link_exists, loopback_up, move_default_route
+from machines.runtime.network.proxy import PortProxy, bind_socket
 
 DEFAULT_SUBNET = "172.29.0.0/16"
 DEFAULT_POOL = "172.30.0.0/15"

@@ -120,7 +120,7 @@ def _wait_for_listen(log: Path, process: subprocess.Popen, deadline: float) -> s
 
 def start_daemon(root: Path, extra: list[str]) -> subprocess.Popen:
     log = root / "daemon.log"
-    return subprocess.Popen([sys.executable, "-m", "runtime", "daemon", "--data-root", str(root / "data"),
+    return subprocess.Popen([sys.executable, "-m", "machines.runtime", "daemon", "--data-root", str(root / "data"),
                              "--exec-root", str(root / "exec"), "--pidfile", str(root / "daemon.pid"), *extra],
                             cwd=str(REPO), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bootstrap.bundle import build
-from runtime.api import openapi
+from machines.bootstrap.bundle import build
+from machines.runtime.api import openapi
 
 from .conftest import REPO, free_subnet
 
@@ -54,7 +54,7 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
     for extra, expected in ((["--host", "tcp://0.0.0.0:2399"], b"refusing to listen on tcp://0.0.0.0:2399"),
                             (["--host", "http://x"], b"invalid host 'http://x'"),
                             (["--host", "tcp://127.0.0.1:1", "--tlsverify"], b"--tlsverify needs")):
-        result = subprocess.run([SYSTEM_PYTHON, "-m", "runtime", "daemon", "--data-root", str(tmp_path / "d"),
+        result = subprocess.run([SYSTEM_PYTHON, "-m", "machines.runtime", "daemon", "--data-root", str(tmp_path / "d"),
                                  "--exec-root", str(tmp_path / "e"), *extra], capture_output=True, timeout=30,
                                 cwd=str(REPO))
         assert result.returncode == 1 and result.stderr.startswith(b"runtime: ") and expected in result.stderr
@@ -63,7 +63,7 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_openapi_description_is_current() -> None:
     committed = (REPO / "runtime" / "api" / "openapi.json").read_text()
-    assert committed == openapi.render(), "run: python -m runtime.api.openapi > runtime/api/openapi.json"
+    assert committed == openapi.render(), "run: python -m machines.runtime.api.openapi > runtime/api/openapi.json"
     paths = openapi.describe()["paths"]
     assert {"/containers/create", "/containers/{ref}/attach", "/exec/{exec_id}/start", "/images/{name}/json",
             "/_ping", "/version", "/networks/{ref}/connect", "/volumes/{name}"} <= set(paths)

@@ -258,7 +258,7 @@ def test_tls_requires_a_client_certificate_from_the_ca(daemon: Daemon, image: st
 def test_dial_stdio_bridges_to_the_socket(daemon: Daemon) -> None:
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "runtime", "dial-stdio", "--host", daemon.host],
+    result = subprocess.run([sys.executable, "-m", "machines.runtime", "dial-stdio", "--host", daemon.host],
                             input=b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
                             capture_output=True, timeout=20, cwd=str(REPO))
     assert result.returncode == 0

@@ -10,7 +10,7 @@ import time
 import docker
 import pytest
 
-from runtime.linux import cgroups
+from machines.runtime.linux import cgroups
 from tests.support.waiting import poll
 
 from .conftest import Daemon

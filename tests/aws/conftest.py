@@ -26,7 +26,7 @@ import boto3
 import moto
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.support.cli import create_flags
 
 from .consistency import ConsistencyProxy

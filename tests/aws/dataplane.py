@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from drivers.nshost import Bridge, HostState, IsolatedHost
+from machines.drivers.nshost import Bridge, HostState, IsolatedHost
 from tests.support.cloudinit import cloud_configs
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drivers.aws import AWSDriver
+from machines.drivers.aws import AWSDriver
 from machines.swarm import SWARM_PORTS
 
 from .conftest import MotoCloud

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from drivers.aws import AWSDriver
-from drivers.base import Ledger, State
+from machines.drivers.aws import AWSDriver
+from machines.drivers.base import Ledger, State
 from machines.errors import CancelledError, DriverError, MachineTimeoutError, PreCreateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machines

@@ -17,8 +17,8 @@ from typing import Any
 import boto3
 import pytest
 
-from drivers.aws import AWSDriver
-from drivers.base import Ledger, State
+from machines.drivers.aws import AWSDriver
+from machines.drivers.base import Ledger, State
 from machines.errors import CancelledError, DriverError, PreCreateError
 from machines.machine import Machines
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 
 from .dataplane import AzureDataPlane
 from .fakearm import FakeArm

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from drivers.nshost import Bridge, IsolatedHost
+from machines.drivers.nshost import Bridge, IsolatedHost
 from tests.support.cloudinit import cloud_configs
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from azure.mgmt.network import models as network
 
-from drivers.azure import AzureDriver
-from drivers.base import Ledger, State
+from machines.drivers.azure import AzureDriver
+from machines.drivers.base import Ledger, State
 from machines.errors import CancelledError, DriverError, MachineTimeoutError, PreCreateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machines

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import forwarder
-from drivers.nshost import Bridge
 from machines import Machines
+from machines.bootstrap import forwarder
+from machines.drivers.nshost import Bridge
 from tests.support.hosts import HostFactory
 
 

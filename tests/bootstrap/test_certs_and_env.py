@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from bootstrap import bundle as bundles
-from bootstrap import certs
 from machines import shellenv
+from machines.bootstrap import bundle as bundles
+from machines.bootstrap import certs
 from machines.errors import UsageError
 
 pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
@@ -129,10 +129,10 @@ def test_runtime_bundle_bytecode_never_outlives_its_source(tmp_path: Path) -> No
     built = bundles.build(tmp_path / "cache")
     edited = tmp_path / "edited.pyz"
     with zipfile.ZipFile(built.path) as original, zipfile.ZipFile(edited, "w") as copy:
-        assert "runtime/__init__.pyc" in original.namelist()
+        assert "machines/runtime/__init__.pyc" in original.namelist()
         for info in original.infolist():
             data = original.read(info)
-            if info.filename == "runtime/__init__.py":
+            if info.filename == "machines/runtime/__init__.py":
                 data = data.replace(f'VERSION = "{built.version}"'.encode(), b'VERSION = "9.9.9-edited"')
             copy.writestr(info, data)
     result = subprocess.run(["/usr/bin/python3", str(edited), "version"], capture_output=True, text=True, timeout=30)

@@ -11,9 +11,8 @@ import docker
 import pytest
 from bootstrap_hosts import DOCKER, cli, shell, ssh_wrapper, unique
 
-import runtime
-from drivers.nshost import Bridge
-from machines import Machines
+from machines import Machines, runtime
+from machines.drivers.nshost import Bridge
 
 VERSION_FORMAT = "{{.Server.Version}}"
 

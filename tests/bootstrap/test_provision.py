@@ -20,12 +20,11 @@ import docker
 import pytest
 from bootstrap_hosts import DOCKER, adopt, cli, shell, ssh_wrapper, unique
 
-import runtime
-from bootstrap import bundle as bundles
-from bootstrap import certs, forwarder, provision
-from bootstrap.service import DAEMON_PID
-from drivers.nshost import Bridge
-from machines import Machines
+from machines import Machines, runtime
+from machines.bootstrap import bundle as bundles
+from machines.bootstrap import certs, forwarder, provision
+from machines.bootstrap.service import DAEMON_PID
+from machines.drivers.nshost import Bridge
 from machines.errors import ProvisionError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine

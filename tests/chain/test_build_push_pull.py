@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from machines.machine import Machines
 from tests.images.registry_fixture import Registry
 from tests.support.cli import DOCKER, busybox_rootfs, machines, with_env

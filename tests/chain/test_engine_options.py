@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import certs
-from drivers.nshost import Bridge
+from machines.bootstrap import certs
+from machines.drivers.nshost import Bridge
 from machines.machine import Machines
 from tests.chain.test_build_push_pull import docker_on
 from tests.images.registry_fixture import Registry, start_registry

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from machines.machine import Machines
 from machines.store import KEY_FILE
 from tests.support.cli import machines, with_env

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from runtime.engine import Engine, Session
-from runtime.errors import EngineError
-from runtime.linux import cgroups
+from machines.runtime.engine import Engine, Session
+from machines.runtime.errors import EngineError
+from machines.runtime.linux import cgroups
 from tests.support import busybox
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n" \

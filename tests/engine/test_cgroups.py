@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from runtime.linux import cgroups
+from machines.runtime.linux import cgroups
 
 UNIFIED = "/sys/fs/cgroup/unified"
 

@@ -13,9 +13,9 @@ import urllib.request
 
 import pytest
 
-from runtime.engine import Engine
-from runtime.engine.config import command_of, merge_config
-from runtime.errors import Conflict, InvalidParameter, NotModified
+from machines.runtime.engine import Engine
+from machines.runtime.engine.config import command_of, merge_config
+from machines.runtime.errors import Conflict, InvalidParameter, NotModified
 from tests.engine.conftest import Runner, output, read_session, wait_for
 
 

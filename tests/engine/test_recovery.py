@@ -13,13 +13,13 @@ import textwrap
 import time
 from pathlib import Path
 
-from runtime.engine import Engine
-from runtime.linux import syscalls
+from machines.runtime.engine import Engine
+from machines.runtime.linux import syscalls
 from tests.engine.conftest import cleanup_engine, make_roots, output, read_session, wait_for
 
 DAEMON = textwrap.dedent("""
     import io, json, sys, time
-    from runtime.engine import Engine
+    from machines.runtime.engine import Engine
     data, run, image = sys.argv[1:4]
     engine = Engine(data, run)
     with open(image, "rb") as f:

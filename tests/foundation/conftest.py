@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers import registry
 from machines.cli import main
+from machines.drivers import registry
 
 from .fakes import FileDriver
 

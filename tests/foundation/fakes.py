@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from drivers.base import Driver, Flag, Ledger, SSHDetails, State
-from drivers.nshost import HostState, IsolatedHost
+from machines.drivers.base import Driver, Flag, Ledger, SSHDetails, State
+from machines.drivers.nshost import HostState, IsolatedHost
 from machines.errors import DriverError, PreCreateError
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers import registry
-from drivers.base import Ledger
+from machines.drivers import registry
+from machines.drivers.base import Ledger
 from machines.errors import DriverError
 from machines.hostoptions import HostOptions
 from machines.store import STATE_READY, Store, new_record

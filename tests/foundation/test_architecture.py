@@ -12,18 +12,20 @@ import pytest
 pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("machines", "drivers", "bootstrap", "runtime")
+# Folder at the top of the repository -> the package it installs as (pyproject's package-dir).
+PACKAGES = {"machines": "machines", "drivers": "machines.drivers", "bootstrap": "machines.bootstrap",
+            "runtime": "machines.runtime"}
 
 # Lowest first; README's diagram, top to bottom, is this list reversed. A module belongs to the first entry that is
 # its name or a package above it (a new module of machines/ must be placed here by name).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("runtime", ("runtime",)),
+    ("runtime", ("machines.runtime",)),
     ("leaf", ("machines.errors", "machines.store", "machines.hostoptions", "machines.hostkeys", "machines.progress",
               "machines.shellenv", "machines.redaction", "machines.contexts", "machines.detached")),
-    ("drivers", ("drivers",)),
+    ("drivers", ("machines.drivers",)),
     ("core", ("machines.machine", "machines.ssh", "machines.inventory", "machines.transfer", "machines.mounts",
               "machines.declarative", "machines.dockermachine", "machines.swarm")),
-    ("bootstrap", ("bootstrap",)),
+    ("bootstrap", ("machines.bootstrap",)),
     ("application", ("machines.default", "machines.cli", "machines.__main__", "machines", "machines.ports",
                      "machines.sshconfig", "machines.completion", "machines.share", "machines.reversefs",
                      "machines.trust", "machines.scan")),
@@ -32,23 +34,28 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # provisioner, which checks engine options with the daemon's own rules before anything is created, and the
 # workstation's image tools, which reuse its registry client, trust policy and scanner so that `machines trust verify`
 # and `machines scan` judge exactly as a machine does.
-RUNTIME_USERS = {"bootstrap.bundle": None, "bootstrap.provisioner": {"runtime.daemonconfig"},
-                 "machines.trust.sigstore": {"runtime.errors", "runtime.images.ecdsa", "runtime.images.media",
-                                             "runtime.images.reference", "runtime.images.registry",
-                                             "runtime.images.trust"},
-                 "machines.trust.gpgsign": {"runtime.images.simplesign", "runtime.images.trust"},
-                 "machines.trust.policy": {"runtime.errors", "runtime.images.trust"},
-                 "machines.scan.source": {"runtime.images.media", "runtime.images.registry"},
-                 "machines.scan.scan": {"runtime.images.scan.inventory", "runtime.images.scan.osv"},
-                 "machines.scan.report": {"runtime.images.scan.inventory", "runtime.images.scan.osv"}}
+RUNTIME_USERS = {"machines.bootstrap.bundle": None, "machines.bootstrap.provisioner": {"machines.runtime.daemonconfig"},
+                 "machines.trust.sigstore": {"machines.runtime.errors", "machines.runtime.images.ecdsa", "machines.runtime.images.media",
+                                             "machines.runtime.images.reference", "machines.runtime.images.registry",
+                                             "machines.runtime.images.trust"},
+                 "machines.trust.gpgsign": {"machines.runtime.images.simplesign", "machines.runtime.images.trust"},
+                 "machines.trust.policy": {"machines.runtime.errors", "machines.runtime.images.trust"},
+                 "machines.scan.source": {"machines.runtime.images.media", "machines.runtime.images.registry"},
+                 "machines.scan.scan": {"machines.runtime.images.scan.inventory", "machines.runtime.images.scan.osv"},
+                 "machines.scan.report": {"machines.runtime.images.scan.inventory", "machines.runtime.images.scan.osv"}}
 STRING_IMPORTS = ("import_module", "__import__", "find_spec", "spec_from_file_location")
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
+    folder, *parts = path.relative_to(REPO).with_suffix("").parts
+    if parts and parts[-1] == "__init__":
         parts.pop()
-    return ".".join(parts)
+    return ".".join([PACKAGES[folder], *parts])
+
+
+def _folder(module: str) -> str:
+    """The package of the top-level folder a module lives in: machines, machines.drivers, ..."""
+    return max((name for name in PACKAGES.values() if module == name or module.startswith(f"{name}.")), key=len)
 
 
 def _sources() -> dict[str, Path]:
@@ -134,10 +141,10 @@ def graph() -> dict[str, set[str]]:
     return _graph()
 
 
-@pytest.mark.parametrize("package", ["machines", "drivers", "bootstrap"])
+@pytest.mark.parametrize("package", ["machines", "machines.drivers", "machines.bootstrap"])
 def test_no_import_circle(graph: dict[str, set[str]], package: str) -> None:
     inside = {name: {t for t in targets if _layer(t) > 0} for name, targets in graph.items() if _layer(name) > 0}
-    circles = [cycle for cycle in _cycles(inside) if any(m.split(".")[0] == package for m in cycle)]
+    circles = [cycle for cycle in _cycles(inside) if any(_folder(m) == package for m in cycle)]
     assert circles == []
 
 
@@ -159,7 +166,7 @@ def test_the_core_reaches_neither_bootstrap_nor_the_cli(graph: dict[str, set[str
         for target in graph[pending.pop()] - reached:
             reached.add(target)
             pending.append(target)
-    assert sorted(m for m in reached if m.startswith(("bootstrap", "machines.cli")) or m == "machines.default") == []
+    assert sorted(m for m in reached if m.startswith(("machines.bootstrap", "machines.cli")) or m == "machines.default") == []
 
 
 def test_only_the_bundler_uses_the_runtime_and_the_runtime_uses_nothing_of_ours(graph: dict[str, set[str]]) -> None:
@@ -171,10 +178,10 @@ def test_only_the_bundler_uses_the_runtime_and_the_runtime_uses_nothing_of_ours(
 
 
 def test_no_import_by_a_computed_name() -> None:
-    """Only ``drivers.registry`` loads code by name, through the ``machines.drivers`` entry points."""
+    """Only ``machines.drivers.registry`` loads code by name, through the ``machines.drivers`` entry points."""
     offenders = []
     for name, path in _sources().items():
-        if name.split(".")[0] not in ("machines", "drivers", "bootstrap"):
+        if _folder(name) == "machines.runtime":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call):
@@ -192,3 +199,14 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     found = _imported("machines.cli.thing", tmp_path / "thing.py", ast.parse(source), modules)
     assert found == {"machines.cli.common", "machines.cli", "machines.progress", "machines.store"}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_import_of_ours_names_the_one_namespace() -> None:
+    """``import runtime`` or ``from drivers import x`` would load the index's unrelated packages of those names."""
+    foreign = []
+    for name, path in _sources().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            foreign += [f"{name}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("drivers", "bootstrap", "runtime")]
+    assert foreign == []

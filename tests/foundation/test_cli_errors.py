@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers import registry
+from machines.drivers import registry
 from machines.errors import ExitStatus
 
 from .conftest import CliResult

@@ -78,7 +78,7 @@ def test_ctrl_c_in_the_cli_removes_everything(store_path: Path, file_driver: Pat
     """A real SIGINT to a running ``machines create`` (one machine, or several created at once)."""
     program = (
         "import sys\n"
-        "from drivers import registry\n"
+        "from machines.drivers import registry\n"
         "from tests.foundation.fakes import FileDriver\n"
         "from machines.cli import main\n"
         "registry.register('files', FileDriver)\n"

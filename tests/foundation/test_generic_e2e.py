@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-import bootstrap.provision
-from drivers import registry
-from drivers.nshost import Bridge, IsolatedHost
 from machines import Machines, transfer
+from machines.bootstrap import provision
+from machines.drivers import registry
+from machines.drivers.nshost import Bridge, IsolatedHost
 from machines.machine import Machine
 from machines.ssh import CommandError
 from tests.support.hosts import HostFactory, Namespaces, TestHost, leftovers
@@ -175,7 +175,7 @@ def test_failed_provisioning_removes_the_host_and_the_entry(
         seen.update(name=machine.name, record=host.record, namespaces=host.namespaces(), state_dir=host.host.state_dir)
         machine.ssh().run("touch /data/half-provisioned && exit 3")
 
-    monkeypatch.setattr(bootstrap.provision, "provision", failing_provision)
+    monkeypatch.setattr(provision, "provision", failing_provision)
     with pytest.raises(CommandError, match="exited with status 3"):
         nstest("rb")
 

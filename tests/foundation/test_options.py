@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers import registry
-from drivers.base import Driver, Flag
+from machines.drivers import registry
+from machines.drivers.base import Driver, Flag
 from machines.errors import DriverError, StoreError, UsageError
 from machines.hostoptions import HostOptions
 from machines.machine import Machines

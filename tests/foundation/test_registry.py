@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers import registry
-from drivers.generic import GenericDriver
+from machines.drivers import registry
+from machines.drivers.generic import GenericDriver
 from machines.errors import DriverError, DriverNotFoundError
 
 from .conftest import CliResult
@@ -23,7 +23,7 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package = tmp_path / "plugins"
     package.mkdir()
     (package / "thirdparty_machines_driver.py").write_text(
-        "from drivers.base import Driver, Flag\n"
+        "from machines.drivers.base import Driver, Flag\n"
         "class CloudDriver(Driver):\n"
         "    name = 'tpcloud'\n"
         "    flags = [Flag('region', 'where to make hosts', envvar='TPCLOUD_REGION')]\n"

@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.api.routing import filters_arg
-from runtime.api.server import App, Connection, Request, Response, Router, json_response
+from machines.runtime.api.routing import filters_arg
+from machines.runtime.api.server import App, Connection, Request, Response, Router, json_response
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

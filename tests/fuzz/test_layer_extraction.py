@@ -14,8 +14,8 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import InvalidParameter
-from runtime.images import archive
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.images import archive
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

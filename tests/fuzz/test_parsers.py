@@ -12,10 +12,10 @@ import string
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime import timefmt
-from runtime.errors import InvalidParameter
-from runtime.filters import Args
-from runtime.images import dockerfile, reference
+from machines.runtime import timefmt
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.filters import Args
+from machines.runtime.images import dockerfile, reference
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 
 Entry = tuple[str, str, bytes | str | None]  # (name, kind, data-or-linkname)
 

@@ -10,9 +10,9 @@ import tempfile
 
 import pytest
 
-from runtime.engine import Engine
-from runtime.errors import EngineError
-from runtime.images.builder import ImageView
+from machines.runtime.engine import Engine
+from machines.runtime.errors import EngineError
+from machines.runtime.images.builder import ImageView
 
 
 @pytest.fixture(scope="module")

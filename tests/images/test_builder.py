@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-from runtime.errors import InvalidParameter
-from runtime.images import dockerfile, reference
-from runtime.images.builder import NOP, ImageView, build
-from runtime.images.store import ImageStore
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.images import dockerfile, reference
+from machines.runtime.images.builder import NOP, ImageView, build
+from machines.runtime.images.store import ImageStore
 
 DOCKERFILE = b"""# syntax=docker/dockerfile:1
 ARG BASE=busybox:test

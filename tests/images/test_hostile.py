@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from runtime.errors import InvalidParameter
+from machines.runtime.errors import InvalidParameter
 from tests.images.conftest import make_tar
 
 pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)

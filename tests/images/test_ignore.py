@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import InvalidParameter
-from runtime.images.ignore import Pattern, PatternMatcher, excluded, go_clean, read_patterns
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.images.ignore import Pattern, PatternMatcher, excluded, go_clean, read_patterns
 
 
 @pytest.mark.parametrize("pattern, path, hit", [

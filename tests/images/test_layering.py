@@ -9,16 +9,16 @@ IMAGES = Path(__file__).resolve().parents[2] / "runtime" / "images"
 
 
 def _imports(path: Path) -> set:
-    """Every runtime.images module ``path`` imports, at the top or inside a function."""
+    """Every machines.runtime.images module ``path`` imports, at the top or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "runtime.images":
+            if node.module == "machines.runtime.images":
                 found |= {alias.name for alias in node.names}
-            elif node.module.startswith("runtime.images."):
-                found.add(node.module.split(".")[2])
+            elif node.module.startswith("machines.runtime.images."):
+                found.add(node.module.split(".")[3])
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("runtime.images.")}
+            found |= {a.name.split(".")[3] for a in node.names if a.name.startswith("machines.runtime.images.")}
     return found
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from runtime.images.store import ImageStore
+from machines.runtime.images.store import ImageStore
 from tests.images.conftest import make_tar
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import InvalidParameter
-from runtime.images import reference
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.images import reference
 
 pytestmark = pytest.mark.fast  # the fast tier: no root, seconds (pytest -m fast)
 

@@ -11,12 +11,12 @@ import os
 
 import pytest
 
-from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.images import registry as registry_mod
-from runtime.images.media import host_platform
-from runtime.images.registry import Unauthorized
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.errors import Conflict, InvalidParameter, NotFound
+from machines.runtime.images import registry as registry_mod
+from machines.runtime.images.media import host_platform
+from machines.runtime.images.registry import Unauthorized
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.images.registry_fixture import start_registry
 
 

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from runtime.errors import HostError
-from runtime.images.registry import Unauthorized
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.errors import HostError
+from machines.runtime.images.registry import Unauthorized
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.images.registry_fixture import start_registry
 
 USERS = {"bob": "hunter2"}

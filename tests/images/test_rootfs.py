@@ -62,7 +62,7 @@ def test_device_nodes_are_skipped_with_a_warning_where_mknod_is_not_allowed(tmp_
     script = (
         "import io, logging, os, sys\n"
         "logging.basicConfig(level=logging.INFO)\n"
-        "from runtime.images.store import ImageStore\n"
+        "from machines.runtime.images.store import ImageStore\n"
         "store = ImageStore(sys.argv[1])\n"
         "image = store.import_tar(io.BytesIO(sys.stdin.buffer.read()), 'rootfs:userns')\n"
         "(layer,) = store.resolve(image).layer_dirs()\n"

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from runtime.errors import Conflict, InvalidParameter, NotFound
-from runtime.images import archive
+from machines.runtime.errors import Conflict, InvalidParameter, NotFound
+from machines.runtime.images import archive
 from tests.images.conftest import make_tar
 
 SUMMARY_KEYS = {"Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "SharedSize", "Labels", "Containers"}

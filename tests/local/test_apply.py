@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from machines.machine import Machines
 from tests.support.cli import machines
 from tests.support.hosts import unique_name

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nshost import Bridge, IsolatedHost
+from machines.drivers.nshost import Bridge, IsolatedHost
 from tests.support.cli import machines
 from tests.support.hosts import TestHost, leftovers
 

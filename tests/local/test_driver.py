@@ -11,10 +11,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import drivers.nshost as nshost
-from drivers.base import Ledger, State
-from drivers.local import LocalDriver
-from drivers.nshost import Bridge, IsolatedHost, NsHostError
+import machines.drivers.nshost as nshost
+from machines.drivers.base import Ledger, State
+from machines.drivers.local import LocalDriver
+from machines.drivers.nshost import Bridge, IsolatedHost, NsHostError
 from machines.errors import PreCreateError
 from machines.machine import Machines
 from machines.store import generate_ssh_key

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.support.cli import machines
 from tests.support.hosts import unique_name
 

@@ -9,7 +9,7 @@ import sys
 import threading
 import uuid
 
-from drivers.nshost import HostState
+from machines.drivers.nshost import HostState
 from tests.support.hosts import HostFactory, leftovers, remaining
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,7 +83,7 @@ def test_kill_stops_the_host_at_once(test_host: HostFactory) -> None:
 def test_host_survives_its_python_process_and_remove_leaves_nothing(test_host: HostFactory) -> None:
     host = test_host(start=False)
     started = subprocess.run(
-        [sys.executable, "-c", "import sys; from drivers.nshost import IsolatedHost; IsolatedHost(sys.argv[1]).start()",
+        [sys.executable, "-c", "import sys; from machines.drivers.nshost import IsolatedHost; IsolatedHost(sys.argv[1]).start()",
          host.host.state_dir], capture_output=True, text=True, cwd=REPO)
     assert started.returncode == 0, started.stderr
     assert host.host.state() is HostState.RUNNING

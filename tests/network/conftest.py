@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.linux.syscalls import CLONE_NEWNET, setns
-from runtime.network import NetworkManager
-from runtime.network.links import in_netns, in_netns_of
+from machines.runtime.linux.syscalls import CLONE_NEWNET, setns
+from machines.runtime.network import NetworkManager
+from machines.runtime.network.links import in_netns, in_netns_of
 
 REMOTE_HOST_IP = "192.168.251.1"
 REMOTE_PEER_IP = "192.168.251.2"

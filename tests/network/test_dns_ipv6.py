@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import Conflict, InvalidParameter
-from runtime.network import NetworkManager
-from runtime.network.links import in_netns_of
+from machines.runtime.errors import Conflict, InvalidParameter
+from machines.runtime.network import NetworkManager
+from machines.runtime.network.links import in_netns_of
 
 from .conftest import Container, Host, serve_echo, tcp_ask, unique
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from runtime.errors import Forbidden, HostError, InvalidParameter
-from runtime.network import NetworkManager, hosts
+from machines.runtime.errors import Forbidden, HostError, InvalidParameter
+from machines.runtime.network import NetworkManager, hosts
 
 from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import Conflict, Forbidden, InvalidParameter, NotFound
-from runtime.network import NetworkManager
+from machines.runtime.errors import Conflict, Forbidden, InvalidParameter, NotFound
+from machines.runtime.network import NetworkManager
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import HostError
-from runtime.network import NetworkManager
-from runtime.network.proxy import bind_socket
+from machines.runtime.errors import HostError
+from machines.runtime.network import NetworkManager
+from machines.runtime.network.proxy import bind_socket
 
 from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask, udp_ask
 

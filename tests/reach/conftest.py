@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.support.cli import DOCKER, MACHINES, machines
 from tests.support.hosts import TestHost, unique_name
 

@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.reach.conftest import Reachable, _make
 from tests.support.cli import DOCKER
 

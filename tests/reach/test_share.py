@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.chain.test_import_docker_machine import _docker_machine_store
 from tests.reach.conftest import create_generic
 from tests.support.cli import DOCKER, machines

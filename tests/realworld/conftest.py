@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.debian_image import debian_rootfs_tar
 from tests.support.hosts import unique_name

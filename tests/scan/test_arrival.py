@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import InvalidParameter
-from runtime.images.scan.arrival import ScanRefused
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.errors import InvalidParameter
+from machines.runtime.images.scan.arrival import ScanRefused
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.scan import fixtures
 from tests.support import busybox
 from tests.trust.conftest import drop_all_images, registry  # noqa: F401 - the fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from machines.runtime.images.scan.versions import dpkg_compare
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from machines.scan.scan import inventory, vulnerabilities
-from runtime.images.scan.versions import dpkg_compare
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
 from tests.scan import fixtures
 from tests.support.debian_image import debian_tar  # noqa: F401 - the fixture
 from tests.trust.conftest import registry, run_machines  # noqa: F401 - the fixture

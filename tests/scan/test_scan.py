@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from machines.errors import ScanError
+from machines.runtime.images.scan import osv
+from machines.runtime.images.scan.inventory import scan_layers
 from machines.scan import report
 from machines.scan.scan import inventory, vulnerabilities
-from runtime.images.scan import osv
-from runtime.images.scan.inventory import scan_layers
 from tests.scan import fixtures
 from tests.trust.conftest import run_machines
 
@@ -197,8 +197,8 @@ def test_cvss_scores():
 
 
 def test_docker_save_output_of_the_runtime_and_an_oci_layout(tmp_path):
-    from runtime.images.service import ImageService
-    from runtime.images.store import ImageStore
+    from machines.runtime.images.service import ImageService
+    from machines.runtime.images.store import ImageStore
 
     service = ImageService(ImageStore(str(tmp_path / "data" / "image")))
     base, upper = fixtures.alpine_layers()

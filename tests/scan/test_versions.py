@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.images.scan.versions import (
+from machines.runtime.images.scan.versions import (
     BadVersion,
     apk_compare,
     dpkg_compare,

@@ -18,8 +18,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from runtime.api import server
-from runtime.api.server import App, Router, Server, bind_tcp, bind_unix, json_response, tls_context
+from machines.runtime.api import server
+from machines.runtime.api.server import App, Router, Server, bind_tcp, bind_unix, json_response, tls_context
 from tests.api.conftest import DOCKER, Daemon, make_pki
 
 IDLE_SOCKETS = 300  # more than PENDING_PER_ADDRESS: the oldest are dropped to make room

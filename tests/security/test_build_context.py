@@ -8,7 +8,7 @@ import os
 import uuid
 from pathlib import Path
 
-from runtime.images.builder import ImageView
+from machines.runtime.images.builder import ImageView
 from tests.api.conftest import Daemon
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bootstrap import certs
+from machines.bootstrap import certs
 from tests.support.cli import machines
 from tests.support.hosts import HostFactory
 

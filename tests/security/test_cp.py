@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from runtime.linux import safepath
+from machines.runtime.linux import safepath
 from tests.api.conftest import Daemon
 
 SWAPPER = r"""

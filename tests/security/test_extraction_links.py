@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.images import archive
-from runtime.linux import safepath
+from machines.runtime.images import archive
+from machines.runtime.linux import safepath
 
 BIG = 3 << 20  # larger than the extractor's read buffer, so the planting happens between two entries
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.support.cli import DOCKER, MACHINES, busybox_rootfs, machines
 
 

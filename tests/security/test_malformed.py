@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.api import validate
+from machines.runtime.api import validate
 from tests.api.conftest import Daemon
 from tests.api.test_protocol import raw
 from tests.support.tarballs import files_tar
@@ -93,8 +93,8 @@ def test_malformed_registry_auth_header_is_refused(payload: bytes) -> None:
     """Decoded before any registry is contacted (checked here directly: the test must not reach a registry)."""
     import base64
 
-    from runtime.errors import InvalidParameter
-    from runtime.images.registry import decode_auth
+    from machines.runtime.errors import InvalidParameter
+    from machines.runtime.images.registry import decode_auth
 
     with pytest.raises(InvalidParameter, match="invalid X-Registry-Auth header"):
         decode_auth(base64.urlsafe_b64encode(payload).decode())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.linux import safepath
+from machines.runtime.linux import safepath
 
 
 @pytest.fixture(params=["openat2", "walk"])

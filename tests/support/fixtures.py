@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from tests.support.hosts import (
     HostFactory,
     collect_stale_bridges,

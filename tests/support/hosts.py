@@ -23,8 +23,8 @@ from pathlib import Path
 
 import paramiko
 
-from drivers.cloudinit import generate_host_key
-from drivers.nshost import LEASE_ROOT, Bridge, HostRecord, IsolatedHost, hold_free_bridge
+from machines.drivers.cloudinit import generate_host_key
+from machines.drivers.nshost import LEASE_ROOT, Bridge, HostRecord, IsolatedHost, hold_free_bridge
 
 FIRST_TEST_SUBNET = 16
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nshost import Bridge
 from machines import Machines
+from machines.drivers.nshost import Bridge
 from tests.support.cli import DOCKER, MACHINES, busybox_rootfs, machines
 
 ENGINE_FLAGS = ("--engine", "docker", "--runtime-data-root", "/data/docker", "--engine-opt", "iptables=false",

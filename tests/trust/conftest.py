@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import Conflict, NotFound
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.errors import Conflict, NotFound
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.chain.conftest import registry  # noqa: F401 - the fixture: Debian's docker-registry on loopback
 from tests.support import busybox
 

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from runtime.errors import Forbidden, InvalidParameter
-from runtime.images import trust
-from runtime.images.reference import parse
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.errors import Forbidden, InvalidParameter
+from machines.runtime.images import trust
+from machines.runtime.images.reference import parse
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.trust.conftest import drop_all_images, push_image, run_machines, write_policy
 
 UNSIGNED = "A signature was required, but no signature exists"
@@ -73,7 +73,7 @@ def test_a_signature_moved_onto_another_manifest_is_refused(service, store, regi
     evil_digest = push_image(service, evil, rootfs_tar, "evil")
     _sign(good, keypair)
     # the attacker copies the valid attachment to the tag that belongs to their manifest
-    from runtime.images import registry as registry_mod
+    from machines.runtime.images import registry as registry_mod
 
     session = registry_mod.Session(parse(good), {}, registry_mod.RegistryOptions(), "pull,push")
     status, attachment = trust.session_fetch(session)(f"/v2/signed/app/manifests/{trust.signature_tag(good_digest)}",

@@ -9,8 +9,8 @@ import pytest
 
 from machines.errors import UsageError
 from machines.hostoptions import HostOptions
+from machines.runtime.images import trust
 from machines.trust.policy import load_policy
-from runtime.images import trust
 from tests.trust.conftest import run_machines
 
 

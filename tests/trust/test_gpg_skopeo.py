@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from runtime.errors import Forbidden
+from machines.runtime.errors import Forbidden
 from tests.trust.conftest import drop_all_images, push_image, run_machines, write_policy
 
 SKOPEO = shutil.which("skopeo")

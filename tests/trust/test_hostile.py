@@ -8,12 +8,12 @@ import struct
 
 import pytest
 
+from machines.runtime.errors import Forbidden, InvalidParameter
+from machines.runtime.images import registry as registry_mod
+from machines.runtime.images import trust
+from machines.runtime.images.reference import parse
+from machines.runtime.images.scan.inventory import scan_layers
 from machines.trust import sigstore
-from runtime.errors import Forbidden, InvalidParameter
-from runtime.images import registry as registry_mod
-from runtime.images import trust
-from runtime.images.reference import parse
-from runtime.images.scan.inventory import scan_layers
 from tests.scan import fixtures
 from tests.trust.conftest import drop_all_images, push_image, run_machines, write_policy
 
@@ -123,7 +123,7 @@ def test_the_scanner_survives_hostile_package_files():
     }, {"usr/bin/fake-go": 0o755})
     found = scan_layers([io.BytesIO(layer)])
     assert {(p.kind, p.name, p.version) for p in found.packages} == {("apk", "ok", "1.0-r0")}
-    from runtime.images.scan.inventory import rpm_header
+    from machines.runtime.images.scan.inventory import rpm_header
 
     assert rpm_header(fixtures.rpm_header({1000: "x"})[:8] + b"\xff" * 40) == {}  # entries pointing nowhere
     with pytest.raises(ValueError, match="truncated"):

@@ -7,10 +7,10 @@ import io
 import json
 from pathlib import Path
 
-from drivers.nshost import Bridge
+from machines.drivers.nshost import Bridge
 from machines.machine import Machines
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
 from tests.images.registry_fixture import Registry
 from tests.scan import fixtures

@@ -8,8 +8,8 @@ import io
 import json
 import shutil
 
-from runtime.images.service import ImageService
-from runtime.images.store import ImageStore
+from machines.runtime.images.service import ImageService
+from machines.runtime.images.store import ImageStore
 from tests.images.test_registry_tls import USERS, tls_token_registry  # noqa: F401 - the fixture
 from tests.trust.conftest import run_machines
 

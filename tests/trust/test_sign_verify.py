@@ -9,8 +9,8 @@ import stat
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from machines.runtime.images import trust
 from machines.trust import keys
-from runtime.images import trust
 from tests.trust.conftest import PASSPHRASE, push_image, run_machines
 
 
@@ -68,8 +68,8 @@ def test_the_attachment_is_cosigns_format_and_verifies_with_cryptography(service
     digest = push_image(service, image, rootfs_tar)
     assert run_machines("trust", "sign", image, "--key", str(private), "--passphrase-file", str(secret)).code == 0
     assert run_machines("trust", "sign", image, "--key", str(private), "--passphrase-file", str(secret)).code == 0
-    from runtime.images import registry as registry_mod
-    from runtime.images.reference import parse
+    from machines.runtime.images import registry as registry_mod
+    from machines.runtime.images.reference import parse
 
     session = registry_mod.Session(parse(image), {}, registry_mod.RegistryOptions())
     fetch = trust.session_fetch(session)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Ledger, State
-from drivers.virtualbox import VirtualBoxDriver
+from machines.drivers.base import Ledger, State
+from machines.drivers.virtualbox import VirtualBoxDriver
 from machines.errors import DriverError, PreCreateError
 from machines.store import Store, new_record
 from tests.support.cli import machines

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.virtualbox import VirtualBoxDriver
+from machines.drivers.virtualbox import VirtualBoxDriver
 from machines.errors import PreCreateError
 from tests.support import busybox
 from tests.support.cli import DOCKER, MACHINES, machines

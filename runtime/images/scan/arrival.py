@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import Forbidden, InvalidParameter
-from runtime.images import archive
-from runtime.images.scan import osv
-from runtime.images.scan.inventory import scan_layers
-from runtime.images.store import Image
+from machines.runtime.errors import Forbidden, InvalidParameter
+from machines.runtime.images import archive
+from machines.runtime.images.scan import osv
+from machines.runtime.images.scan.inventory import scan_layers
+from machines.runtime.images.store import Image
 
 SCAN_FILE = "scan.json"
 OSV_DIR = "osv"

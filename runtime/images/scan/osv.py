@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.images.scan.inventory import Inventory, Package, canonicalize_name
-from runtime.images.scan.versions import COMPARATORS, BadVersion
+from machines.runtime.images.scan.inventory import Inventory, Package, canonicalize_name
+from machines.runtime.images.scan.versions import COMPARATORS, BadVersion
 
 LEVELS = ("unknown", "low", "medium", "high", "critical")
 OS_ECOSYSTEMS = {"debian": "Debian", "ubuntu": "Ubuntu", "alpine": "Alpine", "almalinux": "AlmaLinux",
