@@ -29,6 +29,11 @@ P:libssl1.1
 V:1.1.1q-r0
 A:x86_64
 o:openssl
+
+P:mariadb-client
+V:10.6.7-r0
+A:x86_64
+o:mariadb
 """
 
 
@@ -80,6 +85,7 @@ def go_binary(go_version: str, modinfo: str) -> bytes:
 
 GO_MODINFO = ("path\texample.com/server\nmod\texample.com/server\t(devel)\t\n"
               "dep\tgolang.org/x/text\tv0.3.7\th1:olpwvP2KacW1ZWvsR7uQhoyTYvKAupfQrRGBFM352Gk=\n"
+              "dep\tgolang.org/x/net\tv0.0.0-20220722155237-a158d28d115b\th1:x=\n"
               "dep\tgithub.com/old/name\tv1.0.0\th1:x=\n=>\tgithub.com/new/name\tv1.2.0\th1:y=\n")
 
 

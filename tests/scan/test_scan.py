@@ -40,9 +40,11 @@ def test_alpine_python_npm_and_go_inventory(alpine_archive):
     assert found.os_release["ID"] == "alpine"
     assert _names(found) == {
         ("apk", "musl", "1.2.3-r0"), ("apk", "zlib", "1.2.12-r1"), ("apk", "libssl1.1", "1.1.1q-r0"),
+        ("apk", "mariadb-client", "10.6.7-r0"),
         ("python", "requests", "2.28.0"), ("python", "Old_Thing", "0.9"),  # urllib3 was whited out above
         ("npm", "lodash", "4.17.20"), ("npm", "@scope/tool", "1.0.0"),  # app/package.json is not a dependency
         ("go", "stdlib", "go1.18.1"), ("go", "golang.org/x/text", "v0.3.7"),
+        ("go", "golang.org/x/net", "v0.0.0-20220722155237-a158d28d115b"),
         ("go", "github.com/new/name", "v1.2.0")}  # the replacement, not the replaced module; (devel) left out
     ssl = next(p for p in found.packages if p.name == "libssl1.1")
     assert ssl.source == "openssl" and ssl.path == "/lib/apk/db/installed"
@@ -66,15 +68,20 @@ def test_findings_with_each_ecosystems_order_and_severity(alpine_archive, rpm_ar
     alpine = vulnerabilities("alpine", inventory(str(alpine_archive)), OSV_DB, today=TODAY)
     got = {(f.id, f.package.name, f.package.version, f.fixed, f.severity, f.score) for f in alpine.findings}
     assert got == {
-        ("ALPINE-CVE-2022-37434", "zlib", "1.2.12-r1", "1.2.12-r2", "critical", 9.8),
-        ("GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "high", 7.2),
+        ("CVE-2022-27449", "mariadb-client", "10.6.7-r0", "10.6.8-r0", "unknown", None),  # Alpine:v3.16's fix
+        ("GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "high", 7.2),  # CVSS_V3 vector
         ("GHSA-j8r2-6x86-q33q", "requests", "2.28.0", "2.31.0", "medium", 6.1),
-        ("GO-2022-0969", "stdlib", "go1.18.1", "1.18.6", "unknown", None),
+        ("GO-2022-0969", "stdlib", "go1.18.1", "1.18.6", "unknown", None),  # the first of two windows
+        ("GO-2022-0969", "golang.org/x/net", "v0.0.0-20220722155237-a158d28d115b",
+         "0.0.0-20220906165146-f3363e06e74c", "unknown", None),  # pseudo-versions
         ("GO-2022-1059", "golang.org/x/text", "v0.3.7", "0.3.8", "unknown", None)}
-    assert [f.severity for f in alpine.findings][:2] == ["critical", "high"]  # most severe first
+    assert [f.severity for f in alpine.findings][:2] == ["high", "medium"]  # most severe first
+    assert [f.summary for f in alpine.findings if f.id == "CVE-2022-27449"] == [  # no summary: details' first line
+        "MariaDB Server v10.9 and below was discovered to contain a segmentation fault via the component "
+        "sql/item_func.cc:148."]
     alma = vulnerabilities("alma", inventory(str(rpm_archive)), OSV_DB, today=TODAY)
-    assert [(f.id, f.package.name, f.fixed) for f in alma.findings] == [
-        ("ALSA-2022:1065", "openssl-libs", "1:1.1.1k-6.el8_5")]  # matched through the source RPM's name
+    assert [(f.id, f.package.name, f.fixed, f.aliases) for f in alma.findings] == [
+        ("ALSA-2022:1065", "openssl-libs", "1:1.1.1k-6.el8_5", ())]  # its CVE is under "related", not an alias
 
 
 def test_fixed_versions_are_not_reported_and_other_releases_do_not_match(tmp_path):
@@ -93,6 +100,31 @@ def test_fixed_versions_are_not_reported_and_other_releases_do_not_match(tmp_pat
     layers = [io.BytesIO(layer) for layer in fixtures.alpine_layers()]
     result = vulnerabilities("x", scan_layers(layers), records, today=TODAY)
     assert [(f.id, f.package.name, f.fixed) for f in result.findings] == [("TEST-1", "libssl1.1", None)]
+
+
+def test_range_events_are_evaluated_as_the_osv_schema_says(tmp_path):
+    """OSV's IncludedInRanges/BeforeLimits: events in version order whatever their order in the file, ``limit``
+    bounds a range (``*`` = none), a fix is reported only from the window the version is in."""
+    records = tmp_path / "db"
+    records.mkdir()
+    (records / "r.json").write_text(json.dumps({"id": "TEST-R", "upstream": ["CVE-0000-1"], "affected": [
+        {"package": {"ecosystem": "Alpine:v3.16", "name": "zlib"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"limit": "1.2.12-r0"}]}]},
+        {"package": {"ecosystem": "Alpine:v3.16", "name": "musl"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"limit": "*"}, {"introduced": "0"}, {"introduced": 5}]}]},
+        {"package": {"ecosystem": "Alpine:v3.16", "name": "openssl"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "1.1.1q-r0"}, {"fixed": "1.1.1t-r0"},
+                                                     {"introduced": "0"}, {"fixed": "1.1.1k-r0"}]}]},
+        {"package": {"ecosystem": "Alpine:v3.16", "name": "mariadb"},
+         "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"last_affected": "10.6.7-r0"}]},
+                    {"type": "ECOSYSTEM", "events": [{"introduced": "10.7.0-r0"}, {"fixed": "10.7.3-r0"}]},
+                    {"type": "GIT", "repo": "https://example.invalid/x", "events": [{"introduced": "abc"}]}]},
+    ]}))
+    result = vulnerabilities("x", scan_layers([io.BytesIO(layer) for layer in fixtures.alpine_layers()]), records,
+                             today=TODAY)
+    assert {(f.package.name, f.fixed) for f in result.findings} == {
+        ("musl", None), ("libssl1.1", "1.1.1t-r0"), ("mariadb-client", None)}
+    assert {f.aliases for f in result.findings} == {("CVE-0000-1",)}  # OSV 1.7's upstream ids count as aliases
 
 
 def test_ignore_file_reasons_expiry_and_unfixed(alpine_archive, tmp_path):
@@ -121,20 +153,23 @@ def test_cli_table_json_sarif_and_fail_on(alpine_archive):
     assert table.code == 0, table.err
     lines = table.out.splitlines()
     assert lines[0].split() == ["ID", "PACKAGE", "INSTALLED", "FIXED", "SEVERITY", "CVSS"]
-    assert lines[1].split() == ["ALPINE-CVE-2022-37434", "zlib", "1.2.12-r1", "1.2.12-r2", "critical", "9.8"]
-    assert lines[-1] == "10 packages (alpine 3.16.2); 5 vulnerabilities: 1 critical, 1 high, 1 medium, 2 unknown"
+    assert lines[1].split() == ["GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "high", "7.2"]
+    assert lines[-1] == "12 packages (alpine 3.16.2); 6 vulnerabilities: 1 high, 1 medium, 4 unknown"
 
     as_json = json.loads(run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--format", "json").out)
-    assert as_json["packages"] == 10 and len(as_json["vulnerabilities"]) == 5
-    assert as_json["vulnerabilities"][0]["aliases"] == ["CVE-2022-37434"]
+    assert as_json["packages"] == 12 and len(as_json["vulnerabilities"]) == 6
+    assert as_json["vulnerabilities"][0]["aliases"] == ["CVE-2021-23337"]
 
     sarif = json.loads(run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--format", "sarif").out)
     assert sarif["version"] == "2.1.0"
     results = sarif["runs"][0]["results"]
-    assert {r["ruleId"]: r["level"] for r in results}["ALPINE-CVE-2022-37434"] == "error"
-    assert results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "lib/apk/db/installed"
+    assert {r["ruleId"]: r["level"] for r in results}["GHSA-35jh-r3h4-6jhm"] == "error"
+    mariadb = next(r for r in results if r["ruleId"] == "CVE-2022-27449")
+    assert mariadb["level"] == "note"
+    assert mariadb["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "lib/apk/db/installed"
 
-    assert run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "critical").code == 1
+    assert run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "critical").code == 0
+    assert run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "high").code == 1
     clean = run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "low", "--ignore-unfixed")
     assert clean.code == 1  # everything here has a fix
     bad = run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--fail-on", "severe")
@@ -153,9 +188,9 @@ def test_sboms_validate_against_their_schemas(alpine_archive, tmp_path):
     out = tmp_path / "sbom.spdx.json"
     spdx = run_machines("scan", str(alpine_archive), "--sbom", "spdx", "--sbom-file", str(out), "--db", str(OSV_DB))
     assert spdx.code == 0, spdx.err
-    assert "ALPINE-CVE-2022-37434" in spdx.out  # the report still follows
+    assert "CVE-2022-27449" in spdx.out  # the report still follows
     doc = json.loads(out.read_text())
-    assert doc["spdxVersion"] == "SPDX-2.3" and len(doc["packages"]) == 11
+    assert doc["spdxVersion"] == "SPDX-2.3" and len(doc["packages"]) == 13
     from spdx_tools.spdx.parser.parse_anything import parse_file
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
