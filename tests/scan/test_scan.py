@@ -127,6 +127,25 @@ def test_range_events_are_evaluated_as_the_osv_schema_says(tmp_path):
     assert {f.aliases for f in result.findings} == {("CVE-0000-1",)}  # OSV 1.7's upstream ids count as aliases
 
 
+@pytest.mark.parametrize(("os_release", "ecosystem"), [
+    ({"ID": "debian", "VERSION_ID": "12"}, "Debian:12"),
+    ({"ID": "alpine", "VERSION_ID": "3.16.2"}, "Alpine:v3.16"),
+    ({"ID": "almalinux", "VERSION_ID": "8.6"}, "AlmaLinux:8"),
+    ({"ID": "ubuntu", "VERSION_ID": "22.04"}, "Ubuntu:22.04"),  # matches the records' Ubuntu:22.04:LTS
+    ({"ID": "opensuse-leap", "VERSION_ID": "15.5"}, "openSUSE:Leap 15.5"),
+    ({"ID": "rhel", "VERSION_ID": "9.2", "CPE_NAME": "cpe:/o:redhat:enterprise_linux:9::baseos"},
+     "Red Hat:enterprise_linux:9::baseos"),
+    ({"ID": "debian"}, "Debian"),  # testing and sid have no VERSION_ID
+    ({"ID": "gentoo"}, None),
+])
+def test_os_release_to_osv_ecosystem(os_release, ecosystem):
+    """As the OSV schema names the ecosystems and osv-scalibr maps os-release to them."""
+    from machines.runtime.images.scan.inventory import Inventory, Package
+
+    package = Package("zlib", "1", "rpm", "/var/lib/rpm/rpmdb.sqlite")
+    assert osv.ecosystem_of(package, Inventory([package], os_release)) == ecosystem
+
+
 def test_ignore_file_reasons_expiry_and_unfixed(alpine_archive, tmp_path):
     ignore = tmp_path / ".trivyignore"
     ignore.write_text("# accepted risks\nCVE-2021-23337 exp:2026-06-30  # template() is never given user input\n"

@@ -38,18 +38,27 @@ class Finding:
 
 
 def ecosystem_of(package: Package, inventory: Inventory) -> str | None:
-    """The OSV ecosystem (with the release for OS packages: ``Debian:12``, ``Alpine:v3.18``) of a package."""
+    """The OSV ecosystem of a package, with the release for OS packages as the OSV schema and osv-scalibr's
+    os-release mapping spell it: ``Debian:12``, ``Alpine:v3.18``, ``AlmaLinux:8`` (major only), ``openSUSE:Leap
+    15.5``, ``Red Hat:enterprise_linux:9::baseos`` (the image's CPE_NAME after ``redhat:``)."""
     if package.kind in LANGUAGE_ECOSYSTEMS:
         return LANGUAGE_ECOSYSTEMS[package.kind]
     base = OS_ECOSYSTEMS.get(inventory.os_release.get("ID", ""))
     version = inventory.os_release.get("VERSION_ID", "")
     if base is None:
         return None
+    if base == "Red Hat":
+        _, found, stream = inventory.os_release.get("CPE_NAME", "").partition(":redhat:")
+        return f"{base}:{stream}" if found and stream else base
+    if not version:
+        return base
     if base == "Alpine":
-        return f"Alpine:v{'.'.join(version.split('.')[:2])}" if version else base
-    if base in ("Debian", "AlmaLinux", "Rocky Linux", "Red Hat"):
-        return f"{base}:{version.split('.')[0]}" if version else base
-    return f"{base}:{version}" if version else base
+        return f"Alpine:v{'.'.join(version.split('.')[:2])}"
+    if base in ("Debian", "AlmaLinux", "Rocky Linux"):
+        return f"{base}:{version.split('.')[0]}"
+    if base == "openSUSE":
+        return f"openSUSE:Leap {version}"
+    return f"{base}:{version}"
 
 
 def _ecosystem_matches(record: str, ours: str) -> bool:
