@@ -250,6 +250,36 @@ def test_cvss_scores():
     assert report.at_or_above([], "low") == []
 
 
+def test_cvss4_scores_of_red_hats_test_vectors():
+    """Every vector of tests/scan/cvsscases (Red Hat's cvss library's cases: base, threat, environmental)."""
+    import ast
+
+    from machines.runtime.images.scan.cvss4 import cvss4_score
+
+    checked = 0
+    for path in sorted((Path(__file__).parent / "cvsscases").glob("vectors_*")):
+        for line in path.read_text().splitlines():
+            vector, expected = line.split(" - ")
+            score = ast.literal_eval(expected)
+            assert cvss4_score(vector) == (score[0] if isinstance(score, tuple) else score), (path.name, vector)
+            checked += 1
+    assert checked == 1058 + 6 + 54
+    for bad in ["CVSS:4.0/AV:N", "CVSS:4.0/AV:NA/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+                "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "CVSS:4.0/AV:N/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H"
+                "/SC:N/SI:N/SA:N", "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N/ZZ:1", ""]:
+        assert cvss4_score(bad) is None, bad
+
+
+def test_the_v4_vector_grades_a_record_before_the_v3_one_and_the_databases_word():
+    v3 = {"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}  # 9.8
+    v4 = {"type": "CVSS_V4", "score": "CVSS:4.0/AV:N/AC:H/AT:N/PR:H/UI:N/VC:H/VI:N/VA:N/SC:N/SI:N/SA:N"}
+    word = {"database_specific": {"severity": "LOW"}}
+    assert osv.severity_of({"severity": [v3, v4], **word}, {}) == ("medium", 5.9)
+    assert osv.severity_of({"severity": [v3], **word}, {}) == ("critical", 9.8)
+    assert osv.severity_of({"severity": [{"type": "CVSS_V4", "score": "CVSS:4.0/bad"}], **word}, {}) == ("low", None)
+    assert osv.severity_of(word, {"severity": [v4]}) == ("medium", 5.9)  # a package's own severity counts too
+
+
 def test_docker_save_output_of_the_runtime_and_an_oci_layout(tmp_path):
     from machines.runtime.images.service import ImageService
     from machines.runtime.images.store import ImageStore

@@ -1,5 +1,5 @@
 """OSV records: load them from a folder (JSON files, or the ``all.zip`` archives osv.dev publishes per ecosystem),
-match an inventory against them with each ecosystem's version order, and grade severities (CVSS v3 base score).
+match an inventory against them with each ecosystem's version order, and grade severities (CVSS v4 or v3 score).
 Standard library only: the runtime matches images on arrival with it, ``machines scan`` on the workstation.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from machines.runtime.images.scan.cvss4 import cvss4_score
 from machines.runtime.images.scan.inventory import Inventory, Package, canonicalize_name
 from machines.runtime.images.scan.versions import COMPARATORS, BadVersion
 
@@ -101,10 +102,12 @@ def level_of(score: float) -> str:
 
 
 def severity_of(record: dict[str, Any], affected: dict[str, Any]) -> tuple[str, float | None]:
-    """(level, CVSS score): the v3 vector when present, else the database's own word (GHSA's MODERATE = medium)."""
-    for entry in (affected.get("severity") or []) + (record.get("severity") or []):
-        if isinstance(entry, dict) and str(entry.get("type", "")).startswith("CVSS_V3"):
-            score = cvss3_score(str(entry.get("score", "")))
+    """(level, CVSS score): the score of the record's CVSS v4 vector, else of its v3 vector (the package's own
+    severity before the record's), else the database's word (GHSA's MODERATE = medium)."""
+    entries = [e for e in (affected.get("severity") or []) + (record.get("severity") or []) if isinstance(e, dict)]
+    for kind, score_of in (("CVSS_V4", cvss4_score), ("CVSS_V3", cvss3_score)):
+        for entry in entries:
+            score = score_of(str(entry.get("score", ""))) if entry.get("type") == kind else None
             if score is not None:
                 return level_of(score), score
     words = [(record.get("database_specific") or {}).get("severity"),
