@@ -36,7 +36,7 @@ def update(folder: Path, ecosystems: set[str]) -> list[Path]:
     """Replace ``<ecosystem>.zip`` in ``folder`` for each of ``ecosystems`` with osv.dev's current archive; other
     files in ``folder`` are kept. ScanError with a one-line reason when any archive cannot be had."""
     base = base_url()
-    folder = folder.absolute()
+    folder = folder.resolve()  # a link to the data: the data is replaced, the link kept
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.update-", dir=folder.parent))

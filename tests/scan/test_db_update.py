@@ -197,3 +197,14 @@ def test_where_directories_cannot_be_swapped_two_renames_replace_the_folder(tmp_
     assert osvdata.update(db, {"Go"}) == [db / "Go.zip"]
     assert (db / "Go.zip").read_bytes() == mirror.files["/Go/all.zip"] and (db / "kept.json").exists()
     assert os.listdir(tmp_path) == ["osv"]
+
+
+def test_a_db_folder_reached_through_a_link_is_replaced_behind_the_link(alpine_archive, tmp_path, mirror):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "kept.json").write_text("{}")
+    (tmp_path / "osv").symlink_to(tmp_path / "data")
+    result = _update(alpine_archive, tmp_path / "osv", mirror)
+    assert result.code == 0, result.err
+    assert (tmp_path / "osv").is_symlink() and (tmp_path / "osv" / "Alpine.zip").is_file()
+    assert (tmp_path / "osv" / "kept.json").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["alpine.tar", "data", "osv"]
