@@ -137,6 +137,41 @@ def alpine_layers() -> list[bytes]:
     return [base, upper]
 
 
+DEBIAN9_STATUS = """Package: libssl1.1
+Status: install ok installed
+Architecture: amd64
+Source: openssl
+Version: 1.1.0l-1~deb9u5
+
+Package: libxml2
+Status: install ok installed
+Architecture: amd64
+Version: 2.9.4+dfsg1-2.2+deb9u7
+
+Package: dpkg
+Status: install ok installed
+Architecture: amd64
+Version: 1.18.25
+
+Package: tzdata
+Status: install ok installed
+Architecture: all
+Version: 2021a-0+deb9u3
+
+Package: libssl1.0.2
+Status: deinstall ok config-files
+Architecture: amd64
+Source: openssl1.0
+Version: 1.0.2u-1~deb9u7
+"""
+
+
+def debian9_layers() -> list[bytes]:
+    """A Debian 9 layer: its dpkg status names packages that published DLA records (tests/scan/osv) cover."""
+    return [layer({"etc/os-release": b'PRETTY_NAME="Debian GNU/Linux 9 (stretch)"\nID=debian\nVERSION_ID="9"\n',
+                   "var/lib/dpkg/status": DEBIAN9_STATUS.encode()})]
+
+
 def rpm_layers() -> list[bytes]:
     packages = [
         {1000: "openssl-libs", 1001: "1.1.1k", 1002: "5.el8_5", 1003: 1, 1022: "x86_64",

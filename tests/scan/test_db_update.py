@@ -20,7 +20,7 @@ from tests.trust.conftest import run_machines
 
 OSV_DB = Path(__file__).parent / "osv"
 FOUND = {"/Alpine/all.zip", "/Go/all.zip", "/PyPI/all.zip", "/npm/all.zip"}  # the Alpine fixture's ecosystems
-EXPECTED_IDS = {"CVE-2022-27449", "GHSA-35jh-r3h4-6jhm", "GHSA-j8r2-6x86-q33q", "GO-2022-0969", "GO-2022-1059"}
+EXPECTED_IDS = {"ALPINE-CVE-2025-26519", "CVE-2022-27449", "GHSA-35jh-r3h4-6jhm", "GHSA-j8r2-6x86-q33q", "GO-2022-0969", "GO-2022-1059"}
 
 
 def osv_archives() -> dict[str, bytes]:

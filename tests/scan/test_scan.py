@@ -69,19 +69,34 @@ def test_findings_with_each_ecosystems_order_and_severity(alpine_archive, rpm_ar
     got = {(f.id, f.package.name, f.package.version, f.fixed, f.severity, f.score) for f in alpine.findings}
     assert got == {
         ("CVE-2022-27449", "mariadb-client", "10.6.7-r0", "10.6.8-r0", "unknown", None),  # Alpine:v3.16's fix
+        ("ALPINE-CVE-2025-26519", "musl", "1.2.3-r0", "1.2.3-r4", "high", 7.0),
         ("GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "high", 7.2),  # CVSS_V3 vector
         ("GHSA-j8r2-6x86-q33q", "requests", "2.28.0", "2.31.0", "medium", 6.1),
         ("GO-2022-0969", "stdlib", "go1.18.1", "1.18.6", "unknown", None),  # the first of two windows
         ("GO-2022-0969", "golang.org/x/net", "v0.0.0-20220722155237-a158d28d115b",
          "0.0.0-20220906165146-f3363e06e74c", "unknown", None),  # pseudo-versions
         ("GO-2022-1059", "golang.org/x/text", "v0.3.7", "0.3.8", "unknown", None)}
-    assert [f.severity for f in alpine.findings][:2] == ["high", "medium"]  # most severe first
+    assert [f.severity for f in alpine.findings][:3] == ["high", "high", "medium"]  # most severe first
+    assert next(f.aliases for f in alpine.findings if f.package.name == "musl") == ("CVE-2025-26519",)  # upstream
     assert [f.summary for f in alpine.findings if f.id == "CVE-2022-27449"] == [  # no summary: details' first line
         "MariaDB Server v10.9 and below was discovered to contain a segmentation fault via the component "
         "sql/item_func.cc:148."]
     alma = vulnerabilities("alma", inventory(str(rpm_archive)), OSV_DB, today=TODAY)
     assert [(f.id, f.package.name, f.fixed, f.aliases) for f in alma.findings] == [
         ("ALSA-2022:1065", "openssl-libs", "1:1.1.1k-6.el8_5", ())]  # its CVE is under "related", not an alias
+
+
+def test_a_debian_9_status_against_published_dla_records(tmp_path):
+    """DLA-3008-1, -3012-1, -3022-1 and -3051-1 as osv.dev serves them (Debian:9, source packages, ``~`` and ``+``
+    in the fixed versions, an explicit ``versions`` list, the CVE under ``upstream``)."""
+    archive = fixtures.save_archive(tmp_path / "stretch.tar", fixtures.debian9_layers())
+    result = vulnerabilities("stretch", inventory(str(archive)), OSV_DB, today=TODAY)
+    assert [(f.id, f.package.name, f.package.version, f.fixed, f.severity) for f in result.findings] == [
+        ("DLA-3022-1", "dpkg", "1.18.25", "1.18.26", "unknown"),
+        ("DLA-3008-1", "libssl1.1", "1.1.0l-1~deb9u5", "1.1.0l-1~deb9u6", "unknown"),  # by its source, openssl
+        ("DLA-3051-1", "tzdata", "2021a-0+deb9u3", "2021a-0+deb9u4", "unknown")]  # libxml2 is at its fix already
+    assert result.findings[1].aliases == ("CVE-2022-1292", "DEBIAN-CVE-2022-1292")
+    assert result.findings[1].summary == "openssl - security update"
 
 
 def test_fixed_versions_are_not_reported_and_other_releases_do_not_match(tmp_path):
@@ -149,9 +164,11 @@ def test_os_release_to_osv_ecosystem(os_release, ecosystem):
 def test_ignore_file_reasons_expiry_and_unfixed(alpine_archive, tmp_path):
     ignore = tmp_path / ".trivyignore"
     ignore.write_text("# accepted risks\nCVE-2021-23337 exp:2026-06-30  # template() is never given user input\n"
-                      "GO-2022-0969 exp:2025-12-31 # was waiting for go1.18.6\n")
+                      "GO-2022-0969 exp:2025-12-31 # was waiting for go1.18.6\n"
+                      "CVE-2025-26519  # no EUC-KR text is converted\n")
     result = vulnerabilities("a", inventory(str(alpine_archive)), OSV_DB, ignore_file=ignore, today=TODAY)
-    assert [(f.id, entry.reason) for f, entry in result.ignored] == [
+    assert sorted((f.id, entry.reason) for f, entry in result.ignored) == [
+        ("ALPINE-CVE-2025-26519", "no EUC-KR text is converted"),  # by the CVE its record names as upstream
         ("GHSA-35jh-r3h4-6jhm", "template() is never given user input")]  # matched by its alias
     assert [entry.id for entry in result.expired] == ["GO-2022-0969"]
     assert "GO-2022-0969" in {f.id for f in result.findings}
@@ -173,10 +190,10 @@ def test_cli_table_json_sarif_and_fail_on(alpine_archive):
     lines = table.out.splitlines()
     assert lines[0].split() == ["ID", "PACKAGE", "INSTALLED", "FIXED", "SEVERITY", "CVSS"]
     assert lines[1].split() == ["GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "high", "7.2"]
-    assert lines[-1] == "12 packages (alpine 3.16.2); 6 vulnerabilities: 1 high, 1 medium, 4 unknown"
+    assert lines[-1] == "12 packages (alpine 3.16.2); 7 vulnerabilities: 2 high, 1 medium, 4 unknown"
 
     as_json = json.loads(run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--format", "json").out)
-    assert as_json["packages"] == 12 and len(as_json["vulnerabilities"]) == 6
+    assert as_json["packages"] == 12 and len(as_json["vulnerabilities"]) == 7
     assert as_json["vulnerabilities"][0]["aliases"] == ["CVE-2021-23337"]
 
     sarif = json.loads(run_machines("scan", str(alpine_archive), "--db", str(OSV_DB), "--format", "sarif").out)

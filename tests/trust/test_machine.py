@@ -94,8 +94,8 @@ def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_b
     refused = with_env(store, name, f"{DOCKER} pull {vulnerable}")
     assert refused.returncode == 1
     assert refused.stderr.decode().strip().endswith(
-        f"{vulnerable}: refused by the engine's scan policy: 1 vulnerabilities at or above high: "
-        "GHSA-35jh-r3h4-6jhm (high) in lodash 4.17.20")
+        f"{vulnerable}: refused by the engine's scan policy: 2 vulnerabilities at or above high: "
+        "GHSA-35jh-r3h4-6jhm (high) in lodash 4.17.20, ALPINE-CVE-2025-26519 (high) in musl 1.2.3-r0")
     listed = with_env(store, name, f"{DOCKER} images -q {vulnerable}")
     assert listed.returncode == 0 and listed.stdout == b""
 
