@@ -124,8 +124,10 @@ def purl(package: Package, inventory: Inventory) -> str:
     from packageurl import PackageURL
 
     kind = PURL_TYPES[package.kind]
-    namespace, name = None, package.name
+    namespace, name, version = None, package.name, package.version
     qualifiers: dict[str, str] = {}
+    if package.kind == "rpm" and re.match(r"\d+:", version):
+        qualifiers["epoch"], version = version.split(":", 1)  # purl's rpm type keeps the epoch apart
     if package.kind in ("dpkg", "apk", "rpm"):
         namespace = inventory.os_release.get("ID") or None
         if package.arch:
@@ -134,7 +136,7 @@ def purl(package: Package, inventory: Inventory) -> str:
             qualifiers["distro"] = inventory.distro.replace(" ", "-")
     elif "/" in name:
         namespace, name = name.rsplit("/", 1)
-    return PackageURL(type=kind, namespace=namespace, name=name, version=package.version,
+    return PackageURL(type=kind, namespace=namespace, name=name, version=version,
                       qualifiers=qualifiers or None).to_string()
 
 
