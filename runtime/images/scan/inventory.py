@@ -20,7 +20,7 @@ import struct
 import tarfile
 import tempfile
 from collections.abc import Iterable
-from typing import IO, BinaryIO
+from typing import IO
 
 from machines.runtime.images.scan import gobinary, rpmdb
 
@@ -127,7 +127,7 @@ def parse_apk(text: str, path: str) -> list[Package]:
     return out
 
 
-def parse_rpmdb(handle: BinaryIO, size: int, path: str, problems: list[str]) -> list[Package]:
+def parse_rpmdb(handle: IO[bytes], size: int, path: str, problems: list[str]) -> list[Package]:
     """The packages of an rpm database (sqlite, Berkeley DB or ndb); what cannot be read goes to ``problems``."""
     out: list[Package] = []
     notes: list[str] = []

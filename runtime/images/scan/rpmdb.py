@@ -20,7 +20,7 @@ import sqlite3
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 SQLITE_MAGIC = b"SQLite format 3\0"
 BDB_HASH_MAGIC = 0x00061561
@@ -67,7 +67,7 @@ def source_name(sourcerpm: str) -> str:
     return re.sub(r"-[^-]+-[^-]+\.(no)?src\.rpm$", "", sourcerpm)
 
 
-def header_blobs(handle: BinaryIO, size: int, problems: list[str]) -> Iterator[bytes]:
+def header_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[bytes]:
     """The header blobs of an rpm database of any of the three formats (told apart by their magic numbers).
     Entries that cannot be read are left out with a line in ``problems``."""
     head = _pread(handle, 0, 512)
@@ -81,12 +81,12 @@ def header_blobs(handle: BinaryIO, size: int, problems: list[str]) -> Iterator[b
         raise RpmDbError("not an rpm database (neither SQLite, Berkeley DB Hash nor ndb)")
 
 
-def _pread(handle: BinaryIO, offset: int, length: int) -> bytes:
+def _pread(handle: IO[bytes], offset: int, length: int) -> bytes:
     handle.seek(offset)
     return handle.read(length)
 
 
-def _sqlite_blobs(handle: BinaryIO) -> Iterator[bytes]:
+def _sqlite_blobs(handle: IO[bytes]) -> Iterator[bytes]:
     name = getattr(handle, "name", None)
     if not isinstance(name, str):
         raise RpmDbError("an SQLite rpm database must be a file")
@@ -101,7 +101,7 @@ def _sqlite_blobs(handle: BinaryIO) -> Iterator[bytes]:
         db.close()
 
 
-def _bdb_blobs(handle: BinaryIO, size: int, problems: list[str]) -> Iterator[bytes]:
+def _bdb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[bytes]:
     meta = _pread(handle, 0, 512)
     if len(meta) < 512:
         raise RpmDbError("truncated Berkeley DB metadata page")
@@ -161,13 +161,14 @@ def _bdb_blobs(handle: BinaryIO, size: int, problems: list[str]) -> Iterator[byt
                 continue
             kind = data[value_at]
             if kind == BDB_KEYDATA:
-                value: bytes | None = data[value_at + 1:key_at]
+                value = data[value_at + 1:key_at]
             elif kind == BDB_OFFPAGE and key_at - value_at >= 12:
                 first, length = struct.unpack_from(order + "II", data, value_at + 4)
-                value = overflow(first, length) if 0 < length <= size else None
-                if value is None:
+                chained = overflow(first, length) if 0 < length <= size else None
+                if chained is None:
                     problems.append(f"page {number}: entry {pair // 2} has a broken overflow chain")
                     continue
+                value = chained
             else:
                 problems.append(f"page {number}: entry {pair // 2} of unknown type {kind}")
                 continue
@@ -176,7 +177,7 @@ def _bdb_blobs(handle: BinaryIO, size: int, problems: list[str]) -> Iterator[byt
             yield value
 
 
-def _ndb_blobs(handle: BinaryIO, size: int, problems: list[str]) -> Iterator[bytes]:
+def _ndb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[bytes]:
     head = _pread(handle, 0, 32)
     if len(head) < 32:
         raise RpmDbError("truncated ndb header")
