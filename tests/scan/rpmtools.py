@@ -1,9 +1,11 @@
 """Real rpm databases made by the real tools: ``rpmbuild`` builds small (file-less) packages, ``rpm -i --justdb``
 writes their headers into an sqlite rpmdb, Berkeley DB's ``db5.3_load`` writes those headers into a Hash database
-(rpm >= 4.17 can no longer write one), and rpm's read-only ``bdb_ro`` backend says what such a database holds."""
+(rpm >= 4.17 can no longer write one), Berkeley DB's Python binding removes entries as ``rpm -e`` would, and rpm's
+read-only ``bdb_ro`` backend says what such a database holds."""
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import struct
 import subprocess
@@ -46,21 +48,46 @@ def sqlite_rpmdb(folder: Path, rpms: list[Path]) -> Path:
     return folder / "rpmdb.sqlite"
 
 
-def bdb_packages(sqlite_db: Path, target: Path, page_size: int = 512, big_endian: bool = False) -> Path:
+def bdb_packages(sqlite_db: Path, target: Path, page_size: int = 512, big_endian: bool = False,
+                 copies: int = 1) -> Path:
     """The headers of ``sqlite_db`` in a Berkeley DB Hash ``Packages`` file at ``target``, keyed as rpm keys them
-    (header number, 4 bytes in the writer's byte order)."""
+    (header number, 4 bytes in the writer's byte order); ``copies`` times each, as header numbers 1, 2, ...
+    (enough entries make the hash split its buckets and chain pages of one bucket)."""
     db = sqlite3.connect(sqlite_db)
-    rows = db.execute("SELECT hnum, blob FROM Packages").fetchall()
+    blobs = [bytes(blob) for (blob,) in db.execute("SELECT blob FROM Packages ORDER BY hnum")] * copies
     db.close()
     order = ">" if big_endian else "<"
     lines = ["VERSION=3", "format=bytevalue", "type=hash", f"db_pagesize={page_size}", "HEADER=END"]
-    for number, blob in rows:
-        lines += [" " + struct.pack(order + "I", number).hex(), " " + bytes(blob).hex()]
+    for number, blob in enumerate(blobs, 1):
+        lines += [" " + struct.pack(order + "I", number).hex(), " " + blob.hex()]
     dump = target.with_suffix(".dump")
     dump.write_text("\n".join([*lines, "DATA=END", ""]))
     _run("db5.3_load", "-c", f"db_lorder={4321 if big_endian else 1234}", "-f", str(dump), str(target))
     dump.unlink()
     return target
+
+
+DELETE = """
+import struct, sys
+from bsddb3 import db
+packages = db.DB()
+packages.open(sys.argv[1], dbtype=db.DB_HASH)
+for number in sys.argv[2:]:
+    packages.delete(struct.pack("<I", int(number)))
+packages.close()
+"""
+
+
+def bdb_delete(packages: Path, numbers: list[int]) -> None:
+    """Remove header ``numbers`` with Berkeley DB itself (Debian's python3-bsddb3, for the system Python): their
+    overflow pages go to the free list, as when ``rpm -e`` removed packages."""
+    _run("/usr/bin/python3", "-c", DELETE, str(packages), *map(str, numbers))
+
+
+def rpm_names(folder: Path) -> collections.Counter[str]:
+    """The name of each header rpm's ``bdb_ro`` reads from the ``Packages`` file in ``folder``, counted."""
+    out = _run("rpm", "-qa", "--dbpath", str(folder), "--define", "_db_backend bdb_ro", "--qf", "%{NAME}\n")
+    return collections.Counter(out.split())
 
 
 def rpm_lists(folder: Path, backend: str) -> set[tuple[str, str, str]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
 import io
 import json
@@ -48,6 +49,25 @@ def test_berkeley_db_made_by_libdb_lists_what_rpm_lists(sqlite_db, tmp_path, pag
     packages = _bdb(sqlite_db, tmp_path / "db", page_size=page_size, big_endian=big_endian)
     assert rpmtools.rpm_lists(tmp_path / "db", "bdb_ro") == rpmtools.EXPECTED  # rpm's own reader agrees
     assert _rpm_packages({"var/lib/rpm/Packages": packages}) == (rpmtools.EXPECTED, [])
+
+
+def _names_in(path: Path) -> tuple[collections.Counter[str], list[str]]:
+    """Each header's name, counted (the inventory folds identical packages into one), and the problems."""
+    problems: list[str] = []
+    with path.open("rb") as handle:
+        blobs = list(rpmdb.header_blobs(handle, path.stat().st_size, problems))
+    return collections.Counter(str(rpmdb.rpm_header(blob)["name"]) for blob in blobs), problems
+
+
+def test_split_buckets_and_removed_packages(sqlite_db, tmp_path):
+    (tmp_path / "db").mkdir()
+    path = rpmtools.bdb_packages(sqlite_db, tmp_path / "db" / "Packages", copies=100)
+    names = {"openssl-libs": 100, "bash": 100, "zlib": 100}
+    assert _names_in(path) == (names, []) and rpmtools.rpm_names(tmp_path / "db") == names
+    rpmtools.bdb_delete(path, list(range(1, 301, 3)))  # one of the packages gone, its overflow pages freed
+    left, problems = _names_in(path)
+    assert problems == [] and sorted(left.values()) == [100, 100] and left.keys() < names.keys()
+    assert left == rpmtools.rpm_names(tmp_path / "db")
 
 
 def test_real_el8_berkeley_db_and_suse_ndb(tmp_path):
