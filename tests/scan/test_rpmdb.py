@@ -188,6 +188,38 @@ def test_truncated_and_inflated_berkeley_db(sqlite_db, tmp_path):
             set(), [f"/var/lib/rpm/Packages: {why}: its packages are not listed"])
 
 
+def _hash_page(number: int, pairs: list[tuple[bytes, bytes]], page_size: int = 512) -> bytes:
+    """A Berkeley DB hash page (little-endian) holding ``pairs`` as in-page items, laid out from the page's end."""
+    offsets, items, end = [], b"", page_size
+    for key, value in pairs:
+        for data in (key, value):
+            item = b"\x01" + data
+            end -= len(item)
+            offsets.append(end)
+            items = item + items
+    header = struct.pack("<8xIIIHHBB", number, 0, 0, len(offsets), end, 0, 13)
+    body = header + struct.pack(f"<{len(offsets)}H", *offsets)
+    return body + b"\0" * (end - len(body)) + items
+
+
+def test_floods_of_entries_and_damage_are_cut_short(sqlite_db, tmp_path):
+    meta = bytearray(_bdb(sqlite_db, tmp_path / "db")[:512])
+    pages = 2400
+    struct.pack_into("<I", meta, 32, pages)
+    flood = [_hash_page(n, [(struct.pack("<I", n * 50 + i), b"z") for i in range(44)]) for n in range(1, pages + 1)]
+    listed, problems = _rpm_packages({"var/lib/rpm/Packages": bytes(meta) + b"".join(flood)})
+    assert listed == set()
+    assert problems == ["/var/lib/rpm/Packages: more than 100000 entries: the rest is not read: skipped",
+                        "/var/lib/rpm/Packages: 100000 entries are not rpm headers: skipped"]
+
+    broken = [bytearray(page) for page in flood]
+    for page in broken:
+        struct.pack_into("<H", page, 26, 600)  # the first item lies past the end of the page
+    listed, problems = _rpm_packages({"var/lib/rpm/Packages": bytes(meta) + b"".join(broken)})
+    assert len(problems) == 21 and problems[-1] == "/var/lib/rpm/Packages: more damage not listed: skipped"
+    assert problems[0] == "/var/lib/rpm/Packages: page 1: entry 0 lies outside the page: skipped"
+
+
 def test_damaged_ndb(tmp_path):
     ndb = bytearray(lzma.decompress((DATA / "sle15-bci-Packages.db.xz").read_bytes()))
     _, index, block, _ = struct.unpack_from("<4sIII", ndb, 32)  # the first package's slot
@@ -200,6 +232,11 @@ def test_damaged_ndb(tmp_path):
     struct.pack_into("<I", ndb, 12, 0xFFFFFFFF)  # slot pages: far more than the file holds
     found = scan_layers([io.BytesIO(fixtures.layer({"var/lib/rpm/Packages.db": bytes(ndb)}))])
     assert found.packages == [] and "truncated ndb database" in found.problems[0]
+    struct.pack_into("<I", ndb, 12, 4096)  # fewer than the file holds, but more than any real database has
+    huge = bytes(ndb) + b"\0" * (4096 * 4096 - len(ndb))
+    found = scan_layers([io.BytesIO(fixtures.layer({"var/lib/rpm/Packages.db": huge}))])
+    assert found.problems == ["/var/lib/rpm/Packages.db: ndb database with 4096 slot pages (at most 2048 are read): "
+                              "its packages are not listed"]
 
 
 def test_headers_with_huge_counts_are_skipped():

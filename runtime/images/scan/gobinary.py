@@ -12,15 +12,12 @@ file offsets through the program headers. 32- and 64-bit, little- and big-endian
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 GO_MAGIC = b"\xff Go buildinf:"
 SEARCH = 64 * 1024  # how far into the data Go looks for the header
 PT_LOAD, PF_X, PF_W = 1, 1, 2
 # cmd/go's framing around the module info (infoStart/infoEnd): 16 bytes each side, a newline before the end one
 FRAME = 16
-
-ReadAt = Callable[[int, int], bytes]
 
 
 class _Elf:

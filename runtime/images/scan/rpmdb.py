@@ -8,9 +8,10 @@
   framed by a head and a tail with an Adler-32 checksum.
 
 The file is hostile input (it comes from an image): every count, offset and page number is checked against the file
-before use, an overflow page is consumed at most once, and nothing is read that the file does not hold, so a
-corrupt database ends in :class:`RpmDbError` or in entries reported as skipped, never in a loop or in memory
-beyond the file's size.
+before use, an overflow page is consumed at most once, nothing is read that the file does not hold, a page whose
+index is wrong is left at its first bad entry, and at most ``MAX_PACKAGES`` entries and ``MAX_NOTES`` problems are
+kept; so a corrupt database ends in :class:`RpmDbError` or in entries reported as skipped, in time linear in the
+file's size and memory bounded by it, never in a loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import sqlite3
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 SQLITE_MAGIC = b"SQLite format 3\0"
@@ -32,6 +33,9 @@ PAGE_HEADER = 26
 NDB_MAGIC, NDB_SLOT, NDB_BLOB_HEAD, NDB_BLOB_TAIL = b"RpmP", b"Slot", b"BlbS", b"BlbE"
 NDB_PAGE, NDB_BLOCK = 4096, 16
 MAX_HEADER_ENTRIES = 100000
+MAX_PACKAGES = 100000  # a full RHEL install has a few thousand; more is a crafted file, not read to its end
+MAX_SLOT_PAGES = 2048  # ndb: 524,286 slots
+MAX_NOTES = 20
 RPM_TAGS = {1000: "name", 1001: "version", 1002: "release", 1003: "epoch", 1014: "license", 1022: "arch",
             1044: "sourcerpm"}
 
@@ -69,16 +73,27 @@ def source_name(sourcerpm: str) -> str:
 
 def header_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[bytes]:
     """The header blobs of an rpm database of any of the three formats (told apart by their magic numbers).
-    Entries that cannot be read are left out with a line in ``problems``."""
+    Entries that cannot be read are left out with a line in ``problems`` (the first ``MAX_NOTES`` of them)."""
+    def note(text: str) -> None:
+        if len(problems) < MAX_NOTES:
+            problems.append(text)
+        elif len(problems) == MAX_NOTES:
+            problems.append("more damage not listed")
+
     head = _pread(handle, 0, 512)
     if head.startswith(SQLITE_MAGIC):
-        yield from _sqlite_blobs(handle)
+        blobs = _sqlite_blobs(handle)
     elif head.startswith(NDB_MAGIC):
-        yield from _ndb_blobs(handle, size, problems)
+        blobs = _ndb_blobs(handle, size, note)
     elif len(head) >= 16 and BDB_HASH_MAGIC in struct.unpack_from("<I", head, 12) + struct.unpack_from(">I", head, 12):
-        yield from _bdb_blobs(handle, size, problems)
+        blobs = _bdb_blobs(handle, size, note)
     else:
         raise RpmDbError("not an rpm database (neither SQLite, Berkeley DB Hash nor ndb)")
+    for count, blob in enumerate(blobs):
+        if count == MAX_PACKAGES:
+            note(f"more than {MAX_PACKAGES} entries: the rest is not read")
+            return
+        yield blob
 
 
 def _pread(handle: IO[bytes], offset: int, length: int) -> bytes:
@@ -101,7 +116,7 @@ def _sqlite_blobs(handle: IO[bytes]) -> Iterator[bytes]:
         db.close()
 
 
-def _bdb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[bytes]:
+def _bdb_blobs(handle: IO[bytes], size: int, note: Callable[[str], None]) -> Iterator[bytes]:
     meta = _pread(handle, 0, 512)
     if len(meta) < 512:
         raise RpmDbError("truncated Berkeley DB metadata page")
@@ -116,7 +131,7 @@ def _bdb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
         raise RpmDbError(f"bad Berkeley DB page size {page_size}")
     pages = size // page_size
     if last_page >= pages:
-        problems.append(f"truncated: {pages} of {last_page + 1} pages present")
+        note(f"truncated: {pages} of {last_page + 1} pages present")
         last_page = pages - 1
     consumed: set[int] = set()  # overflow pages already read: each belongs to exactly one value
 
@@ -149,7 +164,7 @@ def _bdb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
             continue
         entries = struct.unpack_from(order + "H", data, 20)[0]
         if PAGE_HEADER + 2 * entries > page_size or entries % 2:
-            problems.append(f"page {number}: bad entry count {entries}")
+            note(f"page {number}: bad entry count {entries}")
             continue
         offsets = struct.unpack_from(f"{order}{entries}H", data, PAGE_HEADER)
         low = PAGE_HEADER + 2 * entries
@@ -157,8 +172,8 @@ def _bdb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
             key_at, value_at = offsets[pair], offsets[pair + 1]
             key_end = page_size if pair == 0 else offsets[pair - 1]
             if not low <= value_at < key_at < key_end <= page_size:
-                problems.append(f"page {number}: entry {pair // 2} lies outside the page")
-                continue
+                note(f"page {number}: entry {pair // 2} lies outside the page")
+                break  # the page's index is wrong: nothing after it can be trusted
             kind = data[value_at]
             if kind == BDB_KEYDATA:
                 value = data[value_at + 1:key_at]
@@ -166,18 +181,18 @@ def _bdb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
                 first, length = struct.unpack_from(order + "II", data, value_at + 4)
                 chained = overflow(first, length) if 0 < length <= size else None
                 if chained is None:
-                    problems.append(f"page {number}: entry {pair // 2} has a broken overflow chain")
+                    note(f"page {number}: entry {pair // 2} has a broken overflow chain")
                     continue
                 value = chained
             else:
-                problems.append(f"page {number}: entry {pair // 2} of unknown type {kind}")
-                continue
+                note(f"page {number}: entry {pair // 2} of unknown type {kind}")
+                break
             if data[key_at] == BDB_KEYDATA and data[key_at + 1:key_end] == b"\0\0\0\0":
                 continue  # header number 0 holds rpm's next-instance counter, not a package
             yield value
 
 
-def _ndb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[bytes]:
+def _ndb_blobs(handle: IO[bytes], size: int, note: Callable[[str], None]) -> Iterator[bytes]:
     head = _pread(handle, 0, 32)
     if len(head) < 32:
         raise RpmDbError("truncated ndb header")
@@ -186,6 +201,8 @@ def _ndb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
         raise RpmDbError(f"unsupported ndb version {version}")
     if not 0 < slot_pages * NDB_PAGE <= size:
         raise RpmDbError(f"truncated ndb database: {slot_pages} slot pages in {size} bytes")
+    if slot_pages > MAX_SLOT_PAGES:
+        raise RpmDbError(f"ndb database with {slot_pages} slot pages (at most {MAX_SLOT_PAGES} are read)")
     slots = _pread(handle, 0, slot_pages * NDB_PAGE)
     for at in range(2 * NDB_BLOCK, len(slots), NDB_BLOCK):  # the first two slots are the database header
         magic, index, block, blocks = struct.unpack_from("<4sIII", slots, at)
@@ -195,7 +212,7 @@ def _ndb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
             continue  # a free slot
         start, length = block * NDB_BLOCK, blocks * NDB_BLOCK
         if start < len(slots) or start + length > size or length < 28:
-            problems.append(f"package {index}: blob outside the file")
+            note(f"package {index}: blob outside the file")
             continue
         framed = _pread(handle, start, length)
         head_magic, head_index, _, blob_size = struct.unpack_from("<4sIII", framed)
@@ -203,6 +220,6 @@ def _ndb_blobs(handle: IO[bytes], size: int, problems: list[str]) -> Iterator[by
         if (head_magic, head_index, tail_magic) != (NDB_BLOB_HEAD, index, NDB_BLOB_TAIL) \
                 or blob_size != tail_size or 28 + blob_size > length \
                 or zlib.adler32(framed[:length - 12]) != checksum:
-            problems.append(f"package {index}: damaged blob")
+            note(f"package {index}: damaged blob")
             continue
         yield framed[16:16 + blob_size]
