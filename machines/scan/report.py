@@ -93,7 +93,8 @@ def _finding_json(f: Finding) -> dict[str, Any]:
 def to_json(image: str, inventory: Inventory, findings: list[Finding],
             ignored: list[tuple[Finding, Ignore]]) -> str:
     doc = {"image": image, "os": inventory.os_release.get("PRETTY_NAME") or inventory.distro,
-           "packages": len(inventory.packages), "vulnerabilities": [_finding_json(f) for f in findings],
+           "packages": len(inventory.packages), "warnings": inventory.problems,
+           "vulnerabilities": [_finding_json(f) for f in findings],
            "ignored": [dict(_finding_json(f), reason=entry.reason,
                             expires=entry.expires.isoformat() if entry.expires else None) for f, entry in ignored]}
     return json.dumps(doc, indent=2)

@@ -161,7 +161,9 @@ def test_loops_and_lies_in_overflow_chains_skip_the_entry(sqlite_db, tmp_path):
     result = run_machines("scan", str(fixtures.save_archive(tmp_path / "bad.tar", [fixtures.layer({
         "etc/os-release": ALMA, "var/lib/rpm/Packages": b"".join(pages)})])), "--db", str(OSV))
     assert result.code == 0 and "Traceback" not in result.err
-    assert result.err.splitlines()[0].startswith("Warning: /var/lib/rpm/Packages: page ")
+    assert result.err.splitlines() == [f"Warning: {problem}" for problem in problems]
+    as_json = run_machines("scan", str(tmp_path / "bad.tar"), "--db", str(OSV), "--format", "json")
+    assert json.loads(as_json.out)["warnings"] == problems
 
 
 def test_truncated_and_inflated_berkeley_db(sqlite_db, tmp_path):
