@@ -79,7 +79,8 @@ def test_go_binary_built_here(tmp_path):
     (source / "main.go").write_text('package main\n\nimport "example.com/lib"\n\nfunc main() { println(lib.Hi()) }\n')
     (source / "vendor/example.com/lib/lib.go").write_text('package lib\n\nfunc Hi() string { return "hi" }\n')
     (source / "vendor/modules.txt").write_text("# example.com/lib v1.2.3\n## explicit\nexample.com/lib\n")
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=vendor", GOPROXY="off", GOTOOLCHAIN="local")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=vendor", GOPROXY="off", GOTOOLCHAIN="local",
+               GOCACHE=str(tmp_path / "cache"), GOPATH=str(tmp_path / "gopath"))  # nothing left outside tmp_path
     subprocess.run(["go", "build", "-o", str(tmp_path / "built"), "."], cwd=source, env=env, check=True,
                    capture_output=True, timeout=600)
     version = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
