@@ -98,7 +98,9 @@ def test_scan_of_an_el8_image_with_a_berkeley_db_finds_the_advisory(sqlite_db, t
     db.mkdir()
     record = next(p for p in OSV.glob("*.json") if json.loads(p.read_text())["id"] == "ALSA-2022:1065")
     shutil.copy(record, db)
-    fixed = json.loads(record.read_text())["affected"][0]["ranges"][0]["events"][-1]["fixed"]
+    fixed = next(event["fixed"] for affected in json.loads(record.read_text())["affected"]
+                 if affected["package"]["name"] == "openssl" for rng in affected.get("ranges", [])
+                 for event in rng["events"] if "fixed" in event)
 
     table = run_machines("scan", str(archive), "--db", str(db))
     assert table.code == 0, table.err
