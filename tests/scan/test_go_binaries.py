@@ -54,6 +54,7 @@ def test_format_before_1_18_in_every_elf_layout(wide, big, tmp_path):
     binary = fixtures.go_binary_before_1_18("go1.16.2", fixtures.GO_MODINFO, wide=wide, big=big)
     assert _go_version_m(binary, tmp_path).startswith(f"{tmp_path / 'binary'}: go1.16.2\n")
     assert _go_packages(binary) == {("stdlib", "go1.16.2"), ("golang.org/x/text", "v0.3.7"),
+                                    ("golang.org/x/net", "v0.0.0-20220722155237-a158d28d115b"),
                                     ("github.com/new/name", "v1.2.0")}
 
 
