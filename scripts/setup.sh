@@ -40,3 +40,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# Wheels for tests/foundation/test_packaging.py, which installs our wheel offline next to the index's unrelated
+# "drivers" and "runtime" (tests reach no network): under /var/cache/machines-test/wheelhouse, once.
+.venv/bin/python -m tests.support.wheelhouse
