@@ -11,8 +11,7 @@ import docker
 import pytest
 
 from tests.images.registry_fixture import Registry, start_registry
-
-from .conftest import TAG, Daemon
+from tests.support.daemon import TAG, Daemon
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import docker
 import pytest
 
 from tests.images.registry_fixture import Registry, start_registry
+from tests.support.daemon import DOCKER, TAG, Daemon
 from tests.support.tarballs import files_tar
-
-from .conftest import DOCKER, TAG, Daemon
 
 
 @pytest.fixture
