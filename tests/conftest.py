@@ -5,4 +5,5 @@ pytest_plugins = (
     "tests.support.busybox",
     "tests.support.debian_image",
     "tests.support.daemon",
+    "tests.support.registry",
 )

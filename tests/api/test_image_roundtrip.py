@@ -15,8 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.images.registry_fixture import Registry, start_registry
 from tests.support.daemon import DOCKER, TAG, Daemon
+from tests.support.registry import Registry, start_registry
 from tests.support.tarballs import files_tar
 
 

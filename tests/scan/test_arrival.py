@@ -16,7 +16,7 @@ from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from tests.scan import fixtures
 from tests.support import busybox
-from tests.trust.conftest import drop_all_images, registry  # noqa: F401 - the fixture
+from tests.trust.conftest import drop_all_images
 
 OSV_DB = Path(__file__).parent / "osv"
 ZLIB = "ALPINE-CVE-2022-37434 (critical) in zlib 1.2.12-r1"
@@ -49,7 +49,7 @@ def _context(dockerfile: str) -> io.BytesIO:
     return buffer
 
 
-def test_a_pull_over_the_threshold_is_refused_and_removed(service, registry):  # noqa: F811
+def test_a_pull_over_the_threshold_is_refused_and_removed(service, registry):
     vulnerable, clean = f"{registry.host}/team/alpine:1", f"{registry.host}/team/busybox:1"
     _push_alpine_fixture(service, vulnerable)
     service.store.import_tar(io.BytesIO(busybox.rootfs()), clean)
@@ -90,7 +90,7 @@ def test_a_build_over_the_threshold_ends_with_the_refusal(service):
     assert "error" not in ok[-1] and service.store.exists("empty:1")
 
 
-def test_bad_settings_fail_closed(service, registry):  # noqa: F811
+def test_bad_settings_fail_closed(service, registry):
     name = f"{registry.host}/team/alpine:1"
     _push_alpine_fixture(service, name)
     _settings(service, fail_on="everything")
