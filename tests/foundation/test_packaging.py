@@ -154,55 +154,29 @@ def venv(dists: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-IMPORTS = """
-import json, drivers, runtime, machines.drivers, machines.runtime
-print(json.dumps({module.__name__: module.__file__ for module in (drivers, runtime, machines.drivers, machines.runtime)}))
-print(json.dumps([hasattr(drivers, "web"), hasattr(runtime, "Local"), machines.runtime.VERSION]))
-"""
-
-
-def test_the_wheel_installs_next_to_the_index_drivers_and_runtime(venv: Path, tmp_path: Path) -> None:
-    site = next((venv / "lib").glob("python3.*/site-packages"))
-    result = subprocess.run([str(venv / "bin" / "python"), "-c", IMPORTS], cwd=tmp_path, capture_output=True,
-                            text=True, env=_clean_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
-    files_line, traits_line = result.stdout.splitlines()
-    files = json.loads(files_line)
-    assert files == {"drivers": str(site / "drivers" / "__init__.py"), "runtime": str(site / "runtime.py"),
-                     "machines.drivers": str(site / "machines" / "drivers" / "__init__.py"),
-                     "machines.runtime": str(site / "machines" / "runtime" / "__init__.py")}
-    has_web, has_local, version = json.loads(traits_line)
-    assert has_web and has_local  # theirs: drivers.web, runtime.Local
-    assert version  # ours: the runtime's VERSION
-
-    version_run = subprocess.run([str(venv / "bin" / "machines"), "version"], cwd=tmp_path, capture_output=True,
-                                 text=True, env=_clean_env(), timeout=120)
-    assert (version_run.returncode, version_run.stdout) == (0, f"machines version {PYPROJECT['project']['version']}\n")
-
-
 @dataclasses.dataclass
 class Installed:
     """The venv's ``machines`` on a store of the test (MACHINES_STORAGE_PATH), with local hosts on this worker's bridge,
-    in an environment that names neither the checkout nor the shared venv."""
+    run outside the checkout in an environment that names neither it nor the shared venv."""
 
     venv: Path
     store: Path
     env: dict[str, str]
 
-    def _run(self, command: list[str], what: str, check: bool) -> subprocess.CompletedProcess[str]:
+    def run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(command, cwd=self.store.parent, capture_output=True, text=True, env=self.env,
                                 timeout=600)
         if check and result.returncode != 0:
-            raise AssertionError(f"{what} exited {result.returncode}: {result.stderr}")
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}: {result.stderr}")
         return result
 
     def machines(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self._run([str(self.venv / "bin" / "machines"), *args], f"machines {' '.join(args)}", check)
+        return self.run([str(self.venv / "bin" / "machines"), *args], check)
 
     def docker(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         """The docker CLI after ``eval "$(machines env NAME)"``, as a user would run it."""
         script = f'eval "$({self.venv}/bin/machines env --shell bash {name})" && exec {DOCKER} "$@"'
-        return self._run(["bash", "-c", script, "docker", *args], f"docker {' '.join(args)}", True)
+        return self.run(["bash", "-c", script, "docker", *args])
 
 
 @pytest.fixture
@@ -217,21 +191,42 @@ def installed(venv: Path, tmp_path: Path, test_bridge: Bridge) -> Iterator[Insta
         Installed(venv, store, env).machines("rm", "-f", "-y", *names, check=False)
 
 
-def test_the_installed_machines_creates_a_local_machine(installed: Installed, dists: tuple[Path, Path]) -> None:
+IMPORTS = """
+import json, drivers, runtime, machines.drivers, machines.runtime
+print(json.dumps({module.__name__: module.__file__ for module in (drivers, runtime, machines.drivers, machines.runtime)}))
+print(json.dumps([hasattr(drivers, "web"), hasattr(runtime, "Local"), machines.runtime.VERSION]))
+"""
+
+
+def test_the_wheel_installs_next_to_the_index_drivers_and_runtime_and_creates_a_machine(
+        installed: Installed, dists: tuple[Path, Path]) -> None:
+    """One test, so that a parallel run builds the venv once (module fixtures are per worker)."""
+    site = next((installed.venv / "lib").glob("python3.*/site-packages"))
+    files_line, traits_line = installed.run([str(installed.venv / "bin" / "python"), "-c", IMPORTS]).stdout.splitlines()
+    assert json.loads(files_line) == {
+        "drivers": str(site / "drivers" / "__init__.py"), "runtime": str(site / "runtime.py"),
+        "machines.drivers": str(site / "machines" / "drivers" / "__init__.py"),
+        "machines.runtime": str(site / "machines" / "runtime" / "__init__.py")}
+    has_web, has_local, version = json.loads(traits_line)
+    assert has_web and has_local  # theirs: drivers.web, runtime.Local
+    assert version  # ours: the runtime's VERSION
+    assert installed.machines("version").stdout == f"machines version {PYPROJECT['project']['version']}\n"
+
     name = f"p{os.getpid() % 1000}{uuid.uuid4().hex[:4]}"
     installed.machines("create", "--driver", "local", name)
     assert installed.machines("ssh", name, "--", "true").returncode == 0
     assert installed.docker(name, "version", "--format", "{{.Server.Os}}").stdout == "linux\n"
 
-    # The runtime the machine runs is the zipapp of the installed machines.runtime: the wheel's files, uploaded.
+    # The runtime the machine runs is the zipapp of the installed machines.runtime (the wheel's files), uploaded.
     (bundle,) = (installed.store / "cache").glob("runtime-*.pyz")
     with zipfile.ZipFile(bundle) as archive:
-        bundled = {n for n in archive.namelist() if not n.endswith(".pyc")} - {"__main__.py", "machines/__init__.py"}
+        bundled = {n: archive.read(n) for n in archive.namelist()
+                   if not n.endswith(".pyc") and n not in ("__main__.py", "machines/__init__.py")}
     with zipfile.ZipFile(dists[1]) as archive:
-        assert bundled == {n for n in archive.namelist() if n.startswith("machines/runtime/")}
+        assert bundled == {n: archive.read(n) for n in archive.namelist() if n.startswith("machines/runtime/")}
     path = f"/usr/local/lib/machines/{bundle.name}"
-    on_host = installed.machines("ssh", name, "--", "sha256sum", path).stdout.split()[0]
-    assert on_host == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert installed.machines("ssh", name, "--", "sha256sum", path).stdout.split()[0] == \
+        hashlib.sha256(bundle.read_bytes()).hexdigest()
 
     host = IsolatedHost(str(installed.store / "machines" / name / "host"))
     record, namespaces = host.record, TestHost(host, Path()).namespaces()
