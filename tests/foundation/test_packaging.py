@@ -144,9 +144,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def venv(dists: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the index's ``drivers`` and ``runtime`` installed, then our wheel, offline."""
+    wheels = str(wheelhouse())  # first: without it the test fails at once, saying how to fill it
     folder = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300)
-    wheels = str(wheelhouse())
     pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--find-links", wheels]
     for what in (list(NEIGHBOURS), [str(dists[1])]):
         result = subprocess.run([*pip, *what], capture_output=True, text=True, env=_clean_env(), timeout=600)
