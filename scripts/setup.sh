@@ -42,4 +42,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# setuptools installs our package-dir layout through a meta path finder and warns each time that folders of the working
+# directory named like the package may shadow it: here machines/ is the package itself (its links included), and the
+# other top folders are never imported by their own names (tests/foundation/test_architecture.py), so it is silenced.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e '.[test]'
+# Wheels for tests/foundation/test_packaging.py, which installs our wheel offline next to the index's unrelated
+# "drivers" and "runtime" (tests reach no network): under /var/cache/machines-test/wheelhouse, once.
+.venv/bin/python -m tests.support.wheelhouse

@@ -16,7 +16,7 @@ from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from tests.scan import fixtures
 from tests.support import busybox
-from tests.trust.conftest import drop_all_images, registry  # noqa: F401 - the fixture
+from tests.trust.conftest import drop_all_images
 
 OSV_DB = Path(__file__).parent / "osv"
 HIGH = "GHSA-35jh-r3h4-6jhm (high) in lodash 4.17.20, ALPINE-CVE-2025-26519 (high) in musl 1.2.3-r0"
@@ -49,7 +49,7 @@ def _context(dockerfile: str) -> io.BytesIO:
     return buffer
 
 
-def test_a_pull_over_the_threshold_is_refused_and_removed(service, registry):  # noqa: F811
+def test_a_pull_over_the_threshold_is_refused_and_removed(service, registry):
     vulnerable, clean = f"{registry.host}/team/alpine:1", f"{registry.host}/team/busybox:1"
     _push_alpine_fixture(service, vulnerable)
     service.store.import_tar(io.BytesIO(busybox.rootfs()), clean)
@@ -94,7 +94,7 @@ def test_a_build_over_the_threshold_ends_with_the_refusal(service):
     assert "error" not in ok[-1] and service.store.exists("empty:1")
 
 
-def test_bad_settings_fail_closed(service, registry):  # noqa: F811
+def test_bad_settings_fail_closed(service, registry):
     name = f"{registry.host}/team/alpine:1"
     _push_alpine_fixture(service, name)
     _settings(service, fail_on="everything")

@@ -11,14 +11,13 @@ from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from machines.scan.scan import inventory, vulnerabilities
 from tests.scan import fixtures
-from tests.support.debian_image import debian_tar  # noqa: F401 - the fixture
-from tests.trust.conftest import registry, run_machines  # noqa: F401 - the fixture
+from tests.trust.conftest import run_machines
 
 OSV_DB = Path(__file__).parent / "osv"
 UNVERIFIED = Path(__file__).parent / "osv-unverified"  # hand-written Debian 12 records: see its README
 
 
-def test_the_debian_image_real_dpkg_status(debian_tar, tmp_path):  # noqa: F811
+def test_the_debian_image_real_dpkg_status(debian_tar, tmp_path):
     found = inventory(str(debian_tar))
     assert (found.os_release["ID"], found.os_release["VERSION_ID"]) == ("debian", "12")
     by_name = {p.name: p for p in found.packages}
@@ -42,7 +41,7 @@ def test_the_debian_image_real_dpkg_status(debian_tar, tmp_path):  # noqa: F811
     assert vulnerabilities(str(debian_tar), found, db, ignore_unfixed=True).findings == []
 
 
-def test_scanning_an_image_in_a_registry(tmp_path, registry):  # noqa: F811
+def test_scanning_an_image_in_a_registry(tmp_path, registry):
     service = ImageService(ImageStore(str(tmp_path / "data" / "image")))
     store = service.store
     base, upper = fixtures.alpine_layers()

@@ -12,10 +12,10 @@ from machines.machine import Machines
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
-from tests.images.registry_fixture import Registry
 from tests.scan import fixtures
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
+from tests.support.registry import Registry
 from tests.trust.conftest import run_machines
 
 OSV_DB = Path(__file__).parents[1] / "scan" / "osv"
