@@ -2,8 +2,10 @@
 
 State (networks, endpoints = address leases, published ports) lives in one JSON file under ``root``, replaced
 atomically after every change, so a daemon killed at any point restarts with a consistent view; ``restore`` then
-reconciles it with what is still running. A bridge device (and its iptables rules) exists only while its network has
-endpoints: an idle host carries no trace of us, and tests that stop their containers leave nothing behind.
+reconciles it with what is still running. A bridge device (and its iptables rules) is made with its network's first
+endpoint and then kept, as dockerd keeps docker0, until the network is removed or the daemon stops (``close``, or
+``restore`` after a crash, drops every idle one): making and deleting a bridge and its rules on each container's
+start and exit cost about 100 ms of every ``docker run --rm``. A host whose daemon stopped carries no trace of us.
 """
 from __future__ import annotations
 
@@ -94,12 +96,17 @@ class NetworkManager:
             state.setdefault(key, {})
         return state
 
-    def _save(self) -> None:
+    def _save(self, durable: bool = True) -> None:
+        """Replaces the state file atomically. ``durable`` also waits for the disk: wanted for networks, which
+        must survive a power cut; endpoints and ports are not (as a container's own state is not): they only
+        matter while their containers run, a power cut ends those too and ``restore`` then drops their endpoints,
+        and each fsync costs 5 to 30 ms of a container's start or exit on a busy disk."""
         temporary = self._path + ".tmp"
         with open(temporary, "w") as out:
             json.dump(self._state, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temporary, self._path)
 
     def _ensure_predefined(self, bip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
@@ -364,7 +371,7 @@ class NetworkManager:
             elif net["Driver"] == "bridge":
                 self._attach(net, ep, current, ipv4, ipv6, mac)
             self._state["endpoints"].setdefault(container_id, {})[net["Id"]] = ep
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts(self._neighbours(container_id))
             if net["Name"] not in PREDEFINED and net["Driver"] == "bridge":
                 try:
@@ -508,8 +515,7 @@ class NetworkManager:
                 self._move_default_route(current)
             if not any(self._state["networks"][nid]["Name"] not in PREDEFINED for nid in current):
                 self._dns.forget(container_id)
-            self._drop_bridge_if_idle(net)
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts(neighbours)
 
     def _move_default_route(self, current: dict[str, Dict_]) -> None:
@@ -533,11 +539,10 @@ class NetworkManager:
             self._dns.forget(container_id)
             neighbours = self._neighbours(container_id)
             endpoints = self._state["endpoints"].pop(container_id, {})
-            for nid, ep in endpoints.items():
+            for ep in endpoints.values():
                 if ep["HostVeth"]:
                     _delete_link(ep["HostVeth"])
-                self._drop_bridge_if_idle(self._state["networks"][nid])
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts(neighbours)
 
     # --- /etc/hosts --------------------------------------------------------------------------------------------
@@ -579,7 +584,7 @@ class NetworkManager:
         with self._lock:
             for ep in self._state["endpoints"].get(container_id, {}).values():
                 ep["Links"] = [link for link in ep.get("Links") or [] if link[1][0] != alias]
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts([container_id])
 
     # --- embedded DNS ------------------------------------------------------------------------------------------
@@ -650,7 +655,9 @@ class NetworkManager:
             for key in ports:
                 wanted.setdefault(key, [{}])
         with self._lock:
-            self._unpublish(container_id)
+            had_ports = self._unpublish(container_id)
+            if not wanted and not had_ports:
+                return ports  # nothing to open, nothing to write: most containers publish no port
             opened: list[PortProxy] = []
             records: list[Dict_] = []
             try:
@@ -671,7 +678,7 @@ class NetworkManager:
             self._proxies[container_id] = opened
             self._state["ports"][container_id] = records
             self._firewall.add(_port_tag(container_id), self._port_rules(container_id), check=False)
-            self._save()
+            self._save(durable=False)
         return ports
 
     @staticmethod
@@ -694,7 +701,7 @@ class NetworkManager:
         """Closes a container's host ports (they are free when this returns) and forgets them."""
         with self._lock:
             if self._unpublish(container_id):
-                self._save()
+                self._save(durable=False)
 
     def _unpublish(self, container_id: str) -> bool:
         """Closes the proxies and removes the DNAT rules of a container; says whether it had published ports."""
@@ -764,11 +771,13 @@ class NetworkManager:
             self._save()
 
     def close(self) -> None:
-        """Stops the port proxies and the DNS server; containers keep their addresses and the state stays for
-        ``restore``."""
+        """Stops the port proxies and the DNS server and removes the bridges no container uses; containers keep
+        their addresses and the state stays for ``restore``."""
         with self._lock:
             for cid in list(self._proxies):
                 self._stop_proxies(cid)
+            for net in self._networks():
+                self._drop_bridge_if_idle(net)
         self._dns.close()
 
 

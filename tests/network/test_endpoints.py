@@ -81,6 +81,9 @@ def test_default_bridge_has_no_name_resolution(host: Host, manager: NetworkManag
 
     manager.release(one.id)
     manager.release(two.id)
+    links, rules = host.leftovers()
+    assert links == [manager.bridge_name] and rules  # kept for the next container, as dockerd keeps docker0
+    manager.close()  # the daemon stops: no bridge is left behind
     assert host.leftovers() == ([], [])
     assert manager.inspect("bridge")["Containers"] == {}
 
@@ -104,6 +107,7 @@ def test_outbound_nat_and_internal_networks(host: Host, remote: str, manager: Ne
 
     manager.release(box.id)
     manager.release(sealed.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 
@@ -135,6 +139,7 @@ def test_second_network_gets_eth1_and_concurrent_connects_get_distinct_addresses
 
     for container in containers:
         manager.release(container.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 
