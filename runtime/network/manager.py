@@ -14,6 +14,7 @@ import copy
 import ipaddress
 import json
 import os
+import queue
 import re
 import secrets
 import socket
@@ -76,6 +77,7 @@ class NetworkManager:
         self._path = os.path.join(root, "state.json")
         self._lock = threading.RLock()
         self._firewall = Firewall()
+        self._unlinker = _Unlinker()
         self._proxies: dict[str, list[PortProxy]] = {}
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
         private_dir(root, 0o700)
@@ -466,6 +468,7 @@ class NetworkManager:
         bridge = net.get("_bridge")
         if not bridge:
             return
+        self._unlinker.settle()  # released endpoints' veths are no ports that keep the bridge
         exists = link_exists(bridge)
         if exists and ip_query("-o", "link", "show", "master", bridge).strip():
             return
@@ -539,9 +542,7 @@ class NetworkManager:
             self._dns.forget(container_id)
             neighbours = self._neighbours(container_id)
             endpoints = self._state["endpoints"].pop(container_id, {})
-            for ep in endpoints.values():
-                if ep["HostVeth"]:
-                    _delete_link(ep["HostVeth"])
+            self._unlinker.delete(ep["HostVeth"] for ep in endpoints.values() if ep["HostVeth"])
             self._save(durable=False)
             self._refresh_hosts(neighbours)
 
@@ -778,6 +779,7 @@ class NetworkManager:
                 self._stop_proxies(cid)
             for net in self._networks():
                 self._drop_bridge_if_idle(net)
+            self._unlinker.stop()
         self._dns.close()
 
 
@@ -800,6 +802,51 @@ def host_nameservers(path: str) -> list[str]:
 def _delete_link(name: str) -> None:
     with RtNetlink() as nl:
         nl.delete_link(name)
+
+
+class _Unlinker:
+    """Deletes the host ends of released endpoints' veth pairs in a thread of its own. A released endpoint's
+    container has stopped, so nothing uses the link; deleting it waits for the kernel (1 to 20 ms, in
+    ``synchronize_net``) and the exit of every container, hence ``docker run --rm``, would wait with it. Its
+    lease is free at once: addresses are handed out round the subnet, so it is not the next one given."""
+
+    def __init__(self) -> None:
+        self._names: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def delete(self, names: Iterable[str]) -> None:
+        for name in names:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="net-unlink", daemon=True)
+                    self._thread.start()
+            self._names.put(name)
+
+    def _run(self) -> None:
+        while True:
+            name = self._names.get()
+            try:
+                if name is None:
+                    return
+                _delete_link(name)
+            except Exception as exc:  # noqa: BLE001 - a link that cannot go must not stop the next ones
+                log.warning("cannot delete %s: %s", name, exc)
+            finally:
+                self._names.task_done()
+
+    def settle(self) -> None:
+        """Returns once every link given so far is deleted."""
+        self._names.join()
+
+    def stop(self) -> None:
+        """Deletes what is queued and ends the thread (a later ``delete`` starts another)."""
+        with self._lock:
+            if self._thread is None:
+                return
+            self._names.put(None)
+            self._thread, thread = None, self._thread
+        thread.join()
 
 
 def _port_tag(container_id: str) -> str:
