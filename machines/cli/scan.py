@@ -59,6 +59,8 @@ def register(app: typer.Typer) -> None:
 
         target = machines().get(machine) if machine else None
         found = inventory(image, target)
+        for problem in found.problems:
+            sys.stderr.write(f"Warning: {problem}\n")
         if sbom is not None:
             text = report.cyclonedx(image, found) if sbom is Sbom.cyclonedx else report.spdx(image, found)
             if sbom_file is None:
