@@ -10,7 +10,6 @@ import pytest
 
 from machines.runtime.errors import Forbidden, HostError, InvalidParameter
 from machines.runtime.network import NetworkManager, hosts
-
 from tests.support.waiting import poll
 
 from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
