@@ -1,0 +1,111 @@
+"""Signing on push in the runtime (``<data root>/signing.json``), against Debian's docker-registry on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from machines.runtime.errors import EngineError
+from machines.runtime.images import signing
+from machines.runtime.images.signing import SigningPolicyError
+from tests.trust.conftest import push_image, run_machines
+
+KEY_NAME = "0123456789abcdef.key"
+
+
+@pytest.fixture
+def signing_key(service, tmp_path):
+    """A P-256 key installed as the runtime expects (PKCS#8, 0600) and its public key file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    folder = Path(service.signing.keys_dir)
+    folder.mkdir(mode=0o700, parents=True)
+    path = folder / KEY_NAME
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    public = tmp_path / "push.pub"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path, public
+
+
+def _policy(service, doc) -> None:
+    Path(service.signing.path).write_text(json.dumps(doc))
+
+
+def test_a_push_in_scope_is_signed_and_one_out_of_scope_is_not(service, registry, rootfs_tar, signing_key):
+    _, public = signing_key
+    _policy(service, {"docker": {f"{registry.host}/team": {"sign-by-sigstore-private-key": KEY_NAME},
+                                 f"{registry.host}/team/scratch": {}}})
+    signed, unsigned, scratch = (f"{registry.host}/team/app:v1", f"{registry.host}/other/app:v1",
+                                 f"{registry.host}/team/scratch:v1")
+    push_image(service, signed, rootfs_tar)
+    push_image(service, unsigned, rootfs_tar, marker="other")
+    push_image(service, scratch, rootfs_tar, marker="scratch")
+    ok = run_machines("trust", "verify", signed, "--key", str(public))
+    assert ok.code == 0, ok.err
+    for image in (unsigned, scratch):
+        refused = run_machines("trust", "verify", image, "--key", str(public))
+        assert refused.err.strip() == f"Error: {image}: A signature was required, but no signature exists"
+
+
+def test_the_stream_says_it_signs(service, registry, rootfs_tar, signing_key):
+    _policy(service, {"default-docker": {"sign-by-sigstore-private-key": KEY_NAME}})
+    image = f"{registry.host}/app:v1"
+    store = service.store
+    store.tag(store.resolve(store.import_tar(io.BytesIO(rootfs_tar))).id, image)
+    statuses = [m.get("status") for m in service.push(image)]
+    digest = next(s for s in statuses if s and s.startswith("v1: digest: ")).split()[2]
+    assert statuses[-2:] == ["Signing manifest using a sigstore signature",
+                             f"Signature stored as tag {digest.replace(':', '-')}.sig"]
+
+
+@pytest.mark.parametrize("doc, words", [
+    ("not json", "invalid signing policy: not JSON"),
+    ({"docker": {"x": {"sign-by": "ABCD"}}}, "an entry may only hold sign-by-sigstore-private-key"),
+    ({"docker": {"x": {"sign-by-sigstore-private-key": "../../etc/shadow"}}}, "must name an installed key"),
+    ({"transports": {}}, 'only "docker" and "default-docker"'),
+])
+def test_bad_policies_are_refused(doc, words):
+    with pytest.raises(SigningPolicyError) as info:
+        signing.parse_policy(doc.encode() if isinstance(doc, str) else json.dumps(doc).encode())
+    assert words in str(info.value)
+
+
+def _push_error(service, image) -> str:
+    with pytest.raises(EngineError) as info:
+        list(service.push(image))
+    return str(info.value)
+
+
+def test_a_missing_unreadable_or_bad_key_stops_the_push_before_anything_is_sent(service, registry, rootfs_tar,
+                                                                                 signing_key):
+    path, _ = signing_key
+    image = f"{registry.host}/team/app:v1"
+    store = service.store
+    store.tag(store.resolve(store.import_tar(io.BytesIO(rootfs_tar))).id, image)
+    _policy(service, {"docker": {registry.host: {"sign-by-sigstore-private-key": "fedcba9876543210.key"}}})
+    assert _push_error(service, image) == (
+        f"{registry.host}/team/app: nothing was pushed: creating signature: signing key fedcba9876543210.key: No "
+        "such file or directory; install it again with machines set --engine-signing-policy")
+    _policy(service, {"docker": {registry.host: {"sign-by-sigstore-private-key": KEY_NAME}}})
+    path.chmod(0o644)
+    assert "must be a file only the daemon's user can read (0600)" in _push_error(service, image)
+    path.chmod(0o600)
+    secret = path.read_text()
+    path.write_text(secret.replace("PRIVATE KEY", "PUBLIC KEY"))
+    message = _push_error(service, image)
+    assert message.endswith(f"signing key {KEY_NAME}: not a PEM private key")
+    assert "MI" not in message
+    with pytest.raises(urllib.error.HTTPError) as nothing:  # not even the manifest went out
+        urllib.request.urlopen(f"http://{registry.host}/v2/team/app/manifests/v1")
+    assert nothing.value.code == 404
