@@ -2,7 +2,7 @@
 
 # No "from __future__ import annotations" here: Typer reads the real annotation objects.
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,7 +36,7 @@ EngineSigningPassphraseFile = Annotated[str | None, typer.Option(
     help="Passphrase of the signing policy's keys (first line; else $COSIGN_PASSWORD, else a prompt).")]
 
 
-def signing_options(policy: str | None, passphrase_file: str | None) -> dict:
+def signing_options(policy: str | None, passphrase_file: str | None) -> dict[str, Any]:
     """``--engine-signing-policy`` as HostOptions fields: {} when not given, None fields when "" (removal)."""
     if policy is None:
         if passphrase_file is not None:
