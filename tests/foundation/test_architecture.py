@@ -37,9 +37,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 RUNTIME_USERS = {"machines.bootstrap.bundle": None, "machines.bootstrap.provisioner": {"machines.runtime.daemonconfig"},
                  "machines.trust.sigstore": {"machines.runtime.errors", "machines.runtime.images.ecdsa", "machines.runtime.images.media",
                                              "machines.runtime.images.reference", "machines.runtime.images.registry",
-                                             "machines.runtime.images.trust"},
+                                             "machines.runtime.images.signing", "machines.runtime.images.trust"},
                  "machines.trust.gpgsign": {"machines.runtime.images.simplesign", "machines.runtime.images.trust"},
-                 "machines.trust.policy": {"machines.runtime.errors", "machines.runtime.images.trust"},
+                 "machines.trust.policy": {"machines.runtime.errors", "machines.runtime.images.signing",
+                                           "machines.runtime.images.trust"},
                  "machines.scan.source": {"machines.runtime.images.media", "machines.runtime.images.registry"},
                  "machines.scan.scan": {"machines.runtime.images.scan.inventory", "machines.runtime.images.scan.osv"},
                  "machines.scan.report": {"machines.runtime.images.scan.inventory", "machines.runtime.images.scan.osv"}}
