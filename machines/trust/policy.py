@@ -55,15 +55,17 @@ def load_signing_policy(path: str, passphrase_file: Path | None) -> tuple[str, t
     """``--engine-signing-policy``: (the runtime's signing.json, the decrypted keys it names); UsageError otherwise.
 
     The file is a containers-registries.d-style document (YAML or JSON): ``docker: {SCOPE: ENTRY}`` and
-    ``default-docker: ENTRY``, an entry ``{sign-by-sigstore-private-key: KEY}`` naming an encrypted sigstore key
-    (relative to the file's folder) or ``{}`` to sign nothing in that scope. Each key is decrypted here (one
-    passphrase: ``passphrase_file``, ``$COSIGN_PASSWORD`` or a prompt) and named by its public key's digest, so
-    the recorded policy holds no secret.
+    ``default-docker: ENTRY``, an entry naming an encrypted sigstore key (``sign-by-sigstore-private-key``,
+    relative to the file's folder), a GPG key of the user's keyring (``sign-by`` with ``lookaside-staging``, a
+    folder on the host), both, or ``{}`` to sign nothing in that scope. Sigstore keys are decrypted here and named
+    by their public key's digest; GPG keys are exported with their passphrase (which goes to the host next to
+    them). One passphrase: ``passphrase_file``, ``$COSIGN_PASSWORD`` or a prompt. The recorded policy holds no
+    secret.
     """
     import yaml  # here, not at the top: the CLI imports this module for every create
     from cryptography.hazmat.primitives import serialization
 
-    from machines.trust import keys
+    from machines.trust import gpgsign, keys
 
     source = Path(path).expanduser()
     try:
@@ -77,28 +79,35 @@ def load_signing_policy(path: str, passphrase_file: Path | None) -> tuple[str, t
     entries = [doc.get("default-docker")] + list((doc.get("docker") or {}).values()
                                                  if isinstance(doc.get("docker"), dict) else [])
     installed: dict[str, bytes] = {}
-    passphrase: bytes | None = None
+    passphrase: list[bytes] = []  # asked once, only if a key needs it
+
+    def secret() -> bytes:
+        if not passphrase:
+            passphrase.append(keys.read_passphrase(passphrase_file, confirm=False))
+        return passphrase[0]
+
     for entry in entries:
-        if isinstance(entry, dict) and "sign-by" in entry:
-            raise UsageError("--engine-signing-policy: sign-by (GPG simple signing) is not supported on push; use "
-                             "sign-by-sigstore-private-key, or machines trust sign --sign-by after the push")
-        if not isinstance(entry, dict) or not isinstance(entry.get(signing.SIGSTORE_KEY), str):
+        if not isinstance(entry, dict):
             continue
-        key_file = source.parent / Path(entry[signing.SIGSTORE_KEY]).expanduser()
-        try:
-            encrypted = key_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"--engine-signing-policy: cannot read key {key_file}: {exc.strerror}") from None
-        if passphrase is None:
-            passphrase = keys.read_passphrase(passphrase_file, confirm=False)
-        try:
-            key = keys.decrypt_private_key(encrypted, passphrase)
-        except TrustError as exc:
-            raise UsageError(f"--engine-signing-policy: {key_file}: {exc}") from None
-        name = hashlib.sha256(keys.public_pem(key)).hexdigest()[:16] + ".key"
-        installed[name] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption())
-        entry[signing.SIGSTORE_KEY] = name
+        if isinstance(entry.get(signing.SIGSTORE_KEY), str):
+            key_file = source.parent / Path(entry[signing.SIGSTORE_KEY]).expanduser()
+            try:
+                key = keys.decrypt_private_key(key_file.read_bytes(), secret())
+            except OSError as exc:
+                raise UsageError(f"--engine-signing-policy: cannot read key {key_file}: {exc.strerror}") from None
+            except TrustError as exc:
+                raise UsageError(f"--engine-signing-policy: {key_file}: {exc}") from None
+            name = hashlib.sha256(keys.public_pem(key)).hexdigest()[:16] + ".key"
+            installed[name] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption())
+            entry[signing.SIGSTORE_KEY] = name
+        if isinstance(entry.get(signing.GPG_KEY), str):
+            try:
+                fingerprint, exported = gpgsign.export_secret_key(entry[signing.GPG_KEY], secret())
+            except TrustError as exc:
+                raise UsageError(f"--engine-signing-policy: {exc}") from None
+            installed[f"{fingerprint}.asc"], installed[f"{fingerprint}.pass"] = exported, secret()
+            entry[signing.GPG_KEY] = fingerprint
     text = json.dumps(doc, indent=2) + "\n"
     try:
         signing.parse_policy(text.encode())

@@ -140,8 +140,10 @@ def test_bad_passphrase_or_key_is_one_line_and_changes_nothing(store, keypair, t
     assert (result.code, result.err.strip()) == (2, f"Error: --engine-signing-policy: {public}: not an encrypted "
                                                     "sigstore private key (expected a ENCRYPTED SIGSTORE PRIVATE KEY "
                                                     "PEM block)")
-    policy.write_text(json.dumps({"docker": {"r.example/x": {"sign-by": "0xABCDEF"}}}))
-    result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy), "sp-bad")
-    assert result.code == 2 and result.err.count("\n") == 1 and "sign-by (GPG simple signing) is not supported" \
-        in result.err
+    policy.write_text(json.dumps({"docker": {"r.example/x": {"sign-by": "nobody@example.com",
+                                                             "lookaside-staging": "file:///srv/signatures"}}}))
+    result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy),
+                          "--engine-signing-passphrase-file", str(wrong), "sp-bad")
+    assert (result.code, result.err.strip()) == (2, "Error: --engine-signing-policy: no GPG secret key "
+                                                    "'nobody@example.com' in your keyring")
     assert not (Path(store) / "machines" / "sp-bad").exists()
