@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -142,8 +145,14 @@ def test_bad_passphrase_or_key_is_one_line_and_changes_nothing(store, keypair, t
                                                     "PEM block)")
     policy.write_text(json.dumps({"docker": {"r.example/x": {"sign-by": "nobody@example.com",
                                                              "lookaside-staging": "file:///srv/signatures"}}}))
-    result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy),
-                          "--engine-signing-passphrase-file", str(wrong), "sp-bad")
+    empty_keyring = tempfile.mkdtemp(prefix="/tmp/mgpg")
+    try:
+        result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy),
+                              "--engine-signing-passphrase-file", str(wrong), "sp-bad",
+                              env={"GNUPGHOME": empty_keyring})
+    finally:
+        subprocess.run(["gpgconf", "--homedir", empty_keyring, "--kill", "all"], capture_output=True)
+        shutil.rmtree(empty_keyring, ignore_errors=True)
     assert (result.code, result.err.strip()) == (2, "Error: --engine-signing-policy: no GPG secret key "
                                                     "'nobody@example.com' in your keyring")
     assert not (Path(store) / "machines" / "sp-bad").exists()
