@@ -20,6 +20,7 @@ from tests.images.registry_fixture import Registry
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
 from tests.trust.conftest import PASSPHRASE, run_machines
+from tests.trust.test_gpg_skopeo import signer  # noqa: F401 - the fixture: a GPG key in its own keyring
 from tests.trust.test_machine import _create_reaching, _push_alpine_fixture
 
 
@@ -43,20 +44,25 @@ def _secret_lines(private: Path) -> list[str]:
 
 
 def test_docker_push_signs_in_scope_and_set_removes_the_policies(store, registry: Registry,  # noqa: F811
-                                                                 keypair, test_bridge: Bridge, tmp_path):
+                                                                 keypair, signer, test_bridge: Bridge,  # noqa: F811
+                                                                 tmp_path, monkeypatch):
     private, public, secret = keypair
     base = _push_alpine_fixture(registry, tmp_path, "base/alpine:1")
-    signed, other = f"{registry.host}/team/app:v1", f"{registry.host}/elsewhere/app:v1"
+    signed, other, gpg_signed = (f"{registry.host}/team/app:v1", f"{registry.host}/elsewhere/app:v1",
+                                 f"{registry.host}/gpg/app:v1")
     folder = tmp_path / "policies"
     folder.mkdir()
     signing_policy = folder / "signing.yaml"
-    signing_policy.write_text(f"docker:\n  {registry.host}/team:\n    sign-by-sigstore-private-key: ../cosign.key\n")
+    signing_policy.write_text(f"docker:\n  {registry.host}/team:\n    sign-by-sigstore-private-key: ../cosign.key\n"
+                              f"  {registry.host}/gpg:\n    sign-by: release@example.com\n"
+                              "    lookaside-staging: file:///var/lib/signatures\n")
+    monkeypatch.setenv("GNUPGHOME", signer.home)  # the workstation's keyring holds the GPG key
 
     name = unique_name("sp")
     _create_reaching(store, registry, test_bridge, name, "--engine-signing-policy", str(signing_policy),
                      "--engine-signing-passphrase-file", str(secret))
     _docker(store, name, f"pull -q {base}")
-    for image in (signed, other):
+    for image in (signed, other, gpg_signed):
         _docker(store, name, f"tag {base} {image}")
     pushed = _docker(store, name, f"push {signed}")
     digest = re.search(r"v1: digest: (sha256:[0-9a-f]{64})", pushed).group(1)
@@ -66,24 +72,41 @@ def test_docker_push_signs_in_scope_and_set_removes_the_policies(store, registry
     assert "Signing" not in out_of_scope
     assert _verify(other, public) == (1, f"Error: {other}: A signature was required, but no signature exists")
 
-    # The key: 0600 root's in a 0700 folder on the host, and nowhere else (record, inspect, docker info, logs).
+    # GPG: the host's gpg signs into lookaside-staging, where machines trust verify reads it.
+    gpg_pushed = _docker(store, name, f"push {gpg_signed}")
+    assert "Signing manifest using simple signing" in gpg_pushed
+    assert f"Signature stored as /var/lib/signatures/gpg/app@sha256={digest[7:]}/signature-1" in gpg_pushed
+    machines(store, "scp", "-r", f"{name}:/var/lib/signatures", str(tmp_path / "lookaside"))
+    (tmp_path / "release.asc").write_bytes(signer.public)
+    verified = run_machines("trust", "verify", gpg_signed, "--key", str(tmp_path / "release.asc"),
+                            "--lookaside", str(tmp_path / "lookaside"))
+    assert verified.code == 0, verified.err
+
+    # The keys: 0600 root's in a 0700 folder on the host, and nowhere else (record, inspect, docker info, logs).
     root = _docker(store, name, "info --format '{{.DockerRootDir}}'").strip()
-    listing = machines(store, "ssh", name, "--", f"stat -c '%a %U %n' {root}/signing {root}/signing/*.key").stdout
-    folder_line, key_line = listing.strip().splitlines()
+    listing = machines(store, "ssh", name, "--", f"stat -c '%a %U %n' {root}/signing {root}/signing/*").stdout
+    folder_line, *key_lines = listing.strip().splitlines()
     assert folder_line == f"700 root {root}/signing"
-    assert re.fullmatch(rf"600 root {root}/signing/[0-9a-f]{{16}}\.key", key_line)
+    assert sorted(line.rsplit("/", 1)[1] for line in key_lines if line.startswith("600 root ")) == sorted(
+        [f"{signer.fingerprint}.asc", f"{signer.fingerprint}.pass",
+         next(line.rsplit("/", 1)[1] for line in key_lines if line.endswith(".key"))])
+    assert len(key_lines) == 3
     seen = [machines(store, "inspect", name).stdout, _docker(store, name, "info"),
             machines(store, "logs", name, check=False).stdout,
             machines(store, "ssh", name, "--", "cat", f"{root}/signing.json").stdout]
     host_files = Path(store) / "machines" / name / "host"  # the local driver keeps the host's filesystem here
     seen += [path.read_text(errors="replace") for path in Path(store).rglob("*")
              if path.is_file() and host_files not in path.parents]
-    for line in _secret_lines(private):
+    exported = subprocess.run(["gpg", "--batch", "--armor", "--export-secret-keys", signer.fingerprint],
+                              env=signer.env, check=True, capture_output=True, text=True).stdout
+    gpg_lines = [line for line in exported.splitlines() if len(line) == 64]  # full lines of the armored key
+    assert gpg_lines
+    for line in [*_secret_lines(private), *gpg_lines, PASSPHRASE]:
         assert not any(line in text for text in seen)
     assert "sign-by-sigstore-private-key" in machines(store, "inspect", name).stdout  # the policy is shown, keyless
 
     # A key gone from the host stops the push before anything is sent; set installs it again.
-    machines(store, "ssh", name, "--", f"rm {root}/signing/*.key")
+    machines(store, "ssh", name, "--", f"rm {root}/signing/*.key")  # the sigstore key only
     again = f"{registry.host}/team/app:v3"
     _docker(store, name, f"tag {base} {again}")
     failed = with_env(store, name, f"{DOCKER} push {again}")
