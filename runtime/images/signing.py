@@ -88,10 +88,9 @@ def parse_policy(raw: bytes) -> dict[str, Any]:
 def entry_for(policy: dict[str, Any], ref: Reference) -> dict[str, str]:
     """The entry for pushes to ``ref``'s repository (the most specific scope decides; {}: not signed)."""
     scopes = policy.get("docker") or {}
-    for scope in trust.scopes(Reference(ref.domain, ref.path)):
-        if scope in scopes:
-            return dict(scopes[scope])
-    return dict(policy.get("default-docker") or {})
+    entry = next((scopes[scope] for scope in trust.scopes(Reference(ref.domain, ref.path)) if scope in scopes),
+                 policy.get("default-docker") or {})
+    return {key: value for key, value in entry.items() if value is not None}  # null: the key is not set
 
 
 def atomic_payload(identity: str, digest: str, creator: str) -> bytes:

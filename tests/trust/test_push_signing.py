@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from machines.errors import UsageError
 from machines.runtime.errors import EngineError
 from machines.runtime.images import signing
+from machines.runtime.images.reference import parse
 from machines.runtime.images.signing import SigningPolicyError
 from machines.trust.policy import load_signing_policy
 from tests.trust.conftest import push_image, run_machines
@@ -62,6 +63,15 @@ def test_a_push_in_scope_is_signed_and_one_out_of_scope_is_not(service, registry
     for image in (unsigned, scratch):
         refused = run_machines("trust", "verify", image, "--key", str(public))
         assert refused.err.strip() == f"Error: {image}: A signature was required, but no signature exists"
+
+
+def test_scopes_pick_the_most_specific_entry_and_null_means_unset():
+    policy = signing.parse_policy(json.dumps({
+        "default-docker": {"sign-by-sigstore-private-key": KEY_NAME},
+        "docker": {"r.example/team": {"sign-by-sigstore-private-key": None}, "*.example": {}}}).encode())
+    assert signing.entry_for(policy, parse("r.example/team/app:v1")) == {}
+    assert signing.entry_for(policy, parse("q.example/app")) == {}
+    assert signing.entry_for(policy, parse("docker.io/library/busybox")) == {"sign-by-sigstore-private-key": KEY_NAME}
 
 
 def test_the_stream_says_it_signs(service, registry, rootfs_tar, signing_key):
