@@ -129,7 +129,7 @@ def _gpg() -> str:
 def throwaway_home() -> Iterator[str]:
     """A fresh GNUPGHOME (0700, short path: gpg-agent's socket name has a length limit), gone afterwards with
     any agent gpg started for it."""
-    home = tempfile.mkdtemp(prefix="/tmp/mgpg-")
+    home = tempfile.mkdtemp(prefix="mgpg-", dir="/tmp")
     try:
         os.chmod(home, 0o700)
         yield home
