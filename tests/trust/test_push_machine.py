@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from machines.drivers.nshost import Bridge
 from machines.trust import keys
 from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
-from tests.images.registry_fixture import Registry
+from tests.support.registry import Registry
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
 from tests.trust.conftest import PASSPHRASE, run_machines
