@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from machines.drivers.nshost import Bridge
 from machines.trust import keys
 from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
-from tests.support.registry import Registry
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
+from tests.support.registry import Registry
 from tests.trust.conftest import PASSPHRASE, run_machines
 from tests.trust.test_gpg_skopeo import signer  # noqa: F401 - the fixture: a GPG key in its own keyring
 from tests.trust.test_machine import _create_reaching, _push_alpine_fixture
