@@ -189,8 +189,8 @@ def write_signature(folder: str, ref: Reference, digest: str, signature: bytes) 
     base = "file://" + urllib.parse.quote(os.path.abspath(folder))
     for url in signature_urls(base, ref, digest):
         path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             continue

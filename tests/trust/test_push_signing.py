@@ -181,6 +181,29 @@ def test_gpg_simple_signing_on_push_is_read_by_skopeo(service, registry, rootfs_
         assert copied.returncode == expect, copied.stderr
 
 
+def test_a_signature_that_cannot_be_stored_fails_after_the_push_and_says_so(service, registry, rootfs_tar,
+                                                                             signer, tmp_path, monkeypatch):  # noqa: F811
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the staging folder should be")
+    policy_file = tmp_path / "signing.json"
+    policy_file.write_text(json.dumps({"default-docker": {"sign-by": signer.fingerprint,
+                                                          "lookaside-staging": f"file://{blocked}/sigs"}}))
+    monkeypatch.setenv("GNUPGHOME", signer.home)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    _install(service, *load_signing_policy(str(policy_file), empty))
+    image = f"{registry.host}/team/app:v1"
+    store = service.store
+    store.tag(store.resolve(store.import_tar(io.BytesIO(rootfs_tar))).id, image)
+    messages = []
+    with pytest.raises(EngineError) as failed:
+        for message in service.push(image):
+            messages.append(message)
+    digest = next(m["aux"]["Digest"] for m in messages if "aux" in m)  # the push itself went through
+    assert str(failed.value) == (f"{image}: pushed as {digest}, but not signed: writing signatures: writing signature "
+                                 f"{blocked}/sigs/team/app@sha256={digest[7:]}/signature-1: Not a directory")
+
+
 def test_a_gpg_key_with_a_passphrase_needs_it(tmp_path, monkeypatch):
     home = tempfile.mkdtemp(prefix="/tmp/mgpg")
     try:
