@@ -85,6 +85,23 @@ def test_the_stream_says_it_signs(service, registry, rootfs_tar, signing_key):
                              f"Signature stored as tag {digest.replace(':', '-')}.sig"]
 
 
+def test_pushing_every_tag_of_a_repository_signs_each(service, registry, rootfs_tar, signing_key):
+    _, public = signing_key
+    _policy(service, {"docker": {registry.host: {"sign-by-sigstore-private-key": KEY_NAME}}})
+    repo = f"{registry.host}/team/app"
+    store = service.store
+    image = store.resolve(store.import_tar(io.BytesIO(rootfs_tar)))
+    store.tag(image.id, f"{repo}:v1")
+    upper = Path(store.root).parent / "upper-two"
+    upper.mkdir()
+    (upper / "marker").write_text("two")
+    store.commit(str(upper), image, None, f"{repo}:v2")
+    statuses = [m.get("status") for m in service.push(repo)]  # docker push --all-tags
+    assert statuses.count("Signing manifest using a sigstore signature") == 2
+    for tag in ("v1", "v2"):
+        assert run_machines("trust", "verify", f"{repo}:{tag}", "--key", str(public)).code == 0
+
+
 @pytest.mark.parametrize("doc, words", [
     ("not json", "invalid signing policy: not JSON"),
     ({"docker": {"x": {"sign-by-cosign": "x.key"}}}, "an entry may only hold sign-by-sigstore-private-key, sign-by and "
