@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 
 from machines.drivers.nshost import Bridge
 from machines.trust import keys
-from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
 from tests.support.registry import Registry
@@ -24,8 +23,8 @@ from tests.trust.test_gpg_skopeo import signer  # noqa: F401 - the fixture: a GP
 from tests.trust.test_machine import _create_reaching, _push_alpine_fixture
 
 
-def _docker(store: Path, name: str, command: str) -> str:  # noqa: F811 - the store fixture's path
-    result = with_env(store, name, f"{DOCKER} {command}")
+def _docker(machines_store: Path, name: str, command: str) -> str:
+    result = with_env(machines_store, name, f"{DOCKER} {command}")
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
 
@@ -43,7 +42,7 @@ def _secret_lines(private: Path) -> list[str]:
     return [line for line in pem.splitlines() if not line.startswith("-----")]
 
 
-def test_docker_push_signs_in_scope_and_set_removes_the_policies(store, registry: Registry,  # noqa: F811
+def test_docker_push_signs_in_scope_and_set_removes_the_policies(machines_store, registry: Registry,
                                                                  keypair, signer, test_bridge: Bridge,  # noqa: F811
                                                                  tmp_path, monkeypatch):
     private, public, secret = keypair
@@ -59,43 +58,43 @@ def test_docker_push_signs_in_scope_and_set_removes_the_policies(store, registry
     monkeypatch.setenv("GNUPGHOME", signer.home)  # the workstation's keyring holds the GPG key
 
     name = unique_name("sp")
-    _create_reaching(store, registry, test_bridge, name, "--engine-signing-policy", str(signing_policy),
+    _create_reaching(machines_store, registry, test_bridge, name, "--engine-signing-policy", str(signing_policy),
                      "--engine-signing-passphrase-file", str(secret))
-    _docker(store, name, f"pull -q {base}")
+    _docker(machines_store, name, f"pull -q {base}")
     for image in (signed, other, gpg_signed):
-        _docker(store, name, f"tag {base} {image}")
-    pushed = _docker(store, name, f"push {signed}")
+        _docker(machines_store, name, f"tag {base} {image}")
+    pushed = _docker(machines_store, name, f"push {signed}")
     digest = re.search(r"v1: digest: (sha256:[0-9a-f]{64})", pushed).group(1)
     assert f"Signature stored as tag {digest.replace(':', '-')}.sig" in pushed
     assert _verify(signed, public) == (0, f"Verified OK: {registry.host}/team/app@{digest}")
-    out_of_scope = _docker(store, name, f"push {other}")
+    out_of_scope = _docker(machines_store, name, f"push {other}")
     assert "Signing" not in out_of_scope
     assert _verify(other, public) == (1, f"Error: {other}: A signature was required, but no signature exists")
 
     # GPG: the host's gpg signs into lookaside-staging, where machines trust verify reads it.
-    gpg_pushed = _docker(store, name, f"push {gpg_signed}")
+    gpg_pushed = _docker(machines_store, name, f"push {gpg_signed}")
     assert "Signing manifest using simple signing" in gpg_pushed
     assert f"Signature stored as /var/lib/signatures/gpg/app@sha256={digest[7:]}/signature-1" in gpg_pushed
-    machines(store, "scp", "-r", f"{name}:/var/lib/signatures", str(tmp_path / "lookaside"))
+    machines(machines_store, "scp", "-r", f"{name}:/var/lib/signatures", str(tmp_path / "lookaside"))
     (tmp_path / "release.asc").write_bytes(signer.public)
     verified = run_machines("trust", "verify", gpg_signed, "--key", str(tmp_path / "release.asc"),
                             "--lookaside", str(tmp_path / "lookaside"))
     assert verified.code == 0, verified.err
 
     # The keys: 0600 root's in a 0700 folder on the host, and nowhere else (record, inspect, docker info, logs).
-    root = _docker(store, name, "info --format '{{.DockerRootDir}}'").strip()
-    listing = machines(store, "ssh", name, "--", f"stat -c '%a %U %n' {root}/signing {root}/signing/*").stdout
+    root = _docker(machines_store, name, "info --format '{{.DockerRootDir}}'").strip()
+    listing = machines(machines_store, "ssh", name, "--", f"stat -c '%a %U %n' {root}/signing {root}/signing/*").stdout
     folder_line, *key_lines = listing.strip().splitlines()
     assert folder_line == f"700 root {root}/signing"
     assert sorted(line.rsplit("/", 1)[1] for line in key_lines if line.startswith("600 root ")) == sorted(
         [f"{signer.fingerprint}.asc", f"{signer.fingerprint}.pass",
          next(line.rsplit("/", 1)[1] for line in key_lines if line.endswith(".key"))])
     assert len(key_lines) == 3
-    seen = [machines(store, "inspect", name).stdout, _docker(store, name, "info"),
-            machines(store, "logs", name, check=False).stdout,
-            machines(store, "ssh", name, "--", "cat", f"{root}/signing.json").stdout]
-    host_files = Path(store) / "machines" / name / "host"  # the local driver keeps the host's filesystem here
-    seen += [path.read_text(errors="replace") for path in Path(store).rglob("*")
+    seen = [machines(machines_store, "inspect", name).stdout, _docker(machines_store, name, "info"),
+            machines(machines_store, "logs", name, check=False).stdout,
+            machines(machines_store, "ssh", name, "--", "cat", f"{root}/signing.json").stdout]
+    host_files = Path(machines_store) / "machines" / name / "host"  # the local driver keeps the host's filesystem here
+    seen += [path.read_text(errors="replace") for path in Path(machines_store).rglob("*")
              if path.is_file() and host_files not in path.parents]
     exported = subprocess.run(["gpg", "--batch", "--armor", "--export-secret-keys", signer.fingerprint],
                               env=signer.env, check=True, capture_output=True, text=True).stdout
@@ -103,23 +102,23 @@ def test_docker_push_signs_in_scope_and_set_removes_the_policies(store, registry
     assert gpg_lines
     for line in [*_secret_lines(private), *gpg_lines, PASSPHRASE]:
         assert not any(line in text for text in seen)
-    assert "sign-by-sigstore-private-key" in machines(store, "inspect", name).stdout  # the policy is shown, keyless
+    assert "sign-by-sigstore-private-key" in machines(machines_store, "inspect", name).stdout  # the policy is shown, keyless
 
     # A key gone from the host stops the push before anything is sent; set installs it again.
-    machines(store, "ssh", name, "--", f"rm {root}/signing/*.key")  # the sigstore key only
+    machines(machines_store, "ssh", name, "--", f"rm {root}/signing/*.key")  # the sigstore key only
     again = f"{registry.host}/team/app:v3"
-    _docker(store, name, f"tag {base} {again}")
-    failed = with_env(store, name, f"{DOCKER} push {again}")
+    _docker(machines_store, name, f"tag {base} {again}")
+    failed = with_env(machines_store, name, f"{DOCKER} push {again}")
     assert failed.returncode == 1
     assert re.fullmatch(rf"Error response from daemon: {registry.host}/team/app: nothing was pushed: creating signature: signing key "
                         r"[0-9a-f]{16}\.key: No such file or directory; install it again with machines set "
                         r"--engine-signing-policy", failed.stderr.decode().strip()), failed.stderr.decode()
-    planned = machines(store, "set", "--dry-run", "--engine-signing-policy", str(signing_policy),
+    planned = machines(machines_store, "set", "--dry-run", "--engine-signing-policy", str(signing_policy),
                        "--engine-signing-passphrase-file", str(secret), name)
     assert planned.stdout.strip() == "signing keys: installed again"
-    machines(store, "set", "--engine-signing-policy", str(signing_policy), "--engine-signing-passphrase-file",
+    machines(machines_store, "set", "--engine-signing-policy", str(signing_policy), "--engine-signing-passphrase-file",
              str(secret), name)
-    assert "Signature stored as tag" in _docker(store, name, f"push {again}")
+    assert "Signature stored as tag" in _docker(machines_store, name, f"push {again}")
     assert _verify(again, public)[0] == 0
 
     # A pull policy on the same machine accepts the signed push and refuses the unsigned one ...
@@ -127,41 +126,41 @@ def test_docker_push_signs_in_scope_and_set_removes_the_policies(store, registry
     trust_policy.write_text(json.dumps({
         "default": [{"type": "insecureAcceptAnything"}],
         "transports": {"docker": {registry.host: [{"type": "sigstoreSigned", "keyPath": "../cosign.pub"}]}}}))
-    machines(store, "set", "--engine-trust-policy", str(trust_policy), name)
-    _docker(store, name, f"rmi {signed} {other} {base} {again}")
-    _docker(store, name, f"pull {signed}")
-    refused = with_env(store, name, f"{DOCKER} pull {other}")
+    machines(machines_store, "set", "--engine-trust-policy", str(trust_policy), name)
+    _docker(machines_store, name, f"rmi {signed} {other} {base} {again}")
+    _docker(machines_store, name, f"pull {signed}")
+    refused = with_env(machines_store, name, f"{DOCKER} pull {other}")
     assert refused.returncode == 1
     assert refused.stderr.decode().strip() == (f"Error response from daemon: {other}: Source image rejected: "
                                                "A signature was required, but no signature exists")
 
     # ... until set removes it; removing the signing policy stops the signing and deletes the key.
-    planned = machines(store, "set", "--dry-run", "--engine-trust-policy", "", "--engine-signing-policy", "", name)
+    planned = machines(machines_store, "set", "--dry-run", "--engine-trust-policy", "", "--engine-signing-policy", "", name)
     assert {"trust policy: removed", "signing policy: removed"} <= set(planned.stdout.splitlines())
-    machines(store, "set", "--engine-trust-policy", "", "--engine-signing-policy", "", name)
-    _docker(store, name, f"pull {other}")
+    machines(machines_store, "set", "--engine-trust-policy", "", "--engine-signing-policy", "", name)
+    _docker(machines_store, name, f"pull {other}")
     later = f"{registry.host}/team/later:v1"  # in the old scope; another repository holds no signature yet
-    _docker(store, name, f"tag {other} {later}")
-    assert "Signing" not in _docker(store, name, f"push {later}")
+    _docker(machines_store, name, f"tag {other} {later}")
+    assert "Signing" not in _docker(machines_store, name, f"push {later}")
     assert _verify(later, public)[0] == 1
-    gone = machines(store, "ssh", name, "--", f"ls {root}/signing {root}/signing.json", check=False)
+    gone = machines(machines_store, "ssh", name, "--", f"ls {root}/signing {root}/signing.json", check=False)
     assert gone.returncode != 0 and "No such file" in gone.stderr + gone.stdout
-    record = json.loads(machines(store, "inspect", name).stdout)
+    record = json.loads(machines(machines_store, "inspect", name).stdout)
     assert "trust_policy" not in record["host_options"] and "signing_policy" not in record["host_options"]
 
 
-def test_bad_passphrase_or_key_is_one_line_and_changes_nothing(store, keypair, tmp_path):  # noqa: F811
+def test_bad_passphrase_or_key_is_one_line_and_changes_nothing(machines_store, keypair, tmp_path):
     private, public, _ = keypair
     policy = tmp_path / "signing.json"
     policy.write_text(json.dumps({"default-docker": {"sign-by-sigstore-private-key": str(private)}}))
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not it\n")
-    result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy),
+    result = run_machines("--storage-path", str(machines_store), "create", "--engine-signing-policy", str(policy),
                           "--engine-signing-passphrase-file", str(wrong), "sp-bad")
     assert (result.code, result.err.strip()) == (2, f"Error: --engine-signing-policy: {private}: decrypt: encrypted: "
                                                     "decryption failed (wrong passphrase?)")
     policy.write_text(json.dumps({"default-docker": {"sign-by-sigstore-private-key": str(public)}}))
-    result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy),
+    result = run_machines("--storage-path", str(machines_store), "create", "--engine-signing-policy", str(policy),
                           "--engine-signing-passphrase-file", str(wrong), "sp-bad")
     assert (result.code, result.err.strip()) == (2, f"Error: --engine-signing-policy: {public}: not an encrypted "
                                                     "sigstore private key (expected a ENCRYPTED SIGSTORE PRIVATE KEY "
@@ -170,7 +169,7 @@ def test_bad_passphrase_or_key_is_one_line_and_changes_nothing(store, keypair, t
                                                              "lookaside-staging": "file:///srv/signatures"}}}))
     empty_keyring = tempfile.mkdtemp(prefix="/tmp/mgpg")
     try:
-        result = run_machines("--storage-path", str(store), "create", "--engine-signing-policy", str(policy),
+        result = run_machines("--storage-path", str(machines_store), "create", "--engine-signing-policy", str(policy),
                               "--engine-signing-passphrase-file", str(wrong), "sp-bad",
                               env={"GNUPGHOME": empty_keyring})
     finally:
@@ -178,4 +177,4 @@ def test_bad_passphrase_or_key_is_one_line_and_changes_nothing(store, keypair, t
         shutil.rmtree(empty_keyring, ignore_errors=True)
     assert (result.code, result.err.strip()) == (2, "Error: --engine-signing-policy: no GPG secret key "
                                                     "'nobody@example.com' in your keyring")
-    assert not (Path(store) / "machines" / "sp-bad").exists()
+    assert not (Path(machines_store) / "machines" / "sp-bad").exists()
