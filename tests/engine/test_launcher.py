@@ -1,0 +1,62 @@
+"""Container monitors come from the launcher, a small process of their own, not from forks of the daemon: what a
+container holds, who its monitor's parent is, and that a killed launcher loses nothing and is replaced."""
+from __future__ import annotations
+
+import os
+import signal
+
+from machines.runtime.engine import Engine
+from machines.runtime.linux import syscalls
+from tests.engine.conftest import Runner, output, read_session, wait_for
+
+
+def _stat(pid: int) -> tuple[str, int, str]:
+    """(comm, parent pid, state) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    return comm, int(fields[1]), fields[0]
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def test_container_init_holds_only_its_stdio(engine: Engine, run: Runner) -> None:
+    """Nothing of the launcher, the monitor or the daemon (sockets, report and go pipes) reaches the container."""
+    for tty in (False, True):
+        cid = run(["sleep", "30"], Tty=tty)
+        eid = engine.exec_create(cid, {"Cmd": ["ls", "/proc/1/fd"]})
+        assert read_session(engine.exec_start(eid)).split() == [b"0", b"1", b"2"]
+        engine.remove(cid, force=True)
+
+
+def test_a_killed_launcher_loses_no_container_and_is_replaced(engine: Engine, run: Runner) -> None:
+    # The killed launcher's monitors are re-parented here rather than to PID 1, so the test can reap them.
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    shim = 0
+    ticker = ""
+    try:
+        ticker = run(["sh", "-c", "while true; do echo tick; sleep 0.05; done"])
+        shim = _stat(engine.inspect_container(ticker)["State"]["Pid"])[1]
+        shim_comm, launcher, _ = _stat(shim)
+        assert shim_comm == "shim-" + ticker[:10]
+        assert _stat(launcher)[0] == "machines-launch" and _cmdline(launcher) == "machines-launcher"
+        assert _stat(launcher)[1] == os.getpid()  # the daemon's child, itself no fork of the daemon
+
+        os.kill(launcher, signal.SIGKILL)
+        wait_for(lambda: _stat(shim)[1] != launcher, what="the monitor to outlive its launcher")
+        logged = output(engine, ticker).count("tick")
+        wait_for(lambda: output(engine, ticker).count("tick") > logged, what="the monitor to keep logging")
+
+        later = run(["sh", "-c", "exit 4"])  # the next start brings up a new launcher
+        assert engine.wait(later)["StatusCode"] == 4
+        engine.stop(ticker, timeout=0)
+        assert engine.inspect_container(ticker)["State"]["ExitCode"] == 137
+    finally:
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
+        if shim and _stat(shim)[1] == os.getpid():
+            engine.remove(ticker, force=True)
+            os.waitpid(shim, 0)
