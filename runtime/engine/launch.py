@@ -18,6 +18,8 @@ from machines.runtime.engine.launcher import BOOT, HEADER, PID, package_root
 from machines.runtime.engine.shim import recv_exact
 from machines.runtime.errors import EngineError, HostError, InvalidParameter
 
+LAUNCH_TIMEOUT = 60.0  # seconds a launcher may take to fork: one that hangs (stopped, stuck) is killed and replaced
+
 
 class LaunchReport:
     """The daemon's end of one report pipe: the first ``pid:`` and ``err:`` seen, and whether ``ns:`` came."""
@@ -58,7 +60,7 @@ class LaunchReport:
 
 
 class Launcher:
-    """The daemon's end: starts the launcher on first use (again if it died) and hands it one start at a time."""
+    """The daemon's end: starts the launcher (again if it died or hung) and hands it one start at a time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -102,23 +104,27 @@ class Launcher:
                     self._close()
                     if attempt:
                         raise
+            sock.settimeout(LAUNCH_TIMEOUT)
             try:
                 reply = recv_exact(sock, PID.size)
-            except OSError:
+            except OSError:  # a timeout included
                 reply = None
             if reply is None:
-                self._close()
-                raise ConnectionResetError("the launcher exited during the start")
+                self._close(kill=True)
+                raise ConnectionResetError("the launcher did not answer")
+            sock.settimeout(None)
         pid = PID.unpack(reply)[0]
         if pid < 0:
             raise OSError(-pid, f"cannot fork the container's monitor: {os.strerror(-pid)}")
         return pid
 
-    def _close(self) -> None:
+    def _close(self, kill: bool = False) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         if self._process is not None:
+            if kill:
+                self._process.kill()
             try:
                 self._process.wait(10)  # it exits at end of file on its socket
             except subprocess.TimeoutExpired:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import signal
 
-from machines.runtime.engine import Engine
+import pytest
+
+from machines.runtime.engine import Engine, launch
+from machines.runtime.errors import HostError
 from machines.runtime.linux import syscalls
 from tests.engine.conftest import Runner, output, read_session, wait_for
 
@@ -60,3 +63,32 @@ def test_a_killed_launcher_loses_no_container_and_is_replaced(engine: Engine, ru
         if shim and _stat(shim)[1] == os.getpid():
             engine.remove(ticker, force=True)
             os.waitpid(shim, 0)
+
+
+def _launchers() -> list[int]:
+    """This process's launchers (the engine under test runs in it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm, parent, state = _stat(int(entry))
+            except OSError:
+                continue
+            if comm == "machines-launch" and parent == os.getpid() and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+def test_a_hung_launcher_fails_one_start_and_is_replaced(engine: Engine, run: Runner,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "LAUNCH_TIMEOUT", 1.0)
+    engine.wait(run(["true"]))  # a launcher is up
+    [hung] = _launchers()
+    os.kill(hung, signal.SIGSTOP)
+    stuck = run(["true"], start=False)
+    with pytest.raises(HostError, match="cannot start the container's monitor: the launcher did not answer"):
+        engine.start(stuck)
+    assert engine.inspect_container(stuck)["State"]["Status"] == "created"
+    assert not os.path.exists(f"/proc/{hung}")  # killed and reaped
+    assert engine.wait(run(["sh", "-c", "exit 6"]))["StatusCode"] == 6
+    assert len(_launchers()) == 1
