@@ -4,17 +4,21 @@ The exports load on first use, so the launcher (``launcher.py``) can import the 
 """
 from __future__ import annotations
 
+import importlib
+
+TYPE_CHECKING = False  # typing's flag without importing typing, which the launcher does not need
+if TYPE_CHECKING:
+    from machines.runtime.engine.engine import Engine
+    from machines.runtime.engine.sessions import Session
+    from machines.runtime.engine.volumes import VolumeStore
+
 __all__ = ["Engine", "Session", "VolumeStore"]
 
 
+_MODULES = {"Engine": "engine", "Session": "sessions", "VolumeStore": "volumes"}
+
+
 def __getattr__(name: str) -> object:
-    if name == "Engine":
-        from machines.runtime.engine.engine import Engine
-        return Engine
-    if name == "Session":
-        from machines.runtime.engine.sessions import Session
-        return Session
-    if name == "VolumeStore":
-        from machines.runtime.engine.volumes import VolumeStore
-        return VolumeStore
-    raise AttributeError(f"module 'machines.runtime.engine' has no attribute {name!r}")
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)

@@ -75,7 +75,7 @@ def serve(fd: int) -> None:
         try:
             pid = os.fork()
         except OSError as e:
-            pid = -e.errno
+            pid = -(e.errno or 1)
         if pid == 0:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the monitor waits for its container

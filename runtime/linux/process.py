@@ -12,11 +12,14 @@ import resource
 import signal
 import socket
 import stat
-from typing import NoReturn
 
 from machines.runtime.linux import safepath, seccomp
 from machines.runtime.linux import syscalls as sc
 from machines.runtime.linux.cgroups import controls_devices, open_cgroup
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the launcher, and every monitor, would carry it
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
