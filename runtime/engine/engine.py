@@ -107,10 +107,9 @@ class Engine:
         self._lock = self.table.lock
         self._cond = self.table.cond
         self._containers = self.table.by_id
-        self._fork_lock = threading.Lock()
-        self.launcher = Launcher()  # forks the container monitors; started now, its imports overlap ours
-        self.launcher.start()
-        self.execs = ExecManager(self.table, self._fork_lock, self._spec)
+        self.launcher = Launcher()  # forks the container monitors and exec helpers; started now, so that its
+        self.launcher.start()       # imports overlap ours
+        self.execs = ExecManager(self.table, self.launcher, self._spec)
         self.health = health.HealthChecker(self.table, self.execs)
         self.monitor = Monitor(self.table, self.execs, self.health, start=self._start,
                                release_network=self._release_network,
@@ -510,7 +509,7 @@ class Engine:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
             pass
-        launch = Launch(spec, netns_fd, self.launcher, self._fork_lock)
+        launch = Launch(spec, netns_fd, self.launcher)
         if netns_fd is not None:
             os.close(netns_fd)
         monitor = None

@@ -87,16 +87,17 @@ class Launcher:
             if self._sock is None:
                 self._spawn()
 
-    def launch(self, spec: dict, fds: list[int]) -> int:
-        """Has the launcher fork a monitor for ``spec`` holding ``fds``; returns the monitor's pid. A launcher that
-        died is replaced once."""
-        data = json.dumps(spec).encode()
+    def run(self, what: str, spec: dict, fds: dict[str, int], target: int = 0) -> int:
+        """Has the launcher fork a child that runs ``what`` (``shim``: a container's monitor; ``exec``: an exec
+        helper joining the container whose PID 1 is ``target``) with ``spec`` and the descriptors ``fds`` (by name);
+        returns the child's pid. A launcher that died is replaced once."""
+        data = json.dumps({"run": what, "spec": spec, "target": target, "fds": list(fds)}).encode()
         message = HEADER.pack(len(data)) + data
         with self._lock:
             for attempt in range(2):
                 sock = self._sock or self._spawn()
                 try:
-                    sent = socket.send_fds(sock, [message], fds)
+                    sent = socket.send_fds(sock, [message], list(fds.values()))
                     if sent < len(message):
                         sock.sendall(message[sent:])
                     break
@@ -141,16 +142,16 @@ class Launcher:
 class Launch:
     """Daemon side of one container start: has the launcher fork the shim and follows the child's report pipe."""
 
-    def __init__(self, spec: dict, netns_fd: int | None, launcher: Launcher, fork_lock: threading.Lock) -> None:
+    def __init__(self, spec: dict, netns_fd: int | None, launcher: Launcher) -> None:
         report_r, report_w = os.pipe()
         go_r, self.go_fd = os.pipe()
         try:
-            with fork_lock:  # no exec forked from the daemon meanwhile may hold the child's ends of the pipes
-                try:
-                    self.shim_pid = launcher.launch(spec, [report_w, go_r] + ([] if netns_fd is None else [netns_fd]))
-                finally:
-                    os.close(report_w)
-                    os.close(go_r)
+            try:
+                self.shim_pid = launcher.run("shim", spec, {"report": report_w, "go": go_r} | (
+                    {} if netns_fd is None else {"netns": netns_fd}))
+            finally:
+                os.close(report_w)
+                os.close(go_r)
         except OSError as e:
             os.close(report_r)
             os.close(self.go_fd)

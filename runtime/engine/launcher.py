@@ -1,12 +1,14 @@
-"""The launcher (a "zygote"): a small Python process the daemon starts once, which forks every container's monitor.
+"""The launcher (a "zygote"): a small Python process the daemon starts once, which forks every container's monitor
+and every exec's helper.
 
 A monitor forked from the daemon carried the daemon's whole heap (26 MiB of RSS each) and its fork was the
 slowest step of a start. This process imports only what a monitor and a container's set-up need (no API, images
-or network code), so what it forks is a third of that and quick to copy. The daemon sends each start's spec as JSON,
-with the report and go pipes and the network namespace to join (``SCM_RIGHTS``), over a unix socket; the launcher
-forks, answers the new monitor's pid, and the child runs ``shim_main``. The launcher ignores SIGCHLD, so the kernel
-reaps the monitors it forked; it exits when the daemon's end of the socket closes (stopped or killed), and the
-monitors live on in their own sessions, as before.
+or network code), so what it forks is a third of that and quick to copy. The daemon sends each request as JSON (what
+to run, the spec, the names of the descriptors) with its pipes and sockets (``SCM_RIGHTS``) over a unix socket; the
+launcher forks, answers the child's pid, and the child runs ``shim_main`` (a container start) or ``enter_child`` (an
+exec, which writes its command's exit code to a pipe, as the daemon cannot wait for it). The launcher ignores
+SIGCHLD, so the kernel reaps what it forked; it exits when the daemon's end of the socket closes (stopped or
+killed), and the monitors live on in their own sessions, as before.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ import struct
 from machines.runtime.engine.shim import recv_exact, shim_main
 from machines.runtime.linux import cgroups
 from machines.runtime.linux import syscalls as sc
+from machines.runtime.linux.process import enter_child
 
 HEADER = struct.Struct(">I")
 PID = struct.Struct(">i")
-MAX_FDS = 3  # report pipe, go pipe, network namespace
+MAX_FDS = 6  # an exec's stdin, stdout, stderr, report and status pipes and console socket
 # Run with -I -S: no site-packages, no PYTHON* variables, nothing the daemon's own path did not choose. The code is
 # long enough on purpose: a monitor's title ("machines-shim <64 hex>") is written over this command line.
 BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -38,7 +41,7 @@ def package_root() -> str:
 
 
 def _receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
-    """One start: the spec and the descriptors that came with its first bytes; None at end of file."""
+    """One request and the descriptors that came with its first bytes; None at end of file."""
     data, fds, _, _ = socket.recv_fds(sock, 65536, MAX_FDS)
     for fd in fds:  # close-on-exec, as they were in the daemon: the report pipe's end of file tells it of the exec
         os.set_inheritable(fd, False)
@@ -56,6 +59,17 @@ def _receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
     return json.loads(data[HEADER.size:] + rest), fds
 
 
+def _run(request: dict, fds: dict[str, int]) -> None:
+    """The forked child's work: a container's monitor, or an exec's helper."""
+    spec = request["spec"]
+    if request["run"] == "shim":
+        shim_main(spec, fds["report"], fds["go"], fds.get("netns"))
+        return
+    console = socket.socket(fileno=fds["console"]) if "console" in fds else None
+    stdio = (fds["stdin"], fds["stdout"], fds["stderr"]) if "stdin" in fds else None
+    enter_child(request["target"], spec, stdio, fds["report"], fds["status"], console)
+
+
 def serve(fd: int) -> None:
     """The launcher's loop: one fork per start, until the daemon's end closes."""
     sock = socket.socket(fileno=fd)
@@ -69,9 +83,7 @@ def serve(fd: int) -> None:
             received = None
         if received is None:
             return
-        spec, fds = received
-        report_fd, go_fd, *rest = fds
-        netns_fd = rest[0] if rest else None
+        request, fds = received
         try:
             pid = os.fork()
         except OSError as e:
@@ -80,7 +92,7 @@ def serve(fd: int) -> None:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the monitor waits for its container
                 sock.close()
-                shim_main(spec, report_fd, go_fd, netns_fd)
+                _run(request, dict(zip(request["fds"], fds)))
             finally:
                 os._exit(0)
         for received_fd in fds:

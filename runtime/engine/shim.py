@@ -39,7 +39,7 @@ def write_json(path: str, data: dict) -> None:
 
 
 def close_fds(keep: list[int]) -> None:
-    """A forked shim must not hold the daemon's other pipes and sockets open (they would never see EOF)."""
+    """A forked shim holds only its own descriptors: no other start's pipes (they would never see EOF)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:

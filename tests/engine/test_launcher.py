@@ -27,12 +27,16 @@ def _cmdline(pid: int) -> str:
         return f.read().replace(b"\0", b" ").decode().strip()
 
 
-def test_container_init_holds_only_its_stdio(engine: Engine, run: Runner) -> None:
-    """Nothing of the launcher, the monitor or the daemon (sockets, report and go pipes) reaches the container."""
+def test_container_init_and_execs_hold_only_their_stdio(engine: Engine, run: Runner) -> None:
+    """Nothing of the launcher, the monitor, the exec helper or the daemon (sockets, report, go and status pipes)
+    reaches a container's processes."""
     for tty in (False, True):
         cid = run(["sleep", "30"], Tty=tty)
-        eid = engine.exec_create(cid, {"Cmd": ["ls", "/proc/1/fd"]})
-        assert read_session(engine.exec_start(eid)).split() == [b"0", b"1", b"2"]
+        listing = engine.exec_create(cid, {"Cmd": ["sh", "-c", "ls /proc/1/fd; echo -; ls /proc/$$/fd; true"],
+                                           "Tty": tty})
+        init, _, shell = read_session(engine.exec_start(listing, tty=tty)).partition(b"-")
+        assert init.split() == [b"0", b"1", b"2"]
+        assert shell.split() == [b"0", b"1", b"2"]
         engine.remove(cid, force=True)
 
 
