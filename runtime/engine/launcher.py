@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 
 from machines.runtime.engine.shim import recv_exact, shim_main
 from machines.runtime.linux import cgroups
@@ -33,11 +34,9 @@ BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
 
 
 def package_root() -> str:
-    """The ``sys.path`` entry holding the ``machines`` package this code runs from (a folder or the zipapp)."""
-    here = os.path.abspath(__file__)
-    for _ in range(4):  # machines/runtime/engine/launcher.py
-        here = os.path.dirname(here)
-    return here
+    """The ``sys.path`` entry holding the ``machines`` package this code runs from (a folder or the zipapp), found
+    from the top package rather than this file: an editable install may map the subpackages elsewhere."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["machines"].__file__ or "")))
 
 
 def _receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
