@@ -13,6 +13,9 @@ packages=(
   docker.io
   # image signing interoperability (tests/trust): GPG simple signing both ways with skopeo
   skopeo gnupg
+  # image scanning (tests/scan): rpm, Berkeley DB's db_load and its Python binding make and change real rpm
+  # databases; Go reads build info as well
+  rpm db5.3-util python3-bsddb3 golang-go
   # the virtualbox driver's tests: Vagrant with the libvirt provider under QEMU, and a Debian test box
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables
   qemu-system-x86 qemu-utils debootstrap
