@@ -10,16 +10,7 @@ import pytest
 from machines.runtime.engine import Engine, launch
 from machines.runtime.errors import HostError
 from machines.runtime.linux import syscalls
-from tests.engine.conftest import Runner, output, read_session, wait_for
-
-
-def _stat(pid: int) -> tuple[str, int, str]:
-    """(comm, parent pid, state) from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    fields = text[text.rindex(")") + 2:].split()
-    return comm, int(fields[1]), fields[0]
+from tests.engine.conftest import Runner, launchers_of, output, proc_stat, read_session, wait_for
 
 
 def _cmdline(pid: int) -> str:
@@ -47,14 +38,14 @@ def test_a_killed_launcher_loses_no_container_and_is_replaced(engine: Engine, ru
     ticker = ""
     try:
         ticker = run(["sh", "-c", "while true; do echo tick; sleep 0.05; done"])
-        shim = _stat(engine.inspect_container(ticker)["State"]["Pid"])[1]
-        shim_comm, launcher, _ = _stat(shim)
+        shim = proc_stat(engine.inspect_container(ticker)["State"]["Pid"])[1]
+        shim_comm, launcher, _ = proc_stat(shim)
         assert shim_comm == "shim-" + ticker[:10]
-        assert _stat(launcher)[0] == "machines-launch" and _cmdline(launcher) == "machines-launcher"
-        assert _stat(launcher)[1] == os.getpid()  # the daemon's child, itself no fork of the daemon
+        assert proc_stat(launcher)[0] == "machines-launch" and _cmdline(launcher) == "machines-launcher"
+        assert proc_stat(launcher)[1] == os.getpid()  # the daemon's child, itself no fork of the daemon
 
         os.kill(launcher, signal.SIGKILL)
-        wait_for(lambda: _stat(shim)[1] != launcher, what="the monitor to outlive its launcher")
+        wait_for(lambda: proc_stat(shim)[1] != launcher, what="the monitor to outlive its launcher")
         logged = output(engine, ticker).count("tick")
         wait_for(lambda: output(engine, ticker).count("tick") > logged, what="the monitor to keep logging")
 
@@ -64,30 +55,16 @@ def test_a_killed_launcher_loses_no_container_and_is_replaced(engine: Engine, ru
         assert engine.inspect_container(ticker)["State"]["ExitCode"] == 137
     finally:
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
-        if shim and _stat(shim)[1] == os.getpid():
+        if shim and proc_stat(shim)[1] == os.getpid():
             engine.remove(ticker, force=True)
             os.waitpid(shim, 0)
-
-
-def _launchers() -> list[int]:
-    """This process's launchers (the engine under test runs in it)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                comm, parent, state = _stat(int(entry))
-            except OSError:
-                continue
-            if comm == "machines-launch" and parent == os.getpid() and state != "Z":
-                found.append(int(entry))
-    return found
 
 
 def test_a_hung_launcher_fails_one_start_and_is_replaced(engine: Engine, run: Runner,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launch, "LAUNCH_TIMEOUT", 1.0)
     engine.wait(run(["true"]))  # a launcher is up
-    [hung] = _launchers()
+    [hung] = launchers_of(os.getpid())
     os.kill(hung, signal.SIGSTOP)
     stuck = run(["true"], start=False)
     with pytest.raises(HostError, match="cannot start the container's monitor: the launcher did not answer"):
@@ -95,4 +72,4 @@ def test_a_hung_launcher_fails_one_start_and_is_replaced(engine: Engine, run: Ru
     assert engine.inspect_container(stuck)["State"]["Status"] == "created"
     assert not os.path.exists(f"/proc/{hung}")  # killed and reaped
     assert engine.wait(run(["sh", "-c", "exit 6"]))["StatusCode"] == 6
-    assert len(_launchers()) == 1
+    assert len(launchers_of(os.getpid())) == 1
