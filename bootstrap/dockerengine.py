@@ -143,6 +143,7 @@ class DockerEngineRun(provisioning.ProvisioningRun):
     control_path = CONTROL_PATH
     engine_title = "Docker Engine"
     checks_revocations = False  # so machines share/revoke refuse Docker Engine machines (machines.share)
+    reports_ready = False  # dockerd reports readiness to systemd only (sd_notify): its supervisor polls the API
 
     def __init__(self, machine: Machine, progress: Progress | None = None, *, new_server_cert: bool = False,
                  upgrade: bool = False) -> None:

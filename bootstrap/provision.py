@@ -36,7 +36,7 @@ from typing import Any
 from machines.bootstrap import bundle as bundles
 from machines.bootstrap import certs as certificates
 from machines.bootstrap import service, sharing
-from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.errors import MachinesError, MachineTimeoutError, ProvisionError, SSHError, StateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
@@ -176,6 +176,7 @@ class ProvisioningRun:
     control_path = service.CONTROL_PATH
     engine_title = "the runtime"
     checks_revocations = True  # the daemon takes --tlscrl (machines revoke); dockerd has no such option
+    reports_ready = True  # the daemon writes "READY=1" on the descriptor its supervisor hands it; dockerd does not
 
     def __init__(
         self,
@@ -202,13 +203,15 @@ class ProvisioningRun:
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
+        self.died_starting = False  # the daemon started by ``start`` closed its readiness pipe without "READY=1"
         self.ip = ""
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _run(self, command: str, phase: str, *, input: bytes | str | None = None, check: bool = True) -> Result:  # noqa: A002
+    def _run(self, command: str, phase: str, *, input: bytes | str | None = None, check: bool = True,  # noqa: A002
+             timeout: float | None = None) -> Result:
         assert self.conn is not None
         try:
-            result = self.conn.run(command, sudo=True, check=False, input=input)
+            result = self.conn.run(command, sudo=True, check=False, input=input, timeout=timeout)
         except SSHError as error:
             raise ProvisionError(f"{self.machine.name}: {phase} failed: {error}") from None
         if check and not result.ok:
@@ -425,16 +428,27 @@ class ProvisioningRun:
         if not self.changed and self.facts.values.get("running"):
             self.progress.detail(f"{self.engine_title} already running with this configuration")
             return
-        self._run(f"{self.control_path} restart", "start")
+        if not self.reports_ready:
+            self._run(f"{self.control_path} restart", "start")
+            return
+        # Returns once the new daemon serves (its "READY=1") or has died; at once under systemd (no output).
+        try:
+            result = self._run(f"{self.control_path} restart --ready", "start", timeout=API_TIMEOUT)
+        except MachineTimeoutError:
+            return  # neither ready nor dead yet: ``wait`` polls, and names the cause if it never answers
+        supervised = not self.facts.values.get("systemd")
+        self.died_starting = supervised and "READY=1" not in result.stdout
 
     def wait(self) -> dict[str, Any]:
-        """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh).
+        """Ask the API for /version (over mutual TLS, or through SSH for --api ssh) until it answers.
 
-        From the second second on, the daemon's log since this start is checked too, so a daemon that exits at
-        once (bad flags, a port taken, a broken runtime) fails the wait with its own message instead of a timeout.
+        A daemon that reported readiness answers the first request. Otherwise (systemd, Docker Engine) this polls,
+        and from the second second on the daemon's log since this start is checked too (at once when the daemon
+        died before it was ready), so a daemon that exits at once (bad flags, a port taken, a broken runtime) fails
+        the wait with its own message instead of a timeout.
         """
         started = time.monotonic()
-        next_log_check = started + 1.0
+        next_log_check = started + (0.0 if self.died_starting else 1.0)
         last_error = "no answer"
         while time.monotonic() < started + API_TIMEOUT:
             try:
