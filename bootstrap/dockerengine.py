@@ -208,9 +208,9 @@ class DockerEngineRun(provisioning.ProvisioningRun):
         ]
         if self.facts.values.get("systemd"):
             files.append((DROP_IN_PATH, systemd_drop_in(), 0o644, True))
-        self._run(f"mkdir -p {service.LIB_DIR} {service.ETC_DIR} {shlex.quote(self.data_root)} "
-                  f"{shlex.quote(DROP_IN_PATH.rsplit('/', 1)[0]) if self.facts.values.get('systemd') else ''} && "
-                  f"chmod 700 {service.ETC_DIR}", "service")  # fmt: skip
+        self._stage(f"mkdir -p {service.LIB_DIR} {service.ETC_DIR} {shlex.quote(self.data_root)} "
+                    f"{shlex.quote(DROP_IN_PATH.rsplit('/', 1)[0]) if self.facts.values.get('systemd') else ''} && "
+                    f"chmod 700 {service.ETC_DIR}", "service")  # fmt: skip
         self.install_files(files)
 
     @staticmethod
