@@ -128,6 +128,7 @@ if d=$(command -v docker 2>/dev/null) && [ -f "$d" ]; then
   fi
 fi
 echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
+echo "runtimes=$(cd {service.LIB_DIR} 2>/dev/null && ls -d runtime-*.pyz 2>/dev/null | tr '\n' ' ')"
 sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
@@ -586,6 +587,9 @@ class ProvisioningRun:
 
     def cleanup(self) -> None:
         """Remove runtime versions no daemon uses any more (only after the new one answers)."""
+        assert self.facts is not None
+        if not set(self.facts.values.get("runtimes", "").split()) - {self._runtime_name()}:
+            return  # nothing else was there: no round trip
         self._run(
             f"find {service.LIB_DIR} -maxdepth 1 -name 'runtime-*.pyz' ! -name {self._runtime_name()} -delete",
             "cleanup",

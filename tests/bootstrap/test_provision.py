@@ -293,6 +293,8 @@ def test_upgrade_keeps_a_running_container_running(
 
     assert daemon_pid(test_host) != daemon_before
     assert store.get(machine.name).runtime["sha256"] == newer.sha256
+    kept = test_host.run("cd /usr/local/lib/machines && ls runtime-*.pyz").stdout.split()
+    assert kept == [f"runtime-{newer.sha256[:16]}.pyz"]  # the previous build is removed once the new one answers
     state = run("inspect", "-f", "{{.State.Running}} {{.State.Pid}}", "keeper")
     assert state.stdout.split() == ["true", container_pid], state.stderr
 
