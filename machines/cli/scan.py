@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
         db: Annotated[Path | None, typer.Option("--db", metavar="DIR", help="OSV records to match against "
                                                 "\\[default: STORAGE/osv].")] = None,
         db_update: Annotated[bool, typer.Option("--db-update", help="Download osv.dev's data for the ecosystems "
-                                                "found into the --db folder first (needs internet).")] = False,
+                                                "found into the --db folder first (needs internet; MACHINES_OSV_URL "
+                                                "names a mirror).")] = False,
         output_format: Annotated[Format, typer.Option("--format", help="Report format.")] = Format.table,
         sbom: Annotated[Sbom | None, typer.Option("--sbom", help="Write an SBOM of the packages instead of a "
                                                   "vulnerability report (or to --sbom-file as well).")] = None,
@@ -59,6 +60,8 @@ def register(app: typer.Typer) -> None:
 
         target = machines().get(machine) if machine else None
         found = inventory(image, target)
+        for problem in found.problems:
+            sys.stderr.write(f"Warning: {problem}\n")
         if sbom is not None:
             text = report.cyclonedx(image, found) if sbom is Sbom.cyclonedx else report.spdx(image, found)
             if sbom_file is None:

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from machines.runtime.daemonconfig import DaemonOptions
@@ -893,7 +893,6 @@ class Engine:
             archive.unmount_quietly(c.file("rootfs"))
             trash = os.path.join(self._trash, c.id)
             os.rename(c.dir, trash)
-            self._discard(c.id, trash)
             if volumes:
                 for m in c.data.get("Mounts") or []:
                     if m.get("_anonymous"):
@@ -903,6 +902,7 @@ class Engine:
                             pass
             with self._lock:
                 self._cond.notify_all()
+            self._discard(c.id, trash)  # after the waiters' wake-up: `docker run --rm` need not wait for it
         self._emit(c, "destroy")
 
     def _discard(self, cid: str, trash: str) -> None:
@@ -945,22 +945,32 @@ class Engine:
     # --- wait, inspect, list -----------------------------------------------------------------------------------
 
     def wait(self, ref: str, condition: str = "not-running") -> dict:
+        return self.waiter(ref, condition)()
+
+    def waiter(self, ref: str, condition: str = "not-running") -> Callable[[], dict]:
+        """What ``wait`` waits for, fixed now: the exit after this call for ``next-exit`` (moby registers the
+        waiter before it answers the headers, so a start the client sends after them cannot be missed); the
+        returned function blocks until then and gives Docker's wait response."""
         c = self._get(ref)
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
             raise InvalidParameter(f"invalid condition: {condition!r}")
         with self._lock:
-            if condition == "removed":
-                while not c.removed:
-                    self._cond.wait()
-            elif condition == "not-running" and not c.running and not c.state.get("Restarting"):
-                pass
-            else:
-                seq = c.exit_seq
-                while c.exit_seq == seq and not c.removed:
-                    self._cond.wait()
-            error = c.state.get("Error") or None
-            return {"StatusCode": c.state["ExitCode"], "Error": {"Message": error} if error else None}
+            seq = c.exit_seq
+            done = condition == "not-running" and not c.running and not c.state.get("Restarting")
+
+        def block() -> dict:
+            with self._lock:
+                if condition == "removed":
+                    while not c.removed:
+                        self._cond.wait()
+                elif not done:
+                    while c.exit_seq == seq and not c.removed:
+                        self._cond.wait()
+                error = c.state.get("Error") or None
+                return {"StatusCode": c.state["ExitCode"], "Error": {"Message": error} if error else None}
+
+        return block
 
     def inspect_container(self, ref: str, size: bool = False) -> dict:
         c = self._get(ref)

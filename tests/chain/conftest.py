@@ -1,5 +1,5 @@
-"""Fixtures of the chain tests: a store whose machines are removed afterwards, and Debian's docker-registry on
-loopback. Both go even when a test fails."""
+"""Fixtures of the chain tests: a store whose machines are removed afterwards, even when a test fails (Debian's
+docker-registry on loopback, ``registry``, comes from ``tests/support/registry.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.registry_fixture import Registry, start_registry
 from tests.support.cli import machines
 
 
@@ -23,10 +22,3 @@ def store(tmp_path: Path) -> Iterator[Path]:
         machines(root, "rm", "-f", "-y", *names)
     assert not folder.is_dir() or not any(folder.iterdir()), f"machines left in {root}"
 
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    """Debian's docker-registry on 127.0.0.1 (anonymous, plain HTTP), stopped afterwards."""
-    server = start_registry(str(tmp_path / "registry"))
-    yield server
-    server.stop()

@@ -15,7 +15,6 @@ import pytest
 from machines.runtime.errors import Conflict, NotFound
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
-from tests.chain.conftest import registry  # noqa: F401 - the fixture: Debian's docker-registry on loopback
 from tests.support import busybox
 
 PASSPHRASE = "correct horse battery staple"

@@ -123,7 +123,7 @@ def test_the_scanner_survives_hostile_package_files():
     }, {"usr/bin/fake-go": 0o755})
     found = scan_layers([io.BytesIO(layer)])
     assert {(p.kind, p.name, p.version) for p in found.packages} == {("apk", "ok", "1.0-r0")}
-    from machines.runtime.images.scan.inventory import rpm_header
+    from machines.runtime.images.scan.rpmdb import rpm_header
 
     assert rpm_header(fixtures.rpm_header({1000: "x"})[:8] + b"\xff" * 40) == {}  # entries pointing nowhere
     with pytest.raises(ValueError, match="truncated"):

@@ -12,10 +12,10 @@ from machines.machine import Machines
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from tests.chain.conftest import store  # noqa: F401 - this module's store: a machines store, emptied after
-from tests.images.registry_fixture import Registry
 from tests.scan import fixtures
 from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
+from tests.support.registry import Registry
 from tests.trust.conftest import run_machines
 
 OSV_DB = Path(__file__).parents[1] / "scan" / "osv"
@@ -76,8 +76,8 @@ def test_policy_from_create_is_enforced_and_scan_reads_the_machine(store, regist
                            "--format", "json")
     assert scanned.code == 0, scanned.err
     report = json.loads(scanned.out)
-    assert report["packages"] == 11
-    assert "ALPINE-CVE-2022-37434" in {v["id"] for v in report["vulnerabilities"]}
+    assert report["packages"] == 13
+    assert "CVE-2022-27449" in {v["id"] for v in report["vulnerabilities"]}
     missing = run_machines("--storage-path", str(store), "scan", "no/such:image", "--machine", name,
                            "--db", str(OSV_DB))
     assert missing.code == 1
@@ -88,14 +88,14 @@ def test_engine_scan_refuses_a_vulnerable_pull(store, registry: Registry, test_b
                                                tmp_path):
     vulnerable = _push_alpine_fixture(registry, tmp_path, "scan/alpine:1")
     name = unique_name("sc")
-    bad = machines(store, "create", "-d", "local", "--engine-scan", "critical", name, check=False)
+    bad = machines(store, "create", "-d", "local", "--engine-scan", "high", name, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "Error: --engine-scan and --engine-scan-db go together"
-    _create_reaching(store, registry, test_bridge, name, "--engine-scan", "critical", "--engine-scan-db", str(OSV_DB))
+    _create_reaching(store, registry, test_bridge, name, "--engine-scan", "high", "--engine-scan-db", str(OSV_DB))
     refused = with_env(store, name, f"{DOCKER} pull {vulnerable}")
     assert refused.returncode == 1
     assert refused.stderr.decode().strip().endswith(
-        f"{vulnerable}: refused by the engine's scan policy: 1 vulnerabilities at or above critical: "
-        "ALPINE-CVE-2022-37434 (critical) in zlib 1.2.12-r1")
+        f"{vulnerable}: refused by the engine's scan policy: 2 vulnerabilities at or above high: "
+        "GHSA-35jh-r3h4-6jhm (high) in lodash 4.17.20, ALPINE-CVE-2025-26519 (high) in musl 1.2.3-r0")
     listed = with_env(store, name, f"{DOCKER} images -q {vulnerable}")
     assert listed.returncode == 0 and listed.stdout == b""
 

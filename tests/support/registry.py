@@ -1,4 +1,8 @@
-"""Debian's docker-registry on loopback with a config the test owns (never the packaged one)."""
+"""Debian's docker-registry on loopback with a config the test owns (never the packaged one).
+
+A pytest plugin loaded for every area by ``tests/conftest.py``: the ``registry`` fixture is an anonymous plain-HTTP
+registry on 127.0.0.1 for one test; ``start_registry`` makes others (users, TLS, a pull-through proxy).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 CONFIG = """version: 0.1
 log:
@@ -101,3 +109,11 @@ def start_registry(folder: str, users: dict | None = None, *, tls: tuple[str, st
     proc.wait()
     with open(log_path, "rb") as f:
         raise RuntimeError(f"docker-registry did not start: {f.read().decode(errors='replace')[-2000:]}")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1 (anonymous, plain HTTP), stopped afterwards."""
+    server = start_registry(str(tmp_path / "registry"))
+    yield server
+    server.stop()
