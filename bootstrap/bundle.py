@@ -18,8 +18,8 @@ import dataclasses
 import hashlib
 import importlib.util
 import io
-import marshal
 import json
+import marshal
 import os
 import threading
 import zipfile
