@@ -455,7 +455,7 @@ class ProvisioningRun:
                                           (service.SIGNING_POLICY, self.signing_policy),
                                           (service.SIGNING_KEYS, self.signing_policy)) if doc is None]
         if removed:
-            self._run("rm -rf " + " ".join(shlex.quote(f"{root}/{name}") for name in removed), "service")
+            self._stage("rm -rf " + " ".join(shlex.quote(f"{root}/{name}") for name in removed), "service")
         if self.trust_policy is not None:
             self._put(self.trust_policy.encode(), f"{root}/{service.TRUST_POLICY}", 0o600, "service")
         if self.signing_policy is not None:
@@ -468,11 +468,13 @@ class ProvisioningRun:
         even while it is written; keys the policy no longer names are deleted."""
         if self.signing_keys:
             keys = shlex.quote(f"{root}/{service.SIGNING_KEYS}")
-            self._run(f"mkdir -p -m 700 {keys} && chmod 700 {keys}", "signing")
+            self._stage(f"mkdir -p -m 700 {keys} && chmod 700 {keys}", "signing")
             for name, pem in self.signing_keys:
                 self._put(pem, f"{root}/{service.SIGNING_KEYS}/{name}", 0o600, "signing")
             kept = " ".join(f"! -name {shlex.quote(name)}" for name, _ in self.signing_keys)
-            self._run(f"find {keys} -mindepth 1 -maxdepth 1 {kept} -exec rm -rf {{}} +", "signing")
+            # Not the staging folder the new keys came through (``_put``'s dot folder, removed at the end).
+            self._stage(f"find {keys} -mindepth 1 -maxdepth 1 {kept} ! -name '.machines-*' -exec rm -rf {{}} +",
+                        "signing")
         self._put(policy.encode(), f"{root}/{service.SIGNING_POLICY}", 0o600, "signing")
 
     def _install_scan(self, root: str, fail_on: str, folder: str) -> None:
