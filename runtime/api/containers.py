@@ -16,7 +16,6 @@ from machines.runtime.api.routing import filters_arg, route, timestamp_arg
 from machines.runtime.api.server import HIJACKED, Request, Response, Stream, json_lines, json_response
 from machines.runtime.engine import Engine
 from machines.runtime.errors import EngineError, HostError, InvalidParameter
-from machines.runtime.images.builder import ImageView
 from machines.runtime.linux import safepath
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
@@ -250,6 +249,8 @@ def _changes(upper: str, lowers: list[str], mounts: list[str]) -> list[dict[str,
 
     Mount points and runtime files are left out, and so is a modified folder with nothing left under it (it only
     changed because of them)."""
+    from machines.runtime.images.builder import ImageView  # the builder loads with its first use
+
     skipped = set(_RUNTIME_PATHS) | set(mounts)
     below = ImageView(lowers)  # what the image holds, with overlay's rules and no link followed on the host
     found: list[dict[str, Any]] = []

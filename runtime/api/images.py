@@ -10,7 +10,6 @@ from machines.runtime.api.server import Request, Response, Stream, json_response
 from machines.runtime.engine import Engine
 from machines.runtime.errors import EngineError, InvalidParameter, NotSupported
 from machines.runtime.images.dockerfile import apply_changes
-from machines.runtime.images.registry import decode_auth
 
 
 def in_use(engine: Engine) -> Callable[[str], bool]:
@@ -133,6 +132,8 @@ def push(engine: Engine, request: Request, name: str) -> Stream:
 
 @route("GET", "/distribution/{name:.*}/json", "Manifest descriptor and platforms, asked of the registry")
 def distribution(engine: Engine, request: Request, name: str) -> Response:
+    from machines.runtime.images.registry import decode_auth  # the registry client loads with its first use
+
     try:  # as moby: credentials that do not decode are ignored, not an error
         auth = decode_auth(request.headers.get("X-Registry-Auth"))
     except InvalidParameter:
