@@ -171,6 +171,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         sys.stderr.write(f"runtime {VERSION} (API {API_VERSION}) listening on {' '.join(listening)}\n")
         sys.stderr.flush()
         _report_ready(ready_fd)
+        engine.serving()
         while not stop.wait(3600):
             pass
         return 0

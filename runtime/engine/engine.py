@@ -107,8 +107,7 @@ class Engine:
         self._lock = self.table.lock
         self._cond = self.table.cond
         self._containers = self.table.by_id
-        self.launcher = Launcher()  # forks the container monitors and exec helpers; started now, so that its
-        self.launcher.start()       # imports overlap ours
+        self.launcher = Launcher()  # forks the container monitors and exec helpers; started by ``serving``
         self.execs = ExecManager(self.table, self.launcher, self._spec)
         self.health = health.HealthChecker(self.table, self.execs)
         self.monitor = Monitor(self.table, self.execs, self.health, start=self._start,
@@ -120,6 +119,17 @@ class Engine:
         for cid in os.listdir(self._trash):  # removals a killed daemon did not finish
             self._discard(cid, os.path.join(self._trash, cid))
         self._restore()
+
+    def serving(self) -> None:
+        """The daemon serves: do what the first container needs but readiness does not. The launcher's own
+        interpreter then imports while the first requests are answered, not while the daemon starts (a container
+        started before this, by a restart policy, has started it already), and the rules a killed daemon left for
+        bridges that are gone are swept (a bridge used before then is swept first)."""
+        self.launcher.start()
+        try:
+            self.networks.sweep()
+        except EngineError:  # as in restore: the daemon serves without it
+            pass
 
     # --- lookup and persistence --------------------------------------------------------------------------------
 

@@ -75,8 +75,10 @@ class NetworkManager:
         self.pool = ipam.parse_subnet(pool)
         self.pool_prefix = pool_prefix
         self._path = os.path.join(root, "state.json")
+        self._saved: str | None = None  # the state file's text as last read or durably written
         self._lock = threading.RLock()
         self._firewall = Firewall()
+        self._unswept: set[str] = set()  # bridges whose leftover rules ``restore`` left for ``sweep``
         self._unlinker = _Unlinker()
         self._proxies: dict[str, list[PortProxy]] = {}
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
@@ -89,7 +91,8 @@ class NetworkManager:
     def _load(self) -> Dict_:
         try:
             with open(self._path) as saved:
-                state = json.load(saved)
+                self._saved = saved.read()
+            state = json.loads(self._saved)
         except FileNotFoundError:
             state = {}
         except (OSError, ValueError) as exc:
@@ -103,13 +106,17 @@ class NetworkManager:
         must survive a power cut; endpoints and ports are not (as a container's own state is not): they only
         matter while their containers run, a power cut ends those too and ``restore`` then drops their endpoints,
         and each fsync costs 5 to 30 ms of a container's start or exit on a busy disk."""
+        text = json.dumps(self._state, indent=1, sort_keys=True)
+        if text == self._saved:  # nothing changed (a restart): no write, no wait for the disk
+            return
         temporary = self._path + ".tmp"
         with open(temporary, "w") as out:
-            json.dump(self._state, out, indent=1, sort_keys=True)
+            out.write(text)
             if durable:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(temporary, self._path)
+        self._saved = text if durable else None  # a durable save of the same text must still reach the disk
 
     def _ensure_predefined(self, bip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
         """The three networks Docker always shows; the default bridge follows the daemon's flags while idle."""
@@ -444,6 +451,9 @@ class NetworkManager:
         """Creates the bridge with its gateway addresses and rules if missing; ``reconcile`` re-checks the rules."""
         bridge = net["_bridge"]
         configs = _configs(net)
+        if bridge in self._unswept:  # a killed daemon's rules go before the bridge is used again
+            self._unswept.discard(bridge)
+            self._firewall.remove(bridge)
         created = not link_exists(bridge)
         if created:
             with RtNetlink() as nl:
@@ -735,7 +745,8 @@ class NetworkManager:
         """After a daemon restart: ``running`` maps the ids of containers still alive to their pids.
 
         Endpoints and ports of the others are dropped (their namespaces are gone), bridges of idle networks are
-        removed, and the published ports of the living are opened again on the same host ports.
+        removed, and the published ports of the living are opened again on the same host ports. Rules left for an
+        idle bridge that is gone are removed by ``sweep``, or before the bridge is used again.
         """
         with self._lock:
             for cid in set(self._state["endpoints"]) | set(self._state["ports"]):
@@ -749,8 +760,10 @@ class NetworkManager:
                     continue
                 if self._members(net["Id"]):
                     self._ensure_bridge(net, reconcile=True)
-                else:
+                elif link_exists(net["_bridge"]):
                     self._drop_bridge(net, thorough=True)
+                else:  # only rules a killed daemon may have left (one iptables-save to know): see sweep
+                    self._unswept.add(net["_bridge"])
             for cid, eps in self._state["endpoints"].items():
                 if any(self._state["networks"][nid]["Name"] not in PREDEFINED for nid in eps):
                     try:
@@ -770,6 +783,14 @@ class NetworkManager:
                     self._proxies[cid].append(PortProxy(sock, record["proto"], record["container_ip"],
                                                         record["container_port"]))
             self._save()
+
+    def sweep(self) -> None:
+        """Removes the rules a killed daemon may have left for bridges that are gone, which ``restore`` leaves for
+        later: the daemon calls this once it serves, and a bridge used before then is swept first."""
+        with self._lock:
+            for bridge in sorted(self._unswept):
+                self._unswept.discard(bridge)
+                self._firewall.remove(bridge)
 
     def close(self) -> None:
         """Stops the port proxies and the DNS server and removes the bridges no container uses; containers keep
