@@ -49,8 +49,8 @@ class DaemonConfig:
     port: int = TLS_PORT
 
     def argv(self) -> list[str]:
-        argv = [
-            self.python, RUNTIME_PATH, "daemon",
+        argv = [  # -I -S: the runtime is standard library only; no site-packages (.pth files) to import at start
+            self.python, "-I", "-S", RUNTIME_PATH, "daemon",
             "--config-file", CONFIG_PATH,
             "--data-root", self.data_root,
             "--exec-root", EXEC_ROOT,
