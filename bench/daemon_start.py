@@ -14,8 +14,10 @@ the N costliest functions of one start to ``READY=1`` (cProfile, cumulative).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import pstats
 import re
 import shutil
 import signal
@@ -129,10 +131,9 @@ def importtimes(bundle: list[str], runs: int, top: int) -> list[tuple[str, int, 
 
 
 def profile(bundle: list[str], top: int) -> str:
-    out = tempfile.mktemp(prefix="daemon-start-", suffix=".prof")
+    handle, out = tempfile.mkstemp(prefix="daemon-start-", suffix=".prof")
+    os.close(handle)
     start_once([SYSTEM_PYTHON, *bundle[:-1], "-c", PROFILE, bundle[-1], out], settle=0)
-    import pstats
-    import io
     text = io.StringIO()
     pstats.Stats(out, stream=text).sort_stats("cumulative").print_stats(top)
     os.unlink(out)

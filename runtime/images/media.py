@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import os
 from collections.abc import Sequence
 
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -49,7 +49,7 @@ def canonical_json(obj: object) -> bytes:
 
 def host_platform() -> dict[str, str]:
     """The host as an OCI platform (``architecture``, ``os``, ``variant`` when it matters)."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()  # platform.machine(), without importing platform at start
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
             "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine)
     if arch is not None:

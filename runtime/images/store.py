@@ -20,9 +20,9 @@ import copy
 import fnmatch
 import json
 import os
+import secrets
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Callable, Union
@@ -177,7 +177,7 @@ class ImageStore:
         return index
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{path}.{secrets.token_hex(16)}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -207,7 +207,7 @@ class ImageStore:
 
     def tmpdir(self) -> str:
         """A fresh directory under tmp/, on the store's filesystem so results can be renamed into place."""
-        path = os.path.join(self.root, "tmp", uuid.uuid4().hex)
+        path = os.path.join(self.root, "tmp", secrets.token_hex(16))
         os.mkdir(path, 0o700)
         return path
 
@@ -332,7 +332,7 @@ class ImageStore:
             chain = "sha256:" + name
             if chain in used:
                 continue
-            trash = os.path.join(self.root, "tmp", "gc-" + uuid.uuid4().hex)
+            trash = os.path.join(self.root, "tmp", "gc-" + secrets.token_hex(16))
             os.rename(os.path.join(layers_dir, name), trash)
             shutil.rmtree(trash, ignore_errors=True)
             removed.append(chain)
