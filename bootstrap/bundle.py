@@ -7,9 +7,9 @@ Building compiles every module (about 0.2 s of CPU), so a build is looked up fir
 names, sizes and modification times (and the builder's own): provisioning, and eight creates at once in one
 process, reuse it instead of compiling again. The cached file is checked against its recorded hash before use.
 
-Each module also travels compiled, as a hash-based ``.pyc`` beside its source (where zipimport looks for it):
+Each module also travels compiled, as a hash-checked ``.pyc`` beside its source (where zipimport looks for it):
 compiling the sources was most of the daemon's start. zipimport uses the bytecode only on a host whose Python has
-the same magic number as ours; any other host compiles from source as before.
+the same magic number as ours and whose source hash matches; any other host compiles from source as before.
 """
 
 from __future__ import annotations
@@ -58,13 +58,9 @@ def _package_files(root: Path) -> list[tuple[str, Path]]:
 
 
 def _bytecode(name: str, source: bytes) -> bytes:
-    """An unchecked hash-based ``.pyc`` (PEP 552) of ``source``: no timestamps, so the archive stays reproducible.
-
-    Unchecked because the archive is one file whose SHA-256 the provisioner verifies and which is replaced, never
-    edited: checking would make zipimport inflate and hash each module's source on every import (it loads each
-    module twice in 3.11), about a tenth of the daemon's start. ``--check-hash-based-pycs always`` still checks."""
+    """A checked hash-based ``.pyc`` (PEP 552) of ``source``: no timestamps, so the archive stays reproducible."""
     code = compile(source, name, "exec", dont_inherit=True)
-    flags = 0b01  # hash-based, not checked against the source (the source stays beside it, for tracebacks)
+    flags = 0b11  # hash-based, checked against the source
     return (importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little") + importlib.util.source_hash(source)
             + marshal.dumps(code))
 
