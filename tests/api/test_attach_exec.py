@@ -3,11 +3,13 @@ docker-py's sockets: what a user sees when detaching, and every byte of output i
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pty
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Iterator
@@ -295,3 +297,41 @@ def test_attach_streams_are_byte_exact(client: docker.DockerClient, daemon: Daem
         assert logged == b"a\x00b\xffz"
     finally:
         container.remove(force=True)
+
+
+def _connect(daemon: Daemon, transport: str) -> socket.socket:
+    if transport == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(daemon.socket_path))
+        return sock
+    host, port = daemon.tcp[len("tcp://"):].rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(daemon.pki["ca"]))
+    context.load_cert_chain(str(daemon.pki["client-cert"]), str(daemon.pki["client-key"]))
+    return context.wrap_socket(socket.create_connection((host, int(port))), server_hostname="localhost")
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
+def test_output_sent_before_a_buffered_client_reads_the_headers_reaches_it(
+        client: docker.DockerClient, daemon: Daemon, sleeper: Any, transport: str) -> None:
+    """docker-py's way: the 101 headers through http.client's buffered reader, then the payload from the socket
+    underneath. The client reads nothing until the daemon has written everything and hung up, so any payload
+    the daemon let a read take together with the headers would be lost in the buffer."""
+    exec_id = client.api.exec_create(sleeper.id, ["sh", "-c", "echo out; echo err >&2"])["Id"]
+    sock = _connect(daemon, transport)
+    sock.settimeout(30)
+    try:
+        body = b'{"Detach": false, "Tty": false}'
+        sock.sendall(b"POST /v1.41/exec/%s/start HTTP/1.1\r\nHost: docker\r\nUser-Agent: docker-sdk-python/7.1.0\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (exec_id.encode(), len(body), body))
+        watch = select.poll()
+        watch.register(sock, select.POLLRDHUP)
+        assert watch.poll(30000), "the daemon did not end the stream"  # output and hang-up all queued, unread
+        response = http.client.HTTPResponse(sock)  # reads the headers through an 8 KiB buffer, as docker-py does
+        response.begin()
+        assert response.status == 101
+        frames = _demux(_read_all(sock))
+    finally:
+        sock.close()
+    assert b"".join(data for stream, data in frames if stream == 1) == b"out\n"
+    assert b"".join(data for stream, data in frames if stream == 2) == b"err\n"
