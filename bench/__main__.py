@@ -2,10 +2,10 @@
 
 Run as root from the repository root. Each section reuses its module (``engine_bench``, ``api_bench``,
 ``stream_latency``, ``provision_bench``, ``create_hosts``, ``cli_bench``, ``images_bench``); this file only chooses
-sizes, runs them one after the other and prints one markdown table: our median, the peer's median in the same run, the ratio ours / peer
-and the issue's target for it. The machine's load average before and after is printed with it: absolute figures
-mean little on a busy machine, ratios from one run still do. ``--quick`` shrinks repetitions and sizes (64 MiB
-instead of 1 GiB) to finish in a few minutes.
+sizes, runs them one after the other and prints one markdown table: our median, the peer's median in the same run,
+the ratio ours / peer and the issue's target for it. The machine's load average before and after is printed with it:
+absolute figures mean little on a busy machine, ratios from one run still do. ``--quick`` shrinks repetitions and
+sizes (64 MiB instead of 1 GiB) to finish in a few minutes.
 """
 
 from __future__ import annotations
