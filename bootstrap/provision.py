@@ -198,6 +198,8 @@ class ProvisioningRun:
         self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
         self.environment = options.engine.environment
         self.trust_policy = options.trust_policy
+        self.signing_policy = options.signing_policy
+        self.signing_keys = machine.signing_keys  # given by this create or set only; never recorded
         self.scan = (options.scan_fail_on, options.scan_db) if options.scan_fail_on and options.scan_db else None
         self.conn: Connection | None = None
         self.facts: Facts | None = None
@@ -404,10 +406,30 @@ class ProvisioningRun:
             self._put(data, path, mode, "service")
             self.changed = self.changed or restart
         root = self.data_root.rstrip("/")
-        if self.trust_policy is not None:  # the daemon reads it afresh for every pull: no restart needed
+        # The daemon reads the policies afresh for every pull and push: no restart needed. None removes them.
+        removed = [name for name, doc in ((service.TRUST_POLICY, self.trust_policy),
+                                          (service.SIGNING_POLICY, self.signing_policy),
+                                          (service.SIGNING_KEYS, self.signing_policy)) if doc is None]
+        if removed:
+            self._run("rm -rf " + " ".join(shlex.quote(f"{root}/{name}") for name in removed), "service")
+        if self.trust_policy is not None:
             self._put(self.trust_policy.encode(), f"{root}/{service.TRUST_POLICY}", 0o600, "service")
+        if self.signing_policy is not None:
+            self._install_signing(root, self.signing_policy)
         if self.scan is not None:
             self._install_scan(root, *self.scan)
+
+    def _install_signing(self, root: str, policy: str) -> None:
+        """signing.json and, when this change gave them, its keys, in a 0700 folder so no other user sees a key
+        even while it is written; keys the policy no longer names are deleted."""
+        if self.signing_keys:
+            keys = shlex.quote(f"{root}/{service.SIGNING_KEYS}")
+            self._run(f"mkdir -p -m 700 {keys} && chmod 700 {keys}", "signing")
+            for name, pem in self.signing_keys:
+                self._put(pem, f"{root}/{service.SIGNING_KEYS}/{name}", 0o600, "signing")
+            kept = " ".join(f"! -name {shlex.quote(name)}" for name, _ in self.signing_keys)
+            self._run(f"find {keys} -mindepth 1 -maxdepth 1 {kept} -exec rm -rf {{}} +", "signing")
+        self._put(policy.encode(), f"{root}/{service.SIGNING_POLICY}", 0o600, "signing")
 
     def _install_scan(self, root: str, fail_on: str, folder: str) -> None:
         """scan.json and the OSV records (``*.json``, ``*.zip`` under ``folder``, flattened) for scan on arrival."""
