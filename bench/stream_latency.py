@@ -17,9 +17,7 @@ before and after. Needs root.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import socket
 import statistics
@@ -34,17 +32,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.api_bench import DOCKER, IMAGE, REPO, docker, dockerd_running, ours_running  # noqa: E402
+from bench.api_interleaved import command_line, export_revision, load_average  # noqa: E402
 from tests.support.daemon import make_pki  # noqa: E402
 
 for _variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests would ignore our CA (psf/requests#3829)
     os.environ.pop(_variable, None)
 
 import docker as dockerpy  # noqa: E402
-
-
-def _load() -> list[str]:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 def _free_port() -> int:
@@ -136,10 +130,7 @@ def run(base: str | None, rounds: int) -> dict[str, Any]:
         pki = make_pki(work / "pki")
         tree = work / "base-tree"
         if base:
-            tree.mkdir()
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", base], capture_output=True,
-                                     check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            export_revision(base, tree)
         targets: dict[str, Target] = {}
         for name in (["base"] if base else []) + ["this", "dockerd"]:
             port = _free_port()
@@ -162,7 +153,7 @@ def run(base: str | None, rounds: int) -> dict[str, Any]:
         for target in targets.values():  # warm up: first connections, first exec
             for what, transport in measures.values():
                 getattr(target, what)(transport)
-        before = _load()
+        before = load_average()
         names = list(targets)
         for index in range(rounds):
             order = names[index % len(names):] + names[:index % len(names)]
@@ -174,7 +165,7 @@ def run(base: str | None, rounds: int) -> dict[str, Any]:
             for name in order:
                 for transport, seconds in targets[name].logs_follow(f"line{index}").items():
                     samples[f"logs_follow_{transport}"][name].append(seconds * 1000)
-        result: dict[str, Any] = {"base": base, "rounds": rounds, "load_before": before, "load_after": _load(),
+        result: dict[str, Any] = {"base": base, "rounds": rounds, "load_before": before, "load_after": load_average(),
                                   "lost_outputs": lost}
         for key, by_daemon in samples.items():
             medians = {name: statistics.median(values) for name, values in by_daemon.items()}
@@ -184,14 +175,5 @@ def run(base: str | None, rounds: int) -> dict[str, Any]:
         return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", help="an older revision to measure too (a commit, a branch)")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds; each measures everything once per daemon")
-    args = parser.parse_args()
-    print(json.dumps(run(args.base, args.rounds), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line(__doc__, run, None, "an older revision to measure too (a commit, a branch)"))

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import Callable
 
 from machines.runtime import timefmt
-from machines.runtime.linux import inotify
 from machines.runtime.errors import InvalidParameter
+from machines.runtime.linux import inotify
 
 # The log drivers served and the options each accepts (moby's ValidateLogOpt of json-file and local; none
 # accepts anything). Both keep JSON lines here; local differs in rotating by default and hiding its file.
