@@ -335,3 +335,32 @@ def test_output_sent_before_a_buffered_client_reads_the_headers_reaches_it(
         sock.close()
     assert b"".join(data for stream, data in frames if stream == 1) == b"out\n"
     assert b"".join(data for stream, data in frames if stream == 2) == b"err\n"
+
+
+SO_PASSRIGHTS = 83  # Linux 6.16: a unix socket that refuses descriptors (the sender's sendmsg fails with EPERM)
+
+
+def test_a_client_that_refuses_descriptors_still_gets_its_stream(client: docker.DockerClient, daemon: Daemon,
+                                                                sleeper: Any) -> None:
+    exec_id = client.api.exec_create(sleeper.id, ["sh", "-c", "echo out; echo err >&2"])["Id"]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+    except OSError:
+        sock.close()
+        pytest.skip("this kernel has no SO_PASSRIGHTS (Linux < 6.16)")
+    sock.settimeout(30)
+    try:
+        sock.connect(str(daemon.socket_path))
+        body = b'{"Detach": false, "Tty": false}'
+        sock.sendall(b"POST /v1.41/exec/%s/start HTTP/1.1\r\nHost: docker\r\nUser-Agent: docker-sdk-python/7.1.0\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (exec_id.encode(), len(body), body))
+        head, _, rest = _read_all(sock).partition(b"\r\n\r\n")
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 101 UPGRADED")
+    frames = _demux(rest)
+    assert b"".join(data for stream, data in frames if stream == 1) == b"out\n"
+    assert b"".join(data for stream, data in frames if stream == 2) == b"err\n"
+    assert daemon.alive()
