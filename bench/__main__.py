@@ -116,9 +116,18 @@ STREAMS = {"cli_exec": "`docker exec C true`", "exec_run": "docker-py `exec_run`
 def streams(sizes: Sizes) -> list[Row]:
     """Attach, exec and logs latency, interleaved with dockerd round by round, over the unix socket and TLS."""
     figures = stream_latency.run(None, sizes.stream_rounds)
-    return [Row(f"{what}, {transport}", figures[f"{key}_{transport}_ms"]["this"], "ms", "dockerd",
-                figures[f"{key}_{transport}_ms"]["dockerd"], 1.0)
-            for key, what in STREAMS.items() for transport in ("unix", "tls")]
+
+    def lost(measure: str, daemon: str) -> str:  # dockerd loses docker-py's attach output on its unix socket
+        count = figures["lost_outputs"].get(measure, {}).get(daemon, 0)
+        return f" ({count} of {sizes.stream_rounds} answers lost)" if count else ""
+
+    rows = []
+    for key, what in STREAMS.items():
+        for transport in ("unix", "tls"):
+            measure = f"{key}_{transport}"
+            rows.append(Row(f"{what}, {transport}{lost(measure, 'this')}", figures[measure + "_ms"]["this"], "ms",
+                            "dockerd" + lost(measure, "dockerd"), figures[measure + "_ms"]["dockerd"], 1.0))
+    return rows
 
 
 def provisioning(sizes: Sizes) -> list[Row]:
