@@ -12,6 +12,7 @@ idle timeout, so unauthenticated sockets can never starve clients with a certifi
 from __future__ import annotations
 
 import collections
+import functools
 import http
 import io
 import itertools
@@ -569,15 +570,19 @@ class Connection:
         if self.sock.family != socket.AF_UNIX:
             self.write(data)
             return
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", _devnull()))
         try:
             with self._lock:
-                sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", devnull))])
+                sent = self.sock.sendmsg([data], [rights])
                 self.sock.sendall(data[sent:])
         except PermissionError:
             self.write(data)
-        finally:
-            os.close(devnull)
+
+
+@functools.cache
+def _devnull() -> int:
+    """The descriptor ``Connection._send_alone`` attaches: one, opened once, so a hijack needs no new descriptor."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class _PeerWatch:
