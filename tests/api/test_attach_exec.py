@@ -364,3 +364,26 @@ def test_a_client_that_refuses_descriptors_still_gets_its_stream(client: docker.
     assert b"".join(data for stream, data in frames if stream == 1) == b"out\n"
     assert b"".join(data for stream, data in frames if stream == 2) == b"err\n"
     assert daemon.alive()
+
+
+def test_docker_py_over_mutual_tls_gets_every_exec_and_attach_output(daemon: Daemon, image: str, sleeper: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests would ignore our CA (psf/requests#3829)
+        monkeypatch.delenv(key, raising=False)
+    host, port = daemon.tcp[len("tcp://"):].rsplit(":", 1)
+    tls = docker.tls.TLSConfig(client_cert=(str(daemon.pki["client-cert"]), str(daemon.pki["client-key"])),
+                               ca_cert=str(daemon.pki["ca"]), verify=True)
+    api = docker.APIClient(base_url=f"https://{host}:{port}", tls=tls, version="auto", timeout=60)
+    try:
+        for attempt in range(10):  # the output follows the headers at once: nothing may be lost between them
+            exec_id = api.exec_create(sleeper.id, ["echo", f"tls{attempt}"])["Id"]
+            assert api.exec_start(exec_id) == b"tls%d\n" % attempt
+        done = api.create_container(image, ["echo", "attached"])["Id"]
+        try:
+            api.start(done)
+            assert api.wait(done)["StatusCode"] == 0
+            assert api.attach(done, stdout=True, stderr=True, logs=True, stream=False) == b"attached\n"
+        finally:
+            api.remove_container(done, force=True)
+    finally:
+        api.close()
