@@ -188,9 +188,10 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
         return
     wakeup = _Wakeup(os.path.dirname(path), poll)
     stop_listening = on_stop(wakeup.wake)
+
     def fresh() -> tuple[list[tuple[int, bytes]], bool]:
         """What was written to ``f`` since the last pass; True once an entry is past ``until``."""
-        out = []
+        out: list[tuple[int, bytes]] = []
         for entry in _entries(f, wanted):
             if until and entry[2] and timefmt.parse_rfc3339(entry[2]) > until:
                 return out, True
