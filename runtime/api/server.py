@@ -12,6 +12,7 @@ idle timeout, so unauthenticated sockets can never starve clients with a certifi
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import http
 import io
@@ -118,42 +119,48 @@ class Body:
             self._done = True
 
     def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all when negative); ``b""`` at the end of the body."""
+        """Read up to ``size`` bytes (all when negative), one chunk's worth at most like a socket read; ``b""`` at
+        the end of the body."""
+        if size < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        with self._reading() as available:
+            want = min(size, available)
+            data = self._conn.rfile.read(want)
+            self._consumed(len(data), want)
+            return data
+
+    def readinto(self, buffer: Any) -> int:
+        """``read`` into ``buffer`` (no intermediate bytes object: ``docker cp`` uploads go through here)."""
+        view = memoryview(buffer).cast("B")
+        with self._reading() as available:
+            want = min(len(view), available)
+            n = self._conn.rfile.readinto(view[:want])
+            self._consumed(n, want)
+            return n
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[int]:
+        """How many bytes may be read now (0 at the end); a stalled client is a 408."""
         try:
-            return self._read(size)
+            if self._expect_continue:
+                self._expect_continue = False
+                self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            while self._chunked and not self._chunk_left and not self._done:
+                self._next_chunk()
+            yield 0 if self._done else (self._chunk_left if self._chunked else self._remaining)
         except socket.timeout:
             raise HTTPError(408, f"request body stalled for more than {BODY_IDLE_TIMEOUT:.0f} seconds") from None
 
-    def _read(self, size: int) -> bytes:
-        if self._done:
-            return b""
-        if self._expect_continue:
-            self._expect_continue = False
-            self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    def _consumed(self, n: int, want: int) -> None:
+        if n < want:
+            raise HTTPError(400, "unexpected end of request body")
         if not self._chunked:
-            want = self._remaining if size < 0 else min(size, self._remaining)
-            data = self._conn.rfile.read(want)
-            if len(data) < want:
-                raise HTTPError(400, "unexpected end of request body")
-            self._remaining -= len(data)
+            self._remaining -= n
             self._done = self._remaining == 0
-            return data
-        parts: list[bytes] = []
-        while not self._done:
-            if self._chunk_left == 0:
-                self._next_chunk()
-                continue
-            step = self._chunk_left if size < 0 else min(size, self._chunk_left)
-            data = self._conn.rfile.read(step)
-            if len(data) < step:
-                raise HTTPError(400, "unexpected end of request body")
-            self._chunk_left -= step
-            if self._chunk_left == 0 and self._read_line().strip():
+        elif n:
+            self._chunk_left -= n
+            if not self._chunk_left and self._read_line().strip():
                 raise HTTPError(400, "malformed chunked request body")
-            parts.append(data)
-            if size >= 0:
-                break  # like a socket read: return what one chunk gave
-        return b"".join(parts)
 
     def read_limited(self, limit: int) -> bytes:
         """The whole body, refused with 413 when larger than ``limit``."""

@@ -22,7 +22,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from machines.runtime.errors import InvalidParameter
@@ -119,24 +119,60 @@ def decompressed(path: str) -> _Decompressed:
     return _Decompressed(path)
 
 
-class HashingReader(io.RawIOBase):
-    """Counts and hashes what is read through it, so one pass gives the diff ID and the tar size."""
+class TarSource:
+    """The stream a tar is read from, shaped for speed: exact reads for tarfile's headers (so its own reader never
+    holds data ahead of us), and member data copied straight into files with large reads. tarfile's stream reader
+    copies every byte three times in Python; this reads it once into one buffer and writes it from there.
+    ``sha``, when given, hashes every byte read (a layer's diff ID, trailing padding included)."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
-        self.inner = inner
-        self.sha = hashlib.sha256()
+    def __init__(self, raw: IO[bytes], sha: Any = None) -> None:
+        self._raw = raw
+        self._readinto = getattr(raw, "readinto", None)
+        self._buffer: memoryview | None = None
+        self.sha = sha
         self.count = 0
 
-    def readable(self) -> bool:
-        return True
+    def _seen(self, data: Any) -> None:
+        if self.sha is not None:
+            self.sha.update(data)
+        self.count += len(data)
 
-    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
-        data = self.inner.read(len(buf))
-        n = len(data)
-        buf[:n] = data
-        self.sha.update(data)
-        self.count += n
-        return n
+    def _fill(self, view: memoryview) -> int:
+        if self._readinto is not None:
+            return self._readinto(view) or 0
+        data = self._raw.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Exactly ``size`` bytes (fewer only at the end; all that is left when negative)."""
+        parts: list[bytes] = []
+        left = size
+        while left != 0:
+            data = self._raw.read(left if left > 0 else COPY_CHUNK)
+            if not data:
+                break
+            parts.append(data)
+            if left > 0:
+                left -= len(data)
+        data = b"".join(parts)
+        self._seen(data)
+        return data
+
+    def copy_to(self, fd: int | None, size: int) -> None:
+        """The next ``size`` bytes written to ``fd`` (dropped when None); tarfile's error when the data ends early."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(COPY_CHUNK))
+        while size:
+            view = self._buffer[:min(size, COPY_CHUNK)]
+            n = self._fill(view)
+            if not n:
+                raise tarfile.ReadError("unexpected end of data")
+            chunk = view[:n]
+            self._seen(chunk)
+            while fd is not None and chunk:
+                chunk = chunk[os.write(fd, chunk):]
+            size -= n
 
     def drain(self) -> None:
         """Read to the end: the padding after the tar's end marker belongs to the diff ID too."""
@@ -146,6 +182,68 @@ class HashingReader(io.RawIOBase):
     @property
     def digest(self) -> str:
         return "sha256:" + self.sha.hexdigest()
+
+
+def open_tar(source: TarSource) -> tarfile.TarFile:
+    """A streamed tar over ``source`` whose reader asks for one 512-byte block at a time, so that after each header
+    the stream stands exactly at the member's data (see ``copy_member``)."""
+    return tarfile.open(fileobj=source, mode="r|", tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
+                        bufsize=tarfile.BLOCKSIZE)
+
+
+def copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
+    """Write regular member ``m``'s data to ``fd``: straight from the ``TarSource`` under a tar from ``open_tar``
+    (its padding skipped and tarfile's position moved past both), else through ``extractfile``."""
+    stream: Any = tar.fileobj
+    source = getattr(stream, "fileobj", None)
+    next_header = m.offset_data + ((m.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    if isinstance(source, TarSource) and not m.sparse and stream.buf == b"" and stream.pos == m.offset_data:
+        source.copy_to(fd, m.size)
+        source.copy_to(None, next_header - m.offset_data - m.size)
+        stream.pos = next_header
+        return
+    src = tar.extractfile(m)
+    assert src is not None
+    for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
+        while chunk:
+            chunk = chunk[os.write(fd, chunk):]
+
+
+def stream_tar(fileobj: IO[bytes]) -> tarfile.TarFile:
+    """A tar read from ``fileobj``, plain (the fast ``open_tar`` path) or compressed (tarfile's own ``r|*`` reader,
+    with its errors: what ``docker cp`` and build contexts send is plain)."""
+    head = TarSource(fileobj).read(6)
+    raw = _Replay(head, fileobj)
+    if detect_compression(head) == "none":
+        return open_tar(TarSource(raw))  # type: ignore[arg-type]
+    return tarfile.open(fileobj=raw, mode="r|*", tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
+                        bufsize=COPY_CHUNK)
+
+
+class _Replay(io.RawIOBase):
+    """``head`` (bytes already read to detect compression) and then the rest of ``inner``."""
+
+    def __init__(self, head: bytes, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._head = head
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data = self._head if size < 0 else self._head[:size]
+            self._head = self._head[len(data):]
+            return data
+        return self._inner.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._head and hasattr(self._inner, "readinto"):
+            return self._inner.readinto(buffer)
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def drain(stream: IO[bytes]) -> None:
@@ -277,12 +375,12 @@ class _Extractor:
                 pass
         elif m.isreg():
             safepath.clear(parent, base)
-            src = tar.extractfile(m)
-            assert src is not None
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=parent)
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(src, out, COPY_CHUNK)
+            try:
+                copy_member(tar, m, fd)
+            finally:
+                os.close(fd)
             self.size += m.size
         elif m.issym():
             if not m.linkname.startswith("/"):
@@ -383,10 +481,9 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         last = member
 
 
-def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
+def _unpack(open_: Callable[[], tarfile.TarFile], ex: _Extractor) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
-                          bufsize=COPY_CHUNK) as tar:
+        with open_() as tar:
             for m in _members(tar):
                 ex.member(tar, m)
         ex.finish()
@@ -401,12 +498,12 @@ def extract_layer(stream: IO[bytes], dest: str) -> tuple[str, int, int]:
 
     Returns ``(diff_id, unpacked_size, tar_size)``. The caller deletes ``dest`` if this raises.
     """
-    reader = HashingReader(stream)
+    source = TarSource(stream, hashlib.sha256())
     os.mkdir(dest, 0o755)
     ex = _Extractor(dest)
-    _unpack(reader, ex, "r|")  # type: ignore[arg-type]
-    reader.drain()
-    return reader.digest, ex.size, reader.count
+    _unpack(lambda: open_tar(source), ex)
+    source.drain()
+    return source.digest, ex.size, source.count
 
 
 def extract_tree(stream: IO[bytes], dest: str) -> None:
@@ -415,7 +512,7 @@ def extract_tree(stream: IO[bytes], dest: str) -> None:
     Same refusals as layers, but ``.wh.`` names are ordinary files here.
     """
     os.makedirs(dest, exist_ok=True)
-    _unpack(stream, _Extractor(dest, whiteouts=False), "r|*")
+    _unpack(lambda: stream_tar(stream), _Extractor(dest, whiteouts=False))
 
 
 # --- tars from overlay upper dirs ----------------------------------------------------------------------------
