@@ -11,6 +11,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -22,6 +23,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -119,6 +121,31 @@ def decompressed(path: str) -> _Decompressed:
     return _Decompressed(path)
 
 
+def read_exact(raw: IO[bytes], size: int) -> bytes:
+    """Exactly ``size`` bytes of ``raw`` (fewer only at its end; all that is left when negative), however few each
+    read of it gives (a socket, a chunked request body)."""
+    parts: list[bytes] = []
+    left = size
+    while left != 0:
+        data = raw.read(left if left > 0 else COPY_CHUNK)
+        if not data:
+            break
+        parts.append(data)
+        if left > 0:
+            left -= len(data)
+    return b"".join(parts)
+
+
+def read_into(raw: IO[bytes], view: memoryview) -> int:
+    """One read of ``raw`` into ``view`` (its ``readinto`` when it has one: no intermediate bytes object)."""
+    readinto = getattr(raw, "readinto", None)
+    if readinto is not None:
+        return readinto(view) or 0
+    data = raw.read(len(view))
+    view[:len(data)] = data
+    return len(data)
+
+
 class TarSource:
     """The stream a tar is read from, shaped for speed: exact reads for tarfile's headers (so its own reader never
     holds data ahead of us), and member data copied straight into files with large reads. tarfile's stream reader
@@ -127,7 +154,6 @@ class TarSource:
 
     def __init__(self, raw: IO[bytes], sha: Any = None) -> None:
         self._raw = raw
-        self._readinto = getattr(raw, "readinto", None)
         self._buffer: memoryview | None = None
         self.sha = sha
         self.count = 0
@@ -137,42 +163,30 @@ class TarSource:
             self.sha.update(data)
         self.count += len(data)
 
-    def _fill(self, view: memoryview) -> int:
-        if self._readinto is not None:
-            return self._readinto(view) or 0
-        data = self._raw.read(len(view))
-        view[:len(data)] = data
-        return len(data)
-
     def read(self, size: int = -1) -> bytes:
         """Exactly ``size`` bytes (fewer only at the end; all that is left when negative)."""
-        parts: list[bytes] = []
-        left = size
-        while left != 0:
-            data = self._raw.read(left if left > 0 else COPY_CHUNK)
-            if not data:
-                break
-            parts.append(data)
-            if left > 0:
-                left -= len(data)
-        data = b"".join(parts)
+        data = read_exact(self._raw, size)
         self._seen(data)
         return data
 
-    def copy_to(self, fd: int | None, size: int) -> None:
-        """The next ``size`` bytes written to ``fd`` (dropped when None); tarfile's error when the data ends early."""
+    def copy_to(self, fd: int, size: int) -> None:
+        """The next ``size`` bytes written to ``fd``; tarfile's error when the data ends early."""
         if self._buffer is None:
             self._buffer = memoryview(bytearray(COPY_CHUNK))
         while size:
             view = self._buffer[:min(size, COPY_CHUNK)]
-            n = self._fill(view)
+            n = read_into(self._raw, view)
             if not n:
                 raise tarfile.ReadError("unexpected end of data")
             chunk = view[:n]
             self._seen(chunk)
-            while fd is not None and chunk:
+            while chunk:
                 chunk = chunk[os.write(fd, chunk):]
             size -= n
+
+    def skip(self, size: int) -> None:
+        """Pass over up to ``size`` bytes (a member's padding, which tarfile does not miss at the very end)."""
+        self.read(size)
 
     def drain(self) -> None:
         """Read to the end: the padding after the tar's end marker belongs to the diff ID too."""
@@ -199,7 +213,7 @@ def copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
     next_header = m.offset_data + ((m.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     if isinstance(source, TarSource) and not m.sparse and stream.buf == b"" and stream.pos == m.offset_data:
         source.copy_to(fd, m.size)
-        source.copy_to(None, next_header - m.offset_data - m.size)
+        source.skip(next_header - m.offset_data - m.size)
         stream.pos = next_header
         return
     src = tar.extractfile(m)
@@ -212,7 +226,7 @@ def copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
 def stream_tar(fileobj: IO[bytes]) -> tarfile.TarFile:
     """A tar read from ``fileobj``, plain (the fast ``open_tar`` path) or compressed (tarfile's own ``r|*`` reader,
     with its errors: what ``docker cp`` and build contexts send is plain)."""
-    head = TarSource(fileobj).read(6)
+    head = read_exact(fileobj, 6)
     raw = _Replay(head, fileobj)
     if detect_compression(head) == "none":
         return open_tar(TarSource(raw))  # type: ignore[arg-type]
@@ -244,6 +258,144 @@ class _Replay(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
+
+
+# --- layer blobs, read once ----------------------------------------------------------------------------------
+
+class Blob(io.RawIOBase):
+    """A layer blob read once from start to end while its layer is unpacked: hashed as it goes and kept in ``path``.
+    ``finish`` reads what is left and checks the digest (``expected``), so a blob is verified before its layer is
+    committed without a pass of its own. Subclasses say where the bytes come from (``_next``)."""
+
+    def __init__(self, path: str, expected: str | None = None, hashed: bool = True) -> None:
+        super().__init__()
+        self.path = path
+        self.expected = expected
+        self.size = 0
+        self._sha = hashlib.sha256() if hashed else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._next(view)
+        if n and self._sha is not None:
+            self._sha.update(view[:n])
+        self.size += n
+        return n
+
+    def _next(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def finish(self) -> tuple[str, int]:
+        """(digest, size) of the whole blob once read to its end; a digest other than ``expected`` raises."""
+        if self._sha is None:  # known already: nothing left to check
+            assert self.expected is not None
+            return self.expected, os.path.getsize(self.path)
+        buffer = bytearray(COPY_CHUNK)
+        while self.readinto(buffer):
+            pass
+        digest = "sha256:" + self._sha.hexdigest()
+        if self.expected is not None and digest != self.expected:
+            self._mismatch(digest)
+        return digest, self.size
+
+    def _mismatch(self, digest: str) -> None:
+        raise InvalidParameter(f"blob digest mismatch: expected {self.expected}, got {digest}")
+
+
+class FileBlob(Blob):
+    """A blob already in a file; ``verified``: its digest is known to be ``expected`` (it was hashed on arrival)."""
+
+    def __init__(self, path: str, expected: str | None = None, verified: bool = False) -> None:
+        super().__init__(path, expected, hashed=not (verified and expected is not None))
+        self._file = open(path, "rb")
+
+    def _next(self, view: memoryview) -> int:
+        return self._file.readinto(view) or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class CopiedBlob(Blob):
+    """A blob arriving as a stream (a request body), written to the new file ``path`` as it is read."""
+
+    def __init__(self, fileobj: IO[bytes], path: str) -> None:
+        super().__init__(path)
+        self._source = fileobj
+        self._out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def _next(self, view: memoryview) -> int:
+        n = read_into(self._source, view)
+        chunk = view[:n]
+        while chunk:
+            chunk = chunk[os.write(self._out, chunk):]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._out)
+        super().close()
+
+
+class _Inflater(io.RawIOBase):
+    """The gzip members of ``raw`` inflated in pieces of at most the caller's buffer, from 1 MiB reads of ``raw``
+    (``gzip.GzipFile`` reads 8 KiB at a time on Python 3.11 and grows its output without bound). Zero padding
+    after a member is skipped, as gzip does; a stream that ends inside a member is an error."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._inflate = zlib.decompressobj(31)
+        self._input = b""
+        self._started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            if not self._input:
+                self._input = self._raw.read(COPY_CHUNK)
+                if not self._input:
+                    if self._inflate.eof or not self._started:
+                        return 0
+                    raise tarfile.ReadError("unexpected end of compressed data")
+            if self._inflate.eof:  # another member follows, or zero padding
+                self._input = self._input.lstrip(b"\0")
+                if not self._input:
+                    continue
+                self._inflate = zlib.decompressobj(31)
+            try:
+                out = self._inflate.decompress(self._input, len(view))
+            except zlib.error as exc:
+                raise tarfile.ReadError(f"invalid compressed data: {exc}") from None
+            self._started = True
+            self._input = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
+            if out:
+                view[:len(out)] = out
+                return len(out)
+
+
+@contextlib.contextmanager
+def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
+    """``blob``'s compression and its uncompressed bytes, streamed while the blob is read (plain and gzip); a zstd
+    blob is read to its end (and verified) first, then decompressed from its file by the zstd program."""
+    head = read_exact(blob, 6)  # type: ignore[arg-type]
+    kind = detect_compression(head)
+    raw: IO[bytes] = _Replay(head, blob)  # type: ignore[arg-type, assignment]
+    if kind == "gzip":
+        yield kind, _Inflater(raw)  # type: ignore[misc]
+    elif kind == "zstd":
+        blob.finish()
+        with decompressed(blob.path) as stream:
+            yield kind, stream
+    else:
+        yield kind, raw
 
 
 def drain(stream: IO[bytes]) -> None:
