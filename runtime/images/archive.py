@@ -19,10 +19,12 @@ import io
 import logging
 import os
 import posixpath
+import queue
 import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -356,14 +358,14 @@ class _Inflater(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+    def read(self, size: int = -1) -> bytes:
+        size = size if size > 0 else COPY_CHUNK
         while True:
             if not self._input:
                 self._input = self._raw.read(COPY_CHUNK)
                 if not self._input:
                     if self._inflate.eof or not self._started:
-                        return 0
+                        return b""
                     raise tarfile.ReadError("unexpected end of compressed data")
             if self._inflate.eof:  # another member follows, or zero padding
                 self._input = self._input.lstrip(b"\0")
@@ -371,14 +373,79 @@ class _Inflater(io.RawIOBase):
                     continue
                 self._inflate = zlib.decompressobj(31)
             try:
-                out = self._inflate.decompress(self._input, len(view))
+                out = self._inflate.decompress(self._input, size)
             except zlib.error as exc:
                 raise tarfile.ReadError(f"invalid compressed data: {exc}") from None
             self._started = True
             self._input = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
             if out:
-                view[:len(out)] = out
-                return len(out)
+                return out
+
+    def readinto(self, buffer: Any) -> int:
+        out = self.read(len(buffer))
+        memoryview(buffer).cast("B")[:len(out)] = out
+        return len(out)
+
+
+class _ReadAhead(io.RawIOBase):
+    """``raw`` read by a thread of its own, up to ``DEPTH`` pieces ahead of the reader. A pull's work then runs on
+    two cores (download, blob digest and inflate there; tar, diff ID and file writes here): each of them releases
+    the GIL. Its errors are raised here, in order; ``close`` stops the thread and waits for it, so the blob under
+    it has one reader again."""
+
+    DEPTH = 4
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._pieces: queue.Queue[tuple[bytes, BaseException | None]] = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._rest = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._produce, args=(raw,), name="unpack-read", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def _produce(self, raw: IO[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                data = raw.read(COPY_CHUNK)
+                self._put(data, None)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, in order
+            self._put(b"", exc)
+
+    def _put(self, data: bytes, error: BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pieces.put((data, error), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._rest:
+            if self._ended:
+                return 0
+            data, error = self._pieces.get()
+            if error is not None or not data:
+                self._ended = True
+                if error is not None:
+                    raise error
+                return 0
+            self._rest = memoryview(data)
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._rest))
+        view[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
 
 
 @contextlib.contextmanager
@@ -388,14 +455,13 @@ def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
     head = read_exact(blob, 6)  # type: ignore[arg-type]
     kind = detect_compression(head)
     raw: IO[bytes] = _Replay(head, blob)  # type: ignore[arg-type, assignment]
-    if kind == "gzip":
-        yield kind, _Inflater(raw)  # type: ignore[misc]
-    elif kind == "zstd":
+    if kind == "zstd":
         blob.finish()
         with decompressed(blob.path) as stream:
             yield kind, stream
-    else:
-        yield kind, raw
+        return
+    with _ReadAhead(_Inflater(raw) if kind == "gzip" else raw) as stream:  # type: ignore[arg-type]
+        yield kind, stream  # type: ignore[misc]
 
 
 def drain(stream: IO[bytes]) -> None:
