@@ -202,7 +202,7 @@ class Request:
         self.headers = headers
         path, _, query_text = target.partition("?")
         self.raw_path = path
-        self.query: dict[str, list[str]] = parse_query(query_text)
+        self.query: dict[str, list[str]] = parse_query(query_text) if query_text else {}
         self.api_version = API_VERSION
         self.path = path
         self.body: Body = Body(conn, 0, False, False)
@@ -315,14 +315,18 @@ def json_stream(items: Iterable[Any], status: int = 200, prime: int = 0) -> Stre
 HIJACKED = object()  # a handler's return value once it took the connection over
 
 
+_SERVER_HEADERS = (("Api-Version", API_VERSION), ("Docker-Experimental", "false"), ("Ostype", "linux"),
+                   ("Server", f"Docker/{VERSION} (linux)"))
+_date: tuple[int, str] = (0, "")  # the Date header of the current second, formatted once per second
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def base_headers() -> list[tuple[str, str]]:
-    return [
-        ("Api-Version", API_VERSION),
-        ("Docker-Experimental", "false"),
-        ("Ostype", "linux"),
-        ("Server", f"Docker/{VERSION} (linux)"),
-        ("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
-    ]
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)))
+    return [*_SERVER_HEADERS, ("Date", _date[1])]
 
 
 Handler = Callable[..., Any]
@@ -339,6 +343,9 @@ class _TimedReader(io.RawIOBase):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN | select.POLLPRI)
+        self._tls_pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted, unseen by poll
         self.deadline: float | None = None
         self.idle: float | None = None
 
@@ -352,13 +359,12 @@ class _TimedReader(io.RawIOBase):
             if remaining <= 0:
                 raise socket.timeout("request headers not received in time")
             timeout = remaining if timeout is None else min(timeout, remaining)
-        if timeout is None:
-            return self._sock.recv_into(buffer)
-        self._sock.settimeout(timeout)
-        try:
-            return self._sock.recv_into(buffer)
-        finally:
-            self._sock.settimeout(None)  # writes stay unbounded: a slow reader of a long stream is no attacker
+        # The wait is bounded with poll, not a socket timeout: writes stay unbounded (a slow reader of a long
+        # stream is no attacker), and a request costs no switches of the socket's blocking mode.
+        if timeout is not None and not (self._tls_pending and self._tls_pending()) and \
+                not self._poll.poll(timeout * 1000):
+            raise socket.timeout("timed out")
+        return self._sock.recv_into(buffer)
 
 
 class Connection:
@@ -491,10 +497,7 @@ class Connection:
 
     def head_bytes(self, status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
         if reason is None:
-            try:
-                reason = http.HTTPStatus(status).phrase
-            except ValueError:
-                reason = "Status"
+            reason = _REASONS.get(status, "Status")
         lines = [f"HTTP/1.1 {status} {reason}"]
         lines.extend("{}: {}".format(*pair) for pair in headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -713,26 +716,40 @@ class Route:
 
 
 class Router:
-    """Routes in registration order (specific paths before ``{name:.*}`` ones, as moby registers them)."""
+    """Routes in registration order (specific paths before ``{name:.*}`` ones, as moby registers them).
+
+    A path without parameters is found in a dict (unless a route registered before it matches it too); the others
+    are tried in order among the routes of the request's method: the fixed cost of every request."""
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        self._fixed: dict[tuple[str, str], Route] = {}
+        self._patterns: dict[str, list[Route]] = collections.defaultdict(list)
 
     def add(self, method: str, pattern: str, summary: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.routes.append(Route(method, pattern, handler, summary))
+            route = Route(method, pattern, handler, summary)
+            self.routes.append(route)
+            if "{" in pattern:
+                self._patterns[method].append(route)
+            elif not self._first(method, pattern) and (method, pattern) not in self._fixed:
+                self._fixed[(method, pattern)] = route
             return handler
 
         return register
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-        for route in self.routes:
-            if route.method != method:
-                continue
+    def _first(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        for route in self._patterns.get(method, ()):
             found = route.regex.match(path)
             if found:
                 return route, {key: unquote(value) for key, value in found.groupdict().items()}
         return None
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        route = self._fixed.get((method, path))
+        if route is not None:
+            return route, {}
+        return self._first(method, path)
 
 
 class App:
