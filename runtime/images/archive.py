@@ -389,8 +389,8 @@ class _Inflater(io.RawIOBase):
 
 class _ReadAhead(io.RawIOBase):
     """``raw`` read by a thread of its own, up to ``DEPTH`` pieces ahead of the reader. A pull's work then runs on
-    two cores (download, blob digest and inflate there; tar, diff ID and file writes here): each of them releases
-    the GIL. Its errors are raised here, in order; ``close`` stops the thread and waits for it, so the blob under
+    every core there is (download and blob digest in one thread, inflate in another, tar, diff ID and file writes in
+    the caller's): each of them releases the GIL. Its errors are raised here, in order; ``close`` stops the thread and waits for it, so the blob under
     it has one reader again."""
 
     DEPTH = 4
@@ -450,7 +450,8 @@ class _ReadAhead(io.RawIOBase):
 
 @contextlib.contextmanager
 def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
-    """``blob``'s compression and its uncompressed bytes, streamed while the blob is read (plain and gzip); a zstd
+    """``blob``'s compression and its uncompressed bytes, streamed while the blob is read (plain and gzip, see
+    ``_ReadAhead``); a zstd
     blob is read to its end (and verified) first, then decompressed from its file by the zstd program."""
     head = read_exact(blob, 6)  # type: ignore[arg-type]
     kind = detect_compression(head)
@@ -460,8 +461,11 @@ def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
         with decompressed(blob.path) as stream:
             yield kind, stream
         return
-    with _ReadAhead(_Inflater(raw) if kind == "gzip" else raw) as stream:  # type: ignore[arg-type]
-        yield kind, stream  # type: ignore[misc]
+    with contextlib.ExitStack() as stack:  # closed in reverse: the inflating thread stops before the reading one
+        stream: IO[bytes] = stack.enter_context(_ReadAhead(raw))  # type: ignore[assignment]
+        if kind == "gzip":
+            stream = stack.enter_context(_ReadAhead(_Inflater(stream)))  # type: ignore[assignment]
+        yield kind, stream
 
 
 def drain(stream: IO[bytes]) -> None:
