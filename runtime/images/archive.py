@@ -291,7 +291,8 @@ class Blob(io.RawIOBase):
         raise NotImplementedError
 
     def finish(self) -> tuple[str, int]:
-        """(digest, size) of the whole blob once read to its end; a digest other than ``expected`` raises."""
+        """(digest, size) of the whole blob once read to its end; a digest other than ``expected`` raises (again
+        on every call)."""
         if self._sha is None:  # known already: nothing left to check
             assert self.expected is not None
             return self.expected, os.path.getsize(self.path)

@@ -447,6 +447,7 @@ class _Download(archive.Blob):
         self._skip = 0
         self._reported = 0
         self._ended = False
+        self._verified = False
 
     def _message(self, status: str, **extra: object) -> None:
         self._puller.events.put(_message(status, self._short, **extra))
@@ -529,13 +530,16 @@ class _Download(archive.Blob):
 
     def finish(self) -> tuple[str, int]:
         digest, size = super().finish()
-        self._message("Download complete")
-        self._message("Extracting")
+        if not self._verified:
+            self._verified = True
+            self._message("Download complete")
+            self._message("Extracting")
         return digest, size
 
     def _mismatch(self, digest: str) -> None:
         self.close()
-        os.unlink(self.path)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
         raise InvalidParameter(f"filesystem layer verification failed for digest {self.expected}")
 
     def close(self) -> None:

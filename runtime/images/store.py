@@ -297,10 +297,10 @@ class ImageStore:
                     if compression not in LAYER_MEDIA:
                         raise InvalidParameter(f"unsupported layer compression {compression}")
                     actual_diff, size, tar_size = archive.extract_layer(stream, os.path.join(work, "diff"))
-                actual_blob, blob_size = blob.finish()
             except InvalidParameter:  # a hostile or broken layer, or a corrupt blob: say which
                 blob.finish()
                 raise
+            actual_blob, blob_size = blob.finish()
             if diff_id is not None and actual_diff != diff_id:
                 raise InvalidParameter(f"layer diff ID mismatch: expected {diff_id}, got {actual_diff}")
             chain = chain_id(parent_chain, actual_diff)
