@@ -123,33 +123,43 @@ class Body:
         the end of the body."""
         if size < 0:
             return b"".join(iter(lambda: self.read(1 << 20), b""))
-        with self._reading() as available:
-            want = min(size, available)
+        with self._stalls():
+            want = min(size, self._available())
             data = self._conn.rfile.read(want)
             self._consumed(len(data), want)
             return data
 
     def readinto(self, buffer: Any) -> int:
-        """``read`` into ``buffer`` (no intermediate bytes object: ``docker cp`` uploads go through here)."""
+        """Fill ``buffer`` as far as the body goes, across chunks, with no intermediate bytes object: ``docker cp``
+        uploads arrive in 32 KiB chunks and are written to their files 1 MiB at a time through here."""
         view = memoryview(buffer).cast("B")
-        with self._reading() as available:
-            want = min(len(view), available)
-            n = self._conn.rfile.readinto(view[:want])
-            self._consumed(n, want)
-            return n
+        filled = 0
+        with self._stalls():
+            while filled < len(view):
+                want = min(len(view) - filled, self._available())
+                if not want:
+                    break
+                n = self._conn.rfile.readinto(view[filled:filled + want])
+                self._consumed(n, want)
+                filled += n
+        return filled
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[int]:
-        """How many bytes may be read now (0 at the end); a stalled client is a 408."""
+    def _stalls(self) -> Iterator[None]:
+        """A client that stalls while we wait for its body is a 408."""
         try:
-            if self._expect_continue:
-                self._expect_continue = False
-                self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            while self._chunked and not self._chunk_left and not self._done:
-                self._next_chunk()
-            yield 0 if self._done else (self._chunk_left if self._chunked else self._remaining)
+            yield
         except socket.timeout:
             raise HTTPError(408, f"request body stalled for more than {BODY_IDLE_TIMEOUT:.0f} seconds") from None
+
+    def _available(self) -> int:
+        """How many bytes may be read now without reading past the body (0 at its end)."""
+        if self._expect_continue:
+            self._expect_continue = False
+            self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while self._chunked and not self._chunk_left and not self._done:
+            self._next_chunk()
+        return 0 if self._done else (self._chunk_left if self._chunked else self._remaining)
 
     def _consumed(self, n: int, want: int) -> None:
         if n < want:
