@@ -345,9 +345,9 @@ class CopiedBlob(Blob):
 
 
 class _Inflater(io.RawIOBase):
-    """The gzip members of ``raw`` inflated in pieces of at most the caller's buffer, from 1 MiB reads of ``raw``
-    (``gzip.GzipFile`` reads 8 KiB at a time on Python 3.11 and grows its output without bound). Zero padding
-    after a member is skipped, as gzip does; a stream that ends inside a member is an error."""
+    """The gzip members of ``raw`` inflated in pieces of at most the caller's size, from 1 MiB reads of ``raw``
+    (``gzip.GzipFile`` reads its input 8 KiB at a time on Python 3.11). Zero padding after a member is skipped, as
+    gzip does; a stream that ends inside a member is an error (zlib checks each member's CRC and length)."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         super().__init__()
