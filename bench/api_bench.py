@@ -14,6 +14,7 @@ stopped by PID. Needs root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -184,19 +185,27 @@ def measure(socket_path: str, rootfs: bytes, settings: Settings, daemon_pid: int
     return result
 
 
-def bench_ours(work: Path, rootfs: bytes, settings: Settings, big: Path | None = None) -> dict[str, object]:
-    sock = str(work / "ours.sock")
+@contextlib.contextmanager
+def ours_running(work: Path, tag: str = "ours", tree: Path = REPO, octet: int = 196) -> Iterator[tuple[str, int]]:
+    """Our daemon from the checkout ``tree`` on its own socket, bridge and 10.``octet``.N.0/24: (socket, pid)."""
+    sock = str(work / f"{tag}.sock")
     pid = os.getpid()
     process = subprocess.Popen(
-        [sys.executable, "-m", "machines.runtime", "daemon", "--data-root", str(work / "ours-data"), "--exec-root",
-         str(work / "ours-exec"), "--host", "unix://" + sock, "--pidfile", str(work / "ours.pid"),
-         "--bridge-name", f"bnch{pid % 100000}", "--bridge-subnet", f"10.196.{pid % 250}.0/24"],
-        cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=(work / "ours.log").open("wb"), start_new_session=True)
+        [sys.executable, "-m", "machines.runtime", "daemon", "--data-root", str(work / f"{tag}-data"), "--exec-root",
+         str(work / f"{tag}-exec"), "--host", "unix://" + sock, "--pidfile", str(work / f"{tag}.pid"),
+         "--bridge-name", f"b{tag[:4]}{pid % 100000}", "--bridge-subnet", f"10.{octet}.{pid % 250}.0/24"],
+        cwd=str(tree), env=dict(os.environ, PYTHONPATH=str(tree)), stdout=subprocess.DEVNULL,
+        stderr=(work / f"{tag}.log").open("wb"), start_new_session=True)
     try:
         wait_for_socket(sock, process)
-        return measure(sock, rootfs, settings, process.pid, work, big)
+        yield sock, process.pid
     finally:
         stop(process)
+
+
+def bench_ours(work: Path, rootfs: bytes, settings: Settings, big: Path | None = None) -> dict[str, object]:
+    with ours_running(work, "ours") as (sock, pid):
+        return measure(sock, rootfs, settings, pid, work, big)
 
 
 def _cgroup_dirs() -> set:
@@ -208,6 +217,13 @@ def _link_exists(name: str) -> bool:
 
 
 def bench_dockerd(work: Path, rootfs: bytes, settings: Settings, big: Path | None = None) -> dict[str, object]:
+    with dockerd_running(work) as (sock, pid):
+        return measure(sock, rootfs, settings, pid, work, big)
+
+
+@contextlib.contextmanager
+def dockerd_running(work: Path) -> Iterator[tuple[str, int]]:
+    """Debian's dockerd on its own socket and roots, everything it changed undone afterwards: (socket, pid)."""
     sock = str(work / "dockerd.sock")
     had_docker0 = _link_exists("docker0")
     cgroups_before = _cgroup_dirs()
@@ -218,7 +234,7 @@ def bench_dockerd(work: Path, rootfs: bytes, settings: Settings, big: Path | Non
         stdout=subprocess.DEVNULL, stderr=(work / "dockerd.log").open("wb"), start_new_session=True)
     try:
         wait_for_socket(sock, process)
-        return measure(sock, rootfs, settings, process.pid, work, big)
+        yield sock, process.pid
     finally:
         stop(process)
         if not had_docker0 and _link_exists("docker0"):

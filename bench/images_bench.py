@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.procs import big_file, copy_floor  # noqa: E402
 from machines.runtime.images.service import ImageService  # noqa: E402
 from machines.runtime.images.store import ImageStore  # noqa: E402
-from tests.images.registry_fixture import start_registry  # noqa: E402
 from tests.support import busybox  # noqa: E402
+from tests.support.registry import start_registry  # noqa: E402
 
 CGROUP_PARENT = f"/images-bench-{os.getpid()}"  # dockerd's cgroups, removed afterwards
 DOCKERFILE = """FROM {image}

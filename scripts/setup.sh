@@ -13,6 +13,9 @@ packages=(
   docker.io
   # image signing interoperability (tests/trust): GPG simple signing both ways with skopeo
   skopeo gnupg
+  # image scanning (tests/scan): rpm, Berkeley DB's db_load and its Python binding make and change real rpm
+  # databases; Go reads build info as well
+  rpm db5.3-util python3-bsddb3 golang-go
   # the virtualbox driver's tests: Vagrant with the libvirt provider under QEMU, and a Debian test box
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables
   qemu-system-x86 qemu-utils debootstrap
@@ -39,4 +42,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# setuptools installs our package-dir layout through a meta path finder and warns each time that folders of the working
+# directory named like the package may shadow it: here machines/ is the package itself (its links included), and the
+# other top folders are never imported by their own names (tests/foundation/test_architecture.py), so it is silenced.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e '.[test]'
+# Wheels for tests/foundation/test_packaging.py, which installs our wheel offline next to the index's unrelated
+# "drivers" and "runtime" (tests reach no network): under /var/cache/machines-test/wheelhouse, once.
+.venv/bin/python -m tests.support.wheelhouse

@@ -93,7 +93,8 @@ def _finding_json(f: Finding) -> dict[str, Any]:
 def to_json(image: str, inventory: Inventory, findings: list[Finding],
             ignored: list[tuple[Finding, Ignore]]) -> str:
     doc = {"image": image, "os": inventory.os_release.get("PRETTY_NAME") or inventory.distro,
-           "packages": len(inventory.packages), "vulnerabilities": [_finding_json(f) for f in findings],
+           "packages": len(inventory.packages), "warnings": inventory.problems,
+           "vulnerabilities": [_finding_json(f) for f in findings],
            "ignored": [dict(_finding_json(f), reason=entry.reason,
                             expires=entry.expires.isoformat() if entry.expires else None) for f, entry in ignored]}
     return json.dumps(doc, indent=2)
@@ -124,8 +125,10 @@ def purl(package: Package, inventory: Inventory) -> str:
     from packageurl import PackageURL
 
     kind = PURL_TYPES[package.kind]
-    namespace, name = None, package.name
+    namespace, name, version = None, package.name, package.version
     qualifiers: dict[str, str] = {}
+    if package.kind == "rpm" and re.match(r"\d+:", version):
+        qualifiers["epoch"], version = version.split(":", 1)  # purl's rpm type keeps the epoch apart
     if package.kind in ("dpkg", "apk", "rpm"):
         namespace = inventory.os_release.get("ID") or None
         if package.arch:
@@ -134,7 +137,7 @@ def purl(package: Package, inventory: Inventory) -> str:
             qualifiers["distro"] = inventory.distro.replace(" ", "-")
     elif "/" in name:
         namespace, name = name.rsplit("/", 1)
-    return PackageURL(type=kind, namespace=namespace, name=name, version=package.version,
+    return PackageURL(type=kind, namespace=namespace, name=name, version=version,
                       qualifiers=qualifiers or None).to_string()
 
 

@@ -117,11 +117,11 @@ def wait(engine: Engine, request: Request, ref: str) -> Stream:
     condition = request.arg("condition") or "not-running"
     if condition not in WAIT_CONDITIONS:
         raise InvalidParameter(f"invalid condition: {condition!r}")
-    engine.inspect_container(ref)  # 404 before the headers are out
+    block = engine.waiter(ref, condition=condition)  # 404, and the exit waited for, fixed before the headers
 
     def body() -> Iterator[bytes]:
         try:
-            result = engine.wait(ref, condition=condition)
+            result = block()
         except EngineError as exc:
             result = {"StatusCode": -1, "Error": {"Message": str(exc)}}
         yield (json.dumps(result) + "\n").encode()

@@ -50,6 +50,7 @@ MAX_PENDING = 512  # TLS handshakes in progress; beyond it the oldest is dropped
 PENDING_PER_ADDRESS = 128  # likewise per client address
 MAX_CONNECTIONS = 256  # connections being served (one thread each); beyond it a new one gets 503 and is closed
 CONNECTIONS_PER_ADDRESS = 128  # likewise per client address (TCP)
+IDLE_WORKERS = 8  # connection threads kept waiting for the next client
 DRAIN_LIMIT = 1024 * 1024  # unread body bytes we swallow to keep a connection alive; more and we close
 
 _VERSIONED = re.compile(r"^/v([0-9][0-9.]*)(/.*)$")
@@ -591,24 +592,36 @@ def _unread_bytes(sock: socket.socket) -> int:
 class _PeerWatch:
     """Iterates ``chunks`` in a helper thread while the connection thread watches the socket, so a client hanging
     up during a long wait (``/wait`` on a service, a quiet ``logs -f``, ``/events``) frees its connection at once,
-    as moby's request context does. The helper ends at the producer's next item."""
+    as moby's request context does. The helper ends at the producer's next item.
 
-    POLL = 1.0
+    Nothing here polls: the connection thread sleeps in ``poll`` on the client socket and on a pipe the helper
+    writes a byte to with each item, so an item (the ``/wait`` answer of a ``docker run``) goes out as soon as it
+    is made and a hang-up is seen when it happens."""
+
+    BACKLOG = 8  # items made ahead of a slow client before the helper waits
 
     def __init__(self, sock: socket.socket, chunks: Iterable[bytes]) -> None:
         self._sock = sock
-        self._items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
-        self._cancelled = threading.Event()
+        self._items: collections.deque[tuple[str, Any]] = collections.deque()
+        self._cond = threading.Condition()
+        self._cancelled = False
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
         threading.Thread(target=self._produce, args=(chunks,), name="api-stream", daemon=True).start()
 
     def _offer(self, kind: str, value: Any) -> bool:
-        while not self._cancelled.is_set():
+        with self._cond:
+            while len(self._items) >= self.BACKLOG and not self._cancelled:
+                self._cond.wait()
+            if self._cancelled:
+                return False
+            self._items.append((kind, value))
             try:
-                self._items.put((kind, value), timeout=self.POLL)
-                return True
-            except queue.Full:
-                continue
-        return False
+                os.write(self._wake_w, b"x")  # under the lock: ``close`` cannot have closed the pipe meanwhile
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+        return True
 
     def _produce(self, chunks: Iterable[bytes]) -> None:
         iterator = iter(chunks)
@@ -624,22 +637,40 @@ class _PeerWatch:
             if closer is not None:
                 closer()
 
+    def _take(self) -> tuple[str, Any] | None:
+        with self._cond:
+            if not self._items:
+                return None
+            self._cond.notify()
+            return self._items.popleft()
+
     def _peer_gone(self) -> bool:
         try:
-            if not select.select([self._sock], [], [], 0)[0]:
-                return False
-            return self._sock.recv(1, socket.MSG_PEEK) == b""
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
         except OSError:
             return True
 
     def __iter__(self) -> Iterator[bytes]:
+        watch = select.poll()  # not select(): descriptors above 1024 are normal on a busy daemon
+        watch.register(self._wake_r, select.POLLIN)
+        watch.register(self._sock, select.POLLIN)
         while True:
-            try:
-                kind, value = self._items.get(timeout=self.POLL)
-            except queue.Empty:
-                if self._peer_gone():
-                    raise ConnectionAbortedError("client hung up") from None
+            taken = self._take()
+            if taken is None:
+                for fd, _ in watch.poll():
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    elif self._peer_gone():
+                        raise ConnectionAbortedError("client hung up")
+                    else:  # the client sent more (a pipelined request): only its hang-up mattered here
+                        watch.unregister(self._sock)
                 continue
+            kind, value = taken
             if kind == "end":
                 return
             if kind == "error":
@@ -647,7 +678,13 @@ class _PeerWatch:
             yield value
 
     def close(self) -> None:
-        self._cancelled.set()
+        with self._cond:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            self._cond.notify_all()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
 
 class Hijacked:
@@ -862,6 +899,8 @@ class _Gate:
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._stopping = False
+        self._jobs: queue.SimpleQueue[tuple[socket.socket | None, str]] = queue.SimpleQueue()
+        self._idle_workers = 0  # threads blocked on ``_jobs``
         self._listeners: list[socket.socket] = []
 
     def add_listener(self, sock: socket.socket, tls: ssl.SSLContext | RevocableTLS | None) -> None:
@@ -886,6 +925,10 @@ class _Gate:
             self._expire()
         for pending in list(self._pending.values()):
             self._drop(pending)
+        with self._active_lock:
+            for _ in range(self._idle_workers):
+                self._jobs.put((None, ""))  # idle workers end
+            self._idle_workers = 0
         self._selector.close()
 
     def stop(self) -> None:
@@ -984,12 +1027,29 @@ class _Gate:
         if refused:
             self._refuse_busy(sock)
             return
-        thread = threading.Thread(target=self._serve, args=(sock, peer), name="api-conn", daemon=True)
+        with self._active_lock:
+            if self._idle_workers:
+                self._idle_workers -= 1
+                self._jobs.put((sock, peer))
+                return
+        thread = threading.Thread(target=self._work, args=(sock, peer), name="api-conn", daemon=True)
         try:
             thread.start()
         except RuntimeError:  # no more threads from the system: same answer as a full cap
             self._release(peer)
             self._refuse_busy(sock)
+
+    def _work(self, sock: socket.socket | None, peer: str) -> None:
+        """Serve connections, this one and then, while fewer than ``IDLE_WORKERS`` wait, the ones handed over:
+        a waiting thread takes a new client with one wake-up, where starting a thread makes the gate wait until
+        it runs (about a millisecond of every ``docker`` command on a busy machine)."""
+        while sock is not None:
+            self._serve(sock, peer)
+            with self._active_lock:
+                if self._stopping or self._idle_workers >= IDLE_WORKERS:
+                    return
+                self._idle_workers += 1
+            sock, peer = self._jobs.get()
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         body = _error_body("too many connections to the daemon; try again later")

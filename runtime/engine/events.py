@@ -76,7 +76,7 @@ class EventBus:
                 while seq >= self._first + len(self._events) and not self._closed:
                     if until is not None and time.time() >= until:
                         return
-                    self._cond.wait(0.5 if until is None else max(0.0, min(0.5, until - time.time())))
+                    self._cond.wait(None if until is None else max(0.0, until - time.time()))  # emit and close notify
                 if self._closed and seq >= self._first + len(self._events):
                     return
                 seq = max(seq, self._first)

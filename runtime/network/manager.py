@@ -2,8 +2,10 @@
 
 State (networks, endpoints = address leases, published ports) lives in one JSON file under ``root``, replaced
 atomically after every change, so a daemon killed at any point restarts with a consistent view; ``restore`` then
-reconciles it with what is still running. A bridge device (and its iptables rules) exists only while its network has
-endpoints: an idle host carries no trace of us, and tests that stop their containers leave nothing behind.
+reconciles it with what is still running. A bridge device (and its iptables rules) is made with its network's first
+endpoint and then kept, as dockerd keeps docker0, until the network is removed or the daemon stops (``close``, or
+``restore`` after a crash, drops every idle one): making and deleting a bridge and its rules on each container's
+start and exit cost about 100 ms of every ``docker run --rm``. A host whose daemon stopped carries no trace of us.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import copy
 import ipaddress
 import json
 import os
+import queue
 import re
 import secrets
 import socket
@@ -74,6 +77,7 @@ class NetworkManager:
         self._path = os.path.join(root, "state.json")
         self._lock = threading.RLock()
         self._firewall = Firewall()
+        self._unlinker = _Unlinker()
         self._proxies: dict[str, list[PortProxy]] = {}
         self._dns = dns.Resolver(self.lookup, self.reverse, self.upstreams)
         private_dir(root, 0o700)
@@ -94,12 +98,17 @@ class NetworkManager:
             state.setdefault(key, {})
         return state
 
-    def _save(self) -> None:
+    def _save(self, durable: bool = True) -> None:
+        """Replaces the state file atomically. ``durable`` also waits for the disk: wanted for networks, which
+        must survive a power cut; endpoints and ports are not (as a container's own state is not): they only
+        matter while their containers run, a power cut ends those too and ``restore`` then drops their endpoints,
+        and each fsync costs 5 to 30 ms of a container's start or exit on a busy disk."""
         temporary = self._path + ".tmp"
         with open(temporary, "w") as out:
             json.dump(self._state, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temporary, self._path)
 
     def _ensure_predefined(self, bip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
@@ -364,7 +373,7 @@ class NetworkManager:
             elif net["Driver"] == "bridge":
                 self._attach(net, ep, current, ipv4, ipv6, mac)
             self._state["endpoints"].setdefault(container_id, {})[net["Id"]] = ep
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts(self._neighbours(container_id))
             if net["Name"] not in PREDEFINED and net["Driver"] == "bridge":
                 try:
@@ -459,6 +468,7 @@ class NetworkManager:
         bridge = net.get("_bridge")
         if not bridge:
             return
+        self._unlinker.settle()  # released endpoints' veths are no ports that keep the bridge
         exists = link_exists(bridge)
         if exists and ip_query("-o", "link", "show", "master", bridge).strip():
             return
@@ -508,8 +518,7 @@ class NetworkManager:
                 self._move_default_route(current)
             if not any(self._state["networks"][nid]["Name"] not in PREDEFINED for nid in current):
                 self._dns.forget(container_id)
-            self._drop_bridge_if_idle(net)
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts(neighbours)
 
     def _move_default_route(self, current: dict[str, Dict_]) -> None:
@@ -533,11 +542,8 @@ class NetworkManager:
             self._dns.forget(container_id)
             neighbours = self._neighbours(container_id)
             endpoints = self._state["endpoints"].pop(container_id, {})
-            for nid, ep in endpoints.items():
-                if ep["HostVeth"]:
-                    _delete_link(ep["HostVeth"])
-                self._drop_bridge_if_idle(self._state["networks"][nid])
-            self._save()
+            self._unlinker.delete(ep["HostVeth"] for ep in endpoints.values() if ep["HostVeth"])
+            self._save(durable=False)
             self._refresh_hosts(neighbours)
 
     # --- /etc/hosts --------------------------------------------------------------------------------------------
@@ -579,7 +585,7 @@ class NetworkManager:
         with self._lock:
             for ep in self._state["endpoints"].get(container_id, {}).values():
                 ep["Links"] = [link for link in ep.get("Links") or [] if link[1][0] != alias]
-            self._save()
+            self._save(durable=False)
             self._refresh_hosts([container_id])
 
     # --- embedded DNS ------------------------------------------------------------------------------------------
@@ -650,7 +656,9 @@ class NetworkManager:
             for key in ports:
                 wanted.setdefault(key, [{}])
         with self._lock:
-            self._unpublish(container_id)
+            had_ports = self._unpublish(container_id)
+            if not wanted and not had_ports:
+                return ports  # nothing to open, nothing to write: most containers publish no port
             opened: list[PortProxy] = []
             records: list[Dict_] = []
             try:
@@ -671,7 +679,7 @@ class NetworkManager:
             self._proxies[container_id] = opened
             self._state["ports"][container_id] = records
             self._firewall.add(_port_tag(container_id), self._port_rules(container_id), check=False)
-            self._save()
+            self._save(durable=False)
         return ports
 
     @staticmethod
@@ -694,7 +702,7 @@ class NetworkManager:
         """Closes a container's host ports (they are free when this returns) and forgets them."""
         with self._lock:
             if self._unpublish(container_id):
-                self._save()
+                self._save(durable=False)
 
     def _unpublish(self, container_id: str) -> bool:
         """Closes the proxies and removes the DNAT rules of a container; says whether it had published ports."""
@@ -764,11 +772,14 @@ class NetworkManager:
             self._save()
 
     def close(self) -> None:
-        """Stops the port proxies and the DNS server; containers keep their addresses and the state stays for
-        ``restore``."""
+        """Stops the port proxies and the DNS server and removes the bridges no container uses; containers keep
+        their addresses and the state stays for ``restore``."""
         with self._lock:
             for cid in list(self._proxies):
                 self._stop_proxies(cid)
+            for net in self._networks():
+                self._drop_bridge_if_idle(net)
+            self._unlinker.stop()
         self._dns.close()
 
 
@@ -791,6 +802,51 @@ def host_nameservers(path: str) -> list[str]:
 def _delete_link(name: str) -> None:
     with RtNetlink() as nl:
         nl.delete_link(name)
+
+
+class _Unlinker:
+    """Deletes the host ends of released endpoints' veth pairs in a thread of its own. A released endpoint's
+    container has stopped, so nothing uses the link; deleting it waits for the kernel (1 to 20 ms, in
+    ``synchronize_net``) and the exit of every container, hence ``docker run --rm``, would wait with it. Its
+    lease is free at once: addresses are handed out round the subnet, so it is not the next one given."""
+
+    def __init__(self) -> None:
+        self._names: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def delete(self, names: Iterable[str]) -> None:
+        for name in names:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="net-unlink", daemon=True)
+                    self._thread.start()
+            self._names.put(name)
+
+    def _run(self) -> None:
+        while True:
+            name = self._names.get()
+            try:
+                if name is None:
+                    return
+                _delete_link(name)
+            except Exception as exc:  # noqa: BLE001 - a link that cannot go must not stop the next ones
+                log.warning("cannot delete %s: %s", name, exc)
+            finally:
+                self._names.task_done()
+
+    def settle(self) -> None:
+        """Returns once every link given so far is deleted."""
+        self._names.join()
+
+    def stop(self) -> None:
+        """Deletes what is queued and ends the thread (a later ``delete`` starts another)."""
+        with self._lock:
+            if self._thread is None:
+                return
+            self._names.put(None)
+            thread, self._thread = self._thread, None
+        thread.join()
 
 
 def _port_tag(container_id: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import pytest
 
-from .conftest import DOCKER, Daemon
+from tests.support.daemon import DOCKER, Daemon
 
 
 class Terminal:

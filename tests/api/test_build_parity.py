@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from .conftest import TAG, Daemon
+from tests.support.daemon import TAG, Daemon
 
 
 @pytest.fixture

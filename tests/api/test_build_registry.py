@@ -10,9 +10,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.images.registry_fixture import Registry, start_registry
-
-from .conftest import TAG, Daemon
+from tests.support.daemon import TAG, Daemon
+from tests.support.registry import Registry, start_registry
 
 
 @pytest.fixture(scope="module")

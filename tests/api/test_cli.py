@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .conftest import DOCKER, Daemon
+from tests.support.daemon import DOCKER, Daemon
 
 
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from .conftest import TAG, Daemon
+from tests.support.daemon import TAG, Daemon
+
 from .test_cli import wait_until
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.api.conftest import Daemon
+from tests.support.daemon import Daemon
 
 BIG = (3 << 20) + 123  # beyond the 1 MiB copy buffer, and not a multiple of the 512-byte tar block
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import docker
 import pytest
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 MAC = "92:d0:c6:0a:29:33"
 

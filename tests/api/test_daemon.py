@@ -11,8 +11,7 @@ from pathlib import Path
 
 from machines.bootstrap.bundle import build
 from machines.runtime.api import openapi
-
-from .conftest import REPO, free_subnet
+from tests.support.daemon import REPO, free_subnet
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

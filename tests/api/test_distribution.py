@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.images.registry_fixture import Registry, start_registry
-
-from .conftest import TAG, Daemon
+from tests.support.daemon import TAG, Daemon
+from tests.support.registry import Registry, start_registry
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -8,7 +8,7 @@ import tarfile
 import docker
 import pytest
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 @pytest.fixture

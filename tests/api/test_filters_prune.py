@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 UNKNOWN_KEY_COMMANDS = [
     ("ps", "-a", "--filter", "bogus=1"),

@@ -15,9 +15,8 @@ import docker
 import pytest
 
 from tests.support import busybox
+from tests.support.daemon import COMPOSE, Daemon, free_subnet, link_exists, start_daemon, stop_daemon, wait_for_listen
 from tests.support.waiting import poll
-
-from .conftest import COMPOSE, Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, start_daemon
 
 FAST = ["--health-interval", "100ms", "--health-start-interval", "100ms"]
 
@@ -218,7 +217,7 @@ def own_daemon(tmp_path: Path):
         log = tmp_path / "daemon.log"
         process = start_daemon(tmp_path, args)
         processes.append(process)
-        _wait_for_listen(log, process, time.monotonic() + 30)
+        wait_for_listen(log, process, time.monotonic() + 30)
         return Daemon(tmp_path, process, socket_path, "", {}, bridge, log)
 
     yield start
@@ -228,8 +227,8 @@ def own_daemon(tmp_path: Path):
         ids = instance.docker("ps", "-aq").stdout.split()
         if ids:
             instance.docker("rm", "-f", *[item.decode() for item in ids], timeout=120)
-    _stop(current)
-    if _link_exists(bridge):
+    stop_daemon(current)
+    if link_exists(bridge):
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 

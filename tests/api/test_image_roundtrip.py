@@ -15,10 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.images.registry_fixture import Registry, start_registry
+from tests.support.daemon import DOCKER, TAG, Daemon
+from tests.support.registry import Registry, start_registry
 from tests.support.tarballs import files_tar
-
-from .conftest import DOCKER, TAG, Daemon
 
 
 @pytest.fixture

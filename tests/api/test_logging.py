@@ -9,7 +9,7 @@ import os
 import docker
 import pytest
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 def test_none_keeps_no_log_and_says_so(daemon: Daemon, image: str, name: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 def sh(*args: str) -> None:

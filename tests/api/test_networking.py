@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from .conftest import Daemon, free_subnet
+from tests.support.daemon import Daemon, free_subnet
 
 
 @pytest.fixture

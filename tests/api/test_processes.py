@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 def ps() -> dict[int, dict[str, str]]:

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from .conftest import REPO, Daemon, make_pki
+from tests.support.daemon import REPO, Daemon, make_pki
+
 from .test_cli import wait_until
 
 

@@ -13,8 +13,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from tests.api.conftest import DOCKER, Daemon
 from tests.support import busybox
+from tests.support.daemon import DOCKER, Daemon
 
 
 def _import(daemon: Daemon, tar: Path, name: str) -> str:

@@ -11,9 +11,8 @@ import docker
 import pytest
 
 from machines.runtime.linux import cgroups
+from tests.support.daemon import Daemon
 from tests.support.waiting import poll
-
-from .conftest import Daemon
 
 
 def cgroup_file(cid: str, controller: str, v1_name: str, v2_name: str) -> str:

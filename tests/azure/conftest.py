@@ -82,7 +82,7 @@ class World:
 
 
 @pytest.fixture
-def world(arm: FakeArm, test_bridge: Bridge, tmp_path: Path) -> Iterator[World]:  # noqa: F811
+def world(arm: FakeArm, test_bridge: Bridge, tmp_path: Path) -> Iterator[World]:
     plane = AzureDataPlane(test_bridge, tmp_path / "hosts")
     arm.listener = plane
     try:

@@ -20,7 +20,7 @@ from tests.support.hosts import HostFactory
 
 @pytest.fixture(scope="module")
 def make_host(
-    test_bridge: Bridge, test_key: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+    test_bridge: Bridge, test_key: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HostFactory]:
     """Started test hosts that live until the end of the module."""
     factory = HostFactory(test_bridge, tmp_path_factory.mktemp("hosts"), *test_key)

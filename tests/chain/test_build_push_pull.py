@@ -14,9 +14,9 @@ import pytest
 
 from machines.drivers.nshost import Bridge
 from machines.machine import Machines
-from tests.images.registry_fixture import Registry
 from tests.support.cli import DOCKER, busybox_rootfs, machines, with_env
 from tests.support.hosts import unique_name
+from tests.support.registry import Registry
 
 DOCKERFILE = """FROM busybox AS maker
 COPY message.txt /src/message.txt

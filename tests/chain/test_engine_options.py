@@ -23,9 +23,9 @@ from machines.bootstrap import certs
 from machines.drivers.nshost import Bridge
 from machines.machine import Machines
 from tests.chain.test_build_push_pull import docker_on
-from tests.images.registry_fixture import Registry, start_registry
 from tests.support.cli import busybox_rootfs, machines
 from tests.support.hosts import unique_name
+from tests.support.registry import Registry, start_registry
 
 BIP = "172.31.213.1/24"
 

@@ -247,6 +247,26 @@ def test_wait_conditions_and_auto_remove(engine: Engine, run: Runner) -> None:
     assert engine.wait(later, "not-running")["StatusCode"] == 5
 
 
+def test_a_waiter_counts_the_exits_after_it_was_made(engine: Engine, run: Runner) -> None:
+    """The API makes the waiter before /wait's headers go out: an exit that comes before anything reads it (the
+    CLI starts the container as soon as it has the headers) is the one it answers."""
+    cid = run(["sh", "-c", "exit 6"], start=False)
+    first = engine.waiter(cid, "next-exit")
+    engine.start(cid)
+    wait_for(lambda: engine.inspect_container(cid)["State"]["Status"] == "exited", what="the exit")
+    second = engine.waiter(cid, "next-exit")  # made after that exit: waits for the next one
+    results: dict[str, dict] = {}
+    readers = [threading.Thread(target=lambda n=n, b=b: results.update({n: b()}), daemon=True)
+               for n, b in (("first", first), ("second", second))]
+    for reader in readers:
+        reader.start()
+    readers[0].join(10)
+    assert results == {"first": {"StatusCode": 6, "Error": None}}
+    engine.start(cid)
+    readers[1].join(10)
+    assert results["second"] == {"StatusCode": 6, "Error": None}
+
+
 def test_archive_put_get_head_export_top_stats(engine: Engine, run: Runner) -> None:
     cid = run(["sleep", "30"])
     buf = io.BytesIO()

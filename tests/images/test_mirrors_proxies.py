@@ -16,7 +16,7 @@ from machines.runtime import daemonconfig
 from machines.runtime.images import registry as registry_mod
 from machines.runtime.images.service import ImageService
 from machines.runtime.proxy import ProxyConfig
-from tests.images.registry_fixture import Registry, start_registry
+from tests.support.registry import Registry, start_registry
 
 NO_PROXY = ".example.com, foo.org, 10.0.0.0/8, 192.168.1.5:5000, bar.net:443, [::1]:1, *.star.io"
 

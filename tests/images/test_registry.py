@@ -17,7 +17,7 @@ from machines.runtime.images.media import host_platform
 from machines.runtime.images.registry import Unauthorized
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
-from tests.images.registry_fixture import start_registry
+from tests.support.registry import start_registry
 
 
 @pytest.fixture

@@ -127,6 +127,7 @@ def test_dual_stack_network_gives_both_addresses_and_carries_ipv6(host: Host, ma
         manager.connect("fixed", "x" * 64, client.pid, name="x", ipv6="fd00:65::5")
     manager.release(web.id)
     manager.release(client.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 
@@ -164,6 +165,7 @@ def test_embedded_dns_answers_names_aliases_ids_and_links(host: Host, resolving:
     resolving.release(db.id)
     resolving.release(web.id)
     resolving.release(outsider.id)
+    resolving.close()
     assert host.leftovers() == ([], [])
 
 
@@ -200,6 +202,7 @@ def test_links_on_the_default_bridge_go_into_hosts_and_can_be_removed(host: Host
     assert "sql" not in open(web.hosts_path).read()
     manager.release(db.id)
     manager.release(web.id)
+    manager.close()
     assert host.leftovers() == ([], [])
 
 
@@ -266,4 +269,5 @@ def test_malformed_queries_get_formerr_and_the_server_stays_up(host: Host, resol
             assert time.monotonic() < deadline, "TCP service did not come back after the flood"
             time.sleep(0.1)
     resolving.release(box.id)
+    resolving.close()
     assert host.leftovers() == ([], [])

@@ -10,6 +10,7 @@ import pytest
 
 from machines.runtime.errors import Forbidden, HostError, InvalidParameter
 from machines.runtime.network import NetworkManager, hosts
+from tests.support.waiting import poll
 
 from .conftest import REMOTE_HOST_IP, REMOTE_PEER_IP, Container, Host, remote_socket, serve_echo, tcp_ask
 
@@ -81,6 +82,10 @@ def test_default_bridge_has_no_name_resolution(host: Host, manager: NetworkManag
 
     manager.release(one.id)
     manager.release(two.id)
+    poll("the released veths deleted and the bridge kept (as dockerd keeps docker0)",
+         lambda: host.leftovers()[0] == [manager.bridge_name])
+    assert host.leftovers()[1]  # its rules stay with it
+    manager.close()  # the daemon stops: no bridge is left behind
     assert host.leftovers() == ([], [])
     assert manager.inspect("bridge")["Containers"] == {}
 
@@ -104,6 +109,7 @@ def test_outbound_nat_and_internal_networks(host: Host, remote: str, manager: Ne
 
     manager.release(box.id)
     manager.release(sealed.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 
@@ -135,6 +141,7 @@ def test_second_network_gets_eth1_and_concurrent_connects_get_distinct_addresses
 
     for container in containers:
         manager.release(container.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 

@@ -62,6 +62,7 @@ def test_tcp_and_udp_from_loopback_and_from_another_host(host: Host, remote: str
     manager.unpublish(box.id)
     bind_socket("tcp", "0.0.0.0", tcp_port).close()
     manager.release(box.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 
@@ -88,6 +89,7 @@ def test_publish_all_and_restore_after_restart(host: Host, manager: NetworkManag
         assert udp_ask(socket.socket(type=socket.SOCK_DGRAM), ("127.0.0.1", udp_port)) == b"PING"
         assert list(again.inspect("bridge")["Containers"]) == [box.id]
         again.release(box.id)
+        again.close()  # the bridge outlives its last endpoint until the daemon stops
         assert host.leftovers() == ([], [])
         assert not again.endpoints(box.id) and again.inspect("bridge")["Containers"] == {}
     finally:
@@ -105,6 +107,7 @@ def test_host_port_ranges_and_ipv6_host_addresses(host: Host, manager: NetworkMa
     assert ipv6["HostIp"] == "::1"
     assert tcp_ask(socket.socket(socket.AF_INET6), ("::1", int(ipv6["HostPort"]))).startswith(b"HELLO")
     manager.release(box.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])
 
 
@@ -124,6 +127,7 @@ def test_without_iptables_the_proxy_serves_other_hosts(host: Host, remote: str, 
         assert udp_ask(remote_socket(remote, socket.SOCK_DGRAM), (REMOTE_HOST_IP, udp_port)) == b"PING"
         assert host.leftovers()[1] == []
         manager.release(box.id)
+        manager.close()  # the bridge outlives its last endpoint until the daemon stops
         assert host.leftovers() == ([], [])
     finally:
         manager.close()
@@ -149,4 +153,5 @@ def test_networks_are_isolated_but_published_ports_are_not(host: Host, manager: 
 
     manager.release(server.id)
     manager.release(client.id)
+    manager.close()  # the bridge outlives its last endpoint until the daemon stops
     assert host.leftovers() == ([], [])

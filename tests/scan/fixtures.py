@@ -29,6 +29,11 @@ P:libssl1.1
 V:1.1.1q-r0
 A:x86_64
 o:openssl
+
+P:mariadb-client
+V:10.6.7-r0
+A:x86_64
+o:mariadb
 """
 
 
@@ -59,6 +64,27 @@ def rpmdb(packages: list[dict[int, object]]) -> bytes:
         path.unlink(missing_ok=True)
 
 
+SENTINEL_START = bytes.fromhex("3077af0c9274080241e1c107e6d618e6")  # cmd/go's framing of the module info
+SENTINEL_END = bytes.fromhex("f932433186182072008242104116d8f2")
+DATA_ADDRESS = 0x4A0000
+
+
+def elf(segment: bytes, *, wide: bool = True, big: bool = False, address: int = DATA_ADDRESS) -> bytes:
+    """An ELF executable whose only segment is ``segment``, loaded writable (as Go's data segment) at ``address``
+    from file offset 4096."""
+    order = ">" if big else "<"
+    if wide:
+        header = struct.pack(order + "16sHHIQQQIHHHHHH", b"\x7fELF\x02" + bytes([2 if big else 1, 1]) + b"\0" * 9,
+                             2, 62, 1, 0, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+        program = struct.pack(order + "IIQQQQQQ", 1, 6, 4096, address, address, len(segment), len(segment), 4096)
+    else:
+        header = struct.pack(order + "16sHHIIIIIHHHHHH", b"\x7fELF\x01" + bytes([2 if big else 1, 1]) + b"\0" * 9,
+                             2, 3, 1, 0, 52, 0, 0, 52, 32, 1, 40, 0, 0)
+        program = struct.pack(order + "IIIIIIII", 1, 4096, address, address, len(segment), len(segment), 6, 4096)
+    prefix = header + program
+    return prefix + b"\0" * (4096 - len(prefix)) + segment
+
+
 def go_binary(go_version: str, modinfo: str) -> bytes:
     """An ELF file carrying Go 1.18+ build info (inline strings): magic, pointer size, flags, then two varint-
     prefixed strings; the module info between Go's 16-byte sentinels."""
@@ -70,16 +96,30 @@ def go_binary(go_version: str, modinfo: str) -> bytes:
             if not n:
                 return out
 
-    sentinel_start = bytes.fromhex("3077af0c9274080241e1c107e6d618e6")
-    sentinel_end = bytes.fromhex("f932433186182072008242104116d8f2")
-    info = sentinel_start + modinfo.encode() + sentinel_end
+    info = SENTINEL_START + modinfo.encode() + SENTINEL_END
     header = b"\xff Go buildinf:" + bytes([8, 2]) + b"\0" * 16
-    return (b"\x7fELF\x02\x01\x01" + b"\0" * 2041 + header + varint(len(go_version)) + go_version.encode()
-            + varint(len(info)) + info + b"\0" * 512)
+    return elf(b"\0" * 2048 + header + varint(len(go_version)) + go_version.encode() + varint(len(info)) + info
+               + b"\0" * 512)
+
+
+def go_binary_before_1_18(go_version: str, modinfo: str, *, wide: bool = True, big: bool = False) -> bytes:
+    """An ELF file carrying the build info of Go < 1.18: after magic, pointer size and byte order, two pointers to
+    Go string headers (data pointer, length) elsewhere in the data segment, which point to the strings."""
+    size = 8 if wide else 4
+    word = (">" if big else "<") + ("Q" if wide else "I")
+    info = SENTINEL_START + modinfo.encode() + SENTINEL_END
+    strings_at = 64 + 4 * size  # header, the two string headers, then the bytes
+    version_header = struct.pack(word, DATA_ADDRESS + strings_at) + struct.pack(word, len(go_version))
+    info_header = struct.pack(word, DATA_ADDRESS + strings_at + len(go_version)) + struct.pack(word, len(info))
+    header = (b"\xff Go buildinf:" + bytes([size, 1 if big else 0]) + struct.pack(word, DATA_ADDRESS + 64)
+              + struct.pack(word, DATA_ADDRESS + 64 + 2 * size))
+    segment = header.ljust(64, b"\0") + version_header + info_header + go_version.encode() + info
+    return elf(segment, wide=wide, big=big)
 
 
 GO_MODINFO = ("path\texample.com/server\nmod\texample.com/server\t(devel)\t\n"
               "dep\tgolang.org/x/text\tv0.3.7\th1:olpwvP2KacW1ZWvsR7uQhoyTYvKAupfQrRGBFM352Gk=\n"
+              "dep\tgolang.org/x/net\tv0.0.0-20220722155237-a158d28d115b\th1:x=\n"
               "dep\tgithub.com/old/name\tv1.0.0\th1:x=\n=>\tgithub.com/new/name\tv1.2.0\th1:y=\n")
 
 
@@ -129,6 +169,41 @@ def alpine_layers() -> list[bytes]:
         "usr/lib/python3.10/site-packages/.wh.urllib3-1.26.5.dist-info": None,
     })
     return [base, upper]
+
+
+DEBIAN9_STATUS = """Package: libssl1.1
+Status: install ok installed
+Architecture: amd64
+Source: openssl
+Version: 1.1.0l-1~deb9u5
+
+Package: libxml2
+Status: install ok installed
+Architecture: amd64
+Version: 2.9.4+dfsg1-2.2+deb9u7
+
+Package: dpkg
+Status: install ok installed
+Architecture: amd64
+Version: 1.18.25
+
+Package: tzdata
+Status: install ok installed
+Architecture: all
+Version: 2021a-0+deb9u3
+
+Package: libssl1.0.2
+Status: deinstall ok config-files
+Architecture: amd64
+Source: openssl1.0
+Version: 1.0.2u-1~deb9u7
+"""
+
+
+def debian9_layers() -> list[bytes]:
+    """A Debian 9 layer: its dpkg status names packages that published DLA records (tests/scan/osv) cover."""
+    return [layer({"etc/os-release": b'PRETTY_NAME="Debian GNU/Linux 9 (stretch)"\nID=debian\nVERSION_ID="9"\n',
+                   "var/lib/dpkg/status": DEBIAN9_STATUS.encode()})]
 
 
 def rpm_layers() -> list[bytes]:

@@ -20,7 +20,7 @@ import pytest
 
 from machines.runtime.api import server
 from machines.runtime.api.server import App, Router, Server, bind_tcp, bind_unix, json_response, tls_context
-from tests.api.conftest import DOCKER, Daemon, make_pki
+from tests.support.daemon import DOCKER, Daemon, make_pki
 
 IDLE_SOCKETS = 300  # more than PENDING_PER_ADDRESS: the oldest are dropped to make room
 HALF_HELLOS = 60  # a TLS ClientHello cut in the middle: the handshake can never finish

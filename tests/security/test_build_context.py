@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from machines.runtime.images.builder import ImageView
-from tests.api.conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 def _build(daemon: Daemon, context: Path, tag: str) -> tuple[int, str]:

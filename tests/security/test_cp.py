@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from machines.runtime.linux import safepath
-from tests.api.conftest import Daemon
+from tests.support.daemon import Daemon
 
 SWAPPER = r"""
 #define _GNU_SOURCE

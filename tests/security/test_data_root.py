@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.api.conftest import Daemon, _stop, _wait_for_listen, free_subnet, start_daemon
+from tests.support.daemon import Daemon, free_subnet, start_daemon, stop_daemon, wait_for_listen
 
 NOBODY = 65534
 
@@ -71,8 +71,8 @@ def _tighten_a_loose_root(base: Path) -> None:
     process = start_daemon(base, ["--host", "unix://%s" % (base / "d.sock"), "--bridge-name", bridge,
                                   "--bridge-subnet", free_subnet(199)])
     try:
-        _wait_for_listen(base / "daemon.log", process, time.monotonic() + 30)
+        wait_for_listen(base / "daemon.log", process, time.monotonic() + 30)
         assert _mode(data) == 0o710 and _mode(data / "image") == 0o700 and _mode(data / "network") == 0o700
         assert _readable_by_nobody([data, data / "image", *secrets]) == []
     finally:
-        _stop(process)
+        stop_daemon(process)

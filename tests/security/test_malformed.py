@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from machines.runtime.api import validate
-from tests.api.conftest import Daemon
 from tests.api.test_protocol import raw
+from tests.support.daemon import Daemon
 from tests.support.tarballs import files_tar
 
 WRONG_VALUES = [1.5, "x", [1], {"a": [1]}, True, -1]

@@ -12,8 +12,8 @@ import pytest
 
 from machines.errors import InvalidNameError
 from machines.store import Store, validate_name
-from tests.api.conftest import Daemon
 from tests.support.cli import MACHINES
+from tests.support.daemon import Daemon
 
 from .test_malformed import call
 

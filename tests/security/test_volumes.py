@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 @pytest.fixture

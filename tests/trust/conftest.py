@@ -15,7 +15,6 @@ import pytest
 from machines.runtime.errors import Conflict, NotFound
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
-from tests.chain.conftest import registry  # noqa: F401 - the fixture: Debian's docker-registry on loopback
 from tests.support import busybox
 
 PASSPHRASE = "correct horse battery staple"
@@ -63,7 +62,8 @@ def push_image(service: ImageService, tag: str, rootfs_tar: bytes, marker: str =
         image = store.commit(str(upper), image, None, tag)
     else:
         store.tag(image.id, tag)
-    return list(service.push(tag))[-1]["aux"]["Digest"]
+    messages = list(service.push(tag))  # the whole stream: a signing policy signs after the aux message
+    return next(m["aux"]["Digest"] for m in messages if "aux" in m)
 
 
 def drop_all_images(store: ImageStore) -> None:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.api.conftest import Daemon, _link_exists, _stop, _wait_for_listen, free_subnet, start_daemon
 from tests.support import busybox
+from tests.support.daemon import Daemon, free_subnet, link_exists, start_daemon, stop_daemon, wait_for_listen
 from tests.trust.conftest import run_machines
 
 REFUSED = "Source image rejected: A signature was required, but no signature exists"
@@ -27,9 +27,9 @@ def daemon(tmp_path):
     process = start_daemon(root, ["--host", f"unix://{socket_path}", "--bridge-subnet", free_subnet(197),
                                   "--bridge-name", bridge])
     try:
-        _wait_for_listen(root / "daemon.log", process, time.monotonic() + 30)
+        wait_for_listen(root / "daemon.log", process, time.monotonic() + 30)
     except Exception:
-        _stop(process)
+        stop_daemon(process)
         raise
     instance = Daemon(root, process, socket_path, "", {}, bridge, root / "daemon.log")
     yield instance
@@ -38,8 +38,8 @@ def daemon(tmp_path):
         if ids:
             instance.docker("rm", "-f", *[item.decode() for item in ids], timeout=120)
     finally:
-        _stop(process)
-        if _link_exists(bridge):
+        stop_daemon(process)
+        if link_exists(bridge):
             subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 

@@ -2,9 +2,11 @@
 the runtime scans images on arrival with it, ``machines scan`` on the workstation).
 
 Layers are read in order as streamed tars, keeping only the files that describe packages (dpkg's status and
-``status.d``, apk's ``installed`` database, rpm's ``rpmdb.sqlite``, Python ``.dist-info``/``.egg-info`` metadata,
-npm ``node_modules/**/package.json``, ``os-release``) and the build info of Go executables; whiteouts and opaque
-directories of later layers remove what earlier layers had, so the result is the image's final filesystem.
+``status.d``, apk's ``installed`` database, rpm's database in any of its formats (see ``rpmdb``), Python
+``.dist-info``/``.egg-info`` metadata, npm ``node_modules/**/package.json``, ``os-release``) and the build info of Go
+executables (see ``gobinary``); whiteouts and opaque directories of later layers remove what earlier layers had, so
+the result is the image's final filesystem. Files that could be read only in part, or not at all, are named in
+``Inventory.problems``, so a report never passes an unreadable database off as an empty one.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ import dataclasses
 import email.parser
 import json
 import re
-import sqlite3
+import shutil
 import struct
 import tarfile
 import tempfile
 from collections.abc import Iterable
 from typing import IO
 
-GO_MAGIC = b"\xff Go buildinf:"
+from machines.runtime.images.scan import gobinary, rpmdb
+
 MAX_METADATA = 64 << 20
 MAX_BINARY = 256 << 20
-RPMDB_PATHS = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
+MAX_RPMDB = 1 << 30  # spooled to a temporary file, read a page at a time
+# rpm's database formats by file name, best first: rpm >= 4.16 converts an older database to sqlite and may leave
+# the old file behind, which then no longer changes
+RPMDB_FILES = ("rpmdb.sqlite", "Packages.db", "Packages")
+RPMDB_PATHS = tuple(f"{folder}/{name}" for folder in ("var/lib/rpm", "usr/lib/sysimage/rpm") for name in RPMDB_FILES)
 OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 
 
@@ -60,6 +67,7 @@ class Package:
 class Inventory:
     packages: list[Package]
     os_release: dict[str, str]
+    problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def distro(self) -> str:
@@ -119,54 +127,33 @@ def parse_apk(text: str, path: str) -> list[Package]:
     return out
 
 
-RPM_TAGS = {1000: "name", 1001: "version", 1002: "release", 1003: "epoch", 1014: "license", 1022: "arch",
-            1044: "sourcerpm"}
-
-
-def rpm_header(blob: bytes) -> dict[str, object]:
-    """The tags we need from an rpm header blob (as rpmdb.sqlite's Packages table stores it, without magic)."""
-    count, size = struct.unpack(">II", blob[:8])
-    base = 8 + 16 * count
-    if count > 100000 or base + size > len(blob):
-        raise ValueError("truncated rpm header")
-    out: dict[str, object] = {}
-    for index in range(count):
-        tag, kind, offset, number = struct.unpack(">IIII", blob[8 + 16 * index: 24 + 16 * index])
-        if tag not in RPM_TAGS or offset >= size:
-            continue
-        data = blob[base + offset: base + size]
-        if kind == 4:  # INT32
-            out[RPM_TAGS[tag]] = struct.unpack(">I", data[:4])[0]
-        elif kind in (6, 8, 9):  # STRING, STRING_ARRAY, I18NSTRING: the first string
-            out[RPM_TAGS[tag]] = data.split(b"\0", 1)[0].decode(errors="replace")
-    return out
-
-
-def parse_rpmdb(data: bytes, path: str) -> list[Package]:
-    with tempfile.NamedTemporaryFile(suffix=".sqlite") as copy:
-        copy.write(data)
-        copy.flush()
-        db = sqlite3.connect(f"file:{copy.name}?mode=ro", uri=True)
+def parse_rpmdb(handle: IO[bytes], size: int, path: str, problems: list[str]) -> list[Package]:
+    """The packages of an rpm database (sqlite, Berkeley DB or ndb); what cannot be read goes to ``problems``."""
+    out: list[Package] = []
+    notes: list[str] = []
+    try:
+        blobs = list(rpmdb.header_blobs(handle, size, notes))
+    except rpmdb.RpmDbError as exc:
+        problems.append(f"{path}: {exc}: its packages are not listed")
+        return []
+    unreadable = 0
+    for blob in blobs:
         try:
-            rows = db.execute("SELECT blob FROM Packages").fetchall()
-        except sqlite3.DatabaseError:
-            return []
-        finally:
-            db.close()
-    out = []
-    for (blob,) in rows:
-        try:
-            tags = rpm_header(bytes(blob))
+            tags = rpmdb.rpm_header(blob)
         except (ValueError, struct.error):
+            unreadable += 1
             continue
         if not tags.get("name") or tags.get("name") == "gpg-pubkey":
             continue
         evr = f"{tags.get('version', '')}-{tags.get('release', '')}"
         if tags.get("epoch") is not None:
             evr = f"{tags['epoch']}:{evr}"
-        source = re.sub(r"-[^-]+-[^-]+\.src\.rpm$", "", str(tags.get("sourcerpm") or "")) or str(tags["name"])
+        source = rpmdb.source_name(str(tags.get("sourcerpm") or "")) or str(tags["name"])
         out.append(Package(str(tags["name"]), evr, "rpm", path, source, evr, str(tags.get("arch") or ""),
                            str(tags.get("license") or "")))
+    if unreadable:
+        notes.append(f"{unreadable} entries are not rpm headers")
+    problems.extend(f"{path}: {note}: skipped" for note in notes)
     return out
 
 
@@ -189,43 +176,14 @@ def parse_npm(text: str, path: str) -> list[Package]:
     return [Package(doc["name"], doc["version"], "npm", path, license=license_)]
 
 
-def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(data):
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("truncated varint")
-
-
-def parse_go_buildinfo(data: bytes, path: str) -> list[Package]:
-    """Modules of a Go 1.18+ executable (the inline-string build info; older pointer-based layouts are skipped)."""
-    start = data.find(GO_MAGIC)
-    if start < 0 or not data.startswith(b"\x7fELF") or len(data) < start + 32 or not data[start + 15] & 2:
+def parse_go_binary(data: bytes, path: str) -> list[Package]:
+    """The Go toolchain (as ``stdlib``, how OSV names it) and the modules built into a Go executable."""
+    info = gobinary.build_info(data)
+    if info is None:
         return []
-    try:
-        length, pos = _uvarint(data, start + 32)
-        go_version = data[pos:pos + length].decode(errors="replace")
-        length, pos = _uvarint(data, pos + length)
-        raw = data[pos:pos + length]
-    except ValueError:
-        return []
-    if len(raw) >= 33 and raw[-17:-16] == b"\n":
-        raw = raw[16:-16]  # Go's 16-byte sentinels around the module info
-    modinfo = raw.decode(errors="replace")
-    out = [Package("stdlib", go_version, "go", path)] if go_version.startswith("go") else []
-    modules: list[list[str]] = []
-    for line in modinfo.splitlines():
-        fields = line.split("\t")
-        if fields[0] in ("mod", "dep") and len(fields) >= 3:
-            modules.append([fields[1], fields[2]])
-        elif fields[0] == "=>" and len(fields) >= 3 and modules:
-            modules[-1] = [fields[1], fields[2]]  # a replace directive: the module actually built in
-    out.extend(Package(name, version, "go", path) for name, version in modules if version != "(devel)")
-    return out
+    version, modinfo = info
+    out = [Package("stdlib", version, "go", path)] if version.startswith("go") else []
+    return out + [Package(name, module_version, "go", path) for name, module_version in gobinary.modules(modinfo)]
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -247,13 +205,37 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes | 
     return handle.read() if handle is not None else None
 
 
+def _read_rpmdb(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, problems: list[str]) -> list[Package]:
+    """Spooled to a temporary file: the formats are read by offset, and sqlite needs a file."""
+    handle = tar.extractfile(member) if member.isfile() else None
+    if handle is None:
+        return []
+    if member.size > MAX_RPMDB:
+        problems.append(f"{path}: larger than {MAX_RPMDB >> 20} MiB: its packages are not listed")
+        return []
+    with tempfile.NamedTemporaryFile(prefix="rpmdb-") as copy:
+        shutil.copyfileobj(handle, copy, 1 << 20)
+        copy.flush()
+        return parse_rpmdb(copy, member.size, path, problems)
+
+
+def _preferred_rpmdbs(found: dict[str, list[Package]]) -> None:
+    """One rpm database per folder, the one rpm itself would use (see ``RPMDB_FILES``)."""
+    for path in [p for p in found if p in RPMDB_PATHS]:
+        folder, _, name = path.rpartition("/")
+        if any(f"{folder}/{better}" in found for better in RPMDB_FILES[:RPMDB_FILES.index(name)]):
+            del found[path]
+
+
 def scan_layers(layers: Iterable[IO[bytes]]) -> Inventory:
     """The inventory of the filesystem the layers (tar streams, lowest first) make together."""
     found: dict[str, list[Package]] = {}
     os_release: dict[str, dict[str, str]] = {}
+    problems: dict[str, list[str]] = {}
     for stream in layers:
         added: dict[str, list[Package]] = {}
         releases: dict[str, dict[str, str]] = {}
+        noted: dict[str, list[str]] = {}
         removed: list[str] = []
         opaque: list[str] = []
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -269,26 +251,29 @@ def scan_layers(layers: Iterable[IO[bytes]]) -> Inventory:
                 kind = _kind_of(path, member)
                 if kind is None:
                     continue
+                if kind == "rpm":
+                    added[path] = _read_rpmdb(tar, member, "/" + path, noted.setdefault(path, []))
+                    continue
                 data = _read(tar, member, MAX_BINARY if kind == "binary" else MAX_METADATA)
                 if data is None:
                     continue
                 if kind == "binary":
-                    packages = parse_go_buildinfo(data, "/" + path) if GO_MAGIC in data else []
+                    packages = parse_go_binary(data, "/" + path) if gobinary.GO_MAGIC in data else []
                     if packages:
                         added[path] = packages
-                elif kind == "rpm":
-                    added[path] = parse_rpmdb(data, "/" + path)
                 elif kind == "os-release":
                     releases[path] = parse_os_release(data.decode(errors="replace"))
                 else:
                     added[path] = PARSERS[kind](data.decode(errors="replace"), "/" + path)
-        for table in (found, os_release):
+        for table in (found, os_release, problems):
             for key in list(table):
                 if any(key.startswith(prefix) for prefix in opaque) or any(
                         key == gone or key.startswith(gone + "/") for gone in removed):
                     del table[key]
         found.update(added)
         os_release.update(releases)
+        problems.update(noted)
+    _preferred_rpmdbs(found)
     release = os_release.get("etc/os-release") or os_release.get("usr/lib/os-release") or {}
     packages = sorted({p for group in found.values() for p in group}, key=lambda p: (p.kind, p.name, p.version, p.path))
-    return Inventory(packages, release)
+    return Inventory(packages, release, [line for path in sorted(found) for line in problems.get(path, [])])

@@ -1,5 +1,5 @@
 """OSV records: load them from a folder (JSON files, or the ``all.zip`` archives osv.dev publishes per ecosystem),
-match an inventory against them with each ecosystem's version order, and grade severities (CVSS v3 base score).
+match an inventory against them with each ecosystem's version order, and grade severities (CVSS v4 or v3 score).
 Standard library only: the runtime matches images on arrival with it, ``machines scan`` on the workstation.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from machines.runtime.images.scan.cvss4 import cvss4_score
 from machines.runtime.images.scan.inventory import Inventory, Package, canonicalize_name
 from machines.runtime.images.scan.versions import COMPARATORS, BadVersion
 
@@ -38,18 +39,27 @@ class Finding:
 
 
 def ecosystem_of(package: Package, inventory: Inventory) -> str | None:
-    """The OSV ecosystem (with the release for OS packages: ``Debian:12``, ``Alpine:v3.18``) of a package."""
+    """The OSV ecosystem of a package, with the release for OS packages as the OSV schema and osv-scalibr's
+    os-release mapping spell it: ``Debian:12``, ``Alpine:v3.18``, ``AlmaLinux:8`` (major only), ``openSUSE:Leap
+    15.5``, ``Red Hat:enterprise_linux:9::baseos`` (the image's CPE_NAME after ``redhat:``)."""
     if package.kind in LANGUAGE_ECOSYSTEMS:
         return LANGUAGE_ECOSYSTEMS[package.kind]
     base = OS_ECOSYSTEMS.get(inventory.os_release.get("ID", ""))
     version = inventory.os_release.get("VERSION_ID", "")
     if base is None:
         return None
+    if base == "Red Hat":
+        _, found, stream = inventory.os_release.get("CPE_NAME", "").partition(":redhat:")
+        return f"{base}:{stream}" if found and stream else base
+    if not version:
+        return base
     if base == "Alpine":
-        return f"Alpine:v{'.'.join(version.split('.')[:2])}" if version else base
-    if base in ("Debian", "AlmaLinux", "Rocky Linux", "Red Hat"):
-        return f"{base}:{version.split('.')[0]}" if version else base
-    return f"{base}:{version}" if version else base
+        return f"Alpine:v{'.'.join(version.split('.')[:2])}"
+    if base in ("Debian", "AlmaLinux", "Rocky Linux"):
+        return f"{base}:{version.split('.')[0]}"
+    if base == "openSUSE":
+        return f"openSUSE:Leap {version}"
+    return f"{base}:{version}"
 
 
 def _ecosystem_matches(record: str, ours: str) -> bool:
@@ -92,10 +102,12 @@ def level_of(score: float) -> str:
 
 
 def severity_of(record: dict[str, Any], affected: dict[str, Any]) -> tuple[str, float | None]:
-    """(level, CVSS score): the v3 vector when present, else the database's own word (GHSA's MODERATE = medium)."""
-    for entry in (affected.get("severity") or []) + (record.get("severity") or []):
-        if isinstance(entry, dict) and str(entry.get("type", "")).startswith("CVSS_V3"):
-            score = cvss3_score(str(entry.get("score", "")))
+    """(level, CVSS score): the score of the record's CVSS v4 vector, else of its v3 vector (the package's own
+    severity before the record's), else the database's word (GHSA's MODERATE = medium)."""
+    entries = [e for e in (affected.get("severity") or []) + (record.get("severity") or []) if isinstance(e, dict)]
+    for kind, score_of in (("CVSS_V4", cvss4_score), ("CVSS_V3", cvss3_score)):
+        for entry in entries:
+            score = score_of(str(entry.get("score", ""))) if entry.get("type") == kind else None
             if score is not None:
                 return level_of(score), score
     words = [(record.get("database_specific") or {}).get("severity"),
@@ -111,34 +123,43 @@ def severity_of(record: dict[str, Any], affected: dict[str, Any]) -> tuple[str, 
 
 # --- matching --------------------------------------------------------------------------------------------------
 
+def _in_range(events: list[dict[str, Any]], version: str, compare: Compare) -> tuple[bool, str | None]:
+    """OSV's ``IncludedInRanges`` for one ECOSYSTEM/SEMVER range (events sorted by version, ``limit`` bounds, ``"*"``
+    = no limit); with the ``fixed`` that closes the window ``version`` is in, if any."""
+    limits = [value for event in events for kind, value in event.items() if kind == "limit"]
+    if limits and not any(value == "*" or compare(version, value) < 0 for value in limits):
+        return False, None
+    ordered = sorted((item for event in events for item in event.items() if item[0] != "limit"),
+                     key=lambda item: (0, "") if item[1] == "0" else (1, _Key(item[1], compare)))
+    vulnerable, fix = False, None
+    for kind, value in ordered:
+        if kind == "introduced" and (value == "0" or compare(version, value) >= 0):
+            vulnerable, fix = True, None
+        elif kind == "fixed" and compare(version, value) >= 0:
+            vulnerable = False
+        elif kind == "fixed" and vulnerable and fix is None:
+            fix = value  # the first fix above the version, while in a window
+        elif kind == "last_affected" and compare(version, value) > 0:
+            vulnerable = False
+    return vulnerable, fix if vulnerable else None
+
+
 def _affected_by(entry: dict[str, Any], version: str, compare: Compare) -> tuple[bool, str | None]:
-    """Whether ``version`` is in the entry's explicit versions or ECOSYSTEM/SEMVER ranges; the fix if there is one."""
+    """Whether ``version`` is in the entry's explicit versions or ECOSYSTEM/SEMVER ranges (GIT ranges name commits,
+    which an image's packages do not carry); the lowest fix of the windows it is in."""
     hit = version in (entry.get("versions") or [])
     fixes: list[str] = []
     for rng in entry.get("ranges") or []:
-        if rng.get("type") not in ("ECOSYSTEM", "SEMVER"):
+        if not isinstance(rng, dict) or rng.get("type") not in ("ECOSYSTEM", "SEMVER"):
             continue
-        events = [e for e in rng.get("events") or [] if isinstance(e, dict) and e]
+        events = [e for e in rng.get("events") or []
+                  if isinstance(e, dict) and len(e) == 1 and isinstance(next(iter(e.values())), str)]
         try:
-            def key(event: dict[str, Any]) -> tuple[int, object]:
-                value = next(iter(event.values()))
-                return (0, "") if value == "0" else (1, _Key(value, compare))
-            events.sort(key=key)
-            inside = False
-            for event in events:
-                kind, value = next(iter(event.items()))
-                if kind == "introduced":
-                    inside = inside or value == "0" or compare(version, value) >= 0
-                elif kind == "fixed":
-                    if compare(version, value) >= 0:
-                        inside = False
-                    else:
-                        fixes.append(value)
-                elif kind == "last_affected" and compare(version, value) > 0:
-                    inside = False
+            inside, fix = _in_range(events, version, compare)
         except BadVersion:
             continue  # a version this ecosystem cannot order: the range cannot be judged
         hit = hit or inside
+        fixes += [fix] if fix else []
     if not hit:
         return False, None
     return True, min(fixes, key=lambda v: _Key(v, compare)) if fixes else None
@@ -184,8 +205,11 @@ def match(inventory: Inventory, records: Iterator[dict[str, Any]]) -> list[Findi
     by_name: dict[tuple[str, str], list[tuple[Package, str]]] = {}
     for package in inventory.packages:
         ecosystem = ecosystem_of(package, inventory)
-        if ecosystem is not None:
-            by_name.setdefault((ecosystem.split(":")[0], package.match_name), []).append((package, ecosystem))
+        if ecosystem is None:
+            continue
+        # Debian's and Alpine's records name source packages; AlmaLinux's and Red Hat's name the binary RPMs
+        for name in {package.match_name, package.name} if package.kind == "rpm" else {package.match_name}:
+            by_name.setdefault((ecosystem.split(":")[0], name), []).append((package, ecosystem))
     findings: dict[tuple[str, Package], Finding] = {}
     for record in records:
         if record.get("withdrawn"):
@@ -203,12 +227,31 @@ def match(inventory: Inventory, records: Iterator[dict[str, Any]]) -> list[Findi
                 hit, fixed = _affected_by(entry, package.match_version, compare)
                 if hit:
                     level, score = severity_of(record, entry)
+                    text = str(record.get("summary") or record.get("details") or "")
                     findings[(record["id"], package)] = Finding(
-                        record["id"], tuple(record.get("aliases") or ()), package, fixed, level, score,
-                        str(record.get("summary") or record.get("details") or "")[:200].splitlines()[0]
-                        if (record.get("summary") or record.get("details")) else "")
+                        record["id"], _aliases(record), package, fixed, level, score,
+                        next((line.strip() for line in text.splitlines() if line.strip()), "")[:200])
     order = {level: index for index, level in enumerate(LEVELS)}
     return sorted(findings.values(), key=lambda f: (-order[f.severity], f.package.name, f.id))
+
+
+def _aliases(record: dict[str, Any]) -> tuple[str, ...]:
+    """The record's other names: ``aliases`` and ``upstream`` (OSV 1.7: Alpine's and Debian's records name the CVE
+    they track there). ``related`` ids are other vulnerabilities and are not included."""
+    names = [str(name) for name in (record.get("aliases") or []) + (record.get("upstream") or [])]
+    return tuple(dict.fromkeys(name for name in names if name != record["id"]))
+
+
+def unmatched_distribution(inventory: Inventory) -> str | None:
+    """Why the image's OS packages cannot be matched, when OSV publishes no ecosystem for its distribution (Amazon
+    Linux, CentOS, Fedora, ...): a scan must not pass such an image off as clean."""
+    orphans = [p for p in inventory.packages if p.kind not in LANGUAGE_ECOSYSTEMS and ecosystem_of(p, inventory) is None]
+    if not orphans:
+        return None
+    release = " ".join(filter(None, (inventory.os_release.get("ID") or "an unknown distribution",
+                                     inventory.os_release.get("VERSION_ID"))))
+    return (f"{release}: OSV publishes no data for this distribution: its {len(orphans)} packages are listed, "
+            "not matched")
 
 
 def ecosystems_in(inventory: Inventory) -> set[str]:

@@ -1,11 +1,11 @@
 """Version ordering of each ecosystem, as its own tools define it (never plain string or tuple order).
 
-dpkg: Debian Policy 5.6.12 (epoch, upstream, revision; ``~`` sorts before everything, even the end). rpm: rpm's
-``rpmvercmp`` with ``~`` (before) and ``^`` (after) and epochs. apk: apk-tools' order (``_alpha`` < ``_beta`` <
-``_pre`` < ``_rc`` < no suffix < ``_cvs`` < ``_svn`` < ``_git`` < ``_hg`` < ``_p``, then ``-rN``). PyPI: PEP 440,
-here in the standard library (the runtime scans images on arrival and may use nothing else) with ``packaging``'s
-grammar and sort key; the tests hold it to ``packaging``'s order. npm and Go: Semantic Versioning 2.0 (Go's ``v``
-prefix and ``go1.21`` toolchain names accepted).
+dpkg: dpkg's ``verrevcmp`` and ``parseversion`` (epoch, upstream, revision; ``~`` sorts before everything, even the
+end). rpm: ``rpmvercmp`` with ``~`` (before) and ``^`` (after), epochs and releases as ``rpmverCmp``. apk: apk-tools'
+token comparison (``_alpha`` < ``_beta`` < ``_pre`` < ``_rc`` < no suffix < ``_cvs`` < ``_svn`` < ``_git`` < ``_hg``
+< ``_p``, ``~hash``, then ``-rN``). PyPI: PEP 440, here in the standard library (the runtime scans images on arrival
+and may use nothing else) with ``packaging``'s grammar and sort key. npm and Go: Semantic Versioning 2.0 (Go's ``v``
+prefix and ``go1.21`` toolchain names accepted). tests/scan/test_versions.py runs each tool's own test cases.
 
 Standard library only, Python 3.9: the runtime and ``machines scan`` share this module.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -67,17 +67,23 @@ def _verrevcmp(a: str, b: str) -> int:
     return 0
 
 
+DPKG_UPSTREAM_RE = re.compile(r"[0-9][A-Za-z0-9.+~:-]*")
+DPKG_REVISION_RE = re.compile(r"[A-Za-z0-9.+~]*")
+
+
 def _dpkg_split(version: str) -> tuple[int, str, str]:
-    if not version or not version.isascii() or any(c.isspace() for c in version):
-        raise BadVersion(version)
+    """dpkg's ``parseversion``: blanks around are trimmed; an empty part, an epoch that is not a number (or above
+    INT_MAX), an upstream version not starting with a digit or a character outside each part's set is refused."""
+    version = version.strip(" \t")
     epoch, colon, rest = version.partition(":")
     if not colon:
         epoch, rest = "0", version
-    if not epoch.isdigit() or not rest or not rest[0].isdigit():
-        raise BadVersion(version)
     upstream, dash, revision = rest.rpartition("-")
     if not dash:
         upstream, revision = rest, ""
+    if (not epoch.isascii() or not epoch.isdigit() or int(epoch) > 2**31 - 1 or (dash and not revision)
+            or not DPKG_UPSTREAM_RE.fullmatch(upstream) or not DPKG_REVISION_RE.fullmatch(revision)):
+        raise BadVersion(version)
     return int(epoch), upstream, revision
 
 
@@ -157,49 +163,84 @@ def _rpm_split(evr: str) -> tuple[int, str, str]:
 
 
 def rpm_compare(a: str, b: str) -> int:
-    """``[EPOCH:]VERSION[-RELEASE]``; a missing release on either side is not compared (rpm's rule for ranges)."""
+    """``[EPOCH:]VERSION[-RELEASE]`` as rpm's ``rpmverCmp`` (and osv-scalibr's Red Hat order): epoch, version,
+    then release, where a missing release sorts before any release."""
     ea, va, ra = _rpm_split(a)
     eb, vb, rb = _rpm_split(b)
-    return _cmp(ea, eb) or rpmvercmp(va, vb) or (rpmvercmp(ra, rb) if ra and rb else 0)
+    return _cmp(ea, eb) or rpmvercmp(va, vb) or (rpmvercmp(ra, rb) if ra and rb else _cmp(bool(ra), bool(rb)))
 
 
 # --- apk -----------------------------------------------------------------------------------------------------
+# apk-tools' src/version.c: a version is a stream of tokens (first number, ``.number``, one letter, ``_suffix``,
+# suffix number, ``~hash``, ``-rN``) and two versions compare token by token; where the token kinds part, the
+# kinds' own order decides, except that a pre-release suffix (``_alpha`` .. ``_rc``) sorts before the end. An
+# invalid tail is a token of its own that sorts last, so apk orders every string and so does this.
 
-APK_SUFFIXES = {"alpha": -4, "beta": -3, "pre": -2, "rc": -1, "cvs": 1, "svn": 2, "git": 3, "hg": 4, "p": 5}
-APK_RE = re.compile(r"(\d+(?:\.\d+)*)([a-z]?)((?:_(?:alpha|beta|pre|rc|cvs|svn|git|hg|p)\d*)*)(?:~[0-9a-f]+)?"
-                    r"(?:-r(\d+))?")
+(_APK_FIRST, _APK_DIGIT, _APK_LETTER, _APK_SUFFIX, _APK_SUFFIX_NO, _APK_HASH, _APK_REVISION, _APK_END,
+ _APK_INVALID) = range(9)
+APK_SUFFIXES = {"alpha": 1, "beta": 2, "pre": 3, "rc": 4, "cvs": 6, "svn": 7, "git": 8, "hg": 9, "p": 10}
+_APK_NO_SUFFIX = 5
+_APK_RUNS = {_APK_SUFFIX: re.compile(r"[a-z]*"), _APK_HASH: re.compile(r"[0-9a-f]*"),
+             _APK_DIGIT: re.compile(r"[0-9]*")}
 
 
-def _apk_key(version: str) -> tuple[list[str], str, list[tuple[int, int]], int]:
-    match = APK_RE.fullmatch(version)
-    if not match:
-        raise BadVersion(version)
-    numbers, letter, suffixes, release = match.groups()
-    parsed = [(APK_SUFFIXES[m.group(1)], int(m.group(2) or 0))
-              for m in re.finditer(r"_([a-z]+)(\d*)", suffixes)]
-    return numbers.split("."), letter, parsed, int(release or 0)
+def _apk_tokens(version: str) -> Iterator[tuple[int, str]]:
+    """(kind, text) of each token, ending with an END or INVALID token."""
+    digits = _APK_RUNS[_APK_DIGIT].match(version).group()  # type: ignore[union-attr]
+    kind, pos = (_APK_FIRST if digits else _APK_INVALID), len(digits)
+    yield kind, digits
+    while kind < _APK_END:
+        if pos == len(version):
+            yield _APK_END, ""
+            return
+        char, text = version[pos], ""
+        if "a" <= char <= "z" and kind <= _APK_DIGIT:
+            kind, text, pos = _APK_LETTER, char, pos + 1
+        elif (char == "." and kind <= _APK_DIGIT) or (char.isascii() and char.isdigit() and kind in (
+                _APK_FIRST, _APK_DIGIT, _APK_SUFFIX)):
+            kind = _APK_SUFFIX_NO if kind == _APK_SUFFIX else _APK_DIGIT
+            pos += char == "."
+            text = _APK_RUNS[_APK_DIGIT].match(version, pos).group()  # type: ignore[union-attr]
+            pos += len(text)
+            kind = kind if text else _APK_INVALID
+        elif (char == "_" and kind <= _APK_SUFFIX_NO) or (char == "~" and kind < _APK_HASH):
+            kind = _APK_SUFFIX if char == "_" else _APK_HASH
+            text = _APK_RUNS[kind].match(version, pos + 1).group()  # type: ignore[union-attr]
+            pos += 1 + len(text)
+            if (kind == _APK_SUFFIX and text not in APK_SUFFIXES) or not text:
+                kind = _APK_INVALID
+        elif version.startswith("-r", pos) and kind < _APK_REVISION:
+            text = _APK_RUNS[_APK_DIGIT].match(version, pos + 2).group()  # type: ignore[union-attr]
+            kind, pos = (_APK_REVISION if text else _APK_INVALID), pos + 2 + len(text)
+        else:
+            kind = _APK_INVALID
+        yield kind, text
+
+
+def _apk_token_cmp(kind: int, a: str, b: str) -> int:
+    if kind == _APK_DIGIT and (a.startswith("0") or b.startswith("0")):
+        return _cmp(a, b)  # a leading zero makes apk compare the digits as a string (Gentoo's rule)
+    if kind in (_APK_FIRST, _APK_DIGIT, _APK_SUFFIX_NO, _APK_REVISION):
+        return _cmp(int(a), int(b))
+    if kind == _APK_SUFFIX:
+        return _cmp(APK_SUFFIXES[a], APK_SUFFIXES[b])
+    return _cmp(a, b)  # the letter, the commit hash
 
 
 def apk_compare(a: str, b: str) -> int:
-    na, la, sa, ra = _apk_key(a)
-    nb, lb, sb, rb = _apk_key(b)
-    for index, (x, y) in enumerate(zip(na, nb)):
-        if index and (x.startswith("0") or y.startswith("0")):  # apk: a leading zero makes it a fraction
-            result = _cmp(x.rstrip("0"), y.rstrip("0"))
-        else:
-            result = _cmp(int(x), int(y))
+    for (kind_a, text_a), (kind_b, text_b) in zip(_apk_tokens(a), _apk_tokens(b)):
+        if kind_a != kind_b:
+            if kind_a == _APK_SUFFIX and APK_SUFFIXES[text_a] < _APK_NO_SUFFIX:
+                return -1
+            if kind_b == _APK_SUFFIX and APK_SUFFIXES[text_b] < _APK_NO_SUFFIX:
+                return 1
+            return _cmp(kind_b, kind_a)  # the later kind of token is the older version
+        if kind_a >= _APK_END:
+            return 0
+        result = _apk_token_cmp(kind_a, text_a, text_b)
         if result:
             return result
-    if len(na) != len(nb):
-        return _cmp(len(na), len(nb))
-    if la != lb:
-        return _cmp(la, lb)
-    for index in range(max(len(sa), len(sb))):
-        suffix_a = sa[index] if index < len(sa) else (0, 0)
-        suffix_b = sb[index] if index < len(sb) else (0, 0)
-        if suffix_a != suffix_b:
-            return _cmp(suffix_a, suffix_b)
-    return _cmp(ra, rb)
+    return 0
 
 
 # --- PEP 440 and semver ----------------------------------------------------------------------------------------

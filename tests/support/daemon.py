@@ -1,4 +1,9 @@
-"""One runtime daemon per test worker, on a unix socket and on mutual-TLS TCP, driven by the real docker clients."""
+"""One runtime daemon per test worker, on a unix socket and on mutual-TLS TCP, driven by the real docker clients.
+
+A pytest plugin loaded for every area by ``tests/conftest.py``: the ``daemon``, ``image`` and ``name`` fixtures of the
+API tests (``tests/api``) and of the attacks on the API (``tests/security``); ask for them by name, import nothing. The
+helpers (``Daemon``, ``make_pki``, ``start_daemon``, ``stop_daemon``, ...) are for tests that start daemons of their own.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import ipaddress
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support import busybox
+from tests.support.cli import DOCKER
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
 COMPOSE = "/usr/bin/docker-compose"
 TAG = uuid.uuid4().hex[:6]
 
@@ -106,7 +110,7 @@ class Daemon:
         return self.process.poll() is None
 
 
-def _wait_for_listen(log: Path, process: subprocess.Popen, deadline: float) -> str:
+def wait_for_listen(log: Path, process: subprocess.Popen, deadline: float) -> str:
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
         found = re.search(r"listening on (.*)", text)
@@ -125,7 +129,7 @@ def start_daemon(root: Path, extra: list[str]) -> subprocess.Popen:
                             cwd=str(REPO), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_daemon(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -146,7 +150,7 @@ def free_subnet(second_octet: int) -> str:
     raise RuntimeError(f"no free 10.{second_octet}.N.0/24 subnet")
 
 
-def _link_exists(name: str) -> bool:
+def link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
 
@@ -164,9 +168,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
         "--bridge-subnet", subnet, "--bridge-name", bridge])
     log = root / "daemon.log"
     try:
-        listening = _wait_for_listen(log, process, time.monotonic() + 30).split()
+        listening = wait_for_listen(log, process, time.monotonic() + 30).split()
     except Exception:
-        _stop(process)
+        stop_daemon(process)
         raise
     tcp = next(item for item in listening if item.startswith("tcp://"))
     instance = Daemon(root, process, socket_path, tcp, pki, bridge, log)
@@ -178,10 +182,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
                 instance.docker("rm", "-f", *[item.decode() for item in ids], timeout=120)
             instance.docker("network", "prune", "-f")
     finally:
-        _stop(process)
-        if _link_exists(bridge):
+        stop_daemon(process)
+        left = link_exists(bridge)  # kept while the daemon ran (as docker0), removed when it stopped
+        if left:
             subprocess.run(["ip", "link", "del", bridge], capture_output=True)
-    assert not _link_exists(bridge)
+    assert not left, f"the stopped daemon left its bridge {bridge}"
 
 
 @pytest.fixture(scope="session")
@@ -196,11 +201,4 @@ def image(daemon: Daemon) -> str:
 def name() -> str:
     """A container or object name unique to the test."""
     return f"api-{TAG}-{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
