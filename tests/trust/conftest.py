@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +19,11 @@ from machines.runtime.errors import Conflict, NotFound
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from tests.support import busybox
+from tests.support.registry import Registry
+from tests.support.sigext import SignatureFront
 
 PASSPHRASE = "correct horse battery staple"
+UNSIGNED = "A signature was required, but no signature exists"
 
 
 @dataclass
@@ -88,3 +94,56 @@ def keypair(tmp_path):
 def write_policy(service: ImageService, doc: dict) -> None:
     with open(service.trust.path, "w") as f:
         json.dump(doc, f)
+
+
+@pytest.fixture
+def interop_tools() -> None:
+    """Interoperability is the point: without the tools the tests fail (never skip) and say what is missing."""
+    if shutil.which("skopeo") is None or shutil.which("gpg") is None:
+        pytest.fail("skopeo and gpg are needed: run scripts/setup.sh (it installs skopeo and gnupg)", pytrace=False)
+
+
+@pytest.fixture
+def front(registry: Registry) -> Iterator[SignatureFront]:
+    """The loopback registry behind a front that serves the registry signature extension (OpenShift's API)."""
+    server = SignatureFront(registry.host)
+    yield server
+    server.close()
+
+
+def skopeo(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Debian's skopeo 1.9 (scripts/setup.sh installs it)."""
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+class GPGHome:
+    """A key in a fresh GNUPGHOME (short path: gpg-agent's socket name has a length limit)."""
+
+    def __init__(self, name: str) -> None:
+        self.home = tempfile.mkdtemp(prefix="/tmp/mgpg")
+        self.env = dict(os.environ, GNUPGHOME=self.home)
+        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "never"],
+                       env=self.env, check=True, capture_output=True)
+        listed = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys"], env=self.env, check=True,
+                                capture_output=True, text=True).stdout
+        self.fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
+        self.public = subprocess.run(["gpg", "--batch", "--armor", "--export", self.fingerprint], env=self.env,
+                                     check=True, capture_output=True).stdout
+
+    def close(self) -> None:
+        subprocess.run(["gpgconf", "--kill", "all"], env=self.env, capture_output=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture
+def signer():
+    home = GPGHome("Release Signer <release@example.com>")
+    yield home
+    home.close()
+
+
+@pytest.fixture
+def stranger():
+    home = GPGHome("Someone Else <else@example.com>")
+    yield home
+    home.close()
