@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from machines.runtime.errors import Conflict, NotFound
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
 from tests.support import busybox
+from tests.support.daemon import Daemon, free_subnet, link_exists, start_daemon, stop_daemon, wait_for_listen
 from tests.support.registry import Registry
 from tests.support.sigext import SignatureFront
 
@@ -94,6 +96,32 @@ def keypair(tmp_path):
 def write_policy(service: ImageService, doc: dict) -> None:
     with open(service.trust.path, "w") as f:
         json.dump(doc, f)
+
+
+@pytest.fixture
+def daemon(tmp_path) -> Iterator[Daemon]:
+    """A runtime daemon of this test's own on a unix socket (its data root: ``.root / "data"``)."""
+    root = tmp_path / "daemon"
+    root.mkdir()
+    socket_path = root / "docker.sock"
+    bridge = f"trst{os.getpid() % 100000}"
+    process = start_daemon(root, ["--host", f"unix://{socket_path}", "--bridge-subnet", free_subnet(197),
+                                  "--bridge-name", bridge])
+    try:
+        wait_for_listen(root / "daemon.log", process, time.monotonic() + 30)
+    except Exception:
+        stop_daemon(process)
+        raise
+    instance = Daemon(root, process, socket_path, "", {}, bridge, root / "daemon.log")
+    yield instance
+    try:
+        ids = instance.docker("ps", "-aq").stdout.split()
+        if ids:
+            instance.docker("rm", "-f", *[item.decode() for item in ids], timeout=120)
+    finally:
+        stop_daemon(process)
+        if link_exists(bridge):
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
 @pytest.fixture

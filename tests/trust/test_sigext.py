@@ -9,6 +9,7 @@ import json
 import pytest
 
 from machines.runtime.errors import Forbidden
+from tests.support import busybox
 from tests.trust.conftest import UNSIGNED, drop_all_images, push_image, run_machines, skopeo, write_policy
 
 pytestmark = pytest.mark.usefixtures("interop_tools")
@@ -192,3 +193,27 @@ def test_a_registry_without_the_extension_needs_a_lookaside(registry, service, r
     assert (signed.code, signed.err.strip()) == (1, needed + "--lookaside DIR")
     verified = run_machines("trust", "verify", image, "--key", str(key))
     assert (verified.code, verified.err.strip()) == (1, needed + "--lookaside DIR|URL")
+
+
+def test_docker_pull_through_the_daemon_reads_the_extension(daemon, front, signer, stranger, tmp_path):
+    """The real docker CLI against the runtime daemon: a signedBy policy and no registries.d at all."""
+    signed, unsigned = f"{front.host}/team/app:signed", f"{front.host}/team/app:unsigned"
+    for number, name in enumerate((signed, unsigned)):
+        daemon.out("import", "--change", f"LABEL n={number}", "-", name, input=busybox.rootfs())
+        daemon.out("push", name)
+    assert run_machines("trust", "sign", signed, "--sign-by", signer.fingerprint,
+                        env={"GNUPGHOME": signer.home}).code == 0
+    daemon.out("rmi", signed, unsigned)
+    policy = daemon.root / "data" / "policy.json"
+    for who, name in ((stranger, "stranger"), (signer, "release")):
+        _, key = _policy_file(tmp_path, who, name)
+        policy.write_text(json.dumps({"default": [{"type": "reject"}], "transports": {"docker": {front.host: [
+            {"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(key)}]}}}))
+        if who is stranger:
+            foreign = daemon.docker("pull", signed)
+            assert (foreign.returncode, foreign.stderr.decode().strip()) == (
+                1, f"Error response from daemon: {signed}: Source image rejected: Invalid GPG signature")
+    assert daemon.out("run", "--rm", signed, "echo", "signed and running").strip() == "signed and running"
+    refused = daemon.docker("pull", unsigned)
+    assert (refused.returncode, refused.stderr.decode().strip()) == (
+        1, f"Error response from daemon: {unsigned}: Source image rejected: {UNSIGNED}")
