@@ -7,8 +7,8 @@ unchanged (chunked request bodies, as Go clients send them, are passed on whole)
 registry does not have is 404 with no body; ``GET`` lists ``{"signatures": [...]}`` (schemaVersion 2, name, type,
 content in base64); ``PUT`` takes one such object, refuses a body that is not one (400 ``SIGNATURE_INVALID``, also for
 a schemaVersion other than 2), defaults the type to ``atomic``, refuses a name that is not ``<digest>@<name>`` (400)
-or is taken (409 ``SIGNATURE_EXISTS``) and answers 201 with no body. ``listing`` replaces the GET body (a hostile
-registry) while set.
+or is taken (409 ``SIGNATURE_EXISTS``) and answers 201 with no body. ``listing`` replaces the GET answer (status,
+body: a hostile or failing registry) while set.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class SignatureFront:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.stored: dict[tuple[str, str], list[dict]] = {}
-        self.listing: Callable[[str, str], bytes] | None = None
+        self.listing: Callable[[str, str], tuple[int, bytes]] | None = None
         self.lock = threading.Lock()
         front = self
 
@@ -78,17 +78,18 @@ class SignatureFront:
         elif not self._has_manifest(name, digest):
             self._answer(req, 404, b"")
         elif req.command == "GET":
-            self._answer(req, 200, self._list(name, digest), "application/json; charset=utf-8")
+            status, listed = self._list(name, digest)
+            self._answer(req, status, listed, "application/json; charset=utf-8")
         else:
             status, answer = self._add(name, digest, body)
             self._answer(req, status, answer, "application/json; charset=utf-8" if answer else None)
 
-    def _list(self, name: str, digest: str) -> bytes:
+    def _list(self, name: str, digest: str) -> tuple[int, bytes]:
         if self.listing is not None:
             return self.listing(name, digest)
         with self.lock:
             entries = list(self.stored.get((name, digest), []))
-        return json.dumps({"signatures": [
+        return 200, json.dumps({"signatures": [
             {"schemaVersion": 2, "name": e["name"], "type": e["type"], "content": base64.b64encode(e["content"]).decode()}
             for e in entries]}).encode()
 

@@ -143,19 +143,26 @@ def _entry(content: str, **extra) -> dict:
     return {"schemaVersion": 2, "type": "atomic", "name": "sha256:x@y", "content": content, **extra}
 
 
+# name: (status, body, the reason given); the list's limit is containers/image's 4 MiB
 HOSTILE = {
-    "huge": (b'{"signatures": [' + b" " * EXTENSION_LIMIT + b"]}",
+    "huge": (200, b'{"signatures": [' + b" " * EXTENSION_LIMIT + b"]}",
              "downloading signatures for {digest} in {repo}: exceeded maximum allowed size of 4194304 bytes"),
-    "not json": (b"<html>gateway</html>", "decoding signature list for {digest} in {repo}: not a signature list"),
-    "not a list": (b'{"signatures": {"a": 1}}', "decoding signature list for {digest} in {repo}: not a signature list"),
-    "bad base64": (_listing(_entry("%%% not base64 %%%")),
+    "not json": (200, b"<html>gateway</html>", "decoding signature list for {digest} in {repo}: not a signature list"),
+    "not a list": (200, b'{"signatures": {"a": 1}}',
+                   "decoding signature list for {digest} in {repo}: not a signature list"),
+    "bad base64": (200, _listing(_entry("%%% not base64 %%%")),
                    "decoding signature list for {digest} in {repo}: illegal base64 data in 'sha256:x@y'"),
-    "many": (_listing(*[_entry(base64.b64encode(b"x").decode(), name=f"n{i}") for i in range(17)]),
+    "many": (200, _listing(*[_entry(base64.b64encode(b"x").decode(), name=f"n{i}") for i in range(17)]),
              "the registry lists 17 signatures for {digest}, more than the 16 that are checked"),
-    "oversized signature": (_listing(_entry(base64.b64encode(b"x" * (65 << 10)).decode())), "signature is too large"),
-    "garbage signature": (_listing(_entry(base64.b64encode(b"not an OpenPGP message").decode())),
+    "oversized signature": (200, _listing(_entry(base64.b64encode(b"x" * (65 << 10)).decode())),
+                            "signature is too large"),
+    "garbage signature": (200, _listing(_entry(base64.b64encode(b"not an OpenPGP message").decode())),
                           "Invalid GPG signature"),
-    "other versions and types": (_listing(_entry("eA==", schemaVersion=1), _entry("eA==", type="cosign")), UNSIGNED),
+    "other versions and types": (200, _listing(_entry("eA==", schemaVersion=1), _entry("eA==", type="cosign")),
+                                 UNSIGNED),
+    "error status": (500, b'{"errors": [{"code": "UNKNOWN", "message": "unknown error", "detail": "etcd is down"}]}',
+                     "downloading signatures for {digest} in {repo}: unknown: unknown error"),
+    "bare 404": (404, b"", "downloading signatures for {digest} in {repo}: HTTP 404"),
 }
 
 
@@ -165,8 +172,8 @@ def test_hostile_signature_lists_are_bounded_and_refused(service, store, front, 
     _, key = _policy_file(tmp_path, signer, "release")
     drop_all_images(store)
     _enforce(service, front.host, key)
-    for case, (body, reason) in HOSTILE.items():
-        front.listing = lambda _name, _digest, body=body: body
+    for case, (status, body, reason) in HOSTILE.items():
+        front.listing = lambda _name, _digest, answer=(status, body): answer
         expected = reason.format(digest=digest, repo=f"{front.host}/team/app")
         assert _refusal(service, image) == f"{image}: Source image rejected: {expected}", case
         verified = run_machines("trust", "verify", image, "--key", str(key))
