@@ -202,8 +202,16 @@ def _make_ca(certs: StoreCerts) -> None:
     write_private(certs.ca_cert, _cert_pem(cert))
 
 
+CA = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def _load_ca(certs: StoreCerts) -> CA:
+    """The CA's certificate and key, read together (under ``_locked``: a rotation cannot come between the reads)."""
+    return load_cert(certs.ca_cert), _load_key(certs.ca_key)
+
+
 def _issue_leaf(
-    certs: StoreCerts,
+    ca: CA,
     subject: x509.Name,
     usage: x509.ObjectIdentifier,
     cert_path: Path,
@@ -212,7 +220,7 @@ def _issue_leaf(
     validity: datetime.timedelta = LEAF_VALIDITY,
 ) -> None:
     """Sign a new key for ``subject`` with the store CA and write the pair (client or server certificate)."""
-    ca_cert, ca_key = load_cert(certs.ca_cert), _load_key(certs.ca_key)
+    ca_cert, ca_key = ca
     key = _new_key()
     extensions: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=False, path_length=None), True),
@@ -228,14 +236,14 @@ def _issue_leaf(
 
 def _make_client(certs: StoreCerts) -> None:
     subject = _name(f"{_user()}.client", "machines client")
-    _issue_leaf(certs, subject, ExtendedKeyUsageOID.CLIENT_AUTH, certs.client_cert, certs.client_key)
+    _issue_leaf(_load_ca(certs), subject, ExtendedKeyUsageOID.CLIENT_AUTH, certs.client_cert, certs.client_key)
 
 
 def issue_user_client(certs: StoreCerts, user: str, validity: datetime.timedelta, folder: Path) -> x509.Certificate:
     """A client certificate of the store CA for another person (``machines share``): ``cert.pem``/``key.pem`` and
     the CA's ``ca.pem`` in ``folder``, the layout ``DOCKER_CERT_PATH`` expects. The CA key stays here."""
     with _locked(certs):
-        _issue_leaf(certs, _name(f"{user}.shared", user), ExtendedKeyUsageOID.CLIENT_AUTH, folder / CLIENT_CERT,
+        _issue_leaf(_load_ca(certs), _name(f"{user}.shared", user), ExtendedKeyUsageOID.CLIENT_AUTH, folder / CLIENT_CERT,
                     folder / CLIENT_KEY, validity=validity)
         write_private(folder / CA_CERT, certs.ca_cert.read_bytes())
     return load_cert(folder / CLIENT_CERT)
@@ -299,17 +307,20 @@ def issue_server_cert(
     cert_path, key_path = directory / SERVER_CERT, directory / SERVER_KEY
     subject = _name(f"{_user()}.{machine_name}", machine_name)
     with _locked(certs):
-        _issue_leaf(certs, subject, ExtendedKeyUsageOID.SERVER_AUTH, cert_path, key_path, sans)
+        ca = _load_ca(certs)
+    # Signed and written (fsync) outside the store's lock: parallel creates each write only their own machine's.
+    _issue_leaf(ca, subject, ExtendedKeyUsageOID.SERVER_AUTH, cert_path, key_path, sans)
     return cert_path, key_path
 
 
 def copy_client_certs(certs: StoreCerts, machine_dir: str | os.PathLike[str]) -> None:
     """Put ca.pem, cert.pem and key.pem in the machine dir, the folder ``DOCKER_CERT_PATH`` points at."""
     directory = Path(machine_dir)
-    with _locked(certs):
-        files = [(certs.ca_cert, CA_CERT), (certs.client_cert, CLIENT_CERT), (certs.client_key, CLIENT_KEY)]
-        for source, name in files:
-            write_private(directory / name, source.read_bytes())
+    files = [(certs.ca_cert, CA_CERT), (certs.client_cert, CLIENT_CERT), (certs.client_key, CLIENT_KEY)]
+    with _locked(certs):  # read as one set; written outside the lock, like the server certificate
+        contents = [(name, source.read_bytes()) for source, name in files]
+    for name, data in contents:
+        write_private(directory / name, data)
 
 
 def cert_sans(cert_path: Path) -> list[str]:

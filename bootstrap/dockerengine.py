@@ -143,6 +143,7 @@ class DockerEngineRun(provisioning.ProvisioningRun):
     control_path = CONTROL_PATH
     engine_title = "Docker Engine"
     checks_revocations = False  # so machines share/revoke refuse Docker Engine machines (machines.share)
+    reports_ready = False  # dockerd reports readiness to systemd only (sd_notify): its supervisor polls the API
 
     def __init__(self, machine: Machine, progress: Progress | None = None, *, new_server_cert: bool = False,
                  upgrade: bool = False) -> None:
@@ -207,9 +208,9 @@ class DockerEngineRun(provisioning.ProvisioningRun):
         ]
         if self.facts.values.get("systemd"):
             files.append((DROP_IN_PATH, systemd_drop_in(), 0o644, True))
-        self._run(f"mkdir -p {service.LIB_DIR} {service.ETC_DIR} {shlex.quote(self.data_root)} "
-                  f"{shlex.quote(DROP_IN_PATH.rsplit('/', 1)[0]) if self.facts.values.get('systemd') else ''} && "
-                  f"chmod 700 {service.ETC_DIR}", "service")  # fmt: skip
+        self._stage(f"mkdir -p {service.LIB_DIR} {service.ETC_DIR} {shlex.quote(self.data_root)} "
+                    f"{shlex.quote(DROP_IN_PATH.rsplit('/', 1)[0]) if self.facts.values.get('systemd') else ''} && "
+                    f"chmod 700 {service.ETC_DIR}", "service")  # fmt: skip
         self.install_files(files)
 
     @staticmethod

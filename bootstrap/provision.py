@@ -24,9 +24,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import io
 import json
+import secrets
 import shlex
 import ssl
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -36,7 +39,7 @@ from typing import Any
 from machines.bootstrap import bundle as bundles
 from machines.bootstrap import certs as certificates
 from machines.bootstrap import service, sharing
-from machines.errors import MachinesError, ProvisionError, SSHError, StateError
+from machines.errors import MachinesError, MachineTimeoutError, ProvisionError, SSHError, StateError
 from machines.hostoptions import HostOptions
 from machines.machine import Machine
 from machines.progress import Progress
@@ -125,6 +128,7 @@ if d=$(command -v docker 2>/dev/null) && [ -f "$d" ]; then
   fi
 fi
 echo "runtime=$(readlink {service.RUNTIME_PATH} 2>/dev/null)"
+echo "runtimes=$(cd {service.LIB_DIR} 2>/dev/null && ls -d runtime-*.pyz 2>/dev/null | tr '\n' ' ')"
 sha256sum {managed} 2>/dev/null | awk '{{ print "sum=" $2 " " $1 }}'
 mkdir -p {service.LIB_DIR} 2>/dev/null; echo "free_kib=$(df -Pk {service.LIB_DIR} 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {service.CONTROL_PATH} status >/dev/null 2>&1 && echo running=1
@@ -176,6 +180,7 @@ class ProvisioningRun:
     control_path = service.CONTROL_PATH
     engine_title = "the runtime"
     checks_revocations = True  # the daemon takes --tlscrl (machines revoke); dockerd has no such option
+    reports_ready = True  # the daemon writes "READY=1" on the descriptor its supervisor hands it; dockerd does not
 
     def __init__(
         self,
@@ -198,37 +203,78 @@ class ProvisioningRun:
         self.daemon_json = json.dumps(runtime_daemon_json(options), indent=2, sort_keys=True) + "\n"
         self.environment = options.engine.environment
         self.trust_policy = options.trust_policy
+        self.signing_policy = options.signing_policy
+        self.signing_keys = machine.signing_keys  # given by this create or set only; never recorded
         self.scan = (options.scan_fail_on, options.scan_db) if options.scan_fail_on and options.scan_db else None
         self.conn: Connection | None = None
         self.facts: Facts | None = None
         self.changed = False  # whether anything the daemon reads changed, so it must restart
+        self.staged: list[tuple[str, str]] = []  # (phase, command) changing the host, run by ``apply`` in order
+        self.staged_files: list[tuple[str, bytes, int, str]] = []  # (staged path, content, mode, phase) of ``_put``
+        self.token = secrets.token_hex(4)  # names this run's staging folders on the host
+        self.died_starting = False  # the daemon started by ``start`` closed its readiness pipe without "READY=1"
         self.ip = ""
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _run(self, command: str, phase: str, *, input: bytes | str | None = None, check: bool = True) -> Result:  # noqa: A002
+    def _run(self, command: str, phase: str, *, input: bytes | str | None = None, check: bool = True,  # noqa: A002
+             timeout: float | None = None) -> Result:
         assert self.conn is not None
         try:
-            result = self.conn.run(command, sudo=True, check=False, input=input)
+            result = self.conn.run(command, sudo=True, check=False, input=input, timeout=timeout)
         except SSHError as error:
             raise ProvisionError(f"{self.machine.name}: {phase} failed: {error}") from None
         if check and not result.ok:
             raise ProvisionError(f"{self.machine.name}: {phase} failed: {_last_line(result)}")
         return result
 
-    def _put(self, data: bytes, remote: str, mode: int, phase: str) -> None:
-        assert self.conn is not None
-        try:
-            self.conn.put_bytes(data, remote, mode, sudo=True)
-        except SSHError as error:
-            raise ProvisionError(f"{self.machine.name}: {phase} failed: {self._explain_write_error(error)}") from None
+    def _stage(self, command: str, phase: str) -> None:
+        """Queue a command that changes the host; ``apply`` runs the queue in order, in one round trip."""
+        self.staged.append((phase, command))
 
-    def _explain_write_error(self, error: Exception) -> str:
-        """SFTP reports a full disk as a bare "Failure": ask the host whether that is what happened."""
-        result = self._run(f"df -Pk {service.LIB_DIR} | awk 'NR==2 {{print $4}}'", "checking free space", check=False)
-        free = result.stdout.strip()
-        if free.isdigit() and int(free) < SPACE_MARGIN_KIB:
-            return f"No space left on device ({service.LIB_DIR} has {free} KiB free)"
-        return str(error)
+    def _put(self, data: bytes, remote: str, mode: int, phase: str) -> None:
+        """Queue writing ``data`` to ``remote`` atomically: it travels in ``apply``'s archive to a private folder
+        beside ``remote`` (the same file system) and is renamed over it at this point of the queue."""
+        directory, _, name = remote.rpartition("/")
+        staged = f"{directory}/.machines-{self.token}/{name}"
+        self.staged_files.append((staged, data, mode, phase))
+        self._stage(f"chmod {mode:o} {shlex.quote(staged)} && mv -f {shlex.quote(staged)} {shlex.quote(remote)}", phase)
+
+    def apply(self, timeout: float | None = None) -> Result | None:
+        """Run the queued changes: one command whose input is an archive of the queued files.
+
+        Each phase's SFTP sessions and commands cost a round trip each (and a process on the host); together they
+        were about a third of a provisioning. A failing step ends the script and names its phase.
+        """
+        if not self.staged:
+            return None
+        folders = sorted({path.rpartition("/")[0] for path, *_ in self.staged_files})
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for folder in folders:
+                entry = tarfile.TarInfo(folder.lstrip("/"))
+                entry.type, entry.mode = tarfile.DIRTYPE, 0o700
+                tar.addfile(entry)
+            for path, data, mode, _ in self.staged_files:
+                entry = tarfile.TarInfo(path.lstrip("/"))
+                entry.size, entry.mode, entry.mtime = len(data), mode, int(time.time())
+                tar.addfile(entry, io.BytesIO(data))
+        lines = ['fail() { echo "machines: $1 failed" >&2; exit 1; }']
+        if folders:
+            lines.append(f"trap 'rm -rf {shlex.join(folders)}' EXIT")
+            parents = shlex.join(sorted({folder.rpartition('/')[0] for folder in folders}))
+            lines.append(f"mkdir -p {parents} && tar -x -f - -C / || fail {shlex.quote(self.staged_files[0][3])}")
+        lines += [f"{{ {command}\n}} || fail {shlex.quote(phase)}" for phase, command in self.staged]
+        self.staged, self.staged_files = [], []
+        result = self._run("\n".join(lines) + "\n", "apply", input=archive.getvalue() if folders else None,
+                           check=False, timeout=timeout)
+        if not result.ok:
+            failed = [line for line in result.stderr.splitlines() if line.startswith("machines: ") and
+                      line.endswith(" failed")]
+            phase = failed[-1][len("machines: "):-len(" failed")] if failed else "apply"
+            causes = [line for line in result.stderr.strip().splitlines() if line not in failed]
+            cause = causes[-1] if causes else f"exit status {result.exit_status}"
+            raise ProvisionError(f"{self.machine.name}: {phase} failed: {cause}")
+        return result
 
     # -- phases ---------------------------------------------------------------------------------------------
     def gather(self, script: str) -> Facts:
@@ -292,7 +338,7 @@ class ProvisioningRun:
         if self.facts.values.get("hostname") == name:
             return
         quoted = shlex.quote(name)
-        self._run(
+        self._stage(
             f"hostname {quoted} && echo {quoted} > /etc/hostname && "
             f"{{ grep -q '^127.0.1.1[[:space:]]' /etc/hosts && sed -i 's/^127.0.1.1[[:space:]].*/127.0.1.1 {name}/' "
             f"/etc/hosts || echo '127.0.1.1 {name}' >> /etc/hosts; }}",
@@ -338,7 +384,7 @@ class ProvisioningRun:
             return
         name = self._runtime_name()
         self._put(self._bundle().path.read_bytes(), f"{service.LIB_DIR}/{name}", 0o644, "upload")
-        self._run(f"ln -sfn {name} {service.RUNTIME_PATH}", "upload")
+        self._stage(f"ln -sfn {name} {service.RUNTIME_PATH}", "upload")
         self.changed = True
 
     def certs(self) -> None:
@@ -357,14 +403,14 @@ class ProvisioningRun:
         if self.checks_revocations:
             crl_data = sharing.revocation_list(Path(self.store_root))
             if self.facts.sums.get(service.CRL_PATH) != _sha256(crl_data):  # the daemon re-reads it: no restart
-                self._run(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
+                self._stage(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
                 self._put(crl_data, service.CRL_PATH, 0o600, "certs")
         if (
             self.facts.sums.get(service.CA_PATH) == _sha256(ca_data)
             and self.facts.sums.get(service.CERT_PATH) == _sha256(cert_data)
         ):
             return
-        self._run(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
+        self._stage(f"mkdir -p {service.ETC_DIR} && chmod 700 {service.ETC_DIR}", "certs")
         key_data = (Path(self.machine.dir) / certificates.SERVER_KEY).read_bytes()
         for data, remote in ((ca_data, service.CA_PATH), (key_data, service.KEY_PATH), (cert_data, service.CERT_PATH)):
             self._put(data, remote, 0o600, "certs")
@@ -390,8 +436,8 @@ class ProvisioningRun:
             files.append((service.SHIM_PATH, service.docker_shim(self._python()), 0o755, False))
         elif docker:
             self.progress.detail(f"kept the host's own docker CLI {docker} (its 'system dial-stdio' reaches our socket)")
-        self._run(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)} && mkdir -p {service.ETC_DIR} && "
-                  f"chmod 700 {service.ETC_DIR}", "service")
+        self._stage(f"mkdir -p {service.LIB_DIR} {shlex.quote(self.data_root)} && mkdir -p {service.ETC_DIR} && "
+                    f"chmod 700 {service.ETC_DIR}", "service")
         self.install_files(files)
 
     def install_files(self, files: list[tuple[str, str, int, bool]]) -> None:
@@ -404,18 +450,40 @@ class ProvisioningRun:
             self._put(data, path, mode, "service")
             self.changed = self.changed or restart
         root = self.data_root.rstrip("/")
-        if self.trust_policy is not None:  # the daemon reads it afresh for every pull: no restart needed
+        # The daemon reads the policies afresh for every pull and push: no restart needed. None removes them.
+        removed = [name for name, doc in ((service.TRUST_POLICY, self.trust_policy),
+                                          (service.SIGNING_POLICY, self.signing_policy),
+                                          (service.SIGNING_KEYS, self.signing_policy)) if doc is None]
+        if removed:
+            self._stage("rm -rf " + " ".join(shlex.quote(f"{root}/{name}") for name in removed), "service")
+        if self.trust_policy is not None:
             self._put(self.trust_policy.encode(), f"{root}/{service.TRUST_POLICY}", 0o600, "service")
+        if self.signing_policy is not None:
+            self._install_signing(root, self.signing_policy)
         if self.scan is not None:
             self._install_scan(root, *self.scan)
+
+    def _install_signing(self, root: str, policy: str) -> None:
+        """signing.json and, when this change gave them, its keys, in a 0700 folder so no other user sees a key
+        even while it is written; keys the policy no longer names are deleted."""
+        if self.signing_keys:
+            keys = shlex.quote(f"{root}/{service.SIGNING_KEYS}")
+            self._stage(f"mkdir -p -m 700 {keys} && chmod 700 {keys}", "signing")
+            for name, pem in self.signing_keys:
+                self._put(pem, f"{root}/{service.SIGNING_KEYS}/{name}", 0o600, "signing")
+            kept = " ".join(f"! -name {shlex.quote(name)}" for name, _ in self.signing_keys)
+            # Not the staging folder the new keys came through (``_put``'s dot folder, removed at the end).
+            self._stage(f"find {keys} -mindepth 1 -maxdepth 1 {kept} ! -name '.machines-*' -exec rm -rf {{}} +",
+                        "signing")
+        self._put(policy.encode(), f"{root}/{service.SIGNING_POLICY}", 0o600, "signing")
 
     def _install_scan(self, root: str, fail_on: str, folder: str) -> None:
         """scan.json and the OSV records (``*.json``, ``*.zip`` under ``folder``, flattened) for scan on arrival."""
         records = sorted(p for p in Path(folder).rglob("*") if p.suffix in (".json", ".zip") and p.is_file())
         if not records:
             raise ProvisionError(f"{self.machine.name}: no OSV records (*.json, *.zip) in {folder} for --engine-scan")
-        self._run(f"rm -rf {shlex.quote(f'{root}/{service.SCAN_DB}')} && mkdir -p "
-                  f"{shlex.quote(f'{root}/{service.SCAN_DB}')}", "scan")
+        folder = shlex.quote(f"{root}/{service.SCAN_DB}")
+        self._stage(f"mkdir -p {folder} && rm -rf {folder}/*", "scan")  # not the staging folder (a dot folder)
         for number, path in enumerate(records):
             self._put(path.read_bytes(), f"{root}/{service.SCAN_DB}/{number:06d}{path.suffix}", 0o644, "scan")
         self._put(json.dumps({"fail_on": fail_on}).encode(), f"{root}/{service.SCAN_SETTINGS}", 0o644, "scan")
@@ -424,17 +492,27 @@ class ProvisioningRun:
         assert self.facts is not None
         if not self.changed and self.facts.values.get("running"):
             self.progress.detail(f"{self.engine_title} already running with this configuration")
+            self.apply()  # what needs no restart (a revocation list, a trust policy)
             return
-        self._run(f"{self.control_path} restart", "start")
+        self._stage(f"{self.control_path} restart" + (" --ready" if self.reports_ready else ""), "start")
+        # Ends once the new daemon serves (its "READY=1") or has died; at once under systemd (no output).
+        try:
+            result = self.apply(timeout=API_TIMEOUT)
+        except MachineTimeoutError:
+            return  # neither ready nor dead yet: ``wait`` polls, and names the cause if it never answers
+        supervised = not self.facts.values.get("systemd")
+        self.died_starting = bool(self.reports_ready and supervised and result and "READY=1" not in result.stdout)
 
     def wait(self) -> dict[str, Any]:
-        """Poll the API until it answers /version (over mutual TLS, or through SSH for --api ssh).
+        """Ask the API for /version (over mutual TLS, or through SSH for --api ssh) until it answers.
 
-        From the second second on, the daemon's log since this start is checked too, so a daemon that exits at
-        once (bad flags, a port taken, a broken runtime) fails the wait with its own message instead of a timeout.
+        A daemon that reported readiness answers the first request. Otherwise (systemd, Docker Engine) this polls,
+        and from the second second on the daemon's log since this start is checked too (at once when the daemon
+        died before it was ready), so a daemon that exits at once (bad flags, a port taken, a broken runtime) fails
+        the wait with its own message instead of a timeout.
         """
         started = time.monotonic()
-        next_log_check = started + 1.0
+        next_log_check = started + (0.0 if self.died_starting else 1.0)
         last_error = "no answer"
         while time.monotonic() < started + API_TIMEOUT:
             try:
@@ -533,6 +611,9 @@ class ProvisioningRun:
 
     def cleanup(self) -> None:
         """Remove runtime versions no daemon uses any more (only after the new one answers)."""
+        assert self.facts is not None
+        if not set(self.facts.values.get("runtimes", "").split()) - {self._runtime_name()}:
+            return  # nothing else was there: no round trip
         self._run(
             f"find {service.LIB_DIR} -maxdepth 1 -name 'runtime-*.pyz' ! -name {self._runtime_name()} -delete",
             "cleanup",

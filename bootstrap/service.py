@@ -26,12 +26,15 @@ EXEC_ROOT = "/var/run/machines-runtime"
 SOCKET_PATH = "/var/run/docker.sock"
 DEFAULT_DATA_ROOT = "/var/lib/machines-runtime"
 TRUST_POLICY = "policy.json"  # in the data root: the runtime's runtime.images.trust.POLICY_FILE
+SIGNING_POLICY = "signing.json"  # in the data root: runtime.images.signing.SIGNING_FILE
+SIGNING_KEYS = "signing"  # in the data root (0700): runtime.images.signing.KEYS_DIR, each key 0600
 SCAN_SETTINGS = "scan.json"  # in the data root: runtime.images.scan.arrival.SCAN_FILE
 SCAN_DB = "osv"  # in the data root: runtime.images.scan.arrival.OSV_DIR
 TLS_PORT = 2376
 CA_PATH, CERT_PATH, KEY_PATH = f"{ETC_DIR}/ca.pem", f"{ETC_DIR}/server.pem", f"{ETC_DIR}/server-key.pem"
 CRL_PATH = f"{ETC_DIR}/crl.pem"  # the store CA's revocation list (machines revoke); the daemon re-reads it
 CONFIG_PATH = f"{ETC_DIR}/daemon.json"  # the engine options, in dockerd's daemon.json names (0600: proxy passwords)
+READY_FD = "MACHINES_READY_FD"  # the runtime's runtime.__main__.READY_FD: the descriptor it reports readiness on
 ENV_PATH = f"{ETC_DIR}/daemon.env"  # the daemon's environment (--engine-env), sourced by the launcher (0600)
 
 
@@ -101,7 +104,12 @@ RUNTIME_SERVICE = ServiceLayout(
 
 
 def control_script(layout: ServiceLayout = RUNTIME_SERVICE) -> str:
-    """``machines-runtime start|stop|restart|status``: the host-side service control, systemd or supervised."""
+    """``machines-runtime start|stop|restart [--ready]|status``: the host-side service control, systemd or supervised.
+
+    ``--ready`` (supervised daemons that report readiness, as our runtime does): the command's output stays open
+    until the daemon it starts writes ``READY=1`` there or dies, so the caller waits on that instead of polling.
+    Under systemd, or when the supervisor already runs, it returns at once with no output.
+    """
     return f"""#!/bin/sh
 # Installed by machines: runs {layout.description} under systemd when systemd is PID 1, else under a supervisor
 # that restarts the daemon if it dies. Stopping signals the daemon only.
@@ -117,10 +125,19 @@ alive() {{
 }}
 systemd() {{ [ -d /run/systemd/system ]; }}
 
+# With "ready", fd 3 is the caller's stdout: the first daemon gets it as {READY_FD} and writes "READY=1" there once
+# it serves; the supervisor lets go of it, so the caller reads that line, or end of file if the daemon died first.
 supervise() {{
   echo $$ > "$SUPERVISOR_PID"
   child=
   trap 'if [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; then wait "$child"; fi; rm -f "$SUPERVISOR_PID"; exit 0' TERM INT
+  if [ "${{1:-}}" = ready ]; then
+    {READY_FD}=3 {layout.launcher} >>{layout.log} 2>&1 &
+    child=$!
+    exec 3>&-
+    wait "$child"
+    sleep 1
+  fi
   while :; do
     {layout.launcher} >>{layout.log} 2>&1 &
     child=$!
@@ -143,16 +160,21 @@ stop() {{
 start() {{
   mkdir -p {layout.exec_root}
   if systemd; then systemctl daemon-reload && systemctl enable --now "$UNIT" >/dev/null 2>&1; return; fi
-  alive "$SUPERVISOR_PID" || setsid nohup "$0" supervise </dev/null >/dev/null 2>&1 &
+  alive "$SUPERVISOR_PID" && return
+  if [ "${{1:-}}" = --ready ]; then
+    setsid nohup "$0" supervise ready </dev/null 3>&1 >/dev/null 2>&1 &
+  else
+    setsid nohup "$0" supervise </dev/null >/dev/null 2>&1 &
+  fi
 }}
 
 case "${{1:-}}" in
-  supervise) supervise ;;
-  start) start ;;
+  supervise) supervise "${{2:-}}" ;;
+  start) start "${{2:-}}" ;;
   stop) stop ;;
-  restart) stop; start ;;
+  restart) stop; start "${{2:-}}" ;;
   status) if systemd; then systemctl is-active --quiet "$UNIT"; else alive "$SUPERVISOR_PID"; fi ;;
-  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart [--ready]|status" >&2; exit 2 ;;
 esac
 """
 

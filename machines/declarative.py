@@ -188,7 +188,11 @@ def plan(machines: Machines, label: str | None, wanted: list[Wanted], *, prune: 
                 raise UsageError(f"{item.name}: the file says {what} {written} but the machine has {recorded}, "
                                  f"which cannot change in place; recreate it ('machines rm {item.name}')")
         flags = {key: value for key, value in item.flags.items() if machine.driver.flag_values.get(key) != value}
-        details = hostoptions.plan(machine.host_options, item.options)
+        recorded = machine.host_options  # what the file cannot say (policies, scan) stays as create/set made it
+        item = dataclasses.replace(item, options=dataclasses.replace(
+            item.options, trust_policy=recorded.trust_policy, signing_policy=recorded.signing_policy,
+            scan_fail_on=recorded.scan_fail_on, scan_db=recorded.scan_db))
+        details = hostoptions.plan(recorded, item.options)
         details += [f"{item.driver} {key}: {machine.driver.flag_values.get(key)} -> {value}"
                     for key, value in flags.items()]
         if details:

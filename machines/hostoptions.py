@@ -265,7 +265,10 @@ class HostOptions:
     same setting). ``engine``: the engine's own options (``EngineOptions``). ``engine_name``: which engine the
     machine runs, "machines" (our bundled runtime) or "docker" (Docker Engine from the host's packages).
     ``trust_policy``: the image trust policy (containers-policy.json text, keys inlined; see
-    ``machines.trust.policy``) installed on the host. ``scan_fail_on``: scan pulled and built images on arrival
+    ``machines.trust.policy``) installed on the host. ``signing_policy``: which key signs ``docker push`` per
+    registry scope (the runtime's ``signing.json``, keys named, never included); ``signing_keys``: the decrypted
+    private keys it names, ``(name, PKCS#8 PEM)``, to install on the host with this change only: never recorded or
+    shown. ``scan_fail_on``: scan pulled and built images on arrival
     and refuse those with a vulnerability at or above this severity, against the OSV records of the workstation
     folder ``scan_db`` (uploaded at provisioning).
     """
@@ -277,6 +280,8 @@ class HostOptions:
     engine: EngineOptions = EngineOptions()
     engine_name: str = "machines"
     trust_policy: str | None = None
+    signing_policy: str | None = None
+    signing_keys: tuple[tuple[str, bytes], ...] = dataclasses.field(default=(), repr=False)
     scan_fail_on: str | None = None
     scan_db: str | None = None
 
@@ -297,9 +302,9 @@ class HostOptions:
             raise UsageError(f"--engine-scan must be one of {', '.join(SCAN_LEVELS)}, not {self.scan_fail_on!r}")
         if (self.scan_fail_on is None) != (self.scan_db is None):
             raise UsageError("--engine-scan and --engine-scan-db go together")
-        if self.engine_name != "machines" and (self.trust_policy or self.scan_fail_on):
-            raise UsageError("--engine-trust-policy and --engine-scan need the machines engine, not --engine "
-                             f"{self.engine_name}")
+        if self.engine_name != "machines" and (self.trust_policy or self.signing_policy or self.scan_fail_on):
+            raise UsageError("--engine-trust-policy, --engine-signing-policy and --engine-scan need the machines "
+                             f"engine, not --engine {self.engine_name}")
         for name_or_ip in self.tls_san:
             check_san(name_or_ip)
         for label in self.labels:
@@ -341,6 +346,8 @@ class HostOptions:
             record["engine_name"] = self.engine_name
         if self.trust_policy is not None:
             record["trust_policy"] = self.trust_policy
+        if self.signing_policy is not None:
+            record["signing_policy"] = self.signing_policy
         if self.scan_fail_on is not None:
             record["scan_fail_on"], record["scan_db"] = self.scan_fail_on, self.scan_db
         return record
@@ -363,6 +370,7 @@ class HostOptions:
                 engine=EngineOptions.from_record(record.get("engine")),
                 engine_name=record.get("engine_name") or "machines",
                 trust_policy=record.get("trust_policy") or None,
+                signing_policy=record.get("signing_policy") or None,
                 scan_fail_on=record.get("scan_fail_on") or None,
                 scan_db=record.get("scan_db") or None,
             )
@@ -383,8 +391,12 @@ def plan(recorded: HostOptions, wanted: HostOptions) -> list[str]:
     ):
         if old != new:
             lines.append(f"{name}: {old} -> {new}")
-    if recorded.trust_policy != wanted.trust_policy:  # a whole document: say that it changes, not how
-        lines.append(f"trust policy: {'replaced' if recorded.trust_policy else 'installed'}")
+    for name, old_doc, new_doc in (("trust policy", recorded.trust_policy, wanted.trust_policy),
+                                   ("signing policy", recorded.signing_policy, wanted.signing_policy)):
+        if old_doc != new_doc:  # a whole document: say that it changes, not how
+            lines.append(f"{name}: {'removed' if not new_doc else 'replaced' if old_doc else 'installed'}")
+    if wanted.signing_keys and wanted.signing_policy == recorded.signing_policy:
+        lines.append("signing keys: installed again")
     old_env, new_env = recorded.engine.environment, wanted.engine.environment
     changed_env = sorted(key for key in {**old_env, **new_env} if old_env.get(key) != new_env.get(key))
     if changed_env:  # values may hold proxy passwords: only the names are shown

@@ -130,6 +130,7 @@ class Machine:
         self._provisioner = provisioner
         self._connection: Connection | None = None
         self._lock = threading.Lock()
+        self.signing_keys: tuple[tuple[str, bytes], ...] = ()  # to install at the next provisioning; never saved
 
     def __repr__(self) -> str:
         return f"Machine({self.name!r}, driver={self.driver_name!r})"
@@ -363,6 +364,9 @@ class Machine:
         if options.engine_data_root != previous.engine_data_root:
             raise UsageError("the data root cannot change after create: containers, images and volumes live there")
         self.provisioner.check_options(options)
+        if options.signing_keys and self.state() != State.RUNNING:
+            raise UsageError(f"{self.name} is not running: start it first, signing keys are installed on the host "
+                             "and never recorded")
         if driver_flags:
             with progress.phase(f"Changing the host ({self.driver_name})"):
                 self.driver.change(driver_flags)
@@ -372,6 +376,7 @@ class Machine:
             return
         self.record["host_options"] = options.to_record()
         self.save()
+        self.signing_keys = options.signing_keys
         if self.state() != State.RUNNING:  # start provisions, so it applies them (and reports a bad one)
             progress.note(f"{self.name} is not running: the new options are recorded and applied when it starts")
             return
@@ -384,6 +389,7 @@ class Machine:
         except MachinesError as error:
             self.record["host_options"] = previous.to_record()
             self.save()
+            self.signing_keys = ()  # the previous policy's keys are the host's own
             try:
                 self._apply_options(options, progress)
             except MachinesError as again:
@@ -476,6 +482,7 @@ class Machines:
         record["driver_state"] = dict(driver.discovered)  # what pre_create_check found (an AMI, a VPC...)
         self.store.reserve(record)
         machine = Machine(self.store, self.store.load(name), driver=driver, provisioner=self.provisioner)
+        machine.signing_keys = options.signing_keys
 
         def persist_ledger(descriptions: list[str]) -> None:
             machine.record["ledger"] = descriptions

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,18 @@ def validate_name(name: str) -> str:
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _written_beside(path, data, mode) as put_in_place:
+        put_in_place()
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _written_beside(path: Path, data: bytes, mode: int) -> Iterator[Callable[[], None]]:
+    """``data`` in a temporary file beside ``path``, on disk; the function yielded renames it over ``path``.
+
+    Split so that a writer holding a lock holds it for the rename only, not for the write and its fsync (a
+    temporary file left unrenamed is removed).
+    """
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -67,12 +79,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
+        yield lambda: os.replace(temp_name, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -181,12 +191,21 @@ class Store:
         return _migrate(record)
 
     def save(self, name: str, record: dict[str, Any]) -> None:
-        """Replace the record of an existing machine; refuses to resurrect a machine removed meanwhile."""
-        with self.lock():
-            directory = self.machine_dir(name)
-            if not directory.is_dir():
-                raise MachineNotFoundError(f"machine {name!r} was removed while this command ran")
-            atomic_write(directory / CONFIG_FILE, _encode(record))
+        """Replace the record of an existing machine; refuses to resurrect a machine removed meanwhile.
+
+        The store's lock is held for the check and the rename only: parallel creates save about ten times each,
+        and each write's fsync under the lock made them wait for one another.
+        """
+        directory = self.machine_dir(name)
+        removed = MachineNotFoundError(f"machine {name!r} was removed while this command ran")
+        try:
+            with _written_beside(directory / CONFIG_FILE, _encode(record), 0o600) as put_in_place, self.lock():
+                if not directory.is_dir():
+                    raise removed
+                put_in_place()
+        except FileNotFoundError:  # the folder went before the temporary file could be made
+            raise removed from None
+        _fsync_dir(directory)
 
     def reserve(self, record: dict[str, Any]) -> Path:
         """Claim a name for a create: make its folder and first record in one locked step."""

@@ -19,6 +19,9 @@ from machines.runtime import API_VERSION, MIN_API_VERSION, VERSION, daemonconfig
 from machines.runtime.errors import EngineError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+# A descriptor (its number in the environment) on which the daemon writes "READY=1" (sd_notify's word) once it serves,
+# then closes it: whoever started it reads that line instead of polling the API (machines' host supervisor does).
+READY_FD = "MACHINES_READY_FD"
 
 
 class UsageError(Exception):
@@ -68,6 +71,29 @@ def _claim_pidfile(path: str) -> None:
         handle.write(f"{os.getpid()}\n")
 
 
+def _take_ready_fd() -> int | None:
+    """The readiness descriptor, out of the environment and not inherited by anything the daemon executes."""
+    value = os.environ.pop(READY_FD, "")
+    if not value.isdigit():
+        return None
+    try:
+        os.set_inheritable(int(value), False)
+    except OSError:  # not open: nobody waits
+        return None
+    return int(value)
+
+
+def _report_ready(fd: int | None) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"READY=1\n")
+    except OSError:  # the reader is gone: nobody waits any more
+        pass
+    finally:
+        os.close(fd)
+
+
 def _pool_flag(value: str) -> dict:
     """``--default-address-pool base=CIDR,size=N`` as daemon.json's form."""
     fields = dict(part.partition("=")[::2] for part in value.split(","))
@@ -77,6 +103,7 @@ def _pool_flag(value: str) -> dict:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    ready_fd = _take_ready_fd()  # closed at exit if the daemon never serves: the reader then sees end of file
     from machines.runtime.api import build_app
     from machines.runtime.api.server import RevocableTLS, Server, bind_tcp, bind_unix, tls_context
     from machines.runtime.engine import Engine
@@ -143,6 +170,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         server.start()
         sys.stderr.write(f"runtime {VERSION} (API {API_VERSION}) listening on {' '.join(listening)}\n")
         sys.stderr.flush()
+        _report_ready(ready_fd)
         while not stop.wait(3600):
             pass
         return 0

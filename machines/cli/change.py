@@ -16,6 +16,9 @@ from machines.cli.engine import (
     EngineOpt,
     EngineProxy,
     EngineRegistryMirror,
+    EngineSigningPassphraseFile,
+    EngineSigningPolicy,
+    signing_options,
     with_proxy,
 )
 from machines.drivers import registry
@@ -41,7 +44,9 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         engine_proxy: EngineProxy = None,
         engine_trust_policy: Annotated[str | None, typer.Option(
             "--engine-trust-policy", metavar="POLICY.JSON", help="Replace the image trust policy (containers-policy.json)"
-                                                                 " the runtime enforces.")] = None,
+                                                                 " the runtime enforces; \"\" removes it.")] = None,
+        engine_signing_policy: EngineSigningPolicy = None,
+        engine_signing_passphrase_file: EngineSigningPassphraseFile = None,
         **driver_values: Any,
     ) -> None:
         """Change a running machine: engine options, labels, TLS SANs, driver settings. Containers keep running;
@@ -60,7 +65,9 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
         if engine_trust_policy is not None:
             from machines.trust.policy import load_policy
 
-            wanted = dataclasses.replace(wanted, trust_policy=load_policy(engine_trust_policy))
+            wanted = dataclasses.replace(wanted, trust_policy=load_policy(engine_trust_policy) if engine_trust_policy
+                                         else None)
+        wanted = dataclasses.replace(wanted, **signing_options(engine_signing_policy, engine_signing_passphrase_file))
         flags = driver_flags_of(ctx, machine.driver_name, drivers, driver_values, typed_only=True)
         try:
             if dry_run:

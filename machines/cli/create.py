@@ -20,7 +20,10 @@ from machines.cli.engine import (
     EngineOpt,
     EngineProxy,
     EngineRegistryMirror,
+    EngineSigningPassphraseFile,
+    EngineSigningPolicy,
     engine_options,
+    signing_options,
 )
 from machines.drivers import registry
 from machines.drivers.base import Driver, Flag
@@ -152,6 +155,8 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
                 "--engine-trust-policy", metavar="POLICY.JSON",
                 help="Image trust policy (containers-policy.json) the runtime enforces on pull, run and build FROM.")
         ] = None,
+        engine_signing_policy: EngineSigningPolicy = None,
+        engine_signing_passphrase_file: EngineSigningPassphraseFile = None,
         engine_scan: Annotated[
             str | None, typer.Option(
                 "--engine-scan", metavar="LEVEL",
@@ -174,6 +179,7 @@ def register(app: typer.Typer, *, driver_flags: bool = True) -> None:
                                   engine_proxy),
             engine_name=engine or ("docker" if swarm_manager else "machines"),
             trust_policy=load_policy(engine_trust_policy) if engine_trust_policy else None,
+            **signing_options(engine_signing_policy or None, engine_signing_passphrase_file),
             scan_fail_on=engine_scan, scan_db=str(Path(engine_scan_db).expanduser().resolve()) if engine_scan_db else None,
         )
         if swarm_manager and (no_provision or host_options.engine_name != "docker"):

@@ -2,7 +2,7 @@
 
 # No "from __future__ import annotations" here: Typer reads the real annotation objects.
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,30 @@ EngineOpt = Annotated[list[str] | None, typer.Option(
 EngineProxy = Annotated[str | None, typer.Option(
     "--engine-proxy", metavar="auto", rich_help_panel=PANEL,
     help="'auto': give the engine this computer's HTTP_PROXY, HTTPS_PROXY and NO_PROXY.")]
+EngineSigningPolicy = Annotated[str | None, typer.Option(
+    "--engine-signing-policy", metavar="FILE", rich_help_panel=PANEL,
+    help="Sign docker push per registry scope (registries.d-style YAML/JSON: docker: {SCOPE: "
+         "{sign-by-sigstore-private-key: KEY}}); the keys are decrypted here and installed on the host only. "
+         "With set, \"\" removes it.")]
+EngineSigningPassphraseFile = Annotated[str | None, typer.Option(
+    "--engine-signing-passphrase-file", metavar="FILE", rich_help_panel=PANEL,
+    help="Passphrase of the signing policy's keys (first line; else $COSIGN_PASSWORD, else a prompt).")]
+
+
+def signing_options(policy: str | None, passphrase_file: str | None) -> dict[str, Any]:
+    """``--engine-signing-policy`` as HostOptions fields: {} when not given, None fields when "" (removal)."""
+    if policy is None:
+        if passphrase_file is not None:
+            raise UsageError("--engine-signing-passphrase-file goes with --engine-signing-policy")
+        return {}
+    if not policy:
+        return {"signing_policy": None, "signing_keys": ()}
+    from pathlib import Path
+
+    from machines.trust.policy import load_signing_policy
+
+    text, keys = load_signing_policy(policy, Path(passphrase_file) if passphrase_file else None)
+    return {"signing_policy": text, "signing_keys": keys}
 
 
 def engine_options(env: list[str] | None, insecure_registries: list[str] | None, mirrors: list[str] | None,

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-import machines as package
 from machines import inventory
+from machines.cli import light
 from machines.cli.common import echo, machines
 from machines.errors import MachineNotFoundError, MachinesError, StateError
 from machines.machine import Machine
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
     def version(name: Annotated[str | None, typer.Argument(help="Show this machine's runtime version.")] = None) -> None:
         """Print the version of machines, or of a machine's runtime."""
         if name is None:
-            echo(f"machines version {package.__version__}")
+            echo(light.version_line())
             return
         runtime_version = machines().get(name).runtime.get("version")
         if not runtime_version:

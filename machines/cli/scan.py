@@ -60,17 +60,17 @@ def register(app: typer.Typer) -> None:
 
         target = machines().get(machine) if machine else None
         found = inventory(image, target)
-        for problem in found.problems:
-            sys.stderr.write(f"Warning: {problem}\n")
         if sbom is not None:
             text = report.cyclonedx(image, found) if sbom is Sbom.cyclonedx else report.spdx(image, found)
             if sbom_file is None:
+                _warn(found.problems)
                 echo(text)
                 return
             sbom_file.write_text(text + "\n")
         folder = db or (settings.storage_path or default_storage_path()) / "osv"
         result = vulnerabilities(image, found, folder, update=db_update, ignore_unfixed=ignore_unfixed,
                                  ignore_file=ignore_file)
+        _warn(found.problems)  # the inventory's, and what matching found (a distribution OSV has no data for)
         for entry in result.expired:
             sys.stderr.write(f"Warning: ignore entry {entry.id} expired on {entry.expires}: it is reported again\n")
         if output_format is Format.json:
@@ -81,3 +81,8 @@ def register(app: typer.Typer) -> None:
             echo(report.table(result.findings, found))
         if fail_on is not None and report.at_or_above(result.findings, fail_on.value):
             raise typer.Exit(1)
+
+
+def _warn(problems: list[str]) -> None:
+    for problem in problems:
+        sys.stderr.write(f"Warning: {problem}\n")

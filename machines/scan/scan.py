@@ -36,6 +36,8 @@ def vulnerabilities(image: str, found: Inventory, db: Path, *, update: bool = Fa
         raise ScanError(f"no OSV data in {db}: run with --db-update where the internet is reachable, or give "
                         "--db DIR with OSV records (JSON files or osv.dev's all.zip archives)")
     findings = osv.match(found, osv.load_records(db, ecosystems))
+    if (unmatched := osv.unmatched_distribution(found)) and unmatched not in found.problems:
+        found.problems.append(unmatched)  # reported with the inventory's warnings (stderr, json "warnings")
     if ignore_unfixed:
         findings = [f for f in findings if f.fixed]
     ignores = report.read_ignore_file(ignore_file) if ignore_file else []

@@ -9,17 +9,14 @@ policy does.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import time
 import urllib.parse
 from pathlib import Path
 
 from machines import __version__
 from machines.errors import TrustError
-from machines.runtime.images import sigext, simplesign, trust
+from machines.runtime.images import sigext, signing, simplesign, trust
 from machines.trust import sigstore
 
 
@@ -34,43 +31,42 @@ def _lookaside_folder(lookaside: str) -> Path:
 def sign(image: str, fingerprint: str, lookaside: str | None, passphrase_file: Path | None = None) -> str:
     """Sign the manifest ``image`` names with the GPG key ``fingerprint``; returns where the signature went: the
     registry's signature extension when it advertises one (as skopeo), else the next free file in ``lookaside``."""
-    gpg = shutil.which("gpg")
-    if gpg is None:
-        raise TrustError("GPG signing needs gpg (apt-get install gnupg)")
     ref = sigstore.parse_image(image)
     with sigstore.registry_errors():
         pulling = sigstore.session(ref, "pull")
         digest = sigstore.manifest_digest(pulling)
         in_registry = sigext.supported(pulling)
-    if not in_registry and lookaside is None:
-        raise TrustError(f"{ref.domain} does not support the signature extension ({sigext.HEADER}): give "
-                         "--lookaside DIR")
-    identity = f"{ref.domain}/{ref.path}" + (f":{ref.tag}" if ref.tag else "")
-    payload = trust.signing_payload(identity, digest, trust.ATOMIC_TYPE)
-    payload["optional"] = {"creator": f"machines {__version__}", "timestamp": int(time.time())}
-    command = [gpg, "--batch", "--sign", "--local-user", fingerprint, "--output", "-"]
-    if passphrase_file is not None:
-        command[1:1] = ["--pinentry-mode", "loopback", "--passphrase-file", str(passphrase_file)]
-    result = subprocess.run(command, input=json.dumps(payload).encode(), capture_output=True, timeout=120)
-    if result.returncode != 0 or not result.stdout:
-        detail = result.stderr.decode(errors="replace").strip().splitlines()
-        raise TrustError(f"gpg could not sign with {fingerprint}: {detail[-1] if detail else 'failed'}")
-    if in_registry:
-        with sigstore.registry_errors():
-            return sigext.store(sigstore.session(ref, "pull,push"), digest, result.stdout)
-    assert lookaside is not None
-    base = _lookaside_folder(lookaside).resolve().as_uri()
-    for url in simplesign.signature_urls(base, ref, digest):
-        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(result.stdout)
-        return str(path)
-    raise TrustError(f"{ref.familiar()} already has {simplesign.MAX_SIGNATURES} signatures in {lookaside}")
+        if not in_registry and lookaside is None:
+            raise TrustError(f"{ref.domain} does not support the signature extension ({sigext.HEADER}): give "
+                             "--lookaside DIR")
+        identity = f"{ref.domain}/{ref.path}" + (f":{ref.tag}" if ref.tag else "")
+        signature = simplesign.gpg_sign(signing.atomic_payload(identity, digest, f"machines {__version__}"),
+                                        fingerprint, passphrase_file=str(passphrase_file) if passphrase_file else None)
+        if in_registry:
+            return sigext.store(sigstore.session(ref, "pull,push"), digest, signature)
+        assert lookaside is not None
+        return simplesign.write_signature(str(_lookaside_folder(lookaside)), ref, digest, signature)
+
+
+def export_secret_key(user_id: str, passphrase: bytes) -> tuple[str, bytes]:
+    """(fingerprint, armored secret key) of the signing key ``user_id`` names in the user's keyring, for a signing
+    policy to install on a host; TrustError with gpg's last line otherwise."""
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        raise TrustError("GPG simple signing needs gpg (apt-get install gnupg)")
+    listed = subprocess.run([gpg, "--batch", "--with-colons", "--list-secret-keys", "--", user_id],
+                            capture_output=True, text=True, timeout=60)
+    fingerprints = [line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")]
+    if listed.returncode != 0 or not fingerprints:
+        raise TrustError(f"no GPG secret key {user_id!r} in your keyring")
+    fingerprint = fingerprints[0]  # the primary key's: it is what skopeo's --sign-by names
+    exported = subprocess.run([gpg, "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--armor",
+                               "--export-secret-keys", fingerprint], input=passphrase + b"\n", capture_output=True,
+                              timeout=60)
+    if exported.returncode != 0 or b"PRIVATE KEY BLOCK" not in exported.stdout:
+        detail = exported.stderr.decode(errors="replace").strip().splitlines()
+        raise TrustError(f"gpg could not export {user_id}: {detail[-1] if detail else 'failed'}")
+    return fingerprint, exported.stdout
 
 
 def verify(image: str, key: bytes, lookaside: str | None) -> str:

@@ -44,7 +44,7 @@ from machines.runtime.engine.config import (
 from machines.runtime.engine.container import Container, ContainerTable, now, parse_time
 from machines.runtime.engine.events import EventBus
 from machines.runtime.engine.exec import ExecManager
-from machines.runtime.engine.launch import Launch, start_error, start_exit_code
+from machines.runtime.engine.launch import Launch, Launcher, start_error, start_exit_code
 from machines.runtime.engine.logs import read_logs, rotation
 from machines.runtime.engine.monitor import Monitor
 from machines.runtime.engine.sessions import AttachSession, Session
@@ -107,8 +107,9 @@ class Engine:
         self._lock = self.table.lock
         self._cond = self.table.cond
         self._containers = self.table.by_id
-        self._fork_lock = threading.Lock()
-        self.execs = ExecManager(self.table, self._fork_lock, self._spec)
+        self.launcher = Launcher()  # forks the container monitors and exec helpers; started now, so that its
+        self.launcher.start()       # imports overlap ours
+        self.execs = ExecManager(self.table, self.launcher, self._spec)
         self.health = health.HealthChecker(self.table, self.execs)
         self.monitor = Monitor(self.table, self.execs, self.health, start=self._start,
                                release_network=self._release_network,
@@ -508,7 +509,7 @@ class Engine:
             os.unlink(spec["exit_path"])
         except FileNotFoundError:
             pass
-        launch = Launch(spec, netns_fd, self._fork_lock)
+        launch = Launch(spec, netns_fd, self.launcher)
         if netns_fd is not None:
             os.close(netns_fd)
         monitor = None
@@ -528,7 +529,6 @@ class Engine:
             launch.abort()
             if monitor is not None:
                 monitor.close()
-            self._reap_later(launch.shim_pid)
             self._release_network(c)
             message = str(e)
             with self._lock:
@@ -559,7 +559,7 @@ class Engine:
             self._save(c)
         self._emit(c, "start")
         self.health.init(c)
-        self.monitor.follow(c, monitor, launch.shim_pid, spec["start_id"])
+        self.monitor.follow(c, monitor, spec["start_id"])
 
     def _connect_networks(self, c: Container, kind: str, pid: int) -> None:
         """Plugs the started container into every network in NetworkSettings.Networks, then publishes ports on
@@ -614,15 +614,6 @@ class Engine:
         for endpoint in (settings.get("Networks") or {}).values():
             endpoint.update({"IPAddress": "", "Gateway": "", "IPPrefixLen": 0, "MacAddress": "", "EndpointID": ""})
 
-    @staticmethod
-    def _reap_later(pid: int) -> None:
-        def reap() -> None:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        threading.Thread(target=reap, daemon=True).start()
-
     # --- restore ------------------------------------------------------------------------------------------------
 
     def _restore(self) -> None:
@@ -651,7 +642,7 @@ class Engine:
                         sock = None
                 if sock is not None:
                     running[cid] = st["Pid"]
-                    self.monitor.follow(c, sock, None, data["_start_id"])
+                    self.monitor.follow(c, sock, data["_start_id"])
                     self.health.init(c)
                     continue
                 record = record or self.monitor.read_exit(c, data.get("_start_id", "")) or {
@@ -693,6 +684,7 @@ class Engine:
             self.networks.close()
         except Exception:  # noqa: BLE001 - closing is best effort
             pass
+        self.launcher.close()
 
     # --- stop, kill, restart, pause ----------------------------------------------------------------------------
 

@@ -10,12 +10,11 @@ from typing import Callable
 
 from machines.runtime.engine.config import merge_env
 from machines.runtime.engine.container import Container, ContainerTable
-from machines.runtime.engine.launch import LaunchReport, start_error
+from machines.runtime.engine.launch import Launcher, LaunchReport, start_error
 from machines.runtime.engine.sessions import ExecSession
-from machines.runtime.engine.shim import close_fds
-from machines.runtime.errors import Conflict, InvalidParameter, NotFound
+from machines.runtime.errors import Conflict, HostError, InvalidParameter, NotFound
 from machines.runtime.linux import safepath, syscalls
-from machines.runtime.linux.process import StartError, enter_child, receive_console, resolve_user
+from machines.runtime.linux.process import StartError, receive_console, resolve_user
 
 SpecFor = Callable[[Container, str], dict]
 
@@ -23,9 +22,9 @@ SpecFor = Callable[[Container, str], dict]
 class ExecManager:
     """Every exec instance by id (records in Docker's ExecInspect shape plus private ``_`` keys)."""
 
-    def __init__(self, table: ContainerTable, fork_lock: threading.Lock, spec_for: SpecFor) -> None:
+    def __init__(self, table: ContainerTable, launcher: Launcher, spec_for: SpecFor) -> None:
         self._table = table
-        self._fork_lock = fork_lock
+        self._launcher = launcher  # forks the helper that joins the container
         self._spec_for = spec_for  # the container's own process spec, which an exec starts from
         self._execs: dict[str, dict] = {}
 
@@ -111,21 +110,26 @@ class ExecManager:
                 outs.append(w)
             stdio = (in_r, outs[0], outs[1])
         report_r, report_w = os.pipe()
-        pid = c.state["Pid"]
-        with self._fork_lock:
-            child = os.fork()
-            if child == 0:
-                try:
-                    keep = list(stdio or []) + [report_w] + ([child_console.fileno()] if child_console else [])
-                    close_fds(keep)
-                    enter_child(pid, spec, stdio, report_w, child_console)
-                finally:
-                    os._exit(126)
-            os.close(report_w)
-            for fd in child_side:
+        status_r, status_w = os.pipe()
+        fds = {"report": report_w, "status": status_w}
+        if stdio is not None:
+            fds.update(stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+        if child_console is not None:
+            fds["console"] = child_console.fileno()
+        try:
+            self._launcher.run("exec", spec, fds, target=c.state["Pid"])
+        except OSError as e:
+            for fd in [report_r, status_r, *keep_open] + ([stdin_fd] if stdin_fd is not None else []):
                 os.close(fd)
-        if console is not None and child_console is not None:
-            child_console.close()
+            if console is not None:
+                console.close()
+            raise HostError(f"cannot start the exec's helper: {e}") from None
+        finally:
+            for fd in [report_w, status_w, *child_side]:
+                os.close(fd)
+            if child_console is not None:
+                child_console.close()
+        if console is not None:
             master = receive_console(console)
             size = body.get("ConsoleSize") or [0, 0]
             if master is not None and size and all(size):
@@ -143,12 +147,9 @@ class ExecManager:
             rec.update({"Running": error is None, "Pid": report.pid, "_master": master})
 
         def reap() -> None:
-            try:
-                _, status = os.waitpid(child, 0)
-                code = os.waitstatus_to_exitcode(status)
-                code = 128 - code if code < 0 else code
-            except ChildProcessError:
-                code = 255
+            with os.fdopen(status_r, "rb") as status:
+                written = status.read()  # the helper writes the code, then exits; nothing: it was killed
+            code = int(written) if written.isdigit() else 255
             with self._table.lock:
                 rec.update({"Running": False, "ExitCode": code, "_master": None})
             self._table.emit(c, "exec_die", execID=exec_id, exitCode=str(code))

@@ -6,7 +6,6 @@ One thread per running container follows its shim's monitor socket; when the con
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -36,12 +35,13 @@ class Monitor:
         self._release_network = release_network
         self._remove = remove
 
-    def follow(self, c: Container, sock: socket.socket, shim_pid: int | None, start_id: str) -> None:
-        """Watches one run of the container (``start_id``) on its shim's monitor socket, in a thread."""
-        threading.Thread(target=self._watch, args=(c, sock, shim_pid, start_id),
+    def follow(self, c: Container, sock: socket.socket, start_id: str) -> None:
+        """Watches one run of the container (``start_id``) on its shim's monitor socket, in a thread (the launcher
+        that forked the shim reaps it)."""
+        threading.Thread(target=self._watch, args=(c, sock, start_id),
                          name="watch-" + c.id[:12], daemon=True).start()
 
-    def _watch(self, c: Container, sock: socket.socket, shim_pid: int | None, start_id: str) -> None:
+    def _watch(self, c: Container, sock: socket.socket, start_id: str) -> None:
         record = None
         try:
             while True:
@@ -56,11 +56,6 @@ class Monitor:
         sock.close()
         if not self._table.closed:
             self.exited(c, start_id, record)
-        if shim_pid:  # reaped after the books are closed: waiters need not wait for the shim to go
-            try:
-                os.waitpid(shim_pid, 0)
-            except ChildProcessError:
-                pass
 
     @staticmethod
     def read_exit(c: Container, start_id: str) -> dict | None:

@@ -39,7 +39,7 @@ def write_json(path: str, data: dict) -> None:
 
 
 def close_fds(keep: list[int]) -> None:
-    """A forked shim must not hold the daemon's other pipes and sockets open (they would never see EOF)."""
+    """A forked shim holds only its own descriptors: no other start's pipes (they would never see EOF)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
@@ -323,6 +323,19 @@ class Shim:
             pass
 
 
+def _listen(path: str) -> socket.socket:
+    """The monitor's socket (attach, resize, the daemon's exit watch), non-blocking as ``Shim._accept`` wants."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
 def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> None:
     """Body of the forked shim: make the stdio, fork the container (PID 1 of a new PID namespace), then monitor."""
     os.setsid()
@@ -351,24 +364,22 @@ def shim_main(spec: dict, report_fd: int, go_fd: int, netns_fd: int | None) -> N
         child_stdio = (in_r, out_w, err_w)
         outputs = {out_r: STDOUT, err_r: STDERR}
         inherited = [in_r, out_w, err_w]
-    try:
-        os.unlink(spec["socket"])
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(spec["socket"])
-    listener.listen(16)
-    listener.setblocking(False)
     if not spec.get("pid_host"):
         sc.unshare(sc.CLONE_NEWPID)
-    child = os.fork()
+    child = os.fork()  # first: the child's namespaces and mounts are the long part of a start; the rest overlaps
     if child == 0:
-        listener.close()
         if console is not None:
             console.close()
         container_child(spec, child_stdio, report_fd, go_fd, netns_fd, child_console)
     for fd in inherited + [go_fd] + ([netns_fd] if netns_fd is not None else []):
         os.close(fd)
+    try:
+        listener = _listen(spec["socket"])
+    except OSError as e:
+        os.write(report_fd, (f"err:cannot listen on the container's monitor socket: {e}\n").encode())
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        return
     try:  # joining a v1 hierarchy can wait for an RCU grace period: overlap it with the child's mounts
         open_cgroup(spec["cgroup"]).join(child)
     except OSError as e:

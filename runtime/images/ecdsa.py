@@ -1,17 +1,24 @@
-"""ECDSA P-256 signature verification in pure Python, for sigstore (cosign) signatures.
+"""ECDSA P-256 signatures in pure Python, for sigstore (cosign) signatures: verification, and signing on push.
 
 The runtime must stay standard-library only and run wherever python3 does, so it cannot count on an ``openssl``
 binary or the ``cryptography`` package on the host. Verification needs only public data, so constant time does not
 matter and plain affine arithmetic with modular inverses (``pow(x, -1, p)``) is short, easy to check and fast enough
 (a few milliseconds per signature). Keys are PEM ``PUBLIC KEY`` (SubjectPublicKeyInfo) as cosign writes them;
 signatures are ASN.1 DER ``SEQUENCE { r INTEGER, s INTEGER }`` over SHA-256 of the payload (FIPS 186-4, SEC 1).
+
+Signing (``docker push`` under a signing policy) takes its nonce from RFC 6979 (HMAC-SHA256 deterministic ``k``), so
+no random-number weakness on a freshly booted host can leak the key. Python's integers are not constant time:
+the time a signature takes depends on the nonce's bits, which someone timing many signatures on the host itself
+could use; the key file is root's alone, and a signature is made once per push, not on demand for strangers.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
+from collections.abc import Iterator
 from typing import Optional
 
 # NIST P-256 (secp256r1), SEC 2 section 2.4.2.
@@ -116,17 +123,20 @@ def _oid(contents: bytes) -> str:
     return ".".join(map(str, parts))
 
 
+def _pem_der(pem: bytes | str, label: str) -> bytes:
+    text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
+    match = re.search(rf"-----BEGIN {label}-----(.*?)-----END {label}-----", text, re.S)
+    if not match:
+        raise KeyError_(f"not a PEM {label.lower()}")
+    try:
+        return base64.b64decode("".join(match.group(1).split()), validate=True)
+    except ValueError:
+        raise KeyError_(f"bad base64 in PEM {label.lower()}") from None
+
+
 def load_public_key(pem: bytes | str) -> tuple[int, int]:
     """The P-256 point of a PEM ``PUBLIC KEY``; KeyError_ for anything else (RSA, other curves, junk)."""
-    text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
-    match = re.search(r"-----BEGIN PUBLIC KEY-----(.*?)-----END PUBLIC KEY-----", text, re.S)
-    if not match:
-        raise KeyError_("not a PEM public key")
-    try:
-        der = base64.b64decode("".join(match.group(1).split()), validate=True)
-    except ValueError:
-        raise KeyError_("bad base64 in PEM public key") from None
-    items = _der_sequence(der)
+    items = _der_sequence(_pem_der(pem, "PUBLIC KEY"))
     if len(items) != 2 or items[0][0] != 0x30 or items[1][0] != 0x03:
         raise KeyError_("not a SubjectPublicKeyInfo")
     oids = [_oid(c) for t, c in _der_children(items[0][1]) if t == 0x06]
@@ -174,3 +184,59 @@ def verify(public_key: tuple[int, int], signature_der: bytes, message: bytes) ->
     w = pow(s, -1, N)
     point = _mul_add(e * w % N, G, r * w % N, public_key)
     return point is not None and point[0] % N == r
+
+
+# --- signing -----------------------------------------------------------------------------------------------------
+
+def load_private_key(pem: bytes | str) -> int:
+    """The secret scalar of an unencrypted PKCS#8 PEM ``PRIVATE KEY`` for P-256; KeyError_ otherwise.
+
+    The error never quotes the key's bytes: callers put it in messages."""
+    items = _der_sequence(_pem_der(pem, "PRIVATE KEY"))
+    if len(items) < 3 or items[0][0] != 0x02 or items[1][0] != 0x30 or items[2][0] != 0x04:
+        raise KeyError_("not a PKCS#8 private key")
+    if [_oid(c) for t, c in _der_children(items[1][1]) if t == 0x06] != [OID_EC_PUBLIC_KEY, OID_P256]:
+        raise KeyError_("only ECDSA P-256 private keys are supported")
+    inner = _der_sequence(items[2][1])  # ECPrivateKey (SEC 1): version 1, the scalar, optional parameters/point
+    if len(inner) < 2 or inner[0] != (0x02, b"\x01") or inner[1][0] != 0x04:
+        raise KeyError_("not an EC private key")
+    scalar = int.from_bytes(inner[1][1], "big")
+    if not 1 <= scalar < N:
+        raise KeyError_("private key out of range")
+    return scalar
+
+
+def _nonces(secret: int, digest: bytes) -> Iterator[int]:
+    """RFC 6979 section 3.2 candidates for ``k`` (HMAC-SHA256, qlen = hlen = 256)."""
+    x, h = secret.to_bytes(32, "big"), (int.from_bytes(digest, "big") % N).to_bytes(32, "big")
+    v, k = b"\x01" * 32, b"\x00" * 32
+    for separator in (b"\x00", b"\x01"):
+        k = hmac.new(k, v + separator + x + h, hashlib.sha256).digest()
+        v = hmac.new(k, v, hashlib.sha256).digest()
+    while True:
+        v = hmac.new(k, v, hashlib.sha256).digest()
+        candidate = int.from_bytes(v, "big")
+        if 1 <= candidate < N:
+            yield candidate
+        k = hmac.new(k, v + b"\x00", hashlib.sha256).digest()
+        v = hmac.new(k, v, hashlib.sha256).digest()
+
+
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # a leading zero byte keeps it positive
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def sign(secret: int, message: bytes) -> bytes:
+    """The DER ECDSA-SHA256 signature of ``message`` by the private scalar ``secret`` (deterministic ``k``)."""
+    digest = hashlib.sha256(message).digest()
+    e = int.from_bytes(digest, "big")
+    for k in _nonces(secret, digest):
+        point = _mul_add(k, G, 0, None)
+        assert point is not None  # k < N: kG is never the point at infinity
+        r = point[0] % N
+        s = pow(k, -1, N) * (e + r * secret) % N
+        if r and s:
+            body = _der_integer(r) + _der_integer(s)
+            return b"\x30" + bytes([len(body)]) + body
+    raise AssertionError("unreachable: the nonce generator never ends")

@@ -4,7 +4,7 @@ As moby's image service sits over its layer store, this sits over the image stor
 builder: pull, push, login and distribution inspect go to registries, build runs the classic builder, save and
 load read and write image archives. The store below knows nothing of them, so the modules form a tree::
 
-    service -> builder, registry, transfer, trust, scan -> store -> archive, dockerfile, media, reference
+    service -> builder, registry, transfer, signing -> trust, scan -> store -> archive, dockerfile, media, reference
     (the builder also uses ignore; media, reference and ignore import no other images module)
 """
 
@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Union
 
-from machines.runtime.images import builder, registry, transfer, trust
+from machines.runtime.images import builder, registry, signing, transfer, trust
 from machines.runtime.images.reference import join_repo_tag
 from machines.runtime.images.reference import parse as parse_reference
 from machines.runtime.images.scan.arrival import ArrivalScanner, ScanRefused
@@ -39,6 +39,7 @@ class ImageService:
         self.certs_dirs = list(certs_dirs) if certs_dirs is not None else [
             os.path.join(os.path.dirname(store.root), "certs.d"), "/etc/docker/certs.d"]
         self.trust = trust.Trust(os.path.dirname(store.root))
+        self.signing = signing.Signing(os.path.dirname(store.root))  # sign pushes, when signing.json says so
         self.arrival = ArrivalScanner(os.path.dirname(store.root))  # scan on arrival, when scan.json says so
 
     def registry_options(self) -> registry.RegistryOptions:
@@ -73,8 +74,12 @@ class ImageService:
         self.trust.check_run(name, image.repo_digests)
 
     def push(self, image: str, tag: str | None = None, auth: Auth = None) -> Iterator[dict]:
-        """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``."""
-        return registry.push(self.store, image, tag, registry.as_auth(auth), self.registry_options())
+        """``docker push``: Docker's push messages ending with aux ``{Tag, Digest, Size}``, each pushed tag signed
+        after it when the signing policy covers the repository."""
+        credentials, options = registry.as_auth(auth), self.registry_options()
+        stream = registry.push(self.store, image, tag, credentials, options)
+        return self.signing.signed_push(parse_reference(image, default_tag=False), stream,
+                                        lambda ref: registry.Session(ref, credentials, options, "pull,push"))
 
     def login(self, auth: dict) -> dict:
         """``POST /auth``: ``{"Status": "Login Succeeded", "IdentityToken": ""}`` or Unauthorized."""

@@ -12,6 +12,7 @@ throw-away home holding only the policy's keys, so a VALIDSIG can only come from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -118,15 +119,32 @@ def read_url(url: str) -> bytes | None:
     raise HostError(f"unsupported lookaside URL {url!r}: use file://, http:// or https://")
 
 
+def _gpg() -> str:
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        raise HostError("GPG simple signing needs gpg (apt-get install gnupg)")
+    return gpg
+
+
+@contextlib.contextmanager
+def throwaway_home() -> Iterator[str]:
+    """A fresh GNUPGHOME (0700, short path: gpg-agent's socket name has a length limit), gone afterwards with
+    any agent gpg started for it."""
+    home = tempfile.mkdtemp(prefix="mgpg-", dir="/tmp")
+    try:
+        os.chmod(home, 0o700)
+        yield home
+    finally:
+        if shutil.which("gpgconf"):
+            subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, timeout=GPG_TIMEOUT)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def gpg_verify(keys: list[bytes], signature: bytes) -> bytes | None:
     """The signed payload when ``signature`` is a good signature by one of ``keys`` (OpenPGP key blobs), else
     None. HostError when gpg is missing."""
-    gpg = shutil.which("gpg")
-    if gpg is None:
-        raise HostError("signedBy policies need gpg on the host (apt-get install gnupg)")
-    home = tempfile.mkdtemp(prefix="machines-gpg-")
-    try:
-        os.chmod(home, 0o700)
+    gpg = _gpg()
+    with throwaway_home() as home:
         for key in keys:
             subprocess.run([gpg, "--homedir", home, "--batch", "--quiet", "--import"], input=key,
                            capture_output=True, timeout=GPG_TIMEOUT)
@@ -145,10 +163,44 @@ def gpg_verify(keys: list[bytes], signature: bytes) -> bytes | None:
         if not {valid[0][1], valid[0][-1]} & trusted:
             return None
         return result.stdout
-    finally:
-        if shutil.which("gpgconf"):  # an agent gpg may have started for this home must not outlive it
-            subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, timeout=GPG_TIMEOUT)
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def gpg_sign(payload: bytes, fingerprint: str, *, secret_key: bytes | None = None,
+             passphrase_file: str | None = None) -> bytes:
+    """An OpenPGP signed message of ``payload`` by ``fingerprint``: from the user's own keyring, or with
+    ``secret_key`` (an exported secret key) from a throw-away one. HostError with gpg's last line otherwise."""
+    gpg = _gpg()
+    loopback = ["--pinentry-mode", "loopback", "--passphrase-file", passphrase_file] if passphrase_file else []
+    with contextlib.ExitStack() as stack:
+        home = ["--homedir", stack.enter_context(throwaway_home())] if secret_key is not None else []
+        if secret_key is not None:
+            subprocess.run([gpg, *home, "--batch", "--quiet", *loopback, "--import"], input=secret_key,
+                           capture_output=True, timeout=GPG_TIMEOUT)
+        result = subprocess.run([gpg, *home, "--batch", *loopback, "--sign", "--local-user", fingerprint,
+                                 "--output", "-"], input=payload, capture_output=True, timeout=GPG_TIMEOUT)
+    if result.returncode != 0 or not result.stdout:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        raise HostError(f"gpg could not sign with {fingerprint}: {detail[-1] if detail else 'failed'}")
+    return result.stdout
+
+
+def write_signature(folder: str, ref: Reference, digest: str, signature: bytes) -> str:
+    """Store ``signature`` as the next free ``signature-N`` under the lookaside folder (a registries.d
+    ``lookaside-staging``); returns its path."""
+    base = "file://" + urllib.parse.quote(os.path.abspath(folder))
+    for url in signature_urls(base, ref, digest):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise HostError(f"writing signature {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(signature)
+        return path
+    raise HostError(f"{ref.familiar()} already has {MAX_SIGNATURES} signatures in {folder}")
 
 
 def lookaside_signatures(base: str, ref: Reference, digest: str) -> Iterator[bytes]:
@@ -160,7 +212,8 @@ def lookaside_signatures(base: str, ref: Reference, digest: str) -> Iterator[byt
         yield blob
 
 
-def verify_signed_by(keys: list[bytes], signatures: Iterable[bytes], check: Callable[[bytes], str | None]) -> str | None:
+def verify_signed_by(keys: list[bytes], signatures: Iterable[bytes],
+                     check: Callable[[bytes], str | None]) -> str | None:
     """None when one of ``signatures`` verifies with ``keys`` and ``check`` accepts its payload, else the reason
     (containers/image's words)."""
     reason = "A signature was required, but no signature exists"

@@ -146,17 +146,18 @@ class Policy:
 
     def requirements_for(self, ref: Reference) -> list[dict]:
         """The most specific scope's requirements for a registry image (containers/image's docker transport)."""
-        scopes = self.transports.get("docker") or {}
-        for scope in _scopes(ref):
-            if scope in scopes:
-                return scopes[scope]
-        return scopes.get("") or self.default
+        by_scope = self.transports.get("docker") or {}
+        for scope in scopes(ref):
+            if scope in by_scope:
+                return by_scope[scope]
+        return by_scope.get("") or self.default
 
     def local_requirements(self) -> list[dict]:
         return (self.transports.get(LOCAL_TRANSPORT) or {}).get("") or self.default
 
 
-def _scopes(ref: Reference) -> list[str]:
+def scopes(ref: Reference) -> list[str]:
+    """The policy scopes of ``ref``, most specific first (containers/image's docker transport)."""
     repo = f"{ref.domain}/{ref.path}"
     out = [repo + "@" + ref.digest] if ref.digest else []
     if ref.tag:

@@ -12,11 +12,14 @@ import resource
 import signal
 import socket
 import stat
-from typing import NoReturn
 
 from machines.runtime.linux import safepath, seccomp
 from machines.runtime.linux import syscalls as sc
 from machines.runtime.linux.cgroups import controls_devices, open_cgroup
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the launcher, and every monitor, would carry it
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -483,10 +486,15 @@ def container_child(spec: dict, stdio: tuple[int, int, int] | None, report_fd: i
     start_command(spec, report_fd)
 
 
-def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report_fd: int,
+def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report_fd: int, status_fd: int,
                 console: socket.socket | None) -> NoReturn:
     """Exec: joins the namespaces and cgroup of the container whose PID 1 is ``pid``, forks into its PID namespace,
-    and waits for the command so the daemon's waitpid sees its exit code."""
+    waits for the command and writes its exit code to ``status_fd`` (the daemon is not this process's parent)."""
+
+    def finish(code: int) -> NoReturn:
+        os.write(status_fd, b"%d" % code)
+        os._exit(code)
+
     try:
         sc.set_process_title("machines-exec " + spec["id"], "exec-" + spec["id"][:10])
         fds = [(os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY), flag) for ns, flag in (
@@ -513,7 +521,7 @@ def enter_child(pid: int, spec: dict, stdio: tuple[int, int, int] | None, report
             os.close(fd)
         os.close(report_fd)
         _, status = os.waitpid(child, 0)
-        os._exit(exit_code(status))
+        finish(exit_code(status))
     except BaseException as e:  # noqa: BLE001 - report whatever broke the join
         report(report_fd, "err", f"OCI runtime exec failed: {e}")
-        os._exit(126)
+        finish(126)

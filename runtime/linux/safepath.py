@@ -18,10 +18,8 @@ them: for layer directories, whose links only mean something in the merged image
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
-import platform
 import posixpath
 import stat
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ RESOLVE_IN_ROOT = 0x10
 MAX_LINKS = 40  # the kernel's own limit on links followed in one lookup
 
 _OPENAT2_NR = {"x86_64": 437, "aarch64": 437}
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own C library (see syscalls)
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -40,7 +38,7 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_openat2_available: bool | None = None if platform.machine() in _OPENAT2_NR else False
+_openat2_available: bool | None = None if os.uname().machine in _OPENAT2_NR else False
 
 
 def use_openat2(enabled: bool | None) -> None:
@@ -60,7 +58,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     how = _OpenHow(flags, mode if flags & os.O_CREAT or (tmpfile and flags & tmpfile == tmpfile) else 0, resolve)
     raw = os.fsencode(path)
     for _ in range(16):  # EAGAIN: a concurrent rename made the kernel unsure ".." stayed inside; try again
-        fd = _libc.syscall(_OPENAT2_NR[platform.machine()], dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))
+        fd = _libc.syscall(_OPENAT2_NR[os.uname().machine], dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))
         err = ctypes.get_errno()
         if fd < 0 and err == errno.ENOSYS:
             _openat2_available = False  # an older kernel (or a seccomp filter answering ENOSYS): walk instead

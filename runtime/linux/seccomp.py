@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import platform
 import struct
 
 from machines.runtime.linux import syscalls as sc
@@ -61,7 +60,7 @@ class _SockFprog(ctypes.Structure):
 def install() -> None:
     """Applies the filter to the calling process and its future children (needs CAP_SYS_ADMIN, which the
     container init still has at this point)."""
-    if platform.machine() != "x86_64":
+    if sc.MACHINE != "x86_64":
         return
     prog = program()
     raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)

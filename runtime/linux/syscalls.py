@@ -6,14 +6,15 @@ can report *what* the host refused.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
-import platform
 import socket
 import struct
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter is linked with, without ctypes.util.find_library: that runs ``ldconfig -p`` and
+# imports subprocess, which costs the launcher (and every monitor forked from it) time and memory.
+_libc = ctypes.CDLL(None, use_errno=True)
+MACHINE = os.uname().machine
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -81,9 +82,9 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = _PIVOT_ROOT_NR.get(platform.machine())
+    number = _PIVOT_ROOT_NR.get(MACHINE)
     if number is None:
-        raise OSError(38, f"pivot_root: unsupported architecture {platform.machine()}")
+        raise OSError(38, f"pivot_root: unsupported architecture {MACHINE}")
     _check(_libc.syscall(number, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
 
 

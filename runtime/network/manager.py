@@ -845,7 +845,7 @@ class _Unlinker:
             if self._thread is None:
                 return
             self._names.put(None)
-            self._thread, thread = None, self._thread
+            thread, self._thread = self._thread, None
         thread.join()
 
 

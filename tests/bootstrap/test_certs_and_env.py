@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import hashlib
 import ipaddress
 import os
+import shutil
 import stat
 import subprocess
 import zipfile
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from machines import shellenv
+from machines import runtime, shellenv
 from machines.bootstrap import bundle as bundles
 from machines.bootstrap import certs
 from machines.errors import UsageError
@@ -121,6 +123,29 @@ def test_runtime_bundle_is_reproducible_and_runs(tmp_path: Path) -> None:
     result = subprocess.run(["/usr/bin/python3", str(first.path), "version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert first.version in result.stdout
+
+
+def test_runtime_bundle_is_reused_until_its_sources_change(tmp_path: Path) -> None:
+    """A build is looked up by its sources' metadata: the same sources give the same file, an edited module (even
+    one of the same size) or a damaged cached file gives a fresh, correct build."""
+    source = tmp_path / "runtime"
+    shutil.copytree(Path(runtime.__file__).parent, source, ignore=shutil.ignore_patterns("__pycache__"))
+    first = bundles.build(tmp_path / "cache", source)
+    assert bundles.build(tmp_path / "cache", source) == first
+
+    module, edited_version = source / "__init__.py", first.version.replace(".", "-")  # the same size
+    module.write_text(module.read_text().replace(f'VERSION = "{first.version}"', f'VERSION = "{edited_version}"'))
+    edited = bundles.build(tmp_path / "cache", source)
+    assert edited.sha256 != first.sha256
+    with zipfile.ZipFile(edited.path) as archive:
+        assert f'VERSION = "{edited_version}"' in archive.read("machines/runtime/__init__.py").decode()
+    assert sorted(path.name for path in (tmp_path / "cache").glob("runtime-*.pyz")) == [edited.path.name]
+
+    edited.path.write_bytes(edited.path.read_bytes()[:-10])  # a damaged cache is never handed to a host
+    rebuilt = bundles.build(tmp_path / "cache", source)
+    assert hashlib.sha256(rebuilt.path.read_bytes()).hexdigest() == rebuilt.sha256
+    with zipfile.ZipFile(rebuilt.path) as archive:
+        assert f'VERSION = "{edited_version}"' in archive.read("machines/runtime/__init__.py").decode()
 
 
 def test_runtime_bundle_bytecode_never_outlives_its_source(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from bootstrap_hosts import DOCKER, adopt, cli, shell, ssh_wrapper, unique
 from machines import Machines, runtime
 from machines.bootstrap import bundle as bundles
 from machines.bootstrap import certs, forwarder, provision
-from machines.bootstrap.service import DAEMON_PID
+from machines.bootstrap.service import CONFIG_PATH, CONTROL_PATH, DAEMON_PID
 from machines.drivers.nshost import Bridge
 from machines.errors import ProvisionError
 from machines.hostoptions import HostOptions
@@ -152,6 +152,26 @@ def test_provision_twice_changes_nothing(store: Machines, machine: Machine, host
     assert shell(store, f'eval "$(machines env {machine.name})" && docker version').returncode == 0
 
 
+PING_ONCE = ("python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('/var/run/docker.sock'); "
+             "s.sendall(b'GET /_ping HTTP/1.0\\r\\n\\r\\n'); print(s.recv(64).decode().split()[1])\"")
+
+
+def test_restart_ready_ends_when_the_daemon_serves_or_dies(machine: Machine, host: TestHost) -> None:
+    """What provisioning waits on instead of polling: ``machines-runtime restart --ready`` ends once the new daemon
+    serves (its first request is answered, no retry), and ends without "READY=1" when the daemon cannot start."""
+    assert host.run(f"{CONTROL_PATH} restart --ready").stdout == "READY=1\n"
+    assert host.run(PING_ONCE).stdout.strip() == "200"
+
+    host.run(f"cp {CONFIG_PATH} {CONFIG_PATH}.saved && echo '{{ not json' > {CONFIG_PATH}")
+    try:
+        failed = host.run(f"{CONTROL_PATH} restart --ready", timeout=30)  # ends: the daemon's pipe closed
+        assert failed.stdout == "" and failed.exit_status == 0
+    finally:
+        host.run(f"mv -f {CONFIG_PATH}.saved {CONFIG_PATH}")
+        assert host.run(f"{CONTROL_PATH} restart --ready").stdout == "READY=1\n"
+    assert host.run(PING_ONCE).stdout.strip() == "200"
+
+
 def test_start_reissues_the_server_certificate_when_the_address_changed(
     store: Machines, machine: Machine, host: TestHost, tmp_path: Path
 ) -> None:
@@ -273,6 +293,8 @@ def test_upgrade_keeps_a_running_container_running(
 
     assert daemon_pid(test_host) != daemon_before
     assert store.get(machine.name).runtime["sha256"] == newer.sha256
+    kept = test_host.run("cd /usr/local/lib/machines && ls runtime-*.pyz").stdout.split()
+    assert kept == [f"runtime-{newer.sha256[:16]}.pyz"]  # the previous build is removed once the new one answers
     state = run("inspect", "-f", "{{.State.Running}} {{.State.Pid}}", "keeper")
     assert state.stdout.split() == ["true", container_pid], state.stderr
 

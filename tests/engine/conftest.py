@@ -118,3 +118,26 @@ def read_session(session: Session) -> bytes:
         if chunk is None:
             return out
         out += chunk[1]
+
+
+def proc_stat(pid: int) -> tuple[str, int, str]:
+    """(comm, parent pid, state) of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2:].split()
+    return text[text.index("(") + 1:text.rindex(")")], int(fields[1]), fields[0]
+
+
+def launchers_of(parent: int) -> list[int]:
+    """The live launchers (``machines-launcher``, which forks monitors and exec helpers) whose parent is ``parent``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm, ppid, state = proc_stat(int(entry))
+            except OSError:
+                continue
+            if comm == "machines-launch" and ppid == parent and state != "Z":
+                found.append(int(entry))
+    return found
+

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from machines.runtime.engine import Engine
 from machines.runtime.linux import syscalls
-from tests.engine.conftest import cleanup_engine, make_roots, output, read_session, wait_for
+from tests.engine.conftest import cleanup_engine, launchers_of, make_roots, output, read_session, wait_for
 
 DAEMON = textwrap.dedent("""
     import io, json, sys, time
@@ -52,8 +52,12 @@ def test_sigkill_of_the_daemon_loses_nothing(busybox_tar: bytes, tmp_path: Path)
     lingering = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         ids = json.loads(daemon.stdout.readline())
+        launchers = launchers_of(daemon.pid)
+        assert len(launchers) == 1, "the daemon's monitors come from one launcher"
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait(10)
+        # The launcher goes with the daemon (its socket's end of file); it is re-parented here and waits to be reaped.
+        wait_for(lambda: launchers[0] not in launchers_of(os.getpid()), what="the launcher to exit with its daemon")
         log_path = os.path.join(data, "containers", ids["ticker"], ids["ticker"] + "-json.log")
         size = os.path.getsize(log_path)
         for key in ("dies_later", "always"):  # they exit while no daemon runs; their shims record it

@@ -108,6 +108,21 @@ def test_plan_prints_a_line_per_create_change_and_remove(
     assert unchanged.exit_status == 0 and unchanged.stdout == "nothing to change\n"
 
 
+def test_apply_keeps_the_policies_and_scan_the_file_cannot_name(
+    file_driver: Path, store_path: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    """Trust and signing policies and --engine-scan come from create/set only: a file without them keeps them."""
+    world = str(file_driver)
+    options = HostOptions(labels=("project=t",), trust_policy='{"default": [{"type": "reject"}]}',
+                          signing_policy='{"default-docker": {}}', scan_fail_on="high", scan_db="/osv")
+    record = new_record("kept", "files", {**FileDriver.flag_defaults(), "world": world}, options.to_record())
+    record["state"] = STATE_READY
+    Store(store_path).reserve(record)
+    spec = _write(tmp_path / "m.yaml", {"kept": {"driver": "files", "flags": {"world": world}}})
+    unchanged = cli("apply", "-f", str(spec), "--plan")
+    assert (unchanged.exit_status, unchanged.stdout) == (0, "nothing to change\n")
+
+
 def test_plan_shows_engine_and_swarm_and_refuses_to_change_them_in_place(
     file_driver: Path, store_path: Path, tmp_path: Path, cli: Callable[..., CliResult]
 ) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,26 @@ def test_save_never_resurrects_a_removed_machine(tmp_path: Path) -> None:
     record = store.load("gone")
     store.delete("gone")
     with pytest.raises(MachineNotFoundError):
+        store.save("gone", record)
+    assert store.names() == [] and list(store.machines_dir.iterdir()) == []
+
+
+def test_save_never_resurrects_a_machine_removed_while_its_record_is_written(tmp_path: Path) -> None:
+    """The record is written before the store's lock is taken: a removal in between still wins."""
+    store = Store(tmp_path / "s")
+    store.reserve(new_record("gone", "local", {}, {}))
+    record = store.load("gone")
+    lock = store.lock
+
+    @contextlib.contextmanager
+    def removed_first() -> Iterator[None]:
+        store.lock = lock  # type: ignore[method-assign]
+        store.delete("gone")
+        with lock():
+            yield
+
+    store.lock = removed_first  # type: ignore[method-assign]
+    with pytest.raises(MachineNotFoundError, match="removed while this command ran"):
         store.save("gone", record)
     assert store.names() == [] and list(store.machines_dir.iterdir()) == []
 

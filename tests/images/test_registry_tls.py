@@ -6,129 +6,19 @@ The token server and the redirecting registry are small servers owned by these t
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import http.server
 import io
 import json
 import os
 import threading
-import time
-import uuid
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from machines.runtime.errors import HostError
 from machines.runtime.images.registry import Unauthorized
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
-from tests.support.registry import start_registry
-
-USERS = {"bob": "hunter2"}
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _self_signed(folder: str, name: str):
-    """An EC key and a self-signed CA certificate for 127.0.0.1 (serves both TLS and token signing)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(folder, name + ".crt"), os.path.join(folder, name + ".key")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
-    return key, cert, cert_path, key_path
-
-
-class _TokenServer(http.server.ThreadingHTTPServer):
-    """Issues ES256 JWTs the registry trusts (x5c chain to its rootcertbundle) for valid Basic credentials."""
-
-    def __init__(self, key, cert) -> None:
-        super().__init__(("127.0.0.1", 0), _TokenHandler)
-        self.key, self.cert = key, cert
-        self.scopes: list = []
-
-    def token(self, user: str, scope: str) -> str:
-        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(
-            self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
-        access = []
-        if scope:
-            kind, name, actions = scope.split(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
-        now = int(time.time())
-        claims = {"iss": "test-issuer", "sub": user, "aud": "test-registry", "exp": now + 300, "nbf": now - 10,
-                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
-        signing_input = (_b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())).encode()
-        r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        return signing_input.decode() + "." + _b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
-
-
-class _TokenHandler(http.server.BaseHTTPRequestHandler):
-    server: _TokenServer
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        from urllib.parse import parse_qs, urlsplit
-        query = parse_qs(urlsplit(self.path).query)
-        scope = (query.get("scope") or [""])[0]
-        self.server.scopes.append(scope)
-        user = None
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Basic "):
-            name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-            if USERS.get(name) == password:
-                user = name
-        if user is None:
-            body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]})
-            self.send_response(401)
-        else:
-            body = json.dumps({"token": self.server.token(user, scope), "expires_in": 300})
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-
-@pytest.fixture
-def tls_token_registry(tmp_path):
-    folder = str(tmp_path / "tls-registry")
-    os.makedirs(folder)
-    key, cert, cert_path, key_path = _self_signed(folder, "registry")
-    server = _TokenServer(key, cert)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    token = {"realm": f"http://127.0.0.1:{server.server_address[1]}/token", "service": "test-registry",
-             "issuer": "test-issuer", "bundle": cert_path}
-    reg = start_registry(folder, tls=(cert_path, key_path), token=token)
-    certs = tmp_path / "certs.d"
-    (certs / reg.host).mkdir(parents=True)
-    (certs / reg.host / "ca.crt").write_bytes(open(cert_path, "rb").read())
-    yield reg, server, str(certs)
-    reg.stop()
-    server.shutdown()
-    server.server_close()
 
 
 def test_https_registry_with_bearer_tokens(tmp_path, tls_token_registry, busybox_tar):

@@ -251,6 +251,26 @@ def test_missing_data_and_offline_update_fail_clearly(alpine_archive, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["alpine.tar"]  # no database, no partial file
 
 
+def test_a_distribution_osv_has_no_data_for_is_not_passed_off_as_clean(tmp_path):
+    """Amazon Linux 2 (an rpm database, ``ID=amzn``): OSV publishes no ecosystem for it, so its packages are listed
+    and the user is told they were not matched, while its Python packages are still matched."""
+    layers = fixtures.rpm_layers()
+    layers[0] = fixtures.layer({"etc/os-release": b'NAME="Amazon Linux"\nID="amzn"\nVERSION_ID="2"\n',
+                                "var/lib/rpm/rpmdb.sqlite": fixtures.rpmdb([
+                                    {1000: "openssl-libs", 1001: "1.0.2k", 1002: "24.amzn2.0.4", 1003: 1,
+                                     1022: "x86_64", 1044: "openssl-1.0.2k-24.amzn2.0.4.src.rpm"}])})
+    archive = fixtures.save_archive(tmp_path / "amzn.tar", layers)
+    result = run_machines("scan", str(archive), "--db", str(OSV_DB), "--format", "json")
+    assert result.code == 0, result.err
+    assert "Warning: amzn 2: OSV publishes no data for this distribution: its 1 packages are listed, not matched" \
+        in result.err.splitlines()
+    assert json.loads(result.out)["warnings"] == [
+        "amzn 2: OSV publishes no data for this distribution: its 1 packages are listed, not matched"]
+    alma = run_machines("scan", str(fixtures.save_archive(tmp_path / "alma.tar", fixtures.rpm_layers())),
+                        "--db", str(OSV_DB))
+    assert "OSV publishes no data" not in alma.err
+
+
 def test_not_an_image(tmp_path):
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar at all")

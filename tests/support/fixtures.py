@@ -1,4 +1,4 @@
-"""pytest fixtures for real SSH test hosts, loaded for every test by ``tests/conftest.py`` (``pytest_plugins``).
+"""pytest fixtures for real SSH test hosts and a machines store, loaded for every test by ``tests/conftest.py`` (``pytest_plugins``).
 
 ``test_host(name=None, address=None, start=True) -> TestHost`` makes a started host and removes it after the test.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from machines.drivers.nshost import Bridge
+from tests.support.cli import machines
 from tests.support.hosts import (
     HostFactory,
     collect_stale_bridges,
@@ -21,7 +22,7 @@ from tests.support.hosts import (
     write_key_pair,
 )
 
-__all__ = ["test_bridge", "test_host", "test_key"]
+__all__ = ["machines_store", "test_bridge", "test_host", "test_key"]
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,15 @@ def test_host(test_bridge: Bridge, test_key: tuple[Path, str],
     factory = HostFactory(test_bridge, tmp_path_factory.mktemp("hosts"), *test_key)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def machines_store(tmp_path: Path) -> Iterator[Path]:
+    """A store of this test; every machine in it is removed afterwards, pass or fail."""
+    root = tmp_path / "store"
+    yield root
+    folder = root / "machines"
+    names = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+    if names:
+        machines(root, "rm", "-f", "-y", *names)
+    assert not folder.is_dir() or not any(folder.iterdir()), f"machines left in {root}"

@@ -90,7 +90,8 @@ class SignatureFront:
         with self.lock:
             entries = list(self.stored.get((name, digest), []))
         return 200, json.dumps({"signatures": [
-            {"schemaVersion": 2, "name": e["name"], "type": e["type"], "content": base64.b64encode(e["content"]).decode()}
+            {"schemaVersion": 2, "name": e["name"], "type": e["type"],
+             "content": base64.b64encode(e["content"]).decode()}
             for e in entries]}).encode()
 
     def _add(self, name: str, digest: str, body: bytes) -> tuple[int, bytes]:

@@ -70,7 +70,8 @@ def push_image(service: ImageService, tag: str, rootfs_tar: bytes, marker: str =
         image = store.commit(str(upper), image, None, tag)
     else:
         store.tag(image.id, tag)
-    return list(service.push(tag))[-1]["aux"]["Digest"]
+    messages = list(service.push(tag))  # the whole stream: a signing policy signs after the aux message
+    return next(m["aux"]["Digest"] for m in messages if "aux" in m)
 
 
 def drop_all_images(store: ImageStore) -> None:

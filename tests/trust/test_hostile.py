@@ -10,10 +10,9 @@ import pytest
 
 from machines.runtime.errors import Forbidden, InvalidParameter
 from machines.runtime.images import registry as registry_mod
-from machines.runtime.images import trust
+from machines.runtime.images import signing, trust
 from machines.runtime.images.reference import parse
 from machines.runtime.images.scan.inventory import scan_layers
-from machines.trust import sigstore
 from tests.scan import fixtures
 from tests.trust.conftest import drop_all_images, push_image, run_machines, write_policy
 
@@ -49,7 +48,7 @@ def test_a_signature_replayed_into_another_repository_is_refused(service, store,
     target = registry_mod.Session(parse(theirs), {}, registry_mod.RegistryOptions(), "pull,push")
     for descriptor in [manifest["config"], *manifest["layers"]]:  # copy the blobs and the attachment across
         status, blob = trust.session_fetch(source)(f"/v2/team/app/blobs/{descriptor['digest']}", "*/*")
-        assert sigstore._put_blob(target, blob)["digest"] == descriptor["digest"]
+        assert signing._put_blob(target, blob)["digest"] == descriptor["digest"]
     resp = target.request("PUT", f"/v2/evil/app/manifests/{trust.signature_tag(digest)}",
                           {"Content-Type": trust.MEDIA_OCI_MANIFEST}, json.dumps(manifest).encode())
     resp.read()

@@ -10,11 +10,11 @@ import shutil
 
 from machines.runtime.images.service import ImageService
 from machines.runtime.images.store import ImageStore
-from tests.images.test_registry_tls import USERS, tls_token_registry  # noqa: F401 - the fixture
+from tests.support.registry import USERS
 from tests.trust.conftest import run_machines
 
 
-def test_sign_and_verify_over_https_with_docker_login_credentials(tmp_path, tls_token_registry, rootfs_tar,  # noqa: F811
+def test_sign_and_verify_over_https_with_docker_login_credentials(tmp_path, tls_token_registry, rootfs_tar,
                                                                    keypair):
     reg, _tokens, certs = tls_token_registry
     private, public, secret = keypair

@@ -82,7 +82,8 @@ def test_skopeo_signs_through_the_extension_and_machines_verifies(service, store
     # tampered in the registry: 16 bytes in the middle of the (compressed) signed message inverted; not one bit,
     # which may fall on deflate padding or on the literal packet's file name, which no OpenPGP signature covers
     content, middle = entry["content"], len(entry["content"]) // 2
-    entry["content"] = content[:middle - 8] + bytes(b ^ 0xFF for b in content[middle - 8:middle + 8]) + content[middle + 8:]
+    inverted = bytes(b ^ 0xFF for b in content[middle - 8:middle + 8])
+    entry["content"] = content[:middle - 8] + inverted + content[middle + 8:]
     _enforce(service, f"{front.host}/team", release)
     assert _refusal(service, signed) == f"{signed}: Source image rejected: Invalid GPG signature"
     tampered = run_machines("trust", "verify", signed, "--key", str(release))

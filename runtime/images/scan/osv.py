@@ -242,5 +242,17 @@ def _aliases(record: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if name != record["id"]))
 
 
+def unmatched_distribution(inventory: Inventory) -> str | None:
+    """Why the image's OS packages cannot be matched, when OSV publishes no ecosystem for its distribution (Amazon
+    Linux, CentOS, Fedora, ...): a scan must not pass such an image off as clean."""
+    orphans = [p for p in inventory.packages if p.kind not in LANGUAGE_ECOSYSTEMS and ecosystem_of(p, inventory) is None]
+    if not orphans:
+        return None
+    release = " ".join(filter(None, (inventory.os_release.get("ID") or "an unknown distribution",
+                                     inventory.os_release.get("VERSION_ID"))))
+    return (f"{release}: OSV publishes no data for this distribution: its {len(orphans)} packages are listed, "
+            "not matched")
+
+
 def ecosystems_in(inventory: Inventory) -> set[str]:
     return {e.split(":")[0] for p in inventory.packages if (e := ecosystem_of(p, inventory))}
