@@ -140,6 +140,15 @@ def front(registry: Registry) -> Iterator[SignatureFront]:
     server.close()
 
 
+def registries_d(folder, host: str, lookaside) -> str:
+    """A registries.d folder whose one file names ``lookaside`` (read and staging) for ``host``."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "local.yaml"), "w") as f:
+        f.write(f"# written by the test\ndocker:\n  {host}:\n    lookaside: file://{lookaside}\n"
+                f"    lookaside-staging: file://{lookaside}\n")
+    return str(folder)
+
+
 def skopeo(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Debian's skopeo 1.9 (scripts/setup.sh installs it)."""
     return subprocess.run(["skopeo", *args], capture_output=True, text=True, env=env, timeout=300)

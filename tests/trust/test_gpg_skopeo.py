@@ -9,17 +9,9 @@ import shutil
 import pytest
 
 from machines.runtime.errors import Forbidden
-from tests.trust.conftest import UNSIGNED, drop_all_images, push_image, run_machines, skopeo, write_policy
+from tests.trust.conftest import UNSIGNED, drop_all_images, push_image, registries_d, run_machines, skopeo, write_policy
 
 pytestmark = pytest.mark.usefixtures("interop_tools")
-
-
-def _registries_d(folder, host: str, lookaside) -> str:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "local.yaml"), "w") as f:
-        f.write(f"# written by the test\ndocker:\n  {host}:\n    lookaside: file://{lookaside}\n"
-                f"    lookaside-staging: file://{lookaside}\n")
-    return str(folder)
 
 
 def test_skopeo_signs_and_machines_verifies(service, store, registry, rootfs_tar, signer, stranger, tmp_path):
@@ -27,7 +19,7 @@ def test_skopeo_signs_and_machines_verifies(service, store, registry, rootfs_tar
     push_image(service, source, rootfs_tar, "one")
     push_image(service, unsigned, rootfs_tar, "two")
     lookaside = tmp_path / "lookaside"
-    regd = _registries_d(tmp_path / "registries.d", registry.host, lookaside)
+    regd = registries_d(tmp_path / "registries.d", registry.host, lookaside)
     copied = skopeo("--insecure-policy", "--registries.d", regd, "copy", "--sign-by", signer.fingerprint,
                      "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{source}", f"docker://{signed}",
                      env=signer.env)
@@ -71,7 +63,7 @@ def test_machines_signs_and_skopeo_verifies(service, registry, rootfs_tar, signe
                           env={"GNUPGHOME": signer.home})
     assert signed.code == 0, signed.err
     assert "/team/app@sha256=" in signed.out and signed.out.strip().endswith("/signature-1")
-    regd = _registries_d(tmp_path / "registries.d", registry.host, lookaside)
+    regd = registries_d(tmp_path / "registries.d", registry.host, lookaside)
     for who, expect in ((signer, 0), (stranger, 1)):
         (tmp_path / "key.asc").write_bytes(who.public)
         (tmp_path / "policy.json").write_text(json.dumps({"default": [{"type": "signedBy", "keyType": "GPGKeys",
