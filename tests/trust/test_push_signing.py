@@ -197,6 +197,33 @@ def test_gpg_simple_signing_on_push_is_read_by_skopeo(service, registry, rootfs_
         assert copied.returncode == expect, copied.stderr
 
 
+def test_gpg_signing_on_push_goes_to_the_registry_signature_extension(service, front, rootfs_tar, signer, stranger,
+                                                                      keypair, tmp_path, monkeypatch):
+    """A registry that advertises the signature extension keeps the push's GPG signature, as with podman push
+    --sign-by; the staging folder stays unused, and skopeo's signedBy policy reads the signature from the registry."""
+    staging = tmp_path / "staging"
+    policy_file = tmp_path / "signing.yaml"
+    policy_file.write_text(f"docker:\n  {front.host}:\n    sign-by: release@example.com\n"
+                           f"    lookaside-staging: file://{staging}\n")
+    monkeypatch.setenv("GNUPGHOME", signer.home)
+    _install(service, *load_signing_policy(str(policy_file), keypair[2]))
+    image = f"{front.host}/team/app:v1"
+    store = service.store
+    store.tag(store.resolve(store.import_tar(io.BytesIO(rootfs_tar))).id, image)
+    messages = list(service.push(image))
+    digest = next(m["aux"]["Digest"] for m in messages if m.get("aux"))
+    statuses = [m.get("status") for m in messages]
+    assert f"Signature stored in http://{front.host}/extensions/v2/team/app/signatures/{digest}" in statuses
+    assert not staging.exists() and [e["type"] for e in front.stored[("team/app", digest)]] == ["atomic"]
+    for who, expect in ((signer, 0), (stranger, 1)):
+        (tmp_path / "key.asc").write_bytes(who.public)
+        (tmp_path / "policy.json").write_text(json.dumps({"default": [{"type": "signedBy", "keyType": "GPGKeys",
+                                                                       "keyPath": str(tmp_path / "key.asc")}]}))
+        copied = skopeo("--policy", str(tmp_path / "policy.json"), "copy", "--src-tls-verify=false",
+                        f"docker://{image}", f"dir:{tmp_path / f'out-{expect}'}")
+        assert copied.returncode == expect, copied.stderr
+
+
 def test_a_signature_that_cannot_be_stored_fails_after_the_push_and_says_so(service, registry, rootfs_tar,
                                                                              signer, tmp_path, monkeypatch):
     blocked = tmp_path / "not-a-folder"
