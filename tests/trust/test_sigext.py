@@ -9,6 +9,9 @@ import json
 import pytest
 
 from machines.runtime.errors import Forbidden
+from machines.runtime.images import registry as registry_client
+from machines.runtime.images import sigext
+from machines.runtime.images.reference import parse
 from tests.support import busybox
 from tests.trust.conftest import UNSIGNED, drop_all_images, push_image, run_machines, skopeo, write_policy
 
@@ -225,3 +228,15 @@ def test_docker_pull_through_the_daemon_reads_the_extension(daemon, front, signe
     refused = daemon.docker("pull", unsigned)
     assert (refused.returncode, refused.stderr.decode().strip()) == (
         1, f"Error response from daemon: {unsigned}: Source image rejected: {UNSIGNED}")
+
+
+def test_the_same_signature_is_stored_once(front, service, rootfs_tar):
+    """As containers/image: a signature whose very bytes the registry lists already is not added again."""
+    image = f"{front.host}/team/app:v1"
+    digest = push_image(service, image, rootfs_tar)
+    session = registry_client.Session(parse(image), {}, registry_client.RegistryOptions(), "pull,push")
+    assert sigext.supported(session)
+    for blob in (b"first", b"second", b"first"):
+        sigext.store(session, digest, blob)
+    assert [e["content"] for e in front.stored[("team/app", digest)]] == [b"first", b"second"]
+    assert sigext.signatures(session, digest) == [b"first", b"second"]
