@@ -12,7 +12,7 @@ idle timeout, so unauthenticated sockets can never starve clients with a certifi
 from __future__ import annotations
 
 import collections
-import fcntl
+import functools
 import http
 import io
 import itertools
@@ -27,7 +27,6 @@ import socket
 import ssl
 import struct
 import sys
-import termios
 import threading
 import time
 import traceback
@@ -547,26 +546,43 @@ class Connection:
     def hijack(self, request: Request, content_type: str) -> Hijacked:
         """Turn the connection into a raw duplex stream: ``101 UPGRADED`` (or 200 without an Upgrade request).
 
-        The headers are flushed before anything else is written: docker-py reads the payload from the raw socket
-        under ``http.client``'s buffer, so bytes arriving with the headers would be lost.
+        The headers go out so that the client's first read cannot carry any payload with them: docker-py reads the
+        headers through ``http.client``'s buffer and the payload from the raw socket underneath, so bytes read with
+        the headers would be lost. Nothing waits for the client to read them (see ``_send_alone``).
         """
         self.phase()  # a hijacked stdin may stay silent for hours
         headers = base_headers()
         headers.append(("Content-Type", content_type))
         if request.wants_upgrade:
             headers.extend([("Connection", "Upgrade"), ("Upgrade", "tcp")])
-            self.write(self.head_bytes(101, headers, "UPGRADED"))
+            self._send_alone(self.head_bytes(101, headers, "UPGRADED"))
         else:
-            self.write(self.head_bytes(200, headers))
-        user_agent = request.headers.get("User-Agent")
-        # Go clients (the docker CLI) read bytes that arrive with the headers correctly; others do not.
-        careful = not (user_agent.startswith("Docker-Client/") or user_agent.startswith("Go-http-client"))
-        return Hijacked(self, careful)
+            self._send_alone(self.head_bytes(200, headers))
+        return Hijacked(self)
+
+    def _send_alone(self, data: bytes) -> None:
+        """Send ``data`` so that no read of the client returns it together with what we send next.
+
+        Over TLS a read returns at most one record, and ``data`` is one. On a unix socket it carries a descriptor
+        (SCM_RIGHTS, of /dev/null): the kernel ends a read after a message that carried descriptors, and drops the
+        descriptor for a reader that did not ask for it (``recv``, ``read``). A client that refuses descriptors
+        (``SO_PASSRIGHTS`` off) gets the data plainly."""
+        if self.sock.family != socket.AF_UNIX:
+            self.write(data)
+            return
+        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", _devnull()))
+        try:
+            with self._lock:
+                sent = self.sock.sendmsg([data], [rights])
+                self.sock.sendall(data[sent:])
+        except PermissionError:
+            self.write(data)
 
 
-def _unread_bytes(sock: socket.socket) -> int:
-    """Bytes we sent on a unix socket that the peer has not read yet (SIOCOUTQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+@functools.cache
+def _devnull() -> int:
+    """The descriptor ``Connection._send_alone`` attaches: one, opened once, so a hijack needs no new descriptor."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class _PeerWatch:
@@ -668,18 +684,10 @@ class _PeerWatch:
 
 
 class Hijacked:
-    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends.
+    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends."""
 
-    With ``careful`` (docker-py and other non-Go clients) the first payload waits until the client has read the
-    101 headers: on a unix socket we see exactly when (the send queue drains); elsewhere we wait a fixed gap.
-    """
-
-    FIXED_GAP = 0.2  # what the recorded race needed over TCP: 0 lost outputs in 30 with 200 ms
-    CONSUME_LIMIT = 2.0
-
-    def __init__(self, conn: Connection, careful: bool) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._careful = careful
 
     def read(self, size: int = 65536) -> bytes:
         """Client input; ``b""`` once the client half-closed or hung up."""
@@ -688,19 +696,7 @@ class Hijacked:
         except (OSError, ValueError, ssl.SSLError):
             return b""
 
-    def _wait_headers_read(self) -> None:
-        sock = self.conn.sock
-        if sock.family != socket.AF_UNIX:
-            time.sleep(self.FIXED_GAP)
-            return
-        deadline = time.monotonic() + self.CONSUME_LIMIT
-        while _unread_bytes(sock) and time.monotonic() < deadline:
-            time.sleep(0.002)
-
     def write(self, data: bytes) -> None:
-        if self._careful:
-            self._careful = False
-            self._wait_headers_read()
         self.conn.write(data)
 
     def finish(self) -> None:
