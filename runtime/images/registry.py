@@ -261,6 +261,10 @@ class Session:
         except OSError as exc:
             raise HostError(f'{method.capitalize()} "{url}": {exc}') from None
 
+    def ping(self) -> Response:
+        """``GET /v2/`` without credentials, as clients probe a registry for its API version and extensions."""
+        return self._send("GET", self.base + "/v2/", {})
+
     def request(self, method: str, path_or_url: str, headers: dict[str, str] | None = None,
                 body: object = None, *, redirects: int = 5) -> Response:
         """Send with auth; answer one 401 challenge; follow redirects (dropping Authorization off-host)."""
@@ -900,7 +904,7 @@ def login(auth: dict, options: RegistryOptions | None = None) -> dict:
     session = Session(ref, auth, options or RegistryOptions(), "pull")
     session.scope = ""
     url = session.base + "/v2/"
-    resp = session._send("GET", url, {})
+    resp = session.ping()
     resp.read()
     resp.close()
     if resp.status == 401:
