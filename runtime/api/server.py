@@ -45,6 +45,7 @@ IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit between requests
 HEADER_DEADLINE = 30.0  # seconds from a request's first byte to the end of its headers (slowloris)
 BODY_IDLE_TIMEOUT = 120.0  # seconds a request body may stall between two reads
 HANDSHAKE_DEADLINE = 5.0  # seconds a TCP client has to finish the TLS handshake
+REFUSAL_LINGER = 0.5  # seconds a refused TLS client gets to read the alert before the socket closes (see _close_after_alert)
 MAX_PENDING = 512  # TLS handshakes in progress; beyond it the oldest is dropped, so a new client always gets in
 PENDING_PER_ADDRESS = 128  # likewise per client address
 MAX_CONNECTIONS = 256  # connections being served (one thread each); beyond it a new one gets 503 and is closed
@@ -916,6 +917,8 @@ class _Gate:
                         self._accept(key.fileobj, data)  # type: ignore[arg-type]
                     elif kind == "handshake":
                         self._handshake(data)
+                    elif kind == "closing":
+                        self._discard_input(data)
                 except Exception:  # a bug here must not stop the daemon from accepting
                     self.app.log(f"accepting connections failed:\n{traceback.format_exc()}")
             self._expire()
@@ -1002,13 +1005,38 @@ class _Gate:
             self._selector.modify(pending.sock, selectors.EVENT_WRITE, ("handshake", pending))
             return
         except (OSError, ssl.SSLError, ValueError) as exc:
-            if not isinstance(exc, (ssl.SSLEOFError, ConnectionError)):
+            if isinstance(exc, (ssl.SSLEOFError, ConnectionError)):
+                self._drop(pending)
+            else:
                 self.app.log(f"TLS handshake with {pending.address} refused: {exc}")
-            self._drop(pending)
+                self._close_after_alert(pending)
             return
         self._forget(pending)
         pending.sock.setblocking(True)
         self._admit(pending.sock, pending.address)
+
+    def _close_after_alert(self, pending: _Pending) -> None:
+        """Half-close, then read until the client closes too (``REFUSAL_LINGER`` at most, and never past this
+        connection's handshake deadline) before closing. A TLS 1.3 client sends its first request with its
+        certificate; closing with that request unread makes the kernel answer RST, which can reach the client before
+        the alert saying why ("tls: revoked certificate"). The same reason as Go's ``closeWriteAndWait``."""
+        try:
+            pending.sock.shutdown(socket.SHUT_WR)  # the alert is out; the TLS layer is done with this socket
+        except OSError:
+            self._drop(pending)
+            return
+        pending.deadline = min(pending.deadline, time.monotonic() + REFUSAL_LINGER)
+        self._selector.modify(pending.sock, selectors.EVENT_READ, ("closing", pending))
+
+    def _discard_input(self, pending: _Pending) -> None:
+        try:
+            if pending.sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._drop(pending)
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
         """Serve ``sock`` in a thread of its own, or answer 503 when the connection caps are reached."""
