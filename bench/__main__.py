@@ -1,11 +1,11 @@
 """Every comparison of issue 18 in one run: ``python -m bench [--quick] [--only SECTION ...] [--json FILE]``.
 
 Run as root from the repository root. Each section reuses its module (``engine_bench``, ``api_bench``,
-``provision_bench``, ``create_hosts``, ``cli_bench``, ``images_bench``); this file only chooses sizes, runs them one
-after the other and prints one markdown table: our median, the peer's median in the same run, the ratio ours / peer
-and the issue's target for it. The machine's load average before and after is printed with it: absolute figures
-mean little on a busy machine, ratios from one run still do. ``--quick`` shrinks repetitions and sizes (64 MiB
-instead of 1 GiB) to finish in a few minutes.
+``stream_latency``, ``provision_bench``, ``create_hosts``, ``cli_bench``, ``images_bench``); this file only chooses
+sizes, runs them one after the other and prints one markdown table: our median, the peer's median in the same run,
+the ratio ours / peer and the issue's target for it. The machine's load average before and after is printed with it:
+absolute figures mean little on a busy machine, ratios from one run still do. ``--quick`` shrinks repetitions and
+sizes (64 MiB instead of 1 GiB) to finish in a few minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import api_bench, cli_bench, create_hosts, images_bench, provision_bench  # noqa: E402
+from bench import api_bench, cli_bench, create_hosts, images_bench, provision_bench, stream_latency  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -33,13 +33,14 @@ class Sizes:
     provision_runs: int
     parallel_runs: int
     cli_runs: int
+    stream_rounds: int
     ls_machines: int
     image_runs: int
     layer_mb: int
 
 
-FULL = Sizes(20, api_bench.Settings(20, 3.0, 100, 1024), 5, 3, 10, 100, 2, 1024)
-QUICK = Sizes(7, api_bench.Settings(5, 1.0, 10, 64), 2, 1, 5, 100, 1, 64)
+FULL = Sizes(20, api_bench.Settings(20, 3.0, 100, 1024), 5, 3, 10, 30, 100, 2, 1024)
+QUICK = Sizes(7, api_bench.Settings(5, 1.0, 10, 64), 2, 1, 5, 8, 100, 1, 64)
 
 
 @dataclasses.dataclass
@@ -107,6 +108,28 @@ def api(sizes: Sizes) -> list[Row]:
     return rows
 
 
+STREAMS = {"cli_exec": "`docker exec C true`", "exec_run": "docker-py `exec_run`",
+           "attach": "docker-py `attach` (logs of an exited container)",
+           "logs_follow": "`logs -f`: container write to client"}
+
+
+def streams(sizes: Sizes) -> list[Row]:
+    """Attach, exec and logs latency, interleaved with dockerd round by round, over the unix socket and TLS."""
+    figures = stream_latency.run(None, sizes.stream_rounds)
+
+    def lost(measure: str, daemon: str) -> str:  # dockerd loses docker-py's attach output on its unix socket
+        count = figures["lost_outputs"].get(measure, {}).get(daemon, 0)
+        return f" ({count} of {sizes.stream_rounds} answers lost)" if count else ""
+
+    rows = []
+    for key, what in STREAMS.items():
+        for transport in ("unix", "tls"):
+            measure = f"{key}_{transport}"
+            rows.append(Row(f"{what}, {transport}{lost(measure, 'this')}", figures[measure + "_ms"]["this"], "ms",
+                            "dockerd" + lost(measure, "dockerd"), figures[measure + "_ms"]["dockerd"], 1.0))
+    return rows
+
+
 def provisioning(sizes: Sizes) -> list[Row]:
     first, _ = provision_bench.phases(sizes.provision_runs, "local")
     after_ssh = sorted(run["total"] - run["detect"] for run in first)[len(first) // 2]
@@ -142,7 +165,7 @@ def images(sizes: Sizes) -> list[Row]:
 
 
 SECTIONS: dict[str, Callable[[Sizes], list[Row]]] = {
-    "engine": engine, "api": api, "provisioning": provisioning, "cli": cli, "images": images}
+    "engine": engine, "api": api, "streams": streams, "provisioning": provisioning, "cli": cli, "images": images}
 
 
 def load() -> str:

@@ -186,14 +186,16 @@ def measure(socket_path: str, rootfs: bytes, settings: Settings, daemon_pid: int
 
 
 @contextlib.contextmanager
-def ours_running(work: Path, tag: str = "ours", tree: Path = REPO, octet: int = 196) -> Iterator[tuple[str, int]]:
-    """Our daemon from the checkout ``tree`` on its own socket, bridge and 10.``octet``.N.0/24: (socket, pid)."""
+def ours_running(work: Path, tag: str = "ours", tree: Path = REPO, octet: int = 196,
+                 extra: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
+    """Our daemon from the checkout ``tree`` on its own socket, bridge and 10.``octet``.N.0/24, with ``extra``
+    arguments (another listener): (socket, pid)."""
     sock = str(work / f"{tag}.sock")
     pid = os.getpid()
     process = subprocess.Popen(
         [sys.executable, "-m", "machines.runtime", "daemon", "--data-root", str(work / f"{tag}-data"), "--exec-root",
          str(work / f"{tag}-exec"), "--host", "unix://" + sock, "--pidfile", str(work / f"{tag}.pid"),
-         "--bridge-name", f"b{tag[:4]}{pid % 100000}", "--bridge-subnet", f"10.{octet}.{pid % 250}.0/24"],
+         "--bridge-name", f"b{tag[:4]}{pid % 100000}", "--bridge-subnet", f"10.{octet}.{pid % 250}.0/24", *extra],
         cwd=str(tree), env=dict(os.environ, PYTHONPATH=str(tree)), stdout=subprocess.DEVNULL,
         stderr=(work / f"{tag}.log").open("wb"), start_new_session=True)
     try:
@@ -222,15 +224,16 @@ def bench_dockerd(work: Path, rootfs: bytes, settings: Settings, big: Path | Non
 
 
 @contextlib.contextmanager
-def dockerd_running(work: Path) -> Iterator[tuple[str, int]]:
-    """Debian's dockerd on its own socket and roots, everything it changed undone afterwards: (socket, pid)."""
+def dockerd_running(work: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
+    """Debian's dockerd on its own socket and roots with ``extra`` arguments, everything it changed undone
+    afterwards: (socket, pid)."""
     sock = str(work / "dockerd.sock")
     had_docker0 = _link_exists("docker0")
     cgroups_before = _cgroup_dirs()
     process = subprocess.Popen(
         [DOCKERD, "--data-root", str(work / "dockerd-data"), "--exec-root", str(work / "dockerd-exec"),
          "--pidfile", str(work / "dockerd.pid"), "-H", "unix://" + sock, "--iptables=false", "--ip-forward=false",
-         "--ip-masq=false"],
+         "--ip-masq=false", *extra],
         stdout=subprocess.DEVNULL, stderr=(work / "dockerd.log").open("wb"), start_new_session=True)
     try:
         wait_for_socket(sock, process)

@@ -18,16 +18,35 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.api_bench import IMAGE, REPO, docker, dockerd_running, ours_running  # noqa: E402
 
 
-def _load() -> list[str]:
+def load_average() -> list[str]:
     with open("/proc/loadavg") as f:
         return f.read().split()[:3]
+
+
+def export_revision(base: str, tree: Path) -> None:
+    """The checkout of revision ``base`` in the new folder ``tree`` (``git archive``), to run its daemon from."""
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", base], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+
+
+def command_line(doc: str, run: Callable[[Any, int], dict], base: str | None, base_help: str) -> int:
+    """``--base REV --rounds N``: print ``run(base, rounds)`` as JSON (this module's and ``stream_latency``'s)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--base", default=base, help=base_help)
+    parser.add_argument("--rounds", type=int, default=20, help="rounds; each measures everything once per daemon")
+    args = parser.parse_args()
+    print(json.dumps(run(args.base, args.rounds), indent=2))
+    return 0
 
 
 def _timed_ms(socket_path: str, *args: str) -> float:
@@ -43,9 +62,7 @@ def run(base: str, rounds: int) -> dict[str, object]:
             contextlib.ExitStack() as daemons:
         work = Path(folder)
         tree = work / "base-tree"
-        tree.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", base], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        export_revision(base, tree)
         sockets = {"base": daemons.enter_context(ours_running(work, "base", tree, octet=193))[0],
                    "this": daemons.enter_context(ours_running(work, "this", REPO, octet=194))[0],
                    "dockerd": daemons.enter_context(dockerd_running(work))[0]}
@@ -55,7 +72,7 @@ def run(base: str, rounds: int) -> dict[str, object]:
                 docker(sock, "run", "--rm", IMAGE, "true")
             for _ in range(10):  # something for ps to list
                 docker(sock, "create", IMAGE, "true")
-        before = _load()
+        before = load_average()
         samples: dict[str, dict[str, list[float]]] = {"run_rm_ms": {}, "ps_ms": {}}
         names = list(sockets)
         for index in range(rounds):
@@ -63,7 +80,7 @@ def run(base: str, rounds: int) -> dict[str, object]:
             for key, args in (("run_rm_ms", ("run", "--rm", IMAGE, "true")), ("ps_ms", ("ps", "-a"))):
                 for name in order:
                     samples[key].setdefault(name, []).append(_timed_ms(sockets[name], *args))
-        result: dict[str, object] = {"base": base, "rounds": rounds, "load_before": before, "load_after": _load()}
+        result: dict[str, object] = {"base": base, "rounds": rounds, "load_before": before, "load_after": load_average()}
         for key, by_daemon in samples.items():
             medians = {name: statistics.median(values) for name, values in by_daemon.items()}
             result[key] = {name: round(value, 1) for name, value in medians.items()}
@@ -76,14 +93,5 @@ def run(base: str, rounds: int) -> dict[str, object]:
         return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default="main", help="the revision to compare with (default: main)")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds; each runs every command once per daemon")
-    args = parser.parse_args()
-    print(json.dumps(run(args.base, args.rounds), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line(__doc__, run, "main", "the revision to compare with (default: main)"))

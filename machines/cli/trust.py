@@ -42,18 +42,17 @@ def register(app: typer.Typer) -> None:
             "--sign-by", metavar="FINGERPRINT", help="Sign with this GPG key instead (simple signing, as skopeo).")
         ] = None,
         lookaside: Annotated[str | None, typer.Option(
-            "--lookaside", metavar="DIR", help="With --sign-by: the lookaside folder the signature goes to.")] = None,
+            "--lookaside", metavar="DIR", help="With --sign-by: the lookaside folder the signature goes to when the "
+            "registry has no signature extension.")] = None,
         passphrase_file: PassphraseFile = None,
     ) -> None:
         """Sign the manifest IMAGE names: with --key, as cosign (tag sha256-<hex>.sig in the same repository);
-        with --sign-by, a GPG simple signing signature in a lookaside folder."""
+        with --sign-by, a GPG simple signing signature in the registry's signature extension, else a lookaside."""
         from machines.trust import gpgsign, keys, sigstore
 
         if (key is None) == (sign_by is None):
             raise UsageError("give either --key (sigstore) or --sign-by (GPG)")
         if sign_by is not None:
-            if lookaside is None:
-                raise UsageError("--sign-by needs --lookaside DIR")
             echo(f"Signature written to {gpgsign.sign(image, sign_by, lookaside, passphrase_file)}")
             return
         assert key is not None
@@ -66,7 +65,8 @@ def register(app: typer.Typer) -> None:
         image: Annotated[str, typer.Argument(help="REGISTRY/REPOSITORY[:TAG|@DIGEST] to verify.")],
         key: Annotated[Path, typer.Option("--key", help="The public key: PREFIX.pub, or a GPG public key.")],
         lookaside: Annotated[str | None, typer.Option(
-            "--lookaside", metavar="URL", help="For a GPG key: the lookaside folder or file:// / http(s):// URL.")
+            "--lookaside", metavar="URL", help="For a GPG key, when the registry has no signature extension: the "
+            "lookaside folder or file:// / http(s):// URL.")
         ] = None,
     ) -> None:
         """Exit 0 when a signature by KEY names IMAGE's manifest digest and repository; else 1 and the reason."""
@@ -76,8 +76,6 @@ def register(app: typer.Typer) -> None:
         if b"-----BEGIN PUBLIC KEY-----" in data:
             echo(f"Verified OK: {sigstore.verify(image, data)}")
             return
-        if lookaside is None:
-            raise UsageError(f"{key} is not a PEM public key; a GPG key needs --lookaside")
         echo(f"Verified OK: {gpgsign.verify(image, data, lookaside)}")
 
 

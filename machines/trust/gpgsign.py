@@ -1,8 +1,10 @@
 """GPG simple signing on the workstation, in the format ``skopeo copy --sign-by`` writes and reads.
 
-``sign`` writes the next free ``signature-N`` under a ``file://`` lookaside folder (where a registries.d
-``lookaside-staging`` would point); ``verify`` reads ``file://`` or ``http(s)://`` lookasides with the runtime's
-own reader and ``gpg`` checks, so the workstation accepts exactly what a machine's ``signedBy`` policy does.
+Like skopeo, ``sign`` stores the signature through the registry's signature extension when the registry advertises
+it, else as the next free ``signature-N`` under a ``file://`` lookaside folder (where a registries.d
+``lookaside-staging`` would point); ``verify`` reads the extension, else ``file://`` or ``http(s)://`` lookasides,
+with the runtime's own reader and ``gpg`` checks, so the workstation accepts exactly what a machine's ``signedBy``
+policy does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from machines import __version__
 from machines.errors import TrustError
-from machines.runtime.images import signing, simplesign, trust
+from machines.runtime.images import sigext, signing, simplesign, trust
 from machines.trust import sigstore
 
 
@@ -26,15 +28,24 @@ def _lookaside_folder(lookaside: str) -> Path:
     return Path(lookaside)
 
 
-def sign(image: str, fingerprint: str, lookaside: str, passphrase_file: Path | None = None) -> Path:
-    """Sign the manifest ``image`` names with the GPG key ``fingerprint``; returns the signature file written."""
+def sign(image: str, fingerprint: str, lookaside: str | None, passphrase_file: Path | None = None) -> str:
+    """Sign the manifest ``image`` names with the GPG key ``fingerprint``; returns where the signature went: the
+    registry's signature extension when it advertises one (as skopeo), else the next free file in ``lookaside``."""
     ref = sigstore.parse_image(image)
     with sigstore.registry_errors():
-        digest = sigstore.manifest_digest(sigstore.session(ref, "pull"))
+        pulling = sigstore.session(ref, "pull")
+        digest = sigstore.manifest_digest(pulling)
+        in_registry = sigext.supported(pulling)
+        if not in_registry and lookaside is None:
+            raise TrustError(f"{ref.domain} does not support the signature extension ({sigext.HEADER}): give "
+                             "--lookaside DIR")
         identity = f"{ref.domain}/{ref.path}" + (f":{ref.tag}" if ref.tag else "")
         signature = simplesign.gpg_sign(signing.atomic_payload(identity, digest, f"machines {__version__}"),
                                         fingerprint, passphrase_file=str(passphrase_file) if passphrase_file else None)
-        return Path(simplesign.write_signature(str(_lookaside_folder(lookaside)), ref, digest, signature))
+        if in_registry:
+            return sigext.store(sigstore.session(ref, "pull,push"), digest, signature)
+        assert lookaside is not None
+        return simplesign.write_signature(str(_lookaside_folder(lookaside)), ref, digest, signature)
 
 
 def export_secret_key(user_id: str, passphrase: bytes) -> tuple[str, bytes]:
@@ -58,15 +69,24 @@ def export_secret_key(user_id: str, passphrase: bytes) -> tuple[str, bytes]:
     return fingerprint, exported.stdout
 
 
-def verify(image: str, key: bytes, lookaside: str) -> str:
-    """The verified ``repo@digest``; TrustError with the one-line reason otherwise (identity: the repository)."""
+def verify(image: str, key: bytes, lookaside: str | None) -> str:
+    """The verified ``repo@digest``; TrustError with the one-line reason otherwise (identity: the repository).
+    Signatures are read where containers/image reads them: the registry's extension, else ``lookaside``."""
     ref = sigstore.parse_image(image)
-    base = lookaside if "://" in lookaside else Path(lookaside).resolve().as_uri()
+    base = lookaside if lookaside is None or "://" in lookaside else Path(lookaside).resolve().as_uri()
     rule = {"type": "signedBy", "signedIdentity": {"type": "matchRepository"}}
     with sigstore.registry_errors():
-        digest = sigstore.manifest_digest(sigstore.session(ref, "pull"))
+        sess = sigstore.session(ref, "pull")
+        digest = sigstore.manifest_digest(sess)
+        try:
+            found = sigext.simple_signatures(sess, digest, base)
+        except sigext.ExtensionError as exc:
+            raise TrustError(f"{ref.familiar()}: {exc}") from None
+        if found is None:
+            raise TrustError(f"{ref.domain} does not support the signature extension ({sigext.HEADER}): give "
+                             "--lookaside DIR|URL")
         reason = simplesign.verify_signed_by(
-            [key], ref, digest, base, lambda payload: trust.check_payload(payload, trust.ATOMIC_TYPE, digest, rule, ref))
+            [key], found, lambda payload: trust.check_payload(payload, trust.ATOMIC_TYPE, digest, rule, ref))
     if reason:
         raise TrustError(f"{ref.familiar()}: {reason}")
     return f"{ref.domain}/{ref.path}@{digest}"

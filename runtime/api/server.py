@@ -12,7 +12,8 @@ idle timeout, so unauthenticated sockets can never starve clients with a certifi
 from __future__ import annotations
 
 import collections
-import fcntl
+import contextlib
+import functools
 import http
 import io
 import itertools
@@ -27,7 +28,6 @@ import socket
 import ssl
 import struct
 import sys
-import termios
 import threading
 import time
 import traceback
@@ -45,6 +45,7 @@ IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit between requests
 HEADER_DEADLINE = 30.0  # seconds from a request's first byte to the end of its headers (slowloris)
 BODY_IDLE_TIMEOUT = 120.0  # seconds a request body may stall between two reads
 HANDSHAKE_DEADLINE = 5.0  # seconds a TCP client has to finish the TLS handshake
+REFUSAL_LINGER = 0.5  # seconds a refused TLS client gets to read the alert before the socket closes (see _close_after_alert)
 MAX_PENDING = 512  # TLS handshakes in progress; beyond it the oldest is dropped, so a new client always gets in
 PENDING_PER_ADDRESS = 128  # likewise per client address
 MAX_CONNECTIONS = 256  # connections being served (one thread each); beyond it a new one gets 503 and is closed
@@ -119,42 +120,58 @@ class Body:
             self._done = True
 
     def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all when negative); ``b""`` at the end of the body."""
+        """Read up to ``size`` bytes (all when negative), one chunk's worth at most like a socket read; ``b""`` at
+        the end of the body."""
+        if size < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        with self._stalls():
+            want = min(size, self._available())
+            data = self._conn.rfile.read(want)
+            self._consumed(len(data), want)
+            return data
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` as far as the body goes, across chunks, with no intermediate bytes object: ``docker cp``
+        uploads arrive in 32 KiB chunks and are written to their files 1 MiB at a time through here."""
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        with self._stalls():
+            while filled < len(view):
+                want = min(len(view) - filled, self._available())
+                if not want:
+                    break
+                n = self._conn.rfile.readinto(view[filled:filled + want])
+                self._consumed(n, want)
+                filled += n
+        return filled
+
+    @contextlib.contextmanager
+    def _stalls(self) -> Iterator[None]:
+        """A client that stalls while we wait for its body is a 408."""
         try:
-            return self._read(size)
+            yield
         except socket.timeout:
             raise HTTPError(408, f"request body stalled for more than {BODY_IDLE_TIMEOUT:.0f} seconds") from None
 
-    def _read(self, size: int) -> bytes:
-        if self._done:
-            return b""
+    def _available(self) -> int:
+        """How many bytes may be read now without reading past the body (0 at its end)."""
         if self._expect_continue:
             self._expect_continue = False
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while self._chunked and not self._chunk_left and not self._done:
+            self._next_chunk()
+        return 0 if self._done else (self._chunk_left if self._chunked else self._remaining)
+
+    def _consumed(self, n: int, want: int) -> None:
+        if n < want:
+            raise HTTPError(400, "unexpected end of request body")
         if not self._chunked:
-            want = self._remaining if size < 0 else min(size, self._remaining)
-            data = self._conn.rfile.read(want)
-            if len(data) < want:
-                raise HTTPError(400, "unexpected end of request body")
-            self._remaining -= len(data)
+            self._remaining -= n
             self._done = self._remaining == 0
-            return data
-        parts: list[bytes] = []
-        while not self._done:
-            if self._chunk_left == 0:
-                self._next_chunk()
-                continue
-            step = self._chunk_left if size < 0 else min(size, self._chunk_left)
-            data = self._conn.rfile.read(step)
-            if len(data) < step:
-                raise HTTPError(400, "unexpected end of request body")
-            self._chunk_left -= step
-            if self._chunk_left == 0 and self._read_line().strip():
+        elif n:
+            self._chunk_left -= n
+            if not self._chunk_left and self._read_line().strip():
                 raise HTTPError(400, "malformed chunked request body")
-            parts.append(data)
-            if size >= 0:
-                break  # like a socket read: return what one chunk gave
-        return b"".join(parts)
 
     def read_limited(self, limit: int) -> bytes:
         """The whole body, refused with 413 when larger than ``limit``."""
@@ -196,7 +213,7 @@ class Request:
         self.headers = headers
         path, _, query_text = target.partition("?")
         self.raw_path = path
-        self.query: dict[str, list[str]] = parse_query(query_text)
+        self.query: dict[str, list[str]] = parse_query(query_text) if query_text else {}
         self.api_version = API_VERSION
         self.path = path
         self.body: Body = Body(conn, 0, False, False)
@@ -309,14 +326,18 @@ def json_stream(items: Iterable[Any], status: int = 200, prime: int = 0) -> Stre
 HIJACKED = object()  # a handler's return value once it took the connection over
 
 
+_SERVER_HEADERS = (("Api-Version", API_VERSION), ("Docker-Experimental", "false"), ("Ostype", "linux"),
+                   ("Server", f"Docker/{VERSION} (linux)"))
+_date: tuple[int, str] = (0, "")  # the Date header of the current second, formatted once per second
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def base_headers() -> list[tuple[str, str]]:
-    return [
-        ("Api-Version", API_VERSION),
-        ("Docker-Experimental", "false"),
-        ("Ostype", "linux"),
-        ("Server", f"Docker/{VERSION} (linux)"),
-        ("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
-    ]
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)))
+    return [*_SERVER_HEADERS, ("Date", _date[1])]
 
 
 Handler = Callable[..., Any]
@@ -333,6 +354,9 @@ class _TimedReader(io.RawIOBase):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN | select.POLLPRI)
+        self._tls_pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted, unseen by poll
         self.deadline: float | None = None
         self.idle: float | None = None
 
@@ -346,13 +370,12 @@ class _TimedReader(io.RawIOBase):
             if remaining <= 0:
                 raise socket.timeout("request headers not received in time")
             timeout = remaining if timeout is None else min(timeout, remaining)
-        if timeout is None:
-            return self._sock.recv_into(buffer)
-        self._sock.settimeout(timeout)
-        try:
-            return self._sock.recv_into(buffer)
-        finally:
-            self._sock.settimeout(None)  # writes stay unbounded: a slow reader of a long stream is no attacker
+        # The wait is bounded with poll, not a socket timeout: writes stay unbounded (a slow reader of a long
+        # stream is no attacker), and a request costs no switches of the socket's blocking mode.
+        if timeout is not None and not (self._tls_pending and self._tls_pending()) and \
+                not self._poll.poll(timeout * 1000):
+            raise socket.timeout("timed out")
+        return self._sock.recv_into(buffer)
 
 
 class Connection:
@@ -485,10 +508,7 @@ class Connection:
 
     def head_bytes(self, status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
         if reason is None:
-            try:
-                reason = http.HTTPStatus(status).phrase
-            except ValueError:
-                reason = "Status"
+            reason = _REASONS.get(status, "Status")
         lines = [f"HTTP/1.1 {status} {reason}"]
         lines.extend("{}: {}".format(*pair) for pair in headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -547,26 +567,43 @@ class Connection:
     def hijack(self, request: Request, content_type: str) -> Hijacked:
         """Turn the connection into a raw duplex stream: ``101 UPGRADED`` (or 200 without an Upgrade request).
 
-        The headers are flushed before anything else is written: docker-py reads the payload from the raw socket
-        under ``http.client``'s buffer, so bytes arriving with the headers would be lost.
+        The headers go out so that the client's first read cannot carry any payload with them: docker-py reads the
+        headers through ``http.client``'s buffer and the payload from the raw socket underneath, so bytes read with
+        the headers would be lost. Nothing waits for the client to read them (see ``_send_alone``).
         """
         self.phase()  # a hijacked stdin may stay silent for hours
         headers = base_headers()
         headers.append(("Content-Type", content_type))
         if request.wants_upgrade:
             headers.extend([("Connection", "Upgrade"), ("Upgrade", "tcp")])
-            self.write(self.head_bytes(101, headers, "UPGRADED"))
+            self._send_alone(self.head_bytes(101, headers, "UPGRADED"))
         else:
-            self.write(self.head_bytes(200, headers))
-        user_agent = request.headers.get("User-Agent")
-        # Go clients (the docker CLI) read bytes that arrive with the headers correctly; others do not.
-        careful = not (user_agent.startswith("Docker-Client/") or user_agent.startswith("Go-http-client"))
-        return Hijacked(self, careful)
+            self._send_alone(self.head_bytes(200, headers))
+        return Hijacked(self)
+
+    def _send_alone(self, data: bytes) -> None:
+        """Send ``data`` so that no read of the client returns it together with what we send next.
+
+        Over TLS a read returns at most one record, and ``data`` is one. On a unix socket it carries a descriptor
+        (SCM_RIGHTS, of /dev/null): the kernel ends a read after a message that carried descriptors, and drops the
+        descriptor for a reader that did not ask for it (``recv``, ``read``). A client that refuses descriptors
+        (``SO_PASSRIGHTS`` off) gets the data plainly."""
+        if self.sock.family != socket.AF_UNIX:
+            self.write(data)
+            return
+        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", _devnull()))
+        try:
+            with self._lock:
+                sent = self.sock.sendmsg([data], [rights])
+                self.sock.sendall(data[sent:])
+        except PermissionError:
+            self.write(data)
 
 
-def _unread_bytes(sock: socket.socket) -> int:
-    """Bytes we sent on a unix socket that the peer has not read yet (SIOCOUTQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+@functools.cache
+def _devnull() -> int:
+    """The descriptor ``Connection._send_alone`` attaches: one, opened once, so a hijack needs no new descriptor."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class _PeerWatch:
@@ -668,18 +705,10 @@ class _PeerWatch:
 
 
 class Hijacked:
-    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends.
+    """The duplex stream after a hijack: stdin from the client, output to it; closed when the process ends."""
 
-    With ``careful`` (docker-py and other non-Go clients) the first payload waits until the client has read the
-    101 headers: on a unix socket we see exactly when (the send queue drains); elsewhere we wait a fixed gap.
-    """
-
-    FIXED_GAP = 0.2  # what the recorded race needed over TCP: 0 lost outputs in 30 with 200 ms
-    CONSUME_LIMIT = 2.0
-
-    def __init__(self, conn: Connection, careful: bool) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._careful = careful
 
     def read(self, size: int = 65536) -> bytes:
         """Client input; ``b""`` once the client half-closed or hung up."""
@@ -688,19 +717,7 @@ class Hijacked:
         except (OSError, ValueError, ssl.SSLError):
             return b""
 
-    def _wait_headers_read(self) -> None:
-        sock = self.conn.sock
-        if sock.family != socket.AF_UNIX:
-            time.sleep(self.FIXED_GAP)
-            return
-        deadline = time.monotonic() + self.CONSUME_LIMIT
-        while _unread_bytes(sock) and time.monotonic() < deadline:
-            time.sleep(0.002)
-
     def write(self, data: bytes) -> None:
-        if self._careful:
-            self._careful = False
-            self._wait_headers_read()
         self.conn.write(data)
 
     def finish(self) -> None:
@@ -754,26 +771,42 @@ class Route:
 
 
 class Router:
-    """Routes in registration order (specific paths before ``{name:.*}`` ones, as moby registers them)."""
+    """Routes in registration order (specific paths before ``{name:.*}`` ones, as moby registers them).
+
+    A path without parameters is found in a dict (unless a route registered before it matches it too); the others
+    are tried in order among the routes of the request's method: the fixed cost of every request."""
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        self._fixed: dict[tuple[str, str], Route] = {}
+        self._patterns: dict[str, list[Route]] = collections.defaultdict(list)
 
     def add(self, method: str, pattern: str, summary: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.routes.append(Route(method, pattern, handler, summary))
+            route = Route(method, pattern, handler, summary)
+            self.routes.append(route)
+            if "{" in pattern:
+                self._patterns[method].append(route)
+            elif not self._first(method, pattern) and (method, pattern) not in self._fixed:
+                self._fixed[(method, pattern)] = route
             return handler
 
         return register
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-        for route in self.routes:
-            if route.method != method or not path.startswith(route.prefix):
+    def _first(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        for route in self._patterns.get(method, ()):
+            if not path.startswith(route.prefix):
                 continue
             found = route.regex.match(path)
             if found:
                 return route, {key: unquote(value) for key, value in found.groupdict().items()}
         return None
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        route = self._fixed.get((method, path))
+        if route is not None:
+            return route, {}
+        return self._first(method, path)
 
 
 class App:
@@ -897,6 +930,8 @@ class _Gate:
                         self._accept(key.fileobj, data)  # type: ignore[arg-type]
                     elif kind == "handshake":
                         self._handshake(data)
+                    elif kind == "closing":
+                        self._discard_input(data)
                 except Exception:  # a bug here must not stop the daemon from accepting
                     self.app.log(f"accepting connections failed:\n{traceback.format_exc()}")
             self._expire()
@@ -983,13 +1018,38 @@ class _Gate:
             self._selector.modify(pending.sock, selectors.EVENT_WRITE, ("handshake", pending))
             return
         except (OSError, ssl.SSLError, ValueError) as exc:
-            if not isinstance(exc, (ssl.SSLEOFError, ConnectionError)):
+            if isinstance(exc, (ssl.SSLEOFError, ConnectionError)):
+                self._drop(pending)
+            else:
                 self.app.log(f"TLS handshake with {pending.address} refused: {exc}")
-            self._drop(pending)
+                self._close_after_alert(pending)
             return
         self._forget(pending)
         pending.sock.setblocking(True)
         self._admit(pending.sock, pending.address)
+
+    def _close_after_alert(self, pending: _Pending) -> None:
+        """Half-close, then read until the client closes too (``REFUSAL_LINGER`` at most, and never past this
+        connection's handshake deadline) before closing. A TLS 1.3 client sends its first request with its
+        certificate; closing with that request unread makes the kernel answer RST, which can reach the client before
+        the alert saying why ("tls: revoked certificate"). The same reason as Go's ``closeWriteAndWait``."""
+        try:
+            pending.sock.shutdown(socket.SHUT_WR)  # the alert is out; the TLS layer is done with this socket
+        except OSError:
+            self._drop(pending)
+            return
+        pending.deadline = min(pending.deadline, time.monotonic() + REFUSAL_LINGER)
+        self._selector.modify(pending.sock, selectors.EVENT_READ, ("closing", pending))
+
+    def _discard_input(self, pending: _Pending) -> None:
+        try:
+            if pending.sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._drop(pending)
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
         """Serve ``sock`` in a thread of its own, or answer 503 when the connection caps are reached."""

@@ -10,8 +10,9 @@ swapped for a symlink while the copy runs: CVE-2018-15664) can point a copy at t
 * A stopped container gets a temporary overlay mount of its layers with each of its volume and bind mounts
   mounted on top, every mount point resolved inside that root and mounted through its fd.
 
-The container's lock is held meanwhile (start, stop and pause wait), as moby does. Uploads are spooled to disk
-before the container is locked or frozen, so a slow client cannot hold either.
+The container's lock is held meanwhile (start, stop and pause wait), as moby does. Uploads are extracted as they
+arrive (no second copy on disk), as moby does too: a slow client holds the container until the request body's
+idle timeout.
 """
 from __future__ import annotations
 
@@ -20,16 +21,14 @@ import errno
 import os
 import posixpath
 import secrets
-import shutil
 import stat
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
 from machines.runtime import timefmt
 from machines.runtime.errors import InvalidParameter, NotFound
-from machines.runtime.images.archive import tree_tar
+from machines.runtime.images.archive import copy_member, stream_tar, tree_tar
 from machines.runtime.linux import cgroups, safepath
 from machines.runtime.linux import syscalls as sc
 from machines.runtime.linux.paths import tree_size
@@ -37,8 +36,6 @@ from machines.runtime.linux.process import bind_mount
 
 GO_MODE_BITS = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISFIFO, 1 << 25),
                 (stat.S_ISSOCK, 1 << 24), (stat.S_ISBLK, 1 << 26), (stat.S_ISCHR, (1 << 26) | (1 << 21)))
-SPOOL_MEMORY = 1 << 20
-COPY_CHUNK = 1 << 20  # tarfile's stream mode reads 10 KiB at a time by default: a 1 GiB upload ran at half speed
 
 
 def unmount_quietly(path: str) -> None:
@@ -229,17 +226,13 @@ def _clean_parts(name: str) -> list[str]:
     return parts
 
 
-def spool(fileobj: IO[bytes], where: str) -> IO[bytes]:
-    """The whole upload, read before the container is locked or frozen (a slow client then holds neither)."""
-    out = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=where)
-    shutil.copyfileobj(fileobj, out, SPOOL_MEMORY)
-    out.seek(0)
-    return out  # type: ignore[return-value]
-
-
 def put(c: Any, path: str, fileobj: IO[bytes], no_overwrite_dir_non_dir: bool) -> None:
-    """``PUT /archive``: extract a tar into the folder ``path`` of the container."""
-    with spool(fileobj, c.dir) as upload, container_view(c) as root:
+    """``PUT /archive``: extract a tar, streamed from the request body, into the folder ``path`` of the container.
+
+    As moby, each member is written as it arrives while the container is held (locked, and frozen when running):
+    a client that stalls holds it until the body's idle timeout, and an archive refused or cut off half-way
+    leaves the members before the bad one in place."""
+    with container_view(c) as root:
         with _resolving(path, c.name):
             st = root.stat(path)
         if not stat.S_ISDIR(st.st_mode):
@@ -248,12 +241,11 @@ def put(c: Any, path: str, fileobj: IO[bytes], no_overwrite_dir_non_dir: bool) -
             base = root.resolve(path)
         _check_writable(c, base)
         try:
-            tar = tarfile.open(fileobj=upload, mode="r|*", bufsize=COPY_CHUNK)
+            with stream_tar(fileobj) as tar:
+                for m in tar:
+                    _extract(root, base, tar, m, no_overwrite_dir_non_dir)
         except tarfile.TarError as e:
             raise InvalidParameter(f"invalid tar archive: {e}") from None
-        with tar:
-            for m in tar:
-                _extract(root, base, tar, m, no_overwrite_dir_non_dir)
 
 
 def _check_writable(c: Any, path: str) -> None:
@@ -293,12 +285,12 @@ def _extract(root: safepath.Root, base: str, tar: tarfile.TarFile, m: tarfile.Ta
             if not is_dir:
                 os.mkdir(name, 0o755, dir_fd=parent)
         elif m.isreg():
-            src = tar.extractfile(m)
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=parent)
-            with os.fdopen(fd, "wb") as out:
-                if src is not None:
-                    shutil.copyfileobj(src, out, COPY_CHUNK)
+            try:
+                copy_member(tar, m, fd)
+            finally:
+                os.close(fd)
         elif m.issym():
             os.symlink(m.linkname, name, dir_fd=parent)
         elif m.islnk():
@@ -323,4 +315,4 @@ def _extract(root: safepath.Root, base: str, tar: tarfile.TarFile, m: tarfile.Ta
         os.close(parent)
 
 
-__all__ = ["container_view", "export", "get", "head", "put", "spool", "tree_size", "unmount_quietly"]
+__all__ = ["container_view", "export", "get", "head", "put", "tree_size", "unmount_quietly"]

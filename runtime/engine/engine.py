@@ -1074,8 +1074,16 @@ class Engine:
         def running() -> bool:
             return c.running and not c.removed and c.data.get("_start_id") == start_id
 
+        def on_stop(wake: Callable[[], None]) -> Callable[[], None]:
+            def heard(event: dict) -> None:
+                if event["Actor"]["ID"] == c.id and event["Action"] in ("die", "destroy"):
+                    wake()
+
+            return self.bus.listen(heard)
+
         return read_logs(_log_file(c), follow=follow, stdout=stdout, stderr=stderr, since=float(since or 0),
-                         until=float(until or 0), timestamps=timestamps, tail=str(tail), running=running)
+                         until=float(until or 0), timestamps=timestamps, tail=str(tail), running=running,
+                         on_stop=on_stop)
 
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True, logs: bool = False,
                stream: bool = True) -> Session:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from machines.runtime.filters import Args
 
@@ -18,6 +18,20 @@ class EventBus:
         self._first = 0  # sequence number of self._events[0]
         self._cond = threading.Condition()
         self._closed = False
+        self._listeners: list[Callable[[dict], None]] = []
+
+    def listen(self, callback: Callable[[dict], None]) -> Callable[[], None]:
+        """Call ``callback`` with each event emitted from now on, inside ``emit`` and under the bus's lock: it must
+        only wake someone (write to a pipe), never block. Returns the function that ends it; once that returned,
+        ``callback`` is never called again (its pipe may be closed)."""
+        with self._cond:
+            self._listeners.append(callback)
+
+        def stop() -> None:
+            with self._cond:
+                self._listeners.remove(callback)
+
+        return stop
 
     def emit(self, kind: str, action: str, actor_id: str, attributes: dict[str, str]) -> None:
         now = time.time_ns()
@@ -31,6 +45,8 @@ class EventBus:
                 drop = len(self._events) - HISTORY
                 del self._events[:drop]
                 self._first += drop
+            for listener in self._listeners:
+                listener(event)
             self._cond.notify_all()
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Callable
 
 from machines.runtime import timefmt
 from machines.runtime.errors import InvalidParameter
+from machines.runtime.linux import inotify
 
 # The log drivers served and the options each accepts (moby's ValidateLogOpt of json-file and local; none
 # accepts anything). Both keep JSON lines here; local differs in rotating by default and hiding its file.
@@ -92,11 +94,65 @@ def rotated_files(path: str) -> list:
     return list(reversed(older)) + [path]
 
 
+class _Wakeup:
+    """What a follower sleeps on: the log folder's inotify descriptor and a pipe written when the container stops.
+    Where the host gives no inotify descriptor, the follower looks every ``poll`` seconds instead (moby's filenotify
+    falls back to polling the same way)."""
+
+    def __init__(self, folder: str, poll: float) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self._sleep = select.poll()
+        self._sleep.register(self._wake_r, select.POLLIN)
+        try:
+            self._watch: inotify.FolderWatch | None = inotify.FolderWatch(folder)
+            self._sleep.register(self._watch.fd, select.POLLIN)
+        except OSError:
+            self._watch = None
+        self._poll = poll
+
+    def wake(self) -> None:
+        """From any thread: the container stopped."""
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # woken already
+
+    def wait(self, until: float) -> None:
+        """Until the log folder changes, the container stops, or the wall clock reaches ``until`` (0: never)."""
+        timeout = None if self._watch else self._poll
+        if until:
+            left = max(until - time.time(), 0.0)
+            timeout = left if timeout is None else min(timeout, left)
+        self._sleep.poll(None if timeout is None else timeout * 1000)
+        if self._watch:
+            self._watch.clear()
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._watch:
+            self._watch.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _no_stop_signal(wake: Callable[[], None]) -> Callable[[], None]:
+    return lambda: None
+
+
 def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: float = 0, until: float = 0,
               timestamps: bool = False, tail: str = "all", running: Callable[[], bool] = lambda: False,
+              on_stop: Callable[[Callable[[], None]], Callable[[], None]] = _no_stop_signal,
               poll: float = 0.05) -> Iterator[tuple[int, bytes]]:
     """Yields (stream, bytes). ``running`` tells a follower when to stop: after the container ends and the file is
-    drained. A follower notices rotation (a new file at ``path``) and carries on in the new file."""
+    drained. A follower notices rotation (a new file at ``path``) and carries on in the new file.
+
+    A follower sleeps until the shim writes (inotify on the log's folder) or the container stops: ``on_stop(wake)``
+    has ``wake`` called when ``running`` may have turned false, and returns the function that ends that."""
     wanted = {s for s, on in ((1, stdout), (2, stderr)) if on}
     limit: int | None = None if str(tail) in ("all", "", "-1") else max(int(tail), 0)
 
@@ -127,21 +183,38 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
         yield shape(*entry)
     if f is None:
         return
+    if not follow or (until and until < time.time()):
+        f.close()
+        return
+    wakeup = _Wakeup(os.path.dirname(path), poll)
+    stop_listening = on_stop(wakeup.wake)
+
+    def fresh() -> tuple[list[tuple[int, bytes]], bool]:
+        """What was written to ``f`` since the last pass; True once an entry is past ``until``."""
+        out: list[tuple[int, bytes]] = []
+        for entry in _entries(f, wanted):
+            if until and entry[2] and timefmt.parse_rfc3339(entry[2]) > until:
+                return out, True
+            if keep(entry[2]):
+                out.append(shape(*entry))
+        return out, False
+
     try:
-        if not follow or (until and until < time.time()):
-            return
         while True:
             alive = running()
-            for entry in _entries(f, wanted):
-                if until and entry[2] and timefmt.parse_rfc3339(entry[2]) > until:
-                    return
-                if keep(entry[2]):
-                    yield shape(*entry)
+            items, past = fresh()
+            yield from items
+            if past:
+                return
             try:
                 rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
             except FileNotFoundError:
                 rotated = False
             if rotated:
+                items, past = fresh()  # written to the old file after the pass above, before it was rotated
+                yield from items
+                if past:
+                    return
                 f.close()
                 f = open(path, "rb")
                 continue
@@ -149,6 +222,8 @@ def read_logs(path: str, *, follow: bool, stdout: bool, stderr: bool, since: flo
                 return
             if until and time.time() > until:
                 return
-            time.sleep(poll)
+            wakeup.wait(until)
     finally:
+        stop_listening()
+        wakeup.close()
         f.close()

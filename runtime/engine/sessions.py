@@ -127,8 +127,7 @@ class ExecSession(Session):
 
     def read(self) -> Chunk | None:
         while self._outputs and not self._detached:
-            ready, _, _ = select.select(list(self._outputs) + [self._wake_r], [], [])
-            for fd in ready:
+            for fd in _readable(list(self._outputs) + [self._wake_r]):
                 if fd == self._wake_r:
                     return None
                 try:
@@ -198,6 +197,15 @@ class ExecSession(Session):
             threading.Thread(target=_drain, args=(outputs,), name="exec-drain", daemon=True).start()
 
 
+def _readable(fds: Iterable[int]) -> list[int]:
+    """Those of ``fds`` with data or at their end, once one is: ``poll``, as ``select`` refuses descriptors above
+    1023, which a daemon serving many clients hands out."""
+    watch = select.poll()
+    for fd in fds:
+        watch.register(fd, select.POLLIN)
+    return [fd for fd, _ in watch.poll()]
+
+
 def _close_all(fds: Iterable[int]) -> None:
     for fd in fds:
         try:
@@ -211,8 +219,7 @@ def _drain(fds: set[int]) -> None:
     readable = set(fds)
     try:
         while readable:
-            ready, _, _ = select.select(list(readable), [], [])
-            for fd in ready:
+            for fd in _readable(readable):
                 try:
                     data = os.read(fd, 65536)
                 except OSError:  # EIO: a terminal whose last user is gone

@@ -11,6 +11,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -18,11 +19,14 @@ import io
 import logging
 import os
 import posixpath
+import queue
 import shutil
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
+import threading
+import zlib
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from machines.runtime.errors import InvalidParameter
@@ -119,24 +123,72 @@ def decompressed(path: str) -> _Decompressed:
     return _Decompressed(path)
 
 
-class HashingReader(io.RawIOBase):
-    """Counts and hashes what is read through it, so one pass gives the diff ID and the tar size."""
+def read_exact(raw: IO[bytes], size: int) -> bytes:
+    """Exactly ``size`` bytes of ``raw`` (fewer only at its end; all that is left when negative), however few each
+    read of it gives (a socket, a chunked request body)."""
+    parts: list[bytes] = []
+    left = size
+    while left != 0:
+        data = raw.read(left if left > 0 else COPY_CHUNK)
+        if not data:
+            break
+        parts.append(data)
+        if left > 0:
+            left -= len(data)
+    return b"".join(parts)
 
-    def __init__(self, inner: IO[bytes]) -> None:
-        self.inner = inner
-        self.sha = hashlib.sha256()
+
+def read_into(raw: IO[bytes], view: memoryview) -> int:
+    """One read of ``raw`` into ``view`` (its ``readinto`` when it has one: no intermediate bytes object)."""
+    readinto = getattr(raw, "readinto", None)
+    if readinto is not None:
+        return readinto(view) or 0
+    data = raw.read(len(view))
+    view[:len(data)] = data
+    return len(data)
+
+
+class TarSource:
+    """The stream a tar is read from, shaped for speed: exact reads for tarfile's headers (so its own reader never
+    holds data ahead of us), and member data copied straight into files with large reads. tarfile's stream reader
+    copies every byte three times in Python; this reads it once into one buffer and writes it from there.
+    ``sha``, when given, hashes every byte read (a layer's diff ID, trailing padding included)."""
+
+    def __init__(self, raw: IO[bytes], sha: Any = None) -> None:
+        self._raw = raw
+        self._buffer: memoryview | None = None
+        self.sha = sha
         self.count = 0
 
-    def readable(self) -> bool:
-        return True
+    def _seen(self, data: Any) -> None:
+        if self.sha is not None:
+            self.sha.update(data)
+        self.count += len(data)
 
-    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
-        data = self.inner.read(len(buf))
-        n = len(data)
-        buf[:n] = data
-        self.sha.update(data)
-        self.count += n
-        return n
+    def read(self, size: int = -1) -> bytes:
+        """Exactly ``size`` bytes (fewer only at the end; all that is left when negative)."""
+        data = read_exact(self._raw, size)
+        self._seen(data)
+        return data
+
+    def copy_to(self, fd: int, size: int) -> None:
+        """The next ``size`` bytes written to ``fd``; tarfile's error when the data ends early."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(COPY_CHUNK))
+        while size:
+            view = self._buffer[:min(size, COPY_CHUNK)]
+            n = read_into(self._raw, view)
+            if not n:
+                raise tarfile.ReadError("unexpected end of data")
+            chunk = view[:n]
+            self._seen(chunk)
+            while chunk:
+                chunk = chunk[os.write(fd, chunk):]
+            size -= n
+
+    def skip(self, size: int) -> None:
+        """Pass over up to ``size`` bytes (a member's padding, which tarfile does not miss at the very end)."""
+        self.read(size)
 
     def drain(self) -> None:
         """Read to the end: the padding after the tar's end marker belongs to the diff ID too."""
@@ -146,6 +198,275 @@ class HashingReader(io.RawIOBase):
     @property
     def digest(self) -> str:
         return "sha256:" + self.sha.hexdigest()
+
+
+def open_tar(source: TarSource) -> tarfile.TarFile:
+    """A streamed tar over ``source`` whose reader asks for one 512-byte block at a time, so that after each header
+    the stream stands exactly at the member's data (see ``copy_member``)."""
+    return tarfile.open(fileobj=source, mode="r|", tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
+                        bufsize=tarfile.BLOCKSIZE)
+
+
+def copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
+    """Write regular member ``m``'s data to ``fd``: straight from the ``TarSource`` under a tar from ``open_tar``
+    (its padding skipped and tarfile's position moved past both), else through ``extractfile``."""
+    stream: Any = tar.fileobj
+    source = getattr(stream, "fileobj", None)
+    next_header = m.offset_data + ((m.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    if isinstance(source, TarSource) and not m.sparse and stream.buf == b"" and stream.pos == m.offset_data:
+        source.copy_to(fd, m.size)
+        source.skip(next_header - m.offset_data - m.size)
+        stream.pos = next_header
+        return
+    src = tar.extractfile(m)
+    assert src is not None
+    for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
+        while chunk:
+            chunk = chunk[os.write(fd, chunk):]
+
+
+def stream_tar(fileobj: IO[bytes]) -> tarfile.TarFile:
+    """A tar read from ``fileobj``, plain (the fast ``open_tar`` path) or compressed (tarfile's own ``r|*`` reader,
+    with its errors: what ``docker cp`` and build contexts send is plain)."""
+    head = read_exact(fileobj, 6)
+    raw = _Replay(head, fileobj)
+    if detect_compression(head) == "none":
+        return open_tar(TarSource(raw))  # type: ignore[arg-type]
+    return tarfile.open(fileobj=raw, mode="r|*", tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
+                        bufsize=COPY_CHUNK)
+
+
+class _Replay(io.RawIOBase):
+    """``head`` (bytes already read to detect compression) and then the rest of ``inner``."""
+
+    def __init__(self, head: bytes, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._head = head
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data = self._head if size < 0 else self._head[:size]
+            self._head = self._head[len(data):]
+            return data
+        return self._inner.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._head and hasattr(self._inner, "readinto"):
+            return self._inner.readinto(buffer)
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+# --- layer blobs, read once ----------------------------------------------------------------------------------
+
+class Blob(io.RawIOBase):
+    """A layer blob read once from start to end while its layer is unpacked: hashed as it goes and kept in ``path``.
+    ``finish`` reads what is left and checks the digest (``expected``), so a blob is verified before its layer is
+    committed without a pass of its own. Subclasses say where the bytes come from (``_next``)."""
+
+    def __init__(self, path: str, expected: str | None = None, hashed: bool = True) -> None:
+        super().__init__()
+        self.path = path
+        self.expected = expected
+        self.size = 0
+        self._sha = hashlib.sha256() if hashed else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._next(view)
+        if n and self._sha is not None:
+            self._sha.update(view[:n])
+        self.size += n
+        return n
+
+    def _next(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def finish(self) -> tuple[str, int]:
+        """(digest, size) of the whole blob once read to its end; a digest other than ``expected`` raises (again
+        on every call)."""
+        if self._sha is None:  # known already: nothing left to check
+            assert self.expected is not None
+            return self.expected, os.path.getsize(self.path)
+        buffer = bytearray(COPY_CHUNK)
+        while self.readinto(buffer):
+            pass
+        digest = "sha256:" + self._sha.hexdigest()
+        if self.expected is not None and digest != self.expected:
+            self._mismatch(digest)
+        return digest, self.size
+
+    def _mismatch(self, digest: str) -> None:
+        raise InvalidParameter(f"blob digest mismatch: expected {self.expected}, got {digest}")
+
+
+class FileBlob(Blob):
+    """A blob already in a file; ``verified``: its digest is known to be ``expected`` (it was hashed on arrival)."""
+
+    def __init__(self, path: str, expected: str | None = None, verified: bool = False) -> None:
+        super().__init__(path, expected, hashed=not (verified and expected is not None))
+        self._file = open(path, "rb")
+
+    def _next(self, view: memoryview) -> int:
+        return self._file.readinto(view) or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class CopiedBlob(Blob):
+    """A blob arriving as a stream (a request body), written to the new file ``path`` as it is read."""
+
+    def __init__(self, fileobj: IO[bytes], path: str) -> None:
+        super().__init__(path)
+        self._source = fileobj
+        self._out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def _next(self, view: memoryview) -> int:
+        n = read_into(self._source, view)
+        chunk = view[:n]
+        while chunk:
+            chunk = chunk[os.write(self._out, chunk):]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._out)
+        super().close()
+
+
+class _Inflater(io.RawIOBase):
+    """The gzip members of ``raw`` inflated in pieces of at most the caller's size, from 1 MiB reads of ``raw``
+    (``gzip.GzipFile`` reads its input 8 KiB at a time on Python 3.11). Zero padding after a member is skipped, as
+    gzip does; a stream that ends inside a member is an error (zlib checks each member's CRC and length)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._inflate = zlib.decompressobj(31)
+        self._input = b""
+        self._started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size > 0 else COPY_CHUNK
+        while True:
+            if not self._input:
+                self._input = self._raw.read(COPY_CHUNK)
+                if not self._input:
+                    if self._inflate.eof or not self._started:
+                        return b""
+                    raise tarfile.ReadError("unexpected end of compressed data")
+            if self._inflate.eof:  # another member follows, or zero padding
+                self._input = self._input.lstrip(b"\0")
+                if not self._input:
+                    continue
+                self._inflate = zlib.decompressobj(31)
+            try:
+                out = self._inflate.decompress(self._input, size)
+            except zlib.error as exc:
+                raise tarfile.ReadError(f"invalid compressed data: {exc}") from None
+            self._started = True
+            self._input = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
+            if out:
+                return out
+
+    def readinto(self, buffer: Any) -> int:
+        out = self.read(len(buffer))
+        memoryview(buffer).cast("B")[:len(out)] = out
+        return len(out)
+
+
+class _ReadAhead(io.RawIOBase):
+    """``raw`` read by a thread of its own, up to ``DEPTH`` pieces ahead of the reader. A pull's work then runs on
+    every core there is (download and blob digest in one thread, inflate in another, tar, diff ID and file writes in
+    the caller's): each of them releases the GIL. Its errors are raised here, in order; ``close`` stops the thread and waits for it, so the blob under
+    it has one reader again."""
+
+    DEPTH = 4
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._pieces: queue.Queue[tuple[bytes, BaseException | None]] = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._rest = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._produce, args=(raw,), name="unpack-read", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def _produce(self, raw: IO[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                data = raw.read(COPY_CHUNK)
+                self._put(data, None)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, in order
+            self._put(b"", exc)
+
+    def _put(self, data: bytes, error: BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pieces.put((data, error), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._rest:
+            if self._ended:
+                return 0
+            data, error = self._pieces.get()
+            if error is not None or not data:
+                self._ended = True
+                if error is not None:
+                    raise error
+                return 0
+            self._rest = memoryview(data)
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._rest))
+        view[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
+
+
+@contextlib.contextmanager
+def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
+    """``blob``'s compression and its uncompressed bytes, streamed while the blob is read (plain and gzip, see
+    ``_ReadAhead``); a zstd
+    blob is read to its end (and verified) first, then decompressed from its file by the zstd program."""
+    head = read_exact(blob, 6)  # type: ignore[arg-type]
+    kind = detect_compression(head)
+    raw: IO[bytes] = _Replay(head, blob)  # type: ignore[arg-type, assignment]
+    if kind == "zstd":
+        blob.finish()
+        with decompressed(blob.path) as unpacked:
+            yield kind, unpacked
+        return
+    with contextlib.ExitStack() as stack:  # closed in reverse: the inflating thread stops before the reading one
+        stream: IO[bytes] = stack.enter_context(_ReadAhead(raw))  # type: ignore[arg-type]
+        if kind == "gzip":
+            stream = stack.enter_context(_ReadAhead(_Inflater(stream)))  # type: ignore[arg-type]
+        yield kind, stream
 
 
 def drain(stream: IO[bytes]) -> None:
@@ -277,12 +598,12 @@ class _Extractor:
                 pass
         elif m.isreg():
             safepath.clear(parent, base)
-            src = tar.extractfile(m)
-            assert src is not None
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=parent)
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(src, out, COPY_CHUNK)
+            try:
+                copy_member(tar, m, fd)
+            finally:
+                os.close(fd)
             self.size += m.size
         elif m.issym():
             if not m.linkname.startswith("/"):
@@ -383,10 +704,9 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         last = member
 
 
-def _unpack(stream: IO[bytes], ex: _Extractor, mode: str) -> None:
+def _unpack(open_: Callable[[], tarfile.TarFile], ex: _Extractor) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode=mode, tarinfo=_GuardedTarInfo,  # type: ignore[call-overload]
-                          bufsize=COPY_CHUNK) as tar:
+        with open_() as tar:
             for m in _members(tar):
                 ex.member(tar, m)
         ex.finish()
@@ -401,12 +721,12 @@ def extract_layer(stream: IO[bytes], dest: str) -> tuple[str, int, int]:
 
     Returns ``(diff_id, unpacked_size, tar_size)``. The caller deletes ``dest`` if this raises.
     """
-    reader = HashingReader(stream)
+    source = TarSource(stream, hashlib.sha256())
     os.mkdir(dest, 0o755)
     ex = _Extractor(dest)
-    _unpack(reader, ex, "r|")  # type: ignore[arg-type]
-    reader.drain()
-    return reader.digest, ex.size, reader.count
+    _unpack(lambda: open_tar(source), ex)
+    source.drain()
+    return source.digest, ex.size, source.count
 
 
 def extract_tree(stream: IO[bytes], dest: str) -> None:
@@ -415,7 +735,7 @@ def extract_tree(stream: IO[bytes], dest: str) -> None:
     Same refusals as layers, but ``.wh.`` names are ordinary files here.
     """
     os.makedirs(dest, exist_ok=True)
-    _unpack(stream, _Extractor(dest, whiteouts=False), "r|*")
+    _unpack(lambda: stream_tar(stream), _Extractor(dest, whiteouts=False))
 
 
 # --- tars from overlay upper dirs ----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import http.client
 import ipaddress
 import json
@@ -262,6 +261,10 @@ class Session:
         except OSError as exc:
             raise HostError(f'{method.capitalize()} "{url}": {exc}') from None
 
+    def ping(self) -> Response:
+        """``GET /v2/`` without credentials, as clients probe a registry for its API version and extensions."""
+        return self._send("GET", self.base + "/v2/", {})
+
     def request(self, method: str, path_or_url: str, headers: dict[str, str] | None = None,
                 body: object = None, *, redirects: int = 5) -> Response:
         """Send with auth; answer one 401 challenge; follow redirects (dropping Authorization off-host)."""
@@ -391,16 +394,6 @@ def parse_platform(text: str | None) -> dict[str, str]:
     return out
 
 
-def _hash_file_from(path: str, sha: hashlib._Hash, offset: int) -> int:
-    """Feed ``path`` from ``offset`` to its end into ``sha`` (a resumed download's earlier bytes)."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            sha.update(chunk)
-            offset += len(chunk)
-    return offset
-
-
 _download_locks: dict[str, threading.Lock] = {}
 _download_guard = threading.Lock()
 
@@ -422,85 +415,143 @@ class _Puller:
         self.downloads = os.path.join(store.root, "downloads")
         os.makedirs(self.downloads, exist_ok=True)
 
-    def fetch_blob(self, desc: dict, short: str) -> str:
-        """Download a blob to downloads/<hex>.partial (resuming with Range), hashing it as it arrives; verify."""
-        digest = desc["digest"]
-        total = int(desc.get("size") or 0)
-        path = os.path.join(self.downloads, os.path.basename(self.store.blob_path(digest)) + ".partial")
-        sha, hashed = hashlib.sha256(), 0
-        for attempt in range(3):
-            have = os.path.getsize(path) if os.path.exists(path) else 0
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            try:
-                resp = self.session.request("GET", f"/v2/{self.session.ref.path}/blobs/{digest}", headers)
-            except HostError:
-                if attempt == 2:
-                    raise
-                continue
-            try:
-                if resp.status == 416 and have:
-                    resp.read()
-                elif resp.status not in (200, 206):
-                    body = resp.read()
-                    if resp.status == 404:
-                        raise NotFound(f"blob {digest} not found: {_registry_error(body, 'blob unknown')}")
-                    raise HostError(f"fetching blob {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
-                else:
-                    if resp.status == 206:
-                        hashed = _hash_file_from(path, sha, hashed)
-                    else:
-                        sha, hashed = hashlib.sha256(), 0
-                    hashed = self._receive(resp, path, "ab" if resp.status == 206 else "wb", sha, hashed, short,
-                                           total)
-            except OSError as exc:
-                if attempt == 2:
-                    raise HostError(f"fetching blob {digest}: {exc}") from None
-                continue
-            finally:
-                resp.close()
-            if total and os.path.getsize(path) < total and attempt < 2:
-                continue  # connection dropped: resume from what we have
-            break
-        self.events.put(_message("Verifying Checksum", short))
-        hashed = _hash_file_from(path, sha, hashed)
-        if "sha256:" + sha.hexdigest() != digest:
-            os.unlink(path)
-            raise InvalidParameter(f"filesystem layer verification failed for digest {digest}")
-        self.events.put(_message("Download complete", short))
-        return path
-
-    def _receive(self, resp: Response, path: str, mode: str, sha: hashlib._Hash, hashed: int, short: str,
-                 total: int) -> int:
-        """Append the response body to ``path``, hashing and reporting progress; returns the bytes hashed."""
-        last = 0
-        with open(path, mode) as out:
-            while True:
-                if self.stop.is_set():
-                    raise HostError("pull cancelled")
-                chunk = resp.read(CHUNK)
-                if not chunk:
-                    return hashed
-                out.write(chunk)
-                sha.update(chunk)
-                hashed += len(chunk)
-                if hashed - last >= CHUNK * 2 or hashed == total:
-                    last = hashed
-                    self.events.put(_message("Downloading", short, progressDetail={
-                        "current": hashed, "total": total}, progress=_progress_bar(hashed, total)))
-
     def layer(self, desc: dict, diff_id: str, parent: str | None, pins: list[str]) -> None:
+        """Download and unpack one layer in a single pass (``ImageStore.add_layer_from``: the blob's digest is
+        checked before the layer is committed)."""
         short = desc["digest"][7:19]
         with _download_lock(self.store.root + desc["digest"]):
-            path = self.fetch_blob(desc, short)
-            self.events.put(_message("Extracting", short))
+            download = _Download(self, desc, short)
             try:
-                layer = self.store.add_layer(path, parent, diff_id=diff_id, blob_digest=desc["digest"], pins=pins,
-                                             blob_verified=True)
+                with download:
+                    layer = self.store.add_layer_from(download, parent, diff_id=diff_id, pins=pins)
                 self.store.remember_blob(layer.chain_id, desc)
             finally:
-                if os.path.exists(path):
-                    os.unlink(path)
+                if os.path.exists(download.path):
+                    os.unlink(download.path)
         self.events.put(_message("Pull complete", short))
+
+
+class _Download(archive.Blob):
+    """A layer blob as it downloads: the bytes an interrupted earlier pull left in ``downloads/<hex>.partial``
+    first, then the registry's from there on (a Range request), each appended to that file as it is read. A
+    connection that drops half-way is resumed the same way (three attempts in all); a registry that ignores
+    Range sends the blob from its start, and the bytes we have are skipped. Progress goes to the pull's events."""
+
+    def __init__(self, puller: _Puller, desc: dict, short: str) -> None:
+        digest = desc["digest"]
+        super().__init__(os.path.join(puller.downloads, os.path.basename(puller.store.blob_path(digest)) + ".partial"),
+                         digest)
+        self._puller = puller
+        self._short = short
+        self._total = int(desc.get("size") or 0)
+        self._earlier = open(self.path, "rb") if os.path.exists(self.path) else None
+        self._out = open(self.path, "ab", buffering=0)
+        self._resp: Response | None = None
+        self._failures = 0
+        self._skip = 0
+        self._reported = 0
+        self._ended = False
+        self._verified = False
+
+    def _message(self, status: str, **extra: object) -> None:
+        self._puller.events.put(_message(status, self._short, **extra))
+
+    def _next(self, view: memoryview) -> int:
+        if self._earlier is not None:
+            n = self._earlier.readinto(view) or 0
+            if n:
+                return n
+            self._earlier.close()
+            self._earlier = None
+        while not self._ended:
+            if self._puller.stop.is_set():
+                raise HostError("pull cancelled")
+            if self._resp is None:
+                self._request()
+                continue
+            try:
+                n = self._resp.resp.readinto(view[:self._skip] if self._skip else view)
+            except OSError as exc:
+                self._failed(exc)
+                continue
+            if not n:
+                self._close_response()
+                if self._total and self.size < self._total:
+                    self._failed(HostError("connection closed before the end of the blob"))
+                    continue
+                self._ended = True
+                self._message("Verifying Checksum")
+                break
+            if self._skip:
+                self._skip -= n
+                continue
+            chunk = view[:n]
+            while chunk:
+                chunk = chunk[self._out.write(chunk):]
+            self._progress(self.size + n)
+            return n
+        return 0
+
+    def _progress(self, done: int) -> None:
+        if done - self._reported >= CHUNK * 2 or done == self._total:
+            self._reported = done
+            self._message("Downloading", progressDetail={"current": done, "total": self._total},
+                          progress=_progress_bar(done, self._total))
+
+    def _request(self) -> None:
+        digest, have = self.expected, self.size
+        try:
+            resp = self._puller.session.request("GET", f"/v2/{self._puller.session.ref.path}/blobs/{digest}",
+                                                {"Range": f"bytes={have}-"} if have else {})
+        except HostError as exc:
+            self._failed(exc)
+            return
+        if resp.status == 416 and have:  # we have it all already
+            resp.read()
+            resp.close()
+            self._ended = True
+            self._message("Verifying Checksum")
+            return
+        if resp.status not in (200, 206):
+            body = resp.read()
+            resp.close()
+            if resp.status == 404:
+                raise NotFound(f"blob {digest} not found: {_registry_error(body, 'blob unknown')}")
+            raise HostError(f"fetching blob {digest}: {_registry_error(body, f'HTTP {resp.status}')}")
+        self._skip = have if resp.status == 200 else 0
+        self._resp = resp
+
+    def _failed(self, exc: Exception) -> None:
+        self._close_response()
+        self._failures += 1
+        if self._failures >= 3:
+            raise HostError(f"fetching blob {self.expected}: {exc}") from None
+
+    def _close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def finish(self) -> tuple[str, int]:
+        digest, size = super().finish()
+        if not self._verified:
+            self._verified = True
+            self._message("Download complete")
+            self._message("Extracting")
+        return digest, size
+
+    def _mismatch(self, digest: str) -> None:
+        self.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        raise InvalidParameter(f"filesystem layer verification failed for digest {self.expected}")
+
+    def close(self) -> None:
+        self._close_response()
+        if self._earlier is not None:
+            self._earlier.close()
+        self._out.close()
+        super().close()
 
 
 def _run_parallel(tasks: list[Callable[[], None]], events: queue.Queue[dict | None],
@@ -853,7 +904,7 @@ def login(auth: dict, options: RegistryOptions | None = None) -> dict:
     session = Session(ref, auth, options or RegistryOptions(), "pull")
     session.scope = ""
     url = session.base + "/v2/"
-    resp = session._send("GET", url, {})
+    resp = session.ping()
     resp.read()
     resp.close()
     if resp.status == 401:

@@ -114,8 +114,7 @@ class ImageService:
 
     def _check_pull(self, session: registry.Session, digest: str) -> None:
         """The trust policy's verdict on the manifest a pull resolved, asked before any layer is fetched."""
-        from machines.runtime.images import trust
-        self.trust.check_pull(session.ref, digest, trust.session_fetch(session))
+        self.trust.check_pull(session, digest)
 
     def admit(self, name: str, image: Image) -> None:
         """Raise trust.Rejected when the policy does not let ``image`` run (or serve as a base image)."""

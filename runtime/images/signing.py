@@ -13,7 +13,8 @@ entry names its signers with podman push's flags: ``"sign-by-sigstore-private-ke
 unencrypted PKCS#8 key ``<data root>/signing/NAME.key``; ``"sign-by": FINGERPRINT`` with
 ``"lookaside-staging": "file:///DIR"`` makes a GPG simple signature with the exported secret key
 ``signing/FINGERPRINT.asc`` (its passphrase in ``signing/FINGERPRINT.pass``) in a throw-away keyring and stores it
-under DIR as skopeo does. Key files are root's, 0600. ``{}`` signs nothing in its scope. Without the file nothing
+as skopeo does: in the registry's signature extension when the registry advertises one (``sigext``), else under
+DIR. Key files are root's, 0600. ``{}`` signs nothing in its scope. Without the file nothing
 is signed, as in Docker.
 """
 
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 from machines.runtime import VERSION
 from machines.runtime.errors import EngineError, HostError, InvalidParameter
-from machines.runtime.images import ecdsa, registry, simplesign, trust
+from machines.runtime.images import ecdsa, registry, sigext, simplesign, trust
 from machines.runtime.images.media import MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, sha256_bytes
 from machines.runtime.images.reference import Reference
 
@@ -181,10 +182,13 @@ class Signing:
             exported = self._key_file(f"{fingerprint}.asc")
             self._key_file(f"{fingerprint}.pass")  # checked like the key: root's, 0600
 
-            def simple(_session_for: SessionFor, pushed: Reference, digest: str) -> str:
+            def simple(session_for: SessionFor, pushed: Reference, digest: str) -> str:
                 signature = simplesign.gpg_sign(
                     atomic_payload(str(pushed), digest, f"machines-runtime {VERSION}"), fingerprint,
                     secret_key=exported, passphrase_file=os.path.join(self.keys_dir, f"{fingerprint}.pass"))
+                session = session_for(pushed)
+                if sigext.supported(session):  # where containers/image puts it: the registry, else the staging
+                    return f"Signature stored in {sigext.store(session, digest, signature)}"
                 return f"Signature stored as {simplesign.write_signature(folder, pushed, digest, signature)}"
 
             actions.append(("Signing manifest using simple signing", simple))

@@ -5,7 +5,8 @@ A signature is an OpenPGP signed message (not detached) whose literal data is th
 ``atomic container signature``. Lookaside locations come from ``registries.d`` files (``<data root>/registries.d``,
 then ``/etc/containers/registries.d``) as containers/image reads them: ``docker: {SCOPE: {lookaside: URL}}`` with
 the most specific scope winning, else ``default-docker``; signatures are ``URL/<repo>@sha256=<hex>/signature-N``
-for N = 1, 2, ... until one is missing. ``file://`` and ``http(s)://`` URLs are read. Verification runs ``gpg`` in a
+for N = 1, 2, ... until one is missing (registries that advertise the signature extension keep them instead: see
+``runtime.images.sigext``). ``file://`` and ``http(s)://`` URLs are read. Verification runs ``gpg`` in a
 throw-away home holding only the policy's keys, so a VALIDSIG can only come from one of them.
 """
 
@@ -19,7 +20,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Callable
 
 from machines.runtime.errors import HostError
@@ -202,17 +203,21 @@ def write_signature(folder: str, ref: Reference, digest: str, signature: bytes) 
     raise HostError(f"{ref.familiar()} already has {MAX_SIGNATURES} signatures in {folder}")
 
 
-def verify_signed_by(keys: list[bytes], ref: Reference, digest: str, base: str | None,
-                     check: Callable[[bytes], str | None]) -> str | None:
-    """None when one signature under the lookaside URL ``base`` verifies with ``keys`` and ``check`` accepts its
-    payload, else the reason (containers/image's words)."""
-    if base is None:
-        return "A signature was required, but no signature exists"
-    reason = "A signature was required, but no signature exists"
+def lookaside_signatures(base: str, ref: Reference, digest: str) -> Iterator[bytes]:
+    """The signatures under the lookaside URL ``base``: ``signature-1``, ``signature-2``, ... until one is missing."""
     for url in signature_urls(base, ref, digest):
         blob = read_url(url)
         if blob is None:
-            break
+            return
+        yield blob
+
+
+def verify_signed_by(keys: list[bytes], signatures: Iterable[bytes],
+                     check: Callable[[bytes], str | None]) -> str | None:
+    """None when one of ``signatures`` verifies with ``keys`` and ``check`` accepts its payload, else the reason
+    (containers/image's words)."""
+    reason = "A signature was required, but no signature exists"
+    for blob in signatures:
         if len(blob) > MAX_SIGNATURE:
             reason = "signature is too large"
             continue

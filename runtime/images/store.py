@@ -265,12 +265,24 @@ class ImageStore:
     def add_layer(self, blob: str, parent_chain: str | None, *, diff_id: str | None = None,
                   blob_digest: str | None = None, pins: builtins.list[str] | None = None,
                   blob_verified: bool = False) -> Layer:
-        """Unpack the layer blob file ``blob`` (plain/gzip/zstd) on top of ``parent_chain``.
+        """Unpack the layer blob file ``blob`` (plain/gzip/zstd) on top of ``parent_chain`` (see ``add_layer_from``).
 
-        ``diff_id`` and ``blob_digest``, when known, are verified; a mismatch or a hostile layer raises and leaves
-        nothing. When ``diff_id`` is known and the layer already exists it is not unpacked again. The blob file is
-        hard-linked (not moved) into the layer, so callers may reuse and must delete it. ``blob_verified`` says the
-        caller already hashed the blob to ``blob_digest`` (a download), which saves a pass over it.
+        The blob file is hard-linked (not moved) into the layer, so callers may reuse and must delete it.
+        ``blob_verified`` says the caller already hashed the blob to ``blob_digest`` (a download), which saves
+        hashing it again.
+        """
+        with archive.FileBlob(blob, blob_digest, blob_verified) as source:
+            return self.add_layer_from(source, parent_chain, diff_id=diff_id, pins=pins)
+
+    def add_layer_from(self, blob: archive.Blob, parent_chain: str | None, *, diff_id: str | None = None,
+                       pins: builtins.list[str] | None = None) -> Layer:
+        """Unpack a layer in the one pass that reads its blob (a download as it arrives, a file, a request body).
+
+        The blob's digest (``blob.expected``) and ``diff_id``, when known, are verified before the layer is
+        committed: it is unpacked in a fresh folder under tmp/ and renamed into place only then, so a mismatch or
+        a hostile layer raises and leaves nothing. When the extraction fails the rest of the blob is still read,
+        so that a corrupt blob is reported as one (its digest) rather than as whatever its bytes unpacked to.
+        When ``diff_id`` is known and the layer already exists, nothing is read.
         """
         if diff_id is not None:
             chain = chain_id(parent_chain, diff_id)
@@ -278,24 +290,21 @@ class ImageStore:
                 if self.has_layer(chain):
                     self._pin(pins, chain)
                     return self.layer(chain)
-        if blob_verified and blob_digest is not None:
-            actual_blob, blob_size = blob_digest, os.path.getsize(blob)  # hashed as it was downloaded
-        else:
-            actual_blob, blob_size = archive.file_digest(blob)
-        if blob_digest is not None and actual_blob != blob_digest:
-            raise InvalidParameter(f"blob digest mismatch: expected {blob_digest}, got {actual_blob}")
         work = self.tmpdir()
         try:
-            with open(blob, "rb") as f:
-                compression = archive.detect_compression(f.read(6))
-            if compression not in LAYER_MEDIA:
-                raise InvalidParameter(f"unsupported layer compression {compression}")
-            with archive.decompressed(blob) as stream:
-                actual_diff, size, tar_size = archive.extract_layer(stream, os.path.join(work, "diff"))
+            try:
+                with archive.unpacking_stream(blob) as (compression, stream):
+                    if compression not in LAYER_MEDIA:
+                        raise InvalidParameter(f"unsupported layer compression {compression}")
+                    actual_diff, size, tar_size = archive.extract_layer(stream, os.path.join(work, "diff"))
+            except InvalidParameter:  # a hostile or broken layer, or a corrupt blob: say which
+                blob.finish()
+                raise
+            actual_blob, blob_size = blob.finish()
             if diff_id is not None and actual_diff != diff_id:
                 raise InvalidParameter(f"layer diff ID mismatch: expected {diff_id}, got {actual_diff}")
             chain = chain_id(parent_chain, actual_diff)
-            os.link(blob, os.path.join(work, "blob"))
+            os.link(blob.path, os.path.join(work, "blob"))
             meta = {"chain_id": chain, "diff_id": actual_diff, "parent": parent_chain, "size": size,
                     "tar_size": tar_size, "blob_digest": actual_blob, "blob_size": blob_size,
                     "media_type": LAYER_MEDIA[compression]}
@@ -685,11 +694,9 @@ class ImageStore:
 
     def add_layer_stream(self, fileobj: IO[bytes], parent_chain: str | None,
                          pins: builtins.list[str] | None = None) -> Layer:
-        """``add_layer`` for a layer that arrives as a stream (request bodies)."""
-        with self.workdir() as work:
-            path = os.path.join(work, "layer")
-            digest = archive.copy_hashing(fileobj, path)
-            return self.add_layer(path, parent_chain, pins=pins, blob_digest=digest, blob_verified=True)
+        """``add_layer`` for a layer that arrives as a stream (request bodies): unpacked as it arrives."""
+        with self.workdir() as work, archive.CopiedBlob(fileobj, os.path.join(work, "layer")) as blob:
+            return self.add_layer_from(blob, parent_chain, pins=pins)
 
     def import_tar(self, fileobj: IO[bytes], repo_tag: str | None = None,
                    changes: Sequence[str] | None = None, message: str = "") -> str:

@@ -4,11 +4,12 @@ The policy lives at ``<data root>/policy.json`` (``machines create --engine-trus
 afresh for every pull, so replacing the file changes the next pull. Without the file everything is accepted, as in
 Docker. Requirements: ``insecureAcceptAnything``, ``reject``, ``sigstoreSigned`` (``keyPath``/``keyPaths``/
 ``keyData``, cosign's signature attachment ``sha256-<hex>.sig`` in the same repository, ECDSA P-256 verified by
-``runtime.images.ecdsa``) and ``signedBy`` (GPG simple signing from a registries.d lookaside, verified by the
-host's ``gpg``; see ``runtime.images.simplesign``). Scopes are looked up like containers/image's ``docker`` transport: the full
-reference, the repository, each parent namespace, the registry host, ``*.domain`` wildcards, the transport's ``""``,
-then ``default``. Images that did not come from a registry (built, loaded, imported, committed) are judged by the
-``docker-daemon`` transport's ``""`` scope (else ``default``): the policy entry for local images.
+``runtime.images.ecdsa``) and ``signedBy`` (GPG simple signing from the registry's signature extension or a
+registries.d lookaside, verified by the host's ``gpg``; see ``runtime.images.simplesign`` and ``sigext``). Scopes
+are looked up like containers/image's ``docker`` transport: the full reference, the repository, each parent
+namespace, the registry host, ``*.domain`` wildcards, the transport's ``""``, then ``default``. Images that did
+not come from a registry (built, loaded, imported, committed) are judged by the ``docker-daemon`` transport's ``""``
+scope (else ``default``): the policy entry for local images.
 
 Whether a pulled image passed is remembered per ``repo@digest`` together with the policy's digest, so
 ``docker run`` refuses an image pulled before (or without) the current policy instead of trusting it blindly.
@@ -25,7 +26,7 @@ import threading
 from typing import Any, Callable
 
 from machines.runtime.errors import EngineError, Forbidden, InvalidParameter
-from machines.runtime.images import ecdsa, registry, simplesign
+from machines.runtime.images import ecdsa, registry, sigext, simplesign
 from machines.runtime.images.media import MEDIA_OCI_MANIFEST, sha256_bytes
 from machines.runtime.images.reference import Reference, parse
 
@@ -209,7 +210,7 @@ def check_payload(payload: bytes, kind: str, digest: str, rule: dict, wanted: Re
     if signed_type != kind:
         return f"unrecognized signature type {signed_type!r}"
     if signed_digest != digest:
-        return f'Signature for docker-manifest-digest "{signed_digest}" does not match'
+        return f"Signature for digest {signed_digest} does not match"
     if not identity_matches(rule.get("signedIdentity") or {}, wanted, str(signed_ref)):
         return f'Signature for identity "{signed_ref}" is not accepted'
     return None
@@ -263,9 +264,15 @@ def verify_sigstore(policy: Policy, req: dict, fetch: Fetch, ref: Reference, dig
     return reason
 
 
-def verify_signed_by(policy: Policy, req: dict, ref: Reference, digest: str, folders: list) -> str | None:
-    """None when a GPG simple signature from the lookaside verifies with the policy's keys and names this image."""
-    return simplesign.verify_signed_by(policy.key_blobs(req), ref, digest, simplesign.lookaside_url(ref, folders),
+def verify_signed_by(policy: Policy, req: dict, session: registry.Session, digest: str, folders: list) -> str | None:
+    """None when a GPG simple signature (from the registry's signature extension, else the lookaside) verifies with
+    the policy's keys and names this image; else the reason."""
+    ref = session.ref
+    try:
+        found = sigext.simple_signatures(session, digest, simplesign.lookaside_url(ref, folders))
+    except sigext.ExtensionError as exc:
+        return str(exc)
+    return simplesign.verify_signed_by(policy.key_blobs(req), found or [],
                                        lambda payload: check_payload(payload, ATOMIC_TYPE, digest, req, ref))
 
 
@@ -288,11 +295,13 @@ class Trust:
             raise PolicyError(f"invalid trust policy: {exc.strerror}") from None
         return Policy(raw, os.path.dirname(self.path))
 
-    def check_pull(self, ref: Reference, digest: str, fetch: Fetch) -> None:
-        """Raise Rejected unless every requirement for ``ref`` accepts the manifest ``digest``; mark it if so."""
+    def check_pull(self, session: registry.Session, digest: str) -> None:
+        """Raise Rejected unless every requirement for the session's image accepts the manifest ``digest``; mark
+        it if so."""
         policy = self.policy()
         if policy is None:
             return
+        ref, fetch = session.ref, session_fetch(session)
         shown = ref.familiar()
         for req in policy.requirements_for(ref):
             kind = req["type"]
@@ -301,7 +310,7 @@ class Trust:
             if kind == "sigstoreSigned":
                 reason = verify_sigstore(policy, req, fetch, ref, digest)
             elif kind == "signedBy":
-                reason = verify_signed_by(policy, req, ref, digest, self.registries_d)
+                reason = verify_signed_by(policy, req, session, digest, self.registries_d)
             else:
                 reason = None
             if reason:

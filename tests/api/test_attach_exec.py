@@ -3,11 +3,13 @@ docker-py's sockets: what a user sees when detaching, and every byte of output i
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pty
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Iterator
@@ -295,3 +297,93 @@ def test_attach_streams_are_byte_exact(client: docker.DockerClient, daemon: Daem
         assert logged == b"a\x00b\xffz"
     finally:
         container.remove(force=True)
+
+
+def _connect(daemon: Daemon, transport: str) -> socket.socket:
+    if transport == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(daemon.socket_path))
+        return sock
+    host, port = daemon.tcp[len("tcp://"):].rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(daemon.pki["ca"]))
+    context.load_cert_chain(str(daemon.pki["client-cert"]), str(daemon.pki["client-key"]))
+    return context.wrap_socket(socket.create_connection((host, int(port))), server_hostname="localhost")
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
+def test_output_sent_before_a_buffered_client_reads_the_headers_reaches_it(
+        client: docker.DockerClient, daemon: Daemon, sleeper: Any, transport: str) -> None:
+    """docker-py's way: the 101 headers through http.client's buffered reader, then the payload from the socket
+    underneath. The client reads nothing until the daemon has written everything and hung up, so any payload
+    the daemon let a read take together with the headers would be lost in the buffer."""
+    exec_id = client.api.exec_create(sleeper.id, ["sh", "-c", "echo out; echo err >&2"])["Id"]
+    sock = _connect(daemon, transport)
+    sock.settimeout(30)
+    try:
+        body = b'{"Detach": false, "Tty": false}'
+        sock.sendall(b"POST /v1.41/exec/%s/start HTTP/1.1\r\nHost: docker\r\nUser-Agent: docker-sdk-python/7.1.0\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (exec_id.encode(), len(body), body))
+        watch = select.poll()
+        watch.register(sock, select.POLLRDHUP)
+        assert watch.poll(30000), "the daemon did not end the stream"  # output and hang-up all queued, unread
+        response = http.client.HTTPResponse(sock)  # reads the headers through an 8 KiB buffer, as docker-py does
+        response.begin()
+        assert response.status == 101
+        frames = _demux(_read_all(sock))
+    finally:
+        sock.close()
+    assert b"".join(data for stream, data in frames if stream == 1) == b"out\n"
+    assert b"".join(data for stream, data in frames if stream == 2) == b"err\n"
+
+
+SO_PASSRIGHTS = 83  # Linux 6.16: a unix socket that refuses descriptors (the sender's sendmsg fails with EPERM)
+
+
+def test_a_client_that_refuses_descriptors_still_gets_its_stream(client: docker.DockerClient, daemon: Daemon,
+                                                                sleeper: Any) -> None:
+    exec_id = client.api.exec_create(sleeper.id, ["sh", "-c", "echo out; echo err >&2"])["Id"]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+    except OSError:
+        sock.close()
+        pytest.skip("this kernel has no SO_PASSRIGHTS (Linux < 6.16)")
+    sock.settimeout(30)
+    try:
+        sock.connect(str(daemon.socket_path))
+        body = b'{"Detach": false, "Tty": false}'
+        sock.sendall(b"POST /v1.41/exec/%s/start HTTP/1.1\r\nHost: docker\r\nUser-Agent: docker-sdk-python/7.1.0\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (exec_id.encode(), len(body), body))
+        head, _, rest = _read_all(sock).partition(b"\r\n\r\n")
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 101 UPGRADED")
+    frames = _demux(rest)
+    assert b"".join(data for stream, data in frames if stream == 1) == b"out\n"
+    assert b"".join(data for stream, data in frames if stream == 2) == b"err\n"
+    assert daemon.alive()
+
+
+def test_docker_py_over_mutual_tls_gets_every_exec_and_attach_output(daemon: Daemon, image: str, sleeper: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests would ignore our CA (psf/requests#3829)
+        monkeypatch.delenv(key, raising=False)
+    host, port = daemon.tcp[len("tcp://"):].rsplit(":", 1)
+    tls = docker.tls.TLSConfig(client_cert=(str(daemon.pki["client-cert"]), str(daemon.pki["client-key"])),
+                               ca_cert=str(daemon.pki["ca"]), verify=True)
+    api = docker.APIClient(base_url=f"https://{host}:{port}", tls=tls, version="auto", timeout=60)
+    try:
+        for attempt in range(10):  # the output follows the headers at once: nothing may be lost between them
+            exec_id = api.exec_create(sleeper.id, ["echo", f"tls{attempt}"])["Id"]
+            assert api.exec_start(exec_id) == b"tls%d\n" % attempt
+        done = api.create_container(image, ["echo", "attached"])["Id"]
+        try:
+            api.start(done)
+            assert api.wait(done)["StatusCode"] == 0
+            assert api.attach(done, stdout=True, stderr=True, logs=True, stream=False) == b"attached\n"
+        finally:
+            api.remove_container(done, force=True)
+    finally:
+        api.close()

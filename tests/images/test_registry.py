@@ -130,7 +130,7 @@ def test_manifest_list_picks_host_platform_and_skips_attestations(service, store
     assert resp.status == 201
     _wipe(store)
     messages = list(service.pull(f"{registry.host}/multi:index"))
-    assert messages[-2]["status"] == "Digest: sha256:" + registry_mod.hashlib.sha256(index).hexdigest()
+    assert messages[-2]["status"] == "Digest: sha256:" + hashlib.sha256(index).hexdigest()
     assert store.resolve(f"{registry.host}/multi:index").id == image.id
     with pytest.raises(NotFound, match="no matching manifest for linux/s390x"):
         list(service.pull(f"{registry.host}/multi:index", platform="linux/s390x"))

@@ -4,43 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import tarfile
-import time
-
-import pytest
 
 from tests.support import busybox
-from tests.support.daemon import Daemon, free_subnet, link_exists, start_daemon, stop_daemon, wait_for_listen
 from tests.trust.conftest import run_machines
 
 REFUSED = "Source image rejected: A signature was required, but no signature exists"
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    root = tmp_path / "daemon"
-    root.mkdir()
-    socket_path = root / "docker.sock"
-    bridge = f"trst{os.getpid() % 100000}"
-    process = start_daemon(root, ["--host", f"unix://{socket_path}", "--bridge-subnet", free_subnet(197),
-                                  "--bridge-name", bridge])
-    try:
-        wait_for_listen(root / "daemon.log", process, time.monotonic() + 30)
-    except Exception:
-        stop_daemon(process)
-        raise
-    instance = Daemon(root, process, socket_path, "", {}, bridge, root / "daemon.log")
-    yield instance
-    try:
-        ids = instance.docker("ps", "-aq").stdout.split()
-        if ids:
-            instance.docker("rm", "-f", *[item.decode() for item in ids], timeout=120)
-    finally:
-        stop_daemon(process)
-        if link_exists(bridge):
-            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
 def _context(dockerfile: str) -> bytes:

@@ -5,68 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 
 import pytest
 
 from machines.runtime.errors import Forbidden
-from tests.trust.conftest import drop_all_images, push_image, run_machines, write_policy
+from tests.trust.conftest import UNSIGNED, drop_all_images, push_image, registries_d, run_machines, skopeo, write_policy
 
-SKOPEO = shutil.which("skopeo")
-UNSIGNED = "A signature was required, but no signature exists"
-
-
-@pytest.fixture(autouse=True)
-def _tools() -> None:
-    """Interoperability is the point: without the tools the tests fail (never skip) and say what is missing."""
-    if SKOPEO is None or shutil.which("gpg") is None:
-        pytest.fail("skopeo and gpg are needed: run scripts/setup.sh (it installs skopeo and gnupg)", pytrace=False)
-
-
-class GPGHome:
-    """A key in a fresh GNUPGHOME (short path: gpg-agent's socket name has a length limit)."""
-
-    def __init__(self, name: str) -> None:
-        self.home = tempfile.mkdtemp(prefix="/tmp/mgpg")
-        self.env = dict(os.environ, GNUPGHOME=self.home)
-        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "never"],
-                       env=self.env, check=True, capture_output=True)
-        listed = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys"], env=self.env, check=True,
-                                capture_output=True, text=True).stdout
-        self.fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
-        self.public = subprocess.run(["gpg", "--batch", "--armor", "--export", self.fingerprint], env=self.env,
-                                     check=True, capture_output=True).stdout
-
-    def close(self) -> None:
-        subprocess.run(["gpgconf", "--kill", "all"], env=self.env, capture_output=True)
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
-@pytest.fixture
-def signer():
-    home = GPGHome("Release Signer <release@example.com>")
-    yield home
-    home.close()
-
-
-@pytest.fixture
-def stranger():
-    home = GPGHome("Someone Else <else@example.com>")
-    yield home
-    home.close()
-
-
-def _registries_d(folder, host: str, lookaside) -> str:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "local.yaml"), "w") as f:
-        f.write(f"# written by the test\ndocker:\n  {host}:\n    lookaside: file://{lookaside}\n"
-                f"    lookaside-staging: file://{lookaside}\n")
-    return str(folder)
-
-
-def _skopeo(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([SKOPEO, *args], capture_output=True, text=True, env=env, timeout=300)
+pytestmark = pytest.mark.usefixtures("interop_tools")
 
 
 def test_skopeo_signs_and_machines_verifies(service, store, registry, rootfs_tar, signer, stranger, tmp_path):
@@ -74,8 +19,8 @@ def test_skopeo_signs_and_machines_verifies(service, store, registry, rootfs_tar
     push_image(service, source, rootfs_tar, "one")
     push_image(service, unsigned, rootfs_tar, "two")
     lookaside = tmp_path / "lookaside"
-    regd = _registries_d(tmp_path / "registries.d", registry.host, lookaside)
-    copied = _skopeo("--insecure-policy", "--registries.d", regd, "copy", "--sign-by", signer.fingerprint,
+    regd = registries_d(tmp_path / "registries.d", registry.host, lookaside)
+    copied = skopeo("--insecure-policy", "--registries.d", regd, "copy", "--sign-by", signer.fingerprint,
                      "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{source}", f"docker://{signed}",
                      env=signer.env)
     assert copied.returncode == 0, copied.stderr
@@ -118,13 +63,13 @@ def test_machines_signs_and_skopeo_verifies(service, registry, rootfs_tar, signe
                           env={"GNUPGHOME": signer.home})
     assert signed.code == 0, signed.err
     assert "/team/app@sha256=" in signed.out and signed.out.strip().endswith("/signature-1")
-    regd = _registries_d(tmp_path / "registries.d", registry.host, lookaside)
+    regd = registries_d(tmp_path / "registries.d", registry.host, lookaside)
     for who, expect in ((signer, 0), (stranger, 1)):
         (tmp_path / "key.asc").write_bytes(who.public)
         (tmp_path / "policy.json").write_text(json.dumps({"default": [{"type": "signedBy", "keyType": "GPGKeys",
                                                                        "keyPath": str(tmp_path / "key.asc")}]}))
         out = tmp_path / f"out-{expect}"
-        copied = _skopeo("--policy", str(tmp_path / "policy.json"), "--registries.d", regd, "copy",
+        copied = skopeo("--policy", str(tmp_path / "policy.json"), "--registries.d", regd, "copy",
                          "--src-tls-verify=false", f"docker://{image}", f"dir:{out}")
         assert copied.returncode == expect, copied.stderr
         if expect:
@@ -147,7 +92,7 @@ def test_skopeo_reports_machines_sigstore_signatures_the_same_way_or_is_built_wi
         {"type": "sigstoreSigned", "keyPath": str(public), "signedIdentity": {"type": "matchRepository"}}]}))
     results = {}
     for image in (signed, unsigned):
-        copied = _skopeo("--policy", str(tmp_path / "policy.json"), "--registries.d", str(regd), "copy",
+        copied = skopeo("--policy", str(tmp_path / "policy.json"), "--registries.d", str(regd), "copy",
                          "--src-tls-verify=false", f"docker://{image}", f"dir:{tmp_path / image.rsplit(':', 1)[1]}")
         results[image] = (copied.returncode, copied.stderr)
     assert results[unsigned][0] == 1 and f"Source image rejected: {UNSIGNED}" in results[unsigned][1]

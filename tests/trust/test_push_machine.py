@@ -19,7 +19,6 @@ from tests.support.cli import DOCKER, machines, with_env
 from tests.support.hosts import unique_name
 from tests.support.registry import Registry
 from tests.trust.conftest import PASSPHRASE, run_machines
-from tests.trust.test_gpg_skopeo import signer  # noqa: F401 - the fixture: a GPG key in its own keyring
 from tests.trust.test_machine import _create_reaching, _push_alpine_fixture
 
 
@@ -43,7 +42,7 @@ def _secret_lines(private: Path) -> list[str]:
 
 
 def test_docker_push_signs_in_scope_and_set_removes_the_policies(machines_store, registry: Registry,
-                                                                 keypair, signer, test_bridge: Bridge,  # noqa: F811
+                                                                 keypair, signer, test_bridge: Bridge,
                                                                  tmp_path, monkeypatch):
     private, public, secret = keypair
     base = _push_alpine_fixture(registry, tmp_path, "base/alpine:1")

@@ -22,8 +22,7 @@ from machines.runtime.images import signing
 from machines.runtime.images.reference import parse
 from machines.runtime.images.signing import SigningPolicyError
 from machines.trust.policy import load_signing_policy
-from tests.trust.conftest import push_image, run_machines
-from tests.trust.test_gpg_skopeo import _registries_d, _skopeo, signer, stranger  # noqa: F401 - fixtures
+from tests.trust.conftest import push_image, registries_d, run_machines, skopeo
 
 KEY_NAME = "0123456789abcdef.key"
 
@@ -159,7 +158,7 @@ def _install(service, text: str, installed) -> None:
     Path(service.signing.path).write_text(text)
 
 
-def test_gpg_simple_signing_on_push_is_read_by_skopeo(service, registry, rootfs_tar, signer, stranger,  # noqa: F811
+def test_gpg_simple_signing_on_push_is_read_by_skopeo(service, registry, rootfs_tar, signer, stranger,
                                                        keypair, tmp_path, monkeypatch):
     """A sign-by entry: the workstation exports the key, the runtime signs in a throw-away keyring and stores the
     signature under lookaside-staging, where skopeo's signedBy policy and machines trust verify accept it; an
@@ -188,18 +187,45 @@ def test_gpg_simple_signing_on_push_is_read_by_skopeo(service, registry, rootfs_
     (tmp_path / "release.asc").write_bytes(signer.public)
     ok = run_machines("trust", "verify", image, "--key", str(tmp_path / "release.asc"), "--lookaside", str(lookaside))
     assert ok.code == 0, ok.err
-    regd = _registries_d(tmp_path / "registries.d", registry.host, lookaside)
+    regd = registries_d(tmp_path / "registries.d", registry.host, lookaside)
     for who, expect in ((signer, 0), (stranger, 1)):
         (tmp_path / "key.asc").write_bytes(who.public)
         (tmp_path / "policy.json").write_text(json.dumps({"default": [{"type": "signedBy", "keyType": "GPGKeys",
                                                                        "keyPath": str(tmp_path / "key.asc")}]}))
-        copied = _skopeo("--policy", str(tmp_path / "policy.json"), "--registries.d", regd, "copy",
+        copied = skopeo("--policy", str(tmp_path / "policy.json"), "--registries.d", regd, "copy",
                          "--src-tls-verify=false", f"docker://{image}", f"dir:{tmp_path / f'out-{expect}'}")
         assert copied.returncode == expect, copied.stderr
 
 
+def test_gpg_signing_on_push_goes_to_the_registry_signature_extension(service, front, rootfs_tar, signer, stranger,
+                                                                      keypair, tmp_path, monkeypatch):
+    """A registry that advertises the signature extension keeps the push's GPG signature, as with podman push
+    --sign-by; the staging folder stays unused, and skopeo's signedBy policy reads the signature from the registry."""
+    staging = tmp_path / "staging"
+    policy_file = tmp_path / "signing.yaml"
+    policy_file.write_text(f"docker:\n  {front.host}:\n    sign-by: release@example.com\n"
+                           f"    lookaside-staging: file://{staging}\n")
+    monkeypatch.setenv("GNUPGHOME", signer.home)
+    _install(service, *load_signing_policy(str(policy_file), keypair[2]))
+    image = f"{front.host}/team/app:v1"
+    store = service.store
+    store.tag(store.resolve(store.import_tar(io.BytesIO(rootfs_tar))).id, image)
+    messages = list(service.push(image))
+    digest = next(m["aux"]["Digest"] for m in messages if m.get("aux"))
+    statuses = [m.get("status") for m in messages]
+    assert f"Signature stored in http://{front.host}/extensions/v2/team/app/signatures/{digest}" in statuses
+    assert not staging.exists() and [e["type"] for e in front.stored[("team/app", digest)]] == ["atomic"]
+    for who, expect in ((signer, 0), (stranger, 1)):
+        (tmp_path / "key.asc").write_bytes(who.public)
+        (tmp_path / "policy.json").write_text(json.dumps({"default": [{"type": "signedBy", "keyType": "GPGKeys",
+                                                                       "keyPath": str(tmp_path / "key.asc")}]}))
+        copied = skopeo("--policy", str(tmp_path / "policy.json"), "copy", "--src-tls-verify=false",
+                        f"docker://{image}", f"dir:{tmp_path / f'out-{expect}'}")
+        assert copied.returncode == expect, copied.stderr
+
+
 def test_a_signature_that_cannot_be_stored_fails_after_the_push_and_says_so(service, registry, rootfs_tar,
-                                                                             signer, tmp_path, monkeypatch):  # noqa: F811
+                                                                             signer, tmp_path, monkeypatch):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the staging folder should be")
     policy_file = tmp_path / "signing.json"
