@@ -388,17 +388,18 @@ class _Inflater(io.RawIOBase):
         return len(out)
 
 
-class _ReadAhead(io.RawIOBase):
+class ReadAhead(io.RawIOBase):
     """``raw`` read by a thread of its own, up to ``DEPTH`` pieces ahead of the reader. A pull's work then runs on
     every core there is (download and blob digest in one thread, inflate in another, tar, diff ID and file writes in
-    the caller's): each of them releases the GIL. Its errors are raised here, in order; ``close`` stops the thread and waits for it, so the blob under
-    it has one reader again."""
+    the caller's): each of them releases the GIL. So does ``docker cp`` into a container: the request body's
+    chunked decoding overlaps the file writes. Its errors are raised here, in order; ``close`` stops the thread
+    and waits for it, so the stream under it has one reader again."""
 
     DEPTH = 4
 
     def __init__(self, raw: IO[bytes]) -> None:
         super().__init__()
-        self._pieces: queue.Queue[tuple[bytes, BaseException | None]] = queue.Queue(self.DEPTH)
+        self._pieces: queue.Queue[tuple[bytes | bytearray, BaseException | None]] = queue.Queue(self.DEPTH)
         self._stop = threading.Event()
         self._rest = memoryview(b"")
         self._ended = False
@@ -411,14 +412,16 @@ class _ReadAhead(io.RawIOBase):
     def _produce(self, raw: IO[bytes]) -> None:
         try:
             while not self._stop.is_set():
-                data = raw.read(COPY_CHUNK)
-                self._put(data, None)
-                if not data:
+                piece = bytearray(COPY_CHUNK)  # filled by readinto: a chunked body gives 32 KiB a read, not 1 MiB
+                n = read_into(raw, memoryview(piece))
+                del piece[n:]
+                self._put(piece, None)
+                if not n:
                     return
         except BaseException as exc:  # handed to the reader, in order
             self._put(b"", exc)
 
-    def _put(self, data: bytes, error: BaseException | None) -> None:
+    def _put(self, data: bytes | bytearray, error: BaseException | None) -> None:
         while not self._stop.is_set():
             try:
                 self._pieces.put((data, error), timeout=0.5)
@@ -452,7 +455,7 @@ class _ReadAhead(io.RawIOBase):
 @contextlib.contextmanager
 def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
     """``blob``'s compression and its uncompressed bytes, streamed while the blob is read (plain and gzip, see
-    ``_ReadAhead``); a zstd
+    ``ReadAhead``); a zstd
     blob is read to its end (and verified) first, then decompressed from its file by the zstd program."""
     head = read_exact(blob, 6)  # type: ignore[arg-type]
     kind = detect_compression(head)
@@ -463,9 +466,9 @@ def unpacking_stream(blob: Blob) -> Iterator[tuple[str, IO[bytes]]]:
             yield kind, unpacked
         return
     with contextlib.ExitStack() as stack:  # closed in reverse: the inflating thread stops before the reading one
-        stream: IO[bytes] = stack.enter_context(_ReadAhead(raw))  # type: ignore[arg-type]
+        stream: IO[bytes] = stack.enter_context(ReadAhead(raw))  # type: ignore[arg-type]
         if kind == "gzip":
-            stream = stack.enter_context(_ReadAhead(_Inflater(stream)))  # type: ignore[arg-type]
+            stream = stack.enter_context(ReadAhead(_Inflater(stream)))  # type: ignore[arg-type]
         yield kind, stream
 
 

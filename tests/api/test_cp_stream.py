@@ -92,3 +92,19 @@ def test_an_archive_refused_half_way_keeps_the_members_before_it_as_docker(daemo
     listing = daemon.out("exec", running, "ls", "/", "/tmp")
     assert "escape" not in listing and "after" not in listing
     assert daemon.out("exec", running, "echo", "alive") == "alive\n"
+
+
+def test_an_archive_refused_while_its_client_stalls_lets_the_container_go(daemon: Daemon, running: str) -> None:
+    """The body is read ahead of the extraction by a thread of its own; a refusal must not wait for that reader,
+    stuck on a client that sends nothing more, before the container is unlocked and thawed."""
+    archive = _tar([("before", b"kept"), ("../escape", b"refused"), ("after", os.urandom(4 << 20))])
+    head = (f"PUT /containers/{running}/archive?path=/tmp HTTP/1.1\r\nHost: docker\r\n"
+            "Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    part = archive[:(3 << 20) // 2]  # past the refused member and the first piece read ahead; then silence
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(daemon.socket_path))
+        client.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+        assert daemon.out("exec", running, "cat", "/tmp/before", timeout=30) == "kept"
+        daemon.out("pause", running, timeout=30)
+        daemon.out("unpause", running, timeout=30)
+        assert "escape" not in daemon.out("exec", running, "ls", "/", "/tmp", timeout=30)
