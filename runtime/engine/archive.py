@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from machines.runtime import timefmt
 from machines.runtime.errors import InvalidParameter, NotFound
-from machines.runtime.images.archive import ReadAhead, copy_member, stream_tar, tree_tar
+from machines.runtime.images.archive import ReadAhead, stream_tar, tree_tar, write_new_file
 from machines.runtime.linux import cgroups, safepath
 from machines.runtime.linux import syscalls as sc
 from machines.runtime.linux.paths import tree_size
@@ -289,12 +289,7 @@ def _extract(root: safepath.Root, base: str, tar: tarfile.TarFile, m: tarfile.Ta
             if not is_dir:
                 os.mkdir(name, 0o755, dir_fd=parent)
         elif m.isreg():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent)
-            try:
-                copy_member(tar, m, fd)
-            finally:
-                os.close(fd)
+            write_new_file(tar, m, parent, name)
         elif m.issym():
             os.symlink(m.linkname, name, dir_fd=parent)
         elif m.islnk():

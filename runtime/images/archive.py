@@ -207,6 +207,16 @@ def open_tar(source: TarSource) -> tarfile.TarFile:
                         bufsize=tarfile.BLOCKSIZE)
 
 
+def write_new_file(tar: tarfile.TarFile, m: tarfile.TarInfo, parent: int, name: str) -> None:
+    """Create ``name`` in the folder open as ``parent`` and write regular member ``m``'s data into it: never through a
+    link nor over an existing file (O_EXCL, O_NOFOLLOW), private (0600) until the member's own mode is applied."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    try:
+        copy_member(tar, m, fd)
+    finally:
+        os.close(fd)
+
+
 def copy_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
     """Write regular member ``m``'s data to ``fd``: straight from the ``TarSource`` under a tar from ``open_tar``
     (its padding skipped and tarfile's position moved past both), else through ``extractfile``."""
@@ -601,12 +611,7 @@ class _Extractor:
                 pass
         elif m.isreg():
             safepath.clear(parent, base)
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent)
-            try:
-                copy_member(tar, m, fd)
-            finally:
-                os.close(fd)
+            write_new_file(tar, m, parent, base)
             self.size += m.size
         elif m.issym():
             if not m.linkname.startswith("/"):
