@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.procs import big_file, copy_floor, daemon_memory  # noqa: E402
+from tests.support.daemon import stop_daemon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = shutil.which("docker", path="/usr/local/bin:/usr/bin") or "docker"
@@ -69,16 +69,6 @@ def wait_for_socket(path: str, process: subprocess.Popen, seconds: float = 60) -
             pass
         time.sleep(0.05)
     raise RuntimeError(f"daemon at {path} did not answer")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def docker(socket_path: str, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -202,7 +192,7 @@ def ours_running(work: Path, tag: str = "ours", tree: Path = REPO, octet: int = 
         wait_for_socket(sock, process)
         yield sock, process.pid
     finally:
-        stop(process)
+        stop_daemon(process)
 
 
 def bench_ours(work: Path, rootfs: bytes, settings: Settings, big: Path | None = None) -> dict[str, object]:
@@ -239,7 +229,7 @@ def dockerd_running(work: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[s
         wait_for_socket(sock, process)
         yield sock, process.pid
     finally:
-        stop(process)
+        stop_daemon(process)
         if not had_docker0 and _link_exists("docker0"):
             subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
         for folder in sorted(_cgroup_dirs() - cgroups_before, reverse=True):
